@@ -1,0 +1,5 @@
+"""``python -m mpinfer``."""
+
+from .cli import entry
+
+entry()

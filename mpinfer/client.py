@@ -1,0 +1,177 @@
+"""One API call, and the one place that decides retry, fail or abort.
+
+The SDK's own retries are off (``max_retries=0``): every attempt is ours, so it is counted once and waits
+by our backoff. The response body is decoded with orjson rather than the SDK's models: it is the same
+JSON, at a fraction of the CPU, and a body that is not JSON becomes a retryable error instead of a crash.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import random
+import time
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import httpx2
+import openai
+import orjson
+
+from .errors import ImageError
+
+MAX_BACKOFF_S = 60.0
+# OpenAI asks clients to retry these; everything else in 4xx is the request's own fault.
+_RETRY_STATUSES = frozenset({408, 409, 429})
+
+
+class Verdict(str, Enum):
+    RETRY = "retry"
+    FAIL = "fail"
+    ABORT = "abort"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the server said, reduced to what a Result records."""
+
+    content: str | None
+    model: str | None
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class CallError:
+    """A failed attempt, classified."""
+
+    error_type: str
+    status: int | None
+    message: str
+    verdict: Verdict
+    retry_after: float | None = None
+
+
+class MalformedResponse(Exception):
+    """The server answered 200 with a body that is not a chat completion."""
+
+
+def make_client(api_key: str, base_url: str | None, timeout: float) -> openai.AsyncOpenAI:
+    """An async client with the SDK's retries off and a connection pool sized for many requests in flight."""
+    return openai.AsyncOpenAI(
+        api_key=api_key,
+        base_url=base_url,
+        max_retries=0,
+        timeout=timeout,
+        http_client=openai.DefaultAsyncHttpxClient(
+            timeout=timeout,
+            limits=httpx2.Limits(max_connections=None, max_keepalive_connections=None),
+        ),
+    )
+
+
+def parse_answer(body: bytes, headers: dict[str, str]) -> Answer:
+    try:
+        data = orjson.loads(body)
+        choice = data["choices"][0]
+        message = choice.get("message") or {}
+        usage = data.get("usage") or {}
+        prompt = int(usage.get("prompt_tokens") or 0)
+        completion = int(usage.get("completion_tokens") or 0)
+        return Answer(
+            content=message.get("content"),
+            model=data.get("model"),
+            finish_reason=choice.get("finish_reason"),
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            total_tokens=int(usage.get("total_tokens") or prompt + completion),
+            headers=headers,
+        )
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
+        raise MalformedResponse(f"malformed response body ({type(exc).__name__}): {body[:120]!r}") from None
+
+
+async def complete(client: openai.AsyncOpenAI, request: dict[str, Any], timeout: float) -> Answer:
+    """Send one chat.completions request; raises the SDK's errors or MalformedResponse."""
+    raw = await client.chat.completions.with_raw_response.create(**request, timeout=timeout)
+    response = raw.http_response
+    return parse_answer(response.content, dict(response.headers))
+
+
+def retry_after_s(headers: Any, now: float | None = None) -> float | None:
+    """The server's requested wait from retry-after-ms or Retry-After (seconds or an HTTP date)."""
+    if headers is None:
+        return None
+    value = headers.get("retry-after-ms")
+    if value:
+        try:
+            return max(0.0, float(value) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when - (time.time() if now is None else now))
+
+
+def classify(exc: BaseException) -> CallError:
+    """Retry transient failures, fail the task on its own faults, abort the run when no task can succeed."""
+    if isinstance(exc, ImageError):
+        return CallError("image", None, str(exc), Verdict.FAIL)
+    if isinstance(exc, MalformedResponse):
+        return CallError("malformed_response", 200, str(exc), Verdict.RETRY)
+    if isinstance(exc, openai.APITimeoutError):
+        return CallError("timeout", None, "request timed out", Verdict.RETRY)
+    if isinstance(exc, openai.APIConnectionError):
+        cause = exc.__cause__ or exc.__context__
+        detail = f": {type(cause).__name__}" if cause is not None else ""
+        return CallError("connection", None, f"connection error{detail}", Verdict.RETRY)
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        message = _status_message(exc)
+        if status == 429 and exc.code == "insufficient_quota":
+            return CallError("insufficient_quota", status, message, Verdict.ABORT)
+        if status == 401:
+            return CallError("authentication", status, message, Verdict.ABORT)
+        wait = retry_after_s(exc.response.headers)
+        if status == 429:
+            return CallError("rate_limit", status, message, Verdict.RETRY, wait)
+        if status >= 500 or status in _RETRY_STATUSES:
+            return CallError("server_error" if status >= 500 else f"http_{status}", status, message,
+                             Verdict.RETRY, wait)
+        names = {400: "bad_request", 403: "permission_denied", 404: "not_found", 422: "unprocessable"}
+        return CallError(names.get(status, f"http_{status}"), status, message, Verdict.FAIL)
+    if isinstance(exc, openai.APIError):
+        return CallError("api_error", None, str(exc)[:500], Verdict.RETRY)
+    return CallError(type(exc).__name__, None, str(exc)[:500], Verdict.FAIL)
+
+
+def _status_message(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return body["message"][:500]
+    return str(exc.message)[:500]
+
+
+def backoff_s(attempt: int, base: float, rng: random.Random, retry_after: float | None = None) -> float:
+    """How long to wait before retry number ``attempt`` (1 for the first retry).
+
+    Exponential with equal jitter, so that workers that failed together do not retry together; a server's
+    Retry-After is a floor, not a suggestion.
+    """
+    ceiling = min(MAX_BACKOFF_S, base * (2 ** (attempt - 1)))
+    delay = ceiling / 2 + rng.uniform(0, ceiling / 2)
+    if retry_after is not None:
+        delay = max(delay, retry_after + rng.uniform(0, min(1.0, base)))
+    return delay

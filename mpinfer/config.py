@@ -1,0 +1,241 @@
+"""RunConfig: every setting of a run, settled once and frozen.
+
+Precedence, highest first: command-line flags > environment (and ``.env`` in the working directory) >
+``mpinfer.toml`` in the working directory > the defaults documented in OPTIONS. This is the only module
+that reads ``os.environ``.
+
+The API key is read from the environment or ``.env`` only (``OPENAI_API_KEY``): never from a flag, which
+would leak into shell history and ``ps``, nor from mpinfer.toml, which tends to get committed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from dotenv import dotenv_values
+
+from .errors import ConfigError
+
+TOML_NAME = "mpinfer.toml"
+ENV_FILE_NAME = ".env"
+
+
+def _positive_int(text: Any) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be 1 or more")
+    return value
+
+
+def _non_negative_int(text: Any) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be 0 or more")
+    return value
+
+
+def _positive_float(text: Any) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError("must be more than 0")
+    return value
+
+
+def _json_object(text: Any) -> dict[str, Any]:
+    value = text if isinstance(text, dict) else orjson.loads(text)
+    if not isinstance(value, dict):
+        raise ValueError("must be a JSON object")
+    return value
+
+
+def _path(text: Any) -> Path:
+    return Path(str(text)).expanduser()
+
+
+def _text(text: Any) -> str:
+    return str(text)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its RunConfig field, how to parse it, its default, and where else it can be set."""
+
+    name: str
+    parse: Callable[[Any], Any]
+    default: Any
+    help: str
+    short: str | None = None
+    env: tuple[str, ...] = ()
+    metavar: str | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env_names(self) -> tuple[str, ...]:
+        return self.env or ("MPINFER_" + self.name.upper(),)
+
+
+# The one place where every default is documented. The CLI builds its flags from this table.
+OPTIONS: tuple[Option, ...] = (
+    Option("input", _path, None, "input tasks, one JSON object a line", "-i", metavar="FILE"),
+    Option("output", _path, None, "output results (JSONL); rerun with the same file to resume", "-o",
+           metavar="FILE"),
+    Option("processes", _positive_int, 4, "worker processes", "-p", metavar="N"),
+    Option("concurrency", _positive_int, 1, "requests in flight per worker process", "-c", metavar="C"),
+    Option("model", _text, "gpt-4o-mini", "model to request (a task's own \"model\" wins)"),
+    Option("base_url", _text, None, "API base URL (default: the SDK's, api.openai.com)",
+           env=("OPENAI_BASE_URL", "MPINFER_BASE_URL"), metavar="URL"),
+    Option("temperature", float, None, "sampling temperature (default: the server's)"),
+    Option("max_tokens", _positive_int, None, "most tokens in an answer (default: the server's)",
+           metavar="N"),
+    Option("system_prompt", _text, None, "system message for tasks that carry none", metavar="TEXT"),
+    Option("extra_body", _json_object, None, "JSON object merged into every request body", metavar="JSON"),
+    Option("timeout", _positive_float, 120.0, "seconds one request may take before it is retried",
+           metavar="SECONDS"),
+    Option("max_retries", _non_negative_int, 3, "retries of a transient failure (429, 5xx, timeout)",
+           metavar="N"),
+    Option("image_root", _path, None, "folder relative image paths resolve against (default: the input's)",
+           metavar="DIR"),
+    Option("id_key", _text, "id", "input field holding the task id", metavar="KEY"),
+    Option("prompt_key", _text, "prompt", "input field holding the prompt text", metavar="KEY"),
+    Option("images_key", _text, "images", "input field holding an image path or a list of them",
+           metavar="KEY"),
+    Option("log_dir", _path, Path("logs"), "folder for the per-run log files", metavar="DIR"),
+)
+
+_BY_NAME = {option.name: option for option in OPTIONS}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run needs, settled once. Plain, picklable data: it is sent to worker processes."""
+
+    input: Path | None = None
+    output: Path | None = None
+    processes: int = 4
+    concurrency: int = 1
+    model: str = "gpt-4o-mini"
+    base_url: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    system_prompt: str | None = None
+    extra_body: dict[str, Any] | None = None
+    timeout: float = 120.0
+    max_retries: int = 3
+    image_root: Path | None = None
+    id_key: str = "id"
+    prompt_key: str = "prompt"
+    images_key: str = "images"
+    log_dir: Path = Path("logs")
+    verbose: bool = False
+    # repr=False: a config is logged and shown in errors; the key must never be.
+    api_key: str | None = field(default=None, repr=False)
+
+    @property
+    def resolved_image_root(self) -> Path:
+        """Where relative image paths resolve: --image-root, else the input file's folder."""
+        if self.image_root is not None:
+            return self.image_root
+        return self.input.parent if self.input is not None else Path(".")
+
+    def require_paths(self) -> tuple[Path, Path]:
+        """The input and output paths, or a ConfigError that says where to set them."""
+        if self.input is None:
+            raise ConfigError(_missing("input", "-i FILE"))
+        if self.output is None:
+            raise ConfigError(_missing("output", "-o FILE"))
+        return self.input, self.output
+
+    def require_api_key(self) -> str:
+        if not self.api_key:
+            raise ConfigError(
+                "no API key: set OPENAI_API_KEY in the environment or in .env (see .env.example); "
+                "a local server that needs none accepts any value, e.g. OPENAI_API_KEY=none"
+            )
+        return self.api_key
+
+
+def _missing(name: str, flag: str) -> str:
+    env = _BY_NAME[name].env_names[0]
+    return f"no {name} file: pass {flag}, or set {env} in the environment or .env, or {name} in {TOML_NAME}"
+
+
+def _parse(option: Option, value: Any, source: str) -> Any:
+    try:
+        return option.parse(value)
+    except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
+        raise ConfigError(f"{source}: {option.name} = {value!r} is invalid: {exc}") from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    settings: dict[str, Any] = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name == "api_key":
+            raise ConfigError(f"{path}: api_key does not belong in {TOML_NAME}; set OPENAI_API_KEY in .env")
+        if name not in _BY_NAME and name != "verbose":
+            known = ", ".join(sorted(_BY_NAME))
+            raise ConfigError(f"{path}: unknown setting {key!r} (known: {known})")
+        settings[name] = value
+    return settings
+
+
+def environment(environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> dict[str, str]:
+    """The process environment over the ``.env`` file in ``cwd``: a real variable wins over the file."""
+    cwd = cwd or Path.cwd()
+    merged = {k: v for k, v in dotenv_values(cwd / ENV_FILE_NAME).items() if v is not None}
+    merged.update(os.environ if environ is None else environ)
+    return merged
+
+
+def load_config(
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> RunConfig:
+    """Settle a RunConfig from flags > environment and .env > mpinfer.toml > defaults.
+
+    ``flags`` holds only what the user gave (None means not given); ``environ`` defaults to the real
+    environment, ``cwd`` to the working directory (where .env and mpinfer.toml are looked up).
+    """
+    cwd = cwd or Path.cwd()
+    env = environment(environ, cwd)
+    toml_path = cwd / TOML_NAME
+    toml = _read_toml(toml_path)
+    flags = flags or {}
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        if flags.get(option.name) is not None:
+            values[option.name] = _parse(option, flags[option.name], option.flag)
+            continue
+        env_name = next((n for n in option.env_names if env.get(n)), None)
+        if env_name is not None:
+            values[option.name] = _parse(option, env[env_name], env_name)
+        elif option.name in toml:
+            values[option.name] = _parse(option, toml[option.name], str(toml_path))
+        else:
+            values[option.name] = option.default
+    values["verbose"] = bool(flags.get("verbose") or toml.get("verbose"))
+    values["api_key"] = env.get("OPENAI_API_KEY") or None
+    return RunConfig(**values)
+
+
+def with_overrides(config: RunConfig, **changes: Any) -> RunConfig:
+    """A copy of ``config`` with some fields changed (used by --demo and the tests)."""
+    return dataclasses.replace(config, **changes)

@@ -1,0 +1,87 @@
+"""``--demo``: the whole job on bundled example tasks against the local mock server, then status and validate.
+
+The example images are generated here (small PNGs written with zlib), so the demo needs no files, no key
+and no network beyond 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import shutil
+import struct
+import zlib
+from pathlib import Path
+
+import orjson
+
+from .config import RunConfig
+from .mockserver import MockServerProcess
+from .pool import run
+from .status import status
+from .validate import validate
+
+DEMO_DIR = Path("mpinfer-demo")
+_COLOURS = {"red": (220, 40, 40), "green": (40, 180, 70), "blue": (40, 80, 220)}
+
+
+def png_bytes(width: int, height: int, rgb: tuple[int, int, int], stripe: tuple[int, int, int]) -> bytes:
+    """A valid RGB PNG: a solid colour with a diagonal stripe, so that no two demo images are alike."""
+    rows = bytearray()
+    for y in range(height):
+        rows.append(0)  # filter: none
+        for x in range(width):
+            rows.extend(stripe if abs(x - y) < 3 else rgb)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(rows)))
+            + chunk(b"IEND", b""))
+
+
+def write_demo_tasks(folder: Path) -> Path:
+    """Images under ``folder/img`` and a tasks.jsonl that uses them; returns the tasks file."""
+    images = folder / "img"
+    images.mkdir(parents=True, exist_ok=True)
+    for name, rgb in _COLOURS.items():
+        (images / f"{name}.png").write_bytes(png_bytes(64, 48, rgb, (255, 255, 255)))
+    tasks = []
+    for n in range(24):
+        name = list(_COLOURS)[n % 3]
+        task: dict[str, object] = {"id": f"demo-{n:02d}", "prompt": f"Task {n}: what colour fills this image?"}
+        if n % 4 == 3:
+            task["prompt"] = f"Task {n}: name a colour that is not in the rainbow."
+        elif n % 5 == 4:
+            task["images"] = [f"img/{name}.png", "img/blue.png"]
+            task["prompt"] = f"Task {n}: do these two images share a colour?"
+        else:
+            task["images"] = f"img/{name}.png"
+        tasks.append(task)
+    path = folder / "tasks.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(t) + b"\n" for t in tasks))
+    return path
+
+
+def run_demo(folder: Path = DEMO_DIR, progress: bool = True) -> int:
+    """Run the demo end to end; returns the exit code (0 when the output validates)."""
+    from .cli import print_status, print_summary, print_validation
+
+    shutil.rmtree(folder, ignore_errors=True)
+    tasks = write_demo_tasks(folder)
+    print(f"demo: {tasks} (24 tasks, most with images); starting the mock server on 127.0.0.1")
+    # A few injected faults show the retries at work; the demo's backoff is short so it ends in seconds.
+    with MockServerProcess() as server:
+        server.start(latency_ms=150, jitter_ms=100, p500=0.08, p429=0.05, retry_after=0.2, seed=7)
+        config = RunConfig(input=tasks, output=folder / "results.jsonl", processes=2, concurrency=4,
+                           model="gpt-4o-mini", base_url=server.base_url, api_key="demo-key-not-secret",
+                           log_dir=folder / "logs", timeout=10.0)
+        print(f"demo: run -i {config.input} -o {config.output} -p 2 -c 4 against {server.base_url}")
+        summary = run(config, progress=progress, backoff_base=0.2)
+        print_summary(summary)
+        print("\ndemo: --status")
+        print_status(status(config))
+        print("\ndemo: --validate")
+        report = validate(config)
+        print_validation(report)
+    print(f"\ndemo: results are in {config.output}; rerun the same command to resume a stopped run")
+    return 0 if report.ok else 1

@@ -1,0 +1,59 @@
+"""The exception hierarchy of mpinfer: the library raises these; only the CLI turns them into messages.
+
+Every exception here survives pickling (it may cross a process boundary), so each keeps its constructor
+arguments in ``args`` and rebuilds from them.
+"""
+
+from __future__ import annotations
+
+
+class MpinferError(Exception):
+    """Base of every error mpinfer raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(MpinferError):
+    """A setting is missing or invalid (flag, environment, .env or mpinfer.toml)."""
+
+    exit_code = 2
+
+
+class InputError(MpinferError):
+    """The input file is unreadable or malformed; names the file and line."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, path: str | None = None, line: int | None = None) -> None:
+        super().__init__(message, path, line)
+        self.message = message
+        self.path = path
+        self.line = line
+
+    def __str__(self) -> str:
+        where = ""
+        if self.path is not None:
+            where = f"{self.path}:{self.line}: " if self.line is not None else f"{self.path}: "
+        return f"{where}{self.message}"
+
+
+class OutputError(MpinferError):
+    """The output file cannot be read, locked or written (includes a full disk)."""
+
+    exit_code = 3
+
+
+class RunLockedError(OutputError):
+    """Another run is live on the same output."""
+
+    exit_code = 4
+
+
+class RunAborted(MpinferError):
+    """The run stopped early for a reason that retrying cannot fix (bad key, no quota, full disk)."""
+
+    exit_code = 5
+
+
+class ImageError(MpinferError):
+    """One task's image is missing, unreadable or not an image; a per-task failure, never fatal."""

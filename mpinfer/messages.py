@@ -1,0 +1,135 @@
+"""Task -> chat.completions request; local images -> base64 data URLs.
+
+Runs in the worker, at send time: the parent never reads image bytes. An image that several tasks share is
+encoded once per worker (a small LRU bounded in bytes).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from .errors import ImageError
+from .tasks import Task
+
+# What the OpenAI vision models accept; detected from the bytes, since names lie (a .png that is a JPEG).
+_SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", 0, "image/png"),
+    (b"\xff\xd8\xff", 0, "image/jpeg"),
+    (b"GIF87a", 0, "image/gif"),
+    (b"GIF89a", 0, "image/gif"),
+    (b"WEBP", 8, "image/webp"),
+)
+_HEAD_BYTES = 16
+DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
+
+
+def sniff_mime(head: bytes) -> str | None:
+    """The image MIME type that the first bytes of a file show, or None when they show no supported one."""
+    for signature, offset, mime in _SIGNATURES:
+        if head[offset:offset + len(signature)] == signature:
+            if mime == "image/webp" and not head.startswith(b"RIFF"):
+                continue
+            return mime
+    return None
+
+
+def is_remote(ref: str) -> bool:
+    """http(s) and data: URLs go to the API as they are."""
+    lowered = ref[:8].lower()
+    return lowered.startswith(("http://", "https://", "data:"))
+
+
+class ImageEncoder:
+    """Turns image references into URLs for the API, caching local files' data URLs by path and mtime."""
+
+    def __init__(self, root: Path, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        self.root = root
+        self.cache_bytes = cache_bytes
+        self._cache: OrderedDict[tuple[str, int, int], str] = OrderedDict()
+        self._cached = 0
+
+    def url(self, ref: str) -> str:
+        if is_remote(ref):
+            return ref
+        path = Path(ref).expanduser()
+        if not path.is_absolute():
+            path = self.root / path
+        try:
+            stat = os.stat(path)
+        except OSError as exc:
+            raise ImageError(f"image {ref!r}: {exc.strerror or exc} ({path})") from None
+        key = (str(path), stat.st_mtime_ns, stat.st_size)
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+            return hit
+        url = self._encode(ref, path)
+        self._remember(key, url)
+        return url
+
+    def _encode(self, ref: str, path: Path) -> str:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ImageError(f"image {ref!r}: {exc.strerror or exc} ({path})") from None
+        mime = sniff_mime(data[:_HEAD_BYTES])
+        if mime is None:
+            raise ImageError(f"image {ref!r}: not a PNG, JPEG, GIF or WEBP image ({path})")
+        return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+    def _remember(self, key: tuple[str, int, int], url: str) -> None:
+        if len(url) > self.cache_bytes // 4:
+            return
+        self._cache[key] = url
+        self._cached += len(url)
+        while self._cached > self.cache_bytes and self._cache:
+            _, old = self._cache.popitem(last=False)
+            self._cached -= len(old)
+
+
+def build_messages(task: Task, encoder: ImageEncoder, system_prompt: str | None = None) -> list[dict[str, Any]]:
+    """The chat messages for one task: an optional system message, then the text and images as one turn."""
+    messages: list[dict[str, Any]] = []
+    system = task.system if task.system is not None else system_prompt
+    if system:
+        messages.append({"role": "system", "content": system})
+    if not task.images:
+        messages.append({"role": "user", "content": task.prompt})
+        return messages
+    parts: list[dict[str, Any]] = []
+    if task.prompt:
+        parts.append({"type": "text", "text": task.prompt})
+    for ref in task.images:
+        parts.append({"type": "image_url", "image_url": {"url": encoder.url(ref)}})
+    messages.append({"role": "user", "content": parts})
+    return messages
+
+
+def build_request(
+    task: Task,
+    encoder: ImageEncoder,
+    *,
+    model: str,
+    system_prompt: str | None = None,
+    temperature: float | None = None,
+    max_tokens: int | None = None,
+    extra_body: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Keyword arguments for ``chat.completions.create``; a task's own settings win over the run's."""
+    request: dict[str, Any] = {
+        "model": task.model or model,
+        "messages": build_messages(task, encoder, system_prompt),
+    }
+    temperature = task.temperature if task.temperature is not None else temperature
+    if temperature is not None:
+        request["temperature"] = temperature
+    max_tokens = task.max_tokens if task.max_tokens is not None else max_tokens
+    if max_tokens is not None:
+        request["max_tokens"] = max_tokens
+    if extra_body:
+        request["extra_body"] = extra_body
+    return request

@@ -1,0 +1,329 @@
+"""The output file and its companions: locked appends, the done-id scan, torn-tail repair, the run lock.
+
+Invariants that make "nothing lost, nothing done twice" hold:
+- A record is one line written by one ``write`` call under the write lock, so two workers never interleave
+  and a crash can tear at most the last line.
+- A line that could not be written whole (full disk) is cut off again before the lock is released.
+- Before a run appends anything, a torn last line is moved to ``<output>.corrupt`` and cut off, so the next
+  record never lands glued onto it.
+- One run at a time holds ``<output>.lock``; ``--status`` and ``--validate`` only read.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from filelock import FileLock, Timeout
+
+from .errors import OutputError, RunLockedError
+
+_BLOCK = 1 << 16
+_SNIPPET = 120
+RUN_LOCK_WAIT_S = 2.0
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def companion(output: Path, suffix: str) -> Path:
+    """A file that belongs to an output: ``results.jsonl`` -> ``results.jsonl.errors.jsonl``."""
+    return output.with_name(output.name + suffix)
+
+
+@dataclass(frozen=True)
+class OutputPaths:
+    """Every file mpinfer keeps for one output."""
+
+    output: Path
+    errors: Path
+    corrupt: Path
+    run_lock: Path
+    write_lock: Path
+    workers_lock: Path
+    run_info: Path
+
+    def corrupt_of(self, path: Path) -> Path:
+        """Where torn lines of ``path`` (the output or the errors file) are moved."""
+        return self.corrupt if path == self.output else companion(path, ".corrupt")
+
+    @classmethod
+    def of(cls, output: Path) -> OutputPaths:
+        return cls(
+            output=output,
+            errors=companion(output, ".errors.jsonl"),
+            corrupt=companion(output, ".corrupt"),
+            run_lock=companion(output, ".lock"),
+            write_lock=companion(output, ".write.lock"),
+            workers_lock=companion(output, ".workers.lock"),
+            run_info=companion(output, ".run.json"),
+        )
+
+
+@dataclass(frozen=True)
+class TailRepair:
+    """What repair_tail did to one file: the torn bytes it moved out, or the newline it added."""
+
+    path: Path
+    moved_bytes: int
+    moved_to: Path | None
+    newline_added: bool
+
+
+@dataclass(frozen=True)
+class BadLine:
+    """A line that is not a JSON object with an id; left in place and reported."""
+
+    line: int
+    snippet: str
+
+
+@dataclass
+class Scan:
+    """What one read of an output found: the ids on disk, bad lines, and where the file ended."""
+
+    ids: set[str] = field(default_factory=set)
+    bad_lines: list[BadLine] = field(default_factory=list)
+    lines: int = 0
+    end_offset: int = 0
+
+
+def iter_lines(path: Path, start: int = 0) -> Iterator[tuple[int, bytes, Any]]:
+    """(line number, raw bytes, decoded object or None when it does not parse) for each non-blank line."""
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    with handle:
+        handle.seek(start)
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            try:
+                obj = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                obj = None
+            yield number, raw, obj
+
+
+def record_id(obj: Any) -> str | None:
+    """The id of a decoded record, or None when the line is not a record."""
+    if isinstance(obj, dict):
+        value = obj.get("id")
+        if isinstance(value, (str, int)) and not isinstance(value, bool) and value != "":
+            return str(value)
+    return None
+
+
+def scan(path: Path, start: int = 0) -> Scan:
+    """Collect the ids recorded in ``path`` from byte ``start`` on; bad lines are listed, never dropped."""
+    result = Scan()
+    try:
+        result.end_offset = path.stat().st_size
+    except FileNotFoundError:
+        return result
+    for number, raw, obj in iter_lines(path, start):
+        result.lines += 1
+        rid = record_id(obj)
+        if rid is None:
+            result.bad_lines.append(BadLine(number, raw[:_SNIPPET].decode("utf-8", "replace").rstrip()))
+        else:
+            result.ids.add(rid)
+    return result
+
+
+def _last_newline(fd: int, size: int) -> int:
+    """Offset just past the last newline in the file, or 0 when it has none."""
+    end = size
+    while end > 0:
+        start = max(0, end - _BLOCK)
+        block = os.pread(fd, end - start, start)
+        at = block.rfind(b"\n")
+        if at >= 0:
+            return start + at + 1
+        end = start
+    return 0
+
+
+def repair_tail(path: Path, corrupt: Path) -> TailRepair | None:
+    """Make ``path`` end with a newline: a torn last line goes to ``corrupt`` and is cut off.
+
+    A last line that lacks only its newline but parses as a record is kept and given the newline: it is an
+    answer, and losing it would cost a second request.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot open: {exc.strerror or exc}") from None
+    try:
+        return _repair_fd(fd, path, corrupt)
+    finally:
+        os.close(fd)
+
+
+def _repair_fd(fd: int, path: Path, corrupt: Path) -> TailRepair | None:
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+            return None
+        keep = _last_newline(fd, size)
+        tail = os.pread(fd, size - keep, keep)
+        try:
+            complete = record_id(orjson.loads(tail)) is not None
+        except orjson.JSONDecodeError:
+            complete = False
+        if complete:
+            os.pwrite(fd, b"\n", size)
+            os.fsync(fd)
+            return TailRepair(path, 0, None, True)
+        with corrupt.open("ab") as sink:
+            sink.write(tail + b"\n")
+            sink.flush()
+            os.fsync(sink.fileno())
+        os.ftruncate(fd, keep)
+        os.fsync(fd)
+        return TailRepair(path, len(tail), corrupt, False)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot repair the torn last line: {exc.strerror or exc}") from None
+
+
+class Appender:
+    """A worker's handle on the output and errors files: one locked, whole-line append at a time."""
+
+    def __init__(self, paths: OutputPaths, fsync: bool = False) -> None:
+        self.paths = paths
+        self.fsync = fsync
+        # thread_local=False: the lock is taken from the event loop's thread only, but a thread-local lock
+        # object would surprise any later caller from another thread.
+        self._lock = FileLock(str(paths.write_lock), thread_local=False)
+        self._fds: dict[Path, int] = {}
+
+    def _fd(self, path: Path) -> int:
+        fd = self._fds.get(path)
+        if fd is None:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise OutputError(f"{path}: cannot open for appending: {exc.strerror or exc}") from None
+            self._fds[path] = fd
+        return fd
+
+    def append(self, path: Path, line: bytes) -> None:
+        """Append one whole line to ``path``; on failure the file is left exactly as it was."""
+        fd = self._fd(path)
+        with self._lock:
+            before = os.fstat(fd).st_size
+            if before and os.pread(fd, 1, before - 1) != b"\n":
+                # Another worker was killed in the middle of its write: move its torn line out of the way
+                # rather than glue this record onto it.
+                _repair_fd(fd, path, self.paths.corrupt_of(path))
+                before = os.fstat(fd).st_size
+            try:
+                view = memoryview(line)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                if self.fsync:
+                    os.fsync(fd)
+            except OSError as exc:
+                # A partial line must not stay: the next append would be glued onto it.
+                try:
+                    os.ftruncate(fd, before)
+                except OSError:
+                    pass
+                if exc.errno in _DISK_ERRNOS:
+                    raise OutputError(f"{path}: disk full ({exc.strerror}); free space and rerun to resume") from None
+                raise OutputError(f"{path}: write failed: {exc.strerror or exc}") from None
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """Who holds the run lock of an output."""
+
+    pid: int
+    started_at: float
+    model: str
+
+    def describe(self) -> str:
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started_at))
+        return f"pid {self.pid}, started {started}, model {self.model}"
+
+
+def read_run_info(paths: OutputPaths) -> RunInfo | None:
+    try:
+        data = orjson.loads(paths.run_info.read_bytes())
+        return RunInfo(int(data["pid"]), float(data["started_at"]), str(data["model"]))
+    except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
+
+
+class RunLock:
+    """The one-run-per-output lock, held by the parent for the whole run.
+
+    Worker processes are forked while it is held and share its descriptor, so the lock stays taken until the
+    last of them is gone: a run whose parent was killed cannot be joined by a second run while orphans live.
+    """
+
+    def __init__(self, paths: OutputPaths, model: str) -> None:
+        self.paths = paths
+        self.model = model
+        self._lock = FileLock(str(paths.run_lock), thread_local=False)
+
+    def acquire(self, wait_s: float = RUN_LOCK_WAIT_S) -> None:
+        try:
+            self._lock.acquire(timeout=wait_s)
+        except Timeout:
+            info = read_run_info(self.paths)
+            who = f" ({info.describe()})" if info else ""
+            raise RunLockedError(
+                f"another run is live on {self.paths.output}{who}; wait for it or stop it first "
+                "(--status and --validate work beside it)"
+            ) from None
+        except OSError as exc:
+            raise OutputError(f"{self.paths.run_lock}: cannot lock: {exc.strerror or exc}") from None
+        info = {"pid": os.getpid(), "started_at": time.time(), "model": self.model}
+        tmp = companion(self.paths.run_info, ".tmp")
+        tmp.write_bytes(orjson.dumps(info))
+        os.replace(tmp, self.paths.run_info)
+
+    def release(self) -> None:
+        try:
+            self.paths.run_info.unlink()
+        except FileNotFoundError:
+            pass
+        self._lock.release()
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def live_run(paths: OutputPaths) -> RunInfo | None:
+    """The live run on this output, if any; probes the run lock without waiting."""
+    if not paths.run_lock.exists():
+        return None
+    probe = FileLock(str(paths.run_lock), thread_local=False)
+    try:
+        probe.acquire(timeout=0)
+    except Timeout:
+        return read_run_info(paths) or RunInfo(pid=0, started_at=0.0, model="?")
+    except OSError:
+        return None
+    probe.release()
+    return None

@@ -1,0 +1,98 @@
+"""Read-only integrity check of an output against its input: returns problems, never raises on them."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+
+from .config import RunConfig
+from .records import missing_fields
+from .store import OutputPaths, iter_lines, record_id
+from .tasks import FieldKeys, check_input
+
+EXAMPLES_KEPT = 5
+# A dated or versioned snapshot of the requested model is the same model: gpt-4o-mini -> gpt-4o-mini-2024-07-18.
+_SNAPSHOT = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{4}|\d{8}|v?\d+(\.\d+)*)$")
+
+
+class ProblemKind(str, Enum):
+    CORRUPT_LINE = "corrupt_line"
+    MISSING_FIELDS = "missing_fields"
+    DUPLICATE_ID = "duplicate_id"
+    UNKNOWN_ID = "unknown_id"
+    MISSING_ID = "missing_id"
+    EMPTY_ANSWER = "empty_answer"
+    MODEL_MISMATCH = "model_mismatch"
+
+
+@dataclass(frozen=True)
+class Problem:
+    kind: ProblemKind
+    message: str
+    line: int | None = None
+    id: str | None = None
+
+
+@dataclass
+class ValidationReport:
+    """Counts of each kind of problem, with the first few examples of each."""
+
+    output: str
+    lines: int = 0
+    records: int = 0
+    counts: dict[ProblemKind, int] = field(default_factory=dict)
+    examples: dict[ProblemKind, list[Problem]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not any(self.counts.values())
+
+    def add(self, problem: Problem) -> None:
+        self.counts[problem.kind] = self.counts.get(problem.kind, 0) + 1
+        kept = self.examples.setdefault(problem.kind, [])
+        if len(kept) < EXAMPLES_KEPT:
+            kept.append(problem)
+
+
+def same_model(requested: str | None, reported: str | None) -> bool:
+    """Whether the server's model is the one asked for (a dated snapshot of it counts as the same)."""
+    if not requested or not reported:
+        return False
+    if reported == requested or reported.split("/")[-1] == requested.split("/")[-1]:
+        return True
+    return reported.startswith(requested) and bool(_SNAPSHOT.fullmatch(reported[len(requested):]))
+
+
+def validate(config: RunConfig) -> ValidationReport:
+    input_path, output = config.require_paths()
+    index = check_input(input_path, FieldKeys(config.id_key, config.prompt_key, config.images_key))
+    paths = OutputPaths.of(output)
+    report = ValidationReport(output=str(output))
+    first_line: dict[str, int] = {}
+    for number, raw, obj in iter_lines(paths.output):
+        report.lines += 1
+        rid = record_id(obj)
+        if rid is None:
+            snippet = raw[:80].decode("utf-8", "replace").rstrip()
+            report.add(Problem(ProblemKind.CORRUPT_LINE, f"not a JSON record with an id: {snippet}", number))
+            continue
+        report.records += 1
+        missing = missing_fields(obj)
+        if missing:
+            report.add(Problem(ProblemKind.MISSING_FIELDS, f"missing {', '.join(missing)}", number, rid))
+        seen = first_line.setdefault(rid, number)
+        if seen != number:
+            report.add(Problem(ProblemKind.DUPLICATE_ID, f"also on line {seen}", number, rid))
+        if rid not in index.ids:
+            report.add(Problem(ProblemKind.UNKNOWN_ID, "not in the input", number, rid))
+        answer = obj.get("answer")
+        if not isinstance(answer, str) or not answer.strip():
+            report.add(Problem(ProblemKind.EMPTY_ANSWER, f"answer is {answer!r}", number, rid))
+        requested, reported = obj.get("requested_model"), obj.get("model")
+        if not same_model(requested, reported):
+            report.add(Problem(ProblemKind.MODEL_MISMATCH, f"requested {requested!r}, answered by {reported!r}",
+                               number, rid))
+    for rid in sorted(index.ids - first_line.keys()):
+        report.add(Problem(ProblemKind.MISSING_ID, "in the input, not in the output", None, rid))
+    return report
