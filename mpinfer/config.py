@@ -103,6 +103,8 @@ OPTIONS: tuple[Option, ...] = (
            metavar="SECONDS"),
     Option("max_retries", _non_negative_int, 3, "retries of a transient failure (429, 5xx, timeout)",
            metavar="N"),
+    Option("retry_backoff", _positive_float, 1.0, "first retry waits about this long, doubling each time "
+           "up to 60 s; a server's Retry-After wins", metavar="SECONDS"),
     Option("image_root", _path, None, "folder relative image paths resolve against (default: the input's)",
            metavar="DIR"),
     Option("id_key", _text, "id", "input field holding the task id", metavar="KEY"),
@@ -131,6 +133,7 @@ class RunConfig:
     extra_body: dict[str, Any] | None = None
     timeout: float = 120.0
     max_retries: int = 3
+    retry_backoff: float = 1.0
     image_root: Path | None = None
     id_key: str = "id"
     prompt_key: str = "prompt"

@@ -84,7 +84,7 @@ class _Slot:
 
 class _Supervisor:
     def __init__(self, config: RunConfig, paths: OutputPaths, tasks: Iterator[Task], summary: RunSummary,
-                 log_file: Path | None, run_start: int, backoff_base: float, grace_s: float,
+                 log_file: Path | None, run_start: int, grace_s: float,
                  progress: bool) -> None:
         self.config = config
         self.paths = paths
@@ -92,7 +92,6 @@ class _Supervisor:
         self.summary = summary
         self.log_file = log_file
         self.run_start = run_start
-        self.backoff_base = backoff_base
         self.grace_s = grace_s
         self.ctx = multiprocess.get_context("fork")
         self.slots: list[_Slot] = []
@@ -113,7 +112,7 @@ class _Supervisor:
     def _spawn(self, index: int) -> _Slot:
         parent_end, child_end = self.ctx.Pipe(duplex=True)
         settings = WorkerSettings(self.config, self.paths, str(self.log_file) if self.log_file else None,
-                                  index, self.backoff_base)
+                                  index)
         process = self.ctx.Process(target=worker_main, args=(settings, child_end), name=f"mpinfer-w{index}",
                                    daemon=True)
         process.start()
@@ -296,8 +295,7 @@ def _wait_for_old_workers(paths: OutputPaths) -> None:
     lock.release()
 
 
-def run(config: RunConfig, *, progress: bool = True, backoff_base: float = 1.0,
-        grace_s: float = DEFAULT_GRACE_S) -> RunSummary:
+def run(config: RunConfig, *, progress: bool = True, grace_s: float = DEFAULT_GRACE_S) -> RunSummary:
     """Run every task of the input that is not in the output yet; rerun after any crash to resume."""
     started = time.monotonic()
     input_path, output = config.require_paths()
@@ -337,7 +335,7 @@ def run(config: RunConfig, *, progress: bool = True, backoff_base: float = 1.0,
             summary.elapsed_s = time.monotonic() - started
             return summary
         supervisor = _Supervisor(config, paths, iter_tasks(input_path, keys, skip=done), summary, log_file,
-                                 found.end_offset, backoff_base, grace_s, progress)
+                                 found.end_offset, grace_s, progress)
         del done, found, index
         previous = {sig: signal.signal(sig, supervisor._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:

@@ -35,6 +35,11 @@ def companion(output: Path, suffix: str) -> Path:
     return output.with_name(output.name + suffix)
 
 
+def _hidden(output: Path, suffix: str) -> Path:
+    """Lock files are dot-files beside the output: needed, but nothing a user has to look at."""
+    return output.with_name("." + output.name + suffix)
+
+
 @dataclass(frozen=True)
 class OutputPaths:
     """Every file mpinfer keeps for one output."""
@@ -57,10 +62,10 @@ class OutputPaths:
             output=output,
             errors=companion(output, ".errors.jsonl"),
             corrupt=companion(output, ".corrupt"),
-            run_lock=companion(output, ".lock"),
-            write_lock=companion(output, ".write.lock"),
-            workers_lock=companion(output, ".workers.lock"),
-            run_info=companion(output, ".run.json"),
+            run_lock=_hidden(output, ".lock"),
+            write_lock=_hidden(output, ".write.lock"),
+            workers_lock=_hidden(output, ".workers.lock"),
+            run_info=_hidden(output, ".run.json"),
         )
 
 

@@ -54,7 +54,6 @@ class WorkerSettings:
     paths: OutputPaths
     log_file: str | None
     index: int
-    backoff_base: float = 1.0
     fsync: bool = False
 
 
@@ -173,7 +172,7 @@ class Worker:
                     # Interrupted, not failed: leave no failure line; the rerun sends it again.
                     return
                 if error.verdict is Verdict.RETRY and attempts <= config.max_retries:
-                    delay = backoff_s(attempts, self.settings.backoff_base, self.rng, error.retry_after)
+                    delay = backoff_s(attempts, config.retry_backoff, self.rng, error.retry_after)
                     log.info("task %s attempt %d: %s (%s); retry in %.2fs", task.id, attempts,
                              error.error_type, error.message, delay)
                     await asyncio.sleep(delay)
