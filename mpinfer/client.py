@@ -135,7 +135,7 @@ def classify(exc: BaseException) -> CallError:
         return CallError("timeout", None, "request timed out", Verdict.RETRY)
     if isinstance(exc, openai.APIConnectionError):
         cause = exc.__cause__ or exc.__context__
-        detail = f": {type(cause).__name__}" if cause is not None else ""
+        detail = f": {type(cause).__name__}: {cause}"[:300] if cause is not None else ""
         return CallError("connection", None, f"connection error{detail}", Verdict.RETRY)
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code

@@ -1,0 +1,51 @@
+"""Set-up and entry for newcomers and CI: ``python3 dev.py demo`` or ``python3 dev.py test``.
+
+Needs only python3: it makes ``.venv`` beside this file, installs mpinfer with its test extra into it (again
+only when pyproject.toml changed), then runs the demo or the test suite inside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+PYTHON = VENV / "bin" / "python"
+STAMP = VENV / ".mpinfer-installed"
+COMMANDS = {
+    "demo": ["-m", "mpinfer", "--demo"],
+    "test": ["-m", "pytest", "-q"],
+    "bench": ["bench/run_all.py"],
+}
+
+
+def ensure_venv() -> None:
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if PYTHON.exists() and STAMP.exists() and STAMP.read_text() == wanted:
+        return
+    if not PYTHON.exists():
+        print(f"dev.py: creating {VENV}", flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    print("dev.py: installing mpinfer and its test dependencies", flush=True)
+    subprocess.run([str(PYTHON), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                    "-e", f"{ROOT}[test]"], check=True)
+    STAMP.write_text(wanted)
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in COMMANDS:
+        print(f"usage: python3 dev.py {{{'|'.join(COMMANDS)}}} [extra arguments]", file=sys.stderr)
+        return 2
+    ensure_venv()
+    command = [str(PYTHON), *COMMANDS[argv[0]], *argv[1:]]
+    os.chdir(ROOT)
+    return subprocess.call(command)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
