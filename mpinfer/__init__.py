@@ -2,17 +2,40 @@
 
 The public API: ``run`` a job, read its ``status``, ``validate`` its output; settle settings with
 ``load_config`` into a ``RunConfig``. Errors are ``MpinferError`` subclasses.
+
+Names load on first use, so that ``python -m mpinfer.mockserver`` and ``--status`` do not pay for
+importing the API client.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from .config import RunConfig, load_config
-from .errors import ConfigError, InputError, MpinferError, OutputError, RunAborted, RunLockedError
-from .pool import RunSummary, run
-from .status import StatusReport, status
-from .validate import ValidationReport, validate
+_EXPORTS = {
+    "RunConfig": "config", "load_config": "config",
+    "ConfigError": "errors", "InputError": "errors", "MpinferError": "errors", "OutputError": "errors",
+    "RunAborted": "errors", "RunLockedError": "errors",
+    "RunSummary": "pool", "run": "pool",
+    "StatusReport": "status", "status": "status",
+    "ValidationReport": "validate", "validate": "validate",
+}
+__all__ = ["__version__", *sorted(_EXPORTS)]
 
-__all__ = [
-    "ConfigError", "InputError", "MpinferError", "OutputError", "RunAborted", "RunConfig", "RunLockedError",
-    "RunSummary", "StatusReport", "ValidationReport", "__version__", "load_config", "run", "status", "validate",
-]
+if TYPE_CHECKING:
+    from .config import RunConfig, load_config
+    from .errors import ConfigError, InputError, MpinferError, OutputError, RunAborted, RunLockedError
+    from .pool import RunSummary, run
+    from .status import StatusReport, status
+    from .validate import ValidationReport, validate
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mpinfer' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
