@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for option in OPTIONS:
         names = [option.short, option.flag] if option.short else [option.flag]
+        if option.is_switch:
+            parser.add_argument(*names, dest=option.name, action="store_true", default=None, help=option.help)
+            continue
         default = f" (default: {option.default})" if option.default is not None else ""
         parser.add_argument(*names, dest=option.name, default=None, metavar=option.metavar,
                             help=option.help + default)

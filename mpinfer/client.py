@@ -170,7 +170,7 @@ def backoff_s(attempt: int, base: float, rng: random.Random, retry_after: float 
     Exponential with equal jitter, so that workers that failed together do not retry together; a server's
     Retry-After is a floor, not a suggestion.
     """
-    ceiling = min(MAX_BACKOFF_S, base * (2 ** (attempt - 1)))
+    ceiling = min(MAX_BACKOFF_S, base * (2 ** min(attempt - 1, 32)))
     delay = ceiling / 2 + rng.uniform(0, ceiling / 2)
     if retry_after is not None:
         delay = max(delay, retry_after + rng.uniform(0, min(1.0, base)))

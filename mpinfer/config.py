@@ -27,22 +27,35 @@ TOML_NAME = "mpinfer.toml"
 ENV_FILE_NAME = ".env"
 
 
+def _integer(text: Any) -> int:
+    """An int from a flag's text or a TOML value; a TOML float or boolean is refused, never truncated."""
+    if isinstance(text, bool) or (isinstance(text, float) and not text.is_integer()):
+        raise ValueError("must be a whole number")
+    return int(text)
+
+
+def _number(text: Any) -> float:
+    if isinstance(text, bool):
+        raise ValueError("must be a number")
+    return float(text)
+
+
 def _positive_int(text: Any) -> int:
-    value = int(text)
+    value = _integer(text)
     if value < 1:
         raise ValueError("must be 1 or more")
     return value
 
 
 def _non_negative_int(text: Any) -> int:
-    value = int(text)
+    value = _integer(text)
     if value < 0:
         raise ValueError("must be 0 or more")
     return value
 
 
 def _positive_float(text: Any) -> float:
-    value = float(text)
+    value = _number(text)
     if not value > 0:
         raise ValueError("must be more than 0")
     return value
@@ -53,6 +66,17 @@ def _json_object(text: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError("must be a JSON object")
     return value
+
+
+def _bool(text: Any) -> bool:
+    if isinstance(text, bool):
+        return text
+    lowered = str(text).strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be true or false")
 
 
 def _path(text: Any) -> Path:
@@ -76,6 +100,11 @@ class Option:
     metavar: str | None = None
 
     @property
+    def is_switch(self) -> bool:
+        """An on/off flag on the command line (``--fsync``), true/false elsewhere."""
+        return self.parse is _bool
+
+    @property
     def flag(self) -> str:
         return "--" + self.name.replace("_", "-")
 
@@ -94,7 +123,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("model", _text, "gpt-4o-mini", "model to request (a task's own \"model\" wins)"),
     Option("base_url", _text, None, "API base URL (default: the SDK's, api.openai.com)",
            env=("OPENAI_BASE_URL", "MPINFER_BASE_URL"), metavar="URL"),
-    Option("temperature", float, None, "sampling temperature (default: the server's)"),
+    Option("temperature", _number, None, "sampling temperature (default: the server's)"),
     Option("max_tokens", _positive_int, None, "most tokens in an answer (default: the server's)",
            metavar="N"),
     Option("system_prompt", _text, None, "system message for tasks that carry none", metavar="TEXT"),
@@ -112,6 +141,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("images_key", _text, "images", "input field holding an image path or a list of them",
            metavar="KEY"),
     Option("log_dir", _path, Path("logs"), "folder for the per-run log files", metavar="DIR"),
+    Option("fsync", _bool, False, "fsync after every line: survives power loss, costs a disk flush a line"),
 )
 
 _BY_NAME = {option.name: option for option in OPTIONS}
@@ -139,6 +169,7 @@ class RunConfig:
     prompt_key: str = "prompt"
     images_key: str = "images"
     log_dir: Path = Path("logs")
+    fsync: bool = False
     verbose: bool = False
     # repr=False: a config is logged and shown in errors; the key must never be.
     api_key: str | None = field(default=None, repr=False)
@@ -199,12 +230,20 @@ def _read_toml(path: Path) -> dict[str, Any]:
     return settings
 
 
-def environment(environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> dict[str, str]:
-    """The process environment over the ``.env`` file in ``cwd``: a real variable wins over the file."""
+def environment(environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> list[dict[str, str]]:
+    """Where settings are looked up after the flags, first hit wins: the process environment, then ``.env``."""
     cwd = cwd or Path.cwd()
-    merged = {k: v for k, v in dotenv_values(cwd / ENV_FILE_NAME).items() if v is not None}
-    merged.update(os.environ if environ is None else environ)
-    return merged
+    dotenv = {k: v for k, v in dotenv_values(cwd / ENV_FILE_NAME).items() if v is not None}
+    return [dict(os.environ if environ is None else environ), dotenv]
+
+
+def _lookup(layers: list[dict[str, str]], names: tuple[str, ...]) -> tuple[str, str] | None:
+    """(name, value) of the first non-empty variable, layer by layer: any name in the environment beats .env."""
+    for layer in layers:
+        for name in names:
+            if layer.get(name):
+                return name, layer[name]
+    return None
 
 
 def load_config(
@@ -218,7 +257,7 @@ def load_config(
     environment, ``cwd`` to the working directory (where .env and mpinfer.toml are looked up).
     """
     cwd = cwd or Path.cwd()
-    env = environment(environ, cwd)
+    layers = environment(environ, cwd)
     toml_path = cwd / TOML_NAME
     toml = _read_toml(toml_path)
     flags = flags or {}
@@ -227,15 +266,18 @@ def load_config(
         if flags.get(option.name) is not None:
             values[option.name] = _parse(option, flags[option.name], option.flag)
             continue
-        env_name = next((n for n in option.env_names if env.get(n)), None)
-        if env_name is not None:
-            values[option.name] = _parse(option, env[env_name], env_name)
+        found = _lookup(layers, option.env_names)
+        if found is not None:
+            values[option.name] = _parse(option, found[1], found[0])
         elif option.name in toml:
             values[option.name] = _parse(option, toml[option.name], str(toml_path))
         else:
             values[option.name] = option.default
-    values["verbose"] = bool(flags.get("verbose") or toml.get("verbose"))
-    values["api_key"] = env.get("OPENAI_API_KEY") or None
+    verbose = toml.get("verbose", False)
+    values["verbose"] = bool(flags.get("verbose")) or _parse(Option("verbose", _bool, False, ""), verbose,
+                                                            str(toml_path))
+    key = _lookup(layers, ("OPENAI_API_KEY",))
+    values["api_key"] = key[1] if key else None
     return RunConfig(**values)
 
 

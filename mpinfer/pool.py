@@ -112,7 +112,7 @@ class _Supervisor:
     def _spawn(self, index: int) -> _Slot:
         parent_end, child_end = self.ctx.Pipe(duplex=True)
         settings = WorkerSettings(self.config, self.paths, str(self.log_file) if self.log_file else None,
-                                  index)
+                                  index, fsync=self.config.fsync)
         process = self.ctx.Process(target=worker_main, args=(settings, child_end), name=f"mpinfer-w{index}",
                                    daemon=True)
         process.start()
