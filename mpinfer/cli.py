@@ -85,7 +85,7 @@ def print_status(report: StatusReport) -> None:
     rows = [
         ("input", report.input), ("output", report.output), ("total", report.total),
         ("done", f"{report.done} ({report.percent:.1f}%)"), ("failed", report.failed),
-        ("pending", report.pending),
+        ("pending", f"{report.pending} (not done, failed included)"),
         ("tokens", f"{report.total_tokens} ({report.prompt_tokens} in, {report.completion_tokens} out)"),
         ("recent rate", rate), ("ETA", _duration(report.eta_s)), ("last write", last), ("run live", live),
     ]
