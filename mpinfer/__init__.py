@@ -18,7 +18,7 @@ _EXPORTS = {
     "RunConfig": "config", "load_config": "config",
     "ConfigError": "errors", "InputError": "errors", "MpinferError": "errors", "OutputError": "errors",
     "RunAborted": "errors", "RunLockedError": "errors",
-    "RunSummary": "pool", "run": "pool",
+    "RunSummary": "summary", "run": "pool",
     "StatusReport": "status", "status": "status",
     "ValidationReport": "validate", "validate": "validate",
 }
@@ -27,7 +27,8 @@ __all__ = ["__version__", *sorted(_EXPORTS)]
 if TYPE_CHECKING:
     from .config import RunConfig, load_config
     from .errors import ConfigError, InputError, MpinferError, OutputError, RunAborted, RunLockedError
-    from .pool import RunSummary, run
+    from .pool import run
+    from .summary import RunSummary
     from .status import StatusReport, status
     from .validate import ValidationReport, validate
 

@@ -13,7 +13,8 @@ import orjson
 from . import __version__
 from .config import OPTIONS, RunConfig, load_config
 from .errors import MpinferError
-from .pool import DEFAULT_GRACE_S, RunSummary, run
+from .pool import DEFAULT_GRACE_S, run
+from .summary import RunSummary
 from .status import StatusReport, status
 from .validate import ValidationReport, validate
 

@@ -120,7 +120,8 @@ OPTIONS: tuple[Option, ...] = (
            metavar="FILE"),
     Option("processes", _positive_int, 4, "worker processes", "-p", metavar="N"),
     Option("concurrency", _positive_int, 1, "requests in flight per worker process", "-c", metavar="C"),
-    Option("model", _text, "gpt-4o-mini", "model to request (a task's own \"model\" wins)"),
+    Option("model", _text, "gpt-4o-mini", "model to request; several, comma-separated, run every task "
+           "against each into <output stem>.<model>.jsonl (a task's own \"model\" wins in a one-model run)"),
     Option("base_url", _text, None, "API base URL (default: the SDK's, api.openai.com)",
            env=("OPENAI_BASE_URL", "MPINFER_BASE_URL"), metavar="URL"),
     Option("temperature", _number, None, "sampling temperature (default: the server's)"),
@@ -141,6 +142,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("images_key", _text, "images", "input field holding an image path or a list of them",
            metavar="KEY"),
     Option("log_dir", _path, Path("logs"), "folder for the per-run log files", metavar="DIR"),
+    Option("rpm", _positive_int, None, "requests per minute, per key and model, for all processes together",
+           metavar="N"),
+    Option("tpm", _positive_int, None, "tokens per minute (prompt estimate + max_tokens), per key and model",
+           metavar="N"),
+    Option("rate_window", _positive_float, 60.0, "seconds --rpm and --tpm are counted over (OpenAI: 60)",
+           metavar="SECONDS"),
+    Option("api_keys_file", _path, None, "file with one API key a line, to spread the work over "
+           "(default: OPENAI_API_KEYS=k1,k2 or OPENAI_API_KEY)", metavar="FILE"),
     Option("fsync", _bool, False, "fsync after every line: survives power loss, costs a disk flush a line"),
 )
 
@@ -170,9 +179,23 @@ class RunConfig:
     images_key: str = "images"
     log_dir: Path = Path("logs")
     fsync: bool = False
+    rpm: int | None = None
+    tpm: int | None = None
+    rate_window: float = 60.0
+    api_keys_file: Path | None = None
     verbose: bool = False
-    # repr=False: a config is logged and shown in errors; the key must never be.
-    api_key: str | None = field(default=None, repr=False)
+    # repr=False: a config is logged and shown in errors; the keys must never be.
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+
+    @property
+    def api_key(self) -> str | None:
+        """The first key (the only one, in most runs)."""
+        return self.api_keys[0] if self.api_keys else None
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The models to run, from ``--model a,b,c``."""
+        return tuple(m.strip() for m in self.model.split(",") if m.strip()) or (self.model,)
 
     @property
     def resolved_image_root(self) -> Path:
@@ -190,12 +213,16 @@ class RunConfig:
         return self.input, self.output
 
     def require_api_key(self) -> str:
-        if not self.api_key:
+        return self.require_api_keys()[0]
+
+    def require_api_keys(self) -> tuple[str, ...]:
+        if not self.api_keys:
             raise ConfigError(
-                "no API key: set OPENAI_API_KEY in the environment or in .env (see .env.example); "
-                "a local server that needs none accepts any value, e.g. OPENAI_API_KEY=none"
+                "no API key: set OPENAI_API_KEY (or OPENAI_API_KEYS=k1,k2) in the environment or in .env "
+                "(see .env.example), or pass --api-keys-file; a local server that needs none accepts any "
+                "value, e.g. OPENAI_API_KEY=none"
             )
-        return self.api_key
+        return self.api_keys
 
 
 def _missing(name: str, flag: str) -> str:
@@ -276,9 +303,25 @@ def load_config(
     verbose = toml.get("verbose", False)
     values["verbose"] = bool(flags.get("verbose")) or _parse(Option("verbose", _bool, False, ""), verbose,
                                                             str(toml_path))
-    key = _lookup(layers, ("OPENAI_API_KEY",))
-    values["api_key"] = key[1] if key else None
+    values["api_keys"] = _api_keys(layers, values["api_keys_file"])
     return RunConfig(**values)
+
+
+def _api_keys(layers: list[dict[str, str]], keys_file: Path | None) -> tuple[str, ...]:
+    """Keys from --api-keys-file, else OPENAI_API_KEYS (comma-separated), else OPENAI_API_KEY."""
+    if keys_file is not None:
+        try:
+            lines = keys_file.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise ConfigError(f"{keys_file}: cannot read the API keys file: {exc.strerror or exc}") from None
+        keys = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+        if not keys:
+            raise ConfigError(f"{keys_file}: no API keys in it (one a line)")
+        return tuple(dict.fromkeys(keys))
+    found = _lookup(layers, ("OPENAI_API_KEYS", "OPENAI_API_KEY"))
+    if found is None:
+        return ()
+    return tuple(dict.fromkeys(k.strip() for k in found[1].split(",") if k.strip()))
 
 
 def with_overrides(config: RunConfig, **changes: Any) -> RunConfig:

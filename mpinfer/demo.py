@@ -73,7 +73,7 @@ def run_demo(folder: Path = DEMO_DIR, progress: bool = True) -> int:
     with MockServerProcess() as server:
         server.start(latency_ms=150, jitter_ms=100, p500=0.08, p429=0.05, retry_after=0.2, seed=7)
         config = RunConfig(input=tasks, output=folder / "results.jsonl", processes=2, concurrency=4,
-                           model="gpt-4o-mini", base_url=server.base_url, api_key="demo-key-not-secret",
+                           model="gpt-4o-mini", base_url=server.base_url, api_keys=("demo-key-not-secret",),
                            log_dir=folder / "logs", timeout=10.0, retry_backoff=0.2)
         print(f"demo: run -i {config.input} -o {config.output} -p 2 -c 4 against {server.base_url}")
         summary = run(config, progress=progress)

@@ -9,11 +9,13 @@ from __future__ import annotations
 import base64
 import os
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import ImageError
 from .tasks import Task
+from .tokens import DEFAULT_COMPLETION_TOKENS, TOKENS_PER_MESSAGE, image_size, image_tokens, text_tokens
 
 # What the OpenAI vision models accept; detected from the bytes, since names lie (a .png that is a JPEG).
 _SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
@@ -51,6 +53,8 @@ class ImageEncoder:
         self.cache_bytes = cache_bytes
         self._cache: OrderedDict[tuple[str, int, int], str] = OrderedDict()
         self._cached = 0
+        # Image sizes by data URL identity, for the token estimate; bounded like the cache.
+        self._sizes: OrderedDict[tuple[int, int], tuple[int, int] | None] = OrderedDict()
 
     def url(self, ref: str) -> str:
         if is_remote(ref):
@@ -79,7 +83,15 @@ class ImageEncoder:
         mime = sniff_mime(data[:_HEAD_BYTES])
         if mime is None:
             raise ImageError(f"image {ref!r}: not a PNG, JPEG, GIF or WEBP image ({path})")
-        return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+        url = f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+        self._sizes[(id(url), len(url))] = image_size(data[:65536])
+        while len(self._sizes) > 4096:
+            self._sizes.popitem(last=False)
+        return url
+
+    def size_of(self, url: str) -> tuple[int, int] | None:
+        """The pixel size of an image this encoder produced, when it could read it."""
+        return self._sizes.get((id(url), len(url)))
 
     def _remember(self, key: tuple[str, int, int], url: str) -> None:
         if len(url) > self.cache_bytes // 4:
@@ -109,6 +121,42 @@ def build_messages(task: Task, encoder: ImageEncoder, system_prompt: str | None 
     return messages
 
 
+@dataclass(frozen=True)
+class Request:
+    """A request ready to send, with what the rate limiter must charge for it."""
+
+    kwargs: dict[str, Any]
+    prompt_tokens: int
+    max_tokens: int | None
+
+    @property
+    def model(self) -> str:
+        return str(self.kwargs["model"])
+
+    @property
+    def charge(self) -> int:
+        """Tokens a server counts against its limit up front: the prompt plus the longest answer allowed."""
+        return self.prompt_tokens + (self.max_tokens or DEFAULT_COMPLETION_TOKENS)
+
+
+def estimate_prompt_tokens(messages: list[dict[str, Any]], encoder: ImageEncoder) -> int:
+    total = 0
+    for message in messages:
+        total += TOKENS_PER_MESSAGE
+        content = message.get("content")
+        if isinstance(content, str):
+            total += text_tokens(content)
+            continue
+        for part in content or ():
+            if part.get("type") == "text":
+                total += text_tokens(part.get("text", ""))
+            elif part.get("type") == "image_url":
+                image = part.get("image_url") or {}
+                size = encoder.size_of(image.get("url", ""))
+                total += image_tokens(*(size or (None, None)), detail=image.get("detail", "auto"))
+    return total
+
+
 def build_request(
     task: Task,
     encoder: ImageEncoder,
@@ -118,12 +166,10 @@ def build_request(
     temperature: float | None = None,
     max_tokens: int | None = None,
     extra_body: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Keyword arguments for ``chat.completions.create``; a task's own settings win over the run's."""
-    request: dict[str, Any] = {
-        "model": task.model or model,
-        "messages": build_messages(task, encoder, system_prompt),
-    }
+) -> Request:
+    """The request for one task; a task's own settings win over the run's."""
+    messages = build_messages(task, encoder, system_prompt)
+    request: dict[str, Any] = {"model": task.model or model, "messages": messages}
     temperature = task.temperature if task.temperature is not None else temperature
     if temperature is not None:
         request["temperature"] = temperature
@@ -132,4 +178,4 @@ def build_request(
         request["max_tokens"] = max_tokens
     if extra_body:
         request["extra_body"] = extra_body
-    return request
+    return Request(request, estimate_prompt_tokens(messages, encoder), max_tokens)

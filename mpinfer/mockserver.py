@@ -13,7 +13,11 @@ fast and faithful rather than feature complete:
   from one seeded ``random.Random`` per server, and can also be scripted per
   task key so that tests are deterministic.
 * Sliding-window ``rpm``/``tpm`` limits and their statistics let tests check a
-  client-side rate limiter from the server's point of view.
+  client-side rate limiter from the server's point of view. The window is
+  ``window_s`` long (60 s, as OpenAI's per-minute limits, unless shortened so
+  that a test can watch several windows pass in a few seconds); the stats
+  count ``window_violations``, arrivals that a client respecting the limit
+  would never have sent.
 
 Only the standard library is used here, so the server starts in any
 environment the package itself runs in.
@@ -76,7 +80,7 @@ SCRIPTABLE_OUTCOMES: frozenset[str] = frozenset({"ok", "429", "quota", "500", "h
 """Outcomes that may appear in a per-task-key ``script`` queue."""
 
 WINDOW_S = 60.0
-"""Length of the sliding rate-limit window, as OpenAI's per-minute limits."""
+"""Default length of the sliding rate-limit window (``MockConfig.window_s``), as OpenAI's per-minute limits."""
 
 # Fields of MockConfig that POST /_mock/config may change at runtime. host,
 # port and backlog are fixed once listening; keys are secrets and are only
@@ -97,6 +101,7 @@ _RUNTIME_FIELDS = frozenset(
         "model_map",
         "rpm",
         "tpm",
+        "window_s",
     }
 )
 
@@ -162,10 +167,19 @@ class MockConfig:
     """Accepted API keys; empty means any non-empty bearer key is accepted."""
 
     rpm: int | None = None
-    """Requests-per-minute limit over a sliding 60 s window; None disables it."""
+    """Requests-per-minute limit over a sliding ``window_s`` window; None disables it."""
 
     tpm: int | None = None
-    """Tokens-per-minute limit over a sliding 60 s window; None disables it."""
+    """Tokens-per-minute limit over a sliding ``window_s`` window; None disables it."""
+
+    window_s: float = WINDOW_S
+    """Length of the sliding window for ``rpm``/``tpm`` and for the window statistics.
+
+    OpenAI's limits are per minute (60 s); a shorter window lets a test see a
+    client-side limiter go through many windows in seconds. ``rpm``/``tpm``
+    then mean "per ``window_s``". The stats keep their historical names
+    (``max_requests_in_any_60s_window`` ...) but are measured over this window.
+    """
 
     backlog: int = 4096
     """Listen backlog, large so that connection bursts are queued rather than refused."""
@@ -189,6 +203,8 @@ class MockConfig:
         for name in ("latency_ms", "jitter_ms", "retry_after", "hang_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
+        if not (math.isfinite(self.window_s) and self.window_s > 0):
+            raise ValueError(f"window_s must be a finite number > 0, got {self.window_s!r}")
         for name in ("rpm", "tpm"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -758,8 +774,8 @@ class _Stats:
         self.first_request_at: float | None = None
         self.last_request_at: float | None = None
         # Arrivals (every chat request) and accepted requests (passed the
-        # limiter) in the current 60 s window; deques so each request costs
-        # amortised O(1) however long the run.
+        # limiter) in the current window (MockConfig.window_s); deques so each
+        # request costs amortised O(1) however long the run.
         self.arrivals: collections.deque[float] = collections.deque()
         self.max_arrivals_window = 0
         self.accepted_t: collections.deque[float] = collections.deque()
@@ -767,10 +783,15 @@ class _Stats:
         self.accepted_token_sum = 0
         self.max_accepted_window = 0
         self.max_tokens_window = 0
+        # Arrivals that found the window already holding ``rpm`` or more
+        # arrivals, and requests that would take the window's accepted tokens
+        # over ``tpm``: what a client respecting the limits never sends.
+        self.window_violations = 0
+        self.token_window_violations = 0
 
-    def evict(self, now: float) -> None:
-        """Drop window entries that are 60 s or more old."""
-        horizon = now - WINDOW_S
+    def evict(self, now: float, window_s: float) -> None:
+        """Drop window entries that are ``window_s`` or more old."""
+        horizon = now - window_s
         arrivals = self.arrivals
         while arrivals and arrivals[0] <= horizon:
             arrivals.popleft()
@@ -859,8 +880,8 @@ class MockServer:
         """Snapshot of all counters as JSON-able data (the ``/_mock/stats`` body)."""
         st = self._stats
         now = time.monotonic()
-        st.evict(now)
         cfg = self._config
+        st.evict(now, cfg.window_s)
         return {
             "requests": st.requests,
             "outcomes": dict(st.outcomes),
@@ -871,8 +892,14 @@ class MockServer:
             "per_key": dict(st.per_key),
             "per_model": dict(st.per_model),
             "limit_rejections": st.outcomes["limit"],
+            # Historical names: both are measured over window_s (60 s by default).
             "max_requests_in_any_60s_window": st.max_arrivals_window,
             "max_tokens_in_any_60s_window": st.max_tokens_window,
+            "window_s": cfg.window_s,
+            "window_violations": st.window_violations,
+            "token_window_violations": st.token_window_violations,
+            "accepted_in_last_window": len(st.accepted_t),
+            "accepted_tokens_in_last_window": st.accepted_token_sum,
             "first_request_at": st.first_request_at,
             "last_request_at": st.last_request_at,
             "now": now,
@@ -1024,7 +1051,9 @@ class MockServer:
         if st.first_request_at is None:
             st.first_request_at = now
         st.last_request_at = now
-        st.evict(now)
+        st.evict(now, cfg.window_s)
+        if cfg.rpm is not None and len(st.arrivals) >= cfg.rpm:
+            st.window_violations += 1
         st.arrivals.append(now)
         st.max_arrivals_window = max(st.max_arrivals_window, len(st.arrivals))
         self._next_id += 1
@@ -1093,6 +1122,8 @@ class MockServer:
             completion_tokens = -(-len(content) // 4)
             finish_reason = "length"
         budget = prompt_tokens + (chat.max_tokens if chat.max_tokens is not None else completion_tokens)
+        if cfg.tpm is not None and st.accepted_token_sum + budget > cfg.tpm:
+            st.token_window_violations += 1
 
         rejection = self._check_limits(cfg, now, budget)
         if rejection is not None:
@@ -1189,11 +1220,11 @@ class MockServer:
         if cfg.rpm is not None and len(st.accepted_t) + 1 > cfg.rpm:
             # The earliest moment a slot frees is when the oldest entry expires;
             # rpm >= 1 guarantees the deque is non-empty here.
-            return "requests", cfg.rpm, len(st.accepted_t), st.accepted_t[0] + WINDOW_S - now
+            return "requests", cfg.rpm, len(st.accepted_t), st.accepted_t[0] + cfg.window_s - now
         if cfg.tpm is not None and st.accepted_token_sum + budget > cfg.tpm:
             if budget > cfg.tpm:
                 # Can never fit; OpenAI also answers such requests with a 429.
-                return "tokens", cfg.tpm, st.accepted_token_sum, WINDOW_S
+                return "tokens", cfg.tpm, st.accepted_token_sum, cfg.window_s
             # Walk from the oldest entry until enough tokens would have expired;
             # only done on rejection and bounded by the window's length.
             need = st.accepted_token_sum + budget - cfg.tpm
@@ -1201,8 +1232,8 @@ class MockServer:
             for t, tokens in zip(st.accepted_t, st.accepted_tokens):
                 freed += tokens
                 if freed >= need:
-                    return "tokens", cfg.tpm, st.accepted_token_sum, t + WINDOW_S - now
-            return "tokens", cfg.tpm, st.accepted_token_sum, WINDOW_S
+                    return "tokens", cfg.tpm, st.accepted_token_sum, t + cfg.window_s - now
+            return "tokens", cfg.tpm, st.accepted_token_sum, cfg.window_s
         return None
 
     def _add_ratelimit_headers(self, cfg: MockConfig, now: float, headers: list[tuple[str, str]]) -> None:
@@ -1214,7 +1245,7 @@ class MockServer:
         st = self._stats
         if cfg.rpm is None and cfg.tpm is None:
             return
-        reset = format_duration(st.accepted_t[0] + WINDOW_S - now) if st.accepted_t else "0s"
+        reset = format_duration(st.accepted_t[0] + cfg.window_s - now) if st.accepted_t else "0s"
         if cfg.rpm is not None:
             headers.append(("x-ratelimit-limit-requests", str(cfg.rpm)))
             headers.append(("x-ratelimit-remaining-requests", str(max(0, cfg.rpm - len(st.accepted_t)))))
@@ -1322,6 +1353,12 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--keys", default="", help="comma-separated accepted API keys")
     p.add_argument("--rpm", type=int, default=d.rpm)
     p.add_argument("--tpm", type=int, default=d.tpm)
+    p.add_argument(
+        "--window-s",
+        type=float,
+        default=d.window_s,
+        help="length of the sliding rpm/tpm window and of the window stats, in seconds (default: 60)",
+    )
     p.add_argument("--backlog", type=int, default=d.backlog)
     p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
     p.add_argument(
@@ -1359,6 +1396,7 @@ def config_from_args(ns: argparse.Namespace) -> MockConfig:
         keys=keys,
         rpm=ns.rpm,
         tpm=ns.tpm,
+        window_s=ns.window_s,
         backlog=ns.backlog,
         max_body_bytes=ns.max_body_bytes,
     )

@@ -3,8 +3,7 @@
 The parent stays single-threaded (tqdm's monitor thread is off), so replacing a dead worker by fork is safe.
 Each worker has its own pipe, and the parent knows exactly which tasks each one holds: when a worker dies,
 the tasks it held are looked up in the output (it may have written some before dying) and the rest are
-sent to the others. Nothing the parent counts is trusted over the output file: the workers write, the
-parent only tallies what they report.
+sent to the others. The parent trusts the output files over its own counts: workers write, it tallies.
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,74 +28,66 @@ from tqdm import tqdm
 from .config import RunConfig
 from .errors import OutputError
 from .logfile import create_log_file, setup_parent_logging
-from .store import OutputPaths, RunLock, TailRepair, repair_tail, scan
+from .ratelimit import SharedLimiter
+from .store import OutputPaths, RunLock, companion, model_outputs, repair_tail, scan
+from .summary import RunSummary, Tally, write_summary
 from .tasks import FieldKeys, Task, check_input, iter_tasks
-from .worker import EventKind, WorkerSettings, task_to_bytes, worker_main
+from .worker import EventKind, WorkerSettings, key_hint, work_message, worker_main
 
 log = logging.getLogger("mpinfer.pool")
 
 POLL_S = 0.25
+SUMMARY_EVERY_S = 2.0
 OLD_WORKERS_WAIT_S = 15.0
 STOP_JOIN_S = 10.0
 MAX_FAILURES_SHOWN = 5
 DEFAULT_GRACE_S = 30.0
 
+__all__ = ["DEFAULT_GRACE_S", "RunSummary", "run"]
 
-@dataclass
-class RunSummary:
-    """What one run did; the CLI prints it."""
-
-    total: int
-    already_done: int
-    succeeded: int = 0
-    failed: int = 0
-    recovered: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    elapsed_s: float = 0.0
-    stopped: str | None = None
-    log_file: Path | None = None
-    repairs: list[TailRepair] = field(default_factory=list)
-    bad_lines: int = 0
-    unknown_ids: int = 0
-    worker_deaths: int = 0
-    failures_by_type: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def done(self) -> int:
-        return self.already_done + self.succeeded + self.recovered
-
-    @property
-    def remaining(self) -> int:
-        return self.total - self.done
+WorkItem = tuple[Task, int]  # a task and the index of the model it is for
 
 
 @dataclass
 class _Slot:
-    """One worker process and the tasks it holds (sent, not yet reported)."""
+    """One worker process and the work it holds (sent, not yet reported)."""
 
     index: int
     process: Any
     conn: Any
-    held: dict[str, Task] = field(default_factory=dict)
+    held: dict[tuple[str, int], Task] = field(default_factory=dict)
     open: bool = True
     stopped: bool = False
 
 
+def _work_items(tasks: Iterator[Task], done: list[set[str]]) -> Iterator[WorkItem]:
+    """Each task once for each model whose output does not have it yet."""
+    for task in tasks:
+        for model, ids in enumerate(done):
+            if task.id not in ids:
+                yield task, model
+
+
 class _Supervisor:
-    def __init__(self, config: RunConfig, paths: OutputPaths, tasks: Iterator[Task], summary: RunSummary,
-                 log_file: Path | None, run_start: int, grace_s: float,
-                 progress: bool) -> None:
+    def __init__(self, config: RunConfig, outputs: list[OutputPaths], items: Iterator[WorkItem],
+                 summary: RunSummary, log_file: Path | None, run_starts: list[int], grace_s: float,
+                 progress: bool, summary_path: Path) -> None:
         self.config = config
-        self.paths = paths
-        self.tasks = tasks
+        self.outputs = outputs
+        self.items = items
         self.summary = summary
         self.log_file = log_file
-        self.run_start = run_start
+        self.run_starts = run_starts
         self.grace_s = grace_s
+        self.summary_path = summary_path
         self.ctx = multiprocess.get_context("fork")
+        keys = config.require_api_keys()
+        self.key_names = [key_hint(keys, i) for i in range(len(keys))]
+        self.limiter = SharedLimiter.create(self.ctx, len(keys), len(config.models), config.rpm, config.tpm,
+                                            config.rate_window,
+                                            max_in_flight=config.processes * config.concurrency)
         self.slots: list[_Slot] = []
-        self.requeue: deque[Task] = deque()
+        self.requeue: deque[WorkItem] = deque()
         self.feeding = True
         self.stop_reason: str | None = None
         self.stop_deadline: float | None = None
@@ -106,21 +98,22 @@ class _Supervisor:
         self.bar = tqdm(total=summary.total, initial=summary.already_done, unit="task", dynamic_ncols=True,
                         smoothing=0.05, disable=not progress)
         self._postfix_at = 0.0
+        self._summary_at = 0.0
 
     # -- workers -----------------------------------------------------------------------------------
 
     def _spawn(self, index: int) -> _Slot:
         parent_end, child_end = self.ctx.Pipe(duplex=True)
-        settings = WorkerSettings(self.config, self.paths, str(self.log_file) if self.log_file else None,
-                                  index, fsync=self.config.fsync)
-        process = self.ctx.Process(target=worker_main, args=(settings, child_end), name=f"mpinfer-w{index}",
-                                   daemon=True)
+        settings = WorkerSettings(self.config, tuple(self.outputs), str(self.log_file) if self.log_file else None,
+                                  index)
+        process = self.ctx.Process(target=worker_main, args=(settings, child_end, self.limiter),
+                                   name=f"mpinfer-w{index}", daemon=True)
         process.start()
         child_end.close()
         return _Slot(index, process, parent_end)
 
     def start(self) -> None:
-        gc.freeze()  # the forked children need not copy-on-write the parent's id set when they collect
+        gc.freeze()  # the forked children need not copy-on-write the parent's id sets when they collect
         for index in range(self.config.processes):
             self.slots.append(self._spawn(index))
         log.info("started %d workers, %d requests in flight each", self.config.processes,
@@ -137,14 +130,15 @@ class _Supervisor:
     def _top_up(self) -> None:
         for slot in sorted(self.slots, key=lambda s: len(s.held)):
             while self.feeding and slot.open and not slot.stopped and len(slot.held) < self.max_held:
-                task = self.requeue.popleft() if self.requeue else next(self.tasks, None)
-                if task is None:
+                item = self.requeue.popleft() if self.requeue else next(self.items, None)
+                if item is None:
                     self.feeding = False
                     break
-                if not self._send(slot, task_to_bytes(task)):
-                    self.requeue.append(task)
+                task, model = item
+                if not self._send(slot, work_message(task, model)):
+                    self.requeue.append(item)
                     break
-                slot.held[task.id] = task
+                slot.held[(task.id, model)] = task
 
     def _stop_all(self, reason: str | None) -> None:
         if reason and self.stop_reason is None:
@@ -160,28 +154,30 @@ class _Supervisor:
     def _on_event(self, slot: _Slot, event: dict[str, Any]) -> None:
         kind = event.get("kind")
         task_id = event.get("id")
+        model = event.get("m") or 0
+        tally = self.summary.per_model[self.config.models[model]]
         if kind == EventKind.DONE.value:
-            slot.held.pop(task_id, None)
+            slot.held.pop((task_id, model), None)
             self.summary.succeeded += 1
+            tally.succeeded += 1
             self.summary.prompt_tokens += event.get("prompt_tokens") or 0
             self.summary.completion_tokens += event.get("completion_tokens") or 0
             self.bar.update(1)
         elif kind == EventKind.FAILED.value:
-            slot.held.pop(task_id, None)
-            self.summary.failed += 1
+            slot.held.pop((task_id, model), None)
             error_type = str(event.get("error_type"))
-            self.summary.failures_by_type[error_type] = self.summary.failures_by_type.get(error_type, 0) + 1
+            self.summary.count_failure(error_type)
+            tally.failed += 1
             if self.summary.failed <= MAX_FAILURES_SHOWN:
                 more = " (further failures only in the log)" if self.summary.failed == MAX_FAILURES_SHOWN else ""
                 log.warning("task %s failed: %s: %s%s", task_id, error_type, event.get("message"), more)
-        elif kind == EventKind.ABORT.value:
+        elif kind == EventKind.KEY_DISABLED.value:
+            log.warning("API key %s rejected (%s): disabled, the run goes on with the other keys",
+                        event.get("key"), event.get("message"))
+        elif kind in (EventKind.ABORT.value, EventKind.FATAL.value):
             message = str(event.get("message"))
             log.error("stopping the run: %s", message)
-            self._stop_all(f"aborted: {message}")
-        elif kind == EventKind.FATAL.value:
-            message = str(event.get("message"))
-            log.error("stopping the run: %s", message)
-            self._stop_all(f"fatal: {message}")
+            self._stop_all(f"{'aborted' if kind == EventKind.ABORT.value else 'fatal'}: {message}")
         elif kind == EventKind.EXIT.value:
             slot.stopped = True
         now = time.monotonic()
@@ -198,6 +194,11 @@ class _Supervisor:
         except (EOFError, OSError):
             slot.open = False
 
+    def _written_since_start(self, held: dict[tuple[str, int], Task]) -> set[tuple[str, int]]:
+        models = {model for _, model in held}
+        return {(task_id, m) for m in models
+                for task_id in scan(self.outputs[m].output, self.run_starts[m]).ids}
+
     def _on_death(self, slot: _Slot) -> None:
         """A worker is gone: recover what it held, and replace it if the run goes on."""
         slot.process.join(timeout=1)
@@ -208,17 +209,17 @@ class _Supervisor:
         code = slot.process.exitcode
         expected = slot.stopped and code == 0
         if slot.held:
-            written = scan(self.paths.output, self.run_start).ids
-            recovered = [t for t in slot.held.values() if t.id in written]
-            lost = [t for t in slot.held.values() if t.id not in written]
-            self.summary.recovered += len(recovered)
-            self.bar.update(len(recovered))
-            if self.feeding or self.stop_reason is None:
+            written = self._written_since_start(slot.held)
+            lost = [(task, m) for (task_id, m), task in slot.held.items() if (task_id, m) not in written]
+            recovered = len(slot.held) - len(lost)
+            self.summary.recovered += recovered
+            self.bar.update(recovered)
+            if self.stop_reason is None:
                 self.requeue.extend(lost)
                 self.feeding = self.feeding or bool(lost)
             if not expected:
                 log.warning("worker %d (pid %s) died (exit code %s) holding %d tasks: %d were written, %d "
-                            "sent again", slot.index, slot.process.pid, code, len(slot.held), len(recovered),
+                            "sent again", slot.index, slot.process.pid, code, len(slot.held), recovered,
                             len(lost))
         if expected:
             return
@@ -233,8 +234,14 @@ class _Supervisor:
 
     # -- the loop ----------------------------------------------------------------------------------
 
-    def _on_signal(self, signum: int, _frame: Any) -> None:
+    def on_signal(self, _signum: int, _frame: Any) -> None:
         self.signals += 1
+
+    def save_summary(self, live: bool) -> None:
+        keys = range(self.limiter.n_keys)
+        self.summary.take_lane_stats(self.limiter.lane_stats(time.monotonic()), self.config.models,
+                                     self.key_names, [self.limiter.key_disabled(k) for k in keys])
+        write_summary(self.summary_path, self.summary, live)
 
     def loop(self) -> None:
         handled = 0
@@ -256,10 +263,14 @@ class _Supervisor:
                 self._stop_all(None)  # all work is done
             if self.stop_deadline is None and any(s.stopped for s in self.slots):
                 self.stop_deadline = time.monotonic() + max(self.grace_s, STOP_JOIN_S)
-            if self.stop_deadline is not None and time.monotonic() > self.stop_deadline:
+            now = time.monotonic()
+            if self.stop_deadline is not None and now > self.stop_deadline:
                 log.warning("workers did not finish in time; stopping them")
                 self._kill_all()
                 return
+            if now - self._summary_at > SUMMARY_EVERY_S:
+                self._summary_at = now
+                self.save_summary(live=True)
             waitables: list[Any] = [s.conn for s in self.slots if s.open]
             waitables += [s.process.sentinel for s in self.slots]
             ready = set(wait(waitables, timeout=POLL_S))
@@ -295,49 +306,68 @@ def _wait_for_old_workers(paths: OutputPaths) -> None:
     lock.release()
 
 
+def _prepare(paths: OutputPaths, summary: RunSummary) -> None:
+    for path in (paths.output, paths.errors):
+        repair = repair_tail(path, paths.corrupt_of(path))
+        if repair is None:
+            continue
+        summary.repaired += 1
+        if repair.moved_to:
+            log.warning("%s: moved a torn last line (%d bytes) to %s", path, repair.moved_bytes, repair.moved_to)
+        else:
+            log.info("%s: added the missing newline after the last record", path)
+
+
 def run(config: RunConfig, *, progress: bool = True, grace_s: float = DEFAULT_GRACE_S) -> RunSummary:
     """Run every task of the input that is not in the output yet; rerun after any crash to resume."""
     started = time.monotonic()
     input_path, output = config.require_paths()
-    config.require_api_key()
+    config.require_api_keys()
     keys = FieldKeys(config.id_key, config.prompt_key, config.images_key)
     index = check_input(input_path, keys)  # bad input fails here, before anything is spent
-    paths = OutputPaths.of(output)
+    models = config.models
+    outputs = [OutputPaths.of(path) for path in model_outputs(output, models)]
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"{output.parent}: {exc.strerror or exc}") from None
-    with RunLock(paths, config.model):
-        _wait_for_old_workers(paths)
-        repairs = [r for r in (repair_tail(paths.output, paths.corrupt),
-                               repair_tail(paths.errors, paths.corrupt_of(paths.errors))) if r]
-        found = scan(paths.output)
-        done = found.ids & index.ids
-        summary = RunSummary(total=index.total, already_done=len(done), repairs=repairs,
-                             bad_lines=len(found.bad_lines), unknown_ids=len(found.ids - index.ids))
+    with ExitStack() as locks:
+        for paths in outputs:
+            locks.enter_context(RunLock(paths, config.model))
+        for paths in outputs:
+            _wait_for_old_workers(paths)
         log_file = create_log_file(config.log_dir, config.model)
-        summary.log_file = log_file
         setup_parent_logging(log_file, config.verbose)
-        log.info("run %s -> %s: %r", input_path, output, config)
-        for repair in repairs:
-            if repair.moved_to:
-                log.warning("%s: moved a torn last line (%d bytes) to %s", repair.path, repair.moved_bytes,
-                            repair.moved_to)
-            else:
-                log.info("%s: added the missing newline after the last record", repair.path)
-        for bad in found.bad_lines[:MAX_FAILURES_SHOWN]:
-            log.warning("%s:%d is not a valid record (left in place; its task runs again): %s", output,
-                        bad.line, bad.snippet)
-        if summary.unknown_ids:
-            log.warning("%d ids in %s are not in the input (--validate lists them)", summary.unknown_ids, output)
-        log.info("%d tasks, %d already done, %d to run", index.total, len(done), index.total - len(done))
+        summary = RunSummary(total=index.total * len(models), already_done=0, log_file=log_file)
+        done: list[set[str]] = []
+        run_starts: list[int] = []
+        for model, paths in zip(models, outputs):
+            _prepare(paths, summary)
+            found = scan(paths.output)
+            for bad in found.bad_lines[:MAX_FAILURES_SHOWN]:
+                log.warning("%s:%d is not a valid record (left in place; its task runs again): %s", paths.output,
+                            bad.line, bad.snippet)
+            unknown = len(found.ids - index.ids)
+            if unknown:
+                log.warning("%d ids in %s are not in the input (--validate lists them)", unknown, paths.output)
+            done.append(found.ids & index.ids)
+            run_starts.append(found.end_offset)
+            summary.bad_lines += len(found.bad_lines)
+            summary.unknown_ids += unknown
+            summary.per_model[model] = Tally()
+        summary.already_done = sum(len(ids) for ids in done)
+        log.info("run %s -> %s: %r", input_path, ", ".join(str(p.output) for p in outputs), config)
+        log.info("%d tasks x %d models, %d already done, %d to run", index.total, len(models),
+                 summary.already_done, summary.remaining)
+        summary_path = companion(output, ".summary.json")
         if summary.remaining == 0:
             summary.elapsed_s = time.monotonic() - started
             return summary
-        supervisor = _Supervisor(config, paths, iter_tasks(input_path, keys, skip=done), summary, log_file,
-                                 found.end_offset, grace_s, progress)
-        del done, found, index
-        previous = {sig: signal.signal(sig, supervisor._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        items = _work_items(iter_tasks(input_path, keys), done)
+        supervisor = _Supervisor(config, outputs, items, summary, log_file, run_starts, grace_s, progress,
+                                 summary_path)
+        del index
+        previous = {sig: signal.signal(sig, supervisor.on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             supervisor.start()
             supervisor.loop()
@@ -345,8 +375,9 @@ def run(config: RunConfig, *, progress: bool = True, grace_s: float = DEFAULT_GR
             supervisor.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-        summary.stopped = supervisor.stop_reason
-        summary.elapsed_s = time.monotonic() - started
+            summary.stopped = supervisor.stop_reason
+            summary.elapsed_s = time.monotonic() - started
+            supervisor.save_summary(live=False)
         log.info("run ended: %d written, %d failed, %d left, %.1fs%s", summary.succeeded + summary.recovered,
                  summary.failed, summary.remaining, summary.elapsed_s,
                  f", stopped: {summary.stopped}" if summary.stopped else "")

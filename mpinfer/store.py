@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from filelock import FileLock, Timeout
 from .errors import OutputError, RunLockedError
 
 _BLOCK = 1 << 16
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 _SNIPPET = 120
 RUN_LOCK_WAIT_S = 2.0
 _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -33,6 +35,13 @@ _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 def companion(output: Path, suffix: str) -> Path:
     """A file that belongs to an output: ``results.jsonl`` -> ``results.jsonl.errors.jsonl``."""
     return output.with_name(output.name + suffix)
+
+
+def model_outputs(output: Path, models: tuple[str, ...]) -> tuple[Path, ...]:
+    """Where each model's lines go: the output itself for one model, ``<stem>.<model><suffix>`` for several."""
+    if len(models) == 1:
+        return (output,)
+    return tuple(output.with_name(f"{output.stem}.{_SAFE_NAME.sub('_', m)}{output.suffix}") for m in models)
 
 
 def _hidden(output: Path, suffix: str) -> Path:

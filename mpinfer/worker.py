@@ -1,17 +1,20 @@
 """The child side: one process, one event loop, up to ``concurrency`` requests in flight.
 
-A worker receives tasks from the parent over its own pipe, sends each to the API, appends a Result or a
-Failure line through the store, and only then tells the parent. It builds its own client, store handle and
-random generator: nothing live crosses the process boundary, only plain data.
+A worker receives tasks from the parent over its own pipe, waits on the shared rate limiter, sends each to
+the API, appends a Result or a Failure line through the store, and only then tells the parent. It builds
+its own clients, store handles and random generator: nothing live crosses the process boundary but the
+limiter's shared memory, which it inherits.
 
-Messages on the pipe are orjson bytes. Parent -> worker: a task object, or ``{"stop": true}`` (finish what
-is in flight, take nothing new). Worker -> parent: ``{"kind": ..., "id": ...}`` events (see Event).
+Messages on the pipe are orjson bytes. Parent -> worker: ``{"task": {...}, "m": model index}``, or
+``{"stop": true}`` (finish what is in flight, take nothing new). Worker -> parent: events
+``{"kind": ..., "id": ..., "m": ...}`` (see EventKind).
 """
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
+import dataclasses
 import fcntl
 import logging
 import os
@@ -23,45 +26,55 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+import openai
 import orjson
 
-from .client import Answer, Verdict, backoff_s, classify, complete, make_client
+from .client import Answer, CallError, Verdict, backoff_s, classify, complete, make_client
 from .config import RunConfig
 from .errors import ImageError, OutputError
 from .logfile import setup_worker_logging
-from .messages import ImageEncoder, build_request
+from .messages import ImageEncoder, Request, build_request
+from .ratelimit import Grant, NoKeysLeft, SharedLimiter
 from .records import Failure, Result, Usage
 from .store import Appender, OutputPaths
 from .tasks import Task
 
 _PR_SET_PDEATHSIG = 1
+_KEY_ERRORS = frozenset({"authentication", "permission_denied"})
+_OVERLOAD_ERRORS = frozenset({"rate_limit", "timeout"})
 log = logging.getLogger("mpinfer.worker")
 
 
 class EventKind(str, Enum):
-    DONE = "done"          # the Result line is on disk
-    FAILED = "failed"      # the Failure line is in the errors file; a rerun tries again
-    ABORT = "abort"        # no task can succeed (bad key, no quota): the run must stop
-    FATAL = "fatal"        # this worker cannot write (full disk): the run must stop
-    EXIT = "exit"          # the worker finished and is about to exit
+    DONE = "done"                  # the Result line is on disk
+    FAILED = "failed"              # the Failure line is in the errors file; a rerun tries again
+    KEY_DISABLED = "key_disabled"  # a key was rejected; the others go on
+    ABORT = "abort"                # no task can succeed (no key left, no quota): the run must stop
+    FATAL = "fatal"                # this worker cannot write (full disk): the run must stop
+    EXIT = "exit"                  # the worker finished and is about to exit
 
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    """Plain data a worker starts from."""
+    """Plain data a worker starts from: ``outputs[m]`` is where model ``m``'s lines go."""
 
     config: RunConfig
-    paths: OutputPaths
+    outputs: tuple[OutputPaths, ...]
     log_file: str | None
     index: int
-    fsync: bool = False
 
 
-def task_to_bytes(task: Task) -> bytes:
-    return orjson.dumps(task)
+def key_hint(keys: tuple[str, ...], index: int) -> str:
+    """How a key is named in logs and reports: its last 4 characters, or only its number if it is short."""
+    key = keys[index]
+    return f"...{key[-4:]}" if len(key) >= 12 else f"key #{index + 1}"
 
 
-def task_from_dict(data: dict[str, Any]) -> Task:
+def work_message(task: Task, model: int) -> bytes:
+    return orjson.dumps({"task": task, "m": model})
+
+
+def _task_from_dict(data: dict[str, Any]) -> Task:
     data["images"] = tuple(data.get("images") or ())
     return Task(**data)
 
@@ -78,44 +91,59 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def _hold_workers_lock(paths: OutputPaths) -> int:
-    """A shared lock held for the worker's life: a new run waits on it until every old worker is gone."""
-    fd = os.open(paths.workers_lock, os.O_RDWR | os.O_CREAT, 0o644)
-    fcntl.flock(fd, fcntl.LOCK_SH)
-    return fd
+def _hold_workers_locks(outputs: tuple[OutputPaths, ...]) -> list[int]:
+    """Shared locks held for the worker's life: a new run waits on them until every old worker is gone."""
+    fds = []
+    for paths in outputs:
+        fd = os.open(paths.workers_lock, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        fds.append(fd)
+    return fds
+
+
+class _Stopping(Exception):
+    """The run is stopping: leave the task undone and unrecorded; the rerun sends it."""
 
 
 class Worker:
     """The state of one worker process's event loop."""
 
-    def __init__(self, settings: WorkerSettings, conn: Any) -> None:
+    def __init__(self, settings: WorkerSettings, conn: Any, limiter: SharedLimiter) -> None:
         self.settings = settings
         self.config = settings.config
         self.conn = conn
-        self.rng = random.Random(os.urandom(16))
-        self.appender = Appender(settings.paths, fsync=settings.fsync)
+        self.limiter = limiter
+        self.keys = self.config.require_api_keys()
+        self.models = self.config.models
+        self.rng = random.Random(os.urandom(16))  # forked siblings must not jitter alike
+        self.appenders = [Appender(paths, fsync=self.config.fsync) for paths in settings.outputs]
         self.encoder = ImageEncoder(self.config.resolved_image_root)
+        self.clients: dict[int, openai.AsyncOpenAI] = {}
         self.stopping = False
 
     def send(self, kind: EventKind, task_id: str | None = None, **fields: Any) -> None:
         self.conn.send_bytes(orjson.dumps({"kind": kind.value, "id": task_id, **fields}))
 
+    def client(self, key: int) -> openai.AsyncOpenAI:
+        if key not in self.clients:
+            self.clients[key] = make_client(self.keys[key], self.config.base_url, self.config.timeout)
+        return self.clients[key]
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        inbox: asyncio.Queue[Task | None] = asyncio.Queue()
+        inbox: asyncio.Queue[tuple[Task, int] | None] = asyncio.Queue()
         concurrency = self.config.concurrency
 
         def on_message(data: dict[str, Any] | None) -> None:
             if data is None or data.get("stop"):
                 self.stopping = True
-                # Tasks still waiting in the inbox are dropped: they were never sent, and the parent
-                # counts them as not done.
+                # Tasks still waiting in the inbox are dropped: never sent, the parent counts them not done.
                 while not inbox.empty():
                     inbox.get_nowait()
                 for _ in range(concurrency):
                     inbox.put_nowait(None)
             else:
-                inbox.put_nowait(task_from_dict(data))
+                inbox.put_nowait((_task_from_dict(data["task"]), int(data["m"])))
 
         def read_pipe() -> None:
             while True:
@@ -130,64 +158,115 @@ class Worker:
                     return
 
         threading.Thread(target=read_pipe, name="mpinfer-reader", daemon=True).start()
-        self.client = make_client(self.config.require_api_key(), self.config.base_url, self.config.timeout)
         try:
             await asyncio.gather(*(self._runner(inbox) for _ in range(concurrency)))
         finally:
-            await self.client.close()
-            self.appender.close()
+            for client in self.clients.values():
+                await client.close()
+            for appender in self.appenders:
+                appender.close()
 
-    async def _runner(self, inbox: asyncio.Queue[Task | None]) -> None:
+    async def _runner(self, inbox: asyncio.Queue[tuple[Task, int] | None]) -> None:
         while True:
-            task = await inbox.get()
-            if task is None or self.stopping:
+            item = await inbox.get()
+            if item is None or self.stopping:
                 return
+            task, model = item
             try:
-                await self._process(task)
+                await self._process(task, model)
+            except _Stopping:
+                continue
             except OutputError as exc:
                 log.error("cannot write: %s", exc)
-                self.send(EventKind.FATAL, task.id, message=str(exc))
+                self.send(EventKind.FATAL, task.id, m=model, message=str(exc))
                 self.stopping = True
                 return
 
-    async def _process(self, task: Task) -> None:
+    def _request(self, task: Task, model: int) -> Request:
         config = self.config
-        started = time.monotonic()
-        attempts = 0
-        try:
-            request = build_request(
-                task, self.encoder, model=config.model, system_prompt=config.system_prompt,
-                temperature=config.temperature, max_tokens=config.max_tokens, extra_body=config.extra_body,
-            )
-        except ImageError as exc:
-            self._fail(task, classify(exc).error_type, None, str(exc), attempts)
-            return
+        if len(self.models) > 1:
+            task = dataclasses.replace(task, model=None)  # each of the run's models, whatever the task says
+        return build_request(task, self.encoder, model=self.models[model], system_prompt=config.system_prompt,
+                             temperature=config.temperature, max_tokens=config.max_tokens,
+                             extra_body=config.extra_body)
+
+    async def _acquire(self, model: int, charge: int) -> Grant:
+        """Wait for the shared limiter: a free key, room in its window, no pause on its lane."""
         while True:
+            got = self.limiter.try_acquire(model, charge, time.monotonic())
+            if isinstance(got, Grant):
+                return got
+            if self.stopping:
+                raise _Stopping()
+            await asyncio.sleep(min(got, 0.5))
+
+    async def _process(self, task: Task, model: int) -> None:
+        started = time.monotonic()
+        try:
+            request = self._request(task, model)
+        except ImageError as exc:
+            self._fail(task, model, classify(exc), 0)
+            return
+        attempts = retries = 0
+        while True:
+            try:
+                grant = await self._acquire(model, request.charge)
+            except NoKeysLeft:
+                self._abort(task, model, "every API key was rejected (401/403); see the log", attempts)
+                return
             attempts += 1
             try:
-                answer = await complete(self.client, request, config.timeout)
+                answer = await complete(self.client(grant.key), request.kwargs, self.config.timeout)
             except Exception as exc:  # classify decides; nothing escapes unrecorded
                 error = classify(exc)
-                if error.verdict is Verdict.RETRY and self.stopping:
-                    # Interrupted, not failed: leave no failure line; the rerun sends it again.
+                now = time.monotonic()
+                response = getattr(exc, "response", None)
+                self.limiter.observe_headers(grant.lane, getattr(response, "headers", None), now)
+                self.limiter.release(grant, now, ok=False, overloaded=error.error_type in _OVERLOAD_ERRORS)
+                if error.error_type == "rate_limit":
+                    self.limiter.rate_limited(grant.lane, now, error.retry_after)
+                if error.error_type in _KEY_ERRORS:
+                    if self._disable_key(grant.key, error):
+                        continue  # the same task, on another key
+                    self._abort(task, model, f"{error.error_type}: {error.message}", attempts, error)
                     return
-                if error.verdict is Verdict.RETRY and attempts <= config.max_retries:
-                    delay = backoff_s(attempts, config.retry_backoff, self.rng, error.retry_after)
+                if error.verdict is Verdict.RETRY and self.stopping:
+                    raise _Stopping() from None
+                if error.verdict is Verdict.RETRY and retries < self.config.max_retries:
+                    retries += 1
+                    delay = backoff_s(retries, self.config.retry_backoff, self.rng, error.retry_after)
                     log.info("task %s attempt %d: %s (%s); retry in %.2fs", task.id, attempts,
                              error.error_type, error.message, delay)
                     await asyncio.sleep(delay)
                     if self.stopping:
-                        return
+                        raise _Stopping() from None
                     continue
-                self._fail(task, error.error_type, error.status, error.message, attempts)
                 if error.verdict is Verdict.ABORT:
-                    self.send(EventKind.ABORT, task.id, message=f"{error.error_type}: {error.message}")
-                    self.stopping = True
+                    self._abort(task, model, f"{error.error_type}: {error.message}", attempts, error)
+                    return
+                self._fail(task, model, error, attempts)
                 return
-            self._succeed(task, request["model"], answer, attempts, time.monotonic() - started)
+            now = time.monotonic()
+            self.limiter.observe_headers(grant.lane, answer.headers, now)
+            # What the server counted against the limit: the real prompt plus the answer it allowed.
+            charged = answer.prompt_tokens + (request.max_tokens or answer.completion_tokens)
+            self.limiter.release(grant, now, ok=True, charged=charged, used=answer.total_tokens)
+            self._succeed(task, model, request.model, answer, attempts, now - started)
             return
 
-    def _succeed(self, task: Task, requested: str, answer: Answer, attempts: int, latency: float) -> None:
+    def _disable_key(self, key: int, error: CallError) -> bool:
+        """Stop using a rejected key; whether any key is left."""
+        already = self.limiter.key_disabled(key)
+        left = self.limiter.disable_key(key)
+        if not already:
+            hint = key_hint(self.keys, key)
+            log.warning("API key %s rejected (%s %s): disabled for the rest of the run", hint, error.status,
+                        error.error_type)
+            self.send(EventKind.KEY_DISABLED, None, key=hint, message=f"{error.status} {error.error_type}")
+        return left
+
+    def _succeed(self, task: Task, model: int, requested: str, answer: Answer, attempts: int,
+                 latency: float) -> None:
         result = Result(
             id=task.id,
             input_prompt=task.prompt,
@@ -201,26 +280,35 @@ class Worker:
             attempts=attempts,
             processed_at=time.time(),
         )
-        self.appender.append(self.settings.paths.output, result.to_line())
-        self.send(EventKind.DONE, task.id, prompt_tokens=answer.prompt_tokens,
-                  completion_tokens=answer.completion_tokens, latency_s=result.latency_s,
-                  model=answer.model, attempts=attempts)
+        self.appenders[model].append(self.settings.outputs[model].output, result.to_line())
+        self.send(EventKind.DONE, task.id, m=model, prompt_tokens=answer.prompt_tokens,
+                  completion_tokens=answer.completion_tokens, latency_s=result.latency_s, model=answer.model,
+                  attempts=attempts)
 
-    def _fail(self, task: Task, error_type: str, status: int | None, message: str, attempts: int) -> None:
-        failure = Failure(task.id, error_type, status, message, attempts, time.time())
-        self.appender.append(self.settings.paths.errors, failure.to_line())
-        log.warning("task %s failed after %d attempts: %s: %s", task.id, attempts, error_type, message)
-        self.send(EventKind.FAILED, task.id, error_type=error_type, status=status, message=message)
+    def _fail(self, task: Task, model: int, error: CallError, attempts: int) -> None:
+        failure = Failure(task.id, error.error_type, error.status, error.message, attempts, time.time())
+        self.appenders[model].append(self.settings.outputs[model].errors, failure.to_line())
+        log.warning("task %s failed after %d attempts: %s: %s", task.id, attempts, error.error_type,
+                    error.message)
+        self.send(EventKind.FAILED, task.id, m=model, error_type=error.error_type, status=error.status,
+                  message=error.message, attempts=attempts)
+
+    def _abort(self, task: Task, model: int, message: str, attempts: int, error: CallError | None = None) -> None:
+        """No task can succeed: record this one's failure, tell the parent, take nothing new."""
+        if error is not None:
+            self._fail(task, model, error, attempts)
+        self.send(EventKind.ABORT, task.id, m=model, message=message)
+        self.stopping = True
 
 
-def worker_main(settings: WorkerSettings, conn: Any) -> None:
+def worker_main(settings: WorkerSettings, conn: Any, limiter: SharedLimiter) -> None:
     """Entry point of a worker process (module level, so any start method can find it)."""
     _die_with_parent()
     # Ctrl-C reaches the whole process group; the parent alone decides how the run stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    lock_fd = _hold_workers_lock(settings.paths)
+    lock_fds = _hold_workers_locks(settings.outputs)
     setup_worker_logging(settings.log_file, settings.config.verbose, f"w{settings.index}")
-    worker = Worker(settings, conn)
+    worker = Worker(settings, conn, limiter)
     try:
         asyncio.run(worker.run())
     except Exception as exc:  # a bug must reach the parent, not vanish with the process
@@ -234,4 +322,5 @@ def worker_main(settings: WorkerSettings, conn: Any) -> None:
             worker.send(EventKind.EXIT)
         except OSError:
             pass
-        os.close(lock_fd)
+        for fd in lock_fds:
+            os.close(fd)

@@ -96,7 +96,7 @@ def test_a_request_built_from_a_task_with_an_image_is_accepted(mock: MockServerP
     # Given a task with a local PNG, built into a request by the package
     (tmp_path / "a.png").write_bytes(png_bytes(8, 8, (1, 2, 3), (4, 5, 6)))
     task = Task(id="a", prompt="describe", images=("a.png",), max_tokens=3)
-    request = build_request(task, ImageEncoder(tmp_path), model="gpt-4o")
+    request = build_request(task, ImageEncoder(tmp_path), model="gpt-4o").kwargs
     # When it is sent
     answer = call(mock, request)
     # Then the server saw one image, and max_tokens cut the answer short
@@ -177,7 +177,7 @@ def test_a_bad_data_url_fails_the_task_as_a_bad_request(mock: MockServerProcess,
     # Given a task whose image is a data URL with a payload that is not base64 (passed through untouched)
     bad_url = "data:image/png;base64,!!!not-base64!!!"
     request = build_request(Task(id="a", prompt="look", images=(bad_url,)), ImageEncoder(tmp_path),
-                            model="gpt-4o-mini")
+                            model="gpt-4o-mini").kwargs
     assert request["messages"][0]["content"][1]["image_url"]["url"] == bad_url
     # When it is sent
     exc, error = failure(mock, request)

@@ -288,7 +288,7 @@ def test_build_request_task_settings_win_over_run_settings(tmp_path: Path) -> No
     # Given a task with its own model, temperature 0 and max_tokens
     task = Task(id="a", prompt="hi", model="gpt-4o", temperature=0.0, max_tokens=5)
     # When a request is built with other run settings
-    request = build_request(task, ImageEncoder(tmp_path), model="gpt-4o-mini", temperature=0.9, max_tokens=100)
+    request = build_request(task, ImageEncoder(tmp_path), model="gpt-4o-mini", temperature=0.9, max_tokens=100).kwargs
     # Then the task's settings are sent (a temperature of 0 included)
     assert request["model"] == "gpt-4o"
     assert request["temperature"] == 0.0
@@ -300,7 +300,7 @@ def test_build_request_uses_run_settings_when_the_task_has_none(tmp_path: Path) 
     task = Task(id="a", prompt="hi")
     # When a request is built with run settings
     request = build_request(task, ImageEncoder(tmp_path), model="gpt-4o-mini", system_prompt="sys",
-                            temperature=0.9, max_tokens=100)
+                            temperature=0.9, max_tokens=100).kwargs
     # Then the run's settings are sent
     assert request == {
         "model": "gpt-4o-mini",
@@ -314,7 +314,7 @@ def test_build_request_leaves_out_settings_nobody_set(tmp_path: Path) -> None:
     # Given a task and run with no temperature, max_tokens or extra body
     task = Task(id="a", prompt="hi")
     # When a request is built
-    request = build_request(task, ImageEncoder(tmp_path), model="m")
+    request = build_request(task, ImageEncoder(tmp_path), model="m").kwargs
     # Then only model and messages are sent (the server's defaults apply)
     assert request == {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -323,7 +323,7 @@ def test_build_request_passes_extra_body_through(tmp_path: Path) -> None:
     # Given a run extra body
     extra = {"top_p": 0.5, "metadata": {"batch": "7"}}
     # When a request is built
-    request = build_request(Task(id="a", prompt="hi"), ImageEncoder(tmp_path), model="m", extra_body=extra)
+    request = build_request(Task(id="a", prompt="hi"), ImageEncoder(tmp_path), model="m", extra_body=extra).kwargs
     # Then it is passed as the SDK's extra_body, unchanged
     assert request["extra_body"] == {"top_p": 0.5, "metadata": {"batch": "7"}}
 

@@ -1,0 +1,112 @@
+"""RunSummary: what a run did, tallied by the parent from its workers' reports and the shared limiter.
+
+It is written to ``<output>.summary.json`` every few seconds while the run is live and once at its end, so
+``--status`` can show requests, tokens and 429s per key and per model, which the output lines alone do not
+carry. The counts of done and failed tasks in status come from the output files, never from here.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .ratelimit import LaneStats
+
+
+@dataclass
+class Tally:
+    """Counts for one model or one key."""
+
+    requests: int = 0
+    rate_limited: int = 0
+    tokens: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    disabled: bool = False
+
+
+@dataclass
+class RunSummary:
+    """What one run did; the CLI prints it and it is saved beside the output."""
+
+    total: int
+    already_done: int
+    succeeded: int = 0
+    failed: int = 0
+    recovered: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    elapsed_s: float = 0.0
+    started_at: float = field(default_factory=time.time)
+    stopped: str | None = None
+    log_file: Path | None = None
+    repaired: int = 0
+    bad_lines: int = 0
+    unknown_ids: int = 0
+    worker_deaths: int = 0
+    failures_by_type: dict[str, int] = field(default_factory=dict)
+    per_model: dict[str, Tally] = field(default_factory=dict)
+    per_key: dict[str, Tally] = field(default_factory=dict)
+
+    @property
+    def done(self) -> int:
+        return self.already_done + self.succeeded + self.recovered
+
+    @property
+    def remaining(self) -> int:
+        return self.total - self.done
+
+    @property
+    def rate_limited(self) -> int:
+        return sum(t.rate_limited for t in self.per_key.values())
+
+    def count_failure(self, error_type: str) -> None:
+        self.failed += 1
+        self.failures_by_type[error_type] = self.failures_by_type.get(error_type, 0) + 1
+
+    def take_lane_stats(self, lanes: list[LaneStats], models: tuple[str, ...], key_names: list[str],
+                        disabled: list[bool]) -> None:
+        """Requests, 429s and tokens per key and per model, from the shared limiter's counters."""
+        for name in models:
+            tally = self.per_model.setdefault(name, Tally())
+            tally.requests = tally.rate_limited = tally.tokens = 0
+        self.per_key = {name: Tally(disabled=off) for name, off in zip(key_names, disabled)}
+        for lane in lanes:
+            for tally in (self.per_model[models[lane.model]], self.per_key[key_names[lane.key]]):
+                tally.requests += lane.requests
+                tally.rate_limited += lane.rate_limited
+                tally.tokens += lane.tokens
+
+    def to_dict(self, live: bool) -> dict[str, Any]:
+        data = asdict(self)
+        data["log_file"] = str(self.log_file) if self.log_file else None
+        data.update(live=live, done=self.done, remaining=self.remaining, rate_limited=self.rate_limited,
+                    updated_at=time.time())
+        return data
+
+
+def write_summary(path: Path, summary: RunSummary, live: bool) -> None:
+    """Replace the summary file atomically: a reader sees the old one or the new one, never half."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(orjson.dumps(summary.to_dict(live), option=orjson.OPT_INDENT_2))
+        os.replace(tmp, path)
+    except OSError:
+        # A full disk must not take the run down over a report; the output files are the truth.
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+
+
+def read_summary(path: Path) -> dict[str, Any] | None:
+    try:
+        data = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
