@@ -89,6 +89,7 @@ def print_status(report: StatusReport) -> None:
         ("pending", f"{report.pending} (not done, failed included)"),
         ("tokens", f"{report.total_tokens} ({report.prompt_tokens} in, {report.completion_tokens} out)"),
         ("recent rate", rate), ("ETA", _duration(report.eta_s)), ("last write", last), ("run live", live),
+        ("429s", report.rate_limited),
     ]
     if report.bad_lines:
         rows.append(("bad lines", f"{report.bad_lines} (see --validate)"))
@@ -96,6 +97,17 @@ def print_status(report: StatusReport) -> None:
         rows.append(("unknown ids", f"{report.unknown_ids} (see --validate)"))
     for name, value in rows:
         print(f"{name:>12}: {value}")
+    if len(report.models) > 1:
+        print("  per output: done / failed / pending")
+        for part in report.models:
+            print(f"    {part.output}: {part.done} / {part.failed} / {part.pending}")
+    for title, tallies in (("per model", report.per_model), ("per key", report.per_key)):
+        if len(tallies) > 1 or (tallies and any(t.get("rate_limited") for t in tallies.values())):
+            print(f"  {title}: requests / tokens / 429s")
+            for name, tally in tallies.items():
+                off = " (disabled)" if tally.get("disabled") else ""
+                print(f"    {name}: {tally.get('requests', 0)} / {tally.get('tokens', 0)} / "
+                      f"{tally.get('rate_limited', 0)}{off}")
 
 
 def print_validation(report: ValidationReport) -> None:
@@ -141,9 +153,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print_status(report)
             return EXIT_OK
         if args.validate:
-            result = validate(config)
-            print_validation(result)
-            return EXIT_OK if result.ok else EXIT_PROBLEMS
+            results = validate(config)
+            for result in results:
+                print_validation(result)
+            return EXIT_OK if all(r.ok for r in results) else EXIT_PROBLEMS
         return _run(config, args)
     except MpinferError as exc:
         print(f"mpinfer: error: {exc}", file=sys.stderr)

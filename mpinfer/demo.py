@@ -81,7 +81,7 @@ def run_demo(folder: Path = DEMO_DIR, progress: bool = True) -> int:
         print("\ndemo: --status")
         print_status(status(config))
         print("\ndemo: --validate")
-        report = validate(config)
+        [report] = validate(config)
         print_validation(report)
     print(f"\ndemo: results are in {config.output}; rerun the same command to resume a stopped run")
     return 0 if report.ok else 1

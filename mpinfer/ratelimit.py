@@ -25,8 +25,9 @@ from typing import Any
 
 DEFAULT_WINDOW_S = 60.0
 # Requests reach the server a little after they leave the limiter; the margin keeps the server's window,
-# measured on arrival, within the limit too. It costs margin/window of the rate (1.6% at 60 s).
-DEFAULT_MARGIN_S = 1.0
+# measured on arrival, within the limit too. It costs margin/window of the rate: 2%, at most 1 s.
+MARGIN_SHARE = 0.02
+MAX_MARGIN_S = 1.0
 TOKEN_RING = 16384
 _MIN_WINDOW = 1.0
 
@@ -100,10 +101,13 @@ class SharedLimiter:
 
     @classmethod
     def create(cls, ctx: Any, n_keys: int, n_models: int, rpm: int | None = None, tpm: int | None = None,
-               window_s: float = DEFAULT_WINDOW_S, margin_s: float = DEFAULT_MARGIN_S,
+               window_s: float = DEFAULT_WINDOW_S, margin_s: float | None = None,
                max_in_flight: int = 1 << 20) -> SharedLimiter:
         """Shared arrays for ``n_keys * n_models`` lanes (``ctx`` is a multiprocess context)."""
         lanes = n_keys * n_models
+        window_s = max(_MIN_WINDOW, window_s)
+        if margin_s is None:
+            margin_s = min(MAX_MARGIN_S, MARGIN_SHARE * window_s)
         state = ctx.RawArray("d", lanes * _FIELDS)
         req_ring = ctx.RawArray("d", lanes * (rpm or 0))
         ring = TOKEN_RING if tpm else 0
@@ -116,7 +120,7 @@ class SharedLimiter:
         for i in range(len(req_ring)):
             req_ring[i] = -math.inf
         return cls(ctx.Lock(), state, req_ring, tok_time, tok_amount, tok_seq, ctx.RawArray("b", n_keys),
-                   n_keys, n_models, rpm, tpm, max(_MIN_WINDOW, window_s), max(0.0, margin_s), max_in_flight)
+                   n_keys, n_models, rpm, tpm, window_s, max(0.0, margin_s), max_in_flight)
 
     # -- shared-state helpers (call with the lock held) ----------------------------------------------
 

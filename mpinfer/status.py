@@ -1,14 +1,20 @@
-"""Read-only progress report of a run: works beside a live run, prints nothing, returns data."""
+"""Read-only progress report of a run: works beside a live run, prints nothing, returns data.
+
+Done, failed and pending come from the output and errors files (the truth); requests, tokens and 429s per
+key come from the run's summary file, which the parent rewrites every few seconds.
+"""
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .config import RunConfig
-from .store import OutputPaths, iter_lines, live_run, record_id
+from .store import OutputPaths, companion, iter_lines, live_run, model_outputs, record_id
+from .summary import read_summary
 from .tasks import FieldKeys, check_input
 
 RECENT_RECORDS = 500
@@ -16,8 +22,23 @@ STALLED_AFTER_S = 120.0
 
 
 @dataclass(frozen=True)
+class OutputStatus:
+    """Where one output (one model) stands."""
+
+    output: str
+    done: int
+    failed: int
+    pending: int
+    prompt_tokens: int
+    completion_tokens: int
+    bad_lines: int
+    unknown_ids: int
+    last_written_at: float | None
+
+
+@dataclass(frozen=True)
 class StatusReport:
-    """Where a run stands, from the input, the output and the errors file."""
+    """Where a run stands, over all its outputs."""
 
     input: str
     output: str
@@ -36,6 +57,10 @@ class StatusReport:
     last_written_at: float | None
     live: bool
     live_pid: int | None
+    rate_limited: int = 0
+    models: list[OutputStatus] = field(default_factory=list)
+    per_model: dict[str, Any] = field(default_factory=dict)
+    per_key: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -44,19 +69,16 @@ class StatusReport:
 def _rate(times: deque[float]) -> float | None:
     if len(times) < 2:
         return None
-    span = max(times) - min(times)
-    return (len(times) - 1) / span if span > 0 else None
+    ordered = sorted(times)
+    span = ordered[-1] - ordered[0]
+    return (len(ordered) - 1) / span if span > 0 else None
 
 
-def status(config: RunConfig, now: float | None = None) -> StatusReport:
-    """Count done, failed and pending tasks, tokens so far, recent throughput and ETA."""
-    input_path, output = config.require_paths()
-    now = time.time() if now is None else now
-    index = check_input(input_path, FieldKeys(config.id_key, config.prompt_key, config.images_key))
+def _output_status(output: Path, input_ids: frozenset[str], recent: deque[float]) -> OutputStatus:
     paths = OutputPaths.of(output)
     done: set[str] = set()
     bad = prompt = completion = 0
-    recent: deque[float] = deque(maxlen=RECENT_RECORDS)
+    last: float | None = None
     for _, _, obj in iter_lines(paths.output):
         rid = record_id(obj)
         if rid is None:
@@ -69,21 +91,44 @@ def status(config: RunConfig, now: float | None = None) -> StatusReport:
         at = obj.get("processed_at")
         if isinstance(at, (int, float)):
             recent.append(float(at))
+            last = max(last or 0.0, float(at))
     failed_ids = {rid for _, _, obj in iter_lines(paths.errors) if (rid := record_id(obj)) is not None}
-    done_known = done & index.ids
-    failed = len((failed_ids & index.ids) - done_known)
-    pending = index.total - len(done_known)
-    info = live_run(paths)
+    done_known = done & input_ids
+    return OutputStatus(
+        output=str(output), done=len(done_known), failed=len((failed_ids & input_ids) - done_known),
+        pending=len(input_ids) - len(done_known), prompt_tokens=prompt, completion_tokens=completion,
+        bad_lines=bad, unknown_ids=len(done - input_ids), last_written_at=last,
+    )
+
+
+def status(config: RunConfig, now: float | None = None) -> StatusReport:
+    """Count done, failed and pending tasks, tokens so far, recent throughput and ETA."""
+    input_path, output = config.require_paths()
+    now = time.time() if now is None else now
+    index = check_input(input_path, FieldKeys(config.id_key, config.prompt_key, config.images_key))
+    outputs = model_outputs(output, config.models)
+    recent: deque[float] = deque(maxlen=RECENT_RECORDS)
+    parts = [_output_status(path, index.ids, recent) for path in outputs]
+    live = next((info for info in (live_run(OutputPaths.of(p)) for p in outputs) if info), None)
+    total = index.total * len(outputs)
+    done = sum(p.done for p in parts)
+    pending = total - done
     rate = _rate(recent)
-    last = max(recent) if recent else None
+    stamps = [p.last_written_at for p in parts if p.last_written_at]
+    last = max(stamps) if stamps else None
     eta = None
-    if info is not None and rate and last is not None and now - last < STALLED_AFTER_S:
+    if live is not None and rate and last is not None and now - last < STALLED_AFTER_S:
         eta = pending / rate
+    summary = read_summary(companion(output, ".summary.json")) or {}
+    prompt = sum(p.prompt_tokens for p in parts)
+    completion = sum(p.completion_tokens for p in parts)
     return StatusReport(
-        input=str(input_path), output=str(output), total=index.total, done=len(done_known), failed=failed,
-        pending=pending, percent=round(100.0 * len(done_known) / index.total, 2),
+        input=str(input_path), output=str(output), total=total, done=done,
+        failed=sum(p.failed for p in parts), pending=pending, percent=round(100.0 * done / total, 2),
         prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
-        bad_lines=bad, unknown_ids=len(done - index.ids), recent_per_s=round(rate, 3) if rate else None,
-        eta_s=round(eta, 1) if eta is not None else None, last_written_at=last,
-        live=info is not None, live_pid=info.pid if info else None,
+        bad_lines=sum(p.bad_lines for p in parts), unknown_ids=sum(p.unknown_ids for p in parts),
+        recent_per_s=round(rate, 3) if rate else None, eta_s=round(eta, 1) if eta is not None else None,
+        last_written_at=last, live=live is not None, live_pid=live.pid if live else None,
+        rate_limited=int(summary.get("rate_limited") or 0), models=parts,
+        per_model=summary.get("per_model") or {}, per_key=summary.get("per_key") or {},
     )

@@ -5,10 +5,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 
 from .config import RunConfig
 from .records import missing_fields
-from .store import OutputPaths, iter_lines, record_id
+from .store import OutputPaths, iter_lines, model_outputs, record_id
 from .tasks import FieldKeys, check_input
 
 EXAMPLES_KEPT = 5
@@ -64,9 +65,15 @@ def same_model(requested: str | None, reported: str | None) -> bool:
     return reported.startswith(requested) and bool(_SNAPSHOT.fullmatch(reported[len(requested):]))
 
 
-def validate(config: RunConfig) -> ValidationReport:
+def validate(config: RunConfig) -> list[ValidationReport]:
+    """One report for each output of the run (one per model)."""
     input_path, output = config.require_paths()
     index = check_input(input_path, FieldKeys(config.id_key, config.prompt_key, config.images_key))
+    return [validate_output(path, index.ids) for path in model_outputs(output, config.models)]
+
+
+def validate_output(output: Path, input_ids: frozenset[str]) -> ValidationReport:
+    """Check one output file against the ids of its input."""
     paths = OutputPaths.of(output)
     report = ValidationReport(output=str(output))
     first_line: dict[str, int] = {}
@@ -84,7 +91,7 @@ def validate(config: RunConfig) -> ValidationReport:
         seen = first_line.setdefault(rid, number)
         if seen != number:
             report.add(Problem(ProblemKind.DUPLICATE_ID, f"also on line {seen}", number, rid))
-        if rid not in index.ids:
+        if rid not in input_ids:
             report.add(Problem(ProblemKind.UNKNOWN_ID, "not in the input", number, rid))
         answer = obj.get("answer")
         if not isinstance(answer, str) or not answer.strip():
@@ -93,6 +100,6 @@ def validate(config: RunConfig) -> ValidationReport:
         if not same_model(requested, reported):
             report.add(Problem(ProblemKind.MODEL_MISMATCH, f"requested {requested!r}, answered by {reported!r}",
                                number, rid))
-    for rid in sorted(index.ids - first_line.keys()):
+    for rid in sorted(input_ids - first_line.keys()):
         report.add(Problem(ProblemKind.MISSING_ID, "in the input, not in the output", None, rid))
     return report

@@ -59,7 +59,7 @@ def test_a_clean_output_validates_ok(tmp_path: Path) -> None:
     # Given every input id answered once, by the model asked for
     config = setup_run(tmp_path, ["a", "b", "c"], [result("a"), result("b"), result("c")])
     # When it is validated
-    report = validate(config)
+    [report] = validate(config)
     # Then there is nothing to report
     assert report.ok
     assert (report.lines, report.records) == (3, 3)
@@ -70,7 +70,7 @@ def test_a_corrupt_line_is_reported_with_its_line_number(tmp_path: Path) -> None
     # Given a line that is not JSON between two records
     config = setup_run(tmp_path, ["a", "b"], [result("a"), b'{"id": "b", "ans\n', result("b")])
     # When it is validated
-    report = validate(config)
+    [report] = validate(config)
     # Then line 2 is reported, and only that
     assert not report.ok
     assert report.counts == {ProblemKind.CORRUPT_LINE: 1}
@@ -86,7 +86,7 @@ def test_missing_fields_are_reported_by_name(tmp_path: Path) -> None:
     del broken["usage"]["total_tokens"]
     config = setup_run(tmp_path, ["a", "b"], [result("a"), broken])
     # When it is validated
-    report = validate(config)
+    [report] = validate(config)
     # Then line 2 is reported with the missing fields
     assert report.counts == {ProblemKind.MISSING_FIELDS: 1}
     (problem,) = report.examples[ProblemKind.MISSING_FIELDS]
@@ -98,7 +98,7 @@ def test_a_duplicate_id_is_reported_on_its_second_line(tmp_path: Path) -> None:
     # Given id a answered on lines 1 and 3
     config = setup_run(tmp_path, ["a", "b"], [result("a"), result("b"), result("a")])
     # When it is validated
-    report = validate(config)
+    [report] = validate(config)
     # Then line 3 is reported, pointing back at line 1
     assert report.counts == {ProblemKind.DUPLICATE_ID: 1}
     (problem,) = report.examples[ProblemKind.DUPLICATE_ID]
@@ -109,7 +109,7 @@ def test_an_unknown_id_is_reported(tmp_path: Path) -> None:
     # Given an answer for an id the input does not have
     config = setup_run(tmp_path, ["a"], [result("a"), result("zz")])
     # When it is validated
-    report = validate(config)
+    [report] = validate(config)
     # Then it is reported on its line
     assert report.counts == {ProblemKind.UNKNOWN_ID: 1}
     (problem,) = report.examples[ProblemKind.UNKNOWN_ID]
@@ -121,7 +121,7 @@ def test_missing_ids_are_all_counted_and_some_shown(tmp_path: Path) -> None:
     ids = [f"t{i}" for i in range(10)]
     config = setup_run(tmp_path, ids, [result("t0"), result("t5")])
     # When it is validated
-    report = validate(config)
+    [report] = validate(config)
     # Then all eight missing ids are counted, the first five (sorted) shown, with no line
     assert report.counts == {ProblemKind.MISSING_ID: 8}
     shown = report.examples[ProblemKind.MISSING_ID]
@@ -134,7 +134,7 @@ def test_an_empty_answer_is_reported(tmp_path: Path, answer: Any) -> None:
     # Given a record whose answer is empty or not text
     config = setup_run(tmp_path, ["a", "b"], [result("a"), result("b", answer=answer)])
     # When it is validated
-    report = validate(config)
+    [report] = validate(config)
     # Then line 2 is reported
     assert report.counts == {ProblemKind.EMPTY_ANSWER: 1}
     assert lines_of(report, ProblemKind.EMPTY_ANSWER) == [2]
@@ -146,7 +146,7 @@ def test_a_null_answer_is_reported_as_empty(tmp_path: Path) -> None:
     record["answer"] = None
     config = setup_run(tmp_path, ["a"], [record])
     # When it is validated
-    report = validate(config)
+    [report] = validate(config)
     # Then it is an empty answer
     assert report.counts == {ProblemKind.EMPTY_ANSWER: 1}
     assert report.examples[ProblemKind.EMPTY_ANSWER][0].message == "answer is None"
@@ -156,7 +156,7 @@ def test_a_model_mismatch_is_reported(tmp_path: Path) -> None:
     # Given a record answered by another model than asked
     config = setup_run(tmp_path, ["a", "b"], [result("a"), result("b", model="gpt-3.5-turbo")])
     # When it is validated
-    report = validate(config)
+    [report] = validate(config)
     # Then line 2 is reported with both names
     assert report.counts == {ProblemKind.MODEL_MISMATCH: 1}
     (problem,) = report.examples[ProblemKind.MODEL_MISMATCH]
@@ -171,7 +171,7 @@ def test_a_dated_snapshot_of_the_requested_model_is_not_a_mismatch(tmp_path: Pat
         result("b", requested="gpt-4", model="gpt-4-0613"),
     ])
     # When it is validated
-    report = validate(config)
+    [report] = validate(config)
     # Then all is well
     assert report.ok, report.counts
 
@@ -201,7 +201,7 @@ def test_several_problems_are_each_counted_with_their_own_lines(tmp_path: Path) 
         result("a"), b"garbage\n", result("a"), result("x"), result("b", answer=""),
     ])
     # When it is validated
-    report = validate(config)
+    [report] = validate(config)
     # Then each kind is counted on its line, and c is missing
     assert report.counts == {
         ProblemKind.CORRUPT_LINE: 1, ProblemKind.DUPLICATE_ID: 1, ProblemKind.UNKNOWN_ID: 1,
@@ -219,7 +219,7 @@ def test_validate_with_a_custom_id_key_reads_the_input_with_it(tmp_path: Path) -
     tasks = write_jsonl(tmp_path / "tasks.jsonl", [{"uid": "a", "prompt": "x"}])
     out = write_jsonl(tmp_path / "results.jsonl", [result("a")])
     # When it is validated with that key
-    report = validate(RunConfig(input=tasks, output=out, id_key="uid"))
+    [report] = validate(RunConfig(input=tasks, output=out, id_key="uid"))
     # Then all is well
     assert report.ok
 
@@ -240,7 +240,7 @@ def test_validating_before_any_output_reports_every_id_missing(tmp_path: Path) -
     # Given an input and no output file at all
     tasks = write_jsonl(tmp_path / "tasks.jsonl", [{"id": "a", "prompt": "x"}, {"id": "b", "prompt": "y"}])
     # When it is validated
-    report = validate(RunConfig(input=tasks, output=tmp_path / "none.jsonl"))
+    [report] = validate(RunConfig(input=tasks, output=tmp_path / "none.jsonl"))
     # Then both ids are missing
     assert report.counts == {ProblemKind.MISSING_ID: 2}
     assert report.lines == 0
