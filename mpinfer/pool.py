@@ -172,8 +172,7 @@ class _Supervisor:
                 more = " (further failures only in the log)" if self.summary.failed == MAX_FAILURES_SHOWN else ""
                 log.warning("task %s failed: %s: %s%s", task_id, error_type, event.get("message"), more)
         elif kind == EventKind.KEY_DISABLED.value:
-            log.warning("API key %s rejected (%s): disabled, the run goes on with the other keys",
-                        event.get("key"), event.get("message"))
+            log.warning("API key %s rejected (%s): disabled for this run", event.get("key"), event.get("message"))
         elif kind in (EventKind.ABORT.value, EventKind.FATAL.value):
             message = str(event.get("message"))
             log.error("stopping the run: %s", message)

@@ -226,9 +226,11 @@ class Worker:
                 if error.error_type == "rate_limit":
                     self.limiter.rate_limited(grant.lane, now, error.retry_after)
                 if error.error_type in _KEY_ERRORS:
+                    # The key's fault, not the task's: no failure line; the task goes on with another key.
                     if self._disable_key(grant.key, error):
-                        continue  # the same task, on another key
-                    self._abort(task, model, f"{error.error_type}: {error.message}", attempts, error)
+                        continue
+                    self._abort(task, model, f"every API key was rejected (last: {error.status} "
+                                f"{error.error_type}: {error.message})", attempts)
                     return
                 if error.verdict is Verdict.RETRY and self.stopping:
                     raise _Stopping() from None
