@@ -175,7 +175,10 @@ class _Supervisor:
             log.warning("API key %s rejected (%s): disabled for this run", event.get("key"), event.get("message"))
         elif kind in (EventKind.ABORT.value, EventKind.FATAL.value):
             message = str(event.get("message"))
-            log.error("stopping the run: %s", message)
+            if self.stop_reason is None:
+                log.error("stopping the run: %s", message)
+            else:
+                log.info("also: %s", message)
             self._stop_all(f"{'aborted' if kind == EventKind.ABORT.value else 'fatal'}: {message}")
         elif kind == EventKind.EXIT.value:
             slot.stopped = True

@@ -31,7 +31,8 @@ def mock(mock_server: MockServerProcess) -> MockServerProcess:
     """The session's mock server, counters zeroed and faults off."""
     mock_server.reset()
     mock_server.configure(latency_ms=0, jitter_ms=0, p429=0, p500=0, phang=0, preset=0, pmalformed=0, pquota=0,
-                          retry_after=0.05, model_map={}, rpm=None, tpm=None, unrevoke_keys=[FAKE_KEY])
+                          retry_after=0.05, model_map={}, rpm=None, tpm=None, window_s=60.0,
+                          unrevoke_keys=[FAKE_KEY])
     return mock_server
 
 

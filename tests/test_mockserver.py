@@ -24,6 +24,8 @@ from mpinfer.mockserver import (
     MockConfig,
     MockServer,
     MockServerProcess,
+    build_arg_parser,
+    config_from_args,
     format_duration,
 )
 
@@ -542,6 +544,143 @@ def test_tpm_limit_counts_prompt_plus_max_tokens_and_rejects_the_overflow(start_
     assert stats["max_tokens_in_any_60s_window"] == 82
     assert stats["tpm"]["limit"] == 100
     assert stats["limit_rejections"] == 1
+
+
+def send_burst(server: MockServerProcess, prefix: str, count: int, **kwargs: Any) -> list[str]:
+    """Send ``count`` requests one after another; 'ok' or the 429's error type for each."""
+    outcomes = []
+    with make_client(server) as client:
+        for i in range(count):
+            try:
+                ask(client, f"{prefix}{i}", **kwargs)
+                outcomes.append("ok")
+            except openai.RateLimitError as exc:
+                outcomes.append(exc.response.json()["error"]["type"])
+    return outcomes
+
+
+def test_with_a_one_second_window_s_a_rejected_client_is_served_again_after_about_one_second(
+    start_mock: StartMock,
+) -> None:
+    # Given a server (started with --window-s 1) allowing 3 requests per 1 s window
+    server = start_mock(rpm=3, window_s=1.0)
+    # When 4 requests arrive at once
+    with make_client(server) as client:
+        for i in range(3):
+            ask(client, f"w{i}")
+        with pytest.raises(openai.RateLimitError) as caught:
+            ask(client, "w3")
+        rejected_at = time.monotonic()
+        headers = caught.value.response.headers
+        # Then the 4th is told to come back within the 1 s window, not after a minute
+        retry_s = float(headers["retry-after"])
+        assert 0 < retry_s <= 1.0
+        assert 0 < int(headers["retry-after-ms"]) <= 1000
+        reset = headers["x-ratelimit-reset-requests"]
+        assert reset.endswith("ms") or reset == "1s", reset
+        # And once that wait is over the next request is accepted
+        time.sleep(max(0.0, rejected_at + retry_s + 0.05 - time.monotonic()))
+        assert ask(client, "w4").choices[0].finish_reason == "stop"
+    stats = server.stats()
+    assert stats["window_s"] == 1.0
+    assert stats["rpm"]["limit"] == 3
+    assert stats["limit_rejections"] == 1
+    # And only the 4th arrival of the first window counted as a violation
+    assert stats["window_violations"] == 1
+    assert stats["token_window_violations"] == 0
+
+
+def test_window_stats_are_measured_over_window_s_so_bursts_in_separate_windows_do_not_add_up(
+    start_mock: StartMock,
+) -> None:
+    # Given two servers without limits, one with the default 60 s window and one with a 1 s window
+    long_window = start_mock()
+    short_window = start_mock(window_s=1.0)
+    for server in (long_window, short_window):
+        # When each gets a burst of 4 requests, a pause longer than 1 s, and another burst of 4
+        assert send_burst(server, "a", 4) == ["ok"] * 4
+        time.sleep(1.3)
+        assert send_burst(server, "b", 4) == ["ok"] * 4
+    # Then the 60 s window saw all 8 together, the 1 s window never more than 4
+    assert long_window.stats()["max_requests_in_any_60s_window"] == 8
+    assert long_window.stats()["rpm"]["max_accepted_in_any_60s_window"] == 8
+    stats = short_window.stats()
+    assert stats["max_requests_in_any_60s_window"] == 4
+    assert stats["rpm"]["max_accepted_in_any_60s_window"] == 4
+    one_burst_tokens = stats["max_tokens_in_any_60s_window"]
+    assert 0 < one_burst_tokens < long_window.stats()["max_tokens_in_any_60s_window"]
+    # And without limits nothing is a violation
+    assert stats["window_violations"] == 0 and stats["token_window_violations"] == 0
+    # And once the short window has passed, it holds nothing
+    assert wait_for(lambda: short_window.stats()["accepted_in_last_window"] == 0, timeout_s=3)
+    assert short_window.stats()["accepted_tokens_in_last_window"] == 0
+    assert long_window.stats()["accepted_in_last_window"] == 8
+
+
+def test_window_violations_count_arrivals_beyond_rpm_and_token_violations_requests_beyond_tpm(
+    start_mock: StartMock,
+) -> None:
+    # Given one server limited to 2 requests per window and one to 100 tokens per window
+    by_requests = start_mock(rpm=2)
+    by_tokens = start_mock(tpm=100)
+    # When each gets 5 requests of 41 tokens (1 prompt token + max_tokens 40) at once
+    request_outcomes = send_burst(by_requests, "r", 5, max_tokens=40)
+    token_outcomes = send_burst(by_tokens, "t", 5, max_tokens=40)
+    # Then the rpm server counts the 3 arrivals that found 2 or more already in the window
+    assert request_outcomes == ["ok", "ok", "requests", "requests", "requests"]
+    stats = by_requests.stats()
+    assert stats["window_violations"] == 3
+    assert stats["token_window_violations"] == 0
+    assert stats["accepted_in_last_window"] == 2
+    # And the tpm server counts the 3 requests that would have taken it past 100 tokens
+    assert token_outcomes == ["ok", "ok", "tokens", "tokens", "tokens"]
+    stats = by_tokens.stats()
+    assert stats["token_window_violations"] == 3
+    assert stats["window_violations"] == 0
+    assert stats["accepted_tokens_in_last_window"] == 82
+    # And a reset zeroes them
+    by_tokens.reset()
+    assert by_tokens.stats()["token_window_violations"] == 0
+
+
+def test_a_client_that_stays_within_rpm_causes_no_window_violations(start_mock: StartMock) -> None:
+    # Given a server allowing 3 requests per 0.5 s
+    server = start_mock(rpm=3, window_s=0.5)
+    # When a client sends 3 requests, waits out the window, and sends 3 more (twice over)
+    outcomes = []
+    for round_ in range(3):
+        outcomes += send_burst(server, f"polite{round_}-", 3)
+        time.sleep(0.6)
+    # Then every request was accepted and none counted as a violation
+    assert outcomes == ["ok"] * 9
+    stats = server.stats()
+    assert stats["window_violations"] == 0
+    assert stats["limit_rejections"] == 0
+    assert stats["max_requests_in_any_60s_window"] == 3
+
+
+def test_window_s_changes_at_runtime_and_impossible_windows_are_refused(mock: MockServerProcess) -> None:
+    # Given a server allowing one request a minute, whose one request is spent
+    mock.configure(rpm=1)
+    assert send_burst(mock, "x", 2) == ["ok", "requests"]
+    # When the window is shortened to 0.3 s at runtime
+    config = mock.configure(window_s=0.3)
+    # Then the config says so and, after 0.3 s, the spent slot is free again
+    assert config["window_s"] == 0.3
+    time.sleep(0.4)
+    assert send_burst(mock, "y", 1) == ["ok"]
+    assert mock.stats()["window_s"] == 0.3
+    # And zero, negative and non-numeric windows are refused, on the wire and in code
+    for bad in (0, -1, "1s"):
+        with pytest.raises(RuntimeError):
+            mock.configure(window_s=bad)
+    assert mock.configure()["window_s"] == 0.3
+    for bad_value in (0.0, -5.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="window_s"):
+            MockConfig(window_s=bad_value)
+    # And the command line takes --window-s
+    assert config_from_args(build_arg_parser().parse_args(["--window-s", "2.5"])).window_s == 2.5
+    assert MockConfig().window_s == 60.0
 
 
 def test_go_style_durations_match_openai_header_format() -> None:
