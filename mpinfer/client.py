@@ -10,6 +10,7 @@ from __future__ import annotations
 import email.utils
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -59,8 +60,17 @@ class MalformedResponse(Exception):
     """The server answered 200 with a body that is not a chat completion."""
 
 
-def make_client(api_key: str, base_url: str | None, timeout: float) -> openai.AsyncOpenAI:
-    """An async client with the SDK's retries off and a connection pool sized for many requests in flight."""
+def make_client(api_key: str, base_url: str | None, timeout: float,
+                on_send: Callable[[], None] | None = None) -> openai.AsyncOpenAI:
+    """An async client with the SDK's retries off and a connection pool sized for many requests in flight.
+
+    ``on_send`` is called as each request leaves (after the SDK has built it), for the rate limiter.
+    """
+
+    async def sending(_request: Any) -> None:
+        if on_send is not None:
+            on_send()
+
     return openai.AsyncOpenAI(
         api_key=api_key,
         base_url=base_url,
@@ -69,6 +79,7 @@ def make_client(api_key: str, base_url: str | None, timeout: float) -> openai.As
         http_client=openai.DefaultAsyncHttpxClient(
             timeout=timeout,
             limits=httpx2.Limits(max_connections=None, max_keepalive_connections=None),
+            event_hooks={"request": [sending]} if on_send is not None else None,
         ),
     )
 

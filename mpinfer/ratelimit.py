@@ -25,16 +25,17 @@ from typing import Any
 
 DEFAULT_WINDOW_S = 60.0
 # Requests reach the server a little after they leave the limiter; the margin keeps the server's window,
-# measured on arrival, within the limit too. It costs margin/window of the rate: 2%, at most 1 s.
+# measured on arrival, within the limit too: 2% of the window, between 0.1 s and 1 s (1.6% of a minute).
 MARGIN_SHARE = 0.02
 MAX_MARGIN_S = 1.0
+MIN_MARGIN_S = 0.1
 TOKEN_RING = 16384
 _MIN_WINDOW = 1.0
 
 # Per-lane fields in the shared state array.
-(_PAUSED_UNTIL, _IN_FLIGHT, _CWND, _HEADERS_SEEN, _REQ_HEAD, _TOK_HEAD, _TOK_TAIL, _TOK_SUM, _TOK_SEQ,
- _REQUESTS, _RATE_LIMITED, _TOKENS, _LAST_DECREASE, _CWND_MAX) = range(14)
-_FIELDS = 14
+(_PAUSED_UNTIL, _IN_FLIGHT, _CWND, _HEADERS_SEEN, _REQ_COUNT, _TOK_HEAD, _TOK_TAIL, _TOK_SUM,
+ _REQUESTS, _RATE_LIMITED, _TOKENS, _LAST_DECREASE, _CWND_MAX) = range(13)
+_FIELDS = 13
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|h|m|s)")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -57,13 +58,17 @@ def parse_duration(text: str | None) -> float | None:
 
 @dataclass(frozen=True)
 class Grant:
-    """Permission for one request on one lane; hand it back with ``release``."""
+    """Permission for one request on one lane; hand it back with ``release``.
+
+    ``request_pos`` and ``token_pos`` count grants on the lane since the start (-1 when that limit is off):
+    an entry is still in its ring while fewer than a ring's length of later grants have overwritten it.
+    """
 
     lane: int
     key: int
     charged: int
-    token_slot: int
-    token_seq: int
+    request_pos: int
+    token_pos: int
 
 
 @dataclass(frozen=True)
@@ -81,15 +86,13 @@ class LaneStats:
 class SharedLimiter:
     """Limits shared by every process of a run. Build it with ``create`` in the parent, before forking."""
 
-    def __init__(self, lock: Any, state: Any, req_ring: Any, tok_time: Any, tok_amount: Any, tok_seq: Any,
-                 key_disabled: Any, n_keys: int, n_models: int, rpm: int | None, tpm: int | None,
+    def __init__(self, lock: Any, state: Any, req_ring: Any, tok_time: Any, tok_amount: Any, key_disabled: Any, n_keys: int, n_models: int, rpm: int | None, tpm: int | None,
                  window_s: float, margin_s: float, max_in_flight: int) -> None:
         self._lock = lock
         self._state = state
         self._req_ring = req_ring
         self._tok_time = tok_time
         self._tok_amount = tok_amount
-        self._tok_seq = tok_seq
         self._key_disabled = key_disabled
         self.n_keys = n_keys
         self.n_models = n_models
@@ -107,19 +110,18 @@ class SharedLimiter:
         lanes = n_keys * n_models
         window_s = max(_MIN_WINDOW, window_s)
         if margin_s is None:
-            margin_s = min(MAX_MARGIN_S, MARGIN_SHARE * window_s)
+            margin_s = min(MAX_MARGIN_S, max(MIN_MARGIN_S, MARGIN_SHARE * window_s))
         state = ctx.RawArray("d", lanes * _FIELDS)
         req_ring = ctx.RawArray("d", lanes * (rpm or 0))
         ring = TOKEN_RING if tpm else 0
         tok_time = ctx.RawArray("d", lanes * ring)
         tok_amount = ctx.RawArray("d", lanes * ring)
-        tok_seq = ctx.RawArray("d", lanes * ring)
         for lane in range(lanes):
             state[lane * _FIELDS + _CWND] = float(max_in_flight)
             state[lane * _FIELDS + _CWND_MAX] = float(max_in_flight)
         for i in range(len(req_ring)):
             req_ring[i] = -math.inf
-        return cls(ctx.Lock(), state, req_ring, tok_time, tok_amount, tok_seq, ctx.RawArray("b", n_keys),
+        return cls(ctx.Lock(), state, req_ring, tok_time, tok_amount, ctx.RawArray("b", n_keys),
                    n_keys, n_models, rpm, tpm, window_s, max(0.0, margin_s), max_in_flight)
 
     # -- shared-state helpers (call with the lock held) ----------------------------------------------
@@ -151,7 +153,7 @@ class SharedLimiter:
             waits.append(0.05)  # a slot frees when a request ends; look again soon
         span = self.window_s + self.margin_s
         if self.rpm:
-            oldest = self._req_ring[lane * self.rpm + int(self._get(lane, _REQ_HEAD))]
+            oldest = self._req_ring[lane * self.rpm + int(self._get(lane, _REQ_COUNT)) % self.rpm]
             waits.append(oldest + span - now)
         if self.tpm:
             self._expire_tokens(lane, now - span)
@@ -172,22 +174,36 @@ class SharedLimiter:
     def _grant(self, lane: int, key: int, tokens: int, now: float) -> Grant:
         self._add(lane, _IN_FLIGHT, 1)
         self._add(lane, _REQUESTS, 1)
+        request_pos = token_pos = -1
         if self.rpm:
-            head = int(self._get(lane, _REQ_HEAD))
-            self._req_ring[lane * self.rpm + head] = now
-            self._set(lane, _REQ_HEAD, (head + 1) % self.rpm)
-        slot, seq = -1, 0
+            request_pos = int(self._get(lane, _REQ_COUNT))
+            self._req_ring[lane * self.rpm + request_pos % self.rpm] = now
+            self._set(lane, _REQ_COUNT, request_pos + 1)
         if self.tpm:
-            tail = int(self._get(lane, _TOK_TAIL))
-            slot = lane * TOKEN_RING + tail % TOKEN_RING
-            seq = int(self._get(lane, _TOK_SEQ)) + 1
-            self._set(lane, _TOK_SEQ, seq)
-            self._tok_time[slot] = now
-            self._tok_amount[slot] = tokens
-            self._tok_seq[slot] = seq
-            self._set(lane, _TOK_TAIL, tail + 1)
+            token_pos = int(self._get(lane, _TOK_TAIL))
+            self._tok_time[lane * TOKEN_RING + token_pos % TOKEN_RING] = now
+            self._tok_amount[lane * TOKEN_RING + token_pos % TOKEN_RING] = tokens
+            self._set(lane, _TOK_TAIL, token_pos + 1)
             self._add(lane, _TOK_SUM, tokens)
-        return Grant(lane, lane // self.n_models, tokens, slot, seq)
+        return Grant(lane, lane // self.n_models, tokens, request_pos, token_pos)
+
+    def _token_live(self, grant: Grant) -> bool:
+        """Whether the grant's token charge is still counted in its lane's window."""
+        return grant.token_pos >= 0 and grant.token_pos >= self._get(grant.lane, _TOK_HEAD)
+
+    def sent(self, grant: Grant, now: float) -> None:
+        """The request is leaving now: count it in the windows from now, not from when it was granted.
+
+        The server counts a request when it arrives; building and sending it can take a while on a busy
+        machine, and the window must follow the send, or the server would see more than the limit.
+        """
+        with self._lock:
+            if self.rpm and int(self._get(grant.lane, _REQ_COUNT)) - grant.request_pos <= self.rpm:
+                slot = grant.lane * self.rpm + grant.request_pos % self.rpm
+                self._req_ring[slot] = max(self._req_ring[slot], now)
+            if self.tpm and self._token_live(grant):
+                slot = grant.lane * TOKEN_RING + grant.token_pos % TOKEN_RING
+                self._tok_time[slot] = max(self._tok_time[slot], now)
 
     # -- the worker's side ---------------------------------------------------------------------------
 
@@ -222,11 +238,13 @@ class SharedLimiter:
         with self._lock:
             self._add(lane, _IN_FLIGHT, -1)
             self._add(lane, _TOKENS, used)
-            if charged is not None:
-                if grant.token_slot >= 0 and self._tok_seq[grant.token_slot] == grant.token_seq \
-                        and self._tok_time[grant.token_slot] > now - self.window_s - self.margin_s:
-                    self._add(lane, _TOK_SUM, charged - self._tok_amount[grant.token_slot])
-                    self._tok_amount[grant.token_slot] = charged
+            if charged is not None and self.tpm:
+                # Expire first, so that a charge that has just left the window is not corrected twice.
+                self._expire_tokens(lane, now - self.window_s - self.margin_s)
+                if self._token_live(grant):
+                    slot = lane * TOKEN_RING + grant.token_pos % TOKEN_RING
+                    self._add(lane, _TOK_SUM, charged - self._tok_amount[slot])
+                    self._tok_amount[slot] = charged
             if self._get(lane, _HEADERS_SEEN):
                 return
             cwnd = self._get(lane, _CWND)

@@ -69,7 +69,7 @@ def _webp_size(data: bytes) -> tuple[int, int] | None:
 
 def _jpeg_size(data: bytes) -> tuple[int, int] | None:
     at = 2
-    while at + 9 < len(data):
+    while at + 9 <= len(data):
         if data[at] != 0xFF:
             return None
         marker = data[at + 1]

@@ -13,6 +13,7 @@ Messages on the pipe are orjson bytes. Parent -> worker: ``{"task": {...}, "m": 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import ctypes
 import dataclasses
 import fcntl
@@ -40,6 +41,8 @@ from .store import Appender, OutputPaths
 from .tasks import Task
 
 _PR_SET_PDEATHSIG = 1
+# The grant of the request this asyncio task is sending, for the client's on-send hook.
+_SENDING: contextvars.ContextVar[Grant | None] = contextvars.ContextVar("mpinfer_sending", default=None)
 _KEY_ERRORS = frozenset({"authentication", "permission_denied"})
 _OVERLOAD_ERRORS = frozenset({"rate_limit", "timeout"})
 log = logging.getLogger("mpinfer.worker")
@@ -126,8 +129,14 @@ class Worker:
 
     def client(self, key: int) -> openai.AsyncOpenAI:
         if key not in self.clients:
-            self.clients[key] = make_client(self.keys[key], self.config.base_url, self.config.timeout)
+            self.clients[key] = make_client(self.keys[key], self.config.base_url, self.config.timeout,
+                                            on_send=self._on_send)
         return self.clients[key]
+
+    def _on_send(self) -> None:
+        grant = _SENDING.get()
+        if grant is not None:
+            self.limiter.sent(grant, time.monotonic())
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -215,6 +224,7 @@ class Worker:
                 self._abort(task, model, "every API key was rejected (401/403); see the log", attempts)
                 return
             attempts += 1
+            _SENDING.set(grant)
             try:
                 answer = await complete(self.client(grant.key), request.kwargs, self.config.timeout)
             except Exception as exc:  # classify decides; nothing escapes unrecorded
