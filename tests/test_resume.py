@@ -174,3 +174,30 @@ def test_a_second_run_on_a_live_output_is_refused_naming_the_pid(tmp_path: Path,
     assert f"pid {proc.pid}" in second.stderr
     report = orjson.loads(live.stdout)
     assert report["live"] is True and report["live_pid"] == proc.pid and report["done"] >= 4
+
+
+def test_a_second_ctrl_c_quits_at_once_and_the_rerun_still_finishes(tmp_path: Path, mock: MockServerProcess):
+    # Given a run whose requests take 3 s each, so that the grace period would be long
+    write_tasks(tmp_path / "tasks.jsonl", text_tasks(60))
+    mock.configure(latency_ms=3000)
+    output = tmp_path / "out.jsonl"
+    args = ("-i", "tasks.jsonl", "-o", "out.jsonl", "-p", "2", "-c", "4", "--base-url", mock.base_url)
+    proc = start_cli(*args, cwd=tmp_path)
+    _wait_for_lines(output, 8, proc)
+    # When Ctrl-C comes twice
+    started = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=WAIT_S)
+    # Then it quits well before the requests in flight could finish, with no torn line and no failures
+    assert time.monotonic() - started < 2.5
+    assert proc.returncode == 130, stderr
+    assert "quitting at once" in stderr
+    assert output.read_bytes().endswith(b"\n")
+    _wait_workers_gone(output)
+    # And the rerun finishes the job, each id once
+    mock.configure(latency_ms=0)
+    again = run_cli(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert Counter(_ids_on_disk(output)) == Counter(f"t{i}" for i in range(60))
