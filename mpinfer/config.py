@@ -54,6 +54,13 @@ def _non_negative_int(text: Any) -> int:
     return value
 
 
+def _non_negative_float(text: Any) -> float:
+    value = _number(text)
+    if value < 0:
+        raise ValueError("must be 0 or more")
+    return value
+
+
 def _positive_float(text: Any) -> float:
     value = _number(text)
     if not value > 0:
@@ -151,6 +158,17 @@ OPTIONS: tuple[Option, ...] = (
     Option("api_keys_file", _path, None, "file with one API key a line, to spread the work over "
            "(default: OPENAI_API_KEYS=k1,k2 or OPENAI_API_KEY)", metavar="FILE"),
     Option("fsync", _bool, False, "fsync after every line: survives power loss, costs a disk flush a line"),
+    Option("prices", _path, None, "price table (JSON or TOML) over the built-in one: "
+           '{"model": {"input": 0.15, "cached_input": 0.075, "output": 0.6}}, USD per 1M tokens',
+           metavar="FILE"),
+    Option("price_input", _non_negative_float, None, "USD per 1M input tokens, for every model",
+           metavar="USD"),
+    Option("price_output", _non_negative_float, None, "USD per 1M output tokens, for every model",
+           metavar="USD"),
+    Option("max_cost", _positive_float, None, "budget in USD for the output files (all runs): stop taking "
+           "tasks before the estimated total would pass it", metavar="USD"),
+    Option("allow_mixed", _bool, False, "resume even though the settings that change answers differ from "
+           "those that wrote the output"),
 )
 
 _BY_NAME = {option.name: option for option in OPTIONS}
@@ -183,6 +201,11 @@ class RunConfig:
     tpm: int | None = None
     rate_window: float = 60.0
     api_keys_file: Path | None = None
+    prices: Path | None = None
+    price_input: float | None = None
+    price_output: float | None = None
+    max_cost: float | None = None
+    allow_mixed: bool = False
     verbose: bool = False
     # repr=False: a config is logged and shown in errors; the keys must never be.
     api_keys: tuple[str, ...] = field(default=(), repr=False)

@@ -1,0 +1,115 @@
+"""What tokens cost: the built-in price table, files that override it, and the cost of one answer.
+
+Prices are US dollars per million tokens, as OpenAI publishes them, for realtime (not Batch API) requests.
+They change: check them against https://openai.com/api/pricing before budgeting, and override them with
+``--prices FILE`` (JSON or TOML, the shape of BUILT_IN) or ``--price-input`` / ``--price-output``.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+PRICES_AS_OF = "2026-06"
+
+
+@dataclass(frozen=True)
+class Price:
+    """USD per million tokens."""
+
+    input: float
+    output: float
+    cached_input: float | None = None
+
+    def cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:
+        """The cost of one answer; cached prompt tokens (part of prompt_tokens) at the cached rate."""
+        cached = min(max(cached_tokens, 0), prompt_tokens)
+        cached_rate = self.cached_input if self.cached_input is not None else self.input
+        return ((prompt_tokens - cached) * self.input + cached * cached_rate
+                + completion_tokens * self.output) / 1_000_000
+
+
+# As published by OpenAI; see PRICES_AS_OF. (input, cached input, output)
+BUILT_IN: dict[str, Price] = {
+    "gpt-5.5": Price(5.00, 30.00, 0.50),
+    "gpt-5.4": Price(2.50, 15.00, 0.25),
+    "gpt-5.4-mini": Price(0.75, 4.50, 0.075),
+    "gpt-5.4-nano": Price(0.20, 1.25, 0.02),
+    "gpt-5.1": Price(1.25, 10.00, 0.125),
+    "gpt-5": Price(1.25, 10.00, 0.125),
+    "gpt-5-mini": Price(0.25, 2.00, 0.025),
+    "gpt-5-nano": Price(0.05, 0.40, 0.005),
+    "gpt-4.1": Price(2.00, 8.00, 0.50),
+    "gpt-4.1-mini": Price(0.40, 1.60, 0.10),
+    "gpt-4.1-nano": Price(0.10, 0.40, 0.025),
+    "gpt-4o": Price(2.50, 10.00, 1.25),
+    "gpt-4o-mini": Price(0.15, 0.60, 0.075),
+    "o1": Price(15.00, 60.00, 7.50),
+    "o3": Price(2.00, 8.00, 0.50),
+    "o3-mini": Price(1.10, 4.40, 0.55),
+    "o4-mini": Price(1.10, 4.40, 0.275),
+}
+
+
+@dataclass(frozen=True)
+class PriceTable:
+    """Prices by model name; a dated snapshot (``gpt-4o-mini-2024-07-18``) takes its base model's price."""
+
+    prices: Mapping[str, Price]
+    override: Price | None = None
+
+    def find(self, model: str | None) -> Price | None:
+        if self.override is not None:
+            return self.override
+        if not model:
+            return None
+        name = model.split("/")[-1].lower()
+        if name in self.prices:
+            return self.prices[name]
+        # The longest name the model starts with: gpt-4o-mini-2024-07-18 is gpt-4o-mini, not gpt-4o.
+        matches = [known for known in self.prices if name.startswith(known + "-")]
+        return self.prices[max(matches, key=len)] if matches else None
+
+    def cost(self, model: str | None, prompt_tokens: int, completion_tokens: int,
+             cached_tokens: int = 0) -> float | None:
+        """USD for one answer, or None when the model has no known price."""
+        price = self.find(model)
+        return None if price is None else price.cost(prompt_tokens, completion_tokens, cached_tokens)
+
+
+def _price_from(name: str, value: Any, source: Path) -> Price:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{source}: {name}: expected a table with input and output prices")
+    try:
+        cached = value.get("cached_input")
+        return Price(float(value["input"]), float(value["output"]), None if cached is None else float(cached))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: {name}: needs numeric input and output prices ({exc})") from None
+
+
+def load_prices(path: Path | None = None, price_input: float | None = None,
+                price_output: float | None = None) -> PriceTable:
+    """The built-in table, updated from ``path`` (JSON or TOML); both flat prices given win over all."""
+    prices = dict(BUILT_IN)
+    if path is not None:
+        try:
+            raw = path.read_bytes()
+            data = tomllib.loads(raw.decode()) if path.suffix.lower() == ".toml" else json.loads(raw)
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise ConfigError(f"{path}: cannot read prices: {exc}") from None
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{path}: expected a table of models")
+        for name, value in data.items():
+            prices[str(name).lower()] = _price_from(str(name), value, path)
+    override = None
+    if price_input is not None or price_output is not None:
+        if price_input is None or price_output is None:
+            raise ConfigError("--price-input and --price-output go together")
+        override = Price(price_input, price_output)
+    return PriceTable(prices, override)
