@@ -43,6 +43,7 @@ class Answer:
     completion_tokens: int
     total_tokens: int
     headers: dict[str, str]
+    cached_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ def parse_answer(body: bytes, headers: dict[str, str]) -> Answer:
             completion_tokens=completion,
             total_tokens=int(usage.get("total_tokens") or prompt + completion),
             headers=headers,
+            cached_tokens=int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0),
         )
     except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
         raise MalformedResponse(f"malformed response body ({type(exc).__name__}): {body[:120]!r}") from None

@@ -15,9 +15,6 @@ import orjson
 
 from .config import RunConfig
 from .mockserver import MockServerProcess
-from .pool import run
-from .status import status
-from .validate import validate
 
 DEMO_DIR = Path("mpinfer-demo")
 _COLOURS = {"red": (220, 40, 40), "green": (40, 180, 70), "blue": (40, 80, 220)}
@@ -62,26 +59,20 @@ def write_demo_tasks(folder: Path) -> Path:
     return path
 
 
-def run_demo(folder: Path = DEMO_DIR, progress: bool = True) -> int:
-    """Run the demo end to end; returns the exit code (0 when the output validates)."""
-    from .cli import print_status, print_summary, print_validation
+def demo_config(folder: Path, tasks: Path, base_url: str) -> RunConfig:
+    """The demo's run: two workers, four requests each, a short backoff so that it ends in seconds."""
+    return RunConfig(input=tasks, output=folder / "results.jsonl", processes=2, concurrency=4,
+                     model="gpt-4o-mini", base_url=base_url, api_keys=("demo-key-not-secret",),
+                     log_dir=folder / "logs", timeout=10.0, retry_backoff=0.2)
 
+
+def start_demo_server() -> MockServerProcess:
+    """The mock server with a few injected 429s and 500s, so that the demo shows retries at work."""
+    return MockServerProcess().start(latency_ms=150, jitter_ms=100, p500=0.08, p429=0.05, retry_after=0.2,
+                                     seed=7)
+
+
+def prepare_demo(folder: Path = DEMO_DIR) -> Path:
+    """A fresh demo folder with its tasks and images; returns the tasks file."""
     shutil.rmtree(folder, ignore_errors=True)
-    tasks = write_demo_tasks(folder)
-    print(f"demo: {tasks} (24 tasks, most with images); starting the mock server on 127.0.0.1")
-    # A few injected faults show the retries at work; the demo's backoff is short so it ends in seconds.
-    with MockServerProcess() as server:
-        server.start(latency_ms=150, jitter_ms=100, p500=0.08, p429=0.05, retry_after=0.2, seed=7)
-        config = RunConfig(input=tasks, output=folder / "results.jsonl", processes=2, concurrency=4,
-                           model="gpt-4o-mini", base_url=server.base_url, api_keys=("demo-key-not-secret",),
-                           log_dir=folder / "logs", timeout=10.0, retry_backoff=0.2)
-        print(f"demo: run -i {config.input} -o {config.output} -p 2 -c 4 against {server.base_url}")
-        summary = run(config, progress=progress)
-        print_summary(summary)
-        print("\ndemo: --status")
-        print_status(status(config))
-        print("\ndemo: --validate")
-        [report] = validate(config)
-        print_validation(report)
-    print(f"\ndemo: results are in {config.output}; rerun the same command to resume a stopped run")
-    return 0 if report.ok else 1
+    return write_demo_tasks(folder)

@@ -26,8 +26,9 @@ from multiprocess.connection import wait
 from tqdm import tqdm
 
 from .config import RunConfig
-from .errors import OutputError
+from .errors import ConfigError, OutputError
 from .logfile import create_log_file, setup_parent_logging
+from .prices import PriceTable, load_prices
 from .ratelimit import SharedLimiter
 from .store import OutputPaths, RunLock, companion, model_outputs, repair_tail, scan
 from .summary import RunSummary, Tally, write_summary
@@ -71,8 +72,10 @@ def _work_items(tasks: Iterator[Task], done: list[set[str]]) -> Iterator[WorkIte
 class _Supervisor:
     def __init__(self, config: RunConfig, outputs: list[OutputPaths], items: Iterator[WorkItem],
                  summary: RunSummary, log_file: Path | None, run_starts: list[int], grace_s: float,
-                 progress: bool, summary_path: Path) -> None:
+                 progress: bool, summary_path: Path, prices: PriceTable, priced_before: int) -> None:
         self.config = config
+        self.prices = prices
+        self.priced_before = priced_before
         self.outputs = outputs
         self.items = items
         self.summary = summary
@@ -105,7 +108,7 @@ class _Supervisor:
     def _spawn(self, index: int) -> _Slot:
         parent_end, child_end = self.ctx.Pipe(duplex=True)
         settings = WorkerSettings(self.config, tuple(self.outputs), str(self.log_file) if self.log_file else None,
-                                  index)
+                                  index, self.prices)
         process = self.ctx.Process(target=worker_main, args=(settings, child_end, self.limiter),
                                    name=f"mpinfer-w{index}", daemon=True)
         process.start()
@@ -127,9 +130,34 @@ class _Supervisor:
             slot.open = False
             return False
 
+    def _within_budget(self) -> bool:
+        """Whether one more task fits in --max-cost, counting what is in flight at the average cost so far.
+
+        Until the first answer gives an average, only one task per worker goes out, as a probe.
+        """
+        budget = self.config.max_cost
+        if budget is None:
+            return True
+        outstanding = sum(len(s.held) for s in self.slots)
+        spent = self.summary.cost_before + self.summary.cost
+        answers = self.priced_before + self.summary.succeeded - self.summary.unpriced
+        if answers <= 0:
+            return outstanding < self.config.processes
+        each = spent / answers
+        if spent + (outstanding + 1) * each <= budget:
+            return True
+        if self.stop_reason is None:
+            self.stop_reason = (f"budget: ${budget:.4f} would be passed (spent ${spent:.4f}, about ${each:.5f} "
+                                f"a task, {outstanding} in flight)")
+            log.warning("stopping: %s; finishing what is in flight", self.stop_reason)
+        self.feeding = False
+        return False
+
     def _top_up(self) -> None:
         for slot in sorted(self.slots, key=lambda s: len(s.held)):
             while self.feeding and slot.open and not slot.stopped and len(slot.held) < self.max_held:
+                if not self._within_budget():
+                    return
                 item = self.requeue.popleft() if self.requeue else next(self.items, None)
                 if item is None:
                     self.feeding = False
@@ -158,10 +186,8 @@ class _Supervisor:
         tally = self.summary.per_model[self.config.models[model]]
         if kind == EventKind.DONE.value:
             slot.held.pop((task_id, model), None)
-            self.summary.succeeded += 1
+            self.summary.count_answer(event)
             tally.succeeded += 1
-            self.summary.prompt_tokens += event.get("prompt_tokens") or 0
-            self.summary.completion_tokens += event.get("completion_tokens") or 0
             self.bar.update(1)
         elif kind == EventKind.FAILED.value:
             slot.held.pop((task_id, model), None)
@@ -187,7 +213,7 @@ class _Supervisor:
             self._postfix_at = now
             self.bar.set_postfix(failed=self.summary.failed,
                                  tokens=self.summary.prompt_tokens + self.summary.completion_tokens,
-                                 refresh=False)
+                                 cost=f"${self.summary.cost:.4f}", refresh=False)
 
     def _drain(self, slot: _Slot) -> None:
         try:
@@ -261,8 +287,8 @@ class _Supervisor:
                     return
             if self.feeding:
                 self._top_up()
-            if not self.feeding and self.stop_reason is None and not any(s.held for s in self.slots):
-                self._stop_all(None)  # all work is done
+            if not self.feeding and not any(s.held for s in self.slots):
+                self._stop_all(None)  # all work is done, or all the budget allows
             if self.stop_deadline is None and any(s.stopped for s in self.slots):
                 self.stop_deadline = time.monotonic() + max(self.grace_s, STOP_JOIN_S)
             now = time.monotonic()
@@ -325,6 +351,11 @@ def run(config: RunConfig, *, progress: bool = True, grace_s: float = DEFAULT_GR
     started = time.monotonic()
     input_path, output = config.require_paths()
     config.require_api_keys()
+    prices = load_prices(config.prices, config.price_input, config.price_output)
+    unpriced = [m for m in config.models if prices.find(m) is None]
+    if config.max_cost is not None and unpriced:
+        raise ConfigError(f"--max-cost needs a price for {', '.join(unpriced)}: give --prices FILE or "
+                          "--price-input and --price-output")
     keys = FieldKeys(config.id_key, config.prompt_key, config.images_key)
     index = check_input(input_path, keys)  # bad input fails here, before anything is spent
     models = config.models
@@ -343,6 +374,7 @@ def run(config: RunConfig, *, progress: bool = True, grace_s: float = DEFAULT_GR
         summary = RunSummary(total=index.total * len(models), already_done=0, log_file=log_file)
         done: list[set[str]] = []
         run_starts: list[int] = []
+        priced_before = 0
         for model, paths in zip(models, outputs):
             _prepare(paths, summary)
             found = scan(paths.output)
@@ -356,6 +388,8 @@ def run(config: RunConfig, *, progress: bool = True, grace_s: float = DEFAULT_GR
             run_starts.append(found.end_offset)
             summary.bad_lines += len(found.bad_lines)
             summary.unknown_ids += unknown
+            summary.cost_before += found.cost
+            priced_before += len(found.ids)
             summary.per_model[model] = Tally()
         summary.already_done = sum(len(ids) for ids in done)
         log.info("run %s -> %s: %r", input_path, ", ".join(str(p.output) for p in outputs), config)
@@ -367,7 +401,7 @@ def run(config: RunConfig, *, progress: bool = True, grace_s: float = DEFAULT_GR
             return summary
         items = _work_items(iter_tasks(input_path, keys), done)
         supervisor = _Supervisor(config, outputs, items, summary, log_file, run_starts, grace_s, progress,
-                                 summary_path)
+                                 summary_path, prices, priced_before)
         del index
         previous = {sig: signal.signal(sig, supervisor.on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:

@@ -14,7 +14,8 @@ from typing import Any
 
 from .config import RunConfig
 from .store import OutputPaths, companion, iter_lines, live_run, model_outputs, record_id
-from .summary import read_summary
+from .records import same_model
+from .summary import percentiles, read_summary
 from .tasks import FieldKeys, check_input
 
 RECENT_RECORDS = 500
@@ -34,6 +35,10 @@ class OutputStatus:
     bad_lines: int
     unknown_ids: int
     last_written_at: float | None
+    cost: float = 0.0
+    unpriced: int = 0
+    model_mismatches: int = 0
+    failures_by_type: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,11 @@ class StatusReport:
     live: bool
     live_pid: int | None
     rate_limited: int = 0
+    cost: float = 0.0
+    unpriced: int = 0
+    model_mismatches: int = 0
+    failures_by_type: dict[str, int] = field(default_factory=dict)
+    latency_s: dict[str, float | None] = field(default_factory=dict)
     models: list[OutputStatus] = field(default_factory=list)
     per_model: dict[str, Any] = field(default_factory=dict)
     per_key: dict[str, Any] = field(default_factory=dict)
@@ -74,10 +84,16 @@ def _rate(times: deque[float]) -> float | None:
     return (len(ordered) - 1) / span if span > 0 else None
 
 
-def _output_status(output: Path, input_ids: frozenset[str], recent: deque[float]) -> OutputStatus:
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _output_status(output: Path, input_ids: frozenset[str], recent: deque[float],
+                   latencies: list[float]) -> OutputStatus:
     paths = OutputPaths.of(output)
     done: set[str] = set()
-    bad = prompt = completion = 0
+    bad = prompt = completion = unpriced = mismatches = 0
+    cost = 0.0
     last: float | None = None
     for _, _, obj in iter_lines(paths.output):
         rid = record_id(obj)
@@ -88,17 +104,44 @@ def _output_status(output: Path, input_ids: frozenset[str], recent: deque[float]
         usage = obj.get("usage") if isinstance(obj.get("usage"), dict) else {}
         prompt += int(usage.get("prompt_tokens") or 0)
         completion += int(usage.get("completion_tokens") or 0)
-        at = obj.get("processed_at")
-        if isinstance(at, (int, float)):
-            recent.append(float(at))
-            last = max(last or 0.0, float(at))
-    failed_ids = {rid for _, _, obj in iter_lines(paths.errors) if (rid := record_id(obj)) is not None}
+        line_cost = _number(obj.get("cost"))
+        if line_cost is None:
+            unpriced += 1
+        else:
+            cost += line_cost
+        if not same_model(obj.get("requested_model"), obj.get("model")):
+            mismatches += 1
+        latency = _number(obj.get("latency_s"))
+        if latency is not None:
+            latencies.append(latency)
+        at = _number(obj.get("processed_at"))
+        if at is not None:
+            recent.append(at)
+            last = max(last or 0.0, at)
     done_known = done & input_ids
+    # The last failure of each id that is still not done: what a rerun will retry.
+    failures: dict[str, str] = {}
+    for _, _, obj in iter_lines(paths.errors):
+        rid = record_id(obj)
+        if rid is not None and rid in input_ids and rid not in done_known:
+            failures[rid] = str(obj.get("error_type"))
+    by_type: dict[str, int] = {}
+    for error_type in failures.values():
+        by_type[error_type] = by_type.get(error_type, 0) + 1
     return OutputStatus(
-        output=str(output), done=len(done_known), failed=len((failed_ids & input_ids) - done_known),
+        output=str(output), done=len(done_known), failed=len(failures),
         pending=len(input_ids) - len(done_known), prompt_tokens=prompt, completion_tokens=completion,
-        bad_lines=bad, unknown_ids=len(done - input_ids), last_written_at=last,
+        bad_lines=bad, unknown_ids=len(done - input_ids), last_written_at=last, cost=round(cost, 6),
+        unpriced=unpriced, model_mismatches=mismatches, failures_by_type=dict(sorted(by_type.items())),
     )
+
+
+def _merge(counts: Any) -> dict[str, int]:
+    merged: dict[str, int] = {}
+    for part in counts:
+        for name, count in part.items():
+            merged[name] = merged.get(name, 0) + count
+    return dict(sorted(merged.items()))
 
 
 def status(config: RunConfig, now: float | None = None) -> StatusReport:
@@ -108,7 +151,8 @@ def status(config: RunConfig, now: float | None = None) -> StatusReport:
     index = check_input(input_path, FieldKeys(config.id_key, config.prompt_key, config.images_key))
     outputs = model_outputs(output, config.models)
     recent: deque[float] = deque(maxlen=RECENT_RECORDS)
-    parts = [_output_status(path, index.ids, recent) for path in outputs]
+    latencies: list[float] = []
+    parts = [_output_status(path, index.ids, recent, latencies) for path in outputs]
     live = next((info for info in (live_run(OutputPaths.of(p)) for p in outputs) if info), None)
     total = index.total * len(outputs)
     done = sum(p.done for p in parts)
@@ -129,6 +173,8 @@ def status(config: RunConfig, now: float | None = None) -> StatusReport:
         bad_lines=sum(p.bad_lines for p in parts), unknown_ids=sum(p.unknown_ids for p in parts),
         recent_per_s=round(rate, 3) if rate else None, eta_s=round(eta, 1) if eta is not None else None,
         last_written_at=last, live=live is not None, live_pid=live.pid if live else None,
-        rate_limited=int(summary.get("rate_limited") or 0), models=parts,
+        rate_limited=int(summary.get("rate_limited") or 0), cost=round(sum(p.cost for p in parts), 6),
+        unpriced=sum(p.unpriced for p in parts), model_mismatches=sum(p.model_mismatches for p in parts),
+        failures_by_type=_merge(p.failures_by_type for p in parts), latency_s=percentiles(latencies), models=parts,
         per_model=summary.get("per_model") or {}, per_key=summary.get("per_key") or {},
     )

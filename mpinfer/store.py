@@ -104,6 +104,7 @@ class Scan:
     bad_lines: list[BadLine] = field(default_factory=list)
     lines: int = 0
     end_offset: int = 0
+    cost: float = 0.0
 
 
 def iter_lines(path: Path, start: int = 0) -> Iterator[tuple[int, bytes, Any]]:
@@ -147,8 +148,11 @@ def scan(path: Path, start: int = 0) -> Scan:
         rid = record_id(obj)
         if rid is None:
             result.bad_lines.append(BadLine(number, raw[:_SNIPPET].decode("utf-8", "replace").rstrip()))
-        else:
-            result.ids.add(rid)
+            continue
+        result.ids.add(rid)
+        cost = obj.get("cost")
+        if isinstance(cost, (int, float)) and not isinstance(cost, bool):
+            result.cost += cost
     return result
 
 

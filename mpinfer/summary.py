@@ -7,6 +7,7 @@ carry. The counts of done and failed tasks in status come from the output files,
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -52,6 +53,11 @@ class RunSummary:
     failures_by_type: dict[str, int] = field(default_factory=dict)
     per_model: dict[str, Tally] = field(default_factory=dict)
     per_key: dict[str, Tally] = field(default_factory=dict)
+    cost: float = 0.0
+    unpriced: int = 0
+    cost_before: float = 0.0
+    model_mismatches: int = 0
+    latencies: list[float] = field(default_factory=list, repr=False)
 
     @property
     def done(self) -> int:
@@ -64,6 +70,31 @@ class RunSummary:
     @property
     def rate_limited(self) -> int:
         return sum(t.rate_limited for t in self.per_key.values())
+
+    @property
+    def requests(self) -> int:
+        return sum(t.requests for t in self.per_key.values())
+
+    @property
+    def success_rate(self) -> float | None:
+        ended = self.succeeded + self.failed
+        return round(self.succeeded / ended, 4) if ended else None
+
+    def count_answer(self, event: dict[str, Any]) -> None:
+        """Tally one DONE event from a worker."""
+        self.succeeded += 1
+        self.prompt_tokens += event.get("prompt_tokens") or 0
+        self.completion_tokens += event.get("completion_tokens") or 0
+        cost = event.get("cost")
+        if cost is None:
+            self.unpriced += 1
+        else:
+            self.cost += cost
+        if event.get("mismatch"):
+            self.model_mismatches += 1
+        latency = event.get("latency_s")
+        if isinstance(latency, (int, float)):
+            self.latencies.append(float(latency))
 
     def count_failure(self, error_type: str) -> None:
         self.failed += 1
@@ -84,10 +115,25 @@ class RunSummary:
 
     def to_dict(self, live: bool) -> dict[str, Any]:
         data = asdict(self)
+        del data["latencies"]
         data["log_file"] = str(self.log_file) if self.log_file else None
         data.update(live=live, done=self.done, remaining=self.remaining, rate_limited=self.rate_limited,
-                    updated_at=time.time())
+                    requests=self.requests, success_rate=self.success_rate,
+                    requests_per_s=round(self.requests / self.elapsed_s, 3) if self.elapsed_s else None,
+                    latency_s=percentiles(self.latencies), cost=round(self.cost, 6), updated_at=time.time())
         return data
+
+
+def percentiles(values: list[float]) -> dict[str, float | None]:
+    """p50, p95 and max of latencies (nearest rank), None for each when there are none."""
+    if not values:
+        return {"p50": None, "p95": None, "max": None}
+    ordered = sorted(values)
+
+    def rank(share: float) -> float:
+        return ordered[min(len(ordered) - 1, max(0, math.ceil(share * len(ordered)) - 1))]
+
+    return {"p50": rank(0.50), "p95": rank(0.95), "max": ordered[-1]}
 
 
 def write_summary(path: Path, summary: RunSummary, live: bool) -> None:

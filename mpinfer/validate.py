@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
 from .config import RunConfig
-from .records import missing_fields
+from .records import missing_fields, same_model
 from .store import OutputPaths, iter_lines, model_outputs, record_id
 from .tasks import FieldKeys, check_input
 
 EXAMPLES_KEPT = 5
-# A dated or versioned snapshot of the requested model is the same model: gpt-4o-mini -> gpt-4o-mini-2024-07-18.
-_SNAPSHOT = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{4}|\d{8}|v?\d+(\.\d+)*)$")
 
 
 class ProblemKind(str, Enum):
@@ -54,15 +51,6 @@ class ValidationReport:
         kept = self.examples.setdefault(problem.kind, [])
         if len(kept) < EXAMPLES_KEPT:
             kept.append(problem)
-
-
-def same_model(requested: str | None, reported: str | None) -> bool:
-    """Whether the server's model is the one asked for (a dated snapshot of it counts as the same)."""
-    if not requested or not reported:
-        return False
-    if reported == requested or reported.split("/")[-1] == requested.split("/")[-1]:
-        return True
-    return reported.startswith(requested) and bool(_SNAPSHOT.fullmatch(reported[len(requested):]))
 
 
 def validate(config: RunConfig) -> list[ValidationReport]:

@@ -36,7 +36,8 @@ from .errors import ImageError, OutputError
 from .logfile import setup_worker_logging
 from .messages import ImageEncoder, Request, build_request
 from .ratelimit import Grant, NoKeysLeft, SharedLimiter
-from .records import Failure, Result, Usage
+from .prices import PriceTable
+from .records import Failure, Result, Usage, same_model
 from .store import Appender, OutputPaths
 from .tasks import Task
 
@@ -65,6 +66,7 @@ class WorkerSettings:
     outputs: tuple[OutputPaths, ...]
     log_file: str | None
     index: int
+    prices: PriceTable
 
 
 def key_hint(keys: tuple[str, ...], index: int) -> str:
@@ -279,6 +281,10 @@ class Worker:
 
     def _succeed(self, task: Task, model: int, requested: str, answer: Answer, attempts: int,
                  latency: float) -> None:
+        prices = self.settings.prices
+        # Billed as the model that answered; its price when known, else the requested model's.
+        priced_as = answer.model if prices.find(answer.model) is not None else requested
+        cost = prices.cost(priced_as, answer.prompt_tokens, answer.completion_tokens, answer.cached_tokens)
         result = Result(
             id=task.id,
             input_prompt=task.prompt,
@@ -286,16 +292,17 @@ class Worker:
             answer=answer.content,
             model=answer.model,
             requested_model=requested,
-            usage=Usage(answer.prompt_tokens, answer.completion_tokens, answer.total_tokens),
+            usage=Usage(answer.prompt_tokens, answer.completion_tokens, answer.total_tokens, answer.cached_tokens),
             finish_reason=answer.finish_reason,
             latency_s=round(latency, 4),
             attempts=attempts,
             processed_at=time.time(),
+            cost=round(cost, 8) if cost is not None else None,
         )
         self.appenders[model].append(self.settings.outputs[model].output, result.to_line())
         self.send(EventKind.DONE, task.id, m=model, prompt_tokens=answer.prompt_tokens,
-                  completion_tokens=answer.completion_tokens, latency_s=result.latency_s, model=answer.model,
-                  attempts=attempts)
+                  completion_tokens=answer.completion_tokens, latency_s=result.latency_s, cost=result.cost,
+                  mismatch=not same_model(requested, answer.model), attempts=attempts)
 
     def _fail(self, task: Task, model: int, error: CallError, attempts: int) -> None:
         failure = Failure(task.id, error.error_type, error.status, error.message, attempts, time.time())

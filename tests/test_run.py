@@ -203,7 +203,7 @@ def test_a_torn_last_line_is_moved_aside_and_never_glued_to(tmp_path: Path, mock
     first = orjson.dumps({"id": "t0", "input_prompt": "q", "images": [], "answer": "a", "model": "m",
                           "requested_model": "m", "usage": {"prompt_tokens": 1, "completion_tokens": 1,
                                                             "total_tokens": 2}, "finish_reason": "stop",
-                          "latency_s": 0.1, "attempts": 1, "processed_at": 1.8e9})
+                          "latency_s": 0.1, "attempts": 1, "processed_at": 1.8e9, "cost": None})
     out.write_bytes(first + b'\n{"id": "t1", "input_prompt": "que')
     # When the run resumes
     proc = _run(tmp_path, mock)

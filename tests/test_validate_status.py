@@ -27,7 +27,7 @@ def result(rid: str, *, answer: Any = None, model: str = "gpt-4o-mini", requeste
         "model": model, "requested_model": requested,
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                   "total_tokens": prompt_tokens + completion_tokens},
-        "finish_reason": "stop", "latency_s": 0.1, "attempts": 1, "processed_at": at,
+        "finish_reason": "stop", "latency_s": 0.1, "attempts": 1, "processed_at": at, "cost": 0.0001,
     }
 
 

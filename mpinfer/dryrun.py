@@ -1,0 +1,466 @@
+"""``--dry-run``: check every task a run would send and estimate its tokens and cost, calling nothing.
+
+A dry run does what a real run does up to the API call: it checks the input (bad input raises the same
+InputError, with file and line), reads each output to leave out the ids already done, and builds every
+pending task's request with the worker's own ``build_request`` and ``ImageEncoder``, so an image that would
+fail the task in a real run is listed here as a problem. It never writes, locks or repairs anything, and
+never fetches a remote image: those are counted and estimated at tokens.UNKNOWN_IMAGE_TOKENS.
+
+The input is streamed; memory holds the done ids (as a real run does), counters, the first problems, and a
+bounded table of facts about the image files already seen, so that a file shared by many tasks is judged,
+and its size read, once.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import os
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import RunConfig
+from .errors import ImageError
+from .messages import ImageEncoder, Request, build_request, sniff_mime
+from .prices import PriceTable
+from .store import model_outputs, scan
+from .tasks import FieldKeys, Task, check_input, iter_tasks
+from .tokens import DEFAULT_COMPLETION_TOKENS, TOKENS_PER_MESSAGE, image_size, image_tokens, text_tokens
+
+MAX_PROBLEMS_KEPT = 20
+# Facts about this many image files are remembered (a few hundred bytes each); past that the oldest are
+# forgotten and judged again if a later task uses them.
+MAX_FILES_REMEMBERED = 65536
+_SHORT_REF = 40
+
+
+def _plain(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """dataclasses.asdict's dict_factory: paths become strings, so that the dict dumps as JSON."""
+    return {key: str(value) if isinstance(value, Path) else value for key, value in pairs}
+
+
+@dataclass(frozen=True)
+class TaskProblem:
+    """A pending task that a real run would fail without sending it (its image is missing or broken)."""
+
+    id: str
+    line: int
+    message: str
+
+
+@dataclass(frozen=True)
+class LargestImage:
+    """The largest image, in bytes, that the pending tasks send; ``path`` is a short form for a data: URL."""
+
+    path: str
+    bytes: int
+    width: int
+    height: int
+    task_id: str
+
+
+@dataclass(frozen=True)
+class ImageTally:
+    """The images of the estimated tasks, each counted every time a task uses it (it is sent every time).
+
+    ``local`` are files, ``inline`` data: URLs in the input (both checked), ``remote`` http(s) URLs (not
+    checked: that would mean fetching them). ``local_bytes`` sums the files and inline images as they are
+    before base64, which adds a third on the wire.
+    """
+
+    local: int = 0
+    inline: int = 0
+    remote: int = 0
+    local_bytes: int = 0
+    largest: LargestImage | None = None
+
+
+@dataclass(frozen=True)
+class PromptStats:
+    """Estimated prompt tokens of the estimated tasks, each task counted once whatever the number of models."""
+
+    tasks: int
+    total: int
+    min: int | None
+    mean: float | None
+    max: int | None
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """One model's share of the run: its output, what is done, what would be sent, and what it may cost.
+
+    ``pending`` counts every task not in the output; ``problems`` those of them a real run would fail
+    without a request. Tokens and cost cover the rest (``estimated``). ``completion_ceiling`` is each
+    estimated task's max_tokens (the task's, else the run's, else DEFAULT_COMPLETION_TOKENS) summed.
+    ``cost_min`` charges the prompts alone, ``cost_max`` adds the ceiling; both are None when a model in
+    ``requested_models`` (the run's model, or in a one-model run the models tasks ask for) has no price.
+    """
+
+    model: str
+    output: Path
+    done: int
+    pending: int
+    problems: int
+    requested_models: tuple[str, ...]
+    prompt_tokens: int
+    completion_ceiling: int
+    cost_min: float | None
+    cost_max: float | None
+
+    @property
+    def estimated(self) -> int:
+        return self.pending - self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self, dict_factory=_plain) | {"estimated": self.estimated}
+
+
+@dataclass(frozen=True)
+class PlanTotals:
+    """The model rows added up; a task run against two models counts twice, as it is sent twice.
+
+    The costs add up the priced models only (DryRunPlan.unpriced_models names the others), and are None
+    when no model has a price.
+    """
+
+    done: int
+    pending: int
+    problems: int
+    prompt_tokens: int
+    completion_ceiling: int
+    cost_min: float | None
+    cost_max: float | None
+
+
+@dataclass(frozen=True)
+class DryRunPlan:
+    """What a run of this config would do now, found without calling the API.
+
+    ``tasks`` is the number of tasks in the input; ``tasks_pending`` those not done for at least one model,
+    which are the ones checked; ``problem_count`` of those would fail (``problems`` keeps the first
+    MAX_PROBLEMS_KEPT). ``max_tokens_assumed`` says that some estimated task has no max_tokens, neither its
+    own nor the run's, so its answer was counted at ``assumed_max_tokens``, what the rate limiter charges.
+    """
+
+    input: Path
+    models: tuple[str, ...]
+    tasks: int
+    tasks_pending: int
+    rows: tuple[ModelPlan, ...]
+    totals: PlanTotals
+    problems: tuple[TaskProblem, ...]
+    problem_count: int
+    images: ImageTally
+    prompt: PromptStats
+    max_tokens_assumed: bool
+    assumed_max_tokens: int
+    unpriced_models: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        """No pending task would fail for its images."""
+        return self.problem_count == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for ``--dry-run --json``: paths are strings, every row and total included."""
+        data = dataclasses.asdict(self, dict_factory=_plain)
+        data["rows"] = [row.to_dict() for row in self.rows]
+        data["ok"] = self.ok
+        return data
+
+
+@dataclass(frozen=True)
+class _Image:
+    """One image reference of a task, checked: its pixel size (None for a remote URL) and bytes."""
+
+    kind: str  # "local", "inline" or "remote"
+    size: tuple[int, int] | None
+    bytes: int
+    path: str
+
+
+@dataclass(frozen=True)
+class _FileFacts:
+    """What one read of an image file showed; the file is known by path, mtime and size."""
+
+    bytes: int
+    size: tuple[int, int] | None
+
+
+def _size_message(ref: str, where: str) -> str:
+    return f"image {ref!r}: cannot read its size: corrupt or truncated? ({where})"
+
+
+def _short(ref: str) -> str:
+    return ref if len(ref) <= _SHORT_REF else ref[:_SHORT_REF] + "..."
+
+
+def _image_urls(messages: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """The image_url objects of the messages, in the order build_messages put the task's images."""
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list):
+            for part in content:
+                if part.get("type") == "image_url":
+                    yield part.get("image_url") or {}
+
+
+def _prompt_tokens(messages: list[dict[str, Any]], images: list[_Image]) -> int:
+    """The rate limiter's estimate (messages.estimate_prompt_tokens), with the sizes this plan read.
+
+    The worker's estimate looks sizes up in the encoder's small table, which can forget them; a dry run
+    knows each one, so it counts them itself.
+    """
+    sizes = iter(images)
+    total = 0
+    for message in messages:
+        total += TOKENS_PER_MESSAGE
+        content = message.get("content")
+        if isinstance(content, str):
+            total += text_tokens(content)
+            continue
+        for part in content or ():
+            if part.get("type") == "text":
+                total += text_tokens(part.get("text", ""))
+            elif part.get("type") == "image_url":
+                size = next(sizes).size
+                width, height = size if size is not None else (None, None)
+                total += image_tokens(width, height, detail=(part.get("image_url") or {}).get("detail", "auto"))
+    return total
+
+
+class _RowTally:
+    """One model's running counts; prompt tokens and ceilings by the model actually requested."""
+
+    def __init__(self) -> None:
+        self.pending = 0
+        self.problems = 0
+        self.by_model: dict[str, list[int]] = {}
+
+    def add(self, model: str, prompt_tokens: int, ceiling: int) -> None:
+        tokens = self.by_model.setdefault(model, [0, 0])
+        tokens[0] += prompt_tokens
+        tokens[1] += ceiling
+
+    def finish(self, model: str, output: Path, done: int, prices: PriceTable) -> ModelPlan:
+        found = [(prices.find(name), prompt, ceiling) for name, (prompt, ceiling) in self.by_model.items()]
+        cost_min: float | None = None
+        cost_max: float | None = None
+        if all(price is not None for price, _, _ in found):
+            cost_min = sum((price.cost(prompt, 0) for price, prompt, _ in found if price is not None), 0.0)
+            cost_max = sum((price.cost(prompt, ceiling) for price, prompt, ceiling in found if price is not None),
+                           0.0)
+        return ModelPlan(
+            model=model, output=output, done=done, pending=self.pending, problems=self.problems,
+            requested_models=tuple(sorted(self.by_model)) or (model,),
+            prompt_tokens=sum(t[0] for t in self.by_model.values()),
+            completion_ceiling=sum(t[1] for t in self.by_model.values()),
+            cost_min=cost_min, cost_max=cost_max,
+        )
+
+
+class _Checker:
+    """Builds each pending task's request as a worker would and judges its images, each file once."""
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+        self.root = config.resolved_image_root
+        self.encoder = ImageEncoder(self.root)
+        self.files: OrderedDict[tuple[str, int, int], _FileFacts] = OrderedDict()
+
+    def _file_key(self, ref: str) -> tuple[str, int, int] | None:
+        # Resolved as ImageEncoder.url resolves it; a stat reads no image bytes.
+        path = Path(ref).expanduser()
+        if not path.is_absolute():
+            path = self.root / path
+        try:
+            stat = os.stat(path)
+        except OSError:
+            return None
+        return str(path), stat.st_mtime_ns, stat.st_size
+
+    def _known_problem(self, task: Task) -> str | None:
+        """A problem already found in one of the task's files, so that a broken file is not read again."""
+        for ref in task.images:
+            if ref.lower().startswith(("http://", "https://", "data:")):
+                continue
+            key = self._file_key(ref)
+            if key is None:
+                return None  # missing: build_request names it, in the worker's words, without reading
+            facts = self.files.get(key)
+            if facts is not None and facts.size is None:
+                return _size_message(ref, key[0])
+        return None
+
+    def check(self, task: Task, model: str) -> tuple[Request, list[_Image]] | str:
+        """The request and its checked images, or the message of the problem that would fail the task."""
+        known = self._known_problem(task)
+        if known is not None:
+            return known
+        config = self.config
+        try:
+            request = build_request(task, self.encoder, model=model, system_prompt=config.system_prompt,
+                                    temperature=config.temperature, max_tokens=config.max_tokens,
+                                    extra_body=config.extra_body)
+        except ImageError as exc:
+            return str(exc)
+        images: list[_Image] = []
+        for ref, image_url in zip(task.images, _image_urls(request.kwargs["messages"])):
+            lowered = ref.lower()
+            if lowered.startswith(("http://", "https://")):
+                image: _Image | str = _Image("remote", None, 0, ref)
+            elif lowered.startswith("data:"):
+                image = self._inline(ref, task.id)
+            else:
+                image = self._local(ref, str(image_url.get("url", "")))
+            if isinstance(image, str):
+                return image
+            images.append(image)
+        return request, images
+
+    def _local(self, ref: str, url: str) -> _Image | str:
+        key = self._file_key(ref)
+        facts = self.files.get(key) if key is not None else None
+        if facts is None:
+            # The encoder read the file just now; its size table has the pixel size, and when it has not
+            # (a JPEG whose frame header lies past the 64 KiB it looks at), the data URL holds every byte.
+            size = self.encoder.size_of(url)
+            data = b""
+            if size is None or key is None:
+                data = base64.b64decode(url.partition(",")[2])
+                size = image_size(data)
+            facts = _FileFacts(key[2] if key is not None else len(data), size)
+            if key is not None:
+                self.files[key] = facts
+                while len(self.files) > MAX_FILES_REMEMBERED:
+                    self.files.popitem(last=False)
+        elif key is not None:
+            self.files.move_to_end(key)
+        where = key[0] if key is not None else ref
+        if facts.size is None:
+            return _size_message(ref, where)
+        return _Image("local", facts.size, facts.bytes, where)
+
+    @staticmethod
+    def _inline(ref: str, task_id: str) -> _Image | str:
+        """A data: URL from the input: the worker sends it as it is, so it is checked here from its bytes."""
+        header, _, payload = ref.partition(",")
+        short = _short(ref)
+        if not header.lower().endswith(";base64"):
+            return f"image {short!r}: a data: URL that is not base64"
+        try:
+            data = base64.b64decode(payload)
+        except (binascii.Error, ValueError):
+            return f"image {short!r}: a data: URL whose base64 does not decode"
+        if sniff_mime(data[:16]) is None:
+            return f"image {short!r}: not a PNG, JPEG, GIF or WEBP image"
+        size = image_size(data)
+        if size is None:
+            return _size_message(short, f"data: URL of task {task_id}")
+        return _Image("inline", size, len(data), f"data: URL of task {task_id}")
+
+
+class _Images:
+    """Running image counts."""
+
+    def __init__(self) -> None:
+        self.counts = {"local": 0, "inline": 0, "remote": 0}
+        self.bytes = 0
+        self.largest: LargestImage | None = None
+
+    def add(self, image: _Image, task_id: str) -> None:
+        self.counts[image.kind] += 1
+        if image.size is None:
+            return
+        self.bytes += image.bytes
+        if self.largest is None or image.bytes > self.largest.bytes:
+            self.largest = LargestImage(image.path, image.bytes, image.size[0], image.size[1], task_id)
+
+    def finish(self) -> ImageTally:
+        return ImageTally(self.counts["local"], self.counts["inline"], self.counts["remote"], self.bytes,
+                          self.largest)
+
+
+def plan(config: RunConfig, prices: PriceTable) -> DryRunPlan:
+    """Check every task a run of ``config`` would send now and estimate its tokens and cost; send nothing.
+
+    Raises InputError for bad input and ConfigError without input or output paths, as a run would; a task
+    whose image is missing, not an image, or of unreadable size is a TaskProblem, not an error.
+    """
+    input_path, output = config.require_paths()
+    keys = FieldKeys(config.id_key, config.prompt_key, config.images_key)
+    index = check_input(input_path, keys)
+    models = config.models
+    outputs = model_outputs(output, models)
+    done = [scan(path).ids & index.ids for path in outputs]
+    rows = [_RowTally() for _ in models]
+    checker = _Checker(config)
+    images = _Images()
+    problems: list[TaskProblem] = []
+    problem_count = tasks_pending = 0
+    prompt_total = prompt_count = 0
+    prompt_min: int | None = None
+    prompt_max: int | None = None
+    assumed = False
+    for task in iter_tasks(input_path, keys):
+        pending = [i for i, ids in enumerate(done) if task.id not in ids]
+        if not pending:
+            continue
+        tasks_pending += 1
+        for i in pending:
+            rows[i].pending += 1
+        if len(models) > 1:
+            task = dataclasses.replace(task, model=None)  # as the worker: each of the run's models
+        checked = checker.check(task, models[pending[0]])
+        if isinstance(checked, str):
+            problem_count += 1
+            if len(problems) < MAX_PROBLEMS_KEPT:
+                problems.append(TaskProblem(task.id, task.line, checked))
+            for i in pending:
+                rows[i].problems += 1
+            continue
+        request, task_images = checked
+        for image in task_images:
+            images.add(image, task.id)
+        tokens = _prompt_tokens(request.kwargs["messages"], task_images)
+        prompt_total += tokens
+        prompt_count += 1
+        prompt_min = tokens if prompt_min is None else min(prompt_min, tokens)
+        prompt_max = tokens if prompt_max is None else max(prompt_max, tokens)
+        ceiling = request.max_tokens
+        if ceiling is None:
+            ceiling = DEFAULT_COMPLETION_TOKENS
+            assumed = True
+        for i in pending:
+            rows[i].add(request.model if len(models) == 1 else models[i], tokens, ceiling)
+    model_rows = tuple(row.finish(model, path, len(ids), prices)
+                       for row, model, path, ids in zip(rows, models, outputs, done))
+    unpriced = sorted({name for row in rows for name in row.by_model if prices.find(name) is None})
+    return DryRunPlan(
+        input=input_path, models=models, tasks=index.total, tasks_pending=tasks_pending, rows=model_rows,
+        totals=_totals(model_rows), problems=tuple(problems), problem_count=problem_count,
+        images=images.finish(),
+        prompt=PromptStats(prompt_count, prompt_total, prompt_min,
+                           prompt_total / prompt_count if prompt_count else None, prompt_max),
+        max_tokens_assumed=assumed, assumed_max_tokens=DEFAULT_COMPLETION_TOKENS,
+        unpriced_models=tuple(unpriced),
+    )
+
+
+def _totals(rows: tuple[ModelPlan, ...]) -> PlanTotals:
+    priced = [row for row in rows if row.cost_min is not None and row.cost_max is not None]
+    return PlanTotals(
+        done=sum(row.done for row in rows),
+        pending=sum(row.pending for row in rows),
+        problems=sum(row.problems for row in rows),
+        prompt_tokens=sum(row.prompt_tokens for row in rows),
+        completion_ceiling=sum(row.completion_ceiling for row in rows),
+        cost_min=sum(row.cost_min or 0.0 for row in priced) if priced else None,
+        cost_max=sum(row.cost_max or 0.0 for row in priced) if priced else None,
+    )
+

@@ -1,0 +1,112 @@
+"""Text renderings of what the library returns: run summaries, status, validation. Lines, not prints."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .status import StatusReport
+from .summary import RunSummary
+from .validate import ValidationReport
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def money(value: float | None, unpriced: int = 0) -> str:
+    if value is None:
+        return "-"
+    note = f" ({unpriced} answers of models with no known price not counted)" if unpriced else ""
+    return f"${value:.4f}{note}"
+
+
+def _latency(values: dict[str, Any]) -> str:
+    if not values or values.get("p50") is None:
+        return "-"
+    return f"p50 {values['p50']:.2f}s, p95 {values['p95']:.2f}s, max {values['max']:.2f}s"
+
+
+def _kinds(counts: dict[str, int]) -> str:
+    return ", ".join(f"{name} {count}" for name, count in sorted(counts.items())) or "-"
+
+
+def summary_lines(summary: RunSummary) -> list[str]:
+    data = summary.to_dict(live=False)
+    rate = data["requests_per_s"]
+    success = f"{summary.success_rate:.1%}" if summary.success_rate is not None else "-"
+    lines = [
+        f"done {summary.done}/{summary.total} ({summary.already_done} before this run, "
+        f"{summary.succeeded + summary.recovered} now), failed {summary.failed}, left {summary.remaining}",
+        f"this run: {summary.elapsed_s:.1f}s, {summary.requests} requests"
+        f"{f' ({rate:.1f}/s)' if rate else ''}, success {success}, "
+        f"{summary.prompt_tokens} tokens in, {summary.completion_tokens} out, "
+        f"cost {money(summary.cost, summary.unpriced)}",
+        f"latency {_latency(data['latency_s'])}; 429s {summary.rate_limited}",
+    ]
+    if summary.model_mismatches:
+        lines.append(f"answered by another model than requested: {summary.model_mismatches} (see --validate)")
+    if summary.failures_by_type:
+        lines.append(f"failures by type: {_kinds(summary.failures_by_type)} "
+                     "(details in the errors file; a rerun retries them)")
+    if summary.stopped:
+        lines.append(f"stopped: {summary.stopped}")
+    if summary.remaining and not summary.stopped:
+        lines.append("rerun the same command to retry what is left")
+    if summary.log_file:
+        lines.append(f"log: {summary.log_file}")
+    return lines
+
+
+def status_lines(report: StatusReport) -> list[str]:
+    live = f"yes (pid {report.live_pid})" if report.live else "no"
+    last = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(report.last_written_at)) \
+        if report.last_written_at else "-"
+    rate = f"{report.recent_per_s:.2f} tasks/s" if report.recent_per_s else "-"
+    rows: list[tuple[str, object]] = [
+        ("input", report.input), ("output", report.output), ("total", report.total),
+        ("done", f"{report.done} ({report.percent:.1f}%)"),
+        ("failed", f"{report.failed} ({_kinds(report.failures_by_type)})" if report.failed else 0),
+        ("pending", f"{report.pending} (not done, failed included)"),
+        ("tokens", f"{report.total_tokens} ({report.prompt_tokens} in, {report.completion_tokens} out)"),
+        ("cost", money(report.cost, report.unpriced)), ("latency", _latency(report.latency_s)),
+        ("recent rate", rate), ("ETA", duration(report.eta_s)), ("last write", last), ("run live", live),
+        ("429s", report.rate_limited),
+    ]
+    if report.model_mismatches:
+        rows.append(("other model", f"{report.model_mismatches} answers by another model than requested"))
+    if report.bad_lines:
+        rows.append(("bad lines", f"{report.bad_lines} (see --validate)"))
+    if report.unknown_ids:
+        rows.append(("unknown ids", f"{report.unknown_ids} (see --validate)"))
+    lines = [f"{name:>12}: {value}" for name, value in rows]
+    if len(report.models) > 1:
+        lines.append("  per output: done / failed / pending / cost")
+        lines += [f"    {part.output}: {part.done} / {part.failed} / {part.pending} / {money(part.cost)}"
+                  for part in report.models]
+    for title, tallies in (("per model", report.per_model), ("per key", report.per_key)):
+        if len(tallies) > 1 or any(t.get("rate_limited") for t in tallies.values()):
+            lines.append(f"  {title}: requests / tokens / 429s")
+            for name, tally in tallies.items():
+                off = " (disabled)" if tally.get("disabled") else ""
+                lines.append(f"    {name}: {tally.get('requests', 0)} / {tally.get('tokens', 0)} / "
+                             f"{tally.get('rate_limited', 0)}{off}")
+    return lines
+
+
+def validation_lines(report: ValidationReport) -> list[str]:
+    lines = [f"{report.output}: {report.lines} lines, {report.records} records"]
+    if report.ok:
+        lines.append("ok: every line parses, no duplicates, every input id answered, answers and models as asked")
+        return lines
+    for kind, count in report.counts.items():
+        lines.append(f"{kind.value}: {count}")
+        for problem in report.examples.get(kind, []):
+            where = f"line {problem.line}" if problem.line else "input"
+            ident = f" id {problem.id!r}" if problem.id is not None else ""
+            lines.append(f"  {where}{ident}: {problem.message}")
+    return lines
