@@ -19,6 +19,19 @@ class ConfigError(MpinferError):
     exit_code = 2
 
 
+class SettingsChanged(ConfigError):
+    """An output holds answers made with other answer-changing settings; --allow-mixed accepts them."""
+
+    exit_code = 2
+
+    def __init__(self, changes: list[str]) -> None:
+        super().__init__(changes)
+        self.changes = changes
+
+    def __str__(self) -> str:
+        return "\n".join([*self.changes, "rerun with --allow-mixed to mix them, or write to another output"])
+
+
 class InputError(MpinferError):
     """The input file is unreadable or malformed; names the file and line."""
 
