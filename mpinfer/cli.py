@@ -14,7 +14,7 @@ from . import __version__
 from .config import OPTIONS, RunConfig, load_config
 from .errors import MpinferError
 from .pool import DEFAULT_GRACE_S, run
-from .report import status_lines, summary_lines, validation_lines
+from .report import dry_run_lines, status_lines, summary_lines, validation_lines
 from .status import status
 from .validate import validate
 
@@ -44,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--status", action="store_true", help="show progress, tokens and ETA; works during a run")
     mode.add_argument("--validate", action="store_true", help="check the output's integrity against the input")
     mode.add_argument("--demo", action="store_true", help="run the bundled demo against the local mock server")
-    parser.add_argument("--json", action="store_true", help="with --status: one JSON object")
+    mode.add_argument("--dry-run", action="store_true",
+                      help="check every task and image, estimate tokens and cost, send nothing")
+    parser.add_argument("--json", action="store_true", help="with --status or --dry-run: one JSON object")
     parser.add_argument("--watch", nargs="?", type=float, const=2.0, default=None, metavar="SECONDS",
                         help="with --status: redraw every SECONDS (default 2) until the run ends")
     parser.add_argument("--grace", type=float, default=DEFAULT_GRACE_S, metavar="SECONDS",
@@ -69,6 +71,18 @@ def _watch(config: RunConfig, every_s: float) -> int:
         if not report.live:
             return EXIT_OK
         time.sleep(every_s)
+
+
+def _dry_run(config: RunConfig, as_json: bool) -> int:
+    from .dryrun import plan
+    from .prices import load_prices
+
+    result = plan(config, load_prices(config.prices, config.price_input, config.price_output))
+    if as_json:
+        sys.stdout.write(orjson.dumps(result.to_dict()).decode() + "\n")
+    else:
+        _print(dry_run_lines(result))
+    return EXIT_OK if result.ok else EXIT_PROBLEMS
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -97,7 +111,7 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run(config: RunConfig, args: argparse.Namespace) -> int:
-    summary = run(config, progress=not args.no_progress, grace_s=args.grace)
+    summary = run(config, progress=not args.no_progress, grace_s=args.grace, argv=sys.argv)
     _print(summary_lines(summary))
     if summary.stopped == "interrupted":
         return EXIT_INTERRUPTED
@@ -112,6 +126,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.demo:
             return _demo(args)
         config = load_config(_flags(args))
+        for warning in config.warnings:
+            print(f"mpinfer: warning: {warning}", file=sys.stderr)
+        if args.dry_run:
+            return _dry_run(config, args.json)
         if args.status and args.watch is not None:
             return _watch(config, max(0.2, args.watch))
         if args.status:

@@ -209,6 +209,8 @@ class RunConfig:
     verbose: bool = False
     # repr=False: a config is logged and shown in errors; the keys must never be.
     api_keys: tuple[str, ...] = field(default=(), repr=False)
+    # Things the user should hear about the settings themselves (e.g. a .env others can read).
+    warnings: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
     @property
     def api_key(self) -> str | None:
@@ -327,7 +329,20 @@ def load_config(
     values["verbose"] = bool(flags.get("verbose")) or _parse(Option("verbose", _bool, False, ""), verbose,
                                                             str(toml_path))
     values["api_keys"] = _api_keys(layers, values["api_keys_file"])
+    values["warnings"] = _file_warnings(cwd / ENV_FILE_NAME)
     return RunConfig(**values)
+
+
+def _file_warnings(env_file: Path) -> tuple[str, ...]:
+    """A .env holds the key: warn when users other than its owner can read it."""
+    try:
+        mode = env_file.stat().st_mode
+    except OSError:
+        return ()
+    if mode & 0o044:
+        return (f"{env_file} can be read by other users (mode {mode & 0o777:o}); it holds your API key: "
+                f"chmod 600 {env_file}",)
+    return ()
 
 
 def _api_keys(layers: list[dict[str, str]], keys_file: Path | None) -> tuple[str, ...]:

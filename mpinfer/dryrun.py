@@ -7,8 +7,8 @@ fail the task in a real run is listed here as a problem. It never writes, locks 
 never fetches a remote image: those are counted and estimated at tokens.UNKNOWN_IMAGE_TOKENS.
 
 The input is streamed; memory holds the done ids (as a real run does), counters, the first problems, and a
-bounded table of facts about the image files already seen, so that a file shared by many tasks is judged,
-and its size read, once.
+bounded table of what each image file seen so far showed (MAX_FILES_REMEMBERED files, a few hundred bytes
+each), so that a file shared by many tasks is read once, however large, and a broken one too.
 """
 
 from __future__ import annotations
@@ -18,24 +18,24 @@ import binascii
 import dataclasses
 import os
 from collections import OrderedDict
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .config import RunConfig
 from .errors import ImageError
-from .messages import ImageEncoder, Request, build_request, sniff_mime
+from .messages import EncodedImage, ImageEncoder, Request, build_request, is_remote, sniff_mime
 from .prices import PriceTable
 from .store import model_outputs, scan
 from .tasks import FieldKeys, Task, check_input, iter_tasks
-from .tokens import DEFAULT_COMPLETION_TOKENS, TOKENS_PER_MESSAGE, image_size, image_tokens, text_tokens
+from .tokens import DEFAULT_COMPLETION_TOKENS, image_size
 
 MAX_PROBLEMS_KEPT = 20
 # Facts about this many image files are remembered (a few hundred bytes each); past that the oldest are
 # forgotten and judged again if a later task uses them.
 MAX_FILES_REMEMBERED = 65536
 _SHORT_REF = 40
+_ALREADY_READ = "data:,already-read-by-this-dry-run"  # never sent: a dry run sends nothing
 
 
 def _plain(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -186,10 +186,11 @@ class _Image:
 
 @dataclass(frozen=True)
 class _FileFacts:
-    """What one read of an image file showed; the file is known by path, mtime and size."""
+    """What the one read of an image file showed: its bytes, its pixel size, or why a task using it fails."""
 
     bytes: int
     size: tuple[int, int] | None
+    problem: str | None = None
 
 
 def _size_message(ref: str, where: str) -> str:
@@ -200,38 +201,8 @@ def _short(ref: str) -> str:
     return ref if len(ref) <= _SHORT_REF else ref[:_SHORT_REF] + "..."
 
 
-def _image_urls(messages: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    """The image_url objects of the messages, in the order build_messages put the task's images."""
-    for message in messages:
-        content = message.get("content")
-        if isinstance(content, list):
-            for part in content:
-                if part.get("type") == "image_url":
-                    yield part.get("image_url") or {}
-
-
-def _prompt_tokens(messages: list[dict[str, Any]], images: list[_Image]) -> int:
-    """The rate limiter's estimate (messages.estimate_prompt_tokens), with the sizes this plan read.
-
-    The worker's estimate looks sizes up in the encoder's small table, which can forget them; a dry run
-    knows each one, so it counts them itself.
-    """
-    sizes = iter(images)
-    total = 0
-    for message in messages:
-        total += TOKENS_PER_MESSAGE
-        content = message.get("content")
-        if isinstance(content, str):
-            total += text_tokens(content)
-            continue
-        for part in content or ():
-            if part.get("type") == "text":
-                total += text_tokens(part.get("text", ""))
-            elif part.get("type") == "image_url":
-                size = next(sizes).size
-                width, height = size if size is not None else (None, None)
-                total += image_tokens(width, height, detail=(part.get("image_url") or {}).get("detail", "auto"))
-    return total
+def _is_web(ref: str) -> bool:
+    return ref[:8].lower().startswith(("http://", "https://"))
 
 
 class _RowTally:
@@ -264,14 +235,20 @@ class _RowTally:
         )
 
 
-class _Checker:
-    """Builds each pending task's request as a worker would and judges its images, each file once."""
+class _ReadOnceEncoder(ImageEncoder):
+    """The worker's ImageEncoder, made to read each image file once for the whole plan.
 
-    def __init__(self, config: RunConfig) -> None:
-        self.config = config
-        self.root = config.resolved_image_root
-        self.encoder = ImageEncoder(self.root)
+    The first use of a file goes through the real encoder (the same resolution, MIME sniffing and errors as
+    a worker), and what it showed is remembered by path, mtime and size. A later use of that file gets the
+    remembered verdict: its ImageError again, or a stand-in URL, since a dry run sends nothing and needs
+    only the file's size. The encoder's own cache of data URLs would not do: it drops files over 16 MiB
+    and forgets the rest past 64 MiB, and it never holds a file that failed.
+    """
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root, cache_bytes=0)  # the facts below replace the cache, at a fraction of its memory
         self.files: OrderedDict[tuple[str, int, int], _FileFacts] = OrderedDict()
+        self.used: list[tuple[str, _FileFacts]] = []  # (path, facts) of each local image of the task being built
 
     def _file_key(self, ref: str) -> tuple[str, int, int] | None:
         # Resolved as ImageEncoder.url resolves it; a stat reads no image bytes.
@@ -284,67 +261,63 @@ class _Checker:
             return None
         return str(path), stat.st_mtime_ns, stat.st_size
 
-    def _known_problem(self, task: Task) -> str | None:
-        """A problem already found in one of the task's files, so that a broken file is not read again."""
-        for ref in task.images:
-            if ref.lower().startswith(("http://", "https://", "data:")):
-                continue
-            key = self._file_key(ref)
-            if key is None:
-                return None  # missing: build_request names it, in the worker's words, without reading
-            facts = self.files.get(key)
-            if facts is not None and facts.size is None:
-                return _size_message(ref, key[0])
-        return None
+    def encode(self, ref: str) -> EncodedImage:
+        """As ImageEncoder.encode, reading a file only on its first use; a size that cannot be read fails too."""
+        if is_remote(ref):
+            return super().encode(ref)
+        key = self._file_key(ref)
+        if key is None:
+            return super().encode(ref)  # raises the worker's ImageError for a missing file, reading nothing
+        facts = self.files.get(key)
+        if facts is None:
+            try:
+                image = super().encode(ref)
+            except ImageError as exc:
+                facts = _FileFacts(key[2], None, str(exc))
+            else:
+                facts = _FileFacts(key[2], image.size, None if image.size else _size_message(ref, key[0]))
+            self.files[key] = facts
+            while len(self.files) > MAX_FILES_REMEMBERED:
+                self.files.popitem(last=False)
+        else:
+            self.files.move_to_end(key)
+        if facts.problem is not None:
+            raise ImageError(facts.problem)
+        self.used.append((key[0], facts))
+        return EncodedImage(_ALREADY_READ, facts.size)
+
+
+class _Checker:
+    """Builds each pending task's request as a worker would and judges its images."""
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+        self.encoder = _ReadOnceEncoder(config.resolved_image_root)
 
     def check(self, task: Task, model: str) -> tuple[Request, list[_Image]] | str:
         """The request and its checked images, or the message of the problem that would fail the task."""
-        known = self._known_problem(task)
-        if known is not None:
-            return known
         config = self.config
+        self.encoder.used.clear()
         try:
             request = build_request(task, self.encoder, model=model, system_prompt=config.system_prompt,
                                     temperature=config.temperature, max_tokens=config.max_tokens,
                                     extra_body=config.extra_body)
         except ImageError as exc:
             return str(exc)
+        local = iter(self.encoder.used)
         images: list[_Image] = []
-        for ref, image_url in zip(task.images, _image_urls(request.kwargs["messages"])):
-            lowered = ref.lower()
-            if lowered.startswith(("http://", "https://")):
-                image: _Image | str = _Image("remote", None, 0, ref)
-            elif lowered.startswith("data:"):
-                image = self._inline(ref, task.id)
+        for ref in task.images:
+            if _is_web(ref):
+                images.append(_Image("remote", None, 0, ref))
+            elif is_remote(ref):
+                inline = self._inline(ref, task.id)
+                if isinstance(inline, str):
+                    return inline
+                images.append(inline)
             else:
-                image = self._local(ref, str(image_url.get("url", "")))
-            if isinstance(image, str):
-                return image
-            images.append(image)
+                path, facts = next(local)
+                images.append(_Image("local", facts.size, facts.bytes, path))
         return request, images
-
-    def _local(self, ref: str, url: str) -> _Image | str:
-        key = self._file_key(ref)
-        facts = self.files.get(key) if key is not None else None
-        if facts is None:
-            # The encoder read the file just now; its size table has the pixel size, and when it has not
-            # (a JPEG whose frame header lies past the 64 KiB it looks at), the data URL holds every byte.
-            size = self.encoder.size_of(url)
-            data = b""
-            if size is None or key is None:
-                data = base64.b64decode(url.partition(",")[2])
-                size = image_size(data)
-            facts = _FileFacts(key[2] if key is not None else len(data), size)
-            if key is not None:
-                self.files[key] = facts
-                while len(self.files) > MAX_FILES_REMEMBERED:
-                    self.files.popitem(last=False)
-        elif key is not None:
-            self.files.move_to_end(key)
-        where = key[0] if key is not None else ref
-        if facts.size is None:
-            return _size_message(ref, where)
-        return _Image("local", facts.size, facts.bytes, where)
 
     @staticmethod
     def _inline(ref: str, task_id: str) -> _Image | str:
@@ -427,7 +400,7 @@ def plan(config: RunConfig, prices: PriceTable) -> DryRunPlan:
         request, task_images = checked
         for image in task_images:
             images.add(image, task.id)
-        tokens = _prompt_tokens(request.kwargs["messages"], task_images)
+        tokens = request.prompt_tokens
         prompt_total += tokens
         prompt_count += 1
         prompt_min = tokens if prompt_min is None else min(prompt_min, tokens)

@@ -12,14 +12,17 @@ import os
 import re
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from tqdm import tqdm
 
 from .errors import ConfigError
+from .redact import RedactingFilter
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 FORMAT = "%(asctime)s parent %(levelname)s %(name)s: %(message)s"
+MIN_SECRET_LENGTH = 8
 
 
 def log_file_name(model: str, started: float, attempt: int = 0) -> str:
@@ -69,22 +72,31 @@ def _reset_root(verbose: bool) -> logging.Logger:
     return root
 
 
-def setup_parent_logging(log_file: Path | None, verbose: bool) -> None:
-    """Console (warnings and errors, above the bar) and the run's log file (everything)."""
+def _secrets(keys: Sequence[str]) -> list[str]:
+    # A "key" of a few characters (none, EMPTY) guards nothing, and masking it would mangle ordinary words.
+    return [key for key in keys if len(key) >= MIN_SECRET_LENGTH]
+
+
+def setup_parent_logging(log_file: Path | None, verbose: bool, keys: Sequence[str] = ()) -> None:
+    """Console (warnings and errors, above the bar) and the run's log file (everything), both redacted."""
     root = _reset_root(verbose)
+    redacting = RedactingFilter(_secrets(keys))
     console = TqdmConsoleHandler(logging.DEBUG if verbose else logging.WARNING)
     console.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    console.addFilter(redacting)
     root.addHandler(console)
     if log_file is not None:
         handler = logging.FileHandler(log_file, mode="a", encoding="utf-8")
         handler.setFormatter(logging.Formatter(FORMAT))
+        handler.addFilter(redacting)
         root.addHandler(handler)
 
 
-def setup_worker_logging(log_file: str | None, verbose: bool, label: str) -> None:
+def setup_worker_logging(log_file: str | None, verbose: bool, label: str, keys: Sequence[str] = ()) -> None:
     """A worker logs to the run's file only; what the user must see travels to the parent as events."""
     root = _reset_root(verbose)
     if log_file:
         handler = logging.FileHandler(log_file, mode="a", encoding="utf-8", delay=True)
         handler.setFormatter(logging.Formatter(FORMAT.replace("parent", label)))
+        handler.addFilter(RedactingFilter(_secrets(keys)))
         root.addHandler(handler)

@@ -26,6 +26,7 @@ _SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
     (b"WEBP", 8, "image/webp"),
 )
 _HEAD_BYTES = 16
+_DATA_URL_HEAD = 87384  # base64 characters for the first 64 KiB of an inline image: where its size is
 DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
 
 
@@ -45,23 +46,49 @@ def is_remote(ref: str) -> bool:
     return lowered.startswith(("http://", "https://", "data:"))
 
 
+@dataclass(frozen=True)
+class EncodedImage:
+    """An image ready for the API, and its pixel size when its bytes showed it (for the token estimate)."""
+
+    url: str
+    size: tuple[int, int] | None
+
+
+def _data_url_size(url: str) -> tuple[int, int] | None:
+    """The pixel size of an image given inline as a base64 data URL (only its head is decoded)."""
+    header, _, payload = url.partition(",")
+    if ";base64" not in header:
+        return None
+    head = payload[:_DATA_URL_HEAD]
+    try:
+        return image_size(base64.b64decode(head[:len(head) - len(head) % 4]))
+    except ValueError:
+        return None
+
+
 class ImageEncoder:
     """Turns image references into URLs for the API, caching local files' data URLs by path and mtime."""
 
     def __init__(self, root: Path, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         self.root = root
         self.cache_bytes = cache_bytes
-        self._cache: OrderedDict[tuple[str, int, int], str] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, int, int], EncodedImage] = OrderedDict()
         self._cached = 0
-        # Image sizes by data URL identity, for the token estimate; bounded like the cache.
-        self._sizes: OrderedDict[tuple[int, int], tuple[int, int] | None] = OrderedDict()
 
     def url(self, ref: str) -> str:
-        if is_remote(ref):
-            return ref
+        return self.encode(ref).url
+
+    def resolve(self, ref: str) -> Path:
+        """Where a local image reference points: relative paths resolve against the root."""
         path = Path(ref).expanduser()
-        if not path.is_absolute():
-            path = self.root / path
+        return path if path.is_absolute() else self.root / path
+
+    def encode(self, ref: str) -> EncodedImage:
+        if ref[:5].lower() == "data:":
+            return EncodedImage(ref, _data_url_size(ref))
+        if is_remote(ref):
+            return EncodedImage(ref, None)
+        path = self.resolve(ref)
         try:
             stat = os.stat(path)
         except OSError as exc:
@@ -71,11 +98,11 @@ class ImageEncoder:
         if hit is not None:
             self._cache.move_to_end(key)
             return hit
-        url = self._encode(ref, path)
-        self._remember(key, url)
-        return url
+        image = self._encode(ref, path)
+        self._remember(key, image)
+        return image
 
-    def _encode(self, ref: str, path: Path) -> str:
+    def _encode(self, ref: str, path: Path) -> EncodedImage:
         try:
             data = path.read_bytes()
         except OSError as exc:
@@ -83,28 +110,37 @@ class ImageEncoder:
         mime = sniff_mime(data[:_HEAD_BYTES])
         if mime is None:
             raise ImageError(f"image {ref!r}: not a PNG, JPEG, GIF or WEBP image ({path})")
-        url = f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
-        self._sizes[(id(url), len(url))] = image_size(data[:65536])
-        while len(self._sizes) > 4096:
-            self._sizes.popitem(last=False)
-        return url
+        return EncodedImage(f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}", image_size(data))
 
-    def size_of(self, url: str) -> tuple[int, int] | None:
-        """The pixel size of an image this encoder produced, when it could read it."""
-        return self._sizes.get((id(url), len(url)))
-
-    def _remember(self, key: tuple[str, int, int], url: str) -> None:
-        if len(url) > self.cache_bytes // 4:
+    def _remember(self, key: tuple[str, int, int], image: EncodedImage) -> None:
+        # A file larger than a quarter of the cache is encoded anew each time: memory stays bounded.
+        if len(image.url) > self.cache_bytes // 4:
             return
-        self._cache[key] = url
-        self._cached += len(url)
+        self._cache[key] = image
+        self._cached += len(image.url)
         while self._cached > self.cache_bytes and self._cache:
             _, old = self._cache.popitem(last=False)
-            self._cached -= len(old)
+            self._cached -= len(old.url)
 
 
-def build_messages(task: Task, encoder: ImageEncoder, system_prompt: str | None = None) -> list[dict[str, Any]]:
-    """The chat messages for one task: an optional system message, then the text and images as one turn."""
+def _text_tokens_of(messages: list[dict[str, Any]]) -> int:
+    total = 0
+    for message in messages:
+        total += TOKENS_PER_MESSAGE
+        content = message["content"]
+        if isinstance(content, str):
+            total += text_tokens(content)
+        else:
+            total += sum(text_tokens(part["text"]) for part in content if part.get("type") == "text")
+    return total
+
+
+def build_messages(task: Task, encoder: ImageEncoder, system_prompt: str | None = None,
+                   image_tokens_out: list[int] | None = None) -> list[dict[str, Any]]:
+    """The chat messages for one task: an optional system message, then the text and images as one turn.
+
+    ``image_tokens_out`` receives each image's estimated token cost, for the rate limiter.
+    """
     messages: list[dict[str, Any]] = []
     system = task.system if task.system is not None else system_prompt
     if system:
@@ -116,7 +152,10 @@ def build_messages(task: Task, encoder: ImageEncoder, system_prompt: str | None 
     if task.prompt:
         parts.append({"type": "text", "text": task.prompt})
     for ref in task.images:
-        parts.append({"type": "image_url", "image_url": {"url": encoder.url(ref)}})
+        image = encoder.encode(ref)
+        if image_tokens_out is not None:
+            image_tokens_out.append(image_tokens(*(image.size or (None, None))))
+        parts.append({"type": "image_url", "image_url": {"url": image.url}})
     messages.append({"role": "user", "content": parts})
     return messages
 
@@ -139,24 +178,6 @@ class Request:
         return self.prompt_tokens + (self.max_tokens or DEFAULT_COMPLETION_TOKENS)
 
 
-def estimate_prompt_tokens(messages: list[dict[str, Any]], encoder: ImageEncoder) -> int:
-    total = 0
-    for message in messages:
-        total += TOKENS_PER_MESSAGE
-        content = message.get("content")
-        if isinstance(content, str):
-            total += text_tokens(content)
-            continue
-        for part in content or ():
-            if part.get("type") == "text":
-                total += text_tokens(part.get("text", ""))
-            elif part.get("type") == "image_url":
-                image = part.get("image_url") or {}
-                size = encoder.size_of(image.get("url", ""))
-                total += image_tokens(*(size or (None, None)), detail=image.get("detail", "auto"))
-    return total
-
-
 def build_request(
     task: Task,
     encoder: ImageEncoder,
@@ -168,7 +189,8 @@ def build_request(
     extra_body: dict[str, Any] | None = None,
 ) -> Request:
     """The request for one task; a task's own settings win over the run's."""
-    messages = build_messages(task, encoder, system_prompt)
+    images: list[int] = []
+    messages = build_messages(task, encoder, system_prompt, images)
     request: dict[str, Any] = {"model": task.model or model, "messages": messages}
     temperature = task.temperature if task.temperature is not None else temperature
     if temperature is not None:
@@ -178,4 +200,4 @@ def build_request(
         request["max_tokens"] = max_tokens
     if extra_body:
         request["extra_body"] = extra_body
-    return Request(request, estimate_prompt_tokens(messages, encoder), max_tokens)
+    return Request(request, _text_tokens_of(messages) + sum(images), max_tokens)

@@ -13,7 +13,7 @@ import logging
 import signal
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,12 +28,15 @@ from tqdm import tqdm
 from .config import RunConfig
 from .errors import ConfigError, OutputError
 from .logfile import create_log_file, setup_parent_logging
+from .manifest import (append_record, check_fingerprints, end_record, manifest_path, output_fingerprints,
+                       start_record, summary_counts)
 from .prices import PriceTable, load_prices
 from .ratelimit import SharedLimiter
 from .store import OutputPaths, RunLock, companion, model_outputs, repair_tail, scan
 from .summary import RunSummary, Tally, write_summary
 from .tasks import FieldKeys, Task, check_input, iter_tasks
-from .worker import EventKind, WorkerSettings, key_hint, work_message, worker_main
+from .redact import key_hint
+from .worker import EventKind, WorkerSettings, work_message, worker_main
 
 log = logging.getLogger("mpinfer.pool")
 
@@ -85,7 +88,7 @@ class _Supervisor:
         self.summary_path = summary_path
         self.ctx = multiprocess.get_context("fork")
         keys = config.require_api_keys()
-        self.key_names = [key_hint(keys, i) for i in range(len(keys))]
+        self.key_names = [key_hint(key, i) for i, key in enumerate(keys)]
         self.limiter = SharedLimiter.create(self.ctx, len(keys), len(config.models), config.rpm, config.tpm,
                                             config.rate_window,
                                             max_in_flight=config.processes * config.concurrency)
@@ -346,8 +349,12 @@ def _prepare(paths: OutputPaths, summary: RunSummary) -> None:
             log.info("%s: added the missing newline after the last record", path)
 
 
-def run(config: RunConfig, *, progress: bool = True, grace_s: float = DEFAULT_GRACE_S) -> RunSummary:
-    """Run every task of the input that is not in the output yet; rerun after any crash to resume."""
+def run(config: RunConfig, *, progress: bool = True, grace_s: float = DEFAULT_GRACE_S,
+        argv: Sequence[str] = ()) -> RunSummary:
+    """Run every task of the input that is not in the output yet; rerun after any crash to resume.
+
+    ``argv`` is the command line to record in the run manifest (secrets removed there).
+    """
     started = time.monotonic()
     input_path, output = config.require_paths()
     config.require_api_keys()
@@ -370,10 +377,11 @@ def run(config: RunConfig, *, progress: bool = True, grace_s: float = DEFAULT_GR
         for paths in outputs:
             _wait_for_old_workers(paths)
         log_file = create_log_file(config.log_dir, config.model)
-        setup_parent_logging(log_file, config.verbose)
+        setup_parent_logging(log_file, config.verbose, config.api_keys)
         summary = RunSummary(total=index.total * len(models), already_done=0, log_file=log_file)
         done: list[set[str]] = []
         run_starts: list[int] = []
+        written: list[str] = []
         priced_before = 0
         for model, paths in zip(models, outputs):
             _prepare(paths, summary)
@@ -385,6 +393,8 @@ def run(config: RunConfig, *, progress: bool = True, grace_s: float = DEFAULT_GR
             if unknown:
                 log.warning("%d ids in %s are not in the input (--validate lists them)", unknown, paths.output)
             done.append(found.ids & index.ids)
+            if found.lines:
+                written.append(paths.output.name)
             run_starts.append(found.end_offset)
             summary.bad_lines += len(found.bad_lines)
             summary.unknown_ids += unknown
@@ -392,12 +402,18 @@ def run(config: RunConfig, *, progress: bool = True, grace_s: float = DEFAULT_GR
             priced_before += len(found.ids)
             summary.per_model[model] = Tally()
         summary.already_done = sum(len(ids) for ids in done)
+        manifest = manifest_path(output)
+        for change in check_fingerprints(manifest, output_fingerprints(config), written, config.allow_mixed):
+            log.warning("--allow-mixed: %s", change)
+        start = start_record(config, argv)
+        append_record(manifest, start)
         log.info("run %s -> %s: %r", input_path, ", ".join(str(p.output) for p in outputs), config)
         log.info("%d tasks x %d models, %d already done, %d to run", index.total, len(models),
                  summary.already_done, summary.remaining)
         summary_path = companion(output, ".summary.json")
         if summary.remaining == 0:
             summary.elapsed_s = time.monotonic() - started
+            append_record(manifest, end_record(start, summary_counts(summary, summary.cost)))
             return summary
         items = _work_items(iter_tasks(input_path, keys), done)
         supervisor = _Supervisor(config, outputs, items, summary, log_file, run_starts, grace_s, progress,
@@ -414,6 +430,7 @@ def run(config: RunConfig, *, progress: bool = True, grace_s: float = DEFAULT_GR
             summary.stopped = supervisor.stop_reason
             summary.elapsed_s = time.monotonic() - started
             supervisor.save_summary(live=False)
+            append_record(manifest, end_record(start, summary_counts(summary, summary.cost)))
         log.info("run ended: %d written, %d failed, %d left, %.1fs%s", summary.succeeded + summary.recovered,
                  summary.failed, summary.remaining, summary.elapsed_s,
                  f", stopped: {summary.stopped}" if summary.stopped else "")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from .dryrun import DryRunPlan
 from .status import StatusReport
 from .summary import RunSummary
 from .validate import ValidationReport
@@ -109,4 +110,42 @@ def validation_lines(report: ValidationReport) -> list[str]:
             where = f"line {problem.line}" if problem.line else "input"
             ident = f" id {problem.id!r}" if problem.id is not None else ""
             lines.append(f"  {where}{ident}: {problem.message}")
+    return lines
+
+
+def _cost_range(low: float | None, high: float | None) -> str:
+    return "no price known" if low is None or high is None else f"${low:.4f} to ${high:.4f}"
+
+
+def dry_run_lines(plan: DryRunPlan) -> list[str]:
+    totals = plan.totals
+    images = plan.images
+    prompt = plan.prompt
+    lines = [
+        f"dry run of {plan.input}: nothing was sent",
+        f"tasks: {plan.tasks} in the input, {totals.done} done, {totals.pending} to send "
+        f"(task x model), {totals.problems} would fail: {plan.problem_count} tasks with problems",
+        f"images: {images.local} files, {images.inline} inline, {images.remote} remote (not checked), "
+        f"{images.local_bytes / 1e6:.1f} MB before base64",
+    ]
+    if images.largest is not None:
+        big = images.largest
+        lines.append(f"largest image: {big.path} ({big.bytes / 1e6:.2f} MB, {big.width}x{big.height}, "
+                     f"task {big.task_id})")
+    if prompt.tasks:
+        lines.append(f"prompt tokens (estimate): {prompt.total} in all; per task min {prompt.min}, "
+                     f"mean {prompt.mean:.0f}, max {prompt.max}")
+    ceiling = " (no max_tokens set: 256 assumed per answer)" if plan.max_tokens_assumed else ""
+    lines.append(f"answer tokens at most: {totals.completion_ceiling}{ceiling}")
+    for row in plan.rows:
+        lines.append(f"  {row.model} -> {row.output}: {row.done} done, {row.pending} to send, "
+                     f"~{row.prompt_tokens} prompt tokens, cost {_cost_range(row.cost_min, row.cost_max)}")
+    lines.append(f"estimated cost: {_cost_range(totals.cost_min, totals.cost_max)} "
+                 "(prompts only, to prompts plus every answer at max_tokens)")
+    if plan.unpriced_models:
+        lines.append(f"no price for: {', '.join(plan.unpriced_models)} (give --prices or --price-input/-output)")
+    for problem in plan.problems:
+        lines.append(f"  problem: line {problem.line}, id {problem.id!r}: {problem.message}")
+    if plan.problem_count > len(plan.problems):
+        lines.append(f"  ... and {plan.problem_count - len(plan.problems)} more")
     return lines

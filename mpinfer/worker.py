@@ -36,6 +36,7 @@ from .errors import ImageError, OutputError
 from .logfile import setup_worker_logging
 from .messages import ImageEncoder, Request, build_request
 from .ratelimit import Grant, NoKeysLeft, SharedLimiter
+from .redact import key_hint, redact
 from .prices import PriceTable
 from .records import Failure, Result, Usage, same_model
 from .store import Appender, OutputPaths
@@ -67,12 +68,6 @@ class WorkerSettings:
     log_file: str | None
     index: int
     prices: PriceTable
-
-
-def key_hint(keys: tuple[str, ...], index: int) -> str:
-    """How a key is named in logs and reports: its last 4 characters, or only its number if it is short."""
-    key = keys[index]
-    return f"...{key[-4:]}" if len(key) >= 12 else f"key #{index + 1}"
 
 
 def work_message(task: Task, model: int) -> bytes:
@@ -273,7 +268,7 @@ class Worker:
         already = self.limiter.key_disabled(key)
         left = self.limiter.disable_key(key)
         if not already:
-            hint = key_hint(self.keys, key)
+            hint = key_hint(self.keys[key], key)
             log.warning("API key %s rejected (%s %s): disabled for the rest of the run", hint, error.status,
                         error.error_type)
             self.send(EventKind.KEY_DISABLED, None, key=hint, message=f"{error.status} {error.error_type}")
@@ -305,18 +300,20 @@ class Worker:
                   mismatch=not same_model(requested, answer.model), attempts=attempts)
 
     def _fail(self, task: Task, model: int, error: CallError, attempts: int) -> None:
-        failure = Failure(task.id, error.error_type, error.status, error.message, attempts, time.time())
+        # A server may quote the request back, key included: nothing leaves unredacted.
+        message = redact(error.message, self.keys)
+        failure = Failure(task.id, error.error_type, error.status, message, attempts, time.time())
         self.appenders[model].append(self.settings.outputs[model].errors, failure.to_line())
         log.warning("task %s failed after %d attempts: %s: %s", task.id, attempts, error.error_type,
                     error.message)
         self.send(EventKind.FAILED, task.id, m=model, error_type=error.error_type, status=error.status,
-                  message=error.message, attempts=attempts)
+                  message=message, attempts=attempts)
 
     def _abort(self, task: Task, model: int, message: str, attempts: int, error: CallError | None = None) -> None:
         """No task can succeed: record this one's failure, tell the parent, take nothing new."""
         if error is not None:
             self._fail(task, model, error, attempts)
-        self.send(EventKind.ABORT, task.id, m=model, message=message)
+        self.send(EventKind.ABORT, task.id, m=model, message=redact(message, self.keys))
         self.stopping = True
 
 
@@ -326,7 +323,8 @@ def worker_main(settings: WorkerSettings, conn: Any, limiter: SharedLimiter) -> 
     # Ctrl-C reaches the whole process group; the parent alone decides how the run stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     lock_fds = _hold_workers_locks(settings.outputs)
-    setup_worker_logging(settings.log_file, settings.config.verbose, f"w{settings.index}")
+    setup_worker_logging(settings.log_file, settings.config.verbose, f"w{settings.index}",
+                         settings.config.api_keys)
     worker = Worker(settings, conn, limiter)
     try:
         asyncio.run(worker.run())
