@@ -142,6 +142,13 @@ OPTIONS: tuple[Option, ...] = (
            metavar="N"),
     Option("retry_backoff", _positive_float, 1.0, "first retry waits about this long, doubling each time "
            "up to 60 s; a server's Retry-After wins", metavar="SECONDS"),
+    Option("images_sep", _text, ";", "CSV: what separates several images in one cell", metavar="SEP"),
+    Option("id_from_row", _bool, False, "use the row number (0-based) as the task id, for inputs without ids"),
+    Option("limit", _positive_int, None, "run only the first N selected tasks (a trial run)", metavar="N"),
+    Option("start", _non_negative_int, None, "first row to run (0-based)", metavar="K"),
+    Option("end", _positive_int, None, "row to stop before (0-based, exclusive)", metavar="K"),
+    Option("ids", _path, None, "run only the ids in this file, one a line", metavar="FILE"),
+    Option("only_failed", _bool, False, "run only the ids in the errors file that are not done"),
     Option("image_root", _path, None, "folder relative image paths resolve against (default: the input's)",
            metavar="DIR"),
     Option("id_key", _text, "id", "input field holding the task id", metavar="KEY"),
@@ -191,6 +198,13 @@ class RunConfig:
     timeout: float = 120.0
     max_retries: int = 3
     retry_backoff: float = 1.0
+    images_sep: str = ";"
+    id_from_row: bool = False
+    limit: int | None = None
+    start: int | None = None
+    end: int | None = None
+    ids: Path | None = None
+    only_failed: bool = False
     image_root: Path | None = None
     id_key: str = "id"
     prompt_key: str = "prompt"

@@ -27,7 +27,7 @@ from .errors import ImageError
 from .messages import EncodedImage, ImageEncoder, Request, build_request, is_remote, sniff_mime
 from .prices import PriceTable
 from .store import model_outputs, scan
-from .tasks import FieldKeys, Task, check_input, iter_tasks
+from .tasks import Task, check_input, iter_tasks, reading, selection
 from .tokens import DEFAULT_COMPLETION_TOKENS, image_size
 
 MAX_PROBLEMS_KEPT = 20
@@ -366,8 +366,9 @@ def plan(config: RunConfig, prices: PriceTable) -> DryRunPlan:
     whose image is missing, not an image, or of unreadable size is a TaskProblem, not an error.
     """
     input_path, output = config.require_paths()
-    keys = FieldKeys(config.id_key, config.prompt_key, config.images_key)
-    index = check_input(input_path, keys)
+    keys = reading(config)
+    chosen = selection(config)
+    index = check_input(input_path, keys, chosen)
     models = config.models
     outputs = model_outputs(output, models)
     done = [scan(path).ids & index.ids for path in outputs]
@@ -380,7 +381,7 @@ def plan(config: RunConfig, prices: PriceTable) -> DryRunPlan:
     prompt_min: int | None = None
     prompt_max: int | None = None
     assumed = False
-    for task in iter_tasks(input_path, keys):
+    for task in iter_tasks(input_path, keys, selection=chosen):
         pending = [i for i, ids in enumerate(done) if task.id not in ids]
         if not pending:
             continue

@@ -34,7 +34,7 @@ from .prices import PriceTable, load_prices
 from .ratelimit import SharedLimiter
 from .store import OutputPaths, RunLock, companion, model_outputs, repair_tail, scan
 from .summary import RunSummary, Tally, write_summary
-from .tasks import FieldKeys, Task, check_input, iter_tasks
+from .tasks import Task, check_input, iter_tasks, reading, selection
 from .redact import key_hint
 from .worker import EventKind, WorkerSettings, work_message, worker_main
 
@@ -363,8 +363,9 @@ def run(config: RunConfig, *, progress: bool = True, grace_s: float = DEFAULT_GR
     if config.max_cost is not None and unpriced:
         raise ConfigError(f"--max-cost needs a price for {', '.join(unpriced)}: give --prices FILE or "
                           "--price-input and --price-output")
-    keys = FieldKeys(config.id_key, config.prompt_key, config.images_key)
-    index = check_input(input_path, keys)  # bad input fails here, before anything is spent
+    keys = reading(config)
+    chosen = selection(config)
+    index = check_input(input_path, keys, chosen)  # bad input fails here, before anything is spent
     models = config.models
     outputs = [OutputPaths.of(path) for path in model_outputs(output, models)]
     try:
@@ -415,7 +416,7 @@ def run(config: RunConfig, *, progress: bool = True, grace_s: float = DEFAULT_GR
             summary.elapsed_s = time.monotonic() - started
             append_record(manifest, end_record(start, summary_counts(summary, summary.cost)))
             return summary
-        items = _work_items(iter_tasks(input_path, keys), done)
+        items = _work_items(iter_tasks(input_path, keys, selection=chosen), done)
         supervisor = _Supervisor(config, outputs, items, summary, log_file, run_starts, grace_s, progress,
                                  summary_path, prices, priced_before)
         del index

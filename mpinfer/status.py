@@ -16,7 +16,7 @@ from .config import RunConfig
 from .store import OutputPaths, companion, iter_lines, live_run, model_outputs, record_id
 from .records import same_model
 from .summary import percentiles, read_summary
-from .tasks import FieldKeys, check_input
+from .tasks import check_input, reading, selection
 
 RECENT_RECORDS = 500
 STALLED_AFTER_S = 120.0
@@ -148,7 +148,7 @@ def status(config: RunConfig, now: float | None = None) -> StatusReport:
     """Count done, failed and pending tasks, tokens so far, recent throughput and ETA."""
     input_path, output = config.require_paths()
     now = time.time() if now is None else now
-    index = check_input(input_path, FieldKeys(config.id_key, config.prompt_key, config.images_key))
+    index = check_input(input_path, reading(config), selection(config))
     outputs = model_outputs(output, config.models)
     recent: deque[float] = deque(maxlen=RECENT_RECORDS)
     latencies: list[float] = []

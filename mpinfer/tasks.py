@@ -1,8 +1,11 @@
-"""Task and the JSONL input reader.
+"""Task and the input readers: JSONL, OpenAI Batch API JSONL, and CSV; and the selection of what runs.
 
 The input is read twice and never held: ``check_input`` reads every line before any API call, so bad input
 fails fast with file and line and costs nothing, and keeps only the set of ids; ``iter_tasks`` then streams
 the tasks that are not done yet. Memory grows with the number of ids, not with the tasks.
+
+The format is told by the file: ``.csv`` is CSV; a JSONL file whose first line has ``custom_id`` and
+``body`` is a Batch API file, whose bodies are sent as they are.
 """
 
 from __future__ import annotations
@@ -12,9 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import csv
+import io
+from enum import Enum
+
 import orjson
 
+from .config import RunConfig
 from .errors import InputError
+from .store import OutputPaths, iter_lines, model_outputs, record_id, scan
 
 MAX_PROBLEMS_SHOWN = 10
 MAX_DUPLICATES_SHOWN = 5
@@ -27,6 +36,32 @@ class FieldKeys:
     id: str = "id"
     prompt: str = "prompt"
     images: str = "images"
+    images_sep: str = ";"  # CSV: several images in one cell
+    id_from_row: bool = False  # the task's id is its row number (0-based), for files that have none
+
+
+class InputFormat(str, Enum):
+    JSONL = "jsonl"
+    BATCH = "batch"  # OpenAI Batch API request lines: {"custom_id", "method", "url", "body"}
+    CSV = "csv"
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which tasks of the input run: a row range (0-based, end exclusive), the first N, given ids."""
+
+    start: int = 0
+    end: int | None = None
+    limit: int | None = None
+    ids: frozenset[str] | None = None
+
+    def admits(self, position: int, task_id: str) -> bool:
+        if position < self.start or (self.end is not None and position >= self.end):
+            return False
+        return self.ids is None or task_id in self.ids
+
+    def narrows(self) -> bool:
+        return bool(self.start or self.end is not None or self.limit is not None or self.ids is not None)
 
 
 @dataclass(frozen=True)
@@ -41,6 +76,7 @@ class Task:
     temperature: float | None = None
     max_tokens: int | None = None
     line: int = 0
+    body: dict[str, Any] | None = None  # a Batch API request body, sent as it is
 
 
 @dataclass(frozen=True)
@@ -50,6 +86,7 @@ class InputIndex:
     path: Path
     ids: frozenset[str]
     total: int
+    format: InputFormat = InputFormat.JSONL
 
 
 def _number(value: Any) -> bool:
@@ -104,6 +141,51 @@ def parse_task(obj: Any, keys: FieldKeys, line: int) -> Task:
     )
 
 
+def parse_batch_task(obj: Any, line: int) -> Task:
+    """A Task from one Batch API request line; its body goes to the API unchanged."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    custom_id = obj.get("custom_id")
+    if not isinstance(custom_id, str) or not custom_id:
+        raise ValueError("missing custom_id")
+    if obj.get("method", "POST") != "POST":
+        raise ValueError(f"method {obj.get('method')!r}: only POST requests can run")
+    url = obj.get("url", "/v1/chat/completions")
+    if url not in ("/v1/chat/completions", "/chat/completions"):
+        raise ValueError(f"url {url!r}: only /v1/chat/completions requests can run")
+    body = obj.get("body")
+    if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or not body["messages"]:
+        raise ValueError("body must be a chat.completions request with a non-empty messages list")
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        raise ValueError("body has no model")
+    return Task(id=custom_id, prompt=_last_user_text(body["messages"]), model=body["model"], line=line,
+                body=body)
+
+
+def _last_user_text(messages: list[Any]) -> str:
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, str):
+                return content
+            if isinstance(content, list):
+                return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return ""
+
+
+def detect_format(path: Path) -> InputFormat:
+    if path.suffix.lower() == ".csv":
+        return InputFormat.CSV
+    for _, raw in _lines(path):
+        try:
+            first = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return InputFormat.JSONL
+        is_batch = isinstance(first, dict) and "custom_id" in first and "body" in first
+        return InputFormat.BATCH if is_batch else InputFormat.JSONL
+    return InputFormat.JSONL
+
+
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
     """Numbered non-blank lines, streamed; a UTF-8 byte-order mark on the first line is dropped."""
     try:
@@ -118,35 +200,104 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
                 yield number, raw
 
 
-def _decode(path: Path, number: int, raw: bytes, keys: FieldKeys) -> Task:
+def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, row) for each data row of a CSV file with a header."""
     try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InputError(f"invalid JSON: {exc}", str(path), number) from None
-    try:
-        return parse_task(obj, keys, number)
-    except ValueError as exc:
-        raise InputError(str(exc), str(path), number) from None
+        handle = path.open("r", encoding="utf-8-sig", newline="")
+    except OSError as exc:
+        raise InputError(f"cannot open input: {exc.strerror or exc}", str(path)) from None
+    with handle:
+        reader = csv.DictReader(handle)
+        try:
+            for row in reader:
+                if any(v for v in row.values() if isinstance(v, str) and v.strip()):
+                    yield reader.line_num, row
+        except csv.Error as exc:
+            raise InputError(f"invalid CSV: {exc}", str(path), reader.line_num) from None
+        except UnicodeDecodeError as exc:
+            raise InputError(f"not UTF-8 text: {exc}", str(path)) from None
 
 
-def check_input(path: Path, keys: FieldKeys = FieldKeys()) -> InputIndex:
-    """Read every line and check it; return the ids, or raise one InputError listing the first problems."""
+def _csv_task(row: dict[str, Any], keys: FieldKeys, line: int) -> Task:
+    """A CSV row as a JSON task: empty cells are absent; an images cell may hold several paths."""
+    obj: dict[str, Any] = {k: v for k, v in row.items() if k is not None and isinstance(v, str) and v.strip()}
+    cell = obj.get(keys.images)
+    if cell is not None:
+        obj[keys.images] = [part.strip() for part in cell.split(keys.images_sep) if part.strip()]
+    for name, cast in (("temperature", float), ("max_tokens", int)):
+        if name in obj:
+            try:
+                obj[name] = cast(obj[name])
+            except ValueError:
+                raise ValueError(f"{name} must be a number, got {obj[name]!r}") from None
+    return parse_task(obj, keys, line)
+
+
+def iter_raw(path: Path, keys: FieldKeys = FieldKeys(), fmt: InputFormat | None = None,
+             ) -> Iterator[tuple[int, dict[str, Any] | None, Task | InputError]]:
+    """(line, the record as read, its Task or the InputError that says what is wrong), for every row."""
+    fmt = fmt or detect_format(path)
+    position = 0
+    if fmt is InputFormat.CSV:
+        for line, row in _csv_rows(path):
+            if keys.id_from_row:
+                row = {**row, keys.id: str(position)}
+            try:
+                yield line, row, _csv_task(row, keys, line)
+            except ValueError as exc:
+                yield line, row, InputError(f"row {position + 1}: {exc}", str(path), line)
+            position += 1
+        return
+    for line, raw in _lines(path):
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            yield line, None, InputError(f"invalid JSON: {exc}", str(path), line)
+            position += 1
+            continue
+        if keys.id_from_row and isinstance(obj, dict) and fmt is InputFormat.JSONL:
+            obj = {**obj, keys.id: str(position)}
+        try:
+            task = parse_batch_task(obj, line) if fmt is InputFormat.BATCH else parse_task(obj, keys, line)
+        except ValueError as exc:
+            yield line, obj if isinstance(obj, dict) else None, InputError(str(exc), str(path), line)
+        else:
+            yield line, obj, task
+        position += 1
+
+
+def _selected(path: Path, keys: FieldKeys, selection: Selection, fmt: InputFormat | None = None,
+              ) -> Iterator[tuple[int, dict[str, Any] | None, Task | InputError]]:
+    """The rows the selection admits, in input order (every row counts for --start/--end)."""
+    taken = 0
+    for position, (line, raw, item) in enumerate(iter_raw(path, keys, fmt)):
+        if isinstance(item, Task) and not selection.admits(position, item.id):
+            continue
+        if selection.limit is not None and taken >= selection.limit:
+            return
+        taken += 1
+        yield line, raw, item
+
+
+def check_input(path: Path, keys: FieldKeys = FieldKeys(), selection: Selection = Selection()) -> InputIndex:
+    """Read every row and check it; the selected ids, or one InputError listing the first problems.
+
+    Every row is checked, selected or not: a broken file is broken, and a trial run with --limit should
+    say so before the real run does.
+    """
+    fmt = detect_format(path)
     problems: list[InputError] = []
     first_line: dict[str, int] = {}
     duplicates: list[tuple[str, int, int]] = []
-    total = 0
-    for number, raw in _lines(path):
-        try:
-            task = _decode(path, number, raw, keys)
-        except InputError as exc:
-            problems.append(exc)
+    for line, _, item in iter_raw(path, keys, fmt):
+        if isinstance(item, InputError):
+            problems.append(item)
             if len(problems) >= MAX_PROBLEMS_SHOWN:
                 break
             continue
-        total += 1
-        seen = first_line.setdefault(task.id, number)
-        if seen != number:
-            duplicates.append((task.id, seen, number))
+        seen = first_line.setdefault(item.id, line)
+        if seen != line:
+            duplicates.append((item.id, seen, line))
     if problems:
         more = " (and maybe more: stopped looking)" if len(problems) >= MAX_PROBLEMS_SHOWN else ""
         if len(problems) == 1:
@@ -157,14 +308,48 @@ def check_input(path: Path, keys: FieldKeys = FieldKeys()) -> InputIndex:
         shown = ", ".join(f"{i!r} (lines {a} and {b})" for i, a, b in duplicates[:MAX_DUPLICATES_SHOWN])
         more = f" and {len(duplicates) - MAX_DUPLICATES_SHOWN} more" if len(duplicates) > MAX_DUPLICATES_SHOWN else ""
         raise InputError(f"{len(duplicates)} duplicate ids: {shown}{more}", str(path))
-    if total == 0:
+    if not first_line:
         raise InputError("no tasks in the input", str(path))
-    return InputIndex(path=path, ids=frozenset(first_line), total=total)
+    if selection.narrows():
+        ids = frozenset(item.id for _, _, item in _selected(path, keys, selection, fmt) if isinstance(item, Task))
+    else:
+        ids = frozenset(first_line)
+    return InputIndex(path=path, ids=ids, total=len(ids), format=fmt)
 
 
-def iter_tasks(path: Path, keys: FieldKeys = FieldKeys(), skip: Set[str] = frozenset()) -> Iterator[Task]:
-    """Stream the tasks of a checked input, leaving out the ids in ``skip`` (those already done)."""
-    for number, raw in _lines(path):
-        task = _decode(path, number, raw, keys)
-        if task.id not in skip:
-            yield task
+def iter_tasks(path: Path, keys: FieldKeys = FieldKeys(), skip: Set[str] = frozenset(),
+               selection: Selection = Selection()) -> Iterator[Task]:
+    """Stream the selected tasks of a checked input, leaving out the ids in ``skip`` (those already done)."""
+    for _, _, item in _selected(path, keys, selection):
+        if isinstance(item, InputError):
+            raise item
+        if item.id not in skip:
+            yield item
+
+
+def read_ids_file(path: Path) -> frozenset[str]:
+    """Ids to run, one a line (blank lines and # comments ignored)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read the ids file: {exc}", str(path)) from None
+    return frozenset(line.strip() for line in io.StringIO(text) if line.strip() and not line.startswith("#"))
+
+
+def reading(config: RunConfig) -> FieldKeys:
+    """How the run's input is read."""
+    return FieldKeys(config.id_key, config.prompt_key, config.images_key, config.images_sep, config.id_from_row)
+
+
+def selection(config: RunConfig) -> Selection:
+    """Which tasks the run's options select; --only-failed reads the errors files of the outputs."""
+    ids = read_ids_file(config.ids) if config.ids is not None else None
+    if config.only_failed:
+        _, output = config.require_paths()
+        failed: set[str] = set()
+        for path in model_outputs(output, config.models):
+            paths = OutputPaths.of(path)
+            failed |= {rid for _, _, obj in iter_lines(paths.errors) if (rid := record_id(obj)) is not None}
+            failed -= scan(paths.output).ids
+        ids = frozenset(failed) if ids is None else ids & failed
+    return Selection(start=config.start or 0, end=config.end, limit=config.limit, ids=ids)

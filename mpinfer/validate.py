@@ -9,7 +9,7 @@ from pathlib import Path
 from .config import RunConfig
 from .records import missing_fields, same_model
 from .store import OutputPaths, iter_lines, model_outputs, record_id
-from .tasks import FieldKeys, check_input
+from .tasks import check_input, reading, selection
 
 EXAMPLES_KEPT = 5
 
@@ -56,7 +56,7 @@ class ValidationReport:
 def validate(config: RunConfig) -> list[ValidationReport]:
     """One report for each output of the run (one per model)."""
     input_path, output = config.require_paths()
-    index = check_input(input_path, FieldKeys(config.id_key, config.prompt_key, config.images_key))
+    index = check_input(input_path, reading(config), selection(config))
     return [validate_output(path, index.ids) for path in model_outputs(output, config.models)]
 
 
