@@ -44,6 +44,7 @@ class Answer:
     total_tokens: int
     headers: dict[str, str]
     cached_tokens: int = 0
+    body: dict[str, Any] | None = None  # the whole response, for the Batch API output form
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,7 @@ def parse_answer(body: bytes, headers: dict[str, str]) -> Answer:
             total_tokens=int(usage.get("total_tokens") or prompt + completion),
             headers=headers,
             cached_tokens=int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0),
+            body=data,
         )
     except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
         raise MalformedResponse(f"malformed response body ({type(exc).__name__}): {body[:120]!r}") from None

@@ -225,6 +225,8 @@ class RunConfig:
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     # Things the user should hear about the settings themselves (e.g. a .env others can read).
     warnings: tuple[str, ...] = field(default=(), repr=False, compare=False)
+    # The options the user set somewhere (flag, environment, .env or mpinfer.toml), not left at default.
+    explicit: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
 
     @property
     def api_key(self) -> str | None:
@@ -328,7 +330,9 @@ def load_config(
     toml = _read_toml(toml_path)
     flags = flags or {}
     values: dict[str, Any] = {}
+    explicit: set[str] = set()
     for option in OPTIONS:
+        explicit.add(option.name)
         if flags.get(option.name) is not None:
             values[option.name] = _parse(option, flags[option.name], option.flag)
             continue
@@ -339,6 +343,8 @@ def load_config(
             values[option.name] = _parse(option, toml[option.name], str(toml_path))
         else:
             values[option.name] = option.default
+            explicit.discard(option.name)
+    values["explicit"] = frozenset(explicit)
     verbose = toml.get("verbose", False)
     values["verbose"] = bool(flags.get("verbose")) or _parse(Option("verbose", _bool, False, ""), verbose,
                                                             str(toml_path))

@@ -81,8 +81,9 @@ def output_fingerprints(config: RunConfig) -> dict[str, dict[str, Any]]:
 
 
 def settings_of(config: RunConfig) -> dict[str, Any]:
-    """Every setting of ``config`` except the API keys, as JSON-able data."""
-    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name != "api_keys"}
+    """Every setting of ``config`` except the API keys, as JSON-able data (bookkeeping fields left out)."""
+    left_out = {"api_keys", "warnings", "explicit"}
+    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in left_out}
     plain: dict[str, Any] = _plain(values, config.api_keys)
     return plain
 

@@ -123,15 +123,16 @@ class ImageEncoder:
             self._cached -= len(old.url)
 
 
-def _text_tokens_of(messages: list[dict[str, Any]]) -> int:
+def _text_tokens_of(messages: list[Any]) -> int:
     total = 0
     for message in messages:
         total += TOKENS_PER_MESSAGE
-        content = message["content"]
+        content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, str):
             total += text_tokens(content)
-        else:
-            total += sum(text_tokens(part["text"]) for part in content if part.get("type") == "text")
+        elif isinstance(content, list):
+            total += sum(text_tokens(str(part.get("text", ""))) for part in content
+                         if isinstance(part, dict) and part.get("type") == "text")
     return total
 
 
@@ -201,3 +202,29 @@ def build_request(
     if extra_body:
         request["extra_body"] = extra_body
     return Request(request, _text_tokens_of(messages) + sum(images), max_tokens)
+
+
+def build_body_request(body: dict[str, Any], model: str | None = None) -> Request:
+    """A Batch API request body, sent as it is (its model replaced only when ``model`` is given).
+
+    The SDK takes the model and messages as arguments and everything else as ``extra_body``, which it
+    merges into the JSON unchanged: no field is dropped or renamed on the way.
+    """
+    rest = dict(body)
+    chosen = model or rest.pop("model")
+    rest.pop("model", None)
+    messages = rest.pop("messages")
+    kwargs: dict[str, Any] = {"model": chosen, "messages": messages}
+    if rest:
+        kwargs["extra_body"] = rest
+    images = 0
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        for part in content if isinstance(content, list) else ():
+            if isinstance(part, dict) and part.get("type") == "image_url":
+                image = part.get("image_url") or {}
+                url = image.get("url", "") if isinstance(image, dict) else ""
+                size = _data_url_size(url) if url[:5].lower() == "data:" else None
+                images += image_tokens(*(size or (None, None)), detail=image.get("detail", "auto"))
+    max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
+    return Request(kwargs, _text_tokens_of(messages) + images, max_tokens if isinstance(max_tokens, int) else None)

@@ -1,11 +1,18 @@
 """The on-disk schema: Result lines in the output, Failure lines in ``<output>.errors.jsonl``.
 
-Each record is one JSON object on one line, ``id`` first so that a reader can find it early in the line.
+Each record is one JSON object on one line. Two forms:
+- mpinfer's own (``Result``, ``Failure``), ``id`` first;
+- for Batch API inputs, the Batch API's output and error forms (``{"id", "custom_id", "response",
+  "error"}``), so that code that reads Batch API output reads ours; its task id is ``custom_id``, and what
+  the Batch API has no field for (latency, attempts, time, cost, the requested model) sits under
+  ``"mpinfer"``, which such code ignores.
+``view`` reads either form into one RecordView, so status, validate and export need not care.
 """
 
 from __future__ import annotations
 
 import re
+import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -99,3 +106,97 @@ def missing_fields(data: dict[str, Any]) -> list[str]:
     if "usage" in data and (not isinstance(usage, dict) or any(k not in usage for k in USAGE_FIELDS)):
         missing.append("usage.*")
     return missing
+
+
+BATCH_FIELDS: tuple[str, ...] = ("id", "custom_id", "response", "error")
+
+
+def batch_request_id() -> str:
+    return f"batch_req_{uuid.uuid4().hex}"
+
+
+def batch_result_line(custom_id: str, request_id: str | None, body: dict[str, Any], meta: dict[str, Any]) -> bytes:
+    """A Batch API output line for one answered request."""
+    record = {"id": batch_request_id(), "custom_id": custom_id,
+              "response": {"status_code": 200, "request_id": request_id, "body": body}, "error": None,
+              "mpinfer": meta}
+    return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def batch_error_line(custom_id: str, status: int | None, code: str, message: str, meta: dict[str, Any]) -> bytes:
+    """A Batch API error line for one failed request."""
+    response = None if status is None else {"status_code": status, "request_id": None,
+                                            "body": {"error": {"message": message, "code": code}}}
+    record = {"id": batch_request_id(), "custom_id": custom_id, "response": response,
+              "error": {"code": code, "message": message}, "mpinfer": meta}
+    return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+
+
+@dataclass(frozen=True)
+class RecordView:
+    """One output line in either form, reduced to what status, validate and export read."""
+
+    id: str
+    answer: str | None
+    model: str | None
+    requested_model: str | None
+    usage: Usage
+    latency_s: float | None
+    processed_at: float | None
+    cost: float | None
+    batch: bool
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def view(obj: Any) -> RecordView | None:
+    """Read a decoded output line; None when it is not a record of either form."""
+    if not isinstance(obj, dict):
+        return None
+    if "custom_id" in obj:
+        custom_id = obj.get("custom_id")
+        if not isinstance(custom_id, str) or not custom_id:
+            return None
+        response = obj.get("response") if isinstance(obj.get("response"), dict) else {}
+        body = response.get("body") if isinstance(response.get("body"), dict) else {}
+        choices = body.get("choices") if isinstance(body.get("choices"), list) else []
+        message = choices[0].get("message") if choices and isinstance(choices[0], dict) else None
+        meta = obj.get("mpinfer") if isinstance(obj.get("mpinfer"), dict) else {}
+        usage = body.get("usage") or {}
+        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") if isinstance(usage, dict) else 0
+        return RecordView(
+            id=custom_id, answer=message.get("content") if isinstance(message, dict) else None,
+            model=body.get("model"), requested_model=meta.get("requested_model"),
+            usage=Usage.from_dict({**usage, "cached_tokens": cached} if isinstance(usage, dict) else None),
+            latency_s=_number(meta.get("latency_s")), processed_at=_number(meta.get("processed_at")),
+            cost=_number(meta.get("cost")), batch=True,
+        )
+    raw_id = obj.get("id")
+    if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)) or raw_id == "":
+        return None
+    return RecordView(
+        id=str(raw_id), answer=obj.get("answer"), model=obj.get("model"),
+        requested_model=obj.get("requested_model"), usage=Usage.from_dict(obj.get("usage")),
+        latency_s=_number(obj.get("latency_s")), processed_at=_number(obj.get("processed_at")),
+        cost=_number(obj.get("cost")), batch=False,
+    )
+
+
+def missing_batch_fields(data: dict[str, Any]) -> list[str]:
+    missing = [name for name in BATCH_FIELDS if name not in data]
+    response = data.get("response")
+    if not isinstance(response, dict) or "status_code" not in response or not isinstance(response.get("body"), dict):
+        missing.append("response.status_code/body")
+    return missing
+
+
+def failure_type(obj: Any) -> str | None:
+    """The error type of an errors-file line in either form."""
+    if not isinstance(obj, dict):
+        return None
+    if "custom_id" in obj:
+        error = obj.get("error")
+        return str(error.get("code")) if isinstance(error, dict) else None
+    return str(obj.get("error_type")) if obj.get("error_type") is not None else None

@@ -14,7 +14,7 @@ from typing import Any
 
 from .config import RunConfig
 from .store import OutputPaths, companion, iter_lines, live_run, model_outputs, record_id
-from .records import same_model
+from .records import failure_type, same_model, view
 from .summary import percentiles, read_summary
 from .tasks import check_input, reading, selection
 
@@ -84,10 +84,6 @@ def _rate(times: deque[float]) -> float | None:
     return (len(ordered) - 1) / span if span > 0 else None
 
 
-def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
 def _output_status(output: Path, input_ids: frozenset[str], recent: deque[float],
                    latencies: list[float]) -> OutputStatus:
     paths = OutputPaths.of(output)
@@ -96,35 +92,31 @@ def _output_status(output: Path, input_ids: frozenset[str], recent: deque[float]
     cost = 0.0
     last: float | None = None
     for _, _, obj in iter_lines(paths.output):
-        rid = record_id(obj)
-        if rid is None:
+        record = view(obj)
+        if record is None:
             bad += 1
             continue
-        done.add(rid)
-        usage = obj.get("usage") if isinstance(obj.get("usage"), dict) else {}
-        prompt += int(usage.get("prompt_tokens") or 0)
-        completion += int(usage.get("completion_tokens") or 0)
-        line_cost = _number(obj.get("cost"))
-        if line_cost is None:
+        done.add(record.id)
+        prompt += record.usage.prompt_tokens
+        completion += record.usage.completion_tokens
+        if record.cost is None:
             unpriced += 1
         else:
-            cost += line_cost
-        if not same_model(obj.get("requested_model"), obj.get("model")):
+            cost += record.cost
+        if not same_model(record.requested_model, record.model):
             mismatches += 1
-        latency = _number(obj.get("latency_s"))
-        if latency is not None:
-            latencies.append(latency)
-        at = _number(obj.get("processed_at"))
-        if at is not None:
-            recent.append(at)
-            last = max(last or 0.0, at)
+        if record.latency_s is not None:
+            latencies.append(record.latency_s)
+        if record.processed_at is not None:
+            recent.append(record.processed_at)
+            last = max(last or 0.0, record.processed_at)
     done_known = done & input_ids
     # The last failure of each id that is still not done: what a rerun will retry.
     failures: dict[str, str] = {}
     for _, _, obj in iter_lines(paths.errors):
         rid = record_id(obj)
         if rid is not None and rid in input_ids and rid not in done_known:
-            failures[rid] = str(obj.get("error_type"))
+            failures[rid] = failure_type(obj) or "unknown"
     by_type: dict[str, int] = {}
     for error_type in failures.values():
         by_type[error_type] = by_type.get(error_type, 0) + 1

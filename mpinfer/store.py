@@ -128,9 +128,9 @@ def iter_lines(path: Path, start: int = 0) -> Iterator[tuple[int, bytes, Any]]:
 
 
 def record_id(obj: Any) -> str | None:
-    """The id of a decoded record, or None when the line is not a record."""
+    """The task id of a decoded record (``custom_id`` in the Batch API form), or None when it is none."""
     if isinstance(obj, dict):
-        value = obj.get("id")
+        value = obj.get("custom_id") if "custom_id" in obj else obj.get("id")
         if isinstance(value, (str, int)) and not isinstance(value, bool) and value != "":
             return str(value)
     return None

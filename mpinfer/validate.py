@@ -7,8 +7,8 @@ from enum import Enum
 from pathlib import Path
 
 from .config import RunConfig
-from .records import missing_fields, same_model
-from .store import OutputPaths, iter_lines, model_outputs, record_id
+from .records import missing_batch_fields, missing_fields, same_model, view
+from .store import OutputPaths, iter_lines, model_outputs
 from .tasks import check_input, reading, selection
 
 EXAMPLES_KEPT = 5
@@ -67,13 +67,14 @@ def validate_output(output: Path, input_ids: frozenset[str]) -> ValidationReport
     first_line: dict[str, int] = {}
     for number, raw, obj in iter_lines(paths.output):
         report.lines += 1
-        rid = record_id(obj)
-        if rid is None:
+        record = view(obj)
+        if record is None:
             snippet = raw[:80].decode("utf-8", "replace").rstrip()
             report.add(Problem(ProblemKind.CORRUPT_LINE, f"not a JSON record with an id: {snippet}", number))
             continue
+        rid = record.id
         report.records += 1
-        missing = missing_fields(obj)
+        missing = missing_batch_fields(obj) if record.batch else missing_fields(obj)
         if missing:
             report.add(Problem(ProblemKind.MISSING_FIELDS, f"missing {', '.join(missing)}", number, rid))
         seen = first_line.setdefault(rid, number)
@@ -81,13 +82,11 @@ def validate_output(output: Path, input_ids: frozenset[str]) -> ValidationReport
             report.add(Problem(ProblemKind.DUPLICATE_ID, f"also on line {seen}", number, rid))
         if rid not in input_ids:
             report.add(Problem(ProblemKind.UNKNOWN_ID, "not in the input", number, rid))
-        answer = obj.get("answer")
-        if not isinstance(answer, str) or not answer.strip():
-            report.add(Problem(ProblemKind.EMPTY_ANSWER, f"answer is {answer!r}", number, rid))
-        requested, reported = obj.get("requested_model"), obj.get("model")
-        if not same_model(requested, reported):
-            report.add(Problem(ProblemKind.MODEL_MISMATCH, f"requested {requested!r}, answered by {reported!r}",
-                               number, rid))
+        if not isinstance(record.answer, str) or not record.answer.strip():
+            report.add(Problem(ProblemKind.EMPTY_ANSWER, f"answer is {record.answer!r}", number, rid))
+        if not same_model(record.requested_model, record.model):
+            report.add(Problem(ProblemKind.MODEL_MISMATCH,
+                               f"requested {record.requested_model!r}, answered by {record.model!r}", number, rid))
     for rid in sorted(input_ids - first_line.keys()):
         report.add(Problem(ProblemKind.MISSING_ID, "in the input, not in the output", None, rid))
     return report

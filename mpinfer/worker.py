@@ -34,11 +34,11 @@ from .client import Answer, CallError, Verdict, backoff_s, classify, complete, m
 from .config import RunConfig
 from .errors import ImageError, OutputError
 from .logfile import setup_worker_logging
-from .messages import ImageEncoder, Request, build_request
+from .messages import ImageEncoder, Request, build_body_request, build_request
 from .ratelimit import Grant, NoKeysLeft, SharedLimiter
 from .redact import key_hint, redact
 from .prices import PriceTable
-from .records import Failure, Result, Usage, same_model
+from .records import Failure, Result, Usage, batch_error_line, batch_result_line, same_model
 from .store import Appender, OutputPaths
 from .tasks import Task
 
@@ -190,6 +190,10 @@ class Worker:
 
     def _request(self, task: Task, model: int) -> Request:
         config = self.config
+        if task.body is not None:
+            # A Batch API body goes as it is; only a model the user chose (or one of several) replaces its own.
+            chosen = self.models[model] if len(self.models) > 1 or "model" in config.explicit else None
+            return build_body_request(task.body, chosen)
         if len(self.models) > 1:
             task = dataclasses.replace(task, model=None)  # each of the run's models, whatever the task says
         return build_request(task, self.encoder, model=self.models[model], system_prompt=config.system_prompt,
@@ -280,7 +284,23 @@ class Worker:
         # Billed as the model that answered; its price when known, else the requested model's.
         priced_as = answer.model if prices.find(answer.model) is not None else requested
         cost = prices.cost(priced_as, answer.prompt_tokens, answer.completion_tokens, answer.cached_tokens)
-        result = Result(
+        cost = round(cost, 8) if cost is not None else None
+        latency = round(latency, 4)
+        if task.body is not None:
+            meta = {"requested_model": requested, "latency_s": latency, "attempts": attempts,
+                    "processed_at": time.time(), "cost": cost}
+            line = batch_result_line(task.id, answer.headers.get("x-request-id"), answer.body or {}, meta)
+        else:
+            line = self._result_line(task, requested, answer, attempts, latency, cost)
+        self.appenders[model].append(self.settings.outputs[model].output, line)
+        self.send(EventKind.DONE, task.id, m=model, prompt_tokens=answer.prompt_tokens,
+                  completion_tokens=answer.completion_tokens, latency_s=latency, cost=cost,
+                  mismatch=not same_model(requested, answer.model), attempts=attempts)
+
+    @staticmethod
+    def _result_line(task: Task, requested: str, answer: Answer, attempts: int, latency: float,
+                     cost: float | None) -> bytes:
+        return Result(
             id=task.id,
             input_prompt=task.prompt,
             images=list(task.images),
@@ -289,21 +309,21 @@ class Worker:
             requested_model=requested,
             usage=Usage(answer.prompt_tokens, answer.completion_tokens, answer.total_tokens, answer.cached_tokens),
             finish_reason=answer.finish_reason,
-            latency_s=round(latency, 4),
+            latency_s=latency,
             attempts=attempts,
             processed_at=time.time(),
-            cost=round(cost, 8) if cost is not None else None,
-        )
-        self.appenders[model].append(self.settings.outputs[model].output, result.to_line())
-        self.send(EventKind.DONE, task.id, m=model, prompt_tokens=answer.prompt_tokens,
-                  completion_tokens=answer.completion_tokens, latency_s=result.latency_s, cost=result.cost,
-                  mismatch=not same_model(requested, answer.model), attempts=attempts)
+            cost=cost,
+        ).to_line()
 
     def _fail(self, task: Task, model: int, error: CallError, attempts: int) -> None:
         # A server may quote the request back, key included: nothing leaves unredacted.
         message = redact(error.message, self.keys)
-        failure = Failure(task.id, error.error_type, error.status, message, attempts, time.time())
-        self.appenders[model].append(self.settings.outputs[model].errors, failure.to_line())
+        if task.body is not None:
+            line = batch_error_line(task.id, error.status, error.error_type, message,
+                                    {"attempts": attempts, "processed_at": time.time()})
+        else:
+            line = Failure(task.id, error.error_type, error.status, message, attempts, time.time()).to_line()
+        self.appenders[model].append(self.settings.outputs[model].errors, line)
         log.warning("task %s failed after %d attempts: %s: %s", task.id, attempts, error.error_type,
                     error.message)
         self.send(EventKind.FAILED, task.id, m=model, error_type=error.error_type, status=error.status,
