@@ -282,8 +282,8 @@ def test_settings_of_holds_every_setting_but_the_keys_as_json(tmp_path: Path) ->
     cfg = config(tmp_path)
     # When its settings are taken
     values = settings_of(cfg)
-    # Then every field but api_keys is there, paths as strings, and it all survives JSON
-    assert set(values) == {f.name for f in dataclasses.fields(RunConfig)} - {"api_keys"}
+    # Then every setting but the keys and the bookkeeping is there, paths as strings, and it survives JSON
+    assert set(values) == {f.name for f in dataclasses.fields(RunConfig)} - {"api_keys", "warnings", "explicit"}
     assert values["output"] == str(tmp_path / "results.jsonl")
     assert values["log_dir"] == "logs"
     assert orjson.loads(orjson.dumps(values)) == values
