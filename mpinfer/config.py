@@ -86,6 +86,13 @@ def _bool(text: Any) -> bool:
     raise ValueError("must be true or false")
 
 
+def _transport(text: Any) -> str:
+    value = str(text).strip().lower()
+    if value not in ("aiohttp", "httpx"):
+        raise ValueError("must be aiohttp or httpx")
+    return value
+
+
 def _path(text: Any) -> Path:
     return Path(str(text)).expanduser()
 
@@ -164,6 +171,8 @@ OPTIONS: tuple[Option, ...] = (
            metavar="SECONDS"),
     Option("api_keys_file", _path, None, "file with one API key a line, to spread the work over "
            "(default: OPENAI_API_KEYS=k1,k2 or OPENAI_API_KEY)", metavar="FILE"),
+    Option("transport", _transport, "aiohttp", "HTTP stack under the openai SDK: aiohttp (half the CPU a "
+           "request) or httpx (the SDK's default)", metavar="NAME"),
     Option("fsync", _bool, False, "fsync after every line: survives power loss, costs a disk flush a line"),
     Option("prices", _path, None, "price table (JSON or TOML) over the built-in one: "
            '{"model": {"input": 0.15, "cached_input": 0.075, "output": 0.6}}, USD per 1M tokens',
@@ -210,6 +219,7 @@ class RunConfig:
     prompt_key: str = "prompt"
     images_key: str = "images"
     log_dir: Path = Path("logs")
+    transport: str = "aiohttp"
     fsync: bool = False
     rpm: int | None = None
     tpm: int | None = None

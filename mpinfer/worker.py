@@ -30,7 +30,7 @@ from typing import Any
 import openai
 import orjson
 
-from .client import Answer, CallError, Verdict, backoff_s, classify, complete, make_client
+from .client import Answer, CallError, Transport, Verdict, backoff_s, classify, complete, make_client
 from .config import RunConfig
 from .errors import ImageError, OutputError
 from .logfile import setup_worker_logging
@@ -127,7 +127,8 @@ class Worker:
     def client(self, key: int) -> openai.AsyncOpenAI:
         if key not in self.clients:
             self.clients[key] = make_client(self.keys[key], self.config.base_url, self.config.timeout,
-                                            on_send=self._on_send)
+                                            on_send=self._on_send, transport=Transport(self.config.transport),
+                                            connections=self.config.concurrency)
         return self.clients[key]
 
     def _on_send(self) -> None:
