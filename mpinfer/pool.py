@@ -36,7 +36,8 @@ from .store import OutputPaths, RunLock, companion, model_outputs, repair_tail, 
 from .summary import RunSummary, Tally, write_summary
 from .tasks import Task, check_input, iter_tasks, reading, selection
 from .redact import key_hint
-from .worker import EventKind, WorkerSettings, work_message, worker_main
+from .runner import EventKind
+from .worker import WorkerSettings, work_message, worker_main
 
 log = logging.getLogger("mpinfer.pool")
 
