@@ -93,6 +93,13 @@ def _transport(text: Any) -> str:
     return value
 
 
+def _backend(text: Any) -> str:
+    value = str(text).strip().lower()
+    if value not in ("local", "ray"):
+        raise ValueError("must be local or ray")
+    return value
+
+
 def _path(text: Any) -> Path:
     return Path(str(text)).expanduser()
 
@@ -171,6 +178,10 @@ OPTIONS: tuple[Option, ...] = (
            metavar="SECONDS"),
     Option("api_keys_file", _path, None, "file with one API key a line, to spread the work over "
            "(default: OPENAI_API_KEYS=k1,k2 or OPENAI_API_KEY)", metavar="FILE"),
+    Option("backend", _backend, "local", "where tasks run: local (worker processes on this machine) or ray "
+           "(actors on a Ray cluster; pip install mpinfer[ray])", metavar="NAME"),
+    Option("ray_address", _text, None, "Ray cluster to join (default: RAY_ADDRESS, or a new local one)",
+           env=("MPINFER_RAY_ADDRESS", "RAY_ADDRESS"), metavar="ADDR"),
     Option("transport", _transport, "aiohttp", "HTTP stack under the openai SDK: aiohttp (half the CPU a "
            "request) or httpx (the SDK's default)", metavar="NAME"),
     Option("fsync", _bool, False, "fsync after every line: survives power loss, costs a disk flush a line"),
@@ -219,6 +230,8 @@ class RunConfig:
     prompt_key: str = "prompt"
     images_key: str = "images"
     log_dir: Path = Path("logs")
+    backend: str = "local"
+    ray_address: str | None = None
     transport: str = "aiohttp"
     fsync: bool = False
     rpm: int | None = None

@@ -1,0 +1,5 @@
+"""Where tasks run: interchangeable backends behind one driver (see driver.RunState).
+
+- ``local``: worker processes forked on this machine (the default);
+- ``ray``: actors on a Ray cluster (``--backend ray``; ``pip install mpinfer[ray]``).
+"""

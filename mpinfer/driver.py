@@ -1,0 +1,165 @@
+"""What every backend's driver shares: the work to hand out, the tally of what came back, when to stop.
+
+A backend (local processes, or a Ray cluster) moves tasks to where they run and outcomes back; RunState
+decides the rest the same way for all of them: which task goes next (budget, stop), what an event means
+for the summary and the progress bar, and when the summary file is rewritten.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from .config import RunConfig
+from .ratelimit import LaneStats
+from .redact import key_hint
+from .runner import EventKind
+from .summary import RunSummary, write_summary
+from .tasks import Task
+
+log = logging.getLogger("mpinfer.pool")
+
+WorkItem = tuple[Task, int]  # a task and the index of the model it is for
+LaneReport = Callable[[], tuple[list[LaneStats], list[bool]]]  # lane stats, and which keys are disabled
+
+SUMMARY_EVERY_S = 2.0
+MAX_FAILURES_SHOWN = 5
+
+
+def work_items(tasks: Iterator[Task], done: list[set[str]]) -> Iterator[WorkItem]:
+    """Each task once for each model whose output does not have it yet."""
+    for task in tasks:
+        for model, ids in enumerate(done):
+            if task.id not in ids:
+                yield task, model
+
+
+class RunState:
+    """The driver's side of a run, whatever runs the tasks."""
+
+    def __init__(self, config: RunConfig, items: Iterator[WorkItem], summary: RunSummary, summary_path: Path,
+                 priced_before: int, progress: bool) -> None:
+        self.config = config
+        self.items = items
+        self.summary = summary
+        self.summary_path = summary_path
+        self.priced_before = priced_before
+        self.key_names = [key_hint(key, i) for i, key in enumerate(config.require_api_keys())]
+        self.requeue: deque[WorkItem] = deque()
+        self.feeding = True
+        self.stop_reason: str | None = None
+        self.signals = 0
+        self.lanes: LaneReport | None = None
+        tqdm.monitor_interval = 0  # no monitor thread: the local backend's parent must stay single-threaded
+        self.bar = tqdm(total=summary.total, initial=summary.already_done, unit="task", dynamic_ncols=True,
+                        smoothing=0.05, disable=not progress)
+        self._postfix_at = 0.0
+        self._summary_at = 0.0
+
+    def on_signal(self, _signum: int, _frame: Any) -> None:
+        self.signals += 1
+
+    def stop(self, reason: str | None) -> None:
+        """Take no more tasks; the first reason given is the one the summary reports."""
+        if reason and self.stop_reason is None:
+            self.stop_reason = reason
+        self.feeding = False
+
+    def next_item(self, outstanding: int) -> WorkItem | None:
+        """The next task to send (tasks given back first), or None when there is none or none may go."""
+        if not self.feeding or not self._within_budget(outstanding):
+            return None
+        item = self.requeue.popleft() if self.requeue else next(self.items, None)
+        if item is None:
+            self.feeding = False
+        return item
+
+    def give_back(self, items: list[WorkItem]) -> None:
+        """Tasks that were sent but not done (their worker died): send them again, unless stopping."""
+        if items and self.stop_reason is None:
+            self.requeue.extend(items)
+            self.feeding = True
+
+    def _within_budget(self, outstanding: int) -> bool:
+        """Whether one more task fits in --max-cost, counting what is in flight at the average cost so far.
+
+        Until the first answer gives an average, only one task per worker goes out, as a probe.
+        """
+        budget = self.config.max_cost
+        if budget is None:
+            return True
+        spent = self.summary.cost_before + self.summary.cost
+        answers = self.priced_before + self.summary.succeeded - self.summary.unpriced
+        if answers <= 0:
+            return outstanding < self.config.processes
+        each = spent / answers
+        if spent + (outstanding + 1) * each <= budget:
+            return True
+        if self.stop_reason is None:
+            self.stop(f"budget: ${budget:.4f} would be passed (spent ${spent:.4f}, about ${each:.5f} a task, "
+                      f"{outstanding} in flight)")
+            log.warning("stopping: %s; finishing what is in flight", self.stop_reason)
+        self.feeding = False
+        return False
+
+    def on_event(self, event: dict[str, Any]) -> tuple[str, int] | None:
+        """Tally one event; the (task id, model) it settles, if it settles one."""
+        kind = event.get("kind")
+        task_id = event.get("id")
+        model = event.get("m") or 0
+        settled: tuple[str, int] | None = None
+        tally = self.summary.per_model[self.config.models[model]]
+        if kind == EventKind.DONE.value:
+            settled = (str(task_id), model)
+            self.summary.count_answer(event)
+            tally.succeeded += 1
+            self.bar.update(1)
+        elif kind == EventKind.FAILED.value:
+            settled = (str(task_id), model)
+            error_type = str(event.get("error_type"))
+            self.summary.count_failure(error_type)
+            tally.failed += 1
+            if self.summary.failed <= MAX_FAILURES_SHOWN:
+                more = " (further failures only in the log)" if self.summary.failed == MAX_FAILURES_SHOWN else ""
+                log.warning("task %s failed: %s: %s%s", task_id, error_type, event.get("message"), more)
+        elif kind == EventKind.KEY_DISABLED.value:
+            log.warning("API key %s rejected (%s): disabled for this run", event.get("key"), event.get("message"))
+        elif kind in (EventKind.ABORT.value, EventKind.FATAL.value):
+            message = str(event.get("message"))
+            if self.stop_reason is None:
+                log.error("stopping the run: %s", message)
+            else:
+                log.info("also: %s", message)
+            self.stop(f"{'aborted' if kind == EventKind.ABORT.value else 'fatal'}: {message}")
+        now = time.monotonic()
+        if now - self._postfix_at > 0.5:
+            self._postfix_at = now
+            self.bar.set_postfix(failed=self.summary.failed,
+                                 tokens=self.summary.prompt_tokens + self.summary.completion_tokens,
+                                 cost=f"${self.summary.cost:.4f}", refresh=False)
+        return settled
+
+    def recovered(self, count: int) -> None:
+        """Tasks a dead worker had written before it died: done, though never reported."""
+        self.summary.recovered += count
+        self.bar.update(count)
+
+    def save_summary(self, live: bool, now: float | None = None) -> None:
+        """Rewrite the summary file (while live, at most every SUMMARY_EVERY_S)."""
+        now = time.monotonic() if now is None else now
+        if live and now - self._summary_at < SUMMARY_EVERY_S:
+            return
+        self._summary_at = now
+        if self.lanes is not None:
+            lanes, disabled = self.lanes()
+            self.summary.take_lane_stats(lanes, self.config.models, self.key_names, disabled)
+        write_summary(self.summary_path, self.summary, live)
+
+    def close(self) -> None:
+        self.bar.close()
