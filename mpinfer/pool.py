@@ -145,13 +145,15 @@ def run(config: RunConfig, *, progress: bool = True, grace_s: float = DEFAULT_GR
             backend.start()
             backend.loop()
         finally:
-            backend.close()
-            state.close()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
             summary.stopped = state.stop_reason
             summary.elapsed_s = time.monotonic() - started
-            state.save_summary(live=False)
+            try:
+                state.save_summary(live=False)  # before close: the limiter's counts live with the backend
+            finally:
+                backend.close()
+                state.close()
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
             append_record(manifest, end_record(start, summary_counts(summary, summary.cost)))
         log.info("run ended: %d written, %d failed, %d left, %.1fs%s", summary.succeeded + summary.recovered,
                  summary.failed, summary.remaining, summary.elapsed_s,
