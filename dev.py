@@ -31,9 +31,10 @@ def ensure_venv() -> None:
     if not PYTHON.exists():
         print(f"dev.py: creating {VENV}", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
-    print("dev.py: installing mpinfer and its test dependencies", flush=True)
+    print("dev.py: installing mpinfer with its test and Ray extras (a first time takes a minute or two)",
+          flush=True)
     subprocess.run([str(PYTHON), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                    "-e", f"{ROOT}[test]"], check=True)
+                    "-e", f"{ROOT}[test,ray]"], check=True)
     STAMP.write_text(wanted)
 
 

@@ -4,8 +4,9 @@ What holds as in the local backend, and how:
 - The driver (this process) reads the output, sends only what is not done, and is the only writer of the
   output files: an actor returns the line to write and the driver appends it under the store's lock. A
   node that dies can lose nothing that was written, and the tasks its actors held are sent again.
-- The rate limits hold for the cluster as a whole: one limiter actor owns the windows (the same
-  SharedLimiter code, with its own clock) and every worker actor asks it before each request.
+- The rate limits hold for the cluster as a whole: one limiter actor, on the driver's node, owns the
+  windows (the same SharedLimiter code, with its own clock) and every worker actor asks it before each
+  request.
 - Lines have the same format, so status, validate, export and resume do not care which backend wrote them.
 
 Each worker actor is a TaskRunner with ``concurrency`` requests in flight; the driver keeps exactly that
@@ -31,6 +32,7 @@ from ..worker import task_from_dict
 try:
     import ray
     from ray.exceptions import RayActorError, RayTaskError
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 except ImportError:  # pragma: no cover - the message is the point
     raise ConfigError("--backend ray needs Ray: pip install 'mpinfer[ray]' (on every node of the cluster)") from None
 
@@ -153,7 +155,9 @@ class RayBackend:
         self.appenders = [Appender(paths, fsync=config.fsync) for paths in outputs]
         ray.init(address=config.ray_address or None, ignore_reinit_error=True, include_dashboard=False,
                  log_to_driver=False, configure_logging=False)
-        self.limiter = ray.remote(num_cpus=0)(_Limiter).remote(
+        # The limiter lives on the driver's own node: a worker node may die, and the run goes on without it.
+        here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=True)
+        self.limiter = ray.remote(num_cpus=0, scheduling_strategy=here)(_Limiter).remote(
             len(config.require_api_keys()), len(config.models), config.rpm, config.tpm, config.rate_window,
             config.processes * config.concurrency)
         self.worker_class = ray.remote(num_cpus=ACTOR_CPUS, max_concurrency=config.concurrency + 4)(_Worker)

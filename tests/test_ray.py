@@ -1,0 +1,117 @@
+"""The Ray backend on a real local Ray cluster (a head and two worker nodes, all on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# Before Ray is imported: keep every node on 127.0.0.1 (Ray would otherwise advertise the machine's
+# network address), and send no usage statistics anywhere.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+
+cluster_utils = pytest.importorskip("ray.cluster_utils", reason="Ray is not installed: pip install -e '.[ray]'")
+
+from conftest import read_jsonl, run_cli, start_cli, text_tasks, write_tasks  # noqa: E402
+from mpinfer.mockserver import MockServerProcess  # noqa: E402
+
+NODE = {"num_cpus": 2, "object_store_memory": 80_000_000}
+WAIT_S = 90.0
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Any]:
+    """A head that runs nothing and two worker nodes; the workers' actors land on those."""
+    os.environ.setdefault("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
+    ray_cluster = cluster_utils.Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "object_store_memory": 80_000_000, "include_dashboard": False})
+    ray_cluster.add_node(**NODE)
+    ray_cluster.add_node(**NODE)
+    try:
+        yield ray_cluster
+    finally:
+        ray_cluster.shutdown()
+
+
+def _ids(path: Path) -> list[str]:
+    return [row["id"] for row in read_jsonl(path)]
+
+
+def _args(cluster: Any, mock: MockServerProcess, *extra: str) -> tuple[str, ...]:
+    return ("-i", "tasks.jsonl", "-o", "out.jsonl", "--backend", "ray", "--ray-address", cluster.address,
+            "--base-url", mock.base_url, "--retry-backoff", "0.05", *extra)
+
+
+def test_a_run_on_the_cluster_writes_every_id_once_in_the_usual_format(tmp_path: Path, mock: MockServerProcess,
+                                                                      cluster: Any):
+    # Given 200 tasks and a server answering in 50 ms
+    write_tasks(tmp_path / "tasks.jsonl", text_tasks(200))
+    mock.configure(latency_ms=50)
+    # When they run on the cluster with 4 worker actors
+    proc = run_cli(*_args(cluster, mock, "-p", "4", "-c", "8"), cwd=tmp_path, timeout=WAIT_S)
+    # Then every id is in the output once, in the same line format, and status and validate agree
+    assert proc.returncode == 0, proc.stderr
+    assert Counter(_ids(tmp_path / "out.jsonl")) == Counter(f"t{i}" for i in range(200))
+    assert sum(mock.stats()["answered"].values()) == 200
+    row = read_jsonl(tmp_path / "out.jsonl")[0]
+    assert {"answer", "usage", "model", "requested_model", "latency_s", "attempts", "cost"} <= set(row)
+    check = run_cli("-i", "tasks.jsonl", "-o", "out.jsonl", "--validate", cwd=tmp_path)
+    assert check.returncode == 0, check.stdout
+
+
+def test_a_worker_node_killed_mid_run_loses_nothing_and_repeats_nothing(tmp_path: Path, mock: MockServerProcess,
+                                                                       cluster: Any):
+    # Given a run of 300 tasks whose answers take 200 ms, spread over both worker nodes
+    write_tasks(tmp_path / "tasks.jsonl", text_tasks(300))
+    mock.configure(latency_ms=200)
+    args = _args(cluster, mock, "-p", "4", "-c", "8")
+    proc = start_cli(*args, cwd=tmp_path)
+    deadline = time.monotonic() + WAIT_S
+    while len(_ids(tmp_path / "out.jsonl")) < 40 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    # When one worker node's processes are killed (SIGKILL) mid-run
+    victim = cluster.worker_nodes and next(iter(cluster.worker_nodes))
+    written_before = set(_ids(tmp_path / "out.jsonl"))
+    answered_before = dict(mock.stats()["answered"])
+    cluster.remove_node(victim, allow_graceful=False)
+    try:
+        proc.communicate(timeout=WAIT_S)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        cluster.add_node(**NODE)
+        cluster.wait_for_nodes()
+    # Then, once rerun (if it had to stop), every id is on disk exactly once
+    if Counter(_ids(tmp_path / "out.jsonl")) != Counter(f"t{i}" for i in range(300)):
+        again = run_cli(*args, cwd=tmp_path, timeout=WAIT_S)
+        assert again.returncode == 0, again.stderr
+    assert Counter(_ids(tmp_path / "out.jsonl")) == Counter(f"t{i}" for i in range(300))
+    # And no task written before the kill was answered again afterwards
+    answered = mock.stats()["answered"]
+    prompts = {t["id"]: t["prompt"] for t in text_tasks(300)}
+    assert [i for i in written_before if answered[prompts[i]] != answered_before[prompts[i]]] == []
+
+
+def test_the_rpm_limit_holds_for_the_cluster_as_a_whole(tmp_path: Path, mock: MockServerProcess, cluster: Any):
+    # Given a server that allows 60 requests per 4-second window, and 150 tasks
+    write_tasks(tmp_path / "tasks.jsonl", text_tasks(150))
+    mock.configure(rpm=60, window_s=4.0, latency_ms=50)
+    # When 4 actors on two nodes run under --rpm 60 over the same window
+    proc = run_cli(*_args(cluster, mock, "-p", "4", "-c", "8", "--rpm", "60", "--rate-window", "4"), cwd=tmp_path,
+                   timeout=WAIT_S)
+    # Then the server never saw a window over the limit and refused nothing
+    assert proc.returncode == 0, proc.stderr
+    stats = mock.stats()
+    assert stats["window_violations"] == 0 and stats["limit_rejections"] == 0
+    assert stats["max_requests_in_any_60s_window"] == 60
+    assert Counter(_ids(tmp_path / "out.jsonl")) == Counter(f"t{i}" for i in range(150))
+    elapsed = stats["last_request_at"] - stats["first_request_at"]
+    print(f"ray rpm: 150 requests in {elapsed:.2f}s, fastest possible 8.00s")
+    assert elapsed >= 8.0
