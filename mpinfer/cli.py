@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -13,8 +14,11 @@ import orjson
 from . import __version__
 from .config import OPTIONS, RunConfig, load_config
 from .errors import MpinferError
+from .export import export
 from .pool import DEFAULT_GRACE_S, run
-from .report import dry_run_lines, status_lines, summary_lines, validation_lines
+from .repair import fresh_start, repair
+from .report import (dry_run_lines, export_lines, fresh_lines, repair_lines, status_lines, summary_lines,
+                     validation_lines)
 from .status import status
 from .validate import validate
 
@@ -46,6 +50,17 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--demo", action="store_true", help="run the bundled demo against the local mock server")
     mode.add_argument("--dry-run", action="store_true",
                       help="check every task and image, estimate tokens and cost, send nothing")
+    # --export, --repair and --fresh are command-line only (not in OPTIONS): mpinfer.toml or the
+    # environment must never rewrite or move files on a run that did not ask for it.
+    mode.add_argument("--export", metavar="FILE", default=None,
+                      help="write one row per input task (.csv or .jsonl: input fields, answer, tokens, cost, "
+                           "status ok/failed/missing) and the missing tasks to <output>.missing.jsonl")
+    parser.add_argument("--repair", action="store_true",
+                        help="with --validate: rewrite the output without corrupt lines and duplicate ids "
+                             "(after a backup copy <output>.bak-<time>), then validate again")
+    parser.add_argument("--fresh", action="store_true",
+                        help="start over: first move the output, its companions and the mpinfer_* logs of "
+                             "earlier runs to <output>.backup-<time>/ (nothing is deleted)")
     parser.add_argument("--json", action="store_true", help="with --status or --dry-run: one JSON object")
     parser.add_argument("--watch", nargs="?", type=float, const=2.0, default=None, metavar="SECONDS",
                         help="with --status: redraw every SECONDS (default 2) until the run ends")
@@ -120,8 +135,28 @@ def _run(config: RunConfig, args: argparse.Namespace) -> int:
     return EXIT_OK if summary.remaining == 0 else EXIT_INCOMPLETE
 
 
+def _check_combinations(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.repair and not args.validate:
+        parser.error("--repair goes with --validate (it repairs, then validates again)")
+    if args.fresh and (args.status or args.validate or args.demo or args.dry_run or args.export):
+        parser.error("--fresh starts a run: it does not go with --status, --validate, --demo, --dry-run or --export")
+
+
+def _validate(config: RunConfig, with_repair: bool) -> int:
+    if with_repair:
+        for report in repair(config):
+            _print(repair_lines(report))
+        print("validate after the repair:")
+    results = validate(config)
+    for result in results:
+        _print(validation_lines(result))
+    return EXIT_OK if all(r.ok for r in results) else EXIT_PROBLEMS
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_combinations(parser, args)
     try:
         if args.demo:
             return _demo(args)
@@ -140,10 +175,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 _print(status_lines(report))
             return EXIT_OK
         if args.validate:
-            results = validate(config)
-            for result in results:
-                _print(validation_lines(result))
-            return EXIT_OK if all(r.ok for r in results) else EXIT_PROBLEMS
+            return _validate(config, args.repair)
+        if args.export is not None:
+            _print(export_lines(export(config, Path(args.export))))
+            return EXIT_OK
+        if args.fresh:
+            config.require_api_keys()  # a run that cannot start must not move the old files first
+            _print(fresh_lines(fresh_start(config)))
         return _run(config, args)
     except MpinferError as exc:
         print(f"mpinfer: error: {exc}", file=sys.stderr)

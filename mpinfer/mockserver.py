@@ -57,6 +57,7 @@ from typing import IO, Any, NoReturn, Self
 __all__ = [
     "OUTCOMES",
     "READY_PREFIX",
+    "RECORDED_BODIES_MAX",
     "SCRIPTABLE_OUTCOMES",
     "MockConfig",
     "MockServer",
@@ -102,6 +103,7 @@ _RUNTIME_FIELDS = frozenset(
         "rpm",
         "tpm",
         "window_s",
+        "record_bodies",
     }
 )
 
@@ -109,6 +111,8 @@ _BASE_MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "gpt-4.1-nano", "mock-v
 _VALID_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 _VALID_DETAILS = frozenset({"auto", "low", "high"})
 _TOKENS_PER_IMAGE = 85
+RECORDED_BODIES_MAX = 1000
+"""Most task keys whose last request body ``record_bodies`` keeps; the oldest key is forgotten first."""
 
 
 @dataclass(frozen=True)
@@ -186,6 +190,11 @@ class MockConfig:
 
     max_body_bytes: int = 64 * 1024 * 1024
     """Largest accepted request body; larger ones get 413 (protects the benchmark host)."""
+
+    record_bodies: bool = False
+    """Keep the last JSON body of each task key in ``stats()["bodies"]``, so a test can check that a client
+    sent every field as given (extra ones included). Off by default: bodies carry base64 images, and at
+    most ``RECORDED_BODIES_MAX`` keys are kept."""
 
     def __post_init__(self) -> None:
         """Normalise container fields and reject impossible settings early."""
@@ -788,6 +797,15 @@ class _Stats:
         # over ``tpm``: what a client respecting the limits never sends.
         self.window_violations = 0
         self.token_window_violations = 0
+        # The last request body per task key (MockConfig.record_bodies), oldest key first.
+        self.bodies: dict[str, Any] = {}
+
+    def record_body(self, task_key: str, body: bytes) -> None:
+        """Keep ``body`` as the last one seen for ``task_key``, forgetting the oldest key beyond the bound."""
+        self.bodies.pop(task_key, None)  # re-inserted below, so the dict stays ordered by last arrival
+        if len(self.bodies) >= RECORDED_BODIES_MAX:
+            del self.bodies[next(iter(self.bodies))]
+        self.bodies[task_key] = json.loads(body)
 
     def evict(self, now: float, window_s: float) -> None:
         """Drop window entries that are ``window_s`` or more old."""
@@ -917,6 +935,7 @@ class MockServer:
             },
             "connections": len(self._connections),
             "scripted_pending": sum(len(q) for q in self._scripts.values()),
+            "bodies": dict(st.bodies),
         }
 
     def reset(self) -> None:
@@ -1110,6 +1129,8 @@ class MockServer:
         except _ApiError as exc:
             return exc.outcome, exc.status, exc.body(), None
         task_key = chat.task_key
+        if cfg.record_bodies:
+            st.record_body(task_key, req.body)
         st.per_model[chat.model] += 1
         st.received[task_key] += 1
 
@@ -1322,6 +1343,10 @@ def _coerce_field(name: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError("seed must be an integer")
         return value
+    if name == "record_bodies":
+        if not isinstance(value, bool):
+            raise TypeError("record_bodies must be true or false")
+        return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number")
     return float(value)
@@ -1361,6 +1386,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--backlog", type=int, default=d.backlog)
     p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
+    p.add_argument("--record-bodies", action="store_true", help="keep the last request body per task key in stats")
     p.add_argument(
         "--exit-with-parent",
         action="store_true",
@@ -1399,6 +1425,7 @@ def config_from_args(ns: argparse.Namespace) -> MockConfig:
         window_s=ns.window_s,
         backlog=ns.backlog,
         max_body_bytes=ns.max_body_bytes,
+        record_bodies=ns.record_bodies,
     )
 
 
@@ -1710,6 +1737,8 @@ def _config_to_argv(config: MockConfig) -> list[str]:
             argv.extend(f"{src}={dst}" for src, dst in value.items())
         elif f.name == "keys":
             argv += [flag, ",".join(value)]
+        elif isinstance(value, bool):
+            argv.append(flag)  # a store_true switch: only ever differs from its default by being on
         else:
             argv += [flag, str(value)]
     return argv

@@ -1,11 +1,15 @@
-"""Text renderings of what the library returns: run summaries, status, validation. Lines, not prints."""
+"""Text renderings of what the library returns: run summaries, status, validation, export, repair. Lines,
+not prints."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from .dryrun import DryRunPlan
+from .export import ExportReport
+from .repair import RepairReport
 from .status import StatusReport
 from .summary import RunSummary
 from .validate import ValidationReport
@@ -149,3 +153,37 @@ def dry_run_lines(plan: DryRunPlan) -> list[str]:
     if plan.problem_count > len(plan.problems):
         lines.append(f"  ... and {plan.problem_count - len(plan.problems)} more")
     return lines
+
+
+def export_lines(report: ExportReport) -> list[str]:
+    lines = [f"exported {report.rows} rows to {report.dest}: ok {report.ok}, failed {report.failed}, "
+             f"missing {report.missing}"]
+    if report.missing_tasks:
+        lines.append(f"the {report.missing_tasks} tasks not answered nor failed are in {report.missing_file} "
+                     "(their input records): rerun the same command, or run that file with -i "
+                     "(and --image-root set to the input's folder, for relative image paths)")
+    else:
+        lines.append(f"no task missing ({report.missing_file} is empty)")
+    return lines
+
+
+def repair_lines(report: RepairReport) -> list[str]:
+    if not report.changed:
+        what = f"{report.lines} lines" if report.lines else "no output file yet"
+        return [f"{report.output}: {what}, nothing to repair"]
+    removed = sum(report.removed.values())
+    lines = [f"{report.output}: {report.lines} lines, kept {report.kept}, removed {removed}; "
+             f"the old file is kept as {report.backup}"]
+    for kind, count in report.removed.items():
+        shown = ", ".join(str(n) for n in report.examples.get(kind, []))
+        more = ", ..." if count > len(report.examples.get(kind, [])) else ""
+        lines.append(f"  removed {kind.value}: {count} (line {shown}{more})")
+    if report.newline_added:
+        lines.append("  added the missing newline after the last record")
+    return lines
+
+
+def fresh_lines(backup: Path | None) -> list[str]:
+    if backup is None:
+        return ["fresh start: no files of earlier runs to move"]
+    return [f"fresh start: the files of earlier runs were moved to {backup}/ (nothing was deleted)"]

@@ -465,6 +465,41 @@ def test_reset_zeroes_counters_and_forgets_scripts(mock: MockServerProcess) -> N
         assert ask(client, "later").choices[0].finish_reason == "stop"
 
 
+def test_record_bodies_keeps_the_last_body_of_each_task_key_as_sent_and_at_most_a_thousand_keys(
+    mock: MockServerProcess,
+) -> None:
+    # Given a server that does not record bodies, and a body with fields the mock does not use itself
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "kept"}], "seed": 7,
+            "response_format": {"type": "json_object"}, "max_tokens": 20, "temperature": 0.3,
+            "metadata": {"run": "a"}}
+    with make_client(mock) as client:
+        client.post("/chat/completions", body=body, cast_to=object)
+    assert mock.stats()["bodies"] == {}
+    # When recording is switched on at runtime and the body is sent twice, the second time with another seed
+    mock.configure(record_bodies=True)
+    with make_client(mock) as client:
+        client.post("/chat/completions", body=body, cast_to=object)
+        client.post("/chat/completions", body={**body, "seed": 8}, cast_to=object)
+    # Then the last body of that task key is kept, every field as sent
+    assert mock.stats()["bodies"] == {"kept": {**body, "seed": 8}}
+    # When a thousand other task keys follow (pipelined on one connection)
+    payload = b"".join(
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer t\r\n"
+        + f"content-length: {len(chat_body(f'k{i}'))}\r\n\r\n".encode() + chat_body(f"k{i}")
+        for i in range(1000)
+    )
+    sock = socket.create_connection(("127.0.0.1", mock.port), timeout=5)
+    with sock, sock.makefile("rb") as stream:
+        sock.sendall(payload)
+        statuses = [read_http_response(stream)[0] for _ in range(1000)]
+    # Then at most a thousand keys are kept: the oldest one is forgotten first
+    assert statuses == [200] * 1000
+    bodies = mock.stats()["bodies"]
+    assert len(bodies) == 1000 and "kept" not in bodies and json.dumps(bodies["k999"]).encode() == chat_body("k999")
+    # And the same switch exists on the command line
+    assert config_from_args(build_arg_parser().parse_args(["--record-bodies"])).record_bodies is True
+
+
 def test_runtime_config_rejects_unknown_settings_and_returns_the_new_config(mock: MockServerProcess) -> None:
     # Given a running server
     # When a valid and an invalid update are posted

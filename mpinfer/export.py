@@ -1,0 +1,253 @@
+"""Export: one table of the whole job, input fields beside answers, for people who want a spreadsheet.
+
+One row per selected input task (per task and model in a run of several models), in input order, with the
+input record's fields, then the answer and its accounting, and a ``status`` column: ``ok``, ``failed``
+(with the last error message) or ``missing`` (never answered nor failed). The tasks that are missing are
+also written, as their input records, to ``<output>.missing.jsonl``, ready to be fed again.
+
+Memory: the answers of the output files are held keyed by id (one entry per answered task, the answer text
+included), and the last error message of each failed id; the input is streamed.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from .config import RunConfig
+from .errors import ConfigError
+from .records import RecordView, view
+from .repair import atomic_write
+from .store import OutputPaths, companion, iter_lines, model_outputs, record_id
+from .tasks import FieldKeys, InputFormat, Selection, Task, check_input, iter_raw, reading, selection
+
+ANSWER_COLUMNS: tuple[str, ...] = (
+    "answer", "model", "requested_model", "prompt_tokens", "completion_tokens", "total_tokens", "cost",
+    "status", "error",
+)
+RUN_MODEL_COLUMN = "run_model"
+EXTRA_CELLS = "extra_cells"
+INPUT_PREFIX = "input_"  # an input field named like an answer column (a task's own "model") is renamed so
+
+
+class ExportFormat(str, Enum):
+    CSV = "csv"
+    JSONL = "jsonl"
+
+    @classmethod
+    def of(cls, dest: Path) -> ExportFormat:
+        suffix = dest.suffix.lower()
+        if suffix == ".csv":
+            return cls.CSV
+        if suffix in (".jsonl", ".json"):
+            return cls.JSONL
+        raise ConfigError(f"--export {dest}: name the file .csv or .jsonl (that chooses the format)")
+
+
+class RowStatus(str, Enum):
+    OK = "ok"
+    FAILED = "failed"
+    MISSING = "missing"
+
+
+@dataclass
+class ExportReport:
+    """What an export wrote: the rows by status, and the files."""
+
+    dest: Path
+    format: ExportFormat
+    missing_file: Path
+    rows: int = 0
+    counts: dict[RowStatus, int] = field(default_factory=lambda: dict.fromkeys(RowStatus, 0))
+    missing_tasks: int = 0  # input records in the missing file (a task missing for several models: once)
+
+    @property
+    def ok(self) -> int:
+        return self.counts[RowStatus.OK]
+
+    @property
+    def failed(self) -> int:
+        return self.counts[RowStatus.FAILED]
+
+    @property
+    def missing(self) -> int:
+        return self.counts[RowStatus.MISSING]
+
+
+@dataclass(frozen=True)
+class _Outcomes:
+    """One output's answers (the first line of each id) and the last failure message of the ids not done."""
+
+    answers: dict[str, RecordView]
+    errors: dict[str, str]
+
+
+def _failure_message(obj: Any) -> str:
+    """The message of an errors-file line in either form (mpinfer's own, or the Batch API's)."""
+    error = obj.get("error") if "custom_id" in obj else None
+    message = error.get("message") if isinstance(error, dict) else obj.get("message")
+    return str(message) if message is not None else ""
+
+
+def _outcomes(output: Path) -> _Outcomes:
+    paths = OutputPaths.of(output)
+    answers: dict[str, RecordView] = {}
+    for _, _, obj in iter_lines(paths.output):
+        record = view(obj)
+        if record is not None:
+            answers.setdefault(record.id, record)  # the first stays, as --validate --repair keeps it
+    errors: dict[str, str] = {}
+    for _, _, obj in iter_lines(paths.errors):
+        rid = record_id(obj)
+        if rid is not None and rid not in answers:
+            errors[rid] = _failure_message(obj)
+    return _Outcomes(answers, errors)
+
+
+def _selected_rows(path: Path, keys: FieldKeys, chosen: Selection, fmt: InputFormat,
+                   ) -> Iterator[tuple[dict[str, Any], Task]]:
+    """(input record, task) of each selected row, in input order; the input was checked before."""
+    taken = 0
+    for position, (_, raw, item) in enumerate(iter_raw(path, keys, fmt)):
+        if not isinstance(item, Task) or raw is None or not chosen.admits(position, item.id):
+            continue
+        if chosen.limit is not None and taken >= chosen.limit:
+            return
+        taken += 1
+        yield raw, item
+
+
+def _input_fields(raw: dict[str, Any], fmt: InputFormat) -> dict[str, Any]:
+    """The columns a record contributes: a Batch API line gives its custom_id and its body as JSON text."""
+    if fmt is InputFormat.BATCH:
+        return {"custom_id": raw.get("custom_id"), "body": orjson.dumps(raw.get("body")).decode()}
+    # csv.DictReader files the cells of a row longer than the header under None.
+    return {(EXTRA_CELLS if name is None else str(name)): value for name, value in raw.items()}
+
+
+def _feedable(raw: dict[str, Any], task: Task, fmt: InputFormat, keys: FieldKeys) -> dict[str, Any]:
+    """The input record as a JSONL task line that reads back as the same task.
+
+    JSONL and Batch API records are written as they were read. A CSV row is all text, so its empty cells
+    are dropped and its typed cells (the images list, numbers) come from the parsed task: a rerun on the
+    missing file then reads it as JSONL with the same --id-key, --prompt-key and --images-key.
+    """
+    if fmt is not InputFormat.CSV:
+        return raw
+    record: dict[str, Any] = {name: value for name, value in raw.items()
+                              if name is not None and isinstance(value, str) and value.strip()}
+    record[keys.id] = task.id
+    if task.images:
+        record[keys.images] = list(task.images)
+    for name in ("temperature", "max_tokens"):
+        if getattr(task, name) is not None:
+            record[name] = getattr(task, name)
+    return record
+
+
+def _column(name: str) -> str:
+    return INPUT_PREFIX + name if name in ANSWER_COLUMNS or name == RUN_MODEL_COLUMN else name
+
+
+def _input_columns(path: Path, keys: FieldKeys, chosen: Selection, fmt: InputFormat) -> list[str]:
+    """Every input field name, first seen first: a CSV header must be known before the first row."""
+    names: dict[str, None] = {}
+    for raw, _ in _selected_rows(path, keys, chosen, fmt):
+        names.update(dict.fromkeys(_input_fields(raw, fmt)))
+    return [_column(name) for name in names]
+
+
+def _answer_fields(task_id: str, outcomes: _Outcomes) -> dict[str, Any]:
+    record = outcomes.answers.get(task_id)
+    if record is not None:
+        usage = record.usage
+        return {"answer": record.answer, "model": record.model, "requested_model": record.requested_model,
+                "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+                "total_tokens": usage.total_tokens, "cost": record.cost, "status": RowStatus.OK.value,
+                "error": None}
+    status = RowStatus.FAILED if task_id in outcomes.errors else RowStatus.MISSING
+    return {**dict.fromkeys(ANSWER_COLUMNS), "status": status.value, "error": outcomes.errors.get(task_id)}
+
+
+def _cell(value: Any) -> Any:
+    """A CSV cell: lists and objects as JSON text, None as empty."""
+    if value is None:
+        return ""
+    if isinstance(value, (list, dict)):
+        return orjson.dumps(value).decode()
+    return value
+
+
+class _Writer:
+    """Rows to a CSV or JSONL file, the same columns in the same order in both."""
+
+    def __init__(self, handle: IO[Any], fmt: ExportFormat, columns: list[str]) -> None:
+        self.handle = handle
+        self.columns = columns
+        self.csv = csv.writer(handle) if fmt is ExportFormat.CSV else None
+        if self.csv is not None:
+            self.csv.writerow(columns)
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self.csv is not None:
+            self.csv.writerow([_cell(row.get(name)) for name in self.columns])
+        else:
+            self.handle.write(orjson.dumps({name: row.get(name) for name in self.columns},
+                                           option=orjson.OPT_APPEND_NEWLINE))
+
+
+def _refuse_own_files(dest: Path, input_path: Path, output: Path, models: tuple[str, ...]) -> None:
+    """An export over the input or a results file would replace it: the one mistake that loses answers."""
+    own = [input_path, companion(output, ".missing.jsonl")]
+    for path in model_outputs(output, models):
+        paths = OutputPaths.of(path)
+        own += [paths.output, paths.errors]
+    target = dest.resolve()
+    if any(target == path.resolve() for path in own):
+        raise ConfigError(f"--export {dest} would overwrite a file of the run; export to another file")
+
+
+def export(config: RunConfig, dest: Path) -> ExportReport:
+    """Write the job as one table to ``dest`` (``.csv`` or ``.jsonl``) and the missing tasks beside the output.
+
+    Both files are written atomically. The input is checked first, as a run would: a broken input stops the
+    export with the same InputError.
+    """
+    fmt = ExportFormat.of(dest)
+    input_path, output = config.require_paths()
+    _refuse_own_files(dest, input_path, output, config.models)
+    keys = reading(config)
+    chosen = selection(config)
+    input_format = check_input(input_path, keys, chosen).format
+    models = config.models
+    several = len(models) > 1
+    outcomes = [_outcomes(path) for path in model_outputs(output, models)]
+    columns = _input_columns(input_path, keys, chosen, input_format)
+    columns += ([RUN_MODEL_COLUMN] if several else []) + list(ANSWER_COLUMNS)
+    report = ExportReport(dest=dest, format=fmt, missing_file=companion(output, ".missing.jsonl"))
+    with atomic_write(dest, text=fmt is ExportFormat.CSV) as table, \
+            atomic_write(report.missing_file) as missing:
+        writer = _Writer(table, fmt, columns)
+        for raw, task in _selected_rows(input_path, keys, chosen, input_format):
+            fields = {_column(name): value for name, value in _input_fields(raw, input_format).items()}
+            is_missing = False
+            for model, outcome in zip(models, outcomes):
+                row = {**fields, **_answer_fields(task.id, outcome)}
+                if several:
+                    row[RUN_MODEL_COLUMN] = model
+                writer.write(row)
+                status = RowStatus(row["status"])
+                report.counts[status] += 1
+                report.rows += 1
+                is_missing = is_missing or status is RowStatus.MISSING
+            if is_missing:
+                missing.write(orjson.dumps(_feedable(raw, task, input_format, keys),
+                                           option=orjson.OPT_APPEND_NEWLINE))
+                report.missing_tasks += 1
+    return report
