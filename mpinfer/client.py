@@ -10,7 +10,7 @@ from __future__ import annotations
 import email.utils
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -70,7 +70,7 @@ class Transport(str, Enum):
 
 
 def make_client(api_key: str, base_url: str | None, timeout: float,
-                on_send: Callable[[], None] | None = None, transport: Transport = Transport.AIOHTTP,
+                on_send: Callable[[], Awaitable[None]] | None = None, transport: Transport = Transport.AIOHTTP,
                 connections: int = 1000) -> openai.AsyncOpenAI:
     """An async client with the SDK's retries off and a connection pool for ``connections`` in flight.
 
@@ -79,7 +79,7 @@ def make_client(api_key: str, base_url: str | None, timeout: float,
 
     async def sending(_request: Any) -> None:
         if on_send is not None:
-            on_send()
+            await on_send()
 
     # aiohttp's own default is 100 connections: a worker with more requests in flight would queue.
     options: dict[str, Any] = {

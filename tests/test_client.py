@@ -395,3 +395,27 @@ def test_the_httpx_transport_answers_like_the_aiohttp_one(mock: MockServerProces
     # Then both read the same answer and usage
     assert answers[0].content == answers[1].content == "Mock answer to: either transport (images: 0)"
     assert answers[0].total_tokens == answers[1].total_tokens > 0
+
+
+def test_the_on_send_hook_runs_once_per_request_on_either_transport(mock: MockServerProcess) -> None:
+    # Given a client whose on-send hook counts calls (the rate limiter's send stamp rides on it)
+    from mpinfer.client import Transport
+
+    for transport in (Transport.AIOHTTP, Transport.HTTPX):
+        calls: list[float] = []
+
+        async def hook() -> None:
+            calls.append(time.monotonic())
+
+        async def send_three() -> None:
+            client = make_client("sk-test", mock.base_url, 10.0, on_send=hook, transport=transport)
+            try:
+                for n in range(3):
+                    await complete(client, request_for(f"hooked {n}"), 10.0)
+            finally:
+                await client.close()
+
+        # When three requests are sent
+        asyncio.run(send_three())
+        # Then the hook ran (was awaited) once for each
+        assert len(calls) == 3, transport
