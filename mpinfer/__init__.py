@@ -1,7 +1,8 @@
 """mpinfer: a resumable, crash-safe batch runner for OpenAI-compatible chat APIs.
 
-The public API: ``run`` a job, read its ``status``, ``validate`` its output; settle settings with
-``load_config`` into a ``RunConfig``. Errors are ``MpinferError`` subclasses.
+The public API: ``run`` a job, read its ``status``, ``validate`` (and ``repair``) its output, ``export``
+the results, or start afresh (``fresh_start``); settle settings with ``load_config`` into a ``RunConfig``.
+Errors are ``MpinferError`` subclasses.
 
 Names load on first use, so that ``python -m mpinfer.mockserver`` and ``--status`` do not pay for
 importing the API client.
@@ -21,6 +22,8 @@ _EXPORTS = {
     "RunSummary": "summary", "run": "pool",
     "StatusReport": "status", "status": "status",
     "ValidationReport": "validate", "validate": "validate",
+    "ExportReport": "export", "export": "export",
+    "RepairReport": "repair", "repair": "repair", "fresh_start": "repair",
 }
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
@@ -31,6 +34,8 @@ if TYPE_CHECKING:
     from .summary import RunSummary
     from .status import StatusReport, status
     from .validate import ValidationReport, validate
+    from .export import ExportReport, export
+    from .repair import RepairReport, fresh_start, repair
 
 
 def __getattr__(name: str) -> Any:

@@ -25,7 +25,7 @@ from .errors import ConfigError
 from .records import RecordView, view
 from .repair import atomic_write
 from .store import OutputPaths, companion, iter_lines, model_outputs, record_id
-from .tasks import FieldKeys, InputFormat, Selection, Task, check_input, iter_raw, reading, selection
+from .tasks import FieldKeys, InputFormat, Selection, Task, check_input, iter_selected, reading, selection
 
 ANSWER_COLUMNS: tuple[str, ...] = (
     "answer", "model", "requested_model", "prompt_tokens", "completion_tokens", "total_tokens", "cost",
@@ -113,14 +113,9 @@ def _outcomes(output: Path) -> _Outcomes:
 def _selected_rows(path: Path, keys: FieldKeys, chosen: Selection, fmt: InputFormat,
                    ) -> Iterator[tuple[dict[str, Any], Task]]:
     """(input record, task) of each selected row, in input order; the input was checked before."""
-    taken = 0
-    for position, (_, raw, item) in enumerate(iter_raw(path, keys, fmt)):
-        if not isinstance(item, Task) or raw is None or not chosen.admits(position, item.id):
-            continue
-        if chosen.limit is not None and taken >= chosen.limit:
-            return
-        taken += 1
-        yield raw, item
+    for _, raw, item in iter_selected(path, keys, chosen, fmt):
+        if isinstance(item, Task) and raw is not None:
+            yield raw, item
 
 
 def _input_fields(raw: dict[str, Any], fmt: InputFormat) -> dict[str, Any]:

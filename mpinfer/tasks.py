@@ -266,7 +266,7 @@ def iter_raw(path: Path, keys: FieldKeys = FieldKeys(), fmt: InputFormat | None 
         position += 1
 
 
-def _selected(path: Path, keys: FieldKeys, selection: Selection, fmt: InputFormat | None = None,
+def iter_selected(path: Path, keys: FieldKeys, selection: Selection, fmt: InputFormat | None = None,
               ) -> Iterator[tuple[int, dict[str, Any] | None, Task | InputError]]:
     """The rows the selection admits, in input order (every row counts for --start/--end)."""
     taken = 0
@@ -311,7 +311,7 @@ def check_input(path: Path, keys: FieldKeys = FieldKeys(), selection: Selection 
     if not first_line:
         raise InputError("no tasks in the input", str(path))
     if selection.narrows():
-        ids = frozenset(item.id for _, _, item in _selected(path, keys, selection, fmt) if isinstance(item, Task))
+        ids = frozenset(item.id for _, _, item in iter_selected(path, keys, selection, fmt) if isinstance(item, Task))
     else:
         ids = frozenset(first_line)
     return InputIndex(path=path, ids=ids, total=len(ids), format=fmt)
@@ -320,7 +320,7 @@ def check_input(path: Path, keys: FieldKeys = FieldKeys(), selection: Selection 
 def iter_tasks(path: Path, keys: FieldKeys = FieldKeys(), skip: Set[str] = frozenset(),
                selection: Selection = Selection()) -> Iterator[Task]:
     """Stream the selected tasks of a checked input, leaving out the ids in ``skip`` (those already done)."""
-    for _, _, item in _selected(path, keys, selection):
+    for _, _, item in iter_selected(path, keys, selection):
         if isinstance(item, InputError):
             raise item
         if item.id not in skip:
