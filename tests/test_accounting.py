@@ -78,10 +78,13 @@ def test_max_cost_stops_taking_tasks_before_the_budget_is_passed(tmp_path: Path,
     assert spent <= 1.0
     assert 20 <= len(rows) < 200
     assert sum(mock.stats()["answered"].values()) == len(rows)
-    # And a rerun with the same budget sends nothing more, since the output already holds the spend
-    before = mock.stats()["requests"]
+    # And a rerun with the same budget counts what the output already spent: it may use what is left of
+    # the budget, never more
     again = _run(tmp_path, mock, *budget)
-    assert again.returncode == 1 and mock.stats()["requests"] - before <= 1
+    rows = read_jsonl(tmp_path / "out.jsonl")
+    assert again.returncode == 1 and "budget" in again.stdout
+    assert sum(r["cost"] for r in rows) <= 1.0
+    assert len(rows) < 200 and sum(mock.stats()["answered"].values()) == len(rows)
 
 
 def test_the_summary_reports_what_a_faulty_run_did(tmp_path: Path, mock: MockServerProcess):
