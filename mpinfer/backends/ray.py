@@ -61,6 +61,9 @@ class _Limiter:
         except NoKeysLeft:
             return None
 
+    def sent(self, grant: Grant) -> None:
+        self.shared.sent(grant, time.monotonic())
+
     def release(self, grant: Grant, ok: bool, overloaded: bool, charged: int | None, used: int) -> None:
         self.shared.release(grant, time.monotonic(), ok=ok, overloaded=overloaded, charged=charged, used=used)
 
@@ -98,7 +101,9 @@ class RayLimiter:
         return got
 
     async def sent(self, grant: Grant) -> None:
-        """Nothing: the limiter stamps grants on its own clock; a call per send would cost a round trip."""
+        # Not awaited: the request need not wait for it, and the limiter stamps it on arrival, a little
+        # after the send, which errs on the safe side.
+        self.handle.sent.remote(grant)
 
     async def release(self, grant: Grant, *, ok: bool, overloaded: bool = False, charged: int | None = None,
                       used: int = 0) -> None:
