@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import email.utils
 import random
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -62,6 +63,31 @@ class MalformedResponse(Exception):
     """The server answered 200 with a body that is not a chat completion."""
 
 
+_tls: ssl.SSLContext | None = None
+
+
+def warm_up() -> None:
+    """Do once, before forking, what every worker would otherwise do for itself at start-up.
+
+    Measured with 64 workers on 2 cores: building a TLS context (loading the CA bundle, about 20 ms),
+    importing the parts of the HTTP stack that load on first use, and the SDK's platform probe (a
+    subprocess) made up most of each worker's start-up. Forked workers inherit the results.
+    """
+    global _tls
+    import importlib
+    import platform
+
+    for name in ("httpcore2", "h11", "anyio.streams.tls", "aiohttp"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+    platform.platform()
+    platform.machine()
+    if _tls is None:
+        _tls = httpx2.create_ssl_context()
+
+
 class Transport(str, Enum):
     """The HTTP stack under the SDK. aiohttp takes about half the CPU per request of httpx (bench/)."""
 
@@ -83,6 +109,7 @@ def make_client(api_key: str, base_url: str | None, timeout: float,
 
     # aiohttp's own default is 100 connections: a worker with more requests in flight would queue.
     options: dict[str, Any] = {
+        "verify": _tls if _tls is not None else True,
         "timeout": timeout,
         "limits": httpx2.Limits(max_connections=max(100, connections), max_keepalive_connections=max(100, connections)),
         "event_hooks": {"request": [sending]} if on_send is not None else None,

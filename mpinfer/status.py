@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Set
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,7 @@ def _rate(times: deque[float]) -> float | None:
     return (len(ordered) - 1) / span if span > 0 else None
 
 
-def _output_status(output: Path, input_ids: frozenset[str], recent: deque[float],
+def _output_status(output: Path, input_ids: Set[str], recent: deque[float],
                    latencies: list[float]) -> OutputStatus:
     paths = OutputPaths.of(output)
     done: set[str] = set()

@@ -12,6 +12,7 @@ Invariants that make "nothing lost, nothing done twice" hold:
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import re
 import time
@@ -213,15 +214,42 @@ def _repair_fd(fd: int, path: Path, corrupt: Path) -> TailRepair | None:
         raise OutputError(f"{path}: cannot repair the torn last line: {exc.strerror or exc}") from None
 
 
+class _FlockHeld:
+    """An exclusive flock on a lock file kept open: the append lock, taken once per line.
+
+    The same lock as filelock's (flock on the same file), without its per-acquire bookkeeping, which the
+    benchmarks measured at 8% of a worker's CPU. Blocking is fine: it is held only for one write.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def __enter__(self) -> None:
+        if self._fd is None:
+            try:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise OutputError(f"{self.path}: cannot open the lock file: {exc.strerror or exc}") from None
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 class Appender:
     """A worker's handle on the output and errors files: one locked, whole-line append at a time."""
 
     def __init__(self, paths: OutputPaths, fsync: bool = False) -> None:
         self.paths = paths
         self.fsync = fsync
-        # thread_local=False: the lock is taken from the event loop's thread only, but a thread-local lock
-        # object would surprise any later caller from another thread.
-        self._lock = FileLock(str(paths.write_lock), thread_local=False)
+        self._lock = _FlockHeld(paths.write_lock)
         self._fds: dict[Path, int] = {}
 
     def _fd(self, path: Path) -> int:
@@ -265,6 +293,7 @@ class Appender:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+        self._lock.close()
 
 
 @dataclass(frozen=True)

@@ -64,9 +64,12 @@ class Selection:
         return bool(self.start or self.end is not None or self.limit is not None or self.ids is not None)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Task:
-    """One prompt to send: the unit of work, of resume and of the output."""
+    """One prompt to send: the unit of work, of resume and of the output.
+
+    Not frozen, for speed (the input check builds a million of them); nothing changes one once built.
+    """
 
     id: str
     prompt: str
@@ -84,7 +87,7 @@ class InputIndex:
     """What the checking pass keeps: the ids in input order's set, and how many lines held tasks."""
 
     path: Path
-    ids: frozenset[str]
+    ids: Set[str]
     total: int
     format: InputFormat = InputFormat.JSONL
 
@@ -287,17 +290,19 @@ def check_input(path: Path, keys: FieldKeys = FieldKeys(), selection: Selection 
     """
     fmt = detect_format(path)
     problems: list[InputError] = []
-    first_line: dict[str, int] = {}
-    duplicates: list[tuple[str, int, int]] = []
+    # A set, not a dict of first lines: memory stays that of the ids; the rare duplicates are located again.
+    seen: set[str] = set()
+    duplicates: list[tuple[str, int]] = []
     for line, _, item in iter_raw(path, keys, fmt):
         if isinstance(item, InputError):
             problems.append(item)
             if len(problems) >= MAX_PROBLEMS_SHOWN:
                 break
             continue
-        seen = first_line.setdefault(item.id, line)
-        if seen != line:
-            duplicates.append((item.id, seen, line))
+        if item.id in seen:
+            duplicates.append((item.id, line))
+        else:
+            seen.add(item.id)
     if problems:
         more = " (and maybe more: stopped looking)" if len(problems) >= MAX_PROBLEMS_SHOWN else ""
         if len(problems) == 1:
@@ -305,16 +310,26 @@ def check_input(path: Path, keys: FieldKeys = FieldKeys(), selection: Selection 
         listing = "\n".join(f"  {p}" for p in problems)
         raise InputError(f"{len(problems)} bad lines{more}:\n{listing}", str(path))
     if duplicates:
-        shown = ", ".join(f"{i!r} (lines {a} and {b})" for i, a, b in duplicates[:MAX_DUPLICATES_SHOWN])
+        first = _first_lines(path, keys, fmt, {i for i, _ in duplicates[:MAX_DUPLICATES_SHOWN]})
+        shown = ", ".join(f"{i!r} (lines {first[i]} and {b})" for i, b in duplicates[:MAX_DUPLICATES_SHOWN])
         more = f" and {len(duplicates) - MAX_DUPLICATES_SHOWN} more" if len(duplicates) > MAX_DUPLICATES_SHOWN else ""
         raise InputError(f"{len(duplicates)} duplicate ids: {shown}{more}", str(path))
-    if not first_line:
+    if not seen:
         raise InputError("no tasks in the input", str(path))
     if selection.narrows():
         ids = frozenset(item.id for _, _, item in iter_selected(path, keys, selection, fmt) if isinstance(item, Task))
     else:
-        ids = frozenset(first_line)
+        ids = seen  # not copied into a frozenset: that would hold the id set twice at the peak
     return InputIndex(path=path, ids=ids, total=len(ids), format=fmt)
+
+
+def _first_lines(path: Path, keys: FieldKeys, fmt: InputFormat, ids: set[str]) -> dict[str, int]:
+    """Where each of ``ids`` first appears."""
+    first: dict[str, int] = {}
+    for line, _, item in iter_raw(path, keys, fmt):
+        if isinstance(item, Task) and item.id in ids and item.id not in first:
+            first[item.id] = line
+    return first
 
 
 def iter_tasks(path: Path, keys: FieldKeys = FieldKeys(), skip: Set[str] = frozenset(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Set
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -60,7 +61,7 @@ def validate(config: RunConfig) -> list[ValidationReport]:
     return [validate_output(path, index.ids) for path in model_outputs(output, config.models)]
 
 
-def validate_output(output: Path, input_ids: frozenset[str]) -> ValidationReport:
+def validate_output(output: Path, input_ids: Set[str]) -> ValidationReport:
     """Check one output file against the ids of its input."""
     paths = OutputPaths.of(output)
     report = ValidationReport(output=str(output))

@@ -19,6 +19,7 @@ import multiprocess
 import orjson
 from multiprocess.connection import wait
 
+from ..client import warm_up
 from ..driver import RunState, WorkItem
 from ..prices import PriceTable
 from ..ratelimit import SharedLimiter
@@ -85,6 +86,7 @@ class LocalBackend:
         return _Slot(index, process, parent_end)
 
     def start(self) -> None:
+        warm_up()  # once here rather than once in every forked worker
         gc.freeze()  # the forked children need not copy-on-write the parent's id sets when they collect
         for index in range(self.config.processes):
             self.slots.append(self._spawn(index))

@@ -1,0 +1,263 @@
+"""Answering ``POST /v1/chat/completions``: auth, limits, the fault draw, the completion and its delivery."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import math
+import random
+import time
+
+from .chat import _ApiError, _parse_chat
+from .config import MockConfig
+from .http import _Connection, _error_body, _http_response, _Request
+from .limits import (
+    _add_ratelimit_headers,
+    _check_limits,
+    _format_seconds,
+    format_duration,
+)
+from .stats import _Stats
+
+_TOKENS_PER_IMAGE = 85
+
+
+class _ChatCompletions:
+    """The chat endpoint of ``MockServer``, apart from its lifecycle, routing and control API.
+
+    A mixin: ``MockServer`` owns the state declared here and sets all of it in ``__init__``.
+    """
+
+    _config: MockConfig
+    _stats: _Stats
+    _scripts: dict[str, collections.deque[str]]
+    _revoked: set[str]
+    _rng: random.Random
+    _jitter_rng: random.Random
+    _next_id: int
+
+    # -- chat completions ----------------------------------------------------
+
+    def _handle_chat(self, conn: _Connection, req: _Request) -> None:
+        """Decide the outcome of one chat request and answer now or after a delay.
+
+        Everything is decided synchronously at arrival (auth, validation, rate
+        limits, fault draw) so ordering and RNG consumption follow arrival
+        order; only the waiting happens asynchronously.
+        """
+        st = self._stats
+        cfg = self._config
+        now = time.monotonic()
+        st.requests += 1
+        if st.first_request_at is None:
+            st.first_request_at = now
+        st.last_request_at = now
+        st.evict(now, cfg.window_s)
+        if cfg.rpm is not None and len(st.arrivals) >= cfg.rpm:
+            st.window_violations += 1
+        st.arrivals.append(now)
+        st.max_arrivals_window = max(st.max_arrivals_window, len(st.arrivals))
+        self._next_id += 1
+        n = self._next_id
+        st.in_flight += 1
+        st.max_in_flight = max(st.max_in_flight, st.in_flight)
+
+        headers: list[tuple[str, str]] = [("x-request-id", f"req_mock_{n}")]
+        try:
+            outcome, status, body, task_key = self._decide(req, cfg, now, n, headers)
+            st.outcomes[outcome] += 1
+            _add_ratelimit_headers(st, cfg, now, headers)
+            payload = b"" if outcome in ("hang", "reset") else _http_response(status, body, req.keep_alive, headers)
+        except BaseException:
+            st.in_flight -= 1  # a bug above must not leave a phantom request in flight
+            raise
+
+        if outcome == "hang":
+            conn.run_async(self._hang(conn, cfg.hang_s, st))
+            return
+        delay = cfg.latency_ms
+        if cfg.jitter_ms:
+            delay += self._jitter_rng.uniform(-cfg.jitter_ms, cfg.jitter_ms)
+        if delay > 0:
+            conn.run_async(self._answer_later(conn, delay / 1000.0, outcome, payload, req.keep_alive, task_key, st))
+            return
+        try:
+            self._deliver(conn, outcome, payload, req.keep_alive, task_key)
+        finally:
+            st.in_flight -= 1
+
+    def _decide(
+        self, req: _Request, cfg: MockConfig, now: float, n: int, headers: list[tuple[str, str]]
+    ) -> tuple[str, int, bytes, str | None]:
+        """Return (outcome, status, body, task key) and add outcome-specific headers."""
+        st = self._stats
+        auth = req.headers.get("authorization", "")
+        scheme, _, key = auth.partition(" ")
+        key = key.strip()
+        if scheme.lower() != "bearer" or not key:
+            return "401", 401, _error_body(
+                "You didn't provide an API key. You need to provide your API key in an Authorization header "
+                "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+                "invalid_request_error",
+            ), None
+        # Only the tail of a key is ever stored, so stats can be shared freely.
+        st.per_key[key[-4:]] += 1
+        if (cfg.keys and key not in cfg.keys) or key in self._revoked:
+            return "401", 401, _error_body(
+                f"Incorrect API key provided: ...{key[-4:]}.", "invalid_request_error", None, "invalid_api_key"
+            ), None
+        try:
+            chat = _parse_chat(req.body)
+        except _ApiError as exc:
+            return exc.outcome, exc.status, exc.body(), None
+        task_key = chat.task_key
+        if cfg.record_bodies:
+            st.record_body(task_key, req.body)
+        st.per_model[chat.model] += 1
+        st.received[task_key] += 1
+
+        content = f"Mock answer to: {task_key[:80]} (images: {chat.images_in_task})"
+        prompt_tokens = -(-chat.text_chars // 4) + _TOKENS_PER_IMAGE * chat.images_total
+        completion_tokens = -(-len(content) // 4)
+        finish_reason = "stop"
+        if chat.max_tokens is not None and completion_tokens > chat.max_tokens:
+            content = content[: chat.max_tokens * 4]
+            completion_tokens = -(-len(content) // 4)
+            finish_reason = "length"
+        budget = prompt_tokens + (chat.max_tokens if chat.max_tokens is not None else completion_tokens)
+        if cfg.tpm is not None and st.accepted_token_sum + budget > cfg.tpm:
+            st.token_window_violations += 1
+
+        rejection = _check_limits(st, cfg, now, budget)
+        if rejection is not None:
+            kind, limit, used, retry_s = rejection
+            headers.append(("retry-after", _format_seconds(math.ceil(retry_s * 1000) / 1000)))
+            headers.append(("retry-after-ms", str(math.ceil(retry_s * 1000))))
+            message = (
+                f"Rate limit reached for {chat.model} (mock) on {kind} per min (RPM/TPM): Limit {limit}, "
+                f"Used {used}, Requested {1 if kind == 'requests' else budget}. "
+                f"Please try again in {format_duration(retry_s)}."
+            )
+            return "limit", 429, _error_body(message, kind, None, "rate_limit_exceeded"), task_key
+        # Accepted by the limiter: record it in the sliding token window.
+        st.accepted_t.append(now)
+        st.accepted_tokens.append(budget)
+        st.accepted_token_sum += budget
+        st.max_accepted_window = max(st.max_accepted_window, len(st.accepted_t))
+        st.max_tokens_window = max(st.max_tokens_window, st.accepted_token_sum)
+
+        outcome = self._draw_outcome(cfg, task_key)
+        if outcome == "ok":
+            response = {
+                "id": f"chatcmpl-mock-{n}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": cfg.model_map.get(chat.model, chat.model),
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": content},
+                        "logprobs": None,
+                        "finish_reason": finish_reason,
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
+                "system_fingerprint": "fp_mock",
+            }
+            return "ok", 200, json.dumps(response).encode(), task_key
+        if outcome == "429":
+            headers.append(("retry-after", _format_seconds(cfg.retry_after)))
+            headers.append(("retry-after-ms", str(math.ceil(cfg.retry_after * 1000))))
+            return "429", 429, _error_body(
+                f"Rate limit reached for {chat.model} (mock fault). Please try again in "
+                f"{format_duration(cfg.retry_after)}.",
+                "requests",
+                None,
+                "rate_limit_exceeded",
+            ), task_key
+        if outcome == "quota":
+            return "quota", 429, _error_body(
+                "You exceeded your current quota, please check your plan and billing details.",
+                "insufficient_quota",
+                None,
+                "insufficient_quota",
+            ), task_key
+        if outcome == "500":
+            return "500", 500, _error_body(
+                "The server had an error while processing your request. Sorry about that! (mock fault)",
+                "server_error",
+            ), task_key
+        if outcome == "malformed":
+            return "malformed", 200, b'{"id": "chatcmpl-broken", "choices": [', task_key
+        return outcome, 0, b"", task_key  # hang / reset: nothing is sent
+
+    def _draw_outcome(self, cfg: MockConfig, task_key: str) -> str:
+        """Scripted outcome for this task key if queued, else one seeded draw."""
+        queued = self._scripts.get(task_key)
+        if queued:
+            outcome = queued.popleft()
+            if not queued:
+                del self._scripts[task_key]
+            return outcome
+        r = self._rng.random()
+        for name, p in (
+            ("quota", cfg.pquota),
+            ("429", cfg.p429),
+            ("500", cfg.p500),
+            ("hang", cfg.phang),
+            ("reset", cfg.preset),
+            ("malformed", cfg.pmalformed),
+        ):
+            if r < p:
+                return name
+            r -= p
+        return "ok"
+
+    def _deliver(self, conn: _Connection, outcome: str, payload: bytes, keep_alive: bool, task_key: str | None) -> None:
+        """Send the decided response; count ``answered`` only for real completions."""
+        if outcome == "reset":
+            conn.reset()
+            return
+        delivered = conn.send(payload, keep_alive)
+        if delivered and outcome == "ok" and task_key is not None:
+            self._stats.answered[task_key] += 1
+
+    async def _answer_later(
+        self,
+        conn: _Connection,
+        delay_s: float,
+        outcome: str,
+        payload: bytes,
+        keep_alive: bool,
+        task_key: str | None,
+        st: _Stats,
+    ) -> None:
+        # ``st`` is the _Stats object current at arrival: a reset in between
+        # must neither count this answer nor drive in_flight negative.
+        try:
+            await asyncio.sleep(delay_s)
+            if st is self._stats:
+                self._deliver(conn, outcome, payload, keep_alive, task_key)
+            else:
+                self._deliver(conn, outcome, payload, keep_alive, None)
+        finally:
+            self._leave(st)
+
+    async def _hang(self, conn: _Connection, hang_s: float, st: _Stats) -> None:
+        try:
+            # Cancelled by connection_lost when the client gives up, so a hang
+            # holds no resources beyond the client's own patience.
+            await asyncio.sleep(hang_s)
+            conn.abort()
+        finally:
+            self._leave(st)
+
+    def _leave(self, st: _Stats) -> None:
+        st.in_flight -= 1
+        if st is not self._stats:
+            self._stats.in_flight = max(0, self._stats.in_flight - 1)

@@ -1,0 +1,191 @@
+"""``MockConfig``: every tunable of the mock server, its validation, and the parsing of runtime settings.
+
+The command line, the subprocess helper and ``POST /_mock/config`` all build a ``MockConfig``. For a
+runtime update, ``_coerce_field`` turns each JSON value into the field's declared type (and
+``_str_list`` checks the lists of keys and scripted outcomes) before ``dataclasses.replace`` runs the
+validation again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+WINDOW_S = 60.0
+"""Default length of the sliding rate-limit window (``MockConfig.window_s``), as OpenAI's per-minute limits."""
+
+# Fields of MockConfig that POST /_mock/config may change at runtime. host,
+# port and backlog are fixed once listening; keys are secrets and are only
+# ever narrowed (revoked), never replaced or echoed back.
+_RUNTIME_FIELDS = frozenset(
+    {
+        "latency_ms",
+        "jitter_ms",
+        "seed",
+        "p429",
+        "p500",
+        "phang",
+        "preset",
+        "pmalformed",
+        "pquota",
+        "retry_after",
+        "hang_s",
+        "model_map",
+        "rpm",
+        "tpm",
+        "window_s",
+        "record_bodies",
+    }
+)
+
+
+@dataclass(frozen=True)
+class MockConfig:
+    """Every tunable of the mock server, with its default.
+
+    One frozen value object keeps the command line, the subprocess helper and
+    the runtime ``/_mock/config`` endpoint in agreement about names, types and
+    defaults; runtime changes produce a new instance via ``dataclasses.replace``
+    so validation in ``__post_init__`` always runs.
+    """
+
+    host: str = "127.0.0.1"
+    """Address to bind. Only loopback is intended: this server has no real auth."""
+
+    port: int = 0
+    """TCP port; 0 lets the OS choose a free one (reported in the MOCK_READY line)."""
+
+    latency_ms: float = 0.0
+    """Base delay before every chat response, simulating model latency."""
+
+    jitter_ms: float = 0.0
+    """Uniform +/- jitter added to ``latency_ms`` (the result is clamped at 0)."""
+
+    seed: int = 0
+    """Seed of the per-server RNG that draws faults, so runs are reproducible."""
+
+    p429: float = 0.0
+    """Probability of a rate-limit 429 (with Retry-After) per chat request."""
+
+    p500: float = 0.0
+    """Probability of an internal-server-error 500 per chat request."""
+
+    phang: float = 0.0
+    """Probability that a request is read but never answered (until ``hang_s``)."""
+
+    preset: float = 0.0
+    """Probability that the connection is reset (RST) instead of answered."""
+
+    pmalformed: float = 0.0
+    """Probability of a 200 response whose JSON body is truncated."""
+
+    pquota: float = 0.0
+    """Probability of a 429 ``insufficient_quota`` error (not retryable by waiting)."""
+
+    retry_after: float = 1.0
+    """Seconds advertised in Retry-After / retry-after-ms on fault 429s."""
+
+    hang_s: float = 3600.0
+    """How long a hanging request is held before the server drops the connection."""
+
+    model_map: Mapping[str, str] = field(default_factory=dict, hash=False)
+    """Requested model -> reported model, to simulate a server answering with another model."""
+
+    keys: tuple[str, ...] = ()
+    """Accepted API keys; empty means any non-empty bearer key is accepted."""
+
+    rpm: int | None = None
+    """Requests-per-minute limit over a sliding ``window_s`` window; None disables it."""
+
+    tpm: int | None = None
+    """Tokens-per-minute limit over a sliding ``window_s`` window; None disables it."""
+
+    window_s: float = WINDOW_S
+    """Length of the sliding window for ``rpm``/``tpm`` and for the window statistics.
+
+    OpenAI's limits are per minute (60 s); a shorter window lets a test see a
+    client-side limiter go through many windows in seconds. ``rpm``/``tpm``
+    then mean "per ``window_s``". The stats keep their historical names
+    (``max_requests_in_any_60s_window`` ...) but are measured over this window.
+    """
+
+    backlog: int = 4096
+    """Listen backlog, large so that connection bursts are queued rather than refused."""
+
+    max_body_bytes: int = 64 * 1024 * 1024
+    """Largest accepted request body; larger ones get 413 (protects the benchmark host)."""
+
+    record_bodies: bool = False
+    """Keep the last JSON body of each task key in ``stats()["bodies"]``, so a test can check that a client
+    sent every field as given (extra ones included). Off by default: bodies carry base64 images, and at
+    most ``RECORDED_BODIES_MAX`` keys are kept."""
+
+    def __post_init__(self) -> None:
+        """Normalise container fields and reject impossible settings early."""
+        # Copy containers so a caller mutating its dict/list later cannot
+        # change a config that is supposed to be immutable.
+        object.__setattr__(self, "model_map", dict(self.model_map))
+        object.__setattr__(self, "keys", tuple(self.keys))
+        for name in ("p429", "p500", "phang", "preset", "pmalformed", "pquota"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be within [0, 1], got {value!r}")
+        total = self.p429 + self.p500 + self.phang + self.preset + self.pmalformed + self.pquota
+        if total > 1.0 + 1e-9:
+            raise ValueError(f"fault probabilities sum to {total:.4f} > 1")
+        for name in ("latency_ms", "jitter_ms", "retry_after", "hang_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        if not (math.isfinite(self.window_s) and self.window_s > 0):
+            raise ValueError(f"window_s must be a finite number > 0, got {self.window_s!r}")
+        for name in ("rpm", "tpm"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 or None")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port out of range: {self.port}")
+        if any(not isinstance(k, str) or not k for k in self.keys):
+            raise ValueError("keys must be non-empty strings")
+        if any(not isinstance(k, str) or not isinstance(v, str) for k, v in self.model_map.items()):
+            raise ValueError("model_map must map str to str")
+
+    def public_dict(self) -> dict[str, Any]:
+        """The config as JSON-able data without the API keys (which are secrets)."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "keys"}
+        data["model_map"] = dict(self.model_map)
+        data["keys_configured"] = len(self.keys)
+        return data
+
+
+def _str_list(name: str, value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{name} must be a list of strings")
+    return list(value)
+
+
+def _coerce_field(name: str, value: Any) -> Any:
+    """Convert a JSON value for a runtime MockConfig field to its declared type."""
+    if name == "model_map":
+        if not isinstance(value, Mapping):
+            raise ValueError("model_map must be an object mapping model names")
+        return dict(value)
+    if name in ("rpm", "tpm"):
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise ValueError(f"{name} must be an integer or null")
+        return int(value)
+    if name == "seed":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError("seed must be an integer")
+        return value
+    if name == "record_bodies":
+        if not isinstance(value, bool):
+            raise TypeError("record_bodies must be true or false")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number")
+    return float(value)
