@@ -1,0 +1,218 @@
+"""Throughput of the real CLI against the ideal, with its CPU and memory cost.
+
+With a server that answers every request after L ms and K = p * c requests in flight, no client can
+do better than K / L requests a second (and, with N tasks, than N / (ceil(N / K) * L)). This runs the
+CLI (``-p P -c C``) against the mock server at a fixed latency for each row and reports:
+
+- server req/s: N / (last request's arrival - first request's arrival + L), from the mock's stats, that
+  is from the first request received to the last answer sent; the client's start-up is not in it;
+- avg in flight: requests in flight at the mock (polled every 0.1 s) between the first answer and the last
+  request; by Little's law server req/s ~ avg in flight / L, so a shortfall here means the client did not
+  keep its K requests going (its turnaround between an answer and the next request adds to L);
+- wall req/s: N / the CLI's wall time (start-up, input check, output scan and shutdown included);
+- % ideal: server req/s over ideal/s = min(K, N) / L; rounds/s = N / (ceil(N / K) * L) is the best a client
+  can do with N tasks in whole rounds of K (it differs from the ideal when K does not divide N);
+- CPU ms/req: user+sys seconds of the CLI and its workers (os.wait4 of the CLI, which reaps its
+  workers) per 1,000 requests; "check" is the sum of the last CPU ticks of each process seen in /proc,
+  which must agree (it shows the workers' CPU is counted), and the RUSAGE_CHILDREN delta must equal it;
+- server CPU s: what the mock server used meanwhile, on the same 2 cores;
+- peak RSS: the largest sum of the RSS of the CLI and its workers, sampled every 50 ms (shared pages
+  counted in every process: an upper bound); peak PSS: the same with shared pages split (every 0.5 s).
+
+Transport: when the CLI has ``--transport``, every row runs with each of its HTTP stacks (aiohttp, the
+package's default, and httpx, the SDK's); with a package that has no such switch, its only one ("default").
+
+    python bench/throughput.py                      # 3,000 tasks a row, then the 600-in-flight rows
+    python bench/throughput.py --tasks 500 --target-tasks 1200 --latencies 200   # a quick try
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import (
+    MB,
+    cli_command,
+    cli_env,
+    count_lines,
+    machine_line,
+    poll_stats,
+    proc_cpu_s,
+    run_measured,
+    start_mock,
+    table,
+    transport_args,
+    transports,
+    write_text_tasks,
+)
+
+CONFIGS = "64x1,8x8,4x64,2x256"
+TARGET_CONFIGS = "4x150,6x100,2x300"
+COLUMNS = ["L ms", "p", "c", "K", "transport", "tasks", "ideal/s", "rounds/s", "server/s", "% ideal", "avg in flight",
+           "wall s",
+           "wall/s", "CPU s",
+           "CPU ms/req", "check CPU s", "srv CPU s", "peak RSS MB", "peak PSS MB", "procs", "ok"]
+
+
+def parse_configs(text: str) -> list[tuple[int, int]]:
+    out = []
+    for part in text.split(","):
+        if part.strip():
+            p, c = part.lower().split("x")
+            out.append((int(p), int(c)))
+    return out
+
+
+def watch_in_flight(root_url: str, stop: threading.Event, samples: list[tuple[float, int]]) -> None:
+    """(mock clock, requests in flight at the mock) every 0.1 s until stopped (at most an hour)."""
+    deadline = time.monotonic() + 3600
+    while not stop.is_set() and time.monotonic() < deadline:
+        try:
+            stats = poll_stats(root_url)
+            samples.append((stats["now"], stats["in_flight"]))
+        except OSError:
+            pass
+        stop.wait(0.1)
+
+
+def one_row(mock: Any, latency_ms: float, p: int, c: int, n: int, timeout_s: float, keep: bool,
+            transport: str, jitter_ms: float = 0.0) -> dict[str, Any]:
+    mock.configure(latency_ms=latency_ms, jitter_ms=jitter_ms)
+    mock.reset()
+    samples: list[tuple[float, int]] = []
+    stop = threading.Event()
+    watcher = threading.Thread(target=watch_in_flight, args=(mock.root_url, stop, samples), daemon=True)
+    folder = Path(tempfile.mkdtemp(prefix=f"mpinfer-bench-tp-{p}x{c}-"))
+    try:
+        tasks = write_text_tasks(folder / "tasks.jsonl", n)
+        out = folder / "results.jsonl"
+        server_cpu = proc_cpu_s(mock.pid)
+        watcher.start()
+        m = run_measured(cli_command("-i", str(tasks), "-o", str(out), "-p", str(p), "-c", str(c),
+                                     "--base-url", mock.base_url, "--timeout", "120", *transport_args(transport)),
+                         cwd=folder, env=cli_env(), timeout_s=timeout_s)
+        server_cpu = proc_cpu_s(mock.pid) - server_cpu
+        stop.set()
+        watcher.join(5)
+        stats = mock.stats()
+        written = count_lines(out)
+        L = latency_ms / 1000.0
+        k = p * c
+        ideal = min(k, n) / L
+        requests = stats["requests"]
+        span = (stats["last_request_at"] - stats["first_request_at"] + L) if requests else math.nan
+        server_rate = requests / span if requests else 0.0
+        # In flight at the mock once the first round is back and before the last request: the steady part.
+        steady = [f for t, f in samples if requests and stats["first_request_at"] + L <= t <= stats["last_request_at"]]
+        ok = m.returncode == 0 and written == n and stats["outcomes"]["ok"] == n
+        if not ok:
+            print(f"  !! p={p} c={c} L={latency_ms}: exit {m.returncode}, {written} lines, stats "
+                  f"{stats['outcomes']}\n{m.stderr[-2000:]}")
+        return {
+            "L ms": int(latency_ms), "p": p, "c": c, "K": k, "transport": transport, "tasks": n, "ideal/s": ideal,
+            "rounds/s": n / (math.ceil(n / k) * L),
+            "server/s": server_rate, "% ideal": 100.0 * server_rate / ideal,
+            "avg in flight": sum(steady) / len(steady) if steady else None, "wall s": m.wall_s,
+            "wall/s": n / m.wall_s, "CPU s": m.cpu_s, "CPU ms/req": 1000.0 * m.cpu_s / max(1, requests),
+            "check CPU s": m.sampler.sampled_cpu_s if m.sampler else None, "srv CPU s": server_cpu,
+            "peak RSS MB": m.peak_tree_rss / MB, "peak PSS MB": (m.sampler.peak_pss / MB) if m.sampler else None,
+            "procs": m.sampler.peak_procs if m.sampler else None, "ok": ok,
+            "_children_cpu": m.children_cpu_s, "_max_in_flight": stats["max_in_flight"],
+            "_stderr": [line.strip() for line in m.stderr.splitlines() if line.strip()],
+        }
+    finally:
+        if keep:
+            print(f"  kept {folder}")
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tasks", type=int, default=3000, help="tasks in each row of the main table (default 3000)")
+    ap.add_argument("--latencies", default="200,1000", help="server latencies in ms (default 200,1000)")
+    ap.add_argument("--configs", default=CONFIGS, help=f"p x c rows (default {CONFIGS})")
+    ap.add_argument("--target-configs", default=TARGET_CONFIGS,
+                    help=f"rows with 600 in flight at --target-latency (default {TARGET_CONFIGS}; empty: none)")
+    ap.add_argument("--target-tasks", type=int, default=6000, help="tasks in each target row (default 6000)")
+    ap.add_argument("--target-latency", type=float, default=1000.0, help="ms (default 1000)")
+    ap.add_argument("--timeout", type=float, default=600.0, help="seconds one CLI run may take before it is killed")
+    ap.add_argument("--keep", action="store_true", help="keep each run's folder (tasks, results, logs)")
+    ap.add_argument("--jitter", type=float, default=0.0,
+                    help="mock latency jitter in ms, +/- uniform (default 0: every answer after exactly L)")
+    ap.add_argument("--transports", default="auto",
+                    help="comma-separated --transport values (default auto: each one the CLI offers)")
+    args = ap.parse_args()
+
+    print(machine_line())
+    stacks = transports(args.transports)
+    if stacks == ["default"]:
+        print("transport: the package's only one (its CLI has no --transport switch): not compared")
+    else:
+        print(f"transport: each row with --transport {', '.join(stacks)}")
+    rows: list[dict[str, Any]] = []
+    target_rows: list[dict[str, Any]] = []
+    started = time.monotonic()
+    with start_mock() as mock:
+        for latency in (float(x) for x in args.latencies.split(",") if x.strip()):
+            for p, c in parse_configs(args.configs):
+                for stack in stacks:
+                    print(f"  running L={latency:.0f} ms p={p} c={c} {stack} tasks={args.tasks} ...", flush=True)
+                    rows.append(one_row(mock, latency, p, c, args.tasks, args.timeout, args.keep, stack,
+                                        args.jitter))
+        for p, c in parse_configs(args.target_configs):
+            for stack in stacks:
+                print(f"  running L={args.target_latency:.0f} ms p={p} c={c} {stack} tasks={args.target_tasks} ...",
+                      flush=True)
+                target_rows.append(one_row(mock, args.target_latency, p, c, args.target_tasks, args.timeout,
+                                           args.keep, stack, args.jitter))
+    print()
+    latency_note = f"jitter +/-{args.jitter:.0f} ms" if args.jitter else "every answer after exactly L"
+    print(table(rows, COLUMNS, title=f"throughput: {args.tasks} text tasks a row, K = p*c in flight, "
+                                     f"ideal = min(K, tasks)/L, {latency_note}"))
+    if target_rows:
+        print()
+        print(table(target_rows, COLUMNS, title=f"target: 600 in flight at L = {args.target_latency:.0f} ms "
+                                                f"({latency_note}), "
+                                                f"{args.target_tasks} tasks (>= 500 req/s, >= 90% of ideal, "
+                                                "< 1.5 GB RSS)"))
+        for row in target_rows:
+            verdict = []
+            verdict.append(f"{row['server/s']:.0f} req/s {'>=' if row['server/s'] >= 500 else '<'} 500")
+            verdict.append(f"{row['% ideal']:.1f}% {'>=' if row['% ideal'] >= 90 else '<'} 90%")
+            verdict.append(f"RSS {row['peak RSS MB']:.0f} MB {'<' if row['peak RSS MB'] < 1536 else '>='} 1536")
+            met = row["server/s"] >= 500 and row["% ideal"] >= 90 and row["peak RSS MB"] < 1536 and row["ok"]
+            print(f"  p={row['p']} c={row['c']} {row['transport']}: {'; '.join(verdict)}: "
+                  f"{'MET' if met else 'MISSED'}")
+    every = rows + target_rows
+    if every:
+        best = min(every, key=lambda r: r["CPU ms/req"])
+        print(f"\nclient CPU per request, best row: {best['CPU ms/req']:.2f} ms (p={best['p']} c={best['c']} "
+              f"L={best['L ms']} {best['transport']}): {'MET' if best['CPU ms/req'] < 1.0 else 'MISSED'} "
+              "(target < 1 ms)")
+        worst = max(abs(r["_children_cpu"] - r["CPU s"]) for r in every)
+        print(f"CPU accounting check: RUSAGE_CHILDREN delta and os.wait4 of the CLI differ by at most {worst:.3f} s; "
+              "'check CPU s' (last /proc ticks of every process seen, workers included) should be within "
+              "~0.05 s x procs of 'CPU s'")
+        said: dict[str, int] = {}
+        for row in every:
+            for line in row["_stderr"]:
+                said[line] = said.get(line, 0) + 1
+        if said:
+            print(f"\nthe CLI wrote {sum(said.values())} lines to stderr over the rows ({len(said)} distinct); "
+                  "the most frequent:")
+            for line, count in sorted(said.items(), key=lambda kv: -kv[1])[:6]:
+                print(f"  {count:5d}x  {line[:150]}")
+    print(f"\n(total {time.monotonic() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
