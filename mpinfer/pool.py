@@ -113,7 +113,8 @@ def run(config: RunConfig, *, progress: bool = True, grace_s: float = DEFAULT_GR
             unknown = len(found.ids - index.ids)
             if unknown:
                 log.warning("%d ids in %s are not in the input (--validate lists them)", unknown, paths.output)
-            done.append(found.ids & index.ids)
+            found.ids &= index.ids  # in place: a copy would hold a million ids twice
+            done.append(found.ids)
             if found.lines:
                 written.append(paths.output.name)
             run_starts.append(found.end_offset)
