@@ -41,7 +41,9 @@ class Usage:
     def from_dict(cls, data: Any) -> Usage:
         if not isinstance(data, dict):
             return cls()
-        return cls(*(int(data.get(name) or 0) for name in (*USAGE_FIELDS, "cached_tokens")))
+        get = data.get
+        return cls(int(get("prompt_tokens") or 0), int(get("completion_tokens") or 0),
+                   int(get("total_tokens") or 0), int(get("cached_tokens") or 0))
 
 
 @dataclass(frozen=True)
