@@ -12,7 +12,6 @@ Nothing here ever holds an API key: keys are not settings, and every string reco
 from __future__ import annotations
 
 import dataclasses
-import errno
 import hashlib
 import os
 import time
@@ -26,7 +25,7 @@ import orjson
 from . import __version__
 from .errors import InputError, OutputError, SettingsChanged
 from .redact import redact, redact_argv
-from .store import companion, iter_lines, model_outputs
+from .store import companion, iter_lines, model_outputs, write_whole
 
 if TYPE_CHECKING:
     from .config import RunConfig
@@ -40,7 +39,6 @@ COUNT_FIELDS: tuple[str, ...] = (
 )
 _CHECKSUM_BLOCK = 1 << 20
 _SHOWN_CHARS = 60
-_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 def manifest_path(output: Path) -> Path:
@@ -191,25 +189,13 @@ def append_record(path: Path, record: RunRecord) -> None:
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     except OSError as exc:
         raise OutputError(f"{path}: cannot open for appending: {exc.strerror or exc}") from None
-    before: int | None = None
     try:
         before = os.fstat(fd).st_size
         if before and os.pread(fd, 1, before - 1) != b"\n":
             line = b"\n" + line
-        view = memoryview(line)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
+        write_whole(fd, path, line, before, fsync=True)
     except OSError as exc:
-        # A partial line must not stay: the next record would be glued onto it.
-        if before is not None:
-            try:
-                os.ftruncate(fd, before)
-            except OSError:
-                pass
-        if exc.errno in _DISK_ERRNOS:
-            raise OutputError(f"{path}: disk full ({exc.strerror}); free space and rerun") from None
-        raise OutputError(f"{path}: write failed: {exc.strerror or exc}") from None
+        raise OutputError(f"{path}: cannot append: {exc.strerror or exc}") from None
     finally:
         os.close(fd)
 

@@ -214,6 +214,27 @@ def _repair_fd(fd: int, path: Path, corrupt: Path) -> TailRepair | None:
         raise OutputError(f"{path}: cannot repair the torn last line: {exc.strerror or exc}") from None
 
 
+def write_whole(fd: int, path: Path, data: bytes, before: int, fsync: bool = False) -> None:
+    """Write ``data`` at the end of ``fd`` (opened O_APPEND, ``before`` bytes long), whole or not at all.
+
+    A partial write (a full disk) is cut off again: the next line must never be glued onto a torn one.
+    """
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        if fsync:
+            os.fsync(fd)
+    except OSError as exc:
+        try:
+            os.ftruncate(fd, before)
+        except OSError:
+            pass
+        if exc.errno in _DISK_ERRNOS:
+            raise OutputError(f"{path}: disk full ({exc.strerror}); free space and rerun to resume") from None
+        raise OutputError(f"{path}: write failed: {exc.strerror or exc}") from None
+
+
 class _FlockHeld:
     """An exclusive flock on a lock file kept open: the append lock, taken once per line.
 
@@ -272,22 +293,7 @@ class Appender:
                 # rather than glue this record onto it.
                 _repair_fd(fd, path, self.paths.corrupt_of(path))
                 before = os.fstat(fd).st_size
-            try:
-                view = memoryview(line)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-                if self.fsync:
-                    os.fsync(fd)
-            except OSError as exc:
-                # A partial line must not stay: the next append would be glued onto it.
-                try:
-                    os.ftruncate(fd, before)
-                except OSError:
-                    pass
-                if exc.errno in _DISK_ERRNOS:
-                    raise OutputError(f"{path}: disk full ({exc.strerror}); free space and rerun to resume") from None
-                raise OutputError(f"{path}: write failed: {exc.strerror or exc}") from None
+            write_whole(fd, path, line, before, self.fsync)
 
     def close(self) -> None:
         for fd in self._fds.values():
