@@ -10,7 +10,6 @@ would leak into shell history and ``ps``, nor from mpinfer.toml, which tends to 
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -40,32 +39,22 @@ def _number(text: Any) -> float:
     return float(text)
 
 
-def _positive_int(text: Any) -> int:
-    value = _integer(text)
-    if value < 1:
-        raise ValueError("must be 1 or more")
-    return value
+def _at_least(parse: Callable[[Any], float], low: float, strictly: bool = False) -> Callable[[Any], Any]:
+    """A parser that also bounds the value from below: ``> low`` when ``strictly``, else ``>= low``."""
+
+    def bounded(text: Any) -> Any:
+        value = parse(text)
+        if value < low or (strictly and value == low):
+            raise ValueError(f"must be more than {low:g}" if strictly else f"must be {low:g} or more")
+        return value
+
+    return bounded
 
 
-def _non_negative_int(text: Any) -> int:
-    value = _integer(text)
-    if value < 0:
-        raise ValueError("must be 0 or more")
-    return value
-
-
-def _non_negative_float(text: Any) -> float:
-    value = _number(text)
-    if value < 0:
-        raise ValueError("must be 0 or more")
-    return value
-
-
-def _positive_float(text: Any) -> float:
-    value = _number(text)
-    if not value > 0:
-        raise ValueError("must be more than 0")
-    return value
+_positive_int = _at_least(_integer, 1)
+_non_negative_int = _at_least(_integer, 0)
+_non_negative_float = _at_least(_number, 0)
+_positive_float = _at_least(_number, 0, strictly=True)
 
 
 def _json_object(text: Any) -> dict[str, Any]:
@@ -403,8 +392,3 @@ def _api_keys(layers: list[dict[str, str]], keys_file: Path | None) -> tuple[str
     if found is None:
         return ()
     return tuple(dict.fromkeys(k.strip() for k in found[1].split(",") if k.strip()))
-
-
-def with_overrides(config: RunConfig, **changes: Any) -> RunConfig:
-    """A copy of ``config`` with some fields changed (used by --demo and the tests)."""
-    return dataclasses.replace(config, **changes)

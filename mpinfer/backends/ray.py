@@ -27,7 +27,6 @@ from ..ratelimit import Grant, LaneStats, NoKeysLeft, SharedLimiter
 from ..runner import TaskRunner
 from ..store import Appender, OutputPaths
 from ..tasks import Task
-from ..worker import task_from_dict
 
 try:
     import ray
@@ -134,8 +133,8 @@ class _Worker:
     def __init__(self, config: Any, prices: PriceTable, limiter: Any) -> None:
         self.runner = TaskRunner(config, prices, RayLimiter(limiter))
 
-    async def process(self, task: dict[str, Any], model: int) -> tuple[list[dict[str, Any]], Any, Any, bool]:
-        outcome = await self.runner.run(task_from_dict(task), model)
+    async def process(self, task: Task, model: int) -> tuple[list[dict[str, Any]], Any, Any, bool]:
+        outcome = await self.runner.run(task, model)
         notices = self.runner.take_notices()
         if outcome is None:
             return notices, None, None, False
@@ -191,7 +190,7 @@ class RayBackend:
                 if item is None:
                     return
                 task, model = item
-                self.pending[actor.process.remote(_plain(task), model)] = (index, item)
+                self.pending[actor.process.remote(task, model)] = (index, item)
                 self.outstanding[index] += 1
 
     def _stop_all(self, reason: str | None) -> None:
@@ -278,10 +277,3 @@ class RayBackend:
         for appender in self.appenders:
             appender.close()
         ray.shutdown()
-
-
-def _plain(task: Task) -> dict[str, Any]:
-    """A task as plain data for the trip to an actor."""
-    return {"id": task.id, "prompt": task.prompt, "images": list(task.images), "system": task.system,
-            "model": task.model, "temperature": task.temperature, "max_tokens": task.max_tokens, "line": task.line,
-            "body": task.body}
