@@ -4,7 +4,7 @@ Builds an output of N result lines of about 1 KB each, in the package's result f
 input of N tasks (N = 1,000,000 by default: about 1.1 GB of disk in a temporary folder, removed at the
 end unless --dir is given), then times, each in its own process (peak memory: max RSS from /usr/bin/time):
 
-(a) the parent's resume scan: ``mpinfer.store.scan(output)`` in a subprocess (time inside it, after the
+(a) the parent's resume scan: ``mpinfer.store.output.scan(output)`` in a subprocess (time inside it, after the
     import; +RSS: its VmHWM after the scan minus after the import);
 (b) ``--status --json`` on the pair;
 (c) ``--validate``;
@@ -54,7 +54,7 @@ def hwm():
     with open("/proc/self/status") as f:
         return int(f.read().split("VmHWM:")[1].split()[0])
 t0 = time.perf_counter()
-from mpinfer.store import scan
+from mpinfer.store.output import scan
 t1 = time.perf_counter()
 base = hwm()
 found = scan(Path(sys.argv[1]))

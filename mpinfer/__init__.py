@@ -19,23 +19,26 @@ _EXPORTS = {
     "RunConfig": "config", "load_config": "config",
     "ConfigError": "errors", "InputError": "errors", "MpinferError": "errors", "OutputError": "errors",
     "RunAborted": "errors", "RunLockedError": "errors",
-    "RunSummary": "summary", "run": "pool",
-    "StatusReport": "status", "status": "status",
-    "ValidationReport": "validate", "validate": "validate",
-    "ExportReport": "export", "export": "export",
-    "RepairReport": "repair", "repair": "repair", "fresh_start": "repair",
+    "RunSummary": "reports.summary",
+    "StatusReport": "reports.status", "status": "reports.status",
+    "ValidationReport": "reports.validate", "validate": "reports.validate",
+    "ExportReport": "reports.export", "export": "reports.export",
+    "RepairReport": "store.repair", "repair": "store.repair", "fresh_start": "store.repair",
 }
-__all__ = ["__version__", *sorted(_EXPORTS)]
+__all__ = ["__version__", "run", *sorted(_EXPORTS)]
+
+# Bound at import, not on first use: the module ``mpinfer.run`` shares the function's name, and importing
+# that module (which the CLI does) would otherwise leave ``mpinfer.run`` naming the module.
+from .run import run  # noqa: E402
 
 if TYPE_CHECKING:
     from .config import RunConfig, load_config
     from .errors import ConfigError, InputError, MpinferError, OutputError, RunAborted, RunLockedError
-    from .pool import run
-    from .summary import RunSummary
-    from .status import StatusReport, status
-    from .validate import ValidationReport, validate
-    from .export import ExportReport, export
-    from .repair import RepairReport, fresh_start, repair
+    from .reports.export import ExportReport, export
+    from .reports.status import StatusReport, status
+    from .reports.summary import RunSummary
+    from .reports.validate import ValidationReport, validate
+    from .store.repair import RepairReport, fresh_start, repair
 
 
 def __getattr__(name: str) -> Any:

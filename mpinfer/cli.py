@@ -14,13 +14,20 @@ import orjson
 from . import __version__
 from .config import OPTIONS, RunConfig, load_config
 from .errors import MpinferError
-from .export import export
-from .pool import DEFAULT_GRACE_S, run
-from .repair import fresh_start, repair
-from .report import (dry_run_lines, export_lines, fresh_lines, repair_lines, status_lines, summary_lines,
-                     validation_lines)
-from .status import status
-from .validate import validate
+from .reports.export import export
+from .reports.status import status
+from .reports.text import (
+    dry_run_lines,
+    export_lines,
+    fresh_lines,
+    repair_lines,
+    status_lines,
+    summary_lines,
+    validation_lines,
+)
+from .reports.validate import validate
+from .run import DEFAULT_GRACE_S, run
+from .store.repair import fresh_start, repair
 
 EXIT_OK = 0
 EXIT_INCOMPLETE = 1  # the run ended with tasks not done (failed or stopped): rerun to retry them
@@ -89,8 +96,8 @@ def _watch(config: RunConfig, every_s: float) -> int:
 
 
 def _dry_run(config: RunConfig, as_json: bool) -> int:
-    from .dryrun import plan
-    from .prices import load_prices
+    from .api.prices import load_prices
+    from .reports.dryrun import plan
 
     result = plan(config, load_prices(config.prices, config.price_input, config.price_output))
     if as_json:

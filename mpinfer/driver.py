@@ -16,14 +16,14 @@ from typing import Any
 
 from tqdm import tqdm
 
+from .api.ratelimit import LaneStats
 from .config import RunConfig
-from .ratelimit import LaneStats
+from .events import EventKind
+from .inputs.tasks import Task
 from .redact import key_hint
-from .runner import EventKind
-from .summary import RunSummary, write_summary
-from .tasks import Task
+from .reports.summary import RunSummary, write_summary
 
-log = logging.getLogger("mpinfer.pool")
+log = logging.getLogger("mpinfer.run")
 
 WorkItem = tuple[Task, int]  # a task and the index of the model it is for
 LaneReport = Callable[[], tuple[list[LaneStats], list[bool]]]  # lane stats, and which keys are disabled

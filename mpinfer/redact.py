@@ -86,7 +86,7 @@ class RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             message = record.getMessage()
-        except Exception:  # noqa: BLE001 - any %-format or __str__ failure
+        except Exception:
             # logging would report the failed formatting itself, printing msg and args as they are.
             message = f"{record.msg!s} % {record.args!r}"
         record.msg = redact(message, self.secrets)

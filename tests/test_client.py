@@ -14,7 +14,7 @@ import httpx2
 import openai
 import pytest
 
-from mpinfer.client import (
+from mpinfer.api.client import (
     MAX_BACKOFF_S,
     Answer,
     CallError,
@@ -26,11 +26,11 @@ from mpinfer.client import (
     make_client,
     retry_after_s,
 )
+from mpinfer.api.messages import ImageEncoder, build_request
 from mpinfer.demo import png_bytes
 from mpinfer.errors import ImageError
-from mpinfer.messages import ImageEncoder, build_request
+from mpinfer.inputs.tasks import Task
 from mpinfer.mockserver import MockServerProcess
-from mpinfer.tasks import Task
 
 KEY = "sk-test-0000000000000000fake9zq7"
 
@@ -47,7 +47,7 @@ def call(mock: MockServerProcess, request: dict[str, Any], *, key: str = KEY,
         client = make_client(key, mock.base_url, timeout)
         try:
             return await complete(client, request, timeout)
-        except Exception as exc:  # noqa: BLE001 - the tests classify it
+        except Exception as exc:
             return exc
         finally:
             await client.close()
@@ -381,7 +381,7 @@ def test_backoff_of_a_very_late_retry_is_still_capped() -> None:
 
 def test_the_httpx_transport_answers_like_the_aiohttp_one(mock: MockServerProcess) -> None:
     # Given the same request through each transport
-    from mpinfer.client import Transport
+    from mpinfer.api.client import Transport
 
     async def send(transport: Transport) -> Answer:
         client = make_client("sk-test", mock.base_url, 10.0, transport=transport)
@@ -399,7 +399,7 @@ def test_the_httpx_transport_answers_like_the_aiohttp_one(mock: MockServerProces
 
 def test_the_on_send_hook_runs_once_per_request_on_either_transport(mock: MockServerProcess) -> None:
     # Given a client whose on-send hook counts calls (the rate limiter's send stamp rides on it)
-    from mpinfer.client import Transport
+    from mpinfer.api.client import Transport
 
     for transport in (Transport.AIOHTTP, Transport.HTTPX):
         calls: list[float] = []

@@ -1,6 +1,6 @@
 """--dry-run as a library: every pending task checked and estimated, done tasks skipped, nothing sent or written.
 
-Expected numbers are worked out by hand from the rules in mpinfer.tokens: a message costs 4 tokens plus one
+Expected numbers are worked out by hand from the rules in mpinfer.api.tokens: a message costs 4 tokens plus one
 per 4 characters (rounded up); an image at auto detail costs 85 plus 170 per 512-pixel tile after scaling.
 """
 
@@ -21,12 +21,12 @@ from typing import Any
 import orjson
 import pytest
 
+from mpinfer.api.prices import PriceTable, load_prices
 from mpinfer.config import RunConfig
 from mpinfer.demo import png_bytes
-from mpinfer.dryrun import MAX_PROBLEMS_KEPT, DryRunPlan, plan
 from mpinfer.errors import InputError
-from mpinfer.prices import PriceTable, load_prices
-from mpinfer.store import model_outputs
+from mpinfer.reports.dryrun import MAX_PROBLEMS_KEPT, DryRunPlan, plan
+from mpinfer.store.output import model_outputs
 
 RED = (200, 30, 30)
 WHITE = (255, 255, 255)

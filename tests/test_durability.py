@@ -24,7 +24,7 @@ from conftest import (
 )
 
 from mpinfer.mockserver import MockServerProcess
-from mpinfer.records import RESULT_FIELDS
+from mpinfer.store.records import RESULT_FIELDS
 
 # The result lines of text_tasks are about 350 bytes: the output hits the limit after ~30 of 100 tasks.
 FSIZE_LIMIT = 12_000
@@ -58,7 +58,7 @@ def test_a_full_disk_stops_the_run_with_a_clear_message_and_no_torn_line_and_a_r
     # another thread of this process)
     proc = subprocess.Popen(cli_command(*args), cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True,
-                            preexec_fn=_limit_file_size(FSIZE_LIMIT))  # noqa: PLW1509
+                            preexec_fn=_limit_file_size(FSIZE_LIMIT))
     try:
         stdout, stderr = proc.communicate(timeout=CLI_TIMEOUT_S)
     finally:

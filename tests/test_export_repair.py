@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 
 import orjson
-
 from conftest import read_jsonl, run_cli, start_cli, text_tasks, write_png, write_tasks
 from test_resume import _wait_workers_gone
+
 from mpinfer.mockserver import MockServerProcess
 
 LIVE_WAIT_S = 15.0

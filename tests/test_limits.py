@@ -7,8 +7,8 @@ from collections import Counter
 from pathlib import Path
 
 import orjson
-
 from conftest import read_jsonl, run_cli, start_cli, text_tasks, write_tasks
+
 from mpinfer.mockserver import MockServerProcess
 
 KEYS = ("sk-test-alpha-000000001111", "sk-test-bravo-000000002222", "sk-test-charl-000000003333")

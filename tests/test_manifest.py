@@ -15,7 +15,8 @@ import pytest
 from mpinfer import __version__
 from mpinfer.config import RunConfig
 from mpinfer.errors import ConfigError, OutputError, SettingsChanged
-from mpinfer.manifest import (
+from mpinfer.reports.summary import RunSummary
+from mpinfer.store.manifest import (
     COUNT_FIELDS,
     RunRecord,
     append_record,
@@ -32,7 +33,6 @@ from mpinfer.manifest import (
     start_record,
     summary_counts,
 )
-from mpinfer.summary import RunSummary
 
 KEY = "sk-test-4f9Qz7LmN2pR8sT1vX3yZ9wxyz"
 ANSWER_FIELDS = {"model", "system_prompt", "temperature", "max_tokens", "extra_body", "prompt_key", "images_key"}

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from mpinfer.api.messages import ImageEncoder, build_messages, build_request, sniff_mime
 from mpinfer.demo import png_bytes
 from mpinfer.errors import ImageError
-from mpinfer.messages import ImageEncoder, build_messages, build_request, sniff_mime
-from mpinfer.tasks import Task
+from mpinfer.inputs.tasks import Task
 
 JPEG_HEAD = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00" + b"\x00" * 32
 GIF87_HEAD = b"GIF87a\x01\x00\x01\x00\x80\x00\x00" + b"\x00" * 16

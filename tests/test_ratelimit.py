@@ -15,7 +15,7 @@ from typing import Any
 import multiprocess
 import pytest
 
-from mpinfer.ratelimit import Grant, NoKeysLeft, SharedLimiter, parse_duration
+from mpinfer.api.ratelimit import Grant, NoKeysLeft, SharedLimiter, parse_duration
 
 CTX = multiprocess.get_context("fork")
 # Float sums of times (start + window) differ from the limiter's own in the last bit at most; 1 ns hides no bug.

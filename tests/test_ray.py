@@ -20,6 +20,7 @@ os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 cluster_utils = pytest.importorskip("ray.cluster_utils", reason="Ray is not installed: pip install -e '.[ray]'")
 
 from conftest import read_jsonl, run_cli, start_cli, text_tasks, write_tasks  # noqa: E402
+
 from mpinfer.mockserver import MockServerProcess  # noqa: E402
 
 NODE = {"num_cpus": 2, "object_store_memory": 80_000_000}

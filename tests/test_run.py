@@ -6,8 +6,8 @@ import base64
 from pathlib import Path
 
 import orjson
-
 from conftest import read_jsonl, run_cli, text_tasks, write_png, write_tasks
+
 from mpinfer.mockserver import MockServerProcess
 
 

@@ -14,7 +14,7 @@ import pytest
 
 import mpinfer
 from mpinfer.errors import RunLockedError
-from mpinfer.store import Appender, BadLine, OutputPaths, RunLock, TailRepair, live_run, repair_tail, scan
+from mpinfer.store.output import Appender, BadLine, OutputPaths, RunLock, TailRepair, live_run, repair_tail, scan
 
 PACKAGE_ROOT = str(Path(mpinfer.__file__).resolve().parent.parent)
 CHILD_TIMEOUT_S = 20
@@ -284,7 +284,7 @@ CONCURRENT_WRITER = """
 import os, sys, time
 from pathlib import Path
 import orjson
-from mpinfer.store import Appender, OutputPaths
+from mpinfer.store.output import Appender, OutputPaths
 
 output, writer, count, go = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
 paths = OutputPaths.of(output)
@@ -331,7 +331,7 @@ import resource, signal, sys
 from pathlib import Path
 import orjson
 from mpinfer.errors import OutputError
-from mpinfer.store import Appender, OutputPaths
+from mpinfer.store.output import Appender, OutputPaths
 
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 paths = OutputPaths.of(Path(sys.argv[1]))
@@ -369,7 +369,7 @@ def test_a_full_disk_makes_append_raise_and_leaves_no_partial_line(tmp_path: Pat
 LOCK_HOLDER = """
 import sys
 from pathlib import Path
-from mpinfer.store import OutputPaths, RunLock
+from mpinfer.store.output import OutputPaths, RunLock
 
 lock = RunLock(OutputPaths.of(Path(sys.argv[1])), "holder-model")
 lock.acquire()

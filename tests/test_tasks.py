@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from mpinfer.errors import InputError
-from mpinfer.tasks import FieldKeys, Task, check_input, iter_tasks
+from mpinfer.inputs.tasks import FieldKeys, Task, check_input, iter_tasks
 
 
 def write_lines(path: Path, lines: Sequence[bytes | str | dict[str, Any]]) -> Path:

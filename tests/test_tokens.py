@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from mpinfer.api.messages import ImageEncoder, build_request
+from mpinfer.api.tokens import image_size, image_tokens, text_tokens
 from mpinfer.demo import png_bytes
-from mpinfer.messages import ImageEncoder, build_request
-from mpinfer.tasks import Task
-from mpinfer.tokens import image_size, image_tokens, text_tokens
+from mpinfer.inputs.tasks import Task
 
 WHITE = (255, 255, 255)
 

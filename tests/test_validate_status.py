@@ -11,9 +11,9 @@ import pytest
 
 from mpinfer.config import RunConfig
 from mpinfer.errors import ConfigError, InputError
-from mpinfer.status import status
-from mpinfer.store import OutputPaths, RunLock
-from mpinfer.validate import ProblemKind, same_model, validate
+from mpinfer.reports.status import status
+from mpinfer.reports.validate import ProblemKind, same_model, validate
+from mpinfer.store.output import OutputPaths, RunLock
 
 NOW = 1_700_000_000.0
 

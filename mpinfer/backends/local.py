@@ -19,16 +19,16 @@ import multiprocess
 import orjson
 from multiprocess.connection import wait
 
-from ..client import warm_up
+from ..api.client import warm_up
+from ..api.prices import PriceTable
+from ..api.ratelimit import SharedLimiter
 from ..driver import RunState, WorkItem
-from ..prices import PriceTable
-from ..ratelimit import SharedLimiter
-from ..runner import EventKind
-from ..store import OutputPaths, scan
-from ..tasks import Task
-from ..worker import WorkerSettings, work_message, worker_main
+from ..events import EventKind
+from ..inputs.tasks import Task
+from ..store.output import OutputPaths, scan
+from .worker import WorkerSettings, work_message, worker_main
 
-log = logging.getLogger("mpinfer.pool")
+log = logging.getLogger("mpinfer.run")
 
 POLL_S = 0.25
 STOP_JOIN_S = 10.0

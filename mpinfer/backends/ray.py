@@ -20,13 +20,13 @@ import logging
 import time
 from typing import Any
 
+from ..api.prices import PriceTable
+from ..api.ratelimit import Grant, LaneStats, NoKeysLeft, SharedLimiter
 from ..driver import RunState, WorkItem
 from ..errors import ConfigError, OutputError
-from ..prices import PriceTable
-from ..ratelimit import Grant, LaneStats, NoKeysLeft, SharedLimiter
-from ..runner import TaskRunner
-from ..store import Appender, OutputPaths
-from ..tasks import Task
+from ..inputs.tasks import Task
+from ..store.output import Appender, OutputPaths
+from .runner import TaskRunner
 
 try:
     import ray
@@ -35,7 +35,7 @@ try:
 except ImportError:  # pragma: no cover - the message is the point
     raise ConfigError("--backend ray needs Ray: pip install 'mpinfer[ray]' (on every node of the cluster)") from None
 
-log = logging.getLogger("mpinfer.pool")
+log = logging.getLogger("mpinfer.run")
 
 POLL_S = 0.25
 STOP_JOIN_S = 10.0

@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig
-from .errors import ImageError
-from .messages import EncodedImage, ImageEncoder, Request, build_request, is_remote, sniff_mime
-from .prices import PriceTable
-from .store import model_outputs, scan
-from .tasks import Task, check_input, iter_tasks, reading, selection
-from .tokens import DEFAULT_COMPLETION_TOKENS, image_size
+from ..api.messages import EncodedImage, ImageEncoder, Request, build_request, is_remote, sniff_mime
+from ..api.prices import PriceTable
+from ..api.tokens import DEFAULT_COMPLETION_TOKENS, image_size
+from ..config import RunConfig
+from ..errors import ImageError
+from ..inputs.tasks import Task, check_input, iter_tasks, reading, selection
+from ..store.output import model_outputs, scan
 
 MAX_PROBLEMS_KEPT = 20
 # Facts about this many image files are remembered (a few hundred bytes each); past that the oldest are

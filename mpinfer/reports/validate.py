@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
-from .config import RunConfig
-from .records import missing_batch_fields, missing_fields, same_model, view
-from .store import OutputPaths, iter_lines, model_outputs
-from .tasks import check_input, reading, selection
+from ..config import RunConfig
+from ..inputs.tasks import check_input, reading, selection
+from ..store.output import OutputPaths, iter_lines, model_outputs
+from ..store.records import missing_batch_fields, missing_fields, same_model, view
 
 EXAMPLES_KEPT = 5
 

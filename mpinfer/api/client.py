@@ -20,7 +20,7 @@ import httpx2
 import openai
 import orjson
 
-from .errors import ImageError
+from ..errors import ImageError
 
 MAX_BACKOFF_S = 60.0
 # OpenAI asks clients to retry these; everything else in 4xx is the request's own fault.

@@ -10,20 +10,19 @@ The format is told by the file: ``.csv`` is CSV; a JSONL file whose first line h
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Iterator, Set
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
-import csv
-import io
-from enum import Enum
-
 import orjson
 
-from .config import RunConfig
-from .errors import InputError
-from .store import OutputPaths, iter_lines, model_outputs, record_id, scan
+from ..config import RunConfig
+from ..errors import InputError
+from ..store.output import OutputPaths, iter_lines, model_outputs, record_id, scan
 
 MAX_PROBLEMS_SHOWN = 10
 MAX_DUPLICATES_SHOWN = 5

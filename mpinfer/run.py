@@ -16,18 +16,25 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
+from .api.prices import load_prices
 from .config import RunConfig
 from .driver import MAX_FAILURES_SHOWN, RunState, work_items
 from .errors import ConfigError, OutputError
+from .inputs.tasks import check_input, iter_tasks, reading, selection
 from .logfile import create_log_file, setup_parent_logging
-from .manifest import (append_record, check_fingerprints, end_record, manifest_path, output_fingerprints,
-                       start_record, summary_counts)
-from .prices import load_prices
-from .store import OutputPaths, RunLock, companion, model_outputs, repair_tail, scan
-from .summary import RunSummary, Tally
-from .tasks import check_input, iter_tasks, reading, selection
+from .reports.summary import RunSummary, Tally
+from .store.manifest import (
+    append_record,
+    check_fingerprints,
+    end_record,
+    manifest_path,
+    output_fingerprints,
+    start_record,
+    summary_counts,
+)
+from .store.output import OutputPaths, RunLock, companion, model_outputs, repair_tail, scan
 
-log = logging.getLogger("mpinfer.pool")
+log = logging.getLogger("mpinfer.run")
 
 OLD_WORKERS_WAIT_S = 15.0
 DEFAULT_GRACE_S = 30.0

@@ -13,11 +13,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig
-from .store import OutputPaths, companion, iter_lines, live_run, model_outputs, record_id
-from .records import failure_type, same_model, view
+from ..config import RunConfig
+from ..inputs.tasks import check_input, reading, selection
+from ..store.output import OutputPaths, companion, iter_lines, live_run, model_outputs, record_id
+from ..store.records import failure_type, same_model, view
 from .summary import percentiles, read_summary
-from .tasks import check_input, reading, selection
 
 RECENT_RECORDS = 500
 STALLED_AFTER_S = 120.0

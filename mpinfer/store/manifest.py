@@ -22,14 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from . import __version__
-from .errors import InputError, OutputError, SettingsChanged
-from .redact import redact, redact_argv
-from .store import companion, iter_lines, model_outputs, write_whole
+from .. import __version__
+from ..errors import InputError, OutputError, SettingsChanged
+from ..redact import redact, redact_argv
+from .output import companion, iter_lines, model_outputs, write_whole
 
 if TYPE_CHECKING:
-    from .config import RunConfig
-    from .summary import RunSummary
+    from ..config import RunConfig
+    from ..reports.summary import RunSummary
 
 FINGERPRINT_FIELDS: tuple[str, ...] = (
     "system_prompt", "temperature", "max_tokens", "extra_body", "prompt_key", "images_key",

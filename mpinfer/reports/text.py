@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..store.repair import RepairReport
 from .dryrun import DryRunPlan
 from .export import ExportReport
-from .repair import RepairReport
 from .status import StatusReport
 from .summary import RunSummary
 from .validate import ValidationReport

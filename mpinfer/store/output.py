@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 from filelock import FileLock, Timeout
 
-from .errors import OutputError, RunLockedError
+from ..errors import OutputError, RunLockedError
 
 _BLOCK = 1 << 16
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")

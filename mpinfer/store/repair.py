@@ -22,11 +22,11 @@ from enum import Enum
 from pathlib import Path
 from typing import IO, Any
 
-from .config import RunConfig
-from .errors import OutputError, RunLockedError
+from ..config import RunConfig
+from ..errors import OutputError, RunLockedError
 from .manifest import manifest_path
+from .output import OutputPaths, RunLock, companion, iter_lines, live_run, model_outputs
 from .records import view
-from .store import OutputPaths, RunLock, companion, iter_lines, live_run, model_outputs
 
 LINES_SHOWN = 5
 LOG_PREFIX = "mpinfer_"

@@ -16,35 +16,26 @@ import os
 import random
 import time
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any, Protocol
 
 import openai
 
-from .client import Answer, CallError, Transport, Verdict, backoff_s, classify, complete, make_client
-from .config import RunConfig
-from .errors import ImageError
-from .messages import ImageEncoder, Request, build_body_request, build_request
-from .prices import PriceTable
-from .ratelimit import Grant, NoKeysLeft, SharedLimiter
-from .records import Failure, Result, Usage, batch_error_line, batch_result_line, same_model
-from .redact import key_hint, redact
-from .tasks import Task
+from ..api.client import Answer, CallError, Transport, Verdict, backoff_s, classify, complete, make_client
+from ..api.messages import ImageEncoder, Request, build_body_request, build_request
+from ..api.prices import PriceTable
+from ..api.ratelimit import Grant, NoKeysLeft, SharedLimiter
+from ..config import RunConfig
+from ..errors import ImageError
+from ..events import EventKind, event
+from ..inputs.tasks import Task
+from ..redact import key_hint, redact
+from ..store.records import Failure, Result, Usage, batch_error_line, batch_result_line, same_model
 
 _KEY_ERRORS = frozenset({"authentication", "permission_denied"})
 _OVERLOAD_ERRORS = frozenset({"rate_limit", "timeout"})
 # The grant of the request this asyncio task is sending, for the client's on-send hook.
 _SENDING: contextvars.ContextVar[Grant | None] = contextvars.ContextVar("mpinfer_sending", default=None)
-log = logging.getLogger("mpinfer.worker")
-
-
-class EventKind(str, Enum):
-    DONE = "done"                  # the Result line is on disk
-    FAILED = "failed"              # the Failure line is in the errors file; a rerun tries again
-    KEY_DISABLED = "key_disabled"  # a key was rejected; the others go on
-    ABORT = "abort"                # no task can succeed (no key left, no quota): the run must stop
-    FATAL = "fatal"                # the output cannot be written (full disk): the run must stop
-    EXIT = "exit"                  # the worker finished and is about to exit
+log = logging.getLogger("mpinfer.backends.worker")
 
 
 @dataclass(frozen=True)
@@ -55,10 +46,6 @@ class Outcome:
     events: tuple[dict[str, Any], ...]
     line: bytes | None = None
     to_errors: bool = False
-
-
-def event(kind: EventKind, task_id: str | None = None, **fields: Any) -> dict[str, Any]:
-    return {"kind": kind.value, "id": task_id, **fields}
 
 
 class LimiterClient(Protocol):

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ImageError
-from .tasks import Task
+from ..errors import ImageError
+from ..inputs.tasks import Task
 from .tokens import DEFAULT_COMPLETION_TOKENS, TOKENS_PER_MESSAGE, image_size, image_tokens, text_tokens
 
 # What the OpenAI vision models accept; detected from the bytes, since names lie (a .png that is a JPEG).

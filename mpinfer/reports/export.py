@@ -20,12 +20,12 @@ from typing import IO, Any
 
 import orjson
 
-from .config import RunConfig
-from .errors import ConfigError
-from .records import RecordView, view
-from .repair import atomic_write
-from .store import OutputPaths, companion, iter_lines, model_outputs, record_id
-from .tasks import FieldKeys, InputFormat, Selection, Task, check_input, iter_selected, reading, selection
+from ..config import RunConfig
+from ..errors import ConfigError
+from ..inputs.tasks import FieldKeys, InputFormat, Selection, Task, check_input, iter_selected, reading, selection
+from ..store.output import OutputPaths, companion, iter_lines, model_outputs, record_id
+from ..store.records import RecordView, view
+from ..store.repair import atomic_write
 
 ANSWER_COLUMNS: tuple[str, ...] = (
     "answer", "model", "requested_model", "prompt_tokens", "completion_tokens", "total_tokens", "cost",

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from .ratelimit import LaneStats
+from ..api.ratelimit import LaneStats
 
 
 @dataclass

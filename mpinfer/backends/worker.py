@@ -24,17 +24,18 @@ from typing import Any
 
 import orjson
 
-from .config import RunConfig
-from .errors import OutputError
-from .logfile import setup_worker_logging
-from .prices import PriceTable
-from .ratelimit import SharedLimiter
-from .runner import EventKind, LocalLimiter, TaskRunner, event
-from .store import Appender, OutputPaths
-from .tasks import Task
+from ..api.prices import PriceTable
+from ..api.ratelimit import SharedLimiter
+from ..config import RunConfig
+from ..errors import OutputError
+from ..events import EventKind, event
+from ..inputs.tasks import Task
+from ..logfile import setup_worker_logging
+from ..store.output import Appender, OutputPaths
+from .runner import LocalLimiter, TaskRunner
 
 _PR_SET_PDEATHSIG = 1
-log = logging.getLogger("mpinfer.worker")
+log = logging.getLogger("mpinfer.backends.worker")
 
 
 @dataclass(frozen=True)

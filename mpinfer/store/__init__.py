@@ -1,0 +1,26 @@
+"""The output and the files beside it: the record schema (records), locked whole-line appends, torn tails,
+the resume scan and the run lock (output), the run manifest (manifest), repair and fresh start (repair).
+"""
+
+from .output import (
+                     Appender,
+                     BadLine,
+                     OutputPaths,
+                     RunInfo,
+                     RunLock,
+                     Scan,
+                     TailRepair,
+                     companion,
+                     iter_lines,
+                     live_run,
+                     model_outputs,
+                     record_id,
+                     repair_tail,
+                     scan,
+                     write_whole,
+)
+from .records import Failure, RecordView, Result, Usage, same_model, view
+
+__all__ = ["Appender", "BadLine", "Failure", "OutputPaths", "RecordView", "Result", "RunInfo", "RunLock", "Scan",
+           "TailRepair", "Usage", "companion", "iter_lines", "live_run", "model_outputs", "record_id",
+           "repair_tail", "same_model", "scan", "view", "write_whole"]
