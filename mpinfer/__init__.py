@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "RunConfig": "config", "load_config": "config",
     "ConfigError": "errors", "InputError": "errors", "MpinferError": "errors", "OutputError": "errors",
-    "RunAborted": "errors", "RunLockedError": "errors",
+    "RunLockedError": "errors",
     "RunSummary": "reports.summary",
     "StatusReport": "reports.status", "status": "reports.status",
     "ValidationReport": "reports.validate", "validate": "reports.validate",
@@ -33,7 +33,7 @@ from .run import run  # noqa: E402
 
 if TYPE_CHECKING:
     from .config import RunConfig, load_config
-    from .errors import ConfigError, InputError, MpinferError, OutputError, RunAborted, RunLockedError
+    from .errors import ConfigError, InputError, MpinferError, OutputError, RunLockedError
     from .reports.export import ExportReport, export
     from .reports.status import StatusReport, status
     from .reports.summary import RunSummary

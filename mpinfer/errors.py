@@ -62,11 +62,13 @@ class RunLockedError(OutputError):
     exit_code = 4
 
 
-class RunAborted(MpinferError):
-    """The run stopped early for a reason that retrying cannot fix (bad key, no quota, full disk)."""
-
-    exit_code = 5
-
-
 class ImageError(MpinferError):
     """One task's image is missing, unreadable or not an image; a per-task failure, never fatal."""
+
+
+class NoKeysLeft(MpinferError):
+    """Every API key of the run has been rejected (401/403): no task can be sent; the run aborts."""
+
+
+class MalformedResponse(MpinferError):
+    """The server answered 200 with a body that is not a chat completion; retried like a server error."""

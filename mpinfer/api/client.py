@@ -20,7 +20,7 @@ import httpx2
 import openai
 import orjson
 
-from ..errors import ImageError
+from ..errors import ImageError, MalformedResponse
 
 MAX_BACKOFF_S = 60.0
 # OpenAI asks clients to retry these; everything else in 4xx is the request's own fault.
@@ -57,10 +57,6 @@ class CallError:
     message: str
     verdict: Verdict
     retry_after: float | None = None
-
-
-class MalformedResponse(Exception):
-    """The server answered 200 with a body that is not a chat completion."""
 
 
 _tls: ssl.SSLContext | None = None

@@ -23,6 +23,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import NoKeysLeft
+
 DEFAULT_WINDOW_S = 60.0
 # Requests reach the server a little after they leave the limiter; the margin keeps the server's window,
 # measured on arrival, within the limit too: 2% of the window, between 0.1 s and 1 s (1.6% of a minute).
@@ -309,7 +311,3 @@ class SharedLimiter:
                 )
                 for lane in range(self.n_keys * self.n_models)
             ]
-
-
-class NoKeysLeft(Exception):
-    """Every API key of the run has been rejected."""
