@@ -7,13 +7,13 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from .http import _error_body
+from .http import error_body
 
 _VALID_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 _VALID_DETAILS = frozenset({"auto", "low", "high"})
 
 
-class _ApiError(Exception):
+class ApiError(Exception):
     """An OpenAI-style API error to send back as ``{"error": {...}}``."""
 
     def __init__(
@@ -35,11 +35,11 @@ class _ApiError(Exception):
 
     def body(self) -> bytes:
         """The JSON error body OpenAI clients know how to parse."""
-        return _error_body(self.message, self.type, self.param, self.code)
+        return error_body(self.message, self.type, self.param, self.code)
 
 
 @dataclass(slots=True)
-class _Chat:
+class ChatRequest:
     """The parts of a validated chat request that the mock needs."""
 
     model: str
@@ -76,28 +76,28 @@ def _check_image_url(url: Any) -> str | None:
     return None
 
 
-def _parse_chat(body: bytes) -> _Chat:
-    """Validate a chat.completions body the way OpenAI would, raising _ApiError."""
+def parse_chat(body: bytes) -> ChatRequest:
+    """Validate a chat.completions body the way OpenAI would, raising ApiError."""
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
-        raise _ApiError(
+        raise ApiError(
             400,
             "We could not parse the JSON body of your request. (HINT: This likely means you aren't "
             "using your HTTP library correctly.)",
         ) from None
     if not isinstance(data, dict):
-        raise _ApiError(400, "The request body must be a JSON object.")
+        raise ApiError(400, "The request body must be a JSON object.")
     model = data.get("model")
     if not isinstance(model, str) or not model:
-        raise _ApiError(400, "you must provide a model parameter", param="model", code="missing_required_parameter")
+        raise ApiError(400, "you must provide a model parameter", param="model", code="missing_required_parameter")
     messages = data.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise _ApiError(
+        raise ApiError(
             400, "'messages' must be a non-empty array.", param="messages", code="missing_required_parameter"
         )
     if data.get("stream"):
-        raise _ApiError(400, "The mock server does not support streaming.", param="stream", code="unsupported_value")
+        raise ApiError(400, "The mock server does not support streaming.", param="stream", code="unsupported_value")
 
     text_chars = 0
     images_total = 0
@@ -105,10 +105,10 @@ def _parse_chat(body: bytes) -> _Chat:
     images_in_task = 0
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
-            raise _ApiError(400, f"Invalid type for 'messages[{i}]': expected an object.", param=f"messages.[{i}]")
+            raise ApiError(400, f"Invalid type for 'messages[{i}]': expected an object.", param=f"messages.[{i}]")
         role = message.get("role")
         if role not in _VALID_ROLES:
-            raise _ApiError(
+            raise ApiError(
                 400, f"Invalid value for 'messages[{i}].role': {role!r}.", param=f"messages.[{i}].role",
                 code="invalid_value",
             )
@@ -121,35 +121,35 @@ def _parse_chat(body: bytes) -> _Chat:
             for j, part in enumerate(content):
                 where = f"messages.[{i}].content.[{j}]"
                 if not isinstance(part, dict):
-                    raise _ApiError(400, f"Invalid type for '{where}': expected an object.", param=where)
+                    raise ApiError(400, f"Invalid type for '{where}': expected an object.", param=where)
                 kind = part.get("type")
                 if kind == "text":
                     text = part.get("text")
                     if not isinstance(text, str):
-                        raise _ApiError(400, f"Invalid type for '{where}.text': expected a string.",
+                        raise ApiError(400, f"Invalid type for '{where}.text': expected a string.",
                                         param=f"{where}.text", code="invalid_type")
                     texts.append(text)
                 elif kind == "image_url":
                     image = part.get("image_url")
                     if not isinstance(image, dict):
-                        raise _ApiError(400, f"Invalid type for '{where}.image_url': expected an object.",
+                        raise ApiError(400, f"Invalid type for '{where}.image_url': expected an object.",
                                         param=f"{where}.image_url", code="invalid_type")
                     problem = _check_image_url(image.get("url"))
                     if problem is not None:
-                        raise _ApiError(400, f"Invalid '{where}.image_url.url': {problem}.",
+                        raise ApiError(400, f"Invalid '{where}.image_url.url': {problem}.",
                                         param=f"{where}.image_url.url", code="invalid_value")
                     detail = image.get("detail")
                     if detail is not None and detail not in _VALID_DETAILS:
-                        raise _ApiError(400, f"Invalid value for '{where}.image_url.detail': {detail!r}.",
+                        raise ApiError(400, f"Invalid value for '{where}.image_url.detail': {detail!r}.",
                                         param=f"{where}.image_url.detail", code="invalid_value")
                     images += 1
                 else:
-                    raise _ApiError(400, f"Invalid value for '{where}.type': {kind!r}.",
+                    raise ApiError(400, f"Invalid value for '{where}.type': {kind!r}.",
                                     param=f"{where}.type", code="invalid_value")
         elif content is None and role in ("assistant", "function"):
             pass  # assistant turns carrying only tool calls have null content
         else:
-            raise _ApiError(400, f"Invalid type for 'messages[{i}].content'.", param=f"messages.[{i}].content",
+            raise ApiError(400, f"Invalid type for 'messages[{i}].content'.", param=f"messages.[{i}].content",
                             code="invalid_type")
         for text in texts:
             text_chars += len(text)
@@ -164,8 +164,8 @@ def _parse_chat(body: bytes) -> _Chat:
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise _ApiError(400, f"Invalid value for '{name}': expected an integer >= 1.", param=name,
+            raise ApiError(400, f"Invalid value for '{name}': expected an integer >= 1.", param=name,
                             code="invalid_value")
         max_tokens = value
         break  # max_completion_tokens is the newer name and wins, as on OpenAI
-    return _Chat(model, "".join(task_parts), images_in_task, images_total, text_chars, max_tokens)
+    return ChatRequest(model, "".join(task_parts), images_in_task, images_total, text_chars, max_tokens)

@@ -9,28 +9,28 @@ import math
 import random
 import time
 
-from .chat import _ApiError, _parse_chat
+from .chat import ApiError, parse_chat
 from .config import MockConfig
-from .http import _Connection, _error_body, _http_response, _Request
+from .http import Connection, Request, error_body, http_response
 from .limits import (
-    _add_ratelimit_headers,
-    _check_limits,
-    _format_seconds,
+    add_ratelimit_headers,
+    check_limits,
     format_duration,
+    format_seconds,
 )
-from .stats import _Stats
+from .stats import Stats
 
 _TOKENS_PER_IMAGE = 85
 
 
-class _ChatCompletions:
+class ChatCompletions:
     """The chat endpoint of ``MockServer``, apart from its lifecycle, routing and control API.
 
     A mixin: ``MockServer`` owns the state declared here and sets all of it in ``__init__``.
     """
 
     _config: MockConfig
-    _stats: _Stats
+    _stats: Stats
     _scripts: dict[str, collections.deque[str]]
     _revoked: set[str]
     _rng: random.Random
@@ -39,7 +39,7 @@ class _ChatCompletions:
 
     # -- chat completions ----------------------------------------------------
 
-    def _handle_chat(self, conn: _Connection, req: _Request) -> None:
+    def _handle_chat(self, conn: Connection, req: Request) -> None:
         """Decide the outcome of one chat request and answer now or after a delay.
 
         Everything is decided synchronously at arrival (auth, validation, rate
@@ -67,8 +67,8 @@ class _ChatCompletions:
         try:
             outcome, status, body, task_key = self._decide(req, cfg, now, n, headers)
             st.outcomes[outcome] += 1
-            _add_ratelimit_headers(st, cfg, now, headers)
-            payload = b"" if outcome in ("hang", "reset") else _http_response(status, body, req.keep_alive, headers)
+            add_ratelimit_headers(st, cfg, now, headers)
+            payload = b"" if outcome in ("hang", "reset") else http_response(status, body, req.keep_alive, headers)
         except BaseException:
             st.in_flight -= 1  # a bug above must not leave a phantom request in flight
             raise
@@ -88,7 +88,7 @@ class _ChatCompletions:
             st.in_flight -= 1
 
     def _decide(
-        self, req: _Request, cfg: MockConfig, now: float, n: int, headers: list[tuple[str, str]]
+        self, req: Request, cfg: MockConfig, now: float, n: int, headers: list[tuple[str, str]]
     ) -> tuple[str, int, bytes, str | None]:
         """Return (outcome, status, body, task key) and add outcome-specific headers."""
         st = self._stats
@@ -96,7 +96,7 @@ class _ChatCompletions:
         scheme, _, key = auth.partition(" ")
         key = key.strip()
         if scheme.lower() != "bearer" or not key:
-            return "401", 401, _error_body(
+            return "401", 401, error_body(
                 "You didn't provide an API key. You need to provide your API key in an Authorization header "
                 "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
                 "invalid_request_error",
@@ -104,12 +104,12 @@ class _ChatCompletions:
         # Only the tail of a key is ever stored, so stats can be shared freely.
         st.per_key[key[-4:]] += 1
         if (cfg.keys and key not in cfg.keys) or key in self._revoked:
-            return "401", 401, _error_body(
+            return "401", 401, error_body(
                 f"Incorrect API key provided: ...{key[-4:]}.", "invalid_request_error", None, "invalid_api_key"
             ), None
         try:
-            chat = _parse_chat(req.body)
-        except _ApiError as exc:
+            chat = parse_chat(req.body)
+        except ApiError as exc:
             return exc.outcome, exc.status, exc.body(), None
         task_key = chat.task_key
         if cfg.record_bodies:
@@ -129,17 +129,17 @@ class _ChatCompletions:
         if cfg.tpm is not None and st.accepted_token_sum + budget > cfg.tpm:
             st.token_window_violations += 1
 
-        rejection = _check_limits(st, cfg, now, budget)
+        rejection = check_limits(st, cfg, now, budget)
         if rejection is not None:
             kind, limit, used, retry_s = rejection
-            headers.append(("retry-after", _format_seconds(math.ceil(retry_s * 1000) / 1000)))
+            headers.append(("retry-after", format_seconds(math.ceil(retry_s * 1000) / 1000)))
             headers.append(("retry-after-ms", str(math.ceil(retry_s * 1000))))
             message = (
                 f"Rate limit reached for {chat.model} (mock) on {kind} per min (RPM/TPM): Limit {limit}, "
                 f"Used {used}, Requested {1 if kind == 'requests' else budget}. "
                 f"Please try again in {format_duration(retry_s)}."
             )
-            return "limit", 429, _error_body(message, kind, None, "rate_limit_exceeded"), task_key
+            return "limit", 429, error_body(message, kind, None, "rate_limit_exceeded"), task_key
         # Accepted by the limiter: record it in the sliding token window.
         st.accepted_t.append(now)
         st.accepted_tokens.append(budget)
@@ -171,9 +171,9 @@ class _ChatCompletions:
             }
             return "ok", 200, json.dumps(response).encode(), task_key
         if outcome == "429":
-            headers.append(("retry-after", _format_seconds(cfg.retry_after)))
+            headers.append(("retry-after", format_seconds(cfg.retry_after)))
             headers.append(("retry-after-ms", str(math.ceil(cfg.retry_after * 1000))))
-            return "429", 429, _error_body(
+            return "429", 429, error_body(
                 f"Rate limit reached for {chat.model} (mock fault). Please try again in "
                 f"{format_duration(cfg.retry_after)}.",
                 "requests",
@@ -181,14 +181,14 @@ class _ChatCompletions:
                 "rate_limit_exceeded",
             ), task_key
         if outcome == "quota":
-            return "quota", 429, _error_body(
+            return "quota", 429, error_body(
                 "You exceeded your current quota, please check your plan and billing details.",
                 "insufficient_quota",
                 None,
                 "insufficient_quota",
             ), task_key
         if outcome == "500":
-            return "500", 500, _error_body(
+            return "500", 500, error_body(
                 "The server had an error while processing your request. Sorry about that! (mock fault)",
                 "server_error",
             ), task_key
@@ -218,7 +218,7 @@ class _ChatCompletions:
             r -= p
         return "ok"
 
-    def _deliver(self, conn: _Connection, outcome: str, payload: bytes, keep_alive: bool, task_key: str | None) -> None:
+    def _deliver(self, conn: Connection, outcome: str, payload: bytes, keep_alive: bool, task_key: str | None) -> None:
         """Send the decided response; count ``answered`` only for real completions."""
         if outcome == "reset":
             conn.reset()
@@ -229,15 +229,15 @@ class _ChatCompletions:
 
     async def _answer_later(
         self,
-        conn: _Connection,
+        conn: Connection,
         delay_s: float,
         outcome: str,
         payload: bytes,
         keep_alive: bool,
         task_key: str | None,
-        st: _Stats,
+        st: Stats,
     ) -> None:
-        # ``st`` is the _Stats object current at arrival: a reset in between
+        # ``st`` is the Stats object current at arrival: a reset in between
         # must neither count this answer nor drive in_flight negative.
         try:
             await asyncio.sleep(delay_s)
@@ -248,7 +248,7 @@ class _ChatCompletions:
         finally:
             self._leave(st)
 
-    async def _hang(self, conn: _Connection, hang_s: float, st: _Stats) -> None:
+    async def _hang(self, conn: Connection, hang_s: float, st: Stats) -> None:
         try:
             # Cancelled by connection_lost when the client gives up, so a hang
             # holds no resources beyond the client's own patience.
@@ -257,7 +257,7 @@ class _ChatCompletions:
         finally:
             self._leave(st)
 
-    def _leave(self, st: _Stats) -> None:
+    def _leave(self, st: Stats) -> None:
         st.in_flight -= 1
         if st is not self._stats:
             self._stats.in_flight = max(0, self._stats.in_flight - 1)

@@ -1,8 +1,8 @@
 """``MockConfig``: every tunable of the mock server, its validation, and the parsing of runtime settings.
 
 The command line, the subprocess helper and ``POST /_mock/config`` all build a ``MockConfig``. For a
-runtime update, ``_coerce_field`` turns each JSON value into the field's declared type (and
-``_str_list`` checks the lists of keys and scripted outcomes) before ``dataclasses.replace`` runs the
+runtime update, ``coerce_field`` turns each JSON value into the field's declared type (and
+``str_list`` checks the lists of keys and scripted outcomes) before ``dataclasses.replace`` runs the
 validation again.
 """
 
@@ -20,7 +20,7 @@ WINDOW_S = 60.0
 # Fields of MockConfig that POST /_mock/config may change at runtime. host,
 # port and backlog are fixed once listening; keys are secrets and are only
 # ever narrowed (revoked), never replaced or echoed back.
-_RUNTIME_FIELDS = frozenset(
+RUNTIME_FIELDS = frozenset(
     {
         "latency_ms",
         "jitter_ms",
@@ -160,13 +160,13 @@ class MockConfig:
         return data
 
 
-def _str_list(name: str, value: Any) -> list[str]:
+def str_list(name: str, value: Any) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValueError(f"{name} must be a list of strings")
     return list(value)
 
 
-def _coerce_field(name: str, value: Any) -> Any:
+def coerce_field(name: str, value: Any) -> Any:
     """Convert a JSON value for a runtime MockConfig field to its declared type."""
     if name == "model_map":
         if not isinstance(value, Mapping):

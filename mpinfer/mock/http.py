@@ -3,7 +3,7 @@
 A small parser written directly on ``asyncio`` protocols (keep-alive, ``Content-Length`` and chunked
 request bodies, pipelining, ``Connection: close``) rather than a framework, so that thousands of
 concurrent connections and well over 2,000 simple completions per second fit on a single core.
-Every response, errors included, is written by ``_http_response``; ``_error_body`` is OpenAI's JSON
+Every response, errors included, is written by ``http_response``; ``error_body`` is OpenAI's JSON
 error envelope, which protocol errors use too.
 """
 
@@ -16,10 +16,9 @@ import socket
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from .server import MockServer
+from .config import MockConfig
 
 # Named as when this code was mpinfer/mockserver.py, so logging set-ups that name it keep working.
 log = logging.getLogger("mpinfer.mockserver")
@@ -54,12 +53,12 @@ class _HttpError(Exception):
         self.message = message
 
 
-def _error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> bytes:
+def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> bytes:
     """Encode an OpenAI error envelope."""
     return json.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}}).encode()
 
 
-def _http_response(
+def http_response(
     status: int,
     body: bytes,
     keep_alive: bool,
@@ -83,7 +82,7 @@ def _http_response(
 
 
 @dataclass(slots=True)
-class _Request:
+class Request:
     """One parsed HTTP request."""
 
     method: str
@@ -133,7 +132,23 @@ def _parse_chunked(buf: bytearray, pos: int, limit: int) -> tuple[bytes, int] | 
         pos += size + 2
 
 
-class _Connection(asyncio.Protocol):
+class ConnectionHost(Protocol):
+    """What a connection needs from the server that accepted it; declared here so this module need not
+    import the server (which imports it)."""
+
+    @property
+    def connections(self) -> set[Connection]:
+        """The open connections, closed at shutdown; each connection adds and removes itself."""
+
+    @property
+    def config(self) -> MockConfig:
+        """The current configuration, read per request because it can change at run time."""
+
+    def dispatch(self, conn: Connection, request: Request) -> None:
+        """Answer one parsed request on ``conn``."""
+
+
+class Connection(asyncio.Protocol):
     """One client connection: parses requests and answers them strictly in order.
 
     Requests that can be answered immediately are handled synchronously inside
@@ -142,8 +157,8 @@ class _Connection(asyncio.Protocol):
     until that task is done so pipelined responses stay in request order.
     """
 
-    def __init__(self, server: MockServer) -> None:
-        self._server = server
+    def __init__(self, host: ConnectionHost) -> None:
+        self._host = host
         self._transport: asyncio.Transport | None = None
         self._buf = bytearray()
         self._busy = False
@@ -161,12 +176,12 @@ class _Connection(asyncio.Protocol):
         """Register the connection so shutdown can close it."""
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
-        self._server._connections.add(self)
+        self._host.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Cancel any pending answer (e.g. a hang) so nothing leaks after a disconnect."""
         self._closed = True
-        self._server._connections.discard(self)
+        self._host.connections.discard(self)
         if self._task is not None and not self._task.done():
             self._task.cancel()
         self._buf.clear()
@@ -203,7 +218,7 @@ class _Connection(asyncio.Protocol):
             try:
                 request = self._parse_one()
             except _HttpError as exc:
-                self.send(_http_response(exc.status, _error_body(exc.message, "invalid_request_error"), False), False)
+                self.send(http_response(exc.status, error_body(exc.message, "invalid_request_error"), False), False)
                 return
             if request is None:
                 if self._paused:
@@ -211,13 +226,13 @@ class _Connection(asyncio.Protocol):
                     transport.resume_reading()
                 return
             try:
-                self._server._dispatch(self, request)
+                self._host.dispatch(self, request)
             except Exception:  # a handler bug must not kill the connection loop
                 log.exception("mock handler failed")
-                self.send(_http_response(500, _error_body("mock server bug", "server_error"), False), False)
+                self.send(http_response(500, error_body("mock server bug", "server_error"), False), False)
                 return
 
-    def _parse_one(self) -> _Request | None:
+    def _parse_one(self) -> Request | None:
         """Take one complete request off the buffer, or return None if incomplete."""
         buf = self._buf
         if self._head is None:
@@ -236,7 +251,7 @@ class _Connection(asyncio.Protocol):
             body_start = end + 4
             del buf[:body_start]
         method, target, headers, keep_alive, content_length = self._head
-        limit = self._server._config.max_body_bytes
+        limit = self._host.config.max_body_bytes
         if content_length < 0:  # chunked
             parsed = _parse_chunked(buf, 0, limit)
             if parsed is None:
@@ -252,7 +267,7 @@ class _Connection(asyncio.Protocol):
         del buf[:consumed]
         self._head = None
         path = target.split("?", 1)[0]
-        return _Request(method, path, headers, body, keep_alive)
+        return Request(method, path, headers, body, keep_alive)
 
     def _parse_head(self, head: bytes) -> tuple[str, str, dict[str, str], bool, int]:
         """Parse request line and headers; content length -1 means chunked."""
@@ -289,7 +304,7 @@ class _Connection(asyncio.Protocol):
         if not raw_length.isdigit():
             raise _HttpError(400, "invalid content-length")
         length = int(raw_length)
-        if length > self._server._config.max_body_bytes:
+        if length > self._host.config.max_body_bytes:
             raise _HttpError(413, "request body too large")
         return method, target, headers, keep_alive, length
 

@@ -1,7 +1,7 @@
 """The rpm/tpm rate limits: the check, OpenAI's ``x-ratelimit-*`` headers and their duration formats.
 
-``_check_limits`` and ``_add_ratelimit_headers`` read the sliding windows that ``_Stats`` keeps;
-``format_duration`` (Go style, as OpenAI's reset headers) and ``_format_seconds`` (Retry-After) format
+``check_limits`` and ``add_ratelimit_headers`` read the sliding windows that ``Stats`` keeps;
+``format_duration`` (Go style, as OpenAI's reset headers) and ``format_seconds`` (Retry-After) format
 the waits they announce.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 from .config import MockConfig
-from .stats import _Stats
+from .stats import Stats
 
 
 def format_duration(seconds: float) -> str:
@@ -37,14 +37,14 @@ def format_duration(seconds: float) -> str:
     return f"{sec_text}s"
 
 
-def _format_seconds(seconds: float) -> str:
+def format_seconds(seconds: float) -> str:
     """Seconds for a Retry-After header: an integer when whole, else ms precision."""
     if float(seconds).is_integer():
         return str(int(seconds))
     return f"{seconds:.3f}".rstrip("0").rstrip(".")
 
 
-def _check_limits(st: _Stats, cfg: MockConfig, now: float, budget: int) -> tuple[str, int, int, float] | None:
+def check_limits(st: Stats, cfg: MockConfig, now: float, budget: int) -> tuple[str, int, int, float] | None:
     """(kind, limit, used, retry seconds) if this request breaks rpm/tpm, else None."""
     if cfg.rpm is not None and len(st.accepted_t) + 1 > cfg.rpm:
         # The earliest moment a slot frees is when the oldest entry expires;
@@ -58,7 +58,7 @@ def _check_limits(st: _Stats, cfg: MockConfig, now: float, budget: int) -> tuple
         # only done on rejection and bounded by the window's length.
         need = st.accepted_token_sum + budget - cfg.tpm
         freed = 0
-        for t, tokens in zip(st.accepted_t, st.accepted_tokens):
+        for t, tokens in zip(st.accepted_t, st.accepted_tokens, strict=True):
             freed += tokens
             if freed >= need:
                 return "tokens", cfg.tpm, st.accepted_token_sum, t + cfg.window_s - now
@@ -66,7 +66,7 @@ def _check_limits(st: _Stats, cfg: MockConfig, now: float, budget: int) -> tuple
     return None
 
 
-def _add_ratelimit_headers(st: _Stats, cfg: MockConfig, now: float, headers: list[tuple[str, str]]) -> None:
+def add_ratelimit_headers(st: Stats, cfg: MockConfig, now: float, headers: list[tuple[str, str]]) -> None:
     """OpenAI's x-ratelimit-* headers for each configured limit.
 
     ``reset`` is the time until the oldest accepted request leaves the

@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Self
 
-from .completions import _ChatCompletions
-from .config import _RUNTIME_FIELDS, MockConfig, _coerce_field, _str_list
-from .http import _Connection, _error_body, _http_response, _Request
-from .stats import _Stats
+from .completions import ChatCompletions
+from .config import RUNTIME_FIELDS, MockConfig, coerce_field, str_list
+from .http import Connection, Request, error_body, http_response
+from .stats import Stats
 
 SCRIPTABLE_OUTCOMES: frozenset[str] = frozenset({"ok", "429", "quota", "500", "hang", "reset", "malformed"})
 """Outcomes that may appear in a per-task-key ``script`` queue."""
@@ -23,7 +23,7 @@ SCRIPTABLE_OUTCOMES: frozenset[str] = frozenset({"ok", "429", "quota", "500", "h
 _BASE_MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "gpt-4.1-nano", "mock-vision-1")
 
 
-class MockServer(_ChatCompletions):
+class MockServer(ChatCompletions):
     """The in-process mock server; use ``MockServerProcess`` for a subprocess.
 
     Running in-process is handy for benchmarks that want to avoid a second
@@ -34,7 +34,7 @@ class MockServer(_ChatCompletions):
     def __init__(self, config: MockConfig | None = None) -> None:
         """Create a server for ``config`` (defaults if None); call ``start()`` to listen."""
         self._config = config or MockConfig()
-        self._stats = _Stats()
+        self._stats = Stats()
         self._scripts: dict[str, collections.deque[str]] = {}
         self._revoked: set[str] = set()
         self._rng = random.Random(self._config.seed)
@@ -42,7 +42,7 @@ class MockServer(_ChatCompletions):
         # fault sequence a given seed produces.
         self._jitter_rng = random.Random(f"jitter-{self._config.seed}")
         self._next_id = 0
-        self._connections: set[_Connection] = set()
+        self._open: set[Connection] = set()
         self._server: asyncio.Server | None = None
         self._port = 0
 
@@ -52,7 +52,7 @@ class MockServer(_ChatCompletions):
         """Bind and start listening; afterwards ``port`` and ``base_url`` are valid."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: _Connection(self),
+            lambda: Connection(self),
             host=self._config.host,
             port=self._config.port,
             backlog=self._config.backlog,
@@ -64,7 +64,7 @@ class MockServer(_ChatCompletions):
         """Stop listening and drop every open connection (pending answers are cancelled)."""
         if self._server is not None:
             self._server.close()
-        for conn in list(self._connections):
+        for conn in list(self._open):
             conn.abort()
         if self._server is not None:
             await self._server.wait_closed()
@@ -95,6 +95,11 @@ class MockServer(_ChatCompletions):
     def config(self) -> MockConfig:
         """The current (possibly runtime-updated) configuration."""
         return self._config
+
+    @property
+    def connections(self) -> set[Connection]:
+        """The open connections (each adds and removes itself); closed by ``close()``."""
+        return self._open
 
     # -- control API -----------------------------------------------------------
 
@@ -137,7 +142,7 @@ class MockServer(_ChatCompletions):
                 "window_tokens": st.accepted_token_sum,
                 "max_tokens_in_any_60s_window": st.max_tokens_window,
             },
-            "connections": len(self._connections),
+            "connections": len(self._open),
             "scripted_pending": sum(len(q) for q in self._scripts.values()),
             "bodies": dict(st.bodies),
         }
@@ -148,7 +153,7 @@ class MockServer(_ChatCompletions):
         Revoked keys and the configuration stay: they are settings, not counters.
         """
         in_flight = self._stats.in_flight
-        self._stats = _Stats()
+        self._stats = Stats()
         self._stats.in_flight = in_flight
         self._stats.max_in_flight = in_flight
         self._scripts.clear()
@@ -171,20 +176,20 @@ class MockServer(_ChatCompletions):
         script: dict[str, list[str]] = {}
         for name, value in settings.items():
             if name == "revoke_keys":
-                revoke = _str_list(name, value)
+                revoke = str_list(name, value)
             elif name == "unrevoke_keys":
-                unrevoke = _str_list(name, value)
+                unrevoke = str_list(name, value)
             elif name == "script":
                 if not isinstance(value, Mapping):
                     raise ValueError("script must map task keys to lists of outcomes")
                 for task_key, outcomes in value.items():
-                    items = _str_list(f"script[{task_key!r}]", outcomes)
+                    items = str_list(f"script[{task_key!r}]", outcomes)
                     bad = [o for o in items if o not in SCRIPTABLE_OUTCOMES]
                     if bad:
                         raise ValueError(f"unknown scripted outcomes {bad}; use {sorted(SCRIPTABLE_OUTCOMES)}")
                     script[str(task_key)] = items
-            elif name in _RUNTIME_FIELDS:
-                updates[name] = _coerce_field(name, value)
+            elif name in RUNTIME_FIELDS:
+                updates[name] = coerce_field(name, value)
             else:
                 raise ValueError(f"unknown or read-only setting: {name!r}")
         new_config = dataclasses.replace(self._config, **updates)  # validates
@@ -207,7 +212,8 @@ class MockServer(_ChatCompletions):
 
     # -- routing -------------------------------------------------------------
 
-    def _dispatch(self, conn: _Connection, req: _Request) -> None:
+    def dispatch(self, conn: Connection, req: Request) -> None:
+        """Route one parsed request (called by its connection)."""
         path = req.path
         method = req.method
         if path in ("/v1/chat/completions", "/chat/completions"):
@@ -249,11 +255,11 @@ class MockServer(_ChatCompletions):
         else:
             self._send_json_error(conn, req, 404, f"Unknown URL: {method} {path}", code="unknown_url")
 
-    def _send_json(self, conn: _Connection, req: _Request, status: int, payload: Any) -> None:
-        conn.send(_http_response(status, json.dumps(payload).encode(), req.keep_alive), req.keep_alive)
+    def _send_json(self, conn: Connection, req: Request, status: int, payload: Any) -> None:
+        conn.send(http_response(status, json.dumps(payload).encode(), req.keep_alive), req.keep_alive)
 
     def _send_json_error(
-        self, conn: _Connection, req: _Request, status: int, message: str, code: str | None = None
+        self, conn: Connection, req: Request, status: int, message: str, code: str | None = None
     ) -> None:
-        body = _error_body(message, "invalid_request_error", None, code)
-        conn.send(_http_response(status, body, req.keep_alive), req.keep_alive)
+        body = error_body(message, "invalid_request_error", None, code)
+        conn.send(http_response(status, body, req.keep_alive), req.keep_alive)

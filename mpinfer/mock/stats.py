@@ -13,7 +13,7 @@ RECORDED_BODIES_MAX = 1000
 """Most task keys whose last request body ``record_bodies`` keeps; the oldest key is forgotten first."""
 
 
-class _Stats:
+class Stats:
     """All counters the server exposes; reset as a unit by ``/_mock/reset``."""
 
     def __init__(self) -> None:
