@@ -7,35 +7,25 @@ fail the task in a real run is listed here as a problem. It never writes, locks 
 never fetches a remote image: those are counted and estimated at tokens.UNKNOWN_IMAGE_TOKENS.
 
 The input is streamed; memory holds the done ids (as a real run does), counters, the first problems, and a
-bounded table of what each image file seen so far showed (MAX_FILES_REMEMBERED files, a few hundred bytes
-each), so that a file shared by many tasks is read once, however large, and a broken one too.
+bounded table of what each image file seen so far showed (taskcheck.MAX_FILES_REMEMBERED files, a few hundred
+bytes each), so that a file shared by many tasks is read once, however large, and a broken one too.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
-import os
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..api.messages import EncodedImage, ImageEncoder, Request, build_request, is_remote, sniff_mime
 from ..api.prices import PriceTable
-from ..api.tokens import DEFAULT_COMPLETION_TOKENS, image_size
+from ..api.tokens import DEFAULT_COMPLETION_TOKENS
 from ..config import RunConfig
-from ..errors import ImageError
-from ..inputs.tasks import Task, check_input, iter_tasks, reading, selection
+from ..inputs.tasks import check_input, iter_tasks, reading, selection
 from ..store.output import model_outputs, scan
+from .taskcheck import CheckedImage, TaskChecker
 
 MAX_PROBLEMS_KEPT = 20
-# Facts about this many image files are remembered (a few hundred bytes each); past that the oldest are
-# forgotten and judged again if a later task uses them.
-MAX_FILES_REMEMBERED = 65536
-_SHORT_REF = 40
-_ALREADY_READ = "data:,already-read-by-this-dry-run"  # never sent: a dry run sends nothing
 
 
 def _plain(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -174,37 +164,6 @@ class DryRunPlan:
         return data
 
 
-@dataclass(frozen=True)
-class _Image:
-    """One image reference of a task, checked: its pixel size (None for a remote URL) and bytes."""
-
-    kind: str  # "local", "inline" or "remote"
-    size: tuple[int, int] | None
-    bytes: int
-    path: str
-
-
-@dataclass(frozen=True)
-class _FileFacts:
-    """What the one read of an image file showed: its bytes, its pixel size, or why a task using it fails."""
-
-    bytes: int
-    size: tuple[int, int] | None
-    problem: str | None = None
-
-
-def _size_message(ref: str, where: str) -> str:
-    return f"image {ref!r}: cannot read its size: corrupt or truncated? ({where})"
-
-
-def _short(ref: str) -> str:
-    return ref if len(ref) <= _SHORT_REF else ref[:_SHORT_REF] + "..."
-
-
-def _is_web(ref: str) -> bool:
-    return ref[:8].lower().startswith(("http://", "https://"))
-
-
 class _RowTally:
     """One model's running counts; prompt tokens and ceilings by the model actually requested."""
 
@@ -235,109 +194,6 @@ class _RowTally:
         )
 
 
-class _ReadOnceEncoder(ImageEncoder):
-    """The worker's ImageEncoder, made to read each image file once for the whole plan.
-
-    The first use of a file goes through the real encoder (the same resolution, MIME sniffing and errors as
-    a worker), and what it showed is remembered by path, mtime and size. A later use of that file gets the
-    remembered verdict: its ImageError again, or a stand-in URL, since a dry run sends nothing and needs
-    only the file's size. The encoder's own cache of data URLs would not do: it drops files over 16 MiB
-    and forgets the rest past 64 MiB, and it never holds a file that failed.
-    """
-
-    def __init__(self, root: Path) -> None:
-        super().__init__(root, cache_bytes=0)  # the facts below replace the cache, at a fraction of its memory
-        self.files: OrderedDict[tuple[str, int, int], _FileFacts] = OrderedDict()
-        self.used: list[tuple[str, _FileFacts]] = []  # (path, facts) of each local image of the task being built
-
-    def _file_key(self, ref: str) -> tuple[str, int, int] | None:
-        # Resolved as ImageEncoder.url resolves it; a stat reads no image bytes.
-        path = Path(ref).expanduser()
-        if not path.is_absolute():
-            path = self.root / path
-        try:
-            stat = os.stat(path)
-        except OSError:
-            return None
-        return str(path), stat.st_mtime_ns, stat.st_size
-
-    def encode(self, ref: str) -> EncodedImage:
-        """As ImageEncoder.encode, reading a file only on its first use; a size that cannot be read fails too."""
-        if is_remote(ref):
-            return super().encode(ref)
-        key = self._file_key(ref)
-        if key is None:
-            return super().encode(ref)  # raises the worker's ImageError for a missing file, reading nothing
-        facts = self.files.get(key)
-        if facts is None:
-            try:
-                image = super().encode(ref)
-            except ImageError as exc:
-                facts = _FileFacts(key[2], None, str(exc))
-            else:
-                facts = _FileFacts(key[2], image.size, None if image.size else _size_message(ref, key[0]))
-            self.files[key] = facts
-            while len(self.files) > MAX_FILES_REMEMBERED:
-                self.files.popitem(last=False)
-        else:
-            self.files.move_to_end(key)
-        if facts.problem is not None:
-            raise ImageError(facts.problem)
-        self.used.append((key[0], facts))
-        return EncodedImage(_ALREADY_READ, facts.size)
-
-
-class _Checker:
-    """Builds each pending task's request as a worker would and judges its images."""
-
-    def __init__(self, config: RunConfig) -> None:
-        self.config = config
-        self.encoder = _ReadOnceEncoder(config.resolved_image_root)
-
-    def check(self, task: Task, model: str) -> tuple[Request, list[_Image]] | str:
-        """The request and its checked images, or the message of the problem that would fail the task."""
-        config = self.config
-        self.encoder.used.clear()
-        try:
-            request = build_request(task, self.encoder, model=model, system_prompt=config.system_prompt,
-                                    temperature=config.temperature, max_tokens=config.max_tokens,
-                                    extra_body=config.extra_body)
-        except ImageError as exc:
-            return str(exc)
-        local = iter(self.encoder.used)
-        images: list[_Image] = []
-        for ref in task.images:
-            if _is_web(ref):
-                images.append(_Image("remote", None, 0, ref))
-            elif is_remote(ref):
-                inline = self._inline(ref, task.id)
-                if isinstance(inline, str):
-                    return inline
-                images.append(inline)
-            else:
-                path, facts = next(local)
-                images.append(_Image("local", facts.size, facts.bytes, path))
-        return request, images
-
-    @staticmethod
-    def _inline(ref: str, task_id: str) -> _Image | str:
-        """A data: URL from the input: the worker sends it as it is, so it is checked here from its bytes."""
-        header, _, payload = ref.partition(",")
-        short = _short(ref)
-        if not header.lower().endswith(";base64"):
-            return f"image {short!r}: a data: URL that is not base64"
-        try:
-            data = base64.b64decode(payload)
-        except (binascii.Error, ValueError):
-            return f"image {short!r}: a data: URL whose base64 does not decode"
-        if sniff_mime(data[:16]) is None:
-            return f"image {short!r}: not a PNG, JPEG, GIF or WEBP image"
-        size = image_size(data)
-        if size is None:
-            return _size_message(short, f"data: URL of task {task_id}")
-        return _Image("inline", size, len(data), f"data: URL of task {task_id}")
-
-
 class _Images:
     """Running image counts."""
 
@@ -346,7 +202,7 @@ class _Images:
         self.bytes = 0
         self.largest: LargestImage | None = None
 
-    def add(self, image: _Image, task_id: str) -> None:
+    def add(self, image: CheckedImage, task_id: str) -> None:
         self.counts[image.kind] += 1
         if image.size is None:
             return
@@ -373,7 +229,7 @@ def plan(config: RunConfig, prices: PriceTable) -> DryRunPlan:
     outputs = model_outputs(output, models)
     done = [scan(path).ids & index.ids for path in outputs]
     rows = [_RowTally() for _ in models]
-    checker = _Checker(config)
+    checker = TaskChecker(config)
     images = _Images()
     problems: list[TaskProblem] = []
     problem_count = tasks_pending = 0
@@ -413,7 +269,7 @@ def plan(config: RunConfig, prices: PriceTable) -> DryRunPlan:
         for i in pending:
             rows[i].add(request.model if len(models) == 1 else models[i], tokens, ceiling)
     model_rows = tuple(row.finish(model, path, len(ids), prices)
-                       for row, model, path, ids in zip(rows, models, outputs, done))
+                       for row, model, path, ids in zip(rows, models, outputs, done, strict=True))
     unpriced = sorted({name for row in rows for name in row.by_model if prices.find(name) is None})
     return DryRunPlan(
         input=input_path, models=models, tasks=index.total, tasks_pending=tasks_pending, rows=model_rows,
