@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .. import __version__
 from ..errors import InputError, OutputError, SettingsChanged
 from ..redact import redact, redact_argv
+from ..version import __version__
 from .output import companion, iter_lines, model_outputs, write_whole
 
 if TYPE_CHECKING:
@@ -75,7 +75,7 @@ def output_fingerprints(config: RunConfig) -> dict[str, dict[str, Any]]:
     if config.output is None:
         return {}
     paths = model_outputs(config.output, config.models)
-    return {path.name: fingerprint(config, model) for path, model in zip(paths, config.models)}
+    return {path.name: fingerprint(config, model) for path, model in zip(paths, config.models, strict=True)}
 
 
 def settings_of(config: RunConfig) -> dict[str, Any]:
