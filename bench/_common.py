@@ -363,7 +363,7 @@ def table(rows: Sequence[dict[str, Any]], columns: Iterable[str] | None = None, 
     numeric = [all(_is_number(row.get(c)) or row.get(c) is None for row in rows) for c in cols]
 
     def line(values: Sequence[str]) -> str:
-        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)).rstrip()
+        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric, strict=True)).rstrip()
 
     out = [title] if title else []
     out.append(line(cols))

@@ -73,7 +73,7 @@ def main() -> int:
         for name, body in STEPS.items():
             best = None
             for _ in range(args.repeat):
-                m = run_measured(python_command(PRELUDE + body + EPILOGUE) + [str(path), str(args.tasks)],
+                m = run_measured([*python_command(PRELUDE + body + EPILOGUE), str(path), str(args.tasks)],
                                  cwd=folder, env=cli_env(), sample=False, peak_memory=True, timeout_s=900)
                 m.check(name)
                 if best is None or m.wall_s < best.wall_s:

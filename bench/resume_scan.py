@@ -146,7 +146,7 @@ def main() -> int:
                             args.repeat)
         rows.append(row)
 
-        row, m = measure("(a) store.scan(output), in a subprocess", python_command(SCAN_CODE) + [str(output)],
+        row, m = measure("(a) store.scan(output), in a subprocess", [*python_command(SCAN_CODE), str(output)],
                          folder, args.repeat)
         m.check("scan")
         inner = json.loads(m.stdout.strip().splitlines()[-1])

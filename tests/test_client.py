@@ -401,21 +401,22 @@ def test_the_on_send_hook_runs_once_per_request_on_either_transport(mock: MockSe
     # Given a client whose on-send hook counts calls (the rate limiter's send stamp rides on it)
     from mpinfer.api.client import Transport
 
-    for transport in (Transport.AIOHTTP, Transport.HTTPX):
+    async def send_three(transport: Transport) -> list[float]:
         calls: list[float] = []
 
         async def hook() -> None:
             calls.append(time.monotonic())
 
-        async def send_three() -> None:
-            client = make_client("sk-test", mock.base_url, 10.0, on_send=hook, transport=transport)
-            try:
-                for n in range(3):
-                    await complete(client, request_for(f"hooked {n}"), 10.0)
-            finally:
-                await client.close()
+        client = make_client("sk-test", mock.base_url, 10.0, on_send=hook, transport=transport)
+        try:
+            for n in range(3):
+                await complete(client, request_for(f"hooked {n}"), 10.0)
+        finally:
+            await client.close()
+        return calls
 
+    for transport in (Transport.AIOHTTP, Transport.HTTPX):
         # When three requests are sent
-        asyncio.run(send_three())
+        calls = asyncio.run(send_three(transport))
         # Then the hook ran (was awaited) once for each
         assert len(calls) == 3, transport

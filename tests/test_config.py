@@ -344,7 +344,7 @@ def test_toml_verbose_that_is_not_a_boolean_is_refused(tmp_path: Path) -> None:
     write_toml(tmp_path, 'verbose = "maybe"\n')
     # When the config is settled
     # Then it is refused, naming the file
-    with pytest.raises(ConfigError, match="mpinfer.toml"):
+    with pytest.raises(ConfigError, match=r"mpinfer\.toml"):
         load_config({}, environ={}, cwd=tmp_path)
 
 

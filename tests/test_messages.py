@@ -333,5 +333,5 @@ def test_build_request_raises_image_error_for_a_missing_image(tmp_path: Path) ->
     task = Task(id="a", prompt="hi", images=("gone.png",))
     # When a request is built
     # Then it raises ImageError (a per-task failure) naming the image
-    with pytest.raises(ImageError, match="'gone.png'"):
+    with pytest.raises(ImageError, match=r"'gone\.png'"):
         build_request(task, ImageEncoder(tmp_path), model="m")

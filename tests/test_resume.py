@@ -124,7 +124,7 @@ def test_a_killed_worker_is_replaced_and_its_tasks_are_done_once(tmp_path: Path,
     workers = _children(proc.pid)
     assert len(workers) == 3
     os.kill(workers[0], signal.SIGKILL)
-    stdout, stderr = proc.communicate(timeout=WAIT_S)
+    _, stderr = proc.communicate(timeout=WAIT_S)
     # Then the run still finishes with every id exactly once, saying what happened
     assert proc.returncode == 0, stderr
     assert "died" in stderr
@@ -189,7 +189,7 @@ def test_a_second_ctrl_c_quits_at_once_and_the_rerun_still_finishes(tmp_path: Pa
     proc.send_signal(signal.SIGINT)
     time.sleep(0.3)
     proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=WAIT_S)
+    _, stderr = proc.communicate(timeout=WAIT_S)
     # Then it quits well before the requests in flight could finish, with no torn line and no failures
     assert time.monotonic() - started < 2.5
     assert proc.returncode == 130, stderr
