@@ -27,6 +27,7 @@ from .reports.text import (
 )
 from .reports.validate import validate
 from .run import DEFAULT_GRACE_S, run
+from .settings import Option
 from .store.repair import fresh_start, repair
 
 EXIT_OK = 0
@@ -48,9 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
         if option.is_switch:
             parser.add_argument(*names, dest=option.name, action="store_true", default=None, help=option.help)
             continue
-        default = f" (default: {option.default})" if option.default is not None else ""
         parser.add_argument(*names, dest=option.name, default=None, metavar=option.metavar,
-                            help=option.help + default)
+                            help=option_help(option))
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--status", action="store_true", help="show progress, tokens and ETA; works during a run")
     mode.add_argument("--validate", action="store_true", help="check the output's integrity against the input")
@@ -74,9 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--grace", type=float, default=DEFAULT_GRACE_S, metavar="SECONDS",
                         help=f"on Ctrl-C or SIGTERM, wait this long for requests in flight (default: {DEFAULT_GRACE_S:g})")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("-v", "--verbose", action="store_true", default=None, help="log more")
     parser.add_argument("--version", action="version", version=f"mpinfer {__version__}")
     return parser
+
+
+def option_help(option: Option) -> str:
+    """A setting's --help text: its help and, for a value (not a switch), its default."""
+    if option.is_switch or not option.default_text:
+        return option.help
+    return f"{option.help} (default: {option.default_text})"
 
 
 def _print(lines: list[str]) -> None:
@@ -129,7 +135,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _flags(args: argparse.Namespace) -> dict[str, Any]:
-    return {option.name: getattr(args, option.name) for option in OPTIONS} | {"verbose": args.verbose}
+    return {option.name: getattr(args, option.name) for option in OPTIONS}
 
 
 def _run(config: RunConfig, args: argparse.Namespace) -> int:

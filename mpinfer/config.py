@@ -1,8 +1,17 @@
 """RunConfig: every setting of a run, settled once and frozen.
 
-Precedence, highest first: command-line flags > environment (and ``.env`` in the working directory) >
-``mpinfer.toml`` in the working directory > the defaults documented in OPTIONS. This is the only module
-that reads ``os.environ``.
+Precedence, highest first: command-line flags (or keyword settings of ``mpinfer.run``) > environment (and
+``.env`` in the working directory) > ``mpinfer.toml`` in the working directory > the field's default. This is
+the only module that reads ``os.environ``.
+
+To add a setting, add one field to RunConfig, in one place::
+
+    max_wait: float | None = setting(None, positive_float, "what it does, for --help", metavar="SECONDS")
+
+It then has a flag (``--max-wait``), variables (``MPINFER_MAX_WAIT``), a toml key and a keyword of
+``mpinfer.run``; ``tests/test_docs.py`` fails until the README's settings table and ``.env.example`` have
+its row and line, and prints them (``settings.readme_row`` and ``settings.env_line``). Choices are a
+StrEnum here, parsed with ``one_of``.
 
 The API key is read from the environment or ``.env`` only (``OPENAI_API_KEY``): never from a flag, which
 would leak into shell history and ``ps``, nor from mpinfer.toml, which tends to get committed.
@@ -12,8 +21,9 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -21,218 +31,119 @@ import orjson
 from dotenv import dotenv_values
 
 from .errors import ConfigError
+from .settings import (
+    Option,
+    as_bool,
+    as_json_object,
+    as_number,
+    as_path,
+    as_text,
+    non_negative_float,
+    non_negative_int,
+    one_of,
+    options_of,
+    positive_float,
+    positive_int,
+    setting,
+)
 
 TOML_NAME = "mpinfer.toml"
 ENV_FILE_NAME = ".env"
 
 
-def _integer(text: Any) -> int:
-    """An int from a flag's text or a TOML value; a TOML float or boolean is refused, never truncated."""
-    if isinstance(text, bool) or (isinstance(text, float) and not text.is_integer()):
-        raise ValueError("must be a whole number")
-    return int(text)
+class Backend(StrEnum):
+    """Where tasks run."""
+
+    LOCAL = "local"  # worker processes on this machine
+    RAY = "ray"  # actors on a Ray cluster
 
 
-def _number(text: Any) -> float:
-    if isinstance(text, bool):
-        raise ValueError("must be a number")
-    return float(text)
+class Transport(StrEnum):
+    """The HTTP stack under the SDK. aiohttp takes about half the CPU per request of httpx (bench/)."""
 
-
-def _at_least(parse: Callable[[Any], float], low: float, strictly: bool = False) -> Callable[[Any], Any]:
-    """A parser that also bounds the value from below: ``> low`` when ``strictly``, else ``>= low``."""
-
-    def bounded(text: Any) -> Any:
-        value = parse(text)
-        if value < low or (strictly and value == low):
-            raise ValueError(f"must be more than {low:g}" if strictly else f"must be {low:g} or more")
-        return value
-
-    return bounded
-
-
-_positive_int = _at_least(_integer, 1)
-_non_negative_int = _at_least(_integer, 0)
-_non_negative_float = _at_least(_number, 0)
-_positive_float = _at_least(_number, 0, strictly=True)
-
-
-def _json_object(text: Any) -> dict[str, Any]:
-    value = text if isinstance(text, dict) else orjson.loads(text)
-    if not isinstance(value, dict):
-        raise ValueError("must be a JSON object")
-    return value
-
-
-def _bool(text: Any) -> bool:
-    if isinstance(text, bool):
-        return text
-    lowered = str(text).strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError("must be true or false")
-
-
-def _transport(text: Any) -> str:
-    value = str(text).strip().lower()
-    if value not in ("aiohttp", "httpx"):
-        raise ValueError("must be aiohttp or httpx")
-    return value
-
-
-def _backend(text: Any) -> str:
-    value = str(text).strip().lower()
-    if value not in ("local", "ray"):
-        raise ValueError("must be local or ray")
-    return value
-
-
-def _path(text: Any) -> Path:
-    return Path(str(text)).expanduser()
-
-
-def _text(text: Any) -> str:
-    return str(text)
-
-
-@dataclass(frozen=True)
-class Option:
-    """One setting: its RunConfig field, how to parse it, its default, and where else it can be set."""
-
-    name: str
-    parse: Callable[[Any], Any]
-    default: Any
-    help: str
-    short: str | None = None
-    env: tuple[str, ...] = ()
-    metavar: str | None = None
-
-    @property
-    def is_switch(self) -> bool:
-        """An on/off flag on the command line (``--fsync``), true/false elsewhere."""
-        return self.parse is _bool
-
-    @property
-    def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
-
-    @property
-    def env_names(self) -> tuple[str, ...]:
-        return self.env or ("MPINFER_" + self.name.upper(),)
-
-
-# The one place where every default is documented. The CLI builds its flags from this table.
-OPTIONS: tuple[Option, ...] = (
-    Option("input", _path, None, "input tasks, one JSON object a line", "-i", metavar="FILE"),
-    Option("output", _path, None, "output results (JSONL); rerun with the same file to resume", "-o",
-           metavar="FILE"),
-    Option("processes", _positive_int, 4, "worker processes", "-p", metavar="N"),
-    Option("concurrency", _positive_int, 1, "requests in flight per worker process", "-c", metavar="C"),
-    Option("model", _text, "gpt-4o-mini", "model to request; several, comma-separated, run every task "
-           "against each into <output stem>.<model>.jsonl (a task's own \"model\" wins in a one-model run)"),
-    Option("base_url", _text, None, "API base URL (default: the SDK's, api.openai.com)",
-           env=("OPENAI_BASE_URL", "MPINFER_BASE_URL"), metavar="URL"),
-    Option("temperature", _number, None, "sampling temperature (default: the server's)"),
-    Option("max_tokens", _positive_int, None, "most tokens in an answer (default: the server's)",
-           metavar="N"),
-    Option("system_prompt", _text, None, "system message for tasks that carry none", metavar="TEXT"),
-    Option("extra_body", _json_object, None, "JSON object merged into every request body", metavar="JSON"),
-    Option("timeout", _positive_float, 120.0, "seconds one request may take before it is retried",
-           metavar="SECONDS"),
-    Option("max_retries", _non_negative_int, 3, "retries of a transient failure (429, 5xx, timeout)",
-           metavar="N"),
-    Option("retry_backoff", _positive_float, 1.0, "first retry waits about this long, doubling each time "
-           "up to 60 s; a server's Retry-After wins", metavar="SECONDS"),
-    Option("images_sep", _text, ";", "CSV: what separates several images in one cell", metavar="SEP"),
-    Option("id_from_row", _bool, False, "use the row number (0-based) as the task id, for inputs without ids"),
-    Option("limit", _positive_int, None, "run only the first N selected tasks (a trial run)", metavar="N"),
-    Option("start", _non_negative_int, None, "first row to run (0-based)", metavar="K"),
-    Option("end", _positive_int, None, "row to stop before (0-based, exclusive)", metavar="K"),
-    Option("ids", _path, None, "run only the ids in this file, one a line", metavar="FILE"),
-    Option("only_failed", _bool, False, "run only the ids in the errors file that are not done"),
-    Option("image_root", _path, None, "folder relative image paths resolve against (default: the input's)",
-           metavar="DIR"),
-    Option("id_key", _text, "id", "input field holding the task id", metavar="KEY"),
-    Option("prompt_key", _text, "prompt", "input field holding the prompt text", metavar="KEY"),
-    Option("images_key", _text, "images", "input field holding an image path or a list of them",
-           metavar="KEY"),
-    Option("log_dir", _path, Path("logs"), "folder for the per-run log files", metavar="DIR"),
-    Option("rpm", _positive_int, None, "requests per minute, per key and model, for all processes together",
-           metavar="N"),
-    Option("tpm", _positive_int, None, "tokens per minute (prompt estimate + max_tokens), per key and model",
-           metavar="N"),
-    Option("rate_window", _positive_float, 60.0, "seconds --rpm and --tpm are counted over (OpenAI: 60)",
-           metavar="SECONDS"),
-    Option("api_keys_file", _path, None, "file with one API key a line, to spread the work over "
-           "(default: OPENAI_API_KEYS=k1,k2 or OPENAI_API_KEY)", metavar="FILE"),
-    Option("backend", _backend, "local", "where tasks run: local (worker processes on this machine) or ray "
-           "(actors on a Ray cluster; pip install mpinfer[ray])", metavar="NAME"),
-    Option("ray_address", _text, None, "Ray cluster to join (default: RAY_ADDRESS, or a new local one)",
-           env=("MPINFER_RAY_ADDRESS", "RAY_ADDRESS"), metavar="ADDR"),
-    Option("transport", _transport, "aiohttp", "HTTP stack under the openai SDK: aiohttp (half the CPU a "
-           "request) or httpx (the SDK's default)", metavar="NAME"),
-    Option("fsync", _bool, False, "fsync after every line: survives power loss, costs a disk flush a line"),
-    Option("prices", _path, None, "price table (JSON or TOML) over the built-in one: "
-           '{"model": {"input": 0.15, "cached_input": 0.075, "output": 0.6}}, USD per 1M tokens',
-           metavar="FILE"),
-    Option("price_input", _non_negative_float, None, "USD per 1M input tokens, for every model",
-           metavar="USD"),
-    Option("price_output", _non_negative_float, None, "USD per 1M output tokens, for every model",
-           metavar="USD"),
-    Option("max_cost", _positive_float, None, "budget in USD for the output files (all runs): stop taking "
-           "tasks before the estimated total would pass it", metavar="USD"),
-    Option("allow_mixed", _bool, False, "resume even though the settings that change answers differ from "
-           "those that wrote the output"),
-)
-
-_BY_NAME = {option.name: option for option in OPTIONS}
+    AIOHTTP = "aiohttp"
+    HTTPX = "httpx"
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything a run needs, settled once. Plain, picklable data: it is sent to worker processes."""
+    """Everything a run needs, settled once. Plain, picklable data: it is sent to worker processes.
 
-    input: Path | None = None
-    output: Path | None = None
-    processes: int = 4
-    concurrency: int = 1
-    model: str = "gpt-4o-mini"
-    base_url: str | None = None
-    temperature: float | None = None
-    max_tokens: int | None = None
-    system_prompt: str | None = None
-    extra_body: dict[str, Any] | None = None
-    timeout: float = 120.0
-    max_retries: int = 3
-    retry_backoff: float = 1.0
-    images_sep: str = ";"
-    id_from_row: bool = False
-    limit: int | None = None
-    start: int | None = None
-    end: int | None = None
-    ids: Path | None = None
-    only_failed: bool = False
-    image_root: Path | None = None
-    id_key: str = "id"
-    prompt_key: str = "prompt"
-    images_key: str = "images"
-    log_dir: Path = Path("logs")
-    backend: str = "local"
-    ray_address: str | None = None
-    transport: str = "aiohttp"
-    fsync: bool = False
-    rpm: int | None = None
-    tpm: int | None = None
-    rate_window: float = 60.0
-    api_keys_file: Path | None = None
-    prices: Path | None = None
-    price_input: float | None = None
-    price_output: float | None = None
-    max_cost: float | None = None
-    allow_mixed: bool = False
-    verbose: bool = False
+    Each ``setting(default, parse, help, ...)`` field is a setting (flag, variables, toml key); the rest is
+    settled by ``load_config`` from other sources.
+    """
+
+    input: Path | None = setting(None, as_path, "input tasks, one JSON object a line", short="-i", metavar="FILE")
+    output: Path | None = setting(None, as_path, "output results (JSONL); rerun with the same file to resume",
+                                  short="-o", metavar="FILE")
+    processes: int = setting(4, positive_int, "worker processes", short="-p", metavar="N")
+    concurrency: int = setting(1, positive_int, "requests in flight per worker process", short="-c",
+                               metavar="C")
+    model: str = setting("gpt-4o-mini", as_text, "model to request; several, comma-separated, run every task "
+                         "against each into <output stem>.<model>.jsonl (a task's own \"model\" wins in a "
+                         "one-model run)", metavar="NAME")
+    base_url: str | None = setting(None, as_text, "API base URL", env=("OPENAI_BASE_URL", "MPINFER_BASE_URL"),
+                                   metavar="URL", shown="api.openai.com")
+    temperature: float | None = setting(None, as_number, "sampling temperature", metavar="T", shown="the server's")
+    max_tokens: int | None = setting(None, positive_int, "most tokens in an answer", metavar="N",
+                                     shown="the server's")
+    system_prompt: str | None = setting(None, as_text, "system message for tasks that carry none", metavar="TEXT")
+    extra_body: dict[str, Any] | None = setting(None, as_json_object, "JSON object merged into every request body",
+                                                metavar="JSON")
+    timeout: float = setting(120.0, positive_float, "seconds one request may take before it is retried",
+                             metavar="SECONDS")
+    max_retries: int = setting(3, non_negative_int, "retries of a transient failure (429, 5xx, timeout)",
+                               metavar="N")
+    retry_backoff: float = setting(1.0, positive_float, "first retry waits about this long, doubling each time "
+                                   "up to 60 s; a server's Retry-After wins", metavar="SECONDS")
+    images_sep: str = setting(";", as_text, "CSV: what separates several images in one cell", metavar="SEP")
+    id_from_row: bool = setting(False, as_bool, "use the row number (0-based) as the task id, for inputs "
+                                "without ids")
+    limit: int | None = setting(None, positive_int, "run only the first N selected tasks (a trial run)",
+                                metavar="N", shown="all")
+    start: int | None = setting(None, non_negative_int, "first row to run (0-based)", metavar="K", shown="0")
+    end: int | None = setting(None, positive_int, "row to stop before (0-based, exclusive)", metavar="K",
+                              shown="after the last row")
+    ids: Path | None = setting(None, as_path, "run only the ids in this file, one a line", metavar="FILE",
+                               shown="all")
+    only_failed: bool = setting(False, as_bool, "run only the ids in the errors file that are not done")
+    image_root: Path | None = setting(None, as_path, "folder relative image paths resolve against", metavar="DIR",
+                                      shown="the input's folder")
+    id_key: str = setting("id", as_text, "input field holding the task id", metavar="KEY")
+    prompt_key: str = setting("prompt", as_text, "input field holding the prompt text", metavar="KEY")
+    images_key: str = setting("images", as_text, "input field holding an image path or a list of them",
+                              metavar="KEY")
+    log_dir: Path = setting(Path("logs"), as_path, "folder for the per-run log files", metavar="DIR")
+    rpm: int | None = setting(None, positive_int, "requests per minute, per key and model, for all processes "
+                              "together", metavar="N", shown="no limit")
+    tpm: int | None = setting(None, positive_int, "tokens per minute (prompt estimate + max_tokens), per key "
+                              "and model", metavar="N", shown="no limit")
+    rate_window: float = setting(60.0, positive_float, "seconds --rpm and --tpm are counted over (OpenAI: 60)",
+                                 metavar="SECONDS")
+    api_keys_file: Path | None = setting(None, as_path, "file with one API key a line, to spread the work over",
+                                         metavar="FILE", shown="OPENAI_API_KEYS=k1,k2 or OPENAI_API_KEY")
+    backend: Backend = setting(Backend.LOCAL, one_of(Backend), "where tasks run: local (worker processes on "
+                               "this machine) or ray (actors on a Ray cluster; pip install mpinfer[ray])",
+                               metavar="NAME")
+    ray_address: str | None = setting(None, as_text, "Ray cluster to join", env=("MPINFER_RAY_ADDRESS",
+                                      "RAY_ADDRESS"), metavar="ADDR", shown="RAY_ADDRESS, or a new local one")
+    transport: Transport = setting(Transport.AIOHTTP, one_of(Transport), "HTTP stack under the openai SDK: "
+                                   "aiohttp (half the CPU a request) or httpx (the SDK's default)", metavar="NAME")
+    fsync: bool = setting(False, as_bool, "fsync after every line: survives power loss, costs a disk flush a "
+                          "line")
+    prices: Path | None = setting(None, as_path, "price table (JSON or TOML) over the built-in one: "
+                                  '{"model": {"input": 0.15, "cached_input": 0.075, "output": 0.6}}, USD per '
+                                  "1M tokens", metavar="FILE", shown="built in")
+    price_input: float | None = setting(None, non_negative_float, "USD per 1M input tokens, for every model",
+                                        metavar="USD", shown="the price table's")
+    price_output: float | None = setting(None, non_negative_float, "USD per 1M output tokens, for every model",
+                                         metavar="USD", shown="the price table's")
+    max_cost: float | None = setting(None, positive_float, "budget in USD for the output files (all runs): stop "
+                                     "taking tasks before the estimated total would pass it", metavar="USD",
+                                     shown="no budget")
+    allow_mixed: bool = setting(False, as_bool, "resume even though the settings that change answers differ "
+                                "from those that wrote the output")
+    verbose: bool = setting(False, as_bool, "log every attempt and the HTTP stack", short="-v")
     # repr=False: a config is logged and shown in errors; the keys must never be.
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     # Things the user should hear about the settings themselves (e.g. a .env others can read).
@@ -278,6 +189,11 @@ class RunConfig:
         return self.api_keys
 
 
+# The settings, derived from RunConfig's fields: the CLI builds its flags from this table.
+OPTIONS: tuple[Option, ...] = options_of(RunConfig)
+_BY_NAME = {option.name: option for option in OPTIONS}
+
+
 def _missing(name: str, flag: str) -> str:
     env = _BY_NAME[name].env_names[0]
     return f"no {name} file: pass {flag}, or set {env} in the environment or .env, or {name} in {TOML_NAME}"
@@ -303,7 +219,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
         name = key.replace("-", "_")
         if name == "api_key":
             raise ConfigError(f"{path}: api_key does not belong in {TOML_NAME}; set OPENAI_API_KEY in .env")
-        if name not in _BY_NAME and name != "verbose":
+        if name not in _BY_NAME:
             known = ", ".join(sorted(_BY_NAME))
             raise ConfigError(f"{path}: unknown setting {key!r} (known: {known})")
         settings[name] = value
@@ -357,9 +273,6 @@ def load_config(
             values[option.name] = option.default
             explicit.discard(option.name)
     values["explicit"] = frozenset(explicit)
-    verbose = toml.get("verbose", False)
-    values["verbose"] = bool(flags.get("verbose")) or _parse(Option("verbose", _bool, False, ""), verbose,
-                                                            str(toml_path))
     values["api_keys"] = _api_keys(layers, values["api_keys_file"])
     values["warnings"] = _file_warnings(cwd / ENV_FILE_NAME)
     return RunConfig(**values)

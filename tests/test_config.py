@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mpinfer.config import RunConfig, load_config
+from mpinfer.config import Backend, RunConfig, Transport, load_config
 from mpinfer.errors import ConfigError
 
 SECRET = "sk-test-secret-do-not-print-7f3a9c"
@@ -353,5 +353,37 @@ def test_toml_verbose_true_turns_verbose_on(tmp_path: Path) -> None:
     write_toml(tmp_path, "verbose = true\n")
     # When the config is settled
     config = load_config({}, environ={}, cwd=tmp_path)
+    # Then verbose is on
+    assert config.verbose is True
+
+
+# --- choices are enums ----------------------------------------------------------------------------------------
+
+
+def test_backend_and_transport_are_enums_parsed_in_any_case(tmp_path: Path) -> None:
+    # Given the backend and the transport written in capitals, in the environment and in mpinfer.toml
+    write_toml(tmp_path, 'transport = "HTTPX"\n')
+    # When the config is settled
+    config = load_config({}, environ={"MPINFER_BACKEND": "Ray"}, cwd=tmp_path)
+    # Then both are the enums' members
+    assert config.backend is Backend.RAY
+    assert config.transport is Transport.HTTPX
+    # And the defaults are members too
+    assert RunConfig().backend is Backend.LOCAL and RunConfig().transport is Transport.AIOHTTP
+
+
+def test_an_unknown_backend_is_refused_naming_the_choices(tmp_path: Path) -> None:
+    # Given a backend that does not exist
+    flags = {"backend": "k8s"}
+    # When the config is settled
+    # Then the error names the flag and the choices
+    with pytest.raises(ConfigError, match=r"^--backend: backend = 'k8s' is invalid: must be local or ray$"):
+        load_config(flags, environ={}, cwd=tmp_path)
+
+
+def test_verbose_can_be_set_in_the_environment(tmp_path: Path) -> None:
+    # Given MPINFER_VERBOSE=1, like every other setting's variable
+    # When the config is settled
+    config = load_config({}, environ={"MPINFER_VERBOSE": "1"}, cwd=tmp_path)
     # Then verbose is on
     assert config.verbose is True

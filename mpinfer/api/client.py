@@ -20,6 +20,7 @@ import httpx2
 import openai
 import orjson
 
+from ..config import Transport as Transport  # the setting's enum, re-exported for the client's callers
 from ..errors import ImageError, MalformedResponse
 
 MAX_BACKOFF_S = 60.0
@@ -82,13 +83,6 @@ def warm_up() -> None:
     platform.machine()
     if _tls is None:
         _tls = httpx2.create_ssl_context()
-
-
-class Transport(str, Enum):
-    """The HTTP stack under the SDK. aiohttp takes about half the CPU per request of httpx (bench/)."""
-
-    AIOHTTP = "aiohttp"
-    HTTPX = "httpx"
 
 
 def make_client(api_key: str, base_url: str | None, timeout: float,
