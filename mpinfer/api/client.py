@@ -13,7 +13,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import httpx2
@@ -28,7 +28,7 @@ MAX_BACKOFF_S = 60.0
 _RETRY_STATUSES = frozenset({408, 409, 429})
 
 
-class Verdict(str, Enum):
+class Verdict(StrEnum):
     RETRY = "retry"
     FAIL = "fail"
     ABORT = "abort"

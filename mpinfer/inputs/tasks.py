@@ -14,7 +14,7 @@ import csv
 import io
 from collections.abc import Iterator, Set
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ class FieldKeys:
     id_from_row: bool = False  # the task's id is its row number (0-based), for files that have none
 
 
-class InputFormat(str, Enum):
+class InputFormat(StrEnum):
     JSONL = "jsonl"
     BATCH = "batch"  # OpenAI Batch API request lines: {"custom_id", "method", "url", "body"}
     CSV = "csv"

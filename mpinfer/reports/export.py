@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import IO, Any
 
@@ -36,7 +36,7 @@ EXTRA_CELLS = "extra_cells"
 INPUT_PREFIX = "input_"  # an input field named like an answer column (a task's own "model") is renamed so
 
 
-class ExportFormat(str, Enum):
+class ExportFormat(StrEnum):
     CSV = "csv"
     JSONL = "jsonl"
 
@@ -50,7 +50,7 @@ class ExportFormat(str, Enum):
         raise ConfigError(f"--export {dest}: name the file .csv or .jsonl (that chooses the format)")
 
 
-class RowStatus(str, Enum):
+class RowStatus(StrEnum):
     OK = "ok"
     FAILED = "failed"
     MISSING = "missing"
@@ -232,7 +232,7 @@ def export(config: RunConfig, dest: Path) -> ExportReport:
         for raw, task in _selected_rows(input_path, keys, chosen, input_format):
             fields = {_column(name): value for name, value in _input_fields(raw, input_format).items()}
             is_missing = False
-            for model, outcome in zip(models, outcomes):
+            for model, outcome in zip(models, outcomes, strict=True):
                 row = {**fields, **_answer_fields(task.id, outcome)}
                 if several:
                     row[RUN_MODEL_COLUMN] = model

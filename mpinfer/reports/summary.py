@@ -106,7 +106,7 @@ class RunSummary:
         for name in models:
             tally = self.per_model.setdefault(name, Tally())
             tally.requests = tally.rate_limited = tally.tokens = 0
-        self.per_key = {name: Tally(disabled=off) for name, off in zip(key_names, disabled)}
+        self.per_key = {name: Tally(disabled=off) for name, off in zip(key_names, disabled, strict=True)}
         for lane in lanes:
             for tally in (self.per_model[models[lane.model]], self.per_key[key_names[lane.key]]):
                 tally.requests += lane.requests

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Set
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 from ..config import RunConfig
@@ -15,7 +15,7 @@ from ..store.records import missing_batch_fields, missing_fields, same_model, vi
 EXAMPLES_KEPT = 5
 
 
-class ProblemKind(str, Enum):
+class ProblemKind(StrEnum):
     CORRUPT_LINE = "corrupt_line"
     MISSING_FIELDS = "missing_fields"
     DUPLICATE_ID = "duplicate_id"

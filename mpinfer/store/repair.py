@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import IO, Any
 
@@ -76,7 +76,7 @@ def atomic_write(dest: Path, text: bool = False, mode_from: Path | None = None) 
     fsync_dir(dest.parent)
 
 
-class RemovedKind(str, Enum):
+class RemovedKind(StrEnum):
     TORN_LINE = "torn_line"        # the last line, cut short by a crash (no newline, does not parse)
     CORRUPT_LINE = "corrupt_line"  # any other line that is not a record of either form
     DUPLICATE_ID = "duplicate_id"  # a record whose id an earlier line already holds (the first one stays)
