@@ -14,8 +14,10 @@ import orjson
 from . import __version__
 from .config import OPTIONS, RunConfig, load_config
 from .errors import MpinferError
+from .events import StopReason
 from .reports.export import export
 from .reports.status import status
+from .reports.summary import RunSummary
 from .reports.text import (
     dry_run_lines,
     export_lines,
@@ -33,8 +35,7 @@ from .store.repair import fresh_start, repair
 EXIT_OK = 0
 EXIT_INCOMPLETE = 1  # the run ended with tasks not done (failed or stopped): rerun to retry them
 EXIT_PROBLEMS = 1  # --validate found problems
-EXIT_ABORTED = 5
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = StopReason.INTERRUPTED.exit_code  # the other stops' codes are in StopReason too
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,10 +142,17 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
 def _run(config: RunConfig, args: argparse.Namespace) -> int:
     summary = run(config, progress=not args.no_progress, grace_s=args.grace, argv=sys.argv)
     _print(summary_lines(summary))
-    if summary.stopped == "interrupted":
-        return EXIT_INTERRUPTED
-    if summary.stopped and not summary.stopped.startswith("budget"):
-        return EXIT_ABORTED
+    return run_exit_code(summary)
+
+
+def run_exit_code(summary: RunSummary) -> int:
+    """The one place a run's end becomes an exit code: its StopReason's, else whether work is left.
+
+    A stop whose code is EXIT_INCOMPLETE (the budget) only leaves work undone, so it counts as that: a budget
+    stop that turned out to leave nothing undone ends with EXIT_OK.
+    """
+    if summary.stopped is not None and summary.stopped.exit_code != EXIT_INCOMPLETE:
+        return summary.stopped.exit_code
     return EXIT_OK if summary.remaining == 0 else EXIT_INCOMPLETE
 
 

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from .api.ratelimit import LaneStats
 from .config import RunConfig
-from .events import EventKind
+from .events import Abort, Event, Fatal, KeyDisabled, Stopped, StopReason, TaskDone, TaskFailed
 from .inputs.tasks import Task
 from .redact import key_hint
 from .reports.summary import RunSummary, write_summary
@@ -53,7 +53,7 @@ class RunState:
         self.key_names = [key_hint(key, i) for i, key in enumerate(config.require_api_keys())]
         self.requeue: deque[WorkItem] = deque()
         self.feeding = True
-        self.stop_reason: str | None = None
+        self.stop_reason: Stopped | None = None
         self.signals = 0
         self.lanes: LaneReport | None = None
         tqdm.monitor_interval = 0  # no monitor thread: the local backend's parent must stay single-threaded
@@ -65,7 +65,7 @@ class RunState:
     def on_signal(self, _signum: int, _frame: Any) -> None:
         self.signals += 1
 
-    def stop(self, reason: str | None) -> None:
+    def stop(self, reason: Stopped | None) -> None:
         """Take no more tasks; the first reason given is the one the summary reports."""
         if reason and self.stop_reason is None:
             self.stop_reason = reason
@@ -102,41 +102,33 @@ class RunState:
         if spent + (outstanding + 1) * each <= budget:
             return True
         if self.stop_reason is None:
-            self.stop(f"budget: ${budget:.4f} would be passed (spent ${spent:.4f}, about ${each:.5f} a task, "
-                      f"{outstanding} in flight)")
+            self.stop(Stopped(StopReason.BUDGET, f"${budget:.4f} would be passed (spent ${spent:.4f}, about "
+                                                 f"${each:.5f} a task, {outstanding} in flight)"))
             log.warning("stopping: %s; finishing what is in flight", self.stop_reason)
         self.feeding = False
         return False
 
-    def on_event(self, event: dict[str, Any]) -> tuple[str, int] | None:
+    def on_event(self, event: Event) -> tuple[str, int] | None:
         """Tally one event; the (task id, model) it settles, if it settles one."""
-        kind = event.get("kind")
-        task_id = event.get("id")
-        model = event.get("m") or 0
         settled: tuple[str, int] | None = None
-        tally = self.summary.per_model[self.config.models[model]]
-        if kind == EventKind.DONE.value:
-            settled = (str(task_id), model)
-            self.summary.count_answer(event)
-            tally.succeeded += 1
-            self.bar.update(1)
-        elif kind == EventKind.FAILED.value:
-            settled = (str(task_id), model)
-            error_type = str(event.get("error_type"))
-            self.summary.count_failure(error_type)
-            tally.failed += 1
-            if self.summary.failed <= MAX_FAILURES_SHOWN:
-                more = " (further failures only in the log)" if self.summary.failed == MAX_FAILURES_SHOWN else ""
-                log.warning("task %s failed: %s: %s%s", task_id, error_type, event.get("message"), more)
-        elif kind == EventKind.KEY_DISABLED.value:
-            log.warning("API key %s rejected (%s): disabled for this run", event.get("key"), event.get("message"))
-        elif kind in (EventKind.ABORT.value, EventKind.FATAL.value):
-            message = str(event.get("message"))
-            if self.stop_reason is None:
-                log.error("stopping the run: %s", message)
-            else:
-                log.info("also: %s", message)
-            self.stop(f"{'aborted' if kind == EventKind.ABORT.value else 'fatal'}: {message}")
+        match event:
+            case TaskDone():
+                settled = (event.id, event.model)
+                self.summary.count_answer(event)
+                self.summary.per_model[self.config.models[event.model]].succeeded += 1
+                self.bar.update(1)
+            case TaskFailed():
+                settled = (event.id, event.model)
+                self.summary.count_failure(event.error_type)
+                self.summary.per_model[self.config.models[event.model]].failed += 1
+                if self.summary.failed <= MAX_FAILURES_SHOWN:
+                    more = " (further failures only in the log)" if self.summary.failed == MAX_FAILURES_SHOWN else ""
+                    log.warning("task %s failed: %s: %s%s", event.id, event.error_type, event.message, more)
+            case KeyDisabled():
+                log.warning("API key %s rejected (%s): disabled for this run", event.key, event.message)
+            case Abort() | Fatal():
+                reason = StopReason.ABORTED if isinstance(event, Abort) else StopReason.FATAL
+                self.fail_run(Stopped(reason, event.message))
         now = time.monotonic()
         if now - self._postfix_at > 0.5:
             self._postfix_at = now
@@ -144,6 +136,14 @@ class RunState:
                                  tokens=self.summary.prompt_tokens + self.summary.completion_tokens,
                                  cost=f"${self.summary.cost:.4f}", refresh=False)
         return settled
+
+    def fail_run(self, stopped: Stopped) -> None:
+        """Stop the run on a fault; the first one is the one the summary reports, the rest go to the log."""
+        if self.stop_reason is None:
+            log.error("stopping the run: %s", stopped.detail or stopped)
+        else:
+            log.info("also: %s", stopped.detail or stopped)
+        self.stop(stopped)
 
     def recovered(self, count: int) -> None:
         """Tasks a dead worker had written before it died: done, though never reported."""

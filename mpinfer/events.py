@@ -1,23 +1,181 @@
-"""What crosses processes and hosts: the events a worker reports to the driver.
+"""What crosses processes and hosts: the events a worker reports, the work it is given, and why a run stops.
 
-An event is a plain mapping (it travels as orjson bytes over a pipe, or as a Ray return value) whose
-``kind`` is one of EventKind.
+Every event is a frozen dataclass. A local worker sends them over its pipe as orjson bytes, ``[kind, fields]``
+(``encode`` / ``decode``: decoding gives back an equal dataclass); a Ray actor returns the dataclasses
+themselves. The driver (``RunState.on_event``) dispatches on their types.
+
+A run that ends before its work is done carries a ``Stopped``: a ``StopReason`` (which knows the exit code
+the command line ends with) and a detail message for the summary and the log.
 """
 
 from __future__ import annotations
 
-from enum import Enum
-from typing import Any
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, ClassVar
+
+import orjson
+
+from .inputs.tasks import Task
+
+# -- events: worker -> driver ----------------------------------------------------------------------
 
 
-class EventKind(str, Enum):
-    DONE = "done"                  # the Result line is on disk
-    FAILED = "failed"              # the Failure line is in the errors file; a rerun tries again
-    KEY_DISABLED = "key_disabled"  # a key was rejected; the others go on
-    ABORT = "abort"                # no task can succeed (no key left, no quota): the run must stop
-    FATAL = "fatal"                # the output cannot be written (full disk): the run must stop
-    EXIT = "exit"                  # the worker finished and is about to exit
+@dataclass(frozen=True, slots=True)
+class TaskDone:
+    """The task's Result line is on disk (local), or is handed to the driver to write (Ray)."""
+
+    kind: ClassVar[str] = "done"
+    id: str
+    model: int
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float | None = None
+    cost: float | None = None
+    mismatch: bool = False  # answered by another model than the one requested
+    attempts: int = 1
 
 
-def event(kind: EventKind, task_id: str | None = None, **fields: Any) -> dict[str, Any]:
-    return {"kind": kind.value, "id": task_id, **fields}
+@dataclass(frozen=True, slots=True)
+class TaskFailed:
+    """The task's Failure line is in the errors file; a rerun tries it again."""
+
+    kind: ClassVar[str] = "failed"
+    id: str
+    model: int
+    error_type: str
+    status: int | None
+    message: str
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class KeyDisabled:
+    """An API key was rejected (401/403); the other keys go on. ``key`` is its hint, never the key."""
+
+    kind: ClassVar[str] = "key_disabled"
+    key: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Abort:
+    """No task can succeed (every key rejected, no quota): the run must stop."""
+
+    kind: ClassVar[str] = "abort"
+    message: str
+    id: str | None = None
+    model: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Fatal:
+    """The run cannot go on: the output cannot be written (full disk), or a worker crashed on a bug."""
+
+    kind: ClassVar[str] = "fatal"
+    message: str
+    id: str | None = None
+    model: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerExit:
+    """The worker finished what it held and is about to exit: its death is expected."""
+
+    kind: ClassVar[str] = "exit"
+
+
+Event = TaskDone | TaskFailed | KeyDisabled | Abort | Fatal | WorkerExit
+
+# -- work: driver -> local worker ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Work:
+    """One task to run for the run's model number ``model``."""
+
+    kind: ClassVar[str] = "work"
+    task: Task
+    model: int
+
+
+@dataclass(frozen=True, slots=True)
+class StopWork:
+    """Finish what is in flight, take nothing new, then exit."""
+
+    kind: ClassVar[str] = "stop"
+
+
+Message = Event | Work | StopWork
+
+_KINDS: dict[str, type[Any]] = {cls.kind: cls for cls in (TaskDone, TaskFailed, KeyDisabled, Abort, Fatal,
+                                                            WorkerExit, Work, StopWork)}
+
+
+def encode(message: Message) -> bytes:
+    """The bytes a message travels as on a local pipe."""
+    return orjson.dumps([message.kind, message])
+
+
+def decode(raw: bytes) -> Message:
+    """The message ``encode`` made; ValueError for bytes that are not one."""
+    try:
+        kind, fields = orjson.loads(raw)
+        cls = _KINDS[kind]
+    except (orjson.JSONDecodeError, ValueError, TypeError, KeyError):
+        raise ValueError(f"not an mpinfer message: {raw[:80]!r}") from None
+    if cls is Work:
+        task = fields["task"]
+        task["images"] = tuple(task.get("images") or ())
+        return Work(Task(**task), int(fields["model"]))
+    return cls(**fields)  # type: ignore[no-any-return]
+
+
+def decode_event(raw: bytes) -> Event:
+    """An event ``encode`` made (what a worker sends); ValueError for anything else."""
+    message = decode(raw)
+    if isinstance(message, (Work, StopWork)):
+        raise ValueError(f"not an event: {message.kind}")
+    return message
+
+
+# -- why a run stops -------------------------------------------------------------------------------
+
+
+class StopReason(StrEnum):
+    """Why a run ended before its work was done; ``exit_code`` is what the command line exits with.
+
+    ``label`` is how the summary names it (two reasons may share one: the user need not tell a dying worker
+    pool from a full disk to know the run stopped on a fault).
+    """
+
+    exit_code: int
+    label: str
+
+    def __new__(cls, value: str, exit_code: int, label: str | None = None) -> StopReason:
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.exit_code = exit_code
+        member.label = label or value
+        return member
+
+    INTERRUPTED = ("interrupted", 130)       # Ctrl-C or SIGTERM
+    BUDGET = ("budget", 1)                   # --max-cost would be passed; a rerun with more budget goes on
+    ABORTED = ("aborted", 5)                 # no task can succeed: every key rejected, no quota
+    FATAL = ("fatal", 5)                     # the output cannot be written, or a worker crashed on a bug
+    WORKERS_DYING = ("workers_dying", 5, "fatal")  # workers kept dying: the respawn allowance is used up
+
+
+@dataclass(frozen=True, slots=True)
+class Stopped:
+    """A stop reason and what happened, as the summary and the log show it: ``"aborted: every key ..."``."""
+
+    reason: StopReason
+    detail: str = ""
+
+    @property
+    def exit_code(self) -> int:
+        return self.reason.exit_code
+
+    def __str__(self) -> str:
+        return f"{self.reason.label}: {self.detail}" if self.detail else self.reason.label

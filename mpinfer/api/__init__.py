@@ -5,9 +5,10 @@ estimating it (tokens) and pricing it (prices).
 need. Import it as ``mpinfer.api.client``.
 """
 
+from ..errors import NoKeysLeft
 from .messages import ImageEncoder, Request, build_body_request, build_request
 from .prices import Price, PriceTable, load_prices
-from .ratelimit import Grant, LaneStats, NoKeysLeft, SharedLimiter
+from .ratelimit import Grant, LaneStats, SharedLimiter
 from .tokens import image_size, image_tokens, text_tokens
 
 __all__ = ["Grant", "ImageEncoder", "LaneStats", "NoKeysLeft", "Price", "PriceTable", "Request", "SharedLimiter",

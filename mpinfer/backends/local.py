@@ -16,17 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import multiprocess
-import orjson
 from multiprocess.connection import wait
 
 from ..api.client import warm_up
 from ..api.prices import PriceTable
 from ..api.ratelimit import SharedLimiter
 from ..driver import RunState, WorkItem
-from ..events import EventKind
+from ..events import Stopped, StopReason, StopWork, Work, WorkerExit, decode_event, encode
 from ..inputs.tasks import Task
 from ..store.output import OutputPaths, scan
-from .worker import WorkerSettings, work_message, worker_main
+from .worker import WorkerSettings, worker_main
 
 log = logging.getLogger("mpinfer.run")
 
@@ -108,25 +107,25 @@ class LocalBackend:
                 if item is None:
                     return
                 task, model = item
-                if not self._send(slot, work_message(task, model)):
+                if not self._send(slot, encode(Work(task, model))):
                     self.state.give_back([item])
                     break
                 slot.held[(task.id, model)] = task
 
-    def _stop_all(self, reason: str | None) -> None:
+    def _stop_all(self, reason: Stopped | None) -> None:
         self.state.stop(reason)
         for slot in self.slots:
             if slot.open and not slot.stopped:
                 slot.stopped = True
-                self._send(slot, b'{"stop":true}')
+                self._send(slot, encode(StopWork()))
 
     # -- events ------------------------------------------------------------------------------------
 
     def _drain(self, slot: _Slot) -> None:
         try:
             while slot.conn.poll():
-                event = orjson.loads(slot.conn.recv_bytes())
-                if event.get("kind") == EventKind.EXIT.value:
+                event = decode_event(slot.conn.recv_bytes())
+                if isinstance(event, WorkerExit):
                     slot.stopped = True
                     continue
                 settled = self.state.on_event(event)
@@ -164,7 +163,7 @@ class LocalBackend:
         if self.state.stop_reason is not None:
             return
         if self.respawns_left <= 0:
-            self._stop_all("fatal: workers keep dying; see the log")
+            self._stop_all(Stopped(StopReason.WORKERS_DYING, "workers keep dying; see the log"))
             return
         self.respawns_left -= 1
         self.slots.append(self._spawn(slot.index))
@@ -180,7 +179,7 @@ class LocalBackend:
                 if handled == 1:
                     log.warning("stopping: finishing the requests in flight (up to %.0fs); "
                                 "interrupt again to quit at once", self.grace_s)
-                    self._stop_all("interrupted")
+                    self._stop_all(Stopped(StopReason.INTERRUPTED))
                     self.stop_deadline = time.monotonic() + self.grace_s
                 else:
                     log.warning("quitting at once: requests in flight are dropped and sent again on rerun")

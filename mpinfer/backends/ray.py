@@ -21,9 +21,10 @@ import time
 from typing import Any
 
 from ..api.prices import PriceTable
-from ..api.ratelimit import Grant, LaneStats, NoKeysLeft, SharedLimiter
+from ..api.ratelimit import Grant, LaneStats, SharedLimiter
 from ..driver import RunState, WorkItem
-from ..errors import ConfigError, OutputError
+from ..errors import ConfigError, NoKeysLeft, OutputError
+from ..events import Event, Fatal, Stopped, StopReason
 from ..inputs.tasks import Task
 from ..store.output import Appender, OutputPaths
 from .runner import TaskRunner
@@ -133,7 +134,7 @@ class _Worker:
     def __init__(self, config: Any, prices: PriceTable, limiter: Any) -> None:
         self.runner = TaskRunner(config, prices, RayLimiter(limiter))
 
-    async def process(self, task: Task, model: int) -> tuple[list[dict[str, Any]], Any, Any, bool]:
+    async def process(self, task: Task, model: int) -> tuple[list[Event], Any, Any, bool]:
         outcome = await self.runner.run(task, model)
         notices = self.runner.take_notices()
         if outcome is None:
@@ -193,7 +194,7 @@ class RayBackend:
                 self.pending[actor.process.remote(task, model)] = (index, item)
                 self.outstanding[index] += 1
 
-    def _stop_all(self, reason: str | None) -> None:
+    def _stop_all(self, reason: Stopped | None) -> None:
         self.state.stop(reason)
         for actor in self.actors.values():
             actor.stop.remote()
@@ -208,7 +209,8 @@ class RayBackend:
             return
         except RayTaskError as exc:  # a bug in the runner: stop rather than lose track
             log.error("a worker actor failed: %s", exc)
-            self._stop_all(f"fatal: worker actor failed: {type(exc).__name__}")
+            self.state.fail_run(Stopped(StopReason.FATAL, f"worker actor failed: {type(exc).__name__}"))
+            self._stop_all(None)
             return
         for notice in notices:
             self.state.on_event(notice)
@@ -220,7 +222,8 @@ class RayBackend:
             try:
                 self.appenders[model].append(paths.errors if to_errors else paths.output, line)
             except OutputError as exc:
-                self._stop_all(f"fatal: {exc}")
+                self.state.on_event(Fatal(str(exc), task.id, model))
+                self._stop_all(None)
                 return
         for event in events:
             self.state.on_event(event)
@@ -248,7 +251,7 @@ class RayBackend:
                     return
                 log.warning("stopping: finishing the requests in flight (up to %.0fs); interrupt again to "
                             "quit at once", self.grace_s)
-                self._stop_all("interrupted")
+                self._stop_all(Stopped(StopReason.INTERRUPTED))
                 self.stop_deadline = time.monotonic() + self.grace_s
             if state.feeding:
                 self._top_up()

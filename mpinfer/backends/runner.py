@@ -23,10 +23,10 @@ import openai
 from ..api.client import Answer, CallError, Transport, Verdict, backoff_s, classify, complete, make_client
 from ..api.messages import ImageEncoder, Request, build_body_request, build_request
 from ..api.prices import PriceTable
-from ..api.ratelimit import Grant, NoKeysLeft, SharedLimiter
+from ..api.ratelimit import Grant, SharedLimiter
 from ..config import RunConfig
-from ..errors import ImageError
-from ..events import EventKind, event
+from ..errors import ImageError, NoKeysLeft
+from ..events import Abort, Event, KeyDisabled, TaskDone, TaskFailed
 from ..inputs.tasks import Task
 from ..redact import key_hint, redact
 from ..store.records import Failure, Result, Usage, batch_error_line, batch_result_line, same_model
@@ -43,7 +43,7 @@ class Outcome:
     """What became of one task: the line to append (to the output, or to the errors file), then the events
     to report once it is written (a failure that stops the run reports both)."""
 
-    events: tuple[dict[str, Any], ...]
+    events: tuple[Event, ...]
     line: bytes | None = None
     to_errors: bool = False
 
@@ -109,7 +109,7 @@ class TaskRunner:
         self.encoder = ImageEncoder(config.resolved_image_root)
         self.clients: dict[int, openai.AsyncOpenAI] = {}
         self.stopping = False
-        self.notices: list[dict[str, Any]] = []
+        self.notices: list[Event] = []
 
     def client(self, key: int) -> openai.AsyncOpenAI:
         if key not in self.clients:
@@ -127,7 +127,7 @@ class TaskRunner:
         for client in self.clients.values():
             await client.close()
 
-    def take_notices(self) -> list[dict[str, Any]]:
+    def take_notices(self) -> list[Event]:
         """Events that belong to no task (a key was disabled), for the host to forward."""
         notices, self.notices = self.notices, []
         return notices
@@ -221,8 +221,7 @@ class TaskRunner:
             hint = key_hint(self.keys[key], key)
             log.warning("API key %s rejected (%s %s): disabled for the rest of the run", hint, error.status,
                         error.error_type)
-            self.notices.append(event(EventKind.KEY_DISABLED, None, key=hint,
-                                      message=f"{error.status} {error.error_type}"))
+            self.notices.append(KeyDisabled(hint, f"{error.status} {error.error_type}"))
         return left
 
     def _succeed(self, task: Task, model: int, requested: str, answer: Answer, attempts: int,
@@ -245,9 +244,8 @@ class TaskRunner:
                 finish_reason=answer.finish_reason, latency_s=latency, attempts=attempts,
                 processed_at=time.time(), cost=cost,
             ).to_line()
-        return Outcome((event(EventKind.DONE, task.id, m=model, prompt_tokens=answer.prompt_tokens,
-                              completion_tokens=answer.completion_tokens, latency_s=latency, cost=cost,
-                              mismatch=not same_model(requested, answer.model), attempts=attempts),), line)
+        return Outcome((TaskDone(task.id, model, answer.prompt_tokens, answer.completion_tokens, latency, cost,
+                                 not same_model(requested, answer.model), attempts),), line)
 
     def _fail(self, task: Task, model: int, error: CallError, attempts: int) -> Outcome:
         # A server may quote the request back, key included: nothing leaves unredacted.
@@ -258,10 +256,10 @@ class TaskRunner:
         else:
             line = Failure(task.id, error.error_type, error.status, message, attempts, time.time()).to_line()
         log.warning("task %s failed after %d attempts: %s: %s", task.id, attempts, error.error_type, message)
-        return Outcome((event(EventKind.FAILED, task.id, m=model, error_type=error.error_type,
-                              status=error.status, message=message, attempts=attempts),), line, to_errors=True)
+        return Outcome((TaskFailed(task.id, model, error.error_type, error.status, message, attempts),), line,
+                       to_errors=True)
 
     def _abort(self, task: Task, model: int, message: str) -> Outcome:
         """No task can succeed: tell the host, and take nothing new."""
         self.stopping = True
-        return Outcome((event(EventKind.ABORT, task.id, m=model, message=redact(message, self.keys)),))
+        return Outcome((Abort(redact(message, self.keys), task.id, model),))

@@ -5,9 +5,8 @@ limiter, retries), appends the line it gets back through the store, and only the
 builds its own clients, store handles and random generator: nothing live crosses the process boundary but
 the limiter's shared memory, which it inherits.
 
-Messages on the pipe are orjson bytes. Parent -> worker: ``{"task": {...}, "m": model index}``, or
-``{"stop": true}`` (finish what is in flight, take nothing new). Worker -> parent: events
-``{"kind": ..., "id": ..., "m": ...}`` (see EventKind).
+Messages on the pipe are events.encode bytes. Parent -> worker: ``Work`` (a task and its model index), or
+``StopWork`` (finish what is in flight, take nothing new). Worker -> parent: the events of events.py.
 """
 
 from __future__ import annotations
@@ -22,13 +21,11 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from ..api.prices import PriceTable
 from ..api.ratelimit import SharedLimiter
 from ..config import RunConfig
 from ..errors import OutputError
-from ..events import EventKind, event
+from ..events import Fatal, Message, StopWork, Work, WorkerExit, decode, encode
 from ..inputs.tasks import Task
 from ..logfile import setup_worker_logging
 from ..store.output import Appender, OutputPaths
@@ -47,15 +44,6 @@ class WorkerSettings:
     log_file: str | None
     index: int
     prices: PriceTable
-
-
-def work_message(task: Task, model: int) -> bytes:
-    return orjson.dumps({"task": task, "m": model})
-
-
-def task_from_dict(data: dict[str, Any]) -> Task:
-    data["images"] = tuple(data.get("images") or ())
-    return Task(**data)
 
 
 def _die_with_parent() -> None:
@@ -89,24 +77,24 @@ class Worker:
         self.runner = TaskRunner(settings.config, settings.prices, LocalLimiter(limiter))
         self.appenders = [Appender(paths, fsync=settings.config.fsync) for paths in settings.outputs]
 
-    def send(self, message: dict[str, Any]) -> None:
-        self.conn.send_bytes(orjson.dumps(message))
+    def send(self, message: Message) -> None:
+        self.conn.send_bytes(encode(message))
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         inbox: asyncio.Queue[tuple[Task, int] | None] = asyncio.Queue()
         concurrency = self.settings.config.concurrency
 
-        def on_message(data: dict[str, Any] | None) -> None:
-            if data is None or data.get("stop"):
+        def on_message(message: Message | None) -> None:
+            if isinstance(message, Work):
+                inbox.put_nowait((message.task, message.model))
+            else:
                 self.runner.stopping = True
                 # Tasks still waiting in the inbox are dropped: never sent, the parent counts them not done.
                 while not inbox.empty():
                     inbox.get_nowait()
                 for _ in range(concurrency):
                     inbox.put_nowait(None)
-            else:
-                inbox.put_nowait((task_from_dict(data["task"]), int(data["m"])))
 
         def read_pipe() -> None:
             while True:
@@ -115,9 +103,9 @@ class Worker:
                 except (EOFError, OSError):
                     loop.call_soon_threadsafe(on_message, None)
                     return
-                data = orjson.loads(raw)
-                loop.call_soon_threadsafe(on_message, data)
-                if data.get("stop"):
+                message = decode(raw)
+                loop.call_soon_threadsafe(on_message, message)
+                if isinstance(message, StopWork):
                     return
 
         threading.Thread(target=read_pipe, name="mpinfer-reader", daemon=True).start()
@@ -145,7 +133,7 @@ class Worker:
                     self.appenders[model].append(paths.errors if outcome.to_errors else paths.output, outcome.line)
                 except OutputError as exc:
                     log.error("cannot write: %s", exc)
-                    self.send(event(EventKind.FATAL, task.id, m=model, message=str(exc)))
+                    self.send(Fatal(str(exc), task.id, model))
                     self.runner.stopping = True
                     return
             for message in outcome.events:
@@ -166,12 +154,12 @@ def worker_main(settings: WorkerSettings, conn: Any, limiter: SharedLimiter) -> 
     except Exception as exc:  # a bug must reach the parent, not vanish with the process
         log.exception("worker %d crashed", settings.index)
         try:
-            worker.send(event(EventKind.FATAL, None, message=f"worker crashed: {type(exc).__name__}: {exc}"))
+            worker.send(Fatal(f"worker crashed: {type(exc).__name__}: {exc}"))
         except OSError:
             pass
     finally:
         try:
-            worker.send(event(EventKind.EXIT))
+            worker.send(WorkerExit())
         except OSError:
             pass
         for fd in lock_fds:

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from ..api.ratelimit import LaneStats
+from ..events import Stopped, TaskDone
 
 
 @dataclass
@@ -44,7 +45,7 @@ class RunSummary:
     completion_tokens: int = 0
     elapsed_s: float = 0.0
     started_at: float = field(default_factory=time.time)
-    stopped: str | None = None
+    stopped: Stopped | None = None
     log_file: Path | None = None
     repaired: int = 0
     bad_lines: int = 0
@@ -80,21 +81,19 @@ class RunSummary:
         ended = self.succeeded + self.failed
         return round(self.succeeded / ended, 4) if ended else None
 
-    def count_answer(self, event: dict[str, Any]) -> None:
-        """Tally one DONE event from a worker."""
+    def count_answer(self, event: TaskDone) -> None:
+        """Tally one answered task."""
         self.succeeded += 1
-        self.prompt_tokens += event.get("prompt_tokens") or 0
-        self.completion_tokens += event.get("completion_tokens") or 0
-        cost = event.get("cost")
-        if cost is None:
+        self.prompt_tokens += event.prompt_tokens
+        self.completion_tokens += event.completion_tokens
+        if event.cost is None:
             self.unpriced += 1
         else:
-            self.cost += cost
-        if event.get("mismatch"):
+            self.cost += event.cost
+        if event.mismatch:
             self.model_mismatches += 1
-        latency = event.get("latency_s")
-        if isinstance(latency, (int, float)):
-            self.latencies.append(float(latency))
+        if event.latency_s is not None:
+            self.latencies.append(event.latency_s)
 
     def count_failure(self, error_type: str) -> None:
         self.failed += 1
@@ -117,6 +116,7 @@ class RunSummary:
         data = asdict(self)
         del data["latencies"]
         data["log_file"] = str(self.log_file) if self.log_file else None
+        data["stopped"] = str(self.stopped) if self.stopped else None
         data.update(live=live, done=self.done, remaining=self.remaining, rate_limited=self.rate_limited,
                     requests=self.requests, success_rate=self.success_rate,
                     requests_per_s=round(self.requests / self.elapsed_s, 3) if self.elapsed_s else None,

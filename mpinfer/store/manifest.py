@@ -168,7 +168,8 @@ def summary_counts(summary: RunSummary, cost: float | None) -> dict[str, Any]:
     return {
         "total": summary.total, "done": summary.done, "succeeded": summary.succeeded, "failed": summary.failed,
         "remaining": summary.remaining, "prompt_tokens": summary.prompt_tokens,
-        "completion_tokens": summary.completion_tokens, "cost": cost, "stopped": summary.stopped,
+        "completion_tokens": summary.completion_tokens, "cost": cost,
+        "stopped": str(summary.stopped) if summary.stopped else None,
     }
 
 
