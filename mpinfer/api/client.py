@@ -227,8 +227,9 @@ def _root_cause(exc: BaseException) -> BaseException:
 
 def _status_message(exc: openai.APIStatusError) -> str:
     body = exc.body
-    if isinstance(body, dict) and isinstance(body.get("message"), str):
-        return body["message"][:500]
+    message = body.get("message") if isinstance(body, dict) else None
+    if isinstance(message, str):
+        return message[:500]
     return str(exc.message)[:500]
 
 
@@ -238,7 +239,7 @@ def backoff_s(attempt: int, base: float, rng: random.Random, retry_after: float 
     Exponential with equal jitter, so that workers that failed together do not retry together; a server's
     Retry-After is a floor, not a suggestion.
     """
-    ceiling = min(MAX_BACKOFF_S, base * (2 ** min(attempt - 1, 32)))
+    ceiling = min(MAX_BACKOFF_S, base * (2.0 ** min(attempt - 1, 32)))  # 2.0: int ** int is typed Any
     delay = ceiling / 2 + rng.uniform(0, ceiling / 2)
     if retry_after is not None:
         delay = max(delay, retry_after + rng.uniform(0, min(1.0, base)))

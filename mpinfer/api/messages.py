@@ -222,9 +222,11 @@ def build_body_request(body: dict[str, Any], model: str | None = None) -> Reques
         content = message.get("content") if isinstance(message, dict) else None
         for part in content if isinstance(content, list) else ():
             if isinstance(part, dict) and part.get("type") == "image_url":
-                image = part.get("image_url") or {}
-                url = image.get("url", "") if isinstance(image, dict) else ""
-                size = _data_url_size(url) if url[:5].lower() == "data:" else None
-                images += image_tokens(*(size or (None, None)), detail=image.get("detail", "auto"))
+                image = part.get("image_url")
+                image = image if isinstance(image, dict) else {}
+                url = image.get("url")
+                size = _data_url_size(url) if isinstance(url, str) and url[:5].lower() == "data:" else None
+                width, height = size or (None, None)
+                images += image_tokens(width, height, detail=image.get("detail", "auto"))
     max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
     return Request(kwargs, _text_tokens_of(messages) + images, max_tokens if isinstance(max_tokens, int) else None)

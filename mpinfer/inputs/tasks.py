@@ -315,6 +315,7 @@ def check_input(path: Path, keys: FieldKeys = FieldKeys(), selection: Selection 
         raise InputError(f"{len(duplicates)} duplicate ids: {shown}{more}", str(path))
     if not seen:
         raise InputError("no tasks in the input", str(path))
+    ids: Set[str]
     if selection.narrows():
         ids = frozenset(item.id for _, _, item in iter_selected(path, keys, selection, fmt) if isinstance(item, Task))
     else:

@@ -347,9 +347,9 @@ class RunLock:
             ) from None
         except OSError as exc:
             raise OutputError(f"{self.paths.run_lock}: cannot lock: {exc.strerror or exc}") from None
-        info = {"pid": os.getpid(), "started_at": time.time(), "model": self.model}
+        mine = {"pid": os.getpid(), "started_at": time.time(), "model": self.model}
         tmp = companion(self.paths.run_info, ".tmp")
-        tmp.write_bytes(orjson.dumps(info))
+        tmp.write_bytes(orjson.dumps(mine))
         os.replace(tmp, self.paths.run_info)
 
     def release(self) -> None:

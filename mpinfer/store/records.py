@@ -68,7 +68,7 @@ class Result:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Result:
-        values = {name: data.get(name) for name in RESULT_FIELDS}
+        values: dict[str, Any] = {name: data.get(name) for name in RESULT_FIELDS}
         values["usage"] = Usage.from_dict(data.get("usage"))
         return cls(**values)
 
@@ -89,7 +89,8 @@ class Failure:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Failure:
-        return cls(**{name: data.get(name) for name in FAILURE_FIELDS})
+        values: dict[str, Any] = {name: data.get(name) for name in FAILURE_FIELDS}
+        return cls(**values)
 
 
 def same_model(requested: str | None, reported: str | None) -> bool:
@@ -155,6 +156,11 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
+def _object(value: Any) -> dict[str, Any]:
+    """``value`` if it is a JSON object, else an empty one: a part of the wrong type reads as missing."""
+    return value if isinstance(value, dict) else {}
+
+
 def view(obj: Any) -> RecordView | None:
     """Read a decoded output line; None when it is not a record of either form."""
     if not isinstance(obj, dict):
@@ -163,11 +169,11 @@ def view(obj: Any) -> RecordView | None:
         custom_id = obj.get("custom_id")
         if not isinstance(custom_id, str) or not custom_id:
             return None
-        response = obj.get("response") if isinstance(obj.get("response"), dict) else {}
-        body = response.get("body") if isinstance(response.get("body"), dict) else {}
+        response = _object(obj.get("response"))
+        body = _object(response.get("body"))
         choices = body.get("choices") if isinstance(body.get("choices"), list) else []
         message = choices[0].get("message") if choices and isinstance(choices[0], dict) else None
-        meta = obj.get("mpinfer") if isinstance(obj.get("mpinfer"), dict) else {}
+        meta = _object(obj.get("mpinfer"))
         usage = body.get("usage") or {}
         cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") if isinstance(usage, dict) else 0
         return RecordView(
