@@ -90,6 +90,7 @@ class Request:
     headers: dict[str, str]
     body: bytes
     keep_alive: bool
+    query: str = ""  # what followed "?" in the target (the Batch API's list takes limit and after)
 
 
 def _parse_chunked(buf: bytearray, pos: int, limit: int) -> tuple[bytes, int] | None:
@@ -266,8 +267,8 @@ class Connection(asyncio.Protocol):
             consumed = content_length
         del buf[:consumed]
         self._head = None
-        path = target.split("?", 1)[0]
-        return Request(method, path, headers, body, keep_alive)
+        path, _, query = target.partition("?")
+        return Request(method, path, headers, body, keep_alive, query)
 
     def _parse_head(self, head: bytes) -> tuple[str, str, dict[str, str], bool, int]:
         """Parse request line and headers; content length -1 means chunked."""

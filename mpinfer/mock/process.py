@@ -200,6 +200,14 @@ class MockServerProcess:
         """POST /_mock/config with ``settings``; returns the new public config."""
         return self._call("POST", "/_mock/config", settings)
 
+    def batch_faults(self, **settings: Any) -> dict[str, Any]:
+        """POST /_mock/batches: the Batch API's faults (mock/batch_faults.py); returns batch_stats()."""
+        return self._call("POST", "/_mock/batches", settings)
+
+    def batch_stats(self) -> dict[str, Any]:
+        """GET /_mock/batches: batches created, per custom_id how many batches held it and answered it."""
+        return self._call("GET", "/_mock/batches")
+
     def reset(self) -> None:
         """POST /_mock/reset: zero counters, windows and scripts."""
         self._call("POST", "/_mock/reset", {})

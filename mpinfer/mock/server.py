@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Self
 
+from .batch_routes import route as route_batch_api
+from .batches import BatchService
 from .completions import ChatCompletions
 from .config import RUNTIME_FIELDS, MockConfig, coerce_field, str_list
 from .http import Connection, Request, error_body, http_response
@@ -45,6 +47,7 @@ class MockServer(ChatCompletions):
         self._open: set[Connection] = set()
         self._server: asyncio.Server | None = None
         self._port = 0
+        self.batch_service = BatchService(lambda: self._config)  # /v1/files and /v1/batches
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -66,6 +69,7 @@ class MockServer(ChatCompletions):
             self._server.close()
         for conn in list(self._open):
             conn.abort()
+        await self.batch_service.close()
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
@@ -250,6 +254,8 @@ class MockServer(ChatCompletions):
                 return
             self.reset()
             self._send_json(conn, req, 200, {"ok": True})
+        elif route_batch_api(self.batch_service, conn, req):
+            pass  # the Files and Batches APIs (mock/batch_routes.py)
         elif path == "/_mock/health":
             self._send_json(conn, req, 200, {"ok": True})
         else:
