@@ -34,6 +34,8 @@ class TaskDone:
     cost: float | None = None
     mismatch: bool = False  # answered by another model than the one requested
     attempts: int = 1
+    refused: bool = False  # the answer is a refusal (kept in the line's "refusal", answer null)
+    truncated: bool = False  # cut off at max_tokens (finish_reason "length")
 
 
 @dataclass(frozen=True, slots=True)

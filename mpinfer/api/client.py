@@ -47,6 +47,9 @@ class Answer:
     headers: dict[str, str]
     cached_tokens: int = 0
     body: dict[str, Any] | None = None  # the whole response, for the Batch API output form
+    refusal: str | None = None  # the model declined: its refusal text (content is then null)
+    reasoning: str | None = None  # a reasoning model's thinking, when the server sends it
+    reasoning_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,12 @@ def parse_answer(body: bytes, headers: dict[str, str]) -> Answer:
         usage = data.get("usage") or {}
         prompt = int(usage.get("prompt_tokens") or 0)
         completion = int(usage.get("completion_tokens") or 0)
+        details = usage.get("completion_tokens_details") or {}
+        # DeepSeek and older vLLM name the thinking reasoning_content; newer vLLM and others, reasoning.
+        reasoning = message.get("reasoning_content")
+        if not isinstance(reasoning, str):
+            reasoning = message.get("reasoning")
+        refusal = message.get("refusal")
         return Answer(
             content=message.get("content"),
             model=data.get("model"),
@@ -130,6 +139,9 @@ def parse_answer(body: bytes, headers: dict[str, str]) -> Answer:
             headers=headers,
             cached_tokens=int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0),
             body=data,
+            refusal=refusal if isinstance(refusal, str) and refusal else None,
+            reasoning=reasoning if isinstance(reasoning, str) else None,
+            reasoning_tokens=int(details.get("reasoning_tokens") or 0),
         )
     except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
         raise MalformedResponse(f"malformed response body ({type(exc).__name__}): {body[:120]!r}") from None

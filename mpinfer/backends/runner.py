@@ -29,7 +29,7 @@ from ..errors import ImageError, NoKeysLeft
 from ..events import Abort, Event, KeyDisabled, TaskDone, TaskFailed
 from ..inputs.tasks import Task
 from ..redact import key_hint, redact
-from ..store.records import Failure, Result, Usage, batch_error_line, batch_result_line, same_model
+from ..store.records import TRUNCATED, Failure, Result, Usage, batch_error_line, batch_result_line, same_model
 
 _KEY_ERRORS = frozenset({"authentication", "permission_denied"})
 _OVERLOAD_ERRORS = frozenset({"rate_limit", "timeout"})
@@ -240,12 +240,14 @@ class TaskRunner:
                 id=task.id, input_prompt=task.prompt, images=list(task.images), answer=answer.content,
                 model=answer.model, requested_model=requested,
                 usage=Usage(answer.prompt_tokens, answer.completion_tokens, answer.total_tokens,
-                            answer.cached_tokens),
+                            answer.cached_tokens, answer.reasoning_tokens),
                 finish_reason=answer.finish_reason, latency_s=latency, attempts=attempts,
-                processed_at=time.time(), cost=cost,
+                processed_at=time.time(), cost=cost, refusal=answer.refusal, reasoning_content=answer.reasoning,
             ).to_line()
         return Outcome((TaskDone(task.id, model, answer.prompt_tokens, answer.completion_tokens, latency, cost,
-                                 not same_model(requested, answer.model), attempts),), line)
+                                 not same_model(requested, answer.model), attempts,
+                                 refused=answer.refusal is not None and not answer.content,
+                                 truncated=answer.finish_reason == TRUNCATED),), line)
 
     def _fail(self, task: Task, model: int, error: CallError, attempts: int) -> Outcome:
         # A server may quote the request back, key included: nothing leaves unredacted.

@@ -50,6 +50,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--backlog", type=int, default=d.backlog)
     p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
+    p.add_argument("--reasoning-models", nargs="+", action="extend", default=[], metavar="MODEL=FIELD",
+                   help="answer MODEL with its thinking in FIELD (reasoning_content or reasoning)")
+    p.add_argument("--refuse-marker", default=None, metavar="TEXT", help="refuse prompts that hold TEXT")
     p.add_argument("--record-bodies", action="store_true", help="keep the last request body per task key in stats")
     p.add_argument(
         "--exit-with-parent",
@@ -61,12 +64,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
 
 def config_from_args(ns: argparse.Namespace) -> MockConfig:
     """Turn parsed arguments into a validated MockConfig (ValueError on bad input)."""
-    model_map: dict[str, str] = {}
-    for item in ns.model_map:
-        src, sep, dst = item.partition("=")
-        if not sep or not src or not dst:
-            raise ValueError(f"--model-map expects SRC=DST, got {item!r}")
-        model_map[src] = dst
+    model_map = _pairs("--model-map", ns.model_map)
     keys = tuple(k.strip() for k in ns.keys.split(",") if k.strip())
     return MockConfig(
         host=ns.host,
@@ -90,7 +88,19 @@ def config_from_args(ns: argparse.Namespace) -> MockConfig:
         backlog=ns.backlog,
         max_body_bytes=ns.max_body_bytes,
         record_bodies=ns.record_bodies,
+        reasoning_models=_pairs("--reasoning-models", ns.reasoning_models),
+        refuse_marker=ns.refuse_marker,
     )
+
+
+def _pairs(flag: str, items: list[str]) -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    for item in items:
+        src, sep, dst = item.partition("=")
+        if not sep or not src or not dst:
+            raise ValueError(f"{flag} expects SRC=DST, got {item!r}")
+        pairs[src] = dst
+    return pairs
 
 
 def _raise_fd_limit() -> None:

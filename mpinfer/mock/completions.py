@@ -9,6 +9,7 @@ import math
 import random
 import time
 
+from .answers import reply
 from .chat import ApiError, parse_chat
 from .config import MockConfig
 from .http import Connection, Request, error_body, http_response
@@ -117,15 +118,9 @@ class ChatCompletions:
         st.per_model[chat.model] += 1
         st.received[task_key] += 1
 
-        content = f"Mock answer to: {task_key[:80]} (images: {chat.images_in_task})"
+        answer = reply(cfg, chat.model, task_key, chat.images_in_task, chat.max_tokens)
         prompt_tokens = -(-chat.text_chars // 4) + _TOKENS_PER_IMAGE * chat.images_total
-        completion_tokens = -(-len(content) // 4)
-        finish_reason = "stop"
-        if chat.max_tokens is not None and completion_tokens > chat.max_tokens:
-            content = content[: chat.max_tokens * 4]
-            completion_tokens = -(-len(content) // 4)
-            finish_reason = "length"
-        budget = prompt_tokens + (chat.max_tokens if chat.max_tokens is not None else completion_tokens)
+        budget = prompt_tokens + (chat.max_tokens if chat.max_tokens is not None else answer.completion_tokens)
         if cfg.tpm is not None and st.accepted_token_sum + budget > cfg.tpm:
             st.token_window_violations += 1
 
@@ -155,18 +150,9 @@ class ChatCompletions:
                 "created": int(time.time()),
                 "model": cfg.model_map.get(chat.model, chat.model),
                 "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": content},
-                        "logprobs": None,
-                        "finish_reason": finish_reason,
-                    }
+                    {"index": 0, "message": answer.message, "logprobs": None, "finish_reason": answer.finish_reason}
                 ],
-                "usage": {
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": completion_tokens,
-                    "total_tokens": prompt_tokens + completion_tokens,
-                },
+                "usage": answer.usage(prompt_tokens),
                 "system_fingerprint": "fp_mock",
             }
             return "ok", 200, json.dumps(response).encode(), task_key

@@ -38,6 +38,8 @@ RUNTIME_FIELDS = frozenset(
         "tpm",
         "window_s",
         "record_bodies",
+        "reasoning_models",
+        "refuse_marker",
     }
 )
 
@@ -123,11 +125,18 @@ class MockConfig:
     sent every field as given (extra ones included). Off by default: bodies carry base64 images, and at
     most ``RECORDED_BODIES_MAX`` keys are kept."""
 
+    reasoning_models: Mapping[str, str] = field(default_factory=dict, hash=False)
+    """Model -> the message field its thinking comes in (``reasoning_content`` as DeepSeek, or ``reasoning``)."""
+
+    refuse_marker: str | None = None
+    """Prompts that hold this text are refused (``content`` null, ``refusal`` text), as a safety benchmark sees."""
+
     def __post_init__(self) -> None:
         """Normalise container fields and reject impossible settings early."""
         # Copy containers so a caller mutating its dict/list later cannot
         # change a config that is supposed to be immutable.
         object.__setattr__(self, "model_map", dict(self.model_map))
+        object.__setattr__(self, "reasoning_models", dict(self.reasoning_models))
         object.__setattr__(self, "keys", tuple(self.keys))
         for name in ("p429", "p500", "phang", "preset", "pmalformed", "pquota"):
             value = getattr(self, name)
@@ -151,11 +160,14 @@ class MockConfig:
             raise ValueError("keys must be non-empty strings")
         if any(not isinstance(k, str) or not isinstance(v, str) for k, v in self.model_map.items()):
             raise ValueError("model_map must map str to str")
+        if any(v not in ("reasoning_content", "reasoning") for v in self.reasoning_models.values()):
+            raise ValueError("reasoning_models must map models to reasoning_content or reasoning")
 
     def public_dict(self) -> dict[str, Any]:
         """The config as JSON-able data without the API keys (which are secrets)."""
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "keys"}
         data["model_map"] = dict(self.model_map)
+        data["reasoning_models"] = dict(self.reasoning_models)
         data["keys_configured"] = len(self.keys)
         return data
 
@@ -168,10 +180,14 @@ def str_list(name: str, value: Any) -> list[str]:
 
 def coerce_field(name: str, value: Any) -> Any:
     """Convert a JSON value for a runtime MockConfig field to its declared type."""
-    if name == "model_map":
+    if name in ("model_map", "reasoning_models"):
         if not isinstance(value, Mapping):
-            raise ValueError("model_map must be an object mapping model names")
+            raise ValueError(f"{name} must be an object mapping model names")
         return dict(value)
+    if name == "refuse_marker":
+        if value is not None and not isinstance(value, str):
+            raise TypeError("refuse_marker must be a string or null")
+        return value or None
     if name in ("rpm", "tpm"):
         if value is None:
             return None

@@ -248,7 +248,7 @@ def _config_to_argv(config: MockConfig) -> list[str]:
         if value == getattr(default, f.name):
             continue
         flag = "--" + f.name.replace("_", "-")
-        if f.name == "model_map":
+        if isinstance(value, dict):  # model_map, reasoning_models
             argv.append(flag)
             argv.extend(f"{src}={dst}" for src, dst in value.items())
         elif f.name == "keys":

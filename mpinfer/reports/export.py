@@ -28,8 +28,8 @@ from ..store.records import RecordView, view
 from ..store.repair import atomic_write
 
 ANSWER_COLUMNS: tuple[str, ...] = (
-    "answer", "model", "requested_model", "prompt_tokens", "completion_tokens", "total_tokens", "cost",
-    "status", "error",
+    "answer", "refusal", "model", "requested_model", "prompt_tokens", "completion_tokens", "total_tokens",
+    "cost", "finish_reason", "status", "error",
 )
 RUN_MODEL_COLUMN = "run_model"
 EXTRA_CELLS = "extra_cells"
@@ -52,6 +52,7 @@ class ExportFormat(StrEnum):
 
 class RowStatus(StrEnum):
     OK = "ok"
+    REFUSED = "refused"  # answered with a refusal (its text in the refusal column): done
     FAILED = "failed"
     MISSING = "missing"
 
@@ -70,6 +71,10 @@ class ExportReport:
     @property
     def ok(self) -> int:
         return self.counts[RowStatus.OK]
+
+    @property
+    def refused(self) -> int:
+        return self.counts[RowStatus.REFUSED]
 
     @property
     def failed(self) -> int:
@@ -162,10 +167,11 @@ def _answer_fields(task_id: str, outcomes: _Outcomes) -> dict[str, Any]:
     record = outcomes.answers.get(task_id)
     if record is not None:
         usage = record.usage
-        return {"answer": record.answer, "model": record.model, "requested_model": record.requested_model,
-                "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-                "total_tokens": usage.total_tokens, "cost": record.cost, "status": RowStatus.OK.value,
-                "error": None}
+        status = RowStatus.REFUSED if record.refused else RowStatus.OK
+        return {"answer": record.answer, "refusal": record.refusal, "model": record.model,
+                "requested_model": record.requested_model, "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens, "total_tokens": usage.total_tokens,
+                "cost": record.cost, "finish_reason": record.finish_reason, "status": status.value, "error": None}
     status = RowStatus.FAILED if task_id in outcomes.errors else RowStatus.MISSING
     return {**dict.fromkeys(ANSWER_COLUMNS), "status": status.value, "error": outcomes.errors.get(task_id)}
 

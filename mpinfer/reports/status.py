@@ -40,6 +40,8 @@ class OutputStatus:
     unpriced: int = 0
     model_mismatches: int = 0
     failures_by_type: dict[str, int] = field(default_factory=dict)
+    refusals: int = 0
+    truncated: int = 0
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,8 @@ class StatusReport:
     unpriced: int = 0
     model_mismatches: int = 0
     failures_by_type: dict[str, int] = field(default_factory=dict)
+    refusals: int = 0
+    truncated: int = 0
     latency_s: dict[str, float | None] = field(default_factory=dict)
     models: list[OutputStatus] = field(default_factory=list)
     per_model: dict[str, Any] = field(default_factory=dict)
@@ -89,7 +93,7 @@ def _output_status(output: Path, input_ids: Set[str], recent: deque[float],
                    latencies: list[float]) -> OutputStatus:
     paths = OutputPaths.of(output)
     done: set[str] = set()
-    bad = prompt = completion = unpriced = mismatches = 0
+    bad = prompt = completion = unpriced = mismatches = refusals = truncated = 0
     cost = 0.0
     last: float | None = None
     for _, _, obj in iter_lines(paths.output):
@@ -106,6 +110,8 @@ def _output_status(output: Path, input_ids: Set[str], recent: deque[float],
             cost += record.cost
         if not same_model(record.requested_model, record.model):
             mismatches += 1
+        refusals += record.refused
+        truncated += record.truncated
         if record.latency_s is not None:
             latencies.append(record.latency_s)
         if record.processed_at is not None:
@@ -126,6 +132,7 @@ def _output_status(output: Path, input_ids: Set[str], recent: deque[float],
         pending=len(input_ids) - len(done_known), prompt_tokens=prompt, completion_tokens=completion,
         bad_lines=bad, unknown_ids=len(done - input_ids), last_written_at=last, cost=round(cost, 6),
         unpriced=unpriced, model_mismatches=mismatches, failures_by_type=dict(sorted(by_type.items())),
+        refusals=refusals, truncated=truncated,
     )
 
 
@@ -168,6 +175,8 @@ def status(config: RunConfig, now: float | None = None) -> StatusReport:
         last_written_at=last, live=live is not None, live_pid=live.pid if live else None,
         rate_limited=int(summary.get("rate_limited") or 0), cost=round(sum(p.cost for p in parts), 6),
         unpriced=sum(p.unpriced for p in parts), model_mismatches=sum(p.model_mismatches for p in parts),
-        failures_by_type=_merge(p.failures_by_type for p in parts), latency_s=percentiles(latencies), models=parts,
+        failures_by_type=_merge(p.failures_by_type for p in parts),
+        refusals=sum(p.refusals for p in parts), truncated=sum(p.truncated for p in parts),
+        latency_s=percentiles(latencies), models=parts,
         per_model=summary.get("per_model") or {}, per_key=summary.get("per_key") or {},
     )

@@ -58,6 +58,8 @@ class RunSummary:
     unpriced: int = 0
     cost_before: float = 0.0
     model_mismatches: int = 0
+    refusals: int = 0  # answered with a refusal: done, not failed, and not an empty answer
+    truncated: int = 0  # answers cut off at max_tokens (finish_reason "length")
     latencies: list[float] = field(default_factory=list, repr=False)
 
     @property
@@ -92,6 +94,10 @@ class RunSummary:
             self.cost += event.cost
         if event.mismatch:
             self.model_mismatches += 1
+        if event.refused:
+            self.refusals += 1
+        if event.truncated:
+            self.truncated += 1
         if event.latency_s is not None:
             self.latencies.append(event.latency_s)
 

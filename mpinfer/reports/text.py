@@ -53,6 +53,9 @@ def summary_lines(summary: RunSummary) -> list[str]:
         f"cost {money(summary.cost, summary.unpriced)}",
         f"latency {_latency(data['latency_s'])}; 429s {summary.rate_limited}",
     ]
+    if summary.refusals or summary.truncated:
+        lines.append(f"refusals {summary.refusals} (kept as \"refusal\", answer null), "
+                     f"truncated at max_tokens {summary.truncated}")
     if summary.model_mismatches:
         lines.append(f"answered by another model than requested: {summary.model_mismatches} (see --validate)")
     if summary.failures_by_type:
@@ -82,6 +85,10 @@ def status_lines(report: StatusReport) -> list[str]:
         ("recent rate", rate), ("ETA", duration(report.eta_s)), ("last write", last), ("run live", live),
         ("429s", report.rate_limited),
     ]
+    if report.refusals:
+        rows.append(("refusals", f"{report.refusals} (done: the refusal text is the answer's \"refusal\")"))
+    if report.truncated:
+        rows.append(("truncated", f"{report.truncated} answers cut off at max_tokens"))
     if report.model_mismatches:
         rows.append(("other model", f"{report.model_mismatches} answers by another model than requested"))
     if report.bad_lines:
@@ -105,6 +112,8 @@ def status_lines(report: StatusReport) -> list[str]:
 
 def validation_lines(report: ValidationReport) -> list[str]:
     lines = [f"{report.output}: {report.lines} lines, {report.records} records"]
+    if report.refusals or report.truncated:
+        lines.append(f"refusals {report.refusals}, truncated at max_tokens {report.truncated} (not problems)")
     if report.ok:
         lines.append("ok: every line parses, no duplicates, every input id answered, answers and models as asked")
         return lines
@@ -156,7 +165,8 @@ def dry_run_lines(plan: DryRunPlan) -> list[str]:
 
 
 def export_lines(report: ExportReport) -> list[str]:
-    lines = [f"exported {report.rows} rows to {report.dest}: ok {report.ok}, failed {report.failed}, "
+    refused = f", refused {report.refused}" if report.refused else ""
+    lines = [f"exported {report.rows} rows to {report.dest}: ok {report.ok}{refused}, failed {report.failed}, "
              f"missing {report.missing}"]
     if report.missing_tasks:
         lines.append(f"the {report.missing_tasks} tasks not answered nor failed are in {report.missing_file} "

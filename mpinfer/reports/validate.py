@@ -40,6 +40,10 @@ class ValidationReport:
     output: str
     lines: int = 0
     records: int = 0
+    # Not problems: a refusal is an answer (for a safety benchmark, the measured one), and a truncated answer
+    # is what max_tokens asked for; both are counted so that the user sees them.
+    refusals: int = 0
+    truncated: int = 0
     counts: dict[ProblemKind, int] = field(default_factory=dict)
     examples: dict[ProblemKind, list[Problem]] = field(default_factory=dict)
 
@@ -83,7 +87,10 @@ def validate_output(output: Path, input_ids: Set[str]) -> ValidationReport:
             report.add(Problem(ProblemKind.DUPLICATE_ID, f"also on line {seen}", number, rid))
         if rid not in input_ids:
             report.add(Problem(ProblemKind.UNKNOWN_ID, "not in the input", number, rid))
-        if not isinstance(record.answer, str) or not record.answer.strip():
+        report.truncated += record.truncated
+        if record.refused:
+            report.refusals += 1
+        elif not isinstance(record.answer, str) or not record.answer.strip():
             report.add(Problem(ProblemKind.EMPTY_ANSWER, f"answer is {record.answer!r}", number, rid))
         if not same_model(record.requested_model, record.model):
             report.add(Problem(ProblemKind.MODEL_MISMATCH,

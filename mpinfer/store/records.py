@@ -23,6 +23,10 @@ RESULT_FIELDS: tuple[str, ...] = (
     "latency_s", "attempts", "processed_at", "cost",
 )
 USAGE_FIELDS: tuple[str, ...] = ("prompt_tokens", "completion_tokens", "total_tokens")
+# A refusal keeps its text here, with ``answer`` null: for a safety benchmark the refusal is the measurement.
+REFUSAL_FIELD = "refusal"
+REASONING_FIELD = "reasoning_content"  # written only when the server sent a reasoning text
+TRUNCATED = "length"  # the finish_reason of an answer cut off at max_tokens
 # gpt-4o-mini -> gpt-4o-mini-2024-07-18 is the same model; so are -0613, -20240620 and -v1.2.
 _SNAPSHOT = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{4}|\d{8}|v?\d+(\.\d+)*)$")
 FAILURE_FIELDS: tuple[str, ...] = ("id", "error_type", "status", "message", "attempts", "processed_at")
@@ -30,12 +34,14 @@ FAILURE_FIELDS: tuple[str, ...] = ("id", "error_type", "status", "message", "att
 
 @dataclass(slots=True)
 class Usage:
-    """Tokens as the server counted them; ``cached_tokens`` is the part of the prompt it had cached."""
+    """Tokens as the server counted them; ``cached_tokens`` is the part of the prompt it had cached, and
+    ``reasoning_tokens`` the part of the completion a reasoning model spent thinking (billed as output)."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
     cached_tokens: int = 0
+    reasoning_tokens: int = 0
 
     @classmethod
     def from_dict(cls, data: Any) -> Usage:
@@ -43,7 +49,8 @@ class Usage:
             return cls()
         get = data.get
         return cls(int(get("prompt_tokens") or 0), int(get("completion_tokens") or 0),
-                   int(get("total_tokens") or 0), int(get("cached_tokens") or 0))
+                   int(get("total_tokens") or 0), int(get("cached_tokens") or 0),
+                   int(get("reasoning_tokens") or 0))
 
 
 @dataclass(frozen=True)
@@ -62,13 +69,18 @@ class Result:
     attempts: int = 1
     processed_at: float = 0.0
     cost: float | None = None
+    refusal: str | None = None
+    reasoning_content: str | None = None
 
     def to_line(self) -> bytes:
-        return orjson.dumps(asdict(self), option=orjson.OPT_APPEND_NEWLINE)
+        data = asdict(self)
+        if self.reasoning_content is None:
+            del data[REASONING_FIELD]
+        return orjson.dumps(data, option=orjson.OPT_APPEND_NEWLINE)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Result:
-        values: dict[str, Any] = {name: data.get(name) for name in RESULT_FIELDS}
+        values: dict[str, Any] = {name: data.get(name) for name in (*RESULT_FIELDS, REFUSAL_FIELD, REASONING_FIELD)}
         values["usage"] = Usage.from_dict(data.get("usage"))
         return cls(**values)
 
@@ -150,6 +162,36 @@ class RecordView:
     processed_at: float | None
     cost: float | None
     batch: bool
+    refusal: str | None = None
+    finish_reason: str | None = None
+
+    @property
+    def refused(self) -> bool:
+        """The model declined (a refusal text, no answer): a result, and for a safety benchmark the result."""
+        return isinstance(self.refusal, str) and bool(self.refusal.strip()) and not self.answer
+
+    @property
+    def truncated(self) -> bool:
+        """The answer was cut off at the token limit (``finish_reason: "length"``)."""
+        return self.finish_reason == TRUNCATED
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def usage_of_body(usage: Any) -> Usage:
+    """A server's usage object (``*_tokens_details`` nested, as OpenAI sends it) as our flat Usage."""
+    if not isinstance(usage, dict):
+        return Usage()
+    prompt_details = usage.get("prompt_tokens_details")
+    completion_details = usage.get("completion_tokens_details")
+    return Usage.from_dict({
+        **usage,
+        "cached_tokens": prompt_details.get("cached_tokens") if isinstance(prompt_details, dict) else 0,
+        "reasoning_tokens": (completion_details.get("reasoning_tokens")
+                             if isinstance(completion_details, dict) else 0),
+    })
 
 
 def _number(value: Any) -> float | None:
@@ -169,19 +211,18 @@ def view(obj: Any) -> RecordView | None:
         custom_id = obj.get("custom_id")
         if not isinstance(custom_id, str) or not custom_id:
             return None
-        response = _object(obj.get("response"))
-        body = _object(response.get("body"))
-        choices = body.get("choices") if isinstance(body.get("choices"), list) else []
-        message = choices[0].get("message") if choices and isinstance(choices[0], dict) else None
+        body = _object(_object(obj.get("response")).get("body"))
+        choices = body.get("choices")
+        choice = _object(choices[0]) if isinstance(choices, list) and choices else {}
+        message = _object(choice.get("message"))
         meta = _object(obj.get("mpinfer"))
-        usage = body.get("usage") or {}
-        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") if isinstance(usage, dict) else 0
         return RecordView(
-            id=custom_id, answer=message.get("content") if isinstance(message, dict) else None,
+            id=custom_id, answer=message.get("content"),
             model=body.get("model"), requested_model=meta.get("requested_model"),
-            usage=Usage.from_dict({**usage, "cached_tokens": cached} if isinstance(usage, dict) else None),
+            usage=usage_of_body(body.get("usage")),
             latency_s=_number(meta.get("latency_s")), processed_at=_number(meta.get("processed_at")),
-            cost=_number(meta.get("cost")), batch=True,
+            cost=_number(meta.get("cost")), batch=True, refusal=_text(message.get("refusal")),
+            finish_reason=_text(choice.get("finish_reason")),
         )
     raw_id = obj.get("id")
     if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)) or raw_id == "":
@@ -190,7 +231,8 @@ def view(obj: Any) -> RecordView | None:
         id=str(raw_id), answer=obj.get("answer"), model=obj.get("model"),
         requested_model=obj.get("requested_model"), usage=Usage.from_dict(obj.get("usage")),
         latency_s=_number(obj.get("latency_s")), processed_at=_number(obj.get("processed_at")),
-        cost=_number(obj.get("cost")), batch=False,
+        cost=_number(obj.get("cost")), batch=False, refusal=_text(obj.get(REFUSAL_FIELD)),
+        finish_reason=_text(obj.get("finish_reason")),
     )
 
 
