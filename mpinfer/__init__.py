@@ -32,14 +32,25 @@ __all__ = ["__version__", "run", *sorted(_EXPORTS)]
 from .run import run  # noqa: E402
 
 if TYPE_CHECKING:
-    from .config import RunConfig, load_config
-    from .errors import ConfigError, InputError, MpinferError, OutputError, RunLockedError
-    from .reports.export import ExportReport, export
-    from .reports.status import StatusReport, status
-    from .reports.summary import RunSummary
-    from .reports.validate import ValidationReport, validate
-    from .store.repair import RepairReport, fresh_start, repair
-
+    # What __getattr__ loads, for type checkers; "X as X" marks each name as re-exported (mypy --strict and
+    # ruff read no re-export from the computed __all__).
+    from .config import RunConfig as RunConfig
+    from .config import load_config as load_config
+    from .errors import ConfigError as ConfigError
+    from .errors import InputError as InputError
+    from .errors import MpinferError as MpinferError
+    from .errors import OutputError as OutputError
+    from .errors import RunLockedError as RunLockedError
+    from .reports.export import ExportReport as ExportReport
+    from .reports.export import export as export
+    from .reports.status import StatusReport as StatusReport
+    from .reports.status import status as status
+    from .reports.summary import RunSummary as RunSummary
+    from .reports.validate import ValidationReport as ValidationReport
+    from .reports.validate import validate as validate
+    from .store.repair import RepairReport as RepairReport
+    from .store.repair import fresh_start as fresh_start
+    from .store.repair import repair as repair
 
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)

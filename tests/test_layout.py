@@ -1,0 +1,96 @@
+"""The package's shape: modules of a readable size, no import circle, and a public API type checkers see."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import mpinfer
+
+PACKAGE = Path(mpinfer.__file__).parent
+MAX_LINES = 400
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path, modules: set[str]) -> set[str]:
+    """The package's modules that ``path`` imports, those imported only for type checking included."""
+    name = _module_name(path)
+    here = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name in modules)
+        elif isinstance(node, ast.ImportFrom):
+            base = here[: len(here) - node.level + 1] if node.level else []
+            target = ".".join([*base, *([node.module] if node.module else [])])
+            candidates = [target, *(f"{target}.{alias.name}" for alias in node.names)]
+            found.update(candidate for candidate in candidates if candidate in modules)
+    found.discard(name)
+    return found
+
+
+def _circle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle in ``graph`` as the path round it, or None (an iterative depth-first search)."""
+    state: dict[str, int] = {}  # 1 while on the current path, 2 when done
+    for root in sorted(graph):
+        if root in state:
+            continue
+        path = [root]
+        stack = [iter(sorted(graph[root]))]
+        state[root] = 1
+        while stack:
+            step = next(stack[-1], None)
+            if step is None:
+                state[path.pop()] = 2
+                stack.pop()
+            elif state.get(step) == 1:
+                return [*path[path.index(step):], step]
+            elif step not in state:
+                state[step] = 1
+                path.append(step)
+                stack.append(iter(sorted(graph[step])))
+    return None
+
+
+def test_no_module_in_the_package_is_longer_than_400_lines() -> None:
+    # Given every module of the package
+    # When their lines are counted
+    long = {str(path.relative_to(PACKAGE)): n for path in PACKAGE.rglob("*.py")
+            if (n := len(path.read_text().splitlines())) > MAX_LINES}
+    # Then none is over the limit (split such a module by job)
+    assert long == {}
+
+
+def test_no_two_modules_of_the_package_import_each_other_even_through_others() -> None:
+    # Given the imports between the package's modules, type-checking ones included
+    paths = list(PACKAGE.rglob("*.py"))
+    modules = {_module_name(path) for path in paths}
+    graph = {_module_name(path): _imports(path, modules) for path in paths}
+    assert graph["mpinfer.run"], "the import graph is empty: the parser above is broken"
+    # When a circle is looked for
+    # Then there is none
+    assert _circle(graph) is None
+
+
+def test_the_circle_finder_finds_a_circle_through_three_modules() -> None:
+    # Given a graph where a imports b, b imports c and c imports a
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    # When a circle is looked for, Then it is found
+    assert _circle(graph) == ["a", "b", "c", "a"]
+
+
+def test_every_public_name_loads_and_is_re_exported_for_type_checkers() -> None:
+    # Given the names the package loads on first use, and its type-checking imports
+    tree = ast.parse((PACKAGE / "__init__.py").read_text())
+    typed = {alias.asname for node in ast.walk(tree) if isinstance(node, ast.If)
+             for child in node.body if isinstance(child, ast.ImportFrom)
+             for alias in child.names if alias.asname == alias.name}
+    # When they are compared and each public name is read
+    # Then every lazily loaded name is re-exported for type checkers ("X as X"), and each one loads
+    assert typed == set(mpinfer._EXPORTS)
+    for name in mpinfer.__all__:
+        assert getattr(mpinfer, name) is not None, name
