@@ -31,10 +31,11 @@ def ensure_venv() -> None:
     if not PYTHON.exists():
         print(f"dev.py: creating {VENV}", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
-    print("dev.py: installing mpinfer with its test and Ray extras (a first time takes a minute or two)",
+    print("dev.py: installing mpinfer with its test, Ray, report and Parquet extras (a first time takes a minute "
+          "or two)",
           flush=True)
     subprocess.run([str(PYTHON), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                    "-e", f"{ROOT}[test,ray]"], check=True)
+                    "-e", f"{ROOT}[test,ray,report,parquet]"], check=True)
     STAMP.write_text(wanted)
 
 

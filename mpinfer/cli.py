@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 import time
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from .config import OPTIONS, RunConfig, load_config
 from .errors import MpinferError
 from .events import StopReason
 from .reports.export import export
+from .reports.html import write_report
 from .reports.status import status
 from .reports.summary import RunSummary
 from .reports.text import (
@@ -23,6 +25,7 @@ from .reports.text import (
     export_lines,
     fresh_lines,
     repair_lines,
+    report_lines,
     status_lines,
     summary_lines,
     validation_lines,
@@ -63,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--export", metavar="FILE", default=None,
                       help="write one row per input task (.csv or .jsonl: input fields, answer, tokens, cost, "
                            "status ok/failed/missing) and the missing tasks to <output>.missing.jsonl")
+    mode.add_argument("--report", nargs="?", const="", default=None, metavar="FILE",
+                      help="write an HTML report of the output (charts of rate, latency, failures, cost; a table "
+                           "per model) to FILE (default: <output>.report.html); needs mpinfer[report]")
     parser.add_argument("--repair", action="store_true",
                         help="with --validate: rewrite the output without corrupt lines and duplicate ids "
                              "(after a backup copy <output>.bak-<time>), then validate again")
@@ -131,6 +137,11 @@ def _demo(args: argparse.Namespace) -> int:
         reports = validate(config)
         for report in reports:
             _print(validation_lines(report))
+        print("\ndemo: --report")
+        if importlib.util.find_spec("plotly") is None:
+            print("skipped: the report needs Plotly (pip install 'mpinfer[report]'; python3 dev.py demo has it)")
+        else:
+            _print(report_lines(write_report(config)))
     print(f"\ndemo: results are in {config.output}; a rerun of a stopped run resumes where it stopped")
     return EXIT_OK if all(r.ok for r in reports) else EXIT_PROBLEMS
 
@@ -197,6 +208,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         if args.validate:
             return _validate(config, args.repair)
+        if args.report is not None:
+            _print(report_lines(write_report(config, Path(args.report) if args.report else None)))
+            return EXIT_OK
         if args.export is not None:
             _print(export_lines(export(config, Path(args.export))))
             return EXIT_OK

@@ -60,8 +60,9 @@ def write_demo_tasks(folder: Path) -> Path:
 
 
 def demo_config(folder: Path, tasks: Path, base_url: str) -> RunConfig:
-    """The demo's run: two workers, four requests each, a short backoff so that it ends in seconds."""
-    return RunConfig(input=tasks, output=folder / "results.jsonl", processes=2, concurrency=4,
+    """The demo's run: two workers, four requests each, a short backoff so that it ends in seconds; the rpm
+    limit is above what the mock serves, there to be drawn in the report."""
+    return RunConfig(input=tasks, output=folder / "results.jsonl", processes=2, concurrency=4, rpm=1800,
                      model="gpt-4o-mini", base_url=base_url, api_keys=("demo-key-not-secret",),
                      log_dir=folder / "logs", timeout=10.0, retry_backoff=0.2)
 

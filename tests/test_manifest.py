@@ -283,7 +283,8 @@ def test_settings_of_holds_every_setting_but_the_keys_as_json(tmp_path: Path) ->
     # When its settings are taken
     values = settings_of(cfg)
     # Then every setting but the keys and the bookkeeping is there, paths as strings, and it survives JSON
-    assert set(values) == {f.name for f in dataclasses.fields(RunConfig)} - {"api_keys", "warnings", "explicit"}
+    assert set(values) == ({f.name for f in dataclasses.fields(RunConfig)} - {"api_keys", "warnings", "explicit"}
+                           | {"key_count"})
     assert values["output"] == str(tmp_path / "results.jsonl")
     assert values["log_dir"] == "logs"
     assert orjson.loads(orjson.dumps(values)) == values

@@ -10,6 +10,7 @@ from typing import Any
 from ..store.repair import RepairReport
 from .dryrun import DryRunPlan
 from .export import ExportReport
+from .html import ReportResult
 from .status import StatusReport
 from .summary import RunSummary
 from .validate import ValidationReport
@@ -197,3 +198,10 @@ def fresh_lines(backup: Path | None) -> list[str]:
     if backup is None:
         return ["fresh start: no files of earlier runs to move"]
     return [f"fresh start: the files of earlier runs were moved to {backup}/ (nothing was deleted)"]
+
+
+def report_lines(result: ReportResult) -> list[str]:
+    verdict = {True: "validate ok", False: "validate found problems", None: "not validated (no input)"}
+    return [f"report: {result.path} ({result.bytes / 1e6:.1f} MB, {result.charts} charts, {result.runs} runs, "
+            f"{result.lines} output lines, {verdict[result.valid]}; made in {result.seconds:.1f}s): "
+            "open it in a browser, it needs no network"]

@@ -83,6 +83,7 @@ def settings_of(config: RunConfig) -> dict[str, Any]:
     left_out = {"api_keys", "warnings", "explicit"}
     values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in left_out}
     plain: dict[str, Any] = _plain(values, config.api_keys)
+    plain["key_count"] = len(config.api_keys)  # how many, never which: the report draws --rpm for all of them
     return plain
 
 

@@ -1,0 +1,386 @@
+"""What the HTML report shows, as data: the output's lines binned over time per run, and totals per model.
+
+Built from the files a run leaves (the output, ``<output>.errors.jsonl`` and ``<output>.runs.jsonl``) and
+nothing else, so the report cannot drift from the truth and works on an output written by an earlier
+version: a line without ``retries`` counts its extra attempts as retries of unknown type, a manifest
+without runs makes the whole output one run, a line without ``refusal`` is not a refusal.
+
+One pass over each file keeps compact per-line columns (``array``), so a million lines cost tens of MB;
+everything after that pass works on bins, a few hundred per run.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from array import array
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..store.manifest import manifest_path, read_records
+from ..store.output import OutputPaths, iter_lines, model_outputs, record_id
+from ..store.records import failure_type, view
+
+UNKNOWN_RETRY = "unknown"  # retries of a line written before lines said which kind they were
+TARGET_BINS = 60
+
+
+@dataclass(frozen=True)
+class RunSpan:
+    """One run as its manifest records tell it (or the whole output, when there is no manifest)."""
+
+    run_id: str
+    started_at: float
+    ended_at: float | None  # None: no end record (still live, or killed)
+    settings: Mapping[str, Any]
+    argv: tuple[str, ...]
+    counts: Mapping[str, Any] | None
+    version: str | None
+
+
+@dataclass
+class ModelRow:
+    """One line of the per-model table: a requested model at one endpoint."""
+
+    model: str
+    endpoint: str
+    answers: int = 0
+    failures: int = 0
+    refusals: int = 0
+    truncated: int = 0
+    latency_sum: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+    unpriced: int = 0
+    answered_by: set[str] = field(default_factory=set)
+
+    @property
+    def mean_latency_s(self) -> float | None:
+        return self.latency_sum / self.answers if self.answers else None
+
+    @property
+    def cost_per_1000(self) -> float | None:
+        priced = self.answers - self.unpriced
+        return self.cost / priced * 1000 if priced > 0 else None
+
+
+@dataclass(frozen=True)
+class Series:
+    """One run's charts as bins of ``width_s`` seconds from ``start`` (the x values are bin starts)."""
+
+    start: float
+    width_s: float
+    times: list[float]
+    answers_per_s: list[float]
+    p50: list[float | None]
+    p95: list[float | None]
+    failures: dict[str, list[int]]  # by error type
+    retries: dict[str, list[int]]  # by error type of the failed attempt
+    cum_tokens: list[int]
+    cum_cost: list[float]
+    limit_per_s: float | None  # the rate the settings allowed (answers/s), None when none was set
+    limit_label: str
+
+
+@dataclass(frozen=True)
+class RunView:
+    span: RunSpan
+    answers: int
+    failures: int
+    series: Series | None  # None: the run wrote nothing
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """Everything the report draws, for the whole output and for each run."""
+
+    output: Path
+    lines: int
+    runs: list[RunView]
+    whole: Series | None
+    table: list[ModelRow]
+
+
+@dataclass
+class _Columns:
+    """Per-line values of every answer and failure, in file order (times are not sorted)."""
+
+    t: array[float] = field(default_factory=lambda: array("d"))
+    latency: array[float] = field(default_factory=lambda: array("d"))
+    tokens: array[int] = field(default_factory=lambda: array("q"))
+    cost: array[float] = field(default_factory=lambda: array("d"))
+    fail_t: array[float] = field(default_factory=lambda: array("d"))
+    fail_type: list[str] = field(default_factory=list)
+    retry_t: array[float] = field(default_factory=lambda: array("d"))
+    retry_type: list[str] = field(default_factory=list)
+    retry_n: array[int] = field(default_factory=lambda: array("q"))
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    """``value`` when it is a JSON object, else an empty one: old or torn records lack fields."""
+    return value if isinstance(value, dict) else {}
+
+
+def _meta(obj: dict[str, Any], batch: bool) -> dict[str, Any]:
+    """Where a line keeps mpinfer's own fields: the line itself, or its ``mpinfer`` object in the Batch form."""
+    return _dict(obj.get("mpinfer")) if batch else obj
+
+
+def read_runs(output: Path) -> list[RunSpan]:
+    """The runs of the manifest, oldest first: a start record, completed by its end record when there is one."""
+    starts: dict[str, dict[str, Any]] = {}
+    ends: dict[str, dict[str, Any]] = {}
+    for record in read_records(manifest_path(output)):
+        run_id = record.get("run_id")
+        if not isinstance(run_id, str) or not isinstance(record.get("started_at"), (int, float)):
+            continue
+        (ends if record.get("event") == "end" else starts).setdefault(run_id, record)
+    spans = []
+    for run_id, start in starts.items():
+        end = ends.get(run_id, {})
+        argv = start.get("argv")
+        ended = end.get("ended_at")
+        spans.append(RunSpan(run_id=run_id, started_at=float(start["started_at"]),
+                             ended_at=float(ended) if isinstance(ended, (int, float)) else None,
+                             settings=_dict(start.get("settings")),
+                             argv=tuple(str(a) for a in argv) if isinstance(argv, list) else (),
+                             counts=_dict(end.get("counts")) or None,
+                             version=start.get("version") if isinstance(start.get("version"), str) else None))
+    return sorted(spans, key=lambda s: s.started_at)
+
+
+def _retries(obj: dict[str, Any], batch: bool) -> dict[str, int]:
+    """Retries of one line by kind: its ``retries`` field, else its extra attempts as ``unknown``."""
+    meta = _meta(obj, batch)
+    given = meta.get("retries")
+    if isinstance(given, dict):
+        return {str(k): int(v) for k, v in given.items() if isinstance(v, int) and v > 0}
+    attempts = meta.get("attempts")
+    if isinstance(attempts, int) and not isinstance(attempts, bool) and attempts > 1:
+        return {UNKNOWN_RETRY: attempts - 1}
+    return {}
+
+
+def _finish_and_refusal(obj: dict[str, Any], batch: bool) -> tuple[Any, Any]:
+    if not batch:
+        return obj.get("finish_reason"), obj.get("refusal")
+    choices = _dict(_dict(obj.get("response")).get("body")).get("choices")
+    choice = _dict(choices[0]) if isinstance(choices, list) and choices else {}
+    message = _dict(choice.get("message"))
+    return choice.get("finish_reason"), message.get("refusal")
+
+
+class _Reader:
+    """One pass over each output file and its errors file, filling the columns and the per-model rows."""
+
+    def __init__(self, runs: list[RunSpan]) -> None:
+        self.runs = runs
+        self.starts = [run.started_at for run in runs]
+        self.columns = _Columns()
+        self.rows: dict[tuple[str, str], ModelRow] = {}
+        self.lines = 0
+
+    def _endpoint(self, obj: dict[str, Any], t: float | None) -> str:
+        """The line's own endpoint when it names one, else the base URL of the run it was written in."""
+        named = obj.get("endpoint")
+        if isinstance(named, str) and named:
+            return named
+        if t is None or not self.runs:
+            return "-"
+        run = self.runs[max(0, bisect.bisect_right(self.starts, t) - 1)]
+        return str(run.settings.get("base_url") or "default")
+
+    def _row(self, model: str, endpoint: str) -> ModelRow:
+        row = self.rows.get((model, endpoint))
+        if row is None:
+            row = self.rows[(model, endpoint)] = ModelRow(model, endpoint)
+        return row
+
+    def _add_retries(self, t: float | None, retries: dict[str, int]) -> None:
+        if t is None:
+            return
+        cols = self.columns
+        for kind, count in retries.items():
+            cols.retry_t.append(t)
+            cols.retry_type.append(kind)
+            cols.retry_n.append(count)
+
+    def read_output(self, path: Path, file_model: str) -> None:
+        cols = self.columns
+        for _, _, obj in iter_lines(path):
+            self.lines += 1
+            record = view(obj)
+            if record is None:
+                continue
+            t = record.processed_at
+            row = self._row(record.requested_model or file_model, self._endpoint(obj, t))
+            usage = record.usage
+            row.answers += 1
+            row.prompt_tokens += usage.prompt_tokens
+            row.completion_tokens += usage.completion_tokens
+            if record.model:
+                row.answered_by.add(record.model)
+            if record.cost is None:
+                row.unpriced += 1
+            else:
+                row.cost += record.cost
+            latency = record.latency_s
+            if latency is not None:
+                row.latency_sum += latency
+            finish, refusal = _finish_and_refusal(obj, record.batch)
+            row.truncated += finish == "length"
+            row.refusals += bool(refusal)
+            self._add_retries(t, _retries(obj, record.batch))
+            if t is not None:
+                cols.t.append(t)
+                cols.latency.append(math.nan if latency is None else latency)
+                cols.tokens.append(usage.total_tokens or usage.prompt_tokens + usage.completion_tokens)
+                cols.cost.append(record.cost or 0.0)
+
+    def read_errors(self, path: Path, file_model: str) -> None:
+        cols = self.columns
+        for _, _, obj in iter_lines(path):
+            if record_id(obj) is None:
+                continue
+            batch = "custom_id" in obj
+            meta = _meta(obj, batch)
+            raw_t = meta.get("processed_at")
+            t = float(raw_t) if isinstance(raw_t, (int, float)) and not isinstance(raw_t, bool) else None
+            self._row(file_model, self._endpoint(obj, t)).failures += 1
+            retries = _retries(obj, batch)
+            self._add_retries(t, retries)
+            if t is not None:
+                cols.fail_t.append(t)
+                cols.fail_type.append(failure_type(obj) or "unknown")
+
+
+def _nice_width(span_s: float) -> float:
+    """A bin width of 0.1, 0.2, 0.5, 1, 2, 5 ... s, 1, 2, 5 ... min, 1 h ... giving at most about TARGET_BINS
+    bins (a short demo run gets tenths of a second, a day-long run minutes)."""
+    wanted = max(span_s / TARGET_BINS, 0.1)
+    for step in (0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400):
+        if step >= wanted:
+            return float(step)
+    return float(math.ceil(wanted / 86400) * 86400)
+
+
+def _nearest_rank(ordered: list[float], share: float) -> float:
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(share * len(ordered)) - 1))]
+
+
+def _limit(settings: Mapping[str, Any]) -> tuple[float | None, str]:
+    """The answers per second the settings allowed: --rpm over every key and model, when it was set."""
+    rpm = settings.get("rpm")
+    models = [m for m in str(settings.get("model") or "").split(",") if m.strip()] or ["?"]
+    keys = settings.get("key_count")
+    if isinstance(rpm, (int, float)) and rpm > 0:
+        lanes = len(models) * (keys if isinstance(keys, int) and keys > 0 else 1)
+        per = f"{rpm:g}/min x {lanes} key-model lane{'s' if lanes > 1 else ''}"
+        return rpm * lanes / 60.0, f"--rpm limit ({per})"
+    return None, "no --rpm set"
+
+
+def _sorted(cols: _Columns) -> _Columns:
+    """The columns in time order (lines are nearly in order already, which timsort makes cheap)."""
+    out = _Columns()
+    order = sorted(range(len(cols.t)), key=cols.t.__getitem__)
+    out.t = array("d", (cols.t[i] for i in order))
+    out.latency = array("d", (cols.latency[i] for i in order))
+    out.tokens = array("q", (cols.tokens[i] for i in order))
+    out.cost = array("d", (cols.cost[i] for i in order))
+    order = sorted(range(len(cols.fail_t)), key=cols.fail_t.__getitem__)
+    out.fail_t = array("d", (cols.fail_t[i] for i in order))
+    out.fail_type = [cols.fail_type[i] for i in order]
+    order = sorted(range(len(cols.retry_t)), key=cols.retry_t.__getitem__)
+    out.retry_t = array("d", (cols.retry_t[i] for i in order))
+    out.retry_type = [cols.retry_type[i] for i in order]
+    out.retry_n = array("q", (cols.retry_n[i] for i in order))
+    return out
+
+
+def _span(times: array[float], start: float, end: float) -> range:
+    """The indices of sorted ``times`` with start <= t < end."""
+    return range(bisect.bisect_left(times, start), bisect.bisect_left(times, end))
+
+
+def _series(cols: _Columns, start: float, end: float, settings: Mapping[str, Any]) -> Series | None:
+    """Bin the lines of sorted ``cols`` with start <= t < end."""
+    picked, fails = _span(cols.t, start, end), _span(cols.fail_t, start, end)
+    retries = _span(cols.retry_t, start, end)
+    ends = [times[r[i]] for times, r in ((cols.t, picked), (cols.fail_t, fails)) for i in (0, -1) if r]
+    if not ends:
+        return None
+    origin = min(ends) if not math.isfinite(start) else min(start, *ends)
+    last = max(ends)
+    width = _nice_width(last - origin)
+    count = int((last - origin) // width) + 1
+
+    def slot(t: float) -> int:
+        return min(count - 1, int((t - origin) // width))
+
+    answers = [0] * count
+    latencies: list[list[float]] = [[] for _ in range(count)]
+    tokens = [0] * count
+    cost = [0.0] * count
+    for i in picked:
+        b = slot(cols.t[i])
+        answers[b] += 1
+        latency = cols.latency[i]
+        if latency == latency:  # not NaN (no latency recorded)
+            latencies[b].append(latency)
+        tokens[b] += cols.tokens[i]
+        cost[b] += cols.cost[i]
+    failures: dict[str, list[int]] = {}
+    for i in fails:
+        failures.setdefault(cols.fail_type[i], [0] * count)[slot(cols.fail_t[i])] += 1
+    retried: dict[str, list[int]] = {}
+    for i in retries:
+        retried.setdefault(cols.retry_type[i], [0] * count)[slot(cols.retry_t[i])] += cols.retry_n[i]
+    p50: list[float | None] = []
+    p95: list[float | None] = []
+    for values in latencies:
+        values.sort()
+        p50.append(_nearest_rank(values, 0.50) if values else None)
+        p95.append(_nearest_rank(values, 0.95) if values else None)
+    cum_tokens: list[int] = []
+    cum_cost: list[float] = []
+    running_t, running_c = 0, 0.0
+    for b in range(count):
+        running_t += tokens[b]
+        running_c += cost[b]
+        cum_tokens.append(running_t)
+        cum_cost.append(round(running_c, 8))
+    limit, label = _limit(settings) if settings else (None, "")
+    return Series(start=origin, width_s=width, times=[origin + b * width for b in range(count)],
+                  answers_per_s=[n / width for n in answers], p50=p50, p95=p95, failures=failures,
+                  retries=retried, cum_tokens=cum_tokens, cum_cost=cum_cost, limit_per_s=limit,
+                  limit_label=label)
+
+
+def build_timeline(output: Path, models: tuple[str, ...]) -> Timeline:
+    """Read the output files of ``models`` (one per model) with their errors files and the manifest."""
+    runs = read_runs(output)
+    reader = _Reader(runs)
+    for path, model in zip(model_outputs(output, models), models, strict=True):
+        paths = OutputPaths.of(path)
+        reader.read_output(paths.output, model)
+        reader.read_errors(paths.errors, model)
+    cols = _sorted(reader.columns)
+    if not runs and (cols.t or cols.fail_t):
+        first = min(times[0] for times in (cols.t, cols.fail_t) if times)
+        last = max(times[-1] for times in (cols.t, cols.fail_t) if times)
+        runs = [RunSpan("(no manifest)", first, last, {}, (), None, None)]
+    views = []
+    for n, span in enumerate(runs):
+        # A run owns the lines written from its start to the next run's start (lines before the first
+        # recorded run, from a version without a manifest, go to the first).
+        start = span.started_at if n else -math.inf
+        end = runs[n + 1].started_at if n + 1 < len(runs) else math.inf
+        series = _series(cols, start, end, span.settings)
+        views.append(RunView(span, len(_span(cols.t, start, end)), len(_span(cols.fail_t, start, end)), series))
+    whole = _series(cols, -math.inf, math.inf, {})
+    table = sorted(reader.rows.values(), key=lambda r: (r.model, r.endpoint))
+    return Timeline(output=output, lines=reader.lines, runs=views, whole=whole, table=table)

@@ -1,0 +1,134 @@
+"""--report: the HTML report's numbers from the files alone, and the page itself in a real headless Chromium."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import orjson
+import pytest
+from conftest import FAKE_KEY, run_cli, text_tasks, write_tasks
+
+from mpinfer.mockserver import MockServerProcess
+from mpinfer.reports.timeline import UNKNOWN_RETRY, build_timeline
+
+BROWSER_TIMEOUT_S = 90
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync")
+# Chromium with --enable-logging=stderr prints every console message, and every uncaught error, so:
+_CONSOLE = re.compile(r":CONSOLE[^\]]*\] (.*)")
+
+
+def _browser() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    pytest.skip("no Chromium on this machine (.ci/run installs Debian's chromium)")
+
+
+def _chromium(page: Path, profile: Path, *mode: str) -> subprocess.CompletedProcess[str]:
+    """One headless Chromium on a local file, its own profile, no network of its own, console to stderr."""
+    command = [_browser(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0",
+               "--virtual-time-budget=10000", *mode, page.resolve().as_uri()]
+    return subprocess.run(command, capture_output=True, text=True, timeout=BROWSER_TIMEOUT_S, check=False)
+
+
+def open_in_browser(page: Path, work: Path) -> tuple[str, list[str], Path]:
+    """(the DOM after the scripts ran, the console messages, a screenshot) of ``page`` in headless Chromium."""
+    dom = _chromium(page, work / "profile-dom", "--dump-dom")
+    shot = work / "report.png"
+    pictured = _chromium(page, work / "profile-shot", "--window-size=1300,2600", f"--screenshot={shot}")
+    console = [m.group(1) for proc in (dom, pictured) for m in _CONSOLE.finditer(proc.stderr)]
+    assert dom.stdout.strip(), dom.stderr[-2000:]
+    return dom.stdout, console, shot
+
+
+def drawn_charts(dom: str) -> tuple[int, int]:
+    """(charts on the page, charts whose SVG plot area holds a drawn line, marker or bar)."""
+    charts = dom.split('class="plotly-graph-div')[1:]
+    # The legend (in the info layer, after the plot layers) draws sample lines of its own: leave it out.
+    plots = [chart.split('class="infolayer"')[0] for chart in charts]
+    drawn = sum(1 for plot in plots if re.search(r'class="js-line" d="M[\d.]+,[\d.]+L', plot)
+                or re.search(r'<path class="point"[^>]* d="M[^"]+"', plot)
+                or re.search(r'<g class="point"><path d="M[\d.]+,[\d.]+[VH]', plot))
+    return len(charts), drawn
+
+
+def test_the_browser_check_catches_a_page_that_throws_and_draws_nothing(tmp_path: Path):
+    # Given a page that logs an error, throws, and has an empty chart
+    page = tmp_path / "broken.html"
+    page.write_text('<html><body><div class="plotly-graph-div"><svg class="main-svg"></svg></div>'
+                    '<script>console.error("bad"); nothing();</script></body></html>')
+    # When it is opened in the browser
+    dom, console, _ = open_in_browser(page, tmp_path)
+    # Then both errors are seen and the chart does not count as drawn
+    assert any("bad" in line for line in console)
+    assert any("nothing is not defined" in line for line in console)
+    assert drawn_charts(dom) == (1, 0)
+
+
+def test_the_report_of_a_real_run_draws_every_chart_with_no_console_errors(tmp_path: Path,
+                                                                           mock: MockServerProcess):
+    # Given two runs against the mock with 500s (some retried, some failing after their retries), an rpm limit
+    write_tasks(tmp_path / "tasks.jsonl", text_tasks(30))
+    mock.configure(latency_ms=20, p500=0.3, seed=3)
+    for _ in range(2):
+        ran = run_cli("-i", "tasks.jsonl", "-o", "results.jsonl", "--base-url", mock.base_url, "--retry-backoff",
+                      "0.02", "--max-retries", "1", "--rpm", "6000", "-p", "2", "-c", "2", cwd=tmp_path)
+        assert ran.returncode in (0, 1), ran.stderr
+    # When its report is written
+    made = run_cli("-i", "tasks.jsonl", "-o", "results.jsonl", "--report", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    page = tmp_path / "results.jsonl.report.html"
+    assert "report: " in made.stdout and page.exists()
+    # Then it is one offline file: no script or style is fetched from anywhere
+    text = page.read_text()
+    assert not re.search(r'<(script|link)[^>]+(src|href)="https?:', text)
+    assert FAKE_KEY not in text
+    # And in a real browser every chart drew, nothing went to the console, and a screenshot was taken
+    dom, console, shot = open_in_browser(page, tmp_path)
+    assert console == []
+    charts, drawn = drawn_charts(dom)
+    # four for the whole output, four for each run (less latency for a rerun that got no answer)
+    assert charts >= 11 and drawn == charts, (charts, drawn)
+    assert "--rpm limit" in dom and "failed: server_error" in dom and "retried: " in dom
+    assert shot.exists() and shot.stat().st_size > 10_000
+    print(f"screenshot: {shot}")
+
+
+def _line(obj: dict[str, object]) -> bytes:
+    return orjson.dumps(obj) + b"\n"
+
+
+def test_the_table_counts_refusals_truncations_and_costs_per_model_from_old_and_new_lines(tmp_path: Path):
+    # Given an output from a version without a manifest, refusal or retries fields, plus newer lines that have them
+    out = tmp_path / "results.jsonl"
+    old = {"id": "a", "answer": "x", "model": "m-1", "requested_model": "m", "latency_s": 1.0, "attempts": 3,
+           "processed_at": 100.0, "cost": 0.002, "finish_reason": "stop",
+           "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}
+    truncated = {**old, "id": "b", "finish_reason": "length", "attempts": 1, "latency_s": 3.0, "processed_at": 101.0}
+    refused = {**old, "id": "c", "refusal": "I can't help with that.", "attempts": 2, "retries": {"rate_limit": 1},
+               "processed_at": 102.0, "cost": None}
+    not_refused = {**old, "id": "d", "refusal": None, "attempts": 1, "processed_at": 103.0}
+    out.write_bytes(b"".join(_line(r) for r in (old, truncated, refused, not_refused)) + b"{torn")
+    (tmp_path / "results.jsonl.errors.jsonl").write_bytes(_line(
+        {"id": "e", "error_type": "server", "status": 500, "message": "boom", "attempts": 4, "processed_at": 104.0}))
+    # When the timeline is built
+    timeline = build_timeline(out, ("m",))
+    # Then one row holds model m: 4 answers, 1 failure, 1 refusal, 1 truncated, the priced answers' cost
+    (row,) = timeline.table
+    assert (row.model, row.answers, row.failures, row.refusals, row.truncated) == ("m", 4, 1, 1, 1)
+    assert row.answered_by == {"m-1"} and row.unpriced == 1
+    assert row.mean_latency_s == pytest.approx(1.5)
+    assert row.cost == pytest.approx(0.006) and row.cost_per_1000 == pytest.approx(2.0)
+    # And the whole output is one run, whose retries are typed where the line says so, "unknown" where not
+    (run,) = timeline.runs
+    assert run.span.run_id == "(no manifest)" and (run.answers, run.failures) == (4, 1)
+    series = run.series
+    assert series is not None
+    assert {kind: sum(counts) for kind, counts in series.retries.items()} == {UNKNOWN_RETRY: 5, "rate_limit": 1}
+    assert {kind: sum(counts) for kind, counts in series.failures.items()} == {"server": 1}
+    assert series.cum_tokens[-1] == 60 and series.cum_cost[-1] == pytest.approx(0.006)
