@@ -110,7 +110,7 @@ def test_the_table_counts_refusals_truncations_and_costs_per_model_from_old_and_
            "processed_at": 100.0, "cost": 0.002, "finish_reason": "stop",
            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}
     truncated = {**old, "id": "b", "finish_reason": "length", "attempts": 1, "latency_s": 3.0, "processed_at": 101.0}
-    refused = {**old, "id": "c", "refusal": "I can't help with that.", "attempts": 2, "retries": {"rate_limit": 1},
+    refused = {**old, "id": "c", "answer": None, "refusal": "I can't help with that.", "attempts": 2, "retries": {"rate_limit": 1},
                "processed_at": 102.0, "cost": None}
     not_refused = {**old, "id": "d", "refusal": None, "attempts": 1, "processed_at": 103.0}
     out.write_bytes(b"".join(_line(r) for r in (old, truncated, refused, not_refused)) + b"{torn")

@@ -3,7 +3,7 @@
 Built from the files a run leaves (the output, ``<output>.errors.jsonl`` and ``<output>.runs.jsonl``) and
 nothing else, so the report cannot drift from the truth and works on an output written by an earlier
 version: a line without ``retries`` counts its extra attempts as retries of unknown type, a manifest
-without runs makes the whole output one run, a line without ``refusal`` is not a refusal.
+without runs makes the whole output one run, a line without ``refusal`` is not a refusal (RecordView decides what is).
 
 One pass over each file keeps compact per-line columns (``array``), so a million lines cost tens of MB;
 everything after that pass works on bins, a few hundred per run.
@@ -164,15 +164,6 @@ def _retries(obj: dict[str, Any], batch: bool) -> dict[str, int]:
     return {}
 
 
-def _finish_and_refusal(obj: dict[str, Any], batch: bool) -> tuple[Any, Any]:
-    if not batch:
-        return obj.get("finish_reason"), obj.get("refusal")
-    choices = _dict(_dict(obj.get("response")).get("body")).get("choices")
-    choice = _dict(choices[0]) if isinstance(choices, list) and choices else {}
-    message = _dict(choice.get("message"))
-    return choice.get("finish_reason"), message.get("refusal")
-
-
 class _Reader:
     """One pass over each output file and its errors file, filling the columns and the per-model rows."""
 
@@ -230,9 +221,8 @@ class _Reader:
             latency = record.latency_s
             if latency is not None:
                 row.latency_sum += latency
-            finish, refusal = _finish_and_refusal(obj, record.batch)
-            row.truncated += finish == "length"
-            row.refusals += bool(refusal)
+            row.truncated += record.truncated
+            row.refusals += record.refused
             self._add_retries(t, _retries(obj, record.batch))
             if t is not None:
                 cols.t.append(t)
