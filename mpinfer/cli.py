@@ -21,6 +21,7 @@ from .reports.html import write_report
 from .reports.status import status
 from .reports.summary import RunSummary
 from .reports.text import (
+    cancel_lines,
     dry_run_lines,
     export_lines,
     fresh_lines,
@@ -57,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                             help=option_help(option))
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--status", action="store_true", help="show progress, tokens and ETA; works during a run")
+    mode.add_argument("--cancel", action="store_true",
+                      help="from another terminal: stop the live run on this output as Ctrl-C would (requests in "
+                           "flight get --grace seconds), wait for it to exit; exit 1 when no run is live")
     mode.add_argument("--validate", action="store_true", help="check the output's integrity against the input")
     mode.add_argument("--demo", action="store_true", help="run the bundled demo against the local mock server")
     mode.add_argument("--dry-run", action="store_true",
@@ -167,6 +171,14 @@ def run_exit_code(summary: RunSummary) -> int:
     return EXIT_OK if summary.remaining == 0 else EXIT_INCOMPLETE
 
 
+def _cancel(config: RunConfig, grace_s: float) -> int:
+    from .stop import CANCEL_MARGIN_S, cancel_run
+
+    result = cancel_run(config, grace_s + CANCEL_MARGIN_S)
+    _print(cancel_lines(result, config.output))
+    return EXIT_OK if result is not None and result.exited else EXIT_INCOMPLETE
+
+
 def _check_combinations(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.repair and not args.validate:
         parser.error("--repair goes with --validate (it repairs, then validates again)")
@@ -206,6 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 _print(status_lines(report))
             return EXIT_OK
+        if args.cancel:
+            return _cancel(config, args.grace)
         if args.validate:
             return _validate(config, args.repair)
         if args.report is not None:

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..stop import CancelResult
 from ..store.repair import RepairReport
 from .dryrun import DryRunPlan
 from .export import ExportReport
@@ -205,3 +206,19 @@ def report_lines(result: ReportResult) -> list[str]:
     return [f"report: {result.path} ({result.bytes / 1e6:.1f} MB, {result.charts} charts, {result.runs} runs, "
             f"{result.lines} output lines, {verdict[result.valid]}; made in {result.seconds:.1f}s): "
             "open it in a browser, it needs no network"]
+
+
+def cancel_lines(result: CancelResult | None, output: Path | None) -> list[str]:
+    if result is None:
+        return [f"no run is live on {output}: nothing to stop"]
+    if not result.exited:
+        return [f"sent the run on {result.output} (pid {result.pid}) the stop signal; it had not exited after "
+                f"{result.waited_s:.0f}s (requests still in flight): --status shows when it has"]
+    lines = [f"stopped the run on {result.output} (pid {result.pid}) in {result.waited_s:.1f}s: it took no new "
+             "task, and requests in flight finished or were left for the rerun"]
+    data = result.summary or {}
+    if "done" in data and "total" in data:
+        lines.append(f"done {data['done']}/{data['total']}, failed {data.get('failed', 0)}, "
+                     f"left {data.get('remaining', '?')}")
+    lines.append("to resume: run the same command again (it goes on with what is left)")
+    return lines
