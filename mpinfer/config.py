@@ -19,9 +19,11 @@ would leak into shell history and ``ps``, nor from mpinfer.toml, which tends to 
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -246,23 +248,31 @@ def load_config(
     flags: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
     cwd: Path | None = None,
+    *,
+    keywords: bool = False,
 ) -> RunConfig:
     """Settle a RunConfig from flags > environment and .env > mpinfer.toml > defaults.
 
     ``flags`` holds only what the user gave (None means not given); ``environ`` defaults to the real
-    environment, ``cwd`` to the working directory (where .env and mpinfer.toml are looked up).
+    environment, ``cwd`` to the working directory (where .env and mpinfer.toml are looked up). With
+    ``keywords`` the flags are keyword settings of ``mpinfer.run``: an unknown name is an error, errors name
+    them as ``mpinfer.run(name=...)``, and ``api_keys`` (a key, or several) is one of them, for Python only.
     """
+    flags = dict(flags or {})
+    keys = flags.pop("api_keys", None) if keywords else None
+    if keywords:
+        check_names(flags)
     cwd = cwd or Path.cwd()
     layers = environment(environ, cwd)
     toml_path = cwd / TOML_NAME
     toml = _read_toml(toml_path)
-    flags = flags or {}
     values: dict[str, Any] = {}
     explicit: set[str] = set()
     for option in OPTIONS:
         explicit.add(option.name)
         if flags.get(option.name) is not None:
-            values[option.name] = _parse(option, flags[option.name], option.flag)
+            source = _keyword(option.name) if keywords else option.flag
+            values[option.name] = _parse(option, flags[option.name], source)
             continue
         found = _lookup(layers, option.env_names)
         if found is not None:
@@ -275,7 +285,45 @@ def load_config(
     values["explicit"] = frozenset(explicit)
     values["api_keys"] = _api_keys(layers, values["api_keys_file"])
     values["warnings"] = _file_warnings(cwd / ENV_FILE_NAME)
-    return RunConfig(**values)
+    config = RunConfig(**values)
+    return config if keys is None else with_settings(config, {"api_keys": keys})
+
+
+def check_names(settings: Iterable[str]) -> None:
+    """A ConfigError naming the first of ``settings`` that is not a setting, with the likeliest meant."""
+    known = [*_BY_NAME, "api_keys"]
+    for name in settings:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f" (known: {', '.join(sorted(known))})"
+            raise ConfigError(f"unknown setting {name!r}{hint}")
+
+
+def with_settings(config: RunConfig, settings: Mapping[str, Any]) -> RunConfig:
+    """``config`` with keyword settings over it, each parsed and checked as its flag would be (None: not given).
+
+    ``api_keys`` takes a key or a sequence of keys; a new ``api_keys_file`` without them reads its keys.
+    """
+    check_names(settings)
+    given = {name: value for name, value in settings.items() if value is not None}
+    values = {name: _parse(_BY_NAME[name], value, _keyword(name)) for name, value in given.items()
+              if name != "api_keys"}
+    if "api_keys" in given:
+        values["api_keys"] = _key_list(given["api_keys"])
+    elif "api_keys_file" in values:
+        values["api_keys"] = _api_keys([], values["api_keys_file"])
+    return dataclasses.replace(config, **values, explicit=config.explicit | (set(values) - {"api_keys"}))
+
+
+def _keyword(name: str) -> str:
+    return f"mpinfer.run({name}=...)"
+
+
+def _key_list(value: Any) -> tuple[str, ...]:
+    keys = [value] if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else None
+    if not keys or not all(isinstance(key, str) and key.strip() for key in keys):
+        raise ConfigError(f"{_keyword('api_keys')}: must be a key or a list of keys, none of them empty")
+    return tuple(dict.fromkeys(key.strip() for key in keys))
 
 
 def _file_warnings(env_file: Path) -> tuple[str, ...]:

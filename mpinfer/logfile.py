@@ -1,4 +1,4 @@
-"""Per-run log files and the console log handler.
+"""Per-run log files and the console log handler, on mpinfer's own logger.
 
 Every run gets its own file under the log folder, named for the model and the start time, and opened with
 exclusive creation: a run never overwrites or appends to an earlier run's log, even two runs started in the
@@ -11,8 +11,10 @@ import logging
 import os
 import re
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from tqdm import tqdm
@@ -21,6 +23,7 @@ from .errors import ConfigError
 from .redact import RedactingFilter
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+LOGGER = "mpinfer"  # the parent's handlers go on this logger only, never on the root
 FORMAT = "%(asctime)s parent %(levelname)s %(name)s: %(message)s"
 MIN_SECRET_LENGTH = 8
 
@@ -61,7 +64,80 @@ class TqdmConsoleHandler(logging.Handler):
             self.handleError(record)
 
 
+def _secrets(keys: Sequence[str]) -> list[str]:
+    # A "key" of a few characters (none, EMPTY) guards nothing, and masking it would mangle ordinary words.
+    return [key for key in keys if len(key) >= MIN_SECRET_LENGTH]
+
+
+class _SameThread(logging.Filter):
+    """Passes the records of the thread that started the run: two runs in two threads keep their own logs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.thread = threading.get_ident()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.thread == self.thread
+
+
+_runs_lock = threading.Lock()
+_runs = 0  # runs logging now, in this process
+_saved: tuple[int, bool] = (logging.NOTSET, True)  # the "mpinfer" logger's level and propagate before them
+
+
+@contextmanager
+def parent_logging(log_file: Path | None, verbose: bool, keys: Sequence[str] = ()) -> Iterator[None]:
+    """While a run lasts: console (warnings and errors, above the bar) and the run's log file (everything),
+    both redacted, on mpinfer's own logger.
+
+    The root logger and the caller's handlers are left alone: mpinfer's records do not reach them during the
+    run (a notebook's own log must not fill with them), and the caller's records do not reach mpinfer's file.
+    Afterwards the handlers are removed and closed and the logger is as it was.
+    """
+    global _runs, _saved
+    logger = logging.getLogger(LOGGER)
+    redacting = RedactingFilter(_secrets(keys))
+    console = TqdmConsoleHandler(logging.DEBUG if verbose else logging.WARNING)
+    console.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    handlers: list[logging.Handler] = [console]
+    if log_file is not None:
+        handlers.append(logging.FileHandler(log_file, mode="a", encoding="utf-8"))
+        handlers[-1].setFormatter(logging.Formatter(FORMAT))
+        handlers[-1].setLevel(logging.DEBUG if verbose else logging.INFO)
+    own_thread = _SameThread()
+    for handler in handlers:
+        handler.addFilter(redacting)
+        handler.addFilter(own_thread)
+    with _runs_lock:
+        if _runs == 0:
+            _saved = (logger.level, logger.propagate)
+        _runs += 1
+        if verbose or _runs == 1:  # a verbose run needs DEBUG through; a quiet one beside it filters its own
+            logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+        logger.propagate = False
+        for handler in handlers:
+            logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        with _runs_lock:
+            for handler in handlers:
+                logger.removeHandler(handler)
+                handler.close()
+            _runs -= 1
+            if _runs == 0:
+                logger.setLevel(_saved[0])
+                logger.propagate = _saved[1]
+
+
 def _reset_root(verbose: bool) -> logging.Logger:
+    """A worker process's root logger, emptied: the worker is ours, and so is its logging."""
+    own = logging.getLogger(LOGGER)
+    # A forked worker inherits the parent's run handlers; its records go to its own file handler instead.
+    for handler in list(own.handlers):
+        own.removeHandler(handler)
+    own.setLevel(logging.NOTSET)
+    own.propagate = True
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
@@ -70,26 +146,6 @@ def _reset_root(verbose: bool) -> logging.Logger:
     for noisy in ("openai", "httpx", "httpx2", "httpcore", "httpcore2"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
     return root
-
-
-def _secrets(keys: Sequence[str]) -> list[str]:
-    # A "key" of a few characters (none, EMPTY) guards nothing, and masking it would mangle ordinary words.
-    return [key for key in keys if len(key) >= MIN_SECRET_LENGTH]
-
-
-def setup_parent_logging(log_file: Path | None, verbose: bool, keys: Sequence[str] = ()) -> None:
-    """Console (warnings and errors, above the bar) and the run's log file (everything), both redacted."""
-    root = _reset_root(verbose)
-    redacting = RedactingFilter(_secrets(keys))
-    console = TqdmConsoleHandler(logging.DEBUG if verbose else logging.WARNING)
-    console.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-    console.addFilter(redacting)
-    root.addHandler(console)
-    if log_file is not None:
-        handler = logging.FileHandler(log_file, mode="a", encoding="utf-8")
-        handler.setFormatter(logging.Formatter(FORMAT))
-        handler.addFilter(redacting)
-        root.addHandler(handler)
 
 
 def setup_worker_logging(log_file: str | None, verbose: bool, label: str, keys: Sequence[str] = ()) -> None:

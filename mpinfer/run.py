@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from typing import Any
 
@@ -21,7 +22,7 @@ from .config import RunConfig
 from .driver import MAX_FAILURES_SHOWN, RunState, work_items
 from .errors import ConfigError, OutputError
 from .inputs.tasks import check_input, iter_tasks, reading, selection
-from .logfile import create_log_file, setup_parent_logging
+from .logfile import create_log_file, parent_logging
 from .reports.summary import RunSummary, Tally
 from .store.manifest import (
     append_record,
@@ -62,6 +63,17 @@ def _wait_for_old_workers(paths: OutputPaths) -> None:
         raise OutputError(f"workers of an earlier run on {paths.output} are still alive; stop them first "
                           f"(they hold {paths.workers_lock})") from None
     lock.release()
+
+
+def _catch_stop_signals(handler: Callable[[int, Any], None]) -> dict[int, Any]:
+    """Route Ctrl-C and SIGTERM to a graceful stop; {signal: the handler it replaced}, to restore.
+
+    Only the main thread may set signal handlers: a run started from another thread (a notebook's, a web
+    server's) leaves them to the program, which still owns Ctrl-C.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
 
 
 def _prepare(paths: OutputPaths, summary: RunSummary) -> None:
@@ -105,7 +117,7 @@ def run(config: RunConfig, *, progress: bool = True, grace_s: float = DEFAULT_GR
         for paths in outputs:
             _wait_for_old_workers(paths)
         log_file = create_log_file(config.log_dir, config.model)
-        setup_parent_logging(log_file, config.verbose, config.api_keys)
+        locks.enter_context(parent_logging(log_file, config.verbose, config.api_keys))
         summary = RunSummary(total=index.total * len(models), already_done=0, log_file=log_file)
         done: list[set[str]] = []
         run_starts: list[int] = []
@@ -148,7 +160,7 @@ def run(config: RunConfig, *, progress: bool = True, grace_s: float = DEFAULT_GR
         state = RunState(config, items, summary, summary_path, priced_before, progress)
         backend = _backend(config.backend, state, outputs, run_starts, log_file, prices, grace_s)
         del index
-        previous = {sig: signal.signal(sig, state.on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = _catch_stop_signals(state.on_signal)
         try:
             backend.start()
             backend.loop()
