@@ -21,7 +21,7 @@ from .api.prices import load_prices
 from .config import RunConfig
 from .driver import MAX_FAILURES_SHOWN, RunState, work_items
 from .errors import ConfigError, OutputError
-from .inputs.tasks import check_input, iter_tasks, reading, selection
+from .inputs.tasks import check_input, iter_tasks, reading, refuse_input_as_output, selection
 from .logfile import create_log_file, parent_logging
 from .reports.summary import RunSummary, Tally
 from .store.manifest import (
@@ -107,6 +107,7 @@ def run(config: RunConfig, *, progress: bool = True, grace_s: float = DEFAULT_GR
     index = check_input(input_path, keys, chosen)  # bad input fails here, before anything is spent
     models = config.models
     outputs = [OutputPaths.of(path) for path in model_outputs(output, models)]
+    refuse_input_as_output(input_path, [paths.output for paths in outputs], keys)
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

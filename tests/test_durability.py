@@ -24,7 +24,7 @@ from conftest import (
 )
 
 from mpinfer.mockserver import MockServerProcess
-from mpinfer.store.records import RESULT_FIELDS
+from mpinfer.store.records import REFUSAL_FIELD, RESULT_FIELDS
 
 # The result lines of text_tasks are about 350 bytes: the output hits the limit after ~30 of 100 tasks.
 FSIZE_LIMIT = 12_000
@@ -113,7 +113,7 @@ def test_an_fsync_run_finishes_with_the_same_output_shape_as_a_plain_run(tmp_pat
     # And the lines have the same fields, in the same order, and the same answers
     for task_id, record in synced_records.items():
         other = plain_records[task_id]
-        assert list(record) == list(other) == list(RESULT_FIELDS)
+        assert list(record) == list(other) == [*RESULT_FIELDS, REFUSAL_FIELD]
         assert list(record["usage"]) == list(other["usage"])
         for name in ("input_prompt", "images", "answer", "model", "requested_model", "usage", "finish_reason"):
             assert record[name] == other[name], (task_id, name)

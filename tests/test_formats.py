@@ -87,7 +87,7 @@ def test_a_batch_api_file_is_sent_body_for_body_and_answered_in_the_batch_output
         assert body["model"] == BODIES[custom_id]["model"]
         text = BODIES[custom_id]["messages"][-1]["content"]
         prompt = text if isinstance(text, str) else text[0]["text"]
-        assert body["choices"][0]["message"] == {"role": "assistant",
+        assert body["choices"][0]["message"] == {"role": "assistant", "refusal": None,
                                                  "content": f"Mock answer to: {prompt} (images: {images})"}
         assert body["choices"][0]["finish_reason"] == "stop"
         usage = body["usage"]

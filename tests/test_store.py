@@ -20,8 +20,9 @@ PACKAGE_ROOT = str(Path(mpinfer.__file__).resolve().parent.parent)
 CHILD_TIMEOUT_S = 20
 
 
-def record(rid: str, **extra: object) -> bytes:
-    return orjson.dumps({"id": rid, "answer": f"answer {rid}", **extra}) + b"\n"
+def record(rid: str | int | bool, **extra: object) -> bytes:
+    """An answer record: what the resume scan counts as done."""
+    return orjson.dumps({"id": rid, "answer": f"answer {rid}", "model": "m", "usage": {}, **extra}) + b"\n"
 
 
 def child_env() -> dict[str, str]:
@@ -157,7 +158,7 @@ def test_repair_tail_of_a_missing_or_empty_file_does_nothing(tmp_path: Path) -> 
 def test_scan_finds_the_ids_and_reports_a_corrupt_middle_line_without_dropping_it(tmp_path: Path) -> None:
     # Given records a, b and 7 around a garbage line and a blank line
     output = tmp_path / "out.jsonl"
-    content = record("a") + b"}{ not json\n" + record("b") + b"\n" + orjson.dumps({"id": 7}) + b"\n"
+    content = record("a") + b"}{ not json\n" + record("b") + b"\n" + record(7)
     output.write_bytes(content)
     # When it is scanned
     result = scan(output)
@@ -170,14 +171,15 @@ def test_scan_finds_the_ids_and_reports_a_corrupt_middle_line_without_dropping_i
 
 
 def test_scan_lists_records_without_a_usable_id_as_bad_lines(tmp_path: Path) -> None:
-    # Given lines with an empty id, a boolean id, a list and no id
+    # Given lines with an empty id, a boolean id, a list, no id, and an id with nothing else
     output = tmp_path / "out.jsonl"
-    output.write_bytes(b'{"id": ""}\n{"id": true}\n[1]\n{"answer": "x"}\n' + record("ok"))
+    output.write_bytes(record("") + record(True) + b'[1]\n{"answer": "x", "model": "m", "usage": {}}\n'
+                       + b'{"id": "bare"}\n' + record("ok"))
     # When it is scanned
     result = scan(output)
     # Then only the real record counts
     assert result.ids == {"ok"}
-    assert [bad.line for bad in result.bad_lines] == [1, 2, 3, 4]
+    assert [bad.line for bad in result.bad_lines] == [1, 2, 3, 4, 5]
 
 
 def test_scan_from_an_offset_reads_only_what_follows(tmp_path: Path) -> None:

@@ -12,17 +12,20 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator, Set
+import os
+from collections.abc import Iterator, Sequence, Set
 from dataclasses import dataclass
 from enum import StrEnum
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from ..config import RunConfig
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 from ..store.output import OutputPaths, iter_lines, model_outputs, record_id, scan
+from ..store.records import is_answer
 
 MAX_PROBLEMS_SHOWN = 10
 MAX_DUPLICATES_SHOWN = 5
@@ -340,6 +343,37 @@ def iter_tasks(path: Path, keys: FieldKeys = FieldKeys(), skip: Set[str] = froze
             raise item
         if item.id not in skip:
             yield item
+
+
+LINES_SNIFFED = 5
+
+
+def refuse_input_as_output(input_path: Path, outputs: Sequence[Path], keys: FieldKeys) -> None:
+    """A ConfigError when an output is the input itself, or holds task lines and no answers.
+
+    Appending answers to the input would corrupt it, and a resume scan of task lines would find nothing done
+    (or, in older versions, everything): either way a typo in -o must stop the run before any request.
+    """
+    for output in outputs:
+        if output.resolve() == input_path.resolve() or (output.exists() and os.path.samefile(output, input_path)):
+            raise ConfigError(f"the output {output} is the input file; write the results to another file (-o)")
+        for number, _, obj in islice(iter_lines(output), LINES_SNIFFED):
+            if is_answer(obj):
+                break
+            if _is_task(obj, keys):
+                raise ConfigError(f"the output {output} looks like task input (line {number} is a task, not an "
+                                  "answer); write the results to another file (-o)")
+
+
+def _is_task(obj: Any, keys: FieldKeys) -> bool:
+    try:
+        if isinstance(obj, dict) and "custom_id" in obj and "body" in obj:
+            parse_batch_task(obj, 0)
+        else:
+            parse_task(obj, keys, 0)
+    except ValueError:
+        return False
+    return True
 
 
 def read_ids_file(path: Path) -> frozenset[str]:

@@ -75,7 +75,7 @@ def validate_output(output: Path, input_ids: Set[str]) -> ValidationReport:
         record = view(obj)
         if record is None:
             snippet = raw[:80].decode("utf-8", "replace").rstrip()
-            report.add(Problem(ProblemKind.CORRUPT_LINE, f"not a JSON record with an id: {snippet}", number))
+            report.add(Problem(ProblemKind.CORRUPT_LINE, f"not an answer record (id, answer, model, usage): {snippet}", number))
             continue
         rid = record.id
         report.records += 1

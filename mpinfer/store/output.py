@@ -25,6 +25,7 @@ import orjson
 from filelock import FileLock, Timeout
 
 from ..errors import OutputError, RunLockedError
+from .records import answer_id
 
 _BLOCK = 1 << 16
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
@@ -91,7 +92,7 @@ class TailRepair:
 
 @dataclass(frozen=True)
 class BadLine:
-    """A line that is not a JSON object with an id; left in place and reported."""
+    """A line that is not an answer record (records.is_answer); left in place and reported."""
 
     line: int
     snippet: str
@@ -138,7 +139,7 @@ def record_id(obj: Any) -> str | None:
 
 
 def scan(path: Path, start: int = 0) -> Scan:
-    """Collect the ids recorded in ``path`` from byte ``start`` on; bad lines are listed, never dropped."""
+    """Collect the ids answered in ``path`` from byte ``start`` on; other lines are listed, never dropped."""
     result = Scan()
     try:
         result.end_offset = path.stat().st_size
@@ -146,7 +147,7 @@ def scan(path: Path, start: int = 0) -> Scan:
         return result
     for number, raw, obj in iter_lines(path, start):
         result.lines += 1
-        rid = record_id(obj)
+        rid = answer_id(obj)
         if rid is None:
             result.bad_lines.append(BadLine(number, raw[:_SNIPPET].decode("utf-8", "replace").rstrip()))
             continue

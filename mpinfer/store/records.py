@@ -203,9 +203,36 @@ def _object(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def view(obj: Any) -> RecordView | None:
-    """Read a decoded output line; None when it is not a record of either form."""
+# What makes a line an answer, in every version of our format: a line with an id and nothing else (or a task
+# input line pasted into the output) must never count as done, or its task would never be sent.
+ANSWER_FIELDS: tuple[str, ...] = ("answer", "model", "usage")
+
+
+def is_answer(obj: Any) -> bool:
+    """Whether a decoded output line is an answer record: ours with its answer, model and usage, or a Batch
+    API output line whose response is a 200 with a body."""
     if not isinstance(obj, dict):
+        return False
+    if "custom_id" in obj:
+        response = obj.get("response")
+        return (isinstance(response, dict) and response.get("status_code") == 200
+                and isinstance(response.get("body"), dict))
+    return all(name in obj for name in ANSWER_FIELDS) and isinstance(obj["usage"], dict)
+
+
+def answer_id(obj: Any) -> str | None:
+    """The task id of an answer record; None for any other line (the resume scan counts only these)."""
+    if not is_answer(obj):
+        return None
+    value = obj.get("custom_id") if "custom_id" in obj else obj.get("id")
+    if isinstance(value, (str, int)) and not isinstance(value, bool) and value != "":
+        return str(value)
+    return None
+
+
+def view(obj: Any) -> RecordView | None:
+    """Read a decoded output line; None when it is not an answer record of either form."""
+    if not is_answer(obj):
         return None
     if "custom_id" in obj:
         custom_id = obj.get("custom_id")
