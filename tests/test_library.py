@@ -4,6 +4,7 @@ alone, any thread. In this process, against the mock server over HTTP on 127.0.0
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import os
 import signal
@@ -218,3 +219,12 @@ def test_mpinfer_run_stays_the_function_when_its_module_is_imported() -> None:
     # Then mpinfer.run is still the public function, not the module of the same name
     assert mpinfer.run is mpinfer.job.run
     assert sys.modules["mpinfer.run"].run is not mpinfer.run
+
+
+def test_a_run_leaves_the_garbage_collector_unfrozen(notebook: Path, mock: MockServerProcess) -> None:
+    # Given a process whose garbage collector nothing has frozen
+    assert gc.get_freeze_count() == 0
+    # When a run forks its workers (it freezes the collector for them) and ends
+    mpinfer.run(input="tasks.jsonl", output="out.jsonl", processes=1, **quick(mock))
+    # Then the caller's objects are collectable again
+    assert gc.get_freeze_count() == 0

@@ -67,6 +67,7 @@ class LocalBackend:
         self.stop_deadline: float | None = None
         self.max_held = max(2, 2 * config.concurrency)
         self.respawns_left = 3 * config.processes
+        self.unfreeze = False  # whether close() undoes start()'s gc.freeze()
 
     def _lanes(self) -> tuple[list[Any], list[bool]]:
         keys = range(self.limiter.n_keys)
@@ -86,6 +87,7 @@ class LocalBackend:
 
     def start(self) -> None:
         warm_up()  # once here rather than once in every forked worker
+        self.unfreeze = gc.get_freeze_count() == 0  # a Python caller's own gc.freeze() is theirs to undo
         gc.freeze()  # the forked children need not copy-on-write the parent's id sets when they collect
         for index in range(self.config.processes):
             self.slots.append(self._spawn(index))
@@ -220,3 +222,5 @@ class LocalBackend:
 
     def close(self) -> None:
         self._kill_all()
+        if self.unfreeze:
+            gc.unfreeze()  # the workers are gone: the caller's objects (a notebook's) are collectable again
