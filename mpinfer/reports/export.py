@@ -26,6 +26,7 @@ from ..inputs.tasks import FieldKeys, InputFormat, Selection, Task, check_input,
 from ..store.output import OutputPaths, companion, iter_lines, model_outputs, record_id
 from ..store.records import RecordView, view
 from ..store.repair import atomic_write
+from .parquet import ParquetTable, require_pyarrow
 
 ANSWER_COLUMNS: tuple[str, ...] = (
     "answer", "refusal", "model", "requested_model", "prompt_tokens", "completion_tokens", "total_tokens",
@@ -39,6 +40,7 @@ INPUT_PREFIX = "input_"  # an input field named like an answer column (a task's 
 class ExportFormat(StrEnum):
     CSV = "csv"
     JSONL = "jsonl"
+    PARQUET = "parquet"
 
     @classmethod
     def of(cls, dest: Path) -> ExportFormat:
@@ -47,7 +49,9 @@ class ExportFormat(StrEnum):
             return cls.CSV
         if suffix in (".jsonl", ".json"):
             return cls.JSONL
-        raise ConfigError(f"--export {dest}: name the file .csv or .jsonl (that chooses the format)")
+        if suffix == ".parquet":
+            return cls.PARQUET
+        raise ConfigError(f"--export {dest}: name the file .csv, .jsonl or .parquet (that chooses the format)")
 
 
 class RowStatus(StrEnum):
@@ -186,7 +190,7 @@ def _cell(value: Any) -> Any:
 
 
 class _Writer:
-    """Rows to a CSV or JSONL file, the same columns in the same order in both."""
+    """Rows to a CSV, JSONL or Parquet file, the same columns in the same order in each."""
 
     def __init__(self, handle: IO[Any], fmt: ExportFormat, columns: list[str]) -> None:
         self.handle = handle
@@ -194,9 +198,17 @@ class _Writer:
         self.csv = csv.writer(handle) if fmt is ExportFormat.CSV else None
         if self.csv is not None:
             self.csv.writerow(columns)
+        self.parquet = (ParquetTable(columns, frozenset(ANSWER_COLUMNS) | {RUN_MODEL_COLUMN})
+                        if fmt is ExportFormat.PARQUET else None)
+
+    def finish(self) -> None:
+        if self.parquet is not None:
+            self.parquet.finish(self.handle)
 
     def write(self, row: dict[str, Any]) -> None:
-        if self.csv is not None:
+        if self.parquet is not None:
+            self.parquet.write(row)
+        elif self.csv is not None:
             self.csv.writerow([_cell(row.get(name)) for name in self.columns])
         else:
             self.handle.write(orjson.dumps({name: row.get(name) for name in self.columns},
@@ -215,12 +227,14 @@ def _refuse_own_files(dest: Path, input_path: Path, output: Path, models: tuple[
 
 
 def export(config: RunConfig, dest: Path) -> ExportReport:
-    """Write the job as one table to ``dest`` (``.csv`` or ``.jsonl``) and the missing tasks beside the output.
+    """Write the job as one table to ``dest`` (``.csv``, ``.jsonl`` or ``.parquet``) and the missing tasks beside the output.
 
     Both files are written atomically. The input is checked first, as a run would: a broken input stops the
     export with the same InputError.
     """
     fmt = ExportFormat.of(dest)
+    if fmt is ExportFormat.PARQUET:
+        require_pyarrow()  # before the input is read, not after
     input_path, output = config.require_paths()
     _refuse_own_files(dest, input_path, output, config.models)
     keys = reading(config)
@@ -251,4 +265,5 @@ def export(config: RunConfig, dest: Path) -> ExportReport:
                 missing.write(orjson.dumps(_feedable(raw, task, input_format, keys),
                                            option=orjson.OPT_APPEND_NEWLINE))
                 report.missing_tasks += 1
+        writer.finish()
     return report
