@@ -89,3 +89,21 @@ def test_every_flag_of_the_command_line_is_in_the_readme() -> None:
     # Then every flag is documented there
     missing = [flag for flag in flags if not re.search(rf"(?<![\w-]){flag}(?![\w-])", readme)]
     assert missing == []
+
+
+def test_the_readme_shows_the_parsers_defaults_for_the_command_line_only_flags() -> None:
+    # Given the README's table of command-line-only flags and the parser
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    start = lines.index("| flag | default | meaning |") + 2
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[start:lines.index("", start)]]
+    actions = {s: a for a in build_parser()._actions for s in a.option_strings}
+    # Then each number the parser holds as a default is the one shown there (for an optional value, the one
+    # it takes when the value is left out)
+    shown = {}
+    for cells in rows:
+        flag = re.findall(r"--[\w-]+", cells[0])[-1]
+        action = actions[flag]
+        default = action.const if action.nargs == "?" else action.default
+        if isinstance(default, (int, float)) and not isinstance(default, bool):  # a number the parser holds
+            shown[flag] = (cells[1], f"{default:g}")
+    assert shown and all(readme == parser for readme, parser in shown.values()), shown
