@@ -4,14 +4,16 @@ Precedence, highest first: command-line flags (or keyword settings of ``mpinfer.
 ``.env`` in the working directory) > ``mpinfer.toml`` in the working directory > the field's default. This is
 the only module that reads ``os.environ``.
 
-To add a setting, add one field to RunConfig, in one place::
+To add a setting, add one field to RunConfig, in one place (its default, parser, help and names)::
 
-    max_wait: float | None = setting(None, positive_float, "what it does, for --help", metavar="SECONDS")
+    max_wait: float | None = setting(None, positive_float, "what it does, for --help", metavar="SECONDS",
+                                     shown="no limit")  # shown: what a None default means, for the docs
 
-It then has a flag (``--max-wait``), variables (``MPINFER_MAX_WAIT``), a toml key and a keyword of
-``mpinfer.run``; ``tests/test_docs.py`` fails until the README's settings table and ``.env.example`` have
-its row and line, and prints them (``settings.readme_row`` and ``settings.env_line``). Choices are a
-StrEnum here, parsed with ``one_of``.
+It then has a flag (``--max-wait``), a variable (``MPINFER_MAX_WAIT``; ``env=`` names others), a toml key
+and a keyword of ``mpinfer.run``. ``tests/test_docs.py`` fails until the README's settings table and
+``.env.example`` have its row and its line, and prints both to paste. Choices are a StrEnum here, parsed
+with ``one_of(TheEnum)``; an on/off switch is parsed with ``as_bool``. A setting that changes the answers
+also goes in ``store/manifest.py`` FINGERPRINT_FIELDS, so a resume with another value is refused.
 
 The API key is read from the environment or ``.env`` only (``OPENAI_API_KEY``): never from a flag, which
 would leak into shell history and ``ps``, nor from mpinfer.toml, which tends to get committed.

@@ -30,8 +30,10 @@ def test_the_readme_settings_table_has_each_settings_row_as_its_field_declares_i
     # Given the README's settings table
     rows = readme_settings_rows()
     # Then it holds one row per setting, in field order, with the field's names, default and help
-    # (a failure shows the row to paste: mpinfer.settings.readme_row renders it)
-    assert rows == [readme_row(option) for option in OPTIONS]
+    expected = [readme_row(option) for option in OPTIONS]
+    missing = "\n".join(row for row in expected if row not in rows)
+    assert not missing, f"README.md's settings table lacks (or has another form of) these rows:\n{missing}"
+    assert rows == expected  # and in field order, with no row of a setting that is gone
 
 
 def test_the_env_example_has_each_settings_variable_with_its_default_and_nothing_stale() -> None:
@@ -40,7 +42,8 @@ def test_the_env_example_has_each_settings_variable_with_its_default_and_nothing
     variables = [line for line in lines if VARIABLE.match(line)]
     # Then every setting's line is there as the field declares it, with the API key variables
     expected = [env_line(option) for option in OPTIONS]
-    assert [line for line in expected if line not in variables] == []
+    missing = "\n".join(line for line in expected if line not in variables)
+    assert not missing, f".env.example lacks (or has another default in) these lines:\n{missing}"
     # And it names no variable that is not a setting's or a key's
     assert sorted(set(variables) - set(expected)) == ["OPENAI_API_KEY=", "OPENAI_API_KEYS="]
 
