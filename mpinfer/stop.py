@@ -53,6 +53,23 @@ def _live(outputs: list[OutputPaths]) -> RunInfo | None:
     return None
 
 
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie, exited but not yet reaped by its parent, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
+
+
 def cancel_run(config: RunConfig, wait_s: float, *, clock: Callable[[], float] = time.monotonic,
                sleep: Callable[[float], None] = time.sleep) -> CancelResult | None:
     """Stop the live run on ``config``'s output and wait up to ``wait_s`` for it to exit; None when none is live."""
@@ -72,9 +89,10 @@ def cancel_run(config: RunConfig, wait_s: float, *, clock: Callable[[], float] =
         raise OutputError(f"the run on {outputs[0].output} (pid {info.pid}) belongs to another user: "
                           "cannot signal it") from None
     deadline = started + wait_s
-    while _live(outputs) is not None and clock() < deadline:
+    # The lock comes free when the last worker is gone; the parent exits just after it: wait for both.
+    while (_live(outputs) is not None or _alive(info.pid)) and clock() < deadline:
         sleep(POLL_S)
-    exited = _live(outputs) is None
+    exited = _live(outputs) is None and not _alive(info.pid)
     summary = read_summary(companion(outputs[0].output, ".summary.json"))  # the run's: beside the output it named
     return CancelResult(output=outputs[0].output, pid=info.pid, exited=exited, waited_s=clock() - started,
                         summary=summary)
