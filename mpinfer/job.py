@@ -21,7 +21,8 @@ from .config import RunConfig, load_config, with_settings
 from .reports.summary import RunSummary
 from .run import DEFAULT_GRACE_S
 from .run import run as run_job
-from .store.output import iter_lines, model_outputs, record_id
+from .store.output import iter_lines, model_outputs
+from .store.records import answer_id
 
 log = logging.getLogger("mpinfer.job")
 
@@ -42,12 +43,13 @@ class RunResult:
     def answers(self) -> Iterator[dict[str, Any]]:
         """Every result line in the outputs, this run's and earlier runs', as dicts, file by file in order.
 
-        Read lazily from disk, so a million answers need not fit in memory; a line that is not a record (a
-        torn or corrupt line, which ``validate`` reports) is skipped. Failures are in ``<output>.errors.jsonl``.
+        Read lazily from disk, so a million answers need not fit in memory. These are the lines a resume counts
+        as done; any other line (torn, corrupt or not an answer, which ``validate`` reports) is skipped.
+        Failures are in ``<output>.errors.jsonl``.
         """
         for path in self.outputs:
             for _number, _raw, obj in iter_lines(path):
-                if record_id(obj) is not None:
+                if answer_id(obj) is not None:
                     yield obj
 
 

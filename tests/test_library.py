@@ -83,16 +83,21 @@ def test_keyword_settings_run_every_task_and_answers_yields_each_answer_once(not
     assert sorted(mock.stats()["answered"].values()) == [1] * 6
 
 
-def test_a_rerun_resumes_and_answers_still_yields_every_answer_once(notebook: Path,
-                                                                    mock: MockServerProcess) -> None:
-    # Given a finished run
+def test_a_rerun_resumes_and_answers_yields_the_answers_on_disk_and_nothing_else(notebook: Path,
+                                                                                  mock: MockServerProcess) -> None:
+    # Given a finished run, and then a corrupt line and a line that is no answer appended to its output
     mpinfer.run(input="tasks.jsonl", output="out.jsonl", processes=1, **quick(mock))
+    with (notebook / "out.jsonl").open("ab") as out:
+        out.write(b'{"id": "t0", "note": "not an answer"}\n{"id": "t1", "answ\n')
     # When the same call runs again
     again = mpinfer.run(input="tasks.jsonl", output="out.jsonl", processes=1, **quick(mock))
-    # Then nothing is sent again and the answers are those of the first run, each once
+    # Then nothing is sent again
     assert again.summary.already_done == 6 and again.summary.succeeded == 0
-    assert len([a["id"] for a in again.answers()]) == 6
     assert sum(mock.stats()["answered"].values()) == 6
+    # And answers() yields the six answers of the first run, each once, and neither of the other lines
+    answers = list(again.answers())
+    assert sorted(a["id"] for a in answers) == sorted(t["id"] for t in text_tasks(6))
+    assert all("answer" in a for a in answers)
 
 
 def test_a_run_from_a_thread_that_is_not_the_main_thread_finishes(notebook: Path, mock: MockServerProcess) -> None:
