@@ -60,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--status", action="store_true", help="show progress, tokens and ETA; works during a run")
     mode.add_argument("--cancel", action="store_true",
                       help="from another terminal: stop the live run on this output as Ctrl-C would (requests in "
-                           "flight get --grace seconds), wait for it to exit; exit 1 when no run is live")
+                           "flight get --grace seconds), wait for it to exit; exit 1 when no run is live; with "
+                           "--backend batch: cancel the output's open batches at the server (answers they already "
+                           "gave are kept; a rerun sends the rest)")
     mode.add_argument("--validate", action="store_true", help="check the output's integrity against the input")
     mode.add_argument("--demo", action="store_true", help="run the bundled demo against the local mock server")
     mode.add_argument("--dry-run", action="store_true",
@@ -172,11 +174,24 @@ def run_exit_code(summary: RunSummary) -> int:
 
 
 def _cancel(config: RunConfig, grace_s: float) -> int:
+    if config.backend == "batch":
+        return _cancel_batches(config)
     from .stop import CANCEL_MARGIN_S, cancel_run
 
     result = cancel_run(config, grace_s + CANCEL_MARGIN_S)
     _print(cancel_lines(result, config.output))
     return EXIT_OK if result is not None and result.exited else EXIT_INCOMPLETE
+
+
+def _cancel_batches(config: RunConfig) -> int:
+    """--cancel --backend batch: the batches at the server, whether a run is live or not."""
+    from .backends.batch import cancel
+
+    cancelled = cancel(config)
+    for name, batch_id, state in cancelled:
+        print(f"{batch_id} ({name}): {state}")
+    print(f"cancelled {len(cancelled)} open batches" if cancelled else "no open batches to cancel")
+    return EXIT_OK
 
 
 def _check_combinations(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

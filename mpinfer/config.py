@@ -60,6 +60,18 @@ class Backend(StrEnum):
 
     LOCAL = "local"  # worker processes on this machine
     RAY = "ray"  # actors on a Ray cluster
+    BATCH = "batch"  # the OpenAI Batch API: half the price, answers within 24 hours
+
+
+BATCH_MAX_REQUESTS = 50_000
+"""Requests the Batch API takes in one batch."""
+
+
+def _batch_size(text: Any) -> int:
+    value: int = positive_int(text)
+    if value > BATCH_MAX_REQUESTS:
+        raise ValueError(f"must be {BATCH_MAX_REQUESTS:,} or less (the Batch API's limit)")
+    return value
 
 
 class Transport(StrEnum):
@@ -127,8 +139,15 @@ class RunConfig:
     api_keys_file: Path | None = setting(None, as_path, "file with one API key a line, to spread the work over",
                                          metavar="FILE", shown="OPENAI_API_KEYS=k1,k2 or OPENAI_API_KEY")
     backend: Backend = setting(Backend.LOCAL, one_of(Backend), "where tasks run: local (worker processes on "
-                               "this machine) or ray (actors on a Ray cluster; pip install mpinfer[ray])",
+                               "this machine), ray (actors on a Ray cluster; pip install mpinfer[ray]) or batch "
+                               "(the OpenAI Batch API: half the price, within 24 hours)",
                                metavar="NAME")
+    batch_size: int = setting(BATCH_MAX_REQUESTS, _batch_size, "--backend batch: most requests in one "
+                              "batch (the Batch API allows 50,000)", metavar="N")
+    batch_poll: float = setting(30.0, positive_float, "--backend batch: seconds between polls of the open "
+                                "batches", metavar="SECONDS")
+    batch_max_bytes: int = setting(200 * 1024 * 1024, positive_int, "--backend batch: largest batch input "
+                                   "file in bytes (the Batch API allows 200 MB)", metavar="BYTES")
     ray_address: str | None = setting(None, as_text, "Ray cluster to join", env=("MPINFER_RAY_ADDRESS",
                                       "RAY_ADDRESS"), metavar="ADDR", shown="RAY_ADDRESS, or a new local one")
     transport: Transport = setting(Transport.AIOHTTP, one_of(Transport), "HTTP stack under the openai SDK: "

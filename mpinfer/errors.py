@@ -72,3 +72,10 @@ class NoKeysLeft(MpinferError):
 
 class MalformedResponse(MpinferError):
     """The server answered 200 with a body that is not a chat completion; retried like a server error."""
+
+
+class BatchApiError(MpinferError):
+    """A Batch API call (upload, create, poll, download, cancel) failed after its retries; the batch plan beside
+    the output keeps everything already submitted, so a rerun goes on from there."""
+
+    exit_code = 5

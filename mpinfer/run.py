@@ -45,6 +45,10 @@ __all__ = ["DEFAULT_GRACE_S", "RunSummary", "run"]
 
 def _backend(name: str, state: RunState, outputs: list[OutputPaths], run_starts: list[int], log_file: Any,
              prices: Any, grace_s: float) -> Any:
+    if name == "batch":
+        from .backends.batch import BatchBackend
+
+        return BatchBackend(state, outputs, prices)
     if name == "ray":
         from .backends.ray import RayBackend
 

@@ -123,9 +123,9 @@ def test_a_batch_can_fail_validation_with_errors_and_a_duplicate_custom_id_is_re
 
 def test_the_enqueued_token_limit_fails_a_batch_while_another_is_running(mock: MockServerProcess):
     # Given a per-model enqueued-token limit that one batch nearly fills, and slow processing
-    mock.batch_faults(token_limit=12, request_s=0.3)
+    mock.batch_faults(token_limit=8, request_s=0.3)
     client = _client(mock)
-    first = _submit(client, _lines(["a", "b"]))  # 2 x 4 prompt tokens
+    first = _submit(client, _lines(["a", "b"]))  # 2 x 3 prompt tokens
     time.sleep(0.3)
     # When a second batch is created while the first is in progress
     second = _wait(client, _submit(client, _lines(["c", "d"])).id)

@@ -1,7 +1,7 @@
 """What tokens cost: the built-in price table, files that override it, and the cost of one answer.
 
-Prices are US dollars per million tokens, as OpenAI publishes them, for realtime (not Batch API) requests.
-They change: check them against https://openai.com/api/pricing before budgeting, and override them with
+Prices are US dollars per million tokens, as OpenAI publishes them, for realtime requests; the Batch API's
+are half of them (``Price.batch``) unless a table gives ``batch_input`` / ``batch_output``. They change: check them against https://openai.com/api/pricing before budgeting, and override them with
 ``--prices FILE`` (JSON or TOML, the shape of BUILT_IN) or ``--price-input`` / ``--price-output``.
 """
 
@@ -17,6 +17,8 @@ from typing import Any
 from ..errors import ConfigError
 
 PRICES_AS_OF = "2026-06"
+BATCH_DISCOUNT = 0.5
+"""The Batch API's price as a share of the online price (OpenAI: 50% off)."""
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,8 @@ class Price:
     input: float
     output: float
     cached_input: float | None = None
+    batch_input: float | None = None   # the Batch API's prices; None: half the online price, as OpenAI charges
+    batch_output: float | None = None
 
     def cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:
         """The cost of one answer; cached prompt tokens (part of prompt_tokens) at the cached rate."""
@@ -33,6 +37,12 @@ class Price:
         cached_rate = self.cached_input if self.cached_input is not None else self.input
         return ((prompt_tokens - cached) * self.input + cached * cached_rate
                 + completion_tokens * self.output) / 1_000_000
+
+    def batch(self) -> Price:
+        """The price of the same tokens through the Batch API: its own prices if given, else half of each."""
+        cached = None if self.cached_input is None else self.cached_input * BATCH_DISCOUNT
+        return Price(self.batch_input if self.batch_input is not None else self.input * BATCH_DISCOUNT,
+                     self.batch_output if self.batch_output is not None else self.output * BATCH_DISCOUNT, cached)
 
 
 # As published by OpenAI; see PRICES_AS_OF. (input, cached input, output)
@@ -77,18 +87,21 @@ class PriceTable:
         return self.prices[max(matches, key=len)] if matches else None
 
     def cost(self, model: str | None, prompt_tokens: int, completion_tokens: int,
-             cached_tokens: int = 0) -> float | None:
-        """USD for one answer, or None when the model has no known price."""
+             cached_tokens: int = 0, batch: bool = False) -> float | None:
+        """USD for one answer (at the Batch API's price when ``batch``), or None when the model has no price."""
         price = self.find(model)
-        return None if price is None else price.cost(prompt_tokens, completion_tokens, cached_tokens)
+        if price is None:
+            return None
+        return (price.batch() if batch else price).cost(prompt_tokens, completion_tokens, cached_tokens)
 
 
 def _price_from(name: str, value: Any, source: Path) -> Price:
     if not isinstance(value, Mapping):
         raise ConfigError(f"{source}: {name}: expected a table with input and output prices")
     try:
-        cached = value.get("cached_input")
-        return Price(float(value["input"]), float(value["output"]), None if cached is None else float(cached))
+        optional = {name: None if value.get(name) is None else float(value[name])
+                    for name in ("cached_input", "batch_input", "batch_output")}
+        return Price(float(value["input"]), float(value["output"]), **optional)
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"{source}: {name}: needs numeric input and output prices ({exc})") from None
 

@@ -48,6 +48,20 @@ class Outcome:
     to_errors: bool = False
 
 
+def task_request(config: RunConfig, encoder: ImageEncoder, task: Task, model: int) -> Request:
+    """The request for ``task`` and the run's model number ``model``, online or in a Batch API file alike."""
+    models = config.models
+    if task.body is not None:
+        # A Batch API body goes as it is; only a model the user chose (or one of several) replaces its own.
+        chosen = models[model] if len(models) > 1 or "model" in config.explicit else None
+        return build_body_request(task.body, chosen)
+    if len(models) > 1:
+        task = dataclasses.replace(task, model=None)  # each of the run's models, whatever the task says
+    return build_request(task, encoder, model=models[model], system_prompt=config.system_prompt,
+                         temperature=config.temperature, max_tokens=config.max_tokens,
+                         extra_body=config.extra_body)
+
+
 class LimiterClient(Protocol):
     """The limiter as a runner sees it; each host supplies its own (shared memory, or a remote actor)."""
 
@@ -133,16 +147,7 @@ class TaskRunner:
         return notices
 
     def _request(self, task: Task, model: int) -> Request:
-        config = self.config
-        if task.body is not None:
-            # A Batch API body goes as it is; only a model the user chose (or one of several) replaces its own.
-            chosen = self.models[model] if len(self.models) > 1 or "model" in config.explicit else None
-            return build_body_request(task.body, chosen)
-        if len(self.models) > 1:
-            task = dataclasses.replace(task, model=None)  # each of the run's models, whatever the task says
-        return build_request(task, self.encoder, model=self.models[model], system_prompt=config.system_prompt,
-                             temperature=config.temperature, max_tokens=config.max_tokens,
-                             extra_body=config.extra_body)
+        return task_request(self.config, self.encoder, task, model)
 
     async def _acquire(self, model: int, charge: int) -> Grant | None:
         """Wait for the limiter: a free key, room in its window, no pause on its lane; None when stopping."""

@@ -51,11 +51,17 @@ class BatchFaults:
     create_window_s: float = 3600.0
     """The window ``max_creates`` counts over (OpenAI: about 2,000 an hour)."""
 
+    create_wait_s: float = 0.0
+    """Seconds ``POST /v1/batches`` waits before the batch exists (a slow create: a crash loses nothing)."""
+
+    create_reply_wait_s: float = 0.0
+    """Seconds ``POST /v1/batches`` waits after the batch exists, before answering (a crash here loses the id)."""
+
     seed: int = 0
     """Seed of the draw behind ``p500``."""
 
     def __post_init__(self) -> None:
-        for name in ("step_s", "request_s"):
+        for name in ("step_s", "request_s", "create_wait_s", "create_reply_wait_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0")

@@ -7,6 +7,7 @@ endpoint accepts them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import urllib.parse
 from typing import Any
@@ -49,6 +50,18 @@ def _batches(service: BatchService, req: Request, parts: list[str]) -> tuple[int
     raise ApiError(405 if len(parts) <= 2 else 404, f"Unsupported: {req.method} {req.path}")
 
 
+async def _slow_create(service: BatchService, conn: Connection, req: Request) -> None:
+    """A create that takes its time before and after the batch exists (the fault options create_*wait_s)."""
+    await asyncio.sleep(service.faults.create_wait_s)
+    try:
+        payload = service.create(req.body)
+    except ApiError as exc:
+        _send(conn, req, exc.status, exc.body())
+        return
+    await asyncio.sleep(service.faults.create_reply_wait_s)
+    _send(conn, req, 200, payload)
+
+
 def route(service: BatchService, conn: Connection, req: Request) -> bool:
     """Answer ``req`` if it is for the Files or Batches API; False when it is not."""
     path = req.path.removeprefix("/v1")
@@ -68,6 +81,10 @@ def route(service: BatchService, conn: Connection, req: Request) -> bool:
         refused = service.authorise(req.headers.get("authorization", ""))
         if refused is not None:
             raise refused
+        slow = service.faults.create_wait_s or service.faults.create_reply_wait_s
+        if head == "batches" and parts == [] and req.method == "POST" and slow:
+            conn.run_async(_slow_create(service, conn, req))
+            return True
         status, payload = (_files if head == "files" else _batches)(service, req, parts)
     except ApiError as exc:
         _send(conn, req, exc.status, exc.body())

@@ -250,9 +250,9 @@ class BatchService:
             if self.faults.fail_next:
                 self.faults = dataclasses.replace(self.faults, fail_next=self.faults.fail_next - 1)
                 raise Refused("mock_failure", "The batch failed validation (mock fault).")
-            batch.tokens = parsed.prompt_tokens
+            tokens = parsed.prompt_tokens
             limit = self.faults.token_limit
-            if limit is not None and batch.model and self._enqueued(batch.model) + batch.tokens > limit:
+            if limit is not None and batch.model and self._enqueued(batch.model) + tokens > limit:
                 raise Refused("token_limit_exceeded", f"Enqueued token limit reached for {batch.model} in "
                                   f"organization org-mock. Limit: {limit:,} enqueued tokens. Please try again "
                                   "once some in_progress batches have been completed.")
@@ -260,6 +260,7 @@ class BatchService:
             batch.status, batch.errors = "failed", [refused.error]
             batch.times["failed"] = int(time.time())
             return
+        batch.tokens = tokens  # enqueued from now until the batch ends
         batch.total = len(requests)
         batch.status = "in_progress"
         batch.times["in_progress"] = int(time.time())

@@ -1,0 +1,286 @@
+"""The Batch API backend (``--backend batch``): half the price, answers within 24 hours, and a crash costs nothing.
+
+The job's life, each step recorded in the batch plan (batch_plan.py) before it can matter:
+1. start: the plan beside the output is loaded (a crashed or stopped run left it) or begun; the rows that are
+   not done and not already in the plan are written into request files (batch_submit.plan_chunks) and the
+   plan is saved, all before the first upload;
+2. loop: each chunk is uploaded and its batch created (paced, waiting on the enqueued-token limit), the open
+   batches are polled every ``--batch-poll`` seconds, and each finished batch is merged (batch_merge.py):
+   answers appended through the store as online answers are, failures to the errors file, transient
+   failures into a new chunk;
+3. Ctrl-C or SIGTERM stops polling; the batches go on at the server and a rerun collects them.
+
+``cancel`` (``--cancel``) cancels the output's open batches at the server; ``plan_report`` feeds --status.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from ..api.prices import PriceTable
+from ..config import RunConfig
+from ..driver import RunState
+from ..errors import BatchApiError, ConfigError
+from ..events import Stopped, StopReason
+from ..inputs.tasks import Task, iter_tasks, reading
+from ..store.output import Appender, OutputPaths, iter_lines, live_run, record_id, scan
+from .batch_merge import Merger
+from .batch_plan import FINAL_STATUSES, Chunk, ChunkState, Plan
+from .batch_submit import BatchClient, CreationPacer, QueueFull, create, plan_chunks, request_lines, upload
+
+log = logging.getLogger("mpinfer.run")
+
+TICK_S = 0.2
+JOB_LIMIT_S = 26 * 3600.0
+"""A run polls at most this long: the 24-hour window, finalizing, and some slack; then a rerun goes on."""
+QUEUE_RETRY_POLLS = 4
+"""Polls to wait on a full token queue that none of our batches holds (other jobs' batches fill it)."""
+_CANCELLED = frozenset({"cancelling", "cancelled"})
+
+
+class BatchBackend:
+    """Runs the tasks as Batch API batches; this process writes every line, as the Ray driver does."""
+
+    def __init__(self, state: RunState, outputs: list[OutputPaths], prices: PriceTable) -> None:
+        self.state = state
+        self.config = config = state.config
+        if config.max_cost is not None:
+            raise ConfigError("--max-cost does not go with --backend batch (a batch's cost is known only once it "
+                              "ends); --dry-run --backend batch shows its price first")
+        _, self.output = config.require_paths()
+        self.outputs = outputs
+        self.client = BatchClient(config)
+        self.appenders = [Appender(paths, fsync=config.fsync) for paths in outputs]
+        self.pacer = CreationPacer()
+        self.tasks: dict[str, Task] = {}
+        self.merger = Merger(config, prices, self.tasks)
+        self.plan: Plan | None = None
+        self.done: list[set[str]] = []
+        self.failed_before: list[set[str]] = []
+        self.freed: dict[int, int] = {}  # per model: our batches finished so far (each frees queue tokens)
+        self.waits: dict[str, tuple[int, int]] = {}  # chunk -> (freed count, polls) when it met a full queue
+        self.cancelled_live = False
+        self.polls = 0
+        self.created = 0
+        self.resubmitted = 0
+
+    # -- start: the plan, saved before anything is uploaded ---------------------------------------------
+
+    def start(self) -> None:
+        plan = Plan.load(self.output)
+        if plan is None or plan.finished:
+            plan = Plan.new(self.output, [_size(paths.errors) for paths in self.outputs])
+        self.plan = plan
+        self.done = [scan(paths.output).ids for paths in self.outputs]
+        self.failed_before = [_ids_from(paths.errors, plan.errors_offsets[m] if m < len(plan.errors_offsets) else 0)
+                              for m, paths in enumerate(self.outputs)]
+        covered = [plan.covered(m) for m in range(len(self.outputs))]
+        fresh: list[tuple[Task, int]] = []
+        for task, model in self.state.items:
+            self.tasks[task.id] = task
+            if task.id not in covered[model]:
+                fresh.append((task, model))
+        self._find_missing_tasks()
+        kept = len(plan.open_chunks)
+        made = plan_chunks(plan, request_lines(self.config, fresh), self.config.batch_size,
+                           self.config.batch_max_bytes)
+        plan.save()
+        log.info("batch: %d rows in %d new request files (%s); %d open from an earlier run; plan in %s",
+                 len(fresh), len(made), ", ".join(f"{c.lines} rows, {c.bytes:,} bytes" for c in made[:5]) or "-",
+                 kept, plan.path)
+
+    def _find_missing_tasks(self) -> None:
+        """Tasks of open chunks that this run's selection left out (a rerun with other options): read them."""
+        assert self.plan is not None
+        wanted = {i for c in self.plan.open_chunks for i in c.ids} - self.tasks.keys()
+        if wanted and self.config.input is not None:
+            for task in iter_tasks(self.config.input, reading(self.config)):
+                if task.id in wanted:
+                    self.tasks[task.id] = task
+
+    # -- loop ---------------------------------------------------------------------------------------------
+
+    def loop(self) -> None:
+        plan = self.plan
+        assert plan is not None
+        started = time.monotonic()
+        next_poll = 0.0
+        while plan.open_chunks and time.monotonic() - started < JOB_LIMIT_S:
+            if self.state.signals:
+                log.warning("stopping: the open batches go on at the server; rerun to collect their answers")
+                self.state.stop(Stopped(StopReason.INTERRUPTED, "the batches go on at the server"))
+                return
+            if self.cancelled_live:
+                if not any(c.state is ChunkState.CREATED for c in plan.open_chunks):
+                    self.state.stop(Stopped(StopReason.INTERRUPTED, "the batches were cancelled (--cancel); "
+                                            "a rerun sends what was not answered"))
+                    return
+            else:
+                self._submit(plan)
+            if time.monotonic() >= next_poll:
+                self._poll(plan)
+                next_poll = time.monotonic() + self.config.batch_poll
+            self.state.save_summary(live=True)
+            time.sleep(TICK_S)
+        if plan.open_chunks:
+            self.state.stop(Stopped(StopReason.INTERRUPTED, f"batches still open after {JOB_LIMIT_S / 3600:.0f}h"))
+
+    def _submit(self, plan: Plan) -> None:
+        for chunk in plan.open_chunks:
+            if chunk.state is ChunkState.PLANNED:
+                upload(self.client, plan, chunk)
+                plan.save()
+            if chunk.state not in (ChunkState.UPLOADED, ChunkState.CREATING) or not self._queue_may_take(chunk):
+                continue
+            if self.pacer.wait_s() > 0:
+                chunk.waiting = "batch creation rate (2,000 an hour)"
+                continue
+            chunk.state = ChunkState.CREATING
+            plan.save()
+            try:
+                create(self.client, plan, chunk, str(self.output))
+            except QueueFull as exc:
+                self._queue_full(chunk, str(exc))
+                plan.save()
+                continue
+            self.pacer.created()
+            self.created += 1
+            self.waits.pop(chunk.name, None)
+            plan.save()
+            log.info("batch %s: created for %s (%d rows)", chunk.batch_id, chunk.name, chunk.lines)
+
+    def _queue_full(self, chunk: Chunk, message: str) -> None:
+        """The model's enqueued-token limit is reached: wait for running batches, keep the rows."""
+        chunk.state = ChunkState.UPLOADED
+        chunk.batch_id = None
+        chunk.waiting = "enqueued-token limit: waiting for running batches to finish"
+        self.waits[chunk.name] = (self.freed.get(chunk.model, 0), self.polls)
+        log.warning("%s: %s (%s)", chunk.name, chunk.waiting, message[:200])
+
+    def _queue_may_take(self, chunk: Chunk) -> bool:
+        """After a full queue: try again once one of our batches of the model ended, or after a few polls."""
+        if chunk.name not in self.waits:
+            return True
+        freed, polls = self.waits[chunk.name]
+        return self.freed.get(chunk.model, 0) > freed or self.polls - polls >= QUEUE_RETRY_POLLS
+
+    def _poll(self, plan: Plan) -> None:
+        self.polls += 1
+        for chunk in [c for c in plan.open_chunks if c.state is ChunkState.CREATED]:
+            try:
+                batch = self.client.call(f"poll {chunk.batch_id}", self.client.sdk.batches.retrieve, chunk.batch_id)
+            except BatchApiError as exc:
+                log.warning("%s (polled again in %gs)", exc, self.config.batch_poll)
+                continue
+            counts = batch.request_counts
+            chunk.completed, chunk.failed = (counts.completed, counts.failed) if counts else (0, 0)
+            if batch.status in _CANCELLED and chunk.status not in _CANCELLED:
+                self.cancelled_live = True
+                log.warning("batch %s is %s (cancelled from elsewhere): no new batches", batch.id, batch.status)
+            chunk.status = batch.status
+            if batch.status in FINAL_STATUSES:
+                self._finish(plan, chunk, batch)
+        self._progress(plan)
+        plan.save()
+
+    def _progress(self, plan: Plan) -> None:
+        rows = sum(c.lines for c in plan.chunks if c.state is ChunkState.CREATED)
+        settled = sum(c.completed + c.failed for c in plan.chunks if c.state is ChunkState.CREATED)
+        states: dict[str, int] = {}
+        for chunk in plan.open_chunks:
+            key = chunk.status if chunk.state is ChunkState.CREATED else chunk.state.value
+            states[key or "?"] = states.get(key or "?", 0) + 1
+        summary = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+        self.state.bar.set_postfix_str(f"batches: {summary}; requests {settled}/{rows}", refresh=True)
+        for chunk in plan.open_chunks:
+            if chunk.state is ChunkState.CREATED:
+                log.info("batch %s (%s): %s, %d completed, %d failed of %d", chunk.batch_id, chunk.name,
+                         chunk.status, chunk.completed, chunk.failed, chunk.lines)
+
+    def _download(self, file_id: str | None) -> bytes:
+        if not file_id:
+            return b""
+        content = self.client.call(f"download {file_id}", self.client.sdk.files.content, file_id)
+        data: bytes = content.content
+        return data
+
+    def _finish(self, plan: Plan, chunk: Chunk, batch: Any) -> None:
+        """A batch ended: merge its answers, record its failures, plan its transient failures again."""
+        errors = [e for e in (batch.errors.data if batch.errors and batch.errors.data else [])]
+        if batch.status == "failed" and any(e.code == "token_limit_exceeded" for e in errors):
+            self._queue_full(chunk, errors[0].message or "")
+            return
+        if errors:
+            chunk.error = "; ".join(f"{e.code}: {e.message}" for e in errors)[:500]
+        output, failures = self._download(batch.output_file_id), self._download(batch.error_file_id)
+        ended = next((getattr(batch, f"{s}_at") for s in ("completed", "expired", "cancelled", "failed")
+                      if getattr(batch, f"{s}_at", None)), None)
+        latency = float(ended - batch.created_at) if ended else None
+        resubmit = not (self.cancelled_live and batch.status == "cancelled")
+        merged = self.merger.merge(chunk, output, failures, self.done[chunk.model],
+                                   self.failed_before[chunk.model], resubmit, latency)
+        paths = self.outputs[chunk.model]
+        for line in merged.results:
+            self.appenders[chunk.model].append(paths.output, line)
+        for line in merged.failures:
+            self.appenders[chunk.model].append(paths.errors, line)
+        for event in merged.events:
+            self.state.on_event(event)
+        if merged.retry:
+            again = [(self.tasks[i], chunk.model) for i in merged.retry]
+            plan_chunks(plan, request_lines(self.config, again), self.config.batch_size,
+                        self.config.batch_max_bytes, attempt=chunk.attempt + 1)
+            chunk.resubmitted = len(merged.retry)
+            self.resubmitted += len(merged.retry)
+            log.info("batch %s: %d rows resubmitted (attempt %d)", batch.id, len(merged.retry), chunk.attempt + 1)
+        chunk.state = ChunkState.MERGED
+        chunk.finished_at = time.time()
+        self.freed[chunk.model] = self.freed.get(chunk.model, 0) + 1
+        plan.save()  # MERGED and the resubmitting chunks in one write
+        log.info("batch %s %s: %d answers merged, %d failures recorded", batch.id, batch.status,
+                 len(merged.results), len(merged.failures))
+
+    def close(self) -> None:
+        for appender in self.appenders:
+            appender.close()
+        self.client.close()
+        if self.plan is not None:
+            log.info("batch: %d batches created this run, %d rows resubmitted", self.created, self.resubmitted)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _ids_from(path: Path, offset: int) -> set[str]:
+    """Ids with a failure line written from ``offset`` on (by this plan): a repeated merge skips them."""
+    return {rid for _, _, obj in iter_lines(path, offset) if (rid := record_id(obj)) is not None}
+
+
+def cancel(config: RunConfig) -> list[tuple[str, str, str]]:
+    """Cancel the output's open batches at the server: (chunk, batch id, status) of each one cancelled."""
+    _, output = config.require_paths()
+    plan = Plan.load(output)
+    if plan is None:
+        return []
+    client = BatchClient(config)
+    cancelled: list[tuple[str, str, str]] = []
+    try:
+        for chunk in plan.open_chunks:
+            if chunk.state is not ChunkState.CREATED or chunk.batch_id is None or chunk.status in FINAL_STATUSES:
+                continue
+            batch = client.call(f"cancel {chunk.batch_id}", client.sdk.batches.cancel, chunk.batch_id)
+            chunk.status = batch.status
+            cancelled.append((chunk.name, chunk.batch_id, batch.status))
+    finally:
+        client.close()
+    if live_run(OutputPaths.of(output)) is None:
+        plan.cancelled = True
+        plan.save()  # with no run live, this process may write the plan; a live run sees the cancel by polling
+    return cancelled

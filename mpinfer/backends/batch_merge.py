@@ -1,0 +1,185 @@
+"""Merging a finished batch: its output and error lines become result lines, failures, or rows to resubmit.
+
+Every answer becomes the same line an online answer would (store/records.py builds both), priced at the
+Batch API's price, and is written once: ids already in the output are skipped, so a merge that a crash
+interrupted is simply done again. The rest is decided by kind, in ``verdict``:
+- transient (5xx, 408/409/429, ``batch_expired``, ``batch_cancelled``, ``request_timeout``, and rows that
+  are in neither file, as when a batch failed): resubmitted in a new batch while ``--max-retries`` allows,
+  then a failure line;
+- permanent (400, 404, ...): a failure line in the errors file, as online.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from ..api.prices import PriceTable
+from ..config import RunConfig
+from ..events import TaskDone, TaskFailed
+from ..inputs.tasks import Task
+from ..store.records import Failure, Result, Usage, batch_error_line, batch_result_line, same_model
+from .batch_plan import Chunk
+
+_TRANSIENT_CODES = frozenset({"batch_expired", "batch_cancelled", "request_timeout"})
+_TRANSIENT_STATUSES = frozenset({408, 409, 429})
+_STATUS_NAMES = {400: "bad_request", 401: "authentication", 403: "permission_denied", 404: "not_found",
+                 422: "unprocessable"}
+
+
+@dataclass(frozen=True)
+class LineError:
+    """One request the batch did not answer, classified."""
+
+    error_type: str
+    status: int | None
+    message: str
+    transient: bool
+
+
+@dataclass
+class Merged:
+    """What one merge produced: lines to append, events for the driver, and the ids to send again."""
+
+    results: list[bytes] = field(default_factory=list)
+    failures: list[bytes] = field(default_factory=list)
+    events: list[TaskDone | TaskFailed] = field(default_factory=list)
+    retry: list[str] = field(default_factory=list)
+
+
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def verdict(record: dict[str, Any]) -> LineError:
+    """Classify an error-file line (``response`` with a status, or ``error`` with a code)."""
+    response = _object(record.get("response"))
+    error = _object(record.get("error"))
+    status = response.get("status_code") if isinstance(response.get("status_code"), int) else None
+    body_error = _object(_object(response.get("body")).get("error"))
+    code = str(error.get("code") or body_error.get("code") or "")
+    message = str(error.get("message") or body_error.get("message") or "no message")[:500]
+    if status is None:
+        return LineError(code or "batch_error", None, message, code in _TRANSIENT_CODES or not code)
+    if status >= 500:
+        return LineError("server_error", status, message, True)
+    if status in _TRANSIENT_STATUSES:
+        return LineError("rate_limit" if status == 429 else f"http_{status}", status, message, True)
+    return LineError(_STATUS_NAMES.get(status, f"http_{status}"), status, message, False)
+
+
+def records(data: bytes) -> Iterator[dict[str, Any]]:
+    for raw in data.splitlines():
+        if raw.strip():
+            try:
+                obj = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(obj, dict) and isinstance(obj.get("custom_id"), str):
+                yield obj
+
+
+class Merger:
+    """Turns a finished chunk's files into lines and events for one run."""
+
+    def __init__(self, config: RunConfig, prices: PriceTable, tasks: dict[str, Task]) -> None:
+        self.config = config
+        self.prices = prices
+        self.tasks = tasks
+
+    def requested(self, task: Task, model: int) -> str:
+        models = self.config.models
+        if task.body is not None and len(models) == 1 and "model" not in self.config.explicit:
+            return str(task.body.get("model") or models[0])
+        return task.model if len(models) == 1 and task.model else models[model]
+
+    def merge(self, chunk: Chunk, output: bytes, errors: bytes, done: set[str], failed_before: set[str],
+              resubmit: bool, latency_s: float | None) -> Merged:
+        """Merge the chunk's files; ``done`` (this model's ids in the output) gains every id written.
+
+        ``failed_before`` holds the ids this plan already wrote failure lines for (a repeated merge writes
+        none again); ``resubmit`` False (the job was cancelled) leaves transient rows unrecorded for a rerun.
+        """
+        merged = Merged()
+        wanted = set(chunk.ids)
+        seen: set[str] = set()
+        for record in records(output):
+            custom_id = record["custom_id"]
+            response = _object(record.get("response"))
+            if custom_id not in wanted or custom_id in seen:
+                continue
+            if response.get("status_code") != 200:
+                self._failed(chunk, custom_id, verdict(record), done, failed_before, resubmit, merged)
+            elif custom_id not in done:
+                self._answer(chunk, custom_id, response, latency_s, merged)
+                done.add(custom_id)
+            seen.add(custom_id)
+        for record in records(errors):
+            custom_id = record["custom_id"]
+            if custom_id in wanted and custom_id not in seen:
+                seen.add(custom_id)
+                self._failed(chunk, custom_id, verdict(record), done, failed_before, resubmit, merged)
+        reason = chunk.error or f"the batch ended {chunk.status} without an answer for this request"
+        for custom_id in chunk.ids:
+            if custom_id not in seen:
+                error = LineError("batch_" + (chunk.status or "error"), None, reason[:500], True)
+                self._failed(chunk, custom_id, error, done, failed_before, resubmit, merged)
+        return merged
+
+    def _answer(self, chunk: Chunk, custom_id: str, response: dict[str, Any], latency_s: float | None,
+                merged: Merged) -> None:
+        task = self.tasks[custom_id]
+        body = _object(response.get("body"))
+        choice = _object((body.get("choices") or [{}])[0])
+        usage = _object(body.get("usage"))
+        prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        cached = int(_object(usage.get("prompt_tokens_details")).get("cached_tokens") or 0)
+        requested = self.requested(task, chunk.model)
+        model = body.get("model") if isinstance(body.get("model"), str) else None
+        priced_as = model if self.prices.find(model) is not None else requested
+        cost = self.prices.cost(priced_as, prompt, completion, cached, batch=True)
+        cost = round(cost, 8) if cost is not None else None
+        latency = round(latency_s, 4) if latency_s is not None else 0.0
+        if task.body is not None:
+            meta = {"requested_model": requested, "latency_s": latency, "attempts": chunk.attempt,
+                    "processed_at": time.time(), "cost": cost, "batch_id": chunk.batch_id}
+            line = batch_result_line(custom_id, response.get("request_id"), body, meta)
+        else:
+            line = Result(id=custom_id, input_prompt=task.prompt, images=list(task.images),
+                          answer=_object(choice.get("message")).get("content"), model=model,
+                          requested_model=requested,
+                          usage=Usage(prompt, completion, int(usage.get("total_tokens") or prompt + completion),
+                                      cached),
+                          finish_reason=choice.get("finish_reason"), latency_s=latency, attempts=chunk.attempt,
+                          processed_at=time.time(), cost=cost).to_line()
+        merged.results.append(line)
+        merged.events.append(TaskDone(custom_id, chunk.model, prompt, completion, latency, cost,
+                                      not same_model(requested, model), chunk.attempt))
+
+    def _failed(self, chunk: Chunk, custom_id: str, error: LineError, done: set[str], failed_before: set[str],
+                resubmit: bool, merged: Merged) -> None:
+        if custom_id in done:
+            return
+        if error.transient and not resubmit:
+            return  # cancelled: a later run sends it again
+        if error.transient and chunk.attempt <= self.config.max_retries:
+            merged.retry.append(custom_id)
+            return
+        if custom_id in failed_before:
+            return
+        failed_before.add(custom_id)
+        task = self.tasks[custom_id]
+        if task.body is not None:
+            line = batch_error_line(custom_id, error.status, error.error_type, error.message,
+                                    {"attempts": chunk.attempt, "processed_at": time.time(),
+                                     "batch_id": chunk.batch_id})
+        else:
+            line = Failure(custom_id, error.error_type, error.status, error.message, chunk.attempt,
+                           time.time()).to_line()
+        merged.failures.append(line)
+        merged.events.append(TaskFailed(custom_id, chunk.model, error.error_type, error.status, error.message,
+                                        chunk.attempt))

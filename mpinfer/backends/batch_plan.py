@@ -1,0 +1,176 @@
+"""The batch plan: which rows went into which request file, upload and batch, kept beside the output.
+
+The plan is the memory that makes a crash cost nothing. It lives in ``<output>.batches.json`` (the request
+files and downloads in ``<output>.batches/``) and is rewritten atomically (temp file, fsync, rename, fsync
+of the folder) at each step, before the step's effect can matter:
+- a chunk (one request file, one model) is recorded PLANNED, its file on disk, before any upload;
+- its ``file_id`` once uploaded; CREATING before ``batches.create`` is called, its ``batch_id`` once created
+  (a rerun that finds a chunk CREATING looks for a batch made from its file before it creates one);
+- MERGED once its answers are in the output, in the same write that records the chunks resubmitting its
+  transient failures.
+A rerun loads the plan and goes on from each chunk's state; rows in the plan are never planned again while
+it is open, so no row is sent in two batches except to resubmit what came back unanswered.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ..errors import OutputError
+from ..store.output import companion
+
+PLAN_VERSION = 1
+
+
+class ChunkState(StrEnum):
+    """Where one chunk is, on our side."""
+
+    PLANNED = "planned"    # its request file is written; not uploaded
+    UPLOADED = "uploaded"  # the file is at the server (file_id); no batch yet
+    CREATING = "creating"  # batches.create was called; its answer may have been lost in a crash
+    CREATED = "created"    # a batch runs it (batch_id): poll it
+    MERGED = "merged"      # the batch ended and its answers are in the output
+
+
+FINAL_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
+"""Batch statuses after which nothing changes at the server."""
+
+
+@dataclass
+class Chunk:
+    """One request file for one model, and the batch that runs it."""
+
+    name: str
+    model: int
+    attempt: int
+    ids: list[str]
+    bytes: int
+    state: ChunkState = ChunkState.PLANNED
+    file_id: str | None = None
+    batch_id: str | None = None
+    status: str | None = None  # the batch's status as last polled
+    completed: int = 0
+    failed: int = 0
+    created_at: float | None = None
+    finished_at: float | None = None
+    waiting: str | None = None  # why its batch is not created yet (the enqueued-token limit)
+    resubmitted: int = 0
+    error: str | None = None  # a failed batch's errors, as the server gave them
+
+    @property
+    def lines(self) -> int:
+        return len(self.ids)
+
+    @property
+    def open(self) -> bool:
+        return self.state is not ChunkState.MERGED
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Chunk:
+        values: dict[str, Any] = {f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data}
+        values["state"] = ChunkState(str(values.get("state", ChunkState.PLANNED)))
+        return cls(**values)
+
+
+@dataclass
+class Plan:
+    """Every chunk of one batch job on an output (all its models), and the file it is kept in."""
+
+    path: Path
+    plan_id: str
+    created_at: float
+    chunks: list[Chunk] = field(default_factory=list)
+    errors_offsets: list[int] = field(default_factory=list)  # where each model's errors file ended at start
+    cancelled: bool = False
+
+    @property
+    def folder(self) -> Path:
+        return self.path.with_suffix("")  # <output>.batches.json -> <output>.batches
+
+    def request_file(self, chunk: Chunk) -> Path:
+        return self.folder / f"{chunk.name}.jsonl"
+
+    def download(self, chunk: Chunk, kind: str) -> Path:
+        return self.folder / f"{chunk.name}.{kind}.jsonl"
+
+    @property
+    def open_chunks(self) -> list[Chunk]:
+        return [c for c in self.chunks if c.open]
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.chunks) and not self.open_chunks
+
+    def covered(self, model: int) -> set[str]:
+        """The ids of ``model`` the plan holds: never planned again while the plan is open."""
+        return {i for c in self.chunks if c.model == model for i in c.ids}
+
+    def new_chunk(self, model: int, attempt: int, ids: list[str], size: int) -> Chunk:
+        chunk = Chunk(f"{self.plan_id}-{len(self.chunks) + 1:04d}", model, attempt, ids, size)
+        self.chunks.append(chunk)
+        return chunk
+
+    def save(self) -> None:
+        """Write the plan whole, or leave the old one: a reader never sees half a plan."""
+        data = {"version": PLAN_VERSION, "plan_id": self.plan_id, "created_at": self.created_at,
+                "cancelled": self.cancelled, "errors_offsets": self.errors_offsets,
+                "chunks": [c.to_dict() for c in self.chunks]}
+        write_atomic(self.path, orjson.dumps(data, option=orjson.OPT_INDENT_2))
+
+    @classmethod
+    def new(cls, output: Path, errors_offsets: list[int]) -> Plan:
+        plan_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        return cls(plan_path(output), plan_id, time.time(), errors_offsets=errors_offsets)
+
+    @classmethod
+    def load(cls, output: Path) -> Plan | None:
+        """The plan kept beside ``output``, or None when there is none; OutputError when it is unreadable."""
+        path = plan_path(output)
+        try:
+            data = orjson.loads(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, orjson.JSONDecodeError) as exc:
+            raise OutputError(f"{path}: cannot read the batch plan ({exc}); it records batches you may have "
+                              "paid for: fix or move it, never delete it blindly") from None
+        try:
+            return cls(path, str(data["plan_id"]), float(data["created_at"]),
+                       [Chunk.from_dict(c) for c in data["chunks"]], list(data.get("errors_offsets") or []),
+                       bool(data.get("cancelled")))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise OutputError(f"{path}: not a batch plan ({type(exc).__name__}: {exc})") from None
+
+
+def plan_path(output: Path) -> Path:
+    """Where the batch plan of ``output`` is kept."""
+    return companion(output, ".batches.json")
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` by ``data``: temp file, fsync, rename, fsync of the folder (the rename survives power loss)."""
+    tmp = companion(path, f".tmp-{os.getpid()}")
+    try:
+        with tmp.open("wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from None

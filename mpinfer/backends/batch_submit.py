@@ -1,0 +1,196 @@
+"""Submitting to the Batch API: request files within the API's limits, uploads and creations, with our retries.
+
+The calls go through the openai SDK's ``client.files`` and ``client.batches`` with the SDK's own retries off:
+``BatchClient.call`` retries what api.client.classify calls transient (429, 5xx, timeouts, resets) with our
+backoff, so every attempt is ours and counted. The API's limits are respected before they are met:
+- a request file holds at most ``batch_size`` lines (50,000 at most) and ``batch_max_bytes`` (200 MB);
+- batch creation is paced to CREATES_PER_HOUR;
+- a creation refused for the enqueued-token limit (``token_limit_exceeded``, as an error or as a batch that
+  fails validation) is QueueFull: the backend waits for running batches, it does not fail the rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+import openai
+import orjson
+
+from ..api.client import Verdict, backoff_s, classify
+from ..api.messages import ImageEncoder
+from ..config import RunConfig
+from ..errors import BatchApiError, ConfigError, ImageError
+from ..inputs.tasks import Task
+from ..redact import redact
+from .batch_plan import Chunk, ChunkState, Plan
+from .runner import task_request
+
+log = logging.getLogger("mpinfer.run")
+
+ENDPOINT = "/v1/chat/completions"
+CREATES_PER_HOUR = 2000
+"""Batch creations OpenAI allows an organisation in an hour (about 2,000)."""
+QUEUE_LIMIT_CODE = "token_limit_exceeded"
+LIST_PAGES = 20
+"""Pages of 100 batches searched for one made from a chunk's file before a crash lost its id."""
+T = TypeVar("T")
+
+
+class QueueFull(Exception):
+    """The model's enqueued-token limit is reached: wait for running batches, then create again."""
+
+
+class BatchClient:
+    """The SDK's Files and Batches calls with our retries; time is a parameter so tests need not wait."""
+
+    def __init__(self, config: RunConfig, sleep: Callable[[float], None] = time.sleep) -> None:
+        import random
+
+        self.config = config
+        self.keys = config.require_api_keys()
+        self.sdk = openai.OpenAI(api_key=self.keys[0], base_url=config.base_url, max_retries=0,
+                                 timeout=config.timeout)
+        self.sleep = sleep
+        self.rng = random.Random()
+
+    def call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)``, retried while transient; BatchApiError (redacted) once it is not."""
+        retries = 0
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:  # classify decides
+                if getattr(exc, "code", None) == QUEUE_LIMIT_CODE:
+                    raise QueueFull(str(exc)) from None
+                error = classify(exc)
+                if error.verdict is Verdict.RETRY and retries < self.config.max_retries:
+                    retries += 1
+                    delay = backoff_s(retries, self.config.retry_backoff, self.rng, error.retry_after)
+                    log.info("%s: %s (%s); retry in %.2fs", what, error.error_type, error.message, delay)
+                    self.sleep(delay)
+                    continue
+                raise BatchApiError(redact(f"{what}: {error.status or ''} {error.error_type}: {error.message}",
+                                           self.keys)) from None
+
+    def close(self) -> None:
+        self.sdk.close()
+
+
+def request_lines(config: RunConfig, items: Iterable[tuple[Task, int]]) -> Iterable[tuple[int, str, bytes]]:
+    """(model, id, Batch API input line) for each task: the body the online path would send."""
+    encoder = ImageEncoder(config.resolved_image_root)
+    for task, model in items:
+        try:
+            request = task_request(config, encoder, task, model)
+        except ImageError as exc:
+            raise ConfigError(f"task {task.id}: {exc} (--dry-run checks every image first)") from None
+        body = dict(request.kwargs)
+        body.update(body.pop("extra_body", None) or {})
+        line = {"custom_id": task.id, "method": "POST", "url": ENDPOINT, "body": body}
+        yield model, task.id, orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def plan_chunks(plan: Plan, lines: Iterable[tuple[int, str, bytes]], size: int, max_bytes: int,
+                attempt: int = 1) -> list[Chunk]:
+    """Write the lines into request files of at most ``size`` lines and ``max_bytes`` each, one model a file,
+    and add them to the plan as PLANNED (the caller saves the plan before anything is uploaded)."""
+    plan.folder.mkdir(parents=True, exist_ok=True)
+    open_files: dict[int, tuple[Chunk, Any]] = {}
+    made: list[Chunk] = []
+
+    def start(model: int) -> tuple[Chunk, Any]:
+        chunk = plan.new_chunk(model, attempt, [], 0)
+        made.append(chunk)
+        opened = (chunk, plan.request_file(chunk).open("wb"))
+        open_files[model] = opened
+        return opened
+
+    try:
+        for model, task_id, line in lines:
+            if len(line) > max_bytes:
+                raise ConfigError(f"task {task_id}: its request is {len(line):,} bytes, more than a whole batch "
+                                  f"file may hold ({max_bytes:,}); shrink its images")
+            chunk, handle = open_files.get(model) or start(model)
+            if chunk.lines >= size or chunk.bytes + len(line) > max_bytes:
+                handle.close()
+                chunk, handle = start(model)
+            handle.write(line)
+            chunk.ids.append(task_id)
+            chunk.bytes += len(line)
+    finally:
+        for _, handle in open_files.values():
+            handle.close()
+    return made
+
+
+def upload(client: BatchClient, plan: Plan, chunk: Chunk) -> None:
+    """Upload a PLANNED chunk's file (purpose ``batch``); it becomes UPLOADED with its file_id."""
+    path = plan.request_file(chunk)
+    with path.open("rb") as handle:
+        uploaded = client.call(f"upload {chunk.name}", client.sdk.files.create,
+                               file=(path.name, handle), purpose="batch")
+    chunk.file_id = uploaded.id
+    chunk.state = ChunkState.UPLOADED
+
+
+def find_created(client: BatchClient, plan: Plan, chunk: Chunk) -> Any | None:
+    """The batch made from the chunk's file, if a create reached the server before a crash lost its answer."""
+    after: str | None = None
+    for _ in range(LIST_PAGES):
+        kwargs: dict[str, Any] = {"limit": 100}
+        if after:
+            kwargs["after"] = after
+        page = client.call("list batches", client.sdk.batches.list, **kwargs)
+        for batch in page.data:
+            if batch.input_file_id == chunk.file_id:
+                return batch
+        if not page.has_more or not page.data or page.data[-1].created_at < plan.created_at - 3600:
+            return None
+        after = page.data[-1].id
+    return None
+
+
+class CreationPacer:
+    """At most CREATES_PER_HOUR creations in any hour, counted in this process."""
+
+    def __init__(self, per_hour: int = CREATES_PER_HOUR, clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_hour = per_hour
+        self.clock = clock
+        self.times: deque[float] = deque()
+
+    def wait_s(self) -> float:
+        now = self.clock()
+        while self.times and now - self.times[0] >= 3600:
+            self.times.popleft()
+        return 0.0 if len(self.times) < self.per_hour else 3600 - (now - self.times[0])
+
+    def created(self) -> None:
+        self.times.append(self.clock())
+
+
+def create(client: BatchClient, plan: Plan, chunk: Chunk, output_name: str) -> None:
+    """Create the batch of an UPLOADED or CREATING chunk; it becomes CREATED. QueueFull: the token queue is full.
+
+    The caller saved the chunk as CREATING before this call: after a crash, a batch made from its file is
+    adopted instead of creating a second one.
+    """
+    batch = find_created(client, plan, chunk) if chunk.state is ChunkState.CREATING else None
+    if batch is not None and batch.status == "failed":
+        batch = None  # it never ran: nothing of it is paid; a new one is made below
+    if batch is None:
+        metadata = {"mpinfer_output": output_name[-500:], "mpinfer_chunk": chunk.name}
+        batch = client.call(f"create the batch of {chunk.name}", client.sdk.batches.create,
+                            input_file_id=chunk.file_id, endpoint=ENDPOINT, completion_window="24h",
+                            metadata=metadata)
+    else:
+        log.info("%s: found batch %s made before the crash; polling it instead of creating another",
+                 chunk.name, batch.id)
+    chunk.batch_id = batch.id
+    chunk.status = batch.status
+    chunk.created_at = float(batch.created_at)
+    chunk.waiting = None
+    chunk.state = ChunkState.CREATED

@@ -1,0 +1,198 @@
+"""--backend batch end to end: the real command line in its own process against the mock's Batch API over HTTP."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from conftest import read_jsonl, run_cli, start_cli, text_tasks, write_tasks
+
+from mpinfer.api.prices import BUILT_IN
+from mpinfer.mockserver import MockServerProcess
+
+OUT = "out/results.jsonl"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[MockServerProcess]:
+    with MockServerProcess() as mock:
+        yield mock
+
+
+@pytest.fixture
+def mock(server: MockServerProcess) -> MockServerProcess:
+    server.batch_faults(reset=True, step_s=0.02)
+    return server
+
+
+def _args(mock: MockServerProcess, *extra: str) -> list[str]:
+    return ["-i", "tasks.jsonl", "-o", OUT, "--backend", "batch", "--batch-poll", "0.1", "--base-url", mock.base_url,
+            "--retry-backoff", "0.05", "--timeout", "5", *extra]
+
+
+def _run(tmp_path: Path, mock: MockServerProcess, *extra: str) -> Any:
+    return run_cli(*_args(mock, *extra), cwd=tmp_path)
+
+
+def _plan(tmp_path: Path) -> dict[str, Any]:
+    path = tmp_path / (OUT + ".batches.json")
+    return orjson.loads(path.read_bytes()) if path.exists() else {"chunks": []}
+
+
+def _ids(tmp_path: Path, name: str = OUT) -> list[str]:
+    return [r.get("id") or r.get("custom_id") for r in read_jsonl(tmp_path / name)]
+
+
+def _wait_for(what: str, check: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_rows_are_split_into_batches_of_batch_size_and_answered_once_at_half_the_price(tmp_path: Path,
+                                                                                       mock: MockServerProcess):
+    # Given 25 tasks and batches of at most 10
+    write_tasks(tmp_path / "tasks.jsonl", text_tasks(25))
+    # When the batch backend runs
+    proc = _run(tmp_path, mock, "--batch-size", "10")
+    # Then three batches (10, 10, 5) were created, each row in one of them, and every id is in the output once
+    assert proc.returncode == 0, proc.stderr
+    stats = mock.batch_stats()
+    assert stats["batches_created"] == 3 and stats["max_batches_per_row"] == 1
+    assert sorted(c["bytes"] > 0 and len(c["ids"]) for c in _plan(tmp_path)["chunks"]) == [5, 10, 10]
+    ids = _ids(tmp_path)
+    assert sorted(ids) == sorted(f"t{i}" for i in range(25)) and len(ids) == len(set(ids))
+    # And each answer is an ordinary result line, priced at half the online price
+    row = read_jsonl(tmp_path / OUT)[0]
+    assert row["answer"].startswith("Mock answer to: question") and row["model"] == "gpt-4o-mini"
+    price = BUILT_IN["gpt-4o-mini"]
+    online = (row["usage"]["prompt_tokens"] * price.input + row["usage"]["completion_tokens"] * price.output) / 1e6
+    assert row["cost"] == pytest.approx(online / 2, abs=1e-8) and row["cost"] < online * 0.6
+    # And a rerun has nothing to do and creates no batch
+    again = _run(tmp_path, mock, "--batch-size", "10")
+    assert again.returncode == 0, again.stderr
+    assert mock.batch_stats()["batches_created"] == 3
+
+
+def test_an_expired_batch_has_its_unanswered_rows_resubmitted_in_a_new_batch(tmp_path: Path, mock: MockServerProcess):
+    # Given the first batch expires after answering 4 of its 10 rows
+    write_tasks(tmp_path / "tasks.jsonl", text_tasks(10))
+    mock.batch_faults(expire_next=1, expire_after=4)
+    # When the batch backend runs
+    proc = _run(tmp_path, mock)
+    # Then the 6 expired rows went into a second batch, and every id is answered once
+    assert proc.returncode == 0, proc.stderr
+    chunks = _plan(tmp_path)["chunks"]
+    assert [len(c["ids"]) for c in chunks] == [10, 6] and chunks[0]["resubmitted"] == 6
+    assert chunks[0]["status"] == "expired" and chunks[1]["attempt"] == 2
+    assert sorted(_ids(tmp_path)) == sorted(f"t{i}" for i in range(10))
+    assert mock.batch_stats()["max_answers_per_row"] == 1
+
+
+def test_500_lines_are_resubmitted_and_400_lines_go_to_the_errors_file(tmp_path: Path, mock: MockServerProcess):
+    # Given one row that fails once with 500 and one that is refused with 400 every time
+    write_tasks(tmp_path / "tasks.jsonl", text_tasks(5))
+    mock.batch_faults(script={"t1": ["500"], "t3": ["400", "400", "400", "400", "400"]})
+    # When the batch backend runs
+    proc = _run(tmp_path, mock)
+    # Then t1 was answered by a second batch; t3 is a failure line (bad_request), not resubmitted
+    assert proc.returncode == 1, proc.stderr  # a task failed: rerun to try it again, as online
+    assert sorted(_ids(tmp_path)) == ["t0", "t1", "t2", "t4"]
+    errors = read_jsonl(tmp_path / (OUT + ".errors.jsonl"))
+    assert [(e["id"], e["error_type"], e["status"]) for e in errors] == [("t3", "bad_request", 400)]
+    assert mock.batch_stats()["executed"] == {"t0": 1, "t1": 2, "t2": 1, "t3": 1, "t4": 1}
+
+
+def test_kill_9_while_polling_then_rerun_polls_the_same_batch_and_writes_each_id_once(tmp_path: Path,
+                                                                                    mock: MockServerProcess):
+    # Given a slow batch (0.1 s a request) that the run is polling
+    write_tasks(tmp_path / "tasks.jsonl", text_tasks(12))
+    mock.batch_faults(request_s=0.1)
+    proc = start_cli(*_args(mock, "--batch-size", "6"), cwd=tmp_path)
+    try:
+        _wait_for("both batches created", lambda: sum(bool(c.get("batch_id")) for c in _plan(tmp_path)["chunks"]) == 2)
+        # When the run is killed with SIGKILL while the batches run
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=10)
+    assert not (tmp_path / OUT).exists() or len(_ids(tmp_path)) < 12
+    # Then a rerun creates no batch: it polls the two open ones and merges every answer once
+    again = _run(tmp_path, mock, "--batch-size", "6")
+    assert again.returncode == 0, again.stderr
+    stats = mock.batch_stats()
+    assert stats["batches_created"] == 2 and stats["max_batches_per_row"] == 1
+    ids = _ids(tmp_path)
+    assert sorted(ids) == sorted(f"t{i}" for i in range(12)) and len(ids) == 12
+
+
+@pytest.mark.parametrize("window", ["create_wait_s", "create_reply_wait_s"])
+def test_kill_9_around_a_create_never_makes_a_second_batch_for_the_same_rows(tmp_path: Path, mock: MockServerProcess,
+                                                                             window: str):
+    # Given a create that takes a second before the batch exists (after the upload), or after it exists
+    # (the answer with its id is lost in the crash)
+    write_tasks(tmp_path / "tasks.jsonl", text_tasks(4))
+    mock.batch_faults(**{window: 1.0})
+    proc = start_cli(*_args(mock), cwd=tmp_path)
+    try:
+        _wait_for("the upload", lambda: any(c.get("state") == "creating" for c in _plan(tmp_path)["chunks"]))
+        if window == "create_reply_wait_s":
+            _wait_for("the batch at the server", lambda: mock.batch_stats()["batches_created"] == 1)
+        # When the run is killed with SIGKILL inside that second
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=10)
+    mock.batch_faults(create_wait_s=0, create_reply_wait_s=0)
+    # Then a rerun finds or makes exactly one batch for the rows, and writes each id once
+    again = _run(tmp_path, mock)
+    assert again.returncode == 0, again.stderr
+    stats = mock.batch_stats()
+    assert stats["batches_created"] == 1 and stats["max_batches_per_row"] == 1
+    assert sorted(_ids(tmp_path)) == ["t0", "t1", "t2", "t3"]
+
+
+def test_cancel_cancels_the_open_batches_and_a_rerun_sends_what_was_not_answered(tmp_path: Path,
+                                                                                mock: MockServerProcess):
+    # Given a run killed while its slow batch works
+    write_tasks(tmp_path / "tasks.jsonl", text_tasks(8))
+    mock.batch_faults(request_s=0.2)
+    proc = start_cli(*_args(mock), cwd=tmp_path)
+    try:
+        _wait_for("the batch", lambda: any(c.get("batch_id") for c in _plan(tmp_path)["chunks"]))
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=10)
+    # When --cancel runs
+    cancelled = _run(tmp_path, mock, "--cancel")
+    # Then the batch is cancelling at the server, and the plan records it
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert "cancelling" in cancelled.stdout
+    assert _plan(tmp_path)["cancelled"] is True
+    batch_id = _plan(tmp_path)["chunks"][0]["batch_id"]
+    _wait_for("cancelled", lambda: mock.batch_stats()["batches"][batch_id] == "cancelled")
+    # And a rerun merges what it answered and resubmits the rest: every id once
+    mock.batch_faults(request_s=0)
+    again = _run(tmp_path, mock)
+    assert again.returncode == 0, again.stderr
+    assert sorted(_ids(tmp_path)) == sorted(f"t{i}" for i in range(8))
+    assert mock.batch_stats()["max_answers_per_row"] == 1
+
+
+def test_a_full_token_queue_waits_for_running_batches_instead_of_failing(tmp_path: Path, mock: MockServerProcess):
+    # Given an enqueued-token limit that holds one batch of 4 rows at a time
+    write_tasks(tmp_path / "tasks.jsonl", text_tasks(8))
+    mock.batch_faults(token_limit=30, request_s=0.05)
+    # When 8 rows run in batches of 4
+    proc = _run(tmp_path, mock, "--batch-size", "4")
+    # Then the second batch waited for the first instead of failing its rows: every id answered once
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(_ids(tmp_path)) == sorted(f"t{i}" for i in range(8))
+    assert mock.batch_stats()["max_answers_per_row"] == 1
+    assert "enqueued-token limit" in proc.stderr
