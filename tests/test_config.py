@@ -377,7 +377,7 @@ def test_an_unknown_backend_is_refused_naming_the_choices(tmp_path: Path) -> Non
     flags = {"backend": "k8s"}
     # When the config is settled
     # Then the error names the flag and the choices
-    with pytest.raises(ConfigError, match=r"^--backend: backend = 'k8s' is invalid: must be local or ray$"):
+    with pytest.raises(ConfigError, match=r"^--backend: backend = 'k8s' is invalid: must be local or ray or batch$"):
         load_config(flags, environ={}, cwd=tmp_path)
 
 
