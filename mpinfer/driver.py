@@ -22,6 +22,7 @@ from .events import Abort, Event, Fatal, KeyDisabled, Stopped, StopReason, TaskD
 from .inputs.tasks import Task
 from .redact import key_hint
 from .reports.summary import RunSummary, write_summary
+from .store.idset import IdSubset
 
 log = logging.getLogger("mpinfer.run")
 
@@ -32,11 +33,14 @@ SUMMARY_EVERY_S = 2.0
 MAX_FAILURES_SHOWN = 5
 
 
-def work_items(tasks: Iterator[Task], done: list[set[str]]) -> Iterator[WorkItem]:
-    """Each task once for each model whose output does not have it yet."""
+def work_items(tasks: Iterator[Task], done: list[IdSubset]) -> Iterator[WorkItem]:
+    """Each task once for each model whose output does not have it yet.
+
+    The tasks come from the input the done sets index, so membership needs no read of the input.
+    """
     for task in tasks:
         for model, ids in enumerate(done):
-            if task.id not in ids:
+            if not ids.has_member(task.id):
                 yield task, model
 
 

@@ -24,6 +24,7 @@ from .errors import ConfigError, OutputError
 from .inputs.tasks import check_input, iter_tasks, reading, refuse_input_as_output, selection
 from .logfile import create_log_file, parent_logging
 from .reports.summary import RunSummary, Tally
+from .store.idset import IdSubset
 from .store.manifest import (
     append_record,
     check_fingerprints,
@@ -124,28 +125,28 @@ def run(config: RunConfig, *, progress: bool = True, grace_s: float = DEFAULT_GR
         log_file = create_log_file(config.log_dir, config.model)
         locks.enter_context(parent_logging(log_file, config.verbose, config.api_keys))
         summary = RunSummary(total=index.total * len(models), already_done=0, log_file=log_file)
-        done: list[set[str]] = []
+        done: list[IdSubset] = []
         run_starts: list[int] = []
         written: list[str] = []
         priced_before = 0
-        for model, paths in zip(models, outputs):
+        for model, paths in zip(models, outputs, strict=True):
             _prepare(paths, summary)
-            found = scan(paths.output)
+            found = scan(paths.output, within=index.ids)
             for bad in found.bad_lines[:MAX_FAILURES_SHOWN]:
                 log.warning("%s:%d is not a valid record (left in place; its task runs again): %s", paths.output,
                             bad.line, bad.snippet)
-            unknown = len(found.ids - index.ids)
+            unknown = len(found.unknown)
             if unknown:
                 log.warning("%d ids in %s are not in the input (--validate lists them)", unknown, paths.output)
-            found.ids &= index.ids  # in place: a copy would hold a million ids twice
-            done.append(found.ids)
+            done_ids = found.done if found.done is not None else index.ids.empty()  # always set: scanned within
+            done.append(done_ids)
             if found.lines:
                 written.append(paths.output.name)
             run_starts.append(found.end_offset)
             summary.bad_lines += len(found.bad_lines)
             summary.unknown_ids += unknown
             summary.cost_before += found.cost
-            priced_before += len(found.ids)
+            priced_before += len(done_ids)
             summary.per_model[model] = Tally()
         summary.already_done = sum(len(ids) for ids in done)
         manifest = manifest_path(output)

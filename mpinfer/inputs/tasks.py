@@ -13,19 +13,21 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Iterator, Sequence, Set
+from collections.abc import Container, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
 from ..config import RunConfig
 from ..errors import ConfigError, InputError
+from ..store.idset import HashFn, IdIndex, IdSubset
 from ..store.output import OutputPaths, iter_lines, model_outputs, record_id, scan
 from ..store.records import is_answer
+from .locate import BOM, CountedLines, IdReader, line_numbers, row_has_values
 
 MAX_PROBLEMS_SHOWN = 10
 MAX_DUPLICATES_SHOWN = 5
@@ -86,10 +88,10 @@ class Task:
 
 @dataclass(frozen=True)
 class InputIndex:
-    """What the checking pass keeps: the ids in input order's set, and how many lines held tasks."""
+    """What the checking pass keeps: the selected ids (a subset of the input's id index), and how many."""
 
     path: Path
-    ids: Set[str]
+    ids: IdSubset
     total: int
     format: InputFormat = InputFormat.JSONL
 
@@ -191,32 +193,46 @@ def detect_format(path: Path) -> InputFormat:
     return InputFormat.JSONL
 
 
+def _open(path: Path) -> BinaryIO:
+    try:
+        return path.open("rb")
+    except OSError as exc:
+        raise InputError(f"cannot open input: {exc.strerror or exc}", str(path)) from None
+
+
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
     """Numbered non-blank lines, streamed; a UTF-8 byte-order mark on the first line is dropped."""
-    try:
-        handle = path.open("rb")
-    except OSError as exc:
-        raise InputError(f"cannot open input: {exc.strerror or exc}", str(path)) from None
-    with handle:
+    for number, _, raw in _placed_lines(path):
+        yield number, raw
+
+
+def _placed_lines(path: Path) -> Iterator[tuple[int, int, bytes]]:
+    """(number, byte offset, line) for each non-blank line; the offset is where the id index finds it again."""
+    with _open(path) as handle:
+        offset = 0
         for number, raw in enumerate(handle, start=1):
-            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
+            at = offset
+            offset += len(raw)
+            if number == 1 and raw.startswith(BOM):
+                raw = raw[len(BOM):]
             if raw.strip():
-                yield number, raw
+                yield number, at, raw
 
 
-def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, row) for each data row of a CSV file with a header."""
-    try:
-        handle = path.open("r", encoding="utf-8-sig", newline="")
-    except OSError as exc:
-        raise InputError(f"cannot open input: {exc.strerror or exc}", str(path)) from None
-    with handle:
-        reader = csv.DictReader(handle)
+def _csv_rows(path: Path) -> Iterator[tuple[int, int, dict[str, Any]]]:
+    """(line number, byte offset, row) for each data row of a CSV file with a header."""
+    with _open(path) as handle:
+        lines = CountedLines(handle)
+        reader = csv.DictReader(lines)
         try:
-            for row in reader:
-                if any(v for v in row.values() if isinstance(v, str) and v.strip()):
-                    yield reader.line_num, row
+            _ = reader.fieldnames  # the header is read here, so the first row's offset is past it
+            while True:
+                at = lines.offset
+                row = next(reader, None)
+                if row is None:
+                    return
+                if row_has_values(row):
+                    yield reader.line_num, at, row
         except csv.Error as exc:
             raise InputError(f"invalid CSV: {exc}", str(path), reader.line_num) from None
         except UnicodeDecodeError as exc:
@@ -241,23 +257,29 @@ def _csv_task(row: dict[str, Any], keys: FieldKeys, line: int) -> Task:
 def iter_raw(path: Path, keys: FieldKeys = FieldKeys(), fmt: InputFormat | None = None,
              ) -> Iterator[tuple[int, dict[str, Any] | None, Task | InputError]]:
     """(line, the record as read, its Task or the InputError that says what is wrong), for every row."""
-    fmt = fmt or detect_format(path)
+    for line, _, row, item in _rows(path, keys, fmt or detect_format(path)):
+        yield line, row, item
+
+
+def _rows(path: Path, keys: FieldKeys, fmt: InputFormat,
+          ) -> Iterator[tuple[int, int, dict[str, Any] | None, Task | InputError]]:
+    """iter_raw with each row's byte offset."""
     position = 0
     if fmt is InputFormat.CSV:
-        for line, row in _csv_rows(path):
+        for line, offset, row in _csv_rows(path):
             if keys.id_from_row:
                 row = {**row, keys.id: str(position)}
             try:
-                yield line, row, _csv_task(row, keys, line)
+                yield line, offset, row, _csv_task(row, keys, line)
             except ValueError as exc:
-                yield line, row, InputError(f"row {position + 1}: {exc}", str(path), line)
+                yield line, offset, row, InputError(f"row {position + 1}: {exc}", str(path), line)
             position += 1
         return
-    for line, raw in _lines(path):
+    for line, offset, raw in _placed_lines(path):
         try:
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
-            yield line, None, InputError(f"invalid JSON: {exc}", str(path), line)
+            yield line, offset, None, InputError(f"invalid JSON: {exc}", str(path), line)
             position += 1
             continue
         if keys.id_from_row and isinstance(obj, dict) and fmt is InputFormat.JSONL:
@@ -265,9 +287,9 @@ def iter_raw(path: Path, keys: FieldKeys = FieldKeys(), fmt: InputFormat | None 
         try:
             task = parse_batch_task(obj, line) if fmt is InputFormat.BATCH else parse_task(obj, keys, line)
         except ValueError as exc:
-            yield line, obj if isinstance(obj, dict) else None, InputError(str(exc), str(path), line)
+            yield line, offset, obj if isinstance(obj, dict) else None, InputError(str(exc), str(path), line)
         else:
-            yield line, obj, task
+            yield line, offset, obj, task
         position += 1
 
 
@@ -284,58 +306,60 @@ def iter_selected(path: Path, keys: FieldKeys, selection: Selection, fmt: InputF
         yield line, raw, item
 
 
-def check_input(path: Path, keys: FieldKeys = FieldKeys(), selection: Selection = Selection()) -> InputIndex:
+def check_input(path: Path, keys: FieldKeys = FieldKeys(), selection: Selection = Selection(),
+                hash_fn: HashFn | None = None) -> InputIndex:
     """Read every row and check it; the selected ids, or one InputError listing the first problems.
 
     Every row is checked, selected or not: a broken file is broken, and a trial run with --limit should
-    say so before the real run does.
+    say so before the real run does. The ids are kept in an IdIndex (16 bytes each, whatever their length);
+    ``hash_fn`` is its hash, a parameter so tests can force collisions.
     """
     fmt = detect_format(path)
     problems: list[InputError] = []
-    # A set, not a dict of first lines: memory stays that of the ids; the rare duplicates are located again.
-    seen: set[str] = set()
-    duplicates: list[tuple[str, int]] = []
-    for line, _, item in iter_raw(path, keys, fmt):
+    by_row = keys.id_from_row and fmt is not InputFormat.BATCH  # the id is the row number: nothing to read
+    index = IdIndex(str if by_row else IdReader(path, keys.id, fmt), hash_fn)
+    position = 0
+    for _, offset, _, item in _rows(path, keys, fmt):
         if isinstance(item, InputError):
             problems.append(item)
             if len(problems) >= MAX_PROBLEMS_SHOWN:
                 break
             continue
-        if item.id in seen:
-            duplicates.append((item.id, line))
-        else:
-            seen.add(item.id)
+        index.add(item.id, position if by_row else offset)
+        position += 1
     if problems:
         more = " (and maybe more: stopped looking)" if len(problems) >= MAX_PROBLEMS_SHOWN else ""
         if len(problems) == 1:
             raise problems[0]
         listing = "\n".join(f"  {p}" for p in problems)
         raise InputError(f"{len(problems)} bad lines{more}:\n{listing}", str(path))
+    duplicates = index.freeze()
     if duplicates:
-        first = _first_lines(path, keys, fmt, {i for i, _ in duplicates[:MAX_DUPLICATES_SHOWN]})
-        shown = ", ".join(f"{i!r} (lines {first[i]} and {b})" for i, b in duplicates[:MAX_DUPLICATES_SHOWN])
-        more = f" and {len(duplicates) - MAX_DUPLICATES_SHOWN} more" if len(duplicates) > MAX_DUPLICATES_SHOWN else ""
-        raise InputError(f"{len(duplicates)} duplicate ids: {shown}{more}", str(path))
-    if not seen:
+        raise _duplicates_error(path, duplicates)
+    if not len(index):
         raise InputError("no tasks in the input", str(path))
-    ids: Set[str]
     if selection.narrows():
-        ids = frozenset(item.id for _, _, item in iter_selected(path, keys, selection, fmt) if isinstance(item, Task))
+        ids = IdSubset(index)
+        for _, _, item in iter_selected(path, keys, selection, fmt):
+            slot = index.find_member(item.id) if isinstance(item, Task) else None
+            if slot is not None:
+                ids.add_slot(slot)
     else:
-        ids = seen  # not copied into a frozenset: that would hold the id set twice at the peak
+        ids = IdSubset(index, everything=True)
     return InputIndex(path=path, ids=ids, total=len(ids), format=fmt)
 
 
-def _first_lines(path: Path, keys: FieldKeys, fmt: InputFormat, ids: set[str]) -> dict[str, int]:
-    """Where each of ``ids`` first appears."""
-    first: dict[str, int] = {}
-    for line, _, item in iter_raw(path, keys, fmt):
-        if isinstance(item, Task) and item.id in ids and item.id not in first:
-            first[item.id] = line
-    return first
+def _duplicates_error(path: Path, duplicates: list[tuple[str, list[int]]]) -> InputError:
+    """Each repeat of an id with the line of its first row and its own (as ``(id, first, again)``)."""
+    pairs = [(task_id, rows[0], again) for task_id, rows in duplicates for again in rows[1:]]
+    shown = pairs[:MAX_DUPLICATES_SHOWN]
+    lines = line_numbers(path, {offset for _, first, again in shown for offset in (first, again)})
+    listing = ", ".join(f"{i!r} (lines {lines[a]} and {lines[b]})" for i, a, b in shown)
+    more = f" and {len(pairs) - MAX_DUPLICATES_SHOWN} more" if len(pairs) > MAX_DUPLICATES_SHOWN else ""
+    return InputError(f"{len(pairs)} duplicate ids: {listing}{more}", str(path))
 
 
-def iter_tasks(path: Path, keys: FieldKeys = FieldKeys(), skip: Set[str] = frozenset(),
+def iter_tasks(path: Path, keys: FieldKeys = FieldKeys(), skip: Container[str] = frozenset(),
                selection: Selection = Selection()) -> Iterator[Task]:
     """Stream the selected tasks of a checked input, leaving out the ids in ``skip`` (those already done)."""
     for _, _, item in iter_selected(path, keys, selection):

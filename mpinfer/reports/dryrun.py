@@ -227,7 +227,7 @@ def plan(config: RunConfig, prices: PriceTable) -> DryRunPlan:
     index = check_input(input_path, keys, chosen)
     models = config.models
     outputs = model_outputs(output, models)
-    done = [scan(path).ids & index.ids for path in outputs]
+    done = [scan(path, within=index.ids).done or index.ids.empty() for path in outputs]
     rows = [_RowTally() for _ in models]
     checker = TaskChecker(config)
     images = _Images()
@@ -238,7 +238,7 @@ def plan(config: RunConfig, prices: PriceTable) -> DryRunPlan:
     prompt_max: int | None = None
     assumed = False
     for task in iter_tasks(input_path, keys, selection=chosen):
-        pending = [i for i, ids in enumerate(done) if task.id not in ids]
+        pending = [i for i, ids in enumerate(done) if not ids.has_member(task.id)]
         if not pending:
             continue
         tasks_pending += 1

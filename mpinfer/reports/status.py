@@ -7,19 +7,16 @@ key come from the run's summary file, which the parent rewrites every few second
 from __future__ import annotations
 
 import time
-from collections import deque
-from collections.abc import Set
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..config import RunConfig
-from ..inputs.tasks import check_input, reading, selection
-from ..store.output import OutputPaths, companion, iter_lines, live_run, model_outputs, record_id
-from ..store.records import failure_type, same_model, view
+from ..inputs.tasks import InputIndex, check_input, reading, selection
+from ..store.output import OutputPaths, companion, live_run, model_outputs
 from .summary import percentiles, read_summary
+from .tally import RECENT_RECORDS, OutputTally
 
-RECENT_RECORDS = 500
 STALLED_AFTER_S = 120.0
 
 
@@ -81,7 +78,7 @@ class StatusReport:
         return asdict(self)
 
 
-def _rate(times: deque[float]) -> float | None:
+def _rate(times: list[float]) -> float | None:
     if len(times) < 2:
         return None
     ordered = sorted(times)
@@ -89,50 +86,15 @@ def _rate(times: deque[float]) -> float | None:
     return (len(ordered) - 1) / span if span > 0 else None
 
 
-def _output_status(output: Path, input_ids: Set[str], recent: deque[float],
-                   latencies: list[float]) -> OutputStatus:
-    paths = OutputPaths.of(output)
-    done: set[str] = set()
-    bad = prompt = completion = unpriced = mismatches = refusals = truncated = 0
-    cost = 0.0
-    last: float | None = None
-    for _, _, obj in iter_lines(paths.output):
-        record = view(obj)
-        if record is None:
-            bad += 1
-            continue
-        done.add(record.id)
-        prompt += record.usage.prompt_tokens
-        completion += record.usage.completion_tokens
-        if record.cost is None:
-            unpriced += 1
-        else:
-            cost += record.cost
-        if not same_model(record.requested_model, record.model):
-            mismatches += 1
-        refusals += record.refused
-        truncated += record.truncated
-        if record.latency_s is not None:
-            latencies.append(record.latency_s)
-        if record.processed_at is not None:
-            recent.append(record.processed_at)
-            last = max(last or 0.0, record.processed_at)
-    done_known = done & input_ids
-    # The last failure of each id that is still not done: what a rerun will retry.
-    failures: dict[str, str] = {}
-    for _, _, obj in iter_lines(paths.errors):
-        rid = record_id(obj)
-        if rid is not None and rid in input_ids and rid not in done_known:
-            failures[rid] = failure_type(obj) or "unknown"
-    by_type: dict[str, int] = {}
-    for error_type in failures.values():
-        by_type[error_type] = by_type.get(error_type, 0) + 1
+def _output_status(output: Path, tally: OutputTally) -> OutputStatus:
+    done = len(tally.done)
+    by_type = tally.failures_by_type()
     return OutputStatus(
-        output=str(output), done=len(done_known), failed=len(failures),
-        pending=len(input_ids) - len(done_known), prompt_tokens=prompt, completion_tokens=completion,
-        bad_lines=bad, unknown_ids=len(done - input_ids), last_written_at=last, cost=round(cost, 6),
-        unpriced=unpriced, model_mismatches=mismatches, failures_by_type=dict(sorted(by_type.items())),
-        refusals=refusals, truncated=truncated,
+        output=str(output), done=done, failed=sum(by_type.values()), pending=len(tally.within) - done,
+        prompt_tokens=tally.prompt, completion_tokens=tally.completion, bad_lines=tally.bad + tally.torn,
+        unknown_ids=len(tally.unknown), last_written_at=tally.last, cost=round(tally.cost, 6),
+        unpriced=tally.unpriced, model_mismatches=tally.mismatches, failures_by_type=by_type,
+        refusals=tally.refusals, truncated=tally.truncated,
     )
 
 
@@ -144,17 +106,57 @@ def _merge(counts: Any) -> dict[str, int]:
     return dict(sorted(merged.items()))
 
 
+class StatusReader:
+    """Status that reads only what is new: the input's ids and each output's tally are kept between reads.
+
+    ``--status --watch`` keeps one reader, so a redraw costs what was appended since the last one.
+    """
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+        self.input_path, self.output = config.require_paths()
+        self.outputs = model_outputs(self.output, config.models)
+        self.index: InputIndex | None = None
+        self.tallies: list[OutputTally] = []
+        self.bytes_read = 0  # by the last read: what the cache saved is visible here
+        self._percentiles: tuple[int, dict[str, float | None]] = (-1, {})
+
+    def _refresh(self) -> InputIndex:
+        if self.index is None:
+            self.index = check_input(self.input_path, reading(self.config), selection(self.config))
+            self.tallies = [OutputTally.empty(self.index.ids) for _ in self.outputs]
+        self.bytes_read = 0
+        for path, tally in zip(self.outputs, self.tallies, strict=True):
+            paths = OutputPaths.of(path)
+            self.bytes_read += tally.refresh(paths.output, paths.errors)
+        return self.index
+
+    def _latency(self) -> dict[str, float | None]:
+        count = sum(len(t.latencies) for t in self.tallies)
+        if self._percentiles[0] != count:  # sorting a million latencies costs; only when there are new ones
+            self._percentiles = (count, percentiles([v for t in self.tallies for v in t.latencies]))
+        return self._percentiles[1]
+
+    def read(self, now: float | None = None) -> StatusReport:
+        """Count done, failed and pending tasks, tokens so far, recent throughput and ETA."""
+        now = time.time() if now is None else now
+        index = self._refresh()
+        outputs = self.outputs
+        parts = [_output_status(path, tally) for path, tally in zip(outputs, self.tallies, strict=True)]
+        recent = sorted(stamp for tally in self.tallies for stamp in tally.recent)[-RECENT_RECORDS:]
+        return _report(self.config, index.total * len(outputs), parts, recent, self._latency(), now)
+
+
 def status(config: RunConfig, now: float | None = None) -> StatusReport:
     """Count done, failed and pending tasks, tokens so far, recent throughput and ETA."""
+    return StatusReader(config).read(now)
+
+
+def _report(config: RunConfig, total: int, parts: list[OutputStatus], recent: list[float],
+            latency: dict[str, float | None], now: float) -> StatusReport:
     input_path, output = config.require_paths()
-    now = time.time() if now is None else now
-    index = check_input(input_path, reading(config), selection(config))
     outputs = model_outputs(output, config.models)
-    recent: deque[float] = deque(maxlen=RECENT_RECORDS)
-    latencies: list[float] = []
-    parts = [_output_status(path, index.ids, recent, latencies) for path in outputs]
     live = next((info for info in (live_run(OutputPaths.of(p)) for p in outputs) if info), None)
-    total = index.total * len(outputs)
     done = sum(p.done for p in parts)
     pending = total - done
     rate = _rate(recent)
@@ -177,6 +179,6 @@ def status(config: RunConfig, now: float | None = None) -> StatusReport:
         unpriced=sum(p.unpriced for p in parts), model_mismatches=sum(p.model_mismatches for p in parts),
         failures_by_type=_merge(p.failures_by_type for p in parts),
         refusals=sum(p.refusals for p in parts), truncated=sum(p.truncated for p in parts),
-        latency_s=percentiles(latencies), models=parts,
+        latency_s=latency, models=parts,
         per_model=summary.get("per_model") or {}, per_key=summary.get("per_key") or {},
     )

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Set
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
 from ..config import RunConfig
 from ..inputs.tasks import check_input, reading, selection
+from ..store.idset import IdSubset
 from ..store.output import OutputPaths, iter_lines, model_outputs
 from ..store.records import missing_batch_fields, missing_fields, same_model, view
 
@@ -65,11 +65,12 @@ def validate(config: RunConfig) -> list[ValidationReport]:
     return [validate_output(path, index.ids) for path in model_outputs(output, config.models)]
 
 
-def validate_output(output: Path, input_ids: Set[str]) -> ValidationReport:
+def validate_output(output: Path, input_ids: IdSubset) -> ValidationReport:
     """Check one output file against the ids of its input."""
     paths = OutputPaths.of(output)
     report = ValidationReport(output=str(output))
     first_line: dict[str, int] = {}
+    found = input_ids.empty()
     for number, raw, obj in iter_lines(paths.output):
         report.lines += 1
         record = view(obj)
@@ -85,8 +86,11 @@ def validate_output(output: Path, input_ids: Set[str]) -> ValidationReport:
         seen = first_line.setdefault(rid, number)
         if seen != number:
             report.add(Problem(ProblemKind.DUPLICATE_ID, f"also on line {seen}", number, rid))
-        if rid not in input_ids:
+        slot = input_ids.find(rid)
+        if slot is None:
             report.add(Problem(ProblemKind.UNKNOWN_ID, "not in the input", number, rid))
+        else:
+            found.add_slot(slot)
         report.truncated += record.truncated
         if record.refused:
             report.refusals += 1
@@ -95,6 +99,6 @@ def validate_output(output: Path, input_ids: Set[str]) -> ValidationReport:
         if not same_model(record.requested_model, record.model):
             report.add(Problem(ProblemKind.MODEL_MISMATCH,
                                f"requested {record.requested_model!r}, answered by {record.model!r}", number, rid))
-    for rid in sorted(input_ids - first_line.keys()):
+    for rid in sorted(input_ids.minus(found)):
         report.add(Problem(ProblemKind.MISSING_ID, "in the input, not in the output", None, rid))
     return report

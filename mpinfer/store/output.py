@@ -25,6 +25,7 @@ import orjson
 from filelock import FileLock, Timeout
 
 from ..errors import OutputError, RunLockedError
+from .idset import IdSubset
 from .records import answer_id
 
 _BLOCK = 1 << 16
@@ -100,9 +101,15 @@ class BadLine:
 
 @dataclass
 class Scan:
-    """What one read of an output found: the ids on disk, bad lines, and where the file ended."""
+    """What one read of an output found: the ids on disk, bad lines, and where the file ended.
+
+    Read ``within`` an input's ids, the ids done are ``done`` (a bitmap over the input's id index) and
+    ``unknown`` the other ids (not in the input file): ``ids`` stays empty.
+    """
 
     ids: set[str] = field(default_factory=set)
+    done: IdSubset | None = None
+    unknown: set[str] = field(default_factory=set)
     bad_lines: list[BadLine] = field(default_factory=list)
     lines: int = 0
     end_offset: int = 0
@@ -138,9 +145,12 @@ def record_id(obj: Any) -> str | None:
     return None
 
 
-def scan(path: Path, start: int = 0) -> Scan:
-    """Collect the ids answered in ``path`` from byte ``start`` on; other lines are listed, never dropped."""
-    result = Scan()
+def scan(path: Path, start: int = 0, within: IdSubset | None = None) -> Scan:
+    """Collect the ids answered in ``path`` from byte ``start`` on; other lines are listed, never dropped.
+
+    With ``within`` (the selected ids of the input), only the ids done among them are kept, one bit each.
+    """
+    result = Scan(done=within.empty() if within is not None else None)
     try:
         result.end_offset = path.stat().st_size
     except FileNotFoundError:
@@ -151,11 +161,23 @@ def scan(path: Path, start: int = 0) -> Scan:
         if rid is None:
             result.bad_lines.append(BadLine(number, raw[:_SNIPPET].decode("utf-8", "replace").rstrip()))
             continue
-        result.ids.add(rid)
+        if within is None:
+            result.ids.add(rid)
+        else:
+            _take(result, within, rid)
         cost = obj.get("cost")
         if isinstance(cost, (int, float)) and not isinstance(cost, bool):
             result.cost += cost
     return result
+
+
+def _take(result: Scan, within: IdSubset, rid: str) -> None:
+    """Count one id of the output against the input: done if selected, unknown if not in the input."""
+    slot = within.index.find(rid)  # exact: the id is read again from the input to compare
+    if slot is None:
+        result.unknown.add(rid)
+    elif within.has_slot(slot) and result.done is not None:
+        result.done.add_slot(slot)
 
 
 def _last_newline(fd: int, size: int) -> int:

@@ -1,0 +1,109 @@
+"""Finding a row of the input again from its byte offset: the id index's resolver, and line numbers.
+
+The id index (store/idset.py) keeps a 64-bit hash and a byte offset for each input row instead of the id
+itself; whenever a hash alone could mislead (two ids sharing it, an id from the output), the full id is read
+again here, from the file the input check has already checked.
+"""
+
+from __future__ import annotations
+
+import csv
+from enum import Enum
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+
+BOM = b"\xef\xbb\xbf"
+_BLOCK = 1 << 20
+
+
+def row_has_values(row: dict[Any, Any]) -> bool:
+    """A CSV row with at least one non-blank cell (rows of empty cells are skipped, as blank lines are)."""
+    return any(v for v in row.values() if isinstance(v, str) and v.strip())
+
+
+class CountedLines:
+    """The decoded lines of a binary file for the csv module, counting the bytes taken so far.
+
+    csv asks for one line at a time and reads no further than the row it is building, so the count before
+    a row is asked for is that row's byte offset.
+    """
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self._handle = handle
+        self.offset = handle.tell()
+
+    def __iter__(self) -> CountedLines:
+        return self
+
+    def __next__(self) -> str:
+        raw = self._handle.readline()
+        if not raw:
+            raise StopIteration
+        if self.offset == 0 and raw.startswith(BOM):
+            raw_text = raw[len(BOM):].decode("utf-8")
+        else:
+            raw_text = raw.decode("utf-8")
+        self.offset += len(raw)
+        return raw_text
+
+
+class IdReader:
+    """Reads the id of the row at a byte offset of a checked input (JSONL, Batch API JSONL or CSV)."""
+
+    def __init__(self, path: Path, id_key: str, fmt: Enum) -> None:
+        self.path = path
+        self.id_key = id_key
+        self.fmt = str(fmt.value)
+        self._handle: BinaryIO | None = None
+        self._header: list[str] | None = None
+
+    def _file(self) -> BinaryIO:
+        if self._handle is None:
+            self._handle = self.path.open("rb")
+        return self._handle
+
+    def __call__(self, offset: int) -> str:
+        handle = self._file()
+        if self.fmt == "csv":
+            return self._csv_id(handle, offset)
+        handle.seek(offset)
+        raw = handle.readline()
+        if offset == 0 and raw.startswith(BOM):
+            raw = raw[len(BOM):]
+        obj = orjson.loads(raw)
+        return str(obj["custom_id"] if self.fmt == "batch" else obj[self.id_key])
+
+    def _csv_id(self, handle: BinaryIO, offset: int) -> str:
+        if self._header is None:
+            handle.seek(0)
+            self._header = next(csv.reader(CountedLines(handle)), [])
+        handle.seek(offset)
+        for cells in csv.reader(CountedLines(handle)):
+            row = dict(zip(self._header, cells, strict=False))
+            if cells and row_has_values(row):
+                return str(row[self.id_key])
+        raise LookupError(f"{self.path}: no row at byte {offset}")
+
+    def __getstate__(self) -> dict[str, Any]:
+        # An open file does not cross processes; the copy opens its own when first asked.
+        return {**self.__dict__, "_handle": None}
+
+
+def line_numbers(path: Path, offsets: set[int]) -> dict[int, int]:
+    """The line number (from 1) of each byte offset, counted in one pass over the file."""
+    wanted = sorted(offsets)
+    found: dict[int, int] = {}
+    lines_before = 0
+    position = 0
+    with path.open("rb") as handle:
+        for target in wanted:
+            while position < target:
+                block = handle.read(min(_BLOCK, target - position))
+                if not block:
+                    break
+                lines_before += block.count(b"\n")
+                position += len(block)
+            found[target] = lines_before + 1
+    return found

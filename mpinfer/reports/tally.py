@@ -1,0 +1,198 @@
+"""What --status counts in one output and its errors file, kept so that a later read adds only what is new.
+
+An ``OutputTally`` reads its files from where it stopped; ``FileMark`` says where that was and how to tell
+that the file there is still the one read (same device and inode, not shorter, the same bytes at its head
+and just before the mark). A file that is not (rewritten by --validate --repair, replaced by a copy, cut
+short) is read again whole, so the tally is always what a fresh full read would give.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from array import array
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ..errors import OutputError
+from ..store.idset import IdSubset
+from ..store.output import record_id
+from ..store.records import failure_type, same_model, view
+
+RECENT_RECORDS = 500
+_PROBE = 4096  # bytes compared at the head of a file and just before the mark
+
+
+def _digest(fd: int, offset: int, size: int) -> str:
+    return hashlib.blake2b(os.pread(fd, size, offset), digest_size=16).hexdigest()
+
+
+def _whole_lines(path: Path, start: int) -> Iterator[bytes]:
+    """The lines of ``path`` from byte ``start``, the last one perhaps without its newline."""
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    with handle:
+        handle.seek(start)
+        yield from handle
+
+
+def _decode(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+
+
+@dataclass(frozen=True)
+class FileMark:
+    """How far a file was read, and what identifies it: device, inode, mtime, and two probes of its bytes."""
+
+    dev: int
+    ino: int
+    offset: int
+    mtime_ns: int
+    head: str
+    tail: str
+
+    @classmethod
+    def of(cls, path: Path, offset: int) -> FileMark | None:
+        """The mark of ``path`` read up to ``offset``; None when there is no such file."""
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            info = os.fstat(fd)
+            head = _digest(fd, 0, min(_PROBE, offset))
+            tail = _digest(fd, max(0, offset - _PROBE), min(_PROBE, offset))
+            return cls(info.st_dev, info.st_ino, offset, info.st_mtime_ns, head, tail)
+        finally:
+            os.close(fd)
+
+    def resume_at(self, path: Path) -> int | None:
+        """Where to go on reading ``path``: the mark if it is this file, grown or not; None if it changed."""
+        again = FileMark.of(path, self.offset)
+        if again is None or (again.dev, again.ino) != (self.dev, self.ino):
+            return None
+        size = path.stat().st_size
+        if size < self.offset or (again.head, again.tail) != (self.head, self.tail):
+            return None
+        if size == self.offset and again.mtime_ns != self.mtime_ns:
+            return None  # rewritten to the same length: trust nothing
+        return self.offset
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dev": self.dev, "ino": self.ino, "offset": self.offset, "mtime_ns": self.mtime_ns,
+                "head": self.head, "tail": self.tail}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FileMark:
+        return cls(int(data["dev"]), int(data["ino"]), int(data["offset"]), int(data["mtime_ns"]),
+                   str(data["head"]), str(data["tail"]))
+
+
+@dataclass
+class OutputTally:
+    """The counts of one output (one model) over the selected ids ``within``."""
+
+    within: IdSubset
+    done: IdSubset
+    unknown: set[str] = field(default_factory=set)
+    bad: int = 0
+    prompt: int = 0
+    completion: int = 0
+    unpriced: int = 0
+    mismatches: int = 0
+    refusals: int = 0
+    truncated: int = 0
+    cost: float = 0.0
+    latencies: array[float] = field(default_factory=lambda: array("d"))
+    recent: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT_RECORDS))
+    last: float | None = None
+    failures: dict[int, str] = field(default_factory=dict)  # slot -> type of its last failure
+    output_mark: FileMark | None = None
+    errors_mark: FileMark | None = None
+    torn: bool = False  # the output ends in a line without its newline (counted bad, not consumed)
+
+    @classmethod
+    def empty(cls, within: IdSubset) -> OutputTally:
+        return cls(within=within, done=within.empty())
+
+    def refresh(self, output: Path, errors: Path) -> int:
+        """Read what was appended to both files since the last refresh; the bytes read."""
+        start = self.output_mark.resume_at(output) if self.output_mark else 0
+        errors_start = self.errors_mark.resume_at(errors) if self.errors_mark else 0
+        if start is None or errors_start is None:
+            fresh = OutputTally.empty(self.within)
+            self.__dict__.update(fresh.__dict__)
+            start = errors_start = 0
+        read = self._read_output(output, start) + self._read_errors(errors, errors_start)
+        return read
+
+    def _read_output(self, path: Path, start: int) -> int:
+        end = start
+        self.torn = False
+        for raw in _whole_lines(path, start):
+            if not raw.endswith(b"\n"):
+                self.torn = bool(raw.strip())  # being written, or torn by a crash: read again next time
+                break
+            end += len(raw)
+            if not raw.strip():
+                continue
+            record = view(_decode(raw))
+            if record is None:
+                self.bad += 1
+                continue
+            slot = self.within.index.find(record.id)
+            if slot is None:
+                self.unknown.add(record.id)
+            elif self.within.has_slot(slot):
+                self.done.add_slot(slot)
+            self.prompt += record.usage.prompt_tokens
+            self.completion += record.usage.completion_tokens
+            if record.cost is None:
+                self.unpriced += 1
+            else:
+                self.cost += record.cost
+            if not same_model(record.requested_model, record.model):
+                self.mismatches += 1
+            self.refusals += record.refused
+            self.truncated += record.truncated
+            if record.latency_s is not None:
+                self.latencies.append(record.latency_s)
+            if record.processed_at is not None:
+                self.recent.append(record.processed_at)
+                self.last = max(self.last or 0.0, record.processed_at)
+        self.output_mark = FileMark.of(path, end)
+        return end - start
+
+    def _read_errors(self, path: Path, start: int) -> int:
+        end = start
+        for raw in _whole_lines(path, start):
+            if not raw.endswith(b"\n"):
+                break
+            end += len(raw)
+            obj = _decode(raw) if raw.strip() else None
+            rid = record_id(obj)
+            slot = self.within.find(rid) if rid is not None else None
+            if slot is not None:
+                self.failures[slot] = failure_type(obj) or "unknown"
+        self.errors_mark = FileMark.of(path, end)
+        return end - start
+
+    def failures_by_type(self) -> dict[str, int]:
+        """The last failure of each id that is still not done: what a rerun will retry, by type."""
+        by_type: dict[str, int] = {}
+        for slot, error_type in self.failures.items():
+            if not self.done.has_slot(slot):
+                by_type[error_type] = by_type.get(error_type, 0) + 1
+        return dict(sorted(by_type.items()))

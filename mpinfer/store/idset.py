@@ -1,0 +1,218 @@
+"""Task ids held compactly: 16 bytes an id for the input, one bit an id for any subset of it.
+
+Ten million ids as Python strings cost about a gigabyte; here the input's ids are a sorted array of 64-bit
+hashes beside an array of locators (where each id can be read again: a byte offset into the input, or the
+row number when the ids are row numbers), and every set of ids a run needs (the selection, the ids already
+done) is a bitmap over that index.
+
+Nothing may be lost to a hash collision, so a hash is never taken for an id:
+- ids that share a hash within the input are found when the index is frozen (equal neighbours once sorted)
+  and told apart by their full ids, read again through the resolver; equal full ids are duplicates, which
+  ``freeze`` returns for the input check to report;
+- an id from elsewhere (a record of the output) is an input id only if the full id read at its locator
+  equals it (``IdIndex.find``): one read per id found, none for an id whose hash is absent;
+- an id known to be one of the input's (a task read from that input) needs no read (``find_member``):
+  when its hash is unique in the input, its slot is the one holding that hash.
+
+The hash function is a parameter so that tests can force collisions through the real paths.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from array import array
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
+
+HashFn = Callable[[str], int]  # an id's 64-bit hash (an unsigned int below 2**64)
+Resolver = Callable[[int], str]  # the full id stored at a locator
+
+_BUCKET_BITS = 10  # ids are gathered in 1,024 buckets by their top bits, so freezing sorts small pieces
+
+
+def id_hash(task_id: str) -> int:
+    """A 64-bit hash that is the same in every process (the status cache keeps slots across runs)."""
+    return int.from_bytes(hashlib.blake2b(task_id.encode(), digest_size=8).digest(), "little")
+
+
+class IdIndex:
+    """Every id of one input, 16 bytes each: built by ``add``, then ``freeze``, then looked up."""
+
+    def __init__(self, resolver: Resolver, hash_fn: HashFn | None = None) -> None:
+        self._resolver = resolver
+        self._hash = hash_fn or id_hash
+        self._shift = 64 - _BUCKET_BITS
+        self._pending: list[tuple[array[int], array[int]]] | None = [
+            (array("Q"), array("Q")) for _ in range(1 << _BUCKET_BITS)]
+        self._hashes = array("Q")
+        self._locators = array("Q")
+        self._starts = array("Q")
+        # Hashes shared by distinct ids of the input: hash -> {full id: slot}. Found at freeze; rare.
+        self._shared: dict[int, dict[str, int]] = {}
+
+    def add(self, task_id: str, locator: int) -> None:
+        """Take one id of the input and where it can be read again."""
+        if self._pending is None:
+            raise RuntimeError("IdIndex.add after freeze")
+        value = self._hash(task_id)
+        hashes, locators = self._pending[value >> self._shift]
+        hashes.append(value)
+        locators.append(locator)
+
+    def freeze(self) -> list[tuple[str, list[int]]]:
+        """Sort the index; the duplicate ids, each with the locators of all its rows, in locator order.
+
+        Sorting bucket by bucket keeps the peak at the index's own size plus one bucket.
+        """
+        if self._pending is None:
+            raise RuntimeError("IdIndex.freeze twice")
+        pending, self._pending = self._pending, None
+        self._starts.append(0)
+        for number in range(len(pending)):
+            hashes, locators = pending[number]
+            pending[number] = (array("Q"), array("Q"))  # the bucket's memory goes as it is copied
+            pairs = sorted(zip(hashes, locators, strict=True))
+            del hashes, locators
+            self._hashes.extend(pair[0] for pair in pairs)
+            self._locators.extend(pair[1] for pair in pairs)
+            self._starts.append(len(self._hashes))
+        return self._resolve_shared()
+
+    def _resolve_shared(self) -> list[tuple[str, list[int]]]:
+        hashes = self._hashes
+        duplicates: list[tuple[str, list[int]]] = []
+        slot = 1
+        while slot < len(hashes):
+            if hashes[slot] != hashes[slot - 1]:
+                slot += 1
+                continue
+            first = slot - 1
+            end = slot + 1
+            while end < len(hashes) and hashes[end] == hashes[first]:
+                end += 1
+            by_id: dict[str, list[int]] = {}
+            for each in range(first, end):
+                by_id.setdefault(self._resolver(self._locators[each]), []).append(each)
+            self._shared[hashes[first]] = {task_id: slots[0] for task_id, slots in by_id.items()}
+            for task_id, slots in by_id.items():
+                if len(slots) > 1:
+                    duplicates.append((task_id, sorted(self._locators[s] for s in slots)))
+            slot = end + 1
+        duplicates.sort(key=lambda item: item[1][0])
+        return duplicates
+
+    def __len__(self) -> int:
+        return len(self._hashes)
+
+    def _first(self, value: int) -> int | None:
+        bucket = value >> self._shift
+        lo, hi = self._starts[bucket], self._starts[bucket + 1]
+        at = bisect_left(self._hashes, value, lo, hi)
+        return at if at < hi and self._hashes[at] == value else None
+
+    def find(self, task_id: str) -> int | None:
+        """The slot of ``task_id`` if it is an id of the input, else None; exact (reads the id to compare)."""
+        value = self._hash(task_id)
+        at = self._first(value)
+        if at is None:
+            return None
+        shared = self._shared.get(value)
+        if shared is not None:
+            return shared.get(task_id)
+        return at if self._resolver(self._locators[at]) == task_id else None
+
+    def find_member(self, task_id: str) -> int | None:
+        """The slot of ``task_id``, which the caller read from this same input: no read needed."""
+        value = self._hash(task_id)
+        at = self._first(value)
+        if at is None:
+            return None
+        shared = self._shared.get(value)
+        return shared.get(task_id) if shared is not None else at
+
+    def locator(self, slot: int) -> int:
+        return self._locators[slot]
+
+    def id_at(self, slot: int) -> str:
+        """The full id in ``slot``, read again from the input."""
+        return self._resolver(self._locators[slot])
+
+
+class IdSubset:
+    """A set of ids of one input (the selection, the ids done): one bit a slot of its IdIndex."""
+
+    def __init__(self, index: IdIndex, everything: bool = False) -> None:
+        self.index = index
+        size = len(index)
+        self._bits = bytearray((size + 7) // 8)
+        self._count = 0
+        if everything:
+            self._set_bits(((1 << size) - 1).to_bytes(len(self._bits), "little"))
+
+    def empty(self) -> IdSubset:
+        """An empty subset of the same input."""
+        return IdSubset(self.index)
+
+    def __len__(self) -> int:
+        return self._count
+
+    def has_slot(self, slot: int) -> bool:
+        return bool(self._bits[slot >> 3] & (1 << (slot & 7)))
+
+    def add_slot(self, slot: int) -> bool:
+        """Take a slot; False when it was already in."""
+        byte, bit = slot >> 3, 1 << (slot & 7)
+        if self._bits[byte] & bit:
+            return False
+        self._bits[byte] |= bit
+        self._count += 1
+        return True
+
+    def find(self, task_id: str) -> int | None:
+        """The slot of ``task_id`` if it is in this subset (exact, for an id from anywhere)."""
+        slot = self.index.find(task_id)
+        return slot if slot is not None and self.has_slot(slot) else None
+
+    def __contains__(self, task_id: object) -> bool:
+        """Exact membership of any id (one read of the input when its hash is there)."""
+        return isinstance(task_id, str) and self.find(task_id) is not None
+
+    def has_member(self, task_id: str) -> bool:
+        """Membership of an id read from this subset's input (the feed's question): no read needed."""
+        slot = self.index.find_member(task_id)
+        return slot is not None and self.has_slot(slot)
+
+    def slots(self) -> Iterator[int]:
+        bits = self._bits
+        for byte, value in enumerate(bits):
+            if value:
+                for bit in range(8):
+                    if value & (1 << bit):
+                        yield byte * 8 + bit
+
+    def __iter__(self) -> Iterator[str]:
+        """The full ids, read again from the input (for small sets and reports)."""
+        for slot in self.slots():
+            yield self.index.id_at(slot)
+
+    def minus(self, other: IdSubset) -> IdSubset:
+        """The ids in this subset and not in ``other`` (a subset of the same input)."""
+        if other.index is not self.index:
+            raise ValueError("subsets of different inputs")
+        result = IdSubset(self.index)
+        mine, theirs = int.from_bytes(self._bits, "little"), int.from_bytes(other._bits, "little")
+        result._set_bits((mine & ~theirs).to_bytes(len(self._bits), "little"))
+        return result
+
+    def to_bytes(self) -> bytes:
+        return bytes(self._bits)
+
+    def load_bytes(self, data: bytes) -> None:
+        """Take the bits of a subset saved by ``to_bytes`` (the status cache)."""
+        if len(data) != len(self._bits):
+            raise ValueError("saved subset has another size")
+        self._set_bits(data)
+
+    def _set_bits(self, data: bytes) -> None:
+        self._bits = bytearray(data)
+        self._count = int.from_bytes(data, "little").bit_count()
