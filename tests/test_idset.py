@@ -26,7 +26,8 @@ def crowded(task_id: str) -> int:
 
 
 def result_line(task_id: str) -> bytes:
-    return orjson.dumps({"id": task_id, "answer": "a", "model": "m", "requested_model": "m"}) + b"\n"
+    return orjson.dumps({"id": task_id, "answer": "a", "model": "m", "requested_model": "m",
+                         "usage": {"prompt_tokens": 1, "completion_tokens": 1}}) + b"\n"
 
 
 def test_ids_sharing_a_hash_are_told_apart_by_their_full_ids() -> None:
