@@ -81,6 +81,14 @@ def test_rows_are_split_into_batches_of_batch_size_and_answered_once_at_half_the
     assert again.returncode == 0, again.stderr
     assert mock.batch_stats()["batches_created"] == 3
 
+    # And --status lists each batch with its id, state and request counts, in text and JSON
+    text = _run(tmp_path, mock, "--status")
+    assert text.returncode == 0, text.stderr
+    assert text.stdout.count("batch_mock") == 3 and "completed / 10+0 of 10" in text.stdout
+    report = orjson.loads(_run(tmp_path, mock, "--status", "--json").stdout)
+    assert sorted(b["rows"] for b in report["batches"]) == [5, 10, 10]
+    assert {b["status"] for b in report["batches"]} == {"completed"} and all(b["batch_id"] for b in report["batches"])
+
 
 def test_an_expired_batch_has_its_unanswered_rows_resubmitted_in_a_new_batch(tmp_path: Path, mock: MockServerProcess):
     # Given the first batch expires after answering 4 of its 10 rows

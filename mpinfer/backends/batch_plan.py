@@ -153,6 +153,35 @@ class Plan:
             raise OutputError(f"{path}: not a batch plan ({type(exc).__name__}: {exc})") from None
 
 
+@dataclass(frozen=True)
+class BatchStatus:
+    """One chunk as --status shows it: from the plan, as last polled (status reads, it never calls the API)."""
+
+    name: str
+    model: int
+    batch_id: str | None
+    state: str
+    status: str | None
+    rows: int
+    completed: int
+    failed: int
+    attempt: int
+    age_s: float | None
+    waiting: str | None
+    resubmitted: int
+
+
+def plan_report(output: Path, now: float | None = None) -> list[BatchStatus]:
+    """Every chunk of the output's batch plan (empty when there is none)."""
+    plan = Plan.load(output)
+    if plan is None:
+        return []
+    now = time.time() if now is None else now
+    return [BatchStatus(c.name, c.model, c.batch_id, c.state.value, c.status, c.lines, c.completed, c.failed,
+                        c.attempt, round(now - c.created_at, 1) if c.created_at else None, c.waiting,
+                        c.resubmitted) for c in plan.chunks]
+
+
 def plan_path(output: Path) -> Path:
     """Where the batch plan of ``output`` is kept."""
     return companion(output, ".batches.json")

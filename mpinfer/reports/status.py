@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..backends.batch_plan import BatchStatus, plan_report
 from ..config import RunConfig
 from ..inputs.tasks import InputIndex, check_input, reading, selection
 from ..store.output import OutputPaths, companion, live_run, model_outputs
@@ -73,6 +74,7 @@ class StatusReport:
     models: list[OutputStatus] = field(default_factory=list)
     per_model: dict[str, Any] = field(default_factory=dict)
     per_key: dict[str, Any] = field(default_factory=dict)
+    batches: list[BatchStatus] = field(default_factory=list)  # --backend batch: each batch, as last polled
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -181,4 +183,5 @@ def _report(config: RunConfig, total: int, parts: list[OutputStatus], recent: li
         refusals=sum(p.refusals for p in parts), truncated=sum(p.truncated for p in parts),
         latency_s=latency, models=parts,
         per_model=summary.get("per_model") or {}, per_key=summary.get("per_key") or {},
+        batches=plan_report(output, time.time()),
     )

@@ -109,6 +109,14 @@ def status_lines(report: StatusReport) -> list[str]:
                 off = " (disabled)" if tally.get("disabled") else ""
                 lines.append(f"    {name}: {tally.get('requests', 0)} / {tally.get('tokens', 0)} / "
                              f"{tally.get('rate_limited', 0)}{off}")
+    if report.batches:
+        lines.append("  batches: id / state / completed+failed of rows / age / attempt")
+        for b in report.batches:
+            state = b.status if b.batch_id else b.state
+            extra = f"; waiting: {b.waiting}" if b.waiting else ""
+            extra += f"; {b.resubmitted} rows resubmitted" if b.resubmitted else ""
+            lines.append(f"    {b.batch_id or b.name}: {state} / {b.completed}+{b.failed} of {b.rows} / "
+                         f"{duration(b.age_s)} / {b.attempt}{extra}")
     return lines
 
 
