@@ -129,6 +129,8 @@ class RunConfig:
     prompt_key: str = setting("prompt", as_text, "input field holding the prompt text", metavar="KEY")
     images_key: str = setting("images", as_text, "input field holding an image path or a list of them",
                               metavar="KEY")
+    messages_key: str = setting("messages", as_text, "input field holding a whole chat (a list of messages, "
+                                "images inside), sent as that conversation", metavar="KEY")
     log_dir: Path = setting(Path("logs"), as_path, "folder for the per-run log files", metavar="DIR")
     rpm: int | None = setting(None, positive_int, "requests per minute, per key and model, for all processes "
                               "together", metavar="N", shown="no limit")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ImageError
+from ..inputs.chat import has_system
 from ..inputs.tasks import Task
 from .tokens import DEFAULT_COMPLETION_TOKENS, TOKENS_PER_MESSAGE, image_size, image_tokens, text_tokens
 
@@ -52,6 +53,11 @@ class EncodedImage:
 
     url: str
     size: tuple[int, int] | None
+
+    def tokens(self, detail: str = "auto") -> int:
+        """What the image costs in prompt tokens (tokens.image_tokens; an unknown size is guessed)."""
+        width, height = self.size or (None, None)
+        return image_tokens(width, height, detail=detail)
 
 
 def _data_url_size(url: str) -> tuple[int, int] | None:
@@ -144,6 +150,10 @@ def build_messages(task: Task, encoder: ImageEncoder, system_prompt: str | None 
     """
     messages: list[dict[str, Any]] = []
     system = task.system if task.system is not None else system_prompt
+    if task.messages is not None:
+        if system and not has_system(task.messages):
+            messages.append({"role": "system", "content": system})
+        return messages + [_with_images(message, encoder, image_tokens_out) for message in task.messages]
     if system:
         messages.append({"role": "system", "content": system})
     if not task.images:
@@ -155,10 +165,29 @@ def build_messages(task: Task, encoder: ImageEncoder, system_prompt: str | None 
     for ref in task.images:
         image = encoder.encode(ref)
         if image_tokens_out is not None:
-            image_tokens_out.append(image_tokens(*(image.size or (None, None))))
+            image_tokens_out.append(image.tokens())
         parts.append({"type": "image_url", "image_url": {"url": image.url}})
     messages.append({"role": "user", "content": parts})
     return messages
+
+
+def _with_images(message: dict[str, Any], encoder: ImageEncoder,
+                 image_tokens_out: list[int] | None) -> dict[str, Any]:
+    """A chat row's message as sent: its image parts' local paths become data URLs (a copy: the task is
+    left as it was read)."""
+    content = message.get("content")
+    if not isinstance(content, list):
+        return message
+    parts: list[Any] = []
+    for part in content:
+        if isinstance(part, dict) and part.get("type") == "image_url":
+            spec = part["image_url"]
+            image = encoder.encode(spec["url"])
+            if image_tokens_out is not None:
+                image_tokens_out.append(image.tokens(str(spec.get("detail", "auto"))))
+            part = {**part, "image_url": {**spec, "url": image.url}}
+        parts.append(part)
+    return {**message, "content": parts}
 
 
 @dataclass(frozen=True)

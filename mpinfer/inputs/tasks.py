@@ -27,6 +27,7 @@ from ..errors import ConfigError, InputError
 from ..store.idset import HashFn, IdIndex, IdSubset
 from ..store.output import OutputPaths, iter_lines, model_outputs, record_id, scan
 from ..store.records import is_answer
+from .chat import Conversation, check_messages
 from .locate import BOM, CountedLines, IdReader, line_numbers, row_has_values
 
 MAX_PROBLEMS_SHOWN = 10
@@ -42,6 +43,7 @@ class FieldKeys:
     images: str = "images"
     images_sep: str = ";"  # CSV: several images in one cell
     id_from_row: bool = False  # the task's id is its row number (0-based), for files that have none
+    messages: str = "messages"  # a whole conversation, sent as it is (its local images encoded)
 
 
 class InputFormat(StrEnum):
@@ -84,6 +86,9 @@ class Task:
     max_tokens: int | None = None
     line: int = 0
     body: dict[str, Any] | None = None  # a Batch API request body, sent as it is
+    # A chat row's conversation, sent as it is but for its local images; ``prompt`` is then its last user
+    # text and ``images`` the image references in it, for the result line.
+    messages: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -109,9 +114,13 @@ def parse_task(obj: Any, keys: FieldKeys, line: int) -> Task:
         raise ValueError(f"missing id (field {keys.id!r}; set --id-key if it has another name)")
     if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
         raise ValueError(f"id must be a string or an integer, got {type(raw_id).__name__}")
+    conversation = obj.get(keys.messages)
+    if conversation is not None:
+        return _chat_task(obj, str(raw_id), check_messages(conversation, keys.messages), line)
     prompt = obj.get(keys.prompt)
     if prompt is None:
-        raise ValueError(f"missing prompt (field {keys.prompt!r}; set --prompt-key if it has another name)")
+        raise ValueError(f"missing prompt (field {keys.prompt!r}, or a chat in {keys.messages!r}; set "
+                         "--prompt-key or --messages-key if it has another name)")
     if not isinstance(prompt, str):
         raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
     images = obj.get(keys.images)
@@ -123,6 +132,20 @@ def parse_task(obj: Any, keys: FieldKeys, line: int) -> Task:
         raise ValueError(f"{keys.images!r} must be an image path or URL, or a list of them")
     if not prompt.strip() and not images:
         raise ValueError("empty prompt and no images: nothing to ask")
+    system, model, temperature, max_tokens = _task_settings(obj)
+    return Task(id=str(raw_id), prompt=prompt, images=tuple(images), system=system, model=model,
+                temperature=temperature, max_tokens=max_tokens, line=line)
+
+
+def _chat_task(obj: dict[str, Any], task_id: str, conversation: Conversation, line: int) -> Task:
+    system, model, temperature, max_tokens = _task_settings(obj)
+    return Task(id=task_id, prompt=conversation.last_user_text, images=conversation.images, system=system,
+                model=model, temperature=temperature, max_tokens=max_tokens, line=line,
+                messages=conversation.messages)
+
+
+def _task_settings(obj: dict[str, Any]) -> tuple[str | None, str | None, float | None, int | None]:
+    """A row's own system, model, temperature and max_tokens, checked."""
     system = obj.get("system")
     if system is not None and not isinstance(system, str):
         raise ValueError("system must be a string")
@@ -136,16 +159,7 @@ def parse_task(obj: Any, keys: FieldKeys, line: int) -> Task:
     if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool)
                                    or max_tokens < 1):
         raise ValueError("max_tokens must be a positive integer")
-    return Task(
-        id=str(raw_id),
-        prompt=prompt,
-        images=tuple(images),
-        system=system,
-        model=model,
-        temperature=float(temperature) if temperature is not None else None,
-        max_tokens=max_tokens,
-        line=line,
-    )
+    return system, model, float(temperature) if temperature is not None else None, max_tokens
 
 
 def parse_batch_task(obj: Any, line: int) -> Task:
@@ -161,23 +175,12 @@ def parse_batch_task(obj: Any, line: int) -> Task:
     if url not in ("/v1/chat/completions", "/chat/completions"):
         raise ValueError(f"url {url!r}: only /v1/chat/completions requests can run")
     body = obj.get("body")
-    if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or not body["messages"]:
-        raise ValueError("body must be a chat.completions request with a non-empty messages list")
+    if not isinstance(body, dict):
+        raise ValueError(f"body must be a chat.completions request object, got {type(body).__name__}")
     if not isinstance(body.get("model"), str) or not body["model"]:
         raise ValueError("body has no model")
-    return Task(id=custom_id, prompt=_last_user_text(body["messages"]), model=body["model"], line=line,
-                body=body)
-
-
-def _last_user_text(messages: list[Any]) -> str:
-    for message in reversed(messages):
-        if isinstance(message, dict) and message.get("role") == "user":
-            content = message.get("content")
-            if isinstance(content, str):
-                return content
-            if isinstance(content, list):
-                return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-    return ""
+    conversation = check_messages(body.get("messages"), "body.messages")
+    return Task(id=custom_id, prompt=conversation.last_user_text, model=body["model"], line=line, body=body)
 
 
 def detect_format(path: Path) -> InputFormat:
@@ -242,6 +245,12 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, int, dict[str, Any]]]:
 def _csv_task(row: dict[str, Any], keys: FieldKeys, line: int) -> Task:
     """A CSV row as a JSON task: empty cells are absent; an images cell may hold several paths."""
     obj: dict[str, Any] = {k: v for k, v in row.items() if k is not None and isinstance(v, str) and v.strip()}
+    chat = obj.get(keys.messages)
+    if chat is not None:
+        try:
+            obj[keys.messages] = orjson.loads(chat)
+        except orjson.JSONDecodeError as exc:
+            raise ValueError(f"{keys.messages!r} cell is not JSON: {exc}") from None
     cell = obj.get(keys.images)
     if cell is not None:
         obj[keys.images] = [part.strip() for part in cell.split(keys.images_sep) if part.strip()]
@@ -411,7 +420,8 @@ def read_ids_file(path: Path) -> frozenset[str]:
 
 def reading(config: RunConfig) -> FieldKeys:
     """How the run's input is read."""
-    return FieldKeys(config.id_key, config.prompt_key, config.images_key, config.images_sep, config.id_from_row)
+    return FieldKeys(config.id_key, config.prompt_key, config.images_key, config.images_sep, config.id_from_row,
+                     config.messages_key)
 
 
 def selection(config: RunConfig) -> Selection:

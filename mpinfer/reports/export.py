@@ -147,7 +147,9 @@ def _feedable(raw: dict[str, Any], task: Task, fmt: InputFormat, keys: FieldKeys
     record: dict[str, Any] = {name: value for name, value in raw.items()
                               if name is not None and isinstance(value, str) and value.strip()}
     record[keys.id] = task.id
-    if task.images:
+    if task.messages is not None:
+        record[keys.messages] = task.messages
+    elif task.images:
         record[keys.images] = list(task.images)
     for name in ("temperature", "max_tokens"):
         if getattr(task, name) is not None:
