@@ -21,7 +21,7 @@ from .api.prices import load_prices
 from .config import RunConfig
 from .driver import MAX_FAILURES_SHOWN, RunState, work_items
 from .errors import ConfigError, OutputError
-from .inputs.tasks import check_input, iter_tasks, reading, refuse_input_as_output, selection
+from .inputs.tasks import check_input, iter_tasks, reading, refuse_input_as_output, selection, settle_models
 from .logfile import create_log_file, parent_logging
 from .reports.summary import RunSummary, Tally
 from .store.idset import IdSubset
@@ -103,13 +103,14 @@ def run(config: RunConfig, *, progress: bool = True, grace_s: float = DEFAULT_GR
     input_path, output = config.require_paths()
     config.require_api_keys()
     prices = load_prices(config.prices, config.price_input, config.price_output)
-    unpriced = [m for m in config.models if prices.find(m) is None]
-    if config.max_cost is not None and unpriced:
-        raise ConfigError(f"--max-cost needs a price for {', '.join(unpriced)}: give --prices FILE or "
-                          "--price-input and --price-output")
     keys = reading(config)
     chosen = selection(config)
     index = check_input(input_path, keys, chosen)  # bad input fails here, before anything is spent
+    config = settle_models(config, index)
+    unpriced = [m for m in dict.fromkeys(config.models + index.body_models) if prices.find(m) is None]
+    if config.max_cost is not None and unpriced:
+        raise ConfigError(f"--max-cost needs a price for {', '.join(unpriced)}: give --prices FILE or "
+                          "--price-input and --price-output")
     models = config.models
     outputs = [OutputPaths.of(path) for path in model_outputs(output, models)]
     refuse_input_as_output(input_path, [paths.output for paths in outputs], keys)

@@ -11,6 +11,7 @@ The format is told by the file: ``.csv`` is CSV; a JSONL file whose first line h
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import os
 from collections.abc import Container, Iterator, Sequence
@@ -31,6 +32,7 @@ from .chat import Conversation, check_messages
 from .locate import BOM, CountedLines, IdReader, line_numbers, row_has_values
 
 MAX_PROBLEMS_SHOWN = 10
+MAX_BODY_MODELS = 100  # distinct models kept from a Batch file's bodies
 MAX_DUPLICATES_SHOWN = 5
 
 
@@ -99,6 +101,7 @@ class InputIndex:
     ids: IdSubset
     total: int
     format: InputFormat = InputFormat.JSONL
+    body_models: tuple[str, ...] = ()  # a Batch file's models, as its bodies name them, first seen first
 
 
 def _number(value: Any) -> bool:
@@ -180,7 +183,12 @@ def parse_batch_task(obj: Any, line: int) -> Task:
     if not isinstance(body.get("model"), str) or not body["model"]:
         raise ValueError("body has no model")
     conversation = check_messages(body.get("messages"), "body.messages")
-    return Task(id=custom_id, prompt=conversation.last_user_text, model=body["model"], line=line, body=body)
+    for ref in conversation.images:
+        if not ref[:8].lower().startswith(("http://", "https://", "data:")):
+            raise ValueError(f"body image {ref[:60]!r}: a Batch body is sent as it is, so its images must be "
+                             "http(s) or data: URLs, not file paths")
+    return Task(id=custom_id, prompt=conversation.last_user_text, images=conversation.images, model=body["model"],
+                line=line, body=body)
 
 
 def detect_format(path: Path) -> InputFormat:
@@ -327,6 +335,7 @@ def check_input(path: Path, keys: FieldKeys = FieldKeys(), selection: Selection 
     problems: list[InputError] = []
     by_row = keys.id_from_row and fmt is not InputFormat.BATCH  # the id is the row number: nothing to read
     index = IdIndex(str if by_row else IdReader(path, keys.id, fmt), hash_fn)
+    body_models: dict[str, None] = {}
     position = 0
     for _, offset, _, item in _rows(path, keys, fmt):
         if isinstance(item, InputError):
@@ -336,6 +345,8 @@ def check_input(path: Path, keys: FieldKeys = FieldKeys(), selection: Selection 
             continue
         index.add(item.id, position if by_row else offset)
         position += 1
+        if item.body is not None and len(body_models) < MAX_BODY_MODELS:
+            body_models.setdefault(str(item.model))
     if problems:
         more = " (and maybe more: stopped looking)" if len(problems) >= MAX_PROBLEMS_SHOWN else ""
         if len(problems) == 1:
@@ -355,7 +366,18 @@ def check_input(path: Path, keys: FieldKeys = FieldKeys(), selection: Selection 
                 ids.add_slot(slot)
     else:
         ids = IdSubset(index, everything=True)
-    return InputIndex(path=path, ids=ids, total=len(ids), format=fmt)
+    return InputIndex(path=path, ids=ids, total=len(ids), format=fmt, body_models=tuple(body_models))
+
+
+def settle_models(config: RunConfig, index: InputIndex) -> RunConfig:
+    """The run's model, for a Batch file run without --model: the one its bodies name.
+
+    Its bodies go as they are, so the log name, the summary's per-model counts, the manifest, the rate
+    limits and the cost are those of that model, not of the --model default no task asked for.
+    """
+    if index.format is not InputFormat.BATCH or "model" in config.explicit or len(index.body_models) != 1:
+        return config
+    return dataclasses.replace(config, model=index.body_models[0])
 
 
 def _duplicates_error(path: Path, duplicates: list[tuple[str, list[int]]]) -> InputError:

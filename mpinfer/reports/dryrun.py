@@ -21,7 +21,7 @@ from typing import Any
 from ..api.prices import PriceTable
 from ..api.tokens import DEFAULT_COMPLETION_TOKENS
 from ..config import RunConfig
-from ..inputs.tasks import check_input, iter_tasks, reading, selection
+from ..inputs.tasks import check_input, iter_tasks, reading, selection, settle_models
 from ..store.output import model_outputs, scan
 from .taskcheck import CheckedImage, TaskChecker
 
@@ -225,6 +225,7 @@ def plan(config: RunConfig, prices: PriceTable) -> DryRunPlan:
     keys = reading(config)
     chosen = selection(config)
     index = check_input(input_path, keys, chosen)
+    config = settle_models(config, index)  # a Batch file's bodies name the model, as in a real run
     models = config.models
     outputs = model_outputs(output, models)
     done = [scan(path, within=index.ids).done or index.ids.empty() for path in outputs]

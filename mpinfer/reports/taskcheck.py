@@ -1,6 +1,6 @@
 """How a dry run checks one pending task: its request built as a worker builds it, and its images judged.
 
-``TaskChecker`` builds the request with the worker's own ``build_request`` and an ``ImageEncoder`` that
+``TaskChecker`` builds the request with the worker's own ``task_request`` (a Batch body as it is sent) and an ``ImageEncoder`` that
 reads each image file once for the whole plan, however many tasks use it, and remembers what it showed
 (MAX_FILES_REMEMBERED files, a few hundred bytes each). A data: URL in the input is checked from its bytes;
 a remote image is never fetched. What a real run would fail a task for comes back as its message.
@@ -15,8 +15,9 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..api.messages import EncodedImage, ImageEncoder, Request, build_request, is_remote, sniff_mime
+from ..api.messages import EncodedImage, ImageEncoder, Request, is_remote, sniff_mime
 from ..api.tokens import image_size
+from ..backends.runner import task_request
 from ..config import RunConfig
 from ..errors import ImageError
 from ..inputs.tasks import Task
@@ -123,9 +124,7 @@ class TaskChecker:
         config = self.config
         self.encoder.used.clear()
         try:
-            request = build_request(task, self.encoder, model=model, system_prompt=config.system_prompt,
-                                    temperature=config.temperature, max_tokens=config.max_tokens,
-                                    extra_body=config.extra_body)
+            request = task_request(config, self.encoder, task, config.models.index(model))
         except ImageError as exc:
             return str(exc)
         local = iter(self.encoder.used)
