@@ -190,8 +190,9 @@ def _cancel_batches(config: RunConfig) -> int:
     cancelled = cancel(config)
     for name, batch_id, state in cancelled:
         print(f"{batch_id} ({name}): {state}")
-    print(f"cancelled {len(cancelled)} open batches" if cancelled else "no open batches to cancel")
-    return EXIT_OK
+    done = sum(not state.startswith("not") for _, _, state in cancelled)
+    print(f"cancelled {done} of {len(cancelled)} open batches" if cancelled else "no open batches to cancel")
+    return EXIT_OK if done == len(cancelled) else EXIT_INCOMPLETE
 
 
 def _check_combinations(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -170,7 +170,7 @@ def test_cancel_cancels_the_open_batches_and_a_rerun_sends_what_was_not_answered
                                                                                 mock: MockServerProcess):
     # Given a run killed while its slow batch works
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(8))
-    mock.batch_faults(request_s=0.2)
+    mock.batch_faults(request_s=0.5)  # 4 s: time for the --cancel process to start on a loaded machine
     proc = start_cli(*_args(mock), cwd=tmp_path)
     try:
         _wait_for("the batch", lambda: any(c.get("batch_id") for c in _plan(tmp_path)["chunks"]))
@@ -204,3 +204,52 @@ def test_a_full_token_queue_waits_for_running_batches_instead_of_failing(tmp_pat
     assert sorted(_ids(tmp_path)) == sorted(f"t{i}" for i in range(8))
     assert mock.batch_stats()["max_answers_per_row"] == 1
     assert "enqueued-token limit" in proc.stderr
+
+
+def test_several_models_and_a_selection_run_one_batch_per_model_into_each_models_output(tmp_path: Path,
+                                                                                        mock: MockServerProcess):
+    # Given 6 tasks, two models and --limit 4
+    write_tasks(tmp_path / "tasks.jsonl", text_tasks(6))
+    # When the batch backend runs
+    proc = _run(tmp_path, mock, "--model", "gpt-4o-mini,gpt-4o", "--limit", "4")
+    # Then each model had its own batch (one model a batch file, as the API requires) and its own output
+    assert proc.returncode == 0, proc.stderr
+    chunks = _plan(tmp_path)["chunks"]
+    assert sorted((c["model"], len(c["ids"])) for c in chunks) == [(0, 4), (1, 4)]
+    for model in ("gpt-4o-mini", "gpt-4o"):
+        rows = read_jsonl(tmp_path / f"out/results.{model}.jsonl")
+        assert sorted(r["id"] for r in rows) == ["t0", "t1", "t2", "t3"]
+        assert {r["model"] for r in rows} == {model}
+
+
+def test_a_batch_api_input_file_comes_back_in_the_batch_output_form(tmp_path: Path, mock: MockServerProcess):
+    # Given an input already in the Batch API's request form
+    rows = [{"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+             "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"batch question {i}"}],
+                      "max_tokens": 50}} for i in range(3)]
+    write_tasks(tmp_path / "tasks.jsonl", rows)
+    # When the batch backend runs it
+    proc = _run(tmp_path, mock)
+    # Then the output holds Batch API output lines with the custom ids, priced at the Batch price
+    assert proc.returncode == 0, proc.stderr
+    out = read_jsonl(tmp_path / OUT)
+    assert sorted(o["custom_id"] for o in out) == ["r0", "r1", "r2"]
+    assert out[0]["response"]["status_code"] == 200 and out[0]["mpinfer"]["batch_id"].startswith("batch_")
+    assert out[0]["response"]["body"]["choices"][0]["message"]["content"].startswith("Mock answer to: batch")
+    assert out[0]["mpinfer"]["cost"] > 0
+
+
+def test_request_files_are_split_at_batch_max_bytes_and_a_failed_batch_is_resubmitted(tmp_path: Path,
+                                                                                    mock: MockServerProcess):
+    # Given 6 tasks, files of at most 400 bytes (two requests each), and a first batch that fails validation
+    write_tasks(tmp_path / "tasks.jsonl", text_tasks(6))
+    mock.batch_faults(fail_next=1)
+    # When the batch backend runs
+    proc = _run(tmp_path, mock, "--batch-max-bytes", "400")
+    # Then every request file kept under 400 bytes, the failed batch's rows went again, and every id is answered
+    assert proc.returncode == 0, proc.stderr
+    chunks = _plan(tmp_path)["chunks"]
+    assert all(c["bytes"] <= 400 for c in chunks) and len(chunks) == 4
+    assert [c["status"] for c in chunks].count("failed") == 1 and chunks[-1]["attempt"] == 2
+    assert sorted(_ids(tmp_path)) == sorted(f"t{i}" for i in range(6))
+    assert mock.batch_stats()["max_answers_per_row"] == 1

@@ -275,7 +275,11 @@ def cancel(config: RunConfig) -> list[tuple[str, str, str]]:
         for chunk in plan.open_chunks:
             if chunk.state is not ChunkState.CREATED or chunk.batch_id is None or chunk.status in FINAL_STATUSES:
                 continue
-            batch = client.call(f"cancel {chunk.batch_id}", client.sdk.batches.cancel, chunk.batch_id)
+            try:
+                batch = client.call(f"cancel {chunk.batch_id}", client.sdk.batches.cancel, chunk.batch_id)
+            except BatchApiError as exc:  # it ended meanwhile (409), or the API is down: say so, go on
+                cancelled.append((chunk.name, chunk.batch_id, f"not cancelled: {exc}"))
+                continue
             chunk.status = batch.status
             cancelled.append((chunk.name, chunk.batch_id, batch.status))
     finally:

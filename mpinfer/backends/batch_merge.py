@@ -22,6 +22,7 @@ from ..api.prices import PriceTable
 from ..config import RunConfig
 from ..events import TaskDone, TaskFailed
 from ..inputs.tasks import Task
+from ..redact import redact
 from ..store.records import Failure, Result, Usage, batch_error_line, batch_result_line, same_model
 from .batch_plan import Chunk
 
@@ -90,6 +91,7 @@ class Merger:
         self.config = config
         self.prices = prices
         self.tasks = tasks
+        self.keys = config.require_api_keys()
 
     def requested(self, task: Task, model: int) -> str:
         models = self.config.models
@@ -172,6 +174,8 @@ class Merger:
         if custom_id in failed_before:
             return
         failed_before.add(custom_id)
+        # A server may quote the request back, key included: nothing leaves unredacted.
+        error = LineError(error.error_type, error.status, redact(error.message, self.keys), error.transient)
         task = self.tasks[custom_id]
         if task.body is not None:
             line = batch_error_line(custom_id, error.status, error.error_type, error.message,
