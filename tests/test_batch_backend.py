@@ -253,3 +253,17 @@ def test_request_files_are_split_at_batch_max_bytes_and_a_failed_batch_is_resubm
     assert [c["status"] for c in chunks].count("failed") == 1 and chunks[-1]["attempt"] == 2
     assert sorted(_ids(tmp_path)) == sorted(f"t{i}" for i in range(6))
     assert mock.batch_stats()["max_answers_per_row"] == 1
+
+
+def test_dry_run_with_the_batch_backend_shows_the_batch_price_beside_the_online_price(tmp_path: Path):
+    # Given 5 tasks for a priced model
+    write_tasks(tmp_path / "tasks.jsonl", text_tasks(5))
+    # When --dry-run runs with --backend batch, in text and JSON
+    text = run_cli("-i", "tasks.jsonl", "-o", OUT, "--backend", "batch", "--dry-run", cwd=tmp_path)
+    data = orjson.loads(run_cli("-i", "tasks.jsonl", "-o", OUT, "--backend", "batch", "--dry-run", "--json",
+                                cwd=tmp_path).stdout)
+    # Then both prices are shown, the Batch one half the online one
+    assert text.returncode == 0, text.stderr
+    assert "estimated cost:" in text.stdout and "at the Batch API price" in text.stdout
+    totals = data["totals"]
+    assert totals["batch_cost_max"] == pytest.approx(totals["cost_max"] / 2) and totals["cost_max"] > 0

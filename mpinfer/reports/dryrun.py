@@ -101,6 +101,8 @@ class ModelPlan:
     completion_ceiling: int
     cost_min: float | None
     cost_max: float | None
+    batch_cost_min: float | None = None  # the same at the Batch API's price (--backend batch)
+    batch_cost_max: float | None = None
 
     @property
     def estimated(self) -> int:
@@ -125,6 +127,8 @@ class PlanTotals:
     completion_ceiling: int
     cost_min: float | None
     cost_max: float | None
+    batch_cost_min: float | None = None
+    batch_cost_max: float | None = None
 
 
 @dataclass(frozen=True)
@@ -150,6 +154,7 @@ class DryRunPlan:
     max_tokens_assumed: bool
     assumed_max_tokens: int
     unpriced_models: tuple[str, ...]
+    batch: bool = False  # --backend batch: the Batch API's price is the one that will be paid
 
     @property
     def ok(self) -> bool:
@@ -181,16 +186,20 @@ class _RowTally:
         found = [(prices.find(name), prompt, ceiling) for name, (prompt, ceiling) in self.by_model.items()]
         cost_min: float | None = None
         cost_max: float | None = None
+        batch_min: float | None = None
+        batch_max: float | None = None
         if all(price is not None for price, _, _ in found):
-            cost_min = sum((price.cost(prompt, 0) for price, prompt, _ in found if price is not None), 0.0)
-            cost_max = sum((price.cost(prompt, ceiling) for price, prompt, ceiling in found if price is not None),
-                           0.0)
+            priced = [(price, prompt, ceiling) for price, prompt, ceiling in found if price is not None]
+            cost_min = sum((price.cost(prompt, 0) for price, prompt, _ in priced), 0.0)
+            cost_max = sum((price.cost(prompt, ceiling) for price, prompt, ceiling in priced), 0.0)
+            batch_min = sum((price.batch().cost(prompt, 0) for price, prompt, _ in priced), 0.0)
+            batch_max = sum((price.batch().cost(prompt, ceiling) for price, prompt, ceiling in priced), 0.0)
         return ModelPlan(
             model=model, output=output, done=done, pending=self.pending, problems=self.problems,
             requested_models=tuple(sorted(self.by_model)) or (model,),
             prompt_tokens=sum(t[0] for t in self.by_model.values()),
             completion_ceiling=sum(t[1] for t in self.by_model.values()),
-            cost_min=cost_min, cost_max=cost_max,
+            cost_min=cost_min, cost_max=cost_max, batch_cost_min=batch_min, batch_cost_max=batch_max,
         )
 
 
@@ -279,7 +288,7 @@ def plan(config: RunConfig, prices: PriceTable) -> DryRunPlan:
         prompt=PromptStats(prompt_count, prompt_total, prompt_min,
                            prompt_total / prompt_count if prompt_count else None, prompt_max),
         max_tokens_assumed=assumed, assumed_max_tokens=DEFAULT_COMPLETION_TOKENS,
-        unpriced_models=tuple(unpriced),
+        unpriced_models=tuple(unpriced), batch=config.backend == "batch",
     )
 
 
@@ -293,5 +302,7 @@ def _totals(rows: tuple[ModelPlan, ...]) -> PlanTotals:
         completion_ceiling=sum(row.completion_ceiling for row in rows),
         cost_min=sum(row.cost_min or 0.0 for row in priced) if priced else None,
         cost_max=sum(row.cost_max or 0.0 for row in priced) if priced else None,
+        batch_cost_min=sum(row.batch_cost_min or 0.0 for row in priced) if priced else None,
+        batch_cost_max=sum(row.batch_cost_max or 0.0 for row in priced) if priced else None,
     )
 

@@ -165,6 +165,9 @@ def dry_run_lines(plan: DryRunPlan) -> list[str]:
                      f"~{row.prompt_tokens} prompt tokens, cost {_cost_range(row.cost_min, row.cost_max)}")
     lines.append(f"estimated cost: {_cost_range(totals.cost_min, totals.cost_max)} "
                  "(prompts only, to prompts plus every answer at max_tokens)")
+    if plan.batch:
+        batch_cost = _cost_range(totals.batch_cost_min, totals.batch_cost_max)
+        lines.append(f"at the Batch API price (--backend batch): {batch_cost} (the online price is the line above)")
     if plan.unpriced_models:
         lines.append(f"no price for: {', '.join(plan.unpriced_models)} (give --prices or --price-input/-output)")
     for problem in plan.problems:
