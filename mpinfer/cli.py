@@ -36,6 +36,8 @@ from .run import DEFAULT_GRACE_S, run
 from .settings import Option
 from .store.repair import fresh_start, repair
 
+CLI_OPTIONS = tuple(option for option in OPTIONS if option.cli)  # the settings that have a flag
+
 EXIT_OK = 0
 EXIT_INCOMPLETE = 1  # the run ended with tasks not done (failed or stopped): rerun to retry them
 EXIT_PROBLEMS = 1  # --validate found problems
@@ -49,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Every option can also be set as MPINFER_<NAME> in the environment or .env, or in mpinfer.toml. "
                "The key comes from OPENAI_API_KEY (environment or .env) only.",
     )
-    for option in OPTIONS:
+    for option in CLI_OPTIONS:
         names = [option.short, option.flag] if option.short else [option.flag]
         if option.is_switch:
             parser.add_argument(*names, dest=option.name, action="store_true", default=None, help=option.help)
@@ -72,15 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--export", metavar="FILE", default=None,
                       help="write one row per input task (.csv or .jsonl: input fields, answer, tokens, cost, "
                            "status ok/failed/missing) and the missing tasks to <output>.missing.jsonl")
-    mode.add_argument("--report", nargs="?", const="", default=None, metavar="FILE",
+    mode.add_argument("--report", dest="report_now", nargs="?", const="", default=None, metavar="FILE",
                       help="write an HTML report of the output (charts of rate, latency, failures, cost; a table "
-                           "per model) to FILE (default: <output>.report.html); needs mpinfer[report]")
+                           "per model) to FILE (default: <output>.report.html); needs mpinfer[report]. "
+                           "report = true in mpinfer.toml (or MPINFER_REPORT=1) writes one after every run")
     parser.add_argument("--repair", action="store_true",
                         help="with --validate: rewrite the output without corrupt lines and duplicate ids "
                              "(after a backup copy <output>.bak-<time>), then validate again")
     parser.add_argument("--fresh", action="store_true",
                         help="start over: first move the output, its companions and the mpinfer_* logs of "
                              "earlier runs to <output>.backup-<time>/ (nothing is deleted)")
+    parser.add_argument("--config", type=Path, default=None, metavar="FILE",
+                        help="read settings from FILE instead of ./mpinfer.toml (also MPINFER_CONFIG)")
     parser.add_argument("--json", action="store_true", help="with --status or --dry-run: one JSON object")
     parser.add_argument("--watch", nargs="?", type=float, const=2.0, default=None, metavar="SECONDS",
                         help="with --status: redraw every SECONDS (default 2) until the run ends")
@@ -153,7 +158,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _flags(args: argparse.Namespace) -> dict[str, Any]:
-    return {option.name: getattr(args, option.name) for option in OPTIONS}
+    return {option.name: getattr(args, option.name) for option in CLI_OPTIONS}
 
 
 def _run(config: RunConfig, args: argparse.Namespace) -> int:
@@ -220,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.demo:
             return _demo(args)
-        config = load_config(_flags(args))
+        config = load_config(_flags(args), config_file=args.config)
         for warning in config.warnings:
             print(f"mpinfer: warning: {warning}", file=sys.stderr)
         if args.dry_run:
@@ -238,8 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cancel(config, args.grace)
         if args.validate:
             return _validate(config, args.repair)
-        if args.report is not None:
-            _print(report_lines(write_report(config, Path(args.report) if args.report else None)))
+        if args.report_now is not None:
+            _print(report_lines(write_report(config, Path(args.report_now) if args.report_now else None)))
             return EXIT_OK
         if args.export is not None:
             _print(export_lines(export(config, Path(args.export))))

@@ -169,6 +169,9 @@ class RunConfig:
     allow_mixed: bool = setting(False, as_bool, "resume even though the settings that change answers differ "
                                 "from those that wrote the output")
     verbose: bool = setting(False, as_bool, "log every attempt and the HTTP stack", short="-v")
+    # No flag of its own: on the command line, --report [FILE] writes a report at once.
+    report: bool = setting(False, as_bool, "write the HTML report <output>.report.html at the end of every run "
+                           "(needs mpinfer[report]; --report writes one at once)", cli=False)
     # repr=False: a config is logged and shown in errors; the keys must never be.
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     # Things the user should hear about the settings themselves (e.g. a .env others can read).
@@ -231,6 +234,23 @@ def _parse(option: Option, value: Any, source: str) -> Any:
         raise ConfigError(f"{source}: {option.name} = {value!r} is invalid: {exc}") from None
 
 
+CONFIG_ENV = "MPINFER_CONFIG"
+
+
+def settings_file(given: Path | None, layers: list[dict[str, str]], cwd: Path) -> Path:
+    """The settings file to read: ``--config FILE``, else ``MPINFER_CONFIG``, else ``./mpinfer.toml`` (which may
+    be absent). A file named on purpose must exist: a typo must not run a job on the defaults."""
+    found = _lookup(layers, (CONFIG_ENV,))
+    named = given if given is not None else (Path(found[1]) if found else None)
+    if named is None:
+        return cwd / TOML_NAME
+    path = named if named.is_absolute() else cwd / named
+    if not path.is_file():
+        source = "--config" if given is not None else CONFIG_ENV
+        raise ConfigError(f"{source} {named}: no such settings file")
+    return path
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as handle:
@@ -273,6 +293,7 @@ def load_config(
     cwd: Path | None = None,
     *,
     keywords: bool = False,
+    config_file: Path | None = None,
 ) -> RunConfig:
     """Settle a RunConfig from flags > environment and .env > mpinfer.toml > defaults.
 
@@ -280,6 +301,7 @@ def load_config(
     environment, ``cwd`` to the working directory (where .env and mpinfer.toml are looked up). With
     ``keywords`` the flags are keyword settings of ``mpinfer.run``: an unknown name is an error, errors name
     them as ``mpinfer.run(name=...)``, and ``api_keys`` (a key, or several) is one of them, for Python only.
+    ``config_file`` (``--config``, else ``MPINFER_CONFIG``) is read instead of ``./mpinfer.toml``.
     """
     flags = dict(flags or {})
     keys = flags.pop("api_keys", None) if keywords else None
@@ -287,7 +309,7 @@ def load_config(
         check_names(flags)
     cwd = cwd or Path.cwd()
     layers = environment(environ, cwd)
-    toml_path = cwd / TOML_NAME
+    toml_path = settings_file(config_file, layers, cwd)
     toml = _read_toml(toml_path)
     values: dict[str, Any] = {}
     explicit: set[str] = set()

@@ -20,9 +20,10 @@ from filelock import FileLock, Timeout
 from .api.prices import load_prices
 from .config import RunConfig
 from .driver import MAX_FAILURES_SHOWN, RunState, work_items
-from .errors import ConfigError, OutputError
+from .errors import ConfigError, InputError, OutputError
 from .inputs.tasks import check_input, iter_tasks, reading, refuse_input_as_output, selection, settle_models
 from .logfile import create_log_file, parent_logging
+from .reports.epilogue import after_run
 from .reports.summary import RunSummary, Tally
 from .store.idset import IdSubset
 from .store.manifest import (
@@ -101,6 +102,8 @@ def run(config: RunConfig, *, progress: bool = True, grace_s: float = DEFAULT_GR
     """
     started = time.monotonic()
     input_path, output = config.require_paths()
+    if not input_path.is_file():  # the first thing a new user gets wrong: say it before the missing key
+        raise InputError("cannot open input: no such file", str(input_path))
     config.require_api_keys()
     prices = load_prices(config.prices, config.price_input, config.price_output)
     keys = reading(config)
@@ -162,6 +165,7 @@ def run(config: RunConfig, *, progress: bool = True, grace_s: float = DEFAULT_GR
         if summary.remaining == 0:
             summary.elapsed_s = time.monotonic() - started
             append_record(manifest, end_record(start, summary_counts(summary, summary.cost)))
+            summary.epilogue = after_run(config, summary.remaining)
             return summary
         items = work_items(iter_tasks(input_path, keys, selection=chosen), done)
         state = RunState(config, items, summary, summary_path, priced_before, progress)
@@ -182,6 +186,7 @@ def run(config: RunConfig, *, progress: bool = True, grace_s: float = DEFAULT_GR
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
             append_record(manifest, end_record(start, summary_counts(summary, summary.cost)))
+            summary.epilogue = after_run(config, summary.remaining)  # still under the lock: no run writes beside
         log.info("run ended: %d written, %d failed, %d left, %.1fs%s", summary.succeeded + summary.recovered,
                  summary.failed, summary.remaining, summary.elapsed_s,
                  f", stopped: {summary.stopped}" if summary.stopped else "")

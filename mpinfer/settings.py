@@ -107,13 +107,16 @@ class Spec:
     env: tuple[str, ...]
     metavar: str | None
     shown: str | None
+    cli: bool = True
 
 
 def setting(default: T, parse: Callable[[Any], Any], help: str, *, short: str | None = None,
-            env: tuple[str, ...] = (), metavar: str | None = None, shown: str | None = None) -> T:
+            env: tuple[str, ...] = (), metavar: str | None = None, shown: str | None = None,
+            cli: bool = True) -> T:
     """A RunConfig field that is a setting. ``shown`` says what the default means when its value alone does not
-    (``None`` for "the server's"); ``env`` replaces the variable's name ``MPINFER_<NAME>``."""
-    spec = Spec(parse, help, short, env, metavar, shown)
+    (``None`` for "the server's"); ``env`` replaces the variable's name ``MPINFER_<NAME>``; ``cli=False``: no
+    flag of its own (the flag of that name does something else on the command line)."""
+    spec = Spec(parse, help, short, env, metavar, shown, cli)
     made: T = dataclasses.field(default=default, metadata={_KEY: spec})
     return made
 
@@ -130,6 +133,7 @@ class Option:
     env: tuple[str, ...] = ()
     metavar: str | None = None
     shown: str | None = None
+    cli: bool = True  # has a flag of its own
 
     @property
     def is_switch(self) -> bool:
@@ -176,7 +180,7 @@ def options_of(cls: type[Any]) -> tuple[Option, ...]:
         spec = f.metadata.get(_KEY)
         if isinstance(spec, Spec):
             options.append(Option(f.name, spec.parse, f.default, spec.help, spec.short, spec.env, spec.metavar,
-                                  spec.shown))
+                                  spec.shown, spec.cli))
     return tuple(options)
 
 
@@ -188,7 +192,7 @@ def readme_row(option: Option) -> str:
     flag = f"{option.short}/{option.flag}" if option.short else option.flag
     if option.metavar:
         flag += f" {option.metavar}"
-    cells = [f"`{flag}`", f"`{option.env_names[0]}` / `{option.name}`", option.default_text, option.help]
+    cells = [f"`{flag}`" if option.cli else "-", f"`{option.env_names[0]}` / `{option.name}`", option.default_text, option.help]
     # Escaped for Markdown: a "<model>" would vanish as an HTML tag, a "|" would split the cell.
     return "| " + " | ".join(c.replace("|", "\\|").replace("<", "\\<") for c in cells) + " |"
 

@@ -49,6 +49,10 @@ def test_cancel_stops_the_live_run_gracefully_and_a_rerun_finishes_the_rest(tmp_
     written = read_jsonl(tmp_path / "results.jsonl")
     assert 2 <= len(written) < 60
     assert len({row["id"] for row in written}) == len(written)
+    # And what is left is listed, as input records, in the missing file
+    missing = read_jsonl(tmp_path / "results.jsonl.missing.jsonl")
+    assert sorted(t["id"] for t in missing) == sorted(t["id"] for t in text_tasks(60)
+                                                      if t["id"] not in {row["id"] for row in written})
     # And a second --cancel finds no live run and exits 1
     again = run_cli("-o", "results.jsonl", "--cancel", cwd=tmp_path)
     assert again.returncode == 1 and "no run is live" in again.stdout

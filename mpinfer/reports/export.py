@@ -22,8 +22,18 @@ import orjson
 
 from ..config import RunConfig
 from ..errors import ConfigError
-from ..inputs.tasks import FieldKeys, InputFormat, Selection, Task, check_input, iter_selected, reading, selection
-from ..store.output import OutputPaths, companion, iter_lines, model_outputs, record_id
+from ..inputs.tasks import (
+    FieldKeys,
+    InputFormat,
+    Selection,
+    Task,
+    check_input,
+    detect_format,
+    iter_selected,
+    reading,
+    selection,
+)
+from ..store.output import OutputPaths, companion, iter_lines, model_outputs, record_id, scan
 from ..store.records import RecordView, view
 from ..store.repair import atomic_write
 from .parquet import ParquetTable, require_pyarrow
@@ -117,6 +127,35 @@ def _outcomes(output: Path) -> _Outcomes:
         if rid is not None and rid not in answers:
             errors[rid] = _failure_message(obj)
     return _Outcomes(answers, errors)
+
+
+def _settled_ids(output: Path) -> set[str]:
+    """The ids answered in ``output`` or failed in its errors file: what is not missing."""
+    paths = OutputPaths.of(output)
+    settled = scan(paths.output).ids
+    settled.update(rid for _, _, obj in iter_lines(paths.errors) if (rid := record_id(obj)) is not None)
+    return settled
+
+
+def write_missing(config: RunConfig) -> tuple[Path, int]:
+    """Rewrite ``<output>.missing.jsonl`` (atomically) with the selected input records that some model's output
+    has neither answered nor failed; returns the file and how many records it holds.
+
+    The end of a run calls it when tasks are left, so that a stopped run always says what is left; it holds
+    only ids (one set per model), not answers, and streams the input, which the run has checked already.
+    """
+    input_path, output = config.require_paths()
+    keys = reading(config)
+    fmt = detect_format(input_path)
+    settled = [_settled_ids(path) for path in model_outputs(output, config.models)]
+    missing_file = companion(output, ".missing.jsonl")
+    count = 0
+    with atomic_write(missing_file) as missing:
+        for raw, task in _selected_rows(input_path, keys, selection(config), fmt):
+            if any(task.id not in ids for ids in settled):
+                missing.write(orjson.dumps(_feedable(raw, task, fmt, keys), option=orjson.OPT_APPEND_NEWLINE))
+                count += 1
+    return missing_file, count
 
 
 def _selected_rows(path: Path, keys: FieldKeys, chosen: Selection, fmt: InputFormat,

@@ -232,6 +232,8 @@ def write_report(config: RunConfig, dest: Path | None = None) -> ReportResult:
         raise ConfigError("--report needs the output: pass -o FILE")
     target = dest or default_report_path(output)
     timeline = build_timeline(output, config.models)
+    if not timeline.runs:
+        raise OutputError(f"--report: {output} has no answers, failures or runs recorded yet: nothing to report")
     reports: list[ValidationReport] | None = None
     reason = ""
     if config.input is None or not config.input.exists():

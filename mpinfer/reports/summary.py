@@ -12,12 +12,15 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from ..api.ratelimit import LaneStats
 from ..events import Stopped, TaskDone
+
+if TYPE_CHECKING:
+    from .epilogue import Epilogue
 
 
 @dataclass
@@ -61,6 +64,7 @@ class RunSummary:
     refusals: int = 0  # answered with a refusal: done, not failed, and not an empty answer
     truncated: int = 0  # answers cut off at max_tokens (finish_reason "length")
     latencies: list[float] = field(default_factory=list, repr=False)
+    epilogue: Epilogue | None = None  # the files the run's end wrote: missing tasks, report
 
     @property
     def done(self) -> int:
@@ -121,6 +125,7 @@ class RunSummary:
     def to_dict(self, live: bool) -> dict[str, Any]:
         data = asdict(self)
         del data["latencies"]
+        del data["epilogue"]  # files named by the CLI at the end; the summary file is written before them
         data["log_file"] = str(self.log_file) if self.log_file else None
         data["stopped"] = str(self.stopped) if self.stopped else None
         data.update(live=live, done=self.done, remaining=self.remaining, rate_limited=self.rate_limited,

@@ -67,6 +67,11 @@ def summary_lines(summary: RunSummary) -> list[str]:
         lines.append(f"stopped: {summary.stopped}")
     if summary.remaining and not summary.stopped:
         lines.append("rerun the same command to retry what is left")
+    epilogue = summary.epilogue
+    if epilogue is not None and epilogue.missing_file is not None:
+        lines.append(f"the {epilogue.missing_tasks} tasks neither answered nor failed are in {epilogue.missing_file}")
+    if epilogue is not None and epilogue.report_file is not None:
+        lines.append(f"report: {epilogue.report_file}")
     if summary.log_file:
         lines.append(f"log: {summary.log_file}")
     return lines
