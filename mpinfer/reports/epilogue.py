@@ -9,24 +9,15 @@ failure to write them is logged and never fails the run whose answers are on dis
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import RunConfig
 from ..errors import MpinferError
 from ..store.output import companion
 from .export import write_missing
+from .summary import Epilogue
 
 log = logging.getLogger("mpinfer.run")
-
-
-@dataclass(frozen=True)
-class Epilogue:
-    """The files a run's end wrote (None: not written), for the summary to name."""
-
-    missing_file: Path | None = None
-    missing_tasks: int = 0
-    report_file: Path | None = None
 
 
 def after_run(config: RunConfig, remaining: int) -> Epilogue:

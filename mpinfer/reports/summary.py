@@ -12,15 +12,12 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
 from ..api.ratelimit import LaneStats
 from ..events import Stopped, TaskDone
-
-if TYPE_CHECKING:
-    from .epilogue import Epilogue
 
 
 @dataclass
@@ -33,6 +30,15 @@ class Tally:
     succeeded: int = 0
     failed: int = 0
     disabled: bool = False
+
+
+@dataclass(frozen=True)
+class Epilogue:
+    """The files a run's end wrote beside the output (None: not written), for the summary to name."""
+
+    missing_file: Path | None = None
+    missing_tasks: int = 0
+    report_file: Path | None = None
 
 
 @dataclass
