@@ -18,7 +18,7 @@ from .errors import MpinferError
 from .events import StopReason
 from .reports.export import export
 from .reports.html import write_report
-from .reports.status import status
+from .reports.status import StatusReader, status
 from .reports.summary import RunSummary
 from .reports.text import (
     cancel_lines,
@@ -108,9 +108,13 @@ def _print(lines: list[str]) -> None:
 
 
 def _watch(config: RunConfig, every_s: float) -> int:
-    """Redraw the status in place until no run is live on the output (Ctrl-C ends it sooner)."""
+    """Redraw the status in place until no run is live on the output (Ctrl-C ends it sooner).
+
+    One reader for all the redraws: each reads only what the run appended since the last.
+    """
+    reader = StatusReader(config)
     while True:
-        report = status(config)
+        report = reader.read()
         sys.stdout.write("\x1b[H\x1b[2J" if sys.stdout.isatty() else "\n")
         _print(status_lines(report))
         sys.stdout.flush()

@@ -25,7 +25,7 @@ import orjson
 
 from ..config import RunConfig
 from ..errors import ConfigError, InputError
-from ..store.idset import HashFn, IdIndex, IdSubset
+from ..store.idset import HashFn, IdIndex, IdSubset, Resolver
 from ..store.output import OutputPaths, iter_lines, model_outputs, record_id, scan
 from ..store.records import is_answer
 from .chat import Conversation, check_messages
@@ -333,8 +333,8 @@ def check_input(path: Path, keys: FieldKeys = FieldKeys(), selection: Selection 
     """
     fmt = detect_format(path)
     problems: list[InputError] = []
-    by_row = keys.id_from_row and fmt is not InputFormat.BATCH  # the id is the row number: nothing to read
-    index = IdIndex(str if by_row else IdReader(path, keys.id, fmt), hash_fn)
+    by_row = _ids_by_row(keys, fmt)
+    index = IdIndex(id_resolver(path, keys, fmt), hash_fn)
     body_models: dict[str, None] = {}
     position = 0
     for _, offset, _, item in _rows(path, keys, fmt):
@@ -378,6 +378,15 @@ def settle_models(config: RunConfig, index: InputIndex) -> RunConfig:
     if index.format is not InputFormat.BATCH or "model" in config.explicit or len(index.body_models) != 1:
         return config
     return dataclasses.replace(config, model=index.body_models[0])
+
+
+def id_resolver(path: Path, keys: FieldKeys, fmt: InputFormat) -> Resolver:
+    """How the id index reads an id again: the row number itself, or the id of the row at a byte offset."""
+    return str if _ids_by_row(keys, fmt) else IdReader(path, keys.id, fmt)
+
+
+def _ids_by_row(keys: FieldKeys, fmt: InputFormat) -> bool:
+    return keys.id_from_row and fmt is not InputFormat.BATCH  # the id is the row number: nothing to read
 
 
 def _duplicates_error(path: Path, duplicates: list[tuple[str, list[int]]]) -> InputError:

@@ -15,6 +15,7 @@ from ..backends.batch_plan import BatchStatus, plan_report
 from ..config import RunConfig
 from ..inputs.tasks import InputIndex, check_input, reading, selection
 from ..store.output import OutputPaths, companion, live_run, model_outputs
+from . import status_cache
 from .summary import percentiles, read_summary
 from .tally import RECENT_RECORDS, OutputTally
 
@@ -111,27 +112,47 @@ def _merge(counts: Any) -> dict[str, int]:
 class StatusReader:
     """Status that reads only what is new: the input's ids and each output's tally are kept between reads.
 
-    ``--status --watch`` keeps one reader, so a redraw costs what was appended since the last one.
+    ``--status --watch`` keeps one reader, so a redraw costs what was appended since the last one; a reader
+    also starts from the cache a previous --status left beside the output (reports/status_cache.py).
     """
 
-    def __init__(self, config: RunConfig) -> None:
+    def __init__(self, config: RunConfig, use_cache: bool = True) -> None:
         self.config = config
         self.input_path, self.output = config.require_paths()
         self.outputs = model_outputs(self.output, config.models)
+        self.keys = reading(config)
+        self.use_cache = use_cache and status_cache.usable(config)
         self.index: InputIndex | None = None
         self.tallies: list[OutputTally] = []
-        self.bytes_read = 0  # by the last read: what the cache saved is visible here
+        self.bytes_read = 0  # by the last read: how much of the files it had to read
+        self.from_cache = False
+        self._key: dict[str, object] = {}
         self._percentiles: tuple[int, dict[str, float | None]] = (-1, {})
 
     def _refresh(self) -> InputIndex:
+        fresh = False
         if self.index is None:
-            self.index = check_input(self.input_path, reading(self.config), selection(self.config))
-            self.tallies = [OutputTally.empty(self.index.ids) for _ in self.outputs]
+            chosen = selection(self.config)
+            self._key = status_cache.cache_key(self.config, self.keys, chosen, self.outputs)
+            cached = status_cache.load(self._cache, self._key, self.input_path, self.keys) if self.use_cache else None
+            self.from_cache = cached is not None
+            if cached is None:
+                self.index = check_input(self.input_path, self.keys, chosen)
+                self.tallies = [OutputTally.empty(self.index.ids) for _ in self.outputs]
+                fresh = True
+            else:
+                self.index, self.tallies = cached
         self.bytes_read = 0
         for path, tally in zip(self.outputs, self.tallies, strict=True):
             paths = OutputPaths.of(path)
             self.bytes_read += tally.refresh(paths.output, paths.errors)
+        if self.use_cache and (fresh or self.bytes_read):
+            status_cache.save(self._cache, self._key, self.index, self.tallies)
         return self.index
+
+    @property
+    def _cache(self) -> Path:
+        return status_cache.cache_path(self.output)
 
     def _latency(self) -> dict[str, float | None]:
         count = sum(len(t.latencies) for t in self.tallies)

@@ -130,6 +130,23 @@ class IdIndex:
         shared = self._shared.get(value)
         return shared.get(task_id) if shared is not None else at
 
+    def dump(self) -> tuple[list[bytes], dict[str, dict[str, int]]]:
+        """The frozen index as bytes (hashes, locators, bucket starts) and its shared hashes, to cache."""
+        shared = {str(value): dict(ids) for value, ids in self._shared.items()}
+        return [self._hashes.tobytes(), self._locators.tobytes(), self._starts.tobytes()], shared
+
+    @classmethod
+    def restore(cls, resolver: Resolver, blobs: list[bytes], shared: dict[str, dict[str, int]]) -> IdIndex:
+        """An index saved by ``dump`` (with the default hash: the only one a cache is written with)."""
+        index = cls(resolver)
+        index._pending = None
+        for target, blob in zip((index._hashes, index._locators, index._starts), blobs, strict=True):
+            target.frombytes(blob)
+        if len(index._hashes) != len(index._locators) or len(index._starts) != (1 << _BUCKET_BITS) + 1:
+            raise ValueError("a saved id index of the wrong shape")
+        index._shared = {int(value): {str(k): int(v) for k, v in ids.items()} for value, ids in shared.items()}
+        return index
+
     def locator(self, slot: int) -> int:
         return self._locators[slot]
 
@@ -179,6 +196,8 @@ class IdSubset:
 
     def has_member(self, task_id: str) -> bool:
         """Membership of an id read from this subset's input (the feed's question): no read needed."""
+        if not self._count:
+            return False  # a fresh run's done set: no hashing at all
         slot = self.index.find_member(task_id)
         return slot is not None and self.has_slot(slot)
 

@@ -1,0 +1,146 @@
+"""The --status cache: a hidden file beside the output, so that the next --status reads only what is new.
+
+It holds the input's id index (as the input check built it), the selection, and each output's tally with
+the marks of where its files were read up to. It is used only for the same input file (device, inode,
+size, mtime and the bytes at its head and end unchanged), read the same way (id and field keys, selection,
+models); each output's marks then decide what is read again (``tally.FileMark``). Anything that does not
+match, or a file that cannot be read, means no cache: status reads everything, as it would without one.
+The cache is a plain file of JSON and arrays, never pickle: loading it runs no code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from array import array
+from collections import deque
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ..config import RunConfig
+from ..inputs.tasks import FieldKeys, InputFormat, InputIndex, Selection, id_resolver
+from ..store.idset import IdIndex, IdSubset
+from .tally import RECENT_RECORDS, FileMark, OutputTally
+
+_MAGIC = b"mpinfer status cache 1\n"
+
+
+def cache_path(output: Path) -> Path:
+    return output.with_name(f".{output.name}.status-cache")
+
+
+def cache_key(config: RunConfig, keys: FieldKeys, chosen: Selection, outputs: tuple[Path, ...]) -> dict[str, Any]:
+    """What the cached counts depend on besides the files themselves."""
+    ids = None
+    if chosen.ids is not None:
+        ids = hashlib.blake2b("\n".join(sorted(chosen.ids)).encode(), digest_size=16).hexdigest()
+    return {"input": str(config.require_paths()[0].resolve()), "keys": asdict(keys),
+            "selection": [chosen.start, chosen.end, chosen.limit, ids], "outputs": [str(p) for p in outputs],
+            "hash": "blake2b-64"}
+
+
+def usable(config: RunConfig) -> bool:
+    """--only-failed selects from the errors files, which change under a run: no cache for it."""
+    return not config.only_failed
+
+
+def _input_mark(path: Path) -> FileMark | None:
+    try:
+        return FileMark.of(path, path.stat().st_size)
+    except OSError:
+        return None
+
+
+def load(path: Path, key: dict[str, Any], input_path: Path, keys: FieldKeys,
+         ) -> tuple[InputIndex, list[OutputTally]] | None:
+    """The cached index and tallies, or None when there is no cache or it is not for this input and key."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    try:
+        return _decode(data, key, input_path, keys)
+    except (ValueError, KeyError, TypeError, IndexError, orjson.JSONDecodeError):
+        return None
+
+
+def _decode(data: bytes, key: dict[str, Any], input_path: Path, keys: FieldKeys,
+            ) -> tuple[InputIndex, list[OutputTally]] | None:
+    if not data.startswith(_MAGIC):
+        return None
+    at = len(_MAGIC)
+    size = int.from_bytes(data[at:at + 8], "little")
+    header = orjson.loads(data[at + 8:at + 8 + size])
+    mark = _input_mark(input_path)
+    if header["key"] != key or mark is None or FileMark.from_dict(header["input_mark"]) != mark:
+        return None
+    blobs: dict[str, bytes] = {}
+    at += 8 + size
+    for name, length in header["blobs"]:
+        blobs[name] = data[at:at + length]
+        at += length
+    fmt = InputFormat(header["format"])
+    index = IdIndex.restore(id_resolver(input_path, keys, fmt),
+                            [blobs["hashes"], blobs["locators"], blobs["starts"]], header["shared"])
+    selected = IdSubset(index)
+    selected.load_bytes(blobs["selected"])
+    tallies = [_tally(item, selected, blobs, number) for number, item in enumerate(header["tallies"])]
+    index_read = InputIndex(path=input_path, ids=selected, total=len(selected), format=fmt,
+                            body_models=tuple(str(m) for m in header["body_models"]))
+    return index_read, tallies
+
+
+def _tally(item: dict[str, Any], selected: IdSubset, blobs: dict[str, bytes], number: int) -> OutputTally:
+    tally = OutputTally.empty(selected)
+    tally.done.load_bytes(blobs[f"done{number}"])
+    tally.latencies.frombytes(blobs[f"latencies{number}"])
+    for name in ("bad", "prompt", "completion", "unpriced", "mismatches", "refusals", "truncated"):
+        setattr(tally, name, int(item[name]))
+    tally.cost = float(item["cost"])
+    tally.last = None if item["last"] is None else float(item["last"])
+    tally.recent = deque((float(v) for v in item["recent"]), maxlen=RECENT_RECORDS)
+    tally.unknown = {str(v) for v in item["unknown"]}
+    tally.failures = {int(k): str(v) for k, v in item["failures"].items()}
+    tally.output_mark = FileMark.from_dict(item["output_mark"]) if item["output_mark"] else None
+    tally.errors_mark = FileMark.from_dict(item["errors_mark"]) if item["errors_mark"] else None
+    return tally
+
+
+def save(path: Path, key: dict[str, Any], index: InputIndex, tallies: list[OutputTally]) -> None:
+    """Write the cache atomically; a directory that cannot take it just means no cache next time."""
+    mark = _input_mark(index.path)
+    if mark is None:
+        return
+    arrays, shared = index.ids.index.dump()
+    blobs: list[tuple[str, bytes]] = [("hashes", arrays[0]), ("locators", arrays[1]), ("starts", arrays[2]),
+                                      ("selected", index.ids.to_bytes())]
+    items = []
+    for number, tally in enumerate(tallies):
+        blobs.append((f"done{number}", tally.done.to_bytes()))
+        blobs.append((f"latencies{number}", array("d", tally.latencies).tobytes()))
+        items.append({
+            "bad": tally.bad, "prompt": tally.prompt, "completion": tally.completion, "unpriced": tally.unpriced,
+            "mismatches": tally.mismatches, "refusals": tally.refusals, "truncated": tally.truncated,
+            "cost": tally.cost, "last": tally.last, "recent": list(tally.recent), "unknown": sorted(tally.unknown),
+            "failures": {str(k): v for k, v in tally.failures.items()},
+            "output_mark": tally.output_mark.to_dict() if tally.output_mark else None,
+            "errors_mark": tally.errors_mark.to_dict() if tally.errors_mark else None,
+        })
+    header = orjson.dumps({"key": key, "input_mark": mark.to_dict(), "format": index.format.value,
+                           "body_models": list(index.body_models),
+                           "shared": shared, "tallies": items, "blobs": [[n, len(b)] for n, b in blobs]})
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("wb") as handle:
+            handle.write(_MAGIC + len(header).to_bytes(8, "little") + header)
+            for _, blob in blobs:
+                handle.write(blob)
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass

@@ -1,0 +1,147 @@
+"""--status reads only what is new, and its cache never makes it wrong: each case against a fresh full read."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import orjson
+import pytest
+from test_validate_status import NOW, failure, result, setup_run, write_jsonl
+
+from mpinfer.config import RunConfig
+from mpinfer.reports.status import StatusReader, StatusReport
+from mpinfer.reports.status_cache import cache_path
+from mpinfer.store.repair import repair
+
+IDS = [f"t{i}" for i in range(40)]
+
+
+def fresh(config: RunConfig) -> StatusReport:
+    """What --status says reading everything, with no cache."""
+    return StatusReader(config, use_cache=False).read(NOW)
+
+
+def cached(config: RunConfig) -> tuple[StatusReport, StatusReader]:
+    """What --status says starting from the cache beside the output, and the reader (what it read)."""
+    reader = StatusReader(config)
+    return reader.read(NOW), reader
+
+
+def lines(*items: dict[str, object] | bytes) -> bytes:
+    return b"".join(item if isinstance(item, bytes) else orjson.dumps(item) + b"\n" for item in items)
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> RunConfig:
+    """20 of 40 tasks answered, 3 failures (one of them answered later), a bad line; one --status done."""
+    config = setup_run(tmp_path, IDS, [result(i, at=NOW - 40 + n) for n, i in enumerate(IDS[:20])])
+    write_jsonl(config.output.with_name("results.jsonl.errors.jsonl"), [failure("t25"), failure("t26"),
+                                                                         failure("t3")])
+    with config.output.open("ab") as handle:
+        handle.write(b"not json\n")
+    first, reader = cached(config)
+    assert not reader.from_cache and cache_path(config.output).exists()
+    assert (first.done, first.failed, first.bad_lines) == (20, 2, 1)
+    return config
+
+
+def test_a_second_status_on_an_unchanged_output_reads_nothing_and_says_the_same(config: RunConfig) -> None:
+    # When --status runs again with nothing changed
+    again, reader = cached(config)
+    # Then it came from the cache, read no byte of the output, and matches a full read
+    assert reader.from_cache and reader.bytes_read == 0
+    assert again == fresh(config)
+
+
+def test_after_an_append_only_the_new_bytes_are_read(config: RunConfig) -> None:
+    # Given 5 more answers, a torn line being written, and a new failure appended
+    added = lines(*(result(i, at=NOW - 5) for i in IDS[20:25]))
+    with config.output.open("ab") as handle:
+        handle.write(added + b'{"id": "t30", "ans')
+    errors_added = lines(failure("t31"))
+    with config.output.with_name("results.jsonl.errors.jsonl").open("ab") as handle:
+        handle.write(errors_added)
+    # When --status runs again
+    again, reader = cached(config)
+    # Then it read just what was appended (not the torn tail) and matches a full read
+    assert reader.from_cache and reader.bytes_read == len(added) + len(errors_added)
+    assert again == fresh(config)
+    assert (again.done, again.failed, again.bad_lines) == (25, 3, 2)
+    # And once the torn line is finished, the next call takes it
+    with config.output.open("ab") as handle:
+        handle.write(b'wer": "x"}\n')
+    assert cached(config)[0] == fresh(config)
+
+
+def test_a_watch_reader_redraw_costs_what_was_appended(config: RunConfig) -> None:
+    # Given one reader kept across redraws, as --watch does
+    reader = StatusReader(config)
+    reader.read(NOW)
+    added = lines(result("t39"))
+    with config.output.open("ab") as handle:
+        handle.write(added)
+    # When it redraws
+    report = reader.read(NOW)
+    # Then it read the one new line
+    assert reader.bytes_read == len(added) and report == fresh(config)
+
+
+def test_a_truncated_output_is_read_again_whole(config: RunConfig) -> None:
+    # Given the output cut back to its first 8 lines
+    kept = b"".join(config.output.read_bytes().splitlines(keepends=True)[:8])
+    with config.output.open("r+b") as handle:
+        handle.truncate(len(kept))
+    # When --status runs again
+    again, reader = cached(config)
+    # Then it noticed, read the whole file, and matches a full read
+    assert reader.bytes_read == len(kept) + config.output.with_name("results.jsonl.errors.jsonl").stat().st_size
+    assert again == fresh(config) and again.done == 8
+
+
+def test_an_output_replaced_by_a_copy_is_read_again_whole(config: RunConfig, tmp_path: Path) -> None:
+    # Given another output of the same size copied over it in place (same inode), and then one moved over it
+    other = tmp_path / "other.jsonl"
+    write_jsonl(other, [result(i, at=NOW - 40 + n) for n, i in enumerate(IDS[20:40])])
+    with config.output.open("ab") as handle:  # make the sizes equal: the copy must be caught by its bytes
+        handle.truncate(other.stat().st_size)
+    cached(config)
+    shutil.copyfile(other, config.output)
+    first_copy, _ = cached(config)
+    assert first_copy == fresh(config) and first_copy.done == 20
+    assert first_copy.failed == 1  # t25 and t26 are answered in the copy; t3 is not
+    moved = tmp_path / "moved.jsonl"
+    write_jsonl(moved, [result(i) for i in IDS[:3]])
+    os.replace(moved, config.output)
+    # When --status runs again
+    again, _ = cached(config)
+    # Then each time it matches a full read
+    assert again == fresh(config) and again.done == 3
+
+
+def test_an_output_rewritten_by_repair_is_read_again_whole(config: RunConfig) -> None:
+    # Given --validate --repair rewrites the output (the bad line moves out)
+    repair(config)
+    # When --status runs again
+    again, _ = cached(config)
+    # Then it matches a full read, without the bad line
+    assert again == fresh(config) and again.bad_lines == 0 and again.done == 20
+
+
+def test_a_changed_input_is_checked_again(config: RunConfig) -> None:
+    # Given 10 more tasks in the input
+    write_jsonl(config.input, [{"id": i, "prompt": "p"} for i in [*IDS, *(f"n{k}" for k in range(10))]])
+    # When --status runs again
+    again, reader = cached(config)
+    # Then the cache was not used and the totals are the new input's
+    assert not reader.from_cache and again.total == 50 and again == fresh(config)
+
+
+def test_a_cache_that_is_not_one_is_ignored(config: RunConfig) -> None:
+    # Given garbage where the cache was
+    cache_path(config.output).write_bytes(b"mpinfer status cache 1\n\xff\xff garbage")
+    # When --status runs
+    again, reader = cached(config)
+    # Then it read everything and is right
+    assert not reader.from_cache and again == fresh(config)
