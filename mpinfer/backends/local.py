@@ -61,7 +61,8 @@ class LocalBackend:
         config = self.config
         self.limiter = SharedLimiter.create(self.ctx, len(config.require_api_keys()), len(config.models),
                                             config.rpm, config.tpm, config.rate_window,
-                                            max_in_flight=config.processes * config.concurrency)
+                                            max_in_flight=config.processes * config.concurrency,
+                                            holders=config.processes)
         state.lanes = self._lanes
         self.slots: list[_Slot] = []
         self.stop_deadline: float | None = None
@@ -149,6 +150,10 @@ class LocalBackend:
         self.slots.remove(slot)
         code = slot.process.exitcode
         expected = slot.stopped and code == 0
+        # What it had in flight is given back to the limiter before its slot is used again.
+        reclaimed = self.limiter.reclaim(slot.index)
+        if reclaimed and not expected:
+            log.info("worker %d held %d limiter slots: given back", slot.index, reclaimed)
         if slot.held:
             written = self._written_since_start(slot.held)
             lost: list[WorkItem] = [(task, m) for (task_id, m), task in slot.held.items()

@@ -20,8 +20,9 @@ import logging
 import time
 from typing import Any
 
+from ..api.hints import RATE_HEADERS
 from ..api.prices import PriceTable
-from ..api.ratelimit import Grant, LaneStats, SharedLimiter
+from ..api.ratelimit import Ending, Grant, LaneStats, SharedLimiter, Wait
 from ..driver import RunState, WorkItem
 from ..errors import ConfigError, NoKeysLeft, OutputError
 from ..events import Event, Fatal, Stopped, StopReason
@@ -41,8 +42,6 @@ log = logging.getLogger("mpinfer.run")
 POLL_S = 0.25
 STOP_JOIN_S = 10.0
 ACTOR_CPUS = 0.5
-_RATE_HEADERS = ("x-ratelimit-remaining-requests", "x-ratelimit-reset-requests", "x-ratelimit-remaining-tokens",
-                 "x-ratelimit-reset-tokens")
 
 
 class _Limiter:
@@ -55,7 +54,7 @@ class _Limiter:
         self.shared = SharedLimiter.create(multiprocess.get_context("fork"), n_keys, n_models, rpm, tpm,
                                            window_s, max_in_flight=max_in_flight)
 
-    def try_acquire(self, model: int, charge: int) -> Grant | float | None:
+    def try_acquire(self, model: int, charge: int) -> Grant | Wait | None:
         try:
             return self.shared.try_acquire(model, charge, time.monotonic())
         except NoKeysLeft:
@@ -64,8 +63,8 @@ class _Limiter:
     def sent(self, grant: Grant) -> None:
         self.shared.sent(grant, time.monotonic())
 
-    def release(self, grant: Grant, ok: bool, overloaded: bool, charged: int | None, used: int) -> None:
-        self.shared.release(grant, time.monotonic(), ok=ok, overloaded=overloaded, charged=charged, used=used)
+    def release(self, grant: Grant, ending: Ending, charged: int | None, used: int) -> bool:
+        return self.shared.release(grant, time.monotonic(), ending, charged=charged, used=used)
 
     def rate_limited(self, lane: int, retry_after: float | None) -> None:
         self.shared.rate_limited(lane, time.monotonic(), retry_after)
@@ -94,7 +93,7 @@ class RayLimiter:
     def __init__(self, handle: Any) -> None:
         self.handle = handle
 
-    async def try_acquire(self, model: int, charge: int) -> Grant | float:
+    async def try_acquire(self, model: int, charge: int) -> Grant | Wait:
         got = await self.handle.try_acquire.remote(model, charge)
         if got is None:
             raise NoKeysLeft()
@@ -105,9 +104,13 @@ class RayLimiter:
         # after the send, which errs on the safe side.
         self.handle.sent.remote(grant)
 
-    async def release(self, grant: Grant, *, ok: bool, overloaded: bool = False, charged: int | None = None,
-                      used: int = 0) -> None:
-        self.handle.release.remote(grant, ok, overloaded, charged, used)
+    async def release(self, grant: Grant, ending: Ending = Ending.OK, *, charged: int | None = None,
+                      used: int = 0) -> bool:
+        if ending is not Ending.UNREACHABLE:
+            self.handle.release.remote(grant, ending, charged, used)
+            return False
+        in_outage: bool = await self.handle.release.remote(grant, ending, charged, used)  # the retry needs it
+        return in_outage
 
     async def rate_limited(self, lane: int, retry_after: float | None) -> None:
         self.handle.rate_limited.remote(lane, retry_after)
@@ -115,7 +118,7 @@ class RayLimiter:
     async def observe_headers(self, lane: int, headers: Any) -> None:
         if headers is None:
             return
-        found = {name: headers.get(name) for name in _RATE_HEADERS if headers.get(name) is not None}
+        found = {name: headers.get(name) for name in RATE_HEADERS if headers.get(name) is not None}
         if found:
             self.handle.observe_headers.remote(lane, found)
 

@@ -15,15 +15,17 @@ import logging
 import os
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import openai
 
-from ..api.client import Answer, CallError, Transport, Verdict, backoff_s, classify, complete, make_client
+from ..api.client import Answer, CallError, Transport, Verdict, classify, complete, make_client
 from ..api.messages import ImageEncoder, Request, build_body_request, build_request
 from ..api.prices import PriceTable
-from ..api.ratelimit import Grant, SharedLimiter
+from ..api.ratelimit import Ending, Grant, SharedLimiter, Wait, WaitReason
+from ..api.retry import Attempts, RetryPolicy, decide
 from ..config import RunConfig
 from ..errors import ImageError, NoKeysLeft
 from ..events import Abort, Event, KeyDisabled, TaskDone, TaskFailed
@@ -31,8 +33,6 @@ from ..inputs.tasks import Task
 from ..redact import key_hint, redact
 from ..store.records import TRUNCATED, Failure, Result, Usage, batch_error_line, batch_result_line, same_model
 
-_KEY_ERRORS = frozenset({"authentication", "permission_denied"})
-_OVERLOAD_ERRORS = frozenset({"rate_limit", "timeout"})
 # The grant of the request this asyncio task is sending, for the client's on-send hook.
 _SENDING: contextvars.ContextVar[Grant | None] = contextvars.ContextVar("mpinfer_sending", default=None)
 log = logging.getLogger("mpinfer.backends.worker")
@@ -62,13 +62,19 @@ def task_request(config: RunConfig, encoder: ImageEncoder, task: Task, model: in
                          extra_body=config.extra_body)
 
 
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[Any]]
+# How a failed attempt ended, for the limiter: timeouts slow a lane down as 429s do.
+_ENDINGS = {"rate_limit": Ending.OVERLOADED, "timeout": Ending.OVERLOADED, "connection": Ending.UNREACHABLE}
+
+
 class LimiterClient(Protocol):
     """The limiter as a runner sees it; each host supplies its own (shared memory, or a remote actor)."""
 
-    async def try_acquire(self, model: int, charge: int) -> Grant | float: ...
+    async def try_acquire(self, model: int, charge: int) -> Grant | Wait: ...
     async def sent(self, grant: Grant) -> None: ...
-    async def release(self, grant: Grant, *, ok: bool, overloaded: bool = False, charged: int | None = None,
-                      used: int = 0) -> None: ...
+    async def release(self, grant: Grant, ending: Ending = Ending.OK, *, charged: int | None = None,
+                      used: int = 0) -> bool: ...
     async def rate_limited(self, lane: int, retry_after: float | None) -> None: ...
     async def observe_headers(self, lane: int, headers: Any) -> None: ...
     async def disable_key(self, key: int) -> bool: ...
@@ -76,26 +82,27 @@ class LimiterClient(Protocol):
 
 
 class LocalLimiter:
-    """The shared-memory limiter of one machine, with this machine's clock."""
+    """The shared-memory limiter of one machine, read with this machine's clock (or the one passed in)."""
 
-    def __init__(self, shared: SharedLimiter) -> None:
+    def __init__(self, shared: SharedLimiter, clock: Clock = time.monotonic) -> None:
         self.shared = shared
+        self.clock = clock
 
-    async def try_acquire(self, model: int, charge: int) -> Grant | float:
-        return self.shared.try_acquire(model, charge, time.monotonic())
+    async def try_acquire(self, model: int, charge: int) -> Grant | Wait:
+        return self.shared.try_acquire(model, charge, self.clock())
 
     async def sent(self, grant: Grant) -> None:
-        self.shared.sent(grant, time.monotonic())
+        self.shared.sent(grant, self.clock())
 
-    async def release(self, grant: Grant, *, ok: bool, overloaded: bool = False, charged: int | None = None,
-                      used: int = 0) -> None:
-        self.shared.release(grant, time.monotonic(), ok=ok, overloaded=overloaded, charged=charged, used=used)
+    async def release(self, grant: Grant, ending: Ending = Ending.OK, *, charged: int | None = None,
+                      used: int = 0) -> bool:
+        return self.shared.release(grant, self.clock(), ending, charged=charged, used=used)
 
     async def rate_limited(self, lane: int, retry_after: float | None) -> None:
-        self.shared.rate_limited(lane, time.monotonic(), retry_after)
+        self.shared.rate_limited(lane, self.clock(), retry_after)
 
     async def observe_headers(self, lane: int, headers: Any) -> None:
-        self.shared.observe_headers(lane, headers, time.monotonic())
+        self.shared.observe_headers(lane, headers, self.clock())
 
     async def disable_key(self, key: int) -> bool:
         return self.shared.disable_key(key)
@@ -104,19 +111,29 @@ class LocalLimiter:
         return self.shared.key_disabled(key)
 
 
-@dataclass
-class _Attempts:
-    count: int = 0
-    retries: int = 0
+class _Again:
+    """The attempt failed and the task goes on: send it again (a typed sentinel, not a string)."""
+
+
+_AGAIN = _Again()
 
 
 class TaskRunner:
-    """Runs tasks for one host process: its clients, image cache, random jitter and the limiter."""
+    """Runs tasks for one host process: its clients, image cache, random jitter and the limiter.
 
-    def __init__(self, config: RunConfig, prices: PriceTable, limiter: LimiterClient) -> None:
+    ``sleep`` and ``clock`` are parameters (real ones by default), so retry timing is tested without waiting.
+    """
+
+    def __init__(self, config: RunConfig, prices: PriceTable, limiter: LimiterClient, *,
+                 policy: RetryPolicy | None = None, sleep: Sleep = asyncio.sleep,
+                 clock: Clock = time.monotonic) -> None:
         self.config = config
         self.prices = prices
         self.limiter = limiter
+        self.policy = policy or RetryPolicy(config.max_retries, config.retry_backoff,
+                                            float(getattr(config, "patience", RetryPolicy.patience_s)))
+        self.sleep = sleep
+        self.clock = clock
         self.keys = config.require_api_keys()
         self.models = config.models
         self.rng = random.Random(os.urandom(16))  # forked siblings must not jitter alike
@@ -149,24 +166,29 @@ class TaskRunner:
     def _request(self, task: Task, model: int) -> Request:
         return task_request(self.config, self.encoder, task, model)
 
-    async def _acquire(self, model: int, charge: int) -> Grant | None:
-        """Wait for the limiter: a free key, room in its window, no pause on its lane; None when stopping."""
+    async def _acquire(self, model: int, charge: int) -> Grant | Wait | None:
+        """Wait for the limiter: a free key, room in its pace and window, no pause on its lane. None when
+        stopping; the Wait itself when the server has been down for longer than the patience."""
+        patience = self.policy.patience_s
         while True:
             got = await self.limiter.try_acquire(model, charge)
             if isinstance(got, Grant):
                 return got
             if self.stopping:
                 return None
-            await asyncio.sleep(min(got, 0.5))
+            if got.reason is WaitReason.OUTAGE and got.outage_for_s >= patience:
+                return got
+            # A little jitter: requests that wait on the same moment do not all ask at once.
+            await self.sleep(min(got.seconds, 0.5) * self.rng.uniform(1.0, 1.1))
 
     async def run(self, task: Task, model: int) -> Outcome | None:
         """Do one task; None when the run is stopping and the task is left for the rerun, unrecorded."""
-        started = time.monotonic()
+        started = self.clock()
         try:
             request = self._request(task, model)
         except ImageError as exc:
             return self._fail(task, model, classify(exc), 0)
-        tries = _Attempts()
+        tries = Attempts()
         while True:
             try:
                 grant = await self._acquire(model, request.charge)
@@ -174,49 +196,62 @@ class TaskRunner:
                 return self._abort(task, model, "every API key was rejected (401/403); see the log")
             if grant is None:
                 return None
+            if isinstance(grant, Wait):
+                since = time.strftime("%H:%M:%S", time.localtime(grant.outage_wall))
+                return self._fail(task, model, CallError(
+                    "connection", None, f"the server has not answered since {since} ({grant.outage_for_s:.0f}s,"
+                    f" more than the patience, --patience {self.policy.patience_s:g})", Verdict.FAIL),
+                    tries.count)
             tries.count += 1
             _SENDING.set(grant)
             try:
                 answer = await complete(self.client(grant.key), request.kwargs, self.config.timeout)
             except Exception as exc:  # classify decides; nothing escapes unrecorded
                 outcome = await self._failed_attempt(task, model, grant, classify(exc), exc, tries)
-                if outcome == "again":
+                if outcome is _AGAIN:
                     continue
+                assert not isinstance(outcome, _Again)
                 return outcome
             await self.limiter.observe_headers(grant.lane, answer.headers)
             # What the server counted against the limit: the real prompt plus the answer it allowed.
             charged = answer.prompt_tokens + (request.max_tokens or answer.completion_tokens)
-            await self.limiter.release(grant, ok=True, charged=charged, used=answer.total_tokens)
-            return self._succeed(task, model, request.model, answer, tries.count, time.monotonic() - started)
+            await self.limiter.release(grant, Ending.OK, charged=charged, used=answer.total_tokens)
+            return self._succeed(task, model, request.model, answer, tries.count, self.clock() - started)
 
     async def _failed_attempt(self, task: Task, model: int, grant: Grant, error: CallError, exc: Exception,
-                              tries: _Attempts) -> Outcome | str | None:
-        """After a failed attempt: "again" to retry, or the task's outcome (None: stopping, unrecorded)."""
+                              tries: Attempts) -> Outcome | _Again | None:
+        """After a failed attempt, do what ``decide`` says: again, or the task's outcome (None: stopping)."""
         response = getattr(exc, "response", None)
         await self.limiter.observe_headers(grant.lane, getattr(response, "headers", None))
-        await self.limiter.release(grant, ok=False, overloaded=error.error_type in _OVERLOAD_ERRORS)
-        if error.error_type == "rate_limit":
+        outage = await self.limiter.release(grant, _ENDINGS.get(error.error_type, Ending.ERROR))
+        now = self.clock()
+        if error.verdict is Verdict.WAIT:
             await self.limiter.rate_limited(grant.lane, error.retry_after)
-        if error.error_type in _KEY_ERRORS:
-            # The key's fault, not the task's: no failure line; the task goes on with another key.
+            tries.rate_limited += 1
+            if tries.limited_since is None:
+                tries.limited_since = now
+        step = decide(error, tries, self.policy, self.rng, now, outage=outage)
+        if step.verdict is Verdict.DISABLE_KEY:
             if await self._disable_key(grant.key, error):
-                return "again"
+                return _AGAIN
             return self._abort(task, model, f"every API key was rejected (last: {error.status} "
                                f"{error.error_type}: {error.message})")
-        if error.verdict is Verdict.RETRY and self.stopping:
-            return None
-        if error.verdict is Verdict.RETRY and tries.retries < self.config.max_retries:
-            tries.retries += 1
-            delay = backoff_s(tries.retries, self.config.retry_backoff, self.rng, error.retry_after)
-            log.info("task %s attempt %d: %s (%s); retry in %.2fs", task.id, tries.count, error.error_type,
-                     error.message, delay)
-            await asyncio.sleep(delay)
-            return None if self.stopping else "again"
-        if error.verdict is Verdict.ABORT:
-            failure = self._fail(task, model, error, tries.count)
+        if step.verdict is Verdict.RETRY:
+            if self.stopping:
+                return None
+            if step.counted:
+                tries.retries += 1
+            log.info("task %s attempt %d: %s (%s); again in %.2fs", task.id, tries.count, error.error_type,
+                     error.message, step.delay_s)
+            if step.delay_s > 0:
+                await self.sleep(step.delay_s)
+            return None if self.stopping else _AGAIN
+        failed = dataclasses.replace(error, message=step.message or error.message)
+        if step.verdict is Verdict.ABORT:
+            failure = self._fail(task, model, failed, tries.count)
             aborted = self._abort(task, model, f"{error.error_type}: {error.message}")
             return Outcome(failure.events + aborted.events, failure.line, to_errors=True)
-        return self._fail(task, model, error, tries.count)
+        return self._fail(task, model, failed, tries.count)
 
     async def _disable_key(self, key: int, error: CallError) -> bool:
         """Stop using a rejected key; whether any key is left."""

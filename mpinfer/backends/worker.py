@@ -74,7 +74,7 @@ class Worker:
     def __init__(self, settings: WorkerSettings, conn: Any, limiter: SharedLimiter) -> None:
         self.settings = settings
         self.conn = conn
-        self.runner = TaskRunner(settings.config, settings.prices, LocalLimiter(limiter))
+        self.runner = TaskRunner(settings.config, settings.prices, LocalLimiter(limiter.for_holder(settings.index)))
         self.appenders = [Appender(paths, fsync=settings.config.fsync) for paths in settings.outputs]
 
     def send(self, message: Message) -> None:

@@ -1,0 +1,94 @@
+"""The one place that decides what follows a failed attempt: retry, fail, disable the key or stop the run.
+
+``client.classify`` says what a failure calls for; ``decide`` weighs it against what the task has been
+through (its retries, how long it has been rate limited) and returns a ``Step``. The runner does what the
+step says and decides nothing itself. Both functions here are pure (the clock's reading and the random
+generator are passed in), so every branch is tested without waiting.
+
+Retries are counted only for failures that waiting cannot explain: a 429 for rate waits as long as the
+patience allows (its hint, or a backoff when it gave none) without using up ``--max-retries``, and so does
+a connection error while the server is down (the limiter holds every request until a probe gets through).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from .client import CallError, Verdict
+
+MAX_BACKOFF_S = 60.0
+# A rate-limited task with no hint waits a backoff that stops growing here: the limiter's learned pace
+# does the rest, and a server that recovers is not left idle for a minute.
+MAX_RATE_BACKOFF_S = 8.0
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """The run's retry settings: --max-retries, --retry-backoff and --patience."""
+
+    max_retries: int = 3
+    backoff_s: float = 1.0
+    patience_s: float = 300.0
+
+
+@dataclass
+class Attempts:
+    """What one task has been through so far (the runner's own, mutable, per task)."""
+
+    count: int = 0                       # requests sent
+    retries: int = 0                     # retries counted against --max-retries
+    rate_limited: int = 0                # 429s for rate
+    limited_since: float | None = None   # when its first 429 came (clock of the runner)
+
+
+@dataclass(frozen=True)
+class Step:
+    """What to do after a failed attempt. RETRY: send again after ``delay_s`` (``counted``: a retry that
+    uses up --max-retries). FAIL: write the failure with ``message``. DISABLE_KEY, ABORT: as named."""
+
+    verdict: Verdict
+    delay_s: float = 0.0
+    counted: bool = False
+    message: str = ""
+
+
+def backoff_s(attempt: int, base: float, rng: random.Random, retry_after: float | None = None,
+              ceiling_s: float = MAX_BACKOFF_S) -> float:
+    """How long to wait before retry number ``attempt`` (1 for the first retry).
+
+    Exponential with equal jitter, so that workers that failed together do not retry together; a server's
+    Retry-After is a floor, not a suggestion.
+    """
+    ceiling = min(ceiling_s, base * (2.0 ** min(attempt - 1, 32)))
+    delay = ceiling / 2 + rng.uniform(0, ceiling / 2)
+    if retry_after is not None:
+        delay = max(delay, retry_after + rng.uniform(0, min(1.0, base)))
+    return delay
+
+
+def decide(error: CallError, tries: Attempts, policy: RetryPolicy, rng: random.Random, now: float, *,
+           outage: bool = False) -> Step:
+    """The next step for a task whose attempt failed with ``error``.
+
+    ``outage``: the limiter says the server is down (connection errors with no answer between them).
+    """
+    if error.verdict in (Verdict.FAIL, Verdict.ABORT, Verdict.DISABLE_KEY):
+        return Step(error.verdict, message=error.message)
+    if error.verdict is Verdict.WAIT:
+        since = now if tries.limited_since is None else tries.limited_since
+        waited = now - since
+        if waited >= policy.patience_s:
+            return Step(Verdict.FAIL, message=f"still rate limited after waiting {waited:.0f}s (the patience, "
+                        f"--patience {policy.patience_s:g}): {error.message}")
+        if error.retry_after is not None:
+            # The limiter pauses the whole lane for the hint; the request goes when its pace allows.
+            return Step(Verdict.RETRY, rng.uniform(0, min(0.05, policy.backoff_s)))
+        return Step(Verdict.RETRY, backoff_s(tries.rate_limited, policy.backoff_s, rng,
+                                             ceiling_s=MAX_RATE_BACKOFF_S))
+    if outage and error.error_type == "connection":
+        return Step(Verdict.RETRY)  # the limiter holds it until the server answers a probe
+    if tries.retries < policy.max_retries:
+        return Step(Verdict.RETRY, backoff_s(tries.retries + 1, policy.backoff_s, rng, error.retry_after),
+                    counted=True)
+    return Step(Verdict.FAIL, message=error.message)
