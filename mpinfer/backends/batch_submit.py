@@ -20,8 +20,9 @@ from typing import Any, TypeVar
 import openai
 import orjson
 
-from ..api.client import Verdict, backoff_s, classify
+from ..api.client import Verdict, classify
 from ..api.messages import ImageEncoder
+from ..api.retry import backoff_s
 from ..config import RunConfig
 from ..errors import BatchApiError, ConfigError, ImageError
 from ..inputs.tasks import Task
@@ -67,7 +68,7 @@ class BatchClient:
                 if getattr(exc, "code", None) == QUEUE_LIMIT_CODE:
                     raise QueueFull(str(exc)) from None
                 error = classify(exc)
-                if error.verdict is Verdict.RETRY and retries < self.config.max_retries:
+                if error.verdict in (Verdict.RETRY, Verdict.WAIT) and retries < self.config.max_retries:
                     retries += 1
                     delay = backoff_s(retries, self.config.retry_backoff, self.rng, error.retry_after)
                     log.info("%s: %s (%s); retry in %.2fs", what, error.error_type, error.message, delay)
