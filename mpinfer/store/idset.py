@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 from array import array
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator
 
 HashFn = Callable[[str], int]  # an id's 64-bit hash (an unsigned int below 2**64)
@@ -42,117 +42,126 @@ class IdIndex:
         self._resolver = resolver
         self._hash = hash_fn or id_hash
         self._shift = 64 - _BUCKET_BITS
-        self._pending: list[tuple[array[int], array[int]]] | None = [
+        # Each bucket: the hashes (sorted once frozen) and their locators, in step. They are never copied into
+        # one array: that copy would double the peak on ten million ids.
+        self._buckets: list[tuple[array[int], array[int]]] = [
             (array("Q"), array("Q")) for _ in range(1 << _BUCKET_BITS)]
-        self._hashes = array("Q")
-        self._locators = array("Q")
-        self._starts = array("Q")
+        self._bases = array("Q")  # the slot of each bucket's first entry; empty until frozen
         # Hashes shared by distinct ids of the input: hash -> {full id: slot}. Found at freeze; rare.
         self._shared: dict[int, dict[str, int]] = {}
 
     def add(self, task_id: str, locator: int) -> None:
         """Take one id of the input and where it can be read again."""
-        if self._pending is None:
+        if self._bases:
             raise RuntimeError("IdIndex.add after freeze")
         value = self._hash(task_id)
-        hashes, locators = self._pending[value >> self._shift]
+        hashes, locators = self._buckets[value >> self._shift]
         hashes.append(value)
         locators.append(locator)
 
     def freeze(self) -> list[tuple[str, list[int]]]:
         """Sort the index; the duplicate ids, each with the locators of all its rows, in locator order.
 
-        Sorting bucket by bucket keeps the peak at the index's own size plus one bucket.
+        Each bucket is sorted in place, so the peak stays the index's own size plus one bucket's sort.
         """
-        if self._pending is None:
+        if self._bases:
             raise RuntimeError("IdIndex.freeze twice")
-        pending, self._pending = self._pending, None
-        self._starts.append(0)
-        for number in range(len(pending)):
-            hashes, locators = pending[number]
-            pending[number] = (array("Q"), array("Q"))  # the bucket's memory goes as it is copied
-            pairs = sorted(zip(hashes, locators, strict=True))
-            del hashes, locators
-            self._hashes.extend(pair[0] for pair in pairs)
-            self._locators.extend(pair[1] for pair in pairs)
-            self._starts.append(len(self._hashes))
+        total = 0
+        for hashes, locators in self._buckets:
+            self._bases.append(total)
+            total += len(hashes)
+            if len(hashes) > 1:
+                pairs = sorted(zip(hashes, locators, strict=True))
+                hashes[:] = array("Q", [pair[0] for pair in pairs])
+                locators[:] = array("Q", [pair[1] for pair in pairs])
+        self._bases.append(total)
         return self._resolve_shared()
 
     def _resolve_shared(self) -> list[tuple[str, list[int]]]:
-        hashes = self._hashes
         duplicates: list[tuple[str, list[int]]] = []
-        slot = 1
-        while slot < len(hashes):
-            if hashes[slot] != hashes[slot - 1]:
-                slot += 1
-                continue
-            first = slot - 1
-            end = slot + 1
-            while end < len(hashes) and hashes[end] == hashes[first]:
-                end += 1
-            by_id: dict[str, list[int]] = {}
-            for each in range(first, end):
-                by_id.setdefault(self._resolver(self._locators[each]), []).append(each)
-            self._shared[hashes[first]] = {task_id: slots[0] for task_id, slots in by_id.items()}
-            for task_id, slots in by_id.items():
-                if len(slots) > 1:
-                    duplicates.append((task_id, sorted(self._locators[s] for s in slots)))
-            slot = end + 1
+        for number, (hashes, locators) in enumerate(self._buckets):
+            base = self._bases[number]
+            at = 1
+            while at < len(hashes):
+                if hashes[at] != hashes[at - 1]:
+                    at += 1
+                    continue
+                first, end = at - 1, at + 1
+                while end < len(hashes) and hashes[end] == hashes[first]:
+                    end += 1
+                by_id: dict[str, list[int]] = {}
+                for each in range(first, end):
+                    by_id.setdefault(self._resolver(locators[each]), []).append(each)
+                self._shared[hashes[first]] = {task_id: base + rows[0] for task_id, rows in by_id.items()}
+                for task_id, rows in by_id.items():
+                    if len(rows) > 1:
+                        duplicates.append((task_id, sorted(locators[r] for r in rows)))
+                at = end + 1
         duplicates.sort(key=lambda item: item[1][0])
         return duplicates
 
     def __len__(self) -> int:
-        return len(self._hashes)
+        return self._bases[-1] if self._bases else sum(len(h) for h, _ in self._buckets)
 
-    def _first(self, value: int) -> int | None:
-        bucket = value >> self._shift
-        lo, hi = self._starts[bucket], self._starts[bucket + 1]
-        at = bisect_left(self._hashes, value, lo, hi)
-        return at if at < hi and self._hashes[at] == value else None
+    def _first(self, value: int) -> tuple[int, int] | None:
+        """(slot, locator) of the first entry with hash ``value``."""
+        number = value >> self._shift
+        hashes, locators = self._buckets[number]
+        at = bisect_left(hashes, value)
+        if at < len(hashes) and hashes[at] == value:
+            return self._bases[number] + at, locators[at]
+        return None
 
     def find(self, task_id: str) -> int | None:
         """The slot of ``task_id`` if it is an id of the input, else None; exact (reads the id to compare)."""
         value = self._hash(task_id)
-        at = self._first(value)
-        if at is None:
+        first = self._first(value)
+        if first is None:
             return None
         shared = self._shared.get(value)
         if shared is not None:
             return shared.get(task_id)
-        return at if self._resolver(self._locators[at]) == task_id else None
+        return first[0] if self._resolver(first[1]) == task_id else None
 
     def find_member(self, task_id: str) -> int | None:
         """The slot of ``task_id``, which the caller read from this same input: no read needed."""
         value = self._hash(task_id)
-        at = self._first(value)
-        if at is None:
+        first = self._first(value)
+        if first is None:
             return None
         shared = self._shared.get(value)
-        return shared.get(task_id) if shared is not None else at
+        return shared.get(task_id) if shared is not None else first[0]
 
     def dump(self) -> tuple[list[bytes], dict[str, dict[str, int]]]:
-        """The frozen index as bytes (hashes, locators, bucket starts) and its shared hashes, to cache."""
+        """The frozen index as bytes (hashes, locators, bucket bases) and its shared hashes, to cache."""
         shared = {str(value): dict(ids) for value, ids in self._shared.items()}
-        return [self._hashes.tobytes(), self._locators.tobytes(), self._starts.tobytes()], shared
+        hashes = b"".join(h.tobytes() for h, _ in self._buckets)
+        locators = b"".join(loc.tobytes() for _, loc in self._buckets)
+        return [hashes, locators, self._bases.tobytes()], shared
 
     @classmethod
     def restore(cls, resolver: Resolver, blobs: list[bytes], shared: dict[str, dict[str, int]]) -> IdIndex:
         """An index saved by ``dump`` (with the default hash: the only one a cache is written with)."""
         index = cls(resolver)
-        index._pending = None
-        for target, blob in zip((index._hashes, index._locators, index._starts), blobs, strict=True):
-            target.frombytes(blob)
-        if len(index._hashes) != len(index._locators) or len(index._starts) != (1 << _BUCKET_BITS) + 1:
+        hashes, locators, bases = blobs
+        index._bases.frombytes(bases)
+        if len(index._bases) != len(index._buckets) + 1 or len(hashes) != len(locators) \
+                or index._bases[-1] * 8 != len(hashes):
             raise ValueError("a saved id index of the wrong shape")
+        for number, (h, loc) in enumerate(index._buckets):
+            lo, hi = index._bases[number] * 8, index._bases[number + 1] * 8
+            h.frombytes(hashes[lo:hi])
+            loc.frombytes(locators[lo:hi])
         index._shared = {int(value): {str(k): int(v) for k, v in ids.items()} for value, ids in shared.items()}
         return index
 
     def locator(self, slot: int) -> int:
-        return self._locators[slot]
+        number = bisect_right(self._bases, slot) - 1
+        return self._buckets[number][1][slot - self._bases[number]]
 
     def id_at(self, slot: int) -> str:
         """The full id in ``slot``, read again from the input."""
-        return self._resolver(self._locators[slot])
+        return self._resolver(self.locator(slot))
 
 
 class IdSubset:
