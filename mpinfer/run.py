@@ -18,6 +18,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from .api.prices import load_prices
+from .api.tokens import image_rule
 from .config import RunConfig
 from .driver import MAX_FAILURES_SHOWN, RunState, work_items
 from .errors import ConfigError, InputError, OutputError
@@ -128,6 +129,9 @@ def run(config: RunConfig, *, progress: bool = True, grace_s: float = DEFAULT_GR
             _wait_for_old_workers(paths)
         log_file = create_log_file(config.log_dir, config.model)
         locks.enter_context(parent_logging(log_file, config.verbose, config.api_keys))
+        for name in dict.fromkeys(models + index.body_models):
+            if image_rule(name) is None:
+                log.info("%s: no published image token rule; its images are estimated as gpt-4o's", name)
         summary = RunSummary(total=index.total * len(models), already_done=0, log_file=log_file)
         done: list[IdSubset] = []
         run_starts: list[int] = []

@@ -69,3 +69,16 @@ def test_the_dry_run_of_a_batch_file_reads_its_bodies(tmp_path: Path) -> None:
     # 1024x1024 at high detail is 765 tokens for gpt-4o, low detail 85; the text adds a few
     assert 765 + 85 < row["prompt_tokens"] < 765 + 85 + 40
     assert row["cost_min"] is not None and row["cost_min"] > 0
+
+
+def test_a_model_without_a_published_image_rule_is_said_once_in_the_log(mock: MockServerProcess,
+                                                                         tmp_path: Path) -> None:
+    # Given tasks for a model OpenAI's image table does not know
+    tasks = write_tasks(tmp_path / "tasks.jsonl", [{"id": f"t{i}", "prompt": f"q{i}"} for i in range(3)])
+    # When they run
+    done = run_cli("-i", str(tasks), "-o", str(tmp_path / "out.jsonl"), "--model", "qwen-vl-max",
+                   "--base-url", mock.base_url, cwd=tmp_path)
+    # Then the log says once that its images are estimated as gpt-4o's
+    assert done.returncode == 0, done.stderr
+    [log] = list((tmp_path / "logs").iterdir())
+    assert log.read_text().count("qwen-vl-max: no published image token rule") == 1

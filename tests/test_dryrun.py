@@ -164,7 +164,8 @@ def jpeg_with_metadata(width: int, height: int, metadata_bytes: int) -> bytes:
 def test_a_jpeg_whose_frame_header_lies_past_64_kib_is_sized_from_all_its_bytes(tmp_path: Path) -> None:
     # Given a 1024x1024 JPEG with 100 kB of metadata before its frame header
     (tmp_path / "photo.jpg").write_bytes(jpeg_with_metadata(1024, 1024, 100_000))
-    config = config_for(tmp_path, [{"id": "p", "prompt": "abcd", "images": "photo.jpg"}], max_tokens=10)
+    config = config_for(tmp_path, [{"id": "p", "prompt": "abcd", "images": "photo.jpg"}], model="gpt-4o",
+                        max_tokens=10)
     # When the run is planned
     result = plan(config, house_prices(tmp_path))
     # Then its size is found, so it is no problem and counts 765 tokens, not a guess
@@ -225,7 +226,7 @@ def test_a_shared_image_is_read_once_whether_it_is_good_huge_or_broken(tmp_path:
     (tmp_path / "fake.png").write_text("not an image")
     tasks = [{"id": f"{name}{n}", "prompt": "p", "images": f"{name}.png"}
              for n in range(3) for name in ("shared", "huge", "cut", "fake")]
-    config = config_for(tmp_path, tasks)
+    config = config_for(tmp_path, tasks, model="gpt-4o")
     prices = house_prices(tmp_path)
     reads: Counter[str] = Counter()
     real_read_bytes = Path.read_bytes
@@ -428,3 +429,15 @@ def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+def test_the_same_image_costs_gpt_4o_mini_its_own_published_token_count(tmp_path: Path) -> None:
+    # Given a task with a 1024x1024 PNG, planned for gpt-4o and for gpt-4o-mini
+    (tmp_path / "big.png").write_bytes(big_png())
+    config = config_for(tmp_path, [{"id": "big", "prompt": "abcd", "images": "big.png"}], max_tokens=10,
+                        model="gpt-4o,gpt-4o-mini")
+    # When the run is planned
+    result = plan(config, load_prices(None))
+    # Then gpt-4o counts 85 + 4 x 170 for the image, gpt-4o-mini 2833 + 4 x 5667 (OpenAI's table)
+    tokens = {row.model: row.prompt_tokens for row in result.rows}
+    assert tokens == {"gpt-4o": 4 + 1 + 765, "gpt-4o-mini": 4 + 1 + 2833 + 4 * 5667}

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import struct
 from pathlib import Path
 
 import pytest
 
 from mpinfer.api.messages import ImageEncoder, build_request
-from mpinfer.api.tokens import image_size, image_tokens, text_tokens
+from mpinfer.api.tokens import image_rule, image_size, image_tokens, text_tokens
 from mpinfer.demo import png_bytes
 from mpinfer.inputs.tasks import Task
 
@@ -179,12 +180,15 @@ def test_a_request_counts_text_framing_and_a_1024_square_png_by_its_size(tmp_pat
     (tmp_path / "big.png").write_bytes(png_1024)
     task = Task(id="t1", prompt="p" * 40, images=("big.png",))
     # When its request is built
-    request = build_request(task, ImageEncoder(tmp_path), model="gpt-4o-mini")
+    request = build_request(task, ImageEncoder(tmp_path), model="gpt-4o")
     # Then the prompt is 4 for the message, 10 for the text and 765 for the image
     assert request.prompt_tokens == 4 + 10 + 765
     # And the charge adds the default 256 for the answer
     assert request.max_tokens is None
     assert request.charge == 779 + 256
+    # And for gpt-4o-mini the same image is charged at its own rate, 2833 + 4 x 5667
+    mini = build_request(task, ImageEncoder(tmp_path), model="gpt-4o-mini")
+    assert mini.prompt_tokens == 4 + 10 + 2833 + 4 * 5667
 
 
 def test_a_small_image_is_counted_by_its_real_size_not_the_unknown_guess(tmp_path: Path) -> None:
@@ -233,3 +237,44 @@ def test_a_text_only_request_charges_the_prompt_plus_max_tokens_and_the_task_max
     # And without any max_tokens the charge is the prompt plus 256
     plain = build_request(Task(id="y", prompt="a" * 17), ImageEncoder(tmp_path), model="m")
     assert plain.charge == 9 + 256
+
+
+# --- per-model image rules ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("model", "detail", "tokens"), [
+    ("gpt-4o", "high", 765),                      # 85 + 4 x 170
+    ("gpt-4o-2024-08-06", "high", 765),           # a snapshot bills as its model
+    ("gpt-4o-mini", "high", 2833 + 4 * 5667),     # OpenAI: 2833 base, 5667 a tile
+    ("gpt-4o-mini-2024-07-18", "low", 2833),
+    ("o1", "high", 75 + 4 * 150),
+    ("o3-2025-04-16", "low", 75),
+    ("gpt-5", "high", 70 + 4 * 140),
+    ("openai/gpt-4o-mini", "high", 2833 + 4 * 5667),  # a proxy's provider/model name
+    ("gpt-4.1-mini", "high", math.ceil(1024 * 1.62)),  # 32x32 patches: 1024 of them, x 1.62
+    ("gpt-4.1-mini", "low", math.ceil(1024 * 1.62)),   # detail does not change a patch count
+    ("o4-mini", "auto", math.ceil(1024 * 1.72)),
+    ("qwen2.5-vl-72b-instruct", "high", 765),     # unknown: gpt-4o's rule
+])
+def test_a_1024_square_image_costs_what_each_models_published_rule_says(model: str, detail: str,
+                                                                         tokens: int) -> None:
+    # Given a 1024x1024 image, a model and a detail
+    # When its cost is estimated
+    # Then it is that model's published rule (tiles or patches), gpt-4o's for a model the table lacks
+    assert image_tokens(1024, 1024, detail, model) == tokens
+
+
+def test_a_patch_models_large_image_is_capped_at_1536_patches() -> None:
+    # Given images far beyond 1536 patches, and OpenAI's example of 1800x2400 for gpt-4.1-mini
+    # When their cost is estimated
+    # Then the patches are scaled to fit 1536 (OpenAI: 1800x2400 becomes 1452 patches)
+    assert image_tokens(1800, 2400, "high", "gpt-4.1-nano") == math.ceil(1452 * 2.46)
+    assert image_tokens(8000, 8000, "high", "gpt-4.1-mini") <= math.ceil(1536 * 1.62)
+
+
+def test_image_rule_matches_the_longest_model_prefix() -> None:
+    # Given models whose names share prefixes
+    # Then each gets its own rule, not that of a shorter name
+    assert image_rule("gpt-4o-mini") != image_rule("gpt-4o")
+    assert image_rule("gpt-4.1-nano-2025-04-14") == image_rule("gpt-4.1-nano")
+    assert image_rule("gpt-4omni") is None and image_rule(None) is None

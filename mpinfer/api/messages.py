@@ -54,10 +54,10 @@ class EncodedImage:
     url: str
     size: tuple[int, int] | None
 
-    def tokens(self, detail: str = "auto") -> int:
-        """What the image costs in prompt tokens (tokens.image_tokens; an unknown size is guessed)."""
+    def tokens(self, detail: str = "auto", model: str | None = None) -> int:
+        """What the image costs ``model`` in prompt tokens (tokens.image_tokens; an unknown size is guessed)."""
         width, height = self.size or (None, None)
-        return image_tokens(width, height, detail=detail)
+        return image_tokens(width, height, detail=detail, model=model)
 
 
 def _data_url_size(url: str) -> tuple[int, int] | None:
@@ -143,17 +143,17 @@ def _text_tokens_of(messages: list[Any]) -> int:
 
 
 def build_messages(task: Task, encoder: ImageEncoder, system_prompt: str | None = None,
-                   image_tokens_out: list[int] | None = None) -> list[dict[str, Any]]:
+                   image_tokens_out: list[int] | None = None, model: str | None = None) -> list[dict[str, Any]]:
     """The chat messages for one task: an optional system message, then the text and images as one turn.
 
-    ``image_tokens_out`` receives each image's estimated token cost, for the rate limiter.
+    ``image_tokens_out`` receives each image's estimated token cost for ``model``, for the rate limiter.
     """
     messages: list[dict[str, Any]] = []
     system = task.system if task.system is not None else system_prompt
     if task.messages is not None:
         if system and not has_system(task.messages):
             messages.append({"role": "system", "content": system})
-        return messages + [_with_images(message, encoder, image_tokens_out) for message in task.messages]
+        return messages + [_with_images(message, encoder, image_tokens_out, model) for message in task.messages]
     if system:
         messages.append({"role": "system", "content": system})
     if not task.images:
@@ -165,14 +165,14 @@ def build_messages(task: Task, encoder: ImageEncoder, system_prompt: str | None 
     for ref in task.images:
         image = encoder.encode(ref)
         if image_tokens_out is not None:
-            image_tokens_out.append(image.tokens())
+            image_tokens_out.append(image.tokens(model=model))
         parts.append({"type": "image_url", "image_url": {"url": image.url}})
     messages.append({"role": "user", "content": parts})
     return messages
 
 
 def _with_images(message: dict[str, Any], encoder: ImageEncoder,
-                 image_tokens_out: list[int] | None) -> dict[str, Any]:
+                 image_tokens_out: list[int] | None, model: str | None) -> dict[str, Any]:
     """A chat row's message as sent: its image parts' local paths become data URLs (a copy: the task is
     left as it was read)."""
     content = message.get("content")
@@ -184,7 +184,7 @@ def _with_images(message: dict[str, Any], encoder: ImageEncoder,
             spec = part["image_url"]
             image = encoder.encode(spec["url"])
             if image_tokens_out is not None:
-                image_tokens_out.append(image.tokens(str(spec.get("detail", "auto"))))
+                image_tokens_out.append(image.tokens(str(spec.get("detail", "auto")), model))
             part = {**part, "image_url": {**spec, "url": image.url}}
         parts.append(part)
     return {**message, "content": parts}
@@ -220,8 +220,9 @@ def build_request(
 ) -> Request:
     """The request for one task; a task's own settings win over the run's."""
     images: list[int] = []
-    messages = build_messages(task, encoder, system_prompt, images)
-    request: dict[str, Any] = {"model": task.model or model, "messages": messages}
+    model = task.model or model
+    messages = build_messages(task, encoder, system_prompt, images, model)
+    request: dict[str, Any] = {"model": model, "messages": messages}
     temperature = task.temperature if task.temperature is not None else temperature
     if temperature is not None:
         request["temperature"] = temperature
@@ -256,6 +257,6 @@ def build_body_request(body: dict[str, Any], model: str | None = None) -> Reques
                 url = image.get("url")
                 size = _data_url_size(url) if isinstance(url, str) and url[:5].lower() == "data:" else None
                 width, height = size or (None, None)
-                images += image_tokens(width, height, detail=image.get("detail", "auto"))
+                images += image_tokens(width, height, detail=image.get("detail", "auto"), model=chosen)
     max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
     return Request(kwargs, _text_tokens_of(messages) + images, max_tokens if isinstance(max_tokens, int) else None)

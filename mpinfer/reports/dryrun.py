@@ -277,6 +277,10 @@ def plan(config: RunConfig, prices: PriceTable) -> DryRunPlan:
             ceiling = DEFAULT_COMPLETION_TOKENS
             assumed = True
         for i in pending:
+            if i != pending[0]:
+                # Each model its own request: models bill the same image at different token counts.
+                again = checker.check(task, models[i])
+                tokens = again[0].prompt_tokens if not isinstance(again, str) else tokens
             rows[i].add(request.model if len(models) == 1 else models[i], tokens, ceiling)
     model_rows = tuple(row.finish(model, path, len(ids), prices)
                        for row, model, path, ids in zip(rows, models, outputs, done, strict=True))
