@@ -145,3 +145,13 @@ def test_a_cache_that_is_not_one_is_ignored(config: RunConfig) -> None:
     again, reader = cached(config)
     # Then it read everything and is right
     assert not reader.from_cache and again == fresh(config)
+
+
+def test_latency_percentiles_follow_a_rewrite_to_as_many_lines(config: RunConfig) -> None:
+    # Given the output rewritten with as many answers, all slower
+    slow = [{**result(i, at=NOW - 40 + n), "latency_s": 9.0} for n, i in enumerate(IDS[:20])]
+    write_jsonl(config.output, [*slow, b"not json\n"])
+    # When --status runs again
+    again, _ = cached(config)
+    # Then the percentiles are those of the new latencies
+    assert again.latency_s["p50"] == 9.0 and again == fresh(config)

@@ -129,7 +129,8 @@ class StatusReader:
         self._key: dict[str, object] = {}
         self._percentiles: tuple[int, dict[str, float | None]] = (-1, {})
 
-    def _refresh(self) -> InputIndex:
+    def _refresh(self) -> tuple[InputIndex, bool]:
+        """Read what is new; the index, and whether anything changed since the cache was written."""
         fresh = False
         if self.index is None:
             chosen = selection(self.config)
@@ -141,14 +142,16 @@ class StatusReader:
                 self.tallies = [OutputTally.empty(self.index.ids) for _ in self.outputs]
                 fresh = True
             else:
-                self.index, self.tallies = cached
+                self.index, self.tallies, self._percentiles = cached.index, cached.tallies, cached.latency
+        marks = [(t.output_mark, t.errors_mark) for t in self.tallies]
         self.bytes_read = 0
         for path, tally in zip(self.outputs, self.tallies, strict=True):
             paths = OutputPaths.of(path)
             self.bytes_read += tally.refresh(paths.output, paths.errors)
-        if self.use_cache and (fresh or self.bytes_read):
-            status_cache.save(self._cache, self._key, self.index, self.tallies)
-        return self.index
+        if any(t.restarted for t in self.tallies):
+            self._percentiles = (-1, {})  # new latencies, perhaps as many as before
+        changed = fresh or marks != [(t.output_mark, t.errors_mark) for t in self.tallies]
+        return self.index, changed
 
     @property
     def _cache(self) -> Path:
@@ -163,11 +166,14 @@ class StatusReader:
     def read(self, now: float | None = None) -> StatusReport:
         """Count done, failed and pending tasks, tokens so far, recent throughput and ETA."""
         now = time.time() if now is None else now
-        index = self._refresh()
+        index, changed = self._refresh()
         outputs = self.outputs
         parts = [_output_status(path, tally) for path, tally in zip(outputs, self.tallies, strict=True)]
         recent = sorted(stamp for tally in self.tallies for stamp in tally.recent)[-RECENT_RECORDS:]
-        return _report(self.config, index.total * len(outputs), parts, recent, self._latency(), now)
+        latency = self._latency()
+        if self.use_cache and changed:
+            status_cache.save(self._cache, self._key, index, self.tallies, self._percentiles)
+        return _report(self.config, index.total * len(outputs), parts, recent, latency, now)
 
 
 def status(config: RunConfig, now: float | None = None) -> StatusReport:

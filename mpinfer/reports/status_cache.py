@@ -14,7 +14,7 @@ import hashlib
 import os
 from array import array
 from collections import deque
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +54,19 @@ def _input_mark(path: Path) -> FileMark | None:
         return None
 
 
-def load(path: Path, key: dict[str, Any], input_path: Path, keys: FieldKeys,
-         ) -> tuple[InputIndex, list[OutputTally]] | None:
+Latency = tuple[int, dict[str, float | None]]  # the percentiles, and how many latencies they were taken over
+
+
+@dataclass
+class CachedStatus:
+    """What a cache gives back: the input's ids, each output's tally, the latency percentiles."""
+
+    index: InputIndex
+    tallies: list[OutputTally]
+    latency: Latency
+
+
+def load(path: Path, key: dict[str, Any], input_path: Path, keys: FieldKeys) -> CachedStatus | None:
     """The cached index and tallies, or None when there is no cache or it is not for this input and key."""
     try:
         data = path.read_bytes()
@@ -67,8 +78,7 @@ def load(path: Path, key: dict[str, Any], input_path: Path, keys: FieldKeys,
         return None
 
 
-def _decode(data: bytes, key: dict[str, Any], input_path: Path, keys: FieldKeys,
-            ) -> tuple[InputIndex, list[OutputTally]] | None:
+def _decode(data: bytes, key: dict[str, Any], input_path: Path, keys: FieldKeys) -> CachedStatus | None:
     if not data.startswith(_MAGIC):
         return None
     at = len(_MAGIC)
@@ -90,7 +100,9 @@ def _decode(data: bytes, key: dict[str, Any], input_path: Path, keys: FieldKeys,
     tallies = [_tally(item, selected, blobs, number) for number, item in enumerate(header["tallies"])]
     index_read = InputIndex(path=input_path, ids=selected, total=len(selected), format=fmt,
                             body_models=tuple(str(m) for m in header["body_models"]))
-    return index_read, tallies
+    count, values = header["latency"]
+    latency = (int(count), {str(k): None if v is None else float(v) for k, v in values.items()})
+    return CachedStatus(index_read, tallies, latency)
 
 
 def _tally(item: dict[str, Any], selected: IdSubset, blobs: dict[str, bytes], number: int) -> OutputTally:
@@ -109,7 +121,7 @@ def _tally(item: dict[str, Any], selected: IdSubset, blobs: dict[str, bytes], nu
     return tally
 
 
-def save(path: Path, key: dict[str, Any], index: InputIndex, tallies: list[OutputTally]) -> None:
+def save(path: Path, key: dict[str, Any], index: InputIndex, tallies: list[OutputTally], latency: Latency) -> None:
     """Write the cache atomically; a directory that cannot take it just means no cache next time."""
     mark = _input_mark(index.path)
     if mark is None:
@@ -130,7 +142,7 @@ def save(path: Path, key: dict[str, Any], index: InputIndex, tallies: list[Outpu
             "errors_mark": tally.errors_mark.to_dict() if tally.errors_mark else None,
         })
     header = orjson.dumps({"key": key, "input_mark": mark.to_dict(), "format": index.format.value,
-                           "body_models": list(index.body_models),
+                           "body_models": list(index.body_models), "latency": [latency[0], latency[1]],
                            "shared": shared, "tallies": items, "blobs": [[n, len(b)] for n, b in blobs]})
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:

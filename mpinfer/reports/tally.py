@@ -122,6 +122,7 @@ class OutputTally:
     output_mark: FileMark | None = None
     errors_mark: FileMark | None = None
     torn: bool = False  # the output ends in a line without its newline (counted bad, not consumed)
+    restarted: bool = False  # the last refresh found a file changed and counted everything again
 
     @classmethod
     def empty(cls, within: IdSubset) -> OutputTally:
@@ -131,9 +132,11 @@ class OutputTally:
         """Read what was appended to both files since the last refresh; the bytes read."""
         start = self.output_mark.resume_at(output) if self.output_mark else 0
         errors_start = self.errors_mark.resume_at(errors) if self.errors_mark else 0
-        if start is None or errors_start is None:
+        self.restarted = start is None or errors_start is None
+        if self.restarted:
             fresh = OutputTally.empty(self.within)
             self.__dict__.update(fresh.__dict__)
+            self.restarted = True
             start = errors_start = 0
         read = self._read_output(output, start) + self._read_errors(errors, errors_start)
         return read

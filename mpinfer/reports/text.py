@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..stop import CancelResult
 from ..store.repair import RepairReport
-from .dryrun import DryRunPlan
 from .export import ExportReport
 from .html import ReportResult
 from .status import StatusReport
 from .summary import RunSummary
 from .validate import ValidationReport
+
+if TYPE_CHECKING:  # a type only: importing the dry run would load the openai package for every --status
+    from .dryrun import DryRunPlan
 
 
 def duration(seconds: float | None) -> str:
