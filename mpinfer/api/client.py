@@ -120,6 +120,14 @@ def make_client(api_key: str, base_url: str | None, timeout: float,
 def parse_answer(body: bytes, headers: dict[str, str]) -> Answer:
     try:
         data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise MalformedResponse(f"malformed response body (JSONDecodeError): {body[:120]!r}") from None
+    return answer_of(data, headers)
+
+
+def answer_of(data: Any, headers: dict[str, str]) -> Answer:
+    """The Answer in a decoded chat.completion (an online response, or the body of a Batch API output line)."""
+    try:
         choice = data["choices"][0]
         message = choice.get("message") or {}
         usage = data.get("usage") or {}
@@ -145,8 +153,8 @@ def parse_answer(body: bytes, headers: dict[str, str]) -> Answer:
             reasoning=reasoning if isinstance(reasoning, str) else None,
             reasoning_tokens=int(details.get("reasoning_tokens") or 0),
         )
-    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
-        raise MalformedResponse(f"malformed response body ({type(exc).__name__}): {body[:120]!r}") from None
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
+        raise MalformedResponse(f"malformed response body ({type(exc).__name__}): {str(data)[:120]!r}") from None
 
 
 _JSON = {"Content-Type": "application/json"}

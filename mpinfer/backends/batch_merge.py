@@ -18,13 +18,16 @@ from typing import Any
 
 import orjson
 
+from ..api.client import answer_of
 from ..api.prices import PriceTable
 from ..config import RunConfig
+from ..errors import MalformedResponse
 from ..events import TaskDone, TaskFailed
 from ..inputs.tasks import Task
 from ..redact import redact
-from ..store.records import Failure, Result, Usage, batch_error_line, batch_result_line, same_model
+from ..store.records import Failure, batch_error_line
 from .batch_plan import Chunk
+from .runner import answered
 
 _TRANSIENT_CODES = frozenset({"batch_expired", "batch_cancelled", "request_timeout"})
 _TRANSIENT_STATUSES = frozenset({408, 409, 429})
@@ -117,7 +120,11 @@ class Merger:
             if response.get("status_code") != 200:
                 self._failed(chunk, custom_id, verdict(record), done, failed_before, resubmit, merged)
             elif custom_id not in done:
-                self._answer(chunk, custom_id, response, latency_s, merged)
+                if not self._answer(chunk, custom_id, response, latency_s, merged):
+                    error = LineError("malformed_response", 200, "the answer is not a chat completion", True)
+                    self._failed(chunk, custom_id, error, done, failed_before, resubmit, merged)
+                    seen.add(custom_id)
+                    continue
                 done.add(custom_id)
             seen.add(custom_id)
         for record in records(errors):
@@ -133,34 +140,18 @@ class Merger:
         return merged
 
     def _answer(self, chunk: Chunk, custom_id: str, response: dict[str, Any], latency_s: float | None,
-                merged: Merged) -> None:
+                merged: Merged) -> bool:
+        """Add the answer's line and event; False when its body is not a chat completion (sent again)."""
         task = self.tasks[custom_id]
-        body = _object(response.get("body"))
-        choice = _object((body.get("choices") or [{}])[0])
-        usage = _object(body.get("usage"))
-        prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-        cached = int(_object(usage.get("prompt_tokens_details")).get("cached_tokens") or 0)
-        requested = self.requested(task, chunk.model)
-        model = body.get("model") if isinstance(body.get("model"), str) else None
-        priced_as = model if self.prices.find(model) is not None else requested
-        cost = self.prices.cost(priced_as, prompt, completion, cached, batch=True)
-        cost = round(cost, 8) if cost is not None else None
-        latency = round(latency_s, 4) if latency_s is not None else 0.0
-        if task.body is not None:
-            meta = {"requested_model": requested, "latency_s": latency, "attempts": chunk.attempt,
-                    "processed_at": time.time(), "cost": cost, "batch_id": chunk.batch_id}
-            line = batch_result_line(custom_id, response.get("request_id"), body, meta)
-        else:
-            line = Result(id=custom_id, input_prompt=task.prompt, images=list(task.images),
-                          answer=_object(choice.get("message")).get("content"), model=model,
-                          requested_model=requested,
-                          usage=Usage(prompt, completion, int(usage.get("total_tokens") or prompt + completion),
-                                      cached),
-                          finish_reason=choice.get("finish_reason"), latency_s=latency, attempts=chunk.attempt,
-                          processed_at=time.time(), cost=cost).to_line()
+        try:
+            answer = answer_of(response.get("body"), {"x-request-id": str(response.get("request_id") or "")})
+        except MalformedResponse:
+            return False
+        line, done = answered(task, chunk.model, self.requested(task, chunk.model), answer, chunk.attempt,
+                              latency_s or 0.0, self.prices, batch_id=chunk.batch_id or "")
         merged.results.append(line)
-        merged.events.append(TaskDone(custom_id, chunk.model, prompt, completion, latency, cost,
-                                      not same_model(requested, model), chunk.attempt))
+        merged.events.append(done)
+        return True
 
     def _failed(self, chunk: Chunk, custom_id: str, error: LineError, done: set[str], failed_before: set[str],
                 resubmit: bool, merged: Merged) -> None:

@@ -62,6 +62,36 @@ def task_request(config: RunConfig, encoder: ImageEncoder, task: Task, model: in
                          extra_body=config.extra_body)
 
 
+def answered(task: Task, model: int, requested: str, answer: Answer, attempts: int, latency: float,
+             prices: PriceTable, batch_id: str | None = None) -> tuple[bytes, TaskDone]:
+    """The output line and the event of an answered task; from a batch (``batch_id``) at the Batch price."""
+    # Billed as the model that answered; its price when known, else the requested model's.
+    priced_as = answer.model if prices.find(answer.model) is not None else requested
+    cost = prices.cost(priced_as, answer.prompt_tokens, answer.completion_tokens, answer.cached_tokens,
+                       batch=batch_id is not None)
+    cost = round(cost, 8) if cost is not None else None
+    latency = round(latency, 4)
+    if task.body is not None:
+        meta: dict[str, Any] = {"requested_model": requested, "latency_s": latency, "attempts": attempts,
+                                "processed_at": time.time(), "cost": cost}
+        if batch_id is not None:
+            meta["batch_id"] = batch_id
+        line = batch_result_line(task.id, answer.headers.get("x-request-id"), answer.body or {}, meta)
+    else:
+        line = Result(
+            id=task.id, input_prompt=task.prompt, images=list(task.images), answer=answer.content,
+            model=answer.model, requested_model=requested,
+            usage=Usage(answer.prompt_tokens, answer.completion_tokens, answer.total_tokens,
+                        answer.cached_tokens, answer.reasoning_tokens),
+            finish_reason=answer.finish_reason, latency_s=latency, attempts=attempts,
+            processed_at=time.time(), cost=cost, refusal=answer.refusal, reasoning_content=answer.reasoning,
+        ).to_line()
+    return line, TaskDone(task.id, model, answer.prompt_tokens, answer.completion_tokens, latency, cost,
+                          not same_model(requested, answer.model), attempts,
+                          refused=answer.refusal is not None and not answer.content,
+                          truncated=answer.finish_reason == TRUNCATED)
+
+
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[Any]]
 # How a failed attempt ended, for the limiter: timeouts slow a lane down as 429s do.
@@ -266,28 +296,8 @@ class TaskRunner:
 
     def _succeed(self, task: Task, model: int, requested: str, answer: Answer, attempts: int,
                  latency: float) -> Outcome:
-        # Billed as the model that answered; its price when known, else the requested model's.
-        priced_as = answer.model if self.prices.find(answer.model) is not None else requested
-        cost = self.prices.cost(priced_as, answer.prompt_tokens, answer.completion_tokens, answer.cached_tokens)
-        cost = round(cost, 8) if cost is not None else None
-        latency = round(latency, 4)
-        if task.body is not None:
-            meta = {"requested_model": requested, "latency_s": latency, "attempts": attempts,
-                    "processed_at": time.time(), "cost": cost}
-            line = batch_result_line(task.id, answer.headers.get("x-request-id"), answer.body or {}, meta)
-        else:
-            line = Result(
-                id=task.id, input_prompt=task.prompt, images=list(task.images), answer=answer.content,
-                model=answer.model, requested_model=requested,
-                usage=Usage(answer.prompt_tokens, answer.completion_tokens, answer.total_tokens,
-                            answer.cached_tokens, answer.reasoning_tokens),
-                finish_reason=answer.finish_reason, latency_s=latency, attempts=attempts,
-                processed_at=time.time(), cost=cost, refusal=answer.refusal, reasoning_content=answer.reasoning,
-            ).to_line()
-        return Outcome((TaskDone(task.id, model, answer.prompt_tokens, answer.completion_tokens, latency, cost,
-                                 not same_model(requested, answer.model), attempts,
-                                 refused=answer.refusal is not None and not answer.content,
-                                 truncated=answer.finish_reason == TRUNCATED),), line)
+        line, done = answered(task, model, requested, answer, attempts, latency, self.prices)
+        return Outcome((done,), line)
 
     def _fail(self, task: Task, model: int, error: CallError, attempts: int) -> Outcome:
         # A server may quote the request back, key included: nothing leaves unredacted.

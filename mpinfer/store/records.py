@@ -73,7 +73,9 @@ class Result:
     reasoning_content: str | None = None
 
     def to_line(self) -> bytes:
-        data = asdict(self)
+        # Not asdict(), which deep-copies every field (most of the time a merge of 50,000 batch answers took):
+        # orjson writes the Usage dataclass as the same object.
+        data = {name: getattr(self, name) for name in self.__dataclass_fields__}
         if self.reasoning_content is None:
             del data[REASONING_FIELD]
         return orjson.dumps(data, option=orjson.OPT_APPEND_NEWLINE)
