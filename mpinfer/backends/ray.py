@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 from ..api.hints import RATE_HEADERS
 from ..api.prices import PriceTable
@@ -94,7 +95,7 @@ class RayLimiter:
         self.handle = handle
 
     async def try_acquire(self, model: int, charge: int) -> Grant | Wait:
-        got = await self.handle.try_acquire.remote(model, charge)
+        got: Grant | Wait | None = await self.handle.try_acquire.remote(model, charge)
         if got is None:
             raise NoKeysLeft()
         return got
@@ -165,10 +166,11 @@ class RayBackend:
                  log_to_driver=False, configure_logging=False)
         # The limiter lives on the driver's own node: a worker node may die, and the run goes on without it.
         here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=True)
-        self.limiter = ray.remote(num_cpus=0, scheduling_strategy=here)(_Limiter).remote(
+        # .options() rather than ray.remote(**options): Ray types only the latter's function options.
+        self.limiter: Any = ray.remote(_Limiter).options(num_cpus=0, scheduling_strategy=here).remote(
             len(config.require_api_keys()), len(config.models), config.rpm, config.tpm, config.rate_window,
             config.processes * config.concurrency)
-        self.worker_class = ray.remote(num_cpus=ACTOR_CPUS, max_concurrency=config.concurrency + 4)(_Worker)
+        self.worker_class = ray.remote(_Worker).options(num_cpus=ACTOR_CPUS, max_concurrency=config.concurrency + 4)
         self.actors: dict[int, Any] = {}
         self.outstanding: dict[int, int] = {}
         self.pending: dict[Any, tuple[int, WorkItem]] = {}
@@ -183,7 +185,8 @@ class RayBackend:
     def start(self) -> None:
         for index in range(self.config.processes):
             self._spawn(index)
-        nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+        listed = cast("Callable[[], list[dict[str, Any]]]", ray.nodes)()  # ray.nodes has no annotations
+        nodes = sum(1 for node in listed if node.get("Alive"))
         log.info("ray: %d worker actors, %d requests in flight each, on a cluster of %d nodes",
                  self.config.processes, self.config.concurrency, nodes)
 
