@@ -131,6 +131,9 @@ class RunConfig:
                               metavar="KEY")
     messages_key: str = setting("messages", as_text, "input field holding a whole chat (a list of messages, "
                                 "images inside), sent as that conversation", metavar="KEY")
+    max_image_mb: float = setting(50.0, positive_float, "MB of image data one request may carry (the "
+                                         "provider's limit; OpenAI: 50): a task over it fails before it is sent",
+                                         metavar="MB")
     log_dir: Path = setting(Path("logs"), as_path, "folder for the per-run log files", metavar="DIR")
     rpm: int | None = setting(None, positive_int, "requests per minute, per key and model, for all processes "
                               "together", metavar="N", shown="no limit")

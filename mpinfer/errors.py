@@ -66,6 +66,10 @@ class ImageError(MpinferError):
     """One task's image is missing, unreadable or not an image; a per-task failure, never fatal."""
 
 
+class ImagesTooLarge(ImageError):
+    """One request's images together pass the provider's limit; the task fails before it is sent."""
+
+
 class NoKeysLeft(MpinferError):
     """Every API key of the run has been rejected (401/403): no task can be sent; the run aborts."""
 

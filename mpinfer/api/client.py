@@ -8,6 +8,7 @@ JSON, at a fraction of the CPU, and a body that is not JSON becomes a retryable 
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -19,11 +20,14 @@ import openai
 import orjson
 
 from ..config import Transport as Transport  # the setting's enum, re-exported for the client's callers
-from ..errors import ImageError, MalformedResponse
+from ..errors import ImageError, ImagesTooLarge, MalformedResponse
 from .hints import wait_hint
 
 # OpenAI asks clients to retry these; everything else in 4xx is the request's own fault.
 _RETRY_STATUSES = frozenset({408, 409, 429})
+IMAGES_TOO_LARGE = "images_too_large"
+# OpenAI: 400 "Total image size (...) exceeds the allowed limit"; proxies answer 413 for a body too large.
+_TOO_LARGE = re.compile(r"image size.*exceeds|exceeds.*image size|too large", re.IGNORECASE)
 
 
 class Verdict(StrEnum):
@@ -183,6 +187,8 @@ async def complete(client: openai.AsyncOpenAI, request: dict[str, Any], timeout:
 def classify(exc: BaseException, wall: float | None = None) -> CallError:
     """What a failed attempt calls for: a retry, a wait on the rate limit, failing the task, disabling its
     key, or stopping the run. ``api.retry.decide`` turns this into what happens next."""
+    if isinstance(exc, ImagesTooLarge):
+        return CallError(IMAGES_TOO_LARGE, None, str(exc), Verdict.FAIL)
     if isinstance(exc, ImageError):
         return CallError("image", None, str(exc), Verdict.FAIL)
     if isinstance(exc, MalformedResponse):
@@ -214,6 +220,8 @@ def classify(exc: BaseException, wall: float | None = None) -> CallError:
         if status >= 500 or status in _RETRY_STATUSES:
             return CallError("server_error" if status >= 500 else f"http_{status}", status, message,
                              Verdict.RETRY, wait)
+        if status in (400, 413) and _TOO_LARGE.search(message):
+            return CallError(IMAGES_TOO_LARGE, status, message, Verdict.FAIL)  # the same request fails again
         names = {400: "bad_request", 404: "not_found", 422: "unprocessable"}
         return CallError(names.get(status, f"http_{status}"), status, message, Verdict.FAIL)
     if isinstance(exc, openai.APIError):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ImageError
+from ..errors import ImageError, ImagesTooLarge
 from ..inputs.chat import has_system
 from ..inputs.tasks import Task
 from .tokens import DEFAULT_COMPLETION_TOKENS, TOKENS_PER_MESSAGE, image_size, image_tokens, text_tokens
@@ -53,11 +53,17 @@ class EncodedImage:
 
     url: str
     size: tuple[int, int] | None
+    bytes: int = 0  # the image data it carries inline (a remote URL: 0, the server fetches it)
 
     def tokens(self, detail: str = "auto", model: str | None = None) -> int:
         """What the image costs ``model`` in prompt tokens (tokens.image_tokens; an unknown size is guessed)."""
         width, height = self.size or (None, None)
         return image_tokens(width, height, detail=detail, model=model)
+
+
+def _data_url_bytes(url: str) -> int:
+    """The bytes a base64 data URL's payload decodes to (counted from its length, not decoded)."""
+    return (len(url) - url.find(",") - 1) * 3 // 4
 
 
 def _data_url_size(url: str) -> tuple[int, int] | None:
@@ -91,7 +97,7 @@ class ImageEncoder:
 
     def encode(self, ref: str) -> EncodedImage:
         if ref[:5].lower() == "data:":
-            return EncodedImage(ref, _data_url_size(ref))
+            return EncodedImage(ref, _data_url_size(ref), _data_url_bytes(ref))
         if is_remote(ref):
             return EncodedImage(ref, None)
         path = self.resolve(ref)
@@ -116,7 +122,8 @@ class ImageEncoder:
         mime = sniff_mime(data[:_HEAD_BYTES])
         if mime is None:
             raise ImageError(f"image {ref!r}: not a PNG, JPEG, GIF or WEBP image ({path})")
-        return EncodedImage(f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}", image_size(data))
+        return EncodedImage(f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}", image_size(data),
+                            len(data))
 
     def _remember(self, key: tuple[str, int, int], image: EncodedImage) -> None:
         # A file larger than a quarter of the cache is encoded anew each time: memory stays bounded.
@@ -143,17 +150,19 @@ def _text_tokens_of(messages: list[Any]) -> int:
 
 
 def build_messages(task: Task, encoder: ImageEncoder, system_prompt: str | None = None,
-                   image_tokens_out: list[int] | None = None, model: str | None = None) -> list[dict[str, Any]]:
+                   images_out: list[tuple[int, int]] | None = None, model: str | None = None,
+                   ) -> list[dict[str, Any]]:
     """The chat messages for one task: an optional system message, then the text and images as one turn.
 
-    ``image_tokens_out`` receives each image's estimated token cost for ``model``, for the rate limiter.
+    ``images_out`` receives each image's estimated token cost for ``model`` (for the rate limiter) and its
+    bytes (for the provider's image limit).
     """
     messages: list[dict[str, Any]] = []
     system = task.system if task.system is not None else system_prompt
     if task.messages is not None:
         if system and not has_system(task.messages):
             messages.append({"role": "system", "content": system})
-        return messages + [_with_images(message, encoder, image_tokens_out, model) for message in task.messages]
+        return messages + [_with_images(message, encoder, images_out, model) for message in task.messages]
     if system:
         messages.append({"role": "system", "content": system})
     if not task.images:
@@ -164,15 +173,15 @@ def build_messages(task: Task, encoder: ImageEncoder, system_prompt: str | None 
         parts.append({"type": "text", "text": task.prompt})
     for ref in task.images:
         image = encoder.encode(ref)
-        if image_tokens_out is not None:
-            image_tokens_out.append(image.tokens(model=model))
+        if images_out is not None:
+            images_out.append((image.tokens(model=model), image.bytes))
         parts.append({"type": "image_url", "image_url": {"url": image.url}})
     messages.append({"role": "user", "content": parts})
     return messages
 
 
 def _with_images(message: dict[str, Any], encoder: ImageEncoder,
-                 image_tokens_out: list[int] | None, model: str | None) -> dict[str, Any]:
+                 images_out: list[tuple[int, int]] | None, model: str | None) -> dict[str, Any]:
     """A chat row's message as sent: its image parts' local paths become data URLs (a copy: the task is
     left as it was read)."""
     content = message.get("content")
@@ -183,8 +192,8 @@ def _with_images(message: dict[str, Any], encoder: ImageEncoder,
         if isinstance(part, dict) and part.get("type") == "image_url":
             spec = part["image_url"]
             image = encoder.encode(spec["url"])
-            if image_tokens_out is not None:
-                image_tokens_out.append(image.tokens(str(spec.get("detail", "auto")), model))
+            if images_out is not None:
+                images_out.append((image.tokens(str(spec.get("detail", "auto")), model), image.bytes))
             part = {**part, "image_url": {**spec, "url": image.url}}
         parts.append(part)
     return {**message, "content": parts}
@@ -197,6 +206,16 @@ class Request:
     kwargs: dict[str, Any]
     prompt_tokens: int
     max_tokens: int | None
+    image_bytes: int = 0  # inline image data, against the provider's per-request limit
+
+    def check_image_limit(self, limit_mb: float | None) -> None:
+        """Raise ImagesTooLarge when the images pass ``limit_mb`` MB (10^6 bytes), the provider's limit."""
+        if limit_mb is None:
+            return
+        size = self.image_bytes
+        if size > limit_mb * 1e6:
+            raise ImagesTooLarge(f"the request's images total {size / 1e6:.1f} MB, over the {limit_mb:g} MB a "
+                                 "request may carry (--max-image-mb): send fewer or smaller images")
 
     @property
     def model(self) -> str:
@@ -219,7 +238,7 @@ def build_request(
     extra_body: dict[str, Any] | None = None,
 ) -> Request:
     """The request for one task; a task's own settings win over the run's."""
-    images: list[int] = []
+    images: list[tuple[int, int]] = []
     model = task.model or model
     messages = build_messages(task, encoder, system_prompt, images, model)
     request: dict[str, Any] = {"model": model, "messages": messages}
@@ -231,7 +250,8 @@ def build_request(
         request["max_tokens"] = max_tokens
     if extra_body:
         request["extra_body"] = extra_body
-    return Request(request, _text_tokens_of(messages) + sum(images), max_tokens)
+    return Request(request, _text_tokens_of(messages) + sum(t for t, _ in images), max_tokens,
+                   sum(b for _, b in images))
 
 
 def build_body_request(body: dict[str, Any], model: str | None = None) -> Request:
@@ -247,7 +267,7 @@ def build_body_request(body: dict[str, Any], model: str | None = None) -> Reques
     kwargs: dict[str, Any] = {"model": chosen, "messages": messages}
     if rest:
         kwargs["extra_body"] = rest
-    images = 0
+    images = data = 0
     for message in messages:
         content = message.get("content") if isinstance(message, dict) else None
         for part in content if isinstance(content, list) else ():
@@ -255,8 +275,12 @@ def build_body_request(body: dict[str, Any], model: str | None = None) -> Reques
                 image = part.get("image_url")
                 image = image if isinstance(image, dict) else {}
                 url = image.get("url")
-                size = _data_url_size(url) if isinstance(url, str) and url[:5].lower() == "data:" else None
+                url = url if isinstance(url, str) else ""
+                inline = url[:5].lower() == "data:"
+                size = _data_url_size(url) if inline else None
                 width, height = size or (None, None)
                 images += image_tokens(width, height, detail=image.get("detail", "auto"), model=chosen)
+                data += _data_url_bytes(url) if inline else 0
     max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
-    return Request(kwargs, _text_tokens_of(messages) + images, max_tokens if isinstance(max_tokens, int) else None)
+    return Request(kwargs, _text_tokens_of(messages) + images, max_tokens if isinstance(max_tokens, int) else None,
+                   data)

@@ -54,12 +54,16 @@ def task_request(config: RunConfig, encoder: ImageEncoder, task: Task, model: in
     if task.body is not None:
         # A Batch API body goes as it is; only a model the user chose (or one of several) replaces its own.
         chosen = models[model] if len(models) > 1 or "model" in config.explicit else None
-        return build_body_request(task.body, chosen)
-    if len(models) > 1:
-        task = dataclasses.replace(task, model=None)  # each of the run's models, whatever the task says
-    return build_request(task, encoder, model=models[model], system_prompt=config.system_prompt,
-                         temperature=config.temperature, max_tokens=config.max_tokens,
-                         extra_body=config.extra_body)
+        request = build_body_request(task.body, chosen)
+    else:
+        if len(models) > 1:
+            task = dataclasses.replace(task, model=None)  # each of the run's models, whatever the task says
+        request = build_request(task, encoder, model=models[model], system_prompt=config.system_prompt,
+                                temperature=config.temperature, max_tokens=config.max_tokens,
+                                extra_body=config.extra_body)
+    # Over the provider's limit the server answers 400 after the upload: a per-task failure found here, free.
+    request.check_image_limit(config.max_image_mb)
+    return request
 
 
 def answered(task: Task, model: int, requested: str, answer: Answer, attempts: int, latency: float,

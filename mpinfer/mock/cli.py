@@ -52,6 +52,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
     p.add_argument("--reasoning-models", nargs="+", action="extend", default=[], metavar="MODEL=FIELD",
                    help="answer MODEL with its thinking in FIELD (reasoning_content or reasoning)")
+    p.add_argument("--max-image-bytes", type=int, default=None, help="400 for requests with more image data")
     p.add_argument("--refuse-marker", default=None, metavar="TEXT", help="refuse prompts that hold TEXT")
     p.add_argument("--record-bodies", action="store_true", help="keep the last request body per task key in stats")
     p.add_argument(
@@ -90,6 +91,7 @@ def config_from_args(ns: argparse.Namespace) -> MockConfig:
         record_bodies=ns.record_bodies,
         reasoning_models=_pairs("--reasoning-models", ns.reasoning_models),
         refuse_marker=ns.refuse_marker,
+        max_image_bytes=ns.max_image_bytes,
     )
 
 

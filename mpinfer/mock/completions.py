@@ -13,6 +13,7 @@ from .answers import reply
 from .chat import ApiError, parse_chat
 from .config import MockConfig
 from .http import Connection, Request, error_body, http_response
+from .images import check_image_limit
 from .limits import (
     add_ratelimit_headers,
     check_limits,
@@ -110,6 +111,7 @@ class ChatCompletions:
             ), None
         try:
             chat = parse_chat(req.body)
+            check_image_limit(cfg, req.body)
         except ApiError as exc:
             return exc.outcome, exc.status, exc.body(), None
         task_key = chat.task_key

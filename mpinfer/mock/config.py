@@ -40,6 +40,7 @@ RUNTIME_FIELDS = frozenset(
         "record_bodies",
         "reasoning_models",
         "refuse_marker",
+        "max_image_bytes",
     }
 )
 
@@ -131,6 +132,9 @@ class MockConfig:
     refuse_marker: str | None = None
     """Prompts that hold this text are refused (``content`` null, ``refusal`` text), as a safety benchmark sees."""
 
+    max_image_bytes: int | None = None
+    """Largest total of inline image data a chat request may carry (OpenAI: about 50 MB); None: no limit."""
+
     def __post_init__(self) -> None:
         """Normalise container fields and reject impossible settings early."""
         # Copy containers so a caller mutating its dict/list later cannot
@@ -188,7 +192,7 @@ def coerce_field(name: str, value: Any) -> Any:
         if value is not None and not isinstance(value, str):
             raise TypeError("refuse_marker must be a string or null")
         return value or None
-    if name in ("rpm", "tpm"):
+    if name in ("rpm", "tpm", "max_image_bytes"):
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:

@@ -109,7 +109,7 @@ class _ReadOnceEncoder(ImageEncoder):
         if facts.problem is not None:
             raise ImageError(facts.problem)
         self.used.append((key[0], facts))
-        return EncodedImage(_ALREADY_READ, facts.size)
+        return EncodedImage(_ALREADY_READ, facts.size, facts.bytes)
 
 
 class TaskChecker:
