@@ -132,12 +132,13 @@ class OutputTally:
         """Read what was appended to both files since the last refresh; the bytes read."""
         start = self.output_mark.resume_at(output) if self.output_mark else 0
         errors_start = self.errors_mark.resume_at(errors) if self.errors_mark else 0
-        self.restarted = start is None or errors_start is None
-        if self.restarted:
+        if start is None or errors_start is None:
             fresh = OutputTally.empty(self.within)
             self.__dict__.update(fresh.__dict__)
             self.restarted = True
             start = errors_start = 0
+        else:
+            self.restarted = False
         read = self._read_output(output, start) + self._read_errors(errors, errors_start)
         return read
 
