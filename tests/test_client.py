@@ -24,8 +24,8 @@ from mpinfer.api.client import (
     make_client,
 )
 from mpinfer.api.hints import wait_hint
-from mpinfer.api.retry import MAX_BACKOFF_S, backoff_s
 from mpinfer.api.messages import ImageEncoder, build_request
+from mpinfer.api.retry import MAX_BACKOFF_S, backoff_s
 from mpinfer.demo import png_bytes
 from mpinfer.errors import ImageError
 from mpinfer.inputs.tasks import Task
