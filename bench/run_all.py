@@ -26,6 +26,7 @@ MODEST = {
     "resume_scan": ["--lines", "200000"],
     "input_read": ["--tasks", "300000"],
     "images": ["--tasks", "300", "--distinct", "120", "--strace"],
+    "batch_merge": ["--rows", "10000"],
 }
 FULL = {
     "throughput": ["--tasks", "3000", "--target-tasks", "6000"],
@@ -33,6 +34,7 @@ FULL = {
     "resume_scan": ["--lines", "1000000"],
     "input_read": ["--tasks", "1000000"],
     "images": ["--tasks", "500", "--distinct", "200", "--strace"],
+    "batch_merge": ["--rows", "50000"],
 }
 LIMIT_S = 1800.0
 
