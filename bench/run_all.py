@@ -2,7 +2,8 @@
 
 By default the sizes are modest so that the whole set takes about 10 minutes on a 2-core machine; --full
 uses the sizes the issue names (3,000 tasks a throughput row and 6,000 for the 600-in-flight rows,
-1,000,000 lines for the scan and input benchmarks, about 1.1 GB of temporary disk).
+1,000,000 lines for the scan and input benchmarks, a 10,000,000-task run start and --status on 1,000,000
+lines, about 2.5 GB of temporary disk).
 
     python bench/run_all.py                 # modest sizes
     python bench/run_all.py --full          # the issue's sizes
@@ -27,6 +28,7 @@ MODEST = {
     "input_read": ["--tasks", "300000"],
     "images": ["--tasks", "300", "--distinct", "120", "--strace"],
     "batch_merge": ["--rows", "10000"],
+    "scale": ["--tasks", "2000000", "--lines", "200000"],
 }
 FULL = {
     "throughput": ["--tasks", "3000", "--target-tasks", "6000"],
@@ -35,6 +37,7 @@ FULL = {
     "input_read": ["--tasks", "1000000"],
     "images": ["--tasks", "500", "--distinct", "200", "--strace"],
     "batch_merge": ["--rows", "50000"],
+    "scale": ["--tasks", "10000000", "--lines", "1000000"],
 }
 LIMIT_S = 1800.0
 

@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 from _common import (
     MB,
     cli_command,
@@ -55,6 +56,8 @@ from _common import (
 
 CONFIGS = "64x1,8x8,4x64,2x256"
 TARGET_CONFIGS = "4x150,6x100,2x300"
+SCALE_CONFIGS = "4x300:95,2x600:90"  # 1,200 in flight with images: p x c : the share of the ideal to reach
+CPU_TARGET_MS = 0.7  # client CPU per request at 600 in flight
 COLUMNS = ["L ms", "p", "c", "K", "transport", "tasks", "ideal/s", "rounds/s", "server/s", "% ideal", "avg in flight",
            "wall s",
            "wall/s", "CPU s",
@@ -82,8 +85,23 @@ def watch_in_flight(root_url: str, stop: threading.Event, samples: list[tuple[fl
         stop.wait(0.1)
 
 
+def write_image_tasks(path: Path, n: int, distinct: int = 50) -> Path:
+    """n tasks with one small PNG each (about 3 KB, ``distinct`` different files shared in turn)."""
+    from images import png_like
+
+    folder = path.parent / "img"
+    folder.mkdir(exist_ok=True)
+    for i in range(distinct):
+        (folder / f"{i:02d}.png").write_bytes(png_like(64, 64, 3000 + i))
+    with path.open("wb") as handle:
+        for i in range(n):
+            handle.write(orjson.dumps({"id": f"t{i}", "prompt": f"question {i}: what is in the picture?",
+                                       "images": [f"img/{i % distinct:02d}.png"]}) + b"\n")
+    return path
+
+
 def one_row(mock: Any, latency_ms: float, p: int, c: int, n: int, timeout_s: float, keep: bool,
-            transport: str, jitter_ms: float = 0.0) -> dict[str, Any]:
+            transport: str, jitter_ms: float = 0.0, images: bool = False) -> dict[str, Any]:
     mock.configure(latency_ms=latency_ms, jitter_ms=jitter_ms)
     mock.reset()
     samples: list[tuple[float, int]] = []
@@ -91,7 +109,7 @@ def one_row(mock: Any, latency_ms: float, p: int, c: int, n: int, timeout_s: flo
     watcher = threading.Thread(target=watch_in_flight, args=(mock.root_url, stop, samples), daemon=True)
     folder = Path(tempfile.mkdtemp(prefix=f"mpinfer-bench-tp-{p}x{c}-"))
     try:
-        tasks = write_text_tasks(folder / "tasks.jsonl", n)
+        tasks = (write_image_tasks if images else write_text_tasks)(folder / "tasks.jsonl", n)
         out = folder / "results.jsonl"
         server_cpu = proc_cpu_s(mock.pid)
         watcher.start()
@@ -116,7 +134,8 @@ def one_row(mock: Any, latency_ms: float, p: int, c: int, n: int, timeout_s: flo
             print(f"  !! p={p} c={c} L={latency_ms}: exit {m.returncode}, {written} lines, stats "
                   f"{stats['outcomes']}\n{m.stderr[-2000:]}")
         return {
-            "L ms": int(latency_ms), "p": p, "c": c, "K": k, "transport": transport, "tasks": n, "ideal/s": ideal,
+            "L ms": int(latency_ms), "p": p, "c": c, "K": k, "transport": transport,
+            "tasks": f"{n} img" if images else n, "ideal/s": ideal,
             "rounds/s": n / (math.ceil(n / k) * L),
             "server/s": server_rate, "% ideal": 100.0 * server_rate / ideal,
             "avg in flight": sum(steady) / len(steady) if steady else None, "wall s": m.wall_s,
@@ -143,6 +162,10 @@ def main() -> int:
                     help=f"rows with 600 in flight at --target-latency (default {TARGET_CONFIGS}; empty: none)")
     ap.add_argument("--target-tasks", type=int, default=6000, help="tasks in each target row (default 6000)")
     ap.add_argument("--target-latency", type=float, default=1000.0, help="ms (default 1000)")
+    ap.add_argument("--scale-configs", default=SCALE_CONFIGS,
+                    help=f"rows with images at --target-latency, p x c : %% of ideal to reach (default {SCALE_CONFIGS}; "
+                         "empty: none)")
+    ap.add_argument("--scale-tasks", type=int, default=9000, help="image tasks in each scale row (default 9000)")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds one CLI run may take before it is killed")
     ap.add_argument("--keep", action="store_true", help="keep each run's folder (tasks, results, logs)")
     ap.add_argument("--jitter", type=float, default=0.0,
@@ -159,6 +182,7 @@ def main() -> int:
         print(f"transport: each row with --transport {', '.join(stacks)}")
     rows: list[dict[str, Any]] = []
     target_rows: list[dict[str, Any]] = []
+    scale_rows: list[dict[str, Any]] = []
     started = time.monotonic()
     with start_mock() as mock:
         for latency in (float(x) for x in args.latencies.split(",") if x.strip()):
@@ -173,6 +197,16 @@ def main() -> int:
                       flush=True)
                 target_rows.append(one_row(mock, args.target_latency, p, c, args.target_tasks, args.timeout,
                                            args.keep, stack, args.jitter))
+        for spec in (x for x in args.scale_configs.split(",") if x.strip()):
+            shape, share = spec.split(":")
+            (p, c), = parse_configs(shape)
+            for stack in stacks:
+                print(f"  running L={args.target_latency:.0f} ms p={p} c={c} {stack} tasks={args.scale_tasks} with "
+                      "images ...", flush=True)
+                row = one_row(mock, args.target_latency, p, c, args.scale_tasks, args.timeout, args.keep, stack,
+                              args.jitter, images=True)
+                row["_share"] = float(share)
+                scale_rows.append(row)
     print()
     latency_note = f"jitter +/-{args.jitter:.0f} ms" if args.jitter else "every answer after exactly L"
     print(table(rows, COLUMNS, title=f"throughput: {args.tasks} text tasks a row, K = p*c in flight, "
@@ -191,7 +225,21 @@ def main() -> int:
             met = row["server/s"] >= 500 and row["% ideal"] >= 90 and row["peak RSS MB"] < 1536 and row["ok"]
             print(f"  p={row['p']} c={row['c']} {row['transport']}: {'; '.join(verdict)}: "
                   f"{'MET' if met else 'MISSED'}")
-    every = rows + target_rows
+        cpu = [r for r in target_rows if r["K"] == 600]
+        if cpu:
+            best600 = min(r["CPU ms/req"] for r in cpu)
+            print(f"  client CPU per request at 600 in flight, best row: {best600:.2f} ms: "
+                  f"{'MET' if best600 <= CPU_TARGET_MS else 'MISSED'} (target <= {CPU_TARGET_MS} ms)")
+    if scale_rows:
+        print()
+        print(table(scale_rows, COLUMNS, title=f"scale: {args.scale_tasks} tasks with a small image each at "
+                                               f"L = {args.target_latency:.0f} ms ({latency_note})"))
+        for row in scale_rows:
+            met = row["% ideal"] >= row["_share"] and row["ok"]
+            print(f"  p={row['p']} c={row['c']} ({row['K']} in flight) {row['transport']}: {row['% ideal']:.1f}% of "
+                  f"the ideal: {'MET' if met else 'MISSED'} (target >= {row['_share']:.0f}%); "
+                  f"{row['CPU ms/req']:.2f} ms CPU/req")
+    every = rows + target_rows + scale_rows
     if every:
         best = min(every, key=lambda r: r["CPU ms/req"])
         print(f"\nclient CPU per request, best row: {best['CPU ms/req']:.2f} ms (p={best['p']} c={best['c']} "
