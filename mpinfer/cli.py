@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -103,22 +104,41 @@ def option_help(option: Option) -> str:
     return f"{option.help} (default: {option.default_text})"
 
 
-def _print(lines: list[str]) -> None:
-    print("\n".join(lines))
+def _write(text: str) -> bool:
+    """Write to stdout; False once its reader is gone (``| head`` has read enough), which is no error: what
+    the command did stands (a run's answers are on disk), so it goes on quietly and exits as it would."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _stdout_gone()
+        return False
+    return True
+
+
+def _stdout_gone() -> None:
+    # Point stdout at /dev/null, so that neither a later print nor the interpreter's last flush raises again.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def _print(lines: list[str]) -> bool:
+    return _write("\n".join(lines) + "\n")
 
 
 def _watch(config: RunConfig, every_s: float) -> int:
-    """Redraw the status in place until no run is live on the output (Ctrl-C ends it sooner).
+    """Redraw the status in place until no run is live on the output (Ctrl-C, or a reader that left, ends it
+    sooner).
 
     One reader for all the redraws: each reads only what the run appended since the last.
     """
     reader = StatusReader(config)
     while True:
         report = reader.read()
-        sys.stdout.write("\x1b[H\x1b[2J" if sys.stdout.isatty() else "\n")
-        _print(status_lines(report))
-        sys.stdout.flush()
-        if not report.live:
+        lines = status_lines(report)
+        lines[0] = ("\x1b[H\x1b[2J" if sys.stdout.isatty() else "\n") + lines[0]
+        if not _print(lines) or not report.live:
             return EXIT_OK
         time.sleep(every_s)
 
@@ -129,7 +149,7 @@ def _dry_run(config: RunConfig, as_json: bool) -> int:
 
     result = plan(config, load_prices(config.prices, config.price_input, config.price_output))
     if as_json:
-        sys.stdout.write(orjson.dumps(result.to_dict()).decode() + "\n")
+        _write(orjson.dumps(result.to_dict()).decode() + "\n")
     else:
         _print(dry_run_lines(result))
     return EXIT_OK if result.ok else EXIT_PROBLEMS
@@ -239,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.status:
             report = status(config)
             if args.json:
-                sys.stdout.write(orjson.dumps(report.to_dict()).decode() + "\n")
+                _write(orjson.dumps(report.to_dict()).decode() + "\n")
             else:
                 _print(status_lines(report))
             return EXIT_OK
@@ -260,6 +280,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MpinferError as exc:
         print(f"mpinfer: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:  # a print outside _print (the demo's): the reader left; nothing was lost
+        _stdout_gone()
+        return EXIT_OK
     except KeyboardInterrupt:
         print("mpinfer: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -31,6 +31,14 @@ LaneReport = Callable[[], tuple[list[LaneStats], list[bool]]]  # lane stats, and
 
 SUMMARY_EVERY_S = 2.0
 MAX_FAILURES_SHOWN = 5
+MESSAGE_SHOWN_CHARS = 200
+
+
+def one_line(message: str) -> str:
+    """A server's message as one console line: a multi-line HTML error page would flood the terminal (the
+    errors file keeps it whole)."""
+    text = " ".join(message.split())
+    return text if len(text) <= MESSAGE_SHOWN_CHARS else text[: MESSAGE_SHOWN_CHARS - 3] + "..."
 
 
 def work_items(tasks: Iterator[Task], done: list[IdSubset]) -> Iterator[WorkItem]:
@@ -123,11 +131,12 @@ class RunState:
                 self.bar.update(1)
             case TaskFailed():
                 settled = (event.id, event.model)
-                self.summary.count_failure(event.error_type)
+                self.summary.count_failure(event.error_type, event.retries)
                 self.summary.per_model[self.config.models[event.model]].failed += 1
                 if self.summary.failed <= MAX_FAILURES_SHOWN:
                     more = " (further failures only in the log)" if self.summary.failed == MAX_FAILURES_SHOWN else ""
-                    log.warning("task %s failed: %s: %s%s", event.id, event.error_type, event.message, more)
+                    log.warning("task %s failed: %s: %s%s", event.id, event.error_type, one_line(event.message),
+                                more)
             case KeyDisabled():
                 log.warning("API key %s rejected (%s): disabled for this run", event.key, event.message)
             case Abort() | Fatal():
@@ -136,10 +145,13 @@ class RunState:
         now = time.monotonic()
         if now - self._postfix_at > 0.5:
             self._postfix_at = now
-            self.bar.set_postfix(failed=self.summary.failed,
-                                 tokens=self.summary.prompt_tokens + self.summary.completion_tokens,
-                                 cost=f"${self.summary.cost:.4f}", refresh=False)
+            self._show_totals()
         return settled
+
+    def _show_totals(self, refresh: bool = False) -> None:
+        self.bar.set_postfix(failed=self.summary.failed,
+                             tokens=self.summary.prompt_tokens + self.summary.completion_tokens,
+                             cost=f"${self.summary.cost:.4f}", refresh=refresh)
 
     def fail_run(self, stopped: Stopped) -> None:
         """Stop the run on a fault; the first one is the one the summary reports, the rest go to the log."""
@@ -166,4 +178,5 @@ class RunState:
         write_summary(self.summary_path, self.summary, live)
 
     def close(self) -> None:
+        self._show_totals(refresh=True)  # the last frame shows the totals the summary below it shows
         self.bar.close()

@@ -10,7 +10,7 @@ the command line ends with) and a detail message for the summary and the log.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar
 
@@ -36,6 +36,7 @@ class TaskDone:
     attempts: int = 1
     refused: bool = False  # the answer is a refusal (kept in the line's "refusal", answer null)
     truncated: bool = False  # cut off at max_tokens (finish_reason "length")
+    retries: dict[str, int] = field(default_factory=dict)  # by the error type of the failed attempt
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +50,7 @@ class TaskFailed:
     status: int | None
     message: str
     attempts: int
+    retries: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ import orjson
 import pytest
 from conftest import FAKE_KEY, run_cli, text_tasks, write_tasks
 
+from mpinfer.driver import one_line
 from mpinfer.mockserver import MockServerProcess
 from mpinfer.reports.timeline import UNKNOWN_RETRY, build_timeline
 
@@ -132,3 +133,31 @@ def test_the_table_counts_refusals_truncations_and_costs_per_model_from_old_and_
     assert {kind: sum(counts) for kind, counts in series.retries.items()} == {UNKNOWN_RETRY: 5, "rate_limit": 1}
     assert {kind: sum(counts) for kind, counts in series.failures.items()} == {"server": 1}
     assert series.cum_tokens[-1] == 60 and series.cum_cost[-1] == pytest.approx(0.006)
+
+
+def test_retries_are_recorded_by_type_on_the_line_and_in_the_summary(tmp_path: Path, mock: MockServerProcess):
+    # Given a task the server fails with a 500 and then a 429 before answering, and one it answers at once
+    write_tasks(tmp_path / "tasks.jsonl", [{"id": "a", "prompt": "flaky"}, {"id": "b", "prompt": "fine"}])
+    mock.configure(script={"flaky": ["500", "429"]}, retry_after=0.01)
+    # When it runs
+    ran = run_cli("-i", "tasks.jsonl", "-o", "results.jsonl", "--base-url", mock.base_url, "--retry-backoff",
+                  "0.02", "-p", "1", cwd=tmp_path)
+    # Then its line says which kinds of failure were retried, and the summary counts them by type
+    assert ran.returncode == 0, ran.stderr
+    lines = {row["id"]: row for row in (orjson.loads(x) for x in (tmp_path / "results.jsonl").read_bytes().splitlines())}
+    assert lines["a"]["retries"] == {"server_error": 1, "rate_limit": 1} and lines["a"]["attempts"] == 3
+    assert lines["b"]["retries"] == {}
+    assert "retries 2 (rate_limit 1, server_error 1)" in ran.stdout
+    # And the report's timeline reads them by type
+    (run,) = build_timeline(tmp_path / "results.jsonl", ("gpt-4o-mini",)).runs
+    assert run.series is not None
+    assert {kind: sum(counts) for kind, counts in run.series.retries.items()} == {"server_error": 1, "rate_limit": 1}
+
+
+def test_a_failure_warning_is_one_line_however_long_the_servers_message():
+    # Given a server's multi-line error page
+    page = "<html>\n  <body>\n    <h1>502 Bad Gateway</h1>\n" + "x" * 500 + "\n</body></html>"
+    # When it is shown on the console
+    shown = one_line(page)
+    # Then it is one line of at most 200 characters, its start kept
+    assert "\n" not in shown and len(shown) <= 200 and shown.startswith("<html> <body> <h1>502 Bad Gateway</h1>")

@@ -13,7 +13,7 @@ a connection error while the server is down (the limiter holds every request unt
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .client import CallError, Verdict
 
@@ -40,6 +40,7 @@ class Attempts:
     retries: int = 0                     # retries counted against --max-retries
     rate_limited: int = 0                # 429s for rate
     limited_since: float | None = None   # when its first 429 came (clock of the runner)
+    by_type: dict[str, int] = field(default_factory=dict)  # requests sent again, by the failed one's error type
 
 
 @dataclass(frozen=True)

@@ -67,8 +67,11 @@ def task_request(config: RunConfig, encoder: ImageEncoder, task: Task, model: in
 
 
 def answered(task: Task, model: int, requested: str, answer: Answer, attempts: int, latency: float,
-             prices: PriceTable, batch_id: str | None = None) -> tuple[bytes, TaskDone]:
-    """The output line and the event of an answered task; from a batch (``batch_id``) at the Batch price."""
+             prices: PriceTable, batch_id: str | None = None,
+             retries: dict[str, int] | None = None) -> tuple[bytes, TaskDone]:
+    """The output line and the event of an answered task; from a batch (``batch_id``) at the Batch price.
+    ``retries``: the requests sent again, by the error type of the failed one."""
+    retries = retries or {}
     # Billed as the model that answered; its price when known, else the requested model's.
     priced_as = answer.model if prices.find(answer.model) is not None else requested
     cost = prices.cost(priced_as, answer.prompt_tokens, answer.completion_tokens, answer.cached_tokens,
@@ -77,7 +80,7 @@ def answered(task: Task, model: int, requested: str, answer: Answer, attempts: i
     latency = round(latency, 4)
     if task.body is not None:
         meta: dict[str, Any] = {"requested_model": requested, "latency_s": latency, "attempts": attempts,
-                                "processed_at": time.time(), "cost": cost}
+                                "retries": retries, "processed_at": time.time(), "cost": cost}
         if batch_id is not None:
             meta["batch_id"] = batch_id
         line = batch_result_line(task.id, answer.headers.get("x-request-id"), answer.body or {}, meta)
@@ -89,11 +92,12 @@ def answered(task: Task, model: int, requested: str, answer: Answer, attempts: i
                         answer.cached_tokens, answer.reasoning_tokens),
             finish_reason=answer.finish_reason, latency_s=latency, attempts=attempts,
             processed_at=time.time(), cost=cost, refusal=answer.refusal, reasoning_content=answer.reasoning,
+            retries=retries,
         ).to_line()
     return line, TaskDone(task.id, model, answer.prompt_tokens, answer.completion_tokens, latency, cost,
                           not same_model(requested, answer.model), attempts,
                           refused=answer.refusal is not None and not answer.content,
-                          truncated=answer.finish_reason == TRUNCATED)
+                          truncated=answer.finish_reason == TRUNCATED, retries=retries)
 
 
 Clock = Callable[[], float]
@@ -235,7 +239,7 @@ class TaskRunner:
                 return self._fail(task, model, CallError(
                     "connection", None, f"the server has not answered since {since} ({grant.outage_for_s:.0f}s,"
                     f" more than the patience, --patience {self.policy.patience_s:g})", Verdict.FAIL),
-                    tries.count)
+                    tries.count, tries.by_type)
             tries.count += 1
             _SENDING.set(grant)
             try:
@@ -250,7 +254,8 @@ class TaskRunner:
             # What the server counted against the limit: the real prompt plus the answer it allowed.
             charged = answer.prompt_tokens + (request.max_tokens or answer.completion_tokens)
             await self.limiter.release(grant, Ending.OK, charged=charged, used=answer.total_tokens)
-            return self._succeed(task, model, request.model, answer, tries.count, self.clock() - started)
+            return self._succeed(task, model, request.model, answer, tries.count, self.clock() - started,
+                                 tries.by_type)
 
     async def _failed_attempt(self, task: Task, model: int, grant: Grant, error: CallError, exc: Exception,
                               tries: Attempts) -> Outcome | _Again | None:
@@ -275,6 +280,7 @@ class TaskRunner:
                 return None
             if step.counted:
                 tries.retries += 1
+            tries.by_type[error.error_type] = tries.by_type.get(error.error_type, 0) + 1  # waits included
             log.info("task %s attempt %d: %s (%s); again in %.2fs", task.id, tries.count, error.error_type,
                      error.message, step.delay_s)
             if step.delay_s > 0:
@@ -282,10 +288,10 @@ class TaskRunner:
             return None if self.stopping else _AGAIN
         failed = dataclasses.replace(error, message=step.message or error.message)
         if step.verdict is Verdict.ABORT:
-            failure = self._fail(task, model, failed, tries.count)
+            failure = self._fail(task, model, failed, tries.count, tries.by_type)
             aborted = self._abort(task, model, f"{error.error_type}: {error.message}")
             return Outcome(failure.events + aborted.events, failure.line, to_errors=True)
-        return self._fail(task, model, failed, tries.count)
+        return self._fail(task, model, failed, tries.count, tries.by_type)
 
     async def _disable_key(self, key: int, error: CallError) -> bool:
         """Stop using a rejected key; whether any key is left."""
@@ -299,21 +305,24 @@ class TaskRunner:
         return left
 
     def _succeed(self, task: Task, model: int, requested: str, answer: Answer, attempts: int,
-                 latency: float) -> Outcome:
-        line, done = answered(task, model, requested, answer, attempts, latency, self.prices)
+                 latency: float, retries: dict[str, int]) -> Outcome:
+        line, done = answered(task, model, requested, answer, attempts, latency, self.prices, retries=retries)
         return Outcome((done,), line)
 
-    def _fail(self, task: Task, model: int, error: CallError, attempts: int) -> Outcome:
+    def _fail(self, task: Task, model: int, error: CallError, attempts: int,
+              retries: dict[str, int] | None = None) -> Outcome:
         # A server may quote the request back, key included: nothing leaves unredacted.
         message = redact(error.message, self.keys)
+        retries = retries or {}
         if task.body is not None:
             line = batch_error_line(task.id, error.status, error.error_type, message,
-                                    {"attempts": attempts, "processed_at": time.time()})
+                                    {"attempts": attempts, "retries": retries, "processed_at": time.time()})
         else:
-            line = Failure(task.id, error.error_type, error.status, message, attempts, time.time()).to_line()
+            line = Failure(task.id, error.error_type, error.status, message, attempts, time.time(),
+                           retries).to_line()
         log.warning("task %s failed after %d attempts: %s: %s", task.id, attempts, error.error_type, message)
-        return Outcome((TaskFailed(task.id, model, error.error_type, error.status, message, attempts),), line,
-                       to_errors=True)
+        return Outcome((TaskFailed(task.id, model, error.error_type, error.status, message, attempts, retries),),
+                       line, to_errors=True)
 
     def _abort(self, task: Task, model: int, message: str) -> Outcome:
         """No task can succeed: tell the host, and take nothing new."""

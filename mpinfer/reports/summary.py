@@ -61,6 +61,7 @@ class RunSummary:
     unknown_ids: int = 0
     worker_deaths: int = 0
     failures_by_type: dict[str, int] = field(default_factory=dict)
+    retries_by_type: dict[str, int] = field(default_factory=dict)  # retried attempts, by their error type
     per_model: dict[str, Tally] = field(default_factory=dict)
     per_key: dict[str, Tally] = field(default_factory=dict)
     cost: float = 0.0
@@ -108,12 +109,18 @@ class RunSummary:
             self.refusals += 1
         if event.truncated:
             self.truncated += 1
+        self.count_retries(event.retries)
         if event.latency_s is not None:
             self.latencies.append(event.latency_s)
 
-    def count_failure(self, error_type: str) -> None:
+    def count_failure(self, error_type: str, retries: dict[str, int] | None = None) -> None:
         self.failed += 1
         self.failures_by_type[error_type] = self.failures_by_type.get(error_type, 0) + 1
+        self.count_retries(retries or {})
+
+    def count_retries(self, retries: dict[str, int]) -> None:
+        for kind, count in retries.items():
+            self.retries_by_type[kind] = self.retries_by_type.get(kind, 0) + count
 
     def take_lane_stats(self, lanes: list[LaneStats], models: tuple[str, ...], key_names: list[str],
                         disabled: list[bool]) -> None:

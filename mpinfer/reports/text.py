@@ -55,7 +55,9 @@ def summary_lines(summary: RunSummary) -> list[str]:
         f"{f' ({rate:.1f}/s)' if rate else ''}, success {success}, "
         f"{summary.prompt_tokens} tokens in, {summary.completion_tokens} out, "
         f"cost {money(summary.cost, summary.unpriced)}",
-        f"latency {_latency(data['latency_s'])}; 429s {summary.rate_limited}",
+        f"latency {_latency(data['latency_s'])}; 429s {summary.rate_limited}; "
+        f"retries {sum(summary.retries_by_type.values())}"
+        + (f" ({_kinds(summary.retries_by_type)})" if summary.retries_by_type else ""),
     ]
     if summary.refusals or summary.truncated:
         lines.append(f"refusals {summary.refusals} (kept as \"refusal\", answer null), "

@@ -71,6 +71,9 @@ class Result:
     cost: float | None = None
     refusal: str | None = None
     reasoning_content: str | None = None
+    # Retries by the error type of the failed attempt ({"rate_limit": 2}): the report's failures-and-retries
+    # chart. Not a required field: lines of earlier versions have only ``attempts``.
+    retries: dict[str, int] = field(default_factory=dict)
 
     def to_line(self) -> bytes:
         # Not asdict(), which deep-copies every field (most of the time a merge of 50,000 batch answers took):
@@ -84,6 +87,7 @@ class Result:
     def from_dict(cls, data: dict[str, Any]) -> Result:
         values: dict[str, Any] = {name: data.get(name) for name in (*RESULT_FIELDS, REFUSAL_FIELD, REASONING_FIELD)}
         values["usage"] = Usage.from_dict(data.get("usage"))
+        values["retries"] = _retries(data.get("retries"))
         return cls(**values)
 
 
@@ -97,6 +101,7 @@ class Failure:
     message: str
     attempts: int
     processed_at: float
+    retries: dict[str, int] = field(default_factory=dict)  # as in Result; not in lines of earlier versions
 
     def to_line(self) -> bytes:
         return orjson.dumps(asdict(self), option=orjson.OPT_APPEND_NEWLINE)
@@ -104,7 +109,15 @@ class Failure:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Failure:
         values: dict[str, Any] = {name: data.get(name) for name in FAILURE_FIELDS}
+        values["retries"] = _retries(data.get("retries"))
         return cls(**values)
+
+
+def _retries(value: Any) -> dict[str, int]:
+    """A line's retries by type, or none when it has no such field (an earlier version wrote it)."""
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): v for k, v in value.items() if isinstance(v, int) and not isinstance(v, bool)}
 
 
 def same_model(requested: str | None, reported: str | None) -> bool:
