@@ -172,7 +172,6 @@ class RunConfig:
     allow_mixed: bool = setting(False, as_bool, "resume even though the settings that change answers differ "
                                 "from those that wrote the output")
     verbose: bool = setting(False, as_bool, "log every attempt and the HTTP stack", short="-v")
-    # No flag of its own: on the command line, --report [FILE] writes a report at once.
     report: bool = setting(False, as_bool, "write the HTML report <output>.report.html at the end of every run "
                            "(needs mpinfer[report]; --report writes one at once)", cli=False)
     # repr=False: a config is logged and shown in errors; the keys must never be.
@@ -237,20 +236,17 @@ def _parse(option: Option, value: Any, source: str) -> Any:
         raise ConfigError(f"{source}: {option.name} = {value!r} is invalid: {exc}") from None
 
 
-CONFIG_ENV = "MPINFER_CONFIG"
+CONFIG_ENV = "MPINFER_CONFIG"  # names the settings file, as --config does
 
 
 def settings_file(given: Path | None, layers: list[dict[str, str]], cwd: Path) -> Path:
-    """The settings file to read: ``--config FILE``, else ``MPINFER_CONFIG``, else ``./mpinfer.toml`` (which may
-    be absent). A file named on purpose must exist: a typo must not run a job on the defaults."""
+    """``--config FILE``, else ``MPINFER_CONFIG``, else ``./mpinfer.toml`` (may be absent); one named must exist."""
     found = _lookup(layers, (CONFIG_ENV,))
     named = given if given is not None else (Path(found[1]) if found else None)
     if named is None:
         return cwd / TOML_NAME
-    path = named if named.is_absolute() else cwd / named
-    if not path.is_file():
-        source = "--config" if given is not None else CONFIG_ENV
-        raise ConfigError(f"{source} {named}: no such settings file")
+    if not (path := named if named.is_absolute() else cwd / named).is_file():
+        raise ConfigError(f"{'--config' if given is not None else CONFIG_ENV} {named}: no such settings file")
     return path
 
 
