@@ -267,3 +267,22 @@ def test_dry_run_with_the_batch_backend_shows_the_batch_price_beside_the_online_
     assert "estimated cost:" in text.stdout and "at the Batch API price" in text.stdout
     totals = data["totals"]
     assert totals["batch_cost_max"] == pytest.approx(totals["cost_max"] / 2) and totals["cost_max"] > 0
+
+
+def test_a_rerun_with_other_models_than_the_open_batches_is_refused_before_anything_is_sent(
+        tmp_path: Path, mock: MockServerProcess):
+    # Given a run killed while its slow batch for gpt-4o-mini works
+    write_tasks(tmp_path / "tasks.jsonl", text_tasks(4))
+    mock.batch_faults(request_s=0.5)
+    proc = start_cli(*_args(mock), cwd=tmp_path)
+    try:
+        _wait_for("the batch", lambda: any(c.get("batch_id") for c in _plan(tmp_path)["chunks"]))
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=10)
+    # When it is rerun with another model
+    again = _run(tmp_path, mock, "--model", "gpt-4o")
+    # Then it refuses, naming the model of the open batches, and creates nothing
+    assert again.returncode == 2 and "--model gpt-4o-mini" in again.stderr
+    assert mock.batch_stats()["batches_created"] == 1
+    assert not (tmp_path / OUT).exists()

@@ -26,6 +26,7 @@ from ..driver import RunState
 from ..errors import BatchApiError, ConfigError
 from ..events import Stopped, StopReason
 from ..inputs.tasks import Task, iter_tasks, reading
+from ..reports.summary import Tally
 from ..store.output import Appender, OutputPaths, iter_lines, live_run, record_id, scan
 from .batch_merge import Merger
 from .batch_plan import FINAL_STATUSES, Chunk, ChunkState, Plan
@@ -74,7 +75,8 @@ class BatchBackend:
     def start(self) -> None:
         plan = Plan.load(self.output)
         if plan is None or plan.finished:
-            plan = Plan.new(self.output, [_size(paths.errors) for paths in self.outputs])
+            plan = Plan.new(self.output, [_size(paths.errors) for paths in self.outputs], list(self.config.models))
+        self._check_models(plan)
         self.plan = plan
         self.done = [scan(paths.output).ids for paths in self.outputs]
         self.failed_before = [_ids_from(paths.errors, plan.errors_offsets[m] if m < len(plan.errors_offsets) else 0)
@@ -93,6 +95,13 @@ class BatchBackend:
         log.info("batch: %d rows in %d new request files (%s); %d open from an earlier run; plan in %s",
                  len(fresh), len(made), ", ".join(f"{c.lines} rows, {c.bytes:,} bytes" for c in made[:5]) or "-",
                  kept, plan.path)
+
+    def _check_models(self, plan: Plan) -> None:
+        """Open chunks name their model by its place in the run's models: the same list, or a clear error."""
+        models = list(self.config.models)
+        if plan.open_chunks and plan.models and plan.models != models:
+            raise ConfigError(f"the open batches of {self.output} are for --model {','.join(plan.models)}, not "
+                              f"{','.join(models)}: rerun with that --model to collect them, or --cancel them first")
 
     def _find_missing_tasks(self) -> None:
         """Tasks of open chunks that this run's selection left out (a rerun with other options): read them."""
@@ -135,6 +144,7 @@ class BatchBackend:
             if chunk.state is ChunkState.PLANNED:
                 upload(self.client, plan, chunk)
                 plan.save()
+                plan.request_file(chunk).unlink(missing_ok=True)  # the server has it: keep the disk free
             if chunk.state not in (ChunkState.UPLOADED, ChunkState.CREATING) or not self._queue_may_take(chunk):
                 continue
             if self.pacer.wait_s() > 0:
@@ -189,13 +199,14 @@ class BatchBackend:
         plan.save()
 
     def _progress(self, plan: Plan) -> None:
-        rows = sum(c.lines for c in plan.chunks if c.state is ChunkState.CREATED)
-        settled = sum(c.completed + c.failed for c in plan.chunks if c.state is ChunkState.CREATED)
+        first = [c for c in plan.chunks if c.attempt == 1]  # resubmissions are the same rows again
+        rows = sum(c.lines for c in first)
+        settled = sum(c.completed + c.failed for c in first)
         states: dict[str, int] = {}
         for chunk in plan.open_chunks:
             key = chunk.status if chunk.state is ChunkState.CREATED else chunk.state.value
             states[key or "?"] = states.get(key or "?", 0) + 1
-        summary = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+        summary = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "all merged"
         self.state.bar.set_postfix_str(f"batches: {summary}; requests {settled}/{rows}", refresh=True)
         for chunk in plan.open_chunks:
             if chunk.state is ChunkState.CREATED:
@@ -232,6 +243,7 @@ class BatchBackend:
                 self.appenders[chunk.model].append(target, b"".join(lines[start:start + APPEND_LINES]))
         for event in merged.events:
             self.state.on_event(event)
+        self._count_requests(chunk)
         if merged.retry:
             again = [(self.tasks[i], chunk.model) for i in merged.retry]
             plan_chunks(plan, request_lines(self.config, again), self.config.batch_size,
@@ -246,6 +258,14 @@ class BatchBackend:
         log.info("batch %s %s: %d answers merged, %d failures recorded, %d resubmitted, in %.2fs (download "
                  "included)", batch.id, batch.status, len(merged.results), len(merged.failures), len(merged.retry),
                  time.monotonic() - merge_started)
+
+    def _count_requests(self, chunk: Chunk) -> None:
+        """The batch's requests (as the server counted them) in the summary's per-key and per-model tallies."""
+        summary = self.state.summary
+        executed = chunk.completed + chunk.failed
+        for tally in (summary.per_key.setdefault(self.state.key_names[0], Tally()),
+                      summary.per_model.setdefault(self.config.models[chunk.model], Tally())):
+            tally.requests += executed
 
     def close(self) -> None:
         for appender in self.appenders:

@@ -1,8 +1,8 @@
 """The batch plan: which rows went into which request file, upload and batch, kept beside the output.
 
 The plan is the memory that makes a crash cost nothing. It lives in ``<output>.batches.json`` (the request
-files and downloads in ``<output>.batches/``) and is rewritten atomically (temp file, fsync, rename, fsync
-of the folder) at each step, before the step's effect can matter:
+files, until uploaded, in ``<output>.batches/``) and is rewritten atomically (temp file, fsync, rename,
+fsync of the folder) at each step, before the step's effect can matter:
 - a chunk (one request file, one model) is recorded PLANNED, its file on disk, before any upload;
 - its ``file_id`` once uploaded; CREATING before ``batches.create`` is called, its ``batch_id`` once created
   (a rerun that finds a chunk CREATING looks for a batch made from its file before it creates one);
@@ -94,6 +94,7 @@ class Plan:
     chunks: list[Chunk] = field(default_factory=list)
     errors_offsets: list[int] = field(default_factory=list)  # where each model's errors file ended at start
     cancelled: bool = False
+    models: list[str] = field(default_factory=list)  # the run's models: a chunk's ``model`` indexes this list
 
     @property
     def folder(self) -> Path:
@@ -101,9 +102,6 @@ class Plan:
 
     def request_file(self, chunk: Chunk) -> Path:
         return self.folder / f"{chunk.name}.jsonl"
-
-    def download(self, chunk: Chunk, kind: str) -> Path:
-        return self.folder / f"{chunk.name}.{kind}.jsonl"
 
     @property
     def open_chunks(self) -> list[Chunk]:
@@ -125,14 +123,14 @@ class Plan:
     def save(self) -> None:
         """Write the plan whole, or leave the old one: a reader never sees half a plan."""
         data = {"version": PLAN_VERSION, "plan_id": self.plan_id, "created_at": self.created_at,
-                "cancelled": self.cancelled, "errors_offsets": self.errors_offsets,
+                "cancelled": self.cancelled, "errors_offsets": self.errors_offsets, "models": self.models,
                 "chunks": [c.to_dict() for c in self.chunks]}
         write_atomic(self.path, orjson.dumps(data, option=orjson.OPT_INDENT_2))
 
     @classmethod
-    def new(cls, output: Path, errors_offsets: list[int]) -> Plan:
+    def new(cls, output: Path, errors_offsets: list[int], models: list[str]) -> Plan:
         plan_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
-        return cls(plan_path(output), plan_id, time.time(), errors_offsets=errors_offsets)
+        return cls(plan_path(output), plan_id, time.time(), errors_offsets=errors_offsets, models=models)
 
     @classmethod
     def load(cls, output: Path) -> Plan | None:
@@ -148,7 +146,7 @@ class Plan:
         try:
             return cls(path, str(data["plan_id"]), float(data["created_at"]),
                        [Chunk.from_dict(c) for c in data["chunks"]], list(data.get("errors_offsets") or []),
-                       bool(data.get("cancelled")))
+                       bool(data.get("cancelled")), [str(m) for m in data.get("models") or []])
         except (KeyError, TypeError, ValueError) as exc:
             raise OutputError(f"{path}: not a batch plan ({type(exc).__name__}: {exc})") from None
 
