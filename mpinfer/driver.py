@@ -174,7 +174,15 @@ class RunState:
         self._summary_at = now
         if self.lanes is not None:
             lanes, disabled = self.lanes()
+            waiting = self.summary.waiting_for_server_since
             self.summary.take_lane_stats(lanes, self.config.models, self.key_names, disabled)
+            if self.summary.waiting_for_server_since != waiting:
+                if self.summary.waiting_for_server_since:
+                    log.warning("waiting for the server since %s: it does not answer; one request probes it, "
+                                "the rest wait (up to --patience %gs)", self.summary.waiting_for_server_since,
+                                self.config.patience)
+                else:
+                    log.warning("the server answers again; going on")
         write_summary(self.summary_path, self.summary, live)
 
     def close(self) -> None:

@@ -125,12 +125,12 @@ def test_rpm_is_paced_never_exceeded_at_the_server_and_nearly_all_used(tmp_path:
     stats, elapsed = _rate_run(tmp_path, mock, 150, "--rpm", "100")
     # Then the server never saw a window over the limit, and refused nothing
     assert stats["window_violations"] == 0 and stats["limit_rejections"] == 0
-    # And the requests were paced: a burst of about a second's worth (25), not the window's 100, then the
+    # And the requests were paced: a burst of about half a second's worth (12), not the window's 100, then the
     # rest at the rate (the benchmark holds the 95% target; a loaded machine gets room here)
     assert stats["max_requests_in_any_60s_window"] <= 100
-    rate = (150 - 25) / elapsed
+    rate = (150 - 12) / elapsed
     print(f"rpm: 150 requests in {elapsed:.2f}s: {rate:.1f}/s after the burst, limit 25/s ({rate / 25:.0%})")
-    assert elapsed >= (150 - 30) / 25
+    assert elapsed >= (150 - 20) / 25
     assert rate >= 0.8 * 25
 
 
@@ -142,9 +142,9 @@ def test_tpm_is_paced_never_exceeded_at_the_server_and_nearly_all_used(tmp_path:
     # Then the server never counted a window over the limit, and refused nothing
     assert stats["token_window_violations"] == 0 and stats["limit_rejections"] == 0
     assert stats["max_tokens_in_any_60s_window"] <= 2400
-    # And the tokens left at about the rate (600 a second) after a burst of about a second's worth
+    # And the tokens left at about the rate (600 a second) after a burst of about half a second's worth
     costs = [-(-len(t["prompt"]) // 4) + 20 for t in text_tasks(200)]
-    rate = (sum(costs) - 600) / elapsed
+    rate = (sum(costs) - 300) / elapsed
     print(f"tpm: {sum(costs)} tokens in {elapsed:.2f}s: {rate:.0f}/s after the burst, limit 600/s "
           f"({rate / 600:.0%})")
     assert rate >= 0.8 * 600

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import heapq
 import math
+import os
 import random
+import signal
 import time
 from typing import Any
 
@@ -651,3 +653,122 @@ def test_parse_duration_rejects_what_is_not_a_duration(text: str | None) -> None
     # When it is parsed
     # Then there is no answer, rather than a wrong one
     assert parse_duration(text) is None
+
+
+# --- pacing, learned limits, outages, dead holders ----------------------------------------------------------
+
+
+def test_a_paced_lane_lets_half_a_seconds_worth_go_at_once_then_one_every_interval() -> None:
+    # Given 600 requests a minute (about 9.8 a second over the window and its 1 s margin), burst 0.5 s
+    limiter = make(rpm=600, burst_s=0.5)
+    # When requests are asked for all at once
+    burst = 0
+    while isinstance(limiter.try_acquire(0, 1, T0), Grant):
+        burst += 1
+    # Then half a second's worth (4 whole requests of 4.9) go, then one every interval (61/600 s)
+    assert burst == 4
+    first = T0 + wait_of(limiter.try_acquire(0, 1, T0))
+    grant(limiter.try_acquire(0, 1, first))
+    assert wait_of(limiter.try_acquire(0, 1, first)) == pytest.approx(61 / 600, rel=1e-6)
+
+
+def test_a_pause_ends_with_one_request_then_one_per_interval_not_a_stampede() -> None:
+    # Given a paced lane (600/min) whose bucket is full, and a 429 asking for 2 s
+    limiter = make(rpm=600, burst_s=0.5)
+    limiter.rate_limited(0, T0, retry_after=2.0)
+    # When the pause ends
+    # Then one request goes at once and the next one interval later
+    grant(limiter.try_acquire(0, 1, T0 + 2.0))
+    assert wait_of(limiter.try_acquire(0, 1, T0 + 2.0)) == pytest.approx(61 / 600, rel=1e-6)
+
+
+def test_a_limit_stated_in_headers_is_paced_to_when_no_flag_sets_one() -> None:
+    # Given a lane with no --rpm, and an answer stating 120 requests a minute
+    limiter = make(burst_s=0.5)
+    limiter.observe_headers(0, {"x-ratelimit-limit-requests": "120", "x-ratelimit-remaining-requests": "119"}, T0)
+    # When requests are asked for at once
+    granted = sum(isinstance(limiter.try_acquire(0, 1, T0), Grant) for _ in range(10))
+    # Then only the burst goes (the margin's worth, 2 requests of 120 per 61 s), and the stats name the source
+    assert granted == 1
+    row = stats(limiter, T0)
+    assert (row.requests_limit, row.requests_source) == (120, "server")
+
+
+def test_a_hintless_429_lowers_the_rate_to_seventy_percent_of_what_was_sent() -> None:
+    # Given a lane with no limit that sent 20 requests in its first second, 20 more in the next
+    limiter = make()
+    for i in range(40):
+        limiter.release(grant(limiter.try_acquire(0, 1, T0 + i * 0.05)), T0 + i * 0.05, Ending.OK)
+    # When a 429 with no hint comes
+    limiter.rate_limited(0, T0 + 2.0, None)
+    # Then the rate in force is learned: 70% of the 20 a second sent, and grows back while requests succeed
+    row = stats(limiter, T0 + 2.0)
+    assert row.requests_source == "learned"
+    assert row.requests_limit / row.window_s == pytest.approx(14.0, rel=0.05)
+    for i in range(10):
+        now = T0 + 2.0 + (i + 1) * 0.5
+        got = limiter.try_acquire(0, 1, now)
+        if isinstance(got, Grant):
+            limiter.release(got, now, Ending.OK)
+    assert stats(limiter, T0 + 7.0).requests_limit / 60 > 14.0 * 1.1
+
+
+def test_after_three_connection_failures_one_probe_at_a_time_goes_until_the_server_answers() -> None:
+    # Given a lane whose requests fail to connect three times in a row
+    limiter = make()
+    grants = [grant(limiter.try_acquire(0, 1, T0)) for _ in range(3)]
+    assert [limiter.release(g, T0, Ending.UNREACHABLE) for g in grants] == [False, False, True]
+    # Then nothing goes for half a second, then one probe, and nothing beside it
+    waiting = limiter.try_acquire(0, 1, T0 + 0.1)
+    assert isinstance(waiting, Wait) and waiting.reason == "outage"
+    probe = grant(limiter.try_acquire(0, 1, T0 + 0.5))
+    assert probe.probe
+    assert isinstance(limiter.try_acquire(0, 1, T0 + 0.6), Wait)
+    # When the probe fails, the next waits twice as long; when one is answered, everything goes again
+    limiter.release(probe, T0 + 0.6, Ending.UNREACHABLE)
+    assert isinstance(limiter.try_acquire(0, 1, T0 + 1.5), Wait)
+    second = grant(limiter.try_acquire(0, 1, T0 + 1.6))
+    limiter.release(second, T0 + 1.7, Ending.OK)
+    grant(limiter.try_acquire(0, 1, T0 + 1.7))
+    grant(limiter.try_acquire(0, 1, T0 + 1.7))
+    assert stats(limiter, T0 + 1.7).outage_s == pytest.approx(1.7)
+
+
+def test_reclaim_gives_back_what_a_dead_holder_had_in_flight() -> None:
+    # Given two holders sharing a lane of at most 4 in flight, holder 1 holding 3
+    limiter = make(max_in_flight=4, holders=2)
+    limiter.for_holder(1)
+    for _ in range(3):
+        grant(limiter.try_acquire(0, 1, T0))
+    limiter.for_holder(0)
+    grant(limiter.try_acquire(0, 1, T0))
+    assert isinstance(limiter.try_acquire(0, 1, T0), Wait)
+    # When holder 1 dies and is reclaimed
+    assert limiter.reclaim(1) == 3
+    # Then its three slots are free again
+    for _ in range(3):
+        grant(limiter.try_acquire(0, 1, T0))
+
+
+def _take_the_lock_and_die(limiter: SharedLimiter) -> None:
+    limiter._lock.__enter__()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_process_killed_while_holding_the_lock_does_not_stop_the_others() -> None:
+    # Given a forked process that takes the limiter's lock and is SIGKILLed holding it
+    limiter = make()
+    proc = CTX.Process(target=_take_the_lock_and_die, args=(limiter,))
+    proc.start()
+    proc.join(timeout=10)
+    assert proc.exitcode == -signal.SIGKILL
+    # When another process asks for a grant
+    result = CTX.Queue()
+    asker = CTX.Process(target=lambda: result.put(isinstance(limiter.try_acquire(0, 1, T0), Grant)))
+    asker.start()
+    asker.join(timeout=10)
+    alive = asker.is_alive()
+    if alive:
+        asker.kill()
+    # Then it gets one at once: the kernel dropped the dead holder's lock
+    assert not alive and result.get(timeout=5) is True

@@ -19,7 +19,7 @@ from types import TracebackType
 from typing import Any
 
 DEFAULT_WINDOW_S = 60.0
-DEFAULT_BURST_S = 1.0
+DEFAULT_BURST_S = 0.5
 # Requests reach the server a little after they leave the limiter; the margin keeps the server's window,
 # measured on arrival, within the limit too: 2% of the window, between 0.1 s and 1 s (1.6% of a minute).
 MARGIN_SHARE = 0.02

@@ -62,7 +62,7 @@ class LocalBackend:
         self.limiter = SharedLimiter.create(self.ctx, len(config.require_api_keys()), len(config.models),
                                             config.rpm, config.tpm, config.rate_window,
                                             max_in_flight=config.processes * config.concurrency,
-                                            holders=config.processes)
+                                            holders=config.processes, burst_s=config.burst)
         state.lanes = self._lanes
         self.slots: list[_Slot] = []
         self.stop_deadline: float | None = None

@@ -168,8 +168,7 @@ class TaskRunner:
         self.config = config
         self.prices = prices
         self.limiter = limiter
-        self.policy = policy or RetryPolicy(config.max_retries, config.retry_backoff,
-                                            float(getattr(config, "patience", RetryPolicy.patience_s)))
+        self.policy = policy or RetryPolicy(config.max_retries, config.retry_backoff, config.patience)
         self.sleep = sleep
         self.clock = clock
         self.keys = config.require_api_keys()

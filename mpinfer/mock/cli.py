@@ -50,6 +50,11 @@ def build_arg_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--backlog", type=int, default=d.backlog)
     p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
+    p.add_argument("--quantum-s", type=float, default=d.quantum_s,
+                   help="enforce rpm/tpm as buckets holding this many seconds' worth (0: sliding window)")
+    p.add_argument("--limit-style", default=d.limit_style, choices=("openai", "litellm", "none"))
+    p.add_argument("--max-concurrent", type=int, default=d.max_concurrent)
+    p.add_argument("--slow-bps", type=float, default=d.slow_bps)
     p.add_argument("--reasoning-models", nargs="+", action="extend", default=[], metavar="MODEL=FIELD",
                    help="answer MODEL with its thinking in FIELD (reasoning_content or reasoning)")
     p.add_argument("--max-image-bytes", type=int, default=None, help="400 for requests with more image data")
@@ -88,6 +93,10 @@ def config_from_args(ns: argparse.Namespace) -> MockConfig:
         window_s=ns.window_s,
         backlog=ns.backlog,
         max_body_bytes=ns.max_body_bytes,
+        quantum_s=ns.quantum_s,
+        limit_style=ns.limit_style,
+        max_concurrent=ns.max_concurrent,
+        slow_bps=ns.slow_bps,
         record_bodies=ns.record_bodies,
         reasoning_models=_pairs("--reasoning-models", ns.reasoning_models),
         refuse_marker=ns.refuse_marker,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
-import math
 import random
 import time
 
@@ -14,12 +13,7 @@ from .chat import ApiError, parse_chat
 from .config import MockConfig
 from .http import Connection, Request, error_body, http_response
 from .images import check_image_limit
-from .limits import (
-    add_ratelimit_headers,
-    check_limits,
-    format_duration,
-    format_seconds,
-)
+from .limits import add_ratelimit_headers, check_limits, format_duration, rejection_headers
 from .stats import Stats
 
 _TOKENS_PER_IMAGE = 85
@@ -78,6 +72,9 @@ class ChatCompletions:
         if outcome == "hang":
             conn.run_async(self._hang(conn, cfg.hang_s, st))
             return
+        if outcome == "slow":
+            conn.run_async(self._trickle(conn, payload, req.keep_alive, cfg.slow_bps, st))
+            return
         delay = cfg.latency_ms
         if cfg.jitter_ms:
             delay += self._jitter_rng.uniform(-cfg.jitter_ms, cfg.jitter_ms)
@@ -126,16 +123,18 @@ class ChatCompletions:
         if cfg.tpm is not None and st.accepted_token_sum + budget > cfg.tpm:
             st.token_window_violations += 1
 
+        if cfg.max_concurrent is not None and st.in_flight > cfg.max_concurrent:
+            # A server at capacity (a vLLM behind a gateway, a busy proxy): refused, with no hint at all.
+            return "limit", 429, error_body("Server is busy (mock): too many requests in flight.", "requests",
+                                            None, "rate_limit_exceeded"), task_key
         rejection = check_limits(st, cfg, now, budget)
         if rejection is not None:
             kind, limit, used, retry_s = rejection
-            headers.append(("retry-after", format_seconds(math.ceil(retry_s * 1000) / 1000)))
-            headers.append(("retry-after-ms", str(math.ceil(retry_s * 1000))))
-            message = (
-                f"Rate limit reached for {chat.model} (mock) on {kind} per min (RPM/TPM): Limit {limit}, "
-                f"Used {used}, Requested {1 if kind == 'requests' else budget}. "
-                f"Please try again in {format_duration(retry_s)}."
-            )
+            rejection_headers(cfg, retry_s, headers)
+            message = f"Rate limit reached for {chat.model} (mock) on {kind} per min (RPM/TPM): Limit {limit}"
+            if cfg.limit_style == "openai":
+                message += (f", Used {used}, Requested {1 if kind == 'requests' else budget}. "
+                            f"Please try again in {format_duration(retry_s)}.")
             return "limit", 429, error_body(message, kind, None, "rate_limit_exceeded"), task_key
         # Accepted by the limiter: record it in the sliding token window.
         st.accepted_t.append(now)
@@ -145,7 +144,7 @@ class ChatCompletions:
         st.max_tokens_window = max(st.max_tokens_window, st.accepted_token_sum)
 
         outcome = self._draw_outcome(cfg, task_key)
-        if outcome == "ok":
+        if outcome in ("ok", "slow"):
             response = {
                 "id": f"chatcmpl-mock-{n}",
                 "object": "chat.completion",
@@ -157,13 +156,12 @@ class ChatCompletions:
                 "usage": answer.usage(prompt_tokens),
                 "system_fingerprint": "fp_mock",
             }
-            return "ok", 200, json.dumps(response).encode(), task_key
+            return outcome, 200, json.dumps(response).encode(), task_key
         if outcome == "429":
-            headers.append(("retry-after", format_seconds(cfg.retry_after)))
-            headers.append(("retry-after-ms", str(math.ceil(cfg.retry_after * 1000))))
+            rejection_headers(cfg, cfg.retry_after, headers)
+            hint = f" Please try again in {format_duration(cfg.retry_after)}." if cfg.limit_style == "openai" else ""
             return "429", 429, error_body(
-                f"Rate limit reached for {chat.model} (mock fault). Please try again in "
-                f"{format_duration(cfg.retry_after)}.",
+                f"Rate limit reached for {chat.model} (mock fault).{hint}",
                 "requests",
                 None,
                 "rate_limit_exceeded",
@@ -233,6 +231,21 @@ class ChatCompletions:
                 self._deliver(conn, outcome, payload, keep_alive, task_key)
             else:
                 self._deliver(conn, outcome, payload, keep_alive, None)
+        finally:
+            self._leave(st)
+
+    async def _trickle(self, conn: Connection, payload: bytes, keep_alive: bool, bytes_per_s: float,
+                       st: Stats) -> None:
+        """The headers at once, then the body a byte at a time: a server whose every read arrives in time but
+        whose answer never ends (cancelled by connection_lost when the client gives up)."""
+        try:
+            head_end = payload.index(b"\r\n\r\n") + 4
+            if not conn.send(payload[:head_end], True):
+                return
+            for at in range(head_end, len(payload)):
+                await asyncio.sleep(1.0 / bytes_per_s)
+                if not conn.send(payload[at:at + 1], True if at + 1 < len(payload) else keep_alive):
+                    return
         finally:
             self._leave(st)
 

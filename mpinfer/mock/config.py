@@ -38,6 +38,10 @@ RUNTIME_FIELDS = frozenset(
         "tpm",
         "window_s",
         "record_bodies",
+        "quantum_s",
+        "limit_style",
+        "max_concurrent",
+        "slow_bps",
         "reasoning_models",
         "refuse_marker",
         "max_image_bytes",
@@ -115,6 +119,23 @@ class MockConfig:
     (``max_requests_in_any_60s_window`` ...) but are measured over this window.
     """
 
+    quantum_s: float = 0.0
+    """Enforce ``rpm``/``tpm`` per shorter period, as OpenAI documents they may be ("60,000 requests/minute
+    may be enforced as 1,000 requests/second"): token buckets refilled at limit/window a second, holding
+    ``quantum_s`` seconds' worth. 0 keeps the sliding window."""
+
+    limit_style: str = "openai"
+    """How rate limits are announced, as different servers do: ``openai`` (x-ratelimit-limit/remaining/reset
+    on every response, Retry-After and retry-after-ms on 429s), ``litellm`` (a 429 carries only
+    ``llm_provider-retry-after`` in whole seconds, as a LiteLLM proxy passes its limit on) or ``none`` (no
+    rate header at all, as vLLM or DeepSeek)."""
+
+    max_concurrent: int | None = None
+    """Refuse with a hint-less 429 any request beyond this many in flight (a server at capacity)."""
+
+    slow_bps: float = 1.0
+    """Bytes a second at which a ``slow`` outcome sends its body (the headers go at once)."""
+
     backlog: int = 4096
     """Listen backlog, large so that connection bursts are queued rather than refused."""
 
@@ -149,7 +170,11 @@ class MockConfig:
         total = self.p429 + self.p500 + self.phang + self.preset + self.pmalformed + self.pquota
         if total > 1.0 + 1e-9:
             raise ValueError(f"fault probabilities sum to {total:.4f} > 1")
-        for name in ("latency_ms", "jitter_ms", "retry_after", "hang_s"):
+        if self.limit_style not in ("openai", "litellm", "none"):
+            raise ValueError(f"limit_style must be openai, litellm or none, got {self.limit_style!r}")
+        if self.slow_bps <= 0:
+            raise ValueError("slow_bps must be > 0")
+        for name in ("latency_ms", "jitter_ms", "retry_after", "hang_s", "quantum_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         if not (math.isfinite(self.window_s) and self.window_s > 0):
@@ -174,6 +199,9 @@ class MockConfig:
         data["reasoning_models"] = dict(self.reasoning_models)
         data["keys_configured"] = len(self.keys)
         return data
+
+
+LIMIT_STYLES = frozenset({"openai", "litellm", "none"})
 
 
 def str_list(name: str, value: Any) -> list[str]:
@@ -201,6 +229,16 @@ def coerce_field(name: str, value: Any) -> Any:
     if name == "seed":
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError("seed must be an integer")
+        return value
+    if name == "limit_style":
+        if value not in LIMIT_STYLES:
+            raise ValueError(f"limit_style must be one of {sorted(LIMIT_STYLES)}")
+        return value
+    if name == "max_concurrent":
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError("max_concurrent must be an integer >= 1 or null")
         return value
     if name == "record_bodies":
         if not isinstance(value, bool):

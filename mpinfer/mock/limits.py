@@ -44,8 +44,48 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds:.3f}".rstrip("0").rstrip(".")
 
 
+def _check_buckets(st: Stats, cfg: MockConfig, now: float, budget: int) -> tuple[str, int, int, float] | None:
+    """The quantized limits: buckets refilled at limit/window a second, holding quantum_s seconds' worth.
+
+    An accepted request takes its share out of the buckets here.
+    """
+    elapsed = max(0.0, now - st.bucket_at)
+    st.bucket_at = now
+    request_rate = token_rate = 0.0
+    if cfg.rpm is not None:
+        request_rate = cfg.rpm / cfg.window_s
+        size = max(1.0, request_rate * cfg.quantum_s)
+        level = size if st.request_level is None else min(size, st.request_level + request_rate * elapsed)
+        st.request_level = level
+        if level < 1.0:
+            return "requests", cfg.rpm, cfg.rpm - int(level), (1.0 - level) / request_rate
+    if cfg.tpm is not None:
+        token_rate = cfg.tpm / cfg.window_s
+        size = max(float(budget), token_rate * cfg.quantum_s)
+        level = size if st.token_level is None else min(size, st.token_level + token_rate * elapsed)
+        st.token_level = level
+        if level < budget:
+            return "tokens", cfg.tpm, cfg.tpm - int(level), (budget - level) / token_rate
+    if st.request_level is not None:
+        st.request_level -= 1.0
+    if st.token_level is not None:
+        st.token_level -= budget
+    return None
+
+
+def rejection_headers(cfg: MockConfig, retry_s: float, headers: list[tuple[str, str]]) -> None:
+    """The wait a 429 announces, in the words of the server the mock plays (MockConfig.limit_style)."""
+    if cfg.limit_style == "openai":
+        headers.append(("retry-after", format_seconds(math.ceil(retry_s * 1000) / 1000)))
+        headers.append(("retry-after-ms", str(math.ceil(retry_s * 1000))))
+    elif cfg.limit_style == "litellm":
+        headers.append(("llm_provider-retry-after", str(max(1, math.ceil(retry_s)))))
+
+
 def check_limits(st: Stats, cfg: MockConfig, now: float, budget: int) -> tuple[str, int, int, float] | None:
     """(kind, limit, used, retry seconds) if this request breaks rpm/tpm, else None."""
+    if cfg.quantum_s > 0:
+        return _check_buckets(st, cfg, now, budget)
     if cfg.rpm is not None and len(st.accepted_t) + 1 > cfg.rpm:
         # The earliest moment a slot frees is when the oldest entry expires;
         # rpm >= 1 guarantees the deque is non-empty here.
@@ -72,7 +112,7 @@ def add_ratelimit_headers(st: Stats, cfg: MockConfig, now: float, headers: list[
     ``reset`` is the time until the oldest accepted request leaves the
     window, i.e. when ``remaining`` next increases.
     """
-    if cfg.rpm is None and cfg.tpm is None:
+    if (cfg.rpm is None and cfg.tpm is None) or cfg.limit_style != "openai":
         return
     reset = format_duration(st.accepted_t[0] + cfg.window_s - now) if st.accepted_t else "0s"
     if cfg.rpm is not None:

@@ -19,7 +19,8 @@ from .config import RUNTIME_FIELDS, MockConfig, coerce_field, str_list
 from .http import Connection, Request, error_body, http_response
 from .stats import Stats
 
-SCRIPTABLE_OUTCOMES: frozenset[str] = frozenset({"ok", "429", "quota", "500", "hang", "reset", "malformed"})
+SCRIPTABLE_OUTCOMES: frozenset[str] = frozenset({"ok", "429", "quota", "500", "hang", "reset", "malformed",
+                                                 "slow"})
 """Outcomes that may appear in a per-task-key ``script`` queue."""
 
 _BASE_MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "gpt-4.1-nano", "mock-vision-1")
@@ -47,6 +48,7 @@ class MockServer(ChatCompletions):
         self._open: set[Connection] = set()
         self._server: asyncio.Server | None = None
         self._port = 0
+        self._outage_task: asyncio.Task[None] | None = None
         self.batch_service = BatchService(lambda: self._config)  # /v1/files and /v1/batches
 
     # -- lifecycle -----------------------------------------------------------
@@ -57,11 +59,23 @@ class MockServer(ChatCompletions):
         self._server = await loop.create_server(
             lambda: Connection(self),
             host=self._config.host,
-            port=self._config.port,
+            port=self._port or self._config.port,  # the same port again after an outage
             backlog=self._config.backlog,
             reuse_address=True,
         )
         self._port = self._server.sockets[0].getsockname()[1]
+
+    def outage(self, seconds: float) -> None:
+        """Go away for ``seconds``, as a server that restarts does: stop listening and drop every
+        connection (requests are refused), then listen again on the same port, counters and settings kept."""
+
+        async def away() -> None:
+            await asyncio.sleep(0.05)  # the control request's answer goes out first
+            await self.close()
+            await asyncio.sleep(seconds)
+            await self.start()
+
+        self._outage_task = asyncio.get_running_loop().create_task(away())
 
     async def close(self) -> None:
         """Stop listening and drop every open connection (pending answers are cancelled)."""
@@ -256,6 +270,14 @@ class MockServer(ChatCompletions):
             self._send_json(conn, req, 200, {"ok": True})
         elif route_batch_api(self.batch_service, conn, req):
             pass  # the Files and Batches APIs (mock/batch_routes.py)
+        elif path == "/_mock/outage" and method == "POST":
+            try:
+                seconds = float(json.loads(req.body or b"{}").get("seconds", 0))
+            except (ValueError, TypeError, AttributeError):
+                self._send_json_error(conn, req, 400, "outage needs {\"seconds\": N}")
+                return
+            self._send_json(conn, req, 200, {"ok": True, "seconds": seconds})
+            self.outage(seconds)
         elif path == "/_mock/health":
             self._send_json(conn, req, 200, {"ok": True})
         else:

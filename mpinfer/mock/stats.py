@@ -6,7 +6,8 @@ import collections
 import json
 from typing import Any
 
-OUTCOMES: tuple[str, ...] = ("ok", "429", "quota", "500", "hang", "reset", "malformed", "400", "401", "limit")
+OUTCOMES: tuple[str, ...] = ("ok", "429", "quota", "500", "hang", "reset", "malformed", "400", "401", "limit",
+                           "slow")
 """Keys of ``stats()["outcomes"]``; ``limit`` counts rpm/tpm rejections."""
 
 RECORDED_BODIES_MAX = 1000
@@ -37,6 +38,10 @@ class Stats:
         self.accepted_token_sum = 0
         self.max_accepted_window = 0
         self.max_tokens_window = 0
+        # The quantized buckets (MockConfig.quantum_s): their levels, None while full, and when last filled.
+        self.request_level: float | None = None
+        self.token_level: float | None = None
+        self.bucket_at = 0.0
         # Arrivals that found the window already holding ``rpm`` or more
         # arrivals, and requests that would take the window's accepted tokens
         # over ``tpm``: what a client respecting the limits never sends.

@@ -73,6 +73,9 @@ class StatusReport:
     truncated: int = 0
     latency_s: dict[str, float | None] = field(default_factory=dict)
     models: list[OutputStatus] = field(default_factory=list)
+    limits: str | None = None
+    limited_s: float = 0.0
+    waiting_for_server_since: str | None = None
     per_model: dict[str, Any] = field(default_factory=dict)
     per_key: dict[str, Any] = field(default_factory=dict)
     batches: list[BatchStatus] = field(default_factory=list)  # --backend batch: each batch, as last polled
@@ -191,10 +194,12 @@ def _report(config: RunConfig, total: int, parts: list[OutputStatus], recent: li
     rate = _rate(recent)
     stamps = [p.last_written_at for p in parts if p.last_written_at]
     last = max(stamps) if stamps else None
+    summary = read_summary(companion(output, ".summary.json")) or {}
     eta = None
     if live is not None and rate and last is not None and now - last < STALLED_AFTER_S:
-        eta = pending / rate
-    summary = read_summary(companion(output, ".summary.json")) or {}
+        # When the rate limit is the bottleneck (requests wait on it), the pace it allows is the truth.
+        pace = float(summary.get("pace_per_s") or 0.0)
+        eta = pending / (min(rate, pace) if pace and summary.get("limited_s") else rate)
     prompt = sum(p.prompt_tokens for p in parts)
     completion = sum(p.completion_tokens for p in parts)
     return StatusReport(
@@ -208,7 +213,9 @@ def _report(config: RunConfig, total: int, parts: list[OutputStatus], recent: li
         unpriced=sum(p.unpriced for p in parts), model_mismatches=sum(p.model_mismatches for p in parts),
         failures_by_type=_merge(p.failures_by_type for p in parts),
         refusals=sum(p.refusals for p in parts), truncated=sum(p.truncated for p in parts),
-        latency_s=latency, models=parts,
+        latency_s=latency, models=parts, limits=summary.get("limits"),
+        limited_s=float(summary.get("limited_s") or 0.0),
+        waiting_for_server_since=summary.get("waiting_for_server_since") if live is not None else None,
         per_model=summary.get("per_model") or {}, per_key=summary.get("per_key") or {},
         batches=plan_report(output, time.time()),
     )

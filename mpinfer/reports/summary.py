@@ -70,6 +70,11 @@ class RunSummary:
     model_mismatches: int = 0
     refusals: int = 0  # answered with a refusal: done, not failed, and not an empty answer
     truncated: int = 0  # answers cut off at max_tokens (finish_reason "length")
+    limits: str | None = None  # the limits in force and where each came from (flag, server, learned)
+    pace_per_s: float = 0.0  # requests a second the limits in force allow, over every lane
+    limited_s: float = 0.0  # time some request waited on a rate limit (pace, window, pause)
+    outage_s: float = 0.0  # time the server did not answer at all
+    waiting_for_server_since: str | None = None  # HH:MM:SS while the server does not answer
     latencies: list[float] = field(default_factory=list, repr=False)
     epilogue: Epilogue | None = None  # the files the run's end wrote: missing tasks, report
 
@@ -134,6 +139,23 @@ class RunSummary:
                 tally.requests += lane.requests
                 tally.rate_limited += lane.rate_limited
                 tally.tokens += lane.tokens
+        self.take_limits(lanes)
+
+    def take_limits(self, lanes: list[LaneStats]) -> None:
+        """Which limits were in force, the pace they allow, and the time spent waiting on them."""
+        told: dict[str, None] = {}
+        for lane in lanes:
+            window = f"{lane.window_s:g}s"
+            if lane.requests_limit:
+                told[f"{lane.requests_limit:.0f} requests/{window} ({lane.requests_source})"] = None
+            if lane.tokens_limit:
+                told[f"{lane.tokens_limit:.0f} tokens/{window} ({lane.tokens_source})"] = None
+        self.limits = "; ".join(told) or None
+        self.pace_per_s = round(sum(lane.requests_limit / lane.window_s for lane in lanes), 3)
+        self.limited_s = round(max((lane.limited_s for lane in lanes), default=0.0), 1)
+        self.outage_s = round(max((lane.outage_s for lane in lanes), default=0.0), 1)
+        since = min((lane.outage_since for lane in lanes if lane.outage_since), default=0.0)
+        self.waiting_for_server_since = time.strftime("%H:%M:%S", time.localtime(since)) if since else None
 
     def to_dict(self, live: bool) -> dict[str, Any]:
         data = asdict(self)

@@ -59,6 +59,10 @@ def summary_lines(summary: RunSummary) -> list[str]:
         f"retries {sum(summary.retries_by_type.values())}"
         + (f" ({_kinds(summary.retries_by_type)})" if summary.retries_by_type else ""),
     ]
+    if summary.limits or summary.limited_s or summary.outage_s:
+        unreachable = f"; server unreachable {summary.outage_s:.1f}s" if summary.outage_s else ""
+        lines.append(f"limits: {summary.limits or 'none'}; waited on them {summary.limited_s:.1f}s of "
+                     f"{summary.elapsed_s:.1f}s{unreachable}")
     if summary.refusals or summary.truncated:
         lines.append(f"refusals {summary.refusals} (kept as \"refusal\", answer null), "
                      f"truncated at max_tokens {summary.truncated}")
@@ -96,6 +100,10 @@ def status_lines(report: StatusReport) -> list[str]:
         ("recent rate", rate), ("ETA", duration(report.eta_s)), ("last write", last), ("run live", live),
         ("429s", report.rate_limited),
     ]
+    if report.limits:
+        rows.append(("limits", f"{report.limits}; waited on them {report.limited_s:.1f}s"))
+    if report.waiting_for_server_since:
+        rows.append(("server", f"waiting for the server since {report.waiting_for_server_since}"))
     if report.refusals:
         rows.append(("refusals", f"{report.refusals} (done: the refusal text is the answer's \"refusal\")"))
     if report.truncated:
