@@ -51,11 +51,11 @@ def test_parquet_export_has_the_jsonl_exports_columns_and_values_with_types(tmp_
 
 
 def test_pandas_and_datasets_read_the_parquet_export(tmp_path: Path, mock: MockServerProcess):
-    # Given a Parquet export
-    parquet, lines = _exported(tmp_path, mock)
     readers = [name for name in ("pandas", "datasets") if importlib.util.find_spec(name) is not None]
     if not readers:
         pytest.skip("neither pandas nor datasets is installed")
+    # Given a Parquet export
+    parquet, lines = _exported(tmp_path, mock)
     # When pandas reads it, Then it has every row, the tokens as integers where answered
     if "pandas" in readers:
         import pandas

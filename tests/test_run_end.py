@@ -39,14 +39,6 @@ def test_a_run_stopped_by_its_budget_lists_the_untried_tasks_in_the_missing_file
     assert (tmp_path / "results.jsonl.missing.jsonl").read_bytes() == b""
 
 
-def test_a_finished_run_writes_no_missing_file(tmp_path: Path, mock: MockServerProcess):
-    # Given a run where every task is answered
-    write_tasks(tmp_path / "tasks.jsonl", text_tasks(3))
-    assert _run(tmp_path, mock).returncode == 0
-    # Then there is no missing file to read
-    assert not (tmp_path / "results.jsonl.missing.jsonl").exists()
-
-
 @pytest.mark.skipif(importlib.util.find_spec("plotly") is None, reason="the report needs plotly")
 def test_report_true_in_the_settings_file_writes_the_report_at_the_end_of_every_run(tmp_path: Path,
                                                                                      mock: MockServerProcess):
@@ -55,8 +47,9 @@ def test_report_true_in_the_settings_file_writes_the_report_at_the_end_of_every_
     (tmp_path / "mpinfer.toml").write_text("report = true\n")
     # When a run ends
     ran = _run(tmp_path, mock)
-    # Then the report is beside the output, and the summary names it
+    # Then the report is beside the output, and the summary names it (and no missing file: nothing is left)
     assert ran.returncode == 0, ran.stderr
+    assert not (tmp_path / "results.jsonl.missing.jsonl").exists()
     page = tmp_path / "results.jsonl.report.html"
     assert page.stat().st_size > 1_000_000 and "report: results.jsonl.report.html" in ran.stdout
     # And a rerun with nothing left to do rewrites it (now with two runs)
