@@ -38,6 +38,20 @@ def mock(mock_server: MockServerProcess) -> MockServerProcess:
     return mock_server
 
 
+@pytest.fixture(scope="module")
+def batch_server() -> Iterator[MockServerProcess]:
+    """A mock server for one test module of the Batch API (its batches and files outlive a reset of counters)."""
+    with MockServerProcess() as server:
+        yield server
+
+
+@pytest.fixture
+def batch_mock(batch_server: MockServerProcess) -> MockServerProcess:
+    """The module's Batch API mock with every file, batch, count and fault forgotten; steps of 20 ms."""
+    batch_server.batch_faults(reset=True, step_s=0.02)
+    return batch_server
+
+
 def write_tasks(path: Path, tasks: Sequence[dict[str, Any]]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"".join(orjson.dumps(t) + b"\n" for t in tasks))

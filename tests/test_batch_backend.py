@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +18,10 @@ from mpinfer.mockserver import MockServerProcess
 OUT = "out/results.jsonl"
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[MockServerProcess]:
-    with MockServerProcess() as mock:
-        yield mock
-
-
 @pytest.fixture
-def mock(server: MockServerProcess) -> MockServerProcess:
-    server.batch_faults(reset=True, step_s=0.02)
-    return server
+def mock(batch_mock: MockServerProcess) -> MockServerProcess:
+    """This module's mock is the Batch API one (conftest.batch_mock), reset for each test."""
+    return batch_mock
 
 
 def _args(mock: MockServerProcess, *extra: str) -> list[str]:
@@ -55,6 +49,18 @@ def _wait_for(what: str, check: Callable[[], bool], timeout_s: float = 30.0) -> 
             return
         time.sleep(0.02)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def _killed_while_its_batch_runs(tmp_path: Path, mock: MockServerProcess, tasks: int, request_s: float) -> None:
+    """A run of ``tasks`` tasks killed with SIGKILL once its (slow) batch is created."""
+    write_tasks(tmp_path / "tasks.jsonl", text_tasks(tasks))
+    mock.batch_faults(request_s=request_s)
+    proc = start_cli(*_args(mock), cwd=tmp_path)
+    try:
+        _wait_for("the batch", lambda: any(c.get("batch_id") for c in _plan(tmp_path)["chunks"]))
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=10)
 
 
 def test_rows_are_split_into_batches_of_batch_size_and_answered_once_at_half_the_price(tmp_path: Path,
@@ -168,15 +174,8 @@ def test_kill_9_around_a_create_never_makes_a_second_batch_for_the_same_rows(tmp
 
 def test_cancel_cancels_the_open_batches_and_a_rerun_sends_what_was_not_answered(tmp_path: Path,
                                                                                 mock: MockServerProcess):
-    # Given a run killed while its slow batch works
-    write_tasks(tmp_path / "tasks.jsonl", text_tasks(8))
-    mock.batch_faults(request_s=0.5)  # 4 s: time for the --cancel process to start on a loaded machine
-    proc = start_cli(*_args(mock), cwd=tmp_path)
-    try:
-        _wait_for("the batch", lambda: any(c.get("batch_id") for c in _plan(tmp_path)["chunks"]))
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(timeout=10)
+    # Given a run killed while its slow batch works (4 s: time for --cancel to start on a loaded machine)
+    _killed_while_its_batch_runs(tmp_path, mock, 8, 0.5)
     # When --cancel runs
     cancelled = _run(tmp_path, mock, "--cancel")
     # Then the batch is cancelling at the server, and the plan records it
@@ -272,14 +271,7 @@ def test_dry_run_with_the_batch_backend_shows_the_batch_price_beside_the_online_
 def test_a_rerun_with_other_models_than_the_open_batches_is_refused_before_anything_is_sent(
         tmp_path: Path, mock: MockServerProcess):
     # Given a run killed while its slow batch for gpt-4o-mini works
-    write_tasks(tmp_path / "tasks.jsonl", text_tasks(4))
-    mock.batch_faults(request_s=0.5)
-    proc = start_cli(*_args(mock), cwd=tmp_path)
-    try:
-        _wait_for("the batch", lambda: any(c.get("batch_id") for c in _plan(tmp_path)["chunks"]))
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(timeout=10)
+    _killed_while_its_batch_runs(tmp_path, mock, 4, 0.5)
     # When it is rerun with another model
     again = _run(tmp_path, mock, "--model", "gpt-4o")
     # Then it refuses, naming the model of the open batches, and creates nothing

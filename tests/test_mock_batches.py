@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import openai
@@ -16,16 +15,10 @@ from mpinfer.mockserver import MockServerProcess
 FINAL = ("completed", "failed", "expired", "cancelled")
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[MockServerProcess]:
-    with MockServerProcess() as mock:
-        yield mock
-
-
 @pytest.fixture
-def mock(server: MockServerProcess) -> MockServerProcess:
-    server.batch_faults(reset=True)
-    return server
+def mock(batch_mock: MockServerProcess) -> MockServerProcess:
+    """This module's mock is the Batch API one (conftest.batch_mock), reset for each test."""
+    return batch_mock
 
 
 def _client(mock: MockServerProcess) -> openai.OpenAI:
