@@ -55,6 +55,13 @@ TOML_NAME = "mpinfer.toml"
 ENV_FILE_NAME = ".env"
 
 
+class Api(StrEnum):
+    """Which OpenAI API plain rows go to (a Batch API line names its own with its url)."""
+
+    CHAT = "chat"  # chat.completions
+    RESPONSES = "responses"  # the Responses API
+
+
 class Backend(StrEnum):
     """Where tasks run."""
 
@@ -131,6 +138,8 @@ class RunConfig:
     prompt_key: str = setting("prompt", as_text, "input field holding the prompt text", metavar="KEY")
     images_key: str = setting("images", as_text, "input field holding an image path or a list of them",
                               metavar="KEY")
+    api: Api = setting(Api.CHAT, one_of(Api), "API plain rows are sent to: chat (chat.completions) or responses "
+                       "(the Responses API: the answer is its output text)", metavar="NAME")
     messages_key: str = setting("messages", as_text, "input field holding a whole chat (a list of messages, "
                                 "images inside), sent as that conversation", metavar="KEY")
     max_image_mb: float = setting(50.0, positive_float, "MB of image data one request may carry (the "

@@ -22,6 +22,7 @@ import orjson
 from ..config import Transport as Transport  # the setting's enum, re-exported for the client's callers
 from ..errors import ImageError, ImagesTooLarge, MalformedResponse
 from .hints import wait_hint
+from .responses import ApiPath, embeddings_answer, responses_answer
 
 # OpenAI asks clients to retry these; everything else in 4xx is the request's own fault.
 _RETRY_STATUSES = frozenset({408, 409, 429})
@@ -164,8 +165,10 @@ def answer_of(data: Any, headers: dict[str, str]) -> Answer:
 _JSON = {"Content-Type": "application/json"}
 
 
-async def complete(client: openai.AsyncOpenAI, request: dict[str, Any], timeout: float) -> Answer:
-    """Send one chat.completions request; raises the SDK's errors or MalformedResponse.
+async def complete(client: openai.AsyncOpenAI, request: dict[str, Any], timeout: float,
+                   path: ApiPath = ApiPath.CHAT) -> Answer:
+    """Send one request to ``path`` (chat.completions, responses or embeddings); raises the SDK's errors or
+    MalformedResponse.
 
     Through the SDK's own request path (its auth, headers, base URL and status errors), with the body as
     orjson bytes: the typed ``create`` spends more CPU checking parameters than the rest of a request costs.
@@ -178,10 +181,17 @@ async def complete(client: openai.AsyncOpenAI, request: dict[str, Any], timeout:
     if extra:
         body.update(extra)
     async with asyncio.timeout(timeout):
-        response = await client.post("/chat/completions", cast_to=httpx2.Response, content=orjson.dumps(body),
+        response = await client.post(path.value, cast_to=httpx2.Response, content=orjson.dumps(body),
                                      options={"timeout": timeout, "headers": _JSON})
         content = response.content
-    return parse_answer(content, dict(response.headers))
+    if path is ApiPath.CHAT:
+        return parse_answer(content, dict(response.headers))
+    try:
+        data = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        raise MalformedResponse(f"malformed response body (JSONDecodeError): {content[:120]!r}") from None
+    fields = responses_answer(data) if path is ApiPath.RESPONSES else embeddings_answer(data)
+    return Answer(headers=dict(response.headers), body=data, **fields)
 
 
 def classify(exc: BaseException, wall: float | None = None) -> CallError:

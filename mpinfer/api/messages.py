@@ -13,9 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from ..errors import ImageError, ImagesTooLarge
 from ..inputs.chat import has_system
 from ..inputs.tasks import Task
+from .responses import ApiPath, responses_body
 from .tokens import DEFAULT_COMPLETION_TOKENS, TOKENS_PER_MESSAGE, image_size, image_tokens, text_tokens
 
 # What the OpenAI vision models accept; detected from the bytes, since names lie (a .png that is a JPEG).
@@ -207,6 +210,12 @@ class Request:
     prompt_tokens: int
     max_tokens: int | None
     image_bytes: int = 0  # inline image data, against the provider's per-request limit
+    path: ApiPath = ApiPath.CHAT  # which API it goes to
+
+    def as_responses(self) -> Request:
+        """The same request for the Responses API (``--api responses``)."""
+        return Request(responses_body(self.kwargs), self.prompt_tokens, self.max_tokens, self.image_bytes,
+                       ApiPath.RESPONSES)
 
     def check_image_limit(self, limit_mb: float | None) -> None:
         """Raise ImagesTooLarge when the images pass ``limit_mb`` MB (10^6 bytes), the provider's limit."""
@@ -224,6 +233,8 @@ class Request:
     @property
     def charge(self) -> int:
         """Tokens a server counts against its limit up front: the prompt plus the longest answer allowed."""
+        if self.path is ApiPath.EMBEDDINGS:
+            return self.prompt_tokens  # an embedding has no answer to allow for
         return self.prompt_tokens + (self.max_tokens or DEFAULT_COMPLETION_TOKENS)
 
 
@@ -254,7 +265,7 @@ def build_request(
                    sum(b for _, b in images))
 
 
-def build_body_request(body: dict[str, Any], model: str | None = None) -> Request:
+def build_body_request(body: dict[str, Any], model: str | None = None, path: ApiPath = ApiPath.CHAT) -> Request:
     """A Batch API request body, sent as it is (its model replaced only when ``model`` is given).
 
     The SDK takes the model and messages as arguments and everything else as ``extra_body``, which it
@@ -263,6 +274,12 @@ def build_body_request(body: dict[str, Any], model: str | None = None) -> Reques
     rest = dict(body)
     chosen = model or rest.pop("model")
     rest.pop("model", None)
+    if path is not ApiPath.CHAT:
+        # Responses and embeddings bodies have no messages: their input is estimated as text.
+        limit = rest.get("max_output_tokens")
+        text = rest.get("input")
+        tokens = text_tokens(text if isinstance(text, str) else orjson.dumps(text).decode())
+        return Request({"model": chosen, **rest}, tokens, limit if isinstance(limit, int) else None, 0, path)
     messages = rest.pop("messages")
     kwargs: dict[str, Any] = {"model": chosen, "messages": messages}
     if rest:

@@ -25,8 +25,9 @@ from ..api.client import Answer, CallError, Transport, Verdict, classify, comple
 from ..api.messages import ImageEncoder, Request, build_body_request, build_request
 from ..api.prices import PriceTable
 from ..api.ratelimit import Ending, Grant, SharedLimiter, Wait, WaitReason
+from ..api.responses import ApiPath
 from ..api.retry import Attempts, RetryPolicy, decide
-from ..config import RunConfig
+from ..config import Api, RunConfig
 from ..errors import ImageError, NoKeysLeft
 from ..events import Abort, Event, KeyDisabled, TaskDone, TaskFailed
 from ..inputs.tasks import Task
@@ -54,13 +55,15 @@ def task_request(config: RunConfig, encoder: ImageEncoder, task: Task, model: in
     if task.body is not None:
         # A Batch API body goes as it is; only a model the user chose (or one of several) replaces its own.
         chosen = models[model] if len(models) > 1 or "model" in config.explicit else None
-        request = build_body_request(task.body, chosen)
+        request = build_body_request(task.body, chosen, ApiPath.of_url(task.url or "") or ApiPath.CHAT)
     else:
         if len(models) > 1:
             task = dataclasses.replace(task, model=None)  # each of the run's models, whatever the task says
         request = build_request(task, encoder, model=models[model], system_prompt=config.system_prompt,
                                 temperature=config.temperature, max_tokens=config.max_tokens,
                                 extra_body=config.extra_body)
+        if config.api is Api.RESPONSES:
+            request = request.as_responses()
     # Over the provider's limit the server answers 400 after the upload: a per-task failure found here, free.
     request.check_image_limit(config.max_image_mb)
     return request
@@ -242,7 +245,7 @@ class TaskRunner:
             tries.count += 1
             _SENDING.set(grant)
             try:
-                answer = await complete(self.client(grant.key), request.kwargs, self.config.timeout)
+                answer = await complete(self.client(grant.key), request.kwargs, self.config.timeout, request.path)
             except Exception as exc:  # classify decides; nothing escapes unrecorded
                 outcome = await self._failed_attempt(task, model, grant, classify(exc), exc, tries)
                 if outcome is _AGAIN:

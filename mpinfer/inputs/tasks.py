@@ -32,6 +32,8 @@ from .chat import Conversation, check_messages
 from .locate import BOM, CountedLines, IdReader, line_numbers, row_has_values
 
 MAX_PROBLEMS_SHOWN = 10
+BATCH_URLS = frozenset({"/v1/chat/completions", "/chat/completions", "/v1/responses", "/responses",
+                        "/v1/embeddings", "/embeddings"})
 MAX_BODY_MODELS = 100  # distinct models kept from a Batch file's bodies
 MAX_DUPLICATES_SHOWN = 5
 
@@ -91,6 +93,7 @@ class Task:
     # A chat row's conversation, sent as it is but for its local images; ``prompt`` is then its last user
     # text and ``images`` the image references in it, for the result line.
     messages: list[dict[str, Any]] | None = None
+    url: str | None = None  # a Batch API line's url: which API its body goes to
 
 
 @dataclass(frozen=True)
@@ -175,20 +178,43 @@ def parse_batch_task(obj: Any, line: int) -> Task:
     if obj.get("method", "POST") != "POST":
         raise ValueError(f"method {obj.get('method')!r}: only POST requests can run")
     url = obj.get("url", "/v1/chat/completions")
-    if url not in ("/v1/chat/completions", "/chat/completions"):
-        raise ValueError(f"url {url!r}: only /v1/chat/completions requests can run")
+    if url not in BATCH_URLS:
+        raise ValueError(f"url {url!r}: only /v1/chat/completions, /v1/responses and /v1/embeddings requests "
+                         "can run")
     body = obj.get("body")
     if not isinstance(body, dict):
-        raise ValueError(f"body must be a chat.completions request object, got {type(body).__name__}")
+        raise ValueError(f"body must be a request object, got {type(body).__name__}")
     if not isinstance(body.get("model"), str) or not body["model"]:
         raise ValueError("body has no model")
+    if not url.endswith("/chat/completions"):
+        return Task(id=custom_id, prompt=_input_text(body.get("input")), model=body["model"], line=line, body=body,
+                    url=url)
     conversation = check_messages(body.get("messages"), "body.messages")
     for ref in conversation.images:
         if not ref[:8].lower().startswith(("http://", "https://", "data:")):
             raise ValueError(f"body image {ref[:60]!r}: a Batch body is sent as it is, so its images must be "
                              "http(s) or data: URLs, not file paths")
     return Task(id=custom_id, prompt=conversation.last_user_text, images=conversation.images, model=body["model"],
-                line=line, body=body)
+                line=line, body=body, url=url)
+
+
+def _input_text(value: Any) -> str:
+    """The text of a Responses or embeddings body's ``input`` (a string, or its last text item); raises
+    ValueError when there is none."""
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, list) and value:
+        for item in reversed(value):
+            if isinstance(item, str):
+                return item
+            content = item.get("content") if isinstance(item, dict) else None
+            if isinstance(content, str):
+                return content
+            if isinstance(content, list):
+                return "".join(str(p.get("text", "")) for p in content
+                               if isinstance(p, dict) and p.get("type") in ("input_text", "text"))
+        return ""
+    raise ValueError("body.input must be a non-empty string or list")
 
 
 def detect_format(path: Path) -> InputFormat:

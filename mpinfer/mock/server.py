@@ -17,6 +17,7 @@ from .batches import BatchService
 from .completions import ChatCompletions
 from .config import RUNTIME_FIELDS, MockConfig, coerce_field, str_list
 from .http import Connection, Request, error_body, http_response
+from .responses import route_responses
 from .stats import Stats
 
 SCRIPTABLE_OUTCOMES: frozenset[str] = frozenset({"ok", "429", "quota", "500", "hang", "reset", "malformed",
@@ -108,6 +109,15 @@ class MockServer(ChatCompletions):
     def base_url(self) -> str:
         """OpenAI-style base URL, ending in ``/v1``."""
         return f"http://{self._config.host}:{self._port}/v1"
+
+    @property
+    def stats_counters(self) -> Stats:
+        """The live counters, for the endpoint modules (mock/responses.py) that count into them."""
+        return self._stats
+
+    @property
+    def revoked_keys(self) -> set[str]:
+        return self._revoked
 
     @property
     def config(self) -> MockConfig:
@@ -268,6 +278,8 @@ class MockServer(ChatCompletions):
                 return
             self.reset()
             self._send_json(conn, req, 200, {"ok": True})
+        elif route_responses(self, conn, req):
+            pass  # the Responses API and embeddings (mock/responses.py)
         elif route_batch_api(self.batch_service, conn, req):
             pass  # the Files and Batches APIs (mock/batch_routes.py)
         elif path == "/_mock/outage" and method == "POST":

@@ -94,7 +94,7 @@ def validate_output(output: Path, input_ids: IdSubset) -> ValidationReport:
         report.truncated += record.truncated
         if record.refused:
             report.refusals += 1
-        elif not isinstance(record.answer, str) or not record.answer.strip():
+        elif not record.embedding and (not isinstance(record.answer, str) or not record.answer.strip()):
             report.add(Problem(ProblemKind.EMPTY_ANSWER, f"answer is {record.answer!r}", number, rid))
         if not same_model(record.requested_model, record.model):
             report.add(Problem(ProblemKind.MODEL_MISMATCH,

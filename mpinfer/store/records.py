@@ -179,6 +179,7 @@ class RecordView:
     batch: bool
     refusal: str | None = None
     finish_reason: str | None = None
+    embedding: bool = False  # an embeddings answer: no text to check
 
     @property
     def refused(self) -> bool:
@@ -195,10 +196,32 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _response_message(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A Responses API body read as a chat message (its output text, or its refusal) and choice."""
+    texts: list[str] = []
+    refusals: list[str] = []
+    for item in body.get("output") or ():
+        for part in _object(item).get("content") or ():
+            part = _object(part)
+            if part.get("type") == "output_text":
+                texts.append(str(part.get("text", "")))
+            elif part.get("type") == "refusal":
+                refusals.append(str(part.get("refusal", "")))
+    incomplete = _object(body.get("incomplete_details")).get("reason") == "max_output_tokens"
+    message = {"content": "".join(texts) if texts or not refusals else None, "refusal": "".join(refusals) or None}
+    return message, {"finish_reason": TRUNCATED if incomplete else "stop"}
+
+
 def usage_of_body(usage: Any) -> Usage:
-    """A server's usage object (``*_tokens_details`` nested, as OpenAI sends it) as our flat Usage."""
+    """A server's usage object (``*_tokens_details`` nested, as OpenAI sends it; the Responses API's
+    input/output tokens too) as our flat Usage."""
     if not isinstance(usage, dict):
         return Usage()
+    if "input_tokens" in usage:
+        usage = {"prompt_tokens": usage.get("input_tokens"), "completion_tokens": usage.get("output_tokens"),
+                 "total_tokens": usage.get("total_tokens"),
+                 "prompt_tokens_details": usage.get("input_tokens_details"),
+                 "completion_tokens_details": usage.get("output_tokens_details")}
     prompt_details = usage.get("prompt_tokens_details")
     completion_details = usage.get("completion_tokens_details")
     return Usage.from_dict({
@@ -258,8 +281,10 @@ def view(obj: Any) -> RecordView | None:
         choice = _object(choices[0]) if isinstance(choices, list) and choices else {}
         message = _object(choice.get("message"))
         meta = _object(obj.get("mpinfer"))
+        if body.get("object") == "response":
+            message, choice = _response_message(body)
         return RecordView(
-            id=custom_id, answer=message.get("content"),
+            id=custom_id, answer=message.get("content"), embedding=body.get("object") == "list",
             model=body.get("model"), requested_model=meta.get("requested_model"),
             usage=usage_of_body(body.get("usage")),
             latency_s=_number(meta.get("latency_s")), processed_at=_number(meta.get("processed_at")),
