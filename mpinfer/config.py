@@ -113,12 +113,10 @@ class RunConfig:
     system_prompt: str | None = setting(None, as_text, "system message for tasks that carry none", metavar="TEXT")
     extra_body: dict[str, Any] | None = setting(None, as_json_object, "JSON object merged into every request body",
                                                 metavar="JSON")
-    timeout: float = setting(120.0, positive_float, "seconds one request may take, connect to last byte, "
-                             "before it is retried", metavar="SECONDS")
-    max_retries: int = setting(3, non_negative_int, "retries of a transient failure (5xx, timeout, reset); "
-                               "waits on rate limits and outages are bounded by --patience instead", metavar="N")
-    patience: float = setting(300.0, positive_float, "seconds a task may wait out rate limits, or the whole run "
-                              "an unreachable server, before tasks are failed", metavar="SECONDS")
+    timeout: float = setting(120.0, positive_float, "seconds one request may take, connect to last byte", metavar="S")
+    max_retries: int = setting(3, non_negative_int, "retries of a 5xx, timeout or reset (not 429s)", metavar="N")
+    patience: float = setting(300.0, positive_float, "seconds to wait out rate limits or a server that is down "
+                              "before tasks fail", metavar="SECONDS")
     retry_backoff: float = setting(1.0, positive_float, "first retry waits about this long, doubling each time "
                                    "up to 60 s; a server's Retry-After wins", metavar="SECONDS")
     images_sep: str = setting(";", as_text, "CSV: what separates several images in one cell", metavar="SEP")
@@ -152,8 +150,7 @@ class RunConfig:
                               "and model", metavar="N", shown="no limit")
     rate_window: float = setting(60.0, positive_float, "seconds --rpm and --tpm are counted over (OpenAI: 60)",
                                  metavar="SECONDS")
-    burst: float = setting(0.5, non_negative_float, "seconds' worth of the rate limit that may leave at once; "
-                           "the rest is paced", metavar="SECONDS")
+    burst: float = setting(0.5, non_negative_float, "seconds' worth of the rate limit sent at once", metavar="S")
     api_keys_file: Path | None = setting(None, as_path, "file with one API key a line, to spread the work over",
                                          metavar="FILE", shown="OPENAI_API_KEYS=k1,k2 or OPENAI_API_KEY")
     backend: Backend = setting(Backend.LOCAL, one_of(Backend), "where tasks run: local (worker processes on "
