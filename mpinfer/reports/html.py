@@ -135,7 +135,8 @@ def _charts(page: _Page, series: Series, relative: bool) -> str:
                         go.Scatter(x=x, y=series.cum_cost, name="cost (USD)", mode=lines, yaxis="y2")])
     totals.update_layout(title={"text": "Cumulative tokens and cost"}, xaxis=axis,
                          yaxis={"title": {"text": "tokens"}, "rangemode": "tozero"},
-                         yaxis2={"title": {"text": "USD"}, "overlaying": "y", "side": "right", "rangemode": "tozero"})
+                         yaxis2={"title": {"text": "USD"}, "overlaying": "y", "side": "right", "rangemode": "tozero",
+                                 "tickprefix": "$", "tickformat": ".4f"})
     no_latency = all(v is None for v in series.p50)  # an empty chart would look like a drawing bug
     figures = [page.figure(rate),
                "<p class=note>no answers in this span: no latency to draw</p>" if no_latency else page.figure(latency),
@@ -206,7 +207,7 @@ def render(timeline: Timeline, reports: list[ValidationReport] | None, reason: s
     page = _Page(secrets)
     page.add(f"<h1>mpinfer report: {page.text(timeline.output)}</h1>"
              f"<p class=note>made {_when(time.time())} from the output, errors and runs files; "
-             f"{timeline.lines} output lines, {len(timeline.runs)} runs</p>")
+             f"{timeline.lines} output lines, {len(timeline.runs)} run{'s' if len(timeline.runs) != 1 else ''}</p>")
     page.add("<h2>Validate</h2>" + _verdict(page, reports, reason))
     page.add("<h2>Per model and endpoint (all runs)</h2>" + _model_table(page, timeline.table))
     if timeline.whole is not None and len(timeline.runs) > 1:  # with one run, the run's own charts say it all

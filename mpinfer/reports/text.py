@@ -231,7 +231,8 @@ def fresh_lines(backup: Path | None) -> list[str]:
 
 def report_lines(result: ReportResult) -> list[str]:
     verdict = {True: "validate ok", False: "validate found problems", None: "not validated (no input)"}
-    return [f"report: {result.path} ({result.bytes / 1e6:.1f} MB, {result.charts} charts, {result.runs} runs, "
+    runs = f"{result.runs} run{'s' if result.runs != 1 else ''}"
+    return [f"report: {result.path} ({result.bytes / 1e6:.1f} MB, {result.charts} charts, {runs}, "
             f"{result.lines} output lines, {verdict[result.valid]}; made in {result.seconds:.1f}s): "
             "open it in a browser, it needs no network"]
 

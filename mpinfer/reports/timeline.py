@@ -268,7 +268,8 @@ def _limit(settings: Mapping[str, Any]) -> tuple[float | None, str]:
     keys = settings.get("key_count")
     if isinstance(rpm, (int, float)) and rpm > 0:
         lanes = len(models) * (keys if isinstance(keys, int) and keys > 0 else 1)
-        per = f"{rpm:g}/min x {lanes} key-model lane{'s' if lanes > 1 else ''}"
+        window = settings.get("rate_window") or 60
+        per = f"{rpm:g}/min x {lanes} key-model lane{'s' if lanes > 1 else ''}, counted over {window:g} s"
         return rpm * lanes / 60.0, f"--rpm limit ({per})"
     return None, "no --rpm set"
 
