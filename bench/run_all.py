@@ -29,6 +29,7 @@ MODEST = {
     "images": ["--tasks", "300", "--distinct", "120", "--strace"],
     "batch_merge": ["--rows", "10000"],
     "scale": ["--tasks", "2000000", "--lines", "200000"],
+    "report": ["--lines", "200000"],
 }
 FULL = {
     "throughput": ["--tasks", "3000", "--target-tasks", "6000"],
@@ -38,6 +39,7 @@ FULL = {
     "images": ["--tasks", "500", "--distinct", "200", "--strace"],
     "batch_merge": ["--rows", "50000"],
     "scale": ["--tasks", "10000000", "--lines", "1000000"],
+    "report": ["--lines", "1000000"],
 }
 LIMIT_S = 1800.0
 
