@@ -278,3 +278,15 @@ def test_a_rerun_with_other_models_than_the_open_batches_is_refused_before_anyth
     assert again.returncode == 2 and "--model gpt-4o-mini" in again.stderr
     assert mock.batch_stats()["batches_created"] == 1
     assert not (tmp_path / OUT).exists()
+
+
+def test_a_create_that_times_out_is_not_retried_into_a_second_batch(tmp_path: Path, mock: MockServerProcess):
+    # Given a create whose answer comes after the client's timeout, though the batch exists at once
+    write_tasks(tmp_path / "tasks.jsonl", text_tasks(3))
+    mock.batch_faults(create_reply_wait_s=3.0)
+    # When the batch backend runs with a 1 s timeout
+    proc = _run(tmp_path, mock, "--timeout", "1")  # the last --timeout wins
+    # Then the retry found the batch the timed-out create made: one batch, every id once
+    assert proc.returncode == 0, proc.stderr
+    assert mock.batch_stats()["batches_created"] == 1
+    assert sorted(_ids(tmp_path)) == ["t0", "t1", "t2"]

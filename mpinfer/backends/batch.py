@@ -66,6 +66,7 @@ class BatchBackend:
         self.freed: dict[int, int] = {}  # per model: our batches finished so far (each frees queue tokens)
         self.waits: dict[str, tuple[int, int]] = {}  # chunk -> (freed count, polls) when it met a full queue
         self.cancelled_live = False
+        self.interrupted_creates: set[str] = set()
         self.polls = 0
         self.created = 0
         self.resubmitted = 0
@@ -87,6 +88,8 @@ class BatchBackend:
             self.tasks[task.id] = task
             if task.id not in covered[model]:
                 fresh.append((task, model))
+        # A chunk left CREATING was being created when the last run died: its batch may exist.
+        self.interrupted_creates = {c.name for c in plan.chunks if c.state is ChunkState.CREATING}
         self._find_missing_tasks()
         kept = len(plan.open_chunks)
         made = plan_chunks(plan, request_lines(self.config, fresh), self.config.batch_size,
@@ -153,7 +156,7 @@ class BatchBackend:
             chunk.state = ChunkState.CREATING
             plan.save()
             try:
-                create(self.client, plan, chunk, str(self.output))
+                create(self.client, plan, chunk, str(self.output), search=chunk.name in self.interrupted_creates)
             except QueueFull as exc:
                 self._queue_full(chunk, str(exc))
                 plan.save()
@@ -194,7 +197,10 @@ class BatchBackend:
                 log.warning("batch %s is %s (cancelled from elsewhere): no new batches", batch.id, batch.status)
             chunk.status = batch.status
             if batch.status in FINAL_STATUSES:
-                self._finish(plan, chunk, batch)
+                try:
+                    self._finish(plan, chunk, batch)
+                except BatchApiError as exc:  # a download failed: the chunk stays CREATED, merged next poll
+                    log.warning("%s (merged at the next poll)", exc)
         self._progress(plan)
         plan.save()
 

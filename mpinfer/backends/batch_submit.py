@@ -58,10 +58,19 @@ class BatchClient:
         self.sleep = sleep
         self.rng = random.Random()
 
-    def call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """``fn(*args, **kwargs)``, retried while transient; BatchApiError (redacted) once it is not."""
+    def call(self, what: str, fn: Callable[..., T], *args: Any, before_retry: Callable[[], T | None] | None = None,
+             **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)``, retried while transient; BatchApiError (redacted) once it is not.
+
+        ``before_retry`` runs before each retry; what it returns (not None) is taken as the call's result:
+        a create that timed out may have made its batch, which must be found rather than made twice.
+        """
         retries = 0
         while True:
+            if retries and before_retry is not None:
+                found = before_retry()
+                if found is not None:
+                    return found
             try:
                 return fn(*args, **kwargs)
             except Exception as exc:  # classify decides
@@ -131,9 +140,11 @@ def plan_chunks(plan: Plan, lines: Iterable[tuple[int, str, bytes]], size: int, 
 def upload(client: BatchClient, plan: Plan, chunk: Chunk) -> None:
     """Upload a PLANNED chunk's file (purpose ``batch``); it becomes UPLOADED with its file_id."""
     path = plan.request_file(chunk)
+    # A 200 MB file needs more than one request's timeout: allow about 1 MB/s.
+    timeout = max(client.config.timeout, chunk.bytes / 1_000_000)
     with path.open("rb") as handle:
-        uploaded = client.call(f"upload {chunk.name}", client.sdk.files.create,
-                               file=(path.name, handle), purpose="batch")
+        uploaded = client.call(f"upload {chunk.name}", client.sdk.files.create, file=(path.name, handle),
+                               purpose="batch", timeout=timeout)
     chunk.file_id = uploaded.id
     chunk.state = ChunkState.UPLOADED
 
@@ -173,23 +184,28 @@ class CreationPacer:
         self.times.append(self.clock())
 
 
-def create(client: BatchClient, plan: Plan, chunk: Chunk, output_name: str) -> None:
-    """Create the batch of an UPLOADED or CREATING chunk; it becomes CREATED. QueueFull: the token queue is full.
+def create(client: BatchClient, plan: Plan, chunk: Chunk, output_name: str, search: bool) -> None:
+    """Create the chunk's batch; the chunk becomes CREATED. QueueFull: the model's token queue is full.
 
-    The caller saved the chunk as CREATING before this call: after a crash, a batch made from its file is
-    adopted instead of creating a second one.
+    The caller saved the chunk as CREATING before this call. ``search`` (the chunk was CREATING when the run
+    started: a crash came in the middle of a create) first looks for a batch made from its file, and so does
+    every retry of a create that failed without an answer: such a batch is adopted, never made twice.
     """
-    batch = find_created(client, plan, chunk) if chunk.state is ChunkState.CREATING else None
-    if batch is not None and batch.status == "failed":
-        batch = None  # it never ran: nothing of it is paid; a new one is made below
+
+    def made_before() -> Any | None:
+        batch = find_created(client, plan, chunk)
+        if batch is None or batch.status == "failed":
+            return None  # a failed batch never ran: nothing of it is paid, and a new one is made
+        log.info("%s: found batch %s made by an earlier attempt; polling it instead of creating another",
+                 chunk.name, batch.id)
+        return batch
+
+    batch = made_before() if search else None
     if batch is None:
         metadata = {"mpinfer_output": output_name[-500:], "mpinfer_chunk": chunk.name}
         batch = client.call(f"create the batch of {chunk.name}", client.sdk.batches.create,
                             input_file_id=chunk.file_id, endpoint=ENDPOINT, completion_window="24h",
-                            metadata=metadata)
-    else:
-        log.info("%s: found batch %s made before the crash; polling it instead of creating another",
-                 chunk.name, batch.id)
+                            metadata=metadata, before_retry=made_before)
     chunk.batch_id = batch.id
     chunk.status = batch.status
     chunk.created_at = float(batch.created_at)
