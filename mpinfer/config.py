@@ -21,11 +21,9 @@ would leak into shell history and ``ps``, nor from mpinfer.toml, which tends to 
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import os
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -239,6 +237,11 @@ def _missing(name: str, flag: str) -> str:
     return f"no {name} file: pass {flag}, or set {env} in the environment or .env, or {name} in {TOML_NAME}"
 
 
+def parse_setting(name: str, value: Any, source: str) -> Any:
+    """``value`` parsed as setting ``name``, or a ConfigError naming ``source``; KeyError for no such setting."""
+    return _parse(_BY_NAME[name], value, source)
+
+
 def _parse(option: Option, value: Any, source: str) -> Any:
     try:
         return option.parse(value)
@@ -301,21 +304,17 @@ def load_config(
     environ: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     *,
-    keywords: bool = False,
+    named: Callable[[Option], str] | None = None,
     config_file: Path | None = None,
 ) -> RunConfig:
     """Settle a RunConfig from flags > environment and .env > mpinfer.toml > defaults.
 
     ``flags`` holds only what the user gave (None means not given); ``environ`` defaults to the real
-    environment, ``cwd`` to the working directory (where .env and mpinfer.toml are looked up). With
-    ``keywords`` the flags are keyword settings of ``mpinfer.run``: an unknown name is an error, errors name
-    them as ``mpinfer.run(name=...)``, and ``api_keys`` (a key, or several) is one of them, for Python only.
+    environment, ``cwd`` to the working directory (where .env and mpinfer.toml are looked up); ``named`` says
+    how an error names a flag (``--processes``; ``mpinfer.run`` names its keywords its way).
     ``config_file`` (``--config``, else ``MPINFER_CONFIG``) is read instead of ``./mpinfer.toml``.
     """
-    flags = dict(flags or {})
-    keys = flags.pop("api_keys", None) if keywords else None
-    if keywords:
-        check_names(flags)
+    flags = flags or {}
     cwd = cwd or Path.cwd()
     layers = environment(environ, cwd)
     toml_path = settings_file(config_file, layers, cwd)
@@ -325,8 +324,7 @@ def load_config(
     for option in OPTIONS:
         explicit.add(option.name)
         if flags.get(option.name) is not None:
-            source = _keyword(option.name) if keywords else option.flag
-            values[option.name] = _parse(option, flags[option.name], source)
+            values[option.name] = _parse(option, flags[option.name], named(option) if named else option.flag)
             continue
         found = _lookup(layers, option.env_names)
         if found is not None:
@@ -339,45 +337,7 @@ def load_config(
     values["explicit"] = frozenset(explicit)
     values["api_keys"] = _api_keys(layers, values["api_keys_file"])
     values["warnings"] = _file_warnings(cwd / ENV_FILE_NAME)
-    config = RunConfig(**values)
-    return config if keys is None else with_settings(config, {"api_keys": keys})
-
-
-def check_names(settings: Iterable[str]) -> None:
-    """A ConfigError naming the first of ``settings`` that is not a setting, with the likeliest meant."""
-    known = [*_BY_NAME, "api_keys"]
-    for name in settings:
-        if name not in known:
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f" (known: {', '.join(sorted(known))})"
-            raise ConfigError(f"unknown setting {name!r}{hint}")
-
-
-def with_settings(config: RunConfig, settings: Mapping[str, Any]) -> RunConfig:
-    """``config`` with keyword settings over it, each parsed and checked as its flag would be (None: not given).
-
-    ``api_keys`` takes a key or a sequence of keys; a new ``api_keys_file`` without them reads its keys.
-    """
-    check_names(settings)
-    given = {name: value for name, value in settings.items() if value is not None}
-    values = {name: _parse(_BY_NAME[name], value, _keyword(name)) for name, value in given.items()
-              if name != "api_keys"}
-    if "api_keys" in given:
-        values["api_keys"] = _key_list(given["api_keys"])
-    elif "api_keys_file" in values:
-        values["api_keys"] = _api_keys([], values["api_keys_file"])
-    return dataclasses.replace(config, **values, explicit=config.explicit | (set(values) - {"api_keys"}))
-
-
-def _keyword(name: str) -> str:
-    return f"mpinfer.run({name}=...)"
-
-
-def _key_list(value: Any) -> tuple[str, ...]:
-    keys = [value] if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else None
-    if not keys or not all(isinstance(key, str) and key.strip() for key in keys):
-        raise ConfigError(f"{_keyword('api_keys')}: must be a key or a list of keys, none of them empty")
-    return tuple(dict.fromkeys(key.strip() for key in keys))
+    return RunConfig(**values)
 
 
 def _file_warnings(env_file: Path) -> tuple[str, ...]:
@@ -395,15 +355,20 @@ def _file_warnings(env_file: Path) -> tuple[str, ...]:
 def _api_keys(layers: list[dict[str, str]], keys_file: Path | None) -> tuple[str, ...]:
     """Keys from --api-keys-file, else OPENAI_API_KEYS (comma-separated), else OPENAI_API_KEY."""
     if keys_file is not None:
-        try:
-            lines = keys_file.read_text(encoding="utf-8").splitlines()
-        except OSError as exc:
-            raise ConfigError(f"{keys_file}: cannot read the API keys file: {exc.strerror or exc}") from None
-        keys = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-        if not keys:
-            raise ConfigError(f"{keys_file}: no API keys in it (one a line)")
-        return tuple(dict.fromkeys(keys))
+        return read_keys_file(keys_file)
     found = _lookup(layers, ("OPENAI_API_KEYS", "OPENAI_API_KEY"))
     if found is None:
         return ()
     return tuple(dict.fromkeys(k.strip() for k in found[1].split(",") if k.strip()))
+
+
+def read_keys_file(keys_file: Path) -> tuple[str, ...]:
+    """The keys in an API keys file, one a line (blank lines and # comments left out), each once."""
+    try:
+        lines = keys_file.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"{keys_file}: cannot read the API keys file: {exc.strerror or exc}") from None
+    keys = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not keys:
+        raise ConfigError(f"{keys_file}: no API keys in it (one a line)")
+    return tuple(dict.fromkeys(keys))

@@ -11,13 +11,16 @@ works from any thread (from one that is not the main thread, Ctrl-C stays with t
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig, load_config, with_settings
+from .config import OPTIONS, RunConfig, load_config, parse_setting, read_keys_file
+from .errors import ConfigError
 from .reports.summary import RunSummary
 from .run import DEFAULT_GRACE_S
 from .run import run as run_job
@@ -25,6 +28,9 @@ from .store.output import iter_lines, model_outputs
 from .store.records import answer_id
 
 log = logging.getLogger("mpinfer.job")
+
+# The keywords: the settings' names, and the keys (from Python only: a flag would leak them into ``ps``).
+KEYWORDS: tuple[str, ...] = (*(option.name for option in OPTIONS), "api_keys")
 
 
 @dataclass(frozen=True)
@@ -62,11 +68,50 @@ def run(config: RunConfig | None = None, *, input: str | Path | None = None, out
     subclasses (bad input, settings or output) before anything is spent.
     """
     settings = {"input": input, "output": output, **settings}
+    check_names(settings)
     if config is None:
-        config = load_config(settings, keywords=True)
+        keys = settings.pop("api_keys", None)  # not a flag: load_config knows only the settings
+        config = load_config(settings, named=lambda option: _keyword(option.name))
+        config = with_settings(config, {"api_keys": keys})
     else:
         config = with_settings(config, settings)
     for warning in config.warnings:
         log.warning("%s", warning)
     summary = run_job(config, progress=progress, grace_s=grace_s)
     return RunResult(summary, config)
+
+
+def check_names(settings: Iterable[str]) -> None:
+    """A ConfigError naming the first of ``settings`` that is no keyword, with the likeliest one meant."""
+    for name in settings:
+        if name not in KEYWORDS:
+            close = difflib.get_close_matches(name, KEYWORDS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f" (known: {', '.join(sorted(KEYWORDS))})"
+            raise ConfigError(f"unknown setting {name!r}{hint}")
+
+
+def with_settings(config: RunConfig, settings: Mapping[str, Any]) -> RunConfig:
+    """``config`` with keyword settings over it, each parsed and checked as its flag would be (None: not given).
+
+    ``api_keys`` takes a key or a sequence of keys; a new ``api_keys_file`` without them reads its keys.
+    """
+    check_names(settings)
+    given = {name: value for name, value in settings.items() if value is not None}
+    values = {name: parse_setting(name, value, _keyword(name)) for name, value in given.items()
+              if name != "api_keys"}
+    if "api_keys" in given:
+        values["api_keys"] = _key_list(given["api_keys"])
+    elif "api_keys_file" in values:
+        values["api_keys"] = read_keys_file(values["api_keys_file"])
+    return dataclasses.replace(config, **values, explicit=config.explicit | (set(values) - {"api_keys"}))
+
+
+def _keyword(name: str) -> str:
+    return f"mpinfer.run({name}=...)"
+
+
+def _key_list(value: Any) -> tuple[str, ...]:
+    keys = [value] if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else None
+    if not keys or not all(isinstance(key, str) and key.strip() for key in keys):
+        raise ConfigError(f"{_keyword('api_keys')}: must be a key or a list of keys, none of them empty")
+    return tuple(dict.fromkeys(key.strip() for key in keys))

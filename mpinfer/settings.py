@@ -192,7 +192,8 @@ def readme_row(option: Option) -> str:
     flag = f"{option.short}/{option.flag}" if option.short else option.flag
     if option.metavar:
         flag += f" {option.metavar}"
-    cells = [f"`{flag}`" if option.cli else "-", f"`{option.env_names[0]}` / `{option.name}`", option.default_text, option.help]
+    cells = [f"`{flag}`" if option.cli else "-", f"`{option.env_names[0]}` / `{option.name}`", option.default_text,
+             option.help]
     # Escaped for Markdown: a "<model>" would vanish as an HTML tag, a "|" would split the cell.
     return "| " + " | ".join(c.replace("|", "\\|").replace("<", "\\<") for c in cells) + " |"
 
