@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shutil
 import subprocess
@@ -13,6 +14,7 @@ from conftest import FAKE_KEY, run_cli, text_tasks, write_tasks
 
 from mpinfer.driver import one_line
 from mpinfer.mockserver import MockServerProcess
+from mpinfer.reports.html import render
 from mpinfer.reports.timeline import UNKNOWN_RETRY, build_timeline
 
 BROWSER_TIMEOUT_S = 90
@@ -161,3 +163,22 @@ def test_a_failure_warning_is_one_line_however_long_the_servers_message():
     shown = one_line(page)
     # Then it is one line of at most 200 characters, its start kept
     assert "\n" not in shown and len(shown) <= 200 and shown.startswith("<html> <body> <h1>502 Bad Gateway</h1>")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("plotly") is None, reason="the report needs plotly")
+def test_no_key_reaches_the_report_even_from_a_manifest_that_holds_one(tmp_path: Path):
+    # Given an output whose manifest (hand-edited, or from a careless tool) names the key in a setting and argv
+    out = tmp_path / "results.jsonl"
+    out.write_bytes(_line({"id": "a", "answer": "x", "processed_at": 100.0, "latency_s": 1.0,
+                           "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}))
+    start = {"event": "start", "run_id": "r1", "started_at": 99.0, "ended_at": None,
+             "argv": ["mpinfer", "--base-url", f"http://127.0.0.1:1/v1?key={FAKE_KEY}"],
+             "settings": {"base_url": f"http://127.0.0.1:1/v1?key={FAKE_KEY}"}, "version": "0", "input": None,
+             "outputs": {}}
+    (tmp_path / "results.jsonl.runs.jsonl").write_bytes(_line(start))
+    # When the page is rendered with the run's keys
+    document, charts = render(build_timeline(out, ("m",)), None, "no input", secrets=(FAKE_KEY,))
+    # Then the key is nowhere in it (redacted as the logs redact it: its last four characters), and the run
+    # is there with its charts
+    assert FAKE_KEY not in document and f"key=...{FAKE_KEY[-4:]}" in document
+    assert "Run r1" in document and charts == 4

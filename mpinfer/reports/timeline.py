@@ -3,10 +3,11 @@
 Built from the files a run leaves (the output, ``<output>.errors.jsonl`` and ``<output>.runs.jsonl``) and
 nothing else, so the report cannot drift from the truth and works on an output written by an earlier
 version: a line without ``retries`` counts its extra attempts as retries of unknown type, a manifest
-without runs makes the whole output one run, a line without ``refusal`` is not a refusal (RecordView decides what is).
+without runs makes the whole output one run, a line without ``refusal`` is not a refusal (RecordView
+decides what is).
 
 One pass over each file keeps compact per-line columns (``array``), so a million lines cost tens of MB;
-everything after that pass works on bins, a few hundred per run.
+everything after that pass works on bins, about sixty per run.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class ModelRow:
     refusals: int = 0
     truncated: int = 0
     latency_sum: float = 0.0
+    latencies: int = 0  # answers that recorded a latency
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost: float = 0.0
@@ -59,7 +61,7 @@ class ModelRow:
 
     @property
     def mean_latency_s(self) -> float | None:
-        return self.latency_sum / self.answers if self.answers else None
+        return self.latency_sum / self.latencies if self.latencies else None
 
     @property
     def cost_per_1000(self) -> float | None:
@@ -221,6 +223,7 @@ class _Reader:
             latency = record.latency_s
             if latency is not None:
                 row.latency_sum += latency
+                row.latencies += 1
             row.truncated += record.truncated
             row.refusals += record.refused
             self._add_retries(t, _retries(obj, record.batch))
