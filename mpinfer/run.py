@@ -112,6 +112,9 @@ def run(config: RunConfig, *, progress: bool = True, grace_s: float = DEFAULT_GR
     index = check_input(input_path, keys, chosen)  # bad input fails here, before anything is spent
     config = settle_models(config, index)
     unpriced = [m for m in dict.fromkeys(config.models + index.body_models) if prices.find(m) is None]
+    if config.max_cost is not None and config.backend == "batch":
+        raise ConfigError("--max-cost does not go with --backend batch (a batch's cost is known only once it "
+                          "ends); --dry-run --backend batch shows its price first")
     if config.max_cost is not None and unpriced:
         raise ConfigError(f"--max-cost needs a price for {', '.join(unpriced)}: give --prices FILE or "
                           "--price-input and --price-output")

@@ -39,6 +39,8 @@ JOB_LIMIT_S = 26 * 3600.0
 """A run polls at most this long: the 24-hour window, finalizing, and some slack; then a rerun goes on."""
 QUEUE_RETRY_POLLS = 4
 """Polls to wait on a full token queue that none of our batches holds (other jobs' batches fill it)."""
+PER_BATCH_SHOWN = 3
+"""Running batches the progress bar shows one by one (completed+failed/rows); --status shows all."""
 APPEND_LINES = 1000
 """Result lines appended in one locked write while merging (one write a line costs a lock and a syscall each)."""
 _CANCELLED = frozenset({"cancelling", "cancelled"})
@@ -50,9 +52,6 @@ class BatchBackend:
     def __init__(self, state: RunState, outputs: list[OutputPaths], prices: PriceTable) -> None:
         self.state = state
         self.config = config = state.config
-        if config.max_cost is not None:
-            raise ConfigError("--max-cost does not go with --backend batch (a batch's cost is known only once it "
-                              "ends); --dry-run --backend batch shows its price first")
         _, self.output = config.require_paths()
         self.outputs = outputs
         self.client = BatchClient(config)
@@ -213,7 +212,9 @@ class BatchBackend:
             key = chunk.status if chunk.state is ChunkState.CREATED else chunk.state.value
             states[key or "?"] = states.get(key or "?", 0) + 1
         summary = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "all merged"
-        self.state.bar.set_postfix_str(f"batches: {summary}; requests {settled}/{rows}", refresh=True)
+        running = [c for c in plan.open_chunks if c.state is ChunkState.CREATED]
+        each = "".join(f"; {c.batch_id}: {c.completed}+{c.failed}/{c.lines}" for c in running[:PER_BATCH_SHOWN])
+        self.state.bar.set_postfix_str(f"batches: {summary}; requests {settled}/{rows}{each}", refresh=True)
         for chunk in plan.open_chunks:
             if chunk.state is ChunkState.CREATED:
                 log.info("batch %s (%s): %s, %d completed, %d failed of %d", chunk.batch_id, chunk.name,

@@ -11,6 +11,7 @@ interrupted is simply done again. The rest is decided by kind, in ``verdict``:
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from ..store.records import Failure, batch_error_line
 from .batch_plan import Chunk
 from .runner import answered
 
+log = logging.getLogger("mpinfer.run")
 _TRANSIENT_CODES = frozenset({"batch_expired", "batch_cancelled", "request_timeout"})
 _TRANSIENT_STATUSES = frozenset({408, 409, 429})
 _STATUS_NAMES = {400: "bad_request", 401: "authentication", 403: "permission_denied", 404: "not_found",
@@ -96,6 +98,15 @@ class Merger:
         self.tasks = tasks
         self.keys = config.require_api_keys()
 
+    def task(self, custom_id: str) -> Task:
+        """The input task of an answer; one that left the input since (it is paid: it is still written) gets a
+        stand-in with no prompt."""
+        task = self.tasks.get(custom_id)
+        if task is None:
+            log.warning("%s: answered by a batch but no longer in the input; written without its prompt", custom_id)
+            task = self.tasks[custom_id] = Task(custom_id, "")
+        return task
+
     def requested(self, task: Task, model: int) -> str:
         models = self.config.models
         if task.body is not None and len(models) == 1 and "model" not in self.config.explicit:
@@ -142,7 +153,7 @@ class Merger:
     def _answer(self, chunk: Chunk, custom_id: str, response: dict[str, Any], latency_s: float | None,
                 merged: Merged) -> bool:
         """Add the answer's line and event; False when its body is not a chat completion (sent again)."""
-        task = self.tasks[custom_id]
+        task = self.task(custom_id)
         try:
             answer = answer_of(response.get("body"), {"x-request-id": str(response.get("request_id") or "")})
         except MalformedResponse:
@@ -167,7 +178,7 @@ class Merger:
         failed_before.add(custom_id)
         # A server may quote the request back, key included: nothing leaves unredacted.
         error = LineError(error.error_type, error.status, redact(error.message, self.keys), error.transient)
-        task = self.tasks[custom_id]
+        task = self.task(custom_id)
         if task.body is not None:
             line = batch_error_line(custom_id, error.status, error.error_type, error.message,
                                     {"attempts": chunk.attempt, "processed_at": time.time(),
