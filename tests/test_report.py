@@ -169,7 +169,7 @@ def test_a_failure_warning_is_one_line_however_long_the_servers_message():
 def test_no_key_reaches_the_report_even_from_a_manifest_that_holds_one(tmp_path: Path):
     # Given an output whose manifest (hand-edited, or from a careless tool) names the key in a setting and argv
     out = tmp_path / "results.jsonl"
-    out.write_bytes(_line({"id": "a", "answer": "x", "processed_at": 100.0, "latency_s": 1.0,
+    out.write_bytes(_line({"id": "a", "answer": "x", "model": "m", "processed_at": 100.0, "latency_s": 1.0,
                            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}))
     start = {"event": "start", "run_id": "r1", "started_at": 99.0, "ended_at": None,
              "argv": ["mpinfer", "--base-url", f"http://127.0.0.1:1/v1?key={FAKE_KEY}"],
