@@ -39,6 +39,17 @@ def test_a_run_stopped_by_its_budget_lists_the_untried_tasks_in_the_missing_file
     assert (tmp_path / "results.jsonl.missing.jsonl").read_bytes() == b""
 
 
+def test_a_run_whose_only_tasks_left_failed_writes_no_missing_file(tmp_path: Path, mock: MockServerProcess):
+    # Given two tasks, one failing (no retries)
+    tasks = text_tasks(2)
+    write_tasks(tmp_path / "tasks.jsonl", tasks)
+    mock.configure(script={tasks[1]["prompt"]: ["500"]})
+    # When the run ends with that one failed
+    assert _run(tmp_path, mock, "--max-retries", "0").returncode == 1
+    # Then nothing is missing (the failed one is in the errors file), and no empty missing file is left
+    assert not (tmp_path / "results.jsonl.missing.jsonl").exists()
+
+
 @pytest.mark.skipif(importlib.util.find_spec("plotly") is None, reason="the report needs plotly")
 def test_report_true_in_the_settings_file_writes_the_report_at_the_end_of_every_run(tmp_path: Path,
                                                                                      mock: MockServerProcess):

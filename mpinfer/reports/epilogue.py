@@ -27,11 +27,14 @@ def after_run(config: RunConfig, remaining: int) -> Epilogue:
         return Epilogue()
     missing_file: Path | None = None
     missing = 0
-    if remaining or companion(output, ".missing.jsonl").exists():
+    existed = companion(output, ".missing.jsonl").exists()
+    if remaining or existed:
         try:
             missing_file, missing = write_missing(config)
         except MpinferError as exc:
             log.warning("could not write the missing tasks' file: %s", exc)
+        if missing_file is not None and not missing and not existed:
+            missing_file.unlink(missing_ok=True)  # every task left failed: no empty file to wonder about
     report_file: Path | None = None
     if config.report:
         from .html import write_report
