@@ -1,8 +1,8 @@
 """Task and the input readers: JSONL, OpenAI Batch API JSONL, and CSV; and the selection of what runs.
 
 The input is read twice and never held: ``check_input`` reads every line before any API call, so bad input
-fails fast with file and line and costs nothing, and keeps only the set of ids; ``iter_tasks`` then streams
-the tasks that are not done yet. Memory grows with the number of ids, not with the tasks.
+fails fast with file and line and costs nothing, and keeps only an index of the ids (store/idset.py: 16
+bytes an id); ``iter_tasks`` then streams the tasks that are not done yet.
 
 The format is told by the file: ``.csv`` is CSV; a JSONL file whose first line has ``custom_id`` and
 ``body`` is a Batch API file, whose bodies are sent as they are.

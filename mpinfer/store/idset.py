@@ -1,9 +1,9 @@
 """Task ids held compactly: 16 bytes an id for the input, one bit an id for any subset of it.
 
-Ten million ids as Python strings cost about a gigabyte; here the input's ids are a sorted array of 64-bit
-hashes beside an array of locators (where each id can be read again: a byte offset into the input, or the
-row number when the ids are row numbers), and every set of ids a run needs (the selection, the ids already
-done) is a bitmap over that index.
+Ten million ids as Python strings cost about a gigabyte; here the input's ids are 64-bit hashes, sorted in
+1,024 buckets by their top bits, each beside its locator (where the id can be read again: a byte offset
+into the input, or the row number when the ids are row numbers), and every set of ids a run needs (the
+selection, the ids already done) is a bitmap over that index's slots.
 
 Nothing may be lost to a hash collision, so a hash is never taken for an id:
 - ids that share a hash within the input are found when the index is frozen (equal neighbours once sorted)
