@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import signal
+import socket
+import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -290,3 +294,55 @@ def test_a_create_that_times_out_is_not_retried_into_a_second_batch(tmp_path: Pa
     assert proc.returncode == 0, proc.stderr
     assert mock.batch_stats()["batches_created"] == 1
     assert sorted(_ids(tmp_path)) == ["t0", "t1", "t2"]
+
+
+LITELLM = Path(sys.executable).parent / "litellm"
+LITELLM_KEY = "sk-mpinfer-litellm-0123456789abcdefXYZ"
+
+
+@pytest.mark.skipif(not LITELLM.exists(), reason="the LiteLLM proxy is not installed (pip install 'litellm[proxy]')")
+def test_through_a_litellm_proxy_a_killed_run_is_resumed_without_a_second_batch(tmp_path: Path,
+                                                                               mock: MockServerProcess):
+    # Given a real LiteLLM proxy on 127.0.0.1 whose Files and Batches APIs go to the mock
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (tmp_path / "litellm.yaml").write_text(
+        f"model_list:\n  - model_name: gpt-4o-mini\n    litellm_params:\n      model: openai/gpt-4o-mini\n"
+        f"      api_base: {mock.base_url}\n      api_key: sk-mock\n"
+        f"files_settings:\n  - custom_llm_provider: openai\n    api_base: {mock.base_url}\n    api_key: sk-mock\n"
+        f"general_settings:\n  master_key: {LITELLM_KEY}\n  dangerously_permit_weak_or_unset_master_key: true\n")
+    proxy = subprocess.Popen([str(LITELLM), "--config", "litellm.yaml", "--host", "127.0.0.1", "--port", str(port)],
+                             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_for("the proxy", lambda: _answers(base + "/health/liveliness"), timeout_s=90)
+        write_tasks(tmp_path / "tasks.jsonl", text_tasks(6))
+        mock.batch_faults(request_s=0.3)
+        args = ["-i", "tasks.jsonl", "-o", OUT, "--backend", "batch", "--batch-poll", "0.2", "--base-url",
+                base + "/v1", "--retry-backoff", "0.05"]
+        env = {"OPENAI_API_KEY": LITELLM_KEY}
+        # When a run through the proxy is killed with SIGKILL while its batch works, then rerun
+        run = start_cli(*args, cwd=tmp_path, env=env)
+        try:
+            _wait_for("the batch", lambda: any(c.get("batch_id") for c in _plan(tmp_path)["chunks"]))
+            run.send_signal(signal.SIGKILL)
+        finally:
+            run.wait(timeout=10)
+        again = run_cli(*args, cwd=tmp_path, env=env)
+        # Then the rerun polled the same batch through the proxy: one batch, every id once
+        assert again.returncode == 0, again.stderr
+        assert mock.batch_stats()["batches_created"] == 1
+        assert sorted(_ids(tmp_path)) == sorted(f"t{i}" for i in range(6))
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=20)
+
+
+def _answers(url: str) -> bool:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False

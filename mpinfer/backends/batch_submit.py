@@ -158,7 +158,8 @@ def find_created(client: BatchClient, plan: Plan, chunk: Chunk) -> Any | None:
             kwargs["after"] = after
         page = client.call("list batches", client.sdk.batches.list, **kwargs)
         for batch in page.data:
-            if batch.input_file_id == chunk.file_id:
+            # By the file, or by the chunk's name in the metadata: a proxy (LiteLLM) may show other file ids.
+            if batch.input_file_id == chunk.file_id or (batch.metadata or {}).get("mpinfer_chunk") == chunk.name:
                 return batch
         if not page.has_more or not page.data or page.data[-1].created_at < plan.created_at - 3600:
             return None

@@ -37,7 +37,8 @@ from .chat import ApiError, ChatRequest
 from .config import MockConfig
 from .files import FileStore
 
-_ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"})
+_ENDPOINTS = frozenset({"/v1/responses", "/v1/chat/completions", "/v1/embeddings", "/v1/completions", "/v1/moderations",
+                        "/v1/images/generations", "/v1/images/edits", "/v1/videos"})  # as the API reference lists them
 _OPEN = frozenset({"validating", "in_progress", "finalizing", "cancelling"})
 
 
@@ -161,9 +162,10 @@ class BatchService:
         if params.get("completion_window") != "24h":
             raise ApiError(400, "completion_window must be '24h'.", param="completion_window")
         metadata = params.get("metadata")
-        if metadata is not None and (not isinstance(metadata, dict) or len(metadata) > 16
-                                     or not all(isinstance(v, str) and len(v) <= 512 for v in metadata.values())):
-            raise ApiError(400, "metadata: at most 16 string values of at most 512 characters.", param="metadata")
+        if metadata is not None and (not isinstance(metadata, dict) or len(metadata) > 16 or not all(
+                len(k) <= 64 and isinstance(v, str) and len(v) <= 512 for k, v in metadata.items())):
+            raise ApiError(400, "metadata: at most 16 pairs, keys of at most 64 characters, string values of at most "
+                           "512.", param="metadata")
         self._check_create_rate()
         batch = _Batch(f"batch_mock{next(self._ids):06d}", stored.id, str(endpoint), metadata, int(time.time()))
         self._batches[batch.id] = batch
