@@ -13,17 +13,29 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .answers import REFUSAL_TEXT
+from .config import MockConfig
 from .http import Connection, Request, error_body, http_response
-
-if TYPE_CHECKING:
-    from .server import MockServer
+from .stats import Stats
 
 PATHS = {"/v1/responses": "responses", "/responses": "responses", "/v1/embeddings": "embeddings",
          "/embeddings": "embeddings"}
 EMBEDDING_DIMENSIONS = 8
+
+
+class EndpointHost(Protocol):
+    """What these endpoints need from the server; declared here, as the server imports this module."""
+
+    @property
+    def config(self) -> MockConfig: ...
+
+    @property
+    def stats_counters(self) -> Stats: ...
+
+    @property
+    def revoked_keys(self) -> set[str]: ...
 
 
 def _tokens(text: str) -> int:
@@ -47,7 +59,7 @@ def _input_text(value: Any) -> str:
     return "".join(texts)
 
 
-def _response(server: MockServer, data: dict[str, Any], text: str, n: int) -> dict[str, Any]:
+def _response(server: EndpointHost, data: dict[str, Any], text: str, n: int) -> dict[str, Any]:
     cfg = server.config
     limit = data.get("max_output_tokens")
     status, incomplete = "completed", None
@@ -72,7 +84,7 @@ def _response(server: MockServer, data: dict[str, Any], text: str, n: int) -> di
     }
 
 
-def _embeddings(server: MockServer, data: dict[str, Any]) -> dict[str, Any]:
+def _embeddings(server: EndpointHost, data: dict[str, Any]) -> dict[str, Any]:
     inputs = data["input"] if isinstance(data["input"], list) else [data["input"]]
     vectors = []
     for index, item in enumerate(inputs):
@@ -90,7 +102,7 @@ def _reject(conn: Connection, req: Request, status: int, message: str, code: str
               req.keep_alive)
 
 
-def route_responses(server: MockServer, conn: Connection, req: Request) -> bool:
+def route_responses(server: EndpointHost, conn: Connection, req: Request) -> bool:
     """Answer a Responses API or embeddings request; False when ``req`` is for another path."""
     kind = PATHS.get(req.path)
     if kind is None:
