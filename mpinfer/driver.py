@@ -1,8 +1,9 @@
-"""What every backend's driver shares: the work to hand out, the tally of what came back, when to stop.
+"""The one supervise loop every backend shares: the work to hand out, the tally of what came back, stopping.
 
-A backend (local processes, or a Ray cluster) moves tasks to where they run and outcomes back; RunState
-decides the rest the same way for all of them: which task goes next (budget, stop), what an event means
-for the summary and the progress bar, and when the summary file is rewritten.
+A backend (local processes, a Ray cluster; see backends.base.Backend) moves tasks to where they run and
+events back; the driver decides the rest the same way for all of them: which task goes next (budget,
+stop), what an event means for the summary and the progress bar, when the summary file is rewritten, what
+a signal does, how long stopping may take, and whether a dead worker is replaced.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from typing import Any
 from tqdm import tqdm
 
 from .api.ratelimit import LaneStats
+from .backends.base import Backend, Returned, WorkerDied
 from .config import RunConfig
-from .events import Abort, Event, Fatal, KeyDisabled, Stopped, StopReason, TaskDone, TaskFailed
+from .events import Abort, Event, Fatal, KeyDisabled, Stopped, StopReason, TaskDone, TaskFailed, WorkItem
 from .inputs.tasks import Task
 from .redact import key_hint
 from .reports.summary import RunSummary, write_summary
@@ -26,12 +28,14 @@ from .store.idset import IdSubset
 
 log = logging.getLogger("mpinfer.run")
 
-WorkItem = tuple[Task, int]  # a task and the index of the model it is for
 LaneReport = Callable[[], tuple[list[LaneStats], list[bool]]]  # lane stats, and which keys are disabled
 
 SUMMARY_EVERY_S = 2.0
 MAX_FAILURES_SHOWN = 5
 MESSAGE_SHOWN_CHARS = 200
+POLL_S = 0.25
+STOP_JOIN_S = 10.0  # the least time workers get to finish once told to stop
+RESPAWNS_PER_WORKER = 3  # dead workers replaced before the run stops on "workers keep dying"
 
 
 def one_line(message: str) -> str:
@@ -120,17 +124,14 @@ class RunState:
         self.feeding = False
         return False
 
-    def on_event(self, event: Event) -> tuple[str, int] | None:
-        """Tally one event; the (task id, model) it settles, if it settles one."""
-        settled: tuple[str, int] | None = None
+    def on_event(self, event: Event) -> None:
+        """Tally one event."""
         match event:
             case TaskDone():
-                settled = (event.id, event.model)
                 self.summary.count_answer(event)
                 self.summary.per_model[self.config.models[event.model]].succeeded += 1
                 self.bar.update(1)
             case TaskFailed():
-                settled = (event.id, event.model)
                 self.summary.count_failure(event.error_type, event.retries)
                 self.summary.per_model[self.config.models[event.model]].failed += 1
                 if self.summary.failed <= MAX_FAILURES_SHOWN:
@@ -146,7 +147,6 @@ class RunState:
         if now - self._postfix_at > 0.5:
             self._postfix_at = now
             self._show_totals()
-        return settled
 
     def _show_totals(self, refresh: bool = False) -> None:
         self.bar.set_postfix(failed=self.summary.failed,
@@ -188,3 +188,75 @@ class RunState:
     def close(self) -> None:
         self._show_totals(refresh=True)  # the last frame shows the totals the summary below it shows
         self.bar.close()
+
+
+def supervise(state: RunState, backend: Backend, grace_s: float, poll_s: float = POLL_S) -> None:
+    """Run the tasks on ``backend`` until they are done or the run stops, and its workers are finished.
+
+    The first signal stops feeding and gives the requests in flight ``grace_s`` to finish; a second drops
+    them (they are sent again on the rerun). Once stopping, workers get at least STOP_JOIN_S.
+    """
+    state.lanes = backend.lane_stats
+    respawns_left = RESPAWNS_PER_WORKER * state.config.processes
+    handled = 0
+    stopping = False
+    deadline: float | None = None
+    backend.start()
+    while True:
+        if state.signals > handled:
+            handled = state.signals
+            if handled > 1:
+                log.warning("quitting at once: requests in flight are dropped and sent again on rerun")
+                _tally(state, backend.kill())
+                return
+            log.warning("stopping: finishing the requests in flight (up to %.0fs); interrupt again to quit "
+                        "at once", grace_s)
+            state.stop(Stopped(StopReason.INTERRUPTED))
+            deadline = time.monotonic() + grace_s
+        while state.feeding and backend.room() > 0:
+            item = state.next_item(backend.in_flight())
+            if item is None:
+                break
+            if not backend.submit(item):
+                state.give_back([item])
+                break
+        if not state.feeding and (state.stop_reason is not None or backend.in_flight() == 0):
+            stopping = True  # stopped, or all the work (or all the budget allows) is done
+        if stopping:
+            backend.stop()
+            if backend.idle():
+                return
+            if deadline is None:
+                deadline = time.monotonic() + max(grace_s, STOP_JOIN_S)
+        now = time.monotonic()
+        if deadline is not None and now > deadline:
+            log.warning("workers did not finish in time; stopping them")
+            _tally(state, backend.kill())
+            return
+        state.save_summary(live=True, now=now)
+        for note in backend.poll(poll_s):
+            if isinstance(note, Returned):
+                state.recovered(note.recovered)
+                state.give_back(list(note.items))
+            elif isinstance(note, WorkerDied):
+                if note.expected:
+                    continue
+                state.summary.worker_deaths += 1
+                if state.stop_reason is not None:
+                    continue
+                if respawns_left <= 0:
+                    state.fail_run(Stopped(StopReason.WORKERS_DYING, "workers keep dying; see the log"))
+                    continue
+                respawns_left -= 1
+                backend.replace(note.worker)
+            else:
+                state.on_event(note)
+
+
+def _tally(state: RunState, notes: list[Any]) -> None:
+    """What arrived while the workers were being killed: answers are counted, nothing is sent again."""
+    for note in notes:
+        if isinstance(note, Returned):
+            state.recovered(note.recovered)
+        elif not isinstance(note, WorkerDied):
+            state.on_event(note)

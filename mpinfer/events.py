@@ -111,6 +111,7 @@ class StopWork:
 
 
 Message = Event | Work | StopWork
+WorkItem = tuple[Task, int]  # a task and the index of the model it is for, as the driver hands it out
 
 _KINDS: dict[str, type[Any]] = {cls.kind: cls for cls in (TaskDone, TaskFailed, KeyDisabled, Abort, Fatal,
                                                             WorkerExit, Work, StopWork)}

@@ -13,14 +13,17 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
 
-from .api.prices import load_prices
+from .api.prices import PriceTable, load_prices
 from .api.tokens import image_rule
+from .backends.base import Backend
+from .config import Backend as BackendName
 from .config import RunConfig
-from .driver import MAX_FAILURES_SHOWN, RunState, work_items
+from .driver import MAX_FAILURES_SHOWN, RunState, supervise, work_items
 from .errors import ConfigError, InputError, OutputError
 from .inputs.tasks import check_input, iter_tasks, reading, refuse_input_as_output, selection, settle_models
 from .logfile import create_log_file, parent_logging
@@ -46,19 +49,15 @@ DEFAULT_GRACE_S = 30.0
 __all__ = ["DEFAULT_GRACE_S", "RunSummary", "run"]
 
 
-def _backend(name: str, state: RunState, outputs: list[OutputPaths], run_starts: list[int], log_file: Any,
-             prices: Any, grace_s: float) -> Any:
-    if name == "batch":
-        from .backends.batch import BatchBackend
-
-        return BatchBackend(state, outputs, prices)
-    if name == "ray":
+def _backend(config: RunConfig, outputs: list[OutputPaths], run_starts: list[int], log_file: Path | None,
+             prices: PriceTable) -> Backend:
+    if config.backend is BackendName.RAY:
         from .backends.ray import RayBackend
 
-        return RayBackend(state, outputs, prices, grace_s)
+        return RayBackend(config, outputs, prices)
     from .backends.local import LocalBackend
 
-    return LocalBackend(state, outputs, run_starts, log_file, prices, grace_s)
+    return LocalBackend(config, outputs, run_starts, log_file, prices)
 
 
 def _wait_for_old_workers(paths: OutputPaths) -> None:
@@ -176,12 +175,21 @@ def run(config: RunConfig, *, progress: bool = True, grace_s: float = DEFAULT_GR
             return summary
         items = work_items(iter_tasks(input_path, keys, selection=chosen), done)
         state = RunState(config, items, summary, summary_path, priced_before, progress)
-        backend = _backend(config.backend, state, outputs, run_starts, log_file, prices, grace_s)
+        backend: Any
+        if config.backend is BackendName.BATCH:
+            from .backends.batch import BatchBackend
+
+            backend = BatchBackend(state, outputs, prices)  # not yet a driver.Backend: it runs its own loop
+        else:
+            backend = _backend(config, outputs, run_starts, log_file, prices)
         del index
         previous = _catch_stop_signals(state.on_signal)
         try:
-            backend.start()
-            backend.loop()
+            if config.backend is BackendName.BATCH:
+                backend.start()
+                backend.loop()
+            else:
+                supervise(state, backend, grace_s)
         finally:
             summary.stopped = state.stop_reason
             summary.elapsed_s = time.monotonic() - started

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -18,8 +19,8 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 
 cluster_utils = pytest.importorskip("ray.cluster_utils", reason="Ray is not installed: pip install -e '.[ray]'")
-
 from conftest import read_jsonl, run_cli, start_cli, text_tasks, write_tasks  # noqa: E402
+from ray._private import ray_constants  # noqa: E402
 
 from mpinfer.mockserver import MockServerProcess  # noqa: E402
 
@@ -116,3 +117,56 @@ def test_the_rpm_limit_holds_for_the_cluster_as_a_whole(tmp_path: Path, mock: Mo
     elapsed = stats["last_request_at"] - stats["first_request_at"]
     print(f"ray rpm: 150 requests in {elapsed:.2f}s, fastest possible 8.00s")
     assert elapsed >= 8.0
+
+
+def _worker_actor_pids(cluster: Any) -> list[int]:
+    """The processes of this cluster's worker actors: children of its worker nodes' raylets, named by Ray."""
+    raylets = {node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid for node in cluster.worker_nodes}
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            title = (entry / "cmdline").read_bytes()
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent in raylets and title.startswith(b"ray::_Worker"):
+            pids.append(int(entry.name))
+    return sorted(pids)
+
+
+def test_an_actor_killed_again_and_again_is_replaced_once_a_death_and_resends_only_what_it_held(
+        tmp_path: Path, mock: MockServerProcess, cluster: Any):
+    # Given 400 tasks answered in 150 ms, run by 2 actors with 4 requests in flight each
+    n, concurrency = 400, 4
+    write_tasks(tmp_path / "tasks.jsonl", text_tasks(n))
+    mock.configure(latency_ms=150)
+    proc = start_cli(*_args(cluster, mock, "-p", "2", "-c", str(concurrency)), cwd=tmp_path)
+    killed: list[int] = []
+    try:
+        # When an actor's process is killed (SIGKILL) three times, each time once more lines are written
+        for written in (40, 130, 220):
+            deadline = time.monotonic() + WAIT_S
+            while time.monotonic() < deadline and proc.poll() is None:
+                alive = [pid for pid in _worker_actor_pids(cluster) if pid not in killed]
+                if len(_ids(tmp_path / "out.jsonl")) >= written and alive:
+                    os.kill(alive[0], signal.SIGKILL)
+                    killed.append(alive[0])
+                    break
+                time.sleep(0.05)
+        _, stderr = proc.communicate(timeout=WAIT_S)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+    # Then the run finished by itself: three deaths, three replacements, nothing given up
+    assert len(killed) == 3, "the run ended before the kills"
+    assert proc.returncode == 0, stderr
+    summary = json.loads((tmp_path / "out.jsonl.summary.json").read_text())
+    assert summary["worker_deaths"] == 3 and summary["stopped"] is None
+    # And every id is on disk exactly once
+    assert Counter(_ids(tmp_path / "out.jsonl")) == Counter(f"t{i}" for i in range(n))
+    # And a task reached the API again only because a kill took it: at most what the dead actors held
+    answered = mock.stats()["answered"]
+    assert sum(answered.values()) - n <= len(killed) * concurrency
+    assert max(answered.values()) <= 1 + len(killed)

@@ -2,8 +2,9 @@
 
 The parent stays single-threaded (tqdm's monitor thread is off), so replacing a dead worker by fork is safe.
 Each worker has its own pipe, and the parent knows exactly which tasks each one holds: when a worker dies,
-the tasks it held are looked up in the output (it may have written some before dying) and the rest are
-sent to the others. Workers write the output lines themselves, under the store's lock.
+the tasks it held are looked up in the output and the errors file (it may have written some before dying:
+an answer counts as done, a failure as failed, neither is sent again in this run) and the rest are sent to
+the others. Workers write the output lines themselves, under the store's lock.
 """
 
 from __future__ import annotations
@@ -20,17 +21,16 @@ from multiprocess.connection import wait
 
 from ..api.client import warm_up
 from ..api.prices import PriceTable
-from ..api.ratelimit import SharedLimiter
-from ..driver import RunState, WorkItem
-from ..events import Stopped, StopReason, StopWork, Work, WorkerExit, decode_event, encode
+from ..api.ratelimit import LaneStats, SharedLimiter
+from ..config import RunConfig
+from ..events import Event, StopWork, TaskDone, TaskFailed, Work, WorkerExit, WorkItem, decode_event, encode
 from ..inputs.tasks import Task
-from ..store.output import OutputPaths, scan
+from ..store.output import OutputPaths, iter_lines, record_id, scan
+from ..store.records import failure_type
+from .base import Note, Returned, WorkerDied
 from .worker import WorkerSettings, worker_main
 
 log = logging.getLogger("mpinfer.run")
-
-POLL_S = 0.25
-STOP_JOIN_S = 10.0
 
 
 @dataclass
@@ -48,29 +48,25 @@ class _Slot:
 class LocalBackend:
     """Runs the tasks in ``processes`` forked workers with ``concurrency`` requests in flight each."""
 
-    def __init__(self, state: RunState, outputs: list[OutputPaths], run_starts: list[int], log_file: Path | None,
-                 prices: PriceTable, grace_s: float) -> None:
-        self.state = state
-        self.config = state.config
+    def __init__(self, config: RunConfig, outputs: list[OutputPaths], run_starts: list[int],
+                 log_file: Path | None, prices: PriceTable) -> None:
+        self.config = config
         self.outputs = outputs
         self.run_starts = run_starts
+        # Where each errors file ends before any worker starts: a failure past it was written in this run.
+        self.error_starts = [_size(paths.errors) for paths in outputs]
         self.log_file = log_file
         self.prices = prices
-        self.grace_s = grace_s
         self.ctx = multiprocess.get_context("fork")
-        config = self.config
         self.limiter = SharedLimiter.create(self.ctx, len(config.require_api_keys()), len(config.models),
                                             config.rpm, config.tpm, config.rate_window,
                                             max_in_flight=config.processes * config.concurrency,
                                             holders=config.processes, burst_s=config.burst)
-        state.lanes = self._lanes
         self.slots: list[_Slot] = []
-        self.stop_deadline: float | None = None
         self.max_held = max(2, 2 * config.concurrency)
-        self.respawns_left = 3 * config.processes
         self.unfreeze = False  # whether close() undoes start()'s gc.freeze()
 
-    def _lanes(self) -> tuple[list[Any], list[bool]]:
+    def lane_stats(self) -> tuple[list[LaneStats], list[bool]]:
         keys = range(self.limiter.n_keys)
         return self.limiter.lane_stats(time.monotonic()), [self.limiter.key_disabled(k) for k in keys]
 
@@ -95,6 +91,9 @@ class LocalBackend:
         log.info("started %d workers, %d requests in flight each", self.config.processes,
                  self.config.concurrency)
 
+    def replace(self, worker: int) -> None:
+        self.slots.append(self._spawn(worker))
+
     def _send(self, slot: _Slot, message: bytes) -> bool:
         try:
             slot.conn.send_bytes(message)
@@ -103,48 +102,81 @@ class LocalBackend:
             slot.open = False
             return False
 
-    def _top_up(self) -> None:
-        for slot in sorted(self.slots, key=lambda s: len(s.held)):
-            while slot.open and not slot.stopped and len(slot.held) < self.max_held:
-                item = self.state.next_item(sum(len(s.held) for s in self.slots))
-                if item is None:
-                    return
-                task, model = item
-                if not self._send(slot, encode(Work(task, model))):
-                    self.state.give_back([item])
-                    break
-                slot.held[(task.id, model)] = task
+    def _takers(self) -> list[_Slot]:
+        return [s for s in self.slots if s.open and not s.stopped and len(s.held) < self.max_held]
 
-    def _stop_all(self, reason: Stopped | None) -> None:
-        self.state.stop(reason)
+    def room(self) -> int:
+        return sum(self.max_held - len(s.held) for s in self._takers())
+
+    def in_flight(self) -> int:
+        return sum(len(s.held) for s in self.slots)
+
+    def submit(self, item: WorkItem) -> bool:
+        takers = self._takers()
+        if not takers:
+            return False
+        slot = min(takers, key=lambda s: len(s.held))  # the least busy worker
+        task, model = item
+        if not self._send(slot, encode(Work(task, model))):
+            return False
+        slot.held[(task.id, model)] = task
+        return True
+
+    def stop(self) -> None:
         for slot in self.slots:
             if slot.open and not slot.stopped:
                 slot.stopped = True
                 self._send(slot, encode(StopWork()))
 
+    def idle(self) -> bool:
+        return not self.slots
+
     # -- events ------------------------------------------------------------------------------------
 
-    def _drain(self, slot: _Slot) -> None:
+    def _drain(self, slot: _Slot) -> list[Note]:
+        notes: list[Note] = []
         try:
             while slot.conn.poll():
                 event = decode_event(slot.conn.recv_bytes())
                 if isinstance(event, WorkerExit):
                     slot.stopped = True
                     continue
-                settled = self.state.on_event(event)
-                if settled is not None:
-                    slot.held.pop(settled, None)
+                if isinstance(event, (TaskDone, TaskFailed)):
+                    slot.held.pop((event.id, event.model), None)
+                notes.append(event)
         except (EOFError, OSError):
             slot.open = False
+        return notes
 
-    def _written_since_start(self, held: dict[tuple[str, int], Task]) -> set[tuple[str, int]]:
-        models = {model for _, model in held}
-        return {(task_id, m) for m in models for task_id in scan(self.outputs[m].output, self.run_starts[m]).ids}
+    def poll(self, timeout_s: float) -> list[Note]:
+        waitables: list[Any] = [s.conn for s in self.slots if s.open]
+        waitables += [s.process.sentinel for s in self.slots]
+        ready = set(wait(waitables, timeout=timeout_s))
+        notes: list[Note] = []
+        for slot in list(self.slots):
+            if slot.open and slot.conn in ready:
+                notes += self._drain(slot)
+            if slot.process.sentinel in ready:
+                notes += self._on_death(slot)
+        return notes
 
-    def _on_death(self, slot: _Slot) -> None:
-        """A worker is gone: recover what it held, and replace it if the run goes on."""
+    def _settled_unreported(self, held: dict[tuple[str, int], Task]) -> tuple[set[tuple[str, int]], list[Event]]:
+        """Of the tasks a dead worker held, those it wrote before dying: answers, and failures (as events)."""
+        written: set[tuple[str, int]] = set()
+        failures: list[Event] = []
+        for m in {model for _, model in held}:
+            written |= {(task_id, m) for task_id in scan(self.outputs[m].output, self.run_starts[m]).ids}
+            for _, _, obj in iter_lines(self.outputs[m].errors, self.error_starts[m]):
+                task_id = record_id(obj)
+                if task_id is not None and (task_id, m) in held and (task_id, m) not in written:
+                    written.add((task_id, m))
+                    failures.append(_failure_event(obj, task_id, m))
+        return written, failures
+
+    def _on_death(self, slot: _Slot) -> list[Note]:
+        """A worker is gone: what it held is settled from the files, or sent again."""
         slot.process.join(timeout=1)
-        self._drain(slot)
+        notes = self._drain(slot)
         slot.open = False
         slot.conn.close()
         self.slots.remove(slot)
@@ -155,77 +187,49 @@ class LocalBackend:
         if reclaimed and not expected:
             log.info("worker %d held %d limiter slots: given back", slot.index, reclaimed)
         if slot.held:
-            written = self._written_since_start(slot.held)
-            lost: list[WorkItem] = [(task, m) for (task_id, m), task in slot.held.items()
-                                    if (task_id, m) not in written]
-            self.state.recovered(len(slot.held) - len(lost))
-            self.state.give_back(lost)
+            written, failures = self._settled_unreported(slot.held)
+            lost: list[WorkItem] = [(task, key[1]) for key, task in slot.held.items() if key not in written]
+            notes += failures
+            notes.append(Returned(tuple(lost), recovered=len(slot.held) - len(lost) - len(failures)))
             if not expected:
                 log.warning("worker %d (pid %s) died (exit code %s) holding %d tasks: %d were written, %d "
                             "sent again", slot.index, slot.process.pid, code, len(slot.held),
                             len(slot.held) - len(lost), len(lost))
-        if expected:
-            return
-        self.state.summary.worker_deaths += 1
-        if self.state.stop_reason is not None:
-            return
-        if self.respawns_left <= 0:
-            self._stop_all(Stopped(StopReason.WORKERS_DYING, "workers keep dying; see the log"))
-            return
-        self.respawns_left -= 1
-        self.slots.append(self._spawn(slot.index))
+        notes.append(WorkerDied(slot.index, expected))
+        return notes
 
-    # -- the loop ----------------------------------------------------------------------------------
-
-    def loop(self) -> None:
-        handled = 0
-        state = self.state
-        while self.slots:
-            if state.signals > handled:
-                handled = state.signals
-                if handled == 1:
-                    log.warning("stopping: finishing the requests in flight (up to %.0fs); "
-                                "interrupt again to quit at once", self.grace_s)
-                    self._stop_all(Stopped(StopReason.INTERRUPTED))
-                    self.stop_deadline = time.monotonic() + self.grace_s
-                else:
-                    log.warning("quitting at once: requests in flight are dropped and sent again on rerun")
-                    self._kill_all()
-                    return
-            if state.feeding:
-                self._top_up()
-            if not state.feeding and not any(s.held for s in self.slots):
-                self._stop_all(None)  # all work is done, or all the budget allows
-            if state.stop_reason is not None and not state.feeding:
-                self._stop_all(None)
-            if self.stop_deadline is None and any(s.stopped for s in self.slots):
-                self.stop_deadline = time.monotonic() + max(self.grace_s, STOP_JOIN_S)
-            now = time.monotonic()
-            if self.stop_deadline is not None and now > self.stop_deadline:
-                log.warning("workers did not finish in time; stopping them")
-                self._kill_all()
-                return
-            state.save_summary(live=True, now=now)
-            waitables: list[Any] = [s.conn for s in self.slots if s.open]
-            waitables += [s.process.sentinel for s in self.slots]
-            ready = set(wait(waitables, timeout=POLL_S))
-            for slot in list(self.slots):
-                if slot.open and slot.conn in ready:
-                    self._drain(slot)
-                if slot.process.sentinel in ready:
-                    self._on_death(slot)
-
-    def _kill_all(self) -> None:
+    def kill(self) -> list[Note]:
+        notes: list[Note] = []
         for slot in self.slots:
             if slot.process.is_alive():
                 slot.process.kill()
         for slot in self.slots:
             slot.process.join(timeout=5)
-            self._drain(slot)
+            notes += self._drain(slot)
             slot.conn.close()
         self.slots.clear()
+        return notes
 
     def close(self) -> None:
-        self._kill_all()
+        self.kill()
         if self.unfreeze:
             gc.unfreeze()  # the workers are gone: the caller's objects (a notebook's) are collectable again
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _failure_event(obj: Any, task_id: str, model: int) -> TaskFailed:
+    """The event a worker would have sent for the errors-file line it wrote (either line form)."""
+    error = obj.get("error") if isinstance(obj.get("error"), dict) else {}
+    message = obj.get("message", error.get("message", ""))
+    meta = obj.get("mpinfer") if isinstance(obj.get("mpinfer"), dict) else obj
+    status = obj.get("status")
+    retries = meta.get("retries") if isinstance(meta.get("retries"), dict) else {}
+    return TaskFailed(task_id, model, failure_type(obj) or "unknown", status if isinstance(status, int) else None,
+                      str(message), int(meta.get("attempts") or 0),
+                      {str(k): v for k, v in retries.items() if isinstance(v, int)})

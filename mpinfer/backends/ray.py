@@ -16,6 +16,7 @@ On a real cluster every node needs mpinfer installed (``pip install mpinfer[ray]
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -24,12 +25,14 @@ from typing import Any, cast
 from ..api.hints import RATE_HEADERS
 from ..api.prices import PriceTable
 from ..api.ratelimit import Ending, Grant, LaneStats, SharedLimiter, Wait
-from ..driver import RunState, WorkItem
-from ..errors import ConfigError, NoKeysLeft, OutputError
-from ..events import Event, Fatal, Stopped, StopReason
+from ..config import RunConfig
+from ..driver import RESPAWNS_PER_WORKER
+from ..errors import ConfigError, NoKeysLeft
+from ..events import Event, Fatal, WorkItem
 from ..inputs.tasks import Task
-from ..store.output import Appender, OutputPaths
-from .runner import TaskRunner
+from ..store.output import OutputPaths
+from .base import Note, OutcomeWriter, Returned, WorkerDied
+from .runner import Outcome, TaskRunner
 
 try:
     import ray
@@ -40,32 +43,45 @@ except ImportError:  # pragma: no cover - the message is the point
 
 log = logging.getLogger("mpinfer.run")
 
-POLL_S = 0.25
-STOP_JOIN_S = 10.0
 ACTOR_CPUS = 0.5
+LANES_WAIT_S = 1.0
 
 
 class _Limiter:
-    """The cluster's one limiter: a SharedLimiter in this actor's memory, on this actor's clock."""
+    """The cluster's one limiter: a SharedLimiter in this actor's memory, on this actor's clock.
+
+    Each worker actor's grants are counted against its own holder (its number: numbers are never reused,
+    and there is one holder for every actor a run may start). A dead actor never releases what it held:
+    ``forget`` gives it back, or the run would lose that much concurrency with each death, and stall.
+    """
 
     def __init__(self, n_keys: int, n_models: int, rpm: int | None, tpm: int | None, window_s: float,
-                 max_in_flight: int) -> None:
+                 max_in_flight: int, holders: int) -> None:
         import multiprocess
 
         self.shared = SharedLimiter.create(multiprocess.get_context("fork"), n_keys, n_models, rpm, tpm,
-                                           window_s, max_in_flight=max_in_flight)
+                                           window_s, max_in_flight=max_in_flight, holders=holders)
+        self.dead: set[int] = set()
 
-    def try_acquire(self, model: int, charge: int) -> Grant | Wait | None:
+    def try_acquire(self, worker: int, model: int, charge: int) -> Grant | Wait | None:
         try:
-            return self.shared.try_acquire(model, charge, time.monotonic())
+            # One caller at a time (a synchronous actor), so choosing the holder per call is safe.
+            return self.shared.for_holder(worker).try_acquire(model, charge, time.monotonic())
         except NoKeysLeft:
             return None
 
     def sent(self, grant: Grant) -> None:
         self.shared.sent(grant, time.monotonic())
 
-    def release(self, grant: Grant, ending: Ending, charged: int | None, used: int) -> bool:
+    def release(self, worker: int, grant: Grant, ending: Ending, charged: int | None, used: int) -> bool:
+        if worker in self.dead:
+            return False  # a late call from a worker already declared dead: its grants were given back
         return self.shared.release(grant, time.monotonic(), ending, charged=charged, used=used)
+
+    def forget(self, worker: int) -> int:
+        """A worker actor died: give back the grants it held; how many there were."""
+        self.dead.add(worker)
+        return self.shared.reclaim(worker)
 
     def rate_limited(self, lane: int, retry_after: float | None) -> None:
         self.shared.rate_limited(lane, time.monotonic(), retry_after)
@@ -91,11 +107,12 @@ class RayLimiter:
     order they were made, so a release still comes before that worker's next acquire.
     """
 
-    def __init__(self, handle: Any) -> None:
+    def __init__(self, handle: Any, worker: int) -> None:
         self.handle = handle
+        self.worker = worker  # this actor's number, which its grants are held under
 
     async def try_acquire(self, model: int, charge: int) -> Grant | Wait:
-        got: Grant | Wait | None = await self.handle.try_acquire.remote(model, charge)
+        got: Grant | Wait | None = await self.handle.try_acquire.remote(self.worker, model, charge)
         if got is None:
             raise NoKeysLeft()
         return got
@@ -108,9 +125,9 @@ class RayLimiter:
     async def release(self, grant: Grant, ending: Ending = Ending.OK, *, charged: int | None = None,
                       used: int = 0) -> bool:
         if ending is not Ending.UNREACHABLE:
-            self.handle.release.remote(grant, ending, charged, used)
+            self.handle.release.remote(self.worker, grant, ending, charged, used)
             return False
-        in_outage: bool = await self.handle.release.remote(grant, ending, charged, used)  # the retry needs it
+        in_outage: bool = await self.handle.release.remote(self.worker, grant, ending, charged, used)  # the retry needs it
         return in_outage
 
     async def rate_limited(self, lane: int, retry_after: float | None) -> None:
@@ -135,15 +152,12 @@ class RayLimiter:
 class _Worker:
     """A worker actor: a TaskRunner whose outcomes go back to the driver instead of into files."""
 
-    def __init__(self, config: Any, prices: PriceTable, limiter: Any) -> None:
-        self.runner = TaskRunner(config, prices, RayLimiter(limiter))
+    def __init__(self, config: RunConfig, prices: PriceTable, limiter: Any, number: int) -> None:
+        self.runner = TaskRunner(config, prices, RayLimiter(limiter, number))
 
-    async def process(self, task: Task, model: int) -> tuple[list[Event], Any, Any, bool]:
+    async def process(self, task: Task, model: int) -> tuple[list[Event], Outcome | None]:
         outcome = await self.runner.run(task, model)
-        notices = self.runner.take_notices()
-        if outcome is None:
-            return notices, None, None, False
-        return notices, outcome.events, outcome.line, outcome.to_errors
+        return self.runner.take_notices(), outcome
 
     async def stop(self) -> None:
         self.runner.stopping = True
@@ -153,15 +167,16 @@ class _Worker:
 
 
 class RayBackend:
-    """Runs the tasks on ``processes`` worker actors of a Ray cluster; this process writes every line."""
+    """Runs the tasks on ``processes`` worker actors of a Ray cluster; this process writes every line.
 
-    def __init__(self, state: RunState, outputs: list[OutputPaths], prices: PriceTable, grace_s: float) -> None:
-        self.state = state
-        self.config = config = state.config
-        self.outputs = outputs
+    Actors are known by a number of their own, never reused: a dead actor's calls fail one by one, and each
+    must be told from a call to its replacement (one death, one replacement, its tasks sent again once).
+    """
+
+    def __init__(self, config: RunConfig, outputs: list[OutputPaths], prices: PriceTable) -> None:
+        self.config = config
         self.prices = prices
-        self.grace_s = grace_s
-        self.appenders = [Appender(paths, fsync=config.fsync) for paths in outputs]
+        self.writer = OutcomeWriter(tuple(outputs), config.fsync)
         ray.init(address=config.ray_address or None, ignore_reinit_error=True, include_dashboard=False,
                  log_to_driver=False, configure_logging=False)
         # The limiter lives on the driver's own node: a worker node may die, and the run goes on without it.
@@ -169,120 +184,124 @@ class RayBackend:
         # .options() rather than ray.remote(**options): Ray types only the latter's function options.
         self.limiter: Any = ray.remote(_Limiter).options(num_cpus=0, scheduling_strategy=here).remote(
             len(config.require_api_keys()), len(config.models), config.rpm, config.tpm, config.rate_window,
-            config.processes * config.concurrency)
+            config.processes * config.concurrency, config.processes * (1 + RESPAWNS_PER_WORKER))
         self.worker_class = ray.remote(_Worker).options(num_cpus=ACTOR_CPUS, max_concurrency=config.concurrency + 4)
-        self.actors: dict[int, Any] = {}
-        self.outstanding: dict[int, int] = {}
-        self.pending: dict[Any, tuple[int, WorkItem]] = {}
-        self.respawns_left = 3 * config.processes
-        self.stop_deadline: float | None = None
-        state.lanes = lambda: ray.get(self.limiter.lanes.remote(), timeout=10)
+        self.actors: dict[int, Any] = {}       # live actors by number
+        self.outstanding: dict[int, int] = {}  # calls in flight on each live actor
+        self.stopped: set[int] = set()         # live actors told to stop
+        self.pending: dict[Any, tuple[int, WorkItem]] = {}  # call -> (actor number, task)
+        self.numbers = itertools.count()
+        self._lanes: tuple[list[LaneStats], list[bool]] = ([], [False] * len(config.require_api_keys()))
+        self._lanes_ref: Any = None
 
-    def _spawn(self, index: int) -> None:
-        self.actors[index] = self.worker_class.remote(self.config, self.prices, self.limiter)
-        self.outstanding[index] = 0
+    def lane_stats(self) -> tuple[list[LaneStats], list[bool]]:
+        """The limiter actor's counters, or the last ones while it is slow to answer (a report must not
+        hold up the run, nor end it: on a loaded machine the actor may take seconds to start)."""
+        ref = self._lanes_ref if self._lanes_ref is not None else self.limiter.lanes.remote()
+        ready, _ = ray.wait([ref], timeout=LANES_WAIT_S)
+        self._lanes_ref = None if ready else ref
+        if ready:
+            self._lanes = ray.get(ref)
+        return self._lanes
+
+    def _spawn(self) -> None:
+        number = next(self.numbers)
+        self.actors[number] = self.worker_class.remote(self.config, self.prices, self.limiter, number)
+        self.outstanding[number] = 0
 
     def start(self) -> None:
-        for index in range(self.config.processes):
-            self._spawn(index)
+        for _ in range(self.config.processes):
+            self._spawn()
         listed = cast("Callable[[], list[dict[str, Any]]]", ray.nodes)()  # ray.nodes has no annotations
         nodes = sum(1 for node in listed if node.get("Alive"))
         log.info("ray: %d worker actors, %d requests in flight each, on a cluster of %d nodes",
                  self.config.processes, self.config.concurrency, nodes)
 
-    def _top_up(self) -> None:
-        for index, actor in list(self.actors.items()):
-            while self.outstanding[index] < self.config.concurrency:
-                item = self.state.next_item(len(self.pending))
-                if item is None:
-                    return
-                task, model = item
-                self.pending[actor.process.remote(task, model)] = (index, item)
-                self.outstanding[index] += 1
+    def replace(self, worker: int) -> None:
+        self._spawn()
 
-    def _stop_all(self, reason: Stopped | None) -> None:
-        self.state.stop(reason)
-        for actor in self.actors.values():
-            actor.stop.remote()
+    def _takers(self) -> list[int]:
+        return [n for n in self.actors if n not in self.stopped and self.outstanding[n] < self.config.concurrency]
 
-    def _on_ready(self, ref: Any) -> None:
-        index, item = self.pending.pop(ref)
-        self.outstanding[index] = max(0, self.outstanding.get(index, 0) - 1)
+    def room(self) -> int:
+        return sum(self.config.concurrency - self.outstanding[n] for n in self._takers())
+
+    def in_flight(self) -> int:
+        return len(self.pending)
+
+    def submit(self, item: WorkItem) -> bool:
+        takers = self._takers()
+        if not takers:
+            return False
+        number = min(takers, key=self.outstanding.__getitem__)
+        task, model = item
+        self.pending[self.actors[number].process.remote(task, model)] = (number, item)
+        self.outstanding[number] += 1
+        return True
+
+    def stop(self) -> None:
+        for number, actor in self.actors.items():
+            if number not in self.stopped:
+                self.stopped.add(number)
+                actor.stop.remote()
+
+    def idle(self) -> bool:
+        return not self.pending
+
+    def poll(self, timeout_s: float) -> list[Note]:
+        if not self.pending:
+            time.sleep(timeout_s)
+            return []
+        refs = list(self.pending)
+        ready, rest = ray.wait(refs, num_returns=1, timeout=timeout_s)
+        if rest and ready:
+            more, _ = ray.wait(rest, num_returns=len(rest), timeout=0)
+            ready += more
+        notes: list[Note] = []
+        for ref in ready:
+            notes += self._on_ready(ref)
+        return notes
+
+    def _on_ready(self, ref: Any) -> list[Note]:
+        number, item = self.pending.pop(ref)
+        if number in self.outstanding:
+            self.outstanding[number] -= 1
         try:
-            notices, events, line, to_errors = ray.get(ref)
+            notices, outcome = ray.get(ref)
         except RayActorError:
-            self._on_death(index, item)
-            return
+            return self._on_death(number, item)
         except RayTaskError as exc:  # a bug in the runner: stop rather than lose track
             log.error("a worker actor failed: %s", exc)
-            self.state.fail_run(Stopped(StopReason.FATAL, f"worker actor failed: {type(exc).__name__}"))
-            self._stop_all(None)
-            return
-        for notice in notices:
-            self.state.on_event(notice)
-        if events is None:
-            return
-        if line is not None:
+            return [Fatal(f"worker actor failed: {type(exc).__name__}")]
+        notes: list[Note] = list(notices)
+        if outcome is not None:
             task, model = item
-            paths = self.outputs[model]
-            try:
-                self.appenders[model].append(paths.errors if to_errors else paths.output, line)
-            except OutputError as exc:
-                self.state.on_event(Fatal(str(exc), task.id, model))
-                self._stop_all(None)
-                return
-        for event in events:
-            self.state.on_event(event)
+            notes += self.writer.write(task.id, model, outcome)
+        return notes
 
-    def _on_death(self, index: int, item: WorkItem) -> None:
-        """An actor (or its node) is gone: its unanswered tasks go again; nothing it did was written."""
-        self.state.give_back([item])
-        if index not in self.actors:
-            return
-        del self.actors[index]
-        self.state.summary.worker_deaths += 1
-        log.warning("ray worker actor %d died (its node may be gone); its tasks are sent again", index)
-        if self.state.stop_reason is None and self.respawns_left > 0:
-            self.respawns_left -= 1
-            self._spawn(index)
+    def _on_death(self, number: int, item: WorkItem) -> list[Note]:
+        """A call failed because its actor (or its node) is gone: the task goes again; nothing was written.
 
-    def loop(self) -> None:
-        handled = 0
-        state = self.state
-        while True:
-            if state.signals > handled:
-                handled = state.signals
-                if handled > 1:
-                    log.warning("quitting at once: requests in flight are dropped and sent again on rerun")
-                    return
-                log.warning("stopping: finishing the requests in flight (up to %.0fs); interrupt again to "
-                            "quit at once", self.grace_s)
-                self._stop_all(Stopped(StopReason.INTERRUPTED))
-                self.stop_deadline = time.monotonic() + self.grace_s
-            if state.feeding:
-                self._top_up()
-            if state.stop_reason is not None and self.stop_deadline is None:
-                self._stop_all(None)
-                self.stop_deadline = time.monotonic() + max(self.grace_s, STOP_JOIN_S)
-            if not self.pending and (not state.feeding or not self.actors):
-                return
-            now = time.monotonic()
-            if self.stop_deadline is not None and now > self.stop_deadline:
-                log.warning("worker actors did not finish in time; leaving them")
-                return
-            state.save_summary(live=True, now=now)
-            refs = list(self.pending)
-            ready, rest = ray.wait(refs, num_returns=1, timeout=POLL_S)
-            if rest and ready:
-                more, _ = ray.wait(rest, num_returns=len(rest), timeout=0)
-                ready += more
-            for ref in ready:
-                self._on_ready(ref)
+        Every call in flight on a dead actor fails; only the first reports the death.
+        """
+        notes: list[Note] = [Returned((item,))]
+        if number in self.actors:
+            del self.actors[number], self.outstanding[number]
+            self.stopped.discard(number)
+            self.limiter.forget.remote(number)
+            log.warning("ray worker actor %d died (its node may be gone); its tasks are sent again", number)
+            notes.append(WorkerDied(number))
+        return notes
 
-    def close(self) -> None:
+    def kill(self) -> list[Note]:
         for actor in self.actors.values():
             ray.kill(actor)
+        self.actors.clear()
+        self.pending.clear()
+        return []
+
+    def close(self) -> None:
+        self.kill()
         ray.kill(self.limiter)
-        for appender in self.appenders:
-            appender.close()
+        self.writer.close()
         ray.shutdown()

@@ -24,11 +24,11 @@ from typing import Any
 from ..api.prices import PriceTable
 from ..api.ratelimit import SharedLimiter
 from ..config import RunConfig
-from ..errors import OutputError
 from ..events import Fatal, Message, StopWork, Work, WorkerExit, decode, encode
 from ..inputs.tasks import Task
 from ..logfile import setup_worker_logging
-from ..store.output import Appender, OutputPaths
+from ..store.output import OutputPaths
+from .base import OutcomeWriter
 from .runner import LocalLimiter, TaskRunner
 
 _PR_SET_PDEATHSIG = 1
@@ -75,7 +75,7 @@ class Worker:
         self.settings = settings
         self.conn = conn
         self.runner = TaskRunner(settings.config, settings.prices, LocalLimiter(limiter.for_holder(settings.index)))
-        self.appenders = [Appender(paths, fsync=settings.config.fsync) for paths in settings.outputs]
+        self.writer = OutcomeWriter(settings.outputs, settings.config.fsync)
 
     def send(self, message: Message) -> None:
         self.conn.send_bytes(encode(message))
@@ -113,8 +113,7 @@ class Worker:
             await asyncio.gather(*(self._serve(inbox) for _ in range(concurrency)))
         finally:
             await self.runner.close()
-            for appender in self.appenders:
-                appender.close()
+            self.writer.close()
 
     async def _serve(self, inbox: asyncio.Queue[tuple[Task, int] | None]) -> None:
         while True:
@@ -127,17 +126,12 @@ class Worker:
                 self.send(notice)
             if outcome is None:
                 continue
-            if outcome.line is not None:
-                paths = self.settings.outputs[model]
-                try:
-                    self.appenders[model].append(paths.errors if outcome.to_errors else paths.output, outcome.line)
-                except OutputError as exc:
-                    log.error("cannot write: %s", exc)
-                    self.send(Fatal(str(exc), task.id, model))
-                    self.runner.stopping = True
-                    return
-            for message in outcome.events:
+            events = self.writer.write(task.id, model, outcome)
+            for message in events:
                 self.send(message)
+            if any(isinstance(e, Fatal) for e in events):
+                self.runner.stopping = True  # the output cannot be written: take nothing more
+                return
 
 
 def worker_main(settings: WorkerSettings, conn: Any, limiter: SharedLimiter) -> None:
