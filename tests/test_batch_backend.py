@@ -346,3 +346,21 @@ def _answers(url: str) -> bool:
             return bool(response.status == 200)
     except OSError:
         return False
+
+
+def test_fresh_is_refused_while_batches_are_open_and_moves_a_finished_plan(tmp_path: Path, mock: MockServerProcess):
+    # Given a run killed while its batch works
+    _killed_while_its_batch_runs(tmp_path, mock, 3, 0.3)
+    # When --fresh is asked for
+    refused = _run(tmp_path, mock, "--fresh")
+    # Then it refuses (the batch is paid for: its rows would go again) and moves nothing
+    assert refused.returncode != 0 and "open batches" in refused.stderr
+    assert (tmp_path / (OUT + ".batches.json")).exists()
+    # And once a rerun has collected the batch, --fresh moves the finished plan with the output
+    mock.batch_faults(request_s=0)
+    assert _run(tmp_path, mock).returncode == 0
+    moved = _run(tmp_path, mock, "--fresh")
+    assert moved.returncode == 0, moved.stderr
+    backups = list((tmp_path / "out").glob("results.jsonl.backup-*"))
+    assert len(backups) == 1 and (backups[0] / "results.jsonl.batches.json").exists()
+    assert mock.batch_stats()["batches_created"] == 2  # the fresh run's own batch

@@ -232,6 +232,21 @@ def _old_files(config: RunConfig, outputs: list[OutputPaths]) -> list[Path]:
     return found
 
 
+def _finished_batch_plan(output: Path) -> list[Path]:
+    """The --backend batch plan, to move with the rest; refused while it has open batches (they are paid for:
+    a fresh start would send their rows again)."""
+    from ..backends.batch_plan import Plan  # the plan is the batch backend's; only its file matters here
+
+    plan = Plan.load(output)
+    if plan is None:
+        return []
+    if plan.open_chunks:
+        raise OutputError(f"{plan.path} records {len(plan.open_chunks)} open batches of --backend batch: let a "
+                          "run collect them, or --cancel them (and rerun once to merge what they answered), "
+                          "before --fresh")
+    return [plan.path]
+
+
 def _is_log(config: RunConfig, path: Path) -> bool:
     return path.parent == config.log_dir and path.name.startswith(LOG_PREFIX)
 
@@ -266,7 +281,7 @@ def fresh_start(config: RunConfig) -> Path | None:
     if not output.parent.is_dir():
         return None
     with _locked(outputs, "a fresh start"):
-        files = _old_files(config, outputs)
+        files = _old_files(config, outputs) + _finished_batch_plan(output)
         if not files:
             return None
         backup = _free_name(output.with_name(f"{output.name}.backup-{time.strftime(_STAMP)}"))
