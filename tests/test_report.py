@@ -75,12 +75,13 @@ def test_the_browser_check_catches_a_page_that_throws_and_draws_nothing(tmp_path
 
 def test_the_report_of_a_real_run_draws_every_chart_with_no_console_errors(tmp_path: Path,
                                                                            mock: MockServerProcess):
-    # Given two runs against the mock with 500s (some retried, some failing after their retries), an rpm limit
+    # Given two runs against the mock with 500s (some retried, some failing after their retries), rpm and tpm limits
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(30))
     mock.configure(latency_ms=20, p500=0.3, seed=3)
     for _ in range(2):
         ran = run_cli("-i", "tasks.jsonl", "-o", "results.jsonl", "--base-url", mock.base_url, "--retry-backoff",
-                      "0.02", "--max-retries", "1", "--rpm", "6000", "-p", "2", "-c", "2", cwd=tmp_path)
+                      "0.02", "--max-retries", "1", "--rpm", "6000", "--tpm", "600000", "-p", "2", "-c", "2",
+                      cwd=tmp_path)
         assert ran.returncode in (0, 1), ran.stderr
     # When its report is written
     made = run_cli("-i", "tasks.jsonl", "-o", "results.jsonl", "--report", cwd=tmp_path)
@@ -97,7 +98,7 @@ def test_the_report_of_a_real_run_draws_every_chart_with_no_console_errors(tmp_p
     charts, drawn = drawn_charts(dom)
     # four for the whole output, four for each run (less latency for a rerun that got no answer)
     assert charts >= 11 and drawn == charts, (charts, drawn)
-    assert "--rpm limit" in dom and "failed: server_error" in dom and "retried: " in dom
+    assert "--rpm limit" in dom and "--tpm limit" in dom and "failed: server_error" in dom and "retried: " in dom
     assert shot.exists() and shot.stat().st_size > 10_000
     print(f"screenshot: {shot}")
 

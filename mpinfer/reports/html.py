@@ -110,10 +110,10 @@ def _charts(page: _Page, series: Series, relative: bool) -> str:
     every = f"per {series.width_s:g} s bin"
     lines = "lines" if len(x) > 2 else "lines+markers"  # a line through one point draws nothing
     rate = go.Figure(go.Scatter(x=x, y=series.answers_per_s, name="answers/s", mode=lines))
-    if series.limit_per_s is not None:
-        rate.add_trace(go.Scatter(x=[x[0], x[-1]], y=[series.limit_per_s] * 2, name=series.limit_label,
-                                  mode="lines", line={"dash": "dash", "color": "#a31515"}))
-    unlimited = f"; {series.limit_label}" if series.limit_per_s is None and series.limit_label else ""
+    for (value, label), dash in zip(series.limits, ("dash", "dot"), strict=False):
+        rate.add_trace(go.Scatter(x=[x[0], x[-1]], y=[value] * 2, name=label, mode="lines",
+                                  line={"dash": dash, "color": "#a31515"}))
+    unlimited = f"; {series.limit_note}" if series.limit_note else ""
     rate.update_layout(title={"text": f"Answers per second ({every}{unlimited})"}, xaxis=axis,
                        yaxis={"title": {"text": "answers/s"}, "rangemode": "tozero"})
     latency = go.Figure([go.Scatter(x=x, y=series.p50, name="p50", mode="lines+markers", connectgaps=False),

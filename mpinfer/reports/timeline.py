@@ -83,8 +83,8 @@ class Series:
     retries: dict[str, list[int]]  # by error type of the failed attempt
     cum_tokens: list[int]
     cum_cost: list[float]
-    limit_per_s: float | None  # the rate the settings allowed (answers/s), None when none was set
-    limit_label: str
+    limits: list[tuple[float, str]]  # the answers/s the settings allowed (--rpm, --tpm), with their labels
+    limit_note: str  # for a run without either: that none was set ("" for the whole output)
 
 
 @dataclass(frozen=True)
@@ -264,17 +264,21 @@ def _nearest_rank(ordered: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(share * len(ordered)) - 1))]
 
 
-def _limit(settings: Mapping[str, Any]) -> tuple[float | None, str]:
-    """The answers per second the settings allowed: --rpm over every key and model, when it was set."""
-    rpm = settings.get("rpm")
+def _limits(settings: Mapping[str, Any], tokens_per_answer: float | None) -> list[tuple[float, str]]:
+    """The answers per second the settings allowed, over every key and model: --rpm directly, --tpm divided
+    by the run's mean tokens per answer (the limiter counts its estimate, so that line is approximate)."""
     models = [m for m in str(settings.get("model") or "").split(",") if m.strip()] or ["?"]
     keys = settings.get("key_count")
+    lanes = len(models) * (keys if isinstance(keys, int) and keys > 0 else 1)
+    over = f"x {lanes} key-model lane{'s' if lanes > 1 else ''}, counted over {settings.get('rate_window') or 60:g} s"
+    limits = []
+    rpm, tpm = settings.get("rpm"), settings.get("tpm")
     if isinstance(rpm, (int, float)) and rpm > 0:
-        lanes = len(models) * (keys if isinstance(keys, int) and keys > 0 else 1)
-        window = settings.get("rate_window") or 60
-        per = f"{rpm:g}/min x {lanes} key-model lane{'s' if lanes > 1 else ''}, counted over {window:g} s"
-        return rpm * lanes / 60.0, f"--rpm limit ({per})"
-    return None, "no --rpm set"
+        limits.append((rpm * lanes / 60.0, f"--rpm limit ({rpm:g}/min {over})"))
+    if isinstance(tpm, (int, float)) and tpm > 0 and tokens_per_answer:
+        limits.append((tpm * lanes / 60.0 / tokens_per_answer,
+                       f"--tpm limit ({tpm:g}/min {over}) / {tokens_per_answer:.0f} tokens an answer"))
+    return limits
 
 
 def _sorted(cols: _Columns) -> _Columns:
@@ -347,11 +351,13 @@ def _series(cols: _Columns, start: float, end: float, settings: Mapping[str, Any
         running_c += cost[b]
         cum_tokens.append(running_t)
         cum_cost.append(round(running_c, 8))
-    limit, label = _limit(settings) if settings else (None, "")
+    mean_tokens = running_t / len(picked) if picked else None
+    limits = _limits(settings, mean_tokens) if settings else []
+    note = "" if limits or not settings else "no --rpm or --tpm set"
     return Series(start=origin, width_s=width, times=[origin + b * width for b in range(count)],
                   answers_per_s=[n / width for n in answers], p50=p50, p95=p95, failures=failures,
-                  retries=retried, cum_tokens=cum_tokens, cum_cost=cum_cost, limit_per_s=limit,
-                  limit_label=label)
+                  retries=retried, cum_tokens=cum_tokens, cum_cost=cum_cost, limits=limits,
+                  limit_note=note)
 
 
 def build_timeline(output: Path, models: tuple[str, ...]) -> Timeline:
