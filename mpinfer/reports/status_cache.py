@@ -39,7 +39,7 @@ def cache_key(config: RunConfig, keys: FieldKeys, chosen: Selection, outputs: tu
         ids = hashlib.blake2b("\n".join(sorted(chosen.ids)).encode(), digest_size=16).hexdigest()
     return {"input": str(config.require_paths()[0].resolve()), "keys": asdict(keys),
             "selection": [chosen.start, chosen.end, chosen.limit, ids], "outputs": [str(p) for p in outputs],
-            "hash": "blake2b-64"}
+            "hash": "crc32-adler32"}
 
 
 def usable(config: RunConfig) -> bool:

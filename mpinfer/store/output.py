@@ -16,7 +16,7 @@ import fcntl
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,29 +155,31 @@ def scan(path: Path, start: int = 0, within: IdSubset | None = None) -> Scan:
         result.end_offset = path.stat().st_size
     except FileNotFoundError:
         return result
+    take = result.ids.add if within is None or result.done is None else _taker(result, within, result.done)
     for number, raw, obj in iter_lines(path, start):
         result.lines += 1
         rid = answer_id(obj)
         if rid is None:
             result.bad_lines.append(BadLine(number, raw[:_SNIPPET].decode("utf-8", "replace").rstrip()))
             continue
-        if within is None:
-            result.ids.add(rid)
-        else:
-            _take(result, within, rid)
+        take(rid)
         cost = obj.get("cost")
         if isinstance(cost, (int, float)) and not isinstance(cost, bool):
             result.cost += cost
     return result
 
 
-def _take(result: Scan, within: IdSubset, rid: str) -> None:
+def _taker(result: Scan, within: IdSubset, done: IdSubset) -> Callable[[str], object]:
     """Count one id of the output against the input: done if selected, unknown if not in the input."""
-    slot = within.index.find(rid)  # exact: the id is read again from the input to compare
-    if slot is None:
-        result.unknown.add(rid)
-    elif within.has_slot(slot) and result.done is not None:
-        result.done.add_slot(slot)
+    find, selected, add, unknown = within.index.find, within.has_slot, done.add_slot, result.unknown.add
+
+    def take(rid: str) -> object:
+        slot = find(rid)  # exact: the id is read again from the input to compare
+        if slot is None:
+            return unknown(rid)
+        return add(slot) if selected(slot) else None
+
+    return take
 
 
 def _last_newline(fd: int, size: int) -> int:
