@@ -18,8 +18,10 @@ from mpinfer.inputs.tasks import Task
 def _merger(tmp_path: Path, max_retries: int = 3) -> Merger:
     config = load_config({"input": str(tmp_path / "in.jsonl"), "output": str(tmp_path / "out.jsonl"),
                           "max_retries": str(max_retries)}, environ={"OPENAI_API_KEY": "sk-test"}, cwd=tmp_path)
-    tasks = {f"t{i}": Task(f"t{i}", f"question {i}") for i in range(4)}
-    return Merger(config, load_prices(), tasks)
+    return Merger(config, load_prices())
+
+
+TASKS = {f"t{i}": Task(f"t{i}", f"question {i}") for i in range(4)}
 
 
 def _line(custom_id: str, response: dict[str, Any] | None, error: dict[str, str] | None = None) -> bytes:
@@ -48,7 +50,7 @@ def test_each_kind_of_line_is_answered_resubmitted_or_recorded_and_a_second_merg
     done: set[str] = set()
     failed: set[str] = set()
     # When it is merged
-    merged = merger.merge(_chunk("expired"), output, errors, done, failed, resubmit=True, latency_s=60.0)
+    merged = merger.merge(_chunk("expired"), TASKS, output, errors, done, failed, resubmit=True, latency_s=60.0)
     # Then t0 is a result line at the Batch price, t1 and t3 go again, t2 is a failure line
     assert [orjson.loads(line)["id"] for line in merged.results] == ["t0"]
     result = orjson.loads(merged.results[0])
@@ -59,7 +61,7 @@ def test_each_kind_of_line_is_answered_resubmitted_or_recorded_and_a_second_merg
     assert [type(e) for e in merged.events] == [TaskDone, TaskFailed]
     assert done == {"t0"} and failed == {"t2"}
     # And a second merge of the same files (a crash before the plan said MERGED) writes no line again
-    again = merger.merge(_chunk("expired"), output, errors, done, failed, resubmit=True, latency_s=60.0)
+    again = merger.merge(_chunk("expired"), TASKS, output, errors, done, failed, resubmit=True, latency_s=60.0)
     assert again.results == [] and again.failures == [] and sorted(again.retry) == ["t1", "t3"]
 
 
@@ -68,8 +70,8 @@ def test_transient_rows_past_max_retries_are_failures_and_a_cancel_leaves_them_f
     merger = _merger(tmp_path, max_retries=1)
     expired = b"".join(_line(i, None, {"code": "batch_expired", "message": "window"}) for i in ("t0", "t1", "t2", "t3"))
     # When each is merged
-    last = merger.merge(_chunk("expired", attempt=2), b"", expired, set(), set(), resubmit=True, latency_s=None)
-    cancelled = merger.merge(_chunk("cancelled"), b"", b"", set(), set(), resubmit=False, latency_s=None)
+    last = merger.merge(_chunk("expired", attempt=2), TASKS, b"", expired, set(), set(), resubmit=True, latency_s=None)
+    cancelled = merger.merge(_chunk("cancelled"), TASKS, b"", b"", set(), set(), resubmit=False, latency_s=None)
     # Then the expired rows are failure lines (batch_expired) and nothing goes again
     assert last.retry == [] and {orjson.loads(x)["error_type"] for x in last.failures} == {"batch_expired"}
     # And the cancelled batch records nothing: a later run sends its rows

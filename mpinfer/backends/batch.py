@@ -57,8 +57,7 @@ class BatchBackend:
         self.client = BatchClient(config)
         self.appenders = [Appender(paths, fsync=config.fsync) for paths in outputs]
         self.pacer = CreationPacer()
-        self.tasks: dict[str, Task] = {}
-        self.merger = Merger(config, prices, self.tasks)
+        self.merger = Merger(config, prices)
         self.plan: Plan | None = None
         self.done: list[set[str]] = []
         self.failed_before: list[set[str]] = []
@@ -82,21 +81,18 @@ class BatchBackend:
         self.failed_before = [_ids_from(paths.errors, plan.errors_offsets[m] if m < len(plan.errors_offsets) else 0)
                               for m, paths in enumerate(self.outputs)]
         covered = [plan.covered(m) for m in range(len(self.outputs))]
-        fresh: list[tuple[Task, int]] = []
-        for task, model in self.state.items:
-            self.tasks[task.id] = task
-            if task.id not in covered[model]:
-                fresh.append((task, model))
+        # Streamed from the input into the request files: no task is held in memory (a merge reads its rows'
+        # tasks from the input again), so a job of millions of rows costs the plan's ids, not the tasks.
+        fresh = ((task, model) for task, model in self.state.items if task.id not in covered[model])
         # A chunk left CREATING was being created when the last run died: its batch may exist.
         self.interrupted_creates = {c.name for c in plan.chunks if c.state is ChunkState.CREATING}
-        self._find_missing_tasks()
         kept = len(plan.open_chunks)
         made = plan_chunks(plan, request_lines(self.config, fresh), self.config.batch_size,
                            self.config.batch_max_bytes)
         plan.save()
         log.info("batch: %d rows in %d new request files (%s); %d open from an earlier run; plan in %s",
-                 len(fresh), len(made), ", ".join(f"{c.lines} rows, {c.bytes:,} bytes" for c in made[:5]) or "-",
-                 kept, plan.path)
+                 sum(c.lines for c in made), len(made),
+                 ", ".join(f"{c.lines} rows, {c.bytes:,} bytes" for c in made[:5]) or "-", kept, plan.path)
 
     def _check_models(self, plan: Plan) -> None:
         """Open chunks name their model by its place in the run's models: the same list, or a clear error."""
@@ -105,14 +101,16 @@ class BatchBackend:
             raise ConfigError(f"the open batches of {self.output} are for --model {','.join(plan.models)}, not "
                               f"{','.join(models)}: rerun with that --model to collect them, or --cancel them first")
 
-    def _find_missing_tasks(self) -> None:
-        """Tasks of open chunks that this run's selection left out (a rerun with other options): read them."""
-        assert self.plan is not None
-        wanted = {i for c in self.plan.open_chunks for i in c.ids} - self.tasks.keys()
-        if wanted and self.config.input is not None:
-            for task in iter_tasks(self.config.input, reading(self.config)):
-                if task.id in wanted:
-                    self.tasks[task.id] = task
+    def _tasks_of(self, ids: set[str]) -> dict[str, Task]:
+        """The input tasks of these ids, read from the input again (whatever this run's selection is)."""
+        found: dict[str, Task] = {}
+        input_path, _ = self.config.require_paths()
+        for task in iter_tasks(input_path, reading(self.config)):
+            if task.id in ids:
+                found[task.id] = task
+                if len(found) == len(ids):
+                    break
+        return found
 
     # -- loop ---------------------------------------------------------------------------------------------
 
@@ -241,7 +239,8 @@ class BatchBackend:
                       if getattr(batch, f"{s}_at", None)), None)
         latency = float(ended - batch.created_at) if ended else None
         resubmit = not (self.cancelled_live and batch.status == "cancelled")
-        merged = self.merger.merge(chunk, output, failures, self.done[chunk.model],
+        tasks = self._tasks_of(set(chunk.ids))
+        merged = self.merger.merge(chunk, tasks, output, failures, self.done[chunk.model],
                                    self.failed_before[chunk.model], resubmit, latency)
         paths = self.outputs[chunk.model]
         # Whole lines, many to a write: a crash can tear only the last, which the next run's repair cuts off.
@@ -252,7 +251,7 @@ class BatchBackend:
             self.state.on_event(event)
         self._count_requests(chunk)
         if merged.retry:
-            again = [(self.tasks[i], chunk.model) for i in merged.retry]
+            again = [(tasks[i], chunk.model) for i in merged.retry if i in tasks]
             plan_chunks(plan, request_lines(self.config, again), self.config.batch_size,
                         self.config.batch_max_bytes, attempt=chunk.attempt + 1)
             chunk.resubmitted = len(merged.retry)

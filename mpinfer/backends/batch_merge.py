@@ -92,10 +92,10 @@ def records(data: bytes) -> Iterator[dict[str, Any]]:
 class Merger:
     """Turns a finished chunk's files into lines and events for one run."""
 
-    def __init__(self, config: RunConfig, prices: PriceTable, tasks: dict[str, Task]) -> None:
+    def __init__(self, config: RunConfig, prices: PriceTable) -> None:
         self.config = config
         self.prices = prices
-        self.tasks = tasks
+        self.tasks: dict[str, Task] = {}  # the input tasks of the chunk being merged
         self.keys = config.require_api_keys()
 
     def task(self, custom_id: str) -> Task:
@@ -113,13 +113,15 @@ class Merger:
             return str(task.body.get("model") or models[0])
         return task.model if len(models) == 1 and task.model else models[model]
 
-    def merge(self, chunk: Chunk, output: bytes, errors: bytes, done: set[str], failed_before: set[str],
-              resubmit: bool, latency_s: float | None) -> Merged:
-        """Merge the chunk's files; ``done`` (this model's ids in the output) gains every id written.
+    def merge(self, chunk: Chunk, tasks: dict[str, Task], output: bytes, errors: bytes, done: set[str],
+              failed_before: set[str], resubmit: bool, latency_s: float | None) -> Merged:
+        """Merge the chunk's files (``tasks``: its rows' input tasks); ``done`` (this model's ids in the output)
+        gains every id written.
 
         ``failed_before`` holds the ids this plan already wrote failure lines for (a repeated merge writes
         none again); ``resubmit`` False (the job was cancelled) leaves transient rows unrecorded for a rerun.
         """
+        self.tasks = tasks
         merged = Merged()
         wanted = set(chunk.ids)
         seen: set[str] = set()
