@@ -201,7 +201,8 @@ def run(config: RunConfig, *, progress: bool = True, grace_s: float = DEFAULT_GR
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
             append_record(manifest, end_record(start, summary_counts(summary, summary.cost)))
-            summary.epilogue = after_run(config, summary.remaining)  # still under the lock: no run writes beside
+        # Not on an error on its way out: only after the run ended (a graceful stop included), under the lock.
+        summary.epilogue = after_run(config, summary.remaining)
         log.info("run ended: %d written, %d failed, %d left, %.1fs%s", summary.succeeded + summary.recovered,
                  summary.failed, summary.remaining, summary.elapsed_s,
                  f", stopped: {summary.stopped}" if summary.stopped else "")
