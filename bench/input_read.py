@@ -2,7 +2,7 @@
 
 Writes N tasks (1,000,000 by default, about 75 MB) and measures, each in its own subprocess:
 
-- ``mpinfer.inputs.tasks.check_input(path)``: the pass that checks every line before anything is sent and keeps
+- ``mpinfer.inputs.check.check_input(path)``: the pass that checks every line before anything is sent and keeps
   only the ids;
 - a full ``iter_tasks(path)`` pass (every Task built and dropped: the streaming pass a run feeds from);
 - a process that only builds the frozenset of the same N ids: the memory the ids alone need, which is
@@ -32,7 +32,8 @@ from pathlib import Path
 def hwm():
     with open("/proc/self/status") as f:
         return int(f.read().split("VmHWM:")[1].split()[0])
-from mpinfer.inputs.tasks import check_input, iter_tasks
+from mpinfer.inputs.check import check_input
+from mpinfer.inputs.readers import iter_tasks
 path = Path(sys.argv[1])
 n = int(sys.argv[2])
 base = hwm()
@@ -43,7 +44,7 @@ t1 = time.perf_counter()
 print(json.dumps({"s": t1 - t0, "base_kb": base, "peak_kb": hwm(), "count": count}))
 """
 STEPS = {
-    "import mpinfer.inputs.tasks only": "count = 0",
+    "import mpinfer.inputs.check and readers only": "count = 0",
     "check_input (keeps the ids)": "index = check_input(path)\ncount = index.total",
     "iter_tasks, full streaming pass": "count = 0\nfor task in iter_tasks(path):\n    count += 1",
     "frozenset of the same ids alone": "ids = frozenset('r%07d' % i for i in range(n))\ncount = len(ids)",

@@ -55,7 +55,7 @@ def hwm():
     with open("/proc/self/status") as f:
         return int(f.read().split("VmHWM:")[1].split()[0])
 t0 = time.perf_counter()
-from mpinfer.inputs.tasks import check_input
+from mpinfer.inputs.check import check_input
 from mpinfer.store.output import scan
 t1 = time.perf_counter()
 base = hwm()

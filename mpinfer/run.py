@@ -25,7 +25,8 @@ from .config import Backend as BackendName
 from .config import RunConfig
 from .driver import MAX_FAILURES_SHOWN, RunState, supervise, work_items
 from .errors import ConfigError, InputError, OutputError
-from .inputs.tasks import check_input, iter_tasks, reading, refuse_input_as_output, selection, settle_models
+from .inputs.check import check_input, reading, refuse_input_as_output, selection, settle_models
+from .inputs.readers import iter_tasks
 from .logfile import create_log_file, parent_logging
 from .reports.epilogue import after_run
 from .reports.summary import RunSummary, Tally

@@ -12,7 +12,8 @@ from conftest import cli_env, read_jsonl, write_tasks
 
 from mpinfer.driver import work_items
 from mpinfer.errors import InputError
-from mpinfer.inputs.tasks import check_input, iter_tasks
+from mpinfer.inputs.check import check_input
+from mpinfer.inputs.readers import iter_tasks
 from mpinfer.mockserver import MockServerProcess
 from mpinfer.store.idset import IdIndex, IdSubset, id_hash
 from mpinfer.store.output import scan

@@ -10,7 +10,9 @@ import orjson
 import pytest
 
 from mpinfer.errors import InputError
-from mpinfer.inputs.tasks import FieldKeys, Task, check_input, iter_tasks
+from mpinfer.inputs.check import check_input
+from mpinfer.inputs.readers import iter_tasks
+from mpinfer.inputs.tasks import FieldKeys, Task
 
 
 def write_lines(path: Path, lines: Sequence[bytes | str | dict[str, Any]]) -> Path:

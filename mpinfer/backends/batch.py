@@ -25,7 +25,9 @@ from ..config import RunConfig
 from ..driver import RunState
 from ..errors import BatchApiError, ConfigError
 from ..events import Stopped, StopReason
-from ..inputs.tasks import Task, iter_tasks, reading
+from ..inputs.check import reading
+from ..inputs.readers import iter_tasks
+from ..inputs.tasks import Task
 from ..reports.summary import Tally
 from ..store.output import Appender, OutputPaths, iter_lines, live_run, record_id, scan
 from .batch_merge import Merger

@@ -5,19 +5,9 @@ What the rest of mpinfer may use: ``Task``, ``FieldKeys``, ``InputFormat``, ``Se
 streaming feed), ``reading`` and ``selection`` (from a RunConfig), ``detect_format``.
 """
 
-from .tasks import (
-                    FieldKeys,
-                    InputFormat,
-                    InputIndex,
-                    Selection,
-                    Task,
-                    check_input,
-                    detect_format,
-                    iter_selected,
-                    iter_tasks,
-                    reading,
-                    selection,
-)
+from .check import check_input, reading, selection
+from .readers import detect_format, iter_selected, iter_tasks
+from .tasks import FieldKeys, InputFormat, InputIndex, Selection, Task
 
 __all__ = ["FieldKeys", "InputFormat", "InputIndex", "Selection", "Task", "check_input", "detect_format",
            "iter_selected", "iter_tasks", "reading", "selection"]

@@ -21,7 +21,8 @@ from typing import Any
 from ..api.prices import PriceTable
 from ..api.tokens import DEFAULT_COMPLETION_TOKENS
 from ..config import RunConfig
-from ..inputs.tasks import check_input, iter_tasks, reading, selection, settle_models
+from ..inputs.check import check_input, reading, selection, settle_models
+from ..inputs.readers import iter_tasks
 from ..store.output import model_outputs, scan
 from .taskcheck import CheckedImage, TaskChecker
 

@@ -22,17 +22,9 @@ import orjson
 
 from ..config import RunConfig
 from ..errors import ConfigError
-from ..inputs.tasks import (
-    FieldKeys,
-    InputFormat,
-    Selection,
-    Task,
-    check_input,
-    detect_format,
-    iter_selected,
-    reading,
-    selection,
-)
+from ..inputs.check import check_input, reading, selection
+from ..inputs.readers import detect_format, iter_selected
+from ..inputs.tasks import FieldKeys, InputFormat, Selection, Task
 from ..store.output import OutputPaths, companion, iter_lines, model_outputs, record_id, scan
 from ..store.records import RecordView, view
 from ..store.repair import atomic_write

@@ -13,7 +13,8 @@ from typing import Any
 
 from ..backends.batch_plan import BatchStatus, plan_report
 from ..config import RunConfig
-from ..inputs.tasks import InputIndex, check_input, reading, selection
+from ..inputs.check import check_input, reading, selection
+from ..inputs.tasks import InputIndex
 from ..store.output import OutputPaths, companion, live_run, model_outputs
 from . import status_cache
 from .summary import percentiles, read_summary

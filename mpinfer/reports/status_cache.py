@@ -21,7 +21,8 @@ from typing import Any
 import orjson
 
 from ..config import RunConfig
-from ..inputs.tasks import FieldKeys, InputFormat, InputIndex, Selection, id_resolver
+from ..inputs.check import id_resolver
+from ..inputs.tasks import FieldKeys, InputFormat, InputIndex, Selection
 from ..store.idset import IdIndex, IdSubset
 from .tally import RECENT_RECORDS, FileMark, OutputTally
 

@@ -7,7 +7,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from ..config import RunConfig
-from ..inputs.tasks import check_input, reading, selection
+from ..inputs.check import check_input, reading, selection
 from ..store.idset import IdSubset
 from ..store.output import OutputPaths, iter_lines, model_outputs
 from ..store.records import missing_batch_fields, missing_fields, same_model, view

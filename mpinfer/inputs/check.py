@@ -1,0 +1,165 @@
+"""The input check, and what a run's options select: everything a run knows of its input before it spends.
+
+The input is read twice and never held: ``check_input`` reads every line before any API call, so bad input
+fails fast with file and line and costs nothing, and keeps only an index of the ids (store/idset.py: 16
+bytes an id); ``readers.iter_tasks`` then streams the tasks that are not done yet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+from collections.abc import Sequence
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from ..config import RunConfig
+from ..errors import ConfigError, InputError
+from ..store.idset import HashFn, IdIndex, IdSubset, Resolver
+from ..store.output import OutputPaths, iter_lines, model_outputs, record_id, scan
+from ..store.records import is_answer
+from .locate import IdReader, line_numbers
+from .readers import detect_format, iter_selected, placed_rows
+from .tasks import FieldKeys, InputFormat, InputIndex, Selection, Task, parse_batch_task, parse_task
+
+MAX_PROBLEMS_SHOWN = 10
+MAX_BODY_MODELS = 100  # distinct models kept from a Batch file's bodies
+MAX_DUPLICATES_SHOWN = 5
+
+
+def check_input(path: Path, keys: FieldKeys = FieldKeys(), selection: Selection = Selection(),
+                hash_fn: HashFn | None = None) -> InputIndex:
+    """Read every row and check it; the selected ids, or one InputError listing the first problems.
+
+    Every row is checked, selected or not: a broken file is broken, and a trial run with --limit should
+    say so before the real run does. The ids are kept in an IdIndex (16 bytes each, whatever their length);
+    ``hash_fn`` is its hash, a parameter so tests can force collisions.
+    """
+    fmt = detect_format(path)
+    problems: list[InputError] = []
+    by_row = _ids_by_row(keys, fmt)
+    index = IdIndex(id_resolver(path, keys, fmt), hash_fn)
+    body_models: dict[str, None] = {}
+    position = 0
+    for _, offset, _, item in placed_rows(path, keys, fmt):
+        if isinstance(item, InputError):
+            problems.append(item)
+            if len(problems) >= MAX_PROBLEMS_SHOWN:
+                break
+            continue
+        index.add(item.id, position if by_row else offset)
+        position += 1
+        if item.body is not None and len(body_models) < MAX_BODY_MODELS:
+            body_models.setdefault(str(item.model))
+    if problems:
+        more = " (and maybe more: stopped looking)" if len(problems) >= MAX_PROBLEMS_SHOWN else ""
+        if len(problems) == 1:
+            raise problems[0]
+        listing = "\n".join(f"  {p}" for p in problems)
+        raise InputError(f"{len(problems)} bad lines{more}:\n{listing}", str(path))
+    duplicates = index.freeze()
+    if duplicates:
+        raise _duplicates_error(path, duplicates)
+    if not len(index):
+        raise InputError("no tasks in the input", str(path))
+    if selection.narrows():
+        ids = IdSubset(index)
+        for _, _, item in iter_selected(path, keys, selection, fmt):
+            slot = index.find_member(item.id) if isinstance(item, Task) else None
+            if slot is not None:
+                ids.add_slot(slot)
+    else:
+        ids = IdSubset(index, everything=True)
+    return InputIndex(path=path, ids=ids, total=len(ids), format=fmt, body_models=tuple(body_models))
+
+
+def settle_models(config: RunConfig, index: InputIndex) -> RunConfig:
+    """The run's model, for a Batch file run without --model: the one its bodies name.
+
+    Its bodies go as they are, so the log name, the summary's per-model counts, the manifest, the rate
+    limits and the cost are those of that model, not of the --model default no task asked for.
+    """
+    if index.format is not InputFormat.BATCH or "model" in config.explicit or len(index.body_models) != 1:
+        return config
+    return dataclasses.replace(config, model=index.body_models[0])
+
+
+def id_resolver(path: Path, keys: FieldKeys, fmt: InputFormat) -> Resolver:
+    """How the id index reads an id again: the row number itself, or the id of the row at a byte offset."""
+    return str if _ids_by_row(keys, fmt) else IdReader(path, keys.id, fmt)
+
+
+def _ids_by_row(keys: FieldKeys, fmt: InputFormat) -> bool:
+    return keys.id_from_row and fmt is not InputFormat.BATCH  # the id is the row number: nothing to read
+
+
+def _duplicates_error(path: Path, duplicates: list[tuple[str, list[int]]]) -> InputError:
+    """Each repeat of an id with the line of its first row and its own (as ``(id, first, again)``)."""
+    pairs = [(task_id, rows[0], again) for task_id, rows in duplicates for again in rows[1:]]
+    shown = pairs[:MAX_DUPLICATES_SHOWN]
+    lines = line_numbers(path, {offset for _, first, again in shown for offset in (first, again)})
+    listing = ", ".join(f"{i!r} (lines {lines[a]} and {lines[b]})" for i, a, b in shown)
+    more = f" and {len(pairs) - MAX_DUPLICATES_SHOWN} more" if len(pairs) > MAX_DUPLICATES_SHOWN else ""
+    return InputError(f"{len(pairs)} duplicate ids: {listing}{more}", str(path))
+
+
+LINES_SNIFFED = 5
+
+
+def refuse_input_as_output(input_path: Path, outputs: Sequence[Path], keys: FieldKeys) -> None:
+    """A ConfigError when an output is the input itself, or holds task lines and no answers.
+
+    Appending answers to the input would corrupt it, and a resume scan of task lines would find nothing done
+    (or, in older versions, everything): either way a typo in -o must stop the run before any request.
+    """
+    for output in outputs:
+        if output.resolve() == input_path.resolve() or (output.exists() and os.path.samefile(output, input_path)):
+            raise ConfigError(f"the output {output} is the input file; write the results to another file (-o)")
+        for number, _, obj in islice(iter_lines(output), LINES_SNIFFED):
+            if is_answer(obj):
+                break
+            if _is_task(obj, keys):
+                raise ConfigError(f"the output {output} looks like task input (line {number} is a task, not an "
+                                  "answer); write the results to another file (-o)")
+
+
+def _is_task(obj: Any, keys: FieldKeys) -> bool:
+    try:
+        if isinstance(obj, dict) and "custom_id" in obj and "body" in obj:
+            parse_batch_task(obj, 0)
+        else:
+            parse_task(obj, keys, 0)
+    except ValueError:
+        return False
+    return True
+
+
+def read_ids_file(path: Path) -> frozenset[str]:
+    """Ids to run, one a line (blank lines and # comments ignored)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read the ids file: {exc}", str(path)) from None
+    return frozenset(line.strip() for line in io.StringIO(text) if line.strip() and not line.startswith("#"))
+
+
+def reading(config: RunConfig) -> FieldKeys:
+    """How the run's input is read."""
+    return FieldKeys(config.id_key, config.prompt_key, config.images_key, config.images_sep, config.id_from_row,
+                     config.messages_key)
+
+
+def selection(config: RunConfig) -> Selection:
+    """Which tasks the run's options select; --only-failed reads the errors files of the outputs."""
+    ids = read_ids_file(config.ids) if config.ids is not None else None
+    if config.only_failed:
+        _, output = config.require_paths()
+        failed: set[str] = set()
+        for path in model_outputs(output, config.models):
+            paths = OutputPaths.of(path)
+            failed |= {rid for _, _, obj in iter_lines(paths.errors) if (rid := record_id(obj)) is not None}
+            failed -= scan(paths.output).ids
+        ids = frozenset(failed) if ids is None else ids & failed
+    return Selection(start=config.start or 0, end=config.end, limit=config.limit, ids=ids)
