@@ -27,13 +27,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from dotenv import dotenv_values
 
 from .errors import ConfigError
 from .settings import (
+    ModelRates,
     Option,
     as_bool,
     as_json_object,
@@ -44,12 +45,17 @@ from .settings import (
     non_negative_int,
     one_of,
     options_of,
+    parse_rate,
     positive_float,
     positive_int,
     setting,
 )
 
+if TYPE_CHECKING:
+    from .api.endpoints import Endpoint
+
 TOML_NAME = "mpinfer.toml"
+ENDPOINT_TABLES = "[[endpoints]]"  # where _read_toml keeps mpinfer.toml's endpoint tables
 ENV_FILE_NAME = ".env"
 
 
@@ -142,10 +148,16 @@ class RunConfig:
                                          "provider's limit; OpenAI: 50): a task over it fails before it is sent",
                                          metavar="MB")
     log_dir: Path = setting(Path("logs"), as_path, "folder for the per-run log files", metavar="DIR")
-    rpm: int | None = setting(None, positive_int, "requests per minute, per key and model, for all processes "
-                              "together", metavar="N", shown="no limit")
-    tpm: int | None = setting(None, positive_int, "tokens per minute (prompt estimate + max_tokens), per key "
-                              "and model", metavar="N", shown="no limit")
+    rpm: int | ModelRates | None = setting(None, parse_rate, "requests per minute, per key (or endpoint) and "
+                                           "model, for all processes together; per model: gpt-4o=500,"
+                                           "gpt-4o-mini=5000", metavar="N", shown="no limit")
+    tpm: int | ModelRates | None = setting(None, parse_rate, "tokens per minute (prompt estimate + "
+                                           "max_tokens), per key (or endpoint) and model; per model as --rpm",
+                                           metavar="N", shown="no limit")
+    endpoints: Path | None = setting(None, as_path, "TOML file of [[endpoints]] tables (model, provider, "
+                                     "base_url, deployment, api_version, api_key_env, rpm, tpm, max_in_flight): "
+                                     "several keys, regions and Azure deployments per model", metavar="FILE",
+                                     shown="--base-url with the keys")
     rate_window: float = setting(60.0, positive_float, "seconds --rpm and --tpm are counted over (OpenAI: 60)",
                                  metavar="SECONDS")
     burst: float = setting(0.5, non_negative_float, "seconds' worth of the rate limit sent at once", metavar="S")
@@ -184,10 +196,22 @@ class RunConfig:
                            "(needs mpinfer[report]; --report writes one at once)", cli=False)
     # repr=False: a config is logged and shown in errors; the keys must never be.
     api_keys: tuple[str, ...] = field(default=(), repr=False)
+    # The endpoints table (--endpoints, or [[endpoints]] in mpinfer.toml), keys read; api_keys then holds
+    # each endpoint's key, in table order. Empty: the implicit table (each key at --base-url).
+    endpoint_table: tuple[Endpoint, ...] = field(default=(), repr=False)
     # Things the user should hear about the settings themselves (e.g. a .env others can read).
     warnings: tuple[str, ...] = field(default=(), repr=False, compare=False)
     # The options the user set somewhere (flag, environment, .env or mpinfer.toml), not left at default.
     explicit: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
+
+    @property
+    def window_rpm(self) -> int | None:
+        """--rpm as one number for every lane (the limiter's window), None when per model or unset."""
+        return self.rpm if isinstance(self.rpm, int) else None
+
+    @property
+    def window_tpm(self) -> int | None:
+        return self.tpm if isinstance(self.tpm, int) else None
 
     @property
     def api_key(self) -> str | None:
@@ -276,6 +300,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
         name = key.replace("-", "_")
         if name == "api_key":
             raise ConfigError(f"{path}: api_key does not belong in {TOML_NAME}; set OPENAI_API_KEY in .env")
+        if name == "endpoints" and isinstance(value, list):
+            settings[ENDPOINT_TABLES] = value  # [[endpoints]] tables, not the path of a file of them
+            continue
         if name not in _BY_NAME:
             known = ", ".join(sorted(_BY_NAME))
             raise ConfigError(f"{path}: unknown setting {key!r} (known: {known})")
@@ -336,8 +363,29 @@ def load_config(
             explicit.discard(option.name)
     values["explicit"] = frozenset(explicit)
     values["api_keys"] = _api_keys(layers, values["api_keys_file"])
+    table = _endpoint_table(values["endpoints"], toml.get(ENDPOINT_TABLES), str(toml_path), layers)
+    if table:
+        values["endpoint_table"] = table
+        values["api_keys"] = tuple(endpoint.api_key for endpoint in table)
     values["warnings"] = _file_warnings(cwd / ENV_FILE_NAME)
     return RunConfig(**values)
+
+
+def _endpoint_table(path: Path | None, tables: Any, toml_path: str,
+                    layers: list[dict[str, str]]) -> tuple[Endpoint, ...]:
+    """The endpoints table from --endpoints FILE, else from [[endpoints]] in mpinfer.toml; () without one."""
+    from .api.endpoints import parse_endpoints, read_endpoints_file  # the api package imports this module
+
+    if path is not None:
+        tables, toml_path = read_endpoints_file(path), str(path)
+    if tables is None:
+        return ()
+
+    def lookup(name: str) -> str | None:
+        found = _lookup(layers, (name,))
+        return found[1] if found else None
+
+    return parse_endpoints(tables, toml_path, lookup)
 
 
 def _file_warnings(env_file: Path) -> tuple[str, ...]:

@@ -17,12 +17,12 @@ from typing import Any
 
 from tqdm import tqdm
 
+from .api.endpoints import endpoints_of
 from .api.ratelimit import LaneStats
 from .backends.base import Backend, Returned, WorkerDied
 from .config import RunConfig
 from .events import Abort, Event, Fatal, KeyDisabled, Stopped, StopReason, TaskDone, TaskFailed, WorkItem
 from .inputs.tasks import Task
-from .redact import key_hint
 from .reports.summary import RunSummary, write_summary
 from .store.idset import IdSubset
 
@@ -66,7 +66,7 @@ class RunState:
         self.summary = summary
         self.summary_path = summary_path
         self.priced_before = priced_before
-        self.key_names = [key_hint(key, i) for i, key in enumerate(config.require_api_keys())]
+        self.key_names = [endpoint.label(i) for i, endpoint in enumerate(endpoints_of(config))]
         self.requeue: deque[WorkItem] = deque()
         self.feeding = True
         self.stop_reason: Stopped | None = None

@@ -86,6 +86,40 @@ def one_of(kind: type[E]) -> Callable[[Any], E]:
     return parse
 
 
+@dataclass(frozen=True)
+class ModelRates:
+    """``--rpm gpt-4o=500,gpt-4o-mini=5000``: a limit per model (per key or endpoint of it)."""
+
+    rates: tuple[tuple[str, int], ...]
+
+    def get(self, model: str) -> int | None:
+        return dict(self.rates).get(model)
+
+    def __str__(self) -> str:
+        return ",".join(f"{model}={rate}" for model, rate in self.rates)
+
+
+def parse_rate(text: Any) -> int | ModelRates:
+    """A --rpm/--tpm value: one positive number for every model, or ``model=N,model=N``."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        if text < 1:
+            raise ValueError("must be 1 or more")
+        return text
+    value = str(text).strip()
+    if "=" not in value:
+        number = int(value)
+        if number < 1:
+            raise ValueError("must be 1 or more")
+        return number
+    rates = []
+    for item in value.split(","):
+        model, sep, rate = item.strip().partition("=")
+        if not sep or not model.strip() or not rate.strip().isdigit() or int(rate) < 1:
+            raise ValueError(f"expected model=N,model=N with N >= 1, got {item!r}")
+        rates.append((model.strip(), int(rate)))
+    return ModelRates(tuple(rates))
+
+
 def as_path(text: Any) -> Path:
     return Path(str(text)).expanduser()
 

@@ -33,6 +33,7 @@ def mock(mock_server: MockServerProcess) -> MockServerProcess:
     mock_server.configure(latency_ms=0, jitter_ms=0, p429=0, p500=0, phang=0, preset=0, pmalformed=0, pquota=0,
                           retry_after=0.05, model_map={}, rpm=None, tpm=None, window_s=60.0,
                           reasoning_models={}, refuse_marker=None, record_bodies=False, max_image_bytes=None,
+                          azure_deployments={},
                           unrevoke_keys=[FAKE_KEY], quantum_s=0, limit_style="openai", max_concurrent=None,
                           slow_bps=1.0)
     return mock_server

@@ -97,10 +97,12 @@ def warm_up() -> None:
 
 def make_client(api_key: str, base_url: str | None, timeout: float,
                 on_send: Callable[[], Awaitable[None]] | None = None, transport: Transport = Transport.AIOHTTP,
-                connections: int = 1000) -> openai.AsyncOpenAI:
+                connections: int = 1000, azure: tuple[str, str] | None = None) -> openai.AsyncOpenAI:
     """An async client with the SDK's retries off and a connection pool for ``connections`` in flight.
 
     ``on_send`` is called as each request leaves (after the SDK has built it), for the rate limiter.
+    ``azure`` (deployment, api_version) makes it the SDK's Azure client on ``base_url``: it sends to
+    ``/openai/deployments/{deployment}/...?api-version=...`` with an ``api-key`` header.
     """
 
     async def sending(_request: Any) -> None:
@@ -118,6 +120,11 @@ def make_client(api_key: str, base_url: str | None, timeout: float,
         http_client: httpx2.AsyncClient = openai.DefaultAioHttpClient(**options)
     else:
         http_client = openai.DefaultAsyncHttpxClient(**options)
+    if azure is not None:
+        deployment, api_version = azure
+        return openai.AsyncAzureOpenAI(api_key=api_key, azure_endpoint=base_url or "", azure_deployment=deployment,
+                                       api_version=api_version, max_retries=0, timeout=timeout,
+                                       http_client=http_client)
     return openai.AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout,
                               http_client=http_client)
 

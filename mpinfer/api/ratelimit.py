@@ -63,6 +63,7 @@ from .lanes import (
     REQ_TAT,
     REQUESTS,
     SEND_RATE,
+    SOURCES,
     TOK_HEAD,
     TOK_LIMIT,
     TOK_SRC,
@@ -110,6 +111,8 @@ class SharedLimiter(LaneArray):
         self.burst_s = burst_s
         self.holders = holders
         self.holder = 0  # which holder this process's grants count against (set in each worker)
+        # For each model, the keys (endpoints) that serve it; None: every key serves every model.
+        self.serves: tuple[tuple[int, ...], ...] | None = None
 
     @classmethod
     def create(cls, ctx: Any, n_keys: int, n_models: int, rpm: int | None = None, tpm: int | None = None,
@@ -140,6 +143,22 @@ class SharedLimiter(LaneArray):
         for i in range(len(req_ring)):
             req_ring[i] = -math.inf
         return limiter
+
+    def limit_lane(self, key: int, model: int, rpm: int | None, tpm: int | None,
+                   max_in_flight: int | None) -> None:
+        """Give one lane (an endpoint's, for one model) its own limits, paced as a flag's, before forking."""
+        lane = self.lane(key, model)
+        if rpm:
+            self._set_limit(lane, REQ_LIMIT, rpm, LimitSource.FLAG)
+        if tpm:
+            self._set_limit(lane, TOK_LIMIT, tpm, LimitSource.FLAG)
+        if max_in_flight:
+            self._set(lane, CWND, float(max_in_flight))
+            self._set(lane, CWND_MAX, float(max_in_flight))
+
+    def _flagged(self, lane: int, source_field: int) -> bool:
+        """Whether the lane's limit was given (a flag or the endpoints table): a server's never replaces it."""
+        return self._get(lane, source_field) == SOURCES.index(LimitSource.FLAG)
 
     def for_holder(self, holder: int) -> SharedLimiter:
         """This limiter as seen by worker slot ``holder`` (its grants are counted against it)."""
@@ -242,7 +261,8 @@ class SharedLimiter(LaneArray):
         if self.tpm:
             tokens = min(tokens, self.tpm)
         with self._lock:
-            keys = [k for k in range(self.n_keys) if not self._key_disabled[k]]
+            eligible = range(self.n_keys) if self.serves is None else self.serves[model]
+            keys = [k for k in eligible if not self._key_disabled[k]]
             if not keys:
                 raise NoKeysLeft()
             if len(keys) > 1:
@@ -354,9 +374,11 @@ class SharedLimiter(LaneArray):
             if not self._get(lane, HEADERS_SEEN):
                 self._set(lane, HEADERS_SEEN, 1)
                 self._set(lane, CWND, self._get(lane, CWND_MAX))
-            if hints.limit_requests and not self.rpm and self._get(lane, REQ_CAP) != hints.limit_requests:
+            if (hints.limit_requests and not self.rpm and not self._flagged(lane, REQ_SRC)
+                    and self._get(lane, REQ_CAP) != hints.limit_requests):
                 self._set_limit(lane, REQ_LIMIT, hints.limit_requests, LimitSource.SERVER)
-            if hints.limit_tokens and not self.tpm and self._get(lane, TOK_LIMIT) != hints.limit_tokens:
+            if (hints.limit_tokens and not self.tpm and not self._flagged(lane, TOK_SRC)
+                    and self._get(lane, TOK_LIMIT) != hints.limit_tokens):
                 self._set_limit(lane, TOK_LIMIT, hints.limit_tokens, LimitSource.SERVER)
             if pause:
                 self._set(lane, PAUSED_UNTIL, max(self._get(lane, PAUSED_UNTIL), now + pause))

@@ -20,6 +20,7 @@ import multiprocess
 from multiprocess.connection import wait
 
 from ..api.client import warm_up
+from ..api.endpoints import configure_limiter
 from ..api.prices import PriceTable
 from ..api.ratelimit import LaneStats, SharedLimiter
 from ..config import RunConfig
@@ -59,9 +60,10 @@ class LocalBackend:
         self.prices = prices
         self.ctx = multiprocess.get_context("fork")
         self.limiter = SharedLimiter.create(self.ctx, len(config.require_api_keys()), len(config.models),
-                                            config.rpm, config.tpm, config.rate_window,
+                                            config.window_rpm, config.window_tpm, config.rate_window,
                                             max_in_flight=config.processes * config.concurrency,
                                             holders=config.processes, burst_s=config.burst)
+        configure_limiter(self.limiter, config)  # each endpoint's lanes, their own limits
         self.slots: list[_Slot] = []
         self.max_held = max(2, 2 * config.concurrency)
         self.unfreeze = False  # whether close() undoes start()'s gc.freeze()

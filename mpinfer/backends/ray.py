@@ -175,6 +175,8 @@ class RayBackend:
 
     def __init__(self, config: RunConfig, outputs: list[OutputPaths], prices: PriceTable) -> None:
         self.config = config
+        if config.endpoint_table or config.window_rpm != config.rpm or config.window_tpm != config.tpm:
+            raise ConfigError("an endpoints table and per-model --rpm/--tpm run on --backend local only, for now")
         self.prices = prices
         self.writer = OutcomeWriter(tuple(outputs), config.fsync)
         ray.init(address=config.ray_address or None, ignore_reinit_error=True, include_dashboard=False,
@@ -183,8 +185,8 @@ class RayBackend:
         here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=True)
         # .options() rather than ray.remote(**options): Ray types only the latter's function options.
         self.limiter: Any = ray.remote(_Limiter).options(num_cpus=0, scheduling_strategy=here).remote(
-            len(config.require_api_keys()), len(config.models), config.rpm, config.tpm, config.rate_window,
-            config.processes * config.concurrency, config.processes * (1 + RESPAWNS_PER_WORKER))
+            len(config.require_api_keys()), len(config.models), config.window_rpm, config.window_tpm,
+            config.rate_window, config.processes * config.concurrency, config.processes * (1 + RESPAWNS_PER_WORKER))
         self.worker_class = ray.remote(_Worker).options(num_cpus=ACTOR_CPUS, max_concurrency=config.concurrency + 4)
         self.actors: dict[int, Any] = {}       # live actors by number
         self.outstanding: dict[int, int] = {}  # calls in flight on each live actor

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import openai
 
 from ..api.client import Answer, CallError, Transport, Verdict, classify, complete, make_client
+from ..api.endpoints import Provider, endpoints_of
 from ..api.messages import ImageEncoder, Request, build_body_request, build_request
 from ..api.prices import PriceTable
 from ..api.ratelimit import Ending, Grant, SharedLimiter, Wait, WaitReason
@@ -31,7 +32,7 @@ from ..config import Api, RunConfig
 from ..errors import ImageError, NoKeysLeft
 from ..events import Abort, Event, KeyDisabled, TaskDone, TaskFailed
 from ..inputs.tasks import Task
-from ..redact import key_hint, redact
+from ..redact import redact
 from ..store.records import TRUNCATED, Failure, Result, Usage, batch_error_line, batch_result_line, same_model
 
 # The grant of the request this asyncio task is sending, for the client's on-send hook.
@@ -65,7 +66,9 @@ def task_request(config: RunConfig, encoder: ImageEncoder, task: Task, model: in
         if config.api is Api.RESPONSES:
             request = request.as_responses()
     # Over the provider's limit the server answers 400 after the upload: a per-task failure found here, free.
-    request.check_image_limit(config.max_image_mb)
+    # An endpoint may set its own limit: the smallest of the model's endpoints holds for all of them.
+    limits = [ep.max_image_mb for ep in config.endpoint_table if ep.serves(models[model]) and ep.max_image_mb]
+    request.check_image_limit(min([config.max_image_mb, *limits]))
     return request
 
 
@@ -175,6 +178,7 @@ class TaskRunner:
         self.sleep = sleep
         self.clock = clock
         self.keys = config.require_api_keys()
+        self.endpoints = endpoints_of(config)  # by key index: each key is one endpoint's
         self.models = config.models
         self.rng = random.Random(os.urandom(16))  # forked siblings must not jitter alike
         self.encoder = ImageEncoder(config.resolved_image_root)
@@ -184,9 +188,13 @@ class TaskRunner:
 
     def client(self, key: int) -> openai.AsyncOpenAI:
         if key not in self.clients:
-            self.clients[key] = make_client(self.keys[key], self.config.base_url, self.config.timeout,
+            endpoint = self.endpoints[key]
+            azure = None
+            if endpoint.provider is Provider.AZURE:
+                azure = (str(endpoint.deployment), str(endpoint.api_version))
+            self.clients[key] = make_client(endpoint.api_key, endpoint.base_url, self.config.timeout,
                                             on_send=self._on_send, transport=Transport(self.config.transport),
-                                            connections=self.config.concurrency)
+                                            connections=self.config.concurrency, azure=azure)
         return self.clients[key]
 
     async def _on_send(self) -> None:
@@ -289,6 +297,9 @@ class TaskRunner:
                 await self.sleep(step.delay_s)
             return None if self.stopping else _AGAIN
         failed = dataclasses.replace(error, message=step.message or error.message)
+        if self.config.endpoint_table:  # which endpoint said so, by model and the key's last four
+            failed = dataclasses.replace(failed, message=f"{self.endpoints[grant.key].label(grant.key)}: "
+                                                         f"{failed.message}")
         if step.verdict is Verdict.ABORT:
             failure = self._fail(task, model, failed, tries.count, tries.by_type)
             aborted = self._abort(task, model, f"{error.error_type}: {error.message}")
@@ -300,7 +311,7 @@ class TaskRunner:
         already = await self.limiter.key_disabled(key)
         left = await self.limiter.disable_key(key)
         if not already:
-            hint = key_hint(self.keys[key], key)
+            hint = self.endpoints[key].label(key)
             log.warning("API key %s rejected (%s %s): disabled for the rest of the run", hint, error.status,
                         error.error_type)
             self.notices.append(KeyDisabled(hint, f"{error.status} {error.error_type}"))

@@ -58,6 +58,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--reasoning-models", nargs="+", action="extend", default=[], metavar="MODEL=FIELD",
                    help="answer MODEL with its thinking in FIELD (reasoning_content or reasoning)")
     p.add_argument("--max-image-bytes", type=int, default=None, help="400 for requests with more image data")
+    p.add_argument("--azure-deployments", nargs="+", action="extend", default=[], metavar="DEPLOYMENT=MODEL",
+                   help="answer Azure's /openai/deployments/DEPLOYMENT/chat/completions as MODEL")
     p.add_argument("--refuse-marker", default=None, metavar="TEXT", help="refuse prompts that hold TEXT")
     p.add_argument("--record-bodies", action="store_true", help="keep the last request body per task key in stats")
     p.add_argument(
@@ -101,6 +103,7 @@ def config_from_args(ns: argparse.Namespace) -> MockConfig:
         reasoning_models=_pairs("--reasoning-models", ns.reasoning_models),
         refuse_marker=ns.refuse_marker,
         max_image_bytes=ns.max_image_bytes,
+        azure_deployments=_pairs("--azure-deployments", ns.azure_deployments),
     )
 
 

@@ -45,6 +45,7 @@ RUNTIME_FIELDS = frozenset(
         "reasoning_models",
         "refuse_marker",
         "max_image_bytes",
+        "azure_deployments",
     }
 )
 
@@ -153,6 +154,9 @@ class MockConfig:
     refuse_marker: str | None = None
     """Prompts that hold this text are refused (``content`` null, ``refusal`` text), as a safety benchmark sees."""
 
+    azure_deployments: Mapping[str, str] = field(default_factory=dict, hash=False)
+    """Azure deployment -> the model it holds (``/openai/deployments/{deployment}/chat/completions``)."""
+
     max_image_bytes: int | None = None
     """Largest total of inline image data a chat request may carry (OpenAI: about 50 MB); None: no limit."""
 
@@ -162,6 +166,7 @@ class MockConfig:
         # change a config that is supposed to be immutable.
         object.__setattr__(self, "model_map", dict(self.model_map))
         object.__setattr__(self, "reasoning_models", dict(self.reasoning_models))
+        object.__setattr__(self, "azure_deployments", dict(self.azure_deployments))
         object.__setattr__(self, "keys", tuple(self.keys))
         for name in ("p429", "p500", "phang", "preset", "pmalformed", "pquota"):
             value = getattr(self, name)
@@ -197,6 +202,7 @@ class MockConfig:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "keys"}
         data["model_map"] = dict(self.model_map)
         data["reasoning_models"] = dict(self.reasoning_models)
+        data["azure_deployments"] = dict(self.azure_deployments)
         data["keys_configured"] = len(self.keys)
         return data
 
@@ -212,7 +218,7 @@ def str_list(name: str, value: Any) -> list[str]:
 
 def coerce_field(name: str, value: Any) -> Any:
     """Convert a JSON value for a runtime MockConfig field to its declared type."""
-    if name in ("model_map", "reasoning_models"):
+    if name in ("model_map", "reasoning_models", "azure_deployments"):
         if not isinstance(value, Mapping):
             raise ValueError(f"{name} must be an object mapping model names")
         return dict(value)

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Self
 
+from .azure import PREFIX as AZURE_PREFIX
+from .azure import as_chat as azure_chat
 from .batch_routes import route as route_batch_api
 from .batches import BatchService
 from .completions import ChatCompletions
@@ -278,6 +280,12 @@ class MockServer(ChatCompletions):
                 return
             self.reset()
             self._send_json(conn, req, 200, {"ok": True})
+        elif path.startswith(AZURE_PREFIX) and method == "POST":
+            chat = azure_chat(self._config, req)  # Azure's deployment paths (mock/azure.py)
+            if isinstance(chat, Request):
+                self._handle_chat(conn, chat)
+            else:
+                conn.send(http_response(chat[0], chat[1], req.keep_alive), req.keep_alive)
         elif route_responses(self, conn, req):
             pass  # the Responses API and embeddings (mock/responses.py)
         elif route_batch_api(self.batch_service, conn, req):

@@ -1,0 +1,187 @@
+"""The endpoints table: where each model's requests may go, each endpoint with its own key and limits.
+
+An endpoint is a base URL, a provider, a key and its limits. Written as ``[[endpoints]]`` tables in a TOML
+file (``--endpoints FILE``) or in mpinfer.toml; the field names are fixed, since scripts rely on them::
+
+    [[endpoints]]
+    model = "gpt-4o"                 # the model tasks ask for (the requested model)
+    provider = "azure"               # openai (default, any OpenAI-compatible server) | azure
+    base_url = "https://res.openai.azure.com"
+    deployment = "gpt4o-east"        # azure only
+    api_version = "2024-10-21"       # azure only
+    api_key_env = "AZURE_KEY_EAST"   # the environment variable holding the key (never the key itself)
+    rpm = 3000                       # optional, per endpoint; also tpm, max_in_flight, max_image_mb
+
+Without a table, the flags make an implicit one: each key (``OPENAI_API_KEYS``) at ``--base-url`` for every
+model. The limiter gives each endpoint its own lanes (one per model it serves), so its limits, pauses and
+key state are its own, and a request goes to the least loaded of its model's endpoints that is free.
+
+Azure is reached through the SDK's ``AsyncAzureOpenAI`` (deployment path, ``api-version`` query, ``api-key``
+header). The model check compares the answer's model with the requested model, never with the deployment.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ConfigError
+from ..redact import key_hint
+from ..settings import ModelRates, parse_rate
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
+    from .ratelimit import SharedLimiter
+
+__all__ = ["ANY_MODEL", "Endpoint", "ModelRates", "Provider", "configure_limiter", "endpoints_of",
+           "implicit_endpoints", "lane_limit", "parse_endpoints", "parse_rate", "read_endpoints_file", "serving"]
+
+ANY_MODEL = "*"  # an implicit endpoint serves every model of the run
+FIELDS = frozenset({"model", "provider", "base_url", "deployment", "api_version", "api_key_env", "rpm", "tpm",
+                    "max_in_flight", "max_image_mb"})
+
+
+class Provider(StrEnum):
+    OPENAI = "openai"  # OpenAI or any OpenAI-compatible server (vLLM, DeepSeek, DashScope, LiteLLM)
+    AZURE = "azure"  # Azure OpenAI: deployments, api-version, api-key
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One place a model's requests may go, with its key and its own limits (None: the run's)."""
+
+    model: str
+    api_key: str = field(repr=False)
+    base_url: str | None = None
+    provider: Provider = Provider.OPENAI
+    deployment: str | None = None
+    api_version: str | None = None
+    api_key_env: str | None = None
+    rpm: int | None = None
+    tpm: int | None = None
+    max_in_flight: int | None = None
+    max_image_mb: float | None = None
+
+    def serves(self, model: str) -> bool:
+        return self.model in (ANY_MODEL, model)
+
+    def label(self, index: int) -> str:
+        """How status, summary and the errors file name it: the model and the key's last four characters."""
+        tail = key_hint(self.api_key, index)
+        return tail if self.model == ANY_MODEL else f"{self.model} {tail}"
+
+
+def _positive(raw: Mapping[str, Any], name: str, where: str, number: type = int) -> Any:
+    value = raw.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 or (
+            number is int and not isinstance(value, int)):
+        raise ConfigError(f"{where}: {name} must be a positive {'whole ' if number is int else ''}number")
+    return number(value)
+
+
+def parse_endpoints(tables: Any, source: str, lookup: Callable[[str], str | None]) -> tuple[Endpoint, ...]:
+    """Check ``[[endpoints]]`` tables (from ``source``) and read each key from its variable via ``lookup``."""
+    if not isinstance(tables, list) or not tables or not all(isinstance(t, dict) for t in tables):
+        raise ConfigError(f"{source}: endpoints must be a list of [[endpoints]] tables")
+    endpoints = []
+    for number, raw in enumerate(tables, start=1):
+        where = f"{source}: endpoint {number}"
+        unknown = sorted(set(raw) - FIELDS)
+        if unknown:
+            raise ConfigError(f"{where}: unknown field {unknown[0]!r} (known: {', '.join(sorted(FIELDS))})")
+        for name in ("model", "api_key_env"):
+            if not isinstance(raw.get(name), str) or not raw[name]:
+                raise ConfigError(f"{where}: {name} is required")
+        if raw["api_key_env"].startswith("sk-"):
+            raise ConfigError(f"{where}: api_key_env names a variable, not the key itself")
+        try:
+            provider = Provider(str(raw.get("provider", "openai")).lower())
+        except ValueError:
+            raise ConfigError(f"{where}: provider must be openai or azure, got {raw.get('provider')!r}") from None
+        base_url = raw.get("base_url")
+        if base_url is not None and (not isinstance(base_url, str) or not base_url.startswith(("http://", "https://"))):
+            raise ConfigError(f"{where}: base_url must be an http(s) URL")
+        if isinstance(base_url, str) and "?" in base_url:
+            raise ConfigError(f"{where}: base_url must not carry a query (give api_version on its own)")
+        if provider is Provider.AZURE:
+            for name in ("base_url", "deployment", "api_version"):
+                if not isinstance(raw.get(name), str) or not raw[name]:
+                    raise ConfigError(f"{where} (azure): {name} is required")
+        elif raw.get("deployment") or raw.get("api_version"):
+            raise ConfigError(f"{where}: deployment and api_version are for provider = \"azure\" only")
+        key = lookup(raw["api_key_env"])
+        if not key:
+            raise ConfigError(f"{where} (model {raw['model']}): {raw['api_key_env']} is not set in the "
+                              "environment or .env")
+        endpoints.append(Endpoint(
+            model=raw["model"], api_key=key, base_url=base_url, provider=provider,
+            deployment=raw.get("deployment"), api_version=raw.get("api_version"), api_key_env=raw["api_key_env"],
+            rpm=_positive(raw, "rpm", where), tpm=_positive(raw, "tpm", where),
+            max_in_flight=_positive(raw, "max_in_flight", where),
+            max_image_mb=_positive(raw, "max_image_mb", where, float)))
+    return tuple(endpoints)
+
+
+def read_endpoints_file(path: Path) -> Any:
+    """The ``[[endpoints]]`` tables of a TOML file."""
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the endpoints file: {exc}") from None
+    if set(data) != {"endpoints"}:
+        raise ConfigError(f"{path}: expected only [[endpoints]] tables")
+    return data["endpoints"]
+
+
+def implicit_endpoints(keys: Sequence[str], base_url: str | None) -> tuple[Endpoint, ...]:
+    """The table the flags make: every key at --base-url, for every model."""
+    return tuple(Endpoint(ANY_MODEL, key, base_url) for key in keys)
+
+
+def serving(endpoints: Sequence[Endpoint], models: Sequence[str]) -> tuple[tuple[int, ...], ...]:
+    """For each model of the run, the endpoints (by index) that serve it; ConfigError when one has none."""
+    served = tuple(tuple(i for i, ep in enumerate(endpoints) if ep.serves(model)) for model in models)
+    for model, indices in zip(models, served, strict=True):
+        if not indices:
+            raise ConfigError(f"no endpoint serves model {model!r}: add an [[endpoints]] table with model = "
+                              f"{model!r}")
+    return served
+
+
+def lane_limit(config_rate: int | ModelRates | None, model: str, own: int | None) -> int | None:
+    """The limit on one endpoint's lane for ``model``: the endpoint's own, else --rpm/--tpm for that model."""
+    if own is not None:
+        return own
+    if isinstance(config_rate, ModelRates):
+        return config_rate.get(model)
+    return None  # a single --rpm number is the limiter's own window, for every lane
+
+
+def endpoints_of(config: RunConfig) -> tuple[Endpoint, ...]:
+    """The run's endpoints, by key index: its table, or the implicit one of its keys at --base-url."""
+    return config.endpoint_table or implicit_endpoints(config.require_api_keys(), config.base_url)
+
+
+def configure_limiter(limiter: SharedLimiter, config: RunConfig) -> None:
+    """Give the limiter the run's endpoints: which serve each model, and each lane's own limits.
+
+    Call it in the parent before forking. Without a table and without per-model --rpm/--tpm it changes
+    nothing: every key serves every model under the one --rpm/--tpm.
+    """
+    endpoints = endpoints_of(config)
+    models = config.models
+    if config.endpoint_table:
+        limiter.serves = serving(endpoints, models)
+    for key, endpoint in enumerate(endpoints):
+        for model, name in enumerate(models):
+            if not endpoint.serves(name):
+                continue
+            limiter.limit_lane(key, model, lane_limit(config.rpm, name, endpoint.rpm),
+                               lane_limit(config.tpm, name, endpoint.tpm), endpoint.max_in_flight)
