@@ -371,6 +371,11 @@ def load_config(
     return RunConfig(**values)
 
 
+def endpoint_table(path: Path) -> tuple[Endpoint, ...]:
+    """The endpoints table of a TOML file, its keys read from the environment and ./.env (for mpinfer.run)."""
+    return _endpoint_table(path, None, str(path), environment())
+
+
 def _endpoint_table(path: Path | None, tables: Any, toml_path: str,
                     layers: list[dict[str, str]]) -> tuple[Endpoint, ...]:
     """The endpoints table from --endpoints FILE, else from [[endpoints]] in mpinfer.toml; () without one."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import OPTIONS, RunConfig, load_config, parse_setting, read_keys_file
+from .config import OPTIONS, RunConfig, endpoint_table, load_config, parse_setting, read_keys_file
 from .errors import ConfigError
 from .reports.summary import RunSummary
 from .run import DEFAULT_GRACE_S
@@ -103,7 +103,11 @@ def with_settings(config: RunConfig, settings: Mapping[str, Any]) -> RunConfig:
         values["api_keys"] = _key_list(given["api_keys"])
     elif "api_keys_file" in values:
         values["api_keys"] = read_keys_file(values["api_keys_file"])
-    return dataclasses.replace(config, **values, explicit=config.explicit | (set(values) - {"api_keys"}))
+    if values.get("endpoints") is not None:  # the table's own keys, one an endpoint
+        values["endpoint_table"] = endpoint_table(values["endpoints"])
+        values["api_keys"] = tuple(endpoint.api_key for endpoint in values["endpoint_table"])
+    return dataclasses.replace(config, **values,
+                               explicit=config.explicit | (set(values) - {"api_keys", "endpoint_table"}))
 
 
 def _keyword(name: str) -> str:

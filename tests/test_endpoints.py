@@ -8,8 +8,10 @@ import json
 import time
 from pathlib import Path
 
+import pytest
 from conftest import read_jsonl, run_cli, text_tasks, write_tasks
 
+import mpinfer
 from mpinfer.mockserver import MockServerProcess
 
 AZURE_KEY = "azure-key-0000000000000east"
@@ -137,3 +139,19 @@ def test_a_table_that_names_an_unset_variable_or_an_unknown_field_is_refused(tmp
     # Then both stop with exit 2 and say what is wrong
     assert unset.returncode == 2 and "NOT_SET_ANYWHERE is not set" in unset.stderr
     assert typo.returncode == 2 and "unknown field 'deploymnet'" in typo.stderr
+
+
+def test_mpinfer_run_reads_an_endpoints_table_with_its_keys(mock: MockServerProcess, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given an endpoints file and its key variables in the environment of a Python caller
+    for name, key in KEYS.items():
+        monkeypatch.setenv(name, key)
+    mock.configure(azure_deployments={"gpt4o-east": "gpt-4o"})
+    table = _table(mock, tmp_path / "endpoints.toml")
+    tasks = write_tasks(tmp_path / "tasks.jsonl", text_tasks(6))
+    # When mpinfer.run is given the table
+    result = mpinfer.run(input=tasks, output=tmp_path / "out.jsonl", model="gpt-4o", endpoints=table,
+                         log_dir=tmp_path / "logs", progress=False)
+    # Then the tasks went to the table's endpoints, with its keys
+    assert result.summary.done == 6
+    assert set(mock.stats()["per_key"]) <= {AZURE_KEY[-4:], PLAIN_KEY[-4:]}
