@@ -19,7 +19,7 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 
 cluster_utils = pytest.importorskip("ray.cluster_utils", reason="Ray is not installed: pip install -e '.[ray]'")
-from conftest import read_jsonl, run_cli, start_cli, text_tasks, write_tasks  # noqa: E402
+from conftest import FAKE_KEY, read_jsonl, run_cli, start_cli, text_tasks, write_tasks  # noqa: E402
 from ray._private import ray_constants  # noqa: E402
 
 from mpinfer.mockserver import MockServerProcess  # noqa: E402
@@ -170,3 +170,26 @@ def test_an_actor_killed_again_and_again_is_replaced_once_a_death_and_resends_on
     answered = mock.stats()["answered"]
     assert sum(answered.values()) - n <= len(killed) * concurrency
     assert max(answered.values()) <= 1 + len(killed)
+
+
+def test_mpinfer_run_in_a_python_session_joined_to_ray_leaves_the_session_connected(
+        tmp_path: Path, mock: MockServerProcess, cluster: Any, monkeypatch: pytest.MonkeyPatch):
+    # Given a Python session (a notebook) that has joined the cluster itself
+    import ray
+
+    import mpinfer
+
+    write_tasks(tmp_path / "tasks.jsonl", text_tasks(20))
+    monkeypatch.chdir(tmp_path)
+    ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
+    try:
+        # When it runs tasks on the Ray backend from Python
+        result = mpinfer.run(input="tasks.jsonl", output="out.jsonl", backend="ray", ray_address=cluster.address,
+                             processes=2, base_url=mock.base_url, api_keys=FAKE_KEY,
+                             retry_backoff=0.05, progress=False)
+        # Then every task is answered once, and the session is still connected, for the caller to end
+        assert result.summary.succeeded == 20
+        assert Counter(a["id"] for a in result.answers()) == Counter(f"t{i}" for i in range(20))
+        assert ray.is_initialized()
+    finally:
+        ray.shutdown()

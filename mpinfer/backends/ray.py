@@ -179,6 +179,7 @@ class RayBackend:
             raise ConfigError("an endpoints table and per-model --rpm/--tpm run on --backend local only, for now")
         self.prices = prices
         self.writer = OutcomeWriter(tuple(outputs), config.fsync)
+        self.owns_ray = not ray.is_initialized()  # a session the caller (a notebook) began is theirs to end
         ray.init(address=config.ray_address or None, ignore_reinit_error=True, include_dashboard=False,
                  log_to_driver=False, configure_logging=False)
         # The limiter lives on the driver's own node: a worker node may die, and the run goes on without it.
@@ -306,4 +307,5 @@ class RayBackend:
         self.kill()
         ray.kill(self.limiter)
         self.writer.close()
-        ray.shutdown()
+        if self.owns_ray:
+            ray.shutdown()
