@@ -152,6 +152,29 @@ def test_the_callers_root_logging_keeps_its_own_records_and_gets_none_of_mpinfer
     assert logging.getLogger("mpinfer").handlers == [] and logging.getLogger("mpinfer").propagate
 
 
+def test_two_runs_in_two_threads_at_once_keep_their_own_log_files(notebook: Path, mock: MockServerProcess) -> None:
+    # Given two jobs on two outputs, and answers slow enough for the runs to overlap
+    write_tasks(notebook / "other.jsonl", text_tasks(6, prefix="o"))
+    mock.configure(latency_ms=100)
+    # When both run at once, each from its own thread
+    first, first_outcome = in_a_thread(input="tasks.jsonl", output="a.jsonl", processes=1, log_dir="logs_a",
+                                       **quick(mock))
+    second, second_outcome = in_a_thread(input="other.jsonl", output="b.jsonl", processes=1, log_dir="logs_b",
+                                         **quick(mock))
+    first.join(RUN_WAIT_S)
+    second.join(RUN_WAIT_S)
+    # Then both finish
+    assert "error" not in first_outcome and "error" not in second_outcome, (first_outcome, second_outcome)
+    assert first_outcome["result"].summary.succeeded == second_outcome["result"].summary.succeeded == 6
+    # And each log file has its own run's records and none of the other's
+    a_log = Path(first_outcome["result"].summary.log_file).read_text(encoding="utf-8")
+    b_log = Path(second_outcome["result"].summary.log_file).read_text(encoding="utf-8")
+    assert "-> a.jsonl" in a_log and "-> b.jsonl" not in a_log
+    assert "-> b.jsonl" in b_log and "-> a.jsonl" not in b_log
+    # And mpinfer's logger is as it was once both ended
+    assert logging.getLogger("mpinfer").handlers == [] and logging.getLogger("mpinfer").propagate
+
+
 def test_the_workers_records_reach_the_runs_log_file_and_not_the_callers_logging(
         notebook: Path, mock: MockServerProcess) -> None:
     # Given a server that fails every request, and a caller's handler on the root logger
