@@ -183,6 +183,7 @@ class BatchBackend:
 
     def _poll(self, plan: Plan) -> None:
         self.polls += 1
+        before = [(c.status, c.completed, c.failed) for c in plan.chunks]
         for chunk in [c for c in plan.open_chunks if c.state is ChunkState.CREATED]:
             try:
                 batch = self.client.call(f"poll {chunk.batch_id}", self.client.sdk.batches.retrieve, chunk.batch_id)
@@ -201,7 +202,8 @@ class BatchBackend:
                 except BatchApiError as exc:  # a download failed: the chunk stays CREATED, merged next poll
                     log.warning("%s (merged at the next poll)", exc)
         self._progress(plan)
-        plan.save()
+        if [(c.status, c.completed, c.failed) for c in plan.chunks] != before:
+            plan.save()  # the counts --status shows; a merge saved its own steps already
 
     def _progress(self, plan: Plan) -> None:
         first = [c for c in plan.chunks if c.attempt == 1]  # resubmissions are the same rows again

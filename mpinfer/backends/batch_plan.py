@@ -75,7 +75,8 @@ class Chunk:
         return self.state is not ChunkState.MERGED
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        # Not asdict(): it deep-copies the ids (50,000 of them), and the plan is saved at every step.
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Chunk:
