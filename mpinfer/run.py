@@ -40,7 +40,8 @@ from .store.manifest import (
     start_record,
     summary_counts,
 )
-from .store.output import OutputPaths, RunLock, companion, model_outputs, repair_tail, scan
+from .store.output import OutputPaths, companion, model_outputs, repair_tail, scan
+from .store.runlock import RunLock
 
 log = logging.getLogger("mpinfer.run")
 

@@ -14,7 +14,8 @@ import pytest
 
 import mpinfer
 from mpinfer.errors import RunLockedError
-from mpinfer.store.output import Appender, BadLine, OutputPaths, RunLock, TailRepair, live_run, repair_tail, scan
+from mpinfer.store.output import Appender, BadLine, OutputPaths, TailRepair, repair_tail, scan
+from mpinfer.store.runlock import RunLock, live_run
 
 PACKAGE_ROOT = str(Path(mpinfer.__file__).resolve().parent.parent)
 CHILD_TIMEOUT_S = 20
@@ -371,7 +372,8 @@ def test_a_full_disk_makes_append_raise_and_leaves_no_partial_line(tmp_path: Pat
 LOCK_HOLDER = """
 import sys
 from pathlib import Path
-from mpinfer.store.output import OutputPaths, RunLock
+from mpinfer.store.output import OutputPaths
+from mpinfer.store.runlock import RunLock
 
 lock = RunLock(OutputPaths.of(Path(sys.argv[1])), "holder-model")
 lock.acquire()

@@ -29,7 +29,8 @@ from ..inputs.check import reading
 from ..inputs.readers import iter_tasks
 from ..inputs.tasks import Task
 from ..reports.summary import Tally
-from ..store.output import Appender, OutputPaths, iter_lines, live_run, record_id, scan
+from ..store.output import Appender, OutputPaths, iter_lines, record_id, scan
+from ..store.runlock import live_run
 from .batch_merge import Merger
 from .batch_plan import FINAL_STATUSES, Chunk, ChunkState, Plan
 from .batch_submit import BatchClient, CreationPacer, QueueFull, create, plan_chunks, request_lines, upload

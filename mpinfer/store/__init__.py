@@ -1,18 +1,15 @@
-"""The output and the files beside it: the record schema (records), locked whole-line appends, torn tails,
-the resume scan and the run lock (output), the run manifest (manifest), repair and fresh start (repair).
+"""The output and the files beside it: the record schema (records), locked whole-line appends, torn tails and
+the resume scan (output), the run lock (runlock), the run manifest (manifest), repair and fresh start (repair).
 """
 
 from .output import (
                      Appender,
                      BadLine,
                      OutputPaths,
-                     RunInfo,
-                     RunLock,
                      Scan,
                      TailRepair,
                      companion,
                      iter_lines,
-                     live_run,
                      model_outputs,
                      record_id,
                      repair_tail,
@@ -20,6 +17,7 @@ from .output import (
                      write_whole,
 )
 from .records import Failure, RecordView, Result, Usage, same_model, view
+from .runlock import RunInfo, RunLock, live_run
 
 __all__ = ["Appender", "BadLine", "Failure", "OutputPaths", "RecordView", "Result", "RunInfo", "RunLock", "Scan",
            "TailRepair", "Usage", "companion", "iter_lines", "live_run", "model_outputs", "record_id",

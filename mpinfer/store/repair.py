@@ -25,8 +25,9 @@ from typing import IO, Any
 from ..config import RunConfig
 from ..errors import OutputError, RunLockedError
 from .manifest import manifest_path
-from .output import OutputPaths, RunLock, companion, iter_lines, live_run, model_outputs
+from .output import OutputPaths, companion, iter_lines, model_outputs
 from .records import view
+from .runlock import RunLock, live_run
 
 LINES_SHOWN = 5
 LOG_PREFIX = "mpinfer_"
