@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import fcntl
+import gc
 import logging
 import os
 import signal
@@ -32,6 +33,7 @@ from .base import OutcomeWriter
 from .runner import LocalLimiter, TaskRunner
 
 _PR_SET_PDEATHSIG = 1
+WORKER_GC_THRESHOLDS = (50_000, 50, 100)  # gen0 allocations, then gen1 and gen2 collections (Python: 700, 10, 10)
 log = logging.getLogger("mpinfer.backends.worker")
 
 
@@ -140,6 +142,10 @@ def worker_main(settings: WorkerSettings, conn: Any, limiter: SharedLimiter) -> 
     # Ctrl-C reaches the whole process group; the parent alone decides how the run stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     lock_fds = _hold_workers_locks(settings.outputs)
+    # Each request allocates a few hundred objects (the SDK's request, headers, response): at the default
+    # threshold (700) the collector runs every few requests and walks the hundreds of requests in flight.
+    # Measured at 1,200 in flight (-p 4 -c 300, images): 12-19% less worker CPU per request.
+    gc.set_threshold(*WORKER_GC_THRESHOLDS)
     setup_worker_logging(settings.log_file, settings.config.verbose, f"w{settings.index}",
                          settings.config.api_keys)
     worker = Worker(settings, conn, limiter)
