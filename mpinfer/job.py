@@ -24,7 +24,7 @@ from .errors import ConfigError
 from .reports.summary import RunSummary
 from .run import DEFAULT_GRACE_S
 from .run import run as run_job
-from .store.output import iter_lines, model_outputs
+from .store.output import OutputPaths, iter_lines, model_outputs, record_id, scan
 from .store.records import answer_id
 
 log = logging.getLogger("mpinfer.job")
@@ -51,12 +51,26 @@ class RunResult:
 
         Read lazily from disk, so a million answers need not fit in memory. These are the lines a resume counts
         as done; any other line (torn, corrupt or not an answer, which ``validate`` reports) is skipped.
-        Failures are in ``<output>.errors.jsonl``.
+        The failures are in ``failures()``.
         """
         for path in self.outputs:
             for _number, _raw, obj in iter_lines(path):
                 if answer_id(obj) is not None:
                     yield obj
+
+    def failures(self) -> Iterator[dict[str, Any]]:
+        """The last failure of each task still not answered (what a rerun retries), as dicts, output by output.
+
+        Earlier failures of a task answered since, in this run or a later one, are left out.
+        """
+        for path in self.outputs:
+            done = scan(path).ids
+            last: dict[str, dict[str, Any]] = {}
+            for _number, _raw, obj in iter_lines(OutputPaths.of(path).errors):
+                task_id = record_id(obj)
+                if task_id is not None and task_id not in done:
+                    last[task_id] = obj
+            yield from last.values()
 
 
 def run(config: RunConfig | None = None, *, input: str | Path | None = None, output: str | Path | None = None,

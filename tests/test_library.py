@@ -196,6 +196,28 @@ def test_the_workers_records_reach_the_runs_log_file_and_not_the_callers_logging
     assert [r.name for r in mine.records if r.name.startswith("mpinfer")] == []
 
 
+def test_failures_yields_the_last_failure_of_each_task_left_and_none_once_a_rerun_answers_them(
+        notebook: Path, mock: MockServerProcess) -> None:
+    # Given a server that fails every request
+    mock.configure(p500=1.0)
+    # When two tasks run without retries
+    failed = mpinfer.run(input="tasks.jsonl", output="out.jsonl", processes=1, limit=2, max_retries=0,
+                         **quick(mock))
+    # Then failures() yields one failure for each, naming its type, and answers() yields none
+    failures = list(failed.failures())
+    assert sorted(f["id"] for f in failures) == ["t0", "t1"]
+    assert {(f["error_type"], f["status"]) for f in failures} == {("server_error", 500)}
+    assert list(failed.answers()) == []
+    # And when the server recovers and the same call runs again
+    mock.configure(p500=0.0)
+    again = mpinfer.run(input="tasks.jsonl", output="out.jsonl", processes=1, limit=2, max_retries=0,
+                        **quick(mock))
+    # Then both are answered and no failure is left, though the errors file still holds the old lines
+    assert sorted(a["id"] for a in again.answers()) == ["t0", "t1"]
+    assert list(again.failures()) == []
+    assert (notebook / "out.jsonl.errors.jsonl").read_text(encoding="utf-8").count("\n") == 2
+
+
 def test_an_unknown_setting_is_a_config_error_that_names_the_likely_one(notebook: Path,
                                                                         mock: MockServerProcess) -> None:
     # Given a misspelt setting
