@@ -65,6 +65,14 @@ def test_one_model_over_an_azure_and_a_plain_endpoint_validates_clean(mock: Mock
     # And the summary names each endpoint by its model and the key's last four characters
     summary = json.loads((tmp_path / "out.jsonl.summary.json").read_text())
     assert set(summary["per_key"]) == {"gpt-4o ...east", "gpt-4o ...west"}
+    # And no key is in any file the run wrote (output, errors, summary, manifest, log); the manifest names
+    # each endpoint by its key's variable
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            text = path.read_text(errors="replace")
+            assert AZURE_KEY not in text and PLAIN_KEY not in text, path
+    manifest = (tmp_path / "out.jsonl.runs.jsonl").read_text()
+    assert '"api_key_env":"AZURE_KEY_EAST"' in manifest
 
 
 def test_each_endpoint_keeps_its_own_rate_limit(mock: MockServerProcess, tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,6 +65,10 @@ class Endpoint:
     tpm: int | None = None
     max_in_flight: int | None = None
     max_image_mb: float | None = None
+
+    def described(self) -> dict[str, Any]:
+        """The endpoint as the manifest records it: every field but the key (its variable's name stays)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "api_key"}
 
     def serves(self, model: str) -> bool:
         return self.model in (ANY_MODEL, model)
