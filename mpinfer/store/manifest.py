@@ -83,8 +83,8 @@ def settings_of(config: RunConfig) -> dict[str, Any]:
     left_out = {"api_keys", "warnings", "explicit", "endpoint_table"}
     values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in left_out}
     plain: dict[str, Any] = _plain(values, config.api_keys)
-    if config.endpoint_table:  # where each key's variable sends its model, never the key
-        plain["endpoint_table"] = [endpoint.described() for endpoint in config.endpoint_table]
+    # Where each key's variable sends its model, never the key.
+    plain["endpoint_table"] = [endpoint.described() for endpoint in config.endpoint_table]
     plain["key_count"] = len(config.api_keys)  # how many, never which: the report draws --rpm for all of them
     return plain
 
