@@ -42,8 +42,8 @@ NEVER = -1e18
  REQ_TAT, REQ_LIMIT, REQ_CAP, REQ_SRC, TOK_TAT, TOK_LIMIT, TOK_SRC,
  RATE_BASE, RATE_GROWN_AT, RATE_DECREASED_AT, BUCKET_AT, BUCKET_N, SEND_RATE,
  CONN_FAILS, OUTAGE, OUTAGE_AT, OUTAGE_WALL, PROBE_AT, PROBER, PROBE_GAP, OUTAGE_S,
- LIMITED_S, LIMITED_AT) = range(36)
-FIELDS = 36
+ LIMITED_S, LIMITED_AT, ANSWERED_SINCE_DECREASE) = range(37)
+FIELDS = 37
 
 
 class LimitSource(StrEnum):
@@ -228,6 +228,7 @@ class LaneArray:
         self._set(lane, REQ_SRC, SOURCES.index(LimitSource.LEARNED))
         self._set(lane, RATE_BASE, rate * self.span_s)
         self._set(lane, RATE_DECREASED_AT, now)
+        self._set(lane, ANSWERED_SINCE_DECREASE, 0)
         self._set(lane, RATE_GROWN_AT, now)
         self._set(lane, REQ_TAT, max(self._get(lane, REQ_TAT), now))
 

@@ -34,6 +34,7 @@ from typing import Any
 from ..errors import NoKeysLeft
 from .hints import Hints, parse_duration, read_hints
 from .lanes import (
+    ANSWERED_SINCE_DECREASE,
     BUCKET_AT,
     BUCKET_N,
     CWND,
@@ -317,6 +318,8 @@ class SharedLimiter(LaneArray):
             if ending is Ending.UNREACHABLE:
                 return self._unreachable(lane, grant, now)
             self._answered(lane, now)
+            if ending is Ending.OK:
+                self._set(lane, ANSWERED_SINCE_DECREASE, 1)
             if ending is Ending.OK and self._get(lane, REQ_SRC) == 3:
                 self._grow_rate(lane, now)
             if self._get(lane, HEADERS_SEEN):
@@ -341,7 +344,10 @@ class SharedLimiter(LaneArray):
         """
         with self._lock:
             self._add(lane, RATE_LIMITED, 1)
-            if not retry_after and now - self._get(lane, RATE_DECREASED_AT) >= 1.0:
+            # Once a second at most, and only if something got through since the last decrease: while a
+            # server refuses everything (a window that has run out), more refusals say nothing new.
+            if (not retry_after and now - self._get(lane, RATE_DECREASED_AT) >= 1.0
+                    and (self._get(lane, ANSWERED_SINCE_DECREASE) or self._get(lane, REQ_SRC) != 3)):
                 self._decrease_rate(lane, now)
             if retry_after:
                 until = max(self._get(lane, PAUSED_UNTIL), now + retry_after)

@@ -1,0 +1,93 @@
+"""Interoperability with a real third-party server: the LiteLLM proxy (``litellm[proxy]`` from PyPI).
+
+A proxy with a ``mock_response`` model limited to 4 requests a minute. LiteLLM's router counts a deployment's
+requests for 60 s from the first and refuses beyond the limit with a 429 that names no wait ("No deployments
+available for selected model", no Retry-After in 1.108), so the fifth task of a run must wait out most of a
+minute: this test takes about 70 s, nearly all of it asleep. Skipped where LiteLLM is not installed
+(``.ci/run`` installs it).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import read_jsonl, run_cli, text_tasks, write_tasks
+
+LITELLM = Path(sys.executable).with_name("litellm")
+MASTER_KEY = "sk-mpinfer-litellm-interop-0000"
+RPM = 4
+TASKS = 5
+BOOT_TIMEOUT_S = 90
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("litellm") is None or not LITELLM.exists(),
+                                reason="litellm[proxy] is not installed")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _up(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def test_the_litellm_proxys_rate_limit_is_waited_out_in_one_run(tmp_path: Path) -> None:
+    # Given a LiteLLM proxy whose mock_response model allows 4 requests a minute
+    (tmp_path / "litellm.yaml").write_text(
+        "model_list:\n"
+        "  - model_name: mock-gpt\n"
+        "    litellm_params:\n"
+        "      model: openai/mock-gpt\n"
+        "      mock_response: \"Hello from LiteLLM\"\n"
+        f"      rpm: {RPM}\n"
+        "router_settings:\n"
+        "  enable_pre_call_checks: true\n")
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LITELLM_"))}
+    env["LITELLM_MASTER_KEY"] = MASTER_KEY
+    log = (tmp_path / "litellm.log").open("wb")
+    proxy = subprocess.Popen([str(LITELLM), "--config", str(tmp_path / "litellm.yaml"), "--host", "127.0.0.1",
+                              "--port", str(port)], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + BOOT_TIMEOUT_S
+        while not _up(f"http://127.0.0.1:{port}/health/liveliness"):
+            assert proxy.poll() is None and time.monotonic() < deadline, (tmp_path / "litellm.log").read_text()
+            time.sleep(0.25)
+        started = time.monotonic()
+        write_tasks(tmp_path / "tasks.jsonl", text_tasks(TASKS))
+        # When 5 tasks run through it, with no retry allowed
+        proc = run_cli("-i", "tasks.jsonl", "-o", "out.jsonl", "--base-url", f"http://127.0.0.1:{port}/v1",
+                       "--model", "mock-gpt", "-p", "1", "-c", "2", "--max-retries", "0", "--retry-backoff", "0.5",
+                       cwd=tmp_path, env={"OPENAI_API_KEY": MASTER_KEY})
+        print(f"litellm: booted in {started - deadline + BOOT_TIMEOUT_S:.1f}s, the run took "
+              f"{time.monotonic() - started:.1f}s")
+    finally:
+        proxy.terminate()
+        try:
+            proxy.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proxy.kill()
+            proxy.wait(timeout=5)
+        log.close()
+    # Then the run finished on its own: exit 0, every id once, LiteLLM's answers recorded, 429s counted
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = read_jsonl(tmp_path / "out.jsonl")
+    assert Counter(r["id"] for r in rows) == Counter(f"t{i}" for i in range(TASKS))
+    assert {r["answer"] for r in rows} == {"Hello from LiteLLM"}
+    assert "429s 0" not in proc.stdout + proc.stderr
+    assert MASTER_KEY not in proc.stdout + proc.stderr
