@@ -219,7 +219,7 @@ def _cancel_batches(config: RunConfig) -> int:
     cancelled = cancel(config)
     for name, batch_id, state in cancelled:
         print(f"{batch_id} ({name}): {state}")
-    done = sum(not state.startswith("not") for _, _, state in cancelled)
+    done = sum(not state.startswith("not") for _, _, state in cancelled)  # "already completed" counts
     print(f"cancelled {done} of {len(cancelled)} open batches" if cancelled else "no open batches to cancel")
     return EXIT_OK if done == len(cancelled) else EXIT_INCOMPLETE
 

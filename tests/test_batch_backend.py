@@ -364,3 +364,31 @@ def test_fresh_is_refused_while_batches_are_open_and_moves_a_finished_plan(tmp_p
     backups = list((tmp_path / "out").glob("results.jsonl.backup-*"))
     assert len(backups) == 1 and (backups[0] / "results.jsonl.batches.json").exists()
     assert mock.batch_stats()["batches_created"] == 2  # the fresh run's own batch
+
+
+def test_cancel_during_a_live_run_stops_it_and_the_next_run_sends_every_row_left(tmp_path: Path,
+                                                                                 mock: MockServerProcess):
+    # Given a live run whose slow first batch of 3 works, and a second one waiting on the enqueued-token limit
+    write_tasks(tmp_path / "tasks.jsonl", text_tasks(6))
+    mock.batch_faults(request_s=1.5, token_limit=30)  # 4.5 s: time for --cancel to start on a loaded machine
+    run = start_cli(*_args(mock, "--batch-size", "3"), cwd=tmp_path)
+    try:
+        _wait_for("the batch", lambda: any(c.get("batch_id") for c in _plan(tmp_path)["chunks"]))
+        # When --cancel runs from another terminal
+        cancelled = _run(tmp_path, mock, "--cancel")
+        assert cancelled.returncode == 0, cancelled.stderr
+        # Then the live run sees its batch cancelled, merges what it answered, and stops (as interrupted)
+        assert run.wait(timeout=60) == 130
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait(timeout=10)
+    answered = len(_ids(tmp_path))
+    assert answered < 6
+    assert any(c["state"] == "uploaded" for c in _plan(tmp_path)["chunks"])  # the waiting one: still open
+    # And one rerun sends the rows the cancel left and the waiting file: every id once
+    mock.batch_faults(request_s=0)
+    again = _run(tmp_path, mock, "--batch-size", "3")
+    assert again.returncode == 0, again.stderr
+    assert sorted(_ids(tmp_path)) == sorted(f"t{i}" for i in range(6))
+    assert mock.batch_stats()["max_answers_per_row"] == 1

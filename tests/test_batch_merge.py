@@ -76,6 +76,7 @@ def test_transient_rows_past_max_retries_are_failures_and_a_cancel_leaves_them_f
     assert last.retry == [] and {orjson.loads(x)["error_type"] for x in last.failures} == {"batch_expired"}
     # And the cancelled batch records nothing: a later run sends its rows
     assert cancelled.retry == [] and cancelled.failures == [] and cancelled.results == []
+    assert sorted(cancelled.released) == ["t0", "t1", "t2", "t3"]
 
 
 def test_verdict_tells_transient_from_permanent_lines():

@@ -129,9 +129,7 @@ class BatchBackend:
                 return
             if self.cancelled_live:
                 if not any(c.state is ChunkState.CREATED for c in plan.open_chunks):
-                    self.state.stop(Stopped(StopReason.INTERRUPTED, "the batches were cancelled (--cancel); "
-                                            "a rerun sends what was not answered"))
-                    return
+                    break  # what was running is merged; what was not created waits for a rerun
             else:
                 self._submit(plan)
             if time.monotonic() >= next_poll:
@@ -139,7 +137,10 @@ class BatchBackend:
                 next_poll = time.monotonic() + self.config.batch_poll
             self.state.save_summary(live=True)
             time.sleep(TICK_S)
-        if plan.open_chunks:
+        if self.cancelled_live:
+            self.state.stop(Stopped(StopReason.INTERRUPTED, "the batches were cancelled (--cancel); a rerun sends "
+                                    "what was not answered"))
+        elif plan.open_chunks:
             self.state.stop(Stopped(StopReason.INTERRUPTED, f"batches still open after {JOB_LIMIT_S / 3600:.0f}h"))
 
     def _submit(self, plan: Plan) -> None:
@@ -262,6 +263,7 @@ class BatchBackend:
             chunk.resubmitted = len(merged.retry)
             self.resubmitted += len(merged.retry)
             log.info("batch %s: %d rows resubmitted (attempt %d)", batch.id, len(merged.retry), chunk.attempt + 1)
+        chunk.released = merged.released
         chunk.state = ChunkState.MERGED
         chunk.finished_at = time.time()
         self.freed[chunk.model] = self.freed.get(chunk.model, 0) + 1
@@ -298,6 +300,15 @@ def _ids_from(path: Path, offset: int) -> set[str]:
     return {rid for _, _, obj in iter_lines(path, offset) if (rid := record_id(obj)) is not None}
 
 
+def _ended(client: BatchClient, batch_id: str) -> str | None:
+    """``already <status>`` when the batch has ended (nothing left to cancel), else None."""
+    try:
+        batch = client.call(f"poll {batch_id}", client.sdk.batches.retrieve, batch_id)
+    except BatchApiError:
+        return None
+    return f"already {batch.status}" if batch.status in FINAL_STATUSES else None
+
+
 def cancel(config: RunConfig) -> list[tuple[str, str, str]]:
     """Cancel the output's open batches at the server: (chunk, batch id, status) of each one cancelled."""
     _, output = config.require_paths()
@@ -312,8 +323,8 @@ def cancel(config: RunConfig) -> list[tuple[str, str, str]]:
                 continue
             try:
                 batch = client.call(f"cancel {chunk.batch_id}", client.sdk.batches.cancel, chunk.batch_id)
-            except BatchApiError as exc:  # it ended meanwhile (409), or the API is down: say so, go on
-                cancelled.append((chunk.name, chunk.batch_id, f"not cancelled: {exc}"))
+            except BatchApiError as exc:  # it ended meanwhile (409), or the API is down: say which, go on
+                cancelled.append((chunk.name, chunk.batch_id, _ended(client, chunk.batch_id) or f"not cancelled: {exc}"))
                 continue
             chunk.status = batch.status
             cancelled.append((chunk.name, chunk.batch_id, batch.status))

@@ -55,6 +55,7 @@ class Merged:
     failures: list[bytes] = field(default_factory=list)
     events: list[TaskDone | TaskFailed] = field(default_factory=list)
     retry: list[str] = field(default_factory=list)
+    released: list[str] = field(default_factory=list)  # unanswered rows of a cancelled job: for a later run
 
 
 def _object(value: Any) -> dict[str, Any]:
@@ -171,7 +172,8 @@ class Merger:
         if custom_id in done:
             return
         if error.transient and not resubmit:
-            return  # cancelled: a later run sends it again
+            merged.released.append(custom_id)  # cancelled: a later run sends it again
+            return
         if error.transient and chunk.attempt <= self.config.max_retries:
             merged.retry.append(custom_id)
             return

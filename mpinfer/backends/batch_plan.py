@@ -65,6 +65,7 @@ class Chunk:
     waiting: str | None = None  # why its batch is not created yet (the enqueued-token limit)
     resubmitted: int = 0
     error: str | None = None  # a failed batch's errors, as the server gave them
+    released: list[str] = field(default_factory=list)  # rows left unanswered by a cancel: a rerun plans them
 
     @property
     def lines(self) -> int:
@@ -114,7 +115,8 @@ class Plan:
 
     def covered(self, model: int) -> set[str]:
         """The ids of ``model`` the plan holds: never planned again while the plan is open."""
-        return {i for c in self.chunks if c.model == model for i in c.ids}
+        return {i for c in self.chunks if c.model == model for i in c.ids} - {
+            i for c in self.chunks if c.model == model for i in c.released}
 
     def new_chunk(self, model: int, attempt: int, ids: list[str], size: int) -> Chunk:
         chunk = Chunk(f"{self.plan_id}-{len(self.chunks) + 1:04d}", model, attempt, ids, size)
