@@ -25,7 +25,7 @@ from .config import Backend as BackendName
 from .config import RunConfig
 from .driver import MAX_FAILURES_SHOWN, RunState, supervise, work_items
 from .errors import ConfigError, InputError, OutputError
-from .inputs.check import check_input, reading, refuse_input_as_output, selection, settle_models
+from .inputs.check import asked_models, check_input, reading, refuse_input_as_output, selection, settle_models
 from .inputs.readers import iter_tasks
 from .logfile import create_log_file, parent_logging
 from .reports.epilogue import after_run
@@ -112,7 +112,8 @@ def run(config: RunConfig, *, progress: bool = True, grace_s: float = DEFAULT_GR
     chosen = selection(config)
     index = check_input(input_path, keys, chosen)  # bad input fails here, before anything is spent
     config = settle_models(config, index)
-    unpriced = [m for m in dict.fromkeys(config.models + index.body_models) if prices.find(m) is None]
+    asked = asked_models(config, index)  # the models requests name (a Batch file's bodies' without --model)
+    unpriced = [m for m in asked if prices.find(m) is None]
     if config.max_cost is not None and config.backend == "batch":
         raise ConfigError("--max-cost does not go with --backend batch (a batch's cost is known only once it "
                           "ends); --dry-run --backend batch shows its price first")
@@ -133,7 +134,7 @@ def run(config: RunConfig, *, progress: bool = True, grace_s: float = DEFAULT_GR
             _wait_for_old_workers(paths)
         log_file = create_log_file(config.log_dir, config.model)
         locks.enter_context(parent_logging(log_file, config.verbose, config.api_keys))
-        for name in dict.fromkeys(models + index.body_models):
+        for name in asked:
             if image_rule(name) is None:
                 log.info("%s: no published image token rule; its images are estimated as gpt-4o's", name)
         summary = RunSummary(total=index.total * len(models), already_done=0, log_file=log_file)

@@ -82,3 +82,22 @@ def test_a_model_without_a_published_image_rule_is_said_once_in_the_log(mock: Mo
     assert done.returncode == 0, done.stderr
     [log] = list((tmp_path / "logs").iterdir())
     assert log.read_text().count("qwen-vl-max: no published image token rule") == 1
+
+
+def test_a_batch_file_whose_bodies_name_two_models_is_named_by_both(mock: MockServerProcess,
+                                                                     tmp_path: Path) -> None:
+    # Given a Batch file whose bodies ask for gpt-4o and gpt-4o-mini
+    third = _line("r3", {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "a third question"}]})
+    tasks = write_tasks(tmp_path / "batch.jsonl", [_bodies("gpt-4o")[0], third])
+    out = tmp_path / "out.jsonl"
+    # When it runs without --model
+    done = run_cli("-i", str(tasks), "-o", str(out), "-p", "1", "--base-url", mock.base_url, cwd=tmp_path)
+    # Then each body went as its own model into the one output, and the run is named by both, never by a
+    # default no body asked for
+    assert done.returncode == 0, done.stderr
+    assert mock.stats()["per_model"] == {"gpt-4o": 1, "gpt-4o-mini": 1}
+    assert {line["mpinfer"]["requested_model"] for line in read_jsonl(out)} == {"gpt-4o", "gpt-4o-mini"}
+    [log] = list((tmp_path / "logs").iterdir())
+    assert "gpt-4o_gpt-4o-mini" in log.name  # the file name keeps letters, digits, ".", "-" and "_"
+    summary = json.loads((tmp_path / "out.jsonl.summary.json").read_text())
+    assert list(summary["per_model"]) == ["gpt-4o+gpt-4o-mini"]

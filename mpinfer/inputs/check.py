@@ -26,6 +26,7 @@ from .tasks import FieldKeys, InputFormat, InputIndex, Selection, Task, parse_ba
 
 MAX_PROBLEMS_SHOWN = 10
 MAX_BODY_MODELS = 100  # distinct models kept from a Batch file's bodies
+MODELS_NAMED = 3  # in the name of a run of a Batch file whose bodies name several models
 MAX_DUPLICATES_SHOWN = 5
 
 
@@ -79,11 +80,23 @@ def settle_models(config: RunConfig, index: InputIndex) -> RunConfig:
     """The run's model, for a Batch file run without --model: the one its bodies name.
 
     Its bodies go as they are, so the log name, the summary's per-model counts, the manifest, the rate
-    limits and the cost are those of that model, not of the --model default no task asked for.
+    limits and the cost are those of that model, not of the --model default no task asked for. Bodies that
+    name several models make a run named by them (``gpt-4o+gpt-4o-mini``) into one output, each body still
+    sent, priced and checked as its own model; they then share each key's limits.
     """
-    if index.format is not InputFormat.BATCH or "model" in config.explicit or len(index.body_models) != 1:
+    if index.format is not InputFormat.BATCH or "model" in config.explicit or not index.body_models:
         return config
-    return dataclasses.replace(config, model=index.body_models[0])
+    names = index.body_models
+    label = "+".join(names[:MODELS_NAMED]) + (f"+{len(names) - MODELS_NAMED}-more" if len(names) > MODELS_NAMED
+                                             else "")
+    return dataclasses.replace(config, model=label)
+
+
+def asked_models(config: RunConfig, index: InputIndex) -> tuple[str, ...]:
+    """The models requests will really name: a Batch file's bodies' (without --model), else the run's."""
+    if index.format is InputFormat.BATCH and "model" not in config.explicit and index.body_models:
+        return index.body_models
+    return config.models
 
 
 def id_resolver(path: Path, keys: FieldKeys, fmt: InputFormat) -> Resolver:
