@@ -32,17 +32,32 @@ def _digest(fd: int, offset: int, size: int) -> str:
     return hashlib.blake2b(os.pread(fd, size, offset), digest_size=16).hexdigest()
 
 
-def _whole_lines(path: Path, start: int) -> Iterator[bytes]:
-    """The lines of ``path`` from byte ``start``, the last one perhaps without its newline."""
-    try:
-        handle = path.open("rb")
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    with handle:
-        handle.seek(start)
-        yield from handle
+class _Reader:
+    """The whole lines of a file from an offset, then its mark, taken from the same open file: a file put in
+    its place meanwhile cannot lend its identity to counts read from the old one."""
+
+    def __init__(self, path: Path, start: int) -> None:
+        self.path = path
+        self.end = start
+        self.torn = False  # a last line without its newline: being written, or torn by a crash
+        self.mark: FileMark | None = None
+
+    def lines(self) -> Iterator[bytes]:
+        try:
+            handle = self.path.open("rb")
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise OutputError(f"{self.path}: cannot read: {exc.strerror or exc}") from None
+        with handle:
+            handle.seek(self.end)
+            for raw in handle:
+                if not raw.endswith(b"\n"):
+                    self.torn = bool(raw.strip())  # not consumed: read again next time
+                    break
+                self.end += len(raw)
+                yield raw
+            self.mark = FileMark.of_fd(handle.fileno(), self.end)
 
 
 def _decode(raw: bytes) -> Any:
@@ -71,12 +86,16 @@ class FileMark:
         except FileNotFoundError:
             return None
         try:
-            info = os.fstat(fd)
-            head = _digest(fd, 0, min(_PROBE, offset))
-            tail = _digest(fd, max(0, offset - _PROBE), min(_PROBE, offset))
-            return cls(info.st_dev, info.st_ino, offset, info.st_mtime_ns, head, tail)
+            return cls.of_fd(fd, offset)
         finally:
             os.close(fd)
+
+    @classmethod
+    def of_fd(cls, fd: int, offset: int) -> FileMark:
+        info = os.fstat(fd)
+        head = _digest(fd, 0, min(_PROBE, offset))
+        tail = _digest(fd, max(0, offset - _PROBE), min(_PROBE, offset))
+        return cls(info.st_dev, info.st_ino, offset, info.st_mtime_ns, head, tail)
 
     def resume_at(self, path: Path) -> int | None:
         """Where to go on reading ``path``: the mark if it is this file, grown or not; None if it changed."""
@@ -143,13 +162,8 @@ class OutputTally:
         return read
 
     def _read_output(self, path: Path, start: int) -> int:
-        end = start
-        self.torn = False
-        for raw in _whole_lines(path, start):
-            if not raw.endswith(b"\n"):
-                self.torn = bool(raw.strip())  # being written, or torn by a crash: read again next time
-                break
-            end += len(raw)
+        reader = _Reader(path, start)
+        for raw in reader.lines():
             if not raw.strip():
                 continue
             record = view(_decode(raw))
@@ -176,22 +190,19 @@ class OutputTally:
             if record.processed_at is not None:
                 self.recent.append(record.processed_at)
                 self.last = max(self.last or 0.0, record.processed_at)
-        self.output_mark = FileMark.of(path, end)
-        return end - start
+        self.output_mark, self.torn = reader.mark, reader.torn
+        return reader.end - start
 
     def _read_errors(self, path: Path, start: int) -> int:
-        end = start
-        for raw in _whole_lines(path, start):
-            if not raw.endswith(b"\n"):
-                break
-            end += len(raw)
+        reader = _Reader(path, start)
+        for raw in reader.lines():
             obj = _decode(raw) if raw.strip() else None
             rid = record_id(obj)
             slot = self.within.find(rid) if rid is not None else None
             if slot is not None:
                 self.failures[slot] = failure_type(obj) or "unknown"
-        self.errors_mark = FileMark.of(path, end)
-        return end - start
+        self.errors_mark = reader.mark
+        return reader.end - start
 
     def failures_by_type(self) -> dict[str, int]:
         """The last failure of each id that is still not done: what a rerun will retry, by type."""
