@@ -22,7 +22,6 @@ would leak into shell history and ``ps``, nor from mpinfer.toml, which tends to 
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -50,12 +49,12 @@ from .settings import (
     positive_int,
     setting,
 )
+from .sources import ENDPOINT_TABLES, TOML_NAME, api_keys, file_warnings, lookup, read_toml, settings_file
+from .sources import endpoint_table as table_of
 
 if TYPE_CHECKING:
     from .api.endpoints import Endpoint
 
-TOML_NAME = "mpinfer.toml"
-ENDPOINT_TABLES = "[[endpoints]]"  # where _read_toml keeps mpinfer.toml's endpoint tables
 ENV_FILE_NAME = ".env"
 
 
@@ -97,7 +96,7 @@ class RunConfig:
     """Everything a run needs, settled once. Plain, picklable data: it is sent to worker processes.
 
     Each ``setting(default, parse, help, ...)`` field is a setting (flag, variables, toml key); the rest is
-    settled by ``load_config`` from other sources.
+    settled by ``load_config`` from the other sources (sources.py).
     """
 
     input: Path | None = setting(None, as_path, "input tasks, one JSON object a line", short="-i", metavar="FILE")
@@ -273,57 +272,11 @@ def _parse(option: Option, value: Any, source: str) -> Any:
         raise ConfigError(f"{source}: {option.name} = {value!r} is invalid: {exc}") from None
 
 
-CONFIG_ENV = "MPINFER_CONFIG"  # names the settings file, as --config does
-
-
-def settings_file(given: Path | None, layers: list[dict[str, str]], cwd: Path) -> Path:
-    """``--config FILE``, else ``MPINFER_CONFIG``, else ``./mpinfer.toml`` (may be absent); one named must exist."""
-    found = _lookup(layers, (CONFIG_ENV,))
-    named = given if given is not None else (Path(found[1]) if found else None)
-    if named is None:
-        return cwd / TOML_NAME
-    if not (path := named if named.is_absolute() else cwd / named).is_file():
-        raise ConfigError(f"{'--config' if given is not None else CONFIG_ENV} {named}: no such settings file")
-    return path
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as handle:
-            data = tomllib.load(handle)
-    except FileNotFoundError:
-        return {}
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from None
-    settings: dict[str, Any] = {}
-    for key, value in data.items():
-        name = key.replace("-", "_")
-        if name == "api_key":
-            raise ConfigError(f"{path}: api_key does not belong in {TOML_NAME}; set OPENAI_API_KEY in .env")
-        if name == "endpoints" and isinstance(value, list):
-            settings[ENDPOINT_TABLES] = value  # [[endpoints]] tables, not the path of a file of them
-            continue
-        if name not in _BY_NAME:
-            known = ", ".join(sorted(_BY_NAME))
-            raise ConfigError(f"{path}: unknown setting {key!r} (known: {known})")
-        settings[name] = value
-    return settings
-
-
 def environment(environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> list[dict[str, str]]:
     """Where settings are looked up after the flags, first hit wins: the process environment, then ``.env``."""
     cwd = cwd or Path.cwd()
     dotenv = {k: v for k, v in dotenv_values(cwd / ENV_FILE_NAME).items() if v is not None}
     return [dict(os.environ if environ is None else environ), dotenv]
-
-
-def _lookup(layers: list[dict[str, str]], names: tuple[str, ...]) -> tuple[str, str] | None:
-    """(name, value) of the first non-empty variable, layer by layer: any name in the environment beats .env."""
-    for layer in layers:
-        for name in names:
-            if layer.get(name):
-                return name, layer[name]
-    return None
 
 
 def load_config(
@@ -345,7 +298,7 @@ def load_config(
     cwd = cwd or Path.cwd()
     layers = environment(environ, cwd)
     toml_path = settings_file(config_file, layers, cwd)
-    toml = _read_toml(toml_path)
+    toml = read_toml(toml_path, _BY_NAME)
     values: dict[str, Any] = {}
     explicit: set[str] = set()
     for option in OPTIONS:
@@ -353,7 +306,7 @@ def load_config(
         if flags.get(option.name) is not None:
             values[option.name] = _parse(option, flags[option.name], named(option) if named else option.flag)
             continue
-        found = _lookup(layers, option.env_names)
+        found = lookup(layers, option.env_names)
         if found is not None:
             values[option.name] = _parse(option, found[1], found[0])
         elif option.name in toml:
@@ -362,66 +315,16 @@ def load_config(
             values[option.name] = option.default
             explicit.discard(option.name)
     values["explicit"] = frozenset(explicit)
-    values["api_keys"] = _api_keys(layers, values["api_keys_file"])
-    table = _endpoint_table(values["endpoints"], toml.get(ENDPOINT_TABLES), str(toml_path), layers)
+    values["api_keys"] = api_keys(layers, values["api_keys_file"])
+    tables = toml.get(ENDPOINT_TABLES)
+    table = table_of(values["endpoints"], tables, str(toml_path), layers)
     if table:
         values["endpoint_table"] = table
         values["api_keys"] = tuple(endpoint.api_key for endpoint in table)
-    values["warnings"] = _file_warnings(cwd / ENV_FILE_NAME)
+    values["warnings"] = file_warnings(cwd / ENV_FILE_NAME)
     return RunConfig(**values)
 
 
 def endpoint_table(path: Path) -> tuple[Endpoint, ...]:
     """The endpoints table of a TOML file, its keys read from the environment and ./.env (for mpinfer.run)."""
-    return _endpoint_table(path, None, str(path), environment())
-
-
-def _endpoint_table(path: Path | None, tables: Any, toml_path: str,
-                    layers: list[dict[str, str]]) -> tuple[Endpoint, ...]:
-    """The endpoints table from --endpoints FILE, else from [[endpoints]] in mpinfer.toml; () without one."""
-    from .api.endpoints import parse_endpoints, read_endpoints_file  # the api package imports this module
-
-    if path is not None:
-        tables, toml_path = read_endpoints_file(path), str(path)
-    if tables is None:
-        return ()
-
-    def lookup(name: str) -> str | None:
-        found = _lookup(layers, (name,))
-        return found[1] if found else None
-
-    return parse_endpoints(tables, toml_path, lookup)
-
-
-def _file_warnings(env_file: Path) -> tuple[str, ...]:
-    """A .env holds the key: warn when users other than its owner can read it."""
-    try:
-        mode = env_file.stat().st_mode
-    except OSError:
-        return ()
-    if mode & 0o044:
-        return (f"{env_file} can be read by other users (mode {mode & 0o777:o}); it holds your API key: "
-                f"chmod 600 {env_file}",)
-    return ()
-
-
-def _api_keys(layers: list[dict[str, str]], keys_file: Path | None) -> tuple[str, ...]:
-    """Keys from --api-keys-file, else OPENAI_API_KEYS (comma-separated), else OPENAI_API_KEY."""
-    if keys_file is not None:
-        return read_keys_file(keys_file)
-    found = _lookup(layers, ("OPENAI_API_KEYS", "OPENAI_API_KEY"))
-    if found is None:
-        return ()
-    return tuple(dict.fromkeys(k.strip() for k in found[1].split(",") if k.strip()))
-
-
-def read_keys_file(keys_file: Path) -> tuple[str, ...]:
-    """The keys in an API keys file, one a line (blank lines and # comments left out), each once."""
-    try:
-        lines = keys_file.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise ConfigError(f"{keys_file}: cannot read the API keys file: {exc.strerror or exc}") from None
-    keys = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-    if not keys:
-        raise ConfigError(f"{keys_file}: no API keys in it (one a line)")
-    return tuple(dict.fromkeys(keys))
+    return table_of(path, None, str(path), environment())

@@ -19,11 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import OPTIONS, RunConfig, endpoint_table, load_config, parse_setting, read_keys_file
+from .config import OPTIONS, RunConfig, endpoint_table, load_config, parse_setting
 from .errors import ConfigError
 from .reports.summary import RunSummary
 from .run import DEFAULT_GRACE_S
 from .run import run as run_job
+from .sources import read_keys_file
 from .store.output import OutputPaths, iter_lines, model_outputs, record_id, scan
 from .store.records import answer_id
 

@@ -27,14 +27,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import ConfigError
 from ..redact import key_hint
 from ..settings import ModelRates, parse_rate
 
 if TYPE_CHECKING:
-    from ..config import RunConfig
     from .ratelimit import SharedLimiter
 
 __all__ = ["ANY_MODEL", "Endpoint", "ModelRates", "Provider", "configure_limiter", "endpoints_of",
@@ -168,12 +167,29 @@ def lane_limit(config_rate: int | ModelRates | None, model: str, own: int | None
     return None  # a single --rpm number is the limiter's own window, for every lane
 
 
-def endpoints_of(config: RunConfig) -> tuple[Endpoint, ...]:
+class RunSettings(Protocol):
+    """What the functions below read of a RunConfig. A protocol rather than the class: config.py imports this
+    module (a RunConfig holds Endpoints), so an import of config.py here would close a circle."""
+
+    @property
+    def endpoint_table(self) -> tuple[Endpoint, ...]: ...
+    @property
+    def base_url(self) -> str | None: ...
+    @property
+    def rpm(self) -> int | ModelRates | None: ...
+    @property
+    def tpm(self) -> int | ModelRates | None: ...
+    @property
+    def models(self) -> tuple[str, ...]: ...
+    def require_api_keys(self) -> tuple[str, ...]: ...
+
+
+def endpoints_of(config: RunSettings) -> tuple[Endpoint, ...]:
     """The run's endpoints, by key index: its table, or the implicit one of its keys at --base-url."""
     return config.endpoint_table or implicit_endpoints(config.require_api_keys(), config.base_url)
 
 
-def configure_limiter(limiter: SharedLimiter, config: RunConfig) -> None:
+def configure_limiter(limiter: SharedLimiter, config: RunSettings) -> None:
     """Give the limiter the run's endpoints: which serve each model, and each lane's own limits.
 
     Call it in the parent before forking. Without a table and without per-model --rpm/--tpm it changes
