@@ -241,9 +241,9 @@ def _object(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-# What makes a line an answer, in every version of our format: a line with an id and nothing else (or a task
-# input line pasted into the output) must never count as done, or its task would never be sent.
-ANSWER_FIELDS: tuple[str, ...] = ("answer", "model", "usage")
+# What makes a line an answer, in every version of our format (answer, model and usage): a line with an id and
+# nothing else (or a task input line pasted into the output) must never count as done, or its task would never
+# be sent.
 
 
 def is_answer(obj: Any) -> bool:
@@ -255,7 +255,8 @@ def is_answer(obj: Any) -> bool:
         response = obj.get("response")
         return (isinstance(response, dict) and response.get("status_code") == 200
                 and isinstance(response.get("body"), dict))
-    return all(name in obj for name in ANSWER_FIELDS) and isinstance(obj["usage"], dict)
+    # Spelt out, not a loop over names: the resume scan asks this of every line.
+    return "answer" in obj and "model" in obj and isinstance(obj.get("usage"), dict)
 
 
 def answer_id(obj: Any) -> str | None:
@@ -263,9 +264,9 @@ def answer_id(obj: Any) -> str | None:
     if not is_answer(obj):
         return None
     value = obj.get("custom_id") if "custom_id" in obj else obj.get("id")
-    if isinstance(value, (str, int)) and not isinstance(value, bool) and value != "":
-        return str(value)
-    return None
+    if type(value) is str:
+        return value or None
+    return str(value) if type(value) is int else None
 
 
 def view(obj: Any) -> RecordView | None:
