@@ -82,3 +82,17 @@ def test_plain_rows_go_to_the_responses_api_with_api_responses(mock: MockServerP
     assert lines["long"]["finish_reason"] == "length"
     checked = run_cli("-i", str(tasks), "-o", str(out), "--validate", cwd=tmp_path)
     assert checked.returncode == 0, checked.stdout
+
+
+def test_the_batch_backend_refuses_responses_requests_before_uploading(mock: MockServerProcess,
+                                                                        tmp_path: Path) -> None:
+    # Given plain rows asked for the Responses API, on the Batch backend (chat.completions batches only)
+    tasks = write_tasks(tmp_path / "tasks.jsonl", [{"id": "r1", "prompt": "one"}])
+    files_before = mock.batch_stats()["files"]
+    # When the run starts
+    done = run_cli("-i", str(tasks), "-o", str(tmp_path / "out.jsonl"), "--api", "responses", "--backend", "batch",
+                   "--base-url", mock.base_url, cwd=tmp_path)
+    # Then it stops with exit 2, saying why, having uploaded nothing
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "--backend batch sends chat.completions requests only" in done.stderr
+    assert mock.batch_stats()["files"] == files_before

@@ -22,6 +22,7 @@ import orjson
 
 from ..api.client import Verdict, classify
 from ..api.messages import ImageEncoder
+from ..api.responses import ApiPath
 from ..api.retry import backoff_s
 from ..config import RunConfig
 from ..errors import BatchApiError, ConfigError, ImageError
@@ -98,6 +99,10 @@ def request_lines(config: RunConfig, items: Iterable[tuple[Task, int]]) -> Itera
             request = task_request(config, encoder, task, model)
         except ImageError as exc:
             raise ConfigError(f"task {task.id}: {exc} (--dry-run checks every image first)") from None
+        if request.path is not ApiPath.CHAT:
+            # One batch has one endpoint, and these are chat.completions batches.
+            raise ConfigError(f"task {task.id} goes to {request.path.value}: --backend batch sends "
+                              "chat.completions requests only, for now (run it online)")
         body = dict(request.kwargs)
         body.update(body.pop("extra_body", None) or {})
         line = {"custom_id": task.id, "method": "POST", "url": ENDPOINT, "body": body}
