@@ -80,9 +80,22 @@ class _SameThread(logging.Filter):
         return record.thread == self.thread
 
 
+class _OtherThreads(logging.Handler):
+    """While runs go, hands the records of threads that run none on up, as propagation would have."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        parent = logging.getLogger(LOGGER).parent
+        if record.thread in _run_threads or parent is None:
+            return
+        # Only what the caller's levels let through: ours are lowered for the runs' files.
+        if record.levelno >= (_saved[0] or parent.getEffectiveLevel()):
+            parent.handle(record)
+
+
 _runs_lock = threading.Lock()
-_runs = 0  # runs logging now, in this process
+_run_threads: set[int] = set()  # the threads running a run now, in this process
 _saved: tuple[int, bool] = (logging.NOTSET, True)  # the "mpinfer" logger's level and propagate before them
+_others = _OtherThreads()
 
 
 @contextmanager
@@ -94,7 +107,7 @@ def parent_logging(log_file: Path | None, verbose: bool, keys: Sequence[str] = (
     run (a notebook's own log must not fill with them), and the caller's records do not reach mpinfer's file.
     Afterwards the handlers are removed and closed and the logger is as it was.
     """
-    global _runs, _saved
+    global _saved
     logger = logging.getLogger(LOGGER)
     redacting = RedactingFilter(_secrets(keys))
     console = TqdmConsoleHandler(logging.DEBUG if verbose else logging.WARNING)
@@ -109,12 +122,13 @@ def parent_logging(log_file: Path | None, verbose: bool, keys: Sequence[str] = (
         handler.addFilter(redacting)
         handler.addFilter(own_thread)
     with _runs_lock:
-        if _runs == 0:
+        if not _run_threads:
             _saved = (logger.level, logger.propagate)
-        _runs += 1
-        if verbose or _runs == 1:  # a verbose run needs DEBUG through; a quiet one beside it filters its own
-            logger.setLevel(logging.DEBUG if verbose else logging.INFO)
-        logger.propagate = False
+            logger.propagate = False  # the run's records stop here; _others hands on everyone else's
+            logger.addHandler(_others)
+        _run_threads.add(own_thread.thread)
+        # Low enough for this run's file (and for what the caller's handlers asked of everyone else's records).
+        logger.setLevel(min(logger.getEffectiveLevel(), logging.DEBUG if verbose else logging.INFO))
         for handler in handlers:
             logger.addHandler(handler)
     try:
@@ -124,8 +138,9 @@ def parent_logging(log_file: Path | None, verbose: bool, keys: Sequence[str] = (
             for handler in handlers:
                 logger.removeHandler(handler)
                 handler.close()
-            _runs -= 1
-            if _runs == 0:
+            _run_threads.discard(own_thread.thread)
+            if not _run_threads:
+                logger.removeHandler(_others)
                 logger.setLevel(_saved[0])
                 logger.propagate = _saved[1]
 

@@ -62,6 +62,12 @@ def in_a_thread(**kwargs: Any) -> tuple[threading.Thread, dict[str, Any]]:
     return thread, outcome
 
 
+def _run_log_is_open(log_dir: Path) -> bool:
+    """Whether a run's log file has its start and not yet its end: the run's handlers are in place."""
+    texts = [path.read_text(encoding="utf-8") for path in log_dir.glob("*.log")]
+    return any(" to run" in text and "run ended" not in text for text in texts)
+
+
 def test_keyword_settings_run_every_task_and_answers_yields_each_answer_once(notebook: Path,
                                                                              mock: MockServerProcess) -> None:
     # Given six tasks and the key in the environment
@@ -126,13 +132,20 @@ def test_the_callers_root_logging_keeps_its_own_records_and_gets_none_of_mpinfer
     handlers_before = list(root.handlers)
     try:
         own.info("before the run")
-        # When a run goes on in a thread while the notebook keeps logging
+        # When a run goes on in a thread while the notebook keeps logging, on its own logger and (once the
+        # run's log is open) through mpinfer's, as a call of mpinfer.status from the notebook would
+        mock.configure(latency_ms=200)
         thread, outcome = in_a_thread(input="tasks.jsonl", output="out.jsonl", processes=2, verbose=True,
                                       **quick(mock))
         deadline = time.monotonic() + RUN_WAIT_S
+        sent_during = False
         while thread.is_alive() and time.monotonic() < deadline:
             own.info("during the run")
+            if not sent_during and _run_log_is_open(notebook / "logs"):
+                logging.getLogger("mpinfer.reports").info("mpinfer, called by the notebook during the run")
+                sent_during = _run_log_is_open(notebook / "logs")
             thread.join(0.05)
+        assert sent_during
         own.info("after the run")
         assert "error" not in outcome, outcome.get("error")
     finally:
@@ -142,12 +155,15 @@ def test_the_callers_root_logging_keeps_its_own_records_and_gets_none_of_mpinfer
     # Then the notebook's handler got every record of its own and none of mpinfer's
     messages = [r.getMessage() for r in mine.records]
     assert messages[0] == "before the run" and messages[-1] == "after the run" and "during the run" in messages
-    assert [r.name for r in mine.records if r.name.startswith("mpinfer")] == []
+    assert {r.name for r in mine.records if r.name.startswith("mpinfer")} <= {"mpinfer.reports"}
+    # And mpinfer's records from the notebook's own thread reach it, as they would without a run going
+    assert "mpinfer, called by the notebook during the run" in messages
     # And the root logger's handlers are the notebook's, as before
     assert handlers_before == [*handlers_before[:-1], mine] and root.handlers == handlers_before[:-1]
     # And mpinfer's log file has the run's records and none of the notebook's
     text = Path(result.summary.log_file).read_text(encoding="utf-8")
     assert "run ended" in text and "during the run" not in text and "before the run" not in text
+    assert "called by the notebook" not in text
     # And mpinfer's logger is as it was: no handler left, records reach the caller's logging again
     assert logging.getLogger("mpinfer").handlers == [] and logging.getLogger("mpinfer").propagate
 
