@@ -55,6 +55,8 @@ class BatchBackend:
     def __init__(self, state: RunState, outputs: list[OutputPaths], prices: PriceTable) -> None:
         self.state = state
         self.config = config = state.config
+        if config.endpoint_table:  # its client is one key at --base-url
+            raise ConfigError("an endpoints table runs online (--backend local) only, for now")
         _, self.output = config.require_paths()
         self.outputs = outputs
         self.client = BatchClient(config)
