@@ -30,6 +30,7 @@ MODEST = {
     "batch_merge": ["--rows", "10000"],
     "scale": ["--tasks", "2000000", "--lines", "200000"],
     "report": ["--lines", "200000"],
+    "limits": [],
 }
 FULL = {
     "throughput": ["--tasks", "3000", "--target-tasks", "6000"],
@@ -40,6 +41,7 @@ FULL = {
     "batch_merge": ["--rows", "50000"],
     "scale": ["--tasks", "10000000", "--lines", "1000000"],
     "report": ["--lines", "1000000"],
+    "limits": [],
 }
 LIMIT_S = 1800.0
 

@@ -29,6 +29,8 @@ TOKEN_RING = 16384
 MIN_WINDOW = 1.0
 # AIMD on the rate: keep this share of the rate sent when a 429 came; grow by this share of it a second.
 RATE_DECREASE = 0.7
+# AIMD on the requests in flight: keep this share of them on a 429 or a timeout (TCP CUBIC's 0.7).
+CWND_DECREASE = 0.7
 RATE_GROWTH_PER_S = 0.03
 # Connection failures in a row (no answer between them) that make an outage, and the probes' backoff.
 OUTAGE_AFTER = 3
@@ -90,6 +92,7 @@ class Grant:
     ``request_pos`` and ``token_pos`` count grants on the lane since the start (-1 when that limit is off):
     an entry is still in its ring while fewer than a ring's length of later grants have overwritten it.
     ``probe`` marks the one request sent during an outage to see whether the server is back.
+    ``at`` is when it was granted: only a request sent after the last decrease may lower the lane again.
     """
 
     lane: int
@@ -99,6 +102,7 @@ class Grant:
     token_pos: int
     holder: int = 0
     probe: bool = False
+    at: float = 0.0  # when it was granted
 
 
 @dataclass(frozen=True)

@@ -32,56 +32,9 @@ import math
 from typing import Any
 
 from ..errors import NoKeysLeft
+from . import lanes as L  # the lanes' field indices and constants: L.CWND, L.IN_FLIGHT, ...
 from .hints import Hints, parse_duration, read_hints
-from .lanes import (
-    ANSWERED_SINCE_DECREASE,
-    BUCKET_AT,
-    BUCKET_N,
-    CWND,
-    CWND_MAX,
-    DEFAULT_BURST_S,
-    DEFAULT_WINDOW_S,
-    FIELDS,
-    HEADERS_SEEN,
-    IN_FLIGHT,
-    LAST_DECREASE,
-    LIMITED_AT,
-    LIMITED_S,
-    MARGIN_SHARE,
-    MAX_MARGIN_S,
-    MIN_MARGIN_S,
-    MIN_WINDOW,
-    NEVER,
-    OUTAGE,
-    PAUSED_UNTIL,
-    PROBER,
-    RATE_DECREASED_AT,
-    RATE_LIMITED,
-    REQ_CAP,
-    REQ_COUNT,
-    REQ_LIMIT,
-    REQ_SRC,
-    REQ_TAT,
-    REQUESTS,
-    SEND_RATE,
-    SOURCES,
-    TOK_HEAD,
-    TOK_LIMIT,
-    TOK_SRC,
-    TOK_SUM,
-    TOK_TAIL,
-    TOK_TAT,
-    TOKEN_RING,
-    TOKENS,
-    Ending,
-    Grant,
-    LaneArray,
-    LaneStats,
-    LimitSource,
-    RecordLock,
-    Wait,
-    WaitReason,
-)
+from .lanes import Ending, Grant, LaneArray, LaneStats, LimitSource, RecordLock, Wait, WaitReason
 
 __all__ = ["Ending", "Grant", "LaneStats", "LimitSource", "NoKeysLeft", "SharedLimiter", "Wait", "WaitReason",
            "parse_duration"]
@@ -117,30 +70,30 @@ class SharedLimiter(LaneArray):
 
     @classmethod
     def create(cls, ctx: Any, n_keys: int, n_models: int, rpm: int | None = None, tpm: int | None = None,
-               window_s: float = DEFAULT_WINDOW_S, margin_s: float | None = None,
-               max_in_flight: int = 1 << 20, burst_s: float = DEFAULT_BURST_S, holders: int = 1) -> SharedLimiter:
+               window_s: float = L.DEFAULT_WINDOW_S, margin_s: float | None = None,
+               max_in_flight: int = 1 << 20, burst_s: float = L.DEFAULT_BURST_S, holders: int = 1) -> SharedLimiter:
         """Shared arrays for ``n_keys * n_models`` lanes and ``holders`` workers (``ctx``: multiprocess)."""
         lanes = n_keys * n_models
-        window_s = max(MIN_WINDOW, window_s)
+        window_s = max(L.MIN_WINDOW, window_s)
         if margin_s is None:
-            margin_s = min(MAX_MARGIN_S, max(MIN_MARGIN_S, MARGIN_SHARE * window_s))
-        state = ctx.RawArray("d", lanes * FIELDS)
+            margin_s = min(L.MAX_MARGIN_S, max(L.MIN_MARGIN_S, L.MARGIN_SHARE * window_s))
+        state = ctx.RawArray("d", lanes * L.FIELDS)
         req_ring = ctx.RawArray("d", lanes * (rpm or 0))
-        ring = TOKEN_RING if tpm else 0
+        ring = L.TOKEN_RING if tpm else 0
         limiter = cls(RecordLock(), state, req_ring, ctx.RawArray("d", lanes * ring),
                       ctx.RawArray("d", lanes * ring), ctx.RawArray("b", n_keys),
                       ctx.RawArray("i", max(1, holders) * lanes), n_keys, n_models, rpm, tpm, window_s,
                       max(0.0, margin_s), max_in_flight, max(0.0, burst_s), max(1, holders))
         for lane in range(lanes):
-            limiter._set(lane, CWND, float(max_in_flight))
-            limiter._set(lane, CWND_MAX, float(max_in_flight))
-            for field in (REQ_TAT, TOK_TAT, LAST_DECREASE, RATE_DECREASED_AT, LIMITED_AT, BUCKET_AT):
-                limiter._set(lane, field, NEVER)
-            limiter._set(lane, PROBER, -1)
+            limiter._set(lane, L.CWND, float(max_in_flight))
+            limiter._set(lane, L.CWND_MAX, float(max_in_flight))
+            for field in (L.REQ_TAT, L.TOK_TAT, L.LAST_DECREASE, L.RATE_DECREASED_AT, L.LIMITED_AT, L.BUCKET_AT):
+                limiter._set(lane, field, L.NEVER)
+            limiter._set(lane, L.PROBER, -1)
             if rpm:
-                limiter._set_limit(lane, REQ_LIMIT, rpm, LimitSource.FLAG)
+                limiter._set_limit(lane, L.REQ_LIMIT, rpm, LimitSource.FLAG)
             if tpm:
-                limiter._set_limit(lane, TOK_LIMIT, tpm, LimitSource.FLAG)
+                limiter._set_limit(lane, L.TOK_LIMIT, tpm, LimitSource.FLAG)
         for i in range(len(req_ring)):
             req_ring[i] = -math.inf
         return limiter
@@ -150,16 +103,16 @@ class SharedLimiter(LaneArray):
         """Give one lane (an endpoint's, for one model) its own limits, paced as a flag's, before forking."""
         lane = self.lane(key, model)
         if rpm:
-            self._set_limit(lane, REQ_LIMIT, rpm, LimitSource.FLAG)
+            self._set_limit(lane, L.REQ_LIMIT, rpm, LimitSource.FLAG)
         if tpm:
-            self._set_limit(lane, TOK_LIMIT, tpm, LimitSource.FLAG)
+            self._set_limit(lane, L.TOK_LIMIT, tpm, LimitSource.FLAG)
         if max_in_flight:
-            self._set(lane, CWND, float(max_in_flight))
-            self._set(lane, CWND_MAX, float(max_in_flight))
+            self._set(lane, L.CWND, float(max_in_flight))
+            self._set(lane, L.CWND_MAX, float(max_in_flight))
 
     def _flagged(self, lane: int, source_field: int) -> bool:
         """Whether the lane's limit was given (a flag or the endpoints table): a server's never replaces it."""
-        return self._get(lane, source_field) == SOURCES.index(LimitSource.FLAG)
+        return self._get(lane, source_field) == L.SOURCES.index(LimitSource.FLAG)
 
     def for_holder(self, holder: int) -> SharedLimiter:
         """This limiter as seen by worker slot ``holder`` (its grants are counted against it)."""
@@ -173,67 +126,67 @@ class SharedLimiter(LaneArray):
 
     def _wait_s(self, lane: int, tokens: int, now: float) -> float:
         """0 when the lane can start a request charged ``tokens`` now, else how long until it may."""
-        wait = self._get(lane, PAUSED_UNTIL) - now
-        if self._get(lane, IN_FLIGHT) >= max(1.0, math.floor(self._get(lane, CWND))):
+        wait = self._get(lane, L.PAUSED_UNTIL) - now
+        if self._get(lane, L.IN_FLIGHT) >= max(1.0, math.floor(self._get(lane, L.CWND))):
             wait = max(wait, 0.05)  # a slot frees when a request ends; look again soon
-        limit = self._get(lane, REQ_LIMIT)
+        limit = self._get(lane, L.REQ_LIMIT)
         if limit > 0:
-            wait = max(wait, self._pace_wait(lane, REQ_TAT, limit, 1, self._tolerance(lane, REQ_SRC), now))
-        limit = self._get(lane, TOK_LIMIT)
+            wait = max(wait, self._pace_wait(lane, L.REQ_TAT, limit, 1, self._tolerance(lane, L.REQ_SRC), now))
+        limit = self._get(lane, L.TOK_LIMIT)
         if limit > 0 and tokens > 0:
-            wait = max(wait, self._pace_wait(lane, TOK_TAT, limit, min(tokens, limit),
-                                             self._tolerance(lane, TOK_SRC), now))
+            wait = max(wait, self._pace_wait(lane, L.TOK_TAT, limit, min(tokens, limit),
+                                             self._tolerance(lane, L.TOK_SRC), now))
         span = self.span_s
         if self.rpm:
-            oldest = self._req_ring[lane * self.rpm + int(self._get(lane, REQ_COUNT)) % self.rpm]
+            oldest = self._req_ring[lane * self.rpm + int(self._get(lane, L.REQ_COUNT)) % self.rpm]
             wait = max(wait, oldest + span - now)
         if self.tpm:
             self._expire_tokens(lane, now - span)
-            head, tail = int(self._get(lane, TOK_HEAD)), int(self._get(lane, TOK_TAIL))
-            total = self._get(lane, TOK_SUM)
-            base = lane * TOKEN_RING
-            if tail - head >= TOKEN_RING:
-                wait = max(wait, self._tok_time[base + head % TOKEN_RING] + span - now)
+            head, tail = int(self._get(lane, L.TOK_HEAD)), int(self._get(lane, L.TOK_TAIL))
+            total = self._get(lane, L.TOK_SUM)
+            base = lane * L.TOKEN_RING
+            if tail - head >= L.TOKEN_RING:
+                wait = max(wait, self._tok_time[base + head % L.TOKEN_RING] + span - now)
             elif total + tokens > self.tpm and head < tail:
                 # Wait until enough of the oldest charges leave the window.
                 freed, at = 0.0, head
                 while at < tail and total - freed + tokens > self.tpm:
-                    freed += self._tok_amount[base + at % TOKEN_RING]
+                    freed += self._tok_amount[base + at % L.TOKEN_RING]
                     at += 1
-                wait = max(wait, self._tok_time[base + (at - 1) % TOKEN_RING] + span - now)
+                wait = max(wait, self._tok_time[base + (at - 1) % L.TOKEN_RING] + span - now)
         return max(0.0, wait)
 
     def _grant(self, lane: int, key: int, tokens: int, now: float, probe: bool) -> Grant:
-        self._add(lane, IN_FLIGHT, 1)
-        self._add(lane, REQUESTS, 1)
+        self._add(lane, L.IN_FLIGHT, 1)
+        self._add(lane, L.REQUESTS, 1)
         self._held[self.holder * self.n_lanes + lane] += 1
-        limit = self._get(lane, REQ_LIMIT)
+        limit = self._get(lane, L.REQ_LIMIT)
         if limit > 0:
-            self._set(lane, REQ_TAT, max(self._get(lane, REQ_TAT), now) + self.span_s / limit)
-        limit = self._get(lane, TOK_LIMIT)
+            self._set(lane, L.REQ_TAT, max(self._get(lane, L.REQ_TAT), now) + self.span_s / limit)
+        limit = self._get(lane, L.TOK_LIMIT)
         if limit > 0:
-            self._set(lane, TOK_TAT, max(self._get(lane, TOK_TAT), now) + min(tokens, limit) * self.span_s / limit)
+            self._set(lane, L.TOK_TAT, max(self._get(lane, L.TOK_TAT), now) + min(tokens, limit) * self.span_s / limit)
         # The send rate, counted a second at a time: where AIMD starts when the first 429 comes.
-        if now - self._get(lane, BUCKET_AT) >= 1.0:
-            elapsed = now - self._get(lane, BUCKET_AT)
-            self._set(lane, SEND_RATE, self._get(lane, BUCKET_N) / elapsed if elapsed < 2.0 else 0.0)
-            self._set(lane, BUCKET_AT, now)
-            self._set(lane, BUCKET_N, 0)
-        self._add(lane, BUCKET_N, 1)
+        if now - self._get(lane, L.BUCKET_AT) >= 1.0:
+            elapsed = now - self._get(lane, L.BUCKET_AT)
+            self._set(lane, L.SEND_RATE, self._get(lane, L.BUCKET_N) / elapsed if elapsed < 2.0 else 0.0)
+            self._set(lane, L.BUCKET_AT, now)
+            self._set(lane, L.BUCKET_N, 0)
+        self._add(lane, L.BUCKET_N, 1)
         request_pos = token_pos = -1
         if self.rpm:
-            request_pos = int(self._get(lane, REQ_COUNT))
+            request_pos = int(self._get(lane, L.REQ_COUNT))
             self._req_ring[lane * self.rpm + request_pos % self.rpm] = now
-            self._set(lane, REQ_COUNT, request_pos + 1)
+            self._set(lane, L.REQ_COUNT, request_pos + 1)
         if self.tpm:
-            token_pos = int(self._get(lane, TOK_TAIL))
-            self._tok_time[lane * TOKEN_RING + token_pos % TOKEN_RING] = now
-            self._tok_amount[lane * TOKEN_RING + token_pos % TOKEN_RING] = tokens
-            self._set(lane, TOK_TAIL, token_pos + 1)
-            self._add(lane, TOK_SUM, tokens)
+            token_pos = int(self._get(lane, L.TOK_TAIL))
+            self._tok_time[lane * L.TOKEN_RING + token_pos % L.TOKEN_RING] = now
+            self._tok_amount[lane * L.TOKEN_RING + token_pos % L.TOKEN_RING] = tokens
+            self._set(lane, L.TOK_TAIL, token_pos + 1)
+            self._add(lane, L.TOK_SUM, tokens)
         if probe:
-            self._set(lane, PROBER, self.holder)
-        return Grant(lane, lane // self.n_models, tokens, request_pos, token_pos, self.holder, probe)
+            self._set(lane, L.PROBER, self.holder)
+        return Grant(lane, lane // self.n_models, tokens, request_pos, token_pos, self.holder, probe, now)
 
     def sent(self, grant: Grant, now: float) -> None:
         """The request is leaving now: count it in the windows from now, not from when it was granted.
@@ -244,11 +197,11 @@ class SharedLimiter(LaneArray):
         if not (self.rpm or self.tpm):
             return
         with self._lock:
-            if self.rpm and int(self._get(grant.lane, REQ_COUNT)) - grant.request_pos <= self.rpm:
+            if self.rpm and int(self._get(grant.lane, L.REQ_COUNT)) - grant.request_pos <= self.rpm:
                 slot = grant.lane * self.rpm + grant.request_pos % self.rpm
                 self._req_ring[slot] = max(self._req_ring[slot], now)
             if self.tpm and self._token_live(grant):
-                slot = grant.lane * TOKEN_RING + grant.token_pos % TOKEN_RING
+                slot = grant.lane * L.TOKEN_RING + grant.token_pos % L.TOKEN_RING
                 self._tok_time[slot] = max(self._tok_time[slot], now)
 
     # -- the worker's side ---------------------------------------------------------------------------
@@ -267,12 +220,12 @@ class SharedLimiter(LaneArray):
             if not keys:
                 raise NoKeysLeft()
             if len(keys) > 1:
-                keys.sort(key=lambda k: self._get(self.lane(k, model), IN_FLIGHT))
+                keys.sort(key=lambda k: self._get(self.lane(k, model), L.IN_FLIGHT))
             best: Wait | None = None
             for key in keys:
                 lane = self.lane(key, model)
                 probe = False
-                if self._get(lane, OUTAGE):
+                if self._get(lane, L.OUTAGE):
                     outage = self._outage_wait(lane, now)
                     if outage is not None:
                         best = outage if best is None or outage.seconds < best.seconds else best
@@ -282,10 +235,10 @@ class SharedLimiter(LaneArray):
                 if wait <= 0:
                     return self._grant(lane, key, tokens, now, probe)
                 # Time some request spent waiting on the limits (refusals come at least twice a second).
-                since = now - self._get(lane, LIMITED_AT)
+                since = now - self._get(lane, L.LIMITED_AT)
                 if since < 1.0:
-                    self._add(lane, LIMITED_S, since)
-                self._set(lane, LIMITED_AT, now)
+                    self._add(lane, L.LIMITED_S, since)
+                self._set(lane, L.LIMITED_AT, now)
                 if best is None or wait < best.seconds:
                     best = Wait(wait)
             assert best is not None
@@ -300,38 +253,38 @@ class SharedLimiter(LaneArray):
         """
         lane = grant.lane
         with self._lock:
-            self._add(lane, IN_FLIGHT, -1)
+            self._add(lane, L.IN_FLIGHT, -1)
             held = grant.holder * self.n_lanes + lane
             if self._held[held] > 0:
                 self._held[held] -= 1
-            self._add(lane, TOKENS, used)
+            self._add(lane, L.TOKENS, used)
             if charged is not None and self.tpm:
                 # Expire first, so that a charge that has just left the window is not corrected twice.
                 self._expire_tokens(lane, now - self.span_s)
                 if self._token_live(grant):
-                    slot = lane * TOKEN_RING + grant.token_pos % TOKEN_RING
-                    self._add(lane, TOK_SUM, charged - self._tok_amount[slot])
+                    slot = lane * L.TOKEN_RING + grant.token_pos % L.TOKEN_RING
+                    self._add(lane, L.TOK_SUM, charged - self._tok_amount[slot])
                     self._tok_amount[slot] = charged
-            if charged is not None and self._get(lane, TOK_LIMIT) > 0:
+            if charged is not None and self._get(lane, L.TOK_LIMIT) > 0:
                 # The pace follows the correction too: a smaller real prompt gives time back.
-                self._add(lane, TOK_TAT, (charged - grant.charged) * self.span_s / self._get(lane, TOK_LIMIT))
+                self._add(lane, L.TOK_TAT, (charged - grant.charged) * self.span_s / self._get(lane, L.TOK_LIMIT))
             if ending is Ending.UNREACHABLE:
                 return self._unreachable(lane, grant, now)
             self._answered(lane, now)
             if ending is Ending.OK:
-                self._set(lane, ANSWERED_SINCE_DECREASE, 1)
-            if ending is Ending.OK and self._get(lane, REQ_SRC) == 3:
+                self._set(lane, L.ANSWERED_SINCE_DECREASE, 1)
+            if ending is Ending.OK and self._get(lane, L.REQ_SRC) == 3:
                 self._grow_rate(lane, now)
-            if self._get(lane, HEADERS_SEEN):
+            if self._get(lane, L.HEADERS_SEEN):
                 return False
-            cwnd = self._get(lane, CWND)
+            cwnd = self._get(lane, L.CWND)
             if ending is Ending.OVERLOADED:
-                # One decrease per second: the requests that were in flight together fail together.
-                if now - self._get(lane, LAST_DECREASE) >= 1.0:
-                    self._set(lane, CWND, max(1.0, min(cwnd, self._get(lane, IN_FLIGHT) + 1) / 2))
-                    self._set(lane, LAST_DECREASE, now)
-            elif ending is Ending.OK and cwnd < self._get(lane, CWND_MAX):
-                self._set(lane, CWND, min(self._get(lane, CWND_MAX), cwnd + 1.0 / max(1.0, cwnd)))
+                # Once per window of requests: those already in flight at a decrease fail together.
+                if grant.at > self._get(lane, L.LAST_DECREASE):
+                    self._set(lane, L.CWND, max(1.0, min(cwnd, self._get(lane, L.IN_FLIGHT) + 1) * L.CWND_DECREASE))
+                    self._set(lane, L.LAST_DECREASE, now)
+            elif ending is Ending.OK and cwnd < self._get(lane, L.CWND_MAX):
+                self._set(lane, L.CWND, min(self._get(lane, L.CWND_MAX), cwnd + 1.0 / max(1.0, cwnd)))
             return False
 
     def rate_limited(self, lane: int, now: float, retry_after: float | None) -> None:
@@ -343,22 +296,25 @@ class SharedLimiter(LaneArray):
         (a busy proxy) would otherwise drive the rate to nothing.
         """
         with self._lock:
-            self._add(lane, RATE_LIMITED, 1)
-            # Once a second at most, and only if something got through since the last decrease: while a
-            # server refuses everything (a window that has run out), more refusals say nothing new.
-            if (not retry_after and now - self._get(lane, RATE_DECREASED_AT) >= 1.0
-                    and (self._get(lane, ANSWERED_SINCE_DECREASE) or self._get(lane, REQ_SRC) != 3)):
+            self._add(lane, L.RATE_LIMITED, 1)
+            # The requests in flight are lowered first (release); the rate only once they are down to two
+            # (or are not managed), so a server that refuses beyond N in flight keeps its full rate. Once
+            # a second at most, and only if something got through since the last decrease: while a server
+            # refuses everything (a window that has run out), more refusals say nothing new.
+            if (not retry_after and now - self._get(lane, L.RATE_DECREASED_AT) >= 1.0
+                    and (self._get(lane, L.HEADERS_SEEN) or self._get(lane, L.CWND) <= 2.0)
+                    and (self._get(lane, L.ANSWERED_SINCE_DECREASE) or self._get(lane, L.REQ_SRC) != 3)):
                 self._decrease_rate(lane, now)
             if retry_after:
-                until = max(self._get(lane, PAUSED_UNTIL), now + retry_after)
-                self._set(lane, PAUSED_UNTIL, until)
+                until = max(self._get(lane, L.PAUSED_UNTIL), now + retry_after)
+                self._set(lane, L.PAUSED_UNTIL, until)
                 # The pace starts again empty at the end of the pause: the first request goes then, the
                 # others one interval after another.
-                for tat, limit_field, source_field in ((REQ_TAT, REQ_LIMIT, REQ_SRC),
-                                                       (TOK_TAT, TOK_LIMIT, TOK_SRC)):
+                for tat, limit_field, source_field in ((L.REQ_TAT, L.REQ_LIMIT, L.REQ_SRC),
+                                                       (L.TOK_TAT, L.TOK_LIMIT, L.TOK_SRC)):
                     limit = self._get(lane, limit_field)
                     if limit > 0:
-                        step = self.span_s / limit if limit_field == REQ_LIMIT else 0.0
+                        step = self.span_s / limit if limit_field == L.REQ_LIMIT else 0.0
                         tolerance = max(self._tolerance(lane, source_field), step)
                         self._set(lane, tat, max(self._get(lane, tat), until + tolerance - step))
 
@@ -372,22 +328,22 @@ class SharedLimiter(LaneArray):
 
     def observe(self, lane: int, hints: Hints, now: float) -> None:
         pause = hints.exhausted_for_s()
-        if (not pause and self._get(lane, HEADERS_SEEN)
-                and (self.rpm or not hints.limit_requests or self._get(lane, REQ_CAP) == hints.limit_requests)
-                and (self.tpm or not hints.limit_tokens or self._get(lane, TOK_LIMIT) == hints.limit_tokens)):
+        if (not pause and self._get(lane, L.HEADERS_SEEN)
+                and (self.rpm or not hints.limit_requests or self._get(lane, L.REQ_CAP) == hints.limit_requests)
+                and (self.tpm or not hints.limit_tokens or self._get(lane, L.TOK_LIMIT) == hints.limit_tokens)):
             return  # nothing new (the usual case): no lock taken
         with self._lock:
-            if not self._get(lane, HEADERS_SEEN):
-                self._set(lane, HEADERS_SEEN, 1)
-                self._set(lane, CWND, self._get(lane, CWND_MAX))
-            if (hints.limit_requests and not self.rpm and not self._flagged(lane, REQ_SRC)
-                    and self._get(lane, REQ_CAP) != hints.limit_requests):
-                self._set_limit(lane, REQ_LIMIT, hints.limit_requests, LimitSource.SERVER)
-            if (hints.limit_tokens and not self.tpm and not self._flagged(lane, TOK_SRC)
-                    and self._get(lane, TOK_LIMIT) != hints.limit_tokens):
-                self._set_limit(lane, TOK_LIMIT, hints.limit_tokens, LimitSource.SERVER)
+            if not self._get(lane, L.HEADERS_SEEN):
+                self._set(lane, L.HEADERS_SEEN, 1)
+                self._set(lane, L.CWND, self._get(lane, L.CWND_MAX))
+            if (hints.limit_requests and not self.rpm and not self._flagged(lane, L.REQ_SRC)
+                    and self._get(lane, L.REQ_CAP) != hints.limit_requests):
+                self._set_limit(lane, L.REQ_LIMIT, hints.limit_requests, LimitSource.SERVER)
+            if (hints.limit_tokens and not self.tpm and not self._flagged(lane, L.TOK_SRC)
+                    and self._get(lane, L.TOK_LIMIT) != hints.limit_tokens):
+                self._set_limit(lane, L.TOK_LIMIT, hints.limit_tokens, LimitSource.SERVER)
             if pause:
-                self._set(lane, PAUSED_UNTIL, max(self._get(lane, PAUSED_UNTIL), now + pause))
+                self._set(lane, L.PAUSED_UNTIL, max(self._get(lane, L.PAUSED_UNTIL), now + pause))
 
     def disable_key(self, key: int) -> bool:
         """Stop using a key for every model; returns whether any key is left."""
@@ -410,7 +366,7 @@ class SharedLimiter(LaneArray):
                 count = self._held[at]
                 self._held[at] = 0
                 total += count
-                self._set(lane, IN_FLIGHT, max(0.0, self._get(lane, IN_FLIGHT) - count))
-                if self._get(lane, PROBER) == holder:
-                    self._set(lane, PROBER, -1)
+                self._set(lane, L.IN_FLIGHT, max(0.0, self._get(lane, L.IN_FLIGHT) - count))
+                if self._get(lane, L.PROBER) == holder:
+                    self._set(lane, L.PROBER, -1)
         return total

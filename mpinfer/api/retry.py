@@ -19,8 +19,8 @@ from .client import CallError, Verdict
 
 MAX_BACKOFF_S = 60.0
 # A rate-limited task with no hint waits a backoff that stops growing here: the limiter's learned pace
-# does the rest, and a server that recovers is not left idle for a minute.
-MAX_RATE_BACKOFF_S = 8.0
+# does the rest, and a server that recovers is not left idle.
+MAX_RATE_BACKOFF_S = 2.0
 
 
 @dataclass(frozen=True)
