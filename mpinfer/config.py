@@ -241,6 +241,10 @@ class RunConfig:
         return self.require_api_keys()[0]
 
     def require_api_keys(self) -> tuple[str, ...]:
+        unset = [str(ep.api_key_env) for ep in self.endpoint_table if not ep.api_key]
+        if unset:
+            raise ConfigError(f"the endpoints table's keys are not set: {', '.join(dict.fromkeys(unset))} (set "
+                              "them in the environment or .env)")
         if not self.api_keys:
             raise ConfigError(
                 "no API key: set OPENAI_API_KEY (or OPENAI_API_KEYS=k1,k2) in the environment or in .env "
@@ -320,7 +324,7 @@ def load_config(
     table = table_of(values["endpoints"], tables, str(toml_path), layers)
     if table:
         values["endpoint_table"] = table
-        values["api_keys"] = tuple(endpoint.api_key for endpoint in table)
+        values["api_keys"] = tuple(endpoint.api_key for endpoint in table if endpoint.api_key)
     values["warnings"] = file_warnings(cwd / ENV_FILE_NAME)
     return RunConfig(**values)
 

@@ -120,7 +120,7 @@ def with_settings(config: RunConfig, settings: Mapping[str, Any]) -> RunConfig:
         values["api_keys"] = read_keys_file(values["api_keys_file"])
     if values.get("endpoints") is not None:  # the table's own keys, one an endpoint
         values["endpoint_table"] = endpoint_table(values["endpoints"])
-        values["api_keys"] = tuple(endpoint.api_key for endpoint in values["endpoint_table"])
+        values["api_keys"] = tuple(endpoint.api_key for endpoint in values["endpoint_table"] if endpoint.api_key)
     return dataclasses.replace(config, **values,
                                explicit=config.explicit | (set(values) - {"api_keys", "endpoint_table"}))
 

@@ -141,11 +141,15 @@ def test_a_table_that_names_an_unset_variable_or_an_unknown_field_is_refused(tmp
     table = tmp_path / "endpoints.toml"
     table.write_text('[[endpoints]]\nmodel = "gpt-4o"\napi_key_env = "NOT_SET_ANYWHERE"\n')
     unset = run_cli("-i", str(tasks), "-o", str(tmp_path / "o.jsonl"), "--endpoints", str(table), cwd=tmp_path)
+    # (--status needs no key: it works without the variable)
+    status = run_cli("-i", str(tasks), "-o", str(tmp_path / "o.jsonl"), "--endpoints", str(table), "--status",
+                     cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
     table.write_text('[[endpoints]]\nmodel = "gpt-4o"\napi_key_env = "AZURE_KEY_EAST"\ndeploymnet = "x"\n')
     typo = run_cli("-i", str(tasks), "-o", str(tmp_path / "o.jsonl"), "--endpoints", str(table), cwd=tmp_path,
                    env=KEYS)
     # Then both stop with exit 2 and say what is wrong
-    assert unset.returncode == 2 and "NOT_SET_ANYWHERE is not set" in unset.stderr
+    assert unset.returncode == 2 and "the endpoints table's keys are not set: NOT_SET_ANYWHERE" in unset.stderr
     assert typo.returncode == 2 and "unknown field 'deploymnet'" in typo.stderr
 
 

@@ -89,7 +89,8 @@ def _positive(raw: Mapping[str, Any], name: str, where: str, number: type = int)
 
 
 def parse_endpoints(tables: Any, source: str, lookup: Callable[[str], str | None]) -> tuple[Endpoint, ...]:
-    """Check ``[[endpoints]]`` tables (from ``source``) and read each key from its variable via ``lookup``."""
+    """Check ``[[endpoints]]`` tables (from ``source``) and read each key from its variable via ``lookup``
+    (an empty key when it is not set: ``RunConfig.require_api_keys`` names those)."""
     if not isinstance(tables, list) or not tables or not all(isinstance(t, dict) for t in tables):
         raise ConfigError(f"{source}: endpoints must be a list of [[endpoints]] tables")
     endpoints = []
@@ -118,10 +119,8 @@ def parse_endpoints(tables: Any, source: str, lookup: Callable[[str], str | None
                     raise ConfigError(f"{where} (azure): {name} is required")
         elif raw.get("deployment") or raw.get("api_version"):
             raise ConfigError(f"{where}: deployment and api_version are for provider = \"azure\" only")
-        key = lookup(raw["api_key_env"])
-        if not key:
-            raise ConfigError(f"{where} (model {raw['model']}): {raw['api_key_env']} is not set in the "
-                              "environment or .env")
+        # A key not set is no error yet: --status and --validate need none; a run says which is missing.
+        key = lookup(raw["api_key_env"]) or ""
         endpoints.append(Endpoint(
             model=raw["model"], api_key=key, base_url=base_url, provider=provider,
             deployment=raw.get("deployment"), api_version=raw.get("api_version"), api_key_env=raw["api_key_env"],
