@@ -214,7 +214,7 @@ def _cancel(config: RunConfig, grace_s: float) -> int:
 
 def _cancel_batches(config: RunConfig) -> int:
     """--cancel --backend batch: the batches at the server, whether a run is live or not."""
-    from .backends.batch import cancel
+    from .backends.batch_cancel import cancel
 
     cancelled = cancel(config)
     for name, batch_id, state in cancelled:

@@ -52,7 +52,11 @@ __all__ = ["DEFAULT_GRACE_S", "RunSummary", "run"]
 
 
 def _backend(config: RunConfig, outputs: list[OutputPaths], run_starts: list[int], log_file: Path | None,
-             prices: PriceTable) -> Backend:
+             prices: PriceTable, progress: bool) -> Backend:
+    if config.backend is BackendName.BATCH:
+        from .backends.batch import BatchBackend
+
+        return BatchBackend(config, outputs, prices, progress)
     if config.backend is BackendName.RAY:
         from .backends.ray import RayBackend
 
@@ -178,21 +182,11 @@ def run(config: RunConfig, *, progress: bool = True, grace_s: float = DEFAULT_GR
             return summary
         items = work_items(iter_tasks(input_path, keys, selection=chosen), done)
         state = RunState(config, items, summary, summary_path, priced_before, progress)
-        backend: Any
-        if config.backend is BackendName.BATCH:
-            from .backends.batch import BatchBackend
-
-            backend = BatchBackend(state, outputs, prices)  # not yet a driver.Backend: it runs its own loop
-        else:
-            backend = _backend(config, outputs, run_starts, log_file, prices)
+        backend = _backend(config, outputs, run_starts, log_file, prices, progress)
         del index
         previous = _catch_stop_signals(state.on_signal)
         try:
-            if config.backend is BackendName.BATCH:
-                backend.start()
-                backend.loop()
-            else:
-                supervise(state, backend, grace_s)
+            supervise(state, backend, grace_s)
         finally:
             summary.stopped = state.stop_reason
             summary.elapsed_s = time.monotonic() - started

@@ -1,16 +1,18 @@
 """The Batch API backend (``--backend batch``): half the price, answers within 24 hours, and a crash costs nothing.
 
-The job's life, each step recorded in the batch plan (batch_plan.py) before it can matter:
-1. start: the plan beside the output is loaded (a crashed or stopped run left it) or begun; the rows that are
-   not done and not already in the plan are written into request files (batch_submit.plan_chunks) and the
-   plan is saved, all before the first upload;
-2. loop: each chunk is uploaded and its batch created (paced, waiting on the enqueued-token limit), the open
-   batches are polled every ``--batch-poll`` seconds, and each finished batch is merged (batch_merge.py):
-   answers appended through the store as online answers are, failures to the errors file, transient
-   failures into a new chunk;
-3. Ctrl-C or SIGTERM stops polling; the batches go on at the server and a rerun collects them.
+It implements the driver's Backend (backends/base.py); each step is recorded in the batch plan
+(batch_plan.py) before it can matter:
+- ``start``: the plan beside the output is loaded (a crashed or stopped run left it) or begun;
+- ``submit``: a row not done and not in the plan is written into a request file (its line is the body the
+  online path sends); rows the plan holds are not planned again;
+- ``poll``: the request files are closed and the plan saved (before the first upload), then each file is
+  uploaded and its batch created (paced, waiting on the enqueued-token limit); every ``--batch-poll``
+  seconds the open batches are polled, and each finished one is merged (batch_merge.py): answers appended
+  through the store as online answers are, failures to the errors file, transient failures into a new file;
+- ``stop`` (Ctrl-C, SIGTERM, the end): nothing to wait for: the batches go on at the server and a rerun
+  collects them. ``in_flight`` is the rows of open batches, so the driver ends the run when all are merged.
 
-``cancel`` (``--cancel``) cancels the output's open batches at the server; ``plan_report`` feeds --status.
+``batch_cancel.cancel`` (``--cancel``) cancels the open batches; ``batch_plan.plan_report`` feeds --status.
 """
 
 from __future__ import annotations
@@ -20,26 +22,26 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
+from ..api.lanes import LaneStats
+from ..api.messages import ImageEncoder
 from ..api.prices import PriceTable
 from ..config import RunConfig
-from ..driver import RunState
-from ..errors import BatchApiError, ConfigError
-from ..events import Stopped, StopReason
+from ..errors import BatchApiError, ConfigError, ImageError
+from ..events import Fatal, TaskDone, TaskFailed, WorkItem
 from ..inputs.check import reading
 from ..inputs.readers import iter_tasks
 from ..inputs.tasks import Task
-from ..reports.summary import Tally
 from ..store.output import Appender, OutputPaths, iter_lines, record_id, scan
-from ..store.runlock import live_run
+from ..store.records import Failure, batch_error_line
+from .base import Note
 from .batch_merge import Merger
 from .batch_plan import FINAL_STATUSES, Chunk, ChunkState, Plan
-from .batch_submit import BatchClient, CreationPacer, QueueFull, create, plan_chunks, request_lines, upload
+from .batch_submit import BatchClient, ChunkWriter, CreationPacer, QueueFull, create, plan_chunks, request_line, upload
 
 log = logging.getLogger("mpinfer.run")
 
-TICK_S = 0.2
-JOB_LIMIT_S = 26 * 3600.0
-"""A run polls at most this long: the 24-hour window, finalizing, and some slack; then a rerun goes on."""
 QUEUE_RETRY_POLLS = 4
 """Polls to wait on a full token queue that none of our batches holds (other jobs' batches fill it)."""
 PER_BATCH_SHOWN = 3
@@ -52,29 +54,39 @@ _CANCELLED = frozenset({"cancelling", "cancelled"})
 class BatchBackend:
     """Runs the tasks as Batch API batches; this process writes every line, as the Ray driver does."""
 
-    def __init__(self, state: RunState, outputs: list[OutputPaths], prices: PriceTable) -> None:
-        self.state = state
-        self.config = config = state.config
+    def __init__(self, config: RunConfig, outputs: list[OutputPaths], prices: PriceTable,
+                 progress: bool = False) -> None:
+        self.config = config
         if config.endpoint_table:  # its client is one key at --base-url
             raise ConfigError("an endpoints table runs online (--backend local) only, for now")
         _, self.output = config.require_paths()
         self.outputs = outputs
         self.client = BatchClient(config)
         self.appenders = [Appender(paths, fsync=config.fsync) for paths in outputs]
+        self.encoder = ImageEncoder(config.resolved_image_root)
         self.pacer = CreationPacer()
         self.merger = Merger(config, prices)
         self.plan: Plan | None = None
+        self.writer: ChunkWriter | None = None
         self.done: list[set[str]] = []
         self.failed_before: list[set[str]] = []
+        self.in_plan: list[set[str]] = []  # per model: the rows the plan holds (not planned again while open)
+        self.notes: list[Note] = []  # events to report at the next poll (a row whose image cannot be read)
         self.freed: dict[int, int] = {}  # per model: our batches finished so far (each frees queue tokens)
         self.waits: dict[str, tuple[int, int]] = {}  # chunk -> (freed count, polls) when it met a full queue
-        self.cancelled_live = False
         self.interrupted_creates: set[str] = set()
+        self.executed = [0] * len(outputs)
+        self.tokens = [0] * len(outputs)
+        self.cancelled_live = False
+        self.stopping = False
+        self.next_poll = 0.0
         self.polls = 0
         self.created = 0
         self.resubmitted = 0
+        self.bar = tqdm(total=0, unit="request", desc="batch requests", position=1, dynamic_ncols=True,
+                        disable=not progress)
 
-    # -- start: the plan, saved before anything is uploaded ---------------------------------------------
+    # -- start and submit: the plan, saved before anything is uploaded -----------------------------------
 
     def start(self) -> None:
         plan = Plan.load(self.output)
@@ -82,22 +94,14 @@ class BatchBackend:
             plan = Plan.new(self.output, [_size(paths.errors) for paths in self.outputs], list(self.config.models))
         self._check_models(plan)
         self.plan = plan
+        self.writer = ChunkWriter(plan, self.config.batch_size, self.config.batch_max_bytes)
         self.done = [scan(paths.output).ids for paths in self.outputs]
         self.failed_before = [_ids_from(paths.errors, plan.errors_offsets[m] if m < len(plan.errors_offsets) else 0)
                               for m, paths in enumerate(self.outputs)]
-        covered = [plan.covered(m) for m in range(len(self.outputs))]
-        # Streamed from the input into the request files: no task is held in memory (a merge reads its rows'
-        # tasks from the input again), so a job of millions of rows costs the plan's ids, not the tasks.
-        fresh = ((task, model) for task, model in self.state.items if task.id not in covered[model])
+        self.in_plan = [plan.covered(m) for m in range(len(self.outputs))]
         # A chunk left CREATING was being created when the last run died: its batch may exist.
         self.interrupted_creates = {c.name for c in plan.chunks if c.state is ChunkState.CREATING}
-        kept = len(plan.open_chunks)
-        made = plan_chunks(plan, request_lines(self.config, fresh), self.config.batch_size,
-                           self.config.batch_max_bytes)
-        plan.save()
-        log.info("batch: %d rows in %d new request files (%s); %d open from an earlier run; plan in %s",
-                 sum(c.lines for c in made), len(made),
-                 ", ".join(f"{c.lines} rows, {c.bytes:,} bytes" for c in made[:5]) or "-", kept, plan.path)
+        log.info("batch: plan %s, %d open request files from an earlier run", plan.path, len(plan.open_chunks))
 
     def _check_models(self, plan: Plan) -> None:
         """Open chunks name their model by its place in the run's models: the same list, or a clear error."""
@@ -106,44 +110,59 @@ class BatchBackend:
             raise ConfigError(f"the open batches of {self.output} are for --model {','.join(plan.models)}, not "
                               f"{','.join(models)}: rerun with that --model to collect them, or --cancel them first")
 
-    def _tasks_of(self, ids: set[str]) -> dict[str, Task]:
-        """The input tasks of these ids, read from the input again (whatever this run's selection is)."""
-        found: dict[str, Task] = {}
-        input_path, _ = self.config.require_paths()
-        for task in iter_tasks(input_path, reading(self.config)):
-            if task.id in ids:
-                found[task.id] = task
-                if len(found) == len(ids):
-                    break
-        return found
+    def room(self) -> int:
+        """Any number while running: rows only go into files now; the Batch API takes them all."""
+        return 0 if self.stopping else self.config.batch_size
 
-    # -- loop ---------------------------------------------------------------------------------------------
+    def in_flight(self) -> int:
+        """Rows of open batches (and of files not yet created, unless a cancel stopped the job)."""
+        assert self.plan is not None
+        open_chunks = [c for c in self.plan.open_chunks
+                       if not self.cancelled_live or c.state is ChunkState.CREATED]
+        return sum(c.lines for c in open_chunks) + len(self.notes)
 
-    def loop(self) -> None:
-        plan = self.plan
-        assert plan is not None
-        started = time.monotonic()
-        next_poll = 0.0
-        while plan.open_chunks and time.monotonic() - started < JOB_LIMIT_S:
-            if self.state.signals:
-                log.warning("stopping: the open batches go on at the server; rerun to collect their answers")
-                self.state.stop(Stopped(StopReason.INTERRUPTED, "the batches go on at the server"))
-                return
-            if self.cancelled_live:
-                if not any(c.state is ChunkState.CREATED for c in plan.open_chunks):
-                    break  # what was running is merged; what was not created waits for a rerun
-            else:
+    def submit(self, item: WorkItem) -> bool:
+        task, model = item
+        assert self.writer is not None
+        if task.id in self.in_plan[model]:
+            return True  # in a batch of the plan already, or settled by it
+        try:
+            line = request_line(self.config, self.encoder, task, model)
+        except ImageError as exc:  # as online: this task fails, the others go on
+            self._image_failed(task, model, str(exc))
+            return True
+        self.writer.add(model, task.id, line)
+        self.in_plan[model].add(task.id)
+        return True
+
+    def _image_failed(self, task: Task, model: int, message: str) -> None:
+        if task.body is not None:
+            line = batch_error_line(task.id, None, "image", message, {"attempts": 0, "processed_at": time.time()})
+        else:
+            line = Failure(task.id, "image", None, message, 0, time.time()).to_line()
+        self.appenders[model].append(self.outputs[model].errors, line)
+        self.notes.append(TaskFailed(task.id, model, "image", None, message, 0))
+
+    # -- poll ---------------------------------------------------------------------------------------------
+
+    def poll(self, timeout_s: float) -> list[Note]:
+        plan, writer = self.plan, self.writer
+        assert plan is not None and writer is not None
+        notes, self.notes = self.notes, []
+        try:
+            if writer.close():
+                plan.save()  # every request file is in the plan before the first upload
+            if not self.stopping and not self.cancelled_live:
                 self._submit(plan)
-            if time.monotonic() >= next_poll:
-                self._poll(plan)
-                next_poll = time.monotonic() + self.config.batch_poll
-            self.state.save_summary(live=True)
-            time.sleep(TICK_S)
-        if self.cancelled_live:
-            self.state.stop(Stopped(StopReason.INTERRUPTED, "the batches were cancelled (--cancel); a rerun sends "
-                                    "what was not answered"))
-        elif plan.open_chunks:
-            self.state.stop(Stopped(StopReason.INTERRUPTED, f"batches still open after {JOB_LIMIT_S / 3600:.0f}h"))
+            if not self.stopping and time.monotonic() >= self.next_poll:
+                notes += self._poll(plan)
+                self.next_poll = time.monotonic() + self.config.batch_poll
+        except BatchApiError as exc:  # after its retries: stop; the plan keeps what is at the server
+            notes.append(Fatal(f"{exc} (rerun to go on: the plan keeps every batch made)"))
+            self.stopping = True
+        if not notes:
+            time.sleep(timeout_s)
+        return notes
 
     def _submit(self, plan: Plan) -> None:
         for chunk in plan.open_chunks:
@@ -185,8 +204,10 @@ class BatchBackend:
         freed, polls = self.waits[chunk.name]
         return self.freed.get(chunk.model, 0) > freed or self.polls - polls >= QUEUE_RETRY_POLLS
 
-    def _poll(self, plan: Plan) -> None:
+    def _poll(self, plan: Plan) -> list[Note]:
+        """Poll the running batches; merge those that ended; the events of what was merged."""
         self.polls += 1
+        notes: list[Note] = []
         before = [(c.status, c.completed, c.failed) for c in plan.chunks]
         for chunk in [c for c in plan.open_chunks if c.state is ChunkState.CREATED]:
             try:
@@ -202,12 +223,13 @@ class BatchBackend:
             chunk.status = batch.status
             if batch.status in FINAL_STATUSES:
                 try:
-                    self._finish(plan, chunk, batch)
+                    notes += self._finish(plan, chunk, batch)
                 except BatchApiError as exc:  # a download failed: the chunk stays CREATED, merged next poll
                     log.warning("%s (merged at the next poll)", exc)
         self._progress(plan)
         if [(c.status, c.completed, c.failed) for c in plan.chunks] != before:
             plan.save()  # the counts --status shows; a merge saved its own steps already
+        return notes
 
     def _progress(self, plan: Plan) -> None:
         first = [c for c in plan.chunks if c.attempt == 1]  # resubmissions are the same rows again
@@ -220,7 +242,9 @@ class BatchBackend:
         summary = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "all merged"
         running = [c for c in plan.open_chunks if c.state is ChunkState.CREATED]
         each = "".join(f"; {c.batch_id}: {c.completed}+{c.failed}/{c.lines}" for c in running[:PER_BATCH_SHOWN])
-        self.state.bar.set_postfix_str(f"batches: {summary}; requests {settled}/{rows}{each}", refresh=True)
+        self.bar.total = rows
+        self.bar.n = settled
+        self.bar.set_postfix_str(f"batches: {summary}{each}", refresh=True)
         for chunk in plan.open_chunks:
             if chunk.state is ChunkState.CREATED:
                 log.info("batch %s (%s): %s, %d completed, %d failed of %d", chunk.batch_id, chunk.name,
@@ -233,12 +257,12 @@ class BatchBackend:
         data: bytes = content.content
         return data
 
-    def _finish(self, plan: Plan, chunk: Chunk, batch: Any) -> None:
+    def _finish(self, plan: Plan, chunk: Chunk, batch: Any) -> list[Note]:
         """A batch ended: merge its answers, record its failures, plan its transient failures again."""
         errors = [e for e in (batch.errors.data if batch.errors and batch.errors.data else [])]
         if batch.status == "failed" and any(e.code == "token_limit_exceeded" for e in errors):
             self._queue_full(chunk, errors[0].message or "")
-            return
+            return []
         if errors:
             chunk.error = "; ".join(f"{e.code}: {e.message}" for e in errors)[:500]
         merge_started = time.monotonic()
@@ -255,13 +279,12 @@ class BatchBackend:
         for target, lines in ((paths.output, merged.results), (paths.errors, merged.failures)):
             for start in range(0, len(lines), APPEND_LINES):
                 self.appenders[chunk.model].append(target, b"".join(lines[start:start + APPEND_LINES]))
-        for event in merged.events:
-            self.state.on_event(event)
-        self._count_requests(chunk)
+        self.executed[chunk.model] += chunk.completed + chunk.failed
+        self.tokens[chunk.model] += sum(e.prompt_tokens + e.completion_tokens for e in merged.events
+                                        if isinstance(e, TaskDone))
         if merged.retry:
             again = [(tasks[i], chunk.model) for i in merged.retry if i in tasks]
-            plan_chunks(plan, request_lines(self.config, again), self.config.batch_size,
-                        self.config.batch_max_bytes, attempt=chunk.attempt + 1)
+            plan_chunks(plan, again, self.config, attempt=chunk.attempt + 1)
             chunk.resubmitted = len(merged.retry)
             self.resubmitted += len(merged.retry)
             log.info("batch %s: %d rows resubmitted (attempt %d)", batch.id, len(merged.retry), chunk.attempt + 1)
@@ -273,21 +296,54 @@ class BatchBackend:
         log.info("batch %s %s: %d answers merged, %d failures recorded, %d resubmitted, in %.2fs (download "
                  "included)", batch.id, batch.status, len(merged.results), len(merged.failures), len(merged.retry),
                  time.monotonic() - merge_started)
+        return list(merged.events)
 
-    def _count_requests(self, chunk: Chunk) -> None:
-        """The batch's requests (as the server counted them) in the summary's per-key and per-model tallies."""
-        summary = self.state.summary
-        executed = chunk.completed + chunk.failed
-        for tally in (summary.per_key.setdefault(self.state.key_names[0], Tally()),
-                      summary.per_model.setdefault(self.config.models[chunk.model], Tally())):
-            tally.requests += executed
+    # -- stop and close -----------------------------------------------------------------------------------
+
+    def replace(self, worker: int) -> None:
+        """No workers: the batches run at the server."""
+
+    def stop(self) -> None:
+        if not self.stopping and self.plan is not None and self.plan.open_chunks:
+            log.warning("stopping: the open batches go on at the server; rerun to collect their answers")
+        self.stopping = True
+        if self.writer is not None and self.plan is not None and self.writer.close():
+            self.plan.save()
+
+    def idle(self) -> bool:
+        """Nothing to wait for once stopping: what runs, runs at the server."""
+        return self.stopping
+
+    def kill(self) -> list[Note]:
+        self.stop()
+        notes, self.notes = self.notes, []
+        return notes
+
+    def lane_stats(self) -> tuple[list[LaneStats], list[bool]]:
+        """The batches' requests and tokens per model, as the summary counts online requests."""
+        stats = [LaneStats(0, m, self.executed[m], 0, self.tokens[m], 0, 0.0, 0.0) for m in range(len(self.outputs))]
+        return stats, [False] * len(self.config.require_api_keys())
 
     def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
         for appender in self.appenders:
             appender.close()
         self.client.close()
+        self.bar.close()
         if self.plan is not None:
             log.info("batch: %d batches created this run, %d rows resubmitted", self.created, self.resubmitted)
+
+    def _tasks_of(self, ids: set[str]) -> dict[str, Task]:
+        """The input tasks of these ids, read from the input again (whatever this run's selection is)."""
+        found: dict[str, Task] = {}
+        input_path, _ = self.config.require_paths()
+        for task in iter_tasks(input_path, reading(self.config)):
+            if task.id in ids:
+                found[task.id] = task
+                if len(found) == len(ids):
+                    break
+        return found
 
 
 def _size(path: Path) -> int:
@@ -300,39 +356,3 @@ def _size(path: Path) -> int:
 def _ids_from(path: Path, offset: int) -> set[str]:
     """Ids with a failure line written from ``offset`` on (by this plan): a repeated merge skips them."""
     return {rid for _, _, obj in iter_lines(path, offset) if (rid := record_id(obj)) is not None}
-
-
-def _ended(client: BatchClient, batch_id: str) -> str | None:
-    """``already <status>`` when the batch has ended (nothing left to cancel), else None."""
-    try:
-        batch = client.call(f"poll {batch_id}", client.sdk.batches.retrieve, batch_id)
-    except BatchApiError:
-        return None
-    return f"already {batch.status}" if batch.status in FINAL_STATUSES else None
-
-
-def cancel(config: RunConfig) -> list[tuple[str, str, str]]:
-    """Cancel the output's open batches at the server: (chunk, batch id, status) of each one cancelled."""
-    _, output = config.require_paths()
-    plan = Plan.load(output)
-    if plan is None:
-        return []
-    client = BatchClient(config)
-    cancelled: list[tuple[str, str, str]] = []
-    try:
-        for chunk in plan.open_chunks:
-            if chunk.state is not ChunkState.CREATED or chunk.batch_id is None or chunk.status in FINAL_STATUSES:
-                continue
-            try:
-                batch = client.call(f"cancel {chunk.batch_id}", client.sdk.batches.cancel, chunk.batch_id)
-            except BatchApiError as exc:  # it ended meanwhile (409), or the API is down: say which, go on
-                cancelled.append((chunk.name, chunk.batch_id, _ended(client, chunk.batch_id) or f"not cancelled: {exc}"))
-                continue
-            chunk.status = batch.status
-            cancelled.append((chunk.name, chunk.batch_id, batch.status))
-    finally:
-        client.close()
-    if live_run(OutputPaths.of(output)) is None:
-        plan.cancelled = True
-        plan.save()  # with no run live, this process may write the plan; a live run sees the cancel by polling
-    return cancelled

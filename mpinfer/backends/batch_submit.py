@@ -15,7 +15,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import openai
 import orjson
@@ -91,54 +91,77 @@ class BatchClient:
         self.sdk.close()
 
 
-def request_lines(config: RunConfig, items: Iterable[tuple[Task, int]]) -> Iterable[tuple[int, str, bytes]]:
-    """(model, id, Batch API input line) for each task: the body the online path would send."""
-    encoder = ImageEncoder(config.resolved_image_root)
-    for task, model in items:
-        try:
-            request = task_request(config, encoder, task, model)
-        except ImageError as exc:
-            raise ConfigError(f"task {task.id}: {exc} (--dry-run checks every image first)") from None
-        if request.path is not ApiPath.CHAT:
-            # One batch has one endpoint, and these are chat.completions batches.
-            raise ConfigError(f"task {task.id} goes to {request.path.value}: --backend batch sends "
-                              "chat.completions requests only, for now (run it online)")
-        body = dict(request.kwargs)
-        body.update(body.pop("extra_body", None) or {})
-        line = {"custom_id": task.id, "method": "POST", "url": ENDPOINT, "body": body}
-        yield model, task.id, orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
+def request_line(config: RunConfig, encoder: ImageEncoder, task: Task, model: int) -> bytes:
+    """The Batch API input line of a task: the body the online path would send. ImageError as online."""
+    request = task_request(config, encoder, task, model)
+    if request.path is not ApiPath.CHAT:
+        # One batch has one endpoint, and these are chat.completions batches.
+        raise ConfigError(f"task {task.id} goes to {request.path.value}: --backend batch sends "
+                          "chat.completions requests only, for now (run it online)")
+    body = dict(request.kwargs)
+    body.update(body.pop("extra_body", None) or {})
+    line = {"custom_id": task.id, "method": "POST", "url": ENDPOINT, "body": body}
+    return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
 
 
-def plan_chunks(plan: Plan, lines: Iterable[tuple[int, str, bytes]], size: int, max_bytes: int,
-                attempt: int = 1) -> list[Chunk]:
-    """Write the lines into request files of at most ``size`` lines and ``max_bytes`` each, one model a file,
-    and add them to the plan as PLANNED (the caller saves the plan before anything is uploaded)."""
-    plan.folder.mkdir(parents=True, exist_ok=True)
-    open_files: dict[int, tuple[Chunk, Any]] = {}
-    made: list[Chunk] = []
+class ChunkWriter:
+    """Writes request lines into files of at most ``size`` lines and ``max_bytes`` each, one model a file, each
+    a PLANNED chunk of the plan (the caller saves the plan, after ``close``, before anything is uploaded)."""
 
-    def start(model: int) -> tuple[Chunk, Any]:
-        chunk = plan.new_chunk(model, attempt, [], 0)
-        made.append(chunk)
-        opened = (chunk, plan.request_file(chunk).open("wb"))
-        open_files[model] = opened
+    def __init__(self, plan: Plan, size: int, max_bytes: int, attempt: int = 1) -> None:
+        self.plan = plan
+        self.size = size
+        self.max_bytes = max_bytes
+        self.attempt = attempt
+        self.open: dict[int, tuple[Chunk, BinaryIO]] = {}
+        self.made: list[Chunk] = []
+
+    def _start(self, model: int) -> tuple[Chunk, BinaryIO]:
+        self.plan.folder.mkdir(parents=True, exist_ok=True)
+        chunk = self.plan.new_chunk(model, self.attempt, [], 0)
+        self.made.append(chunk)
+        opened = (chunk, self.plan.request_file(chunk).open("wb"))
+        self.open[model] = opened
         return opened
 
-    try:
-        for model, task_id, line in lines:
-            if len(line) > max_bytes:
-                raise ConfigError(f"task {task_id}: its request is {len(line):,} bytes, more than a whole batch "
-                                  f"file may hold ({max_bytes:,}); shrink its images")
-            chunk, handle = open_files.get(model) or start(model)
-            if chunk.lines >= size or chunk.bytes + len(line) > max_bytes:
-                handle.close()
-                chunk, handle = start(model)
-            handle.write(line)
-            chunk.ids.append(task_id)
-            chunk.bytes += len(line)
-    finally:
-        for _, handle in open_files.values():
+    def add(self, model: int, task_id: str, line: bytes) -> None:
+        if len(line) > self.max_bytes:
+            raise ConfigError(f"task {task_id}: its request is {len(line):,} bytes, more than a whole batch file "
+                              f"may hold ({self.max_bytes:,}); shrink its images")
+        chunk, handle = self.open.get(model) or self._start(model)
+        if chunk.lines >= self.size or chunk.bytes + len(line) > self.max_bytes:
             handle.close()
+            chunk, handle = self._start(model)
+        handle.write(line)
+        chunk.ids.append(task_id)
+        chunk.bytes += len(line)
+
+    @property
+    def writing(self) -> int:
+        """Rows in files still open."""
+        return sum(chunk.lines for chunk, _ in self.open.values())
+
+    def close(self) -> list[Chunk]:
+        """Close every file; the chunks made since the last close."""
+        for _, handle in self.open.values():
+            handle.close()
+        self.open.clear()
+        made, self.made = self.made, []
+        return made
+
+
+def plan_chunks(plan: Plan, items: Iterable[tuple[Task, int]], config: RunConfig, attempt: int = 1) -> list[Chunk]:
+    """The request files of ``items`` (rows sent again, whose images were read once already) as PLANNED chunks."""
+    encoder = ImageEncoder(config.resolved_image_root)
+    writer = ChunkWriter(plan, config.batch_size, config.batch_max_bytes, attempt)
+    try:
+        for task, model in items:
+            try:
+                writer.add(model, task.id, request_line(config, encoder, task, model))
+            except ImageError as exc:
+                raise ConfigError(f"task {task.id}: {exc}") from None
+    finally:
+        made = writer.close()
     return made
 
 
