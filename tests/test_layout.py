@@ -27,8 +27,11 @@ def _imports(path: Path, modules: set[str]) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = here[: len(here) - node.level + 1] if node.level else []
             target = ".".join([*base, *([node.module] if node.module else [])])
-            candidates = [target, *(f"{target}.{alias.name}" for alias in node.names)]
-            found.update(candidate for candidate in candidates if candidate in modules)
+            # "from . import lanes" imports the module lanes; "from . import __doc__" the package itself.
+            for alias in node.names:
+                submodule = f"{target}.{alias.name}"
+                found.add(submodule if submodule in modules else target)
+    found &= modules
     found.discard(name)
     return found
 
