@@ -180,3 +180,37 @@ def test_an_endpoints_table_on_the_batch_backend_is_refused(mock: MockServerProc
     # Then it stops with exit 2 before any request or upload
     assert done.returncode == 2 and "runs online (--backend local) only" in done.stderr
     assert mock.stats()["requests"] == 0 and mock.batch_stats()["files"] == files
+
+
+def test_a_model_whose_every_endpoint_is_rejected_fails_while_the_others_go_on(mock: MockServerProcess,
+                                                                                tmp_path: Path) -> None:
+    # Given gpt-4o on an Azure endpoint whose key the server rejects, and gpt-4o-mini on a plain one
+    mock.configure(azure_deployments={"gpt4o-east": "gpt-4o"}, revoke_keys=[AZURE_KEY])
+    root = mock.base_url.removesuffix("/v1")
+    table = tmp_path / "endpoints.toml"
+    table.write_text(f'''[[endpoints]]
+model = "gpt-4o"
+provider = "azure"
+base_url = "{root}"
+deployment = "gpt4o-east"
+api_version = "2024-10-21"
+api_key_env = "AZURE_KEY_EAST"
+
+[[endpoints]]
+model = "gpt-4o-mini"
+base_url = "{mock.base_url}"
+api_key_env = "OPENAI_KEY_WEST"
+''')
+    tasks = write_tasks(tmp_path / "tasks.jsonl", text_tasks(3))
+    try:
+        # When both models run
+        done = run_cli("-i", str(tasks), "-o", str(tmp_path / "out.jsonl"), "--model", "gpt-4o,gpt-4o-mini",
+                       "--endpoints", str(table), cwd=tmp_path, env=KEYS)
+    finally:
+        mock.configure(unrevoke_keys=[AZURE_KEY])
+    # Then gpt-4o-mini answered all three, gpt-4o's tasks failed as no_endpoint, and the run was not aborted
+    assert done.returncode == 1, done.stderr
+    assert len(read_jsonl(tmp_path / "out.gpt-4o-mini.jsonl")) == 3
+    failures = read_jsonl(tmp_path / "out.gpt-4o.jsonl.errors.jsonl")
+    assert sorted(f["id"] for f in failures) == ["t0", "t1", "t2"]
+    assert {f["error_type"] for f in failures} == {"no_endpoint"}

@@ -241,6 +241,11 @@ class TaskRunner:
             try:
                 grant = await self._acquire(model, request.charge)
             except NoKeysLeft:
+                if await self._any_key_left():
+                    # Every endpoint of this model was rejected, not every endpoint: the other models go on.
+                    return self._fail(task, model, CallError(
+                        "no_endpoint", None, f"every endpoint of {self.models[model]} was rejected (401/403); see "
+                        "the log", Verdict.FAIL), tries.count, tries.by_type)
                 return self._abort(task, model, "every API key was rejected (401/403); see the log")
             if grant is None:
                 return None
@@ -305,6 +310,12 @@ class TaskRunner:
             aborted = self._abort(task, model, f"{error.error_type}: {error.message}")
             return Outcome(failure.events + aborted.events, failure.line, to_errors=True)
         return self._fail(task, model, failed, tries.count, tries.by_type)
+
+    async def _any_key_left(self) -> bool:
+        for key in range(len(self.keys)):
+            if not await self.limiter.key_disabled(key):
+                return True
+        return False
 
     async def _disable_key(self, key: int, error: CallError) -> bool:
         """Stop using a rejected key; whether any key is left."""
