@@ -214,3 +214,17 @@ api_key_env = "OPENAI_KEY_WEST"
     failures = read_jsonl(tmp_path / "out.gpt-4o.jsonl.errors.jsonl")
     assert sorted(f["id"] for f in failures) == ["t0", "t1", "t2"]
     assert {f["error_type"] for f in failures} == {"no_endpoint"}
+
+
+def test_endpoints_tables_in_mpinfer_toml_are_the_table(mock: MockServerProcess, tmp_path: Path) -> None:
+    # Given [[endpoints]] in the working folder's mpinfer.toml, beside another setting
+    mock.configure(azure_deployments={"gpt4o-east": "gpt-4o"})
+    _table(mock, tmp_path / "endpoints.toml")
+    (tmp_path / "mpinfer.toml").write_text('model = "gpt-4o"\n' + (tmp_path / "endpoints.toml").read_text())
+    tasks = write_tasks(tmp_path / "tasks.jsonl", text_tasks(4))
+    # When a run starts without --endpoints
+    done = run_cli("-i", str(tasks), "-o", str(tmp_path / "out.jsonl"), cwd=tmp_path, env=KEYS)
+    # Then the table's endpoints took the tasks, with their keys
+    assert done.returncode == 0, done.stderr
+    assert set(mock.stats()["per_key"]) <= {AZURE_KEY[-4:], PLAIN_KEY[-4:]}
+    assert sum(mock.stats()["per_key"].values()) == 4
