@@ -392,3 +392,18 @@ def test_cancel_during_a_live_run_stops_it_and_the_next_run_sends_every_row_left
     assert again.returncode == 0, again.stderr
     assert sorted(_ids(tmp_path)) == sorted(f"t{i}" for i in range(6))
     assert mock.batch_stats()["max_answers_per_row"] == 1
+
+
+def test_a_task_whose_image_cannot_be_read_fails_alone_before_upload(tmp_path: Path, mock: MockServerProcess):
+    # Given three tasks, one naming an image that does not exist
+    tasks = text_tasks(3)
+    tasks[1]["images"] = ["img/missing.png"]
+    write_tasks(tmp_path / "tasks.jsonl", tasks)
+    # When the batch backend runs
+    proc = _run(tmp_path, mock)
+    # Then that task is a failure line (image), never sent; the other two are answered by one batch
+    assert proc.returncode == 1, proc.stderr
+    assert sorted(_ids(tmp_path)) == ["t0", "t2"]
+    errors = read_jsonl(tmp_path / (OUT + ".errors.jsonl"))
+    assert [(e["id"], e["error_type"]) for e in errors] == [("t1", "image")]
+    assert mock.batch_stats()["rows"] == {"t0": 1, "t2": 1}
