@@ -44,6 +44,8 @@ log = logging.getLogger("mpinfer.run")
 
 QUEUE_RETRY_POLLS = 4
 """Polls to wait on a full token queue that none of our batches holds (other jobs' batches fill it)."""
+QUEUE_WAIT_S = 24 * 3600.0
+"""Longest wait on a full token queue that none of this job's batches holds (then the job stops: rerun)."""
 PER_BATCH_SHOWN = 3
 """Running batches the progress bar shows one by one (completed+failed/rows); --status shows all."""
 APPEND_LINES = 1000
@@ -74,6 +76,7 @@ class BatchBackend:
         self.notes: list[Note] = []  # events to report at the next poll (a row whose image cannot be read)
         self.freed: dict[int, int] = {}  # per model: our batches finished so far (each frees queue tokens)
         self.waits: dict[str, tuple[int, int]] = {}  # chunk -> (freed count, polls) when it met a full queue
+        self.queue_since: dict[str, float] = {}  # chunk -> when a full queue first refused it
         self.interrupted_creates: set[str] = set()
         self.executed = [0] * len(outputs)
         self.tokens = [0] * len(outputs)
@@ -186,16 +189,28 @@ class BatchBackend:
             self.pacer.created()
             self.created += 1
             self.waits.pop(chunk.name, None)
+            self.queue_since.pop(chunk.name, None)
             plan.save()
             log.info("batch %s: created for %s (%d rows)", chunk.batch_id, chunk.name, chunk.lines)
 
     def _queue_full(self, chunk: Chunk, message: str) -> None:
-        """The model's enqueued-token limit is reached: wait for running batches, keep the rows."""
+        """The model's enqueued-token limit is reached: wait for running batches, keep the rows.
+
+        The wait is bounded: after QUEUE_WAIT_S with no batch of ours of the model running (nothing of ours
+        can free the queue) the job stops, saying the file may be larger than the limit itself.
+        """
         chunk.state = ChunkState.UPLOADED
         chunk.batch_id = None
         chunk.waiting = "enqueued-token limit: waiting for running batches to finish"
         self.waits[chunk.name] = (self.freed.get(chunk.model, 0), self.polls)
+        since = self.queue_since.setdefault(chunk.name, time.monotonic())
+        assert self.plan is not None
+        ours = any(c.model == chunk.model and c.state is ChunkState.CREATED for c in self.plan.open_chunks)
         log.warning("%s: %s (%s)", chunk.name, chunk.waiting, message[:200])
+        if not ours and time.monotonic() - since > QUEUE_WAIT_S:
+            raise BatchApiError(f"{chunk.name}: refused for the enqueued-token limit for {QUEUE_WAIT_S / 3600:g}h "
+                                "with none of this job's batches running: its file may hold more tokens than the "
+                                "limit itself (lower --batch-size), or other jobs fill the queue")
 
     def _queue_may_take(self, chunk: Chunk) -> bool:
         """After a full queue: try again once one of our batches of the model ended, or after a few polls."""
@@ -224,8 +239,10 @@ class BatchBackend:
             if batch.status in FINAL_STATUSES:
                 try:
                     notes += self._finish(plan, chunk, batch)
-                except BatchApiError as exc:  # a download failed: the chunk stays CREATED, merged next poll
-                    log.warning("%s (merged at the next poll)", exc)
+                except BatchApiError as exc:
+                    if chunk.state is not ChunkState.CREATED:
+                        raise  # the full queue's wait ran out: the job stops
+                    log.warning("%s (merged at the next poll)", exc)  # a download failed: merged next poll
         self._progress(plan)
         if [(c.status, c.completed, c.failed) for c in plan.chunks] != before:
             plan.save()  # the counts --status shows; a merge saved its own steps already
