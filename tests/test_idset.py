@@ -137,3 +137,15 @@ def test_a_real_run_resumed_with_every_id_colliding_answers_each_task_exactly_on
     assert sorted(written) == sorted(ids)
     pending = sorted(set(ids) - set(ids[:-1:5]) - set(ids[1::5]))
     assert mock.stats()["received"] == {f"prompt {i}": 1 for i in pending}
+
+
+def test_an_index_whose_locators_pass_a_terabyte_sorts_and_finds_the_same() -> None:
+    # Given ids at byte offsets beyond 2**40 (they no longer pack below their hash), some sharing a hash
+    ids = {(1 << 41) + 7 * n: f"id{n}" for n in range(300)}
+    index = IdIndex(ids.__getitem__, hash_fn=lambda s: int(s[2:]) % 50)
+    for locator, task_id in ids.items():
+        index.add(task_id, locator)
+    # When it is frozen
+    assert index.freeze() == []
+    # Then every id is found at its own offset
+    assert all(index.locator(index.find(t) or 0) == loc for loc, t in ids.items())
