@@ -122,17 +122,17 @@ api_key_env = "AZURE_KEY_EAST"
 
 
 def test_per_model_rpm_paces_each_model_on_its_own(mock: MockServerProcess, tmp_path: Path) -> None:
-    # Given two models, one limited to 30 a minute and one to 6000
-    tasks = write_tasks(tmp_path / "tasks.jsonl", text_tasks(8))
+    # Given two models, one limited to 60 a minute and one to 6000
+    tasks = write_tasks(tmp_path / "tasks.jsonl", text_tasks(5))
     # When both run with --rpm per model
     started = time.monotonic()
     done = run_cli("-i", str(tasks), "-o", str(tmp_path / "out.jsonl"), "--model", "gpt-4o,gpt-4o-mini",
-                   "--rpm", "gpt-4o=30,gpt-4o-mini=6000", "--base-url", mock.base_url, "-c", "4",
-                   "--no-progress", cwd=tmp_path, timeout=60)
-    # Then all are done, gpt-4o at its pace of one every 2 s (7 intervals at least: never faster)
+                   "--rpm", "gpt-4o=60,gpt-4o-mini=6000", "--base-url", mock.base_url, "-c", "4",
+                   cwd=tmp_path, timeout=60)
+    # Then all are done, gpt-4o at its pace of one a second (4 intervals at least: never faster)
     assert done.returncode == 0, done.stderr
-    assert mock.stats()["per_model"] == {"gpt-4o": 8, "gpt-4o-mini": 8}
-    assert time.monotonic() - started >= 7 * 2.0 * 0.95
+    assert mock.stats()["per_model"] == {"gpt-4o": 5, "gpt-4o-mini": 5}
+    assert time.monotonic() - started >= 4 * 1.0 * 0.95
 
 
 def test_a_table_that_names_an_unset_variable_or_an_unknown_field_is_refused(tmp_path: Path) -> None:
