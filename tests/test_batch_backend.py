@@ -407,3 +407,32 @@ def test_a_task_whose_image_cannot_be_read_fails_alone_before_upload(tmp_path: P
     errors = read_jsonl(tmp_path / (OUT + ".errors.jsonl"))
     assert [(e["id"], e["error_type"]) for e in errors] == [("t1", "image")]
     assert mock.batch_stats()["rows"] == {"t0": 1, "t2": 1}
+
+
+def test_a_crash_in_the_middle_of_a_merge_is_merged_again_writing_each_id_once(tmp_path: Path,
+                                                                                mock: MockServerProcess):
+    # Given a finished job, then the files put back as a kill -9 halfway through its merge leaves them: the plan
+    # as saved before the merge (the batch open), and half the answers on disk, the last line torn
+    write_tasks(tmp_path / "tasks.jsonl", text_tasks(200))
+    mock.batch_faults(request_s=0.01)
+    proc = start_cli(*_args(mock), cwd=tmp_path)
+    plan_file = tmp_path / (OUT + ".batches.json")
+    try:
+        _wait_for("the batch", lambda: any(c.get("batch_id") for c in _plan(tmp_path)["chunks"]))
+        before_merge = plan_file.read_bytes()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    out = tmp_path / OUT
+    lines = out.read_bytes().splitlines(keepends=True)
+    out.write_bytes(b"".join(lines[:100]) + lines[100][:40])
+    plan_file.write_bytes(before_merge)
+    # When the job is rerun
+    again = _run(tmp_path, mock)
+    # Then the batch is merged again, skipping what is on disk: every id once, no second batch
+    assert again.returncode == 0, again.stderr
+    ids = _ids(tmp_path)
+    assert len(ids) == 200 and len(set(ids)) == 200
+    assert mock.batch_stats()["batches_created"] == 1
