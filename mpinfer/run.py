@@ -1,8 +1,10 @@
-"""The parent side of a run: check, lock, repair, scan, then hand the tasks to a backend and summarise.
+"""A run's life in named steps: check, lock, repair, scan, manifest, backend, summary.
 
 Everything that must hold whatever runs the tasks happens here, before and after the backend: bad input
-fails before anything is spent, one run holds each output, torn tails are cut, the done ids are read from
-the output (the truth), the settings fingerprint is checked, and the run is recorded in the manifest.
+fails before anything is spent (check), one run holds each output and no orphan of a killed run writes
+beside it (lock), torn tails are cut (repair), the done ids are read from the output, the truth (scan),
+the settings fingerprint is checked and the run recorded (manifest), the driver hands the rest to a
+backend (backend), and the run's end is recorded and reported (summary).
 """
 
 from __future__ import annotations
@@ -13,10 +15,9 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from filelock import FileLock, Timeout
 
 from .api.prices import PriceTable, load_prices
 from .api.tokens import image_rule
@@ -27,11 +28,14 @@ from .driver import MAX_FAILURES_SHOWN, RunState, supervise, work_items
 from .errors import ConfigError, InputError, OutputError
 from .inputs.check import asked_models, check_input, reading, refuse_input_as_output, selection, settle_models
 from .inputs.readers import iter_tasks
+from .inputs.tasks import FieldKeys, InputIndex, Selection
 from .logfile import create_log_file, parent_logging
 from .reports.epilogue import after_run
 from .reports.summary import RunSummary, Tally
 from .store.idset import IdSubset
+from .store.locks import RunLock, wait_for_old_workers
 from .store.manifest import (
+    RunRecord,
     append_record,
     check_fingerprints,
     end_record,
@@ -41,63 +45,35 @@ from .store.manifest import (
     summary_counts,
 )
 from .store.output import OutputPaths, companion, model_outputs, repair_tail, scan
-from .store.runlock import RunLock
 
 log = logging.getLogger("mpinfer.run")
 
-OLD_WORKERS_WAIT_S = 15.0
 DEFAULT_GRACE_S = 30.0
 
 __all__ = ["DEFAULT_GRACE_S", "RunSummary", "run"]
 
 
-def _backend(config: RunConfig, outputs: list[OutputPaths], run_starts: list[int], log_file: Path | None,
-             prices: PriceTable, progress: bool) -> Backend:
-    if config.backend is BackendName.BATCH:
-        from .backends.batch import BatchBackend
+@dataclass(frozen=True)
+class _Job:
+    """What the check settled: the run's settings, where its tasks come from and where their lines go."""
 
-        return BatchBackend(config, outputs, prices, progress)
-    if config.backend is BackendName.RAY:
-        from .backends.ray import RayBackend
-
-        return RayBackend(config, outputs, prices)
-    from .backends.local import LocalBackend
-
-    return LocalBackend(config, outputs, run_starts, log_file, prices)
+    config: RunConfig
+    input_path: Path
+    output: Path
+    keys: FieldKeys
+    chosen: Selection
+    outputs: list[OutputPaths]
+    prices: PriceTable
 
 
-def _wait_for_old_workers(paths: OutputPaths) -> None:
-    """Wait until workers of an earlier run on this output (orphans of a killed parent) are gone."""
-    lock = FileLock(str(paths.workers_lock), thread_local=False)
-    try:
-        lock.acquire(timeout=OLD_WORKERS_WAIT_S)
-    except Timeout:
-        raise OutputError(f"workers of an earlier run on {paths.output} are still alive; stop them first "
-                          f"(they hold {paths.workers_lock})") from None
-    lock.release()
+@dataclass
+class _Scanned:
+    """What the outputs already hold: per model, the done ids and where this run's lines will start."""
 
-
-def _catch_stop_signals(handler: Callable[[int, Any], None]) -> dict[int, Any]:
-    """Route Ctrl-C and SIGTERM to a graceful stop; {signal: the handler it replaced}, to restore.
-
-    Only the main thread may set signal handlers: a run started from another thread (a notebook's, a web
-    server's) leaves them to the program, which still owns Ctrl-C.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-    return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-
-def _prepare(paths: OutputPaths, summary: RunSummary) -> None:
-    for path in (paths.output, paths.errors):
-        repair = repair_tail(path, paths.corrupt_of(path))
-        if repair is None:
-            continue
-        summary.repaired += 1
-        if repair.moved_to:
-            log.warning("%s: moved a torn last line (%d bytes) to %s", path, repair.moved_bytes, repair.moved_to)
-        else:
-            log.info("%s: added the missing newline after the last record", path)
+    done: list[IdSubset]
+    run_starts: list[int]
+    written: list[str]  # names of the outputs that already have lines (their settings must match)
+    priced_before: int
 
 
 def run(config: RunConfig, *, progress: bool = True, grace_s: float = DEFAULT_GRACE_S,
@@ -107,6 +83,34 @@ def run(config: RunConfig, *, progress: bool = True, grace_s: float = DEFAULT_GR
     ``argv`` is the command line to record in the run manifest (secrets removed there).
     """
     started = time.monotonic()
+    job, index = _check(config)
+    with ExitStack() as held:
+        log_file = _lock(job, held)
+        summary = RunSummary(total=index.total * len(job.config.models), already_done=0, log_file=log_file)
+        _repair(job, summary)
+        scanned = _scan(job, index, summary)
+        manifest, start = _record_start(job, scanned, argv, index, summary)
+        del index  # the done sets keep what the feed needs
+        ran = summary.remaining > 0
+        try:
+            if ran:
+                _run_backend(job, scanned, summary, log_file, progress, grace_s, started)
+        finally:
+            summary.elapsed_s = time.monotonic() - started
+            append_record(manifest, end_record(start, summary_counts(summary, summary.cost)))
+        # Not on an error on its way out: only after the run ended (a graceful stop included), under the lock.
+        summary.epilogue = after_run(job.config, summary.remaining)
+        if ran:
+            log.info("run ended: %d written, %d failed, %d left, %.1fs%s", summary.succeeded + summary.recovered,
+                     summary.failed, summary.remaining, summary.elapsed_s,
+                     f", stopped: {summary.stopped}" if summary.stopped else "")
+    return summary
+
+
+# -- check: before anything is locked, written or spent -----------------------------------------------
+
+
+def _check(config: RunConfig) -> tuple[_Job, InputIndex]:
     input_path, output = config.require_paths()
     if not input_path.is_file():  # the first thing a new user gets wrong: say it before the missing key
         raise InputError("cannot open input: no such file", str(input_path))
@@ -118,89 +122,146 @@ def run(config: RunConfig, *, progress: bool = True, grace_s: float = DEFAULT_GR
     config = settle_models(config, index)
     asked = asked_models(config, index)  # the models requests name (a Batch file's bodies' without --model)
     unpriced = [m for m in asked if prices.find(m) is None]
-    if config.max_cost is not None and config.backend == "batch":
+    if config.max_cost is not None and config.backend is BackendName.BATCH:
         raise ConfigError("--max-cost does not go with --backend batch (a batch's cost is known only once it "
                           "ends); --dry-run --backend batch shows its price first")
     if config.max_cost is not None and unpriced:
         raise ConfigError(f"--max-cost needs a price for {', '.join(unpriced)}: give --prices FILE or "
                           "--price-input and --price-output")
-    models = config.models
-    outputs = [OutputPaths.of(path) for path in model_outputs(output, models)]
+    outputs = [OutputPaths.of(path) for path in model_outputs(output, config.models)]
     refuse_input_as_output(input_path, [paths.output for paths in outputs], keys)
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"{output.parent}: {exc.strerror or exc}") from None
-    with ExitStack() as locks:
-        for paths in outputs:
-            locks.enter_context(RunLock(paths, config.model))
-        for paths in outputs:
-            _wait_for_old_workers(paths)
-        log_file = create_log_file(config.log_dir, config.model)
-        locks.enter_context(parent_logging(log_file, config.verbose, config.api_keys))
-        for name in asked:
-            if image_rule(name) is None:
-                log.info("%s: no published image token rule; its images are estimated as gpt-4o's", name)
-        summary = RunSummary(total=index.total * len(models), already_done=0, log_file=log_file)
-        done: list[IdSubset] = []
-        run_starts: list[int] = []
-        written: list[str] = []
-        priced_before = 0
-        for model, paths in zip(models, outputs, strict=True):
-            _prepare(paths, summary)
-            found = scan(paths.output, within=index.ids)
-            for bad in found.bad_lines[:MAX_FAILURES_SHOWN]:
-                log.warning("%s:%d is not a valid record (left in place; its task runs again): %s", paths.output,
-                            bad.line, bad.snippet)
-            unknown = len(found.unknown)
-            if unknown:
-                log.warning("%d ids in %s are not in the input (--validate lists them)", unknown, paths.output)
-            done_ids = found.done if found.done is not None else index.ids.empty()  # always set: scanned within
-            done.append(done_ids)
-            if found.lines:
-                written.append(paths.output.name)
-            run_starts.append(found.end_offset)
-            summary.bad_lines += len(found.bad_lines)
-            summary.unknown_ids += unknown
-            summary.cost_before += found.cost
-            priced_before += len(done_ids)
-            summary.per_model[model] = Tally()
-        summary.already_done = sum(len(ids) for ids in done)
-        manifest = manifest_path(output)
-        for change in check_fingerprints(manifest, output_fingerprints(config), written, config.allow_mixed):
-            log.warning("--allow-mixed: %s", change)
-        start = start_record(config, argv)
-        append_record(manifest, start)
-        log.info("run %s -> %s: %r", input_path, ", ".join(str(p.output) for p in outputs), config)
-        log.info("%d tasks x %d models, %d already done, %d to run", index.total, len(models),
-                 summary.already_done, summary.remaining)
-        summary_path = companion(output, ".summary.json")
-        if summary.remaining == 0:
-            summary.elapsed_s = time.monotonic() - started
-            append_record(manifest, end_record(start, summary_counts(summary, summary.cost)))
-            summary.epilogue = after_run(config, summary.remaining)
-            return summary
-        items = work_items(iter_tasks(input_path, keys, selection=chosen), done)
-        state = RunState(config, items, summary, summary_path, priced_before, progress)
-        backend = _backend(config, outputs, run_starts, log_file, prices, progress)
-        del index
-        previous = _catch_stop_signals(state.on_signal)
+    return _Job(config, input_path, output, keys, chosen, outputs, prices), index
+
+
+# -- lock: this run alone on each output, and its own log ---------------------------------------------
+
+
+def _lock(job: _Job, held: ExitStack) -> Path | None:
+    """Take every output's run lock (released when ``held`` closes), wait out orphans, start the log."""
+    config = job.config
+    for paths in job.outputs:
+        held.enter_context(RunLock(paths, config.model))
+    for paths in job.outputs:
+        wait_for_old_workers(paths)
+    log_file = create_log_file(config.log_dir, config.model)
+    held.enter_context(parent_logging(log_file, config.verbose, config.api_keys))
+    return log_file
+
+
+# -- repair: no torn last line for the next record to land on -----------------------------------------
+
+
+def _repair(job: _Job, summary: RunSummary) -> None:
+    for paths in job.outputs:
+        for path in (paths.output, paths.errors):
+            repair = repair_tail(path, paths.corrupt_of(path))
+            if repair is None:
+                continue
+            summary.repaired += 1
+            if repair.moved_to:
+                log.warning("%s: moved a torn last line (%d bytes) to %s", path, repair.moved_bytes,
+                            repair.moved_to)
+            else:
+                log.info("%s: added the missing newline after the last record", path)
+
+
+# -- scan: what is done already, from the output itself -----------------------------------------------
+
+
+def _scan(job: _Job, index: InputIndex, summary: RunSummary) -> _Scanned:
+    scanned = _Scanned([], [], [], 0)
+    for model, paths in zip(job.config.models, job.outputs, strict=True):
+        found = scan(paths.output, within=index.ids)
+        for bad in found.bad_lines[:MAX_FAILURES_SHOWN]:
+            log.warning("%s:%d is not a valid record (left in place; its task runs again): %s", paths.output,
+                        bad.line, bad.snippet)
+        unknown = len(found.unknown)
+        if unknown:
+            log.warning("%d ids in %s are not in the input (--validate lists them)", unknown, paths.output)
+        done_ids = found.done if found.done is not None else index.ids.empty()  # always set: scanned within
+        scanned.done.append(done_ids)
+        if found.lines:
+            scanned.written.append(paths.output.name)
+        scanned.run_starts.append(found.end_offset)
+        scanned.priced_before += len(done_ids)
+        summary.bad_lines += len(found.bad_lines)
+        summary.unknown_ids += unknown
+        summary.cost_before += found.cost
+        summary.per_model[model] = Tally()
+    summary.already_done = sum(len(ids) for ids in scanned.done)
+    return scanned
+
+
+# -- manifest: the settings must match what the outputs hold; the run is recorded ---------------------
+
+
+def _record_start(job: _Job, scanned: _Scanned, argv: Sequence[str], index: InputIndex,
+                  summary: RunSummary) -> tuple[Path, RunRecord]:
+    config = job.config
+    manifest = manifest_path(job.output)
+    for change in check_fingerprints(manifest, output_fingerprints(config), scanned.written, config.allow_mixed):
+        log.warning("--allow-mixed: %s", change)
+    start = start_record(config, argv)
+    append_record(manifest, start)
+    log.info("run %s -> %s: %r", job.input_path, ", ".join(str(p.output) for p in job.outputs), config)
+    for name in asked_models(config, index):
+        if image_rule(name) is None:
+            log.info("%s: no published image token rule; its images are estimated as gpt-4o's", name)
+    log.info("%d tasks x %d models, %d already done, %d to run", index.total, len(config.models),
+             summary.already_done, summary.remaining)
+    return manifest, start
+
+
+# -- backend: the driver hands what is left to where it runs ------------------------------------------
+
+
+def _backend(job: _Job, scanned: _Scanned, log_file: Path | None, progress: bool) -> Backend:
+    config = job.config
+    if config.backend is BackendName.BATCH:
+        from .backends.batch import BatchBackend
+
+        return BatchBackend(config, job.outputs, job.prices, progress)
+    if config.backend is BackendName.RAY:
+        from .backends.ray import RayBackend
+
+        return RayBackend(config, job.outputs, job.prices)
+    from .backends.local import LocalBackend
+
+    return LocalBackend(config, job.outputs, scanned.run_starts, log_file, job.prices)
+
+
+def _run_backend(job: _Job, scanned: _Scanned, summary: RunSummary, log_file: Path | None, progress: bool,
+                 grace_s: float, started: float) -> None:
+    """Run what is left; whatever happens, the summary file is rewritten and the backend closed."""
+    items = work_items(iter_tasks(job.input_path, job.keys, selection=job.chosen), scanned.done)
+    state = RunState(job.config, items, summary, companion(job.output, ".summary.json"), scanned.priced_before,
+                     progress)
+    backend = _backend(job, scanned, log_file, progress)
+    previous = _catch_stop_signals(state.on_signal)
+    try:
+        supervise(state, backend, grace_s)
+    finally:
+        summary.stopped = state.stop_reason
+        summary.elapsed_s = time.monotonic() - started
         try:
-            supervise(state, backend, grace_s)
+            state.save_summary(live=False)  # before close: the limiter's counts live with the backend
         finally:
-            summary.stopped = state.stop_reason
-            summary.elapsed_s = time.monotonic() - started
-            try:
-                state.save_summary(live=False)  # before close: the limiter's counts live with the backend
-            finally:
-                backend.close()
-                state.close()
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
-            append_record(manifest, end_record(start, summary_counts(summary, summary.cost)))
-        # Not on an error on its way out: only after the run ended (a graceful stop included), under the lock.
-        summary.epilogue = after_run(config, summary.remaining)
-        log.info("run ended: %d written, %d failed, %d left, %.1fs%s", summary.succeeded + summary.recovered,
-                 summary.failed, summary.remaining, summary.elapsed_s,
-                 f", stopped: {summary.stopped}" if summary.stopped else "")
-    return summary
+            backend.close()
+            state.close()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def _catch_stop_signals(handler: Callable[[int, Any], None]) -> dict[int, Any]:
+    """Route Ctrl-C and SIGTERM to a graceful stop; {signal: the handler it replaced}, to restore.
+
+    Only the main thread may set signal handlers: a run started from another thread (a notebook's, a web
+    server's) leaves them to the program, which still owns Ctrl-C.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}

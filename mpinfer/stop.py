@@ -20,8 +20,8 @@ from typing import Any
 from .config import RunConfig
 from .errors import ConfigError, OutputError
 from .reports.summary import read_summary
+from .store.locks import RunInfo, live_run
 from .store.output import OutputPaths, companion, model_outputs
-from .store.runlock import RunInfo, live_run
 
 CANCEL_MARGIN_S = 15.0  # after the grace: the run writes its summary and manifest record, workers exit
 POLL_S = 0.1

@@ -14,8 +14,8 @@ import pytest
 
 import mpinfer
 from mpinfer.errors import RunLockedError
+from mpinfer.store.locks import RunLock, live_run
 from mpinfer.store.output import Appender, BadLine, OutputPaths, TailRepair, repair_tail, scan
-from mpinfer.store.runlock import RunLock, live_run
 
 PACKAGE_ROOT = str(Path(mpinfer.__file__).resolve().parent.parent)
 CHILD_TIMEOUT_S = 20
@@ -373,7 +373,7 @@ LOCK_HOLDER = """
 import sys
 from pathlib import Path
 from mpinfer.store.output import OutputPaths
-from mpinfer.store.runlock import RunLock
+from mpinfer.store.locks import RunLock
 
 lock = RunLock(OutputPaths.of(Path(sys.argv[1])), "holder-model")
 lock.acquire()

@@ -13,8 +13,8 @@ from mpinfer.config import RunConfig
 from mpinfer.errors import ConfigError, InputError
 from mpinfer.reports.status import status
 from mpinfer.reports.validate import ProblemKind, same_model, validate
+from mpinfer.store.locks import RunLock
 from mpinfer.store.output import OutputPaths
-from mpinfer.store.runlock import RunLock
 
 NOW = 1_700_000_000.0
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from ..config import RunConfig
 from ..errors import BatchApiError
+from ..store.locks import live_run
 from ..store.output import OutputPaths
-from ..store.runlock import live_run
 from .batch_plan import FINAL_STATUSES, ChunkState, Plan
 from .batch_submit import BatchClient
 

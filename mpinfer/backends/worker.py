@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import fcntl
 import gc
 import logging
 import os
@@ -28,6 +27,7 @@ from ..config import RunConfig
 from ..events import Fatal, Message, StopWork, Work, WorkerExit, decode, encode
 from ..inputs.tasks import Task
 from ..logfile import setup_worker_logging
+from ..store.locks import hold_workers_lock
 from ..store.output import OutputPaths
 from .base import OutcomeWriter
 from .runner import LocalLimiter, TaskRunner
@@ -58,16 +58,6 @@ def _die_with_parent() -> None:
         pass
     if os.getppid() != parent or parent == 1:
         os._exit(1)
-
-
-def _hold_workers_locks(outputs: tuple[OutputPaths, ...]) -> list[int]:
-    """Shared locks held for the worker's life: a new run waits on them until every old worker is gone."""
-    fds = []
-    for paths in outputs:
-        fd = os.open(paths.workers_lock, os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(fd, fcntl.LOCK_SH)
-        fds.append(fd)
-    return fds
 
 
 class Worker:
@@ -141,7 +131,7 @@ def worker_main(settings: WorkerSettings, conn: Any, limiter: SharedLimiter) -> 
     _die_with_parent()
     # Ctrl-C reaches the whole process group; the parent alone decides how the run stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    lock_fds = _hold_workers_locks(settings.outputs)
+    lock_fds = hold_workers_lock(settings.outputs)  # a new run waits on it until this worker is gone
     # Each request allocates a few hundred objects (the SDK's request, headers, response): at the default
     # threshold (700) the collector runs every few requests and walks the hundreds of requests in flight.
     # Measured at 1,200 in flight (-p 4 -c 300, images, three interleaved pairs on a loaded machine): about

@@ -15,8 +15,8 @@ from ..backends.batch_plan import BatchStatus, plan_report
 from ..config import RunConfig
 from ..inputs.check import check_input, reading, selection
 from ..inputs.tasks import InputIndex
+from ..store.locks import live_run
 from ..store.output import OutputPaths, companion, model_outputs
-from ..store.runlock import live_run
 from . import status_cache
 from .summary import percentiles, read_summary
 from .tally import RECENT_RECORDS, OutputTally

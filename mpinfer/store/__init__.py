@@ -1,7 +1,9 @@
 """The output and the files beside it: the record schema (records), locked whole-line appends, torn tails and
-the resume scan (output), the run lock (runlock), the run manifest (manifest), repair and fresh start (repair).
+the resume scan (output), every lock on an output (locks), the run manifest (manifest), repair and fresh
+start (repair).
 """
 
+from .locks import RunInfo, RunLock, live_run
 from .output import (
                      Appender,
                      BadLine,
@@ -17,7 +19,6 @@ from .output import (
                      write_whole,
 )
 from .records import Failure, RecordView, Result, Usage, same_model, view
-from .runlock import RunInfo, RunLock, live_run
 
 __all__ = ["Appender", "BadLine", "Failure", "OutputPaths", "RecordView", "Result", "RunInfo", "RunLock", "Scan",
            "TailRepair", "Usage", "companion", "iter_lines", "live_run", "model_outputs", "record_id",

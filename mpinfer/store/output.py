@@ -1,17 +1,19 @@
 """The output file and its companions: locked appends, the done-id scan, torn-tail repair.
 
 Invariants that make "nothing lost, nothing done twice" hold:
-- A record is one line written by one ``write`` call under the write lock, so two workers never interleave
-  and a crash can tear at most the last line.
+- A record is one line appended under the append lock (write_whole: ``os.write`` until the whole line is
+  out, a short write being continued), so two writers never interleave and a crash can tear at most the
+  last line.
 - A line that could not be written whole (full disk) is cut off again before the lock is released.
 - Before a run appends anything, a torn last line is moved to ``<output>.corrupt`` and cut off, so the next
   record never lands glued onto it.
+
+The locks themselves (append, run, workers) are in locks.py.
 """
 
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -23,6 +25,7 @@ import orjson
 
 from ..errors import OutputError
 from .idset import IdSubset
+from .locks import AppendLock
 from .records import answer_id
 
 _BLOCK = 1 << 16
@@ -256,42 +259,13 @@ def write_whole(fd: int, path: Path, data: bytes, before: int, fsync: bool = Fal
         raise OutputError(f"{path}: write failed: {exc.strerror or exc}") from None
 
 
-class _FlockHeld:
-    """An exclusive flock on a lock file kept open: the append lock, taken once per line.
-
-    The same lock as filelock's (flock on the same file), without its per-acquire bookkeeping, which the
-    benchmarks measured at 8% of a worker's CPU. Blocking is fine: it is held only for one write.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd: int | None = None
-
-    def __enter__(self) -> None:
-        if self._fd is None:
-            try:
-                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as exc:
-                raise OutputError(f"{self.path}: cannot open the lock file: {exc.strerror or exc}") from None
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-
 class Appender:
     """A worker's handle on the output and errors files: one locked, whole-line append at a time."""
 
     def __init__(self, paths: OutputPaths, fsync: bool = False) -> None:
         self.paths = paths
         self.fsync = fsync
-        self._lock = _FlockHeld(paths.write_lock)
+        self._lock = AppendLock(paths.write_lock)
         self._fds: dict[Path, int] = {}
 
     def _fd(self, path: Path) -> int:

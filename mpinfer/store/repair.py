@@ -24,10 +24,10 @@ from typing import IO, Any
 
 from ..config import RunConfig
 from ..errors import OutputError, RunLockedError
+from .locks import RunLock, live_run
 from .manifest import manifest_path
 from .output import OutputPaths, companion, iter_lines, model_outputs
 from .records import view
-from .runlock import RunLock, live_run
 
 LINES_SHOWN = 5
 LOG_PREFIX = "mpinfer_"
