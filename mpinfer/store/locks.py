@@ -21,18 +21,28 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import orjson
 
 from ..errors import OutputError, RunLockedError
 
-if TYPE_CHECKING:  # output.py imports this module for the append lock
-    from .output import OutputPaths
-
 RUN_LOCK_WAIT_S = 2.0
 OLD_WORKERS_WAIT_S = 15.0
 _POLL_S = 0.05
+
+
+class OutputPaths(Protocol):
+    """The files of output.OutputPaths that the locks use (named so here: output.py imports this module)."""
+
+    @property
+    def output(self) -> Path: ...
+    @property
+    def run_lock(self) -> Path: ...
+    @property
+    def run_info(self) -> Path: ...
+    @property
+    def workers_lock(self) -> Path: ...
 
 
 def _open(path: Path) -> int:
