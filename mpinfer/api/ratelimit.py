@@ -31,8 +31,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import mpinfer.api.lanes as L  # the lanes' field indices and constants: L.CWND, L.IN_FLIGHT, ...
+
 from ..errors import NoKeysLeft
-from . import lanes as L  # the lanes' field indices and constants: L.CWND, L.IN_FLIGHT, ...
 from .hints import Hints, parse_duration, read_hints
 from .lanes import Ending, Grant, LaneArray, LaneStats, LimitSource, RecordLock, Wait, WaitReason
 

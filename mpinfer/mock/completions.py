@@ -75,8 +75,10 @@ class ChatCompletions:
         if outcome == "slow":
             conn.run_async(self._trickle(conn, payload, req.keep_alive, cfg.slow_bps, st))
             return
-        delay = cfg.latency_ms
-        if cfg.jitter_ms:
+        # A rate limit is refused at the gateway, before any model runs (OpenAI, LiteLLM's pre-call check):
+        # at once, not after the model's latency.
+        delay = 0.0 if outcome == "limit" else cfg.latency_ms
+        if delay and cfg.jitter_ms:
             delay += self._jitter_rng.uniform(-cfg.jitter_ms, cfg.jitter_ms)
         if delay > 0:
             conn.run_async(self._answer_later(conn, delay / 1000.0, outcome, payload, req.keep_alive, task_key, st))
