@@ -54,8 +54,10 @@ def test_without_rpm_the_limit_the_server_states_is_learned_and_kept(tmp_path: P
     # waited out, not counted as retries; and they were few
     print(f"learned: {stats['requests']} requests, {stats['limit_rejections']} refused")
     assert stats["limit_rejections"] <= 0.15 * stats["requests"]
-    # And the summary says which limit was in force, and where it came from
+    # And the summary and --status say which limit was in force, and where it came from
     assert "120 requests/4s (server)" in printed
+    status = run_cli("-i", "tasks.jsonl", "-o", "out.jsonl", "--status", cwd=tmp_path).stdout
+    assert "120 requests/4s (server)" in status
 
 
 def test_litellm_style_429s_with_only_llm_provider_retry_after_are_waited_out(tmp_path: Path,
@@ -96,7 +98,7 @@ def test_random_429s_do_not_use_up_the_retries(tmp_path: Path, mock: MockServerP
     assert stats["outcomes"]["429"] > 10
 
 
-def test_a_server_that_goes_away_for_three_seconds_is_waited_for(tmp_path: Path, mock: MockServerProcess):
+def test_a_server_that_goes_away_for_four_seconds_is_waited_for(tmp_path: Path, mock: MockServerProcess):
     # Given 200 tasks against a server with 20 ms latency
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(200))
     mock.configure(latency_ms=20)
@@ -105,9 +107,15 @@ def test_a_server_that_goes_away_for_three_seconds_is_waited_for(tmp_path: Path,
     deadline = time.monotonic() + 30
     while len(read_jsonl(tmp_path / "out.jsonl")) < 30 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.02)
-    # When the server goes away for 3 s mid-run (connections refused) and comes back on the same port
-    mock.outage(3.0)
-    came_back = time.monotonic() + 3.05
+    # When the server goes away for 4 s mid-run (connections refused) and comes back on the same port
+    mock.outage(4.0)
+    came_back = time.monotonic() + 4.05
+    # Then --status, asked meanwhile, says the run is waiting for the server
+    said = ""
+    while "waiting for the server since" not in said and time.monotonic() < came_back - 0.5:
+        time.sleep(0.3)
+        said = run_cli("-i", "tasks.jsonl", "-o", "out.jsonl", "--status", cwd=tmp_path).stdout
+    assert "waiting for the server since" in said
     _stdout, stderr = proc.communicate(timeout=90)
     finished = time.monotonic()
     # Then the run waited, said so, and finished once the server was back: exit 0, every id once

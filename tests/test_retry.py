@@ -1,0 +1,118 @@
+"""The one retry decision (api.retry.decide) and the runner's waits, with sleep and clock passed in.
+
+``decide`` is pure: every branch is checked with a seeded generator and a given clock. The runner is then run
+against the real mock server with a sleep that records and returns at once, so its timing is checked without
+waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import multiprocess
+import pytest
+
+from mpinfer.api.client import CallError, Verdict
+from mpinfer.api.prices import load_prices
+from mpinfer.api.ratelimit import SharedLimiter
+from mpinfer.api.retry import MAX_RATE_BACKOFF_S, Attempts, RetryPolicy, decide
+from mpinfer.backends.runner import LocalLimiter, TaskRunner
+from mpinfer.config import RunConfig
+from mpinfer.inputs.tasks import Task
+from mpinfer.mockserver import MockServerProcess
+
+POLICY = RetryPolicy(max_retries=2, backoff_s=1.0, patience_s=300.0)
+
+
+def error(kind: str, verdict: Verdict, retry_after: float | None = None) -> CallError:
+    return CallError(kind, 429 if kind == "rate_limit" else None, f"{kind} happened", verdict, retry_after)
+
+
+@pytest.mark.parametrize("verdict", [Verdict.FAIL, Verdict.ABORT, Verdict.DISABLE_KEY])
+def test_what_waiting_cannot_fix_is_decided_at_once(verdict: Verdict) -> None:
+    # Given a failure that is the task's, the run's or the key's fault
+    # When it is decided
+    step = decide(error("x", verdict), Attempts(), POLICY, random.Random(1), 0.0)
+    # Then the verdict stands, with the error's message
+    assert (step.verdict, step.message) == (verdict, "x happened")
+
+
+def test_a_transient_failure_is_retried_with_a_counted_backoff_until_the_retries_run_out() -> None:
+    # Given a timeout, with two retries allowed
+    rng = random.Random(2)
+    # When it is decided after 0, 1 and 2 retries
+    steps = [decide(error("timeout", Verdict.RETRY), Attempts(retries=n), POLICY, rng, 0.0) for n in range(3)]
+    # Then the first two are counted retries after 0.5-1 s and 1-2 s, and the third fails the task
+    assert [s.verdict for s in steps] == [Verdict.RETRY, Verdict.RETRY, Verdict.FAIL]
+    assert steps[0].counted and steps[1].counted
+    assert 0.5 <= steps[0].delay_s <= 1.0 and 1.0 <= steps[1].delay_s <= 2.0
+
+
+def test_a_rate_limit_is_waited_without_a_counted_retry_until_the_patience_is_spent() -> None:
+    # Given a task that has used all its retries and been rate limited since t=100
+    tries = Attempts(retries=2, rate_limited=5, limited_since=100.0)
+    rng = random.Random(3)
+    # When 429s are decided, with and without a hint, before and after 300 s of patience
+    hinted = decide(error("rate_limit", Verdict.WAIT, 2.0), tries, POLICY, rng, 150.0)
+    bare = decide(error("rate_limit", Verdict.WAIT), tries, POLICY, rng, 150.0)
+    spent = decide(error("rate_limit", Verdict.WAIT, 2.0), tries, POLICY, rng, 400.0)
+    # Then the first two are retries that use up nothing (the limiter's pause holds a hinted one), and the
+    # third fails the task saying why
+    assert (hinted.verdict, hinted.counted) == (Verdict.RETRY, False) and hinted.delay_s <= 0.05
+    assert (bare.verdict, bare.counted) == (Verdict.RETRY, False) and bare.delay_s <= MAX_RATE_BACKOFF_S
+    assert spent.verdict is Verdict.FAIL and "patience" in spent.message and "300s" in spent.message
+
+
+def test_a_connection_error_during_an_outage_is_not_counted() -> None:
+    # Given a task out of retries, and a connection error while the limiter says the server is down
+    step = decide(error("connection", Verdict.RETRY), Attempts(retries=2), POLICY, random.Random(4), 0.0,
+                  outage=True)
+    # Then it goes again, uncounted: the limiter holds it until a probe gets through
+    assert (step.verdict, step.counted, step.delay_s) == (Verdict.RETRY, False, 0.0)
+
+
+def _runner(mock: MockServerProcess, sleeps: list[float], **settings: Any) -> TaskRunner:
+    config = RunConfig(base_url=mock.base_url, api_keys=("sk-test-0000000000000000fake9zq7",), **settings)
+    limiter = SharedLimiter.create(multiprocess.get_context("fork"), 1, 1)
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)  # recorded, not waited
+
+    return TaskRunner(config, load_prices(), LocalLimiter(limiter), sleep=sleep)
+
+
+def _run(runner: TaskRunner, prompt: str) -> Any:
+    async def go() -> Any:
+        try:
+            return await runner.run(Task(id="t1", prompt=prompt), 0)
+        finally:
+            await runner.close()
+
+    return asyncio.run(go())
+
+
+def test_the_runner_backs_off_between_server_errors_through_the_sleep_it_was_given(mock: MockServerProcess):
+    # Given a server that fails a prompt twice with a 500, and a runner whose sleep only records
+    mock.configure(script={"p500": ["500", "500", "ok"]})
+    sleeps: list[float] = []
+    runner = _runner(mock, sleeps, max_retries=3, retry_backoff=10.0)
+    # When the task runs (backoffs of 5-10 s and 10-20 s, were they waited)
+    outcome = _run(runner, "p500")
+    # Then it is answered on the third attempt at once, having asked for exactly those two backoffs
+    assert outcome is not None and type(outcome.events[0]).__name__ == "TaskDone"
+    backoffs = [s for s in sleeps if s >= 1.0]
+    assert len(backoffs) == 2 and 5.0 <= backoffs[0] <= 10.0 and 10.0 <= backoffs[1] <= 20.0
+
+
+def test_the_runner_waits_out_429s_with_no_retries_allowed(mock: MockServerProcess):
+    # Given a server that answers a prompt 429 four times (Retry-After 0.05 s), and no retries allowed
+    mock.configure(script={"p429": ["429"] * 4 + ["ok"]}, retry_after=0.05)
+    sleeps: list[float] = []
+    runner = _runner(mock, sleeps, max_retries=0)
+    # When the task runs
+    outcome = _run(runner, "p429")
+    # Then it is answered on the fifth attempt: a rate limit used up no retry
+    assert outcome is not None and type(outcome.events[0]).__name__ == "TaskDone"
+    assert mock.stats()["received"]["p429"] == 5
