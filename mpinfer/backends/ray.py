@@ -56,11 +56,11 @@ class _Limiter:
     """
 
     def __init__(self, n_keys: int, n_models: int, rpm: int | None, tpm: int | None, window_s: float,
-                 max_in_flight: int, holders: int) -> None:
+                 max_in_flight: int, holders: int, burst_s: float) -> None:
         import multiprocess
 
         self.shared = SharedLimiter.create(multiprocess.get_context("fork"), n_keys, n_models, rpm, tpm,
-                                           window_s, max_in_flight=max_in_flight, holders=holders)
+                                           window_s, max_in_flight=max_in_flight, holders=holders, burst_s=burst_s)
         self.dead: set[int] = set()
 
     def try_acquire(self, worker: int, model: int, charge: int) -> Grant | Wait | None:
@@ -187,7 +187,8 @@ class RayBackend:
         # .options() rather than ray.remote(**options): Ray types only the latter's function options.
         self.limiter: Any = ray.remote(_Limiter).options(num_cpus=0, scheduling_strategy=here).remote(
             len(config.require_api_keys()), len(config.models), config.window_rpm, config.window_tpm,
-            config.rate_window, config.processes * config.concurrency, config.processes * (1 + RESPAWNS_PER_WORKER))
+            config.rate_window, config.processes * config.concurrency, config.processes * (1 + RESPAWNS_PER_WORKER),
+            config.burst)
         self.worker_class = ray.remote(_Worker).options(num_cpus=ACTOR_CPUS, max_concurrency=config.concurrency + 4)
         self.actors: dict[int, Any] = {}       # live actors by number
         self.outstanding: dict[int, int] = {}  # calls in flight on each live actor
