@@ -133,14 +133,17 @@ def _watch(config: RunConfig, every_s: float) -> int:
 
     One reader for all the redraws: each reads only what the run appended since the last.
     """
-    reader = StatusReader(config)
-    while True:
-        report = reader.read()
-        lines = status_lines(report)
-        lines[0] = ("\x1b[H\x1b[2J" if sys.stdout.isatty() else "\n") + lines[0]
-        if not _print(lines) or not report.live:
-            return EXIT_OK
-        time.sleep(every_s)
+    reader = StatusReader(config, watching=True)
+    try:
+        while True:
+            report = reader.read()
+            lines = status_lines(report)
+            lines[0] = ("\x1b[H\x1b[2J" if sys.stdout.isatty() else "\n") + lines[0]
+            if not _print(lines) or not report.live:
+                return EXIT_OK
+            time.sleep(every_s)
+    finally:
+        reader.close()
 
 
 def _dry_run(config: RunConfig, as_json: bool) -> int:

@@ -155,3 +155,22 @@ def test_latency_percentiles_follow_a_rewrite_to_as_many_lines(config: RunConfig
     again, _ = cached(config)
     # Then the percentiles are those of the new latencies
     assert again.latency_s["p50"] == 9.0 and again == fresh(config)
+
+
+def test_a_watching_reader_rewrites_the_cache_at_most_once_a_minute_and_on_close(config: RunConfig) -> None:
+    # Given a --watch reader on a clock the test moves, after its first redraw
+    clock = [1000.0]
+    reader = StatusReader(config, watching=True, clock=lambda: clock[0])
+    reader.read(NOW)
+    saved = cache_path(config.output).read_bytes()
+    # When a line is appended and it redraws 2 s later
+    with config.output.open("ab") as handle:
+        handle.write(lines(result("t39")))
+    clock[0] += 2.0
+    report = reader.read(NOW)
+    # Then the redraw is right but the cache was not rewritten; closing the reader writes it
+    assert report == fresh(config)
+    assert cache_path(config.output).read_bytes() == saved
+    reader.close()
+    again, next_reader = cached(config)
+    assert next_reader.bytes_read == 0 and again == fresh(config)

@@ -7,6 +7,7 @@ key come from the run's summary file, which the parent rewrites every few second
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from .summary import percentiles, read_summary
 from .tally import RECENT_RECORDS, OutputTally
 
 STALLED_AFTER_S = 120.0
+WATCH_SAVE_EVERY_S = 60.0
+WATCH_LATENCY_EVERY_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -117,11 +120,14 @@ def _merge(counts: Any) -> dict[str, int]:
 class StatusReader:
     """Status that reads only what is new: the input's ids and each output's tally are kept between reads.
 
-    ``--status --watch`` keeps one reader, so a redraw costs what was appended since the last one; a reader
-    also starts from the cache a previous --status left beside the output (reports/status_cache.py).
+    ``--status --watch`` keeps one reader (``watching``), so a redraw costs what was appended since the last
+    one: it rewrites the cache at most every WATCH_SAVE_EVERY_S (and at ``close``), and sorts the latencies
+    again for their percentiles once a hundredth more of them came in (or WATCH_LATENCY_EVERY_S passed). A
+    reader also starts from the cache a previous --status left beside the output (reports/status_cache.py).
     """
 
-    def __init__(self, config: RunConfig, use_cache: bool = True) -> None:
+    def __init__(self, config: RunConfig, use_cache: bool = True, watching: bool = False,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.input_path, self.output = config.require_paths()
         self.outputs = model_outputs(self.output, config.models)
@@ -133,6 +139,11 @@ class StatusReader:
         self.from_cache = False
         self._key: dict[str, object] = {}
         self._percentiles: tuple[int, dict[str, float | None]] = (-1, {})
+        self.watching = watching
+        self._clock = clock
+        self._saved_at: float | None = None
+        self._unsaved = False
+        self._sorted_at = 0.0
 
     def _refresh(self) -> tuple[InputIndex, bool]:
         """Read what is new; the index, and whether anything changed since the cache was written."""
@@ -148,6 +159,7 @@ class StatusReader:
                 fresh = True
             else:
                 self.index, self.tallies, self._percentiles = cached.index, cached.tallies, cached.latency
+                self._saved_at = self._clock()  # what it holds is as good as a save just made
         marks = [(t.output_mark, t.errors_mark) for t in self.tallies]
         self.bytes_read = 0
         for path, tally in zip(self.outputs, self.tallies, strict=True):
@@ -164,9 +176,27 @@ class StatusReader:
 
     def _latency(self) -> dict[str, float | None]:
         count = sum(len(t.latencies) for t in self.tallies)
-        if self._percentiles[0] != count:  # sorting a million latencies costs; only when there are new ones
-            self._percentiles = (count, percentiles([v for t in self.tallies for v in t.latencies]))
+        done, now = self._percentiles[0], self._clock()
+        if done == count:
+            return self._percentiles[1]
+        # Sorting a million latencies costs: not at every redraw for a few new ones.
+        if self.watching and done >= 0 and count - done < count / 100 and now - self._sorted_at < WATCH_LATENCY_EVERY_S:
+            return self._percentiles[1]
+        self._sorted_at = now
+        self._percentiles = (count, percentiles([v for t in self.tallies for v in t.latencies]))
         return self._percentiles[1]
+
+    def _save(self, index: InputIndex, force: bool = False) -> None:
+        now = self._clock()
+        if not force and self.watching and self._saved_at is not None and now - self._saved_at < WATCH_SAVE_EVERY_S:
+            return
+        status_cache.save(self._cache, self._key, index, self.tallies, self._percentiles)
+        self._saved_at, self._unsaved = now, False
+
+    def close(self) -> None:
+        """Write what a watching reader has not saved yet."""
+        if self.use_cache and self._unsaved and self.index is not None:
+            self._save(self.index, force=True)
 
     def read(self, now: float | None = None) -> StatusReport:
         """Count done, failed and pending tasks, tokens so far, recent throughput and ETA."""
@@ -176,8 +206,9 @@ class StatusReader:
         parts = [_output_status(path, tally) for path, tally in zip(outputs, self.tallies, strict=True)]
         recent = sorted(stamp for tally in self.tallies for stamp in tally.recent)[-RECENT_RECORDS:]
         latency = self._latency()
-        if self.use_cache and changed:
-            status_cache.save(self._cache, self._key, index, self.tallies, self._percentiles)
+        self._unsaved = self._unsaved or changed
+        if self.use_cache and self._unsaved:
+            self._save(index)
         return _report(self.config, index.total * len(outputs), parts, recent, latency, now)
 
 
