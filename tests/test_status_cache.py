@@ -174,3 +174,18 @@ def test_a_watching_reader_rewrites_the_cache_at_most_once_a_minute_and_on_close
     reader.close()
     again, next_reader = cached(config)
     assert next_reader.bytes_read == 0 and again == fresh(config)
+
+
+def test_the_id_index_is_written_once_and_a_stale_one_is_not_used(config: RunConfig) -> None:
+    # Given the cache and the index beside it, after an append and a second --status
+    index_file = cache_path(config.output).with_name(cache_path(config.output).name + "-index")
+    written = index_file.stat().st_mtime_ns
+    with config.output.open("ab") as handle:
+        handle.write(lines(result("t38")))
+    cached(config)
+    # Then the index was not written again
+    assert index_file.stat().st_mtime_ns == written
+    # And when the index file belongs to another input, the cache is not used
+    index_file.write_bytes(b"mpinfer status cache 1\n" + (2).to_bytes(8, "little") + b"{}")
+    again, reader = cached(config)
+    assert not reader.from_cache and again == fresh(config)

@@ -70,32 +70,32 @@ class CachedStatus:
 def load(path: Path, key: dict[str, Any], input_path: Path, keys: FieldKeys) -> CachedStatus | None:
     """The cached index and tallies, or None when there is no cache or it is not for this input and key."""
     try:
-        data = path.read_bytes()
-    except OSError:
-        return None
-    try:
-        return _decode(data, key, input_path, keys)
-    except (ValueError, KeyError, TypeError, IndexError, orjson.JSONDecodeError):
+        return _decode(path, key, input_path, keys)
+    except (OSError, ValueError, KeyError, TypeError, IndexError, orjson.JSONDecodeError):
         return None
 
 
-def _decode(data: bytes, key: dict[str, Any], input_path: Path, keys: FieldKeys) -> CachedStatus | None:
-    if not data.startswith(_MAGIC):
-        return None
-    at = len(_MAGIC)
-    size = int.from_bytes(data[at:at + 8], "little")
-    header = orjson.loads(data[at + 8:at + 8 + size])
+def _index_path(path: Path) -> Path:
+    """The input's id index is kept apart: it is written once, the tallies at every change."""
+    return path.with_name(path.name + "-index")
+
+
+def _current(header: dict[str, Any], key: dict[str, Any], mark: FileMark | None) -> bool:
+    return header["key"] == key and mark is not None and FileMark.from_dict(header["input_mark"]) == mark
+
+
+def _decode(path: Path, key: dict[str, Any], input_path: Path, keys: FieldKeys) -> CachedStatus | None:
     mark = _input_mark(input_path)
-    if header["key"] != key or mark is None or FileMark.from_dict(header["input_mark"]) != mark:
+    header, blobs = _read(path)
+    if not _current(header, key, mark):
         return None
-    blobs: dict[str, bytes] = {}
-    at += 8 + size
-    for name, length in header["blobs"]:
-        blobs[name] = data[at:at + length]
-        at += length
+    index_header, index_blobs = _read(_index_path(path))
+    if not _current(index_header, key, mark):
+        return None
     fmt = InputFormat(header["format"])
     index = IdIndex.restore(id_resolver(input_path, keys, fmt),
-                            [blobs["hashes"], blobs["locators"], blobs["starts"]], header["shared"])
+                            [index_blobs["hashes"], index_blobs["locators"], index_blobs["starts"]],
+                            index_header["shared"])
     selected = IdSubset(index)
     selected.load_bytes(blobs["selected"])
     tallies = [_tally(item, selected, blobs, number) for number, item in enumerate(header["tallies"])]
@@ -104,6 +104,27 @@ def _decode(data: bytes, key: dict[str, Any], input_path: Path, keys: FieldKeys)
     count, values = header["latency"]
     latency = (int(count), {str(k): None if v is None else float(v) for k, v in values.items()})
     return CachedStatus(index_read, tallies, latency)
+
+
+def _read(path: Path, header_only: bool = False) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """A cache file's header and named blobs; ValueError when it is not one."""
+    with path.open("rb") as handle:
+        if handle.read(len(_MAGIC)) != _MAGIC:
+            raise ValueError("not a status cache")
+        size = int.from_bytes(handle.read(8), "little")
+        file_size = os.fstat(handle.fileno()).st_size
+        if size > file_size:
+            raise ValueError("not a status cache")
+        header: dict[str, Any] = orjson.loads(handle.read(size))
+        blobs: dict[str, bytes] = {}
+        if not header_only:
+            if sum(int(length) for _, length in header["blobs"]) > file_size:
+                raise ValueError("a status cache cut short")
+            for name, length in header["blobs"]:
+                blobs[name] = handle.read(int(length))
+                if len(blobs[name]) != length:
+                    raise ValueError("a status cache cut short")
+    return header, blobs
 
 
 def _tally(item: dict[str, Any], selected: IdSubset, blobs: dict[str, bytes], number: int) -> OutputTally:
@@ -127,9 +148,15 @@ def save(path: Path, key: dict[str, Any], index: InputIndex, tallies: list[Outpu
     mark = _input_mark(index.path)
     if mark is None:
         return
-    arrays, shared = index.ids.index.dump()
-    blobs: list[tuple[str, bytes]] = [("hashes", arrays[0]), ("locators", arrays[1]), ("starts", arrays[2]),
-                                      ("selected", index.ids.to_bytes())]
+    try:
+        index_current = _current(_read(_index_path(path), header_only=True)[0], key, mark)
+    except (OSError, ValueError, KeyError, TypeError, orjson.JSONDecodeError):
+        index_current = False
+    if not index_current:
+        arrays, shared = index.ids.index.dump()
+        _write(_index_path(path), {"key": key, "input_mark": mark.to_dict(), "shared": shared},
+               [("hashes", arrays[0]), ("locators", arrays[1]), ("starts", arrays[2])])
+    blobs: list[tuple[str, bytes]] = [("selected", index.ids.to_bytes())]
     items = []
     for number, tally in enumerate(tallies):
         blobs.append((f"done{number}", tally.done.to_bytes()))
@@ -142,13 +169,17 @@ def save(path: Path, key: dict[str, Any], index: InputIndex, tallies: list[Outpu
             "output_mark": tally.output_mark.to_dict() if tally.output_mark else None,
             "errors_mark": tally.errors_mark.to_dict() if tally.errors_mark else None,
         })
-    header = orjson.dumps({"key": key, "input_mark": mark.to_dict(), "format": index.format.value,
-                           "body_models": list(index.body_models), "latency": [latency[0], latency[1]],
-                           "shared": shared, "tallies": items, "blobs": [[n, len(b)] for n, b in blobs]})
+    _write(path, {"key": key, "input_mark": mark.to_dict(), "format": index.format.value,
+                  "body_models": list(index.body_models), "latency": [latency[0], latency[1]], "tallies": items},
+           blobs)
+
+
+def _write(path: Path, header: dict[str, Any], blobs: list[tuple[str, bytes]]) -> None:
+    encoded = orjson.dumps({**header, "blobs": [[name, len(blob)] for name, blob in blobs]})
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
         with tmp.open("wb") as handle:
-            handle.write(_MAGIC + len(header).to_bytes(8, "little") + header)
+            handle.write(_MAGIC + len(encoded).to_bytes(8, "little") + encoded)
             for _, blob in blobs:
                 handle.write(blob)
         os.replace(tmp, path)
