@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from .api.endpoints import endpoints_of
 from .api.ratelimit import LaneStats
-from .backends.base import Backend, Returned, WorkerDied
+from .backends.base import Backend, Note, Returned, WorkerDied
 from .config import RunConfig
 from .events import Abort, Event, Fatal, KeyDisabled, Stopped, StopReason, TaskDone, TaskFailed, WorkItem
 from .inputs.tasks import Task
@@ -253,7 +253,7 @@ def supervise(state: RunState, backend: Backend, grace_s: float, poll_s: float =
                 state.on_event(note)
 
 
-def _tally(state: RunState, notes: list[Any]) -> None:
+def _tally(state: RunState, notes: list[Note]) -> None:
     """What arrived while the workers were being killed: answers are counted, nothing is sent again."""
     for note in notes:
         if isinstance(note, Returned):
