@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from collections import Counter
 from pathlib import Path
@@ -193,3 +194,36 @@ def test_a_worker_killed_twice_under_aimd_gives_back_its_slots(tmp_path: Path, m
     # Given a server at capacity (no hints), so the concurrency limit is learned (AIMD)
     mock.configure(latency_ms=50, max_concurrent=3, limit_style="none")
     _kill_workers_mid_run(tmp_path, mock, 60)
+
+
+def test_a_task_rate_limited_beyond_the_patience_fails_saying_so(tmp_path: Path, mock: MockServerProcess):
+    # Given a server that refuses one task with 429s (Retry-After 0.05 s) for ever
+    mock.configure(script={"question t3: what is 3 + 3?": ["429"] * 1000}, retry_after=0.05)
+    write_tasks(tmp_path / "tasks.jsonl", text_tasks(6))
+    # When the run goes with a patience of 2 s
+    proc = run_cli("-i", "tasks.jsonl", "-o", "out.jsonl", "--base-url", mock.base_url, "--patience", "2",
+                   "-p", "1", "-c", "2", cwd=tmp_path)
+    # Then the others are answered and that one fails after about 2 s, its failure line saying why
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert _ids(tmp_path / "out.jsonl") == Counter(f"t{i}" for i in range(6) if i != 3)
+    [failure] = read_jsonl(tmp_path / "out.jsonl.errors.jsonl")
+    assert failure["id"] == "t3" and failure["error_type"] == "rate_limit"
+    assert "still rate limited after waiting" in failure["message"] and "--patience 2" in failure["message"]
+
+
+def test_a_server_that_never_answers_fails_the_tasks_after_the_patience(tmp_path: Path):
+    # Given a base URL where nothing listens (every connection refused)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    write_tasks(tmp_path / "tasks.jsonl", text_tasks(4))
+    started = time.monotonic()
+    # When the run goes with a patience of 2 s
+    proc = run_cli("-i", "tasks.jsonl", "-o", "out.jsonl", "--base-url", f"http://127.0.0.1:{port}/v1",
+                   "--patience", "2", "--retry-backoff", "0.1", "-p", "1", "-c", "2", cwd=tmp_path)
+    # Then it waited for the server (said so) and, after the patience, failed the tasks saying since when
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    failures = read_jsonl(tmp_path / "out.jsonl.errors.jsonl")
+    assert sorted(f["id"] for f in failures) == [f"t{i}" for i in range(4)]
+    assert any("has not answered since" in f["message"] for f in failures)
+    assert time.monotonic() - started < 60
