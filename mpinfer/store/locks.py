@@ -1,17 +1,17 @@
-"""Every lock on an output, in one place, all of them ``flock`` on a dot-file beside the output.
+"""Every lock on an output, in one place: ``flock`` on dot-files beside the output.
 
 - ``<output>.lock``, the run lock (RunLock): one run per output. The parent holds it for the whole run;
-  ``live_run`` probes it without waiting (``--status``, ``--cancel``, repair).
+  ``live_run`` probes it without waiting (``--status``, ``--cancel``, repair). It is a filelock FileLock.
 - ``<output>.workers.lock``, the workers' lock: each local worker holds it shared for its life
-  (``hold_workers_lock``); a new run takes it exclusively first (``wait_for_old_workers``), so it never
-  writes beside orphans of a killed parent.
+  (``hold_workers_lock``); a new run takes it exclusively first (``wait_for_old_workers``, a FileLock), so
+  it never writes beside orphans of a killed parent.
 - ``<output>.write.lock``, the append lock (AppendLock): taken for each whole-line append, by whichever
   process writes (a local worker, the Ray or Batch driver), so two writers never interleave.
 
 One mechanism for all three: ``flock`` locks belong to an open file, so the kernel drops them when their
-holder dies, whatever killed it, and forked children share their parent's. (filelock does the same on
-Linux; its per-acquire bookkeeping cost 8% of a worker's CPU on the append path, and it has no shared
-lock.)
+holder dies, whatever killed it, and forked children share their parent's. filelock (our locking library)
+takes the exclusive ones; two take ``flock`` directly on the same files, because filelock has no shared
+flock (the workers' lock) and its per-acquire bookkeeping cost 8% of a worker's CPU on the append path.
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Protocol
 
 import orjson
+from filelock import FileLock, Timeout
 
 from ..errors import OutputError, RunLockedError
 
 RUN_LOCK_WAIT_S = 2.0
 OLD_WORKERS_WAIT_S = 15.0
-_POLL_S = 0.05
 
 
 class OutputPaths(Protocol):
@@ -50,19 +50,6 @@ def _open(path: Path) -> int:
         return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
         raise OutputError(f"{path}: cannot open the lock file: {exc.strerror or exc}") from None
-
-
-def _lock_within(fd: int, operation: int, wait_s: float) -> bool:
-    """Take ``operation`` (LOCK_EX or LOCK_SH) on ``fd`` within ``wait_s`` seconds; whether it was taken."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            fcntl.flock(fd, operation | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(_POLL_S)
 
 
 class AppendLock:
@@ -111,31 +98,27 @@ def read_run_info(paths: OutputPaths) -> RunInfo | None:
 class RunLock:
     """The one-run-per-output lock, held by the parent for the whole run.
 
-    Worker processes are forked while it is held and share its descriptor; releasing it (LOCK_UN) frees it
-    for them too, so the workers' lock, not this one, is what keeps a new run away from orphans.
+    Worker processes are forked while it is held and share its descriptor; the workers' lock, not this
+    one, is what keeps a new run away from orphans of a killed parent.
     """
 
     def __init__(self, paths: OutputPaths, model: str) -> None:
         self.paths = paths
         self.model = model
-        self._fd: int | None = None
+        self._lock = FileLock(str(paths.run_lock), thread_local=False)
 
     def acquire(self, wait_s: float = RUN_LOCK_WAIT_S) -> None:
-        fd = _open(self.paths.run_lock)
         try:
-            taken = _lock_within(fd, fcntl.LOCK_EX, wait_s)
-        except OSError as exc:
-            os.close(fd)
-            raise OutputError(f"{self.paths.run_lock}: cannot lock: {exc.strerror or exc}") from None
-        if not taken:
-            os.close(fd)
+            self._lock.acquire(timeout=wait_s)
+        except Timeout:
             info = read_run_info(self.paths)
             who = f" ({info.describe()})" if info else ""
             raise RunLockedError(
                 f"another run is live on {self.paths.output}{who}; wait for it or stop it first "
                 "(--status and --validate work beside it)"
-            )
-        self._fd = fd
+            ) from None
+        except OSError as exc:
+            raise OutputError(f"{self.paths.run_lock}: cannot lock: {exc.strerror or exc}") from None
         mine = {"pid": os.getpid(), "started_at": time.time(), "model": self.model}
         tmp = self.paths.run_info.with_name(self.paths.run_info.name + ".tmp")
         tmp.write_bytes(orjson.dumps(mine))
@@ -146,10 +129,7 @@ class RunLock:
             self.paths.run_info.unlink()
         except FileNotFoundError:
             pass
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+        self._lock.release()
 
     def __enter__(self) -> RunLock:
         self.acquire()
@@ -163,31 +143,28 @@ def live_run(paths: OutputPaths) -> RunInfo | None:
     """The live run on this output, if any; probes the run lock without waiting."""
     if not paths.run_lock.exists():
         return None
+    probe = FileLock(str(paths.run_lock), thread_local=False)
     try:
-        fd = os.open(paths.run_lock, os.O_RDWR)
+        probe.acquire(timeout=0)
+    except Timeout:
+        return read_run_info(paths) or RunInfo(pid=0, started_at=0.0, model="?")
     except OSError:
         return None
-    try:
-        if not _lock_within(fd, fcntl.LOCK_EX, 0):
-            return read_run_info(paths) or RunInfo(pid=0, started_at=0.0, model="?")
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
+    probe.release()
+    return None
 
 
 def wait_for_old_workers(paths: OutputPaths, wait_s: float = OLD_WORKERS_WAIT_S) -> None:
     """Wait until workers of an earlier run on this output (orphans of a killed parent) are gone."""
-    fd = _open(paths.workers_lock)
+    lock = FileLock(str(paths.workers_lock), thread_local=False)
     try:
-        if not _lock_within(fd, fcntl.LOCK_EX, wait_s):
-            raise OutputError(f"workers of an earlier run on {paths.output} are still alive; stop them first "
-                              f"(they hold {paths.workers_lock})")
-        fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+        lock.acquire(timeout=wait_s)
+    except Timeout:
+        raise OutputError(f"workers of an earlier run on {paths.output} are still alive; stop them first "
+                          f"(they hold {paths.workers_lock})") from None
+    except OSError as exc:
+        raise OutputError(f"{paths.workers_lock}: cannot lock: {exc.strerror or exc}") from None
+    lock.release()
 
 
 def hold_workers_lock(outputs: tuple[OutputPaths, ...]) -> list[int]:
