@@ -80,9 +80,11 @@ class _Page:
 
     def figure(self, fig: Any) -> str:
         self.charts += 1
-        fig.update_layout(height=CHART_HEIGHT, margin={"l": 55, "r": 20, "t": 40, "b": 40}, template="plotly_white",
-                          showlegend=True,
-                          legend={"orientation": "h", "y": -0.25})
+        # Fixed margins with room for the legend below and a right-hand axis: margins that expand to fit the
+        # legend can redraw in a loop (plotly.js warns "Too many auto-margin redraws" on the console).
+        fig.update_layout(height=CHART_HEIGHT, template="plotly_white", showlegend=True,
+                          margin={"l": 60, "r": 60, "t": 40, "b": 110, "autoexpand": False},
+                          legend={"orientation": "h", "y": -0.38, "yanchor": "top"})
         markup: str = fig.to_html(full_html=False, include_plotlyjs=False, default_height=f"{CHART_HEIGHT}px",
                                   config={"displaylogo": False, "responsive": True})
         return markup
