@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import Any
 
 from ..errors import MalformedResponse
+from ..store.records import TRUNCATED, ResponsesOutput
 
 
 class ApiPath(StrEnum):
@@ -64,33 +65,19 @@ def responses_answer(data: Any) -> dict[str, Any]:
     """The fields of an Answer from a decoded Responses API response (raises MalformedResponse)."""
     if not isinstance(data, dict) or not isinstance(data.get("output"), list):
         raise MalformedResponse(f"malformed Responses API body: {str(data)[:120]!r}")
-    texts: list[str] = []
-    refusals: list[str] = []
-    reasoning: list[str] = []
-    for item in data["output"]:
-        if not isinstance(item, dict):
-            continue
-        if item.get("type") == "reasoning":
-            reasoning += [s.get("text", "") for s in item.get("summary") or () if isinstance(s, dict)]
-        for part in item.get("content") or () if item.get("type") == "message" else ():
-            if isinstance(part, dict) and part.get("type") == "output_text":
-                texts.append(str(part.get("text", "")))
-            elif isinstance(part, dict) and part.get("type") == "refusal":
-                refusals.append(str(part.get("refusal", "")))
+    out = ResponsesOutput.of(data)
     usage = data.get("usage") or {}
     prompt = int(usage.get("input_tokens") or 0)
     completion = int(usage.get("output_tokens") or 0)
-    incomplete = data.get("incomplete_details") or {}
-    finish = "length" if incomplete.get("reason") == "max_output_tokens" else (
-        "stop" if data.get("status") == "completed" else data.get("status"))
+    finish = TRUNCATED if out.truncated else ("stop" if data.get("status") == "completed" else data.get("status"))
     return {
-        "content": "".join(texts) if texts or not refusals else None,
+        "content": out.text,
         "model": data.get("model"), "finish_reason": finish,
         "prompt_tokens": prompt, "completion_tokens": completion,
         "total_tokens": int(usage.get("total_tokens") or prompt + completion),
         "cached_tokens": int((usage.get("input_tokens_details") or {}).get("cached_tokens") or 0),
         "reasoning_tokens": int((usage.get("output_tokens_details") or {}).get("reasoning_tokens") or 0),
-        "refusal": "".join(refusals) or None, "reasoning": "\n".join(reasoning) or None,
+        "refusal": out.refusal, "reasoning": out.reasoning,
     }
 
 

@@ -15,7 +15,6 @@ it is open, so no row is sent in two batches except to resubmit what came back u
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from typing import Any
 import orjson
 
 from ..errors import OutputError
+from ..store.atomic import atomic_write
 from ..store.output import companion
 
 PLAN_VERSION = 1
@@ -128,7 +128,8 @@ class Plan:
         data = {"version": PLAN_VERSION, "plan_id": self.plan_id, "created_at": self.created_at,
                 "cancelled": self.cancelled, "errors_offsets": self.errors_offsets, "models": self.models,
                 "chunks": [c.to_dict() for c in self.chunks]}
-        write_atomic(self.path, orjson.dumps(data, option=orjson.OPT_INDENT_2))
+        with atomic_write(self.path) as handle:
+            handle.write(orjson.dumps(data, option=orjson.OPT_INDENT_2))
 
     @classmethod
     def new(cls, output: Path, errors_offsets: list[int], models: list[str]) -> Plan:
@@ -186,21 +187,3 @@ def plan_report(output: Path, now: float | None = None) -> list[BatchStatus]:
 def plan_path(output: Path) -> Path:
     """Where the batch plan of ``output`` is kept."""
     return companion(output, ".batches.json")
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` by ``data``: temp file, fsync, rename, fsync of the folder (the rename survives power loss)."""
-    tmp = companion(path, f".tmp-{os.getpid()}")
-    try:
-        with tmp.open("wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        folder = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from None

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import openai
 
-from ..api.client import Answer, CallError, Transport, Verdict, classify, complete, make_client
+from ..api.client import Answer, CallError, Verdict, classify, complete, make_client
 from ..api.endpoints import Provider, endpoints_of
 from ..api.messages import ImageEncoder, Request, build_body_request, build_request
 from ..api.prices import PriceTable
@@ -193,7 +193,7 @@ class TaskRunner:
             if endpoint.provider is Provider.AZURE:
                 azure = (str(endpoint.deployment), str(endpoint.api_version))
             self.clients[key] = make_client(endpoint.api_key, endpoint.base_url, self.config.timeout,
-                                            on_send=self._on_send, transport=Transport(self.config.transport),
+                                            on_send=self._on_send, transport=self.config.transport,
                                             connections=self.config.concurrency, azure=azure)
         return self.clients[key]
 

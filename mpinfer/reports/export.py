@@ -25,9 +25,9 @@ from ..errors import ConfigError
 from ..inputs.check import check_input, reading, selection
 from ..inputs.readers import detect_format, iter_selected
 from ..inputs.tasks import FieldKeys, InputFormat, Selection, Task
+from ..store.atomic import atomic_write
 from ..store.output import OutputPaths, companion, iter_lines, model_outputs, record_id, scan
 from ..store.records import RecordView, view
-from ..store.repair import atomic_write
 from .parquet import ParquetTable, require_pyarrow
 
 ANSWER_COLUMNS: tuple[str, ...] = (

@@ -19,8 +19,8 @@ from typing import Any
 from ..config import RunConfig
 from ..errors import ConfigError, MpinferError, OutputError
 from ..redact import redact
+from ..store.atomic import atomic_write
 from ..store.output import companion
-from ..store.repair import atomic_write
 from .timeline import ModelRow, RunView, Series, Timeline, build_timeline
 from .validate import ValidationReport, validate
 

@@ -23,6 +23,7 @@ import orjson
 from ..config import RunConfig
 from ..inputs.check import id_resolver
 from ..inputs.tasks import FieldKeys, InputFormat, InputIndex, Selection
+from ..store.atomic import replace_quietly
 from ..store.idset import IdIndex, IdSubset
 from .tally import RECENT_RECORDS, FileMark, OutputTally
 
@@ -176,15 +177,5 @@ def save(path: Path, key: dict[str, Any], index: InputIndex, tallies: list[Outpu
 
 def _write(path: Path, header: dict[str, Any], blobs: list[tuple[str, bytes]]) -> None:
     encoded = orjson.dumps({**header, "blobs": [[name, len(blob)] for name, blob in blobs]})
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("wb") as handle:
-            handle.write(_MAGIC + len(encoded).to_bytes(8, "little") + encoded)
-            for _, blob in blobs:
-                handle.write(blob)
-        os.replace(tmp, path)
-    except OSError:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
+    blob_bytes = b"".join(blob for _, blob in blobs)
+    replace_quietly(path, _MAGIC + len(encoded).to_bytes(8, "little") + encoded + blob_bytes)

@@ -8,7 +8,6 @@ carry. The counts of done and failed tasks in status come from the output files,
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ import orjson
 
 from ..api.ratelimit import LaneStats
 from ..events import Stopped, TaskDone
+from ..store.atomic import replace_quietly
 
 
 @dataclass
@@ -184,16 +184,7 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
 
 def write_summary(path: Path, summary: RunSummary, live: bool) -> None:
     """Replace the summary file atomically: a reader sees the old one or the new one, never half."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(orjson.dumps(summary.to_dict(live), option=orjson.OPT_INDENT_2))
-        os.replace(tmp, path)
-    except OSError:
-        # A full disk must not take the run down over a report; the output files are the truth.
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
+    replace_quietly(path, orjson.dumps(summary.to_dict(live), option=orjson.OPT_INDENT_2))
 
 
 def read_summary(path: Path) -> dict[str, Any] | None:

@@ -196,20 +196,40 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+@dataclass(frozen=True)
+class ResponsesOutput:
+    """What a Responses API body says: its output text, refusal and reasoning summary, and whether it was
+    cut off at max_output_tokens. One reader for the online answer (api.responses) and the record view."""
+
+    text: str | None
+    refusal: str | None
+    reasoning: str | None
+    truncated: bool
+
+    @classmethod
+    def of(cls, body: dict[str, Any]) -> ResponsesOutput:
+        texts: list[str] = []
+        refusals: list[str] = []
+        reasoning: list[str] = []
+        for item in body.get("output") or ():
+            item = _object(item)
+            if item.get("type") == "reasoning":
+                reasoning += [str(_object(s).get("text", "")) for s in item.get("summary") or ()]
+            for part in item.get("content") or () if item.get("type") == "message" else ():
+                part = _object(part)
+                if part.get("type") == "output_text":
+                    texts.append(str(part.get("text", "")))
+                elif part.get("type") == "refusal":
+                    refusals.append(str(part.get("refusal", "")))
+        truncated = _object(body.get("incomplete_details")).get("reason") == "max_output_tokens"
+        return cls("".join(texts) if texts or not refusals else None, "".join(refusals) or None,
+                   "\n".join(reasoning) or None, truncated)
+
+
 def _response_message(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """A Responses API body read as a chat message (its output text, or its refusal) and choice."""
-    texts: list[str] = []
-    refusals: list[str] = []
-    for item in body.get("output") or ():
-        for part in _object(item).get("content") or ():
-            part = _object(part)
-            if part.get("type") == "output_text":
-                texts.append(str(part.get("text", "")))
-            elif part.get("type") == "refusal":
-                refusals.append(str(part.get("refusal", "")))
-    incomplete = _object(body.get("incomplete_details")).get("reason") == "max_output_tokens"
-    message = {"content": "".join(texts) if texts or not refusals else None, "refusal": "".join(refusals) or None}
-    return message, {"finish_reason": TRUNCATED if incomplete else "stop"}
+    out = ResponsesOutput.of(body)
+    return {"content": out.text, "refusal": out.refusal}, {"finish_reason": TRUNCATED if out.truncated else "stop"}
 
 
 def usage_of_body(usage: Any) -> Usage:

@@ -20,10 +20,10 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import IO, Any
 
 from ..config import RunConfig
 from ..errors import OutputError, RunLockedError
+from .atomic import atomic_write, fsync_dir
 from .locks import RunLock, live_run
 from .manifest import manifest_path
 from .output import OutputPaths, companion, iter_lines, model_outputs
@@ -33,48 +33,6 @@ LINES_SHOWN = 5
 LOG_PREFIX = "mpinfer_"
 _STAMP = "%Y%m%d-%H%M%S"
 _LOCK_WAIT_S = 0.5
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename or a new file in ``folder`` durable: the folder's entry is data too."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return  # some filesystems cannot open folders; the rename itself is already atomic
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # likewise: not every filesystem can fsync a folder
-    finally:
-        os.close(fd)
-
-
-@contextmanager
-def atomic_write(dest: Path, text: bool = False, mode_from: Path | None = None) -> Iterator[IO[Any]]:
-    """Write ``dest`` whole or not at all: yield a temporary file beside it, then fsync and rename it over.
-
-    On any exception the temporary file is removed and ``dest`` is untouched. ``mode_from`` gives the new
-    file the permissions of another (the file it replaces).
-    """
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    try:
-        handle: IO[Any] = tmp.open("w", encoding="utf-8", newline="") if text else tmp.open("wb")
-    except OSError as exc:
-        raise OutputError(f"{tmp}: cannot create: {exc.strerror or exc}") from None
-    try:
-        with handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        if mode_from is not None:
-            shutil.copymode(mode_from, tmp)
-        os.replace(tmp, dest)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise OutputError(f"{dest}: cannot write: {exc.strerror or exc}") from None
-        raise
-    fsync_dir(dest.parent)
 
 
 class RemovedKind(StrEnum):
