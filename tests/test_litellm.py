@@ -4,7 +4,7 @@ A proxy with a ``mock_response`` model limited to 4 requests a minute. LiteLLM's
 requests for 60 s from the first and refuses beyond the limit with a 429 that names no wait ("No deployments
 available for selected model", no Retry-After in 1.108), so the fifth task of a run must wait out most of a
 minute: this test takes about 70 s, nearly all of it asleep. Skipped where LiteLLM is not installed
-(``.ci/run`` installs it).
+(``python3 dev.py test`` installs it: the ``interop`` extra).
 """
 
 from __future__ import annotations

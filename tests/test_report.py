@@ -29,7 +29,7 @@ def _browser() -> str:
         found = shutil.which(name)
         if found:
             return found
-    pytest.skip("no Chromium on this machine (.ci/run installs Debian's chromium)")
+    pytest.skip("no Chromium on this machine (python3 dev.py test installs Debian's chromium when run as root)")
 
 
 def _chromium(page: Path, profile: Path, *mode: str) -> subprocess.CompletedProcess[str]:
