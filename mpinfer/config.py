@@ -85,7 +85,8 @@ def _batch_size(text: Any) -> int:
 
 
 class Transport(StrEnum):
-    """The HTTP stack under the SDK. aiohttp takes about half the CPU per request of httpx (bench/)."""
+    """The HTTP stack under the SDK: mpinfer's own client over aiohttp (api/http.py), or the SDK's httpx client.
+    At 300 in flight aiohttp takes about a seventh of httpx's CPU a request (bench/http_stack.py)."""
 
     AIOHTTP = "aiohttp"
     HTTPX = "httpx"
@@ -175,7 +176,8 @@ class RunConfig:
     ray_address: str | None = setting(None, as_text, "Ray cluster to join", env=("MPINFER_RAY_ADDRESS",
                                       "RAY_ADDRESS"), metavar="ADDR", shown="RAY_ADDRESS, or a new local one")
     transport: Transport = setting(Transport.AIOHTTP, one_of(Transport), "HTTP stack under the openai SDK: "
-                                   "aiohttp (half the CPU a request) or httpx (the SDK's default)", metavar="NAME")
+                                   "aiohttp (a seventh of httpx's CPU a request at 300 in flight) or httpx (the SDK's "
+                                   "default)", metavar="NAME")
     fsync: bool = setting(False, as_bool, "fsync after every line: survives power loss, costs a disk flush a "
                           "line")
     prices: Path | None = setting(None, as_path, "price table (JSON or TOML) over the built-in one: "

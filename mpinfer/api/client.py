@@ -22,6 +22,7 @@ import orjson
 from ..config import Transport as Transport  # the setting's enum, re-exported for the client's callers
 from ..errors import ImageError, ImagesTooLarge, MalformedResponse
 from .hints import wait_hint
+from .http import AioHttpClient
 from .responses import ApiPath, embeddings_answer, responses_answer
 
 # OpenAI asks clients to retry these; everything else in 4xx is the request's own fault.
@@ -105,21 +106,20 @@ def make_client(api_key: str, base_url: str | None, timeout: float,
     ``/openai/deployments/{deployment}/...?api-version=...`` with an ``api-key`` header.
     """
 
-    async def sending(_request: Any) -> None:
-        if on_send is not None:
-            await on_send()
-
-    # aiohttp's own default is 100 connections: a worker with more requests in flight would queue.
-    options: dict[str, Any] = {
-        "verify": _tls if _tls is not None else True,
-        "timeout": timeout,
-        "limits": httpx2.Limits(max_connections=max(100, connections), max_keepalive_connections=max(100, connections)),
-        "event_hooks": {"request": [sending]} if on_send is not None else None,
-    }
+    verify = _tls if _tls is not None else True
+    http_client: httpx2.AsyncClient
     if transport is Transport.AIOHTTP:
-        http_client: httpx2.AsyncClient = openai.DefaultAioHttpClient(**options)
+        http_client = AioHttpClient(timeout=timeout, connections=connections, verify=verify, on_send=on_send)
     else:
-        http_client = openai.DefaultAsyncHttpxClient(**options)
+        async def sending(_request: Any) -> None:
+            if on_send is not None:
+                await on_send()
+
+        # httpx2's own default is 100 connections: a worker with more requests in flight would queue.
+        pool = max(100, connections)
+        http_client = openai.DefaultAsyncHttpxClient(
+            verify=verify, timeout=timeout, limits=httpx2.Limits(max_connections=pool, max_keepalive_connections=pool),
+            event_hooks={"request": [sending]} if on_send is not None else None)
     if azure is not None:
         deployment, api_version = azure
         return openai.AsyncAzureOpenAI(api_key=api_key, azure_endpoint=base_url or "", azure_deployment=deployment,
@@ -188,7 +188,7 @@ async def complete(client: openai.AsyncOpenAI, request: dict[str, Any], timeout:
     if extra:
         body.update(extra)
     async with asyncio.timeout(timeout):
-        response = await client.post(path.value, cast_to=httpx2.Response, content=orjson.dumps(body),
+        response = await client.post(_url(client, path), cast_to=httpx2.Response, content=orjson.dumps(body),
                                      options={"timeout": timeout, "headers": _JSON})
         content = response.content
     if path is ApiPath.CHAT:
@@ -199,6 +199,16 @@ async def complete(client: openai.AsyncOpenAI, request: dict[str, Any], timeout:
         raise MalformedResponse(f"malformed response body (JSONDecodeError): {content[:120]!r}") from None
     fields = responses_answer(data) if path is ApiPath.RESPONSES else embeddings_answer(data)
     return Answer(headers=dict(response.headers), body=data, **fields)
+
+
+def _url(client: openai.AsyncOpenAI, path: ApiPath) -> str:
+    """Where ``path`` is sent: the absolute URL, which the SDK parses once (a path under its base URL is
+    parsed and then joined to the base, a fifth of the SDK's own CPU for a request); the path itself for
+    Azure's client, which routes by it, and under a base URL with a query string, which a join keeps."""
+    base = client.base_url
+    if isinstance(client, openai.AsyncAzureOpenAI) or base.query:
+        return path.value
+    return f"{base}{path.value[1:]}"  # the SDK keeps its base URL ending in "/"
 
 
 def classify(exc: BaseException, wall: float | None = None) -> CallError:
@@ -214,8 +224,8 @@ def classify(exc: BaseException, wall: float | None = None) -> CallError:
         return CallError("timeout", None, "request timed out", Verdict.RETRY)
     if isinstance(exc, openai.APIConnectionError):
         root = _root_cause(exc)
-        # The aiohttp transport reports a dropped connection as a timeout; the root cause tells them apart,
-        # and it matters: timeouts slow the run down (AIMD), a reset connection does not.
+        # A timeout error may stand for a dropped connection (the SDK's own aiohttp client reports one so);
+        # the root cause tells them apart, and it matters: timeouts slow the run down (AIMD), a reset does not.
         timed_out = isinstance(exc, openai.APITimeoutError) and (
             root is exc or isinstance(root, TimeoutError) or "Timeout" in type(root).__name__)
         if timed_out:

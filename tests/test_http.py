@@ -1,0 +1,145 @@
+"""mpinfer's HTTP client under the SDK (api/http.py), against raw HTTP servers on 127.0.0.1 that do what
+the mock does not: compress the answer, refuse the connection, close it without an answer, record exactly
+what arrived."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import socket
+from collections.abc import Awaitable, Callable
+
+import orjson
+
+from mpinfer.api.client import Answer, CallError, classify, complete, make_client
+
+KEY = "sk-test-0000000000000000fake4hq2"
+REQUEST = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}
+ANSWER = {"id": "chatcmpl-1", "object": "chat.completion", "model": "gpt-4o-mini-2024-07-18",
+          "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi there"}, "finish_reason": "stop"}],
+          "usage": {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11}}
+Handler = Callable[[bytes, bytes, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def _read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    body = await asyncio.wait_for(reader.readexactly(length), 10)
+    return head, body
+
+
+async def _exchange(handler: Handler, timeout: float = 10.0) -> tuple[Answer | BaseException, list[bytes]]:
+    """One request through the package's client to a server on 127.0.0.1 that answers with ``handler``;
+    the answer (or the error) and the request heads the server saw."""
+    heads: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head, body = await _read_request(reader)
+            heads.append(head)
+            await handler(head, body, writer)
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = make_client(KEY, f"http://127.0.0.1:{port}/v1", timeout)
+    try:
+        return await complete(client, REQUEST, timeout), heads
+    except Exception as exc:
+        return exc, heads
+    finally:
+        await client.close()
+        server.close()
+        await server.wait_closed()
+
+
+def _response(body: bytes, *headers: str) -> bytes:
+    lines = ["HTTP/1.1 200 OK", "Content-Type: application/json", f"Content-Length: {len(body)}", *headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def test_a_gzip_compressed_answer_is_decoded() -> None:
+    # Given a server (a CDN in front of the API, say) that compresses its answers
+    async def gzipped(_head: bytes, _body: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(_response(gzip.compress(orjson.dumps(ANSWER)), "Content-Encoding: gzip"))
+        await writer.drain()
+
+    # When a request is sent
+    answer, heads = asyncio.run(_exchange(gzipped))
+    # Then the client offered gzip and read the answer and usage out of the compressed body
+    assert isinstance(answer, Answer), answer
+    assert b"accept-encoding: gzip, deflate" in heads[0].lower()
+    assert (answer.content, answer.model, answer.total_tokens) == ("hi there", "gpt-4o-mini-2024-07-18", 11)
+
+
+def test_the_request_is_the_sdks_own_with_its_auth_and_headers() -> None:
+    # Given a server that records what arrives
+    async def ok(_head: bytes, _body: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(_response(orjson.dumps(ANSWER)))
+        await writer.drain()
+
+    # When a request is sent
+    answer, heads = asyncio.run(_exchange(ok))
+    # Then it went to the base URL's chat path, with the SDK's key header, user agent and retry count
+    assert isinstance(answer, Answer), answer
+    head = heads[0].decode().lower()
+    assert head.startswith("post /v1/chat/completions http/1.1\r\n")
+    assert f"authorization: bearer {KEY.lower()}" in head
+    assert "user-agent: asyncopenai/python" in head
+    assert "x-stainless-retry-count: 0" in head and "content-type: application/json" in head
+
+
+def test_a_refused_connection_is_a_connection_error_not_a_timeout() -> None:
+    # Given a port nothing listens on
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+
+    async def go() -> BaseException | Answer:
+        client = make_client(KEY, f"http://127.0.0.1:{port}/v1", 5.0)
+        try:
+            return await complete(client, REQUEST, 5.0)
+        except Exception as exc:
+            return exc
+        finally:
+            await client.close()
+
+    # When a request is sent there
+    outcome = asyncio.run(go())
+    # Then it is a retryable connection error that names the refusal
+    assert isinstance(outcome, BaseException), outcome
+    error = classify(outcome)
+    assert (error.error_type, error.verdict.value) == ("connection", "retry"), error
+    assert "ConnectError" in error.message or "refused" in error.message.lower(), error.message
+
+
+def test_a_connection_closed_without_an_answer_is_a_connection_error_not_a_timeout() -> None:
+    # Given a server that reads the request and hangs up (a proxy restarting, a load balancer's idle cut)
+    async def hang_up(_head: bytes, _body: bytes, _writer: asyncio.StreamWriter) -> None:
+        return
+
+    # When a request is sent
+    outcome, heads = asyncio.run(_exchange(hang_up))
+    # Then it reached the server, and came back as a dropped connection: retried, and not a timeout (which
+    # would slow the run down as an overloaded server does)
+    assert len(heads) == 1
+    assert isinstance(outcome, BaseException), outcome
+    error: CallError = classify(outcome)
+    assert (error.error_type, error.verdict.value) == ("connection", "retry"), error
+    assert "ServerDisconnected" in error.message, error.message
+
+
+def test_a_server_that_never_answers_is_a_timeout() -> None:
+    # Given a server that reads the request and then says nothing
+    async def silent(_head: bytes, _body: bytes, _writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(5)
+
+    # When a request with a 1 s timeout is sent
+    outcome, _ = asyncio.run(_exchange(silent, timeout=1.0))
+    # Then it times out, as a timeout
+    assert isinstance(outcome, BaseException), outcome
+    assert classify(outcome).error_type == "timeout"
