@@ -17,7 +17,7 @@ from mpinfer.events import (
     Work,
     WorkerExit,
     decode,
-    decode_event,
+    decode_events,
     encode,
 )
 from mpinfer.inputs.tasks import Task
@@ -41,19 +41,27 @@ MESSAGES = [
 def test_a_message_decodes_to_the_same_dataclass_it_was_encoded_from(message: object) -> None:
     # Given a message a worker or the driver sends over a local pipe
     # When it is encoded to bytes and decoded again
-    copy = decode(encode(message))  # type: ignore[arg-type]
+    [copy] = decode(encode(message))  # type: ignore[arg-type]
     # Then it is an equal value of the same class
     assert type(copy) is type(message) and copy == message
+
+
+def test_many_messages_in_one_write_decode_in_their_order() -> None:
+    # Given a turn's worth of messages sent in one write
+    # When they are decoded
+    copies = decode(encode(*MESSAGES))  # type: ignore[arg-type]
+    # Then each comes back, equal and in its place
+    assert copies == MESSAGES and [type(c) for c in copies] == [type(m) for m in MESSAGES]
 
 
 def test_bytes_that_are_not_a_message_or_not_an_event_are_refused() -> None:
     # Given garbage, an unknown kind, and a work message where an event is expected
     # Then each is a ValueError, never a half-built event
-    for raw in (b"{", b'["nonsense",{}]', b'{"kind":"done"}'):
+    for raw in (b"{", b'[["nonsense",{}]]', b'["done",{}]', b'{"kind":"done"}', b'[["done",{"id":"t"}]]'):
         with pytest.raises(ValueError):
             decode(raw)
     with pytest.raises(ValueError):
-        decode_event(encode(StopWork()))
+        decode_events(encode(TaskDone("t1", 0, 1, 1, 0.1, None, False, 1), StopWork()))
 
 
 def test_each_stop_reason_carries_its_exit_code_and_reads_as_the_summary_shows_it() -> None:

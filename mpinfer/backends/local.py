@@ -24,7 +24,7 @@ from ..api.endpoints import configure_limiter
 from ..api.prices import PriceTable
 from ..api.ratelimit import LaneStats, SharedLimiter
 from ..config import RunConfig
-from ..events import Event, StopWork, TaskDone, TaskFailed, Work, WorkerExit, WorkItem, decode_event, encode
+from ..events import Event, StopWork, TaskDone, TaskFailed, Work, WorkerExit, WorkItem, decode_events, encode
 from ..inputs.tasks import Task
 from ..store.output import OutputPaths, iter_lines, record_id, scan
 from ..store.records import failure_type
@@ -32,6 +32,9 @@ from .base import Note, Returned, WorkerDied
 from .worker import WorkerSettings, worker_main
 
 log = logging.getLogger("mpinfer.run")
+# Tasks sent in one write at most: a turn of the driver's loop may hand out thousands, and a task given as a
+# Batch API body may carry its images inline.
+SEND_BATCH = 64
 
 
 @dataclass
@@ -42,6 +45,7 @@ class _Slot:
     process: Any
     conn: Any
     held: dict[tuple[str, int], Task] = field(default_factory=dict)
+    pending: list[Work] = field(default_factory=list)  # held, to be sent at the next flush
     open: bool = True
     stopped: bool = False
 
@@ -119,13 +123,23 @@ class LocalBackend:
             return False
         slot = min(takers, key=lambda s: len(s.held))  # the least busy worker
         task, model = item
-        if not self._send(slot, encode(Work(task, model))):
-            return False
         slot.held[(task.id, model)] = task
+        slot.pending.append(Work(task, model))
+        if len(slot.pending) >= SEND_BATCH:
+            self._flush(slot)
         return True
+
+    def _flush(self, slot: _Slot) -> None:
+        """Send the tasks submitted to ``slot`` since the last flush, in one write. If the worker is gone they
+        stay held, and its death settles them with the rest of what it held."""
+        if slot.pending:
+            works, slot.pending = slot.pending, []
+            if slot.open:
+                self._send(slot, encode(*works))
 
     def stop(self) -> None:
         for slot in self.slots:
+            self._flush(slot)
             if slot.open and not slot.stopped:
                 slot.stopped = True
                 self._send(slot, encode(StopWork()))
@@ -139,18 +153,20 @@ class LocalBackend:
         notes: list[Note] = []
         try:
             while slot.conn.poll():
-                event = decode_event(slot.conn.recv_bytes())
-                if isinstance(event, WorkerExit):
-                    slot.stopped = True
-                    continue
-                if isinstance(event, (TaskDone, TaskFailed)):
-                    slot.held.pop((event.id, event.model), None)
-                notes.append(event)
+                for event in decode_events(slot.conn.recv_bytes()):
+                    if isinstance(event, WorkerExit):
+                        slot.stopped = True
+                        continue
+                    if isinstance(event, (TaskDone, TaskFailed)):
+                        slot.held.pop((event.id, event.model), None)
+                    notes.append(event)
         except (EOFError, OSError):
             slot.open = False
         return notes
 
     def poll(self, timeout_s: float) -> list[Note]:
+        for slot in self.slots:
+            self._flush(slot)
         waitables: list[Any] = [s.conn for s in self.slots if s.open]
         waitables += [s.process.sentinel for s in self.slots]
         ready = set(wait(waitables, timeout=timeout_s))

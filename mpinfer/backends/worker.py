@@ -68,42 +68,62 @@ class Worker:
         self.conn = conn
         self.runner = TaskRunner(settings.config, settings.prices, LocalLimiter(limiter.for_holder(settings.index)))
         self.writer = OutcomeWriter(settings.outputs, settings.config.fsync)
+        self.outbox: list[Message] = []  # events of this turn of the loop, not yet sent
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     def send(self, message: Message) -> None:
-        self.conn.send_bytes(encode(message))
+        """Report ``message`` to the parent: at the end of this turn of the event loop, with the turn's other
+        events in one write (at once when no loop runs: a crash report, the exit)."""
+        self.outbox.append(message)
+        if self.loop is None:
+            self.flush()
+        elif len(self.outbox) == 1:
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        if self.outbox:
+            messages, self.outbox = self.outbox, []
+            try:
+                self.conn.send_bytes(encode(*messages))
+            except OSError:  # the parent is gone (the kernel kills this process too): take nothing more
+                self.runner.stopping = True
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self.loop = asyncio.get_running_loop()
         inbox: asyncio.Queue[tuple[Task, int] | None] = asyncio.Queue()
         concurrency = self.settings.config.concurrency
 
-        def on_message(message: Message | None) -> None:
-            if isinstance(message, Work):
-                inbox.put_nowait((message.task, message.model))
-            else:
+        def on_messages(messages: list[Message] | None) -> None:
+            for message in messages or [StopWork()]:  # None: the pipe is gone, as good as told to stop
+                if isinstance(message, Work):
+                    inbox.put_nowait((message.task, message.model))
+                    continue
                 self.runner.stopping = True
                 # Tasks still waiting in the inbox are dropped: never sent, the parent counts them not done.
                 while not inbox.empty():
                     inbox.get_nowait()
                 for _ in range(concurrency):
                     inbox.put_nowait(None)
+                return
 
         def read_pipe() -> None:
+            # A thread of its own, so that the parent's writes never wait on this loop (nor the loop's on it).
             while True:
                 try:
-                    raw = self.conn.recv_bytes()
+                    messages = decode(self.conn.recv_bytes())
                 except (EOFError, OSError):
-                    loop.call_soon_threadsafe(on_message, None)
+                    loop.call_soon_threadsafe(on_messages, None)
                     return
-                message = decode(raw)
-                loop.call_soon_threadsafe(on_message, message)
-                if isinstance(message, StopWork):
+                loop.call_soon_threadsafe(on_messages, messages)
+                if any(isinstance(m, StopWork) for m in messages):
                     return
 
         threading.Thread(target=read_pipe, name="mpinfer-reader", daemon=True).start()
         try:
             await asyncio.gather(*(self._serve(inbox) for _ in range(concurrency)))
         finally:
+            self.loop = None
+            self.flush()
             await self.runner.close()
             self.writer.close()
 
@@ -144,14 +164,8 @@ def worker_main(settings: WorkerSettings, conn: Any, limiter: SharedLimiter) -> 
         asyncio.run(worker.run())
     except Exception as exc:  # a bug must reach the parent, not vanish with the process
         log.exception("worker %d crashed", settings.index)
-        try:
-            worker.send(Fatal(f"worker crashed: {type(exc).__name__}: {exc}"))
-        except OSError:
-            pass
+        worker.send(Fatal(f"worker crashed: {type(exc).__name__}: {exc}"))
     finally:
-        try:
-            worker.send(WorkerExit())
-        except OSError:
-            pass
+        worker.send(WorkerExit())  # (a pipe already gone is no error: the parent is gone with it)
         for fd in lock_fds:
             os.close(fd)
