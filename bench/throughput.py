@@ -15,7 +15,9 @@ CLI (``-p P -c C``) against the mock server at a fixed latency for each row and 
 - CPU ms/req: user+sys seconds of the CLI and its workers (os.wait4 of the CLI, which reaps its
   workers) per 1,000 requests; "check" is the sum of the last CPU ticks of each process seen in /proc,
   which must agree (it shows the workers' CPU is counted), and the RUSAGE_CHILDREN delta must equal it;
-- server CPU s: what the mock server used meanwhile, on the same 2 cores;
+- server CPU s: what the mock server used meanwhile, on the same 2 cores; srv lag ms: how much later than L
+  the mock sent an answer, on average (its own event loop busy on the shared cores: a share of L the client
+  cannot win back, about srv lag / L of the ideal);
 - peak RSS: the largest sum of the RSS of the CLI and its workers, sampled every 50 ms (shared pages
   counted in every process: an upper bound); peak PSS: the same with shared pages split (every 0.5 s).
 
@@ -61,7 +63,7 @@ CPU_TARGET_MS = 0.7  # client CPU per request at 600 in flight
 COLUMNS = ["L ms", "p", "c", "K", "transport", "tasks", "ideal/s", "rounds/s", "server/s", "% ideal", "avg in flight",
            "wall s",
            "wall/s", "CPU s",
-           "CPU ms/req", "check CPU s", "srv CPU s", "peak RSS MB", "peak PSS MB", "procs", "ok"]
+           "CPU ms/req", "check CPU s", "srv CPU s", "srv lag ms", "peak RSS MB", "peak PSS MB", "procs", "ok"]
 
 
 def parse_configs(text: str) -> list[tuple[int, int]]:
@@ -141,6 +143,7 @@ def one_row(mock: Any, latency_ms: float, p: int, c: int, n: int, timeout_s: flo
             "avg in flight": sum(steady) / len(steady) if steady else None, "wall s": m.wall_s,
             "wall/s": n / m.wall_s, "CPU s": m.cpu_s, "CPU ms/req": 1000.0 * m.cpu_s / max(1, requests),
             "check CPU s": m.sampler.sampled_cpu_s if m.sampler else None, "srv CPU s": server_cpu,
+            "srv lag ms": 1000.0 * stats.get("answer_lag_s_total", math.nan) / max(1, requests),
             "peak RSS MB": m.peak_tree_rss / MB, "peak PSS MB": (m.sampler.peak_pss / MB) if m.sampler else None,
             "procs": m.sampler.peak_procs if m.sampler else None, "ok": ok,
             "_children_cpu": m.children_cpu_s, "_max_in_flight": stats["max_in_flight"],

@@ -144,6 +144,8 @@ class MockServer(ChatCompletions):
             "outcomes": dict(st.outcomes),
             "in_flight": st.in_flight,
             "max_in_flight": st.max_in_flight,
+            "answer_lag_s_total": st.answer_lag_s_total,  # summed over the answers sent after a latency
+            "answer_lag_s_max": st.answer_lag_s_max,
             "received": dict(st.received),
             "answered": dict(st.answered),
             "per_key": dict(st.per_key),

@@ -26,6 +26,9 @@ class Stats:
         self.answered: collections.Counter[str] = collections.Counter()
         self.per_key: collections.Counter[str] = collections.Counter()
         self.per_model: collections.Counter[str] = collections.Counter()
+        # Answers sent after a latency, and how late (s) their sleep ended: the server's own delay.
+        self.answer_lag_s_total = 0.0
+        self.answer_lag_s_max = 0.0
         self.first_request_at: float | None = None
         self.last_request_at: float | None = None
         # Arrivals (every chat request) and accepted requests (passed the

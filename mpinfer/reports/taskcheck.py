@@ -76,15 +76,12 @@ class _ReadOnceEncoder(ImageEncoder):
         self.used: list[tuple[str, _FileFacts]] = []  # (path, facts) of each local image of the task being built
 
     def _file_key(self, ref: str) -> tuple[str, int, int] | None:
-        # Resolved as ImageEncoder.url resolves it; a stat reads no image bytes.
-        path = Path(ref).expanduser()
-        if not path.is_absolute():
-            path = self.root / path
+        path = self.resolve(ref)  # as the workers resolve it; a stat reads no image bytes
         try:
             stat = os.stat(path)
         except OSError:
             return None
-        return str(path), stat.st_mtime_ns, stat.st_size
+        return path, stat.st_mtime_ns, stat.st_size
 
     def encode(self, ref: str) -> EncodedImage:
         """As ImageEncoder.encode, reading a file only on its first use; a size that cannot be read fails too."""
