@@ -5,13 +5,16 @@ what arrived."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import gzip
 import socket
 from collections.abc import Awaitable, Callable
 
 import orjson
+import pytest
 
 from mpinfer.api.client import Answer, CallError, classify, complete, make_client
+from mpinfer.errors import ConfigError
 
 KEY = "sk-test-0000000000000000fake4hq2"
 REQUEST = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}
@@ -31,9 +34,12 @@ async def _read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
     return head, body
 
 
-async def _exchange(handler: Handler, timeout: float = 10.0) -> tuple[Answer | BaseException, list[bytes]]:
+async def _exchange(handler: Handler, timeout: float = 10.0,
+                    base_url: Callable[[int], str] = lambda port: f"http://127.0.0.1:{port}/v1",
+                    ) -> tuple[Answer | BaseException, list[bytes]]:
     """One request through the package's client to a server on 127.0.0.1 that answers with ``handler``;
-    the answer (or the error) and the request heads the server saw."""
+    the answer (or the error) and the request heads the server saw. ``base_url`` makes the client's base
+    URL from the server's port (and may point the environment's proxy at it)."""
     heads: list[bytes] = []
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -46,7 +52,7 @@ async def _exchange(handler: Handler, timeout: float = 10.0) -> tuple[Answer | B
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    client = make_client(KEY, f"http://127.0.0.1:{port}/v1", timeout)
+    client = make_client(KEY, base_url(port), timeout)
     try:
         return await complete(client, REQUEST, timeout), heads
     except Exception as exc:
@@ -143,3 +149,79 @@ def test_a_server_that_never_answers_is_a_timeout() -> None:
     # Then it times out, as a timeout
     assert isinstance(outcome, BaseException), outcome
     assert classify(outcome).error_type == "timeout"
+
+
+async def _ok(_head: bytes, _body: bytes, writer: asyncio.StreamWriter) -> None:
+    writer.write(_response(orjson.dumps(ANSWER)))
+    await writer.drain()
+
+
+def test_the_environments_http_proxy_is_used_with_its_login(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given HTTP_PROXY (with a login) naming a proxy on 127.0.0.1, and an API host only the proxy can reach
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+
+    def through_proxy(port: int) -> str:
+        monkeypatch.setenv("HTTP_PROXY", f"http://mpuser:s3cret@127.0.0.1:{port}")
+        return "http://api.mpinfer-test.invalid/v1"
+
+    # When a request is sent
+    answer, heads = asyncio.run(_exchange(_ok, base_url=through_proxy))
+    # Then it went to the proxy, in the absolute form, with the proxy's login, and its answer was read
+    assert isinstance(answer, Answer) and answer.content == "hi there", answer
+    head = heads[0].decode()
+    assert head.startswith("POST http://api.mpinfer-test.invalid/v1/chat/completions HTTP/1.1\r\n"), head
+    fields = dict(line.split(": ", 1) for line in head.split("\r\n")[1:] if ": " in line)
+    fields = {name.lower(): value for name, value in fields.items()}
+    assert fields["proxy-authorization"] == "Basic " + base64.b64encode(b"mpuser:s3cret").decode()
+
+
+def test_an_https_api_is_tunnelled_through_the_proxy_with_its_login(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given HTTPS_PROXY (with a login) naming a proxy on 127.0.0.1 that refuses the tunnel, and an https API
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+
+    def through_proxy(port: int) -> str:
+        monkeypatch.setenv("HTTPS_PROXY", f"http://mpuser:s3cret@127.0.0.1:{port}")
+        return "https://api.mpinfer-test.invalid/v1"
+
+    async def refuse(_head: bytes, _body: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+
+    # When a request is sent
+    outcome, heads = asyncio.run(_exchange(refuse, base_url=through_proxy))
+    # Then the proxy was asked for a tunnel to the API's host, with the login; its refusal is a retryable
+    # connection error (a proxy restarting, say), never an answer
+    head = heads[0].decode()
+    assert head.startswith("CONNECT api.mpinfer-test.invalid:443 HTTP/1.1\r\n"), head
+    fields = {name.lower(): value for name, value in
+              (line.split(": ", 1) for line in head.split("\r\n")[1:] if ": " in line)}
+    assert fields["proxy-authorization"] == "Basic " + base64.b64encode(b"mpuser:s3cret").decode()
+    assert isinstance(outcome, BaseException), outcome
+    error = classify(outcome)
+    assert error.error_type == "connection" and "s3cret" not in error.message, error
+
+
+def test_no_proxy_sends_straight_to_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given HTTP_PROXY naming a port nothing listens on, and NO_PROXY naming the API's host
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = sock.getsockname()[1]
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{dead}")
+    monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
+    # When a request is sent to the host
+    answer, heads = asyncio.run(_exchange(_ok))
+    # Then it went straight there (the request line is the path alone)
+    assert isinstance(answer, Answer), answer
+    assert heads[0].startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")
+
+
+def test_a_socks_proxy_is_refused_with_the_way_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given ALL_PROXY naming a SOCKS proxy, which aiohttp cannot reach
+    monkeypatch.setenv("ALL_PROXY", "socks5://user:pw@127.0.0.1:1080")
+    # When the client is made
+    # Then it says so, without the proxy's password, and names the transport that can
+    with pytest.raises(ConfigError, match="--transport httpx") as caught:
+        make_client(KEY, "http://127.0.0.1:9/v1", 5.0)
+    assert "pw" not in str(caught.value)
