@@ -156,48 +156,50 @@ async def _ok(_head: bytes, _body: bytes, writer: asyncio.StreamWriter) -> None:
     await writer.drain()
 
 
-def test_the_environments_http_proxy_is_used_with_its_login(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Given HTTP_PROXY (with a login) naming a proxy on 127.0.0.1, and an API host only the proxy can reach
+LOGIN = "Basic " + base64.b64encode(b"mpuser:s3cret").decode()
+
+
+def _via_proxy(monkeypatch: pytest.MonkeyPatch, scheme: str) -> Callable[[int], str]:
+    """A base URL only a proxy can reach, with {SCHEME}_PROXY (and a login) naming the test's server."""
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
 
-    def through_proxy(port: int) -> str:
-        monkeypatch.setenv("HTTP_PROXY", f"http://mpuser:s3cret@127.0.0.1:{port}")
-        return "http://api.mpinfer-test.invalid/v1"
+    def base_url(port: int) -> str:
+        monkeypatch.setenv(f"{scheme.upper()}_PROXY", f"http://mpuser:s3cret@127.0.0.1:{port}")
+        return f"{scheme}://api.mpinfer-test.invalid/v1"
 
+    return base_url
+
+
+def _fields(head: str) -> dict[str, str]:
+    return {name.lower(): value for name, value in
+            (line.split(": ", 1) for line in head.split("\r\n")[1:] if ": " in line)}
+
+
+def test_the_environments_http_proxy_is_used_with_its_login(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given HTTP_PROXY (with a login) naming a proxy on 127.0.0.1, and an API host only the proxy can reach
     # When a request is sent
-    answer, heads = asyncio.run(_exchange(_ok, base_url=through_proxy))
+    answer, heads = asyncio.run(_exchange(_ok, base_url=_via_proxy(monkeypatch, "http")))
     # Then it went to the proxy, in the absolute form, with the proxy's login, and its answer was read
     assert isinstance(answer, Answer) and answer.content == "hi there", answer
     head = heads[0].decode()
     assert head.startswith("POST http://api.mpinfer-test.invalid/v1/chat/completions HTTP/1.1\r\n"), head
-    fields = dict(line.split(": ", 1) for line in head.split("\r\n")[1:] if ": " in line)
-    fields = {name.lower(): value for name, value in fields.items()}
-    assert fields["proxy-authorization"] == "Basic " + base64.b64encode(b"mpuser:s3cret").decode()
+    assert _fields(head)["proxy-authorization"] == LOGIN
 
 
 def test_an_https_api_is_tunnelled_through_the_proxy_with_its_login(monkeypatch: pytest.MonkeyPatch) -> None:
     # Given HTTPS_PROXY (with a login) naming a proxy on 127.0.0.1 that refuses the tunnel, and an https API
-    monkeypatch.delenv("NO_PROXY", raising=False)
-    monkeypatch.delenv("no_proxy", raising=False)
-
-    def through_proxy(port: int) -> str:
-        monkeypatch.setenv("HTTPS_PROXY", f"http://mpuser:s3cret@127.0.0.1:{port}")
-        return "https://api.mpinfer-test.invalid/v1"
-
     async def refuse(_head: bytes, _body: bytes, writer: asyncio.StreamWriter) -> None:
         writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
         await writer.drain()
 
     # When a request is sent
-    outcome, heads = asyncio.run(_exchange(refuse, base_url=through_proxy))
+    outcome, heads = asyncio.run(_exchange(refuse, base_url=_via_proxy(monkeypatch, "https")))
     # Then the proxy was asked for a tunnel to the API's host, with the login; its refusal is a retryable
     # connection error (a proxy restarting, say), never an answer
     head = heads[0].decode()
     assert head.startswith("CONNECT api.mpinfer-test.invalid:443 HTTP/1.1\r\n"), head
-    fields = {name.lower(): value for name, value in
-              (line.split(": ", 1) for line in head.split("\r\n")[1:] if ": " in line)}
-    assert fields["proxy-authorization"] == "Basic " + base64.b64encode(b"mpuser:s3cret").decode()
+    assert _fields(head)["proxy-authorization"] == LOGIN
     assert isinstance(outcome, BaseException), outcome
     error = classify(outcome)
     assert error.error_type == "connection" and "s3cret" not in error.message, error
