@@ -93,6 +93,7 @@ def test_the_request_is_the_sdks_own_with_its_auth_and_headers() -> None:
     # Then it went to the base URL's chat path, with the SDK's key header, user agent and retry count
     assert isinstance(answer, Answer), answer
     head = heads[0].decode().lower()
+    assert "x-stainless-async: async:asyncio" in head
     assert head.startswith("post /v1/chat/completions http/1.1\r\n")
     assert f"authorization: bearer {KEY.lower()}" in head
     assert "user-agent: asyncopenai/python" in head

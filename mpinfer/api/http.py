@@ -17,7 +17,9 @@ a connect or read timeout as a timeout, a refused, reset or dropped connection a
 
 from __future__ import annotations
 
+import datetime
 import ssl
+import time
 import urllib.request
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -99,6 +101,7 @@ class AioHttpClient(httpx2.AsyncClient):
         if self._on_send is not None:
             await self._on_send()
         session = self._session or self._open()
+        started = time.perf_counter()
         url = str(request.url)
         proxy, login = self._proxies.get(url) or self._proxy_for(url, request.url)
         proxy_headers = None
@@ -119,8 +122,10 @@ class AioHttpClient(httpx2.AsyncClient):
         extensions: dict[str, Any] = {"http_version": b"HTTP/1.1"}
         if reason:
             extensions["reason_phrase"] = reason.encode()
-        return httpx2.Response(status, headers=list(raw_headers), content=content, request=request,
-                               extensions=extensions)
+        response = httpx2.Response(status, headers=list(raw_headers), content=content, request=request,
+                                   extensions=extensions)
+        response.elapsed = datetime.timedelta(seconds=time.perf_counter() - started)  # as httpx2 sets it
+        return response
 
     def _proxy_for(self, key: str, url: httpx2.URL) -> tuple[yarl.URL | None, dict[str, str] | None]:
         """The proxy the environment names for ``url`` (None: none, or NO_PROXY bypasses it), and the header
