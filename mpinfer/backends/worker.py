@@ -94,7 +94,7 @@ class Worker:
         concurrency = self.settings.config.concurrency
 
         def on_messages(messages: list[Message] | None) -> None:
-            for message in messages or [StopWork()]:  # None: the pipe is gone, as good as told to stop
+            for message in [StopWork()] if messages is None else messages:  # None: the pipe is gone
                 if isinstance(message, Work):
                     inbox.put_nowait((message.task, message.model))
                     continue
