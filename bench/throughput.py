@@ -246,9 +246,10 @@ def main() -> int:
     every = rows + target_rows + scale_rows
     if every:
         best = min(every, key=lambda r: r["CPU ms/req"])
+        # The earlier issue's target (any row); the 600-in-flight one above is the current, stricter one.
         print(f"\nclient CPU per request, best row: {best['CPU ms/req']:.2f} ms (p={best['p']} c={best['c']} "
               f"L={best['L ms']} {best['transport']}): {'MET' if best['CPU ms/req'] < 1.0 else 'MISSED'} "
-              "(target < 1 ms)")
+              "(the earlier target, < 1 ms in any row; at 600 in flight it is <= 0.7 ms, above)")
         worst = max(abs(r["_children_cpu"] - r["CPU s"]) for r in every)
         print(f"CPU accounting check: RUSAGE_CHILDREN delta and os.wait4 of the CLI differ by at most {worst:.3f} s; "
               "'check CPU s' (last /proc ticks of every process seen, workers included) should be within "
