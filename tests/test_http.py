@@ -43,10 +43,18 @@ async def _exchange(handler: Handler, timeout: float = 10.0,
     heads: list[bytes] = []
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Requests one after another on the connection, as a keep-alive server takes them, until the client
+        # closes it or the handler does; at most 10.
         try:
-            head, body = await _read_request(reader)
-            heads.append(head)
-            await handler(head, body, writer)
+            for _ in range(10):
+                try:
+                    head, body = await _read_request(reader)
+                except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
+                    return
+                heads.append(head)
+                await handler(head, body, writer)
+                if writer.is_closing():
+                    return
         finally:
             writer.close()
 
@@ -100,6 +108,61 @@ def test_the_request_is_the_sdks_own_with_its_auth_and_headers() -> None:
     assert "x-stainless-retry-count: 0" in head and "content-type: application/json" in head
 
 
+def test_a_redirect_is_followed_with_the_same_request_as_the_sdks_clients_follow_it() -> None:
+    # Given a gateway that moves the path with a 307 (method and body kept), then answers there
+    bodies: list[bytes] = []
+
+    async def moved(head: bytes, body: bytes, writer: asyncio.StreamWriter) -> None:
+        bodies.append(body)
+        if head.startswith(b"POST /v1/chat/completions "):
+            writer.write(b"HTTP/1.1 307 Temporary Redirect\r\nLocation: /v2/chat/completions\r\n"
+                         b"Content-Length: 0\r\n\r\n")
+        else:
+            writer.write(_response(orjson.dumps(ANSWER)))
+        await writer.drain()
+
+    # When a request is sent
+    answer, heads = asyncio.run(_exchange(moved))
+    # Then the answer came from the new path, asked with the same body and key
+    assert isinstance(answer, Answer) and answer.content == "hi there", answer
+    assert [h.split(b" ")[1] for h in heads] == [b"/v1/chat/completions", b"/v2/chat/completions"]
+    assert bodies[0] == bodies[1] and orjson.loads(bodies[1])["messages"] == REQUEST["messages"]
+    assert f"authorization: bearer {KEY.lower()}" in heads[1].decode().lower()
+
+
+def test_a_redirect_to_another_host_does_not_carry_the_key_there() -> None:
+    # Given a gateway that redirects to another origin (another port), where a second server answers
+    elsewhere: list[bytes] = []
+
+    async def other(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head, _ = await _read_request(reader)
+        elsewhere.append(head)
+        writer.write(_response(orjson.dumps(ANSWER)))
+        await writer.drain()
+        writer.close()
+
+    async def go() -> tuple[Answer | BaseException, list[bytes]]:
+        second = await asyncio.start_server(other, "127.0.0.1", 0)
+        port = second.sockets[0].getsockname()[1]
+
+        async def moved(_head: bytes, _body: bytes, writer: asyncio.StreamWriter) -> None:
+            writer.write(f"HTTP/1.1 307 Temporary Redirect\r\nLocation: http://localhost:{port}/v1/chat/completions"
+                         "\r\nContent-Length: 0\r\n\r\n".encode())
+            await writer.drain()
+
+        try:
+            return await _exchange(moved)
+        finally:
+            second.close()
+
+    # When a request is sent
+    answer, _ = asyncio.run(go())
+    # Then the other host was asked under its own name and without the API key
+    assert isinstance(answer, Answer), answer
+    head = elsewhere[0].decode().lower()
+    assert "\r\nhost: localhost:" in head and "authorization" not in head and KEY.lower() not in head
+
+
 def test_a_refused_connection_is_a_connection_error_not_a_timeout() -> None:
     # Given a port nothing listens on
     with socket.socket() as sock:
@@ -126,8 +189,8 @@ def test_a_refused_connection_is_a_connection_error_not_a_timeout() -> None:
 
 def test_a_connection_closed_without_an_answer_is_a_connection_error_not_a_timeout() -> None:
     # Given a server that reads the request and hangs up (a proxy restarting, a load balancer's idle cut)
-    async def hang_up(_head: bytes, _body: bytes, _writer: asyncio.StreamWriter) -> None:
-        return
+    async def hang_up(_head: bytes, _body: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.close()
 
     # When a request is sent
     outcome, heads = asyncio.run(_exchange(hang_up))
