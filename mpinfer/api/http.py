@@ -67,7 +67,8 @@ class AioHttpClient(httpx2.AsyncClient):
         for name, given in self._env_proxies.items():
             if name != "no" and _proxy_url(given).scheme not in ("http", "https"):
                 raise ConfigError(f"{name}_proxy {_proxy_url(given).with_user(None)}: the aiohttp transport "
-                                  "reaches http and https proxies only; use --transport httpx for this one")
+                                  "reaches http and https proxies only; use --transport httpx (with the socksio "
+                                  "package installed) for this one")
         self._proxies: dict[str, tuple[yarl.URL | None, dict[str, str] | None]] = {}
 
     def build_request(self, method: str, url: httpx2.URL | str, *, content: Any = None, data: Any = None,
