@@ -173,6 +173,9 @@ class RunConfig:
                                 "batches", metavar="SECONDS")
     batch_max_bytes: int = setting(200 * 1024 * 1024, positive_int, "--backend batch: largest batch input "
                                    "file in bytes (the Batch API allows 200 MB)", metavar="BYTES")
+    keep_batch_files: bool = setting(False, as_bool, "--backend batch: keep each batch's input, output and error "
+                                     "files at the provider after its merge (deleted by default, so the "
+                                     "provider's file storage does not fill up run after run)")
     ray_address: str | None = setting(None, as_text, "Ray cluster to join", env=("MPINFER_RAY_ADDRESS",
                                       "RAY_ADDRESS"), metavar="ADDR", shown="RAY_ADDRESS, or a new local one")
     transport: Transport = setting(Transport.AIOHTTP, one_of(Transport), "HTTP stack under the openai SDK: "

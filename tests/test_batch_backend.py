@@ -415,7 +415,8 @@ def test_a_crash_in_the_middle_of_a_merge_is_merged_again_writing_each_id_once(t
     # as saved before the merge (the batch open), and half the answers on disk, the last line torn
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(200))
     mock.batch_faults(request_s=0.01)
-    proc = start_cli(*_args(mock), cwd=tmp_path)
+    # The batch's files kept, as such a crash keeps them: they are deleted only once the merge is saved.
+    proc = start_cli(*_args(mock, "--keep-batch-files"), cwd=tmp_path)
     plan_file = tmp_path / (OUT + ".batches.json")
     try:
         _wait_for("the batch", lambda: any(c.get("batch_id") for c in _plan(tmp_path)["chunks"]))
@@ -435,4 +436,7 @@ def test_a_crash_in_the_middle_of_a_merge_is_merged_again_writing_each_id_once(t
     assert again.returncode == 0, again.stderr
     ids = _ids(tmp_path)
     assert len(ids) == 200 and len(set(ids)) == 200
-    assert mock.batch_stats()["batches_created"] == 1
+    stats = mock.batch_stats()
+    assert stats["batches_created"] == 1
+    # And this time, the merge saved, the batch's files are deleted at the provider
+    assert stats["file_ids"] == [] and len(stats["deleted_files"]) == 2

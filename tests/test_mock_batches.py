@@ -171,3 +171,21 @@ def test_files_api_refuses_an_unknown_purpose_and_a_missing_file(mock: MockServe
     uploaded = client.files.create(file=("in.jsonl", io.BytesIO(_lines(["a"]))), purpose="batch")
     assert client.files.retrieve(uploaded.id).bytes == len(_lines(["a"]))
     assert client.files.content(uploaded.id).content == _lines(["a"])
+
+
+def test_a_file_is_deleted_as_openai_answers_and_an_unknown_id_is_a_404_with_an_error_body(mock: MockServerProcess):
+    # Given an uploaded file
+    client = _client(mock)
+    uploaded = client.files.create(file=("in.jsonl", io.BytesIO(_lines(["a"]))), purpose="batch")
+    # When it is deleted
+    deleted = client.files.delete(uploaded.id)
+    # Then the answer is OpenAI's file deletion object, and the file is gone (the stats say which went)
+    assert (deleted.id, deleted.object, deleted.deleted) == (uploaded.id, "file", True)
+    stats = mock.batch_stats()
+    assert stats["file_ids"] == [] and stats["deleted_files"] == [uploaded.id]
+    # And a second delete, or a read, of that id is a 404 with an OpenAI-style error body
+    for call in (client.files.delete, client.files.retrieve):
+        with pytest.raises(openai.NotFoundError) as caught:
+            call(uploaded.id)
+        assert caught.value.body == {"message": f"No such File object: {uploaded.id}",
+                                     "type": "invalid_request_error", "param": "id", "code": None}

@@ -9,6 +9,7 @@ It implements the driver's Backend (backends/base.py); each step is recorded in 
   uploaded and its batch created (paced, waiting on the enqueued-token limit); every ``--batch-poll``
   seconds the open batches are polled, and each finished one is merged (batch_merge.py): answers appended
   through the store as online answers are, failures to the errors file, transient failures into a new file;
+  once its merge is saved, its input, output and error files are deleted at the provider (--keep-batch-files);
 - ``stop`` (Ctrl-C, SIGTERM, the end): nothing to wait for: the batches go on at the server and a rerun
   collects them. ``in_flight`` is the rows of open batches, so the driver ends the run when all are merged.
 
@@ -38,7 +39,17 @@ from ..store.records import Failure, batch_error_line
 from .base import Note
 from .batch_merge import Merger
 from .batch_plan import FINAL_STATUSES, Chunk, ChunkState, Plan
-from .batch_submit import BatchClient, ChunkWriter, CreationPacer, QueueFull, create, plan_chunks, request_line, upload
+from .batch_submit import (
+    BatchClient,
+    ChunkWriter,
+    CreationPacer,
+    QueueFull,
+    create,
+    delete_files,
+    plan_chunks,
+    request_line,
+    upload,
+)
 
 log = logging.getLogger("mpinfer.run")
 
@@ -313,6 +324,12 @@ class BatchBackend:
         log.info("batch %s %s: %d answers merged, %d failures recorded, %d resubmitted, in %.2fs (download "
                  "included)", batch.id, batch.status, len(merged.results), len(merged.failures), len(merged.retry),
                  time.monotonic() - merge_started)
+        if not self.config.keep_batch_files:
+            # Only now: the merge is saved, so these files are never needed again (a crash before this line
+            # leaves them at the provider, which costs storage, never answers).
+            deleted = delete_files(self.client, [chunk.file_id or batch.input_file_id, batch.output_file_id,
+                                                 batch.error_file_id])
+            log.info("batch %s: %d files deleted at the provider", batch.id, len(deleted))
         return list(merged.events)
 
     # -- stop and close -----------------------------------------------------------------------------------

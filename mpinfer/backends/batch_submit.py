@@ -177,6 +177,30 @@ def upload(client: BatchClient, plan: Plan, chunk: Chunk) -> None:
     chunk.state = ChunkState.UPLOADED
 
 
+def delete_files(client: BatchClient, file_ids: Iterable[str | None]) -> list[str]:
+    """Delete files at the provider, best effort (a merged batch's input, output and error files); those deleted.
+
+    One attempt each, not ``BatchClient.call``'s retries: those wait up to --max-retries backoffs of up to a
+    minute (a Retry-After included) while the other batches go unpolled, and a file left behind costs only
+    storage. A failure is a warning naming the file, never an error: the answers are merged already.
+    """
+    deleted: list[str] = []
+    for file_id in dict.fromkeys(f for f in file_ids if f):  # once each, in order
+        try:
+            answer = client.sdk.files.delete(file_id)
+        except openai.APIError as exc:
+            error = classify(exc)
+            problem = f"{error.status or ''} {error.error_type}: {error.message}".strip()
+        else:
+            if answer.deleted:
+                deleted.append(file_id)
+                continue
+            problem = "the provider answered deleted: false"
+        log.warning("%s", redact(f"batch file {file_id} not deleted at the provider ({problem}); it stays in "
+                                 "the provider's file storage", client.keys))
+    return deleted
+
+
 def find_created(client: BatchClient, plan: Plan, chunk: Chunk) -> Any | None:
     """The batch made from the chunk's file, if a create reached the server before a crash lost its answer."""
     after: str | None = None

@@ -5,7 +5,7 @@ fault reproduces something OpenAI documents: a batch that expires inside its win
 not reach come back in its error file with code ``batch_expired``), requests that fail with a 5xx in the
 error file, a batch that fails validation (``status: "failed"`` with ``errors``), the per-model
 enqueued-token limit (a batch that would pass it fails validation with ``token_limit_exceeded``), a
-limit on batch creations per window (429), and slow processing.
+limit on batch creations per window (429), slow processing, and file deletes that fail.
 """
 
 from __future__ import annotations
@@ -57,6 +57,9 @@ class BatchFaults:
     create_reply_wait_s: float = 0.0
     """Seconds ``POST /v1/batches`` waits after the batch exists, before answering (a crash here loses the id)."""
 
+    delete_status: int | None = None
+    """HTTP status every ``DELETE /v1/files/{id}`` fails with (the file stays); None: deletes work."""
+
     seed: int = 0
     """Seed of the draw behind ``p500``."""
 
@@ -74,12 +77,14 @@ class BatchFaults:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1 or null")
+        if self.delete_status is not None and not 400 <= self.delete_status <= 599:
+            raise ValueError("delete_status must be an HTTP error status (400 to 599) or null")
         if not self.create_window_s > 0:
             raise ValueError("create_window_s must be > 0")
 
 
 _INTEGERS = frozenset({"expire_next", "expire_after", "fail_next", "seed"})
-_OPTIONAL_INTEGERS = frozenset({"token_limit", "max_creates"})
+_OPTIONAL_INTEGERS = frozenset({"token_limit", "max_creates", "delete_status"})
 
 
 def _whole(name: str, value: Any) -> int:

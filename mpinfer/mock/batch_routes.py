@@ -35,6 +35,14 @@ def _files(service: BatchService, req: Request, parts: list[str]) -> tuple[int, 
         return 200, service.files.get(parts[0]).to_dict()
     if len(parts) == 2 and parts[1] == "content" and req.method == "GET":
         return 200, service.files.get(parts[0]).data
+    if len(parts) == 1 and req.method == "DELETE":
+        status = service.faults.delete_status  # a provider that fails deletes (a fault), the file kept
+        if status == 404:  # as OpenAI answers for a file already gone
+            raise ApiError(404, f"No such File object: {parts[0]}", param="id")
+        if status is not None:
+            raise ApiError(status, f"The file {parts[0]} could not be deleted (mock fault).",
+                           type_="server_error" if status >= 500 else "invalid_request_error")
+        return 200, service.files.delete(parts[0])
     raise ApiError(405 if len(parts) <= 2 else 404, f"Unsupported: {req.method} {req.path}")
 
 

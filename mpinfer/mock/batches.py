@@ -93,7 +93,7 @@ class BatchService:
     def _clear(self) -> None:
         for task in self._tasks:
             task.cancel()
-        self.files.files.clear()
+        self.files.clear()
         self.faults = BatchFaults()
         self._rng = random.Random(0)
         self._scripts: dict[str, collections.deque[str]] = {}
@@ -127,7 +127,9 @@ class BatchService:
             "rows": dict(self.rows), "max_batches_per_row": max(self.rows.values(), default=0),
             "answered": dict(self.answered), "max_answers_per_row": max(self.answered.values(), default=0),
             "executed": dict(self.executed), "refused_creates": self.refused_creates,
-            "files": len(self.files.files),
+            # What is stored and what was deleted: a client that leaves files behind shows up here.
+            "files": len(self.files.files), "file_ids": sorted(self.files.files),
+            "deleted_files": list(self.files.deleted),
         }
 
     # -- endpoints -----------------------------------------------------------------

@@ -1,10 +1,12 @@
-"""The mock's Files API: uploads (``POST /v1/files``, multipart), metadata, content and the list.
+"""The mock's Files API: uploads (``POST /v1/files``, multipart), metadata, content, the list and deletes.
 
 Modelled on OpenAI's ``/v1/files``: an upload is ``multipart/form-data`` with a ``purpose`` field and a
 ``file`` part; the answer is a file object (``id``, ``object: "file"``, ``bytes``, ``created_at``,
 ``filename``, ``purpose``, ``status``). A Batch API input file may be at most 200 MB (OpenAI's documented
 limit); larger uploads are refused with 400, as the real API refuses them. Batches add their output and
-error files here with purpose ``batch_output``. Everything is kept in memory: the mock serves tests.
+error files here with purpose ``batch_output``. ``DELETE /v1/files/{id}`` answers ``{"id", "object": "file",
+"deleted": true}``, or 404 for an id it does not hold; the ids deleted are remembered, so a test can see
+that a client cleaned up after itself. Everything is kept in memory: the mock serves tests.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ class FileStore:
 
     def __init__(self) -> None:
         self.files: dict[str, StoredFile] = {}
+        self.deleted: list[str] = []  # in the order deleted
         self._ids = itertools.count(1)
 
     def add(self, filename: str, purpose: str, data: bytes) -> StoredFile:
@@ -98,6 +101,17 @@ class FileStore:
         if stored is None:
             raise ApiError(404, f"No such File object: {file_id}", param="id")
         return stored
+
+    def delete(self, file_id: str) -> dict[str, object]:
+        """``DELETE /v1/files/{id}``: the file is gone (404 as ``get`` for an unknown id, a second delete included)."""
+        self.get(file_id)
+        del self.files[file_id]
+        self.deleted.append(file_id)
+        return {"id": file_id, "object": "file", "deleted": True}
+
+    def clear(self) -> None:
+        self.files.clear()
+        self.deleted.clear()
 
     def listing(self, purpose: str | None) -> dict[str, object]:
         data = [f.to_dict() for f in reversed(self.files.values()) if purpose in (None, f.purpose)]
