@@ -23,7 +23,7 @@ import orjson
 from ..config import Transport as Transport  # the setting's enum, re-exported for the client's callers
 from ..errors import ImageError, ImagesTooLarge, MalformedResponse
 from .hints import wait_hint
-from .http import AioHttpClient
+from .http import REQUEST_DEADLINE, AioHttpClient, SendGate
 from .responses import ApiPath, embeddings_answer, responses_answer
 
 # OpenAI asks clients to retry these; everything else in 4xx is the request's own fault.
@@ -99,10 +99,12 @@ def warm_up() -> None:
 
 def make_client(api_key: str, base_url: str | None, timeout: float,
                 on_send: Callable[[], Awaitable[None]] | None = None, transport: Transport = Transport.AIOHTTP,
-                connections: int = 1000, azure: tuple[str, str] | None = None) -> openai.AsyncOpenAI:
+                connections: int = 1000, azure: tuple[str, str] | None = None,
+                gate: SendGate | None = None) -> openai.AsyncOpenAI:
     """An async client with the SDK's retries off and a connection pool for ``connections`` in flight.
 
     ``on_send`` is called as each request leaves (after the SDK has built it), for the rate limiter.
+    ``gate`` (the aiohttp transport only) holds requests built ahead until a slot is free.
     ``azure`` (deployment, api_version) makes it the SDK's Azure client on ``base_url``: it sends to
     ``/openai/deployments/{deployment}/...?api-version=...`` with an ``api-key`` header.
     """
@@ -110,7 +112,8 @@ def make_client(api_key: str, base_url: str | None, timeout: float,
     verify = _tls if _tls is not None else True
     http_client: httpx2.AsyncClient
     if transport is Transport.AIOHTTP:
-        http_client = AioHttpClient(timeout=timeout, connections=connections, verify=verify, on_send=on_send)
+        http_client = AioHttpClient(timeout=timeout, connections=connections, verify=verify, on_send=on_send,
+                                    gate=gate)
     else:
         async def sending(_request: Any) -> None:
             if on_send is not None:
@@ -182,15 +185,20 @@ async def complete(client: openai.AsyncOpenAI, request: dict[str, Any], timeout:
     orjson bytes: the typed ``create`` spends more CPU checking parameters than the rest of a request costs.
     ``extra_body`` is merged into the body as ``create`` would. ``timeout`` is a deadline for the whole
     request, connect to the last byte of the body: the transports' own timeouts are per read, and a server
-    that trickles its body a byte a second would hold a request for ever (raises TimeoutError).
+    that trickles its body a byte a second would hold a request for ever (raises TimeoutError). A request
+    that waits at a ``SendGate`` for its slot has the deadline started again when it leaves.
     """
     body = dict(request)
     extra = body.pop("extra_body", None)
     if extra:
         body.update(extra)
-    async with asyncio.timeout(timeout):
-        response = await client.post(_url(client, path), cast_to=httpx2.Response, content=orjson.dumps(body),
-                                     options={"timeout": timeout, "headers": _JSON})
+    async with asyncio.timeout(timeout) as deadline:
+        held = REQUEST_DEADLINE.set((deadline, timeout))
+        try:
+            response = await client.post(_url(client, path), cast_to=httpx2.Response, content=orjson.dumps(body),
+                                         options={"timeout": timeout, "headers": _JSON})
+        finally:
+            REQUEST_DEADLINE.reset(held)
         content = response.content
     if path is ApiPath.CHAT:
         return parse_answer(content, dict(response.headers))

@@ -12,12 +12,20 @@ the SDK's httpx client; aiohttp alone, without the SDK, takes 0.10 ms.
 Proxies are taken from the environment as httpx2 (and so the SDK's own clients) takes them: HTTPS_PROXY,
 HTTP_PROXY and ALL_PROXY (either case), NO_PROXY to bypass; read once per client, decided once per URL.
 
+Requests built ahead (``SendGate``): a local worker runs twice -c requests, and a request built while all
+-c slots are on the wire waits at the gate, so that an answer's freed slot is taken at once by a request
+that is ready instead of after the answer's handling and the next request's building. With every answer
+after exactly 1 s, 12,000 image tasks: -p 4 -c 300 from 87.1% of the ideal to 91.2% and 91.3%, -p 2 -c 600
+to 90.3% (``bench/throughput.py``).
+
 Failures are raised as the httpx2 errors the SDK turns into ``APITimeoutError`` and ``APIConnectionError``:
 a connect or read timeout as a timeout, a refused, reset or dropped connection as a network error.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import datetime
 import ssl
 import time
@@ -39,6 +47,41 @@ MAX_REDIRECTS = 20
 _AIOHTTP_SETS = frozenset({"host", "content-length"})
 
 
+class Unsent(Exception):
+    """A request built ahead was not sent: the run stopped while it waited for a slot (a rerun sends it)."""
+
+
+# The deadline of the request this asyncio task is sending, and its length: it starts again when the request
+# leaves the gate, so that waiting for a slot never counts as the server's time.
+REQUEST_DEADLINE: contextvars.ContextVar[tuple[asyncio.Timeout, float] | None] = contextvars.ContextVar(
+    "mpinfer_request_deadline", default=None)
+
+
+class SendGate:
+    """At most ``slots`` requests on the wire at once, however many are built; ``close`` turns away those
+    still waiting (the run is stopping: they are left for the rerun, unsent)."""
+
+    def __init__(self, slots: int) -> None:
+        self._free = asyncio.Semaphore(slots)
+        self.closed = False
+
+    async def __aenter__(self) -> None:
+        await self._free.acquire()
+        if self.closed:
+            self._free.release()  # wakes the next one waiting, which is turned away too
+            raise Unsent("the run is stopping")
+        held = REQUEST_DEADLINE.get()
+        if held is not None:
+            deadline, length = held
+            deadline.reschedule(asyncio.get_running_loop().time() + length)
+
+    async def __aexit__(self, *_exc: object) -> None:
+        self._free.release()
+
+    def close(self) -> None:
+        self.closed = True
+
+
 class _NoTransport(httpx2.AsyncBaseTransport):
     """httpx2.AsyncClient builds a connection pool unless given a transport; every request goes through
     aiohttp instead, so this one is never called."""
@@ -50,13 +93,15 @@ class _NoTransport(httpx2.AsyncBaseTransport):
 class AioHttpClient(httpx2.AsyncClient):
     """An ``httpx2.AsyncClient`` for the SDK that sends through an aiohttp connection pool.
 
-    ``on_send`` is awaited as each request leaves, after the SDK has built it (the rate limiter's stamp).
-    The aiohttp session is made on the first request, inside the event loop that runs the requests.
+    ``on_send`` is awaited as each request leaves, after the SDK has built it (the rate limiter's stamp);
+    with a ``gate``, after the request has its slot. The aiohttp session is made on the first request,
+    inside the event loop that runs the requests.
     """
 
     def __init__(self, *, timeout: float, connections: int, verify: ssl.SSLContext | bool = True,
-                 on_send: Callable[[], Awaitable[None]] | None = None) -> None:
+                 on_send: Callable[[], Awaitable[None]] | None = None, gate: SendGate | None = None) -> None:
         super().__init__(timeout=timeout, transport=_NoTransport(), trust_env=False)
+        self._gate = gate
         self._connections = max(100, connections)  # aiohttp's default, 100, would queue a busier worker
         self._verify = verify
         self._on_send = on_send
@@ -104,6 +149,18 @@ class AioHttpClient(httpx2.AsyncClient):
         headers = [(name, value) for name, value in request.headers.multi_items() if name not in _AIOHTTP_SETS]
         if "accept-encoding" not in request.headers:
             headers.append(_ACCEPT_ENCODING)
+        if self._gate is None:
+            return await self._exchange(request, body, headers)
+        async with self._gate:
+            response = await self._exchange(request, body, headers)
+        # Answers that arrive together are handled in one turn of the loop, each woken request only after
+        # all of them: two yields let the requests woken by these freed slots go out first.
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        return response
+
+    async def _exchange(self, request: httpx2.Request, body: bytes,
+                        headers: list[tuple[str, str]]) -> httpx2.Response:
         if self._on_send is not None:
             await self._on_send()
         session = self._session or self._open()

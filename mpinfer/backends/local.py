@@ -29,7 +29,7 @@ from ..inputs.tasks import Task
 from ..store.output import OutputPaths, iter_lines, record_id, scan
 from ..store.records import failure_type
 from .base import Note, Returned, WorkerDied
-from .worker import WorkerSettings, worker_main
+from .worker import WorkerSettings, built_ahead, worker_main
 
 log = logging.getLogger("mpinfer.run")
 # Tasks sent in one write at most: a turn of the driver's loop may hand out thousands, and a task given as a
@@ -65,11 +65,11 @@ class LocalBackend:
         self.ctx = multiprocess.get_context("fork")
         self.limiter = SharedLimiter.create(self.ctx, len(config.require_api_keys()), len(config.models),
                                             config.window_rpm, config.window_tpm, config.rate_window,
-                                            max_in_flight=config.processes * config.concurrency,
+                                            max_in_flight=config.processes * (config.concurrency + built_ahead(config)),
                                             holders=config.processes, burst_s=config.burst)
         configure_limiter(self.limiter, config)  # each endpoint's lanes, their own limits
         self.slots: list[_Slot] = []
-        self.max_held = max(2, 2 * config.concurrency)
+        self.max_held = max(2, 2 * config.concurrency + built_ahead(config))  # a worker's tasks, and as many queued
         self.unfreeze = False  # whether close() undoes start()'s gc.freeze()
 
     def lane_stats(self) -> tuple[list[LaneStats], list[bool]]:

@@ -23,6 +23,7 @@ import openai
 
 from ..api.client import Answer, CallError, Verdict, classify, complete, make_client
 from ..api.endpoints import Provider, endpoints_of
+from ..api.http import SendGate, Unsent
 from ..api.messages import ImageEncoder, Request, build_body_request, build_request
 from ..api.prices import PriceTable
 from ..api.ratelimit import Ending, Grant, SharedLimiter, Wait, WaitReason
@@ -170,7 +171,7 @@ class TaskRunner:
 
     def __init__(self, config: RunConfig, prices: PriceTable, limiter: LimiterClient, *,
                  policy: RetryPolicy | None = None, sleep: Sleep = asyncio.sleep,
-                 clock: Clock = time.monotonic) -> None:
+                 clock: Clock = time.monotonic, gate: SendGate | None = None) -> None:
         self.config = config
         self.prices = prices
         self.limiter = limiter
@@ -185,6 +186,7 @@ class TaskRunner:
         self.clients: dict[int, openai.AsyncOpenAI] = {}
         self.stopping = False
         self.notices: list[Event] = []
+        self.gate = gate  # the host's slots, when it builds requests ahead (api/http.py)
 
     def client(self, key: int) -> openai.AsyncOpenAI:
         if key not in self.clients:
@@ -194,7 +196,7 @@ class TaskRunner:
                 azure = (str(endpoint.deployment), str(endpoint.api_version))
             self.clients[key] = make_client(endpoint.api_key, endpoint.base_url, self.config.timeout,
                                             on_send=self._on_send, transport=self.config.transport,
-                                            connections=self.config.concurrency, azure=azure)
+                                            connections=self.config.concurrency, azure=azure, gate=self.gate)
         return self.clients[key]
 
     async def _on_send(self) -> None:
@@ -259,6 +261,9 @@ class TaskRunner:
             _SENDING.set(grant)
             try:
                 answer = await complete(self.client(grant.key), request.kwargs, self.config.timeout, request.path)
+            except Unsent:  # built ahead, turned away unsent: the run is stopping, a rerun sends it
+                await self.limiter.release(grant, Ending.ERROR, charged=0)
+                return None
             except Exception as exc:  # classify decides; nothing escapes unrecorded
                 outcome = await self._failed_attempt(task, model, grant, classify(exc), exc, tries)
                 if outcome is _AGAIN:

@@ -21,9 +21,10 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from ..api.http import SendGate
 from ..api.prices import PriceTable
 from ..api.ratelimit import SharedLimiter
-from ..config import RunConfig
+from ..config import RunConfig, Transport
 from ..events import Fatal, Message, StopWork, Work, WorkerExit, decode, encode
 from ..inputs.tasks import Task
 from ..logfile import setup_worker_logging
@@ -60,13 +61,23 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
+def built_ahead(config: RunConfig) -> int:
+    """How many requests a worker builds ahead of its -c slots (api/http.py's SendGate): as many again, on
+    the aiohttp transport; none on httpx, whose client has no gate."""
+    return config.concurrency if config.transport is Transport.AIOHTTP else 0
+
+
 class Worker:
     """A local worker process: reads tasks from its pipe, runs them, appends their lines, reports events."""
 
     def __init__(self, settings: WorkerSettings, conn: Any, limiter: SharedLimiter) -> None:
         self.settings = settings
         self.conn = conn
-        self.runner = TaskRunner(settings.config, settings.prices, LocalLimiter(limiter.for_holder(settings.index)))
+        config = settings.config
+        self.ahead = built_ahead(config)
+        self.gate = SendGate(config.concurrency) if self.ahead else None
+        self.runner = TaskRunner(config, settings.prices, LocalLimiter(limiter.for_holder(settings.index)),
+                                 gate=self.gate)
         self.writer = OutcomeWriter(settings.outputs, settings.config.fsync)
         self.outbox: list[Message] = []  # events of this turn of the loop, not yet sent
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -91,7 +102,7 @@ class Worker:
     async def run(self) -> None:
         loop = self.loop = asyncio.get_running_loop()
         inbox: asyncio.Queue[tuple[Task, int] | None] = asyncio.Queue()
-        concurrency = self.settings.config.concurrency
+        tasks = self.settings.config.concurrency + self.ahead  # on the wire, and built ahead waiting for a slot
 
         def on_messages(messages: list[Message] | None) -> None:
             for message in [StopWork()] if messages is None else messages:  # None: the pipe is gone
@@ -99,10 +110,12 @@ class Worker:
                     inbox.put_nowait((message.task, message.model))
                     continue
                 self.runner.stopping = True
+                if self.gate is not None:
+                    self.gate.close()  # requests built ahead and not yet sent are left for the rerun
                 # Tasks still waiting in the inbox are dropped: never sent, the parent counts them not done.
                 while not inbox.empty():
                     inbox.get_nowait()
-                for _ in range(concurrency):
+                for _ in range(tasks):
                     inbox.put_nowait(None)
                 return
 
@@ -120,7 +133,7 @@ class Worker:
 
         threading.Thread(target=read_pipe, name="mpinfer-reader", daemon=True).start()
         try:
-            await asyncio.gather(*(self._serve(inbox) for _ in range(concurrency)))
+            await asyncio.gather(*(self._serve(inbox) for _ in range(tasks)))
         finally:
             self.loop = None
             self.flush()

@@ -1,0 +1,100 @@
+"""Requests built ahead of their slot (api/http.py's SendGate): -c is still the most on the wire per worker,
+waiting for a slot is not the server's time, and a stop sends none of those still waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import orjson
+from conftest import read_jsonl, run_cli, start_cli, text_tasks, write_tasks
+
+from mpinfer.api.client import Answer, complete, make_client
+from mpinfer.api.http import SendGate
+from mpinfer.mockserver import MockServerProcess
+
+KEY = "sk-test-0000000000000000fake7gt3"
+WAIT_S = 60.0
+ANSWER = {"id": "c", "object": "chat.completion", "model": "gpt-4o-mini",
+          "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+          "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
+
+
+def test_minus_c_is_still_the_most_requests_on_the_wire_of_a_worker(tmp_path: Path, mock: MockServerProcess) -> None:
+    # Given 60 tasks, two workers with -c 3 (each builds 3 more ahead), answers after 150 ms
+    write_tasks(tmp_path / "tasks.jsonl", text_tasks(60))
+    mock.configure(latency_ms=150)
+    # When the run goes
+    done = run_cli("-i", "tasks.jsonl", "-o", "out.jsonl", "-p", "2", "-c", "3", "--base-url", mock.base_url,
+                   cwd=tmp_path)
+    # Then every task is answered once, and the server never had more than 2 x 3 in flight (and had that many)
+    assert done.returncode == 0, done.stderr
+    assert Counter(r["id"] for r in read_jsonl(tmp_path / "out.jsonl")) == Counter(f"t{i}" for i in range(60))
+    stats = mock.stats()
+    assert stats["max_in_flight"] == 6 and stats["requests"] == 60, stats
+
+
+def test_waiting_for_a_slot_does_not_count_against_the_request_timeout() -> None:
+    # Given one slot, a 1 s request timeout, and a server that answers each request after 0.7 s
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            for _ in range(10):
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length:"))
+                await reader.readexactly(length)
+                await asyncio.sleep(0.7)
+                body = orjson.dumps(ANSWER)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                             % (len(body), body))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def go() -> list[Answer | BaseException]:
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = make_client(KEY, f"http://127.0.0.1:{port}/v1", 1.0, gate=SendGate(1))
+        request = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+        try:
+            return await asyncio.gather(*(complete(client, request, 1.0) for _ in range(2)), return_exceptions=True)
+        finally:
+            await client.close()
+            server.close()
+
+    # When two requests are sent at once (the second waits 0.7 s for the slot, then takes 0.7 s)
+    started = time.monotonic()
+    answers = asyncio.run(go())
+    # Then both are answered: the second's 1 s began when it left, not when it was built
+    assert all(isinstance(a, Answer) and a.content == "ok" for a in answers), answers
+    assert time.monotonic() - started >= 1.3  # one after the other: the gate held the second
+
+
+def test_a_stop_sends_none_of_the_requests_waiting_for_a_slot(tmp_path: Path, mock: MockServerProcess) -> None:
+    # Given one worker with -c 2 (two more built ahead) and answers that take 2 s
+    write_tasks(tmp_path / "tasks.jsonl", text_tasks(20))
+    mock.configure(latency_ms=2000)
+    args = ("-i", "tasks.jsonl", "-o", "out.jsonl", "-p", "1", "-c", "2", "--base-url", mock.base_url)
+    proc = start_cli(*args, cwd=tmp_path)
+    deadline = time.monotonic() + WAIT_S
+    while mock.stats()["in_flight"] < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    assert mock.stats()["in_flight"] == 2
+    time.sleep(0.3)  # the two built ahead are waiting at the gate by now
+    # When Ctrl-C stops the run while the first two are on the wire
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=WAIT_S)
+    # Then those two are answered and written, and nothing else was sent
+    assert proc.returncode == 130, stderr
+    assert len(read_jsonl(tmp_path / "out.jsonl")) == 2
+    assert mock.stats()["requests"] == 2, mock.stats()
+    # And the rerun does the rest, each id once
+    mock.configure(latency_ms=0)
+    again = run_cli(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert Counter(r["id"] for r in read_jsonl(tmp_path / "out.jsonl")) == Counter(f"t{i}" for i in range(20))
