@@ -12,8 +12,8 @@ the SDK's httpx client; aiohttp alone, without the SDK, takes 0.10 ms.
 Proxies are taken from the environment as httpx2 (and so the SDK's own clients) takes them: HTTPS_PROXY,
 HTTP_PROXY and ALL_PROXY (either case), NO_PROXY to bypass; read once per client, decided once per URL.
 
-Requests built ahead (``SendGate``): a local worker runs twice -c requests, and a request built while all
--c slots are on the wire waits at the gate, so that an answer's freed slot is taken at once by a request
+Requests built ahead (``SendGate``): a local worker runs twice -c requests, and while the server states no
+limit and has refused nothing, a request built while all -c slots are on the wire waits at the gate, so that an answer's freed slot is taken at once by a request
 that is ready instead of after the answer's handling and the next request's building. With every answer
 after exactly 1 s, 12,000 image tasks: -p 4 -c 300 from 87.1% of the ideal to 91.2% and 91.3%, -p 2 -c 600
 to 90.3% (``bench/throughput.py``).

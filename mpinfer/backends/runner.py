@@ -23,6 +23,7 @@ import openai
 
 from ..api.client import Answer, CallError, Verdict, classify, complete, make_client
 from ..api.endpoints import Provider, endpoints_of
+from ..api.hints import read_hints
 from ..api.http import SendGate, Unsent
 from ..api.messages import ImageEncoder, Request, build_body_request, build_request
 from ..api.prices import PriceTable
@@ -187,6 +188,12 @@ class TaskRunner:
         self.stopping = False
         self.notices: list[Event] = []
         self.gate = gate  # the host's slots, when it builds requests ahead (api/http.py)
+        # Building ahead holds a grant while it waits for a slot, and requests that waited leave together: the
+        # host builds ahead only while this is set, once the server has answered stating no limit, and never
+        # after a limit is stated or a request refused, or when one is set.
+        self.ahead_ok = asyncio.Event()
+        self.paced = bool(config.window_rpm or config.window_tpm
+                          or any(ep.rpm or ep.tpm for ep in config.endpoint_table))
 
     def client(self, key: int) -> openai.AsyncOpenAI:
         if key not in self.clients:
@@ -271,6 +278,10 @@ class TaskRunner:
                 assert not isinstance(outcome, _Again)
                 return outcome
             await self.limiter.observe_headers(grant.lane, answer.headers)
+            if not self.paced and not read_hints(answer.headers).empty:
+                self._pace()  # the server states a limit
+            if not self.paced:
+                self.ahead_ok.set()
             # What the server counted against the limit: the real prompt plus the answer it allowed.
             charged = answer.prompt_tokens + (request.max_tokens or answer.completion_tokens)
             await self.limiter.release(grant, Ending.OK, charged=charged, used=answer.total_tokens)
@@ -285,6 +296,7 @@ class TaskRunner:
         outage = await self.limiter.release(grant, _ENDINGS.get(error.error_type, Ending.ERROR))
         now = self.clock()
         if error.verdict is Verdict.WAIT:
+            self._pace()  # refused for a limit
             await self.limiter.rate_limited(grant.lane, error.retry_after)
             tries.rate_limited += 1
             if tries.limited_since is None:
@@ -315,6 +327,11 @@ class TaskRunner:
             aborted = self._abort(task, model, f"{error.error_type}: {error.message}")
             return Outcome(failure.events + aborted.events, failure.line, to_errors=True)
         return self._fail(task, model, failed, tries.count, tries.by_type)
+
+    def _pace(self) -> None:
+        """No more building ahead in this run: a limit is in play."""
+        self.paced = True
+        self.ahead_ok.clear()
 
     async def _any_key_left(self) -> bool:
         for key in range(len(self.keys)):

@@ -112,6 +112,7 @@ class Worker:
                 self.runner.stopping = True
                 if self.gate is not None:
                     self.gate.close()  # requests built ahead and not yet sent are left for the rerun
+                    self.runner.ahead_ok.set()  # the idle ones take their None below and end
                 # Tasks still waiting in the inbox are dropped: never sent, the parent counts them not done.
                 while not inbox.empty():
                     inbox.get_nowait()
@@ -133,15 +134,20 @@ class Worker:
 
         threading.Thread(target=read_pipe, name="mpinfer-reader", daemon=True).start()
         try:
-            await asyncio.gather(*(self._serve(inbox) for _ in range(tasks)))
+            concurrency = self.settings.config.concurrency
+            await asyncio.gather(*(self._serve(inbox, ahead=n >= concurrency) for n in range(tasks)))
         finally:
             self.loop = None
             self.flush()
             await self.runner.close()
             self.writer.close()
 
-    async def _serve(self, inbox: asyncio.Queue[tuple[Task, int] | None]) -> None:
+    async def _serve(self, inbox: asyncio.Queue[tuple[Task, int] | None], ahead: bool = False) -> None:
+        """Run tasks from the inbox; ``ahead``: one that builds requests ahead, idle while the runner says
+        building ahead is not safe (a limit in play, or no answer yet)."""
         while True:
+            if ahead:
+                await self.runner.ahead_ok.wait()
             item = await inbox.get()
             if item is None or self.runner.stopping:
                 return
