@@ -192,8 +192,8 @@ class TaskRunner:
         # host builds ahead only while this is set, once the server has answered stating no limit, and never
         # after a limit is stated or a request refused, or when one is set.
         self.ahead_ok = asyncio.Event()
-        self.paced = bool(config.window_rpm or config.window_tpm
-                          or any(ep.rpm or ep.tpm for ep in config.endpoint_table))
+        self.paced = (config.rpm is not None or config.tpm is not None  # one for all, or per model
+                      or any(ep.rpm or ep.tpm for ep in config.endpoint_table))
 
     def client(self, key: int) -> openai.AsyncOpenAI:
         if key not in self.clients:
