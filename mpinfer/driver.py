@@ -87,8 +87,10 @@ class RunState:
             self.stop_reason = reason
         self.feeding = False
 
-    def next_item(self, outstanding: int) -> WorkItem | None:
-        """The next task to send (tasks given back first), or None when there is none or none may go."""
+    def next_item(self, outstanding: Callable[[], int]) -> WorkItem | None:
+        """The next task to send (tasks given back first), or None when there is none or none may go.
+        ``outstanding`` counts the tasks in flight; it is asked only under --max-cost (a backend may pay to
+        count them)."""
         if not self.feeding or not self._within_budget(outstanding):
             return None
         item = self.requeue.popleft() if self.requeue else next(self.items, None)
@@ -102,7 +104,7 @@ class RunState:
             self.requeue.extend(items)
             self.feeding = True
 
-    def _within_budget(self, outstanding: int) -> bool:
+    def _within_budget(self, in_flight: Callable[[], int]) -> bool:
         """Whether one more task fits in --max-cost, counting what is in flight at the average cost so far.
 
         Until the first answer gives an average, only one task per worker goes out, as a probe.
@@ -110,6 +112,7 @@ class RunState:
         budget = self.config.max_cost
         if budget is None:
             return True
+        outstanding = in_flight()
         spent = self.summary.cost_before + self.summary.cost
         answers = self.priced_before + self.summary.succeeded - self.summary.unpriced
         if answers <= 0:
@@ -214,7 +217,7 @@ def supervise(state: RunState, backend: Backend, grace_s: float, poll_s: float =
             state.stop(Stopped(StopReason.INTERRUPTED))
             deadline = time.monotonic() + grace_s
         while state.feeding and backend.room() > 0:
-            item = state.next_item(backend.in_flight())
+            item = state.next_item(backend.in_flight)
             if item is None:
                 break
             if not backend.submit(item):

@@ -73,7 +73,6 @@ class _Scanned:
     done: list[IdSubset]
     run_starts: list[int]
     written: list[str]  # names of the outputs that already have lines (their settings must match)
-    priced_before: int
 
 
 def run(config: RunConfig, *, progress: bool = True, grace_s: float = DEFAULT_GRACE_S,
@@ -173,7 +172,7 @@ def _repair(job: _Job, summary: RunSummary) -> None:
 
 
 def _scan(job: _Job, index: InputIndex, summary: RunSummary) -> _Scanned:
-    scanned = _Scanned([], [], [], 0)
+    scanned = _Scanned([], [], [])
     for model, paths in zip(job.config.models, job.outputs, strict=True):
         found = scan(paths.output, within=index.ids)
         for bad in found.bad_lines[:MAX_FAILURES_SHOWN]:
@@ -187,7 +186,6 @@ def _scan(job: _Job, index: InputIndex, summary: RunSummary) -> _Scanned:
         if found.lines:
             scanned.written.append(paths.output.name)
         scanned.run_starts.append(found.end_offset)
-        scanned.priced_before += len(done_ids)
         summary.bad_lines += len(found.bad_lines)
         summary.unknown_ids += unknown
         summary.cost_before += found.cost
@@ -238,7 +236,7 @@ def _run_backend(job: _Job, scanned: _Scanned, summary: RunSummary, log_file: Pa
                  grace_s: float, started: float) -> None:
     """Run what is left; whatever happens, the summary file is rewritten and the backend closed."""
     items = work_items(iter_tasks(job.input_path, job.keys, selection=job.chosen), scanned.done)
-    state = RunState(job.config, items, summary, companion(job.output, ".summary.json"), scanned.priced_before,
+    state = RunState(job.config, items, summary, companion(job.output, ".summary.json"), summary.already_done,
                      progress)
     backend = _backend(job, scanned, log_file, progress)
     previous = _catch_stop_signals(state.on_signal)

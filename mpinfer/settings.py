@@ -101,15 +101,9 @@ class ModelRates:
 
 def parse_rate(text: Any) -> int | ModelRates:
     """A --rpm/--tpm value: one positive number for every model, or ``model=N,model=N``."""
-    if isinstance(text, int) and not isinstance(text, bool):
-        if text < 1:
-            raise ValueError("must be 1 or more")
-        return text
     value = str(text).strip()
-    if "=" not in value:
-        number = int(value)
-        if number < 1:
-            raise ValueError("must be 1 or more")
+    if not isinstance(text, str) or "=" not in value:
+        number: int = positive_int(text)
         return number
     rates = []
     for item in value.split(","):

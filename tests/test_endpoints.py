@@ -19,17 +19,22 @@ PLAIN_KEY = "plain-key-0000000000000west"
 KEYS = {"AZURE_KEY_EAST": AZURE_KEY, "OPENAI_KEY_WEST": PLAIN_KEY}
 
 
-def _table(mock: MockServerProcess, path: Path, azure_rpm: int = 6000, plain_rpm: int = 6000) -> Path:
+def _azure(mock: MockServerProcess, deployment: str = "gpt4o-east") -> str:
+    """The table entry of gpt-4o on the mock as an Azure endpoint (key from AZURE_KEY_EAST)."""
     root = mock.base_url.removesuffix("/v1")
-    path.write_text(f'''
-[[endpoints]]
+    return f'''[[endpoints]]
 model = "gpt-4o"
 provider = "azure"
 base_url = "{root}"
-deployment = "gpt4o-east"
+deployment = "{deployment}"
 api_version = "2024-10-21"
 api_key_env = "AZURE_KEY_EAST"
-rpm = {azure_rpm}
+'''
+
+
+def _table(mock: MockServerProcess, path: Path, azure_rpm: int = 6000, plain_rpm: int = 6000) -> Path:
+    path.write_text(f'''
+{_azure(mock)}rpm = {azure_rpm}
 
 [[endpoints]]
 model = "gpt-4o"
@@ -94,16 +99,8 @@ def test_azure_requests_use_the_deployment_path_api_version_and_api_key(mock: Mo
                                                                          tmp_path: Path) -> None:
     # Given only an Azure endpoint whose api_version the mock requires, and a deployment it does not have
     mock.configure(azure_deployments={"gpt4o-east": "gpt-4o"})
-    root = mock.base_url.removesuffix("/v1")
     table = tmp_path / "endpoints.toml"
-    table.write_text(f'''[[endpoints]]
-model = "gpt-4o"
-provider = "azure"
-base_url = "{root}"
-deployment = "no-such-deployment"
-api_version = "2024-10-21"
-api_key_env = "AZURE_KEY_EAST"
-''')
+    table.write_text(_azure(mock, "no-such-deployment"))
     tasks = write_tasks(tmp_path / "tasks.jsonl", text_tasks(1))
     # When it runs
     done = run_cli("-i", str(tasks), "-o", str(tmp_path / "out.jsonl"), "--model", "gpt-4o", "--endpoints",
@@ -186,16 +183,8 @@ def test_a_model_whose_every_endpoint_is_rejected_fails_while_the_others_go_on(m
                                                                                 tmp_path: Path) -> None:
     # Given gpt-4o on an Azure endpoint whose key the server rejects, and gpt-4o-mini on a plain one
     mock.configure(azure_deployments={"gpt4o-east": "gpt-4o"}, revoke_keys=[AZURE_KEY])
-    root = mock.base_url.removesuffix("/v1")
     table = tmp_path / "endpoints.toml"
-    table.write_text(f'''[[endpoints]]
-model = "gpt-4o"
-provider = "azure"
-base_url = "{root}"
-deployment = "gpt4o-east"
-api_version = "2024-10-21"
-api_key_env = "AZURE_KEY_EAST"
-
+    table.write_text(f'''{_azure(mock)}
 [[endpoints]]
 model = "gpt-4o-mini"
 base_url = "{mock.base_url}"

@@ -9,6 +9,7 @@ minute: this test takes about 70 s, nearly all of it asleep. Skipped where LiteL
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import socket
@@ -17,6 +18,7 @@ import sys
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,15 @@ MASTER_KEY = "sk-mpinfer-litellm-interop-0000"
 RPM = 4
 TASKS = 5
 BOOT_TIMEOUT_S = 90
+# One mock_response model that LiteLLM's router lets through RPM times a minute.
+LIMITED_CONFIG = ("model_list:\n"
+                  "  - model_name: mock-gpt\n"
+                  "    litellm_params:\n"
+                  "      model: openai/mock-gpt\n"
+                  "      mock_response: \"Hello from LiteLLM\"\n"
+                  f"      rpm: {RPM}\n"
+                  "router_settings:\n"
+                  "  enable_pre_call_checks: true\n")
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("litellm") is None or not LITELLM.exists(),
                                 reason="litellm[proxy] is not installed")
@@ -46,44 +57,44 @@ def _up(url: str) -> bool:
         return False
 
 
-def test_the_litellm_proxys_rate_limit_is_waited_out_in_one_run(tmp_path: Path) -> None:
-    # Given a LiteLLM proxy whose mock_response model allows 4 requests a minute
-    (tmp_path / "litellm.yaml").write_text(
-        "model_list:\n"
-        "  - model_name: mock-gpt\n"
-        "    litellm_params:\n"
-        "      model: openai/mock-gpt\n"
-        "      mock_response: \"Hello from LiteLLM\"\n"
-        f"      rpm: {RPM}\n"
-        "router_settings:\n"
-        "  enable_pre_call_checks: true\n")
+@contextlib.contextmanager
+def litellm_proxy(folder: Path, config: str, master_key: str) -> Iterator[str]:
+    """A LiteLLM proxy on 127.0.0.1 run with ``config`` (its YAML) from ``folder``; its base URL, until it is
+    stopped at the end of the block."""
+    (folder / "litellm.yaml").write_text(config)
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LITELLM_"))}
-    env["LITELLM_MASTER_KEY"] = MASTER_KEY
-    log = (tmp_path / "litellm.log").open("wb")
-    proxy = subprocess.Popen([str(LITELLM), "--config", str(tmp_path / "litellm.yaml"), "--host", "127.0.0.1",
-                              "--port", str(port)], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + BOOT_TIMEOUT_S
-        while not _up(f"http://127.0.0.1:{port}/health/liveliness"):
-            assert proxy.poll() is None and time.monotonic() < deadline, (tmp_path / "litellm.log").read_text()
-            time.sleep(0.25)
+    env["LITELLM_MASTER_KEY"] = master_key
+    with (folder / "litellm.log").open("wb") as log:
+        server = subprocess.Popen([str(LITELLM), "--config", str(folder / "litellm.yaml"), "--host", "127.0.0.1",
+                                   "--port", str(port)], cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + BOOT_TIMEOUT_S
+            while not _up(f"http://127.0.0.1:{port}/health/liveliness"):
+                assert server.poll() is None and time.monotonic() < deadline, (folder / "litellm.log").read_text()
+                time.sleep(0.25)
+            yield f"http://127.0.0.1:{port}/v1"
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait(timeout=5)
+
+
+def test_the_litellm_proxys_rate_limit_is_waited_out_in_one_run(tmp_path: Path) -> None:
+    # Given a LiteLLM proxy whose mock_response model allows 4 requests a minute
+    booting = time.monotonic()
+    with litellm_proxy(tmp_path, LIMITED_CONFIG, MASTER_KEY) as base_url:
         started = time.monotonic()
         write_tasks(tmp_path / "tasks.jsonl", text_tasks(TASKS))
         # When 5 tasks run through it, with no retry allowed
-        proc = run_cli("-i", "tasks.jsonl", "-o", "out.jsonl", "--base-url", f"http://127.0.0.1:{port}/v1",
+        proc = run_cli("-i", "tasks.jsonl", "-o", "out.jsonl", "--base-url", base_url,
                        "--model", "mock-gpt", "-p", "1", "-c", "2", "--max-retries", "0", "--retry-backoff", "0.5",
                        cwd=tmp_path, env={"OPENAI_API_KEY": MASTER_KEY})
-        print(f"litellm: booted in {started - deadline + BOOT_TIMEOUT_S:.1f}s, the run took "
+        print(f"litellm: booted in {started - booting:.1f}s, the run took "
               f"{time.monotonic() - started:.1f}s")
-    finally:
-        proxy.terminate()
-        try:
-            proxy.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proxy.kill()
-            proxy.wait(timeout=5)
-        log.close()
     # Then the run finished on its own: exit 0, every id once, LiteLLM's answers recorded, 429s counted
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = read_jsonl(tmp_path / "out.jsonl")

@@ -7,49 +7,28 @@ our mock's: a run must record it and validate clean.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import read_jsonl, run_cli, write_png, write_tasks
-from test_litellm import BOOT_TIMEOUT_S, LITELLM, _free_port, _up, pytestmark  # noqa: F401 (the skip mark)
+from test_litellm import litellm_proxy, pytestmark  # noqa: F401 (the skip mark)
 
 MASTER_KEY = "sk-mpinfer-litellm-chat-00000"
 ANSWER = "Hello from LiteLLM"
+CONFIG = ("model_list:\n"
+          "  - model_name: mock-gpt\n"
+          "    litellm_params:\n"
+          "      model: openai/mock-gpt\n"
+          f"      mock_response: \"{ANSWER}\"\n")
 
 
 @pytest.fixture(scope="module")
 def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A LiteLLM proxy on 127.0.0.1 with one mock_response model; its base URL."""
     folder = tmp_path_factory.mktemp("litellm")
-    (folder / "litellm.yaml").write_text(
-        "model_list:\n"
-        "  - model_name: mock-gpt\n"
-        "    litellm_params:\n"
-        "      model: openai/mock-gpt\n"
-        f"      mock_response: \"{ANSWER}\"\n")
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LITELLM_"))}
-    env["LITELLM_MASTER_KEY"] = MASTER_KEY
-    with (folder / "litellm.log").open("wb") as log:
-        server = subprocess.Popen([str(LITELLM), "--config", str(folder / "litellm.yaml"), "--host", "127.0.0.1",
-                                   "--port", str(port)], cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + BOOT_TIMEOUT_S
-            while not _up(f"http://127.0.0.1:{port}/health/liveliness"):
-                assert server.poll() is None and time.monotonic() < deadline, (folder / "litellm.log").read_text()
-                time.sleep(0.25)
-            yield f"http://127.0.0.1:{port}/v1"
-        finally:
-            server.terminate()
-            try:
-                server.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait(timeout=5)
+    with litellm_proxy(folder, CONFIG, MASTER_KEY) as base_url:
+        yield base_url
 
 
 def _run(tmp_path: Path, base_url: str, tasks: Path, *extra: str) -> Path:

@@ -34,7 +34,7 @@ from ..events import Fatal, TaskDone, TaskFailed, WorkItem
 from ..inputs.check import reading
 from ..inputs.readers import iter_tasks
 from ..inputs.tasks import Task
-from ..store.output import Appender, OutputPaths, iter_lines, record_id, scan
+from ..store.output import Appender, OutputPaths, iter_lines, record_id, scan, size_of
 from ..store.records import Failure, batch_error_line
 from .base import Note
 from .batch_merge import Merger
@@ -105,7 +105,7 @@ class BatchBackend:
     def start(self) -> None:
         plan = Plan.load(self.output)
         if plan is None or plan.finished:
-            plan = Plan.new(self.output, [_size(paths.errors) for paths in self.outputs], list(self.config.models))
+            plan = Plan.new(self.output, [size_of(paths.errors) for paths in self.outputs], list(self.config.models))
         self._check_models(plan)
         self.plan = plan
         self.writer = ChunkWriter(plan, self.config.batch_size, self.config.batch_max_bytes)
@@ -312,7 +312,7 @@ class BatchBackend:
                                         if isinstance(e, TaskDone))
         if merged.retry:
             again = [(tasks[i], chunk.model) for i in merged.retry if i in tasks]
-            plan_chunks(plan, again, self.config, attempt=chunk.attempt + 1)
+            plan_chunks(plan, again, self.config, self.encoder, attempt=chunk.attempt + 1)
             chunk.resubmitted = len(merged.retry)
             self.resubmitted += len(merged.retry)
             log.info("batch %s: %d rows resubmitted (attempt %d)", batch.id, len(merged.retry), chunk.attempt + 1)
@@ -378,13 +378,6 @@ class BatchBackend:
                 if len(found) == len(ids):
                     break
         return found
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return 0
 
 
 def _ids_from(path: Path, offset: int) -> set[str]:

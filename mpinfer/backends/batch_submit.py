@@ -136,11 +136,6 @@ class ChunkWriter:
         chunk.ids.append(task_id)
         chunk.bytes += len(line)
 
-    @property
-    def writing(self) -> int:
-        """Rows in files still open."""
-        return sum(chunk.lines for chunk, _ in self.open.values())
-
     def close(self) -> list[Chunk]:
         """Close every file; the chunks made since the last close."""
         for _, handle in self.open.values():
@@ -150,9 +145,10 @@ class ChunkWriter:
         return made
 
 
-def plan_chunks(plan: Plan, items: Iterable[tuple[Task, int]], config: RunConfig, attempt: int = 1) -> list[Chunk]:
-    """The request files of ``items`` (rows sent again, whose images were read once already) as PLANNED chunks."""
-    encoder = ImageEncoder(config.resolved_image_root)
+def plan_chunks(plan: Plan, items: Iterable[tuple[Task, int]], config: RunConfig, encoder: ImageEncoder,
+                attempt: int = 1) -> list[Chunk]:
+    """The request files of ``items`` (rows sent again, whose images were read once already) as PLANNED chunks;
+    ``encoder`` is the backend's, with its cache."""
     writer = ChunkWriter(plan, config.batch_size, config.batch_max_bytes, attempt)
     try:
         for task, model in items:

@@ -26,7 +26,7 @@ from ..api.ratelimit import LaneStats, SharedLimiter
 from ..config import RunConfig
 from ..events import Event, StopWork, TaskDone, TaskFailed, Work, WorkerExit, WorkItem, decode_events, encode
 from ..inputs.tasks import Task
-from ..store.output import OutputPaths, iter_lines, record_id, scan
+from ..store.output import OutputPaths, iter_lines, record_id, scan, size_of
 from ..store.records import failure_type
 from .base import Note, Returned, WorkerDied
 from .worker import WorkerSettings, built_ahead, worker_main
@@ -59,7 +59,7 @@ class LocalBackend:
         self.outputs = outputs
         self.run_starts = run_starts
         # Where each errors file ends before any worker starts: a failure past it was written in this run.
-        self.error_starts = [_size(paths.errors) for paths in outputs]
+        self.error_starts = [size_of(paths.errors) for paths in outputs]
         self.log_file = log_file
         self.prices = prices
         self.ctx = multiprocess.get_context("fork")
@@ -232,13 +232,6 @@ class LocalBackend:
         self.kill()
         if self.unfreeze:
             gc.unfreeze()  # the workers are gone: the caller's objects (a notebook's) are collectable again
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return 0
 
 
 def _failure_event(obj: Any, task_id: str, model: int) -> TaskFailed:

@@ -31,11 +31,14 @@ def fsync_dir(folder: Path) -> None:
 
 
 @contextmanager
-def atomic_write(dest: Path, text: bool = False, mode_from: Path | None = None) -> Iterator[IO[Any]]:
+def atomic_write(dest: Path, text: bool = False, mode_from: Path | None = None,
+                 durable: bool = True) -> Iterator[IO[Any]]:
     """Write ``dest`` whole or not at all: yield a temporary file beside it, then fsync and rename it over.
 
     On any exception the temporary file is removed and ``dest`` is untouched. ``mode_from`` gives the new
-    file the permissions of another (the file it replaces).
+    file the permissions of another (the file it replaces). ``durable=False`` skips the two fsyncs: the
+    rename alone keeps readers from a half-written file, and a report rewritten every few seconds need not
+    reach the disk each time.
     """
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     try:
@@ -46,7 +49,8 @@ def atomic_write(dest: Path, text: bool = False, mode_from: Path | None = None) 
         with handle:
             yield handle
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         if mode_from is not None:
             shutil.copymode(mode_from, tmp)
         os.replace(tmp, dest)
@@ -55,17 +59,19 @@ def atomic_write(dest: Path, text: bool = False, mode_from: Path | None = None) 
         if isinstance(exc, OSError):
             raise OutputError(f"{dest}: cannot write: {exc.strerror or exc}") from None
         raise
-    fsync_dir(dest.parent)
+    if durable:
+        fsync_dir(dest.parent)
 
 
 def replace_quietly(dest: Path, data: bytes) -> bool:
-    """Replace ``dest`` by ``data`` as atomic_write does, or leave it as it was; whether it was written.
+    """Replace ``dest`` by ``data`` as atomic_write does (without the fsyncs), or leave it as it was; whether it
+    was written.
 
     For files that only report (the run summary, the status cache): a full disk must not take a run or a
     --status down over them; the output files are the truth.
     """
     with suppress(OutputError):
-        with atomic_write(dest) as handle:
+        with atomic_write(dest, durable=False) as handle:
             handle.write(data)
         return True
     return False

@@ -39,6 +39,14 @@ def companion(output: Path, suffix: str) -> Path:
     return output.with_name(output.name + suffix)
 
 
+def size_of(path: Path) -> int:
+    """The file's size, 0 when it does not exist yet (where an errors file ends before a run writes to it)."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
 def model_outputs(output: Path, models: tuple[str, ...]) -> tuple[Path, ...]:
     """Where each model's lines go: the output itself for one model, ``<stem>.<model><suffix>`` for several."""
     if len(models) == 1:
