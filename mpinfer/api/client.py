@@ -133,12 +133,16 @@ def make_client(api_key: str, base_url: str | None, timeout: float,
                               http_client=http_client)
 
 
-def parse_answer(body: bytes, headers: dict[str, str]) -> Answer:
+def parse_answer(body: bytes, headers: dict[str, str], path: ApiPath = ApiPath.CHAT) -> Answer:
+    """The Answer in a response body from ``path``; MalformedResponse for a body that is not JSON."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
         raise MalformedResponse(f"malformed response body (JSONDecodeError): {body[:120]!r}") from None
-    return answer_of(data, headers)
+    if path is ApiPath.CHAT:
+        return answer_of(data, headers)
+    fields = responses_answer(data) if path is ApiPath.RESPONSES else embeddings_answer(data)
+    return Answer(headers=headers, body=data, **fields)
 
 
 def answer_of(data: Any, headers: dict[str, str]) -> Answer:
@@ -200,14 +204,7 @@ async def complete(client: openai.AsyncOpenAI, request: dict[str, Any], timeout:
         finally:
             REQUEST_DEADLINE.reset(held)
         content = response.content
-    if path is ApiPath.CHAT:
-        return parse_answer(content, dict(response.headers))
-    try:
-        data = orjson.loads(content)
-    except orjson.JSONDecodeError:
-        raise MalformedResponse(f"malformed response body (JSONDecodeError): {content[:120]!r}") from None
-    fields = responses_answer(data) if path is ApiPath.RESPONSES else embeddings_answer(data)
-    return Answer(headers=dict(response.headers), body=data, **fields)
+    return parse_answer(content, dict(response.headers), path)
 
 
 _URLS: weakref.WeakKeyDictionary[openai.AsyncOpenAI, dict[ApiPath, str]] = weakref.WeakKeyDictionary()

@@ -31,13 +31,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import ConfigError
 from ..redact import key_hint
-from ..settings import ModelRates, parse_rate
+from ..settings import ModelRates
 
 if TYPE_CHECKING:
     from .ratelimit import SharedLimiter
 
-__all__ = ["ANY_MODEL", "Endpoint", "ModelRates", "Provider", "configure_limiter", "endpoints_of",
-           "implicit_endpoints", "lane_limit", "parse_endpoints", "parse_rate", "read_endpoints_file", "serving"]
+__all__ = ["ANY_MODEL", "Endpoint", "Provider", "configure_limiter", "endpoints_of", "implicit_endpoints",
+           "lane_limit", "parse_endpoints", "read_endpoints_file", "serving"]
 
 ANY_MODEL = "*"  # an implicit endpoint serves every model of the run
 FIELDS = frozenset({"model", "provider", "base_url", "deployment", "api_version", "api_key_env", "rpm", "tpm",

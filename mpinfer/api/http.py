@@ -126,10 +126,8 @@ class AioHttpClient(httpx2.AsyncClient):
                                          extensions=extensions)
         if isinstance(url, str):
             parsed = self._urls.get(url)
-            if parsed is None:
+            if parsed is None:  # the SDK sends absolute URLs (its own base URL already joined)
                 parsed = self._urls[url] = httpx2.URL(url)
-                if parsed.is_relative_url:
-                    parsed = self._urls[url] = self.base_url.join(url)
             url = parsed
         if params:  # Azure's api-version
             url = url.copy_merge_params(params)

@@ -85,7 +85,6 @@ class ImageEncoder:
     """Turns image references into URLs for the API, caching local files' data URLs by path and mtime."""
 
     def __init__(self, root: Path, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
-        self.root = root
         self._root = str(root)
         self.cache_bytes = cache_bytes
         self._cache: OrderedDict[tuple[str, int, int], EncodedImage] = OrderedDict()

@@ -329,10 +329,14 @@ class SharedLimiter(LaneArray):
 
     def observe(self, lane: int, hints: Hints, now: float) -> None:
         pause = hints.exhausted_for_s()
+        # Nothing new (the usual case, an endpoint's own limit included): no lock taken. Each test is the
+        # negation of an update below.
         if (not pause and self._get(lane, L.HEADERS_SEEN)
-                and (self.rpm or not hints.limit_requests or self._get(lane, L.REQ_CAP) == hints.limit_requests)
-                and (self.tpm or not hints.limit_tokens or self._get(lane, L.TOK_LIMIT) == hints.limit_tokens)):
-            return  # nothing new (the usual case): no lock taken
+                and (self.rpm or not hints.limit_requests or self._flagged(lane, L.REQ_SRC)
+                     or self._get(lane, L.REQ_CAP) == hints.limit_requests)
+                and (self.tpm or not hints.limit_tokens or self._flagged(lane, L.TOK_SRC)
+                     or self._get(lane, L.TOK_LIMIT) == hints.limit_tokens)):
+            return
         with self._lock:
             if not self._get(lane, L.HEADERS_SEEN):
                 self._set(lane, L.HEADERS_SEEN, 1)
