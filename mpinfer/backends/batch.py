@@ -235,6 +235,7 @@ class BatchBackend:
         self.polls += 1
         notes: list[Note] = []
         before = [(c.status, c.completed, c.failed) for c in plan.chunks]
+        ended: list[tuple[Chunk, Any]] = []
         for chunk in [c for c in plan.open_chunks if c.state is ChunkState.CREATED]:
             try:
                 batch = self.client.call(f"poll {chunk.batch_id}", self.client.sdk.batches.retrieve, chunk.batch_id)
@@ -248,12 +249,16 @@ class BatchBackend:
                 log.warning("batch %s is %s (cancelled from elsewhere): no new batches", batch.id, batch.status)
             chunk.status = batch.status
             if batch.status in FINAL_STATUSES:
-                try:
-                    notes += self._finish(plan, chunk, batch)
-                except BatchApiError as exc:
-                    if chunk.state is not ChunkState.CREATED:
-                        raise  # the full queue's wait ran out: the job stops
-                    log.warning("%s (merged at the next poll)", exc)  # a download failed: merged next poll
+                ended.append((chunk, batch))
+        # The input tasks of every batch that ended, in one read of the input.
+        tasks = self._tasks_of({i for chunk, _ in ended for i in chunk.ids}) if ended else {}
+        for chunk, batch in ended:
+            try:
+                notes += self._finish(plan, chunk, batch, {i: tasks[i] for i in chunk.ids if i in tasks})
+            except BatchApiError as exc:
+                if chunk.state is not ChunkState.CREATED:
+                    raise  # the full queue's wait ran out: the job stops
+                log.warning("%s (merged at the next poll)", exc)  # a download failed: merged next poll
         self._progress(plan)
         if [(c.status, c.completed, c.failed) for c in plan.chunks] != before:
             plan.save()  # the counts --status shows; a merge saved its own steps already
@@ -285,8 +290,9 @@ class BatchBackend:
         data: bytes = content.content
         return data
 
-    def _finish(self, plan: Plan, chunk: Chunk, batch: Any) -> list[Note]:
-        """A batch ended: merge its answers, record its failures, plan its transient failures again."""
+    def _finish(self, plan: Plan, chunk: Chunk, batch: Any, tasks: dict[str, Task]) -> list[Note]:
+        """A batch ended: merge its answers, record its failures, plan its transient failures again.
+        ``tasks``: the input tasks of its rows."""
         errors = [e for e in (batch.errors.data if batch.errors and batch.errors.data else [])]
         if batch.status == "failed" and any(e.code == "token_limit_exceeded" for e in errors):
             self._queue_full(chunk, errors[0].message or "")
@@ -299,7 +305,6 @@ class BatchBackend:
                       if getattr(batch, f"{s}_at", None)), None)
         latency = float(ended - batch.created_at) if ended else None
         resubmit = not (self.cancelled_live and batch.status == "cancelled")
-        tasks = self._tasks_of(set(chunk.ids))
         merged = self.merger.merge(chunk, tasks, output, failures, self.done[chunk.model],
                                    self.failed_before[chunk.model], resubmit, latency)
         paths = self.outputs[chunk.model]
