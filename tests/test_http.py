@@ -108,6 +108,42 @@ def test_the_request_is_the_sdks_own_with_its_auth_and_headers() -> None:
     assert "x-stainless-retry-count: 0" in head and "content-type: application/json" in head
 
 
+def test_the_sdks_typed_and_raw_calls_read_the_request_and_answer_as_httpx2_gives_them() -> None:
+    # Given a server that answers with a request id, and the client's own request and response objects
+    async def ok(_head: bytes, _body: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(_response(orjson.dumps(ANSWER), "X-Request-Id: req-42"))
+        await writer.drain()
+
+    async def raw_call() -> tuple[object, ...]:
+        server = await asyncio.start_server(lambda r, w: _serve_once(r, w, ok), "127.0.0.1", 0)
+        client = make_client(KEY, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1", 10.0)
+        try:
+            # When the SDK's typed method is called through its raw-response API
+            raw = await client.chat.completions.with_raw_response.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "hello"}])
+            completion = raw.parse()
+            request = raw.http_request
+            return (completion.choices[0].message.content, completion.usage.total_tokens if completion.usage else 0,
+                    raw.headers.get("x-request-id"), raw.http_response.is_closed, raw.status_code,
+                    orjson.loads(request.content)["messages"][0]["content"], request.method,
+                    request.headers.get("authorization"))
+        finally:
+            await client.close()
+            server.close()
+            await server.wait_closed()
+
+    # Then the SDK parsed the answer, and the request it built carries its body, method and key
+    assert asyncio.run(raw_call()) == ("hi there", 11, "req-42", True, 200, "hello", "POST", f"Bearer {KEY}")
+
+
+async def _serve_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, handler: Handler) -> None:
+    try:
+        head, body = await _read_request(reader)
+        await handler(head, body, writer)
+    finally:
+        writer.close()
+
+
 def test_a_redirect_is_followed_with_the_same_request_as_the_sdks_clients_follow_it() -> None:
     # Given a gateway that moves the path with a 307 (method and body kept), then answers there
     bodies: list[bytes] = []

@@ -204,7 +204,8 @@ async def complete(client: openai.AsyncOpenAI, request: dict[str, Any], timeout:
         finally:
             REQUEST_DEADLINE.reset(held)
         content = response.content
-    return parse_answer(content, dict(response.headers), path)
+    # items() is one pass over the headers; dict(headers) looks each name up again, a scan of them all.
+    return parse_answer(content, dict(response.headers.items()), path)
 
 
 _URLS: weakref.WeakKeyDictionary[openai.AsyncOpenAI, dict[ApiPath, str]] = weakref.WeakKeyDictionary()

@@ -45,6 +45,7 @@ KEEPALIVE_S = 5.0  # httpx2's default keep-alive expiry, as the SDK's aiohttp cl
 # The SDK's own clients follow redirects (a gateway moving a path, http to https), up to httpx2's 20.
 MAX_REDIRECTS = 20
 _AIOHTTP_SETS = frozenset({"host", "content-length"})
+_UNTIMED = aiohttp.ClientTimeout(total=None, connect=None, sock_read=None, sock_connect=None)
 
 
 class Unsent(Exception):
@@ -88,6 +89,39 @@ class _NoTransport(httpx2.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         raise httpx2.UnsupportedProtocol("mpinfer's aiohttp client sends its requests itself")
+
+
+class _SdkRequest(httpx2.Request):
+    """The request the SDK builds, without what httpx2.Request adds for its own transports.
+
+    ``httpx2.Request`` normalizes the headers twice over, adds Host and Content-Length (aiohttp sets both,
+    and they are dropped again before sending) and streams the body into itself: together a tenth of a
+    worker's CPU for a request (cProfile, 300 in flight). The SDK's headers are kept as it gave them, the
+    body as bytes, read already.
+    """
+
+    def __init__(self, method: str, url: httpx2.URL, headers: Any, content: bytes,
+                 extensions: dict[str, Any]) -> None:
+        # Not super().__init__(): everything it would set is set here, for a body that is bytes.
+        self.method = method.upper()
+        self.url = url
+        self.headers = httpx2.Headers(headers)
+        self.extensions = extensions
+        self.stream = httpx2.ByteStream(content)
+        self._content = content
+
+
+class _ReadResponse(httpx2.Response):
+    """An answer aiohttp has read whole, with no content encoding: httpx2.Response would stream the bytes it
+    is given through its decoder chain into itself (a twentieth of a worker's CPU for a request)."""
+
+    def __init__(self, status: int, headers: list[tuple[bytes, bytes]], content: bytes, request: httpx2.Request,
+                 extensions: dict[str, Any]) -> None:
+        super().__init__(status, headers=headers, stream=httpx2.ByteStream(content), request=request,
+                         extensions=extensions)
+        self._content = content  # as read() leaves it: the body, the stream consumed and closed
+        self.is_stream_consumed = True
+        self.is_closed = True
 
 
 class AioHttpClient(httpx2.AsyncClient):
@@ -135,6 +169,8 @@ class AioHttpClient(httpx2.AsyncClient):
         if "timeout" not in extensions:
             chosen = self.timeout if timeout is httpx2.USE_CLIENT_DEFAULT else httpx2.Timeout(timeout)
             extensions["timeout"] = chosen.as_dict()
+        if content is None or isinstance(content, bytes):
+            return _SdkRequest(method, url, headers, content or b"", extensions)
         return httpx2.Request(method, url, content=content, headers=headers, extensions=extensions)
 
     async def send(self, request: httpx2.Request, *, stream: bool = False, auth: Any = httpx2.USE_CLIENT_DEFAULT,
@@ -178,13 +214,18 @@ class AioHttpClient(httpx2.AsyncClient):
                                        server_hostname=request.extensions.get("sni_hostname")) as answer:
                 content = await answer.read()
                 status, raw_headers, reason = answer.status, answer.raw_headers, answer.reason
+                encoded = "Content-Encoding" in answer.headers
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise _http_error(exc, request) from exc
         extensions: dict[str, Any] = {"http_version": b"HTTP/1.1"}
         if reason:
             extensions["reason_phrase"] = reason.encode()
-        response = httpx2.Response(status, headers=list(raw_headers), content=content, request=request,
-                                   extensions=extensions)
+        response: httpx2.Response
+        if encoded:  # httpx2 decodes it, as it would have from its own transport
+            response = httpx2.Response(status, headers=list(raw_headers), content=content, request=request,
+                                       extensions=extensions)
+        else:
+            response = _ReadResponse(status, list(raw_headers), content, request, extensions)
         response.elapsed = datetime.timedelta(seconds=time.perf_counter() - started)  # as httpx2 sets it
         return response
 
@@ -209,6 +250,10 @@ class AioHttpClient(httpx2.AsyncClient):
         return self._session
 
     def _client_timeout(self, given: dict[str, float | None]) -> aiohttp.ClientTimeout:
+        if REQUEST_DEADLINE.get() is not None:
+            # A deadline on the whole request (api.client.complete) ends it before any of these could: each is
+            # as long as the whole, and aiohttp's per-read timer would be set again at every read for nothing.
+            return _UNTIMED
         key = (given.get("connect"), given.get("read"), given.get("pool"))
         timeout = self._timeouts.get(key)
         if timeout is None:
