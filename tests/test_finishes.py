@@ -164,7 +164,10 @@ def _kill_workers_mid_run(tmp_path: Path, mock: MockServerProcess, n: int, *args
     deadline = time.monotonic() + 60
     # Kill the worker twice (-p 1: before the fix, two deaths leaked every limiter slot and the run hung)
     while kills < 2 and time.monotonic() < deadline and proc.poll() is None:
-        done = len(read_jsonl(tmp_path / "out.jsonl"))
+        # Whole lines only: the worker may be in the middle of a line, or have been killed in it (the next
+        # append moves a torn line aside).
+        out = tmp_path / "out.jsonl"
+        done = out.read_bytes().count(b"\n") if out.exists() else 0
         workers = _workers(proc.pid)
         if workers and done >= 10 * (kills + 1):
             os.kill(workers[0], signal.SIGKILL)

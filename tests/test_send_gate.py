@@ -1,6 +1,7 @@
 """Requests built ahead of their slot (api/http.py's SendGate): -c is still the most on the wire per worker,
 waiting for a slot is not the server's time, and a stop sends none of those still waiting (that a server
-stating a limit gets none built ahead is tests/test_finishes.py's: its 429s stay few)."""
+stating a limit gets no more built ahead, and those waiting go back to the limiter, is
+tests/test_finishes.py's: its 429s stay few)."""
 
 from __future__ import annotations
 

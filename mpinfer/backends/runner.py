@@ -24,7 +24,7 @@ import openai
 from ..api.client import Answer, CallError, Verdict, classify, complete, make_client
 from ..api.endpoints import Provider, endpoints_of
 from ..api.hints import read_hints
-from ..api.http import SendGate, Unsent
+from ..api.http import SendGate, Stale, Unsent
 from ..api.messages import ImageEncoder, Request, build_body_request, build_request
 from ..api.prices import PriceTable
 from ..api.ratelimit import Ending, Grant, SharedLimiter, Wait, WaitReason
@@ -189,11 +189,13 @@ class TaskRunner:
         self.notices: list[Event] = []
         self.gate = gate  # the host's slots, when it builds requests ahead (api/http.py)
         # Building ahead holds a grant while it waits for a slot, and requests that waited leave together: the
-        # host builds ahead only while this is set, once the server has answered stating no limit, and never
-        # after a limit is stated or a request refused, or when one is set.
+        # host builds ahead only while this is set: from the start, unless a limit is set, and never again once
+        # the server states a limit or refuses a request (those then waiting go back to the limiter).
         self.ahead_ok = asyncio.Event()
         self.paced = (config.rpm is not None or config.tpm is not None  # one for all, or per model
                       or any(ep.rpm or ep.tpm for ep in config.endpoint_table))
+        if not self.paced:
+            self.ahead_ok.set()
 
     def client(self, key: int) -> openai.AsyncOpenAI:
         if key not in self.clients:
@@ -271,6 +273,10 @@ class TaskRunner:
             except Unsent:  # built ahead, turned away unsent: the run is stopping, a rerun sends it
                 await self.limiter.release(grant, Ending.ERROR, charged=0)
                 return None
+            except Stale:  # built ahead, and a limit came into play meanwhile: a new grant, under the limit
+                await self.limiter.release(grant, Ending.ERROR, charged=0)
+                tries.count -= 1
+                continue
             except Exception as exc:  # classify decides; nothing escapes unrecorded
                 outcome = await self._failed_attempt(task, model, grant, classify(exc), exc, tries)
                 if outcome is _AGAIN:
@@ -280,8 +286,6 @@ class TaskRunner:
             await self.limiter.observe_headers(grant.lane, answer.headers)
             if not self.paced and not read_hints(answer.headers).empty:
                 self._pace()  # the server states a limit
-            if not self.paced:
-                self.ahead_ok.set()
             # What the server counted against the limit: the real prompt plus the answer it allowed.
             charged = answer.prompt_tokens + (request.max_tokens or answer.completion_tokens)
             await self.limiter.release(grant, Ending.OK, charged=charged, used=answer.total_tokens)
@@ -329,9 +333,12 @@ class TaskRunner:
         return self._fail(task, model, failed, tries.count, tries.by_type)
 
     def _pace(self) -> None:
-        """No more building ahead in this run: a limit is in play."""
+        """No more building ahead in this run: a limit is in play. The requests waiting at the gate got their
+        grants before it was known: they ask the limiter again."""
         self.paced = True
         self.ahead_ok.clear()
+        if self.gate is not None:
+            self.gate.stale()
 
     async def _any_key_left(self) -> bool:
         for key in range(len(self.keys)):

@@ -144,7 +144,7 @@ class Worker:
 
     async def _serve(self, inbox: asyncio.Queue[tuple[Task, int] | None], ahead: bool = False) -> None:
         """Run tasks from the inbox; ``ahead``: one that builds requests ahead, idle while the runner says
-        building ahead is not safe (a limit in play, or no answer yet)."""
+        building ahead is not safe (a limit is set, stated or enforced)."""
         while True:
             if ahead:
                 await self.runner.ahead_ok.wait()
