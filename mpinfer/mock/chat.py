@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import binascii
-import json
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from .http import error_body
 
@@ -79,7 +80,7 @@ def _check_image_url(url: Any) -> str | None:
 def parse_chat(body: bytes) -> ChatRequest:
     """Validate a chat.completions body the way OpenAI would, raising ApiError."""
     try:
-        data = json.loads(body)
+        data = orjson.loads(body)  # strict JSON, as OpenAI parses it (no NaN)
     except (ValueError, UnicodeDecodeError):
         raise ApiError(
             400,

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import random
 import time
+
+import orjson
 
 from .answers import reply
 from .chat import ApiError, parse_chat
@@ -158,7 +159,7 @@ class ChatCompletions:
                 "usage": answer.usage(prompt_tokens),
                 "system_fingerprint": "fp_mock",
             }
-            return outcome, 200, json.dumps(response).encode(), task_key
+            return outcome, 200, orjson.dumps(response), task_key
         if outcome == "429":
             rejection_headers(cfg, cfg.retry_after, headers)
             hint = f" Please try again in {format_duration(cfg.retry_after)}." if cfg.limit_style == "openai" else ""
