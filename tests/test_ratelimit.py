@@ -765,3 +765,27 @@ def test_a_process_killed_while_holding_the_lock_does_not_stop_the_others() -> N
         asker.kill()
     # Then it gets one at once: the kernel dropped the dead holder's lock
     assert not alive and result.get(timeout=5) is True
+
+
+def test_an_endpoints_own_limit_outlives_an_aimd_decrease_and_a_server_stating_more() -> None:
+    # Given a lane with its endpoint's own limit of 600 a minute, at most two in flight, that sent 10 a second
+    limiter = make(max_in_flight=2)
+    limiter.limit_lane(0, 0, rpm=600, tpm=None, max_in_flight=None)
+    for i in range(20):
+        limiter.release(grant(limiter.try_acquire(0, 1, T0 + i * 0.1)), T0 + i * 0.1, Ending.OK)
+    # When a 429 with no hint lowers the rate, and then the server states a limit ten times the endpoint's
+    limiter.rate_limited(0, T0 + 2.0, None)
+    assert stats(limiter, T0 + 2.0).requests_source == "learned"
+    limiter.observe_headers(0, {"x-ratelimit-limit-requests": "6000", "x-ratelimit-remaining-requests": "5990"},
+                            T0 + 2.0)
+    # Then the rate grows back to the endpoint's 600 and no further, given again, not the server's
+    limits = []
+    for i in range(60):
+        now = T0 + 2.0 + (i + 1) * 1.0
+        got = limiter.try_acquire(0, 1, now)
+        if isinstance(got, Grant):
+            limiter.release(got, now, Ending.OK)
+        limits.append(stats(limiter, now).requests_limit)
+    row = stats(limiter, T0 + 62.0)
+    assert (row.requests_limit, row.requests_source) == (600, "flag")
+    assert max(limits) <= 600 + EPS

@@ -44,8 +44,8 @@ NEVER = -1e18
  REQ_TAT, REQ_LIMIT, REQ_CAP, REQ_SRC, TOK_TAT, TOK_LIMIT, TOK_SRC,
  RATE_BASE, RATE_GROWN_AT, RATE_DECREASED_AT, BUCKET_AT, BUCKET_N, SEND_RATE,
  CONN_FAILS, OUTAGE, OUTAGE_AT, OUTAGE_WALL, PROBE_AT, PROBER, PROBE_GAP, OUTAGE_S,
- LIMITED_S, LIMITED_AT, ANSWERED_SINCE_DECREASE) = range(37)
-FIELDS = 37
+ LIMITED_S, LIMITED_AT, ANSWERED_SINCE_DECREASE, REQ_GIVEN, TOK_GIVEN) = range(39)
+FIELDS = 39
 
 
 class LimitSource(StrEnum):
@@ -161,9 +161,12 @@ class LaneArray:
     margin_s: float
 
     def _set_limit(self, lane: int, field: int, limit: float, source: LimitSource) -> None:
-        """``field`` is REQ_LIMIT or TOK_LIMIT; its source (and, for requests, its cap) follow it."""
+        """``field`` is REQ_LIMIT or TOK_LIMIT; its source (and, for requests, its cap) follow it. A limit given
+        (FLAG: a flag or the endpoints table) stays given when AIMD lowers the rate below it and it grows back."""
         self._set(lane, field, limit)
         self._set(lane, REQ_SRC if field == REQ_LIMIT else TOK_SRC, SOURCES.index(source))
+        if source is LimitSource.FLAG:
+            self._set(lane, REQ_GIVEN if field == REQ_LIMIT else TOK_GIVEN, 1)
         if field == REQ_LIMIT and source is not LimitSource.LEARNED:
             self._set(lane, REQ_CAP, limit)
 
@@ -216,7 +219,7 @@ class LaneArray:
         limit = self._get(lane, REQ_LIMIT) + RATE_GROWTH_PER_S * self._get(lane, RATE_BASE) * dt
         cap = self._get(lane, REQ_CAP)
         if cap > 0 and limit >= cap:
-            source = LimitSource.FLAG if self.rpm else LimitSource.SERVER
+            source = LimitSource.FLAG if self._get(lane, REQ_GIVEN) else LimitSource.SERVER
             self._set_limit(lane, REQ_LIMIT, cap, source)
         else:
             self._set(lane, REQ_LIMIT, limit)

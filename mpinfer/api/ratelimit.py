@@ -112,8 +112,9 @@ class SharedLimiter(LaneArray):
             self._set(lane, L.CWND_MAX, float(max_in_flight))
 
     def _flagged(self, lane: int, source_field: int) -> bool:
-        """Whether the lane's limit was given (a flag or the endpoints table): a server's never replaces it."""
-        return self._get(lane, source_field) == L.SOURCES.index(LimitSource.FLAG)
+        """Whether the lane's limit was given (a flag or the endpoints table): a server's never replaces it,
+        nor after AIMD has lowered the rate below it (the source is then LEARNED for a while)."""
+        return bool(self._get(lane, L.REQ_GIVEN if source_field == L.REQ_SRC else L.TOK_GIVEN))
 
     def for_holder(self, holder: int) -> SharedLimiter:
         """This limiter as seen by worker slot ``holder`` (its grants are counted against it)."""
