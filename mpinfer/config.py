@@ -86,7 +86,7 @@ def _batch_size(text: Any) -> int:
 
 class Transport(StrEnum):
     """The HTTP stack under the SDK: mpinfer's own client over aiohttp (api/http.py), or the SDK's httpx client.
-    At 300 in flight aiohttp takes a third to a sixth of httpx's CPU a request (bench/http_stack.py)."""
+    At 300 in flight aiohttp takes a quarter to an eighth of httpx's CPU a request (bench/http_stack.py)."""
 
     AIOHTTP = "aiohttp"
     HTTPX = "httpx"
@@ -179,7 +179,7 @@ class RunConfig:
     ray_address: str | None = setting(None, as_text, "Ray cluster to join", env=("MPINFER_RAY_ADDRESS",
                                       "RAY_ADDRESS"), metavar="ADDR", shown="RAY_ADDRESS, or a new local one")
     transport: Transport = setting(Transport.AIOHTTP, one_of(Transport), "HTTP stack under the openai SDK: "
-                                   "aiohttp (a third to a sixth of httpx's CPU a request) or httpx (the SDK's "
+                                   "aiohttp (a quarter to an eighth of httpx's CPU a request) or httpx (the SDK's "
                                    "default)", metavar="NAME")
     fsync: bool = setting(False, as_bool, "fsync after every line: survives power loss, costs a disk flush a "
                           "line")
