@@ -35,7 +35,7 @@ from ..inputs.check import reading
 from ..inputs.readers import iter_tasks
 from ..inputs.tasks import Task
 from ..store.output import Appender, OutputPaths, iter_lines, record_id, scan, size_of
-from ..store.records import Failure, batch_error_line
+from ..store.records import failure_line
 from .base import Note
 from .batch_merge import Merger
 from .batch_plan import FINAL_STATUSES, Chunk, ChunkState, Plan
@@ -150,10 +150,7 @@ class BatchBackend:
         return True
 
     def _image_failed(self, task: Task, model: int, message: str) -> None:
-        if task.body is not None:
-            line = batch_error_line(task.id, None, "image", message, {"attempts": 0, "processed_at": time.time()})
-        else:
-            line = Failure(task.id, "image", None, message, 0, time.time()).to_line()
+        line = failure_line(task.id, task.body is not None, "image", None, message, 0)
         self.appenders[model].append(self.outputs[model].errors, line)
         self.notes.append(TaskFailed(task.id, model, "image", None, message, 0))
 

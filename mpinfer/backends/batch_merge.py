@@ -12,7 +12,6 @@ interrupted is simply done again. The rest is decided by kind, in ``verdict``:
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +25,7 @@ from ..errors import MalformedResponse
 from ..events import TaskDone, TaskFailed
 from ..inputs.tasks import Task
 from ..redact import redact
-from ..store.records import Failure, batch_error_line
+from ..store.records import failure_line
 from .batch_plan import Chunk
 from .runner import answered
 
@@ -182,14 +181,8 @@ class Merger:
         failed_before.add(custom_id)
         # A server may quote the request back, key included: nothing leaves unredacted.
         error = LineError(error.error_type, error.status, redact(error.message, self.keys), error.transient)
-        task = self.task(custom_id)
-        if task.body is not None:
-            line = batch_error_line(custom_id, error.status, error.error_type, error.message,
-                                    {"attempts": chunk.attempt, "processed_at": time.time(),
-                                     "batch_id": chunk.batch_id})
-        else:
-            line = Failure(custom_id, error.error_type, error.status, error.message, chunk.attempt,
-                           time.time()).to_line()
+        line = failure_line(custom_id, self.task(custom_id).body is not None, error.error_type, error.status,
+                            error.message, chunk.attempt, batch_id=chunk.batch_id)
         merged.failures.append(line)
         merged.events.append(TaskFailed(custom_id, chunk.model, error.error_type, error.status, error.message,
                                         chunk.attempt))

@@ -35,7 +35,7 @@ from ..errors import ImageError, NoKeysLeft
 from ..events import Abort, Event, KeyDisabled, TaskDone, TaskFailed
 from ..inputs.tasks import Task
 from ..redact import redact
-from ..store.records import TRUNCATED, Failure, Result, Usage, batch_error_line, batch_result_line, same_model
+from ..store.records import TRUNCATED, Result, Usage, batch_result_line, failure_line, same_model
 
 # The grant of the request this asyncio task is sending, for the client's on-send hook.
 _SENDING: contextvars.ContextVar[Grant | None] = contextvars.ContextVar("mpinfer_sending", default=None)
@@ -367,12 +367,8 @@ class TaskRunner:
         # A server may quote the request back, key included: nothing leaves unredacted.
         message = redact(error.message, self.keys)
         retries = retries or {}
-        if task.body is not None:
-            line = batch_error_line(task.id, error.status, error.error_type, message,
-                                    {"attempts": attempts, "retries": retries, "processed_at": time.time()})
-        else:
-            line = Failure(task.id, error.error_type, error.status, message, attempts, time.time(),
-                           retries).to_line()
+        line = failure_line(task.id, task.body is not None, error.error_type, error.status, message, attempts,
+                            retries)
         log.warning("task %s failed after %d attempts: %s: %s", task.id, attempts, error.error_type, message)
         return Outcome((TaskFailed(task.id, model, error.error_type, error.status, message, attempts, retries),),
                        line, to_errors=True)

@@ -12,6 +12,7 @@ Each record is one JSON object on one line. Two forms:
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -160,6 +161,19 @@ def batch_error_line(custom_id: str, status: int | None, code: str, message: str
     record = {"id": batch_request_id(), "custom_id": custom_id, "response": response,
               "error": {"code": code, "message": message}, "mpinfer": meta}
     return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def failure_line(task_id: str, as_batch: bool, error_type: str, status: int | None, message: str, attempts: int,
+                 retries: dict[str, int] | None = None, batch_id: str | None = None) -> bytes:
+    """The errors-file line of a failed task in its input's form: a Batch API error line for a task given as
+    a request body (``as_batch``), else a Failure. ``message`` must be redacted already."""
+    now = time.time()
+    if not as_batch:
+        return Failure(task_id, error_type, status, message, attempts, now, dict(retries or {})).to_line()
+    meta: dict[str, Any] = {"attempts": attempts, "retries": dict(retries or {}), "processed_at": now}
+    if batch_id is not None:
+        meta["batch_id"] = batch_id
+    return batch_error_line(task_id, status, error_type, message, meta)
 
 
 # Not frozen: a frozen dataclass's __init__ costs three times as much, and status and validate build one
