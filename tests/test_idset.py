@@ -43,7 +43,7 @@ def test_ids_sharing_a_hash_are_told_apart_by_their_full_ids() -> None:
     assert duplicates == []
     slots = {index.find(task_id) for task_id in ids}
     assert len(slots) == 100 and None not in slots
-    assert [index.id_at(index.find_member(t) or 0) for t in ids] == ids
+    assert [index.id_at(index.find(t, member=True) or 0) for t in ids] == ids
     assert index.find("c-unknown") is None and index.find("x-unknown") is None
 
 

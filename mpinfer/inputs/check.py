@@ -68,7 +68,7 @@ def check_input(path: Path, keys: FieldKeys = FieldKeys(), selection: Selection 
     if selection.narrows():
         ids = IdSubset(index)
         for _, _, item in iter_selected(path, keys, selection, fmt):
-            slot = index.find_member(item.id) if isinstance(item, Task) else None
+            slot = index.find(item.id, member=True) if isinstance(item, Task) else None
             if slot is not None:
                 ids.add_slot(slot)
     else:

@@ -11,7 +11,7 @@ Nothing may be lost to a hash collision, so a hash is never taken for an id:
   ``freeze`` returns for the input check to report;
 - an id from elsewhere (a record of the output) is an input id only if the full id read at its locator
   equals it (``IdIndex.find``): one read per id found, none for an id whose hash is absent;
-- an id known to be one of the input's (a task read from that input) needs no read (``find_member``):
+- an id known to be one of the input's (a task read from that input) needs no read (``find(id, member=True)``):
   when its hash is unique in the input, its slot is the one holding that hash.
 
 The hash function is a parameter so that tests can force collisions through the real paths.
@@ -123,8 +123,9 @@ class IdIndex:
     def __len__(self) -> int:
         return self._bases[-1] if self._bases else sum(len(h) for h, _ in self._buckets)
 
-    def find(self, task_id: str) -> int | None:
-        """The slot of ``task_id`` if it is an id of the input, else None; exact (reads the id to compare)."""
+    def find(self, task_id: str, member: bool = False) -> int | None:
+        """The slot of ``task_id`` if it is an id of the input, else None; exact: the id is read to compare,
+        unless it is a ``member`` (the caller read it from this same input, and its hash is no other's)."""
         value = self._hash(task_id)
         number = value >> self._shift
         hashes, locators = self._buckets[number]
@@ -133,19 +134,7 @@ class IdIndex:
             return None
         if self._shared and value in self._shared:
             return self._shared[value].get(task_id)
-        return self._bases[number] + at if self._resolver(locators[at]) == task_id else None
-
-    def find_member(self, task_id: str) -> int | None:
-        """The slot of ``task_id``, which the caller read from this same input: no read needed."""
-        value = self._hash(task_id)
-        number = value >> self._shift
-        hashes = self._buckets[number][0]
-        at = bisect_left(hashes, value)
-        if at == len(hashes) or hashes[at] != value:
-            return None
-        if self._shared and value in self._shared:
-            return self._shared[value].get(task_id)
-        return self._bases[number] + at
+        return self._bases[number] + at if member or self._resolver(locators[at]) == task_id else None
 
     def dump(self) -> tuple[list[bytes], dict[str, dict[str, int]]]:
         """The frozen index as bytes (hashes, locators, bucket bases) and its shared hashes, to cache."""
@@ -222,7 +211,7 @@ class IdSubset:
         """Membership of an id read from this subset's input (the feed's question): no read needed."""
         if not self._count:
             return False  # a fresh run's done set: no hashing at all
-        slot = self.index.find_member(task_id)
+        slot = self.index.find(task_id, member=True)
         return slot is not None and self.has_slot(slot)
 
     def slots(self) -> Iterator[int]:
