@@ -270,6 +270,9 @@ class SharedLimiter(LaneArray):
             if charged is not None and self._get(lane, L.TOK_LIMIT) > 0:
                 # The pace follows the correction too: a smaller real prompt gives time back.
                 self._add(lane, L.TOK_TAT, (charged - grant.charged) * self.span_s / self._get(lane, L.TOK_LIMIT))
+            if ending is Ending.UNSENT:  # neither a request the server saw nor an answer from it
+                self._add(lane, L.REQUESTS, -1)
+                return bool(self._get(lane, L.OUTAGE))
             if ending is Ending.UNREACHABLE:
                 return self._unreachable(lane, grant, now)
             self._answered(lane, now)

@@ -271,10 +271,10 @@ class TaskRunner:
             try:
                 answer = await complete(self.client(grant.key), request.kwargs, self.config.timeout, request.path)
             except Unsent:  # built ahead, turned away unsent: the run is stopping, a rerun sends it
-                await self.limiter.release(grant, Ending.ERROR, charged=0)
+                await self.limiter.release(grant, Ending.UNSENT, charged=0)
                 return None
             except Stale:  # built ahead, and a limit came into play meanwhile: a new grant, under the limit
-                await self.limiter.release(grant, Ending.ERROR, charged=0)
+                await self.limiter.release(grant, Ending.UNSENT, charged=0)
                 tries.count -= 1
                 continue
             except Exception as exc:  # classify decides; nothing escapes unrecorded
