@@ -6,7 +6,7 @@ CLI (``-p P -c C``) against the mock server at a fixed latency for each row and 
 
 - server req/s: N / (last request's arrival - first request's arrival + L), from the mock's stats, that
   is from the first request received to the last answer sent; the client's start-up is not in it;
-- avg in flight: requests in flight at the mock (polled every 0.1 s) between the first answer and the last
+- avg in flight: requests in flight at the mock (polled every 20 ms) between the first answer and the last
   request; by Little's law server req/s ~ avg in flight / L, so a shortfall here means the client did not
   keep its K requests going (its turnaround between an answer and the next request adds to L);
 - wall req/s: N / the CLI's wall time (start-up, input check, output scan and shutdown included);
@@ -18,6 +18,9 @@ CLI (``-p P -c C``) against the mock server at a fixed latency for each row and 
 - server CPU s: what the mock server used meanwhile, on the same 2 cores; srv lag ms: how much later than L
   the mock sent an answer, on average (its own event loop busy on the shared cores: a share of L the client
   cannot win back, about srv lag / L of the ideal);
+- round 2 s, later rounds s (image rows): how long the second round of K requests took to reach the
+  server after the first, and the later rounds on average; L each for a client that keeps its slots busy
+  (the first round's answers all come back at once, so the second round is the slowest);
 - peak RSS: the largest sum of the RSS of the CLI and its workers, sampled every 50 ms (shared pages
   counted in every process: an upper bound); peak PSS: the same with shared pages split (every 0.5 s).
 
@@ -31,6 +34,7 @@ package's default, and httpx, the SDK's); with a package that has no such switch
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import shutil
 import tempfile
@@ -75,16 +79,27 @@ def parse_configs(text: str) -> list[tuple[int, int]]:
     return out
 
 
-def watch_in_flight(root_url: str, stop: threading.Event, samples: list[tuple[float, int]]) -> None:
-    """(mock clock, requests in flight at the mock) every 0.1 s until stopped (at most an hour)."""
+def watch_in_flight(root_url: str, stop: threading.Event, samples: list[tuple[float, int, int]]) -> None:
+    """(mock clock, requests in flight at the mock, requests received) every 20 ms until stopped (at most an
+    hour): 50 polls a second beside the run's thousand requests."""
     deadline = time.monotonic() + 3600
     while not stop.is_set() and time.monotonic() < deadline:
         try:
             stats = poll_stats(root_url)
-            samples.append((stats["now"], stats["in_flight"]))
+            samples.append((stats["now"], stats["in_flight"], stats["requests"]))
         except OSError:
             pass
-        stop.wait(0.1)
+        stop.wait(0.02)
+
+
+def round_lengths(samples: list[tuple[float, int, int]], k: int, n: int) -> list[float]:
+    """How long each round of k requests took to arrive after the one before (by the samples' 20 ms): with
+    every answer after exactly L, a client that keeps its k slots busy takes L a round."""
+    ends: list[float] = []
+    for at, _in_flight, received in samples:
+        while received >= (len(ends) + 1) * k and (len(ends) + 1) * k <= n:
+            ends.append(at)
+    return [b - a for a, b in itertools.pairwise(ends)]
 
 
 def write_image_tasks(path: Path, n: int, distinct: int = 50) -> Path:
@@ -106,7 +121,7 @@ def one_row(mock: Any, latency_ms: float, p: int, c: int, n: int, timeout_s: flo
             transport: str, jitter_ms: float = 0.0, images: bool = False) -> dict[str, Any]:
     mock.configure(latency_ms=latency_ms, jitter_ms=jitter_ms)
     mock.reset()
-    samples: list[tuple[float, int]] = []
+    samples: list[tuple[float, int, int]] = []
     stop = threading.Event()
     watcher = threading.Thread(target=watch_in_flight, args=(mock.root_url, stop, samples), daemon=True)
     folder = Path(tempfile.mkdtemp(prefix=f"mpinfer-bench-tp-{p}x{c}-"))
@@ -130,7 +145,8 @@ def one_row(mock: Any, latency_ms: float, p: int, c: int, n: int, timeout_s: flo
         span = (stats["last_request_at"] - stats["first_request_at"] + L) if requests else math.nan
         server_rate = requests / span if requests else 0.0
         # In flight at the mock once the first round is back and before the last request: the steady part.
-        steady = [f for t, f in samples if requests and stats["first_request_at"] + L <= t <= stats["last_request_at"]]
+        steady = [f for t, f, _ in samples if requests and stats["first_request_at"] + L <= t <= stats["last_request_at"]]
+        rounds = round_lengths(samples, k, n)
         ok = m.returncode == 0 and written == n and stats["outcomes"]["ok"] == n
         if not ok:
             print(f"  !! p={p} c={c} L={latency_ms}: exit {m.returncode}, {written} lines, stats "
@@ -146,6 +162,8 @@ def one_row(mock: Any, latency_ms: float, p: int, c: int, n: int, timeout_s: flo
             "srv lag ms": 1000.0 * stats.get("answer_lag_s_total", math.nan) / max(1, requests),
             "peak RSS MB": m.peak_tree_rss / MB, "peak PSS MB": (m.sampler.peak_pss / MB) if m.sampler else None,
             "procs": m.sampler.peak_procs if m.sampler else None, "ok": ok,
+            "round 2 s": rounds[0] if rounds else None,
+            "later rounds s": sum(rounds[1:]) / len(rounds[1:]) if len(rounds) > 1 else None,
             "_children_cpu": m.children_cpu_s, "_max_in_flight": stats["max_in_flight"],
             "_stderr": [line.strip() for line in m.stderr.splitlines() if line.strip()],
         }
@@ -236,7 +254,7 @@ def main() -> int:
                   f"{'MET' if best600 <= CPU_TARGET_MS else 'MISSED'} (target <= {CPU_TARGET_MS} ms)")
     if scale_rows:
         print()
-        print(table(scale_rows, COLUMNS, title=f"scale: {args.scale_tasks} tasks with a small image each at "
+        print(table(scale_rows, [*COLUMNS, "round 2 s", "later rounds s"], title=f"scale: {args.scale_tasks} tasks with a small image each at "
                                                f"L = {args.target_latency:.0f} ms ({latency_note})"))
         for row in scale_rows:
             met = row["% ideal"] >= row["_share"] and row["ok"]

@@ -16,9 +16,10 @@ HTTP_PROXY and ALL_PROXY (either case), NO_PROXY to bypass; read once per client
 Requests built ahead (``SendGate``): a local worker runs twice -c requests, and until the server states a
 limit or refuses a request, a request built while all -c slots are on the wire waits at the gate, so that
 an answer's freed slot is taken at once by a request that is ready instead of after the answer's handling
-and the next request's building; once a limit is in play, those still waiting go back to the limiter. With every answer
-after exactly 1 s, 12,000 image tasks: -p 4 -c 300 from 87.1% of the ideal to 91.2% and 91.3%, -p 2 -c 600
-to 90.3% (``bench/throughput.py``).
+and the next request's building; once a limit is in play, those still waiting go back to the limiter.
+With every answer after exactly 1 s, 12,000 image tasks (``bench/throughput.py``): -p 4 -c 300 from 87.1%
+of the ideal to 91.2% and 91.3%, -p 2 -c 600 to 90.3% (2026-12-01, building ahead after a first answer);
+from the start, 88.8% to 91.0% and 88.2% to 90.6% (2026-12-02, a slower day).
 
 Failures are raised as the httpx2 errors the SDK turns into ``APITimeoutError`` and ``APIConnectionError``:
 a connect or read timeout as a timeout, a refused, reset or dropped connection as a network error.

@@ -334,7 +334,9 @@ class TaskRunner:
 
     def _pace(self) -> None:
         """No more building ahead in this run: a limit is in play. The requests waiting at the gate got their
-        grants before it was known: they ask the limiter again."""
+        grants before it was known: they ask the limiter again (once: those granted since knew of it)."""
+        if self.paced:
+            return
         self.paced = True
         self.ahead_ok.clear()
         if self.gate is not None:
