@@ -6,7 +6,7 @@ CLI (``-p P -c C``) against the mock server at a fixed latency for each row and 
 
 - server req/s: N / (last request's arrival - first request's arrival + L), from the mock's stats, that
   is from the first request received to the last answer sent; the client's start-up is not in it;
-- avg in flight: requests in flight at the mock (polled every 20 ms) between the first answer and the last
+- avg in flight: requests in flight at the mock (polled every 0.1 s) between the first answer and the last
   request; by Little's law server req/s ~ avg in flight / L, so a shortfall here means the client did not
   keep its K requests going (its turnaround between an answer and the next request adds to L);
 - wall req/s: N / the CLI's wall time (start-up, input check, output scan and shutdown included);
@@ -19,7 +19,8 @@ CLI (``-p P -c C``) against the mock server at a fixed latency for each row and 
   the mock sent an answer, on average (its own event loop busy on the shared cores: a share of L the client
   cannot win back, about srv lag / L of the ideal);
 - round 2 s, later rounds s (image rows): how long the second round of K requests took to reach the
-  server after the first, and the later rounds on average; L each for a client that keeps its slots busy
+  server after the first, and the later rounds on average (from the 0.1 s polls, each passing of a multiple
+  of K read between two of them); L each for a client that keeps its slots busy
   (the first round's answers all come back at once, so the second round is the slowest);
 - peak RSS: the largest sum of the RSS of the CLI and its workers, sampled every 50 ms (shared pages
   counted in every process: an upper bound); peak PSS: the same with shared pages split (every 0.5 s).
@@ -80,8 +81,8 @@ def parse_configs(text: str) -> list[tuple[int, int]]:
 
 
 def watch_in_flight(root_url: str, stop: threading.Event, samples: list[tuple[float, int, int]]) -> None:
-    """(mock clock, requests in flight at the mock, requests received) every 20 ms until stopped (at most an
-    hour): 50 polls a second beside the run's thousand requests."""
+    """(mock clock, requests in flight at the mock, requests received) every 0.1 s until stopped (at most an
+    hour; polled more often, the mock's own CPU for the stats is seen in the client's figures)."""
     deadline = time.monotonic() + 3600
     while not stop.is_set() and time.monotonic() < deadline:
         try:
@@ -89,16 +90,18 @@ def watch_in_flight(root_url: str, stop: threading.Event, samples: list[tuple[fl
             samples.append((stats["now"], stats["in_flight"], stats["requests"]))
         except OSError:
             pass
-        stop.wait(0.02)
+        stop.wait(0.1)
 
 
 def round_lengths(samples: list[tuple[float, int, int]], k: int, n: int) -> list[float]:
-    """How long each round of k requests took to arrive after the one before (by the samples' 20 ms): with
-    every answer after exactly L, a client that keeps its k slots busy takes L a round."""
+    """How long each round of k requests took to arrive after the one before: with every answer after
+    exactly L, a client that keeps its k slots busy takes L a round. When the count of requests received
+    passed a multiple of k, between two samples, is read on the straight line between them."""
     ends: list[float] = []
-    for at, _in_flight, received in samples:
-        while received >= (len(ends) + 1) * k and (len(ends) + 1) * k <= n:
-            ends.append(at)
+    for (t0, _, r0), (t1, _, r1) in itertools.pairwise(samples):
+        while r1 >= (len(ends) + 1) * k and (len(ends) + 1) * k <= n:
+            target = (len(ends) + 1) * k
+            ends.append(t0 + (t1 - t0) * (target - r0) / (r1 - r0) if r1 > r0 else t1)
     return [b - a for a, b in itertools.pairwise(ends)]
 
 
