@@ -23,7 +23,7 @@ import orjson
 from ..config import Transport as Transport  # the setting's enum, re-exported for the client's callers
 from ..errors import ImageError, ImagesTooLarge, MalformedResponse
 from .hints import wait_hint
-from .http import REQUEST_DEADLINE, AioHttpClient, SendGate
+from .http import REQUEST_DEADLINE, AioHttpClient, OnAnswer, SendGate
 from .responses import ApiPath, embeddings_answer, responses_answer
 
 # OpenAI asks clients to retry these; everything else in 4xx is the request's own fault.
@@ -100,10 +100,11 @@ def warm_up() -> None:
 def make_client(api_key: str, base_url: str | None, timeout: float,
                 on_send: Callable[[], Awaitable[None]] | None = None, transport: Transport = Transport.AIOHTTP,
                 connections: int = 1000, azure: tuple[str, str] | None = None,
-                gate: SendGate | None = None) -> openai.AsyncOpenAI:
+                gate: SendGate | None = None, on_answer: OnAnswer | None = None) -> openai.AsyncOpenAI:
     """An async client with the SDK's retries off and a connection pool for ``connections`` in flight.
 
-    ``on_send`` is called as each request leaves (after the SDK has built it), for the rate limiter.
+    ``on_send`` is called as each request leaves (after the SDK has built it), for the rate limiter;
+    ``on_answer`` with each answer's status and headers as they arrive, before anything else is sent.
     ``gate`` (the aiohttp transport only) holds requests built ahead until a slot is free.
     ``azure`` (deployment, api_version) makes it the SDK's Azure client on ``base_url``: it sends to
     ``/openai/deployments/{deployment}/...?api-version=...`` with an ``api-key`` header.
@@ -113,17 +114,21 @@ def make_client(api_key: str, base_url: str | None, timeout: float,
     http_client: httpx2.AsyncClient
     if transport is Transport.AIOHTTP:
         http_client = AioHttpClient(timeout=timeout, connections=connections, verify=verify, on_send=on_send,
-                                    gate=gate)
+                                    gate=gate, on_answer=on_answer)
     else:
         async def sending(_request: Any) -> None:
             if on_send is not None:
                 await on_send()
 
+        async def answered(response: httpx2.Response) -> None:
+            if on_answer is not None:
+                await on_answer(response.status_code, response.headers)
+
         # httpx2's own default is 100 connections: a worker with more requests in flight would queue.
         pool = max(100, connections)
         http_client = openai.DefaultAsyncHttpxClient(
             verify=verify, timeout=timeout, limits=httpx2.Limits(max_connections=pool, max_keepalive_connections=pool),
-            event_hooks={"request": [sending]} if on_send is not None else None)
+            event_hooks={"request": [sending], "response": [answered]})
     if azure is not None:
         deployment, api_version = azure
         return openai.AsyncAzureOpenAI(api_key=api_key, azure_endpoint=base_url or "", azure_deployment=deployment,

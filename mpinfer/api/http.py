@@ -16,7 +16,8 @@ HTTP_PROXY and ALL_PROXY (either case), NO_PROXY to bypass; read once per client
 Requests built ahead (``SendGate``): a local worker runs twice -c requests, and until the server states a
 limit or refuses a request, a request built while all -c slots are on the wire waits at the gate, so that
 an answer's freed slot is taken at once by a request that is ready instead of after the answer's handling
-and the next request's building; once a limit is in play, those still waiting go back to the limiter.
+and the next request's building; once a limit is in play, a request granted before it goes back to the
+limiter as it leaves (backends/runner.py).
 With every answer after exactly 1 s, 12,000 image tasks (``bench/throughput.py``): -p 4 -c 300 from 87.1%
 of the ideal to 91.2% and 91.3%, -p 2 -c 600 to 90.3% (2026-12-01, building ahead after a first answer);
 from the start, 88.8% to 91.0% and 88.2% to 90.6% (2026-12-02, a slower day).
@@ -55,10 +56,8 @@ class Unsent(Exception):
     """A request built ahead was not sent: the run stopped while it waited for a slot (a rerun sends it)."""
 
 
-class Stale(Exception):
-    """A request built ahead was not sent: a limit came into play while it waited for a slot, after its grant
-    was given; it goes back to the limiter for a new one."""
-
+# Told of each answer as it arrives: its status and headers (a case-insensitive mapping).
+OnAnswer = Callable[[int, Any], Awaitable[None]]
 
 # The deadline of the request this asyncio task is sending, and its length: it starts again when the request
 # leaves the gate, so that waiting for a slot never counts as the server's time.
@@ -68,23 +67,17 @@ REQUEST_DEADLINE: contextvars.ContextVar[tuple[asyncio.Timeout, float] | None] =
 
 class SendGate:
     """At most ``slots`` requests on the wire at once, however many are built; ``close`` turns away those
-    still waiting (the run is stopping: they are left for the rerun, unsent), ``stale`` sends those waiting
-    back to the limiter (their grants were given before a limit was known)."""
+    still waiting (the run is stopping: they are left for the rerun, unsent)."""
 
     def __init__(self, slots: int) -> None:
         self._free = asyncio.Semaphore(slots)
         self.closed = False
-        self._epoch = 0  # how many times the waiting ones were made stale
 
     async def __aenter__(self) -> None:
-        epoch = self._epoch
         await self._free.acquire()
         if self.closed:
             self._free.release()  # wakes the next one waiting, which is turned away too
             raise Unsent("the run is stopping")
-        if self._epoch != epoch:
-            self._free.release()
-            raise Stale("a limit came into play while this request waited")
         held = REQUEST_DEADLINE.get()
         if held is not None:
             deadline, length = held
@@ -95,9 +88,6 @@ class SendGate:
 
     def close(self) -> None:
         self.closed = True
-
-    def stale(self) -> None:
-        self._epoch += 1
 
 
 class _NoTransport(httpx2.AsyncBaseTransport):
@@ -145,17 +135,20 @@ class AioHttpClient(httpx2.AsyncClient):
     """An ``httpx2.AsyncClient`` for the SDK that sends through an aiohttp connection pool.
 
     ``on_send`` is awaited as each request leaves, after the SDK has built it (the rate limiter's stamp);
-    with a ``gate``, after the request has its slot. The aiohttp session is made on the first request,
-    inside the event loop that runs the requests.
+    with a ``gate``, after the request has its slot. ``on_answer`` is awaited with each answer's status and
+    headers as soon as it is read, before its slot goes to the next request. The aiohttp session is made on
+    the first request, inside the event loop that runs the requests.
     """
 
     def __init__(self, *, timeout: float, connections: int, verify: ssl.SSLContext | bool = True,
-                 on_send: Callable[[], Awaitable[None]] | None = None, gate: SendGate | None = None) -> None:
+                 on_send: Callable[[], Awaitable[None]] | None = None, gate: SendGate | None = None,
+                 on_answer: OnAnswer | None = None) -> None:
         super().__init__(timeout=timeout, transport=_NoTransport(), trust_env=False)
         self._gate = gate
         self._connections = max(100, connections)  # aiohttp's default, 100, would queue a busier worker
         self._verify = verify
         self._on_send = on_send
+        self._on_answer = on_answer
         self._session: aiohttp.ClientSession | None = None
         self._urls: dict[str, httpx2.URL] = {}  # the few URLs a run sends to, parsed once
         self._timeouts: dict[tuple[Any, ...], aiohttp.ClientTimeout] = {}
@@ -232,8 +225,11 @@ class AioHttpClient(httpx2.AsyncClient):
                 content = await answer.read()
                 status, raw_headers, reason = answer.status, answer.raw_headers, answer.reason
                 encoded = "Content-Encoding" in answer.headers
+                answer_headers = answer.headers
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise _http_error(exc, request) from exc
+        if self._on_answer is not None:
+            await self._on_answer(status, answer_headers)
         extensions: dict[str, Any] = {"http_version": b"HTTP/1.1"}
         if reason:
             extensions["reason_phrase"] = reason.encode()

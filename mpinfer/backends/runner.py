@@ -24,7 +24,7 @@ import openai
 from ..api.client import Answer, CallError, Verdict, classify, complete, make_client
 from ..api.endpoints import Provider, endpoints_of
 from ..api.hints import read_hints
-from ..api.http import SendGate, Stale, Unsent
+from ..api.http import SendGate, Unsent
 from ..api.messages import ImageEncoder, Request, build_body_request, build_request
 from ..api.prices import PriceTable
 from ..api.ratelimit import Ending, Grant, SharedLimiter, Wait, WaitReason
@@ -37,8 +37,10 @@ from ..inputs.tasks import Task
 from ..redact import redact
 from ..store.records import TRUNCATED, Result, Usage, batch_result_line, failure_line, same_model
 
-# The grant of the request this asyncio task is sending, for the client's on-send hook.
-_SENDING: contextvars.ContextVar[Grant | None] = contextvars.ContextVar("mpinfer_sending", default=None)
+# The grant of the request this asyncio task is sending, and whether a limit was in play when it was given,
+# for the client's on-send hook.
+_SENDING: contextvars.ContextVar[tuple[Grant, bool] | None] = contextvars.ContextVar("mpinfer_sending",
+                                                                                     default=None)
 log = logging.getLogger("mpinfer.backends.worker")
 
 
@@ -157,6 +159,11 @@ class LocalLimiter:
         return self.shared.key_disabled(key)
 
 
+class _Stale(Exception):
+    """A request granted before a limit was known is leaving after it became known: it goes back to the
+    limiter for a new grant instead (requests built ahead, or built while the first answers came)."""
+
+
 class _Again:
     """The attempt failed and the task goes on: send it again (a typed sentinel, not a string)."""
 
@@ -205,13 +212,26 @@ class TaskRunner:
                 azure = (str(endpoint.deployment), str(endpoint.api_version))
             self.clients[key] = make_client(endpoint.api_key, endpoint.base_url, self.config.timeout,
                                             on_send=self._on_send, transport=self.config.transport,
-                                            connections=self.config.concurrency, azure=azure, gate=self.gate)
+                                            connections=self.config.concurrency, azure=azure, gate=self.gate,
+                                            on_answer=self._on_answer)
         return self.clients[key]
 
     async def _on_send(self) -> None:
-        grant = _SENDING.get()
-        if grant is not None:
+        sending = _SENDING.get()
+        if sending is not None:
+            grant, paced = sending
+            if self.paced and not paced:
+                raise _Stale
             await self.limiter.sent(grant)
+
+    async def _on_answer(self, status: int, headers: Any) -> None:
+        """Each answer's limits, as it arrives: the limiter learns them, and a stated limit or a refusal ends
+        building ahead, before the request its freed slot wakes is sent (which then asks the limiter again)."""
+        sending = _SENDING.get()
+        if sending is not None:
+            await self.limiter.observe_headers(sending[0].lane, headers)
+        if not self.paced and (status == 429 or not read_hints(headers).empty):
+            self._pace()
 
     async def close(self) -> None:
         for client in self.clients.values():
@@ -267,13 +287,13 @@ class TaskRunner:
                     f" more than the patience, --patience {self.policy.patience_s:g})", Verdict.FAIL),
                     tries.count, tries.by_type)
             tries.count += 1
-            _SENDING.set(grant)
+            _SENDING.set((grant, self.paced))
             try:
                 answer = await complete(self.client(grant.key), request.kwargs, self.config.timeout, request.path)
             except Unsent:  # built ahead, turned away unsent: the run is stopping, a rerun sends it
                 await self.limiter.release(grant, Ending.UNSENT, charged=0)
                 return None
-            except Stale:  # built ahead, and a limit came into play meanwhile: a new grant, under the limit
+            except _Stale:  # granted before a limit came into play: a new grant, under the limit
                 await self.limiter.release(grant, Ending.UNSENT, charged=0)
                 tries.count -= 1
                 continue
@@ -283,9 +303,6 @@ class TaskRunner:
                     continue
                 assert not isinstance(outcome, _Again)
                 return outcome
-            await self.limiter.observe_headers(grant.lane, answer.headers)
-            if not self.paced and not read_hints(answer.headers).empty:
-                self._pace()  # the server states a limit
             # What the server counted against the limit: the real prompt plus the answer it allowed.
             charged = answer.prompt_tokens + (request.max_tokens or answer.completion_tokens)
             await self.limiter.release(grant, Ending.OK, charged=charged, used=answer.total_tokens)
@@ -295,8 +312,6 @@ class TaskRunner:
     async def _failed_attempt(self, task: Task, model: int, grant: Grant, error: CallError, exc: Exception,
                               tries: Attempts) -> Outcome | _Again | None:
         """After a failed attempt, do what ``decide`` says: again, or the task's outcome (None: stopping)."""
-        response = getattr(exc, "response", None)
-        await self.limiter.observe_headers(grant.lane, getattr(response, "headers", None))
         outage = await self.limiter.release(grant, _ENDINGS.get(error.error_type, Ending.ERROR))
         now = self.clock()
         if error.verdict is Verdict.WAIT:
@@ -333,14 +348,10 @@ class TaskRunner:
         return self._fail(task, model, failed, tries.count, tries.by_type)
 
     def _pace(self) -> None:
-        """No more building ahead in this run: a limit is in play. The requests waiting at the gate got their
-        grants before it was known: they ask the limiter again (once: those granted since knew of it)."""
-        if self.paced:
-            return
+        """No more building ahead in this run: a limit is in play. A request granted before it was known
+        asks the limiter again as it leaves (``_on_send``)."""
         self.paced = True
         self.ahead_ok.clear()
-        if self.gate is not None:
-            self.gate.stale()
 
     async def _any_key_left(self) -> bool:
         for key in range(len(self.keys)):
