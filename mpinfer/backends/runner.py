@@ -197,7 +197,7 @@ class TaskRunner:
         self.gate = gate  # the host's slots, when it builds requests ahead (api/http.py)
         # Building ahead holds a grant while it waits for a slot, and requests that waited leave together: the
         # host builds ahead only while this is set: from the start, unless a limit is set, and never again once
-        # the server states a limit or refuses a request (those then waiting go back to the limiter).
+        # the server states a limit or refuses a request (any request granted before then asks again).
         self.ahead_ok = asyncio.Event()
         self.paced = (config.rpm is not None or config.tpm is not None  # one for all, or per model
                       or any(ep.rpm or ep.tpm for ep in config.endpoint_table))
