@@ -9,7 +9,9 @@ import asyncio
 import signal
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 from conftest import read_jsonl, run_cli, start_cli, text_tasks, write_tasks
@@ -39,8 +41,9 @@ def test_minus_c_is_still_the_most_requests_on_the_wire_of_a_worker(tmp_path: Pa
     assert stats["max_in_flight"] == 6 and stats["requests"] == 60, stats
 
 
-def test_waiting_for_a_slot_does_not_count_against_the_request_timeout() -> None:
-    # Given one slot, a 1 s request timeout, and a server that answers each request after 0.7 s
+def _answering_after(delay_s: float, extra: bytes = b"") -> Callable[[asyncio.StreamReader, asyncio.StreamWriter],
+                                                                   Awaitable[None]]:
+    """A keep-alive server's connection handler that answers each request after ``delay_s`` (at most 10)."""
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             for _ in range(10):
@@ -48,15 +51,58 @@ def test_waiting_for_a_slot_does_not_count_against_the_request_timeout() -> None
                 length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
                               if line.lower().startswith(b"content-length:"))
                 await reader.readexactly(length)
-                await asyncio.sleep(0.7)
+                await asyncio.sleep(delay_s)
                 body = orjson.dumps(ANSWER)
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-                             % (len(body), body))
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n%s"
+                             % (len(body), extra, body))
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
             writer.close()
+    return serve
+
+
+def test_an_answers_headers_are_seen_before_the_request_its_slot_frees_is_sent() -> None:
+    # Given one slot, a server that states its limit on every answer, and hooks that note each send, each
+    # answer's arrival, and each answer as the caller gets it
+    seen: list[str] = []
+
+    async def go() -> None:
+        server = await asyncio.start_server(_answering_after(0.2, b"x-ratelimit-limit-requests: 60\r\n"),
+                                            "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+
+        async def on_send() -> None:
+            seen.append("send")
+
+        async def on_answer(status: int, headers: Any) -> None:
+            seen.append(f"answer {status} limit {headers.get('X-RateLimit-Limit-Requests')}")
+
+        client = make_client(KEY, f"http://127.0.0.1:{port}/v1", 5.0, on_send=on_send, gate=SendGate(1),
+                             on_answer=on_answer)
+        request = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+
+        async def one() -> None:
+            await complete(client, request, 5.0)
+            seen.append("returned")
+
+        try:
+            await asyncio.gather(one(), one())
+        finally:
+            await client.close()
+            server.close()
+
+    # When two requests go at once, the second waiting for the first's slot
+    asyncio.run(go())
+    # Then the first answer's limit was seen before the second request left (which the limiter can then
+    # hold back), though the first caller has its answer only after that send
+    assert seen == ["send", "answer 200 limit 60", "send", "returned", "answer 200 limit 60", "returned"], seen
+
+
+def test_waiting_for_a_slot_does_not_count_against_the_request_timeout() -> None:
+    # Given one slot, a 1 s request timeout, and a server that answers each request after 0.7 s
+    serve = _answering_after(0.7)
 
     async def go() -> list[Answer | BaseException]:
         server = await asyncio.start_server(serve, "127.0.0.1", 0)
@@ -78,8 +124,8 @@ def test_waiting_for_a_slot_does_not_count_against_the_request_timeout() -> None
 
 
 def test_a_stop_sends_none_of_the_requests_waiting_for_a_slot(tmp_path: Path, mock: MockServerProcess) -> None:
-    # Given one worker with -c 2 and answers that take 1.5 s and state no limit: after the first two answers
-    # it builds two more ahead while two are on the wire
+    # Given one worker with -c 2 and answers that take 1.5 s and state no limit: it builds two ahead from the
+    # start, which go when the first two are answered, and two more are built ahead while those are out
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(20))
     mock.configure(latency_ms=1500)
     args = ("-i", "tasks.jsonl", "-o", "out.jsonl", "-p", "1", "-c", "2", "--base-url", mock.base_url)
