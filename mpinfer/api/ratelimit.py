@@ -112,8 +112,9 @@ class SharedLimiter(LaneArray):
             self._set(lane, L.CWND_MAX, float(max_in_flight))
 
     def _flagged(self, lane: int, source_field: int) -> bool:
-        """Whether the lane's limit was given (a flag or the endpoints table): a server's never replaces it,
-        nor after AIMD has lowered the rate below it (the source is then LEARNED for a while)."""
+        """Whether the lane's limit was given (--rpm/--tpm, set on every lane, or the endpoints table): a
+        server's never replaces it, nor after AIMD has lowered the rate below it (the source is then LEARNED
+        for a while)."""
         return bool(self._get(lane, L.REQ_GIVEN if source_field == L.REQ_SRC else L.TOK_GIVEN))
 
     def for_holder(self, holder: int) -> SharedLimiter:
@@ -336,19 +337,19 @@ class SharedLimiter(LaneArray):
         # Nothing new (the usual case, an endpoint's own limit included): no lock taken. Each test is the
         # negation of an update below.
         if (not pause and self._get(lane, L.HEADERS_SEEN)
-                and (self.rpm or not hints.limit_requests or self._flagged(lane, L.REQ_SRC)
+                and (not hints.limit_requests or self._flagged(lane, L.REQ_SRC)
                      or self._get(lane, L.REQ_CAP) == hints.limit_requests)
-                and (self.tpm or not hints.limit_tokens or self._flagged(lane, L.TOK_SRC)
+                and (not hints.limit_tokens or self._flagged(lane, L.TOK_SRC)
                      or self._get(lane, L.TOK_LIMIT) == hints.limit_tokens)):
             return
         with self._lock:
             if not self._get(lane, L.HEADERS_SEEN):
                 self._set(lane, L.HEADERS_SEEN, 1)
                 self._set(lane, L.CWND, self._get(lane, L.CWND_MAX))
-            if (hints.limit_requests and not self.rpm and not self._flagged(lane, L.REQ_SRC)
+            if (hints.limit_requests and not self._flagged(lane, L.REQ_SRC)
                     and self._get(lane, L.REQ_CAP) != hints.limit_requests):
                 self._set_limit(lane, L.REQ_LIMIT, hints.limit_requests, LimitSource.SERVER)
-            if (hints.limit_tokens and not self.tpm and not self._flagged(lane, L.TOK_SRC)
+            if (hints.limit_tokens and not self._flagged(lane, L.TOK_SRC)
                     and self._get(lane, L.TOK_LIMIT) != hints.limit_tokens):
                 self._set_limit(lane, L.TOK_LIMIT, hints.limit_tokens, LimitSource.SERVER)
             if pause:

@@ -314,8 +314,7 @@ class TaskRunner:
         """After a failed attempt, do what ``decide`` says: again, or the task's outcome (None: stopping)."""
         outage = await self.limiter.release(grant, _ENDINGS.get(error.error_type, Ending.ERROR))
         now = self.clock()
-        if error.verdict is Verdict.WAIT:
-            self._pace()  # refused for a limit
+        if error.verdict is Verdict.WAIT:  # (a 429: _on_answer has stopped building ahead already)
             await self.limiter.rate_limited(grant.lane, error.retry_after)
             tries.rate_limited += 1
             if tries.limited_since is None:
