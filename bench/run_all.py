@@ -24,6 +24,7 @@ HERE = Path(__file__).resolve().parent
 MODEST = {
     "throughput": ["--tasks", "1500", "--target-tasks", "3000"],
     "http_stack": [],
+    "sdk_floor": ["--requests", "6000"],
     "startup": [],
     "resume_scan": ["--lines", "200000"],
     "input_read": ["--tasks", "300000"],
@@ -36,6 +37,7 @@ MODEST = {
 FULL = {
     "throughput": ["--tasks", "3000", "--target-tasks", "6000"],
     "http_stack": ["--requests", "12000"],
+    "sdk_floor": [],
     "startup": [],
     "resume_scan": ["--lines", "1000000"],
     "input_read": ["--tasks", "1000000"],
