@@ -101,6 +101,23 @@ def test_a_worker_node_killed_mid_run_loses_nothing_and_repeats_nothing(tmp_path
     assert [i for i in written_before if answered[prompts[i]] != answered_before[prompts[i]]] == []
 
 
+def test_a_limit_the_server_states_reaches_the_clusters_limiter(tmp_path: Path, mock: MockServerProcess,
+                                                                 cluster: Any):
+    # Given a server that allows 120 requests per 4 s as a bucket of 30 a second, and says so on every answer
+    write_tasks(tmp_path / "tasks.jsonl", text_tasks(150))
+    mock.configure(rpm=120, window_s=4.0, quantum_s=1.0, latency_ms=30)
+    # When 4 actors on two nodes run 150 tasks with no --rpm and no retries allowed
+    proc = run_cli(*_args(cluster, mock, "-p", "4", "-c", "8", "--rate-window", "4", "--max-retries", "0"),
+                   cwd=tmp_path, timeout=WAIT_S)
+    # Then every task finished once, and the actors' answers taught the one limiter the server's limit
+    assert proc.returncode == 0, proc.stderr
+    assert Counter(_ids(tmp_path / "out.jsonl")) == Counter(f"t{i}" for i in range(150))
+    assert "120 requests/4s (server)" in proc.stdout + proc.stderr
+    stats = mock.stats()
+    print(f"ray learned: {stats['requests']} requests, {stats['limit_rejections']} refused")
+    assert stats["limit_rejections"] <= 0.15 * stats["requests"]
+
+
 def test_the_rpm_limit_holds_for_the_cluster_as_a_whole(tmp_path: Path, mock: MockServerProcess, cluster: Any):
     # Given a server that allows 60 requests per 4-second window, and 150 tasks
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(150))

@@ -7,12 +7,12 @@ server never need. Import them as ``mpinfer.api.client`` and ``mpinfer.api.retry
 """
 
 from ..errors import NoKeysLeft
-from .hints import RATE_HEADERS, Hints, read_hints, wait_hint
+from .hints import Hints, read_hints, wait_hint
 from .messages import ImageEncoder, Request, build_body_request, build_request
 from .prices import Price, PriceTable, load_prices
 from .ratelimit import Ending, Grant, LaneStats, LimitSource, SharedLimiter, Wait, WaitReason
 from .tokens import image_size, image_tokens, text_tokens
 
-__all__ = ["RATE_HEADERS", "Ending", "Grant", "Hints", "ImageEncoder", "LaneStats", "LimitSource", "NoKeysLeft",
+__all__ = ["Ending", "Grant", "Hints", "ImageEncoder", "LaneStats", "LimitSource", "NoKeysLeft",
            "Price", "PriceTable", "Request", "SharedLimiter", "Wait", "WaitReason", "build_body_request",
            "build_request", "image_size", "image_tokens", "load_prices", "read_hints", "text_tokens", "wait_hint"]

@@ -35,15 +35,6 @@ MAX_HINT_S = 3600.0
 # Epoch values above this are milliseconds (OpenRouter), below it seconds.
 _EPOCH_MS_FROM = 1e11
 
-# Every header name this module reads, for a host that forwards only these (the Ray limiter actor).
-RATE_HEADERS: tuple[str, ...] = tuple(
-    prefix + name
-    for prefix in _PREFIXES
-    for name in ("retry-after", "retry-after-ms", "x-ratelimit-limit-requests", "x-ratelimit-limit-tokens",
-                 "x-ratelimit-remaining-requests", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-requests",
-                 "x-ratelimit-reset-tokens", "x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset")
-)
-
 
 def parse_duration(text: str | None) -> float | None:
     """Seconds in a Go-style duration ("6m0s", "1.5s", "12ms") or a plain number of seconds."""

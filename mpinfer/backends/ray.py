@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any, cast
 
-from ..api.hints import RATE_HEADERS
+from ..api.hints import Hints
 from ..api.prices import PriceTable
 from ..api.ratelimit import Ending, Grant, LaneStats, SharedLimiter, Wait
 from ..config import RunConfig
@@ -86,8 +86,8 @@ class _Limiter:
     def rate_limited(self, lane: int, retry_after: float | None) -> None:
         self.shared.rate_limited(lane, time.monotonic(), retry_after)
 
-    def observe_headers(self, lane: int, headers: dict[str, str]) -> None:
-        self.shared.observe_headers(lane, headers, time.monotonic())
+    def observe(self, lane: int, hints: Hints) -> None:
+        self.shared.observe(lane, hints, time.monotonic())
 
     def disable_key(self, key: int) -> bool:
         return self.shared.disable_key(key)
@@ -133,12 +133,8 @@ class RayLimiter:
     async def rate_limited(self, lane: int, retry_after: float | None) -> None:
         self.handle.rate_limited.remote(lane, retry_after)
 
-    async def observe_headers(self, lane: int, headers: Any) -> None:
-        if headers is None:
-            return
-        found = {name: headers.get(name) for name in RATE_HEADERS if headers.get(name) is not None}
-        if found:
-            self.handle.observe_headers.remote(lane, found)
+    async def observe(self, lane: int, hints: Hints) -> None:
+        self.handle.observe.remote(lane, hints)  # read where the answer arrived (a reset is from then)
 
     async def disable_key(self, key: int) -> bool:
         left: bool = await self.handle.disable_key.remote(key)

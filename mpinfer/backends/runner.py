@@ -23,7 +23,7 @@ import openai
 
 from ..api.client import Answer, CallError, Verdict, classify, complete, make_client
 from ..api.endpoints import Provider, endpoints_of
-from ..api.hints import read_hints
+from ..api.hints import Hints, read_hints
 from ..api.http import SendGate, Unsent
 from ..api.messages import ImageEncoder, Request, build_body_request, build_request
 from ..api.prices import PriceTable
@@ -124,7 +124,7 @@ class LimiterClient(Protocol):
     async def release(self, grant: Grant, ending: Ending = Ending.OK, *, charged: int | None = None,
                       used: int = 0) -> bool: ...
     async def rate_limited(self, lane: int, retry_after: float | None) -> None: ...
-    async def observe_headers(self, lane: int, headers: Any) -> None: ...
+    async def observe(self, lane: int, hints: Hints) -> None: ...
     async def disable_key(self, key: int) -> bool: ...
     async def key_disabled(self, key: int) -> bool: ...
 
@@ -149,8 +149,8 @@ class LocalLimiter:
     async def rate_limited(self, lane: int, retry_after: float | None) -> None:
         self.shared.rate_limited(lane, self.clock(), retry_after)
 
-    async def observe_headers(self, lane: int, headers: Any) -> None:
-        self.shared.observe_headers(lane, headers, self.clock())
+    async def observe(self, lane: int, hints: Hints) -> None:
+        self.shared.observe(lane, hints, self.clock())
 
     async def disable_key(self, key: int) -> bool:
         return self.shared.disable_key(key)
@@ -227,10 +227,11 @@ class TaskRunner:
     async def _on_answer(self, status: int, headers: Any) -> None:
         """Each answer's limits, as it arrives: the limiter learns them, and a stated limit or a refusal ends
         building ahead, before the request its freed slot wakes is sent (which then asks the limiter again)."""
+        hints = read_hints(headers)  # read once, here: the limiter is given what they say
         sending = _SENDING.get()
-        if sending is not None:
-            await self.limiter.observe_headers(sending[0].lane, headers)
-        if not self.paced and (status == 429 or not read_hints(headers).empty):
+        if sending is not None and not hints.empty:
+            await self.limiter.observe(sending[0].lane, hints)
+        if not self.paced and (status == 429 or not hints.empty):
             self._pace()
 
     async def close(self) -> None:
