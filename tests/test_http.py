@@ -8,10 +8,11 @@ import asyncio
 import base64
 import gzip
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import orjson
 import pytest
+from rawhttp import Handler, keep_alive, response
 
 from mpinfer.api.client import Answer, CallError, classify, complete, make_client
 from mpinfer.errors import ConfigError
@@ -21,17 +22,6 @@ REQUEST = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hel
 ANSWER = {"id": "chatcmpl-1", "object": "chat.completion", "model": "gpt-4o-mini-2024-07-18",
           "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi there"}, "finish_reason": "stop"}],
           "usage": {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11}}
-Handler = Callable[[bytes, bytes, asyncio.StreamWriter], Awaitable[None]]
-
-
-async def _read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-    length = 0
-    for line in head.split(b"\r\n"):
-        if line.lower().startswith(b"content-length:"):
-            length = int(line.split(b":", 1)[1])
-    body = await asyncio.wait_for(reader.readexactly(length), 10)
-    return head, body
 
 
 async def _exchange(handler: Handler, timeout: float = 10.0,
@@ -41,24 +31,7 @@ async def _exchange(handler: Handler, timeout: float = 10.0,
     the answer (or the error) and the request heads the server saw. ``base_url`` makes the client's base
     URL from the server's port (and may point the environment's proxy at it)."""
     heads: list[bytes] = []
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        # Requests one after another on the connection, as a keep-alive server takes them, until the client
-        # closes it or the handler does; at most 10.
-        try:
-            for _ in range(10):
-                try:
-                    head, body = await _read_request(reader)
-                except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
-                    return
-                heads.append(head)
-                await handler(head, body, writer)
-                if writer.is_closing():
-                    return
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    server = await asyncio.start_server(keep_alive(handler, heads), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     client = make_client(KEY, base_url(port), timeout)
     try:
@@ -71,15 +44,15 @@ async def _exchange(handler: Handler, timeout: float = 10.0,
         await server.wait_closed()
 
 
-def _response(body: bytes, *headers: str) -> bytes:
-    lines = ["HTTP/1.1 200 OK", "Content-Type: application/json", f"Content-Length: {len(body)}", *headers]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+async def _ok(_head: bytes, _body: bytes, writer: asyncio.StreamWriter) -> None:
+    writer.write(response(orjson.dumps(ANSWER)))
+    await writer.drain()
 
 
 def test_a_gzip_compressed_answer_is_decoded() -> None:
     # Given a server (a CDN in front of the API, say) that compresses its answers
     async def gzipped(_head: bytes, _body: bytes, writer: asyncio.StreamWriter) -> None:
-        writer.write(_response(gzip.compress(orjson.dumps(ANSWER)), "Content-Encoding: gzip"))
+        writer.write(response(gzip.compress(orjson.dumps(ANSWER)), "Content-Encoding: gzip"))
         await writer.drain()
 
     # When a request is sent
@@ -92,12 +65,8 @@ def test_a_gzip_compressed_answer_is_decoded() -> None:
 
 def test_the_request_is_the_sdks_own_with_its_auth_and_headers() -> None:
     # Given a server that records what arrives
-    async def ok(_head: bytes, _body: bytes, writer: asyncio.StreamWriter) -> None:
-        writer.write(_response(orjson.dumps(ANSWER)))
-        await writer.drain()
-
     # When a request is sent
-    answer, heads = asyncio.run(_exchange(ok))
+    answer, heads = asyncio.run(_exchange(_ok))
     # Then it went to the base URL's chat path, with the SDK's key header, user agent and retry count
     assert isinstance(answer, Answer), answer
     head = heads[0].decode().lower()
@@ -111,11 +80,11 @@ def test_the_request_is_the_sdks_own_with_its_auth_and_headers() -> None:
 def test_the_sdks_typed_and_raw_calls_read_the_request_and_answer_as_httpx2_gives_them() -> None:
     # Given a server that answers with a request id, and the client's own request and response objects
     async def ok(_head: bytes, _body: bytes, writer: asyncio.StreamWriter) -> None:
-        writer.write(_response(orjson.dumps(ANSWER), "X-Request-Id: req-42"))
+        writer.write(response(orjson.dumps(ANSWER), "X-Request-Id: req-42"))
         await writer.drain()
 
     async def raw_call() -> tuple[object, ...]:
-        server = await asyncio.start_server(lambda r, w: _serve_once(r, w, ok), "127.0.0.1", 0)
+        server = await asyncio.start_server(keep_alive(ok, limit=1), "127.0.0.1", 0)
         client = make_client(KEY, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1", 10.0)
         try:
             # When the SDK's typed method is called through its raw-response API
@@ -136,14 +105,6 @@ def test_the_sdks_typed_and_raw_calls_read_the_request_and_answer_as_httpx2_give
     assert asyncio.run(raw_call()) == ("hi there", 11, "req-42", True, 200, "hello", "POST", f"Bearer {KEY}")
 
 
-async def _serve_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, handler: Handler) -> None:
-    try:
-        head, body = await _read_request(reader)
-        await handler(head, body, writer)
-    finally:
-        writer.close()
-
-
 def test_a_redirect_is_followed_with_the_same_request_as_the_sdks_clients_follow_it() -> None:
     # Given a gateway that moves the path with a 307 (method and body kept), then answers there
     bodies: list[bytes] = []
@@ -154,7 +115,7 @@ def test_a_redirect_is_followed_with_the_same_request_as_the_sdks_clients_follow
             writer.write(b"HTTP/1.1 307 Temporary Redirect\r\nLocation: /v2/chat/completions\r\n"
                          b"Content-Length: 0\r\n\r\n")
         else:
-            writer.write(_response(orjson.dumps(ANSWER)))
+            writer.write(response(orjson.dumps(ANSWER)))
         await writer.drain()
 
     # When a request is sent
@@ -170,15 +131,8 @@ def test_a_redirect_to_another_host_does_not_carry_the_key_there() -> None:
     # Given a gateway that redirects to another origin (another port), where a second server answers
     elsewhere: list[bytes] = []
 
-    async def other(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head, _ = await _read_request(reader)
-        elsewhere.append(head)
-        writer.write(_response(orjson.dumps(ANSWER)))
-        await writer.drain()
-        writer.close()
-
     async def go() -> tuple[Answer | BaseException, list[bytes]]:
-        second = await asyncio.start_server(other, "127.0.0.1", 0)
+        second = await asyncio.start_server(keep_alive(_ok, elsewhere, limit=1), "127.0.0.1", 0)
         port = second.sockets[0].getsockname()[1]
 
         async def moved(_head: bytes, _body: bytes, writer: asyncio.StreamWriter) -> None:
@@ -249,11 +203,6 @@ def test_a_server_that_never_answers_is_a_timeout() -> None:
     # Then it times out, as a timeout
     assert isinstance(outcome, BaseException), outcome
     assert classify(outcome).error_type == "timeout"
-
-
-async def _ok(_head: bytes, _body: bytes, writer: asyncio.StreamWriter) -> None:
-    writer.write(_response(orjson.dumps(ANSWER)))
-    await writer.drain()
 
 
 LOGIN = "Basic " + base64.b64encode(b"mpuser:s3cret").decode()

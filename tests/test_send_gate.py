@@ -9,12 +9,12 @@ import asyncio
 import signal
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 from conftest import read_jsonl, run_cli, start_cli, text_tasks, write_tasks
+from rawhttp import Connection, keep_alive, response
 
 from mpinfer.api.client import Answer, complete, make_client
 from mpinfer.api.http import SendGate
@@ -41,26 +41,13 @@ def test_minus_c_is_still_the_most_requests_on_the_wire_of_a_worker(tmp_path: Pa
     assert stats["max_in_flight"] == 6 and stats["requests"] == 60, stats
 
 
-def _answering_after(delay_s: float, extra: bytes = b"") -> Callable[[asyncio.StreamReader, asyncio.StreamWriter],
-                                                                   Awaitable[None]]:
+def _answering_after(delay_s: float, *headers: str) -> Connection:
     """A keep-alive server's connection handler that answers each request after ``delay_s`` (at most 10)."""
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            for _ in range(10):
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                              if line.lower().startswith(b"content-length:"))
-                await reader.readexactly(length)
-                await asyncio.sleep(delay_s)
-                body = orjson.dumps(ANSWER)
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n%s"
-                             % (len(body), extra, body))
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-    return serve
+    async def answer(_head: bytes, _body: bytes, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(delay_s)
+        writer.write(response(orjson.dumps(ANSWER), *headers))
+        await writer.drain()
+    return keep_alive(answer)
 
 
 def test_an_answers_headers_are_seen_before_the_request_its_slot_frees_is_sent() -> None:
@@ -69,7 +56,7 @@ def test_an_answers_headers_are_seen_before_the_request_its_slot_frees_is_sent()
     seen: list[str] = []
 
     async def go() -> None:
-        server = await asyncio.start_server(_answering_after(0.2, b"x-ratelimit-limit-requests: 60\r\n"),
+        server = await asyncio.start_server(_answering_after(0.2, "x-ratelimit-limit-requests: 60"),
                                             "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
 
