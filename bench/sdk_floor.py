@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import threading
 import time
 from typing import Any
 
-from _common import MB, REPO, machine_line, proc_cpu_s, python_command, run_measured, start_mock, table
-from throughput import CPU_TARGET_MS, SCALE_CONFIGS, one_row, parse_configs, round_lengths, watch_in_flight
+from _common import MB, REPO, machine_line, python_command, start_mock, table
+from throughput import CPU_TARGET_MS, SCALE_CONFIGS, at_mock, one_row, parse_configs, parse_scale_configs
 
 # The floor client: argv = base_url, processes, slots, requests, images (0/1). Prints its warm CPU seconds.
 _FLOOR = r'''
@@ -77,38 +76,22 @@ kids = resource.getrusage(resource.RUSAGE_CHILDREN)
 print(kids.ru_utime + kids.ru_stime + used.ru_utime + used.ru_stime - start.ru_utime - start.ru_stime)
 '''
 # The issue's shares of the ideal at 1,200 in flight, by (p, c), as bench/throughput.py holds them.
-SHARES = {parse_configs(spec.split(":")[0])[0]: float(spec.split(":")[1]) for spec in SCALE_CONFIGS.split(",")}
+SHARES = {(p, c): share for p, c, share in parse_scale_configs(SCALE_CONFIGS)}
 COLUMNS = ["client", "p", "c", "K", "requests", "% ideal", "round 2 s", "later rounds s", "wall s", "CPU ms/req",
            "warm CPU ms/req", "srv CPU s", "peak RSS MB", "ok"]
 
 
 def floor_row(mock: Any, p: int, c: int, n: int, images: bool, latency_ms: float) -> dict[str, Any]:
-    mock.configure(latency_ms=latency_ms, jitter_ms=0.0)
-    mock.reset()
-    samples: list[tuple[float, int, int]] = []
-    stop = threading.Event()
-    watcher = threading.Thread(target=watch_in_flight, args=(mock.root_url, stop, samples), daemon=True)
-    watcher.start()
-    server_cpu = proc_cpu_s(mock.pid)
-    m = run_measured([*python_command(_FLOOR), mock.base_url, str(p), str(c), str(n), "1" if images else "0"],
-                     cwd=REPO, timeout_s=600)
-    server_cpu = proc_cpu_s(mock.pid) - server_cpu
-    stop.set()
-    watcher.join(5)
-    stats = mock.stats()
-    L, k = latency_ms / 1000.0, p * c
-    requests = stats["requests"]
-    span = stats["last_request_at"] - stats["first_request_at"] + L if requests else math.nan
-    rounds = round_lengths(samples, k, n)
+    k = p * c
+    m, seen, stats = at_mock(mock, latency_ms, k, n, [*python_command(_FLOOR), mock.base_url, str(p), str(c), str(n),
+                                                      "1" if images else "0"], REPO, None, 600.0)
     ok = m.returncode == 0 and stats["outcomes"]["ok"] == n
     if not ok:
         print(f"  !! floor p={p} c={c}: exit {m.returncode}, {stats['outcomes']}\n{m.stderr[-2000:]}")
     warm = float(m.stdout.strip().splitlines()[-1]) if ok else math.nan
-    return {"client": "openai SDK alone", "p": p, "c": c, "K": k, "requests": n,
-            "% ideal": 100.0 * requests / span / (min(k, n) / L), "round 2 s": rounds[0] if rounds else None,
-            "later rounds s": sum(rounds[1:]) / len(rounds[1:]) if len(rounds) > 1 else None,
-            "wall s": m.wall_s, "CPU ms/req": 1000.0 * m.cpu_s / max(1, requests),
-            "warm CPU ms/req": 1000.0 * warm / max(1, requests), "srv CPU s": server_cpu, "peak RSS MB": m.peak_tree_rss / MB, "ok": ok}
+    return {**seen, "client": "openai SDK alone", "p": p, "c": c, "K": k, "requests": n, "wall s": m.wall_s,
+            "warm CPU ms/req": 1000.0 * warm / max(1, stats["requests"]), "peak RSS MB": m.peak_tree_rss / MB,
+            "ok": ok}
 
 
 def verdict(row: dict[str, Any]) -> str:

@@ -120,53 +120,63 @@ def write_image_tasks(path: Path, n: int, distinct: int = 50) -> Path:
     return path
 
 
-def one_row(mock: Any, latency_ms: float, p: int, c: int, n: int, timeout_s: float, keep: bool,
-            transport: str, jitter_ms: float = 0.0, images: bool = False) -> dict[str, Any]:
+def at_mock(mock: Any, latency_ms: float, k: int, n: int, cmd: list[str], cwd: Path, env: dict[str, str] | None,
+            timeout_s: float, jitter_ms: float = 0.0) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """Run ``cmd`` (a client sending n requests with k in flight) against the mock at ``latency_ms``: its
+    measurement (run_measured), what the mock saw of it as this table's columns, and the mock's stats."""
     mock.configure(latency_ms=latency_ms, jitter_ms=jitter_ms)
     mock.reset()
     samples: list[tuple[float, int, int]] = []
     stop = threading.Event()
     watcher = threading.Thread(target=watch_in_flight, args=(mock.root_url, stop, samples), daemon=True)
+    server_cpu = proc_cpu_s(mock.pid)
+    watcher.start()
+    m = run_measured(cmd, cwd=cwd, env=env, timeout_s=timeout_s)
+    server_cpu = proc_cpu_s(mock.pid) - server_cpu
+    stop.set()
+    watcher.join(5)
+    stats = mock.stats()
+    L = latency_ms / 1000.0
+    requests = stats["requests"]
+    span = (stats["last_request_at"] - stats["first_request_at"] + L) if requests else math.nan
+    server_rate = requests / span if requests else 0.0
+    # In flight at the mock once the first round is back and before the last request: the steady part.
+    steady = [f for t, f, _ in samples if requests and stats["first_request_at"] + L <= t <= stats["last_request_at"]]
+    rounds = round_lengths(samples, k, n)
+    seen = {
+        "server/s": server_rate, "% ideal": 100.0 * server_rate / (min(k, n) / L),
+        "avg in flight": sum(steady) / len(steady) if steady else None,
+        "CPU ms/req": 1000.0 * m.cpu_s / max(1, requests), "srv CPU s": server_cpu,
+        "srv lag ms": 1000.0 * stats.get("answer_lag_s_total", math.nan) / max(1, requests),
+        "round 2 s": rounds[0] if rounds else None,
+        "later rounds s": sum(rounds[1:]) / len(rounds[1:]) if len(rounds) > 1 else None,
+    }
+    return m, seen, stats
+
+
+def one_row(mock: Any, latency_ms: float, p: int, c: int, n: int, timeout_s: float, keep: bool,
+            transport: str, jitter_ms: float = 0.0, images: bool = False) -> dict[str, Any]:
     folder = Path(tempfile.mkdtemp(prefix=f"mpinfer-bench-tp-{p}x{c}-"))
     try:
         tasks = (write_image_tasks if images else write_text_tasks)(folder / "tasks.jsonl", n)
         out = folder / "results.jsonl"
-        server_cpu = proc_cpu_s(mock.pid)
-        watcher.start()
-        m = run_measured(cli_command("-i", str(tasks), "-o", str(out), "-p", str(p), "-c", str(c),
-                                     "--base-url", mock.base_url, "--timeout", "120", *transport_args(transport)),
-                         cwd=folder, env=cli_env(), timeout_s=timeout_s)
-        server_cpu = proc_cpu_s(mock.pid) - server_cpu
-        stop.set()
-        watcher.join(5)
-        stats = mock.stats()
-        written = count_lines(out)
-        L = latency_ms / 1000.0
         k = p * c
-        ideal = min(k, n) / L
-        requests = stats["requests"]
-        span = (stats["last_request_at"] - stats["first_request_at"] + L) if requests else math.nan
-        server_rate = requests / span if requests else 0.0
-        # In flight at the mock once the first round is back and before the last request: the steady part.
-        steady = [f for t, f, _ in samples if requests and stats["first_request_at"] + L <= t <= stats["last_request_at"]]
-        rounds = round_lengths(samples, k, n)
+        m, seen, stats = at_mock(mock, latency_ms, k, n, cli_command(
+            "-i", str(tasks), "-o", str(out), "-p", str(p), "-c", str(c), "--base-url", mock.base_url, "--timeout",
+            "120", *transport_args(transport)), folder, cli_env(), timeout_s, jitter_ms)
+        written = count_lines(out)
         ok = m.returncode == 0 and written == n and stats["outcomes"]["ok"] == n
         if not ok:
             print(f"  !! p={p} c={c} L={latency_ms}: exit {m.returncode}, {written} lines, stats "
                   f"{stats['outcomes']}\n{m.stderr[-2000:]}")
         return {
-            "L ms": int(latency_ms), "p": p, "c": c, "K": k, "transport": transport,
-            "tasks": f"{n} img" if images else n, "ideal/s": ideal,
-            "rounds/s": n / (math.ceil(n / k) * L),
-            "server/s": server_rate, "% ideal": 100.0 * server_rate / ideal,
-            "avg in flight": sum(steady) / len(steady) if steady else None, "wall s": m.wall_s,
-            "wall/s": n / m.wall_s, "CPU s": m.cpu_s, "CPU ms/req": 1000.0 * m.cpu_s / max(1, requests),
-            "check CPU s": m.sampler.sampled_cpu_s if m.sampler else None, "srv CPU s": server_cpu,
-            "srv lag ms": 1000.0 * stats.get("answer_lag_s_total", math.nan) / max(1, requests),
+            **seen, "L ms": int(latency_ms), "p": p, "c": c, "K": k, "transport": transport,
+            "tasks": f"{n} img" if images else n, "ideal/s": min(k, n) / (latency_ms / 1000.0),
+            "rounds/s": n / (math.ceil(n / k) * latency_ms / 1000.0), "wall s": m.wall_s,
+            "wall/s": n / m.wall_s, "CPU s": m.cpu_s,
+            "check CPU s": m.sampler.sampled_cpu_s if m.sampler else None,
             "peak RSS MB": m.peak_tree_rss / MB, "peak PSS MB": (m.sampler.peak_pss / MB) if m.sampler else None,
             "procs": m.sampler.peak_procs if m.sampler else None, "ok": ok,
-            "round 2 s": rounds[0] if rounds else None,
-            "later rounds s": sum(rounds[1:]) / len(rounds[1:]) if len(rounds) > 1 else None,
             "_children_cpu": m.children_cpu_s, "_max_in_flight": stats["max_in_flight"],
             "_stderr": [line.strip() for line in m.stderr.splitlines() if line.strip()],
         }
@@ -175,6 +185,16 @@ def one_row(mock: Any, latency_ms: float, p: int, c: int, n: int, timeout_s: flo
             print(f"  kept {folder}")
         else:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def parse_scale_configs(text: str) -> list[tuple[int, int, float]]:
+    """'4x300:95,2x600:90' -> (p, c, the share of the ideal to reach) for each row."""
+    out = []
+    for spec in (x for x in text.split(",") if x.strip()):
+        shape, share = spec.split(":")
+        (p, c), = parse_configs(shape)
+        out.append((p, c, float(share)))
+    return out
 
 
 def main() -> int:
@@ -222,15 +242,13 @@ def main() -> int:
                       flush=True)
                 target_rows.append(one_row(mock, args.target_latency, p, c, args.target_tasks, args.timeout,
                                            args.keep, stack, args.jitter))
-        for spec in (x for x in args.scale_configs.split(",") if x.strip()):
-            shape, share = spec.split(":")
-            (p, c), = parse_configs(shape)
+        for p, c, share in parse_scale_configs(args.scale_configs):
             for stack in stacks:
                 print(f"  running L={args.target_latency:.0f} ms p={p} c={c} {stack} tasks={args.scale_tasks} with "
                       "images ...", flush=True)
                 row = one_row(mock, args.target_latency, p, c, args.scale_tasks, args.timeout, args.keep, stack,
                               args.jitter, images=True)
-                row["_share"] = float(share)
+                row["_share"] = share
                 scale_rows.append(row)
     print()
     latency_note = f"jitter +/-{args.jitter:.0f} ms" if args.jitter else "every answer after exactly L"

@@ -17,6 +17,7 @@ from typing import Any
 import multiprocess
 import pytest
 
+from mpinfer.api.hints import read_hints
 from mpinfer.api.ratelimit import Ending, Grant, NoKeysLeft, SharedLimiter, Wait, parse_duration
 
 CTX = multiprocess.get_context("fork")
@@ -333,7 +334,7 @@ def test_no_requests_remaining_pauses_the_lane_until_the_request_reset() -> None
     # Given a lane with no limits of its own
     limiter = make()
     # When the server says no requests remain, resetting in 1.5 s
-    limiter.observe_headers(0, {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1.5s"}, T0)
+    limiter.observe(0, read_hints({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1.5s"}), T0)
     # Then the lane waits 1.5 s
     assert wait_of(limiter.try_acquire(0, 1, T0)) == pytest.approx(1.5)
     assert stats(limiter, T0).paused_for_s == pytest.approx(1.5)
@@ -344,8 +345,8 @@ def test_no_tokens_remaining_pauses_the_lane_until_the_token_reset() -> None:
     # Given a lane with no limits of its own
     limiter = make()
     # When the server says no tokens remain, resetting in 6m0s
-    limiter.observe_headers(0, {"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "6m0s",
-                                "x-ratelimit-remaining-requests": "99"}, T0)
+    limiter.observe(0, read_hints({"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "6m0s",
+                                   "x-ratelimit-remaining-requests": "99"}), T0)
     # Then the lane waits 360 s
     assert wait_of(limiter.try_acquire(0, 1, T0)) == pytest.approx(360.0)
 
@@ -354,9 +355,9 @@ def test_both_exhausted_pause_for_the_longer_reset_and_a_missing_reset_means_one
     # Given two lanes
     limiter = make(n_models=2)
     # When lane 0 hears both limits exhausted and lane 1 hears no requests left with no reset given
-    limiter.observe_headers(0, {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "2s",
-                                "x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "7s"}, T0)
-    limiter.observe_headers(1, {"x-ratelimit-remaining-requests": "0"}, T0)
+    limiter.observe(0, read_hints({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "2s",
+                                   "x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "7s"}), T0)
+    limiter.observe(1, read_hints({"x-ratelimit-remaining-requests": "0"}), T0)
     # Then lane 0 waits the longer 7 s and lane 1 a default of 1 s
     assert wait_of(limiter.try_acquire(0, 1, T0)) == pytest.approx(7.0)
     assert wait_of(limiter.try_acquire(1, 1, T0)) == pytest.approx(1.0)
@@ -373,7 +374,7 @@ def test_headers_that_report_something_left_or_nothing_at_all_do_not_pause(heade
     # Given a lane with no limits
     limiter = make()
     # When the answer's headers show requests or tokens remaining, or no rate headers at all
-    limiter.observe_headers(0, headers, T0)
+    limiter.observe(0, read_hints(headers), T0)
     # Then the next request starts at once
     grant(limiter.try_acquire(0, 1, T0))
     assert stats(limiter, T0).paused_for_s == 0.0
@@ -459,7 +460,7 @@ def test_once_rate_headers_are_seen_overloads_no_longer_shrink_the_lane() -> Non
     limiter.release(lane0.pop(), T0 + 0.1, Ending.OVERLOADED)
     assert stats(limiter, T0, 0).concurrency_limit == pytest.approx(2.8)
     # When lane 0's server sends rate headers (with requests left)
-    limiter.observe_headers(0, {"x-ratelimit-remaining-requests": "10"}, T0 + 0.1)
+    limiter.observe(0, read_hints({"x-ratelimit-remaining-requests": "10"}), T0 + 0.1)
     # Then its limit is back to the full 32, and a later overload (a second later) leaves it there
     assert stats(limiter, T0, 0).concurrency_limit == 32.0
     limiter.release(lane0.pop(), T0 + 2.0, Ending.OVERLOADED)
@@ -677,7 +678,7 @@ def test_a_pause_ends_with_one_request_then_one_per_interval_not_a_stampede() ->
 def test_a_limit_stated_in_headers_is_paced_to_when_no_flag_sets_one() -> None:
     # Given a lane with no --rpm, and an answer stating 120 requests a minute
     limiter = make(burst_s=0.5)
-    limiter.observe_headers(0, {"x-ratelimit-limit-requests": "120", "x-ratelimit-remaining-requests": "119"}, T0)
+    limiter.observe(0, read_hints({"x-ratelimit-limit-requests": "120", "x-ratelimit-remaining-requests": "119"}), T0)
     # When requests are asked for at once
     granted = sum(isinstance(limiter.try_acquire(0, 1, T0), Grant) for _ in range(10))
     # Then only the burst goes (the margin's worth, 2 requests of 120 per 61 s), and the stats name the source
@@ -776,8 +777,8 @@ def test_an_endpoints_own_limit_outlives_an_aimd_decrease_and_a_server_stating_m
     # When a 429 with no hint lowers the rate, and then the server states a limit ten times the endpoint's
     limiter.rate_limited(0, T0 + 2.0, None)
     assert stats(limiter, T0 + 2.0).requests_source == "learned"
-    limiter.observe_headers(0, {"x-ratelimit-limit-requests": "6000", "x-ratelimit-remaining-requests": "5990"},
-                            T0 + 2.0)
+    limiter.observe(0, read_hints({"x-ratelimit-limit-requests": "6000", "x-ratelimit-remaining-requests": "5990"}),
+                    T0 + 2.0)
     # Then the rate grows back to the endpoint's 600 and no further, given again, not the server's
     limits = []
     for i in range(60):

@@ -34,7 +34,7 @@ from typing import Any
 import mpinfer.api.lanes as L  # the lanes' field indices and constants: L.CWND, L.IN_FLIGHT, ...
 
 from ..errors import NoKeysLeft
-from .hints import Hints, parse_duration, read_hints
+from .hints import Hints, parse_duration
 from .lanes import Ending, Grant, LaneArray, LaneStats, LimitSource, RecordLock, Wait, WaitReason
 
 __all__ = ["Ending", "Grant", "LaneStats", "LimitSource", "NoKeysLeft", "SharedLimiter", "Wait", "WaitReason",
@@ -324,15 +324,12 @@ class SharedLimiter(LaneArray):
                         tolerance = max(self._tolerance(lane, source_field), step)
                         self._set(lane, tat, max(self._get(lane, tat), until + tolerance - step))
 
-    def observe_headers(self, lane: int, headers: Any, now: float) -> None:
-        """Read what a response says of the limits: pace to a stated limit when no flag sets one, and pause
-        the lane until the reset when the server says nothing is left."""
-        hints = read_hints(headers) if headers is not None else None
-        if hints is None or hints.empty:
-            return
-        self.observe(lane, hints, now)
-
     def observe(self, lane: int, hints: Hints, now: float) -> None:
+        """What a response says of the limits (``api.hints.read_hints``): pace to a stated limit when none was
+        given, and pause the lane until the reset when the server says nothing is left. Hints that say nothing
+        change nothing: a lane has seen rate headers only once some arrive."""
+        if hints.empty:
+            return
         pause = hints.exhausted_for_s()
         # Nothing new (the usual case, an endpoint's own limit included): no lock taken. Each test is the
         # negation of an update below.

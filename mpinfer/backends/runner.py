@@ -229,7 +229,7 @@ class TaskRunner:
         building ahead, before the request its freed slot wakes is sent (which then asks the limiter again)."""
         hints = read_hints(headers)  # read once, here: the limiter is given what they say
         sending = _SENDING.get()
-        if sending is not None and not hints.empty:
+        if sending is not None and not hints.empty:  # (most answers state nothing: no call, no Ray message)
             await self.limiter.observe(sending[0].lane, hints)
         if not self.paced and (status == 429 or not hints.empty):
             self._pace()
