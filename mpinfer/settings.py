@@ -1,7 +1,7 @@
 """How a setting is declared: the ``setting()`` field helper, the value parsers, and the Option view of a field.
 
 A RunConfig field declared with ``setting(...)`` is a setting: it gets a flag, environment variables and a
-``mpinfer.toml`` key. Its default is written once, in the field; the CLI's help, the README's settings table
+``mpinfer.toml`` key. Its default is written once, in the field; the CLI's help, docs/settings.md's table
 and ``.env.example`` are rendered from (and checked against, by tests/test_docs.py) the Option built here.
 """
 
@@ -178,7 +178,7 @@ class Option:
 
     @property
     def default_text(self) -> str:
-        """The default as the help and the README say it ("" when there is nothing to say)."""
+        """The default as the help and docs/settings.md say it ("" when there is nothing to say)."""
         if self.shown is not None:
             return self.shown
         if self.is_switch:
@@ -212,11 +212,11 @@ def options_of(cls: type[Any]) -> tuple[Option, ...]:
     return tuple(options)
 
 
-# --- the documentation's forms, which tests/test_docs.py holds the README and .env.example to -------------
+# --- the documentation's forms, which tests/test_docs.py holds docs/settings.md and .env.example to ------
 
 
-def readme_row(option: Option) -> str:
-    """The option's row in the README's settings table."""
+def settings_row(option: Option) -> str:
+    """The option's row in the settings table of docs/settings.md."""
     flag = f"{option.short}/{option.flag}" if option.short else option.flag
     if option.metavar:
         flag += f" {option.metavar}"
