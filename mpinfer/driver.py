@@ -18,11 +18,11 @@ from typing import Any
 from tqdm import tqdm
 
 from .api.endpoints import endpoints_of
-from .api.ratelimit import LaneStats
 from .backends.base import Backend, Note, Returned, WorkerDied
 from .config import RunConfig
 from .events import Abort, Event, Fatal, KeyDisabled, Stopped, StopReason, TaskDone, TaskFailed, WorkItem
 from .inputs.tasks import Task
+from .limits import LaneStats
 from .reports.summary import RunSummary, write_summary
 from .store.idset import IdSubset
 

@@ -24,7 +24,7 @@ from .api.tokens import image_rule
 from .backends.base import Backend
 from .config import Backend as BackendName
 from .config import RunConfig
-from .driver import MAX_FAILURES_SHOWN, RunState, supervise, work_items
+from .driver import MAX_FAILURES_SHOWN, RESPAWNS_PER_WORKER, RunState, supervise, work_items
 from .errors import ConfigError, InputError, OutputError
 from .inputs.check import asked_models, check_input, reading, refuse_input_as_output, selection, settle_models
 from .inputs.readers import iter_tasks
@@ -226,7 +226,7 @@ def _backend(job: _Job, scanned: _Scanned, log_file: Path | None, progress: bool
     if config.backend is BackendName.RAY:
         from .backends.ray import RayBackend
 
-        return RayBackend(config, job.outputs, job.prices)
+        return RayBackend(config, job.outputs, job.prices, respawns_per_worker=RESPAWNS_PER_WORKER)
     from .backends.local import LocalBackend
 
     return LocalBackend(config, job.outputs, scanned.run_starts, log_file, job.prices)

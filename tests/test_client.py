@@ -23,12 +23,12 @@ from mpinfer.api.client import (
     complete,
     make_client,
 )
-from mpinfer.api.hints import wait_hint
 from mpinfer.api.messages import ImageEncoder, build_request
 from mpinfer.api.retry import MAX_BACKOFF_S, backoff_s
 from mpinfer.demo import png_bytes
 from mpinfer.errors import ImageError
 from mpinfer.inputs.tasks import Task
+from mpinfer.limits import wait_hint
 from mpinfer.mockserver import MockServerProcess
 
 KEY = "sk-test-0000000000000000fake9zq7"

@@ -8,7 +8,7 @@ import pickle
 import mpinfer
 from mpinfer import errors
 from mpinfer.api.client import MalformedResponse
-from mpinfer.api.ratelimit import NoKeysLeft
+from mpinfer.limits import NoKeysLeft
 
 SAMPLES: dict[type[Exception], tuple[object, ...]] = {
     errors.SettingsChanged: (["temperature: 0.0 -> 0.7"],),

@@ -7,7 +7,7 @@ import email.utils
 import httpx2
 import pytest
 
-from mpinfer.api.hints import read_hints, wait_hint
+from mpinfer.limits import read_hints, wait_hint
 
 NOW = 1_700_000_000.0
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import mpinfer
 
 PACKAGE = Path(mpinfer.__file__).parent
-MAX_LINES = 400
+MAX_LINES = 600
 
 
 def _module_name(path: Path) -> str:
@@ -59,7 +59,7 @@ def _circle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-def test_no_module_in_the_package_is_longer_than_400_lines() -> None:
+def test_no_module_in_the_package_is_longer_than_600_lines() -> None:
     # Given every module of the package
     # When their lines are counted
     long = {str(path.relative_to(PACKAGE)): n for path in PACKAGE.rglob("*.py")

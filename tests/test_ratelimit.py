@@ -17,8 +17,16 @@ from typing import Any
 import multiprocess
 import pytest
 
-from mpinfer.api.hints import read_hints
-from mpinfer.api.ratelimit import Ending, Grant, NoKeysLeft, SharedLimiter, Wait, parse_duration
+from mpinfer.limits import (
+    Ending,
+    Grant,
+    LimiterSettings,
+    NoKeysLeft,
+    SharedLimiter,
+    Wait,
+    parse_duration,
+    read_hints,
+)
 
 CTX = multiprocess.get_context("fork")
 # Float sums of times (start + window) differ from the limiter's own in the last bit at most; 1 ns hides no bug.
@@ -30,7 +38,7 @@ UNPACED = 1e9  # a burst of a billion seconds' worth: the pace never binds  # a 
 def make(n_keys: int = 1, n_models: int = 1, **kw: Any) -> SharedLimiter:
     """A limiter; unless ``burst_s`` is given, its pace allows any burst, so only the windows limit it."""
     kw.setdefault("burst_s", UNPACED)
-    return SharedLimiter.create(CTX, n_keys, n_models, **kw)
+    return SharedLimiter.create(LimiterSettings(n_keys, n_models, **kw))
 
 
 def grant(got: Grant | Wait) -> Grant:
@@ -44,7 +52,7 @@ def wait_of(got: Grant | Wait) -> float:
 
 
 def stats(limiter: SharedLimiter, now: float, lane: int = 0) -> Any:
-    return limiter.lane_stats(now)[lane]
+    return limiter.lane_stats(now)[0][lane]
 
 
 def most_in_a_window(times: list[float], span: float) -> int:
@@ -548,7 +556,8 @@ def test_a_pause_on_one_key_lane_leaves_the_other_key_free() -> None:
     keys = [grant(limiter.try_acquire(0, 1, T0)).key for _ in range(2)]
     # Then both go to key 1
     assert keys == [1, 1]
-    assert [s.paused_for_s for s in limiter.lane_stats(T0)] == [pytest.approx(30.0), 0.0]
+    lanes, _ = limiter.lane_stats(T0)
+    assert [s.paused_for_s for s in lanes] == [pytest.approx(30.0), 0.0]
 
 
 def test_lane_stats_count_requests_tokens_and_in_flight_per_lane() -> None:
@@ -559,7 +568,8 @@ def test_lane_stats_count_requests_tokens_and_in_flight_per_lane() -> None:
     grant(limiter.try_acquire(1, 1, T0))
     limiter.release(a, T0, Ending.OK, used=123)
     # Then the stats name each lane's key and model and count what happened on it
-    rows = [(s.key, s.model, s.requests, s.tokens, s.in_flight) for s in limiter.lane_stats(T0)]
+    lanes, _ = limiter.lane_stats(T0)
+    rows = [(s.key, s.model, s.requests, s.tokens, s.in_flight) for s in lanes]
     assert rows == [(0, 0, 0, 0, 0), (0, 1, 1, 123, 0), (1, 0, 0, 0, 0), (1, 1, 1, 0, 1)]
 
 
@@ -731,11 +741,9 @@ def test_after_three_connection_failures_one_probe_at_a_time_goes_until_the_serv
 def test_reclaim_gives_back_what_a_dead_holder_had_in_flight() -> None:
     # Given two holders sharing a lane of at most 4 in flight, holder 1 holding 3
     limiter = make(max_in_flight=4, holders=2)
-    limiter.for_holder(1)
     for _ in range(3):
-        grant(limiter.try_acquire(0, 1, T0))
-    limiter.for_holder(0)
-    grant(limiter.try_acquire(0, 1, T0))
+        grant(limiter.try_acquire(0, 1, T0, holder=1))
+    grant(limiter.try_acquire(0, 1, T0, holder=0))
     assert isinstance(limiter.try_acquire(0, 1, T0), Wait)
     # When holder 1 dies and is reclaimed
     assert limiter.reclaim(1) == 3

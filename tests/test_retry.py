@@ -11,16 +11,15 @@ import asyncio
 import random
 from typing import Any
 
-import multiprocess
 import pytest
 
 from mpinfer.api.client import CallError, Verdict
 from mpinfer.api.prices import load_prices
-from mpinfer.api.ratelimit import SharedLimiter
 from mpinfer.api.retry import MAX_RATE_BACKOFF_S, Attempts, RetryPolicy, decide
-from mpinfer.backends.runner import LocalLimiter, TaskRunner
+from mpinfer.backends.runner import TaskRunner
 from mpinfer.config import RunConfig
 from mpinfer.inputs.tasks import Task
+from mpinfer.limits import LimiterSettings, LocalLimiter, SharedLimiter
 from mpinfer.mockserver import MockServerProcess
 
 POLICY = RetryPolicy(max_retries=2, backoff_s=1.0, patience_s=300.0)
@@ -75,7 +74,7 @@ def test_a_connection_error_during_an_outage_is_not_counted() -> None:
 
 def _runner(mock: MockServerProcess, sleeps: list[float], **settings: Any) -> TaskRunner:
     config = RunConfig(base_url=mock.base_url, api_keys=("sk-test-0000000000000000fake9zq7",), **settings)
-    limiter = SharedLimiter.create(multiprocess.get_context("fork"), 1, 1)
+    limiter = SharedLimiter.create(LimiterSettings(1, 1))
 
     async def sleep(seconds: float) -> None:
         sleeps.append(seconds)  # recorded, not waited

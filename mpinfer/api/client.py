@@ -22,7 +22,7 @@ import orjson
 
 from ..config import Transport as Transport  # the setting's enum, re-exported for the client's callers
 from ..errors import ImageError, ImagesTooLarge, MalformedResponse
-from .hints import wait_hint
+from ..limits import wait_hint
 from .http import REQUEST_DEADLINE, AioHttpClient, OnAnswer, SendGate
 from .responses import ApiPath, embeddings_answer, responses_answer
 

@@ -27,17 +27,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from ..errors import ConfigError
 from ..redact import key_hint
 from ..settings import ModelRates
 
-if TYPE_CHECKING:
-    from .ratelimit import SharedLimiter
-
-__all__ = ["ANY_MODEL", "Endpoint", "Provider", "configure_limiter", "endpoints_of", "implicit_endpoints",
-           "lane_limit", "parse_endpoints", "read_endpoints_file", "serving"]
+__all__ = ["ANY_MODEL", "Endpoint", "Provider", "endpoints_of", "implicit_endpoints", "parse_endpoints",
+           "read_endpoints_file"]
 
 ANY_MODEL = "*"  # an implicit endpoint serves every model of the run
 FIELDS = frozenset({"model", "provider", "base_url", "deployment", "api_version", "api_key_env", "rpm", "tpm",
@@ -147,25 +144,6 @@ def implicit_endpoints(keys: Sequence[str], base_url: str | None) -> tuple[Endpo
     return tuple(Endpoint(ANY_MODEL, key, base_url) for key in keys)
 
 
-def serving(endpoints: Sequence[Endpoint], models: Sequence[str]) -> tuple[tuple[int, ...], ...]:
-    """For each model of the run, the endpoints (by index) that serve it; ConfigError when one has none."""
-    served = tuple(tuple(i for i, ep in enumerate(endpoints) if ep.serves(model)) for model in models)
-    for model, indices in zip(models, served, strict=True):
-        if not indices:
-            raise ConfigError(f"no endpoint serves model {model!r}: add an [[endpoints]] table with model = "
-                              f"{model!r}")
-    return served
-
-
-def lane_limit(config_rate: int | ModelRates | None, model: str, own: int | None) -> int | None:
-    """The limit on one endpoint's lane for ``model``: the endpoint's own, else --rpm/--tpm for that model."""
-    if own is not None:
-        return own
-    if isinstance(config_rate, ModelRates):
-        return config_rate.get(model)
-    return None  # a single --rpm number is the limiter's own window, for every lane
-
-
 class RunSettings(Protocol):
     """What the functions below read of a RunConfig. A protocol rather than the class: config.py imports this
     module (a RunConfig holds Endpoints), so an import of config.py here would close a circle."""
@@ -186,21 +164,3 @@ class RunSettings(Protocol):
 def endpoints_of(config: RunSettings) -> tuple[Endpoint, ...]:
     """The run's endpoints, by key index: its table, or the implicit one of its keys at --base-url."""
     return config.endpoint_table or implicit_endpoints(config.require_api_keys(), config.base_url)
-
-
-def configure_limiter(limiter: SharedLimiter, config: RunSettings) -> None:
-    """Give the limiter the run's endpoints: which serve each model, and each lane's own limits.
-
-    Call it in the parent before forking. Without a table and without per-model --rpm/--tpm it changes
-    nothing: every key serves every model under the one --rpm/--tpm.
-    """
-    endpoints = endpoints_of(config)
-    models = config.models
-    if config.endpoint_table:
-        limiter.serves = serving(endpoints, models)
-    for key, endpoint in enumerate(endpoints):
-        for model, name in enumerate(models):
-            if not endpoint.serves(name):
-                continue
-            limiter.limit_lane(key, model, lane_limit(config.rpm, name, endpoint.rpm),
-                               lane_limit(config.tpm, name, endpoint.tpm), endpoint.max_in_flight)

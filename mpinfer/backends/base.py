@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from ..api.ratelimit import LaneStats
 from ..errors import OutputError
 from ..events import Event, Fatal, WorkItem
+from ..limits import LaneStats
 from ..store.output import Appender, OutputPaths
 
 if TYPE_CHECKING:  # the runner loads the openai SDK, which the driver (and --status) must not pay for

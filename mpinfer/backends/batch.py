@@ -25,7 +25,6 @@ from typing import Any
 
 from tqdm import tqdm
 
-from ..api.lanes import LaneStats
 from ..api.messages import ImageEncoder
 from ..api.prices import PriceTable
 from ..config import RunConfig
@@ -34,6 +33,7 @@ from ..events import Fatal, TaskDone, TaskFailed, WorkItem
 from ..inputs.check import reading
 from ..inputs.readers import iter_tasks
 from ..inputs.tasks import Task
+from ..limits import LaneStats
 from ..store.output import Appender, OutputPaths, iter_lines, record_id, scan, size_of
 from ..store.records import failure_line
 from .base import Note

@@ -20,12 +20,11 @@ import multiprocess
 from multiprocess.connection import wait
 
 from ..api.client import warm_up
-from ..api.endpoints import configure_limiter
 from ..api.prices import PriceTable
-from ..api.ratelimit import LaneStats, SharedLimiter
 from ..config import RunConfig
 from ..events import Event, StopWork, TaskDone, TaskFailed, Work, WorkerExit, WorkItem, decode_events, encode
 from ..inputs.tasks import Task
+from ..limits import LaneStats, LimiterSettings, SharedLimiter
 from ..store.output import OutputPaths, iter_lines, record_id, scan, size_of
 from ..store.records import failure_type
 from .base import Note, Returned, WorkerDied
@@ -63,18 +62,17 @@ class LocalBackend:
         self.log_file = log_file
         self.prices = prices
         self.ctx = multiprocess.get_context("fork")
-        self.limiter = SharedLimiter.create(self.ctx, len(config.require_api_keys()), len(config.models),
-                                            config.window_rpm, config.window_tpm, config.rate_window,
-                                            max_in_flight=config.processes * (config.concurrency + built_ahead(config)),
-                                            holders=config.processes, burst_s=config.burst)
-        configure_limiter(self.limiter, config)  # each endpoint's lanes, their own limits
+        # Every request a worker holds counts in flight, those built ahead included; a worker replaced
+        # takes its predecessor's index, so there is one holder per worker.
+        in_flight = config.processes * (config.concurrency + built_ahead(config))
+        self.limiter = SharedLimiter.create(LimiterSettings.of(config, max_in_flight=in_flight,
+                                                               holders=config.processes))
         self.slots: list[_Slot] = []
         self.max_held = max(2, 2 * config.concurrency + built_ahead(config))  # a worker's tasks, and as many queued
         self.unfreeze = False  # whether close() undoes start()'s gc.freeze()
 
     def lane_stats(self) -> tuple[list[LaneStats], list[bool]]:
-        keys = range(self.limiter.n_keys)
-        return self.limiter.lane_stats(time.monotonic()), [self.limiter.key_disabled(k) for k in keys]
+        return self.limiter.lane_stats(time.monotonic())
 
     # -- workers -----------------------------------------------------------------------------------
 

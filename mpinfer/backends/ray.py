@@ -5,8 +5,8 @@ What holds as in the local backend, and how:
   output files: an actor returns the line to write and the driver appends it under the store's lock. A
   node that dies can lose nothing that was written, and the tasks its actors held are sent again.
 - The rate limits hold for the cluster as a whole: one limiter actor, on the driver's node, owns the
-  windows (the same SharedLimiter code, with its own clock) and every worker actor asks it before each
-  request.
+  windows (mpinfer.limits' LimiterActor: the same SharedLimiter, with its own clock) and every worker
+  actor asks it before each request.
 - Lines have the same format, so status, validate, export and resume do not care which backend wrote them.
 
 Each worker actor is a TaskRunner with ``concurrency`` requests in flight; the driver keeps exactly that
@@ -22,14 +22,12 @@ import time
 from collections.abc import Callable
 from typing import Any, cast
 
-from ..api.hints import Hints
 from ..api.prices import PriceTable
-from ..api.ratelimit import Ending, Grant, LaneStats, SharedLimiter, Wait
 from ..config import RunConfig
-from ..driver import RESPAWNS_PER_WORKER
-from ..errors import ConfigError, NoKeysLeft
+from ..errors import ConfigError
 from ..events import Event, Fatal, WorkItem
 from ..inputs.tasks import Task
+from ..limits import LaneStats, LimiterActor, LimiterSettings, RayLimiter
 from ..store.output import OutputPaths
 from .base import Note, OutcomeWriter, Returned, WorkerDied
 from .runner import Outcome, TaskRunner
@@ -45,104 +43,6 @@ log = logging.getLogger("mpinfer.run")
 
 ACTOR_CPUS = 0.5
 LANES_WAIT_S = 1.0
-
-
-class _Limiter:
-    """The cluster's one limiter: a SharedLimiter in this actor's memory, on this actor's clock.
-
-    Each worker actor's grants are counted against its own holder (its number: numbers are never reused,
-    and there is one holder for every actor a run may start). A dead actor never releases what it held:
-    ``forget`` gives it back, or the run would lose that much concurrency with each death, and stall.
-    """
-
-    def __init__(self, n_keys: int, n_models: int, rpm: int | None, tpm: int | None, window_s: float,
-                 max_in_flight: int, holders: int, burst_s: float) -> None:
-        import multiprocess
-
-        self.shared = SharedLimiter.create(multiprocess.get_context("fork"), n_keys, n_models, rpm, tpm,
-                                           window_s, max_in_flight=max_in_flight, holders=holders, burst_s=burst_s)
-        self.dead: set[int] = set()
-
-    def try_acquire(self, worker: int, model: int, charge: int) -> Grant | Wait | None:
-        try:
-            # One caller at a time (a synchronous actor), so choosing the holder per call is safe.
-            return self.shared.for_holder(worker).try_acquire(model, charge, time.monotonic())
-        except NoKeysLeft:
-            return None
-
-    def sent(self, grant: Grant) -> None:
-        self.shared.sent(grant, time.monotonic())
-
-    def release(self, worker: int, grant: Grant, ending: Ending, charged: int | None, used: int) -> bool:
-        if worker in self.dead:
-            return False  # a late call from a worker already declared dead: its grants were given back
-        return self.shared.release(grant, time.monotonic(), ending, charged=charged, used=used)
-
-    def forget(self, worker: int) -> int:
-        """A worker actor died: give back the grants it held; how many there were."""
-        self.dead.add(worker)
-        return self.shared.reclaim(worker)
-
-    def rate_limited(self, lane: int, retry_after: float | None) -> None:
-        self.shared.rate_limited(lane, time.monotonic(), retry_after)
-
-    def observe(self, lane: int, hints: Hints) -> None:
-        self.shared.observe(lane, hints, time.monotonic())
-
-    def disable_key(self, key: int) -> bool:
-        return self.shared.disable_key(key)
-
-    def key_disabled(self, key: int) -> bool:
-        return self.shared.key_disabled(key)
-
-    def lanes(self) -> tuple[list[LaneStats], list[bool]]:
-        keys = range(self.shared.n_keys)
-        return self.shared.lane_stats(time.monotonic()), [self.shared.key_disabled(k) for k in keys]
-
-
-class RayLimiter:
-    """The LimiterClient of a worker actor: calls to the limiter actor.
-
-    Calls whose answer is not needed go without waiting: Ray runs one caller's calls to an actor in the
-    order they were made, so a release still comes before that worker's next acquire.
-    """
-
-    def __init__(self, handle: Any, worker: int) -> None:
-        self.handle = handle
-        self.worker = worker  # this actor's number, which its grants are held under
-
-    async def try_acquire(self, model: int, charge: int) -> Grant | Wait:
-        got: Grant | Wait | None = await self.handle.try_acquire.remote(self.worker, model, charge)
-        if got is None:
-            raise NoKeysLeft()
-        return got
-
-    async def sent(self, grant: Grant) -> None:
-        # Not awaited: the request need not wait for it, and the limiter stamps it on arrival, a little
-        # after the send, which errs on the safe side.
-        self.handle.sent.remote(grant)
-
-    async def release(self, grant: Grant, ending: Ending = Ending.OK, *, charged: int | None = None,
-                      used: int = 0) -> bool:
-        if ending is not Ending.UNREACHABLE:
-            self.handle.release.remote(self.worker, grant, ending, charged, used)
-            return False
-        in_outage: bool = await self.handle.release.remote(self.worker, grant, ending, charged, used)  # the retry needs it
-        return in_outage
-
-    async def rate_limited(self, lane: int, retry_after: float | None) -> None:
-        self.handle.rate_limited.remote(lane, retry_after)
-
-    async def observe(self, lane: int, hints: Hints) -> None:
-        self.handle.observe.remote(lane, hints)  # read where the answer arrived (a reset is from then)
-
-    async def disable_key(self, key: int) -> bool:
-        left: bool = await self.handle.disable_key.remote(key)
-        return left
-
-    async def key_disabled(self, key: int) -> bool:
-        disabled: bool = await self.handle.key_disabled.remote(key)
-        return disabled
 
 
 class _Worker:
@@ -169,7 +69,8 @@ class RayBackend:
     must be told from a call to its replacement (one death, one replacement, its tasks sent again once).
     """
 
-    def __init__(self, config: RunConfig, outputs: list[OutputPaths], prices: PriceTable) -> None:
+    def __init__(self, config: RunConfig, outputs: list[OutputPaths], prices: PriceTable, *,
+                 respawns_per_worker: int) -> None:
         self.config = config
         if config.endpoint_table or config.window_rpm != config.rpm or config.window_tpm != config.tpm:
             raise ConfigError("an endpoints table and per-model --rpm/--tpm run on --backend local only, for now")
@@ -181,10 +82,11 @@ class RayBackend:
         # The limiter lives on the driver's own node: a worker node may die, and the run goes on without it.
         here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=True)
         # .options() rather than ray.remote(**options): Ray types only the latter's function options.
-        self.limiter: Any = ray.remote(_Limiter).options(num_cpus=0, scheduling_strategy=here).remote(
-            len(config.require_api_keys()), len(config.models), config.window_rpm, config.window_tpm,
-            config.rate_window, config.processes * config.concurrency, config.processes * (1 + RESPAWNS_PER_WORKER),
-            config.burst)
+        # One holder for every actor the run may start: actor numbers are never reused.
+        settings = LimiterSettings.of(config, max_in_flight=config.processes * config.concurrency,
+                                      holders=config.processes * (1 + respawns_per_worker))
+        self.limiter: Any = ray.remote(LimiterActor).options(num_cpus=0, scheduling_strategy=here).remote(
+            settings)
         self.worker_class = ray.remote(_Worker).options(num_cpus=ACTOR_CPUS, max_concurrency=config.concurrency + 4)
         self.actors: dict[int, Any] = {}       # live actors by number
         self.outstanding: dict[int, int] = {}  # calls in flight on each live actor
@@ -197,7 +99,7 @@ class RayBackend:
     def lane_stats(self) -> tuple[list[LaneStats], list[bool]]:
         """The limiter actor's counters, or the last ones while it is slow to answer (a report must not
         hold up the run, nor end it: on a loaded machine the actor may take seconds to start)."""
-        ref = self._lanes_ref if self._lanes_ref is not None else self.limiter.lanes.remote()
+        ref = self._lanes_ref if self._lanes_ref is not None else self.limiter.lane_stats.remote()
         ready, _ = ray.wait([ref], timeout=LANES_WAIT_S)
         self._lanes_ref = None if ready else ref
         if ready:
@@ -288,7 +190,7 @@ class RayBackend:
         if number in self.actors:
             del self.actors[number], self.outstanding[number]
             self.stopped.discard(number)
-            self.limiter.forget.remote(number)
+            self.limiter.reclaim.remote(number)
             log.warning("ray worker actor %d died (its node may be gone); its tasks are sent again", number)
             notes.append(WorkerDied(number))
         return notes

@@ -17,23 +17,22 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import openai
 
 from ..api.client import Answer, CallError, Verdict, classify, complete, make_client
 from ..api.endpoints import Provider, endpoints_of
-from ..api.hints import Hints, read_hints
 from ..api.http import SendGate, Unsent
 from ..api.messages import ImageEncoder, Request, build_body_request, build_request
 from ..api.prices import PriceTable
-from ..api.ratelimit import Ending, Grant, SharedLimiter, Wait, WaitReason
 from ..api.responses import ApiPath
 from ..api.retry import Attempts, RetryPolicy, decide
 from ..config import Api, RunConfig
 from ..errors import ImageError, NoKeysLeft
 from ..events import Abort, Event, KeyDisabled, TaskDone, TaskFailed
 from ..inputs.tasks import Task
+from ..limits import Ending, Grant, LimiterClient, Wait, WaitReason, read_hints
 from ..redact import redact
 from ..store.records import TRUNCATED, Result, Usage, batch_result_line, failure_line, same_model
 
@@ -114,49 +113,6 @@ Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[Any]]
 # How a failed attempt ended, for the limiter: timeouts slow a lane down as 429s do.
 _ENDINGS = {"rate_limit": Ending.OVERLOADED, "timeout": Ending.OVERLOADED, "connection": Ending.UNREACHABLE}
-
-
-class LimiterClient(Protocol):
-    """The limiter as a runner sees it; each host supplies its own (shared memory, or a remote actor)."""
-
-    async def try_acquire(self, model: int, charge: int) -> Grant | Wait: ...
-    async def sent(self, grant: Grant) -> None: ...
-    async def release(self, grant: Grant, ending: Ending = Ending.OK, *, charged: int | None = None,
-                      used: int = 0) -> bool: ...
-    async def rate_limited(self, lane: int, retry_after: float | None) -> None: ...
-    async def observe(self, lane: int, hints: Hints) -> None: ...
-    async def disable_key(self, key: int) -> bool: ...
-    async def key_disabled(self, key: int) -> bool: ...
-
-
-class LocalLimiter:
-    """The shared-memory limiter of one machine, read with this machine's clock (or the one passed in)."""
-
-    def __init__(self, shared: SharedLimiter, clock: Clock = time.monotonic) -> None:
-        self.shared = shared
-        self.clock = clock
-
-    async def try_acquire(self, model: int, charge: int) -> Grant | Wait:
-        return self.shared.try_acquire(model, charge, self.clock())
-
-    async def sent(self, grant: Grant) -> None:
-        self.shared.sent(grant, self.clock())
-
-    async def release(self, grant: Grant, ending: Ending = Ending.OK, *, charged: int | None = None,
-                      used: int = 0) -> bool:
-        return self.shared.release(grant, self.clock(), ending, charged=charged, used=used)
-
-    async def rate_limited(self, lane: int, retry_after: float | None) -> None:
-        self.shared.rate_limited(lane, self.clock(), retry_after)
-
-    async def observe(self, lane: int, hints: Hints) -> None:
-        self.shared.observe(lane, hints, self.clock())
-
-    async def disable_key(self, key: int) -> bool:
-        return self.shared.disable_key(key)
-
-    async def key_disabled(self, key: int) -> bool:
-        return self.shared.key_disabled(key)
 
 
 class _Stale(Exception):

@@ -23,15 +23,15 @@ from typing import Any
 
 from ..api.http import SendGate
 from ..api.prices import PriceTable
-from ..api.ratelimit import SharedLimiter
 from ..config import RunConfig, Transport
 from ..events import Fatal, Message, StopWork, Work, WorkerExit, decode, encode
 from ..inputs.tasks import Task
+from ..limits import LocalLimiter, SharedLimiter
 from ..logfile import setup_worker_logging
 from ..store.locks import hold_workers_lock
 from ..store.output import OutputPaths
 from .base import OutcomeWriter
-from .runner import LocalLimiter, TaskRunner
+from .runner import TaskRunner
 
 _PR_SET_PDEATHSIG = 1
 WORKER_GC_THRESHOLDS = (50_000, 50, 100)  # gen0 allocations, then gen1 and gen2 collections (Python: 700, 10, 10)
@@ -76,7 +76,7 @@ class Worker:
         config = settings.config
         self.ahead = built_ahead(config)
         self.gate = SendGate(config.concurrency) if self.ahead else None
-        self.runner = TaskRunner(config, settings.prices, LocalLimiter(limiter.for_holder(settings.index)),
+        self.runner = TaskRunner(config, settings.prices, LocalLimiter(limiter, settings.index),
                                  gate=self.gate)
         self.writer = OutcomeWriter(settings.outputs, settings.config.fsync)
         self.outbox: list[Message] = []  # events of this turn of the loop, not yet sent

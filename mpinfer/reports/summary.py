@@ -15,8 +15,8 @@ from typing import Any
 
 import orjson
 
-from ..api.ratelimit import LaneStats
 from ..events import Stopped, TaskDone
+from ..limits import LaneStats
 from ..store.atomic import replace_quietly
 
 

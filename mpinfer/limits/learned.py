@@ -1,0 +1,86 @@
+"""Learned limits (AIMD): the rate and the requests in flight a server that states no limit accepts.
+
+- **The rate**: after hint-less 429s, a rate learned by AIMD: RATE_DECREASE of what was being sent
+  (or of the rate in force, if lower), growing again by RATE_GROWTH_PER_S of that a second while
+  requests succeed, back up to the limit given or stated.
+- **The requests in flight**, for servers with no rate headers at all (vLLM, DeepSeek, Ollama):
+  lowered to CWND_DECREASE of them on a 429 or a timeout, once per window of requests, and grown by
+  one per window of successes (TCP's congestion window).
+
+Each function changes one lane's record and expects the limiter's lock to be held.
+"""
+
+from __future__ import annotations
+
+from .grants import Ending
+from .lanes import LEARNED, Lane, LimitSource
+
+#: On a decrease, keep this share of the rate sent when a 429 came.
+RATE_DECREASE = 0.7
+#: While requests succeed, grow the rate by this share of where it restarted, a second.
+RATE_GROWTH_PER_S = 0.03
+#: On a 429 or a timeout, keep this share of the requests in flight (TCP CUBIC's 0.7).
+CWND_DECREASE = 0.7
+
+
+def grow_rate(lane: Lane, now: float) -> None:
+    """Additive increase of a learned rate, up to the flag's or server's limit."""
+    dt = min(1.0, now - lane.rate_grown_at)
+    lane.rate_grown_at = now
+    if dt <= 0:
+        return
+    limit = lane.request_limit + RATE_GROWTH_PER_S * lane.rate_base * dt
+    cap = lane.request_cap
+    if cap > 0 and limit >= cap:
+        lane.set_request_limit(cap, LimitSource.FLAG if lane.request_given else LimitSource.SERVER)
+    else:
+        lane.request_limit = limit
+
+
+def decrease_rate(lane: Lane, span_s: float, now: float) -> None:
+    """Multiplicative decrease: a share of the rate that was being sent (or of the rate in force, if
+    lower). Nothing measured yet: nothing to learn from."""
+    current = lane.request_limit / span_s
+    sent = lane.send_rate or lane.bucket_count
+    if not sent:
+        return
+    rate = max(1.0 / span_s, (min(current, sent) if current else sent) * RATE_DECREASE)
+    lane.request_limit = rate * span_s
+    lane.request_source = LEARNED
+    lane.rate_base = rate * span_s
+    lane.rate_decreased_at = now
+    lane.answered_since_decrease = False
+    lane.rate_grown_at = now
+    lane.request_tat = max(lane.request_tat, now)
+
+
+def refused_without_hint(lane: Lane, span_s: float, now: float) -> None:
+    """A 429 with no wait hint: lower the rate, when that is what the server wants.
+
+    The requests in flight are lowered first (``after_request``); the rate only once they are down to
+    two (or are not managed), so a server that refuses beyond N in flight keeps its full rate. Once a
+    second at most, and only if something got through since the last decrease: while a server refuses
+    everything (a window that has run out), more refusals say nothing new.
+    """
+    if (now - lane.rate_decreased_at >= 1.0
+            and (lane.headers_seen or lane.concurrency <= 2.0)
+            and (lane.answered_since_decrease or lane.request_source != LEARNED)):
+        decrease_rate(lane, span_s, now)
+
+
+def after_request(lane: Lane, ending: Ending, granted_at: float, now: float) -> None:
+    """A request that the server answered ended: the rate and the requests in flight learn from it."""
+    if ending is Ending.OK:
+        lane.answered_since_decrease = True
+        if lane.request_source == LEARNED:
+            grow_rate(lane, now)
+    if lane.headers_seen:
+        return  # the server states its limits: the requests in flight are not managed
+    concurrency = lane.concurrency
+    if ending is Ending.OVERLOADED:
+        # Once per window of requests: those already in flight at a decrease fail together.
+        if granted_at > lane.concurrency_decreased_at:
+            lane.concurrency = max(1.0, min(concurrency, lane.in_flight + 1) * CWND_DECREASE)
+            lane.concurrency_decreased_at = now
+    elif ending is Ending.OK and concurrency < lane.concurrency_max:
+        lane.concurrency = min(lane.concurrency_max, concurrency + 1.0 / max(1.0, concurrency))

@@ -1,0 +1,95 @@
+"""What the limiter is built from: LimiterSettings, the slice of a run's settings it needs.
+
+``LimiterSettings.of`` is the one place a run's settings become a limiter's: the window, the burst,
+--rpm/--tpm (one number for every lane), and with an endpoints table or per-model limits, which
+endpoints (keys) serve each model and each lane's own limits. Every backend builds its limiter from it
+(``SharedLimiter.create``), passing what is its own: how many requests may be in flight at most, and
+how many holders (worker slots) grants are counted against.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..api.endpoints import Endpoint, endpoints_of
+from ..errors import ConfigError
+from ..settings import ModelRates
+from .pacing import DEFAULT_BURST_S, DEFAULT_WINDOW_S
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
+
+#: Requests in flight on a lane when nothing limits them.
+UNLIMITED_IN_FLIGHT = 1 << 20
+
+
+@dataclass(frozen=True)
+class LaneLimits:
+    """One lane's own limits (an endpoint's, for one model), paced as a flag's; None: the run's."""
+
+    key: int
+    model: int
+    rpm: int | None = None
+    tpm: int | None = None
+    max_in_flight: int | None = None
+
+
+@dataclass(frozen=True)
+class LimiterSettings:
+    """Everything a limiter is built from: plain, picklable data (it travels to a Ray actor).
+
+    ``rpm``/``tpm`` hold on every lane, counted in rings over ``window_s``; ``margin_s`` (None: 2% of
+    the window, 0.1 to 1 s) is added to it for pacing. ``serves``: for each model, the keys that serve
+    it (None: every key serves every model). ``lanes``: the lanes with limits of their own.
+    """
+
+    n_keys: int
+    n_models: int = 1
+    rpm: int | None = None
+    tpm: int | None = None
+    window_s: float = DEFAULT_WINDOW_S
+    burst_s: float = DEFAULT_BURST_S
+    margin_s: float | None = None
+    max_in_flight: int = UNLIMITED_IN_FLIGHT
+    holders: int = 1
+    serves: tuple[tuple[int, ...], ...] | None = None
+    lanes: tuple[LaneLimits, ...] = ()
+
+    @classmethod
+    def of(cls, config: RunConfig, *, max_in_flight: int, holders: int) -> LimiterSettings:
+        """A run's limiter settings; ``max_in_flight`` and ``holders`` are the backend's to say.
+
+        Raises ConfigError when an endpoints table leaves a model with no endpoint.
+        """
+        endpoints = endpoints_of(config)
+        models = config.models
+        lanes = tuple(LaneLimits(key, model, lane_limit(config.rpm, name, endpoint.rpm),
+                                 lane_limit(config.tpm, name, endpoint.tpm), endpoint.max_in_flight)
+                      for key, endpoint in enumerate(endpoints)
+                      for model, name in enumerate(models) if endpoint.serves(name))
+        return cls(len(config.require_api_keys()), len(models), config.window_rpm, config.window_tpm,
+                   config.rate_window, config.burst, max_in_flight=max_in_flight, holders=holders,
+                   serves=serving(endpoints, models) if config.endpoint_table else None,
+                   lanes=tuple(lane for lane in lanes if lane.rpm or lane.tpm or lane.max_in_flight))
+
+
+def serving(endpoints: Sequence[Endpoint], models: Sequence[str]) -> tuple[tuple[int, ...], ...]:
+    """For each model of the run, the endpoints (by index) that serve it; ConfigError when one has none."""
+    served = tuple(tuple(i for i, ep in enumerate(endpoints) if ep.serves(model)) for model in models)
+    for model, indices in zip(models, served, strict=True):
+        if not indices:
+            raise ConfigError(f"no endpoint serves model {model!r}: add an [[endpoints]] table with "
+                              f"model = {model!r}")
+    return served
+
+
+def lane_limit(config_rate: int | ModelRates | None, model: str, own: int | None) -> int | None:
+    """The limit on one endpoint's lane for ``model``: the endpoint's own, else --rpm/--tpm for that
+    model. A single --rpm number is the limiter's own window, for every lane: None here."""
+    if own is not None:
+        return own
+    if isinstance(config_rate, ModelRates):
+        return config_rate.get(model)
+    return None
