@@ -13,7 +13,7 @@ file (``--endpoints FILE``) or in mpinfer.toml; the field names are fixed, since
     rpm = 3000                       # optional, per endpoint; also tpm, max_in_flight, max_image_mb
 
 Without a table, the flags make an implicit one: each key (``OPENAI_API_KEYS``) at ``--base-url`` for every
-model. The limiter gives each endpoint its own lanes (one per model it serves), so its limits, pauses and
+model. The limiter gives each endpoint its own lanes (mpinfer.limits.settings), so its limits, pauses and
 key state are its own, and a request goes to the least loaded of its model's endpoints that is free.
 
 Azure is reached through the SDK's ``AsyncAzureOpenAI`` (deployment path, ``api-version`` query, ``api-key``
@@ -31,7 +31,6 @@ from typing import Any, Protocol
 
 from ..errors import ConfigError
 from ..redact import key_hint
-from ..settings import ModelRates
 
 __all__ = ["ANY_MODEL", "Endpoint", "Provider", "endpoints_of", "implicit_endpoints", "parse_endpoints",
            "read_endpoints_file"]
@@ -145,19 +144,13 @@ def implicit_endpoints(keys: Sequence[str], base_url: str | None) -> tuple[Endpo
 
 
 class RunSettings(Protocol):
-    """What the functions below read of a RunConfig. A protocol rather than the class: config.py imports this
+    """What endpoints_of reads of a RunConfig. A protocol rather than the class: config.py imports this
     module (a RunConfig holds Endpoints), so an import of config.py here would close a circle."""
 
     @property
     def endpoint_table(self) -> tuple[Endpoint, ...]: ...
     @property
     def base_url(self) -> str | None: ...
-    @property
-    def rpm(self) -> int | ModelRates | None: ...
-    @property
-    def tpm(self) -> int | ModelRates | None: ...
-    @property
-    def models(self) -> tuple[str, ...]: ...
     def require_api_keys(self) -> tuple[str, ...]: ...
 
 

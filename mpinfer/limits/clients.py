@@ -28,7 +28,7 @@ Clock = Callable[[], float]
 
 
 class LimiterClient(Protocol):
-    """The limiter as a runner sees it; each host supplies its own (shared memory, or a remote actor)."""
+    """The limiter as a runner sees it; each host supplies its own (shared memory, or an actor)."""
 
     async def try_acquire(self, model: int, charge: int) -> Grant | Wait:
         """A grant for a request charged ``charge`` tokens, or how long to wait; NoKeysLeft when
@@ -62,10 +62,11 @@ class LimiterClient(Protocol):
 
 
 class LocalLimiter:
-    """The shared-memory limiter of one machine, for worker slot ``holder``, read with this machine's
-    clock (or the one passed in)."""
+    """The shared-memory limiter of one machine, for worker slot ``holder``, read with this
+    machine's clock (or the one passed in)."""
 
-    def __init__(self, shared: SharedLimiter, holder: int = 0, clock: Clock = time.monotonic) -> None:
+    def __init__(self, shared: SharedLimiter, holder: int = 0,
+                 clock: Clock = time.monotonic) -> None:
         self.shared = shared
         self.holder = holder
         self.clock = clock
@@ -104,9 +105,9 @@ class LimiterActor:
     """The cluster's one limiter: a SharedLimiter in this actor's memory, on this actor's clock.
 
     Each worker actor's grants are counted against its own holder (its number: numbers are never
-    reused, and there is one holder for every actor a run may start). A dead actor never releases what
-    it held: ``reclaim`` gives it back, or the run would lose that much concurrency with each death,
-    and stall. One caller at a time (a synchronous actor).
+    reused, and there is one holder for every actor a run may start). A dead actor never releases
+    what it held: ``reclaim`` gives it back, or the run would lose that much concurrency with each
+    death, and stall. One caller at a time (a synchronous actor).
     """
 
     def __init__(self, settings: LimiterSettings, clock: Clock = time.monotonic) -> None:
@@ -115,7 +116,7 @@ class LimiterActor:
         self.dead: set[int] = set()
 
     def try_acquire(self, holder: int, model: int, charge: int) -> Grant | Wait | None:
-        """SharedLimiter.try_acquire for ``holder``; None for NoKeysLeft (raised again by the caller)."""
+        """SharedLimiter.try_acquire for ``holder``; None for NoKeysLeft (the caller raises it)."""
         try:
             return self.shared.try_acquire(model, charge, self.clock(), holder)
         except NoKeysLeft:
@@ -127,7 +128,7 @@ class LimiterActor:
 
     def release(self, holder: int, grant: Grant, ending: Ending, charged: int | None,
                 used: int) -> bool:
-        """See SharedLimiter.release; a late call from a holder already reclaimed changes nothing."""
+        """See SharedLimiter.release; a late call from a holder reclaimed changes nothing."""
         if holder in self.dead:
             return False
         return self.shared.release(grant, self.clock(), ending, charged=charged, used=used)
@@ -161,8 +162,8 @@ class LimiterActor:
 class RayLimiter:
     """The LimiterClient of a Ray worker actor (holder ``holder``): calls to the LimiterActor.
 
-    Calls whose answer is not needed go without waiting: Ray runs one caller's calls to an actor in the
-    order they were made, so a release still comes before that worker's next acquire.
+    Calls whose answer is not needed go without waiting: Ray runs one caller's calls to an actor in
+    the order they were made, so a release still comes before that worker's next acquire.
     """
 
     def __init__(self, handle: Any, holder: int) -> None:
@@ -188,7 +189,8 @@ class RayLimiter:
         if ending is not Ending.UNREACHABLE:
             self.handle.release.remote(self.holder, grant, ending, charged, used)
             return False
-        in_outage: bool = await self.handle.release.remote(self.holder, grant, ending, charged, used)
+        call = self.handle.release.remote(self.holder, grant, ending, charged, used)
+        in_outage: bool = await call
         return in_outage
 
     async def rate_limited(self, lane: int, retry_after: float | None) -> None:

@@ -1,4 +1,4 @@
-"""What the limiter hands a request and is told back: a Grant or a Wait, and how the request Ended."""
+"""What the limiter hands a request and is told back: a Grant or a Wait, and how it Ended."""
 
 from __future__ import annotations
 
@@ -38,8 +38,8 @@ class Wait:
 class Grant:
     """Permission for one request on one lane; hand it back with ``release``.
 
-    ``request_pos`` and ``token_pos`` count grants on the lane since the start (-1 when that limit is
-    off): an entry is still in its ring while fewer than a ring's length of later grants have
+    ``request_pos`` and ``token_pos`` count grants on the lane since the start (-1 when that limit
+    is off): an entry is still in its ring while fewer than a ring's length of later grants have
     overwritten it. ``holder`` is the worker slot it counts against; ``probe`` marks the one request
     sent during an outage to see whether the server is back. ``at`` is when it was granted: only a
     request sent after the last decrease may lower the lane again.

@@ -3,16 +3,18 @@
 Servers and proxies announce limits in different words; this module reads all of them into two small
 values, so the limiter and the retry decision never look at a header themselves:
 
-- ``Hints``: what a response says about the limit itself (how many requests or tokens a window allows, how
-  many are left, when that resets). OpenAI and Azure send ``x-ratelimit-limit/remaining/reset-requests``
-  and ``-tokens`` on every response (reset as a Go duration, "6m0s"); LiteLLM sends the same names for
-  its own limits and passes a provider's on as ``llm_provider-x-ratelimit-*``; OpenRouter sends
-  ``X-RateLimit-Limit/Remaining/Reset`` (the reset an epoch instant in milliseconds).
-- ``wait_hint``: how long a 429 (or 503) asks the client to wait: ``retry-after-ms`` (OpenAI, Azure),
-  ``Retry-After`` in seconds or as an HTTP date (RFC 9110), LiteLLM's ``llm_provider-retry-after`` and
-  ``llm_provider-retry-after-ms``, the reset of whichever limit is exhausted, OpenRouter's reset instant,
-  and OpenAI's "Please try again in 1.5s" in the error message. vLLM, DeepSeek and Ollama send none of
-  these: ``wait_hint`` is then None and the limiter learns the rate instead.
+- ``Hints``: what a response says about the limit itself (how many requests or tokens a window
+  allows, how many are left, when that resets). OpenAI and Azure send
+  ``x-ratelimit-limit/remaining/reset-requests`` and ``-tokens`` on every response (reset as a Go
+  duration, "6m0s"); LiteLLM sends the same names for its own limits and passes a provider's on as
+  ``llm_provider-x-ratelimit-*``; OpenRouter sends ``X-RateLimit-Limit/Remaining/Reset`` (the reset
+  an epoch instant in milliseconds).
+- ``wait_hint``: how long a 429 (or 503) asks the client to wait: ``retry-after-ms`` (OpenAI,
+  Azure), ``Retry-After`` in seconds or as an HTTP date (RFC 9110), LiteLLM's
+  ``llm_provider-retry-after`` and ``llm_provider-retry-after-ms``, the reset of whichever limit is
+  exhausted, OpenRouter's reset instant, and OpenAI's "Please try again in 1.5s" in the error
+  message. vLLM, DeepSeek and Ollama send none of these: ``wait_hint`` is then None and the limiter
+  learns the rate instead.
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ from typing import Any
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|h|m|s)")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_TRY_AGAIN = re.compile(r"try again in (\d+(?:\.\d+)?(?:ns|us|µs|ms|h|m|s)(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|h|m|s))*)",
+_UNIT = r"(?:ns|us|µs|ms|h|m|s)"
+_TRY_AGAIN = re.compile(rf"try again in (\d+(?:\.\d+)?{_UNIT}(?:\d+(?:\.\d+)?{_UNIT})*)",
                         re.IGNORECASE)
-# Prefixes under which the same OpenAI-style names arrive: the server's own, then a provider's behind a
-# LiteLLM proxy (the proxy's own limits come first: they are the ones it enforces on us).
+# Prefixes under which the same OpenAI-style names arrive: the server's own, then a provider's
+# behind a LiteLLM proxy (the proxy's own limits come first: they are the ones it enforces on us).
 _PREFIXES = ("", "llm_provider-")
 # Longest wait a hint may ask for: a bogus date or epoch must not park a run for days.
 MAX_HINT_S = 3600.0
@@ -91,7 +94,7 @@ class Hints:
         return self == _NO_HINTS
 
     def exhausted_for_s(self) -> float:
-        """How long the server says nothing is left (0 when something is): the longer of the resets."""
+        """How long the server says nothing is left (0 when something is): the longer reset."""
         pause = 0.0
         if self.remaining_requests is not None and self.remaining_requests <= 0:
             pause = max(pause, self.reset_requests_s if self.reset_requests_s is not None else 1.0)
@@ -104,7 +107,7 @@ _NO_HINTS = Hints()
 
 
 def _openrouter_reset(value: str | None, wall: float) -> float | None:
-    """OpenRouter's X-RateLimit-Reset: an epoch instant (milliseconds); a small number is a delay."""
+    """OpenRouter's X-RateLimit-Reset: an epoch instant (milliseconds); a small one is a delay."""
     number = _number(value)
     if number is None:
         return parse_duration(value)
@@ -116,7 +119,7 @@ def _openrouter_reset(value: str | None, wall: float) -> float | None:
 
 
 def read_hints(headers: Any, wall: float | None = None) -> Hints:
-    """The limit, remaining and reset a response states (any header mapping; names are case-insensitive)."""
+    """The limit, remaining and reset a response states (any case-insensitive header mapping)."""
     if not headers:
         return _NO_HINTS
     wall = time.time() if wall is None else wall
@@ -131,8 +134,8 @@ def read_hints(headers: Any, wall: float | None = None) -> Hints:
             left_r = _number(headers.get(prefix + "x-ratelimit-remaining"))
             if limit_r is None and left_r is None:
                 continue
-            return Hints(limit_requests=limit_r, remaining_requests=left_r,
-                         reset_requests_s=_openrouter_reset(headers.get(prefix + "x-ratelimit-reset"), wall))
+            reset = _openrouter_reset(headers.get(prefix + "x-ratelimit-reset"), wall)
+            return Hints(limit_requests=limit_r, remaining_requests=left_r, reset_requests_s=reset)
         return Hints(limit_r, limit_t, left_r, left_t,
                      parse_duration(headers.get(prefix + "x-ratelimit-reset-requests")),
                      parse_duration(headers.get(prefix + "x-ratelimit-reset-tokens")))
@@ -140,7 +143,7 @@ def read_hints(headers: Any, wall: float | None = None) -> Hints:
 
 
 def wait_hint(headers: Any, message: str | None = None, wall: float | None = None) -> float | None:
-    """Seconds a refused request is asked to wait, from the first hint there is; None when there is none."""
+    """Seconds a refused request is asked to wait, from the first hint there is; None when none."""
     wall = time.time() if wall is None else wall
     if headers:
         for prefix in _PREFIXES:

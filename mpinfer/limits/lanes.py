@@ -1,9 +1,9 @@
 """A lane's record in shared memory (one API key and one model), and the counters it reports.
 
-``Lane`` is a ctypes Structure: the limiter keeps one per lane in an array that forked workers share,
-so its fields are read and written by name, in place. Every write (and every read that decides
-something) happens with the limiter's lock held; ``SharedLimiter.observe`` alone reads a few fields
-without it, to skip the lock when an answer brings nothing new.
+``Lane`` is a ctypes Structure: the limiter keeps one per lane in an array that forked workers
+share, so its fields are read and written by name, in place. Every write (and every read that
+decides something) happens with the limiter's lock held; ``SharedLimiter.observe`` alone reads a few
+fields without it, to skip the lock when an answer brings nothing new.
 
 The fields' names and types are the annotations below; ``_fields_`` is made from them (``float`` a C
 double, ``int`` a 64-bit integer, ``bool`` a C bool; a source is its position in SOURCES).
@@ -37,7 +37,7 @@ LEARNED = SOURCES.index(LimitSource.LEARNED)
 class Lane(ctypes.Structure):
     """One lane's state; every method expects the limiter's lock to be held."""
 
-    # Pauses and concurrency (AIMD on the requests in flight, while the server sends no rate headers)
+    # Pauses and concurrency (AIMD on the requests in flight, while no rate headers come)
     paused_until: float          # no request starts before this (a 429's hint, a limit used up)
     in_flight: int
     concurrency: float           # requests allowed in flight
@@ -54,7 +54,7 @@ class Lane(ctypes.Structure):
     request_limit: float
     request_cap: float           # the limit given or stated: a learned rate grows back to it
     request_source: int          # a SOURCES position
-    request_given: bool          # given by a flag or the endpoints table: a server's never replaces it
+    request_given: bool          # by a flag or the endpoints table: a server's never replaces it
     request_tat: float           # theoretical arrival time of the next request
     next_request_pos: int        # grants so far: the next one's place in the ring of start times
     # The token limit and its pace, and the ring of charges in the window
@@ -84,7 +84,7 @@ class Lane(ctypes.Structure):
     prober: int                  # the holder whose request is the probe; -1: none
 
     def start(self, max_in_flight: int) -> None:
-        """A new lane: no limit, ``max_in_flight`` requests allowed in flight, nothing happened yet."""
+        """A new lane: no limit, ``max_in_flight`` requests allowed in flight, nothing seen yet."""
         self.concurrency = self.concurrency_max = float(max_in_flight)
         self.request_tat = self.token_tat = NEVER
         self.concurrency_decreased_at = self.rate_decreased_at = NEVER
@@ -93,7 +93,7 @@ class Lane(ctypes.Structure):
 
     def set_request_limit(self, limit: float, source: LimitSource) -> None:
         """The request limit in force, and where it came from. A limit given (FLAG) stays given when
-        AIMD lowers the rate below it and it grows back; any but a learned one is the cap to grow to."""
+        AIMD lowers the rate below it and it grows back; any but a learned one is the cap."""
         self.request_limit = limit
         self.request_source = SOURCES.index(source)
         if source is LimitSource.FLAG:
@@ -138,13 +138,14 @@ class LaneStats:
     @classmethod
     def of(cls, lane: Lane, key: int, model: int, window_s: float, span_s: float,
            now: float) -> LaneStats:
-        """``lane``'s counters now (read with the lock held); a learned rate per window, not span."""
+        """``lane``'s counters now (read with the lock held); a learned rate per window."""
         learned = lane.request_source == LEARNED
         return cls(
             key=key, model=model, requests=int(lane.requests), rate_limited=int(lane.rate_limited),
             tokens=int(lane.tokens), in_flight=int(lane.in_flight),
             concurrency_limit=lane.concurrency, paused_for_s=max(0.0, lane.paused_until - now),
-            requests_limit=lane.request_limit * window_s / span_s if learned else lane.request_limit,
+            requests_limit=(lane.request_limit * window_s / span_s if learned
+                            else lane.request_limit),
             requests_source=SOURCES[lane.request_source], tokens_limit=lane.token_limit,
             tokens_source=SOURCES[lane.token_source], window_s=window_s, limited_s=lane.limited_s,
             outage_since=lane.outage_wall if lane.in_outage else 0.0,

@@ -57,10 +57,10 @@ def decrease_rate(lane: Lane, span_s: float, now: float) -> None:
 def refused_without_hint(lane: Lane, span_s: float, now: float) -> None:
     """A 429 with no wait hint: lower the rate, when that is what the server wants.
 
-    The requests in flight are lowered first (``after_request``); the rate only once they are down to
-    two (or are not managed), so a server that refuses beyond N in flight keeps its full rate. Once a
-    second at most, and only if something got through since the last decrease: while a server refuses
-    everything (a window that has run out), more refusals say nothing new.
+    The requests in flight are lowered first (``after_request``); the rate only once they are down
+    to two (or are not managed), so a server that refuses beyond N in flight keeps its full rate.
+    Once a second at most, and only if something got through since the last decrease: while a server
+    refuses everything (a window that has run out), more refusals say nothing new.
     """
     if (now - lane.rate_decreased_at >= 1.0
             and (lane.headers_seen or lane.concurrency <= 2.0)
@@ -69,7 +69,7 @@ def refused_without_hint(lane: Lane, span_s: float, now: float) -> None:
 
 
 def after_request(lane: Lane, ending: Ending, granted_at: float, now: float) -> None:
-    """A request that the server answered ended: the rate and the requests in flight learn from it."""
+    """A request the server answered ended: the rate and the requests in flight learn from it."""
     if ending is Ending.OK:
         lane.answered_since_decrease = True
         if lane.request_source == LEARNED:

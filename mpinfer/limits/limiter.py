@@ -1,4 +1,4 @@
-"""The rate limiter all worker processes share: per lane (one API key and one model), in shared memory.
+"""The rate limiter all worker processes share: per lane (an API key and a model), in shared memory.
 
 Per lane (lanes.py holds its record):
 - **Pacing** (pacing.py): requests and tokens leave at the rate in force with a burst of at most
@@ -14,8 +14,8 @@ Per lane (lanes.py holds its record):
 - **Keys**: a rejected key is disabled for every model; requests go to the least-loaded free key.
 - **Dead workers.** Grants count against their holder (a worker slot); ``reclaim`` gives back a dead
   holder's requests in flight and its probe. The lock is a ``lockf`` record lock, which the kernel
-  drops with its process, so a worker killed holding it cannot stop the others. Token charges stay in
-  the window: the server counted those requests too.
+  drops with its process, so a worker killed holding it cannot stop the others. Token charges stay
+  in the window: the server counted those requests too.
 
 The parent creates it before forking; workers inherit the arrays and the lock's descriptor. Time is
 passed in (``now``), so the logic is tested without waiting.
@@ -42,7 +42,7 @@ from .windows import TOKEN_RING, expire_tokens, token_window_wait
 
 
 class RecordLock:
-    """A lock between processes that the kernel releases when its holder dies (``lockf`` on a temp file).
+    """A lock between processes that the kernel drops when its holder dies (``lockf``, a temp file).
 
     POSIX record locks belong to a process, not to a descriptor, so forked workers that inherit the
     descriptor still exclude each other, and a SIGKILLed holder's lock goes with it.
@@ -61,7 +61,7 @@ class RecordLock:
 
 
 class SharedLimiter:
-    """Limits shared by every process of a run. Build it with ``create`` in the parent, before forking.
+    """Limits shared by every process of a run. Build it with ``create`` in the parent, then fork.
 
     Shared memory: ``_lanes`` (a Lane per lane), the windows' rings (``_req_ring``: rpm start times
     per lane; ``_tok_time``/``_tok_amount``: TOKEN_RING charges per lane), ``_key_disabled`` (per
@@ -111,7 +111,7 @@ class SharedLimiter:
 
     def limit_lane(self, key: int, model: int, rpm: int | None, tpm: int | None,
                    max_in_flight: int | None) -> None:
-        """Give one lane (an endpoint's, for one model) its own limits, paced as a flag's, before forking."""
+        """Give one lane (an endpoint's, for one model) its own limits, paced as a flag's."""
         lane = self._lanes[self.lane(key, model)]
         if rpm:
             lane.set_request_limit(rpm, LimitSource.FLAG)
@@ -136,7 +136,7 @@ class SharedLimiter:
         return self.burst_s if ringed else min(self.burst_s, self.margin_s)
 
     def _wait_s(self, index: int, lane: Lane, tokens: int, now: float) -> float:
-        """0 when the lane can start a request charged ``tokens`` now, else how long until it may."""
+        """0 when the lane can start a request charged ``tokens`` now, else how long until then."""
         wait = lane.paused_until - now
         if lane.in_flight >= max(1.0, math.floor(lane.concurrency)):
             wait = max(wait, 0.05)  # a slot frees when a request ends; look again soon
@@ -199,11 +199,11 @@ class SharedLimiter:
     # -- the worker's side -----------------------------------------------------------------------
 
     def try_acquire(self, model: int, tokens: int, now: float, holder: int = 0) -> Grant | Wait:
-        """A Grant on the least-loaded free key for ``model``, counted against worker slot ``holder``,
-        or a Wait before asking again.
+        """A Grant on the least-loaded free key for ``model``, counted against worker slot
+        ``holder``, or a Wait before asking again.
 
-        Raises NoKeysLeft when every key has been disabled. A request larger than the whole token limit
-        is charged the limit, so that it can run alone rather than never.
+        Raises NoKeysLeft when every key has been disabled. A request larger than the whole token
+        limit is charged the limit, so that it can run alone rather than never.
         """
         if self.tpm:
             tokens = min(tokens, self.tpm)
@@ -229,7 +229,7 @@ class SharedLimiter:
                 wait = self._wait_s(index, lane, tokens, now)
                 if wait <= 0:
                     return self._grant(index, lane, key, tokens, now, holder % self.holders, probe)
-                # Time some request spent waiting on the limits (refusals come at least twice a second).
+                # Time some request spent waiting on the limits (refusals come twice a second).
                 since = now - lane.limited_at
                 if since < 1.0:
                     lane.limited_s += since
@@ -240,10 +240,11 @@ class SharedLimiter:
             return best
 
     def sent(self, grant: Grant, now: float) -> None:
-        """The request is leaving now: count it in the windows from now, not from when it was granted.
+        """The request is leaving now: count it in the windows from now, not from its grant.
 
-        The server counts a request when it arrives; building and sending it can take a while on a busy
-        machine, and the window must follow the send, or the server would see more than the limit.
+        The server counts a request when it arrives; building and sending it can take a while on a
+        busy machine, and the window must follow the send, or the server would see more than the
+        limit.
         """
         if not (self.rpm or self.tpm):
             return
@@ -260,8 +261,9 @@ class SharedLimiter:
                 charged: int | None = None, used: int = 0) -> bool:
         """A request ended; returns whether its lane is in an outage (the server does not answer).
 
-        ``charged`` corrects its token charge and ``used`` counts its real tokens. OVERLOADED (429 or
-        timeout) lowers the lane's concurrency when the server sends no rate headers; OK grows it again.
+        ``charged`` corrects its token charge and ``used`` counts its real tokens. OVERLOADED (429
+        or timeout) lowers the lane's concurrency when the server sends no rate headers; OK grows
+        it again.
         """
         index = grant.lane
         with self._lock:
@@ -272,7 +274,8 @@ class SharedLimiter:
                 self._held[held] -= 1
             lane.tokens += used
             if charged is not None and self.tpm:
-                # Expire first, so that a charge that has just left the window is not corrected twice.
+                # Expire first, so that a charge that has just left the window is not corrected
+                # twice.
                 expire_tokens(lane, self._tok_time, self._tok_amount, index * TOKEN_RING,
                               now - self.span_s)
                 if self._token_live(lane, grant):
@@ -295,9 +298,9 @@ class SharedLimiter:
         """A 429 on this lane: count it, and pause the lane for everyone for its wait hint; with no
         hint at all, lower the rate instead (AIMD), at most once a second.
 
-        After a pause requests leave one at a time at the rate in force (its pace starts empty at the
-        end). A 429 with a hint lowers no rate: the server said what it wants, and servers that refuse
-        at random (a busy proxy) would otherwise drive the rate to nothing.
+        After a pause requests leave one at a time at the rate in force (its pace starts empty at
+        the end). A 429 with a hint lowers no rate: the server said what it wants, and servers that
+        refuse at random (a busy proxy) would otherwise drive the rate to nothing.
         """
         with self._lock:
             lane = self._lanes[lane_index]
@@ -319,14 +322,14 @@ class SharedLimiter:
 
     def observe(self, lane_index: int, hints: Hints, now: float) -> None:
         """What a response says of the limits (``read_hints``): pace to a stated limit when none was
-        given, and pause the lane until the reset when the server says nothing is left. Hints that say
-        nothing change nothing: a lane has seen rate headers only once some arrive."""
+        given, and pause the lane until the reset when the server says nothing is left. Hints that
+        say nothing change nothing: a lane has seen rate headers only once some arrive."""
         if hints.empty:
             return
         pause = hints.exhausted_for_s()
         lane = self._lanes[lane_index]
-        # Nothing new (the usual case, an endpoint's own limit included): no lock taken. Each test is
-        # the negation of an update below.
+        # Nothing new (the usual case, an endpoint's own limit included): no lock taken. Each test
+        # is the negation of an update below.
         if (not pause and lane.headers_seen
                 and (not hints.limit_requests or lane.request_given
                      or lane.request_cap == hints.limit_requests)
@@ -359,7 +362,7 @@ class SharedLimiter:
     # -- the parent's side -----------------------------------------------------------------------
 
     def reclaim(self, holder: int) -> int:
-        """A worker died: give back the requests it had in flight (and its probe); how many there were."""
+        """A worker died: give back the requests it had in flight (and its probe); how many."""
         holder %= self.holders
         total = 0
         with self._lock:

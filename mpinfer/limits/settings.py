@@ -2,9 +2,9 @@
 
 ``LimiterSettings.of`` is the one place a run's settings become a limiter's: the window, the burst,
 --rpm/--tpm (one number for every lane), and with an endpoints table or per-model limits, which
-endpoints (keys) serve each model and each lane's own limits. Every backend builds its limiter from it
-(``SharedLimiter.create``), passing what is its own: how many requests may be in flight at most, and
-how many holders (worker slots) grants are counted against.
+endpoints (keys) serve each model and each lane's own limits. Every backend builds its limiter from
+it (``SharedLimiter.create``), passing what is its own: how many requests may be in flight at most,
+and how many holders (worker slots) grants are counted against.
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ class LaneLimits:
 class LimiterSettings:
     """Everything a limiter is built from: plain, picklable data (it travels to a Ray actor).
 
-    ``rpm``/``tpm`` hold on every lane, counted in rings over ``window_s``; ``margin_s`` (None: 2% of
-    the window, 0.1 to 1 s) is added to it for pacing. ``serves``: for each model, the keys that serve
-    it (None: every key serves every model). ``lanes``: the lanes with limits of their own.
+    ``rpm``/``tpm`` hold on every lane, counted in rings over ``window_s``; ``margin_s`` (None: 2%
+    of the window, 0.1 to 1 s) is added to it for pacing. ``serves``: for each model, the keys that
+    serve it (None: every key serves every model). ``lanes``: the lanes with limits of their own.
     """
 
     n_keys: int
@@ -69,19 +69,21 @@ class LimiterSettings:
                                  lane_limit(config.tpm, name, endpoint.tpm), endpoint.max_in_flight)
                       for key, endpoint in enumerate(endpoints)
                       for model, name in enumerate(models) if endpoint.serves(name))
-        return cls(len(config.require_api_keys()), len(models), config.window_rpm, config.window_tpm,
-                   config.rate_window, config.burst, max_in_flight=max_in_flight, holders=holders,
+        return cls(len(config.require_api_keys()), len(models), config.window_rpm,
+                   config.window_tpm, config.rate_window, config.burst,
+                   max_in_flight=max_in_flight, holders=holders,
                    serves=serving(endpoints, models) if config.endpoint_table else None,
-                   lanes=tuple(lane for lane in lanes if lane.rpm or lane.tpm or lane.max_in_flight))
+                   lanes=tuple(own for own in lanes if own.rpm or own.tpm or own.max_in_flight))
 
 
 def serving(endpoints: Sequence[Endpoint], models: Sequence[str]) -> tuple[tuple[int, ...], ...]:
-    """For each model of the run, the endpoints (by index) that serve it; ConfigError when one has none."""
-    served = tuple(tuple(i for i, ep in enumerate(endpoints) if ep.serves(model)) for model in models)
+    """For each model of the run, the endpoints (by index) serving it; ConfigError if none does."""
+    served = tuple(tuple(i for i, ep in enumerate(endpoints) if ep.serves(model))
+                   for model in models)
     for model, indices in zip(models, served, strict=True):
         if not indices:
-            raise ConfigError(f"no endpoint serves model {model!r}: add an [[endpoints]] table with "
-                              f"model = {model!r}")
+            raise ConfigError(f"no endpoint serves model {model!r}: add an [[endpoints]] table "
+                              f"with model = {model!r}")
     return served
 
 

@@ -17,7 +17,7 @@ TOKEN_RING = 16384
 
 
 def expire_tokens(lane: Lane, times: Any, amounts: Any, base: int, horizon: float) -> None:
-    """Drop the charges made at or before ``horizon`` from the lane's token window (ring at ``base``)."""
+    """Drop the charges made at or before ``horizon`` from the lane's token window."""
     head, tail = lane.token_head, lane.token_tail
     while head < tail and times[base + head % TOKEN_RING] <= horizon:
         lane.token_sum -= amounts[base + head % TOKEN_RING]
@@ -27,7 +27,8 @@ def expire_tokens(lane: Lane, times: Any, amounts: Any, base: int, horizon: floa
 
 def token_window_wait(lane: Lane, times: Any, amounts: Any, base: int, tokens: int, tpm: int,
                       span_s: float, now: float) -> float:
-    """How long until ``tokens`` more fit the lane's token window (<= 0: now); expires old charges."""
+    """How long until ``tokens`` more fit the lane's token window (<= 0: now); old charges
+    expire first."""
     expire_tokens(lane, times, amounts, base, now - span_s)
     head, tail = lane.token_head, lane.token_tail
     total = lane.token_sum
