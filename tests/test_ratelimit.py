@@ -17,10 +17,15 @@ from typing import Any
 import multiprocess
 import pytest
 
+from mpinfer.api.endpoints import Endpoint
+from mpinfer.config import RunConfig
 from mpinfer.limits import (
     Ending,
     Grant,
+    LaneLimits,
+    LimiterActor,
     LimiterSettings,
+    LimitSource,
     NoKeysLeft,
     SharedLimiter,
     Wait,
@@ -571,6 +576,42 @@ def test_lane_stats_count_requests_tokens_and_in_flight_per_lane() -> None:
     lanes, _ = limiter.lane_stats(T0)
     rows = [(s.key, s.model, s.requests, s.tokens, s.in_flight) for s in lanes]
     assert rows == [(0, 0, 0, 0, 0), (0, 1, 1, 123, 0), (1, 0, 0, 0, 0), (1, 1, 1, 0, 1)]
+
+
+def test_a_runs_endpoints_table_becomes_the_limiters_lanes_and_who_serves_each_model() -> None:
+    # Given a run of two models and two endpoints: key 0 serves m1 (600 rpm, 4 in flight), key 1 all
+    key_a, key_b = "sk-a-00000000000000000001", "sk-b-00000000000000000002"
+    config = RunConfig(model="m1,m2", api_keys=(key_a, key_b),
+                       endpoint_table=(Endpoint("m1", key_a, rpm=600, max_in_flight=4),
+                                       Endpoint("*", key_b)))
+    # When its limiter settings are made and a limiter is built from them
+    settings = LimiterSettings.of(config, max_in_flight=10, holders=2)
+    limiter = SharedLimiter.create(settings)
+    # Then m1 goes to either key and m2 only to key 1; key 0's lane for m1 has its own limits
+    assert settings.serves == ((0, 1), (1,))
+    assert settings.lanes == (LaneLimits(0, 0, rpm=600, max_in_flight=4),)
+    lanes, disabled = limiter.lane_stats(T0)
+    assert len(lanes) == 4 and disabled == [False, False]
+    assert [(s.requests_limit, s.requests_source, s.concurrency_limit) for s in lanes] == [
+        (600.0, LimitSource.FLAG, 4.0), (0.0, LimitSource.NONE, 10.0),
+        (0.0, LimitSource.NONE, 10.0), (0.0, LimitSource.NONE, 10.0)]
+    assert {grant(limiter.try_acquire(1, 1, T0)).key for _ in range(3)} == {1}
+
+
+def test_the_limiter_actor_ignores_a_release_from_a_holder_it_has_reclaimed() -> None:
+    # Given the cluster's limiter (used here without Ray) and holder 3 holding a request
+    actor = LimiterActor(LimiterSettings(1, max_in_flight=1, holders=8, burst_s=UNPACED))
+    held = actor.try_acquire(3, 0, 1)
+    assert isinstance(held, Grant)
+    assert isinstance(actor.try_acquire(0, 0, 1), Wait)
+    # When holder 3 dies, is reclaimed, and its late release arrives
+    assert actor.reclaim(3) == 1
+    assert actor.release(3, held, Ending.OK, None, 0) is False
+    # Then the slot it held is free once, not twice
+    lanes, _ = actor.lane_stats()
+    assert lanes[0].in_flight == 0
+    assert isinstance(actor.try_acquire(0, 0, 1), Grant)
+    assert isinstance(actor.try_acquire(1, 0, 1), Wait)
 
 
 # --- across processes -------------------------------------------------------------------------------------

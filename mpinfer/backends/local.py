@@ -62,8 +62,8 @@ class LocalBackend:
         self.log_file = log_file
         self.prices = prices
         self.ctx = multiprocess.get_context("fork")
-        # Every request a worker holds counts in flight, those built ahead included; a worker replaced
-        # takes its predecessor's index, so there is one holder per worker.
+        # Every request a worker holds counts in flight, those built ahead included; a worker
+        # replaced takes its predecessor's index, so there is one holder per worker.
         in_flight = config.processes * (config.concurrency + built_ahead(config))
         self.limiter = SharedLimiter.create(LimiterSettings.of(config, max_in_flight=in_flight,
                                                                holders=config.processes))

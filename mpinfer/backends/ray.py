@@ -5,8 +5,8 @@ What holds as in the local backend, and how:
   output files: an actor returns the line to write and the driver appends it under the store's lock. A
   node that dies can lose nothing that was written, and the tasks its actors held are sent again.
 - The rate limits hold for the cluster as a whole: one limiter actor, on the driver's node, owns the
-  windows (mpinfer.limits' LimiterActor: the same SharedLimiter, with its own clock) and every worker
-  actor asks it before each request.
+  windows (mpinfer.limits' LimiterActor: the same SharedLimiter, with its own clock) and every
+  worker actor asks it before each request.
 - Lines have the same format, so status, validate, export and resume do not care which backend wrote them.
 
 Each worker actor is a TaskRunner with ``concurrency`` requests in flight; the driver keeps exactly that
@@ -81,12 +81,13 @@ class RayBackend:
                  log_to_driver=False, configure_logging=False)
         # The limiter lives on the driver's own node: a worker node may die, and the run goes on without it.
         here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=True)
-        # .options() rather than ray.remote(**options): Ray types only the latter's function options.
-        # One holder for every actor the run may start: actor numbers are never reused.
+        # One holder for every actor the run may start (``respawns_per_worker`` replacements each, the
+        # driver's to say): actor numbers are never reused.
         settings = LimiterSettings.of(config, max_in_flight=config.processes * config.concurrency,
                                       holders=config.processes * (1 + respawns_per_worker))
-        self.limiter: Any = ray.remote(LimiterActor).options(num_cpus=0, scheduling_strategy=here).remote(
-            settings)
+        # .options() rather than ray.remote(**options): Ray types only the latter's function options.
+        actor = ray.remote(LimiterActor).options(num_cpus=0, scheduling_strategy=here)
+        self.limiter: Any = actor.remote(settings)
         self.worker_class = ray.remote(_Worker).options(num_cpus=ACTOR_CPUS, max_concurrency=config.concurrency + 4)
         self.actors: dict[int, Any] = {}       # live actors by number
         self.outstanding: dict[int, int] = {}  # calls in flight on each live actor
