@@ -97,3 +97,18 @@ def test_every_public_name_loads_and_is_re_exported_for_type_checkers() -> None:
     assert typed == set(mpinfer._EXPORTS)
     for name in mpinfer.__all__:
         assert getattr(mpinfer, name) is not None, name
+
+
+def test_the_rest_of_the_package_reaches_the_limiter_only_through_its_facade() -> None:
+    # Given the imports of every module outside mpinfer/limits
+    paths = list(PACKAGE.rglob("*.py"))
+    modules = {_module_name(path) for path in paths}
+    outside = {_module_name(path): _imports(path, modules) for path in paths
+               if "limits" not in path.relative_to(PACKAGE).parts[:1]}
+    users = {name for name, imported in outside.items() if "mpinfer.limits" in imported}
+    assert "mpinfer.backends.local" in users, "nothing imports mpinfer.limits: the parser is broken"
+    # When those reaching into the package's modules are picked out
+    reaching = {name: sorted(i for i in imported if i.startswith("mpinfer.limits."))
+                for name, imported in outside.items()}
+    # Then there are none: mpinfer/limits/__init__.py names what the rest may use
+    assert {name: found for name, found in reaching.items() if found} == {}
