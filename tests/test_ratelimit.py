@@ -43,7 +43,7 @@ UNPACED = 1e9  # a burst of a billion seconds' worth: the pace never binds  # a 
 def make(n_keys: int = 1, n_models: int = 1, **kw: Any) -> SharedLimiter:
     """A limiter; unless ``burst_s`` is given, its pace allows any burst, so only the windows limit it."""
     kw.setdefault("burst_s", UNPACED)
-    return SharedLimiter.create(LimiterSettings(n_keys, n_models, **kw))
+    return SharedLimiter(LimiterSettings(n_keys, n_models, **kw))
 
 
 def grant(got: Grant | Wait) -> Grant:
@@ -586,7 +586,7 @@ def test_a_runs_endpoints_table_becomes_the_limiters_lanes_and_who_serves_each_m
                                        Endpoint("*", key_b)))
     # When its limiter settings are made and a limiter is built from them
     settings = LimiterSettings.of(config, max_in_flight=10, holders=2)
-    limiter = SharedLimiter.create(settings)
+    limiter = SharedLimiter(settings)
     # Then m1 goes to either key and m2 only to key 1; key 0's lane for m1 has its own limits
     assert settings.serves == ((0, 1), (1,))
     assert settings.lanes == (LaneLimits(0, 0, rpm=600, max_in_flight=4),)

@@ -74,7 +74,7 @@ def test_a_connection_error_during_an_outage_is_not_counted() -> None:
 
 def _runner(mock: MockServerProcess, sleeps: list[float], **settings: Any) -> TaskRunner:
     config = RunConfig(base_url=mock.base_url, api_keys=("sk-test-0000000000000000fake9zq7",), **settings)
-    limiter = SharedLimiter.create(LimiterSettings(1, 1))
+    limiter = SharedLimiter(LimiterSettings(1, 1))
 
     async def sleep(seconds: float) -> None:
         sleeps.append(seconds)  # recorded, not waited

@@ -65,8 +65,8 @@ class LocalBackend:
         # Every request a worker holds counts in flight, those built ahead included; a worker
         # replaced takes its predecessor's index, so there is one holder per worker.
         in_flight = config.processes * (config.concurrency + built_ahead(config))
-        self.limiter = SharedLimiter.create(LimiterSettings.of(config, max_in_flight=in_flight,
-                                                               holders=config.processes))
+        self.limiter = SharedLimiter(LimiterSettings.of(config, max_in_flight=in_flight,
+                                                        holders=config.processes))
         self.slots: list[_Slot] = []
         self.max_held = max(2, 2 * config.concurrency + built_ahead(config))  # a worker's tasks, and as many queued
         self.unfreeze = False  # whether close() undoes start()'s gc.freeze()

@@ -111,7 +111,7 @@ class LimiterActor:
     """
 
     def __init__(self, settings: LimiterSettings, clock: Clock = time.monotonic) -> None:
-        self.shared = SharedLimiter.create(settings)
+        self.shared = SharedLimiter(settings)
         self.clock = clock
         self.dead: set[int] = set()
 

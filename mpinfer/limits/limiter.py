@@ -17,7 +17,7 @@ Per lane (lanes.py holds its record):
   drops with its process, so a worker killed holding it cannot stop the others. Token charges stay
   in the window: the server counted those requests too.
 
-The parent creates it before forking; workers inherit the arrays and the lock's descriptor. Time is
+The parent builds it before forking; workers inherit the arrays and the lock's descriptor. Time is
 passed in (``now``), so the logic is tested without waiting.
 """
 
@@ -61,7 +61,7 @@ class RecordLock:
 
 
 class SharedLimiter:
-    """Limits shared by every process of a run. Build it with ``create`` in the parent, then fork.
+    """Limits shared by every process of a run: build it from its settings in the parent, then fork.
 
     Shared memory: ``_lanes`` (a Lane per lane), the windows' rings (``_req_ring``: rpm start times
     per lane; ``_tok_time``/``_tok_amount``: TOKEN_RING charges per lane), ``_key_disabled`` (per
@@ -91,23 +91,17 @@ class SharedLimiter:
         self._tok_amount: Any = RawArray("d", n_lanes * ring)
         self._key_disabled: Any = RawArray("b", self.n_keys)
         self._held: Any = RawArray("i", self.holders * n_lanes)
-
-    @classmethod
-    def create(cls, settings: LimiterSettings) -> SharedLimiter:
-        """The limiter ``settings`` describe, its lanes started and given their limits."""
-        limiter = cls(settings)
-        for index in range(limiter.n_lanes):
-            lane = limiter._lanes[index]
+        for index in range(n_lanes):
+            lane = self._lanes[index]
             lane.start(settings.max_in_flight)
-            if limiter.rpm:
-                lane.set_request_limit(limiter.rpm, LimitSource.FLAG)
-            if limiter.tpm:
-                lane.set_token_limit(limiter.tpm, LimitSource.FLAG)
+            if self.rpm:
+                lane.set_request_limit(self.rpm, LimitSource.FLAG)
+            if self.tpm:
+                lane.set_token_limit(self.tpm, LimitSource.FLAG)
         for own in settings.lanes:
-            limiter.limit_lane(own.key, own.model, own.rpm, own.tpm, own.max_in_flight)
-        for i in range(len(limiter._req_ring)):
-            limiter._req_ring[i] = -math.inf
-        return limiter
+            self.limit_lane(own.key, own.model, own.rpm, own.tpm, own.max_in_flight)
+        for i in range(len(self._req_ring)):
+            self._req_ring[i] = -math.inf
 
     def limit_lane(self, key: int, model: int, rpm: int | None, tpm: int | None,
                    max_in_flight: int | None) -> None:

@@ -3,8 +3,8 @@
 ``LimiterSettings.of`` is the one place a run's settings become a limiter's: the window, the burst,
 --rpm/--tpm (one number for every lane), and with an endpoints table or per-model limits, which
 endpoints (keys) serve each model and each lane's own limits. Every backend builds its limiter from
-it (``SharedLimiter.create``), passing what is its own: how many requests may be in flight at most,
-and how many holders (worker slots) grants are counted against.
+it (``SharedLimiter(settings)``), passing what is its own: how many requests may be in flight at
+most, and how many holders (worker slots) grants are counted against.
 """
 
 from __future__ import annotations
