@@ -29,8 +29,6 @@ import tempfile
 from types import TracebackType
 from typing import Any
 
-from multiprocess.sharedctypes import RawArray
-
 from ..errors import NoKeysLeft
 from . import learned, outage
 from .grants import Ending, Grant, Wait
@@ -69,6 +67,9 @@ class SharedLimiter:
     """
 
     def __init__(self, settings: LimiterSettings) -> None:
+        # Loaded here, not with the module: reading a run's lane counters (a report) needs no fork.
+        from multiprocess.sharedctypes import RawArray
+
         n_lanes = settings.n_keys * settings.n_models
         self.n_keys = settings.n_keys
         self.n_models = settings.n_models
