@@ -1,11 +1,11 @@
 """Set-up and entry for newcomers and CI: ``python3 dev.py demo`` or ``python3 dev.py test``.
 
-Needs only python3: it makes ``.venv`` beside this file, installs mpinfer with the extras the command needs
-into it (again only when pyproject.toml changed or the command needs more), then runs the command inside it.
-``test`` also brings the two real third-party programs its tests meet: the LiteLLM proxy (the ``interop``
-extra, into the venv) and Debian's chromium for the report's browser test (with apt-get, when missing and
-run as root; otherwise that test is skipped and this says so). CI's ``.ci/run`` is just ``python3 dev.py
-test``: what CI installs, a newcomer's run installs too.
+Needs only python3: it makes ``.venv`` beside this file, installs mpinfer with the extras the
+command needs into it (again only when pyproject.toml changed or the command needs more), then runs
+the command inside it. ``test`` also brings the two real third-party programs its tests meet: the
+LiteLLM proxy (the ``interop`` extra, into the venv) and Debian's chromium for the report's browser
+test (with apt-get, when missing and run as root; otherwise that test is skipped and this says so).
+CI's ``.ci/run`` is just ``python3 dev.py test``: what CI installs, a newcomer's run installs too.
 """
 
 from __future__ import annotations
@@ -23,13 +23,16 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 PYTHON = VENV / "bin" / "python"
 STAMP = VENV / ".mpinfer-installed"
-# Each command is a list of steps, run in order until one fails; extra arguments go to the last step.
+# Each command is a list of steps, run in order until one fails; extra
+# arguments go to the last step.
 COMMANDS = {
     "demo": [["-m", "mpinfer", "--demo"]],
-    # Lint and types first: they take seconds and name the line, the suite takes minutes. The suite runs in
-    # two workers, one test file each at a time (a file's servers and clusters stay with it): most tests wait
-    # on time (windows, outages, a Ray cluster), so two files at once halve the suite's wall time.
-    "test": [["-m", "ruff", "check"], ["-m", "mypy"], ["-m", "pytest", "-q", "-n", "2", "--dist", "loadfile"]],
+    # Lint and types first: they take seconds and name the line, the suite takes minutes. The suite
+    # runs in two workers, one test file each at a time (a file's servers and clusters stay with
+    # it): most tests wait on time (windows, outages, a Ray cluster), so two files at once halve the
+    # suite's wall time.
+    "test": [["-m", "ruff", "check"], ["-m", "mypy"],
+             ["-m", "pytest", "-q", "-n", "2", "--dist", "loadfile"]],
     "bench": [["bench/run_all.py"]],
 }
 # The extras each command installs (a venv made for one command gains the others' when they run).
@@ -38,7 +41,8 @@ EXTRAS = {"demo": {"report"}, "test": {"test", "ray", "report", "parquet", "inte
 
 
 def ensure_venv(extras: set[str]) -> None:
-    """Make ``.venv`` (once) and install mpinfer with ``extras`` into it, unless it already has them."""
+    """Make ``.venv`` (once) and install mpinfer with ``extras`` into it,
+    unless it already has them."""
     wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
     try:
         stamp = json.loads(STAMP.read_text())
@@ -58,18 +62,24 @@ def ensure_venv(extras: set[str]) -> None:
 
 
 def ensure_browser() -> None:
-    """Debian's chromium for the report's browser test: installed with apt-get when missing and allowed."""
+    """Debian's chromium for the report's browser test: installed with apt-get
+    when missing and allowed."""
     if shutil.which("chromium"):
         return
     if shutil.which("apt-get") and os.geteuid() == 0:
         print("dev.py: installing Debian's chromium for the browser test", flush=True)
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        done = subprocess.call(["apt-get", "update", "-qq"], env=env) == 0 and subprocess.call(
-            ["apt-get", "install", "-y", "-qq", "chromium"], env=env, stdout=subprocess.DEVNULL) == 0
+        done = (
+            subprocess.call(["apt-get", "update", "-qq"], env=env) == 0
+            and subprocess.call(
+                ["apt-get", "install", "-y", "-qq", "chromium"], env=env, stdout=subprocess.DEVNULL
+            )
+            == 0
+        )
         if done and shutil.which("chromium"):
             return
-    print("dev.py: no chromium (Debian: apt-get install chromium); the report's browser test will be skipped",
-          flush=True)
+    print("dev.py: no chromium (Debian: apt-get install chromium); the "
+          "report's browser test will be skipped", flush=True)
 
 
 def main(argv: list[str]) -> int:

@@ -1,4 +1,5 @@
-"""mpinfer's command line; see README.md. Same as the ``mpinfer`` command and ``python -m mpinfer``."""
+"""mpinfer's command line; see README.md. Same as the ``mpinfer`` command and
+``python -m mpinfer``."""
 
 from mpinfer.cli import entry
 

@@ -1,18 +1,19 @@
 """What the benchmarks share: the CLI as a user runs it, a process-tree sampler, and table printing.
 
-Every benchmark runs the real command line (``python -m mpinfer ... --no-progress``) in a subprocess,
-in a temporary folder, against the package's mock server on 127.0.0.1. This module measures such a
-subprocess from the outside:
+Every benchmark runs the real command line (``python -m mpinfer ... --no-progress``) in a
+subprocess, in a temporary folder, against the package's mock server on 127.0.0.1. This module
+measures such a subprocess from the outside:
 
 - wall time, from just before the launch to the moment the process is reaped;
 - CPU (user + sys) of the whole process tree, from ``os.wait4`` on the CLI and cross-checked against
-  the delta of ``getrusage(RUSAGE_CHILDREN)``: the kernel adds a process's CPU to its parent's "children"
-  account when the parent reaps it, so the CLI's workers (which the CLI joins) count in the CLI's
-  account, which counts in ours once we reap the CLI. A third figure, the sum of the last CPU ticks seen
-  for every process of the tree in ``/proc/<pid>/stat``, shows that the workers are really in it;
+  the delta of ``getrusage(RUSAGE_CHILDREN)``: the kernel adds a process's CPU to its parent's
+  "children" account when the parent reaps it, so the CLI's workers (which the CLI joins) count in
+  the CLI's account, which counts in ours once we reap the CLI. A third figure, the sum of the last
+  CPU ticks seen for every process of the tree in ``/proc/<pid>/stat``, shows that the workers are
+  really in it;
 - peak memory of one process (``peak_memory=True``: from /usr/bin/time, see ``run_measured``);
-- the peak of the summed RSS of the tree (parent plus workers), sampled from ``/proc`` every 50 ms, and
-  the peak summed PSS (shared pages split between the processes that map them) every 0.5 s;
+- the peak of the summed RSS of the tree (parent plus workers), sampled from ``/proc`` every 50 ms,
+  and the peak summed PSS (shared pages split between the processes that map them) every 0.5 s;
 - optionally the ``/proc/<pid>/io`` counters of every process of the tree (the last value seen).
 
 Nothing here imports mpinfer: the benchmarks measure it, they do not use its insides (except where a
@@ -49,7 +50,8 @@ sys.path.insert(0, str(REPO))  # the mock server helper, from this checkout
 
 
 def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The user's environment without any OPENAI_/MPINFER_ setting, a dummy key, and this checkout importable."""
+    """The user's environment without any OPENAI_/MPINFER_ setting, a dummy
+    key, and this checkout importable."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "MPINFER_"))}
     env["OPENAI_API_KEY"] = DUMMY_KEY
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
@@ -63,13 +65,14 @@ def cli_command(*args: str) -> list[str]:
 
 def cli_help() -> str:
     """The CLI's --help text (to see which options this version of the package has)."""
-    done = subprocess.run(cli_command("--help"), env=cli_env(), capture_output=True, text=True, timeout=120,
-                          check=False)
+    done = subprocess.run(cli_command("--help"), env=cli_env(), capture_output=True, text=True,
+                          timeout=120, check=False)
     return done.stdout
 
 
 def transports(wanted: str) -> list[str]:
-    """The --transport values to run: ``auto`` is every one the CLI offers, or the package's only one."""
+    """The --transport values to run: ``auto`` is every one the CLI offers, or
+    the package's only one."""
     text = cli_help()
     if "--transport" not in text:
         return ["default"]
@@ -86,7 +89,8 @@ def python_command(code: str) -> list[str]:
     return [sys.executable, "-c", code]
 
 
-# -- the process tree --------------------------------------------------------------------------------
+# -- the process tree
+# --------------------------------------------------------------------------------
 
 
 def _read(path: str) -> str | None:
@@ -153,7 +157,8 @@ def io_of(pid: int) -> dict[str, int] | None:
 
 
 class TreeSampler(threading.Thread):
-    """Samples a process tree every ``SAMPLE_S`` until stopped; keeps the peaks and each pid's last values."""
+    """Samples a process tree every ``SAMPLE_S`` until stopped; keeps the peaks
+    and each pid's last values."""
 
     def __init__(self, root: int, io: bool = False, interval_s: float = SAMPLE_S) -> None:
         super().__init__(name="tree-sampler", daemon=True)
@@ -216,7 +221,8 @@ class Measured:
     started_at: float  # time.monotonic() just before the launch
     cpu_s: float  # user+sys of the process and every descendant it reaped (os.wait4)
     children_cpu_s: float  # the same from our RUSAGE_CHILDREN delta: a cross-check
-    maxrss: int  # bytes: the largest single process of the tree (ru_maxrss; see run_measured's peak_memory)
+    # bytes: the largest single process of the tree (ru_maxrss; see run_measured's peak_memory)
+    maxrss: int
     stdout: str
     stderr: str
     sampler: TreeSampler | None = None
@@ -232,15 +238,18 @@ class Measured:
                                f"stderr:\n{self.stderr[-3000:]}")
 
 
-def run_measured(cmd: Sequence[str], *, cwd: Path, env: dict[str, str] | None = None, timeout_s: float = 900.0,
-                 sample: bool = True, io: bool = False, peak_memory: bool = False) -> Measured:
-    """Run ``cmd`` to its end (killed after ``timeout_s``) and measure it (see the module docstring).
+def run_measured(cmd: Sequence[str], *, cwd: Path, env: dict[str, str] | None = None,
+                 timeout_s: float = 900.0, sample: bool = True, io: bool = False,
+                 peak_memory: bool = False) -> Measured:
+    """Run ``cmd`` to its end (killed after ``timeout_s``) and measure it (see
+    the module docstring).
 
-    ``peak_memory``: run it under ``/usr/bin/time`` and take ``maxrss`` from there. The ru_maxrss that
-    os.wait4 (or RUSAGE_CHILDREN) reports for a child we spawn directly is useless for that: Linux keeps
-    the high-water RSS of the address space a process had before its exec, and a child forked (or
-    vforked) from this benchmark process starts with ours, so a 9 MB ``python -c pass`` shows as large as
-    the benchmark itself. /usr/bin/time is small, so the child it forks starts small.
+    ``peak_memory``: run it under ``/usr/bin/time`` and take ``maxrss`` from there. The ru_maxrss
+    that os.wait4 (or RUSAGE_CHILDREN) reports for a child we spawn directly is useless for that:
+    Linux keeps the high-water RSS of the address space a process had before its exec, and a child
+    forked (or vforked) from this benchmark process starts with ours, so a 9 MB ``python -c pass``
+    shows as large as the benchmark itself. /usr/bin/time is small, so the child it forks starts
+    small.
     """
     time_file: str | None = None
     if peak_memory and os.path.exists(TIME_BIN):
@@ -250,7 +259,8 @@ def run_measured(cmd: Sequence[str], *, cwd: Path, env: dict[str, str] | None = 
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.monotonic()
-        proc = subprocess.Popen(list(cmd), cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+        proc = subprocess.Popen(list(cmd), cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=err)
         sampler = TreeSampler(proc.pid, io=io) if sample else None
         if sampler:
             sampler.start()
@@ -298,7 +308,8 @@ def run_measured(cmd: Sequence[str], *, cwd: Path, env: dict[str, str] | None = 
             finally:
                 os.unlink(time_file)
         elif peak_memory:
-            print(f"warning: no {TIME_BIN}: peak memory from os.wait4 includes this process's own", file=sys.stderr)
+            print(f"warning: no {TIME_BIN}: peak memory from os.wait4 includes this process's own",
+                  file=sys.stderr)
         return measured
 
 
@@ -308,7 +319,8 @@ def proc_cpu_s(pid: int) -> float:
     return got[0] / TICK if got else 0.0
 
 
-# -- the mock server ---------------------------------------------------------------------------------
+# -- the mock server
+# ---------------------------------------------------------------------------------
 
 
 def start_mock(**config: Any) -> Any:
@@ -326,15 +338,21 @@ def poll_stats(root_url: str, timeout_s: float = 5.0) -> dict[str, Any]:
         return result
 
 
-# -- files -------------------------------------------------------------------------------------------
+# -- files
+# -------------------------------------------------------------------------------------------
 
 
 def write_text_tasks(path: Path, n: int, prefix: str = "t") -> Path:
     """n small text tasks with unique prompts."""
     with path.open("wb") as handle:
         for start in range(0, n, 10_000):
-            handle.write(b"".join(b'{"id":"%s%d","prompt":"question %d: what is %d + %d?"}\n'
-                                  % (prefix.encode(), i, i, i, i) for i in range(start, min(n, start + 10_000))))
+            handle.write(
+                b"".join(
+                    b'{"id":"%s%d","prompt":"question %d: what is %d + %d?"}\n'
+                    % (prefix.encode(), i, i, i, i)
+                    for i in range(start, min(n, start + 10_000))
+                )
+            )
     return path
 
 
@@ -350,10 +368,12 @@ def free_disk_gb(path: Path) -> float:
     return st.f_bavail * st.f_frsize / 1e9
 
 
-# -- output ------------------------------------------------------------------------------------------
+# -- output
+# ------------------------------------------------------------------------------------------
 
 
-def table(rows: Sequence[dict[str, Any]], columns: Iterable[str] | None = None, title: str = "") -> str:
+def table(rows: Sequence[dict[str, Any]], columns: Iterable[str] | None = None,
+          title: str = "") -> str:
     """A plain text table; numbers right-aligned."""
     if not rows:
         return f"{title}\n(no rows)" if title else "(no rows)"
@@ -363,7 +383,10 @@ def table(rows: Sequence[dict[str, Any]], columns: Iterable[str] | None = None, 
     numeric = [all(_is_number(row.get(c)) or row.get(c) is None for row in rows) for c in cols]
 
     def line(values: Sequence[str]) -> str:
-        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric, strict=True)).rstrip()
+        return "  ".join(
+            v.rjust(w) if num else v.ljust(w)
+            for v, w, num in zip(values, widths, numeric, strict=True)
+        ).rstrip()
 
     out = [title] if title else []
     out.append(line(cols))
@@ -396,6 +419,6 @@ def machine_line() -> str:
     import platform
 
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    return (f"machine: {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()} "
-            f"{platform.release()}; mock server and client share the cores; load average now {load} "
-            "(anything else running skews the numbers)")
+    return (f"machine: {os.cpu_count()} cores, Python {platform.python_version()}, "
+            f"{platform.system()} {platform.release()}; mock server and client share the cores; "
+            f"load average now {load} (anything else running skews the numbers)")

@@ -1,16 +1,17 @@
 """CPU per request of the HTTP stacks under the openai SDK, one process, against the mock server.
 
-Each row sends the same chat request N times with C in flight from one asyncio process (as one worker
-does) and reports the process's CPU per request, from a warm start (a first round is not counted):
+Each row sends the same chat request N times with C in flight from one asyncio process (as one
+worker does) and reports the process's CPU per request, from a warm start (a first round is not
+counted):
 
-- sdk + mpinfer aiohttp: ``AsyncOpenAI.post`` over mpinfer's own client (mpinfer/api/http.py), what a
-  worker sends with by default (``make_client``, ``complete``);
+- sdk + mpinfer aiohttp: ``AsyncOpenAI.post`` over mpinfer's own client (mpinfer/api/http.py), what
+  a worker sends with by default (``make_client``, ``complete``);
 - sdk + httpx: the same over the SDK's httpx client (``--transport httpx``);
 - sdk + DefaultAioHttpClient: the same over the SDK's own aiohttp client (what mpinfer used before);
 - aiohttp alone: the same bytes with no SDK at all, the floor no client built on the SDK can reach.
 
-Each row runs in its own subprocess (so one row's imports and garbage do not cost the next), twice, and
-the smaller figure is shown. The mock answers after L ms (default 20).
+Each row runs in its own subprocess (so one row's imports and garbage do not cost the next), twice,
+and the smaller figure is shown. The mock answers after L ms (default 20).
 
     python bench/http_stack.py                       # 6,000 requests a row, 300 in flight
     python bench/http_stack.py --requests 20000 --concurrency 600
@@ -26,7 +27,8 @@ from _common import REPO, machine_line, start_mock, table
 
 STACKS = ("sdk + mpinfer aiohttp", "sdk + httpx", "sdk + DefaultAioHttpClient", "aiohttp alone")
 
-# One row, in a subprocess: argv = base_url, stack, requests, concurrency. Prints the CPU ms per request.
+# One row, in a subprocess: argv = base_url, stack, requests, concurrency.
+# Prints the CPU ms per request.
 _ROW = r'''
 import asyncio, gc, sys, time
 import aiohttp, httpx2, openai, orjson
@@ -81,10 +83,12 @@ def one_row(base_url: str, stack: str, n: int, c: int) -> float:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=6000, help="requests a row (default 6000)")
     ap.add_argument("--concurrency", type=int, default=300, help="requests in flight (default 300)")
-    ap.add_argument("--latency", type=float, default=20.0, help="the mock's latency in ms (default 20)")
+    ap.add_argument("--latency", type=float, default=20.0,
+                    help="the mock's latency in ms (default 20)")
     args = ap.parse_args()
     print(machine_line())
     mock = start_mock()
@@ -92,13 +96,16 @@ def main() -> int:
         mock.configure(latency_ms=args.latency)
         rows = []
         for stack in STACKS:
-            best = min(one_row(mock.base_url, stack, args.requests, args.concurrency) for _ in range(2))
+            best = min(one_row(mock.base_url, stack, args.requests, args.concurrency)
+                       for _ in range(2))
             rows.append({"stack": stack, "requests": args.requests, "in flight": args.concurrency,
                          "CPU ms/req": best})
         floor = rows[-1]["CPU ms/req"]
         for row in rows:
             row["over aiohttp alone"] = row["CPU ms/req"] - floor
-        print(table(rows, title=f"CPU per request in one process, L = {args.latency:g} ms (best of 2 runs)"))
+        print(table(rows,
+                    title="CPU per request in one process, L = "
+                    f"{args.latency:g} ms (best of 2 runs)"))
     finally:
         mock.stop()
     return 0

@@ -1,13 +1,15 @@
-"""Rate limits and outages: how much of a server's limit a run uses, how many 429s it draws, whether it finishes.
+"""Rate limits and outages: how much of a server's limit a run uses, how many
+429s it draws, whether it finishes.
 
 Four servers, each the package's mock server playing a real one, each against the real CLI:
 
-- quantized: a per-window limit enforced per second (a bucket of one second's worth), as OpenAI documents
-  it may do; the run is given the same --rpm. Target: >= 95% of the limit used, 429s < 1%, 0 failed.
+- quantized: a per-window limit enforced per second (a bucket of one second's worth), as OpenAI
+  documents it may do; the run is given the same --rpm. Target: >= 95% of the limit used, 429s < 1%,
+  0 failed.
 - learned: the same server, no --rpm: the run paces to the x-ratelimit-limit-requests it states.
   Target: >= 90% of the limit used, 429s < 5%.
-- no hints: a server refusing (429, no hint at all) beyond N requests in flight. Target: >= 80% of its
-  capacity (N / latency), 0 failed.
+- no hints: a server refusing (429, no hint at all) beyond N requests in
+  flight. Target: >= 80% of its capacity (N / latency), 0 failed.
 - outage: the server goes away (connections refused) and comes back on the same port.
   Target: 0 failed, the run finishes within 10 s of the server's return.
 
@@ -26,20 +28,29 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import cli_command, cli_env, count_lines, machine_line, start_mock, table, write_text_tasks
+from _common import (
+    cli_command,
+    cli_env,
+    count_lines,
+    machine_line,
+    start_mock,
+    table,
+    write_text_tasks,
+)
 
 
 def _run(tmp: Path, base_url: str, tasks: int, *args: str, during: Any = None,
          timeout_s: float = 600.0) -> tuple[int, float, float]:
-    """Run the CLI on ``tasks`` fresh tasks; (exit code, seconds, failed lines). ``during(proc)`` runs beside."""
+    """Run the CLI on ``tasks`` fresh tasks; (exit code, seconds, failed
+    lines). ``during(proc)`` runs beside."""
     for old in tmp.glob("out*"):
         if old.is_file():
             old.unlink()
     write_text_tasks(tmp / "tasks.jsonl", tasks)
     started = time.monotonic()
-    proc = subprocess.Popen(cli_command("-i", "tasks.jsonl", "-o", "out.jsonl", "--base-url", base_url,
-                                        "--retry-backoff", "0.2", *args),
-                            cwd=tmp, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cli_command("-i", "tasks.jsonl", "-o", "out.jsonl", "--base-url",
+                                        base_url, "--retry-backoff", "0.2", *args), cwd=tmp,
+                            env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     helper = threading.Thread(target=during, args=(proc,), daemon=True) if during else None
     if helper:
         helper.start()
@@ -58,11 +69,13 @@ def _verdict(ok: bool) -> str:
     return "MET" if ok else "MISSED"
 
 
-def limited(tmp: Path, name: str, flag: bool, limit: int, window: float, tasks: int, used_target: float,
-            rejected_target: float) -> dict[str, Any]:
+def limited(tmp: Path, name: str, flag: bool, limit: int, window: float, tasks: int,
+            used_target: float, rejected_target: float) -> dict[str, Any]:
     mock = start_mock(rpm=limit, window_s=window, quantum_s=1.0, latency_ms=50)
     try:
-        args = ["--rate-window", f"{window:g}", "-p", "4", "-c", "16"] + (["--rpm", str(limit)] if flag else [])
+        args = ["--rate-window", f"{window:g}", "-p", "4", "-c", "16"] + (
+            ["--rpm", str(limit)] if flag else []
+        )
         code, took, failed = _run(tmp, mock.base_url, tasks, *args)
         stats = mock.stats()
     finally:
@@ -73,10 +86,19 @@ def limited(tmp: Path, name: str, flag: bool, limit: int, window: float, tasks: 
     used = (accepted - 0.5 * rate) / span / rate  # the first half second's burst left out
     rejected = stats["limit_rejections"] / max(1, stats["requests"])
     ok = used >= used_target and rejected < rejected_target and failed == 0 and code == 0
-    return {"server": name, "limit/s": rate, "requests/s": round(accepted / span, 2), "used": f"{used:.1%}",
-            "429s": f"{rejected:.2%}", "failed": failed, "exit": code, "seconds": round(took, 1),
-            "target": f">= {used_target:.0%} used, 429s < {rejected_target:.0%}" + (", 0 failed" if flag else ""),
-            "verdict": _verdict(ok)}
+    return {
+        "server": name,
+        "limit/s": rate,
+        "requests/s": round(accepted / span, 2),
+        "used": f"{used:.1%}",
+        "429s": f"{rejected:.2%}",
+        "failed": failed,
+        "exit": code,
+        "seconds": round(took, 1),
+        "target": f">= {used_target:.0%} used, 429s < {rejected_target:.0%}"
+        + (", 0 failed" if flag else ""),
+        "verdict": _verdict(ok),
+    }
 
 
 def no_hints(tmp: Path, in_flight: int, latency_ms: float, tasks: int) -> dict[str, Any]:
@@ -93,9 +115,9 @@ def no_hints(tmp: Path, in_flight: int, latency_ms: float, tasks: int) -> dict[s
     rejected = stats["limit_rejections"] / max(1, stats["requests"])
     ok = used >= 0.8 and failed == 0 and code == 0
     return {"server": f"no hints, > {in_flight} in flight refused", "limit/s": capacity,
-            "requests/s": round(answered / span, 2), "used": f"{used:.1%}", "429s": f"{rejected:.2%}",
-            "failed": failed, "exit": code, "seconds": round(took, 1), "target": ">= 80% of capacity, 0 failed",
-            "verdict": _verdict(ok)}
+            "requests/s": round(answered / span, 2), "used": f"{used:.1%}",
+            "429s": f"{rejected:.2%}", "failed": failed, "exit": code, "seconds": round(took, 1),
+            "target": ">= 80% of capacity, 0 failed", "verdict": _verdict(ok)}
 
 
 def outage(tmp: Path, away_s: float, tasks: int) -> dict[str, Any]:
@@ -104,7 +126,11 @@ def outage(tmp: Path, away_s: float, tasks: int) -> dict[str, Any]:
 
     def go_away(proc: subprocess.Popen[bytes]) -> None:
         deadline = time.monotonic() + 60
-        while count_lines(tmp / "out.jsonl") < tasks // 4 and proc.poll() is None and time.monotonic() < deadline:
+        while (
+            count_lines(tmp / "out.jsonl") < tasks // 4
+            and proc.poll() is None
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.02)
         mock.outage(away_s)
         back_at.append(time.monotonic() + away_s + 0.05)
@@ -118,14 +144,17 @@ def outage(tmp: Path, away_s: float, tasks: int) -> dict[str, Any]:
     done = count_lines(tmp / "out.jsonl")
     ok = failed == 0 and code == 0 and done == tasks and after <= 10.0
     return {"server": f"away {away_s:g} s (refused), back on its port", "limit/s": None,
-            "requests/s": round(done / took, 2), "used": None, "429s": None, "failed": failed, "exit": code,
-            "seconds": round(took, 1), "target": f"0 failed, done <= 10 s after the return ({after:.1f} s)",
+            "requests/s": round(done / took, 2), "used": None, "429s": None, "failed": failed,
+            "exit": code, "seconds": round(took, 1),
+            "target": f"0 failed, done <= 10 s after the return ({after:.1f} s)",
             "verdict": _verdict(ok)}
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="short windows and counts, while developing")
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true",
+                    help="short windows and counts, while developing")
     args = ap.parse_args()
     window, limit, outage_s = (4.0, 100, 5.0) if args.quick else (10.0, 300, 30.0)
     tasks = int(limit * 2.5)
@@ -134,16 +163,18 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="mpinfer-bench-limits-") as tmp_name:
         tmp = Path(tmp_name)
         print("  running quantized ...", flush=True)
-        rows.append(limited(tmp, f"quantized {limit}/{window:g}s, --rpm {limit}", True, limit, window, tasks,
-                            0.95, 0.01))
+        rows.append(limited(tmp, f"quantized {limit}/{window:g}s, --rpm {limit}", True, limit,
+                            window, tasks, 0.95, 0.01))
         print("  running learned ...", flush=True)
-        rows.append(limited(tmp, f"quantized {limit}/{window:g}s, stated in headers", False, limit, window, tasks,
-                            0.90, 0.05))
+        rows.append(limited(tmp, f"quantized {limit}/{window:g}s, stated in headers", False, limit,
+                            window, tasks, 0.90, 0.05))
         print("  running no hints ...", flush=True)
         rows.append(no_hints(tmp, 8, 100.0, 600 if args.quick else 1500))
         print("  running outage ...", flush=True)
         rows.append(outage(tmp, outage_s, 400 if args.quick else 1000))
-    print(table(rows, title="rate limits and outages: requests/s against each kind of server next to its limit"))
+    print(table(rows,
+                title="rate limits and outages: requests/s against each "
+                "kind of server next to its limit"))
     return 0 if all(r["verdict"] == "MET" for r in rows) else 1
 
 

@@ -1,4 +1,5 @@
-"""Summarise a py-spy raw profile of a run: shares per role (parent, workers; main thread or not) and per function.
+"""Summarise a py-spy raw profile of a run: shares per role (parent, workers;
+main thread or not) and per function.
 
 Record the CLI and its workers (``--gil`` keeps only samples of threads holding the GIL, i.e. Python
 work; without it, threads blocked in a pipe read or waiting for a CPU on a busy machine count too):
@@ -7,8 +8,8 @@ work; without it, threads blocked in a pipe read or waiting for a CPU on a busy 
     python bench/profile_summary.py prof.txt                 # every role
     python bench/profile_summary.py prof.txt --role "worker main" --top 40
 
-"self" is where the sample was taken; "inclusive" is every function on the stack at that moment. Shares
-are of the role's own samples.
+"self" is where the sample was taken; "inclusive" is every function on the
+stack at that moment. Shares are of the role's own samples.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
-_PREFIXES = (re.compile(r" \(/[^()]*?/site-packages/"), re.compile(r" \(/[^()]*?/lib/python3\.\d+/"))
+_PREFIXES = (re.compile(r" \(/[^()]*?/site-packages/"),
+             re.compile(r" \(/[^()]*?/lib/python3\.\d+/"))
 
 
 def clean(frame: str, root: str) -> str:
@@ -29,10 +31,12 @@ def clean(frame: str, root: str) -> str:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("profile", type=Path)
     ap.add_argument("--top", type=int, default=25)
-    ap.add_argument("--role", default=None, help='only this role, e.g. "worker main" or "parent main"')
+    ap.add_argument("--role", default=None,
+                    help='only this role, e.g. "worker main" or "parent main"')
     args = ap.parse_args()
     root = str(Path(__file__).resolve().parent.parent)
 
@@ -50,8 +54,10 @@ def main() -> int:
             frames = stack.split(";")
             processes = [f for f in frames if f.startswith("process ")]
             code = [clean(f, root) for f in frames if not f.startswith("process ")]
-            who = "parent" if len(processes) <= 1 else "worker"  # a forked child's stack names its parent too
-            in_thread = any(f.startswith(("Thread._bootstrap", "_bootstrap (threading")) for f in code[:3])
+            # a forked child's stack names its parent too
+            who = "parent" if len(processes) <= 1 else "worker"
+            in_thread = any(f.startswith(("Thread._bootstrap", "_bootstrap (threading"))
+                            for f in code[:3])
             role = f"{who} {'thread' if in_thread else 'main'}"
             roles[role] += n
             if code:

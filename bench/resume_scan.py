@@ -1,16 +1,18 @@
 """Resume on a big output: the done-id scan, --status, --validate and a run start on a finished job.
 
-Builds an output of N result lines of about 1 KB each, in the package's result format, and the matching
-input of N tasks (N = 1,000,000 by default: about 1.1 GB of disk in a temporary folder, removed at the
-end unless --dir is given), then times, each in its own process (peak memory: max RSS from /usr/bin/time):
+Builds an output of N result lines of about 1 KB each, in the package's result format, and the
+matching input of N tasks (N = 1,000,000 by default: about 1.1 GB of disk in a temporary folder,
+removed at the end unless --dir is given), then times, each in its own process (peak memory: max RSS
+from /usr/bin/time):
 
-(a) the parent's resume scan as a run does it: ``scan(output, within=check_input(input).ids)`` in a subprocess
-    (time inside it, after the import and the input check; +RSS: its VmHWM after the scan minus after the
-    import, the input's id index included);
-(b) ``--status --json`` on the pair, without the status cache (each try removes it first: its first call);
+(a) the parent's resume scan as a run does it: ``scan(output, within=check_input(input).ids)`` in a
+    subprocess (time inside it, after the import and the input check; +RSS: its VmHWM after the scan
+    minus after the import, the input's id index included);
+(b) ``--status --json`` on the pair, without the status cache (each try removes
+    it first: its first call);
 (c) ``--validate``;
-(d) a full run start on the finished pair: every task done, so it checks the input, scans the output and
-    exits without a request (the mock server stands by and counts any).
+(d) a full run start on the finished pair: every task done, so it checks the input, scans the output
+    and exits without a request (the mock server stands by and counts any).
 
 The files are read from the page cache (they were just written): these are warm-cache numbers.
 
@@ -76,13 +78,16 @@ def task_id(i: int) -> bytes:
 
 
 def result_template(line_bytes: int) -> list[bytes]:
-    """A result line split at its id (which appears twice: id and the prompt), padded to ``line_bytes``."""
+    """A result line split at its id (which appears twice: id and the prompt),
+    padded to ``line_bytes``."""
     record = {
         "id": ID.decode(), "input_prompt": f"question {ID.decode()}: what is shown in the picture?",
         "images": ["img/cat.png"], "answer": "", "model": "gpt-4o-mini-2024-07-18",
         "requested_model": "gpt-4o-mini",
-        "usage": {"prompt_tokens": 812, "completion_tokens": 164, "total_tokens": 976, "cached_tokens": 0},
-        "finish_reason": "stop", "latency_s": 0.8421, "attempts": 1, "processed_at": 1795300000.123456,
+        "usage": {"prompt_tokens": 812, "completion_tokens": 164, "total_tokens": 976,
+                  "cached_tokens": 0},
+        "finish_reason": "stop", "latency_s": 0.8421, "attempts": 1,
+        "processed_at": 1795300000.123456,
         "cost": 0.00022020,
     }
     bare = len(orjson.dumps(record)) - 2 * len(ID) + len(task_id(0)) * 2 + 1
@@ -99,8 +104,12 @@ def generate(folder: Path, n: int, line_bytes: int) -> tuple[Path, Path]:
     with tasks.open("wb") as t, output.open("wb") as o:
         for start in range(0, n, chunk):
             ids = [task_id(i) for i in range(start, min(n, start + chunk))]
-            t.write(b"".join(b'{"id":"%s","prompt":"question %s: what is shown in the picture?"}\n' % (i, i)
-                             for i in ids))
+            t.write(
+                b"".join(
+                    b'{"id":"%s","prompt":"question %s: what is shown in the picture?"}\n' % (i, i)
+                    for i in ids
+                )
+            )
             o.write(b"".join(i.join(parts) for i in ids))
     return tasks, output
 
@@ -110,21 +119,27 @@ def measure(name: str, cmd: list[str], folder: Path, repeat: int) -> tuple[dict[
     for _ in range(repeat):
         for cache in folder.glob(".*.status-cache"):
             cache.unlink()  # status would read only what is new: measure the full read
-        m = run_measured(cmd, cwd=folder, env=cli_env(), sample=False, timeout_s=900, peak_memory=True)
+        m = run_measured(cmd, cwd=folder, env=cli_env(), sample=False, timeout_s=900,
+                         peak_memory=True)
         if best is None or m.wall_s < best.wall_s:
             best = m
     assert best is not None
-    return {"step": name, "wall s": best.wall_s, "CPU s": best.cpu_s, "max RSS MB": best.maxrss / MB,
-            "exit": best.returncode}, best
+    return {"step": name, "wall s": best.wall_s, "CPU s": best.cpu_s,
+            "max RSS MB": best.maxrss / MB, "exit": best.returncode}, best
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--lines", type=int, default=1_000_000, help="result lines and tasks (default 1,000,000)")
-    ap.add_argument("--line-bytes", type=int, default=1024, help="size of a result line (default 1024)")
-    ap.add_argument("--repeat", type=int, default=1, help="runs of each step; the fastest is shown (default 1)")
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lines", type=int, default=1_000_000,
+                    help="result lines and tasks (default 1,000,000)")
+    ap.add_argument("--line-bytes", type=int, default=1024,
+                    help="size of a result line (default 1024)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="runs of each step; the fastest is shown (default 1)")
     ap.add_argument("--dir", type=Path, default=None,
-                    help="keep the files here and reuse them when they are there already (default: a temp dir)")
+                    help="keep the files here and reuse them when they are "
+                    "there already (default: a temp dir)")
     args = ap.parse_args()
 
     print(machine_line())
@@ -142,14 +157,15 @@ def main() -> int:
             print("reusing the files there")
         else:
             tasks, output = generate(folder, args.lines, args.line_bytes)
-            print(f"generated in {time.monotonic() - started:.1f} s: output {output.stat().st_size / MB:,.0f} MB, "
-                  f"input {tasks.stat().st_size / MB:,.0f} MB")
+            print(
+                f"generated in {time.monotonic() - started:.1f} s: output "
+                f"{output.stat().st_size / MB:,.0f} MB, input {tasks.stat().st_size / MB:,.0f} MB")
         for companion in folder.glob("results.jsonl.*"):
             companion.unlink()  # a run start (d) writes a manifest; start each try clean
 
         rows = []
-        row, _ = measure("baseline: python -c 'import mpinfer.cli'", python_command(BASELINE_CODE), folder,
-                            args.repeat)
+        row, _ = measure("baseline: python -c 'import mpinfer.cli'", python_command(BASELINE_CODE),
+                         folder, args.repeat)
         rows.append(row)
 
         row, m = measure("(a) store.scan(output, within=ids), in a subprocess",
@@ -164,7 +180,8 @@ def main() -> int:
         scan_row = row
 
         paths = ["-i", str(tasks), "-o", str(output)]
-        row, m = measure("(b) --status --json", cli_command(*paths, "--status", "--json"), folder, args.repeat)
+        row, m = measure("(b) --status --json", cli_command(*paths, "--status", "--json"), folder,
+                         args.repeat)
         m.check("--status")
         report = json.loads(m.stdout)
         row["check"] = f"done {report['done']:,} of {report['total']:,}"
@@ -178,22 +195,26 @@ def main() -> int:
 
         with start_mock() as mock:
             row, m = measure("(d) run start on the finished pair",
-                             cli_command(*paths, "--base-url", mock.base_url, "-p", "4", "-c", "8"), folder,
-                             args.repeat)
+                             cli_command(*paths, "--base-url", mock.base_url, "-p", "4", "-c", "8"),
+                             folder, args.repeat)
             m.check("run")
             requests = mock.stats()["requests"]
-        row["check"] = f"{requests} requests; " + (m.stdout.strip().splitlines()[0][:50] if m.stdout.strip() else "")
+        row["check"] = f"{requests} requests; " + (m.stdout.strip().splitlines()[0][:50]
+                                                   if m.stdout.strip() else "")
         rows.append(row)
 
         print()
-        print(table(rows, ["step", "wall s", "inside s", "CPU s", "max RSS MB", "+RSS MB", "exit", "check"],
-                    title=f"resume scan: {args.lines:,} result lines of ~{args.line_bytes} B and {args.lines:,} tasks "
-                          "(warm page cache)"))
+        print(table(rows,
+                    ["step", "wall s", "inside s", "CPU s", "max RSS MB", "+RSS MB", "exit",
+                     "check"],
+                    title=f"resume scan: {args.lines:,} result lines of ~{args.line_bytes} B "
+                    f"and {args.lines:,} tasks (warm page cache)"))
         print()
         ok_scan = scan_row["inside s"] < SCAN_TARGET_S and scan_row["max RSS MB"] < SCAN_TARGET_MB
-        print(f"(a) scan: {scan_row['inside s']:.2f} s inside ({scan_row['wall s']:.2f} s with the interpreter), "
-              f"max RSS {scan_row['max RSS MB']:.0f} MB: {'MET' if ok_scan else 'MISSED'} "
-              f"(target < {SCAN_TARGET_S:.0f} s and < {SCAN_TARGET_MB} MB)")
+        print(f"(a) scan: {scan_row['inside s']:.2f} s inside ({scan_row['wall s']:.2f} s with the "
+              f"interpreter), max RSS {scan_row['max RSS MB']:.0f} MB: "
+              f"{'MET' if ok_scan else 'MISSED'} (target < {SCAN_TARGET_S:.0f} s and < "
+              f"{SCAN_TARGET_MB} MB)")
         ok_val = validate_row["wall s"] < VALIDATE_TARGET_S
         print(f"(c) validate: {validate_row['wall s']:.2f} s: {'MET' if ok_val else 'MISSED'} "
               f"(target < {VALIDATE_TARGET_S:.0f} s)")

@@ -1,9 +1,10 @@
-"""Run every benchmark in turn (never two at once: the machine has 2 cores) and print all their tables.
+"""Run every benchmark in turn (never two at once: the machine has 2 cores) and
+print all their tables.
 
-By default the sizes are modest so that the whole set takes about 10 minutes on a 2-core machine; --full
-uses the sizes the issue names (3,000 tasks a throughput row and 6,000 for the 600-in-flight rows,
-1,000,000 lines for the scan and input benchmarks, a 10,000,000-task run start and --status on 1,000,000
-lines, about 2.5 GB of temporary disk).
+By default the sizes are modest so that the whole set takes about 10 minutes on a 2-core machine;
+--full uses the sizes the issue names (3,000 tasks a throughput row and 6,000 for the 600-in-flight
+rows, 1,000,000 lines for the scan and input benchmarks, a 10,000,000-task run start and --status on
+1,000,000 lines, about 2.5 GB of temporary disk).
 
     python bench/run_all.py                 # modest sizes
     python bench/run_all.py --full          # the issue's sizes
@@ -55,9 +56,11 @@ def run_one(name: str, args: list[str]) -> tuple[int, list[str], float]:
     print(f"\n===== {name}: {' '.join(cmd[1:])}", flush=True)
     started = time.monotonic()
     lines: list[str] = []
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            bufsize=1)
     assert proc.stdout is not None
-    watchdog = threading.Timer(LIMIT_S, proc.kill)  # each script bounds its own runs; this bounds the script
+    # each script bounds its own runs; this bounds the script
+    watchdog = threading.Timer(LIMIT_S, proc.kill)
     watchdog.start()
     try:
         for line in proc.stdout:  # ends when the script exits (or is killed)
@@ -72,7 +75,8 @@ def run_one(name: str, args: list[str]) -> tuple[int, list[str], float]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--full", action="store_true", help="the issue's sizes (default: modest ones)")
     ap.add_argument("--only", default="", help="comma-separated subset of: " + ", ".join(MODEST))
     ap.add_argument("--report", type=Path, default=None, help="also write every table to this file")

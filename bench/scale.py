@@ -1,15 +1,17 @@
-"""Scale on one machine: a run's start on ten million tasks, and --status that reads only what is new.
+"""Scale on one machine: a run's start on ten million tasks, and --status that
+reads only what is new.
 
-(a) start: a fresh run (empty output) on an N-task input (10,000,000 by default) against the mock server with
-    a long latency. Measured: the time from launching the command to the first request the mock receives,
-    and the parent's peak RSS (VmHWM of the parent process alone, read from /proc when that first request
-    has arrived and again 2 s later; the workers are separate processes), with the parent's CPU time by
-    then (less sensitive to the machine's load than the wall time). The run is then stopped with SIGINT,
-    as Ctrl-C would. Targets: first request within 60 s, parent under 400 MB.
-(b) status: ``--status`` on an M-line output (1,000,000 by default) of an M-task input, three times: the
-    first call (no cache: reads the input and the whole output), the second (nothing changed: the cache
-    beside the output), and a third after 1,000 lines were appended (reads those). Target: the second call
-    under 1 s.
+(a) start: a fresh run (empty output) on an N-task input (10,000,000 by default) against the mock
+    server with a long latency. Measured: the time from launching the command to the first request
+    the mock receives, and the parent's peak RSS (VmHWM of the parent process alone, read from /proc
+    when that first request has arrived and again 2 s later; the workers are separate processes),
+    with the parent's CPU time by then (less sensitive to the machine's load than the wall time).
+    The run is then stopped with SIGINT, as Ctrl-C would. Targets: first request within 60 s, parent
+    under 400 MB.
+(b) status: ``--status`` on an M-line output (1,000,000 by default) of an M-task input, three times:
+    the first call (no cache: reads the input and the whole output), the second (nothing changed:
+    the cache beside the output), and a third after 1,000 lines were appended (reads those). Target:
+    the second call under 1 s.
 
     python bench/scale.py                        # 10,000,000 tasks; status on 1,000,000 lines
     python bench/scale.py --tasks 2000000 --lines 200000
@@ -62,9 +64,9 @@ def start_row(mock: Any, folder: Path, tasks: int, timeout_s: float) -> dict[str
     size_mb = path.stat().st_size / 1e6
     mock.reset()
     started = time.monotonic()
-    proc = subprocess.Popen(cli_command("-i", str(path), "-o", str(folder / "results.jsonl"), "-p", "2", "-c", "1",
-                                        "--base-url", mock.base_url),
-                            cwd=folder, env=cli_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(cli_command("-i", str(path), "-o", str(folder / "results.jsonl"), "-p",
+                                        "2", "-c", "1", "--base-url", mock.base_url), cwd=folder,
+                            env=cli_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     first_s: float | None = None
     peak_at_first: float | None = None
@@ -79,7 +81,8 @@ def start_row(mock: Any, folder: Path, tasks: int, timeout_s: float) -> dict[str
                 cpu_at_first = proc_cpu_s(proc.pid)
                 break
             time.sleep(0.1)
-        time.sleep(2.0)  # the feed keeps going: see whether the parent grows after its first request
+        # the feed keeps going: see whether the parent grows after its first request
+        time.sleep(2.0)
         peak_after = vm_hwm_mb(proc.pid)
     finally:
         if proc.poll() is None:
@@ -101,16 +104,20 @@ def start_row(mock: Any, folder: Path, tasks: int, timeout_s: float) -> dict[str
 
 def answer_lines(start: int, stop: int) -> bytes:
     return b"".join(orjson.dumps({
-        "id": f"t{i}", "input_prompt": f"question {i}", "images": [], "answer": f"answer {i}", "model": "m",
-        "requested_model": "m", "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15},
-        "finish_reason": "stop", "latency_s": 0.5, "attempts": 1, "processed_at": 1.7e9 + i, "cost": 1e-6,
+        "id": f"t{i}", "input_prompt": f"question {i}", "images": [], "answer": f"answer {i}",
+        "model": "m",
+        "requested_model": "m",
+        "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15},
+        "finish_reason": "stop", "latency_s": 0.5, "attempts": 1, "processed_at": 1.7e9 + i,
+        "cost": 1e-6,
     }) + b"\n" for i in range(start, stop))
 
 
 def timed_status(folder: Path, tasks: Path, output: Path) -> float:
     started = time.monotonic()
-    proc = subprocess.run(cli_command("-i", str(tasks), "-o", str(output), "--status", "--model", "m"), cwd=folder,
-                          env=cli_env(), capture_output=True, text=True, timeout=600, check=False)
+    proc = subprocess.run(cli_command("-i", str(tasks), "-o", str(output), "--status", "--model",
+                                      "m"), cwd=folder, env=cli_env(), capture_output=True,
+                          text=True, timeout=600, check=False)
     took = time.monotonic() - started
     if proc.returncode != 0:
         raise RuntimeError(f"--status exited {proc.returncode}:\n{proc.stderr[-2000:]}")
@@ -139,10 +146,14 @@ def verdict(name: str, value: float, target: float, unit: str) -> str:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tasks", type=int, default=10_000_000, help="tasks in the start-up input (default 10,000,000)")
-    ap.add_argument("--lines", type=int, default=1_000_000, help="output lines for --status (default 1,000,000)")
-    ap.add_argument("--timeout", type=float, default=600.0, help="give up on the first request after this")
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tasks", type=int, default=10_000_000,
+                    help="tasks in the start-up input (default 10,000,000)")
+    ap.add_argument("--lines", type=int, default=1_000_000,
+                    help="output lines for --status (default 1,000,000)")
+    ap.add_argument("--timeout", type=float, default=600.0,
+                    help="give up on the first request after this")
     ap.add_argument("--skip-start", action="store_true")
     ap.add_argument("--skip-status", action="store_true")
     args = ap.parse_args()
@@ -159,14 +170,17 @@ def main() -> int:
             with start_mock(latency_ms=3000) as mock:
                 row = start_row(mock, folder, args.tasks, args.timeout)
             print()
-            print(table([row], title=f"(a) run start on {args.tasks:,} tasks, empty output, -p 2 -c 1"))
+            print(table([row],
+                        title=f"(a) run start on {args.tasks:,} tasks, empty output, -p 2 -c 1"))
             verdicts.append(verdict("first request", row["first request s"], START_TARGET_S, "s"))
             verdicts.append(verdict("parent peak", row["parent peak MB"], PARENT_TARGET_MB, "MB"))
             (folder / "tasks.jsonl").unlink()
         if not args.skip_status:
             rows = status_rows(folder, args.lines)
             print()
-            print(table(rows, title=f"(b) --status on a {args.lines:,}-line output (wall s, the whole command)"))
+            print(table(rows,
+                        title=f"(b) --status on a {args.lines:,}-line output "
+                        "(wall s, the whole command)"))
             verdicts.append(verdict("second --status", rows[1]["s"], STATUS_TARGET_S, "s"))
         print(f"\nload average after: {os.getloadavg()[0]:.2f}")
         for line in verdicts:

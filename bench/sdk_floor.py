@@ -1,20 +1,21 @@
 """The floor under issue 14's 1,200-in-flight targets: the openai SDK alone, in the shape of a run.
 
-mpinfer's workers send every request through the openai SDK (the issue keeps it as the client). This runs,
-beside the real CLI, a client that does nothing but that: P forked processes, each sending its share of N
-chat requests with one small image through the SDK's ``post`` over mpinfer's HTTP client (``complete``, as
-a worker calls it), C slots each, with C more built ahead at mpinfer's send gate as a worker builds them.
-It has no input check, rate limiter, retries, output file, lock, events or parent feeding, and its bodies
-are built before the clock starts. What it reaches is as far as any client built on the SDK gets on this
-machine; mpinfer's own work comes on top.
+mpinfer's workers send every request through the openai SDK (the issue keeps it as the client). This
+runs, beside the real CLI, a client that does nothing but that: P forked processes, each sending its
+share of N chat requests with one small image through the SDK's ``post`` over mpinfer's HTTP client
+(``complete``, as a worker calls it), C slots each, with C more built ahead at mpinfer's send gate
+as a worker builds them. It has no input check, rate limiter, retries, output file, lock, events or
+parent feeding, and its bodies are built before the clock starts. What it reaches is as far as any
+client built on the SDK gets on this machine; mpinfer's own work comes on top.
 
-Both share the mock server and the machine's cores, and are measured the same way (bench/throughput.py):
+Both share the mock server and the machine's cores, and are measured the same
+way (bench/throughput.py):
 
 - % ideal: N / (last request's arrival - first request's arrival + L) at the mock, over K / L;
-- round 2 s, later rounds s: how long the second round of K requests took to reach the mock after the first,
-  and the later rounds on average (L each for a client that keeps its slots busy);
-- CPU ms/req: user+sys of the client's whole process tree (os.wait4), start-up included, per request;
-  "warm" is the floor's CPU after its imports (what is left when start-up costs nothing).
+- round 2 s, later rounds s: how long the second round of K requests took to reach the mock after
+  the first, and the later rounds on average (L each for a client that keeps its slots busy);
+- CPU ms/req: user+sys of the client's whole process tree (os.wait4), start-up included, per
+  request; "warm" is the floor's CPU after its imports (what is left when start-up costs nothing).
 
     python bench/sdk_floor.py                          # -p 4 -c 300 and -p 2 -c 600, 12,000 image requests
     python bench/sdk_floor.py --shapes 4x150,2x300 --requests 6000 --text   # the 600-in-flight rows
@@ -28,9 +29,17 @@ import time
 from typing import Any
 
 from _common import MB, REPO, machine_line, python_command, start_mock, table
-from throughput import CPU_TARGET_MS, SCALE_CONFIGS, at_mock, one_row, parse_configs, parse_scale_configs
+from throughput import (
+    CPU_TARGET_MS,
+    SCALE_CONFIGS,
+    at_mock,
+    one_row,
+    parse_configs,
+    parse_scale_configs,
+)
 
-# The floor client: argv = base_url, processes, slots, requests, images (0/1). Prints its warm CPU seconds.
+# The floor client: argv = base_url, processes, slots, requests, images (0/1).
+# Prints its warm CPU seconds.
 _FLOOR = r'''
 import asyncio, base64, gc, os, resource, sys, time
 sys.path.insert(0, "bench")
@@ -77,25 +86,28 @@ print(kids.ru_utime + kids.ru_stime + used.ru_utime + used.ru_stime - start.ru_u
 '''
 # The issue's shares of the ideal at 1,200 in flight, by (p, c), as bench/throughput.py holds them.
 SHARES = {(p, c): share for p, c, share in parse_scale_configs(SCALE_CONFIGS)}
-COLUMNS = ["client", "p", "c", "K", "requests", "% ideal", "round 2 s", "later rounds s", "wall s", "CPU ms/req",
-           "warm CPU ms/req", "srv CPU s", "peak RSS MB", "ok"]
+COLUMNS = ["client", "p", "c", "K", "requests", "% ideal", "round 2 s", "later rounds s", "wall s",
+           "CPU ms/req", "warm CPU ms/req", "srv CPU s", "peak RSS MB", "ok"]
 
 
 def floor_row(mock: Any, p: int, c: int, n: int, images: bool, latency_ms: float) -> dict[str, Any]:
     k = p * c
-    m, seen, stats = at_mock(mock, latency_ms, k, n, [*python_command(_FLOOR), mock.base_url, str(p), str(c), str(n),
-                                                      "1" if images else "0"], REPO, None, 600.0)
+    m, seen, stats = at_mock(mock, latency_ms, k, n,
+                             [*python_command(_FLOOR), mock.base_url, str(p), str(c), str(n),
+                              "1" if images else "0"], REPO, None, 600.0)
     ok = m.returncode == 0 and stats["outcomes"]["ok"] == n
     if not ok:
-        print(f"  !! floor p={p} c={c}: exit {m.returncode}, {stats['outcomes']}\n{m.stderr[-2000:]}")
+        print(f"  !! floor p={p} c={c}: exit {m.returncode}, "
+              f"{stats['outcomes']}\n{m.stderr[-2000:]}")
     warm = float(m.stdout.strip().splitlines()[-1]) if ok else math.nan
-    return {**seen, "client": "openai SDK alone", "p": p, "c": c, "K": k, "requests": n, "wall s": m.wall_s,
-            "warm CPU ms/req": 1000.0 * warm / max(1, stats["requests"]), "peak RSS MB": m.peak_tree_rss / MB,
-            "ok": ok}
+    return {**seen, "client": "openai SDK alone", "p": p, "c": c, "K": k, "requests": n,
+            "wall s": m.wall_s, "warm CPU ms/req": 1000.0 * warm / max(1, stats["requests"]),
+            "peak RSS MB": m.peak_tree_rss / MB, "ok": ok}
 
 
 def verdict(row: dict[str, Any]) -> str:
-    """The row against issue 14's targets: a share of the ideal at 1,200 in flight, 0.7 ms a request at 600."""
+    """The row against issue 14's targets: a share of the ideal at 1,200 in
+    flight, 0.7 ms a request at 600."""
     shape = f"{row['client']} p={row['p']} c={row['c']}"
     if row["K"] == 600:
         met = "MET" if row["CPU ms/req"] <= CPU_TARGET_MS else "MISSED"
@@ -108,12 +120,17 @@ def verdict(row: dict[str, Any]) -> str:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="4x300,2x600", help="p x c rows (default 4x300,2x600)")
-    ap.add_argument("--requests", type=int, default=12000, help="requests a row (default 12,000: 10 rounds of 1,200)")
-    ap.add_argument("--text", action="store_true", help="text requests (default: one small image each)")
-    ap.add_argument("--latency", type=float, default=1000.0, help="ms, every answer after exactly this (default 1000)")
-    ap.add_argument("--pairs", type=int, default=1, help="rounds of (mpinfer, floor) a shape, interleaved (default 1)")
+    ap.add_argument("--requests", type=int, default=12000,
+                    help="requests a row (default 12,000: 10 rounds of 1,200)")
+    ap.add_argument("--text", action="store_true",
+                    help="text requests (default: one small image each)")
+    ap.add_argument("--latency", type=float, default=1000.0,
+                    help="ms, every answer after exactly this (default 1000)")
+    ap.add_argument("--pairs", type=int, default=1,
+                    help="rounds of (mpinfer, floor) a shape, interleaved (default 1)")
     args = ap.parse_args()
     print(machine_line())
     rows: list[dict[str, Any]] = []
@@ -121,12 +138,15 @@ def main() -> int:
     with start_mock() as mock:
         for p, c in parse_configs(args.shapes):
             for _ in range(args.pairs):
-                cli = one_row(mock, args.latency, p, c, args.requests, 600.0, False, "aiohttp", images=not args.text)
-                rows.append({**cli, "client": "mpinfer CLI", "requests": args.requests, "warm CPU ms/req": None})
+                cli = one_row(mock, args.latency, p, c, args.requests, 600.0, False, "aiohttp",
+                              images=not args.text)
+                rows.append({**cli, "client": "mpinfer CLI", "requests": args.requests,
+                             "warm CPU ms/req": None})
                 rows.append(floor_row(mock, p, c, args.requests, not args.text, args.latency))
     kind = "text" if args.text else "image"
-    print(table(rows, COLUMNS, title=f"{args.requests} {kind} requests at L = {args.latency:.0f} ms, every answer "
-                                     "after exactly L: mpinfer against the openai SDK alone"))
+    print(table(rows, COLUMNS,
+                title=f"{args.requests} {kind} requests at L = {args.latency:.0f} ms, every answer "
+                "after exactly L: mpinfer against the openai SDK alone"))
     for row in rows:
         print(verdict(row))
     print(f"(total {time.monotonic() - started:.0f} s)")

@@ -1,17 +1,18 @@
 """Start-up: from the command to the first request the server receives.
 
-For each -p (64, 8 and 1 by default; c = 1) the CLI runs 2*p tasks (each worker is handed two) against
-the mock server with a long latency, so that every worker sends exactly one request before any answer
-comes back. Measured, as a median of 3 repetitions:
+For each -p (64, 8 and 1 by default; c = 1) the CLI runs 2*p tasks (each worker is handed two)
+against the mock server with a long latency, so that every worker sends exactly one request before
+any answer comes back. Measured, as a median of 3 repetitions:
 
-- first req s: the mock's ``first_request_at`` minus ``time.monotonic()`` taken just before launching the
-  CLI. Both are CLOCK_MONOTONIC on the same machine, so they are comparable across processes;
+- first req s: the mock's ``first_request_at`` minus ``time.monotonic()`` taken just before
+  launching the CLI. Both are CLOCK_MONOTONIC on the same machine, so they are comparable across
+  processes;
 - all p s: when the mock had received p requests, i.e. every worker was sending (polled every 10 ms
   from /_mock/stats, so up to 10 ms late);
 - wall s: the whole command (2 rounds of the latency included).
 
-Also the bare cost of starting Python and importing the CLI (``python -c "import mpinfer.cli"``), which
-every run pays before it reads anything.
+Also the bare cost of starting Python and importing the CLI (``python -c "import mpinfer.cli"``),
+which every run pays before it reads anything.
 
     python bench/startup.py                    # -p 64, 8, 1; 3 repetitions
     python bench/startup.py --processes 64 --repeat 5
@@ -43,8 +44,10 @@ from _common import (
 TARGET_S = 3.0
 
 
-def watch_requests(root_url: str, want: int, stop: threading.Event, found: dict[str, float]) -> None:
-    """Poll the mock until it has received ``want`` requests; record the mock's clock at that poll."""
+def watch_requests(root_url: str, want: int, stop: threading.Event,
+                   found: dict[str, float]) -> None:
+    """Poll the mock until it has received ``want`` requests; record the mock's
+    clock at that poll."""
     deadline = time.monotonic() + 600
     while not stop.is_set() and time.monotonic() < deadline:
         try:
@@ -64,11 +67,12 @@ def one_run(mock: Any, p: int, latency_ms: float, timeout_s: float) -> dict[str,
         tasks = write_text_tasks(folder / "tasks.jsonl", 2 * p)
         stop = threading.Event()
         found: dict[str, float] = {}
-        poller = threading.Thread(target=watch_requests, args=(mock.root_url, p, stop, found), daemon=True)
+        poller = threading.Thread(target=watch_requests, args=(mock.root_url, p, stop, found),
+                                  daemon=True)
         poller.start()
-        m = run_measured(cli_command("-i", str(tasks), "-o", str(folder / "results.jsonl"), "-p", str(p), "-c", "1",
-                                     "--base-url", mock.base_url),
-                         cwd=folder, env=cli_env(), timeout_s=timeout_s, sample=False)
+        m = run_measured(cli_command("-i", str(tasks), "-o", str(folder / "results.jsonl"), "-p",
+                                     str(p), "-c", "1", "--base-url", mock.base_url), cwd=folder,
+                         env=cli_env(), timeout_s=timeout_s, sample=False)
         stop.set()
         poller.join(5)
         m.check(f"-p {p}")
@@ -85,7 +89,8 @@ def import_cost(repeat: int) -> dict[str, Any]:
     try:
         walls = []
         for _ in range(repeat):
-            m = run_measured(python_command("import mpinfer.cli"), cwd=folder, env=cli_env(), sample=False)
+            m = run_measured(python_command("import mpinfer.cli"), cwd=folder, env=cli_env(),
+                             sample=False)
             m.check("import")
             walls.append(m.wall_s)
         return {"what": "python -c 'import mpinfer.cli'", "median s": statistics.median(walls),
@@ -95,12 +100,14 @@ def import_cost(repeat: int) -> dict[str, Any]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--processes", default="64,8,1", help="the -p values (default 64,8,1)")
-    ap.add_argument("--repeat", type=int, default=3, help="repetitions of each (default 3); the median is shown")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="repetitions of each (default 3); the median is shown")
     ap.add_argument("--latency", type=float, default=3000.0,
-                    help="mock latency in ms (default 3000: longer than the start-up, so each worker's first "
-                         "request is still in flight when the last worker starts)")
+                    help="mock latency in ms (default 3000: longer than the start-up, so each "
+                    "worker's first request is still in flight when the last worker starts)")
     ap.add_argument("--timeout", type=float, default=300.0)
     args = ap.parse_args()
 
@@ -114,13 +121,15 @@ def main() -> int:
                 runs.append(one_run(mock, p, args.latency, args.timeout))
             firsts = [r["first"] for r in runs]
             alls = [r["all"] for r in runs if r["all"] is not None]
-            rows.append({"p": p, "reps": len(runs), "first req s": statistics.median(firsts), "min": min(firsts),
-                         "max": max(firsts), "all p s": statistics.median(alls) if alls else None,
+            rows.append({"p": p, "reps": len(runs), "first req s": statistics.median(firsts),
+                         "min": min(firsts), "max": max(firsts),
+                         "all p s": statistics.median(alls) if alls else None,
                          "wall s": statistics.median(r["wall"] for r in runs),
                          "CPU s": statistics.median(r["cpu"] for r in runs)})
     print()
-    print(table(rows, title=f"start-up: command -> first request at the mock (median of {args.repeat}); "
-                            f"2*p tasks, c=1, L={args.latency:.0f} ms"))
+    print(table(rows,
+                title="start-up: command -> first request at the mock (median of "
+                f"{args.repeat}); 2*p tasks, c=1, L={args.latency:.0f} ms"))
     print()
     print(table([import_cost(args.repeat)], title="interpreter start + import of the CLI"))
     for row in rows:

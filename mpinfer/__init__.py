@@ -1,9 +1,8 @@
 """mpinfer: a resumable, crash-safe batch runner for OpenAI-compatible chat APIs.
 
-The public API: ``run`` a job (keyword settings in, a ``RunResult`` out), read its ``status``, ``validate``
-(and ``repair``) its output, ``export`` the results, or start afresh (``fresh_start``); settle settings with
-``load_config`` into a ``RunConfig``.
-Errors are ``MpinferError`` subclasses.
+The public API: ``run`` a job (keyword settings in, a ``RunResult`` out), read its ``status``,
+``validate`` (and ``repair``) its output, ``export`` the results, or start afresh (``fresh_start``);
+settle settings with ``load_config`` into a ``RunConfig``. Errors are ``MpinferError`` subclasses.
 
 Names load on first use, so that ``python -m mpinfer.mockserver`` and ``--status`` do not pay for
 importing the API client.
@@ -19,7 +18,8 @@ from .version import __version__
 _EXPORTS = {
     "Backend": "config", "RunConfig": "config", "Transport": "config", "load_config": "config",
     "RunResult": "job",
-    "ConfigError": "errors", "InputError": "errors", "MpinferError": "errors", "OutputError": "errors",
+    "ConfigError": "errors", "InputError": "errors", "MpinferError": "errors",
+    "OutputError": "errors",
     "RunLockedError": "errors",
     "RunSummary": "reports.summary",
     "StatusReport": "reports.status", "status": "reports.status",
@@ -29,14 +29,14 @@ _EXPORTS = {
 }
 __all__ = ["__version__", "run", *sorted(_EXPORTS)]
 
-# Bound at import, not on first use: the module ``mpinfer.run`` shares the function's name, and importing
-# that module (which the CLI does) would otherwise leave ``mpinfer.run`` naming the module. The function is
-# the Python callers' wrapper (mpinfer/job.py) over the run the CLI calls.
+# Bound at import, not on first use: the module ``mpinfer.run`` shares the function's name, and
+# importing that module (which the CLI does) would otherwise leave ``mpinfer.run`` naming the
+# module. The function is the Python callers' wrapper (mpinfer/job.py) over the run the CLI calls.
 from .job import run  # noqa: E402
 
 if TYPE_CHECKING:
-    # What __getattr__ loads, for type checkers; "X as X" marks each name as re-exported (mypy --strict and
-    # ruff read no re-export from the computed __all__).
+    # What __getattr__ loads, for type checkers; "X as X" marks each name as re-exported (mypy
+    # --strict and ruff read no re-export from the computed __all__).
     from .config import Backend as Backend
     from .config import RunConfig as RunConfig
     from .config import Transport as Transport

@@ -48,50 +48,65 @@ EXIT_INTERRUPTED = StopReason.INTERRUPTED.exit_code  # the other stops' codes ar
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mpinfer",
-        description="Run image+text prompts through an OpenAI-compatible chat API: resumable, crash-safe.",
-        epilog="Every option can also be set as MPINFER_<NAME> in the environment or .env, or in mpinfer.toml. "
+        description="Run image+text prompts through an OpenAI-compatible "
+        "chat API: resumable, crash-safe.",
+        epilog="Every option can also be set as MPINFER_<NAME> in the "
+        "environment or .env, or in mpinfer.toml. "
                "The key comes from OPENAI_API_KEY (environment or .env) only.",
     )
     for option in CLI_OPTIONS:
         names = [option.short, option.flag] if option.short else [option.flag]
         if option.is_switch:
-            parser.add_argument(*names, dest=option.name, action="store_true", default=None, help=option.help)
+            parser.add_argument(*names, dest=option.name, action="store_true", default=None,
+                                help=option.help)
             continue
         parser.add_argument(*names, dest=option.name, default=None, metavar=option.metavar,
                             help=option_help(option))
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--status", action="store_true", help="show progress, tokens and ETA; works during a run")
+    mode.add_argument("--status", action="store_true",
+                      help="show progress, tokens and ETA; works during a run")
     mode.add_argument("--cancel", action="store_true",
-                      help="from another terminal: stop the live run on this output as Ctrl-C would (requests in "
-                           "flight get --grace seconds), wait for it to exit; exit 1 when no run is live; with "
-                           "--backend batch: cancel the output's open batches at the server (answers they already "
-                           "gave are kept; a rerun sends the rest)")
-    mode.add_argument("--validate", action="store_true", help="check the output's integrity against the input")
-    mode.add_argument("--demo", action="store_true", help="run the bundled demo against the local mock server")
+                      help="from another terminal: stop the live run on this output as Ctrl-C "
+                      "would (requests in flight get --grace seconds), wait for it to exit; "
+                      "exit 1 when no run is live; with --backend batch: cancel the output's "
+                      "open batches at the server (answers they already gave are kept; a "
+                      "rerun sends the rest)")
+    mode.add_argument("--validate", action="store_true",
+                      help="check the output's integrity against the input")
+    mode.add_argument("--demo", action="store_true",
+                      help="run the bundled demo against the local mock server")
     mode.add_argument("--dry-run", action="store_true",
                       help="check every task and image, estimate tokens and cost, send nothing")
     # --export, --repair and --fresh are command-line only (not in OPTIONS): mpinfer.toml or the
     # environment must never rewrite or move files on a run that did not ask for it.
     mode.add_argument("--export", metavar="FILE", default=None,
-                      help="write one row per input task (.csv or .jsonl: input fields, answer, tokens, cost, "
-                           "status ok/failed/missing) and the missing tasks to <output>.missing.jsonl")
-    mode.add_argument("--report", dest="report_now", nargs="?", const="", default=None, metavar="FILE",
-                      help="write an HTML report of the output (charts of rate, latency, failures, cost; a table "
-                           "per model) to FILE (default: <output>.report.html); needs mpinfer[report]. "
-                           "report = true in mpinfer.toml (or MPINFER_REPORT=1) writes one after every run")
+                      help="write one row per input task (.csv or .jsonl: input fields, "
+                      "answer, tokens, cost, status ok/failed/missing) and the missing "
+                      "tasks to <output>.missing.jsonl")
+    mode.add_argument("--report", dest="report_now", nargs="?", const="", default=None,
+                      metavar="FILE",
+                      help="write an HTML report of the output (charts of rate, latency, failures, "
+                      "cost; a table per model) to FILE (default: <output>.report.html); "
+                      "needs mpinfer[report]. report = true in mpinfer.toml (or "
+                      "MPINFER_REPORT=1) writes one after every run")
     parser.add_argument("--repair", action="store_true",
-                        help="with --validate: rewrite the output without corrupt lines and duplicate ids "
-                             "(after a backup copy <output>.bak-<time>), then validate again")
+                        help="with --validate: rewrite the output without corrupt lines and "
+                        "duplicate ids (after a backup copy <output>.bak-<time>), then "
+                        "validate again")
     parser.add_argument("--fresh", action="store_true",
-                        help="start over: first move the output, its companions and the mpinfer_* logs of "
-                             "earlier runs to <output>.backup-<time>/ (nothing is deleted)")
+                        help="start over: first move the output, its companions and the mpinfer_* "
+                        "logs of earlier runs to <output>.backup-<time>/ (nothing is deleted)")
     parser.add_argument("--config", type=Path, default=None, metavar="FILE",
-                        help="read settings from FILE instead of ./mpinfer.toml (also MPINFER_CONFIG)")
-    parser.add_argument("--json", action="store_true", help="with --status or --dry-run: one JSON object")
-    parser.add_argument("--watch", nargs="?", type=float, const=2.0, default=None, metavar="SECONDS",
+                        help="read settings from FILE instead of "
+                        "./mpinfer.toml (also MPINFER_CONFIG)")
+    parser.add_argument("--json", action="store_true",
+                        help="with --status or --dry-run: one JSON object")
+    parser.add_argument("--watch", nargs="?", type=float, const=2.0, default=None,
+                        metavar="SECONDS",
                         help="with --status: redraw every SECONDS (default 2) until the run ends")
     parser.add_argument("--grace", type=float, default=DEFAULT_GRACE_S, metavar="SECONDS",
-                        help=f"on Ctrl-C or SIGTERM, wait this long for requests in flight (default: {DEFAULT_GRACE_S:g})")
+                        help="on Ctrl-C or SIGTERM, wait this long for requests in "
+                        f"flight (default: {DEFAULT_GRACE_S:g})")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--version", action="version", version=f"mpinfer {__version__}")
     return parser
@@ -105,8 +120,9 @@ def option_help(option: Option) -> str:
 
 
 def _write(text: str) -> bool:
-    """Write to stdout; False once its reader is gone (``| head`` has read enough), which is no error: what
-    the command did stands (a run's answers are on disk), so it goes on quietly and exits as it would."""
+    """Write to stdout; False once its reader is gone (``| head`` has read enough), which is no
+    error: what the command did stands (a run's answers are on disk), so it goes on quietly and
+    exits as it would."""
     try:
         sys.stdout.write(text)
         sys.stdout.flush()
@@ -117,7 +133,8 @@ def _write(text: str) -> bool:
 
 
 def _stdout_gone() -> None:
-    # Point stdout at /dev/null, so that neither a later print nor the interpreter's last flush raises again.
+    # Point stdout at /dev/null, so that neither a later print nor the
+    # interpreter's last flush raises again.
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     os.close(devnull)
@@ -128,8 +145,8 @@ def _print(lines: list[str]) -> bool:
 
 
 def _watch(config: RunConfig, every_s: float) -> int:
-    """Redraw the status in place until no run is live on the output (Ctrl-C, or a reader that left, ends it
-    sooner).
+    """Redraw the status in place until no run is live on the output (Ctrl-C,
+    or a reader that left, ends it sooner).
 
     One reader for all the redraws: each reads only what the run appended since the last.
     """
@@ -177,10 +194,12 @@ def _demo(args: argparse.Namespace) -> int:
             _print(validation_lines(report))
         print("\ndemo: --report")
         if importlib.util.find_spec("plotly") is None:
-            print("skipped: the report needs Plotly (pip install 'mpinfer[report]'; python3 dev.py demo has it)")
+            print("skipped: the report needs Plotly (pip install "
+                  "'mpinfer[report]'; python3 dev.py demo has it)")
         else:
             _print(report_lines(write_report(config)))
-    print(f"\ndemo: results are in {config.output}; a rerun of a stopped run resumes where it stopped")
+    print(f"\ndemo: results are in {config.output}; a rerun of a "
+          "stopped run resumes where it stopped")
     return EXIT_OK if all(r.ok for r in reports) else EXIT_PROBLEMS
 
 
@@ -197,8 +216,8 @@ def _run(config: RunConfig, args: argparse.Namespace) -> int:
 def run_exit_code(summary: RunSummary) -> int:
     """The one place a run's end becomes an exit code: its StopReason's, else whether work is left.
 
-    A stop whose code is EXIT_INCOMPLETE (the budget) only leaves work undone, so it counts as that: a budget
-    stop that turned out to leave nothing undone ends with EXIT_OK.
+    A stop whose code is EXIT_INCOMPLETE (the budget) only leaves work undone, so it counts as that:
+    a budget stop that turned out to leave nothing undone ends with EXIT_OK.
     """
     if summary.stopped is not None and summary.stopped.exit_code != EXIT_INCOMPLETE:
         return summary.stopped.exit_code
@@ -222,8 +241,10 @@ def _cancel_batches(config: RunConfig) -> int:
     cancelled = cancel(config)
     for name, batch_id, state in cancelled:
         print(f"{batch_id} ({name}): {state}")
-    done = sum(not state.startswith("not") for _, _, state in cancelled)  # "already completed" counts
-    print(f"cancelled {done} of {len(cancelled)} open batches" if cancelled else "no open batches to cancel")
+    # "already completed" counts
+    done = sum(not state.startswith("not") for _, _, state in cancelled)
+    print(f"cancelled {done} of {len(cancelled)} open batches" if cancelled
+          else "no open batches to cancel")
     return EXIT_OK if done == len(cancelled) else EXIT_INCOMPLETE
 
 
@@ -231,7 +252,8 @@ def _check_combinations(parser: argparse.ArgumentParser, args: argparse.Namespac
     if args.repair and not args.validate:
         parser.error("--repair goes with --validate (it repairs, then validates again)")
     if args.fresh and (args.status or args.validate or args.demo or args.dry_run or args.export):
-        parser.error("--fresh starts a run: it does not go with --status, --validate, --demo, --dry-run or --export")
+        parser.error("--fresh starts a run: it does not go with --status, "
+                     "--validate, --demo, --dry-run or --export")
 
 
 def _validate(config: RunConfig, with_repair: bool) -> int:
@@ -271,7 +293,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.validate:
             return _validate(config, args.repair)
         if args.report_now is not None:
-            _print(report_lines(write_report(config, Path(args.report_now) if args.report_now else None)))
+            _print(report_lines(write_report(config,
+                                             Path(args.report_now) if args.report_now else None)))
             return EXIT_OK
         if args.export is not None:
             _print(export_lines(export(config, Path(args.export))))
@@ -283,7 +306,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MpinferError as exc:
         print(f"mpinfer: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except BrokenPipeError:  # a print outside _print (the demo's): the reader left; nothing was lost
+    # a print outside _print (the demo's): the reader left; nothing was lost
+    except BrokenPipeError:
         _stdout_gone()
         return EXIT_OK
     except KeyboardInterrupt:

@@ -1,22 +1,23 @@
 """RunConfig: every setting of a run, settled once and frozen.
 
-Precedence, highest first: command-line flags (or keyword settings of ``mpinfer.run``) > environment (and
-``.env`` in the working directory) > ``mpinfer.toml`` in the working directory > the field's default. This is
-the only module that reads ``os.environ``.
+Precedence, highest first: command-line flags (or keyword settings of ``mpinfer.run``) > environment
+(and ``.env`` in the working directory) > ``mpinfer.toml`` in the working directory > the field's
+default. This is the only module that reads ``os.environ``.
 
 To add a setting, add one field to RunConfig, in one place (its default, parser, help and names)::
 
     max_wait: float | None = setting(None, positive_float, "what it does, for --help", metavar="SECONDS",
                                      shown="no limit")  # shown: what a None default means, for the docs
 
-It then has a flag (``--max-wait``), a variable (``MPINFER_MAX_WAIT``; ``env=`` names others), a toml key
-and a keyword of ``mpinfer.run``. ``tests/test_docs.py`` fails until the README's settings table and
-``.env.example`` have its row and its line, and prints both to paste. Choices are a StrEnum here, parsed
-with ``one_of(TheEnum)``; an on/off switch is parsed with ``as_bool``. A setting that changes the answers
-also goes in ``store/manifest.py`` FINGERPRINT_FIELDS, so a resume with another value is refused.
+It then has a flag (``--max-wait``), a variable (``MPINFER_MAX_WAIT``; ``env=`` names others), a
+toml key and a keyword of ``mpinfer.run``. ``tests/test_docs.py`` fails until the README's settings
+table and ``.env.example`` have its row and its line, and prints both to paste. Choices are a
+StrEnum here, parsed with ``one_of(TheEnum)``; an on/off switch is parsed with ``as_bool``. A
+setting that changes the answers also goes in ``store/manifest.py`` FINGERPRINT_FIELDS, so a resume
+with another value is refused.
 
-The API key is read from the environment or ``.env`` only (``OPENAI_API_KEY``): never from a flag, which
-would leak into shell history and ``ps``, nor from mpinfer.toml, which tends to get committed.
+The API key is read from the environment or ``.env`` only (``OPENAI_API_KEY``): never from a flag,
+which would leak into shell history and ``ps``, nor from mpinfer.toml, which tends to get committed.
 """
 
 from __future__ import annotations
@@ -49,7 +50,15 @@ from .settings import (
     positive_int,
     setting,
 )
-from .sources import ENDPOINT_TABLES, TOML_NAME, api_keys, file_warnings, lookup, read_toml, settings_file
+from .sources import (
+    ENDPOINT_TABLES,
+    TOML_NAME,
+    api_keys,
+    file_warnings,
+    lookup,
+    read_toml,
+    settings_file,
+)
 from .sources import endpoint_table as table_of
 
 if TYPE_CHECKING:
@@ -85,8 +94,10 @@ def _batch_size(text: Any) -> int:
 
 
 class Transport(StrEnum):
-    """The HTTP stack under the SDK: mpinfer's own client over aiohttp (api/http.py), or the SDK's httpx client.
-    At 300 in flight aiohttp takes a quarter to an eighth of httpx's CPU a request (bench/http_stack.py)."""
+    """The HTTP stack under the SDK: mpinfer's own client over aiohttp
+    (api/http.py), or the SDK's httpx client.
+    At 300 in flight aiohttp takes a quarter to an eighth of httpx's CPU a
+    request (bench/http_stack.py)."""
 
     AIOHTTP = "aiohttp"
     HTTPX = "httpx"
@@ -96,121 +107,166 @@ class Transport(StrEnum):
 class RunConfig:
     """Everything a run needs, settled once. Plain, picklable data: it is sent to worker processes.
 
-    Each ``setting(default, parse, help, ...)`` field is a setting (flag, variables, toml key); the rest is
-    settled by ``load_config`` from the other sources (sources.py).
+    Each ``setting(default, parse, help, ...)`` field is a setting (flag, variables, toml key); the
+    rest is settled by ``load_config`` from the other sources (sources.py).
     """
 
-    input: Path | None = setting(None, as_path, "input tasks, one JSON object a line", short="-i", metavar="FILE")
-    output: Path | None = setting(None, as_path, "output results (JSONL); rerun with the same file to resume",
+    input: Path | None = setting(None, as_path, "input tasks, one JSON object a line", short="-i",
+                                 metavar="FILE")
+    output: Path | None = setting(None, as_path,
+                                  "output results (JSONL); rerun with the same file to resume",
                                   short="-o", metavar="FILE")
     processes: int = setting(4, positive_int, "worker processes", short="-p", metavar="N")
     concurrency: int = setting(1, positive_int, "requests in flight per worker process", short="-c",
                                metavar="C")
-    model: str = setting("gpt-4o-mini", as_text, "model to request; several, comma-separated, run every task "
-                         "against each into <output stem>.<model>.jsonl (a task's own \"model\" wins in a "
-                         "one-model run)", metavar="NAME")
-    base_url: str | None = setting(None, as_text, "API base URL", env=("OPENAI_BASE_URL", "MPINFER_BASE_URL"),
-                                   metavar="URL", shown="api.openai.com")
-    temperature: float | None = setting(None, as_number, "sampling temperature", metavar="T", shown="the server's")
+    model: str = setting("gpt-4o-mini", as_text,
+                         "model to request; several, comma-separated, run every task "
+                         "against each into <output stem>.<model>.jsonl (a task's own "
+                         "\"model\" wins in a one-model run)", metavar="NAME")
+    base_url: str | None = setting(None, as_text, "API base URL",
+                                   env=("OPENAI_BASE_URL", "MPINFER_BASE_URL"), metavar="URL",
+                                   shown="api.openai.com")
+    temperature: float | None = setting(None, as_number, "sampling temperature", metavar="T",
+                                        shown="the server's")
     max_tokens: int | None = setting(None, positive_int, "most tokens in an answer", metavar="N",
                                      shown="the server's")
-    system_prompt: str | None = setting(None, as_text, "system message for tasks that carry none", metavar="TEXT")
-    extra_body: dict[str, Any] | None = setting(None, as_json_object, "JSON object merged into every request body",
+    system_prompt: str | None = setting(None, as_text, "system message for tasks that carry none",
+                                        metavar="TEXT")
+    extra_body: dict[str, Any] | None = setting(None, as_json_object,
+                                                "JSON object merged into every request body",
                                                 metavar="JSON")
-    timeout: float = setting(120.0, positive_float, "seconds one request may take, connect to last byte", metavar="S")
-    max_retries: int = setting(3, non_negative_int, "retries of a 5xx, timeout or reset (not 429s)", metavar="N")
-    patience: float = setting(300.0, positive_float, "seconds to wait out rate limits or a server that is down "
-                              "before tasks fail", metavar="SECONDS")
-    retry_backoff: float = setting(1.0, positive_float, "first retry waits about this long, doubling each time "
-                                   "up to 60 s; a server's Retry-After wins", metavar="SECONDS")
-    images_sep: str = setting(";", as_text, "CSV: what separates several images in one cell", metavar="SEP")
-    id_from_row: bool = setting(False, as_bool, "use the row number (0-based) as the task id, for inputs "
-                                "without ids")
-    limit: int | None = setting(None, positive_int, "run only the first N selected tasks (a trial run)",
-                                metavar="N", shown="all")
-    start: int | None = setting(None, non_negative_int, "first row to run (0-based)", metavar="K", shown="0")
-    end: int | None = setting(None, positive_int, "row to stop before (0-based, exclusive)", metavar="K",
-                              shown="after the last row")
-    ids: Path | None = setting(None, as_path, "run only the ids in this file, one a line", metavar="FILE",
-                               shown="all")
-    only_failed: bool = setting(False, as_bool, "run only the ids in the errors file that are not done")
-    image_root: Path | None = setting(None, as_path, "folder relative image paths resolve against", metavar="DIR",
-                                      shown="the input's folder")
+    timeout: float = setting(120.0, positive_float,
+                             "seconds one request may take, connect to last byte", metavar="S")
+    max_retries: int = setting(3, non_negative_int, "retries of a 5xx, timeout or reset (not 429s)",
+                               metavar="N")
+    patience: float = setting(300.0, positive_float,
+                              "seconds to wait out rate limits or a server that "
+                              "is down before tasks fail", metavar="SECONDS")
+    retry_backoff: float = setting(1.0, positive_float,
+                                   "first retry waits about this long, doubling each time up "
+                                   "to 60 s; a server's Retry-After wins", metavar="SECONDS")
+    images_sep: str = setting(";", as_text, "CSV: what separates several images in one cell",
+                              metavar="SEP")
+    id_from_row: bool = setting(False, as_bool,
+                                "use the row number (0-based) as the task id, "
+                                "for inputs without ids")
+    limit: int | None = setting(None, positive_int,
+                                "run only the first N selected tasks (a trial run)", metavar="N",
+                                shown="all")
+    start: int | None = setting(None, non_negative_int, "first row to run (0-based)", metavar="K",
+                                shown="0")
+    end: int | None = setting(None, positive_int, "row to stop before (0-based, exclusive)",
+                              metavar="K", shown="after the last row")
+    ids: Path | None = setting(None, as_path, "run only the ids in this file, one a line",
+                               metavar="FILE", shown="all")
+    only_failed: bool = setting(False, as_bool,
+                                "run only the ids in the errors file that are not done")
+    image_root: Path | None = setting(None, as_path, "folder relative image paths resolve against",
+                                      metavar="DIR", shown="the input's folder")
     id_key: str = setting("id", as_text, "input field holding the task id", metavar="KEY")
-    prompt_key: str = setting("prompt", as_text, "input field holding the prompt text", metavar="KEY")
-    images_key: str = setting("images", as_text, "input field holding an image path or a list of them",
+    prompt_key: str = setting("prompt", as_text, "input field holding the prompt text",
                               metavar="KEY")
-    api: Api = setting(Api.CHAT, one_of(Api), "API plain rows are sent to: chat (chat.completions) or responses "
-                       "(the Responses API: the answer is its output text)", metavar="NAME")
-    messages_key: str = setting("messages", as_text, "input field holding a whole chat (a list of messages, "
+    images_key: str = setting("images", as_text,
+                              "input field holding an image path or a list of them", metavar="KEY")
+    api: Api = setting(Api.CHAT, one_of(Api),
+                       "API plain rows are sent to: chat (chat.completions) or responses (the "
+                       "Responses API: the answer is its output text)", metavar="NAME")
+    messages_key: str = setting("messages", as_text,
+                                "input field holding a whole chat (a list of messages, "
                                 "images inside), sent as that conversation", metavar="KEY")
-    max_image_mb: float = setting(50.0, positive_float, "MB of image data one request may carry (the "
-                                         "provider's limit; OpenAI: 50): a task over it fails before it is sent",
-                                         metavar="MB")
-    log_dir: Path = setting(Path("logs"), as_path, "folder for the per-run log files", metavar="DIR")
-    rpm: int | ModelRates | None = setting(None, parse_rate, "requests per minute, per key (or endpoint) and "
-                                           "model, for all processes together; per model: gpt-4o=500,"
-                                           "gpt-4o-mini=5000", metavar="N", shown="no limit")
-    tpm: int | ModelRates | None = setting(None, parse_rate, "tokens per minute (prompt estimate + "
-                                           "max_tokens), per key (or endpoint) and model; per model as --rpm",
+    max_image_mb: float = setting(50.0, positive_float,
+                                  "MB of image data one request may carry (the provider's limit; "
+                                  "OpenAI: 50): a task over it fails before it is sent",
+                                  metavar="MB")
+    log_dir: Path = setting(Path("logs"), as_path, "folder for the per-run log files",
+                            metavar="DIR")
+    rpm: int | ModelRates | None = setting(None, parse_rate,
+                                           "requests per minute, per key (or endpoint) and "
+                                           "model, for all processes together; per model: "
+                                           "gpt-4o=500,gpt-4o-mini=5000", metavar="N",
+                                           shown="no limit")
+    tpm: int | ModelRates | None = setting(None, parse_rate,
+                                           "tokens per minute (prompt estimate + max_tokens), per "
+                                           "key (or endpoint) and model; per model as --rpm",
                                            metavar="N", shown="no limit")
-    endpoints: Path | None = setting(None, as_path, "TOML file of [[endpoints]] tables (model, provider, "
-                                     "base_url, deployment, api_version, api_key_env, rpm, tpm, max_in_flight): "
-                                     "several keys, regions and Azure deployments per model", metavar="FILE",
-                                     shown="--base-url with the keys")
-    rate_window: float = setting(60.0, positive_float, "seconds --rpm and --tpm are counted over (OpenAI: 60)",
+    endpoints: Path | None = setting(None, as_path,
+                                     "TOML file of [[endpoints]] tables (model, provider, "
+                                     "base_url, deployment, api_version, api_key_env, rpm, tpm, "
+                                     "max_in_flight): several keys, regions and Azure deployments "
+                                     "per model", metavar="FILE", shown="--base-url with the keys")
+    rate_window: float = setting(60.0, positive_float,
+                                 "seconds --rpm and --tpm are counted over (OpenAI: 60)",
                                  metavar="SECONDS")
-    burst: float = setting(0.5, non_negative_float, "seconds' worth of the rate limit sent at once", metavar="S")
-    api_keys_file: Path | None = setting(None, as_path, "file with one API key a line, to spread the work over",
-                                         metavar="FILE", shown="OPENAI_API_KEYS=k1,k2 or OPENAI_API_KEY")
-    backend: Backend = setting(Backend.LOCAL, one_of(Backend), "where tasks run: local (worker processes on "
-                               "this machine), ray (actors on a Ray cluster; pip install mpinfer[ray]) or batch "
-                               "(the OpenAI Batch API: half the price, within 24 hours)",
-                               metavar="NAME")
-    batch_size: int = setting(BATCH_MAX_REQUESTS, _batch_size, "--backend batch: most requests in one "
-                              "batch (the Batch API allows 50,000)", metavar="N")
-    batch_poll: float = setting(30.0, positive_float, "--backend batch: seconds between polls of the open "
-                                "batches", metavar="SECONDS")
-    batch_max_bytes: int = setting(200 * 1024 * 1024, positive_int, "--backend batch: largest batch input "
-                                   "file in bytes (the Batch API allows 200 MB)", metavar="BYTES")
-    keep_batch_files: bool = setting(False, as_bool, "--backend batch: keep each batch's input, output and error "
-                                     "files at the provider after its merge (deleted by default, so the "
-                                     "provider's file storage does not fill up run after run)")
-    ray_address: str | None = setting(None, as_text, "Ray cluster to join", env=("MPINFER_RAY_ADDRESS",
-                                      "RAY_ADDRESS"), metavar="ADDR", shown="RAY_ADDRESS, or a new local one")
-    transport: Transport = setting(Transport.AIOHTTP, one_of(Transport), "HTTP stack under the openai SDK: "
-                                   "aiohttp (a quarter to an eighth of httpx's CPU a request) or httpx (the SDK's "
-                                   "default)", metavar="NAME")
-    fsync: bool = setting(False, as_bool, "fsync after every line: survives power loss, costs a disk flush a "
-                          "line")
-    prices: Path | None = setting(None, as_path, "price table (JSON or TOML) over the built-in one: "
-                                  '{"model": {"input": 0.15, "cached_input": 0.075, "output": 0.6}}, USD per '
-                                  "1M tokens", metavar="FILE", shown="built in")
-    price_input: float | None = setting(None, non_negative_float, "USD per 1M input tokens, for every model",
-                                        metavar="USD", shown="the price table's")
-    price_output: float | None = setting(None, non_negative_float, "USD per 1M output tokens, for every model",
-                                         metavar="USD", shown="the price table's")
-    max_cost: float | None = setting(None, positive_float, "budget in USD for the output files (all runs): stop "
-                                     "taking tasks before the estimated total would pass it", metavar="USD",
-                                     shown="no budget")
-    allow_mixed: bool = setting(False, as_bool, "resume even though the settings that change answers differ "
-                                "from those that wrote the output")
+    burst: float = setting(0.5, non_negative_float, "seconds' worth of the rate limit sent at once",
+                           metavar="S")
+    api_keys_file: Path | None = setting(None, as_path,
+                                         "file with one API key a line, to spread the work over",
+                                         metavar="FILE",
+                                         shown="OPENAI_API_KEYS=k1,k2 or OPENAI_API_KEY")
+    backend: Backend = setting(Backend.LOCAL, one_of(Backend),
+                               "where tasks run: local (worker processes on this machine), ray "
+                               "(actors on a Ray cluster; pip install mpinfer[ray]) or batch (the "
+                               "OpenAI Batch API: half the price, within 24 hours)", metavar="NAME")
+    batch_size: int = setting(BATCH_MAX_REQUESTS, _batch_size,
+                              "--backend batch: most requests in one batch (the "
+                              "Batch API allows 50,000)", metavar="N")
+    batch_poll: float = setting(30.0, positive_float,
+                                "--backend batch: seconds between polls of the open batches",
+                                metavar="SECONDS")
+    batch_max_bytes: int = setting(200 * 1024 * 1024, positive_int,
+                                   "--backend batch: largest batch input file in bytes "
+                                   "(the Batch API allows 200 MB)", metavar="BYTES")
+    keep_batch_files: bool = setting(False, as_bool,
+                                     "--backend batch: keep each batch's input, output and error "
+                                     "files at the provider after its merge (deleted by default, "
+                                     "so the provider's file storage does not fill up run after "
+                                     "run)")
+    ray_address: str | None = setting(None, as_text, "Ray cluster to join",
+                                      env=("MPINFER_RAY_ADDRESS", "RAY_ADDRESS"), metavar="ADDR",
+                                      shown="RAY_ADDRESS, or a new local one")
+    transport: Transport = setting(Transport.AIOHTTP, one_of(Transport),
+                                   "HTTP stack under the openai SDK: aiohttp (a quarter to an "
+                                   "eighth of httpx's CPU a request) or httpx (the SDK's default)",
+                                   metavar="NAME")
+    fsync: bool = setting(False, as_bool,
+                          "fsync after every line: survives power loss, costs a disk flush a line")
+    prices: Path | None = setting(None, as_path,
+                                  "price table (JSON or TOML) over the built-in one: "
+                                  '{"model": {"input": 0.15, "cached_input": 0.075, '
+                                  '"output": 0.6}}, USD per ' "1M tokens", metavar="FILE",
+                                  shown="built in")
+    price_input: float | None = setting(None, non_negative_float,
+                                        "USD per 1M input tokens, for every model", metavar="USD",
+                                        shown="the price table's")
+    price_output: float | None = setting(None, non_negative_float,
+                                         "USD per 1M output tokens, for every model", metavar="USD",
+                                         shown="the price table's")
+    max_cost: float | None = setting(None, positive_float,
+                                     "budget in USD for the output files (all runs): stop taking "
+                                     "tasks before the estimated total would pass it",
+                                     metavar="USD", shown="no budget")
+    allow_mixed: bool = setting(False, as_bool,
+                                "resume even though the settings that change answers "
+                                "differ from those that wrote the output")
     verbose: bool = setting(False, as_bool, "log every attempt and the HTTP stack", short="-v")
-    report: bool = setting(False, as_bool, "write the HTML report <output>.report.html at the end of every run "
+    report: bool = setting(False, as_bool,
+                           "write the HTML report <output>.report.html at the end of every run "
                            "(needs mpinfer[report]; --report writes one at once)", cli=False)
     # repr=False: a config is logged and shown in errors; the keys must never be.
     api_keys: tuple[str, ...] = field(default=(), repr=False)
-    # The endpoints table (--endpoints, or [[endpoints]] in mpinfer.toml), keys read; api_keys then holds
-    # each endpoint's key, in table order. Empty: the implicit table (each key at --base-url).
+    # The endpoints table (--endpoints, or [[endpoints]] in mpinfer.toml), keys read; api_keys then
+    # holds each endpoint's key, in table order. Empty: the implicit table (each key at --base-url).
     endpoint_table: tuple[Endpoint, ...] = field(default=(), repr=False)
     # Things the user should hear about the settings themselves (e.g. a .env others can read).
     warnings: tuple[str, ...] = field(default=(), repr=False, compare=False)
-    # The options the user set somewhere (flag, environment, .env or mpinfer.toml), not left at default.
+    # The options the user set somewhere (flag, environment, .env or
+    # mpinfer.toml), not left at default.
     explicit: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
 
     @property
     def window_rpm(self) -> int | None:
-        """--rpm as one number for every lane (the limiter's window), None when per model or unset."""
+        """--rpm as one number for every lane (the limiter's window), None when
+        per model or unset."""
         return self.rpm if isinstance(self.rpm, int) else None
 
     @property
@@ -248,13 +304,14 @@ class RunConfig:
     def require_api_keys(self) -> tuple[str, ...]:
         unset = [str(ep.api_key_env) for ep in self.endpoint_table if not ep.api_key]
         if unset:
-            raise ConfigError(f"the endpoints table's keys are not set: {', '.join(dict.fromkeys(unset))} (set "
-                              "them in the environment or .env)")
+            raise ConfigError("the endpoints table's keys are not set: "
+                              f"{', '.join(dict.fromkeys(unset))} (set them in the environment or "
+                              ".env)")
         if not self.api_keys:
             raise ConfigError(
-                "no API key: set OPENAI_API_KEY (or OPENAI_API_KEYS=k1,k2) in the environment or in .env "
-                "(see .env.example), or pass --api-keys-file; a local server that needs none accepts any "
-                "value, e.g. OPENAI_API_KEY=none"
+                "no API key: set OPENAI_API_KEY (or OPENAI_API_KEYS=k1,k2) in the environment or "
+                "in .env (see .env.example), or pass --api-keys-file; a local server that needs "
+                "none accepts any value, e.g. OPENAI_API_KEY=none"
             )
         return self.api_keys
 
@@ -270,7 +327,8 @@ def _missing(name: str, flag: str) -> str:
 
 
 def parse_setting(name: str, value: Any, source: str) -> Any:
-    """``value`` parsed as setting ``name``, or a ConfigError naming ``source``; KeyError for no such setting."""
+    """``value`` parsed as setting ``name``, or a ConfigError naming
+    ``source``; KeyError for no such setting."""
     return _parse(_BY_NAME[name], value, source)
 
 
@@ -281,8 +339,10 @@ def _parse(option: Option, value: Any, source: str) -> Any:
         raise ConfigError(f"{source}: {option.name} = {value!r} is invalid: {exc}") from None
 
 
-def environment(environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> list[dict[str, str]]:
-    """Where settings are looked up after the flags, first hit wins: the process environment, then ``.env``."""
+def environment(environ: Mapping[str, str] | None = None,
+                cwd: Path | None = None) -> list[dict[str, str]]:
+    """Where settings are looked up after the flags, first hit wins: the
+    process environment, then ``.env``."""
     cwd = cwd or Path.cwd()
     dotenv = {k: v for k, v in dotenv_values(cwd / ENV_FILE_NAME).items() if v is not None}
     return [dict(os.environ if environ is None else environ), dotenv]
@@ -299,9 +359,10 @@ def load_config(
     """Settle a RunConfig from flags > environment and .env > mpinfer.toml > defaults.
 
     ``flags`` holds only what the user gave (None means not given); ``environ`` defaults to the real
-    environment, ``cwd`` to the working directory (where .env and mpinfer.toml are looked up); ``named`` says
-    how an error names a flag (``--processes``; ``mpinfer.run`` names its keywords its way).
-    ``config_file`` (``--config``, else ``MPINFER_CONFIG``) is read instead of ``./mpinfer.toml``.
+    environment, ``cwd`` to the working directory (where .env and mpinfer.toml are looked up);
+    ``named`` says how an error names a flag (``--processes``; ``mpinfer.run`` names its keywords
+    its way). ``config_file`` (``--config``, else ``MPINFER_CONFIG``) is read instead of
+    ``./mpinfer.toml``.
     """
     flags = flags or {}
     cwd = cwd or Path.cwd()
@@ -313,7 +374,8 @@ def load_config(
     for option in OPTIONS:
         explicit.add(option.name)
         if flags.get(option.name) is not None:
-            values[option.name] = _parse(option, flags[option.name], named(option) if named else option.flag)
+            values[option.name] = _parse(option, flags[option.name],
+                                         named(option) if named else option.flag)
             continue
         found = lookup(layers, option.env_names)
         if found is not None:
@@ -335,5 +397,6 @@ def load_config(
 
 
 def endpoint_table(path: Path) -> tuple[Endpoint, ...]:
-    """The endpoints table of a TOML file, its keys read from the environment and ./.env (for mpinfer.run)."""
+    """The endpoints table of a TOML file, its keys read from the environment
+    and ./.env (for mpinfer.run)."""
     return table_of(path, None, str(path), environment())

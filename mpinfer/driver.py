@@ -1,9 +1,10 @@
-"""The one supervise loop every backend shares: the work to hand out, the tally of what came back, stopping.
+"""The one supervise loop every backend shares: the work to hand out, the tally
+of what came back, stopping.
 
-A backend (local processes, a Ray cluster; see backends.base.Backend) moves tasks to where they run and
-events back; the driver decides the rest the same way for all of them: which task goes next (budget,
-stop), what an event means for the summary and the progress bar, when the summary file is rewritten, what
-a signal does, how long stopping may take, and whether a dead worker is replaced.
+A backend (local processes, a Ray cluster; see backends.base.Backend) moves tasks to where they run
+and events back; the driver decides the rest the same way for all of them: which task goes next
+(budget, stop), what an event means for the summary and the progress bar, when the summary file is
+rewritten, what a signal does, how long stopping may take, and whether a dead worker is replaced.
 """
 
 from __future__ import annotations
@@ -20,7 +21,17 @@ from tqdm import tqdm
 from .api.endpoints import endpoints_of
 from .backends.base import Backend, Note, Returned, WorkerDied
 from .config import RunConfig
-from .events import Abort, Event, Fatal, KeyDisabled, Stopped, StopReason, TaskDone, TaskFailed, WorkItem
+from .events import (
+    Abort,
+    Event,
+    Fatal,
+    KeyDisabled,
+    Stopped,
+    StopReason,
+    TaskDone,
+    TaskFailed,
+    WorkItem,
+)
 from .inputs.tasks import Task
 from .limits import LaneStats
 from .reports.summary import RunSummary, write_summary
@@ -28,7 +39,8 @@ from .store.idset import IdSubset
 
 log = logging.getLogger("mpinfer.run")
 
-LaneReport = Callable[[], tuple[list[LaneStats], list[bool]]]  # lane stats, and which keys are disabled
+# lane stats, and which keys are disabled
+LaneReport = Callable[[], tuple[list[LaneStats], list[bool]]]
 
 SUMMARY_EVERY_S = 2.0
 MAX_FAILURES_SHOWN = 5
@@ -39,8 +51,8 @@ RESPAWNS_PER_WORKER = 3  # dead workers replaced before the run stops on "worker
 
 
 def one_line(message: str) -> str:
-    """A server's message as one console line: a multi-line HTML error page would flood the terminal (the
-    errors file keeps it whole)."""
+    """A server's message as one console line: a multi-line HTML error page
+    would flood the terminal (the errors file keeps it whole)."""
     text = " ".join(message.split())
     return text if len(text) <= MESSAGE_SHOWN_CHARS else text[: MESSAGE_SHOWN_CHARS - 3] + "..."
 
@@ -59,8 +71,8 @@ def work_items(tasks: Iterator[Task], done: list[IdSubset]) -> Iterator[WorkItem
 class RunState:
     """The driver's side of a run, whatever runs the tasks."""
 
-    def __init__(self, config: RunConfig, items: Iterator[WorkItem], summary: RunSummary, summary_path: Path,
-                 priced_before: int, progress: bool) -> None:
+    def __init__(self, config: RunConfig, items: Iterator[WorkItem], summary: RunSummary,
+                 summary_path: Path, priced_before: int, progress: bool) -> None:
         self.config = config
         self.items = items
         self.summary = summary
@@ -72,9 +84,10 @@ class RunState:
         self.stop_reason: Stopped | None = None
         self.signals = 0
         self.lanes: LaneReport | None = None
-        tqdm.monitor_interval = 0  # no monitor thread: the local backend's parent must stay single-threaded
-        self.bar = tqdm(total=summary.total, initial=summary.already_done, unit="task", dynamic_ncols=True,
-                        smoothing=0.05, disable=not progress)
+        # no monitor thread: the local backend's parent must stay single-threaded
+        tqdm.monitor_interval = 0
+        self.bar = tqdm(total=summary.total, initial=summary.already_done, unit="task",
+                        dynamic_ncols=True, smoothing=0.05, disable=not progress)
         self._postfix_at = 0.0
         self._summary_at = 0.0
 
@@ -88,9 +101,10 @@ class RunState:
         self.feeding = False
 
     def next_item(self, outstanding: Callable[[], int]) -> WorkItem | None:
-        """The next task to send (tasks given back first), or None when there is none or none may go.
-        ``outstanding`` counts the tasks in flight; it is asked only under --max-cost (a backend may pay to
-        count them)."""
+        """The next task to send (tasks given back first), or None when there
+        is none or none may go.
+        ``outstanding`` counts the tasks in flight; it is asked only under
+        --max-cost (a backend may pay to count them)."""
         if not self.feeding or not self._within_budget(outstanding):
             return None
         item = self.requeue.popleft() if self.requeue else next(self.items, None)
@@ -99,13 +113,15 @@ class RunState:
         return item
 
     def give_back(self, items: list[WorkItem]) -> None:
-        """Tasks that were sent but not done (their worker died): send them again, unless stopping."""
+        """Tasks that were sent but not done (their worker died): send them
+        again, unless stopping."""
         if items and self.stop_reason is None:
             self.requeue.extend(items)
             self.feeding = True
 
     def _within_budget(self, in_flight: Callable[[], int]) -> bool:
-        """Whether one more task fits in --max-cost, counting what is in flight at the average cost so far.
+        """Whether one more task fits in --max-cost, counting what is in flight
+        at the average cost so far.
 
         Until the first answer gives an average, only one task per worker goes out, as a probe.
         """
@@ -121,8 +137,9 @@ class RunState:
         if spent + (outstanding + 1) * each <= budget:
             return True
         if self.stop_reason is None:
-            self.stop(Stopped(StopReason.BUDGET, f"${budget:.4f} would be passed (spent ${spent:.4f}, about "
-                                                 f"${each:.5f} a task, {outstanding} in flight)"))
+            self.stop(Stopped(StopReason.BUDGET,
+                              f"${budget:.4f} would be passed (spent ${spent:.4f}, about "
+                              f"${each:.5f} a task, {outstanding} in flight)"))
             log.warning("stopping: %s; finishing what is in flight", self.stop_reason)
         self.feeding = False
         return False
@@ -138,11 +155,13 @@ class RunState:
                 self.summary.count_failure(event.error_type, event.retries)
                 self.summary.per_model[self.config.models[event.model]].failed += 1
                 if self.summary.failed <= MAX_FAILURES_SHOWN:
-                    more = " (further failures only in the log)" if self.summary.failed == MAX_FAILURES_SHOWN else ""
-                    log.warning("task %s failed: %s: %s%s", event.id, event.error_type, one_line(event.message),
-                                more)
+                    last = self.summary.failed == MAX_FAILURES_SHOWN
+                    more = " (further failures only in the log)" if last else ""
+                    log.warning("task %s failed: %s: %s%s", event.id, event.error_type,
+                                one_line(event.message), more)
             case KeyDisabled():
-                log.warning("API key %s rejected (%s): disabled for this run", event.key, event.message)
+                log.warning("API key %s rejected (%s): disabled for this run", event.key,
+                            event.message)
             case Abort() | Fatal():
                 reason = StopReason.ABORTED if isinstance(event, Abort) else StopReason.FATAL
                 self.fail_run(Stopped(reason, event.message))
@@ -157,7 +176,8 @@ class RunState:
                              cost=f"${self.summary.cost:.4f}", refresh=refresh)
 
     def fail_run(self, stopped: Stopped) -> None:
-        """Stop the run on a fault; the first one is the one the summary reports, the rest go to the log."""
+        """Stop the run on a fault; the first one is the one the summary
+        reports, the rest go to the log."""
         if self.stop_reason is None:
             log.error("stopping the run: %s", stopped.detail or stopped)
         else:
@@ -181,23 +201,25 @@ class RunState:
             self.summary.take_lane_stats(lanes, self.config.models, self.key_names, disabled)
             if self.summary.waiting_for_server_since != waiting:
                 if self.summary.waiting_for_server_since:
-                    log.warning("waiting for the server since %s: it does not answer; one request probes it, "
-                                "the rest wait (up to --patience %gs)", self.summary.waiting_for_server_since,
-                                self.config.patience)
+                    log.warning("waiting for the server since %s: it does not answer; one request "
+                                "probes it, the rest wait (up to --patience %gs)",
+                                self.summary.waiting_for_server_since, self.config.patience)
                 else:
                     log.warning("the server answers again; going on")
         write_summary(self.summary_path, self.summary, live)
 
     def close(self) -> None:
-        self._show_totals(refresh=True)  # the last frame shows the totals the summary below it shows
+        # the last frame shows the totals the summary below it shows
+        self._show_totals(refresh=True)
         self.bar.close()
 
 
 def supervise(state: RunState, backend: Backend, grace_s: float, poll_s: float = POLL_S) -> None:
-    """Run the tasks on ``backend`` until they are done or the run stops, and its workers are finished.
+    """Run the tasks on ``backend`` until they are done or the run stops, and
+    its workers are finished.
 
-    The first signal stops feeding and gives the requests in flight ``grace_s`` to finish; a second drops
-    them (they are sent again on the rerun). Once stopping, workers get at least STOP_JOIN_S.
+    The first signal stops feeding and gives the requests in flight ``grace_s`` to finish; a second
+    drops them (they are sent again on the rerun). Once stopping, workers get at least STOP_JOIN_S.
     """
     state.lanes = backend.lane_stats
     respawns_left = RESPAWNS_PER_WORKER * state.config.processes
@@ -209,11 +231,12 @@ def supervise(state: RunState, backend: Backend, grace_s: float, poll_s: float =
         if state.signals > handled:
             handled = state.signals
             if handled > 1:
-                log.warning("quitting at once: requests in flight are dropped and sent again on rerun")
+                log.warning("quitting at once: requests in flight are "
+                            "dropped and sent again on rerun")
                 _tally(state, backend.kill())
                 return
-            log.warning("stopping: finishing the requests in flight (up to %.0fs); interrupt again to quit "
-                        "at once", grace_s)
+            log.warning("stopping: finishing the requests in flight (up to "
+                        "%.0fs); interrupt again to quit at once", grace_s)
             state.stop(Stopped(StopReason.INTERRUPTED))
             deadline = time.monotonic() + grace_s
         while state.feeding and backend.room() > 0:
@@ -248,7 +271,8 @@ def supervise(state: RunState, backend: Backend, grace_s: float, poll_s: float =
                 if state.stop_reason is not None:
                     continue
                 if respawns_left <= 0:
-                    state.fail_run(Stopped(StopReason.WORKERS_DYING, "workers keep dying; see the log"))
+                    state.fail_run(Stopped(StopReason.WORKERS_DYING,
+                                           "workers keep dying; see the log"))
                     continue
                 respawns_left -= 1
                 backend.replace(note.worker)
@@ -257,7 +281,8 @@ def supervise(state: RunState, backend: Backend, grace_s: float, poll_s: float =
 
 
 def _tally(state: RunState, notes: list[Note]) -> None:
-    """What arrived while the workers were being killed: answers are counted, nothing is sent again."""
+    """What arrived while the workers were being killed: answers are counted,
+    nothing is sent again."""
     for note in notes:
         if isinstance(note, Returned):
             state.recovered(note.recovered)

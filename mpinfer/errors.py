@@ -1,7 +1,8 @@
-"""The exception hierarchy of mpinfer: the library raises these; only the CLI turns them into messages.
+"""The exception hierarchy of mpinfer: the library raises these; only the CLI
+turns them into messages.
 
-Every exception here survives pickling (it may cross a process boundary), so each keeps its constructor
-arguments in ``args`` and rebuilds from them.
+Every exception here survives pickling (it may cross a process boundary), so each keeps its
+constructor arguments in ``args`` and rebuilds from them.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ class ConfigError(MpinferError):
 
 
 class SettingsChanged(ConfigError):
-    """An output holds answers made with other answer-changing settings; --allow-mixed accepts them."""
+    """An output holds answers made with other answer-changing settings;
+    --allow-mixed accepts them."""
 
     exit_code = 2
 
@@ -29,7 +31,8 @@ class SettingsChanged(ConfigError):
         self.changes = changes
 
     def __str__(self) -> str:
-        return "\n".join([*self.changes, "rerun with --allow-mixed to mix them, or write to another output"])
+        return "\n".join([*self.changes,
+                          "rerun with --allow-mixed to mix them, or write to another output"])
 
 
 class InputError(MpinferError):
@@ -75,11 +78,12 @@ class NoKeysLeft(MpinferError):
 
 
 class MalformedResponse(MpinferError):
-    """The server answered 200 with a body that is not a chat completion; retried like a server error."""
+    """The server answered 200 with a body that is not a chat completion;
+    retried like a server error."""
 
 
 class BatchApiError(MpinferError):
-    """A Batch API call (upload, create, poll, download, cancel) failed after its retries; the batch plan beside
-    the output keeps everything already submitted, so a rerun goes on from there."""
+    """A Batch API call (upload, create, poll, download, cancel) failed after its retries; the batch
+    plan beside the output keeps everything already submitted, so a rerun goes on from there."""
 
     exit_code = 5

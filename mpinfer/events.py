@@ -1,11 +1,12 @@
-"""What crosses processes and hosts: the events a worker reports, the work it is given, and why a run stops.
+"""What crosses processes and hosts: the events a worker reports, the work it
+is given, and why a run stops.
 
-Every event is a frozen dataclass. A local worker sends them over its pipe as orjson bytes, ``[kind, fields]``
-(``encode`` / ``decode``: decoding gives back an equal dataclass); a Ray actor returns the dataclasses
-themselves. The driver (``RunState.on_event``) dispatches on their types.
+Every event is a frozen dataclass. A local worker sends them over its pipe as orjson bytes, ``[kind,
+fields]`` (``encode`` / ``decode``: decoding gives back an equal dataclass); a Ray actor returns the
+dataclasses themselves. The driver (``RunState.on_event``) dispatches on their types.
 
-A run that ends before its work is done carries a ``Stopped``: a ``StopReason`` (which knows the exit code
-the command line ends with) and a detail message for the summary and the log.
+A run that ends before its work is done carries a ``Stopped``: a ``StopReason`` (which knows the
+exit code the command line ends with) and a detail message for the summary and the log.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ class TaskFailed:
 
 @dataclass(frozen=True, slots=True)
 class KeyDisabled:
-    """An API key was rejected (401/403); the other keys go on. ``key`` is its hint, never the key."""
+    """An API key was rejected (401/403); the other keys go on. ``key`` is its
+    hint, never the key."""
 
     kind: ClassVar[str] = "key_disabled"
     key: str
@@ -74,7 +76,8 @@ class Abort:
 
 @dataclass(frozen=True, slots=True)
 class Fatal:
-    """The run cannot go on: the output cannot be written (full disk), or a worker crashed on a bug."""
+    """The run cannot go on: the output cannot be written (full disk), or a
+    worker crashed on a bug."""
 
     kind: ClassVar[str] = "fatal"
     message: str
@@ -111,18 +114,20 @@ class StopWork:
 
 
 Message = Event | Work | StopWork
-WorkItem = tuple[Task, int]  # a task and the index of the model it is for, as the driver hands it out
+# a task and the index of the model it is for, as the driver hands it out
+WorkItem = tuple[Task, int]
 
-_KINDS: dict[str, type[Any]] = {cls.kind: cls for cls in (TaskDone, TaskFailed, KeyDisabled, Abort, Fatal,
-                                                            WorkerExit, Work, StopWork)}
+_KINDS: dict[str, type[Any]] = {cls.kind: cls
+                                for cls in (TaskDone, TaskFailed, KeyDisabled, Abort, Fatal,
+                                            WorkerExit, Work, StopWork)}
 
 
 def encode(*messages: Message) -> bytes:
     """The bytes one or more messages travel as on a local pipe, in one write.
 
-    A worker sends the events of a whole turn of its event loop at once, and the parent the tasks of a
-    whole turn of its loop: one write, one wake-up and one read for many messages (measured at 1,200 in
-    flight: the parent's CPU per task halved)."""
+    A worker sends the events of a whole turn of its event loop at once, and the parent the tasks of
+    a whole turn of its loop: one write, one wake-up and one read for many messages (measured at
+    1,200 in flight: the parent's CPU per task halved)."""
     return orjson.dumps([[message.kind, message] for message in messages])
 
 
@@ -159,8 +164,8 @@ def decode_events(raw: bytes) -> list[Event]:
 class StopReason(StrEnum):
     """Why a run ended before its work was done; ``exit_code`` is what the command line exits with.
 
-    ``label`` is how the summary names it (two reasons may share one: the user need not tell a dying worker
-    pool from a full disk to know the run stopped on a fault).
+    ``label`` is how the summary names it (two reasons may share one: the user need not tell a dying
+    worker pool from a full disk to know the run stopped on a fault).
     """
 
     exit_code: int
@@ -174,15 +179,19 @@ class StopReason(StrEnum):
         return member
 
     INTERRUPTED = ("interrupted", 130)       # Ctrl-C or SIGTERM
-    BUDGET = ("budget", 1)                   # --max-cost would be passed; a rerun with more budget goes on
+    # --max-cost would be passed; a rerun with more budget goes on
+    BUDGET = ("budget", 1)
     ABORTED = ("aborted", 5)                 # no task can succeed: every key rejected, no quota
-    FATAL = ("fatal", 5)                     # the output cannot be written, or a worker crashed on a bug
-    WORKERS_DYING = ("workers_dying", 5, "fatal")  # workers kept dying: the respawn allowance is used up
+    # the output cannot be written, or a worker crashed on a bug
+    FATAL = ("fatal", 5)
+    # workers kept dying: the respawn allowance is used up
+    WORKERS_DYING = ("workers_dying", 5, "fatal")
 
 
 @dataclass(frozen=True, slots=True)
 class Stopped:
-    """A stop reason and what happened, as the summary and the log show it: ``"aborted: every key ..."``."""
+    """A stop reason and what happened, as the summary and the log show it:
+    ``"aborted: every key ..."``."""
 
     reason: StopReason
     detail: str = ""

@@ -1,12 +1,14 @@
-"""``mpinfer.run`` for Python callers (a notebook, a script, a service): keyword settings in, a RunResult out.
+"""``mpinfer.run`` for Python callers (a notebook, a script, a service):
+keyword settings in, a RunResult out.
 
     r = mpinfer.run(input="tasks.jsonl", output="results.jsonl", model="gpt-4o-mini", processes=2)
     r.summary.succeeded, [a["answer"] for a in r.answers()]
 
-The keywords are RunConfig's field names (plus ``api_keys``); they rank as command-line flags do, over the
-environment, ``.env`` and ``mpinfer.toml``, so the key still comes from OPENAI_API_KEY unless given. The run
-is the command line's run: same locks, resume, files and summary. It leaves the caller's logging alone and
-works from any thread (from one that is not the main thread, Ctrl-C stays with the program).
+The keywords are RunConfig's field names (plus ``api_keys``); they rank as command-line flags do,
+over the environment, ``.env`` and ``mpinfer.toml``, so the key still comes from OPENAI_API_KEY
+unless given. The run is the command line's run: same locks, resume, files and summary. It leaves
+the caller's logging alone and works from any thread (from one that is not the main thread, Ctrl-C
+stays with the program).
 """
 
 from __future__ import annotations
@@ -30,13 +32,15 @@ from .store.records import answer_id
 
 log = logging.getLogger("mpinfer.job")
 
-# The keywords: the settings' names, and the keys (from Python only: a flag would leak them into ``ps``).
+# The keywords: the settings' names, and the keys (from Python only: a flag
+# would leak them into ``ps``).
 KEYWORDS: tuple[str, ...] = (*(option.name for option in OPTIONS), "api_keys")
 
 
 @dataclass(frozen=True)
 class RunResult:
-    """What ``mpinfer.run`` did (``summary``) and where its answers are (``outputs``, one file per model)."""
+    """What ``mpinfer.run`` did (``summary``) and where its answers are
+    (``outputs``, one file per model)."""
 
     summary: RunSummary
     config: RunConfig
@@ -48,11 +52,12 @@ class RunResult:
         return model_outputs(output, self.config.models)
 
     def answers(self) -> Iterator[dict[str, Any]]:
-        """Every result line in the outputs, this run's and earlier runs', as dicts, file by file in order.
+        """Every result line in the outputs, this run's and earlier runs', as
+        dicts, file by file in order.
 
-        Read lazily from disk, so a million answers need not fit in memory. These are the lines a resume counts
-        as done; any other line (torn, corrupt or not an answer, which ``validate`` reports) is skipped.
-        The failures are in ``failures()``.
+        Read lazily from disk, so a million answers need not fit in memory. These are the lines a
+        resume counts as done; any other line (torn, corrupt or not an answer, which ``validate``
+        reports) is skipped. The failures are in ``failures()``.
         """
         for path in self.outputs:
             for _number, _raw, obj in iter_lines(path):
@@ -60,7 +65,8 @@ class RunResult:
                     yield obj
 
     def failures(self) -> Iterator[dict[str, Any]]:
-        """The last failure of each task still not answered (what a rerun retries), as dicts, output by output.
+        """The last failure of each task still not answered (what a rerun
+        retries), as dicts, output by output.
 
         Earlier failures of a task answered since, in this run or a later one, are left out.
         """
@@ -74,13 +80,15 @@ class RunResult:
             yield from last.values()
 
 
-def run(config: RunConfig | None = None, *, input: str | Path | None = None, output: str | Path | None = None,
-        progress: bool = True, grace_s: float = DEFAULT_GRACE_S, **settings: Any) -> RunResult:
-    """Run every task of ``input`` that is not in ``output`` yet (rerun to resume) and return the result.
+def run(config: RunConfig | None = None, *, input: str | Path | None = None,
+        output: str | Path | None = None, progress: bool = True, grace_s: float = DEFAULT_GRACE_S,
+        **settings: Any) -> RunResult:
+    """Run every task of ``input`` that is not in ``output`` yet (rerun to
+    resume) and return the result.
 
-    ``settings`` are RunConfig's field names, e.g. ``model="gpt-4o-mini", processes=2, max_cost=5``; an
-    unknown name is a ConfigError. With ``config``, the keyword settings apply over it. Raises MpinferError
-    subclasses (bad input, settings or output) before anything is spent.
+    ``settings`` are RunConfig's field names, e.g. ``model="gpt-4o-mini", processes=2, max_cost=5``;
+    an unknown name is a ConfigError. With ``config``, the keyword settings apply over it. Raises
+    MpinferError subclasses (bad input, settings or output) before anything is spent.
     """
     settings = {"input": input, "output": output, **settings}
     check_names(settings)
@@ -97,18 +105,22 @@ def run(config: RunConfig | None = None, *, input: str | Path | None = None, out
 
 
 def check_names(settings: Iterable[str]) -> None:
-    """A ConfigError naming the first of ``settings`` that is no keyword, with the likeliest one meant."""
+    """A ConfigError naming the first of ``settings`` that is no keyword, with
+    the likeliest one meant."""
     for name in settings:
         if name not in KEYWORDS:
             close = difflib.get_close_matches(name, KEYWORDS, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f" (known: {', '.join(sorted(KEYWORDS))})"
+            hint = (f"; did you mean {close[0]!r}?" if close
+                    else f" (known: {', '.join(sorted(KEYWORDS))})")
             raise ConfigError(f"unknown setting {name!r}{hint}")
 
 
 def with_settings(config: RunConfig, settings: Mapping[str, Any]) -> RunConfig:
-    """``config`` with keyword settings over it, each parsed and checked as its flag would be (None: not given).
+    """``config`` with keyword settings over it, each parsed and checked as its
+    flag would be (None: not given).
 
-    ``api_keys`` takes a key or a sequence of keys; a new ``api_keys_file`` without them reads its keys.
+    ``api_keys`` takes a key or a sequence of keys; a new ``api_keys_file``
+    without them reads its keys.
     """
     check_names(settings)
     given = {name: value for name, value in settings.items() if value is not None}
@@ -120,9 +132,10 @@ def with_settings(config: RunConfig, settings: Mapping[str, Any]) -> RunConfig:
         values["api_keys"] = read_keys_file(values["api_keys_file"])
     if values.get("endpoints") is not None:  # the table's own keys, one an endpoint
         values["endpoint_table"] = endpoint_table(values["endpoints"])
-        values["api_keys"] = tuple(endpoint.api_key for endpoint in values["endpoint_table"] if endpoint.api_key)
-    return dataclasses.replace(config, **values,
-                               explicit=config.explicit | (set(values) - {"api_keys", "endpoint_table"}))
+        values["api_keys"] = tuple(endpoint.api_key for endpoint in values["endpoint_table"]
+                                   if endpoint.api_key)
+    explicit = config.explicit | (set(values) - {"api_keys", "endpoint_table"})
+    return dataclasses.replace(config, **values, explicit=explicit)
 
 
 def _keyword(name: str) -> str:
@@ -130,7 +143,9 @@ def _keyword(name: str) -> str:
 
 
 def _key_list(value: Any) -> tuple[str, ...]:
-    keys = [value] if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else None
+    keys = ([value] if isinstance(value, str)
+            else list(value) if isinstance(value, (list, tuple)) else None)
     if not keys or not all(isinstance(key, str) and key.strip() for key in keys):
-        raise ConfigError(f"{_keyword('api_keys')}: must be a key or a list of keys, none of them empty")
+        raise ConfigError(f"{_keyword('api_keys')}: must be a key or a list "
+                          "of keys, none of them empty")
     return tuple(dict.fromkeys(key.strip() for key in keys))

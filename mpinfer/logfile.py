@@ -1,8 +1,9 @@
 """Per-run log files and the console log handler, on mpinfer's own logger.
 
-Every run gets its own file under the log folder, named for the model and the start time, and opened with
-exclusive creation: a run never overwrites or appends to an earlier run's log, even two runs started in the
-same second. The console shows warnings and errors only, written through tqdm so they do not break the bar.
+Every run gets its own file under the log folder, named for the model and the start time, and opened
+with exclusive creation: a run never overwrites or appends to an earlier run's log, even two runs
+started in the same second. The console shows warnings and errors only, written through tqdm so they
+do not break the bar.
 """
 
 from __future__ import annotations
@@ -65,12 +66,14 @@ class TqdmConsoleHandler(logging.Handler):
 
 
 def _secrets(keys: Sequence[str]) -> list[str]:
-    # A "key" of a few characters (none, EMPTY) guards nothing, and masking it would mangle ordinary words.
+    # A "key" of a few characters (none, EMPTY) guards nothing, and masking it
+    # would mangle ordinary words.
     return [key for key in keys if len(key) >= MIN_SECRET_LENGTH]
 
 
 class _SameThread(logging.Filter):
-    """Passes the records of the thread that started the run: two runs in two threads keep their own logs."""
+    """Passes the records of the thread that started the run: two runs in two
+    threads keep their own logs."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -81,7 +84,8 @@ class _SameThread(logging.Filter):
 
 
 class _OtherThreads(logging.Handler):
-    """While runs go, hands the records of threads that run none on up, as propagation would have."""
+    """While runs go, hands the records of threads that run none on up, as
+    propagation would have."""
 
     def emit(self, record: logging.LogRecord) -> None:
         parent = logging.getLogger(LOGGER).parent
@@ -94,18 +98,21 @@ class _OtherThreads(logging.Handler):
 
 _runs_lock = threading.Lock()
 _run_threads: set[int] = set()  # the threads running a run now, in this process
-_saved: tuple[int, bool] = (logging.NOTSET, True)  # the "mpinfer" logger's level and propagate before them
+# the "mpinfer" logger's level and propagate before them
+_saved: tuple[int, bool] = (logging.NOTSET, True)
 _others = _OtherThreads()
 
 
 @contextmanager
-def parent_logging(log_file: Path | None, verbose: bool, keys: Sequence[str] = ()) -> Iterator[None]:
-    """While a run lasts: console (warnings and errors, above the bar) and the run's log file (everything),
-    both redacted, on mpinfer's own logger.
+def parent_logging(log_file: Path | None, verbose: bool,
+                   keys: Sequence[str] = ()) -> Iterator[None]:
+    """While a run lasts: console (warnings and errors, above the bar) and the run's log file
+    (everything), both redacted, on mpinfer's own logger.
 
-    The root logger and the caller's handlers are left alone: mpinfer's records do not reach them during the
-    run (a notebook's own log must not fill with them), and the caller's records do not reach mpinfer's file.
-    Afterwards the handlers are removed and closed and the logger is as it was.
+    The root logger and the caller's handlers are left alone: mpinfer's records do not reach them
+    during the run (a notebook's own log must not fill with them), and the caller's records do not
+    reach mpinfer's file. Afterwards the handlers are removed and closed and the logger is as it
+    was.
     """
     global _saved
     logger = logging.getLogger(LOGGER)
@@ -124,10 +131,12 @@ def parent_logging(log_file: Path | None, verbose: bool, keys: Sequence[str] = (
     with _runs_lock:
         if not _run_threads:
             _saved = (logger.level, logger.propagate)
-            logger.propagate = False  # the run's records stop here; _others hands on everyone else's
+            # the run's records stop here; _others hands on everyone else's
+            logger.propagate = False
             logger.addHandler(_others)
         _run_threads.add(own_thread.thread)
-        # Low enough for this run's file (and for what the caller's handlers asked of everyone else's records).
+        # Low enough for this run's file (and for what the caller's handlers
+        # asked of everyone else's records).
         logger.setLevel(min(logger.getEffectiveLevel(), logging.DEBUG if verbose else logging.INFO))
         for handler in handlers:
             logger.addHandler(handler)
@@ -148,7 +157,8 @@ def parent_logging(log_file: Path | None, verbose: bool, keys: Sequence[str] = (
 def _reset_root(verbose: bool) -> logging.Logger:
     """A worker process's root logger, emptied: the worker is ours, and so is its logging."""
     own = logging.getLogger(LOGGER)
-    # A forked worker inherits the parent's run handlers; its records go to its own file handler instead.
+    # A forked worker inherits the parent's run handlers; its records go to its
+    # own file handler instead.
     for handler in list(own.handlers):
         own.removeHandler(handler)
     own.setLevel(logging.NOTSET)
@@ -163,8 +173,10 @@ def _reset_root(verbose: bool) -> logging.Logger:
     return root
 
 
-def setup_worker_logging(log_file: str | None, verbose: bool, label: str, keys: Sequence[str] = ()) -> None:
-    """A worker logs to the run's file only; what the user must see travels to the parent as events."""
+def setup_worker_logging(log_file: str | None, verbose: bool, label: str,
+                         keys: Sequence[str] = ()) -> None:
+    """A worker logs to the run's file only; what the user must see travels to
+    the parent as events."""
     root = _reset_root(verbose)
     if log_file:
         handler = logging.FileHandler(log_file, mode="a", encoding="utf-8", delay=True)

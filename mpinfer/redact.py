@@ -1,13 +1,16 @@
-"""Keeping secrets out of everything mpinfer writes: logs, output and error lines, manifests, error messages.
+"""Keeping secrets out of everything mpinfer writes: logs, output and error
+lines, manifests, error messages.
 
-Two layers. The exact API keys of the run are replaced wherever they occur, so a key never leaves the
-process in clear even when it has no recognisable shape. Then anything shaped like a credential is scrubbed
-too (OpenAI-style ``sk-`` keys, ``Bearer`` tokens, passwords in URLs), which catches keys the run was not
-given: a key in a base URL, in an SDK's exception text, or pasted into an extra body.
+Two layers. The exact API keys of the run are replaced wherever they occur, so a key never leaves
+the process in clear even when it has no recognisable shape. Then anything shaped like a credential
+is scrubbed too (OpenAI-style ``sk-`` keys, ``Bearer`` tokens, passwords in URLs), which catches
+keys the run was not given: a key in a base URL, in an SDK's exception text, or pasted into an extra
+body.
 
-What is left of a key is its last four characters, the same hint the logs and reports use to tell keys
-apart; a key shorter than 12 characters shows nothing, since its last four would give too much of it away.
-Every pattern here is matched in time linear in the text, so a megabyte of log message costs milliseconds.
+What is left of a key is its last four characters, the same hint the logs and reports use to tell
+keys apart; a key shorter than 12 characters shows nothing, since its last four would give too much
+of it away. Every pattern here is matched in time linear in the text, so a megabyte of log message
+costs milliseconds.
 """
 
 from __future__ import annotations
@@ -21,25 +24,28 @@ MIN_HINTED_LENGTH = 12
 MIN_SECRET_LENGTH = 4
 MASK = "***"
 
-# Options of mpinfer whose names contain "key" but whose values name an input field or a file: hiding them
-# would make a recorded command line useless and protect nothing (the values still go through redact()).
-NOT_SECRET_OPTIONS: frozenset[str] = frozenset({"--id-key", "--prompt-key", "--images-key", "--api-keys-file"})
+# Options of mpinfer whose names contain "key" but whose values name an input field or a file:
+# hiding them would make a recorded command line useless and protect nothing (the values still go
+# through redact()).
+NOT_SECRET_OPTIONS: frozenset[str] = frozenset({"--id-key", "--prompt-key", "--images-key",
+                                                "--api-keys-file"})
 _SECRET_OPTION_WORDS = ("key", "token", "secret", "password")
 
 # Not preceded by a letter or digit, so "task-0123456789abcdefgh" is an id, not a key.
 _OPENAI_KEY = re.compile(r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_-]{16,}")
-# RFC 6750 token characters. At least 8 of them, so prose such as "the bearer of bad news" stays whole; a
-# shorter token is no credential worth the name ("Bearer none" for a local server).
+# RFC 6750 token characters. At least 8 of them, so prose such as "the bearer of bad news" stays
+# whole; a shorter token is no credential worth the name ("Bearer none" for a local server).
 _BEARER = re.compile(r"\b(bearer)[ \t]+[A-Za-z0-9._~+/-]{8,}=*", re.IGNORECASE)
-# Anchored on "://" rather than on the scheme: a scheme pattern would rescan every long run of letters
-# from each of its starting points (quadratic). The password may hold an unencoded "@"; the last one
-# before the path ends it.
+# Anchored on "://" rather than on the scheme: a scheme pattern would rescan every long run of
+# letters from each of its starting points (quadratic). The password may hold an unencoded "@"; the
+# last one before the path ends it.
 _URL_PASSWORD = re.compile(r"://([^\s/?#@:]*):[^\s/?#]*@")
 _PLAIN_FORMATTER = logging.Formatter()
 
 
 def key_hint(key: str, index: int) -> str:
-    """How key number ``index`` (0-based) may be shown: ``...wxyz``, or ``key #2`` when it is short."""
+    """How key number ``index`` (0-based) may be shown: ``...wxyz``, or ``key
+    #2`` when it is short."""
     return f"...{key[-4:]}" if len(key) >= MIN_HINTED_LENGTH else f"key #{index + 1}"
 
 
@@ -49,7 +55,8 @@ def _mask(secret: str) -> str:
 
 @functools.lru_cache(maxsize=32)
 def _secrets_pattern(secrets: tuple[str, ...]) -> re.Pattern[str] | None:
-    """One alternation of the secrets, longest first, so a key that starts another never splits it."""
+    """One alternation of the secrets, longest first, so a key that starts
+    another never splits it."""
     wanted = sorted({s for s in secrets if len(s) >= MIN_SECRET_LENGTH}, key=len, reverse=True)
     if not wanted:
         return None
@@ -59,8 +66,8 @@ def _secrets_pattern(secrets: tuple[str, ...]) -> re.Pattern[str] | None:
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
     """``text`` with every secret replaced by its hint and credential-shaped strings scrubbed.
 
-    The exact secrets go first: a pattern could cut a secret in two and leave a piece of it that the exact
-    match would no longer find.
+    The exact secrets go first: a pattern could cut a secret in two and leave a
+    piece of it that the exact match would no longer find.
     """
     pattern = _secrets_pattern(tuple(secrets))
     if pattern is not None:
@@ -73,10 +80,12 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
 
 
 class RedactingFilter(logging.Filter):
-    """A logging filter that removes secrets from each record; it rewrites records and never drops one.
+    """A logging filter that removes secrets from each record; it rewrites
+    records and never drops one.
 
-    Attach it to handlers, not loggers: a logger's filters see only the records logged on that very logger,
-    never those propagating from its children, whereas a handler's see every record it is about to write.
+    Attach it to handlers, not loggers: a logger's filters see only the records logged on that very
+    logger, never those propagating from its children, whereas a handler's see every record it is
+    about to write.
     """
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
@@ -92,8 +101,8 @@ class RedactingFilter(logging.Filter):
         record.msg = redact(message, self.secrets)
         record.args = None
         if record.exc_info and not record.exc_text:
-            # A formatter fills exc_text from exc_info only after the filters ran, so the traceback would
-            # go out unredacted: render it here; formatters reuse an exc_text that is set.
+            # A formatter fills exc_text from exc_info only after the filters ran, so the traceback
+            # would go out unredacted: render it here; formatters reuse an exc_text that is set.
             record.exc_text = _PLAIN_FORMATTER.formatException(record.exc_info)
         if record.exc_text:
             record.exc_text = redact(record.exc_text, self.secrets)
@@ -114,11 +123,12 @@ def redact_argv(
     secrets: Iterable[str] = (),
     not_secret: Collection[str] = NOT_SECRET_OPTIONS,
 ) -> list[str]:
-    """The command line fit to be recorded: secrets redacted, and the values of secret options hidden.
+    """The command line fit to be recorded: secrets redacted, and the values of
+    secret options hidden.
 
     An option is secret when its name contains key, token, secret or password (``--api-key X``,
-    ``--token=X``), unless it is one of ``not_secret``; its value becomes ``***``. After ``--`` nothing is
-    an option.
+    ``--token=X``), unless it is one of ``not_secret``; its value becomes ``***``. After ``--``
+    nothing is an option.
     """
     secrets = tuple(secrets)
     cleaned: list[str] = []

@@ -1,10 +1,10 @@
 """A run's life in named steps: check, lock, repair, scan, manifest, backend, summary.
 
-Everything that must hold whatever runs the tasks happens here, before and after the backend: bad input
-fails before anything is spent (check), one run holds each output and no orphan of a killed run writes
-beside it (lock), torn tails are cut (repair), the done ids are read from the output, the truth (scan),
-the settings fingerprint is checked and the run recorded (manifest), the driver hands the rest to a
-backend (backend), and the run's end is recorded and reported (summary).
+Everything that must hold whatever runs the tasks happens here, before and after the backend: bad
+input fails before anything is spent (check), one run holds each output and no orphan of a killed
+run writes beside it (lock), torn tails are cut (repair), the done ids are read from the output, the
+truth (scan), the settings fingerprint is checked and the run recorded (manifest), the driver hands
+the rest to a backend (backend), and the run's end is recorded and reported (summary).
 """
 
 from __future__ import annotations
@@ -26,7 +26,14 @@ from .config import Backend as BackendName
 from .config import RunConfig
 from .driver import MAX_FAILURES_SHOWN, RESPAWNS_PER_WORKER, RunState, supervise, work_items
 from .errors import ConfigError, InputError, OutputError
-from .inputs.check import asked_models, check_input, reading, refuse_input_as_output, selection, settle_models
+from .inputs.check import (
+    asked_models,
+    check_input,
+    reading,
+    refuse_input_as_output,
+    selection,
+    settle_models,
+)
 from .inputs.readers import iter_tasks
 from .inputs.tasks import FieldKeys, InputIndex, Selection
 from .logfile import create_log_file, parent_logging
@@ -55,7 +62,8 @@ __all__ = ["DEFAULT_GRACE_S", "RunSummary", "run"]
 
 @dataclass(frozen=True)
 class _Job:
-    """What the check settled: the run's settings, where its tasks come from and where their lines go."""
+    """What the check settled: the run's settings, where its tasks come from
+    and where their lines go."""
 
     config: RunConfig
     input_path: Path
@@ -68,7 +76,8 @@ class _Job:
 
 @dataclass
 class _Scanned:
-    """What the outputs already hold: per model, the done ids and where this run's lines will start."""
+    """What the outputs already hold: per model, the done ids and where this
+    run's lines will start."""
 
     done: list[IdSubset]
     run_starts: list[int]
@@ -85,7 +94,8 @@ def run(config: RunConfig, *, progress: bool = True, grace_s: float = DEFAULT_GR
     job, index = _check(config)
     with ExitStack() as held:
         log_file = _lock(job, held)
-        summary = RunSummary(total=index.total * len(job.config.models), already_done=0, log_file=log_file)
+        summary = RunSummary(total=index.total * len(job.config.models), already_done=0,
+                             log_file=log_file)
         _repair(job, summary)
         scanned = _scan(job, index, summary)
         manifest, start = _record_start(job, scanned, argv, index, summary)
@@ -97,21 +107,24 @@ def run(config: RunConfig, *, progress: bool = True, grace_s: float = DEFAULT_GR
         finally:
             summary.elapsed_s = time.monotonic() - started
             append_record(manifest, end_record(start, summary_counts(summary, summary.cost)))
-        # Not on an error on its way out: only after the run ended (a graceful stop included), under the lock.
+        # Not on an error on its way out: only after the run ended (a graceful
+        # stop included), under the lock.
         summary.epilogue = after_run(job.config, summary.remaining)
         if ran:
-            log.info("run ended: %d written, %d failed, %d left, %.1fs%s", summary.succeeded + summary.recovered,
-                     summary.failed, summary.remaining, summary.elapsed_s,
-                     f", stopped: {summary.stopped}" if summary.stopped else "")
+            log.info("run ended: %d written, %d failed, %d left, %.1fs%s",
+                     summary.succeeded + summary.recovered, summary.failed, summary.remaining,
+                     summary.elapsed_s, f", stopped: {summary.stopped}" if summary.stopped else "")
     return summary
 
 
-# -- check: before anything is locked, written or spent -----------------------------------------------
+# -- check: before anything is locked, written or spent
+# -----------------------------------------------
 
 
 def _check(config: RunConfig) -> tuple[_Job, InputIndex]:
     input_path, output = config.require_paths()
-    if not input_path.is_file():  # the first thing a new user gets wrong: say it before the missing key
+    # the first thing a new user gets wrong: say it before the missing key
+    if not input_path.is_file():
         raise InputError("cannot open input: no such file", str(input_path))
     config.require_api_keys()
     prices = load_prices(config.prices, config.price_input, config.price_output)
@@ -119,14 +132,15 @@ def _check(config: RunConfig) -> tuple[_Job, InputIndex]:
     chosen = selection(config)
     index = check_input(input_path, keys, chosen)  # bad input fails here, before anything is spent
     config = settle_models(config, index)
-    asked = asked_models(config, index)  # the models requests name (a Batch file's bodies' without --model)
+    # the models requests name (a Batch file's bodies' without --model)
+    asked = asked_models(config, index)
     unpriced = [m for m in asked if prices.find(m) is None]
     if config.max_cost is not None and config.backend is BackendName.BATCH:
-        raise ConfigError("--max-cost does not go with --backend batch (a batch's cost is known only once it "
-                          "ends); --dry-run --backend batch shows its price first")
+        raise ConfigError("--max-cost does not go with --backend batch (a batch's cost is known "
+                          "only once it ends); --dry-run --backend batch shows its price first")
     if config.max_cost is not None and unpriced:
-        raise ConfigError(f"--max-cost needs a price for {', '.join(unpriced)}: give --prices FILE or "
-                          "--price-input and --price-output")
+        raise ConfigError(f"--max-cost needs a price for {', '.join(unpriced)}: give "
+                          "--prices FILE or --price-input and --price-output")
     outputs = [OutputPaths.of(path) for path in model_outputs(output, config.models)]
     refuse_input_as_output(input_path, [paths.output for paths in outputs], keys)
     try:
@@ -136,11 +150,13 @@ def _check(config: RunConfig) -> tuple[_Job, InputIndex]:
     return _Job(config, input_path, output, keys, chosen, outputs, prices), index
 
 
-# -- lock: this run alone on each output, and its own log ---------------------------------------------
+# -- lock: this run alone on each output, and its own log
+# ---------------------------------------------
 
 
 def _lock(job: _Job, held: ExitStack) -> Path | None:
-    """Take every output's run lock (released when ``held`` closes), wait out orphans, start the log."""
+    """Take every output's run lock (released when ``held`` closes), wait out
+    orphans, start the log."""
     config = job.config
     for paths in job.outputs:
         held.enter_context(RunLock(paths, config.model))
@@ -151,7 +167,8 @@ def _lock(job: _Job, held: ExitStack) -> Path | None:
     return log_file
 
 
-# -- repair: no torn last line for the next record to land on -----------------------------------------
+# -- repair: no torn last line for the next record to land on
+# -----------------------------------------
 
 
 def _repair(job: _Job, summary: RunSummary) -> None:
@@ -168,7 +185,8 @@ def _repair(job: _Job, summary: RunSummary) -> None:
                 log.info("%s: added the missing newline after the last record", path)
 
 
-# -- scan: what is done already, from the output itself -----------------------------------------------
+# -- scan: what is done already, from the output itself
+# -----------------------------------------------
 
 
 def _scan(job: _Job, index: InputIndex, summary: RunSummary) -> _Scanned:
@@ -176,12 +194,14 @@ def _scan(job: _Job, index: InputIndex, summary: RunSummary) -> _Scanned:
     for model, paths in zip(job.config.models, job.outputs, strict=True):
         found = scan(paths.output, within=index.ids)
         for bad in found.bad_lines[:MAX_FAILURES_SHOWN]:
-            log.warning("%s:%d is not a valid record (left in place; its task runs again): %s", paths.output,
-                        bad.line, bad.snippet)
+            log.warning("%s:%d is not a valid record (left in place; its task runs again): %s",
+                        paths.output, bad.line, bad.snippet)
         unknown = len(found.unknown)
         if unknown:
-            log.warning("%d ids in %s are not in the input (--validate lists them)", unknown, paths.output)
-        done_ids = found.done if found.done is not None else index.ids.empty()  # always set: scanned within
+            log.warning("%d ids in %s are not in the input (--validate lists them)", unknown,
+                        paths.output)
+        # always set: scanned within
+        done_ids = found.done if found.done is not None else index.ids.empty()
         scanned.done.append(done_ids)
         if found.lines:
             scanned.written.append(paths.output.name)
@@ -194,27 +214,32 @@ def _scan(job: _Job, index: InputIndex, summary: RunSummary) -> _Scanned:
     return scanned
 
 
-# -- manifest: the settings must match what the outputs hold; the run is recorded ---------------------
+# -- manifest: the settings must match what the outputs hold; the run is
+# recorded ---------------------
 
 
 def _record_start(job: _Job, scanned: _Scanned, argv: Sequence[str], index: InputIndex,
                   summary: RunSummary) -> tuple[Path, RunRecord]:
     config = job.config
     manifest = manifest_path(job.output)
-    for change in check_fingerprints(manifest, output_fingerprints(config), scanned.written, config.allow_mixed):
+    for change in check_fingerprints(manifest, output_fingerprints(config), scanned.written,
+                                     config.allow_mixed):
         log.warning("--allow-mixed: %s", change)
     start = start_record(config, argv)
     append_record(manifest, start)
-    log.info("run %s -> %s: %r", job.input_path, ", ".join(str(p.output) for p in job.outputs), config)
+    log.info("run %s -> %s: %r", job.input_path, ", ".join(str(p.output) for p in job.outputs),
+             config)
     for name in asked_models(config, index):
         if image_rule(name) is None:
-            log.info("%s: no published image token rule; its images are estimated as gpt-4o's", name)
+            log.info("%s: no published image token rule; its images are estimated as gpt-4o's",
+                     name)
     log.info("%d tasks x %d models, %d already done, %d to run", index.total, len(config.models),
              summary.already_done, summary.remaining)
     return manifest, start
 
 
-# -- backend: the driver hands what is left to where it runs ------------------------------------------
+# -- backend: the driver hands what is left to where it runs
+# ------------------------------------------
 
 
 def _backend(job: _Job, scanned: _Scanned, log_file: Path | None, progress: bool) -> Backend:
@@ -232,12 +257,12 @@ def _backend(job: _Job, scanned: _Scanned, log_file: Path | None, progress: bool
     return LocalBackend(config, job.outputs, scanned.run_starts, log_file, job.prices)
 
 
-def _run_backend(job: _Job, scanned: _Scanned, summary: RunSummary, log_file: Path | None, progress: bool,
-                 grace_s: float, started: float) -> None:
+def _run_backend(job: _Job, scanned: _Scanned, summary: RunSummary, log_file: Path | None,
+                 progress: bool, grace_s: float, started: float) -> None:
     """Run what is left; whatever happens, the summary file is rewritten and the backend closed."""
     items = work_items(iter_tasks(job.input_path, job.keys, selection=job.chosen), scanned.done)
-    state = RunState(job.config, items, summary, companion(job.output, ".summary.json"), summary.already_done,
-                     progress)
+    state = RunState(job.config, items, summary, companion(job.output, ".summary.json"),
+                     summary.already_done, progress)
     backend = _backend(job, scanned, log_file, progress)
     previous = _catch_stop_signals(state.on_signal)
     try:
@@ -246,7 +271,8 @@ def _run_backend(job: _Job, scanned: _Scanned, summary: RunSummary, log_file: Pa
         summary.stopped = state.stop_reason
         summary.elapsed_s = time.monotonic() - started
         try:
-            state.save_summary(live=False)  # before close: the limiter's counts live with the backend
+            # before close: the limiter's counts live with the backend
+            state.save_summary(live=False)
         finally:
             backend.close()
             state.close()
@@ -257,8 +283,8 @@ def _run_backend(job: _Job, scanned: _Scanned, summary: RunSummary, log_file: Pa
 def _catch_stop_signals(handler: Callable[[int, Any], None]) -> dict[int, Any]:
     """Route Ctrl-C and SIGTERM to a graceful stop; {signal: the handler it replaced}, to restore.
 
-    Only the main thread may set signal handlers: a run started from another thread (a notebook's, a web
-    server's) leaves them to the program, which still owns Ctrl-C.
+    Only the main thread may set signal handlers: a run started from another thread (a notebook's, a
+    web server's) leaves them to the program, which still owns Ctrl-C.
     """
     if threading.current_thread() is not threading.main_thread():
         return {}

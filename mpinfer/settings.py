@@ -1,8 +1,10 @@
-"""How a setting is declared: the ``setting()`` field helper, the value parsers, and the Option view of a field.
+"""How a setting is declared: the ``setting()`` field helper, the value
+parsers, and the Option view of a field.
 
-A RunConfig field declared with ``setting(...)`` is a setting: it gets a flag, environment variables and a
-``mpinfer.toml`` key. Its default is written once, in the field; the CLI's help, docs/settings.md's table
-and ``.env.example`` are rendered from (and checked against, by tests/test_docs.py) the Option built here.
+A RunConfig field declared with ``setting(...)`` is a setting: it gets a flag, environment variables
+and a ``mpinfer.toml`` key. Its default is written once, in the field; the CLI's help,
+docs/settings.md's table and ``.env.example`` are rendered from (and checked against, by
+tests/test_docs.py) the Option built here.
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ E = TypeVar("E", bound=StrEnum)
 _KEY = "mpinfer.setting"
 
 
-# --- parsers: text from a flag, the environment or .env, or a TOML/keyword value, to the field's type --------
+# --- parsers: text from a flag, the environment or .env, or a TOML/keyword
+# value, to the field's type --------
 
 
 def as_integer(text: Any) -> int:
-    """An int from a flag's text or a TOML value; a TOML float or boolean is refused, never truncated."""
+    """An int from a flag's text or a TOML value; a TOML float or boolean is
+    refused, never truncated."""
     if isinstance(text, bool) or (isinstance(text, float) and not text.is_integer()):
         raise ValueError("must be a whole number")
     return int(text)
@@ -38,13 +42,17 @@ def as_number(text: Any) -> float:
     return float(text)
 
 
-def at_least(parse: Callable[[Any], float], low: float, strictly: bool = False) -> Callable[[Any], Any]:
-    """A parser that also bounds the value from below: ``> low`` when ``strictly``, else ``>= low``."""
+def at_least(
+    parse: Callable[[Any], float], low: float, strictly: bool = False
+) -> Callable[[Any], Any]:
+    """A parser that also bounds the value from below: ``> low`` when
+    ``strictly``, else ``>= low``."""
 
     def bounded(text: Any) -> Any:
         value = parse(text)
         if value < low or (strictly and value == low):
-            raise ValueError(f"must be more than {low:g}" if strictly else f"must be {low:g} or more")
+            raise ValueError(f"must be more than {low:g}" if strictly
+                             else f"must be {low:g} or more")
         return value
 
     return bounded
@@ -122,7 +130,8 @@ def as_text(value: Any) -> str:
     return str(value)
 
 
-# --- declaring a setting ---------------------------------------------------------------------------------
+# --- declaring a setting
+# ---------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -141,9 +150,10 @@ class Spec:
 def setting(default: T, parse: Callable[[Any], Any], help: str, *, short: str | None = None,
             env: tuple[str, ...] = (), metavar: str | None = None, shown: str | None = None,
             cli: bool = True) -> T:
-    """A RunConfig field that is a setting. ``shown`` says what the default means when its value alone does not
-    (``None`` for "the server's"); ``env`` replaces the variable's name ``MPINFER_<NAME>``; ``cli=False``: no
-    flag of its own (the flag of that name does something else on the command line)."""
+    """A RunConfig field that is a setting. ``shown`` says what the default means when its value
+    alone does not (``None`` for "the server's"); ``env`` replaces the variable's name
+    ``MPINFER_<NAME>``; ``cli=False``: no flag of its own (the flag of that name does something else
+    on the command line)."""
     spec = Spec(parse, help, short, env, metavar, shown, cli)
     made: T = dataclasses.field(default=default, metadata={_KEY: spec})
     return made
@@ -207,12 +217,13 @@ def options_of(cls: type[Any]) -> tuple[Option, ...]:
     for f in dataclasses.fields(cls):
         spec = f.metadata.get(_KEY)
         if isinstance(spec, Spec):
-            options.append(Option(f.name, spec.parse, f.default, spec.help, spec.short, spec.env, spec.metavar,
-                                  spec.shown, spec.cli))
+            options.append(Option(f.name, spec.parse, f.default, spec.help, spec.short, spec.env,
+                                  spec.metavar, spec.shown, spec.cli))
     return tuple(options)
 
 
-# --- the documentation's forms, which tests/test_docs.py holds docs/settings.md and .env.example to ------
+# --- the documentation's forms, which tests/test_docs.py holds
+# docs/settings.md and .env.example to ------
 
 
 def settings_row(option: Option) -> str:
@@ -220,8 +231,8 @@ def settings_row(option: Option) -> str:
     flag = f"{option.short}/{option.flag}" if option.short else option.flag
     if option.metavar:
         flag += f" {option.metavar}"
-    cells = [f"`{flag}`" if option.cli else "-", f"`{option.env_names[0]}` / `{option.name}`", option.default_text,
-             option.help]
+    cells = [f"`{flag}`" if option.cli else "-", f"`{option.env_names[0]}` / `{option.name}`",
+             option.default_text, option.help]
     # Escaped for Markdown: a "<model>" would vanish as an HTML tag, a "|" would split the cell.
     return "| " + " | ".join(c.replace("|", "\\|").replace("<", "\\<") for c in cells) + " |"
 

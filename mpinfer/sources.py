@@ -1,8 +1,9 @@
-"""Where settings come from besides the flags: the settings file (``mpinfer.toml`` or ``--config``), the API
-keys (variables or a keys file), the endpoints table with its keys, and what to warn about them.
+"""Where settings come from besides the flags: the settings file (``mpinfer.toml`` or ``--config``),
+the API keys (variables or a keys file), the endpoints table with its keys, and what to warn about
+them.
 
-Each reads the variable layers that ``config.environment`` made (the process environment, then ``.env``):
-config.py stays the only reader of ``os.environ``, and this module never imports it.
+Each reads the variable layers that ``config.environment`` made (the process environment, then
+``.env``): config.py stays the only reader of ``os.environ``, and this module never imports it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ Layers = list[dict[str, str]]
 
 
 def lookup(layers: Layers, names: tuple[str, ...]) -> tuple[str, str] | None:
-    """(name, value) of the first non-empty variable, layer by layer: any name in the environment beats .env."""
+    """(name, value) of the first non-empty variable, layer by layer: any name
+    in the environment beats .env."""
     for layer in layers:
         for name in names:
             if layer.get(name):
@@ -34,18 +36,21 @@ def lookup(layers: Layers, names: tuple[str, ...]) -> tuple[str, str] | None:
 
 
 def settings_file(given: Path | None, layers: Layers, cwd: Path) -> Path:
-    """``--config FILE``, else ``MPINFER_CONFIG``, else ``./mpinfer.toml`` (may be absent); one named must exist."""
+    """``--config FILE``, else ``MPINFER_CONFIG``, else ``./mpinfer.toml`` (may
+    be absent); one named must exist."""
     found = lookup(layers, (CONFIG_ENV,))
     named = given if given is not None else (Path(found[1]) if found else None)
     if named is None:
         return cwd / TOML_NAME
     if not (path := named if named.is_absolute() else cwd / named).is_file():
-        raise ConfigError(f"{'--config' if given is not None else CONFIG_ENV} {named}: no such settings file")
+        raise ConfigError(f"{'--config' if given is not None else CONFIG_ENV} "
+                          f"{named}: no such settings file")
     return path
 
 
 def read_toml(path: Path, known: Collection[str]) -> dict[str, Any]:
-    """The settings in a settings file, by name (dashes read as underscores); {} when there is no file."""
+    """The settings in a settings file, by name (dashes read as underscores);
+    {} when there is no file."""
     try:
         with path.open("rb") as handle:
             data = tomllib.load(handle)
@@ -57,12 +62,15 @@ def read_toml(path: Path, known: Collection[str]) -> dict[str, Any]:
     for key, value in data.items():
         name = key.replace("-", "_")
         if name == "api_key":
-            raise ConfigError(f"{path}: api_key does not belong in {TOML_NAME}; set OPENAI_API_KEY in .env")
+            raise ConfigError(f"{path}: api_key does not belong in {TOML_NAME}; "
+                              "set OPENAI_API_KEY in .env")
         if name == "endpoints" and isinstance(value, list):
-            settings[ENDPOINT_TABLES] = value  # [[endpoints]] tables, not the path of a file of them
+            # [[endpoints]] tables, not the path of a file of them
+            settings[ENDPOINT_TABLES] = value
             continue
         if name not in known:
-            raise ConfigError(f"{path}: unknown setting {key!r} (known: {', '.join(sorted(known))})")
+            raise ConfigError(
+                f"{path}: unknown setting {key!r} (known: {', '.join(sorted(known))})")
         settings[name] = value
     return settings
 
@@ -82,19 +90,25 @@ def read_keys_file(keys_file: Path) -> tuple[str, ...]:
     try:
         lines = keys_file.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
-        raise ConfigError(f"{keys_file}: cannot read the API keys file: {exc.strerror or exc}") from None
+        raise ConfigError(
+            f"{keys_file}: cannot read the API keys file: {exc.strerror or exc}"
+        ) from None
     keys = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if not keys:
         raise ConfigError(f"{keys_file}: no API keys in it (one a line)")
     return tuple(dict.fromkeys(keys))
 
 
-def endpoint_table(path: Path | None, tables: Any, source: str, layers: Layers) -> tuple[Endpoint, ...]:
-    """The endpoints table from --endpoints FILE, else the [[endpoints]] ``tables`` of ``source``; () without one.
+def endpoint_table(
+    path: Path | None, tables: Any, source: str, layers: Layers
+) -> tuple[Endpoint, ...]:
+    """The endpoints table from --endpoints FILE, else the [[endpoints]]
+    ``tables`` of ``source``; () without one.
 
     Each endpoint's key is read from its variable in ``layers``.
     """
-    from .api.endpoints import parse_endpoints, read_endpoints_file  # the table's schema lives with its use
+    # the table's schema lives with its use
+    from .api.endpoints import parse_endpoints, read_endpoints_file
 
     if path is not None:
         tables, source = read_endpoints_file(path), str(path)
@@ -115,6 +129,6 @@ def file_warnings(env_file: Path) -> tuple[str, ...]:
     except OSError:
         return ()
     if mode & 0o044:
-        return (f"{env_file} can be read by other users (mode {mode & 0o777:o}); it holds your API key: "
-                f"chmod 600 {env_file}",)
+        return (f"{env_file} can be read by other users (mode {mode & 0o777:o}); "
+                f"it holds your API key: chmod 600 {env_file}",)
     return ()

@@ -1,10 +1,10 @@
 """``--cancel``: stop the live run on an output from another terminal, the way Ctrl-C stops it.
 
-The run holds ``<output>.lock`` for its whole life and records its pid beside it (``store.output``); its
-workers inherit the lock, so the lock is free only when the last of them is gone. Cancelling sends the
-run's parent SIGINT, which takes exactly the Ctrl-C path (no new tasks; requests in flight get their
-``--grace`` to finish and be written), then waits for the lock to come free: the run, workers included,
-has exited and its summary, manifest record and missing-tasks file are written.
+The run holds ``<output>.lock`` for its whole life and records its pid beside it (``store.output``);
+its workers inherit the lock, so the lock is free only when the last of them is gone. Cancelling
+sends the run's parent SIGINT, which takes exactly the Ctrl-C path (no new tasks; requests in flight
+get their ``--grace`` to finish and be written), then waits for the lock to come free: the run,
+workers included, has exited and its summary, manifest record and missing-tasks file are written.
 """
 
 from __future__ import annotations
@@ -23,13 +23,15 @@ from .reports.summary import read_summary
 from .store.locks import RunInfo, live_run
 from .store.output import OutputPaths, companion, model_outputs
 
-CANCEL_MARGIN_S = 15.0  # after the grace: the run writes its summary and manifest record, workers exit
+# after the grace: the run writes its summary and manifest record, workers exit
+CANCEL_MARGIN_S = 15.0
 POLL_S = 0.1
 
 
 @dataclass(frozen=True)
 class CancelResult:
-    """What ``cancel_run`` did: which run it signalled, whether it exited in time, and its last summary."""
+    """What ``cancel_run`` did: which run it signalled, whether it exited in
+    time, and its last summary."""
 
     output: Path
     pid: int
@@ -73,27 +75,33 @@ def _alive(pid: int) -> bool:
 
 def cancel_run(config: RunConfig, wait_s: float, *, clock: Callable[[], float] = time.monotonic,
                sleep: Callable[[float], None] = time.sleep) -> CancelResult | None:
-    """Stop the live run on ``config``'s output and wait up to ``wait_s`` for it to exit; None when none is live."""
+    """Stop the live run on ``config``'s output and wait up to ``wait_s`` for
+    it to exit; None when none is live."""
     outputs = _outputs(config)
     info = _live(outputs)
     if info is None:
         return None
     if info.pid <= 0:
-        raise OutputError(f"a run holds {outputs[0].run_lock} but did not record its pid; stop it with Ctrl-C "
-                          "in its terminal")
+        raise OutputError(f"a run holds {outputs[0].run_lock} but did not record its "
+                          "pid; stop it with Ctrl-C in its terminal")
     started = clock()
     try:
         os.kill(info.pid, signal.SIGINT)
     except ProcessLookupError:
-        pass  # the parent is gone already; its workers may still hold the lock: wait for them as well
+        # the parent is gone already; its workers may still hold the lock: wait for them as well
+        pass
     except PermissionError:
-        raise OutputError(f"the run on {outputs[0].output} (pid {info.pid}) belongs to another user: "
-                          "cannot signal it") from None
+        raise OutputError(
+            f"the run on {outputs[0].output} (pid {info.pid}) belongs to another user: "
+            "cannot signal it"
+        ) from None
     deadline = started + wait_s
-    # The lock comes free when the last worker is gone; the parent exits just after it: wait for both.
+    # The lock comes free when the last worker is gone; the parent exits just
+    # after it: wait for both.
     while (_live(outputs) is not None or _alive(info.pid)) and clock() < deadline:
         sleep(POLL_S)
     exited = _live(outputs) is None and not _alive(info.pid)
-    summary = read_summary(companion(outputs[0].output, ".summary.json"))  # the run's: beside the output it named
-    return CancelResult(output=outputs[0].output, pid=info.pid, exited=exited, waited_s=clock() - started,
-                        summary=summary)
+    # the run's: beside the output it named
+    summary = read_summary(companion(outputs[0].output, ".summary.json"))
+    return CancelResult(output=outputs[0].output, pid=info.pid, exited=exited,
+                        waited_s=clock() - started, summary=summary)

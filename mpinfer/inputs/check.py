@@ -1,8 +1,10 @@
-"""The input check, and what a run's options select: everything a run knows of its input before it spends.
+"""The input check, and what a run's options select: everything a run knows of
+its input before it spends.
 
-The input is read twice and never held: ``check_input`` reads every line before any API call, so bad input
-fails fast with file and line and costs nothing, and keeps only an index of the ids (store/idset.py: 16
-bytes an id); ``readers.iter_tasks`` then streams the tasks that are not done yet.
+The input is read twice and never held: ``check_input`` reads every line before any API call, so bad
+input fails fast with file and line and costs nothing, and keeps only an index of the ids
+(store/idset.py: 16 bytes an id); ``readers.iter_tasks`` then streams the tasks that are not done
+yet.
 """
 
 from __future__ import annotations
@@ -34,9 +36,9 @@ def check_input(path: Path, keys: FieldKeys = FieldKeys(), selection: Selection 
                 hash_fn: HashFn | None = None) -> InputIndex:
     """Read every row and check it; the selected ids, or one InputError listing the first problems.
 
-    Every row is checked, selected or not: a broken file is broken, and a trial run with --limit should
-    say so before the real run does. The ids are kept in an IdIndex (16 bytes each, whatever their length);
-    ``hash_fn`` is its hash, a parameter so tests can force collisions.
+    Every row is checked, selected or not: a broken file is broken, and a trial run with --limit
+    should say so before the real run does. The ids are kept in an IdIndex (16 bytes each, whatever
+    their length); ``hash_fn`` is its hash, a parameter so tests can force collisions.
     """
     fmt = detect_format(path)
     problems: list[InputError] = []
@@ -73,48 +75,55 @@ def check_input(path: Path, keys: FieldKeys = FieldKeys(), selection: Selection 
                 ids.add_slot(slot)
     else:
         ids = IdSubset(index, everything=True)
-    return InputIndex(path=path, ids=ids, total=len(ids), format=fmt, body_models=tuple(body_models))
+    return InputIndex(path=path, ids=ids, total=len(ids), format=fmt,
+                      body_models=tuple(body_models))
 
 
 def settle_models(config: RunConfig, index: InputIndex) -> RunConfig:
     """The run's model, for a Batch file run without --model: the one its bodies name.
 
-    Its bodies go as they are, so the log name, the summary's per-model counts, the manifest, the rate
-    limits and the cost are those of that model, not of the --model default no task asked for. Bodies that
-    name several models make a run named by them (``gpt-4o+gpt-4o-mini``) into one output, each body still
-    sent, priced and checked as its own model; they then share each key's limits.
+    Its bodies go as they are, so the log name, the summary's per-model counts, the manifest, the
+    rate limits and the cost are those of that model, not of the --model default no task asked for.
+    Bodies that name several models make a run named by them (``gpt-4o+gpt-4o-mini``) into one
+    output, each body still sent, priced and checked as its own model; they then share each key's
+    limits.
     """
     if index.format is not InputFormat.BATCH or "model" in config.explicit or not index.body_models:
         return config
     names = index.body_models
-    label = "+".join(names[:MODELS_NAMED]) + (f"+{len(names) - MODELS_NAMED}-more" if len(names) > MODELS_NAMED
-                                             else "")
+    label = "+".join(names[:MODELS_NAMED]) + (f"+{len(names) - MODELS_NAMED}-more"
+                                              if len(names) > MODELS_NAMED else "")
     return dataclasses.replace(config, model=label)
 
 
 def asked_models(config: RunConfig, index: InputIndex) -> tuple[str, ...]:
-    """The models requests will really name: a Batch file's bodies' (without --model), else the run's."""
+    """The models requests will really name: a Batch file's bodies' (without
+    --model), else the run's."""
     if index.format is InputFormat.BATCH and "model" not in config.explicit and index.body_models:
         return index.body_models
     return config.models
 
 
 def id_resolver(path: Path, keys: FieldKeys, fmt: InputFormat) -> Resolver:
-    """How the id index reads an id again: the row number itself, or the id of the row at a byte offset."""
+    """How the id index reads an id again: the row number itself, or the id of
+    the row at a byte offset."""
     return str if _ids_by_row(keys, fmt) else IdReader(path, keys.id, fmt)
 
 
 def _ids_by_row(keys: FieldKeys, fmt: InputFormat) -> bool:
-    return keys.id_from_row and fmt is not InputFormat.BATCH  # the id is the row number: nothing to read
+    # the id is the row number: nothing to read
+    return keys.id_from_row and fmt is not InputFormat.BATCH
 
 
 def _duplicates_error(path: Path, duplicates: list[tuple[str, list[int]]]) -> InputError:
-    """Each repeat of an id with the line of its first row and its own (as ``(id, first, again)``)."""
+    """Each repeat of an id with the line of its first row and its own (as
+    ``(id, first, again)``)."""
     pairs = [(task_id, rows[0], again) for task_id, rows in duplicates for again in rows[1:]]
     shown = pairs[:MAX_DUPLICATES_SHOWN]
     lines = line_numbers(path, {offset for _, first, again in shown for offset in (first, again)})
     listing = ", ".join(f"{i!r} (lines {lines[a]} and {lines[b]})" for i, a, b in shown)
-    more = f" and {len(pairs) - MAX_DUPLICATES_SHOWN} more" if len(pairs) > MAX_DUPLICATES_SHOWN else ""
+    more = (f" and {len(pairs) - MAX_DUPLICATES_SHOWN} more"
+            if len(pairs) > MAX_DUPLICATES_SHOWN else "")
     return InputError(f"{len(pairs)} duplicate ids: {listing}{more}", str(path))
 
 
@@ -124,18 +133,21 @@ LINES_SNIFFED = 5
 def refuse_input_as_output(input_path: Path, outputs: Sequence[Path], keys: FieldKeys) -> None:
     """A ConfigError when an output is the input itself, or holds task lines and no answers.
 
-    Appending answers to the input would corrupt it, and a resume scan of task lines would find nothing done
-    (or, in older versions, everything): either way a typo in -o must stop the run before any request.
+    Appending answers to the input would corrupt it, and a resume scan of task lines would find
+    nothing done (or, in older versions, everything): either way a typo in -o must stop the run
+    before any request.
     """
     for output in outputs:
-        if output.resolve() == input_path.resolve() or (output.exists() and os.path.samefile(output, input_path)):
-            raise ConfigError(f"the output {output} is the input file; write the results to another file (-o)")
+        if output.resolve() == input_path.resolve() or (output.exists()
+                                                        and os.path.samefile(output, input_path)):
+            raise ConfigError(f"the output {output} is the input file; write the "
+                              "results to another file (-o)")
         for number, _, obj in islice(iter_lines(output), LINES_SNIFFED):
             if is_answer(obj):
                 break
             if _is_task(obj, keys):
-                raise ConfigError(f"the output {output} looks like task input (line {number} is a task, not an "
-                                  "answer); write the results to another file (-o)")
+                raise ConfigError(f"the output {output} looks like task input (line {number} is a "
+                                  "task, not an answer); write the results to another file (-o)")
 
 
 def _is_task(obj: Any, keys: FieldKeys) -> bool:
@@ -155,13 +167,14 @@ def read_ids_file(path: Path) -> frozenset[str]:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read the ids file: {exc}", str(path)) from None
-    return frozenset(line.strip() for line in io.StringIO(text) if line.strip() and not line.startswith("#"))
+    return frozenset(line.strip() for line in io.StringIO(text) if line.strip()
+                     and not line.startswith("#"))
 
 
 def reading(config: RunConfig) -> FieldKeys:
     """How the run's input is read."""
-    return FieldKeys(config.id_key, config.prompt_key, config.images_key, config.images_sep, config.id_from_row,
-                     config.messages_key)
+    return FieldKeys(config.id_key, config.prompt_key, config.images_key, config.images_sep,
+                     config.id_from_row, config.messages_key)
 
 
 def selection(config: RunConfig) -> Selection:
@@ -172,7 +185,9 @@ def selection(config: RunConfig) -> Selection:
         failed: set[str] = set()
         for path in model_outputs(output, config.models):
             paths = OutputPaths.of(path)
-            failed |= {rid for _, _, obj in iter_lines(paths.errors) if (rid := record_id(obj)) is not None}
+            failed |= {
+                rid for _, _, obj in iter_lines(paths.errors) if (rid := record_id(obj)) is not None
+            }
             failed -= scan(paths.output).ids
         ids = frozenset(failed) if ids is None else ids & failed
     return Selection(start=config.start or 0, end=config.end, limit=config.limit, ids=ids)

@@ -1,8 +1,8 @@
 """Finding a row of the input again from its byte offset: the id index's resolver, and line numbers.
 
-The id index (store/idset.py) keeps a 64-bit hash and a byte offset for each input row instead of the id
-itself; whenever a hash alone could mislead (two ids sharing it, an id from the output), the full id is read
-again here, from the file the input check has already checked.
+The id index (store/idset.py) keeps a 64-bit hash and a byte offset for each input row instead of
+the id itself; whenever a hash alone could mislead (two ids sharing it, an id from the output), the
+full id is read again here, from the file the input check has already checked.
 """
 
 from __future__ import annotations
@@ -19,15 +19,16 @@ _BLOCK = 1 << 20
 
 
 def row_has_values(row: dict[Any, Any]) -> bool:
-    """A CSV row with at least one non-blank cell (rows of empty cells are skipped, as blank lines are)."""
+    """A CSV row with at least one non-blank cell (rows of empty cells are
+    skipped, as blank lines are)."""
     return any(v for v in row.values() if isinstance(v, str) and v.strip())
 
 
 class CountedLines:
     """The decoded lines of a binary file for the csv module, counting the bytes taken so far.
 
-    csv asks for one line at a time and reads no further than the row it is building, so the count before
-    a row is asked for is that row's byte offset.
+    csv asks for one line at a time and reads no further than the row it is building, so the count
+    before a row is asked for is that row's byte offset.
     """
 
     def __init__(self, handle: BinaryIO) -> None:
@@ -50,7 +51,8 @@ class CountedLines:
 
 
 class IdReader:
-    """Reads the id of the row at a byte offset of a checked input (JSONL, Batch API JSONL or CSV)."""
+    """Reads the id of the row at a byte offset of a checked input (JSONL,
+    Batch API JSONL or CSV)."""
 
     def __init__(self, path: Path, id_key: str, fmt: Enum) -> None:
         self.path = path

@@ -1,8 +1,10 @@
-"""Reading an input file row by row: JSONL, OpenAI Batch API JSONL, and CSV, streamed and never held.
+"""Reading an input file row by row: JSONL, OpenAI Batch API JSONL, and CSV,
+streamed and never held.
 
 The format is told by the file: ``.csv`` is CSV; a JSONL file whose first line has ``custom_id`` and
-``body`` is a Batch API file, whose bodies are sent as they are. Each row comes with its line number and
-byte offset (where the id index finds it again) and its Task or the InputError that says what is wrong.
+``body`` is a Batch API file, whose bodies are sent as they are. Each row comes with its line number
+and byte offset (where the id index finds it again) and its Task or the InputError that says what is
+wrong.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
 
 
 def _placed_lines(path: Path) -> Iterator[tuple[int, int, bytes]]:
-    """(number, byte offset, line) for each non-blank line; the offset is where the id index finds it again."""
+    """(number, byte offset, line) for each non-blank line; the offset is where
+    the id index finds it again."""
     with _open(path) as handle:
         offset = 0
         for number, raw in enumerate(handle, start=1):
@@ -80,7 +83,9 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, int, dict[str, Any]]]:
 
 def _csv_task(row: dict[str, Any], keys: FieldKeys, line: int) -> Task:
     """A CSV row as a JSON task: empty cells are absent; an images cell may hold several paths."""
-    obj: dict[str, Any] = {k: v for k, v in row.items() if k is not None and isinstance(v, str) and v.strip()}
+    obj: dict[str, Any] = {
+        k: v for k, v in row.items() if k is not None and isinstance(v, str) and v.strip()
+    }
     chat = obj.get(keys.messages)
     if chat is not None:
         try:
@@ -101,7 +106,8 @@ def _csv_task(row: dict[str, Any], keys: FieldKeys, line: int) -> Task:
 
 def iter_raw(path: Path, keys: FieldKeys = FieldKeys(), fmt: InputFormat | None = None,
              ) -> Iterator[tuple[int, dict[str, Any] | None, Task | InputError]]:
-    """(line, the record as read, its Task or the InputError that says what is wrong), for every row."""
+    """(line, the record as read, its Task or the InputError that says what is
+    wrong), for every row."""
     for line, _, row, item in placed_rows(path, keys, fmt or detect_format(path)):
         yield line, row, item
 
@@ -130,9 +136,11 @@ def placed_rows(path: Path, keys: FieldKeys, fmt: InputFormat,
         if keys.id_from_row and isinstance(obj, dict) and fmt is InputFormat.JSONL:
             obj = {**obj, keys.id: str(position)}
         try:
-            task = parse_batch_task(obj, line) if fmt is InputFormat.BATCH else parse_task(obj, keys, line)
+            task = (parse_batch_task(obj, line) if fmt is InputFormat.BATCH
+                    else parse_task(obj, keys, line))
         except ValueError as exc:
-            yield line, offset, obj if isinstance(obj, dict) else None, InputError(str(exc), str(path), line)
+            row = obj if isinstance(obj, dict) else None
+            yield line, offset, row, InputError(str(exc), str(path), line)
         else:
             yield line, offset, obj, task
         position += 1
@@ -153,7 +161,8 @@ def iter_selected(path: Path, keys: FieldKeys, selection: Selection, fmt: InputF
 
 def iter_tasks(path: Path, keys: FieldKeys = FieldKeys(), skip: Container[str] = frozenset(),
                selection: Selection = Selection()) -> Iterator[Task]:
-    """Stream the selected tasks of a checked input, leaving out the ids in ``skip`` (those already done)."""
+    """Stream the selected tasks of a checked input, leaving out the ids in
+    ``skip`` (those already done)."""
     for _, _, item in iter_selected(path, keys, selection):
         if isinstance(item, InputError):
             raise item

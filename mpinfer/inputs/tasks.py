@@ -1,8 +1,9 @@
-"""Task, the unit of work, and how one input row becomes one: a JSONL record, a Batch API line, a chat row.
+"""Task, the unit of work, and how one input row becomes one: a JSONL record, a
+Batch API line, a chat row.
 
-What a run reads is said by ``FieldKeys`` (which fields hold what), ``InputFormat`` (told by the file) and
-``Selection`` (which rows run); ``InputIndex`` is what the input check keeps. Reading whole files is
-``readers.py``; checking them before anything is spent, ``check.py``.
+What a run reads is said by ``FieldKeys`` (which fields hold what), ``InputFormat`` (told by the
+file) and ``Selection`` (which rows run); ``InputIndex`` is what the input check keeps. Reading
+whole files is ``readers.py``; checking them before anything is spent, ``check.py``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ BATCH_URLS = frozenset({"/v1/chat/completions", "/chat/completions", "/v1/respon
 
 @dataclass(frozen=True)
 class FieldKeys:
-    """Which input fields hold the id, the prompt and the images (data sets name them differently)."""
+    """Which input fields hold the id, the prompt and the images (data sets
+    name them differently)."""
 
     id: str = "id"
     prompt: str = "prompt"
@@ -39,7 +41,8 @@ class InputFormat(StrEnum):
 
 @dataclass(frozen=True)
 class Selection:
-    """Which tasks of the input run: a row range (0-based, end exclusive), the first N, given ids."""
+    """Which tasks of the input run: a row range (0-based, end exclusive), the
+    first N, given ids."""
 
     start: int = 0
     end: int | None = None
@@ -52,14 +55,16 @@ class Selection:
         return self.ids is None or task_id in self.ids
 
     def narrows(self) -> bool:
-        return bool(self.start or self.end is not None or self.limit is not None or self.ids is not None)
+        return bool(self.start or self.end is not None or self.limit is not None
+                    or self.ids is not None)
 
 
 @dataclass(slots=True)
 class Task:
     """One prompt to send: the unit of work, of resume and of the output.
 
-    Not frozen, for speed (the input check builds a million of them); nothing changes one once built.
+    Not frozen, for speed (the input check builds a million of them); nothing
+    changes one once built.
     """
 
     id: str
@@ -71,21 +76,23 @@ class Task:
     max_tokens: int | None = None
     line: int = 0
     body: dict[str, Any] | None = None  # a Batch API request body, sent as it is
-    # A chat row's conversation, sent as it is but for its local images; ``prompt`` is then its last user
-    # text and ``images`` the image references in it, for the result line.
+    # A chat row's conversation, sent as it is but for its local images; ``prompt`` is then its last
+    # user text and ``images`` the image references in it, for the result line.
     messages: list[dict[str, Any]] | None = None
     url: str | None = None  # a Batch API line's url: which API its body goes to
 
 
 @dataclass(frozen=True)
 class InputIndex:
-    """What the checking pass keeps: the selected ids (a subset of the input's id index), and how many."""
+    """What the checking pass keeps: the selected ids (a subset of the input's
+    id index), and how many."""
 
     path: Path
     ids: IdSubset
     total: int
     format: InputFormat = InputFormat.JSONL
-    body_models: tuple[str, ...] = ()  # a Batch file's models, as its bodies name them, first seen first
+    # a Batch file's models, as its bodies name them, first seen first
+    body_models: tuple[str, ...] = ()
 
 
 def _number(value: Any) -> bool:
@@ -93,7 +100,8 @@ def _number(value: Any) -> bool:
 
 
 def parse_task(obj: Any, keys: FieldKeys, line: int) -> Task:
-    """Build a Task from one decoded input line; raises ValueError with a message naming the field."""
+    """Build a Task from one decoded input line; raises ValueError with a
+    message naming the field."""
     if not isinstance(obj, dict):
         raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
     raw_id = obj.get(keys.id)
@@ -106,8 +114,8 @@ def parse_task(obj: Any, keys: FieldKeys, line: int) -> Task:
         return _chat_task(obj, str(raw_id), check_messages(conversation, keys.messages), line)
     prompt = obj.get(keys.prompt)
     if prompt is None:
-        raise ValueError(f"missing prompt (field {keys.prompt!r}, or a chat in {keys.messages!r}; set "
-                         "--prompt-key or --messages-key if it has another name)")
+        raise ValueError(f"missing prompt (field {keys.prompt!r}, or a chat in {keys.messages!r}; "
+                         "set --prompt-key or --messages-key if it has another name)")
     if not isinstance(prompt, str):
         raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
     images = obj.get(keys.images)
@@ -126,9 +134,9 @@ def parse_task(obj: Any, keys: FieldKeys, line: int) -> Task:
 
 def _chat_task(obj: dict[str, Any], task_id: str, conversation: Conversation, line: int) -> Task:
     system, model, temperature, max_tokens = _task_settings(obj)
-    return Task(id=task_id, prompt=conversation.last_user_text, images=conversation.images, system=system,
-                model=model, temperature=temperature, max_tokens=max_tokens, line=line,
-                messages=conversation.messages)
+    return Task(id=task_id, prompt=conversation.last_user_text, images=conversation.images,
+                system=system, model=model, temperature=temperature, max_tokens=max_tokens,
+                line=line, messages=conversation.messages)
 
 
 def _task_settings(obj: dict[str, Any]) -> tuple[str | None, str | None, float | None, int | None]:
@@ -160,28 +168,28 @@ def parse_batch_task(obj: Any, line: int) -> Task:
         raise ValueError(f"method {obj.get('method')!r}: only POST requests can run")
     url = obj.get("url", "/v1/chat/completions")
     if url not in BATCH_URLS:
-        raise ValueError(f"url {url!r}: only /v1/chat/completions, /v1/responses and /v1/embeddings requests "
-                         "can run")
+        raise ValueError(f"url {url!r}: only /v1/chat/completions, /v1/responses "
+                         "and /v1/embeddings requests can run")
     body = obj.get("body")
     if not isinstance(body, dict):
         raise ValueError(f"body must be a request object, got {type(body).__name__}")
     if not isinstance(body.get("model"), str) or not body["model"]:
         raise ValueError("body has no model")
     if not url.endswith("/chat/completions"):
-        return Task(id=custom_id, prompt=_input_text(body.get("input")), model=body["model"], line=line, body=body,
-                    url=url)
+        return Task(id=custom_id, prompt=_input_text(body.get("input")), model=body["model"],
+                    line=line, body=body, url=url)
     conversation = check_messages(body.get("messages"), "body.messages")
     for ref in conversation.images:
         if not ref[:8].lower().startswith(("http://", "https://", "data:")):
-            raise ValueError(f"body image {ref[:60]!r}: a Batch body is sent as it is, so its images must be "
-                             "http(s) or data: URLs, not file paths")
-    return Task(id=custom_id, prompt=conversation.last_user_text, images=conversation.images, model=body["model"],
-                line=line, body=body, url=url)
+            raise ValueError(f"body image {ref[:60]!r}: a Batch body is sent as it is, so its "
+                             "images must be http(s) or data: URLs, not file paths")
+    return Task(id=custom_id, prompt=conversation.last_user_text, images=conversation.images,
+                model=body["model"], line=line, body=body, url=url)
 
 
 def _input_text(value: Any) -> str:
-    """The text of a Responses or embeddings body's ``input`` (a string, or its last text item); raises
-    ValueError when there is none."""
+    """The text of a Responses or embeddings body's ``input`` (a string, or its last text item);
+    raises ValueError when there is none."""
     if isinstance(value, str) and value:
         return value
     if isinstance(value, list) and value:

@@ -32,13 +32,15 @@ The code is split by job, one module each:
 * ``chat``: validation of chat.completions request bodies, as OpenAI validates them;
 * ``stats``: the counters behind ``/_mock/stats`` and their sliding windows;
 * ``limits``: the rpm/tpm check, the ``x-ratelimit-*`` headers and their duration format;
-* ``files``, ``batches``, ``batch_lines``, ``batch_faults``, ``batch_routes``: the Files and Batches APIs
-  (uploads, batches worked in the background through OpenAI's states, their input and output lines, the
-  fault options of ``POST /_mock/batches``, and their routing);
+* ``files``, ``batches``, ``batch_lines``, ``batch_faults``, ``batch_routes``: the Files and Batches
+  APIs (uploads, batches worked in the background through OpenAI's states, their input and output
+  lines, the fault options of ``POST /_mock/batches``, and their routing);
 * ``completions``: answering one chat request: auth, limits, fault draw, completion, delivery;
-* ``answers``: the assistant message a completion carries: refusals, reasoning models' thinking, truncation;
+* ``answers``: the assistant message a completion carries: refusals, reasoning
+  models' thinking, truncation;
 * ``images``: the limit on image data per request (OpenAI's over-limit 400);
-* ``azure``: Azure OpenAI's deployment paths, ``api-version`` and ``api-key``, handed to the chat endpoint;
+* ``azure``: Azure OpenAI's deployment paths, ``api-version`` and ``api-key``,
+  handed to the chat endpoint;
 * ``responses``: ``/v1/responses`` and ``/v1/embeddings``;
 * ``server``: ``MockServer``: lifecycle, routing and the ``/_mock/*`` control API;
 * ``cli``: the command line, ``serve`` and ``main`` (``python -m mpinfer.mock`` runs it);

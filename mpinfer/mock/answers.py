@@ -1,12 +1,14 @@
-"""What the mock answers: the assistant message and its usage, shaped as the servers it stands in for.
+"""What the mock answers: the assistant message and its usage, shaped as the
+servers it stands in for.
 
-- A refusal, as OpenAI sends one: ``content`` null, the text in ``refusal``, ``finish_reason`` "stop"; an
-  ordinary answer carries ``refusal: null``, as OpenAI's do. The mock refuses a prompt that holds
-  ``MockConfig.refuse_marker``.
-- A reasoning model's thinking, under the field its server uses: DeepSeek (``deepseek-reasoner``) and vLLM
-  before 0.10 send ``reasoning_content``, later vLLM and some proxies ``reasoning``; the model is listed in
-  ``MockConfig.reasoning_models`` with that field's name. Its tokens count in ``completion_tokens`` and again
-  in ``usage.completion_tokens_details.reasoning_tokens``, as OpenAI bills them.
+- A refusal, as OpenAI sends one: ``content`` null, the text in ``refusal``, ``finish_reason``
+  "stop"; an ordinary answer carries ``refusal: null``, as OpenAI's do. The mock refuses a prompt
+  that holds ``MockConfig.refuse_marker``.
+- A reasoning model's thinking, under the field its server uses: DeepSeek (``deepseek-reasoner``)
+  and vLLM before 0.10 send ``reasoning_content``, later vLLM and some proxies ``reasoning``; the
+  model is listed in ``MockConfig.reasoning_models`` with that field's name. Its tokens count in
+  ``completion_tokens`` and again in ``usage.completion_tokens_details.reasoning_tokens``, as OpenAI
+  bills them.
 """
 
 from __future__ import annotations
@@ -44,8 +46,10 @@ def _tokens(text: str) -> int:
     return -(-len(text) // 4)
 
 
-def reply(cfg: MockConfig, model: str, task_text: str, images: int, max_tokens: int | None) -> Reply:
-    """The answer to one accepted chat request: a refusal, or a (possibly truncated) answer with thinking."""
+def reply(cfg: MockConfig, model: str, task_text: str, images: int,
+          max_tokens: int | None) -> Reply:
+    """The answer to one accepted chat request: a refusal, or a (possibly
+    truncated) answer with thinking."""
     if cfg.refuse_marker and cfg.refuse_marker in task_text:
         refused = {"role": "assistant", "content": None, "refusal": REFUSAL_TEXT}
         return Reply(refused, "stop", _tokens(REFUSAL_TEXT))

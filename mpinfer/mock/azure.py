@@ -1,11 +1,13 @@
-"""Azure OpenAI's shape of the chat endpoint: ``POST /openai/deployments/{deployment}/chat/completions
-?api-version=...`` with an ``api-key`` header, answered by the model the deployment holds.
+"""Azure OpenAI's shape of the chat endpoint: ``POST
+/openai/deployments/{deployment}/chat/completions ?api-version=...`` with an ``api-key`` header,
+answered by the model the deployment holds.
 
-As Azure does: a request without ``api-version`` is a 404 "Resource not found"; a deployment that does not
-exist is a 404 ``DeploymentNotFound``; no key is a 401. The body's ``model`` is ignored (the deployment
-decides), and the answer names the deployment's model (``MockConfig.azure_deployments``: deployment ->
-model, e.g. ``gpt-4o-2024-08-06``), never the deployment. The request then goes through the chat endpoint
-as any other, with its faults and limits; ``per_key`` counts it under the key's last four characters.
+As Azure does: a request without ``api-version`` is a 404 "Resource not found"; a deployment that
+does not exist is a 404 ``DeploymentNotFound``; no key is a 401. The body's ``model`` is ignored
+(the deployment decides), and the answer names the deployment's model
+(``MockConfig.azure_deployments``: deployment -> model, e.g. ``gpt-4o-2024-08-06``), never the
+deployment. The request then goes through the chat endpoint as any other, with its faults and
+limits; ``per_key`` counts it under the key's last four characters.
 """
 
 from __future__ import annotations
@@ -36,20 +38,24 @@ def as_chat(cfg: MockConfig, req: Request) -> Request | tuple[int, bytes]:
     deployment = match.group(1)
     model = cfg.azure_deployments.get(deployment)
     if model is None:
-        return 404, _azure_error("DeploymentNotFound", "The API deployment for this resource does not exist. If "
-                                 "you created the deployment within the last 5 minutes, please wait a moment and "
-                                 "try again.")
+        return 404, _azure_error("DeploymentNotFound",
+                                 "The API deployment for this resource does not exist. If you "
+                                 "created the deployment within the last 5 minutes, please "
+                                 "wait a moment and try again.")
     key = req.headers.get("api-key", "").strip()
     if not key and not req.headers.get("authorization"):
-        return 401, _azure_error("401", "Access denied due to missing subscription key. Make sure to include "
-                                 "subscription key when making requests to an API.")
+        return 401, _azure_error("401",
+                                 "Access denied due to missing subscription key. Make sure to "
+                                 "include subscription key when making requests to an API.")
     headers = dict(req.headers)
     if key:
         headers["authorization"] = f"Bearer {key}"
     try:
         body = json.loads(req.body)
     except ValueError:
-        return 400, error_body("We could not parse the JSON body of your request.", "invalid_request_error")
+        return 400, error_body("We could not parse the JSON body of your request.",
+                               "invalid_request_error")
     if isinstance(body, dict):
         body["model"] = model  # the deployment decides which model answers
-    return replace(req, path="/v1/chat/completions", headers=headers, body=json.dumps(body).encode())
+    return replace(req, path="/v1/chat/completions", headers=headers,
+                   body=json.dumps(body).encode())

@@ -1,11 +1,12 @@
 """How the mock's Batch API misbehaves on request: the fault settings of ``POST /_mock/batches``.
 
-Kept apart from MockConfig (the chat endpoint's settings) so that the two can change independently. Each
-fault reproduces something OpenAI documents: a batch that expires inside its window (the requests it did
-not reach come back in its error file with code ``batch_expired``), requests that fail with a 5xx in the
-error file, a batch that fails validation (``status: "failed"`` with ``errors``), the per-model
-enqueued-token limit (a batch that would pass it fails validation with ``token_limit_exceeded``), a
-limit on batch creations per window (429), slow processing, and file deletes that fail.
+Kept apart from MockConfig (the chat endpoint's settings) so that the two can change independently.
+Each fault reproduces something OpenAI documents: a batch that expires inside its window (the
+requests it did not reach come back in its error file with code ``batch_expired``), requests that
+fail with a 5xx in the error file, a batch that fails validation (``status: "failed"`` with
+``errors``), the per-model enqueued-token limit (a batch that would pass it fails validation with
+``token_limit_exceeded``), a limit on batch creations per window (429), slow processing, and file
+deletes that fail.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 LINE_OUTCOMES = frozenset({"ok", "500", "400", "timeout"})
-"""What a scripted request of a batch may do: answer, fail with 500 or 400, or time out (``request_timeout``)."""
+"""What a scripted request of a batch may do: answer, fail with 500 or 400, or
+time out (``request_timeout``)."""
 
 
 @dataclass(frozen=True)
@@ -52,13 +54,16 @@ class BatchFaults:
     """The window ``max_creates`` counts over (OpenAI: about 2,000 an hour)."""
 
     create_wait_s: float = 0.0
-    """Seconds ``POST /v1/batches`` waits before the batch exists (a slow create: a crash loses nothing)."""
+    """Seconds ``POST /v1/batches`` waits before the batch exists (a slow
+    create: a crash loses nothing)."""
 
     create_reply_wait_s: float = 0.0
-    """Seconds ``POST /v1/batches`` waits after the batch exists, before answering (a crash here loses the id)."""
+    """Seconds ``POST /v1/batches`` waits after the batch exists, before
+    answering (a crash here loses the id)."""
 
     delete_status: int | None = None
-    """HTTP status every ``DELETE /v1/files/{id}`` fails with (the file stays); None: deletes work."""
+    """HTTP status every ``DELETE /v1/files/{id}`` fails with (the file stays);
+    None: deletes work."""
 
     seed: int = 0
     """Seed of the draw behind ``p500``."""
@@ -93,11 +98,15 @@ def _whole(name: str, value: Any) -> int:
     return int(value)
 
 
-def updated(faults: BatchFaults, settings: Mapping[str, Any]) -> tuple[BatchFaults, dict[str, list[str]]]:
-    """Apply the JSON settings of ``POST /_mock/batches``: the new faults and the per-request scripts.
+def updated(
+    faults: BatchFaults, settings: Mapping[str, Any]
+) -> tuple[BatchFaults, dict[str, list[str]]]:
+    """Apply the JSON settings of ``POST /_mock/batches``: the new faults and
+    the per-request scripts.
 
-    ``script`` maps a request's ``custom_id`` to the outcomes of its next executions, one per batch that
-    holds it (see LINE_OUTCOMES). Raises ValueError (TypeError for a wrong type) and then changes nothing.
+    ``script`` maps a request's ``custom_id`` to the outcomes of its next executions, one per batch
+    that holds it (see LINE_OUTCOMES). Raises ValueError (TypeError for a wrong type) and then
+    changes nothing.
     """
     if not isinstance(settings, Mapping):
         raise TypeError("settings must be a JSON object")
@@ -110,10 +119,12 @@ def updated(faults: BatchFaults, settings: Mapping[str, Any]) -> tuple[BatchFaul
                 raise ValueError("script must map custom_ids to lists of outcomes")
             for custom_id, outcomes in value.items():
                 if not isinstance(outcomes, list) or any(o not in LINE_OUTCOMES for o in outcomes):
-                    raise ValueError(f"script[{custom_id!r}] must be a list of {sorted(LINE_OUTCOMES)}")
+                    raise ValueError(f"script[{custom_id!r}] must be a list of "
+                                     f"{sorted(LINE_OUTCOMES)}")
                 scripts[str(custom_id)] = list(outcomes)
         elif name not in fields:
-            raise ValueError(f"unknown batch setting {name!r}; known: script, {', '.join(sorted(fields))}")
+            raise ValueError(f"unknown batch setting {name!r}; known: script, "
+                             f"{', '.join(sorted(fields))}")
         elif name in _OPTIONAL_INTEGERS:
             changes[name] = None if value is None else _whole(name, value)
         elif name in _INTEGERS:

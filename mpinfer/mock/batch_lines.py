@@ -1,10 +1,11 @@
-"""The lines of the mock's Batch API: an input file checked as OpenAI checks it, and output/error lines.
+"""The lines of the mock's Batch API: an input file checked as OpenAI checks
+it, and output/error lines.
 
-An input line is ``{"custom_id", "method": "POST", "url", "body"}``; a file is refused (the batch fails
-validation, ``errors.data`` naming the code and line) for a line that is not JSON, lacks a custom_id or
-body, repeats a custom_id, names another endpoint, for more than MAX_REQUESTS lines, or for more than one
-model. A request whose body the chat endpoint would refuse is not a refused file: it gets a 400 line in
-the error file, as OpenAI does.
+An input line is ``{"custom_id", "method": "POST", "url", "body"}``; a file is refused (the batch
+fails validation, ``errors.data`` naming the code and line) for a line that is not JSON, lacks a
+custom_id or body, repeats a custom_id, names another endpoint, for more than MAX_REQUESTS lines, or
+for more than one model. A request whose body the chat endpoint would refuse is not a refused file:
+it gets a 400 line in the error file, as OpenAI does.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def prompt_tokens(chat: ChatRequest) -> int:
 
 
 def custom_ids(data: bytes) -> list[str]:
-    """The custom_ids of an input file, skipping lines that are not requests (counting needs no checks)."""
+    """The custom_ids of an input file, skipping lines that are not requests
+    (counting needs no checks)."""
     ids = []
     for raw in data.splitlines():
         try:
@@ -61,7 +63,8 @@ def custom_ids(data: bytes) -> list[str]:
 
 
 def parse_input(data: bytes, endpoint: str) -> BatchInput:
-    """Check an input file for ``endpoint``; Refused when OpenAI would fail the batch in validation."""
+    """Check an input file for ``endpoint``; Refused when OpenAI would fail the
+    batch in validation."""
     requests: list[tuple[str, ChatRequest | ApiError]] = []
     seen: set[str] = set()
     models: set[str] = set()
@@ -71,15 +74,19 @@ def parse_input(data: bytes, endpoint: str) -> BatchInput:
         try:
             obj = json.loads(raw)
         except json.JSONDecodeError:
-            raise Refused("invalid_json_line", f"Line {number} is not valid JSON.", number) from None
+            raise Refused(
+                "invalid_json_line", f"Line {number} is not valid JSON.", number
+            ) from None
         custom_id = obj.get("custom_id") if isinstance(obj, dict) else None
         if not isinstance(custom_id, str) or not isinstance(obj.get("body"), dict):
             raise Refused("invalid_request", f"Line {number} needs a custom_id and a body.", number)
         if custom_id in seen:
-            raise Refused("duplicate_custom_id", f"The custom_id {custom_id!r} is used more than once in this "
-                          "file.", number)
+            raise Refused("duplicate_custom_id",
+                          f"The custom_id {custom_id!r} is used more than once in this file.",
+                          number)
         if obj.get("url") != endpoint or obj.get("method") != "POST":
-            raise Refused("invalid_url", f"Line {number}: method must be POST and url {endpoint}.", number)
+            raise Refused("invalid_url", f"Line {number}: method must be POST and url {endpoint}.",
+                          number)
         seen.add(custom_id)
         model = obj["body"].get("model")
         if isinstance(model, str):
@@ -91,31 +98,37 @@ def parse_input(data: bytes, endpoint: str) -> BatchInput:
     if not requests:
         raise Refused("empty_file", "The input file has no requests.")
     if len(requests) > MAX_REQUESTS:
-        raise Refused("too_many_requests", f"A batch may hold at most {MAX_REQUESTS} requests; this file has "
-                      f"{len(requests)}.")
+        raise Refused("too_many_requests",
+                      f"A batch may hold at most {MAX_REQUESTS} requests; "
+                      f"this file has {len(requests)}.")
     if len(models) > 1:
-        raise Refused("mixed_models", f"Every request of a batch must use the same model; found {sorted(models)}.")
+        raise Refused("mixed_models",
+                      f"Every request of a batch must use the same model; found {sorted(models)}.")
     return BatchInput(next(iter(models), None), requests)
 
 
 def answer(chat: ChatRequest, model: str, n: int) -> dict[str, Any]:
-    """The chat.completion a batch request gets: the answer the online endpoint gives the same request."""
+    """The chat.completion a batch request gets: the answer the online endpoint
+    gives the same request."""
     content = f"Mock answer to: {chat.task_key[:80]} (images: {chat.images_in_task})"
     prompt = prompt_tokens(chat)
     finish = "stop"
     if chat.max_tokens is not None and -(-len(content) // 4) > chat.max_tokens:
         content, finish = content[: chat.max_tokens * 4], "length"
     completion = -(-len(content) // 4)
-    return {"id": f"chatcmpl-mockbatch-{n}", "object": "chat.completion", "created": int(time.time()),
-            "model": model, "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                                         "logprobs": None, "finish_reason": finish}],
-            "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
-            "system_fingerprint": "fp_mock"}
+    return {"id": f"chatcmpl-mockbatch-{n}", "object": "chat.completion",
+            "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                         "logprobs": None, "finish_reason": finish}],
+            "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
+                      "total_tokens": prompt + completion}, "system_fingerprint": "fp_mock"}
 
 
-def output_line(custom_id: str, n: int, response: dict[str, Any] | None, error: dict[str, str] | None) -> bytes:
+def output_line(custom_id: str, n: int, response: dict[str, Any] | None,
+                error: dict[str, str] | None) -> bytes:
     """One line of an output or error file."""
-    record = {"id": f"batch_req_mock{n}", "custom_id": custom_id, "response": response, "error": error}
+    record = {"id": f"batch_req_mock{n}", "custom_id": custom_id, "response": response,
+              "error": error}
     return json.dumps(record).encode() + b"\n"
 
 

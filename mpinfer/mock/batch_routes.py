@@ -1,8 +1,8 @@
 """Routing of the Files and Batches endpoints (and ``/_mock/batches``) to the BatchService.
 
-``route`` answers a request when its path is one of these and returns False otherwise, so the server's
-own routing needs a single hook. Paths are accepted with or without the ``/v1`` prefix, as the chat
-endpoint accepts them.
+``route`` answers a request when its path is one of these and returns False otherwise, so the
+server's own routing needs a single hook. Paths are accepted with or without the ``/v1`` prefix, as
+the chat endpoint accepts them.
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ from .chat import ApiError
 from .http import Connection, Request, http_response
 
 
-def _send(conn: Connection, req: Request, status: int, payload: Any, content_type: str = "application/json") -> None:
+def _send(conn: Connection, req: Request, status: int, payload: Any,
+          content_type: str = "application/json") -> None:
     body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-    conn.send(http_response(status, body, req.keep_alive, content_type=content_type), req.keep_alive)
+    conn.send(http_response(status, body, req.keep_alive, content_type=content_type),
+              req.keep_alive)
 
 
 def _query(req: Request) -> dict[str, str]:
@@ -36,7 +38,8 @@ def _files(service: BatchService, req: Request, parts: list[str]) -> tuple[int, 
     if len(parts) == 2 and parts[1] == "content" and req.method == "GET":
         return 200, service.files.get(parts[0]).data
     if len(parts) == 1 and req.method == "DELETE":
-        status = service.faults.delete_status  # a provider that fails deletes (a fault), the file kept
+        # a provider that fails deletes (a fault), the file kept
+        status = service.faults.delete_status
         if status == 404:  # as OpenAI answers for a file already gone
             raise ApiError(404, f"No such File object: {parts[0]}", param="id")
         if status is not None:
@@ -59,7 +62,8 @@ def _batches(service: BatchService, req: Request, parts: list[str]) -> tuple[int
 
 
 async def _slow_create(service: BatchService, conn: Connection, req: Request) -> None:
-    """A create that takes its time before and after the batch exists (the fault options create_*wait_s)."""
+    """A create that takes its time before and after the batch exists (the
+    fault options create_*wait_s)."""
     await asyncio.sleep(service.faults.create_wait_s)
     try:
         payload = service.create(req.body)
@@ -75,7 +79,8 @@ def route(service: BatchService, conn: Connection, req: Request) -> bool:
     path = req.path.removeprefix("/v1")
     if req.path == "/_mock/batches":
         try:
-            payload = service.stats() if req.method == "GET" else service.configure(json.loads(req.body or b"{}"))
+            payload = (service.stats() if req.method == "GET"
+                       else service.configure(json.loads(req.body or b"{}")))
         except (ValueError, TypeError) as exc:
             _send(conn, req, 400, {"error": {"message": str(exc), "type": "invalid_request_error"}})
             return True
@@ -97,5 +102,6 @@ def route(service: BatchService, conn: Connection, req: Request) -> bool:
     except ApiError as exc:
         _send(conn, req, exc.status, exc.body())
         return True
-    _send(conn, req, status, payload, "application/octet-stream" if isinstance(payload, bytes) else "application/json")
+    _send(conn, req, status, payload,
+          "application/octet-stream" if isinstance(payload, bytes) else "application/json")
     return True

@@ -1,21 +1,23 @@
 """The mock's Batch API: ``/v1/batches`` (create, retrieve, cancel, list), worked in the background.
 
 Modelled on OpenAI's documented behaviour, not on our client:
-- a batch object has ``status`` validating -> in_progress -> finalizing -> completed, or ``failed`` (with
-  ``errors.data``: code, message, line), ``expired`` (the window ran out: what was done is in the output
-  file, every request not reached is in the error file with code ``batch_expired``), or cancelling ->
-  cancelled (requests not reached: ``batch_cancelled``); ``request_counts`` (total, completed, failed),
-  ``output_file_id`` / ``error_file_id`` once finished, and the ``*_at`` timestamps;
-- an input line is ``{"custom_id", "method": "POST", "url", "body"}``; custom_ids are unique in a file, one
-  model a file, at most 50,000 requests a batch;
-- an output line is ``{"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error"}``;
-  a request that failed with an HTTP status is in the error file with that ``response`` and ``error``
-  null; one never executed has ``response`` null and ``error`` {code, message};
-- each model's enqueued prompt tokens are limited (``token_limit``): a batch that would pass it fails
-  validation with ``token_limit_exceeded``; batch creation itself is rate-limited (``max_creates``).
+- a batch object has ``status`` validating -> in_progress -> finalizing -> completed, or ``failed``
+  (with ``errors.data``: code, message, line), ``expired`` (the window ran out: what was done is in
+  the output file, every request not reached is in the error file with code ``batch_expired``), or
+  cancelling -> cancelled (requests not reached: ``batch_cancelled``); ``request_counts`` (total,
+  completed, failed), ``output_file_id`` / ``error_file_id`` once finished, and the ``*_at``
+  timestamps;
+- an input line is ``{"custom_id", "method": "POST", "url", "body"}``; custom_ids are unique in a
+  file, one model a file, at most 50,000 requests a batch;
+- an output line is ``{"id", "custom_id", "response": {"status_code", "request_id", "body"},
+  "error"}``; a request that failed with an HTTP status is in the error file with that ``response``
+  and ``error`` null; one never executed has ``response`` null and ``error`` {code, message};
+- each model's enqueued prompt tokens are limited (``token_limit``): a batch that would pass it
+  fails validation with ``token_limit_exceeded``; batch creation itself is rate-limited
+  (``max_creates``).
 
-``GET /_mock/batches`` counts, for the tests, how many batches each custom_id was submitted in and how
-many times it was answered: a client that pays twice for a row shows up there.
+``GET /_mock/batches`` counts, for the tests, how many batches each custom_id was submitted in and
+how many times it was answered: a client that pays twice for a row shows up there.
 """
 
 from __future__ import annotations
@@ -37,8 +39,19 @@ from .chat import ApiError, ChatRequest
 from .config import MockConfig
 from .files import FileStore
 
-_ENDPOINTS = frozenset({"/v1/responses", "/v1/chat/completions", "/v1/embeddings", "/v1/completions", "/v1/moderations",
-                        "/v1/images/generations", "/v1/images/edits", "/v1/videos"})  # as the API reference lists them
+_ENDPOINTS = frozenset(
+    {
+        "/v1/responses",
+        "/v1/chat/completions",
+        "/v1/embeddings",
+        "/v1/completions",
+        "/v1/moderations",
+        # as the API reference lists them
+        "/v1/images/generations",
+        "/v1/images/edits",
+        "/v1/videos",
+    }
+)
 _OPEN = frozenset({"validating", "in_progress", "finalizing", "cancelling"})
 
 
@@ -70,22 +83,26 @@ class _Batch:
             "input_file_id": self.input_file_id, "completion_window": "24h", "status": self.status,
             "output_file_id": self.output_file_id, "error_file_id": self.error_file_id,
             "created_at": self.created_at, "expires_at": self.created_at + 24 * 3600,
-            "request_counts": {"total": self.total, "completed": self.completed, "failed": self.failed},
+            "request_counts": {"total": self.total, "completed": self.completed,
+                               "failed": self.failed},
             "metadata": self.metadata,
         }
-        for stamp in ("in_progress", "finalizing", "completed", "failed", "expired", "cancelling", "cancelled"):
+        for stamp in ("in_progress", "finalizing", "completed", "failed", "expired", "cancelling",
+                      "cancelled"):
             data[f"{stamp}_at"] = self.times.get(stamp)
         return data
 
 
 class BatchService:
-    """The Files and Batches endpoints of one mock server, and the background work of its batches."""
+    """The Files and Batches endpoints of one mock server, and the background
+    work of its batches."""
 
     def __init__(self, config: Callable[[], MockConfig]) -> None:
         self._config = config
         self._tasks: set[asyncio.Task[None]] = set()
         self.files = FileStore()
-        # Ids stay unique for the server's life, resets included: a client must never meet an old id again.
+        # Ids stay unique for the server's life, resets included: a client must
+        # never meet an old id again.
         self._ids = itertools.count(1)
         self._requests = itertools.count(1)
         self._clear()
@@ -107,7 +124,8 @@ class BatchService:
     # -- control -----------------------------------------------------------------
 
     def configure(self, settings: Any) -> dict[str, Any]:
-        """Apply fault settings; ``"reset": true`` first forgets every file, batch, count and fault."""
+        """Apply fault settings; ``"reset": true`` first forgets every file,
+        batch, count and fault."""
         if isinstance(settings, dict) and settings.get("reset") is True:
             settings = {k: v for k, v in settings.items() if k != "reset"}
             self._clear()
@@ -125,7 +143,8 @@ class BatchService:
             "batches_created": len(self._batches),
             "batches": {b.id: b.status for b in self._batches.values()},
             "rows": dict(self.rows), "max_batches_per_row": max(self.rows.values(), default=0),
-            "answered": dict(self.answered), "max_answers_per_row": max(self.answered.values(), default=0),
+            "answered": dict(self.answered),
+            "max_answers_per_row": max(self.answered.values(), default=0),
             "executed": dict(self.executed), "refused_creates": self.refused_creates,
             # What is stored and what was deleted: a client that leaves files behind shows up here.
             "files": len(self.files.files), "file_ids": sorted(self.files.files),
@@ -141,7 +160,8 @@ class BatchService:
         if scheme.lower() != "bearer" or not key:
             return ApiError(401, "You didn't provide an API key.")
         if config.keys and key not in config.keys:
-            return ApiError(401, f"Incorrect API key provided: ...{key[-4:]}.", code="invalid_api_key")
+            return ApiError(401, f"Incorrect API key provided: ...{key[-4:]}.",
+                            code="invalid_api_key")
         return None
 
     def create(self, body: bytes) -> dict[str, Any]:
@@ -155,21 +175,31 @@ class BatchService:
         file_id = params.get("input_file_id")
         stored = self.files.get(str(file_id)) if isinstance(file_id, str) else None
         if stored is None:
-            raise ApiError(400, "Missing required parameter: 'input_file_id'.", param="input_file_id")
+            raise ApiError(400, "Missing required parameter: 'input_file_id'.",
+                           param="input_file_id")
         if stored.purpose != "batch":
-            raise ApiError(400, f"File {file_id} was not uploaded with purpose 'batch'.", param="input_file_id")
+            raise ApiError(400, f"File {file_id} was not uploaded with purpose 'batch'.",
+                           param="input_file_id")
         endpoint = params.get("endpoint")
         if endpoint not in _ENDPOINTS:
-            raise ApiError(400, f"Invalid endpoint {endpoint!r}; supported: {sorted(_ENDPOINTS)}.", param="endpoint")
+            raise ApiError(400, f"Invalid endpoint {endpoint!r}; supported: {sorted(_ENDPOINTS)}.",
+                           param="endpoint")
         if params.get("completion_window") != "24h":
             raise ApiError(400, "completion_window must be '24h'.", param="completion_window")
         metadata = params.get("metadata")
-        if metadata is not None and (not isinstance(metadata, dict) or len(metadata) > 16 or not all(
-                len(k) <= 64 and isinstance(v, str) and len(v) <= 512 for k, v in metadata.items())):
-            raise ApiError(400, "metadata: at most 16 pairs, keys of at most 64 characters, string values of at most "
-                           "512.", param="metadata")
+        if metadata is not None and (
+            not isinstance(metadata, dict)
+            or len(metadata) > 16
+            or not all(
+                len(k) <= 64 and isinstance(v, str) and len(v) <= 512 for k, v in metadata.items()
+            )
+        ):
+            raise ApiError(400,
+                           "metadata: at most 16 pairs, keys of at most 64 "
+                           "characters, string values of at most 512.", param="metadata")
         self._check_create_rate()
-        batch = _Batch(f"batch_mock{next(self._ids):06d}", stored.id, str(endpoint), metadata, int(time.time()))
+        batch = _Batch(f"batch_mock{next(self._ids):06d}", stored.id, str(endpoint), metadata,
+                       int(time.time()))
         self._batches[batch.id] = batch
         for custom_id in custom_ids(stored.data):
             self.rows[custom_id] += 1
@@ -187,8 +217,10 @@ class BatchService:
             self._creates.popleft()
         if len(self._creates) >= faults.max_creates:
             self.refused_creates += 1
-            raise ApiError(429, f"Rate limit reached for batch creation: Limit {faults.max_creates} per "
-                           f"{faults.create_window_s:g}s.", type_="requests", code="rate_limit_exceeded")
+            raise ApiError(429,
+                           "Rate limit reached for batch creation: Limit "
+                           f"{faults.max_creates} per {faults.create_window_s:g}s.",
+                           type_="requests", code="rate_limit_exceeded")
         self._creates.append(now)
 
     def get(self, batch_id: str) -> dict[str, Any]:
@@ -212,7 +244,8 @@ class BatchService:
         return batch.to_dict()
 
     def listing(self, query: dict[str, str]) -> dict[str, Any]:
-        """``GET /v1/batches?limit=&after=``: newest first, cursor-paginated as OpenAI's lists are."""
+        """``GET /v1/batches?limit=&after=``: newest first, cursor-paginated as
+        OpenAI's lists are."""
         try:
             limit = max(1, min(100, int(query.get("limit", "20"))))
         except ValueError:
@@ -230,7 +263,8 @@ class BatchService:
     # -- the background work -------------------------------------------------------
 
     def _enqueued(self, model: str) -> int:
-        return sum(b.tokens for b in self._batches.values() if b.model == model and b.status in _OPEN)
+        return sum(b.tokens for b in self._batches.values() if b.model == model
+                   and b.status in _OPEN)
 
     def _outcome(self, custom_id: str) -> str:
         queued = self._scripts.get(custom_id)
@@ -257,9 +291,10 @@ class BatchService:
             tokens = parsed.prompt_tokens
             limit = self.faults.token_limit
             if limit is not None and batch.model and self._enqueued(batch.model) + tokens > limit:
-                raise Refused("token_limit_exceeded", f"Enqueued token limit reached for {batch.model} in "
-                                  f"organization org-mock. Limit: {limit:,} enqueued tokens. Please try again "
-                                  "once some in_progress batches have been completed.")
+                raise Refused("token_limit_exceeded",
+                              f"Enqueued token limit reached for {batch.model} in organization "
+                              f"org-mock. Limit: {limit:,} enqueued tokens. Please try again once "
+                              "some in_progress batches have been completed.")
         except Refused as refused:
             batch.status, batch.errors = "failed", [refused.error]
             batch.times["failed"] = int(time.time())
@@ -284,12 +319,19 @@ class BatchService:
                 await asyncio.sleep(0)  # let the server answer polls while a large batch is worked
             done += 1
             self._execute(batch, custom_id, request, outputs, errors)
-        code, status = ("batch_cancelled", "cancelled") if batch.cancel_requested else ("batch_expired", "expired")
+        code, status = (
+            ("batch_cancelled", "cancelled")
+            if batch.cancel_requested
+            else ("batch_expired", "expired")
+        )
         if done < len(requests):
-            message = ("The batch was cancelled before this request executed." if code == "batch_cancelled"
-                       else "This request could not be executed before the completion window expired.")
+            message = ("The batch was cancelled before this request executed."
+                       if code == "batch_cancelled"
+                       else "This request could not be executed before the "
+                       "completion window expired.")
             for custom_id, _ in requests[done:]:
-                errors.append(output_line(custom_id, next(self._requests), None, {"code": code, "message": message}))
+                errors.append(output_line(custom_id, next(self._requests), None,
+                                          {"code": code, "message": message}))
             batch.failed += len(requests) - done
             if status == "cancelled":
                 await asyncio.sleep(self.faults.step_s)
@@ -300,34 +342,48 @@ class BatchService:
         await asyncio.sleep(self.faults.step_s)
         self._finish(batch, "cancelled" if batch.cancel_requested else "completed", outputs, errors)
 
-    def _execute(self, batch: _Batch, custom_id: str, request: ChatRequest | ApiError, outputs: list[bytes],
-                 errors: list[bytes]) -> None:
+    def _execute(self, batch: _Batch, custom_id: str, request: ChatRequest | ApiError,
+                 outputs: list[bytes], errors: list[bytes]) -> None:
         n = next(self._requests)
         self.executed[custom_id] += 1
         outcome = "400" if isinstance(request, ApiError) else self._outcome(custom_id)
         if outcome == "ok" and isinstance(request, ChatRequest):
             model = self._config().model_map.get(request.model, request.model)
-            response = {"status_code": 200, "request_id": f"req_mockbatch_{n}", "body": answer(request, model, n)}
+            response = {"status_code": 200, "request_id": f"req_mockbatch_{n}",
+                        "body": answer(request, model, n)}
             outputs.append(output_line(custom_id, n, response, None))
             batch.completed += 1
             self.answered[custom_id] += 1
             return
         batch.failed += 1
         if outcome == "timeout":
-            errors.append(output_line(custom_id, n, None, {"code": "request_timeout",
-                                                     "message": "The underlying call to the model timed out."}))
+            errors.append(output_line(custom_id, n, None,
+                                      {"code": "request_timeout",
+                                       "message": "The underlying call to the model timed out."}))
         elif outcome == "500":
-            errors.append(output_line(custom_id, n, status_response(500, "The server had an error while processing your "
-                                                            "request. (mock fault)", "server_error", n), None))
+            errors.append(output_line(custom_id, n,
+                                      status_response(500,
+                                                      "The server had an error while processing "
+                                                      "your request. (mock fault)", "server_error",
+                                                      n), None))
         else:
-            message = request.message if isinstance(request, ApiError) else "Invalid request (mock fault)."
-            errors.append(output_line(custom_id, n, status_response(400, message, "invalid_request_error", n), None))
+            message = (
+                request.message
+                if isinstance(request, ApiError)
+                else "Invalid request (mock fault)."
+            )
+            errors.append(output_line(custom_id, n,
+                                      status_response(400, message, "invalid_request_error", n),
+                                      None))
 
-    def _finish(self, batch: _Batch, status: str, outputs: list[bytes], errors: list[bytes]) -> None:
+    def _finish(self, batch: _Batch, status: str, outputs: list[bytes],
+                errors: list[bytes]) -> None:
         if outputs:
-            batch.output_file_id = self.files.add(f"{batch.id}_output.jsonl", "batch_output", b"".join(outputs)).id
+            batch.output_file_id = self.files.add(f"{batch.id}_output.jsonl", "batch_output",
+                                                  b"".join(outputs)).id
         if errors:
-            batch.error_file_id = self.files.add(f"{batch.id}_error.jsonl", "batch_output", b"".join(errors)).id
+            batch.error_file_id = self.files.add(f"{batch.id}_error.jsonl", "batch_output",
+                                                 b"".join(errors)).id
         batch.status = status
         batch.times[status] = int(time.time())
 

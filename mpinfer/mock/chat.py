@@ -1,4 +1,5 @@
-"""Chat requests: a chat.completions body validated the way OpenAI would, or an OpenAI-style error."""
+"""Chat requests: a chat.completions body validated the way OpenAI would, or an
+OpenAI-style error."""
 
 from __future__ import annotations
 
@@ -91,14 +92,17 @@ def parse_chat(body: bytes) -> ChatRequest:
         raise ApiError(400, "The request body must be a JSON object.")
     model = data.get("model")
     if not isinstance(model, str) or not model:
-        raise ApiError(400, "you must provide a model parameter", param="model", code="missing_required_parameter")
+        raise ApiError(400, "you must provide a model parameter", param="model",
+                       code="missing_required_parameter")
     messages = data.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ApiError(
-            400, "'messages' must be a non-empty array.", param="messages", code="missing_required_parameter"
+            400, "'messages' must be a non-empty array.", param="messages",
+            code="missing_required_parameter"
         )
     if data.get("stream"):
-        raise ApiError(400, "The mock server does not support streaming.", param="stream", code="unsupported_value")
+        raise ApiError(400, "The mock server does not support streaming.", param="stream",
+                       code="unsupported_value")
 
     text_chars = 0
     images_total = 0
@@ -106,11 +110,13 @@ def parse_chat(body: bytes) -> ChatRequest:
     images_in_task = 0
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
-            raise ApiError(400, f"Invalid type for 'messages[{i}]': expected an object.", param=f"messages.[{i}]")
+            raise ApiError(400, f"Invalid type for 'messages[{i}]': expected an object.",
+                           param=f"messages.[{i}]")
         role = message.get("role")
         if role not in _VALID_ROLES:
             raise ApiError(
-                400, f"Invalid value for 'messages[{i}].role': {role!r}.", param=f"messages.[{i}].role",
+                400, f"Invalid value for 'messages[{i}].role': {role!r}.",
+                param=f"messages.[{i}].role",
                 code="invalid_value",
             )
         content = message.get("content")
@@ -122,7 +128,8 @@ def parse_chat(body: bytes) -> ChatRequest:
             for j, part in enumerate(content):
                 where = f"messages.[{i}].content.[{j}]"
                 if not isinstance(part, dict):
-                    raise ApiError(400, f"Invalid type for '{where}': expected an object.", param=where)
+                    raise ApiError(400, f"Invalid type for '{where}': expected an object.",
+                                   param=where)
                 kind = part.get("type")
                 if kind == "text":
                     text = part.get("text")
@@ -133,16 +140,18 @@ def parse_chat(body: bytes) -> ChatRequest:
                 elif kind == "image_url":
                     image = part.get("image_url")
                     if not isinstance(image, dict):
-                        raise ApiError(400, f"Invalid type for '{where}.image_url': expected an object.",
-                                        param=f"{where}.image_url", code="invalid_type")
+                        raise ApiError(400,
+                                       f"Invalid type for '{where}.image_url': expected an object.",
+                                       param=f"{where}.image_url", code="invalid_type")
                     problem = _check_image_url(image.get("url"))
                     if problem is not None:
                         raise ApiError(400, f"Invalid '{where}.image_url.url': {problem}.",
                                         param=f"{where}.image_url.url", code="invalid_value")
                     detail = image.get("detail")
                     if detail is not None and detail not in _VALID_DETAILS:
-                        raise ApiError(400, f"Invalid value for '{where}.image_url.detail': {detail!r}.",
-                                        param=f"{where}.image_url.detail", code="invalid_value")
+                        raise ApiError(400,
+                                       f"Invalid value for '{where}.image_url.detail': {detail!r}.",
+                                       param=f"{where}.image_url.detail", code="invalid_value")
                     images += 1
                 else:
                     raise ApiError(400, f"Invalid value for '{where}.type': {kind!r}.",
@@ -150,8 +159,8 @@ def parse_chat(body: bytes) -> ChatRequest:
         elif content is None and role in ("assistant", "function"):
             pass  # assistant turns carrying only tool calls have null content
         else:
-            raise ApiError(400, f"Invalid type for 'messages[{i}].content'.", param=f"messages.[{i}].content",
-                            code="invalid_type")
+            raise ApiError(400, f"Invalid type for 'messages[{i}].content'.",
+                           param=f"messages.[{i}].content", code="invalid_type")
         for text in texts:
             text_chars += len(text)
         images_total += images
@@ -165,8 +174,9 @@ def parse_chat(body: bytes) -> ChatRequest:
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ApiError(400, f"Invalid value for '{name}': expected an integer >= 1.", param=name,
-                            code="invalid_value")
+            raise ApiError(400, f"Invalid value for '{name}': expected an integer >= 1.",
+                           param=name, code="invalid_value")
         max_tokens = value
         break  # max_completion_tokens is the newer name and wins, as on OpenAI
-    return ChatRequest(model, "".join(task_parts), images_in_task, images_total, text_chars, max_tokens)
+    return ChatRequest(model, "".join(task_parts), images_in_task, images_total, text_chars,
+                       max_tokens)

@@ -24,7 +24,8 @@ READY_PREFIX = "MOCK_READY"
 def build_arg_parser() -> argparse.ArgumentParser:
     """The ``python -m mpinfer.mockserver`` argument parser (defaults from MockConfig)."""
     d = MockConfig()
-    p = argparse.ArgumentParser(prog="python -m mpinfer.mockserver", description=_package_doc.split("\n", 1)[0])
+    p = argparse.ArgumentParser(prog="python -m mpinfer.mockserver",
+                                description=_package_doc.split("\n", 1)[0])
     p.add_argument("--host", default=d.host)
     p.add_argument("--port", type=int, default=d.port)
     p.add_argument("--latency-ms", type=float, default=d.latency_ms)
@@ -46,26 +47,34 @@ def build_arg_parser() -> argparse.ArgumentParser:
         "--window-s",
         type=float,
         default=d.window_s,
-        help="length of the sliding rpm/tpm window and of the window stats, in seconds (default: 60)",
+        help="length of the sliding rpm/tpm window and of the window "
+        "stats, in seconds (default: 60)",
     )
     p.add_argument("--backlog", type=int, default=d.backlog)
     p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
     p.add_argument("--quantum-s", type=float, default=d.quantum_s,
-                   help="enforce rpm/tpm as buckets holding this many seconds' worth (0: sliding window)")
+                   help="enforce rpm/tpm as buckets holding this many "
+                   "seconds' worth (0: sliding window)")
     p.add_argument("--limit-style", default=d.limit_style, choices=("openai", "litellm", "none"))
     p.add_argument("--max-concurrent", type=int, default=d.max_concurrent)
     p.add_argument("--slow-bps", type=float, default=d.slow_bps)
-    p.add_argument("--reasoning-models", nargs="+", action="extend", default=[], metavar="MODEL=FIELD",
+    p.add_argument("--reasoning-models", nargs="+", action="extend", default=[],
+                   metavar="MODEL=FIELD",
                    help="answer MODEL with its thinking in FIELD (reasoning_content or reasoning)")
-    p.add_argument("--max-image-bytes", type=int, default=None, help="400 for requests with more image data")
-    p.add_argument("--azure-deployments", nargs="+", action="extend", default=[], metavar="DEPLOYMENT=MODEL",
+    p.add_argument("--max-image-bytes", type=int, default=None,
+                   help="400 for requests with more image data")
+    p.add_argument("--azure-deployments", nargs="+", action="extend", default=[],
+                   metavar="DEPLOYMENT=MODEL",
                    help="answer Azure's /openai/deployments/DEPLOYMENT/chat/completions as MODEL")
-    p.add_argument("--refuse-marker", default=None, metavar="TEXT", help="refuse prompts that hold TEXT")
-    p.add_argument("--record-bodies", action="store_true", help="keep the last request body per task key in stats")
+    p.add_argument("--refuse-marker", default=None, metavar="TEXT",
+                   help="refuse prompts that hold TEXT")
+    p.add_argument("--record-bodies", action="store_true",
+                   help="keep the last request body per task key in stats")
     p.add_argument(
         "--exit-with-parent",
         action="store_true",
-        help="exit when stdin reaches EOF (used by MockServerProcess so a crashed test run leaves no server)",
+        help="exit when stdin reaches EOF (used by MockServerProcess so "
+        "a crashed test run leaves no server)",
     )
     return p
 
@@ -132,7 +141,8 @@ def _raise_fd_limit() -> None:
             pass  # best effort; the server still works with fewer connections
 
 
-async def serve(config: MockConfig, *, ready_stream: IO[str] | None = None, exit_with_parent: bool = False) -> None:
+async def serve(config: MockConfig, *, ready_stream: IO[str] | None = None,
+                exit_with_parent: bool = False) -> None:
     """Run a server until SIGTERM/SIGINT (or stdin EOF with ``exit_with_parent``).
 
     Prints the MOCK_READY line to ``ready_stream`` (stdout by default) once

@@ -1,4 +1,5 @@
-"""Answering ``POST /v1/chat/completions``: auth, limits, the fault draw, the completion and its delivery."""
+"""Answering ``POST /v1/chat/completions``: auth, limits, the fault draw, the
+completion and its delivery."""
 
 from __future__ import annotations
 
@@ -65,7 +66,8 @@ class ChatCompletions:
             outcome, status, body, task_key = self._decide(req, cfg, now, n, headers)
             st.outcomes[outcome] += 1
             add_ratelimit_headers(st, cfg, now, headers)
-            payload = b"" if outcome in ("hang", "reset") else http_response(status, body, req.keep_alive, headers)
+            payload = (b"" if outcome in ("hang", "reset")
+                       else http_response(status, body, req.keep_alive, headers))
         except BaseException:
             st.in_flight -= 1  # a bug above must not leave a phantom request in flight
             raise
@@ -76,13 +78,14 @@ class ChatCompletions:
         if outcome == "slow":
             conn.run_async(self._trickle(conn, payload, req.keep_alive, cfg.slow_bps, st))
             return
-        # A rate limit is refused at the gateway, before any model runs (OpenAI, LiteLLM's pre-call check):
-        # at once, not after the model's latency.
+        # A rate limit is refused at the gateway, before any model runs (OpenAI, LiteLLM's pre-call
+        # check): at once, not after the model's latency.
         delay = 0.0 if outcome == "limit" else cfg.latency_ms
         if delay and cfg.jitter_ms:
             delay += self._jitter_rng.uniform(-cfg.jitter_ms, cfg.jitter_ms)
         if delay > 0:
-            conn.run_async(self._answer_later(conn, delay / 1000.0, outcome, payload, req.keep_alive, task_key, st))
+            conn.run_async(self._answer_later(conn, delay / 1000.0, outcome, payload,
+                                              req.keep_alive, task_key, st))
             return
         try:
             self._deliver(conn, outcome, payload, req.keep_alive, task_key)
@@ -99,15 +102,16 @@ class ChatCompletions:
         key = key.strip()
         if scheme.lower() != "bearer" or not key:
             return "401", 401, error_body(
-                "You didn't provide an API key. You need to provide your API key in an Authorization header "
-                "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+                "You didn't provide an API key. You need to provide your API key in an "
+                "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
                 "invalid_request_error",
             ), None
         # Only the tail of a key is ever stored, so stats can be shared freely.
         st.per_key[key[-4:]] += 1
         if (cfg.keys and key not in cfg.keys) or key in self._revoked:
             return "401", 401, error_body(
-                f"Incorrect API key provided: ...{key[-4:]}.", "invalid_request_error", None, "invalid_api_key"
+                f"Incorrect API key provided: ...{key[-4:]}.", "invalid_request_error", None,
+                "invalid_api_key"
             ), None
         try:
             chat = parse_chat(req.body)
@@ -122,14 +126,16 @@ class ChatCompletions:
 
         answer = reply(cfg, chat.model, task_key, chat.images_in_task, chat.max_tokens)
         prompt_tokens = -(-chat.text_chars // 4) + _TOKENS_PER_IMAGE * chat.images_total
-        budget = prompt_tokens + (chat.max_tokens if chat.max_tokens is not None else answer.completion_tokens)
+        budget = prompt_tokens + (chat.max_tokens if chat.max_tokens is not None
+                                  else answer.completion_tokens)
         if cfg.tpm is not None and st.accepted_token_sum + budget > cfg.tpm:
             st.token_window_violations += 1
 
         if cfg.max_concurrent is not None and st.in_flight > cfg.max_concurrent:
-            # A server at capacity (a vLLM behind a gateway, a busy proxy): refused, with no hint at all.
-            return "limit", 429, error_body("Server is busy (mock): too many requests in flight.", "requests",
-                                            None, "rate_limit_exceeded"), task_key
+            # A server at capacity (a vLLM behind a gateway, a busy proxy):
+            # refused, with no hint at all.
+            return "limit", 429, error_body("Server is busy (mock): too many requests in flight.",
+                                            "requests", None, "rate_limit_exceeded"), task_key
         rejection = check_limits(st, cfg, now, budget)
         if rejection is not None:
             kind, limit, used, retry_s = rejection
@@ -154,7 +160,8 @@ class ChatCompletions:
                 "created": int(time.time()),
                 "model": cfg.model_map.get(chat.model, chat.model),
                 "choices": [
-                    {"index": 0, "message": answer.message, "logprobs": None, "finish_reason": answer.finish_reason}
+                    {"index": 0, "message": answer.message, "logprobs": None,
+                     "finish_reason": answer.finish_reason}
                 ],
                 "usage": answer.usage(prompt_tokens),
                 "system_fingerprint": "fp_mock",
@@ -162,7 +169,8 @@ class ChatCompletions:
             return outcome, 200, orjson.dumps(response), task_key
         if outcome == "429":
             rejection_headers(cfg, cfg.retry_after, headers)
-            hint = f" Please try again in {format_duration(cfg.retry_after)}." if cfg.limit_style == "openai" else ""
+            hint = (f" Please try again in {format_duration(cfg.retry_after)}."
+                    if cfg.limit_style == "openai" else "")
             return "429", 429, error_body(
                 f"Rate limit reached for {chat.model} (mock fault).{hint}",
                 "requests",
@@ -178,7 +186,8 @@ class ChatCompletions:
             ), task_key
         if outcome == "500":
             return "500", 500, error_body(
-                "The server had an error while processing your request. Sorry about that! (mock fault)",
+                "The server had an error while processing your request. "
+                "Sorry about that! (mock fault)",
                 "server_error",
             ), task_key
         if outcome == "malformed":
@@ -207,7 +216,8 @@ class ChatCompletions:
             r -= p
         return "ok"
 
-    def _deliver(self, conn: Connection, outcome: str, payload: bytes, keep_alive: bool, task_key: str | None) -> None:
+    def _deliver(self, conn: Connection, outcome: str, payload: bytes, keep_alive: bool,
+                 task_key: str | None) -> None:
         """Send the decided response; count ``answered`` only for real completions."""
         if outcome == "reset":
             conn.reset()
@@ -232,8 +242,8 @@ class ChatCompletions:
         due = loop.time() + delay_s
         try:
             await asyncio.sleep(delay_s)
-            # How much later than due this server answered, its own loop being busy: on a shared machine the
-            # benchmarks must not count the server's delay as the client's.
+            # How much later than due this server answered, its own loop being busy: on a shared
+            # machine the benchmarks must not count the server's delay as the client's.
             lag = loop.time() - due
             st.answer_lag_s_total += lag
             st.answer_lag_s_max = max(st.answer_lag_s_max, lag)
@@ -246,8 +256,8 @@ class ChatCompletions:
 
     async def _trickle(self, conn: Connection, payload: bytes, keep_alive: bool, bytes_per_s: float,
                        st: Stats) -> None:
-        """The headers at once, then the body a byte at a time: a server whose every read arrives in time but
-        whose answer never ends (cancelled by connection_lost when the client gives up)."""
+        """The headers at once, then the body a byte at a time: a server whose every read arrives in
+        time but whose answer never ends (cancelled by connection_lost when the client gives up)."""
         try:
             head_end = payload.index(b"\r\n\r\n") + 4
             if not conn.send(payload[:head_end], True):

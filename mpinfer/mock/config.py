@@ -1,4 +1,5 @@
-"""``MockConfig``: every tunable of the mock server, its validation, and the parsing of runtime settings.
+"""``MockConfig``: every tunable of the mock server, its validation, and the
+parsing of runtime settings.
 
 The command line, the subprocess helper and ``POST /_mock/config`` all build a ``MockConfig``. For a
 runtime update, ``coerce_field`` turns each JSON value into the field's declared type (and
@@ -15,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 WINDOW_S = 60.0
-"""Default length of the sliding rate-limit window (``MockConfig.window_s``), as OpenAI's per-minute limits."""
+"""Default length of the sliding rate-limit window (``MockConfig.window_s``),
+as OpenAI's per-minute limits."""
 
 # Fields of MockConfig that POST /_mock/config may change at runtime. host,
 # port and backlog are fixed once listening; keys are secrets and are only
@@ -121,15 +123,15 @@ class MockConfig:
     """
 
     quantum_s: float = 0.0
-    """Enforce ``rpm``/``tpm`` per shorter period, as OpenAI documents they may be ("60,000 requests/minute
-    may be enforced as 1,000 requests/second"): token buckets refilled at limit/window a second, holding
-    ``quantum_s`` seconds' worth. 0 keeps the sliding window."""
+    """Enforce ``rpm``/``tpm`` per shorter period, as OpenAI documents they may be ("60,000
+    requests/minute may be enforced as 1,000 requests/second"): token buckets refilled at
+    limit/window a second, holding ``quantum_s`` seconds' worth. 0 keeps the sliding window."""
 
     limit_style: str = "openai"
-    """How rate limits are announced, as different servers do: ``openai`` (x-ratelimit-limit/remaining/reset
-    on every response, Retry-After and retry-after-ms on 429s), ``litellm`` (a 429 carries only
-    ``llm_provider-retry-after`` in whole seconds, as a LiteLLM proxy passes its limit on) or ``none`` (no
-    rate header at all, as vLLM or DeepSeek)."""
+    """How rate limits are announced, as different servers do: ``openai``
+    (x-ratelimit-limit/remaining/reset on every response, Retry-After and retry-after-ms on 429s),
+    ``litellm`` (a 429 carries only ``llm_provider-retry-after`` in whole seconds, as a LiteLLM
+    proxy passes its limit on) or ``none`` (no rate header at all, as vLLM or DeepSeek)."""
 
     max_concurrent: int | None = None
     """Refuse with a hint-less 429 any request beyond this many in flight (a server at capacity)."""
@@ -144,21 +146,25 @@ class MockConfig:
     """Largest accepted request body; larger ones get 413 (protects the benchmark host)."""
 
     record_bodies: bool = False
-    """Keep the last JSON body of each task key in ``stats()["bodies"]``, so a test can check that a client
-    sent every field as given (extra ones included). Off by default: bodies carry base64 images, and at
-    most ``RECORDED_BODIES_MAX`` keys are kept."""
+    """Keep the last JSON body of each task key in ``stats()["bodies"]``, so a test can check that a
+    client sent every field as given (extra ones included). Off by default: bodies carry base64
+    images, and at most ``RECORDED_BODIES_MAX`` keys are kept."""
 
     reasoning_models: Mapping[str, str] = field(default_factory=dict, hash=False)
-    """Model -> the message field its thinking comes in (``reasoning_content`` as DeepSeek, or ``reasoning``)."""
+    """Model -> the message field its thinking comes in (``reasoning_content``
+    as DeepSeek, or ``reasoning``)."""
 
     refuse_marker: str | None = None
-    """Prompts that hold this text are refused (``content`` null, ``refusal`` text), as a safety benchmark sees."""
+    """Prompts that hold this text are refused (``content`` null, ``refusal``
+    text), as a safety benchmark sees."""
 
     azure_deployments: Mapping[str, str] = field(default_factory=dict, hash=False)
-    """Azure deployment -> the model it holds (``/openai/deployments/{deployment}/chat/completions``)."""
+    """Azure deployment -> the model it holds
+    (``/openai/deployments/{deployment}/chat/completions``)."""
 
     max_image_bytes: int | None = None
-    """Largest total of inline image data a chat request may carry (OpenAI: about 50 MB); None: no limit."""
+    """Largest total of inline image data a chat request may carry (OpenAI:
+    about 50 MB); None: no limit."""
 
     def __post_init__(self) -> None:
         """Normalise container fields and reject impossible settings early."""
@@ -176,7 +182,8 @@ class MockConfig:
         if total > 1.0 + 1e-9:
             raise ValueError(f"fault probabilities sum to {total:.4f} > 1")
         if self.limit_style not in ("openai", "litellm", "none"):
-            raise ValueError(f"limit_style must be openai, litellm or none, got {self.limit_style!r}")
+            raise ValueError("limit_style must be openai, litellm or none, "
+                             f"got {self.limit_style!r}")
         if self.slow_bps <= 0:
             raise ValueError("slow_bps must be > 0")
         for name in ("latency_ms", "jitter_ms", "retry_after", "hang_s", "quantum_s"):

@@ -1,12 +1,14 @@
-"""The mock's Files API: uploads (``POST /v1/files``, multipart), metadata, content, the list and deletes.
+"""The mock's Files API: uploads (``POST /v1/files``, multipart), metadata,
+content, the list and deletes.
 
-Modelled on OpenAI's ``/v1/files``: an upload is ``multipart/form-data`` with a ``purpose`` field and a
-``file`` part; the answer is a file object (``id``, ``object: "file"``, ``bytes``, ``created_at``,
-``filename``, ``purpose``, ``status``). A Batch API input file may be at most 200 MB (OpenAI's documented
-limit); larger uploads are refused with 400, as the real API refuses them. Batches add their output and
-error files here with purpose ``batch_output``. ``DELETE /v1/files/{id}`` answers ``{"id", "object": "file",
-"deleted": true}``, or 404 for an id it does not hold; the ids deleted are remembered, so a test can see
-that a client cleaned up after itself. Everything is kept in memory: the mock serves tests.
+Modelled on OpenAI's ``/v1/files``: an upload is ``multipart/form-data`` with a ``purpose`` field
+and a ``file`` part; the answer is a file object (``id``, ``object: "file"``, ``bytes``,
+``created_at``, ``filename``, ``purpose``, ``status``). A Batch API input file may be at most 200 MB
+(OpenAI's documented limit); larger uploads are refused with 400, as the real API refuses them.
+Batches add their output and error files here with purpose ``batch_output``. ``DELETE
+/v1/files/{id}`` answers ``{"id", "object": "file", "deleted": true}``, or 404 for an id it does not
+hold; the ids deleted are remembered, so a test can see that a client cleaned up after itself.
+Everything is kept in memory: the mock serves tests.
 """
 
 from __future__ import annotations
@@ -38,9 +40,9 @@ class StoredFile:
 
     def to_dict(self) -> dict[str, object]:
         """The file object as OpenAI returns it."""
-        return {"id": self.id, "object": "file", "bytes": len(self.data), "created_at": self.created_at,
-                "filename": self.filename, "purpose": self.purpose, "status": "processed",
-                "expires_at": None, "status_details": None}
+        return {"id": self.id, "object": "file", "bytes": len(self.data),
+                "created_at": self.created_at, "filename": self.filename, "purpose": self.purpose,
+                "status": "processed", "expires_at": None, "status_details": None}
 
 
 def _parts(content_type: str, body: bytes) -> dict[str, tuple[str | None, bytes]]:
@@ -77,7 +79,8 @@ class FileStore:
         self._ids = itertools.count(1)
 
     def add(self, filename: str, purpose: str, data: bytes) -> StoredFile:
-        stored = StoredFile(f"file-mock{next(self._ids):06d}", filename, purpose, data, int(time.time()))
+        stored = StoredFile(f"file-mock{next(self._ids):06d}", filename, purpose, data,
+                            int(time.time()))
         self.files[stored.id] = stored
         return stored
 
@@ -86,14 +89,16 @@ class FileStore:
         fields = _parts(content_type, body)
         purpose = fields.get("purpose", (None, b""))[1].decode("utf-8", "replace").strip()
         if purpose not in _PURPOSES:
-            raise ApiError(400, f"'{purpose}' is not one of {sorted(_PURPOSES)} - 'purpose'", param="purpose")
+            raise ApiError(400, f"'{purpose}' is not one of {sorted(_PURPOSES)} - 'purpose'",
+                           param="purpose")
         if "file" not in fields:
             raise ApiError(400, "Missing required parameter: 'file'.", param="file",
                            code="missing_required_parameter")
         filename, data = fields["file"]
         if purpose == "batch" and len(data) > BATCH_FILE_MAX_BYTES:
-            raise ApiError(400, f"File is too large: {len(data)} bytes; the limit for batch files is "
-                           f"{BATCH_FILE_MAX_BYTES} bytes.", param="file")
+            raise ApiError(400,
+                           f"File is too large: {len(data)} bytes; the limit for batch "
+                           f"files is {BATCH_FILE_MAX_BYTES} bytes.", param="file")
         return self.add(filename or "upload", purpose, data)
 
     def get(self, file_id: str) -> StoredFile:
@@ -103,7 +108,8 @@ class FileStore:
         return stored
 
     def delete(self, file_id: str) -> dict[str, object]:
-        """``DELETE /v1/files/{id}``: the file is gone (404 as ``get`` for an unknown id, a second delete included)."""
+        """``DELETE /v1/files/{id}``: the file is gone (404 as ``get`` for an
+        unknown id, a second delete included)."""
         self.get(file_id)
         del self.files[file_id]
         self.deleted.append(file_id)

@@ -1,4 +1,5 @@
-"""HTTP/1.1 for the mock server: the request parser, the response writer and the connection protocol.
+"""HTTP/1.1 for the mock server: the request parser, the response writer and
+the connection protocol.
 
 A small parser written directly on ``asyncio`` protocols (keep-alive, ``Content-Length`` and chunked
 request bodies, pipelining, ``Connection: close``) rather than a framework, so that thousands of
@@ -53,9 +54,11 @@ class _HttpError(Exception):
         self.message = message
 
 
-def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> bytes:
+def error_body(message: str, type_: str, param: str | None = None,
+               code: str | None = None) -> bytes:
     """Encode an OpenAI error envelope."""
-    return json.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}}).encode()
+    return json.dumps({"error": {"message": message, "type": type_, "param": param,
+                                 "code": code}}).encode()
 
 
 def http_response(
@@ -134,8 +137,8 @@ def _parse_chunked(buf: bytearray, pos: int, limit: int) -> tuple[bytes, int] | 
 
 
 class ConnectionHost(Protocol):
-    """What a connection needs from the server that accepted it; declared here so this module need not
-    import the server (which imports it)."""
+    """What a connection needs from the server that accepted it; declared here so this module need
+    not import the server (which imports it)."""
 
     @property
     def connections(self) -> set[Connection]:
@@ -192,7 +195,8 @@ class Connection(asyncio.Protocol):
         self._buf += data
         if not self._busy:
             self._process()
-        elif len(self._buf) > _PAUSE_BUFFER_BYTES and not self._paused and self._transport is not None:
+        elif (len(self._buf) > _PAUSE_BUFFER_BYTES and not self._paused
+              and self._transport is not None):
             self._paused = True
             self._transport.pause_reading()
 
@@ -219,7 +223,9 @@ class Connection(asyncio.Protocol):
             try:
                 request = self._parse_one()
             except _HttpError as exc:
-                self.send(http_response(exc.status, error_body(exc.message, "invalid_request_error"), False), False)
+                self.send(http_response(exc.status,
+                                        error_body(exc.message, "invalid_request_error"), False),
+                          False)
                 return
             if request is None:
                 if self._paused:
@@ -230,7 +236,8 @@ class Connection(asyncio.Protocol):
                 self._host.dispatch(self, request)
             except Exception:  # a handler bug must not kill the connection loop
                 log.exception("mock handler failed")
-                self.send(http_response(500, error_body("mock server bug", "server_error"), False), False)
+                self.send(http_response(500, error_body("mock server bug", "server_error"), False),
+                          False)
                 return
 
     def _parse_one(self) -> Request | None:

@@ -1,8 +1,9 @@
-"""The mock's limit on image data per request, as OpenAI enforces one: a 400 before any work is done.
+"""The mock's limit on image data per request, as OpenAI enforces one: a 400
+before any work is done.
 
-OpenAI answers a request whose inline images together pass its limit (about 50 MB in 2026) with a 400
-``Total image size (...) exceeds the allowed limit``; the same request fails again, whatever the wait, so a
-client must not retry it. Off unless ``MockConfig.max_image_bytes`` is set.
+OpenAI answers a request whose inline images together pass its limit (about 50 MB in 2026) with a
+400 ``Total image size (...) exceeds the allowed limit``; the same request fails again, whatever the
+wait, so a client must not retry it. Off unless ``MockConfig.max_image_bytes`` is set.
 """
 
 from __future__ import annotations
@@ -32,5 +33,7 @@ def check_image_limit(cfg: MockConfig, body: bytes) -> None:
         return
     size = _inline_bytes(json.loads(body).get("messages"))
     if size > cfg.max_image_bytes:
-        raise ApiError(400, f"Total image size ({size / 1e6:.2f}MB) exceeds the allowed limit "
-                            f"({cfg.max_image_bytes / 1e6:.2f}MB).", param="messages", code="image_too_large")
+        raise ApiError(400,
+                       f"Total image size ({size / 1e6:.2f}MB) exceeds the allowed "
+                       f"limit ({cfg.max_image_bytes / 1e6:.2f}MB).", param="messages",
+                       code="image_too_large")

@@ -1,8 +1,9 @@
-"""The rpm/tpm rate limits: the check, OpenAI's ``x-ratelimit-*`` headers and their duration formats.
+"""The rpm/tpm rate limits: the check, OpenAI's ``x-ratelimit-*`` headers and
+their duration formats.
 
 ``check_limits`` and ``add_ratelimit_headers`` read the sliding windows that ``Stats`` keeps;
-``format_duration`` (Go style, as OpenAI's reset headers) and ``format_seconds`` (Retry-After) format
-the waits they announce.
+``format_duration`` (Go style, as OpenAI's reset headers) and ``format_seconds`` (Retry-After)
+format the waits they announce.
 """
 
 from __future__ import annotations
@@ -44,8 +45,11 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds:.3f}".rstrip("0").rstrip(".")
 
 
-def _check_buckets(st: Stats, cfg: MockConfig, now: float, budget: int) -> tuple[str, int, int, float] | None:
-    """The quantized limits: buckets refilled at limit/window a second, holding quantum_s seconds' worth.
+def _check_buckets(
+    st: Stats, cfg: MockConfig, now: float, budget: int
+) -> tuple[str, int, int, float] | None:
+    """The quantized limits: buckets refilled at limit/window a second, holding
+    quantum_s seconds' worth.
 
     An accepted request takes its share out of the buckets here.
     """
@@ -55,7 +59,8 @@ def _check_buckets(st: Stats, cfg: MockConfig, now: float, budget: int) -> tuple
     if cfg.rpm is not None:
         request_rate = cfg.rpm / cfg.window_s
         size = max(1.0, request_rate * cfg.quantum_s)
-        level = size if st.request_level is None else min(size, st.request_level + request_rate * elapsed)
+        level = size if st.request_level is None else min(size,
+                                                          st.request_level + request_rate * elapsed)
         st.request_level = level
         if level < 1.0:
             return "requests", cfg.rpm, cfg.rpm - int(level), (1.0 - level) / request_rate
@@ -74,7 +79,8 @@ def _check_buckets(st: Stats, cfg: MockConfig, now: float, budget: int) -> tuple
 
 
 def rejection_headers(cfg: MockConfig, retry_s: float, headers: list[tuple[str, str]]) -> None:
-    """The wait a 429 announces, in the words of the server the mock plays (MockConfig.limit_style)."""
+    """The wait a 429 announces, in the words of the server the mock plays
+    (MockConfig.limit_style)."""
     if cfg.limit_style == "openai":
         headers.append(("retry-after", format_seconds(math.ceil(retry_s * 1000) / 1000)))
         headers.append(("retry-after-ms", str(math.ceil(retry_s * 1000))))
@@ -82,7 +88,9 @@ def rejection_headers(cfg: MockConfig, retry_s: float, headers: list[tuple[str, 
         headers.append(("llm_provider-retry-after", str(max(1, math.ceil(retry_s)))))
 
 
-def check_limits(st: Stats, cfg: MockConfig, now: float, budget: int) -> tuple[str, int, int, float] | None:
+def check_limits(
+    st: Stats, cfg: MockConfig, now: float, budget: int
+) -> tuple[str, int, int, float] | None:
     """(kind, limit, used, retry seconds) if this request breaks rpm/tpm, else None."""
     if cfg.quantum_s > 0:
         return _check_buckets(st, cfg, now, budget)
@@ -106,7 +114,8 @@ def check_limits(st: Stats, cfg: MockConfig, now: float, budget: int) -> tuple[s
     return None
 
 
-def add_ratelimit_headers(st: Stats, cfg: MockConfig, now: float, headers: list[tuple[str, str]]) -> None:
+def add_ratelimit_headers(st: Stats, cfg: MockConfig, now: float,
+                          headers: list[tuple[str, str]]) -> None:
     """OpenAI's x-ratelimit-* headers for each configured limit.
 
     ``reset`` is the time until the oldest accepted request leaves the
@@ -117,9 +126,11 @@ def add_ratelimit_headers(st: Stats, cfg: MockConfig, now: float, headers: list[
     reset = format_duration(st.accepted_t[0] + cfg.window_s - now) if st.accepted_t else "0s"
     if cfg.rpm is not None:
         headers.append(("x-ratelimit-limit-requests", str(cfg.rpm)))
-        headers.append(("x-ratelimit-remaining-requests", str(max(0, cfg.rpm - len(st.accepted_t)))))
+        headers.append(("x-ratelimit-remaining-requests",
+                        str(max(0, cfg.rpm - len(st.accepted_t)))))
         headers.append(("x-ratelimit-reset-requests", reset))
     if cfg.tpm is not None:
         headers.append(("x-ratelimit-limit-tokens", str(cfg.tpm)))
-        headers.append(("x-ratelimit-remaining-tokens", str(max(0, cfg.tpm - st.accepted_token_sum))))
+        headers.append(("x-ratelimit-remaining-tokens",
+                        str(max(0, cfg.tpm - st.accepted_token_sum))))
         headers.append(("x-ratelimit-reset-tokens", reset))

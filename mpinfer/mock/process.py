@@ -50,10 +50,10 @@ class MockServerProcess:
     def start(self, **config_overrides: Any) -> Self:
         """Spawn the server with MockConfig overrides and wait for MOCK_READY.
 
-        Calling it on a running helper stops that server and starts a new one
-        (new port) with the given overrides. Raises TypeError for unknown option names, ValueError for invalid
-        values, and RuntimeError (including the server's stderr) when it does
-        not come up within ``ready_timeout_s``.
+        Calling it on a running helper stops that server and starts a new one (new port) with the
+        given overrides. Raises TypeError for unknown option names, ValueError for invalid values,
+        and RuntimeError (including the server's stderr) when it does not come up within
+        ``ready_timeout_s``.
         """
         names = {f.name for f in dataclasses.fields(MockConfig)}
         unknown = sorted(set(config_overrides) - names)
@@ -78,11 +78,13 @@ class MockServerProcess:
         # installed (tests run from a checkout): the child runs it with ``-m``.
         # This file is <root>/mpinfer/mock/process.py.
         package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", ""))
+                                            if p)
         # Kept open for the process lifetime (closed in stop()), so no `with`.
         self._stderr = tempfile.TemporaryFile()
         self._proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, env=env, close_fds=True
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, env=env,
+            close_fds=True
         )
         line = self._read_ready_line()
         prefix = f"{READY_PREFIX} "
@@ -99,7 +101,8 @@ class MockServerProcess:
         assert self._proc is not None and self._proc.stdout is not None
         stdout = self._proc.stdout
         lines: queue.Queue[bytes] = queue.Queue(maxsize=1)
-        threading.Thread(target=lambda: lines.put(stdout.readline()), name="mock-ready", daemon=True).start()
+        threading.Thread(target=lambda: lines.put(stdout.readline()), name="mock-ready",
+                         daemon=True).start()
         try:
             raw = lines.get(timeout=self.ready_timeout_s)
         except queue.Empty:
@@ -111,7 +114,8 @@ class MockServerProcess:
         self.stop()
         stderr = self._read_stderr()
         raise RuntimeError(
-            f"mock server failed to start ({reason}; exit code {exit_code}). stderr:\n{stderr or '<empty>'}"
+            f"mock server failed to start ({reason}; exit code "
+            f"{exit_code}). stderr:\n{stderr or '<empty>'}"
         )
 
     def _read_stderr(self) -> str:
@@ -148,7 +152,8 @@ class MockServerProcess:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None
     ) -> None:
         self.stop()
 
@@ -201,11 +206,13 @@ class MockServerProcess:
         return self._call("POST", "/_mock/config", settings)
 
     def batch_faults(self, **settings: Any) -> dict[str, Any]:
-        """POST /_mock/batches: the Batch API's faults (mock/batch_faults.py); returns batch_stats()."""
+        """POST /_mock/batches: the Batch API's faults (mock/batch_faults.py);
+        returns batch_stats()."""
         return self._call("POST", "/_mock/batches", settings)
 
     def batch_stats(self) -> dict[str, Any]:
-        """GET /_mock/batches: batches created, per custom_id how many batches held it and answered it."""
+        """GET /_mock/batches: batches created, per custom_id how many batches
+        held it and answered it."""
         return self._call("GET", "/_mock/batches")
 
     def reset(self) -> None:
@@ -213,14 +220,16 @@ class MockServerProcess:
         self._call("POST", "/_mock/reset", {})
 
     def outage(self, seconds: float) -> None:
-        """POST /_mock/outage: the server stops listening for ``seconds`` (connections refused), then
-        listens again on the same port with its counters and settings; the control API is away too."""
+        """POST /_mock/outage: the server stops listening for ``seconds`` (connections refused),
+        then listens again on the same port with its counters and settings; the control API is away
+        too."""
         self._call("POST", "/_mock/outage", {"seconds": seconds})
 
     def _call(self, method: str, path: str, payload: Any = None) -> dict[str, Any]:
         data = None if payload is None else json.dumps(payload).encode()
         request = urllib.request.Request(
-            self.root_url + path, data=data, method=method, headers={"content-type": "application/json"}
+            self.root_url + path, data=data, method=method,
+            headers={"content-type": "application/json"}
         )
         try:
             with self._opener.open(request, timeout=self.control_timeout_s) as response:
@@ -228,7 +237,9 @@ class MockServerProcess:
                 return result
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode("utf-8", "replace")
-            raise RuntimeError(f"mock control call {method} {path} failed: {exc.code} {detail}") from None
+            raise RuntimeError(
+                f"mock control call {method} {path} failed: {exc.code} {detail}"
+            ) from None
 
 
 def _server_entry() -> list[str]:

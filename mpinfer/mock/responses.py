@@ -1,9 +1,10 @@
 """``POST /v1/responses`` and ``POST /v1/embeddings``, shaped as OpenAI answers them.
 
-A Responses API answer is ``{"object": "response", "status", "output": [{"type": "message", "content":
-[{"type": "output_text", "text"}]}], "usage": {"input_tokens", "output_tokens", ...}}``; a refusal is a
-``refusal`` content part; ``max_output_tokens`` too small makes it ``incomplete`` (reason
-``max_output_tokens``). An embeddings answer is a list of vectors with ``usage.prompt_tokens``.
+A Responses API answer is ``{"object": "response", "status", "output": [{"type": "message",
+"content": [{"type": "output_text", "text"}]}], "usage": {"input_tokens", "output_tokens", ...}}``;
+a refusal is a ``refusal`` content part; ``max_output_tokens`` too small makes it ``incomplete``
+(reason ``max_output_tokens``). An embeddings answer is a list of vectors with
+``usage.prompt_tokens``.
 
 Auth and keys are checked as for chat; the chat endpoint's faults and rate limits do not apply here.
 """
@@ -26,7 +27,8 @@ EMBEDDING_DIMENSIONS = 8
 
 
 class EndpointHost(Protocol):
-    """What these endpoints need from the server; declared here, as the server imports this module."""
+    """What these endpoints need from the server; declared here, as the server
+    imports this module."""
 
     @property
     def config(self) -> MockConfig: ...
@@ -55,7 +57,8 @@ def _input_text(value: Any) -> str:
             if isinstance(content, str):
                 texts = [content]
             elif isinstance(content, list):
-                texts = [str(p.get("text", "")) for p in content if isinstance(p, dict) and "text" in p]
+                texts = [str(p.get("text", "")) for p in content if isinstance(p, dict)
+                         and "text" in p]
     return "".join(texts)
 
 
@@ -75,11 +78,13 @@ def _response(server: EndpointHost, data: dict[str, Any], text: str, n: int) -> 
         out = _tokens(answer)
     used = _tokens(json.dumps(data.get("input")))
     return {
-        "id": f"resp_mock_{n}", "object": "response", "created_at": int(time.time()), "status": status,
+        "id": f"resp_mock_{n}", "object": "response", "created_at": int(time.time()),
+        "status": status,
         "incomplete_details": incomplete, "model": cfg.model_map.get(data["model"], data["model"]),
         "output": [{"type": "message", "id": f"msg_mock_{n}", "status": status, "role": "assistant",
                     "content": [part]}],
-        "usage": {"input_tokens": used, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": out,
+        "usage": {"input_tokens": used, "input_tokens_details": {"cached_tokens": 0},
+                  "output_tokens": out,
                   "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": used + out},
     }
 
@@ -97,9 +102,10 @@ def _embeddings(server: EndpointHost, data: dict[str, Any]) -> dict[str, Any]:
             "usage": {"prompt_tokens": used, "total_tokens": used}}
 
 
-def _reject(conn: Connection, req: Request, status: int, message: str, code: str | None = None) -> None:
-    conn.send(http_response(status, error_body(message, "invalid_request_error", None, code), req.keep_alive),
-              req.keep_alive)
+def _reject(conn: Connection, req: Request, status: int, message: str,
+            code: str | None = None) -> None:
+    conn.send(http_response(status, error_body(message, "invalid_request_error", None, code),
+                            req.keep_alive), req.keep_alive)
 
 
 def route_responses(server: EndpointHost, conn: Connection, req: Request) -> bool:
@@ -113,7 +119,11 @@ def route_responses(server: EndpointHost, conn: Connection, req: Request) -> boo
     stats = server.stats_counters
     stats.requests += 1
     key = req.headers.get("authorization", "").partition(" ")[2].strip()
-    if not key or (server.config.keys and key not in server.config.keys) or key in server.revoked_keys:
+    if (
+        not key
+        or (server.config.keys and key not in server.config.keys)
+        or key in server.revoked_keys
+    ):
         _reject(conn, req, 401, "Incorrect API key provided.", "invalid_api_key")
         return True
     stats.per_key[key[-4:]] += 1
@@ -130,7 +140,11 @@ def route_responses(server: EndpointHost, conn: Connection, req: Request) -> boo
     stats.received[text] += 1
     if server.config.record_bodies:
         stats.record_body(text, req.body)
-    payload = _response(server, data, text, stats.requests) if kind == "responses" else _embeddings(server, data)
+    payload = (
+        _response(server, data, text, stats.requests)
+        if kind == "responses"
+        else _embeddings(server, data)
+    )
     if conn.send(http_response(200, json.dumps(payload).encode(), req.keep_alive,
                                [("x-request-id", f"req_mock_{stats.requests}")]), req.keep_alive):
         stats.answered[text] += 1

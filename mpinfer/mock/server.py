@@ -1,4 +1,5 @@
-"""``MockServer``: the in-process mock server, its lifecycle, routing and ``/_mock/*`` control API."""
+"""``MockServer``: the in-process mock server, its lifecycle, routing and
+``/_mock/*`` control API."""
 
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ from .http import Connection, Request, error_body, http_response
 from .responses import route_responses
 from .stats import Stats
 
-SCRIPTABLE_OUTCOMES: frozenset[str] = frozenset({"ok", "429", "quota", "500", "hang", "reset", "malformed",
-                                                 "slow"})
+SCRIPTABLE_OUTCOMES: frozenset[str] = frozenset({"ok", "429", "quota", "500", "hang", "reset",
+                                                 "malformed", "slow"})
 """Outcomes that may appear in a per-task-key ``script`` queue."""
 
 _BASE_MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "gpt-4.1-nano", "mock-vision-1")
@@ -70,7 +71,8 @@ class MockServer(ChatCompletions):
 
     def outage(self, seconds: float) -> None:
         """Go away for ``seconds``, as a server that restarts does: stop listening and drop every
-        connection (requests are refused), then listen again on the same port, counters and settings kept."""
+        connection (requests are refused), then listen again on the same port, counters and settings
+        kept."""
 
         async def away() -> None:
             await asyncio.sleep(0.05)  # the control request's answer goes out first
@@ -98,7 +100,8 @@ class MockServer(ChatCompletions):
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None
     ) -> None:
         await self.close()
 
@@ -144,7 +147,8 @@ class MockServer(ChatCompletions):
             "outcomes": dict(st.outcomes),
             "in_flight": st.in_flight,
             "max_in_flight": st.max_in_flight,
-            "answer_lag_s_total": st.answer_lag_s_total,  # summed over the answers sent after a latency
+            # summed over the answers sent after a latency
+            "answer_lag_s_total": st.answer_lag_s_total,
             "answer_lag_s_max": st.answer_lag_s_max,
             "received": dict(st.received),
             "answered": dict(st.answered),
@@ -218,7 +222,8 @@ class MockServer(ChatCompletions):
                     items = str_list(f"script[{task_key!r}]", outcomes)
                     bad = [o for o in items if o not in SCRIPTABLE_OUTCOMES]
                     if bad:
-                        raise ValueError(f"unknown scripted outcomes {bad}; use {sorted(SCRIPTABLE_OUTCOMES)}")
+                        raise ValueError(f"unknown scripted outcomes {bad}; use "
+                                         f"{sorted(SCRIPTABLE_OUTCOMES)}")
                     script[str(task_key)] = items
             elif name in RUNTIME_FIELDS:
                 updates[name] = coerce_field(name, value)
@@ -258,7 +263,8 @@ class MockServer(ChatCompletions):
                 self._send_json_error(conn, req, 405, "Method not allowed; use GET.")
                 return
             models = sorted(set(_BASE_MODELS) | set(self._config.model_map.values()))
-            data = [{"id": m, "object": "model", "created": 1700000000, "owned_by": "mpinfer-mock"} for m in models]
+            data = [{"id": m, "object": "model", "created": 1700000000, "owned_by": "mpinfer-mock"}
+                    for m in models]
             self._send_json(conn, req, 200, {"object": "list", "data": data})
         elif path == "/_mock/stats":
             self._send_json(conn, req, 200, self.stats())
@@ -303,10 +309,12 @@ class MockServer(ChatCompletions):
         elif path == "/_mock/health":
             self._send_json(conn, req, 200, {"ok": True})
         else:
-            self._send_json_error(conn, req, 404, f"Unknown URL: {method} {path}", code="unknown_url")
+            self._send_json_error(conn, req, 404, f"Unknown URL: {method} {path}",
+                                  code="unknown_url")
 
     def _send_json(self, conn: Connection, req: Request, status: int, payload: Any) -> None:
-        conn.send(http_response(status, json.dumps(payload).encode(), req.keep_alive), req.keep_alive)
+        conn.send(http_response(status, json.dumps(payload).encode(), req.keep_alive),
+                  req.keep_alive)
 
     def _send_json_error(
         self, conn: Connection, req: Request, status: int, message: str, code: str | None = None

@@ -6,12 +6,13 @@ import collections
 import json
 from typing import Any
 
-OUTCOMES: tuple[str, ...] = ("ok", "429", "quota", "500", "hang", "reset", "malformed", "400", "401", "limit",
-                           "slow")
+OUTCOMES: tuple[str, ...] = ("ok", "429", "quota", "500", "hang", "reset", "malformed", "400",
+                             "401", "limit", "slow")
 """Keys of ``stats()["outcomes"]``; ``limit`` counts rpm/tpm rejections."""
 
 RECORDED_BODIES_MAX = 1000
-"""Most task keys whose last request body ``record_bodies`` keeps; the oldest key is forgotten first."""
+"""Most task keys whose last request body ``record_bodies`` keeps; the oldest
+key is forgotten first."""
 
 
 class Stats:
@@ -41,7 +42,8 @@ class Stats:
         self.accepted_token_sum = 0
         self.max_accepted_window = 0
         self.max_tokens_window = 0
-        # The quantized buckets (MockConfig.quantum_s): their levels, None while full, and when last filled.
+        # The quantized buckets (MockConfig.quantum_s): their levels, None
+        # while full, and when last filled.
         self.request_level: float | None = None
         self.token_level: float | None = None
         self.bucket_at = 0.0
@@ -54,8 +56,10 @@ class Stats:
         self.bodies: dict[str, Any] = {}
 
     def record_body(self, task_key: str, body: bytes) -> None:
-        """Keep ``body`` as the last one seen for ``task_key``, forgetting the oldest key beyond the bound."""
-        self.bodies.pop(task_key, None)  # re-inserted below, so the dict stays ordered by last arrival
+        """Keep ``body`` as the last one seen for ``task_key``, forgetting the
+        oldest key beyond the bound."""
+        # re-inserted below, so the dict stays ordered by last arrival
+        self.bodies.pop(task_key, None)
         if len(self.bodies) >= RECORDED_BODIES_MAX:
             del self.bodies[next(iter(self.bodies))]
         self.bodies[task_key] = json.loads(body)

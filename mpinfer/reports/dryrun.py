@@ -1,14 +1,17 @@
-"""``--dry-run``: check every task a run would send and estimate its tokens and cost, calling nothing.
+"""``--dry-run``: check every task a run would send and estimate its tokens and
+cost, calling nothing.
 
-A dry run does what a real run does up to the API call: it checks the input (bad input raises the same
-InputError, with file and line), reads each output to leave out the ids already done, and builds every
-pending task's request with the worker's own ``build_request`` and ``ImageEncoder``, so an image that would
-fail the task in a real run is listed here as a problem. It never writes, locks or repairs anything, and
-never fetches a remote image: those are counted and estimated at tokens.UNKNOWN_IMAGE_TOKENS.
+A dry run does what a real run does up to the API call: it checks the input (bad input raises the
+same InputError, with file and line), reads each output to leave out the ids already done, and
+builds every pending task's request with the worker's own ``build_request`` and ``ImageEncoder``, so
+an image that would fail the task in a real run is listed here as a problem. It never writes, locks
+or repairs anything, and never fetches a remote image: those are counted and estimated at
+tokens.UNKNOWN_IMAGE_TOKENS.
 
-The input is streamed; memory holds the done ids (as a real run does), counters, the first problems, and a
-bounded table of what each image file seen so far showed (taskcheck.MAX_FILES_REMEMBERED files, a few hundred
-bytes each), so that a file shared by many tasks is read once, however large, and a broken one too.
+The input is streamed; memory holds the done ids (as a real run does), counters, the first problems,
+and a bounded table of what each image file seen so far showed (taskcheck.MAX_FILES_REMEMBERED
+files, a few hundred bytes each), so that a file shared by many tasks is read once, however large,
+and a broken one too.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ def _plain(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class TaskProblem:
-    """A pending task that a real run would fail without sending it (its image is missing or broken)."""
+    """A pending task that a real run would fail without sending it (its image
+    is missing or broken)."""
 
     id: str
     line: int
@@ -45,7 +49,8 @@ class TaskProblem:
 
 @dataclass(frozen=True)
 class LargestImage:
-    """The largest image, in bytes, that the pending tasks send; ``path`` is a short form for a data: URL."""
+    """The largest image, in bytes, that the pending tasks send; ``path`` is a
+    short form for a data: URL."""
 
     path: str
     bytes: int
@@ -56,11 +61,12 @@ class LargestImage:
 
 @dataclass(frozen=True)
 class ImageTally:
-    """The images of the estimated tasks, each counted every time a task uses it (it is sent every time).
+    """The images of the estimated tasks, each counted every time a task uses
+    it (it is sent every time).
 
-    ``local`` are files, ``inline`` data: URLs in the input (both checked), ``remote`` http(s) URLs (not
-    checked: that would mean fetching them). ``local_bytes`` sums the files and inline images as they are
-    before base64, which adds a third on the wire.
+    ``local`` are files, ``inline`` data: URLs in the input (both checked), ``remote`` http(s) URLs
+    (not checked: that would mean fetching them). ``local_bytes`` sums the files and inline images
+    as they are before base64, which adds a third on the wire.
     """
 
     local: int = 0
@@ -72,7 +78,8 @@ class ImageTally:
 
 @dataclass(frozen=True)
 class PromptStats:
-    """Estimated prompt tokens of the estimated tasks, each task counted once whatever the number of models."""
+    """Estimated prompt tokens of the estimated tasks, each task counted once
+    whatever the number of models."""
 
     tasks: int
     total: int
@@ -83,13 +90,15 @@ class PromptStats:
 
 @dataclass(frozen=True)
 class ModelPlan:
-    """One model's share of the run: its output, what is done, what would be sent, and what it may cost.
+    """One model's share of the run: its output, what is done, what would be
+    sent, and what it may cost.
 
-    ``pending`` counts every task not in the output; ``problems`` those of them a real run would fail
-    without a request. Tokens and cost cover the rest (``estimated``). ``completion_ceiling`` is each
-    estimated task's max_tokens (the task's, else the run's, else DEFAULT_COMPLETION_TOKENS) summed.
-    ``cost_min`` charges the prompts alone, ``cost_max`` adds the ceiling; both are None when a model in
-    ``requested_models`` (the run's model, or in a one-model run the models tasks ask for) has no price.
+    ``pending`` counts every task not in the output; ``problems`` those of them a real run would
+    fail without a request. Tokens and cost cover the rest (``estimated``). ``completion_ceiling``
+    is each estimated task's max_tokens (the task's, else the run's, else DEFAULT_COMPLETION_TOKENS)
+    summed. ``cost_min`` charges the prompts alone, ``cost_max`` adds the ceiling; both are None
+    when a model in ``requested_models`` (the run's model, or in a one-model run the models tasks
+    ask for) has no price.
     """
 
     model: str
@@ -117,8 +126,8 @@ class ModelPlan:
 class PlanTotals:
     """The model rows added up; a task run against two models counts twice, as it is sent twice.
 
-    The costs add up the priced models only (DryRunPlan.unpriced_models names the others), and are None
-    when no model has a price.
+    The costs add up the priced models only (DryRunPlan.unpriced_models names
+    the others), and are None when no model has a price.
     """
 
     done: int
@@ -136,10 +145,11 @@ class PlanTotals:
 class DryRunPlan:
     """What a run of this config would do now, found without calling the API.
 
-    ``tasks`` is the number of tasks in the input; ``tasks_pending`` those not done for at least one model,
-    which are the ones checked; ``problem_count`` of those would fail (``problems`` keeps the first
-    MAX_PROBLEMS_KEPT). ``max_tokens_assumed`` says that some estimated task has no max_tokens, neither its
-    own nor the run's, so its answer was counted at ``assumed_max_tokens``, what the rate limiter charges.
+    ``tasks`` is the number of tasks in the input; ``tasks_pending`` those not done for at least one
+    model, which are the ones checked; ``problem_count`` of those would fail (``problems`` keeps the
+    first MAX_PROBLEMS_KEPT). ``max_tokens_assumed`` says that some estimated task has no
+    max_tokens, neither its own nor the run's, so its answer was counted at ``assumed_max_tokens``,
+    what the rate limiter charges.
     """
 
     input: Path
@@ -184,23 +194,31 @@ class _RowTally:
         tokens[1] += ceiling
 
     def finish(self, model: str, output: Path, done: int, prices: PriceTable) -> ModelPlan:
-        found = [(prices.find(name), prompt, ceiling) for name, (prompt, ceiling) in self.by_model.items()]
+        found = [
+            (prices.find(name), prompt, ceiling)
+            for name, (prompt, ceiling) in self.by_model.items()
+        ]
         cost_min: float | None = None
         cost_max: float | None = None
         batch_min: float | None = None
         batch_max: float | None = None
         if all(price is not None for price, _, _ in found):
-            priced = [(price, prompt, ceiling) for price, prompt, ceiling in found if price is not None]
+            priced = [
+                (price, prompt, ceiling) for price, prompt, ceiling in found if price is not None
+            ]
             cost_min = sum((price.cost(prompt, 0) for price, prompt, _ in priced), 0.0)
             cost_max = sum((price.cost(prompt, ceiling) for price, prompt, ceiling in priced), 0.0)
             batch_min = sum((price.batch().cost(prompt, 0) for price, prompt, _ in priced), 0.0)
-            batch_max = sum((price.batch().cost(prompt, ceiling) for price, prompt, ceiling in priced), 0.0)
+            batch_max = sum(
+                (price.batch().cost(prompt, ceiling) for price, prompt, ceiling in priced), 0.0
+            )
         return ModelPlan(
             model=model, output=output, done=done, pending=self.pending, problems=self.problems,
             requested_models=tuple(sorted(self.by_model)) or (model,),
             prompt_tokens=sum(t[0] for t in self.by_model.values()),
             completion_ceiling=sum(t[1] for t in self.by_model.values()),
-            cost_min=cost_min, cost_max=cost_max, batch_cost_min=batch_min, batch_cost_max=batch_max,
+            cost_min=cost_min, cost_max=cost_max, batch_cost_min=batch_min,
+            batch_cost_max=batch_max,
         )
 
 
@@ -218,18 +236,20 @@ class _Images:
             return
         self.bytes += image.bytes
         if self.largest is None or image.bytes > self.largest.bytes:
-            self.largest = LargestImage(image.path, image.bytes, image.size[0], image.size[1], task_id)
+            self.largest = LargestImage(image.path, image.bytes, image.size[0], image.size[1],
+                                        task_id)
 
     def finish(self) -> ImageTally:
-        return ImageTally(self.counts["local"], self.counts["inline"], self.counts["remote"], self.bytes,
-                          self.largest)
+        return ImageTally(self.counts["local"], self.counts["inline"], self.counts["remote"],
+                          self.bytes, self.largest)
 
 
 def plan(config: RunConfig, prices: PriceTable) -> DryRunPlan:
-    """Check every task a run of ``config`` would send now and estimate its tokens and cost; send nothing.
+    """Check every task a run of ``config`` would send now and estimate its
+    tokens and cost; send nothing.
 
-    Raises InputError for bad input and ConfigError without input or output paths, as a run would; a task
-    whose image is missing, not an image, or of unreadable size is a TaskProblem, not an error.
+    Raises InputError for bad input and ConfigError without input or output paths, as a run would; a
+    task whose image is missing, not an image, or of unreadable size is a TaskProblem, not an error.
     """
     input_path, output = config.require_paths()
     keys = reading(config)
@@ -287,7 +307,8 @@ def plan(config: RunConfig, prices: PriceTable) -> DryRunPlan:
                        for row, model, path, ids in zip(rows, models, outputs, done, strict=True))
     unpriced = sorted({name for row in rows for name in row.by_model if prices.find(name) is None})
     return DryRunPlan(
-        input=input_path, models=models, tasks=index.total, tasks_pending=tasks_pending, rows=model_rows,
+        input=input_path, models=models, tasks=index.total, tasks_pending=tasks_pending,
+        rows=model_rows,
         totals=_totals(model_rows), problems=tuple(problems), problem_count=problem_count,
         images=images.finish(),
         prompt=PromptStats(prompt_count, prompt_total, prompt_min,

@@ -1,9 +1,11 @@
-"""What a run leaves beside its output as it ends: the tasks still missing, and (``report = true``) the report.
+"""What a run leaves beside its output as it ends: the tasks still missing, and
+(``report = true``) the report.
 
-``<output>.missing.jsonl`` is refreshed whenever a run ends with tasks neither answered nor failed (stopped,
-budget, crash of a worker), and when an older one is there (so it never lists what is done since), so that
-a stopped run always says what is left. Neither file is needed for a resume, which reads the output; so a
-failure to write them is logged and never fails the run whose answers are on disk.
+``<output>.missing.jsonl`` is refreshed whenever a run ends with tasks neither answered nor failed
+(stopped, budget, crash of a worker), and when an older one is there (so it never lists what is done
+since), so that a stopped run always says what is left. Neither file is needed for a resume, which
+reads the output; so a failure to write them is logged and never fails the run whose answers are on
+disk.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ log = logging.getLogger("mpinfer.run")
 
 
 def after_run(config: RunConfig, remaining: int) -> Epilogue:
-    """Refresh the missing-tasks file and write the report as the settings ask; call it under the run lock."""
+    """Refresh the missing-tasks file and write the report as the settings ask;
+    call it under the run lock."""
     output = config.output
     if output is None:
         return Epilogue()
@@ -34,7 +37,8 @@ def after_run(config: RunConfig, remaining: int) -> Epilogue:
         except MpinferError as exc:
             log.warning("could not write the missing tasks' file: %s", exc)
         if missing_file is not None and not missing and not existed:
-            missing_file.unlink(missing_ok=True)  # every task left failed: no empty file to wonder about
+            # every task left failed: no empty file to wonder about
+            missing_file.unlink(missing_ok=True)
     report_file: Path | None = None
     if config.report:
         from .html import write_report

@@ -1,12 +1,14 @@
-"""Export: one table of the whole job, input fields beside answers, for people who want a spreadsheet.
+"""Export: one table of the whole job, input fields beside answers, for people
+who want a spreadsheet.
 
-One row per selected input task (per task and model in a run of several models), in input order, with the
-input record's fields, then the answer and its accounting, and a ``status`` column: ``ok``, ``failed``
-(with the last error message) or ``missing`` (never answered nor failed). The tasks that are missing are
-also written, as their input records, to ``<output>.missing.jsonl``, ready to be fed again.
+One row per selected input task (per task and model in a run of several models), in input order,
+with the input record's fields, then the answer and its accounting, and a ``status`` column: ``ok``,
+``failed`` (with the last error message) or ``missing`` (never answered nor failed). The tasks that
+are missing are also written, as their input records, to ``<output>.missing.jsonl``, ready to be fed
+again.
 
-Memory: the answers of the output files are held keyed by id (one entry per answered task, the answer text
-included), and the last error message of each failed id; the input is streamed.
+Memory: the answers of the output files are held keyed by id (one entry per answered task, the
+answer text included), and the last error message of each failed id; the input is streamed.
 """
 
 from __future__ import annotations
@@ -31,12 +33,14 @@ from ..store.records import RecordView, view
 from .parquet import ParquetTable, require_pyarrow
 
 ANSWER_COLUMNS: tuple[str, ...] = (
-    "answer", "refusal", "model", "requested_model", "prompt_tokens", "completion_tokens", "total_tokens",
+    "answer", "refusal", "model", "requested_model", "prompt_tokens", "completion_tokens",
+    "total_tokens",
     "cost", "finish_reason", "status", "error",
 )
 RUN_MODEL_COLUMN = "run_model"
 EXTRA_CELLS = "extra_cells"
-INPUT_PREFIX = "input_"  # an input field named like an answer column (a task's own "model") is renamed so
+# an input field named like an answer column (a task's own "model") is renamed so
+INPUT_PREFIX = "input_"
 
 
 class ExportFormat(StrEnum):
@@ -53,7 +57,8 @@ class ExportFormat(StrEnum):
             return cls.JSONL
         if suffix == ".parquet":
             return cls.PARQUET
-        raise ConfigError(f"--export {dest}: name the file .csv, .jsonl or .parquet (that chooses the format)")
+        raise ConfigError(f"--export {dest}: name the file .csv, .jsonl or "
+                          ".parquet (that chooses the format)")
 
 
 class RowStatus(StrEnum):
@@ -72,7 +77,8 @@ class ExportReport:
     missing_file: Path
     rows: int = 0
     counts: dict[RowStatus, int] = field(default_factory=lambda: dict.fromkeys(RowStatus, 0))
-    missing_tasks: int = 0  # input records in the missing file (a task missing for several models: once)
+    # input records in the missing file (a task missing for several models: once)
+    missing_tasks: int = 0
 
     @property
     def ok(self) -> int:
@@ -93,7 +99,8 @@ class ExportReport:
 
 @dataclass(frozen=True)
 class _Outcomes:
-    """One output's answers (the first line of each id) and the last failure message of the ids not done."""
+    """One output's answers (the first line of each id) and the last failure
+    message of the ids not done."""
 
     answers: dict[str, RecordView]
     errors: dict[str, str]
@@ -112,7 +119,8 @@ def _outcomes(output: Path) -> _Outcomes:
     for _, _, obj in iter_lines(paths.output):
         record = view(obj)
         if record is not None:
-            answers.setdefault(record.id, record)  # the first stays, as --validate --repair keeps it
+            # the first stays, as --validate --repair keeps it
+            answers.setdefault(record.id, record)
     errors: dict[str, str] = {}
     for _, _, obj in iter_lines(paths.errors):
         rid = record_id(obj)
@@ -125,16 +133,18 @@ def _settled_ids(output: Path) -> set[str]:
     """The ids answered in ``output`` or failed in its errors file: what is not missing."""
     paths = OutputPaths.of(output)
     settled = scan(paths.output).ids
-    settled.update(rid for _, _, obj in iter_lines(paths.errors) if (rid := record_id(obj)) is not None)
+    settled.update(
+        rid for _, _, obj in iter_lines(paths.errors) if (rid := record_id(obj)) is not None)
     return settled
 
 
 def write_missing(config: RunConfig) -> tuple[Path, int]:
-    """Rewrite ``<output>.missing.jsonl`` (atomically) with the selected input records that some model's output
-    has neither answered nor failed; returns the file and how many records it holds.
+    """Rewrite ``<output>.missing.jsonl`` (atomically) with the selected input records that some
+    model's output has neither answered nor failed; returns the file and how many records it holds.
 
-    The end of a run calls it when tasks are left, so that a stopped run always says what is left; it holds
-    only ids (one set per model), not answers, and streams the input, which the run has checked already.
+    The end of a run calls it when tasks are left, so that a stopped run always says what is left;
+    it holds only ids (one set per model), not answers, and streams the input, which the run has
+    checked already.
     """
     input_path, output = config.require_paths()
     keys = reading(config)
@@ -145,7 +155,8 @@ def write_missing(config: RunConfig) -> tuple[Path, int]:
     with atomic_write(missing_file) as missing:
         for raw, task in _selected_rows(input_path, keys, selection(config), fmt):
             if any(task.id not in ids for ids in settled):
-                missing.write(orjson.dumps(_feedable(raw, task, fmt, keys), option=orjson.OPT_APPEND_NEWLINE))
+                missing.write(orjson.dumps(_feedable(raw, task, fmt, keys),
+                                           option=orjson.OPT_APPEND_NEWLINE))
                 count += 1
     return missing_file, count
 
@@ -159,7 +170,8 @@ def _selected_rows(path: Path, keys: FieldKeys, chosen: Selection, fmt: InputFor
 
 
 def _input_fields(raw: dict[str, Any], fmt: InputFormat) -> dict[str, Any]:
-    """The columns a record contributes: a Batch API line gives its custom_id and its body as JSON text."""
+    """The columns a record contributes: a Batch API line gives its custom_id
+    and its body as JSON text."""
     if fmt is InputFormat.BATCH:
         return {"custom_id": raw.get("custom_id"), "body": orjson.dumps(raw.get("body")).decode()}
     # csv.DictReader files the cells of a row longer than the header under None.
@@ -169,9 +181,10 @@ def _input_fields(raw: dict[str, Any], fmt: InputFormat) -> dict[str, Any]:
 def _feedable(raw: dict[str, Any], task: Task, fmt: InputFormat, keys: FieldKeys) -> dict[str, Any]:
     """The input record as a JSONL task line that reads back as the same task.
 
-    JSONL and Batch API records are written as they were read. A CSV row is all text, so its empty cells
-    are dropped and its typed cells (the images list, numbers) come from the parsed task: a rerun on the
-    missing file then reads it as JSONL with the same --id-key, --prompt-key and --images-key.
+    JSONL and Batch API records are written as they were read. A CSV row is all text, so its empty
+    cells are dropped and its typed cells (the images list, numbers) come from the parsed task: a
+    rerun on the missing file then reads it as JSONL with the same --id-key, --prompt-key and
+    --images-key.
     """
     if fmt is not InputFormat.CSV:
         return raw
@@ -208,9 +221,11 @@ def _answer_fields(task_id: str, outcomes: _Outcomes) -> dict[str, Any]:
         return {"answer": record.answer, "refusal": record.refusal, "model": record.model,
                 "requested_model": record.requested_model, "prompt_tokens": usage.prompt_tokens,
                 "completion_tokens": usage.completion_tokens, "total_tokens": usage.total_tokens,
-                "cost": record.cost, "finish_reason": record.finish_reason, "status": status.value, "error": None}
+                "cost": record.cost, "finish_reason": record.finish_reason, "status": status.value,
+                "error": None}
     status = RowStatus.FAILED if task_id in outcomes.errors else RowStatus.MISSING
-    return {**dict.fromkeys(ANSWER_COLUMNS), "status": status.value, "error": outcomes.errors.get(task_id)}
+    return {**dict.fromkeys(ANSWER_COLUMNS), "status": status.value,
+            "error": outcomes.errors.get(task_id)}
 
 
 def _cell(value: Any) -> Any:
@@ -249,21 +264,24 @@ class _Writer:
 
 
 def _refuse_own_files(dest: Path, input_path: Path, output: Path, models: tuple[str, ...]) -> None:
-    """An export over the input or a results file would replace it: the one mistake that loses answers."""
+    """An export over the input or a results file would replace it: the one
+    mistake that loses answers."""
     own = [input_path, companion(output, ".missing.jsonl")]
     for path in model_outputs(output, models):
         paths = OutputPaths.of(path)
         own += [paths.output, paths.errors]
     target = dest.resolve()
     if any(target == path.resolve() for path in own):
-        raise ConfigError(f"--export {dest} would overwrite a file of the run; export to another file")
+        raise ConfigError(f"--export {dest} would overwrite a file of the "
+                          "run; export to another file")
 
 
 def export(config: RunConfig, dest: Path) -> ExportReport:
-    """Write the job as one table to ``dest`` (``.csv``, ``.jsonl`` or ``.parquet``) and the missing tasks beside the output.
+    """Write the job as one table to ``dest`` (``.csv``, ``.jsonl`` or
+    ``.parquet``) and the missing tasks beside the output.
 
-    Both files are written atomically. The input is checked first, as a run would: a broken input stops the
-    export with the same InputError.
+    Both files are written atomically. The input is checked first, as a run would: a broken input
+    stops the export with the same InputError.
     """
     fmt = ExportFormat.of(dest)
     if fmt is ExportFormat.PARQUET:
@@ -283,7 +301,9 @@ def export(config: RunConfig, dest: Path) -> ExportReport:
             atomic_write(report.missing_file) as missing:
         writer = _Writer(table, fmt, columns)
         for raw, task in _selected_rows(input_path, keys, chosen, input_format):
-            fields = {_column(name): value for name, value in _input_fields(raw, input_format).items()}
+            fields = {
+                _column(name): value for name, value in _input_fields(raw, input_format).items()
+            }
             is_missing = False
             for model, outcome in zip(models, outcomes, strict=True):
                 row = {**fields, **_answer_fields(task.id, outcome)}

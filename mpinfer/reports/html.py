@@ -1,9 +1,11 @@
-"""``--report``: one self-contained HTML file of charts and tables about an output, readable offline.
+"""``--report``: one self-contained HTML file of charts and tables about an
+output, readable offline.
 
-Plotly draws the charts (the optional extra ``mpinfer[report]``): its Python package writes figures for
-plotly.js, whose whole script is embedded once in the page, so the file opens with no network, from an
-e-mail or an archive, years later. The data comes from ``timeline`` (the output, errors and runs files);
-every text shown goes through ``redact`` with the run's keys, though none of those files should hold one.
+Plotly draws the charts (the optional extra ``mpinfer[report]``): its Python package writes figures
+for plotly.js, whose whole script is embedded once in the page, so the file opens with no network,
+from an e-mail or an archive, years later. The data comes from ``timeline`` (the output, errors and
+runs files); every text shown goes through ``redact`` with the run's keys, though none of those
+files should hold one.
 """
 
 from __future__ import annotations
@@ -64,7 +66,8 @@ def _plotly() -> Any:
 
 
 class _Page:
-    """The page being written: sections of HTML and the figures (counted, as the browser test checks)."""
+    """The page being written: sections of HTML and the figures (counted, as
+    the browser test checks)."""
 
     def __init__(self, secrets: tuple[str, ...]) -> None:
         self.secrets = secrets
@@ -80,19 +83,24 @@ class _Page:
 
     def figure(self, fig: Any) -> str:
         self.charts += 1
-        # Fixed margins with room for the legend below and a right-hand axis: margins that expand to fit the
-        # legend can redraw in a loop (plotly.js warns "Too many auto-margin redraws" on the console).
+        # Fixed margins with room for the legend below and a right-hand axis: margins that expand to
+        # fit the legend can redraw in a loop (plotly.js warns "Too many auto-margin redraws" on the
+        # console).
         fig.update_layout(height=CHART_HEIGHT, template="plotly_white", showlegend=True,
                           margin={"l": 60, "r": 60, "t": 40, "b": 110, "autoexpand": False},
                           legend={"orientation": "h", "y": -0.38, "yanchor": "top"})
-        markup: str = fig.to_html(full_html=False, include_plotlyjs=False, default_height=f"{CHART_HEIGHT}px",
+        markup: str = fig.to_html(full_html=False, include_plotlyjs=False,
+                                  default_height=f"{CHART_HEIGHT}px",
                                   config={"displaylogo": False, "responsive": True})
         return markup
 
-    def table(self, head: Sequence[str], rows: Iterable[Sequence[Any]], text_columns: int = 1) -> str:
+    def table(self, head: Sequence[str], rows: Iterable[Sequence[Any]],
+              text_columns: int = 1) -> str:
         def cells(tag: str, values: Sequence[Any]) -> str:
-            return "".join(f"<{tag}{' class=text' if n < text_columns else ''}>{self.text(v)}</{tag}>"
-                           for n, v in enumerate(values))
+            return "".join(
+                f"<{tag}{' class=text' if n < text_columns else ''}>{self.text(v)}</{tag}>"
+                for n, v in enumerate(values)
+            )
 
         body = "".join(f"<tr>{cells('td', row)}</tr>" for row in rows)
         return f"<table><tr>{cells('th', head)}</tr>{body}</table>"
@@ -102,7 +110,8 @@ def _x(series: Series, relative: bool) -> list[Any]:
     """Bin times as seconds into the run, or as local wall-clock times for the whole output."""
     if relative:
         return [round(t - series.start, 3) for t in series.times]
-    return [datetime.fromtimestamp(t).isoformat(sep=" ", timespec="milliseconds") for t in series.times]
+    return [datetime.fromtimestamp(t).isoformat(sep=" ", timespec="milliseconds")
+            for t in series.times]
 
 
 def _charts(page: _Page, series: Series, relative: bool) -> str:
@@ -118,8 +127,10 @@ def _charts(page: _Page, series: Series, relative: bool) -> str:
     unlimited = f"; {series.limit_note}" if series.limit_note else ""
     rate.update_layout(title={"text": f"Answers per second ({every}{unlimited})"}, xaxis=axis,
                        yaxis={"title": {"text": "answers/s"}, "rangemode": "tozero"})
-    latency = go.Figure([go.Scatter(x=x, y=series.p50, name="p50", mode="lines+markers", connectgaps=False),
-                         go.Scatter(x=x, y=series.p95, name="p95", mode="lines+markers", connectgaps=False)])
+    latency = go.Figure([go.Scatter(x=x, y=series.p50, name="p50", mode="lines+markers",
+                                    connectgaps=False),
+                         go.Scatter(x=x, y=series.p95, name="p95", mode="lines+markers",
+                                    connectgaps=False)])
     latency.update_layout(title={"text": f"Latency p50 / p95 ({every})"}, xaxis=axis,
                           yaxis={"title": {"text": "seconds"}, "rangemode": "tozero"})
     trouble = go.Figure()
@@ -131,18 +142,25 @@ def _charts(page: _Page, series: Series, relative: bool) -> str:
     if not series.failures and not series.retries:
         trouble.add_trace(go.Scatter(x=[x[0], x[-1]], y=[0, 0], name="no failures, no retries",
                                    mode=lines))
-    trouble.update_layout(title={"text": f"Failures and retries by type ({every})"}, xaxis=axis, barmode="stack",
+    trouble.update_layout(title={"text": f"Failures and retries by type ({every})"}, xaxis=axis,
+                          barmode="stack",
                           yaxis={"title": {"text": "count"}, "rangemode": "tozero"})
     totals = go.Figure([go.Scatter(x=x, y=series.cum_tokens, name="tokens", mode=lines),
-                        go.Scatter(x=x, y=series.cum_cost, name="cost (USD)", mode=lines, yaxis="y2")])
+                        go.Scatter(x=x, y=series.cum_cost, name="cost (USD)", mode=lines,
+                                   yaxis="y2")])
     totals.update_layout(title={"text": "Cumulative tokens and cost"}, xaxis=axis,
                          yaxis={"title": {"text": "tokens"}, "rangemode": "tozero"},
-                         yaxis2={"title": {"text": "USD"}, "overlaying": "y", "side": "right", "rangemode": "tozero",
-                                 "tickprefix": "$", "tickformat": ".4f"})
+                         yaxis2={"title": {"text": "USD"}, "overlaying": "y", "side": "right",
+                                 "rangemode": "tozero", "tickprefix": "$", "tickformat": ".4f"})
     no_latency = all(v is None for v in series.p50)  # an empty chart would look like a drawing bug
-    figures = [page.figure(rate),
-               "<p class=note>no answers in this span: no latency to draw</p>" if no_latency else page.figure(latency),
-               page.figure(trouble), page.figure(totals)]
+    figures = [
+        page.figure(rate),
+        "<p class=note>no answers in this span: no latency to draw</p>"
+        if no_latency
+        else page.figure(latency),
+        page.figure(trouble),
+        page.figure(totals),
+    ]
     return "<div class=charts>" + "".join(figures) + "</div>"
 
 
@@ -151,13 +169,17 @@ def _money(value: float | None, digits: int = 4) -> str:
 
 
 def _model_table(page: _Page, rows: list[ModelRow]) -> str:
-    head = ["model", "endpoint", "answered by", "answers", "failures", "refusals", "truncated (length)",
-            "mean latency", "tokens in", "tokens out", "cost", "cost / 1,000 answers"]
+    head = ["model", "endpoint", "answered by", "answers", "failures", "refusals",
+            "truncated (length)", "mean latency", "tokens in", "tokens out", "cost",
+            "cost / 1,000 answers"]
     body = [
-        [row.model, row.endpoint, ", ".join(sorted(row.answered_by)) or "-", row.answers, row.failures,
-         row.refusals, row.truncated, "-" if row.mean_latency_s is None else f"{row.mean_latency_s:.2f} s",
+        [row.model, row.endpoint, ", ".join(sorted(row.answered_by)) or "-", row.answers,
+         row.failures,
+         row.refusals, row.truncated,
+         "-" if row.mean_latency_s is None else f"{row.mean_latency_s:.2f} s",
          row.prompt_tokens, row.completion_tokens,
-         _money(row.cost) + (f" ({row.unpriced} unpriced)" if row.unpriced else ""), _money(row.cost_per_1000)]
+         _money(row.cost) + (f" ({row.unpriced} unpriced)" if row.unpriced else ""),
+         _money(row.cost_per_1000)]
         for row in rows
     ]
     return page.table(head, body, text_columns=3)
@@ -169,23 +191,30 @@ def _when(t: float | None) -> str:
 
 def _run_section(page: _Page, run: RunView) -> None:
     span = run.span
-    took = f"{span.ended_at - span.started_at:.1f} s" if span.ended_at is not None else "no end recorded"
+    took = (
+        f"{span.ended_at - span.started_at:.1f} s"
+        if span.ended_at is not None
+        else "no end recorded"
+    )
     page.add(f"<h2>Run {page.text(span.run_id)}</h2><p>started {_when(span.started_at)}, ended "
-             f"{_when(span.ended_at)} ({took}); {run.answers} answers and {run.failures} failures written"
-             f"{'; mpinfer ' + page.text(span.version) if span.version else ''}</p>")
+             f"{_when(span.ended_at)} ({took}); {run.answers} answers and {run.failures} failures "
+             f"written{'; mpinfer ' + page.text(span.version) if span.version else ''}</p>")
     if span.argv:
         page.add(f"<p>command: <code>{page.text(' '.join(span.argv))}</code></p>")
     if span.counts:
-        values = [f"{v:.6f}" if isinstance(v, float) else ("-" if v is None else v) for v in span.counts.values()]
+        values = [f"{v:.6f}" if isinstance(v, float) else ("-" if v is None else v)
+                  for v in span.counts.values()]
         page.add(page.table(list(span.counts), [values], text_columns=0))
     if run.series is None:
         page.add("<p class=note>this run wrote no lines</p>")
     else:
         page.add(_charts(page, run.series, relative=True))
     if span.settings:
-        rows = [[name, "-" if value is None else value] for name, value in sorted(span.settings.items())]
-        page.add(f"<details><summary>settings of this run</summary>{page.table(['setting', 'value'], rows, 2)}"
-                 "</details>")
+        rows = [
+            [name, "-" if value is None else value] for name, value in sorted(span.settings.items())
+        ]
+        page.add("<details><summary>settings of this "
+                 f"run</summary>{page.table(['setting', 'value'], rows, 2)}</details>")
 
 
 def _verdict(page: _Page, reports: list[ValidationReport] | None, reason: str) -> str:
@@ -194,7 +223,8 @@ def _verdict(page: _Page, reports: list[ValidationReport] | None, reason: str) -
     items = []
     for report in reports:
         if report.ok:
-            items.append(f"<li class=ok>{page.text(report.output)}: ok ({report.records} records)</li>")
+            items.append(f"<li class=ok>{page.text(report.output)}: ok "
+                         f"({report.records} records)</li>")
         else:
             problems = ", ".join(f"{kind.value} {count}" for kind, count in report.counts.items())
             items.append(f"<li class=bad>{page.text(report.output)}: {page.text(problems)}</li>")
@@ -207,13 +237,16 @@ def render(timeline: Timeline, reports: list[ValidationReport] | None, reason: s
     import plotly.offline
 
     page = _Page(secrets)
-    page.add(f"<h1>mpinfer report: {page.text(timeline.output)}</h1>"
-             f"<p class=note>made {_when(time.time())} from the output, errors and runs files; "
-             f"{timeline.lines} output lines, {len(timeline.runs)} run{'s' if len(timeline.runs) != 1 else ''}</p>")
+    page.add(f"<h1>mpinfer report: {page.text(timeline.output)}</h1><p class=note>made "
+             f"{_when(time.time())} from the output, errors and runs files; {timeline.lines} "
+             f"output lines, {len(timeline.runs)} run{'s' if len(timeline.runs) != 1 else ''}</p>")
     page.add("<h2>Validate</h2>" + _verdict(page, reports, reason))
     page.add("<h2>Per model and endpoint (all runs)</h2>" + _model_table(page, timeline.table))
-    if timeline.whole is not None and len(timeline.runs) > 1:  # with one run, the run's own charts say it all
-        page.add("<h2>The whole output (all runs)</h2>" + _charts(page, timeline.whole, relative=False))
+    # with one run, the run's own charts say it all
+    if timeline.whole is not None and len(timeline.runs) > 1:
+        page.add(
+            "<h2>The whole output (all runs)</h2>" + _charts(page, timeline.whole, relative=False)
+        )
     shown = timeline.runs[-RUNS_DRAWN:]
     if len(timeline.runs) > len(shown):
         page.add(f"<p class=note>the last {len(shown)} of {len(timeline.runs)} runs are drawn</p>")
@@ -227,7 +260,8 @@ def render(timeline: Timeline, reports: list[ValidationReport] | None, reason: s
 
 
 def write_report(config: RunConfig, dest: Path | None = None) -> ReportResult:
-    """Write the report of ``config``'s output to ``dest`` (default ``<output>.report.html``), atomically."""
+    """Write the report of ``config``'s output to ``dest`` (default
+    ``<output>.report.html``), atomically."""
     began = time.monotonic()
     _plotly()
     output = config.output
@@ -236,7 +270,8 @@ def write_report(config: RunConfig, dest: Path | None = None) -> ReportResult:
     target = dest or default_report_path(output)
     timeline = build_timeline(output, config.models)
     if not timeline.runs:
-        raise OutputError(f"--report: {output} has no answers, failures or runs recorded yet: nothing to report")
+        raise OutputError(f"--report: {output} has no answers, failures or runs "
+                          "recorded yet: nothing to report")
     reports: list[ValidationReport] | None = None
     reason = ""
     if config.input is None or not config.input.exists():

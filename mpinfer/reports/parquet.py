@@ -1,12 +1,13 @@
-"""The Parquet form of ``--export``: the CSV export's columns, typed, for pandas, Polars and ``datasets``.
+"""The Parquet form of ``--export``: the CSV export's columns, typed, for
+pandas, Polars and ``datasets``.
 
-Answer columns have fixed types (tokens int64, cost float64, text as string); an input column takes the
-type Arrow infers from its values (numbers stay numbers, an images list stays a list of strings), and a
-column whose values will not share one type (a number here, a text there) is written as text, lists and
-objects as JSON, as in the CSV.
+Answer columns have fixed types (tokens int64, cost float64, text as string); an input column takes
+the type Arrow infers from its values (numbers stay numbers, an images list stays a list of
+strings), and a column whose values will not share one type (a number here, a text there) is written
+as text, lists and objects as JSON, as in the CSV.
 
-Parquet's footer is written last and its column types come from all the values, so the table is held in
-memory until it is written: the export already holds every answer, this adds about as much again.
+Parquet's footer is written last and its column types come from all the values, so the table is held
+in memory until it is written: the export already holds every answer, this adds about as much again.
 """
 
 from __future__ import annotations
@@ -22,12 +23,15 @@ FLOAT_COLUMNS = frozenset({"cost"})
 
 
 def require_pyarrow() -> Any:
-    """The pyarrow module, or a ConfigError saying how to install it (checked before any work is done)."""
+    """The pyarrow module, or a ConfigError saying how to install it (checked
+    before any work is done)."""
     try:
         import pyarrow
         import pyarrow.parquet  # the submodule is loaded for write_table
     except ImportError:
-        raise ConfigError("--export FILE.parquet needs pyarrow: pip install 'mpinfer[parquet]'") from None
+        raise ConfigError(
+            "--export FILE.parquet needs pyarrow: pip install 'mpinfer[parquet]'"
+        ) from None
     return pyarrow
 
 
@@ -64,7 +68,8 @@ class ParquetTable:
             array = pa.array(values)
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
             return pa.array([_as_text(v) for v in values], type=pa.string())
-        # A column of nothing but nulls has Arrow's null type, which some readers refuse: make it text.
+        # A column of nothing but nulls has Arrow's null type, which some
+        # readers refuse: make it text.
         return array.cast(pa.string()) if pa.types.is_null(array.type) else array
 
     def finish(self, handle: IO[bytes]) -> None:

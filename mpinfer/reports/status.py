@@ -1,7 +1,7 @@
 """Read-only progress report of a run: works beside a live run, prints nothing, returns data.
 
-Done, failed and pending come from the output and errors files (the truth); requests, tokens and 429s per
-key come from the run's summary file, which the parent rewrites every few seconds.
+Done, failed and pending come from the output and errors files (the truth); requests, tokens and
+429s per key come from the run's summary file, which the parent rewrites every few seconds.
 """
 
 from __future__ import annotations
@@ -83,7 +83,8 @@ class StatusReport:
     waiting_for_server_since: str | None = None
     per_model: dict[str, Any] = field(default_factory=dict)
     per_key: dict[str, Any] = field(default_factory=dict)
-    batches: list[BatchStatus] = field(default_factory=list)  # --backend batch: each batch, as last polled
+    # --backend batch: each batch, as last polled
+    batches: list[BatchStatus] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,8 +102,10 @@ def _output_status(output: Path, tally: OutputTally) -> OutputStatus:
     done = len(tally.done)
     by_type = tally.failures_by_type()
     return OutputStatus(
-        output=str(output), done=done, failed=sum(by_type.values()), pending=len(tally.within) - done,
-        prompt_tokens=tally.prompt, completion_tokens=tally.completion, bad_lines=tally.bad + tally.torn,
+        output=str(output), done=done, failed=sum(by_type.values()),
+        pending=len(tally.within) - done,
+        prompt_tokens=tally.prompt, completion_tokens=tally.completion,
+        bad_lines=tally.bad + tally.torn,
         unknown_ids=len(tally.unknown), last_written_at=tally.last, cost=round(tally.cost, 6),
         unpriced=tally.unpriced, model_mismatches=tally.mismatches, failures_by_type=by_type,
         refusals=tally.refusals, truncated=tally.truncated,
@@ -118,12 +121,14 @@ def _merge(counts: Any) -> dict[str, int]:
 
 
 class StatusReader:
-    """Status that reads only what is new: the input's ids and each output's tally are kept between reads.
+    """Status that reads only what is new: the input's ids and each output's
+    tally are kept between reads.
 
-    ``--status --watch`` keeps one reader (``watching``), so a redraw costs what was appended since the last
-    one: it rewrites the cache at most every WATCH_SAVE_EVERY_S (and at ``close``), and sorts the latencies
-    again for their percentiles once a hundredth more of them came in (or WATCH_LATENCY_EVERY_S passed). A
-    reader also starts from the cache a previous --status left beside the output (reports/status_cache.py).
+    ``--status --watch`` keeps one reader (``watching``), so a redraw costs what was appended since
+    the last one: it rewrites the cache at most every WATCH_SAVE_EVERY_S (and at ``close``), and
+    sorts the latencies again for their percentiles once a hundredth more of them came in (or
+    WATCH_LATENCY_EVERY_S passed). A reader also starts from the cache a previous --status left
+    beside the output (reports/status_cache.py).
     """
 
     def __init__(self, config: RunConfig, use_cache: bool = True, watching: bool = False,
@@ -151,14 +156,22 @@ class StatusReader:
         if self.index is None:
             chosen = selection(self.config)
             self._key = status_cache.cache_key(self.config, self.keys, chosen, self.outputs)
-            cached = status_cache.load(self._cache, self._key, self.input_path, self.keys) if self.use_cache else None
+            cached = (
+                status_cache.load(self._cache, self._key, self.input_path, self.keys)
+                if self.use_cache
+                else None
+            )
             self.from_cache = cached is not None
             if cached is None:
                 self.index = check_input(self.input_path, self.keys, chosen)
                 self.tallies = [OutputTally.empty(self.index.ids) for _ in self.outputs]
                 fresh = True
             else:
-                self.index, self.tallies, self._percentiles = cached.index, cached.tallies, cached.latency
+                self.index, self.tallies, self._percentiles = (
+                    cached.index,
+                    cached.tallies,
+                    cached.latency,
+                )
                 self._saved_at = self._clock()  # what it holds is as good as a save just made
         marks = [(t.output_mark, t.errors_mark) for t in self.tallies]
         self.bytes_read = 0
@@ -180,7 +193,12 @@ class StatusReader:
         if done == count:
             return self._percentiles[1]
         # Sorting a million latencies costs: not at every redraw for a few new ones.
-        if self.watching and done >= 0 and count - done < count / 100 and now - self._sorted_at < WATCH_LATENCY_EVERY_S:
+        if (
+            self.watching
+            and done >= 0
+            and count - done < count / 100
+            and now - self._sorted_at < WATCH_LATENCY_EVERY_S
+        ):
             return self._percentiles[1]
         self._sorted_at = now
         self._percentiles = (count, percentiles([v for t in self.tallies for v in t.latencies]))
@@ -188,7 +206,12 @@ class StatusReader:
 
     def _save(self, index: InputIndex, force: bool = False) -> None:
         now = self._clock()
-        if not force and self.watching and self._saved_at is not None and now - self._saved_at < WATCH_SAVE_EVERY_S:
+        if (
+            not force
+            and self.watching
+            and self._saved_at is not None
+            and now - self._saved_at < WATCH_SAVE_EVERY_S
+        ):
             return
         status_cache.save(self._cache, self._key, index, self.tallies, self._percentiles)
         self._saved_at, self._unsaved = now, False
@@ -203,7 +226,9 @@ class StatusReader:
         now = time.time() if now is None else now
         index, changed = self._refresh()
         outputs = self.outputs
-        parts = [_output_status(path, tally) for path, tally in zip(outputs, self.tallies, strict=True)]
+        parts = [
+            _output_status(path, tally) for path, tally in zip(outputs, self.tallies, strict=True)
+        ]
         recent = sorted(stamp for tally in self.tallies for stamp in tally.recent)[-RECENT_RECORDS:]
         latency = self._latency()
         self._unsaved = self._unsaved or changed
@@ -230,25 +255,45 @@ def _report(config: RunConfig, total: int, parts: list[OutputStatus], recent: li
     summary = read_summary(companion(output, ".summary.json")) or {}
     eta = None
     if live is not None and rate and last is not None and now - last < STALLED_AFTER_S:
-        # When the rate limit is the bottleneck (requests wait on it), the pace it allows is the truth.
+        # When the rate limit is the bottleneck (requests wait on it), the pace
+        # it allows is the truth.
         pace = float(summary.get("pace_per_s") or 0.0)
         eta = pending / (min(rate, pace) if pace and summary.get("limited_s") else rate)
     prompt = sum(p.prompt_tokens for p in parts)
     completion = sum(p.completion_tokens for p in parts)
     return StatusReport(
-        input=str(input_path), output=str(output), total=total, done=done,
-        failed=sum(p.failed for p in parts), pending=pending, percent=round(100.0 * done / total, 2),
-        prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
-        bad_lines=sum(p.bad_lines for p in parts), unknown_ids=sum(p.unknown_ids for p in parts),
-        recent_per_s=round(rate, 3) if rate else None, eta_s=round(eta, 1) if eta is not None else None,
-        last_written_at=last, live=live is not None, live_pid=live.pid if live else None,
-        rate_limited=int(summary.get("rate_limited") or 0), cost=round(sum(p.cost for p in parts), 6),
-        unpriced=sum(p.unpriced for p in parts), model_mismatches=sum(p.model_mismatches for p in parts),
+        input=str(input_path),
+        output=str(output),
+        total=total,
+        done=done,
+        failed=sum(p.failed for p in parts),
+        pending=pending,
+        percent=round(100.0 * done / total, 2),
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=prompt + completion,
+        bad_lines=sum(p.bad_lines for p in parts),
+        unknown_ids=sum(p.unknown_ids for p in parts),
+        recent_per_s=round(rate, 3) if rate else None,
+        eta_s=round(eta, 1) if eta is not None else None,
+        last_written_at=last,
+        live=live is not None,
+        live_pid=live.pid if live else None,
+        rate_limited=int(summary.get("rate_limited") or 0),
+        cost=round(sum(p.cost for p in parts), 6),
+        unpriced=sum(p.unpriced for p in parts),
+        model_mismatches=sum(p.model_mismatches for p in parts),
         failures_by_type=_merge(p.failures_by_type for p in parts),
-        refusals=sum(p.refusals for p in parts), truncated=sum(p.truncated for p in parts),
-        latency_s=latency, models=parts, limits=summary.get("limits"),
+        refusals=sum(p.refusals for p in parts),
+        truncated=sum(p.truncated for p in parts),
+        latency_s=latency,
+        models=parts,
+        limits=summary.get("limits"),
         limited_s=float(summary.get("limited_s") or 0.0),
-        waiting_for_server_since=summary.get("waiting_for_server_since") if live is not None else None,
-        per_model=summary.get("per_model") or {}, per_key=summary.get("per_key") or {},
+        waiting_for_server_since=summary.get("waiting_for_server_since")
+        if live is not None
+        else None,
+        per_model=summary.get("per_model") or {},
+        per_key=summary.get("per_key") or {},
         batches=plan_report(output, time.time()),
     )

@@ -1,11 +1,13 @@
-"""The --status cache: a hidden file beside the output, so that the next --status reads only what is new.
+"""The --status cache: a hidden file beside the output, so that the next
+--status reads only what is new.
 
-It holds the input's id index (as the input check built it), the selection, and each output's tally with
-the marks of where its files were read up to. It is used only for the same input file (device, inode,
-size, mtime and the bytes at its head and end unchanged), read the same way (id and field keys, selection,
-models); each output's marks then decide what is read again (``tally.FileMark``). Anything that does not
-match, or a file that cannot be read, means no cache: status reads everything, as it would without one.
-The cache is a plain file of JSON and arrays, never pickle: loading it runs no code.
+It holds the input's id index (as the input check built it), the selection, and each output's tally
+with the marks of where its files were read up to. It is used only for the same input file (device,
+inode, size, mtime and the bytes at its head and end unchanged), read the same way (id and field
+keys, selection, models); each output's marks then decide what is read again (``tally.FileMark``).
+Anything that does not match, or a file that cannot be read, means no cache: status reads
+everything, as it would without one. The cache is a plain file of JSON and arrays, never pickle:
+loading it runs no code.
 """
 
 from __future__ import annotations
@@ -34,14 +36,15 @@ def cache_path(output: Path) -> Path:
     return output.with_name(f".{output.name}.status-cache")
 
 
-def cache_key(config: RunConfig, keys: FieldKeys, chosen: Selection, outputs: tuple[Path, ...]) -> dict[str, Any]:
+def cache_key(config: RunConfig, keys: FieldKeys, chosen: Selection,
+              outputs: tuple[Path, ...]) -> dict[str, Any]:
     """What the cached counts depend on besides the files themselves."""
     ids = None
     if chosen.ids is not None:
         ids = hashlib.blake2b("\n".join(sorted(chosen.ids)).encode(), digest_size=16).hexdigest()
     return {"input": str(config.require_paths()[0].resolve()), "keys": asdict(keys),
-            "selection": [chosen.start, chosen.end, chosen.limit, ids], "outputs": [str(p) for p in outputs],
-            "hash": "crc32-adler32"}
+            "selection": [chosen.start, chosen.end, chosen.limit, ids],
+            "outputs": [str(p) for p in outputs], "hash": "crc32-adler32"}
 
 
 def usable(config: RunConfig) -> bool:
@@ -56,7 +59,8 @@ def _input_mark(path: Path) -> FileMark | None:
         return None
 
 
-Latency = tuple[int, dict[str, float | None]]  # the percentiles, and how many latencies they were taken over
+# the percentiles, and how many latencies they were taken over
+Latency = tuple[int, dict[str, float | None]]
 
 
 @dataclass
@@ -69,7 +73,8 @@ class CachedStatus:
 
 
 def load(path: Path, key: dict[str, Any], input_path: Path, keys: FieldKeys) -> CachedStatus | None:
-    """The cached index and tallies, or None when there is no cache or it is not for this input and key."""
+    """The cached index and tallies, or None when there is no cache or it is
+    not for this input and key."""
     try:
         return _decode(path, key, input_path, keys)
     except (OSError, ValueError, KeyError, TypeError, IndexError, orjson.JSONDecodeError):
@@ -82,10 +87,15 @@ def _index_path(path: Path) -> Path:
 
 
 def _current(header: dict[str, Any], key: dict[str, Any], mark: FileMark | None) -> bool:
-    return header["key"] == key and mark is not None and FileMark.from_dict(header["input_mark"]) == mark
+    return (
+        header["key"] == key
+        and mark is not None
+        and FileMark.from_dict(header["input_mark"]) == mark
+    )
 
 
-def _decode(path: Path, key: dict[str, Any], input_path: Path, keys: FieldKeys) -> CachedStatus | None:
+def _decode(path: Path, key: dict[str, Any], input_path: Path,
+            keys: FieldKeys) -> CachedStatus | None:
     mark = _input_mark(input_path)
     header, blobs = _read(path)
     if not _current(header, key, mark):
@@ -99,7 +109,9 @@ def _decode(path: Path, key: dict[str, Any], input_path: Path, keys: FieldKeys) 
                             index_header["shared"])
     selected = IdSubset(index)
     selected.load_bytes(blobs["selected"])
-    tallies = [_tally(item, selected, blobs, number) for number, item in enumerate(header["tallies"])]
+    tallies = [
+        _tally(item, selected, blobs, number) for number, item in enumerate(header["tallies"])
+    ]
     index_read = InputIndex(path=input_path, ids=selected, total=len(selected), format=fmt,
                             body_models=tuple(str(m) for m in header["body_models"]))
     count, values = header["latency"]
@@ -128,7 +140,8 @@ def _read(path: Path, header_only: bool = False) -> tuple[dict[str, Any], dict[s
     return header, blobs
 
 
-def _tally(item: dict[str, Any], selected: IdSubset, blobs: dict[str, bytes], number: int) -> OutputTally:
+def _tally(item: dict[str, Any], selected: IdSubset, blobs: dict[str, bytes],
+           number: int) -> OutputTally:
     tally = OutputTally.empty(selected)
     tally.done.load_bytes(blobs[f"done{number}"])
     tally.latencies.frombytes(blobs[f"latencies{number}"])
@@ -144,7 +157,8 @@ def _tally(item: dict[str, Any], selected: IdSubset, blobs: dict[str, bytes], nu
     return tally
 
 
-def save(path: Path, key: dict[str, Any], index: InputIndex, tallies: list[OutputTally], latency: Latency) -> None:
+def save(path: Path, key: dict[str, Any], index: InputIndex, tallies: list[OutputTally],
+         latency: Latency) -> None:
     """Write the cache atomically; a directory that cannot take it just means no cache next time."""
     mark = _input_mark(index.path)
     if mark is None:
@@ -163,16 +177,20 @@ def save(path: Path, key: dict[str, Any], index: InputIndex, tallies: list[Outpu
         blobs.append((f"done{number}", tally.done.to_bytes()))
         blobs.append((f"latencies{number}", array("d", tally.latencies).tobytes()))
         items.append({
-            "bad": tally.bad, "prompt": tally.prompt, "completion": tally.completion, "unpriced": tally.unpriced,
-            "mismatches": tally.mismatches, "refusals": tally.refusals, "truncated": tally.truncated,
-            "cost": tally.cost, "last": tally.last, "recent": list(tally.recent), "unknown": sorted(tally.unknown),
+            "bad": tally.bad, "prompt": tally.prompt, "completion": tally.completion,
+            "unpriced": tally.unpriced,
+            "mismatches": tally.mismatches, "refusals": tally.refusals,
+            "truncated": tally.truncated,
+            "cost": tally.cost, "last": tally.last, "recent": list(tally.recent),
+            "unknown": sorted(tally.unknown),
             "failures": {str(k): v for k, v in tally.failures.items()},
             "output_mark": tally.output_mark.to_dict() if tally.output_mark else None,
             "errors_mark": tally.errors_mark.to_dict() if tally.errors_mark else None,
         })
-    _write(path, {"key": key, "input_mark": mark.to_dict(), "format": index.format.value,
-                  "body_models": list(index.body_models), "latency": [latency[0], latency[1]], "tallies": items},
-           blobs)
+    _write(path,
+           {"key": key, "input_mark": mark.to_dict(), "format": index.format.value,
+            "body_models": list(index.body_models), "latency": [latency[0], latency[1]],
+            "tallies": items}, blobs)
 
 
 def _write(path: Path, header: dict[str, Any], blobs: list[tuple[str, bytes]]) -> None:

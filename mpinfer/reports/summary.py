@@ -1,8 +1,10 @@
-"""RunSummary: what a run did, tallied by the parent from its workers' reports and the shared limiter.
+"""RunSummary: what a run did, tallied by the parent from its workers' reports
+and the shared limiter.
 
-It is written to ``<output>.summary.json`` every few seconds while the run is live and once at its end, so
-``--status`` can show requests, tokens and 429s per key and per model, which the output lines alone do not
-carry. The counts of done and failed tasks in status come from the output files, never from here.
+It is written to ``<output>.summary.json`` every few seconds while the run is live and once at its
+end, so ``--status`` can show requests, tokens and 429s per key and per model, which the output
+lines alone do not carry. The counts of done and failed tasks in status come from the output files,
+never from here.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ class Tally:
 
 @dataclass(frozen=True)
 class Epilogue:
-    """The files a run's end wrote beside the output (None: not written), for the summary to name."""
+    """The files a run's end wrote beside the output (None: not written), for
+    the summary to name."""
 
     missing_file: Path | None = None
     missing_tasks: int = 0
@@ -61,7 +64,8 @@ class RunSummary:
     unknown_ids: int = 0
     worker_deaths: int = 0
     failures_by_type: dict[str, int] = field(default_factory=dict)
-    retries_by_type: dict[str, int] = field(default_factory=dict)  # retried attempts, by their error type
+    # retried attempts, by their error type
+    retries_by_type: dict[str, int] = field(default_factory=dict)
     per_model: dict[str, Tally] = field(default_factory=dict)
     per_key: dict[str, Tally] = field(default_factory=dict)
     cost: float = 0.0
@@ -70,7 +74,8 @@ class RunSummary:
     model_mismatches: int = 0
     refusals: int = 0  # answered with a refusal: done, not failed, and not an empty answer
     truncated: int = 0  # answers cut off at max_tokens (finish_reason "length")
-    limits: str | None = None  # the limits in force and where each came from (flag, server, learned)
+    # the limits in force and where each came from (flag, server, learned)
+    limits: str | None = None
     pace_per_s: float = 0.0  # requests a second the limits in force allow, over every lane
     limited_s: float = 0.0  # time some request waited on a rate limit (pace, window, pause)
     outage_s: float = 0.0  # time the server did not answer at all
@@ -133,7 +138,9 @@ class RunSummary:
         for name in models:
             tally = self.per_model.setdefault(name, Tally())
             tally.requests = tally.rate_limited = tally.tokens = 0
-        self.per_key = {name: Tally(disabled=off) for name, off in zip(key_names, disabled, strict=True)}
+        self.per_key = {
+            name: Tally(disabled=off) for name, off in zip(key_names, disabled, strict=True)
+        }
         for lane in lanes:
             for tally in (self.per_model[models[lane.model]], self.per_key[key_names[lane.key]]):
                 tally.requests += lane.requests
@@ -155,18 +162,29 @@ class RunSummary:
         self.limited_s = round(max((lane.limited_s for lane in lanes), default=0.0), 1)
         self.outage_s = round(max((lane.outage_s for lane in lanes), default=0.0), 1)
         since = min((lane.outage_since for lane in lanes if lane.outage_since), default=0.0)
-        self.waiting_for_server_since = time.strftime("%H:%M:%S", time.localtime(since)) if since else None
+        self.waiting_for_server_since = (
+            time.strftime("%H:%M:%S", time.localtime(since)) if since else None
+        )
 
     def to_dict(self, live: bool) -> dict[str, Any]:
         data = asdict(self)
         del data["latencies"]
-        del data["epilogue"]  # files named by the CLI at the end; the summary file is written before them
+        # files named by the CLI at the end; the summary file is written before them
+        del data["epilogue"]
         data["log_file"] = str(self.log_file) if self.log_file else None
         data["stopped"] = str(self.stopped) if self.stopped else None
-        data.update(live=live, done=self.done, remaining=self.remaining, rate_limited=self.rate_limited,
-                    requests=self.requests, success_rate=self.success_rate,
-                    requests_per_s=round(self.requests / self.elapsed_s, 3) if self.elapsed_s else None,
-                    latency_s=percentiles(self.latencies), cost=round(self.cost, 6), updated_at=time.time())
+        data.update(
+            live=live,
+            done=self.done,
+            remaining=self.remaining,
+            rate_limited=self.rate_limited,
+            requests=self.requests,
+            success_rate=self.success_rate,
+            requests_per_s=round(self.requests / self.elapsed_s, 3) if self.elapsed_s else None,
+            latency_s=percentiles(self.latencies),
+            cost=round(self.cost, 6),
+            updated_at=time.time(),
+        )
         return data
 
 

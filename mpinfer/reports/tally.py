@@ -1,9 +1,11 @@
-"""What --status counts in one output and its errors file, kept so that a later read adds only what is new.
+"""What --status counts in one output and its errors file, kept so that a later
+read adds only what is new.
 
-An ``OutputTally`` reads its files from where it stopped; ``FileMark`` says where that was and how to tell
-that the file there is still the one read (same device and inode, not shorter, the same bytes at its head
-and just before the mark). A file that is not (rewritten by --validate --repair, replaced by a copy, cut
-short) is read again whole, so the tally is always what a fresh full read would give.
+An ``OutputTally`` reads its files from where it stopped; ``FileMark`` says where that was and how
+to tell that the file there is still the one read (same device and inode, not shorter, the same
+bytes at its head and just before the mark). A file that is not (rewritten by --validate --repair,
+replaced by a copy, cut short) is read again whole, so the tally is always what a fresh full read
+would give.
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ def _digest(fd: int, offset: int, size: int) -> str:
 
 
 class _Reader:
-    """The whole lines of a file from an offset, then its mark, taken from the same open file: a file put in
-    its place meanwhile cannot lend its identity to counts read from the old one."""
+    """The whole lines of a file from an offset, then its mark, taken from the same open file: a
+    file put in its place meanwhile cannot lend its identity to counts read from the old one."""
 
     def __init__(self, path: Path, start: int) -> None:
         self.path = path
@@ -69,7 +71,8 @@ def _decode(raw: bytes) -> Any:
 
 @dataclass(frozen=True)
 class FileMark:
-    """How far a file was read, and what identifies it: device, inode, mtime, and two probes of its bytes."""
+    """How far a file was read, and what identifies it: device, inode, mtime,
+    and two probes of its bytes."""
 
     dev: int
     ino: int
@@ -98,7 +101,8 @@ class FileMark:
         return cls(info.st_dev, info.st_ino, offset, info.st_mtime_ns, head, tail)
 
     def resume_at(self, path: Path) -> int | None:
-        """Where to go on reading ``path``: the mark if it is this file, grown or not; None if it changed."""
+        """Where to go on reading ``path``: the mark if it is this file, grown
+        or not; None if it changed."""
         again = FileMark.of(path, self.offset)
         if again is None or (again.dev, again.ino) != (self.dev, self.ino):
             return None

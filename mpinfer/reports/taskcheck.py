@@ -1,9 +1,11 @@
-"""How a dry run checks one pending task: its request built as a worker builds it, and its images judged.
+"""How a dry run checks one pending task: its request built as a worker builds
+it, and its images judged.
 
-``TaskChecker`` builds the request with the worker's own ``task_request`` (a Batch body as it is sent) and an ``ImageEncoder`` that
-reads each image file once for the whole plan, however many tasks use it, and remembers what it showed
-(MAX_FILES_REMEMBERED files, a few hundred bytes each). A data: URL in the input is checked from its bytes;
-a remote image is never fetched. What a real run would fail a task for comes back as its message.
+``TaskChecker`` builds the request with the worker's own ``task_request`` (a Batch body as it is
+sent) and an ``ImageEncoder`` that reads each image file once for the whole plan, however many tasks
+use it, and remembers what it showed (MAX_FILES_REMEMBERED files, a few hundred bytes each). A data:
+URL in the input is checked from its bytes; a remote image is never fetched. What a real run would
+fail a task for comes back as its message.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from ..config import RunConfig
 from ..errors import ImageError
 from ..inputs.tasks import Task
 
-# Facts about this many image files are remembered (a few hundred bytes each); past that the oldest are
-# forgotten and judged again if a later task uses them.
+# Facts about this many image files are remembered (a few hundred bytes each); past that the oldest
+# are forgotten and judged again if a later task uses them.
 MAX_FILES_REMEMBERED = 65536
 _SHORT_REF = 40
 _ALREADY_READ = "data:,already-read-by-this-dry-run"  # never sent: a dry run sends nothing
@@ -41,7 +43,8 @@ class CheckedImage:
 
 @dataclass(frozen=True)
 class _FileFacts:
-    """What the one read of an image file showed: its bytes, its pixel size, or why a task using it fails."""
+    """What the one read of an image file showed: its bytes, its pixel size, or
+    why a task using it fails."""
 
     bytes: int
     size: tuple[int, int] | None
@@ -63,17 +66,20 @@ def _is_web(ref: str) -> bool:
 class _ReadOnceEncoder(ImageEncoder):
     """The worker's ImageEncoder, made to read each image file once for the whole plan.
 
-    The first use of a file goes through the real encoder (the same resolution, MIME sniffing and errors as
-    a worker), and what it showed is remembered by path, mtime and size. A later use of that file gets the
-    remembered verdict: its ImageError again, or a stand-in URL, since a dry run sends nothing and needs
-    only the file's size. The encoder's own cache of data URLs would not do: it drops files over 16 MiB
-    and forgets the rest past 64 MiB, and it never holds a file that failed.
+    The first use of a file goes through the real encoder (the same resolution, MIME sniffing and
+    errors as a worker), and what it showed is remembered by path, mtime and size. A later use of
+    that file gets the remembered verdict: its ImageError again, or a stand-in URL, since a dry run
+    sends nothing and needs only the file's size. The encoder's own cache of data URLs would not do:
+    it drops files over 16 MiB and forgets the rest past 64 MiB, and it never holds a file that
+    failed.
     """
 
     def __init__(self, root: Path) -> None:
-        super().__init__(root, cache_bytes=0)  # the facts below replace the cache, at a fraction of its memory
+        # the facts below replace the cache, at a fraction of its memory
+        super().__init__(root, cache_bytes=0)
         self.files: OrderedDict[tuple[str, int, int], _FileFacts] = OrderedDict()
-        self.used: list[tuple[str, _FileFacts]] = []  # (path, facts) of each local image of the task being built
+        # (path, facts) of each local image of the task being built
+        self.used: list[tuple[str, _FileFacts]] = []
 
     def _file_key(self, ref: str) -> tuple[str, int, int] | None:
         path = self.resolve(ref)  # as the workers resolve it; a stat reads no image bytes
@@ -84,12 +90,14 @@ class _ReadOnceEncoder(ImageEncoder):
         return path, stat.st_mtime_ns, stat.st_size
 
     def encode(self, ref: str) -> EncodedImage:
-        """As ImageEncoder.encode, reading a file only on its first use; a size that cannot be read fails too."""
+        """As ImageEncoder.encode, reading a file only on its first use; a size
+        that cannot be read fails too."""
         if is_remote(ref):
             return super().encode(ref)
         key = self._file_key(ref)
         if key is None:
-            return super().encode(ref)  # raises the worker's ImageError for a missing file, reading nothing
+            # raises the worker's ImageError for a missing file, reading nothing
+            return super().encode(ref)
         facts = self.files.get(key)
         if facts is None:
             try:
@@ -97,7 +105,8 @@ class _ReadOnceEncoder(ImageEncoder):
             except ImageError as exc:
                 facts = _FileFacts(key[2], None, str(exc))
             else:
-                facts = _FileFacts(key[2], image.size, None if image.size else _size_message(ref, key[0]))
+                facts = _FileFacts(key[2], image.size,
+                                   None if image.size else _size_message(ref, key[0]))
             self.files[key] = facts
             while len(self.files) > MAX_FILES_REMEMBERED:
                 self.files.popitem(last=False)
@@ -117,7 +126,8 @@ class TaskChecker:
         self.encoder = _ReadOnceEncoder(config.resolved_image_root)
 
     def check(self, task: Task, model: str) -> tuple[Request, list[CheckedImage]] | str:
-        """The request and its checked images, or the message of the problem that would fail the task."""
+        """The request and its checked images, or the message of the problem
+        that would fail the task."""
         config = self.config
         self.encoder.used.clear()
         try:
@@ -141,7 +151,8 @@ class TaskChecker:
 
     @staticmethod
     def _inline(ref: str, task_id: str) -> CheckedImage | str:
-        """A data: URL from the input: the worker sends it as it is, so it is checked here from its bytes."""
+        """A data: URL from the input: the worker sends it as it is, so it is
+        checked here from its bytes."""
         header, _, payload = ref.partition(",")
         short = _short(ref)
         if not header.lower().endswith(";base64"):

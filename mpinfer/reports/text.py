@@ -1,5 +1,5 @@
-"""Text renderings of what the library returns: run summaries, status, validation, export, repair. Lines,
-not prints."""
+"""Text renderings of what the library returns: run summaries, status,
+validation, export, repair. Lines, not prints."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from .status import StatusReport
 from .summary import RunSummary
 from .validate import ValidationReport
 
-if TYPE_CHECKING:  # a type only: importing the dry run would load the openai package for every --status
+# a type only: importing the dry run would load the openai package for every --status
+if TYPE_CHECKING:
     from .dryrun import DryRunPlan
 
 
@@ -50,7 +51,8 @@ def summary_lines(summary: RunSummary) -> list[str]:
     success = f"{summary.success_rate:.1%}" if summary.success_rate is not None else "-"
     lines = [
         f"done {summary.done}/{summary.total} ({summary.already_done} before this run, "
-        f"{summary.succeeded + summary.recovered} now), failed {summary.failed}, left {summary.remaining}",
+        f"{summary.succeeded + summary.recovered} now), failed {summary.failed}, left "
+        f"{summary.remaining}",
         f"this run: {summary.elapsed_s:.1f}s, {summary.requests} requests"
         f"{f' ({rate:.1f}/s)' if rate else ''}, success {success}, "
         f"{summary.prompt_tokens} tokens in, {summary.completion_tokens} out, "
@@ -61,13 +63,14 @@ def summary_lines(summary: RunSummary) -> list[str]:
     ]
     if summary.limits or summary.limited_s or summary.outage_s:
         unreachable = f"; server unreachable {summary.outage_s:.1f}s" if summary.outage_s else ""
-        lines.append(f"limits: {summary.limits or 'none'}; waited on them {summary.limited_s:.1f}s of "
-                     f"{summary.elapsed_s:.1f}s{unreachable}")
+        lines.append(f"limits: {summary.limits or 'none'}; waited on them "
+                     f"{summary.limited_s:.1f}s of {summary.elapsed_s:.1f}s{unreachable}")
     if summary.refusals or summary.truncated:
         lines.append(f"refusals {summary.refusals} (kept as \"refusal\", answer null), "
                      f"truncated at max_tokens {summary.truncated}")
     if summary.model_mismatches:
-        lines.append(f"answered by another model than requested: {summary.model_mismatches} (see --validate)")
+        lines.append("answered by another model than requested: "
+                     f"{summary.model_mismatches} (see --validate)")
     if summary.failures_by_type:
         lines.append(f"failures by type: {_kinds(summary.failures_by_type)} "
                      "(details in the errors file; a rerun retries them)")
@@ -77,7 +80,8 @@ def summary_lines(summary: RunSummary) -> list[str]:
         lines.append("rerun the same command to retry what is left")
     epilogue = summary.epilogue
     if epilogue is not None and epilogue.missing_file is not None:
-        lines.append(f"the {epilogue.missing_tasks} tasks neither answered nor failed are in {epilogue.missing_file}")
+        lines.append(f"the {epilogue.missing_tasks} tasks neither answered nor "
+                     f"failed are in {epilogue.missing_file}")
     if epilogue is not None and epilogue.report_file is not None:
         lines.append(f"report: {epilogue.report_file}")
     if summary.log_file:
@@ -95,9 +99,11 @@ def status_lines(report: StatusReport) -> list[str]:
         ("done", f"{report.done} ({report.percent:.1f}%)"),
         ("failed", f"{report.failed} ({_kinds(report.failures_by_type)})" if report.failed else 0),
         ("pending", f"{report.pending} (not done, failed included)"),
-        ("tokens", f"{report.total_tokens} ({report.prompt_tokens} in, {report.completion_tokens} out)"),
+        ("tokens",
+         f"{report.total_tokens} ({report.prompt_tokens} in, {report.completion_tokens} out)"),
         ("cost", money(report.cost, report.unpriced)), ("latency", _latency(report.latency_s)),
-        ("recent rate", rate), ("ETA", duration(report.eta_s)), ("last write", last), ("run live", live),
+        ("recent rate", rate), ("ETA", duration(report.eta_s)), ("last write", last),
+        ("run live", live),
         ("429s", report.rate_limited),
     ]
     if report.limits:
@@ -105,11 +111,13 @@ def status_lines(report: StatusReport) -> list[str]:
     if report.waiting_for_server_since:
         rows.append(("server", f"waiting for the server since {report.waiting_for_server_since}"))
     if report.refusals:
-        rows.append(("refusals", f"{report.refusals} (done: the refusal text is the answer's \"refusal\")"))
+        rows.append(("refusals",
+                     f"{report.refusals} (done: the refusal text is the answer's \"refusal\")"))
     if report.truncated:
         rows.append(("truncated", f"{report.truncated} answers cut off at max_tokens"))
     if report.model_mismatches:
-        rows.append(("other model", f"{report.model_mismatches} answers by another model than requested"))
+        rows.append(("other model",
+                     f"{report.model_mismatches} answers by another model than requested"))
     if report.bad_lines:
         rows.append(("bad lines", f"{report.bad_lines} (see --validate)"))
     if report.unknown_ids:
@@ -117,8 +125,8 @@ def status_lines(report: StatusReport) -> list[str]:
     lines = [f"{name:>12}: {value}" for name, value in rows]
     if len(report.models) > 1:
         lines.append("  per output: done / failed / pending / cost")
-        lines += [f"    {part.output}: {part.done} / {part.failed} / {part.pending} / {money(part.cost)}"
-                  for part in report.models]
+        lines += [f"    {part.output}: {part.done} / {part.failed} / "
+                  f"{part.pending} / {money(part.cost)}" for part in report.models]
     for title, tallies in (("per model", report.per_model), ("per key", report.per_key)):
         if len(tallies) > 1 or any(t.get("rate_limited") for t in tallies.values()):
             lines.append(f"  {title}: requests / tokens / 429s")
@@ -132,17 +140,19 @@ def status_lines(report: StatusReport) -> list[str]:
             state = b.status if b.batch_id else b.state
             extra = f"; waiting: {b.waiting}" if b.waiting else ""
             extra += f"; {b.resubmitted} rows resubmitted" if b.resubmitted else ""
-            lines.append(f"    {b.batch_id or b.name}: {state} / {b.completed}+{b.failed} of {b.rows} / "
-                         f"{duration(b.age_s)} / {b.attempt}{extra}")
+            lines.append(f"    {b.batch_id or b.name}: {state} / {b.completed}+{b.failed} of "
+                         f"{b.rows} / {duration(b.age_s)} / {b.attempt}{extra}")
     return lines
 
 
 def validation_lines(report: ValidationReport) -> list[str]:
     lines = [f"{report.output}: {report.lines} lines, {report.records} records"]
     if report.refusals or report.truncated:
-        lines.append(f"refusals {report.refusals}, truncated at max_tokens {report.truncated} (not problems)")
+        lines.append(f"refusals {report.refusals}, truncated at max_tokens "
+                     f"{report.truncated} (not problems)")
     if report.ok:
-        lines.append("ok: every line parses, no duplicates, every input id answered, answers and models as asked")
+        lines.append("ok: every line parses, no duplicates, every input id "
+                     "answered, answers and models as asked")
         return lines
     for kind, count in report.counts.items():
         lines.append(f"{kind.value}: {count}")
@@ -165,13 +175,13 @@ def dry_run_lines(plan: DryRunPlan) -> list[str]:
         f"dry run of {plan.input}: nothing was sent",
         f"tasks: {plan.tasks} in the input, {totals.done} done, {totals.pending} to send "
         f"(task x model), {totals.problems} would fail: {plan.problem_count} tasks with problems",
-        f"images: {images.local} files, {images.inline} inline, {images.remote} remote (not checked), "
-        f"{images.local_bytes / 1e6:.1f} MB before base64",
+        f"images: {images.local} files, {images.inline} inline, {images.remote} remote (not "
+        f"checked), {images.local_bytes / 1e6:.1f} MB before base64",
     ]
     if images.largest is not None:
         big = images.largest
-        lines.append(f"largest image: {big.path} ({big.bytes / 1e6:.2f} MB, {big.width}x{big.height}, "
-                     f"task {big.task_id})")
+        lines.append(f"largest image: {big.path} ({big.bytes / 1e6:.2f} MB, "
+                     f"{big.width}x{big.height}, task {big.task_id})")
     if prompt.tasks:
         lines.append(f"prompt tokens (estimate): {prompt.total} in all; per task min {prompt.min}, "
                      f"mean {prompt.mean:.0f}, max {prompt.max}")
@@ -179,14 +189,17 @@ def dry_run_lines(plan: DryRunPlan) -> list[str]:
     lines.append(f"answer tokens at most: {totals.completion_ceiling}{ceiling}")
     for row in plan.rows:
         lines.append(f"  {row.model} -> {row.output}: {row.done} done, {row.pending} to send, "
-                     f"~{row.prompt_tokens} prompt tokens, cost {_cost_range(row.cost_min, row.cost_max)}")
+                     f"~{row.prompt_tokens} prompt tokens, cost "
+                     f"{_cost_range(row.cost_min, row.cost_max)}")
     lines.append(f"estimated cost: {_cost_range(totals.cost_min, totals.cost_max)} "
                  "(prompts only, to prompts plus every answer at max_tokens)")
     if plan.batch:
         batch_cost = _cost_range(totals.batch_cost_min, totals.batch_cost_max)
-        lines.append(f"at the Batch API price (--backend batch): {batch_cost} (the online price is the line above)")
+        lines.append(f"at the Batch API price (--backend batch): {batch_cost} "
+                     "(the online price is the line above)")
     if plan.unpriced_models:
-        lines.append(f"no price for: {', '.join(plan.unpriced_models)} (give --prices or --price-input/-output)")
+        lines.append(f"no price for: {', '.join(plan.unpriced_models)} (give "
+                     "--prices or --price-input/-output)")
     for problem in plan.problems:
         lines.append(f"  problem: line {problem.line}, id {problem.id!r}: {problem.message}")
     if plan.problem_count > len(plan.problems):
@@ -196,12 +209,13 @@ def dry_run_lines(plan: DryRunPlan) -> list[str]:
 
 def export_lines(report: ExportReport) -> list[str]:
     refused = f", refused {report.refused}" if report.refused else ""
-    lines = [f"exported {report.rows} rows to {report.dest}: ok {report.ok}{refused}, failed {report.failed}, "
-             f"missing {report.missing}"]
+    lines = [f"exported {report.rows} rows to {report.dest}: ok {report.ok}{refused}, "
+             f"failed {report.failed}, missing {report.missing}"]
     if report.missing_tasks:
-        lines.append(f"the {report.missing_tasks} tasks not answered nor failed are in {report.missing_file} "
-                     "(their input records): rerun the same command, or run that file with -i "
-                     "(and --image-root set to the input's folder, for relative image paths)")
+        lines.append(f"the {report.missing_tasks} tasks not answered nor failed are in "
+                     f"{report.missing_file} (their input records): rerun the same command, or run "
+                     "that file with -i (and --image-root set to the input's folder, for relative "
+                     "image paths)")
     else:
         lines.append(f"no task missing ({report.missing_file} is empty)")
     return lines
@@ -230,21 +244,23 @@ def fresh_lines(backup: Path | None) -> list[str]:
 
 
 def report_lines(result: ReportResult) -> list[str]:
-    verdict = {True: "validate ok", False: "validate found problems", None: "not validated (no input)"}
+    verdict = {True: "validate ok", False: "validate found problems",
+               None: "not validated (no input)"}
     runs = f"{result.runs} run{'s' if result.runs != 1 else ''}"
-    return [f"report: {result.path} ({result.bytes / 1e6:.1f} MB, {result.charts} charts, {runs}, "
-            f"{result.lines} output lines, {verdict[result.valid]}; made in {result.seconds:.1f}s): "
-            "open it in a browser, it needs no network"]
+    return [f"report: {result.path} ({result.bytes / 1e6:.1f} MB, {result.charts} charts, "
+            f"{runs}, {result.lines} output lines, {verdict[result.valid]}; made in "
+            f"{result.seconds:.1f}s): open it in a browser, it needs no network"]
 
 
 def cancel_lines(result: CancelResult | None, output: Path | None) -> list[str]:
     if result is None:
         return [f"no run is live on {output}: nothing to stop"]
     if not result.exited:
-        return [f"sent the run on {result.output} (pid {result.pid}) the stop signal; it had not exited after "
-                f"{result.waited_s:.0f}s (requests still in flight): --status shows when it has"]
-    lines = [f"stopped the run on {result.output} (pid {result.pid}) in {result.waited_s:.1f}s: it took no new "
-             "task, and requests in flight finished or were left for the rerun"]
+        return [f"sent the run on {result.output} (pid {result.pid}) the stop signal; "
+                f"it had not exited after {result.waited_s:.0f}s (requests still in "
+                "flight): --status shows when it has"]
+    lines = [f"stopped the run on {result.output} (pid {result.pid}) in {result.waited_s:.1f}s: it "
+             "took no new task, and requests in flight finished or were left for the rerun"]
     data = result.summary or {}
     if "done" in data and "total" in data:
         lines.append(f"done {data['done']}/{data['total']}, failed {data.get('failed', 0)}, "

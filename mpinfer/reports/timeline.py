@@ -1,13 +1,14 @@
-"""What the HTML report shows, as data: the output's lines binned over time per run, and totals per model.
+"""What the HTML report shows, as data: the output's lines binned over time per
+run, and totals per model.
 
-Built from the files a run leaves (the output, ``<output>.errors.jsonl`` and ``<output>.runs.jsonl``) and
-nothing else, so the report cannot drift from the truth and works on an output written by an earlier
-version: a line without ``retries`` counts its extra attempts as retries of unknown type, a manifest
-without runs makes the whole output one run, a line without ``refusal`` is not a refusal (RecordView
-decides what is).
+Built from the files a run leaves (the output, ``<output>.errors.jsonl`` and
+``<output>.runs.jsonl``) and nothing else, so the report cannot drift from the truth and works on an
+output written by an earlier version: a line without ``retries`` counts its extra attempts as
+retries of unknown type, a manifest without runs makes the whole output one run, a line without
+``refusal`` is not a refusal (RecordView decides what is).
 
-One pass over each file keeps compact per-line columns (``array``), so a million lines cost tens of MB;
-everything after that pass works on bins, about sixty per run.
+One pass over each file keeps compact per-line columns (``array``), so a million lines cost tens of
+MB; everything after that pass works on bins, about sixty per run.
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ class ModelRow:
 
 @dataclass(frozen=True)
 class Series:
-    """One run's charts as bins of ``width_s`` seconds from ``start`` (the x values are bin starts)."""
+    """One run's charts as bins of ``width_s`` seconds from ``start`` (the x
+    values are bin starts)."""
 
     start: float
     width_s: float
@@ -83,7 +85,8 @@ class Series:
     retries: dict[str, list[int]]  # by error type of the failed attempt
     cum_tokens: list[int]
     cum_cost: list[float]
-    limits: list[tuple[float, str]]  # the answers/s the settings allowed (--rpm, --tpm), with their labels
+    # the answers/s the settings allowed (--rpm, --tpm), with their labels
+    limits: list[tuple[float, str]]
     limit_note: str  # for a run without either: that none was set ("" for the whole output)
 
 
@@ -127,12 +130,14 @@ def _dict(value: Any) -> dict[str, Any]:
 
 
 def _meta(obj: dict[str, Any], batch: bool) -> dict[str, Any]:
-    """Where a line keeps mpinfer's own fields: the line itself, or its ``mpinfer`` object in the Batch form."""
+    """Where a line keeps mpinfer's own fields: the line itself, or its
+    ``mpinfer`` object in the Batch form."""
     return _dict(obj.get("mpinfer")) if batch else obj
 
 
 def read_runs(output: Path) -> list[RunSpan]:
-    """The runs of the manifest, oldest first: a start record, completed by its end record when there is one."""
+    """The runs of the manifest, oldest first: a start record, completed by its
+    end record when there is one."""
     starts: dict[str, dict[str, Any]] = {}
     ends: dict[str, dict[str, Any]] = {}
     for record in read_records(manifest_path(output)):
@@ -145,17 +150,23 @@ def read_runs(output: Path) -> list[RunSpan]:
         end = ends.get(run_id, {})
         argv = start.get("argv")
         ended = end.get("ended_at")
-        spans.append(RunSpan(run_id=run_id, started_at=float(start["started_at"]),
-                             ended_at=float(ended) if isinstance(ended, (int, float)) else None,
-                             settings=_dict(start.get("settings")),
-                             argv=tuple(str(a) for a in argv) if isinstance(argv, list) else (),
-                             counts=_dict(end.get("counts")) or None,
-                             version=start.get("version") if isinstance(start.get("version"), str) else None))
+        spans.append(
+            RunSpan(
+                run_id=run_id,
+                started_at=float(start["started_at"]),
+                ended_at=float(ended) if isinstance(ended, (int, float)) else None,
+                settings=_dict(start.get("settings")),
+                argv=tuple(str(a) for a in argv) if isinstance(argv, list) else (),
+                counts=_dict(end.get("counts")) or None,
+                version=start.get("version") if isinstance(start.get("version"), str) else None,
+            )
+        )
     return sorted(spans, key=lambda s: s.started_at)
 
 
 def _retries(obj: dict[str, Any], batch: bool) -> dict[str, int]:
-    """Retries of one line by kind: its ``retries`` field, else its extra attempts as ``unknown``."""
+    """Retries of one line by kind: its ``retries`` field, else its extra
+    attempts as ``unknown``."""
     meta = _meta(obj, batch)
     given = meta.get("retries")
     if isinstance(given, dict):
@@ -167,7 +178,8 @@ def _retries(obj: dict[str, Any], batch: bool) -> dict[str, int]:
 
 
 class _Reader:
-    """One pass over each output file and its errors file, filling the columns and the per-model rows."""
+    """One pass over each output file and its errors file, filling the columns
+    and the per-model rows."""
 
     def __init__(self, runs: list[RunSpan]) -> None:
         self.runs = runs
@@ -177,7 +189,8 @@ class _Reader:
         self.lines = 0
 
     def _endpoint(self, obj: dict[str, Any], t: float | None) -> str:
-        """The line's own endpoint when it names one, else the base URL of the run it was written in."""
+        """The line's own endpoint when it names one, else the base URL of the
+        run it was written in."""
         named = obj.get("endpoint")
         if isinstance(named, str) and named:
             return named
@@ -230,7 +243,8 @@ class _Reader:
             if t is not None:
                 cols.t.append(t)
                 cols.latency.append(math.nan if latency is None else latency)
-                cols.tokens.append(usage.total_tokens or usage.prompt_tokens + usage.completion_tokens)
+                cols.tokens.append(usage.total_tokens
+                                   or usage.prompt_tokens + usage.completion_tokens)
                 cols.cost.append(record.cost or 0.0)
 
     def read_errors(self, path: Path, file_model: str) -> None:
@@ -241,7 +255,11 @@ class _Reader:
             batch = "custom_id" in obj
             meta = _meta(obj, batch)
             raw_t = meta.get("processed_at")
-            t = float(raw_t) if isinstance(raw_t, (int, float)) and not isinstance(raw_t, bool) else None
+            t = (
+                float(raw_t)
+                if isinstance(raw_t, (int, float)) and not isinstance(raw_t, bool)
+                else None
+            )
             self._row(file_model, self._endpoint(obj, t)).failures += 1
             retries = _retries(obj, batch)
             self._add_retries(t, retries)
@@ -251,10 +269,11 @@ class _Reader:
 
 
 def _nice_width(span_s: float) -> float:
-    """A bin width of 0.1, 0.2, 0.5, 1, 2, 5 ... s, 1, 2, 5 ... min, 1 h ... giving at most about TARGET_BINS
-    bins (a short demo run gets tenths of a second, a day-long run minutes)."""
+    """A bin width of 0.1, 0.2, 0.5, 1, 2, 5 ... s, 1, 2, 5 ... min, 1 h ... giving at most about
+    TARGET_BINS bins (a short demo run gets tenths of a second, a day-long run minutes)."""
     wanted = max(span_s / TARGET_BINS, 0.1)
-    for step in (0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400):
+    for step in (0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200,
+                 21600, 43200, 86400):
         if step >= wanted:
             return float(step)
     return float(math.ceil(wanted / 86400) * 86400)
@@ -264,9 +283,11 @@ def _nearest_rank(ordered: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(share * len(ordered)) - 1))]
 
 
-def _limits(settings: Mapping[str, Any], tokens_per_answer: float | None) -> list[tuple[float, str]]:
-    """The answers per second the settings allowed, over every key and model: --rpm directly, --tpm divided
-    by the run's mean tokens per answer (the limiter counts its estimate, so that line is approximate)."""
+def _limits(settings: Mapping[str, Any],
+            tokens_per_answer: float | None) -> list[tuple[float, str]]:
+    """The answers per second the settings allowed, over every key and model: --rpm directly, --tpm
+    divided by the run's mean tokens per answer (the limiter counts its estimate, so that line is
+    approximate)."""
     models = [m for m in str(settings.get("model") or "").split(",") if m.strip()] or ["?"]
     keys = settings.get("key_count")
     lanes = len(models) * (keys if isinstance(keys, int) and keys > 0 else 1)
@@ -277,7 +298,8 @@ def _limits(settings: Mapping[str, Any], tokens_per_answer: float | None) -> lis
         limits.append((rpm * lanes / 60.0, f"--rpm limit ({rpm:g}/min {over})"))
     if isinstance(tpm, (int, float)) and tpm > 0 and tokens_per_answer:
         limits.append((tpm * lanes / 60.0 / tokens_per_answer,
-                       f"--tpm limit ({tpm:g}/min {over}) / {tokens_per_answer:.0f} tokens an answer"))
+                       f"--tpm limit ({tpm:g}/min {over}) / "
+                       f"{tokens_per_answer:.0f} tokens an answer"))
     return limits
 
 
@@ -308,7 +330,9 @@ def _series(cols: _Columns, start: float, end: float, settings: Mapping[str, Any
     """Bin the lines of sorted ``cols`` with start <= t < end."""
     picked, fails = _span(cols.t, start, end), _span(cols.fail_t, start, end)
     retries = _span(cols.retry_t, start, end)
-    ends = [times[r[i]] for times, r in ((cols.t, picked), (cols.fail_t, fails)) for i in (0, -1) if r]
+    ends = [
+        times[r[i]] for times, r in ((cols.t, picked), (cols.fail_t, fails)) for i in (0, -1) if r
+    ]
     if not ends:
         return None
     origin = min(ends) if not math.isfinite(start) else min(start, *ends)
@@ -336,7 +360,9 @@ def _series(cols: _Columns, start: float, end: float, settings: Mapping[str, Any
         failures.setdefault(cols.fail_type[i], [0] * count)[slot(cols.fail_t[i])] += 1
     retried: dict[str, list[int]] = {}
     for i in retries:
-        retried.setdefault(cols.retry_type[i], [0] * count)[slot(cols.retry_t[i])] += cols.retry_n[i]
+        retried.setdefault(cols.retry_type[i], [0] * count)[slot(cols.retry_t[i])] += cols.retry_n[
+            i
+        ]
     p50: list[float | None] = []
     p95: list[float | None] = []
     for values in latencies:
@@ -361,7 +387,8 @@ def _series(cols: _Columns, start: float, end: float, settings: Mapping[str, Any
 
 
 def build_timeline(output: Path, models: tuple[str, ...]) -> Timeline:
-    """Read the output files of ``models`` (one per model) with their errors files and the manifest."""
+    """Read the output files of ``models`` (one per model) with their errors
+    files and the manifest."""
     runs = read_runs(output)
     reader = _Reader(runs)
     for path, model in zip(model_outputs(output, models), models, strict=True):
@@ -375,12 +402,13 @@ def build_timeline(output: Path, models: tuple[str, ...]) -> Timeline:
         runs = [RunSpan("(no manifest)", first, last, {}, (), None, None)]
     views = []
     for n, span in enumerate(runs):
-        # A run owns the lines written from its start to the next run's start (lines before the first
-        # recorded run, from a version without a manifest, go to the first).
+        # A run owns the lines written from its start to the next run's start (lines before the
+        # first recorded run, from a version without a manifest, go to the first).
         start = span.started_at if n else -math.inf
         end = runs[n + 1].started_at if n + 1 < len(runs) else math.inf
         series = _series(cols, start, end, span.settings)
-        views.append(RunView(span, len(_span(cols.t, start, end)), len(_span(cols.fail_t, start, end)), series))
+        views.append(RunView(span, len(_span(cols.t, start, end)),
+                             len(_span(cols.fail_t, start, end)), series))
     whole = _series(cols, -math.inf, math.inf, {})
     table = sorted(reader.rows.values(), key=lambda r: (r.model, r.endpoint))
     return Timeline(output=output, lines=reader.lines, runs=views, whole=whole, table=table)

@@ -1,4 +1,5 @@
-"""Read-only integrity check of an output against its input: returns problems, never raises on them."""
+"""Read-only integrity check of an output against its input: returns problems,
+never raises on them."""
 
 from __future__ import annotations
 
@@ -40,8 +41,8 @@ class ValidationReport:
     output: str
     lines: int = 0
     records: int = 0
-    # Not problems: a refusal is an answer (for a safety benchmark, the measured one), and a truncated answer
-    # is what max_tokens asked for; both are counted so that the user sees them.
+    # Not problems: a refusal is an answer (for a safety benchmark, the measured one), and a
+    # truncated answer is what max_tokens asked for; both are counted so that the user sees them.
     refusals: int = 0
     truncated: int = 0
     counts: dict[ProblemKind, int] = field(default_factory=dict)
@@ -76,13 +77,16 @@ def validate_output(output: Path, input_ids: IdSubset) -> ValidationReport:
         record = view(obj)
         if record is None:
             snippet = raw[:80].decode("utf-8", "replace").rstrip()
-            report.add(Problem(ProblemKind.CORRUPT_LINE, f"not an answer record (id, answer, model, usage): {snippet}", number))
+            report.add(Problem(ProblemKind.CORRUPT_LINE,
+                               f"not an answer record (id, answer, model, usage): {snippet}",
+                               number))
             continue
         rid = record.id
         report.records += 1
         missing = missing_batch_fields(obj) if record.batch else missing_fields(obj)
         if missing:
-            report.add(Problem(ProblemKind.MISSING_FIELDS, f"missing {', '.join(missing)}", number, rid))
+            report.add(Problem(ProblemKind.MISSING_FIELDS, f"missing {', '.join(missing)}", number,
+                               rid))
         seen = first_line.setdefault(rid, number)
         if seen != number:
             report.add(Problem(ProblemKind.DUPLICATE_ID, f"also on line {seen}", number, rid))
@@ -94,11 +98,15 @@ def validate_output(output: Path, input_ids: IdSubset) -> ValidationReport:
         report.truncated += record.truncated
         if record.refused:
             report.refusals += 1
-        elif not record.embedding and (not isinstance(record.answer, str) or not record.answer.strip()):
-            report.add(Problem(ProblemKind.EMPTY_ANSWER, f"answer is {record.answer!r}", number, rid))
+        elif not record.embedding and (not isinstance(record.answer, str)
+                                       or not record.answer.strip()):
+            report.add(Problem(ProblemKind.EMPTY_ANSWER, f"answer is {record.answer!r}", number,
+                               rid))
         if not same_model(record.requested_model, record.model):
-            report.add(Problem(ProblemKind.MODEL_MISMATCH,
-                               f"requested {record.requested_model!r}, answered by {record.model!r}", number, rid))
+            report.add(
+                Problem(ProblemKind.MODEL_MISMATCH,
+                        f"requested {record.requested_model!r}, answered by {record.model!r}",
+                        number, rid))
     for rid in sorted(input_ids.minus(found)):
         report.add(Problem(ProblemKind.MISSING_ID, "in the input, not in the output", None, rid))
     return report
