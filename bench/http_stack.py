@@ -38,7 +38,8 @@ from mpinfer.backends.worker import WORKER_GC_THRESHOLDS
 base, stack, n, c = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 gc.set_threshold(*WORKER_GC_THRESHOLDS)
 warm_up()
-REQUEST = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "question 1: what is 1 + 1?"}],
+REQUEST = {"model": "gpt-4o-mini",
+           "messages": [{"role": "user", "content": "question 1: what is 1 + 1?"}],
            "max_tokens": 16}
 
 async def main() -> None:
@@ -46,14 +47,16 @@ async def main() -> None:
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=max(100, c)))
         headers = {"Authorization": "Bearer sk-bench", "Content-Type": "application/json"}
         async def one() -> None:
-            async with session.post(base + "/chat/completions", data=orjson.dumps(REQUEST), headers=headers) as r:
+            async with session.post(base + "/chat/completions", data=orjson.dumps(REQUEST),
+                                    headers=headers) as r:
                 orjson.loads(await r.read())
         close = session.close
     else:
         if stack == "sdk + DefaultAioHttpClient":
             pool = httpx2.Limits(max_connections=max(100, c), max_keepalive_connections=max(100, c))
+            transport = openai.DefaultAioHttpClient(limits=pool, timeout=60)
             client = openai.AsyncOpenAI(api_key="sk-bench", base_url=base, max_retries=0,
-                                        http_client=openai.DefaultAioHttpClient(limits=pool, timeout=60))
+                                        http_client=transport)
         else:
             transport = Transport.HTTPX if stack == "sdk + httpx" else Transport.AIOHTTP
             client = make_client("sk-bench", base, 60.0, transport=transport, connections=c)
@@ -64,7 +67,8 @@ async def main() -> None:
     async def gated() -> None:
         async with gate:
             await one()
-    await asyncio.gather(*(gated() for _ in range(c)))  # warm: connections open, first-use imports done
+    # Warm up: connections open, first-use imports done.
+    await asyncio.gather(*(gated() for _ in range(c)))
     cpu = time.process_time()
     await asyncio.gather(*(gated() for _ in range(n)))
     print(1000.0 * (time.process_time() - cpu) / n)

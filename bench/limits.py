@@ -13,8 +13,8 @@ Four servers, each the package's mock server playing a real one, each against th
 - outage: the server goes away (connections refused) and comes back on the same port.
   Target: 0 failed, the run finishes within 10 s of the server's return.
 
-    python bench/limits.py                    # a 10 s window at 30 requests/s, a 30 s outage (about 2 min)
-    python bench/limits.py --quick            # a 4 s window, a 5 s outage, small counts (about 40 s)
+    python bench/limits.py          # a 10 s window at 30 requests/s, a 30 s outage (about 2 min)
+    python bench/limits.py --quick  # a 4 s window, a 5 s outage, small counts (about 40 s)
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ main thread or not) and per function.
 Record the CLI and its workers (``--gil`` keeps only samples of threads holding the GIL, i.e. Python
 work; without it, threads blocked in a pipe read or waiting for a CPU on a busy machine count too):
 
-    py-spy record --subprocesses --gil --format raw -r 100 -o prof.txt -- python -m mpinfer --no-progress ...
+    py-spy record --subprocesses --gil --format raw -r 100 -o prof.txt \\
+        -- python -m mpinfer --no-progress ...
     python bench/profile_summary.py prof.txt                 # every role
     python bench/profile_summary.py prof.txt --role "worker main" --top 40
 

@@ -66,8 +66,9 @@ checked = time.perf_counter()
 found = scan(Path(sys.argv[1]), within=index.ids)
 t2 = time.perf_counter()
 peak = hwm()
-print(json.dumps({"import_s": t1 - t0, "check_s": checked - t1, "scan_s": t2 - checked, "ids": len(found.done), "lines": found.lines,
-                  "bad": len(found.bad_lines), "base_kb": base, "peak_kb": peak}))
+print(json.dumps({"import_s": t1 - t0, "check_s": checked - t1, "scan_s": t2 - checked,
+                  "ids": len(found.done), "lines": found.lines, "bad": len(found.bad_lines),
+                  "base_kb": base, "peak_kb": peak}))
 """
 
 BASELINE_CODE = "import mpinfer.cli"

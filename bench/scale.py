@@ -142,7 +142,8 @@ def status_rows(folder: Path, lines: int) -> list[dict[str, Any]]:
 
 
 def verdict(name: str, value: float, target: float, unit: str) -> str:
-    return f"{name}: {value:g} {unit}: {'MET' if value < target else 'MISSED'} (target < {target:g} {unit})"
+    met = "MET" if value < target else "MISSED"
+    return f"{name}: {value:g} {unit}: {met} (target < {target:g} {unit})"
 
 
 def main() -> int:

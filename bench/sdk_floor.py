@@ -17,8 +17,10 @@ way (bench/throughput.py):
 - CPU ms/req: user+sys of the client's whole process tree (os.wait4), start-up included, per
   request; "warm" is the floor's CPU after its imports (what is left when start-up costs nothing).
 
-    python bench/sdk_floor.py                          # -p 4 -c 300 and -p 2 -c 600, 12,000 image requests
-    python bench/sdk_floor.py --shapes 4x150,2x300 --requests 6000 --text   # the 600-in-flight rows
+    # -p 4 -c 300 and -p 2 -c 600, 12,000 image requests:
+    python bench/sdk_floor.py
+    # the 600-in-flight rows:
+    python bench/sdk_floor.py --shapes 4x150,2x300 --requests 6000 --text
 """
 
 from __future__ import annotations
@@ -48,13 +50,16 @@ from mpinfer.api.client import complete, make_client, warm_up
 from mpinfer.api.http import SendGate
 from mpinfer.backends.worker import WORKER_GC_THRESHOLDS
 
-base, p, c, n, images = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1"
+base, images = sys.argv[1], sys.argv[5] == "1"
+p, c, n = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 warm_up()
-urls = ["data:image/png;base64," + base64.b64encode(png_like(64, 64, 3000 + i)).decode() for i in range(50)]
+urls = ["data:image/png;base64," + base64.b64encode(png_like(64, 64, 3000 + i)).decode()
+        for i in range(50)]
 
 def body(i: int) -> dict:
     text = {"type": "text", "text": f"question {i}: what is in the picture?"}
-    content = [text, {"type": "image_url", "image_url": {"url": urls[i % 50]}}] if images else text["text"]
+    image = {"type": "image_url", "image_url": {"url": urls[i % 50]}}
+    content = [text, image] if images else text["text"]
     return {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}]}
 
 async def serve(share: range) -> None:
@@ -64,7 +69,8 @@ async def serve(share: range) -> None:
     async def slot() -> None:
         for request in bodies:
             await complete(client, request, 120.0)
-    await asyncio.gather(*(slot() for _ in range(2 * c)))  # c on the wire, c built ahead at the gate
+    # c on the wire, c built ahead at the gate
+    await asyncio.gather(*(slot() for _ in range(2 * c)))
     await client.close()
 
 start = resource.getrusage(resource.RUSAGE_SELF)
@@ -82,7 +88,8 @@ for pid in children:
         sys.exit(f"floor process {pid} ended with status {status}")
 used = resource.getrusage(resource.RUSAGE_SELF)
 kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-print(kids.ru_utime + kids.ru_stime + used.ru_utime + used.ru_stime - start.ru_utime - start.ru_stime)
+print(kids.ru_utime + kids.ru_stime + used.ru_utime + used.ru_stime
+      - start.ru_utime - start.ru_stime)
 '''
 # The issue's shares of the ideal at 1,200 in flight, by (p, c), as bench/throughput.py holds them.
 SHARES = {(p, c): share for p, c, share in parse_scale_configs(SCALE_CONFIGS)}
@@ -111,7 +118,8 @@ def verdict(row: dict[str, Any]) -> str:
     shape = f"{row['client']} p={row['p']} c={row['c']}"
     if row["K"] == 600:
         met = "MET" if row["CPU ms/req"] <= CPU_TARGET_MS else "MISSED"
-        return f"  {shape}: {row['CPU ms/req']:.2f} ms CPU/req: {met} (target <= {CPU_TARGET_MS} ms at 600 in flight)"
+        return (f"  {shape}: {row['CPU ms/req']:.2f} ms CPU/req: {met} "
+                f"(target <= {CPU_TARGET_MS} ms at 600 in flight)")
     share = SHARES.get((row["p"], row["c"]))
     if share is None:
         return f"  {shape}: {row['% ideal']:.1f}% of the ideal (no target for this shape)"

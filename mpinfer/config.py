@@ -6,8 +6,9 @@ default. This is the only module that reads ``os.environ``.
 
 To add a setting, add one field to RunConfig, in one place (its default, parser, help and names)::
 
-    max_wait: float | None = setting(None, positive_float, "what it does, for --help", metavar="SECONDS",
-                                     shown="no limit")  # shown: what a None default means, for the docs
+    # shown: what a None default means, for the docs
+    max_wait: float | None = setting(None, positive_float, "what it does, for --help",
+                                     metavar="SECONDS", shown="no limit")
 
 It then has a flag (``--max-wait``), a variable (``MPINFER_MAX_WAIT``; ``env=`` names others), a
 toml key and a keyword of ``mpinfer.run``. ``tests/test_docs.py`` fails until the README's settings
@@ -94,10 +95,8 @@ def _batch_size(text: Any) -> int:
 
 
 class Transport(StrEnum):
-    """The HTTP stack under the SDK: mpinfer's own client over aiohttp
-    (api/http.py), or the SDK's httpx client.
-    At 300 in flight aiohttp takes a quarter to an eighth of httpx's CPU a
-    request (bench/http_stack.py)."""
+    """The HTTP stack under the SDK: mpinfer's own client over aiohttp (api/http.py), or the SDK's
+    httpx client, which costs several times its CPU a request (bench/README.md, http_stack)."""
 
     AIOHTTP = "aiohttp"
     HTTPX = "httpx"
@@ -233,7 +232,7 @@ class RunConfig:
     prices: Path | None = setting(None, as_path,
                                   "price table (JSON or TOML) over the built-in one: "
                                   '{"model": {"input": 0.15, "cached_input": 0.075, '
-                                  '"output": 0.6}}, USD per ' "1M tokens", metavar="FILE",
+                                  '"output": 0.6}}, USD per 1M tokens', metavar="FILE",
                                   shown="built in")
     price_input: float | None = setting(None, non_negative_float,
                                         "USD per 1M input tokens, for every model", metavar="USD",
@@ -259,14 +258,12 @@ class RunConfig:
     endpoint_table: tuple[Endpoint, ...] = field(default=(), repr=False)
     # Things the user should hear about the settings themselves (e.g. a .env others can read).
     warnings: tuple[str, ...] = field(default=(), repr=False, compare=False)
-    # The options the user set somewhere (flag, environment, .env or
-    # mpinfer.toml), not left at default.
+    # The options the user set (flag, environment, .env or mpinfer.toml), not left at default.
     explicit: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
 
     @property
     def window_rpm(self) -> int | None:
-        """--rpm as one number for every lane (the limiter's window), None when
-        per model or unset."""
+        """--rpm as one number for every lane (the limiter's window); None if per model or unset."""
         return self.rpm if isinstance(self.rpm, int) else None
 
     @property
@@ -323,12 +320,12 @@ _BY_NAME = {option.name: option for option in OPTIONS}
 
 def _missing(name: str, flag: str) -> str:
     env = _BY_NAME[name].env_names[0]
-    return f"no {name} file: pass {flag}, or set {env} in the environment or .env, or {name} in {TOML_NAME}"
+    return (f"no {name} file: pass {flag}, or set {env} in the environment or .env, "
+            f"or {name} in {TOML_NAME}")
 
 
 def parse_setting(name: str, value: Any, source: str) -> Any:
-    """``value`` parsed as setting ``name``, or a ConfigError naming
-    ``source``; KeyError for no such setting."""
+    """Parse ``value`` as setting ``name`` (a ConfigError names ``source``; KeyError if unknown)."""
     return _parse(_BY_NAME[name], value, source)
 
 
@@ -341,8 +338,7 @@ def _parse(option: Option, value: Any, source: str) -> Any:
 
 def environment(environ: Mapping[str, str] | None = None,
                 cwd: Path | None = None) -> list[dict[str, str]]:
-    """Where settings are looked up after the flags, first hit wins: the
-    process environment, then ``.env``."""
+    """Where settings are looked up after the flags (first hit wins): the environment, ``.env``."""
     cwd = cwd or Path.cwd()
     dotenv = {k: v for k, v in dotenv_values(cwd / ENV_FILE_NAME).items() if v is not None}
     return [dict(os.environ if environ is None else environ), dotenv]
@@ -397,6 +393,5 @@ def load_config(
 
 
 def endpoint_table(path: Path) -> tuple[Endpoint, ...]:
-    """The endpoints table of a TOML file, its keys read from the environment
-    and ./.env (for mpinfer.run)."""
+    """The endpoints table of a TOML file, keys read from the environment and ./.env."""
     return table_of(path, None, str(path), environment())

@@ -139,8 +139,8 @@ def placed_rows(path: Path, keys: FieldKeys, fmt: InputFormat,
             task = (parse_batch_task(obj, line) if fmt is InputFormat.BATCH
                     else parse_task(obj, keys, line))
         except ValueError as exc:
-            row = obj if isinstance(obj, dict) else None
-            yield line, offset, row, InputError(str(exc), str(path), line)
+            error = InputError(str(exc), str(path), line)
+            yield line, offset, obj if isinstance(obj, dict) else None, error
         else:
             yield line, offset, obj, task
         position += 1

@@ -140,7 +140,8 @@ class ChatCompletions:
         if rejection is not None:
             kind, limit, used, retry_s = rejection
             rejection_headers(cfg, retry_s, headers)
-            message = f"Rate limit reached for {chat.model} (mock) on {kind} per min (RPM/TPM): Limit {limit}"
+            message = (f"Rate limit reached for {chat.model} (mock) on {kind} per min (RPM/TPM): "
+                       f"Limit {limit}")
             if cfg.limit_style == "openai":
                 message += (f", Used {used}, Requested {1 if kind == 'requests' else budget}. "
                             f"Please try again in {format_duration(retry_s)}.")

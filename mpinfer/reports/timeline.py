@@ -1,5 +1,4 @@
-"""What the HTML report shows, as data: the output's lines binned over time per
-run, and totals per model.
+"""What the HTML report shows, as data: the output's lines binned by time per run, totals per model.
 
 Built from the files a run leaves (the output, ``<output>.errors.jsonl`` and
 ``<output>.runs.jsonl``) and nothing else, so the report cannot drift from the truth and works on an
@@ -72,8 +71,7 @@ class ModelRow:
 
 @dataclass(frozen=True)
 class Series:
-    """One run's charts as bins of ``width_s`` seconds from ``start`` (the x
-    values are bin starts)."""
+    """One run's charts as bins of ``width_s`` seconds from ``start`` (x values are bin starts)."""
 
     start: float
     width_s: float
@@ -85,8 +83,7 @@ class Series:
     retries: dict[str, list[int]]  # by error type of the failed attempt
     cum_tokens: list[int]
     cum_cost: list[float]
-    # the answers/s the settings allowed (--rpm, --tpm), with their labels
-    limits: list[tuple[float, str]]
+    limits: list[tuple[float, str]]  # the answers/s --rpm and --tpm allowed, with their labels
     limit_note: str  # for a run without either: that none was set ("" for the whole output)
 
 
@@ -130,14 +127,12 @@ def _dict(value: Any) -> dict[str, Any]:
 
 
 def _meta(obj: dict[str, Any], batch: bool) -> dict[str, Any]:
-    """Where a line keeps mpinfer's own fields: the line itself, or its
-    ``mpinfer`` object in the Batch form."""
+    """Where mpinfer's fields are: the line itself, or its ``mpinfer`` object in the Batch form."""
     return _dict(obj.get("mpinfer")) if batch else obj
 
 
 def read_runs(output: Path) -> list[RunSpan]:
-    """The runs of the manifest, oldest first: a start record, completed by its
-    end record when there is one."""
+    """The manifest's runs, oldest first: a start record, completed by its end record if any."""
     starts: dict[str, dict[str, Any]] = {}
     ends: dict[str, dict[str, Any]] = {}
     for record in read_records(manifest_path(output)):
@@ -150,23 +145,18 @@ def read_runs(output: Path) -> list[RunSpan]:
         end = ends.get(run_id, {})
         argv = start.get("argv")
         ended = end.get("ended_at")
-        spans.append(
-            RunSpan(
-                run_id=run_id,
-                started_at=float(start["started_at"]),
-                ended_at=float(ended) if isinstance(ended, (int, float)) else None,
-                settings=_dict(start.get("settings")),
-                argv=tuple(str(a) for a in argv) if isinstance(argv, list) else (),
-                counts=_dict(end.get("counts")) or None,
-                version=start.get("version") if isinstance(start.get("version"), str) else None,
-            )
-        )
+        version = start.get("version")
+        spans.append(RunSpan(run_id=run_id, started_at=float(start["started_at"]),
+                             ended_at=float(ended) if isinstance(ended, (int, float)) else None,
+                             settings=_dict(start.get("settings")),
+                             argv=tuple(str(a) for a in argv) if isinstance(argv, list) else (),
+                             counts=_dict(end.get("counts")) or None,
+                             version=version if isinstance(version, str) else None))
     return sorted(spans, key=lambda s: s.started_at)
 
 
 def _retries(obj: dict[str, Any], batch: bool) -> dict[str, int]:
-    """Retries of one line by kind: its ``retries`` field, else its extra
-    attempts as ``unknown``."""
+    """Retries of one line by kind: its ``retries`` field, else its extra attempts, ``unknown``."""
     meta = _meta(obj, batch)
     given = meta.get("retries")
     if isinstance(given, dict):
@@ -178,8 +168,7 @@ def _retries(obj: dict[str, Any], batch: bool) -> dict[str, int]:
 
 
 class _Reader:
-    """One pass over each output file and its errors file, filling the columns
-    and the per-model rows."""
+    """One pass over each output file and its errors file: the columns and the per-model rows."""
 
     def __init__(self, runs: list[RunSpan]) -> None:
         self.runs = runs
@@ -189,8 +178,7 @@ class _Reader:
         self.lines = 0
 
     def _endpoint(self, obj: dict[str, Any], t: float | None) -> str:
-        """The line's own endpoint when it names one, else the base URL of the
-        run it was written in."""
+        """The line's own endpoint if it names one, else the base URL of the run that wrote it."""
         named = obj.get("endpoint")
         if isinstance(named, str) and named:
             return named
@@ -255,11 +243,8 @@ class _Reader:
             batch = "custom_id" in obj
             meta = _meta(obj, batch)
             raw_t = meta.get("processed_at")
-            t = (
-                float(raw_t)
-                if isinstance(raw_t, (int, float)) and not isinstance(raw_t, bool)
-                else None
-            )
+            t = (float(raw_t) if isinstance(raw_t, (int, float)) and not isinstance(raw_t, bool)
+                 else None)
             self._row(file_model, self._endpoint(obj, t)).failures += 1
             retries = _retries(obj, batch)
             self._add_retries(t, retries)
@@ -291,7 +276,8 @@ def _limits(settings: Mapping[str, Any],
     models = [m for m in str(settings.get("model") or "").split(",") if m.strip()] or ["?"]
     keys = settings.get("key_count")
     lanes = len(models) * (keys if isinstance(keys, int) and keys > 0 else 1)
-    over = f"x {lanes} key-model lane{'s' if lanes > 1 else ''}, counted over {settings.get('rate_window') or 60:g} s"
+    window = settings.get("rate_window") or 60
+    over = f"x {lanes} key-model lane{'s' if lanes > 1 else ''}, counted over {window:g} s"
     limits = []
     rpm, tpm = settings.get("rpm"), settings.get("tpm")
     if isinstance(rpm, (int, float)) and rpm > 0:
@@ -330,9 +316,8 @@ def _series(cols: _Columns, start: float, end: float, settings: Mapping[str, Any
     """Bin the lines of sorted ``cols`` with start <= t < end."""
     picked, fails = _span(cols.t, start, end), _span(cols.fail_t, start, end)
     retries = _span(cols.retry_t, start, end)
-    ends = [
-        times[r[i]] for times, r in ((cols.t, picked), (cols.fail_t, fails)) for i in (0, -1) if r
-    ]
+    ends = [times[r[i]] for times, r in ((cols.t, picked), (cols.fail_t, fails))
+            for i in (0, -1) if r]
     if not ends:
         return None
     origin = min(ends) if not math.isfinite(start) else min(start, *ends)
@@ -360,9 +345,8 @@ def _series(cols: _Columns, start: float, end: float, settings: Mapping[str, Any
         failures.setdefault(cols.fail_type[i], [0] * count)[slot(cols.fail_t[i])] += 1
     retried: dict[str, list[int]] = {}
     for i in retries:
-        retried.setdefault(cols.retry_type[i], [0] * count)[slot(cols.retry_t[i])] += cols.retry_n[
-            i
-        ]
+        counts = retried.setdefault(cols.retry_type[i], [0] * count)
+        counts[slot(cols.retry_t[i])] += cols.retry_n[i]
     p50: list[float | None] = []
     p95: list[float | None] = []
     for values in latencies:
@@ -387,8 +371,7 @@ def _series(cols: _Columns, start: float, end: float, settings: Mapping[str, Any
 
 
 def build_timeline(output: Path, models: tuple[str, ...]) -> Timeline:
-    """Read the output files of ``models`` (one per model) with their errors
-    files and the manifest."""
+    """Read the output files of ``models`` (one per model), their errors files and the manifest."""
     runs = read_runs(output)
     reader = _Reader(runs)
     for path, model in zip(model_outputs(output, models), models, strict=True):
