@@ -291,9 +291,8 @@ def main() -> int:
                 row["_share"] = share
                 scale_rows.append(row)
     print()
-    latency_note = (
-        f"jitter +/-{args.jitter:.0f} ms" if args.jitter else "every answer after exactly L"
-    )
+    latency_note = (f"jitter +/-{args.jitter:.0f} ms" if args.jitter
+                    else "every answer after exactly L")
     print(table(rows, COLUMNS,
                 title=f"throughput: {args.tasks} text tasks a row, K = p*c in flight, "
                 f"ideal = min(K, tasks)/L, {latency_note}"))
@@ -310,12 +309,8 @@ def main() -> int:
             verdict.append(f"{row['% ideal']:.1f}% {'>=' if row['% ideal'] >= 90 else '<'} 90%")
             verdict.append(f"RSS {row['peak RSS MB']:.0f} MB "
                            f"{'<' if row['peak RSS MB'] < 1536 else '>='} 1536")
-            met = (
-                row["server/s"] >= 500
-                and row["% ideal"] >= 90
-                and row["peak RSS MB"] < 1536
-                and row["ok"]
-            )
+            met = (row["server/s"] >= 500 and row["% ideal"] >= 90 and row["peak RSS MB"] < 1536
+                   and row["ok"])
             print(f"  p={row['p']} c={row['c']} {row['transport']}: {'; '.join(verdict)}: "
                   f"{'MET' if met else 'MISSED'}")
         cpu = [r for r in target_rows if r["K"] == 600]

@@ -319,11 +319,8 @@ class BatchService:
                 await asyncio.sleep(0)  # let the server answer polls while a large batch is worked
             done += 1
             self._execute(batch, custom_id, request, outputs, errors)
-        code, status = (
-            ("batch_cancelled", "cancelled")
-            if batch.cancel_requested
-            else ("batch_expired", "expired")
-        )
+        code, status = (("batch_cancelled", "cancelled") if batch.cancel_requested
+                        else ("batch_expired", "expired"))
         if done < len(requests):
             message = ("The batch was cancelled before this request executed."
                        if code == "batch_cancelled"
@@ -367,11 +364,8 @@ class BatchService:
                                                       "your request. (mock fault)", "server_error",
                                                       n), None))
         else:
-            message = (
-                request.message
-                if isinstance(request, ApiError)
-                else "Invalid request (mock fault)."
-            )
+            message = (request.message if isinstance(request, ApiError)
+                       else "Invalid request (mock fault).")
             errors.append(output_line(custom_id, n,
                                       status_response(400, message, "invalid_request_error", n),
                                       None))

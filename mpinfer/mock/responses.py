@@ -140,11 +140,8 @@ def route_responses(server: EndpointHost, conn: Connection, req: Request) -> boo
     stats.received[text] += 1
     if server.config.record_bodies:
         stats.record_body(text, req.body)
-    payload = (
-        _response(server, data, text, stats.requests)
-        if kind == "responses"
-        else _embeddings(server, data)
-    )
+    payload = (_response(server, data, text, stats.requests) if kind == "responses"
+               else _embeddings(server, data))
     if conn.send(http_response(200, json.dumps(payload).encode(), req.keep_alive,
                                [("x-request-id", f"req_mock_{stats.requests}")]), req.keep_alive):
         stats.answered[text] += 1

@@ -191,11 +191,8 @@ def _when(t: float | None) -> str:
 
 def _run_section(page: _Page, run: RunView) -> None:
     span = run.span
-    took = (
-        f"{span.ended_at - span.started_at:.1f} s"
-        if span.ended_at is not None
-        else "no end recorded"
-    )
+    took = (f"{span.ended_at - span.started_at:.1f} s" if span.ended_at is not None
+            else "no end recorded")
     page.add(f"<h2>Run {page.text(span.run_id)}</h2><p>started {_when(span.started_at)}, ended "
              f"{_when(span.ended_at)} ({took}); {run.answers} answers and {run.failures} failures "
              f"written{'; mpinfer ' + page.text(span.version) if span.version else ''}</p>")

@@ -156,11 +156,8 @@ class StatusReader:
         if self.index is None:
             chosen = selection(self.config)
             self._key = status_cache.cache_key(self.config, self.keys, chosen, self.outputs)
-            cached = (
-                status_cache.load(self._cache, self._key, self.input_path, self.keys)
-                if self.use_cache
-                else None
-            )
+            cached = (status_cache.load(self._cache, self._key, self.input_path, self.keys)
+                      if self.use_cache else None)
             self.from_cache = cached is not None
             if cached is None:
                 self.index = check_input(self.input_path, self.keys, chosen)

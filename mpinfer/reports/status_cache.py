@@ -87,11 +87,8 @@ def _index_path(path: Path) -> Path:
 
 
 def _current(header: dict[str, Any], key: dict[str, Any], mark: FileMark | None) -> bool:
-    return (
-        header["key"] == key
-        and mark is not None
-        and FileMark.from_dict(header["input_mark"]) == mark
-    )
+    return (header["key"] == key and mark is not None
+            and FileMark.from_dict(header["input_mark"]) == mark)
 
 
 def _decode(path: Path, key: dict[str, Any], input_path: Path,

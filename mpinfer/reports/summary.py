@@ -162,9 +162,8 @@ class RunSummary:
         self.limited_s = round(max((lane.limited_s for lane in lanes), default=0.0), 1)
         self.outage_s = round(max((lane.outage_s for lane in lanes), default=0.0), 1)
         since = min((lane.outage_since for lane in lanes if lane.outage_since), default=0.0)
-        self.waiting_for_server_since = (
-            time.strftime("%H:%M:%S", time.localtime(since)) if since else None
-        )
+        self.waiting_for_server_since = (time.strftime("%H:%M:%S", time.localtime(since)) if since
+                                         else None)
 
     def to_dict(self, live: bool) -> dict[str, Any]:
         data = asdict(self)
