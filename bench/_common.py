@@ -89,8 +89,7 @@ def python_command(code: str) -> list[str]:
     return [sys.executable, "-c", code]
 
 
-# -- the process tree
-# --------------------------------------------------------------------------------
+# -- the process tree ------------------------------------------------------------------------------
 
 
 def _read(path: str) -> str | None:
@@ -319,8 +318,7 @@ def proc_cpu_s(pid: int) -> float:
     return got[0] / TICK if got else 0.0
 
 
-# -- the mock server
-# ---------------------------------------------------------------------------------
+# -- the mock server -------------------------------------------------------------------------------
 
 
 def start_mock(**config: Any) -> Any:
@@ -338,21 +336,16 @@ def poll_stats(root_url: str, timeout_s: float = 5.0) -> dict[str, Any]:
         return result
 
 
-# -- files
-# -------------------------------------------------------------------------------------------
+# -- files -----------------------------------------------------------------------------------------
 
 
 def write_text_tasks(path: Path, n: int, prefix: str = "t") -> Path:
     """n small text tasks with unique prompts."""
     with path.open("wb") as handle:
         for start in range(0, n, 10_000):
-            handle.write(
-                b"".join(
-                    b'{"id":"%s%d","prompt":"question %d: what is %d + %d?"}\n'
-                    % (prefix.encode(), i, i, i, i)
-                    for i in range(start, min(n, start + 10_000))
-                )
-            )
+            line = b'{"id":"%s%d","prompt":"question %d: what is %d + %d?"}\n'
+            handle.write(b"".join(line % (prefix.encode(), i, i, i, i)
+                                  for i in range(start, min(n, start + 10_000))))
     return path
 
 
@@ -368,8 +361,7 @@ def free_disk_gb(path: Path) -> float:
     return st.f_bavail * st.f_frsize / 1e9
 
 
-# -- output
-# ------------------------------------------------------------------------------------------
+# -- output ----------------------------------------------------------------------------------------
 
 
 def table(rows: Sequence[dict[str, Any]], columns: Iterable[str] | None = None,
@@ -383,10 +375,9 @@ def table(rows: Sequence[dict[str, Any]], columns: Iterable[str] | None = None,
     numeric = [all(_is_number(row.get(c)) or row.get(c) is None for row in rows) for c in cols]
 
     def line(values: Sequence[str]) -> str:
-        return "  ".join(
-            v.rjust(w) if num else v.ljust(w)
-            for v, w, num in zip(values, widths, numeric, strict=True)
-        ).rstrip()
+        cells = (v.rjust(w) if num else v.ljust(w)
+                 for v, w, num in zip(values, widths, numeric, strict=True))
+        return "  ".join(cells).rstrip()
 
     out = [title] if title else []
     out.append(line(cols))

@@ -53,9 +53,8 @@ def png_like(width: int, height: int, payload: int) -> bytes:
     PNG, ~``payload`` bytes."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-        )
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", os.urandom(payload))
@@ -75,16 +74,9 @@ def write_job(folder: Path, n: int, distinct: int, image_bytes: int) -> tuple[Pa
     total = 0
     with tasks.open("wb") as handle:
         for i in range(n):
-            handle.write(
-                orjson.dumps(
-                    {
-                        "id": f"img{i}",
-                        "prompt": f"task {i}: what is in this picture?",
-                        "images": [f"img/{i % distinct:04d}.png"],
-                    }
-                )
-                + b"\n"
-            )
+            task = {"id": f"img{i}", "prompt": f"task {i}: what is in this picture?",
+                    "images": [f"img/{i % distinct:04d}.png"]}
+            handle.write(orjson.dumps(task) + b"\n")
             total += sizes[i % distinct]
     return tasks, total
 
@@ -197,9 +189,8 @@ def main() -> int:
         print()
         print(table(rows, title="images: throughput of reading, encoding and sending 1 MB images"))
         print()
-        print(table(io_rows,
-                    title="who read the image bytes: /proc/<pid>/io, last "
-                    "value seen for each process"))
+        print(table(io_rows, title="who read the image bytes: /proc/<pid>/io, "
+                                   "last value seen for each process"))
         parent_row = next(r for r in io_rows if r["process"] == "parent (CLI)")
         all_row = io_rows[-1]
         control_row = next(r for r in io_rows if r["process"].startswith("parent, control"))
@@ -211,10 +202,8 @@ def main() -> int:
               f"{all_row['rchar MB']:.0f} MiB. Encoding happens in the workers: "
               f"{'YES' if in_workers else 'NO'}")
         if opened is not None:
-            print(
-                "strace of the parent, image files opened: "
-                + (", ".join(opened[:5]) if opened else "none")
-            )
+            shown = ", ".join(opened[:5]) if opened else "none"
+            print("strace of the parent, image files opened: " + shown)
         return 0
     finally:
         shutil.rmtree(folder, ignore_errors=True)

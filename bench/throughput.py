@@ -124,22 +124,15 @@ def write_image_tasks(path: Path, n: int, distinct: int = 50) -> Path:
         (folder / f"{i:02d}.png").write_bytes(png_like(64, 64, 3000 + i))
     with path.open("wb") as handle:
         for i in range(n):
-            handle.write(
-                orjson.dumps(
-                    {
-                        "id": f"t{i}",
-                        "prompt": f"question {i}: what is in the picture?",
-                        "images": [f"img/{i % distinct:02d}.png"],
-                    }
-                )
-                + b"\n"
-            )
+            task = {"id": f"t{i}", "prompt": f"question {i}: what is in the picture?",
+                    "images": [f"img/{i % distinct:02d}.png"]}
+            handle.write(orjson.dumps(task) + b"\n")
     return path
 
 
 def at_mock(mock: Any, latency_ms: float, k: int, n: int, cmd: list[str], cwd: Path,
-        env: dict[str, str] | None, timeout_s: float, jitter_ms: float = 0.0) -> tuple[Any,
-        dict[str, Any], dict[str, Any]]:
+            env: dict[str, str] | None, timeout_s: float, jitter_ms: float = 0.0,
+            ) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """Run ``cmd`` (a client sending n requests with k in flight) against the mock at
     ``latency_ms``: its measurement (run_measured), what the mock saw of it as this table's columns,
     and the mock's stats."""
@@ -160,13 +153,10 @@ def at_mock(mock: Any, latency_ms: float, k: int, n: int, cmd: list[str], cwd: P
     requests = stats["requests"]
     span = (stats["last_request_at"] - stats["first_request_at"] + L) if requests else math.nan
     server_rate = requests / span if requests else 0.0
-    # In flight at the mock once the first round is back and before the last
-    # request: the steady part.
-    steady = [
-        f
-        for t, f, _ in samples
-        if requests and stats["first_request_at"] + L <= t <= stats["last_request_at"]
-    ]
+    # In flight at the mock once the first round is back and before the last request: the steady
+    # part.
+    first, last = stats["first_request_at"], stats["last_request_at"]
+    steady = [f for t, f, _ in samples if requests and first + L <= t <= last]
     rounds = round_lengths(samples, k, n)
     seen = {
         "server/s": server_rate, "% ideal": 100.0 * server_rate / (min(k, n) / L),

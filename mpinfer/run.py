@@ -117,8 +117,7 @@ def run(config: RunConfig, *, progress: bool = True, grace_s: float = DEFAULT_GR
     return summary
 
 
-# -- check: before anything is locked, written or spent
-# -----------------------------------------------
+# -- check: before anything is locked, written or spent --------------------------------------------
 
 
 def _check(config: RunConfig) -> tuple[_Job, InputIndex]:
@@ -150,8 +149,7 @@ def _check(config: RunConfig) -> tuple[_Job, InputIndex]:
     return _Job(config, input_path, output, keys, chosen, outputs, prices), index
 
 
-# -- lock: this run alone on each output, and its own log
-# ---------------------------------------------
+# -- lock: this run alone on each output, and its own log ------------------------------------------
 
 
 def _lock(job: _Job, held: ExitStack) -> Path | None:
@@ -167,8 +165,7 @@ def _lock(job: _Job, held: ExitStack) -> Path | None:
     return log_file
 
 
-# -- repair: no torn last line for the next record to land on
-# -----------------------------------------
+# -- repair: no torn last line for the next record to land on --------------------------------------
 
 
 def _repair(job: _Job, summary: RunSummary) -> None:
@@ -185,8 +182,7 @@ def _repair(job: _Job, summary: RunSummary) -> None:
                 log.info("%s: added the missing newline after the last record", path)
 
 
-# -- scan: what is done already, from the output itself
-# -----------------------------------------------
+# -- scan: what is done already, from the output itself --------------------------------------------
 
 
 def _scan(job: _Job, index: InputIndex, summary: RunSummary) -> _Scanned:
@@ -238,8 +234,7 @@ def _record_start(job: _Job, scanned: _Scanned, argv: Sequence[str], index: Inpu
     return manifest, start
 
 
-# -- backend: the driver hands what is left to where it runs
-# ------------------------------------------
+# -- backend: the driver hands what is left to where it runs ---------------------------------------
 
 
 def _backend(job: _Job, scanned: _Scanned, log_file: Path | None, progress: bool) -> Backend:

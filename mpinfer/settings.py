@@ -24,8 +24,7 @@ E = TypeVar("E", bound=StrEnum)
 _KEY = "mpinfer.setting"
 
 
-# --- parsers: text from a flag, the environment or .env, or a TOML/keyword
-# value, to the field's type --------
+# --- parsers: text (a flag, the environment, .env) or a TOML/keyword value, to the field's type ---
 
 
 def as_integer(text: Any) -> int:
@@ -130,8 +129,7 @@ def as_text(value: Any) -> str:
     return str(value)
 
 
-# --- declaring a setting
-# ---------------------------------------------------------------------------------
+# --- declaring a setting --------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -222,8 +220,7 @@ def options_of(cls: type[Any]) -> tuple[Option, ...]:
     return tuple(options)
 
 
-# --- the documentation's forms, which tests/test_docs.py holds
-# docs/settings.md and .env.example to ------
+# --- the documentation's forms: tests/test_docs.py holds docs/settings.md and .env.example to them
 
 
 def settings_row(option: Option) -> str:

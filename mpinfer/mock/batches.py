@@ -39,19 +39,10 @@ from .chat import ApiError, ChatRequest
 from .config import MockConfig
 from .files import FileStore
 
-_ENDPOINTS = frozenset(
-    {
-        "/v1/responses",
-        "/v1/chat/completions",
-        "/v1/embeddings",
-        "/v1/completions",
-        "/v1/moderations",
-        # as the API reference lists them
-        "/v1/images/generations",
-        "/v1/images/edits",
-        "/v1/videos",
-    }
-)
+# As the API reference lists them.
+_ENDPOINTS = frozenset({"/v1/responses", "/v1/chat/completions", "/v1/embeddings",
+                        "/v1/completions", "/v1/moderations", "/v1/images/generations",
+                        "/v1/images/edits", "/v1/videos"})
 _OPEN = frozenset({"validating", "in_progress", "finalizing", "cancelling"})
 
 
@@ -188,12 +179,9 @@ class BatchService:
             raise ApiError(400, "completion_window must be '24h'.", param="completion_window")
         metadata = params.get("metadata")
         if metadata is not None and (
-            not isinstance(metadata, dict)
-            or len(metadata) > 16
-            or not all(
-                len(k) <= 64 and isinstance(v, str) and len(v) <= 512 for k, v in metadata.items()
-            )
-        ):
+                not isinstance(metadata, dict) or len(metadata) > 16
+                or not all(len(k) <= 64 and isinstance(v, str) and len(v) <= 512
+                           for k, v in metadata.items())):
             raise ApiError(400,
                            "metadata: at most 16 pairs, keys of at most 64 "
                            "characters, string values of at most 512.", param="metadata")
@@ -358,17 +346,14 @@ class BatchService:
                                       {"code": "request_timeout",
                                        "message": "The underlying call to the model timed out."}))
         elif outcome == "500":
-            errors.append(output_line(custom_id, n,
-                                      status_response(500,
-                                                      "The server had an error while processing "
-                                                      "your request. (mock fault)", "server_error",
-                                                      n), None))
+            failed = status_response(500, "The server had an error while processing your request. "
+                                     "(mock fault)", "server_error", n)
+            errors.append(output_line(custom_id, n, failed, None))
         else:
             message = (request.message if isinstance(request, ApiError)
                        else "Invalid request (mock fault).")
-            errors.append(output_line(custom_id, n,
-                                      status_response(400, message, "invalid_request_error", n),
-                                      None))
+            failed = status_response(400, message, "invalid_request_error", n)
+            errors.append(output_line(custom_id, n, failed, None))
 
     def _finish(self, batch: _Batch, status: str, outputs: list[bytes],
                 errors: list[bytes]) -> None:

@@ -153,14 +153,9 @@ def _charts(page: _Page, series: Series, relative: bool) -> str:
                          yaxis2={"title": {"text": "USD"}, "overlaying": "y", "side": "right",
                                  "rangemode": "tozero", "tickprefix": "$", "tickformat": ".4f"})
     no_latency = all(v is None for v in series.p50)  # an empty chart would look like a drawing bug
-    figures = [
-        page.figure(rate),
-        "<p class=note>no answers in this span: no latency to draw</p>"
-        if no_latency
-        else page.figure(latency),
-        page.figure(trouble),
-        page.figure(totals),
-    ]
+    no_chart = "<p class=note>no answers in this span: no latency to draw</p>"
+    figures = [page.figure(rate), no_chart if no_latency else page.figure(latency),
+               page.figure(trouble), page.figure(totals)]
     return "<div class=charts>" + "".join(figures) + "</div>"
 
 
@@ -239,11 +234,10 @@ def render(timeline: Timeline, reports: list[ValidationReport] | None, reason: s
              f"output lines, {len(timeline.runs)} run{'s' if len(timeline.runs) != 1 else ''}</p>")
     page.add("<h2>Validate</h2>" + _verdict(page, reports, reason))
     page.add("<h2>Per model and endpoint (all runs)</h2>" + _model_table(page, timeline.table))
-    # with one run, the run's own charts say it all
+    # With one run, the run's own charts say it all.
     if timeline.whole is not None and len(timeline.runs) > 1:
-        page.add(
-            "<h2>The whole output (all runs)</h2>" + _charts(page, timeline.whole, relative=False)
-        )
+        charts = _charts(page, timeline.whole, relative=False)
+        page.add("<h2>The whole output (all runs)</h2>" + charts)
     shown = timeline.runs[-RUNS_DRAWN:]
     if len(timeline.runs) > len(shown):
         page.add(f"<p class=note>the last {len(shown)} of {len(timeline.runs)} runs are drawn</p>")

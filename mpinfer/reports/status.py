@@ -164,11 +164,8 @@ class StatusReader:
                 self.tallies = [OutputTally.empty(self.index.ids) for _ in self.outputs]
                 fresh = True
             else:
-                self.index, self.tallies, self._percentiles = (
-                    cached.index,
-                    cached.tallies,
-                    cached.latency,
-                )
+                self.index, self.tallies = cached.index, cached.tallies
+                self._percentiles = cached.latency
                 self._saved_at = self._clock()  # what it holds is as good as a save just made
         marks = [(t.output_mark, t.errors_mark) for t in self.tallies]
         self.bytes_read = 0
@@ -252,45 +249,29 @@ def _report(config: RunConfig, total: int, parts: list[OutputStatus], recent: li
     summary = read_summary(companion(output, ".summary.json")) or {}
     eta = None
     if live is not None and rate and last is not None and now - last < STALLED_AFTER_S:
-        # When the rate limit is the bottleneck (requests wait on it), the pace
-        # it allows is the truth.
+        # When the rate limit is the bottleneck (requests wait on it), its pace is the truth.
         pace = float(summary.get("pace_per_s") or 0.0)
         eta = pending / (min(rate, pace) if pace and summary.get("limited_s") else rate)
     prompt = sum(p.prompt_tokens for p in parts)
     completion = sum(p.completion_tokens for p in parts)
+    waiting_since = summary.get("waiting_for_server_since")
     return StatusReport(
-        input=str(input_path),
-        output=str(output),
-        total=total,
-        done=done,
-        failed=sum(p.failed for p in parts),
-        pending=pending,
+        input=str(input_path), output=str(output), total=total, done=done,
+        failed=sum(p.failed for p in parts), pending=pending,
         percent=round(100.0 * done / total, 2),
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        total_tokens=prompt + completion,
-        bad_lines=sum(p.bad_lines for p in parts),
-        unknown_ids=sum(p.unknown_ids for p in parts),
+        prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
+        bad_lines=sum(p.bad_lines for p in parts), unknown_ids=sum(p.unknown_ids for p in parts),
         recent_per_s=round(rate, 3) if rate else None,
         eta_s=round(eta, 1) if eta is not None else None,
-        last_written_at=last,
-        live=live is not None,
-        live_pid=live.pid if live else None,
+        last_written_at=last, live=live is not None, live_pid=live.pid if live else None,
         rate_limited=int(summary.get("rate_limited") or 0),
-        cost=round(sum(p.cost for p in parts), 6),
-        unpriced=sum(p.unpriced for p in parts),
+        cost=round(sum(p.cost for p in parts), 6), unpriced=sum(p.unpriced for p in parts),
         model_mismatches=sum(p.model_mismatches for p in parts),
         failures_by_type=_merge(p.failures_by_type for p in parts),
-        refusals=sum(p.refusals for p in parts),
-        truncated=sum(p.truncated for p in parts),
-        latency_s=latency,
-        models=parts,
-        limits=summary.get("limits"),
+        refusals=sum(p.refusals for p in parts), truncated=sum(p.truncated for p in parts),
+        latency_s=latency, models=parts, limits=summary.get("limits"),
         limited_s=float(summary.get("limited_s") or 0.0),
-        waiting_for_server_since=summary.get("waiting_for_server_since")
-        if live is not None
-        else None,
-        per_model=summary.get("per_model") or {},
-        per_key=summary.get("per_key") or {},
+        waiting_for_server_since=waiting_since if live is not None else None,
+        per_model=summary.get("per_model") or {}, per_key=summary.get("per_key") or {},
         batches=plan_report(output, time.time()),
     )

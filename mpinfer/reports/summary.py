@@ -172,18 +172,12 @@ class RunSummary:
         del data["epilogue"]
         data["log_file"] = str(self.log_file) if self.log_file else None
         data["stopped"] = str(self.stopped) if self.stopped else None
-        data.update(
-            live=live,
-            done=self.done,
-            remaining=self.remaining,
-            rate_limited=self.rate_limited,
-            requests=self.requests,
-            success_rate=self.success_rate,
-            requests_per_s=round(self.requests / self.elapsed_s, 3) if self.elapsed_s else None,
-            latency_s=percentiles(self.latencies),
-            cost=round(self.cost, 6),
-            updated_at=time.time(),
-        )
+        per_s = round(self.requests / self.elapsed_s, 3) if self.elapsed_s else None
+        data.update(live=live, done=self.done, remaining=self.remaining,
+                    rate_limited=self.rate_limited, requests=self.requests,
+                    success_rate=self.success_rate, requests_per_s=per_s,
+                    latency_s=percentiles(self.latencies), cost=round(self.cost, 6),
+                    updated_at=time.time())
         return data
 
 
