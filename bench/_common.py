@@ -5,12 +5,12 @@ subprocess, in a temporary folder, against the package's mock server on 127.0.0.
 measures such a subprocess from the outside:
 
 - wall time, from just before the launch to the moment the process is reaped;
-- CPU (user + sys) of the whole process tree, from ``os.wait4`` on the CLI and cross-checked against
-  the delta of ``getrusage(RUSAGE_CHILDREN)``: the kernel adds a process's CPU to its parent's
-  "children" account when the parent reaps it, so the CLI's workers (which the CLI joins) count in
-  the CLI's account, which counts in ours once we reap the CLI. A third figure, the sum of the last
-  CPU ticks seen for every process of the tree in ``/proc/<pid>/stat``, shows that the workers are
-  really in it;
+- CPU (user + sys) of the whole process tree, from ``os.wait4`` on the CLI and cross-checked
+  against the delta of ``getrusage(RUSAGE_CHILDREN)``: the kernel adds a process's CPU to its
+  parent's "children" account when the parent reaps it, so the CLI's workers (which the CLI
+  joins) count in the CLI's account, which counts in ours once we reap the CLI. A third figure,
+  the sum of the last CPU ticks seen for every process of the tree in ``/proc/<pid>/stat``,
+  shows that the workers are really in it;
 - peak memory of one process (``peak_memory=True``: from /usr/bin/time, see ``run_measured``);
 - the peak of the summed RSS of the tree (parent plus workers), sampled from ``/proc`` every 50 ms,
   and the peak summed PSS (shared pages split between the processes that map them) every 0.5 s;
@@ -243,12 +243,12 @@ def run_measured(cmd: Sequence[str], *, cwd: Path, env: dict[str, str] | None = 
     """Run ``cmd`` to its end (killed after ``timeout_s``) and measure it (see
     the module docstring).
 
-    ``peak_memory``: run it under ``/usr/bin/time`` and take ``maxrss`` from there. The ru_maxrss
-    that os.wait4 (or RUSAGE_CHILDREN) reports for a child we spawn directly is useless for that:
-    Linux keeps the high-water RSS of the address space a process had before its exec, and a child
-    forked (or vforked) from this benchmark process starts with ours, so a 9 MB ``python -c pass``
-    shows as large as the benchmark itself. /usr/bin/time is small, so the child it forks starts
-    small.
+    ``peak_memory``: run it under ``/usr/bin/time`` and take ``maxrss`` from there. The
+    ru_maxrss that os.wait4 (or RUSAGE_CHILDREN) reports for a child we spawn directly is
+    useless for that: Linux keeps the high-water RSS of the address space a process had
+    before its exec, and a child forked (or vforked) from this benchmark process starts with
+    ours, so a 9 MB ``python -c pass`` shows as large as the benchmark itself. /usr/bin/time
+    is small, so the child it forks starts small.
     """
     time_file: str | None = None
     if peak_memory and os.path.exists(TIME_BIN):

@@ -1,9 +1,9 @@
 """--backend batch end to end: batches created per run, rows resubmitted, and
 the time to merge 50,000 answers.
 
-Runs the real command line (``--backend batch``) in a subprocess against the package's mock server,
-whose Batch API works the batch in the background, on N text tasks (N = 50,000 by default, one full
-batch):
+Runs the real command line (``--backend batch``) in a subprocess against the package's
+mock server, whose Batch API works the batch in the background, on N text tasks (N =
+50,000 by default, one full batch):
 
 (a) a clean job: one batch of N rows;
 (b) a job whose first batch expires after 80% of its rows: their answers are

@@ -1,8 +1,8 @@
 """CPU per request of the HTTP stacks under the openai SDK, one process, against the mock server.
 
-Each row sends the same chat request N times with C in flight from one asyncio process (as one
-worker does) and reports the process's CPU per request, from a warm start (a first round is not
-counted):
+Each row sends the same chat request N times with C in flight from one asyncio
+process (as one worker does) and reports the process's CPU per request, from a warm
+start (a first round is not counted):
 
 - sdk + mpinfer aiohttp: ``AsyncOpenAI.post`` over mpinfer's own client (mpinfer/api/http.py), what
   a worker sends with by default (``make_client``, ``complete``);

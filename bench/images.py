@@ -1,11 +1,11 @@
 """Tasks with 1 MB images: how fast they are read, encoded and sent, and proof
 that the workers do it.
 
-Writes D distinct images of about 1 MB (200 by default: a real PNG signature and IHDR, then one IDAT
-chunk of random bytes, so the bytes sniff as PNG and do not compress) and N tasks (500 by default)
-that use them in turn (so some images are shared between tasks), then runs the CLI (-p 4 -c 16)
-against the mock server at L = 200 ms, which checks that every image arrives as valid base64.
-Reported:
+Writes D distinct images of about 1 MB (200 by default: a real PNG signature and IHDR,
+then one IDAT chunk of random bytes, so the bytes sniff as PNG and do not compress) and N
+tasks (500 by default) that use them in turn (so some images are shared between tasks),
+then runs the CLI (-p 4 -c 16) against the mock server at L = 200 ms, which checks that
+every image arrives as valid base64. Reported:
 
 - requests/s (server side, as in throughput.py, and by wall time) and MB/s of image data sent (the
   files' bytes; the base64 on the wire is 4/3 of that);

@@ -3,9 +3,9 @@
 
 Four servers, each the package's mock server playing a real one, each against the real CLI:
 
-- quantized: a per-window limit enforced per second (a bucket of one second's worth), as OpenAI
-  documents it may do; the run is given the same --rpm. Target: >= 95% of the limit used, 429s < 1%,
-  0 failed.
+- quantized: a per-window limit enforced per second (a bucket of one second's worth),
+  as OpenAI documents it may do; the run is given the same --rpm. Target: >= 95% of
+  the limit used, 429s < 1%, 0 failed.
 - learned: the same server, no --rpm: the run paces to the x-ratelimit-limit-requests it states.
   Target: >= 90% of the limit used, 429s < 5%.
 - no hints: a server refusing (429, no hint at all) beyond N requests in

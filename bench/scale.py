@@ -1,13 +1,13 @@
 """Scale on one machine: a run's start on ten million tasks, and --status that
 reads only what is new.
 
-(a) start: a fresh run (empty output) on an N-task input (10,000,000 by default) against the mock
-    server with a long latency. Measured: the time from launching the command to the first request
-    the mock receives, and the parent's peak RSS (VmHWM of the parent process alone, read from /proc
-    when that first request has arrived and again 2 s later; the workers are separate processes),
-    with the parent's CPU time by then (less sensitive to the machine's load than the wall time).
-    The run is then stopped with SIGINT, as Ctrl-C would. Targets: first request within 60 s, parent
-    under 400 MB.
+(a) start: a fresh run (empty output) on an N-task input (10,000,000 by default) against the
+    mock server with a long latency. Measured: the time from launching the command to the first
+    request the mock receives, and the parent's peak RSS (VmHWM of the parent process alone,
+    read from /proc when that first request has arrived and again 2 s later; the workers are
+    separate processes), with the parent's CPU time by then (less sensitive to the machine's
+    load than the wall time). The run is then stopped with SIGINT, as Ctrl-C would. Targets:
+    first request within 60 s, parent under 400 MB.
 (b) status: ``--status`` on an M-line output (1,000,000 by default) of an M-task input, three times:
     the first call (no cache: reads the input and the whole output), the second (nothing changed:
     the cache beside the output), and a third after 1,000 lines were appended (reads those). Target:

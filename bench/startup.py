@@ -4,9 +4,9 @@ For each -p (64, 8 and 1 by default; c = 1) the CLI runs 2*p tasks (each worker 
 against the mock server with a long latency, so that every worker sends exactly one request before
 any answer comes back. Measured, as a median of 3 repetitions:
 
-- first req s: the mock's ``first_request_at`` minus ``time.monotonic()`` taken just before
-  launching the CLI. Both are CLOCK_MONOTONIC on the same machine, so they are comparable across
-  processes;
+- first req s: the mock's ``first_request_at`` minus ``time.monotonic()`` taken
+  just before launching the CLI. Both are CLOCK_MONOTONIC on the same machine, so
+  they are comparable across processes;
 - all p s: when the mock had received p requests, i.e. every worker was sending (polled every 10 ms
   from /_mock/stats, so up to 10 ms late);
 - wall s: the whole command (2 rounds of the latency included).

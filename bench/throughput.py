@@ -4,21 +4,21 @@ With a server that answers every request after L ms and K = p * c requests in fl
 do better than K / L requests a second (and, with N tasks, than N / (ceil(N / K) * L)). This runs
 the CLI (``-p P -c C``) against the mock server at a fixed latency for each row and reports:
 
-- server req/s: N / (last request's arrival - first request's arrival + L), from the mock's stats,
-  that is from the first request received to the last answer sent; the client's start-up is not in
-  it;
-- avg in flight: requests in flight at the mock (polled every 0.1 s) between the first answer and
-  the last request; by Little's law server req/s ~ avg in flight / L, so a shortfall here means the
-  client did not keep its K requests going (its turnaround between an answer and the next request
-  adds to L);
+- server req/s: N / (last request's arrival - first request's arrival + L), from
+  the mock's stats, that is from the first request received to the last answer
+  sent; the client's start-up is not in it;
+- avg in flight: requests in flight at the mock (polled every 0.1 s) between the first
+  answer and the last request; by Little's law server req/s ~ avg in flight / L, so a
+  shortfall here means the client did not keep its K requests going (its turnaround between
+  an answer and the next request adds to L);
 - wall req/s: N / the CLI's wall time (start-up, input check, output scan and shutdown included);
-- % ideal: server req/s over ideal/s = min(K, N) / L; rounds/s = N / (ceil(N / K) * L) is the best a
-  client can do with N tasks in whole rounds of K (it differs from the ideal when K does not divide
-  N);
-- CPU ms/req: user+sys seconds of the CLI and its workers (os.wait4 of the CLI, which reaps its
-  workers) per 1,000 requests; "check" is the sum of the last CPU ticks of each process seen in
-  /proc, which must agree (it shows the workers' CPU is counted), and the RUSAGE_CHILDREN delta must
-  equal it;
+- % ideal: server req/s over ideal/s = min(K, N) / L; rounds/s = N / (ceil(N / K) *
+  L) is the best a client can do with N tasks in whole rounds of K (it differs from
+  the ideal when K does not divide N);
+- CPU ms/req: user+sys seconds of the CLI and its workers (os.wait4 of the CLI, which reaps
+  its workers) per 1,000 requests; "check" is the sum of the last CPU ticks of each process
+  seen in /proc, which must agree (it shows the workers' CPU is counted), and the
+  RUSAGE_CHILDREN delta must equal it;
 - server CPU s: what the mock server used meanwhile, on the same 2 cores; srv lag ms: how much later
   than L the mock sent an answer, on average (its own event loop busy on the shared cores: a share
   of L the client cannot win back, about srv lag / L of the ideal);
@@ -26,13 +26,13 @@ the CLI (``-p P -c C``) against the mock server at a fixed latency for each row 
   server after the first, and the later rounds on average (from the 0.1 s polls, each passing of a
   multiple of K read between two of them); L each for a client that keeps its slots busy (the first
   round's answers all come back at once, so the second round is the slowest);
-- peak RSS: the largest sum of the RSS of the CLI and its workers, sampled every 50 ms (shared pages
-  counted in every process: an upper bound); peak PSS: the same with shared pages split (every 0.5
-  s).
+- peak RSS: the largest sum of the RSS of the CLI and its workers, sampled every 50
+  ms (shared pages counted in every process: an upper bound); peak PSS: the same
+  with shared pages split (every 0.5 s).
 
-Transport: when the CLI has ``--transport``, every row runs with each of its HTTP stacks (aiohttp,
-the package's default, and httpx, the SDK's); with a package that has no such switch, its only one
-("default").
+Transport: when the CLI has ``--transport``, every row runs with each of its HTTP
+stacks (aiohttp, the package's default, and httpx, the SDK's); with a package that has
+no such switch, its only one ("default").
 
     python bench/throughput.py                      # 3,000 tasks a row, then the 600-in-flight rows
     python bench/throughput.py --tasks 500 --target-tasks 1200 --latencies 200   # a quick try
@@ -88,9 +88,9 @@ def parse_configs(text: str) -> list[tuple[int, int]]:
 
 def watch_in_flight(root_url: str, stop: threading.Event,
                     samples: list[tuple[float, int, int]]) -> None:
-    """(mock clock, requests in flight at the mock, requests received) every 0.1 s until stopped (at
-    most an hour; polled more often, the mock's own CPU for the stats is seen in the client's
-    figures)."""
+    """(mock clock, requests in flight at the mock, requests received) every 0.1 s
+    until stopped (at most an hour; polled more often, the mock's own CPU for the stats
+    is seen in the client's figures)."""
     deadline = time.monotonic() + 3600
     while not stop.is_set() and time.monotonic() < deadline:
         try:
@@ -102,10 +102,10 @@ def watch_in_flight(root_url: str, stop: threading.Event,
 
 
 def round_lengths(samples: list[tuple[float, int, int]], k: int, n: int) -> list[float]:
-    """How long each round of k requests took to arrive after the one before: with every answer
-    after exactly L, a client that keeps its k slots busy takes L a round. When the count of
-    requests received passed a multiple of k, between two samples, is read on the straight line
-    between them."""
+    """How long each round of k requests took to arrive after the one before: with every
+    answer after exactly L, a client that keeps its k slots busy takes L a round. When
+    the count of requests received passed a multiple of k, between two samples, is read
+    on the straight line between them."""
     ends: list[float] = []
     for (t0, _, r0), (t1, _, r1) in itertools.pairwise(samples):
         while r1 >= (len(ends) + 1) * k and (len(ends) + 1) * k <= n:
@@ -153,8 +153,8 @@ def at_mock(mock: Any, latency_ms: float, k: int, n: int, cmd: list[str], cwd: P
     requests = stats["requests"]
     span = (stats["last_request_at"] - stats["first_request_at"] + L) if requests else math.nan
     server_rate = requests / span if requests else 0.0
-    # In flight at the mock once the first round is back and before the last request: the steady
-    # part.
+    # In flight at the mock once the first round is back and before the
+    # last request: the steady part.
     first, last = stats["first_request_at"], stats["last_request_at"]
     steady = [f for t, f, _ in samples if requests and first + L <= t <= last]
     rounds = round_lengths(samples, k, n)

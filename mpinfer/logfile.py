@@ -109,10 +109,10 @@ def parent_logging(log_file: Path | None, verbose: bool,
     """While a run lasts: console (warnings and errors, above the bar) and the run's log file
     (everything), both redacted, on mpinfer's own logger.
 
-    The root logger and the caller's handlers are left alone: mpinfer's records do not reach them
-    during the run (a notebook's own log must not fill with them), and the caller's records do not
-    reach mpinfer's file. Afterwards the handlers are removed and closed and the logger is as it
-    was.
+    The root logger and the caller's handlers are left alone: mpinfer's records do not
+    reach them during the run (a notebook's own log must not fill with them), and the
+    caller's records do not reach mpinfer's file. Afterwards the handlers are removed and
+    closed and the logger is as it was.
     """
     global _saved
     logger = logging.getLogger(LOGGER)

@@ -1,11 +1,11 @@
 """Keeping secrets out of everything mpinfer writes: logs, output and error
 lines, manifests, error messages.
 
-Two layers. The exact API keys of the run are replaced wherever they occur, so a key never leaves
-the process in clear even when it has no recognisable shape. Then anything shaped like a credential
-is scrubbed too (OpenAI-style ``sk-`` keys, ``Bearer`` tokens, passwords in URLs), which catches
-keys the run was not given: a key in a base URL, in an SDK's exception text, or pasted into an extra
-body.
+Two layers. The exact API keys of the run are replaced wherever they occur, so a key never
+leaves the process in clear even when it has no recognisable shape. Then anything shaped
+like a credential is scrubbed too (OpenAI-style ``sk-`` keys, ``Bearer`` tokens, passwords
+in URLs), which catches keys the run was not given: a key in a base URL, in an SDK's
+exception text, or pasted into an extra body.
 
 What is left of a key is its last four characters, the same hint the logs and reports use to tell
 keys apart; a key shorter than 12 characters shows nothing, since its last four would give too much

@@ -1,6 +1,6 @@
-"""Where settings come from besides the flags: the settings file (``mpinfer.toml`` or ``--config``),
-the API keys (variables or a keys file), the endpoints table with its keys, and what to warn about
-them.
+"""Where settings come from besides the flags: the settings file (``mpinfer.toml`` or
+``--config``), the API keys (variables or a keys file), the endpoints table with its
+keys, and what to warn about them.
 
 Each reads the variable layers that ``config.environment`` made (the process environment, then
 ``.env``): config.py stays the only reader of ``os.environ``, and this module never imports it.

@@ -1,10 +1,10 @@
 """Conversations in the input: a chat row's ``messages`` and a Batch API body,
 checked as a server would.
 
-A malformed conversation (``messages`` not a list, an ``image_url`` given as a bare string, a part
-without its text) is an input error, reported with file and line by the input check before anything
-is sent: the server would refuse it with a 400 after the run had started, or a worker would trip
-over it.
+A malformed conversation (``messages`` not a list, an ``image_url`` given as a bare
+string, a part without its text) is an input error, reported with file and line by the
+input check before anything is sent: the server would refuse it with a 400 after the run
+had started, or a worker would trip over it.
 
 What is checked is what mpinfer reads (roles, text parts, image parts); other
 part types (audio, files) go to the server as they are.
@@ -25,9 +25,9 @@ _NULL_CONTENT_ROLES = frozenset({"assistant", "function", "tool"})
 
 @dataclass(frozen=True)
 class Conversation:
-    """A checked conversation: the last user turn's text (the result's ``input_prompt``) and every
-    image reference, in the order they appear (the result's ``images``; the dry run checks them in
-    that order)."""
+    """A checked conversation: the last user turn's text (the result's ``input_prompt``)
+    and every image reference, in the order they appear (the result's ``images``; the dry
+    run checks them in that order)."""
 
     messages: list[dict[str, Any]]
     last_user_text: str

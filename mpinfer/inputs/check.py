@@ -1,10 +1,10 @@
 """The input check, and what a run's options select: everything a run knows of
 its input before it spends.
 
-The input is read twice and never held: ``check_input`` reads every line before any API call, so bad
-input fails fast with file and line and costs nothing, and keeps only an index of the ids
-(store/idset.py: 16 bytes an id); ``readers.iter_tasks`` then streams the tasks that are not done
-yet.
+The input is read twice and never held: ``check_input`` reads every line before any
+API call, so bad input fails fast with file and line and costs nothing, and keeps only
+an index of the ids (store/idset.py: 16 bytes an id); ``readers.iter_tasks`` then
+streams the tasks that are not done yet.
 """
 
 from __future__ import annotations
@@ -82,11 +82,11 @@ def check_input(path: Path, keys: FieldKeys = FieldKeys(), selection: Selection 
 def settle_models(config: RunConfig, index: InputIndex) -> RunConfig:
     """The run's model, for a Batch file run without --model: the one its bodies name.
 
-    Its bodies go as they are, so the log name, the summary's per-model counts, the manifest, the
-    rate limits and the cost are those of that model, not of the --model default no task asked for.
-    Bodies that name several models make a run named by them (``gpt-4o+gpt-4o-mini``) into one
-    output, each body still sent, priced and checked as its own model; they then share each key's
-    limits.
+    Its bodies go as they are, so the log name, the summary's per-model counts, the manifest,
+    the rate limits and the cost are those of that model, not of the --model default no task
+    asked for. Bodies that name several models make a run named by them
+    (``gpt-4o+gpt-4o-mini``) into one output, each body still sent, priced and checked as its
+    own model; they then share each key's limits.
     """
     if index.format is not InputFormat.BATCH or "model" in config.explicit or not index.body_models:
         return config

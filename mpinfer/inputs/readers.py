@@ -1,10 +1,10 @@
 """Reading an input file row by row: JSONL, OpenAI Batch API JSONL, and CSV,
 streamed and never held.
 
-The format is told by the file: ``.csv`` is CSV; a JSONL file whose first line has ``custom_id`` and
-``body`` is a Batch API file, whose bodies are sent as they are. Each row comes with its line number
-and byte offset (where the id index finds it again) and its Task or the InputError that says what is
-wrong.
+The format is told by the file: ``.csv`` is CSV; a JSONL file whose first line has
+``custom_id`` and ``body`` is a Batch API file, whose bodies are sent as they are. Each row
+comes with its line number and byte offset (where the id index finds it again) and its Task or
+the InputError that says what is wrong.
 """
 
 from __future__ import annotations

@@ -4,11 +4,11 @@ servers it stands in for.
 - A refusal, as OpenAI sends one: ``content`` null, the text in ``refusal``, ``finish_reason``
   "stop"; an ordinary answer carries ``refusal: null``, as OpenAI's do. The mock refuses a prompt
   that holds ``MockConfig.refuse_marker``.
-- A reasoning model's thinking, under the field its server uses: DeepSeek (``deepseek-reasoner``)
-  and vLLM before 0.10 send ``reasoning_content``, later vLLM and some proxies ``reasoning``; the
-  model is listed in ``MockConfig.reasoning_models`` with that field's name. Its tokens count in
-  ``completion_tokens`` and again in ``usage.completion_tokens_details.reasoning_tokens``, as OpenAI
-  bills them.
+- A reasoning model's thinking, under the field its server uses: DeepSeek
+  (``deepseek-reasoner``) and vLLM before 0.10 send ``reasoning_content``, later vLLM and some
+  proxies ``reasoning``; the model is listed in ``MockConfig.reasoning_models`` with that
+  field's name. Its tokens count in ``completion_tokens`` and again in
+  ``usage.completion_tokens_details.reasoning_tokens``, as OpenAI bills them.
 """
 
 from __future__ import annotations

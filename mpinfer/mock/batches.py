@@ -1,12 +1,12 @@
 """The mock's Batch API: ``/v1/batches`` (create, retrieve, cancel, list), worked in the background.
 
 Modelled on OpenAI's documented behaviour, not on our client:
-- a batch object has ``status`` validating -> in_progress -> finalizing -> completed, or ``failed``
-  (with ``errors.data``: code, message, line), ``expired`` (the window ran out: what was done is in
-  the output file, every request not reached is in the error file with code ``batch_expired``), or
-  cancelling -> cancelled (requests not reached: ``batch_cancelled``); ``request_counts`` (total,
-  completed, failed), ``output_file_id`` / ``error_file_id`` once finished, and the ``*_at``
-  timestamps;
+- a batch object has ``status`` validating -> in_progress -> finalizing -> completed, or
+  ``failed`` (with ``errors.data``: code, message, line), ``expired`` (the window ran out: what
+  was done is in the output file, every request not reached is in the error file with code
+  ``batch_expired``), or cancelling -> cancelled (requests not reached: ``batch_cancelled``);
+  ``request_counts`` (total, completed, failed), ``output_file_id`` / ``error_file_id`` once
+  finished, and the ``*_at`` timestamps;
 - an input line is ``{"custom_id", "method": "POST", "url", "body"}``; custom_ids are unique in a
   file, one model a file, at most 50,000 requests a batch;
 - an output line is ``{"id", "custom_id", "response": {"status_code", "request_id", "body"},

@@ -220,9 +220,9 @@ class MockServerProcess:
         self._call("POST", "/_mock/reset", {})
 
     def outage(self, seconds: float) -> None:
-        """POST /_mock/outage: the server stops listening for ``seconds`` (connections refused),
-        then listens again on the same port with its counters and settings; the control API is away
-        too."""
+        """POST /_mock/outage: the server stops listening for ``seconds``
+        (connections refused), then listens again on the same port with its counters
+        and settings; the control API is away too."""
         self._call("POST", "/_mock/outage", {"seconds": seconds})
 
     def _call(self, method: str, path: str, payload: Any = None) -> dict[str, Any]:

@@ -70,9 +70,9 @@ class MockServer(ChatCompletions):
         self._port = self._server.sockets[0].getsockname()[1]
 
     def outage(self, seconds: float) -> None:
-        """Go away for ``seconds``, as a server that restarts does: stop listening and drop every
-        connection (requests are refused), then listen again on the same port, counters and settings
-        kept."""
+        """Go away for ``seconds``, as a server that restarts does: stop listening and
+        drop every connection (requests are refused), then listen again on the same
+        port, counters and settings kept."""
 
         async def away() -> None:
             await asyncio.sleep(0.05)  # the control request's answer goes out first

@@ -1,11 +1,11 @@
 """What a run leaves beside its output as it ends: the tasks still missing, and
 (``report = true``) the report.
 
-``<output>.missing.jsonl`` is refreshed whenever a run ends with tasks neither answered nor failed
-(stopped, budget, crash of a worker), and when an older one is there (so it never lists what is done
-since), so that a stopped run always says what is left. Neither file is needed for a resume, which
-reads the output; so a failure to write them is logged and never fails the run whose answers are on
-disk.
+``<output>.missing.jsonl`` is refreshed whenever a run ends with tasks neither answered nor
+failed (stopped, budget, crash of a worker), and when an older one is there (so it never
+lists what is done since), so that a stopped run always says what is left. Neither file is
+needed for a resume, which reads the output; so a failure to write them is logged and never
+fails the run whose answers are on disk.
 """
 
 from __future__ import annotations

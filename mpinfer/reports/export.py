@@ -1,11 +1,11 @@
 """Export: one table of the whole job, input fields beside answers, for people
 who want a spreadsheet.
 
-One row per selected input task (per task and model in a run of several models), in input order,
-with the input record's fields, then the answer and its accounting, and a ``status`` column: ``ok``,
-``failed`` (with the last error message) or ``missing`` (never answered nor failed). The tasks that
-are missing are also written, as their input records, to ``<output>.missing.jsonl``, ready to be fed
-again.
+One row per selected input task (per task and model in a run of several models), in input
+order, with the input record's fields, then the answer and its accounting, and a ``status``
+column: ``ok``, ``failed`` (with the last error message) or ``missing`` (never answered nor
+failed). The tasks that are missing are also written, as their input records, to
+``<output>.missing.jsonl``, ready to be fed again.
 
 Memory: the answers of the output files are held keyed by id (one entry per answered task, the
 answer text included), and the last error message of each failed id; the input is streamed.
@@ -181,10 +181,10 @@ def _input_fields(raw: dict[str, Any], fmt: InputFormat) -> dict[str, Any]:
 def _feedable(raw: dict[str, Any], task: Task, fmt: InputFormat, keys: FieldKeys) -> dict[str, Any]:
     """The input record as a JSONL task line that reads back as the same task.
 
-    JSONL and Batch API records are written as they were read. A CSV row is all text, so its empty
-    cells are dropped and its typed cells (the images list, numbers) come from the parsed task: a
-    rerun on the missing file then reads it as JSONL with the same --id-key, --prompt-key and
-    --images-key.
+    JSONL and Batch API records are written as they were read. A CSV row is all text, so
+    its empty cells are dropped and its typed cells (the images list, numbers) come from
+    the parsed task: a rerun on the missing file then reads it as JSONL with the same
+    --id-key, --prompt-key and --images-key.
     """
     if fmt is not InputFormat.CSV:
         return raw

@@ -83,9 +83,9 @@ class _Page:
 
     def figure(self, fig: Any) -> str:
         self.charts += 1
-        # Fixed margins with room for the legend below and a right-hand axis: margins that expand to
-        # fit the legend can redraw in a loop (plotly.js warns "Too many auto-margin redraws" on the
-        # console).
+        # Fixed margins with room for the legend below and a right-hand axis: margins that
+        # expand to fit the legend can redraw in a loop (plotly.js warns "Too many
+        # auto-margin redraws" on the console).
         fig.update_layout(height=CHART_HEIGHT, template="plotly_white", showlegend=True,
                           margin={"l": 60, "r": 60, "t": 40, "b": 110, "autoexpand": False},
                           legend={"orientation": "h", "y": -0.38, "yanchor": "top"})

@@ -1,11 +1,11 @@
 """What --status counts in one output and its errors file, kept so that a later
 read adds only what is new.
 
-An ``OutputTally`` reads its files from where it stopped; ``FileMark`` says where that was and how
-to tell that the file there is still the one read (same device and inode, not shorter, the same
-bytes at its head and just before the mark). A file that is not (rewritten by --validate --repair,
-replaced by a copy, cut short) is read again whole, so the tally is always what a fresh full read
-would give.
+An ``OutputTally`` reads its files from where it stopped; ``FileMark`` says where that was
+and how to tell that the file there is still the one read (same device and inode, not
+shorter, the same bytes at its head and just before the mark). A file that is not (rewritten
+by --validate --repair, replaced by a copy, cut short) is read again whole, so the tally is
+always what a fresh full read would give.
 """
 
 from __future__ import annotations

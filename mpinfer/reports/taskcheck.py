@@ -66,12 +66,12 @@ def _is_web(ref: str) -> bool:
 class _ReadOnceEncoder(ImageEncoder):
     """The worker's ImageEncoder, made to read each image file once for the whole plan.
 
-    The first use of a file goes through the real encoder (the same resolution, MIME sniffing and
-    errors as a worker), and what it showed is remembered by path, mtime and size. A later use of
-    that file gets the remembered verdict: its ImageError again, or a stand-in URL, since a dry run
-    sends nothing and needs only the file's size. The encoder's own cache of data URLs would not do:
-    it drops files over 16 MiB and forgets the rest past 64 MiB, and it never holds a file that
-    failed.
+    The first use of a file goes through the real encoder (the same resolution, MIME sniffing
+    and errors as a worker), and what it showed is remembered by path, mtime and size. A
+    later use of that file gets the remembered verdict: its ImageError again, or a stand-in
+    URL, since a dry run sends nothing and needs only the file's size. The encoder's own
+    cache of data URLs would not do: it drops files over 16 MiB and forgets the rest past 64
+    MiB, and it never holds a file that failed.
     """
 
     def __init__(self, root: Path) -> None:

@@ -270,9 +270,9 @@ def _nearest_rank(ordered: list[float], share: float) -> float:
 
 def _limits(settings: Mapping[str, Any],
             tokens_per_answer: float | None) -> list[tuple[float, str]]:
-    """The answers per second the settings allowed, over every key and model: --rpm directly, --tpm
-    divided by the run's mean tokens per answer (the limiter counts its estimate, so that line is
-    approximate)."""
+    """The answers per second the settings allowed, over every key and model: --rpm
+    directly, --tpm divided by the run's mean tokens per answer (the limiter counts its
+    estimate, so that line is approximate)."""
     models = [m for m in str(settings.get("model") or "").split(",") if m.strip()] or ["?"]
     keys = settings.get("key_count")
     lanes = len(models) * (keys if isinstance(keys, int) and keys > 0 else 1)
