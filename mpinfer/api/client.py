@@ -78,9 +78,9 @@ _tls: ssl.SSLContext | None = None
 def warm_up() -> None:
     """Do once, before forking, what every worker would otherwise do for itself at start-up.
 
-    Measured with 64 workers on 2 cores: building a TLS context (loading the CA bundle, about 20 ms),
-    importing the parts of the HTTP stack that load on first use, and the SDK's platform probe (a
-    subprocess) made up most of each worker's start-up. Forked workers inherit the results.
+    Building a TLS context (loading the CA bundle), importing the parts of the HTTP stack that load
+    on first use, and the SDK's platform probe (a subprocess) made up most of each worker's start-up
+    (bench/README.md). Forked workers inherit the results.
     """
     global _tls
     import importlib
@@ -218,7 +218,7 @@ _URLS: weakref.WeakKeyDictionary[openai.AsyncOpenAI, dict[ApiPath, str]] = weakr
 
 def _url(client: openai.AsyncOpenAI, path: ApiPath) -> str:
     """Where ``path`` is sent: the absolute URL, which the SDK parses once (a path under its base URL is
-    parsed and then joined to the base, a fifth of the SDK's own CPU for a request); the path itself for
+    parsed and then joined to the base, a large share of the SDK's own CPU); the path itself for
     Azure's client, which routes by it, and under a base URL with a query string, which a join keeps."""
     urls = _URLS.setdefault(client, {})
     url = urls.get(path)

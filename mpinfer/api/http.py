@@ -5,10 +5,8 @@ aiohttp client (``openai.DefaultAioHttpClient``) is httpx2's full client over an
 request passes httpx2's URL merging, auth flow, redirect loop and response stream, none of which an API
 call needs (the SDK puts auth in the headers, it sends absolute URLs, and mpinfer reads bodies whole).
 This client keeps the SDK's request and response objects and drops those layers; redirects, which the
-SDK's clients follow, aiohttp follows. Measured on 2 cores, 300 in flight against the mock (``python
-bench/http_stack.py``: one process, text requests, 2026-12-02): 0.64 ms of CPU a request with the SDK's
-aiohttp client, 0.46 ms with this one, 3.81 ms with the SDK's httpx client; aiohttp alone, without the
-SDK, takes 0.13 ms.
+SDK's clients follow, aiohttp follows. It costs less CPU a request than either of the SDK's clients
+(``bench/http_stack.py``; the figures are in bench/README.md).
 
 Proxies are taken from the environment as httpx2 (and so the SDK's own clients) takes them: HTTPS_PROXY,
 HTTP_PROXY and ALL_PROXY (either case), NO_PROXY to bypass; read once per client, decided once per URL.
@@ -17,10 +15,7 @@ Requests built ahead (``SendGate``): a local worker runs twice -c requests, and 
 limit or refuses a request, a request built while all -c slots are on the wire waits at the gate, so that
 an answer's freed slot is taken at once by a request that is ready instead of after the answer's handling
 and the next request's building; once a limit is in play, a request granted before it goes back to the
-limiter as it leaves (backends/runner.py).
-With every answer after exactly 1 s, 12,000 image tasks (``bench/throughput.py``): -p 4 -c 300 from 87.1%
-of the ideal to 91.2% and 91.3%, -p 2 -c 600 to 90.3% (2026-12-01, building ahead after a first answer);
-from the start, 88.8% to 91.0% and 88.2% to 90.6% (2026-12-02, a slower day).
+limiter as it leaves (backends/runner.py). What it gained at 1,200 in flight is in bench/README.md.
 
 Failures are raised as the httpx2 errors the SDK turns into ``APITimeoutError`` and ``APIConnectionError``:
 a connect or read timeout as a timeout, a refused, reset or dropped connection as a network error.
@@ -102,9 +97,9 @@ class _SdkRequest(httpx2.Request):
     """The request the SDK builds, without what httpx2.Request adds for its own transports.
 
     ``httpx2.Request`` normalizes the headers twice over, adds Host and Content-Length (aiohttp sets both,
-    and they are dropped again before sending) and streams the body into itself: together a tenth of a
-    worker's CPU for a request (cProfile, 300 in flight). The SDK's headers are kept as it gave them, the
-    body as bytes, read already.
+    and they are dropped again before sending) and streams the body into itself, all of it work a
+    worker pays for on every request (bench/README.md). The SDK's headers are kept as it gave
+    them, the body as bytes, read already.
     """
 
     def __init__(self, method: str, url: httpx2.URL, headers: Any, content: bytes,
@@ -120,7 +115,7 @@ class _SdkRequest(httpx2.Request):
 
 class _ReadResponse(httpx2.Response):
     """An answer aiohttp has read whole, with no content encoding: httpx2.Response would stream the bytes it
-    is given through its decoder chain into itself (a twentieth of a worker's CPU for a request)."""
+    is given through its decoder chain into itself, for nothing (bench/README.md)."""
 
     def __init__(self, status: int, headers: list[tuple[bytes, bytes]], content: bytes, request: httpx2.Request,
                  extensions: dict[str, Any]) -> None:

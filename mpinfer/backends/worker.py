@@ -173,8 +173,8 @@ def worker_main(settings: WorkerSettings, conn: Any, limiter: SharedLimiter) -> 
     lock_fds = hold_workers_lock(settings.outputs)  # a new run waits on it until this worker is gone
     # Each request allocates a few hundred objects (the SDK's request, headers, response): at the default
     # threshold (700) the collector runs every few requests and walks the hundreds of requests in flight.
-    # Measured at 1,200 in flight (-p 4 -c 300, images, three interleaved pairs on a loaded machine): about
-    # 7% less worker CPU per request (5% with the parent's), and more requests in flight.
+    # A higher threshold costs less worker CPU per request and keeps more requests in flight
+    # (figures in bench/README.md).
     gc.set_threshold(*WORKER_GC_THRESHOLDS)
     setup_worker_logging(settings.log_file, settings.config.verbose, f"w{settings.index}",
                          settings.config.api_keys)

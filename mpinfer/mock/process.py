@@ -246,8 +246,8 @@ def _server_entry() -> list[str]:
     """Interpreter arguments that run the mock server's ``main`` (``mpinfer/mock/__main__.py``).
 
     The test suite starts dozens of servers, so start-up must stay cheap. ``-m mpinfer.mock``
-    imports the package ``__init__`` (names load lazily there, so the openai client is not
-    imported, which would cost ~0.5 s per start) and ``mpinfer.mock``, whose ``__init__`` imports
+    imports the package ``__init__`` (names load lazily there, so the openai client, slow to
+    import, is not imported) and ``mpinfer.mock``, whose ``__init__`` imports
     nothing; the child then loads only the stdlib-only serving modules, not this helper's imports.
     ``-P`` keeps the working directory off ``sys.path`` so files there cannot shadow stdlib
     modules.

@@ -33,9 +33,10 @@ _BUCKET_BITS = 10  # ids are gathered in 1,024 buckets by their top bits, so fre
 def id_hash(task_id: str) -> int:
     """A 64-bit hash that is the same in every process (the status cache keeps slots across runs).
 
-    CRC-32 above Adler-32 of the UTF-8 bytes: a third of the CPU of an 8-byte BLAKE2b, which counts ten
-    million times over. Neither resists a crafted collision, and need not: a collision costs a read of the
-    input, never a wrong answer (the top bits, CRC-32's, pick the bucket and spread evenly).
+    CRC-32 above Adler-32 of the UTF-8 bytes: cheaper than an 8-byte BLAKE2b (bench/README.md), which
+    counts ten million times over. Neither resists a crafted collision, and need not: a collision
+    costs a read of the input, never a wrong answer (the top bits, CRC-32's, pick the bucket and
+    spread evenly).
     """
     data = task_id.encode()
     return zlib.crc32(data) << 32 | zlib.adler32(data)
@@ -45,7 +46,7 @@ _PACK = 40  # locators below 2**40 (a terabyte of input) sort packed below their
 
 
 def _sort_together(hashes: array[int], locators: array[int]) -> None:
-    """Sort a bucket by hash, then locator, in place; ints sort a third faster than (hash, locator) pairs."""
+    """Sort a bucket by hash, then locator, in place: packed ints sort faster than pairs."""
     if max(locators) >> _PACK:
         pairs = sorted(zip(hashes, locators, strict=True))
         hashes[:] = array("Q", [pair[0] for pair in pairs])

@@ -11,7 +11,8 @@
 One mechanism for all three: ``flock`` locks belong to an open file, so the kernel drops them when their
 holder dies, whatever killed it, and forked children share their parent's. filelock (our locking library)
 takes the exclusive ones; two take ``flock`` directly on the same files, because filelock has no shared
-flock (the workers' lock) and its per-acquire bookkeeping cost 8% of a worker's CPU on the append path.
+flock (the workers' lock) and its per-acquire bookkeeping showed on the workers' append path
+(bench/README.md).
 """
 
 from __future__ import annotations

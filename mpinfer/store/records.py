@@ -176,8 +176,8 @@ def failure_line(task_id: str, as_batch: bool, error_type: str, status: int | No
     return batch_error_line(task_id, status, error_type, message, meta)
 
 
-# Not frozen: a frozen dataclass's __init__ costs three times as much, and status and validate build one
-# for each of a million lines.
+# Not frozen: a frozen dataclass's __init__ costs several times as much, and status and validate
+# build one for each of a million lines.
 @dataclass(slots=True)
 class RecordView:
     """One output line in either form, reduced to what status, validate and export read."""
