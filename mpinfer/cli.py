@@ -46,6 +46,7 @@ EXIT_INTERRUPTED = StopReason.INTERRUPTED.exit_code  # the other stops' codes ar
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser: a flag for each setting of RunConfig, then the actions."""
     parser = argparse.ArgumentParser(
         prog="mpinfer",
         description="Run image+text prompts through an OpenAI-compatible "
@@ -268,6 +269,7 @@ def _validate(config: RunConfig, with_repair: bool) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv``; the exit code (errors are printed, not raised)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_combinations(parser, args)

@@ -268,6 +268,7 @@ class RunConfig:
 
     @property
     def window_tpm(self) -> int | None:
+        """--tpm as one number for every lane; None if per model or unset."""
         return self.tpm if isinstance(self.tpm, int) else None
 
     @property
@@ -296,9 +297,11 @@ class RunConfig:
         return self.input, self.output
 
     def require_api_key(self) -> str:
+        """The first API key, or a ConfigError saying how to set one."""
         return self.require_api_keys()[0]
 
     def require_api_keys(self) -> tuple[str, ...]:
+        """The API keys, or a ConfigError saying which are missing and how to set them."""
         unset = [str(ep.api_key_env) for ep in self.endpoint_table if not ep.api_key]
         if unset:
             raise ConfigError("the endpoints table's keys are not set: "

@@ -92,6 +92,7 @@ class RunState:
         self._summary_at = 0.0
 
     def on_signal(self, _signum: int, _frame: Any) -> None:
+        """SIGINT and SIGTERM: count the signal; the loop decides what it means."""
         self.signals += 1
 
     def stop(self, reason: Stopped | None) -> None:
@@ -209,17 +210,22 @@ class RunState:
         write_summary(self.summary_path, self.summary, live)
 
     def close(self) -> None:
+        """Close the progress bar, its last frame showing the final totals."""
         # the last frame shows the totals the summary below it shows
         self._show_totals(refresh=True)
         self.bar.close()
 
 
 def supervise(state: RunState, backend: Backend, grace_s: float, poll_s: float = POLL_S) -> None:
-    """Run the tasks on ``backend`` until they are done or the run stops, and
-    its workers are finished.
+    """Run the tasks on ``backend`` until they are done or the run stops and its workers finish.
 
-    The first signal stops feeding and gives the requests in flight ``grace_s`` to finish; a second
-    drops them (they are sent again on the rerun). Once stopping, workers get at least STOP_JOIN_S.
+    Each turn of the loop: act on a new signal (the first stops feeding and gives the requests in
+    flight ``grace_s`` to finish; a second drops them, to be sent again on the rerun); feed the
+    backend while it has room; once nothing more goes out and nothing is in flight, or the run
+    stopped, stop the backend and give its workers at least STOP_JOIN_S, killing them after that;
+    rewrite the summary file; then handle what the backend reports within ``poll_s``. Tasks given
+    back are fed again, a worker that died is replaced (RESPAWNS_PER_WORKER times a worker, then
+    the run fails), and events are tallied.
     """
     state.lanes = backend.lane_stats
     respawns_left = RESPAWNS_PER_WORKER * state.config.processes
@@ -228,6 +234,7 @@ def supervise(state: RunState, backend: Backend, grace_s: float, poll_s: float =
     deadline: float | None = None
     backend.start()
     while True:
+        # A new signal: the first stops the run gracefully, a second quits at once.
         if state.signals > handled:
             handled = state.signals
             if handled > 1:
@@ -239,6 +246,7 @@ def supervise(state: RunState, backend: Backend, grace_s: float, poll_s: float =
                         "%.0fs); interrupt again to quit at once", grace_s)
             state.stop(Stopped(StopReason.INTERRUPTED))
             deadline = time.monotonic() + grace_s
+        # Feed the backend while it has room.
         while state.feeding and backend.room() > 0:
             item = state.next_item(backend.in_flight)
             if item is None:
@@ -260,6 +268,7 @@ def supervise(state: RunState, backend: Backend, grace_s: float, poll_s: float =
             _tally(state, backend.kill())
             return
         state.save_summary(live=True, now=now)
+        # What the backend reports: tasks given back, dead workers, events.
         for note in backend.poll(poll_s):
             if isinstance(note, Returned):
                 state.recovered(note.recovered)

@@ -198,6 +198,7 @@ class Stopped:
 
     @property
     def exit_code(self) -> int:
+        """The process's exit code for this stop."""
         return self.reason.exit_code
 
     def __str__(self) -> str:

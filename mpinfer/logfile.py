@@ -30,6 +30,7 @@ MIN_SECRET_LENGTH = 8
 
 
 def log_file_name(model: str, started: float, attempt: int = 0) -> str:
+    """The log file's name for a run of ``model`` started at ``started`` (then -2, -3 ...)."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(started))
     suffix = f"-{attempt + 1}" if attempt else ""
     return f"mpinfer_{_UNSAFE.sub('_', model).strip('_') or 'model'}_{stamp}{suffix}.log"
@@ -59,6 +60,7 @@ class TqdmConsoleHandler(logging.Handler):
     """Writes records above the bar instead of through it."""
 
     def emit(self, record: logging.LogRecord) -> None:
+        """Print the record above the progress bar."""
         try:
             tqdm.write(self.format(record), file=sys.stderr)
         except Exception:  # logging must never take the run down
@@ -80,6 +82,7 @@ class _SameThread(logging.Filter):
         self.thread = threading.get_ident()
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Whether the record comes from the run's own thread."""
         return record.thread == self.thread
 
 
@@ -88,6 +91,7 @@ class _OtherThreads(logging.Handler):
     propagation would have."""
 
     def emit(self, record: logging.LogRecord) -> None:
+        """Pass the caller's other threads' records on to the caller's handlers."""
         parent = logging.getLogger(LOGGER).parent
         if record.thread in _run_threads or parent is None:
             return

@@ -93,6 +93,7 @@ class RedactingFilter(logging.Filter):
         self.secrets = tuple(secrets)
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Redact the formatted message, traceback and stack; the record always passes."""
         try:
             message = record.getMessage()
         except Exception:

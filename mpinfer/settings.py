@@ -36,6 +36,7 @@ def as_integer(text: Any) -> int:
 
 
 def as_number(text: Any) -> float:
+    """Parse a number (not a bool, which Python would take as 0 or 1)."""
     if isinstance(text, bool):
         raise ValueError("must be a number")
     return float(text)
@@ -64,6 +65,7 @@ positive_float = at_least(as_number, 0, strictly=True)
 
 
 def as_json_object(text: Any) -> dict[str, Any]:
+    """Parse a JSON object (a dict from TOML or a keyword is taken as it is)."""
     value = text if isinstance(text, dict) else orjson.loads(text)
     if not isinstance(value, dict):
         raise ValueError("must be a JSON object")
@@ -71,6 +73,7 @@ def as_json_object(text: Any) -> dict[str, Any]:
 
 
 def as_bool(text: Any) -> bool:
+    """Parse a switch: 1, true, yes, on; or 0, false, no, off, empty (any case)."""
     if isinstance(text, bool):
         return text
     lowered = str(text).strip().lower()
@@ -100,6 +103,7 @@ class ModelRates:
     rates: tuple[tuple[str, int], ...]
 
     def get(self, model: str) -> int | None:
+        """The rate set for ``model``, or None."""
         return dict(self.rates).get(model)
 
     def __str__(self) -> str:
@@ -122,10 +126,12 @@ def parse_rate(text: Any) -> int | ModelRates:
 
 
 def as_path(text: Any) -> Path:
+    """Parse a path, ``~`` expanded."""
     return Path(str(text)).expanduser()
 
 
 def as_text(value: Any) -> str:
+    """Parse text: the value as it is."""
     return str(value)
 
 
@@ -178,10 +184,12 @@ class Option:
 
     @property
     def flag(self) -> str:
+        """The command-line flag: ``--`` and the name with dashes."""
         return "--" + self.name.replace("_", "-")
 
     @property
     def env_names(self) -> tuple[str, ...]:
+        """The environment variables read for it, first wins (default ``MPINFER_<NAME>``)."""
         return self.env or ("MPINFER_" + self.name.upper(),)
 
     @property

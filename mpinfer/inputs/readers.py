@@ -22,6 +22,8 @@ from .tasks import FieldKeys, InputFormat, Selection, Task, parse_batch_task, pa
 
 
 def detect_format(path: Path) -> InputFormat:
+    """The input's format: CSV by suffix, else Batch API lines if the first line is one, else
+    JSONL."""
     if path.suffix.lower() == ".csv":
         return InputFormat.CSV
     for _, raw in _lines(path):

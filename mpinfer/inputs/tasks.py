@@ -34,6 +34,8 @@ class FieldKeys:
 
 
 class InputFormat(StrEnum):
+    """The formats an input can be in."""
+
     JSONL = "jsonl"
     BATCH = "batch"  # OpenAI Batch API request lines: {"custom_id", "method", "url", "body"}
     CSV = "csv"
@@ -50,11 +52,13 @@ class Selection:
     ids: frozenset[str] | None = None
 
     def admits(self, position: int, task_id: str) -> bool:
+        """Whether the row at ``position`` with ``task_id`` is selected (``limit`` aside)."""
         if position < self.start or (self.end is not None and position >= self.end):
             return False
         return self.ids is None or task_id in self.ids
 
     def narrows(self) -> bool:
+        """Whether anything narrows the input (else every row is selected)."""
         return bool(self.start or self.end is not None or self.limit is not None
                     or self.ids is not None)
 

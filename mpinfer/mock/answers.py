@@ -32,6 +32,7 @@ class Reply:
     reasoning_tokens: int = 0
 
     def usage(self, prompt_tokens: int) -> dict[str, Any]:
+        """The ``usage`` object of a completion, with reasoning tokens when the model thought."""
         usage: dict[str, Any] = {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": self.completion_tokens,

@@ -45,6 +45,8 @@ class BatchInput:
 
 
 def prompt_tokens(chat: ChatRequest) -> int:
+    """The prompt tokens the mock bills a request: four characters a token, plus a flat count an
+    image."""
     return -(-chat.text_chars // 4) + TOKENS_PER_IMAGE * chat.images_total
 
 

@@ -68,6 +68,7 @@ class _Batch:
     cancel_requested: bool = False
 
     def to_dict(self) -> dict[str, Any]:
+        """The batch object as OpenAI returns it, with its ``*_at`` timestamps."""
         data: dict[str, Any] = {
             "id": self.id, "object": "batch", "endpoint": self.endpoint, "model": self.model,
             "errors": None if self.errors is None else {"object": "list", "data": self.errors},
@@ -129,6 +130,7 @@ class BatchService:
         return self.stats()
 
     def stats(self) -> dict[str, Any]:
+        """``GET /_mock/batches``: the faults and the counts the tests assert on."""
         return {
             "faults": dataclasses.asdict(self.faults),
             "batches_created": len(self._batches),
@@ -145,6 +147,7 @@ class BatchService:
     # -- endpoints -----------------------------------------------------------------
 
     def authorise(self, authorization: str) -> ApiError | None:
+        """The 401 a request with a missing or unknown key gets, or None if the key is good."""
         scheme, _, key = authorization.partition(" ")
         key = key.strip()
         config = self._config()
@@ -212,6 +215,7 @@ class BatchService:
         self._creates.append(now)
 
     def get(self, batch_id: str) -> dict[str, Any]:
+        """``GET /v1/batches/{id}``: the batch object, or a 404."""
         return self._find(batch_id).to_dict()
 
     def _find(self, batch_id: str) -> _Batch:
@@ -264,6 +268,12 @@ class BatchService:
         return "500" if self._rng.random() < self.faults.p500 else "ok"
 
     async def _work(self, batch: _Batch, data: bytes) -> None:
+        """Work one batch in the background through OpenAI's states.
+
+        After a step it validates the input (a batch that fails validation, or would pass the
+        enqueued-token limit, ends ``failed``), then executes the requests in order. A cancel or a
+        scripted expiry stops it: the requests not reached go to the error file. The batch ends with
+        its output and error files."""
         faults = self.faults
         await asyncio.sleep(faults.step_s)
         if batch.cancel_requested:
@@ -367,6 +377,7 @@ class BatchService:
         batch.times[status] = int(time.time())
 
     async def close(self) -> None:
+        """Cancel the batches being worked and wait for their tasks to end."""
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -218,6 +218,7 @@ LIMIT_STYLES = frozenset({"openai", "litellm", "none"})
 
 
 def str_list(name: str, value: Any) -> list[str]:
+    """``value`` as a list of strings, or a ValueError naming the setting ``name``."""
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValueError(f"{name} must be a list of strings")
     return list(value)

@@ -79,6 +79,7 @@ class FileStore:
         self._ids = itertools.count(1)
 
     def add(self, filename: str, purpose: str, data: bytes) -> StoredFile:
+        """Store an upload and return it with a new id, as ``POST /v1/files`` does."""
         stored = StoredFile(f"file-mock{next(self._ids):06d}", filename, purpose, data,
                             int(time.time()))
         self.files[stored.id] = stored
@@ -102,6 +103,7 @@ class FileStore:
         return self.add(filename or "upload", purpose, data)
 
     def get(self, file_id: str) -> StoredFile:
+        """The stored file ``file_id``, or the 404 OpenAI answers for an unknown one."""
         stored = self.files.get(file_id)
         if stored is None:
             raise ApiError(404, f"No such File object: {file_id}", param="id")
@@ -116,9 +118,11 @@ class FileStore:
         return {"id": file_id, "object": "file", "deleted": True}
 
     def clear(self) -> None:
+        """Forget every file and every delete (a reset)."""
         self.files.clear()
         self.deleted.clear()
 
     def listing(self, purpose: str | None) -> dict[str, object]:
+        """``GET /v1/files``: the files of ``purpose`` (all if None), newest first."""
         data = [f.to_dict() for f in reversed(self.files.values()) if purpose in (None, f.purpose)]
         return {"object": "list", "data": data, "has_more": False}

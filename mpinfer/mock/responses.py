@@ -31,13 +31,16 @@ class EndpointHost(Protocol):
     imports this module."""
 
     @property
-    def config(self) -> MockConfig: ...
+    def config(self) -> MockConfig:
+        """The server's current settings."""
 
     @property
-    def stats_counters(self) -> Stats: ...
+    def stats_counters(self) -> Stats:
+        """The counters behind ``/_mock/stats``."""
 
     @property
-    def revoked_keys(self) -> set[str]: ...
+    def revoked_keys(self) -> set[str]:
+        """Keys revoked during the run: they get 401s."""
 
 
 def _tokens(text: str) -> int:

@@ -122,6 +122,7 @@ class MockServer(ChatCompletions):
 
     @property
     def revoked_keys(self) -> set[str]:
+        """Keys revoked by ``revoke_keys`` (``POST /_mock/config``): they get 401s."""
         return self._revoked
 
     @property

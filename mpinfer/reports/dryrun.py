@@ -116,9 +116,11 @@ class ModelPlan:
 
     @property
     def estimated(self) -> int:
+        """Tasks whose cost is estimated: those to send, less those that would fail."""
         return self.pending - self.problems
 
     def to_dict(self) -> dict[str, Any]:
+        """The plan as JSON values (``--dry-run --json``)."""
         return dataclasses.asdict(self, dict_factory=_plain) | {"estimated": self.estimated}
 
 
@@ -189,11 +191,13 @@ class _RowTally:
         self.by_model: dict[str, list[int]] = {}
 
     def add(self, model: str, prompt_tokens: int, ceiling: int) -> None:
+        """Count one request to ``model``: its prompt tokens and its most completion tokens."""
         tokens = self.by_model.setdefault(model, [0, 0])
         tokens[0] += prompt_tokens
         tokens[1] += ceiling
 
     def finish(self, model: str, output: Path, done: int, prices: PriceTable) -> ModelPlan:
+        """The plan of ``model``'s output: cost bounds online and in the Batch API, if priced."""
         found = [
             (prices.find(name), prompt, ceiling)
             for name, (prompt, ceiling) in self.by_model.items()
@@ -231,6 +235,7 @@ class _Images:
         self.largest: LargestImage | None = None
 
     def add(self, image: CheckedImage, task_id: str) -> None:
+        """Count one checked image, keeping the largest."""
         self.counts[image.kind] += 1
         if image.size is None:
             return
@@ -240,6 +245,7 @@ class _Images:
                                         task_id)
 
     def finish(self) -> ImageTally:
+        """The image counts, bytes and largest image as a value."""
         return ImageTally(self.counts["local"], self.counts["inline"], self.counts["remote"],
                           self.bytes, self.largest)
 

@@ -44,12 +44,15 @@ INPUT_PREFIX = "input_"
 
 
 class ExportFormat(StrEnum):
+    """The file format of ``--export``, chosen by the file's suffix."""
+
     CSV = "csv"
     JSONL = "jsonl"
     PARQUET = "parquet"
 
     @classmethod
     def of(cls, dest: Path) -> ExportFormat:
+        """The format ``dest``'s suffix names, or a ConfigError for any other suffix."""
         suffix = dest.suffix.lower()
         if suffix == ".csv":
             return cls.CSV
@@ -62,6 +65,8 @@ class ExportFormat(StrEnum):
 
 
 class RowStatus(StrEnum):
+    """What became of one input row: the ``status`` column of the export."""
+
     OK = "ok"
     REFUSED = "refused"  # answered with a refusal (its text in the refusal column): done
     FAILED = "failed"
@@ -82,18 +87,22 @@ class ExportReport:
 
     @property
     def ok(self) -> int:
+        """Rows answered."""
         return self.counts[RowStatus.OK]
 
     @property
     def refused(self) -> int:
+        """Rows answered with a refusal."""
         return self.counts[RowStatus.REFUSED]
 
     @property
     def failed(self) -> int:
+        """Rows whose task failed."""
         return self.counts[RowStatus.FAILED]
 
     @property
     def missing(self) -> int:
+        """Rows neither answered nor failed (not run yet)."""
         return self.counts[RowStatus.MISSING]
 
 
@@ -250,10 +259,12 @@ class _Writer:
                         if fmt is ExportFormat.PARQUET else None)
 
     def finish(self) -> None:
+        """Write what is held back to the end: the Parquet table."""
         if self.parquet is not None:
             self.parquet.finish(self.handle)
 
     def write(self, row: dict[str, Any]) -> None:
+        """Write one row in the chosen format (Parquet rows are held until ``finish``)."""
         if self.parquet is not None:
             self.parquet.write(row)
         elif self.csv is not None:

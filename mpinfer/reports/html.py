@@ -41,6 +41,7 @@ details { margin: .5em 0; } code { font-size: .9em; }
 
 
 def default_report_path(output: Path) -> Path:
+    """``<output>.report.html``: where ``--report`` writes unless told otherwise."""
     return companion(output, ".report.html")
 
 
@@ -76,12 +77,15 @@ class _Page:
         self.go = _plotly()
 
     def text(self, value: Any) -> str:
+        """``value`` as HTML text, with the run's secrets redacted."""
         return html.escape(redact(str(value), self.secrets))
 
     def add(self, markup: str) -> None:
+        """Append a section of HTML."""
         self.parts.append(markup)
 
     def figure(self, fig: Any) -> str:
+        """A plotly figure as HTML, in the page's layout (the script is embedded once)."""
         self.charts += 1
         # Fixed margins with room for the legend below and a right-hand axis: margins that
         # expand to fit the legend can redraw in a loop (plotly.js warns "Too many
@@ -96,6 +100,7 @@ class _Page:
 
     def table(self, head: Sequence[str], rows: Iterable[Sequence[Any]],
               text_columns: int = 1) -> str:
+        """An HTML table; the first ``text_columns`` columns are text, the rest numbers."""
         def cells(tag: str, values: Sequence[Any]) -> str:
             return "".join(
                 f"<{tag}{' class=text' if n < text_columns else ''}>{self.text(v)}</{tag}>"
@@ -115,6 +120,8 @@ def _x(series: Series, relative: bool) -> list[Any]:
 
 
 def _charts(page: _Page, series: Series, relative: bool) -> str:
+    """The four charts of a span: answers a second (with the limits set), latency, failures and
+    retries by type, and cumulative tokens and cost."""
     go = page.go
     x = _x(series, relative)
     axis = {"title": {"text": "seconds into the run" if relative else "time"}}

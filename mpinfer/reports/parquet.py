@@ -53,6 +53,7 @@ class ParquetTable:
         self.values: dict[str, list[Any]] = {name: [] for name in columns}
 
     def write(self, row: dict[str, Any]) -> None:
+        """Hold one row's values, column by column."""
         for name in self.columns:
             self.values[name].append(row.get(name))
 
@@ -73,6 +74,7 @@ class ParquetTable:
         return array.cast(pa.string()) if pa.types.is_null(array.type) else array
 
     def finish(self, handle: IO[bytes]) -> None:
+        """Write the rows held as one Parquet table to ``handle``."""
         pa = self.pa
         table = pa.table({name: self._array(name, values) for name, values in self.values.items()})
         pa.parquet.write_table(table, handle)

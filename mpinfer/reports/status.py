@@ -87,6 +87,7 @@ class StatusReport:
     batches: list[BatchStatus] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
+        """The report as JSON values (``--status --json``)."""
         return asdict(self)
 
 

@@ -33,6 +33,7 @@ _MAGIC = b"mpinfer status cache 1\n"
 
 
 def cache_path(output: Path) -> Path:
+    """Where ``--status`` keeps its cache for ``output``: a hidden file beside it."""
     return output.with_name(f".{output.name}.status-cache")
 
 

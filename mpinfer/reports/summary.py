@@ -85,22 +85,27 @@ class RunSummary:
 
     @property
     def done(self) -> int:
+        """Tasks done in all: before this run, answered now, and recovered."""
         return self.already_done + self.succeeded + self.recovered
 
     @property
     def remaining(self) -> int:
+        """Tasks neither done nor failed."""
         return self.total - self.done
 
     @property
     def rate_limited(self) -> int:
+        """429s this run, over every key."""
         return sum(t.rate_limited for t in self.per_key.values())
 
     @property
     def requests(self) -> int:
+        """Requests sent this run, over every key."""
         return sum(t.requests for t in self.per_key.values())
 
     @property
     def success_rate(self) -> float | None:
+        """The share of this run's ended tasks that were answered; None before any ended."""
         ended = self.succeeded + self.failed
         return round(self.succeeded / ended, 4) if ended else None
 
@@ -124,11 +129,13 @@ class RunSummary:
             self.latencies.append(event.latency_s)
 
     def count_failure(self, error_type: str, retries: dict[str, int] | None = None) -> None:
+        """Count a failed task by its error type, with the retries it used."""
         self.failed += 1
         self.failures_by_type[error_type] = self.failures_by_type.get(error_type, 0) + 1
         self.count_retries(retries or {})
 
     def count_retries(self, retries: dict[str, int]) -> None:
+        """Add a task's retries, by kind."""
         for kind, count in retries.items():
             self.retries_by_type[kind] = self.retries_by_type.get(kind, 0) + count
 
@@ -166,6 +173,7 @@ class RunSummary:
                                          else None)
 
     def to_dict(self, live: bool) -> dict[str, Any]:
+        """The summary file's contents; ``live`` while the run goes on."""
         data = asdict(self)
         del data["latencies"]
         # files named by the CLI at the end; the summary file is written before them
@@ -199,6 +207,7 @@ def write_summary(path: Path, summary: RunSummary, live: bool) -> None:
 
 
 def read_summary(path: Path) -> dict[str, Any] | None:
+    """The summary file's contents, or None if it is missing or unreadable."""
     try:
         data = orjson.loads(path.read_bytes())
     except (OSError, orjson.JSONDecodeError):

@@ -45,6 +45,7 @@ class _Reader:
         self.mark: FileMark | None = None
 
     def lines(self) -> Iterator[bytes]:
+        """The whole lines after ``end``; a torn last line is left to be read again next time."""
         try:
             handle = self.path.open("rb")
         except FileNotFoundError:
@@ -95,6 +96,7 @@ class FileMark:
 
     @classmethod
     def of_fd(cls, fd: int, offset: int) -> FileMark:
+        """The mark of the open file ``fd`` read up to ``offset``."""
         info = os.fstat(fd)
         head = _digest(fd, 0, min(_PROBE, offset))
         tail = _digest(fd, max(0, offset - _PROBE), min(_PROBE, offset))
@@ -114,11 +116,13 @@ class FileMark:
         return self.offset
 
     def to_dict(self) -> dict[str, Any]:
+        """The mark as JSON values, for the status cache."""
         return {"dev": self.dev, "ino": self.ino, "offset": self.offset, "mtime_ns": self.mtime_ns,
                 "head": self.head, "tail": self.tail}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FileMark:
+        """The mark ``to_dict`` wrote."""
         return cls(int(data["dev"]), int(data["ino"]), int(data["offset"]), int(data["mtime_ns"]),
                    str(data["head"]), str(data["tail"]))
 
@@ -149,6 +153,7 @@ class OutputTally:
 
     @classmethod
     def empty(cls, within: IdSubset) -> OutputTally:
+        """A tally of nothing read yet, over the ids ``within``."""
         return cls(within=within, done=within.empty())
 
     def refresh(self, output: Path, errors: Path) -> int:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 
 def duration(seconds: float | None) -> str:
+    """Seconds as ``1h05m`` or ``4m09s``; ``-`` for None."""
     if seconds is None:
         return "-"
     seconds = int(seconds)
@@ -29,6 +30,7 @@ def duration(seconds: float | None) -> str:
 
 
 def money(value: float | None, unpriced: int = 0) -> str:
+    """Dollars to four places, saying how many answers had no known price."""
     if value is None:
         return "-"
     note = f" ({unpriced} answers of models with no known price not counted)" if unpriced else ""
@@ -46,6 +48,7 @@ def _kinds(counts: dict[str, int]) -> str:
 
 
 def summary_lines(summary: RunSummary) -> list[str]:
+    """The end-of-run summary the CLI prints: progress, this run's counts, cost and limits."""
     data = summary.to_dict(live=False)
     rate = data["requests_per_s"]
     success = f"{summary.success_rate:.1%}" if summary.success_rate is not None else "-"
@@ -90,6 +93,7 @@ def summary_lines(summary: RunSummary) -> list[str]:
 
 
 def status_lines(report: StatusReport) -> list[str]:
+    """``--status`` as the CLI prints it: one row a fact, then per-model and per-key tallies."""
     live = f"yes (pid {report.live_pid})" if report.live else "no"
     last = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(report.last_written_at)) \
         if report.last_written_at else "-"
@@ -146,6 +150,7 @@ def status_lines(report: StatusReport) -> list[str]:
 
 
 def validation_lines(report: ValidationReport) -> list[str]:
+    """``--validate`` as the CLI prints it: counts of each problem, with examples."""
     lines = [f"{report.output}: {report.lines} lines, {report.records} records"]
     if report.refusals or report.truncated:
         lines.append(f"refusals {report.refusals}, truncated at max_tokens "
@@ -168,6 +173,7 @@ def _cost_range(low: float | None, high: float | None) -> str:
 
 
 def dry_run_lines(plan: DryRunPlan) -> list[str]:
+    """``--dry-run`` as the CLI prints it: tasks, images, tokens and the cost range."""
     totals = plan.totals
     images = plan.images
     prompt = plan.prompt
@@ -208,6 +214,7 @@ def dry_run_lines(plan: DryRunPlan) -> list[str]:
 
 
 def export_lines(report: ExportReport) -> list[str]:
+    """``--export`` as the CLI prints it, and where the missing tasks went."""
     refused = f", refused {report.refused}" if report.refused else ""
     lines = [f"exported {report.rows} rows to {report.dest}: ok {report.ok}{refused}, "
              f"failed {report.failed}, missing {report.missing}"]
@@ -222,6 +229,7 @@ def export_lines(report: ExportReport) -> list[str]:
 
 
 def repair_lines(report: RepairReport) -> list[str]:
+    """``--repair`` as the CLI prints it: what was removed, and where the old file is."""
     if not report.changed:
         what = f"{report.lines} lines" if report.lines else "no output file yet"
         return [f"{report.output}: {what}, nothing to repair"]
@@ -238,12 +246,14 @@ def repair_lines(report: RepairReport) -> list[str]:
 
 
 def fresh_lines(backup: Path | None) -> list[str]:
+    """``--fresh`` as the CLI prints it: where the earlier runs' files were moved."""
     if backup is None:
         return ["fresh start: no files of earlier runs to move"]
     return [f"fresh start: the files of earlier runs were moved to {backup}/ (nothing was deleted)"]
 
 
 def report_lines(result: ReportResult) -> list[str]:
+    """``--report`` as the CLI prints it: the page, its size and whether validate passed."""
     verdict = {True: "validate ok", False: "validate found problems",
                None: "not validated (no input)"}
     runs = f"{result.runs} run{'s' if result.runs != 1 else ''}"
@@ -253,6 +263,7 @@ def report_lines(result: ReportResult) -> list[str]:
 
 
 def cancel_lines(result: CancelResult | None, output: Path | None) -> list[str]:
+    """``--cancel`` as the CLI prints it: whether the run stopped, and how to resume."""
     if result is None:
         return [f"no run is live on {output}: nothing to stop"]
     if not result.exited:

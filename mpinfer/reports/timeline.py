@@ -61,10 +61,12 @@ class ModelRow:
 
     @property
     def mean_latency_s(self) -> float | None:
+        """Mean latency of the answers that recorded one, or None."""
         return self.latency_sum / self.latencies if self.latencies else None
 
     @property
     def cost_per_1000(self) -> float | None:
+        """Cost per 1,000 priced answers, or None if none was priced."""
         priced = self.answers - self.unpriced
         return self.cost / priced * 1000 if priced > 0 else None
 
@@ -89,6 +91,8 @@ class Series:
 
 @dataclass(frozen=True)
 class RunView:
+    """One run as the report shows it: its span, its counts and its charts."""
+
     span: RunSpan
     answers: int
     failures: int
@@ -203,6 +207,7 @@ class _Reader:
             cols.retry_n.append(count)
 
     def read_output(self, path: Path, file_model: str) -> None:
+        """Read one output file into the columns and the per-model rows."""
         cols = self.columns
         for _, _, obj in iter_lines(path):
             self.lines += 1
@@ -231,11 +236,12 @@ class _Reader:
             if t is not None:
                 cols.t.append(t)
                 cols.latency.append(math.nan if latency is None else latency)
-                cols.tokens.append(usage.total_tokens
-                                   or usage.prompt_tokens + usage.completion_tokens)
+                tokens = usage.total_tokens or usage.prompt_tokens + usage.completion_tokens
+                cols.tokens.append(tokens)
                 cols.cost.append(record.cost or 0.0)
 
     def read_errors(self, path: Path, file_model: str) -> None:
+        """Read one errors file: failures and retries, by time and by model."""
         cols = self.columns
         for _, _, obj in iter_lines(path):
             if record_id(obj) is None:
@@ -268,11 +274,9 @@ def _nearest_rank(ordered: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(share * len(ordered)) - 1))]
 
 
-def _limits(settings: Mapping[str, Any],
-            tokens_per_answer: float | None) -> list[tuple[float, str]]:
-    """The answers per second the settings allowed, over every key and model: --rpm
-    directly, --tpm divided by the run's mean tokens per answer (the limiter counts its
-    estimate, so that line is approximate)."""
+def _limits(settings: Mapping[str, Any], per_answer: float | None) -> list[tuple[float, str]]:
+    """The answers a second the settings allowed, over every key and model: --rpm directly, --tpm
+    over the mean tokens an answer (approximate: the limiter counts its estimate)."""
     models = [m for m in str(settings.get("model") or "").split(",") if m.strip()] or ["?"]
     keys = settings.get("key_count")
     lanes = len(models) * (keys if isinstance(keys, int) and keys > 0 else 1)
@@ -282,10 +286,9 @@ def _limits(settings: Mapping[str, Any],
     rpm, tpm = settings.get("rpm"), settings.get("tpm")
     if isinstance(rpm, (int, float)) and rpm > 0:
         limits.append((rpm * lanes / 60.0, f"--rpm limit ({rpm:g}/min {over})"))
-    if isinstance(tpm, (int, float)) and tpm > 0 and tokens_per_answer:
-        limits.append((tpm * lanes / 60.0 / tokens_per_answer,
-                       f"--tpm limit ({tpm:g}/min {over}) / "
-                       f"{tokens_per_answer:.0f} tokens an answer"))
+    if isinstance(tpm, (int, float)) and tpm > 0 and per_answer:
+        limits.append((tpm * lanes / 60.0 / per_answer,
+                       f"--tpm limit ({tpm:g}/min {over}) / {per_answer:.0f} tokens an answer"))
     return limits
 
 

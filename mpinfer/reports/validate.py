@@ -17,6 +17,8 @@ EXAMPLES_KEPT = 5
 
 
 class ProblemKind(StrEnum):
+    """The kinds of problem ``--validate`` counts (its exit code is 1 if there is any)."""
+
     CORRUPT_LINE = "corrupt_line"
     MISSING_FIELDS = "missing_fields"
     DUPLICATE_ID = "duplicate_id"
@@ -28,6 +30,8 @@ class ProblemKind(StrEnum):
 
 @dataclass(frozen=True)
 class Problem:
+    """One problem found, with the output line and the task id where they are known."""
+
     kind: ProblemKind
     message: str
     line: int | None = None
@@ -50,9 +54,11 @@ class ValidationReport:
 
     @property
     def ok(self) -> bool:
+        """Whether no problem was found."""
         return not any(self.counts.values())
 
     def add(self, problem: Problem) -> None:
+        """Count ``problem``, keeping the first few of each kind as examples."""
         self.counts[problem.kind] = self.counts.get(problem.kind, 0) + 1
         kept = self.examples.setdefault(problem.kind, [])
         if len(kept) < EXAMPLES_KEPT:
