@@ -224,8 +224,8 @@ def supervise(state: RunState, backend: Backend, grace_s: float, poll_s: float =
     backend while it has room; once nothing more goes out and nothing is in flight, or the run
     stopped, stop the backend and give its workers at least STOP_JOIN_S, killing them after that;
     rewrite the summary file; then handle what the backend reports within ``poll_s``. Tasks given
-    back are fed again, a worker that died is replaced (RESPAWNS_PER_WORKER times a worker, then
-    the run fails), and events are tallied.
+    back are fed again, a worker that died is replaced (RESPAWNS_PER_WORKER replacements for each
+    worker process, shared by all; then the run fails), and events are tallied.
     """
     state.lanes = backend.lane_stats
     respawns_left = RESPAWNS_PER_WORKER * state.config.processes
