@@ -69,13 +69,9 @@ def ensure_browser() -> None:
     if shutil.which("apt-get") and os.geteuid() == 0:
         print("dev.py: installing Debian's chromium for the browser test", flush=True)
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        done = (
-            subprocess.call(["apt-get", "update", "-qq"], env=env) == 0
-            and subprocess.call(
-                ["apt-get", "install", "-y", "-qq", "chromium"], env=env, stdout=subprocess.DEVNULL
-            )
-            == 0
-        )
+        install = ["apt-get", "install", "-y", "-qq", "chromium"]
+        done = (subprocess.call(["apt-get", "update", "-qq"], env=env) == 0
+                and subprocess.call(install, env=env, stdout=subprocess.DEVNULL) == 0)
         if done and shutil.which("chromium"):
             return
     print("dev.py: no chromium (Debian: apt-get install chromium); the "
@@ -83,6 +79,8 @@ def ensure_browser() -> None:
 
 
 def main(argv: list[str]) -> int:
+    """Run the steps of ``argv``'s command (demo, test, bench) in the venv; the first failure's exit
+    code."""
     if not argv or argv[0] not in COMMANDS:
         print(f"usage: python3 dev.py {{{'|'.join(COMMANDS)}}} [extra arguments]", file=sys.stderr)
         return 2

@@ -60,6 +60,7 @@ def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def cli_command(*args: str) -> list[str]:
+    """The command line a user would run: ``python -m mpinfer --no-progress ...``."""
     return [sys.executable, "-m", "mpinfer", "--no-progress", *args]
 
 
@@ -82,10 +83,12 @@ def transports(wanted: str) -> list[str]:
 
 
 def transport_args(transport: str) -> list[str]:
+    """The flags that pick ``transport`` (none for a package without the switch)."""
     return [] if transport == "default" else ["--transport", transport]
 
 
 def python_command(code: str) -> list[str]:
+    """A command that runs ``code`` in this interpreter."""
     return [sys.executable, "-c", code]
 
 
@@ -139,6 +142,7 @@ def stat_of(pid: int) -> tuple[int, int] | None:
 
 
 def pss_of(pid: int) -> int | None:
+    """The process's proportional set size in bytes, or None if it is gone."""
     text = _read(f"/proc/{pid}/smaps_rollup")
     if not text:
         return None
@@ -149,6 +153,7 @@ def pss_of(pid: int) -> int | None:
 
 
 def io_of(pid: int) -> dict[str, int] | None:
+    """The process's ``/proc/<pid>/io`` counters, or None if it is gone."""
     text = _read(f"/proc/{pid}/io")
     if not text:
         return None
@@ -174,12 +179,15 @@ class TreeSampler(threading.Thread):
         self.seen: set[int] = set()
 
     def run(self) -> None:
+        """Sample until stopped (at most a day)."""
         deadline = time.monotonic() + 24 * 3600
         while not self.stop_event.is_set() and time.monotonic() < deadline:
             self.sample()
             self.stop_event.wait(self.interval_s)
 
     def sample(self) -> None:
+        """Read the tree once: CPU ticks, summed RSS, I/O if asked, and PSS every PSS_EVERY
+        samples."""
         pids = tree(self.root)
         rss = 0
         alive = 0
@@ -203,11 +211,13 @@ class TreeSampler(threading.Thread):
         self.peak_procs = max(self.peak_procs, alive)
 
     def stop(self) -> None:
+        """Stop sampling and wait for the thread."""
         self.stop_event.set()
         self.join(timeout=5)
 
     @property
     def sampled_cpu_s(self) -> float:
+        """The tree's CPU seconds from the last ticks seen of each process."""
         return sum(self.last_ticks.values()) / TICK
 
 
@@ -229,9 +239,11 @@ class Measured:
 
     @property
     def peak_tree_rss(self) -> int:
+        """The largest summed RSS of the tree seen (0 if it was not sampled)."""
         return self.sampler.peak_rss if self.sampler else 0
 
     def check(self, what: str) -> None:
+        """Raise with the output's tails if the command failed."""
         if self.returncode != 0:
             raise RuntimeError(f"{what} exited {self.returncode}\nstdout:\n{self.stdout[-3000:]}\n"
                                f"stderr:\n{self.stderr[-3000:]}")
@@ -350,6 +362,7 @@ def write_text_tasks(path: Path, n: int, prefix: str = "t") -> Path:
 
 
 def count_lines(path: Path) -> int:
+    """Lines in ``path`` (0 if it does not exist), read in 1 MB chunks."""
     if not path.exists():
         return 0
     with path.open("rb") as handle:
@@ -357,6 +370,7 @@ def count_lines(path: Path) -> int:
 
 
 def free_disk_gb(path: Path) -> float:
+    """GB free for us on ``path``'s file system."""
     st = os.statvfs(path)
     return st.f_bavail * st.f_frsize / 1e9
 
@@ -407,6 +421,7 @@ def _cell(value: Any) -> str:
 
 
 def machine_line() -> str:
+    """The machine the numbers come from, and its load now."""
     import platform
 
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())

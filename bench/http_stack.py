@@ -79,6 +79,7 @@ asyncio.run(main())
 
 
 def one_row(base_url: str, stack: str, n: int, c: int) -> float:
+    """The CPU a request of ``stack``, in a fresh process (n requests, c in flight)."""
     done = subprocess.run([sys.executable, "-c", _ROW, base_url, stack, str(n), str(c)], cwd=REPO,
                           capture_output=True, text=True, timeout=600, check=False)
     if done.returncode != 0:

@@ -54,15 +54,11 @@ STEPS = {
 
 
 def write_tasks(path: Path, n: int) -> None:
+    """Write ``n`` text tasks to ``path``."""
     with path.open("wb") as handle:
         for start in range(0, n, 20_000):
-            handle.write(
-                b"".join(
-                    b'{"id":"r%07d","prompt":"question %d: what is shown in the picture?"}\n'
-                    % (i, i)
-                    for i in range(start, min(n, start + 20_000))
-                )
-            )
+            line = b'{"id":"r%07d","prompt":"question %d: what is shown in the picture?"}\n'
+            handle.write(b"".join(line % (i, i) for i in range(start, min(n, start + 20_000))))
 
 
 def main() -> int:

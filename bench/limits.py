@@ -71,11 +71,12 @@ def _verdict(ok: bool) -> str:
 
 def limited(tmp: Path, name: str, flag: bool, limit: int, window: float, tasks: int,
             used_target: float, rejected_target: float) -> dict[str, Any]:
+    """A server limiting the rate per window, quantized by second; ``flag``: the run is given
+    --rpm."""
     mock = start_mock(rpm=limit, window_s=window, quantum_s=1.0, latency_ms=50)
     try:
-        args = ["--rate-window", f"{window:g}", "-p", "4", "-c", "16"] + (
-            ["--rpm", str(limit)] if flag else []
-        )
+        args = ["--rate-window", f"{window:g}", "-p", "4", "-c", "16"]
+        args += ["--rpm", str(limit)] if flag else []
         code, took, failed = _run(tmp, mock.base_url, tasks, *args)
         stats = mock.stats()
     finally:
@@ -86,22 +87,15 @@ def limited(tmp: Path, name: str, flag: bool, limit: int, window: float, tasks: 
     used = (accepted - 0.5 * rate) / span / rate  # the first half second's burst left out
     rejected = stats["limit_rejections"] / max(1, stats["requests"])
     ok = used >= used_target and rejected < rejected_target and failed == 0 and code == 0
-    return {
-        "server": name,
-        "limit/s": rate,
-        "requests/s": round(accepted / span, 2),
-        "used": f"{used:.1%}",
-        "429s": f"{rejected:.2%}",
-        "failed": failed,
-        "exit": code,
-        "seconds": round(took, 1),
-        "target": f">= {used_target:.0%} used, 429s < {rejected_target:.0%}"
-        + (", 0 failed" if flag else ""),
-        "verdict": _verdict(ok),
-    }
+    target = f">= {used_target:.0%} used, 429s < {rejected_target:.0%}"
+    return {"server": name, "limit/s": rate, "requests/s": round(accepted / span, 2),
+            "used": f"{used:.1%}", "429s": f"{rejected:.2%}", "failed": failed, "exit": code,
+            "seconds": round(took, 1), "target": target + (", 0 failed" if flag else ""),
+            "verdict": _verdict(ok)}
 
 
 def no_hints(tmp: Path, in_flight: int, latency_ms: float, tasks: int) -> dict[str, Any]:
+    """A server that refuses past ``in_flight`` requests with 429s and no hints."""
     mock = start_mock(max_concurrent=in_flight, latency_ms=latency_ms, limit_style="none")
     try:
         code, took, failed = _run(tmp, mock.base_url, tasks, "-p", "2", "-c", "16")
@@ -121,6 +115,7 @@ def no_hints(tmp: Path, in_flight: int, latency_ms: float, tasks: int) -> dict[s
 
 
 def outage(tmp: Path, away_s: float, tasks: int) -> dict[str, Any]:
+    """A server that goes away for ``away_s`` once a quarter of the tasks are done."""
     mock = start_mock(latency_ms=20)
     back_at: list[float] = []
 

@@ -25,6 +25,8 @@ _PREFIXES = (re.compile(r" \(/[^()]*?/site-packages/"),
 
 
 def clean(frame: str, root: str) -> str:
+    """A frame without the checkout's, site-packages' or stdlib's path and without its line
+    number."""
     frame = frame.replace(f" ({root}/", " (")
     for prefix in _PREFIXES:
         frame = prefix.sub(" (", frame)

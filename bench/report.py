@@ -33,6 +33,7 @@ KINDS = ("rate_limit", "server_error", "timeout", "connection")
 
 
 def generate(folder: Path, n: int) -> tuple[Path, Path]:
+    """Write the input, output, errors and runs files of ``n`` tasks over three runs."""
     tasks, output = folder / "tasks.jsonl", folder / "results.jsonl"
     errors = folder / "results.jsonl.errors.jsonl"
     runs = folder / "results.jsonl.runs.jsonl"

@@ -75,6 +75,7 @@ BASELINE_CODE = "import mpinfer.cli"
 
 
 def task_id(i: int) -> bytes:
+    """The id of task ``i``."""
     return b"r%07d" % i
 
 
@@ -98,6 +99,8 @@ def result_template(line_bytes: int) -> list[bytes]:
 
 
 def generate(folder: Path, n: int, line_bytes: int) -> tuple[Path, Path]:
+    """Write the input and the output, ``n`` tasks and a result line of about ``line_bytes``
+    each."""
     tasks = folder / "tasks.jsonl"
     output = folder / "results.jsonl"
     parts = result_template(line_bytes)
@@ -105,17 +108,14 @@ def generate(folder: Path, n: int, line_bytes: int) -> tuple[Path, Path]:
     with tasks.open("wb") as t, output.open("wb") as o:
         for start in range(0, n, chunk):
             ids = [task_id(i) for i in range(start, min(n, start + chunk))]
-            t.write(
-                b"".join(
-                    b'{"id":"%s","prompt":"question %s: what is shown in the picture?"}\n' % (i, i)
-                    for i in ids
-                )
-            )
+            line = b'{"id":"%s","prompt":"question %s: what is shown in the picture?"}\n'
+            t.write(b"".join(line % (i, i) for i in ids))
             o.write(b"".join(i.join(parts) for i in ids))
     return tasks, output
 
 
 def measure(name: str, cmd: list[str], folder: Path, repeat: int) -> tuple[dict[str, Any], Any]:
+    """The best of ``repeat`` runs of ``cmd`` (by wall time), as a table row."""
     best = None
     for _ in range(repeat):
         for cache in folder.glob(".*.status-cache"):

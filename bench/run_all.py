@@ -52,6 +52,7 @@ LIMIT_S = 1800.0
 
 
 def run_one(name: str, args: list[str]) -> tuple[int, list[str], float]:
+    """Run one benchmark script, echoing its output; its exit code, lines and wall seconds."""
     cmd = [sys.executable, str(HERE / f"{name}.py"), *args]
     print(f"\n===== {name}: {' '.join(cmd[1:])}", flush=True)
     started = time.monotonic()

@@ -59,6 +59,7 @@ def vm_hwm_mb(pid: int) -> float | None:
 
 
 def start_row(mock: Any, folder: Path, tasks: int, timeout_s: float) -> dict[str, Any]:
+    """Part (a): a fresh run on ``tasks`` tasks, until its first request; then stopped."""
     print(f"  writing {tasks:,} tasks ...", flush=True)
     path = write_text_tasks(folder / "tasks.jsonl", tasks)
     size_mb = path.stat().st_size / 1e6
@@ -103,6 +104,7 @@ def start_row(mock: Any, folder: Path, tasks: int, timeout_s: float) -> dict[str
 
 
 def answer_lines(start: int, stop: int) -> bytes:
+    """Result lines for tasks ``start`` to ``stop``, in the package's format."""
     return b"".join(orjson.dumps({
         "id": f"t{i}", "input_prompt": f"question {i}", "images": [], "answer": f"answer {i}",
         "model": "m",
@@ -114,6 +116,7 @@ def answer_lines(start: int, stop: int) -> bytes:
 
 
 def timed_status(folder: Path, tasks: Path, output: Path) -> float:
+    """Wall seconds of one ``--status`` on ``output``."""
     started = time.monotonic()
     proc = subprocess.run(cli_command("-i", str(tasks), "-o", str(output), "--status", "--model",
                                       "m"), cwd=folder, env=cli_env(), capture_output=True,
@@ -125,6 +128,8 @@ def timed_status(folder: Path, tasks: Path, output: Path) -> float:
 
 
 def status_rows(folder: Path, lines: int) -> list[dict[str, Any]]:
+    """Part (b): ``--status`` on a ``lines``-line output, cold, cached, then after 1,000 more
+    lines."""
     print(f"  writing {lines:,} tasks and {lines:,} answer lines ...", flush=True)
     tasks = write_text_tasks(folder / "status-tasks.jsonl", lines + 1000)
     output = folder / "status-results.jsonl"
@@ -142,6 +147,7 @@ def status_rows(folder: Path, lines: int) -> list[dict[str, Any]]:
 
 
 def verdict(name: str, value: float, target: float, unit: str) -> str:
+    """One target's line: the value, MET or MISSED, and the target."""
     met = "MET" if value < target else "MISSED"
     return f"{name}: {value:g} {unit}: {met} (target < {target:g} {unit})"
 

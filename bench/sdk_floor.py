@@ -98,6 +98,7 @@ COLUMNS = ["client", "p", "c", "K", "requests", "% ideal", "round 2 s", "later r
 
 
 def floor_row(mock: Any, p: int, c: int, n: int, images: bool, latency_ms: float) -> dict[str, Any]:
+    """The floor client's row: P processes x C slots sending ``n`` requests through the SDK."""
     k = p * c
     m, seen, stats = at_mock(mock, latency_ms, k, n,
                              [*python_command(_FLOOR), mock.base_url, str(p), str(c), str(n),

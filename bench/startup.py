@@ -61,6 +61,7 @@ def watch_requests(root_url: str, want: int, stop: threading.Event,
 
 
 def one_run(mock: Any, p: int, latency_ms: float, timeout_s: float) -> dict[str, Any]:
+    """One start-up with ``p`` workers: times to the first request and to every worker's first."""
     mock.reset()
     folder = Path(tempfile.mkdtemp(prefix=f"mpinfer-bench-start-{p}-"))
     try:
@@ -85,6 +86,7 @@ def one_run(mock: Any, p: int, latency_ms: float, timeout_s: float) -> dict[str,
 
 
 def import_cost(repeat: int) -> dict[str, Any]:
+    """The time ``import mpinfer.cli`` takes, the floor under any start-up."""
     folder = Path(tempfile.mkdtemp(prefix="mpinfer-bench-import-"))
     try:
         walls = []

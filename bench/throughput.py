@@ -78,6 +78,7 @@ COLUMNS = ["L ms", "p", "c", "K", "transport", "tasks", "ideal/s", "rounds/s", "
 
 
 def parse_configs(text: str) -> list[tuple[int, int]]:
+    """``"4x16,8x8"`` as [(4, 16), (8, 8)]: processes x concurrency."""
     out = []
     for part in text.split(","):
         if part.strip():
@@ -171,6 +172,7 @@ def at_mock(mock: Any, latency_ms: float, k: int, n: int, cmd: list[str], cwd: P
 
 def one_row(mock: Any, latency_ms: float, p: int, c: int, n: int, timeout_s: float, keep: bool,
             transport: str, jitter_ms: float = 0.0, images: bool = False) -> dict[str, Any]:
+    """One table row: the CLI at ``-p p -c c`` on ``n`` tasks at the mock's ``latency_ms``."""
     folder = Path(tempfile.mkdtemp(prefix=f"mpinfer-bench-tp-{p}x{c}-"))
     try:
         tasks = (write_image_tasks if images else write_text_tasks)(folder / "tasks.jsonl", n)
