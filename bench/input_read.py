@@ -48,8 +48,8 @@ STEPS = {
     "import mpinfer.inputs.check and readers only": "count = 0",
     "check_input (keeps the ids)": "index = check_input(path)\ncount = index.total",
     "iter_tasks, full streaming pass": "count = 0\nfor task in iter_tasks(path):\n    count += 1",
-    "frozenset of the same ids alone": "ids = frozenset('r%07d' % i for i in "
-    "range(n))\ncount = len(ids)",
+    "frozenset of the same ids alone": ("ids = frozenset('r%07d' % i for i in range(n))\n"
+                                        "count = len(ids)"),
 }
 
 
