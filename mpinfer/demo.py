@@ -1,5 +1,4 @@
-"""``--demo``: the whole job on bundled example tasks against the local mock
-server, then status and validate.
+"""``--demo``: the whole job on bundled tasks against the local mock, then status and validate.
 
 The example images are generated here (small PNGs written with zlib), so the
 demo needs no files, no key and no network beyond 127.0.0.1.
@@ -23,8 +22,7 @@ _COLOURS = {"red": (220, 40, 40), "green": (40, 180, 70), "blue": (40, 80, 220)}
 
 def png_bytes(width: int, height: int, rgb: tuple[int, int, int],
               stripe: tuple[int, int, int]) -> bytes:
-    """A valid RGB PNG: a solid colour with a diagonal stripe, so that no two
-    demo images are alike."""
+    """A valid RGB PNG: a solid colour with a diagonal stripe, so no two demo images look alike."""
     rows = bytearray()
     for y in range(height):
         rows.append(0)  # filter: none

@@ -1,5 +1,4 @@
-"""The one supervise loop every backend shares: the work to hand out, the tally
-of what came back, stopping.
+"""The one supervise loop every backend shares: the work to hand out, the tally, stopping.
 
 A backend (local processes, a Ray cluster; see backends.base.Backend) moves tasks to where they run
 and events back; the driver decides the rest the same way for all of them: which task goes next
@@ -114,15 +113,13 @@ class RunState:
         return item
 
     def give_back(self, items: list[WorkItem]) -> None:
-        """Tasks that were sent but not done (their worker died): send them
-        again, unless stopping."""
+        """Tasks sent but not done (their worker died): sent again, unless stopping."""
         if items and self.stop_reason is None:
             self.requeue.extend(items)
             self.feeding = True
 
     def _within_budget(self, in_flight: Callable[[], int]) -> bool:
-        """Whether one more task fits in --max-cost, counting what is in flight
-        at the average cost so far.
+        """Whether one more task fits in --max-cost, counting in-flight tasks at the average cost.
 
         Until the first answer gives an average, only one task per worker goes out, as a probe.
         """
@@ -177,8 +174,7 @@ class RunState:
                              cost=f"${self.summary.cost:.4f}", refresh=refresh)
 
     def fail_run(self, stopped: Stopped) -> None:
-        """Stop the run on a fault; the first one is the one the summary
-        reports, the rest go to the log."""
+        """Stop the run on a fault; the summary reports the first, the log the rest."""
         if self.stop_reason is None:
             log.error("stopping the run: %s", stopped.detail or stopped)
         else:
@@ -290,8 +286,7 @@ def supervise(state: RunState, backend: Backend, grace_s: float, poll_s: float =
 
 
 def _tally(state: RunState, notes: list[Note]) -> None:
-    """What arrived while the workers were being killed: answers are counted,
-    nothing is sent again."""
+    """What arrived while the workers were being killed: answers count, nothing is sent again."""
     for note in notes:
         if isinstance(note, Returned):
             state.recovered(note.recovered)

@@ -1,5 +1,4 @@
-"""The exception hierarchy of mpinfer: the library raises these; only the CLI
-turns them into messages.
+"""The exception hierarchy: the library raises these; only the CLI turns them into messages.
 
 Every exception here survives pickling (it may cross a process boundary), so each keeps its
 constructor arguments in ``args`` and rebuilds from them.
@@ -21,8 +20,7 @@ class ConfigError(MpinferError):
 
 
 class SettingsChanged(ConfigError):
-    """An output holds answers made with other answer-changing settings;
-    --allow-mixed accepts them."""
+    """The output holds answers made with other answer-changing settings (see --allow-mixed)."""
 
     exit_code = 2
 
@@ -78,8 +76,7 @@ class NoKeysLeft(MpinferError):
 
 
 class MalformedResponse(MpinferError):
-    """The server answered 200 with a body that is not a chat completion;
-    retried like a server error."""
+    """A 200 whose body is not a chat completion; retried like a server error."""
 
 
 class BatchApiError(MpinferError):

@@ -1,5 +1,4 @@
-"""What crosses processes and hosts: the events a worker reports, the work it
-is given, and why a run stops.
+"""What crosses processes and hosts: a worker's events, its work, and why a run stops.
 
 Every event is a frozen dataclass. A local worker sends them over its pipe as orjson bytes, ``[kind,
 fields]`` (``encode`` / ``decode``: decoding gives back an equal dataclass); a Ray actor returns the
@@ -76,8 +75,7 @@ class Abort:
 
 @dataclass(frozen=True, slots=True)
 class Fatal:
-    """The run cannot go on: the output cannot be written (full disk), or a
-    worker crashed on a bug."""
+    """The run cannot go on: the output cannot be written (a full disk), or a worker hit a bug."""
 
     kind: ClassVar[str] = "fatal"
     message: str
@@ -190,8 +188,7 @@ class StopReason(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Stopped:
-    """A stop reason and what happened, as the summary and the log show it:
-    ``"aborted: every key ..."``."""
+    """A stop reason and what happened, as the summary and log show it (``"aborted: ..."``)."""
 
     reason: StopReason
     detail: str = ""

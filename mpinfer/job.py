@@ -1,5 +1,4 @@
-"""``mpinfer.run`` for Python callers (a notebook, a script, a service):
-keyword settings in, a RunResult out.
+"""``mpinfer.run`` for Python callers: keyword settings in, a RunResult out.
 
     r = mpinfer.run(input="tasks.jsonl", output="results.jsonl", model="gpt-4o-mini", processes=2)
     r.summary.succeeded, [a["answer"] for a in r.answers()]
@@ -39,8 +38,7 @@ KEYWORDS: tuple[str, ...] = (*(option.name for option in OPTIONS), "api_keys")
 
 @dataclass(frozen=True)
 class RunResult:
-    """What ``mpinfer.run`` did (``summary``) and where its answers are
-    (``outputs``, one file per model)."""
+    """What ``mpinfer.run`` did (``summary``), and its answer files (``outputs``, one a model)."""
 
     summary: RunSummary
     config: RunConfig
@@ -52,8 +50,7 @@ class RunResult:
         return model_outputs(output, self.config.models)
 
     def answers(self) -> Iterator[dict[str, Any]]:
-        """Every result line in the outputs, this run's and earlier runs', as
-        dicts, file by file in order.
+        """Every result line in the outputs, this run's and earlier ones', as dicts, in file order.
 
         Read lazily from disk, so a million answers need not fit in memory. These are the lines a
         resume counts as done; any other line (torn, corrupt or not an answer, which ``validate``
@@ -65,8 +62,7 @@ class RunResult:
                     yield obj
 
     def failures(self) -> Iterator[dict[str, Any]]:
-        """The last failure of each task still not answered (what a rerun
-        retries), as dicts, output by output.
+        """The last failure of each task still not answered (what a rerun retries), as dicts.
 
         Earlier failures of a task answered since, in this run or a later one, are left out.
         """
@@ -83,8 +79,7 @@ class RunResult:
 def run(config: RunConfig | None = None, *, input: str | Path | None = None,
         output: str | Path | None = None, progress: bool = True, grace_s: float = DEFAULT_GRACE_S,
         **settings: Any) -> RunResult:
-    """Run every task of ``input`` that is not in ``output`` yet (rerun to
-    resume) and return the result.
+    """Run every task of ``input`` not yet in ``output`` (rerun to resume); the RunResult.
 
     ``settings`` are RunConfig's field names, e.g. ``model="gpt-4o-mini", processes=2, max_cost=5``;
     an unknown name is a ConfigError. With ``config``, the keyword settings apply over it. Raises
@@ -105,8 +100,7 @@ def run(config: RunConfig | None = None, *, input: str | Path | None = None,
 
 
 def check_names(settings: Iterable[str]) -> None:
-    """A ConfigError naming the first of ``settings`` that is no keyword, with
-    the likeliest one meant."""
+    """A ConfigError for the first of ``settings`` that is no keyword, with the likeliest meant."""
     for name in settings:
         if name not in KEYWORDS:
             close = difflib.get_close_matches(name, KEYWORDS, n=1)
@@ -116,8 +110,7 @@ def check_names(settings: Iterable[str]) -> None:
 
 
 def with_settings(config: RunConfig, settings: Mapping[str, Any]) -> RunConfig:
-    """``config`` with keyword settings over it, each parsed and checked as its
-    flag would be (None: not given).
+    """``config`` with keyword settings over it (None: not given), each parsed as its flag would be.
 
     ``api_keys`` takes a key or a sequence of keys; a new ``api_keys_file``
     without them reads its keys.

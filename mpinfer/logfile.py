@@ -74,8 +74,7 @@ def _secrets(keys: Sequence[str]) -> list[str]:
 
 
 class _SameThread(logging.Filter):
-    """Passes the records of the thread that started the run: two runs in two
-    threads keep their own logs."""
+    """Passes the records of the run's own thread: two runs in two threads keep their own logs."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -87,8 +86,7 @@ class _SameThread(logging.Filter):
 
 
 class _OtherThreads(logging.Handler):
-    """While runs go, hands the records of threads that run none on up, as
-    propagation would have."""
+    """While runs go, passes on up the records of threads running none, as propagation would."""
 
     def emit(self, record: logging.LogRecord) -> None:
         """Pass the caller's other threads' records on to the caller's handlers."""
@@ -179,8 +177,7 @@ def _reset_root(verbose: bool) -> logging.Logger:
 
 def setup_worker_logging(log_file: str | None, verbose: bool, label: str,
                          keys: Sequence[str] = ()) -> None:
-    """A worker logs to the run's file only; what the user must see travels to
-    the parent as events."""
+    """A worker logs to the run's file only; what the user must see goes to the parent as events."""
     root = _reset_root(verbose)
     if log_file:
         handler = logging.FileHandler(log_file, mode="a", encoding="utf-8", delay=True)

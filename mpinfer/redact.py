@@ -1,5 +1,4 @@
-"""Keeping secrets out of everything mpinfer writes: logs, output and error
-lines, manifests, error messages.
+"""Keeping secrets out of everything mpinfer writes: logs, lines, manifests, messages.
 
 Two layers. The exact API keys of the run are replaced wherever they occur, so a key never
 leaves the process in clear even when it has no recognisable shape. Then anything shaped
@@ -44,8 +43,7 @@ _PLAIN_FORMATTER = logging.Formatter()
 
 
 def key_hint(key: str, index: int) -> str:
-    """How key number ``index`` (0-based) may be shown: ``...wxyz``, or ``key
-    #2`` when it is short."""
+    """How key ``index`` (0-based) may be shown: ``...wxyz``, or ``key #2`` if it is short."""
     return f"...{key[-4:]}" if len(key) >= MIN_HINTED_LENGTH else f"key #{index + 1}"
 
 
@@ -55,8 +53,7 @@ def _mask(secret: str) -> str:
 
 @functools.lru_cache(maxsize=32)
 def _secrets_pattern(secrets: tuple[str, ...]) -> re.Pattern[str] | None:
-    """One alternation of the secrets, longest first, so a key that starts
-    another never splits it."""
+    """One alternation of the secrets, longest first: a key that starts another never splits it."""
     wanted = sorted({s for s in secrets if len(s) >= MIN_SECRET_LENGTH}, key=len, reverse=True)
     if not wanted:
         return None
@@ -80,8 +77,7 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
 
 
 class RedactingFilter(logging.Filter):
-    """A logging filter that removes secrets from each record; it rewrites
-    records and never drops one.
+    """A logging filter that removes secrets from each record; it rewrites records, never drops one.
 
     Attach it to handlers, not loggers: a logger's filters see only the records logged on that very
     logger, never those propagating from its children, whereas a handler's see every record it is
@@ -124,8 +120,7 @@ def redact_argv(
     secrets: Iterable[str] = (),
     not_secret: Collection[str] = NOT_SECRET_OPTIONS,
 ) -> list[str]:
-    """The command line fit to be recorded: secrets redacted, and the values of
-    secret options hidden.
+    """The command line fit to be recorded: secrets redacted, secret options' values hidden.
 
     An option is secret when its name contains key, token, secret or password (``--api-key X``,
     ``--token=X``), unless it is one of ``not_secret``; its value becomes ``***``. After ``--``

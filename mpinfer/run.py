@@ -62,8 +62,7 @@ __all__ = ["DEFAULT_GRACE_S", "RunSummary", "run"]
 
 @dataclass(frozen=True)
 class _Job:
-    """What the check settled: the run's settings, where its tasks come from
-    and where their lines go."""
+    """What the check settled: the run's settings, where its tasks come from, where lines go."""
 
     config: RunConfig
     input_path: Path
@@ -76,8 +75,7 @@ class _Job:
 
 @dataclass
 class _Scanned:
-    """What the outputs already hold: per model, the done ids and where this
-    run's lines will start."""
+    """What the outputs already hold: per model, the done ids and where this run's lines start."""
 
     done: list[IdSubset]
     run_starts: list[int]
@@ -153,8 +151,7 @@ def _check(config: RunConfig) -> tuple[_Job, InputIndex]:
 
 
 def _lock(job: _Job, held: ExitStack) -> Path | None:
-    """Take every output's run lock (released when ``held`` closes), wait out
-    orphans, start the log."""
+    """Take every output's run lock (released with ``held``), wait out orphans, start the log."""
     config = job.config
     for paths in job.outputs:
         held.enter_context(RunLock(paths, config.model))

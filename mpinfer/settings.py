@@ -1,5 +1,4 @@
-"""How a setting is declared: the ``setting()`` field helper, the value
-parsers, and the Option view of a field.
+"""How a setting is declared: the ``setting()`` field helper, the parsers, the Option view.
 
 A RunConfig field declared with ``setting(...)`` is a setting: it gets a flag, environment variables
 and a ``mpinfer.toml`` key. Its default is written once, in the field; the CLI's help,
@@ -28,8 +27,7 @@ _KEY = "mpinfer.setting"
 
 
 def as_integer(text: Any) -> int:
-    """An int from a flag's text or a TOML value; a TOML float or boolean is
-    refused, never truncated."""
+    """An int from a flag's text or a TOML value; a TOML float or bool is refused, not truncated."""
     if isinstance(text, bool) or (isinstance(text, float) and not text.is_integer()):
         raise ValueError("must be a whole number")
     return int(text)
@@ -45,8 +43,7 @@ def as_number(text: Any) -> float:
 def at_least(
     parse: Callable[[Any], float], low: float, strictly: bool = False
 ) -> Callable[[Any], Any]:
-    """A parser that also bounds the value from below: ``> low`` when
-    ``strictly``, else ``>= low``."""
+    """A parser that also bounds the value: ``> low`` when ``strictly``, else ``>= low``."""
 
     def bounded(text: Any) -> Any:
         value = parse(text)

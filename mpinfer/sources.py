@@ -26,8 +26,7 @@ Layers = list[dict[str, str]]
 
 
 def lookup(layers: Layers, names: tuple[str, ...]) -> tuple[str, str] | None:
-    """(name, value) of the first non-empty variable, layer by layer: any name
-    in the environment beats .env."""
+    """(name, value) of the first non-empty variable, layer by layer (environment beats .env)."""
     for layer in layers:
         for name in names:
             if layer.get(name):
@@ -36,8 +35,7 @@ def lookup(layers: Layers, names: tuple[str, ...]) -> tuple[str, str] | None:
 
 
 def settings_file(given: Path | None, layers: Layers, cwd: Path) -> Path:
-    """``--config FILE``, else ``MPINFER_CONFIG``, else ``./mpinfer.toml`` (may
-    be absent); one named must exist."""
+    """``--config FILE``, else ``MPINFER_CONFIG``, else ``./mpinfer.toml``; one named must exist."""
     found = lookup(layers, (CONFIG_ENV,))
     named = given if given is not None else (Path(found[1]) if found else None)
     if named is None:
@@ -49,8 +47,7 @@ def settings_file(given: Path | None, layers: Layers, cwd: Path) -> Path:
 
 
 def read_toml(path: Path, known: Collection[str]) -> dict[str, Any]:
-    """The settings in a settings file, by name (dashes read as underscores);
-    {} when there is no file."""
+    """A settings file's settings by name (dashes read as underscores); {} when there is no file."""
     try:
         with path.open("rb") as handle:
             data = tomllib.load(handle)
@@ -102,8 +99,7 @@ def read_keys_file(keys_file: Path) -> tuple[str, ...]:
 def endpoint_table(
     path: Path | None, tables: Any, source: str, layers: Layers
 ) -> tuple[Endpoint, ...]:
-    """The endpoints table from --endpoints FILE, else the [[endpoints]]
-    ``tables`` of ``source``; () without one.
+    """The endpoints table of --endpoints FILE, else of the [[endpoints]] ``tables``; () if none.
 
     Each endpoint's key is read from its variable in ``layers``.
     """

@@ -30,8 +30,7 @@ POLL_S = 0.1
 
 @dataclass(frozen=True)
 class CancelResult:
-    """What ``cancel_run`` did: which run it signalled, whether it exited in
-    time, and its last summary."""
+    """What ``cancel_run`` did: the run it signalled, whether it exited in time, its summary."""
 
     output: Path
     pid: int
@@ -75,8 +74,7 @@ def _alive(pid: int) -> bool:
 
 def cancel_run(config: RunConfig, wait_s: float, *, clock: Callable[[], float] = time.monotonic,
                sleep: Callable[[float], None] = time.sleep) -> CancelResult | None:
-    """Stop the live run on ``config``'s output and wait up to ``wait_s`` for
-    it to exit; None when none is live."""
+    """Stop the live run on ``config``'s output and wait up to ``wait_s``; None if none is live."""
     outputs = _outputs(config)
     info = _live(outputs)
     if info is None:
