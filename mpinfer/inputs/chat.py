@@ -1,5 +1,4 @@
-"""Conversations in the input: a chat row's ``messages`` and a Batch API body,
-checked as a server would.
+"""Conversations in the input: a chat row's ``messages`` and a Batch API body, checked.
 
 A malformed conversation (``messages`` not a list, an ``image_url`` given as a bare
 string, a part without its text) is an input error, reported with file and line by the
@@ -106,6 +105,5 @@ def check_messages(value: Any, name: str = "messages") -> Conversation:
 
 
 def has_system(messages: list[dict[str, Any]]) -> bool:
-    """Whether a conversation sets its own system (or developer) message: then
-    no default is added."""
+    """Whether a conversation sets its own system (or developer) message: then none is added."""
     return any(message.get("role") in SYSTEM_ROLES for message in messages)

@@ -1,5 +1,4 @@
-"""The input check, and what a run's options select: everything a run knows of
-its input before it spends.
+"""The input check, and what a run's options select: all a run knows of its input before spending.
 
 The input is read twice and never held: ``check_input`` reads every line before any
 API call, so bad input fails fast with file and line and costs nothing, and keeps only
@@ -97,16 +96,14 @@ def settle_models(config: RunConfig, index: InputIndex) -> RunConfig:
 
 
 def asked_models(config: RunConfig, index: InputIndex) -> tuple[str, ...]:
-    """The models requests will really name: a Batch file's bodies' (without
-    --model), else the run's."""
+    """The models requests will name: a Batch file's bodies' (without --model), else the run's."""
     if index.format is InputFormat.BATCH and "model" not in config.explicit and index.body_models:
         return index.body_models
     return config.models
 
 
 def id_resolver(path: Path, keys: FieldKeys, fmt: InputFormat) -> Resolver:
-    """How the id index reads an id again: the row number itself, or the id of
-    the row at a byte offset."""
+    """How the id index reads an id again: the row number, or the id of the row at a byte offset."""
     return str if _ids_by_row(keys, fmt) else IdReader(path, keys.id, fmt)
 
 
@@ -116,8 +113,7 @@ def _ids_by_row(keys: FieldKeys, fmt: InputFormat) -> bool:
 
 
 def _duplicates_error(path: Path, duplicates: list[tuple[str, list[int]]]) -> InputError:
-    """Each repeat of an id with the line of its first row and its own (as
-    ``(id, first, again)``)."""
+    """The error listing repeated ids, each with the lines of its first row and of the repeat."""
     pairs = [(task_id, rows[0], again) for task_id, rows in duplicates for again in rows[1:]]
     shown = pairs[:MAX_DUPLICATES_SHOWN]
     lines = line_numbers(path, {offset for _, first, again in shown for offset in (first, again)})

@@ -19,8 +19,7 @@ _BLOCK = 1 << 20
 
 
 def row_has_values(row: dict[Any, Any]) -> bool:
-    """A CSV row with at least one non-blank cell (rows of empty cells are
-    skipped, as blank lines are)."""
+    """A CSV row with a non-blank cell (rows of empty cells are skipped, as blank lines are)."""
     return any(v for v in row.values() if isinstance(v, str) and v.strip())
 
 
@@ -51,8 +50,7 @@ class CountedLines:
 
 
 class IdReader:
-    """Reads the id of the row at a byte offset of a checked input (JSONL,
-    Batch API JSONL or CSV)."""
+    """Reads the id of the row at a byte offset of a checked input (JSONL, Batch API or CSV)."""
 
     def __init__(self, path: Path, id_key: str, fmt: Enum) -> None:
         self.path = path

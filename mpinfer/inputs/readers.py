@@ -1,5 +1,4 @@
-"""Reading an input file row by row: JSONL, OpenAI Batch API JSONL, and CSV,
-streamed and never held.
+"""Reading an input row by row: JSONL, OpenAI Batch API JSONL and CSV, streamed, never held.
 
 The format is told by the file: ``.csv`` is CSV; a JSONL file whose first line has
 ``custom_id`` and ``body`` is a Batch API file, whose bodies are sent as they are. Each row
@@ -50,8 +49,7 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
 
 
 def _placed_lines(path: Path) -> Iterator[tuple[int, int, bytes]]:
-    """(number, byte offset, line) for each non-blank line; the offset is where
-    the id index finds it again."""
+    """(number, byte offset, line) of each non-blank line; the id index finds it again by offset."""
     with _open(path) as handle:
         offset = 0
         for number, raw in enumerate(handle, start=1):
@@ -108,8 +106,7 @@ def _csv_task(row: dict[str, Any], keys: FieldKeys, line: int) -> Task:
 
 def iter_raw(path: Path, keys: FieldKeys = FieldKeys(), fmt: InputFormat | None = None,
              ) -> Iterator[tuple[int, dict[str, Any] | None, Task | InputError]]:
-    """(line, the record as read, its Task or the InputError that says what is
-    wrong), for every row."""
+    """(line, the record as read, its Task or the InputError saying what is wrong) for every row."""
     for line, _, row, item in placed_rows(path, keys, fmt or detect_format(path)):
         yield line, row, item
 
@@ -163,8 +160,7 @@ def iter_selected(path: Path, keys: FieldKeys, selection: Selection, fmt: InputF
 
 def iter_tasks(path: Path, keys: FieldKeys = FieldKeys(), skip: Container[str] = frozenset(),
                selection: Selection = Selection()) -> Iterator[Task]:
-    """Stream the selected tasks of a checked input, leaving out the ids in
-    ``skip`` (those already done)."""
+    """Stream the selected tasks of a checked input, leaving out the ids in ``skip`` (done)."""
     for _, _, item in iter_selected(path, keys, selection):
         if isinstance(item, InputError):
             raise item

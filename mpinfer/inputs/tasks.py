@@ -1,5 +1,4 @@
-"""Task, the unit of work, and how one input row becomes one: a JSONL record, a
-Batch API line, a chat row.
+"""Task, the unit of work, and how an input row (JSONL, Batch API, chat) becomes one.
 
 What a run reads is said by ``FieldKeys`` (which fields hold what), ``InputFormat`` (told by the
 file) and ``Selection`` (which rows run); ``InputIndex`` is what the input check keeps. Reading
@@ -22,8 +21,7 @@ BATCH_URLS = frozenset({"/v1/chat/completions", "/chat/completions", "/v1/respon
 
 @dataclass(frozen=True)
 class FieldKeys:
-    """Which input fields hold the id, the prompt and the images (data sets
-    name them differently)."""
+    """Which input fields hold the id, the prompt and the images (data sets name them apart)."""
 
     id: str = "id"
     prompt: str = "prompt"
@@ -43,8 +41,7 @@ class InputFormat(StrEnum):
 
 @dataclass(frozen=True)
 class Selection:
-    """Which tasks of the input run: a row range (0-based, end exclusive), the
-    first N, given ids."""
+    """Which tasks of the input run: a row range (0-based, end exclusive), the first N, ids."""
 
     start: int = 0
     end: int | None = None
@@ -88,8 +85,7 @@ class Task:
 
 @dataclass(frozen=True)
 class InputIndex:
-    """What the checking pass keeps: the selected ids (a subset of the input's
-    id index), and how many."""
+    """What the checking pass keeps: the selected ids (a subset of the id index), and how many."""
 
     path: Path
     ids: IdSubset
@@ -104,8 +100,7 @@ def _number(value: Any) -> bool:
 
 
 def parse_task(obj: Any, keys: FieldKeys, line: int) -> Task:
-    """Build a Task from one decoded input line; raises ValueError with a
-    message naming the field."""
+    """Build a Task from one decoded input line; a ValueError names the field at fault."""
     if not isinstance(obj, dict):
         raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
     raw_id = obj.get(keys.id)

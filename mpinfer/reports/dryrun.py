@@ -1,5 +1,4 @@
-"""``--dry-run``: check every task a run would send and estimate its tokens and
-cost, calling nothing.
+"""``--dry-run``: check every task a run would send, estimate its tokens and cost; call nothing.
 
 A dry run does what a real run does up to the API call: it checks the input (bad input raises the
 same InputError, with file and line), reads each output to leave out the ids already done, and
@@ -39,8 +38,7 @@ def _plain(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class TaskProblem:
-    """A pending task that a real run would fail without sending it (its image
-    is missing or broken)."""
+    """A pending task a real run would fail without sending it (its image missing or broken)."""
 
     id: str
     line: int
@@ -49,8 +47,7 @@ class TaskProblem:
 
 @dataclass(frozen=True)
 class LargestImage:
-    """The largest image, in bytes, that the pending tasks send; ``path`` is a
-    short form for a data: URL."""
+    """The largest image the pending tasks send; ``path`` is a short form for a data: URL."""
 
     path: str
     bytes: int
@@ -61,8 +58,7 @@ class LargestImage:
 
 @dataclass(frozen=True)
 class ImageTally:
-    """The images of the estimated tasks, each counted every time a task uses
-    it (it is sent every time).
+    """The images of the estimated tasks, counted each time a task uses one (each use is sent).
 
     ``local`` are files, ``inline`` data: URLs in the input (both checked), ``remote`` http(s) URLs
     (not checked: that would mean fetching them). ``local_bytes`` sums the files and inline images
@@ -78,8 +74,7 @@ class ImageTally:
 
 @dataclass(frozen=True)
 class PromptStats:
-    """Estimated prompt tokens of the estimated tasks, each task counted once
-    whatever the number of models."""
+    """Estimated prompt tokens of the estimated tasks, each counted once whatever the models."""
 
     tasks: int
     total: int
@@ -90,8 +85,7 @@ class PromptStats:
 
 @dataclass(frozen=True)
 class ModelPlan:
-    """One model's share of the run: its output, what is done, what would be
-    sent, and what it may cost.
+    """One model's share of the run: its output, what is done, what would be sent, what it may cost.
 
     ``pending`` counts every task not in the output; ``problems`` those of them a real run would
     fail without a request. Tokens and cost cover the rest (``estimated``). ``completion_ceiling``
@@ -251,8 +245,7 @@ class _Images:
 
 
 def plan(config: RunConfig, prices: PriceTable) -> DryRunPlan:
-    """Check every task a run of ``config`` would send now and estimate its
-    tokens and cost; send nothing.
+    """Check every task a run of ``config`` would send now, estimate tokens and cost; send nothing.
 
     Raises InputError for bad input and ConfigError without input or output paths, as a run would; a
     task whose image is missing, not an image, or of unreadable size is a TaskProblem, not an error.

@@ -1,5 +1,4 @@
-"""What a run leaves beside its output as it ends: the tasks still missing, and
-(``report = true``) the report.
+"""What a run leaves beside its output as it ends: the tasks still missing, and the report.
 
 ``<output>.missing.jsonl`` is refreshed whenever a run ends with tasks neither answered nor
 failed (stopped, budget, crash of a worker), and when an older one is there (so it never
@@ -23,8 +22,7 @@ log = logging.getLogger("mpinfer.run")
 
 
 def after_run(config: RunConfig, remaining: int) -> Epilogue:
-    """Refresh the missing-tasks file and write the report as the settings ask;
-    call it under the run lock."""
+    """Refresh the missing-tasks file, and write the report if asked; call it under the run lock."""
     output = config.output
     if output is None:
         return Epilogue()

@@ -1,5 +1,4 @@
-"""Export: one table of the whole job, input fields beside answers, for people
-who want a spreadsheet.
+"""Export: the whole job as one table, input fields beside answers, for a spreadsheet.
 
 One row per selected input task (per task and model in a run of several models), in input
 order, with the input record's fields, then the answer and its accounting, and a ``status``
@@ -108,8 +107,7 @@ class ExportReport:
 
 @dataclass(frozen=True)
 class _Outcomes:
-    """One output's answers (the first line of each id) and the last failure
-    message of the ids not done."""
+    """One output's answers (each id's first line) and the last failure of the ids not done."""
 
     answers: dict[str, RecordView]
     errors: dict[str, str]
@@ -179,8 +177,7 @@ def _selected_rows(path: Path, keys: FieldKeys, chosen: Selection, fmt: InputFor
 
 
 def _input_fields(raw: dict[str, Any], fmt: InputFormat) -> dict[str, Any]:
-    """The columns a record contributes: a Batch API line gives its custom_id
-    and its body as JSON text."""
+    """A record's columns: a Batch API line gives its custom_id and its body as JSON text."""
     if fmt is InputFormat.BATCH:
         return {"custom_id": raw.get("custom_id"), "body": orjson.dumps(raw.get("body")).decode()}
     # csv.DictReader files the cells of a row longer than the header under None.
@@ -275,8 +272,7 @@ class _Writer:
 
 
 def _refuse_own_files(dest: Path, input_path: Path, output: Path, models: tuple[str, ...]) -> None:
-    """An export over the input or a results file would replace it: the one
-    mistake that loses answers."""
+    """Refuse to export over the input or a results file: the one mistake that loses answers."""
     own = [input_path, companion(output, ".missing.jsonl")]
     for path in model_outputs(output, models):
         paths = OutputPaths.of(path)
@@ -288,8 +284,7 @@ def _refuse_own_files(dest: Path, input_path: Path, output: Path, models: tuple[
 
 
 def export(config: RunConfig, dest: Path) -> ExportReport:
-    """Write the job as one table to ``dest`` (``.csv``, ``.jsonl`` or
-    ``.parquet``) and the missing tasks beside the output.
+    """Write the job as one table to ``dest`` (CSV, JSONL or Parquet), the missing tasks beside it.
 
     Both files are written atomically. The input is checked first, as a run would: a broken input
     stops the export with the same InputError.

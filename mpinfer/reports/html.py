@@ -1,5 +1,4 @@
-"""``--report``: one self-contained HTML file of charts and tables about an
-output, readable offline.
+"""``--report``: one self-contained HTML file of charts and tables about an output.
 
 Plotly draws the charts (the optional extra ``mpinfer[report]``): its Python package writes figures
 for plotly.js, whose whole script is embedded once in the page, so the file opens with no network,
@@ -67,8 +66,7 @@ def _plotly() -> Any:
 
 
 class _Page:
-    """The page being written: sections of HTML and the figures (counted, as
-    the browser test checks)."""
+    """The page being written: sections of HTML and its figures (counted for the browser test)."""
 
     def __init__(self, secrets: tuple[str, ...]) -> None:
         self.secrets = secrets
@@ -258,8 +256,7 @@ def render(timeline: Timeline, reports: list[ValidationReport] | None, reason: s
 
 
 def write_report(config: RunConfig, dest: Path | None = None) -> ReportResult:
-    """Write the report of ``config``'s output to ``dest`` (default
-    ``<output>.report.html``), atomically."""
+    """Write ``config``'s report to ``dest`` (default ``<output>.report.html``), atomically."""
     began = time.monotonic()
     _plotly()
     output = config.output

@@ -1,5 +1,4 @@
-"""The Parquet form of ``--export``: the CSV export's columns, typed, for
-pandas, Polars and ``datasets``.
+"""The Parquet form of ``--export``: the CSV export's columns, typed, for pandas and Polars.
 
 Answer columns have fixed types (tokens int64, cost float64, text as string); an input column takes
 the type Arrow infers from its values (numbers stay numbers, an images list stays a list of
@@ -23,8 +22,7 @@ FLOAT_COLUMNS = frozenset({"cost"})
 
 
 def require_pyarrow() -> Any:
-    """The pyarrow module, or a ConfigError saying how to install it (checked
-    before any work is done)."""
+    """The pyarrow module, or a ConfigError saying how to install it (checked before any work)."""
     try:
         import pyarrow
         import pyarrow.parquet  # the submodule is loaded for write_table

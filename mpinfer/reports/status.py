@@ -122,8 +122,7 @@ def _merge(counts: Any) -> dict[str, int]:
 
 
 class StatusReader:
-    """Status that reads only what is new: the input's ids and each output's
-    tally are kept between reads.
+    """Status that reads only what is new: the input's ids and each output's tally are kept.
 
     ``--status --watch`` keeps one reader (``watching``), so a redraw costs what was appended since
     the last one: it rewrites the cache at most every WATCH_SAVE_EVERY_S (and at ``close``), and

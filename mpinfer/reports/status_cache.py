@@ -1,5 +1,4 @@
-"""The --status cache: a hidden file beside the output, so that the next
---status reads only what is new.
+"""The --status cache: a hidden file beside the output, so the next --status reads only the new.
 
 It holds the input's id index (as the input check built it), the selection, and each output's tally
 with the marks of where its files were read up to. It is used only for the same input file (device,
@@ -74,8 +73,7 @@ class CachedStatus:
 
 
 def load(path: Path, key: dict[str, Any], input_path: Path, keys: FieldKeys) -> CachedStatus | None:
-    """The cached index and tallies, or None when there is no cache or it is
-    not for this input and key."""
+    """The cached index and tallies; None without a cache, or with one for another input or key."""
     try:
         return _decode(path, key, input_path, keys)
     except (OSError, ValueError, KeyError, TypeError, IndexError, orjson.JSONDecodeError):

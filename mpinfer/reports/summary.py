@@ -1,5 +1,4 @@
-"""RunSummary: what a run did, tallied by the parent from its workers' reports
-and the shared limiter.
+"""RunSummary: what a run did, tallied by the parent from its workers and the shared limiter.
 
 It is written to ``<output>.summary.json`` every few seconds while the run is live and once at its
 end, so ``--status`` can show requests, tokens and 429s per key and per model, which the output
@@ -36,8 +35,7 @@ class Tally:
 
 @dataclass(frozen=True)
 class Epilogue:
-    """The files a run's end wrote beside the output (None: not written), for
-    the summary to name."""
+    """The files a run's end wrote beside the output (None: not written), for the summary."""
 
     missing_file: Path | None = None
     missing_tasks: int = 0

@@ -1,5 +1,4 @@
-"""What --status counts in one output and its errors file, kept so that a later
-read adds only what is new.
+"""What --status counts in an output and its errors file, kept so a later read adds only the new.
 
 An ``OutputTally`` reads its files from where it stopped; ``FileMark`` says where that was
 and how to tell that the file there is still the one read (same device and inode, not
@@ -72,8 +71,7 @@ def _decode(raw: bytes) -> Any:
 
 @dataclass(frozen=True)
 class FileMark:
-    """How far a file was read, and what identifies it: device, inode, mtime,
-    and two probes of its bytes."""
+    """How far a file was read, and what identifies it: device, inode, mtime, two byte probes."""
 
     dev: int
     ino: int
@@ -103,8 +101,8 @@ class FileMark:
         return cls(info.st_dev, info.st_ino, offset, info.st_mtime_ns, head, tail)
 
     def resume_at(self, path: Path) -> int | None:
-        """Where to go on reading ``path``: the mark if it is this file, grown
-        or not; None if it changed."""
+        """Where to go on reading ``path``: the mark if the file is the same, grown or not; else
+        None."""
         again = FileMark.of(path, self.offset)
         if again is None or (again.dev, again.ino) != (self.dev, self.ino):
             return None

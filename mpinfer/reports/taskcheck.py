@@ -1,5 +1,4 @@
-"""How a dry run checks one pending task: its request built as a worker builds
-it, and its images judged.
+"""How a dry run checks one pending task: its request built as a worker would, its images judged.
 
 ``TaskChecker`` builds the request with the worker's own ``task_request`` (a Batch body as it is
 sent) and an ``ImageEncoder`` that reads each image file once for the whole plan, however many tasks
@@ -43,8 +42,7 @@ class CheckedImage:
 
 @dataclass(frozen=True)
 class _FileFacts:
-    """What the one read of an image file showed: its bytes, its pixel size, or
-    why a task using it fails."""
+    """What the one read of an image file showed: its bytes, its pixel size, or why a task fails."""
 
     bytes: int
     size: tuple[int, int] | None
@@ -90,8 +88,7 @@ class _ReadOnceEncoder(ImageEncoder):
         return path, stat.st_mtime_ns, stat.st_size
 
     def encode(self, ref: str) -> EncodedImage:
-        """As ImageEncoder.encode, reading a file only on its first use; a size
-        that cannot be read fails too."""
+        """As ImageEncoder.encode, reading each file once; a size that cannot be read fails too."""
         if is_remote(ref):
             return super().encode(ref)
         key = self._file_key(ref)
@@ -126,8 +123,7 @@ class TaskChecker:
         self.encoder = _ReadOnceEncoder(config.resolved_image_root)
 
     def check(self, task: Task, model: str) -> tuple[Request, list[CheckedImage]] | str:
-        """The request and its checked images, or the message of the problem
-        that would fail the task."""
+        """The request and its checked images, or the problem that would fail the task."""
         config = self.config
         self.encoder.used.clear()
         try:
@@ -151,8 +147,7 @@ class TaskChecker:
 
     @staticmethod
     def _inline(ref: str, task_id: str) -> CheckedImage | str:
-        """A data: URL from the input: the worker sends it as it is, so it is
-        checked here from its bytes."""
+        """A data: URL from the input, sent as it is by a worker, so checked here from its bytes."""
         header, _, payload = ref.partition(",")
         short = _short(ref)
         if not header.lower().endswith(";base64"):

@@ -1,5 +1,4 @@
-"""Read-only integrity check of an output against its input: returns problems,
-never raises on them."""
+"""Read-only integrity check of an output against its input: problems returned, never raised."""
 
 from __future__ import annotations
 
