@@ -101,7 +101,7 @@ class FileMark:
         return cls(info.st_dev, info.st_ino, offset, info.st_mtime_ns, head, tail)
 
     def resume_at(self, path: Path) -> int | None:
-        """Where to go on reading ``path``: the mark if the file is the same, grown or not; else
+        """Where to read ``path`` on from: the mark if the file is the same (grown or not), else
         None."""
         again = FileMark.of(path, self.offset)
         if again is None or (again.dev, again.ino) != (self.dev, self.ino):
