@@ -101,8 +101,7 @@ class FileMark:
         return cls(info.st_dev, info.st_ino, offset, info.st_mtime_ns, head, tail)
 
     def resume_at(self, path: Path) -> int | None:
-        """Where to read on in ``path``: the mark if the file is the same (maybe grown), else None.
-        """
+        """Where to read on in ``path``: the mark if it is the same file (maybe grown); or None."""
         again = FileMark.of(path, self.offset)
         if again is None or (again.dev, again.ino) != (self.dev, self.ino):
             return None
