@@ -41,8 +41,7 @@ EXTRAS = {"demo": {"report"}, "test": {"test", "ray", "report", "parquet", "inte
 
 
 def ensure_venv(extras: set[str]) -> None:
-    """Make ``.venv`` (once) and install mpinfer with ``extras`` into it,
-    unless it already has them."""
+    """Make ``.venv`` (once) and install mpinfer with ``extras`` into it, unless it has them."""
     wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
     try:
         stamp = json.loads(STAMP.read_text())
@@ -62,8 +61,7 @@ def ensure_venv(extras: set[str]) -> None:
 
 
 def ensure_browser() -> None:
-    """Debian's chromium for the report's browser test: installed with apt-get
-    when missing and allowed."""
+    """Debian's chromium for the report's browser test: apt-get installs it when allowed."""
     if shutil.which("chromium"):
         return
     if shutil.which("apt-get") and os.geteuid() == 0:

@@ -1,5 +1,4 @@
-"""mpinfer's command line; see README.md. Same as the ``mpinfer`` command and
-``python -m mpinfer``."""
+"""mpinfer's command line (see README.md), as the ``mpinfer`` command and ``python -m mpinfer``."""
 
 from mpinfer.cli import entry
 

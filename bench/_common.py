@@ -50,8 +50,7 @@ sys.path.insert(0, str(REPO))  # the mock server helper, from this checkout
 
 
 def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The user's environment without any OPENAI_/MPINFER_ setting, a dummy
-    key, and this checkout importable."""
+    """The environment minus OPENAI_/MPINFER_ settings, plus a dummy key and this checkout."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "MPINFER_"))}
     env["OPENAI_API_KEY"] = DUMMY_KEY
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
@@ -72,8 +71,7 @@ def cli_help() -> str:
 
 
 def transports(wanted: str) -> list[str]:
-    """The --transport values to run: ``auto`` is every one the CLI offers, or
-    the package's only one."""
+    """The --transport values to run: ``auto`` is every one the CLI offers, else its only one."""
     text = cli_help()
     if "--transport" not in text:
         return ["default"]
@@ -161,8 +159,7 @@ def io_of(pid: int) -> dict[str, int] | None:
 
 
 class TreeSampler(threading.Thread):
-    """Samples a process tree every ``SAMPLE_S`` until stopped; keeps the peaks
-    and each pid's last values."""
+    """Samples a process tree every ``SAMPLE_S`` until stopped: peaks, each pid's last values."""
 
     def __init__(self, root: int, io: bool = False, interval_s: float = SAMPLE_S) -> None:
         super().__init__(name="tree-sampler", daemon=True)
@@ -252,8 +249,7 @@ class Measured:
 def run_measured(cmd: Sequence[str], *, cwd: Path, env: dict[str, str] | None = None,
                  timeout_s: float = 900.0, sample: bool = True, io: bool = False,
                  peak_memory: bool = False) -> Measured:
-    """Run ``cmd`` to its end (killed after ``timeout_s``) and measure it (see
-    the module docstring).
+    """Run ``cmd`` to its end (killed after ``timeout_s``) and measure it (module docstring).
 
     ``peak_memory``: run it under ``/usr/bin/time`` and take ``maxrss`` from there. The
     ru_maxrss that os.wait4 (or RUSAGE_CHILDREN) reports for a child we spawn directly is

@@ -1,5 +1,4 @@
-"""--backend batch end to end: batches created per run, rows resubmitted, and
-the time to merge 50,000 answers.
+"""--backend batch end to end: batches a run creates, rows resubmitted, time to merge.
 
 Runs the real command line (``--backend batch``) in a subprocess against the package's
 mock server, whose Batch API works the batch in the background, on N text tasks (N =

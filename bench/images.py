@@ -1,5 +1,4 @@
-"""Tasks with 1 MB images: how fast they are read, encoded and sent, and proof
-that the workers do it.
+"""Tasks with 1 MB images: how fast they are read, encoded and sent, and that workers do it.
 
 Writes D distinct images of about 1 MB (200 by default: a real PNG signature and IHDR,
 then one IDAT chunk of random bytes, so the bytes sniff as PNG and do not compress) and N
@@ -49,8 +48,7 @@ from _common import (
 
 
 def png_like(width: int, height: int, payload: int) -> bytes:
-    """PNG signature, a real IHDR, one IDAT of random bytes, IEND: sniffs as
-    PNG, ~``payload`` bytes."""
+    """PNG signature, a real IHDR, one IDAT of random bytes, IEND: a PNG of ~``payload`` bytes."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         crc = struct.pack(">I", zlib.crc32(kind + data))
@@ -62,8 +60,7 @@ def png_like(width: int, height: int, payload: int) -> bytes:
 
 
 def write_job(folder: Path, n: int, distinct: int, image_bytes: int) -> tuple[Path, int]:
-    """Images under folder/img and the tasks; returns the tasks file and the
-    image bytes the tasks refer to."""
+    """Images under folder/img and the tasks: the tasks file and the image bytes they refer to."""
     (folder / "img").mkdir(parents=True)
     sizes = []
     for i in range(distinct):

@@ -1,5 +1,4 @@
-"""Rate limits and outages: how much of a server's limit a run uses, how many
-429s it draws, whether it finishes.
+"""Rate limits and outages: how much of a limit a run uses, its 429s, whether it finishes.
 
 Four servers, each the package's mock server playing a real one, each against the real CLI:
 
@@ -41,8 +40,9 @@ from _common import (
 
 def _run(tmp: Path, base_url: str, tasks: int, *args: str, during: Any = None,
          timeout_s: float = 600.0) -> tuple[int, float, float]:
-    """Run the CLI on ``tasks`` fresh tasks; (exit code, seconds, failed
-    lines). ``during(proc)`` runs beside."""
+    """Run the CLI on ``tasks`` fresh tasks: (exit code, seconds, failed lines).
+
+    ``during(proc)`` runs beside."""
     for old in tmp.glob("out*"):
         if old.is_file():
             old.unlink()

@@ -1,5 +1,4 @@
-"""Summarise a py-spy raw profile of a run: shares per role (parent, workers;
-main thread or not) and per function.
+"""Summarise a py-spy raw profile of a run: shares per role (parent, workers) and function.
 
 Record the CLI and its workers (``--gil`` keeps only samples of threads holding the GIL, i.e. Python
 work; without it, threads blocked in a pipe read or waiting for a CPU on a busy machine count too):

@@ -80,8 +80,7 @@ def task_id(i: int) -> bytes:
 
 
 def result_template(line_bytes: int) -> list[bytes]:
-    """A result line split at its id (which appears twice: id and the prompt),
-    padded to ``line_bytes``."""
+    """A result line split at its id (twice in it: id and prompt), padded to ``line_bytes``."""
     record = {
         "id": ID.decode(), "input_prompt": f"question {ID.decode()}: what is shown in the picture?",
         "images": ["img/cat.png"], "answer": "", "model": "gpt-4o-mini-2024-07-18",

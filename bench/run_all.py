@@ -1,5 +1,4 @@
-"""Run every benchmark in turn (never two at once: the machine has 2 cores) and
-print all their tables.
+"""Run every benchmark in turn (never two at once: 2 cores) and print all their tables.
 
 By default the sizes are modest so that the whole set takes about 10 minutes on a 2-core machine;
 --full uses the sizes the issue names (3,000 tasks a throughput row and 6,000 for the 600-in-flight

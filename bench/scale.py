@@ -1,5 +1,4 @@
-"""Scale on one machine: a run's start on ten million tasks, and --status that
-reads only what is new.
+"""Scale on one machine: a run's start on ten million tasks, and --status reading the new.
 
 (a) start: a fresh run (empty output) on an N-task input (10,000,000 by default) against the
     mock server with a long latency. Measured: the time from launching the command to the first

@@ -114,8 +114,7 @@ def floor_row(mock: Any, p: int, c: int, n: int, images: bool, latency_ms: float
 
 
 def verdict(row: dict[str, Any]) -> str:
-    """The row against issue 14's targets: a share of the ideal at 1,200 in
-    flight, 0.7 ms a request at 600."""
+    """The row against issue 14's targets: shares of the ideal at 1,200 in flight, 0.7 ms at 600."""
     shape = f"{row['client']} p={row['p']} c={row['c']}"
     if row["K"] == 600:
         met = "MET" if row["CPU ms/req"] <= CPU_TARGET_MS else "MISSED"

@@ -46,8 +46,7 @@ TARGET_S = 3.0
 
 def watch_requests(root_url: str, want: int, stop: threading.Event,
                    found: dict[str, float]) -> None:
-    """Poll the mock until it has received ``want`` requests; record the mock's
-    clock at that poll."""
+    """Poll the mock until it received ``want`` requests; record the mock's clock at that poll."""
     deadline = time.monotonic() + 600
     while not stop.is_set() and time.monotonic() < deadline:
         try:

@@ -1,5 +1,4 @@
-"""What the mock answers: the assistant message and its usage, shaped as the
-servers it stands in for.
+"""What the mock answers: the assistant message and its usage, as the servers it stands in for.
 
 - A refusal, as OpenAI sends one: ``content`` null, the text in ``refusal``, ``finish_reason``
   "stop"; an ordinary answer carries ``refusal: null``, as OpenAI's do. The mock refuses a prompt
@@ -49,8 +48,7 @@ def _tokens(text: str) -> int:
 
 def reply(cfg: MockConfig, model: str, task_text: str, images: int,
           max_tokens: int | None) -> Reply:
-    """The answer to one accepted chat request: a refusal, or a (possibly
-    truncated) answer with thinking."""
+    """One accepted request's answer: a refusal, or a (maybe truncated) answer with thinking."""
     if cfg.refuse_marker and cfg.refuse_marker in task_text:
         refused = {"role": "assistant", "content": None, "refusal": REFUSAL_TEXT}
         return Reply(refused, "stop", _tokens(REFUSAL_TEXT))

@@ -101,8 +101,7 @@ def _whole(name: str, value: Any) -> int:
 def updated(
     faults: BatchFaults, settings: Mapping[str, Any]
 ) -> tuple[BatchFaults, dict[str, list[str]]]:
-    """Apply the JSON settings of ``POST /_mock/batches``: the new faults and
-    the per-request scripts.
+    """Apply the JSON settings of ``POST /_mock/batches``: the new faults and per-request scripts.
 
     ``script`` maps a request's ``custom_id`` to the outcomes of its next executions, one per batch
     that holds it (see LINE_OUTCOMES). Raises ValueError (TypeError for a wrong type) and then

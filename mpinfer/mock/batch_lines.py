@@ -1,5 +1,4 @@
-"""The lines of the mock's Batch API: an input file checked as OpenAI checks
-it, and output/error lines.
+"""The lines of the mock's Batch API: an input file checked as OpenAI checks it, output lines.
 
 An input line is ``{"custom_id", "method": "POST", "url", "body"}``; a file is refused (the batch
 fails validation, ``errors.data`` naming the code and line) for a line that is not JSON, lacks a
@@ -51,8 +50,7 @@ def prompt_tokens(chat: ChatRequest) -> int:
 
 
 def custom_ids(data: bytes) -> list[str]:
-    """The custom_ids of an input file, skipping lines that are not requests
-    (counting needs no checks)."""
+    """An input file's custom_ids, skipping lines that are not requests (no checks needed)."""
     ids = []
     for raw in data.splitlines():
         try:
@@ -65,8 +63,7 @@ def custom_ids(data: bytes) -> list[str]:
 
 
 def parse_input(data: bytes, endpoint: str) -> BatchInput:
-    """Check an input file for ``endpoint``; Refused when OpenAI would fail the
-    batch in validation."""
+    """Check an input file for ``endpoint``; Refused if OpenAI would fail the batch's validation."""
     requests: list[tuple[str, ChatRequest | ApiError]] = []
     seen: set[str] = set()
     models: set[str] = set()
@@ -110,8 +107,7 @@ def parse_input(data: bytes, endpoint: str) -> BatchInput:
 
 
 def answer(chat: ChatRequest, model: str, n: int) -> dict[str, Any]:
-    """The chat.completion a batch request gets: the answer the online endpoint
-    gives the same request."""
+    """The chat.completion a batch request gets: what the online endpoint answers it."""
     content = f"Mock answer to: {chat.task_key[:80]} (images: {chat.images_in_task})"
     prompt = prompt_tokens(chat)
     finish = "stop"

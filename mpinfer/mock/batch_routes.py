@@ -62,8 +62,7 @@ def _batches(service: BatchService, req: Request, parts: list[str]) -> tuple[int
 
 
 async def _slow_create(service: BatchService, conn: Connection, req: Request) -> None:
-    """A create that takes its time before and after the batch exists (the
-    fault options create_*wait_s)."""
+    """A create that takes its time before and after the batch exists (faults create_*wait_s)."""
     await asyncio.sleep(service.faults.create_wait_s)
     try:
         payload = service.create(req.body)

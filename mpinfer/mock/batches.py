@@ -86,8 +86,7 @@ class _Batch:
 
 
 class BatchService:
-    """The Files and Batches endpoints of one mock server, and the background
-    work of its batches."""
+    """The Files and Batches endpoints of one mock server, and the batches' background work."""
 
     def __init__(self, config: Callable[[], MockConfig]) -> None:
         self._config = config
@@ -116,8 +115,7 @@ class BatchService:
     # -- control -----------------------------------------------------------------
 
     def configure(self, settings: Any) -> dict[str, Any]:
-        """Apply fault settings; ``"reset": true`` first forgets every file,
-        batch, count and fault."""
+        """Apply fault settings; ``"reset": true`` first forgets files, batches, counts, faults."""
         if isinstance(settings, dict) and settings.get("reset") is True:
             settings = {k: v for k, v in settings.items() if k != "reset"}
             self._clear()
@@ -236,8 +234,7 @@ class BatchService:
         return batch.to_dict()
 
     def listing(self, query: dict[str, str]) -> dict[str, Any]:
-        """``GET /v1/batches?limit=&after=``: newest first, cursor-paginated as
-        OpenAI's lists are."""
+        """``GET /v1/batches?limit=&after=``: newest first, cursor-paginated as OpenAI's lists."""
         try:
             limit = max(1, min(100, int(query.get("limit", "20"))))
         except ValueError:

@@ -1,5 +1,4 @@
-"""Chat requests: a chat.completions body validated the way OpenAI would, or an
-OpenAI-style error."""
+"""Chat requests: a chat.completions body validated as OpenAI would, or an OpenAI-style error."""
 
 from __future__ import annotations
 

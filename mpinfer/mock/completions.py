@@ -1,5 +1,4 @@
-"""Answering ``POST /v1/chat/completions``: auth, limits, the fault draw, the
-completion and its delivery."""
+"""Answering ``POST /v1/chat/completions``: auth, limits, the fault draw, the answer, delivery."""
 
 from __future__ import annotations
 

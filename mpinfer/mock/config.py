@@ -1,5 +1,4 @@
-"""``MockConfig``: every tunable of the mock server, its validation, and the
-parsing of runtime settings.
+"""``MockConfig``: every tunable of the mock server, its validation, and runtime updates.
 
 The command line, the subprocess helper and ``POST /_mock/config`` all build a ``MockConfig``. For a
 runtime update, ``coerce_field`` turns each JSON value into the field's declared type (and

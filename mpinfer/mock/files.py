@@ -1,5 +1,4 @@
-"""The mock's Files API: uploads (``POST /v1/files``, multipart), metadata,
-content, the list and deletes.
+"""The mock's Files API: uploads (multipart), metadata, content, the list and deletes.
 
 Modelled on OpenAI's ``/v1/files``: an upload is ``multipart/form-data`` with a ``purpose`` field
 and a ``file`` part; the answer is a file object (``id``, ``object: "file"``, ``bytes``,
@@ -110,8 +109,7 @@ class FileStore:
         return stored
 
     def delete(self, file_id: str) -> dict[str, object]:
-        """``DELETE /v1/files/{id}``: the file is gone (404 as ``get`` for an
-        unknown id, a second delete included)."""
+        """``DELETE /v1/files/{id}``: the file is gone (a 404 for an unknown id, as ``get``)."""
         self.get(file_id)
         del self.files[file_id]
         self.deleted.append(file_id)

@@ -1,5 +1,4 @@
-"""HTTP/1.1 for the mock server: the request parser, the response writer and
-the connection protocol.
+"""HTTP/1.1 for the mock server: the request parser, the response writer, the connection.
 
 A small parser written directly on ``asyncio`` protocols (keep-alive, ``Content-Length`` and chunked
 request bodies, pipelining, ``Connection: close``) rather than a framework, so that thousands of

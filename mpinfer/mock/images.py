@@ -1,5 +1,4 @@
-"""The mock's limit on image data per request, as OpenAI enforces one: a 400
-before any work is done.
+"""The mock's limit on image data per request, as OpenAI enforces one: a 400 before any work.
 
 OpenAI answers a request whose inline images together pass its limit (about 50 MB in 2026) with a
 400 ``Total image size (...) exceeds the allowed limit``; the same request fails again, whatever the

@@ -1,5 +1,4 @@
-"""The rpm/tpm rate limits: the check, OpenAI's ``x-ratelimit-*`` headers and
-their duration formats.
+"""The rpm/tpm rate limits: the check, OpenAI's ``x-ratelimit-*`` headers, their formats.
 
 ``check_limits`` and ``add_ratelimit_headers`` read the sliding windows that ``Stats`` keeps;
 ``format_duration`` (Go style, as OpenAI's reset headers) and ``format_seconds`` (Retry-After)
@@ -48,8 +47,7 @@ def format_seconds(seconds: float) -> str:
 def _check_buckets(
     st: Stats, cfg: MockConfig, now: float, budget: int
 ) -> tuple[str, int, int, float] | None:
-    """The quantized limits: buckets refilled at limit/window a second, holding
-    quantum_s seconds' worth.
+    """The quantized limits: buckets refilled at limit/window a second, holding quantum_s' worth.
 
     An accepted request takes its share out of the buckets here.
     """
@@ -79,8 +77,7 @@ def _check_buckets(
 
 
 def rejection_headers(cfg: MockConfig, retry_s: float, headers: list[tuple[str, str]]) -> None:
-    """The wait a 429 announces, in the words of the server the mock plays
-    (MockConfig.limit_style)."""
+    """The wait a 429 announces, in the words of the server the mock plays (``limit_style``)."""
     if cfg.limit_style == "openai":
         headers.append(("retry-after", format_seconds(math.ceil(retry_s * 1000) / 1000)))
         headers.append(("retry-after-ms", str(math.ceil(retry_s * 1000))))

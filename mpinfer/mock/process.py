@@ -206,13 +206,11 @@ class MockServerProcess:
         return self._call("POST", "/_mock/config", settings)
 
     def batch_faults(self, **settings: Any) -> dict[str, Any]:
-        """POST /_mock/batches: the Batch API's faults (mock/batch_faults.py);
-        returns batch_stats()."""
+        """POST /_mock/batches: the Batch API's faults (mock/batch_faults.py); the batch_stats()."""
         return self._call("POST", "/_mock/batches", settings)
 
     def batch_stats(self) -> dict[str, Any]:
-        """GET /_mock/batches: batches created, per custom_id how many batches
-        held it and answered it."""
+        """GET /_mock/batches: batches created; per custom_id, how often held and answered."""
         return self._call("GET", "/_mock/batches")
 
     def reset(self) -> None:

@@ -27,8 +27,7 @@ EMBEDDING_DIMENSIONS = 8
 
 
 class EndpointHost(Protocol):
-    """What these endpoints need from the server; declared here, as the server
-    imports this module."""
+    """What these endpoints need from the server (declared here: the server imports this module)."""
 
     @property
     def config(self) -> MockConfig:

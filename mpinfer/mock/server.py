@@ -1,5 +1,4 @@
-"""``MockServer``: the in-process mock server, its lifecycle, routing and
-``/_mock/*`` control API."""
+"""``MockServer``: the in-process mock server, its lifecycle, routing and ``/_mock/*`` API."""
 
 from __future__ import annotations
 

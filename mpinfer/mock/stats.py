@@ -56,8 +56,7 @@ class Stats:
         self.bodies: dict[str, Any] = {}
 
     def record_body(self, task_key: str, body: bytes) -> None:
-        """Keep ``body`` as the last one seen for ``task_key``, forgetting the
-        oldest key beyond the bound."""
+        """Keep ``body`` as ``task_key``'s last, forgetting the oldest key beyond the bound."""
         # re-inserted below, so the dict stays ordered by last arrival
         self.bodies.pop(task_key, None)
         if len(self.bodies) >= RECORDED_BODIES_MAX:
