@@ -7,7 +7,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from conftest import FAKE_KEY, read_jsonl, run_cli, text_tasks, write_tasks
+from helpers import FAKE_KEY, read_jsonl, run_cli, text_tasks, write_tasks
 
 from mpinfer.mockserver import MockServerProcess
 

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import orjson
-from conftest import read_jsonl, run_cli, text_tasks, write_tasks
+from helpers import read_jsonl, run_cli, text_tasks, write_tasks
 
 from mpinfer.mockserver import MockServerProcess
 

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from conftest import read_jsonl, run_cli, write_tasks
+from helpers import read_jsonl, run_cli, write_tasks
 
 from mpinfer.demo import png_bytes
 from mpinfer.mockserver import MockServerProcess

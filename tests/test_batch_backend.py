@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import read_jsonl, run_cli, start_cli, text_tasks, write_tasks
+from helpers import read_jsonl, run_cli, start_cli, text_tasks, write_tasks
 
 from mpinfer.api.prices import BUILT_IN
 from mpinfer.mockserver import MockServerProcess

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import openai
 import pytest
-from conftest import read_jsonl, run_cli, text_tasks, write_tasks
+from helpers import read_jsonl, run_cli, text_tasks, write_tasks
 
 from mpinfer.mockserver import MockServerProcess
 

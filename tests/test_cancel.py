@@ -6,7 +6,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import CLI_TIMEOUT_S, cli_command, cli_env, read_jsonl, run_cli, text_tasks, write_tasks
+from helpers import CLI_TIMEOUT_S, cli_command, cli_env, read_jsonl, run_cli, text_tasks, write_tasks
 
 from mpinfer.mockserver import MockServerProcess
 

@@ -17,8 +17,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from conftest import run_cli, start_cli, text_tasks, write_tasks
-from test_resume import _ids_on_disk, _wait_workers_gone
+from helpers import ids_on_disk, run_cli, start_cli, text_tasks, wait_workers_gone, write_tasks
 
 from mpinfer.mockserver import MockServerProcess
 
@@ -36,7 +35,7 @@ def _wait_for_new_lines(output: Path, at_least: int, proc: subprocess.Popen[str]
     """True once the output holds ``at_least`` complete lines; False if the run ended first."""
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
-        if len(_ids_on_disk(output)) >= at_least:
+        if len(ids_on_disk(output)) >= at_least:
             return True
         if proc.poll() is not None:
             return False
@@ -75,7 +74,7 @@ def test_a_run_killed_at_random_fifteen_times_against_a_faulty_server_ends_with_
     for _round in range(MAX_ROUNDS):
         if kills >= KILLS:
             break
-        on_disk = len(_ids_on_disk(output))
+        on_disk = len(ids_on_disk(output))
         # Spread the kills so that enough tasks are left for all of them; about one in five comes during
         # start-up (lock, tail repair, scan, forking), before any new line
         upper = max(1, (TASKS - on_disk) // (KILLS - kills + 2))
@@ -97,8 +96,8 @@ def test_a_run_killed_at_random_fifteen_times_against_a_faulty_server_ends_with_
             assert proc.returncode in (0, 1), stderr
             ended_on_their_own.append(proc.returncode)
         # Then the killed run's workers die with it, and the lines on disk are whole and distinct
-        _wait_workers_gone(output)
-        ids = _ids_on_disk(output)
+        wait_workers_gone(output)
+        ids = ids_on_disk(output)
         assert len(ids) == len(set(ids)), f"after kill {kills}: {len(ids) - len(set(ids))} duplicate lines"
         snapshots.append((set(ids), dict(mock.stats()["answered"])))
     assert kills >= KILLS, f"only {kills} kills: the runs ended on their own ({ended_on_their_own})"
@@ -113,7 +112,7 @@ def test_a_run_killed_at_random_fifteen_times_against_a_faulty_server_ends_with_
     assert final_codes[-1] == 0, f"exit codes {final_codes}: {final.stderr}"
     elapsed = time.monotonic() - started
     # Then every id is on disk exactly once
-    ids = _ids_on_disk(output)
+    ids = ids_on_disk(output)
     counts = Counter(ids)
     duplicates = sum(n - 1 for n in counts.values() if n > 1)
     losses = len(set(prompts) - set(counts))

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import read_jsonl, run_cli, write_png, write_tasks
+from helpers import read_jsonl, run_cli, write_png, write_tasks
 
 from mpinfer.mockserver import MockServerProcess
 

@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import orjson
-from conftest import (
+from helpers import (
     CLI_TIMEOUT_S,
     cli_command,
     cli_env,

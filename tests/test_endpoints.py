@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import read_jsonl, run_cli, text_tasks, write_tasks
+from helpers import read_jsonl, run_cli, text_tasks, write_tasks
 
 import mpinfer
 from mpinfer.mockserver import MockServerProcess

@@ -7,8 +7,15 @@ import time
 from pathlib import Path
 
 import orjson
-from conftest import read_jsonl, run_cli, start_cli, text_tasks, write_png, write_tasks
-from test_resume import _wait_workers_gone
+from helpers import (
+    read_jsonl,
+    run_cli,
+    start_cli,
+    text_tasks,
+    wait_workers_gone,
+    write_png,
+    write_tasks,
+)
 
 from mpinfer.mockserver import MockServerProcess
 
@@ -220,7 +227,7 @@ def test_repair_and_fresh_start_are_refused_while_a_run_is_live_on_the_output(tm
         proc.kill()
         proc.communicate(timeout=30)
     # And once the run and its workers are gone, the same repair goes ahead
-    _wait_workers_gone(out)
+    wait_workers_gone(out)
     after = _tool(tmp_path, "--validate", "--repair")
     assert "removed duplicate_id: 1 (line 2)" in after.stdout, after.stdout + after.stderr
     assert out.read_bytes() == line

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import read_jsonl, run_cli, text_tasks, write_png, write_tasks
+from helpers import read_jsonl, run_cli, text_tasks, write_png, write_tasks
 
 from mpinfer.demo import png_bytes
 from mpinfer.mockserver import MockServerProcess

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import orjson
 import pytest
-from rawhttp import Handler, keep_alive, response
+from helpers import Handler, keep_alive, response
 
 from mpinfer.api.client import Answer, CallError, classify, complete, make_client
 from mpinfer.errors import ConfigError

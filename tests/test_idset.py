@@ -8,7 +8,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from conftest import cli_env, read_jsonl, write_tasks
+from helpers import cli_env, read_jsonl, write_tasks
 
 from mpinfer.driver import work_items
 from mpinfer.errors import InputError

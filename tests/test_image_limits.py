@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from conftest import read_jsonl, run_cli, write_png, write_tasks
+from helpers import read_jsonl, run_cli, write_png, write_tasks
 
 from mpinfer.mockserver import MockServerProcess
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FAKE_KEY, text_tasks, write_tasks
+from helpers import FAKE_KEY, text_tasks, write_tasks
 
 import mpinfer
 from mpinfer.mockserver import MockServerProcess

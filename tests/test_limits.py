@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import orjson
-from conftest import read_jsonl, run_cli, start_cli, text_tasks, write_tasks
+from helpers import read_jsonl, run_cli, start_cli, text_tasks, write_tasks
 
 from mpinfer.mockserver import MockServerProcess
 

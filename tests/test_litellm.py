@@ -9,26 +9,15 @@ minute: this test takes about 70 s, nearly all of it asleep. Skipped where LiteL
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
-import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from conftest import read_jsonl, run_cli, text_tasks, write_tasks
+from helpers import litellm_proxy, needs_litellm, read_jsonl, run_cli, text_tasks, write_tasks
 
-LITELLM = Path(sys.executable).with_name("litellm")
 MASTER_KEY = "sk-mpinfer-litellm-interop-0000"
 RPM = 4
 TASKS = 5
-BOOT_TIMEOUT_S = 90
 # One mock_response model that LiteLLM's router lets through RPM times a minute.
 LIMITED_CONFIG = ("model_list:\n"
                   "  - model_name: mock-gpt\n"
@@ -39,48 +28,7 @@ LIMITED_CONFIG = ("model_list:\n"
                   "router_settings:\n"
                   "  enable_pre_call_checks: true\n")
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("litellm") is None or not LITELLM.exists(),
-                                reason="litellm[proxy] is not installed")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _up(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
-
-
-@contextlib.contextmanager
-def litellm_proxy(folder: Path, config: str, master_key: str) -> Iterator[str]:
-    """A LiteLLM proxy on 127.0.0.1 run with ``config`` (its YAML) from ``folder``; its base URL, until it is
-    stopped at the end of the block."""
-    (folder / "litellm.yaml").write_text(config)
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LITELLM_"))}
-    env["LITELLM_MASTER_KEY"] = master_key
-    with (folder / "litellm.log").open("wb") as log:
-        server = subprocess.Popen([str(LITELLM), "--config", str(folder / "litellm.yaml"), "--host", "127.0.0.1",
-                                   "--port", str(port)], cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + BOOT_TIMEOUT_S
-            while not _up(f"http://127.0.0.1:{port}/health/liveliness"):
-                assert server.poll() is None and time.monotonic() < deadline, (folder / "litellm.log").read_text()
-                time.sleep(0.25)
-            yield f"http://127.0.0.1:{port}/v1"
-        finally:
-            server.terminate()
-            try:
-                server.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait(timeout=5)
+pytestmark = needs_litellm
 
 
 def test_the_litellm_proxys_rate_limit_is_waited_out_in_one_run(tmp_path: Path) -> None:

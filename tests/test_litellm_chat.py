@@ -11,8 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import read_jsonl, run_cli, write_png, write_tasks
-from test_litellm import litellm_proxy, pytestmark  # noqa: F401 (the skip mark)
+from helpers import litellm_proxy, needs_litellm, read_jsonl, run_cli, write_png, write_tasks
 
 MASTER_KEY = "sk-mpinfer-litellm-chat-00000"
 ANSWER = "Hello from LiteLLM"
@@ -21,6 +20,8 @@ CONFIG = ("model_list:\n"
           "    litellm_params:\n"
           "      model: openai/mock-gpt\n"
           f"      mock_response: \"{ANSWER}\"\n")
+
+pytestmark = needs_litellm
 
 
 @pytest.fixture(scope="module")

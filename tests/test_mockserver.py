@@ -465,6 +465,25 @@ def test_reset_zeroes_counters_and_forgets_scripts(mock: MockServerProcess) -> N
         assert ask(client, "later").choices[0].finish_reason == "stop"
 
 
+def test_reset_with_settings_returns_every_setting_to_the_start_and_accepts_revoked_keys(
+    start_mock: StartMock,
+) -> None:
+    # Given a server started with a latency, then changed at runtime and a key revoked
+    server = start_mock(latency_ms=5)
+    started = server.configure()
+    changed = server.configure(p500=0.5, retry_after=0.05, seed=3, hang_s=2, rpm=10,
+                               model_map={"a": "b"}, limit_style="none", revoke_keys=["sk-gone"])
+    assert changed != started
+    # When it is reset without settings, they stay; when reset with settings, they go
+    server.reset()
+    assert server.configure() == changed
+    server.reset(settings=True)
+    # Then the config is the one it started with, and the revoked key is served again
+    assert server.configure() == started == MockConfig(latency_ms=5).public_dict()
+    with make_client(server, api_key="sk-gone") as client:
+        assert ask(client, "hi").choices[0].finish_reason == "stop"
+
+
 def test_record_bodies_keeps_the_last_body_of_each_task_key_as_sent_and_at_most_a_thousand_keys(
     mock: MockServerProcess,
 ) -> None:

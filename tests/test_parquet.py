@@ -7,7 +7,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-from conftest import read_jsonl, run_cli, text_tasks, write_tasks
+from helpers import read_jsonl, run_cli, text_tasks, write_tasks
 
 from mpinfer.mockserver import MockServerProcess
 

@@ -19,7 +19,7 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 
 cluster_utils = pytest.importorskip("ray.cluster_utils", reason="Ray is not installed: pip install -e '.[ray]'")
-from conftest import FAKE_KEY, read_jsonl, run_cli, start_cli, text_tasks, write_tasks  # noqa: E402
+from helpers import FAKE_KEY, read_jsonl, run_cli, start_cli, text_tasks, write_tasks  # noqa: E402
 from ray._private import ray_constants  # noqa: E402
 
 from mpinfer.mockserver import MockServerProcess  # noqa: E402

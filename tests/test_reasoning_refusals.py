@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import read_jsonl, run_cli, write_tasks
+from helpers import read_jsonl, run_cli, write_tasks
 
 from mpinfer.mockserver import MockServerProcess
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from conftest import FAKE_KEY, run_cli, text_tasks, write_tasks
+from helpers import FAKE_KEY, run_cli, text_tasks, write_tasks
 
 from mpinfer.driver import one_line
 from mpinfer.mockserver import MockServerProcess

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import random
 import signal
@@ -11,30 +10,25 @@ from collections import Counter
 from pathlib import Path
 
 import orjson
-from conftest import read_jsonl, run_cli, start_cli, text_tasks, write_tasks
+from helpers import (
+    ids_on_disk,
+    read_jsonl,
+    run_cli,
+    start_cli,
+    text_tasks,
+    wait_workers_gone,
+    write_tasks,
+)
 
 from mpinfer.mockserver import MockServerProcess
 
 WAIT_S = 60.0
 
 
-def _ids_on_disk(path: Path) -> list[str]:
-    """Ids of the complete lines only: a torn last line is not an answer."""
-    if not path.exists():
-        return []
-    ids = []
-    for line in path.read_bytes().split(b"\n")[:-1]:
-        try:
-            ids.append(orjson.loads(line)["id"])
-        except orjson.JSONDecodeError:
-            pass
-    return ids
-
-
 def _wait_for_lines(path: Path, at_least: int, proc, limit_s: float = WAIT_S) -> None:
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline and proc.poll() is None:
-        if len(_ids_on_disk(path)) >= at_least:
+        if len(ids_on_disk(path)) >= at_least:
             return
         time.sleep(0.02)
     raise AssertionError(f"the run wrote fewer than {at_least} lines in {limit_s}s (exit {proc.poll()})")
@@ -53,27 +47,6 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _wait_workers_gone(output: Path, limit_s: float = 10.0) -> None:
-    """Every worker holds a shared lock on the workers lock file for its whole life."""
-    lock = output.with_name("." + output.name + ".workers.lock")
-    if not lock.exists():
-        return
-    fd = os.open(lock, os.O_RDWR)
-    try:
-        deadline = time.monotonic() + limit_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                return
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise AssertionError("workers outlived their killed parent") from None
-                time.sleep(0.02)
-    finally:
-        os.close(fd)
-
-
 def test_kill_9_of_the_parent_mid_run_loses_nothing_and_repeats_nothing(tmp_path: Path,
                                                                         mock: MockServerProcess):
     # Given 400 tasks and a server that takes 100-200 ms an answer
@@ -86,20 +59,20 @@ def test_kill_9_of_the_parent_mid_run_loses_nothing_and_repeats_nothing(tmp_path
     # When the run is killed with SIGKILL three times, each at a different point
     for round_ in range(3):
         proc = start_cli(*args, cwd=tmp_path)
-        _wait_for_lines(output, len(_ids_on_disk(output)) + rng.randint(10, 60), proc)
+        _wait_for_lines(output, len(ids_on_disk(output)) + rng.randint(10, 60), proc)
         time.sleep(rng.uniform(0, 0.2))
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
         # Then its workers die with it (they would otherwise go on writing behind the next run's back)
-        _wait_workers_gone(output)
-        ids = _ids_on_disk(output)
+        wait_workers_gone(output)
+        ids = ids_on_disk(output)
         assert len(ids) == len(set(ids)), f"round {round_}: duplicate lines"
         snapshots.append((set(ids), dict(mock.stats()["answered"])))
     # When the run is resumed to the end
     final = run_cli(*args, cwd=tmp_path)
     assert final.returncode == 0, final.stderr
     # Then every id is on disk exactly once
-    ids = _ids_on_disk(output)
+    ids = ids_on_disk(output)
     assert Counter(ids) == Counter(f"t{i}" for i in range(400))
     # And no task whose line was already written was answered again by the server
     answered = mock.stats()["answered"]
@@ -128,7 +101,7 @@ def test_a_killed_worker_is_replaced_and_its_tasks_are_done_once(tmp_path: Path,
     # Then the run still finishes with every id exactly once, saying what happened
     assert proc.returncode == 0, stderr
     assert "died" in stderr
-    assert Counter(_ids_on_disk(output)) == Counter(f"t{i}" for i in range(300))
+    assert Counter(ids_on_disk(output)) == Counter(f"t{i}" for i in range(300))
 
 
 def test_sigterm_stops_cleanly_and_the_rerun_finishes(tmp_path: Path, mock: MockServerProcess):
@@ -147,12 +120,12 @@ def test_sigterm_stops_cleanly_and_the_rerun_finishes(tmp_path: Path, mock: Mock
     assert "stopped: interrupted" in stdout
     assert output.read_bytes().endswith(b"\n")
     assert read_jsonl(output.with_name("out.jsonl.errors.jsonl")) == []
-    written = len(_ids_on_disk(output))
+    written = len(ids_on_disk(output))
     assert 20 <= written < 300
     # And the rerun does the rest, each id once
     again = run_cli(*args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
-    assert Counter(_ids_on_disk(output)) == Counter(f"t{i}" for i in range(300))
+    assert Counter(ids_on_disk(output)) == Counter(f"t{i}" for i in range(300))
 
 
 def test_a_second_run_on_a_live_output_is_refused_naming_the_pid(tmp_path: Path, mock: MockServerProcess):
@@ -195,9 +168,9 @@ def test_a_second_ctrl_c_quits_at_once_and_the_rerun_still_finishes(tmp_path: Pa
     assert proc.returncode == 130, stderr
     assert "quitting at once" in stderr
     assert output.read_bytes().endswith(b"\n")
-    _wait_workers_gone(output)
+    wait_workers_gone(output)
     # And the rerun finishes the job, each id once
     mock.configure(latency_ms=0)
     again = run_cli(*args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
-    assert Counter(_ids_on_disk(output)) == Counter(f"t{i}" for i in range(60))
+    assert Counter(ids_on_disk(output)) == Counter(f"t{i}" for i in range(60))

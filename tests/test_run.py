@@ -6,7 +6,7 @@ import base64
 from pathlib import Path
 
 import orjson
-from conftest import read_jsonl, run_cli, text_tasks, write_png, write_tasks
+from helpers import FAKE_KEY, read_jsonl, run_cli, text_tasks, write_png, write_tasks
 
 from mpinfer.mockserver import MockServerProcess
 
@@ -146,8 +146,6 @@ def test_a_400_is_not_retried(tmp_path: Path, mock: MockServerProcess):
 def test_a_rejected_key_stops_the_run_with_a_clear_message_and_no_key_in_it(tmp_path: Path,
                                                                             mock: MockServerProcess):
     # Given a server that rejects the key in use
-    from conftest import FAKE_KEY
-
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(50))
     mock.configure(revoke_keys=[FAKE_KEY])
     # When it runs

@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from conftest import read_jsonl, run_cli, start_cli, text_tasks, write_tasks
-from rawhttp import Connection, keep_alive, response
+from helpers import Connection, keep_alive, read_jsonl, response, run_cli, start_cli, text_tasks, write_tasks
 
 from mpinfer.api.client import Answer, complete, make_client
 from mpinfer.api.http import SendGate

@@ -6,9 +6,8 @@ import os
 import shutil
 from pathlib import Path
 
-import orjson
 import pytest
-from test_validate_status import NOW, failure, result, setup_run, write_jsonl
+from helpers import NOW, failure_line, jsonl_bytes, result_line, setup_run, write_jsonl
 
 from mpinfer.config import RunConfig
 from mpinfer.reports.status import StatusReader, StatusReport
@@ -29,16 +28,12 @@ def cached(config: RunConfig) -> tuple[StatusReport, StatusReader]:
     return reader.read(NOW), reader
 
 
-def lines(*items: dict[str, object] | bytes) -> bytes:
-    return b"".join(item if isinstance(item, bytes) else orjson.dumps(item) + b"\n" for item in items)
-
-
 @pytest.fixture
 def config(tmp_path: Path) -> RunConfig:
     """20 of 40 tasks answered, 3 failures (one of them answered later), a bad line; one --status done."""
-    config = setup_run(tmp_path, IDS, [result(i, at=NOW - 40 + n) for n, i in enumerate(IDS[:20])])
-    write_jsonl(config.output.with_name("results.jsonl.errors.jsonl"), [failure("t25"), failure("t26"),
-                                                                         failure("t3")])
+    config = setup_run(tmp_path, IDS, [result_line(i, at=NOW - 40 + n) for n, i in enumerate(IDS[:20])])
+    write_jsonl(config.output.with_name("results.jsonl.errors.jsonl"), [failure_line("t25"), failure_line("t26"),
+                                                                         failure_line("t3")])
     with config.output.open("ab") as handle:
         handle.write(b"not json\n")
     first, reader = cached(config)
@@ -57,10 +52,10 @@ def test_a_second_status_on_an_unchanged_output_reads_nothing_and_says_the_same(
 
 def test_after_an_append_only_the_new_bytes_are_read(config: RunConfig) -> None:
     # Given 5 more answers, a torn line being written, and a new failure appended
-    added = lines(*(result(i, at=NOW - 5) for i in IDS[20:25]))
+    added = jsonl_bytes(result_line(i, at=NOW - 5) for i in IDS[20:25])
     with config.output.open("ab") as handle:
         handle.write(added + b'{"id": "t30", "ans')
-    errors_added = lines(failure("t31"))
+    errors_added = jsonl_bytes([failure_line("t31")])
     with config.output.with_name("results.jsonl.errors.jsonl").open("ab") as handle:
         handle.write(errors_added)
     # When --status runs again
@@ -79,7 +74,7 @@ def test_a_watch_reader_redraw_costs_what_was_appended(config: RunConfig) -> Non
     # Given one reader kept across redraws, as --watch does
     reader = StatusReader(config)
     reader.read(NOW)
-    added = lines(result("t39"))
+    added = jsonl_bytes([result_line("t39")])
     with config.output.open("ab") as handle:
         handle.write(added)
     # When it redraws
@@ -103,7 +98,7 @@ def test_a_truncated_output_is_read_again_whole(config: RunConfig) -> None:
 def test_an_output_replaced_by_a_copy_is_read_again_whole(config: RunConfig, tmp_path: Path) -> None:
     # Given another output of the same size copied over it in place (same inode), and then one moved over it
     other = tmp_path / "other.jsonl"
-    write_jsonl(other, [result(i, at=NOW - 40 + n) for n, i in enumerate(IDS[20:40])])
+    write_jsonl(other, [result_line(i, at=NOW - 40 + n) for n, i in enumerate(IDS[20:40])])
     with config.output.open("ab") as handle:  # make the sizes equal: the copy must be caught by its bytes
         handle.truncate(other.stat().st_size)
     cached(config)
@@ -112,7 +107,7 @@ def test_an_output_replaced_by_a_copy_is_read_again_whole(config: RunConfig, tmp
     assert first_copy == fresh(config) and first_copy.done == 20
     assert first_copy.failed == 1  # t25 and t26 are answered in the copy; t3 is not
     moved = tmp_path / "moved.jsonl"
-    write_jsonl(moved, [result(i) for i in IDS[:3]])
+    write_jsonl(moved, [result_line(i) for i in IDS[:3]])
     os.replace(moved, config.output)
     # When --status runs again
     again, _ = cached(config)
@@ -149,7 +144,7 @@ def test_a_cache_that_is_not_one_is_ignored(config: RunConfig) -> None:
 
 def test_latency_percentiles_follow_a_rewrite_to_as_many_lines(config: RunConfig) -> None:
     # Given the output rewritten with as many answers, all slower
-    slow = [{**result(i, at=NOW - 40 + n), "latency_s": 9.0} for n, i in enumerate(IDS[:20])]
+    slow = [{**result_line(i, at=NOW - 40 + n), "latency_s": 9.0} for n, i in enumerate(IDS[:20])]
     write_jsonl(config.output, [*slow, b"not json\n"])
     # When --status runs again
     again, _ = cached(config)
@@ -165,7 +160,7 @@ def test_a_watching_reader_rewrites_the_cache_at_most_once_a_minute_and_on_close
     saved = cache_path(config.output).read_bytes()
     # When a line is appended and it redraws 2 s later
     with config.output.open("ab") as handle:
-        handle.write(lines(result("t39")))
+        handle.write(jsonl_bytes([result_line("t39")]))
     clock[0] += 2.0
     report = reader.read(NOW)
     # Then the redraw is right but the cache was not rewritten; closing the reader writes it
@@ -181,7 +176,7 @@ def test_the_id_index_is_written_once_and_a_stale_one_is_not_used(config: RunCon
     index_file = cache_path(config.output).with_name(cache_path(config.output).name + "-index")
     written = index_file.stat().st_mtime_ns
     with config.output.open("ab") as handle:
-        handle.write(lines(result("t38")))
+        handle.write(jsonl_bytes([result_line("t38")]))
     cached(config)
     # Then the index was not written again
     assert index_file.stat().st_mtime_ns == written

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from helpers import NOW, failure_line, result_line, setup_run, write_jsonl
 
 from mpinfer.config import RunConfig
 from mpinfer.errors import ConfigError, InputError
@@ -15,38 +15,6 @@ from mpinfer.reports.status import status
 from mpinfer.reports.validate import ProblemKind, same_model, validate
 from mpinfer.store.locks import RunLock
 from mpinfer.store.output import OutputPaths
-
-NOW = 1_700_000_000.0
-
-
-def result(rid: str, *, answer: Any = None, model: str = "gpt-4o-mini", requested: str = "gpt-4o-mini",
-           prompt_tokens: int = 10, completion_tokens: int = 5, at: float = NOW) -> dict[str, Any]:
-    """A complete Result line as the worker writes it."""
-    return {
-        "id": rid, "input_prompt": f"prompt {rid}", "images": [],
-        "answer": f"answer {rid}" if answer is None else answer,
-        "model": model, "requested_model": requested,
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                  "total_tokens": prompt_tokens + completion_tokens},
-        "finish_reason": "stop", "latency_s": 0.1, "attempts": 1, "processed_at": at, "cost": 0.0001,
-    }
-
-
-def failure(rid: str) -> dict[str, Any]:
-    return {"id": rid, "error_type": "server_error", "status": 500, "message": "boom", "attempts": 4,
-            "processed_at": NOW}
-
-
-def write_jsonl(path: Path, items: Sequence[dict[str, Any] | bytes]) -> Path:
-    path.write_bytes(b"".join(item if isinstance(item, bytes) else orjson.dumps(item) + b"\n" for item in items))
-    return path
-
-
-def setup_run(tmp_path: Path, ids: Sequence[str], output: Sequence[dict[str, Any] | bytes]) -> RunConfig:
-    """An input with ``ids`` and an output with ``output``; the config that points at both."""
-    tasks = write_jsonl(tmp_path / "tasks.jsonl", [{"id": rid, "prompt": f"prompt {rid}"} for rid in ids])
-    out = write_jsonl(tmp_path / "results.jsonl", output)
-    return RunConfig(input=tasks, output=out)
 
 
 def lines_of(report: Any, kind: ProblemKind) -> list[int | None]:
@@ -58,7 +26,7 @@ def lines_of(report: Any, kind: ProblemKind) -> list[int | None]:
 
 def test_a_clean_output_validates_ok(tmp_path: Path) -> None:
     # Given every input id answered once, by the model asked for
-    config = setup_run(tmp_path, ["a", "b", "c"], [result("a"), result("b"), result("c")])
+    config = setup_run(tmp_path, ["a", "b", "c"], [result_line("a"), result_line("b"), result_line("c")])
     # When it is validated
     [report] = validate(config)
     # Then there is nothing to report
@@ -69,7 +37,7 @@ def test_a_clean_output_validates_ok(tmp_path: Path) -> None:
 
 def test_a_corrupt_line_is_reported_with_its_line_number(tmp_path: Path) -> None:
     # Given a line that is not JSON between two records
-    config = setup_run(tmp_path, ["a", "b"], [result("a"), b'{"id": "b", "ans\n', result("b")])
+    config = setup_run(tmp_path, ["a", "b"], [result_line("a"), b'{"id": "b", "ans\n', result_line("b")])
     # When it is validated
     [report] = validate(config)
     # Then line 2 is reported, and only that
@@ -82,10 +50,10 @@ def test_a_corrupt_line_is_reported_with_its_line_number(tmp_path: Path) -> None
 
 def test_missing_fields_are_reported_by_name(tmp_path: Path) -> None:
     # Given a record without latency_s and with a usage lacking total_tokens
-    broken = result("b")
+    broken = result_line("b")
     del broken["latency_s"]
     del broken["usage"]["total_tokens"]
-    config = setup_run(tmp_path, ["a", "b"], [result("a"), broken])
+    config = setup_run(tmp_path, ["a", "b"], [result_line("a"), broken])
     # When it is validated
     [report] = validate(config)
     # Then line 2 is reported with the missing fields
@@ -97,7 +65,7 @@ def test_missing_fields_are_reported_by_name(tmp_path: Path) -> None:
 
 def test_a_duplicate_id_is_reported_on_its_second_line(tmp_path: Path) -> None:
     # Given id a answered on lines 1 and 3
-    config = setup_run(tmp_path, ["a", "b"], [result("a"), result("b"), result("a")])
+    config = setup_run(tmp_path, ["a", "b"], [result_line("a"), result_line("b"), result_line("a")])
     # When it is validated
     [report] = validate(config)
     # Then line 3 is reported, pointing back at line 1
@@ -108,7 +76,7 @@ def test_a_duplicate_id_is_reported_on_its_second_line(tmp_path: Path) -> None:
 
 def test_an_unknown_id_is_reported(tmp_path: Path) -> None:
     # Given an answer for an id the input does not have
-    config = setup_run(tmp_path, ["a"], [result("a"), result("zz")])
+    config = setup_run(tmp_path, ["a"], [result_line("a"), result_line("zz")])
     # When it is validated
     [report] = validate(config)
     # Then it is reported on its line
@@ -120,7 +88,7 @@ def test_an_unknown_id_is_reported(tmp_path: Path) -> None:
 def test_missing_ids_are_all_counted_and_some_shown(tmp_path: Path) -> None:
     # Given an input of ten tasks of which two were answered
     ids = [f"t{i}" for i in range(10)]
-    config = setup_run(tmp_path, ids, [result("t0"), result("t5")])
+    config = setup_run(tmp_path, ids, [result_line("t0"), result_line("t5")])
     # When it is validated
     [report] = validate(config)
     # Then all eight missing ids are counted, the first five (sorted) shown, with no line
@@ -133,7 +101,7 @@ def test_missing_ids_are_all_counted_and_some_shown(tmp_path: Path) -> None:
 @pytest.mark.parametrize("answer", ["", "   \n", 42, False])
 def test_an_empty_answer_is_reported(tmp_path: Path, answer: Any) -> None:
     # Given a record whose answer is empty or not text
-    config = setup_run(tmp_path, ["a", "b"], [result("a"), result("b", answer=answer)])
+    config = setup_run(tmp_path, ["a", "b"], [result_line("a"), result_line("b", answer=answer)])
     # When it is validated
     [report] = validate(config)
     # Then line 2 is reported
@@ -143,7 +111,7 @@ def test_an_empty_answer_is_reported(tmp_path: Path, answer: Any) -> None:
 
 def test_a_null_answer_is_reported_as_empty(tmp_path: Path) -> None:
     # Given a record whose answer is null (a refusal or a tool call)
-    record = result("a")
+    record = result_line("a")
     record["answer"] = None
     config = setup_run(tmp_path, ["a"], [record])
     # When it is validated
@@ -155,7 +123,7 @@ def test_a_null_answer_is_reported_as_empty(tmp_path: Path) -> None:
 
 def test_a_model_mismatch_is_reported(tmp_path: Path) -> None:
     # Given a record answered by another model than asked
-    config = setup_run(tmp_path, ["a", "b"], [result("a"), result("b", model="gpt-3.5-turbo")])
+    config = setup_run(tmp_path, ["a", "b"], [result_line("a"), result_line("b", model="gpt-3.5-turbo")])
     # When it is validated
     [report] = validate(config)
     # Then line 2 is reported with both names
@@ -168,8 +136,8 @@ def test_a_model_mismatch_is_reported(tmp_path: Path) -> None:
 def test_a_dated_snapshot_of_the_requested_model_is_not_a_mismatch(tmp_path: Path) -> None:
     # Given answers from dated and versioned snapshots of the requested models
     config = setup_run(tmp_path, ["a", "b"], [
-        result("a", model="gpt-4o-mini-2024-07-18"),
-        result("b", requested="gpt-4", model="gpt-4-0613"),
+        result_line("a", model="gpt-4o-mini-2024-07-18"),
+        result_line("b", requested="gpt-4", model="gpt-4-0613"),
     ])
     # When it is validated
     [report] = validate(config)
@@ -199,7 +167,7 @@ def test_same_model_accepts_snapshots_but_not_other_models(requested: str | None
 def test_several_problems_are_each_counted_with_their_own_lines(tmp_path: Path) -> None:
     # Given an output with a corrupt line, a duplicate, an unknown id and an empty answer
     config = setup_run(tmp_path, ["a", "b", "c"], [
-        result("a"), b"garbage\n", result("a"), result("x"), result("b", answer=""),
+        result_line("a"), b"garbage\n", result_line("a"), result_line("x"), result_line("b", answer=""),
     ])
     # When it is validated
     [report] = validate(config)
@@ -218,7 +186,7 @@ def test_several_problems_are_each_counted_with_their_own_lines(tmp_path: Path) 
 def test_validate_with_a_custom_id_key_reads_the_input_with_it(tmp_path: Path) -> None:
     # Given an input whose ids are in "uid" (the output always uses "id")
     tasks = write_jsonl(tmp_path / "tasks.jsonl", [{"uid": "a", "prompt": "x"}])
-    out = write_jsonl(tmp_path / "results.jsonl", [result("a")])
+    out = write_jsonl(tmp_path / "results.jsonl", [result_line("a")])
     # When it is validated with that key
     [report] = validate(RunConfig(input=tasks, output=out, id_key="uid"))
     # Then all is well
@@ -254,11 +222,11 @@ def test_status_counts_done_failed_pending_percent_and_tokens(tmp_path: Path) ->
     # Given eight tasks: a, b, c done; d and e failed; c also failed earlier but is now done
     ids = [f"{c}" for c in "abcdefgh"]
     config = setup_run(tmp_path, ids, [
-        result("a", prompt_tokens=10, completion_tokens=3, at=NOW - 20),
-        result("b", prompt_tokens=20, completion_tokens=4, at=NOW - 10),
-        result("c", prompt_tokens=30, completion_tokens=5, at=NOW),
+        result_line("a", prompt_tokens=10, completion_tokens=3, at=NOW - 20),
+        result_line("b", prompt_tokens=20, completion_tokens=4, at=NOW - 10),
+        result_line("c", prompt_tokens=30, completion_tokens=5, at=NOW),
     ])
-    write_jsonl(OutputPaths.of(tmp_path / "results.jsonl").errors, [failure("c"), failure("d"), failure("e"), failure("d")])
+    write_jsonl(OutputPaths.of(tmp_path / "results.jsonl").errors, [failure_line("c"), failure_line("d"), failure_line("e"), failure_line("d")])
     # When the status is read
     report = status(config, now=NOW + 1)
     # Then the counts follow the files
@@ -272,7 +240,7 @@ def test_status_counts_done_failed_pending_percent_and_tokens(tmp_path: Path) ->
 
 def test_status_reports_no_live_run_and_no_eta_when_nothing_runs(tmp_path: Path) -> None:
     # Given a finished-looking output and nobody holding the run lock
-    config = setup_run(tmp_path, ["a", "b", "c"], [result("a", at=NOW - 5), result("b", at=NOW)])
+    config = setup_run(tmp_path, ["a", "b", "c"], [result_line("a", at=NOW - 5), result_line("b", at=NOW)])
     # When the status is read
     report = status(config, now=NOW + 1)
     # Then no run is live and no ETA is given
@@ -284,7 +252,7 @@ def test_status_reports_no_live_run_and_no_eta_when_nothing_runs(tmp_path: Path)
 
 def test_status_reports_the_live_run_and_an_eta(tmp_path: Path) -> None:
     # Given two answers 10 s apart and a run holding the lock
-    config = setup_run(tmp_path, ["a", "b", "c", "d"], [result("a", at=NOW - 10), result("b", at=NOW)])
+    config = setup_run(tmp_path, ["a", "b", "c", "d"], [result_line("a", at=NOW - 10), result_line("b", at=NOW)])
     lock = RunLock(OutputPaths.of(tmp_path / "results.jsonl"), "gpt-4o-mini")
     lock.acquire(wait_s=0.5)
     try:
@@ -300,8 +268,8 @@ def test_status_reports_the_live_run_and_an_eta(tmp_path: Path) -> None:
 
 def test_status_counts_bad_lines_and_unknown_ids_but_not_as_done(tmp_path: Path) -> None:
     # Given an output with a corrupt line, an unknown id and a duplicate
-    config = setup_run(tmp_path, ["a", "b"], [result("a"), b"broken\n", result("zz"), result("a")])
-    write_jsonl(OutputPaths.of(tmp_path / "results.jsonl").errors, [failure("zz")])
+    config = setup_run(tmp_path, ["a", "b"], [result_line("a"), b"broken\n", result_line("zz"), result_line("a")])
+    write_jsonl(OutputPaths.of(tmp_path / "results.jsonl").errors, [failure_line("zz")])
     # When the status is read
     report = status(config, now=NOW)
     # Then only a counts as done, once; the rest is reported apart
@@ -324,7 +292,7 @@ def test_status_before_any_output_is_all_pending(tmp_path: Path) -> None:
 
 def test_status_to_dict_holds_every_field(tmp_path: Path) -> None:
     # Given a status report
-    config = setup_run(tmp_path, ["a"], [result("a")])
+    config = setup_run(tmp_path, ["a"], [result_line("a")])
     report = status(config, now=NOW)
     # When it is turned into a dict (what --status --json prints)
     data = report.to_dict()

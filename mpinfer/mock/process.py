@@ -213,9 +213,11 @@ class MockServerProcess:
         """GET /_mock/batches: batches created; per custom_id, how often held and answered."""
         return self._call("GET", "/_mock/batches")
 
-    def reset(self) -> None:
-        """POST /_mock/reset: zero counters, windows and scripts."""
-        self._call("POST", "/_mock/reset", {})
+    def reset(self, *, settings: bool = False) -> None:
+        """POST /_mock/reset: zero counters, windows and scripts; with ``settings``, every setting
+        back to the server's start too (MockConfig's defaults unless ``start`` changed them) and
+        every revoked key accepted again."""
+        self._call("POST", "/_mock/reset", {"settings": settings})
 
     def outage(self, seconds: float) -> None:
         """POST /_mock/outage: the server stops listening for ``seconds``

@@ -40,6 +40,7 @@ class MockServer(ChatCompletions):
     def __init__(self, config: MockConfig | None = None) -> None:
         """Create a server for ``config`` (defaults if None); call ``start()`` to listen."""
         self._config = config or MockConfig()
+        self._start_config = self._config  # what reset(settings=True) returns to
         self._stats = Stats()
         self._scripts: dict[str, collections.deque[str]] = {}
         self._revoked: set[str] = set()
@@ -183,11 +184,16 @@ class MockServer(ChatCompletions):
             "bodies": dict(st.bodies),
         }
 
-    def reset(self) -> None:
+    def reset(self, *, settings: bool = False) -> None:
         """Zero counters, windows and scripts, and reseed, so a run can be repeated.
 
-        Revoked keys and the configuration stay: they are settings, not counters.
+        Revoked keys and the configuration stay, as settings, unless ``settings``: then every
+        setting returns to the server's start (MockConfig's defaults but for what it was started
+        with) and no key is revoked.
         """
+        if settings:
+            self._config = self._start_config
+            self._revoked.clear()
         in_flight = self._stats.in_flight
         self._stats = Stats()
         self._stats.in_flight = in_flight
@@ -286,7 +292,11 @@ class MockServer(ChatCompletions):
             if method != "POST":
                 self._send_json_error(conn, req, 405, "Method not allowed; use POST.")
                 return
-            self.reset()
+            try:
+                self.reset(settings=bool(json.loads(req.body or b"{}").get("settings")))
+            except (ValueError, AttributeError):
+                self._send_json_error(conn, req, 400, "reset takes {\"settings\": true or false}")
+                return
             self._send_json(conn, req, 200, {"ok": True})
         elif path.startswith(AZURE_PREFIX) and method == "POST":
             chat = azure_chat(self._config, req)  # Azure's deployment paths (mock/azure.py)
