@@ -25,6 +25,7 @@ def test_each_answer_carries_its_cost_from_the_built_in_prices(tmp_path: Path, m
     # Then each line's cost follows from its own usage, and the summary adds them up
     assert proc.returncode == 0, proc.stderr
     rows = read_jsonl(tmp_path / "out.jsonl")
+    assert len(rows) == 5
     for row in rows:
         usage = row["usage"]
         assert row["cost"] == pytest.approx((usage["prompt_tokens"] * 0.15 + usage["completion_tokens"] * 0.60) / 1e6)
@@ -44,10 +45,12 @@ def test_a_price_file_and_flat_prices_override_the_built_in_table(tmp_path: Path
                    "--price-input", "10", "--price-output", "100", cwd=tmp_path)
     # Then each line is priced by the table that applies
     assert with_file.returncode == 0 and flat.returncode == 0, with_file.stderr + flat.stderr
-    for row in read_jsonl(tmp_path / "out.jsonl"):
+    with_file_rows, flat_rows = read_jsonl(tmp_path / "out.jsonl"), read_jsonl(tmp_path / "flat.jsonl")
+    assert len(with_file_rows) == len(flat_rows) == 3
+    for row in with_file_rows:
         usage = row["usage"]
         assert row["cost"] == pytest.approx((usage["prompt_tokens"] * 2 + usage["completion_tokens"] * 5) / 1e6)
-    for row in read_jsonl(tmp_path / "flat.jsonl"):
+    for row in flat_rows:
         usage = row["usage"]
         assert row["cost"] == pytest.approx((usage["prompt_tokens"] * 10 + usage["completion_tokens"] * 100) / 1e6)
 

@@ -51,7 +51,9 @@ def test_a_batch_file_without_model_is_counted_under_its_bodies_model(mock: Mock
     manifest = (tmp_path / "out.jsonl.runs.jsonl").read_text()
     assert '"gpt-4o"' in manifest and "gpt-4o-mini" not in manifest
     # And each answer is priced as gpt-4o and records it as the requested model
-    for line in read_jsonl(out):
+    lines = read_jsonl(out)
+    assert len(lines) == 2
+    for line in lines:
         assert line["mpinfer"]["requested_model"] == "gpt-4o" and line["mpinfer"]["cost"] > 0
 
 

@@ -95,6 +95,7 @@ def test_a_delete_the_provider_refuses_is_a_warning_and_the_run_ends_as_it_would
     assert _answered_ids(tmp_path) == [f"t{i}" for i in range(6)]
     # And each file that could not be deleted is named in a warning, and is still stored
     files = _batch_files(mock)
+    assert len(files) == 5  # two inputs, two outputs, one error file
     for file_id in files:
         assert f"batch file {file_id} not deleted at the provider ({status}" in proc.stderr
     assert mock.batch_stats()["file_ids"] == sorted(files)

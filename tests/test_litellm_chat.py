@@ -62,7 +62,9 @@ def test_plain_rows_through_litellms_responses_api(proxy: str, tmp_path: Path) -
     # When they run through the proxy's /v1/responses
     out = _run(tmp_path, proxy, tasks, "--api", "responses", "--max-tokens", "50")
     # Then the output text is the answer and LiteLLM's usage (with its nulls) is mapped
-    for line in read_jsonl(out):
+    lines = read_jsonl(out)
+    assert len(lines) == 2
+    for line in lines:
         assert line["answer"] == ANSWER
         assert line["usage"]["prompt_tokens"] > 0 and line["usage"]["reasoning_tokens"] == 0
 

@@ -56,7 +56,9 @@ def test_a_line_without_thinking_has_no_reasoning_field(mock: MockServerProcess,
     # When the tasks run
     _, out, _ = _run(mock, tmp_path)
     # Then no reasoning_content is written, and reasoning_tokens is 0
-    for line in read_jsonl(out):
+    lines = read_jsonl(out)
+    assert len(lines) == 3
+    for line in lines:
         assert "reasoning_content" not in line
         assert line["usage"]["reasoning_tokens"] == 0
 

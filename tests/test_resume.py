@@ -77,6 +77,7 @@ def test_kill_9_of_the_parent_mid_run_loses_nothing_and_repeats_nothing(tmp_path
     # And no task whose line was already written was answered again by the server
     answered = mock.stats()["answered"]
     prompts = {t["id"]: t["prompt"] for t in text_tasks(400)}
+    assert len(snapshots) == 3
     for written, answered_then in snapshots:
         again = [i for i in written if answered[prompts[i]] != answered_then[prompts[i]]]
         assert again == []
