@@ -1,4 +1,5 @@
-"""Shared fixtures: the package's own mock server on 127.0.0.1 (the plain helpers are in helpers.py)."""
+"""Shared fixtures: the package's own mock server on 127.0.0.1 (the plain helpers are in
+helpers.py)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Plain helpers the test modules share (conftest.py holds the fixtures).
 
-Files in and out (task writers, output lines, reading JSONL back), the real command line in a subprocess,
-the processes a killed run leaves, raw HTTP/1.1 servers for the tests of mpinfer's client, and the LiteLLM
-proxy that the interoperability tests run against.
+Files in and out (task writers, output lines, reading JSONL back), the real command line in a
+subprocess, the processes a killed run leaves, raw HTTP/1.1 servers for the tests of mpinfer's
+client, and the LiteLLM proxy that the interoperability tests run against.
 """
 
 from __future__ import annotations
@@ -34,8 +34,10 @@ CLI_TIMEOUT_S = 120
 
 
 def jsonl_bytes(items: Iterable[dict[str, Any] | bytes]) -> bytes:
-    """JSON lines of ``items``; an item already in bytes is taken as it is (a torn or corrupt line)."""
-    return b"".join(item if isinstance(item, bytes) else orjson.dumps(item) + b"\n" for item in items)
+    """JSON lines of ``items``; an item already in bytes is taken as it is (a torn or corrupt
+    line)."""
+    return b"".join(item if isinstance(item, bytes) else orjson.dumps(item) + b"\n"
+                    for item in items)
 
 
 def write_jsonl(path: Path, items: Iterable[dict[str, Any] | bytes]) -> Path:
@@ -104,8 +106,8 @@ def result_line(rid: str, *, answer: Any = None, model: str = "gpt-4o-mini",
 
 def failure_line(rid: str) -> dict[str, Any]:
     """A failure line (a 500 after all its attempts) as the worker writes it."""
-    return {"id": rid, "error_type": "server_error", "status": 500, "message": "boom", "attempts": 4,
-            "processed_at": NOW}
+    return {"id": rid, "error_type": "server_error", "status": 500, "message": "boom",
+            "attempts": 4, "processed_at": NOW}
 
 
 def setup_run(tmp_path: Path, ids: Sequence[str],

@@ -13,11 +13,12 @@ from mpinfer.mockserver import MockServerProcess
 
 
 def _run(tmp_path: Path, mock: MockServerProcess, *extra: str):
-    return run_cli("-i", "tasks.jsonl", "-o", "out.jsonl", "--base-url", mock.base_url, "--retry-backoff", "0.05",
-                   *extra, cwd=tmp_path)
+    return run_cli("-i", "tasks.jsonl", "-o", "out.jsonl", "--base-url", mock.base_url,
+                   "--retry-backoff", "0.05", *extra, cwd=tmp_path)
 
 
-def test_each_answer_carries_its_cost_from_the_built_in_prices(tmp_path: Path, mock: MockServerProcess):
+def test_each_answer_carries_its_cost_from_the_built_in_prices(tmp_path: Path,
+                                                               mock: MockServerProcess):
     # Given tasks for gpt-4o-mini, priced at $0.15 in and $0.60 out per million tokens
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(5))
     # When they run
@@ -28,34 +29,40 @@ def test_each_answer_carries_its_cost_from_the_built_in_prices(tmp_path: Path, m
     assert len(rows) == 5
     for row in rows:
         usage = row["usage"]
-        assert row["cost"] == pytest.approx((usage["prompt_tokens"] * 0.15 + usage["completion_tokens"] * 0.60) / 1e6)
+        assert row["cost"] == pytest.approx(
+            (usage["prompt_tokens"] * 0.15 + usage["completion_tokens"] * 0.60) / 1e6)
     summary = orjson.loads((tmp_path / "out.jsonl.summary.json").read_bytes())
     assert summary["cost"] == pytest.approx(sum(r["cost"] for r in rows), abs=1e-6)
     report = orjson.loads(_run(tmp_path, mock, "--status", "--json").stdout)
     assert report["cost"] == pytest.approx(sum(r["cost"] for r in rows), abs=1e-6)
 
 
-def test_a_price_file_and_flat_prices_override_the_built_in_table(tmp_path: Path, mock: MockServerProcess):
+def test_a_price_file_and_flat_prices_override_the_built_in_table(tmp_path: Path,
+                                                                  mock: MockServerProcess):
     # Given a price table that gives a local model a price, and another run with flat prices
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(3))
     (tmp_path / "prices.json").write_text(json.dumps({"my-vlm": {"input": 2.0, "output": 5.0}}))
     # When one output runs with the file and another with --price-input/--price-output
     with_file = _run(tmp_path, mock, "--model", "my-vlm", "--prices", "prices.json")
-    flat = run_cli("-i", "tasks.jsonl", "-o", "flat.jsonl", "--base-url", mock.base_url, "--model", "gpt-4o",
-                   "--price-input", "10", "--price-output", "100", cwd=tmp_path)
+    flat = run_cli("-i", "tasks.jsonl", "-o", "flat.jsonl", "--base-url", mock.base_url, "--model",
+                   "gpt-4o", "--price-input", "10", "--price-output", "100", cwd=tmp_path)
     # Then each line is priced by the table that applies
     assert with_file.returncode == 0 and flat.returncode == 0, with_file.stderr + flat.stderr
-    with_file_rows, flat_rows = read_jsonl(tmp_path / "out.jsonl"), read_jsonl(tmp_path / "flat.jsonl")
+    with_file_rows = read_jsonl(tmp_path / "out.jsonl")
+    flat_rows = read_jsonl(tmp_path / "flat.jsonl")
     assert len(with_file_rows) == len(flat_rows) == 3
     for row in with_file_rows:
         usage = row["usage"]
-        assert row["cost"] == pytest.approx((usage["prompt_tokens"] * 2 + usage["completion_tokens"] * 5) / 1e6)
+        assert row["cost"] == pytest.approx(
+            (usage["prompt_tokens"] * 2 + usage["completion_tokens"] * 5) / 1e6)
     for row in flat_rows:
         usage = row["usage"]
-        assert row["cost"] == pytest.approx((usage["prompt_tokens"] * 10 + usage["completion_tokens"] * 100) / 1e6)
+        assert row["cost"] == pytest.approx(
+            (usage["prompt_tokens"] * 10 + usage["completion_tokens"] * 100) / 1e6)
 
 
-def test_an_unknown_model_has_no_cost_rather_than_a_wrong_one(tmp_path: Path, mock: MockServerProcess):
+def test_an_unknown_model_has_no_cost_rather_than_a_wrong_one(tmp_path: Path,
+                                                              mock: MockServerProcess):
     # Given a model with no known price
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(2))
     # When it runs
@@ -66,14 +73,18 @@ def test_an_unknown_model_has_no_cost_rather_than_a_wrong_one(tmp_path: Path, mo
     assert "2 answers of models with no known price not counted" in proc.stdout
 
 
-def test_max_cost_stops_taking_tasks_before_the_budget_is_passed(tmp_path: Path, mock: MockServerProcess):
-    # Given answers that cost about 3 cents each (about 30 tokens at $1,000 per million) and a $1 budget
+def test_max_cost_stops_taking_tasks_before_the_budget_is_passed(tmp_path: Path,
+                                                                 mock: MockServerProcess):
+    # Given answers that cost about 3 cents each (about 30 tokens at $1,000 per million) and a $1
+    # budget
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(200))
     mock.configure(latency_ms=30)
-    budget = ("--price-input", "1000", "--price-output", "1000", "--max-cost", "1.0", "-p", "2", "-c", "4")
+    budget = ("--price-input", "1000", "--price-output", "1000", "--max-cost", "1.0", "-p", "2",
+              "-c", "4")
     # When the run goes
     proc = _run(tmp_path, mock, *budget)
-    # Then it stopped on the budget, spent no more than it, and every request the server answered is written
+    # Then it stopped on the budget, spent no more than it, and every request the server answered is
+    # written
     assert proc.returncode == 1, proc.stderr
     assert "budget" in proc.stdout
     rows = read_jsonl(tmp_path / "out.jsonl")
@@ -81,8 +92,8 @@ def test_max_cost_stops_taking_tasks_before_the_budget_is_passed(tmp_path: Path,
     assert spent <= 1.0
     assert 20 <= len(rows) < 200
     assert sum(mock.stats()["answered"].values()) == len(rows)
-    # And a rerun with the same budget counts what the output already spent: it may use what is left of
-    # the budget, never more
+    # And a rerun with the same budget counts what the output already spent: it may use what is left
+    # of the budget, never more
     again = _run(tmp_path, mock, *budget)
     rows = read_jsonl(tmp_path / "out.jsonl")
     assert again.returncode == 1 and "budget" in again.stdout
@@ -91,13 +102,15 @@ def test_max_cost_stops_taking_tasks_before_the_budget_is_passed(tmp_path: Path,
 
 
 def test_the_summary_reports_what_a_faulty_run_did(tmp_path: Path, mock: MockServerProcess):
-    # Given a server that fails 15% of requests with 500 and 10% with 429, and one task with a missing image
+    # Given a server that fails 15% of requests with 500 and 10% with 429, and one task with a
+    # missing image
     tasks = text_tasks(80)
     tasks[0]["images"] = ["missing.png"]
     write_tasks(tmp_path / "tasks.jsonl", tasks)
     mock.configure(latency_ms=20, jitter_ms=10, p500=0.15, p429=0.10, seed=3)
     # When the run goes with enough retries
-    proc = _run(tmp_path, mock, "-p", "2", "-c", "4", "--max-retries", "8", "--model", "gpt-4o-mini")
+    proc = _run(tmp_path, mock, "-p", "2", "-c", "4", "--max-retries", "8", "--model",
+                "gpt-4o-mini")
     # Then the summary file and the printed summary carry the figures
     assert proc.returncode == 1, proc.stderr
     summary = orjson.loads((tmp_path / "out.jsonl.summary.json").read_bytes())
@@ -119,7 +132,8 @@ def test_the_summary_reports_what_a_faulty_run_did(tmp_path: Path, mock: MockSer
     assert status["rate_limited"] == summary["rate_limited"]
 
 
-def test_model_substitution_is_counted_in_the_summary_and_status(tmp_path: Path, mock: MockServerProcess):
+def test_model_substitution_is_counted_in_the_summary_and_status(tmp_path: Path,
+                                                                 mock: MockServerProcess):
     # Given a server that answers the 7B model with the 72B one
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(4))
     mock.configure(model_map={"qwen-7b": "qwen-72b"})
@@ -136,7 +150,8 @@ def test_each_run_appends_its_record_to_the_manifest(tmp_path: Path, mock: MockS
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(3))
     assert _run(tmp_path, mock, "--temperature", "0").returncode == 0
     assert _run(tmp_path, mock, "--temperature", "0").returncode == 0
-    # Then the manifest holds a start and an end record for each, with the input's checksum and counts
+    # Then the manifest holds a start and an end record for each, with the input's checksum and
+    # counts
     records = read_jsonl(tmp_path / "out.jsonl.runs.jsonl")
     assert [r["event"] for r in records] == ["start", "end", "start", "end"]
     import hashlib
@@ -148,12 +163,13 @@ def test_each_run_appends_its_record_to_the_manifest(tmp_path: Path, mock: MockS
     assert "--temperature" in records[0]["argv"] and records[0]["version"]
 
 
-def test_a_resume_with_other_answer_settings_is_refused_unless_allowed(tmp_path: Path, mock: MockServerProcess):
+def test_a_resume_with_other_answer_settings_is_refused_unless_allowed(tmp_path: Path,
+                                                                       mock: MockServerProcess):
     # Given an output half written at temperature 0
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(4))
     write_tasks(tmp_path / "first.jsonl", text_tasks(2))
-    assert run_cli("-i", "first.jsonl", "-o", "out.jsonl", "--base-url", mock.base_url, "--temperature", "0",
-                   cwd=tmp_path).returncode == 0
+    assert run_cli("-i", "first.jsonl", "-o", "out.jsonl", "--base-url", mock.base_url,
+                   "--temperature", "0", cwd=tmp_path).returncode == 0
     # When it is resumed at temperature 0.7
     refused = _run(tmp_path, mock, "--temperature", "0.7")
     # Then it is refused, naming the difference, before any request
@@ -166,7 +182,8 @@ def test_a_resume_with_other_answer_settings_is_refused_unless_allowed(tmp_path:
     assert "temperature" in allowed.stderr and len(read_jsonl(tmp_path / "out.jsonl")) == 4
 
 
-def test_the_key_appears_in_no_log_manifest_summary_output_or_error(tmp_path: Path, mock: MockServerProcess):
+def test_the_key_appears_in_no_log_manifest_summary_output_or_error(tmp_path: Path,
+                                                                    mock: MockServerProcess):
     # Given a key that also found its way into the system prompt and a task whose image is missing
     tasks = text_tasks(6)
     tasks[0]["images"] = ["nope.png"]
@@ -179,7 +196,8 @@ def test_the_key_appears_in_no_log_manifest_summary_output_or_error(tmp_path: Pa
     # Then no file the run wrote, nor anything it printed, holds the key
     assert proc.returncode == 1
     written = [p for p in tmp_path.rglob("*") if p.is_file() and p.name != "tasks.jsonl"]
-    assert any(p.name.endswith(".runs.jsonl") for p in written) and any(p.suffix == ".log" for p in written)
+    assert any(p.name.endswith(".runs.jsonl") for p in written)
+    assert any(p.suffix == ".log" for p in written)
     for path in written:
         assert FAKE_KEY not in path.read_text(errors="replace"), path
     for shown in (proc, status, check):
@@ -198,7 +216,8 @@ def test_a_dotenv_that_others_can_read_gets_a_warning(tmp_path: Path, mock: Mock
     assert "can be read by other users" not in _run(tmp_path, mock, "--status").stderr
 
 
-def test_a_dry_run_checks_and_estimates_everything_and_sends_nothing(tmp_path: Path, mock: MockServerProcess):
+def test_a_dry_run_checks_and_estimates_everything_and_sends_nothing(tmp_path: Path,
+                                                                     mock: MockServerProcess):
     # Given a 1024x1024 image, text tasks, and one task whose image is missing
     from mpinfer.demo import png_bytes
 
@@ -209,10 +228,13 @@ def test_a_dry_run_checks_and_estimates_everything_and_sends_nothing(tmp_path: P
     write_tasks(tmp_path / "tasks.jsonl", tasks)
     # When a dry run goes (text and JSON)
     text = _run(tmp_path, mock, "--dry-run", "--model", "gpt-4o", "--max-tokens", "100")
-    as_json = _run(tmp_path, mock, "--dry-run", "--json", "--model", "gpt-4o", "--max-tokens", "100")
+    as_json = _run(tmp_path, mock, "--dry-run", "--json", "--model", "gpt-4o",
+                   "--max-tokens", "100")
     # Then the server saw nothing, and the plan names the problem and the estimate
     assert mock.stats()["requests"] == 0
-    assert text.returncode == 1 and "missing.png" in text.stdout and "nothing was sent" in text.stdout
+    assert text.returncode == 1
+    assert "missing.png" in text.stdout
+    assert "nothing was sent" in text.stdout
     plan = orjson.loads(as_json.stdout)
     prompts = [t["prompt"] for t in tasks if t["id"] != "t1"]
     expected = sum(4 + -(-len(p) // 4) for p in prompts) + 765
@@ -224,8 +246,9 @@ def test_a_dry_run_checks_and_estimates_everything_and_sends_nothing(tmp_path: P
     assert not (tmp_path / "out.jsonl").exists()
 
 
-def test_a_dry_run_of_broken_input_fails_with_file_and_line_and_sends_nothing(tmp_path: Path,
-                                                                              mock: MockServerProcess):
+def test_a_dry_run_of_broken_input_fails_with_file_and_line_and_sends_nothing(
+    tmp_path: Path, mock: MockServerProcess,
+):
     # Given an input whose second line is not JSON
     (tmp_path / "tasks.jsonl").write_text('{"id": "a", "prompt": "x"}\n{oops\n')
     # When a dry run goes

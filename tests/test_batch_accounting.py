@@ -1,5 +1,5 @@
-"""A Batch file run without --model is accounted under the models its bodies name: log name, summary,
-manifest and cost; its dry run reads the bodies (text, images, max_tokens)."""
+"""A Batch file run without --model is accounted under the models its bodies name: log name,
+summary, manifest and cost; its dry run reads the bodies (text, images, max_tokens)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from helpers import read_jsonl, run_cli, write_tasks
 from mpinfer.demo import png_bytes
 from mpinfer.mockserver import MockServerProcess
 
-PNG = "data:image/png;base64," + base64.b64encode(png_bytes(1024, 1024, (10, 20, 30), (1, 2, 3))).decode()
+PNG = "data:image/png;base64," + base64.b64encode(png_bytes(1024, 1024, (10, 20, 30),
+                                                            (1, 2, 3))).decode()
 
 
 def _line(custom_id: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -40,7 +41,8 @@ def test_a_batch_file_without_model_is_counted_under_its_bodies_model(mock: Mock
     tasks = write_tasks(tmp_path / "batch.jsonl", _bodies("gpt-4o"))
     out = tmp_path / "out.jsonl"
     # When it runs without --model
-    done = run_cli("-i", str(tasks), "-o", str(out), "-p", "1", "--base-url", mock.base_url, cwd=tmp_path)
+    done = run_cli("-i", str(tasks), "-o", str(out), "-p", "1", "--base-url", mock.base_url,
+                   cwd=tmp_path)
     # Then gpt-4o is asked, and the log, the summary and the manifest name gpt-4o, never the default
     assert done.returncode == 0, done.stderr
     assert mock.stats()["per_model"] == {"gpt-4o": 2}
@@ -61,8 +63,10 @@ def test_the_dry_run_of_a_batch_file_reads_its_bodies(tmp_path: Path) -> None:
     # Given the same Batch file, with a 1024x1024 inline image and a remote one at low detail
     tasks = write_tasks(tmp_path / "batch.jsonl", _bodies("gpt-4o"))
     # When it is dry-run without --model
-    dry = run_cli("-i", str(tasks), "-o", str(tmp_path / "out.jsonl"), "--dry-run", "--json", cwd=tmp_path)
-    # Then the images are counted, max_tokens and max_completion_tokens are the ceilings, and gpt-4o is priced
+    dry = run_cli("-i", str(tasks), "-o", str(tmp_path / "out.jsonl"), "--dry-run", "--json",
+                  cwd=tmp_path)
+    # Then the images are counted, max_tokens and max_completion_tokens are the ceilings, and gpt-4o
+    # is priced
     assert dry.returncode == 0, dry.stderr
     plan = json.loads(dry.stdout)
     assert (plan["images"]["inline"], plan["images"]["remote"]) == (1, 1)
@@ -76,7 +80,8 @@ def test_the_dry_run_of_a_batch_file_reads_its_bodies(tmp_path: Path) -> None:
 def test_a_model_without_a_published_image_rule_is_said_once_in_the_log(mock: MockServerProcess,
                                                                          tmp_path: Path) -> None:
     # Given tasks for a model OpenAI's image table does not know
-    tasks = write_tasks(tmp_path / "tasks.jsonl", [{"id": f"t{i}", "prompt": f"q{i}"} for i in range(3)])
+    tasks = write_tasks(tmp_path / "tasks.jsonl",
+                        [{"id": f"t{i}", "prompt": f"q{i}"} for i in range(3)])
     # When they run
     done = run_cli("-i", str(tasks), "-o", str(tmp_path / "out.jsonl"), "--model", "qwen-vl-max",
                    "--base-url", mock.base_url, cwd=tmp_path)
@@ -89,16 +94,20 @@ def test_a_model_without_a_published_image_rule_is_said_once_in_the_log(mock: Mo
 def test_a_batch_file_whose_bodies_name_two_models_is_named_by_both(mock: MockServerProcess,
                                                                      tmp_path: Path) -> None:
     # Given a Batch file whose bodies ask for gpt-4o and gpt-4o-mini
-    third = _line("r3", {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "a third question"}]})
+    third = _line("r3",
+                  {"model": "gpt-4o-mini",
+                   "messages": [{"role": "user", "content": "a third question"}]})
     tasks = write_tasks(tmp_path / "batch.jsonl", [_bodies("gpt-4o")[0], third])
     out = tmp_path / "out.jsonl"
     # When it runs without --model
-    done = run_cli("-i", str(tasks), "-o", str(out), "-p", "1", "--base-url", mock.base_url, cwd=tmp_path)
-    # Then each body went as its own model into the one output, and the run is named by both, never by a
-    # default no body asked for
+    done = run_cli("-i", str(tasks), "-o", str(out), "-p", "1", "--base-url", mock.base_url,
+                   cwd=tmp_path)
+    # Then each body went as its own model into the one output, and the run is named by both, never
+    # by a default no body asked for
     assert done.returncode == 0, done.stderr
     assert mock.stats()["per_model"] == {"gpt-4o": 1, "gpt-4o-mini": 1}
-    assert {line["mpinfer"]["requested_model"] for line in read_jsonl(out)} == {"gpt-4o", "gpt-4o-mini"}
+    assert ({line["mpinfer"]["requested_model"] for line in read_jsonl(out)}
+            == {"gpt-4o", "gpt-4o-mini"})
     [log] = list((tmp_path / "logs").iterdir())
     assert "gpt-4o_gpt-4o-mini" in log.name  # the file name keeps letters, digits, ".", "-" and "_"
     summary = json.loads((tmp_path / "out.jsonl.summary.json").read_text())

@@ -1,4 +1,5 @@
-"""--backend batch end to end: the real command line in its own process against the mock's Batch API over HTTP."""
+"""--backend batch end to end: the real command line in its own process against the mock's Batch API
+over HTTP."""
 
 from __future__ import annotations
 
@@ -29,8 +30,8 @@ def mock(batch_mock: MockServerProcess) -> MockServerProcess:
 
 
 def _args(mock: MockServerProcess, *extra: str) -> list[str]:
-    return ["-i", "tasks.jsonl", "-o", OUT, "--backend", "batch", "--batch-poll", "0.1", "--base-url", mock.base_url,
-            "--retry-backoff", "0.05", "--timeout", "5", *extra]
+    return ["-i", "tasks.jsonl", "-o", OUT, "--backend", "batch", "--batch-poll", "0.1",
+            "--base-url", mock.base_url, "--retry-backoff", "0.05", "--timeout", "5", *extra]
 
 
 def _run(tmp_path: Path, mock: MockServerProcess, *extra: str) -> Any:
@@ -55,7 +56,8 @@ def _wait_for(what: str, check: Callable[[], bool], timeout_s: float = 30.0) -> 
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _killed_while_its_batch_runs(tmp_path: Path, mock: MockServerProcess, tasks: int, request_s: float) -> None:
+def _killed_while_its_batch_runs(tmp_path: Path, mock: MockServerProcess, tasks: int,
+                                 request_s: float) -> None:
     """A run of ``tasks`` tasks killed with SIGKILL once its (slow) batch is created."""
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(tasks))
     mock.batch_faults(request_s=request_s)
@@ -67,24 +69,28 @@ def _killed_while_its_batch_runs(tmp_path: Path, mock: MockServerProcess, tasks:
         proc.wait(timeout=10)
 
 
-def test_rows_are_split_into_batches_of_batch_size_and_answered_once_at_half_the_price(tmp_path: Path,
-                                                                                       mock: MockServerProcess):
+def test_rows_are_split_into_batches_of_batch_size_and_answered_once_at_half_the_price(
+    tmp_path: Path, mock: MockServerProcess,
+):
     # Given 25 tasks and batches of at most 10
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(25))
     # When the batch backend runs
     proc = _run(tmp_path, mock, "--batch-size", "10")
-    # Then three batches (10, 10, 5) were created, each row in one of them, and every id is in the output once
+    # Then three batches (10, 10, 5) were created, each row in one of them, and every id is in the
+    # output once
     assert proc.returncode == 0, proc.stderr
     stats = mock.batch_stats()
     assert stats["batches_created"] == 3 and stats["max_batches_per_row"] == 1
-    assert sorted(c["bytes"] > 0 and len(c["ids"]) for c in _plan(tmp_path)["chunks"]) == [5, 10, 10]
+    assert sorted(c["bytes"] > 0 and len(c["ids"])
+                  for c in _plan(tmp_path)["chunks"]) == [5, 10, 10]
     ids = _ids(tmp_path)
     assert sorted(ids) == sorted(f"t{i}" for i in range(25)) and len(ids) == len(set(ids))
     # And each answer is an ordinary result line, priced at half the online price
     row = read_jsonl(tmp_path / OUT)[0]
     assert row["answer"].startswith("Mock answer to: question") and row["model"] == "gpt-4o-mini"
     price = BUILT_IN["gpt-4o-mini"]
-    online = (row["usage"]["prompt_tokens"] * price.input + row["usage"]["completion_tokens"] * price.output) / 1e6
+    online = (row["usage"]["prompt_tokens"] * price.input
+              + row["usage"]["completion_tokens"] * price.output) / 1e6
     assert row["cost"] == pytest.approx(online / 2, abs=1e-8) and row["cost"] < online * 0.6
     # And a rerun has nothing to do and creates no batch
     again = _run(tmp_path, mock, "--batch-size", "10")
@@ -97,10 +103,13 @@ def test_rows_are_split_into_batches_of_batch_size_and_answered_once_at_half_the
     assert text.stdout.count("batch_mock") == 3 and "completed / 10+0 of 10" in text.stdout
     report = orjson.loads(_run(tmp_path, mock, "--status", "--json").stdout)
     assert sorted(b["rows"] for b in report["batches"]) == [5, 10, 10]
-    assert {b["status"] for b in report["batches"]} == {"completed"} and all(b["batch_id"] for b in report["batches"])
+    assert {b["status"] for b in report["batches"]} == {"completed"}
+    assert all(b["batch_id"] for b in report["batches"])
 
 
-def test_an_expired_batch_has_its_unanswered_rows_resubmitted_in_a_new_batch(tmp_path: Path, mock: MockServerProcess):
+def test_an_expired_batch_has_its_unanswered_rows_resubmitted_in_a_new_batch(
+    tmp_path: Path, mock: MockServerProcess,
+):
     # Given the first batch expires after answering 4 of its 10 rows
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(10))
     mock.batch_faults(expire_next=1, expire_after=4)
@@ -115,7 +124,8 @@ def test_an_expired_batch_has_its_unanswered_rows_resubmitted_in_a_new_batch(tmp
     assert mock.batch_stats()["max_answers_per_row"] == 1
 
 
-def test_500_lines_are_resubmitted_and_400_lines_go_to_the_errors_file(tmp_path: Path, mock: MockServerProcess):
+def test_500_lines_are_resubmitted_and_400_lines_go_to_the_errors_file(tmp_path: Path,
+                                                                       mock: MockServerProcess):
     # Given one row that fails once with 500 and one that is refused with 400 every time
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(5))
     mock.batch_faults(script={"t1": ["500"], "t3": ["400", "400", "400", "400", "400"]})
@@ -129,14 +139,16 @@ def test_500_lines_are_resubmitted_and_400_lines_go_to_the_errors_file(tmp_path:
     assert mock.batch_stats()["executed"] == {"t0": 1, "t1": 2, "t2": 1, "t3": 1, "t4": 1}
 
 
-def test_kill_9_while_polling_then_rerun_polls_the_same_batch_and_writes_each_id_once(tmp_path: Path,
-                                                                                    mock: MockServerProcess):
+def test_kill_9_while_polling_then_rerun_polls_the_same_batch_and_writes_each_id_once(
+    tmp_path: Path, mock: MockServerProcess,
+):
     # Given a slow batch (0.1 s a request) that the run is polling
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(12))
     mock.batch_faults(request_s=0.1)
     proc = start_cli(*_args(mock, "--batch-size", "6"), cwd=tmp_path)
     try:
-        _wait_for("both batches created", lambda: sum(bool(c.get("batch_id")) for c in _plan(tmp_path)["chunks"]) == 2)
+        _wait_for("both batches created",
+                  lambda: sum(bool(c.get("batch_id")) for c in _plan(tmp_path)["chunks"]) == 2)
         # When the run is killed with SIGKILL while the batches run
         proc.send_signal(signal.SIGKILL)
     finally:
@@ -152,15 +164,17 @@ def test_kill_9_while_polling_then_rerun_polls_the_same_batch_and_writes_each_id
 
 
 @pytest.mark.parametrize("window", ["create_wait_s", "create_reply_wait_s"])
-def test_kill_9_around_a_create_never_makes_a_second_batch_for_the_same_rows(tmp_path: Path, mock: MockServerProcess,
-                                                                             window: str):
-    # Given a create that takes a second before the batch exists (after the upload), or after it exists
-    # (the answer with its id is lost in the crash)
+def test_kill_9_around_a_create_never_makes_a_second_batch_for_the_same_rows(
+    tmp_path: Path, mock: MockServerProcess, window: str,
+):
+    # Given a create that takes a second before the batch exists (after the upload), or after it
+    # exists (the answer with its id is lost in the crash)
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(4))
     mock.batch_faults(**{window: 1.0})
     proc = start_cli(*_args(mock), cwd=tmp_path)
     try:
-        _wait_for("the upload", lambda: any(c.get("state") == "creating" for c in _plan(tmp_path)["chunks"]))
+        _wait_for("the upload",
+                  lambda: any(c.get("state") == "creating" for c in _plan(tmp_path)["chunks"]))
         if window == "create_reply_wait_s":
             _wait_for("the batch at the server", lambda: mock.batch_stats()["batches_created"] == 1)
         # When the run is killed with SIGKILL inside that second
@@ -176,9 +190,11 @@ def test_kill_9_around_a_create_never_makes_a_second_batch_for_the_same_rows(tmp
     assert sorted(_ids(tmp_path)) == ["t0", "t1", "t2", "t3"]
 
 
-def test_cancel_cancels_the_open_batches_and_a_rerun_sends_what_was_not_answered(tmp_path: Path,
-                                                                                mock: MockServerProcess):
-    # Given a run killed while its slow batch works (4 s: time for --cancel to start on a loaded machine)
+def test_cancel_cancels_the_open_batches_and_a_rerun_sends_what_was_not_answered(
+    tmp_path: Path, mock: MockServerProcess,
+):
+    # Given a run killed while its slow batch works (4 s: time for --cancel to start on a loaded
+    # machine)
     _killed_while_its_batch_runs(tmp_path, mock, 8, 0.5)
     # When --cancel runs
     cancelled = _run(tmp_path, mock, "--cancel")
@@ -196,7 +212,8 @@ def test_cancel_cancels_the_open_batches_and_a_rerun_sends_what_was_not_answered
     assert mock.batch_stats()["max_answers_per_row"] == 1
 
 
-def test_a_full_token_queue_waits_for_running_batches_instead_of_failing(tmp_path: Path, mock: MockServerProcess):
+def test_a_full_token_queue_waits_for_running_batches_instead_of_failing(tmp_path: Path,
+                                                                         mock: MockServerProcess):
     # Given an enqueued-token limit that holds one batch of 4 rows at a time
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(8))
     mock.batch_faults(token_limit=30, request_s=0.05)
@@ -209,13 +226,15 @@ def test_a_full_token_queue_waits_for_running_batches_instead_of_failing(tmp_pat
     assert "enqueued-token limit" in proc.stderr
 
 
-def test_several_models_and_a_selection_run_one_batch_per_model_into_each_models_output(tmp_path: Path,
-                                                                                        mock: MockServerProcess):
+def test_several_models_and_a_selection_run_one_batch_per_model_into_each_models_output(
+    tmp_path: Path, mock: MockServerProcess,
+):
     # Given 6 tasks, two models and --limit 4
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(6))
     # When the batch backend runs
     proc = _run(tmp_path, mock, "--model", "gpt-4o-mini,gpt-4o", "--limit", "4")
-    # Then each model had its own batch (one model a batch file, as the API requires) and its own output
+    # Then each model had its own batch (one model a batch file, as the API requires) and its own
+    # output
     assert proc.returncode == 0, proc.stderr
     chunks = _plan(tmp_path)["chunks"]
     assert sorted((c["model"], len(c["ids"])) for c in chunks) == [(0, 4), (1, 4)]
@@ -225,10 +244,12 @@ def test_several_models_and_a_selection_run_one_batch_per_model_into_each_models
         assert {r["model"] for r in rows} == {model}
 
 
-def test_a_batch_api_input_file_comes_back_in_the_batch_output_form(tmp_path: Path, mock: MockServerProcess):
+def test_a_batch_api_input_file_comes_back_in_the_batch_output_form(tmp_path: Path,
+                                                                    mock: MockServerProcess):
     # Given an input already in the Batch API's request form
     rows = [{"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
-             "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"batch question {i}"}],
+             "body": {"model": "gpt-4o-mini",
+                      "messages": [{"role": "user", "content": f"batch question {i}"}],
                       "max_tokens": 50}} for i in range(3)]
     write_tasks(tmp_path / "tasks.jsonl", rows)
     # When the batch backend runs it
@@ -237,19 +258,24 @@ def test_a_batch_api_input_file_comes_back_in_the_batch_output_form(tmp_path: Pa
     assert proc.returncode == 0, proc.stderr
     out = read_jsonl(tmp_path / OUT)
     assert sorted(o["custom_id"] for o in out) == ["r0", "r1", "r2"]
-    assert out[0]["response"]["status_code"] == 200 and out[0]["mpinfer"]["batch_id"].startswith("batch_")
-    assert out[0]["response"]["body"]["choices"][0]["message"]["content"].startswith("Mock answer to: batch")
+    assert out[0]["response"]["status_code"] == 200
+    assert out[0]["mpinfer"]["batch_id"].startswith("batch_")
+    answer = out[0]["response"]["body"]["choices"][0]["message"]["content"]
+    assert answer.startswith("Mock answer to: batch")
     assert out[0]["mpinfer"]["cost"] > 0
 
 
-def test_request_files_are_split_at_batch_max_bytes_and_a_failed_batch_is_resubmitted(tmp_path: Path,
-                                                                                    mock: MockServerProcess):
-    # Given 6 tasks, files of at most 400 bytes (two requests each), and a first batch that fails validation
+def test_request_files_are_split_at_batch_max_bytes_and_a_failed_batch_is_resubmitted(
+    tmp_path: Path, mock: MockServerProcess,
+):
+    # Given 6 tasks, files of at most 400 bytes (two requests each), and a first batch that fails
+    # validation
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(6))
     mock.batch_faults(fail_next=1)
     # When the batch backend runs
     proc = _run(tmp_path, mock, "--batch-max-bytes", "400")
-    # Then every request file kept under 400 bytes, the failed batch's rows went again, and every id is answered
+    # Then every request file kept under 400 bytes, the failed batch's rows went again, and every id
+    # is answered
     assert proc.returncode == 0, proc.stderr
     chunks = _plan(tmp_path)["chunks"]
     assert all(c["bytes"] <= 400 for c in chunks) and len(chunks) == 4
@@ -258,18 +284,21 @@ def test_request_files_are_split_at_batch_max_bytes_and_a_failed_batch_is_resubm
     assert mock.batch_stats()["max_answers_per_row"] == 1
 
 
-def test_dry_run_with_the_batch_backend_shows_the_batch_price_beside_the_online_price(tmp_path: Path):
+def test_dry_run_with_the_batch_backend_shows_the_batch_price_beside_the_online_price(
+    tmp_path: Path,
+):
     # Given 5 tasks for a priced model
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(5))
     # When --dry-run runs with --backend batch, in text and JSON
     text = run_cli("-i", "tasks.jsonl", "-o", OUT, "--backend", "batch", "--dry-run", cwd=tmp_path)
-    data = orjson.loads(run_cli("-i", "tasks.jsonl", "-o", OUT, "--backend", "batch", "--dry-run", "--json",
-                                cwd=tmp_path).stdout)
+    data = orjson.loads(run_cli("-i", "tasks.jsonl", "-o", OUT, "--backend", "batch", "--dry-run",
+                                "--json", cwd=tmp_path).stdout)
     # Then both prices are shown, the Batch one half the online one
     assert text.returncode == 0, text.stderr
     assert "estimated cost:" in text.stdout and "at the Batch API price" in text.stdout
     totals = data["totals"]
-    assert totals["batch_cost_max"] == pytest.approx(totals["cost_max"] / 2) and totals["cost_max"] > 0
+    assert totals["batch_cost_max"] == pytest.approx(totals["cost_max"] / 2)
+    assert totals["cost_max"] > 0
 
 
 def test_a_rerun_with_other_models_than_the_open_batches_is_refused_before_anything_is_sent(
@@ -284,7 +313,8 @@ def test_a_rerun_with_other_models_than_the_open_batches_is_refused_before_anyth
     assert not (tmp_path / OUT).exists()
 
 
-def test_a_create_that_times_out_is_not_retried_into_a_second_batch(tmp_path: Path, mock: MockServerProcess):
+def test_a_create_that_times_out_is_not_retried_into_a_second_batch(tmp_path: Path,
+                                                                    mock: MockServerProcess):
     # Given a create whose answer comes after the client's timeout, though the batch exists at once
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(3))
     mock.batch_faults(create_reply_wait_s=3.0)
@@ -300,32 +330,37 @@ LITELLM = Path(sys.executable).parent / "litellm"
 LITELLM_KEY = "sk-mpinfer-litellm-0123456789abcdefXYZ"
 
 
-@pytest.mark.skipif(not LITELLM.exists(), reason="the LiteLLM proxy is not installed (pip install 'litellm[proxy]')")
-def test_through_a_litellm_proxy_a_killed_run_is_resumed_without_a_second_batch(tmp_path: Path,
-                                                                               mock: MockServerProcess):
+@pytest.mark.skipif(not LITELLM.exists(),
+                    reason="the LiteLLM proxy is not installed (pip install 'litellm[proxy]')")
+def test_through_a_litellm_proxy_a_killed_run_is_resumed_without_a_second_batch(
+    tmp_path: Path, mock: MockServerProcess,
+):
     # Given a real LiteLLM proxy on 127.0.0.1 whose Files and Batches APIs go to the mock
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     (tmp_path / "litellm.yaml").write_text(
-        f"model_list:\n  - model_name: gpt-4o-mini\n    litellm_params:\n      model: openai/gpt-4o-mini\n"
-        f"      api_base: {mock.base_url}\n      api_key: sk-mock\n"
-        f"files_settings:\n  - custom_llm_provider: openai\n    api_base: {mock.base_url}\n    api_key: sk-mock\n"
-        f"general_settings:\n  master_key: {LITELLM_KEY}\n  dangerously_permit_weak_or_unset_master_key: true\n")
-    proxy = subprocess.Popen([str(LITELLM), "--config", "litellm.yaml", "--host", "127.0.0.1", "--port", str(port)],
-                             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        "model_list:\n  - model_name: gpt-4o-mini\n    litellm_params:\n"
+        f"      model: openai/gpt-4o-mini\n      api_base: {mock.base_url}\n"
+        "      api_key: sk-mock\nfiles_settings:\n  - custom_llm_provider: openai\n"
+        f"    api_base: {mock.base_url}\n    api_key: sk-mock\ngeneral_settings:\n"
+        f"  master_key: {LITELLM_KEY}\n  dangerously_permit_weak_or_unset_master_key: true\n")
+    proxy = subprocess.Popen([str(LITELLM), "--config", "litellm.yaml", "--host", "127.0.0.1",
+                              "--port", str(port)], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
     try:
         base = f"http://127.0.0.1:{port}"
         _wait_for("the proxy", lambda: _answers(base + "/health/liveliness"), timeout_s=90)
         write_tasks(tmp_path / "tasks.jsonl", text_tasks(6))
         mock.batch_faults(request_s=0.3)
-        args = ["-i", "tasks.jsonl", "-o", OUT, "--backend", "batch", "--batch-poll", "0.2", "--base-url",
-                base + "/v1", "--retry-backoff", "0.05"]
+        args = ["-i", "tasks.jsonl", "-o", OUT, "--backend", "batch", "--batch-poll", "0.2",
+                "--base-url", base + "/v1", "--retry-backoff", "0.05"]
         env = {"OPENAI_API_KEY": LITELLM_KEY}
         # When a run through the proxy is killed with SIGKILL while its batch works, then rerun
         run = start_cli(*args, cwd=tmp_path, env=env)
         try:
-            _wait_for("the batch", lambda: any(c.get("batch_id") for c in _plan(tmp_path)["chunks"]))
+            _wait_for("the batch",
+                      lambda: any(c.get("batch_id") for c in _plan(tmp_path)["chunks"]))
             run.send_signal(signal.SIGKILL)
         finally:
             run.wait(timeout=10)
@@ -348,7 +383,8 @@ def _answers(url: str) -> bool:
         return False
 
 
-def test_fresh_is_refused_while_batches_are_open_and_moves_a_finished_plan(tmp_path: Path, mock: MockServerProcess):
+def test_fresh_is_refused_while_batches_are_open_and_moves_a_finished_plan(tmp_path: Path,
+                                                                           mock: MockServerProcess):
     # Given a run killed while its batch works
     _killed_while_its_batch_runs(tmp_path, mock, 3, 0.3)
     # When --fresh is asked for
@@ -366,18 +402,22 @@ def test_fresh_is_refused_while_batches_are_open_and_moves_a_finished_plan(tmp_p
     assert mock.batch_stats()["batches_created"] == 2  # the fresh run's own batch
 
 
-def test_cancel_during_a_live_run_stops_it_and_the_next_run_sends_every_row_left(tmp_path: Path,
-                                                                                 mock: MockServerProcess):
-    # Given a live run whose slow first batch of 3 works, and a second one waiting on the enqueued-token limit
+def test_cancel_during_a_live_run_stops_it_and_the_next_run_sends_every_row_left(
+    tmp_path: Path, mock: MockServerProcess,
+):
+    # Given a live run whose slow first batch of 3 works, and a second one waiting on the
+    # enqueued-token limit
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(6))
-    mock.batch_faults(request_s=1.5, token_limit=30)  # 4.5 s: time for --cancel to start on a loaded machine
+    # 4.5 s: time for --cancel to start on a loaded machine
+    mock.batch_faults(request_s=1.5, token_limit=30)
     run = start_cli(*_args(mock, "--batch-size", "3"), cwd=tmp_path)
     try:
         _wait_for("the batch", lambda: any(c.get("batch_id") for c in _plan(tmp_path)["chunks"]))
         # When --cancel runs from another terminal
         cancelled = _run(tmp_path, mock, "--cancel")
         assert cancelled.returncode == 0, cancelled.stderr
-        # Then the live run sees its batch cancelled, merges what it answered, and ends with rows left (exit 1)
+        # Then the live run sees its batch cancelled, merges what it answered, and ends with rows
+        # left (exit 1)
         assert run.wait(timeout=60) == 1
     finally:
         if run.poll() is None:
@@ -385,7 +425,8 @@ def test_cancel_during_a_live_run_stops_it_and_the_next_run_sends_every_row_left
             run.wait(timeout=10)
     answered = len(_ids(tmp_path))
     assert answered < 6
-    assert any(c["state"] == "uploaded" for c in _plan(tmp_path)["chunks"])  # the waiting one: still open
+    # the waiting one: still open
+    assert any(c["state"] == "uploaded" for c in _plan(tmp_path)["chunks"])
     # And one rerun sends the rows the cancel left and the waiting file: every id once
     mock.batch_faults(request_s=0)
     again = _run(tmp_path, mock, "--batch-size", "3")
@@ -394,7 +435,8 @@ def test_cancel_during_a_live_run_stops_it_and_the_next_run_sends_every_row_left
     assert mock.batch_stats()["max_answers_per_row"] == 1
 
 
-def test_a_task_whose_image_cannot_be_read_fails_alone_before_upload(tmp_path: Path, mock: MockServerProcess):
+def test_a_task_whose_image_cannot_be_read_fails_alone_before_upload(tmp_path: Path,
+                                                                     mock: MockServerProcess):
     # Given three tasks, one naming an image that does not exist
     tasks = text_tasks(3)
     tasks[1]["images"] = ["img/missing.png"]
@@ -409,13 +451,16 @@ def test_a_task_whose_image_cannot_be_read_fails_alone_before_upload(tmp_path: P
     assert mock.batch_stats()["rows"] == {"t0": 1, "t2": 1}
 
 
-def test_a_crash_in_the_middle_of_a_merge_is_merged_again_writing_each_id_once(tmp_path: Path,
-                                                                                mock: MockServerProcess):
-    # Given a finished job, then the files put back as a kill -9 halfway through its merge leaves them: the plan
-    # as saved before the merge (the batch open), and half the answers on disk, the last line torn
+def test_a_crash_in_the_middle_of_a_merge_is_merged_again_writing_each_id_once(
+    tmp_path: Path, mock: MockServerProcess,
+):
+    # Given a finished job, then the files put back as a kill -9 halfway through its merge leaves
+    # them: the plan as saved before the merge (the batch open), and half the answers on disk, the
+    # last line torn
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(200))
     mock.batch_faults(request_s=0.01)
-    # The batch's files kept, as such a crash keeps them: they are deleted only once the merge is saved.
+    # The batch's files kept, as such a crash keeps them: they are deleted only once the merge is
+    # saved.
     proc = start_cli(*_args(mock, "--keep-batch-files"), cwd=tmp_path)
     plan_file = tmp_path / (OUT + ".batches.json")
     try:

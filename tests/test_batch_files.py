@@ -1,7 +1,9 @@
-"""--backend batch cleans up after itself: each merged batch's files are deleted at the provider, best effort.
+"""--backend batch cleans up after itself: each merged batch's files are deleted at the provider,
+best effort.
 
-The real command line in its own process against the mock's Files and Batches APIs over HTTP; what the
-mock still stores, and what it was asked to delete, is read from its stats (``GET /_mock/batches``).
+The real command line in its own process against the mock's Files and Batches APIs over HTTP; what
+the mock still stores, and what it was asked to delete, is read from its stats
+(``GET /_mock/batches``).
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ def mock(batch_mock: MockServerProcess) -> MockServerProcess:
 
 
 def _run(tmp_path: Path, mock: MockServerProcess, *extra: str) -> subprocess.CompletedProcess[str]:
-    return run_cli("-i", "tasks.jsonl", "-o", OUT, "--backend", "batch", "--batch-poll", "0.1", "--base-url",
-                   mock.base_url, "--retry-backoff", "0.05", "--timeout", "5", *extra, cwd=tmp_path)
+    return run_cli("-i", "tasks.jsonl", "-o", OUT, "--backend", "batch", "--batch-poll", "0.1",
+                   "--base-url", mock.base_url, "--retry-backoff", "0.05", "--timeout", "5", *extra,
+                   cwd=tmp_path)
 
 
 def _batch_files(mock: MockServerProcess) -> set[str]:
@@ -45,14 +48,15 @@ def _answered_ids(tmp_path: Path) -> list[str]:
 
 
 def _given_two_batches_one_with_an_error_file(tmp_path: Path, mock: MockServerProcess) -> None:
-    """Six tasks, t1 failing once with 500: the first batch has an output and an error file, and t1 goes into a
-    second batch (its own input and output file)."""
+    """Six tasks, t1 failing once with 500: the first batch has an output and an error file, and t1
+    goes into a second batch (its own input and output file)."""
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(6))
     mock.batch_faults(script={"t1": ["500"]})
 
 
-def test_a_batch_run_deletes_every_input_output_and_error_file_of_its_batches_once_merged(tmp_path: Path,
-                                                                                           mock: MockServerProcess):
+def test_a_batch_run_deletes_every_input_output_and_error_file_of_its_batches_once_merged(
+    tmp_path: Path, mock: MockServerProcess,
+):
     # Given two batches, the first with an error file
     _given_two_batches_one_with_an_error_file(tmp_path, mock)
     # When the batch backend runs
@@ -68,7 +72,8 @@ def test_a_batch_run_deletes_every_input_output_and_error_file_of_its_batches_on
     assert sorted(stats["deleted_files"]) == sorted(files)
 
 
-def test_keep_batch_files_leaves_every_file_of_the_batches_at_the_provider(tmp_path: Path, mock: MockServerProcess):
+def test_keep_batch_files_leaves_every_file_of_the_batches_at_the_provider(tmp_path: Path,
+                                                                           mock: MockServerProcess):
     # Given two batches, the first with an error file
     _given_two_batches_one_with_an_error_file(tmp_path, mock)
     # When the batch backend runs with --keep-batch-files
@@ -82,9 +87,9 @@ def test_keep_batch_files_leaves_every_file_of_the_batches_at_the_provider(tmp_p
 
 
 @pytest.mark.parametrize("status", [500, 404])
-def test_a_delete_the_provider_refuses_is_a_warning_and_the_run_ends_as_it_would_have(tmp_path: Path,
-                                                                                      mock: MockServerProcess,
-                                                                                      status: int):
+def test_a_delete_the_provider_refuses_is_a_warning_and_the_run_ends_as_it_would_have(
+    tmp_path: Path, mock: MockServerProcess, status: int,
+):
     # Given a provider whose file deletes all fail (a 500, or a 404 as for a file already gone)
     _given_two_batches_one_with_an_error_file(tmp_path, mock)
     mock.batch_faults(delete_status=status)

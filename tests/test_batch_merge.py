@@ -1,4 +1,5 @@
-"""Merging a finished batch (backends/batch_merge.py): lines by kind, each id once, a repeated merge writes nothing."""
+"""Merging a finished batch (backends/batch_merge.py): lines by kind, each id once, a repeated merge
+writes nothing."""
 
 from __future__ import annotations
 
@@ -16,41 +17,50 @@ from mpinfer.inputs.tasks import Task
 
 
 def _merger(tmp_path: Path, max_retries: int = 3) -> Merger:
-    config = load_config({"input": str(tmp_path / "in.jsonl"), "output": str(tmp_path / "out.jsonl"),
-                          "max_retries": str(max_retries)}, environ={"OPENAI_API_KEY": "sk-test"}, cwd=tmp_path)
+    config = load_config({"input": str(tmp_path / "in.jsonl"),
+                          "output": str(tmp_path / "out.jsonl"), "max_retries": str(max_retries)},
+                         environ={"OPENAI_API_KEY": "sk-test"}, cwd=tmp_path)
     return Merger(config, load_prices())
 
 
 TASKS = {f"t{i}": Task(f"t{i}", f"question {i}") for i in range(4)}
 
 
-def _line(custom_id: str, response: dict[str, Any] | None, error: dict[str, str] | None = None) -> bytes:
-    return orjson.dumps({"id": "r", "custom_id": custom_id, "response": response, "error": error}) + b"\n"
+def _line(custom_id: str, response: dict[str, Any] | None,
+          error: dict[str, str] | None = None) -> bytes:
+    return orjson.dumps({"id": "r", "custom_id": custom_id, "response": response,
+                         "error": error}) + b"\n"
 
 
 def _ok(custom_id: str) -> bytes:
-    body = {"model": "gpt-4o-mini-2024-07-18", "choices": [{"message": {"content": f"answer {custom_id}"},
-                                                            "finish_reason": "stop"}],
+    body = {"model": "gpt-4o-mini-2024-07-18",
+            "choices": [{"message": {"content": f"answer {custom_id}"}, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}
     return _line(custom_id, {"status_code": 200, "request_id": "req_1", "body": body})
 
 
 def _chunk(status: str = "completed", attempt: int = 1) -> Chunk:
-    chunk = Chunk("c1", 0, attempt, ["t0", "t1", "t2", "t3"], 100, ChunkState.CREATED, batch_id="batch_1")
+    chunk = Chunk("c1", 0, attempt, ["t0", "t1", "t2", "t3"], 100, ChunkState.CREATED,
+                  batch_id="batch_1")
     chunk.status = status
     return chunk
 
 
-def test_each_kind_of_line_is_answered_resubmitted_or_recorded_and_a_second_merge_writes_nothing(tmp_path: Path):
+def test_each_kind_of_line_is_answered_resubmitted_or_recorded_and_a_second_merge_writes_nothing(
+    tmp_path: Path,
+):
     # Given a batch that answered t0, failed t1 with 500 and t2 with 400, and never reached t3
     merger = _merger(tmp_path)
     output = _ok("t0")
     errors = (_line("t1", {"status_code": 500, "body": {"error": {"message": "boom"}}})
-              + _line("t2", {"status_code": 400, "body": {"error": {"message": "bad image", "code": "invalid"}}}))
+              + _line("t2",
+                      {"status_code": 400,
+                       "body": {"error": {"message": "bad image", "code": "invalid"}}}))
     done: set[str] = set()
     failed: set[str] = set()
     # When it is merged
-    merged = merger.merge(_chunk("expired"), TASKS, output, errors, done, failed, resubmit=True, latency_s=60.0)
+    merged = merger.merge(_chunk("expired"), TASKS, output, errors, done, failed, resubmit=True,
+                          latency_s=60.0)
     # Then t0 is a result line at the Batch price, t1 and t3 go again, t2 is a failure line
     assert [orjson.loads(line)["id"] for line in merged.results] == ["t0"]
     result = orjson.loads(merged.results[0])
@@ -60,20 +70,28 @@ def test_each_kind_of_line_is_answered_resubmitted_or_recorded_and_a_second_merg
     assert [orjson.loads(line)["error_type"] for line in merged.failures] == ["bad_request"]
     assert [type(e) for e in merged.events] == [TaskDone, TaskFailed]
     assert done == {"t0"} and failed == {"t2"}
-    # And a second merge of the same files (a crash before the plan said MERGED) writes no line again
-    again = merger.merge(_chunk("expired"), TASKS, output, errors, done, failed, resubmit=True, latency_s=60.0)
+    # And a second merge of the same files (a crash before the plan said MERGED) writes no line
+    # again
+    again = merger.merge(_chunk("expired"), TASKS, output, errors, done, failed, resubmit=True,
+                         latency_s=60.0)
     assert again.results == [] and again.failures == [] and sorted(again.retry) == ["t1", "t3"]
 
 
-def test_transient_rows_past_max_retries_are_failures_and_a_cancel_leaves_them_for_a_rerun(tmp_path: Path):
+def test_transient_rows_past_max_retries_are_failures_and_a_cancel_leaves_them_for_a_rerun(
+    tmp_path: Path,
+):
     # Given a batch on its last allowed attempt whose rows expired, and one that was cancelled
     merger = _merger(tmp_path, max_retries=1)
-    expired = b"".join(_line(i, None, {"code": "batch_expired", "message": "window"}) for i in ("t0", "t1", "t2", "t3"))
+    expired = b"".join(_line(i, None, {"code": "batch_expired", "message": "window"})
+                       for i in ("t0", "t1", "t2", "t3"))
     # When each is merged
-    last = merger.merge(_chunk("expired", attempt=2), TASKS, b"", expired, set(), set(), resubmit=True, latency_s=None)
-    cancelled = merger.merge(_chunk("cancelled"), TASKS, b"", b"", set(), set(), resubmit=False, latency_s=None)
+    last = merger.merge(_chunk("expired", attempt=2), TASKS, b"", expired, set(), set(),
+                        resubmit=True, latency_s=None)
+    cancelled = merger.merge(_chunk("cancelled"), TASKS, b"", b"", set(), set(), resubmit=False,
+                             latency_s=None)
     # Then the expired rows are failure lines (batch_expired) and nothing goes again
-    assert last.retry == [] and {orjson.loads(x)["error_type"] for x in last.failures} == {"batch_expired"}
+    assert last.retry == []
+    assert {orjson.loads(x)["error_type"] for x in last.failures} == {"batch_expired"}
     # And the cancelled batch records nothing: a later run sends its rows
     assert cancelled.retry == [] and cancelled.failures == [] and cancelled.results == []
     assert sorted(cancelled.released) == ["t0", "t1", "t2", "t3"]
@@ -81,13 +99,14 @@ def test_transient_rows_past_max_retries_are_failures_and_a_cancel_leaves_them_f
 
 def test_verdict_tells_transient_from_permanent_lines():
     # Given the line forms the Batch API writes
-    cases = {
-        "5xx": ({"status_code": 503, "body": {"error": {"message": "x"}}}, None, ("server_error", True)),
-        "429": ({"status_code": 429, "body": {}}, None, ("rate_limit", True)),
-        "404": ({"status_code": 404, "body": {"error": {"message": "no model"}}}, None, ("not_found", False)),
-        "expired": (None, {"code": "batch_expired", "message": "m"}, ("batch_expired", True)),
-        "timeout": (None, {"code": "request_timeout", "message": "m"}, ("request_timeout", True)),
-    }
+    cases = {"5xx": ({"status_code": 503, "body": {"error": {"message": "x"}}}, None,
+                     ("server_error", True)),
+             "429": ({"status_code": 429, "body": {}}, None, ("rate_limit", True)),
+             "404": ({"status_code": 404, "body": {"error": {"message": "no model"}}}, None,
+                     ("not_found", False)),
+             "expired": (None, {"code": "batch_expired", "message": "m"}, ("batch_expired", True)),
+             "timeout": (None, {"code": "request_timeout", "message": "m"},
+                         ("request_timeout", True))}
     # When each is classified / Then transient ones are resubmitted and the rest recorded
     for name, (response, error, expected) in cases.items():
         got = verdict({"custom_id": "x", "response": response, "error": error})
@@ -103,6 +122,8 @@ def test_the_plan_survives_a_save_and_load_and_names_its_models(tmp_path: Path):
     plan.save()
     loaded = Plan.load(tmp_path / "out.jsonl")
     # Then it is the same plan, and no temporary file is left beside it
-    assert loaded is not None and loaded.models == ["gpt-4o-mini"] and loaded.plan_id == plan.plan_id
+    assert loaded is not None
+    assert loaded.models == ["gpt-4o-mini"]
+    assert loaded.plan_id == plan.plan_id
     assert loaded.chunks[0].state is ChunkState.UPLOADED and loaded.chunks[0].ids == ["a", "b"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl.batches.json"]

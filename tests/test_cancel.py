@@ -1,4 +1,5 @@
-"""--cancel: a second terminal stops the live run on an output, gracefully, and says how to resume."""
+"""--cancel: a second terminal stops the live run on an output, gracefully, and says how to
+resume."""
 
 from __future__ import annotations
 
@@ -6,7 +7,15 @@ import subprocess
 import time
 from pathlib import Path
 
-from helpers import CLI_TIMEOUT_S, cli_command, cli_env, read_jsonl, run_cli, text_tasks, write_tasks
+from helpers import (
+    CLI_TIMEOUT_S,
+    cli_command,
+    cli_env,
+    read_jsonl,
+    run_cli,
+    text_tasks,
+    write_tasks,
+)
 
 from mpinfer.mockserver import MockServerProcess
 
@@ -22,12 +31,14 @@ def _wait_for_lines(path: Path, at_least: int, proc: subprocess.Popen[str]) -> N
     raise AssertionError(f"{path} did not reach {at_least} lines (run exit {proc.poll()})")
 
 
-def test_cancel_stops_the_live_run_gracefully_and_a_rerun_finishes_the_rest(tmp_path: Path,
-                                                                            mock: MockServerProcess):
+def test_cancel_stops_the_live_run_gracefully_and_a_rerun_finishes_the_rest(
+    tmp_path: Path, mock: MockServerProcess,
+):
     # Given a slow run of 60 tasks, live, with a few answers written
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(60))
     mock.configure(latency_ms=300)
-    args = ("-i", "tasks.jsonl", "-o", "results.jsonl", "--base-url", mock.base_url, "-p", "1", "-c", "2")
+    args = ("-i", "tasks.jsonl", "-o", "results.jsonl", "--base-url", mock.base_url, "-p", "1",
+            "-c", "2")
     run = subprocess.Popen(cli_command(*args), cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
     try:
@@ -51,8 +62,8 @@ def test_cancel_stops_the_live_run_gracefully_and_a_rerun_finishes_the_rest(tmp_
     assert len({row["id"] for row in written}) == len(written)
     # And what is left is listed, as input records, in the missing file
     missing = read_jsonl(tmp_path / "results.jsonl.missing.jsonl")
-    assert sorted(t["id"] for t in missing) == sorted(t["id"] for t in text_tasks(60)
-                                                      if t["id"] not in {row["id"] for row in written})
+    assert sorted(t["id"] for t in missing) == sorted(
+        t["id"] for t in text_tasks(60) if t["id"] not in {row["id"] for row in written})
     # And a second --cancel finds no live run and exits 1
     again = run_cli("-o", "results.jsonl", "--cancel", cwd=tmp_path)
     assert again.returncode == 1 and "no run is live" in again.stdout

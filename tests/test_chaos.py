@@ -1,10 +1,12 @@
-"""Chaos: a real run against a faulty server, SIGKILLed at random moments again and again, then finished.
+"""Chaos: a real run against a faulty server, SIGKILLed at random moments again and again, then
+finished.
 
 The server answers 5% of requests with 429 (Retry-After 0.05 s), 5% with 500, hangs on 2% (the CLI's
-``--timeout 1`` turns those into timeouts) and resets the connection on 2%. The CLI's parent is killed with
-SIGKILL fifteen times, each time after a random number of new lines (seeded: ``CHAOS_SEED``), and every
-next start is the resume. In the end every id must be on disk exactly once, ``--validate`` must agree, and no
-task whose line was on disk at a kill may have been answered by the server again afterwards.
+``--timeout 1`` turns those into timeouts) and resets the connection on 2%. The CLI's parent is
+killed with SIGKILL fifteen times, each time after a random number of new lines (seeded:
+``CHAOS_SEED``), and every next start is the resume. In the end every id must be on disk exactly
+once, ``--validate`` must agree, and no task whose line was on disk at a kill may have been answered
+by the server again afterwards.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ FINAL_RUN_TIMEOUT_S = 90.0
 POLL_S = 0.01
 
 
-def _wait_for_new_lines(output: Path, at_least: int, proc: subprocess.Popen[str], limit_s: float) -> bool:
+def _wait_for_new_lines(output: Path, at_least: int, proc: subprocess.Popen[str],
+                        limit_s: float) -> bool:
     """True once the output holds ``at_least`` complete lines; False if the run ended first."""
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
@@ -44,7 +47,8 @@ def _wait_for_new_lines(output: Path, at_least: int, proc: subprocess.Popen[str]
 
 
 def _reap(proc: subprocess.Popen[str]) -> tuple[str, str]:
-    """Collect a finished or killed run's output; its workers hold the pipes until they are gone too."""
+    """Collect a finished or killed run's output; its workers hold the pipes until they are gone
+    too."""
     try:
         return proc.communicate(timeout=15)
     except subprocess.TimeoutExpired:
@@ -58,10 +62,11 @@ def test_a_run_killed_at_random_fifteen_times_against_a_faulty_server_ends_with_
     tasks = text_tasks(TASKS)
     write_tasks(tmp_path / "tasks.jsonl", tasks)
     prompts = {t["id"]: t["prompt"] for t in tasks}
-    mock.configure(latency_ms=30, jitter_ms=15, p429=0.05, retry_after=0.05, p500=0.05, phang=0.02, preset=0.02)
+    mock.configure(latency_ms=30, jitter_ms=15, p429=0.05, retry_after=0.05, p500=0.05, phang=0.02,
+                   preset=0.02)
     output = tmp_path / "out.jsonl"
-    args = ("-i", "tasks.jsonl", "-o", "out.jsonl", "-p", "3", "-c", "8", "--base-url", mock.base_url,
-            "--timeout", "1", "--retry-backoff", "0.05", "--max-retries", "8")
+    args = ("-i", "tasks.jsonl", "-o", "out.jsonl", "-p", "3", "-c", "8", "--base-url",
+            mock.base_url, "--timeout", "1", "--retry-backoff", "0.05", "--max-retries", "8")
     seed = os.environ.get("CHAOS_SEED", "20261122")
     rng = random.Random(seed)
     started = time.monotonic()
@@ -69,14 +74,14 @@ def test_a_run_killed_at_random_fifteen_times_against_a_faulty_server_ends_with_
     kills = 0
     startup_kills = 0
     ended_on_their_own: list[int | None] = []
-    # When the run is started and SIGKILLed after a random number of new lines, KILLS times, each start
-    # resuming the last
+    # When the run is started and SIGKILLed after a random number of new lines, KILLS times, each
+    # start resuming the last
     for _round in range(MAX_ROUNDS):
         if kills >= KILLS:
             break
         on_disk = len(ids_on_disk(output))
-        # Spread the kills so that enough tasks are left for all of them; about one in five comes during
-        # start-up (lock, tail repair, scan, forking), before any new line
+        # Spread the kills so that enough tasks are left for all of them; about one in five comes
+        # during start-up (lock, tail repair, scan, forking), before any new line
         upper = max(1, (TASKS - on_disk) // (KILLS - kills + 2))
         new_lines = 0 if rng.random() < STARTUP_KILL_SHARE else rng.randint(1, upper)
         proc = start_cli(*args, cwd=tmp_path)
@@ -98,7 +103,8 @@ def test_a_run_killed_at_random_fifteen_times_against_a_faulty_server_ends_with_
         # Then the killed run's workers die with it, and the lines on disk are whole and distinct
         wait_workers_gone(output)
         ids = ids_on_disk(output)
-        assert len(ids) == len(set(ids)), f"after kill {kills}: {len(ids) - len(set(ids))} duplicate lines"
+        assert (len(ids)
+                == len(set(ids))), f"after kill {kills}: {len(ids) - len(set(ids))} duplicate lines"
         snapshots.append((set(ids), dict(mock.stats()["answered"])))
     assert kills >= KILLS, f"only {kills} kills: the runs ended on their own ({ended_on_their_own})"
     # When the run is finished (rerun until it exits 0: a task may fail after all retries)
@@ -122,10 +128,11 @@ def test_a_run_killed_at_random_fifteen_times_against_a_faulty_server_ends_with_
     answered_again = sorted({i for written, answered_then in snapshots for i in written
                              if answered[prompts[i]] != answered_then[prompts[i]]})
     outcomes = {k: v for k, v in stats["outcomes"].items() if v}
-    print(f"\nchaos (seed {seed}): kills {kills} ({startup_kills} during start-up), rounds {len(snapshots)}, "
-          f"tasks {TASKS}, duplicates {duplicates}, losses {losses}, answered again after written {len(answered_again)}, "
-          f"requests {stats['requests']}, answers {sum(answered.values())}, outcomes {outcomes}, "
-          f"final exits {final_codes}, {elapsed:.1f}s")
+    print(f"\nchaos (seed {seed}): kills {kills} ({startup_kills} during start-up), rounds "
+          f"{len(snapshots)}, tasks {TASKS}, duplicates {duplicates}, losses {losses}, answered "
+          f"again after written {len(answered_again)}, requests {stats['requests']}, answers "
+          f"{sum(answered.values())}, outcomes {outcomes}, final exits {final_codes}, "
+          f"{elapsed:.1f}s")
     assert duplicates == 0
     assert losses == 0
     assert counts == Counter(list(prompts))

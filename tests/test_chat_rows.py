@@ -1,6 +1,6 @@
-"""Chat rows: a JSONL row (or a CSV cell of JSON) holding a whole conversation is sent as that conversation,
-its local images as data URLs; malformed conversations, in chat rows and in Batch bodies, are input errors
-with file and line before anything is sent."""
+"""Chat rows: a JSONL row (or a CSV cell of JSON) holding a whole conversation is sent as that
+conversation, its local images as data URLs; malformed conversations, in chat rows and in Batch
+bodies, are input errors with file and line before anything is sent."""
 
 from __future__ import annotations
 
@@ -18,29 +18,31 @@ REMOTE = "https://example.com/cat.png"
 
 
 def _conversation(question: str, image: str) -> list[dict[str, Any]]:
-    return [
-        {"role": "system", "content": "You judge images for safety."},
-        {"role": "user", "content": "Hello."},
-        {"role": "assistant", "content": "Hello! Send an image."},
-        {"role": "user", "content": [{"type": "text", "text": question},
-                                     {"type": "image_url", "image_url": {"url": image, "detail": "low"}},
-                                     {"type": "image_url", "image_url": {"url": REMOTE}}]},
-    ]
+    return [{"role": "system", "content": "You judge images for safety."},
+            {"role": "user", "content": "Hello."},
+            {"role": "assistant", "content": "Hello! Send an image."},
+            {"role": "user",
+             "content": [{"type": "text", "text": question},
+                         {"type": "image_url", "image_url": {"url": image, "detail": "low"}},
+                         {"type": "image_url", "image_url": {"url": REMOTE}}]}]
 
 
 def _run(mock: MockServerProcess, tmp_path: Path, tasks: Path, *extra: str) -> tuple[Path, Any]:
     out = tmp_path / "results.jsonl"
-    done = run_cli("-i", str(tasks), "-o", str(out), "-p", "1", "--base-url", mock.base_url, *extra, cwd=tmp_path)
+    done = run_cli("-i", str(tasks), "-o", str(out), "-p", "1", "--base-url", mock.base_url, *extra,
+                   cwd=tmp_path)
     return out, done
 
 
 def test_a_chat_row_is_sent_as_its_conversation_with_local_images_inline(mock: MockServerProcess,
                                                                            tmp_path: Path) -> None:
-    # Given a row holding a multi-turn chat with a local image (relative to the input) and a remote one
+    # Given a row holding a multi-turn chat with a local image (relative to the input) and a remote
+    # one
     mock.configure(record_bodies=True)
     write_png(tmp_path / "img" / "a.png")
     question = "Is this image safe to show?"
-    tasks = write_tasks(tmp_path / "tasks.jsonl", [{"id": "c1", "messages": _conversation(question, "img/a.png")}])
+    tasks = write_tasks(tmp_path / "tasks.jsonl",
+                        [{"id": "c1", "messages": _conversation(question, "img/a.png")}])
     # When it runs with a --system-prompt (the conversation has its own system message)
     out, done = _run(mock, tmp_path, tasks, "--system-prompt", "IGNORED")
     # Then the server received the conversation turn for turn, the local image as a data URL
@@ -61,7 +63,8 @@ def test_a_chat_row_is_sent_as_its_conversation_with_local_images_inline(mock: M
     assert line["answer"].startswith(f"Mock answer to: {question}")
 
 
-def test_the_system_prompt_is_added_only_when_the_chat_has_none(mock: MockServerProcess, tmp_path: Path) -> None:
+def test_the_system_prompt_is_added_only_when_the_chat_has_none(mock: MockServerProcess,
+                                                                tmp_path: Path) -> None:
     # Given a chat row without a system message
     mock.configure(record_bodies=True)
     tasks = write_tasks(tmp_path / "tasks.jsonl", [
@@ -71,10 +74,12 @@ def test_the_system_prompt_is_added_only_when_the_chat_has_none(mock: MockServer
     # Then the system message goes first
     assert done.returncode == 0, done.stderr
     sent = mock.stats()["bodies"]["Plain question?"]["messages"]
-    assert sent == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Plain question?"}]
+    assert sent == [{"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": "Plain question?"}]
 
 
-def test_a_csv_cell_of_json_under_another_messages_key_is_a_chat(mock: MockServerProcess, tmp_path: Path) -> None:
+def test_a_csv_cell_of_json_under_another_messages_key_is_a_chat(mock: MockServerProcess,
+                                                                 tmp_path: Path) -> None:
     # Given a CSV file whose "dialog" column holds the chat as JSON
     mock.configure(record_bodies=True)
     tasks = tmp_path / "tasks.csv"
@@ -99,11 +104,13 @@ def test_a_csv_cell_of_json_under_another_messages_key_is_a_chat(mock: MockServe
     ([{"role": "robot", "content": "hi"}], "messages[0].role must be one of"),
     ([], "messages is empty"),
 ])
-def test_a_malformed_chat_row_is_an_input_error_with_its_line(mock: MockServerProcess, tmp_path: Path,
-                                                               messages: Any, said: str) -> None:
+def test_a_malformed_chat_row_is_an_input_error_with_its_line(mock: MockServerProcess,
+                                                              tmp_path: Path, messages: Any,
+                                                              said: str) -> None:
     # Given a good chat row, then a malformed one on line 2
-    tasks = write_tasks(tmp_path / "tasks.jsonl", [
-        {"id": "ok", "messages": [{"role": "user", "content": "fine"}]}, {"id": "bad", "messages": messages}])
+    tasks = write_tasks(tmp_path / "tasks.jsonl",
+                        [{"id": "ok", "messages": [{"role": "user", "content": "fine"}]},
+                         {"id": "bad", "messages": messages}])
     # When the run starts
     _, done = _run(mock, tmp_path, tasks)
     # Then it stops with exit 2 naming the file, the line and the field, before any request
@@ -112,17 +119,20 @@ def test_a_malformed_chat_row_is_an_input_error_with_its_line(mock: MockServerPr
     assert mock.stats()["requests"] == 0
 
 
-@pytest.mark.parametrize(("body", "said"), [
-    ({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": [
-        {"type": "text", "text": "what is it?"}, {"type": "image_url", "image_url": "https://x/a.png"}]}]},
-     'body.messages[0].content[1].image_url must be an object {"url": ...}, got a string'),
-    ({"model": "gpt-4o-mini", "messages": {"role": "user", "content": "hi"}},
-     "body.messages must be a list of messages, got an object"),
-    ({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": [{"type": "text"}]}]},
-     "body.messages[0].content[0].text must be a string, got null"),
-])
-def test_a_malformed_batch_body_is_an_input_error_with_its_line(mock: MockServerProcess, tmp_path: Path,
-                                                                 body: dict[str, Any], said: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [({"model": "gpt-4o-mini",
+       "messages": [{"role": "user",
+                     "content": [{"type": "text", "text": "what is it?"},
+                                 {"type": "image_url", "image_url": "https://x/a.png"}]}]},
+      'body.messages[0].content[1].image_url must be an object {"url": ...}, got a string'),
+     ({"model": "gpt-4o-mini", "messages": {"role": "user", "content": "hi"}},
+      "body.messages must be a list of messages, got an object"),
+     ({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": [{"type": "text"}]}]},
+      "body.messages[0].content[0].text must be a string, got null")])
+def test_a_malformed_batch_body_is_an_input_error_with_its_line(
+    mock: MockServerProcess, tmp_path: Path, body: dict[str, Any], said: str,
+) -> None:
     # Given a Batch file whose second body is malformed
     good = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "fine"}]}
     tasks = write_tasks(tmp_path / "batch.jsonl", [

@@ -1,4 +1,5 @@
-"""One API call against the package's mock server, the retry/fail/abort verdicts, and the waits between tries."""
+"""One API call against the package's mock server, the retry/fail/abort verdicts, and the waits
+between tries."""
 
 from __future__ import annotations
 
@@ -54,13 +55,14 @@ def call(mock: MockServerProcess, request: dict[str, Any], *, key: str = KEY,
     return asyncio.run(go())
 
 
-def failure(mock: MockServerProcess, request: dict[str, Any], **kwargs: Any) -> tuple[BaseException, CallError]:
+def failure(mock: MockServerProcess, request: dict[str, Any],
+            **kwargs: Any) -> tuple[BaseException, CallError]:
     outcome = call(mock, request, **kwargs)
     assert isinstance(outcome, BaseException), f"expected an error, got {outcome!r}"
     return outcome, classify(outcome)
 
 
-# --- against the mock server ------------------------------------------------------------------------------
+# --- against the mock server ----------------------------------------------------------------------
 
 
 def test_a_normal_answer_is_parsed_with_content_model_and_usage(mock: MockServerProcess) -> None:
@@ -91,7 +93,8 @@ def test_the_model_reported_by_the_server_is_recorded(mock: MockServerProcess) -
     assert answer.model == "gpt-4o-mini-2024-07-18"
 
 
-def test_a_request_built_from_a_task_with_an_image_is_accepted(mock: MockServerProcess, tmp_path: Path) -> None:
+def test_a_request_built_from_a_task_with_an_image_is_accepted(mock: MockServerProcess,
+                                                               tmp_path: Path) -> None:
     # Given a task with a local PNG, built into a request by the package
     (tmp_path / "a.png").write_bytes(png_bytes(8, 8, (1, 2, 3), (4, 5, 6)))
     task = Task(id="a", prompt="describe", images=("a.png",), max_tokens=3)
@@ -152,7 +155,8 @@ def test_no_quota_aborts_the_run(mock: MockServerProcess) -> None:
     # When it is sent
     _, error = failure(mock, request_for(prompt))
     # Then no task can succeed: abort
-    assert (error.verdict, error.error_type, error.status) == (Verdict.ABORT, "insufficient_quota", 429)
+    assert (error.verdict, error.error_type, error.status) == (
+        Verdict.ABORT, "insufficient_quota", 429)
     assert "quota" in error.message
 
 
@@ -165,16 +169,19 @@ def test_a_bad_key_disables_the_key_as_an_authentication_error(mock: MockServerP
         exc, error = failure(mock, request_for("with a revoked key"), key=revoked)
     finally:
         mock.configure(unrevoke_keys=[revoked])
-    # Then it is a 401 that disables the key (the run stops only when none is left), and the message shows
-    # only the key's tail
+    # Then it is a 401 that disables the key (the run stops only when none is left), and the message
+    # shows only the key's tail
     assert isinstance(exc, openai.AuthenticationError)
-    assert (error.verdict, error.error_type, error.status) == (Verdict.DISABLE_KEY, "authentication", 401)
+    assert (error.verdict, error.error_type, error.status) == (Verdict.DISABLE_KEY,
+                                                               "authentication", 401)
     assert "Incorrect API key" in error.message
     assert revoked not in error.message
 
 
-def test_a_bad_data_url_fails_the_task_as_a_bad_request(mock: MockServerProcess, tmp_path: Path) -> None:
-    # Given a task whose image is a data URL with a payload that is not base64 (passed through untouched)
+def test_a_bad_data_url_fails_the_task_as_a_bad_request(mock: MockServerProcess,
+                                                        tmp_path: Path) -> None:
+    # Given a task whose image is a data URL with a payload that is not base64 (passed through
+    # untouched)
     bad_url = "data:image/png;base64,!!!not-base64!!!"
     request = build_request(Task(id="a", prompt="look", images=(bad_url,)), ImageEncoder(tmp_path),
                             model="gpt-4o-mini").kwargs
@@ -196,7 +203,8 @@ def test_a_malformed_body_is_a_retryable_malformed_response(mock: MockServerProc
     # Then the body is reported as malformed and retried
     assert isinstance(exc, MalformedResponse)
     assert "chatcmpl-broken" in str(exc)
-    assert (error.verdict, error.error_type, error.status) == (Verdict.RETRY, "malformed_response", 200)
+    assert (error.verdict, error.error_type, error.status) == (
+        Verdict.RETRY, "malformed_response", 200)
 
 
 def test_a_reset_connection_is_a_retryable_connection_error(mock: MockServerProcess) -> None:
@@ -205,8 +213,8 @@ def test_a_reset_connection_is_a_retryable_connection_error(mock: MockServerProc
     mock.configure(script={prompt: ["reset"]})
     # When it is sent
     exc, error = failure(mock, request_for(prompt))
-    # Then it is a connection error that is retried, not a timeout (the aiohttp transport raises the SDK's
-    # timeout class for it; the root cause tells them apart)
+    # Then it is a connection error that is retried, not a timeout (the aiohttp transport raises the
+    # SDK's timeout class for it; the root cause tells them apart)
     assert isinstance(exc, openai.APIConnectionError)
     assert (error.verdict, error.error_type, error.status) == (Verdict.RETRY, "connection", None)
     assert error.message.startswith("connection error") and "reset" in error.message.lower()
@@ -221,17 +229,18 @@ def test_a_hanging_request_times_out_and_is_retried(mock: MockServerProcess) -> 
     started = time.monotonic()
     exc, error = failure(mock, request_for(prompt), timeout=0.5)
     elapsed = time.monotonic() - started
-    # Then it gives up after about the timeout (the SDK's, or our deadline on the whole request), as a
-    # retryable timeout
+    # Then it gives up after about the timeout (the SDK's, or our deadline on the whole request), as
+    # a retryable timeout
     assert isinstance(exc, (openai.APITimeoutError, TimeoutError))
     assert (error.verdict, error.error_type, error.status) == (Verdict.RETRY, "timeout", None)
     assert 0.4 <= elapsed < 5.0
 
 
-# --- classify without a server ----------------------------------------------------------------------------
+# --- classify without a server --------------------------------------------------------------------
 
 
-def status_error(status: int, headers: dict[str, str] | None = None, code: str | None = None) -> openai.APIStatusError:
+def status_error(status: int, headers: dict[str, str] | None = None,
+                 code: str | None = None) -> openai.APIStatusError:
     request = httpx2.Request("POST", "http://127.0.0.1/v1/chat/completions")
     response = httpx2.Response(status, headers=headers or {}, request=request)
     body = {"message": f"status {status}", "type": "x", "param": None, "code": code}
@@ -249,7 +258,8 @@ def status_error(status: int, headers: dict[str, str] | None = None, code: str |
     (502, Verdict.RETRY, "server_error"),
     (503, Verdict.RETRY, "server_error"),
 ])
-def test_classify_sorts_http_statuses_into_fail_retry_and_disable_key(status: int, verdict: Verdict, error_type: str) -> None:
+def test_classify_sorts_http_statuses_into_fail_retry_and_disable_key(status: int, verdict: Verdict,
+                                                                      error_type: str) -> None:
     # Given an API status error
     exc = status_error(status)
     # When it is classified
@@ -279,7 +289,7 @@ def test_classify_fails_a_task_with_a_bad_image_and_anything_unexpected() -> Non
     assert (other.verdict, other.error_type) == (Verdict.FAIL, "KeyError")
 
 
-# --- backoff_s and retry_after_s -------------------------------------------------------------------------
+# --- backoff_s and retry_after_s ------------------------------------------------------------------
 
 
 def test_backoff_grows_exponentially_within_its_jitter_bounds() -> None:
@@ -287,7 +297,8 @@ def test_backoff_grows_exponentially_within_its_jitter_bounds() -> None:
     rng = random.Random(1234)
     # When 100 waits are drawn for each of the first six retries
     waits = {attempt: [backoff_s(attempt, 1.0, rng) for _ in range(100)] for attempt in range(1, 7)}
-    # Then retry n waits between half and all of base * 2**(n-1), spread out, and never less than retry n-1
+    # Then retry n waits between half and all of base * 2**(n-1), spread out, and never less than
+    # retry n-1
     for attempt, values in waits.items():
         ceiling = 2.0 ** (attempt - 1)
         assert all(ceiling / 2 <= v <= ceiling for v in values), (attempt, min(values), max(values))
@@ -324,7 +335,8 @@ def test_backoff_never_goes_below_a_retry_after() -> None:
     short = [backoff_s(1, 1.0, rng, retry_after=5.0) for _ in range(100)]
     long = [backoff_s(20, 1.0, rng, retry_after=90.0) for _ in range(100)]
     small = [backoff_s(6, 1.0, rng, retry_after=0.5) for _ in range(100)]
-    # Then the wait is at least the server's, plus at most a second of jitter; a small one does not shorten ours
+    # Then the wait is at least the server's, plus at most a second of jitter; a small one does not
+    # shorten ours
     assert all(5.0 <= v <= 6.0 for v in short)
     assert all(90.0 <= v <= 91.0 for v in long)
     assert all(16.0 <= v <= 32.0 for v in small)
@@ -394,11 +406,14 @@ def test_the_httpx_transport_answers_like_the_aiohttp_one(mock: MockServerProces
     # When it is sent
     answers = [asyncio.run(send(t)) for t in (Transport.AIOHTTP, Transport.HTTPX)]
     # Then both read the same answer and usage
-    assert answers[0].content == answers[1].content == "Mock answer to: either transport (images: 0)"
+    assert answers[0].content == answers[1].content
+    assert answers[0].content == "Mock answer to: either transport (images: 0)"
     assert answers[0].total_tokens == answers[1].total_tokens > 0
 
 
-def test_the_on_send_hook_runs_once_per_request_on_either_transport(mock: MockServerProcess) -> None:
+def test_the_on_send_hook_runs_once_per_request_on_either_transport(
+    mock: MockServerProcess,
+) -> None:
     # Given a client whose on-send hook counts calls (the rate limiter's send stamp rides on it)
     from mpinfer.api.client import Transport
 

@@ -1,4 +1,5 @@
-"""Settling a RunConfig: flags > environment > .env > mpinfer.toml > defaults, and errors that say where."""
+"""Settling a RunConfig: flags > environment > .env > mpinfer.toml > defaults, and errors that say
+where."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def write_toml(folder: Path, text: str) -> None:
     (folder / "mpinfer.toml").write_text(text, encoding="utf-8")
 
 
-# --- precedence, one level at a time ------------------------------------------------------------------------
+# --- precedence, one level at a time --------------------------------------------------------------
 
 
 def test_defaults_apply_when_nothing_is_set(tmp_path: Path) -> None:
@@ -83,13 +84,14 @@ def test_flag_wins_over_the_environment(tmp_path: Path) -> None:
 def test_each_level_wins_over_the_next_for_different_settings_at_once(tmp_path: Path) -> None:
     # Given five settings each set down to a different level
     write_toml(tmp_path, "processes = 3\nconcurrency = 3\nmodel = \"toml-model\"\ntimeout = 33.0\n")
-    write_env_file(tmp_path, "MPINFER_PROCESSES=5\nMPINFER_CONCURRENCY=5\nMPINFER_MODEL=dotenv-model\n")
+    write_env_file(tmp_path,
+                   "MPINFER_PROCESSES=5\nMPINFER_CONCURRENCY=5\nMPINFER_MODEL=dotenv-model\n")
     environ = {"MPINFER_PROCESSES": "6", "MPINFER_CONCURRENCY": "6"}
     # When the config is settled with one flag
     config = load_config({"processes": 8, "concurrency": None}, environ=environ, cwd=tmp_path)
     # Then each setting comes from the highest level that sets it (None flags count as not given)
-    assert (config.processes, config.concurrency, config.model, config.timeout, config.max_retries) == (
-        8, 6, "dotenv-model", 33.0, 3)
+    assert ((config.processes, config.concurrency, config.model, config.timeout, config.max_retries)
+            == (8, 6, "dotenv-model", 33.0, 3))
 
 
 def test_empty_environment_variable_counts_as_unset(tmp_path: Path) -> None:
@@ -110,7 +112,9 @@ def test_openai_base_url_sets_the_base_url(tmp_path: Path) -> None:
     assert config.base_url == "http://127.0.0.1:9/v1"
 
 
-def test_base_url_in_the_environment_wins_over_the_other_base_url_name_in_dotenv(tmp_path: Path) -> None:
+def test_base_url_in_the_environment_wins_over_the_other_base_url_name_in_dotenv(
+    tmp_path: Path,
+) -> None:
     # Given OPENAI_BASE_URL in .env and MPINFER_BASE_URL in the real environment
     write_env_file(tmp_path, "OPENAI_BASE_URL=http://from-dotenv.invalid/v1\n")
     environ = {"MPINFER_BASE_URL": "http://from-environment.invalid/v1"}
@@ -148,7 +152,7 @@ def test_paths_are_paths_and_expand_the_home_folder(tmp_path: Path) -> None:
     assert config.output == Path("out/results.jsonl")
 
 
-# --- invalid values name their source -----------------------------------------------------------------------
+# --- invalid values name their source -------------------------------------------------------------
 
 
 def test_invalid_environment_value_names_the_variable(tmp_path: Path) -> None:
@@ -242,7 +246,7 @@ def test_api_key_in_toml_is_refused(tmp_path: Path, key: str) -> None:
     assert SECRET not in message
 
 
-# --- the API key ------------------------------------------------------------------------------------------
+# --- the API key ----------------------------------------------------------------------------------
 
 
 def test_api_key_comes_from_dotenv_and_the_environment_wins(tmp_path: Path) -> None:
@@ -317,12 +321,15 @@ def test_image_root_defaults_to_the_input_folder(tmp_path: Path) -> None:
     # When the image root is resolved
     # Then it is the input's folder, and an explicit root wins
     assert config.resolved_image_root == tmp_path / "data"
-    assert RunConfig(input=tmp_path / "t.jsonl", image_root=tmp_path / "img").resolved_image_root == tmp_path / "img"
+    assert (RunConfig(input=tmp_path / "t.jsonl", image_root=tmp_path / "img").resolved_image_root
+            == tmp_path / "img")
 
 
-@pytest.mark.parametrize("line", ["processes = 2.5", "processes = true", "max_tokens = 1.9", "temperature = true"])
+@pytest.mark.parametrize(
+    "line", ["processes = 2.5", "processes = true", "max_tokens = 1.9", "temperature = true"])
 def test_toml_value_of_the_wrong_type_is_refused_not_coerced(tmp_path: Path, line: str) -> None:
-    # Given a TOML value of the wrong type (a fraction or a boolean where a count or a number is meant)
+    # Given a TOML value of the wrong type (a fraction or a boolean where a count or a number is
+    # meant)
     write_toml(tmp_path, line + "\n")
     # When the config is settled
     # Then it is refused, naming the file, rather than silently truncated or turned into 1
@@ -357,11 +364,12 @@ def test_toml_verbose_true_turns_verbose_on(tmp_path: Path) -> None:
     assert config.verbose is True
 
 
-# --- choices are enums ----------------------------------------------------------------------------------------
+# --- choices are enums ----------------------------------------------------------------------------
 
 
 def test_backend_and_transport_are_enums_parsed_in_any_case(tmp_path: Path) -> None:
-    # Given the backend and the transport written in capitals, in the environment and in mpinfer.toml
+    # Given the backend and the transport written in capitals, in the environment and in
+    # mpinfer.toml
     write_toml(tmp_path, 'transport = "HTTPX"\n')
     # When the config is settled
     config = load_config({}, environ={"MPINFER_BACKEND": "Ray"}, cwd=tmp_path)
@@ -377,7 +385,8 @@ def test_an_unknown_backend_is_refused_naming_the_choices(tmp_path: Path) -> Non
     flags = {"backend": "k8s"}
     # When the config is settled
     # Then the error names the flag and the choices
-    with pytest.raises(ConfigError, match=r"^--backend: backend = 'k8s' is invalid: must be local or ray or batch$"):
+    said = r"^--backend: backend = 'k8s' is invalid: must be local or ray or batch$"
+    with pytest.raises(ConfigError, match=said):
         load_config(flags, environ={}, cwd=tmp_path)
 
 

@@ -1,7 +1,9 @@
-"""--dry-run as a library: every pending task checked and estimated, done tasks skipped, nothing sent or written.
+"""--dry-run as a library: every pending task checked and estimated, done tasks skipped, nothing
+sent or written.
 
-Expected numbers are worked out by hand from the rules in mpinfer.api.tokens: a message costs 4 tokens plus one
-per 4 characters (rounded up); an image at auto detail costs 85 plus 170 per 512-pixel tile after scaling.
+Expected numbers are worked out by hand from the rules in mpinfer.api.tokens: a message costs 4
+tokens plus one per 4 characters (rounded up); an image at auto detail costs 85 plus 170 per
+512-pixel tile after scaling.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ HOUSE_OUTPUT = 8.0
 
 @cache
 def big_png() -> bytes:
-    """A real 1024x1024 PNG: OpenAI counts it as 2x2 tiles after scaling to 768x768, 85 + 4 * 170 = 765."""
+    """A real 1024x1024 PNG: OpenAI counts it as 2x2 tiles after scaling to 768x768,
+    85 + 4 * 170 = 765."""
     return png_bytes(1024, 1024, RED, WHITE)
 
 
@@ -68,22 +71,28 @@ def house_cost(prompt_tokens: int, completion_tokens: int) -> float:
     return (prompt_tokens * HOUSE_INPUT + completion_tokens * HOUSE_OUTPUT) / 1_000_000
 
 
-# --- text, tokens and cost --------------------------------------------------------------------------------
+# --- text, tokens and cost ------------------------------------------------------------------------
 
 
-def test_text_tasks_are_estimated_at_four_tokens_a_message_plus_one_per_four_characters(tmp_path: Path) -> None:
-    # Given two text tasks, one with its own system message, a run system prompt, max_tokens and a price
+def test_text_tasks_are_estimated_at_four_tokens_a_message_plus_one_per_four_characters(
+    tmp_path: Path,
+) -> None:
+    # Given two text tasks, one with its own system message, a run system prompt, max_tokens and a
+    # price
     config = config_for(tmp_path, [
         {"id": "a", "prompt": "x" * 10},
         {"id": "b", "prompt": "y" * 17, "system": "You are a careful judge."},
     ], model="house-model", system_prompt="Be brief.", max_tokens=100)
     # When the run is planned
     result = plan(config, house_prices(tmp_path))
-    # Then a = (4 + ceil(9/4)) + (4 + ceil(10/4)) = 7 + 7 = 14 and b = (4 + ceil(24/4)) + (4 + ceil(17/4)) = 10 + 9
-    assert (result.prompt.tasks, result.prompt.total, result.prompt.min, result.prompt.max) == (2, 33, 14, 19)
+    # Then a = (4 + ceil(9/4)) + (4 + ceil(10/4)) = 7 + 7 = 14 and b = (4 + ceil(24/4)) + (4 +
+    # ceil(17/4)) = 10 + 9
+    assert (result.prompt.tasks, result.prompt.total, result.prompt.min,
+            result.prompt.max) == (2, 33, 14, 19)
     assert result.prompt.mean == 16.5
     [row] = result.rows
-    assert (row.model, row.output, row.done, row.pending, row.problems) == ("house-model", config.output, 0, 2, 0)
+    assert (row.model, row.output, row.done, row.pending, row.problems) == ("house-model",
+                                                                            config.output, 0, 2, 0)
     assert (row.prompt_tokens, row.completion_ceiling) == (33, 200)
     # And the cost runs from the prompts alone to the prompts plus two full answers of 100 tokens
     assert row.cost_min == pytest.approx(33 * 2.0 / 1e6)
@@ -109,9 +118,12 @@ def test_a_task_with_its_own_max_tokens_lowers_the_completion_ceiling(tmp_path: 
     assert result.max_tokens_assumed is False
 
 
-def test_without_any_max_tokens_the_default_answer_length_is_assumed_and_said(tmp_path: Path) -> None:
+def test_without_any_max_tokens_the_default_answer_length_is_assumed_and_said(
+    tmp_path: Path,
+) -> None:
     # Given no max_tokens, neither the run's nor the tasks'
-    config = config_for(tmp_path, [{"id": "a", "prompt": "abcd"}, {"id": "b", "prompt": "abcdefgh"}],
+    config = config_for(tmp_path,
+                        [{"id": "a", "prompt": "abcd"}, {"id": "b", "prompt": "abcdefgh"}],
                         model="house-model")
     # When the run is planned
     result = plan(config, house_prices(tmp_path))
@@ -123,7 +135,7 @@ def test_without_any_max_tokens_the_default_answer_length_is_assumed_and_said(tm
     assert row.cost_max == pytest.approx(house_cost(11, 512))
 
 
-# --- images -----------------------------------------------------------------------------------------------
+# --- images ---------------------------------------------------------------------------------------
 
 
 def test_a_1024_pixel_square_png_counts_765_tokens_and_is_the_largest_image(tmp_path: Path) -> None:
@@ -141,17 +153,21 @@ def test_a_1024_pixel_square_png_counts_765_tokens_and_is_the_largest_image(tmp_
     # Then big = 4 + 1 + 765 and small = 4 + 1 + (85 + 170 for its one tile)
     assert (result.prompt.max, result.prompt.min) == (770, 260)
     assert result.rows[0].prompt_tokens == 1030
-    # And the images are counted, their bytes added up, and the largest named with its size in pixels
+    # And the images are counted, their bytes added up, and the largest named with its size in
+    # pixels
     images = result.images
     assert (images.local, images.inline, images.remote) == (2, 0, 0)
     assert images.local_bytes == len(big_png()) + len(small)
     assert images.largest is not None
-    assert (images.largest.path, images.largest.bytes) == (str(tmp_path / "img" / "big.png"), len(big_png()))
-    assert (images.largest.width, images.largest.height, images.largest.task_id) == (1024, 1024, "big")
+    assert (images.largest.path, images.largest.bytes) == (
+        str(tmp_path / "img" / "big.png"), len(big_png()))
+    assert (images.largest.width, images.largest.height,
+            images.largest.task_id) == (1024, 1024, "big")
 
 
 def jpeg_with_metadata(width: int, height: int, metadata_bytes: int) -> bytes:
-    """A JPEG's markers: APP1 segments of padding (as EXIF, ICC profiles and thumbnails are), then its frame."""
+    """A JPEG's markers: APP1 segments of padding (as EXIF, ICC profiles and thumbnails are), then
+    its frame."""
     segments = b""
     while metadata_bytes > 0:
         chunk = min(metadata_bytes, 60_000)
@@ -161,11 +177,13 @@ def jpeg_with_metadata(width: int, height: int, metadata_bytes: int) -> bytes:
     return b"\xff\xd8" + segments + frame + b"\xff\xd9"
 
 
-def test_a_jpeg_whose_frame_header_lies_past_64_kib_is_sized_from_all_its_bytes(tmp_path: Path) -> None:
+def test_a_jpeg_whose_frame_header_lies_past_64_kib_is_sized_from_all_its_bytes(
+    tmp_path: Path,
+) -> None:
     # Given a 1024x1024 JPEG with 100 kB of metadata before its frame header
     (tmp_path / "photo.jpg").write_bytes(jpeg_with_metadata(1024, 1024, 100_000))
-    config = config_for(tmp_path, [{"id": "p", "prompt": "abcd", "images": "photo.jpg"}], model="gpt-4o",
-                        max_tokens=10)
+    config = config_for(tmp_path, [{"id": "p", "prompt": "abcd", "images": "photo.jpg"}],
+                        model="gpt-4o", max_tokens=10)
     # When the run is planned
     result = plan(config, house_prices(tmp_path))
     # Then its size is found, so it is no problem and counts 765 tokens, not a guess
@@ -175,8 +193,11 @@ def test_a_jpeg_whose_frame_header_lies_past_64_kib_is_sized_from_all_its_bytes(
     assert result.rows[0].prompt_tokens == 4 + 1 + 765
 
 
-def test_missing_fake_and_truncated_images_are_problems_left_out_of_the_estimate(tmp_path: Path) -> None:
-    # Given a text file named .png, a PNG cut off before its size, a missing file, and one good text task
+def test_missing_fake_and_truncated_images_are_problems_left_out_of_the_estimate(
+    tmp_path: Path,
+) -> None:
+    # Given a text file named .png, a PNG cut off before its size, a missing file, and one good text
+    # task
     (tmp_path / "fake.png").write_text("this is not an image\n")
     (tmp_path / "cut.png").write_bytes(png_bytes(8, 6, RED, WHITE)[:20])
     config = config_for(tmp_path, [
@@ -215,10 +236,11 @@ def test_only_the_first_problems_are_kept_but_all_are_counted(tmp_path: Path) ->
     assert result.rows[0].problems == count
 
 
-def test_a_shared_image_is_read_once_whether_it_is_good_huge_or_broken(tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    # Given files each shared by several tasks: a good PNG, one over the encoder's 16 MiB cache limit,
-    # a PNG cut off before its size, and a text file named .png
+def test_a_shared_image_is_read_once_whether_it_is_good_huge_or_broken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given files each shared by several tasks: a good PNG, one over the encoder's 16 MiB cache
+    # limit, a PNG cut off before its size, and a text file named .png
     (tmp_path / "shared.png").write_bytes(png_bytes(16, 16, RED, WHITE))
     huge = png_bytes(16, 16, RED, WHITE) + bytes(17 * 1024 * 1024)  # a real header, then padding
     (tmp_path / "huge.png").write_bytes(huge)
@@ -240,7 +262,8 @@ def test_a_shared_image_is_read_once_whether_it_is_good_huge_or_broken(tmp_path:
     result = plan(config, prices)
     # Then each file was read once, and every task that uses a broken one is a problem
     assert dict(reads) == {"shared.png": 1, "huge.png": 1, "cut.png": 1, "fake.png": 1}
-    assert sorted(p.id for p in result.problems) == ["cut0", "cut1", "cut2", "fake0", "fake1", "fake2"]
+    assert sorted(p.id for p in result.problems) == [
+        "cut0", "cut1", "cut2", "fake0", "fake1", "fake2"]
     assert all("not a PNG" in p.message for p in result.problems if p.id.startswith("fake"))
     # And the good ones count every time they are sent
     assert result.images.local == 6
@@ -249,7 +272,8 @@ def test_a_shared_image_is_read_once_whether_it_is_good_huge_or_broken(tmp_path:
 
 
 def test_a_remote_image_is_counted_and_estimated_but_never_fetched(tmp_path: Path) -> None:
-    # Given a task whose image is an http URL served on 127.0.0.1 by a server that counts its requests
+    # Given a task whose image is an http URL served on 127.0.0.1 by a server that counts its
+    # requests
     hits: list[str] = []
 
     class Recorder(BaseHTTPRequestHandler):
@@ -266,11 +290,13 @@ def test_a_remote_image_is_counted_and_estimated_but_never_fetched(tmp_path: Pat
             pass
 
     with serving(Recorder) as base:
-        config = config_for(tmp_path, [{"id": "r", "prompt": "abcd", "images": [f"{base}/cat.png"]}],
+        config = config_for(tmp_path,
+                            [{"id": "r", "prompt": "abcd", "images": [f"{base}/cat.png"]}],
                             model="house-model", max_tokens=10)
         # When the run is planned
         result = plan(config, house_prices(tmp_path))
-    # Then the image is counted as remote, estimated as an unknown image (765), and nothing was requested
+    # Then the image is counted as remote, estimated as an unknown image (765), and nothing was
+    # requested
     assert hits == []
     assert (result.images.local, result.images.remote, result.images.local_bytes) == (0, 1, 0)
     assert result.images.largest is None
@@ -296,12 +322,12 @@ def test_data_urls_in_the_input_are_checked_from_their_bytes(tmp_path: Path) -> 
     assert problem.id == "text" and "not a PNG, JPEG, GIF or WEBP image" in problem.message
 
 
-# --- resume and models ------------------------------------------------------------------------------------
+# --- resume and models ----------------------------------------------------------------------------
 
 
 def test_tasks_already_in_the_output_are_counted_done_and_not_checked(tmp_path: Path) -> None:
-    # Given four tasks, two of them answered in the output (one of those has an image that is gone since),
-    # and a foreign id in the output that is not in the input
+    # Given four tasks, two of them answered in the output (one of those has an image that is gone
+    # since), and a foreign id in the output that is not in the input
     config = config_for(tmp_path, [
         {"id": "t1", "prompt": "abcd", "images": "deleted.png"},
         {"id": "t2", "prompt": "abcd"},
@@ -314,7 +340,8 @@ def test_tasks_already_in_the_output_are_counted_done_and_not_checked(tmp_path: 
     result = plan(config, house_prices(tmp_path))
     # Then the done tasks are counted, not checked, and only t2 and t4 are estimated
     [row] = result.rows
-    assert (result.tasks, result.tasks_pending, row.done, row.pending, row.problems) == (4, 2, 2, 2, 0)
+    assert (result.tasks, result.tasks_pending, row.done, row.pending,
+            row.problems) == (4, 2, 2, 2, 0)
     assert (row.prompt_tokens, row.completion_ceiling) == (5 + 6, 20)
     assert result.ok
 
@@ -333,8 +360,10 @@ def test_two_models_get_a_row_each_and_the_unpriced_one_has_no_cost(tmp_path: Pa
     result = plan(config, house_prices(tmp_path))
     # Then each model has its own output, done and pending counts, tokens and ceiling
     house, mystery = result.rows
-    assert (house.model, house.output, house.done, house.pending) == ("house-model", house_out, 1, 1)
-    assert (mystery.model, mystery.output, mystery.done, mystery.pending) == ("mystery-model", mystery_out, 0, 2)
+    assert (house.model, house.output, house.done, house.pending) == (
+        "house-model", house_out, 1, 1)
+    assert (mystery.model, mystery.output, mystery.done, mystery.pending) == ("mystery-model",
+                                                                              mystery_out, 0, 2)
     assert (house.prompt_tokens, house.completion_ceiling) == (7, 40)
     assert (mystery.prompt_tokens, mystery.completion_ceiling) == (5 + 7, 80)
     assert house.requested_models == ("house-model",)
@@ -345,7 +374,8 @@ def test_two_models_get_a_row_each_and_the_unpriced_one_has_no_cost(tmp_path: Pa
     assert result.unpriced_models == ("mystery-model",)
     # And the totals add both rows' counts but only the priced cost
     totals = result.totals
-    assert (totals.done, totals.pending, totals.prompt_tokens, totals.completion_ceiling) == (1, 3, 19, 120)
+    assert (totals.done, totals.pending, totals.prompt_tokens,
+            totals.completion_ceiling) == (1, 3, 19, 120)
     assert totals.cost_max == pytest.approx(house_cost(7, 40))
     assert result.tasks_pending == 2
 
@@ -365,7 +395,7 @@ def test_in_a_one_model_run_a_task_is_priced_at_the_model_it_names(tmp_path: Pat
     assert row.cost_max == pytest.approx(house_cost(5, 40) + (7 * 2.50 + 40 * 10.00) / 1e6)
 
 
-# --- what a dry run does not do ---------------------------------------------------------------------------
+# --- what a dry run does not do -------------------------------------------------------------------
 
 
 def test_bad_input_stops_the_plan_with_the_file_and_line(tmp_path: Path) -> None:
@@ -417,7 +447,8 @@ def test_the_plan_turns_into_plain_json(tmp_path: Path) -> None:
 
 @contextmanager
 def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
-    """An HTTP server on 127.0.0.1 in a thread, for the length of a with block; yields its base URL."""
+    """An HTTP server on 127.0.0.1 in a thread, for the length of a with block; yields its base
+    URL."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02},
                               daemon=True)
@@ -434,8 +465,8 @@ def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
 def test_the_same_image_costs_gpt_4o_mini_its_own_published_token_count(tmp_path: Path) -> None:
     # Given a task with a 1024x1024 PNG, planned for gpt-4o and for gpt-4o-mini
     (tmp_path / "big.png").write_bytes(big_png())
-    config = config_for(tmp_path, [{"id": "big", "prompt": "abcd", "images": "big.png"}], max_tokens=10,
-                        model="gpt-4o,gpt-4o-mini")
+    config = config_for(tmp_path, [{"id": "big", "prompt": "abcd", "images": "big.png"}],
+                        max_tokens=10, model="gpt-4o,gpt-4o-mini")
     # When the run is planned
     result = plan(config, load_prices(None))
     # Then gpt-4o counts 85 + 4 x 170 for the image, gpt-4o-mini 2833 + 4 x 5667 (OpenAI's table)

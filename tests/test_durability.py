@@ -1,7 +1,8 @@
 """Durability: a full disk mid-run, --fsync, and a rerun of a finished job.
 
-The full disk is real as far as the process can tell: the CLI runs with RLIMIT_FSIZE, so a write that would
-take a file past the limit fails with EFBIG (SIGXFSZ ignored), which the store treats like ENOSPC.
+The full disk is real as far as the process can tell: the CLI runs with RLIMIT_FSIZE, so a write
+that would take a file past the limit fails with EFBIG (SIGXFSZ ignored), which the store treats
+like ENOSPC.
 """
 
 from __future__ import annotations
@@ -26,14 +27,16 @@ from helpers import (
 from mpinfer.mockserver import MockServerProcess
 from mpinfer.store.records import REFUSAL_FIELD, RESULT_FIELDS
 
-# The result lines of text_tasks are about 350 bytes: the output hits the limit after ~30 of 100 tasks.
+# The result lines of text_tasks are about 350 bytes: the output hits the limit after ~30 of 100
+# tasks.
 FSIZE_LIMIT = 12_000
 
 
 def _limit_file_size(limit: int):
     def preexec() -> None:  # runs in the child between fork and exec
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+        # a write past the limit fails with EFBIG instead
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
     return preexec
 
@@ -51,11 +54,11 @@ def test_a_full_disk_stops_the_run_with_a_clear_message_and_no_torn_line_and_a_r
     write_tasks(tmp_path / "tasks.jsonl", tasks)
     mock.configure(latency_ms=20)
     output = tmp_path / "out.jsonl"
-    args = ("-i", "tasks.jsonl", "-o", "out.jsonl", "-p", "2", "-c", "4", "--base-url", mock.base_url,
-            "--log-dir", "logs")
+    args = ("-i", "tasks.jsonl", "-o", "out.jsonl", "-p", "2", "-c", "4", "--base-url",
+            mock.base_url, "--log-dir", "logs")
     # When the run may grow no file past 12 KB (the disk is full for the output after ~30 lines)
-    # (preexec_fn only calls setrlimit and signal in the child: nothing that could deadlock on a lock held by
-    # another thread of this process)
+    # (preexec_fn only calls setrlimit and signal in the child: nothing that could deadlock on a
+    # lock held by another thread of this process)
     proc = subprocess.Popen(cli_command(*args), cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True,
                             preexec_fn=_limit_file_size(FSIZE_LIMIT))
@@ -68,7 +71,8 @@ def test_a_full_disk_stops_the_run_with_a_clear_message_and_no_torn_line_and_a_r
     # Then it stops with the "run stopped" exit code and says the disk is full
     assert proc.returncode == 5, (proc.returncode, stdout, stderr)
     assert "disk full" in stderr, stderr
-    # And the output ends with a newline, every line is a whole record, and it stayed within the limit
+    # And the output ends with a newline, every line is a whole record, and it stayed within the
+    # limit
     lines = _lines(output)
     records = [orjson.loads(line) for line in lines]
     assert 10 <= len(records) < 100, len(records)
@@ -92,7 +96,8 @@ def test_a_full_disk_stops_the_run_with_a_clear_message_and_no_torn_line_and_a_r
     assert check.returncode == 0, check.stdout
 
 
-def test_an_fsync_run_finishes_with_the_same_output_shape_as_a_plain_run(tmp_path: Path, mock: MockServerProcess):
+def test_an_fsync_run_finishes_with_the_same_output_shape_as_a_plain_run(tmp_path: Path,
+                                                                         mock: MockServerProcess):
     # Given 60 tasks
     tasks = text_tasks(60)
     write_tasks(tmp_path / "tasks.jsonl", tasks)
@@ -116,17 +121,20 @@ def test_an_fsync_run_finishes_with_the_same_output_shape_as_a_plain_run(tmp_pat
         assert list(record) == list(other)
         assert list(record)[:len(RESULT_FIELDS)] == list(RESULT_FIELDS) and REFUSAL_FIELD in record
         assert list(record["usage"]) == list(other["usage"])
-        for name in ("input_prompt", "images", "answer", "model", "requested_model", "usage", "finish_reason"):
+        for name in ("input_prompt", "images", "answer", "model", "requested_model", "usage",
+                     "finish_reason"):
             assert record[name] == other[name], (task_id, name)
     # And --validate passes on the fsync'd output
     check = run_cli("-i", "tasks.jsonl", "-o", "synced.jsonl", "--validate", cwd=tmp_path)
     assert check.returncode == 0, check.stdout
 
 
-def test_a_rerun_of_a_finished_job_sends_no_request_and_changes_nothing(tmp_path: Path, mock: MockServerProcess):
+def test_a_rerun_of_a_finished_job_sends_no_request_and_changes_nothing(tmp_path: Path,
+                                                                        mock: MockServerProcess):
     # Given a job of 40 tasks that has run to the end
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(40))
-    args = ("-i", "tasks.jsonl", "-o", "out.jsonl", "-p", "2", "-c", "4", "--base-url", mock.base_url)
+    args = ("-i", "tasks.jsonl", "-o", "out.jsonl", "-p", "2", "-c", "4", "--base-url",
+            mock.base_url)
     first = run_cli(*args, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     assert mock.stats()["requests"] == 40

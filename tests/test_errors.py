@@ -18,7 +18,8 @@ SAMPLES: dict[type[Exception], tuple[object, ...]] = {
 
 def test_every_error_in_the_tree_survives_pickling_with_its_message() -> None:
     # Given every exception class errors.py defines
-    classes = [c for _, c in inspect.getmembers(errors, inspect.isclass) if issubclass(c, Exception)]
+    classes = [c for _, c in inspect.getmembers(errors, inspect.isclass)
+               if issubclass(c, Exception)]
     assert len(classes) >= 9
     for cls in classes:
         error = cls(*SAMPLES.get(cls, ("something went wrong",)))
@@ -33,5 +34,6 @@ def test_the_limiter_and_client_errors_are_part_of_the_tree() -> None:
     # Given the errors the limiter and the client raise
     # Then they are the tree's own classes, and the public API exports no error that is never raised
     assert NoKeysLeft is errors.NoKeysLeft and MalformedResponse is errors.MalformedResponse
-    assert issubclass(NoKeysLeft, mpinfer.MpinferError) and issubclass(MalformedResponse, mpinfer.MpinferError)
+    assert issubclass(NoKeysLeft, mpinfer.MpinferError)
+    assert issubclass(MalformedResponse, mpinfer.MpinferError)
     assert "RunAborted" not in mpinfer.__all__

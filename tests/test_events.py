@@ -1,4 +1,5 @@
-"""The run protocol: events survive the local pipe as the same dataclasses; stop reasons carry exit codes."""
+"""The run protocol: events survive the local pipe as the same dataclasses; stop reasons carry exit
+codes."""
 
 from __future__ import annotations
 
@@ -23,18 +24,17 @@ from mpinfer.events import (
 from mpinfer.inputs.tasks import Task
 from mpinfer.reports.summary import RunSummary
 
-MESSAGES = [
-    TaskDone("t1", 0, prompt_tokens=12, completion_tokens=3, latency_s=0.25, cost=None, mismatch=True, attempts=2),
-    TaskFailed("t2", 1, "server_error", 500, "boom", 4),
-    KeyDisabled("sk-...abcd", "401 authentication"),
-    Abort("every API key was rejected", "t3", 0),
-    Fatal("No space left on device", "t4", 1),
-    Fatal("worker crashed: RuntimeError: bug"),
-    WorkerExit(),
-    Work(Task("t5", "what is this?", ("a.png", "b.png"), system="be brief", temperature=0.2, line=7), 1),
-    Work(Task("t6", "", body={"model": "m", "messages": [{"role": "user", "content": "hi"}]}), 0),
-    StopWork(),
-]
+MESSAGES = [TaskDone("t1", 0, prompt_tokens=12, completion_tokens=3, latency_s=0.25, cost=None,
+                     mismatch=True, attempts=2),
+            TaskFailed("t2", 1, "server_error", 500, "boom", 4),
+            KeyDisabled("sk-...abcd", "401 authentication"),
+            Abort("every API key was rejected", "t3", 0), Fatal("No space left on device", "t4", 1),
+            Fatal("worker crashed: RuntimeError: bug"), WorkerExit(),
+            Work(Task("t5", "what is this?", ("a.png", "b.png"), system="be brief", temperature=0.2,
+                      line=7), 1),
+            Work(Task("t6", "",
+                      body={"model": "m", "messages": [{"role": "user", "content": "hi"}]}), 0),
+            StopWork()]
 
 
 @pytest.mark.parametrize("message", MESSAGES, ids=lambda m: type(m).__name__)
@@ -57,7 +57,8 @@ def test_many_messages_in_one_write_decode_in_their_order() -> None:
 def test_bytes_that_are_not_a_message_or_not_an_event_are_refused() -> None:
     # Given garbage, an unknown kind, and a work message where an event is expected
     # Then each is a ValueError, never a half-built event
-    for raw in (b"{", b'[["nonsense",{}]]', b'["done",{}]', b'{"kind":"done"}', b'[["done",{"id":"t"}]]'):
+    for raw in (b"{", b'[["nonsense",{}]]', b'["done",{}]', b'{"kind":"done"}',
+                b'[["done",{"id":"t"}]]'):
         with pytest.raises(ValueError):
             decode(raw)
     with pytest.raises(ValueError):
@@ -71,8 +72,10 @@ def test_each_stop_reason_carries_its_exit_code_and_reads_as_the_summary_shows_i
     assert codes == {StopReason.INTERRUPTED: 130, StopReason.BUDGET: 1, StopReason.ABORTED: 5,
                      StopReason.FATAL: 5, StopReason.WORKERS_DYING: 5}
     assert str(Stopped(StopReason.INTERRUPTED)) == "interrupted"
-    assert str(Stopped(StopReason.WORKERS_DYING, "workers keep dying")) == "fatal: workers keep dying"
-    assert str(Stopped(StopReason.BUDGET, "$1.0000 would be passed")) == "budget: $1.0000 would be passed"
+    assert str(Stopped(StopReason.WORKERS_DYING,
+                       "workers keep dying")) == "fatal: workers keep dying"
+    assert (str(Stopped(StopReason.BUDGET, "$1.0000 would be passed"))
+            == "budget: $1.0000 would be passed")
 
 
 @pytest.mark.parametrize(("stopped", "remaining", "code"), [
@@ -85,7 +88,8 @@ def test_each_stop_reason_carries_its_exit_code_and_reads_as_the_summary_shows_i
     (Stopped(StopReason.FATAL, "disk full"), 3, 5),
     (Stopped(StopReason.WORKERS_DYING, "dying"), 3, 5),
 ])
-def test_a_runs_end_maps_to_one_exit_code(stopped: Stopped | None, remaining: int, code: int) -> None:
+def test_a_runs_end_maps_to_one_exit_code(stopped: Stopped | None, remaining: int,
+                                          code: int) -> None:
     # Given a run's summary that stopped (or not) with some work left
     summary = RunSummary(total=10, already_done=10 - remaining, stopped=stopped)
     # When the command line picks its exit code
@@ -95,6 +99,7 @@ def test_a_runs_end_maps_to_one_exit_code(stopped: Stopped | None, remaining: in
 
 def test_the_summary_file_and_the_manifest_show_the_stop_as_text() -> None:
     # Given a summary stopped on a fault
-    summary = RunSummary(total=2, already_done=0, stopped=Stopped(StopReason.FATAL, "No space left on device"))
+    summary = RunSummary(total=2, already_done=0,
+                         stopped=Stopped(StopReason.FATAL, "No space left on device"))
     # Then its JSON form holds the same text the summary prints
     assert summary.to_dict(live=False)["stopped"] == "fatal: No space left on device"

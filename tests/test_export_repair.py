@@ -1,4 +1,5 @@
-"""Export, repair and fresh start, end to end through the real command line against the mock server."""
+"""Export, repair and fresh start, end to end through the real command line against the mock
+server."""
 
 from __future__ import annotations
 
@@ -38,11 +39,13 @@ def _csv_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def test_export_lists_every_task_in_input_order_with_its_status_in_csv_and_jsonl(tmp_path: Path,
-                                                                                mock: MockServerProcess):
-    # Given five tasks with fields of their own (one named like an answer column); a trial run of the first
-    # three in which t1 failed, so t0 and t2 are done and t3 and t4 were never tried
-    tasks = [{**task, "tags": ["x", str(i)], "model": "gpt-4o-mini"} for i, task in enumerate(text_tasks(5))]
+def test_export_lists_every_task_in_input_order_with_its_status_in_csv_and_jsonl(
+    tmp_path: Path, mock: MockServerProcess,
+):
+    # Given five tasks with fields of their own (one named like an answer column); a trial run of
+    # the first three in which t1 failed, so t0 and t2 are done and t3 and t4 were never tried
+    tasks = [{**task, "tags": ["x", str(i)], "model": "gpt-4o-mini"}
+             for i, task in enumerate(text_tasks(5))]
     write_tasks(tmp_path / "tasks.jsonl", tasks)
     mock.configure(script={tasks[1]["prompt"]: ["500"]})
     assert _run(tmp_path, mock, "--limit", "3", "--max-retries", "0").returncode == 1
@@ -59,16 +62,21 @@ def test_export_lists_every_task_in_input_order_with_its_status_in_csv_and_jsonl
     assert [(r["id"], r["status"]) for r in table] == expected
     assert [(r["id"], r["status"]) for r in lines] == expected
     # And the columns are the input's fields, then the answer's, in the same order in both files
-    columns = ["id", "prompt", "tags", "input_model", "answer", "refusal", "model", "requested_model",
-               "prompt_tokens", "completion_tokens", "total_tokens", "cost", "finish_reason", "status", "error"]
+    columns = ["id", "prompt", "tags", "input_model", "answer", "refusal", "model",
+               "requested_model", "prompt_tokens", "completion_tokens", "total_tokens", "cost",
+               "finish_reason", "status", "error"]
     assert list(table[0]) == columns and list(lines[0]) == columns
-    # And a done row carries its answer and accounting; a list is JSON text in CSV and a list in JSONL
+    # And a done row carries its answer and accounting; a list is JSON text in CSV and a list in
+    # JSONL
     done = answers["t2"]
     assert lines[2]["answer"] == table[2]["answer"] == done["answer"]
-    assert lines[2]["total_tokens"] == done["usage"]["total_tokens"] == int(table[2]["total_tokens"])
+    assert (lines[2]["total_tokens"] == done["usage"]["total_tokens"]
+            == int(table[2]["total_tokens"]))
     assert lines[2]["cost"] == done["cost"] and float(table[2]["cost"]) == done["cost"]
     assert table[2]["tags"] == '["x","2"]' and lines[2]["tags"] == ["x", "2"]
-    assert lines[2]["input_model"] == "gpt-4o-mini" and lines[2]["error"] is None and table[2]["error"] == ""
+    assert lines[2]["input_model"] == "gpt-4o-mini"
+    assert lines[2]["error"] is None
+    assert table[2]["error"] == ""
     # And a failed row carries the last error message, a missing row nothing (None: empty or null)
     assert "server had an error" in table[1]["error"] and lines[1]["error"] == table[1]["error"]
     assert table[3]["answer"] == "" and lines[3]["answer"] is None and lines[3]["error"] is None
@@ -85,7 +93,8 @@ def test_export_lists_every_task_in_input_order_with_its_status_in_csv_and_jsonl
     assert (tmp_path / "out" / "results.jsonl").read_bytes() == before
 
 
-def test_export_of_a_two_model_run_has_one_row_per_task_and_model(tmp_path: Path, mock: MockServerProcess):
+def test_export_of_a_two_model_run_has_one_row_per_task_and_model(tmp_path: Path,
+                                                                  mock: MockServerProcess):
     # Given a run of two tasks against two models, and a third task added to the input afterwards
     tasks = text_tasks(3)
     write_tasks(tmp_path / "tasks.jsonl", tasks[:2])
@@ -93,7 +102,8 @@ def test_export_of_a_two_model_run_has_one_row_per_task_and_model(tmp_path: Path
     write_tasks(tmp_path / "tasks.jsonl", tasks)
     # When it is exported
     proc = _tool(tmp_path, "--model", "gpt-4o-mini,gpt-4o", "--export", "both.csv")
-    # Then each task has a row per model, in input order then model order, with the model that answered
+    # Then each task has a row per model, in input order then model order, with the model that
+    # answered
     assert proc.returncode == 0, proc.stderr
     rows = _csv_rows(tmp_path / "both.csv")
     assert [(r["id"], r["run_model"], r["model"], r["status"]) for r in rows] == [
@@ -101,14 +111,16 @@ def test_export_of_a_two_model_run_has_one_row_per_task_and_model(tmp_path: Path
         ("t1", "gpt-4o-mini", "gpt-4o-mini", "ok"), ("t1", "gpt-4o", "gpt-4o", "ok"),
         ("t2", "gpt-4o-mini", "", "missing"), ("t2", "gpt-4o", "", "missing"),
     ]
-    answers = {row["id"]: row["answer"] for row in read_jsonl(tmp_path / "out" / "results.gpt-4o.jsonl")}
+    answers = {row["id"]: row["answer"]
+               for row in read_jsonl(tmp_path / "out" / "results.gpt-4o.jsonl")}
     assert rows[3]["answer"] == answers["t1"]
     # And the task missing for both models is in the missing file once
     assert read_jsonl(tmp_path / "out" / "results.jsonl.missing.jsonl") == [tasks[2]]
 
 
-def test_a_csv_inputs_missing_rows_are_written_as_jsonl_tasks_that_run_again(tmp_path: Path,
-                                                                             mock: MockServerProcess):
+def test_a_csv_inputs_missing_rows_are_written_as_jsonl_tasks_that_run_again(
+    tmp_path: Path, mock: MockServerProcess,
+):
     # Given a CSV input of which a trial run answered the first row only
     write_png(tmp_path / "a.png")
     write_png(tmp_path / "b.png", (0, 0, 255))
@@ -119,11 +131,13 @@ def test_a_csv_inputs_missing_rows_are_written_as_jsonl_tasks_that_run_again(tmp
     assert _run(tmp_path, mock, "--limit", "1", tasks="tasks.csv").returncode == 0
     # When it is exported
     proc = _tool(tmp_path, "--export", "final.csv", tasks="tasks.csv")
-    # Then the table has the CSV's columns as read, and the missing file holds the other rows as JSON tasks
+    # Then the table has the CSV's columns as read, and the missing file holds the other rows as
+    # JSON tasks
     assert proc.returncode == 0, proc.stderr
     rows = _csv_rows(tmp_path / "final.csv")
     assert [(r["id"], r["images"], r["temperature"], r["status"]) for r in rows] == [
-        ("c1", "a.png", "", "ok"), ("c2", "a.png;b.png", "0.5", "missing"), ("c3", "", "", "missing")]
+        ("c1", "a.png", "", "ok"), ("c2", "a.png;b.png", "0.5", "missing"),
+        ("c3", "", "", "missing")]
     missing = tmp_path / "out" / "results.jsonl.missing.jsonl"
     assert read_jsonl(missing) == [
         {"id": "c2", "prompt": "second", "images": ["a.png", "b.png"], "temperature": 0.5},
@@ -133,18 +147,22 @@ def test_a_csv_inputs_missing_rows_are_written_as_jsonl_tasks_that_run_again(tmp
     again = _run(tmp_path, mock, "--image-root", ".", tasks="out/results.jsonl.missing.jsonl")
     assert again.returncode == 0, again.stderr
     answers = {row["id"]: row["answer"] for row in read_jsonl(tmp_path / "out" / "results.jsonl")}
-    assert answers == {"c1": "Mock answer to: first (images: 1)", "c2": "Mock answer to: second (images: 2)",
+    assert answers == {"c1": "Mock answer to: first (images: 1)",
+                       "c2": "Mock answer to: second (images: 2)",
                        "c3": "Mock answer to: third (images: 0)"}
 
 
-def test_export_of_a_batch_api_input_gives_custom_id_and_the_body_as_json_text(tmp_path: Path,
-                                                                               mock: MockServerProcess):
+def test_export_of_a_batch_api_input_gives_custom_id_and_the_body_as_json_text(
+    tmp_path: Path, mock: MockServerProcess,
+):
     # Given a Batch API input of two requests, one of which the server refuses with a 400
-    bodies = {"r1": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "fine"}], "seed": 3},
-              "r2": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": [
-                  {"type": "image_url", "image_url": {"url": "data:image/png;base64,@@@"}}]}]}}
-    write_tasks(tmp_path / "batch.jsonl", [{"custom_id": cid, "method": "POST", "url": "/v1/chat/completions",
-                                            "body": body} for cid, body in bodies.items()])
+    broken = {"type": "image_url", "image_url": {"url": "data:image/png;base64,@@@"}}
+    bodies = {"r1": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "fine"}],
+                     "seed": 3},
+              "r2": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": [broken]}]}}
+    write_tasks(tmp_path / "batch.jsonl",
+                [{"custom_id": cid, "method": "POST", "url": "/v1/chat/completions", "body": body}
+                 for cid, body in bodies.items()])
     assert _run(tmp_path, mock, tasks="batch.jsonl").returncode == 1
     # When it is exported as JSONL
     proc = _tool(tmp_path, "--export", "final.jsonl", tasks="batch.jsonl")
@@ -153,7 +171,8 @@ def test_export_of_a_batch_api_input_gives_custom_id_and_the_body_as_json_text(t
     rows = read_jsonl(tmp_path / "final.jsonl")
     assert [(r["custom_id"], orjson.loads(r["body"]), r["status"]) for r in rows] == [
         ("r1", bodies["r1"], "ok"), ("r2", bodies["r2"], "failed")]
-    assert rows[0]["answer"] == "Mock answer to: fine (images: 0)" and rows[0]["requested_model"] == "gpt-4o-mini"
+    assert rows[0]["answer"] == "Mock answer to: fine (images: 0)"
+    assert rows[0]["requested_model"] == "gpt-4o-mini"
     assert rows[0]["total_tokens"] > 0 and rows[0]["error"] is None
     assert rows[1]["answer"] is None and "image_url" in rows[1]["error"]
 
@@ -197,20 +216,22 @@ def _wait_until_sending(mock: MockServerProcess, proc) -> None:
     raise AssertionError(f"the run sent nothing within {LIVE_WAIT_S}s (exit {proc.poll()})")
 
 
-def test_repair_and_fresh_start_are_refused_while_a_run_is_live_on_the_output(tmp_path: Path,
-                                                                             mock: MockServerProcess):
+def test_repair_and_fresh_start_are_refused_while_a_run_is_live_on_the_output(
+    tmp_path: Path, mock: MockServerProcess,
+):
     # Given a slow run live on the output, which already holds a duplicate line
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(4))
     out = tmp_path / "out" / "results.jsonl"
     out.parent.mkdir()
     line = orjson.dumps({"id": "t0", "input_prompt": "q", "images": [], "answer": "a", "model": "m",
-                         "requested_model": "m", "usage": {"prompt_tokens": 1, "completion_tokens": 1,
-                                                           "total_tokens": 2}, "finish_reason": "stop",
-                         "latency_s": 0.1, "attempts": 1, "processed_at": 1.8e9, "cost": None}) + b"\n"
+                         "requested_model": "m",
+                         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                         "finish_reason": "stop", "latency_s": 0.1, "attempts": 1,
+                         "processed_at": 1.8e9, "cost": None}) + b"\n"
     out.write_bytes(line + line)
     mock.configure(latency_ms=20_000)
-    proc = start_cli("-i", "tasks.jsonl", "-o", "out/results.jsonl", "--base-url", mock.base_url, "-p", "1",
-                     "--allow-mixed", cwd=tmp_path)
+    proc = start_cli("-i", "tasks.jsonl", "-o", "out/results.jsonl", "--base-url", mock.base_url,
+                     "-p", "1", "--allow-mixed", cwd=tmp_path)
     try:
         _wait_until_sending(mock, proc)
         # When a repair and a fresh start are asked for meanwhile
@@ -241,8 +262,8 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 def test_fresh_start_moves_every_old_file_into_a_backup_folder_and_the_run_starts_from_zero(
         tmp_path: Path, mock: MockServerProcess):
-    # Given a run that left an output, an errors file, a summary, a manifest and a log; a torn-lines file;
-    # and files of the user's own beside them
+    # Given a run that left an output, an errors file, a summary, a manifest and a log; a torn-lines
+    # file; and files of the user's own beside them
     tasks = text_tasks(3)
     write_tasks(tmp_path / "tasks.jsonl", tasks)
     mock.configure(script={tasks[1]["prompt"]: ["500"]})
@@ -251,9 +272,11 @@ def test_fresh_start_moves_every_old_file_into_a_backup_folder_and_the_run_start
     (tmp_path / "out" / "notes.txt").write_text("mine")
     (tmp_path / "logs" / "notes.txt").write_text("mine too")
     old_out = {name: data for name, data in _files(tmp_path / "out").items() if name != "notes.txt"}
-    old_logs = {name: data for name, data in _files(tmp_path / "logs").items() if name != "notes.txt"}
-    assert sorted(old_out) == ["results.jsonl", "results.jsonl.corrupt", "results.jsonl.errors.jsonl",
-                               "results.jsonl.runs.jsonl", "results.jsonl.summary.json"]
+    old_logs = {name: data for name, data in _files(tmp_path / "logs").items()
+                if name != "notes.txt"}
+    assert sorted(old_out) == ["results.jsonl", "results.jsonl.corrupt",
+                               "results.jsonl.errors.jsonl", "results.jsonl.runs.jsonl",
+                               "results.jsonl.summary.json"]
     assert len(old_logs) == 1 and next(iter(old_logs)).startswith("mpinfer_")
     mock.reset()
     # When the same command runs with --fresh
@@ -263,15 +286,18 @@ def test_fresh_start_moves_every_old_file_into_a_backup_folder_and_the_run_start
     backups = list((tmp_path / "out").glob("results.jsonl.backup-*"))
     assert len(backups) == 1 and backups[0].is_dir()
     assert f"moved to out/{backups[0].name}" in proc.stdout
-    assert _files(backups[0]) == {**old_out, **{f"logs/{name}": data for name, data in old_logs.items()}}
+    assert _files(backups[0]) == {**old_out,
+                                  **{f"logs/{name}": data for name, data in old_logs.items()}}
     # And the user's own files were left alone
     assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
     assert (tmp_path / "logs" / "notes.txt").read_text() == "mine too"
     # And the new run started from zero: every task sent once, a new manifest and a new log
     assert sorted(mock.stats()["received"]) == sorted(task["prompt"] for task in tasks)
     assert set(mock.stats()["received"].values()) == {1}
-    assert sorted(row["id"] for row in read_jsonl(tmp_path / "out" / "results.jsonl")) == ["t0", "t1", "t2"]
+    assert sorted(row["id"]
+                  for row in read_jsonl(tmp_path / "out" / "results.jsonl")) == ["t0", "t1", "t2"]
     assert not (tmp_path / "out" / "results.jsonl.errors.jsonl").exists()
-    assert [r["event"] for r in read_jsonl(tmp_path / "out" / "results.jsonl.runs.jsonl")] == ["start", "end"]
+    assert [r["event"]
+            for r in read_jsonl(tmp_path / "out" / "results.jsonl.runs.jsonl")] == ["start", "end"]
     new_logs = [p for p in (tmp_path / "logs").iterdir() if p.name.startswith("mpinfer_")]
     assert len(new_logs) == 1 and "3 tasks x 1 models, 0 already done" in new_logs[0].read_text()

@@ -1,8 +1,10 @@
-"""It finishes: runs against servers that behave like the real ones end in one go, exit 0, every id once.
+"""It finishes: runs against servers that behave like the real ones end in one go, exit 0, every id
+once.
 
-Each case is a server the way a real one limits or fails (quantized per-second enforcement of a per-minute
-limit, limits stated in headers, LiteLLM's and no hints at all, a server at capacity, an outage, a body that
-trickles), the real CLI in its own process, and short windows so each test takes a few seconds.
+Each case is a server the way a real one limits or fails (quantized per-second enforcement of a
+per-minute limit, limits stated in headers, LiteLLM's and no hints at all, a server at capacity, an
+outage, a body that trickles), the real CLI in its own process, and short windows so each test takes
+a few seconds.
 """
 
 from __future__ import annotations
@@ -24,35 +26,40 @@ def _ids(path: Path) -> Counter[str]:
 
 
 def _finishes(tmp_path: Path, mock: MockServerProcess, n: int, *args: str) -> tuple[str, dict]:
-    """Run ``n`` tasks in one go; assert exit 0 and every id exactly once; what it printed, the server's stats."""
+    """Run ``n`` tasks in one go; assert exit 0 and every id exactly once; what it printed, the
+    server's stats."""
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(n))
-    proc = run_cli("-i", "tasks.jsonl", "-o", "out.jsonl", "--base-url", mock.base_url, "--retry-backoff", "0.1",
-                   *args, cwd=tmp_path)
+    proc = run_cli("-i", "tasks.jsonl", "-o", "out.jsonl", "--base-url", mock.base_url,
+                   "--retry-backoff", "0.1", *args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _ids(tmp_path / "out.jsonl") == Counter(f"t{i}" for i in range(n))
-    assert not (tmp_path / "out.jsonl.errors.jsonl").exists() or not read_jsonl(tmp_path / "out.jsonl.errors.jsonl")
+    assert (not (tmp_path / "out.jsonl.errors.jsonl").exists()
+            or not read_jsonl(tmp_path / "out.jsonl.errors.jsonl"))
     return proc.stdout + proc.stderr, mock.stats()
 
 
-def test_a_quantized_server_at_exactly_our_rpm_sees_almost_no_429s(tmp_path: Path, mock: MockServerProcess):
+def test_a_quantized_server_at_exactly_our_rpm_sees_almost_no_429s(tmp_path: Path,
+                                                                   mock: MockServerProcess):
     # Given a server that enforces 120 requests per 4 s as a bucket of 30 a second (burst 30)
     mock.configure(rpm=120, window_s=4.0, quantum_s=1.0, latency_ms=30)
     # When 150 tasks run with --rpm 120 over the same window, 4 processes x 8 in flight
-    _, stats = _finishes(tmp_path, mock, 150, "--rpm", "120", "--rate-window", "4", "-p", "4", "-c", "8",
-                         "--max-retries", "1")
+    _, stats = _finishes(tmp_path, mock, 150, "--rpm", "120", "--rate-window", "4", "-p", "4", "-c",
+                         "8", "--max-retries", "1")
     # Then the pace kept the server's bucket from running dry: hardly a 429
     print(f"quantized: {stats['requests']} requests, {stats['limit_rejections']} refused")
     assert stats["limit_rejections"] <= 0.03 * stats["requests"]
 
 
-def test_without_rpm_the_limit_the_server_states_is_learned_and_kept(tmp_path: Path, mock: MockServerProcess):
-    # Given the same quantized server, which states its limit (x-ratelimit-limit-requests: 120) on every answer
+def test_without_rpm_the_limit_the_server_states_is_learned_and_kept(tmp_path: Path,
+                                                                     mock: MockServerProcess):
+    # Given the same quantized server, which states its limit (x-ratelimit-limit-requests: 120) on
+    # every answer
     mock.configure(rpm=120, window_s=4.0, quantum_s=1.0, latency_ms=30)
     # When 150 tasks run with no --rpm at all
     printed, stats = _finishes(tmp_path, mock, 150, "--rate-window", "4", "-p", "4", "-c", "8",
                               "--max-retries", "0")
-    # Then, with no retry allowed, every task still finished: the 429s before the limit was learned were
-    # waited out, not counted as retries; and they were few
+    # Then, with no retry allowed, every task still finished: the 429s before the limit was learned
+    # were waited out, not counted as retries; and they were few
     print(f"learned: {stats['requests']} requests, {stats['limit_rejections']} refused")
     assert stats["limit_rejections"] <= 0.15 * stats["requests"]
     # And the summary and --status say which limit was in force, and where it came from
@@ -61,9 +68,11 @@ def test_without_rpm_the_limit_the_server_states_is_learned_and_kept(tmp_path: P
     assert "120 requests/4s (server)" in status
 
 
-def test_litellm_style_429s_with_only_llm_provider_retry_after_are_waited_out(tmp_path: Path,
-                                                                              mock: MockServerProcess):
-    # Given a server that refuses beyond 20 requests per 2 s and says only "llm_provider-retry-after: N"
+def test_litellm_style_429s_with_only_llm_provider_retry_after_are_waited_out(
+    tmp_path: Path, mock: MockServerProcess,
+):
+    # Given a server that refuses beyond 20 requests per 2 s and says only
+    # "llm_provider-retry-after: N"
     mock.configure(rpm=20, window_s=2.0, limit_style="litellm", latency_ms=20)
     # When 40 tasks run with no --rpm and no retries allowed
     _, stats = _finishes(tmp_path, mock, 40, "-p", "2", "-c", "8", "--max-retries", "0")
@@ -71,8 +80,10 @@ def test_litellm_style_429s_with_only_llm_provider_retry_after_are_waited_out(tm
     assert stats["limit_rejections"] > 0
 
 
-def test_429s_with_no_hint_at_all_lower_the_rate_until_the_run_finishes(tmp_path: Path, mock: MockServerProcess):
-    # Given a server that allows 30 requests per 2 s (bucket of 7.5 per half second) and gives no hint at all
+def test_429s_with_no_hint_at_all_lower_the_rate_until_the_run_finishes(tmp_path: Path,
+                                                                        mock: MockServerProcess):
+    # Given a server that allows 30 requests per 2 s (bucket of 7.5 per half second) and gives no
+    # hint at all
     mock.configure(rpm=30, window_s=2.0, quantum_s=0.5, limit_style="none", latency_ms=20)
     # When 60 tasks run with no --rpm and no retries allowed
     printed, stats = _finishes(tmp_path, mock, 60, "-p", "2", "-c", "8", "--max-retries", "0")
@@ -81,7 +92,8 @@ def test_429s_with_no_hint_at_all_lower_the_rate_until_the_run_finishes(tmp_path
     assert "(learned)" in printed
 
 
-def test_a_server_at_capacity_refusing_beyond_four_in_flight_finishes(tmp_path: Path, mock: MockServerProcess):
+def test_a_server_at_capacity_refusing_beyond_four_in_flight_finishes(tmp_path: Path,
+                                                                      mock: MockServerProcess):
     # Given a server that refuses, with no hint, anything beyond 4 requests in flight
     mock.configure(max_concurrent=4, latency_ms=40, limit_style="none")
     # When 120 tasks run with 16 in flight asked for
@@ -99,16 +111,19 @@ def test_random_429s_do_not_use_up_the_retries(tmp_path: Path, mock: MockServerP
     assert stats["outcomes"]["429"] > 10
 
 
-def test_a_server_that_goes_away_for_four_seconds_is_waited_for(tmp_path: Path, mock: MockServerProcess):
+def test_a_server_that_goes_away_for_four_seconds_is_waited_for(tmp_path: Path,
+                                                                mock: MockServerProcess):
     # Given 200 tasks against a server with 20 ms latency
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(200))
     mock.configure(latency_ms=20)
-    proc = start_cli("-i", "tasks.jsonl", "-o", "out.jsonl", "--base-url", mock.base_url, "-p", "2", "-c", "4",
-                     "--retry-backoff", "0.1", cwd=tmp_path)
+    proc = start_cli("-i", "tasks.jsonl", "-o", "out.jsonl", "--base-url", mock.base_url, "-p", "2",
+                     "-c", "4", "--retry-backoff", "0.1", cwd=tmp_path)
     deadline = time.monotonic() + 30
-    while len(read_jsonl(tmp_path / "out.jsonl")) < 30 and time.monotonic() < deadline and proc.poll() is None:
+    while (len(read_jsonl(tmp_path / "out.jsonl")) < 30 and time.monotonic() < deadline
+           and proc.poll() is None):
         time.sleep(0.02)
-    # When the server goes away for 4 s mid-run (connections refused) and comes back on the same port
+    # When the server goes away for 4 s mid-run (connections refused) and comes back on the same
+    # port
     mock.outage(4.0)
     came_back = time.monotonic() + 4.05
     # Then --status, asked meanwhile, says the run is waiting for the server
@@ -137,10 +152,12 @@ def test_a_body_that_trickles_is_cut_off_at_the_timeout_on_both_transports(tmp_p
         write_tasks(out / "tasks.jsonl", text_tasks(12))
         started = time.monotonic()
         # When 12 tasks run with --timeout 1.5
-        proc = run_cli("-i", "tasks.jsonl", "-o", "out.jsonl", "--base-url", mock.base_url, "--timeout", "1.5",
-                       "--retry-backoff", "0.1", "--transport", transport, "-p", "1", "-c", "4", cwd=out)
+        proc = run_cli("-i", "tasks.jsonl", "-o", "out.jsonl", "--base-url", mock.base_url,
+                       "--timeout", "1.5", "--retry-backoff", "0.1", "--transport", transport, "-p",
+                       "1", "-c", "4", cwd=out)
         elapsed = time.monotonic() - started
-        # Then each slow answer was cut off at the deadline and retried: one run, exit 0, every id once
+        # Then each slow answer was cut off at the deadline and retried: one run, exit 0, every id
+        # once
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert _ids(out / "out.jsonl") == Counter(f"t{i}" for i in range(12))
         assert mock.stats()["outcomes"]["slow"] == 3
@@ -158,14 +175,15 @@ def _workers(pid: int) -> list[int]:
 
 def _kill_workers_mid_run(tmp_path: Path, mock: MockServerProcess, n: int, *args: str) -> None:
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(n))
-    proc = start_cli("-i", "tasks.jsonl", "-o", "out.jsonl", "--base-url", mock.base_url, "-p", "1", "-c", "4",
-                     "--retry-backoff", "0.1", *args, cwd=tmp_path)
+    proc = start_cli("-i", "tasks.jsonl", "-o", "out.jsonl", "--base-url", mock.base_url, "-p", "1",
+                     "-c", "4", "--retry-backoff", "0.1", *args, cwd=tmp_path)
     kills = 0
     deadline = time.monotonic() + 60
-    # Kill the worker twice (-p 1: before the fix, two deaths leaked every limiter slot and the run hung)
+    # Kill the worker twice (-p 1: before the fix, two deaths leaked every limiter slot and the run
+    # hung)
     while kills < 2 and time.monotonic() < deadline and proc.poll() is None:
-        # Whole lines only: the worker may be in the middle of a line, or have been killed in it (the next
-        # append moves a torn line aside).
+        # Whole lines only: the worker may be in the middle of a line, or have been killed in it
+        # (the next append moves a torn line aside).
         out = tmp_path / "out.jsonl"
         done = out.read_bytes().count(b"\n") if out.exists() else 0
         workers = _workers(proc.pid)
@@ -180,7 +198,8 @@ def _kill_workers_mid_run(tmp_path: Path, mock: MockServerProcess, n: int, *args
     assert _ids(tmp_path / "out.jsonl") == Counter(f"t{i}" for i in range(n))
 
 
-def test_a_worker_killed_twice_under_rpm_gives_back_its_slots(tmp_path: Path, mock: MockServerProcess):
+def test_a_worker_killed_twice_under_rpm_gives_back_its_slots(tmp_path: Path,
+                                                              mock: MockServerProcess):
     # Given a server with 50 ms latency and a run under --rpm with 1 process x 4 in flight
     mock.configure(latency_ms=50)
     # When its worker is SIGKILLed twice while requests are in flight
@@ -188,30 +207,35 @@ def test_a_worker_killed_twice_under_rpm_gives_back_its_slots(tmp_path: Path, mo
     _kill_workers_mid_run(tmp_path, mock, 60, "--rpm", "600", "--rate-window", "4")
 
 
-def test_a_worker_killed_twice_under_tpm_gives_back_its_slots(tmp_path: Path, mock: MockServerProcess):
+def test_a_worker_killed_twice_under_tpm_gives_back_its_slots(tmp_path: Path,
+                                                              mock: MockServerProcess):
     mock.configure(latency_ms=50)
-    _kill_workers_mid_run(tmp_path, mock, 60, "--tpm", "20000", "--rate-window", "4", "--max-tokens", "20")
+    _kill_workers_mid_run(tmp_path, mock, 60, "--tpm", "20000", "--rate-window", "4",
+                          "--max-tokens", "20")
 
 
-def test_a_worker_killed_twice_under_aimd_gives_back_its_slots(tmp_path: Path, mock: MockServerProcess):
+def test_a_worker_killed_twice_under_aimd_gives_back_its_slots(tmp_path: Path,
+                                                               mock: MockServerProcess):
     # Given a server at capacity (no hints), so the concurrency limit is learned (AIMD)
     mock.configure(latency_ms=50, max_concurrent=3, limit_style="none")
     _kill_workers_mid_run(tmp_path, mock, 60)
 
 
-def test_a_task_rate_limited_beyond_the_patience_fails_saying_so(tmp_path: Path, mock: MockServerProcess):
+def test_a_task_rate_limited_beyond_the_patience_fails_saying_so(tmp_path: Path,
+                                                                 mock: MockServerProcess):
     # Given a server that refuses one task with 429s (Retry-After 0.05 s) for ever
     mock.configure(script={"question t3: what is 3 + 3?": ["429"] * 1000}, retry_after=0.05)
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(6))
     # When the run goes with a patience of 2 s
-    proc = run_cli("-i", "tasks.jsonl", "-o", "out.jsonl", "--base-url", mock.base_url, "--patience", "2",
-                   "-p", "1", "-c", "2", cwd=tmp_path)
+    proc = run_cli("-i", "tasks.jsonl", "-o", "out.jsonl", "--base-url", mock.base_url,
+                   "--patience", "2", "-p", "1", "-c", "2", cwd=tmp_path)
     # Then the others are answered and that one fails after about 2 s, its failure line saying why
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert _ids(tmp_path / "out.jsonl") == Counter(f"t{i}" for i in range(6) if i != 3)
     [failure] = read_jsonl(tmp_path / "out.jsonl.errors.jsonl")
     assert failure["id"] == "t3" and failure["error_type"] == "rate_limit"
-    assert "still rate limited after waiting" in failure["message"] and "--patience 2" in failure["message"]
+    assert "still rate limited after waiting" in failure["message"]
+    assert "--patience 2" in failure["message"]
 
 
 def test_a_server_that_never_answers_fails_the_tasks_after_the_patience(tmp_path: Path):
@@ -222,9 +246,11 @@ def test_a_server_that_never_answers_fails_the_tasks_after_the_patience(tmp_path
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(4))
     started = time.monotonic()
     # When the run goes with a patience of 2 s
-    proc = run_cli("-i", "tasks.jsonl", "-o", "out.jsonl", "--base-url", f"http://127.0.0.1:{port}/v1",
-                   "--patience", "2", "--retry-backoff", "0.1", "-p", "1", "-c", "2", cwd=tmp_path)
-    # Then it waited for the server (said so) and, after the patience, failed the tasks saying since when
+    proc = run_cli("-i", "tasks.jsonl", "-o", "out.jsonl", "--base-url",
+                   f"http://127.0.0.1:{port}/v1", "--patience", "2", "--retry-backoff", "0.1", "-p",
+                   "1", "-c", "2", cwd=tmp_path)
+    # Then it waited for the server (said so) and, after the patience, failed the tasks saying since
+    # when
     assert proc.returncode == 1, proc.stderr[-2000:]
     failures = read_jsonl(tmp_path / "out.jsonl.errors.jsonl")
     assert sorted(f["id"] for f in failures) == [f"t{i}" for i in range(4)]

@@ -1,7 +1,7 @@
 """Inputs people already have, end to end: Batch API files, CSV files, and the selection options.
 
-The real command line runs in its own process against the mock server over HTTP; what the server received
-(task keys, and with ``record_bodies`` the bodies themselves) tells what was sent.
+The real command line runs in its own process against the mock server over HTTP; what the server
+received (task keys, and with ``record_bodies`` the bodies themselves) tells what was sent.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from helpers import read_jsonl, run_cli, text_tasks, write_png, write_tasks
 from mpinfer.demo import png_bytes
 from mpinfer.mockserver import MockServerProcess
 
-PNG_URL = "data:image/png;base64," + base64.b64encode(png_bytes(16, 12, (0, 90, 200), (255, 255, 255))).decode()
+PNG_URL = "data:image/png;base64," + base64.b64encode(png_bytes(16, 12, (0, 90, 200),
+                                                                (255, 255, 255))).decode()
 BAD_URL = "data:image/png;base64,@@@not-base64@@@"
 
 
@@ -30,7 +31,8 @@ def _run(tmp_path: Path, mock: MockServerProcess, *extra: str, tasks: str = "tas
 
 @pytest.fixture
 def recording(mock: MockServerProcess) -> Iterator[MockServerProcess]:
-    """The mock server keeping each task's last request body; off again afterwards for the other tests."""
+    """The mock server keeping each task's last request body; off again afterwards for the other
+    tests."""
     mock.configure(record_bodies=True)
     yield mock
     mock.configure(record_bodies=False)
@@ -59,7 +61,8 @@ BODIES: dict[str, dict[str, Any]] = {
 
 
 def _write_batch(tmp_path: Path) -> Path:
-    return write_tasks(tmp_path / "batch.jsonl", [_batch_line(cid, body) for cid, body in BODIES.items()])
+    return write_tasks(tmp_path / "batch.jsonl",
+                       [_batch_line(cid, body) for cid, body in BODIES.items()])
 
 
 def test_a_batch_api_file_is_sent_body_for_body_and_answered_in_the_batch_output_form(
@@ -87,8 +90,9 @@ def test_a_batch_api_file_is_sent_body_for_body_and_answered_in_the_batch_output
         assert body["model"] == BODIES[custom_id]["model"]
         text = BODIES[custom_id]["messages"][-1]["content"]
         prompt = text if isinstance(text, str) else text[0]["text"]
-        assert body["choices"][0]["message"] == {"role": "assistant", "refusal": None,
-                                                 "content": f"Mock answer to: {prompt} (images: {images})"}
+        assert body["choices"][0]["message"] == {
+            "role": "assistant", "refusal": None,
+            "content": f"Mock answer to: {prompt} (images: {images})"}
         assert body["choices"][0]["finish_reason"] == "stop"
         usage = body["usage"]
         assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"] > 0
@@ -111,14 +115,16 @@ def test_model_given_on_the_command_line_replaces_only_the_model_of_each_batch_b
     proc = _run(tmp_path, recording, "--model", "gpt-4.1-mini", tasks="batch.jsonl")
     # Then each body went with that model and every other field unchanged
     assert proc.returncode == 1, proc.stderr
-    assert recording.stats()["bodies"] == {"batch one": {**BODIES["req-1"], "model": "gpt-4.1-mini"},
-                                           "batch two": {**BODIES["req-2"], "model": "gpt-4.1-mini"}}
+    assert recording.stats()["bodies"] == {
+        "batch one": {**BODIES["req-1"], "model": "gpt-4.1-mini"},
+        "batch two": {**BODIES["req-2"], "model": "gpt-4.1-mini"}}
     rows = read_jsonl(tmp_path / "out" / "results.jsonl")
     assert {row["response"]["body"]["model"] for row in rows} == {"gpt-4.1-mini"}
     assert {row["mpinfer"]["requested_model"] for row in rows} == {"gpt-4.1-mini"}
 
 
-def test_resume_status_and_validate_work_on_a_batch_api_output(tmp_path: Path, mock: MockServerProcess):
+def test_resume_status_and_validate_work_on_a_batch_api_output(tmp_path: Path,
+                                                               mock: MockServerProcess):
     # Given a Batch API run with two answers and one failure
     _write_batch(tmp_path)
     assert _run(tmp_path, mock, tasks="batch.jsonl").returncode == 1
@@ -128,17 +134,19 @@ def test_resume_status_and_validate_work_on_a_batch_api_output(tmp_path: Path, m
     # Then only the failed request was sent again, and nothing was written twice
     assert again.returncode == 1, again.stderr
     assert mock.stats()["requests"] == 1 and mock.stats()["outcomes"]["400"] == 1
-    assert sorted(r["custom_id"] for r in read_jsonl(tmp_path / "out" / "results.jsonl")) == ["req-1", "req-2"]
+    assert sorted(r["custom_id"]
+                  for r in read_jsonl(tmp_path / "out" / "results.jsonl")) == ["req-1", "req-2"]
     # And status counts it by custom_id
-    report = orjson.loads(run_cli("-i", "batch.jsonl", "-o", "out/results.jsonl", "--status", "--json",
-                                  cwd=tmp_path).stdout)
+    report = orjson.loads(run_cli("-i", "batch.jsonl", "-o", "out/results.jsonl", "--status",
+                                  "--json", cwd=tmp_path).stdout)
     assert (report["total"], report["done"], report["failed"], report["pending"]) == (3, 2, 1, 1)
     assert report["failures_by_type"] == {"bad_request": 1} and report["total_tokens"] > 0
     # And validate finds the Batch API lines whole, and only the missing answer
     check = run_cli("-i", "batch.jsonl", "-o", "out/results.jsonl", "--validate", cwd=tmp_path)
     assert check.returncode == 1
     assert "missing_id: 1" in check.stdout and "'req-3'" in check.stdout
-    for kind in ("corrupt_line", "missing_fields", "duplicate_id", "unknown_id", "empty_answer", "model_mismatch"):
+    for kind in ("corrupt_line", "missing_fields", "duplicate_id", "unknown_id", "empty_answer",
+                 "model_mismatch"):
         assert kind not in check.stdout
 
 
@@ -146,9 +154,11 @@ def _answers(path: Path) -> dict[str, dict[str, Any]]:
     return {row["id"]: row for row in read_jsonl(path)}
 
 
-def test_a_csv_row_may_carry_several_images_and_an_empty_image_cell_means_none(tmp_path: Path,
-                                                                               mock: MockServerProcess):
-    # Given a CSV file with two images in one cell, an empty cell, and one image with spaces around it
+def test_a_csv_row_may_carry_several_images_and_an_empty_image_cell_means_none(
+    tmp_path: Path, mock: MockServerProcess,
+):
+    # Given a CSV file with two images in one cell, an empty cell, and one image with spaces around
+    # it
     write_png(tmp_path / "img" / "a.png")
     write_png(tmp_path / "img" / "b.png", (0, 0, 255))
     (tmp_path / "tasks.csv").write_text("id,prompt,images\n"
@@ -182,8 +192,9 @@ def test_id_from_row_and_another_images_separator_read_a_csv_without_ids(tmp_pat
     # Then the rows ran as tasks "0" and "1", with their images split on |
     assert proc.returncode == 0, proc.stderr
     rows = _answers(tmp_path / "out" / "results.jsonl")
-    assert {i: r["answer"] for i, r in rows.items()} == {"0": "Mock answer to: what are these? (images: 2)",
-                                                         "1": "Mock answer to: and this? (images: 1)"}
+    assert {i: r["answer"] for i, r in rows.items()} == {
+        "0": "Mock answer to: what are these? (images: 2)",
+        "1": "Mock answer to: and this? (images: 1)"}
 
 
 def test_a_bad_csv_row_is_named_by_file_line_and_row_and_nothing_is_sent(tmp_path: Path,
@@ -211,8 +222,9 @@ def _sent_ids(mock: MockServerProcess) -> list[str]:
     (("--start", "2", "--end", "4"), ["t2", "t3"]),
     (("--ids", "ids.txt"), ["t1", "t4"]),
 ], ids=["limit", "start-end", "ids"])
-def test_each_selection_option_sends_exactly_the_tasks_it_selects(tmp_path: Path, mock: MockServerProcess,
-                                                                  options: tuple[str, ...], expected: list[str]):
+def test_each_selection_option_sends_exactly_the_tasks_it_selects(
+    tmp_path: Path, mock: MockServerProcess, options: tuple[str, ...], expected: list[str],
+):
     # Given six tasks and an ids file naming two of them (with a comment)
     write_tasks(tmp_path / "tasks.jsonl", SIX)
     (tmp_path / "ids.txt").write_text("# the two to check\nt4\nt1\n")

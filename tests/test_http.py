@@ -1,6 +1,6 @@
-"""mpinfer's HTTP client under the SDK (api/http.py), against raw HTTP servers on 127.0.0.1 that do what
-the mock does not: compress the answer, refuse the connection, close it without an answer, record exactly
-what arrived."""
+"""mpinfer's HTTP client under the SDK (api/http.py), against raw HTTP servers on 127.0.0.1 that do
+what the mock does not: compress the answer, refuse the connection, close it without an answer,
+record exactly what arrived."""
 
 from __future__ import annotations
 
@@ -20,16 +20,17 @@ from mpinfer.errors import ConfigError
 KEY = "sk-test-0000000000000000fake4hq2"
 REQUEST = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}
 ANSWER = {"id": "chatcmpl-1", "object": "chat.completion", "model": "gpt-4o-mini-2024-07-18",
-          "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi there"}, "finish_reason": "stop"}],
+          "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi there"},
+                       "finish_reason": "stop"}],
           "usage": {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11}}
 
 
 async def _exchange(handler: Handler, timeout: float = 10.0,
                     base_url: Callable[[int], str] = lambda port: f"http://127.0.0.1:{port}/v1",
                     ) -> tuple[Answer | BaseException, list[bytes]]:
-    """One request through the package's client to a server on 127.0.0.1 that answers with ``handler``;
-    the answer (or the error) and the request heads the server saw. ``base_url`` makes the client's base
-    URL from the server's port (and may point the environment's proxy at it)."""
+    """One request through the package's client to a server on 127.0.0.1 that answers with
+    ``handler``; the answer (or the error) and the request heads the server saw. ``base_url`` makes
+    the client's base URL from the server's port (and may point the environment's proxy at it)."""
     heads: list[bytes] = []
     server = await asyncio.start_server(keep_alive(handler, heads), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -60,14 +61,16 @@ def test_a_gzip_compressed_answer_is_decoded() -> None:
     # Then the client offered gzip and read the answer and usage out of the compressed body
     assert isinstance(answer, Answer), answer
     assert b"accept-encoding: gzip, deflate" in heads[0].lower()
-    assert (answer.content, answer.model, answer.total_tokens) == ("hi there", "gpt-4o-mini-2024-07-18", 11)
+    assert (answer.content, answer.model, answer.total_tokens) == ("hi there",
+                                                                   "gpt-4o-mini-2024-07-18", 11)
 
 
 def test_the_request_is_the_sdks_own_with_its_auth_and_headers() -> None:
     # Given a server that records what arrives
     # When a request is sent
     answer, heads = asyncio.run(_exchange(_ok))
-    # Then it went to the base URL's chat path, with the SDK's key header, user agent and retry count
+    # Then it went to the base URL's chat path, with the SDK's key header, user agent and retry
+    # count
     assert isinstance(answer, Answer), answer
     head = heads[0].decode().lower()
     assert "x-stainless-async: async:asyncio" in head
@@ -78,7 +81,8 @@ def test_the_request_is_the_sdks_own_with_its_auth_and_headers() -> None:
 
 
 def test_the_sdks_typed_and_raw_calls_read_the_request_and_answer_as_httpx2_gives_them() -> None:
-    # Given a server that answers with a request id, and the client's own request and response objects
+    # Given a server that answers with a request id, and the client's own request and response
+    # objects
     async def ok(_head: bytes, _body: bytes, writer: asyncio.StreamWriter) -> None:
         writer.write(response(orjson.dumps(ANSWER), "X-Request-Id: req-42"))
         await writer.drain()
@@ -92,7 +96,8 @@ def test_the_sdks_typed_and_raw_calls_read_the_request_and_answer_as_httpx2_give
                 model="gpt-4o-mini", messages=[{"role": "user", "content": "hello"}])
             completion = raw.parse()
             request = raw.http_request
-            return (completion.choices[0].message.content, completion.usage.total_tokens if completion.usage else 0,
+            return (completion.choices[0].message.content,
+                    completion.usage.total_tokens if completion.usage else 0,
                     raw.headers.get("x-request-id"), raw.http_response.is_closed, raw.status_code,
                     orjson.loads(request.content)["messages"][0]["content"], request.method,
                     request.headers.get("authorization"))
@@ -102,7 +107,8 @@ def test_the_sdks_typed_and_raw_calls_read_the_request_and_answer_as_httpx2_give
             await server.wait_closed()
 
     # Then the SDK parsed the answer, and the request it built carries its body, method and key
-    assert asyncio.run(raw_call()) == ("hi there", 11, "req-42", True, 200, "hello", "POST", f"Bearer {KEY}")
+    assert asyncio.run(raw_call()) == ("hi there", 11, "req-42", True, 200, "hello", "POST",
+                                       f"Bearer {KEY}")
 
 
 def test_a_redirect_is_followed_with_the_same_request_as_the_sdks_clients_follow_it() -> None:
@@ -136,7 +142,8 @@ def test_a_redirect_to_another_host_does_not_carry_the_key_there() -> None:
         port = second.sockets[0].getsockname()[1]
 
         async def moved(_head: bytes, _body: bytes, writer: asyncio.StreamWriter) -> None:
-            writer.write(f"HTTP/1.1 307 Temporary Redirect\r\nLocation: http://localhost:{port}/v1/chat/completions"
+            writer.write("HTTP/1.1 307 Temporary Redirect\r\n"
+                         f"Location: http://localhost:{port}/v1/chat/completions"
                          "\r\nContent-Length: 0\r\n\r\n".encode())
             await writer.drain()
 
@@ -150,7 +157,9 @@ def test_a_redirect_to_another_host_does_not_carry_the_key_there() -> None:
     # Then the other host was asked under its own name and without the API key
     assert isinstance(answer, Answer), answer
     head = elsewhere[0].decode().lower()
-    assert "\r\nhost: localhost:" in head and "authorization" not in head and KEY.lower() not in head
+    assert "\r\nhost: localhost:" in head
+    assert "authorization" not in head
+    assert KEY.lower() not in head
 
 
 def test_a_refused_connection_is_a_connection_error_not_a_timeout() -> None:
@@ -178,14 +187,15 @@ def test_a_refused_connection_is_a_connection_error_not_a_timeout() -> None:
 
 
 def test_a_connection_closed_without_an_answer_is_a_connection_error_not_a_timeout() -> None:
-    # Given a server that reads the request and hangs up (a proxy restarting, a load balancer's idle cut)
+    # Given a server that reads the request and hangs up (a proxy restarting, a load balancer's idle
+    # cut)
     async def hang_up(_head: bytes, _body: bytes, writer: asyncio.StreamWriter) -> None:
         writer.close()
 
     # When a request is sent
     outcome, heads = asyncio.run(_exchange(hang_up))
-    # Then it reached the server, and came back as a dropped connection: retried, and not a timeout (which
-    # would slow the run down as an overloaded server does)
+    # Then it reached the server, and came back as a dropped connection: retried, and not a timeout
+    # (which would slow the run down as an overloaded server does)
     assert len(heads) == 1
     assert isinstance(outcome, BaseException), outcome
     error: CallError = classify(outcome)
@@ -209,7 +219,8 @@ LOGIN = "Basic " + base64.b64encode(b"mpuser:s3cret").decode()
 
 
 def _via_proxy(monkeypatch: pytest.MonkeyPatch, scheme: str) -> Callable[[int], str]:
-    """A base URL only a proxy can reach, with {SCHEME}_PROXY (and a login) naming the test's server."""
+    """A base URL only a proxy can reach, with {SCHEME}_PROXY (and a login) naming the test's
+    server."""
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
 
@@ -225,27 +236,35 @@ def _fields(head: str) -> dict[str, str]:
             (line.split(": ", 1) for line in head.split("\r\n")[1:] if ": " in line)}
 
 
-def test_the_environments_http_proxy_is_used_with_its_login(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Given HTTP_PROXY (with a login) naming a proxy on 127.0.0.1, and an API host only the proxy can reach
+def test_the_environments_http_proxy_is_used_with_its_login(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given HTTP_PROXY (with a login) naming a proxy on 127.0.0.1, and an API host only the proxy
+    # can reach
     # When a request is sent
     answer, heads = asyncio.run(_exchange(_ok, base_url=_via_proxy(monkeypatch, "http")))
-    # Then it went to the proxy, in the absolute form, with the proxy's login, and its answer was read
+    # Then it went to the proxy, in the absolute form, with the proxy's login, and its answer was
+    # read
     assert isinstance(answer, Answer) and answer.content == "hi there", answer
     head = heads[0].decode()
-    assert head.startswith("POST http://api.mpinfer-test.invalid/v1/chat/completions HTTP/1.1\r\n"), head
+    assert head.startswith(
+        "POST http://api.mpinfer-test.invalid/v1/chat/completions HTTP/1.1\r\n"), head
     assert _fields(head)["proxy-authorization"] == LOGIN
 
 
-def test_an_https_api_is_tunnelled_through_the_proxy_with_its_login(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Given HTTPS_PROXY (with a login) naming a proxy on 127.0.0.1 that refuses the tunnel, and an https API
+def test_an_https_api_is_tunnelled_through_the_proxy_with_its_login(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given HTTPS_PROXY (with a login) naming a proxy on 127.0.0.1 that refuses the tunnel, and an
+    # https API
     async def refuse(_head: bytes, _body: bytes, writer: asyncio.StreamWriter) -> None:
         writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
         await writer.drain()
 
     # When a request is sent
     outcome, heads = asyncio.run(_exchange(refuse, base_url=_via_proxy(monkeypatch, "https")))
-    # Then the proxy was asked for a tunnel to the API's host, with the login; its refusal is a retryable
-    # connection error (a proxy restarting, say), never an answer
+    # Then the proxy was asked for a tunnel to the API's host, with the login; its refusal is a
+    # retryable connection error (a proxy restarting, say), never an answer
     head = heads[0].decode()
     assert head.startswith("CONNECT api.mpinfer-test.invalid:443 HTTP/1.1\r\n"), head
     assert _fields(head)["proxy-authorization"] == LOGIN

@@ -1,4 +1,5 @@
-"""The compact id sets: a hash is never taken for an id, even when every id shares one (forced collisions)."""
+"""The compact id sets: a hash is never taken for an id, even when every id shares one (forced
+collisions)."""
 
 from __future__ import annotations
 
@@ -67,9 +68,12 @@ def test_a_subset_answers_membership_exactly_under_collisions() -> None:
     assert sorted(IdSubset(index, everything=True).minus(chosen)) == sorted(ids[1::2])
 
 
-def test_the_input_check_finds_real_duplicates_with_both_lines_when_every_id_collides(tmp_path: Path) -> None:
+def test_the_input_check_finds_real_duplicates_with_both_lines_when_every_id_collides(
+    tmp_path: Path,
+) -> None:
     # Given an input where every id has the same hash, one id on lines 2 and 5
-    path = write_tasks(tmp_path / "in.jsonl", [{"id": i, "prompt": "p"} for i in ["a", "b", "c", "d", "b"]])
+    path = write_tasks(tmp_path / "in.jsonl",
+                       [{"id": i, "prompt": "p"} for i in ["a", "b", "c", "d", "b"]])
     # When it is checked with that hash
     with pytest.raises(InputError) as caught:
         check_input(path, hash_fn=lambda s: 0)
@@ -88,21 +92,25 @@ def test_colliding_ids_of_a_csv_input_are_read_again_from_their_rows(tmp_path: P
     assert "c4" not in index.ids
 
 
-def test_check_scan_and_feed_lose_nothing_and_repeat_nothing_under_forced_collisions(tmp_path: Path) -> None:
-    # Given 40 "c" tasks that all share one hash, 40 others sharing three, one "s" task alone with its hash,
-    # and an output holding half of each group, a repeat, and ids that are not in the input but share the
-    # crowded hashes and the lone one
+def test_check_scan_and_feed_lose_nothing_and_repeat_nothing_under_forced_collisions(
+    tmp_path: Path,
+) -> None:
+    # Given 40 "c" tasks that all share one hash, 40 others sharing three, one "s" task alone with
+    # its hash, and an output holding half of each group, a repeat, and ids that are not in the
+    # input but share the crowded hashes and the lone one
     ids = [f"c{i}" for i in range(40)] + [f"x{i}" for i in range(40)] + ["s-lone"]
     path = write_tasks(tmp_path / "in.jsonl", [{"id": i, "prompt": "p"} for i in ids])
     done = ids[:-1:2]
     output = tmp_path / "out.jsonl"
-    output.write_bytes(b"".join(result_line(i) for i in [*done, "c-foreign", "x-foreign", "s-foreign", done[0]]))
+    output.write_bytes(b"".join(result_line(i) for i in [*done, "c-foreign", "x-foreign",
+                                                         "s-foreign", done[0]]))
     # When the real check, resume scan and feed run with that hash
     index = check_input(path, hash_fn=crowded)
     found = scan(output, within=index.ids)
     assert found.done is not None
     fed = [task.id for task, _ in work_items(iter_tasks(path), [found.done])]
-    # Then exactly the tasks not in the output are fed, once each, and the strangers are counted unknown
+    # Then exactly the tasks not in the output are fed, once each, and the strangers are counted
+    # unknown
     assert fed == [*ids[1::2], "s-lone"]
     assert len(found.done) == len(done)
     assert found.unknown == {"c-foreign", "x-foreign", "s-foreign"}
@@ -112,7 +120,8 @@ INJECTED_RUN = """
 import sys
 import mpinfer.store.idset as idset
 # every id collides with many others, but for "s-lone", which shares its hash only with a stranger's
-idset.id_hash = lambda task_id: 5 if task_id.startswith("c") else 4 if task_id.startswith("s") else 6
+idset.id_hash = lambda task_id: (5 if task_id.startswith("c")
+                                 else 4 if task_id.startswith("s") else 6)
 from mpinfer.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -125,13 +134,15 @@ def test_a_real_run_resumed_with_every_id_colliding_answers_each_task_exactly_on
     ids = [f"c{i}" for i in range(15)] + [f"t{i}" for i in range(15)] + ["s-lone"]
     write_tasks(tmp_path / "tasks.jsonl", [{"id": i, "prompt": f"prompt {i}"} for i in ids])
     output = tmp_path / "results.jsonl"
-    output.write_bytes(b"".join(result_line(i) for i in [*ids[:-1:5], *ids[1::5], "c-stranger", "s-stranger"]))
+    output.write_bytes(b"".join(result_line(i) for i in [*ids[:-1:5], *ids[1::5], "c-stranger",
+                                                         "s-stranger"]))
     # When the run resumes
-    proc = subprocess.run(
-        [sys.executable, "-c", INJECTED_RUN, "--no-progress", "-i", "tasks.jsonl", "-o", "results.jsonl",
-         "--base-url", mock.base_url, "-p", "2", "-c", "4", "--timeout", "5"],
-        cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=120, check=False)
-    # Then it succeeds, every input id is in the output exactly once, and only the 19 not done were asked
+    proc = subprocess.run([sys.executable, "-c", INJECTED_RUN, "--no-progress", "-i", "tasks.jsonl",
+                           "-o", "results.jsonl", "--base-url", mock.base_url, "-p", "2", "-c", "4",
+                           "--timeout", "5"], cwd=tmp_path, env=cli_env(), capture_output=True,
+                          text=True, timeout=120, check=False)
+    # Then it succeeds, every input id is in the output exactly once, and only the 19 not done were
+    # asked
     assert proc.returncode == 0, proc.stderr
     written = [row["id"] for row in read_jsonl(output) if "stranger" not in row["id"]]
     assert sorted(written) == sorted(ids)
@@ -140,7 +151,8 @@ def test_a_real_run_resumed_with_every_id_colliding_answers_each_task_exactly_on
 
 
 def test_an_index_whose_locators_pass_a_terabyte_sorts_and_finds_the_same() -> None:
-    # Given ids at byte offsets beyond 2**40 (they no longer pack below their hash), some sharing a hash
+    # Given ids at byte offsets beyond 2**40 (they no longer pack below their hash), some sharing a
+    # hash
     ids = {(1 << 41) + 7 * n: f"id{n}" for n in range(300)}
     index = IdIndex(ids.__getitem__, hash_fn=lambda s: int(s[2:]) % 50)
     for locator, task_id in ids.items():

@@ -1,5 +1,6 @@
-"""Image size limits known before paying: a request whose images pass --max-image-mb fails before it is
-sent (and the dry run lists it); the server's own over-limit 400 is classified as such and not retried."""
+"""Image size limits known before paying: a request whose images pass --max-image-mb fails before it
+is sent (and the dry run lists it); the server's own over-limit 400 is classified as such and not
+retried."""
 
 from __future__ import annotations
 
@@ -24,14 +25,16 @@ def _tasks(tmp_path: Path) -> Path:
     ])
 
 
-def test_a_task_over_the_image_limit_fails_before_it_is_sent(mock: MockServerProcess, tmp_path: Path) -> None:
+def test_a_task_over_the_image_limit_fails_before_it_is_sent(mock: MockServerProcess,
+                                                             tmp_path: Path) -> None:
     # Given a task with 60 kB of images and a limit of 0.05 MB a request
     tasks = _tasks(tmp_path)
     out = tmp_path / "out.jsonl"
     # When the dry run, then the run, go
-    dry = run_cli("-i", str(tasks), "-o", str(out), "--max-image-mb", "0.05", "--dry-run", "--json", cwd=tmp_path)
-    done = run_cli("-i", str(tasks), "-o", str(out), "--max-image-mb", "0.05", "--base-url", mock.base_url,
-                   cwd=tmp_path)
+    dry = run_cli("-i", str(tasks), "-o", str(out), "--max-image-mb", "0.05", "--dry-run", "--json",
+                  cwd=tmp_path)
+    done = run_cli("-i", str(tasks), "-o", str(out), "--max-image-mb", "0.05", "--base-url",
+                   mock.base_url, cwd=tmp_path)
     # Then the dry run names it as a problem
     plan = json.loads(dry.stdout)
     [problem] = plan["problems"]
@@ -40,7 +43,8 @@ def test_a_task_over_the_image_limit_fails_before_it_is_sent(mock: MockServerPro
     assert done.returncode == 1, done.stderr
     assert mock.stats()["requests"] == 1
     [failure] = read_jsonl(tmp_path / "out.jsonl.errors.jsonl")
-    assert (failure["id"], failure["error_type"], failure["attempts"]) == ("big", "images_too_large", 0)
+    assert (failure["id"], failure["error_type"], failure["attempts"]) == ("big",
+                                                                           "images_too_large", 0)
 
 
 def test_the_servers_over_limit_400_is_not_retried(mock: MockServerProcess, tmp_path: Path) -> None:
@@ -49,9 +53,10 @@ def test_the_servers_over_limit_400_is_not_retried(mock: MockServerProcess, tmp_
     tasks = _tasks(tmp_path)
     out = tmp_path / "out.jsonl"
     # When the run goes, with retries allowed
-    done = run_cli("-i", str(tasks), "-o", str(out), "--max-retries", "3", "--retry-backoff", "0.05",
-                   "--base-url", mock.base_url, cwd=tmp_path)
-    # Then the 400 is recorded as images_too_large after one attempt: the same request would fail again
+    done = run_cli("-i", str(tasks), "-o", str(out), "--max-retries", "3", "--retry-backoff",
+                   "0.05", "--base-url", mock.base_url, cwd=tmp_path)
+    # Then the 400 is recorded as images_too_large after one attempt: the same request would fail
+    # again
     assert done.returncode == 1, done.stderr
     [failure] = read_jsonl(tmp_path / "out.jsonl.errors.jsonl")
     assert (failure["id"], failure["error_type"], failure["status"], failure["attempts"]) == (

@@ -1,4 +1,5 @@
-"""The package's shape: modules of a readable size, no import circle, and a public API type checkers see."""
+"""The package's shape: modules of a readable size, no import circle, and a public API type checkers
+see."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ def _module_name(path: Path) -> str:
 
 
 def _imports(path: Path, modules: set[str]) -> set[str]:
-    """The package's modules that ``path`` imports, those imported only for type checking included."""
+    """The package's modules that ``path`` imports, those imported only for type checking
+    included."""
     name = _module_name(path)
     here = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
     found: set[str] = set()
@@ -27,7 +29,8 @@ def _imports(path: Path, modules: set[str]) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = here[: len(here) - node.level + 1] if node.level else []
             target = ".".join([*base, *([node.module] if node.module else [])])
-            # "from . import lanes" imports the module lanes; "from . import __doc__" the package itself.
+            # "from . import lanes" imports the module lanes; "from . import __doc__" the package
+            # itself.
             for alias in node.names:
                 submodule = f"{target}.{alias.name}"
                 found.add(submodule if submodule in modules else target)
@@ -37,7 +40,8 @@ def _imports(path: Path, modules: set[str]) -> set[str]:
 
 
 def _circle(graph: dict[str, set[str]]) -> list[str] | None:
-    """One import circle in ``graph`` as the path round it, or None (an iterative depth-first search)."""
+    """One import circle in ``graph`` as the path round it, or None (an iterative depth-first
+    search)."""
     state: dict[str, int] = {}  # 1 while on the current path, 2 when done
     for root in sorted(graph):
         if root in state:

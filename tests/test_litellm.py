@@ -1,10 +1,11 @@
-"""Interoperability with a real third-party server: the LiteLLM proxy (``litellm[proxy]`` from PyPI).
+"""Interoperability with a real third-party server: the LiteLLM proxy (``litellm[proxy]`` from
+PyPI).
 
-A proxy with a ``mock_response`` model limited to 4 requests a minute. LiteLLM's router counts a deployment's
-requests for 60 s from the first and refuses beyond the limit with a 429 that names no wait ("No deployments
-available for selected model", no Retry-After in 1.108), so the fifth task of a run must wait out most of a
-minute: this test takes about 70 s, nearly all of it asleep. Skipped where LiteLLM is not installed
-(``python3 dev.py test`` installs it: the ``interop`` extra).
+A proxy with a ``mock_response`` model limited to 4 requests a minute. LiteLLM's router counts a
+deployment's requests for 60 s from the first and refuses beyond the limit with a 429 that names no
+wait ("No deployments available for selected model", no Retry-After in 1.108), so the fifth task of
+a run must wait out most of a minute: this test takes about 70 s, nearly all of it asleep. Skipped
+where LiteLLM is not installed (``python3 dev.py test`` installs it: the ``interop`` extra).
 """
 
 from __future__ import annotations
@@ -38,12 +39,13 @@ def test_the_litellm_proxys_rate_limit_is_waited_out_in_one_run(tmp_path: Path) 
         started = time.monotonic()
         write_tasks(tmp_path / "tasks.jsonl", text_tasks(TASKS))
         # When 5 tasks run through it, with no retry allowed
-        proc = run_cli("-i", "tasks.jsonl", "-o", "out.jsonl", "--base-url", base_url,
-                       "--model", "mock-gpt", "-p", "1", "-c", "2", "--max-retries", "0", "--retry-backoff", "0.5",
-                       cwd=tmp_path, env={"OPENAI_API_KEY": MASTER_KEY})
+        proc = run_cli("-i", "tasks.jsonl", "-o", "out.jsonl", "--base-url", base_url, "--model",
+                       "mock-gpt", "-p", "1", "-c", "2", "--max-retries", "0", "--retry-backoff",
+                       "0.5", cwd=tmp_path, env={"OPENAI_API_KEY": MASTER_KEY})
         print(f"litellm: booted in {started - booting:.1f}s, the run took "
               f"{time.monotonic() - started:.1f}s")
-    # Then the run finished on its own: exit 0, every id once, LiteLLM's answers recorded, 429s counted
+    # Then the run finished on its own: exit 0, every id once, LiteLLM's answers recorded, 429s
+    # counted
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = read_jsonl(tmp_path / "out.jsonl")
     assert Counter(r["id"] for r in rows) == Counter(f"t{i}" for i in range(TASKS))

@@ -1,4 +1,5 @@
-"""The run manifest: fingerprints, their differences, the input checksum, the records file and the guard."""
+"""The run manifest: fingerprints, their differences, the input checksum, the records file and the
+guard."""
 
 from __future__ import annotations
 
@@ -35,14 +36,16 @@ from mpinfer.store.manifest import (
 )
 
 KEY = "sk-test-4f9Qz7LmN2pR8sT1vX3yZ9wxyz"
-ANSWER_FIELDS = {"model", "system_prompt", "temperature", "max_tokens", "extra_body", "prompt_key", "images_key"}
+ANSWER_FIELDS = {"model", "system_prompt", "temperature", "max_tokens", "extra_body", "prompt_key",
+                 "images_key"}
 
 
 def config(tmp_path: Path, **changes: Any) -> RunConfig:
     tasks = tmp_path / "tasks.jsonl"
     if not tasks.exists():
         tasks.write_bytes(b'{"id": "1", "prompt": "hi"}\n')
-    base = RunConfig(input=tasks, output=tmp_path / "results.jsonl", temperature=0.0, api_keys=(KEY,))
+    base = RunConfig(input=tasks, output=tmp_path / "results.jsonl", temperature=0.0,
+                     api_keys=(KEY,))
     return dataclasses.replace(base, **changes)
 
 
@@ -51,7 +54,7 @@ def record(outputs: dict[str, dict[str, object]], run_id: str = "1-1") -> RunRec
                      settings={}, version="0", input=None, outputs=outputs)
 
 
-# --- fingerprint and differences ------------------------------------------------------------------------
+# --- fingerprint and differences ------------------------------------------------------------------
 
 
 def test_fingerprint_holds_exactly_the_settings_that_change_answers(tmp_path: Path) -> None:
@@ -60,8 +63,9 @@ def test_fingerprint_holds_exactly_the_settings_that_change_answers(tmp_path: Pa
     # When one model's fingerprint is taken
     print_ = fingerprint(cfg, "gpt-4o")
     # Then it holds those settings and nothing else, as plain values
-    assert print_ == {"model": "gpt-4o", "system_prompt": "Be brief.", "temperature": 0.0, "max_tokens": 50,
-                      "extra_body": {"top_p": 0.9}, "prompt_key": "prompt", "images_key": "images"}
+    assert print_ == {"model": "gpt-4o", "system_prompt": "Be brief.", "temperature": 0.0,
+                      "max_tokens": 50, "extra_body": {"top_p": 0.9}, "prompt_key": "prompt",
+                      "images_key": "images"}
     assert set(print_) == ANSWER_FIELDS
     assert orjson.loads(orjson.dumps(print_)) == print_
 
@@ -69,8 +73,9 @@ def test_fingerprint_holds_exactly_the_settings_that_change_answers(tmp_path: Pa
 def test_fingerprint_ignores_settings_that_do_not_change_answers(tmp_path: Path) -> None:
     # Given two configs that differ in processes, concurrency, timeout, retries, limits and keys
     before = config(tmp_path)
-    after = config(tmp_path, processes=32, concurrency=64, timeout=5.0, max_retries=9, rpm=100, fsync=True,
-                   log_dir=tmp_path / "elsewhere", api_keys=("sk-another-key-000000000000",))
+    after = config(tmp_path, processes=32, concurrency=64, timeout=5.0, max_retries=9, rpm=100,
+                   fsync=True, log_dir=tmp_path / "elsewhere",
+                   api_keys=("sk-another-key-000000000000",))
     # When their fingerprints are taken
     # Then they are the same
     assert fingerprint(before, "gpt-4o") == fingerprint(after, "gpt-4o")
@@ -94,13 +99,15 @@ def test_output_fingerprints_names_each_models_output_file(tmp_path: Path) -> No
 
 
 def test_differences_lists_each_changed_key_sorted_with_missing_keys_as_none() -> None:
-    # Given an old and a new fingerprint; the new one lacks system_prompt, the old one lacks extra_body=None
+    # Given an old and a new fingerprint; the new one lacks system_prompt, the old one lacks
+    # extra_body=None
     old = {"temperature": 0.0, "max_tokens": None, "model": "m", "system_prompt": "Be brief."}
     new = {"temperature": 0.7, "max_tokens": 50, "model": "m", "extra_body": None}
     # When they are compared
     lines = differences(old, new)
     # Then each difference is one line, by key, and a key missing on one side counts as None
-    assert lines == ["max_tokens: None -> 50", "system_prompt: 'Be brief.' -> None", "temperature: 0.0 -> 0.7"]
+    assert lines == ["max_tokens: None -> 50", "system_prompt: 'Be brief.' -> None",
+                     "temperature: 0.0 -> 0.7"]
 
 
 def test_differences_shortens_long_values() -> None:
@@ -114,7 +121,7 @@ def test_differences_shortens_long_values() -> None:
     assert len(line) < 160
 
 
-# --- input_checksum -------------------------------------------------------------------------------------
+# --- input_checksum -------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("size", [0, 1, (1 << 20) - 1, 1 << 20, (5 << 19) + 7])
@@ -128,7 +135,7 @@ def test_input_checksum_equals_hashlib_over_the_whole_file(tmp_path: Path, size:
     assert input_checksum(path) == (size, hashlib.sha256(data).hexdigest())
 
 
-# --- append_record and read_records ---------------------------------------------------------------------
+# --- append_record and read_records ---------------------------------------------------------------
 
 
 def test_append_then_read_round_trips_records_and_skips_a_torn_line(tmp_path: Path) -> None:
@@ -142,7 +149,8 @@ def test_append_then_read_round_trips_records_and_skips_a_torn_line(tmp_path: Pa
     second = end_record(first, {"total": 3}, ended_at=2.0)
     append_record(path, second)
     records = read_records(path)
-    # Then both whole records come back, the torn line is skipped, and the new one was not glued onto it
+    # Then both whole records come back, the torn line is skipped, and the new one was not glued
+    # onto it
     assert records == [first.to_dict(), second.to_dict()]
     assert path.read_bytes().count(b"\n") == 3
 
@@ -170,7 +178,7 @@ def test_append_record_on_a_full_disk_raises_output_error() -> None:
         append_record(Path("/dev/full"), record({}))
 
 
-# --- last_fingerprints and check_fingerprints -----------------------------------------------------------
+# --- last_fingerprints and check_fingerprints -----------------------------------------------------
 
 
 def test_last_fingerprints_picks_the_latest_record_naming_each_output(tmp_path: Path) -> None:
@@ -181,15 +189,19 @@ def test_last_fingerprints_picks_the_latest_record_naming_each_output(tmp_path: 
     append_record(path, record({"b.jsonl": {"temperature": 0.2}}))
     # When the last fingerprints are read
     # Then each output has the one of the last run that wrote it
-    assert last_fingerprints(path) == {"a.jsonl": {"temperature": 0.7}, "b.jsonl": {"temperature": 0.2}}
+    assert last_fingerprints(path) == {"a.jsonl": {"temperature": 0.7},
+                                       "b.jsonl": {"temperature": 0.2}}
 
 
-def test_check_fingerprints_refuses_changed_settings_on_an_output_with_records(tmp_path: Path) -> None:
+def test_check_fingerprints_refuses_changed_settings_on_an_output_with_records(
+    tmp_path: Path,
+) -> None:
     # Given an output written at temperature 0 with no max_tokens, and a second one unchanged
     path = tmp_path / "results.jsonl.runs.jsonl"
     append_record(path, record({"results.jsonl": {"temperature": 0.0, "max_tokens": None},
                                 "same.jsonl": {"temperature": 0.0}}))
-    current = {"results.jsonl": {"temperature": 0.7, "max_tokens": 50}, "same.jsonl": {"temperature": 0.0}}
+    current = {"results.jsonl": {"temperature": 0.7, "max_tokens": 50},
+               "same.jsonl": {"temperature": 0.0}}
     # When a run with other settings checks it
     with pytest.raises(SettingsChanged) as caught:
         check_fingerprints(path, current, ["results.jsonl", "same.jsonl"], allow_mixed=False)
@@ -222,7 +234,9 @@ def test_check_fingerprints_with_allow_mixed_returns_the_differences(tmp_path: P
     assert messages == ["results.jsonl was written with other settings: temperature: 0.0 -> 0.7"]
 
 
-def test_check_fingerprints_accepts_an_output_without_a_previous_fingerprint(tmp_path: Path) -> None:
+def test_check_fingerprints_accepts_an_output_without_a_previous_fingerprint(
+    tmp_path: Path,
+) -> None:
     # Given an output with records but no manifest (written before manifests existed)
     path = tmp_path / "results.jsonl.runs.jsonl"
     # When a run checks it
@@ -232,23 +246,27 @@ def test_check_fingerprints_accepts_an_output_without_a_previous_fingerprint(tmp
     assert messages == []
 
 
-def test_check_fingerprints_accepts_changed_settings_on_an_output_without_records(tmp_path: Path) -> None:
+def test_check_fingerprints_accepts_changed_settings_on_an_output_without_records(
+    tmp_path: Path,
+) -> None:
     # Given a manifest naming an output that has no lines (say it was deleted and started over)
     path = tmp_path / "results.jsonl.runs.jsonl"
     append_record(path, record({"results.jsonl": {"temperature": 0.0}}))
     # When a run at another temperature checks it
-    messages = check_fingerprints(path, {"results.jsonl": {"temperature": 0.7}}, [], allow_mixed=False)
+    messages = check_fingerprints(path, {"results.jsonl": {"temperature": 0.7}}, [],
+                                  allow_mixed=False)
     # Then it passes: no answers would be mixed
     assert messages == []
 
 
-# --- RunRecord ------------------------------------------------------------------------------------------
+# --- RunRecord ------------------------------------------------------------------------------------
 
 
 def test_a_run_record_never_holds_the_api_key(tmp_path: Path) -> None:
-    # Given a config with an API key, which also leaks into the base URL, a system prompt and the argv
-    cfg = config(tmp_path, base_url=f"https://user:{KEY}@proxy.local/v1", system_prompt=f"ignore {KEY}",
-                 extra_body={"auth": f"Bearer {KEY}"})
+    # Given a config with an API key, which also leaks into the base URL, a system prompt and the
+    # argv
+    cfg = config(tmp_path, base_url=f"https://user:{KEY}@proxy.local/v1",
+                 system_prompt=f"ignore {KEY}", extra_body={"auth": f"Bearer {KEY}"})
     argv = ["mpinfer", "-i", str(cfg.input), "--api-key", KEY, f"--note={KEY}"]
     # When the start and end records of a run are built and written
     start = start_record(cfg, argv, started_at=1700000000.4, pid=42)
@@ -270,9 +288,11 @@ def test_start_record_describes_the_run(tmp_path: Path) -> None:
     start = start_record(cfg, ["mpinfer", "-o", "results.jsonl"], started_at=1700000000.4, pid=42)
     # Then it names the run, its version, the input's checksum and the output's fingerprint
     data = cfg.input.read_bytes()
-    assert (start.event, start.run_id, start.ended_at, start.counts) == ("start", "1700000000-42", None, None)
+    assert (start.event, start.run_id, start.ended_at, start.counts) == (
+        "start", "1700000000-42", None, None)
     assert start.version == __version__
-    assert start.input == {"path": str(cfg.input), "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    assert start.input == {"path": str(cfg.input), "size": len(data),
+                           "sha256": hashlib.sha256(data).hexdigest()}
     assert start.outputs == {"results.jsonl": fingerprint(cfg, "gpt-4o-mini")}
     assert start.argv == ["mpinfer", "-o", "results.jsonl"]
 
@@ -282,9 +302,10 @@ def test_settings_of_holds_every_setting_but_the_keys_as_json(tmp_path: Path) ->
     cfg = config(tmp_path)
     # When its settings are taken
     values = settings_of(cfg)
-    # Then every setting but the keys and the bookkeeping is there, paths as strings, and it survives JSON
-    assert set(values) == ({f.name for f in dataclasses.fields(RunConfig)} - {"api_keys", "warnings", "explicit"}
-                           | {"key_count"})
+    # Then every setting but the keys and the bookkeeping is there, paths as strings, and it
+    # survives JSON
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    assert set(values) == (fields - {"api_keys", "warnings", "explicit"} | {"key_count"})
     assert values["output"] == str(tmp_path / "results.jsonl")
     assert values["log_dir"] == "logs"
     assert orjson.loads(orjson.dumps(values)) == values
@@ -298,7 +319,9 @@ def test_end_record_carries_the_counts_of_the_runs_summary(tmp_path: Path) -> No
     # When the end record is built
     end = end_record(start, summary_counts(summary, cost=0.0123), ended_at=20.0)
     # Then it is the same run, ended, with every count
-    assert (end.event, end.run_id, end.started_at, end.ended_at) == ("end", start.run_id, 10.0, 20.0)
+    assert (end.event, end.run_id, end.started_at, end.ended_at) == (
+        "end", start.run_id, 10.0, 20.0)
     assert end.counts == {"total": 10, "done": 7, "succeeded": 5, "failed": 1, "remaining": 3,
-                          "prompt_tokens": 700, "completion_tokens": 30, "cost": 0.0123, "stopped": "interrupted"}
+                          "prompt_tokens": 700, "completion_tokens": 30, "cost": 0.0123,
+                          "stopped": "interrupted"}
     assert tuple(end.counts) == COUNT_FIELDS

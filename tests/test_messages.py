@@ -1,4 +1,5 @@
-"""Task -> chat request: images sniffed from their bytes, encoded once, and run settings under task settings."""
+"""Task -> chat request: images sniffed from their bytes, encoded once, and run settings under task
+settings."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def decode_data_url(url: str) -> tuple[str, bytes]:
     return header[len("data:"):-len(";base64")], base64.b64decode(data)
 
 
-# --- MIME sniffing ----------------------------------------------------------------------------------------
+# --- MIME sniffing --------------------------------------------------------------------------------
 
 
 def test_a_png_saved_as_jpg_is_sent_as_png(tmp_path: Path) -> None:
@@ -46,7 +47,8 @@ def test_a_png_saved_as_jpg_is_sent_as_png(tmp_path: Path) -> None:
     ("c.jpg", GIF89_HEAD, "image/gif"),
     ("d.gif", WEBP_HEAD, "image/webp"),
 ])
-def test_jpeg_gif_and_webp_are_recognised_by_their_bytes(tmp_path: Path, name: str, head: bytes, mime: str) -> None:
+def test_jpeg_gif_and_webp_are_recognised_by_their_bytes(tmp_path: Path, name: str, head: bytes,
+                                                         mime: str) -> None:
     # Given a file whose header is of one type and whose name says another
     (tmp_path / name).write_bytes(head)
     # When it is encoded
@@ -102,7 +104,7 @@ def test_an_empty_file_is_not_an_image(tmp_path: Path) -> None:
         ImageEncoder(tmp_path).url("empty.png")
 
 
-# --- references -----------------------------------------------------------------------------------------
+# --- references -----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("ref", [
@@ -121,7 +123,8 @@ def test_remote_and_data_urls_pass_through_untouched(tmp_path: Path, ref: str) -
 
 
 def test_relative_paths_resolve_against_the_root(tmp_path: Path) -> None:
-    # Given two different PNGs: one under the root, one with the same relative name under the cwd-like folder
+    # Given two different PNGs: one under the root, one with the same relative name under the
+    # cwd-like folder
     root = tmp_path / "root"
     (root / "img").mkdir(parents=True)
     in_root = png_bytes(4, 4, (1, 2, 3), (4, 5, 6))
@@ -145,7 +148,7 @@ def test_absolute_paths_ignore_the_root(tmp_path: Path) -> None:
     assert payload == data
 
 
-# --- the cache ------------------------------------------------------------------------------------------
+# --- the cache ------------------------------------------------------------------------------------
 
 
 def test_a_second_call_for_the_same_file_returns_the_cached_url(tmp_path: Path) -> None:
@@ -206,7 +209,8 @@ def test_an_image_too_big_for_the_cache_is_encoded_each_time(tmp_path: Path) -> 
 
 
 def test_the_cache_evicts_the_least_recently_used_image(tmp_path: Path) -> None:
-    # Given five same-size PNG files and a cache that holds four of their URLs (one URL may take at most a quarter)
+    # Given five same-size PNG files and a cache that holds four of their URLs (one URL may take at
+    # most a quarter)
     names = "abcde"
     for n, name in enumerate(names):
         (tmp_path / f"{name}.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes([n + 1]) * 90)
@@ -226,7 +230,7 @@ def test_the_cache_evicts_the_least_recently_used_image(tmp_path: Path) -> None:
     assert again == first["b"] and again is not first["b"]
 
 
-# --- messages and requests ------------------------------------------------------------------------------
+# --- messages and requests ------------------------------------------------------------------------
 
 
 def test_a_text_only_task_sends_plain_string_content(tmp_path: Path) -> None:
@@ -250,7 +254,8 @@ def test_a_task_with_images_sends_text_then_each_image(tmp_path: Path) -> None:
     parts = message["content"]
     assert parts[0] == {"type": "text", "text": "Compare"}
     assert parts[1]["type"] == "image_url"
-    assert parts[1]["image_url"]["url"] == "data:image/png;base64," + base64.b64encode(data).decode()
+    assert (parts[1]["image_url"]["url"]
+            == "data:image/png;base64," + base64.b64encode(data).decode())
     assert parts[2] == {"type": "image_url", "image_url": {"url": "https://example.invalid/b.png"}}
     assert len(parts) == 3
 
@@ -261,7 +266,8 @@ def test_an_image_only_task_sends_no_empty_text_part(tmp_path: Path) -> None:
     # When its messages are built
     (message,) = build_messages(task, ImageEncoder(tmp_path))
     # Then only the image part is sent
-    assert message["content"] == [{"type": "image_url", "image_url": {"url": "https://example.invalid/b.png"}}]
+    assert message["content"] == [{"type": "image_url",
+                                   "image_url": {"url": "https://example.invalid/b.png"}}]
 
 
 def test_the_system_prompt_of_the_task_beats_the_runs(tmp_path: Path) -> None:
@@ -270,7 +276,8 @@ def test_the_system_prompt_of_the_task_beats_the_runs(tmp_path: Path) -> None:
     # When its messages are built
     messages = build_messages(task, ImageEncoder(tmp_path), system_prompt="run system")
     # Then the task's comes first and the run's is not sent
-    assert messages == [{"role": "system", "content": "task system"}, {"role": "user", "content": "hi"}]
+    assert messages == [{"role": "system", "content": "task system"},
+                        {"role": "user", "content": "hi"}]
 
 
 def test_the_runs_system_prompt_is_used_when_the_task_has_none(tmp_path: Path) -> None:
@@ -280,7 +287,8 @@ def test_the_runs_system_prompt_is_used_when_the_task_has_none(tmp_path: Path) -
     with_run = build_messages(task, ImageEncoder(tmp_path), system_prompt="run system")
     without = build_messages(task, ImageEncoder(tmp_path))
     # Then the run's is used, and none is sent when neither has one
-    assert with_run == [{"role": "system", "content": "run system"}, {"role": "user", "content": "hi"}]
+    assert with_run == [{"role": "system", "content": "run system"},
+                        {"role": "user", "content": "hi"}]
     assert without == [{"role": "user", "content": "hi"}]
 
 
@@ -288,7 +296,8 @@ def test_build_request_task_settings_win_over_run_settings(tmp_path: Path) -> No
     # Given a task with its own model, temperature 0 and max_tokens
     task = Task(id="a", prompt="hi", model="gpt-4o", temperature=0.0, max_tokens=5)
     # When a request is built with other run settings
-    request = build_request(task, ImageEncoder(tmp_path), model="gpt-4o-mini", temperature=0.9, max_tokens=100).kwargs
+    request = build_request(task, ImageEncoder(tmp_path), model="gpt-4o-mini", temperature=0.9,
+                            max_tokens=100).kwargs
     # Then the task's settings are sent (a temperature of 0 included)
     assert request["model"] == "gpt-4o"
     assert request["temperature"] == 0.0
@@ -323,7 +332,8 @@ def test_build_request_passes_extra_body_through(tmp_path: Path) -> None:
     # Given a run extra body
     extra = {"top_p": 0.5, "metadata": {"batch": "7"}}
     # When a request is built
-    request = build_request(Task(id="a", prompt="hi"), ImageEncoder(tmp_path), model="m", extra_body=extra).kwargs
+    request = build_request(Task(id="a", prompt="hi"), ImageEncoder(tmp_path), model="m",
+                            extra_body=extra).kwargs
     # Then it is passed as the SDK's extra_body, unchanged
     assert request["extra_body"] == {"top_p": 0.5, "metadata": {"batch": "7"}}
 

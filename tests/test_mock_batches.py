@@ -1,4 +1,5 @@
-"""The mock's Files and Batches APIs over real HTTP, through the openai SDK's own client.files and client.batches."""
+"""The mock's Files and Batches APIs over real HTTP, through the openai SDK's own client.files and
+client.batches."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ def _client(mock: MockServerProcess) -> openai.OpenAI:
 
 def _lines(ids: list[str], model: str = "gpt-4o-mini") -> bytes:
     rows = [{"custom_id": i, "method": "POST", "url": "/v1/chat/completions",
-             "body": {"model": model, "messages": [{"role": "user", "content": f"question {i}"}]}} for i in ids]
+             "body": {"model": model, "messages": [{"role": "user", "content": f"question {i}"}]}}
+            for i in ids]
     return b"".join(json.dumps(r).encode() + b"\n" for r in rows)
 
 
@@ -50,10 +52,13 @@ def _wait(client: openai.OpenAI, batch_id: str, timeout_s: float = 20.0) -> Any:
 def _file_lines(client: openai.OpenAI, file_id: str | None) -> list[dict[str, Any]]:
     if file_id is None:
         return []
-    return [json.loads(line) for line in client.files.content(file_id).text.splitlines() if line.strip()]
+    return [json.loads(line) for line in client.files.content(file_id).text.splitlines()
+            if line.strip()]
 
 
-def test_a_batch_goes_through_validating_and_in_progress_to_completed_with_every_answer(mock: MockServerProcess):
+def test_a_batch_goes_through_validating_and_in_progress_to_completed_with_every_answer(
+    mock: MockServerProcess,
+):
     # Given an uploaded file of three requests
     client = _client(mock)
     # When a batch is created from it and polled
@@ -62,16 +67,20 @@ def test_a_batch_goes_through_validating_and_in_progress_to_completed_with_every
     done = _wait(client, batch.id)
     # Then it completed with every request answered in its output file, and no error file
     assert done.status == "completed" and done.error_file_id is None
-    assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (3, 3, 0)
+    assert (done.request_counts.total, done.request_counts.completed,
+            done.request_counts.failed) == (3, 3, 0)
     assert done.in_progress_at and done.finalizing_at and done.completed_at
     out = _file_lines(client, done.output_file_id)
     assert sorted(o["custom_id"] for o in out) == ["a", "b", "c"]
     assert out[0]["response"]["status_code"] == 200 and out[0]["error"] is None
-    assert out[0]["response"]["body"]["choices"][0]["message"]["content"].startswith("Mock answer to: question")
+    answer = out[0]["response"]["body"]["choices"][0]["message"]["content"]
+    assert answer.startswith("Mock answer to: question")
     assert mock.batch_stats()["rows"] == {"a": 1, "b": 1, "c": 1}
 
 
-def test_an_expiring_batch_returns_what_it_did_and_lists_the_rest_as_batch_expired(mock: MockServerProcess):
+def test_an_expiring_batch_returns_what_it_did_and_lists_the_rest_as_batch_expired(
+    mock: MockServerProcess,
+):
     # Given the next batch expires after two requests
     mock.batch_faults(expire_next=1, expire_after=2)
     client = _client(mock)
@@ -101,7 +110,9 @@ def test_failed_requests_land_in_the_error_file_with_their_http_status(mock: Moc
     assert errors["d"]["response"] is None and errors["d"]["error"]["code"] == "request_timeout"
 
 
-def test_a_batch_can_fail_validation_with_errors_and_a_duplicate_custom_id_is_refused(mock: MockServerProcess):
+def test_a_batch_can_fail_validation_with_errors_and_a_duplicate_custom_id_is_refused(
+    mock: MockServerProcess,
+):
     # Given a fault that fails the next batch, and a file that repeats a custom_id
     mock.batch_faults(fail_next=1)
     client = _client(mock)
@@ -127,7 +138,9 @@ def test_the_enqueued_token_limit_fails_a_batch_while_another_is_running(mock: M
     assert _wait(client, first.id).status == "completed"
 
 
-def test_cancelling_goes_through_cancelling_and_lists_unreached_requests_as_batch_cancelled(mock: MockServerProcess):
+def test_cancelling_goes_through_cancelling_and_lists_unreached_requests_as_batch_cancelled(
+    mock: MockServerProcess,
+):
     # Given a slow batch of four
     mock.batch_faults(request_s=0.2)
     client = _client(mock)
@@ -136,7 +149,8 @@ def test_cancelling_goes_through_cancelling_and_lists_unreached_requests_as_batc
     # When it is cancelled
     assert client.batches.cancel(batch.id).status == "cancelling"
     done = _wait(client, batch.id)
-    # Then it ends cancelled; what was not reached is batch_cancelled, and a second cancel is refused
+    # Then it ends cancelled; what was not reached is batch_cancelled, and a second cancel is
+    # refused
     assert done.status == "cancelled" and done.cancelled_at
     codes = [e["error"]["code"] for e in _file_lines(client, done.error_file_id) if e["error"]]
     assert codes and set(codes) == {"batch_cancelled"}
@@ -145,7 +159,9 @@ def test_cancelling_goes_through_cancelling_and_lists_unreached_requests_as_batc
         client.batches.cancel(batch.id)
 
 
-def test_batches_are_listed_newest_first_with_cursor_pages_and_creation_is_rate_limited(mock: MockServerProcess):
+def test_batches_are_listed_newest_first_with_cursor_pages_and_creation_is_rate_limited(
+    mock: MockServerProcess,
+):
     # Given three batches, and a creation limit of three
     mock.batch_faults(max_creates=3)
     client = _client(mock)
@@ -173,13 +189,16 @@ def test_files_api_refuses_an_unknown_purpose_and_a_missing_file(mock: MockServe
     assert client.files.content(uploaded.id).content == _lines(["a"])
 
 
-def test_a_file_is_deleted_as_openai_answers_and_an_unknown_id_is_a_404_with_an_error_body(mock: MockServerProcess):
+def test_a_file_is_deleted_as_openai_answers_and_an_unknown_id_is_a_404_with_an_error_body(
+    mock: MockServerProcess,
+):
     # Given an uploaded file
     client = _client(mock)
     uploaded = client.files.create(file=("in.jsonl", io.BytesIO(_lines(["a"]))), purpose="batch")
     # When it is deleted
     deleted = client.files.delete(uploaded.id)
-    # Then the answer is OpenAI's file deletion object, and the file is gone (the stats say which went)
+    # Then the answer is OpenAI's file deletion object, and the file is gone (the stats say which
+    # went)
     assert (deleted.id, deleted.object, deleted.deleted) == (uploaded.id, "file", True)
     stats = mock.batch_stats()
     assert stats["file_ids"] == [] and stats["deleted_files"] == [uploaded.id]

@@ -29,7 +29,8 @@ from mpinfer.mockserver import (
     format_duration,
 )
 
-PNG_DATA_URL = "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\nnot really a png").decode()
+PNG_DATA_URL = ("data:image/png;base64,"
+                + base64.b64encode(b"\x89PNG\r\n\x1a\nnot really a png").decode())
 HTTP_IMAGE_URL = "https://example.invalid/cat.jpg"
 
 StartMock = Callable[..., MockServerProcess]
@@ -56,14 +57,16 @@ def mock(start_mock: StartMock) -> MockServerProcess:
     return start_mock()
 
 
-def make_client(server: MockServerProcess, api_key: str = "test", timeout: float = 10.0) -> openai.OpenAI:
+def make_client(server: MockServerProcess, api_key: str = "test",
+                timeout: float = 10.0) -> openai.OpenAI:
     """The real OpenAI client, without its own retries so every fault is visible."""
     return openai.OpenAI(base_url=server.base_url, api_key=api_key, max_retries=0, timeout=timeout)
 
 
 def ask(client: openai.OpenAI, text: str, model: str = "gpt-4o-mini", **kwargs: Any) -> Any:
     """One text-only chat completion."""
-    return client.chat.completions.create(model=model, messages=[{"role": "user", "content": text}], **kwargs)
+    return client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": text}], **kwargs)
 
 
 def wait_for(predicate: Callable[[], bool], timeout_s: float = 5.0) -> bool:
@@ -93,7 +96,8 @@ def read_http_response(stream: Any) -> tuple[int, dict[str, str], bytes]:
 
 
 def chat_body(text: str) -> bytes:
-    return json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]}).encode()
+    return json.dumps({"model": "gpt-4o-mini",
+                       "messages": [{"role": "user", "content": text}]}).encode()
 
 
 # --------------------------------------------------------------------------
@@ -120,7 +124,8 @@ def test_a_text_and_image_completion_through_the_openai_client_reports_usage_and
     ]
     # When it is sent through the official client
     with make_client(mock) as client:
-        raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=messages)
+        raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini",
+                                                               messages=messages)
         completion = raw.parse()
     # Then the answer is the deterministic mock text with usage computed from the prompt
     assert completion.model == "gpt-4o-mini"
@@ -134,7 +139,8 @@ def test_a_text_and_image_completion_through_the_openai_client_reports_usage_and
     assert completion.usage is not None
     assert completion.usage.prompt_tokens == math.ceil((len(system) + len(question)) / 4) + 2 * 85
     assert completion.usage.completion_tokens == math.ceil(len(expected) / 4)
-    assert completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens
+    assert (completion.usage.total_tokens
+            == completion.usage.prompt_tokens + completion.usage.completion_tokens)
     assert raw.headers["x-request-id"]
     # And the stats saw one ok request for that task key and model
     stats = mock.stats()
@@ -144,7 +150,9 @@ def test_a_text_and_image_completion_through_the_openai_client_reports_usage_and
     assert stats["answered"] == {question: 1}
 
 
-def test_model_map_makes_the_server_report_a_different_model_than_requested(start_mock: StartMock) -> None:
+def test_model_map_makes_the_server_report_a_different_model_than_requested(
+    start_mock: StartMock,
+) -> None:
     # Given a server that answers gpt-4o requests as gpt-4o-2024-08-06
     server = start_mock(model_map={"gpt-4o": "gpt-4o-2024-08-06"})
     with make_client(server) as client:
@@ -198,9 +206,9 @@ def test_an_image_url_that_is_neither_http_nor_a_valid_base64_data_url_is_a_400(
     mock: MockServerProcess, url: str
 ) -> None:
     # Given a user message with an unusable image URL
-    messages: Any = [
-        {"role": "user", "content": [{"type": "text", "text": "x"}, {"type": "image_url", "image_url": {"url": url}}]}
-    ]
+    messages: Any = [{"role": "user",
+                      "content": [{"type": "text", "text": "x"},
+                                  {"type": "image_url", "image_url": {"url": url}}]}]
     # When it is sent
     with make_client(mock) as client, pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(model="gpt-4o-mini", messages=messages)
@@ -231,7 +239,8 @@ def test_missing_unknown_and_revoked_keys_are_rejected_with_401(start_mock: Star
     # When requests come with a known key, an unknown key and no key at all
     with make_client(server, api_key="sk-good-1111") as good:
         assert ask(good, "hi").choices[0].message.content
-    with make_client(server, api_key="sk-bad-9999") as bad, pytest.raises(openai.AuthenticationError) as unknown:
+    with (make_client(server, api_key="sk-bad-9999") as bad,
+          pytest.raises(openai.AuthenticationError) as unknown):
         ask(bad, "hi")
     request = socket.create_connection(("127.0.0.1", server.port), timeout=5)
     with request, request.makefile("rb") as stream:
@@ -249,14 +258,15 @@ def test_missing_unknown_and_revoked_keys_are_rejected_with_401(start_mock: Star
     assert json.loads(missing_body)["error"]["type"] == "invalid_request_error"
     # And when a key is revoked at runtime, it is rejected from then on
     server.configure(revoke_keys=["sk-good-2222"])
-    with make_client(server, api_key="sk-good-2222") as revoked, pytest.raises(openai.AuthenticationError):
+    with (make_client(server, api_key="sk-good-2222") as revoked,
+          pytest.raises(openai.AuthenticationError)):
         ask(revoked, "hi")
     with make_client(server, api_key="sk-good-1111") as still_good:
         assert ask(still_good, "hi").choices[0].finish_reason == "stop"
     assert server.stats()["outcomes"]["401"] == 3
 
 
-def test_any_non_empty_key_is_accepted_without_configured_keys_and_stats_show_only_its_last_four_characters(
+def test_any_non_empty_key_is_accepted_without_a_key_list_and_stats_show_only_its_last_four(
     mock: MockServerProcess,
 ) -> None:
     # Given a server without a key list
@@ -276,7 +286,9 @@ def test_any_non_empty_key_is_accepted_without_configured_keys_and_stats_show_on
 # --------------------------------------------------------------------------
 
 
-def test_a_scripted_500_then_ok_fails_the_first_attempt_and_answers_the_second(mock: MockServerProcess) -> None:
+def test_a_scripted_500_then_ok_fails_the_first_attempt_and_answers_the_second(
+    mock: MockServerProcess,
+) -> None:
     # Given a script that makes the first attempt of task "flaky" fail with 500
     mock.configure(script={"flaky": ["500"]})
     with make_client(mock) as client:
@@ -295,7 +307,9 @@ def test_a_scripted_500_then_ok_fails_the_first_attempt_and_answers_the_second(m
     assert stats["scripted_pending"] == 0
 
 
-def test_a_429_fault_carries_retry_after_headers_and_a_rate_limit_body(start_mock: StartMock) -> None:
+def test_a_429_fault_carries_retry_after_headers_and_a_rate_limit_body(
+    start_mock: StartMock,
+) -> None:
     # Given a server whose every request is rate limited with a 2.5 s hint
     server = start_mock(p429=1.0, retry_after=2.5)
     # When a request is sent
@@ -312,7 +326,9 @@ def test_a_429_fault_carries_retry_after_headers_and_a_rate_limit_body(start_moc
     assert server.stats()["outcomes"]["429"] == 1
 
 
-def test_a_quota_fault_is_a_429_with_insufficient_quota_and_no_retry_after(mock: MockServerProcess) -> None:
+def test_a_quota_fault_is_a_429_with_insufficient_quota_and_no_retry_after(
+    mock: MockServerProcess,
+) -> None:
     # Given a script that exhausts the quota for one task
     mock.configure(script={"broke": ["quota"]})
     # When it is sent
@@ -358,7 +374,9 @@ def test_a_reset_fault_is_a_tcp_reset_on_the_wire(mock: MockServerProcess) -> No
             sock.recv(1024)
 
 
-def test_a_hang_fault_times_out_the_client_and_is_cleaned_up_when_it_disconnects(start_mock: StartMock) -> None:
+def test_a_hang_fault_times_out_the_client_and_is_cleaned_up_when_it_disconnects(
+    start_mock: StartMock,
+) -> None:
     # Given a server that holds a scripted request for an hour
     server = start_mock(hang_s=3600)
     server.configure(script={"stuck": ["hang"]})
@@ -375,7 +393,9 @@ def test_a_hang_fault_times_out_the_client_and_is_cleaned_up_when_it_disconnects
     assert stats["answered"] == {}
 
 
-def test_a_malformed_body_surfaces_as_a_json_decode_error_not_an_openai_error(mock: MockServerProcess) -> None:
+def test_a_malformed_body_surfaces_as_a_json_decode_error_not_an_openai_error(
+    mock: MockServerProcess,
+) -> None:
     # Given a script that answers one task with truncated JSON and status 200
     mock.configure(script={"garbled": ["malformed"]})
     # When it is sent through openai 3.x
@@ -419,7 +439,9 @@ def test_the_same_seed_draws_the_same_fault_sequence(start_mock: StartMock) -> N
 # --------------------------------------------------------------------------
 
 
-def test_received_and_answered_count_every_task_so_double_answers_are_detectable(mock: MockServerProcess) -> None:
+def test_received_and_answered_count_every_task_so_double_answers_are_detectable(
+    mock: MockServerProcess,
+) -> None:
     # Given three tasks, one of which fails twice before succeeding
     mock.configure(script={"task-b": ["429", "500"]})
     with make_client(mock) as client:
@@ -439,14 +461,12 @@ def test_received_and_answered_count_every_task_so_double_answers_are_detectable
     assert sum(stats["outcomes"].values()) == stats["requests"]
     # And the task key is the text of the LAST user message only
     with make_client(mock) as client:
-        client.chat.completions.create(
-            model="gpt-4o-mini",
-            messages=[
-                {"role": "user", "content": "earlier turn"},
-                {"role": "assistant", "content": "earlier answer"},
-                {"role": "user", "content": [{"type": "text", "text": "last "}, {"type": "text", "text": "turn"}]},
-            ],
-        )
+        client.chat.completions.create(model="gpt-4o-mini",
+                                       messages=[{"role": "user", "content": "earlier turn"},
+                                                 {"role": "assistant", "content": "earlier answer"},
+                                                 {"role": "user",
+                                                  "content": [{"type": "text", "text": "last "},
+                                                              {"type": "text", "text": "turn"}]}])
     assert mock.stats()["answered"]["last turn"] == 1
 
 
@@ -487,14 +507,16 @@ def test_reset_with_settings_returns_every_setting_to_the_start_and_accepts_revo
 def test_record_bodies_keeps_the_last_body_of_each_task_key_as_sent_and_at_most_a_thousand_keys(
     mock: MockServerProcess,
 ) -> None:
-    # Given a server that does not record bodies, and a body with fields the mock does not use itself
+    # Given a server that does not record bodies, and a body with fields the mock does not use
+    # itself
     body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "kept"}], "seed": 7,
             "response_format": {"type": "json_object"}, "max_tokens": 20, "temperature": 0.3,
             "metadata": {"run": "a"}}
     with make_client(mock) as client:
         client.post("/chat/completions", body=body, cast_to=object)
     assert mock.stats()["bodies"] == {}
-    # When recording is switched on at runtime and the body is sent twice, the second time with another seed
+    # When recording is switched on at runtime and the body is sent twice, the second time with
+    # another seed
     mock.configure(record_bodies=True)
     with make_client(mock) as client:
         client.post("/chat/completions", body=body, cast_to=object)
@@ -514,12 +536,17 @@ def test_record_bodies_keeps_the_last_body_of_each_task_key_as_sent_and_at_most_
     # Then at most a thousand keys are kept: the oldest one is forgotten first
     assert statuses == [200] * 1000
     bodies = mock.stats()["bodies"]
-    assert len(bodies) == 1000 and "kept" not in bodies and json.dumps(bodies["k999"]).encode() == chat_body("k999")
+    assert len(bodies) == 1000
+    assert "kept" not in bodies
+    assert json.dumps(bodies["k999"]).encode() == chat_body("k999")
     # And the same switch exists on the command line
-    assert config_from_args(build_arg_parser().parse_args(["--record-bodies"])).record_bodies is True
+    switched_on = build_arg_parser().parse_args(["--record-bodies"])
+    assert config_from_args(switched_on).record_bodies is True
 
 
-def test_runtime_config_rejects_unknown_settings_and_returns_the_new_config(mock: MockServerProcess) -> None:
+def test_runtime_config_rejects_unknown_settings_and_returns_the_new_config(
+    mock: MockServerProcess,
+) -> None:
     # Given a running server
     # When a valid and an invalid update are posted
     config = mock.configure(latency_ms=5, p500=0.25, rpm=100)
@@ -538,7 +565,9 @@ def test_runtime_config_rejects_unknown_settings_and_returns_the_new_config(mock
 # --------------------------------------------------------------------------
 
 
-def test_rpm_limit_rejects_excess_requests_and_reports_the_window_stats(start_mock: StartMock) -> None:
+def test_rpm_limit_rejects_excess_requests_and_reports_the_window_stats(
+    start_mock: StartMock,
+) -> None:
     # Given a server limited to 5 requests per minute
     server = start_mock(rpm=5)
     remaining: list[str] = []
@@ -578,7 +607,9 @@ def test_rpm_limit_rejects_excess_requests_and_reports_the_window_stats(start_mo
     assert stats["last_request_at"] - stats["first_request_at"] < time.monotonic() - started + 1
 
 
-def test_tpm_limit_counts_prompt_plus_max_tokens_and_rejects_the_overflow(start_mock: StartMock) -> None:
+def test_tpm_limit_counts_prompt_plus_max_tokens_and_rejects_the_overflow(
+    start_mock: StartMock,
+) -> None:
     # Given a 100 tokens-per-minute budget and requests of 1 prompt token + 40 max_tokens
     server = start_mock(tpm=100)
     outcomes = []
@@ -587,8 +618,8 @@ def test_tpm_limit_counts_prompt_plus_max_tokens_and_rejects_the_overflow(start_
         for i in range(3):
             try:
                 raw = client.chat.completions.with_raw_response.create(
-                    model="gpt-4o-mini", messages=[{"role": "user", "content": f"t{i}"}], max_tokens=40
-                )
+                    model="gpt-4o-mini", messages=[{"role": "user", "content": f"t{i}"}],
+                    max_tokens=40)
                 outcomes.append(raw.headers["x-ratelimit-remaining-tokens"])
             except openai.RateLimitError as exc:
                 outcomes.append(exc.response.json()["error"]["type"])
@@ -713,7 +744,9 @@ def test_a_client_that_stays_within_rpm_causes_no_window_violations(start_mock: 
     assert stats["max_requests_in_any_60s_window"] == 3
 
 
-def test_window_s_changes_at_runtime_and_impossible_windows_are_refused(mock: MockServerProcess) -> None:
+def test_window_s_changes_at_runtime_and_impossible_windows_are_refused(
+    mock: MockServerProcess,
+) -> None:
     # Given a server allowing one request a minute, whose one request is spent
     mock.configure(rpm=1)
     assert send_burst(mock, "x", 2) == ["ok", "requests"]
@@ -759,9 +792,8 @@ def test_pipelined_chunked_requests_are_answered_in_order_and_connection_close_i
     # Given one connection carrying a chunked chat request and a keep-alive GET,
     # followed by a request with Connection: close, all written in one go
     body = chat_body("chunky")
-    chunked = b"".join(
-        f"{len(part):x}\r\n".encode() + part + b"\r\n" for part in (body[:10], body[10:25], body[25:])
-    ) + b"0\r\n\r\n"
+    chunked = b"".join(f"{len(part):x}\r\n".encode() + part + b"\r\n"
+                       for part in (body[:10], body[10:25], body[25:])) + b"0\r\n\r\n"
     payload = (
         b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer t\r\n"
         b"transfer-encoding: chunked\r\n\r\n" + chunked
@@ -778,7 +810,8 @@ def test_pipelined_chunked_requests_are_answered_in_order_and_connection_close_i
         rest = stream.read()
     # Then the responses come back in order and the server closes afterwards
     assert first[0] == 200
-    assert json.loads(first[2])["choices"][0]["message"]["content"] == "Mock answer to: chunky (images: 0)"
+    assert (json.loads(first[2])["choices"][0]["message"]["content"]
+            == "Mock answer to: chunky (images: 0)")
     assert first[1]["connection"] == "keep-alive"
     assert second[0] == 200 and json.loads(second[2])["object"] == "list"
     assert third[0] == 200 and third[1]["connection"] == "close"
@@ -802,7 +835,8 @@ def test_one_thousand_concurrent_requests_with_200ms_latency_are_all_answered_in
     server = start_mock(latency_ms=200)
     count = 1000
 
-    async def one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, i: int) -> tuple[int, str]:
+    async def one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                  i: int) -> tuple[int, str]:
         body = chat_body(f"parallel {i}")
         writer.write(
             b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer t\r\n"
@@ -811,15 +845,15 @@ def test_one_thousand_concurrent_requests_with_200ms_latency_are_all_answered_in
         )
         head = await reader.readuntil(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
-        length = next(int(line.split(":")[1]) for line in lines if line.lower().startswith("content-length:"))
+        length = next(int(line.split(":")[1]) for line in lines
+                      if line.lower().startswith("content-length:"))
         data = await reader.readexactly(length)
         writer.close()
         return int(lines[0].split()[1]), json.loads(data)["choices"][0]["message"]["content"]
 
     async def run() -> tuple[list[tuple[int, str]], float]:
-        connections = await asyncio.wait_for(
-            asyncio.gather(*(asyncio.open_connection("127.0.0.1", server.port) for _ in range(count))), 10
-        )
+        opening = (asyncio.open_connection("127.0.0.1", server.port) for _ in range(count))
+        connections = await asyncio.wait_for(asyncio.gather(*opening), 10)
         started = time.monotonic()
         results = await asyncio.wait_for(
             asyncio.gather(*(one(r, w, i) for i, (r, w) in enumerate(connections))), 15
@@ -845,11 +879,11 @@ def test_async_openai_client_gets_concurrent_answers(start_mock: StartMock) -> N
     server = start_mock(latency_ms=50, jitter_ms=20)
 
     async def run() -> list[str]:
-        async with openai.AsyncOpenAI(base_url=server.base_url, api_key="t", max_retries=0, timeout=10) as client:
-            coros = [
-                client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": f"a{i}"}])
-                for i in range(100)
-            ]
+        async with openai.AsyncOpenAI(base_url=server.base_url, api_key="t", max_retries=0,
+                                      timeout=10) as client:
+            coros = [client.chat.completions.create(model="gpt-4o-mini",
+                                                    messages=[{"role": "user", "content": f"a{i}"}])
+                     for i in range(100)]
             answers = await asyncio.wait_for(asyncio.gather(*coros), 20)
         return [a.choices[0].message.content or "" for a in answers]
 
@@ -866,7 +900,8 @@ def test_the_server_can_run_in_process_on_the_callers_event_loop() -> None:
     # Given an in-process server (for benchmarks that avoid a subprocess)
     async def run() -> tuple[int, dict[str, Any]]:
         async with MockServer(MockConfig(latency_ms=1)) as server:
-            async with openai.AsyncOpenAI(base_url=server.base_url, api_key="t", max_retries=0, timeout=5) as client:
+            async with openai.AsyncOpenAI(base_url=server.base_url, api_key="t", max_retries=0,
+                                          timeout=5) as client:
                 # When one request is made
                 answer = await client.chat.completions.create(
                     model="gpt-4o-mini", messages=[{"role": "user", "content": "inline"}]
@@ -896,7 +931,7 @@ def test_the_helper_reports_the_ready_url_and_stops_cleanly_on_sigterm() -> None
     assert server.stderr_text == ""
 
 
-def test_starting_inside_the_with_block_replaces_the_default_server_with_the_configured_one() -> None:
+def test_start_inside_the_with_block_replaces_the_default_server_with_the_configured_one() -> None:
     # Given a helper entered without options (which starts a default server)
     with MockServerProcess() as server:
         first_pid = server.pid
@@ -909,7 +944,9 @@ def test_starting_inside_the_with_block_replaces_the_default_server_with_the_con
     assert server.returncode == 0
 
 
-def test_the_helper_raises_a_clear_error_with_stderr_when_the_server_cannot_start(mock: MockServerProcess) -> None:
+def test_the_helper_raises_a_clear_error_with_stderr_when_the_server_cannot_start(
+    mock: MockServerProcess,
+) -> None:
     # Given a port that is already taken by another mock server
     # When a second server is started on it
     with pytest.raises(RuntimeError) as caught:

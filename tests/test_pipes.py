@@ -1,4 +1,5 @@
-"""Output piped into a reader that stops early (``| head``): no traceback, and the command's work stands."""
+"""Output piped into a reader that stops early (``| head``): no traceback, and the command's work
+stands."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from mpinfer.mockserver import MockServerProcess
 
 
 def _into_closed_pipe(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run the CLI with stdout a pipe whose reader is gone before anything is written (head that exited)."""
+    """Run the CLI with stdout a pipe whose reader is gone before anything is written (head that
+    exited)."""
     read_end, write_end = os.pipe()
     os.close(read_end)
     try:
@@ -22,8 +24,9 @@ def _into_closed_pipe(tmp_path: Path, *args: str) -> subprocess.CompletedProcess
         os.close(write_end)
 
 
-def test_status_and_a_runs_summary_into_a_reader_that_left_print_no_traceback(tmp_path: Path,
-                                                                                mock: MockServerProcess):
+def test_status_and_a_runs_summary_into_a_reader_that_left_print_no_traceback(
+    tmp_path: Path, mock: MockServerProcess,
+):
     # Given tasks
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(5))
     args = ("-i", "tasks.jsonl", "-o", "results.jsonl", "--base-url", mock.base_url)

@@ -1,7 +1,8 @@
-"""The shared rate limiter: rpm and tpm windows, pauses, header reading, AIMD, keys, lanes, and real processes.
+"""The shared rate limiter: rpm and tpm windows, pauses, header reading, AIMD, keys, lanes, and real
+processes.
 
-Time is passed in (``now``), so almost every test drives a simulated clock and waits for nothing; one test
-runs real forked processes against the real clock.
+Time is passed in (``now``), so almost every test drives a simulated clock and waits for nothing;
+one test runs real forked processes against the real clock.
 """
 
 from __future__ import annotations
@@ -34,14 +35,17 @@ from mpinfer.limits import (
 )
 
 CTX = multiprocess.get_context("fork")
-# Float sums of times (start + window) differ from the limiter's own in the last bit at most; 1 ns hides no bug.
+# Float sums of times (start + window) differ from the limiter's own in the last bit at most; 1 ns
+# hides no bug.
 EPS = 1e-9
+# A clock far from 0, as time.monotonic() is (the AIMD decrease compares with a last time of 0).
 T0 = 1000.0
-UNPACED = 1e9  # a burst of a billion seconds' worth: the pace never binds  # a clock far from 0, as time.monotonic() is (the AIMD decrease compares with a last time of 0)
+UNPACED = 1e9  # a burst of a billion seconds' worth: the pace never binds
 
 
 def make(n_keys: int = 1, n_models: int = 1, **kw: Any) -> SharedLimiter:
-    """A limiter; unless ``burst_s`` is given, its pace allows any burst, so only the windows limit it."""
+    """A limiter; unless ``burst_s`` is given, its pace allows any burst, so only the windows limit
+    it."""
     kw.setdefault("burst_s", UNPACED)
     return SharedLimiter(LimiterSettings(n_keys, n_models, **kw))
 
@@ -72,7 +76,8 @@ def most_in_a_window(times: list[float], span: float) -> int:
 
 
 def most_tokens_in_a_window(charges: list[tuple[float, int]], span: float) -> int:
-    """The most tokens charged (at their final, corrected value) in one half-open window (t - span, t]."""
+    """The most tokens charged (at their final, corrected value) in one half-open window (t - span,
+    t]."""
     s = sorted(charges)
     most, total, i = 0, 0, 0
     for j in range(len(s)):
@@ -84,11 +89,13 @@ def most_tokens_in_a_window(charges: list[tuple[float, int]], span: float) -> in
     return most
 
 
-def simulate(limiter: SharedLimiter, *, seed: int, workers: int, horizon: float, tokens: tuple[int, int],
-             busy: tuple[float, float], think: float, correct: bool, max_steps: int) -> tuple[list[list[Any]], int]:
-    """Workers that ask, and when told to wait, ask again exactly when told; a granted request runs for a
-    random time, is released (its charge corrected down by up to a fifth when ``correct``), and the worker
-    thinks a random while before asking again. Returns [[time, final charge]] per grant and the steps run."""
+def simulate(limiter: SharedLimiter, *, seed: int, workers: int, horizon: float,
+             tokens: tuple[int, int], busy: tuple[float, float], think: float, correct: bool,
+             max_steps: int) -> tuple[list[list[Any]], int]:
+    """Workers that ask, and when told to wait, ask again exactly when told; a granted request runs
+    for a random time, is released (its charge corrected down by up to a fifth when ``correct``),
+    and the worker thinks a random while before asking again. Returns [[time, final charge]] per
+    grant and the steps run."""
     rng = random.Random(seed)
     heap: list[tuple[float, int, int, str, Any]] = []
     seq = 0
@@ -107,7 +114,8 @@ def simulate(limiter: SharedLimiter, *, seed: int, workers: int, horizon: float,
             got = limiter.try_acquire(0, payload, now)
             if isinstance(got, Grant):
                 records.append([now, got.charged])
-                heapq.heappush(heap, (now + rng.uniform(*busy), seq, w, "release", (got, len(records) - 1)))
+                heapq.heappush(
+                    heap, (now + rng.uniform(*busy), seq, w, "release", (got, len(records) - 1)))
             else:
                 assert got.seconds > 0
                 heapq.heappush(heap, (now + got.seconds, seq, w, "ask", payload))
@@ -117,12 +125,13 @@ def simulate(limiter: SharedLimiter, *, seed: int, workers: int, horizon: float,
             limiter.release(g, now, Ending.OK, charged=charged)
             if charged is not None:
                 records[index][1] = charged
-            heapq.heappush(heap, (now + rng.expovariate(1 / think), seq, w, "ask", rng.randint(*tokens)))
+            heapq.heappush(heap,
+                           (now + rng.expovariate(1 / think), seq, w, "ask", rng.randint(*tokens)))
         seq += 1
     return records, steps
 
 
-# --- rpm --------------------------------------------------------------------------------------------------
+# --- rpm ------------------------------------------------------------------------------------------
 
 
 def test_three_requests_start_at_once_and_the_fourth_waits_a_whole_window() -> None:
@@ -167,7 +176,9 @@ def test_a_margin_adds_to_every_rpm_wait() -> None:
 
 
 @pytest.mark.parametrize(("window", "margin"), [(10.0, 0.2), (60.0, 1.0), (100.0, 1.0)])
-def test_the_default_margin_is_two_percent_of_the_window_and_at_most_a_second(window: float, margin: float) -> None:
+def test_the_default_margin_is_two_percent_of_the_window_and_at_most_a_second(
+    window: float, margin: float,
+) -> None:
     # Given a one-request lane built without a margin
     limiter = make(rpm=1, window_s=window)
     grant(limiter.try_acquire(0, 1, 0.0))
@@ -179,16 +190,18 @@ def test_the_default_margin_is_two_percent_of_the_window_and_at_most_a_second(wi
 
 @pytest.mark.parametrize("margin", [0.0, 0.2])
 def test_simulated_requests_at_random_times_never_exceed_rpm_yet_use_it_all(margin: float) -> None:
-    # Given 3 requests per 10 s and 6 workers that always have work, asking again exactly when told to
+    # Given 3 requests per 10 s and 6 workers that always have work, asking again exactly when told
+    # to
     rpm, window, horizon = 3, 10.0, 1000.0
     limiter = make(rpm=rpm, window_s=window, margin_s=margin)
     # When 1000 s of requests of random length, with random pauses between them, are simulated
-    records, steps = simulate(limiter, seed=1234, workers=6, horizon=horizon, tokens=(1, 1), busy=(0.05, 4.0),
-                              think=0.5, correct=False, max_steps=50_000)
+    records, steps = simulate(limiter, seed=1234, workers=6, horizon=horizon, tokens=(1, 1),
+                              busy=(0.05, 4.0), think=0.5, correct=False, max_steps=50_000)
     times = [t for t, _ in records]
     # Then the simulation ran to its end (a few thousand steps), ...
     assert steps < 50_000 and max(times) > horizon - window - margin, steps
-    # ... no window of 10 s plus the margin ever holds more than 3 starts (so no 10 s window does either), ...
+    # ... no window of 10 s plus the margin ever holds more than 3 starts (so no 10 s window does
+    # either), ...
     assert most_in_a_window(times, window + margin) == rpm
     assert most_in_a_window(times, window) == rpm
     # ... and after the first window the starts reach 95% of the limit (the margin's own cost aside)
@@ -207,7 +220,7 @@ def test_with_a_margin_the_same_start_times_that_pass_without_one_are_refused() 
     assert wait_of(limiter.try_acquire(0, 1, 10.19)) == pytest.approx(0.01)
 
 
-# --- tpm --------------------------------------------------------------------------------------------------
+# --- tpm ------------------------------------------------------------------------------------------
 
 
 def test_token_charges_add_up_and_a_request_waits_until_enough_old_charges_leave() -> None:
@@ -239,13 +252,15 @@ def test_correcting_a_charge_down_lets_a_new_request_fit_sooner() -> None:
     limiter.release(big, 2.0, Ending.OK, charged=10)
     # Then 30 fits at once (10 + 20 + 30 = 60) ...
     grant(limiter.try_acquire(0, 30, 2.0))
-    # ... and the window holds exactly 60: 40 more fit, 41 wait for the corrected 10 to leave at t=10
+    # ... and the window holds exactly 60: 40 more fit, 41 wait for the corrected 10 to leave at
+    # t=10
     assert wait_of(limiter.try_acquire(0, 41, 2.0)) == pytest.approx(8.0)
     grant(limiter.try_acquire(0, 40, 2.0))
 
 
 def test_a_correction_after_the_charge_has_left_the_window_changes_nothing() -> None:
-    # Given 100 tokens per 10 s, 80 charged at t=0, and the full 100 charged at t=10.5 once the 80 had left
+    # Given 100 tokens per 10 s, 80 charged at t=0, and the full 100 charged at t=10.5 once the 80
+    # had left
     limiter = make(tpm=100, window_s=10.0, margin_s=0.0)
     old = grant(limiter.try_acquire(0, 80, 0.0))
     grant(limiter.try_acquire(0, 100, 10.5))
@@ -255,18 +270,19 @@ def test_a_correction_after_the_charge_has_left_the_window_changes_nothing() -> 
     assert wait_of(limiter.try_acquire(0, 1, 10.7)) == pytest.approx(9.8)
 
 
-def test_a_correction_arriving_after_the_charge_expired_under_a_later_clock_changes_nothing() -> None:
-    # Given 100 tokens per 10 s, 80 charged at t=0, and another process that at t=10.0 saw the 80 leave and
-    # was charged the full 100
+def test_a_late_correction_after_the_charge_expired_under_a_later_clock_changes_nothing() -> None:
+    # Given 100 tokens per 10 s, 80 charged at t=0, and another process that at t=10.0 saw the 80
+    # leave and was charged the full 100
     limiter = make(tpm=100, window_s=10.0, margin_s=0.0)
     old = grant(limiter.try_acquire(0, 80, 0.0))
     grant(limiter.try_acquire(0, 100, 10.0))
-    # When the request of t=0 is released with a clock read a moment earlier (9.99), before it took the lock,
-    # correcting its charge to 10
+    # When the request of t=0 is released with a clock read a moment earlier (9.99), before it took
+    # the lock, correcting its charge to 10
     limiter.release(old, 9.99, Ending.OK, charged=10)
     # Then the window still holds the 100 of t=10: a request of 60 at t=10.01 waits until t=20
     got = limiter.try_acquire(0, 60, 10.01)
-    assert not isinstance(got, Grant), "granted 60 tokens with 100 already charged in the window (tpm=100)"
+    assert not isinstance(got, Grant), (
+        "granted 60 tokens with 100 already charged in the window (tpm=100)")
     assert wait_of(got) == pytest.approx(9.99)
 
 
@@ -278,20 +294,21 @@ def test_a_request_larger_than_tpm_is_charged_tpm_and_runs_alone() -> None:
     # Then it starts, charged the whole limit, and even one token then waits for the window
     assert huge.charged == 100
     assert wait_of(limiter.try_acquire(0, 1, 1.0)) == pytest.approx(9.0)
-    # And a second huge request, once a 1-token one is in the window, waits until that one leaves too
+    # And a second huge request, once a 1-token one is in the window, waits until that one leaves
+    # too
     grant(limiter.try_acquire(0, 1, 10.0))
     assert wait_of(limiter.try_acquire(0, 500, 10.0)) == pytest.approx(10.0)
 
 
 @pytest.mark.parametrize("margin", [0.0, 0.2])
 def test_simulated_requests_with_corrections_never_exceed_tpm_yet_use_it_all(margin: float) -> None:
-    # Given 1000 tokens per 10 s and 16 always-busy workers whose requests are charged 10 to 40 tokens,
-    # each corrected down by up to a fifth when it ends
+    # Given 1000 tokens per 10 s and 16 always-busy workers whose requests are charged 10 to 40
+    # tokens, each corrected down by up to a fifth when it ends
     tpm, window, horizon = 1000, 10.0, 200.0
     limiter = make(tpm=tpm, window_s=window, margin_s=margin)
     # When 200 s are simulated
-    records, steps = simulate(limiter, seed=99, workers=16, horizon=horizon, tokens=(10, 40), busy=(0.05, 1.0),
-                              think=0.1, correct=True, max_steps=60_000)
+    records, steps = simulate(limiter, seed=99, workers=16, horizon=horizon, tokens=(10, 40),
+                              busy=(0.05, 1.0), think=0.1, correct=True, max_steps=60_000)
     charges = [(t, c) for t, c in records]
     # Then the simulation ran to its end ...
     assert steps < 60_000 and max(t for t, _ in charges) > horizon - window - margin, steps
@@ -302,7 +319,7 @@ def test_simulated_requests_with_corrections_never_exceed_tpm_yet_use_it_all(mar
     assert later >= 0.95 * tpm * (horizon - window) / (window + margin), later
 
 
-# --- pauses -----------------------------------------------------------------------------------------------
+# --- pauses ---------------------------------------------------------------------------------------
 
 
 def test_a_429_with_retry_after_pauses_the_lane_and_is_counted() -> None:
@@ -340,14 +357,16 @@ def test_a_429_without_retry_after_is_counted_but_pauses_nothing() -> None:
     grant(limiter.try_acquire(0, 1, T0))
 
 
-# --- x-ratelimit-* headers --------------------------------------------------------------------------------
+# --- x-ratelimit-* headers ------------------------------------------------------------------------
 
 
 def test_no_requests_remaining_pauses_the_lane_until_the_request_reset() -> None:
     # Given a lane with no limits of its own
     limiter = make()
     # When the server says no requests remain, resetting in 1.5 s
-    limiter.observe(0, read_hints({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1.5s"}), T0)
+    limiter.observe(0,
+                    read_hints({"x-ratelimit-remaining-requests": "0",
+                                "x-ratelimit-reset-requests": "1.5s"}), T0)
     # Then the lane waits 1.5 s
     assert wait_of(limiter.try_acquire(0, 1, T0)) == pytest.approx(1.5)
     assert stats(limiter, T0).paused_for_s == pytest.approx(1.5)
@@ -358,8 +377,10 @@ def test_no_tokens_remaining_pauses_the_lane_until_the_token_reset() -> None:
     # Given a lane with no limits of its own
     limiter = make()
     # When the server says no tokens remain, resetting in 6m0s
-    limiter.observe(0, read_hints({"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "6m0s",
-                                   "x-ratelimit-remaining-requests": "99"}), T0)
+    limiter.observe(0,
+                    read_hints({"x-ratelimit-remaining-tokens": "0",
+                                "x-ratelimit-reset-tokens": "6m0s",
+                                "x-ratelimit-remaining-requests": "99"}), T0)
     # Then the lane waits 360 s
     assert wait_of(limiter.try_acquire(0, 1, T0)) == pytest.approx(360.0)
 
@@ -368,8 +389,9 @@ def test_both_exhausted_pause_for_the_longer_reset_and_a_missing_reset_means_one
     # Given two lanes
     limiter = make(n_models=2)
     # When lane 0 hears both limits exhausted and lane 1 hears no requests left with no reset given
-    limiter.observe(0, read_hints({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "2s",
-                                   "x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "7s"}), T0)
+    both = read_hints({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "2s",
+                       "x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "7s"})
+    limiter.observe(0, both, T0)
     limiter.observe(1, read_hints({"x-ratelimit-remaining-requests": "0"}), T0)
     # Then lane 0 waits the longer 7 s and lane 1 a default of 1 s
     assert wait_of(limiter.try_acquire(0, 1, T0)) == pytest.approx(7.0)
@@ -383,7 +405,8 @@ def test_both_exhausted_pause_for_the_longer_reset_and_a_missing_reset_means_one
     {},
     None,
 ])
-def test_headers_that_report_something_left_or_nothing_at_all_do_not_pause(headers: dict[str, str] | None) -> None:
+def test_headers_that_report_something_left_or_nothing_at_all_do_not_pause(headers: dict[str, str]
+                                                                           | None) -> None:
     # Given a lane with no limits
     limiter = make()
     # When the answer's headers show requests or tokens remaining, or no rate headers at all
@@ -393,7 +416,7 @@ def test_headers_that_report_something_left_or_nothing_at_all_do_not_pause(heade
     assert stats(limiter, T0).paused_for_s == 0.0
 
 
-# --- AIMD for servers without rate headers ----------------------------------------------------------------
+# --- AIMD for servers without rate headers --------------------------------------------------------
 
 
 def test_with_max_in_flight_32_the_33rd_request_waits_until_one_ends() -> None:
@@ -410,7 +433,7 @@ def test_with_max_in_flight_32_the_33rd_request_waits_until_one_ends() -> None:
     grant(limiter.try_acquire(0, 1, T0 + 0.1))
 
 
-def test_an_overload_lowers_the_concurrency_limit_to_seventy_percent_once_per_window_of_requests() -> None:
+def test_an_overload_cuts_the_concurrency_limit_to_70_percent_once_per_window_of_requests() -> None:
     # Given 32 requests in flight on a lane without rate headers
     limiter = make(max_in_flight=32)
     grants = [grant(limiter.try_acquire(0, 1, T0)) for _ in range(32)]
@@ -426,7 +449,8 @@ def test_an_overload_lowers_the_concurrency_limit_to_seventy_percent_once_per_wi
     for _ in range(9):
         limiter.release(grants.pop(), T0 + 0.6, Ending.ERROR)  # failed, not overloaded: no change
     grants.append(grant(limiter.try_acquire(0, 1, T0 + 0.6)))
-    # And an overload of a request sent after the decrease lowers it again, to 70% of what was in flight
+    # And an overload of a request sent after the decrease lowers it again, to 70% of what was in
+    # flight
     limiter.release(grants.pop(), T0 + 1.0, Ending.OVERLOADED)
     assert stats(limiter, T0).concurrency_limit == pytest.approx(0.7 * 22)
 
@@ -444,7 +468,8 @@ def test_the_limit_never_falls_below_seventy_percent_of_what_was_in_flight_nor_b
     for g in grants:
         limiter.release(g, T0 + 0.2, Ending.ERROR)
     for n in range(6):
-        limiter.release(grant(limiter.try_acquire(0, 1, T0 + 1.0 + n)), T0 + 1.5 + n, Ending.OVERLOADED)
+        limiter.release(grant(limiter.try_acquire(0, 1, T0 + 1.0 + n)), T0 + 1.5 + n,
+                        Ending.OVERLOADED)
     assert stats(limiter, T0).concurrency_limit == 1.0
 
 
@@ -466,8 +491,8 @@ def test_successes_raise_the_limit_by_about_one_per_window_of_successes() -> Non
 
 
 def test_once_rate_headers_are_seen_overloads_no_longer_shrink_the_lane() -> None:
-    # Given two lanes allowing 32 in flight, 4 requests in flight on each, and lane 0 halved before it
-    # heard any rate headers
+    # Given two lanes allowing 32 in flight, 4 requests in flight on each, and lane 0 halved before
+    # it heard any rate headers
     limiter = make(n_models=2, max_in_flight=32)
     lane0 = [grant(limiter.try_acquire(0, 1, T0)) for _ in range(4)]
     lane1 = [grant(limiter.try_acquire(1, 1, T0)) for _ in range(4)]
@@ -484,7 +509,7 @@ def test_once_rate_headers_are_seen_overloads_no_longer_shrink_the_lane() -> Non
     assert stats(limiter, T0, 1).concurrency_limit == pytest.approx(2.8)
 
 
-# --- keys -------------------------------------------------------------------------------------------------
+# --- keys -----------------------------------------------------------------------------------------
 
 
 def test_requests_go_to_the_least_loaded_enabled_key() -> None:
@@ -503,7 +528,8 @@ def test_requests_go_to_the_least_loaded_enabled_key() -> None:
 
 
 def test_a_disabled_key_is_not_chosen_for_any_model() -> None:
-    # Given three keys and two models, one request in flight on keys 1 and 2 of both models, none on key 0
+    # Given three keys and two models, one request in flight on keys 1 and 2 of both models, none on
+    # key 0
     limiter = make(n_keys=3, n_models=2)
     for model in (0, 1):
         first = [grant(limiter.try_acquire(model, 1, T0)) for _ in range(3)]
@@ -530,7 +556,7 @@ def test_when_every_key_is_disabled_try_acquire_raises_no_keys_left() -> None:
         limiter.try_acquire(0, 1, T0)
 
 
-# --- lanes ------------------------------------------------------------------------------------------------
+# --- lanes ----------------------------------------------------------------------------------------
 
 
 def test_a_full_rpm_window_on_one_model_does_not_block_another_model() -> None:
@@ -549,7 +575,8 @@ def test_a_full_window_on_one_key_sends_the_request_to_another_key() -> None:
     limiter.release(grant(limiter.try_acquire(0, 1, 0.0)), 0.5, Ending.OK)
     # When the next asks at t=1 (both keys equally loaded, key 0 first in line)
     got = grant(limiter.try_acquire(0, 1, 1.0))
-    # Then key 1 takes it, and a third request waits for the sooner of the two windows (key 0's, at 10)
+    # Then key 1 takes it, and a third request waits for the sooner of the two windows (key 0's, at
+    # 10)
     assert got.key == 1
     assert wait_of(limiter.try_acquire(0, 1, 2.0)) == pytest.approx(8.0)
 
@@ -615,13 +642,14 @@ def test_the_limiter_actor_ignores_a_release_from_a_holder_it_has_reclaimed() ->
     assert isinstance(actor.try_acquire(1, 0, 1), Wait)
 
 
-# --- across processes -------------------------------------------------------------------------------------
+# --- across processes -----------------------------------------------------------------------------
 
 PROCESSES = 4
 CAP = 2000
 
 
-def _hammer(limiter: SharedLimiter, times: Any, counts: Any, k: int, start: float, end: float) -> None:
+def _hammer(limiter: SharedLimiter, times: Any, counts: Any, k: int, start: float,
+            end: float) -> None:
     """Ask as fast as the limiter allows from ``start`` to ``end``; record each grant's time."""
     time.sleep(max(0.0, start - time.monotonic()))
     for _ in range(1_000_000):
@@ -647,7 +675,8 @@ def test_four_forked_processes_share_one_rpm_window() -> None:
     start = time.monotonic() + 0.2
     end = start + duration
     # When each asks as fast as it can for 2.5 s of real time
-    procs = [CTX.Process(target=_hammer, args=(limiter, times, counts, k, start, end)) for k in range(PROCESSES)]
+    procs = [CTX.Process(target=_hammer, args=(limiter, times, counts, k, start, end))
+             for k in range(PROCESSES)]
     for p in procs:
         p.start()
     for p in procs:
@@ -659,18 +688,22 @@ def test_four_forked_processes_share_one_rpm_window() -> None:
     assert not alive and all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
     assert all(c <= CAP for c in counts), list(counts)
     grants = [times[k * CAP + i] for k in range(PROCESSES) for i in range(counts[k])]
-    # Then the grants were spread over processes (which one wins a refill is luck, so not over all four), ...
+    # Then the grants were spread over processes (which one wins a refill is luck, so not over all
+    # four), ...
     assert sum(c > 0 for c in counts) >= 2, list(counts)
-    # ... no 1 s window holds more than 50 of them all together (each process reads its clock before it
-    # takes the lock, so two grants can be recorded out of order by that gap; 20 ms covers it), ...
+    # ... no 1 s window holds more than 50 of them all together (each process reads its clock before
+    # it takes the lock, so two grants can be recorded out of order by that gap; 20 ms covers it),
+    # ...
     assert most_in_a_window(grants, window - 0.02) <= rpm, sorted(grants)
-    # ... at most 50 per started second were granted (a window refills once a second: at 0, 1 and 2), ...
+    # ... at most 50 per started second were granted (a window refills once a second: at 0, 1 and
+    # 2), ...
     assert len(grants) <= rpm * math.ceil(duration / window)
-    # ... and the limit was used: at least 95% of 50 per second of the run (the three refills give 150)
+    # ... and the limit was used: at least 95% of 50 per second of the run (the three refills give
+    # 150)
     assert len(grants) >= 0.95 * rpm * duration / window, len(grants)
 
 
-# --- parse_duration ---------------------------------------------------------------------------------------
+# --- parse_duration -------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("text", "seconds"), [
@@ -700,11 +733,12 @@ def test_parse_duration_rejects_what_is_not_a_duration(text: str | None) -> None
     assert parse_duration(text) is None
 
 
-# --- pacing, learned limits, outages, dead holders ----------------------------------------------------------
+# --- pacing, learned limits, outages, dead holders ------------------------------------------------
 
 
 def test_a_paced_lane_lets_half_a_seconds_worth_go_at_once_then_one_every_interval() -> None:
-    # Given 600 requests a minute (about 9.8 a second over the window and its 1 s margin), burst 0.5 s
+    # Given 600 requests a minute (about 9.8 a second over the window and its 1 s margin), burst 0.5
+    # s
     limiter = make(rpm=600, burst_s=0.5)
     # When requests are asked for all at once
     burst = 0
@@ -730,24 +764,28 @@ def test_a_pause_ends_with_one_request_then_one_per_interval_not_a_stampede() ->
 def test_a_limit_stated_in_headers_is_paced_to_when_no_flag_sets_one() -> None:
     # Given a lane with no --rpm, and an answer stating 120 requests a minute
     limiter = make(burst_s=0.5)
-    limiter.observe(0, read_hints({"x-ratelimit-limit-requests": "120", "x-ratelimit-remaining-requests": "119"}), T0)
+    limiter.observe(0,
+                    read_hints({"x-ratelimit-limit-requests": "120",
+                                "x-ratelimit-remaining-requests": "119"}), T0)
     # When requests are asked for at once
     granted = sum(isinstance(limiter.try_acquire(0, 1, T0), Grant) for _ in range(10))
-    # Then only the burst goes (the margin's worth, 2 requests of 120 per 61 s), and the stats name the source
+    # Then only the burst goes (the margin's worth, 2 requests of 120 per 61 s), and the stats name
+    # the source
     assert granted == 1
     row = stats(limiter, T0)
     assert (row.requests_limit, row.requests_source) == (120, "server")
 
 
 def test_a_hintless_429_lowers_the_rate_to_seventy_percent_of_what_was_sent() -> None:
-    # Given a lane with no limit, two requests in flight at most (so the rate is what is left to lower), that
-    # sent 20 requests in its first second, 20 more in the next
+    # Given a lane with no limit, two requests in flight at most (so the rate is what is left to
+    # lower), that sent 20 requests in its first second, 20 more in the next
     limiter = make(max_in_flight=2)
     for i in range(40):
         limiter.release(grant(limiter.try_acquire(0, 1, T0 + i * 0.05)), T0 + i * 0.05, Ending.OK)
     # When a 429 with no hint comes
     limiter.rate_limited(0, T0 + 2.0, None)
-    # Then the rate in force is learned: 70% of the 20 a second sent, and grows back while requests succeed
+    # Then the rate in force is learned: 70% of the 20 a second sent, and grows back while requests
+    # succeed
     row = stats(limiter, T0 + 2.0)
     assert row.requests_source == "learned"
     assert row.requests_limit / row.window_s == pytest.approx(14.0, rel=0.05)
@@ -759,7 +797,7 @@ def test_a_hintless_429_lowers_the_rate_to_seventy_percent_of_what_was_sent() ->
     assert stats(limiter, T0 + 7.0).requests_limit / 60 > 14.0 * 1.1
 
 
-def test_after_three_connection_failures_one_probe_at_a_time_goes_until_the_server_answers() -> None:
+def test_after_three_connection_failures_a_probe_at_a_time_goes_until_the_server_answers() -> None:
     # Given a lane whose requests fail to connect three times in a row
     limiter = make()
     grants = [grant(limiter.try_acquire(0, 1, T0)) for _ in range(3)]
@@ -770,7 +808,8 @@ def test_after_three_connection_failures_one_probe_at_a_time_goes_until_the_serv
     probe = grant(limiter.try_acquire(0, 1, T0 + 0.5))
     assert probe.probe
     assert isinstance(limiter.try_acquire(0, 1, T0 + 0.6), Wait)
-    # When the probe fails, the next waits twice as long; when one is answered, everything goes again
+    # When the probe fails, the next waits twice as long; when one is answered, everything goes
+    # again
     limiter.release(probe, T0 + 0.6, Ending.UNREACHABLE)
     assert isinstance(limiter.try_acquire(0, 1, T0 + 1.5), Wait)
     second = grant(limiter.try_acquire(0, 1, T0 + 1.6))
@@ -819,16 +858,19 @@ def test_a_process_killed_while_holding_the_lock_does_not_stop_the_others() -> N
 
 
 def test_an_endpoints_own_limit_outlives_an_aimd_decrease_and_a_server_stating_more() -> None:
-    # Given a lane with its endpoint's own limit of 600 a minute, at most two in flight, that sent 10 a second
+    # Given a lane with its endpoint's own limit of 600 a minute, at most two in flight, that sent
+    # 10 a second
     limiter = make(max_in_flight=2)
     limiter.limit_lane(0, 0, rpm=600, tpm=None, max_in_flight=None)
     for i in range(20):
         limiter.release(grant(limiter.try_acquire(0, 1, T0 + i * 0.1)), T0 + i * 0.1, Ending.OK)
-    # When a 429 with no hint lowers the rate, and then the server states a limit ten times the endpoint's
+    # When a 429 with no hint lowers the rate, and then the server states a limit ten times the
+    # endpoint's
     limiter.rate_limited(0, T0 + 2.0, None)
     assert stats(limiter, T0 + 2.0).requests_source == "learned"
-    limiter.observe(0, read_hints({"x-ratelimit-limit-requests": "6000", "x-ratelimit-remaining-requests": "5990"}),
-                    T0 + 2.0)
+    limiter.observe(0,
+                    read_hints({"x-ratelimit-limit-requests": "6000",
+                                "x-ratelimit-remaining-requests": "5990"}), T0 + 2.0)
     # Then the rate grows back to the endpoint's 600 and no further, given again, not the server's
     limits = []
     for i in range(60):
@@ -843,7 +885,8 @@ def test_an_endpoints_own_limit_outlives_an_aimd_decrease_and_a_server_stating_m
 
 
 def test_a_grant_given_back_unsent_is_no_request_and_no_answer() -> None:
-    # Given a lane in an outage (three connection failures), and a grant built ahead while it was fine
+    # Given a lane in an outage (three connection failures), and a grant built ahead while it was
+    # fine
     limiter = make()
     ahead = grant(limiter.try_acquire(0, 1, T0))
     failed = [grant(limiter.try_acquire(0, 1, T0)) for _ in range(3)]

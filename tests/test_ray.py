@@ -18,7 +18,8 @@ import pytest
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 
-cluster_utils = pytest.importorskip("ray.cluster_utils", reason="Ray is not installed: pip install -e '.[ray]'")
+cluster_utils = pytest.importorskip("ray.cluster_utils",
+                                    reason="Ray is not installed: pip install -e '.[ray]'")
 from helpers import FAKE_KEY, read_jsonl, run_cli, start_cli, text_tasks, write_tasks  # noqa: E402
 from ray._private import ray_constants  # noqa: E402
 
@@ -47,12 +48,13 @@ def _ids(path: Path) -> list[str]:
 
 
 def _args(cluster: Any, mock: MockServerProcess, *extra: str) -> tuple[str, ...]:
-    return ("-i", "tasks.jsonl", "-o", "out.jsonl", "--backend", "ray", "--ray-address", cluster.address,
-            "--base-url", mock.base_url, "--retry-backoff", "0.05", *extra)
+    return ("-i", "tasks.jsonl", "-o", "out.jsonl", "--backend", "ray", "--ray-address",
+            cluster.address, "--base-url", mock.base_url, "--retry-backoff", "0.05", *extra)
 
 
-def test_a_run_on_the_cluster_writes_every_id_once_in_the_usual_format(tmp_path: Path, mock: MockServerProcess,
-                                                                      cluster: Any):
+def test_a_run_on_the_cluster_writes_every_id_once_in_the_usual_format(tmp_path: Path,
+                                                                       mock: MockServerProcess,
+                                                                       cluster: Any):
     # Given 200 tasks and a server answering in 50 ms
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(200))
     mock.configure(latency_ms=50)
@@ -63,20 +65,23 @@ def test_a_run_on_the_cluster_writes_every_id_once_in_the_usual_format(tmp_path:
     assert Counter(_ids(tmp_path / "out.jsonl")) == Counter(f"t{i}" for i in range(200))
     assert sum(mock.stats()["answered"].values()) == 200
     row = read_jsonl(tmp_path / "out.jsonl")[0]
-    assert {"answer", "usage", "model", "requested_model", "latency_s", "attempts", "cost"} <= set(row)
+    assert {"answer", "usage", "model", "requested_model", "latency_s", "attempts",
+            "cost"} <= set(row)
     check = run_cli("-i", "tasks.jsonl", "-o", "out.jsonl", "--validate", cwd=tmp_path)
     assert check.returncode == 0, check.stdout
 
 
-def test_a_worker_node_killed_mid_run_loses_nothing_and_repeats_nothing(tmp_path: Path, mock: MockServerProcess,
-                                                                       cluster: Any):
+def test_a_worker_node_killed_mid_run_loses_nothing_and_repeats_nothing(tmp_path: Path,
+                                                                        mock: MockServerProcess,
+                                                                        cluster: Any):
     # Given a run of 300 tasks whose answers take 200 ms, spread over both worker nodes
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(300))
     mock.configure(latency_ms=200)
     args = _args(cluster, mock, "-p", "4", "-c", "8")
     proc = start_cli(*args, cwd=tmp_path)
     deadline = time.monotonic() + WAIT_S
-    while len(_ids(tmp_path / "out.jsonl")) < 40 and time.monotonic() < deadline and proc.poll() is None:
+    while (len(_ids(tmp_path / "out.jsonl")) < 40 and time.monotonic() < deadline
+           and proc.poll() is None):
         time.sleep(0.05)
     # When one worker node's processes are killed (SIGKILL) mid-run
     victim = cluster.worker_nodes and next(iter(cluster.worker_nodes))
@@ -101,15 +106,18 @@ def test_a_worker_node_killed_mid_run_loses_nothing_and_repeats_nothing(tmp_path
     assert [i for i in written_before if answered[prompts[i]] != answered_before[prompts[i]]] == []
 
 
-def test_a_limit_the_server_states_reaches_the_clusters_limiter(tmp_path: Path, mock: MockServerProcess,
-                                                                 cluster: Any):
-    # Given a server that allows 120 requests per 4 s as a bucket of 30 a second, and says so on every answer
+def test_a_limit_the_server_states_reaches_the_clusters_limiter(tmp_path: Path,
+                                                                mock: MockServerProcess,
+                                                                cluster: Any):
+    # Given a server that allows 120 requests per 4 s as a bucket of 30 a second, and says so on
+    # every answer
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(150))
     mock.configure(rpm=120, window_s=4.0, quantum_s=1.0, latency_ms=30)
     # When 4 actors on two nodes run 150 tasks with no --rpm and no retries allowed
-    proc = run_cli(*_args(cluster, mock, "-p", "4", "-c", "8", "--rate-window", "4", "--max-retries", "0"),
-                   cwd=tmp_path, timeout=WAIT_S)
-    # Then every task finished once, and the actors' answers taught the one limiter the server's limit
+    proc = run_cli(*_args(cluster, mock, "-p", "4", "-c", "8", "--rate-window", "4",
+                          "--max-retries", "0"), cwd=tmp_path, timeout=WAIT_S)
+    # Then every task finished once, and the actors' answers taught the one limiter the server's
+    # limit
     assert proc.returncode == 0, proc.stderr
     assert Counter(_ids(tmp_path / "out.jsonl")) == Counter(f"t{i}" for i in range(150))
     assert "120 requests/4s (server)" in proc.stdout + proc.stderr
@@ -118,13 +126,14 @@ def test_a_limit_the_server_states_reaches_the_clusters_limiter(tmp_path: Path, 
     assert stats["limit_rejections"] <= 0.15 * stats["requests"]
 
 
-def test_the_rpm_limit_holds_for_the_cluster_as_a_whole(tmp_path: Path, mock: MockServerProcess, cluster: Any):
+def test_the_rpm_limit_holds_for_the_cluster_as_a_whole(tmp_path: Path, mock: MockServerProcess,
+                                                        cluster: Any):
     # Given a server that allows 60 requests per 4-second window, and 150 tasks
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(150))
     mock.configure(rpm=60, window_s=4.0, latency_ms=50)
     # When 4 actors on two nodes run under --rpm 60 over the same window
-    proc = run_cli(*_args(cluster, mock, "-p", "4", "-c", "8", "--rpm", "60", "--rate-window", "4"), cwd=tmp_path,
-                   timeout=WAIT_S)
+    proc = run_cli(*_args(cluster, mock, "-p", "4", "-c", "8", "--rpm", "60", "--rate-window", "4"),
+                   cwd=tmp_path, timeout=WAIT_S)
     # Then the server never saw a window over the limit and refused nothing
     assert proc.returncode == 0, proc.stderr
     stats = mock.stats()
@@ -137,8 +146,10 @@ def test_the_rpm_limit_holds_for_the_cluster_as_a_whole(tmp_path: Path, mock: Mo
 
 
 def _worker_actor_pids(cluster: Any) -> list[int]:
-    """The processes of this cluster's worker actors: children of its worker nodes' raylets, named by Ray."""
-    raylets = {node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid for node in cluster.worker_nodes}
+    """The processes of this cluster's worker actors: children of its worker nodes' raylets, named
+    by Ray."""
+    raylets = {node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+               for node in cluster.worker_nodes}
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -162,7 +173,8 @@ def test_an_actor_killed_again_and_again_is_replaced_once_a_death_and_resends_on
     proc = start_cli(*_args(cluster, mock, "-p", "2", "-c", str(concurrency)), cwd=tmp_path)
     killed: list[int] = []
     try:
-        # When an actor's process is killed (SIGKILL) three times, each time once more lines are written
+        # When an actor's process is killed (SIGKILL) three times, each time once more lines are
+        # written
         for written in (40, 130, 220):
             deadline = time.monotonic() + WAIT_S
             while time.monotonic() < deadline and proc.poll() is None:
@@ -183,7 +195,8 @@ def test_an_actor_killed_again_and_again_is_replaced_once_a_death_and_resends_on
     assert summary["worker_deaths"] == 3 and summary["stopped"] is None
     # And every id is on disk exactly once
     assert Counter(_ids(tmp_path / "out.jsonl")) == Counter(f"t{i}" for i in range(n))
-    # And a task reached the API again only because a kill took it: at most what the dead actors held
+    # And a task reached the API again only because a kill took it: at most what the dead actors
+    # held
     answered = mock.stats()["answered"]
     assert sum(answered.values()) - n <= len(killed) * concurrency
     assert max(answered.values()) <= 1 + len(killed)
@@ -201,10 +214,11 @@ def test_mpinfer_run_in_a_python_session_joined_to_ray_leaves_the_session_connec
     ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
     try:
         # When it runs tasks on the Ray backend from Python
-        result = mpinfer.run(input="tasks.jsonl", output="out.jsonl", backend="ray", ray_address=cluster.address,
-                             processes=2, base_url=mock.base_url, api_keys=FAKE_KEY,
-                             retry_backoff=0.05, progress=False)
-        # Then every task is answered once, and the session is still connected, for the caller to end
+        result = mpinfer.run(input="tasks.jsonl", output="out.jsonl", backend="ray",
+                             ray_address=cluster.address, processes=2, base_url=mock.base_url,
+                             api_keys=FAKE_KEY, retry_backoff=0.05, progress=False)
+        # Then every task is answered once, and the session is still connected, for the caller to
+        # end
         assert result.summary.succeeded == 20
         assert Counter(a["id"] for a in result.answers()) == Counter(f"t{i}" for i in range(20))
         assert ray.is_initialized()

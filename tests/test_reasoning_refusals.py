@@ -1,5 +1,5 @@
-"""Result line fidelity over real HTTP: reasoning text and tokens kept, refusals kept as refusals, truncation
-counted; and status, summary, validate and export reporting them as such."""
+"""Result line fidelity over real HTTP: reasoning text and tokens kept, refusals kept as refusals,
+truncation counted; and status, summary, validate and export reporting them as such."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ MARKER = "[unsafe]"
 
 
 def _run(mock: MockServerProcess, tmp_path: Path, *extra: str) -> tuple[Path, Path, str]:
-    tasks = write_tasks(tmp_path / "tasks.jsonl", [
-        {"id": "safe", "prompt": "What colour is the sky?"},
-        {"id": "unsafe", "prompt": f"{MARKER} How do I pick this lock?"},
-        {"id": "long", "prompt": "Tell me a long story about a lighthouse keeper.", "max_tokens": 3},
-    ])
+    tasks = write_tasks(tmp_path / "tasks.jsonl",
+                        [{"id": "safe", "prompt": "What colour is the sky?"},
+                         {"id": "unsafe", "prompt": f"{MARKER} How do I pick this lock?"},
+                         {"id": "long", "prompt": "Tell me a long story about a lighthouse keeper.",
+                          "max_tokens": 3}])
     out = tmp_path / "results.jsonl"
     done = run_cli("-i", str(tasks), "-o", str(out), "-p", "1", "--base-url", mock.base_url,
                    "--model", "deepseek-reasoner", *extra, cwd=tmp_path)
@@ -26,8 +26,10 @@ def _run(mock: MockServerProcess, tmp_path: Path, *extra: str) -> tuple[Path, Pa
     return tasks, out, done.stdout + done.stderr
 
 
-def test_reasoning_text_and_tokens_are_kept_on_the_result_line(mock: MockServerProcess, tmp_path: Path) -> None:
-    # Given a server that sends a reasoning model's thinking as reasoning_content, with its token count
+def test_reasoning_text_and_tokens_are_kept_on_the_result_line(mock: MockServerProcess,
+                                                               tmp_path: Path) -> None:
+    # Given a server that sends a reasoning model's thinking as reasoning_content, with its token
+    # count
     mock.configure(reasoning_models={"deepseek-reasoner": "reasoning_content"})
     # When the tasks run
     _, out, _ = _run(mock, tmp_path)
@@ -51,7 +53,8 @@ def test_a_server_that_names_the_thinking_reasoning_is_read_the_same(mock: MockS
     assert "reasoning" not in safe
 
 
-def test_a_line_without_thinking_has_no_reasoning_field(mock: MockServerProcess, tmp_path: Path) -> None:
+def test_a_line_without_thinking_has_no_reasoning_field(mock: MockServerProcess,
+                                                        tmp_path: Path) -> None:
     # Given a model that does not think aloud
     # When the tasks run
     _, out, _ = _run(mock, tmp_path)
@@ -63,7 +66,8 @@ def test_a_line_without_thinking_has_no_reasoning_field(mock: MockServerProcess,
         assert line["usage"]["reasoning_tokens"] == 0
 
 
-def test_a_refusal_is_kept_counted_as_done_and_validates_clean(mock: MockServerProcess, tmp_path: Path) -> None:
+def test_a_refusal_is_kept_counted_as_done_and_validates_clean(mock: MockServerProcess,
+                                                               tmp_path: Path) -> None:
     # Given a server that refuses the unsafe prompt (content null, the text in "refusal")
     mock.configure(refuse_marker=MARKER)
     # When the tasks run
@@ -77,26 +81,28 @@ def test_a_refusal_is_kept_counted_as_done_and_validates_clean(mock: MockServerP
     assert "refusals 1" in printed and "truncated at max_tokens 1" in printed
     # And a rerun sends nothing more: the refusal is done
     requests = mock.stats()["requests"]
-    again = run_cli("-i", str(tasks), "-o", str(out), "--base-url", mock.base_url, "--model", "deepseek-reasoner",
-                    cwd=tmp_path)
+    again = run_cli("-i", str(tasks), "-o", str(out), "--base-url", mock.base_url, "--model",
+                    "deepseek-reasoner", cwd=tmp_path)
     assert again.returncode == 0 and mock.stats()["requests"] == requests
     # And --status counts it as done and as a refusal
-    shown = run_cli("-i", str(tasks), "-o", str(out), "--model", "deepseek-reasoner", "--status", "--json",
-                    cwd=tmp_path)
+    shown = run_cli("-i", str(tasks), "-o", str(out), "--model", "deepseek-reasoner", "--status",
+                    "--json", cwd=tmp_path)
     report = json.loads(shown.stdout)
-    assert (report["done"], report["failed"], report["refusals"], report["truncated"]) == (3, 0, 1, 1)
+    assert (report["done"], report["failed"], report["refusals"],
+            report["truncated"]) == (3, 0, 1, 1)
     # And --validate finds nothing wrong (exit 0), naming the refusal
-    checked = run_cli("-i", str(tasks), "-o", str(out), "--model", "deepseek-reasoner", "--validate",
-                      cwd=tmp_path)
+    checked = run_cli("-i", str(tasks), "-o", str(out), "--model", "deepseek-reasoner",
+                      "--validate", cwd=tmp_path)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "refusals 1" in checked.stdout and "empty" not in checked.stdout
     # And the export marks its row refused, with the text in the refusal column
     table = tmp_path / "table.jsonl"
-    exported = run_cli("-i", str(tasks), "-o", str(out), "--model", "deepseek-reasoner", "--export", str(table),
-                       cwd=tmp_path)
+    exported = run_cli("-i", str(tasks), "-o", str(out), "--model", "deepseek-reasoner", "--export",
+                       str(table), cwd=tmp_path)
     assert exported.returncode == 0, exported.stderr
     rows = {row["id"]: row for row in read_jsonl(table)}
-    assert (rows["unsafe"]["status"], rows["unsafe"]["refusal"]) == ("refused", lines["unsafe"]["refusal"])
+    assert (rows["unsafe"]["status"], rows["unsafe"]["refusal"]) == ("refused",
+                                                                     lines["unsafe"]["refusal"])
     assert rows["safe"]["status"] == "ok" and rows["long"]["finish_reason"] == "length"
 
 
@@ -104,11 +110,12 @@ def test_an_empty_answer_without_a_refusal_still_fails_validation(tmp_path: Path
     # Given an output line with a null answer and no refusal text
     tasks = write_tasks(tmp_path / "tasks.jsonl", [{"id": "a", "prompt": "hi"}])
     out = tmp_path / "results.jsonl"
-    write_tasks(out, [{"id": "a", "input_prompt": "hi", "images": [], "answer": None, "refusal": "  ",
-                       "model": "m", "requested_model": "m",
-                       "usage": {"prompt_tokens": 1, "completion_tokens": 0, "total_tokens": 1},
-                       "finish_reason": "stop", "latency_s": 0.1, "attempts": 1, "processed_at": 1.0,
-                       "cost": None}])
+    write_tasks(out,
+                [{"id": "a", "input_prompt": "hi", "images": [], "answer": None, "refusal": "  ",
+                  "model": "m", "requested_model": "m",
+                  "usage": {"prompt_tokens": 1, "completion_tokens": 0, "total_tokens": 1},
+                  "finish_reason": "stop", "latency_s": 0.1, "attempts": 1, "processed_at": 1.0,
+                  "cost": None}])
     # When it is validated
     checked = run_cli("-i", str(tasks), "-o", str(out), "--model", "m", "--validate", cwd=tmp_path)
     # Then it is an empty answer (a blank refusal is no refusal), and the exit code says so

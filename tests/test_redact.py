@@ -1,4 +1,5 @@
-"""Secrets out of logs, outputs and command lines: key hints, redact, the logging filter and redact_argv."""
+"""Secrets out of logs, outputs and command lines: key hints, redact, the logging filter and
+redact_argv."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ LINEAR_INPUT_CHARS = 200_000
 LINEAR_LIMIT_S = 1.0
 
 
-# --- key_hint -------------------------------------------------------------------------------------------
+# --- key_hint -------------------------------------------------------------------------------------
 
 
 def test_key_hint_shows_the_last_four_characters_of_a_long_key() -> None:
@@ -36,7 +37,7 @@ def test_key_hint_names_a_short_key_by_its_number_only() -> None:
     assert hint == "key #2"
 
 
-# --- redact ---------------------------------------------------------------------------------------------
+# --- redact ---------------------------------------------------------------------------------------
 
 
 def test_redact_replaces_every_occurrence_of_each_secret_by_its_hint() -> None:
@@ -77,7 +78,8 @@ def test_redact_scrubs_openai_style_keys_it_was_not_given() -> None:
 
 def test_redact_scrubs_bearer_tokens_in_any_case() -> None:
     # Given HTTP authorization headers as an SDK might log them
-    text = "Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.e30.abc= | authorization: bearer tok_12345678"
+    text = ("Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.e30.abc= | "
+            "authorization: bearer tok_12345678")
     # When it is redacted
     cleaned = redact(text)
     # Then the tokens are gone and the scheme is kept
@@ -135,7 +137,7 @@ def test_redact_takes_linear_time_on_long_adversarial_text(name: str) -> None:
     assert elapsed < LINEAR_LIMIT_S, f"{name}: {elapsed:.2f} s"
 
 
-# --- RedactingFilter ------------------------------------------------------------------------------------
+# --- RedactingFilter ------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -163,7 +165,8 @@ def test_redacting_filter_removes_a_key_given_as_a_percent_argument(
     # When a message carries the key as a %-argument
     logger.warning("request with key %s failed (%d)", KEY, 401)
     # Then the line is written, formatted, with the key's hint instead of the key
-    assert sink.getvalue() == "WARNING test_redact.parent.child request with key ...wxyz failed (401)\n"
+    assert (sink.getvalue()
+            == "WARNING test_redact.parent.child request with key ...wxyz failed (401)\n")
 
 
 def test_redacting_filter_removes_a_key_from_an_exceptions_traceback(
@@ -206,20 +209,21 @@ def test_redacting_filter_passes_every_record() -> None:
     assert (record.msg, record.args) == ("key ...wxyz", None)
 
 
-# --- redact_argv ----------------------------------------------------------------------------------------
+# --- redact_argv ----------------------------------------------------------------------------------
 
 
 def test_redact_argv_hides_values_of_secret_options_and_secrets_anywhere() -> None:
     # Given a command line with secret options in both forms, a key in a URL, and field-name options
-    argv = ["mpinfer", "-i", "tasks.jsonl", "--api-key", "plain-value-1", "--token=abc", "--client-secret",
-            "s3", "--db-password=pw", "--base-url", "https://u:pw@host/v1", "--prompt-key", "question",
-            f"--note={KEY}", "--", "--api-key", "positional"]
+    argv = ["mpinfer", "-i", "tasks.jsonl", "--api-key", "plain-value-1", "--token=abc",
+            "--client-secret", "s3", "--db-password=pw", "--base-url", "https://u:pw@host/v1",
+            "--prompt-key", "question", f"--note={KEY}", "--", "--api-key", "positional"]
     # When it is redacted
     cleaned = redact_argv(argv, [KEY])
     # Then secret option values are ***, field names stay, and after -- nothing is an option
-    assert cleaned == ["mpinfer", "-i", "tasks.jsonl", "--api-key", "***", "--token=***", "--client-secret",
-                       "***", "--db-password=***", "--base-url", "https://u:***@host/v1", "--prompt-key",
-                       "question", "--note=...wxyz", "--", "--api-key", "positional"]
+    assert cleaned == ["mpinfer", "-i", "tasks.jsonl", "--api-key", "***", "--token=***",
+                       "--client-secret", "***", "--db-password=***", "--base-url",
+                       "https://u:***@host/v1", "--prompt-key", "question", "--note=...wxyz", "--",
+                       "--api-key", "positional"]
 
 
 def test_redact_argv_hides_field_name_options_too_when_told_nothing_is_exempt() -> None:

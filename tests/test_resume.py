@@ -31,7 +31,8 @@ def _wait_for_lines(path: Path, at_least: int, proc, limit_s: float = WAIT_S) ->
         if len(ids_on_disk(path)) >= at_least:
             return
         time.sleep(0.02)
-    raise AssertionError(f"the run wrote fewer than {at_least} lines in {limit_s}s (exit {proc.poll()})")
+    raise AssertionError(
+        f"the run wrote fewer than {at_least} lines in {limit_s}s (exit {proc.poll()})")
 
 
 def _children(pid: int) -> list[int]:
@@ -53,7 +54,8 @@ def test_kill_9_of_the_parent_mid_run_loses_nothing_and_repeats_nothing(tmp_path
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(400))
     mock.configure(latency_ms=150, jitter_ms=50)
     output = tmp_path / "out.jsonl"
-    args = ("-i", "tasks.jsonl", "-o", "out.jsonl", "-p", "3", "-c", "8", "--base-url", mock.base_url)
+    args = ("-i", "tasks.jsonl", "-o", "out.jsonl", "-p", "3", "-c", "8", "--base-url",
+            mock.base_url)
     rng = random.Random(os.environ.get("KILL_TEST_SEED", "20261121"))
     snapshots: list[tuple[set[str], dict[str, int]]] = []
     # When the run is killed with SIGKILL three times, each at a different point
@@ -63,7 +65,8 @@ def test_kill_9_of_the_parent_mid_run_loses_nothing_and_repeats_nothing(tmp_path
         time.sleep(rng.uniform(0, 0.2))
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
-        # Then its workers die with it (they would otherwise go on writing behind the next run's back)
+        # Then its workers die with it (they would otherwise go on writing behind the next run's
+        # back)
         wait_workers_gone(output)
         ids = ids_on_disk(output)
         assert len(ids) == len(set(ids)), f"round {round_}: duplicate lines"
@@ -86,13 +89,14 @@ def test_kill_9_of_the_parent_mid_run_loses_nothing_and_repeats_nothing(tmp_path
     assert check.returncode == 0, check.stdout
 
 
-def test_a_killed_worker_is_replaced_and_its_tasks_are_done_once(tmp_path: Path, mock: MockServerProcess):
+def test_a_killed_worker_is_replaced_and_its_tasks_are_done_once(tmp_path: Path,
+                                                                 mock: MockServerProcess):
     # Given a run of 300 tasks with 3 workers
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(300))
     mock.configure(latency_ms=100, jitter_ms=50)
     output = tmp_path / "out.jsonl"
-    proc = start_cli("-i", "tasks.jsonl", "-o", "out.jsonl", "-p", "3", "-c", "6", "--base-url", mock.base_url,
-                     cwd=tmp_path)
+    proc = start_cli("-i", "tasks.jsonl", "-o", "out.jsonl", "-p", "3", "-c", "6", "--base-url",
+                     mock.base_url, cwd=tmp_path)
     _wait_for_lines(output, 30, proc)
     # When one worker is killed with SIGKILL mid-run
     workers = _children(proc.pid)
@@ -110,13 +114,15 @@ def test_sigterm_stops_cleanly_and_the_rerun_finishes(tmp_path: Path, mock: Mock
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(300))
     mock.configure(latency_ms=200)
     output = tmp_path / "out.jsonl"
-    args = ("-i", "tasks.jsonl", "-o", "out.jsonl", "-p", "2", "-c", "8", "--base-url", mock.base_url)
+    args = ("-i", "tasks.jsonl", "-o", "out.jsonl", "-p", "2", "-c", "8", "--base-url",
+            mock.base_url)
     proc = start_cli(*args, cwd=tmp_path)
     _wait_for_lines(output, 20, proc)
     # When it gets SIGTERM
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=WAIT_S)
-    # Then it exits on its own with the interrupted code, a summary, no torn line, no failure recorded
+    # Then it exits on its own with the interrupted code, a summary, no torn line, no failure
+    # recorded
     assert proc.returncode == 130, stderr
     assert "stopped: interrupted" in stdout
     assert output.read_bytes().endswith(b"\n")
@@ -129,11 +135,13 @@ def test_sigterm_stops_cleanly_and_the_rerun_finishes(tmp_path: Path, mock: Mock
     assert Counter(ids_on_disk(output)) == Counter(f"t{i}" for i in range(300))
 
 
-def test_a_second_run_on_a_live_output_is_refused_naming_the_pid(tmp_path: Path, mock: MockServerProcess):
+def test_a_second_run_on_a_live_output_is_refused_naming_the_pid(tmp_path: Path,
+                                                                 mock: MockServerProcess):
     # Given a live run
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(200))
     mock.configure(latency_ms=200)
-    args = ("-i", "tasks.jsonl", "-o", "out.jsonl", "-p", "1", "-c", "4", "--base-url", mock.base_url)
+    args = ("-i", "tasks.jsonl", "-o", "out.jsonl", "-p", "1", "-c", "4", "--base-url",
+            mock.base_url)
     proc = start_cli(*args, cwd=tmp_path)
     try:
         _wait_for_lines(tmp_path / "out.jsonl", 4, proc)
@@ -150,12 +158,14 @@ def test_a_second_run_on_a_live_output_is_refused_naming_the_pid(tmp_path: Path,
     assert report["live"] is True and report["live_pid"] == proc.pid and report["done"] >= 4
 
 
-def test_a_second_ctrl_c_quits_at_once_and_the_rerun_still_finishes(tmp_path: Path, mock: MockServerProcess):
+def test_a_second_ctrl_c_quits_at_once_and_the_rerun_still_finishes(tmp_path: Path,
+                                                                    mock: MockServerProcess):
     # Given a run whose requests take 3 s each, so that the grace period would be long
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(60))
     mock.configure(latency_ms=3000)
     output = tmp_path / "out.jsonl"
-    args = ("-i", "tasks.jsonl", "-o", "out.jsonl", "-p", "2", "-c", "4", "--base-url", mock.base_url)
+    args = ("-i", "tasks.jsonl", "-o", "out.jsonl", "-p", "2", "-c", "4", "--base-url",
+            mock.base_url)
     proc = start_cli(*args, cwd=tmp_path)
     _wait_for_lines(output, 8, proc)
     # When Ctrl-C comes twice
@@ -164,7 +174,8 @@ def test_a_second_ctrl_c_quits_at_once_and_the_rerun_still_finishes(tmp_path: Pa
     time.sleep(0.3)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=WAIT_S)
-    # Then it quits well before the requests in flight could finish, with no torn line and no failures
+    # Then it quits well before the requests in flight could finish, with no torn line and no
+    # failures
     assert time.monotonic() - started < 2.5
     assert proc.returncode == 130, stderr
     assert "quitting at once" in stderr

@@ -17,7 +17,8 @@ def _run(tmp_path: Path, mock: MockServerProcess, *extra: str, tasks: str = "tas
                    "--timeout", "5", *extra, cwd=tmp_path)
 
 
-def test_happy_path_answers_every_task_once_with_images_as_data_urls(tmp_path: Path, mock: MockServerProcess):
+def test_happy_path_answers_every_task_once_with_images_as_data_urls(tmp_path: Path,
+                                                                     mock: MockServerProcess):
     # Given tasks with one image, two images (one given as a string key), and none
     write_png(tmp_path / "img" / "a.png")
     write_png(tmp_path / "img" / "b.png", (0, 0, 255))
@@ -48,14 +49,16 @@ def test_happy_path_answers_every_task_once_with_images_as_data_urls(tmp_path: P
     assert len(logs) == 1 and "run ended" in logs[0].read_text()
 
 
-def test_images_reach_the_server_as_base64_of_the_file_bytes(tmp_path: Path, mock: MockServerProcess):
+def test_images_reach_the_server_as_base64_of_the_file_bytes(tmp_path: Path,
+                                                             mock: MockServerProcess):
     # Given a PNG image saved under a .jpg name
     png = write_png(tmp_path / "pic.jpg")
     write_tasks(tmp_path / "tasks.jsonl", [{"id": "p", "prompt": "what", "images": ["pic.jpg"]}])
     # When it runs
     proc = _run(tmp_path, mock)
     assert proc.returncode == 0, proc.stderr
-    # Then the server saw a PNG data URL (the MIME type comes from the bytes) and the answer counts one image
+    # Then the server saw a PNG data URL (the MIME type comes from the bytes) and the answer counts
+    # one image
     stats = mock.stats()
     assert stats["outcomes"]["ok"] == 1
     row = read_jsonl(tmp_path / "out" / "results.jsonl")[0]
@@ -64,7 +67,8 @@ def test_images_reach_the_server_as_base64_of_the_file_bytes(tmp_path: Path, moc
     assert stats["outcomes"].get("400", 0) == 0
 
 
-def test_a_missing_image_fails_that_task_only_and_the_run_goes_on(tmp_path: Path, mock: MockServerProcess):
+def test_a_missing_image_fails_that_task_only_and_the_run_goes_on(tmp_path: Path,
+                                                                  mock: MockServerProcess):
     # Given one task whose image does not exist
     write_png(tmp_path / "ok.png")
     write_tasks(tmp_path / "tasks.jsonl", [
@@ -73,7 +77,8 @@ def test_a_missing_image_fails_that_task_only_and_the_run_goes_on(tmp_path: Path
     ])
     # When it runs
     proc = _run(tmp_path, mock)
-    # Then the good task is written, the bad one is in the errors file, never sent, and the exit says work is left
+    # Then the good task is written, the bad one is in the errors file, never sent, and the exit
+    # says work is left
     assert proc.returncode == 1
     assert [r["id"] for r in read_jsonl(tmp_path / "out" / "results.jsonl")] == ["good"]
     errors = read_jsonl(tmp_path / "out" / "results.jsonl.errors.jsonl")
@@ -108,9 +113,11 @@ def test_a_429_is_retried_after_the_servers_retry_after(tmp_path: Path, mock: Mo
     assert row["latency_s"] >= 0.5
 
 
-def test_retries_give_up_after_max_retries_and_record_the_failure(tmp_path: Path, mock: MockServerProcess):
+def test_retries_give_up_after_max_retries_and_record_the_failure(tmp_path: Path,
+                                                                  mock: MockServerProcess):
     # Given a server that always fails one task
-    write_tasks(tmp_path / "tasks.jsonl", [{"id": "x", "prompt": "down"}, {"id": "y", "prompt": "up"}])
+    write_tasks(tmp_path / "tasks.jsonl",
+                [{"id": "x", "prompt": "down"}, {"id": "y", "prompt": "up"}])
     mock.configure(script={"down": ["500"] * 10})
     # When it runs with 2 retries
     proc = _run(tmp_path, mock, "--max-retries", "2")
@@ -140,11 +147,13 @@ def test_a_400_is_not_retried(tmp_path: Path, mock: MockServerProcess):
     stats = mock.stats()
     assert stats["requests"] == 1 and stats["outcomes"]["400"] == 1
     errors = read_jsonl(tmp_path / "out" / "results.jsonl.errors.jsonl")
-    assert [(e["error_type"], e["status"], e["attempts"]) for e in errors] == [("bad_request", 400, 1)]
+    assert ([(e["error_type"], e["status"], e["attempts"]) for e in errors]
+            == [("bad_request", 400, 1)])
 
 
-def test_a_rejected_key_stops_the_run_with_a_clear_message_and_no_key_in_it(tmp_path: Path,
-                                                                            mock: MockServerProcess):
+def test_a_rejected_key_stops_the_run_with_a_clear_message_and_no_key_in_it(
+    tmp_path: Path, mock: MockServerProcess,
+):
     # Given a server that rejects the key in use
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(50))
     mock.configure(revoke_keys=[FAKE_KEY])
@@ -154,14 +163,17 @@ def test_a_rejected_key_stops_the_run_with_a_clear_message_and_no_key_in_it(tmp_
     assert proc.returncode == 5
     assert "authentication" in proc.stdout + proc.stderr
     assert mock.stats()["requests"] < 50
-    everything = proc.stdout + proc.stderr + "".join(p.read_text() for p in (tmp_path / "logs").glob("*"))
-    assert not (tmp_path / "out" / "results.jsonl.errors.jsonl").exists()  # the key's fault, not the tasks'
+    everything = proc.stdout + proc.stderr + "".join(p.read_text()
+                                                     for p in (tmp_path / "logs").glob("*"))
+    # the key's fault, not the tasks'
+    assert not (tmp_path / "out" / "results.jsonl.errors.jsonl").exists()
     assert FAKE_KEY not in everything
 
 
 def test_invalid_json_input_is_refused_before_any_request(tmp_path: Path, mock: MockServerProcess):
     # Given an input whose third line is not JSON
-    (tmp_path / "tasks.jsonl").write_text('{"id": 1, "prompt": "a"}\n{"id": 2, "prompt": "b"}\n{"id": 3, "pro\n')
+    (tmp_path / "tasks.jsonl").write_text(
+        '{"id": 1, "prompt": "a"}\n{"id": 2, "prompt": "b"}\n{"id": 3, "pro\n')
     # When it runs
     proc = _run(tmp_path, mock)
     # Then exit 2, the message names file and line, and nothing was sent
@@ -170,10 +182,12 @@ def test_invalid_json_input_is_refused_before_any_request(tmp_path: Path, mock: 
     assert mock.stats()["requests"] == 0
 
 
-def test_duplicate_and_missing_fields_are_listed_with_lines(tmp_path: Path, mock: MockServerProcess):
+def test_duplicate_and_missing_fields_are_listed_with_lines(tmp_path: Path,
+                                                            mock: MockServerProcess):
     # Given duplicate ids and a line without a prompt
     write_tasks(tmp_path / "tasks.jsonl", [{"id": "a", "prompt": "1"}, {"id": "a", "prompt": "2"}])
-    write_tasks(tmp_path / "missing.jsonl", [{"id": "a", "prompt": "1"}, {"id": "b", "question": "2"}])
+    write_tasks(tmp_path / "missing.jsonl",
+                [{"id": "a", "prompt": "1"}, {"id": "b", "question": "2"}])
     # When each runs
     dup = _run(tmp_path, mock, tasks="tasks.jsonl")
     missing = _run(tmp_path, mock, tasks="missing.jsonl")
@@ -187,33 +201,39 @@ def test_prompt_and_id_keys_map_other_field_names(tmp_path: Path, mock: MockServ
     # Given a data set that calls its fields question and qid
     write_tasks(tmp_path / "tasks.jsonl", [{"qid": 7, "question": "seven?", "image_path": None}])
     # When it runs with the key options
-    proc = _run(tmp_path, mock, "--id-key", "qid", "--prompt-key", "question", "--images-key", "image_path")
+    proc = _run(tmp_path, mock, "--id-key", "qid", "--prompt-key", "question", "--images-key",
+                "image_path")
     # Then the task ran under its id (as a string)
     assert proc.returncode == 0, proc.stderr
     assert read_jsonl(tmp_path / "out" / "results.jsonl")[0]["id"] == "7"
 
 
-def test_a_torn_last_line_is_moved_aside_and_never_glued_to(tmp_path: Path, mock: MockServerProcess):
+def test_a_torn_last_line_is_moved_aside_and_never_glued_to(tmp_path: Path,
+                                                            mock: MockServerProcess):
     # Given an output whose last line was torn by a crash
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(3))
     out = tmp_path / "out" / "results.jsonl"
     out.parent.mkdir()
-    first = orjson.dumps({"id": "t0", "input_prompt": "q", "images": [], "answer": "a", "model": "m",
-                          "requested_model": "m", "usage": {"prompt_tokens": 1, "completion_tokens": 1,
-                                                            "total_tokens": 2}, "finish_reason": "stop",
-                          "latency_s": 0.1, "attempts": 1, "processed_at": 1.8e9, "cost": None})
+    first = orjson.dumps({"id": "t0", "input_prompt": "q", "images": [], "answer": "a",
+                          "model": "m", "requested_model": "m",
+                          "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                          "finish_reason": "stop", "latency_s": 0.1, "attempts": 1,
+                          "processed_at": 1.8e9, "cost": None})
     out.write_bytes(first + b'\n{"id": "t1", "input_prompt": "que')
     # When the run resumes
     proc = _run(tmp_path, mock)
-    # Then the torn bytes are in .corrupt, every line of the output parses, and t0 was not asked again
+    # Then the torn bytes are in .corrupt, every line of the output parses, and t0 was not asked
+    # again
     assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "out" / "results.jsonl.corrupt").read_bytes() == b'{"id": "t1", "input_prompt": "que\n'
+    assert ((tmp_path / "out" / "results.jsonl.corrupt").read_bytes()
+            == b'{"id": "t1", "input_prompt": "que\n')
     rows = read_jsonl(out)
     assert sorted(r["id"] for r in rows) == ["t0", "t1", "t2"]
     assert "question t0: what is 0 + 0?" not in mock.stats()["received"]
 
 
-def test_a_corrupt_middle_line_is_reported_kept_and_its_task_redone(tmp_path: Path, mock: MockServerProcess):
+def test_a_corrupt_middle_line_is_reported_kept_and_its_task_redone(tmp_path: Path,
+                                                                    mock: MockServerProcess):
     # Given a finished output with garbage in the middle
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(3))
     assert _run(tmp_path, mock).returncode == 0
@@ -224,7 +244,9 @@ def test_a_corrupt_middle_line_is_reported_kept_and_its_task_redone(tmp_path: Pa
     # When validate runs, then the line is reported and the lost id is missing
     check = run_cli("-i", "tasks.jsonl", "-o", "out/results.jsonl", "--validate", cwd=tmp_path)
     assert check.returncode == 1
-    assert "corrupt_line: 1" in check.stdout and "line 2" in check.stdout and "missing_id: 1" in check.stdout
+    assert "corrupt_line: 1" in check.stdout
+    assert "line 2" in check.stdout
+    assert "missing_id: 1" in check.stdout
     # When the run resumes
     proc = _run(tmp_path, mock)
     # Then it warns about the line, keeps it, and redoes only the task whose line was lost
@@ -243,9 +265,12 @@ def test_status_and_validate_report_a_partly_done_output(tmp_path: Path, mock: M
     assert _run(tmp_path, mock).returncode == 1
     # When status runs (text and JSON)
     text = run_cli("-i", "tasks.jsonl", "-o", "out/results.jsonl", "--status", cwd=tmp_path)
-    as_json = run_cli("-i", "tasks.jsonl", "-o", "out/results.jsonl", "--status", "--json", cwd=tmp_path)
+    as_json = run_cli("-i", "tasks.jsonl", "-o", "out/results.jsonl", "--status", "--json",
+                      cwd=tmp_path)
     # Then it counts 3 done, 1 failed, 1 pending, 75%, tokens, no live run
-    assert text.returncode == 0 and "done: 3 (75.0%)" in text.stdout and "run live: no" in text.stdout
+    assert text.returncode == 0
+    assert "done: 3 (75.0%)" in text.stdout
+    assert "run live: no" in text.stdout
     report = orjson.loads(as_json.stdout)
     assert (report["total"], report["done"], report["failed"], report["pending"]) == (4, 3, 1, 1)
     assert report["total_tokens"] == sum(r["usage"]["total_tokens"]
@@ -256,7 +281,8 @@ def test_status_and_validate_report_a_partly_done_output(tmp_path: Path, mock: M
     assert check.returncode == 1 and "missing_id: 1" in check.stdout and "t3" in check.stdout
 
 
-def test_validate_flags_a_server_that_answers_with_another_model(tmp_path: Path, mock: MockServerProcess):
+def test_validate_flags_a_server_that_answers_with_another_model(tmp_path: Path,
+                                                                 mock: MockServerProcess):
     # Given a server that answers requests for the 7B model with the 72B one
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(2))
     mock.configure(model_map={"qwen-7b": "qwen-72b"})
@@ -274,14 +300,18 @@ def test_missing_input_and_key_say_where_to_set_them(tmp_path: Path):
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(1))
     no_key = run_cli("-i", "tasks.jsonl", "-o", "x.jsonl", cwd=tmp_path, env={"OPENAI_API_KEY": ""})
     # Then each is one line that names the flag, the variable and the file
-    assert no_input.returncode == 2 and "-i FILE" in no_input.stderr and "MPINFER_INPUT" in no_input.stderr
+    assert no_input.returncode == 2
+    assert "-i FILE" in no_input.stderr
+    assert "MPINFER_INPUT" in no_input.stderr
     assert no_key.returncode == 2 and "OPENAI_API_KEY" in no_key.stderr and ".env" in no_key.stderr
 
 
-def test_settings_come_from_env_file_and_toml_when_flags_are_absent(tmp_path: Path, mock: MockServerProcess):
+def test_settings_come_from_env_file_and_toml_when_flags_are_absent(tmp_path: Path,
+                                                                    mock: MockServerProcess):
     # Given the input and output in mpinfer.toml and the URL and model in .env
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(2))
-    (tmp_path / "mpinfer.toml").write_text('input = "tasks.jsonl"\noutput = "res.jsonl"\nprocesses = 1\n')
+    (tmp_path / "mpinfer.toml").write_text(
+        'input = "tasks.jsonl"\noutput = "res.jsonl"\nprocesses = 1\n')
     (tmp_path / ".env").write_text(f"OPENAI_BASE_URL={mock.base_url}\nMPINFER_MODEL=from-dotenv\n")
     # When the bare command runs
     proc = run_cli(cwd=tmp_path)

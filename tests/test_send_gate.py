@@ -1,7 +1,7 @@
-"""Requests built ahead of their slot (api/http.py's SendGate): -c is still the most on the wire per worker,
-waiting for a slot is not the server's time, and a stop sends none of those still waiting (that a server
-stating a limit gets no more built ahead, and those waiting go back to the limiter, is
-tests/test_finishes.py's: its 429s stay few)."""
+"""Requests built ahead of their slot (api/http.py's SendGate): -c is still the most on the wire per
+worker, waiting for a slot is not the server's time, and a stop sends none of those still waiting
+(that a server stating a limit gets no more built ahead, and those waiting go back to the limiter,
+is tests/test_finishes.py's: its 429s stay few)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from helpers import Connection, keep_alive, read_jsonl, response, run_cli, start_cli, text_tasks, write_tasks
+from helpers import (
+    Connection,
+    keep_alive,
+    read_jsonl,
+    response,
+    run_cli,
+    start_cli,
+    text_tasks,
+    write_tasks,
+)
 
 from mpinfer.api.client import Answer, complete, make_client
 from mpinfer.api.http import SendGate
@@ -22,26 +31,32 @@ from mpinfer.mockserver import MockServerProcess
 KEY = "sk-test-0000000000000000fake7gt3"
 WAIT_S = 60.0
 ANSWER = {"id": "c", "object": "chat.completion", "model": "gpt-4o-mini",
-          "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+          "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                       "finish_reason": "stop"}],
           "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
 
 
-def test_minus_c_is_still_the_most_requests_on_the_wire_of_a_worker(tmp_path: Path, mock: MockServerProcess) -> None:
+def test_minus_c_is_still_the_most_requests_on_the_wire_of_a_worker(
+    tmp_path: Path, mock: MockServerProcess,
+) -> None:
     # Given 60 tasks, two workers with -c 3 (each builds 3 more ahead), answers after 150 ms
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(60))
     mock.configure(latency_ms=150)
     # When the run goes
-    done = run_cli("-i", "tasks.jsonl", "-o", "out.jsonl", "-p", "2", "-c", "3", "--base-url", mock.base_url,
-                   cwd=tmp_path)
-    # Then every task is answered once, and the server never had more than 2 x 3 in flight (and had that many)
+    done = run_cli("-i", "tasks.jsonl", "-o", "out.jsonl", "-p", "2", "-c", "3", "--base-url",
+                   mock.base_url, cwd=tmp_path)
+    # Then every task is answered once, and the server never had more than 2 x 3 in flight (and had
+    # that many)
     assert done.returncode == 0, done.stderr
-    assert Counter(r["id"] for r in read_jsonl(tmp_path / "out.jsonl")) == Counter(f"t{i}" for i in range(60))
+    ids = Counter(r["id"] for r in read_jsonl(tmp_path / "out.jsonl"))
+    assert ids == Counter(f"t{i}" for i in range(60))
     stats = mock.stats()
     assert stats["max_in_flight"] == 6 and stats["requests"] == 60, stats
 
 
 def _answering_after(delay_s: float, *headers: str) -> Connection:
-    """A keep-alive server's connection handler that answers each request after ``delay_s`` (at most 10)."""
+    """A keep-alive server's connection handler that answers each request after ``delay_s`` (at most
+    10)."""
     async def answer(_head: bytes, _body: bytes, writer: asyncio.StreamWriter) -> None:
         await asyncio.sleep(delay_s)
         writer.write(response(orjson.dumps(ANSWER), *headers))
@@ -50,8 +65,8 @@ def _answering_after(delay_s: float, *headers: str) -> Connection:
 
 
 def test_an_answers_headers_are_seen_before_the_request_its_slot_frees_is_sent() -> None:
-    # Given one slot, a server that states its limit on every answer, and hooks that note each send, each
-    # answer's arrival, and each answer as the caller gets it
+    # Given one slot, a server that states its limit on every answer, and hooks that note each send,
+    # each answer's arrival, and each answer as the caller gets it
     seen: list[str] = []
 
     async def go() -> None:
@@ -65,8 +80,8 @@ def test_an_answers_headers_are_seen_before_the_request_its_slot_frees_is_sent()
         async def on_answer(status: int, headers: Any) -> None:
             seen.append(f"answer {status} limit {headers.get('X-RateLimit-Limit-Requests')}")
 
-        client = make_client(KEY, f"http://127.0.0.1:{port}/v1", 5.0, on_send=on_send, gate=SendGate(1),
-                             on_answer=on_answer)
+        client = make_client(KEY, f"http://127.0.0.1:{port}/v1", 5.0, on_send=on_send,
+                             gate=SendGate(1), on_answer=on_answer)
         request = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
         async def one() -> None:
@@ -81,9 +96,10 @@ def test_an_answers_headers_are_seen_before_the_request_its_slot_frees_is_sent()
 
     # When two requests go at once, the second waiting for the first's slot
     asyncio.run(go())
-    # Then the first answer's limit was seen before the second request left (which the limiter can then
-    # hold back), though the first caller has its answer only after that send
-    assert seen == ["send", "answer 200 limit 60", "send", "returned", "answer 200 limit 60", "returned"], seen
+    # Then the first answer's limit was seen before the second request left (which the limiter can
+    # then hold back), though the first caller has its answer only after that send
+    assert seen == ["send", "answer 200 limit 60", "send", "returned", "answer 200 limit 60",
+                    "returned"], seen
 
 
 def test_waiting_for_a_slot_does_not_count_against_the_request_timeout() -> None:
@@ -96,7 +112,8 @@ def test_waiting_for_a_slot_does_not_count_against_the_request_timeout() -> None
         client = make_client(KEY, f"http://127.0.0.1:{port}/v1", 1.0, gate=SendGate(1))
         request = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
         try:
-            return await asyncio.gather(*(complete(client, request, 1.0) for _ in range(2)), return_exceptions=True)
+            return await asyncio.gather(*(complete(client, request, 1.0) for _ in range(2)),
+                                        return_exceptions=True)
         finally:
             await client.close()
             server.close()
@@ -110,12 +127,15 @@ def test_waiting_for_a_slot_does_not_count_against_the_request_timeout() -> None
     assert time.monotonic() - started >= 1.3  # one after the other: the gate held the second
 
 
-def test_a_stop_sends_none_of_the_requests_waiting_for_a_slot(tmp_path: Path, mock: MockServerProcess) -> None:
-    # Given one worker with -c 2 and answers that take 1.5 s and state no limit: it builds two ahead from the
-    # start, which go when the first two are answered, and two more are built ahead while those are out
+def test_a_stop_sends_none_of_the_requests_waiting_for_a_slot(tmp_path: Path,
+                                                              mock: MockServerProcess) -> None:
+    # Given one worker with -c 2 and answers that take 1.5 s and state no limit: it builds two ahead
+    # from the start, which go when the first two are answered, and two more are built ahead while
+    # those are out
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(20))
     mock.configure(latency_ms=1500)
-    args = ("-i", "tasks.jsonl", "-o", "out.jsonl", "-p", "1", "-c", "2", "--base-url", mock.base_url)
+    args = ("-i", "tasks.jsonl", "-o", "out.jsonl", "-p", "1", "-c", "2", "--base-url",
+            mock.base_url)
     proc = start_cli(*args, cwd=tmp_path)
     deadline = time.monotonic() + WAIT_S
     while mock.stats()["requests"] < 4 and time.monotonic() < deadline and proc.poll() is None:
@@ -133,5 +153,6 @@ def test_a_stop_sends_none_of_the_requests_waiting_for_a_slot(tmp_path: Path, mo
     mock.configure(latency_ms=0)
     again = run_cli(*args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
-    assert Counter(r["id"] for r in read_jsonl(tmp_path / "out.jsonl")) == Counter(f"t{i}" for i in range(20))
+    ids = Counter(r["id"] for r in read_jsonl(tmp_path / "out.jsonl"))
+    assert ids == Counter(f"t{i}" for i in range(20))
 

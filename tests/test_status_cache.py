@@ -1,4 +1,5 @@
-"""--status reads only what is new, and its cache never makes it wrong: each case against a fresh full read."""
+"""--status reads only what is new, and its cache never makes it wrong: each case against a fresh
+full read."""
 
 from __future__ import annotations
 
@@ -23,17 +24,20 @@ def fresh(config: RunConfig) -> StatusReport:
 
 
 def cached(config: RunConfig) -> tuple[StatusReport, StatusReader]:
-    """What --status says starting from the cache beside the output, and the reader (what it read)."""
+    """What --status says starting from the cache beside the output, and the reader (what it
+    read)."""
     reader = StatusReader(config)
     return reader.read(NOW), reader
 
 
 @pytest.fixture
 def config(tmp_path: Path) -> RunConfig:
-    """20 of 40 tasks answered, 3 failures (one of them answered later), a bad line; one --status done."""
-    config = setup_run(tmp_path, IDS, [result_line(i, at=NOW - 40 + n) for n, i in enumerate(IDS[:20])])
-    write_jsonl(config.output.with_name("results.jsonl.errors.jsonl"), [failure_line("t25"), failure_line("t26"),
-                                                                         failure_line("t3")])
+    """20 of 40 tasks answered, 3 failures (one of them answered later), a bad line; one --status
+    done."""
+    config = setup_run(tmp_path, IDS,
+                       [result_line(i, at=NOW - 40 + n) for n, i in enumerate(IDS[:20])])
+    write_jsonl(config.output.with_name("results.jsonl.errors.jsonl"),
+                [failure_line("t25"), failure_line("t26"), failure_line("t3")])
     with config.output.open("ab") as handle:
         handle.write(b"not json\n")
     first, reader = cached(config)
@@ -42,7 +46,9 @@ def config(tmp_path: Path) -> RunConfig:
     return config
 
 
-def test_a_second_status_on_an_unchanged_output_reads_nothing_and_says_the_same(config: RunConfig) -> None:
+def test_a_second_status_on_an_unchanged_output_reads_nothing_and_says_the_same(
+    config: RunConfig,
+) -> None:
     # When --status runs again with nothing changed
     again, reader = cached(config)
     # Then it came from the cache, read no byte of the output, and matches a full read
@@ -91,15 +97,19 @@ def test_a_truncated_output_is_read_again_whole(config: RunConfig) -> None:
     # When --status runs again
     again, reader = cached(config)
     # Then it noticed, read the whole file, and matches a full read
-    assert reader.bytes_read == len(kept) + config.output.with_name("results.jsonl.errors.jsonl").stat().st_size
+    assert (reader.bytes_read
+            == len(kept) + config.output.with_name("results.jsonl.errors.jsonl").stat().st_size)
     assert again == fresh(config) and again.done == 8
 
 
-def test_an_output_replaced_by_a_copy_is_read_again_whole(config: RunConfig, tmp_path: Path) -> None:
-    # Given another output of the same size copied over it in place (same inode), and then one moved over it
+def test_an_output_replaced_by_a_copy_is_read_again_whole(config: RunConfig,
+                                                          tmp_path: Path) -> None:
+    # Given another output of the same size copied over it in place (same inode), and then one moved
+    # over it
     other = tmp_path / "other.jsonl"
     write_jsonl(other, [result_line(i, at=NOW - 40 + n) for n, i in enumerate(IDS[20:40])])
-    with config.output.open("ab") as handle:  # make the sizes equal: the copy must be caught by its bytes
+    # make the sizes equal: the copy must be caught by its bytes
+    with config.output.open("ab") as handle:
         handle.truncate(other.stat().st_size)
     cached(config)
     shutil.copyfile(other, config.output)
@@ -126,7 +136,8 @@ def test_an_output_rewritten_by_repair_is_read_again_whole(config: RunConfig) ->
 
 def test_a_changed_input_is_checked_again(config: RunConfig) -> None:
     # Given 10 more tasks in the input
-    write_jsonl(config.input, [{"id": i, "prompt": "p"} for i in [*IDS, *(f"n{k}" for k in range(10))]])
+    write_jsonl(config.input,
+                [{"id": i, "prompt": "p"} for i in [*IDS, *(f"n{k}" for k in range(10))]])
     # When --status runs again
     again, reader = cached(config)
     # Then the cache was not used and the totals are the new input's
@@ -152,7 +163,9 @@ def test_latency_percentiles_follow_a_rewrite_to_as_many_lines(config: RunConfig
     assert again.latency_s["p50"] == 9.0 and again == fresh(config)
 
 
-def test_a_watching_reader_rewrites_the_cache_at_most_once_a_minute_and_on_close(config: RunConfig) -> None:
+def test_a_watching_reader_rewrites_the_cache_at_most_once_a_minute_and_on_close(
+    config: RunConfig,
+) -> None:
     # Given a --watch reader on a clock the test moves, after its first redraw
     clock = [1000.0]
     reader = StatusReader(config, watching=True, clock=lambda: clock[0])

@@ -1,4 +1,5 @@
-"""The output file: torn-tail repair, the done-id scan, whole-line locked appends, full disks and the run lock."""
+"""The output file: torn-tail repair, the done-id scan, whole-line locked appends, full disks and
+the run lock."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ CHILD_TIMEOUT_S = 20
 
 def record(rid: str | int | bool, **extra: object) -> bytes:
     """An answer record: what the resume scan counts as done."""
-    return orjson.dumps({"id": rid, "answer": f"answer {rid}", "model": "m", "usage": {}, **extra}) + b"\n"
+    return orjson.dumps({"id": rid, "answer": f"answer {rid}", "model": "m", "usage": {},
+                         **extra}) + b"\n"
 
 
 def child_env() -> dict[str, str]:
@@ -34,8 +36,9 @@ def child_env() -> dict[str, str]:
 
 def start_child(code: str, *args: str) -> subprocess.Popen[str]:
     """A separate Python process running ``code`` (with sys.argv[1:] = args)."""
-    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *args], env=child_env(),
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), *args], env=child_env(),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def run_child(code: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -43,7 +46,7 @@ def run_child(code: str, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=CHILD_TIMEOUT_S, check=False)
 
 
-# --- repair_tail ----------------------------------------------------------------------------------------
+# --- repair_tail ----------------------------------------------------------------------------------
 
 
 def test_repair_tail_moves_a_torn_last_line_to_the_corrupt_file(tmp_path: Path) -> None:
@@ -55,7 +58,8 @@ def test_repair_tail_moves_a_torn_last_line_to_the_corrupt_file(tmp_path: Path) 
     output.write_bytes(good + torn)
     # When the tail is repaired
     repair = repair_tail(output, corrupt)
-    # Then the file is cut exactly after the last newline and the torn bytes are kept aside, with a newline
+    # Then the file is cut exactly after the last newline and the torn bytes are kept aside, with a
+    # newline
     assert repair == TailRepair(output, len(torn), corrupt, False)
     assert output.read_bytes() == good
     assert corrupt.read_bytes() == torn + b"\n"
@@ -87,7 +91,9 @@ def test_repair_tail_of_a_file_with_no_newline_at_all_empties_it(tmp_path: Path)
     assert corrupt.read_bytes() == b'{"id": "a", "ans\n'
 
 
-def test_repair_tail_finds_the_last_newline_before_a_torn_line_longer_than_one_read_block(tmp_path: Path) -> None:
+def test_repair_tail_finds_the_last_newline_before_a_torn_line_longer_than_one_read_block(
+    tmp_path: Path,
+) -> None:
     # Given one record and then a torn line of 150,000 bytes (more than two 64 KiB read blocks)
     output = tmp_path / "out.jsonl"
     corrupt = tmp_path / "out.jsonl.corrupt"
@@ -153,10 +159,12 @@ def test_repair_tail_of_a_missing_or_empty_file_does_nothing(tmp_path: Path) -> 
     assert not (tmp_path / "c").exists()
 
 
-# --- scan -----------------------------------------------------------------------------------------------
+# --- scan -----------------------------------------------------------------------------------------
 
 
-def test_scan_finds_the_ids_and_reports_a_corrupt_middle_line_without_dropping_it(tmp_path: Path) -> None:
+def test_scan_finds_the_ids_and_reports_a_corrupt_middle_line_without_dropping_it(
+    tmp_path: Path,
+) -> None:
     # Given records a, b and 7 around a garbage line and a blank line
     output = tmp_path / "out.jsonl"
     content = record("a") + b"}{ not json\n" + record("b") + b"\n" + record(7)
@@ -174,8 +182,9 @@ def test_scan_finds_the_ids_and_reports_a_corrupt_middle_line_without_dropping_i
 def test_scan_lists_records_without_a_usable_id_as_bad_lines(tmp_path: Path) -> None:
     # Given lines with an empty id, a boolean id, a list, no id, and an id with nothing else
     output = tmp_path / "out.jsonl"
-    output.write_bytes(record("") + record(True) + b'[1]\n{"answer": "x", "model": "m", "usage": {}}\n'
-                       + b'{"id": "bare"}\n' + record("ok"))
+    output.write_bytes(record("") + record(True)
+                       + b'[1]\n{"answer": "x", "model": "m", "usage": {}}\n' + b'{"id": "bare"}\n'
+                       + record("ok"))
     # When it is scanned
     result = scan(output)
     # Then only the real record counts
@@ -201,7 +210,7 @@ def test_scan_of_a_missing_file_is_empty(tmp_path: Path) -> None:
     assert (result.ids, result.bad_lines, result.lines, result.end_offset) == (set(), [], 0, 0)
 
 
-# --- Appender -------------------------------------------------------------------------------------------
+# --- Appender -------------------------------------------------------------------------------------
 
 
 def test_append_writes_whole_lines_in_order(tmp_path: Path) -> None:
@@ -234,7 +243,9 @@ def test_append_after_a_torn_line_moves_the_torn_bytes_out_first(tmp_path: Path)
     assert paths.corrupt.read_bytes() == torn + b"\n"
 
 
-def test_append_to_the_errors_file_after_a_torn_line_uses_the_errors_corrupt_file(tmp_path: Path) -> None:
+def test_append_to_the_errors_file_after_a_torn_line_uses_the_errors_corrupt_file(
+    tmp_path: Path,
+) -> None:
     # Given an errors file whose last line was torn
     paths = OutputPaths.of(tmp_path / "out.jsonl")
     torn = b'{"id": "x", "error_ty'
@@ -251,7 +262,9 @@ def test_append_to_the_errors_file_after_a_torn_line_uses_the_errors_corrupt_fil
     assert not paths.corrupt.exists()
 
 
-def test_append_after_a_torn_line_written_through_the_same_appender_is_still_repaired(tmp_path: Path) -> None:
+def test_append_after_a_torn_line_written_through_the_same_appender_is_still_repaired(
+    tmp_path: Path,
+) -> None:
     # Given an appender that has already written, and torn bytes appended behind its back
     paths = OutputPaths.of(tmp_path / "out.jsonl")
     appender = Appender(paths)
@@ -305,10 +318,12 @@ print("wrote", count)
 
 
 def test_concurrent_appends_from_four_processes_produce_intact_lines(tmp_path: Path) -> None:
-    # Given four writer processes, released at the same moment, each appending 200 records of about 1 KB
+    # Given four writer processes, released at the same moment, each appending 200 records of about
+    # 1 KB
     output = tmp_path / "out.jsonl"
     go = tmp_path / "go"
-    children = [start_child(CONCURRENT_WRITER, str(output), str(w), "200", str(go)) for w in range(4)]
+    children = [start_child(CONCURRENT_WRITER, str(output), str(w), "200", str(go))
+                for w in range(4)]
     for child in children:
         assert child.stdout is not None and child.stdout.readline().strip() == "READY"
     # When they all write at once
@@ -358,7 +373,8 @@ def test_a_full_disk_makes_append_raise_and_leaves_no_partial_line(tmp_path: Pat
     output.write_bytes(before)
     # When that process appends a record of about 420 bytes
     done = run_child(DISK_FULL_WRITER, str(output))
-    # Then append raised OutputError saying the disk is full, and the 50 bytes that did fit were cut off again
+    # Then append raised OutputError saying the disk is full, and the 50 bytes that did fit were cut
+    # off again
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("OutputError: "), done.stdout + done.stderr
     assert "disk full" in done.stdout
@@ -366,7 +382,7 @@ def test_a_full_disk_makes_append_raise_and_leaves_no_partial_line(tmp_path: Pat
     assert output.read_bytes() == before
 
 
-# --- the run lock ----------------------------------------------------------------------------------------
+# --- the run lock ---------------------------------------------------------------------------------
 
 
 LOCK_HOLDER = """
@@ -384,7 +400,9 @@ print("RELEASED", flush=True)
 """
 
 
-def test_a_second_run_lock_from_another_process_fails_fast_naming_the_first_pid(tmp_path: Path) -> None:
+def test_a_second_run_lock_from_another_process_fails_fast_naming_the_first_pid(
+    tmp_path: Path,
+) -> None:
     # Given another process holding the run lock of an output
     paths = OutputPaths.of(tmp_path / "out.jsonl")
     holder = start_child(LOCK_HOLDER, str(paths.output))

@@ -1,4 +1,5 @@
-"""The input reader: check_input fails fast with file and line; iter_tasks streams what is not done."""
+"""The input reader: check_input fails fast with file and line; iter_tasks streams what is not
+done."""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def input_error(path: Path, keys: FieldKeys = DEFAULT_KEYS) -> InputError:
     return caught.value
 
 
-# --- check_input ------------------------------------------------------------------------------------------
+# --- check_input ----------------------------------------------------------------------------------
 
 
 def test_check_input_on_good_input_returns_the_ids_and_total(tmp_path: Path) -> None:
@@ -59,8 +60,9 @@ def test_check_input_on_good_input_returns_the_ids_and_total(tmp_path: Path) -> 
 
 def test_invalid_json_names_the_path_and_the_line(tmp_path: Path) -> None:
     # Given a file whose second line is not JSON
-    path = write_lines(tmp_path / "in.jsonl", [{"id": "a", "prompt": "x"}, '{"id": "b", "prompt": ', {"id": "c",
-                                                                                                       "prompt": "z"}])
+    path = write_lines(tmp_path / "in.jsonl",
+                       [{"id": "a", "prompt": "x"}, '{"id": "b", "prompt": ',
+                        {"id": "c", "prompt": "z"}])
     # When it is checked
     error = input_error(path)
     # Then the error says where
@@ -70,8 +72,9 @@ def test_invalid_json_names_the_path_and_the_line(tmp_path: Path) -> None:
 
 def test_missing_id_is_reported_with_its_line(tmp_path: Path) -> None:
     # Given a task without an id on line 3
-    path = write_lines(tmp_path / "in.jsonl", [{"id": "a", "prompt": "x"}, {"id": "b", "prompt": "y"},
-                                               {"prompt": "no id"}])
+    path = write_lines(tmp_path / "in.jsonl",
+                       [{"id": "a", "prompt": "x"}, {"id": "b", "prompt": "y"},
+                        {"prompt": "no id"}])
     # When it is checked
     error = input_error(path)
     # Then the message names the line and the field
@@ -90,7 +93,8 @@ def test_empty_string_id_counts_as_missing(tmp_path: Path) -> None:
 
 def test_missing_prompt_is_reported_with_its_line(tmp_path: Path) -> None:
     # Given a task without a prompt on line 2
-    path = write_lines(tmp_path / "in.jsonl", [{"id": "a", "prompt": "x"}, {"id": "b", "text": "wrong key"}])
+    path = write_lines(tmp_path / "in.jsonl",
+                       [{"id": "a", "prompt": "x"}, {"id": "b", "text": "wrong key"}])
     # When it is checked
     error = input_error(path)
     # Then the message names the line and the field
@@ -114,7 +118,9 @@ def test_custom_field_keys_are_used_for_id_prompt_and_images(tmp_path: Path) -> 
     assert tasks[1] == Task(id="q2", prompt="why?", images=(), line=2)
 
 
-def test_default_keys_do_not_find_custom_fields_and_say_which_key_was_looked_for(tmp_path: Path) -> None:
+def test_default_keys_do_not_find_custom_fields_and_say_which_key_was_looked_for(
+    tmp_path: Path,
+) -> None:
     # Given a data set with custom field names read with the default keys
     path = write_lines(tmp_path / "in.jsonl", [{"uid": "q1", "question": "what?"}])
     # When it is checked with a custom id key only
@@ -125,7 +131,8 @@ def test_default_keys_do_not_find_custom_fields_and_say_which_key_was_looked_for
 
 def test_a_single_image_may_be_given_as_a_string(tmp_path: Path) -> None:
     # Given a task whose images field is one path rather than a list
-    path = write_lines(tmp_path / "in.jsonl", [{"id": "a", "prompt": "look", "images": "img/one.png"}])
+    path = write_lines(tmp_path / "in.jsonl",
+                       [{"id": "a", "prompt": "look", "images": "img/one.png"}])
     # When it is read
     (task,) = list(iter_tasks(path))
     # Then it becomes a one-element tuple
@@ -156,8 +163,9 @@ def test_empty_prompt_without_images_is_refused_but_with_images_it_is_fine(tmp_p
 
 def test_duplicate_ids_are_listed_with_both_line_numbers(tmp_path: Path) -> None:
     # Given id "a" on lines 1 and 3
-    path = write_lines(tmp_path / "in.jsonl", [{"id": "a", "prompt": "x"}, {"id": "b", "prompt": "y"},
-                                               {"id": "a", "prompt": "z"}])
+    path = write_lines(tmp_path / "in.jsonl",
+                       [{"id": "a", "prompt": "x"}, {"id": "b", "prompt": "y"},
+                        {"id": "a", "prompt": "z"}])
     # When it is checked
     error = input_error(path)
     # Then both lines are named
@@ -166,7 +174,8 @@ def test_duplicate_ids_are_listed_with_both_line_numbers(tmp_path: Path) -> None
 
 def test_an_integer_id_and_the_same_id_as_text_are_duplicates(tmp_path: Path) -> None:
     # Given ids 1 and "1" (they would be the same in the output)
-    path = write_lines(tmp_path / "in.jsonl", [{"id": 1, "prompt": "x"}, {"id": "1", "prompt": "y"}])
+    path = write_lines(tmp_path / "in.jsonl",
+                       [{"id": 1, "prompt": "x"}, {"id": "1", "prompt": "y"}])
     # When it is checked
     error = input_error(path)
     # Then they are reported as a duplicate
@@ -221,7 +230,8 @@ def test_the_listing_of_bad_lines_stops_at_ten(tmp_path: Path) -> None:
 def test_blank_lines_and_a_utf8_bom_are_tolerated(tmp_path: Path) -> None:
     # Given a BOM before the first task, blank lines between tasks and a CRLF line
     path = tmp_path / "in.jsonl"
-    path.write_bytes(b'\xef\xbb\xbf{"id": "a", "prompt": "x"}\n\n   \n{"id": "b", "prompt": "y"}\r\n\n')
+    path.write_bytes(b'\xef\xbb\xbf{"id": "a", "prompt": "x"}\n\n   \n'
+                     b'{"id": "b", "prompt": "y"}\r\n\n')
     # When it is checked and read
     index = check_input(path)
     tasks = list(iter_tasks(path))
@@ -288,32 +298,35 @@ def test_per_task_settings_of_the_wrong_type_are_refused(tmp_path: Path, field: 
 
 def test_per_task_settings_are_read_into_the_task(tmp_path: Path) -> None:
     # Given a task with its own model, temperature, max_tokens and system message
-    path = write_lines(tmp_path / "in.jsonl", [
-        {"id": "a", "prompt": "x", "model": "gpt-4o", "temperature": 0, "max_tokens": 9, "system": "be brief"},
-    ])
+    path = write_lines(tmp_path / "in.jsonl",
+                       [{"id": "a", "prompt": "x", "model": "gpt-4o", "temperature": 0,
+                         "max_tokens": 9, "system": "be brief"}])
     # When it is read
     (task,) = list(iter_tasks(path))
     # Then each setting is on the task (an integer temperature as a float)
-    assert task == Task(id="a", prompt="x", system="be brief", model="gpt-4o", temperature=0.0, max_tokens=9,
-                        line=1)
+    assert task == Task(id="a", prompt="x", system="be brief", model="gpt-4o", temperature=0.0,
+                        max_tokens=9, line=1)
     assert isinstance(task.temperature, float)
 
 
-# --- iter_tasks -----------------------------------------------------------------------------------------
+# --- iter_tasks -----------------------------------------------------------------------------------
 
 
 def test_iter_tasks_streams_in_input_order(tmp_path: Path) -> None:
     # Given five tasks
-    path = write_lines(tmp_path / "in.jsonl", [{"id": f"t{i}", "prompt": f"p{i}"} for i in range(5)])
+    path = write_lines(tmp_path / "in.jsonl",
+                       [{"id": f"t{i}", "prompt": f"p{i}"} for i in range(5)])
     # When they are read
     tasks = list(iter_tasks(path))
     # Then they come in file order with their prompts and line numbers
-    assert [(t.id, t.prompt, t.line) for t in tasks] == [(f"t{i}", f"p{i}", i + 1) for i in range(5)]
+    assert [(t.id, t.prompt, t.line) for t in tasks] == [(f"t{i}", f"p{i}", i + 1)
+                                                         for i in range(5)]
 
 
 def test_iter_tasks_skips_the_given_ids(tmp_path: Path) -> None:
     # Given five tasks, of which t1 and t3 are done
-    path = write_lines(tmp_path / "in.jsonl", [{"id": f"t{i}", "prompt": f"p{i}"} for i in range(5)])
+    path = write_lines(tmp_path / "in.jsonl",
+                       [{"id": f"t{i}", "prompt": f"p{i}"} for i in range(5)])
     # When the rest are read
     tasks = iter_tasks(path, skip={"t1", "t3"})
     # Then only the others come, in order

@@ -1,4 +1,5 @@
-"""Token estimates: OpenAI's image rule, image sizes read from file headers, text, and a request's charge."""
+"""Token estimates: OpenAI's image rule, image sizes read from file headers, text, and a request's
+charge."""
 
 from __future__ import annotations
 
@@ -33,13 +34,16 @@ def webp_vp8x(width: int, height: int) -> bytes:
 
 
 def webp_vp8(width: int, height: int, scale: int = 0) -> bytes:
-    """Lossy WEBP: a 3-byte frame tag, the start code, then 14-bit sizes whose top 2 bits are a scale."""
-    return riff(b"VP8 ", b"\x30\x01\x00" + b"\x9d\x01\x2a" + struct.pack("<HH", width | scale << 14,
-                                                                            height | scale << 14) + b"\x00" * 8)
+    """Lossy WEBP: a 3-byte frame tag, the start code, then 14-bit sizes whose top 2 bits are a
+    scale."""
+    return riff(b"VP8 ",
+                b"\x30\x01\x00" + b"\x9d\x01\x2a" + struct.pack("<HH", width | scale << 14,
+                                                                height | scale << 14) + b"\x00" * 8)
 
 
 def webp_vp8l(width: int, height: int, alpha: bool = True) -> bytes:
-    """Lossless WEBP: the 0x2f signature, then width-1 and height-1 in 14 bits each, an alpha bit, a version."""
+    """Lossless WEBP: the 0x2f signature, then width-1 and height-1 in 14 bits each, an alpha bit, a
+    version."""
     bits = (width - 1) | (height - 1) << 14 | int(alpha) << 28
     return riff(b"VP8L", b"\x2f" + bits.to_bytes(4, "little") + b"\x00" * 8)
 
@@ -53,7 +57,9 @@ APP0 = jpeg_segment(0xE0, b"JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00")
 
 def sof(marker: int, width: int, height: int) -> bytes:
     """A start-of-frame segment: precision, height, width, then three components."""
-    return jpeg_segment(marker, struct.pack(">BHHB", 8, height, width, 3) + bytes([1, 0x22, 0, 2, 0x11, 1, 3, 0x11, 1]))
+    return jpeg_segment(marker,
+                        struct.pack(">BHHB", 8, height, width, 3) + bytes([1, 0x22, 0, 2, 0x11, 1,
+                                                                           3, 0x11, 1]))
 
 
 def jpeg(*segments: bytes) -> bytes:
@@ -65,7 +71,7 @@ def png_1024() -> bytes:
     return png_bytes(1024, 1024, (30, 90, 200), WHITE)
 
 
-# --- image_tokens -----------------------------------------------------------------------------------------
+# --- image_tokens ---------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("width", "height", "detail", "tokens"), [
@@ -78,7 +84,8 @@ def png_1024() -> bytes:
     (513, 512, "high", 425),     # one pixel more: two tiles
     (4096, 1024, "high", 765),   # to 2048x512; the short side is under 768, so it stays: 4x1 tiles
 ])
-def test_image_tokens_follow_openais_documented_rule(width: int, height: int, detail: str, tokens: int) -> None:
+def test_image_tokens_follow_openais_documented_rule(width: int, height: int, detail: str,
+                                                     tokens: int) -> None:
     # Given an image's size and the requested detail
     # When its cost is estimated
     # Then it is what OpenAI's vision pricing rule gives
@@ -86,7 +93,8 @@ def test_image_tokens_follow_openais_documented_rule(width: int, height: int, de
 
 
 @pytest.mark.parametrize(("width", "height"), [(None, None), (1024, None), (None, 768), (0, 0)])
-def test_an_image_of_unknown_size_is_guessed_at_765_tokens(width: int | None, height: int | None) -> None:
+def test_an_image_of_unknown_size_is_guessed_at_765_tokens(width: int | None,
+                                                           height: int | None) -> None:
     # Given an image whose size could not be read
     # When its cost is estimated at the default detail
     # Then it is guessed as a 1024x1024 image, 765; at low detail it is still 85
@@ -94,7 +102,7 @@ def test_an_image_of_unknown_size_is_guessed_at_765_tokens(width: int | None, he
     assert image_tokens(width, height, "low") == 85
 
 
-# --- image_size -------------------------------------------------------------------------------------------
+# --- image_size -----------------------------------------------------------------------------------
 
 
 def test_image_size_reads_a_png_header() -> None:
@@ -116,15 +124,16 @@ def test_image_size_reads_a_png_header() -> None:
     (jpeg(APP0, sof(0xC0, 800, 600)), (800, 600)),
 ])
 def test_image_size_reads_gif_webp_and_jpeg_headers(data: bytes, size: tuple[int, int]) -> None:
-    # Given the header of a GIF, a WEBP (extended, lossy or lossless) or a JPEG with APP0 before SOF0
+    # Given the header of a GIF, a WEBP (extended, lossy or lossless) or a JPEG with APP0 before
+    # SOF0
     # When its size is read
     # Then it is the size the header holds
     assert tuple(image_size(data) or ()) == size
 
 
 def test_image_size_skips_jpeg_tables_whose_markers_sit_among_the_frame_markers() -> None:
-    # Given a progressive JPEG whose Huffman table (marker C4, in the C0-CF range of frame markers) comes
-    # before its SOF2, and whose bytes would read as a 4660x22136 frame
+    # Given a progressive JPEG whose Huffman table (marker C4, in the C0-CF range of frame markers)
+    # comes before its SOF2, and whose bytes would read as a 4660x22136 frame
     dht = jpeg_segment(0xC4, b"\x08\x56\x78\x12\x34" + b"\x00" * 12)
     data = jpeg(APP0, dht, sof(0xC2, 1920, 1080))
     # When its size is read
@@ -133,7 +142,8 @@ def test_image_size_skips_jpeg_tables_whose_markers_sit_among_the_frame_markers(
 
 
 def test_image_size_reads_a_jpeg_cut_right_after_the_frame_size() -> None:
-    # Given a JPEG's first bytes, cut right after the width in its SOF0 (as the 64 KiB head read can cut it)
+    # Given a JPEG's first bytes, cut right after the width in its SOF0 (as the 64 KiB head read can
+    # cut it)
     data = (b"\xff\xd8" + APP0 + sof(0xC0, 800, 600))[:2 + len(APP0) + 9]
     # When its size is read
     # Then the size, all of which is there, is found
@@ -157,7 +167,7 @@ def test_image_size_gives_none_for_garbage_and_truncated_headers(data: bytes) ->
     assert image_size(data) is None
 
 
-# --- text_tokens ------------------------------------------------------------------------------------------
+# --- text_tokens ----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("text", "tokens"), [
@@ -172,11 +182,13 @@ def test_text_tokens_are_a_quarter_of_the_characters_rounded_up(text: str, token
     assert text_tokens(text) == tokens
 
 
-# --- build_request: the prompt estimate and the charge ----------------------------------------------------
+# --- build_request: the prompt estimate and the charge --------------------------------------------
 
 
-def test_a_request_counts_text_framing_and_a_1024_square_png_by_its_size(tmp_path: Path, png_1024: bytes) -> None:
-    # Given a 1024x1024 PNG and a task with 40 characters of prompt and that image, no max_tokens anywhere
+def test_a_request_counts_text_framing_and_a_1024_square_png_by_its_size(tmp_path: Path,
+                                                                         png_1024: bytes) -> None:
+    # Given a 1024x1024 PNG and a task with 40 characters of prompt and that image, no max_tokens
+    # anywhere
     (tmp_path / "big.png").write_bytes(png_1024)
     task = Task(id="t1", prompt="p" * 40, images=("big.png",))
     # When its request is built
@@ -192,13 +204,15 @@ def test_a_request_counts_text_framing_and_a_1024_square_png_by_its_size(tmp_pat
 
 
 def test_a_small_image_is_counted_by_its_real_size_not_the_unknown_guess(tmp_path: Path) -> None:
-    # Given a 100x100 PNG, and a task with a system prompt, 9 characters of prompt and the image twice
+    # Given a 100x100 PNG, and a task with a system prompt, 9 characters of prompt and the image
+    # twice
     (tmp_path / "small.png").write_bytes(png_bytes(100, 100, (10, 200, 10), WHITE))
     task = Task(id="t2", prompt="q" * 9, images=("small.png", "small.png"))
     encoder = ImageEncoder(tmp_path)
     # When its request is built with max_tokens 100
     request = build_request(task, encoder, model="m", system_prompt="s" * 8, max_tokens=100)
-    # Then it counts two messages (8), the system text (2), the prompt (3) and each image as one tile (255)
+    # Then it counts two messages (8), the system text (2), the prompt (3) and each image as one
+    # tile (255)
     assert request.prompt_tokens == 8 + 2 + 3 + 255 + 255
     assert request.charge == request.prompt_tokens + 100
     # And a second request for the same image, served from the encoder's cache, counts the same
@@ -210,12 +224,14 @@ def test_a_jpeg_image_is_counted_by_the_size_in_its_frame_header(tmp_path: Path)
     # Given a file with a JPEG header saying 2048x4096 (the size is all the estimate reads)
     (tmp_path / "photo.jpg").write_bytes(jpeg(APP0, sof(0xC0, 2048, 4096)))
     # When a request with that image alone is built
-    request = build_request(Task(id="j", prompt="", images=("photo.jpg",)), ImageEncoder(tmp_path), model="m")
+    request = build_request(
+        Task(id="j", prompt="", images=("photo.jpg",)), ImageEncoder(tmp_path), model="m")
     # Then the image costs what OpenAI charges for 2048x4096
     assert request.prompt_tokens == 4 + 1105
 
 
-@pytest.mark.parametrize("ref", ["https://example.com/cat.png", "data:image/png;base64,iVBORw0KGgo="])
+@pytest.mark.parametrize("ref",
+                         ["https://example.com/cat.png", "data:image/png;base64,iVBORw0KGgo="])
 def test_an_image_the_encoder_did_not_read_is_guessed_at_765(tmp_path: Path, ref: str) -> None:
     # Given a task whose image is a URL the encoder passes through without reading
     task = Task(id="r", prompt="abcd", images=(ref,))
@@ -225,7 +241,9 @@ def test_an_image_the_encoder_did_not_read_is_guessed_at_765(tmp_path: Path, ref
     assert request.prompt_tokens == 4 + 1 + 765
 
 
-def test_a_text_only_request_charges_the_prompt_plus_max_tokens_and_the_task_max_tokens_wins(tmp_path: Path) -> None:
+def test_a_text_only_request_charges_the_prompt_plus_max_tokens_and_the_task_max_tokens_wins(
+    tmp_path: Path,
+) -> None:
     # Given a text task with 17 characters of prompt and its own max_tokens of 50
     task = Task(id="x", prompt="a" * 17, max_tokens=50)
     # When its request is built with a run max_tokens of 100
@@ -239,7 +257,7 @@ def test_a_text_only_request_charges_the_prompt_plus_max_tokens_and_the_task_max
     assert plain.charge == 9 + 256
 
 
-# --- per-model image rules ----------------------------------------------------------------------------------
+# --- per-model image rules ------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("model", "detail", "tokens"), [
@@ -260,7 +278,8 @@ def test_a_1024_square_image_costs_what_each_models_published_rule_says(model: s
                                                                          tokens: int) -> None:
     # Given a 1024x1024 image, a model and a detail
     # When its cost is estimated
-    # Then it is that model's published rule (tiles or patches), gpt-4o's for a model the table lacks
+    # Then it is that model's published rule (tiles or patches), gpt-4o's for a model the table
+    # lacks
     assert image_tokens(1024, 1024, detail, model) == tokens
 
 

@@ -21,12 +21,13 @@ def lines_of(report: Any, kind: ProblemKind) -> list[int | None]:
     return [problem.line for problem in report.examples.get(kind, [])]
 
 
-# --- validate -------------------------------------------------------------------------------------------
+# --- validate -------------------------------------------------------------------------------------
 
 
 def test_a_clean_output_validates_ok(tmp_path: Path) -> None:
     # Given every input id answered once, by the model asked for
-    config = setup_run(tmp_path, ["a", "b", "c"], [result_line("a"), result_line("b"), result_line("c")])
+    config = setup_run(tmp_path, ["a", "b", "c"],
+                       [result_line("a"), result_line("b"), result_line("c")])
     # When it is validated
     [report] = validate(config)
     # Then there is nothing to report
@@ -37,7 +38,8 @@ def test_a_clean_output_validates_ok(tmp_path: Path) -> None:
 
 def test_a_corrupt_line_is_reported_with_its_line_number(tmp_path: Path) -> None:
     # Given a line that is not JSON between two records
-    config = setup_run(tmp_path, ["a", "b"], [result_line("a"), b'{"id": "b", "ans\n', result_line("b")])
+    config = setup_run(tmp_path, ["a", "b"],
+                       [result_line("a"), b'{"id": "b", "ans\n', result_line("b")])
     # When it is validated
     [report] = validate(config)
     # Then line 2 is reported, and only that
@@ -123,7 +125,8 @@ def test_a_null_answer_is_reported_as_empty(tmp_path: Path) -> None:
 
 def test_a_model_mismatch_is_reported(tmp_path: Path) -> None:
     # Given a record answered by another model than asked
-    config = setup_run(tmp_path, ["a", "b"], [result_line("a"), result_line("b", model="gpt-3.5-turbo")])
+    config = setup_run(tmp_path, ["a", "b"],
+                       [result_line("a"), result_line("b", model="gpt-3.5-turbo")])
     # When it is validated
     [report] = validate(config)
     # Then line 2 is reported with both names
@@ -156,7 +159,8 @@ def test_a_dated_snapshot_of_the_requested_model_is_not_a_mismatch(tmp_path: Pat
     ("gpt-4o-mini", None, False),
     (None, "gpt-4o", False),
 ])
-def test_same_model_accepts_snapshots_but_not_other_models(requested: str | None, reported: str | None,
+def test_same_model_accepts_snapshots_but_not_other_models(requested: str | None,
+                                                           reported: str | None,
                                                            same: bool) -> None:
     # Given a requested and a reported model
     # When they are compared
@@ -166,9 +170,9 @@ def test_same_model_accepts_snapshots_but_not_other_models(requested: str | None
 
 def test_several_problems_are_each_counted_with_their_own_lines(tmp_path: Path) -> None:
     # Given an output with a corrupt line, a duplicate, an unknown id and an empty answer
-    config = setup_run(tmp_path, ["a", "b", "c"], [
-        result_line("a"), b"garbage\n", result_line("a"), result_line("x"), result_line("b", answer=""),
-    ])
+    config = setup_run(tmp_path, ["a", "b", "c"],
+                       [result_line("a"), b"garbage\n", result_line("a"), result_line("x"),
+                        result_line("b", answer="")])
     # When it is validated
     [report] = validate(config)
     # Then each kind is counted on its line, and c is missing
@@ -207,7 +211,8 @@ def test_validate_without_paths_and_with_a_bad_input_raises(tmp_path: Path) -> N
 
 def test_validating_before_any_output_reports_every_id_missing(tmp_path: Path) -> None:
     # Given an input and no output file at all
-    tasks = write_jsonl(tmp_path / "tasks.jsonl", [{"id": "a", "prompt": "x"}, {"id": "b", "prompt": "y"}])
+    tasks = write_jsonl(tmp_path / "tasks.jsonl",
+                        [{"id": "a", "prompt": "x"}, {"id": "b", "prompt": "y"}])
     # When it is validated
     [report] = validate(RunConfig(input=tasks, output=tmp_path / "none.jsonl"))
     # Then both ids are missing
@@ -215,7 +220,7 @@ def test_validating_before_any_output_reports_every_id_missing(tmp_path: Path) -
     assert report.lines == 0
 
 
-# --- status ---------------------------------------------------------------------------------------------
+# --- status ---------------------------------------------------------------------------------------
 
 
 def test_status_counts_done_failed_pending_percent_and_tokens(tmp_path: Path) -> None:
@@ -226,7 +231,8 @@ def test_status_counts_done_failed_pending_percent_and_tokens(tmp_path: Path) ->
         result_line("b", prompt_tokens=20, completion_tokens=4, at=NOW - 10),
         result_line("c", prompt_tokens=30, completion_tokens=5, at=NOW),
     ])
-    write_jsonl(OutputPaths.of(tmp_path / "results.jsonl").errors, [failure_line("c"), failure_line("d"), failure_line("e"), failure_line("d")])
+    write_jsonl(OutputPaths.of(tmp_path / "results.jsonl").errors,
+                [failure_line("c"), failure_line("d"), failure_line("e"), failure_line("d")])
     # When the status is read
     report = status(config, now=NOW + 1)
     # Then the counts follow the files
@@ -240,7 +246,8 @@ def test_status_counts_done_failed_pending_percent_and_tokens(tmp_path: Path) ->
 
 def test_status_reports_no_live_run_and_no_eta_when_nothing_runs(tmp_path: Path) -> None:
     # Given a finished-looking output and nobody holding the run lock
-    config = setup_run(tmp_path, ["a", "b", "c"], [result_line("a", at=NOW - 5), result_line("b", at=NOW)])
+    config = setup_run(tmp_path, ["a", "b", "c"],
+                       [result_line("a", at=NOW - 5), result_line("b", at=NOW)])
     # When the status is read
     report = status(config, now=NOW + 1)
     # Then no run is live and no ETA is given
@@ -252,7 +259,8 @@ def test_status_reports_no_live_run_and_no_eta_when_nothing_runs(tmp_path: Path)
 
 def test_status_reports_the_live_run_and_an_eta(tmp_path: Path) -> None:
     # Given two answers 10 s apart and a run holding the lock
-    config = setup_run(tmp_path, ["a", "b", "c", "d"], [result_line("a", at=NOW - 10), result_line("b", at=NOW)])
+    config = setup_run(tmp_path, ["a", "b", "c", "d"],
+                       [result_line("a", at=NOW - 10), result_line("b", at=NOW)])
     lock = RunLock(OutputPaths.of(tmp_path / "results.jsonl"), "gpt-4o-mini")
     lock.acquire(wait_s=0.5)
     try:
@@ -268,7 +276,8 @@ def test_status_reports_the_live_run_and_an_eta(tmp_path: Path) -> None:
 
 def test_status_counts_bad_lines_and_unknown_ids_but_not_as_done(tmp_path: Path) -> None:
     # Given an output with a corrupt line, an unknown id and a duplicate
-    config = setup_run(tmp_path, ["a", "b"], [result_line("a"), b"broken\n", result_line("zz"), result_line("a")])
+    config = setup_run(tmp_path, ["a", "b"],
+                       [result_line("a"), b"broken\n", result_line("zz"), result_line("a")])
     write_jsonl(OutputPaths.of(tmp_path / "results.jsonl").errors, [failure_line("zz")])
     # When the status is read
     report = status(config, now=NOW)
@@ -280,12 +289,14 @@ def test_status_counts_bad_lines_and_unknown_ids_but_not_as_done(tmp_path: Path)
 
 def test_status_before_any_output_is_all_pending(tmp_path: Path) -> None:
     # Given an input and no output yet
-    tasks = write_jsonl(tmp_path / "tasks.jsonl", [{"id": "a", "prompt": "x"}, {"id": "b", "prompt": "y"},
-                                                   {"id": "c", "prompt": "z"}])
+    tasks = write_jsonl(tmp_path / "tasks.jsonl",
+                        [{"id": "a", "prompt": "x"}, {"id": "b", "prompt": "y"},
+                         {"id": "c", "prompt": "z"}])
     # When the status is read
     report = status(RunConfig(input=tasks, output=tmp_path / "none.jsonl"), now=NOW)
     # Then nothing is done
-    assert (report.total, report.done, report.failed, report.pending, report.percent) == (3, 0, 0, 3, 0.0)
+    assert (report.total, report.done, report.failed, report.pending,
+            report.percent) == (3, 0, 0, 3, 0.0)
     assert report.total_tokens == 0
     assert report.recent_per_s is None and report.last_written_at is None
 
