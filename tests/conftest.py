@@ -1,5 +1,4 @@
-"""Shared fixtures: the package's own mock server on 127.0.0.1 (the plain helpers are in
-helpers.py)."""
+"""Shared fixtures: the package's own mock server on 127.0.0.1 (plain helpers: helpers.py)."""
 
 from __future__ import annotations
 
@@ -30,15 +29,13 @@ def mock(mock_server: MockServerProcess) -> MockServerProcess:
 
 @pytest.fixture(scope="module")
 def batch_server() -> Iterator[MockServerProcess]:
-    """A mock server for one test module of the Batch API (its batches and files outlive a reset
-    of counters)."""
+    """A mock server for one Batch API test module (its batches and files outlive a reset)."""
     with MockServerProcess() as server:
         yield server
 
 
 @pytest.fixture
 def batch_mock(batch_server: MockServerProcess) -> MockServerProcess:
-    """The module's Batch API mock with every file, batch, count and fault forgotten; steps of
-    20 ms."""
+    """The module's Batch API mock, every file, batch, count and fault forgotten; 20 ms steps."""
     batch_server.batch_faults(reset=True, step_s=0.02)
     return batch_server

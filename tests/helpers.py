@@ -34,8 +34,7 @@ CLI_TIMEOUT_S = 120
 
 
 def jsonl_bytes(items: Iterable[dict[str, Any] | bytes]) -> bytes:
-    """JSON lines of ``items``; an item already in bytes is taken as it is (a torn or corrupt
-    line)."""
+    """JSON lines of ``items``; an item in bytes is taken as it is (a torn or corrupt line)."""
     return b"".join(item if isinstance(item, bytes) else orjson.dumps(item) + b"\n"
                     for item in items)
 
@@ -123,8 +122,7 @@ def setup_run(tmp_path: Path, ids: Sequence[str],
 
 
 def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment for the CLI under test: no real keys or settings leak in from the
-    developer's."""
+    """The CLI's environment: no real keys or settings leak in from the developer's."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "MPINFER_"))}
     env["OPENAI_API_KEY"] = FAKE_KEY
     env["PYTHONUNBUFFERED"] = "1"
@@ -151,8 +149,10 @@ def start_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subpr
 
 
 def wait_workers_gone(output: Path, limit_s: float = 10.0) -> None:
-    """Wait until no worker of a run on ``output`` is alive: every worker holds a shared lock on the
-    workers lock file for its whole life."""
+    """Wait until no worker of a run on ``output`` is alive.
+
+    Every worker holds a shared lock on the workers lock file for its whole life.
+    """
     lock = output.with_name("." + output.name + ".workers.lock")
     if not lock.exists():
         return
@@ -203,10 +203,11 @@ def response(body: bytes, *headers: str) -> bytes:
 
 
 def keep_alive(handler: Handler, heads: list[bytes] | None = None, limit: int = 10) -> Connection:
-    """A connection handler for ``asyncio.start_server`` that takes requests one after another, as
-    a keep-alive server does, answering each with ``handler``, until the client closes the
-    connection or the handler does (at most ``limit``); each request's head is appended to
-    ``heads``."""
+    """A keep-alive connection handler for ``asyncio.start_server``: requests one after another.
+
+    Each is answered with ``handler``, until the client closes the connection or the handler does
+    (at most ``limit``); each request's head is appended to ``heads``.
+    """
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             for _ in range(limit):
@@ -249,8 +250,7 @@ def _up(url: str) -> bool:
 
 @contextlib.contextmanager
 def litellm_proxy(folder: Path, config: str, master_key: str) -> Iterator[str]:
-    """A LiteLLM proxy on 127.0.0.1 run with ``config`` (its YAML) from ``folder``; its base URL,
-    until it is stopped at the end of the block."""
+    """A LiteLLM proxy on 127.0.0.1 run with ``config`` (its YAML) for the block; its base URL."""
     (folder / "litellm.yaml").write_text(config)
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LITELLM_"))}

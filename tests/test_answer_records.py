@@ -1,5 +1,8 @@
-"""Only answer records count as done: the resume scan and status skip lines that are not answers,
-and an output that is the input (or looks like task input) is refused before any request."""
+"""Only answer records count as done, and an output that looks like task input is refused.
+
+The resume scan and status skip lines that are not answers; an output that is the input (or looks
+like task input) is refused before any request.
+"""
 
 from __future__ import annotations
 

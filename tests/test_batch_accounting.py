@@ -1,5 +1,8 @@
-"""A Batch file run without --model is accounted under the models its bodies name: log name,
-summary, manifest and cost; its dry run reads the bodies (text, images, max_tokens)."""
+"""A Batch file run without --model is accounted under the models its bodies name.
+
+That is its log name, summary, manifest and cost; its dry run reads the bodies (text, images,
+max_tokens).
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""--backend batch end to end: the real command line in its own process against the mock's Batch API
-over HTTP."""
+"""--backend batch end to end: the real command line against the mock's Batch API over HTTP."""
 
 from __future__ import annotations
 

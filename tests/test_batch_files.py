@@ -1,5 +1,4 @@
-"""--backend batch cleans up after itself: each merged batch's files are deleted at the provider,
-best effort.
+"""--backend batch cleans up: each merged batch's files are deleted at the provider, best effort.
 
 The real command line in its own process against the mock's Files and Batches APIs over HTTP; what
 the mock still stores, and what it was asked to delete, is read from its stats
@@ -48,8 +47,11 @@ def _answered_ids(tmp_path: Path) -> list[str]:
 
 
 def _given_two_batches_one_with_an_error_file(tmp_path: Path, mock: MockServerProcess) -> None:
-    """Six tasks, t1 failing once with 500: the first batch has an output and an error file, and t1
-    goes into a second batch (its own input and output file)."""
+    """Six tasks, t1 failing once with 500: two batches, the first with an error file.
+
+    The first batch has an output and an error file; t1 goes into a second batch (its own input and
+    output file).
+    """
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(6))
     mock.batch_faults(script={"t1": ["500"]})
 

@@ -1,5 +1,4 @@
-"""Merging a finished batch (backends/batch_merge.py): lines by kind, each id once, a repeated merge
-writes nothing."""
+"""Merging a finished batch: lines by kind, each id once, and a repeated merge writes nothing."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""--cancel: a second terminal stops the live run on an output, gracefully, and says how to
-resume."""
+"""--cancel: a second terminal stops the live run gracefully and says how to resume."""
 
 from __future__ import annotations
 

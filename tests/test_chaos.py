@@ -1,5 +1,4 @@
-"""Chaos: a real run against a faulty server, SIGKILLed at random moments again and again, then
-finished.
+"""Chaos: a run against a faulty server, SIGKILLed at random moments again and again, finished.
 
 The server answers 5% of requests with 429 (Retry-After 0.05 s), 5% with 500, hangs on 2% (the CLI's
 ``--timeout 1`` turns those into timeouts) and resets the connection on 2%. The CLI's parent is
@@ -47,8 +46,7 @@ def _wait_for_new_lines(output: Path, at_least: int, proc: subprocess.Popen[str]
 
 
 def _reap(proc: subprocess.Popen[str]) -> tuple[str, str]:
-    """Collect a finished or killed run's output; its workers hold the pipes until they are gone
-    too."""
+    """A finished or killed run's output; its workers hold the pipes until they are gone too."""
     try:
         return proc.communicate(timeout=15)
     except subprocess.TimeoutExpired:

@@ -1,6 +1,9 @@
-"""Chat rows: a JSONL row (or a CSV cell of JSON) holding a whole conversation is sent as that
-conversation, its local images as data URLs; malformed conversations, in chat rows and in Batch
-bodies, are input errors with file and line before anything is sent."""
+"""Chat rows: a row holding a whole conversation is sent as that conversation.
+
+A JSONL row (or a CSV cell of JSON) holding a whole conversation is sent as that conversation, its
+local images as data URLs; malformed conversations, in chat rows and in Batch bodies, are input
+errors with file and line before anything is sent.
+"""
 
 from __future__ import annotations
 

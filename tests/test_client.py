@@ -1,5 +1,4 @@
-"""One API call against the package's mock server, the retry/fail/abort verdicts, and the waits
-between tries."""
+"""One API call against the mock, the retry/fail/abort verdicts, and the waits between tries."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Settling a RunConfig: flags > environment > .env > mpinfer.toml > defaults, and errors that say
-where."""
+"""Settling a RunConfig: flags > environment > .env > mpinfer.toml > defaults; errors say where."""
 
 from __future__ import annotations
 

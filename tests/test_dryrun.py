@@ -1,9 +1,8 @@
-"""--dry-run as a library: every pending task checked and estimated, done tasks skipped, nothing
-sent or written.
+"""--dry-run as a library: every pending task checked and estimated, nothing sent or written.
 
-Expected numbers are worked out by hand from the rules in mpinfer.api.tokens: a message costs 4
-tokens plus one per 4 characters (rounded up); an image at auto detail costs 85 plus 170 per
-512-pixel tile after scaling.
+Done tasks are skipped. Expected numbers are worked out by hand from the rules in
+mpinfer.api.tokens: a message costs 4 tokens plus one per 4 characters (rounded up); an image at
+auto detail costs 85 plus 170 per 512-pixel tile after scaling.
 """
 
 from __future__ import annotations
@@ -38,8 +37,7 @@ HOUSE_OUTPUT = 8.0
 
 @cache
 def big_png() -> bytes:
-    """A real 1024x1024 PNG: OpenAI counts it as 2x2 tiles after scaling to 768x768,
-    85 + 4 * 170 = 765."""
+    """A real 1024x1024 PNG: 2x2 tiles after OpenAI scales it to 768x768, 85 + 4 * 170 = 765."""
     return png_bytes(1024, 1024, RED, WHITE)
 
 
@@ -166,8 +164,7 @@ def test_a_1024_pixel_square_png_counts_765_tokens_and_is_the_largest_image(tmp_
 
 
 def jpeg_with_metadata(width: int, height: int, metadata_bytes: int) -> bytes:
-    """A JPEG's markers: APP1 segments of padding (as EXIF, ICC profiles and thumbnails are), then
-    its frame."""
+    """A JPEG's markers: APP1 segments of padding (as EXIF, ICC profiles, thumbnails), its frame."""
     segments = b""
     while metadata_bytes > 0:
         chunk = min(metadata_bytes, 60_000)
@@ -447,8 +444,7 @@ def test_the_plan_turns_into_plain_json(tmp_path: Path) -> None:
 
 @contextmanager
 def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
-    """An HTTP server on 127.0.0.1 in a thread, for the length of a with block; yields its base
-    URL."""
+    """An HTTP server on 127.0.0.1 in a thread for the length of a with block; its base URL."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02},
                               daemon=True)

@@ -1,7 +1,9 @@
-"""Endpoints over real HTTP: one model spread over an Azure-shaped endpoint and a plain one, each
-with its own key and limits; Azure reached through its deployment path, api-version and api-key; the
-model check against the requested model, never the deployment; per-model --rpm; a table's mistakes
-as ConfigErrors."""
+"""Endpoints over real HTTP: one model spread over an Azure-shaped endpoint and a plain one.
+
+Each has its own key and limits; Azure is reached through its deployment path, api-version and
+api-key; the model is checked against the requested model, never the deployment; per-model --rpm;
+a table's mistakes are ConfigErrors.
+"""
 
 from __future__ import annotations
 

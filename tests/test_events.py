@@ -1,5 +1,4 @@
-"""The run protocol: events survive the local pipe as the same dataclasses; stop reasons carry exit
-codes."""
+"""The run protocol: events cross the pipe as the same dataclasses; stop reasons have exit codes."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Export, repair and fresh start, end to end through the real command line against the mock
-server."""
+"""Export, repair and fresh start, end to end through the real command line against the mock."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""It finishes: runs against servers that behave like the real ones end in one go, exit 0, every id
-once.
+"""It finishes: runs against servers like the real ones end in one go, exit 0, every id once.
 
 Each case is a server the way a real one limits or fails (quantized per-second enforcement of a
 per-minute limit, limits stated in headers, LiteLLM's and no hints at all, a server at capacity, an
@@ -26,8 +25,10 @@ def _ids(path: Path) -> Counter[str]:
 
 
 def _finishes(tmp_path: Path, mock: MockServerProcess, n: int, *args: str) -> tuple[str, dict]:
-    """Run ``n`` tasks in one go; assert exit 0 and every id exactly once; what it printed, the
-    server's stats."""
+    """Run ``n`` tasks in one go and assert exit 0 and every id exactly once.
+
+    Returns what it printed and the server's stats.
+    """
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(n))
     proc = run_cli("-i", "tasks.jsonl", "-o", "out.jsonl", "--base-url", mock.base_url,
                    "--retry-backoff", "0.1", *args, cwd=tmp_path)

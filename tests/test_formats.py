@@ -31,8 +31,7 @@ def _run(tmp_path: Path, mock: MockServerProcess, *extra: str, tasks: str = "tas
 
 @pytest.fixture
 def recording(mock: MockServerProcess) -> Iterator[MockServerProcess]:
-    """The mock server keeping each task's last request body; off again afterwards for the other
-    tests."""
+    """The mock server keeping each task's last request body; off again afterwards for the rest."""
     mock.configure(record_bodies=True)
     yield mock
     mock.configure(record_bodies=False)

@@ -1,5 +1,4 @@
-"""Every rate-limit hint servers send, read into one wait and one set of stated limits
-(limits/hints.py)."""
+"""Every rate-limit hint servers send, read into one wait and one set of stated limits."""
 
 from __future__ import annotations
 

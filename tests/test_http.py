@@ -1,6 +1,8 @@
-"""mpinfer's HTTP client under the SDK (api/http.py), against raw HTTP servers on 127.0.0.1 that do
-what the mock does not: compress the answer, refuse the connection, close it without an answer,
-record exactly what arrived."""
+"""mpinfer's HTTP client under the SDK (api/http.py) against raw HTTP servers on 127.0.0.1.
+
+They do what the mock does not: compress the answer, refuse the connection, close it without an
+answer, record exactly what arrived.
+"""
 
 from __future__ import annotations
 
@@ -28,9 +30,11 @@ ANSWER = {"id": "chatcmpl-1", "object": "chat.completion", "model": "gpt-4o-mini
 async def _exchange(handler: Handler, timeout: float = 10.0,
                     base_url: Callable[[int], str] = lambda port: f"http://127.0.0.1:{port}/v1",
                     ) -> tuple[Answer | BaseException, list[bytes]]:
-    """One request through the package's client to a server on 127.0.0.1 that answers with
-    ``handler``; the answer (or the error) and the request heads the server saw. ``base_url`` makes
-    the client's base URL from the server's port (and may point the environment's proxy at it)."""
+    """One request through the package's client to a server on 127.0.0.1 answering with ``handler``.
+
+    Returns the answer (or the error) and the request heads the server saw. ``base_url`` makes the
+    client's base URL from the server's port (and may point the environment's proxy at it).
+    """
     heads: list[bytes] = []
     server = await asyncio.start_server(keep_alive(handler, heads), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -219,8 +223,7 @@ LOGIN = "Basic " + base64.b64encode(b"mpuser:s3cret").decode()
 
 
 def _via_proxy(monkeypatch: pytest.MonkeyPatch, scheme: str) -> Callable[[int], str]:
-    """A base URL only a proxy can reach, with {SCHEME}_PROXY (and a login) naming the test's
-    server."""
+    """A base URL only a proxy can reach, {SCHEME}_PROXY (with a login) naming the test's server."""
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
 

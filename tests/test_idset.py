@@ -1,5 +1,4 @@
-"""The compact id sets: a hash is never taken for an id, even when every id shares one (forced
-collisions)."""
+"""Compact id sets: a hash is never taken for an id, even when every id shares one (forced)."""
 
 from __future__ import annotations
 

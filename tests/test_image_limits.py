@@ -1,6 +1,8 @@
-"""Image size limits known before paying: a request whose images pass --max-image-mb fails before it
-is sent (and the dry run lists it); the server's own over-limit 400 is classified as such and not
-retried."""
+"""Image size limits known before paying, and the server's own over-limit answer.
+
+A request whose images pass --max-image-mb fails before it is sent (and the dry run lists it); the
+server's own over-limit 400 is classified as such and not retried.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""The package's shape: modules of a readable size, no import circle, and a public API type checkers
-see."""
+"""The package's shape: readable module sizes, no import circle, a public API type checkers see."""
 
 from __future__ import annotations
 
@@ -18,8 +17,7 @@ def _module_name(path: Path) -> str:
 
 
 def _imports(path: Path, modules: set[str]) -> set[str]:
-    """The package's modules that ``path`` imports, those imported only for type checking
-    included."""
+    """The package's modules that ``path`` imports, those imported only for type checking too."""
     name = _module_name(path)
     here = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
     found: set[str] = set()
@@ -40,8 +38,7 @@ def _imports(path: Path, modules: set[str]) -> set[str]:
 
 
 def _circle(graph: dict[str, set[str]]) -> list[str] | None:
-    """One import circle in ``graph`` as the path round it, or None (an iterative depth-first
-    search)."""
+    """One import circle in ``graph`` as the path round it, or None (a depth-first search)."""
     state: dict[str, int] = {}  # 1 while on the current path, 2 when done
     for root in sorted(graph):
         if root in state:

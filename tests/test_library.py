@@ -1,6 +1,8 @@
-"""mpinfer.run from Python, as a notebook calls it: keyword settings, a RunResult, the caller's
-logging left alone, any thread. In this process, against the mock server over HTTP on 127.0.0.1,
-with real worker processes."""
+"""mpinfer.run from Python, as a notebook calls it: keyword settings in, a RunResult out.
+
+The caller's logging is left alone and any thread may call it. In this process, against the mock
+server over HTTP on 127.0.0.1, with real worker processes.
+"""
 
 from __future__ import annotations
 
@@ -26,8 +28,7 @@ RUN_WAIT_S = 120
 
 @pytest.fixture
 def notebook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A working folder and an environment like a user's: the key in OPENAI_API_KEY, no other
-    settings."""
+    """A working folder and an environment like a user's: only the key, in OPENAI_API_KEY."""
     for name in [n for n in os.environ if n.startswith(("OPENAI_", "MPINFER_"))]:
         monkeypatch.delenv(name)
     monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
@@ -50,8 +51,7 @@ class Collect(logging.Handler):
 
 
 def in_a_thread(**kwargs: Any) -> tuple[threading.Thread, dict[str, Any]]:
-    """mpinfer.run started in a thread that is not the main thread; the dict gets its result or
-    error."""
+    """mpinfer.run started in a thread that is not the main one; the dict gets its outcome."""
     outcome: dict[str, Any] = {}
 
     def target() -> None:
@@ -66,8 +66,7 @@ def in_a_thread(**kwargs: Any) -> tuple[threading.Thread, dict[str, Any]]:
 
 
 def _run_log_is_open(log_dir: Path) -> bool:
-    """Whether a run's log file has its start and not yet its end: the run's handlers are in
-    place."""
+    """Whether a run's log has its start and not yet its end: the run's handlers are in place."""
     texts = [path.read_text(encoding="utf-8") for path in log_dir.glob("*.log")]
     return any(" to run" in text and "run ended" not in text for text in texts)
 

@@ -1,5 +1,4 @@
-"""Rate limits, keys and models end to end: the real CLI against the mock server, measured at the
-server."""
+"""Rate limits, keys and models end to end: the real CLI against the mock, measured there."""
 
 from __future__ import annotations
 

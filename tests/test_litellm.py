@@ -1,11 +1,11 @@
-"""Interoperability with a real third-party server: the LiteLLM proxy (``litellm[proxy]`` from
-PyPI).
+"""Interoperability with a real third-party server: the LiteLLM proxy from PyPI.
 
-A proxy with a ``mock_response`` model limited to 4 requests a minute. LiteLLM's router counts a
-deployment's requests for 60 s from the first and refuses beyond the limit with a 429 that names no
-wait ("No deployments available for selected model", no Retry-After in 1.108), so the fifth task of
-a run must wait out most of a minute: this test takes about 70 s, nearly all of it asleep. Skipped
-where LiteLLM is not installed (``python3 dev.py test`` installs it: the ``interop`` extra).
+A proxy (``litellm[proxy]``) with a ``mock_response`` model limited to 4 requests a minute.
+LiteLLM's router counts a deployment's requests for 60 s from the first and refuses beyond the limit
+with a 429 that names no wait ("No deployments available for selected model", no Retry-After in
+1.108), so the fifth task of a run must wait out most of a minute: this test takes about 70 s,
+nearly all of it asleep. Skipped where LiteLLM is not installed (``python3 dev.py test`` installs
+it: the ``interop`` extra).
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
-"""Chat rows, the Responses API and Batch lines through a real third-party server: the LiteLLM proxy
-with a ``mock_response`` model (``litellm[proxy]`` from PyPI; skipped where it is not installed).
+"""Chat rows, the Responses API and Batch lines through a real third-party server, LiteLLM.
+
+The LiteLLM proxy runs with a ``mock_response`` model (``litellm[proxy]`` from PyPI; skipped where
+it is not installed).
 
 What LiteLLM answers is its own (its Responses API shape, usage with nulls, a model name as
 configured), not our mock's: a run must record it and validate clean.

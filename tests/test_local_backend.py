@@ -1,5 +1,4 @@
-"""The local backend's side of a worker's death: what the dead worker wrote is settled from the
-files."""
+"""The local backend's side of a worker's death: what the dead worker wrote is read from files."""
 
 from __future__ import annotations
 

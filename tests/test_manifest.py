@@ -1,5 +1,4 @@
-"""The run manifest: fingerprints, their differences, the input checksum, the records file and the
-guard."""
+"""The run manifest: fingerprints, their differences, the input checksum, records file and guard."""
 
 from __future__ import annotations
 

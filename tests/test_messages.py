@@ -1,5 +1,4 @@
-"""Task -> chat request: images sniffed from their bytes, encoded once, and run settings under task
-settings."""
+"""Task -> chat request: images sniffed from their bytes and encoded once; task settings win."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""The mock's Files and Batches APIs over real HTTP, through the openai SDK's own client.files and
-client.batches."""
+"""The mock's Files and Batches APIs over real HTTP, through the openai SDK's own clients."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""--export FILE.parquet: the JSONL export's columns and values, typed, read back by pyarrow (and
-pandas and Hugging Face datasets where they are installed)."""
+"""--export FILE.parquet: the JSONL export's columns and values, typed, read back by pyarrow.
+
+And by pandas and Hugging Face datasets where they are installed.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Output piped into a reader that stops early (``| head``): no traceback, and the command's work
-stands."""
+"""Output piped into a reader that stops early (``| head``): no traceback, and the work stands."""
 
 from __future__ import annotations
 
@@ -13,8 +12,7 @@ from mpinfer.mockserver import MockServerProcess
 
 
 def _into_closed_pipe(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run the CLI with stdout a pipe whose reader is gone before anything is written (head that
-    exited)."""
+    """The CLI with stdout a pipe whose reader is gone before anything is written (as head)."""
     read_end, write_end = os.pipe()
     os.close(read_end)
     try:

@@ -1,5 +1,4 @@
-"""The shared rate limiter: rpm and tpm windows, pauses, header reading, AIMD, keys, lanes, and real
-processes.
+"""The shared rate limiter: rpm and tpm windows, pauses, hints, AIMD, keys, lanes, processes.
 
 Time is passed in (``now``), so almost every test drives a simulated clock and waits for nothing;
 one test runs real forked processes against the real clock.
@@ -44,8 +43,7 @@ UNPACED = 1e9  # a burst of a billion seconds' worth: the pace never binds
 
 
 def make(n_keys: int = 1, n_models: int = 1, **kw: Any) -> SharedLimiter:
-    """A limiter; unless ``burst_s`` is given, its pace allows any burst, so only the windows limit
-    it."""
+    """A limiter; unless ``burst_s`` is given its pace allows any burst: only the windows limit."""
     kw.setdefault("burst_s", UNPACED)
     return SharedLimiter(LimiterSettings(n_keys, n_models, **kw))
 
@@ -76,8 +74,7 @@ def most_in_a_window(times: list[float], span: float) -> int:
 
 
 def most_tokens_in_a_window(charges: list[tuple[float, int]], span: float) -> int:
-    """The most tokens charged (at their final, corrected value) in one half-open window (t - span,
-    t]."""
+    """The most tokens charged (final, corrected values) in one half-open window (t - span, t]."""
     s = sorted(charges)
     most, total, i = 0, 0, 0
     for j in range(len(s)):
@@ -92,10 +89,12 @@ def most_tokens_in_a_window(charges: list[tuple[float, int]], span: float) -> in
 def simulate(limiter: SharedLimiter, *, seed: int, workers: int, horizon: float,
              tokens: tuple[int, int], busy: tuple[float, float], think: float, correct: bool,
              max_steps: int) -> tuple[list[list[Any]], int]:
-    """Workers that ask, and when told to wait, ask again exactly when told; a granted request runs
-    for a random time, is released (its charge corrected down by up to a fifth when ``correct``),
-    and the worker thinks a random while before asking again. Returns [[time, final charge]] per
-    grant and the steps run."""
+    """Workers that ask and, when told to wait, ask again exactly when told.
+
+    A granted request runs for a random time, is released (its charge corrected down by up to a
+    fifth when ``correct``), and the worker thinks a random while before asking again. Returns
+    [[time, final charge]] per grant and the steps run.
+    """
     rng = random.Random(seed)
     heap: list[tuple[float, int, int, str, Any]] = []
     seq = 0

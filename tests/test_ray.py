@@ -146,8 +146,7 @@ def test_the_rpm_limit_holds_for_the_cluster_as_a_whole(tmp_path: Path, mock: Mo
 
 
 def _worker_actor_pids(cluster: Any) -> list[int]:
-    """The processes of this cluster's worker actors: children of its worker nodes' raylets, named
-    by Ray."""
+    """The processes of this cluster's worker actors: children of its worker nodes' raylets."""
     raylets = {node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
                for node in cluster.worker_nodes}
     pids = []

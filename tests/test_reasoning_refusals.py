@@ -1,5 +1,7 @@
-"""Result line fidelity over real HTTP: reasoning text and tokens kept, refusals kept as refusals,
-truncation counted; and status, summary, validate and export reporting them as such."""
+"""Result lines over real HTTP: reasoning kept, refusals kept as refusals, truncation counted.
+
+Status, summary, validate and export report them as such.
+"""
 
 from __future__ import annotations
 

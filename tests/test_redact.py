@@ -1,5 +1,4 @@
-"""Secrets out of logs, outputs and command lines: key hints, redact, the logging filter and
-redact_argv."""
+"""Secrets out of logs, outputs and command lines: key hints, redact, log filter, redact_argv."""
 
 from __future__ import annotations
 

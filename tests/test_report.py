@@ -1,5 +1,4 @@
-"""--report: the HTML report's numbers from the files alone, and the page itself in a real headless
-Chromium."""
+"""--report: the HTML report's numbers from the files alone, and the page in a headless Chromium."""
 
 from __future__ import annotations
 
@@ -35,8 +34,7 @@ def _browser() -> str:
 
 
 def _chromium(page: Path, profile: Path, *mode: str) -> subprocess.CompletedProcess[str]:
-    """One headless Chromium on a local file, its own profile, no network of its own, console to
-    stderr."""
+    """A headless Chromium on a local file: own profile, no network of its own, logs to stderr."""
     command = [_browser(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--enable-logging=stderr",
                "--v=0", "--virtual-time-budget=10000", *mode, page.resolve().as_uri()]
     return subprocess.run(command, capture_output=True, text=True, timeout=BROWSER_TIMEOUT_S,
@@ -44,8 +42,7 @@ def _chromium(page: Path, profile: Path, *mode: str) -> subprocess.CompletedProc
 
 
 def open_in_browser(page: Path, work: Path) -> tuple[str, list[str], Path]:
-    """(the DOM after the scripts ran, the console messages, a screenshot) of ``page`` in headless
-    Chromium."""
+    """The DOM after the scripts ran, the console messages, a screenshot of ``page`` in Chromium."""
     dom = _chromium(page, work / "profile-dom", "--dump-dom")
     shot = work / "report.png"
     pictured = _chromium(page, work / "profile-shot", "--window-size=1300,2600",

@@ -1,6 +1,8 @@
-"""The Responses API and embeddings over real HTTP: Batch lines for /v1/responses and /v1/embeddings
-run and come back in the Batch output form; plain rows go to the Responses API with --api
-responses."""
+"""The Responses API and embeddings over real HTTP, as Batch lines and as plain rows.
+
+Batch lines for /v1/responses and /v1/embeddings run and come back in the Batch output form; plain
+rows go to the Responses API with --api responses.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""What a run leaves as it ends: <output>.missing.jsonl when tasks are left, the report when report
-= true."""
+"""What a run leaves as it ends: <output>.missing.jsonl for tasks left, the report if asked."""
 
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
-"""Requests built ahead of their slot (api/http.py's SendGate): -c is still the most on the wire per
-worker, waiting for a slot is not the server's time, and a stop sends none of those still waiting
-(that a server stating a limit gets no more built ahead, and those waiting go back to the limiter,
-is tests/test_finishes.py's: its 429s stay few)."""
+"""Requests built ahead of their slot (api/http.py's SendGate).
+
+-c is still the most on the wire per worker, waiting for a slot is not the server's time, and a stop
+sends none of those still waiting (that a server stating a limit gets no more built ahead, and those
+waiting go back to the limiter, is tests/test_finishes.py's: its 429s stay few).
+"""
 
 from __future__ import annotations
 
@@ -55,8 +57,7 @@ def test_minus_c_is_still_the_most_requests_on_the_wire_of_a_worker(
 
 
 def _answering_after(delay_s: float, *headers: str) -> Connection:
-    """A keep-alive server's connection handler that answers each request after ``delay_s`` (at most
-    10)."""
+    """A keep-alive server's connection handler answering each request after ``delay_s`` (<= 10)."""
     async def answer(_head: bytes, _body: bytes, writer: asyncio.StreamWriter) -> None:
         await asyncio.sleep(delay_s)
         writer.write(response(orjson.dumps(ANSWER), *headers))

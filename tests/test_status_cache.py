@@ -1,5 +1,4 @@
-"""--status reads only what is new, and its cache never makes it wrong: each case against a fresh
-full read."""
+"""--status reads only what is new, and its cache never makes it wrong (checked by a full read)."""
 
 from __future__ import annotations
 
@@ -24,16 +23,14 @@ def fresh(config: RunConfig) -> StatusReport:
 
 
 def cached(config: RunConfig) -> tuple[StatusReport, StatusReader]:
-    """What --status says starting from the cache beside the output, and the reader (what it
-    read)."""
+    """What --status says from the cache beside the output, and the reader (what it read)."""
     reader = StatusReader(config)
     return reader.read(NOW), reader
 
 
 @pytest.fixture
 def config(tmp_path: Path) -> RunConfig:
-    """20 of 40 tasks answered, 3 failures (one of them answered later), a bad line; one --status
-    done."""
+    """20 of 40 tasks answered, 3 failures (one answered later), a bad line; one --status done."""
     config = setup_run(tmp_path, IDS,
                        [result_line(i, at=NOW - 40 + n) for n, i in enumerate(IDS[:20])])
     write_jsonl(config.output.with_name("results.jsonl.errors.jsonl"),

@@ -1,5 +1,4 @@
-"""The output file: torn-tail repair, the done-id scan, whole-line locked appends, full disks and
-the run lock."""
+"""The output file: torn-tail repair, the id scan, locked line appends, full disks, the run lock."""
 
 from __future__ import annotations
 

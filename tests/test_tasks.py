@@ -1,5 +1,4 @@
-"""The input reader: check_input fails fast with file and line; iter_tasks streams what is not
-done."""
+"""The input reader: check_input fails fast with file and line; iter_tasks streams what is left."""
 
 from __future__ import annotations
 

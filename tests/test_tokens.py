@@ -1,5 +1,4 @@
-"""Token estimates: OpenAI's image rule, image sizes read from file headers, text, and a request's
-charge."""
+"""Token estimates: OpenAI's image rule, image sizes from file headers, text, a request's charge."""
 
 from __future__ import annotations
 
@@ -34,16 +33,14 @@ def webp_vp8x(width: int, height: int) -> bytes:
 
 
 def webp_vp8(width: int, height: int, scale: int = 0) -> bytes:
-    """Lossy WEBP: a 3-byte frame tag, the start code, then 14-bit sizes whose top 2 bits are a
-    scale."""
+    """Lossy WEBP: a 3-byte frame tag, the start code, then 14-bit sizes topped by 2 scale bits."""
     return riff(b"VP8 ",
                 b"\x30\x01\x00" + b"\x9d\x01\x2a" + struct.pack("<HH", width | scale << 14,
                                                                 height | scale << 14) + b"\x00" * 8)
 
 
 def webp_vp8l(width: int, height: int, alpha: bool = True) -> bytes:
-    """Lossless WEBP: the 0x2f signature, then width-1 and height-1 in 14 bits each, an alpha bit, a
-    version."""
+    """Lossless WEBP: the 0x2f signature, width-1 and height-1 in 14 bits each, alpha, version."""
     bits = (width - 1) | (height - 1) << 14 | int(alpha) << 28
     return riff(b"VP8L", b"\x2f" + bits.to_bytes(4, "little") + b"\x00" * 8)
 
