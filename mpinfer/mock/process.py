@@ -214,9 +214,11 @@ class MockServerProcess:
         return self._call("GET", "/_mock/batches")
 
     def reset(self, *, settings: bool = False) -> None:
-        """POST /_mock/reset: zero counters, windows and scripts; with ``settings``, every setting
-        back to the server's start too (MockConfig's defaults unless ``start`` changed them) and
-        every revoked key accepted again."""
+        """POST /_mock/reset: zero counters, windows and scripts; with ``settings``, settings too.
+
+        Every setting goes back to the server's start (MockConfig's defaults unless ``start``
+        changed them) and every revoked key is accepted again.
+        """
         self._call("POST", "/_mock/reset", {"settings": settings})
 
     def outage(self, seconds: float) -> None:
