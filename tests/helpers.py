@@ -241,8 +241,10 @@ def _free_port() -> int:
 
 
 def _up(url: str) -> bool:
+    # Straight to 127.0.0.1, never through a proxy from the environment.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with urllib.request.urlopen(url, timeout=1) as answer:
+        with opener.open(url, timeout=1) as answer:
             return bool(answer.status == 200)
     except OSError:
         return False

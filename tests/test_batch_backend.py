@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from helpers import read_jsonl, run_cli, start_cli, text_tasks, write_tasks
+from helpers import (
+    litellm_proxy,
+    needs_litellm,
+    read_jsonl,
+    run_cli,
+    start_cli,
+    text_tasks,
+    write_tasks,
+)
 
 from mpinfer.api.prices import BUILT_IN
 from mpinfer.mockserver import MockServerProcess
@@ -325,35 +329,24 @@ def test_a_create_that_times_out_is_not_retried_into_a_second_batch(tmp_path: Pa
     assert sorted(_ids(tmp_path)) == ["t0", "t1", "t2"]
 
 
-LITELLM = Path(sys.executable).parent / "litellm"
 LITELLM_KEY = "sk-mpinfer-litellm-0123456789abcdefXYZ"
 
 
-@pytest.mark.skipif(not LITELLM.exists(),
-                    reason="the LiteLLM proxy is not installed (pip install 'litellm[proxy]')")
+@needs_litellm
 def test_through_a_litellm_proxy_a_killed_run_is_resumed_without_a_second_batch(
     tmp_path: Path, mock: MockServerProcess,
 ):
     # Given a real LiteLLM proxy on 127.0.0.1 whose Files and Batches APIs go to the mock
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    (tmp_path / "litellm.yaml").write_text(
-        "model_list:\n  - model_name: gpt-4o-mini\n    litellm_params:\n"
-        f"      model: openai/gpt-4o-mini\n      api_base: {mock.base_url}\n"
-        "      api_key: sk-mock\nfiles_settings:\n  - custom_llm_provider: openai\n"
-        f"    api_base: {mock.base_url}\n    api_key: sk-mock\ngeneral_settings:\n"
-        f"  master_key: {LITELLM_KEY}\n  dangerously_permit_weak_or_unset_master_key: true\n")
-    proxy = subprocess.Popen([str(LITELLM), "--config", "litellm.yaml", "--host", "127.0.0.1",
-                              "--port", str(port)], cwd=tmp_path, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        _wait_for("the proxy", lambda: _answers(base + "/health/liveliness"), timeout_s=90)
+    config = ("model_list:\n  - model_name: gpt-4o-mini\n    litellm_params:\n"
+              f"      model: openai/gpt-4o-mini\n      api_base: {mock.base_url}\n"
+              "      api_key: sk-mock\nfiles_settings:\n  - custom_llm_provider: openai\n"
+              f"    api_base: {mock.base_url}\n    api_key: sk-mock\ngeneral_settings:\n"
+              f"  master_key: {LITELLM_KEY}\n  dangerously_permit_weak_or_unset_master_key: true\n")
+    with litellm_proxy(tmp_path, config, LITELLM_KEY) as base_url:
         write_tasks(tmp_path / "tasks.jsonl", text_tasks(6))
         mock.batch_faults(request_s=0.3)
         args = ["-i", "tasks.jsonl", "-o", OUT, "--backend", "batch", "--batch-poll", "0.2",
-                "--base-url", base + "/v1", "--retry-backoff", "0.05"]
+                "--base-url", base_url, "--retry-backoff", "0.05"]
         env = {"OPENAI_API_KEY": LITELLM_KEY}
         # When a run through the proxy is killed with SIGKILL while its batch works, then rerun
         run = start_cli(*args, cwd=tmp_path, env=env)
@@ -364,22 +357,10 @@ def test_through_a_litellm_proxy_a_killed_run_is_resumed_without_a_second_batch(
         finally:
             run.wait(timeout=10)
         again = run_cli(*args, cwd=tmp_path, env=env)
-        # Then the rerun polled the same batch through the proxy: one batch, every id once
-        assert again.returncode == 0, again.stderr
-        assert mock.batch_stats()["batches_created"] == 1
-        assert sorted(_ids(tmp_path)) == sorted(f"t{i}" for i in range(6))
-    finally:
-        proxy.terminate()
-        proxy.wait(timeout=20)
-
-
-def _answers(url: str) -> bool:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(url, timeout=2) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
+    # Then the rerun polled the same batch through the proxy: one batch, every id once
+    assert again.returncode == 0, again.stderr
+    assert mock.batch_stats()["batches_created"] == 1
+    assert sorted(_ids(tmp_path)) == sorted(f"t{i}" for i in range(6))
 
 
 def test_fresh_is_refused_while_batches_are_open_and_moves_a_finished_plan(tmp_path: Path,
