@@ -465,3 +465,30 @@ def test_a_crash_in_the_middle_of_a_merge_is_merged_again_writing_each_id_once(
     assert stats["batches_created"] == 1
     # And this time, the merge saved, the batch's files are deleted at the provider
     assert stats["file_ids"] == [] and len(stats["deleted_files"]) == 2
+
+
+def test_batch_creations_refused_with_429_are_waited_out_within_the_patience(tmp_path: Path,
+                                                                             mock: MockServerProcess):
+    # Given 6 rows in batches of 2, a server that allows one creation a second, and no retries
+    write_tasks(tmp_path / "tasks.jsonl", text_tasks(6))
+    mock.batch_faults(max_creates=1, create_window_s=1.0)
+    # When the batch backend runs with --max-retries 0 and a patience of 60 s
+    proc = _run(tmp_path, mock, "--batch-size", "2", "--max-retries", "0", "--patience", "60")
+    # Then the 429s were waited out, not counted as retries: three batches, every row answered once
+    assert proc.returncode == 0, proc.stderr
+    stats = mock.batch_stats()
+    assert stats["batches_created"] == 3 and stats["refused_creates"] >= 1
+    assert sorted(_ids(tmp_path)) == sorted(f"t{i}" for i in range(6))
+
+
+def test_a_batch_creation_still_refused_after_the_patience_fails_the_run(tmp_path: Path,
+                                                                        mock: MockServerProcess):
+    # Given a server that allows one creation an hour, and a patience of half a second
+    write_tasks(tmp_path / "tasks.jsonl", text_tasks(4))
+    mock.batch_faults(max_creates=1)
+    # When 4 rows go in batches of 2, with retries to spare
+    proc = _run(tmp_path, mock, "--batch-size", "2", "--max-retries", "5", "--patience", "0.5")
+    # Then the second creation is given up once the patience is spent, saying so
+    assert proc.returncode != 0
+    assert "rate_limit" in proc.stderr and "--patience 0.5" in proc.stderr, proc.stderr
+    assert mock.batch_stats()["refused_creates"] >= 2

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from mpinfer.api.prices import load_prices
-from mpinfer.backends.batch_merge import Merger, verdict
+from mpinfer.backends.batch_merge import Merger, classify_line
 from mpinfer.backends.batch_plan import Chunk, ChunkState, Plan
 from mpinfer.config import load_config
 from mpinfer.events import TaskDone, TaskFailed
@@ -96,7 +96,7 @@ def test_transient_rows_past_max_retries_are_failures_and_a_cancel_leaves_them_f
     assert sorted(cancelled.released) == ["t0", "t1", "t2", "t3"]
 
 
-def test_verdict_tells_transient_from_permanent_lines():
+def test_classify_line_tells_transient_from_permanent_lines():
     # Given the line forms the Batch API writes
     cases = {"5xx": ({"status_code": 503, "body": {"error": {"message": "x"}}}, None,
                      ("server_error", True)),
@@ -108,8 +108,8 @@ def test_verdict_tells_transient_from_permanent_lines():
                          ("request_timeout", True))}
     # When each is classified / Then transient ones are resubmitted and the rest recorded
     for name, (response, error, expected) in cases.items():
-        got = verdict({"custom_id": "x", "response": response, "error": error})
-        assert (got.error_type, got.transient) == expected, name
+        got = classify_line({"custom_id": "x", "response": response, "error": error})
+        assert (got.error_type, got.verdict.transient) == expected, name
 
 
 def test_the_plan_survives_a_save_and_load_and_names_its_models(tmp_path: Path):

@@ -16,7 +16,8 @@ import orjson
 import pytest
 from helpers import Handler, keep_alive, response
 
-from mpinfer.api.client import Answer, CallError, classify, complete, make_client
+from mpinfer.api.client import Answer, complete, make_client
+from mpinfer.api.failures import CallError, classify
 from mpinfer.errors import ConfigError
 
 KEY = "sk-test-0000000000000000fake4hq2"

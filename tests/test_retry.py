@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from mpinfer.api.client import CallError, Verdict
+from mpinfer.api.failures import CallError, Kind, Verdict
 from mpinfer.api.prices import load_prices
 from mpinfer.api.retry import MAX_RATE_BACKOFF_S, Attempts, RetryPolicy, decide
 from mpinfer.backends.runner import TaskRunner
@@ -25,8 +25,8 @@ from mpinfer.mockserver import MockServerProcess
 POLICY = RetryPolicy(max_retries=2, backoff_s=1.0, patience_s=300.0)
 
 
-def error(kind: str, verdict: Verdict, retry_after: float | None = None) -> CallError:
-    return CallError(kind, 429 if kind == "rate_limit" else None, f"{kind} happened", verdict,
+def error(kind: Kind, verdict: Verdict, retry_after: float | None = None) -> CallError:
+    return CallError(kind, 429 if kind is Kind.RATE_LIMIT else None, f"{kind} happened", verdict,
                      retry_after)
 
 
@@ -34,16 +34,16 @@ def error(kind: str, verdict: Verdict, retry_after: float | None = None) -> Call
 def test_what_waiting_cannot_fix_is_decided_at_once(verdict: Verdict) -> None:
     # Given a failure that is the task's, the run's or the key's fault
     # When it is decided
-    step = decide(error("x", verdict), Attempts(), POLICY, random.Random(1), 0.0)
+    step = decide(error(Kind.BAD_REQUEST, verdict), Attempts(), POLICY, random.Random(1), 0.0)
     # Then the verdict stands, with the error's message
-    assert (step.verdict, step.message) == (verdict, "x happened")
+    assert (step.verdict, step.message) == (verdict, "bad_request happened")
 
 
 def test_a_transient_failure_is_retried_with_a_counted_backoff_until_the_retries_run_out() -> None:
     # Given a timeout, with two retries allowed
     rng = random.Random(2)
     # When it is decided after 0, 1 and 2 retries
-    steps = [decide(error("timeout", Verdict.RETRY), Attempts(retries=n), POLICY, rng, 0.0)
+    steps = [decide(error(Kind.TIMEOUT, Verdict.RETRY), Attempts(retries=n), POLICY, rng, 0.0)
              for n in range(3)]
     # Then the first two are counted retries after 0.5-1 s and 1-2 s, and the third fails the task
     assert [s.verdict for s in steps] == [Verdict.RETRY, Verdict.RETRY, Verdict.FAIL]
@@ -56,9 +56,9 @@ def test_a_rate_limit_is_waited_without_a_counted_retry_until_the_patience_is_sp
     tries = Attempts(retries=2, rate_limited=5, limited_since=100.0)
     rng = random.Random(3)
     # When 429s are decided, with and without a hint, before and after 300 s of patience
-    hinted = decide(error("rate_limit", Verdict.WAIT, 2.0), tries, POLICY, rng, 150.0)
-    bare = decide(error("rate_limit", Verdict.WAIT), tries, POLICY, rng, 150.0)
-    spent = decide(error("rate_limit", Verdict.WAIT, 2.0), tries, POLICY, rng, 400.0)
+    hinted = decide(error(Kind.RATE_LIMIT, Verdict.WAIT, 2.0), tries, POLICY, rng, 150.0)
+    bare = decide(error(Kind.RATE_LIMIT, Verdict.WAIT), tries, POLICY, rng, 150.0)
+    spent = decide(error(Kind.RATE_LIMIT, Verdict.WAIT, 2.0), tries, POLICY, rng, 400.0)
     # Then the first two are retries that use up nothing (the limiter's pause holds a hinted one),
     # and the third fails the task saying why
     assert (hinted.verdict, hinted.counted) == (Verdict.RETRY, False) and hinted.delay_s <= 0.05
@@ -67,10 +67,22 @@ def test_a_rate_limit_is_waited_without_a_counted_retry_until_the_patience_is_sp
     assert spent.verdict is Verdict.FAIL and "patience" in spent.message and "300s" in spent.message
 
 
+def test_without_a_limiter_a_hinted_rate_limit_is_waited_by_the_step_within_the_patience() -> None:
+    # Given a task rate limited since t=100, with no limiter to pause its lane (the Batch client)
+    tries = Attempts(rate_limited=1, limited_since=100.0)
+    rng = random.Random(5)
+    # When 429s that ask for 2 s and for 100 s are decided at t=350 (50 s of the patience left)
+    short = decide(error(Kind.RATE_LIMIT, Verdict.WAIT, 2.0), tries, POLICY, rng, 350.0, limiter=False)
+    long = decide(error(Kind.RATE_LIMIT, Verdict.WAIT, 100.0), tries, POLICY, rng, 350.0, limiter=False)
+    # Then the step waits the hint itself, uncounted, but never past the patience
+    assert (short.verdict, short.counted) == (Verdict.RETRY, False) and 2.0 <= short.delay_s <= 3.0
+    assert (long.verdict, long.counted, long.delay_s) == (Verdict.RETRY, False, 50.0)
+
+
 def test_a_connection_error_during_an_outage_is_not_counted() -> None:
     # Given a task out of retries, and a connection error while the limiter says the server is down
-    step = decide(error("connection", Verdict.RETRY), Attempts(retries=2), POLICY, random.Random(4),
-                  0.0, outage=True)
+    step = decide(error(Kind.CONNECTION, Verdict.RETRY), Attempts(retries=2), POLICY,
+                  random.Random(4), 0.0, outage=True)
     # Then it goes again, uncounted: the limiter holds it until a probe gets through
     assert (step.verdict, step.counted, step.delay_s) == (Verdict.RETRY, False, 0.0)
 

@@ -1,4 +1,5 @@
-"""One API call, and the one place that decides retry, fail or abort.
+"""One API call: the client, sending a request and reading its answer (a failure is classified by
+``api.failures``).
 
 The SDK's own retries are off (``max_retries=0``): every attempt is ours, so it is counted once and waits
 by our backoff. The response body is decoded with orjson rather than the SDK's models: it is the same
@@ -8,12 +9,10 @@ JSON, at a fraction of the CPU, and a body that is not JSON becomes a retryable 
 from __future__ import annotations
 
 import asyncio
-import re
 import ssl
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 import httpx2
@@ -21,26 +20,9 @@ import openai
 import orjson
 
 from ..config import Transport as Transport  # the setting's enum, re-exported for the client's callers
-from ..errors import ImageError, ImagesTooLarge, MalformedResponse
-from ..limits import wait_hint
+from ..errors import MalformedResponse
 from .http import REQUEST_DEADLINE, AioHttpClient, OnAnswer, SendGate
 from .responses import ApiPath, embeddings_answer, responses_answer
-
-# OpenAI asks clients to retry these; everything else in 4xx is the request's own fault.
-_RETRY_STATUSES = frozenset({408, 409, 429})
-IMAGES_TOO_LARGE = "images_too_large"
-# OpenAI: 400 "Total image size (...) exceeds the allowed limit"; proxies answer 413 for a body too large.
-_TOO_LARGE = re.compile(r"image size.*exceeds|exceeds.*image size|too large", re.IGNORECASE)
-
-
-class Verdict(StrEnum):
-    """What a failure calls for (``classify``), and what is done about it (``api.retry.decide``)."""
-
-    RETRY = "retry"              # transient: try again after a backoff, counted against --max-retries
-    WAIT = "wait"                # a rate limit: wait it out, bounded by --patience, not by retries
-    FAIL = "fail"                # the task's own fault: write a failure line
-    DISABLE_KEY = "disable_key"  # the key's fault (401/403): go on with another key
-    ABORT = "abort"              # no task can succeed (no quota, no key left): stop the run
 
 
 @dataclass(frozen=True)
@@ -59,17 +41,6 @@ class Answer:
     refusal: str | None = None  # the model declined: its refusal text (content is then null)
     reasoning: str | None = None  # a reasoning model's thinking, when the server sends it
     reasoning_tokens: int = 0
-
-
-@dataclass(frozen=True)
-class CallError:
-    """A failed attempt, classified."""
-
-    error_type: str
-    status: int | None
-    message: str
-    verdict: Verdict
-    retry_after: float | None = None
 
 
 _tls: ssl.SSLContext | None = None
@@ -229,67 +200,3 @@ def _url(client: openai.AsyncOpenAI, path: ApiPath) -> str:
         else:
             url = urls[path] = f"{base}{path.value[1:]}"  # the SDK keeps its base URL ending in "/"
     return url
-
-
-def classify(exc: BaseException, wall: float | None = None) -> CallError:
-    """What a failed attempt calls for: a retry, a wait on the rate limit, failing the task, disabling its
-    key, or stopping the run. ``api.retry.decide`` turns this into what happens next."""
-    if isinstance(exc, ImagesTooLarge):
-        return CallError(IMAGES_TOO_LARGE, None, str(exc), Verdict.FAIL)
-    if isinstance(exc, ImageError):
-        return CallError("image", None, str(exc), Verdict.FAIL)
-    if isinstance(exc, MalformedResponse):
-        return CallError("malformed_response", 200, str(exc), Verdict.RETRY)
-    if isinstance(exc, TimeoutError):  # our own deadline on the whole request (connect to last byte)
-        return CallError("timeout", None, "request timed out", Verdict.RETRY)
-    if isinstance(exc, openai.APIConnectionError):
-        root = _root_cause(exc)
-        # A timeout error may stand for a dropped connection (the SDK's own aiohttp client reports one so);
-        # the root cause tells them apart, and it matters: timeouts slow the run down (AIMD), a reset does not.
-        timed_out = isinstance(exc, openai.APITimeoutError) and (
-            root is exc or isinstance(root, TimeoutError) or "Timeout" in type(root).__name__)
-        if timed_out:
-            return CallError("timeout", None, "request timed out", Verdict.RETRY)
-        detail = f": {type(root).__name__}: {root}"[:300] if root is not exc else ""
-        return CallError("connection", None, f"connection error{detail}", Verdict.RETRY)
-    if isinstance(exc, openai.APIStatusError):
-        status = exc.status_code
-        message = _status_message(exc)
-        if status == 429 and exc.code == "insufficient_quota":
-            return CallError("insufficient_quota", status, message, Verdict.ABORT)
-        if status in (401, 403):
-            # The key's fault, not the task's: the task goes on with another key, if any is left.
-            name = "authentication" if status == 401 else "permission_denied"
-            return CallError(name, status, message, Verdict.DISABLE_KEY)
-        wait = wait_hint(exc.response.headers, message, wall)
-        if status == 429:
-            return CallError("rate_limit", status, message, Verdict.WAIT, wait)
-        if status >= 500 or status in _RETRY_STATUSES:
-            return CallError("server_error" if status >= 500 else f"http_{status}", status, message,
-                             Verdict.RETRY, wait)
-        if status in (400, 413) and _TOO_LARGE.search(message):
-            return CallError(IMAGES_TOO_LARGE, status, message, Verdict.FAIL)  # the same request fails again
-        names = {400: "bad_request", 404: "not_found", 422: "unprocessable"}
-        return CallError(names.get(status, f"http_{status}"), status, message, Verdict.FAIL)
-    if isinstance(exc, openai.APIError):
-        return CallError("api_error", None, str(exc)[:500], Verdict.RETRY)
-    return CallError(type(exc).__name__, None, str(exc)[:500], Verdict.FAIL)
-
-
-def _root_cause(exc: BaseException) -> BaseException:
-    """The innermost exception behind ``exc`` (bounded: causes can, in principle, form a loop)."""
-    seen = 0
-    while seen < 10:
-        inner = exc.__cause__ or exc.__context__
-        if inner is None:
-            break
-        exc, seen = inner, seen + 1
-    return exc
-
-
-def _status_message(exc: openai.APIStatusError) -> str:
-    body = exc.body
-    message = body.get("message") if isinstance(body, dict) else None
-    if isinstance(message, str):
-        return message[:500]
-    return str(exc.message)[:500]

@@ -1,9 +1,11 @@
-"""The one place that decides what follows a failed attempt: retry, fail, disable the key or stop the run.
+"""What follows a failed attempt, given what the task has been through: a ``Step`` (retry after a delay,
+fail, disable the key or stop the run).
 
-``client.classify`` says what a failure calls for; ``decide`` weighs it against what the task has been
-through (its retries, how long it has been rate limited) and returns a ``Step``. The runner does what the
-step says and decides nothing itself. Both functions here are pure (the clock's reading and the random
-generator are passed in), so every branch is tested without waiting.
+``api.failures`` says what a failure calls for (its ``Verdict``, by the one table); ``decide`` weighs
+that against the task's history (its retries, how long it has been rate limited) and the run's
+``RetryPolicy``. The online runner and the Batch client do what the step says and decide nothing
+themselves. The functions here are pure (the clock's reading and the random generator are passed in), so
+every branch is tested without waiting.
 
 Retries are counted only for failures that waiting cannot explain: a 429 for rate waits as long as the
 patience allows (its hint, or a backoff when it gave none) without using up ``--max-retries``, and so does
@@ -15,7 +17,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from .client import CallError, Verdict
+from .failures import CallError, Kind, Verdict
 
 MAX_BACKOFF_S = 60.0
 # A rate-limited task with no hint waits a backoff that stops growing here: the limiter's learned pace
@@ -41,6 +43,18 @@ class Attempts:
     rate_limited: int = 0                # 429s for rate
     limited_since: float | None = None   # when its first 429 came (clock of the runner)
     by_type: dict[str, int] = field(default_factory=dict)  # requests sent again, by the failed one's error type
+
+    def waiting(self, now: float) -> None:
+        """Count a 429 for rate (a WAIT verdict): the patience runs from the first."""
+        self.rate_limited += 1
+        if self.limited_since is None:
+            self.limited_since = now
+
+    def again(self, error: CallError, step: Step) -> None:
+        """Count a request sent again after ``error`` as ``step`` says (waits included, by type)."""
+        if step.counted:
+            self.retries += 1
+        self.by_type[error.error_type] = self.by_type.get(error.error_type, 0) + 1
 
 
 @dataclass(frozen=True)
@@ -68,26 +82,37 @@ def backoff_s(attempt: int, base: float, rng: random.Random, retry_after: float 
     return delay
 
 
+def patience_spent(waited_s: float, policy: RetryPolicy) -> bool:
+    """Whether a task that has waited ``waited_s`` (rate limited, or on a server that is down) has
+    waited as long as ``--patience`` allows."""
+    return waited_s >= policy.patience_s
+
+
 def decide(error: CallError, tries: Attempts, policy: RetryPolicy, rng: random.Random, now: float, *,
-           outage: bool = False) -> Step:
+           outage: bool = False, limiter: bool = True) -> Step:
     """The next step for a task whose attempt failed with ``error``.
 
     ``outage``: the limiter says the server is down (connection errors with no answer between them).
+    ``limiter``: a limiter pauses the rate-limited lane for the server's hint; without one (the Batch
+    client) the step itself waits the hint.
     """
     if error.verdict in (Verdict.FAIL, Verdict.ABORT, Verdict.DISABLE_KEY):
         return Step(error.verdict, message=error.message)
     if error.verdict is Verdict.WAIT:
         since = now if tries.limited_since is None else tries.limited_since
         waited = now - since
-        if waited >= policy.patience_s:
+        if patience_spent(waited, policy):
             return Step(Verdict.FAIL, message=f"still rate limited after waiting {waited:.0f}s (the patience, "
                         f"--patience {policy.patience_s:g}): {error.message}")
         if error.retry_after is not None:
+            if not limiter:  # the hint, within the patience left
+                hinted = error.retry_after + rng.uniform(0, min(1.0, policy.backoff_s))
+                return Step(Verdict.RETRY, min(hinted, policy.patience_s - waited))
             # The limiter pauses the whole lane for the hint; the request goes when its pace allows.
             return Step(Verdict.RETRY, rng.uniform(0, min(0.05, policy.backoff_s)))
         return Step(Verdict.RETRY, backoff_s(tries.rate_limited, policy.backoff_s, rng,
                                              ceiling_s=MAX_RATE_BACKOFF_S))
-    if outage and error.error_type == "connection":
+    if outage and error.kind is Kind.CONNECTION:
         return Step(Verdict.RETRY)  # the limiter holds it until the server answers a probe
     if tries.retries < policy.max_retries:
         return Step(Verdict.RETRY, backoff_s(tries.retries + 1, policy.backoff_s, rng, error.retry_after),

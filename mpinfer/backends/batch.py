@@ -25,6 +25,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from ..api.failures import Kind
 from ..api.messages import ImageEncoder
 from ..api.prices import PriceTable
 from ..config import RunConfig
@@ -150,9 +151,9 @@ class BatchBackend:
         return True
 
     def _image_failed(self, task: Task, model: int, message: str) -> None:
-        line = failure_line(task.id, task.body is not None, "image", None, message, 0)
+        line = failure_line(task.id, task.body is not None, Kind.IMAGE, None, message, 0)
         self.appenders[model].append(self.outputs[model].errors, line)
-        self.notes.append(TaskFailed(task.id, model, "image", None, message, 0))
+        self.notes.append(TaskFailed(task.id, model, Kind.IMAGE, None, message, 0))
 
     # -- poll ---------------------------------------------------------------------------------------------
 

@@ -2,15 +2,17 @@
 
 Every answer becomes the same line an online answer would (store/records.py builds both), priced at the
 Batch API's price, and is written once: ids already in the output are skipped, so a merge that a crash
-interrupted is simply done again. The rest is decided by kind, in ``verdict``:
-- transient (5xx, 408/409/429, ``batch_expired``, ``batch_cancelled``, ``request_timeout``, and rows that
-  are in neither file, as when a batch failed): resubmitted in a new batch while ``--max-retries`` allows,
-  then a failure line;
-- permanent (400, 404, ...): a failure line in the errors file, as online.
+interrupted is simply done again. The rest is classified by ``api.failures``' table (``classify_line``),
+as online failures are:
+- transient (a RETRY or WAIT verdict: 5xx, 408/409/429, ``batch_expired``, ``batch_cancelled``,
+  ``request_timeout``, and rows that are in neither file, as when a batch failed): resubmitted in a new
+  batch while ``--max-retries`` allows, then a failure line;
+- permanent (400, 401, 404, ...): a failure line in the errors file, as online.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ from typing import Any
 import orjson
 
 from ..api.client import answer_of
+from ..api.failures import CallError, Kind, Verdict, of_status
 from ..api.prices import PriceTable
 from ..config import RunConfig
 from ..errors import MalformedResponse
@@ -30,22 +33,6 @@ from .batch_plan import Chunk
 from .runner import answered
 
 log = logging.getLogger("mpinfer.run")
-_TRANSIENT_CODES = frozenset({"batch_expired", "batch_cancelled", "request_timeout"})
-_TRANSIENT_STATUSES = frozenset({408, 409, 429})
-_STATUS_NAMES = {400: "bad_request", 401: "authentication", 403: "permission_denied", 404: "not_found",
-                 422: "unprocessable"}
-
-
-@dataclass(frozen=True)
-class LineError:
-    """One request the batch did not answer, classified."""
-
-    error_type: str
-    status: int | None
-    message: str
-    transient: bool
-
-
 @dataclass
 class Merged:
     """What one merge produced: lines to append, events for the driver, and the ids to send again."""
@@ -61,7 +48,7 @@ def _object(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def verdict(record: dict[str, Any]) -> LineError:
+def classify_line(record: dict[str, Any]) -> CallError:
     """Classify an error-file line (``response`` with a status, or ``error`` with a code)."""
     response = _object(record.get("response"))
     error = _object(record.get("error"))
@@ -69,13 +56,7 @@ def verdict(record: dict[str, Any]) -> LineError:
     body_error = _object(_object(response.get("body")).get("error"))
     code = str(error.get("code") or body_error.get("code") or "")
     message = str(error.get("message") or body_error.get("message") or "no message")[:500]
-    if status is None:
-        return LineError(code or "batch_error", None, message, code in _TRANSIENT_CODES or not code)
-    if status >= 500:
-        return LineError("server_error", status, message, True)
-    if status in _TRANSIENT_STATUSES:
-        return LineError("rate_limit" if status == 429 else f"http_{status}", status, message, True)
-    return LineError(_STATUS_NAMES.get(status, f"http_{status}"), status, message, False)
+    return of_status(status, code, message)
 
 
 def records(data: bytes) -> Iterator[dict[str, Any]]:
@@ -131,10 +112,12 @@ class Merger:
             if custom_id not in wanted or custom_id in seen:
                 continue
             if response.get("status_code") != 200:
-                self._failed(chunk, custom_id, verdict(record), done, failed_before, resubmit, merged)
+                self._failed(chunk, custom_id, classify_line(record), done, failed_before, resubmit,
+                             merged)
             elif custom_id not in done:
                 if not self._answer(chunk, custom_id, response, latency_s, merged):
-                    error = LineError("malformed_response", 200, "the answer is not a chat completion", True)
+                    error = CallError(Kind.MALFORMED_RESPONSE, 200, "the answer is not a chat completion",
+                                      Verdict.RETRY)
                     self._failed(chunk, custom_id, error, done, failed_before, resubmit, merged)
                     seen.add(custom_id)
                     continue
@@ -144,11 +127,13 @@ class Merger:
             custom_id = record["custom_id"]
             if custom_id in wanted and custom_id not in seen:
                 seen.add(custom_id)
-                self._failed(chunk, custom_id, verdict(record), done, failed_before, resubmit, merged)
+                self._failed(chunk, custom_id, classify_line(record), done, failed_before, resubmit,
+                             merged)
         reason = chunk.error or f"the batch ended {chunk.status} without an answer for this request"
         for custom_id in chunk.ids:
             if custom_id not in seen:
-                error = LineError("batch_" + (chunk.status or "error"), None, reason[:500], True)
+                error = CallError(Kind.UNANSWERED, None, reason[:500], Verdict.RETRY,
+                                  name="batch_" + (chunk.status or "error"))
                 self._failed(chunk, custom_id, error, done, failed_before, resubmit, merged)
         return merged
 
@@ -166,21 +151,22 @@ class Merger:
         merged.events.append(done)
         return True
 
-    def _failed(self, chunk: Chunk, custom_id: str, error: LineError, done: set[str], failed_before: set[str],
+    def _failed(self, chunk: Chunk, custom_id: str, error: CallError, done: set[str], failed_before: set[str],
                 resubmit: bool, merged: Merged) -> None:
         if custom_id in done:
             return
-        if error.transient and not resubmit:
+        transient = error.verdict.transient
+        if transient and not resubmit:
             merged.released.append(custom_id)  # cancelled: a later run sends it again
             return
-        if error.transient and chunk.attempt <= self.config.max_retries:
+        if transient and chunk.attempt <= self.config.max_retries:
             merged.retry.append(custom_id)
             return
         if custom_id in failed_before:
             return
         failed_before.add(custom_id)
         # A server may quote the request back, key included: nothing leaves unredacted.
-        error = LineError(error.error_type, error.status, redact(error.message, self.keys), error.transient)
+        error = dataclasses.replace(error, message=redact(error.message, self.keys))
         line = failure_line(custom_id, self.task(custom_id).body is not None, error.error_type, error.status,
                             error.message, chunk.attempt, batch_id=chunk.batch_id)
         merged.failures.append(line)

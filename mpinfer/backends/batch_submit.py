@@ -1,8 +1,10 @@
 """Submitting to the Batch API: request files within the API's limits, uploads and creations, with our retries.
 
 The calls go through the openai SDK's ``client.files`` and ``client.batches`` with the SDK's own retries off:
-``BatchClient.call`` retries what api.client.classify calls transient (429, 5xx, timeouts, resets) with our
-backoff, so every attempt is ours and counted. The API's limits are respected before they are met:
+``BatchClient.call`` does what ``api.retry.decide`` says of each failure (classified by ``api.failures``), as
+the online runner does: transient ones (5xx, timeouts, resets) are retried with our backoff within
+--max-retries, and 429s for rate are waited out within --patience. The API's limits are respected before
+they are met:
 - a request file holds at most ``batch_size`` lines (50,000 at most) and ``batch_max_bytes`` (200 MB);
 - batch creation is paced to CREATES_PER_HOUR;
 - a creation refused for the enqueued-token limit (``token_limit_exceeded``, as an error or as a batch that
@@ -20,10 +22,10 @@ from typing import Any, BinaryIO, TypeVar
 import openai
 import orjson
 
-from ..api.client import Verdict, classify
+from ..api.failures import Verdict, classify
 from ..api.messages import ImageEncoder
 from ..api.responses import ApiPath
-from ..api.retry import backoff_s
+from ..api.retry import Attempts, RetryPolicy, decide
 from ..config import RunConfig
 from ..errors import BatchApiError, ConfigError, ImageError
 from ..inputs.tasks import Task
@@ -49,42 +51,52 @@ class QueueFull(Exception):
 class BatchClient:
     """The SDK's Files and Batches calls with our retries; time is a parameter so tests need not wait."""
 
-    def __init__(self, config: RunConfig, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(self, config: RunConfig, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         import random
 
         self.config = config
         self.keys = config.require_api_keys()
         self.sdk = openai.OpenAI(api_key=self.keys[0], base_url=config.base_url, max_retries=0,
                                  timeout=config.timeout)
+        self.policy = RetryPolicy(config.max_retries, config.retry_backoff, config.patience)
         self.sleep = sleep
+        self.clock = clock
         self.rng = random.Random()
 
     def call(self, what: str, fn: Callable[..., T], *args: Any, before_retry: Callable[[], T | None] | None = None,
              **kwargs: Any) -> T:
-        """``fn(*args, **kwargs)``, retried while transient; BatchApiError (redacted) once it is not.
+        """``fn(*args, **kwargs)``, sent again while ``api.retry.decide`` says so; BatchApiError
+        (redacted) once it does not.
 
         ``before_retry`` runs before each retry; what it returns (not None) is taken as the call's result:
         a create that timed out may have made its batch, which must be found rather than made twice.
         """
-        retries = 0
+        tries = Attempts()
         while True:
-            if retries and before_retry is not None:
+            if tries.count and before_retry is not None:
                 found = before_retry()
                 if found is not None:
                     return found
+            tries.count += 1
             try:
                 return fn(*args, **kwargs)
-            except Exception as exc:  # classify decides
+            except Exception as exc:  # classify and decide say what follows
                 if getattr(exc, "code", None) == QUEUE_LIMIT_CODE:
                     raise QueueFull(str(exc)) from None
                 error = classify(exc)
-                if error.verdict in (Verdict.RETRY, Verdict.WAIT) and retries < self.config.max_retries:
-                    retries += 1
-                    delay = backoff_s(retries, self.config.retry_backoff, self.rng, error.retry_after)
-                    log.info("%s: %s (%s); retry in %.2fs", what, error.error_type, error.message, delay)
-                    self.sleep(delay)
+                now = self.clock()
+                if error.verdict is Verdict.WAIT:
+                    tries.waiting(now)
+                step = decide(error, tries, self.policy, self.rng, now, limiter=False)
+                if step.verdict is Verdict.RETRY:
+                    tries.again(error, step)
+                    log.info("%s: %s (%s); retry in %.2fs", what, error.error_type, error.message,
+                             step.delay_s)
+                    self.sleep(step.delay_s)
                     continue
-                raise BatchApiError(redact(f"{what}: {error.status or ''} {error.error_type}: {error.message}",
+                message = step.message or error.message
+                raise BatchApiError(redact(f"{what}: {error.status or ''} {error.error_type}: {message}",
                                            self.keys)) from None
 
     def close(self) -> None:

@@ -21,13 +21,14 @@ from typing import Any
 
 import openai
 
-from ..api.client import Answer, CallError, Verdict, classify, complete, make_client
+from ..api.client import Answer, complete, make_client
 from ..api.endpoints import Provider, endpoints_of
+from ..api.failures import CallError, Kind, Verdict, classify
 from ..api.http import SendGate, Unsent
 from ..api.messages import ImageEncoder, Request, build_body_request, build_request
 from ..api.prices import PriceTable
 from ..api.responses import ApiPath
-from ..api.retry import Attempts, RetryPolicy, decide
+from ..api.retry import Attempts, RetryPolicy, decide, patience_spent
 from ..config import Api, RunConfig
 from ..errors import ImageError, NoKeysLeft
 from ..events import Abort, Event, KeyDisabled, TaskDone, TaskFailed
@@ -112,7 +113,8 @@ def answered(task: Task, model: int, requested: str, answer: Answer, attempts: i
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[Any]]
 # How a failed attempt ended, for the limiter: timeouts slow a lane down as 429s do.
-_ENDINGS = {"rate_limit": Ending.OVERLOADED, "timeout": Ending.OVERLOADED, "connection": Ending.UNREACHABLE}
+_ENDINGS = {Kind.RATE_LIMIT: Ending.OVERLOADED, Kind.TIMEOUT: Ending.OVERLOADED,
+            Kind.CONNECTION: Ending.UNREACHABLE}
 
 
 class _Stale(Exception):
@@ -205,14 +207,13 @@ class TaskRunner:
     async def _acquire(self, model: int, charge: int) -> Grant | Wait | None:
         """Wait for the limiter: a free key, room in its pace and window, no pause on its lane. None when
         stopping; the Wait itself when the server has been down for longer than the patience."""
-        patience = self.policy.patience_s
         while True:
             got = await self.limiter.try_acquire(model, charge)
             if isinstance(got, Grant):
                 return got
             if self.stopping:
                 return None
-            if got.reason is WaitReason.OUTAGE and got.outage_for_s >= patience:
+            if got.reason is WaitReason.OUTAGE and patience_spent(got.outage_for_s, self.policy):
                 return got
             # A little jitter: requests that wait on the same moment do not all ask at once.
             await self.sleep(min(got.seconds, 0.5) * self.rng.uniform(1.0, 1.1))
@@ -232,7 +233,7 @@ class TaskRunner:
                 if await self._any_key_left():
                     # Every endpoint of this model was rejected, not every endpoint: the other models go on.
                     return self._fail(task, model, CallError(
-                        "no_endpoint", None, f"every endpoint of {self.models[model]} was rejected (401/403); see "
+                        Kind.NO_ENDPOINT, None, f"every endpoint of {self.models[model]} was rejected (401/403); see "
                         "the log", Verdict.FAIL), tries.count, tries.by_type)
                 return self._abort(task, model, "every API key was rejected (401/403); see the log")
             if grant is None:
@@ -240,7 +241,7 @@ class TaskRunner:
             if isinstance(grant, Wait):
                 since = time.strftime("%H:%M:%S", time.localtime(grant.outage_wall))
                 return self._fail(task, model, CallError(
-                    "connection", None, f"the server has not answered since {since} ({grant.outage_for_s:.0f}s,"
+                    Kind.CONNECTION, None, f"the server has not answered since {since} ({grant.outage_for_s:.0f}s,"
                     f" more than the patience, --patience {self.policy.patience_s:g})", Verdict.FAIL),
                     tries.count, tries.by_type)
             tries.count += 1
@@ -269,13 +270,11 @@ class TaskRunner:
     async def _failed_attempt(self, task: Task, model: int, grant: Grant, error: CallError, exc: Exception,
                               tries: Attempts) -> Outcome | _Again | None:
         """After a failed attempt, do what ``decide`` says: again, or the task's outcome (None: stopping)."""
-        outage = await self.limiter.release(grant, _ENDINGS.get(error.error_type, Ending.ERROR))
+        outage = await self.limiter.release(grant, _ENDINGS.get(error.kind, Ending.ERROR))
         now = self.clock()
         if error.verdict is Verdict.WAIT:  # (a 429: _on_answer has stopped building ahead already)
             await self.limiter.rate_limited(grant.lane, error.retry_after)
-            tries.rate_limited += 1
-            if tries.limited_since is None:
-                tries.limited_since = now
+            tries.waiting(now)
         step = decide(error, tries, self.policy, self.rng, now, outage=outage)
         if step.verdict is Verdict.DISABLE_KEY:
             if await self._disable_key(grant.key, error):
@@ -285,9 +284,7 @@ class TaskRunner:
         if step.verdict is Verdict.RETRY:
             if self.stopping:
                 return None
-            if step.counted:
-                tries.retries += 1
-            tries.by_type[error.error_type] = tries.by_type.get(error.error_type, 0) + 1  # waits included
+            tries.again(error, step)
             log.info("task %s attempt %d: %s (%s); again in %.2fs", task.id, tries.count, error.error_type,
                      error.message, step.delay_s)
             if step.delay_s > 0:

@@ -1,0 +1,69 @@
+"""The failure vocabulary (api.failures): one table read alike for an exception and for a Batch API line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import httpx2
+import openai
+import pytest
+
+from mpinfer.api.failures import TABLE, Kind, Verdict, classify, of_status
+from mpinfer.backends.batch_merge import classify_line
+
+
+def status_error(status: int, message: str, code: str | None = None) -> openai.APIStatusError:
+    request = httpx2.Request("POST", "http://127.0.0.1/v1/chat/completions")
+    response = httpx2.Response(status, request=request)
+    body = {"message": message, "type": "x", "param": None, "code": code}
+    return openai.APIStatusError(message, response=response, body=body)
+
+
+@pytest.mark.parametrize(("status", "code", "message"), [
+    (400, None, "bad"), (400, None, "Total image size (30MB) exceeds the allowed limit"), (401, None, "key"),
+    (403, None, "no"), (404, None, "gone"), (408, None, "slow"), (409, None, "busy"), (413, None, "big"),
+    (418, None, "teapot"), (422, None, "odd"), (429, None, "slow down"),
+    (429, "insufficient_quota", "no money"), (500, None, "oops"), (503, None, "down"),
+])
+def test_an_online_answer_and_a_batch_line_with_one_status_are_one_failure(status: int, code: str | None,
+                                                                           message: str) -> None:
+    # Given an error answer online, and a Batch API error line with the same status, code and message
+    online = status_error(status, message, code)
+    line = {"custom_id": "x", "response": {"status_code": status,
+                                           "body": {"error": {"message": message, "code": code}}}}
+    # When each is classified
+    a, b = classify(online), classify_line(line)
+    # Then both are the same kind, written the same way, with the same verdict
+    assert (a.kind, a.error_type, a.verdict) == (b.kind, b.error_type, b.verdict)
+
+
+def test_kinds_written_under_another_name_are_written_so() -> None:
+    # Given failures of the four kinds with a name of their own
+    # When their error types are read
+    other = of_status(418, None, "teapot")
+    code = of_status(None, "invalid_jsonl", "bad line")
+    unexpected = classify(KeyError("boom"))
+    # Then each is written as before: http_<status>, the Batch API's code, the exception's class
+    assert (other.kind, other.error_type, other.verdict) == (Kind.HTTP, "http_418", Verdict.FAIL)
+    assert (code.kind, code.error_type, code.verdict) == (Kind.BATCH_CODE, "invalid_jsonl", Verdict.FAIL)
+    assert (unexpected.kind, unexpected.error_type) == (Kind.UNEXPECTED, "KeyError")
+
+
+def test_every_row_of_the_table_can_be_reached() -> None:
+    # Given the table's rows, in order
+    # When each is compared with the rows before it
+    shadowed = [rule for i, rule in enumerate(TABLE) for earlier in TABLE[:i]
+                if (earlier.exception, earlier.status) == (rule.exception, rule.status)
+                and earlier.code in (None, rule.code) and earlier.message in (None, rule.message)]
+    # Then none is hidden behind an earlier row that matches everything it matches
+    assert len(TABLE) > 20 and shadowed == []
+
+
+def test_the_vocabulary_loads_without_the_openai_sdk() -> None:
+    # Given a fresh interpreter
+    # When the failure vocabulary is imported
+    code = "import sys, mpinfer.api.failures; print('openai' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    # Then the SDK was not loaded
+    assert out.stdout.strip() == "False"
