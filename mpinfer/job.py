@@ -26,8 +26,8 @@ from .reports.summary import RunSummary
 from .run import DEFAULT_GRACE_S
 from .run import run as run_job
 from .sources import read_keys_file
-from .store.output import OutputPaths, iter_lines, model_outputs, record_id, scan
-from .store.records import answer_id
+from .store.output import OutputPaths, iter_lines, model_outputs, scan
+from .store.records import answer_id, record_id
 
 log = logging.getLogger("mpinfer.job")
 

@@ -35,8 +35,8 @@ from ..inputs.check import reading
 from ..inputs.readers import iter_tasks
 from ..inputs.tasks import Task
 from ..limits import LaneStats
-from ..store.output import Appender, OutputPaths, iter_lines, record_id, scan, size_of
-from ..store.records import failure_line
+from ..store.output import Appender, OutputPaths, iter_lines, scan, size_of
+from ..store.records import failure_line, record_id
 from .base import Note
 from .batch_merge import Merger
 from .batch_plan import FINAL_STATUSES, Chunk, ChunkState, Plan

@@ -25,8 +25,8 @@ from ..config import RunConfig
 from ..events import Event, StopWork, TaskDone, TaskFailed, Work, WorkerExit, WorkItem, decode_events, encode
 from ..inputs.tasks import Task
 from ..limits import LaneStats, LimiterSettings, SharedLimiter
-from ..store.output import OutputPaths, iter_lines, record_id, scan, size_of
-from ..store.records import failure_type
+from ..store.output import OutputPaths, iter_lines, scan, size_of
+from ..store.records import failure_view
 from .base import Note, Returned, WorkerDied
 from .worker import WorkerSettings, built_ahead, worker_main
 
@@ -183,10 +183,11 @@ class LocalBackend:
         for m in {model for _, model in held}:
             written |= {(task_id, m) for task_id in scan(self.outputs[m].output, self.run_starts[m]).ids}
             for _, _, obj in iter_lines(self.outputs[m].errors, self.error_starts[m]):
-                task_id = record_id(obj)
-                if task_id is not None and (task_id, m) in held and (task_id, m) not in written:
-                    written.add((task_id, m))
-                    failures.append(_failure_event(obj, task_id, m))
+                failure = failure_view(obj)
+                if failure is not None and (failure.id, m) in held and (failure.id, m) not in written:
+                    written.add((failure.id, m))
+                    failures.append(TaskFailed(failure.id, m, failure.error_type, failure.status,
+                                               failure.message, failure.attempts, failure.retries or {}))
         return written, failures
 
     def _on_death(self, slot: _Slot) -> list[Note]:
@@ -230,15 +231,3 @@ class LocalBackend:
         self.kill()
         if self.unfreeze:
             gc.unfreeze()  # the workers are gone: the caller's objects (a notebook's) are collectable again
-
-
-def _failure_event(obj: Any, task_id: str, model: int) -> TaskFailed:
-    """The event a worker would have sent for the errors-file line it wrote (either line form)."""
-    error = obj.get("error") if isinstance(obj.get("error"), dict) else {}
-    message = obj.get("message", error.get("message", ""))
-    meta = obj.get("mpinfer") if isinstance(obj.get("mpinfer"), dict) else obj
-    status = obj.get("status")
-    retries = meta.get("retries") if isinstance(meta.get("retries"), dict) else {}
-    return TaskFailed(task_id, model, failure_type(obj) or "unknown", status if isinstance(status, int) else None,
-                      str(message), int(meta.get("attempts") or 0),
-                      {str(k): v for k, v in retries.items() if isinstance(v, int)})

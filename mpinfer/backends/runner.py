@@ -35,7 +35,15 @@ from ..events import Abort, Event, KeyDisabled, TaskDone, TaskFailed
 from ..inputs.tasks import Task
 from ..limits import Ending, Grant, LimiterClient, Wait, WaitReason, read_hints
 from ..redact import redact
-from ..store.records import TRUNCATED, Result, Usage, batch_result_line, failure_line, same_model
+from ..store.records import (
+    TRUNCATED,
+    Result,
+    Usage,
+    batch_result_line,
+    failure_line,
+    is_refusal,
+    same_model,
+)
 
 # The grant of the request this asyncio task is sending, and whether a limit was in play when it was given,
 # for the client's on-send hook.
@@ -106,7 +114,7 @@ def answered(task: Task, model: int, requested: str, answer: Answer, attempts: i
         ).to_line()
     return line, TaskDone(task.id, model, answer.prompt_tokens, answer.completion_tokens, latency, cost,
                           not same_model(requested, answer.model), attempts,
-                          refused=answer.refusal is not None and not answer.content,
+                          refused=is_refusal(answer.refusal, answer.content),
                           truncated=answer.finish_reason == TRUNCATED, retries=retries)
 
 

@@ -19,8 +19,8 @@ from typing import Any
 from ..config import RunConfig
 from ..errors import ConfigError, InputError
 from ..store.idset import HashFn, IdIndex, IdSubset, Resolver
-from ..store.output import OutputPaths, iter_lines, model_outputs, record_id, scan
-from ..store.records import is_answer
+from ..store.output import OutputPaths, iter_lines, model_outputs, scan
+from ..store.records import is_answer, record_id
 from .locate import IdReader, line_numbers
 from .readers import detect_format, iter_selected, placed_rows
 from .tasks import FieldKeys, InputFormat, InputIndex, Selection, Task, parse_batch_task, parse_task

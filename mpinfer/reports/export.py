@@ -27,8 +27,8 @@ from ..inputs.check import check_input, reading, selection
 from ..inputs.readers import detect_format, iter_selected
 from ..inputs.tasks import FieldKeys, InputFormat, Selection, Task
 from ..store.atomic import atomic_write
-from ..store.output import OutputPaths, companion, iter_lines, model_outputs, record_id, scan
-from ..store.records import RecordView, view
+from ..store.output import OutputPaths, companion, iter_lines, model_outputs, scan
+from ..store.records import RecordView, failure_view, record_id, view
 from .parquet import ParquetTable, require_pyarrow
 
 ANSWER_COLUMNS: tuple[str, ...] = (
@@ -113,13 +113,6 @@ class _Outcomes:
     errors: dict[str, str]
 
 
-def _failure_message(obj: Any) -> str:
-    """The message of an errors-file line in either form (mpinfer's own, or the Batch API's)."""
-    error = obj.get("error") if "custom_id" in obj else None
-    message = error.get("message") if isinstance(error, dict) else obj.get("message")
-    return str(message) if message is not None else ""
-
-
 def _outcomes(output: Path) -> _Outcomes:
     paths = OutputPaths.of(output)
     answers: dict[str, RecordView] = {}
@@ -130,9 +123,9 @@ def _outcomes(output: Path) -> _Outcomes:
             answers.setdefault(record.id, record)
     errors: dict[str, str] = {}
     for _, _, obj in iter_lines(paths.errors):
-        rid = record_id(obj)
-        if rid is not None and rid not in answers:
-            errors[rid] = _failure_message(obj)
+        failure = failure_view(obj)
+        if failure is not None and failure.id not in answers:
+            errors[failure.id] = failure.message
     return _Outcomes(answers, errors)
 
 

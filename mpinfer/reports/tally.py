@@ -22,8 +22,7 @@ import orjson
 
 from ..errors import OutputError
 from ..store.idset import IdSubset
-from ..store.output import record_id
-from ..store.records import failure_type, same_model, view
+from ..store.records import failure_view, same_model, view
 
 RECENT_RECORDS = 500
 _PROBE = 4096  # bytes compared at the head of a file and just before the mark
@@ -203,10 +202,9 @@ class OutputTally:
         reader = _Reader(path, start)
         for raw in reader.lines():
             obj = _decode(raw) if raw.strip() else None
-            rid = record_id(obj)
-            slot = self.within.find(rid) if rid is not None else None
-            if slot is not None:
-                self.failures[slot] = failure_type(obj) or "unknown"
+            failure = failure_view(obj)
+            if failure is not None and (slot := self.within.find(failure.id)) is not None:
+                self.failures[slot] = failure.error_type
         self.errors_mark = reader.mark
         return reader.end - start
 

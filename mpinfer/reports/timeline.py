@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from ..store.manifest import manifest_path, read_records
-from ..store.output import OutputPaths, iter_lines, model_outputs, record_id
-from ..store.records import failure_type, view
+from ..store.output import OutputPaths, iter_lines, model_outputs
+from ..store.records import failure_view, view
 
 UNKNOWN_RETRY = "unknown"  # retries of a line written before lines said which kind they were
 TARGET_BINS = 60
@@ -244,19 +244,15 @@ class _Reader:
         """Read one errors file: failures and retries, by time and by model."""
         cols = self.columns
         for _, _, obj in iter_lines(path):
-            if record_id(obj) is None:
+            failure = failure_view(obj)
+            if failure is None:
                 continue
-            batch = "custom_id" in obj
-            meta = _meta(obj, batch)
-            raw_t = meta.get("processed_at")
-            t = (float(raw_t) if isinstance(raw_t, (int, float)) and not isinstance(raw_t, bool)
-                 else None)
+            t = failure.processed_at
             self._row(file_model, self._endpoint(obj, t)).failures += 1
-            retries = _retries(obj, batch)
-            self._add_retries(t, retries)
+            self._add_retries(t, _retries(obj, failure.batch))
             if t is not None:
                 cols.fail_t.append(t)
-                cols.fail_type.append(failure_type(obj) or "unknown")
+                cols.fail_type.append(failure.error_type)
 
 
 def _nice_width(span_s: float) -> float:

@@ -13,13 +13,24 @@ from .output import (
                      companion,
                      iter_lines,
                      model_outputs,
-                     record_id,
                      repair_tail,
                      scan,
                      write_whole,
 )
-from .records import Failure, RecordView, Result, Usage, same_model, view
+from .records import (
+    Failure,
+    FailureView,
+    RecordView,
+    Result,
+    Usage,
+    failure_view,
+    is_refusal,
+    record_id,
+    same_model,
+    view,
+)
 
-__all__ = ["Appender", "BadLine", "Failure", "OutputPaths", "RecordView", "Result", "RunInfo", "RunLock", "Scan",
-           "TailRepair", "Usage", "companion", "iter_lines", "live_run", "model_outputs", "record_id",
-           "repair_tail", "same_model", "scan", "view", "write_whole"]
+__all__ = ["Appender", "BadLine", "Failure", "FailureView", "OutputPaths", "RecordView", "Result", "RunInfo",
+           "RunLock", "Scan", "TailRepair", "Usage", "companion", "failure_view", "is_refusal", "iter_lines",
+           "live_run", "model_outputs", "record_id", "repair_tail", "same_model", "scan", "view",
+           "write_whole"]

@@ -26,7 +26,7 @@ import orjson
 from ..errors import OutputError
 from .idset import IdSubset
 from .locks import AppendLock
-from .records import answer_id
+from .records import answer_id, record_id
 
 _BLOCK = 1 << 16
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
@@ -141,15 +141,6 @@ def iter_lines(path: Path, start: int = 0) -> Iterator[tuple[int, bytes, Any]]:
             except orjson.JSONDecodeError:
                 obj = None
             yield number, raw, obj
-
-
-def record_id(obj: Any) -> str | None:
-    """The task id of a decoded record (``custom_id`` in the Batch API form), or None when it is none."""
-    if isinstance(obj, dict):
-        value = obj.get("custom_id") if "custom_id" in obj else obj.get("id")
-        if isinstance(value, (str, int)) and not isinstance(value, bool) and value != "":
-            return str(value)
-    return None
 
 
 def scan(path: Path, start: int = 0, within: IdSubset | None = None) -> Scan:

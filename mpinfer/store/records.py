@@ -6,7 +6,9 @@ Each record is one JSON object on one line. Two forms:
   "error"}``), so that code that reads Batch API output reads ours; its task id is ``custom_id``, and what
   the Batch API has no field for (latency, attempts, time, cost, the requested model) sits under
   ``"mpinfer"``, which such code ignores.
-``view`` reads either form into one RecordView, so status, validate and export need not care.
+``view`` reads either form of an answer into one RecordView, and ``failure_view`` either form of a
+failure line into one FailureView, so status, validate, export, the report and a worker's recovery need
+not care; ``record_id`` is the one rule for a line's task id.
 """
 
 from __future__ import annotations
@@ -197,13 +199,23 @@ class RecordView:
 
     @property
     def refused(self) -> bool:
-        """The model declined (a refusal text, no answer): a result, and for a safety benchmark the result."""
-        return isinstance(self.refusal, str) and bool(self.refusal.strip()) and not self.answer
+        """The model declined (``is_refusal``): a result, and for a safety benchmark the result."""
+        return is_refusal(self.refusal, self.answer)
 
     @property
     def truncated(self) -> bool:
         """The answer was cut off at the token limit (``finish_reason: "length"``)."""
         return self.finish_reason == TRUNCATED
+
+
+def is_refusal(refusal: str | None, answer: str | None) -> bool:
+    """Whether an answer is a refusal: a refusal text that is not blank, and no answer (null or empty).
+
+    The one definition, for the line written (``RecordView.refused``) and the event of the answer as it
+    arrives. A blank refusal is no refusal: a line with it and no answer is an empty answer, which
+    ``--validate`` reports.
+    """
+    return isinstance(refusal, str) and bool(refusal.strip()) and not answer
 
 
 def _text(value: Any) -> str | None:
@@ -293,24 +305,34 @@ def is_answer(obj: Any) -> bool:
     return "answer" in obj and "model" in obj and isinstance(obj.get("usage"), dict)
 
 
-def answer_id(obj: Any) -> str | None:
-    """The task id of an answer record; None for any other line (the resume scan counts only these)."""
-    if not is_answer(obj):
+def record_id(obj: Any) -> str | None:
+    """The task id of a decoded line of any kind (an answer, a failure), or None when it has none.
+
+    The one rule for a line's id. A line in the Batch API's form (it has a ``custom_id`` key) is known by
+    ``custom_id`` alone: its ``id`` is the provider's request id, never a task's, so a ``custom_id`` that
+    is not usable makes the line have none. Other lines are known by ``id``. An id is a non-empty string,
+    or an integer (an input's ids may be JSON numbers), read as its decimal text; a bool is not an id.
+    """
+    if not isinstance(obj, dict):
         return None
     value = obj.get("custom_id") if "custom_id" in obj else obj.get("id")
-    if type(value) is str:
-        return value or None
-    return str(value) if type(value) is int else None
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+        return None
+    return str(value)
+
+
+def answer_id(obj: Any) -> str | None:
+    """The task id of an answer record (``record_id``); None for any other line (the resume scan counts
+    only these)."""
+    return record_id(obj) if is_answer(obj) else None
 
 
 def view(obj: Any) -> RecordView | None:
     """Read a decoded output line; None when it is not an answer record of either form."""
-    if not is_answer(obj):
+    task_id = answer_id(obj)
+    if task_id is None:
         return None
     if "custom_id" in obj:
-        custom_id = obj.get("custom_id")
-        if not isinstance(custom_id, str) or not custom_id:
-            return None
         body = _object(_object(obj.get("response")).get("body"))
         choices = body.get("choices")
         choice = _object(choices[0]) if isinstance(choices, list) and choices else {}
@@ -319,18 +341,15 @@ def view(obj: Any) -> RecordView | None:
         if body.get("object") == "response":
             message, choice = _response_message(body)
         return RecordView(
-            id=custom_id, answer=message.get("content"), embedding=body.get("object") == "list",
+            id=task_id, answer=message.get("content"), embedding=body.get("object") == "list",
             model=body.get("model"), requested_model=meta.get("requested_model"),
             usage=usage_of_body(body.get("usage")),
             latency_s=_number(meta.get("latency_s")), processed_at=_number(meta.get("processed_at")),
             cost=_number(meta.get("cost")), batch=True, refusal=_text(message.get("refusal")),
             finish_reason=_text(choice.get("finish_reason")),
         )
-    raw_id = obj.get("id")
-    if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)) or raw_id == "":
-        return None
     return RecordView(
-        id=str(raw_id), answer=obj.get("answer"), model=obj.get("model"),
+        id=task_id, answer=obj.get("answer"), model=obj.get("model"),
         requested_model=obj.get("requested_model"), usage=Usage.from_dict(obj.get("usage")),
         latency_s=_number(obj.get("latency_s")), processed_at=_number(obj.get("processed_at")),
         cost=_number(obj.get("cost")), batch=False, refusal=_text(obj.get(REFUSAL_FIELD)),
@@ -346,11 +365,40 @@ def missing_batch_fields(data: dict[str, Any]) -> list[str]:
     return missing
 
 
-def failure_type(obj: Any) -> str | None:
-    """The error type of an errors-file line in either form."""
-    if not isinstance(obj, dict):
+@dataclass(frozen=True, slots=True)
+class FailureView:
+    """One errors-file line in either form (a Failure, or a Batch API error line), reduced to what status,
+    export, the report and a dead worker's recovery read."""
+
+    id: str
+    error_type: str  # "unknown" when the line names none
+    status: int | None
+    message: str
+    attempts: int
+    retries: dict[str, int] | None  # None: the line has no such field (an earlier version wrote it)
+    processed_at: float | None
+    batch: bool
+
+
+def failure_view(obj: Any) -> FailureView | None:
+    """Read a decoded errors-file line; None when it has no task id (``record_id``)."""
+    task_id = record_id(obj)
+    if task_id is None:
         return None
-    if "custom_id" in obj:
-        error = obj.get("error")
-        return str(error.get("code")) if isinstance(error, dict) else None
-    return str(obj.get("error_type")) if obj.get("error_type") is not None else None
+    batch = "custom_id" in obj
+    if batch:  # the Batch API's form: the error in "error", the status in "response", ours in "mpinfer"
+        error = _object(obj.get("error"))
+        error_type, message = error.get("code"), error.get("message")
+        status = _object(obj.get("response")).get("status_code")
+        meta = _object(obj.get("mpinfer"))
+    else:
+        error_type, message, status, meta = obj.get("error_type"), obj.get("message"), obj.get("status"), obj
+    attempts = meta.get("attempts")
+    return FailureView(
+        id=task_id, error_type=str(error_type) if error_type not in (None, "") else "unknown",
+        status=status if isinstance(status, int) and not isinstance(status, bool) else None,
+        message=str(message) if message is not None else "",
+        attempts=attempts if isinstance(attempts, int) and not isinstance(attempts, bool) else 0,
+        retries=_retries(meta.get("retries")) if isinstance(meta.get("retries"), dict) else None,
+        processed_at=_number(meta.get("processed_at")), batch=batch,
+    )
