@@ -467,8 +467,8 @@ def test_a_crash_in_the_middle_of_a_merge_is_merged_again_writing_each_id_once(
     assert stats["file_ids"] == [] and len(stats["deleted_files"]) == 2
 
 
-def test_batch_creations_refused_with_429_are_waited_out_within_the_patience(tmp_path: Path,
-                                                                             mock: MockServerProcess):
+def test_batch_creations_refused_with_429_are_waited_out_within_the_patience(
+        tmp_path: Path, mock: MockServerProcess):
     # Given 6 rows in batches of 2, a server that allows one creation a second, and no retries
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(6))
     mock.batch_faults(max_creates=1, create_window_s=1.0)
@@ -481,8 +481,8 @@ def test_batch_creations_refused_with_429_are_waited_out_within_the_patience(tmp
     assert sorted(_ids(tmp_path)) == sorted(f"t{i}" for i in range(6))
 
 
-def test_a_batch_creation_still_refused_after_the_patience_fails_the_run(tmp_path: Path,
-                                                                        mock: MockServerProcess):
+def test_a_batch_creation_still_refused_after_the_patience_fails_the_run(
+        tmp_path: Path, mock: MockServerProcess):
     # Given a server that allows one creation an hour, and a patience of half a second
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(4))
     mock.batch_faults(max_creates=1)

@@ -1,4 +1,4 @@
-"""The failure vocabulary (api.failures): one table read alike for an exception and for a Batch API line."""
+"""The failure vocabulary (api.failures): one table, read alike for exceptions and Batch lines."""
 
 from __future__ import annotations
 
@@ -21,14 +21,15 @@ def status_error(status: int, message: str, code: str | None = None) -> openai.A
 
 
 @pytest.mark.parametrize(("status", "code", "message"), [
-    (400, None, "bad"), (400, None, "Total image size (30MB) exceeds the allowed limit"), (401, None, "key"),
-    (403, None, "no"), (404, None, "gone"), (408, None, "slow"), (409, None, "busy"), (413, None, "big"),
-    (418, None, "teapot"), (422, None, "odd"), (429, None, "slow down"),
+    (400, None, "bad"), (400, None, "Total image size (30MB) exceeds the allowed limit"),
+    (401, None, "key"), (403, None, "no"), (404, None, "gone"), (408, None, "slow"),
+    (409, None, "busy"), (413, None, "big"), (418, None, "teapot"), (422, None, "odd"),
+    (429, None, "slow down"),
     (429, "insufficient_quota", "no money"), (500, None, "oops"), (503, None, "down"),
 ])
-def test_an_online_answer_and_a_batch_line_with_one_status_are_one_failure(status: int, code: str | None,
-                                                                           message: str) -> None:
-    # Given an error answer online, and a Batch API error line with the same status, code and message
+def test_an_online_answer_and_a_batch_line_with_one_status_are_one_failure(
+        status: int, code: str | None, message: str) -> None:
+    # Given an error answer online, and a Batch API error line with its status, code and message
     online = status_error(status, message, code)
     line = {"custom_id": "x", "response": {"status_code": status,
                                            "body": {"error": {"message": message, "code": code}}}}
@@ -46,7 +47,8 @@ def test_kinds_written_under_another_name_are_written_so() -> None:
     unexpected = classify(KeyError("boom"))
     # Then each is written as before: http_<status>, the Batch API's code, the exception's class
     assert (other.kind, other.error_type, other.verdict) == (Kind.HTTP, "http_418", Verdict.FAIL)
-    assert (code.kind, code.error_type, code.verdict) == (Kind.BATCH_CODE, "invalid_jsonl", Verdict.FAIL)
+    assert (code.kind, code.error_type, code.verdict) == (
+        Kind.BATCH_CODE, "invalid_jsonl", Verdict.FAIL)
     assert (unexpected.kind, unexpected.error_type) == (Kind.UNEXPECTED, "KeyError")
 
 

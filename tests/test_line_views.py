@@ -1,5 +1,5 @@
-"""The store's views of a line: one id rule (record_id) for every line, one view of a failure line in
-either form (failure_view), and one definition of a refusal (is_refusal) for the line and the event."""
+"""The store's views of a line: one id rule (record_id) for every line, one view of a failure line
+in either form (failure_view), and one definition of a refusal (is_refusal) for line and event."""
 
 from __future__ import annotations
 
@@ -37,7 +37,8 @@ BATCH = {"response": {"status_code": 200, "body": {"choices": [{"message": {"con
     ({"id": "batch_req_1", "custom_id": None, **BATCH}, None),
     ({"id": "batch_req_1", "custom_id": "", **BATCH}, None),
 ])
-def test_every_reader_of_a_line_reads_its_id_by_one_rule(line: dict[str, Any], expected: str | None) -> None:
+def test_every_reader_of_a_line_reads_its_id_by_one_rule(line: dict[str, Any],
+                                                         expected: str | None) -> None:
     # Given an answer line in either form, with a good or an unusable id
     # When its id is read as a line, as an answer, and through the record view
     record = view(line)
@@ -55,8 +56,9 @@ def test_an_id_that_is_not_an_answer_is_a_line_id_but_no_answer_id() -> None:
 
 def test_a_failure_line_reads_the_same_in_either_form() -> None:
     # Given the same failure written in mpinfer's form and in the Batch API's
-    ours = orjson.loads(failure_line("t1", False, "rate_limit", 429, "slow down", 4, {"rate_limit": 3}))
-    batch = orjson.loads(failure_line("t1", True, "rate_limit", 429, "slow down", 4, {"rate_limit": 3},
+    retries = {"rate_limit": 3}
+    ours = orjson.loads(failure_line("t1", False, "rate_limit", 429, "slow down", 4, retries))
+    batch = orjson.loads(failure_line("t1", True, "rate_limit", 429, "slow down", 4, retries,
                                       batch_id="batch_1"))
     # When each is read as a failure
     a, b = failure_view(ours), failure_view(batch)
@@ -86,21 +88,22 @@ def test_a_failure_line_of_an_earlier_version_reads_with_defaults() -> None:
     ("  ", None, False),  # a blank refusal is no refusal (tests/test_reasoning_refusals.py)
     (None, None, False),
 ])
-def test_the_event_and_the_line_of_an_answer_agree_on_a_refusal(refusal: str | None, content: str | None,
-                                                                refused: bool) -> None:
+def test_the_event_and_the_line_of_an_answer_agree_on_a_refusal(
+        refusal: str | None, content: str | None, refused: bool) -> None:
     # Given an answer with (or without) a refusal and content
-    answer = Answer(content=content, model="m", finish_reason="stop", prompt_tokens=1, completion_tokens=1,
-                    total_tokens=2, headers={}, refusal=refusal)
+    answer = Answer(content=content, model="m", finish_reason="stop", prompt_tokens=1,
+                    completion_tokens=1, total_tokens=2, headers={}, refusal=refusal)
     # When it becomes a line and an event
     line, done = answered(Task("t1", "hi"), 0, "m", answer, 1, 0.1, PriceTable({}))
     record = view(orjson.loads(line))
     # Then the event, the line's view and the one definition all say the same
     assert record is not None
-    assert (done.refused, record.refused, is_refusal(refusal, content)) == (refused, refused, refused)
+    assert (done.refused, record.refused, is_refusal(refusal, content)) == (refused,) * 3
 
 
 def test_a_batch_answer_line_has_its_custom_id_as_its_id() -> None:
     # Given an answer written in the Batch API's form
-    line = orjson.loads(batch_result_line("t1", "req_1", {"choices": [{"message": {"content": "x"}}]}, {}))
+    body = {"choices": [{"message": {"content": "x"}}]}
+    line = orjson.loads(batch_result_line("t1", "req_1", body, {}))
     # When its id is read / Then it is the task's, not the request line's
     assert record_id(line) == "t1" and line["id"] != "t1"

@@ -72,8 +72,8 @@ def test_without_a_limiter_a_hinted_rate_limit_is_waited_by_the_step_within_the_
     tries = Attempts(rate_limited=1, limited_since=100.0)
     rng = random.Random(5)
     # When 429s that ask for 2 s and for 100 s are decided at t=350 (50 s of the patience left)
-    short = decide(error(Kind.RATE_LIMIT, Verdict.WAIT, 2.0), tries, POLICY, rng, 350.0, limiter=False)
-    long = decide(error(Kind.RATE_LIMIT, Verdict.WAIT, 100.0), tries, POLICY, rng, 350.0, limiter=False)
+    short, long = (decide(error(Kind.RATE_LIMIT, Verdict.WAIT, hint), tries, POLICY, rng, 350.0,
+                          limiter=False) for hint in (2.0, 100.0))
     # Then the step waits the hint itself, uncounted, but never past the patience
     assert (short.verdict, short.counted) == (Verdict.RETRY, False) and 2.0 <= short.delay_s <= 3.0
     assert (long.verdict, long.counted, long.delay_s) == (Verdict.RETRY, False, 50.0)

@@ -1,14 +1,16 @@
-"""The failure vocabulary: what kinds of failure there are, and the one table of what each calls for.
+"""The failure vocabulary: the kinds of failure, and the one table of what each calls for.
 
 A failed attempt is known by an exception (online, and the Batch client's own calls), or by an HTTP
-status and an error code (a line of a Batch API error file). ``TABLE`` maps either to a ``Kind`` (the
-name written on the failure line) and a ``Verdict`` (what the failure calls for: retry, wait, fail,
-disable the key, abort the run). ``classify`` reads an exception and ``of_status`` a status and code, both
-through ``TABLE``; ``api.retry.decide`` then weighs the verdict against what the task has been through.
+status and an error code (a line of a Batch API error file). ``TABLE`` maps either to a ``Kind``
+(the name written on the failure line) and a ``Verdict`` (what the failure calls for: retry, wait,
+fail, disable the key, abort the run). ``classify`` reads an exception and ``of_status`` a status
+and a code, both through ``TABLE``; ``api.retry.decide`` then weighs the verdict against what the
+task has been through.
 
 No import of the openai SDK: the Batch merge, the store and the reports use this vocabulary without
-loading it. Exceptions are matched by the names of their classes (the SDK's and ``mpinfer.errors``'s,
-none shared), looked up along the exception's MRO so that a subclass matches its base's row.
+loading it. Exceptions are matched by the names of their classes (the SDK's and those of
+``mpinfer.errors``, none shared), looked up along the exception's MRO so that a subclass matches its
+base's row.
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ from ..limits import wait_hint
 class Kind(StrEnum):
     """What went wrong, as written in a failure line's ``error_type`` (and a result's ``retries``).
 
-    Four kinds are written under another name (``CallError.error_type``): HTTP as ``http_<status>``,
-    BATCH_CODE as the Batch API's own code, UNANSWERED as ``batch_<status of the batch>`` and UNEXPECTED
-    as the exception's class name.
+    Four kinds are written under another name (``CallError.error_type``): HTTP as
+    ``http_<status>``, BATCH_CODE as the Batch API's own code, UNANSWERED as
+    ``batch_<status of the batch>`` and UNEXPECTED as the exception's class name.
     """
 
     RATE_LIMIT = "rate_limit"                  # 429 for rate
@@ -39,25 +41,25 @@ class Kind(StrEnum):
     UNPROCESSABLE = "unprocessable"            # 422
     HTTP = "http"                              # any other status: written http_<status>
     TIMEOUT = "timeout"                        # our deadline on the whole request, or the SDK's
-    CONNECTION = "connection"                  # refused, reset, DNS; or the server down past --patience
+    CONNECTION = "connection"                  # refused, reset, DNS; a server down past --patience
     MALFORMED_RESPONSE = "malformed_response"  # a 200 whose body is not an answer
-    IMAGES_TOO_LARGE = "images_too_large"      # over the provider's limit, found here or by the server
+    IMAGES_TOO_LARGE = "images_too_large"      # over the provider's limit (found here or there)
     IMAGE = "image"                            # an image that is missing or unreadable
     API_ERROR = "api_error"                    # the SDK's error with neither status nor connection
     NO_ENDPOINT = "no_endpoint"                # every endpoint of the task's model rejected its key
-    BATCH_EXPIRED = "batch_expired"            # a Batch API line: the batch expired before the request
+    BATCH_EXPIRED = "batch_expired"            # a Batch API line: the batch expired first
     BATCH_CANCELLED = "batch_cancelled"        # a Batch API line: the batch was cancelled
     REQUEST_TIMEOUT = "request_timeout"        # a Batch API line: the request timed out
     BATCH_ERROR = "batch_error"                # a Batch API line with neither status nor code
     BATCH_CODE = "batch_code"                  # a Batch API line's other code: written as that code
-    UNANSWERED = "unanswered"                  # in neither file of a batch: written batch_<its status>
+    UNANSWERED = "unanswered"                  # in neither file of a batch: batch_<its status>
     UNEXPECTED = "unexpected"                  # any other exception: written as its class name
 
 
 class Verdict(StrEnum):
     """What a failure calls for (``TABLE``), and what is done about it (``api.retry.decide``)."""
 
-    RETRY = "retry"              # transient: try again after a backoff, counted against --max-retries
+    RETRY = "retry"              # transient: again after a backoff, counted against --max-retries
     WAIT = "wait"                # a rate limit: wait it out, bounded by --patience, not by retries
     FAIL = "fail"                # the task's own fault: write a failure line
     DISABLE_KEY = "disable_key"  # the key's fault (401/403): go on with another key
@@ -94,7 +96,7 @@ ANY_CODE = "*"
 """A row's code that matches any code (and none)."""
 SERVER_STATUSES = range(500, 1000)
 ANY_STATUS = range(0, 1000)
-# OpenAI: 400 "Total image size (...) exceeds the allowed limit"; proxies answer 413 for a body too large.
+# OpenAI: 400 "Total image size (...) exceeds the allowed limit"; a proxy: 413 for a body too large.
 _TOO_LARGE = re.compile(r"image size.*exceeds|exceeds.*image size|too large", re.IGNORECASE)
 
 
@@ -102,8 +104,9 @@ _TOO_LARGE = re.compile(r"image size.*exceeds|exceeds.*image size|too large", re
 class Rule:
     """One row of TABLE: what it matches, and the kind and verdict of a failure it matches.
 
-    A row matches an exception by ``exception`` (a class name in the exception's MRO), or an answer by
-    ``status`` (with ``code`` and ``message`` when set), or a Batch API line with no status by ``code``.
+    A row matches an exception by ``exception`` (a class name in the exception's MRO), or an answer
+    by ``status`` (with ``code`` and ``message`` when set), or a Batch API line with no status by
+    ``code``.
     """
 
     kind: Kind
@@ -133,8 +136,8 @@ TABLE: tuple[Rule, ...] = (
     Rule(Kind.IMAGES_TOO_LARGE, Verdict.FAIL, exception="ImagesTooLarge"),
     Rule(Kind.IMAGE, Verdict.FAIL, exception="ImageError"),
     Rule(Kind.MALFORMED_RESPONSE, Verdict.RETRY, exception="MalformedResponse"),
-    Rule(Kind.TIMEOUT, Verdict.RETRY, exception="TimeoutError"),  # our deadline, connect to last byte
-    Rule(Kind.TIMEOUT, Verdict.RETRY, exception="APITimeoutError"),  # unless its root cause is a reset
+    Rule(Kind.TIMEOUT, Verdict.RETRY, exception="TimeoutError"),  # our deadline on a request
+    Rule(Kind.TIMEOUT, Verdict.RETRY, exception="APITimeoutError"),  # unless caused by a reset
     Rule(Kind.CONNECTION, Verdict.RETRY, exception="APIConnectionError"),
     # (the SDK's APIStatusError is read by its status and code: the rows below)
     Rule(Kind.API_ERROR, Verdict.RETRY, exception="APIError"),
@@ -167,7 +170,7 @@ TABLE: tuple[Rule, ...] = (
 
 def of_status(status: int | None, code: str | None, message: str,
               retry_after: float | None = None) -> CallError:
-    """A failure known by its HTTP ``status`` and error ``code`` (a Batch API line has either or both)."""
+    """A failure known by its HTTP ``status`` and error ``code`` (a Batch API line may lack one)."""
     code = code or ""
     if status is None:
         rule = next(r for r in TABLE if r.matches_code(code))
@@ -178,8 +181,8 @@ def of_status(status: int | None, code: str | None, message: str,
 
 
 def classify(exc: BaseException, wall: float | None = None) -> CallError:
-    """What a failed attempt calls for: its kind and verdict by ``TABLE``. ``wall`` is the time a wait
-    hint given as a date is read against (now, by default)."""
+    """What a failed attempt calls for: its kind and verdict by ``TABLE``. ``wall`` is the time a
+    wait hint given as a date is read against (now, by default)."""
     names = {cls.__name__ for cls in type(exc).__mro__}
     if "APIStatusError" in names:
         return _of_status_error(exc, wall)
@@ -210,7 +213,7 @@ class _StatusError(Protocol):
 
 
 def _of_status_error(exc: BaseException, wall: float | None) -> CallError:
-    """An answer with an error status (the SDK's APIStatusError), with its wait hint when it may wait."""
+    """An answer with an error status (the SDK's APIStatusError); its wait hint when it may wait."""
     answer = cast(_StatusError, exc)
     message = _status_message(answer)
     error = of_status(answer.status_code, answer.code, message)
@@ -221,8 +224,8 @@ def _of_status_error(exc: BaseException, wall: float | None) -> CallError:
 
 
 def _timed_out(exc: BaseException) -> bool:
-    """Whether an SDK timeout is one: the SDK's own aiohttp client reports a dropped connection so, and
-    it matters (timeouts slow the run down, a reset does not)."""
+    """Whether an SDK timeout is one: the SDK's own aiohttp client reports a dropped connection so,
+    and it matters (timeouts slow the run down, a reset does not)."""
     root = _root_cause(exc)
     return root is exc or isinstance(root, TimeoutError) or "Timeout" in type(root).__name__
 

@@ -2,11 +2,11 @@
 
 Every answer becomes the same line an online answer would (store/records.py builds both), priced at the
 Batch API's price, and is written once: ids already in the output are skipped, so a merge that a crash
-interrupted is simply done again. The rest is classified by ``api.failures``' table (``classify_line``),
-as online failures are:
+interrupted is simply done again. The rest is classified by the table of ``api.failures``
+(``classify_line``), as online failures are:
 - transient (a RETRY or WAIT verdict: 5xx, 408/409/429, ``batch_expired``, ``batch_cancelled``,
-  ``request_timeout``, and rows that are in neither file, as when a batch failed): resubmitted in a new
-  batch while ``--max-retries`` allows, then a failure line;
+  ``request_timeout``, and rows that are in neither file, as when a batch failed): resubmitted in a
+  new batch while ``--max-retries`` allows, then a failure line;
 - permanent (400, 401, 404, ...): a failure line in the errors file, as online.
 """
 
@@ -116,8 +116,8 @@ class Merger:
                              merged)
             elif custom_id not in done:
                 if not self._answer(chunk, custom_id, response, latency_s, merged):
-                    error = CallError(Kind.MALFORMED_RESPONSE, 200, "the answer is not a chat completion",
-                                      Verdict.RETRY)
+                    error = CallError(Kind.MALFORMED_RESPONSE, 200,
+                                      "the answer is not a chat completion", Verdict.RETRY)
                     self._failed(chunk, custom_id, error, done, failed_before, resubmit, merged)
                     seen.add(custom_id)
                     continue
@@ -151,8 +151,8 @@ class Merger:
         merged.events.append(done)
         return True
 
-    def _failed(self, chunk: Chunk, custom_id: str, error: CallError, done: set[str], failed_before: set[str],
-                resubmit: bool, merged: Merged) -> None:
+    def _failed(self, chunk: Chunk, custom_id: str, error: CallError, done: set[str],
+                failed_before: set[str], resubmit: bool, merged: Merged) -> None:
         if custom_id in done:
             return
         transient = error.verdict.transient

@@ -1,10 +1,10 @@
 """Submitting to the Batch API: request files within the API's limits, uploads and creations, with our retries.
 
 The calls go through the openai SDK's ``client.files`` and ``client.batches`` with the SDK's own retries off:
-``BatchClient.call`` does what ``api.retry.decide`` says of each failure (classified by ``api.failures``), as
-the online runner does: transient ones (5xx, timeouts, resets) are retried with our backoff within
---max-retries, and 429s for rate are waited out within --patience. The API's limits are respected before
-they are met:
+``BatchClient.call`` does what ``api.retry.decide`` says of each failure (classified by
+``api.failures``), as the online runner does: transient ones (5xx, timeouts, resets) are retried
+with our backoff within --max-retries, and 429s for rate are waited out within --patience. The
+API's limits are respected before they are met:
 - a request file holds at most ``batch_size`` lines (50,000 at most) and ``batch_max_bytes`` (200 MB);
 - batch creation is paced to CREATES_PER_HOUR;
 - a creation refused for the enqueued-token limit (``token_limit_exceeded``, as an error or as a batch that
@@ -96,8 +96,8 @@ class BatchClient:
                     self.sleep(step.delay_s)
                     continue
                 message = step.message or error.message
-                raise BatchApiError(redact(f"{what}: {error.status or ''} {error.error_type}: {message}",
-                                           self.keys)) from None
+                failed = f"{what}: {error.status or ''} {error.error_type}: {message}"
+                raise BatchApiError(redact(failed, self.keys)) from None
 
     def close(self) -> None:
         self.sdk.close()

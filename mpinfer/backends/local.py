@@ -184,10 +184,14 @@ class LocalBackend:
             written |= {(task_id, m) for task_id in scan(self.outputs[m].output, self.run_starts[m]).ids}
             for _, _, obj in iter_lines(self.outputs[m].errors, self.error_starts[m]):
                 failure = failure_view(obj)
-                if failure is not None and (failure.id, m) in held and (failure.id, m) not in written:
-                    written.add((failure.id, m))
+                if failure is None:
+                    continue
+                key = (failure.id, m)
+                if key in held and key not in written:
+                    written.add(key)
                     failures.append(TaskFailed(failure.id, m, failure.error_type, failure.status,
-                                               failure.message, failure.attempts, failure.retries or {}))
+                                               failure.message, failure.attempts,
+                                               failure.retries or {}))
         return written, failures
 
     def _on_death(self, slot: _Slot) -> list[Note]:

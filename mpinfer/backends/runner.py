@@ -240,18 +240,19 @@ class TaskRunner:
             except NoKeysLeft:
                 if await self._any_key_left():
                     # Every endpoint of this model was rejected, not every endpoint: the other models go on.
-                    return self._fail(task, model, CallError(
-                        Kind.NO_ENDPOINT, None, f"every endpoint of {self.models[model]} was rejected (401/403); see "
-                        "the log", Verdict.FAIL), tries.count, tries.by_type)
+                    message = (f"every endpoint of {self.models[model]} was rejected (401/403); "
+                               "see the log")
+                    error = CallError(Kind.NO_ENDPOINT, None, message, Verdict.FAIL)
+                    return self._fail(task, model, error, tries.count, tries.by_type)
                 return self._abort(task, model, "every API key was rejected (401/403); see the log")
             if grant is None:
                 return None
             if isinstance(grant, Wait):
                 since = time.strftime("%H:%M:%S", time.localtime(grant.outage_wall))
-                return self._fail(task, model, CallError(
-                    Kind.CONNECTION, None, f"the server has not answered since {since} ({grant.outage_for_s:.0f}s,"
-                    f" more than the patience, --patience {self.policy.patience_s:g})", Verdict.FAIL),
-                    tries.count, tries.by_type)
+                message = (f"the server has not answered since {since} ({grant.outage_for_s:.0f}s, "
+                           f"more than the patience, --patience {self.policy.patience_s:g})")
+                error = CallError(Kind.CONNECTION, None, message, Verdict.FAIL)
+                return self._fail(task, model, error, tries.count, tries.by_type)
             tries.count += 1
             _SENDING.set((grant, self.paced))
             try:

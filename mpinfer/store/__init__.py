@@ -30,7 +30,7 @@ from .records import (
     view,
 )
 
-__all__ = ["Appender", "BadLine", "Failure", "FailureView", "OutputPaths", "RecordView", "Result", "RunInfo",
-           "RunLock", "Scan", "TailRepair", "Usage", "companion", "failure_view", "is_refusal", "iter_lines",
-           "live_run", "model_outputs", "record_id", "repair_tail", "same_model", "scan", "view",
-           "write_whole"]
+__all__ = ["Appender", "BadLine", "Failure", "FailureView", "OutputPaths", "RecordView",
+           "Result", "RunInfo", "RunLock", "Scan", "TailRepair", "Usage", "companion",
+           "failure_view", "is_refusal", "iter_lines", "live_run", "model_outputs", "record_id",
+           "repair_tail", "same_model", "scan", "view", "write_whole"]

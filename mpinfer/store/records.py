@@ -6,9 +6,9 @@ Each record is one JSON object on one line. Two forms:
   "error"}``), so that code that reads Batch API output reads ours; its task id is ``custom_id``, and what
   the Batch API has no field for (latency, attempts, time, cost, the requested model) sits under
   ``"mpinfer"``, which such code ignores.
-``view`` reads either form of an answer into one RecordView, and ``failure_view`` either form of a
-failure line into one FailureView, so status, validate, export, the report and a worker's recovery need
-not care; ``record_id`` is the one rule for a line's task id.
+``view`` reads either form of an answer into one RecordView, and ``failure_view`` either form of
+a failure line into one FailureView, so status, validate, export, the report and a worker's
+recovery need not care; ``record_id`` is the one rule for a line's task id.
 """
 
 from __future__ import annotations
@@ -209,12 +209,9 @@ class RecordView:
 
 
 def is_refusal(refusal: str | None, answer: str | None) -> bool:
-    """Whether an answer is a refusal: a refusal text that is not blank, and no answer (null or empty).
-
-    The one definition, for the line written (``RecordView.refused``) and the event of the answer as it
-    arrives. A blank refusal is no refusal: a line with it and no answer is an empty answer, which
-    ``--validate`` reports.
-    """
+    """Whether an answer is a refusal: a refusal text that is not blank, and no answer (null or
+    empty). The one definition, for a line (``RecordView.refused``) and for the event of an answer;
+    a blank refusal is none (with no answer, the line is an empty answer, as --validate says)."""
     return isinstance(refusal, str) and bool(refusal.strip()) and not answer
 
 
@@ -308,10 +305,11 @@ def is_answer(obj: Any) -> bool:
 def record_id(obj: Any) -> str | None:
     """The task id of a decoded line of any kind (an answer, a failure), or None when it has none.
 
-    The one rule for a line's id. A line in the Batch API's form (it has a ``custom_id`` key) is known by
-    ``custom_id`` alone: its ``id`` is the provider's request id, never a task's, so a ``custom_id`` that
-    is not usable makes the line have none. Other lines are known by ``id``. An id is a non-empty string,
-    or an integer (an input's ids may be JSON numbers), read as its decimal text; a bool is not an id.
+    The one rule for a line's id. A line in the Batch API's form (it has a ``custom_id`` key) is
+    known by ``custom_id`` alone: its ``id`` is the provider's request id, never a task's, so a
+    ``custom_id`` that is not usable leaves the line without one. Other lines are known by ``id``.
+    An id is a non-empty string, or an integer (an input's ids may be JSON numbers) read as its
+    decimal text; a bool is not an id.
     """
     if not isinstance(obj, dict):
         return None
@@ -322,8 +320,8 @@ def record_id(obj: Any) -> str | None:
 
 
 def answer_id(obj: Any) -> str | None:
-    """The task id of an answer record (``record_id``); None for any other line (the resume scan counts
-    only these)."""
+    """The task id of an answer record (``record_id``); None for any other line (the resume scan
+    counts only these)."""
     return record_id(obj) if is_answer(obj) else None
 
 
@@ -367,8 +365,8 @@ def missing_batch_fields(data: dict[str, Any]) -> list[str]:
 
 @dataclass(frozen=True, slots=True)
 class FailureView:
-    """One errors-file line in either form (a Failure, or a Batch API error line), reduced to what status,
-    export, the report and a dead worker's recovery read."""
+    """One errors-file line in either form (a Failure, or a Batch API error line), reduced to what
+    status, export, the report and a dead worker's recovery read."""
 
     id: str
     error_type: str  # "unknown" when the line names none
@@ -386,19 +384,17 @@ def failure_view(obj: Any) -> FailureView | None:
     if task_id is None:
         return None
     batch = "custom_id" in obj
-    if batch:  # the Batch API's form: the error in "error", the status in "response", ours in "mpinfer"
+    if batch:  # the Batch API's form: error in "error", status in "response", ours in "mpinfer"
         error = _object(obj.get("error"))
         error_type, message = error.get("code"), error.get("message")
         status = _object(obj.get("response")).get("status_code")
         meta = _object(obj.get("mpinfer"))
     else:
-        error_type, message, status, meta = obj.get("error_type"), obj.get("message"), obj.get("status"), obj
-    attempts = meta.get("attempts")
+        error_type, message, meta = obj.get("error_type"), obj.get("message"), obj
+        status = obj.get("status")
+    attempts, retries, number = meta.get("attempts"), meta.get("retries"), _number(status)
     return FailureView(
-        id=task_id, error_type=str(error_type) if error_type not in (None, "") else "unknown",
-        status=status if isinstance(status, int) and not isinstance(status, bool) else None,
-        message=str(message) if message is not None else "",
-        attempts=attempts if isinstance(attempts, int) and not isinstance(attempts, bool) else 0,
-        retries=_retries(meta.get("retries")) if isinstance(meta.get("retries"), dict) else None,
-        processed_at=_number(meta.get("processed_at")), batch=batch,
-    )
+        task_id, str(error_type) if error_type not in (None, "") else "unknown",
+        None if number is None else int(number), "" if message is None else str(message),
+        int(_number(attempts) or 0), _retries(retries) if isinstance(retries, dict) else None,
+        _number(meta.get("processed_at")), batch)
