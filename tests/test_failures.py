@@ -64,8 +64,8 @@ def test_every_row_of_the_table_can_be_reached() -> None:
 
 def test_the_vocabulary_loads_without_the_openai_sdk() -> None:
     # Given a fresh interpreter
-    # When the failure vocabulary is imported
-    code = "import sys, mpinfer.api.failures; print('openai' in sys.modules)"
+    # When the failure vocabulary and the retry decision are imported
+    code = "import sys, mpinfer.api.failures, mpinfer.api.retry; print('openai' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     # Then the SDK was not loaded
     assert out.stdout.strip() == "False"

@@ -1,9 +1,10 @@
-"""One request: building it (messages), calling and classifying it (client), deciding what follows a
-failure (retry), estimating it (tokens) and pricing it (prices); the endpoints table (endpoints).
+"""One request: building it (messages), calling it (client), classifying a failure (failures: the
+kinds and the one table), deciding what follows a failure (retry), estimating it (tokens) and
+pricing it (prices); the endpoints table (endpoints).
 
 Pacing it is the limiter's (mpinfer.limits), which also reads the servers' rate-limit hints.
-``client`` and ``retry`` are not imported here: they load the openai SDK, which ``--status`` and the mock
-server never need. Import them as ``mpinfer.api.client`` and ``mpinfer.api.retry``.
+``client`` is not imported here: it loads the openai SDK, which ``--status`` and the mock server
+never need. Import it as ``mpinfer.api.client``; ``failures`` and ``retry`` load no SDK.
 """
 
 from ..errors import NoKeysLeft
