@@ -16,6 +16,7 @@ base's row.
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol, cast
@@ -94,8 +95,9 @@ class CallError:
 
 ANY_CODE = "*"
 """A row's code that matches any code (and none)."""
-SERVER_STATUSES = range(500, 1000)
-ANY_STATUS = range(0, 1000)
+SERVER_STATUSES = range(500, sys.maxsize)
+"""5xx, and any status above (``status >= 500``)."""
+ANY_STATUS = range(-sys.maxsize, sys.maxsize)
 # OpenAI: 400 "Total image size (...) exceeds the allowed limit"; a proxy: 413 for a body too large.
 _TOO_LARGE = re.compile(r"image size.*exceeds|exceeds.*image size|too large", re.IGNORECASE)
 
@@ -120,7 +122,7 @@ class Rule:
         """Whether this row holds for an answer with ``status``, error ``code`` and ``message``."""
         if self.status is None:
             return False
-        if status not in self.status if isinstance(self.status, range) else status != self.status:
+        if status not in (self.status if isinstance(self.status, range) else (self.status,)):
             return False
         if self.code is not None and self.code != code:
             return False
