@@ -17,6 +17,7 @@ from helpers import (
     run_cli,
     start_cli,
     text_tasks,
+    write_png,
     write_tasks,
 )
 
@@ -431,6 +432,25 @@ def test_a_task_whose_image_cannot_be_read_fails_alone_before_upload(tmp_path: P
     assert mock.batch_stats()["rows"] == {"t0": 1, "t2": 1}
 
 
+def test_a_task_over_the_image_limit_fails_before_upload_as_online(
+    tmp_path: Path, mock: MockServerProcess,
+):
+    # Given three tasks, one carrying 60 kB of images, and a limit of 0.05 MB a request
+    image = write_png(tmp_path / "big.png")
+    with image.open("ab") as handle:
+        handle.write(b"\0" * 60_000)
+    tasks = text_tasks(3)
+    tasks[1]["images"] = ["big.png"]
+    write_tasks(tmp_path / "tasks.jsonl", tasks)
+    # When the batch backend runs
+    proc = _run(tmp_path, mock, "--max-image-mb", "0.05")
+    # Then that task is a failure line named as online (images_too_large), never sent
+    assert proc.returncode == 1, proc.stderr
+    errors = read_jsonl(tmp_path / (OUT + ".errors.jsonl"))
+    assert [(e["id"], e["error_type"]) for e in errors] == [("t1", "images_too_large")]
+    assert mock.batch_stats()["rows"] == {"t0": 1, "t2": 1}
+
+
 def test_a_crash_in_the_middle_of_a_merge_is_merged_again_writing_each_id_once(
     tmp_path: Path, mock: MockServerProcess,
 ):
@@ -468,7 +488,8 @@ def test_a_crash_in_the_middle_of_a_merge_is_merged_again_writing_each_id_once(
 
 
 def test_batch_creations_refused_with_429_are_waited_out_within_the_patience(
-        tmp_path: Path, mock: MockServerProcess):
+    tmp_path: Path, mock: MockServerProcess,
+):
     # Given 6 rows in batches of 2, a server that allows one creation a second, and no retries
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(6))
     mock.batch_faults(max_creates=1, create_window_s=1.0)
@@ -482,7 +503,8 @@ def test_batch_creations_refused_with_429_are_waited_out_within_the_patience(
 
 
 def test_a_batch_creation_still_refused_after_the_patience_fails_the_run(
-        tmp_path: Path, mock: MockServerProcess):
+    tmp_path: Path, mock: MockServerProcess,
+):
     # Given a server that allows one creation an hour, and a patience of half a second
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(4))
     mock.batch_faults(max_creates=1)

@@ -25,7 +25,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from ..api.failures import Kind
+from ..api.failures import classify
 from ..api.messages import ImageEncoder
 from ..api.prices import PriceTable
 from ..config import RunConfig
@@ -144,16 +144,18 @@ class BatchBackend:
         try:
             line = request_line(self.config, self.encoder, task, model)
         except ImageError as exc:  # as online: this task fails, the others go on
-            self._image_failed(task, model, str(exc))
+            self._image_failed(task, model, exc)
             return True
         self.writer.add(model, task.id, line)
         self.in_plan[model].add(task.id)
         return True
 
-    def _image_failed(self, task: Task, model: int, message: str) -> None:
-        line = failure_line(task.id, task.body is not None, Kind.IMAGE, None, message, 0)
+    def _image_failed(self, task: Task, model: int, exc: ImageError) -> None:
+        error = classify(exc)  # image or images_too_large, as online
+        as_batch = task.body is not None
+        line = failure_line(task.id, as_batch, error.error_type, None, error.message, 0)
         self.appenders[model].append(self.outputs[model].errors, line)
-        self.notes.append(TaskFailed(task.id, model, Kind.IMAGE, None, message, 0))
+        self.notes.append(TaskFailed(task.id, model, error.error_type, None, error.message, 0))
 
     # -- poll ---------------------------------------------------------------------------------------------
 
