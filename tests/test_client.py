@@ -14,7 +14,8 @@ import httpx2
 import openai
 import pytest
 
-from mpinfer.api.client import Answer, MalformedResponse, complete, make_client
+from mpinfer.api.answer import Answer
+from mpinfer.api.client import MalformedResponse, complete, make_client
 from mpinfer.api.failures import CallError, Verdict, classify
 from mpinfer.api.messages import ImageEncoder, build_request
 from mpinfer.api.retry import MAX_BACKOFF_S, backoff_s

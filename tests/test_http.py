@@ -16,7 +16,8 @@ import orjson
 import pytest
 from helpers import Handler, keep_alive, response
 
-from mpinfer.api.client import Answer, complete, make_client
+from mpinfer.api.answer import Answer
+from mpinfer.api.client import complete, make_client
 from mpinfer.api.failures import CallError, classify
 from mpinfer.errors import ConfigError
 

@@ -26,7 +26,8 @@ from helpers import (
     write_tasks,
 )
 
-from mpinfer.api.client import Answer, complete, make_client
+from mpinfer.api.answer import Answer
+from mpinfer.api.client import complete, make_client
 from mpinfer.api.http import SendGate
 from mpinfer.mockserver import MockServerProcess
 

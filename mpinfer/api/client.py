@@ -12,7 +12,6 @@ import asyncio
 import ssl
 import weakref
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import httpx2
@@ -20,28 +19,9 @@ import openai
 import orjson
 
 from ..config import Transport as Transport  # the setting's enum, re-exported for the client's callers
-from ..errors import MalformedResponse
+from .answer import Answer, parse_answer
 from .http import REQUEST_DEADLINE, AioHttpClient, OnAnswer, SendGate
-from .responses import ApiPath, embeddings_answer, responses_answer
-
-
-@dataclass(frozen=True)
-class Answer:
-    """What the server said, reduced to what a Result records."""
-
-    content: str | None
-    model: str | None
-    finish_reason: str | None
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-    headers: dict[str, str]
-    cached_tokens: int = 0
-    body: dict[str, Any] | None = None  # the whole response, for the Batch API output form
-    refusal: str | None = None  # the model declined: its refusal text (content is then null)
-    reasoning: str | None = None  # a reasoning model's thinking, when the server sends it
-    reasoning_tokens: int = 0
-
+from .responses import ApiPath
 
 _tls: ssl.SSLContext | None = None
 
@@ -107,50 +87,6 @@ def make_client(api_key: str, base_url: str | None, timeout: float,
                                        http_client=http_client)
     return openai.AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout,
                               http_client=http_client)
-
-
-def parse_answer(body: bytes, headers: dict[str, str], path: ApiPath = ApiPath.CHAT) -> Answer:
-    """The Answer in a response body from ``path``; MalformedResponse for a body that is not JSON."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise MalformedResponse(f"malformed response body (JSONDecodeError): {body[:120]!r}") from None
-    if path is ApiPath.CHAT:
-        return answer_of(data, headers)
-    fields = responses_answer(data) if path is ApiPath.RESPONSES else embeddings_answer(data)
-    return Answer(headers=headers, body=data, **fields)
-
-
-def answer_of(data: Any, headers: dict[str, str]) -> Answer:
-    """The Answer in a decoded chat.completion (an online response, or the body of a Batch API output line)."""
-    try:
-        choice = data["choices"][0]
-        message = choice.get("message") or {}
-        usage = data.get("usage") or {}
-        prompt = int(usage.get("prompt_tokens") or 0)
-        completion = int(usage.get("completion_tokens") or 0)
-        details = usage.get("completion_tokens_details") or {}
-        # DeepSeek and older vLLM name the thinking reasoning_content; newer vLLM and others, reasoning.
-        reasoning = message.get("reasoning_content")
-        if not isinstance(reasoning, str):
-            reasoning = message.get("reasoning")
-        refusal = message.get("refusal")
-        return Answer(
-            content=message.get("content"),
-            model=data.get("model"),
-            finish_reason=choice.get("finish_reason"),
-            prompt_tokens=prompt,
-            completion_tokens=completion,
-            total_tokens=int(usage.get("total_tokens") or prompt + completion),
-            headers=headers,
-            cached_tokens=int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0),
-            body=data,
-            refusal=refusal if isinstance(refusal, str) and refusal else None,
-            reasoning=reasoning if isinstance(reasoning, str) else None,
-            reasoning_tokens=int(details.get("reasoning_tokens") or 0),
-        )
-    except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
-        raise MalformedResponse(f"malformed response body ({type(exc).__name__}): {str(data)[:120]!r}") from None
 
 
 _JSON = {"Content-Type": "application/json"}

@@ -1,4 +1,5 @@
-"""Task -> chat.completions request; local images -> base64 data URLs.
+"""Task -> chat.completions request (``task_request``: as the run's settings ask); local images ->
+base64 data URLs.
 
 Runs in the worker, at send time: the parent never reads image bytes. An image that several tasks share is
 encoded once per worker (a small LRU bounded in bytes).
@@ -7,6 +8,7 @@ encoded once per worker (a small LRU bounded in bytes).
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -15,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from ..config import Api, RunConfig
 from ..errors import ImageError, ImagesTooLarge
 from ..inputs.chat import has_system
 from ..inputs.tasks import Task
@@ -302,3 +305,31 @@ def build_body_request(body: dict[str, Any], model: str | None = None, path: Api
     max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
     return Request(kwargs, _text_tokens_of(messages) + images, max_tokens if isinstance(max_tokens, int) else None,
                    data)
+
+
+def task_request(config: RunConfig, encoder: ImageEncoder, task: Task, model: int) -> Request:
+    """The request for ``task`` and the run's model number ``model``, online or in a Batch API file
+    alike (the dry run checks it as the worker builds it)."""
+    models = config.models
+    if task.body is not None:
+        # A Batch API body goes as it is; only a model the user chose (or one of several) replaces
+        # its own.
+        chosen = models[model] if len(models) > 1 or "model" in config.explicit else None
+        path = ApiPath.of_url(task.url or "") or ApiPath.CHAT
+        request = build_body_request(task.body, chosen, path)
+    else:
+        if len(models) > 1:
+            # Each of the run's models, whatever the task says.
+            task = dataclasses.replace(task, model=None)
+        request = build_request(task, encoder, model=models[model],
+                                system_prompt=config.system_prompt, temperature=config.temperature,
+                                max_tokens=config.max_tokens, extra_body=config.extra_body)
+        if config.api is Api.RESPONSES:
+            request = request.as_responses()
+    # Over the provider's limit the server answers 400 after the upload: a per-task failure found
+    # here, free. An endpoint may set its own limit: the smallest of the model's endpoints holds for
+    # all of them.
+    limits = [ep.max_image_mb for ep in config.endpoint_table
+              if ep.serves(models[model]) and ep.max_image_mb]
+    request.check_image_limit(min([config.max_image_mb, *limits]))
+    return request

@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from ..api.client import answer_of
+from ..api.answer import answer_of
 from ..api.failures import CallError, Kind, Verdict, of_status
 from ..api.prices import PriceTable
 from ..config import RunConfig
@@ -28,9 +28,9 @@ from ..errors import MalformedResponse
 from ..events import TaskDone, TaskFailed
 from ..inputs.tasks import Task
 from ..redact import redact
+from ..store.answers import answered
 from ..store.records import failure_line
 from .batch_plan import Chunk
-from .runner import answered
 
 log = logging.getLogger("mpinfer.run")
 @dataclass

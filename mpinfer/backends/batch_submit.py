@@ -23,7 +23,7 @@ import openai
 import orjson
 
 from ..api.failures import Verdict, classify
-from ..api.messages import ImageEncoder
+from ..api.messages import ImageEncoder, task_request
 from ..api.responses import ApiPath
 from ..api.retry import Attempts, RetryPolicy, decide
 from ..config import RunConfig
@@ -31,7 +31,6 @@ from ..errors import BatchApiError, ConfigError, ImageError
 from ..inputs.tasks import Task
 from ..redact import redact
 from .batch_plan import Chunk, ChunkState, Plan
-from .runner import task_request
 
 log = logging.getLogger("mpinfer.run")
 

@@ -21,29 +21,22 @@ from typing import Any
 
 import openai
 
-from ..api.client import Answer, complete, make_client
+from ..api.answer import Answer
+from ..api.client import complete, make_client
 from ..api.endpoints import Provider, endpoints_of
 from ..api.failures import CallError, Kind, Verdict, classify
 from ..api.http import SendGate, Unsent
-from ..api.messages import ImageEncoder, Request, build_body_request, build_request
+from ..api.messages import ImageEncoder, Request, task_request
 from ..api.prices import PriceTable
-from ..api.responses import ApiPath
 from ..api.retry import Attempts, RetryPolicy, decide, patience_spent
-from ..config import Api, RunConfig
+from ..config import RunConfig
 from ..errors import ImageError, NoKeysLeft
-from ..events import Abort, Event, KeyDisabled, TaskDone, TaskFailed
+from ..events import Abort, Event, KeyDisabled, TaskFailed
 from ..inputs.tasks import Task
 from ..limits import Ending, Grant, LimiterClient, Wait, WaitReason, read_hints
 from ..redact import redact
-from ..store.records import (
-    TRUNCATED,
-    Result,
-    Usage,
-    batch_result_line,
-    failure_line,
-    is_refusal,
-    same_model,
-)
+from ..store.answers import answered
+from ..store.records import failure_line
 
 # The grant of the request this asyncio task is sending, and whether a limit was in play when it was given,
 # for the client's on-send hook.
@@ -60,62 +53,6 @@ class Outcome:
     events: tuple[Event, ...]
     line: bytes | None = None
     to_errors: bool = False
-
-
-def task_request(config: RunConfig, encoder: ImageEncoder, task: Task, model: int) -> Request:
-    """The request for ``task`` and the run's model number ``model``, online or in a Batch API file alike."""
-    models = config.models
-    if task.body is not None:
-        # A Batch API body goes as it is; only a model the user chose (or one of several) replaces its own.
-        chosen = models[model] if len(models) > 1 or "model" in config.explicit else None
-        request = build_body_request(task.body, chosen, ApiPath.of_url(task.url or "") or ApiPath.CHAT)
-    else:
-        if len(models) > 1:
-            task = dataclasses.replace(task, model=None)  # each of the run's models, whatever the task says
-        request = build_request(task, encoder, model=models[model], system_prompt=config.system_prompt,
-                                temperature=config.temperature, max_tokens=config.max_tokens,
-                                extra_body=config.extra_body)
-        if config.api is Api.RESPONSES:
-            request = request.as_responses()
-    # Over the provider's limit the server answers 400 after the upload: a per-task failure found here, free.
-    # An endpoint may set its own limit: the smallest of the model's endpoints holds for all of them.
-    limits = [ep.max_image_mb for ep in config.endpoint_table if ep.serves(models[model]) and ep.max_image_mb]
-    request.check_image_limit(min([config.max_image_mb, *limits]))
-    return request
-
-
-def answered(task: Task, model: int, requested: str, answer: Answer, attempts: int, latency: float,
-             prices: PriceTable, batch_id: str | None = None,
-             retries: dict[str, int] | None = None) -> tuple[bytes, TaskDone]:
-    """The output line and the event of an answered task; from a batch (``batch_id``) at the Batch price.
-    ``retries``: the requests sent again, by the error type of the failed one."""
-    retries = retries or {}
-    # Billed as the model that answered; its price when known, else the requested model's.
-    priced_as = answer.model if prices.find(answer.model) is not None else requested
-    cost = prices.cost(priced_as, answer.prompt_tokens, answer.completion_tokens, answer.cached_tokens,
-                       batch=batch_id is not None)
-    cost = round(cost, 8) if cost is not None else None
-    latency = round(latency, 4)
-    if task.body is not None:
-        meta: dict[str, Any] = {"requested_model": requested, "latency_s": latency, "attempts": attempts,
-                                "retries": retries, "processed_at": time.time(), "cost": cost}
-        if batch_id is not None:
-            meta["batch_id"] = batch_id
-        line = batch_result_line(task.id, answer.headers.get("x-request-id"), answer.body or {}, meta)
-    else:
-        line = Result(
-            id=task.id, input_prompt=task.prompt, images=list(task.images), answer=answer.content,
-            model=answer.model, requested_model=requested,
-            usage=Usage(answer.prompt_tokens, answer.completion_tokens, answer.total_tokens,
-                        answer.cached_tokens, answer.reasoning_tokens),
-            finish_reason=answer.finish_reason, latency_s=latency, attempts=attempts,
-            processed_at=time.time(), cost=cost, refusal=answer.refusal, reasoning_content=answer.reasoning,
-            retries=retries,
-        ).to_line()
-    return line, TaskDone(task.id, model, answer.prompt_tokens, answer.completion_tokens, latency, cost,
-                          not same_model(requested, answer.model), attempts,
-                          refused=is_refusal(answer.refusal, answer.content),
-                          truncated=answer.finish_reason == TRUNCATED, retries=retries)
 
 
 Clock = Callable[[], float]

@@ -16,9 +16,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..api.messages import EncodedImage, ImageEncoder, Request, is_remote, sniff_mime
+from ..api.messages import EncodedImage, ImageEncoder, Request, is_remote, sniff_mime, task_request
 from ..api.tokens import image_size
-from ..backends.runner import task_request
 from ..config import RunConfig
 from ..errors import ImageError
 from ..inputs.tasks import Task

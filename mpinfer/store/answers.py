@@ -1,0 +1,52 @@
+"""An answered task as the store writes it: its output line, priced, and the TaskDone event it reports.
+
+Online and Batch API answers alike (``answered``): a Result line for plain rows, a Batch API output line
+for a Batch body. No openai SDK here: the Batch merge writes its lines with it too.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ..api.answer import Answer
+from ..api.prices import PriceTable
+from ..events import TaskDone
+from ..inputs.tasks import Task
+from .records import TRUNCATED, Result, Usage, batch_result_line, is_refusal, same_model
+
+
+def answered(task: Task, model: int, requested: str, answer: Answer, attempts: int, latency: float,
+             prices: PriceTable, batch_id: str | None = None,
+             retries: dict[str, int] | None = None) -> tuple[bytes, TaskDone]:
+    """The output line and the event of an answered task; from a batch (``batch_id``) at the Batch
+    price. ``retries``: the requests sent again, by the error type of the failed one."""
+    retries = retries or {}
+    # Billed as the model that answered; its price when known, else the requested model's.
+    priced_as = answer.model if prices.find(answer.model) is not None else requested
+    cost = prices.cost(priced_as, answer.prompt_tokens, answer.completion_tokens,
+                       answer.cached_tokens, batch=batch_id is not None)
+    cost = round(cost, 8) if cost is not None else None
+    latency = round(latency, 4)
+    if task.body is not None:
+        meta: dict[str, Any] = {"requested_model": requested, "latency_s": latency,
+                                "attempts": attempts, "retries": retries,
+                                "processed_at": time.time(), "cost": cost}
+        if batch_id is not None:
+            meta["batch_id"] = batch_id
+        line = batch_result_line(task.id, answer.headers.get("x-request-id"), answer.body or {},
+                                 meta)
+    else:
+        line = Result(
+            id=task.id, input_prompt=task.prompt, images=list(task.images), answer=answer.content,
+            model=answer.model, requested_model=requested,
+            usage=Usage(answer.prompt_tokens, answer.completion_tokens, answer.total_tokens,
+                        answer.cached_tokens, answer.reasoning_tokens),
+            finish_reason=answer.finish_reason, latency_s=latency, attempts=attempts,
+            processed_at=time.time(), cost=cost, refusal=answer.refusal,
+            reasoning_content=answer.reasoning, retries=retries,
+        ).to_line()
+    return line, TaskDone(task.id, model, answer.prompt_tokens, answer.completion_tokens, latency,
+                          cost, not same_model(requested, answer.model), attempts,
+                          refused=is_refusal(answer.refusal, answer.content),
+                          truncated=answer.finish_reason == TRUNCATED, retries=retries)
