@@ -33,6 +33,7 @@ _ROW = r'''
 import asyncio, gc, sys, time
 import aiohttp, httpx2, openai, orjson
 from mpinfer.api.client import Transport, complete, make_client, warm_up
+from mpinfer.api.ticket import Ticket
 from mpinfer.backends.worker import WORKER_GC_THRESHOLDS
 
 base, stack, n, c = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
@@ -61,7 +62,7 @@ async def main() -> None:
             transport = Transport.HTTPX if stack == "sdk + httpx" else Transport.AIOHTTP
             client = make_client("sk-bench", base, 60.0, transport=transport, connections=c)
         async def one() -> None:
-            await complete(client, REQUEST, 60.0)
+            await complete(client, REQUEST, Ticket(60.0))
         close = client.close
     gate = asyncio.Semaphore(c)
     async def gated() -> None:

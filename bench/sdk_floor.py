@@ -48,6 +48,7 @@ sys.path.insert(0, "bench")
 from images import png_like
 from mpinfer.api.client import complete, make_client, warm_up
 from mpinfer.api.http import SendGate
+from mpinfer.api.ticket import Ticket
 from mpinfer.backends.worker import WORKER_GC_THRESHOLDS
 
 base, images = sys.argv[1], sys.argv[5] == "1"
@@ -68,7 +69,7 @@ async def serve(share: range) -> None:
     bodies = iter([body(i) for i in share])
     async def slot() -> None:
         for request in bodies:
-            await complete(client, request, 120.0)
+            await complete(client, request, Ticket(120.0))
     # c on the wire, c built ahead at the gate
     await asyncio.gather(*(slot() for _ in range(2 * c)))
     await client.close()

@@ -19,6 +19,7 @@ from mpinfer.api.client import MalformedResponse, complete, make_client
 from mpinfer.api.failures import CallError, Verdict, classify
 from mpinfer.api.messages import ImageEncoder, build_request
 from mpinfer.api.retry import MAX_BACKOFF_S, backoff_s
+from mpinfer.api.ticket import Ticket
 from mpinfer.demo import png_bytes
 from mpinfer.errors import ImageError
 from mpinfer.inputs.tasks import Task
@@ -39,7 +40,7 @@ def call(mock: MockServerProcess, request: dict[str, Any], *, key: str = KEY,
     async def go() -> Answer | BaseException:
         client = make_client(key, mock.base_url, timeout)
         try:
-            return await complete(client, request, timeout)
+            return await complete(client, request, Ticket(timeout))
         except Exception as exc:
             return exc
         finally:
@@ -392,7 +393,7 @@ def test_the_httpx_transport_answers_like_the_aiohttp_one(mock: MockServerProces
     async def send(transport: Transport) -> Answer:
         client = make_client("sk-test", mock.base_url, 10.0, transport=transport)
         try:
-            return await complete(client, request_for("either transport"), 10.0)
+            return await complete(client, request_for("either transport"), Ticket(10.0))
         finally:
             await client.close()
 
@@ -404,28 +405,37 @@ def test_the_httpx_transport_answers_like_the_aiohttp_one(mock: MockServerProces
     assert answers[0].total_tokens == answers[1].total_tokens > 0
 
 
-def test_the_on_send_hook_runs_once_per_request_on_either_transport(
-    mock: MockServerProcess,
-) -> None:
-    # Given a client whose on-send hook counts calls (the rate limiter's send stamp rides on it)
+class _Noting(Ticket):
+    """A ticket that notes its hooks' calls (the runner's stamps the send and reads the limits)."""
+
+    def __init__(self, seconds: float, seen: list[str]) -> None:
+        super().__init__(seconds)
+        self.seen = seen
+
+    async def leaving(self) -> None:
+        self.seen.append("leaving")
+
+    async def answered(self, status: int, headers: Any) -> None:
+        self.seen.append(f"answered {status}")
+
+
+def test_a_tickets_hooks_run_once_per_request_on_either_transport(mock: MockServerProcess) -> None:
+    # Given tickets that note their hooks' calls (the rate limiter's send stamp rides on leaving)
     from mpinfer.api.client import Transport
 
-    async def send_three(transport: Transport) -> list[float]:
-        calls: list[float] = []
-
-        async def hook() -> None:
-            calls.append(time.monotonic())
-
-        client = make_client("sk-test", mock.base_url, 10.0, on_send=hook, transport=transport)
+    async def send_three(transport: Transport) -> list[str]:
+        seen: list[str] = []
+        client = make_client("sk-test", mock.base_url, 10.0, transport=transport)
         try:
             for n in range(3):
-                await complete(client, request_for(f"hooked {n}"), 10.0)
+                await complete(client, request_for(f"hooked {n}"), _Noting(10.0, seen))
         finally:
             await client.close()
-        return calls
+        return seen
 
     for transport in (Transport.AIOHTTP, Transport.HTTPX):
         # When three requests are sent
-        calls = asyncio.run(send_three(transport))
-        # Then the hook ran (was awaited) once for each
-        assert len(calls) == 3, transport
+        seen = asyncio.run(send_three(transport))
+        # Then each ticket was told (awaited) once as its request left and once as its answer came
+        assert seen.count("leaving") == 3, transport
+        assert seen == ["leaving", "answered 200"] * 3, transport

@@ -1,5 +1,5 @@
-"""What a command loads: the read-only ones (--status, --validate, --dry-run, --export, --report) never
-import the openai SDK (about a second of import on a small machine), only a run does."""
+"""What a command loads: the read-only ones (--status, --validate, --dry-run, --export, --report)
+never import the openai SDK (about a second of import on a small machine), only a run does."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from conftest import cli_env, run_cli, text_tasks, write_png, write_tasks
 
 from mpinfer.mockserver import MockServerProcess
 
-# The real CLI's main in a fresh interpreter, then one line on stderr saying whether the SDK was loaded.
+# The real CLI's main in a fresh interpreter, then a line on stderr saying whether the SDK loaded.
 _WRAPPER = ("import sys\n"
             "from mpinfer.cli import main\n"
             "try:\n"
@@ -31,9 +31,9 @@ READ_ONLY = {
 
 
 def _loads_openai(*args: str, cwd: Path) -> bool:
-    """Whether the CLI run with ``args`` in ``cwd`` imported the openai SDK (it must have succeeded)."""
-    proc = subprocess.run([sys.executable, "-c", _WRAPPER, "--no-progress", *args], cwd=cwd, env=cli_env(),
-                          capture_output=True, text=True, timeout=120, check=False)
+    """Whether the CLI run with ``args`` in ``cwd`` imported the openai SDK (it must succeed)."""
+    proc = subprocess.run([sys.executable, "-c", _WRAPPER, "--no-progress", *args], cwd=cwd,
+                          env=cli_env(), capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     said = [line for line in proc.stderr.splitlines() if line.startswith("openai loaded: ")]
     assert len(said) == 1, proc.stderr
@@ -69,7 +69,8 @@ def test_a_read_only_command_never_imports_the_openai_sdk(finished: Path, mode: 
     assert not loaded, f"{mode} imported the openai SDK"
 
 
-def test_the_import_check_sees_a_run_load_the_openai_sdk(tmp_path: Path, mock: MockServerProcess) -> None:
+def test_the_import_check_sees_a_run_load_the_openai_sdk(tmp_path: Path,
+                                                         mock: MockServerProcess) -> None:
     # Given the same job, not run yet
     work = _job(tmp_path, mock.base_url)
     # When it is run through the same check

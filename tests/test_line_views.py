@@ -8,10 +8,10 @@ from typing import Any
 import orjson
 import pytest
 
-from mpinfer.api.client import Answer
+from mpinfer.api.answer import Answer
 from mpinfer.api.prices import PriceTable
-from mpinfer.backends.runner import answered
 from mpinfer.inputs.tasks import Task
+from mpinfer.store.answers import answered
 from mpinfer.store.records import (
     answer_id,
     batch_result_line,

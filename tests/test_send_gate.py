@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 from helpers import (
     Connection,
+    Handler,
     keep_alive,
     read_jsonl,
     response,
@@ -29,6 +30,7 @@ from helpers import (
 from mpinfer.api.answer import Answer
 from mpinfer.api.client import complete, make_client
 from mpinfer.api.http import SendGate
+from mpinfer.api.ticket import Ticket, Unsent
 from mpinfer.mockserver import MockServerProcess
 
 KEY = "sk-test-0000000000000000fake7gt3"
@@ -57,37 +59,49 @@ def test_minus_c_is_still_the_most_requests_on_the_wire_of_a_worker(
     assert stats["max_in_flight"] == 6 and stats["requests"] == 60, stats
 
 
-def _answering_after(delay_s: float, *headers: str) -> Connection:
-    """A keep-alive server's connection handler answering each request after ``delay_s`` (<= 10)."""
+def _answer_after(delay_s: float, *headers: str) -> Handler:
+    """A handler that answers a request after ``delay_s``."""
     async def answer(_head: bytes, _body: bytes, writer: asyncio.StreamWriter) -> None:
         await asyncio.sleep(delay_s)
         writer.write(response(orjson.dumps(ANSWER), *headers))
         await writer.drain()
-    return keep_alive(answer)
+    return answer
+
+
+def _answering_after(delay_s: float, *headers: str) -> Connection:
+    """A keep-alive server's connection handler that answers each request after ``delay_s`` (at
+    most 10)."""
+    return keep_alive(_answer_after(delay_s, *headers))
+
+
+class _Noting(Ticket):
+    """A ticket that notes each send and each answer's arrival in ``seen``."""
+
+    def __init__(self, seconds: float, seen: list[str]) -> None:
+        super().__init__(seconds)
+        self.seen = seen
+
+    async def leaving(self) -> None:
+        self.seen.append("send")
+
+    async def answered(self, status: int, headers: Any) -> None:
+        self.seen.append(f"answer {status} limit {headers.get('X-RateLimit-Limit-Requests')}")
 
 
 def test_an_answers_headers_are_seen_before_the_request_its_slot_frees_is_sent() -> None:
-    # Given one slot, a server that states its limit on every answer, and hooks that note each send,
-    # each answer's arrival, and each answer as the caller gets it
+    # Given one slot, a server that states its limit on every answer, and tickets that note each
+    # send and each answer's arrival, and each answer as the caller gets it
     seen: list[str] = []
 
     async def go() -> None:
         server = await asyncio.start_server(_answering_after(0.2, "x-ratelimit-limit-requests: 60"),
                                             "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-
-        async def on_send() -> None:
-            seen.append("send")
-
-        async def on_answer(status: int, headers: Any) -> None:
-            seen.append(f"answer {status} limit {headers.get('X-RateLimit-Limit-Requests')}")
-
-        client = make_client(KEY, f"http://127.0.0.1:{port}/v1", 5.0, on_send=on_send,
-                             gate=SendGate(1), on_answer=on_answer)
+        client = make_client(KEY, f"http://127.0.0.1:{port}/v1", 5.0, gate=SendGate(1))
         request = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
         async def one() -> None:
-            await complete(client, request, 5.0)
+            await complete(client, request, _Noting(5.0, seen))
             seen.append("returned")
 
         try:
@@ -114,7 +128,7 @@ def test_waiting_for_a_slot_does_not_count_against_the_request_timeout() -> None
         client = make_client(KEY, f"http://127.0.0.1:{port}/v1", 1.0, gate=SendGate(1))
         request = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
         try:
-            return await asyncio.gather(*(complete(client, request, 1.0) for _ in range(2)),
+            return await asyncio.gather(*(complete(client, request, Ticket(1.0)) for _ in range(2)),
                                         return_exceptions=True)
         finally:
             await client.close()
@@ -127,6 +141,33 @@ def test_waiting_for_a_slot_does_not_count_against_the_request_timeout() -> None
     assert len(answers) == 2
     assert all(isinstance(a, Answer) and a.content == "ok" for a in answers), answers
     assert time.monotonic() - started >= 1.3  # one after the other: the gate held the second
+
+
+def test_a_closed_gate_turns_a_waiting_request_away_as_a_value() -> None:
+    # Given one slot and a server that answers after 0.3 s
+    heads: list[bytes] = []
+
+    async def go() -> list[Answer | Unsent]:
+        server = await asyncio.start_server(keep_alive(_answer_after(0.3), heads), "127.0.0.1", 0)
+        gate = SendGate(1)
+        client = make_client(KEY, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1", 5.0,
+                             gate=gate)
+        request = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+        try:
+            both = asyncio.gather(*(complete(client, request, Ticket(5.0)) for _ in range(2)))
+            await asyncio.sleep(0.1)
+            # When the gate is closed while the second waits for the first's slot
+            gate.close()
+            return list(await both)
+        finally:
+            await client.close()
+            server.close()
+
+    answers = asyncio.run(go())
+    # Then the first is answered, and the second comes back as "stopping", never sent
+    assert len(answers) == 2, answers
+    assert isinstance(answers[0], Answer) and answers[1] is Unsent.STOPPING, answers
+    assert len(heads) == 1
 
 
 def test_a_stop_sends_none_of_the_requests_waiting_for_a_slot(tmp_path: Path,

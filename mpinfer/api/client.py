@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import ssl
 import weakref
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx2
@@ -20,8 +19,9 @@ import orjson
 
 from ..config import Transport as Transport  # the setting's enum, re-exported for the client's callers
 from .answer import Answer, parse_answer
-from .http import REQUEST_DEADLINE, AioHttpClient, OnAnswer, SendGate
+from .http import AioHttpClient, HttpxClient, SendGate
 from .responses import ApiPath
+from .ticket import Ticket, Unsent
 
 _tls: ssl.SSLContext | None = None
 
@@ -49,13 +49,13 @@ def warm_up() -> None:
 
 
 def make_client(api_key: str, base_url: str | None, timeout: float,
-                on_send: Callable[[], Awaitable[None]] | None = None, transport: Transport = Transport.AIOHTTP,
-                connections: int = 1000, azure: tuple[str, str] | None = None,
-                gate: SendGate | None = None, on_answer: OnAnswer | None = None) -> openai.AsyncOpenAI:
+                transport: Transport = Transport.AIOHTTP, connections: int = 1000,
+                azure: tuple[str, str] | None = None,
+                gate: SendGate | None = None) -> openai.AsyncOpenAI:
     """An async client with the SDK's retries off and a connection pool for ``connections`` in flight.
 
-    ``on_send`` is called as each request leaves (after the SDK has built it), for the rate limiter;
-    ``on_answer`` with each answer's status and headers as they arrive, before anything else is sent.
+    Each request's ticket (``complete``) is told as it leaves and as its answer arrives
+    (api/ticket.py).
     ``gate`` (the aiohttp transport only) holds requests built ahead until a slot is free.
     ``azure`` (deployment, api_version) makes it the SDK's Azure client on ``base_url``: it sends to
     ``/openai/deployments/{deployment}/...?api-version=...`` with an ``api-key`` header.
@@ -64,22 +64,13 @@ def make_client(api_key: str, base_url: str | None, timeout: float,
     verify = _tls if _tls is not None else True
     http_client: httpx2.AsyncClient
     if transport is Transport.AIOHTTP:
-        http_client = AioHttpClient(timeout=timeout, connections=connections, verify=verify, on_send=on_send,
-                                    gate=gate, on_answer=on_answer)
+        http_client = AioHttpClient(timeout=timeout, connections=connections, verify=verify,
+                                    gate=gate)
     else:
-        async def sending(_request: Any) -> None:
-            if on_send is not None:
-                await on_send()
-
-        async def answered(response: httpx2.Response) -> None:
-            if on_answer is not None:
-                await on_answer(response.status_code, response.headers)
-
         # httpx2's own default is 100 connections: a worker with more requests in flight would queue.
         pool = max(100, connections)
-        http_client = openai.DefaultAsyncHttpxClient(
-            verify=verify, timeout=timeout, limits=httpx2.Limits(max_connections=pool, max_keepalive_connections=pool),
-            event_hooks={"request": [sending], "response": [answered]})
+        limits = httpx2.Limits(max_connections=pool, max_keepalive_connections=pool)
+        http_client = HttpxClient(verify=verify, timeout=timeout, limits=limits)
     if azure is not None:
         deployment, api_version = azure
         return openai.AsyncAzureOpenAI(api_key=api_key, azure_endpoint=base_url or "", azure_deployment=deployment,
@@ -92,30 +83,33 @@ def make_client(api_key: str, base_url: str | None, timeout: float,
 _JSON = {"Content-Type": "application/json"}
 
 
-async def complete(client: openai.AsyncOpenAI, request: dict[str, Any], timeout: float,
-                   path: ApiPath = ApiPath.CHAT) -> Answer:
-    """Send one request to ``path`` (chat.completions, responses or embeddings); raises the SDK's errors or
-    MalformedResponse.
+async def complete(client: openai.AsyncOpenAI, request: dict[str, Any], ticket: Ticket,
+                   path: ApiPath = ApiPath.CHAT) -> Answer | Unsent:
+    """Send one request to ``path`` (chat.completions, responses or embeddings): its Answer, or
+    why it was not sent (its ticket said so, or a closed gate turned it away); raises the SDK's
+    errors or MalformedResponse.
 
-    Through the SDK's own request path (its auth, headers, base URL and status errors), with the body as
-    orjson bytes: the typed ``create`` spends more CPU checking parameters than the rest of a request costs.
-    ``extra_body`` is merged into the body as ``create`` would. ``timeout`` is a deadline for the whole
-    request, connect to the last byte of the body: the transports' own timeouts are per read, and a server
-    that trickles its body a byte a second would hold a request for ever (raises TimeoutError). A request
-    that waits at a ``SendGate`` for its slot has the deadline started again when it leaves.
+    Through the SDK's own request path (its auth, headers, base URL and status errors), with the
+    body as orjson bytes: the typed ``create`` spends more CPU checking parameters than the rest of
+    a request costs. ``extra_body`` is merged into the body as ``create`` would. The ticket's
+    ``seconds`` are a deadline for the whole request, connect to the last byte of the body: the
+    transports' own timeouts are per read, and a server that trickles its body a byte a second
+    would hold a request for ever (raises TimeoutError). A request that waits at a ``SendGate`` for
+    its slot has the deadline started again when it leaves. The ticket goes down as the SDK's
+    timeout option (api/ticket.py).
     """
     body = dict(request)
     extra = body.pop("extra_body", None)
     if extra:
         body.update(extra)
-    async with asyncio.timeout(timeout) as deadline:
-        held = REQUEST_DEADLINE.set((deadline, timeout))
-        try:
-            response = await client.post(_url(client, path), cast_to=httpx2.Response, content=orjson.dumps(body),
-                                         options={"timeout": timeout, "headers": _JSON})
-        finally:
-            REQUEST_DEADLINE.reset(held)
+    async with asyncio.timeout(ticket.seconds) as deadline:
+        ticket.deadline = deadline
+        response = await client.post(_url(client, path), cast_to=httpx2.Response,
+                                     content=orjson.dumps(body),
+                                     options={"timeout": ticket, "headers": _JSON})
         content = response.content
+    if ticket.unsent is not None:
+        return ticket.unsent
     # items() is one pass over the headers; dict(headers) looks each name up again, a scan of them all.
     return parse_answer(content, dict(response.headers.items()), path)
 

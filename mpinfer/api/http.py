@@ -15,7 +15,8 @@ Requests built ahead (``SendGate``): a local worker runs twice -c requests, and 
 limit or refuses a request, a request built while all -c slots are on the wire waits at the gate, so that
 an answer's freed slot is taken at once by a request that is ready instead of after the answer's handling
 and the next request's building; once a limit is in play, a request granted before it goes back to the
-limiter as it leaves (backends/runner.py). What it gained at 1,200 in flight is in bench/README.md.
+limiter as it leaves (backends/ahead.py, and the ticket's protocol in api/ticket.py). What it gained
+at 1,200 in flight is in bench/README.md.
 
 Failures are raised as the httpx2 errors the SDK turns into ``APITimeoutError`` and ``APIConnectionError``:
 a connect or read timeout as a timeout, a refused, reset or dropped connection as a network error.
@@ -24,12 +25,10 @@ a connect or read timeout as a timeout, a refused, reset or dropped connection a
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import datetime
 import ssl
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -37,6 +36,7 @@ import httpx2
 import yarl
 
 from ..errors import ConfigError
+from .ticket import KEY, Ticket, Unsent
 
 # httpx2's own default; the body is handed to httpx2 undecoded, and it decodes both.
 _ACCEPT_ENCODING = ("Accept-Encoding", "gzip, deflate")
@@ -47,19 +47,6 @@ _AIOHTTP_SETS = frozenset({"host", "content-length"})
 _UNTIMED = aiohttp.ClientTimeout(total=None, connect=None, sock_read=None, sock_connect=None)
 
 
-class Unsent(Exception):
-    """A request built ahead was not sent: the run stopped while it waited for a slot (a rerun sends it)."""
-
-
-# Told of each answer as it arrives: its status and headers (a case-insensitive mapping).
-OnAnswer = Callable[[int, Any], Awaitable[None]]
-
-# The deadline of the request this asyncio task is sending, and its length: it starts again when the request
-# leaves the gate, so that waiting for a slot never counts as the server's time.
-REQUEST_DEADLINE: contextvars.ContextVar[tuple[asyncio.Timeout, float] | None] = contextvars.ContextVar(
-    "mpinfer_request_deadline", default=None)
-
-
 class SendGate:
     """At most ``slots`` requests on the wire at once, however many are built; ``close`` turns away those
     still waiting (the run is stopping: they are left for the rerun, unsent)."""
@@ -68,17 +55,16 @@ class SendGate:
         self._free = asyncio.Semaphore(slots)
         self.closed = False
 
-    async def __aenter__(self) -> None:
+    async def take(self) -> bool:
+        """Wait for a slot: True with it, False when the gate was closed meanwhile (no slot
+        held)."""
         await self._free.acquire()
         if self.closed:
             self._free.release()  # wakes the next one waiting, which is turned away too
-            raise Unsent("the run is stopping")
-        held = REQUEST_DEADLINE.get()
-        if held is not None:
-            deadline, length = held
-            deadline.reschedule(asyncio.get_running_loop().time() + length)
+            return False
+        return True
 
-    async def __aexit__(self, *_exc: object) -> None:
+    def give_back(self) -> None:
         self._free.release()
 
     def close(self) -> None:
@@ -129,21 +115,18 @@ class _ReadResponse(httpx2.Response):
 class AioHttpClient(httpx2.AsyncClient):
     """An ``httpx2.AsyncClient`` for the SDK that sends through an aiohttp connection pool.
 
-    ``on_send`` is awaited as each request leaves, after the SDK has built it (the rate limiter's stamp);
-    with a ``gate``, after the request has its slot. ``on_answer`` is awaited with each answer's status and
-    headers as soon as it is read, before its slot goes to the next request. The aiohttp session is made on
-    the first request, inside the event loop that runs the requests.
+    A request with a ticket (``api.ticket``: the SDK's timeout option) is sent by its protocol:
+    with a ``gate``, after it has its slot; its ``leaving`` as it goes, its ``answered`` as soon as
+    the answer's status and headers are read, before its slot goes to the next request. The aiohttp
+    session is made on the first request, inside the event loop that runs the requests.
     """
 
     def __init__(self, *, timeout: float, connections: int, verify: ssl.SSLContext | bool = True,
-                 on_send: Callable[[], Awaitable[None]] | None = None, gate: SendGate | None = None,
-                 on_answer: OnAnswer | None = None) -> None:
+                 gate: SendGate | None = None) -> None:
         super().__init__(timeout=timeout, transport=_NoTransport(), trust_env=False)
         self._gate = gate
         self._connections = max(100, connections)  # aiohttp's default, 100, would queue a busier worker
         self._verify = verify
-        self._on_send = on_send
-        self._on_answer = on_answer
         self._session: aiohttp.ClientSession | None = None
         self._urls: dict[str, httpx2.URL] = {}  # the few URLs a run sends to, parsed once
         self._timeouts: dict[tuple[Any, ...], aiohttp.ClientTimeout] = {}
@@ -170,8 +153,12 @@ class AioHttpClient(httpx2.AsyncClient):
             url = parsed
         if params:  # Azure's api-version
             url = url.copy_merge_params(params)
-        extensions = dict(extensions or {})
-        if "timeout" not in extensions:
+        if isinstance(timeout, Ticket) and not extensions:
+            # The ticket's deadline times the whole request (_client_timeout): no timeout extension.
+            extensions = {KEY: timeout}
+        else:
+            extensions = dict(extensions or {})
+        if "timeout" not in extensions and KEY not in extensions:
             chosen = self.timeout if timeout is httpx2.USE_CLIENT_DEFAULT else httpx2.Timeout(timeout)
             extensions["timeout"] = chosen.as_dict()
         if content is None or isinstance(content, bytes):
@@ -188,20 +175,32 @@ class AioHttpClient(httpx2.AsyncClient):
         headers = [(name, value) for name, value in request.headers.multi_items() if name not in _AIOHTTP_SETS]
         if "accept-encoding" not in request.headers:
             headers.append(_ACCEPT_ENCODING)
-        if self._gate is None:
-            return await self._exchange(request, body, headers)
-        async with self._gate:
-            response = await self._exchange(request, body, headers)
+        ticket: Ticket | None = request.extensions.get(KEY)
+        gate = self._gate
+        if gate is None:
+            return await self._exchange(request, body, headers, ticket)
+        if not await gate.take():
+            if ticket is None:  # not ours to leave for a rerun: the caller sees a failed send
+                raise httpx2.ConnectError("not sent: the run is stopping", request=request)
+            return turned_away(request, ticket, Unsent.STOPPING)
+        try:
+            if ticket is not None:
+                ticket.restart()
+            response = await self._exchange(request, body, headers, ticket)
+        finally:
+            gate.give_back()
         # Answers that arrive together are handled in one turn of the loop, each woken request only after
         # all of them: two yields let the requests woken by these freed slots go out first.
         await asyncio.sleep(0)
         await asyncio.sleep(0)
         return response
 
-    async def _exchange(self, request: httpx2.Request, body: bytes,
-                        headers: list[tuple[str, str]]) -> httpx2.Response:
-        if self._on_send is not None:
-            await self._on_send()
+    async def _exchange(self, request: httpx2.Request, body: bytes, headers: list[tuple[str, str]],
+                        ticket: Ticket | None) -> httpx2.Response:
+        if ticket is not None:
+            unsent = await ticket.leaving()
+            if unsent is not None:
+                return turned_away(request, ticket, unsent)
         session = self._session or self._open()
         started = time.perf_counter()
         url = str(request.url)
@@ -215,7 +214,7 @@ class AioHttpClient(httpx2.AsyncClient):
         try:
             async with session.request(request.method, url, data=body or None, headers=headers, proxy=proxy,
                                        proxy_headers=proxy_headers, max_redirects=MAX_REDIRECTS, auto_decompress=False,
-                                       timeout=self._client_timeout(request.extensions.get("timeout") or {}),
+                                       timeout=self._client_timeout(request, ticket),
                                        server_hostname=request.extensions.get("sni_hostname")) as answer:
                 content = await answer.read()
                 status, raw_headers, reason = answer.status, answer.raw_headers, answer.reason
@@ -223,8 +222,8 @@ class AioHttpClient(httpx2.AsyncClient):
                 answer_headers = answer.headers
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise _http_error(exc, request) from exc
-        if self._on_answer is not None:
-            await self._on_answer(status, answer_headers)
+        if ticket is not None:
+            await ticket.answered(status, answer_headers)
         extensions: dict[str, Any] = {"http_version": b"HTTP/1.1"}
         if reason:
             extensions["reason_phrase"] = reason.encode()
@@ -257,11 +256,14 @@ class AioHttpClient(httpx2.AsyncClient):
         self._session = aiohttp.ClientSession(connector=connector)
         return self._session
 
-    def _client_timeout(self, given: dict[str, float | None]) -> aiohttp.ClientTimeout:
-        if REQUEST_DEADLINE.get() is not None:
+    def _client_timeout(self, request: httpx2.Request,
+                        ticket: Ticket | None) -> aiohttp.ClientTimeout:
+        if ticket is not None and ticket.deadline is not None:
             # A deadline on the whole request (api.client.complete) ends it before any of these could: each is
             # as long as the whole, and aiohttp's per-read timer would be set again at every read for nothing.
             return _UNTIMED
+        # (A ticket outside complete, with no deadline, is timed per phase as its Timeout says.)
+        given = request.extensions.get("timeout") or (ticket.as_dict() if ticket else {})
         key = (given.get("connect"), given.get("read"), given.get("pool"))
         timeout = self._timeouts.get(key)
         if timeout is None:
@@ -276,6 +278,50 @@ class AioHttpClient(httpx2.AsyncClient):
             session, self._session = self._session, None
             await session.close()
         await super().aclose()
+
+
+class HttpxClient(httpx2.AsyncClient):
+    """httpx2's own client, as the SDK's ``DefaultAsyncHttpxClient`` makes it (``--transport
+    httpx``), with the tickets' protocol: ``leaving`` as a request is sent, ``answered`` (a response
+    hook) as soon as its status and headers arrive, before its body is read."""
+
+    def __init__(self, **settings: Any) -> None:
+        super().__init__(follow_redirects=True, event_hooks={"response": [_answered]}, **settings)
+
+    def build_request(self, method: str, url: httpx2.URL | str, *, content: Any = None,
+                      data: Any = None, files: Any = None, json: Any = None, params: Any = None,
+                      headers: Any = None, cookies: Any = None,
+                      timeout: Any = httpx2.USE_CLIENT_DEFAULT,
+                      extensions: Any = None) -> httpx2.Request:
+        if isinstance(timeout, Ticket):  # httpx2 reads it as a Timeout, and drops the rest: keep it
+            extensions = {**(extensions or {}), KEY: timeout}
+        return super().build_request(method, url, content=content, data=data, files=files,
+                                     json=json, params=params, headers=headers, cookies=cookies,
+                                     timeout=timeout, extensions=extensions)
+
+    async def send(self, request: httpx2.Request, *, stream: bool = False,
+                   auth: Any = httpx2.USE_CLIENT_DEFAULT,
+                   follow_redirects: Any = httpx2.USE_CLIENT_DEFAULT) -> httpx2.Response:
+        ticket: Ticket | None = request.extensions.get(KEY)
+        if ticket is not None:
+            unsent = await ticket.leaving()
+            if unsent is not None:
+                return turned_away(request, ticket, unsent)
+        return await super().send(request, stream=stream, auth=auth,
+                                  follow_redirects=follow_redirects)
+
+
+async def _answered(response: httpx2.Response) -> None:
+    ticket: Ticket | None = response.request.extensions.get(KEY)
+    if ticket is not None:
+        await ticket.answered(response.status_code, response.headers)
+
+
+def turned_away(request: httpx2.Request, ticket: Ticket, why: Unsent) -> httpx2.Response:
+    """The answer to a request that was not sent: empty, for the SDK to pass back; the ticket says
+    why (``api.client.complete`` returns that instead of an Answer)."""
+    ticket.unsent = why
+    return httpx2.Response(204, content=b"", request=request)
 
 
 def _proxy_url(given: str) -> yarl.URL:

@@ -27,8 +27,9 @@ from ..inputs.tasks import Task
 from ..limits import LaneStats, LimiterSettings, SharedLimiter
 from ..store.output import OutputPaths, iter_lines, scan, size_of
 from ..store.records import failure_view
+from .ahead import built_ahead
 from .base import Note, Returned, WorkerDied
-from .worker import WorkerSettings, built_ahead, worker_main
+from .worker import WorkerSettings, worker_main
 
 log = logging.getLogger("mpinfer.run")
 # Tasks sent in one write at most: a turn of the driver's loop may hand out thousands, and a task given as a

@@ -56,7 +56,7 @@ class _Worker:
         return self.runner.take_notices(), outcome
 
     async def stop(self) -> None:
-        self.runner.stopping = True
+        self.runner.stop()
 
     async def close(self) -> None:
         await self.runner.close()

@@ -9,7 +9,6 @@ same runner works with the shared-memory limiter of one machine and with a limit
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import dataclasses
 import logging
 import os
@@ -25,10 +24,10 @@ from ..api.answer import Answer
 from ..api.client import complete, make_client
 from ..api.endpoints import Provider, endpoints_of
 from ..api.failures import CallError, Kind, Verdict, classify
-from ..api.http import SendGate, Unsent
 from ..api.messages import ImageEncoder, Request, task_request
 from ..api.prices import PriceTable
 from ..api.retry import Attempts, RetryPolicy, decide, patience_spent
+from ..api.ticket import Ticket, Unsent
 from ..config import RunConfig
 from ..errors import ImageError, NoKeysLeft
 from ..events import Abort, Event, KeyDisabled, TaskFailed
@@ -37,11 +36,8 @@ from ..limits import Ending, Grant, LimiterClient, Wait, WaitReason, read_hints
 from ..redact import redact
 from ..store.answers import answered
 from ..store.records import failure_line
+from .ahead import BuildAhead
 
-# The grant of the request this asyncio task is sending, and whether a limit was in play when it was given,
-# for the client's on-send hook.
-_SENDING: contextvars.ContextVar[tuple[Grant, bool] | None] = contextvars.ContextVar("mpinfer_sending",
-                                                                                     default=None)
 log = logging.getLogger("mpinfer.backends.worker")
 
 
@@ -62,9 +58,36 @@ _ENDINGS = {Kind.RATE_LIMIT: Ending.OVERLOADED, Kind.TIMEOUT: Ending.OVERLOADED,
             Kind.CONNECTION: Ending.UNREACHABLE}
 
 
-class _Stale(Exception):
-    """A request granted before a limit was known is leaving after it became known: it goes back to the
-    limiter for a new grant instead (requests built ahead, or built while the first answers came)."""
+class _GrantTicket(Ticket):
+    """A runner's request in flight (api/ticket.py's protocol): its grant, and whether a limit was
+    in play when it was granted.
+
+    As it leaves, one granted before a limit came into play goes back unsent (``BuildAhead.stale``:
+    requests built ahead, or built while the first answers came); any other is stamped sent by the
+    limiter. As its answer arrives, the limiter learns the limits it states, and a stated limit or a
+    refusal ends building ahead, before the request its freed slot wakes is sent.
+    """
+
+    def __init__(self, seconds: float, grant: Grant, limiter: LimiterClient,
+                 ahead: BuildAhead) -> None:
+        super().__init__(seconds)
+        self.grant = grant
+        self.granted_paced = ahead.paced
+        self.limiter = limiter
+        self.ahead = ahead
+
+    async def leaving(self) -> Unsent | None:
+        if self.ahead.stale(self.granted_paced):
+            return Unsent.STALE
+        await self.limiter.sent(self.grant)
+        return None
+
+    async def answered(self, status: int, headers: Any) -> None:
+        hints = read_hints(headers)  # read once, here: the limiter is given what they say
+        if not hints.empty:  # (most answers state nothing: no call, no Ray message)
+            await self.limiter.observe(self.grant.lane, hints)
+        if status == 429 or not hints.empty:
+            self.ahead.pace()
 
 
 class _Again:
@@ -78,11 +101,13 @@ class TaskRunner:
     """Runs tasks for one host process: its clients, image cache, random jitter and the limiter.
 
     ``sleep`` and ``clock`` are parameters (real ones by default), so retry timing is tested without waiting.
+    ``build_ahead``: how many requests the host builds ahead of its -c slots (backends/ahead.py).
+    ``stop`` is the one way a host stops it, whatever the reason; ``stopping`` says whether it has.
     """
 
     def __init__(self, config: RunConfig, prices: PriceTable, limiter: LimiterClient, *,
                  policy: RetryPolicy | None = None, sleep: Sleep = asyncio.sleep,
-                 clock: Clock = time.monotonic, gate: SendGate | None = None) -> None:
+                 clock: Clock = time.monotonic, build_ahead: int = 0) -> None:
         self.config = config
         self.prices = prices
         self.limiter = limiter
@@ -95,17 +120,21 @@ class TaskRunner:
         self.rng = random.Random(os.urandom(16))  # forked siblings must not jitter alike
         self.encoder = ImageEncoder(config.resolved_image_root)
         self.clients: dict[int, openai.AsyncOpenAI] = {}
-        self.stopping = False
+        self._stopping = False
         self.notices: list[Event] = []
-        self.gate = gate  # the host's slots, when it builds requests ahead (api/http.py)
-        # Building ahead holds a grant while it waits for a slot, and requests that waited leave together: the
-        # host builds ahead only while this is set: from the start, unless a limit is set, and never again once
-        # the server states a limit or refuses a request (any request granted before then asks again).
-        self.ahead_ok = asyncio.Event()
-        self.paced = (config.rpm is not None or config.tpm is not None  # one for all, or per model
-                      or any(ep.rpm or ep.tpm for ep in config.endpoint_table))
-        if not self.paced:
-            self.ahead_ok.set()
+        self.ahead = BuildAhead(config, build_ahead)
+
+    @property
+    def stopping(self) -> bool:
+        """Whether the host has stopped this runner: it takes nothing new."""
+        return self._stopping
+
+    def stop(self) -> None:
+        """Take nothing new, and leave the requests built ahead and not sent for the rerun: a stop,
+        the parent gone, an output that cannot be written, or no task able to succeed
+        (``_abort``)."""
+        self._stopping = True
+        self.ahead.stop()
 
     def client(self, key: int) -> openai.AsyncOpenAI:
         if key not in self.clients:
@@ -114,28 +143,10 @@ class TaskRunner:
             if endpoint.provider is Provider.AZURE:
                 azure = (str(endpoint.deployment), str(endpoint.api_version))
             self.clients[key] = make_client(endpoint.api_key, endpoint.base_url, self.config.timeout,
-                                            on_send=self._on_send, transport=self.config.transport,
-                                            connections=self.config.concurrency, azure=azure, gate=self.gate,
-                                            on_answer=self._on_answer)
+                                            transport=self.config.transport,
+                                            connections=self.config.concurrency, azure=azure,
+                                            gate=self.ahead.gate)
         return self.clients[key]
-
-    async def _on_send(self) -> None:
-        sending = _SENDING.get()
-        if sending is not None:
-            grant, paced = sending
-            if self.paced and not paced:
-                raise _Stale
-            await self.limiter.sent(grant)
-
-    async def _on_answer(self, status: int, headers: Any) -> None:
-        """Each answer's limits, as it arrives: the limiter learns them, and a stated limit or a refusal ends
-        building ahead, before the request its freed slot wakes is sent (which then asks the limiter again)."""
-        hints = read_hints(headers)  # read once, here: the limiter is given what they say
-        sending = _SENDING.get()
-        if sending is not None and not hints.empty:  # (most answers state nothing: no call, no Ray message)
-            await self.limiter.observe(sending[0].lane, hints)
-        if not self.paced and (status == 429 or not hints.empty):
-            self._pace()
 
     async def close(self) -> None:
         for client in self.clients.values():
@@ -190,23 +201,23 @@ class TaskRunner:
                            f"more than the patience, --patience {self.policy.patience_s:g})")
                 error = CallError(Kind.CONNECTION, None, message, Verdict.FAIL)
                 return self._fail(task, model, error, tries.count, tries.by_type)
-            tries.count += 1
-            _SENDING.set((grant, self.paced))
+            ticket = _GrantTicket(self.config.timeout, grant, self.limiter, self.ahead)
             try:
-                answer = await complete(self.client(grant.key), request.kwargs, self.config.timeout, request.path)
-            except Unsent:  # built ahead, turned away unsent: the run is stopping, a rerun sends it
-                await self.limiter.release(grant, Ending.UNSENT, charged=0)
-                return None
-            except _Stale:  # granted before a limit came into play: a new grant, under the limit
-                await self.limiter.release(grant, Ending.UNSENT, charged=0)
-                tries.count -= 1
-                continue
+                answer = await complete(self.client(grant.key), request.kwargs, ticket,
+                                        request.path)
             except Exception as exc:  # classify decides; nothing escapes unrecorded
+                tries.count += 1
                 outcome = await self._failed_attempt(task, model, grant, classify(exc), exc, tries)
                 if outcome is _AGAIN:
                     continue
                 assert not isinstance(outcome, _Again)
                 return outcome
+            if isinstance(answer, Unsent):  # not sent: no attempt
+                await self.limiter.release(grant, Ending.UNSENT, charged=0)
+                if answer is Unsent.STALE:  # granted before a limit was in play: a grant under it
+                    continue
+                return None  # built ahead and turned away: the run is stopping, a rerun sends it
+            tries.count += 1
             # What the server counted against the limit: the real prompt plus the answer it allowed.
             charged = answer.prompt_tokens + (request.max_tokens or answer.completion_tokens)
             await self.limiter.release(grant, Ending.OK, charged=charged, used=answer.total_tokens)
@@ -218,7 +229,7 @@ class TaskRunner:
         """After a failed attempt, do what ``decide`` says: again, or the task's outcome (None: stopping)."""
         outage = await self.limiter.release(grant, _ENDINGS.get(error.kind, Ending.ERROR))
         now = self.clock()
-        if error.verdict is Verdict.WAIT:  # (a 429: _on_answer has stopped building ahead already)
+        if error.verdict is Verdict.WAIT:  # (a 429: its ticket has stopped building ahead already)
             await self.limiter.rate_limited(grant.lane, error.retry_after)
             tries.waiting(now)
         step = decide(error, tries, self.policy, self.rng, now, outage=outage)
@@ -245,12 +256,6 @@ class TaskRunner:
             aborted = self._abort(task, model, f"{error.error_type}: {error.message}")
             return Outcome(failure.events + aborted.events, failure.line, to_errors=True)
         return self._fail(task, model, failed, tries.count, tries.by_type)
-
-    def _pace(self) -> None:
-        """No more building ahead in this run: a limit is in play. A request granted before it was known
-        asks the limiter again as it leaves (``_on_send``)."""
-        self.paced = True
-        self.ahead_ok.clear()
 
     async def _any_key_left(self) -> bool:
         for key in range(len(self.keys)):
@@ -287,5 +292,5 @@ class TaskRunner:
 
     def _abort(self, task: Task, model: int, message: str) -> Outcome:
         """No task can succeed: tell the host, and take nothing new."""
-        self.stopping = True
+        self.stop()
         return Outcome((Abort(redact(message, self.keys), task.id, model),))

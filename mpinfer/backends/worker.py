@@ -21,15 +21,15 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from ..api.http import SendGate
 from ..api.prices import PriceTable
-from ..config import RunConfig, Transport
+from ..config import RunConfig
 from ..events import Fatal, Message, StopWork, Work, WorkerExit, decode, encode
 from ..inputs.tasks import Task
 from ..limits import LocalLimiter, SharedLimiter
 from ..logfile import setup_worker_logging
 from ..store.locks import hold_workers_lock
 from ..store.output import OutputPaths
+from .ahead import built_ahead
 from .base import OutcomeWriter
 from .runner import TaskRunner
 
@@ -61,12 +61,6 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def built_ahead(config: RunConfig) -> int:
-    """How many requests a worker builds ahead of its -c slots (api/http.py's SendGate): as many again, on
-    the aiohttp transport; none on httpx, whose client has no gate."""
-    return config.concurrency if config.transport is Transport.AIOHTTP else 0
-
-
 class Worker:
     """A local worker process: reads tasks from its pipe, runs them, appends their lines, reports events."""
 
@@ -74,10 +68,8 @@ class Worker:
         self.settings = settings
         self.conn = conn
         config = settings.config
-        self.ahead = built_ahead(config)
-        self.gate = SendGate(config.concurrency) if self.ahead else None
         self.runner = TaskRunner(config, settings.prices, LocalLimiter(limiter, settings.index),
-                                 gate=self.gate)
+                                 build_ahead=built_ahead(config))
         self.writer = OutcomeWriter(settings.outputs, settings.config.fsync)
         self.outbox: list[Message] = []  # events of this turn of the loop, not yet sent
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -97,22 +89,20 @@ class Worker:
             try:
                 self.conn.send_bytes(encode(*messages))
             except OSError:  # the parent is gone (the kernel kills this process too): take nothing more
-                self.runner.stopping = True
+                self.runner.stop()
 
     async def run(self) -> None:
         loop = self.loop = asyncio.get_running_loop()
         inbox: asyncio.Queue[tuple[Task, int] | None] = asyncio.Queue()
-        tasks = self.settings.config.concurrency + self.ahead  # on the wire, and built ahead waiting for a slot
+        # On the wire, and built ahead waiting for a slot.
+        tasks = self.settings.config.concurrency + self.runner.ahead.extra
 
         def on_messages(messages: list[Message] | None) -> None:
             for message in [StopWork()] if messages is None else messages:  # None: the pipe is gone
                 if isinstance(message, Work):
                     inbox.put_nowait((message.task, message.model))
                     continue
-                self.runner.stopping = True
-                if self.gate is not None:
-                    self.gate.close()  # requests built ahead and not yet sent are left for the rerun
-                    self.runner.ahead_ok.set()  # the idle ones take their None below and end
+                self.runner.stop()  # (the idle builders wake, take their None below and end)
                 # Tasks still waiting in the inbox are dropped: never sent, the parent counts them not done.
                 while not inbox.empty():
                     inbox.get_nowait()
@@ -147,7 +137,7 @@ class Worker:
         building ahead is not safe (a limit is set, stated or enforced)."""
         while True:
             if ahead:
-                await self.runner.ahead_ok.wait()
+                await self.runner.ahead.allowed.wait()
             item = await inbox.get()
             if item is None or self.runner.stopping:
                 return
@@ -161,7 +151,7 @@ class Worker:
             for message in events:
                 self.send(message)
             if any(isinstance(e, Fatal) for e in events):
-                self.runner.stopping = True  # the output cannot be written: take nothing more
+                self.runner.stop()  # the output cannot be written: take nothing more
                 return
 
 

@@ -1,7 +1,8 @@
-"""An answered task as the store writes it: its output line, priced, and the TaskDone event it reports.
+"""An answered task as the store writes it: its output line, priced, and the TaskDone event it
+reports.
 
-Online and Batch API answers alike (``answered``): a Result line for plain rows, a Batch API output line
-for a Batch body. No openai SDK here: the Batch merge writes its lines with it too.
+Online and Batch API answers alike (``answered``): a Result line for plain rows, a Batch API output
+line for a Batch body. No openai SDK here: the Batch merge writes its lines with it too.
 """
 
 from __future__ import annotations
