@@ -153,9 +153,9 @@ class AioHttpClient(httpx2.AsyncClient):
             url = parsed
         if params:  # Azure's api-version
             url = url.copy_merge_params(params)
-        if isinstance(timeout, Ticket) and not extensions:
+        if isinstance(timeout, Ticket):
             # The ticket's deadline times the whole request (_client_timeout): no timeout extension.
-            extensions = {KEY: timeout}
+            extensions = {**extensions, KEY: timeout} if extensions else {KEY: timeout}
         else:
             extensions = dict(extensions or {})
         if "timeout" not in extensions and KEY not in extensions:
@@ -293,8 +293,11 @@ class HttpxClient(httpx2.AsyncClient):
                       headers: Any = None, cookies: Any = None,
                       timeout: Any = httpx2.USE_CLIENT_DEFAULT,
                       extensions: Any = None) -> httpx2.Request:
-        if isinstance(timeout, Ticket):  # httpx2 reads it as a Timeout, and drops the rest: keep it
-            extensions = {**(extensions or {}), KEY: timeout}
+        if isinstance(timeout, Ticket):
+            # httpx2 would read it as a Timeout and drop the rest: the ticket is kept beside its
+            # timeout (which httpx2 then leaves as it is, with no copy of its own).
+            ticketed = {KEY: timeout, "timeout": timeout.as_dict()}
+            extensions = {**extensions, **ticketed} if extensions else ticketed
         return super().build_request(method, url, content=content, data=data, files=files,
                                      json=json, params=params, headers=headers, cookies=cookies,
                                      timeout=timeout, extensions=extensions)

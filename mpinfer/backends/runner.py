@@ -4,6 +4,8 @@ A TaskRunner knows nothing of pipes, processes or files: it returns an Outcome h
 and the event to report, and the host that runs it (a local worker process, or a Ray actor) writes the
 line and forwards the event. The limiter is reached through the async LimiterClient interface, so the
 same runner works with the shared-memory limiter of one machine and with a limiter actor of a cluster.
+Each request goes down to the HTTP client with its ticket (``_GrantTicket``, api/ticket.py's
+protocol); the host stops the runner with ``stop``, whatever the reason.
 """
 
 from __future__ import annotations
