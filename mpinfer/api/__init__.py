@@ -1,6 +1,7 @@
-"""One request: building it (messages), calling it (client), classifying a failure (failures: the
-kinds and the one table), deciding what follows a failure (retry), estimating it (tokens) and
-pricing it (prices); the endpoints table (endpoints).
+"""One request: building it (messages), calling it (client, over the HTTP clients in http, with
+its ticket in ticket), reading its answer (answer), classifying a failure (failures: the kinds and
+the one table), deciding what follows a failure (retry), estimating it (tokens) and pricing it
+(prices); the endpoints table (endpoints).
 
 Pacing it is the limiter's (mpinfer.limits), which also reads the servers' rate-limit hints.
 ``client`` is not imported here: it loads the openai SDK, which ``--status`` and the mock server
