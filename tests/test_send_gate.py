@@ -31,6 +31,8 @@ from mpinfer.api.answer import Answer
 from mpinfer.api.client import complete, make_client
 from mpinfer.api.http import SendGate
 from mpinfer.api.ticket import Ticket, Unsent
+from mpinfer.backends.ahead import BuildAhead
+from mpinfer.config import RunConfig
 from mpinfer.mockserver import MockServerProcess
 
 KEY = "sk-test-0000000000000000fake7gt3"
@@ -199,3 +201,23 @@ def test_a_stop_sends_none_of_the_requests_waiting_for_a_slot(tmp_path: Path,
     ids = Counter(r["id"] for r in read_jsonl(tmp_path / "out.jsonl"))
     assert ids == Counter(f"t{i}" for i in range(20))
 
+
+
+def test_a_request_granted_before_a_limit_was_in_play_is_stale_once_one_is() -> None:
+    # Given a host that builds ahead, with no limit set, and another with --rpm set
+    free = BuildAhead(RunConfig(concurrency=2), extra=2)
+    limited = BuildAhead(RunConfig(concurrency=2, rpm=60), extra=2)
+    granted_free = free.paced
+    # Then the first builds ahead from the start, the second never does
+    assert free.allowed.is_set() and not limited.allowed.is_set()
+    assert not free.stale(granted_free)
+    # When the first hears of a limit
+    free.pace()
+    # Then it stops building ahead, and what was granted before asks again; what is granted now
+    # does not
+    assert not free.allowed.is_set()
+    assert free.stale(granted_free) and not free.stale(free.paced)
+    # When it stops
+    free.stop()
+    # Then its gate turns away the requests still waiting, and its idle builders wake to end
+    assert free.gate is not None and free.gate.closed and free.allowed.is_set()
