@@ -15,13 +15,13 @@ import openai
 import pytest
 
 from mpinfer.api.answer import Answer
-from mpinfer.api.client import MalformedResponse, complete, make_client
+from mpinfer.api.client import complete, make_client
 from mpinfer.api.failures import CallError, Verdict, classify
 from mpinfer.api.messages import ImageEncoder, build_request
 from mpinfer.api.retry import MAX_BACKOFF_S, backoff_s
 from mpinfer.api.ticket import Ticket
 from mpinfer.demo import png_bytes
-from mpinfer.errors import ImageError
+from mpinfer.errors import ImageError, MalformedResponse
 from mpinfer.inputs.tasks import Task
 from mpinfer.limits import wait_hint
 from mpinfer.mockserver import MockServerProcess

@@ -7,7 +7,7 @@ import pickle
 
 import mpinfer
 from mpinfer import errors
-from mpinfer.api.client import MalformedResponse
+from mpinfer.api.answer import MalformedResponse
 from mpinfer.limits import NoKeysLeft
 
 SAMPLES: dict[type[Exception], tuple[object, ...]] = {

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import cli_env, run_cli, text_tasks, write_png, write_tasks
+from helpers import cli_env, run_cli, text_tasks, write_png, write_tasks
 
 from mpinfer.mockserver import MockServerProcess
 
