@@ -316,6 +316,90 @@ class RunConfig:
         return self.api_keys
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    """The run's retry settings, as api/retry.py's decisions read them: --max-retries,
+    --retry-backoff and --patience."""
+
+    max_retries: int
+    backoff_s: float
+    patience_s: float
+
+    @classmethod
+    def of(cls, config: RunConfig) -> RetryPolicy:
+        """The retry policy of a run (the online runner's and the Batch client's alike)."""
+        return cls(config.max_retries, config.retry_backoff, config.patience)
+
+
+@dataclass(frozen=True)
+class RequestSettings:
+    """What building a task's request reads of the run (``api.messages.task_request``).
+
+    ``chosen``: the user named the model(s), so it replaces a Batch API body's own; ``max_image_mb``
+    is by model index: the smallest of --max-image-mb and the limits of the endpoints serving it.
+    """
+
+    models: tuple[str, ...]
+    chosen: bool
+    api: Api
+    image_root: Path
+    max_image_mb: tuple[float, ...]
+    system_prompt: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    extra_body: dict[str, Any] | None = None
+
+    @classmethod
+    def of(cls, config: RunConfig) -> RequestSettings:
+        """The request settings of a run."""
+        models = config.models
+        # An endpoint may set its own image limit: the smallest of the model's endpoints holds for
+        # all of them.
+        image_mb = tuple(min([config.max_image_mb, *(ep.max_image_mb for ep in config.endpoint_table
+                                                     if ep.serves(name) and ep.max_image_mb)])
+                         for name in models)
+        return cls(models, len(models) > 1 or "model" in config.explicit, config.api,
+                   config.resolved_image_root, image_mb, config.system_prompt, config.temperature,
+                   config.max_tokens, config.extra_body)
+
+
+@dataclass(frozen=True)
+class RunnerSettings:
+    """What a task runner reads of the run (backends/runner.py, its HTTP clients and build-ahead).
+
+    Plain, picklable data: it goes to every worker process and Ray actor instead of the RunConfig.
+    ``endpoints`` is by key index (keys read); ``named``: they come from an endpoints table, so a
+    failure names its endpoint; ``paced``: a limit is set (--rpm, --tpm or an endpoint's own).
+    """
+
+    request: RequestSettings
+    retry: RetryPolicy
+    keys: tuple[str, ...] = field(repr=False)
+    endpoints: tuple[Endpoint, ...] = field(repr=False)
+    named: bool
+    paced: bool
+    timeout: float
+    transport: Transport
+    concurrency: int
+
+    @classmethod
+    def of(cls, config: RunConfig) -> RunnerSettings:
+        """The runner settings of a run; ConfigError when it has no API key."""
+        from .api.endpoints import endpoints_of  # (api imports this module: not at its top)
+
+        paced = (config.rpm is not None or config.tpm is not None  # one for all, or per model
+                 or any(ep.rpm or ep.tpm for ep in config.endpoint_table))
+        return cls(RequestSettings.of(config), RetryPolicy.of(config), config.require_api_keys(),
+                   endpoints_of(config), bool(config.endpoint_table), paced, config.timeout,
+                   config.transport, config.concurrency)
+
+    @property
+    def built_ahead(self) -> int:
+        """How many requests a local worker builds ahead of its -c slots (backends/ahead.py): as
+        many again, on the aiohttp transport; none on httpx, whose client has no gate."""
+        return self.concurrency if self.transport is Transport.AIOHTTP else 0
+
+
 # The settings, derived from RunConfig's fields: the CLI builds its flags from this table.
 OPTIONS: tuple[Option, ...] = options_of(RunConfig)
 _BY_NAME = {option.name: option for option in OPTIONS}

@@ -10,7 +10,7 @@ import orjson
 from mpinfer.api.prices import load_prices
 from mpinfer.backends.batch_merge import Merger, classify_line
 from mpinfer.backends.batch_plan import Chunk, ChunkState, Plan
-from mpinfer.config import load_config
+from mpinfer.config import RequestSettings, RetryPolicy, load_config
 from mpinfer.events import TaskDone, TaskFailed
 from mpinfer.inputs.tasks import Task
 
@@ -19,7 +19,8 @@ def _merger(tmp_path: Path, max_retries: int = 3) -> Merger:
     config = load_config({"input": str(tmp_path / "in.jsonl"),
                           "output": str(tmp_path / "out.jsonl"), "max_retries": str(max_retries)},
                          environ={"OPENAI_API_KEY": "sk-test"}, cwd=tmp_path)
-    return Merger(config, load_prices())
+    return Merger(RequestSettings.of(config), RetryPolicy.of(config), config.require_api_keys(),
+                  load_prices())
 
 
 TASKS = {f"t{i}": Task(f"t{i}", f"question {i}") for i in range(4)}

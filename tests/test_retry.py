@@ -15,9 +15,9 @@ import pytest
 
 from mpinfer.api.failures import CallError, Kind, Verdict
 from mpinfer.api.prices import load_prices
-from mpinfer.api.retry import MAX_RATE_BACKOFF_S, Attempts, RetryPolicy, decide
+from mpinfer.api.retry import MAX_RATE_BACKOFF_S, Attempts, decide
 from mpinfer.backends.runner import TaskRunner
-from mpinfer.config import RunConfig
+from mpinfer.config import RetryPolicy, RunConfig, RunnerSettings
 from mpinfer.inputs.tasks import Task
 from mpinfer.limits import LimiterSettings, LocalLimiter, SharedLimiter
 from mpinfer.mockserver import MockServerProcess
@@ -95,7 +95,7 @@ def _runner(mock: MockServerProcess, sleeps: list[float], **settings: Any) -> Ta
     async def sleep(seconds: float) -> None:
         sleeps.append(seconds)  # recorded, not waited
 
-    return TaskRunner(config, load_prices(), LocalLimiter(limiter), sleep=sleep)
+    return TaskRunner(RunnerSettings.of(config), load_prices(), LocalLimiter(limiter), sleep=sleep)
 
 
 def _run(runner: TaskRunner, prompt: str) -> Any:

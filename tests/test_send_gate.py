@@ -32,7 +32,7 @@ from mpinfer.api.client import complete, make_client
 from mpinfer.api.http import SendGate
 from mpinfer.api.ticket import Ticket, Unsent
 from mpinfer.backends.ahead import BuildAhead
-from mpinfer.config import RunConfig
+from mpinfer.config import RunConfig, RunnerSettings
 from mpinfer.mockserver import MockServerProcess
 
 KEY = "sk-test-0000000000000000fake7gt3"
@@ -205,8 +205,10 @@ def test_a_stop_sends_none_of_the_requests_waiting_for_a_slot(tmp_path: Path,
 
 def test_a_request_granted_before_a_limit_was_in_play_is_stale_once_one_is() -> None:
     # Given a host that builds ahead, with no limit set, and another with --rpm set
-    free = BuildAhead(RunConfig(concurrency=2), extra=2)
-    limited = BuildAhead(RunConfig(concurrency=2, rpm=60), extra=2)
+    keys = ("sk-test",)
+    free = BuildAhead(RunnerSettings.of(RunConfig(concurrency=2, api_keys=keys)), extra=2)
+    limited = BuildAhead(RunnerSettings.of(RunConfig(concurrency=2, rpm=60, api_keys=keys)),
+                         extra=2)
     granted_free = free.paced
     # Then the first builds ahead from the start, the second never does
     assert free.allowed.is_set() and not limited.allowed.is_set()

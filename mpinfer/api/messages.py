@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from ..config import Api, RunConfig
+from ..config import Api, RequestSettings
 from ..errors import ImageError, ImagesTooLarge
 from ..inputs.chat import has_system
 from ..inputs.tasks import Task
@@ -307,14 +307,14 @@ def build_body_request(body: dict[str, Any], model: str | None = None, path: Api
                    data)
 
 
-def task_request(config: RunConfig, encoder: ImageEncoder, task: Task, model: int) -> Request:
+def task_request(settings: RequestSettings, encoder: ImageEncoder, task: Task, model: int) -> Request:
     """The request for ``task`` and the run's model number ``model``, online or in a Batch API file
     alike (the dry run checks it as the worker builds it)."""
-    models = config.models
+    models = settings.models
     if task.body is not None:
         # A Batch API body goes as it is; only a model the user chose (or one of several) replaces
         # its own.
-        chosen = models[model] if len(models) > 1 or "model" in config.explicit else None
+        chosen = models[model] if settings.chosen else None
         path = ApiPath.of_url(task.url or "") or ApiPath.CHAT
         request = build_body_request(task.body, chosen, path)
     else:
@@ -322,14 +322,12 @@ def task_request(config: RunConfig, encoder: ImageEncoder, task: Task, model: in
             # Each of the run's models, whatever the task says.
             task = dataclasses.replace(task, model=None)
         request = build_request(task, encoder, model=models[model],
-                                system_prompt=config.system_prompt, temperature=config.temperature,
-                                max_tokens=config.max_tokens, extra_body=config.extra_body)
-        if config.api is Api.RESPONSES:
+                                system_prompt=settings.system_prompt,
+                                temperature=settings.temperature, max_tokens=settings.max_tokens,
+                                extra_body=settings.extra_body)
+        if settings.api is Api.RESPONSES:
             request = request.as_responses()
     # Over the provider's limit the server answers 400 after the upload: a per-task failure found
-    # here, free. An endpoint may set its own limit: the smallest of the model's endpoints holds for
-    # all of them.
-    limits = [ep.max_image_mb for ep in config.endpoint_table
-              if ep.serves(models[model]) and ep.max_image_mb]
-    request.check_image_limit(min([config.max_image_mb, *limits]))
+    # here, free.
+    request.check_image_limit(settings.max_image_mb[model])
     return request

@@ -3,8 +3,8 @@ delay, fail, disable the key or stop the run).
 
 ``api.failures`` says what a failure calls for (its ``Verdict``, by the one table); ``decide``
 weighs that against the task's history (its retries, how long it has been rate limited) and the
-run's ``RetryPolicy``. The online runner and the Batch client do what the step says and decide
-nothing themselves. The functions here are pure (the clock's reading and the random generator are
+run's ``RetryPolicy`` (a slice of its settings, config.py). The online runner and the Batch client
+do what the step says and decide nothing themselves. The functions here are pure (the clock's reading and the random generator are
 passed in), so every branch is tested without waiting.
 
 Retries are counted only for failures that waiting cannot explain: a 429 for rate waits as long as
@@ -18,21 +18,13 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from ..config import RetryPolicy
 from .failures import CallError, Kind, Verdict
 
 MAX_BACKOFF_S = 60.0
 # A rate-limited task with no hint waits a backoff that stops growing here: the limiter's learned
 # pace does the rest, and a server that recovers is not left idle.
 MAX_RATE_BACKOFF_S = 2.0
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """The run's retry settings: --max-retries, --retry-backoff and --patience."""
-
-    max_retries: int = 3
-    backoff_s: float = 1.0
-    patience_s: float = 300.0
 
 
 @dataclass

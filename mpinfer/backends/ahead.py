@@ -1,8 +1,8 @@
 """Building requests ahead of their slots, and when that stops: one host's state (``BuildAhead``).
 
-A local worker on the aiohttp transport runs twice -c requests (``built_ahead``): a request built
-while all -c slots are on the wire waits at the gate (api/http.py's ``SendGate``), so that an
-answer's freed slot is taken at once by a request that is ready. Building ahead holds a grant while
+A local worker on the aiohttp transport runs twice -c requests (``RunnerSettings.built_ahead``):
+a request built while all -c slots are on the wire waits at the gate (api/http.py's ``SendGate``),
+so that an answer's freed slot is taken at once by a request that is ready. Building ahead holds a grant while
 it waits for a slot, and requests that waited leave together, so it is done only while no limit is
 in play: from the start, unless a limit is set, and never again once the server states a limit or
 refuses a request (``pace``). A request granted before then is stale when it leaves (``stale``): it
@@ -16,13 +16,7 @@ from __future__ import annotations
 import asyncio
 
 from ..api.http import SendGate
-from ..config import RunConfig, Transport
-
-
-def built_ahead(config: RunConfig) -> int:
-    """How many requests a local worker builds ahead of its -c slots: as many again, on the aiohttp
-    transport; none on httpx, whose client has no gate."""
-    return config.concurrency if config.transport is Transport.AIOHTTP else 0
+from ..config import RunnerSettings
 
 
 class BuildAhead:
@@ -30,11 +24,10 @@ class BuildAhead:
     whether a limit is in play (``paced``); ``allowed`` is set while the extra requests may be
     built."""
 
-    def __init__(self, config: RunConfig, extra: int = 0) -> None:
+    def __init__(self, settings: RunnerSettings, extra: int = 0) -> None:
         self.extra = extra
-        self.gate = SendGate(config.concurrency) if extra else None
-        self.paced = (config.rpm is not None or config.tpm is not None  # one for all, or per model
-                      or any(ep.rpm or ep.tpm for ep in config.endpoint_table))
+        self.gate = SendGate(settings.concurrency) if extra else None
+        self.paced = settings.paced
         self.allowed = asyncio.Event()
         if not self.paced:
             self.allowed.set()

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from ..api.failures import classify
 from ..api.messages import ImageEncoder
 from ..api.prices import PriceTable
-from ..config import RunConfig
+from ..config import RequestSettings, RetryPolicy, RunConfig
 from ..errors import BatchApiError, ConfigError, ImageError
 from ..events import Fatal, TaskDone, TaskFailed, WorkItem
 from ..inputs.check import reading
@@ -77,9 +77,11 @@ class BatchBackend:
         self.outputs = outputs
         self.client = BatchClient(config)
         self.appenders = [Appender(paths, fsync=config.fsync) for paths in outputs]
-        self.encoder = ImageEncoder(config.resolved_image_root)
+        self.request = RequestSettings.of(config)
+        self.encoder = ImageEncoder(self.request.image_root)
         self.pacer = CreationPacer()
-        self.merger = Merger(config, prices)
+        self.merger = Merger(self.request, RetryPolicy.of(config), config.require_api_keys(),
+                             prices)
         self.plan: Plan | None = None
         self.writer: ChunkWriter | None = None
         self.done: list[set[str]] = []
@@ -142,7 +144,7 @@ class BatchBackend:
         if task.id in self.in_plan[model]:
             return True  # in a batch of the plan already, or settled by it
         try:
-            line = request_line(self.config, self.encoder, task, model)
+            line = request_line(self.request, self.encoder, task, model)
         except ImageError as exc:  # as online: this task fails, the others go on
             self._image_failed(task, model, exc)
             return True
@@ -317,7 +319,8 @@ class BatchBackend:
                                         if isinstance(e, TaskDone))
         if merged.retry:
             again = [(tasks[i], chunk.model) for i in merged.retry if i in tasks]
-            plan_chunks(plan, again, self.config, self.encoder, attempt=chunk.attempt + 1)
+            plan_chunks(ChunkWriter(plan, self.config.batch_size, self.config.batch_max_bytes,
+                                    attempt=chunk.attempt + 1), again, self.request, self.encoder)
             chunk.resubmitted = len(merged.retry)
             self.resubmitted += len(merged.retry)
             log.info("batch %s: %d rows resubmitted (attempt %d)", batch.id, len(merged.retry), chunk.attempt + 1)

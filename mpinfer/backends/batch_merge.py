@@ -23,7 +23,7 @@ import orjson
 from ..api.answer import answer_of
 from ..api.failures import CallError, Kind, Verdict, of_status
 from ..api.prices import PriceTable
-from ..config import RunConfig
+from ..config import RequestSettings, RetryPolicy
 from ..errors import MalformedResponse
 from ..events import TaskDone, TaskFailed
 from ..inputs.tasks import Task
@@ -71,13 +71,17 @@ def records(data: bytes) -> Iterator[dict[str, Any]]:
 
 
 class Merger:
-    """Turns a finished chunk's files into lines and events for one run."""
+    """Turns a finished chunk's files into lines and events for one run: ``request`` says which
+    model each row asked for, ``policy`` how often a transient failure is resubmitted, and ``keys``
+    what a message must not show."""
 
-    def __init__(self, config: RunConfig, prices: PriceTable) -> None:
-        self.config = config
+    def __init__(self, request: RequestSettings, policy: RetryPolicy, keys: tuple[str, ...],
+                 prices: PriceTable) -> None:
+        self.request = request
+        self.policy = policy
         self.prices = prices
         self.tasks: dict[str, Task] = {}  # the input tasks of the chunk being merged
-        self.keys = config.require_api_keys()
+        self.keys = keys
 
     def task(self, custom_id: str) -> Task:
         """The input task of an answer; one that left the input since (it is paid: it is still written) gets a
@@ -89,8 +93,8 @@ class Merger:
         return task
 
     def requested(self, task: Task, model: int) -> str:
-        models = self.config.models
-        if task.body is not None and len(models) == 1 and "model" not in self.config.explicit:
+        models = self.request.models
+        if task.body is not None and not self.request.chosen:
             return str(task.body.get("model") or models[0])
         return task.model if len(models) == 1 and task.model else models[model]
 
@@ -159,7 +163,7 @@ class Merger:
         if transient and not resubmit:
             merged.released.append(custom_id)  # cancelled: a later run sends it again
             return
-        if transient and chunk.attempt <= self.config.max_retries:
+        if transient and chunk.attempt <= self.policy.max_retries:
             merged.retry.append(custom_id)
             return
         if custom_id in failed_before:

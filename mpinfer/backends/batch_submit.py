@@ -25,8 +25,8 @@ import orjson
 from ..api.failures import Verdict, classify
 from ..api.messages import ImageEncoder, task_request
 from ..api.responses import ApiPath
-from ..api.retry import Attempts, RetryPolicy, decide
-from ..config import RunConfig
+from ..api.retry import Attempts, decide
+from ..config import RequestSettings, RetryPolicy, RunConfig
 from ..errors import BatchApiError, ConfigError, ImageError
 from ..inputs.tasks import Task
 from ..redact import redact
@@ -58,7 +58,7 @@ class BatchClient:
         self.keys = config.require_api_keys()
         self.sdk = openai.OpenAI(api_key=self.keys[0], base_url=config.base_url, max_retries=0,
                                  timeout=config.timeout)
-        self.policy = RetryPolicy(config.max_retries, config.retry_backoff, config.patience)
+        self.policy = RetryPolicy.of(config)
         self.sleep = sleep
         self.clock = clock
         self.rng = random.Random()
@@ -102,9 +102,9 @@ class BatchClient:
         self.sdk.close()
 
 
-def request_line(config: RunConfig, encoder: ImageEncoder, task: Task, model: int) -> bytes:
+def request_line(settings: RequestSettings, encoder: ImageEncoder, task: Task, model: int) -> bytes:
     """The Batch API input line of a task: the body the online path would send. ImageError as online."""
-    request = task_request(config, encoder, task, model)
+    request = task_request(settings, encoder, task, model)
     if request.path is not ApiPath.CHAT:
         # One batch has one endpoint, and these are chat.completions batches.
         raise ConfigError(f"task {task.id} goes to {request.path.value}: --backend batch sends "
@@ -156,15 +156,14 @@ class ChunkWriter:
         return made
 
 
-def plan_chunks(plan: Plan, items: Iterable[tuple[Task, int]], config: RunConfig, encoder: ImageEncoder,
-                attempt: int = 1) -> list[Chunk]:
-    """The request files of ``items`` (rows sent again, whose images were read once already) as PLANNED chunks;
-    ``encoder`` is the backend's, with its cache."""
-    writer = ChunkWriter(plan, config.batch_size, config.batch_max_bytes, attempt)
+def plan_chunks(writer: ChunkWriter, items: Iterable[tuple[Task, int]], settings: RequestSettings,
+                encoder: ImageEncoder) -> list[Chunk]:
+    """The request files of ``items`` (rows sent again, whose images were read once already) as
+    PLANNED chunks of ``writer``'s plan; ``encoder`` is the backend's, with its cache."""
     try:
         for task, model in items:
             try:
-                writer.add(model, task.id, request_line(config, encoder, task, model))
+                writer.add(model, task.id, request_line(settings, encoder, task, model))
             except ImageError as exc:
                 raise ConfigError(f"task {task.id}: {exc}") from None
     finally:

@@ -21,13 +21,12 @@ from multiprocess.connection import wait
 
 from ..api.client import warm_up
 from ..api.prices import PriceTable
-from ..config import RunConfig
+from ..config import RunConfig, RunnerSettings
 from ..events import Event, StopWork, TaskDone, TaskFailed, Work, WorkerExit, WorkItem, decode_events, encode
 from ..inputs.tasks import Task
 from ..limits import LaneStats, LimiterSettings, SharedLimiter
 from ..store.output import OutputPaths, iter_lines, scan, size_of
 from ..store.records import failure_view
-from .ahead import built_ahead
 from .base import Note, Returned, WorkerDied
 from .worker import WorkerSettings, worker_main
 
@@ -65,11 +64,13 @@ class LocalBackend:
         self.ctx = multiprocess.get_context("fork")
         # Every request a worker holds counts in flight, those built ahead included; a worker
         # replaced takes its predecessor's index, so there is one holder per worker.
-        in_flight = config.processes * (config.concurrency + built_ahead(config))
+        self.runner_settings = RunnerSettings.of(config)  # what each worker's runner is built from
+        ahead = self.runner_settings.built_ahead
+        in_flight = config.processes * (config.concurrency + ahead)
         self.limiter = SharedLimiter(LimiterSettings.of(config, max_in_flight=in_flight,
                                                         holders=config.processes))
         self.slots: list[_Slot] = []
-        self.max_held = max(2, 2 * config.concurrency + built_ahead(config))  # a worker's tasks, and as many queued
+        self.max_held = max(2, 2 * config.concurrency + ahead)  # a worker's tasks, and as many queued
         self.unfreeze = False  # whether close() undoes start()'s gc.freeze()
 
     def lane_stats(self) -> tuple[list[LaneStats], list[bool]]:
@@ -79,8 +80,9 @@ class LocalBackend:
 
     def _spawn(self, index: int) -> _Slot:
         parent_end, child_end = self.ctx.Pipe(duplex=True)
-        settings = WorkerSettings(self.config, tuple(self.outputs), str(self.log_file) if self.log_file else None,
-                                  index, self.prices)
+        settings = WorkerSettings(self.runner_settings, tuple(self.outputs),
+                                  str(self.log_file) if self.log_file else None, index, self.prices,
+                                  fsync=self.config.fsync, verbose=self.config.verbose)
         process = self.ctx.Process(target=worker_main, args=(settings, child_end, self.limiter),
                                    name=f"mpinfer-w{index}", daemon=True)
         process.start()

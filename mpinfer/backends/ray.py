@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from ..api.prices import PriceTable
-from ..config import RunConfig
+from ..config import RunConfig, RunnerSettings
 from ..errors import ConfigError
 from ..events import Event, Fatal, WorkItem
 from ..inputs.tasks import Task
@@ -48,8 +48,8 @@ LANES_WAIT_S = 1.0
 class _Worker:
     """A worker actor: a TaskRunner whose outcomes go back to the driver instead of into files."""
 
-    def __init__(self, config: RunConfig, prices: PriceTable, limiter: Any, number: int) -> None:
-        self.runner = TaskRunner(config, prices, RayLimiter(limiter, number))
+    def __init__(self, settings: RunnerSettings, prices: PriceTable, limiter: Any, number: int) -> None:
+        self.runner = TaskRunner(settings, prices, RayLimiter(limiter, number))
 
     async def process(self, task: Task, model: int) -> tuple[list[Event], Outcome | None]:
         outcome = await self.runner.run(task, model)
@@ -75,6 +75,7 @@ class RayBackend:
         if config.endpoint_table or config.window_rpm != config.rpm or config.window_tpm != config.tpm:
             raise ConfigError("an endpoints table and per-model --rpm/--tpm run on --backend local only, for now")
         self.prices = prices
+        self.runner_settings = RunnerSettings.of(config)  # what each actor's runner is built from
         self.writer = OutcomeWriter(tuple(outputs), config.fsync)
         self.owns_ray = not ray.is_initialized()  # a session the caller (a notebook) began is theirs to end
         ray.init(address=config.ray_address or None, ignore_reinit_error=True, include_dashboard=False,
@@ -109,7 +110,7 @@ class RayBackend:
 
     def _spawn(self) -> None:
         number = next(self.numbers)
-        self.actors[number] = self.worker_class.remote(self.config, self.prices, self.limiter, number)
+        self.actors[number] = self.worker_class.remote(self.runner_settings, self.prices, self.limiter, number)
         self.outstanding[number] = 0
 
     def start(self) -> None:

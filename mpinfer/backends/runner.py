@@ -24,13 +24,13 @@ import openai
 
 from ..api.answer import Answer
 from ..api.client import complete, make_client
-from ..api.endpoints import Provider, endpoints_of
+from ..api.endpoints import Provider
 from ..api.failures import CallError, Kind, Verdict, classify
 from ..api.messages import ImageEncoder, Request, task_request
 from ..api.prices import PriceTable
-from ..api.retry import Attempts, RetryPolicy, decide, patience_spent
+from ..api.retry import Attempts, decide, patience_spent
 from ..api.ticket import Ticket, Unsent
-from ..config import RunConfig
+from ..config import RunnerSettings
 from ..errors import ImageError, NoKeysLeft
 from ..events import Abort, Event, KeyDisabled, TaskFailed
 from ..inputs.tasks import Task
@@ -107,24 +107,24 @@ class TaskRunner:
     ``stop`` is the one way a host stops it, whatever the reason; ``stopping`` says whether it has.
     """
 
-    def __init__(self, config: RunConfig, prices: PriceTable, limiter: LimiterClient, *,
-                 policy: RetryPolicy | None = None, sleep: Sleep = asyncio.sleep,
-                 clock: Clock = time.monotonic, build_ahead: int = 0) -> None:
-        self.config = config
+    def __init__(self, settings: RunnerSettings, prices: PriceTable, limiter: LimiterClient, *,
+                 sleep: Sleep = asyncio.sleep, clock: Clock = time.monotonic,
+                 build_ahead: int = 0) -> None:
+        self.settings = settings
         self.prices = prices
         self.limiter = limiter
-        self.policy = policy or RetryPolicy(config.max_retries, config.retry_backoff, config.patience)
+        self.policy = settings.retry
         self.sleep = sleep
         self.clock = clock
-        self.keys = config.require_api_keys()
-        self.endpoints = endpoints_of(config)  # by key index: each key is one endpoint's
-        self.models = config.models
+        self.keys = settings.keys
+        self.endpoints = settings.endpoints  # by key index: each key is one endpoint's
+        self.models = settings.request.models
         self.rng = random.Random(os.urandom(16))  # forked siblings must not jitter alike
-        self.encoder = ImageEncoder(config.resolved_image_root)
+        self.encoder = ImageEncoder(settings.request.image_root)
         self.clients: dict[int, openai.AsyncOpenAI] = {}
         self._stopping = False
         self.notices: list[Event] = []
-        self.ahead = BuildAhead(config, build_ahead)
+        self.ahead = BuildAhead(settings, build_ahead)
 
     @property
     def stopping(self) -> bool:
@@ -144,9 +144,9 @@ class TaskRunner:
             azure = None
             if endpoint.provider is Provider.AZURE:
                 azure = (str(endpoint.deployment), str(endpoint.api_version))
-            self.clients[key] = make_client(endpoint.api_key, endpoint.base_url, self.config.timeout,
-                                            transport=self.config.transport,
-                                            connections=self.config.concurrency, azure=azure,
+            self.clients[key] = make_client(endpoint.api_key, endpoint.base_url, self.settings.timeout,
+                                            transport=self.settings.transport,
+                                            connections=self.settings.concurrency, azure=azure,
                                             gate=self.ahead.gate)
         return self.clients[key]
 
@@ -160,7 +160,7 @@ class TaskRunner:
         return notices
 
     def _request(self, task: Task, model: int) -> Request:
-        return task_request(self.config, self.encoder, task, model)
+        return task_request(self.settings.request, self.encoder, task, model)
 
     async def _acquire(self, model: int, charge: int) -> Grant | Wait | None:
         """Wait for the limiter: a free key, room in its pace and window, no pause on its lane. None when
@@ -203,7 +203,7 @@ class TaskRunner:
                            f"more than the patience, --patience {self.policy.patience_s:g})")
                 error = CallError(Kind.CONNECTION, None, message, Verdict.FAIL)
                 return self._fail(task, model, error, tries.count, tries.by_type)
-            ticket = _GrantTicket(self.config.timeout, grant, self.limiter, self.ahead)
+            ticket = _GrantTicket(self.settings.timeout, grant, self.limiter, self.ahead)
             try:
                 answer = await complete(self.client(grant.key), request.kwargs, ticket,
                                         request.path)
@@ -250,7 +250,7 @@ class TaskRunner:
                 await self.sleep(step.delay_s)
             return None if self.stopping else _AGAIN
         failed = dataclasses.replace(error, message=step.message or error.message)
-        if self.config.endpoint_table:  # which endpoint said so, by model and the key's last four
+        if self.settings.named:  # which endpoint said so, by model and the key's last four
             failed = dataclasses.replace(failed, message=f"{self.endpoints[grant.key].label(grant.key)}: "
                                                          f"{failed.message}")
         if step.verdict is Verdict.ABORT:

@@ -22,14 +22,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..api.prices import PriceTable
-from ..config import RunConfig
+from ..config import RunnerSettings
 from ..events import Fatal, Message, StopWork, Work, WorkerExit, decode, encode
 from ..inputs.tasks import Task
 from ..limits import LocalLimiter, SharedLimiter
 from ..logfile import setup_worker_logging
 from ..store.locks import hold_workers_lock
 from ..store.output import OutputPaths
-from .ahead import built_ahead
 from .base import OutcomeWriter
 from .runner import TaskRunner
 
@@ -40,13 +39,16 @@ log = logging.getLogger("mpinfer.backends.worker")
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    """Plain data a worker starts from: ``outputs[m]`` is where model ``m``'s lines go."""
+    """Plain data a worker starts from: ``outputs[m]`` is where model ``m``'s lines go; ``fsync``
+    after every line; ``verbose`` logs every attempt."""
 
-    config: RunConfig
+    runner: RunnerSettings
     outputs: tuple[OutputPaths, ...]
     log_file: str | None
     index: int
     prices: PriceTable
+    fsync: bool = False
+    verbose: bool = False
 
 
 def _die_with_parent() -> None:
@@ -67,10 +69,10 @@ class Worker:
     def __init__(self, settings: WorkerSettings, conn: Any, limiter: SharedLimiter) -> None:
         self.settings = settings
         self.conn = conn
-        config = settings.config
-        self.runner = TaskRunner(config, settings.prices, LocalLimiter(limiter, settings.index),
-                                 build_ahead=built_ahead(config))
-        self.writer = OutcomeWriter(settings.outputs, settings.config.fsync)
+        self.runner = TaskRunner(settings.runner, settings.prices,
+                                 LocalLimiter(limiter, settings.index),
+                                 build_ahead=settings.runner.built_ahead)
+        self.writer = OutcomeWriter(settings.outputs, settings.fsync)
         self.outbox: list[Message] = []  # events of this turn of the loop, not yet sent
         self.loop: asyncio.AbstractEventLoop | None = None
 
@@ -95,7 +97,7 @@ class Worker:
         loop = self.loop = asyncio.get_running_loop()
         inbox: asyncio.Queue[tuple[Task, int] | None] = asyncio.Queue()
         # On the wire, and built ahead waiting for a slot.
-        tasks = self.settings.config.concurrency + self.runner.ahead.extra
+        tasks = self.settings.runner.concurrency + self.runner.ahead.extra
 
         def on_messages(messages: list[Message] | None) -> None:
             for message in [StopWork()] if messages is None else messages:  # None: the pipe is gone
@@ -124,7 +126,7 @@ class Worker:
 
         threading.Thread(target=read_pipe, name="mpinfer-reader", daemon=True).start()
         try:
-            concurrency = self.settings.config.concurrency
+            concurrency = self.settings.runner.concurrency
             await asyncio.gather(*(self._serve(inbox, ahead=n >= concurrency) for n in range(tasks)))
         finally:
             self.loop = None
@@ -166,8 +168,8 @@ def worker_main(settings: WorkerSettings, conn: Any, limiter: SharedLimiter) -> 
     # A higher threshold costs less worker CPU per request and keeps more requests in flight
     # (figures in bench/README.md).
     gc.set_threshold(*WORKER_GC_THRESHOLDS)
-    setup_worker_logging(settings.log_file, settings.config.verbose, f"w{settings.index}",
-                         settings.config.api_keys)
+    setup_worker_logging(settings.log_file, settings.verbose, f"w{settings.index}",
+                         settings.runner.keys)
     worker = Worker(settings, conn, limiter)
     try:
         asyncio.run(worker.run())

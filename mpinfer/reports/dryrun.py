@@ -22,7 +22,7 @@ from typing import Any
 
 from ..api.prices import PriceTable
 from ..api.tokens import DEFAULT_COMPLETION_TOKENS
-from ..config import RunConfig
+from ..config import RequestSettings, RunConfig
 from ..inputs.check import check_input, reading, selection, settle_models
 from ..inputs.readers import iter_tasks
 from ..store.output import model_outputs, scan
@@ -259,7 +259,7 @@ def plan(config: RunConfig, prices: PriceTable) -> DryRunPlan:
     outputs = model_outputs(output, models)
     done = [scan(path, within=index.ids).done or index.ids.empty() for path in outputs]
     rows = [_RowTally() for _ in models]
-    checker = TaskChecker(config)
+    checker = TaskChecker(RequestSettings.of(config))
     images = _Images()
     problems: list[TaskProblem] = []
     problem_count = tasks_pending = 0

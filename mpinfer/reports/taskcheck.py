@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..api.messages import EncodedImage, ImageEncoder, Request, is_remote, sniff_mime, task_request
 from ..api.tokens import image_size
-from ..config import RunConfig
+from ..config import RequestSettings
 from ..errors import ImageError
 from ..inputs.tasks import Task
 
@@ -117,16 +117,16 @@ class _ReadOnceEncoder(ImageEncoder):
 class TaskChecker:
     """Builds each pending task's request as a worker would and judges its images."""
 
-    def __init__(self, config: RunConfig) -> None:
-        self.config = config
-        self.encoder = _ReadOnceEncoder(config.resolved_image_root)
+    def __init__(self, settings: RequestSettings) -> None:
+        self.settings = settings
+        self.encoder = _ReadOnceEncoder(settings.image_root)
 
     def check(self, task: Task, model: str) -> tuple[Request, list[CheckedImage]] | str:
         """The request and its checked images, or the problem that would fail the task."""
-        config = self.config
         self.encoder.used.clear()
         try:
-            request = task_request(config, self.encoder, task, config.models.index(model))
+            request = task_request(self.settings, self.encoder, task,
+                                   self.settings.models.index(model))
         except ImageError as exc:
             return str(exc)
         local = iter(self.encoder.used)
