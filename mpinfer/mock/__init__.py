@@ -32,7 +32,7 @@ The code is split by job, one module each:
 * ``chat``: validation of chat.completions request bodies, as OpenAI validates them;
 * ``stats``: the counters behind ``/_mock/stats`` and their sliding windows;
 * ``limits``: the rpm/tpm check, the ``x-ratelimit-*`` headers and their duration format;
-* ``files``, ``batches``, ``batch_lines``, ``batch_faults``, ``batch_routes``: the Files and Batches
+* ``files``, ``batches``, ``batch_faults``, ``batch_routes``: the Files and Batches
   APIs (uploads, batches worked in the background through OpenAI's states, their input and output
   lines, the fault options of ``POST /_mock/batches``, and their routing);
 * ``completions``: answering one chat request: auth, limits, fault draw, completion, delivery;
