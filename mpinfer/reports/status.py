@@ -137,7 +137,7 @@ class StatusReader:
         self.input_path, self.output = config.require_paths()
         self.outputs = model_outputs(self.output, config.models)
         self.keys = reading(config)
-        self.use_cache = use_cache and status_cache.usable(config)
+        self.use_cache = use_cache and status_cache.usable(config.only_failed)
         self.index: InputIndex | None = None
         self.tallies: list[OutputTally] = []
         self.bytes_read = 0  # by the last read: how much of the files it had to read
@@ -155,7 +155,8 @@ class StatusReader:
         fresh = False
         if self.index is None:
             chosen = selection(self.config)
-            self._key = status_cache.cache_key(self.config, self.keys, chosen, self.outputs)
+            self._key = status_cache.cache_key(self.input_path, self.keys, chosen,
+                                                 self.outputs)
             cached = (status_cache.load(self._cache, self._key, self.input_path, self.keys)
                       if self.use_cache else None)
             self.from_cache = cached is not None

@@ -21,7 +21,6 @@ from typing import Any
 
 import orjson
 
-from ..config import RunConfig
 from ..inputs.check import id_resolver
 from ..inputs.tasks import FieldKeys, InputFormat, InputIndex, Selection
 from ..store.atomic import replace_quietly
@@ -36,20 +35,20 @@ def cache_path(output: Path) -> Path:
     return output.with_name(f".{output.name}.status-cache")
 
 
-def cache_key(config: RunConfig, keys: FieldKeys, chosen: Selection,
+def cache_key(input_path: Path, keys: FieldKeys, chosen: Selection,
               outputs: tuple[Path, ...]) -> dict[str, Any]:
     """What the cached counts depend on besides the files themselves."""
     ids = None
     if chosen.ids is not None:
         ids = hashlib.blake2b("\n".join(sorted(chosen.ids)).encode(), digest_size=16).hexdigest()
-    return {"input": str(config.require_paths()[0].resolve()), "keys": asdict(keys),
+    return {"input": str(input_path.resolve()), "keys": asdict(keys),
             "selection": [chosen.start, chosen.end, chosen.limit, ids],
             "outputs": [str(p) for p in outputs], "hash": "crc32-adler32"}
 
 
-def usable(config: RunConfig) -> bool:
+def usable(only_failed: bool) -> bool:
     """--only-failed selects from the errors files, which change under a run: no cache for it."""
-    return not config.only_failed
+    return not only_failed
 
 
 def _input_mark(path: Path) -> FileMark | None:
