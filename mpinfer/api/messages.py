@@ -307,7 +307,8 @@ def build_body_request(body: dict[str, Any], model: str | None = None, path: Api
                    data)
 
 
-def task_request(settings: RequestSettings, encoder: ImageEncoder, task: Task, model: int) -> Request:
+def task_request(settings: RequestSettings, encoder: ImageEncoder, task: Task,
+                 model: int) -> Request:
     """The request for ``task`` and the run's model number ``model``, online or in a Batch API file
     alike (the dry run checks it as the worker builds it)."""
     models = settings.models

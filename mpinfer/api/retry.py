@@ -4,8 +4,8 @@ delay, fail, disable the key or stop the run).
 ``api.failures`` says what a failure calls for (its ``Verdict``, by the one table); ``decide``
 weighs that against the task's history (its retries, how long it has been rate limited) and the
 run's ``RetryPolicy`` (a slice of its settings, config.py). The online runner and the Batch client
-do what the step says and decide nothing themselves. The functions here are pure (the clock's reading and the random generator are
-passed in), so every branch is tested without waiting.
+do what the step says and decide nothing themselves. The functions here are pure (the clock's
+reading and the random generator are passed in), so every branch is tested without waiting.
 
 Retries are counted only for failures that waiting cannot explain: a 429 for rate waits as long as
 the patience allows (its hint, or a backoff when it gave none) without using up ``--max-retries``,

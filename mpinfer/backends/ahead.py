@@ -2,13 +2,13 @@
 
 A local worker on the aiohttp transport runs twice -c requests (``RunnerSettings.built_ahead``):
 a request built while all -c slots are on the wire waits at the gate (api/http.py's ``SendGate``),
-so that an answer's freed slot is taken at once by a request that is ready. Building ahead holds a grant while
-it waits for a slot, and requests that waited leave together, so it is done only while no limit is
-in play: from the start, unless a limit is set, and never again once the server states a limit or
-refuses a request (``pace``). A request granted before then is stale when it leaves (``stale``): it
-goes back to the limiter for a new grant, under the limit (the runner's ticket, backends/runner.py).
-When the host stops (``stop``), the requests still waiting for a slot are turned away unsent, for
-the rerun.
+so that an answer's freed slot is taken at once by a request that is ready. Building ahead holds a
+grant while it waits for a slot, and requests that waited leave together, so it is done only while
+no limit is in play: from the start, unless a limit is set, and never again once the server states
+a limit or refuses a request (``pace``). A request granted before then is stale when it leaves
+(``stale``): it goes back to the limiter for a new grant, under the limit (the runner's ticket,
+backends/runner.py). When the host stops (``stop``), the requests still waiting for a slot are
+turned away unsent, for the rerun.
 """
 
 from __future__ import annotations

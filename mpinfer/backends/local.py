@@ -70,7 +70,8 @@ class LocalBackend:
         self.limiter = SharedLimiter(LimiterSettings.of(config, max_in_flight=in_flight,
                                                         holders=config.processes))
         self.slots: list[_Slot] = []
-        self.max_held = max(2, 2 * config.concurrency + ahead)  # a worker's tasks, and as many queued
+        # A worker's tasks, and as many queued.
+        self.max_held = max(2, 2 * config.concurrency + ahead)
         self.unfreeze = False  # whether close() undoes start()'s gc.freeze()
 
     def lane_stats(self) -> tuple[list[LaneStats], list[bool]]:

@@ -48,7 +48,8 @@ LANES_WAIT_S = 1.0
 class _Worker:
     """A worker actor: a TaskRunner whose outcomes go back to the driver instead of into files."""
 
-    def __init__(self, settings: RunnerSettings, prices: PriceTable, limiter: Any, number: int) -> None:
+    def __init__(self, settings: RunnerSettings, prices: PriceTable, limiter: Any,
+                 number: int) -> None:
         self.runner = TaskRunner(settings, prices, RayLimiter(limiter, number))
 
     async def process(self, task: Task, model: int) -> tuple[list[Event], Outcome | None]:
@@ -110,7 +111,8 @@ class RayBackend:
 
     def _spawn(self) -> None:
         number = next(self.numbers)
-        self.actors[number] = self.worker_class.remote(self.runner_settings, self.prices, self.limiter, number)
+        self.actors[number] = self.worker_class.remote(self.runner_settings, self.prices,
+                                                       self.limiter, number)
         self.outstanding[number] = 0
 
     def start(self) -> None:

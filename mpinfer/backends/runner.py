@@ -144,9 +144,10 @@ class TaskRunner:
             azure = None
             if endpoint.provider is Provider.AZURE:
                 azure = (str(endpoint.deployment), str(endpoint.api_version))
-            self.clients[key] = make_client(endpoint.api_key, endpoint.base_url, self.settings.timeout,
-                                            transport=self.settings.transport,
-                                            connections=self.settings.concurrency, azure=azure,
+            settings = self.settings
+            self.clients[key] = make_client(endpoint.api_key, endpoint.base_url, settings.timeout,
+                                            transport=settings.transport,
+                                            connections=settings.concurrency, azure=azure,
                                             gate=self.ahead.gate)
         return self.clients[key]
 
