@@ -42,6 +42,8 @@ from .chat import ApiError, ChatRequest, parse_chat
 from .config import MockConfig
 from .files import FileStore
 
+# --- the lines: an input file checked as OpenAI checks it, output lines ---
+
 MAX_REQUESTS = 50_000
 """Requests allowed in one batch (OpenAI's documented limit)."""
 
@@ -161,6 +163,8 @@ def status_response(status: int, message: str, type_: str, n: int) -> dict[str, 
     return {"status_code": status, "request_id": f"req_mockbatch_{n}",
             "body": {"error": {"message": message, "type": type_, "param": None, "code": None}}}
 
+
+# --- the service: batches worked in the background ---
 
 # As the API reference lists them.
 _ENDPOINTS = frozenset({"/v1/responses", "/v1/chat/completions", "/v1/embeddings",
