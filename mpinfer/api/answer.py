@@ -34,8 +34,8 @@ class Answer:
 
 
 def parse_answer(body: bytes, headers: dict[str, str], path: ApiPath = ApiPath.CHAT) -> Answer:
-    """The Answer in a response body from ``path``; MalformedResponse for a body that is not
-    JSON."""
+    """The Answer in a response body from ``path``;
+    MalformedResponse for a body that is not JSON."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -48,8 +48,8 @@ def parse_answer(body: bytes, headers: dict[str, str], path: ApiPath = ApiPath.C
 
 
 def answer_of(data: Any, headers: dict[str, str]) -> Answer:
-    """The Answer in a decoded chat.completion (an online response, or the body of a Batch API
-    output line)."""
+    """The Answer in a decoded chat.completion
+    (an online response, or the body of a Batch API output line)."""
     try:
         choice = data["choices"][0]
         message = choice.get("message") or {}
@@ -57,8 +57,8 @@ def answer_of(data: Any, headers: dict[str, str]) -> Answer:
         prompt = int(usage.get("prompt_tokens") or 0)
         completion = int(usage.get("completion_tokens") or 0)
         details = usage.get("completion_tokens_details") or {}
-        # DeepSeek and older vLLM name the thinking reasoning_content; newer vLLM and others,
-        # reasoning.
+        # DeepSeek and older vLLM name the thinking reasoning_content;
+        # newer vLLM and others, reasoning.
         reasoning = message.get("reasoning_content")
         if not isinstance(reasoning, str):
             reasoning = message.get("reasoning")

@@ -1,9 +1,10 @@
 """One API call: the client, sending a request and reading its answer (a failure is classified by
 ``api.failures``).
 
-The SDK's own retries are off (``max_retries=0``): every attempt is ours, so it is counted once and waits
-by our backoff. The response body is decoded with orjson rather than the SDK's models: it is the same
-JSON, at a fraction of the CPU, and a body that is not JSON becomes a retryable error instead of a crash.
+The SDK's own retries are off (``max_retries=0``): every attempt is ours, so it is counted once and
+waits by our backoff. The response body is decoded with orjson rather than the SDK's models: it is
+the same JSON, at a fraction of the CPU, and a body that is not JSON becomes a retryable error
+instead of a crash.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import httpx2
 import openai
 import orjson
 
-from ..config import Transport as Transport  # the setting's enum, re-exported for the client's callers
+# The setting's enum, re-exported for the client's callers
+from ..config import Transport as Transport
 from .answer import Answer, parse_answer
 from .http import AioHttpClient, HttpxClient, SendGate
 from .responses import ApiPath
@@ -52,7 +54,8 @@ def make_client(api_key: str, base_url: str | None, timeout: float,
                 transport: Transport = Transport.AIOHTTP, connections: int = 1000,
                 azure: tuple[str, str] | None = None,
                 gate: SendGate | None = None) -> openai.AsyncOpenAI:
-    """An async client with the SDK's retries off and a connection pool for ``connections`` in flight.
+    """An async client with the SDK's retries off
+    and a connection pool for ``connections`` in flight.
 
     Each request's ticket (``complete``) is told as it leaves and as its answer arrives
     (api/ticket.py).
@@ -67,15 +70,16 @@ def make_client(api_key: str, base_url: str | None, timeout: float,
         http_client = AioHttpClient(timeout=timeout, connections=connections, verify=verify,
                                     gate=gate)
     else:
-        # httpx2's own default is 100 connections: a worker with more requests in flight would queue.
+        # httpx2's own default is 100 connections:
+        # a worker with more requests in flight would queue.
         pool = max(100, connections)
         limits = httpx2.Limits(max_connections=pool, max_keepalive_connections=pool)
         http_client = HttpxClient(verify=verify, timeout=timeout, limits=limits)
     if azure is not None:
         deployment, api_version = azure
-        return openai.AsyncAzureOpenAI(api_key=api_key, azure_endpoint=base_url or "", azure_deployment=deployment,
-                                       api_version=api_version, max_retries=0, timeout=timeout,
-                                       http_client=http_client)
+        return openai.AsyncAzureOpenAI(api_key=api_key, azure_endpoint=base_url or "",
+                                       azure_deployment=deployment, api_version=api_version,
+                                       max_retries=0, timeout=timeout, http_client=http_client)
     return openai.AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout,
                               http_client=http_client)
 
@@ -110,17 +114,20 @@ async def complete(client: openai.AsyncOpenAI, request: dict[str, Any], ticket: 
         content = response.content
     if ticket.unsent is not None:
         return ticket.unsent
-    # items() is one pass over the headers; dict(headers) looks each name up again, a scan of them all.
+    # items() is one pass over the headers;
+    # dict(headers) looks each name up again, a scan of them all.
     return parse_answer(content, dict(response.headers.items()), path)
 
 
-_URLS: weakref.WeakKeyDictionary[openai.AsyncOpenAI, dict[ApiPath, str]] = weakref.WeakKeyDictionary()
+_URLS: weakref.WeakKeyDictionary[openai.AsyncOpenAI, dict[ApiPath, str]] = (
+    weakref.WeakKeyDictionary())
 
 
 def _url(client: openai.AsyncOpenAI, path: ApiPath) -> str:
-    """Where ``path`` is sent: the absolute URL, which the SDK parses once (a path under its base URL is
-    parsed and then joined to the base, a large share of the SDK's own CPU); the path itself for
-    Azure's client, which routes by it, and under a base URL with a query string, which a join keeps."""
+    """Where ``path`` is sent: the absolute URL, which the SDK parses once (a path under its base
+    URL is parsed and then joined to the base, a large share of the SDK's own CPU); the path itself
+    for Azure's client, which routes by it, and under a base URL with a query string, which a
+    join keeps."""
     urls = _URLS.setdefault(client, {})
     url = urls.get(path)
     if url is None:

@@ -1,7 +1,9 @@
-"""The endpoints table: where each model's requests may go, each endpoint with its own key and limits.
+"""The endpoints table: where each model's requests may go,
+each endpoint with its own key and limits.
 
-An endpoint is a base URL, a provider, a key and its limits. Written as ``[[endpoints]]`` tables in a TOML
-file (``--endpoints FILE``) or in mpinfer.toml; the field names are fixed, since scripts rely on them::
+An endpoint is a base URL, a provider, a key and its limits. Written as ``[[endpoints]]`` tables in
+a TOML file (``--endpoints FILE``) or in mpinfer.toml; the field names are fixed, since scripts rely
+on them::
 
     [[endpoints]]
     model = "gpt-4o"                 # the model tasks ask for (the requested model)
@@ -9,15 +11,17 @@ file (``--endpoints FILE``) or in mpinfer.toml; the field names are fixed, since
     base_url = "https://res.openai.azure.com"
     deployment = "gpt4o-east"        # azure only
     api_version = "2024-10-21"       # azure only
-    api_key_env = "AZURE_KEY_EAST"   # the environment variable holding the key (never the key itself)
+    api_key_env = "AZURE_KEY_EAST"   # the variable holding the key (never the key itself)
     rpm = 3000                       # optional, per endpoint; also tpm, max_in_flight, max_image_mb
 
-Without a table, the flags make an implicit one: each key (``OPENAI_API_KEYS``) at ``--base-url`` for every
-model. The limiter gives each endpoint its own lanes (mpinfer.limits.settings), so its limits, pauses and
-key state are its own, and a request goes to the least loaded of its model's endpoints that is free.
+Without a table, the flags make an implicit one: each key (``OPENAI_API_KEYS``) at ``--base-url``
+for every model. The limiter gives each endpoint its own lanes (mpinfer.limits.settings), so its
+limits, pauses and key state are its own, and a request goes to the least loaded of its model's
+endpoints that is free.
 
-Azure is reached through the SDK's ``AsyncAzureOpenAI`` (deployment path, ``api-version`` query, ``api-key``
-header). The model check compares the answer's model with the requested model, never with the deployment.
+Azure is reached through the SDK's ``AsyncAzureOpenAI`` (deployment path, ``api-version`` query,
+``api-key`` header). The model check compares the answer's model with the requested model, never
+with the deployment.
 """
 
 from __future__ import annotations
@@ -32,15 +36,18 @@ from typing import Any, Protocol
 from ..errors import ConfigError
 from ..redact import key_hint
 
-__all__ = ["ANY_MODEL", "Endpoint", "Provider", "endpoints_of", "implicit_endpoints", "parse_endpoints",
-           "read_endpoints_file"]
+__all__ = ["ANY_MODEL", "Endpoint", "Provider", "endpoints_of", "implicit_endpoints",
+           "parse_endpoints", "read_endpoints_file"]
 
 ANY_MODEL = "*"  # an implicit endpoint serves every model of the run
-FIELDS = frozenset({"model", "provider", "base_url", "deployment", "api_version", "api_key_env", "rpm", "tpm",
-                    "max_in_flight", "max_image_mb"})
+FIELDS = frozenset({"model", "provider", "base_url", "deployment", "api_version", "api_key_env",
+                    "rpm", "tpm", "max_in_flight", "max_image_mb"})
 
 
 class Provider(StrEnum):
+    """Who serves an endpoint: how its client is built (Azure's deployment path and api-version,
+    or the plain OpenAI-compatible path)."""
+
     OPENAI = "openai"  # OpenAI or any OpenAI-compatible server (vLLM, DeepSeek, DashScope, LiteLLM)
     AZURE = "azure"  # Azure OpenAI: deployments, api-version, api-key
 
@@ -62,14 +69,18 @@ class Endpoint:
     max_image_mb: float | None = None
 
     def described(self) -> dict[str, Any]:
-        """The endpoint as the manifest records it: every field but the key (its variable's name stays)."""
+        """The endpoint as the manifest records it:
+        every field but the key (its variable's name stays)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "api_key"}
 
     def serves(self, model: str) -> bool:
+        """Whether this endpoint takes requests for ``model``
+        (an endpoint for ANY_MODEL takes all)."""
         return self.model in (ANY_MODEL, model)
 
     def label(self, index: int) -> str:
-        """How status, summary and the errors file name it: the model and the key's last four characters."""
+        """How status, summary and the errors file name it:
+        the model and the key's last four characters."""
         tail = key_hint(self.api_key, index)
         return tail if self.model == ANY_MODEL else f"{self.model} {tail}"
 
@@ -80,13 +91,15 @@ def _positive(raw: Mapping[str, Any], name: str, where: str, number: type = int)
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 or (
             number is int and not isinstance(value, int)):
-        raise ConfigError(f"{where}: {name} must be a positive {'whole ' if number is int else ''}number")
+        raise ConfigError(f"{where}: {name} must be a positive "
+                          f"{'whole ' if number is int else ''}number")
     return number(value)
 
 
-def parse_endpoints(tables: Any, source: str, lookup: Callable[[str], str | None]) -> tuple[Endpoint, ...]:
-    """Check ``[[endpoints]]`` tables (from ``source``) and read each key from its variable via ``lookup``
-    (an empty key when it is not set: ``RunConfig.require_api_keys`` names those)."""
+def parse_endpoints(tables: Any, source: str,
+                    lookup: Callable[[str], str | None]) -> tuple[Endpoint, ...]:
+    """Check ``[[endpoints]]`` tables (from ``source``) and read each key from its variable via
+    ``lookup`` (an empty key when it is not set: ``RunConfig.require_api_keys`` names those)."""
     if not isinstance(tables, list) or not tables or not all(isinstance(t, dict) for t in tables):
         raise ConfigError(f"{source}: endpoints must be a list of [[endpoints]] tables")
     endpoints = []
@@ -94,7 +107,8 @@ def parse_endpoints(tables: Any, source: str, lookup: Callable[[str], str | None
         where = f"{source}: endpoint {number}"
         unknown = sorted(set(raw) - FIELDS)
         if unknown:
-            raise ConfigError(f"{where}: unknown field {unknown[0]!r} (known: {', '.join(sorted(FIELDS))})")
+            raise ConfigError(f"{where}: unknown field {unknown[0]!r} "
+                              f"(known: {', '.join(sorted(FIELDS))})")
         for name in ("model", "api_key_env"):
             if not isinstance(raw.get(name), str) or not raw[name]:
                 raise ConfigError(f"{where}: {name} is required")
@@ -103,25 +117,30 @@ def parse_endpoints(tables: Any, source: str, lookup: Callable[[str], str | None
         try:
             provider = Provider(str(raw.get("provider", "openai")).lower())
         except ValueError:
-            raise ConfigError(f"{where}: provider must be openai or azure, got {raw.get('provider')!r}") from None
+            raise ConfigError(f"{where}: provider must be openai or azure, "
+                              f"got {raw.get('provider')!r}") from None
         base_url = raw.get("base_url")
-        if base_url is not None and (not isinstance(base_url, str) or not base_url.startswith(("http://", "https://"))):
+        if base_url is not None and (not isinstance(base_url, str)
+                                     or not base_url.startswith(("http://", "https://"))):
             raise ConfigError(f"{where}: base_url must be an http(s) URL")
         if isinstance(base_url, str) and "?" in base_url:
-            raise ConfigError(f"{where}: base_url must not carry a query (give api_version on its own)")
+            raise ConfigError(f"{where}: base_url must not carry a query "
+                              "(give api_version on its own)")
         if provider is Provider.AZURE:
             for name in ("base_url", "deployment", "api_version"):
                 if not isinstance(raw.get(name), str) or not raw[name]:
                     raise ConfigError(f"{where} (azure): {name} is required")
         elif raw.get("deployment") or raw.get("api_version"):
-            raise ConfigError(f"{where}: deployment and api_version are for provider = \"azure\" only")
-        # A key not set is no error yet: --status and --validate need none; a run says which is missing.
+            raise ConfigError(f"{where}: deployment and api_version are for "
+                              "provider = \"azure\" only")
+        # A key not set is no error yet:
+        # --status and --validate need none; a run says which is missing.
         key = lookup(raw["api_key_env"]) or ""
         endpoints.append(Endpoint(
             model=raw["model"], api_key=key, base_url=base_url, provider=provider,
-            deployment=raw.get("deployment"), api_version=raw.get("api_version"), api_key_env=raw["api_key_env"],
-            rpm=_positive(raw, "rpm", where), tpm=_positive(raw, "tpm", where),
-            max_in_flight=_positive(raw, "max_in_flight", where),
+            deployment=raw.get("deployment"), api_version=raw.get("api_version"),
+            api_key_env=raw["api_key_env"], rpm=_positive(raw, "rpm", where),
+            tpm=_positive(raw, "tpm", where), max_in_flight=_positive(raw, "max_in_flight", where),
             max_image_mb=_positive(raw, "max_image_mb", where, float)))
     return tuple(endpoints)
 
@@ -144,8 +163,10 @@ def implicit_endpoints(keys: Sequence[str], base_url: str | None) -> tuple[Endpo
 
 
 class RunSettings(Protocol):
-    """What endpoints_of reads of a RunConfig. A protocol rather than the class: config.py imports this
-    module (a RunConfig holds Endpoints), so an import of config.py here would close a circle."""
+    """What endpoints_of reads of a RunConfig.
+
+    A protocol rather than the class: config.py imports this module (a RunConfig holds
+    Endpoints), so an import of config.py here would close a circle."""
 
     @property
     def endpoint_table(self) -> tuple[Endpoint, ...]: ...
@@ -155,5 +176,6 @@ class RunSettings(Protocol):
 
 
 def endpoints_of(config: RunSettings) -> tuple[Endpoint, ...]:
-    """The run's endpoints, by key index: its table, or the implicit one of its keys at --base-url."""
+    """The run's endpoints, by key index:
+    its table, or the implicit one of its keys at --base-url."""
     return config.endpoint_table or implicit_endpoints(config.require_api_keys(), config.base_url)

@@ -1,25 +1,29 @@
-"""The HTTP client under the openai SDK: httpx2's client interface over one aiohttp session, and nothing between.
+"""The HTTP client under the openai SDK:
+httpx2's client interface over one aiohttp session, and nothing between.
 
-The SDK accepts any ``httpx2.AsyncClient`` and calls only its ``build_request`` and ``send``. The SDK's own
-aiohttp client (``openai.DefaultAioHttpClient``) is httpx2's full client over an aiohttp transport: every
-request passes httpx2's URL merging, auth flow, redirect loop and response stream, none of which an API
-call needs (the SDK puts auth in the headers, it sends absolute URLs, and mpinfer reads bodies whole).
-This client keeps the SDK's request and response objects and drops those layers; redirects, which the
-SDK's clients follow, aiohttp follows. It costs less CPU a request than either of the SDK's clients
-(``bench/http_stack.py``; the figures are in bench/README.md).
+The SDK accepts any ``httpx2.AsyncClient`` and calls only its ``build_request`` and ``send``. The
+SDK's own aiohttp client (``openai.DefaultAioHttpClient``) is httpx2's full client over an aiohttp
+transport: every request passes httpx2's URL merging, auth flow, redirect loop and response stream,
+none of which an API call needs (the SDK puts auth in the headers, it sends absolute URLs, and
+mpinfer reads bodies whole). This client keeps the SDK's request and response objects and drops
+those layers; redirects, which the SDK's clients follow, aiohttp follows. It costs less CPU a
+request than either of the SDK's clients (``bench/http_stack.py``; the figures are in
+bench/README.md).
 
-Proxies are taken from the environment as httpx2 (and so the SDK's own clients) takes them: HTTPS_PROXY,
-HTTP_PROXY and ALL_PROXY (either case), NO_PROXY to bypass; read once per client, decided once per URL.
+Proxies are taken from the environment as httpx2 (and so the SDK's own clients) takes them:
+HTTPS_PROXY, HTTP_PROXY and ALL_PROXY (either case), NO_PROXY to bypass; read once per client,
+decided once per URL.
 
-Requests built ahead (``SendGate``): a local worker runs twice -c requests, and until the server states a
-limit or refuses a request, a request built while all -c slots are on the wire waits at the gate, so that
-an answer's freed slot is taken at once by a request that is ready instead of after the answer's handling
-and the next request's building; once a limit is in play, a request granted before it goes back to the
-limiter as it leaves (backends/ahead.py, and the ticket's protocol in api/ticket.py). What it gained
-at 1,200 in flight is in bench/README.md.
+Requests built ahead (``SendGate``): a local worker runs twice -c requests, and until the server
+states a limit or refuses a request, a request built while all -c slots are on the wire waits at the
+gate, so that an answer's freed slot is taken at once by a request that is ready instead of after
+the answer's handling and the next request's building; once a limit is in play, a request granted
+before it goes back to the limiter as it leaves (backends/ahead.py, and the ticket's protocol in
+api/ticket.py). What it gained at 1,200 in flight is in bench/README.md.
 
-Failures are raised as the httpx2 errors the SDK turns into ``APITimeoutError`` and ``APIConnectionError``:
-a connect or read timeout as a timeout, a refused, reset or dropped connection as a network error.
+Failures are raised as the httpx2 errors the SDK turns into ``APITimeoutError`` and
+``APIConnectionError``: a connect or read timeout as a timeout, a refused, reset or dropped
+connection as a network error.
 """
 
 from __future__ import annotations
@@ -41,23 +45,24 @@ from .ticket import KEY, Ticket, Unsent
 # httpx2's own default; the body is handed to httpx2 undecoded, and it decodes both.
 _ACCEPT_ENCODING = ("Accept-Encoding", "gzip, deflate")
 KEEPALIVE_S = 5.0  # httpx2's default keep-alive expiry, as the SDK's aiohttp client had it
-# The SDK's own clients follow redirects (a gateway moving a path, http to https), up to httpx2's 20.
+# The SDK's own clients follow redirects
+# (a gateway moving a path, http to https), up to httpx2's 20.
 MAX_REDIRECTS = 20
 _AIOHTTP_SETS = frozenset({"host", "content-length"})
 _UNTIMED = aiohttp.ClientTimeout(total=None, connect=None, sock_read=None, sock_connect=None)
 
 
 class SendGate:
-    """At most ``slots`` requests on the wire at once, however many are built; ``close`` turns away those
-    still waiting (the run is stopping: they are left for the rerun, unsent)."""
+    """At most ``slots`` requests on the wire at once, however many are built; ``close`` turns away
+    those still waiting (the run is stopping: they are left for the rerun, unsent)."""
 
     def __init__(self, slots: int) -> None:
         self._free = asyncio.Semaphore(slots)
         self.closed = False
 
     async def take(self) -> bool:
-        """Wait for a slot: True with it, False when the gate was closed meanwhile (no slot
-        held)."""
+        """Wait for a slot: True with it,
+        False when the gate was closed meanwhile (no slot held)."""
         await self._free.acquire()
         if self.closed:
             self._free.release()  # wakes the next one waiting, which is turned away too
@@ -65,15 +70,17 @@ class SendGate:
         return True
 
     def give_back(self) -> None:
+        """Free the slot of a request whose answer came back (or that failed), for the next one."""
         self._free.release()
 
     def close(self) -> None:
+        """Turn away the requests still waiting and those to come: the run is stopping."""
         self.closed = True
 
 
 class _NoTransport(httpx2.AsyncBaseTransport):
-    """httpx2.AsyncClient builds a connection pool unless given a transport; every request goes through
-    aiohttp instead, so this one is never called."""
+    """httpx2.AsyncClient builds a connection pool unless given a transport; every request goes
+    through aiohttp instead, so this one is never called."""
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         raise httpx2.UnsupportedProtocol("mpinfer's aiohttp client sends its requests itself")
@@ -82,9 +89,9 @@ class _NoTransport(httpx2.AsyncBaseTransport):
 class _SdkRequest(httpx2.Request):
     """The request the SDK builds, without what httpx2.Request adds for its own transports.
 
-    ``httpx2.Request`` normalizes the headers twice over, adds Host and Content-Length (aiohttp sets both,
-    and they are dropped again before sending) and streams the body into itself, all of it work a
-    worker pays for on every request (bench/README.md). The SDK's headers are kept as it gave
+    ``httpx2.Request`` normalizes the headers twice over, adds Host and Content-Length (aiohttp sets
+    both, and they are dropped again before sending) and streams the body into itself, all of it
+    work a worker pays for on every request (bench/README.md). The SDK's headers are kept as it gave
     them, the body as bytes, read already.
     """
 
@@ -100,13 +107,13 @@ class _SdkRequest(httpx2.Request):
 
 
 class _ReadResponse(httpx2.Response):
-    """An answer aiohttp has read whole, with no content encoding: httpx2.Response would stream the bytes it
-    is given through its decoder chain into itself, for nothing (bench/README.md)."""
+    """An answer aiohttp has read whole, with no content encoding: httpx2.Response would stream the
+    bytes it is given through its decoder chain into itself, for nothing (bench/README.md)."""
 
-    def __init__(self, status: int, headers: list[tuple[bytes, bytes]], content: bytes, request: httpx2.Request,
-                 extensions: dict[str, Any]) -> None:
-        super().__init__(status, headers=headers, stream=httpx2.ByteStream(content), request=request,
-                         extensions=extensions)
+    def __init__(self, status: int, headers: list[tuple[bytes, bytes]], content: bytes,
+                 request: httpx2.Request, extensions: dict[str, Any]) -> None:
+        super().__init__(status, headers=headers, stream=httpx2.ByteStream(content),
+                         request=request, extensions=extensions)
         self._content = content  # as read() leaves it: the body, the stream consumed and closed
         self.is_stream_consumed = True
         self.is_closed = True
@@ -125,7 +132,8 @@ class AioHttpClient(httpx2.AsyncClient):
                  gate: SendGate | None = None) -> None:
         super().__init__(timeout=timeout, transport=_NoTransport(), trust_env=False)
         self._gate = gate
-        self._connections = max(100, connections)  # aiohttp's default, 100, would queue a busier worker
+        # aiohttp's default, 100, would queue a busier worker
+        self._connections = max(100, connections)
         self._verify = verify
         self._session: aiohttp.ClientSession | None = None
         self._urls: dict[str, httpx2.URL] = {}  # the few URLs a run sends to, parsed once
@@ -133,19 +141,24 @@ class AioHttpClient(httpx2.AsyncClient):
         self._env_proxies = urllib.request.getproxies_environment()
         for name, given in self._env_proxies.items():
             if name != "no" and _proxy_url(given).scheme not in ("http", "https"):
-                raise ConfigError(f"{name}_proxy {_proxy_url(given).with_user(None)}: the aiohttp transport "
-                                  "reaches http and https proxies only; use --transport httpx (with the socksio "
-                                  "package installed) for this one")
+                raise ConfigError(f"{name}_proxy {_proxy_url(given).with_user(None)}: the aiohttp "
+                                  "transport reaches http and https proxies only; use --transport "
+                                  "httpx (with the socksio package installed) for this one")
         self._proxies: dict[str, tuple[yarl.URL | None, dict[str, str] | None]] = {}
 
-    def build_request(self, method: str, url: httpx2.URL | str, *, content: Any = None, data: Any = None,
-                      files: Any = None, json: Any = None, params: Any = None, headers: Any = None,
-                      cookies: Any = None, timeout: Any = httpx2.USE_CLIENT_DEFAULT,
+    def build_request(self, method: str, url: httpx2.URL | str, *, content: Any = None,
+                      data: Any = None, files: Any = None, json: Any = None, params: Any = None,
+                      headers: Any = None, cookies: Any = None,
+                      timeout: Any = httpx2.USE_CLIENT_DEFAULT,
                       extensions: Any = None) -> httpx2.Request:
+        """The SDK's request, built without httpx2's per-request work where nothing needs it.
+
+        A request with a form, files, JSON or cookies goes through httpx2 as it would; the SDK's own
+        (a body of bytes) becomes a plain request with the ticket in its extensions."""
         if data is not None or files is not None or json is not None or cookies is not None:
-            return super().build_request(method, url, content=content, data=data, files=files, json=json,
-                                         params=params, headers=headers, cookies=cookies, timeout=timeout,
-                                         extensions=extensions)
+            return super().build_request(method, url, content=content, data=data, files=files,
+                                         json=json, params=params, headers=headers, cookies=cookies,
+                                         timeout=timeout, extensions=extensions)
         if isinstance(url, str):
             parsed = self._urls.get(url)
             if parsed is None:  # the SDK sends absolute URLs (its own base URL already joined)
@@ -159,20 +172,25 @@ class AioHttpClient(httpx2.AsyncClient):
         else:
             extensions = dict(extensions or {})
         if "timeout" not in extensions and KEY not in extensions:
-            chosen = self.timeout if timeout is httpx2.USE_CLIENT_DEFAULT else httpx2.Timeout(timeout)
+            chosen = (self.timeout if timeout is httpx2.USE_CLIENT_DEFAULT
+                      else httpx2.Timeout(timeout))
             extensions["timeout"] = chosen.as_dict()
         if content is None or isinstance(content, bytes):
             return _SdkRequest(method, url, headers, content or b"", extensions)
         return httpx2.Request(method, url, content=content, headers=headers, extensions=extensions)
 
-    async def send(self, request: httpx2.Request, *, stream: bool = False, auth: Any = httpx2.USE_CLIENT_DEFAULT,
+    async def send(self, request: httpx2.Request, *, stream: bool = False,
+                   auth: Any = httpx2.USE_CLIENT_DEFAULT,
                    follow_redirects: Any = httpx2.USE_CLIENT_DEFAULT) -> httpx2.Response:
-        """Send ``request`` and read the whole body (``stream`` too: the SDK's streaming calls are not used)."""
+        """Send ``request`` and read the whole body
+        (``stream`` too: the SDK's streaming calls are not used)."""
         if self.is_closed:
             raise RuntimeError("Cannot send a request, as the client has been closed.")
         body = await request.aread()
-        # Host and Content-Length are aiohttp's to set: a redirect to another host must not carry the old Host.
-        headers = [(name, value) for name, value in request.headers.multi_items() if name not in _AIOHTTP_SETS]
+        # Host and Content-Length are aiohttp's to set:
+        # a redirect to another host must not carry the old Host.
+        headers = [(name, value) for name, value in request.headers.multi_items()
+                   if name not in _AIOHTTP_SETS]
         if "accept-encoding" not in request.headers:
             headers.append(_ACCEPT_ENCODING)
         ticket: Ticket | None = request.extensions.get(KEY)
@@ -189,14 +207,19 @@ class AioHttpClient(httpx2.AsyncClient):
             response = await self._exchange(request, body, headers, ticket)
         finally:
             gate.give_back()
-        # Answers that arrive together are handled in one turn of the loop, each woken request only after
-        # all of them: two yields let the requests woken by these freed slots go out first.
+        # Answers that arrive together are handled in one turn of the loop, each woken request only
+        # after all of them: two yields let the requests woken by these freed slots go out first.
         await asyncio.sleep(0)
         await asyncio.sleep(0)
         return response
 
     async def _exchange(self, request: httpx2.Request, body: bytes, headers: list[tuple[str, str]],
                         ticket: Ticket | None) -> httpx2.Response:
+        """Send the request through the aiohttp session and read its answer whole.
+
+        With a ticket, the request first leaves the gate (a request turned away is answered here,
+        never sent), and the ticket hears the answer's status and headers before the SDK reads them.
+        """
         if ticket is not None:
             unsent = await ticket.leaving()
             if unsent is not None:
@@ -206,16 +229,19 @@ class AioHttpClient(httpx2.AsyncClient):
         url = str(request.url)
         proxy, login = self._proxies.get(url) or self._proxy_for(url, request.url)
         proxy_headers = None
-        if login is not None:  # aiohttp sends proxy_headers on a CONNECT (https) only; plain http carries it
+        # aiohttp sends proxy_headers on a CONNECT (https) only; plain http carries it
+        if login is not None:
             if request.url.scheme == "https":
                 proxy_headers = login
             else:
                 headers.extend(login.items())
         try:
-            async with session.request(request.method, url, data=body or None, headers=headers, proxy=proxy,
-                                       proxy_headers=proxy_headers, max_redirects=MAX_REDIRECTS, auto_decompress=False,
+            async with session.request(request.method, url, data=body or None, headers=headers,
+                                       proxy=proxy, proxy_headers=proxy_headers,
+                                       max_redirects=MAX_REDIRECTS, auto_decompress=False,
                                        timeout=self._client_timeout(request, ticket),
-                                       server_hostname=request.extensions.get("sni_hostname")) as answer:
+                                       server_hostname=request.extensions.get("sni_hostname"),
+                                       ) as answer:
                 content = await answer.read()
                 status, raw_headers, reason = answer.status, answer.raw_headers, answer.reason
                 encoded = "Content-Encoding" in answer.headers
@@ -229,51 +255,58 @@ class AioHttpClient(httpx2.AsyncClient):
             extensions["reason_phrase"] = reason.encode()
         response: httpx2.Response
         if encoded:  # httpx2 decodes it, as it would have from its own transport
-            response = httpx2.Response(status, headers=list(raw_headers), content=content, request=request,
-                                       extensions=extensions)
+            response = httpx2.Response(status, headers=list(raw_headers), content=content,
+                                       request=request, extensions=extensions)
         else:
             response = _ReadResponse(status, list(raw_headers), content, request, extensions)
-        response.elapsed = datetime.timedelta(seconds=time.perf_counter() - started)  # as httpx2 sets it
+        # The elapsed time, as httpx2 sets it
+        response.elapsed = datetime.timedelta(seconds=time.perf_counter() - started)
         return response
 
-    def _proxy_for(self, key: str, url: httpx2.URL) -> tuple[yarl.URL | None, dict[str, str] | None]:
-        """The proxy the environment names for ``url`` (None: none, or NO_PROXY bypasses it), and the header
-        with its login."""
+    def _proxy_for(self, key: str,
+                   url: httpx2.URL) -> tuple[yarl.URL | None, dict[str, str] | None]:
+        """The proxy the environment names for ``url`` (None: none, or NO_PROXY bypasses it),
+        and the header with its login."""
         found: tuple[yarl.URL | None, dict[str, str] | None] = (None, None)
         given = self._env_proxies.get(url.scheme) or self._env_proxies.get("all")
-        if given and not urllib.request.proxy_bypass(url.host):  # NO_PROXY, read as urllib and httpx2 read it
+        # NO_PROXY, read as urllib and httpx2 read it
+        if given and not urllib.request.proxy_bypass(url.host):
             proxy = _proxy_url(given)
             login = None
             if proxy.user:
-                login = {"Proxy-Authorization": aiohttp.encode_basic_auth(proxy.user, proxy.password or "")}
+                login = {"Proxy-Authorization":
+                         aiohttp.encode_basic_auth(proxy.user, proxy.password or "")}
             found = (proxy.with_user(None), login)
         self._proxies[key] = found
         return found
 
     def _open(self) -> aiohttp.ClientSession:
         ssl_option: ssl.SSLContext | bool = self._verify
-        connector = aiohttp.TCPConnector(limit=self._connections, keepalive_timeout=KEEPALIVE_S, ssl=ssl_option)
+        connector = aiohttp.TCPConnector(limit=self._connections, keepalive_timeout=KEEPALIVE_S,
+                                         ssl=ssl_option)
         self._session = aiohttp.ClientSession(connector=connector)
         return self._session
 
     def _client_timeout(self, request: httpx2.Request,
                         ticket: Ticket | None) -> aiohttp.ClientTimeout:
         if ticket is not None and ticket.deadline is not None:
-            # A deadline on the whole request (api.client.complete) ends it before any of these could: each is
-            # as long as the whole, and aiohttp's per-read timer would be set again at every read for nothing.
+            # A deadline on the whole request (api.client.complete) ends it before any of these
+            # could: each is as long as the whole, and aiohttp's per-read timer would be set again
+            # at every read for nothing.
             return _UNTIMED
         # (A ticket outside complete, with no deadline, is timed per phase as its Timeout says.)
         given = request.extensions.get("timeout") or (ticket.as_dict() if ticket else {})
         key = (given.get("connect"), given.get("read"), given.get("pool"))
         timeout = self._timeouts.get(key)
         if timeout is None:
-            # As httpx2 means them: connect is the TCP and TLS handshake, read the longest gap between reads,
-            # pool the wait for a free connection.
-            timeout = self._timeouts[key] = aiohttp.ClientTimeout(sock_connect=key[0], sock_read=key[1],
-                                                                  connect=key[2])
+            # As httpx2 means them: connect is the TCP and TLS handshake, read the longest gap
+            # between reads, pool the wait for a free connection.
+            timeout = self._timeouts[key] = aiohttp.ClientTimeout(sock_connect=key[0],
+                                                                  sock_read=key[1], connect=key[2])
         return timeout
 
     async def aclose(self) -> None:
+        """Close the aiohttp session (opened on the first request) and then httpx2's client."""
         if self._session is not None:
             session, self._session = self._session, None
             await session.close()
@@ -293,6 +326,7 @@ class HttpxClient(httpx2.AsyncClient):
                       headers: Any = None, cookies: Any = None,
                       timeout: Any = httpx2.USE_CLIENT_DEFAULT,
                       extensions: Any = None) -> httpx2.Request:
+        """httpx2's request, with the ticket kept in its extensions beside its timeout."""
         if isinstance(timeout, Ticket):
             # httpx2 would read it as a Timeout and drop the rest: the ticket is kept beside its
             # timeout (which httpx2 then leaves as it is, with no copy of its own).
@@ -305,6 +339,8 @@ class HttpxClient(httpx2.AsyncClient):
     async def send(self, request: httpx2.Request, *, stream: bool = False,
                    auth: Any = httpx2.USE_CLIENT_DEFAULT,
                    follow_redirects: Any = httpx2.USE_CLIENT_DEFAULT) -> httpx2.Response:
+        """Send ``request`` through httpx2 once its ticket lets it leave
+        (answered here if turned away)."""
         ticket: Ticket | None = request.extensions.get(KEY)
         if ticket is not None:
             unsent = await ticket.leaving()
@@ -328,11 +364,13 @@ def turned_away(request: httpx2.Request, ticket: Ticket, why: Unsent) -> httpx2.
 
 
 def _proxy_url(given: str) -> yarl.URL:
-    return yarl.URL(given if "://" in given else f"http://{given}")  # "host:3128" means an http proxy
+    # "host:3128" means an http proxy
+    return yarl.URL(given if "://" in given else f"http://{given}")
 
 
 def _http_error(exc: BaseException, request: httpx2.Request) -> httpx2.TransportError:
-    """The httpx2 error for an aiohttp (or socket) failure, so that the SDK classifies it as it would its own."""
+    """The httpx2 error for an aiohttp (or socket) failure,
+    so that the SDK classifies it as it would its own."""
     message = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return httpx2.ConnectTimeout(message, request=request)
@@ -344,4 +382,5 @@ def _http_error(exc: BaseException, request: httpx2.Request) -> httpx2.Transport
         return httpx2.ConnectError(message, request=request)
     if isinstance(exc, (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError)):
         return httpx2.UnsupportedProtocol(message, request=request)
-    return httpx2.ReadError(message, request=request)  # reset, dropped, a malformed or cut-short answer
+    # Reset, dropped, a malformed or cut-short answer
+    return httpx2.ReadError(message, request=request)

@@ -1,8 +1,8 @@
 """Task -> chat.completions request (``task_request``: as the run's settings ask); local images ->
 base64 data URLs.
 
-Runs in the worker, at send time: the parent never reads image bytes. An image that several tasks share is
-encoded once per worker (a small LRU bounded in bytes).
+Runs in the worker, at send time: the parent never reads image bytes. An image that several tasks
+share is encoded once per worker (a small LRU bounded in bytes).
 """
 
 from __future__ import annotations
@@ -22,9 +22,16 @@ from ..errors import ImageError, ImagesTooLarge
 from ..inputs.chat import has_system
 from ..inputs.tasks import Task
 from .responses import ApiPath, responses_body
-from .tokens import DEFAULT_COMPLETION_TOKENS, TOKENS_PER_MESSAGE, image_size, image_tokens, text_tokens
+from .tokens import (
+    DEFAULT_COMPLETION_TOKENS,
+    TOKENS_PER_MESSAGE,
+    image_size,
+    image_tokens,
+    text_tokens,
+)
 
-# What the OpenAI vision models accept; detected from the bytes, since names lie (a .png that is a JPEG).
+# What the OpenAI vision models accept;
+# detected from the bytes, since names lie (a .png that is a JPEG).
 _SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
     (b"\x89PNG\r\n\x1a\n", 0, "image/png"),
     (b"\xff\xd8\xff", 0, "image/jpeg"),
@@ -33,12 +40,14 @@ _SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
     (b"WEBP", 8, "image/webp"),
 )
 _HEAD_BYTES = 16
-_DATA_URL_HEAD = 87384  # base64 characters for the first 64 KiB of an inline image: where its size is
+# base64 characters for the first 64 KiB of an inline image: where its size is
+_DATA_URL_HEAD = 87384
 DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
 
 
 def sniff_mime(head: bytes) -> str | None:
-    """The image MIME type that the first bytes of a file show, or None when they show no supported one."""
+    """The image MIME type that the first bytes of a file show,
+    or None when they show no supported one."""
     for signature, offset, mime in _SIGNATURES:
         if head[offset:offset + len(signature)] == signature:
             if mime == "image/webp" and not head.startswith(b"RIFF"):
@@ -55,14 +64,16 @@ def is_remote(ref: str) -> bool:
 
 @dataclass(frozen=True)
 class EncodedImage:
-    """An image ready for the API, and its pixel size when its bytes showed it (for the token estimate)."""
+    """An image ready for the API,
+    and its pixel size when its bytes showed it (for the token estimate)."""
 
     url: str
     size: tuple[int, int] | None
     bytes: int = 0  # the image data it carries inline (a remote URL: 0, the server fetches it)
 
     def tokens(self, detail: str = "auto", model: str | None = None) -> int:
-        """What the image costs ``model`` in prompt tokens (tokens.image_tokens; an unknown size is guessed)."""
+        """What the image costs ``model`` in prompt tokens
+        (tokens.image_tokens; an unknown size is guessed)."""
         width, height = self.size or (None, None)
         return image_tokens(width, height, detail=detail, model=model)
 
@@ -85,7 +96,8 @@ def _data_url_size(url: str) -> tuple[int, int] | None:
 
 
 class ImageEncoder:
-    """Turns image references into URLs for the API, caching local files' data URLs by path and mtime."""
+    """Turns image references into URLs for the API,
+    caching local files' data URLs by path and mtime."""
 
     def __init__(self, root: Path, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         self._root = str(root)
@@ -94,15 +106,18 @@ class ImageEncoder:
         self._cached = 0
 
     def url(self, ref: str) -> str:
+        """The URL the API gets for an image reference: a data URL for a local file."""
         return self.encode(ref).url
 
     def resolve(self, ref: str) -> str:
-        """Where a local image reference points: relative paths resolve against the root. (String operations:
-        pathlib's showed in a worker's profile; bench/README.md.)"""
+        """Where a local image reference points: relative paths resolve against the root. (String
+        operations: pathlib's showed in a worker's profile; bench/README.md.)"""
         path = os.path.expanduser(ref)
         return path if os.path.isabs(path) else os.path.join(self._root, path)
 
     def encode(self, ref: str) -> EncodedImage:
+        """An image reference ready for the API: a data or remote URL as it is, a local file read
+        and encoded once (then from the cache while its mtime and size hold)."""
         if ref[:5].lower() == "data:":
             return EncodedImage(ref, _data_url_size(ref), _data_url_bytes(ref))
         if is_remote(ref):
@@ -129,8 +144,8 @@ class ImageEncoder:
         mime = sniff_mime(data[:_HEAD_BYTES])
         if mime is None:
             raise ImageError(f"image {ref!r}: not a PNG, JPEG, GIF or WEBP image ({path})")
-        return EncodedImage(f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}", image_size(data),
-                            len(data))
+        return EncodedImage(f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}",
+                            image_size(data), len(data))
 
     def _remember(self, key: tuple[str, int, int], image: EncodedImage) -> None:
         # A file larger than a quarter of the cache is encoded anew each time: memory stays bounded.
@@ -159,17 +174,19 @@ def _text_tokens_of(messages: list[Any]) -> int:
 def build_messages(task: Task, encoder: ImageEncoder, system_prompt: str | None = None,
                    images_out: list[tuple[int, int]] | None = None, model: str | None = None,
                    ) -> list[dict[str, Any]]:
-    """The chat messages for one task: an optional system message, then the text and images as one turn.
+    """The chat messages for one task:
+    an optional system message, then the text and images as one turn.
 
-    ``images_out`` receives each image's estimated token cost for ``model`` (for the rate limiter) and its
-    bytes (for the provider's image limit).
+    ``images_out`` receives each image's estimated token cost for ``model`` (for the rate limiter)
+    and its bytes (for the provider's image limit).
     """
     messages: list[dict[str, Any]] = []
     system = task.system if task.system is not None else system_prompt
     if task.messages is not None:
         if system and not has_system(task.messages):
             messages.append({"role": "system", "content": system})
-        return messages + [_with_images(message, encoder, images_out, model) for message in task.messages]
+        return messages + [_with_images(message, encoder, images_out, model)
+                           for message in task.messages]
     if system:
         messages.append({"role": "system", "content": system})
     if not task.images:
@@ -189,8 +206,8 @@ def build_messages(task: Task, encoder: ImageEncoder, system_prompt: str | None 
 
 def _with_images(message: dict[str, Any], encoder: ImageEncoder,
                  images_out: list[tuple[int, int]] | None, model: str | None) -> dict[str, Any]:
-    """A chat row's message as sent: its image parts' local paths become data URLs (a copy: the task is
-    left as it was read)."""
+    """A chat row's message as sent:
+    its image parts' local paths become data URLs (a copy: the task is left as it was read)."""
     content = message.get("content")
     if not isinstance(content, list):
         return message
@@ -200,7 +217,8 @@ def _with_images(message: dict[str, Any], encoder: ImageEncoder,
             spec = part["image_url"]
             image = encoder.encode(spec["url"])
             if images_out is not None:
-                images_out.append((image.tokens(str(spec.get("detail", "auto")), model), image.bytes))
+                images_out.append((image.tokens(str(spec.get("detail", "auto")), model),
+                                   image.bytes))
             part = {**part, "image_url": {**spec, "url": image.url}}
         parts.append(part)
     return {**message, "content": parts}
@@ -218,25 +236,29 @@ class Request:
 
     def as_responses(self) -> Request:
         """The same request for the Responses API (``--api responses``)."""
-        return Request(responses_body(self.kwargs), self.prompt_tokens, self.max_tokens, self.image_bytes,
-                       ApiPath.RESPONSES)
+        return Request(responses_body(self.kwargs), self.prompt_tokens, self.max_tokens,
+                       self.image_bytes, ApiPath.RESPONSES)
 
     def check_image_limit(self, limit_mb: float | None) -> None:
-        """Raise ImagesTooLarge when the images pass ``limit_mb`` MB (10^6 bytes), the provider's limit."""
+        """Raise ImagesTooLarge when the images pass ``limit_mb`` MB
+        (10^6 bytes), the provider's limit."""
         if limit_mb is None:
             return
         size = self.image_bytes
         if size > limit_mb * 1e6:
-            raise ImagesTooLarge(f"the request's images total {size / 1e6:.1f} MB, over the {limit_mb:g} MB a "
-                                 "request may carry (--max-image-mb): send fewer or smaller images")
+            raise ImagesTooLarge(f"the request's images total {size / 1e6:.1f} MB, over the "
+                                 f"{limit_mb:g} MB a request may carry (--max-image-mb): "
+                                 "send fewer or smaller images")
 
     @property
     def model(self) -> str:
+        """The model the request names (its body's ``model``)."""
         return str(self.kwargs["model"])
 
     @property
     def charge(self) -> int:
-        """Tokens a server counts against its limit up front: the prompt plus the longest answer allowed."""
+        """Tokens a server counts against its limit up front:
+        the prompt plus the longest answer allowed."""
         if self.path is ApiPath.EMBEDDINGS:
             return self.prompt_tokens  # an embedding has no answer to allow for
         return self.prompt_tokens + (self.max_tokens or DEFAULT_COMPLETION_TOKENS)
@@ -269,11 +291,12 @@ def build_request(
                    sum(b for _, b in images))
 
 
-def build_body_request(body: dict[str, Any], model: str | None = None, path: ApiPath = ApiPath.CHAT) -> Request:
+def build_body_request(body: dict[str, Any], model: str | None = None,
+                       path: ApiPath = ApiPath.CHAT) -> Request:
     """A Batch API request body, sent as it is (its model replaced only when ``model`` is given).
 
-    The SDK takes the model and messages as arguments and everything else as ``extra_body``, which it
-    merges into the JSON unchanged: no field is dropped or renamed on the way.
+    The SDK takes the model and messages as arguments and everything else as ``extra_body``, which
+    it merges into the JSON unchanged: no field is dropped or renamed on the way.
     """
     rest = dict(body)
     chosen = model or rest.pop("model")
@@ -283,7 +306,8 @@ def build_body_request(body: dict[str, Any], model: str | None = None, path: Api
         limit = rest.get("max_output_tokens")
         text = rest.get("input")
         tokens = text_tokens(text if isinstance(text, str) else orjson.dumps(text).decode())
-        return Request({"model": chosen, **rest}, tokens, limit if isinstance(limit, int) else None, 0, path)
+        return Request({"model": chosen, **rest}, tokens, limit if isinstance(limit, int) else None,
+                       0, path)
     messages = rest.pop("messages")
     kwargs: dict[str, Any] = {"model": chosen, "messages": messages}
     if rest:
@@ -300,11 +324,12 @@ def build_body_request(body: dict[str, Any], model: str | None = None, path: Api
                 inline = url[:5].lower() == "data:"
                 size = _data_url_size(url) if inline else None
                 width, height = size or (None, None)
-                images += image_tokens(width, height, detail=image.get("detail", "auto"), model=chosen)
+                images += image_tokens(width, height, detail=image.get("detail", "auto"),
+                                       model=chosen)
                 data += _data_url_bytes(url) if inline else 0
     max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
-    return Request(kwargs, _text_tokens_of(messages) + images, max_tokens if isinstance(max_tokens, int) else None,
-                   data)
+    return Request(kwargs, _text_tokens_of(messages) + images,
+                   max_tokens if isinstance(max_tokens, int) else None, data)
 
 
 def task_request(settings: RequestSettings, encoder: ImageEncoder, task: Task,
@@ -313,8 +338,8 @@ def task_request(settings: RequestSettings, encoder: ImageEncoder, task: Task,
     alike (the dry run checks it as the worker builds it)."""
     models = settings.models
     if task.body is not None:
-        # A Batch API body goes as it is; only a model the user chose (or one of several) replaces
-        # its own.
+        # A Batch API body goes as it is;
+        # only a model the user chose (or one of several) replaces its own.
         chosen = models[model] if settings.chosen else None
         path = ApiPath.of_url(task.url or "") or ApiPath.CHAT
         request = build_body_request(task.body, chosen, path)
@@ -328,7 +353,7 @@ def task_request(settings: RequestSettings, encoder: ImageEncoder, task: Task,
                                 extra_body=settings.extra_body)
         if settings.api is Api.RESPONSES:
             request = request.as_responses()
-    # Over the provider's limit the server answers 400 after the upload: a per-task failure found
-    # here, free.
+    # Over the provider's limit the server answers 400 after the upload:
+    # a per-task failure found here, free.
     request.check_image_limit(settings.max_image_mb[model])
     return request

@@ -1,8 +1,10 @@
 """What tokens cost: the built-in price table, files that override it, and the cost of one answer.
 
-Prices are US dollars per million tokens, as OpenAI publishes them, for realtime requests; the Batch API's
-are half of them (``Price.batch``) unless a table gives ``batch_input`` / ``batch_output``. They change: check them against https://openai.com/api/pricing before budgeting, and override them with
-``--prices FILE`` (JSON or TOML, the shape of BUILT_IN) or ``--price-input`` / ``--price-output``.
+Prices are US dollars per million tokens, as OpenAI publishes them, for realtime requests; the Batch
+API's are half of them (``Price.batch``) unless a table gives ``batch_input`` / ``batch_output``.
+They change: check them against https://openai.com/api/pricing before budgeting, and override them
+with ``--prices FILE`` (JSON or TOML, the shape of BUILT_IN) or ``--price-input`` /
+``--price-output``.
 """
 
 from __future__ import annotations
@@ -28,21 +30,26 @@ class Price:
     input: float
     output: float
     cached_input: float | None = None
-    batch_input: float | None = None   # the Batch API's prices; None: half the online price, as OpenAI charges
+    # The Batch API's prices; None: half the online price, as OpenAI charges
+    batch_input: float | None = None
     batch_output: float | None = None
 
     def cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:
-        """The cost of one answer; cached prompt tokens (part of prompt_tokens) at the cached rate."""
+        """The cost of one answer; cached prompt tokens
+        (part of prompt_tokens) at the cached rate."""
         cached = min(max(cached_tokens, 0), prompt_tokens)
         cached_rate = self.cached_input if self.cached_input is not None else self.input
         return ((prompt_tokens - cached) * self.input + cached * cached_rate
                 + completion_tokens * self.output) / 1_000_000
 
     def batch(self) -> Price:
-        """The price of the same tokens through the Batch API: its own prices if given, else half of each."""
+        """The price of the same tokens through the Batch API:
+        its own prices if given, else half of each."""
         cached = None if self.cached_input is None else self.cached_input * BATCH_DISCOUNT
-        return Price(self.batch_input if self.batch_input is not None else self.input * BATCH_DISCOUNT,
-                     self.batch_output if self.batch_output is not None else self.output * BATCH_DISCOUNT, cached)
+        return Price(
+            self.batch_input if self.batch_input is not None else self.input * BATCH_DISCOUNT,
+            self.batch_output if self.batch_output is not None else self.output * BATCH_DISCOUNT,
+            cached)
 
 
 # As published by OpenAI; see PRICES_AS_OF. (input, cached input, output)
@@ -69,12 +76,15 @@ BUILT_IN: dict[str, Price] = {
 
 @dataclass(frozen=True)
 class PriceTable:
-    """Prices by model name; a dated snapshot (``gpt-4o-mini-2024-07-18``) takes its base model's price."""
+    """Prices by model name; a dated snapshot
+    (``gpt-4o-mini-2024-07-18``) takes its base model's price."""
 
     prices: Mapping[str, Price]
     override: Price | None = None
 
     def find(self, model: str | None) -> Price | None:
+        """The price of ``model``: the flat override, its own entry, or the longest known name it
+        starts with (a dated snapshot); None when none fits."""
         if self.override is not None:
             return self.override
         if not model:
@@ -88,11 +98,13 @@ class PriceTable:
 
     def cost(self, model: str | None, prompt_tokens: int, completion_tokens: int,
              cached_tokens: int = 0, batch: bool = False) -> float | None:
-        """USD for one answer (at the Batch API's price when ``batch``), or None when the model has no price."""
+        """USD for one answer (at the Batch API's price when ``batch``),
+        or None when the model has no price."""
         price = self.find(model)
         if price is None:
             return None
-        return (price.batch() if batch else price).cost(prompt_tokens, completion_tokens, cached_tokens)
+        return (price.batch() if batch else price).cost(prompt_tokens, completion_tokens,
+                                                        cached_tokens)
 
 
 def _price_from(name: str, value: Any, source: Path) -> Price:
@@ -103,17 +115,20 @@ def _price_from(name: str, value: Any, source: Path) -> Price:
                     for name in ("cached_input", "batch_input", "batch_output")}
         return Price(float(value["input"]), float(value["output"]), **optional)
     except (KeyError, TypeError, ValueError) as exc:
-        raise ConfigError(f"{source}: {name}: needs numeric input and output prices ({exc})") from None
+        raise ConfigError(f"{source}: {name}: needs numeric input and output prices "
+                          f"({exc})") from None
 
 
 def load_prices(path: Path | None = None, price_input: float | None = None,
                 price_output: float | None = None) -> PriceTable:
-    """The built-in table, updated from ``path`` (JSON or TOML); both flat prices given win over all."""
+    """The built-in table, updated from ``path`` (JSON or TOML);
+    both flat prices given win over all."""
     prices = dict(BUILT_IN)
     if path is not None:
         try:
             raw = path.read_bytes()
-            data = tomllib.loads(raw.decode()) if path.suffix.lower() == ".toml" else json.loads(raw)
+            data = (tomllib.loads(raw.decode()) if path.suffix.lower() == ".toml"
+                    else json.loads(raw))
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             raise ConfigError(f"{path}: cannot read prices: {exc}") from None
         if not isinstance(data, Mapping):

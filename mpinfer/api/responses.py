@@ -1,13 +1,17 @@
-"""The Responses API and embeddings: their request bodies, and their answers read into the one Answer.
+"""The Responses API and embeddings:
+their request bodies, and their answers read into the one Answer.
 
 Which API a request goes to is its path: ``/chat/completions`` (the default), ``/responses`` or
-``/embeddings``, as a Batch API line's ``url`` names it, or as ``--api responses`` asks for plain rows.
+``/embeddings``, as a Batch API line's ``url`` names it, or as ``--api responses`` asks for plain
+rows.
 
-- Responses: a chat request becomes ``input`` (the same turns, each text part ``input_text``, each image
-  ``input_image``) with ``max_output_tokens``; the answer is the text of the output's ``output_text`` parts,
-  a ``refusal`` part is the refusal, and the usage's ``input_tokens``/``output_tokens`` map onto prompt and
-  completion tokens. An ``incomplete`` response cut at ``max_output_tokens`` is finish_reason "length".
-- Embeddings: no answer text; the usage's prompt tokens, and the whole body for the Batch output line.
+- Responses: a chat request becomes ``input`` (the same turns, each text part ``input_text``, each
+  image ``input_image``) with ``max_output_tokens``; the answer is the text of the output's
+  ``output_text`` parts, a ``refusal`` part is the refusal, and the usage's
+  ``input_tokens``/``output_tokens`` map onto prompt and completion tokens. An ``incomplete``
+  response cut at ``max_output_tokens`` is finish_reason "length".
+- Embeddings: no answer text; the usage's prompt tokens,
+  and the whole body for the Batch output line.
 """
 
 from __future__ import annotations
@@ -48,7 +52,8 @@ def _input_part(part: Any) -> Any:
 
 
 def responses_body(chat: dict[str, Any]) -> dict[str, Any]:
-    """A chat.completions request (model, messages, settings, extra_body) as a Responses API request."""
+    """A chat.completions request (model, messages, settings, extra_body)
+    as a Responses API request."""
     body = {key: value for key, value in chat.items() if key not in ("messages", "max_tokens")}
     turns = []
     for message in chat["messages"]:
@@ -69,14 +74,16 @@ def responses_answer(data: Any) -> dict[str, Any]:
     usage = data.get("usage") or {}
     prompt = int(usage.get("input_tokens") or 0)
     completion = int(usage.get("output_tokens") or 0)
-    finish = TRUNCATED if out.truncated else ("stop" if data.get("status") == "completed" else data.get("status"))
+    finish = TRUNCATED if out.truncated else (
+        "stop" if data.get("status") == "completed" else data.get("status"))
     return {
         "content": out.text,
         "model": data.get("model"), "finish_reason": finish,
         "prompt_tokens": prompt, "completion_tokens": completion,
         "total_tokens": int(usage.get("total_tokens") or prompt + completion),
         "cached_tokens": int((usage.get("input_tokens_details") or {}).get("cached_tokens") or 0),
-        "reasoning_tokens": int((usage.get("output_tokens_details") or {}).get("reasoning_tokens") or 0),
+        "reasoning_tokens": int(
+            (usage.get("output_tokens_details") or {}).get("reasoning_tokens") or 0),
         "refusal": out.refusal, "reasoning": out.reasoning,
     }
 
@@ -87,5 +94,6 @@ def embeddings_answer(data: Any) -> dict[str, Any]:
         raise MalformedResponse(f"malformed embeddings body: {str(data)[:120]!r}")
     usage = data.get("usage") or {}
     prompt = int(usage.get("prompt_tokens") or 0)
-    return {"content": None, "model": data.get("model"), "finish_reason": None, "prompt_tokens": prompt,
-            "completion_tokens": 0, "total_tokens": int(usage.get("total_tokens") or prompt)}
+    return {"content": None, "model": data.get("model"), "finish_reason": None,
+            "prompt_tokens": prompt, "completion_tokens": 0,
+            "total_tokens": int(usage.get("total_tokens") or prompt)}

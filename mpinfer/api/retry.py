@@ -53,9 +53,10 @@ class Attempts:
 
 @dataclass(frozen=True)
 class Step:
-    """What to do after a failed attempt. RETRY: send again after ``delay_s`` (``counted``: a retry
-    that uses up --max-retries). FAIL: write the failure with ``message``. DISABLE_KEY, ABORT: as
-    named."""
+    """What to do after a failed attempt.
+
+    RETRY: send again after ``delay_s`` (``counted``: a retry that uses up --max-retries).
+    FAIL: write the failure with ``message``. DISABLE_KEY, ABORT: as named."""
 
     verdict: Verdict
     delay_s: float = 0.0

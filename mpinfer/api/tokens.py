@@ -1,15 +1,18 @@
-"""Token estimates made before a request is sent: what the rate limiter charges, and later, the dry run.
+"""Token estimates made before a request is sent:
+what the rate limiter charges, and later, the dry run.
 
-Text: one token per 4 characters, plus 4 per message for the chat framing (OpenAI's rule of thumb; real
-tokenizers differ by some percent, and the charge is corrected by the real usage once the answer comes).
+Text: one token per 4 characters, plus 4 per message for the chat framing (OpenAI's rule of thumb;
+real tokenizers differ by some percent, and the charge is corrected by the real usage once the
+answer comes).
 
 Images: OpenAI's published rules (the vision guide, "Calculating costs"), which differ by model:
-- tiles (GPT-4o, GPT-4.1, GPT-4.5, GPT-5, o1, o3): ``detail: low`` costs the base tokens; otherwise the image
-  is scaled to fit in 2048x2048, then its shortest side to 768, and costs the base plus the tile tokens per
-  512-pixel tile. gpt-4o-mini bills 2833 + 5667 a tile (about 33 times gpt-4o's 85 + 170), so that an image
-  costs as many dollars on both;
-- patches (gpt-4.1-mini, gpt-4.1-nano, o4-mini, gpt-5-mini, gpt-5-nano): the 32-pixel patches that cover
-  the image, scaled down to at most 1536 of them, times the model's multiplier; detail does not change it.
+- tiles (GPT-4o, GPT-4.1, GPT-4.5, GPT-5, o1, o3): ``detail: low`` costs the base tokens; otherwise
+  the image is scaled to fit in 2048x2048, then its shortest side to 768, and costs the base plus
+  the tile tokens per 512-pixel tile. gpt-4o-mini bills 2833 + 5667 a tile (about 33 times gpt-4o's
+  85 + 170), so that an image costs as many dollars on both;
+- patches (gpt-4.1-mini, gpt-4.1-nano, o4-mini, gpt-5-mini, gpt-5-nano): the 32-pixel patches that
+  cover the image, scaled down to at most 1536 of them, times the model's multiplier; detail does
+  not change it.
 A model the table does not know (Qwen, a vLLM model, a new OpenAI one) is estimated as gpt-4o.
 """
 
@@ -29,8 +32,8 @@ MAX_PATCHES = 1536
 
 @dataclass(frozen=True)
 class ImageRule:
-    """How one model bills an image: tiles (``base`` + ``tile`` per 512-pixel tile) or 32-pixel patches
-    times ``multiplier``."""
+    """How one model bills an image:
+    tiles (``base`` + ``tile`` per 512-pixel tile) or 32-pixel patches times ``multiplier``."""
 
     base: int = 0
     tile: int = 0
@@ -38,14 +41,16 @@ class ImageRule:
 
     @property
     def patches(self) -> bool:
+        """Whether the model bills 32-pixel patches (a multiplier is set) rather than tiles."""
         return self.multiplier > 0
 
 
 GPT_4O_RULE = ImageRule(85, 170)
-# Model name prefixes (a dated snapshot, gpt-4o-mini-2024-07-18, matches its model); the longest wins.
+# Model name prefixes (a dated snapshot, gpt-4o-mini-2024-07-18, matches its model);
+# the longest wins.
 IMAGE_RULES: dict[str, ImageRule] = {
-    "gpt-4o": GPT_4O_RULE, "chatgpt-4o": GPT_4O_RULE, "gpt-4.1": GPT_4O_RULE, "gpt-4.5": GPT_4O_RULE,
-    "gpt-4-turbo": GPT_4O_RULE,
+    "gpt-4o": GPT_4O_RULE, "chatgpt-4o": GPT_4O_RULE, "gpt-4.1": GPT_4O_RULE,
+    "gpt-4.5": GPT_4O_RULE, "gpt-4-turbo": GPT_4O_RULE,
     "gpt-4o-mini": ImageRule(2833, 5667),
     "gpt-5": ImageRule(70, 140),
     "o1": ImageRule(75, 150), "o3": ImageRule(75, 150),
@@ -60,7 +65,8 @@ UNKNOWN_IMAGE_TOKENS = 765  # gpt-4o's cost of an image of UNKNOWN_SIZE at high 
 
 
 def image_rule(model: str | None) -> ImageRule | None:
-    """The published rule for ``model`` (its last path segment, so ``openai/gpt-4o`` is gpt-4o), or None."""
+    """The published rule for ``model``
+    (its last path segment, so ``openai/gpt-4o`` is gpt-4o), or None."""
     if not model:
         return None
     name = model.rsplit("/", 1)[-1].lower()
@@ -72,12 +78,14 @@ def image_rule(model: str | None) -> ImageRule | None:
 
 
 def text_tokens(text: str) -> int:
+    """The estimated tokens of ``text``: one per CHARS_PER_TOKEN characters, rounded up."""
     return math.ceil(len(text) / CHARS_PER_TOKEN)
 
 
-def image_tokens(width: int | None, height: int | None, detail: str = "auto", model: str | None = None) -> int:
-    """The image's cost in prompt tokens for ``model`` (gpt-4o's rule when unknown), from its pixel size and
-    the requested detail; an image of unknown size is taken as UNKNOWN_SIZE."""
+def image_tokens(width: int | None, height: int | None, detail: str = "auto",
+                 model: str | None = None) -> int:
+    """The image's cost in prompt tokens for ``model`` (gpt-4o's rule when unknown), from its pixel
+    size and the requested detail; an image of unknown size is taken as UNKNOWN_SIZE."""
     rule = image_rule(model) or GPT_4O_RULE
     if not width or not height:
         width, height = UNKNOWN_SIZE
@@ -96,13 +104,15 @@ def image_tokens(width: int | None, height: int | None, detail: str = "auto", mo
 
 
 def _patch_tokens(width: int, height: int, multiplier: float) -> int:
-    """32-pixel patches covering the image, scaled down (keeping whole patches) to fit MAX_PATCHES."""
+    """32-pixel patches covering the image,
+    scaled down (keeping whole patches) to fit MAX_PATCHES."""
     patches = math.ceil(width / PATCH) * math.ceil(height / PATCH)
     if patches > MAX_PATCHES:
         shrink = math.sqrt(PATCH * PATCH * MAX_PATCHES / (width * height))
         w, h = width * shrink, height * shrink
         shrink *= min(math.floor(w / PATCH) / (w / PATCH), math.floor(h / PATCH) / (h / PATCH))
-        patches = min(MAX_PATCHES, math.ceil(width * shrink / PATCH) * math.ceil(height * shrink / PATCH))
+        patches = min(MAX_PATCHES,
+                      math.ceil(width * shrink / PATCH) * math.ceil(height * shrink / PATCH))
     return math.ceil(patches * multiplier)
 
 

@@ -20,9 +20,9 @@ from ..config import RunnerSettings
 
 
 class BuildAhead:
-    """One host's build-ahead: its extra requests (``extra``, 0 for none), their ``gate``, and
-    whether a limit is in play (``paced``); ``allowed`` is set while the extra requests may be
-    built."""
+    """One host's build-ahead: its extra requests (``extra``, 0 for none), their ``gate``,
+    and whether a limit is in play (``paced``);
+    ``allowed`` is set while the extra requests may be built."""
 
     def __init__(self, settings: RunnerSettings, extra: int = 0) -> None:
         self.extra = extra

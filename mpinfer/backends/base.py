@@ -1,26 +1,29 @@
-"""What a backend is to the driver, and what every backend shares: writing an outcome or stopping the run.
+"""What a backend is to the driver, and what every backend shares:
+writing an outcome or stopping the run.
 
-A backend moves tasks to where they run and their events back. ``driver.supervise`` runs the one loop all
-of them share (hand out work, tally, budget, signals, the stop deadline, replacing dead workers); a backend
-implements only the moves:
+A backend moves tasks to where they run and their events back. ``driver.supervise`` runs the one
+loop all of them share (hand out work, tally, budget, signals, the stop deadline, replacing dead
+workers); a backend implements only the moves:
 
 - ``start()``: bring the workers up.
-- ``room()``: how many more tasks it would take now (0 when full or stopping); ``in_flight()``: how many it
-  holds, sent but not settled.
+- ``room()``: how many more tasks it would take now (0 when full or stopping); ``in_flight()``: how
+  many it holds, sent but not settled.
 - ``submit(item)``: hand one task to a worker; False when it could not (the driver keeps the task).
 - ``poll(timeout_s)``: wait up to ``timeout_s`` for news; returns what came, in order: the events of
-  events.py, and two notes of its own: ``Returned`` (tasks it held that will not be done: the driver sends
-  them again) and ``WorkerDied`` (a worker is gone; the driver decides whether to ``replace`` it).
+  events.py, and two notes of its own: ``Returned`` (tasks it held that will not be done: the driver
+  sends them again) and ``WorkerDied`` (a worker is gone; the driver decides whether to ``replace``
+  it).
 - ``replace(worker)``: start a new worker in place of the dead one ``WorkerDied`` named.
-- ``stop()``: finish what is in flight, take nothing new (called again on every turn while stopping: it
-  must be idempotent, and reach workers started since); ``idle()``: once stopping, whether nothing is left
-  to wait for.
-- ``kill()``: drop everything at once (a second Ctrl-C, or the stop deadline passed); returns the events
-  that arrived meanwhile.
-- ``lane_stats()``: the limiter's counters for the summary; ``close()``: release everything (always called).
+- ``stop()``: finish what is in flight, take nothing new (called again on every turn while stopping:
+  it must be idempotent, and reach workers started since); ``idle()``: once stopping, whether
+  nothing is left to wait for.
+- ``kill()``: drop everything at once (a second Ctrl-C, or the stop deadline passed); returns the
+  events that arrived meanwhile.
+- ``lane_stats()``: the limiter's counters for the summary;
+  ``close()``: release everything (always called).
 
-A backend never decides when the run stops: a worker's Abort or Fatal event, a signal or the budget do,
-in the driver.
+A backend never decides when the run stops: a worker's Abort or Fatal event, a signal or the budget
+do, in the driver.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ from ..events import Event, Fatal, WorkItem
 from ..limits import LaneStats
 from ..store.output import Appender, OutputPaths
 
-if TYPE_CHECKING:  # the runner loads the openai SDK, which the driver (and --status) must not pay for
+# The runner loads the openai SDK, which the driver (and --status) must not pay for
+if TYPE_CHECKING:
     from .runner import Outcome
 
 log = logging.getLogger("mpinfer.backends")
@@ -43,7 +47,8 @@ log = logging.getLogger("mpinfer.backends")
 
 @dataclass(frozen=True)
 class Returned:
-    """Tasks a worker held that are not done and will not be; ``recovered`` more it had written unreported."""
+    """Tasks a worker held that are not done and will not be;
+    ``recovered`` more it had written unreported."""
 
     items: tuple[WorkItem, ...]
     recovered: int = 0
@@ -51,7 +56,9 @@ class Returned:
 
 @dataclass(frozen=True)
 class WorkerDied:
-    """A worker is gone. ``expected``: it was told to stop and exited cleanly (no replacement is due)."""
+    """A worker is gone.
+
+    ``expected``: it was told to stop and exited cleanly (no replacement is due)."""
 
     worker: int
     expected: bool = False
@@ -63,25 +70,47 @@ Note = Event | Returned | WorkerDied
 class Backend(Protocol):
     """Where tasks run (see the module docstring for what each method promises)."""
 
-    def start(self) -> None: ...
-    def room(self) -> int: ...
-    def in_flight(self) -> int: ...
-    def submit(self, item: WorkItem) -> bool: ...
-    def poll(self, timeout_s: float) -> list[Note]: ...
-    def replace(self, worker: int) -> None: ...
-    def stop(self) -> None: ...
-    def idle(self) -> bool: ...
-    def kill(self) -> list[Note]: ...
-    def lane_stats(self) -> tuple[list[LaneStats], list[bool]]: ...
-    def close(self) -> None: ...
+    def start(self) -> None:
+        """Bring the workers up."""
+
+    def room(self) -> int:
+        """How many more tasks it would take now (0 when full or stopping)."""
+
+    def in_flight(self) -> int:
+        """How many tasks it holds, sent but not settled."""
+
+    def submit(self, item: WorkItem) -> bool:
+        """Hand one task to a worker; False when it could not (the driver keeps the task)."""
+
+    def poll(self, timeout_s: float) -> list[Note]:
+        """Wait up to ``timeout_s`` for news; the events and notes that came, in order."""
+
+    def replace(self, worker: int) -> None:
+        """Start a new worker in place of the dead one ``WorkerDied`` named."""
+
+    def stop(self) -> None:
+        """Finish what is in flight and take nothing new;
+        idempotent, called on every turn while stopping."""
+
+    def idle(self) -> bool:
+        """Once stopping, whether nothing is left to wait for."""
+
+    def kill(self) -> list[Note]:
+        """Drop everything at once; the events that arrived meanwhile."""
+
+    def lane_stats(self) -> tuple[list[LaneStats], list[bool]]:
+        """The limiter's counters for the summary, and which keys were disabled."""
+
+    def close(self) -> None:
+        """Release everything (always called, also after ``kill``)."""
 
 
 class OutcomeWriter:
     """Appends an outcome's line to its model's output or errors file, and says what to report.
 
-    Used where the lines are written: in each local worker, and in the driver for Ray. A line that cannot be
-    written (full disk) turns the outcome into a Fatal event: the run must stop, and the task, unwritten,
-    is not done.
+    Used where the lines are written: in each local worker, and in the driver for Ray. A line that
+    cannot be written (full disk) turns the outcome into a Fatal event: the run must stop, and the
+    task, unwritten, is not done.
     """
 
     def __init__(self, outputs: tuple[OutputPaths, ...], fsync: bool) -> None:
@@ -101,5 +130,6 @@ class OutcomeWriter:
         return outcome.events
 
     def close(self) -> None:
+        """Close every model's appender."""
         for appender in self.appenders:
             appender.close()

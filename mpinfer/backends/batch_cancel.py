@@ -1,8 +1,8 @@
 """``--cancel --backend batch``: cancel the output's open batches at the server, from any terminal.
 
-Answers a cancelled batch already gave are kept: the next run merges them and sends the rest. With no run
-live on the output, the plan records the cancel; a live run sees it by polling (its batches turn
-``cancelling``), merges what they answered and takes no new batch.
+Answers a cancelled batch already gave are kept: the next run merges them and sends the rest. With
+no run live on the output, the plan records the cancel; a live run sees it by polling (its batches
+turn ``cancelling``), merges what they answered and takes no new batch.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ def _ended(client: BatchClient, batch_id: str) -> str | None:
 
 
 def cancel(config: RunConfig) -> list[tuple[str, str, str]]:
-    """Cancel the output's open batches at the server: (chunk, batch id, status) of each one cancelled."""
+    """Cancel the output's open batches at the server:
+    (chunk, batch id, status) of each one cancelled."""
     _, output = config.require_paths()
     plan = Plan.load(output)
     if plan is None:
@@ -34,11 +35,14 @@ def cancel(config: RunConfig) -> list[tuple[str, str, str]]:
     cancelled: list[tuple[str, str, str]] = []
     try:
         for chunk in plan.open_chunks:
-            if chunk.state is not ChunkState.CREATED or chunk.batch_id is None or chunk.status in FINAL_STATUSES:
+            if (chunk.state is not ChunkState.CREATED or chunk.batch_id is None
+                    or chunk.status in FINAL_STATUSES):
                 continue
             try:
-                batch = client.call(f"cancel {chunk.batch_id}", client.sdk.batches.cancel, chunk.batch_id)
-            except BatchApiError as exc:  # it ended meanwhile (409), or the API is down: say which, go on
+                batch = client.call(f"cancel {chunk.batch_id}", client.sdk.batches.cancel,
+                                    chunk.batch_id)
+            except BatchApiError as exc:
+                # It ended meanwhile (409), or the API is down: say which, go on
                 ended = _ended(client, chunk.batch_id)
                 cancelled.append((chunk.name, chunk.batch_id, ended or f"not cancelled: {exc}"))
                 continue
@@ -48,5 +52,6 @@ def cancel(config: RunConfig) -> list[tuple[str, str, str]]:
         client.close()
     if live_run(OutputPaths.of(output)) is None:
         plan.cancelled = True
-        plan.save()  # with no run live, this process may write the plan; a live run sees the cancel by polling
+        # With no run live, this process may write the plan; a live run sees the cancel by polling
+        plan.save()
     return cancelled

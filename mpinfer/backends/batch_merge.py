@@ -1,8 +1,9 @@
-"""Merging a finished batch: its output and error lines become result lines, failures, or rows to resubmit.
+"""Merging a finished batch: its output and error lines become result lines,
+failures, or rows to resubmit.
 
-Every answer becomes the same line an online answer would (store/records.py builds both), priced at the
-Batch API's price, and is written once: ids already in the output are skipped, so a merge that a crash
-interrupted is simply done again. The rest is classified by the table of ``api.failures``
+Every answer becomes the same line an online answer would (store/records.py builds both), priced at
+the Batch API's price, and is written once: ids already in the output are skipped, so a merge that a
+crash interrupted is simply done again. The rest is classified by the table of ``api.failures``
 (``classify_line``), as online failures are:
 - transient (a RETRY or WAIT verdict: 5xx, 408/409/429, ``batch_expired``, ``batch_cancelled``,
   ``request_timeout``, and rows that are in neither file, as when a batch failed): resubmitted in a
@@ -35,13 +36,15 @@ from .batch_plan import Chunk
 log = logging.getLogger("mpinfer.run")
 @dataclass
 class Merged:
-    """What one merge produced: lines to append, events for the driver, and the ids to send again."""
+    """What one merge produced: lines to append,
+    events for the driver, and the ids to send again."""
 
     results: list[bytes] = field(default_factory=list)
     failures: list[bytes] = field(default_factory=list)
     events: list[TaskDone | TaskFailed] = field(default_factory=list)
     retry: list[str] = field(default_factory=list)
-    released: list[str] = field(default_factory=list)  # unanswered rows of a cancelled job: for a later run
+    # Unanswered rows of a cancelled job: for a later run
+    released: list[str] = field(default_factory=list)
 
 
 def _object(value: Any) -> dict[str, Any]:
@@ -60,6 +63,8 @@ def classify_line(record: dict[str, Any]) -> CallError:
 
 
 def records(data: bytes) -> Iterator[dict[str, Any]]:
+    """The lines of a Batch API output or error file that parse
+    and carry a ``custom_id``; anything else is skipped."""
     for raw in data.splitlines():
         if raw.strip():
             try:
@@ -84,27 +89,32 @@ class Merger:
         self.keys = keys
 
     def task(self, custom_id: str) -> Task:
-        """The input task of an answer; one that left the input since (it is paid: it is still written) gets a
-        stand-in with no prompt."""
+        """The input task of an answer; one that left the input since (it is paid: it is still
+        written) gets a stand-in with no prompt."""
         task = self.tasks.get(custom_id)
         if task is None:
-            log.warning("%s: answered by a batch but no longer in the input; written without its prompt", custom_id)
+            log.warning("%s: answered by a batch but no longer in the input; "
+                        "written without its prompt", custom_id)
             task = self.tasks[custom_id] = Task(custom_id, "")
         return task
 
     def requested(self, task: Task, model: int) -> str:
+        """The model name a task asked for, as an online run would record it: its body's model for
+        a request body, its own model for a single-model run, else the run's model at ``model``."""
         models = self.request.models
         if task.body is not None and not self.request.chosen:
             return str(task.body.get("model") or models[0])
         return task.model if len(models) == 1 and task.model else models[model]
 
-    def merge(self, chunk: Chunk, tasks: dict[str, Task], output: bytes, errors: bytes, done: set[str],
-              failed_before: set[str], resubmit: bool, latency_s: float | None) -> Merged:
-        """Merge the chunk's files (``tasks``: its rows' input tasks); ``done`` (this model's ids in the output)
-        gains every id written.
+    def merge(self, chunk: Chunk, tasks: dict[str, Task], output: bytes, errors: bytes,
+              done: set[str], failed_before: set[str], resubmit: bool,
+              latency_s: float | None) -> Merged:
+        """Merge the chunk's files (``tasks``: its rows' input tasks); ``done`` (this model's ids in
+        the output) gains every id written.
 
-        ``failed_before`` holds the ids this plan already wrote failure lines for (a repeated merge writes
-        none again); ``resubmit`` False (the job was cancelled) leaves transient rows unrecorded for a rerun.
+        ``failed_before`` holds the ids this plan already wrote failure lines for (a repeated merge
+        writes none again); ``resubmit`` False (the job was cancelled) leaves transient rows
+        unrecorded for a rerun.
         """
         self.tasks = tasks
         merged = Merged()
@@ -141,16 +151,19 @@ class Merger:
                 self._failed(chunk, custom_id, error, done, failed_before, resubmit, merged)
         return merged
 
-    def _answer(self, chunk: Chunk, custom_id: str, response: dict[str, Any], latency_s: float | None,
-                merged: Merged) -> bool:
-        """Add the answer's line and event; False when its body is not a chat completion (sent again)."""
+    def _answer(self, chunk: Chunk, custom_id: str, response: dict[str, Any],
+                latency_s: float | None, merged: Merged) -> bool:
+        """Add the answer's line and event;
+        False when its body is not a chat completion (sent again)."""
         task = self.task(custom_id)
         try:
-            answer = answer_of(response.get("body"), {"x-request-id": str(response.get("request_id") or "")})
+            answer = answer_of(response.get("body"),
+                               {"x-request-id": str(response.get("request_id") or "")})
         except MalformedResponse:
             return False
-        line, done = answered(task, chunk.model, self.requested(task, chunk.model), answer, chunk.attempt,
-                              latency_s or 0.0, self.prices, batch_id=chunk.batch_id or "")
+        line, done = answered(task, chunk.model, self.requested(task, chunk.model), answer,
+                              chunk.attempt, latency_s or 0.0, self.prices,
+                              batch_id=chunk.batch_id or "")
         merged.results.append(line)
         merged.events.append(done)
         return True
@@ -171,8 +184,8 @@ class Merger:
         failed_before.add(custom_id)
         # A server may quote the request back, key included: nothing leaves unredacted.
         error = dataclasses.replace(error, message=redact(error.message, self.keys))
-        line = failure_line(custom_id, self.task(custom_id).body is not None, error.error_type, error.status,
-                            error.message, chunk.attempt, batch_id=chunk.batch_id)
+        line = failure_line(custom_id, self.task(custom_id).body is not None, error.error_type,
+                            error.status, error.message, chunk.attempt, batch_id=chunk.batch_id)
         merged.failures.append(line)
-        merged.events.append(TaskFailed(custom_id, chunk.model, error.error_type, error.status, error.message,
-                                        chunk.attempt))
+        merged.events.append(TaskFailed(custom_id, chunk.model, error.error_type, error.status,
+                                        error.message, chunk.attempt))

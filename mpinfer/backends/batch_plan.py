@@ -1,15 +1,17 @@
-"""The batch plan: which rows went into which request file, upload and batch, kept beside the output.
+"""The batch plan: which rows went into which request file,
+upload and batch, kept beside the output.
 
-The plan is the memory that makes a crash cost nothing. It lives in ``<output>.batches.json`` (the request
-files, until uploaded, in ``<output>.batches/``) and is rewritten atomically (temp file, fsync, rename,
-fsync of the folder) at each step, before the step's effect can matter:
+The plan is the memory that makes a crash cost nothing. It lives in ``<output>.batches.json`` (the
+request files, until uploaded, in ``<output>.batches/``) and is rewritten atomically (temp file,
+fsync, rename, fsync of the folder) at each step, before the step's effect can matter:
 - a chunk (one request file, one model) is recorded PLANNED, its file on disk, before any upload;
-- its ``file_id`` once uploaded; CREATING before ``batches.create`` is called, its ``batch_id`` once created
-  (a rerun that finds a chunk CREATING looks for a batch made from its file before it creates one);
-- MERGED once its answers are in the output, in the same write that records the chunks resubmitting its
-  transient failures.
-A rerun loads the plan and goes on from each chunk's state; rows in the plan are never planned again while
-it is open, so no row is sent in two batches except to resubmit what came back unanswered.
+- its ``file_id`` once uploaded; CREATING before ``batches.create`` is called, its ``batch_id`` once
+  created (a rerun that finds a chunk CREATING looks for a batch made from its file before it
+  creates one);
+- MERGED once its answers are in the output, in the same write that records the chunks resubmitting
+  its transient failures.
+A rerun loads the plan and goes on from each chunk's state; rows in the plan are never planned again
+while it is open, so no row is sent in two batches except to resubmit what came back unanswered.
 """
 
 from __future__ import annotations
@@ -65,23 +67,30 @@ class Chunk:
     waiting: str | None = None  # why its batch is not created yet (the enqueued-token limit)
     resubmitted: int = 0
     error: str | None = None  # a failed batch's errors, as the server gave them
-    released: list[str] = field(default_factory=list)  # rows left unanswered by a cancel: a rerun plans them
+    # Rows left unanswered by a cancel: a rerun plans them
+    released: list[str] = field(default_factory=list)
 
     @property
     def lines(self) -> int:
+        """How many rows (request lines) the chunk holds."""
         return len(self.ids)
 
     @property
     def open(self) -> bool:
+        """Whether the chunk still has work: anything but MERGED."""
         return self.state is not ChunkState.MERGED
 
     def to_dict(self) -> dict[str, Any]:
-        # Not asdict(): it deep-copies the ids (50,000 of them), and the plan is saved at every step.
+        """The chunk as the plan file stores it."""
+        # Not asdict(): it deep-copies the ids (50,000 of them),
+        # and the plan is saved at every step.
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Chunk:
-        values: dict[str, Any] = {f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data}
+        """A chunk read back from the plan file (fields it does not know are dropped)."""
+        values: dict[str, Any] = {f.name: data[f.name] for f in dataclasses.fields(cls)
+                                  if f.name in data}
         values["state"] = ChunkState(str(values.get("state", ChunkState.PLANNED)))
         return cls(**values)
 
@@ -94,23 +103,29 @@ class Plan:
     plan_id: str
     created_at: float
     chunks: list[Chunk] = field(default_factory=list)
-    errors_offsets: list[int] = field(default_factory=list)  # where each model's errors file ended at start
+    # Where each model's errors file ended at start
+    errors_offsets: list[int] = field(default_factory=list)
     cancelled: bool = False
-    models: list[str] = field(default_factory=list)  # the run's models: a chunk's ``model`` indexes this list
+    # The run's models: a chunk's ``model`` indexes this list
+    models: list[str] = field(default_factory=list)
 
     @property
     def folder(self) -> Path:
+        """Where the request files wait until they are uploaded."""
         return self.path.with_suffix("")  # <output>.batches.json -> <output>.batches
 
     def request_file(self, chunk: Chunk) -> Path:
+        """The request file of ``chunk``, in the plan's folder."""
         return self.folder / f"{chunk.name}.jsonl"
 
     @property
     def open_chunks(self) -> list[Chunk]:
+        """The chunks not merged yet, in plan order."""
         return [c for c in self.chunks if c.open]
 
     @property
     def finished(self) -> bool:
+        """Whether the plan has chunks and all are merged (a new run starts a new plan)."""
         return bool(self.chunks) and not self.open_chunks
 
     def covered(self, model: int) -> set[str]:
@@ -119,6 +134,7 @@ class Plan:
             i for c in self.chunks if c.model == model for i in c.released}
 
     def new_chunk(self, model: int, attempt: int, ids: list[str], size: int) -> Chunk:
+        """Add a PLANNED chunk of ``ids`` for model ``model`` and return it (the caller saves)."""
         chunk = Chunk(f"{self.plan_id}-{len(self.chunks) + 1:04d}", model, attempt, ids, size)
         self.chunks.append(chunk)
         return chunk
@@ -126,38 +142,44 @@ class Plan:
     def save(self) -> None:
         """Write the plan whole, or leave the old one: a reader never sees half a plan."""
         data = {"version": PLAN_VERSION, "plan_id": self.plan_id, "created_at": self.created_at,
-                "cancelled": self.cancelled, "errors_offsets": self.errors_offsets, "models": self.models,
-                "chunks": [c.to_dict() for c in self.chunks]}
+                "cancelled": self.cancelled, "errors_offsets": self.errors_offsets,
+                "models": self.models, "chunks": [c.to_dict() for c in self.chunks]}
         with atomic_write(self.path) as handle:
             handle.write(orjson.dumps(data, option=orjson.OPT_INDENT_2))
 
     @classmethod
     def new(cls, output: Path, errors_offsets: list[int], models: list[str]) -> Plan:
+        """An empty plan for ``output``, named by the time and a random suffix; not saved yet."""
         plan_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
-        return cls(plan_path(output), plan_id, time.time(), errors_offsets=errors_offsets, models=models)
+        return cls(plan_path(output), plan_id, time.time(), errors_offsets=errors_offsets,
+                   models=models)
 
     @classmethod
     def load(cls, output: Path) -> Plan | None:
-        """The plan kept beside ``output``, or None when there is none; OutputError when it is unreadable."""
+        """The plan kept beside ``output``, or None when there is none;
+        OutputError when it is unreadable."""
         path = plan_path(output)
         try:
             data = orjson.loads(path.read_bytes())
         except FileNotFoundError:
             return None
         except (OSError, orjson.JSONDecodeError) as exc:
-            raise OutputError(f"{path}: cannot read the batch plan ({exc}); it records batches you may have "
-                              "paid for: fix or move it, never delete it blindly") from None
+            raise OutputError(f"{path}: cannot read the batch plan ({exc}); it records batches "
+                              "you may have paid for: fix or move it, never delete it "
+                              "blindly") from None
         try:
             return cls(path, str(data["plan_id"]), float(data["created_at"]),
-                       [Chunk.from_dict(c) for c in data["chunks"]], list(data.get("errors_offsets") or []),
-                       bool(data.get("cancelled")), [str(m) for m in data.get("models") or []])
+                       [Chunk.from_dict(c) for c in data["chunks"]],
+                       list(data.get("errors_offsets") or []), bool(data.get("cancelled")),
+                       [str(m) for m in data.get("models") or []])
         except (KeyError, TypeError, ValueError) as exc:
             raise OutputError(f"{path}: not a batch plan ({type(exc).__name__}: {exc})") from None
 
 
 @dataclass(frozen=True)
 class BatchStatus:
-    """One chunk as --status shows it: from the plan, as last polled (status reads, it never calls the API)."""
+    """One chunk as --status shows it:
+    from the plan, as last polled (status reads, it never calls the API)."""
 
     name: str
     model: int
@@ -179,9 +201,9 @@ def plan_report(output: Path, now: float | None = None) -> list[BatchStatus]:
     if plan is None:
         return []
     now = time.time() if now is None else now
-    return [BatchStatus(c.name, c.model, c.batch_id, c.state.value, c.status, c.lines, c.completed, c.failed,
-                        c.attempt, round(now - c.created_at, 1) if c.created_at else None, c.waiting,
-                        c.resubmitted) for c in plan.chunks]
+    return [BatchStatus(c.name, c.model, c.batch_id, c.state.value, c.status, c.lines, c.completed,
+                        c.failed, c.attempt, round(now - c.created_at, 1) if c.created_at else None,
+                        c.waiting, c.resubmitted) for c in plan.chunks]
 
 
 def plan_path(output: Path) -> Path:

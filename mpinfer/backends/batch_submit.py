@@ -1,14 +1,17 @@
-"""Submitting to the Batch API: request files within the API's limits, uploads and creations, with our retries.
+"""Submitting to the Batch API:
+request files within the API's limits, uploads and creations, with our retries.
 
-The calls go through the openai SDK's ``client.files`` and ``client.batches`` with the SDK's own retries off:
-``BatchClient.call`` does what ``api.retry.decide`` says of each failure (classified by
+The calls go through the openai SDK's ``client.files`` and ``client.batches`` with the SDK's own
+retries off: ``BatchClient.call`` does what ``api.retry.decide`` says of each failure (classified by
 ``api.failures``), as the online runner does: transient ones (5xx, timeouts, resets) are retried
-with our backoff within --max-retries, and 429s for rate are waited out within --patience. The
-API's limits are respected before they are met:
-- a request file holds at most ``batch_size`` lines (50,000 at most) and ``batch_max_bytes`` (200 MB);
+with our backoff within --max-retries, and 429s for rate are waited out within --patience. The API's
+limits are respected before they are met:
+- a request file holds at most ``batch_size`` lines (50,000 at most)
+  and ``batch_max_bytes`` (200 MB);
 - batch creation is paced to CREATES_PER_HOUR;
-- a creation refused for the enqueued-token limit (``token_limit_exceeded``, as an error or as a batch that
-  fails validation) is QueueFull: the backend waits for running batches, it does not fail the rows.
+- a creation refused for the enqueued-token limit (``token_limit_exceeded``, as an error or as a
+  batch that fails validation) is QueueFull: the backend waits for running batches, it does not fail
+  the rows.
 """
 
 from __future__ import annotations
@@ -48,7 +51,8 @@ class QueueFull(Exception):
 
 
 class BatchClient:
-    """The SDK's Files and Batches calls with our retries; time is a parameter so tests need not wait."""
+    """The SDK's Files and Batches calls with our retries;
+    time is a parameter so tests need not wait."""
 
     def __init__(self, config: RunConfig, sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -63,13 +67,14 @@ class BatchClient:
         self.clock = clock
         self.rng = random.Random()
 
-    def call(self, what: str, fn: Callable[..., T], *args: Any, before_retry: Callable[[], T | None] | None = None,
-             **kwargs: Any) -> T:
+    def call(self, what: str, fn: Callable[..., T], *args: Any,
+             before_retry: Callable[[], T | None] | None = None, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)``, sent again while ``api.retry.decide`` says so; BatchApiError
         (redacted) once it does not.
 
-        ``before_retry`` runs before each retry; what it returns (not None) is taken as the call's result:
-        a create that timed out may have made its batch, which must be found rather than made twice.
+        ``before_retry`` runs before each retry; what it returns (not None) is taken as the call's
+        result: a create that timed out may have made its batch, which must be found rather than
+        made twice.
         """
         tries = Attempts()
         while True:
@@ -99,11 +104,13 @@ class BatchClient:
                 raise BatchApiError(redact(failed, self.keys)) from None
 
     def close(self) -> None:
+        """Close the SDK client and its connections."""
         self.sdk.close()
 
 
 def request_line(settings: RequestSettings, encoder: ImageEncoder, task: Task, model: int) -> bytes:
-    """The Batch API input line of a task: the body the online path would send. ImageError as online."""
+    """The Batch API input line of a task:
+    the body the online path would send. ImageError as online."""
     request = task_request(settings, encoder, task, model)
     if request.path is not ApiPath.CHAT:
         # One batch has one endpoint, and these are chat.completions batches.
@@ -116,8 +123,9 @@ def request_line(settings: RequestSettings, encoder: ImageEncoder, task: Task, m
 
 
 class ChunkWriter:
-    """Writes request lines into files of at most ``size`` lines and ``max_bytes`` each, one model a file, each
-    a PLANNED chunk of the plan (the caller saves the plan, after ``close``, before anything is uploaded)."""
+    """Writes request lines into files of at most ``size`` lines and ``max_bytes`` each, one model a
+    file, each a PLANNED chunk of the plan (the caller saves the plan, after ``close``, before
+    anything is uploaded)."""
 
     def __init__(self, plan: Plan, size: int, max_bytes: int, attempt: int = 1) -> None:
         self.plan = plan
@@ -136,9 +144,11 @@ class ChunkWriter:
         return opened
 
     def add(self, model: int, task_id: str, line: bytes) -> None:
+        """Append one request line to its model's open file, starting a new chunk when the file
+        is full (by lines or bytes); a line larger than a whole file is a ConfigError."""
         if len(line) > self.max_bytes:
-            raise ConfigError(f"task {task_id}: its request is {len(line):,} bytes, more than a whole batch file "
-                              f"may hold ({self.max_bytes:,}); shrink its images")
+            raise ConfigError(f"task {task_id}: its request is {len(line):,} bytes, more than a "
+                              f"whole batch file may hold ({self.max_bytes:,}); shrink its images")
         chunk, handle = self.open.get(model) or self._start(model)
         if chunk.lines >= self.size or chunk.bytes + len(line) > self.max_bytes:
             handle.close()
@@ -177,18 +187,20 @@ def upload(client: BatchClient, plan: Plan, chunk: Chunk) -> None:
     # A 200 MB file needs more than one request's timeout: allow about 1 MB/s.
     timeout = max(client.config.timeout, chunk.bytes / 1_000_000)
     with path.open("rb") as handle:
-        uploaded = client.call(f"upload {chunk.name}", client.sdk.files.create, file=(path.name, handle),
-                               purpose="batch", timeout=timeout)
+        uploaded = client.call(f"upload {chunk.name}", client.sdk.files.create,
+                               file=(path.name, handle), purpose="batch", timeout=timeout)
     chunk.file_id = uploaded.id
     chunk.state = ChunkState.UPLOADED
 
 
 def delete_files(client: BatchClient, file_ids: Iterable[str | None]) -> list[str]:
-    """Delete files at the provider, best effort (a merged batch's input, output and error files); those deleted.
+    """Delete files at the provider,
+    best effort (a merged batch's input, output and error files); those deleted.
 
-    One attempt each, not ``BatchClient.call``'s retries: those wait up to --max-retries backoffs of up to a
-    minute (a Retry-After included) while the other batches go unpolled, and a file left behind costs only
-    storage. A failure is a warning naming the file, never an error: the answers are merged already.
+    One attempt each, not ``BatchClient.call``'s retries: those wait up to --max-retries backoffs of
+    up to a minute (a Retry-After included) while the other batches go unpolled, and a file left
+    behind costs only storage. A failure is a warning naming the file, never an error: the answers
+    are merged already.
     """
     deleted: list[str] = []
     for file_id in dict.fromkeys(f for f in file_ids if f):  # once each, in order
@@ -202,13 +214,14 @@ def delete_files(client: BatchClient, file_ids: Iterable[str | None]) -> list[st
                 deleted.append(file_id)
                 continue
             problem = "the provider answered deleted: false"
-        log.warning("%s", redact(f"batch file {file_id} not deleted at the provider ({problem}); it stays in "
-                                 "the provider's file storage", client.keys))
+        log.warning("%s", redact(f"batch file {file_id} not deleted at the provider ({problem}); "
+                                 "it stays in the provider's file storage", client.keys))
     return deleted
 
 
 def find_created(client: BatchClient, plan: Plan, chunk: Chunk) -> Any | None:
-    """The batch made from the chunk's file, if a create reached the server before a crash lost its answer."""
+    """The batch made from the chunk's file,
+    if a create reached the server before a crash lost its answer."""
     after: str | None = None
     for _ in range(LIST_PAGES):
         kwargs: dict[str, Any] = {"limit": 100}
@@ -216,8 +229,10 @@ def find_created(client: BatchClient, plan: Plan, chunk: Chunk) -> Any | None:
             kwargs["after"] = after
         page = client.call("list batches", client.sdk.batches.list, **kwargs)
         for batch in page.data:
-            # By the file, or by the chunk's name in the metadata: a proxy (LiteLLM) may show other file ids.
-            if batch.input_file_id == chunk.file_id or (batch.metadata or {}).get("mpinfer_chunk") == chunk.name:
+            # By the file, or by the chunk's name in the metadata:
+            # a proxy (LiteLLM) may show other file ids.
+            if (batch.input_file_id == chunk.file_id
+                    or (batch.metadata or {}).get("mpinfer_chunk") == chunk.name):
                 return batch
         if not page.has_more or not page.data or page.data[-1].created_at < plan.created_at - 3600:
             return None
@@ -228,35 +243,40 @@ def find_created(client: BatchClient, plan: Plan, chunk: Chunk) -> Any | None:
 class CreationPacer:
     """At most CREATES_PER_HOUR creations in any hour, counted in this process."""
 
-    def __init__(self, per_hour: int = CREATES_PER_HOUR, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, per_hour: int = CREATES_PER_HOUR,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.per_hour = per_hour
         self.clock = clock
         self.times: deque[float] = deque()
 
     def wait_s(self) -> float:
+        """Seconds until another creation fits in the hour (0 when one may go now)."""
         now = self.clock()
         while self.times and now - self.times[0] >= 3600:
             self.times.popleft()
         return 0.0 if len(self.times) < self.per_hour else 3600 - (now - self.times[0])
 
     def created(self) -> None:
+        """Count a creation made now."""
         self.times.append(self.clock())
 
 
 def create(client: BatchClient, plan: Plan, chunk: Chunk, output_name: str, search: bool) -> None:
-    """Create the chunk's batch; the chunk becomes CREATED. QueueFull: the model's token queue is full.
+    """Create the chunk's batch; the chunk becomes CREATED.
+    QueueFull: the model's token queue is full.
 
-    The caller saved the chunk as CREATING before this call. ``search`` (the chunk was CREATING when the run
-    started: a crash came in the middle of a create) first looks for a batch made from its file, and so does
-    every retry of a create that failed without an answer: such a batch is adopted, never made twice.
+    The caller saved the chunk as CREATING before this call. ``search`` (the chunk was CREATING when
+    the run started: a crash came in the middle of a create) first looks for a batch made from its
+    file, and so does every retry of a create that failed without an answer: such a batch is
+    adopted, never made twice.
     """
 
     def made_before() -> Any | None:
         batch = find_created(client, plan, chunk)
         if batch is None or batch.status == "failed":
             return None  # a failed batch never ran: nothing of it is paid, and a new one is made
-        log.info("%s: found batch %s made by an earlier attempt; polling it instead of creating another",
-                 chunk.name, batch.id)
+        log.info("%s: found batch %s made by an earlier attempt; polling it instead of creating "
+                 "another", chunk.name, batch.id)
         return batch
 
     batch = made_before() if search else None

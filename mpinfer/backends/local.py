@@ -1,10 +1,12 @@
-"""The local backend: worker processes forked on this machine, one pipe each, a shared-memory limiter.
+"""The local backend: worker processes forked on this machine,
+one pipe each, a shared-memory limiter.
 
-The parent stays single-threaded (tqdm's monitor thread is off), so replacing a dead worker by fork is safe.
-Each worker has its own pipe, and the parent knows exactly which tasks each one holds: when a worker dies,
-the tasks it held are looked up in the output and the errors file (it may have written some before dying:
-an answer counts as done, a failure as failed, neither is sent again in this run) and the rest are sent to
-the others. Workers write the output lines themselves, under the store's lock.
+The parent stays single-threaded (tqdm's monitor thread is off), so replacing a dead worker by fork
+is safe. Each worker has its own pipe, and the parent knows exactly which tasks each one holds: when
+a worker dies, the tasks it held are looked up in the output and the errors file (it may have
+written some before dying: an answer counts as done, a failure as failed, neither is sent again in
+this run) and the rest are sent to the others. Workers write the output lines themselves, under the
+store's lock.
 """
 
 from __future__ import annotations
@@ -22,7 +24,17 @@ from multiprocess.connection import wait
 from ..api.client import warm_up
 from ..api.prices import PriceTable
 from ..config import RunConfig, RunnerSettings
-from ..events import Event, StopWork, TaskDone, TaskFailed, Work, WorkerExit, WorkItem, decode_events, encode
+from ..events import (
+    Event,
+    StopWork,
+    TaskDone,
+    TaskFailed,
+    Work,
+    WorkerExit,
+    WorkItem,
+    decode_events,
+    encode,
+)
 from ..inputs.tasks import Task
 from ..limits import LaneStats, LimiterSettings, SharedLimiter
 from ..store.output import OutputPaths, iter_lines, scan, size_of
@@ -31,8 +43,8 @@ from .base import Note, Returned, WorkerDied
 from .worker import WorkerSettings, worker_main
 
 log = logging.getLogger("mpinfer.run")
-# Tasks sent in one write at most: a turn of the driver's loop may hand out thousands, and a task given as a
-# Batch API body may carry its images inline.
+# Tasks sent in one write at most: a turn of the driver's loop may hand out thousands, and a task
+# given as a Batch API body may carry its images inline.
 SEND_BATCH = 64
 
 
@@ -50,14 +62,16 @@ class _Slot:
 
 
 class LocalBackend:
-    """Runs the tasks in ``processes`` forked workers with ``concurrency`` requests in flight each."""
+    """Runs the tasks in ``processes`` forked workers,
+    with ``concurrency`` requests in flight each."""
 
     def __init__(self, config: RunConfig, outputs: list[OutputPaths], run_starts: list[int],
                  log_file: Path | None, prices: PriceTable) -> None:
         self.config = config
         self.outputs = outputs
         self.run_starts = run_starts
-        # Where each errors file ends before any worker starts: a failure past it was written in this run.
+        # Where each errors file ends before any worker starts:
+        # a failure past it was written in this run.
         self.error_starts = [size_of(paths.errors) for paths in outputs]
         self.log_file = log_file
         self.prices = prices
@@ -75,6 +89,7 @@ class LocalBackend:
         self.unfreeze = False  # whether close() undoes start()'s gc.freeze()
 
     def lane_stats(self) -> tuple[list[LaneStats], list[bool]]:
+        """The shared limiter's counters for every lane, read now."""
         return self.limiter.lane_stats(time.monotonic())
 
     # -- workers -----------------------------------------------------------------------------------
@@ -91,15 +106,19 @@ class LocalBackend:
         return _Slot(index, process, parent_end)
 
     def start(self) -> None:
+        """Fork the worker processes, after warming up and freezing what the parent holds."""
         warm_up()  # once here rather than once in every forked worker
-        self.unfreeze = gc.get_freeze_count() == 0  # a Python caller's own gc.freeze() is theirs to undo
-        gc.freeze()  # the forked children need not copy-on-write the parent's id sets when they collect
+        # A Python caller's own gc.freeze() is theirs to undo
+        self.unfreeze = gc.get_freeze_count() == 0
+        # The forked children need not copy-on-write the parent's id sets when they collect
+        gc.freeze()
         for index in range(self.config.processes):
             self.slots.append(self._spawn(index))
         log.info("started %d workers, %d requests in flight each", self.config.processes,
                  self.config.concurrency)
 
     def replace(self, worker: int) -> None:
+        """Fork a new worker process in slot ``worker`` of a dead one."""
         self.slots.append(self._spawn(worker))
 
     def _send(self, slot: _Slot, message: bytes) -> bool:
@@ -114,12 +133,16 @@ class LocalBackend:
         return [s for s in self.slots if s.open and not s.stopped and len(s.held) < self.max_held]
 
     def room(self) -> int:
+        """How many more tasks the workers taking work may hold."""
         return sum(self.max_held - len(s.held) for s in self._takers())
 
     def in_flight(self) -> int:
+        """The tasks the workers hold, sent but not settled."""
         return sum(len(s.held) for s in self.slots)
 
     def submit(self, item: WorkItem) -> bool:
+        """Give the task to the least busy worker taking work (sent with the next batch of
+        messages); False when none takes any."""
         takers = self._takers()
         if not takers:
             return False
@@ -132,14 +155,15 @@ class LocalBackend:
         return True
 
     def _flush(self, slot: _Slot) -> None:
-        """Send the tasks submitted to ``slot`` since the last flush, in one write. If the worker is gone they
-        stay held, and its death settles them with the rest of what it held."""
+        """Send the tasks submitted to ``slot`` since the last flush, in one write. If the worker is
+        gone they stay held, and its death settles them with the rest of what it held."""
         if slot.pending:
             works, slot.pending = slot.pending, []
             if slot.open:
                 self._send(slot, encode(*works))
 
     def stop(self) -> None:
+        """Send what is pending, then StopWork to each worker not told yet."""
         for slot in self.slots:
             self._flush(slot)
             if slot.open and not slot.stopped:
@@ -147,6 +171,7 @@ class LocalBackend:
                 self._send(slot, encode(StopWork()))
 
     def idle(self) -> bool:
+        """Whether every worker has exited."""
         return not self.slots
 
     # -- events ------------------------------------------------------------------------------------
@@ -167,6 +192,8 @@ class LocalBackend:
         return notes
 
     def poll(self, timeout_s: float) -> list[Note]:
+        """Send what is pending, wait on the pipes and the process sentinels, and return the
+        events of those ready and the notes of those that died."""
         for slot in self.slots:
             self._flush(slot)
         waitables: list[Any] = [s.conn for s in self.slots if s.open]
@@ -180,12 +207,15 @@ class LocalBackend:
                 notes += self._on_death(slot)
         return notes
 
-    def _settled_unreported(self, held: dict[tuple[str, int], Task]) -> tuple[set[tuple[str, int]], list[Event]]:
-        """Of the tasks a dead worker held, those it wrote before dying: answers, and failures (as events)."""
+    def _settled_unreported(
+            self, held: dict[tuple[str, int], Task]) -> tuple[set[tuple[str, int]], list[Event]]:
+        """Of the tasks a dead worker held, those it wrote before dying:
+        answers, and failures (as events)."""
         written: set[tuple[str, int]] = set()
         failures: list[Event] = []
         for m in {model for _, model in held}:
-            written |= {(task_id, m) for task_id in scan(self.outputs[m].output, self.run_starts[m]).ids}
+            written |= {(task_id, m)
+                        for task_id in scan(self.outputs[m].output, self.run_starts[m]).ids}
             for _, _, obj in iter_lines(self.outputs[m].errors, self.error_starts[m]):
                 failure = failure_view(obj)
                 if failure is None:
@@ -213,17 +243,20 @@ class LocalBackend:
             log.info("worker %d held %d limiter slots: given back", slot.index, reclaimed)
         if slot.held:
             written, failures = self._settled_unreported(slot.held)
-            lost: list[WorkItem] = [(task, key[1]) for key, task in slot.held.items() if key not in written]
+            lost: list[WorkItem] = [(task, key[1]) for key, task in slot.held.items()
+                                    if key not in written]
             notes += failures
-            notes.append(Returned(tuple(lost), recovered=len(slot.held) - len(lost) - len(failures)))
+            notes.append(Returned(tuple(lost),
+                                  recovered=len(slot.held) - len(lost) - len(failures)))
             if not expected:
-                log.warning("worker %d (pid %s) died (exit code %s) holding %d tasks: %d were written, %d "
-                            "sent again", slot.index, slot.process.pid, code, len(slot.held),
-                            len(slot.held) - len(lost), len(lost))
+                log.warning("worker %d (pid %s) died (exit code %s) holding %d tasks: "
+                            "%d were written, %d sent again", slot.index, slot.process.pid, code,
+                            len(slot.held), len(slot.held) - len(lost), len(lost))
         notes.append(WorkerDied(slot.index, expected))
         return notes
 
     def kill(self) -> list[Note]:
+        """SIGKILL every worker, then read what their pipes still hold."""
         notes: list[Note] = []
         for slot in self.slots:
             if slot.process.is_alive():
@@ -236,6 +269,8 @@ class LocalBackend:
         return notes
 
     def close(self) -> None:
+        """Kill what is left, and undo the parent's gc.freeze() if this backend made it."""
         self.kill()
         if self.unfreeze:
-            gc.unfreeze()  # the workers are gone: the caller's objects (a notebook's) are collectable again
+            # The workers are gone: the caller's objects (a notebook's) are collectable again
+            gc.unfreeze()

@@ -1,17 +1,19 @@
 """The Ray backend: the same tasks run by actors spread over a Ray cluster (``--backend ray``).
 
 What holds as in the local backend, and how:
-- The driver (this process) reads the output, sends only what is not done, and is the only writer of the
-  output files: an actor returns the line to write and the driver appends it under the store's lock. A
-  node that dies can lose nothing that was written, and the tasks its actors held are sent again.
+- The driver (this process) reads the output, sends only what is not done, and is the only writer of
+  the output files: an actor returns the line to write and the driver appends it under the store's
+  lock. A node that dies can lose nothing that was written, and the tasks its actors held are sent
+  again.
 - The rate limits hold for the cluster as a whole: one limiter actor, on the driver's node, owns the
   windows (mpinfer.limits' LimiterActor: the same SharedLimiter, with its own clock) and every
   worker actor asks it before each request.
-- Lines have the same format, so status, validate, export and resume do not care which backend wrote them.
+- Lines have the same format, so status, validate, export and resume do not care which backend
+  wrote them.
 
-Each worker actor is a TaskRunner with ``concurrency`` requests in flight; the driver keeps exactly that
-many tasks outstanding on each. Actors take half a CPU each for placement: they mostly wait on the network.
-On a real cluster every node needs mpinfer installed (``pip install mpinfer[ray]``).
+Each worker actor is a TaskRunner with ``concurrency`` requests in flight; the driver keeps exactly
+that many tasks outstanding on each. Actors take half a CPU each for placement: they mostly wait on
+the network. On a real cluster every node needs mpinfer installed (``pip install mpinfer[ray]``).
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ try:
     from ray.exceptions import RayActorError, RayTaskError
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 except ImportError:  # pragma: no cover - the message is the point
-    raise ConfigError("--backend ray needs Ray: pip install 'mpinfer[ray]' (on every node of the cluster)") from None
+    raise ConfigError("--backend ray needs Ray: pip install 'mpinfer[ray]' "
+                      "(on every node of the cluster)") from None
 
 log = logging.getLogger("mpinfer.run")
 
@@ -64,44 +67,56 @@ class _Worker:
 
 
 class RayBackend:
-    """Runs the tasks on ``processes`` worker actors of a Ray cluster; this process writes every line.
+    """Runs the tasks on ``processes`` worker actors of a Ray cluster;
+    this process writes every line.
 
-    Actors are known by a number of their own, never reused: a dead actor's calls fail one by one, and each
-    must be told from a call to its replacement (one death, one replacement, its tasks sent again once).
+    Actors are known by a number of their own, never reused: a dead actor's calls fail one by one,
+    and each must be told from a call to its replacement (one death, one replacement, its tasks sent
+    again once).
     """
 
     def __init__(self, config: RunConfig, outputs: list[OutputPaths], prices: PriceTable, *,
                  respawns_per_worker: int) -> None:
         self.config = config
-        if config.endpoint_table or config.window_rpm != config.rpm or config.window_tpm != config.tpm:
-            raise ConfigError("an endpoints table and per-model --rpm/--tpm run on --backend local only, for now")
+        if (config.endpoint_table or config.window_rpm != config.rpm
+                or config.window_tpm != config.tpm):
+            raise ConfigError("an endpoints table and per-model --rpm/--tpm run on "
+                              "--backend local only, for now")
         self.prices = prices
         self.runner_settings = RunnerSettings.of(config)  # what each actor's runner is built from
         self.writer = OutcomeWriter(tuple(outputs), config.fsync)
-        self.owns_ray = not ray.is_initialized()  # a session the caller (a notebook) began is theirs to end
-        ray.init(address=config.ray_address or None, ignore_reinit_error=True, include_dashboard=False,
-                 log_to_driver=False, configure_logging=False)
-        # The limiter lives on the driver's own node: a worker node may die, and the run goes on without it.
-        here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=True)
-        # One holder for every actor the run may start (``respawns_per_worker`` replacements each, the
-        # driver's to say): actor numbers are never reused.
+        # A session the caller (a notebook) began is theirs to end
+        self.owns_ray = not ray.is_initialized()
+        ray.init(address=config.ray_address or None, ignore_reinit_error=True,
+                 include_dashboard=False, log_to_driver=False, configure_logging=False)
+        # The limiter lives on the driver's own node:
+        # a worker node may die, and the run goes on without it.
+        here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(),
+                                              soft=True)
+        # One holder for every actor the run may start (``respawns_per_worker`` replacements each,
+        # the driver's to say): actor numbers are never reused.
         settings = LimiterSettings.of(config, max_in_flight=config.processes * config.concurrency,
                                       holders=config.processes * (1 + respawns_per_worker))
-        # .options() rather than ray.remote(**options): Ray types only the latter's function options.
+        # .options() rather than ray.remote(**options):
+        # Ray types only the latter's function options.
         actor = ray.remote(LimiterActor).options(num_cpus=0, scheduling_strategy=here)
         self.limiter: Any = actor.remote(settings)
-        self.worker_class = ray.remote(_Worker).options(num_cpus=ACTOR_CPUS, max_concurrency=config.concurrency + 4)
+        self.worker_class = ray.remote(_Worker).options(num_cpus=ACTOR_CPUS,
+                                                        max_concurrency=config.concurrency + 4)
         self.actors: dict[int, Any] = {}       # live actors by number
         self.outstanding: dict[int, int] = {}  # calls in flight on each live actor
         self.stopped: set[int] = set()         # live actors told to stop
         self.pending: dict[Any, tuple[int, WorkItem]] = {}  # call -> (actor number, task)
         self.numbers = itertools.count()
-        self._lanes: tuple[list[LaneStats], list[bool]] = ([], [False] * len(config.require_api_keys()))
+        self._lanes: tuple[list[LaneStats], list[bool]] = ([],
+                                                           [False] * len(config.require_api_keys()))
         self._lanes_ref: Any = None
 
     def lane_stats(self) -> tuple[list[LaneStats], list[bool]]:
-        """The limiter actor's counters, or the last ones while it is slow to answer (a report must not
-        hold up the run, nor end it: on a loaded machine the actor may take seconds to start)."""
+        """The limiter actor's counters, or the last ones while it is slow to answer.
+
+        A report must not hold up the run, nor end it: on a loaded machine the actor may take
+        seconds to start."""
         ref = self._lanes_ref if self._lanes_ref is not None else self.limiter.lane_stats.remote()
         ready, _ = ray.wait([ref], timeout=LANES_WAIT_S)
         self._lanes_ref = None if ready else ref
@@ -116,26 +131,33 @@ class RayBackend:
         self.outstanding[number] = 0
 
     def start(self) -> None:
+        """Start the worker actors, and log the cluster's size."""
         for _ in range(self.config.processes):
             self._spawn()
-        listed = cast("Callable[[], list[dict[str, Any]]]", ray.nodes)()  # ray.nodes has no annotations
+        # ray.nodes has no annotations
+        listed = cast("Callable[[], list[dict[str, Any]]]", ray.nodes)()
         nodes = sum(1 for node in listed if node.get("Alive"))
         log.info("ray: %d worker actors, %d requests in flight each, on a cluster of %d nodes",
                  self.config.processes, self.config.concurrency, nodes)
 
     def replace(self, worker: int) -> None:
+        """Start a new actor (actor numbers are never reused)."""
         self._spawn()
 
     def _takers(self) -> list[int]:
-        return [n for n in self.actors if n not in self.stopped and self.outstanding[n] < self.config.concurrency]
+        return [n for n in self.actors
+                if n not in self.stopped and self.outstanding[n] < self.config.concurrency]
 
     def room(self) -> int:
+        """How many more calls the actors taking work may hold (``concurrency`` each)."""
         return sum(self.config.concurrency - self.outstanding[n] for n in self._takers())
 
     def in_flight(self) -> int:
+        """The calls made and not answered yet."""
         return len(self.pending)
 
     def submit(self, item: WorkItem) -> bool:
+        """Call the least busy actor taking work; False when none takes any."""
         takers = self._takers()
         if not takers:
             return False
@@ -146,15 +168,18 @@ class RayBackend:
         return True
 
     def stop(self) -> None:
+        """Tell each actor not told yet to stop (its calls in flight still answer)."""
         for number, actor in self.actors.items():
             if number not in self.stopped:
                 self.stopped.add(number)
                 actor.stop.remote()
 
     def idle(self) -> bool:
+        """Whether every call has been answered."""
         return not self.pending
 
     def poll(self, timeout_s: float) -> list[Note]:
+        """Wait up to ``timeout_s`` for answers; write their lines and return their events."""
         if not self.pending:
             time.sleep(timeout_s)
             return []
@@ -186,7 +211,8 @@ class RayBackend:
         return notes
 
     def _on_death(self, number: int, item: WorkItem) -> list[Note]:
-        """A call failed because its actor (or its node) is gone: the task goes again; nothing was written.
+        """A call failed because its actor (or its node) is gone:
+        the task goes again; nothing was written.
 
         Every call in flight on a dead actor fails; only the first reports the death.
         """
@@ -195,11 +221,13 @@ class RayBackend:
             del self.actors[number], self.outstanding[number]
             self.stopped.discard(number)
             self.limiter.reclaim.remote(number)
-            log.warning("ray worker actor %d died (its node may be gone); its tasks are sent again", number)
+            log.warning("ray worker actor %d died (its node may be gone); its tasks are sent again",
+                        number)
             notes.append(WorkerDied(number))
         return notes
 
     def kill(self) -> list[Note]:
+        """Kill every actor; calls in flight are dropped and their tasks are not done."""
         for actor in self.actors.values():
             ray.kill(actor)
         self.actors.clear()
@@ -207,6 +235,8 @@ class RayBackend:
         return []
 
     def close(self) -> None:
+        """Kill the actors and the limiter actor, close the writer,
+        and shut Ray down if this backend started it."""
         self.kill()
         ray.kill(self.limiter)
         self.writer.close()

@@ -1,11 +1,12 @@
-"""One task from start to finish: build the request, wait on the limiter, call, retry, and say what to write.
+"""One task from start to finish:
+build the request, wait on the limiter, call, retry, and say what to write.
 
-A TaskRunner knows nothing of pipes, processes or files: it returns an Outcome holding the line to append
-and the event to report, and the host that runs it (a local worker process, or a Ray actor) writes the
-line and forwards the event. The limiter is reached through the async LimiterClient interface, so the
-same runner works with the shared-memory limiter of one machine and with a limiter actor of a cluster.
-Each request goes down to the HTTP client with its ticket (``_GrantTicket``, api/ticket.py's
-protocol); the host stops the runner with ``stop``, whatever the reason.
+A TaskRunner knows nothing of pipes, processes or files: it returns an Outcome holding the line to
+append and the event to report, and the host that runs it (a local worker process, or a Ray actor)
+writes the line and forwards the event. The limiter is reached through the async LimiterClient
+interface, so the same runner works with the shared-memory limiter of one machine and with a limiter
+actor of a cluster. Each request goes down to the HTTP client with its ticket (``_GrantTicket``,
+api/ticket.py's protocol); the host stops the runner with ``stop``, whatever the reason.
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ log = logging.getLogger("mpinfer.backends.worker")
 
 @dataclass(frozen=True)
 class Outcome:
-    """What became of one task: the line to append (to the output, or to the errors file), then the events
-    to report once it is written (a failure that stops the run reports both)."""
+    """What became of one task: the line to append (to the output, or to the errors file), then the
+    events to report once it is written (a failure that stops the run reports both)."""
 
     events: tuple[Event, ...]
     line: bytes | None = None
@@ -102,9 +103,10 @@ _AGAIN = _Again()
 class TaskRunner:
     """Runs tasks for one host process: its clients, image cache, random jitter and the limiter.
 
-    ``sleep`` and ``clock`` are parameters (real ones by default), so retry timing is tested without waiting.
-    ``build_ahead``: how many requests the host builds ahead of its -c slots (backends/ahead.py).
-    ``stop`` is the one way a host stops it, whatever the reason; ``stopping`` says whether it has.
+    ``sleep`` and ``clock`` are parameters (real ones by default), so retry timing is tested without
+    waiting. ``build_ahead``: how many requests the host builds ahead of its -c slots
+    (backends/ahead.py). ``stop`` is the one way a host stops it, whatever the reason; ``stopping``
+    says whether it has.
     """
 
     def __init__(self, settings: RunnerSettings, prices: PriceTable, limiter: LimiterClient, *,
@@ -132,13 +134,15 @@ class TaskRunner:
         return self._stopping
 
     def stop(self) -> None:
-        """Take nothing new, and leave the requests built ahead and not sent for the rerun: a stop,
-        the parent gone, an output that cannot be written, or no task able to succeed
-        (``_abort``)."""
+        """Take nothing new, and leave the requests built ahead and not sent for the rerun.
+
+        Whatever the reason: a stop, the parent gone, an output that cannot be written, or no task
+        able to succeed (``_abort``)."""
         self._stopping = True
         self.ahead.stop()
 
     def client(self, key: int) -> openai.AsyncOpenAI:
+        """The SDK client of endpoint ``key``, made on first use and kept."""
         if key not in self.clients:
             endpoint = self.endpoints[key]
             azure = None
@@ -152,6 +156,7 @@ class TaskRunner:
         return self.clients[key]
 
     async def close(self) -> None:
+        """Close every client made (their connection pools)."""
         for client in self.clients.values():
             await client.close()
 
@@ -164,8 +169,10 @@ class TaskRunner:
         return task_request(self.settings.request, self.encoder, task, model)
 
     async def _acquire(self, model: int, charge: int) -> Grant | Wait | None:
-        """Wait for the limiter: a free key, room in its pace and window, no pause on its lane. None when
-        stopping; the Wait itself when the server has been down for longer than the patience."""
+        """Wait for the limiter: a free key, room in its pace and window, no pause on its lane.
+
+        None when stopping; the Wait itself when the server has been down for longer than the
+        patience."""
         while True:
             got = await self.limiter.try_acquire(model, charge)
             if isinstance(got, Grant):
@@ -178,7 +185,14 @@ class TaskRunner:
             await self.sleep(min(got.seconds, 0.5) * self.rng.uniform(1.0, 1.1))
 
     async def run(self, task: Task, model: int) -> Outcome | None:
-        """Do one task; None when the run is stopping and the task is left for the rerun, unrecorded."""
+        """Do one task: build its request, then take a grant and send it until it is answered
+        or fails for good; the Outcome holds the line to write and the event to report.
+
+        None when the run is stopping and the task is left for the rerun, unrecorded. Each turn
+        of the loop takes one grant: a request the ticket turned away as stale takes another (no
+        attempt counted); a failed attempt goes to ``_failed_attempt``, which says whether to go
+        again.
+        """
         started = self.clock()
         try:
             request = self._request(task, model)
@@ -190,7 +204,8 @@ class TaskRunner:
                 grant = await self._acquire(model, request.charge)
             except NoKeysLeft:
                 if await self._any_key_left():
-                    # Every endpoint of this model was rejected, not every endpoint: the other models go on.
+                    # Every endpoint of this model was rejected,
+                    # not every endpoint: the other models go on.
                     message = (f"every endpoint of {self.models[model]} was rejected (401/403); "
                                "see the log")
                     error = CallError(Kind.NO_ENDPOINT, None, message, Verdict.FAIL)
@@ -224,12 +239,13 @@ class TaskRunner:
             # What the server counted against the limit: the real prompt plus the answer it allowed.
             charged = answer.prompt_tokens + (request.max_tokens or answer.completion_tokens)
             await self.limiter.release(grant, Ending.OK, charged=charged, used=answer.total_tokens)
-            return self._succeed(task, model, request.model, answer, tries.count, self.clock() - started,
-                                 tries.by_type)
+            return self._succeed(task, model, request.model, answer, tries.count,
+                                 self.clock() - started, tries.by_type)
 
-    async def _failed_attempt(self, task: Task, model: int, grant: Grant, error: CallError, exc: Exception,
-                              tries: Attempts) -> Outcome | _Again | None:
-        """After a failed attempt, do what ``decide`` says: again, or the task's outcome (None: stopping)."""
+    async def _failed_attempt(self, task: Task, model: int, grant: Grant, error: CallError,
+                              exc: Exception, tries: Attempts) -> Outcome | _Again | None:
+        """After a failed attempt, do what ``decide`` says:
+        again, or the task's outcome (None: stopping)."""
         outage = await self.limiter.release(grant, _ENDINGS.get(error.kind, Ending.ERROR))
         now = self.clock()
         if error.verdict is Verdict.WAIT:  # (a 429: its ticket has stopped building ahead already)
@@ -245,14 +261,15 @@ class TaskRunner:
             if self.stopping:
                 return None
             tries.again(error, step)
-            log.info("task %s attempt %d: %s (%s); again in %.2fs", task.id, tries.count, error.error_type,
-                     error.message, step.delay_s)
+            log.info("task %s attempt %d: %s (%s); again in %.2fs", task.id, tries.count,
+                     error.error_type, error.message, step.delay_s)
             if step.delay_s > 0:
                 await self.sleep(step.delay_s)
             return None if self.stopping else _AGAIN
         failed = dataclasses.replace(error, message=step.message or error.message)
         if self.settings.named:  # which endpoint said so, by model and the key's last four
-            failed = dataclasses.replace(failed, message=f"{self.endpoints[grant.key].label(grant.key)}: "
+            failed = dataclasses.replace(failed,
+                                         message=f"{self.endpoints[grant.key].label(grant.key)}: "
                                                          f"{failed.message}")
         if step.verdict is Verdict.ABORT:
             failure = self._fail(task, model, failed, tries.count, tries.by_type)
@@ -272,14 +289,15 @@ class TaskRunner:
         left = await self.limiter.disable_key(key)
         if not already:
             hint = self.endpoints[key].label(key)
-            log.warning("API key %s rejected (%s %s): disabled for the rest of the run", hint, error.status,
-                        error.error_type)
+            log.warning("API key %s rejected (%s %s): disabled for the rest of the run", hint,
+                        error.status, error.error_type)
             self.notices.append(KeyDisabled(hint, f"{error.status} {error.error_type}"))
         return left
 
     def _succeed(self, task: Task, model: int, requested: str, answer: Answer, attempts: int,
                  latency: float, retries: dict[str, int]) -> Outcome:
-        line, done = answered(task, model, requested, answer, attempts, latency, self.prices, retries=retries)
+        line, done = answered(task, model, requested, answer, attempts, latency, self.prices,
+                              retries=retries)
         return Outcome((done,), line)
 
     def _fail(self, task: Task, model: int, error: CallError, attempts: int,
@@ -287,10 +305,12 @@ class TaskRunner:
         # A server may quote the request back, key included: nothing leaves unredacted.
         message = redact(error.message, self.keys)
         retries = retries or {}
-        line = failure_line(task.id, task.body is not None, error.error_type, error.status, message, attempts,
-                            retries)
-        log.warning("task %s failed after %d attempts: %s: %s", task.id, attempts, error.error_type, message)
-        return Outcome((TaskFailed(task.id, model, error.error_type, error.status, message, attempts, retries),),
+        line = failure_line(task.id, task.body is not None, error.error_type, error.status, message,
+                            attempts, retries)
+        log.warning("task %s failed after %d attempts: %s: %s", task.id, attempts, error.error_type,
+                    message)
+        return Outcome((TaskFailed(task.id, model, error.error_type, error.status, message,
+                                   attempts, retries),),
                        line, to_errors=True)
 
     def _abort(self, task: Task, model: int, message: str) -> Outcome:

@@ -1,12 +1,13 @@
 """The child side: one process, one event loop, up to ``concurrency`` requests in flight.
 
-A worker receives tasks from the parent over its own pipe, has a TaskRunner do each (request, shared rate
-limiter, retries), appends the line it gets back through the store, and only then tells the parent. It
-builds its own clients, store handles and random generator: nothing live crosses the process boundary but
-the limiter's shared memory, which it inherits.
+A worker receives tasks from the parent over its own pipe, has a TaskRunner do each (request, shared
+rate limiter, retries), appends the line it gets back through the store, and only then tells the
+parent. It builds its own clients, store handles and random generator: nothing live crosses the
+process boundary but the limiter's shared memory, which it inherits.
 
-Messages on the pipe are events.encode bytes. Parent -> worker: ``Work`` (a task and its model index), or
-``StopWork`` (finish what is in flight, take nothing new). Worker -> parent: the events of events.py.
+Messages on the pipe are events.encode bytes. Parent -> worker: ``Work`` (a task and its model
+index), or ``StopWork`` (finish what is in flight, take nothing new). Worker -> parent: the events
+of events.py.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from .base import OutcomeWriter
 from .runner import TaskRunner
 
 _PR_SET_PDEATHSIG = 1
-WORKER_GC_THRESHOLDS = (50_000, 50, 100)  # gen0 allocations, then gen1 and gen2 collections (Python: 700, 10, 10)
+# gen0 allocations, then gen1 and gen2 collections (Python: 700, 10, 10)
+WORKER_GC_THRESHOLDS = (50_000, 50, 100)
 log = logging.getLogger("mpinfer.backends.worker")
 
 
@@ -52,7 +54,8 @@ class WorkerSettings:
 
 
 def _die_with_parent() -> None:
-    """Ask the kernel to kill this process when the parent dies, so a killed run leaves no orphan writers."""
+    """Ask the kernel to kill this process when the parent dies,
+    so a killed run leaves no orphan writers."""
     parent = os.getppid()
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -64,7 +67,8 @@ def _die_with_parent() -> None:
 
 
 class Worker:
-    """A local worker process: reads tasks from its pipe, runs them, appends their lines, reports events."""
+    """A local worker process: reads tasks from its pipe,
+    runs them, appends their lines, reports events."""
 
     def __init__(self, settings: WorkerSettings, conn: Any, limiter: SharedLimiter) -> None:
         self.settings = settings
@@ -77,8 +81,8 @@ class Worker:
         self.loop: asyncio.AbstractEventLoop | None = None
 
     def send(self, message: Message) -> None:
-        """Report ``message`` to the parent: at the end of this turn of the event loop, with the turn's other
-        events in one write (at once when no loop runs: a crash report, the exit)."""
+        """Report ``message`` to the parent: at the end of this turn of the event loop, with the
+        turn's other events in one write (at once when no loop runs: a crash report, the exit)."""
         self.outbox.append(message)
         if self.loop is None:
             self.flush()
@@ -86,14 +90,22 @@ class Worker:
             self.loop.call_soon(self.flush)
 
     def flush(self) -> None:
+        """Send this turn's events to the parent in one write; if the parent is gone, stop."""
         if self.outbox:
             messages, self.outbox = self.outbox, []
             try:
                 self.conn.send_bytes(encode(*messages))
-            except OSError:  # the parent is gone (the kernel kills this process too): take nothing more
+            except OSError:
+                # The parent is gone (the kernel kills this process too): take nothing more
                 self.runner.stop()
 
     async def run(self) -> None:
+        """Serve tasks until told to stop or the pipe closes, then flush and close everything.
+
+        A reader thread turns the parent's messages into inbox items, so the parent's writes never
+        wait on this loop. ``concurrency`` coroutines send and, when the runner builds ahead, a few
+        more build requests ahead of a free slot; on StopWork (or a closed pipe) the inbox is
+        emptied, the runner stopped, and each coroutine takes a None and ends."""
         loop = self.loop = asyncio.get_running_loop()
         inbox: asyncio.Queue[tuple[Task, int] | None] = asyncio.Queue()
         # On the wire, and built ahead waiting for a slot.
@@ -105,7 +117,8 @@ class Worker:
                     inbox.put_nowait((message.task, message.model))
                     continue
                 self.runner.stop()  # (the idle builders wake, take their None below and end)
-                # Tasks still waiting in the inbox are dropped: never sent, the parent counts them not done.
+                # Tasks still waiting in the inbox are dropped:
+                # never sent, the parent counts them not done.
                 while not inbox.empty():
                     inbox.get_nowait()
                 for _ in range(tasks):
@@ -113,7 +126,8 @@ class Worker:
                 return
 
         def read_pipe() -> None:
-            # A thread of its own, so that the parent's writes never wait on this loop (nor the loop's on it).
+            # A thread of its own, so that the parent's writes never wait on this loop (nor the
+            # loop's on it).
             while True:
                 try:
                     messages = decode(self.conn.recv_bytes())
@@ -127,16 +141,18 @@ class Worker:
         threading.Thread(target=read_pipe, name="mpinfer-reader", daemon=True).start()
         try:
             concurrency = self.settings.runner.concurrency
-            await asyncio.gather(*(self._serve(inbox, ahead=n >= concurrency) for n in range(tasks)))
+            await asyncio.gather(*(self._serve(inbox, ahead=n >= concurrency)
+                                   for n in range(tasks)))
         finally:
             self.loop = None
             self.flush()
             await self.runner.close()
             self.writer.close()
 
-    async def _serve(self, inbox: asyncio.Queue[tuple[Task, int] | None], ahead: bool = False) -> None:
-        """Run tasks from the inbox; ``ahead``: one that builds requests ahead, idle while the runner says
-        building ahead is not safe (a limit is set, stated or enforced)."""
+    async def _serve(self, inbox: asyncio.Queue[tuple[Task, int] | None],
+                     ahead: bool = False) -> None:
+        """Run tasks from the inbox; ``ahead``: one that builds requests ahead, idle while the
+        runner says building ahead is not safe (a limit is set, stated or enforced)."""
         while True:
             if ahead:
                 await self.runner.ahead.allowed.wait()
@@ -162,11 +178,12 @@ def worker_main(settings: WorkerSettings, conn: Any, limiter: SharedLimiter) -> 
     _die_with_parent()
     # Ctrl-C reaches the whole process group; the parent alone decides how the run stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    lock_fds = hold_workers_lock(settings.outputs)  # a new run waits on it until this worker is gone
-    # Each request allocates a few hundred objects (the SDK's request, headers, response): at the default
-    # threshold (700) the collector runs every few requests and walks the hundreds of requests in flight.
-    # A higher threshold costs less worker CPU per request and keeps more requests in flight
-    # (figures in bench/README.md).
+    # A new run waits on it until this worker is gone
+    lock_fds = hold_workers_lock(settings.outputs)
+    # Each request allocates a few hundred objects (the SDK's request, headers, response): at the
+    # default threshold (700) the collector runs every few requests and walks the hundreds of
+    # requests in flight. A higher threshold costs less worker CPU per request and keeps more
+    # requests in flight (figures in bench/README.md).
     gc.set_threshold(*WORKER_GC_THRESHOLDS)
     setup_worker_logging(settings.log_file, settings.verbose, f"w{settings.index}",
                          settings.runner.keys)

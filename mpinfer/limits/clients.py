@@ -184,8 +184,8 @@ class RayLimiter:
 
     async def release(self, grant: Grant, ending: Ending = Ending.OK, *, charged: int | None = None,
                       used: int = 0) -> bool:
-        """See LimiterClient; waited for only when the answer matters (the retry needs to know of an
-        outage)."""
+        """See LimiterClient; waited for only when the answer matters
+        (the retry needs to know of an outage)."""
         if ending is not Ending.UNREACHABLE:
             self.handle.release.remote(self.holder, grant, ending, charged, used)
             return False

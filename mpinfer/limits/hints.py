@@ -91,6 +91,7 @@ class Hints:
 
     @property
     def empty(self) -> bool:
+        """Whether the response said nothing about its limits."""
         return self == _NO_HINTS
 
     def exhausted_for_s(self) -> float:

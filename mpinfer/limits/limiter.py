@@ -154,7 +154,12 @@ class SharedLimiter:
 
     def _grant(self, index: int, lane: Lane, key: int, tokens: int, now: float, holder: int,
                probe: bool) -> Grant:
-        """Count a request on the lane (in flight, in its pace and windows) and grant it."""
+        """Count a request on the lane (in flight, in its pace and windows) and grant it.
+
+        Called under the lock once the lane is chosen. The grant keeps its places in the request
+        and token windows, so that the send (``sent``) and the end (``release``) can move its time
+        and correct its charge there.
+        """
         lane.in_flight += 1
         lane.requests += 1
         self._held[holder * self.n_lanes + index] += 1
@@ -269,8 +274,8 @@ class SharedLimiter:
                 self._held[held] -= 1
             lane.tokens += used
             if charged is not None and self.tpm:
-                # Expire first, so that a charge that has just left the window is not corrected
-                # twice.
+                # Expire first,
+                # so that a charge that has just left the window is not corrected twice.
                 expire_tokens(lane, self._tok_time, self._tok_amount, index * TOKEN_RING,
                               now - self.span_s)
                 if self._token_live(lane, grant):

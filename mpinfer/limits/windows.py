@@ -27,8 +27,8 @@ def expire_tokens(lane: Lane, times: Any, amounts: Any, base: int, horizon: floa
 
 def token_window_wait(lane: Lane, times: Any, amounts: Any, base: int, tokens: int, tpm: int,
                       span_s: float, now: float) -> float:
-    """How long until ``tokens`` more fit the lane's token window (<= 0: now); old charges
-    expire first."""
+    """How long until ``tokens`` more fit the lane's token window (<= 0: now);
+    old charges expire first."""
     expire_tokens(lane, times, amounts, base, now - span_s)
     head, tail = lane.token_head, lane.token_tail
     total = lane.token_sum

@@ -1,6 +1,6 @@
-"""The output and the files beside it: the record schema (records), locked whole-line appends, torn tails and
-the resume scan (output), every lock on an output (locks), the run manifest (manifest), repair and fresh
-start (repair).
+"""The output and the files beside it: the record schema (records), locked whole-line appends, torn
+tails and the resume scan (output), every lock on an output (locks), the run manifest (manifest),
+repair and fresh start (repair).
 """
 
 from .locks import RunInfo, RunLock, live_run

@@ -1,4 +1,5 @@
-"""Whole-file replacement: a reader (or a rerun after a crash) sees the old file or the new one, never half.
+"""Whole-file replacement: a reader (or a rerun after a crash)
+sees the old file or the new one, never half.
 
 Every file mpinfer rewrites beside an output goes through here: the repaired output, exports and the
 missing list, the report, the Batch plan, the run summary and the status cache.
@@ -33,12 +34,13 @@ def fsync_dir(folder: Path) -> None:
 @contextmanager
 def atomic_write(dest: Path, text: bool = False, mode_from: Path | None = None,
                  durable: bool = True) -> Iterator[IO[Any]]:
-    """Write ``dest`` whole or not at all: yield a temporary file beside it, then fsync and rename it over.
+    """Write ``dest`` whole or not at all:
+    yield a temporary file beside it, then fsync and rename it over.
 
-    On any exception the temporary file is removed and ``dest`` is untouched. ``mode_from`` gives the new
-    file the permissions of another (the file it replaces). ``durable=False`` skips the two fsyncs: the
-    rename alone keeps readers from a half-written file, and a report rewritten every few seconds need not
-    reach the disk each time.
+    On any exception the temporary file is removed and ``dest`` is untouched. ``mode_from`` gives
+    the new file the permissions of another (the file it replaces). ``durable=False`` skips the two
+    fsyncs: the rename alone keeps readers from a half-written file, and a report rewritten every
+    few seconds need not reach the disk each time.
     """
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     try:
@@ -64,11 +66,11 @@ def atomic_write(dest: Path, text: bool = False, mode_from: Path | None = None,
 
 
 def replace_quietly(dest: Path, data: bytes) -> bool:
-    """Replace ``dest`` by ``data`` as atomic_write does (without the fsyncs), or leave it as it was; whether it
-    was written.
+    """Replace ``dest`` by ``data`` as atomic_write does (without the fsyncs),
+    or leave it as it was; whether it was written.
 
-    For files that only report (the run summary, the status cache): a full disk must not take a run or a
-    --status down over them; the output files are the truth.
+    For files that only report (the run summary, the status cache): a full disk must not take a run
+    or a --status down over them; the output files are the truth.
     """
     with suppress(OutputError):
         with atomic_write(dest, durable=False) as handle:

@@ -1,18 +1,18 @@
 """Task ids held compactly: 16 bytes an id for the input, one bit an id for any subset of it.
 
-Ten million ids as Python strings cost about a gigabyte; here the input's ids are 64-bit hashes, sorted in
-1,024 buckets by their top bits, each beside its locator (where the id can be read again: a byte offset
-into the input, or the row number when the ids are row numbers), and every set of ids a run needs (the
-selection, the ids already done) is a bitmap over that index's slots.
+Ten million ids as Python strings cost about a gigabyte; here the input's ids are 64-bit hashes,
+sorted in 1,024 buckets by their top bits, each beside its locator (where the id can be read again:
+a byte offset into the input, or the row number when the ids are row numbers), and every set of ids
+a run needs (the selection, the ids already done) is a bitmap over that index's slots.
 
 Nothing may be lost to a hash collision, so a hash is never taken for an id:
-- ids that share a hash within the input are found when the index is frozen (equal neighbours once sorted)
-  and told apart by their full ids, read again through the resolver; equal full ids are duplicates, which
-  ``freeze`` returns for the input check to report;
-- an id from elsewhere (a record of the output) is an input id only if the full id read at its locator
-  equals it (``IdIndex.find``): one read per id found, none for an id whose hash is absent;
-- an id known to be one of the input's (a task read from that input) needs no read (``find(id, member=True)``):
-  when its hash is unique in the input, its slot is the one holding that hash.
+- ids that share a hash within the input are found when the index is frozen (equal neighbours once
+  sorted) and told apart by their full ids, read again through the resolver; equal full ids are
+  duplicates, which ``freeze`` returns for the input check to report;
+- an id from elsewhere (a record of the output) is an input id only if the full id read at its
+  locator equals it (``IdIndex.find``): one read per id found, none for an id whose hash is absent;
+- an id known to be one of the input's (a task read from that input) needs no read (``find(id,
+  member=True)``): when its hash is unique in the input, its slot is the one holding that hash.
 
 The hash function is a parameter so that tests can force collisions through the real paths.
 """
@@ -27,16 +27,17 @@ from collections.abc import Callable, Iterator
 HashFn = Callable[[str], int]  # an id's 64-bit hash (an unsigned int below 2**64)
 Resolver = Callable[[int], str]  # the full id stored at a locator
 
-_BUCKET_BITS = 10  # ids are gathered in 1,024 buckets by their top bits, so freezing sorts small pieces
+# Ids are gathered in 1,024 buckets by their top bits, so freezing sorts small pieces
+_BUCKET_BITS = 10
 
 
 def id_hash(task_id: str) -> int:
     """A 64-bit hash that is the same in every process (the status cache keeps slots across runs).
 
-    CRC-32 above Adler-32 of the UTF-8 bytes: cheaper than an 8-byte BLAKE2b (bench/README.md), which
-    counts ten million times over. Neither resists a crafted collision, and need not: a collision
-    costs a read of the input, never a wrong answer (the top bits, CRC-32's, pick the bucket and
-    spread evenly).
+    CRC-32 above Adler-32 of the UTF-8 bytes: cheaper than an 8-byte BLAKE2b (bench/README.md),
+    which counts ten million times over. Neither resists a crafted collision, and need not: a
+    collision costs a read of the input, never a wrong answer (the top bits, CRC-32's, pick the
+    bucket and spread evenly).
     """
     data = task_id.encode()
     return zlib.crc32(data) << 32 | zlib.adler32(data)
@@ -53,7 +54,8 @@ def _sort_together(hashes: array[int], locators: array[int]) -> None:
         locators[:] = array("Q", [pair[1] for pair in pairs])
         return
     mask = (1 << _PACK) - 1
-    packed = sorted([value << _PACK | locator for value, locator in zip(hashes, locators, strict=True)])
+    packed = sorted([value << _PACK | locator
+                     for value, locator in zip(hashes, locators, strict=True)])
     hashes[:] = array("Q", [value >> _PACK for value in packed])
     locators[:] = array("Q", [value & mask for value in packed])
 
@@ -65,12 +67,13 @@ class IdIndex:
         self._resolver = resolver
         self._hash = hash_fn or id_hash
         self._shift = 64 - _BUCKET_BITS
-        # Each bucket: the hashes (sorted once frozen) and their locators, in step. They are never copied into
-        # one array: that copy would double the peak on ten million ids.
+        # Each bucket: the hashes (sorted once frozen) and their locators, in step. They are never
+        # copied into one array: that copy would double the peak on ten million ids.
         self._buckets: list[tuple[array[int], array[int]]] = [
             (array("Q"), array("Q")) for _ in range(1 << _BUCKET_BITS)]
         self._bases = array("Q")  # the slot of each bucket's first entry; empty until frozen
-        # Hashes shared by distinct ids of the input: hash -> {full id: slot}. Found at freeze; rare.
+        # Hashes shared by distinct ids of the input:
+        # hash -> {full id: slot}. Found at freeze; rare.
         self._shared: dict[int, dict[str, int]] = {}
 
     def add(self, task_id: str, locator: int) -> None:
@@ -83,9 +86,11 @@ class IdIndex:
         locators.append(locator)
 
     def freeze(self) -> list[tuple[str, list[int]]]:
-        """Sort the index; the duplicate ids, each with the locators of all its rows, in locator order.
+        """Sort the index; the duplicate ids,
+        each with the locators of all its rows, in locator order.
 
-        Each bucket is sorted in place, so the peak stays the index's own size plus one bucket's sort.
+        Each bucket is sorted in place, so the peak stays the index's own size plus one bucket's
+        sort.
         """
         if self._bases:
             raise RuntimeError("IdIndex.freeze twice")
@@ -113,7 +118,8 @@ class IdIndex:
                 by_id: dict[str, list[int]] = {}
                 for each in range(first, end):
                     by_id.setdefault(self._resolver(locators[each]), []).append(each)
-                self._shared[hashes[first]] = {task_id: base + rows[0] for task_id, rows in by_id.items()}
+                self._shared[hashes[first]] = {task_id: base + rows[0]
+                                               for task_id, rows in by_id.items()}
                 for task_id, rows in by_id.items():
                     if len(rows) > 1:
                         duplicates.append((task_id, sorted(locators[r] for r in rows)))
@@ -125,8 +131,10 @@ class IdIndex:
         return self._bases[-1] if self._bases else sum(len(h) for h, _ in self._buckets)
 
     def find(self, task_id: str, member: bool = False) -> int | None:
-        """The slot of ``task_id`` if it is an id of the input, else None; exact: the id is read to compare,
-        unless it is a ``member`` (the caller read it from this same input, and its hash is no other's)."""
+        """The slot of ``task_id`` if it is an id of the input, else None.
+
+        Exact: the id is read to compare, unless it is a ``member`` (the caller read it from this
+        same input, and its hash is no other's)."""
         value = self._hash(task_id)
         number = value >> self._shift
         hashes, locators = self._buckets[number]
@@ -135,18 +143,22 @@ class IdIndex:
             return None
         if self._shared and value in self._shared:
             return self._shared[value].get(task_id)
-        return self._bases[number] + at if member or self._resolver(locators[at]) == task_id else None
+        return (self._bases[number] + at if member or self._resolver(locators[at]) == task_id
+                else None)
 
     def dump(self) -> tuple[list[bytes], dict[str, dict[str, int]]]:
-        """The frozen index as bytes (hashes, locators, bucket bases) and its shared hashes, to cache."""
+        """The frozen index as bytes (hashes, locators, bucket bases)
+        and its shared hashes, to cache."""
         shared = {str(value): dict(ids) for value, ids in self._shared.items()}
         hashes = b"".join(h.tobytes() for h, _ in self._buckets)
         locators = b"".join(loc.tobytes() for _, loc in self._buckets)
         return [hashes, locators, self._bases.tobytes()], shared
 
     @classmethod
-    def restore(cls, resolver: Resolver, blobs: list[bytes], shared: dict[str, dict[str, int]]) -> IdIndex:
-        """An index saved by ``dump`` (with the default hash: the only one a cache is written with)."""
+    def restore(cls, resolver: Resolver, blobs: list[bytes],
+                shared: dict[str, dict[str, int]]) -> IdIndex:
+        """An index saved by ``dump``
+        (with the default hash: the only one a cache is written with)."""
         index = cls(resolver)
         hashes, locators, bases = blobs
         index._bases.frombytes(bases)
@@ -157,10 +169,12 @@ class IdIndex:
             lo, hi = index._bases[number] * 8, index._bases[number + 1] * 8
             h.frombytes(hashes[lo:hi])
             loc.frombytes(locators[lo:hi])
-        index._shared = {int(value): {str(k): int(v) for k, v in ids.items()} for value, ids in shared.items()}
+        index._shared = {int(value): {str(k): int(v) for k, v in ids.items()}
+                         for value, ids in shared.items()}
         return index
 
     def locator(self, slot: int) -> int:
+        """Where the id in ``slot`` can be read again (its byte offset or row number)."""
         number = bisect_right(self._bases, slot) - 1
         return self._buckets[number][1][slot - self._bases[number]]
 
@@ -188,6 +202,7 @@ class IdSubset:
         return self._count
 
     def has_slot(self, slot: int) -> bool:
+        """Whether the id in ``slot`` of the index is in this subset."""
         return bool(self._bits[slot >> 3] & (1 << (slot & 7)))
 
     def add_slot(self, slot: int) -> bool:
@@ -209,13 +224,15 @@ class IdSubset:
         return isinstance(task_id, str) and self.find(task_id) is not None
 
     def has_member(self, task_id: str) -> bool:
-        """Membership of an id read from this subset's input (the feed's question): no read needed."""
+        """Membership of an id read from this subset's input
+        (the feed's question): no read needed."""
         if not self._count:
             return False  # a fresh run's done set: no hashing at all
         slot = self.index.find(task_id, member=True)
         return slot is not None and self.has_slot(slot)
 
     def slots(self) -> Iterator[int]:
+        """The slots in this subset, in order."""
         bits = self._bits
         for byte, value in enumerate(bits):
             if value:
@@ -238,6 +255,7 @@ class IdSubset:
         return result
 
     def to_bytes(self) -> bytes:
+        """The bitmap, to cache (the status cache keeps it across runs)."""
         return bytes(self._bits)
 
     def load_bytes(self, data: bytes) -> None:

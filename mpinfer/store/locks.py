@@ -1,18 +1,20 @@
 """Every lock on an output, in one place: ``flock`` on dot-files beside the output.
 
-- ``<output>.lock``, the run lock (RunLock): one run per output. The parent holds it for the whole run;
-  ``live_run`` probes it without waiting (``--status``, ``--cancel``, repair). It is a filelock FileLock.
+- ``<output>.lock``, the run lock (RunLock): one run per output. The parent holds it for the whole
+  run; ``live_run`` probes it without waiting (``--status``, ``--cancel``, repair). It is a filelock
+  FileLock.
 - ``<output>.workers.lock``, the workers' lock: each local worker holds it shared for its life
-  (``hold_workers_lock``); a new run takes it exclusively first (``wait_for_old_workers``, a FileLock), so
-  it never writes beside orphans of a killed parent.
-- ``<output>.write.lock``, the append lock (AppendLock): taken for each whole-line append, by whichever
-  process writes (a local worker, the Ray or Batch driver), so two writers never interleave.
+  (``hold_workers_lock``); a new run takes it exclusively first (``wait_for_old_workers``, a
+  FileLock), so it never writes beside orphans of a killed parent.
+- ``<output>.write.lock``, the append lock (AppendLock): taken for each whole-line append, by
+  whichever process writes (a local worker, the Ray or Batch driver), so two writers never
+  interleave.
 
-One mechanism for all three: ``flock`` locks belong to an open file, so the kernel drops them when their
-holder dies, whatever killed it, and forked children share their parent's. filelock (our locking library)
-takes the exclusive ones; two take ``flock`` directly on the same files, because filelock has no shared
-flock (the workers' lock) and its per-acquire bookkeeping showed on the workers' append path
-(bench/README.md).
+One mechanism for all three: ``flock`` locks belong to an open file, so the kernel drops them when
+their holder dies, whatever killed it, and forked children share their parent's. filelock (our
+locking library) takes the exclusive ones; two take ``flock`` directly on the same files, because
+filelock has no shared flock (the workers' lock) and its per-acquire bookkeeping showed on the
+workers' append path (bench/README.md).
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ OLD_WORKERS_WAIT_S = 15.0
 
 
 class OutputPaths(Protocol):
-    """The files of output.OutputPaths that the locks use (named so here: output.py imports this module)."""
+    """The files of output.OutputPaths that the locks use
+    (named so here: output.py imports this module)."""
 
     @property
     def output(self) -> Path: ...
@@ -54,7 +57,8 @@ def _open(path: Path) -> int:
 
 
 class AppendLock:
-    """The append lock, on a descriptor kept open: taken once per line, blocking (it is held for one write)."""
+    """The append lock, on a descriptor kept open:
+    taken once per line, blocking (it is held for one write)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -70,6 +74,7 @@ class AppendLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
+        """Close the lock file (its lock goes with it)."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -84,11 +89,13 @@ class RunInfo:
     model: str
 
     def describe(self) -> str:
+        """The run's pid, start time and model, for an error saying who holds the output."""
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started_at))
         return f"pid {self.pid}, started {started}, model {self.model}"
 
 
 def read_run_info(paths: OutputPaths) -> RunInfo | None:
+    """The live run's record beside the output, or None when there is none or it is unreadable."""
     try:
         data = orjson.loads(paths.run_info.read_bytes())
         return RunInfo(int(data["pid"]), float(data["started_at"]), str(data["model"]))
@@ -99,8 +106,8 @@ def read_run_info(paths: OutputPaths) -> RunInfo | None:
 class RunLock:
     """The one-run-per-output lock, held by the parent for the whole run.
 
-    Worker processes are forked while it is held and share its descriptor; the workers' lock, not this
-    one, is what keeps a new run away from orphans of a killed parent.
+    Worker processes are forked while it is held and share its descriptor; the workers' lock, not
+    this one, is what keeps a new run away from orphans of a killed parent.
     """
 
     def __init__(self, paths: OutputPaths, model: str) -> None:
@@ -109,6 +116,8 @@ class RunLock:
         self._lock = FileLock(str(paths.run_lock), thread_local=False)
 
     def acquire(self, wait_s: float = RUN_LOCK_WAIT_S) -> None:
+        """Take the output's run lock (waiting up to ``wait_s``) and record who holds it;
+        RunLockedError when another run keeps it."""
         try:
             self._lock.acquire(timeout=wait_s)
         except Timeout:
@@ -119,13 +128,15 @@ class RunLock:
                 "(--status and --validate work beside it)"
             ) from None
         except OSError as exc:
-            raise OutputError(f"{self.paths.run_lock}: cannot lock: {exc.strerror or exc}") from None
+            raise OutputError(f"{self.paths.run_lock}: cannot lock: "
+                              f"{exc.strerror or exc}") from None
         mine = {"pid": os.getpid(), "started_at": time.time(), "model": self.model}
         tmp = self.paths.run_info.with_name(self.paths.run_info.name + ".tmp")
         tmp.write_bytes(orjson.dumps(mine))
         os.replace(tmp, self.paths.run_info)
 
     def release(self) -> None:
+        """Remove the record of this run and let the lock go."""
         try:
             self.paths.run_info.unlink()
         except FileNotFoundError:
@@ -161,8 +172,8 @@ def wait_for_old_workers(paths: OutputPaths, wait_s: float = OLD_WORKERS_WAIT_S)
     try:
         lock.acquire(timeout=wait_s)
     except Timeout:
-        raise OutputError(f"workers of an earlier run on {paths.output} are still alive; stop them first "
-                          f"(they hold {paths.workers_lock})") from None
+        raise OutputError(f"workers of an earlier run on {paths.output} are still alive; "
+                          f"stop them first (they hold {paths.workers_lock})") from None
     except OSError as exc:
         raise OutputError(f"{paths.workers_lock}: cannot lock: {exc.strerror or exc}") from None
     lock.release()

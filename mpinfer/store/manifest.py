@@ -1,9 +1,11 @@
-"""The run manifest: what each run on an output ran with, and the guard against mixing two setups in it.
+"""The run manifest: what each run on an output ran with,
+and the guard against mixing two setups in it.
 
-``<output>.runs.jsonl`` gets one line when a run starts and one when it ends: the redacted command line,
-every setting, the input's size and checksum, and for each output file the fingerprint of the settings
-that change answers. A rerun with another temperature or system prompt would otherwise resume silently and
-leave an output whose answers came from two setups; ``check_fingerprints`` refuses that unless asked.
+``<output>.runs.jsonl`` gets one line when a run starts and one when it ends: the redacted command
+line, every setting, the input's size and checksum, and for each output file the fingerprint of the
+settings that change answers. A rerun with another temperature or system prompt would otherwise
+resume silently and leave an output whose answers came from two setups; ``check_fingerprints``
+refuses that unless asked.
 
 Nothing here ever holds an API key: keys are not settings, and every string recorded goes through
 ``redact`` with the run's keys first.
@@ -35,7 +37,8 @@ FINGERPRINT_FIELDS: tuple[str, ...] = (
     "system_prompt", "temperature", "max_tokens", "extra_body", "prompt_key", "images_key",
 )
 COUNT_FIELDS: tuple[str, ...] = (
-    "total", "done", "succeeded", "failed", "remaining", "prompt_tokens", "completion_tokens", "cost", "stopped",
+    "total", "done", "succeeded", "failed", "remaining", "prompt_tokens", "completion_tokens",
+    "cost", "stopped",
 )
 _CHECKSUM_BLOCK = 1 << 20
 _SHOWN_CHARS = 60
@@ -62,8 +65,8 @@ def _plain(value: Any, secrets: tuple[str, ...]) -> Any:
 def fingerprint(config: RunConfig, model: str) -> dict[str, Any]:
     """The settings that change the answers in one model's output; other settings may change freely.
 
-    Strings are redacted like everything else in the manifest; redaction is the same on every run with the
-    same keys, so fingerprints stay comparable.
+    Strings are redacted like everything else in the manifest; redaction is the same on every run
+    with the same keys, so fingerprints stay comparable.
     """
     fields = {"model": model, **{name: getattr(config, name) for name in FINGERPRINT_FIELDS}}
     plain: dict[str, Any] = _plain(fields, config.api_keys)
@@ -75,17 +78,21 @@ def output_fingerprints(config: RunConfig) -> dict[str, dict[str, Any]]:
     if config.output is None:
         return {}
     paths = model_outputs(config.output, config.models)
-    return {path.name: fingerprint(config, model) for path, model in zip(paths, config.models, strict=True)}
+    return {path.name: fingerprint(config, model)
+            for path, model in zip(paths, config.models, strict=True)}
 
 
 def settings_of(config: RunConfig) -> dict[str, Any]:
-    """Every setting of ``config`` except the API keys, as JSON-able data (bookkeeping fields left out)."""
+    """Every setting of ``config`` except the API keys,
+    as JSON-able data (bookkeeping fields left out)."""
     left_out = {"api_keys", "warnings", "explicit", "endpoint_table"}
-    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in left_out}
+    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+              if f.name not in left_out}
     plain: dict[str, Any] = _plain(values, config.api_keys)
     # Where each key's variable sends its model, never the key.
     plain["endpoint_table"] = [endpoint.described() for endpoint in config.endpoint_table]
-    plain["key_count"] = len(config.api_keys)  # how many, never which: the report draws --rpm for all of them
+    # How many, never which: the report draws --rpm for all of them
+    plain["key_count"] = len(config.api_keys)
     return plain
 
 
@@ -95,7 +102,8 @@ def _shown(value: Any) -> str:
 
 
 def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    """One line per key whose value differs (``temperature: 0.0 -> 0.7``), sorted; a missing key is None."""
+    """One line per key whose value differs (``temperature: 0.0 -> 0.7``),
+    sorted; a missing key is None."""
     return [
         f"{key}: {_shown(old.get(key))} -> {_shown(new.get(key))}"
         for key in sorted(set(old) | set(new))
@@ -104,7 +112,8 @@ def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
 
 
 def input_checksum(path: Path) -> tuple[int, str]:
-    """Size in bytes and sha256 (hex) of ``path``, read in 1 MiB blocks so any size fits in memory."""
+    """Size in bytes and sha256 (hex) of ``path``,
+    read in 1 MiB blocks so any size fits in memory."""
     digest = hashlib.sha256()
     size = 0
     buffer = bytearray(_CHECKSUM_BLOCK)
@@ -135,6 +144,7 @@ class RunRecord:
     counts: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The record as the manifest's JSON line holds it."""
         return dataclasses.asdict(self)
 
 
@@ -144,7 +154,8 @@ def start_record(
     started_at: float | None = None,
     pid: int | None = None,
 ) -> RunRecord:
-    """The record of a run that is starting: settings, redacted command line, input checksum, fingerprints.
+    """The record of a run that is starting:
+    settings, redacted command line, input checksum, fingerprints.
 
     The input is read whole for its checksum: it says later which input an output was made from.
     """
@@ -152,7 +163,8 @@ def start_record(
     input_info = None
     if config.input is not None:
         size, sha256 = input_checksum(config.input)
-        input_info = {"path": redact(str(config.input), config.api_keys), "size": size, "sha256": sha256}
+        input_info = {"path": redact(str(config.input), config.api_keys), "size": size,
+                      "sha256": sha256}
     return RunRecord(
         event="start",
         run_id=f"{started:.0f}-{os.getpid() if pid is None else pid}",
@@ -167,26 +179,30 @@ def start_record(
 
 
 def summary_counts(summary: RunSummary, cost: float | None) -> dict[str, Any]:
-    """The counts an end record carries, from the run's summary and its cost in USD (None: unknown)."""
+    """The counts an end record carries,
+    from the run's summary and its cost in USD (None: unknown)."""
     return {
-        "total": summary.total, "done": summary.done, "succeeded": summary.succeeded, "failed": summary.failed,
-        "remaining": summary.remaining, "prompt_tokens": summary.prompt_tokens,
+        "total": summary.total, "done": summary.done, "succeeded": summary.succeeded,
+        "failed": summary.failed, "remaining": summary.remaining,
+        "prompt_tokens": summary.prompt_tokens,
         "completion_tokens": summary.completion_tokens, "cost": cost,
         "stopped": str(summary.stopped) if summary.stopped else None,
     }
 
 
-def end_record(start: RunRecord, counts: Mapping[str, Any], ended_at: float | None = None) -> RunRecord:
+def end_record(start: RunRecord, counts: Mapping[str, Any],
+               ended_at: float | None = None) -> RunRecord:
     """The record of the same run ending (see COUNT_FIELDS for what ``counts`` holds)."""
-    return dataclasses.replace(start, event="end", ended_at=time.time() if ended_at is None else ended_at,
+    return dataclasses.replace(start, event="end",
+                               ended_at=time.time() if ended_at is None else ended_at,
                                counts=dict(counts))
 
 
 def append_record(path: Path, record: RunRecord) -> None:
     """Append ``record`` as one JSON line with one write; on failure the file is left as it was.
 
-    A line torn by an earlier crash is ended first, in the same write, so this record is never glued onto
-    it and lost with it.
+    A line torn by an earlier crash is ended first, in the same write, so this record is never glued
+    onto it and lost with it.
     """
     line = orjson.dumps(record.to_dict()) + b"\n"
     try:
@@ -205,7 +221,8 @@ def append_record(path: Path, record: RunRecord) -> None:
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
-    """Every record in the manifest, oldest first; torn or corrupt lines are skipped, never fatal."""
+    """Every record in the manifest, oldest first;
+    torn or corrupt lines are skipped, never fatal."""
     return [obj for _, _, obj in iter_lines(path) if isinstance(obj, dict)]
 
 
@@ -228,15 +245,16 @@ def check_fingerprints(
     outputs_with_records: Iterable[str],
     allow_mixed: bool,
 ) -> list[str]:
-    """Refuse to add answers to an output that holds answers made with other answer-changing settings.
+    """Refuse to add answers to an output that holds answers made with other answer-changing
+    settings.
 
-    ``current`` maps output file names to this run's fingerprints; ``outputs_with_records`` names the
-    outputs that already have lines (or paths: only the name counts). An output without lines, or without a
-    fingerprint in the manifest (written before manifests existed), is accepted. Call it before appending
-    this run's start record, which would become the latest fingerprint.
+    ``current`` maps output file names to this run's fingerprints; ``outputs_with_records`` names
+    the outputs that already have lines (or paths: only the name counts). An output without lines,
+    or without a fingerprint in the manifest (written before manifests existed), is accepted. Call
+    it before appending this run's start record, which would become the latest fingerprint.
 
-    Returns one message per output that differs when ``allow_mixed`` (the caller warns with them); raises
-    SettingsChanged listing them otherwise.
+    Returns one message per output that differs when ``allow_mixed`` (the caller warns with them);
+    raises SettingsChanged listing them otherwise.
     """
     written = {Path(name).name for name in outputs_with_records}
     previous = last_fingerprints(manifest)

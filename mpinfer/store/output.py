@@ -1,12 +1,12 @@
 """The output file and its companions: locked appends, the done-id scan, torn-tail repair.
 
 Invariants that make "nothing lost, nothing done twice" hold:
-- A record is one line appended under the append lock (write_whole: ``os.write`` until the whole line is
-  out, a short write being continued), so two writers never interleave and a crash can tear at most the
-  last line.
+- A record is one line appended under the append lock (write_whole: ``os.write`` until the whole
+  line is out, a short write being continued), so two writers never interleave and a crash can tear
+  at most the last line.
 - A line that could not be written whole (full disk) is cut off again before the lock is released.
-- Before a run appends anything, a torn last line is moved to ``<output>.corrupt`` and cut off, so the next
-  record never lands glued onto it.
+- Before a run appends anything, a torn last line is moved to ``<output>.corrupt`` and cut off, so
+  the next record never lands glued onto it.
 
 The locks themselves (append, run, workers) are in locks.py.
 """
@@ -40,7 +40,8 @@ def companion(output: Path, suffix: str) -> Path:
 
 
 def size_of(path: Path) -> int:
-    """The file's size, 0 when it does not exist yet (where an errors file ends before a run writes to it)."""
+    """The file's size, 0 when it does not exist yet
+    (where an errors file ends before a run writes to it)."""
     try:
         return path.stat().st_size
     except FileNotFoundError:
@@ -48,10 +49,12 @@ def size_of(path: Path) -> int:
 
 
 def model_outputs(output: Path, models: tuple[str, ...]) -> tuple[Path, ...]:
-    """Where each model's lines go: the output itself for one model, ``<stem>.<model><suffix>`` for several."""
+    """Where each model's lines go:
+    the output itself for one model, ``<stem>.<model><suffix>`` for several."""
     if len(models) == 1:
         return (output,)
-    return tuple(output.with_name(f"{output.stem}.{_SAFE_NAME.sub('_', m)}{output.suffix}") for m in models)
+    return tuple(output.with_name(f"{output.stem}.{_SAFE_NAME.sub('_', m)}{output.suffix}")
+                 for m in models)
 
 
 def _hidden(output: Path, suffix: str) -> Path:
@@ -77,6 +80,8 @@ class OutputPaths:
 
     @classmethod
     def of(cls, output: Path) -> OutputPaths:
+        """The files that go with ``output``:
+        its errors file, corrupt lines, locks and run record."""
         return cls(
             output=output,
             errors=companion(output, ".errors.jsonl"),
@@ -110,8 +115,8 @@ class BadLine:
 class Scan:
     """What one read of an output found: the ids on disk, bad lines, and where the file ended.
 
-    Read ``within`` an input's ids, the ids done are ``done`` (a bitmap over the input's id index) and
-    ``unknown`` the other ids (not in the input file): ``ids`` stays empty.
+    Read ``within`` an input's ids, the ids done are ``done`` (a bitmap over the input's id index)
+    and ``unknown`` the other ids (not in the input file): ``ids`` stays empty.
     """
 
     ids: set[str] = field(default_factory=set)
@@ -124,7 +129,8 @@ class Scan:
 
 
 def iter_lines(path: Path, start: int = 0) -> Iterator[tuple[int, bytes, Any]]:
-    """(line number, raw bytes, decoded object or None when it does not parse) for each non-blank line."""
+    """(line number, raw bytes, decoded object or None when it does not parse)
+    for each non-blank line."""
     try:
         handle = path.open("rb")
     except FileNotFoundError:
@@ -144,21 +150,25 @@ def iter_lines(path: Path, start: int = 0) -> Iterator[tuple[int, bytes, Any]]:
 
 
 def scan(path: Path, start: int = 0, within: IdSubset | None = None) -> Scan:
-    """Collect the ids answered in ``path`` from byte ``start`` on; other lines are listed, never dropped.
+    """Collect the ids answered in ``path`` from byte ``start`` on;
+    other lines are listed, never dropped.
 
-    With ``within`` (the selected ids of the input), only the ids done among them are kept, one bit each.
+    With ``within`` (the selected ids of the input), only the ids done among them are kept, one bit
+    each.
     """
     result = Scan(done=within.empty() if within is not None else None)
     try:
         result.end_offset = path.stat().st_size
     except FileNotFoundError:
         return result
-    take = result.ids.add if within is None or result.done is None else _taker(result, within, result.done)
+    take = (result.ids.add if within is None or result.done is None
+            else _taker(result, within, result.done))
     for number, raw, obj in iter_lines(path, start):
         result.lines += 1
         rid = answer_id(obj)
         if rid is None:
-            result.bad_lines.append(BadLine(number, raw[:_SNIPPET].decode("utf-8", "replace").rstrip()))
+            result.bad_lines.append(BadLine(number,
+                                            raw[:_SNIPPET].decode("utf-8", "replace").rstrip()))
             continue
         take(rid)
         cost = obj.get("cost")
@@ -168,8 +178,10 @@ def scan(path: Path, start: int = 0, within: IdSubset | None = None) -> Scan:
 
 
 def _taker(result: Scan, within: IdSubset, done: IdSubset) -> Callable[[str], object]:
-    """Count one id of the output against the input: done if selected, unknown if not in the input."""
-    find, selected, add, unknown = within.index.find, within.has_slot, done.add_slot, result.unknown.add
+    """Count one id of the output against the input:
+    done if selected, unknown if not in the input."""
+    find, selected, add, unknown = (within.index.find, within.has_slot, done.add_slot,
+                                    result.unknown.add)
 
     def take(rid: str) -> object:
         slot = find(rid)  # exact: the id is read again from the input to compare
@@ -196,8 +208,8 @@ def _last_newline(fd: int, size: int) -> int:
 def repair_tail(path: Path, corrupt: Path) -> TailRepair | None:
     """Make ``path`` end with a newline: a torn last line goes to ``corrupt`` and is cut off.
 
-    A last line that lacks only its newline but parses as a record is kept and given the newline: it is an
-    answer, and losing it would cost a second request.
+    A last line that lacks only its newline but parses as a record is kept and given the newline: it
+    is an answer, and losing it would cost a second request.
     """
     try:
         fd = os.open(path, os.O_RDWR)
@@ -234,13 +246,16 @@ def _repair_fd(fd: int, path: Path, corrupt: Path) -> TailRepair | None:
         os.fsync(fd)
         return TailRepair(path, len(tail), corrupt, False)
     except OSError as exc:
-        raise OutputError(f"{path}: cannot repair the torn last line: {exc.strerror or exc}") from None
+        raise OutputError(f"{path}: cannot repair the torn last line: "
+                          f"{exc.strerror or exc}") from None
 
 
 def write_whole(fd: int, path: Path, data: bytes, before: int, fsync: bool = False) -> None:
-    """Write ``data`` at the end of ``fd`` (opened O_APPEND, ``before`` bytes long), whole or not at all.
+    """Write ``data`` at the end of ``fd``
+    (opened O_APPEND, ``before`` bytes long), whole or not at all.
 
-    A partial write (a full disk) is cut off again: the next line must never be glued onto a torn one.
+    A partial write (a full disk) is cut off again: the next line must never be glued onto a torn
+    one.
     """
     try:
         view = memoryview(data)
@@ -254,7 +269,8 @@ def write_whole(fd: int, path: Path, data: bytes, before: int, fsync: bool = Fal
         except OSError:
             pass
         if exc.errno in _DISK_ERRNOS:
-            raise OutputError(f"{path}: disk full ({exc.strerror}); free space and rerun to resume") from None
+            raise OutputError(f"{path}: disk full ({exc.strerror}); "
+                              "free space and rerun to resume") from None
         raise OutputError(f"{path}: write failed: {exc.strerror or exc}") from None
 
 
@@ -273,7 +289,8 @@ class Appender:
             try:
                 fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
             except OSError as exc:
-                raise OutputError(f"{path}: cannot open for appending: {exc.strerror or exc}") from None
+                raise OutputError(f"{path}: cannot open for appending: "
+                                  f"{exc.strerror or exc}") from None
             self._fds[path] = fd
         return fd
 
@@ -283,13 +300,14 @@ class Appender:
         with self._lock:
             before = os.fstat(fd).st_size
             if before and os.pread(fd, 1, before - 1) != b"\n":
-                # Another worker was killed in the middle of its write: move its torn line out of the way
-                # rather than glue this record onto it.
+                # Another worker was killed in the middle of its write: move its torn line out of
+                # the way rather than glue this record onto it.
                 _repair_fd(fd, path, self.paths.corrupt_of(path))
                 before = os.fstat(fd).st_size
             write_whole(fd, path, line, before, self.fsync)
 
     def close(self) -> None:
+        """Close every file opened for appending, and the lock."""
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()

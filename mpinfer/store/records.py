@@ -3,9 +3,9 @@
 Each record is one JSON object on one line. Two forms:
 - mpinfer's own (``Result``, ``Failure``), ``id`` first;
 - for Batch API inputs, the Batch API's output and error forms (``{"id", "custom_id", "response",
-  "error"}``), so that code that reads Batch API output reads ours; its task id is ``custom_id``, and what
-  the Batch API has no field for (latency, attempts, time, cost, the requested model) sits under
-  ``"mpinfer"``, which such code ignores.
+  "error"}``), so that code that reads Batch API output reads ours; its task id is ``custom_id``,
+  and what the Batch API has no field for (latency, attempts, time, cost, the requested model) sits
+  under ``"mpinfer"``, which such code ignores.
 ``view`` reads either form of an answer into one RecordView, and ``failure_view`` either form of
 a failure line into one FailureView, so status, validate, export, the report and a worker's
 recovery need not care; ``record_id`` is the one rule for a line's task id.
@@ -26,19 +26,23 @@ RESULT_FIELDS: tuple[str, ...] = (
     "latency_s", "attempts", "processed_at", "cost",
 )
 USAGE_FIELDS: tuple[str, ...] = ("prompt_tokens", "completion_tokens", "total_tokens")
-# A refusal keeps its text here, with ``answer`` null: for a safety benchmark the refusal is the measurement.
+# A refusal keeps its text here, with ``answer`` null:
+# for a safety benchmark the refusal is the measurement.
 REFUSAL_FIELD = "refusal"
 REASONING_FIELD = "reasoning_content"  # written only when the server sent a reasoning text
 TRUNCATED = "length"  # the finish_reason of an answer cut off at max_tokens
 # gpt-4o-mini -> gpt-4o-mini-2024-07-18 is the same model; so are -0613, -20240620 and -v1.2.
 _SNAPSHOT = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{4}|\d{8}|v?\d+(\.\d+)*)$")
-FAILURE_FIELDS: tuple[str, ...] = ("id", "error_type", "status", "message", "attempts", "processed_at")
+FAILURE_FIELDS: tuple[str, ...] = ("id", "error_type", "status", "message", "attempts",
+                                   "processed_at")
 
 
 @dataclass(slots=True)
 class Usage:
-    """Tokens as the server counted them; ``cached_tokens`` is the part of the prompt it had cached, and
-    ``reasoning_tokens`` the part of the completion a reasoning model spent thinking (billed as output)."""
+    """Tokens as the server counted them.
+
+    ``cached_tokens`` is the part of the prompt it had cached, and ``reasoning_tokens`` the part of
+    the completion a reasoning model spent thinking (billed as output)."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -48,6 +52,7 @@ class Usage:
 
     @classmethod
     def from_dict(cls, data: Any) -> Usage:
+        """The usage a record holds; zeros for what it lacks (or all zeros when it holds none)."""
         if not isinstance(data, dict):
             return cls()
         get = data.get
@@ -74,13 +79,15 @@ class Result:
     cost: float | None = None
     refusal: str | None = None
     reasoning_content: str | None = None
-    # Retries by the error type of the failed attempt ({"rate_limit": 2}): the report's failures-and-retries
-    # chart. Not a required field: lines of earlier versions have only ``attempts``.
+    # Retries by the error type of the failed attempt ({"rate_limit": 2}): the report's
+    # failures-and-retries chart.
+    # Not a required field: lines of earlier versions have only ``attempts``.
     retries: dict[str, int] = field(default_factory=dict)
 
     def to_line(self) -> bytes:
-        # Not asdict(), which deep-copies every field (most of the time a merge of 50,000 batch answers took):
-        # orjson writes the Usage dataclass as the same object.
+        """The record as one output line."""
+        # Not asdict(), which deep-copies every field (most of the time a merge of 50,000 batch
+        # answers took): orjson writes the Usage dataclass as the same object.
         data = {name: getattr(self, name) for name in self.__dataclass_fields__}
         if self.reasoning_content is None:
             del data[REASONING_FIELD]
@@ -88,7 +95,9 @@ class Result:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Result:
-        values: dict[str, Any] = {name: data.get(name) for name in (*RESULT_FIELDS, REFUSAL_FIELD, REASONING_FIELD)}
+        """A Result from a decoded output line (fields it lacks are None)."""
+        values: dict[str, Any] = {name: data.get(name)
+                                  for name in (*RESULT_FIELDS, REFUSAL_FIELD, REASONING_FIELD)}
         values["usage"] = Usage.from_dict(data.get("usage"))
         values["retries"] = _retries(data.get("retries"))
         return cls(**values)
@@ -104,13 +113,16 @@ class Failure:
     message: str
     attempts: int
     processed_at: float
-    retries: dict[str, int] = field(default_factory=dict)  # as in Result; not in lines of earlier versions
+    # As in Result; not in lines of earlier versions
+    retries: dict[str, int] = field(default_factory=dict)
 
     def to_line(self) -> bytes:
+        """The record as one errors-file line."""
         return orjson.dumps(asdict(self), option=orjson.OPT_APPEND_NEWLINE)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Failure:
+        """A Failure from a decoded errors-file line (fields it lacks are None)."""
         values: dict[str, Any] = {name: data.get(name) for name in FAILURE_FIELDS}
         values["retries"] = _retries(data.get("retries"))
         return cls(**values)
@@ -124,7 +136,8 @@ def _retries(value: Any) -> dict[str, int]:
 
 
 def same_model(requested: str | None, reported: str | None) -> bool:
-    """Whether the server's model is the one asked for (a dated or versioned snapshot of it counts)."""
+    """Whether the server's model is the one asked for
+    (a dated or versioned snapshot of it counts)."""
     if not requested or not reported:
         return False
     if reported == requested or reported.split("/")[-1] == requested.split("/")[-1]:
@@ -136,7 +149,8 @@ def missing_fields(data: dict[str, Any]) -> list[str]:
     """The required Result fields a decoded output line lacks (usage counted as one field)."""
     missing = [name for name in RESULT_FIELDS if name not in data]
     usage = data.get("usage")
-    if "usage" in data and (not isinstance(usage, dict) or any(k not in usage for k in USAGE_FIELDS)):
+    if "usage" in data and (not isinstance(usage, dict)
+                            or any(k not in usage for k in USAGE_FIELDS)):
         missing.append("usage.*")
     return missing
 
@@ -145,18 +159,21 @@ BATCH_FIELDS: tuple[str, ...] = ("id", "custom_id", "response", "error")
 
 
 def batch_request_id() -> str:
+    """A fresh request id in the Batch API's form (``batch_req_...``)."""
     return f"batch_req_{uuid.uuid4().hex}"
 
 
-def batch_result_line(custom_id: str, request_id: str | None, body: dict[str, Any], meta: dict[str, Any]) -> bytes:
+def batch_result_line(custom_id: str, request_id: str | None, body: dict[str, Any],
+                      meta: dict[str, Any]) -> bytes:
     """A Batch API output line for one answered request."""
     record = {"id": batch_request_id(), "custom_id": custom_id,
-              "response": {"status_code": 200, "request_id": request_id, "body": body}, "error": None,
-              "mpinfer": meta}
+              "response": {"status_code": 200, "request_id": request_id, "body": body},
+              "error": None, "mpinfer": meta}
     return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
 
 
-def batch_error_line(custom_id: str, status: int | None, code: str, message: str, meta: dict[str, Any]) -> bytes:
+def batch_error_line(custom_id: str, status: int | None, code: str, message: str,
+                     meta: dict[str, Any]) -> bytes:
     """A Batch API error line for one failed request."""
     response = None if status is None else {"status_code": status, "request_id": None,
                                             "body": {"error": {"message": message, "code": code}}}
@@ -165,14 +182,17 @@ def batch_error_line(custom_id: str, status: int | None, code: str, message: str
     return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
 
 
-def failure_line(task_id: str, as_batch: bool, error_type: str, status: int | None, message: str, attempts: int,
-                 retries: dict[str, int] | None = None, batch_id: str | None = None) -> bytes:
-    """The errors-file line of a failed task in its input's form: a Batch API error line for a task given as
-    a request body (``as_batch``), else a Failure. ``message`` must be redacted already."""
+def failure_line(task_id: str, as_batch: bool, error_type: str, status: int | None, message: str,
+                 attempts: int, retries: dict[str, int] | None = None,
+                 batch_id: str | None = None) -> bytes:
+    """The errors-file line of a failed task in its input's form: a Batch API error line for a task
+    given as a request body (``as_batch``), else a Failure. ``message`` must be redacted already."""
     now = time.time()
     if not as_batch:
-        return Failure(task_id, error_type, status, message, attempts, now, dict(retries or {})).to_line()
-    meta: dict[str, Any] = {"attempts": attempts, "retries": dict(retries or {}), "processed_at": now}
+        return Failure(task_id, error_type, status, message, attempts, now,
+                       dict(retries or {})).to_line()
+    meta: dict[str, Any] = {"attempts": attempts, "retries": dict(retries or {}),
+                            "processed_at": now}
     if batch_id is not None:
         meta["batch_id"] = batch_id
     return batch_error_line(task_id, status, error_type, message, meta)
@@ -221,8 +241,10 @@ def _text(value: Any) -> str | None:
 
 @dataclass(frozen=True)
 class ResponsesOutput:
-    """What a Responses API body says: its output text, refusal and reasoning summary, and whether it was
-    cut off at max_output_tokens. One reader for the online answer (api.responses) and the record view."""
+    """What a Responses API body says: its output text, refusal and reasoning summary, and whether
+    it was cut off at max_output_tokens.
+
+    One reader for the online answer (api.responses) and the record view."""
 
     text: str | None
     refusal: str | None
@@ -231,6 +253,8 @@ class ResponsesOutput:
 
     @classmethod
     def of(cls, body: dict[str, Any]) -> ResponsesOutput:
+        """Read a Responses API body's output items: the message text, refusals, reasoning
+        summaries, and whether ``max_output_tokens`` cut it short."""
         texts: list[str] = []
         refusals: list[str] = []
         reasoning: list[str] = []
@@ -252,7 +276,8 @@ class ResponsesOutput:
 def _response_message(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """A Responses API body read as a chat message (its output text, or its refusal) and choice."""
     out = ResponsesOutput.of(body)
-    return {"content": out.text, "refusal": out.refusal}, {"finish_reason": TRUNCATED if out.truncated else "stop"}
+    return ({"content": out.text, "refusal": out.refusal},
+            {"finish_reason": TRUNCATED if out.truncated else "stop"})
 
 
 def usage_of_body(usage: Any) -> Usage:
@@ -261,7 +286,8 @@ def usage_of_body(usage: Any) -> Usage:
     if not isinstance(usage, dict):
         return Usage()
     if "input_tokens" in usage:
-        usage = {"prompt_tokens": usage.get("input_tokens"), "completion_tokens": usage.get("output_tokens"),
+        usage = {"prompt_tokens": usage.get("input_tokens"),
+                 "completion_tokens": usage.get("output_tokens"),
                  "total_tokens": usage.get("total_tokens"),
                  "prompt_tokens_details": usage.get("input_tokens_details"),
                  "completion_tokens_details": usage.get("output_tokens_details")}
@@ -269,7 +295,8 @@ def usage_of_body(usage: Any) -> Usage:
     completion_details = usage.get("completion_tokens_details")
     return Usage.from_dict({
         **usage,
-        "cached_tokens": prompt_details.get("cached_tokens") if isinstance(prompt_details, dict) else 0,
+        "cached_tokens": (prompt_details.get("cached_tokens")
+                          if isinstance(prompt_details, dict) else 0),
         "reasoning_tokens": (completion_details.get("reasoning_tokens")
                              if isinstance(completion_details, dict) else 0),
     })
@@ -280,18 +307,19 @@ def _number(value: Any) -> float | None:
 
 
 def _object(value: Any) -> dict[str, Any]:
-    """``value`` if it is a JSON object, else an empty one: a part of the wrong type reads as missing."""
+    """``value`` if it is a JSON object, else an empty one:
+    a part of the wrong type reads as missing."""
     return value if isinstance(value, dict) else {}
 
 
-# What makes a line an answer, in every version of our format (answer, model and usage): a line with an id and
-# nothing else (or a task input line pasted into the output) must never count as done, or its task would never
-# be sent.
+# What makes a line an answer, in every version of our format (answer, model and usage): a line with
+# an id and nothing else (or a task input line pasted into the output) must never count as done, or
+# its task would never be sent.
 
 
 def is_answer(obj: Any) -> bool:
-    """Whether a decoded output line is an answer record: ours with its answer, model and usage, or a Batch
-    API output line whose response is a 200 with a body."""
+    """Whether a decoded output line is an answer record: ours with its answer, model and usage, or
+    a Batch API output line whose response is a 200 with a body."""
     if not isinstance(obj, dict):
         return False
     if "custom_id" in obj:
@@ -342,8 +370,9 @@ def view(obj: Any) -> RecordView | None:
             id=task_id, answer=message.get("content"), embedding=body.get("object") == "list",
             model=body.get("model"), requested_model=meta.get("requested_model"),
             usage=usage_of_body(body.get("usage")),
-            latency_s=_number(meta.get("latency_s")), processed_at=_number(meta.get("processed_at")),
-            cost=_number(meta.get("cost")), batch=True, refusal=_text(message.get("refusal")),
+            latency_s=_number(meta.get("latency_s")),
+            processed_at=_number(meta.get("processed_at")), cost=_number(meta.get("cost")),
+            batch=True, refusal=_text(message.get("refusal")),
             finish_reason=_text(choice.get("finish_reason")),
         )
     return RecordView(
@@ -356,9 +385,11 @@ def view(obj: Any) -> RecordView | None:
 
 
 def missing_batch_fields(data: dict[str, Any]) -> list[str]:
+    """The Batch API fields a line lacks (``--validate`` names them); empty when it has all."""
     missing = [name for name in BATCH_FIELDS if name not in data]
     response = data.get("response")
-    if not isinstance(response, dict) or "status_code" not in response or not isinstance(response.get("body"), dict):
+    if (not isinstance(response, dict) or "status_code" not in response
+            or not isinstance(response.get("body"), dict)):
         missing.append("response.status_code/body")
     return missing
 
