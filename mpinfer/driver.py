@@ -127,7 +127,8 @@ class RunState:
         if budget is None:
             return True
         outstanding = in_flight()
-        spent = self.summary.cost_before + self.summary.cost
+        # An answer without usage has no cost: it counts at its estimate (RunSummary).
+        spent = self.summary.cost_before + self.summary.cost + self.summary.estimated_cost
         answers = self.priced_before + self.summary.succeeded - self.summary.unpriced
         if answers <= 0:
             return outstanding < self.config.processes

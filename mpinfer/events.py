@@ -37,6 +37,9 @@ class TaskDone:
     refused: bool = False  # the answer is a refusal (kept in the line's "refusal", answer null)
     truncated: bool = False  # cut off at max_tokens (finish_reason "length")
     retries: dict[str, int] = field(default_factory=dict)  # by the error type of the failed attempt
+    filtered: bool = False  # a content filter stopped it (kept in the line's "filtered")
+    no_usage: bool = False  # the server sent no usage: ``cost`` is None, its estimate below
+    estimated_cost: float | None = None  # an answer without usage, priced at its estimate
 
 
 @dataclass(frozen=True, slots=True)

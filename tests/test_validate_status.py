@@ -12,9 +12,10 @@ from helpers import NOW, failure_line, result_line, setup_run, write_jsonl
 from mpinfer.config import RunConfig
 from mpinfer.errors import ConfigError, InputError
 from mpinfer.reports.status import status
-from mpinfer.reports.validate import ProblemKind, same_model, validate
+from mpinfer.reports.validate import ProblemKind, validate
 from mpinfer.store.locks import RunLock
 from mpinfer.store.output import OutputPaths
+from mpinfer.store.records import same_model
 
 
 def lines_of(report: Any, kind: ProblemKind) -> list[int | None]:

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from ..errors import MalformedResponse
+from ..store.records import COMPLETION, CONTENT_FILTER, PROMPT, filtered_record
 from .responses import ApiPath, embeddings_answer, responses_answer
 
 
@@ -31,6 +32,20 @@ class Answer:
     refusal: str | None = None  # the model declined: its refusal text (content is then null)
     reasoning: str | None = None  # a reasoning model's thinking, when the server sends it
     reasoning_tokens: int = 0
+    usage_known: bool = True  # False: the server sent no usage (its tokens and cost unknown)
+    filtered: dict[str, Any] | None = None  # a content filter stopped it (filtered_record)
+
+
+def filtered_answer(error: Any) -> Answer:
+    """The answer a 400 ``content_filter`` stands for (Azure: the prompt was filtered): no text and
+    no tokens, with what the filter said per category (``innererror.content_filter_result``).
+    ``error`` is the body's ``error`` object (the SDK's ``body``)."""
+    error = error if isinstance(error, dict) else {}
+    inner = error.get("innererror")
+    results = inner.get("content_filter_result") if isinstance(inner, dict) else None
+    return Answer(content=None, model=None, finish_reason=CONTENT_FILTER, prompt_tokens=0,
+                  completion_tokens=0, total_tokens=0, headers={},
+                  filtered=filtered_record(PROMPT, results))
 
 
 def parse_answer(body: bytes, headers: dict[str, str], path: ApiPath = ApiPath.CHAT) -> Answer:
@@ -63,6 +78,9 @@ def answer_of(data: Any, headers: dict[str, str]) -> Answer:
         if not isinstance(reasoning, str):
             reasoning = message.get("reasoning")
         refusal = message.get("refusal")
+        filtered = None
+        if choice.get("finish_reason") == CONTENT_FILTER:  # Azure: the completion was filtered
+            filtered = filtered_record(COMPLETION, choice.get("content_filter_results"))
         return Answer(
             content=message.get("content"),
             model=data.get("model"),
@@ -76,6 +94,7 @@ def answer_of(data: Any, headers: dict[str, str]) -> Answer:
             refusal=refusal if isinstance(refusal, str) and refusal else None,
             reasoning=reasoning if isinstance(reasoning, str) else None,
             reasoning_tokens=int(details.get("reasoning_tokens") or 0),
+            usage_known=isinstance(data.get("usage"), dict), filtered=filtered,
         )
     except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
         raise MalformedResponse(f"malformed response body ({type(exc).__name__}): "

@@ -15,6 +15,7 @@ base's row.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sys
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ class Kind(StrEnum):
     PERMISSION_DENIED = "permission_denied"    # 403
     SERVER_ERROR = "server_error"              # 5xx
     BAD_REQUEST = "bad_request"                # 400
+    CONTENT_FILTER = "content_filter"          # 400 content_filter (Azure): a result, not a failure
     NOT_FOUND = "not_found"                    # 404
     UNPROCESSABLE = "unprocessable"            # 422
     HTTP = "http"                              # any other status: written http_<status>
@@ -65,6 +67,7 @@ class Verdict(StrEnum):
     FAIL = "fail"                # the task's own fault: write a failure line
     DISABLE_KEY = "disable_key"  # the key's fault (401/403): go on with another key
     ABORT = "abort"              # no task can succeed (no quota, no key left): stop the run
+    FILTERED = "filtered"        # answered by the server's content filter: a done record
 
     @property
     def transient(self) -> bool:
@@ -82,6 +85,8 @@ class CallError:
     verdict: Verdict
     retry_after: float | None = None  # the server's wait hint, in seconds
     name: str | None = None  # the written name of BATCH_CODE, UNANSWERED and UNEXPECTED (Kind)
+    # The server's error object, kept for a FILTERED verdict: the record is built from it.
+    body: dict[str, Any] | None = None
 
     @property
     def error_type(self) -> str:
@@ -154,6 +159,9 @@ TABLE: tuple[Rule, ...] = (
     # OpenAI asks clients to retry these; everything else in 4xx is the request's own fault.
     Rule(Kind.HTTP, Verdict.RETRY, status=408),
     Rule(Kind.HTTP, Verdict.RETRY, status=409),
+    # Azure's content filter stopped the prompt (innererror ResponsibleAIPolicyViolation): asking
+    # again gets the same answer, and for a safety benchmark it is the answer (a done record).
+    Rule(Kind.CONTENT_FILTER, Verdict.FILTERED, status=400, code="content_filter"),
     # The same request fails again: no retry.
     Rule(Kind.IMAGES_TOO_LARGE, Verdict.FAIL, status=400, message=_TOO_LARGE),
     Rule(Kind.IMAGES_TOO_LARGE, Verdict.FAIL, status=413, message=_TOO_LARGE),
@@ -219,6 +227,9 @@ def _of_status_error(exc: BaseException, wall: float | None) -> CallError:
     answer = cast(_StatusError, exc)
     message = _status_message(answer)
     error = of_status(answer.status_code, answer.code, message)
+    if error.verdict is Verdict.FILTERED:
+        body = answer.body if isinstance(answer.body, dict) else None
+        return dataclasses.replace(error, body=body)
     if error.verdict.transient:
         hint = wait_hint(answer.response.headers, message, wall)
         error = CallError(error.kind, answer.status_code, message, error.verdict, hint)

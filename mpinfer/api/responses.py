@@ -85,6 +85,7 @@ def responses_answer(data: Any) -> dict[str, Any]:
         "reasoning_tokens": int(
             (usage.get("output_tokens_details") or {}).get("reasoning_tokens") or 0),
         "refusal": out.refusal, "reasoning": out.reasoning,
+        "usage_known": isinstance(data.get("usage"), dict),
     }
 
 
@@ -96,4 +97,5 @@ def embeddings_answer(data: Any) -> dict[str, Any]:
     prompt = int(usage.get("prompt_tokens") or 0)
     return {"content": None, "model": data.get("model"), "finish_reason": None,
             "prompt_tokens": prompt, "completion_tokens": 0,
-            "total_tokens": int(usage.get("total_tokens") or prompt)}
+            "total_tokens": int(usage.get("total_tokens") or prompt),
+            "usage_known": isinstance(data.get("usage"), dict)}

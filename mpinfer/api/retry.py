@@ -56,7 +56,8 @@ class Step:
     """What to do after a failed attempt.
 
     RETRY: send again after ``delay_s`` (``counted``: a retry that uses up --max-retries).
-    FAIL: write the failure with ``message``. DISABLE_KEY, ABORT: as named."""
+    FAIL: write the failure with ``message``. FILTERED: write the content filter's answer as
+    done. DISABLE_KEY, ABORT: as named."""
 
     verdict: Verdict
     delay_s: float = 0.0
@@ -92,7 +93,7 @@ def decide(error: CallError, tries: Attempts, policy: RetryPolicy, rng: random.R
     ``limiter``: a limiter pauses the rate-limited lane for the server's hint; without one (the
     Batch client) the step itself waits the hint.
     """
-    if error.verdict in (Verdict.FAIL, Verdict.ABORT, Verdict.DISABLE_KEY):
+    if error.verdict in (Verdict.FAIL, Verdict.ABORT, Verdict.DISABLE_KEY, Verdict.FILTERED):
         return Step(error.verdict, message=error.message)
     if error.verdict is Verdict.WAIT:
         since = now if tries.limited_since is None else tries.limited_since

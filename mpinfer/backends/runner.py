@@ -23,7 +23,7 @@ from typing import Any
 
 import openai
 
-from ..api.answer import Answer
+from ..api.answer import Answer, filtered_answer
 from ..api.client import complete, make_client
 from ..api.endpoints import Provider
 from ..api.failures import CallError, Kind, Verdict, classify
@@ -225,7 +225,12 @@ class TaskRunner:
                                         request.path)
             except Exception as exc:  # classify decides; nothing escapes unrecorded
                 tries.count += 1
-                outcome = await self._failed_attempt(task, model, grant, classify(exc), exc, tries)
+                error = classify(exc)
+                if error.verdict is Verdict.FILTERED:  # the content filter's answer: done
+                    await self.limiter.release(grant, Ending.ERROR)
+                    return self._succeed(task, model, request, filtered_answer(error.body),
+                                         tries.count, self.clock() - started, tries.by_type)
+                outcome = await self._failed_attempt(task, model, grant, error, exc, tries)
                 if outcome is _AGAIN:
                     continue
                 assert not isinstance(outcome, _Again)
@@ -237,9 +242,14 @@ class TaskRunner:
                 return None  # built ahead and turned away: the run is stopping, a rerun sends it
             tries.count += 1
             # What the server counted against the limit: the real prompt plus the answer it allowed.
-            charged = answer.prompt_tokens + (request.max_tokens or answer.completion_tokens)
-            await self.limiter.release(grant, Ending.OK, charged=charged, used=answer.total_tokens)
-            return self._succeed(task, model, request.model, answer, tries.count,
+            # (Without usage, the request's own estimate: the limiter still counts the tokens.)
+            if answer.usage_known:
+                charged = answer.prompt_tokens + (request.max_tokens or answer.completion_tokens)
+                used = answer.total_tokens
+            else:
+                charged = used = request.charge
+            await self.limiter.release(grant, Ending.OK, charged=charged, used=used)
+            return self._succeed(task, model, request, answer, tries.count,
                                  self.clock() - started, tries.by_type)
 
     async def _failed_attempt(self, task: Task, model: int, grant: Grant, error: CallError,
@@ -294,10 +304,11 @@ class TaskRunner:
             self.notices.append(KeyDisabled(hint, f"{error.status} {error.error_type}"))
         return left
 
-    def _succeed(self, task: Task, model: int, requested: str, answer: Answer, attempts: int,
+    def _succeed(self, task: Task, model: int, request: Request, answer: Answer, attempts: int,
                  latency: float, retries: dict[str, int]) -> Outcome:
-        line, done = answered(task, model, requested, answer, attempts, latency, self.prices,
-                              retries=retries)
+        # The prompt's estimate prices an answer that came without usage (the budget counts it).
+        line, done = answered(task, model, request.model, answer, attempts, latency, self.prices,
+                              retries=retries, prompt_estimate=request.prompt_tokens)
         return Outcome((done,), line)
 
     def _fail(self, task: Task, model: int, error: CallError, attempts: int,

@@ -32,7 +32,7 @@ from ..store.records import RecordView, failure_view, record_id, view
 from .parquet import ParquetTable, require_pyarrow
 
 ANSWER_COLUMNS: tuple[str, ...] = (
-    "answer", "refusal", "model", "requested_model", "prompt_tokens", "completion_tokens",
+    "answer", "refusal", "filtered", "model", "requested_model", "prompt_tokens", "completion_tokens",
     "total_tokens",
     "cost", "finish_reason", "status", "error",
 )
@@ -68,6 +68,7 @@ class RowStatus(StrEnum):
 
     OK = "ok"
     REFUSED = "refused"  # answered with a refusal (its text in the refusal column): done
+    FILTERED = "filtered"  # stopped by a content filter (its verdict in the filtered column): done
     FAILED = "failed"
     MISSING = "missing"
 
@@ -93,6 +94,11 @@ class ExportReport:
     def refused(self) -> int:
         """Rows answered with a refusal."""
         return self.counts[RowStatus.REFUSED]
+
+    @property
+    def filtered(self) -> int:
+        """Rows stopped by a content filter."""
+        return self.counts[RowStatus.FILTERED]
 
     @property
     def failed(self) -> int:
@@ -215,11 +221,17 @@ def _input_columns(path: Path, keys: FieldKeys, chosen: Selection, fmt: InputFor
 def _answer_fields(task_id: str, outcomes: _Outcomes) -> dict[str, Any]:
     record = outcomes.answers.get(task_id)
     if record is not None:
-        usage = record.usage
-        status = RowStatus.REFUSED if record.refused else RowStatus.OK
-        return {"answer": record.answer, "refusal": record.refusal, "model": record.model,
-                "requested_model": record.requested_model, "prompt_tokens": usage.prompt_tokens,
-                "completion_tokens": usage.completion_tokens, "total_tokens": usage.total_tokens,
+        usage = None if record.no_usage else record.usage  # unknown tokens: empty cells
+        status = RowStatus.OK
+        if record.refused:
+            status = RowStatus.REFUSED
+        elif record.filtered:
+            status = RowStatus.FILTERED
+        return {"answer": record.answer, "refusal": record.refusal, "filtered": record.filter,
+                "model": record.model, "requested_model": record.requested_model,
+                "prompt_tokens": usage and usage.prompt_tokens,
+                "completion_tokens": usage and usage.completion_tokens,
+                "total_tokens": usage and usage.total_tokens,
                 "cost": record.cost, "finish_reason": record.finish_reason, "status": status.value,
                 "error": None}
     status = RowStatus.FAILED if task_id in outcomes.errors else RowStatus.MISSING

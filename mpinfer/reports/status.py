@@ -46,6 +46,8 @@ class OutputStatus:
     failures_by_type: dict[str, int] = field(default_factory=dict)
     refusals: int = 0
     truncated: int = 0
+    filtered: int = 0  # stopped by a content filter: done, like a refusal
+    no_usage: int = 0  # answers that came without usage: their cost unknown, not in ``cost``
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,8 @@ class StatusReport:
     failures_by_type: dict[str, int] = field(default_factory=dict)
     refusals: int = 0
     truncated: int = 0
+    filtered: int = 0
+    no_usage: int = 0
     latency_s: dict[str, float | None] = field(default_factory=dict)
     models: list[OutputStatus] = field(default_factory=list)
     limits: str | None = None
@@ -109,7 +113,8 @@ def _output_status(output: Path, tally: OutputTally) -> OutputStatus:
         bad_lines=tally.bad + tally.torn,
         unknown_ids=len(tally.unknown), last_written_at=tally.last, cost=round(tally.cost, 6),
         unpriced=tally.unpriced, model_mismatches=tally.mismatches, failures_by_type=by_type,
-        refusals=tally.refusals, truncated=tally.truncated,
+        refusals=tally.refusals, truncated=tally.truncated, filtered=tally.filtered,
+        no_usage=tally.no_usage,
     )
 
 
@@ -270,6 +275,7 @@ def _report(config: RunConfig, total: int, parts: list[OutputStatus], recent: li
         model_mismatches=sum(p.model_mismatches for p in parts),
         failures_by_type=_merge(p.failures_by_type for p in parts),
         refusals=sum(p.refusals for p in parts), truncated=sum(p.truncated for p in parts),
+        filtered=sum(p.filtered for p in parts), no_usage=sum(p.no_usage for p in parts),
         latency_s=latency, models=parts, limits=summary.get("limits"),
         limited_s=float(summary.get("limited_s") or 0.0),
         waiting_for_server_since=waiting_since if live is not None else None,

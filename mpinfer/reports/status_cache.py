@@ -140,7 +140,8 @@ def _tally(item: dict[str, Any], selected: IdSubset, blobs: dict[str, bytes],
     tally = OutputTally.empty(selected)
     tally.done.load_bytes(blobs[f"done{number}"])
     tally.latencies.frombytes(blobs[f"latencies{number}"])
-    for name in ("bad", "prompt", "completion", "unpriced", "mismatches", "refusals", "truncated"):
+    for name in ("bad", "prompt", "completion", "unpriced", "mismatches", "refusals", "truncated",
+                 "filtered", "no_usage"):
         setattr(tally, name, int(item[name]))
     tally.cost = float(item["cost"])
     tally.last = None if item["last"] is None else float(item["last"])
@@ -175,7 +176,7 @@ def save(path: Path, key: dict[str, Any], index: InputIndex, tallies: list[Outpu
             "bad": tally.bad, "prompt": tally.prompt, "completion": tally.completion,
             "unpriced": tally.unpriced,
             "mismatches": tally.mismatches, "refusals": tally.refusals,
-            "truncated": tally.truncated,
+            "truncated": tally.truncated, "filtered": tally.filtered, "no_usage": tally.no_usage,
             "cost": tally.cost, "last": tally.last, "recent": list(tally.recent),
             "unknown": sorted(tally.unknown),
             "failures": {str(k): v for k, v in tally.failures.items()},

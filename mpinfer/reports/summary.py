@@ -72,6 +72,9 @@ class RunSummary:
     model_mismatches: int = 0
     refusals: int = 0  # answered with a refusal: done, not failed, and not an empty answer
     truncated: int = 0  # answers cut off at max_tokens (finish_reason "length")
+    filtered: int = 0  # stopped by the server's content filter: done, like a refusal
+    no_usage: int = 0  # answers that came without usage: their cost unknown, not 0
+    estimated_cost: float = 0.0  # those answers at their estimate (what --max-cost counts)
     # the limits in force and where each came from (flag, server, learned)
     limits: str | None = None
     pace_per_s: float = 0.0  # requests a second the limits in force allow, over every lane
@@ -112,7 +115,13 @@ class RunSummary:
         self.succeeded += 1
         self.prompt_tokens += event.prompt_tokens
         self.completion_tokens += event.completion_tokens
-        if event.cost is None:
+        if event.no_usage:
+            self.no_usage += 1
+            if event.estimated_cost is None:
+                self.unpriced += 1
+            else:
+                self.estimated_cost += event.estimated_cost
+        elif event.cost is None:
             self.unpriced += 1
         else:
             self.cost += event.cost
@@ -122,6 +131,8 @@ class RunSummary:
             self.refusals += 1
         if event.truncated:
             self.truncated += 1
+        if event.filtered:
+            self.filtered += 1
         self.count_retries(event.retries)
         if event.latency_s is not None:
             self.latencies.append(event.latency_s)
@@ -183,6 +194,7 @@ class RunSummary:
                     rate_limited=self.rate_limited, requests=self.requests,
                     success_rate=self.success_rate, requests_per_s=per_s,
                     latency_s=percentiles(self.latencies), cost=round(self.cost, 6),
+                    estimated_cost=round(self.estimated_cost, 6),
                     updated_at=time.time())
         return data
 

@@ -22,7 +22,7 @@ import orjson
 
 from ..errors import OutputError
 from ..store.idset import IdSubset
-from ..store.records import failure_view, same_model, view
+from ..store.records import failure_view, view
 
 RECENT_RECORDS = 500
 _PROBE = 4096  # bytes compared at the head of a file and just before the mark
@@ -137,6 +137,8 @@ class OutputTally:
     mismatches: int = 0
     refusals: int = 0
     truncated: int = 0
+    filtered: int = 0  # stopped by a content filter: done, like a refusal
+    no_usage: int = 0  # answers that came without usage: their cost unknown
     cost: float = 0.0
     latencies: array[float] = field(default_factory=lambda: array("d"))
     recent: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT_RECORDS))
@@ -182,13 +184,16 @@ class OutputTally:
                 self.done.add_slot(slot)
             self.prompt += record.usage.prompt_tokens
             self.completion += record.usage.completion_tokens
-            if record.cost is None:
+            if record.no_usage:
+                self.no_usage += 1
+            elif record.cost is None:
                 self.unpriced += 1
             else:
                 self.cost += record.cost
-            if not same_model(record.requested_model, record.model):
+            if record.mismatch:
                 self.mismatches += 1
             self.refusals += record.refused
+            self.filtered += record.filtered
             self.truncated += record.truncated
             if record.latency_s is not None:
                 self.latencies.append(record.latency_s)

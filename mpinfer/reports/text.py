@@ -68,9 +68,13 @@ def summary_lines(summary: RunSummary) -> list[str]:
         unreachable = f"; server unreachable {summary.outage_s:.1f}s" if summary.outage_s else ""
         lines.append(f"limits: {summary.limits or 'none'}; waited on them "
                      f"{summary.limited_s:.1f}s of {summary.elapsed_s:.1f}s{unreachable}")
-    if summary.refusals or summary.truncated:
+    if summary.refusals or summary.truncated or summary.filtered:
         lines.append(f"refusals {summary.refusals} (kept as \"refusal\", answer null), "
+                     f"filtered {summary.filtered} (kept as \"filtered\"), "
                      f"truncated at max_tokens {summary.truncated}")
+    if summary.no_usage:
+        lines.append(f"without usage: {summary.no_usage} answers (tokens and cost unknown, not in "
+                     f"the cost; estimated at ${summary.estimated_cost:.4f} for --max-cost)")
     if summary.model_mismatches:
         lines.append("answered by another model than requested: "
                      f"{summary.model_mismatches} (see --validate)")
@@ -117,6 +121,12 @@ def status_lines(report: StatusReport) -> list[str]:
     if report.refusals:
         rows.append(("refusals",
                      f"{report.refusals} (done: the refusal text is the answer's \"refusal\")"))
+    if report.filtered:
+        rows.append(("filtered",
+                     f"{report.filtered} (done: the content filter's verdict is in \"filtered\")"))
+    if report.no_usage:
+        rows.append(("no usage",
+                     f"{report.no_usage} answers came without usage (cost unknown, not counted)"))
     if report.truncated:
         rows.append(("truncated", f"{report.truncated} answers cut off at max_tokens"))
     if report.model_mismatches:
@@ -152,9 +162,9 @@ def status_lines(report: StatusReport) -> list[str]:
 def validation_lines(report: ValidationReport) -> list[str]:
     """``--validate`` as the CLI prints it: counts of each problem, with examples."""
     lines = [f"{report.output}: {report.lines} lines, {report.records} records"]
-    if report.refusals or report.truncated:
-        lines.append(f"refusals {report.refusals}, truncated at max_tokens "
-                     f"{report.truncated} (not problems)")
+    if report.refusals or report.truncated or report.filtered:
+        lines.append(f"refusals {report.refusals}, filtered {report.filtered}, truncated at "
+                     f"max_tokens {report.truncated} (not problems)")
     if report.ok:
         lines.append("ok: every line parses, no duplicates, every input id "
                      "answered, answers and models as asked")
@@ -216,6 +226,7 @@ def dry_run_lines(plan: DryRunPlan) -> list[str]:
 def export_lines(report: ExportReport) -> list[str]:
     """``--export`` as the CLI prints it, and where the missing tasks went."""
     refused = f", refused {report.refused}" if report.refused else ""
+    refused += f", filtered {report.filtered}" if report.filtered else ""
     lines = [f"exported {report.rows} rows to {report.dest}: ok {report.ok}{refused}, "
              f"failed {report.failed}, missing {report.missing}"]
     if report.missing_tasks:

@@ -50,6 +50,7 @@ class ModelRow:
     answers: int = 0
     failures: int = 0
     refusals: int = 0
+    filtered: int = 0  # stopped by a content filter: answers, like refusals
     truncated: int = 0
     latency_sum: float = 0.0
     latencies: int = 0  # answers that recorded a latency
@@ -57,6 +58,7 @@ class ModelRow:
     completion_tokens: int = 0
     cost: float = 0.0
     unpriced: int = 0
+    no_usage: int = 0  # answers that came without usage: cost unknown
     answered_by: set[str] = field(default_factory=set)
 
     @property
@@ -222,7 +224,9 @@ class _Reader:
             row.completion_tokens += usage.completion_tokens
             if record.model:
                 row.answered_by.add(record.model)
-            if record.cost is None:
+            if record.no_usage:
+                row.no_usage += 1
+            elif record.cost is None:
                 row.unpriced += 1
             else:
                 row.cost += record.cost
@@ -232,6 +236,7 @@ class _Reader:
                 row.latencies += 1
             row.truncated += record.truncated
             row.refusals += record.refused
+            row.filtered += record.filtered
             self._add_retries(t, _retries(obj, record.batch))
             if t is not None:
                 cols.t.append(t)

@@ -10,7 +10,7 @@ from ..config import RunConfig
 from ..inputs.check import check_input, reading, selection
 from ..store.idset import IdSubset
 from ..store.output import OutputPaths, iter_lines, model_outputs
-from ..store.records import missing_batch_fields, missing_fields, same_model, view
+from ..store.records import missing_batch_fields, missing_fields, view
 
 EXAMPLES_KEPT = 5
 
@@ -48,6 +48,7 @@ class ValidationReport:
     # truncated answer is what max_tokens asked for; both are counted so that the user sees them.
     refusals: int = 0
     truncated: int = 0
+    filtered: int = 0  # stopped by a content filter (like a refusal, the measured answer)
     counts: dict[ProblemKind, int] = field(default_factory=dict)
     examples: dict[ProblemKind, list[Problem]] = field(default_factory=dict)
 
@@ -103,11 +104,13 @@ def validate_output(output: Path, input_ids: IdSubset) -> ValidationReport:
         report.truncated += record.truncated
         if record.refused:
             report.refusals += 1
+        elif record.filtered:
+            report.filtered += 1
         elif not record.embedding and (not isinstance(record.answer, str)
                                        or not record.answer.strip()):
             report.add(Problem(ProblemKind.EMPTY_ANSWER, f"answer is {record.answer!r}", number,
                                rid))
-        if not same_model(record.requested_model, record.model):
+        if record.mismatch:
             report.add(
                 Problem(ProblemKind.MODEL_MISMATCH,
                         f"requested {record.requested_model!r}, answered by {record.model!r}",

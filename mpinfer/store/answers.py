@@ -12,22 +12,43 @@ from typing import Any
 
 from ..api.answer import Answer
 from ..api.prices import PriceTable
+from ..api.tokens import text_tokens
 from ..events import TaskDone
 from ..inputs.tasks import Task
-from .records import TRUNCATED, Result, Usage, batch_result_line, is_refusal, same_model
+from .records import (
+    FILTERED_FIELD,
+    TRUNCATED,
+    Result,
+    Usage,
+    batch_result_line,
+    is_filtered,
+    is_refusal,
+    model_mismatch,
+)
 
 
 def answered(task: Task, model: int, requested: str, answer: Answer, attempts: int, latency: float,
              prices: PriceTable, batch_id: str | None = None,
-             retries: dict[str, int] | None = None) -> tuple[bytes, TaskDone]:
+             retries: dict[str, int] | None = None,
+             prompt_estimate: int = 0) -> tuple[bytes, TaskDone]:
     """The output line and the event of an answered task; from a batch (``batch_id``) at the Batch
-    price. ``retries``: the requests sent again, by the error type of the failed one."""
+    price. ``retries``: the requests sent again, by the error type of the failed one.
+
+    An answer without usage has an unknown cost (null on the line); the event carries its
+    estimate (``prompt_estimate``, the request's, and its text's tokens) for --max-cost."""
     retries = retries or {}
     # Billed as the model that answered; its price when known, else the requested model's.
     priced_as = answer.model if prices.find(answer.model) is not None else requested
-    cost = prices.cost(priced_as, answer.prompt_tokens, answer.completion_tokens,
-                       answer.cached_tokens, batch=batch_id is not None)
-    cost = round(cost, 8) if cost is not None else None
+    batch = batch_id is not None
+    cost: float | None = None
+    estimate: float | None = None
+    if answer.usage_known:
+        cost = prices.cost(priced_as, answer.prompt_tokens, answer.completion_tokens,
+                           answer.cached_tokens, batch=batch)
+        cost = round(cost, 8) if cost is not None else None
+    else:
+        written = text_tokens((answer.content or "") + (answer.reasoning or ""))
+        estimate = prices.cost(priced_as, prompt_estimate, written, batch=batch)
     latency = round(latency, 4)
     if task.body is not None:
         meta: dict[str, Any] = {"requested_model": requested, "latency_s": latency,
@@ -35,19 +56,25 @@ def answered(task: Task, model: int, requested: str, answer: Answer, attempts: i
                                 "processed_at": time.time(), "cost": cost}
         if batch_id is not None:
             meta["batch_id"] = batch_id
+        if answer.filtered is not None and answer.body is None:  # a prompt filtered: no body
+            meta[FILTERED_FIELD] = answer.filtered
         line = batch_result_line(task.id, answer.headers.get("x-request-id"), answer.body or {},
                                  meta)
     else:
+        usage = None
+        if answer.usage_known:
+            usage = Usage(answer.prompt_tokens, answer.completion_tokens, answer.total_tokens,
+                          answer.cached_tokens, answer.reasoning_tokens)
         line = Result(
             id=task.id, input_prompt=task.prompt, images=list(task.images), answer=answer.content,
-            model=answer.model, requested_model=requested,
-            usage=Usage(answer.prompt_tokens, answer.completion_tokens, answer.total_tokens,
-                        answer.cached_tokens, answer.reasoning_tokens),
+            model=answer.model, requested_model=requested, usage=usage,
             finish_reason=answer.finish_reason, latency_s=latency, attempts=attempts,
             processed_at=time.time(), cost=cost, refusal=answer.refusal,
-            reasoning_content=answer.reasoning, retries=retries,
+            reasoning_content=answer.reasoning, retries=retries, filtered=answer.filtered,
         ).to_line()
     return line, TaskDone(task.id, model, answer.prompt_tokens, answer.completion_tokens, latency,
-                          cost, not same_model(requested, answer.model), attempts,
+                          cost, model_mismatch(requested, answer.model, answer.filtered), attempts,
                           refused=is_refusal(answer.refusal, answer.content),
-                          truncated=answer.finish_reason == TRUNCATED, retries=retries)
+                          truncated=answer.finish_reason == TRUNCATED, retries=retries,
+                          filtered=is_filtered(answer.filtered),
+                          no_usage=not answer.usage_known, estimated_cost=estimate)

@@ -30,6 +30,11 @@ USAGE_FIELDS: tuple[str, ...] = ("prompt_tokens", "completion_tokens", "total_to
 # for a safety benchmark the refusal is the measurement.
 REFUSAL_FIELD = "refusal"
 REASONING_FIELD = "reasoning_content"  # written only when the server sent a reasoning text
+# A content filter's verdict (Azure): written only when the server's filter stopped the request
+# (``filtered_record``), with ``answer`` null; like a refusal, a measurement and done.
+FILTERED_FIELD = "filtered"
+CONTENT_FILTER = "content_filter"  # the finish_reason of a filtered completion, the 400's code
+PROMPT, COMPLETION = "prompt", "completion"  # where the filter stopped the request
 TRUNCATED = "length"  # the finish_reason of an answer cut off at max_tokens
 # gpt-4o-mini -> gpt-4o-mini-2024-07-18 is the same model; so are -0613, -20240620 and -v1.2.
 _SNAPSHOT = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{4}|\d{8}|v?\d+(\.\d+)*)$")
@@ -71,7 +76,7 @@ class Result:
     answer: str | None
     model: str | None
     requested_model: str
-    usage: Usage = field(default_factory=Usage)
+    usage: Usage | None = field(default_factory=Usage)  # None: the server sent no usage
     finish_reason: str | None = None
     latency_s: float = 0.0
     attempts: int = 1
@@ -83,6 +88,7 @@ class Result:
     # failures-and-retries chart.
     # Not a required field: lines of earlier versions have only ``attempts``.
     retries: dict[str, int] = field(default_factory=dict)
+    filtered: dict[str, Any] | None = None  # ``filtered_record``; written only when set
 
     def to_line(self) -> bytes:
         """The record as one output line."""
@@ -91,14 +97,17 @@ class Result:
         data = {name: getattr(self, name) for name in self.__dataclass_fields__}
         if self.reasoning_content is None:
             del data[REASONING_FIELD]
+        if self.filtered is None:
+            del data[FILTERED_FIELD]
         return orjson.dumps(data, option=orjson.OPT_APPEND_NEWLINE)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Result:
         """A Result from a decoded output line (fields it lacks are None)."""
-        values: dict[str, Any] = {name: data.get(name)
-                                  for name in (*RESULT_FIELDS, REFUSAL_FIELD, REASONING_FIELD)}
-        values["usage"] = Usage.from_dict(data.get("usage"))
+        values: dict[str, Any] = {name: data.get(name) for name in
+                                  (*RESULT_FIELDS, REFUSAL_FIELD, REASONING_FIELD, FILTERED_FIELD)}
+        usage = data.get("usage")
+        values["usage"] = None if usage is None else Usage.from_dict(usage)
         values["retries"] = _retries(data.get("retries"))
         return cls(**values)
 
@@ -149,8 +158,9 @@ def missing_fields(data: dict[str, Any]) -> list[str]:
     """The required Result fields a decoded output line lacks (usage counted as one field)."""
     missing = [name for name in RESULT_FIELDS if name not in data]
     usage = data.get("usage")
-    if "usage" in data and (not isinstance(usage, dict)
-                            or any(k not in usage for k in USAGE_FIELDS)):
+    if usage is None:  # null: the server sent none (or the line has no usage, named above)
+        return missing
+    if not isinstance(usage, dict) or any(k not in usage for k in USAGE_FIELDS):
         missing.append("usage.*")
     return missing
 
@@ -216,11 +226,23 @@ class RecordView:
     refusal: str | None = None
     finish_reason: str | None = None
     embedding: bool = False  # an embeddings answer: no text to check
+    filter: dict[str, Any] | None = None  # what a content filter said (``filtered_record``)
+    no_usage: bool = False  # the server sent no usage: tokens and cost unknown
 
     @property
     def refused(self) -> bool:
         """The model declined (``is_refusal``): a result, and for a safety benchmark the result."""
         return is_refusal(self.refusal, self.answer)
+
+    @property
+    def filtered(self) -> bool:
+        """The server's content filter stopped it (``is_filtered``): a result, like a refusal."""
+        return is_filtered(self.filter)
+
+    @property
+    def mismatch(self) -> bool:
+        """Answered by another model than the one requested (``model_mismatch``)."""
+        return model_mismatch(self.requested_model, self.model, self.filter)
 
     @property
     def truncated(self) -> bool:
@@ -233,6 +255,30 @@ def is_refusal(refusal: str | None, answer: str | None) -> bool:
     empty). The one definition, for a line (``RecordView.refused``) and for the event of an answer;
     a blank refusal is none (with no answer, the line is an empty answer, as --validate says)."""
     return isinstance(refusal, str) and bool(refusal.strip()) and not answer
+
+
+def filtered_record(source: str, results: Any) -> dict[str, Any]:
+    """What a content filter said, as a line keeps it: where it stopped the request (PROMPT: a 400
+    ``content_filter``; COMPLETION: a 200 ending ``finish_reason: "content_filter"``) and, per
+    category (hate, sexual, violence, self_harm, ...), what the server said of it (``filtered``,
+    ``severity``). The one shape, for the online answer and the record view."""
+    categories = {str(name): dict(result) for name, result in _object(results).items()
+                  if isinstance(result, dict)}
+    return {"source": source, "categories": categories}
+
+
+def is_filtered(filtered: Any) -> bool:
+    """Whether a line's ``filtered`` says a content filter stopped its request: the one
+    definition, beside ``is_refusal``; done, not failed, and not an empty answer."""
+    return isinstance(filtered, dict) and filtered.get("source") in (PROMPT, COMPLETION)
+
+
+def model_mismatch(requested: str | None, reported: str | None, filtered: Any = None) -> bool:
+    """Whether an answer came from another model than requested (``same_model``). A prompt the
+    filter stopped was answered by no model: it names none, and that is no mismatch."""
+    if is_filtered(filtered) and filtered.get("source") == PROMPT and reported is None:
+        return False
+    return not same_model(requested, reported)
 
 
 def _text(value: Any) -> str | None:
@@ -327,7 +373,9 @@ def is_answer(obj: Any) -> bool:
         return (isinstance(response, dict) and response.get("status_code") == 200
                 and isinstance(response.get("body"), dict))
     # Spelt out, not a loop over names: the resume scan asks this of every line.
-    return "answer" in obj and "model" in obj and isinstance(obj.get("usage"), dict)
+    # usage is null when the server sent none (its cost unknown): still an answer.
+    return "answer" in obj and "model" in obj and (isinstance(obj.get("usage"), dict)
+                                                   or ("usage" in obj and obj["usage"] is None))
 
 
 def record_id(obj: Any) -> str | None:
@@ -366,6 +414,9 @@ def view(obj: Any) -> RecordView | None:
         meta = _object(obj.get("mpinfer"))
         if body.get("object") == "response":
             message, choice = _response_message(body)
+        filtered = meta.get(FILTERED_FIELD)
+        if choice.get("finish_reason") == CONTENT_FILTER:
+            filtered = filtered_record(COMPLETION, choice.get("content_filter_results"))
         return RecordView(
             id=task_id, answer=message.get("content"), embedding=body.get("object") == "list",
             model=body.get("model"), requested_model=meta.get("requested_model"),
@@ -374,13 +425,17 @@ def view(obj: Any) -> RecordView | None:
             processed_at=_number(meta.get("processed_at")), cost=_number(meta.get("cost")),
             batch=True, refusal=_text(message.get("refusal")),
             finish_reason=_text(choice.get("finish_reason")),
+            filter=filtered if is_filtered(filtered) else None,
+            no_usage=bool(body) and body.get("usage") is None,
         )
+    filtered = obj.get(FILTERED_FIELD)
     return RecordView(
         id=task_id, answer=obj.get("answer"), model=obj.get("model"),
         requested_model=obj.get("requested_model"), usage=Usage.from_dict(obj.get("usage")),
         latency_s=_number(obj.get("latency_s")), processed_at=_number(obj.get("processed_at")),
         cost=_number(obj.get("cost")), batch=False, refusal=_text(obj.get(REFUSAL_FIELD)),
         finish_reason=_text(obj.get("finish_reason")),
+        filter=filtered if is_filtered(filtered) else None, no_usage=obj.get("usage") is None,
     )
 
 
