@@ -8,6 +8,12 @@
   proxies ``reasoning``; the model is listed in ``MockConfig.reasoning_models`` with that
   field's name. Its tokens count in ``completion_tokens`` and again in
   ``usage.completion_tokens_details.reasoning_tokens``, as OpenAI bills them.
+- Azure's content filter, on prompts that hold a marker: ``MockConfig.filter_marker`` stops the
+  prompt (``prompt_filtered``: a 400 ``content_filter``, innererror
+  ``ResponsibleAIPolicyViolation`` with ``content_filter_result`` per category);
+  ``MockConfig.filter_answer_marker`` filters the completion (a 200 whose choice ends
+  ``finish_reason: "content_filter"``, no content, ``content_filter_results`` on the choice and
+  ``prompt_filter_results`` beside the choices). The category filtered is ``FILTERED_CATEGORY``.
 """
 
 from __future__ import annotations
@@ -15,10 +21,35 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from .config import MockConfig
 
 REFUSAL_TEXT = "I'm sorry, but I can't help with that."
 REASONING_FIELDS = frozenset({"reasoning_content", "reasoning"})
+FILTER_CATEGORIES = ("hate", "self_harm", "sexual", "violence")
+FILTERED_CATEGORY, FILTERED_SEVERITY = "violence", "medium"
+PROMPT_FILTERED_MESSAGE = (
+    "The response was filtered due to the prompt triggering Azure OpenAI's content management "
+    "policy. Please modify your prompt and retry. To learn more about our content filtering "
+    "policies please read our documentation: https://go.microsoft.com/fwlink/?linkid=2198766")
+
+
+def filter_results(filtered: bool) -> dict[str, Any]:
+    """Azure's verdict per category: ``FILTERED_CATEGORY`` filtered when ``filtered``."""
+    return {name: ({"filtered": True, "severity": FILTERED_SEVERITY}
+                   if filtered and name == FILTERED_CATEGORY
+                   else {"filtered": False, "severity": "safe"})
+            for name in FILTER_CATEGORIES}
+
+
+def prompt_filtered() -> bytes:
+    """Azure's 400 for a prompt its content filter stopped."""
+    return orjson.dumps({"error": {
+        "message": PROMPT_FILTERED_MESSAGE, "type": None, "param": "prompt",
+        "code": "content_filter", "status": 400,
+        "innererror": {"code": "ResponsibleAIPolicyViolation",
+                       "content_filter_result": filter_results(True)}}})
 
 
 @dataclass(frozen=True)
@@ -29,6 +60,7 @@ class Reply:
     finish_reason: str
     completion_tokens: int
     reasoning_tokens: int = 0
+    filtered: bool = False  # the completion was filtered (Azure's content filter)
 
     def usage(self, prompt_tokens: int) -> dict[str, Any]:
         """The ``usage`` object of a completion, with reasoning tokens when the model thought."""
@@ -49,6 +81,9 @@ def _tokens(text: str) -> int:
 def reply(cfg: MockConfig, model: str, task_text: str, images: int,
           max_tokens: int | None) -> Reply:
     """One accepted request's answer: a refusal, or a (maybe truncated) answer with thinking."""
+    if cfg.filter_answer_marker and cfg.filter_answer_marker in task_text:
+        # Azure sends no content for a filtered completion; the tokens it wrote are billed.
+        return Reply({"role": "assistant", "content": None}, "content_filter", 12, filtered=True)
     if cfg.refuse_marker and cfg.refuse_marker in task_text:
         refused = {"role": "assistant", "content": None, "refusal": REFUSAL_TEXT}
         return Reply(refused, "stop", _tokens(REFUSAL_TEXT))

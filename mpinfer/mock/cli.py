@@ -68,6 +68,13 @@ def build_arg_parser() -> argparse.ArgumentParser:
                    help="answer Azure's /openai/deployments/DEPLOYMENT/chat/completions as MODEL")
     p.add_argument("--refuse-marker", default=None, metavar="TEXT",
                    help="refuse prompts that hold TEXT")
+    p.add_argument("--filter-marker", default=None, metavar="TEXT",
+                   help="stop prompts that hold TEXT with Azure's 400 content_filter")
+    p.add_argument("--filter-answer-marker", default=None, metavar="TEXT",
+                   help="answer prompts that hold TEXT with a completion Azure's content filter "
+                        "stopped (finish_reason content_filter)")
+    p.add_argument("--omit-usage", action="store_true",
+                   help="answer without usage, as some OpenAI-compatible servers do")
     p.add_argument("--record-bodies", action="store_true",
                    help="keep the last request body per task key in stats")
     p.add_argument(
@@ -111,6 +118,9 @@ def config_from_args(ns: argparse.Namespace) -> MockConfig:
         record_bodies=ns.record_bodies,
         reasoning_models=_pairs("--reasoning-models", ns.reasoning_models),
         refuse_marker=ns.refuse_marker,
+        filter_marker=ns.filter_marker,
+        filter_answer_marker=ns.filter_answer_marker,
+        omit_usage=ns.omit_usage,
         max_image_bytes=ns.max_image_bytes,
         azure_deployments=_pairs("--azure-deployments", ns.azure_deployments),
     )

@@ -9,7 +9,7 @@ import time
 
 import orjson
 
-from .answers import reply
+from .answers import filter_results, prompt_filtered, reply
 from .chat import ApiError, parse_chat
 from .config import MockConfig
 from .http import Connection, Request, error_body, http_response
@@ -152,20 +152,27 @@ class ChatCompletions:
         st.max_accepted_window = max(st.max_accepted_window, len(st.accepted_t))
         st.max_tokens_window = max(st.max_tokens_window, st.accepted_token_sum)
 
+        if cfg.filter_marker and cfg.filter_marker in task_key:  # Azure stops the prompt: a 400
+            return "filtered", 400, prompt_filtered(), task_key
         outcome = self._draw_outcome(cfg, task_key)
         if outcome in ("ok", "slow"):
+            choice = {"index": 0, "message": answer.message, "logprobs": None,
+                      "finish_reason": answer.finish_reason}
             response = {
                 "id": f"chatcmpl-mock-{n}",
                 "object": "chat.completion",
                 "created": int(time.time()),
                 "model": cfg.model_map.get(chat.model, chat.model),
-                "choices": [
-                    {"index": 0, "message": answer.message, "logprobs": None,
-                     "finish_reason": answer.finish_reason}
-                ],
+                "choices": [choice],
                 "usage": answer.usage(prompt_tokens),
                 "system_fingerprint": "fp_mock",
             }
+            if answer.filtered:  # as Azure: each filter's verdict, on the prompt and the answer
+                choice["content_filter_results"] = filter_results(True)
+                response["prompt_filter_results"] = [
+                    {"prompt_index": 0, "content_filter_results": filter_results(False)}]
+            if cfg.omit_usage:  # as some OpenAI-compatible servers: no usage at all
+                del response["usage"]
             return outcome, 200, orjson.dumps(response), task_key
         if outcome == "429":
             rejection_headers(cfg, cfg.retry_after, headers)

@@ -45,6 +45,9 @@ RUNTIME_FIELDS = frozenset(
         "slow_bps",
         "reasoning_models",
         "refuse_marker",
+        "filter_marker",
+        "filter_answer_marker",
+        "omit_usage",
         "max_image_bytes",
         "azure_deployments",
     }
@@ -157,6 +160,17 @@ class MockConfig:
     """Prompts that hold this text are refused (``content`` null, ``refusal``
     text), as a safety benchmark sees."""
 
+    filter_marker: str | None = None
+    """Prompts that hold this text are stopped by Azure's content filter (a 400
+    ``content_filter``, its verdict per category)."""
+
+    filter_answer_marker: str | None = None
+    """Prompts that hold this text get a completion Azure's content filter stopped (a 200 with
+    ``finish_reason: "content_filter"``, no content)."""
+
+    omit_usage: bool = False
+    """Answer without ``usage``, as some OpenAI-compatible servers do."""
+
     azure_deployments: Mapping[str, str] = field(default_factory=dict, hash=False)
     """Azure deployment -> the model it holds
     (``/openai/deployments/{deployment}/chat/completions``)."""
@@ -229,9 +243,9 @@ def coerce_field(name: str, value: Any) -> Any:
         if not isinstance(value, Mapping):
             raise ValueError(f"{name} must be an object mapping model names")
         return dict(value)
-    if name == "refuse_marker":
+    if name in ("refuse_marker", "filter_marker", "filter_answer_marker"):
         if value is not None and not isinstance(value, str):
-            raise TypeError("refuse_marker must be a string or null")
+            raise TypeError(f"{name} must be a string or null")
         return value or None
     if name in ("rpm", "tpm", "max_image_bytes"):
         if value is None:
@@ -253,9 +267,9 @@ def coerce_field(name: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError("max_concurrent must be an integer >= 1 or null")
         return value
-    if name == "record_bodies":
+    if name in ("record_bodies", "omit_usage"):
         if not isinstance(value, bool):
-            raise TypeError("record_bodies must be true or false")
+            raise TypeError(f"{name} must be true or false")
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number")
