@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
 
@@ -9,7 +10,9 @@ import httpx2
 import openai
 import pytest
 
+from mpinfer.api.answer import filtered_answer
 from mpinfer.api.failures import TABLE, Kind, Verdict, classify, of_status
+from mpinfer.api.retry import Attempts, RetryPolicy, decide
 from mpinfer.backends.batch_merge import classify_line
 
 
@@ -69,3 +72,26 @@ def test_the_vocabulary_loads_without_the_openai_sdk() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     # Then the SDK was not loaded
     assert out.stdout.strip() == "False"
+
+
+def test_azures_content_filter_400_is_an_answer_the_filter_gave_not_a_failure() -> None:
+    # Given Azure's 400 for a filtered prompt, as the SDK raises it (its body: the error object)
+    request = httpx2.Request("POST", "http://127.0.0.1/openai/deployments/d/chat/completions")
+    verdict = {"violence": {"filtered": True, "severity": "high"},
+               "hate": {"filtered": False, "severity": "safe"}}
+    body = {"message": "The response was filtered", "code": "content_filter", "status": 400,
+            "innererror": {"code": "ResponsibleAIPolicyViolation",
+                           "content_filter_result": verdict}}
+    error = openai.BadRequestError("filtered", response=httpx2.Response(400, request=request),
+                                   body=body)
+    # When it is classified, and its next step decided
+    failure = classify(error)
+    step = decide(failure, Attempts(), RetryPolicy(), random.Random(0), 0.0)
+    # Then it is the content filter's answer, kept with the server's body, and not sent again
+    assert (failure.kind, failure.verdict, step.verdict) == (Kind.CONTENT_FILTER, Verdict.FILTERED,
+                                                             Verdict.FILTERED)
+    assert failure.body == body
+    # And the answer it stands for has no text and the filter's verdict per category
+    answer = filtered_answer(failure.body)
+    assert (answer.content, answer.model, answer.finish_reason) == (None, None, "content_filter")
+    assert answer.filtered == {"source": "prompt", "categories": verdict}
