@@ -32,8 +32,8 @@ from ..store.records import RecordView, failure_view, record_id, view
 from .parquet import ParquetTable, require_pyarrow
 
 ANSWER_COLUMNS: tuple[str, ...] = (
-    "answer", "refusal", "filtered", "model", "requested_model", "prompt_tokens", "completion_tokens",
-    "total_tokens",
+    "answer", "refusal", "filtered", "model", "requested_model", "prompt_tokens",
+    "completion_tokens", "total_tokens",
     "cost", "finish_reason", "status", "error",
 )
 RUN_MODEL_COLUMN = "run_model"
