@@ -12,8 +12,9 @@ import pytest
 
 from mpinfer.api.answer import filtered_answer
 from mpinfer.api.failures import TABLE, Kind, Verdict, classify, of_status
-from mpinfer.api.retry import Attempts, RetryPolicy, decide
+from mpinfer.api.retry import Attempts, decide
 from mpinfer.backends.batch_merge import classify_line
+from mpinfer.config import RetryPolicy
 
 
 def status_error(status: int, message: str, code: str | None = None) -> openai.APIStatusError:
@@ -86,7 +87,8 @@ def test_azures_content_filter_400_is_an_answer_the_filter_gave_not_a_failure() 
                                    body=body)
     # When it is classified, and its next step decided
     failure = classify(error)
-    step = decide(failure, Attempts(), RetryPolicy(), random.Random(0), 0.0)
+    policy = RetryPolicy(max_retries=3, backoff_s=1.0, patience_s=300.0)
+    step = decide(failure, Attempts(), policy, random.Random(0), 0.0)
     # Then it is the content filter's answer, kept with the server's body, and not sent again
     assert (failure.kind, failure.verdict, step.verdict) == (Kind.CONTENT_FILTER, Verdict.FILTERED,
                                                              Verdict.FILTERED)
