@@ -37,6 +37,7 @@ def test_an_answer_without_usage_has_a_null_cost_and_is_counted_as_such(
     assert len(rows) == 3
     for row in rows:
         assert row["answer"] and row["usage"] is None and row["cost"] is None
+        assert "cost_estimate" in row
     # And the summary says how many came without usage, and prices them at an estimate
     assert "without usage: 3 answers" in ran.stdout
     summary = json.loads((tmp_path / "out.jsonl.summary.json").read_text())
@@ -71,3 +72,10 @@ def test_max_cost_counts_answers_without_usage_at_their_estimate(
     assert 3 <= len(rows) < 30
     summary = json.loads((tmp_path / "out.jsonl.summary.json").read_text())
     assert summary["no_usage"] == len(rows) and 0 < summary["estimated_cost"] <= 0.3
+    # And each line keeps its estimate, so that a rerun with the same budget counts what the output
+    # already spent: it may use what is left of the budget, never more
+    assert all(row["cost_estimate"] > 0 for row in rows)
+    again = _run(tmp_path, mock, "--max-cost", "0.3", "-p", "2", "-c", "2")
+    assert again.returncode == 1 and "budget" in again.stdout
+    rows = read_jsonl(tmp_path / "out.jsonl")
+    assert len(rows) < 30 and sum(row["cost_estimate"] for row in rows) <= 0.3

@@ -16,6 +16,7 @@ from ..api.tokens import text_tokens
 from ..events import TaskDone
 from ..inputs.tasks import Task
 from .records import (
+    COST_ESTIMATE_FIELD,
     FILTERED_FIELD,
     TRUNCATED,
     Result,
@@ -49,6 +50,7 @@ def answered(task: Task, model: int, requested: str, answer: Answer, attempts: i
     else:
         written = text_tokens((answer.content or "") + (answer.reasoning or ""))
         estimate = prices.cost(priced_as, prompt_estimate, written, batch=batch)
+        estimate = round(estimate, 8) if estimate is not None else None
     latency = round(latency, 4)
     if task.body is not None:
         meta: dict[str, Any] = {"requested_model": requested, "latency_s": latency,
@@ -58,6 +60,8 @@ def answered(task: Task, model: int, requested: str, answer: Answer, attempts: i
             meta["batch_id"] = batch_id
         if answer.filtered is not None and answer.body is None:  # a prompt filtered: no body
             meta[FILTERED_FIELD] = answer.filtered
+        if estimate is not None:
+            meta[COST_ESTIMATE_FIELD] = estimate
         line = batch_result_line(task.id, answer.headers.get("x-request-id"), answer.body or {},
                                  meta)
     else:
@@ -71,6 +75,7 @@ def answered(task: Task, model: int, requested: str, answer: Answer, attempts: i
             finish_reason=answer.finish_reason, latency_s=latency, attempts=attempts,
             processed_at=time.time(), cost=cost, refusal=answer.refusal,
             reasoning_content=answer.reasoning, retries=retries, filtered=answer.filtered,
+            cost_estimate=estimate,
         ).to_line()
     return line, TaskDone(task.id, model, answer.prompt_tokens, answer.completion_tokens, latency,
                           cost, model_mismatch(requested, answer.model, answer.filtered), attempts,

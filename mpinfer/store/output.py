@@ -125,7 +125,7 @@ class Scan:
     bad_lines: list[BadLine] = field(default_factory=list)
     lines: int = 0
     end_offset: int = 0
-    cost: float = 0.0
+    cost: float = 0.0  # what the answers cost; one without usage at its estimate
 
 
 def iter_lines(path: Path, start: int = 0) -> Iterator[tuple[int, bytes, Any]]:
@@ -172,6 +172,8 @@ def scan(path: Path, start: int = 0, within: IdSubset | None = None) -> Scan:
             continue
         take(rid)
         cost = obj.get("cost")
+        if cost is None:  # an answer without usage counts at its estimate (--max-cost)
+            cost = obj.get("cost_estimate")
         if isinstance(cost, (int, float)) and not isinstance(cost, bool):
             result.cost += cost
     return result

@@ -33,6 +33,7 @@ REASONING_FIELD = "reasoning_content"  # written only when the server sent a rea
 # A content filter's verdict (Azure): written only when the server's filter stopped the request
 # (``filtered_record``), with ``answer`` null; like a refusal, a measurement and done.
 FILTERED_FIELD = "filtered"
+COST_ESTIMATE_FIELD = "cost_estimate"  # an answer without usage: what --max-cost counts it at
 CONTENT_FILTER = "content_filter"  # the finish_reason of a filtered completion, the 400's code
 PROMPT, COMPLETION = "prompt", "completion"  # where the filter stopped the request
 TRUNCATED = "length"  # the finish_reason of an answer cut off at max_tokens
@@ -89,6 +90,9 @@ class Result:
     # Not a required field: lines of earlier versions have only ``attempts``.
     retries: dict[str, int] = field(default_factory=dict)
     filtered: dict[str, Any] | None = None  # ``filtered_record``; written only when set
+    # An answer without usage: its estimated cost (``cost`` is null), for a later run's
+    # --max-cost; written only when set.
+    cost_estimate: float | None = None
 
     def to_line(self) -> bytes:
         """The record as one output line."""
@@ -99,13 +103,16 @@ class Result:
             del data[REASONING_FIELD]
         if self.filtered is None:
             del data[FILTERED_FIELD]
+        if self.cost_estimate is None:
+            del data[COST_ESTIMATE_FIELD]
         return orjson.dumps(data, option=orjson.OPT_APPEND_NEWLINE)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Result:
         """A Result from a decoded output line (fields it lacks are None)."""
         values: dict[str, Any] = {name: data.get(name) for name in
-                                  (*RESULT_FIELDS, REFUSAL_FIELD, REASONING_FIELD, FILTERED_FIELD)}
+                                  (*RESULT_FIELDS, REFUSAL_FIELD, REASONING_FIELD, FILTERED_FIELD,
+                                   COST_ESTIMATE_FIELD)}
         usage = data.get("usage")
         values["usage"] = None if usage is None else Usage.from_dict(usage)
         values["retries"] = _retries(data.get("retries"))
