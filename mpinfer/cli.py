@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument(*names, dest=option.name, default=None, metavar=option.metavar,
                             help=option_help(option))
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--status", action="store_true",
+    # -s and -v as the tool mpinfer replaces has them (verbose keeps only its long flag)
+    mode.add_argument("-s", "--status", action="store_true",
                       help="show progress, tokens and ETA; works during a run")
     mode.add_argument("--cancel", action="store_true",
                       help="from another terminal: stop the live run on this output as Ctrl-C "
@@ -72,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "exit 1 when no run is live; with --backend batch: cancel the output's "
                       "open batches at the server (answers they already gave are kept; a "
                       "rerun sends the rest)")
-    mode.add_argument("--validate", action="store_true",
+    mode.add_argument("-v", "--validate", action="store_true",
                       help="check the output's integrity against the input")
     mode.add_argument("--demo", action="store_true",
                       help="run the bundled demo against the local mock server")

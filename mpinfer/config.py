@@ -247,7 +247,7 @@ class RunConfig:
     allow_mixed: bool = setting(False, as_bool,
                                 "resume even though the settings that change answers "
                                 "differ from those that wrote the output")
-    verbose: bool = setting(False, as_bool, "log every attempt and the HTTP stack", short="-v")
+    verbose: bool = setting(False, as_bool, "log every attempt and the HTTP stack")
     report: bool = setting(False, as_bool,
                            "write the HTML report <output>.report.html at the end of every run "
                            "(needs mpinfer[report]; --report writes one at once)", cli=False)

@@ -190,7 +190,7 @@ def test_the_key_appears_in_no_log_manifest_summary_output_or_error(tmp_path: Pa
     write_tasks(tmp_path / "tasks.jsonl", tasks)
     mock.configure(script={"question t1: what is 1 + 1?": ["500"]})
     # When a verbose run goes, logging everything, and status and validate run too
-    proc = _run(tmp_path, mock, "-v", "--system-prompt", f"never say {FAKE_KEY}")
+    proc = _run(tmp_path, mock, "--verbose", "--system-prompt", f"never say {FAKE_KEY}")
     status = _run(tmp_path, mock, "--status", "--json")
     check = _run(tmp_path, mock, "--validate")
     # Then no file the run wrote, nor anything it printed, holds the key
