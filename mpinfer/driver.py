@@ -25,6 +25,7 @@ from .events import (
     Event,
     Fatal,
     KeyDisabled,
+    ModelUnknown,
     Stopped,
     StopReason,
     TaskDone,
@@ -108,6 +109,8 @@ class RunState:
         if not self.feeding or not self._within_budget(outstanding):
             return None
         item = self.requeue.popleft() if self.requeue else next(self.items, None)
+        while item is not None and self.config.models[item[1]] in self.summary.unknown_models:
+            item = self.requeue.popleft() if self.requeue else next(self.items, None)
         if item is None:
             self.feeding = False
         return item
@@ -161,6 +164,8 @@ class RunState:
             case KeyDisabled():
                 log.warning("API key %s rejected (%s): disabled for this run", event.key,
                             event.message)
+            case ModelUnknown():
+                self.drop_model(event)
             case Abort() | Fatal():
                 reason = StopReason.ABORTED if isinstance(event, Abort) else StopReason.FATAL
                 self.fail_run(Stopped(reason, event.message))
@@ -173,6 +178,18 @@ class RunState:
         self.bar.set_postfix(failed=self.summary.failed,
                              tokens=self.summary.prompt_tokens + self.summary.completion_tokens,
                              cost=f"${self.summary.cost:.4f}", refresh=refresh)
+
+    def drop_model(self, event: ModelUnknown) -> None:
+        """The server does not know a model: send none of its tasks; with no model left, stop."""
+        name = self.config.models[event.model]
+        if name in self.summary.unknown_models:
+            return
+        self.summary.unknown_models[name] = event.message
+        if len(self.summary.unknown_models) == len(self.config.models):
+            self.fail_run(Stopped(StopReason.ABORTED, event.message))
+        else:
+            log.error("%s; its tasks are not sent (a rerun sends them), the other models go on",
+                      event.message)
 
     def fail_run(self, stopped: Stopped) -> None:
         """Stop the run on a fault; the summary reports the first, the log the rest."""

@@ -77,6 +77,16 @@ class Abort:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelUnknown:
+    """The server does not know the model (or the Azure deployment): none of its tasks can succeed,
+    so the driver sends no more of them (and stops the run when no other model is left)."""
+
+    kind: ClassVar[str] = "model_unknown"
+    message: str
+    model: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Fatal:
     """The run cannot go on: the output cannot be written (a full disk), or a worker hit a bug."""
 
@@ -93,7 +103,7 @@ class WorkerExit:
     kind: ClassVar[str] = "exit"
 
 
-Event = TaskDone | TaskFailed | KeyDisabled | Abort | Fatal | WorkerExit
+Event = TaskDone | TaskFailed | KeyDisabled | Abort | ModelUnknown | Fatal | WorkerExit
 
 # -- work: driver -> local worker ------------------------------------------------------------------
 
@@ -119,8 +129,8 @@ Message = Event | Work | StopWork
 WorkItem = tuple[Task, int]
 
 _KINDS: dict[str, type[Any]] = {cls.kind: cls
-                                for cls in (TaskDone, TaskFailed, KeyDisabled, Abort, Fatal,
-                                            WorkerExit, Work, StopWork)}
+                                for cls in (TaskDone, TaskFailed, KeyDisabled, Abort, ModelUnknown,
+                                            Fatal, WorkerExit, Work, StopWork)}
 
 
 def encode(*messages: Message) -> bytes:

@@ -113,8 +113,9 @@ def test_azure_requests_use_the_deployment_path_api_version_and_api_key(mock: Mo
     # When it runs
     done = run_cli("-i", str(tasks), "-o", str(tmp_path / "out.jsonl"), "--model", "gpt-4o",
                    "--endpoints", str(table), cwd=tmp_path, env=KEYS)
-    # Then Azure's 404 DeploymentNotFound fails the task, naming the endpoint but never its key
-    assert done.returncode == 1
+    # Then Azure's 404 DeploymentNotFound fails the task, naming the endpoint but never its key, and
+    # stops the run (no other model can go on: exit 5)
+    assert done.returncode == 5
     [failure] = read_jsonl(tmp_path / "out.jsonl.errors.jsonl")
     assert failure["status"] == 404 and failure["message"].startswith("gpt-4o ...east: ")
     assert AZURE_KEY not in (tmp_path / "out.jsonl.errors.jsonl").read_text()

@@ -26,7 +26,8 @@ def status_error(status: int, message: str, code: str | None = None) -> openai.A
 
 @pytest.mark.parametrize(("status", "code", "message"), [
     (400, None, "bad"), (400, None, "Total image size (30MB) exceeds the allowed limit"),
-    (401, None, "key"), (403, None, "no"), (404, None, "gone"), (408, None, "slow"),
+    (401, None, "key"), (403, None, "no"), (404, None, "gone"), (404, "model_not_found", "no x"),
+    (404, "DeploymentNotFound", "no deployment"), (408, None, "slow"),
     (409, None, "busy"), (413, None, "big"), (418, None, "teapot"), (422, None, "odd"),
     (429, None, "slow down"),
     (429, "insufficient_quota", "no money"), (500, None, "oops"), (503, None, "down"),
@@ -54,6 +55,17 @@ def test_kinds_written_under_another_name_are_written_so() -> None:
     assert (code.kind, code.error_type, code.verdict) == (
         Kind.BATCH_CODE, "invalid_jsonl", Verdict.FAIL)
     assert (unexpected.kind, unexpected.error_type) == (Kind.UNEXPECTED, "KeyError")
+
+
+def test_an_unknown_model_or_deployment_drops_the_model_and_another_404_fails_the_task() -> None:
+    # Given OpenAI's 404 for an unknown model, Azure's for a missing deployment, and a bare 404
+    unknown = of_status(404, "model_not_found", "The model `x` does not exist")
+    deployment = of_status(404, "DeploymentNotFound", "The API deployment does not exist")
+    bare = of_status(404, None, "Not found")
+    # Then the first two are unknown_model, which stops the model's tasks; the last fails the task
+    assert (unknown.error_type, unknown.verdict) == ("unknown_model", Verdict.DROP_MODEL)
+    assert (deployment.error_type, deployment.verdict) == ("unknown_model", Verdict.DROP_MODEL)
+    assert (bare.error_type, bare.verdict) == ("not_found", Verdict.FAIL)
 
 
 def test_every_row_of_the_table_can_be_reached() -> None:

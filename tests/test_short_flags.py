@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from helpers import run_cli, text_tasks, write_tasks
+
 from mpinfer.mockserver import MockServerProcess
 
 

@@ -78,6 +78,11 @@ class Endpoint:
         (an endpoint for ANY_MODEL takes all)."""
         return self.model in (ANY_MODEL, model)
 
+    def place(self) -> str:
+        """Where its requests go, as a message names it: the URL (and deployment), never the key."""
+        url = self.base_url or "https://api.openai.com/v1"
+        return f"deployment {self.deployment} at {url}" if self.deployment else url
+
     def label(self, index: int) -> str:
         """How status, summary and the errors file name it:
         the model and the key's last four characters."""

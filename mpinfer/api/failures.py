@@ -41,6 +41,7 @@ class Kind(StrEnum):
     BAD_REQUEST = "bad_request"                # 400
     CONTENT_FILTER = "content_filter"          # 400 content_filter (Azure): a result, not a failure
     NOT_FOUND = "not_found"                    # 404
+    UNKNOWN_MODEL = "unknown_model"            # 404: no such model (or Azure deployment) there
     UNPROCESSABLE = "unprocessable"            # 422
     HTTP = "http"                              # any other status: written http_<status>
     TIMEOUT = "timeout"                        # our deadline on the whole request, or the SDK's
@@ -68,6 +69,8 @@ class Verdict(StrEnum):
     DISABLE_KEY = "disable_key"  # the key's fault (401/403): go on with another key
     ABORT = "abort"              # no task can succeed (no quota, no key left): stop the run
     FILTERED = "filtered"        # answered by the server's content filter: a done record
+    DROP_MODEL = "drop_model"    # no task of the model can succeed: stop its tasks (and the run if
+    #                              no other model is left)
 
     @property
     def transient(self) -> bool:
@@ -166,6 +169,9 @@ TABLE: tuple[Rule, ...] = (
     Rule(Kind.IMAGES_TOO_LARGE, Verdict.FAIL, status=400, message=_TOO_LARGE),
     Rule(Kind.IMAGES_TOO_LARGE, Verdict.FAIL, status=413, message=_TOO_LARGE),
     Rule(Kind.BAD_REQUEST, Verdict.FAIL, status=400),
+    # The model is not there (OpenAI; Azure: the deployment): every task of it would fail alike.
+    Rule(Kind.UNKNOWN_MODEL, Verdict.DROP_MODEL, status=404, code="model_not_found"),
+    Rule(Kind.UNKNOWN_MODEL, Verdict.DROP_MODEL, status=404, code="DeploymentNotFound"),
     Rule(Kind.NOT_FOUND, Verdict.FAIL, status=404),
     Rule(Kind.UNPROCESSABLE, Verdict.FAIL, status=422),
     Rule(Kind.HTTP, Verdict.FAIL, status=ANY_STATUS),

@@ -93,7 +93,8 @@ def decide(error: CallError, tries: Attempts, policy: RetryPolicy, rng: random.R
     ``limiter``: a limiter pauses the rate-limited lane for the server's hint; without one (the
     Batch client) the step itself waits the hint.
     """
-    if error.verdict in (Verdict.FAIL, Verdict.ABORT, Verdict.DISABLE_KEY, Verdict.FILTERED):
+    if error.verdict in (Verdict.FAIL, Verdict.ABORT, Verdict.DISABLE_KEY, Verdict.FILTERED,
+                         Verdict.DROP_MODEL):
         return Step(error.verdict, message=error.message)
     if error.verdict is Verdict.WAIT:
         since = now if tries.limited_since is None else tries.limited_since

@@ -33,7 +33,7 @@ from ..api.retry import Attempts, decide, patience_spent
 from ..api.ticket import Ticket, Unsent
 from ..config import RunnerSettings
 from ..errors import ImageError, NoKeysLeft
-from ..events import Abort, Event, KeyDisabled, TaskFailed
+from ..events import Abort, Event, KeyDisabled, ModelUnknown, TaskFailed
 from ..inputs.tasks import Task
 from ..limits import Ending, Grant, LimiterClient, Wait, WaitReason, read_hints
 from ..redact import redact
@@ -125,6 +125,7 @@ class TaskRunner:
         self.encoder = ImageEncoder(settings.request.image_root)
         self.clients: dict[int, openai.AsyncOpenAI] = {}
         self._stopping = False
+        self.dropped: dict[int, str] = {}  # models the server does not know, with what it said
         self.notices: list[Event] = []
         self.ahead = BuildAhead(settings, build_ahead)
 
@@ -194,6 +195,9 @@ class TaskRunner:
         again.
         """
         started = self.clock()
+        if model in self.dropped:  # the server does not know it: failed without a request
+            error = CallError(Kind.UNKNOWN_MODEL, None, self.dropped[model], Verdict.FAIL)
+            return self._fail(task, model, error, 0)
         try:
             request = self._request(task, model)
         except ImageError as exc:
@@ -276,6 +280,8 @@ class TaskRunner:
             if step.delay_s > 0:
                 await self.sleep(step.delay_s)
             return None if self.stopping else _AGAIN
+        if step.verdict is Verdict.DROP_MODEL:  # (its message names the endpoint itself)
+            return self._drop_model(task, model, grant.key, error, tries)
         failed = dataclasses.replace(error, message=step.message or error.message)
         if self.settings.named:  # which endpoint said so, by model and the key's last four
             failed = dataclasses.replace(failed,
@@ -286,6 +292,19 @@ class TaskRunner:
             aborted = self._abort(task, model, f"{error.error_type}: {error.message}")
             return Outcome(failure.events + aborted.events, failure.line, to_errors=True)
         return self._fail(task, model, failed, tries.count, tries.by_type)
+
+    def _drop_model(self, task: Task, model: int, key: int, error: CallError,
+                    tries: Attempts) -> Outcome:
+        """The server does not know the model: fail the task, take no more of the model's, and tell
+        the driver, which decides whether the run goes on (another model is left) or stops."""
+        endpoint = self.endpoints[key]
+        message = f"model {self.models[model]} is unknown at {endpoint.place()}: {error.message}"
+        self.dropped[model] = message
+        line = f"{endpoint.label(key)}: {message}" if self.config.endpoint_table else message
+        failure = self._fail(task, model, dataclasses.replace(error, message=line), tries.count,
+                             tries.by_type)
+        notice = ModelUnknown(redact(message, self.keys), model)
+        return Outcome((*failure.events, notice), failure.line, to_errors=True)
 
     async def _any_key_left(self) -> bool:
         for key in range(len(self.keys)):

@@ -117,6 +117,11 @@ class ChatCompletions:
             check_image_limit(cfg, req.body)
         except ApiError as exc:
             return exc.outcome, exc.status, exc.body(), None
+        if cfg.models and chat.model not in cfg.models:
+            # OpenAI's answer to a model it does not have (or the key may not use)
+            return "404", 404, error_body(
+                f"The model `{chat.model}` does not exist or you do not have access to it.",
+                "invalid_request_error", None, "model_not_found"), None
         task_key = chat.task_key
         if cfg.record_bodies:
             st.record_body(task_key, req.body)

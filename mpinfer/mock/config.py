@@ -50,6 +50,7 @@ RUNTIME_FIELDS = frozenset(
         "omit_usage",
         "max_image_bytes",
         "azure_deployments",
+        "models",
     }
 )
 
@@ -175,6 +176,10 @@ class MockConfig:
     """Azure deployment -> the model it holds
     (``/openai/deployments/{deployment}/chat/completions``)."""
 
+    models: tuple[str, ...] = ()
+    """The models the server knows: a chat request for another is a 404 ``model_not_found``, as
+    OpenAI answers it. Empty (the default): every model is known."""
+
     max_image_bytes: int | None = None
     """Largest total of inline image data a chat request may carry (OpenAI:
     about 50 MB); None: no limit."""
@@ -187,6 +192,7 @@ class MockConfig:
         object.__setattr__(self, "reasoning_models", dict(self.reasoning_models))
         object.__setattr__(self, "azure_deployments", dict(self.azure_deployments))
         object.__setattr__(self, "keys", tuple(self.keys))
+        object.__setattr__(self, "models", tuple(self.models))
         for name in ("p429", "p500", "phang", "preset", "pmalformed", "pquota"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -223,6 +229,7 @@ class MockConfig:
         data["model_map"] = dict(self.model_map)
         data["reasoning_models"] = dict(self.reasoning_models)
         data["azure_deployments"] = dict(self.azure_deployments)
+        data["models"] = list(self.models)
         data["keys_configured"] = len(self.keys)
         return data
 
@@ -243,6 +250,8 @@ def coerce_field(name: str, value: Any) -> Any:
         if not isinstance(value, Mapping):
             raise ValueError(f"{name} must be an object mapping model names")
         return dict(value)
+    if name == "models":
+        return tuple(str_list(name, value))
     if name in ("refuse_marker", "filter_marker", "filter_answer_marker"):
         if value is not None and not isinstance(value, str):
             raise TypeError(f"{name} must be a string or null")

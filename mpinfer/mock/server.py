@@ -268,7 +268,8 @@ class MockServer(ChatCompletions):
             if method != "GET":
                 self._send_json_error(conn, req, 405, "Method not allowed; use GET.")
                 return
-            models = sorted(set(_BASE_MODELS) | set(self._config.model_map.values()))
+            models = sorted(self._config.models or
+                            set(_BASE_MODELS) | set(self._config.model_map.values()))
             data = [{"id": m, "object": "model", "created": 1700000000, "owned_by": "mpinfer-mock"}
                     for m in models]
             self._send_json(conn, req, 200, {"object": "list", "data": data})

@@ -7,9 +7,9 @@ import json
 from typing import Any
 
 OUTCOMES: tuple[str, ...] = ("ok", "429", "quota", "500", "hang", "reset", "malformed", "400",
-                             "401", "limit", "slow", "filtered")
-"""Keys of ``stats()["outcomes"]``; ``limit`` counts rpm/tpm rejections, ``filtered`` prompts
-the content filter stopped (a 400)."""
+                             "401", "404", "limit", "slow", "filtered")
+"""Keys of ``stats()["outcomes"]``; ``limit`` counts rpm/tpm rejections, ``404`` unknown models,
+``filtered`` prompts the content filter stopped (a 400)."""
 
 RECORDED_BODIES_MAX = 1000
 """Most task keys whose last request body ``record_bodies`` keeps; the oldest

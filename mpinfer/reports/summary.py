@@ -75,6 +75,8 @@ class RunSummary:
     filtered: int = 0  # stopped by the server's content filter: done, like a refusal
     no_usage: int = 0  # answers that came without usage: their cost unknown, not 0
     estimated_cost: float = 0.0  # those answers at their estimate (what --max-cost counts)
+    # models the server does not know (404 model_not_found, DeploymentNotFound): what it said
+    unknown_models: dict[str, str] = field(default_factory=dict)
     # the limits in force and where each came from (flag, server, learned)
     limits: str | None = None
     pace_per_s: float = 0.0  # requests a second the limits in force allow, over every lane

@@ -81,6 +81,9 @@ def summary_lines(summary: RunSummary) -> list[str]:
     if summary.failures_by_type:
         lines.append(f"failures by type: {_kinds(summary.failures_by_type)} "
                      "(details in the errors file; a rerun retries them)")
+    for message in summary.unknown_models.values():
+        if summary.stopped is None or message not in str(summary.stopped):
+            lines.append(f"not sent: {message}")
     if summary.stopped:
         lines.append(f"stopped: {summary.stopped}")
     if summary.remaining and not summary.stopped:
