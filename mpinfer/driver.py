@@ -152,10 +152,14 @@ class RunState:
             case TaskDone():
                 self.summary.count_answer(event)
                 self.summary.per_model[self.config.models[event.model]].succeeded += 1
+                if event.key is not None:
+                    self.summary.key_tally(self.key_names[event.key]).succeeded += 1
                 self.bar.update(1)
             case TaskFailed():
                 self.summary.count_failure(event.error_type, event.retries)
                 self.summary.per_model[self.config.models[event.model]].failed += 1
+                if event.key is not None:
+                    self.summary.key_tally(self.key_names[event.key]).failed += 1
                 if self.summary.failed <= MAX_FAILURES_SHOWN:
                     last = self.summary.failed == MAX_FAILURES_SHOWN
                     more = " (further failures only in the log)" if last else ""

@@ -40,6 +40,7 @@ class TaskDone:
     filtered: bool = False  # a content filter stopped it (kept in the line's "filtered")
     no_usage: bool = False  # the server sent no usage: ``cost`` is None, its estimate below
     estimated_cost: float | None = None  # an answer without usage, priced at its estimate
+    key: int | None = None  # the key (endpoint) that answered, for the per-key counts
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +55,7 @@ class TaskFailed:
     message: str
     attempts: int
     retries: dict[str, int] = field(default_factory=dict)
+    key: int | None = None  # the key (endpoint) that answered last; None: no request was sent
 
 
 @dataclass(frozen=True, slots=True)

@@ -256,3 +256,23 @@ def test_a_dry_run_of_broken_input_fails_with_file_and_line_and_sends_nothing(
     # Then it fails like a run would, before anything is sent
     assert proc.returncode == 2 and "tasks.jsonl:2: invalid JSON" in proc.stderr
     assert mock.stats()["requests"] == 0
+
+
+def test_the_summary_counts_the_tasks_each_key_ended(tmp_path: Path, mock: MockServerProcess):
+    # Given two keys and 12 tasks, one of which the server fails with a 500 (and no retries)
+    write_tasks(tmp_path / "tasks.jsonl", text_tasks(12))
+    mock.configure(script={"question t3: what is 3 + 3?": ["500"]})
+    keys = {"OPENAI_API_KEYS": "sk-first-000000000000000aaaa,sk-second-00000000000000bbbb"}
+    # When they run
+    proc = run_cli("-i", "tasks.jsonl", "-o", "out.jsonl", "--base-url", mock.base_url, "-c", "4",
+                   "--max-retries", "0", cwd=tmp_path, env=keys)
+    # Then the summary's per-key counts add up to the run's: 11 answered and 1 failed, by the keys
+    # that sent them, as the server counted its requests
+    assert proc.returncode == 1, proc.stderr
+    per_key = orjson.loads((tmp_path / "out.jsonl.summary.json").read_bytes())["per_key"]
+    assert len(per_key) == 2
+    assert sum(t["succeeded"] for t in per_key.values()) == 11
+    assert sum(t["failed"] for t in per_key.values()) == 1
+    served = mock.stats()["per_key"]
+    for name, tally in per_key.items():
+        assert tally["succeeded"] + tally["failed"] == tally["requests"] == served[name[-4:]]

@@ -233,7 +233,8 @@ class TaskRunner:
                 if error.verdict is Verdict.FILTERED:  # the content filter's answer: done
                     await self.limiter.release(grant, Ending.ERROR)
                     return self._succeed(task, model, request, filtered_answer(error.body),
-                                         tries.count, self.clock() - started, tries.by_type)
+                                         tries.count, self.clock() - started, tries.by_type,
+                                         grant.key)
                 outcome = await self._failed_attempt(task, model, grant, error, exc, tries)
                 if outcome is _AGAIN:
                     continue
@@ -254,7 +255,7 @@ class TaskRunner:
                 charged = used = request.charge
             await self.limiter.release(grant, Ending.OK, charged=charged, used=used)
             return self._succeed(task, model, request, answer, tries.count,
-                                 self.clock() - started, tries.by_type)
+                                 self.clock() - started, tries.by_type, grant.key)
 
     async def _failed_attempt(self, task: Task, model: int, grant: Grant, error: CallError,
                               exc: Exception, tries: Attempts) -> Outcome | _Again | None:
@@ -288,10 +289,10 @@ class TaskRunner:
                                          message=f"{self.endpoints[grant.key].label(grant.key)}: "
                                                          f"{failed.message}")
         if step.verdict is Verdict.ABORT:
-            failure = self._fail(task, model, failed, tries.count, tries.by_type)
+            failure = self._fail(task, model, failed, tries.count, tries.by_type, grant.key)
             aborted = self._abort(task, model, f"{error.error_type}: {error.message}")
             return Outcome(failure.events + aborted.events, failure.line, to_errors=True)
-        return self._fail(task, model, failed, tries.count, tries.by_type)
+        return self._fail(task, model, failed, tries.count, tries.by_type, grant.key)
 
     def _drop_model(self, task: Task, model: int, key: int, error: CallError,
                     tries: Attempts) -> Outcome:
@@ -302,7 +303,7 @@ class TaskRunner:
         self.dropped[model] = message
         line = f"{endpoint.label(key)}: {message}" if self.config.endpoint_table else message
         failure = self._fail(task, model, dataclasses.replace(error, message=line), tries.count,
-                             tries.by_type)
+                             tries.by_type, key)
         notice = ModelUnknown(redact(message, self.keys), model)
         return Outcome((*failure.events, notice), failure.line, to_errors=True)
 
@@ -324,14 +325,15 @@ class TaskRunner:
         return left
 
     def _succeed(self, task: Task, model: int, request: Request, answer: Answer, attempts: int,
-                 latency: float, retries: dict[str, int]) -> Outcome:
+                 latency: float, retries: dict[str, int], key: int) -> Outcome:
         # The prompt's estimate prices an answer that came without usage (the budget counts it).
         line, done = answered(task, model, request.model, answer, attempts, latency, self.prices,
                               retries=retries, prompt_estimate=request.prompt_tokens)
-        return Outcome((done,), line)
+        return Outcome((dataclasses.replace(done, key=key),), line)
 
     def _fail(self, task: Task, model: int, error: CallError, attempts: int,
-              retries: dict[str, int] | None = None) -> Outcome:
+              retries: dict[str, int] | None = None, key: int | None = None) -> Outcome:
+        """The task's failure line and event; ``key``: the key (endpoint) that answered last."""
         # A server may quote the request back, key included: nothing leaves unredacted.
         message = redact(error.message, self.keys)
         retries = retries or {}
@@ -339,9 +341,9 @@ class TaskRunner:
                             attempts, retries)
         log.warning("task %s failed after %d attempts: %s: %s", task.id, attempts, error.error_type,
                     message)
-        return Outcome((TaskFailed(task.id, model, error.error_type, error.status, message,
-                                   attempts, retries),),
-                       line, to_errors=True)
+        failed = TaskFailed(task.id, model, error.error_type, error.status, message, attempts,
+                            retries, key)
+        return Outcome((failed,), line, to_errors=True)
 
     def _abort(self, task: Task, model: int, message: str) -> Outcome:
         """No task can succeed: tell the host, and take nothing new."""

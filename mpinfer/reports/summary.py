@@ -150,15 +150,22 @@ class RunSummary:
         for kind, count in retries.items():
             self.retries_by_type[kind] = self.retries_by_type.get(kind, 0) + count
 
+    def key_tally(self, name: str) -> Tally:
+        """The counts of the key (endpoint) ``name``, made on first use."""
+        return self.per_key.setdefault(name, Tally())
+
     def take_lane_stats(self, lanes: list[LaneStats], models: tuple[str, ...], key_names: list[str],
                         disabled: list[bool]) -> None:
         """Requests, 429s and tokens per key and per model, from the shared limiter's counters."""
         for name in models:
             tally = self.per_model.setdefault(name, Tally())
             tally.requests = tally.rate_limited = tally.tokens = 0
-        self.per_key = {
-            name: Tally(disabled=off) for name, off in zip(key_names, disabled, strict=True)
-        }
+        # the counters are the limiter's; the tasks each key ended are the driver's (key_tally)
+        ended = {name: (t.succeeded, t.failed) for name, t in self.per_key.items()}
+        self.per_key = {}
+        for name, off in zip(key_names, disabled, strict=True):
+            succeeded, failed = ended.get(name, (0, 0))
+            self.per_key[name] = Tally(succeeded=succeeded, failed=failed, disabled=off)
         for lane in lanes:
             for tally in (self.per_model[models[lane.model]], self.per_key[key_names[lane.key]]):
                 tally.requests += lane.requests
