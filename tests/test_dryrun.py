@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 import pytest
+from helpers import run_cli
 
 from mpinfer.api.prices import PriceTable, load_prices
 from mpinfer.config import RunConfig
@@ -468,3 +469,18 @@ def test_the_same_image_costs_gpt_4o_mini_its_own_published_token_count(tmp_path
     # Then gpt-4o counts 85 + 4 x 170 for the image, gpt-4o-mini 2833 + 4 x 5667 (OpenAI's table)
     tokens = {row.model: row.prompt_tokens for row in result.rows}
     assert tokens == {"gpt-4o": 4 + 1 + 765, "gpt-4o-mini": 4 + 1 + 2833 + 4 * 5667}
+
+
+def test_a_several_model_dry_run_prints_the_prompt_tokens_of_every_model(tmp_path: Path) -> None:
+    # Given a task with a 1024x1024 image, which gpt-4o and gpt-4o-mini bill at different counts
+    (tmp_path / "big.png").write_bytes(big_png())
+    write_jsonl(tmp_path / "tasks.jsonl", [{"id": "big", "prompt": "abcd", "images": "big.png"}])
+    args = ("-i", "tasks.jsonl", "-o", "out.jsonl", "--model", "gpt-4o,gpt-4o-mini", "--dry-run")
+    # When the command line plans the run, as text and as JSON
+    text = run_cli(*args, cwd=tmp_path)
+    data = orjson.loads(run_cli(*args, "--json", cwd=tmp_path).stdout)
+    # Then the total counts both models' requests, as their rows do
+    both = (4 + 1 + 765) + (4 + 1 + 2833 + 4 * 5667)
+    assert [row["prompt_tokens"] for row in data["rows"]] == [770, 4 + 1 + 2833 + 4 * 5667]
+    assert data["prompt"]["total"] == data["totals"]["prompt_tokens"] == both
+    assert f"prompt tokens (estimate): {both} in all" in text.stdout, text.stdout

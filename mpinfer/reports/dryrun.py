@@ -232,7 +232,9 @@ class ImageTally:
 
 @dataclass(frozen=True)
 class PromptStats:
-    """Estimated prompt tokens of the estimated tasks, each counted once whatever the models."""
+    """Estimated prompt tokens of the estimated tasks: ``total`` over every request (a task run
+    against two models counts twice, at each model's count), the others per task (at the first
+    model's count)."""
 
     tasks: int
     total: int
@@ -421,7 +423,7 @@ def plan(config: RunConfig, prices: PriceTable) -> DryRunPlan:
     images = _Images()
     problems: list[TaskProblem] = []
     problem_count = tasks_pending = 0
-    prompt_total = prompt_count = 0
+    prompt_total = prompt_count = per_task_total = 0
     prompt_min: int | None = None
     prompt_max: int | None = None
     assumed = False
@@ -446,7 +448,7 @@ def plan(config: RunConfig, prices: PriceTable) -> DryRunPlan:
         for image in task_images:
             images.add(image, task.id)
         tokens = request.prompt_tokens
-        prompt_total += tokens
+        per_task_total += tokens
         prompt_count += 1
         prompt_min = tokens if prompt_min is None else min(prompt_min, tokens)
         prompt_max = tokens if prompt_max is None else max(prompt_max, tokens)
@@ -460,6 +462,7 @@ def plan(config: RunConfig, prices: PriceTable) -> DryRunPlan:
                 again = checker.check(task, models[i])
                 tokens = again[0].prompt_tokens if not isinstance(again, str) else tokens
             rows[i].add(request.model if len(models) == 1 else models[i], tokens, ceiling)
+            prompt_total += tokens
     model_rows = tuple(row.finish(model, path, len(ids), prices)
                        for row, model, path, ids in zip(rows, models, outputs, done, strict=True))
     unpriced = sorted({name for row in rows for name in row.by_model if prices.find(name) is None})
@@ -469,7 +472,7 @@ def plan(config: RunConfig, prices: PriceTable) -> DryRunPlan:
         totals=_totals(model_rows), problems=tuple(problems), problem_count=problem_count,
         images=images.finish(),
         prompt=PromptStats(prompt_count, prompt_total, prompt_min,
-                           prompt_total / prompt_count if prompt_count else None, prompt_max),
+                           per_task_total / prompt_count if prompt_count else None, prompt_max),
         max_tokens_assumed=assumed, assumed_max_tokens=DEFAULT_COMPLETION_TOKENS,
         unpriced_models=tuple(unpriced), batch=config.backend == "batch",
     )
