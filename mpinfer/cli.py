@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     # --export, --repair and --fresh are command-line only (not in OPTIONS): mpinfer.toml or the
     # environment must never rewrite or move files on a run that did not ask for it.
     mode.add_argument("--export", metavar="FILE", default=None,
-                      help="write one row per input task (.csv or .jsonl: input fields, "
+                      help="write one row per input task (.csv, .jsonl or .parquet: input fields, "
                       "answer, tokens, cost, status ok/failed/missing) and the missing "
                       "tasks to <output>.missing.jsonl")
     mode.add_argument("--report", dest="report_now", nargs="?", const="", default=None,
@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="read settings from FILE instead of "
                         "./mpinfer.toml (also MPINFER_CONFIG)")
     parser.add_argument("--json", action="store_true",
-                        help="with --status or --dry-run: one JSON object")
+                        help="with --status, --validate or --dry-run: one JSON object")
     parser.add_argument("--watch", nargs="?", type=float, const=2.0, default=None,
                         metavar="SECONDS",
                         help="with --status: redraw every SECONDS (default 2) until the run ends")
@@ -258,15 +258,22 @@ def _check_combinations(parser: argparse.ArgumentParser, args: argparse.Namespac
                      "--validate, --demo, --dry-run or --export")
 
 
-def _validate(config: RunConfig, with_repair: bool) -> int:
+def _validate(config: RunConfig, with_repair: bool, as_json: bool) -> int:
+    # With --json, stdout holds the one JSON object: what the repair did goes to stderr.
+    shown = sys.stderr if as_json else sys.stdout
     if with_repair:
         for report in repair(config):
-            _print(repair_lines(report))
-        print("validate after the repair:")
+            print("\n".join(repair_lines(report)), file=shown)
+        print("validate after the repair:", file=shown)
     results = validate(config)
-    for result in results:
-        _print(validation_lines(result))
-    return EXIT_OK if all(r.ok for r in results) else EXIT_PROBLEMS
+    ok = all(r.ok for r in results)
+    if as_json:
+        _write(orjson.dumps({"ok": ok, "outputs": [r.to_dict() for r in results]}).decode()
+               + "\n")
+    else:
+        for result in results:
+            _print(validation_lines(result))
+    return EXIT_OK if ok else EXIT_PROBLEMS
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -294,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.cancel:
             return _cancel(config, args.grace)
         if args.validate:
-            return _validate(config, args.repair)
+            return _validate(config, args.repair, args.json)
         if args.report_now is not None:
             _print(report_lines(write_report(config,
                                              Path(args.report_now) if args.report_now else None)))

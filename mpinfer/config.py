@@ -469,6 +469,10 @@ def load_config(
             values[option.name] = option.default
             explicit.discard(option.name)
     values["explicit"] = frozenset(explicit)
+    start, end = values["start"] or 0, values["end"]
+    if end is not None and end <= start:  # rows start..end-1: none, a mistake rather than a run
+        raise ConfigError(f"--start {start} --end {end} selects no row: --end is the first row "
+                          "not run, so it must be more than --start")
     values["api_keys"] = api_keys(layers, values["api_keys_file"])
     tables = toml.get(ENDPOINT_TABLES)
     table = table_of(values["endpoints"], tables, str(toml_path), layers)

@@ -112,6 +112,12 @@ def run(config: RunConfig, *, progress: bool = True, grace_s: float = DEFAULT_GR
             log.info("run ended: %d written, %d failed, %d left, %.1fs%s",
                      summary.succeeded + summary.recovered, summary.failed, summary.remaining,
                      summary.elapsed_s, f", stopped: {summary.stopped}" if summary.stopped else "")
+    if not ran and log_file is not None and not (summary.repaired or summary.bad_lines
+                                                 or summary.unknown_ids):
+        # Nothing was sent and nothing found worth a warning: a rerun of a finished job leaves no
+        # log behind (the manifest still records it).
+        log_file.unlink(missing_ok=True)
+        summary.log_file = None
     return summary
 
 

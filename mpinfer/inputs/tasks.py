@@ -105,7 +105,8 @@ def parse_task(obj: Any, keys: FieldKeys, line: int) -> Task:
         raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
     raw_id = obj.get(keys.id)
     if raw_id is None or raw_id == "":
-        raise ValueError(f"missing id (field {keys.id!r}; set --id-key if it has another name)")
+        raise ValueError(f"missing id (field {keys.id!r}; set --id-key if it has another name, "
+                         "or --id-from-row to number the rows)")
     if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
         raise ValueError(f"id must be a string or an integer, got {type(raw_id).__name__}")
     conversation = obj.get(keys.messages)

@@ -193,7 +193,8 @@ def dry_run_lines(plan: DryRunPlan) -> list[str]:
     lines = [
         f"dry run of {plan.input}: nothing was sent",
         f"tasks: {plan.tasks} in the input, {totals.done} done, {totals.pending} to send "
-        f"(task x model), {totals.problems} would fail: {plan.problem_count} tasks with problems",
+        f"(task x model), {totals.problems} would fail: {plan.problem_count} "
+        f"{'task' if plan.problem_count == 1 else 'tasks'} with problems",
         f"images: {images.local} files, {images.inline} inline, {images.remote} remote (not "
         f"checked), {images.local_bytes / 1e6:.1f} MB before base64",
     ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from ..config import RunConfig
 from ..inputs.check import check_input, reading, selection
@@ -56,6 +57,15 @@ class ValidationReport:
     def ok(self) -> bool:
         """Whether no problem was found."""
         return not any(self.counts.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON values (``--validate --json``)."""
+        return {"output": self.output, "ok": self.ok, "lines": self.lines,
+                "records": self.records, "refusals": self.refusals, "truncated": self.truncated,
+                "counts": {kind.value: count for kind, count in self.counts.items()},
+                "examples": {kind.value: [{"line": p.line, "id": p.id, "message": p.message}
+                                          for p in kept]
+                             for kind, kept in self.examples.items()}}
 
     def add(self, problem: Problem) -> None:
         """Count ``problem``, keeping the first few of each kind as examples."""

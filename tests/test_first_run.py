@@ -1,0 +1,93 @@
+"""Small things a first run meets (issue 22, item 10), each through the real command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+from helpers import read_jsonl, run_cli, text_tasks, write_tasks
+
+from mpinfer.mockserver import MockServerProcess
+
+
+def _run(tmp_path: Path, mock: MockServerProcess, *extra: str):
+    return run_cli("-i", "tasks.jsonl", "-o", "out.jsonl", "--base-url", mock.base_url, *extra,
+                   cwd=tmp_path)
+
+
+def test_validate_with_json_prints_one_json_object(tmp_path: Path, mock: MockServerProcess):
+    # Given an output that answers two of three tasks
+    write_tasks(tmp_path / "tasks.jsonl", text_tasks(2))
+    assert _run(tmp_path, mock).returncode == 0
+    write_tasks(tmp_path / "tasks.jsonl", text_tasks(3))
+    # When it is validated with --json
+    proc = _run(tmp_path, mock, "--validate", "--json")
+    # Then stdout is one JSON object naming the missing id, and the exit code still says so
+    assert proc.returncode == 1
+    report = orjson.loads(proc.stdout)
+    assert report["ok"] is False and len(report["outputs"]) == 1
+    [output] = report["outputs"]
+    assert (output["output"], output["records"]) == ("out.jsonl", 2)
+    assert output["counts"] == {"missing_id": 1}
+    assert output["examples"]["missing_id"][0]["id"] == "t2"
+
+
+def test_the_export_help_names_parquet(tmp_path: Path):
+    # When the help is asked for
+    shown = " ".join(run_cli("--help", cwd=tmp_path).stdout.split())
+    # Then --export names every format it writes
+    assert ".csv, .jsonl or .parquet" in shown
+
+
+def test_one_task_with_problems_is_said_in_the_singular(tmp_path: Path, mock: MockServerProcess):
+    # Given two tasks, one of whose image is missing
+    tasks = text_tasks(2)
+    tasks[0]["images"] = ["gone.png"]
+    write_tasks(tmp_path / "tasks.jsonl", tasks)
+    # When a dry run checks them
+    proc = _run(tmp_path, mock, "--dry-run")
+    # Then it says "1 task with problems"
+    assert "1 would fail: 1 task with problems" in proc.stdout, proc.stdout
+
+
+def test_a_start_after_the_end_is_an_input_error_before_anything_is_sent(
+        tmp_path: Path, mock: MockServerProcess):
+    # Given ten tasks
+    write_tasks(tmp_path / "tasks.jsonl", text_tasks(10))
+    # When rows 5 to 2 are asked for (or 3 to 3)
+    backwards = _run(tmp_path, mock, "--start", "5", "--end", "2")
+    empty = _run(tmp_path, mock, "--start", "3", "--end", "3")
+    # Then each is refused as a settings error (exit 2), saying why, and nothing is sent or written
+    assert backwards.returncode == empty.returncode == 2
+    assert "--start 5 --end 2 selects no row" in backwards.stderr, backwards.stderr
+    assert mock.stats()["requests"] == 0
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_a_run_with_nothing_to_do_leaves_no_new_log(tmp_path: Path, mock: MockServerProcess):
+    # Given a job run to the end, with its log
+    write_tasks(tmp_path / "tasks.jsonl", text_tasks(3))
+    assert _run(tmp_path, mock).returncode == 0
+    logs = sorted((tmp_path / "logs").glob("*.log"))
+    assert len(logs) == 1
+    # When it is run again, with nothing left to do
+    again = _run(tmp_path, mock)
+    # Then it says all is done and no new log file is left behind (nor named)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith("done 3/3"), again.stdout
+    assert "log:" not in again.stdout
+    assert sorted((tmp_path / "logs").glob("*.log")) == logs
+    # And the manifest still records both runs
+    events = [r["event"] for r in read_jsonl(tmp_path / "out.jsonl.runs.jsonl")]
+    assert events == ["start", "end", "start", "end"]
+
+
+def test_the_missing_id_error_suggests_numbering_the_rows(tmp_path: Path, mock: MockServerProcess):
+    # Given tasks without ids
+    write_tasks(tmp_path / "tasks.jsonl", [{"prompt": "a"}, {"prompt": "b"}])
+    # When they run
+    proc = _run(tmp_path, mock)
+    # Then the input error says how to name the field, or to number the rows; nothing is sent
+    assert proc.returncode == 2
+    assert "--id-key" in proc.stderr and "--id-from-row" in proc.stderr, proc.stderr
+    assert mock.stats()["requests"] == 0
