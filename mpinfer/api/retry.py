@@ -57,7 +57,7 @@ class Step:
 
     RETRY: send again after ``delay_s`` (``counted``: a retry that uses up --max-retries).
     FAIL: write the failure with ``message``. FILTERED: write the content filter's answer as
-    done. DISABLE_KEY, ABORT: as named."""
+    done. DISABLE_KEY, DROP_MODEL, ABORT: as named."""
 
     verdict: Verdict
     delay_s: float = 0.0
