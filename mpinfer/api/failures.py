@@ -3,9 +3,9 @@
 A failed attempt is known by an exception (online, and the Batch client's own calls), or by an HTTP
 status and an error code (a line of a Batch API error file). ``TABLE`` maps either to a ``Kind``
 (the name written on the failure line) and a ``Verdict`` (what the failure calls for: retry, wait,
-fail, disable the key, drop the model, abort the run). ``classify`` reads an exception and ``of_status`` a status
-and a code, both through ``TABLE``; ``api.retry.decide`` then weighs the verdict against what the
-task has been through.
+fail, disable the key, drop the model, abort the run). ``classify`` reads an exception and
+``of_status`` a status and a code, both through ``TABLE``; ``api.retry.decide`` then weighs the
+verdict against what the task has been through.
 
 No import of the openai SDK: the Batch merge, the store and the reports use this vocabulary without
 loading it. Exceptions are matched by the names of their classes (the SDK's and those of

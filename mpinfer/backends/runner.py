@@ -301,7 +301,7 @@ class TaskRunner:
         endpoint = self.endpoints[key]
         message = f"model {self.models[model]} is unknown at {endpoint.place()}: {error.message}"
         self.dropped[model] = message
-        line = f"{endpoint.label(key)}: {message}" if self.config.endpoint_table else message
+        line = f"{endpoint.label(key)}: {message}" if self.settings.named else message
         failure = self._fail(task, model, dataclasses.replace(error, message=line), tries.count,
                              tries.by_type, key)
         notice = ModelUnknown(redact(message, self.keys), model)
