@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 from .version import __version__
 
 _EXPORTS = {
-    "Backend": "config", "RunConfig": "config", "Transport": "config", "load_config": "config",
-    "RunResult": "job",
+    "BackendKind": "config", "RunConfig": "config", "Transport": "config", "load_config": "config",
+    "RunResult": "pyapi",
     "ConfigError": "errors", "InputError": "errors", "MpinferError": "errors",
     "OutputError": "errors",
     "RunLockedError": "errors",
@@ -29,15 +29,14 @@ _EXPORTS = {
 }
 __all__ = ["__version__", "run", *sorted(_EXPORTS)]
 
-# Bound at import, not on first use: the module ``mpinfer.run`` shares the function's name, and
-# importing that module (which the CLI does) would otherwise leave ``mpinfer.run`` naming the
-# module. The function is the Python callers' wrapper (mpinfer/job.py) over the run the CLI calls.
-from .job import run  # noqa: E402
+# The function is the Python callers' wrapper (mpinfer/pyapi.py) over the run the CLI calls
+# (mpinfer/lifecycle.py); no module of the package is called ``run``, so nothing shadows it.
+from .pyapi import run  # noqa: E402
 
 if TYPE_CHECKING:
     # What __getattr__ loads, for type checkers; "X as X" marks each name as re-exported (mypy
     # --strict and ruff read no re-export from the computed __all__).
-    from .config import Backend as Backend
+    from .config import BackendKind as BackendKind
     from .config import RunConfig as RunConfig
     from .config import Transport as Transport
     from .config import load_config as load_config
@@ -46,7 +45,7 @@ if TYPE_CHECKING:
     from .errors import MpinferError as MpinferError
     from .errors import OutputError as OutputError
     from .errors import RunLockedError as RunLockedError
-    from .job import RunResult as RunResult
+    from .pyapi import RunResult as RunResult
     from .reports.export import ExportReport as ExportReport
     from .reports.export import export as export
     from .reports.status import StatusReport as StatusReport

@@ -33,7 +33,7 @@ from .reports.text import (
     validation_lines,
 )
 from .reports.validate import validate
-from .run import DEFAULT_GRACE_S, run
+from .lifecycle import DEFAULT_GRACE_S, run
 from .settings import Option
 from .store.repair import fresh_start, repair
 
@@ -229,7 +229,7 @@ def run_exit_code(summary: RunSummary) -> int:
 def _cancel(config: RunConfig, grace_s: float) -> int:
     if config.backend == "batch":
         return _cancel_batches(config)
-    from .stop import CANCEL_MARGIN_S, cancel_run
+    from .cancel import CANCEL_MARGIN_S, cancel_run
 
     result = cancel_run(config, grace_s + CANCEL_MARGIN_S)
     _print(cancel_lines(result, config.output))

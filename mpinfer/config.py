@@ -75,7 +75,7 @@ class Api(StrEnum):
     RESPONSES = "responses"  # the Responses API
 
 
-class Backend(StrEnum):
+class BackendKind(StrEnum):
     """Where tasks run."""
 
     LOCAL = "local"  # worker processes on this machine
@@ -202,10 +202,11 @@ class RunConfig:
                                          "file with one API key a line, to spread the work over",
                                          metavar="FILE",
                                          shown="OPENAI_API_KEYS=k1,k2 or OPENAI_API_KEY")
-    backend: Backend = setting(Backend.LOCAL, one_of(Backend),
-                               "where tasks run: local (worker processes on this machine), ray "
-                               "(actors on a Ray cluster; pip install mpinfer[ray]) or batch (the "
-                               "OpenAI Batch API: half the price, within 24 hours)", metavar="NAME")
+    backend: BackendKind = setting(BackendKind.LOCAL, one_of(BackendKind),
+                                   "where tasks run: local (worker processes on this machine), "
+                                   "ray (actors on a Ray cluster; pip install mpinfer[ray]) or "
+                                   "batch (the OpenAI Batch API: half the price, within 24 "
+                                   "hours)", metavar="NAME")
     batch_size: int = setting(BATCH_MAX_REQUESTS, _batch_size,
                               "--backend batch: most requests in one batch (the "
                               "Batch API allows 50,000)", metavar="N")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mpinfer.config import Backend, RunConfig, Transport, load_config
+from mpinfer.config import BackendKind, RunConfig, Transport, load_config
 from mpinfer.errors import ConfigError
 
 SECRET = "sk-test-secret-do-not-print-7f3a9c"
@@ -373,10 +373,10 @@ def test_backend_and_transport_are_enums_parsed_in_any_case(tmp_path: Path) -> N
     # When the config is settled
     config = load_config({}, environ={"MPINFER_BACKEND": "Ray"}, cwd=tmp_path)
     # Then both are the enums' members
-    assert config.backend is Backend.RAY
+    assert config.backend is BackendKind.RAY
     assert config.transport is Transport.HTTPX
     # And the defaults are members too
-    assert RunConfig().backend is Backend.LOCAL and RunConfig().transport is Transport.AIOHTTP
+    assert RunConfig().backend is BackendKind.LOCAL and RunConfig().transport is Transport.AIOHTTP
 
 
 def test_an_unknown_backend_is_refused_naming_the_choices(tmp_path: Path) -> None:

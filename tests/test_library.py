@@ -304,14 +304,15 @@ def test_api_keys_can_be_given_as_a_keyword(notebook: Path, mock: MockServerProc
     assert FAKE_KEY not in repr(result)
 
 
-def test_mpinfer_run_stays_the_function_when_its_module_is_imported() -> None:
-    # Given the module mpinfer.run imported, as the CLI does
+def test_mpinfer_run_stays_the_function_when_the_cli_is_imported() -> None:
+    # Given the CLI imported, with the module holding a run's life
     import mpinfer.cli
-    import mpinfer.run
+    import mpinfer.lifecycle
 
-    # Then mpinfer.run is still the public function, not the module of the same name
-    assert mpinfer.run is mpinfer.job.run
-    assert sys.modules["mpinfer.run"].run is not mpinfer.run
+    # Then mpinfer.run is still the public function, and no module shares its name
+    assert mpinfer.run is mpinfer.pyapi.run
+    assert mpinfer.lifecycle.run is not mpinfer.run
+    assert "mpinfer.run" not in sys.modules
 
 
 def test_a_run_leaves_the_garbage_collector_unfrozen(notebook: Path,

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..stop import CancelResult
+from ..cancel import CancelResult
 from ..store.repair import RepairReport
 from .export import ExportReport
 from .html import ReportResult

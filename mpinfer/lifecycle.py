@@ -22,7 +22,7 @@ from typing import Any
 from .api.prices import PriceTable, load_prices
 from .api.tokens import image_rule
 from .backends.base import Backend
-from .config import Backend as BackendName
+from .config import BackendKind
 from .config import RunConfig
 from .driver import MAX_FAILURES_SHOWN, RESPAWNS_PER_WORKER, RunState, supervise, work_items
 from .errors import ConfigError, InputError, OutputError
@@ -37,7 +37,7 @@ from .inputs.check import (
 from .inputs.readers import iter_tasks
 from .inputs.tasks import FieldKeys, InputIndex, Selection
 from .logfile import create_log_file, parent_logging
-from .reports.epilogue import after_run
+from .reports.run_end import after_run
 from .reports.summary import RunSummary, Tally
 from .store.idset import IdSubset
 from .store.locks import RunLock, wait_for_old_workers
@@ -138,7 +138,7 @@ def _check(config: RunConfig) -> tuple[_Job, InputIndex]:
     # the models requests name (a Batch file's bodies' without --model)
     asked = asked_models(config, index)
     unpriced = [m for m in asked if prices.find(m) is None]
-    if config.max_cost is not None and config.backend is BackendName.BATCH:
+    if config.max_cost is not None and config.backend is BackendKind.BATCH:
         raise ConfigError("--max-cost does not go with --backend batch (a batch's cost is known "
                           "only once it ends); --dry-run --backend batch shows its price first")
     if config.max_cost is not None and unpriced:
@@ -242,11 +242,11 @@ def _record_start(job: _Job, scanned: _Scanned, argv: Sequence[str], index: Inpu
 
 def _backend(job: _Job, scanned: _Scanned, log_file: Path | None, progress: bool) -> Backend:
     config = job.config
-    if config.backend is BackendName.BATCH:
+    if config.backend is BackendKind.BATCH:
         from .backends.batch import BatchBackend
 
         return BatchBackend(config, job.outputs, job.prices, progress)
-    if config.backend is BackendName.RAY:
+    if config.backend is BackendKind.RAY:
         from .backends.ray import RayBackend
 
         return RayBackend(config, job.outputs, job.prices, respawns_per_worker=RESPAWNS_PER_WORKER)
