@@ -63,9 +63,9 @@ def work_items(tasks: Iterator[Task], done: list[IdSubset]) -> Iterator[WorkItem
     The tasks come from the input the done sets index, so membership needs no read of the input.
     """
     for task in tasks:
-        for model, ids in enumerate(done):
+        for model_index, ids in enumerate(done):
             if not ids.has_member(task.id):
-                yield task, model
+                yield task, model_index
 
 
 class RunState:
@@ -151,13 +151,13 @@ class RunState:
         match event:
             case TaskDone():
                 self.summary.count_answer(event)
-                self.summary.per_model[self.config.models[event.model]].succeeded += 1
+                self.summary.per_model[self.config.models[event.model_index]].succeeded += 1
                 if event.key is not None:
                     self.summary.key_tally(self.key_names[event.key]).succeeded += 1
                 self.bar.update(1)
             case TaskFailed():
                 self.summary.count_failure(event.error_type, event.retries)
-                self.summary.per_model[self.config.models[event.model]].failed += 1
+                self.summary.per_model[self.config.models[event.model_index]].failed += 1
                 if event.key is not None:
                     self.summary.key_tally(self.key_names[event.key]).failed += 1
                 if self.summary.failed <= MAX_FAILURES_SHOWN:
@@ -185,7 +185,7 @@ class RunState:
 
     def drop_model(self, event: ModelUnknown) -> None:
         """The server does not know a model: send none of its tasks; with no model left, stop."""
-        name = self.config.models[event.model]
+        name = self.config.models[event.model_index]
         if name in self.summary.unknown_models:
             return
         self.summary.unknown_models[name] = event.message

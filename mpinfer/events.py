@@ -27,7 +27,7 @@ class TaskDone:
 
     kind: ClassVar[str] = "done"
     id: str
-    model: int
+    model_index: int
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency_s: float | None = None
@@ -49,7 +49,7 @@ class TaskFailed:
 
     kind: ClassVar[str] = "failed"
     id: str
-    model: int
+    model_index: int
     error_type: str
     status: int | None
     message: str
@@ -75,7 +75,7 @@ class Abort:
     kind: ClassVar[str] = "abort"
     message: str
     id: str | None = None
-    model: int = 0
+    model_index: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +85,7 @@ class ModelUnknown:
 
     kind: ClassVar[str] = "model_unknown"
     message: str
-    model: int = 0
+    model_index: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +95,7 @@ class Fatal:
     kind: ClassVar[str] = "fatal"
     message: str
     id: str | None = None
-    model: int = 0
+    model_index: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,11 +112,11 @@ Event = TaskDone | TaskFailed | KeyDisabled | Abort | ModelUnknown | Fatal | Wor
 
 @dataclass(frozen=True, slots=True)
 class Work:
-    """One task to run for the run's model number ``model``."""
+    """One task to run for the run's model at ``model_index`` (its place in the run's models)."""
 
     kind: ClassVar[str] = "work"
     task: Task
-    model: int
+    model_index: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +157,7 @@ def _message(kind: str, fields: dict[str, Any]) -> Message:
     if cls is Work:
         task = fields["task"]
         task["images"] = tuple(task.get("images") or ())
-        return Work(Task(**task), int(fields["model"]))
+        return Work(Task(**task), int(fields["model_index"]))
     return cls(**fields)  # type: ignore[no-any-return]
 
 

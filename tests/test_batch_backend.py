@@ -241,7 +241,7 @@ def test_several_models_and_a_selection_run_one_batch_per_model_into_each_models
     # output
     assert proc.returncode == 0, proc.stderr
     chunks = _plan(tmp_path)["chunks"]
-    assert sorted((c["model"], len(c["ids"])) for c in chunks) == [(0, 4), (1, 4)]
+    assert sorted((c["model_index"], len(c["ids"])) for c in chunks) == [(0, 4), (1, 4)]
     for model in ("gpt-4o-mini", "gpt-4o"):
         rows = read_jsonl(tmp_path / f"out/results.{model}.jsonl")
         assert sorted(r["id"] for r in rows) == ["t0", "t1", "t2", "t3"]

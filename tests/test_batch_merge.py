@@ -127,3 +127,29 @@ def test_the_plan_survives_a_save_and_load_and_names_its_models(tmp_path: Path):
     assert loaded.plan_id == plan.plan_id
     assert loaded.chunks[0].state is ChunkState.UPLOADED and loaded.chunks[0].ids == ["a", "b"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl.batches.json"]
+
+
+def test_a_plan_written_before_the_model_index_rename_is_read_and_saved_with_the_new_key(
+    tmp_path: Path,
+):
+    # Given a plan of version 1, as a run before the rename wrote it: chunks name their model by
+    # its index under "model"
+    old = {"version": 1, "plan_id": "20260101-000000-abcdef", "created_at": 1.0,
+           "cancelled": False, "errors_offsets": [0, 0], "models": ["gpt-4o-mini", "gpt-4o"],
+           "chunks": [{"name": "p-0001", "model": 1, "attempt": 1, "ids": ["a", "b"], "bytes": 42,
+                       "state": "created", "batch_id": "batch_1"}]}
+    (tmp_path / "out.jsonl.batches.json").write_bytes(orjson.dumps(old))
+    # When it is loaded
+    loaded = Plan.load(tmp_path / "out.jsonl")
+    # Then its chunk is for the second model, and the rest of it is read as written
+    assert loaded is not None
+    assert len(loaded.chunks) == 1
+    chunk = loaded.chunks[0]
+    assert chunk.model_index == 1 and chunk.batch_id == "batch_1"
+    assert chunk.state is ChunkState.CREATED and chunk.ids == ["a", "b"]
+    assert loaded.covered(1) == {"a", "b"} and loaded.covered(0) == set()
+    # And saved again, it names the model by the new key only
+    loaded.save()
+    saved = orjson.loads((tmp_path / "out.jsonl.batches.json").read_bytes())
+    assert saved["version"] == 2
+    assert [(c["model_index"], "model" in c) for c in saved["chunks"]] == [(1, False)]

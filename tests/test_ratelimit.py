@@ -530,8 +530,8 @@ def test_a_disabled_key_is_not_chosen_for_any_model() -> None:
     # Given three keys and two models, one request in flight on keys 1 and 2 of both models, none on
     # key 0
     limiter = make(n_keys=3, n_models=2)
-    for model in (0, 1):
-        first = [grant(limiter.try_acquire(model, 1, T0)) for _ in range(3)]
+    for model_index in (0, 1):
+        first = [grant(limiter.try_acquire(model_index, 1, T0)) for _ in range(3)]
         assert [g.key for g in first] == [0, 1, 2]
         limiter.release(first[0], T0, Ending.OK)
     # When key 0 is disabled
@@ -539,7 +539,8 @@ def test_a_disabled_key_is_not_chosen_for_any_model() -> None:
     # Then keys are left, key 0 reports disabled, and no request of either model goes to key 0
     assert left is True
     assert limiter.key_disabled(0) and not limiter.key_disabled(1)
-    keys = [grant(limiter.try_acquire(model, 1, T0)).key for model in (0, 1) for _ in range(6)]
+    keys = [grant(limiter.try_acquire(model_index, 1, T0)).key
+            for model_index in (0, 1) for _ in range(6)]
     assert 0 not in keys
     assert set(keys) == {1, 2}
 
@@ -601,7 +602,7 @@ def test_lane_stats_count_requests_tokens_and_in_flight_per_lane() -> None:
     limiter.release(a, T0, Ending.OK, used=123)
     # Then the stats name each lane's key and model and count what happened on it
     lanes, _ = limiter.lane_stats(T0)
-    rows = [(s.key, s.model, s.requests, s.tokens, s.in_flight) for s in lanes]
+    rows = [(s.key, s.model_index, s.requests, s.tokens, s.in_flight) for s in lanes]
     assert rows == [(0, 0, 0, 0, 0), (0, 1, 1, 123, 0), (1, 0, 0, 0, 0), (1, 1, 1, 0, 1)]
 
 

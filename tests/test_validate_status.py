@@ -9,6 +9,7 @@ import orjson
 import pytest
 from helpers import NOW, failure_line, result_line, setup_run, write_jsonl
 
+from mpinfer.backends.batch_plan import Plan
 from mpinfer.config import RunConfig
 from mpinfer.errors import ConfigError, InputError
 from mpinfer.reports.status import status
@@ -312,3 +313,17 @@ def test_status_to_dict_holds_every_field(tmp_path: Path) -> None:
     assert data["done"] == 1 and data["total"] == 1 and data["percent"] == 100.0
     assert data["output"] == str(config.output)
     assert orjson.loads(orjson.dumps(data)) == data
+
+
+def test_status_json_names_a_batchs_model_index_model_as_users_read_it(tmp_path: Path) -> None:
+    # Given a batch run's plan with a chunk for the run's second model
+    config = setup_run(tmp_path, ["a"], [])
+    assert config.output is not None
+    plan = Plan.new(config.output, [0, 0], ["gpt-4o-mini", "gpt-4o"])
+    plan.new_chunk(1, 1, ["a"], 10)
+    plan.save()
+    # When the status is turned into what --status --json prints
+    data = status(config, now=NOW).to_dict()
+    # Then the batch names its model's index under "model", the key the JSON has always had
+    assert len(data["batches"]) == 1
+    assert data["batches"][0]["model"] == 1 and "model_index" not in data["batches"][0]

@@ -333,21 +333,21 @@ def build_body_request(body: dict[str, Any], model: str | None = None,
 
 
 def task_request(settings: RequestSettings, encoder: ImageEncoder, task: Task,
-                 model: int) -> Request:
-    """The request for ``task`` and the run's model number ``model``, online or in a Batch API file
-    alike (the dry run checks it as the worker builds it)."""
+                 model_index: int) -> Request:
+    """The request for ``task`` and the run's model at ``model_index`` (its place in the run's
+    models), online or in a Batch API file alike (the dry run checks it as the worker builds it)."""
     models = settings.models
     if task.body is not None:
         # A Batch API body goes as it is;
         # only a model the user chose (or one of several) replaces its own.
-        chosen = models[model] if settings.chosen else None
+        chosen = models[model_index] if settings.chosen else None
         path = ApiPath.of_url(task.url or "") or ApiPath.CHAT
         request = build_body_request(task.body, chosen, path)
     else:
         if len(models) > 1:
             # Each of the run's models, whatever the task says.
             task = dataclasses.replace(task, model=None)
-        request = build_request(task, encoder, model=models[model],
+        request = build_request(task, encoder, model=models[model_index],
                                 system_prompt=settings.system_prompt,
                                 temperature=settings.temperature, max_tokens=settings.max_tokens,
                                 extra_body=settings.extra_body)
@@ -355,5 +355,5 @@ def task_request(settings: RequestSettings, encoder: ImageEncoder, task: Task,
             request = request.as_responses()
     # Over the provider's limit the server answers 400 after the upload:
     # a per-task failure found here, free.
-    request.check_image_limit(settings.max_image_mb[model])
+    request.check_image_limit(settings.max_image_mb[model_index])
     return request

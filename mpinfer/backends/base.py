@@ -117,16 +117,16 @@ class OutcomeWriter:
         self.outputs = outputs
         self.appenders = [Appender(paths, fsync=fsync) for paths in outputs]
 
-    def write(self, task_id: str, model: int, outcome: Outcome) -> tuple[Event, ...]:
+    def write(self, task_id: str, model_index: int, outcome: Outcome) -> tuple[Event, ...]:
         """The events to report once ``outcome`` is written; a single Fatal when it could not be."""
         if outcome.line is not None:
-            paths = self.outputs[model]
+            paths = self.outputs[model_index]
             target: Path = paths.errors if outcome.to_errors else paths.output
             try:
-                self.appenders[model].append(target, outcome.line)
+                self.appenders[model_index].append(target, outcome.line)
             except OutputError as exc:
                 log.error("cannot write: %s", exc)
-                return (Fatal(str(exc), task_id, model),)
+                return (Fatal(str(exc), task_id, model_index),)
         return outcome.events
 
     def close(self) -> None:

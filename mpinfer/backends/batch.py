@@ -160,25 +160,26 @@ class BatchBackend:
     def submit(self, item: WorkItem) -> bool:
         """Write the task's request into its model's request file (or fail it here when its image
         cannot be read); always True: files take every row."""
-        task, model = item
+        task, model_index = item
         assert self.writer is not None
-        if task.id in self.in_plan[model]:
+        if task.id in self.in_plan[model_index]:
             return True  # in a batch of the plan already, or settled by it
         try:
-            line = request_line(self.request, self.encoder, task, model)
+            line = request_line(self.request, self.encoder, task, model_index)
         except ImageError as exc:  # as online: this task fails, the others go on
-            self._image_failed(task, model, exc)
+            self._image_failed(task, model_index, exc)
             return True
-        self.writer.add(model, task.id, line)
-        self.in_plan[model].add(task.id)
+        self.writer.add(model_index, task.id, line)
+        self.in_plan[model_index].add(task.id)
         return True
 
-    def _image_failed(self, task: Task, model: int, exc: ImageError) -> None:
+    def _image_failed(self, task: Task, model_index: int, exc: ImageError) -> None:
         error = classify(exc)  # image or images_too_large, as online
         as_batch = task.body is not None
         line = failure_line(task.id, as_batch, error.error_type, None, error.message, 0)
-        self.appenders[model].append(self.outputs[model].errors, line)
-        self.notes.append(TaskFailed(task.id, model, error.error_type, None, error.message, 0))
+        self.appenders[model_index].append(self.outputs[model_index].errors, line)
+        self.notes.append(TaskFailed(task.id, model_index, error.error_type, None, error.message,
+                                     0))
 
     # -- poll --------------------------------------------------------------------------------------
 
@@ -243,10 +244,10 @@ class BatchBackend:
         chunk.state = ChunkState.UPLOADED
         chunk.batch_id = None
         chunk.waiting = "enqueued-token limit: waiting for running batches to finish"
-        self.waits[chunk.name] = (self.freed.get(chunk.model, 0), self.polls)
+        self.waits[chunk.name] = (self.freed.get(chunk.model_index, 0), self.polls)
         since = self.queue_since.setdefault(chunk.name, time.monotonic())
         assert self.plan is not None
-        ours = any(c.model == chunk.model and c.state is ChunkState.CREATED
+        ours = any(c.model_index == chunk.model_index and c.state is ChunkState.CREATED
                    for c in self.plan.open_chunks)
         log.warning("%s: %s (%s)", chunk.name, chunk.waiting, message[:200])
         if not ours and time.monotonic() - since > QUEUE_WAIT_S:
@@ -261,7 +262,8 @@ class BatchBackend:
         if chunk.name not in self.waits:
             return True
         freed, polls = self.waits[chunk.name]
-        return self.freed.get(chunk.model, 0) > freed or self.polls - polls >= QUEUE_RETRY_POLLS
+        return (self.freed.get(chunk.model_index, 0) > freed
+                or self.polls - polls >= QUEUE_RETRY_POLLS)
 
     def _poll(self, plan: Plan) -> list[Note]:
         """Poll the running batches; merge those that ended; the events of what was merged."""
@@ -344,20 +346,20 @@ class BatchBackend:
                       if getattr(batch, f"{s}_at", None)), None)
         latency = float(ended - batch.created_at) if ended else None
         resubmit = not (self.cancelled_live and batch.status == "cancelled")
-        merged = self.merger.merge(chunk, tasks, output, failures, self.done[chunk.model],
-                                   self.failed_before[chunk.model], resubmit, latency)
-        paths = self.outputs[chunk.model]
+        merged = self.merger.merge(chunk, tasks, output, failures, self.done[chunk.model_index],
+                                   self.failed_before[chunk.model_index], resubmit, latency)
+        paths = self.outputs[chunk.model_index]
         # Whole lines, many to a write: a crash can tear only the last,
         # which the next run's repair cuts off.
         for target, lines in ((paths.output, merged.results), (paths.errors, merged.failures)):
             for start in range(0, len(lines), APPEND_LINES):
-                self.appenders[chunk.model].append(target,
-                                                   b"".join(lines[start:start + APPEND_LINES]))
-        self.executed[chunk.model] += chunk.completed + chunk.failed
-        self.tokens[chunk.model] += sum(e.prompt_tokens + e.completion_tokens for e in merged.events
-                                        if isinstance(e, TaskDone))
+                self.appenders[chunk.model_index].append(
+                    target, b"".join(lines[start:start + APPEND_LINES]))
+        self.executed[chunk.model_index] += chunk.completed + chunk.failed
+        self.tokens[chunk.model_index] += sum(e.prompt_tokens + e.completion_tokens
+                                              for e in merged.events if isinstance(e, TaskDone))
         if merged.retry:
-            again = [(tasks[i], chunk.model) for i in merged.retry if i in tasks]
+            again = [(tasks[i], chunk.model_index) for i in merged.retry if i in tasks]
             plan_chunks(ChunkWriter(plan, self.config.batch_size, self.config.batch_max_bytes,
                                     attempt=chunk.attempt + 1), again, self.request, self.encoder)
             chunk.resubmitted = len(merged.retry)
@@ -367,7 +369,7 @@ class BatchBackend:
         chunk.released = merged.released
         chunk.state = ChunkState.MERGED
         chunk.finished_at = time.time()
-        self.freed[chunk.model] = self.freed.get(chunk.model, 0) + 1
+        self.freed[chunk.model_index] = self.freed.get(chunk.model_index, 0) + 1
         plan.save()  # MERGED and the resubmitting chunks in one write
         log.info("batch %s %s: %d answers merged, %d failures recorded, %d resubmitted, "
                  "in %.2fs (download included)", batch.id, batch.status, len(merged.results),

@@ -98,13 +98,14 @@ class Merger:
             task = self.tasks[custom_id] = Task(custom_id, "")
         return task
 
-    def requested(self, task: Task, model: int) -> str:
+    def requested(self, task: Task, model_index: int) -> str:
         """The model name a task asked for, as an online run would record it: its body's model for
-        a request body, its own model for a single-model run, else the run's model at ``model``."""
+        a request body, its own model for a single-model run, else the run's model at
+        ``model_index``."""
         models = self.request.models
         if task.body is not None and not self.request.chosen:
             return str(task.body.get("model") or models[0])
-        return task.model if len(models) == 1 and task.model else models[model]
+        return task.model if len(models) == 1 and task.model else models[model_index]
 
     def merge(self, chunk: Chunk, tasks: dict[str, Task], output: bytes, errors: bytes,
               done: set[str], failed_before: set[str], resubmit: bool,
@@ -161,8 +162,8 @@ class Merger:
                                {"x-request-id": str(response.get("request_id") or "")})
         except MalformedResponse:
             return False
-        line, done = answered(task, chunk.model, self.requested(task, chunk.model), answer,
-                              chunk.attempt, latency_s or 0.0, self.prices,
+        line, done = answered(task, chunk.model_index, self.requested(task, chunk.model_index),
+                              answer, chunk.attempt, latency_s or 0.0, self.prices,
                               batch_id=chunk.batch_id or "")
         merged.results.append(line)
         merged.events.append(done)
@@ -187,5 +188,5 @@ class Merger:
         line = failure_line(custom_id, self.task(custom_id).body is not None, error.error_type,
                             error.status, error.message, chunk.attempt, batch_id=chunk.batch_id)
         merged.failures.append(line)
-        merged.events.append(TaskFailed(custom_id, chunk.model, error.error_type, error.status,
-                                        error.message, chunk.attempt))
+        merged.events.append(TaskFailed(custom_id, chunk.model_index, error.error_type,
+                                        error.status, error.message, chunk.attempt))

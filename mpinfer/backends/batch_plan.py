@@ -30,7 +30,9 @@ from ..errors import OutputError
 from ..store.atomic import atomic_write
 from ..store.output import companion
 
-PLAN_VERSION = 1
+#: 2: a chunk names its model by ``model_index``; version 1's ``model`` (the same index) is
+#: still read, so a batch job started before the rename is collected after it
+PLAN_VERSION = 2
 
 
 class ChunkState(StrEnum):
@@ -52,7 +54,7 @@ class Chunk:
     """One request file for one model, and the batch that runs it."""
 
     name: str
-    model: int
+    model_index: int
     attempt: int
     ids: list[str]
     bytes: int
@@ -88,7 +90,10 @@ class Chunk:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Chunk:
-        """A chunk read back from the plan file (fields it does not know are dropped)."""
+        """A chunk read back from the plan file (fields it does not know are dropped); a plan of
+        version 1 named the model's index ``model``."""
+        if "model_index" not in data and "model" in data:
+            data = {**data, "model_index": data["model"]}
         values: dict[str, Any] = {f.name: data[f.name] for f in dataclasses.fields(cls)
                                   if f.name in data}
         values["state"] = ChunkState(str(values.get("state", ChunkState.PLANNED)))
@@ -106,7 +111,7 @@ class Plan:
     # Where each model's errors file ended at start
     errors_offsets: list[int] = field(default_factory=list)
     cancelled: bool = False
-    # The run's models: a chunk's ``model`` indexes this list
+    # The run's models: a chunk's ``model_index`` indexes this list
     models: list[str] = field(default_factory=list)
 
     @property
@@ -128,14 +133,15 @@ class Plan:
         """Whether the plan has chunks and all are merged (a new run starts a new plan)."""
         return bool(self.chunks) and not self.open_chunks
 
-    def covered(self, model: int) -> set[str]:
-        """The ids of ``model`` the plan holds: never planned again while the plan is open."""
-        return {i for c in self.chunks if c.model == model for i in c.ids} - {
-            i for c in self.chunks if c.model == model for i in c.released}
+    def covered(self, model_index: int) -> set[str]:
+        """The ids of ``model_index`` the plan holds: never planned again while the plan is open."""
+        return {i for c in self.chunks if c.model_index == model_index for i in c.ids} - {
+            i for c in self.chunks if c.model_index == model_index for i in c.released}
 
-    def new_chunk(self, model: int, attempt: int, ids: list[str], size: int) -> Chunk:
-        """Add a PLANNED chunk of ``ids`` for model ``model`` and return it (the caller saves)."""
-        chunk = Chunk(f"{self.plan_id}-{len(self.chunks) + 1:04d}", model, attempt, ids, size)
+    def new_chunk(self, model_index: int, attempt: int, ids: list[str], size: int) -> Chunk:
+        """Add a PLANNED chunk of ``ids`` for the run's model at ``model_index`` and return it (the
+        caller saves)."""
+        chunk = Chunk(f"{self.plan_id}-{len(self.chunks) + 1:04d}", model_index, attempt, ids, size)
         self.chunks.append(chunk)
         return chunk
 
@@ -182,7 +188,7 @@ class BatchStatus:
     from the plan, as last polled (status reads, it never calls the API)."""
 
     name: str
-    model: int
+    model_index: int
     batch_id: str | None
     state: str
     status: str | None
@@ -201,8 +207,9 @@ def plan_report(output: Path, now: float | None = None) -> list[BatchStatus]:
     if plan is None:
         return []
     now = time.time() if now is None else now
-    return [BatchStatus(c.name, c.model, c.batch_id, c.state.value, c.status, c.lines, c.completed,
-                        c.failed, c.attempt, round(now - c.created_at, 1) if c.created_at else None,
+    return [BatchStatus(c.name, c.model_index, c.batch_id, c.state.value, c.status, c.lines,
+                        c.completed, c.failed, c.attempt,
+                        round(now - c.created_at, 1) if c.created_at else None,
                         c.waiting, c.resubmitted) for c in plan.chunks]
 
 

@@ -108,10 +108,11 @@ class BatchClient:
         self.sdk.close()
 
 
-def request_line(settings: RequestSettings, encoder: ImageEncoder, task: Task, model: int) -> bytes:
+def request_line(settings: RequestSettings, encoder: ImageEncoder, task: Task,
+                 model_index: int) -> bytes:
     """The Batch API input line of a task:
     the body the online path would send. ImageError as online."""
-    request = task_request(settings, encoder, task, model)
+    request = task_request(settings, encoder, task, model_index)
     if request.path is not ApiPath.CHAT:
         # One batch has one endpoint, and these are chat.completions batches.
         raise ConfigError(f"task {task.id} goes to {request.path.value}: --backend batch sends "
@@ -135,24 +136,24 @@ class ChunkWriter:
         self.open: dict[int, tuple[Chunk, BinaryIO]] = {}
         self.made: list[Chunk] = []
 
-    def _start(self, model: int) -> tuple[Chunk, BinaryIO]:
+    def _start(self, model_index: int) -> tuple[Chunk, BinaryIO]:
         self.plan.folder.mkdir(parents=True, exist_ok=True)
-        chunk = self.plan.new_chunk(model, self.attempt, [], 0)
+        chunk = self.plan.new_chunk(model_index, self.attempt, [], 0)
         self.made.append(chunk)
         opened = (chunk, self.plan.request_file(chunk).open("wb"))
-        self.open[model] = opened
+        self.open[model_index] = opened
         return opened
 
-    def add(self, model: int, task_id: str, line: bytes) -> None:
+    def add(self, model_index: int, task_id: str, line: bytes) -> None:
         """Append one request line to its model's open file, starting a new chunk when the file
         is full (by lines or bytes); a line larger than a whole file is a ConfigError."""
         if len(line) > self.max_bytes:
             raise ConfigError(f"task {task_id}: its request is {len(line):,} bytes, more than a "
                               f"whole batch file may hold ({self.max_bytes:,}); shrink its images")
-        chunk, handle = self.open.get(model) or self._start(model)
+        chunk, handle = self.open.get(model_index) or self._start(model_index)
         if chunk.lines >= self.size or chunk.bytes + len(line) > self.max_bytes:
             handle.close()
-            chunk, handle = self._start(model)
+            chunk, handle = self._start(model_index)
         handle.write(line)
         chunk.ids.append(task_id)
         chunk.bytes += len(line)
@@ -171,9 +172,10 @@ def plan_chunks(writer: ChunkWriter, items: Iterable[tuple[Task, int]], settings
     """The request files of ``items`` (rows sent again, whose images were read once already) as
     PLANNED chunks of ``writer``'s plan; ``encoder`` is the backend's, with its cache."""
     try:
-        for task, model in items:
+        for task, model_index in items:
             try:
-                writer.add(model, task.id, request_line(settings, encoder, task, model))
+                writer.add(model_index, task.id,
+                           request_line(settings, encoder, task, model_index))
             except ImageError as exc:
                 raise ConfigError(f"task {task.id}: {exc}") from None
     finally:

@@ -55,8 +55,8 @@ class _Worker:
                  number: int) -> None:
         self.runner = TaskRunner(settings, prices, RayLimiter(limiter, number))
 
-    async def process(self, task: Task, model: int) -> tuple[list[Event], Outcome | None]:
-        outcome = await self.runner.run(task, model)
+    async def process(self, task: Task, model_index: int) -> tuple[list[Event], Outcome | None]:
+        outcome = await self.runner.run(task, model_index)
         return self.runner.take_notices(), outcome
 
     async def stop(self) -> None:
@@ -162,8 +162,8 @@ class RayBackend:
         if not takers:
             return False
         number = min(takers, key=self.outstanding.__getitem__)
-        task, model = item
-        self.pending[self.actors[number].process.remote(task, model)] = (number, item)
+        task, model_index = item
+        self.pending[self.actors[number].process.remote(task, model_index)] = (number, item)
         self.outstanding[number] += 1
         return True
 
@@ -206,8 +206,8 @@ class RayBackend:
             return [Fatal(f"worker actor failed: {type(exc).__name__}")]
         notes: list[Note] = list(notices)
         if outcome is not None:
-            task, model = item
-            notes += self.writer.write(task.id, model, outcome)
+            task, model_index = item
+            notes += self.writer.write(task.id, model_index, outcome)
         return notes
 
     def _on_death(self, number: int, item: WorkItem) -> list[Note]:

@@ -166,16 +166,16 @@ class TaskRunner:
         notices, self.notices = self.notices, []
         return notices
 
-    def _request(self, task: Task, model: int) -> Request:
-        return task_request(self.settings.request, self.encoder, task, model)
+    def _request(self, task: Task, model_index: int) -> Request:
+        return task_request(self.settings.request, self.encoder, task, model_index)
 
-    async def _acquire(self, model: int, charge: int) -> Grant | Wait | None:
+    async def _acquire(self, model_index: int, charge: int) -> Grant | Wait | None:
         """Wait for the limiter: a free key, room in its pace and window, no pause on its lane.
 
         None when stopping; the Wait itself when the server has been down for longer than the
         patience."""
         while True:
-            got = await self.limiter.try_acquire(model, charge)
+            got = await self.limiter.try_acquire(model_index, charge)
             if isinstance(got, Grant):
                 return got
             if self.stopping:
@@ -185,7 +185,7 @@ class TaskRunner:
             # A little jitter: requests that wait on the same moment do not all ask at once.
             await self.sleep(min(got.seconds, 0.5) * self.rng.uniform(1.0, 1.1))
 
-    async def run(self, task: Task, model: int) -> Outcome | None:
+    async def run(self, task: Task, model_index: int) -> Outcome | None:
         """Do one task: build its request, then take a grant and send it until it is answered
         or fails for good; the Outcome holds the line to write and the event to report.
 
@@ -195,26 +195,27 @@ class TaskRunner:
         again.
         """
         started = self.clock()
-        if model in self.dropped:  # the server does not know it: failed without a request
-            error = CallError(Kind.UNKNOWN_MODEL, None, self.dropped[model], Verdict.FAIL)
-            return self._fail(task, model, error, 0)
+        if model_index in self.dropped:  # the server does not know it: failed without a request
+            error = CallError(Kind.UNKNOWN_MODEL, None, self.dropped[model_index], Verdict.FAIL)
+            return self._fail(task, model_index, error, 0)
         try:
-            request = self._request(task, model)
+            request = self._request(task, model_index)
         except ImageError as exc:
-            return self._fail(task, model, classify(exc), 0)
+            return self._fail(task, model_index, classify(exc), 0)
         tries = Attempts()
         while True:
             try:
-                grant = await self._acquire(model, request.charge)
+                grant = await self._acquire(model_index, request.charge)
             except NoKeysLeft:
                 if await self._any_key_left():
                     # Every endpoint of this model was rejected,
                     # not every endpoint: the other models go on.
-                    message = (f"every endpoint of {self.models[model]} was rejected (401/403); "
-                               "see the log")
+                    message = (f"every endpoint of {self.models[model_index]} was rejected "
+                               "(401/403); see the log")
                     error = CallError(Kind.NO_ENDPOINT, None, message, Verdict.FAIL)
-                    return self._fail(task, model, error, tries.count, tries.by_type)
-                return self._abort(task, model, "every API key was rejected (401/403); see the log")
+                    return self._fail(task, model_index, error, tries.count, tries.by_type)
+                return self._abort(task, model_index,
+                                   "every API key was rejected (401/403); see the log")
             if grant is None:
                 return None
             if isinstance(grant, Wait):
@@ -222,7 +223,7 @@ class TaskRunner:
                 message = (f"the server has not answered since {since} ({grant.outage_for_s:.0f}s, "
                            f"more than the patience, --patience {self.policy.patience_s:g})")
                 error = CallError(Kind.CONNECTION, None, message, Verdict.FAIL)
-                return self._fail(task, model, error, tries.count, tries.by_type)
+                return self._fail(task, model_index, error, tries.count, tries.by_type)
             ticket = _GrantTicket(self.settings.timeout, grant, self.limiter, self.ahead)
             try:
                 answer = await complete(self.client(grant.key), request.kwargs, ticket,
@@ -232,10 +233,10 @@ class TaskRunner:
                 error = classify(exc)
                 if error.verdict is Verdict.FILTERED:  # the content filter's answer: done
                     await self.limiter.release(grant, Ending.ERROR)
-                    return self._succeed(task, model, request, filtered_answer(error.body),
+                    return self._succeed(task, model_index, request, filtered_answer(error.body),
                                          tries.count, self.clock() - started, tries.by_type,
                                          grant.key)
-                outcome = await self._failed_attempt(task, model, grant, error, exc, tries)
+                outcome = await self._failed_attempt(task, model_index, grant, error, exc, tries)
                 if outcome is _AGAIN:
                     continue
                 assert not isinstance(outcome, _Again)
@@ -254,10 +255,10 @@ class TaskRunner:
             else:
                 charged = used = request.charge
             await self.limiter.release(grant, Ending.OK, charged=charged, used=used)
-            return self._succeed(task, model, request, answer, tries.count,
+            return self._succeed(task, model_index, request, answer, tries.count,
                                  self.clock() - started, tries.by_type, grant.key)
 
-    async def _failed_attempt(self, task: Task, model: int, grant: Grant, error: CallError,
+    async def _failed_attempt(self, task: Task, model_index: int, grant: Grant, error: CallError,
                               exc: Exception, tries: Attempts) -> Outcome | _Again | None:
         """After a failed attempt, do what ``decide`` says:
         again, or the task's outcome (None: stopping)."""
@@ -270,8 +271,8 @@ class TaskRunner:
         if step.verdict is Verdict.DISABLE_KEY:
             if await self._disable_key(grant.key, error):
                 return _AGAIN
-            return self._abort(task, model, f"every API key was rejected (last: {error.status} "
-                               f"{error.error_type}: {error.message})")
+            return self._abort(task, model_index, "every API key was rejected (last: "
+                               f"{error.status} {error.error_type}: {error.message})")
         if step.verdict is Verdict.RETRY:
             if self.stopping:
                 return None
@@ -282,29 +283,30 @@ class TaskRunner:
                 await self.sleep(step.delay_s)
             return None if self.stopping else _AGAIN
         if step.verdict is Verdict.DROP_MODEL:  # (its message names the endpoint itself)
-            return self._drop_model(task, model, grant.key, error, tries)
+            return self._drop_model(task, model_index, grant.key, error, tries)
         failed = dataclasses.replace(error, message=step.message or error.message)
         if self.settings.named:  # which endpoint said so, by model and the key's last four
             failed = dataclasses.replace(failed,
                                          message=f"{self.endpoints[grant.key].label(grant.key)}: "
                                                          f"{failed.message}")
         if step.verdict is Verdict.ABORT:
-            failure = self._fail(task, model, failed, tries.count, tries.by_type, grant.key)
-            aborted = self._abort(task, model, f"{error.error_type}: {error.message}")
+            failure = self._fail(task, model_index, failed, tries.count, tries.by_type, grant.key)
+            aborted = self._abort(task, model_index, f"{error.error_type}: {error.message}")
             return Outcome(failure.events + aborted.events, failure.line, to_errors=True)
-        return self._fail(task, model, failed, tries.count, tries.by_type, grant.key)
+        return self._fail(task, model_index, failed, tries.count, tries.by_type, grant.key)
 
-    def _drop_model(self, task: Task, model: int, key: int, error: CallError,
+    def _drop_model(self, task: Task, model_index: int, key: int, error: CallError,
                     tries: Attempts) -> Outcome:
         """The server does not know the model: fail the task, take no more of the model's, and tell
         the driver, which decides whether the run goes on (another model is left) or stops."""
         endpoint = self.endpoints[key]
-        message = f"model {self.models[model]} is unknown at {endpoint.place()}: {error.message}"
-        self.dropped[model] = message
+        message = (f"model {self.models[model_index]} is unknown at {endpoint.place()}: "
+                   f"{error.message}")
+        self.dropped[model_index] = message
         line = f"{endpoint.label(key)}: {message}" if self.settings.named else message
-        failure = self._fail(task, model, dataclasses.replace(error, message=line), tries.count,
-                             tries.by_type, key)
-        notice = ModelUnknown(redact(message, self.keys), model)
+        failure = self._fail(task, model_index, dataclasses.replace(error, message=line),
+                             tries.count, tries.by_type, key)
+        notice = ModelUnknown(redact(message, self.keys), model_index)
         return Outcome((*failure.events, notice), failure.line, to_errors=True)
 
     async def _any_key_left(self) -> bool:
@@ -324,14 +326,14 @@ class TaskRunner:
             self.notices.append(KeyDisabled(hint, f"{error.status} {error.error_type}"))
         return left
 
-    def _succeed(self, task: Task, model: int, request: Request, answer: Answer, attempts: int,
-                 latency: float, retries: dict[str, int], key: int) -> Outcome:
+    def _succeed(self, task: Task, model_index: int, request: Request, answer: Answer,
+                 attempts: int, latency: float, retries: dict[str, int], key: int) -> Outcome:
         # The prompt's estimate prices an answer that came without usage (the budget counts it).
-        line, done = answered(task, model, request.model, answer, attempts, latency, self.prices,
-                              retries=retries, prompt_estimate=request.prompt_tokens)
+        line, done = answered(task, model_index, request.model, answer, attempts, latency,
+                              self.prices, retries=retries, prompt_estimate=request.prompt_tokens)
         return Outcome((dataclasses.replace(done, key=key),), line)
 
-    def _fail(self, task: Task, model: int, error: CallError, attempts: int,
+    def _fail(self, task: Task, model_index: int, error: CallError, attempts: int,
               retries: dict[str, int] | None = None, key: int | None = None) -> Outcome:
         """The task's failure line and event; ``key``: the key (endpoint) that answered last."""
         # A server may quote the request back, key included: nothing leaves unredacted.
@@ -341,11 +343,11 @@ class TaskRunner:
                             attempts, retries)
         log.warning("task %s failed after %d attempts: %s: %s", task.id, attempts, error.error_type,
                     message)
-        failed = TaskFailed(task.id, model, error.error_type, error.status, message, attempts,
+        failed = TaskFailed(task.id, model_index, error.error_type, error.status, message, attempts,
                             retries, key)
         return Outcome((failed,), line, to_errors=True)
 
-    def _abort(self, task: Task, model: int, message: str) -> Outcome:
+    def _abort(self, task: Task, model_index: int, message: str) -> Outcome:
         """No task can succeed: tell the host, and take nothing new."""
         self.stop()
-        return Outcome((Abort(redact(message, self.keys), task.id, model),))
+        return Outcome((Abort(redact(message, self.keys), task.id, model_index),))

@@ -30,9 +30,9 @@ Clock = Callable[[], float]
 class LimiterClient(Protocol):
     """The limiter as a runner sees it; each host supplies its own (shared memory, or an actor)."""
 
-    async def try_acquire(self, model: int, charge: int) -> Grant | Wait:
+    async def try_acquire(self, model_index: int, charge: int) -> Grant | Wait:
         """A grant for a request charged ``charge`` tokens, or how long to wait; NoKeysLeft when
-        every key of ``model`` is disabled."""
+        every key of ``model_index`` is disabled."""
         ...
 
     async def sent(self, grant: Grant) -> None:
@@ -71,9 +71,9 @@ class LocalLimiter:
         self.holder = holder
         self.clock = clock
 
-    async def try_acquire(self, model: int, charge: int) -> Grant | Wait:
+    async def try_acquire(self, model_index: int, charge: int) -> Grant | Wait:
         """See LimiterClient."""
-        return self.shared.try_acquire(model, charge, self.clock(), self.holder)
+        return self.shared.try_acquire(model_index, charge, self.clock(), self.holder)
 
     async def sent(self, grant: Grant) -> None:
         """See LimiterClient."""
@@ -115,10 +115,10 @@ class LimiterActor:
         self.clock = clock
         self.dead: set[int] = set()
 
-    def try_acquire(self, holder: int, model: int, charge: int) -> Grant | Wait | None:
+    def try_acquire(self, holder: int, model_index: int, charge: int) -> Grant | Wait | None:
         """SharedLimiter.try_acquire for ``holder``; None for NoKeysLeft (the caller raises it)."""
         try:
-            return self.shared.try_acquire(model, charge, self.clock(), holder)
+            return self.shared.try_acquire(model_index, charge, self.clock(), holder)
         except NoKeysLeft:
             return None
 
@@ -170,9 +170,10 @@ class RayLimiter:
         self.handle = handle
         self.holder = holder
 
-    async def try_acquire(self, model: int, charge: int) -> Grant | Wait:
+    async def try_acquire(self, model_index: int, charge: int) -> Grant | Wait:
         """See LimiterClient."""
-        got: Grant | Wait | None = await self.handle.try_acquire.remote(self.holder, model, charge)
+        got: Grant | Wait | None = await self.handle.try_acquire.remote(self.holder, model_index,
+                                                                        charge)
         if got is None:
             raise NoKeysLeft()
         return got

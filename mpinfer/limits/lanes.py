@@ -119,7 +119,7 @@ class LaneStats:
     """One lane's counters and limits, as the summary reports them."""
 
     key: int
-    model: int
+    model_index: int
     requests: int
     rate_limited: int
     tokens: int
@@ -136,12 +136,13 @@ class LaneStats:
     outage_s: float = 0.0              # time spent in outages
 
     @classmethod
-    def of(cls, lane: Lane, key: int, model: int, window_s: float, span_s: float,
+    def of(cls, lane: Lane, key: int, model_index: int, window_s: float, span_s: float,
            now: float) -> LaneStats:
         """``lane``'s counters now (read with the lock held); a learned rate per window."""
         learned = lane.request_source == LEARNED
         return cls(
-            key=key, model=model, requests=int(lane.requests), rate_limited=int(lane.rate_limited),
+            key=key, model_index=model_index, requests=int(lane.requests),
+            rate_limited=int(lane.rate_limited),
             tokens=int(lane.tokens), in_flight=int(lane.in_flight),
             concurrency_limit=lane.concurrency, paused_for_s=max(0.0, lane.paused_until - now),
             requests_limit=(lane.request_limit * window_s / span_s if learned

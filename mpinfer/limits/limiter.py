@@ -100,14 +100,14 @@ class SharedLimiter:
             if self.tpm:
                 lane.set_token_limit(self.tpm, LimitSource.FLAG)
         for own in settings.lanes:
-            self.limit_lane(own.key, own.model, own.rpm, own.tpm, own.max_in_flight)
+            self.limit_lane(own.key, own.model_index, own.rpm, own.tpm, own.max_in_flight)
         for i in range(len(self._req_ring)):
             self._req_ring[i] = -math.inf
 
-    def limit_lane(self, key: int, model: int, rpm: int | None, tpm: int | None,
+    def limit_lane(self, key: int, model_index: int, rpm: int | None, tpm: int | None,
                    max_in_flight: int | None) -> None:
         """Give one lane (an endpoint's, for one model) its own limits, paced as a flag's."""
-        lane = self._lanes[self.lane(key, model)]
+        lane = self._lanes[self.lane(key, model_index)]
         if rpm:
             lane.set_request_limit(rpm, LimitSource.FLAG)
         if tpm:
@@ -115,9 +115,9 @@ class SharedLimiter:
         if max_in_flight:
             lane.concurrency = lane.concurrency_max = float(max_in_flight)
 
-    def lane(self, key: int, model: int) -> int:
-        """The lane of ``key`` and ``model``."""
-        return key * self.n_models + model
+    def lane(self, key: int, model_index: int) -> int:
+        """The lane of ``key`` and ``model_index``."""
+        return key * self.n_models + model_index
 
     # -- with the lock held ----------------------------------------------------------------------
 
@@ -198,8 +198,9 @@ class SharedLimiter:
 
     # -- the worker's side -----------------------------------------------------------------------
 
-    def try_acquire(self, model: int, tokens: int, now: float, holder: int = 0) -> Grant | Wait:
-        """A Grant on the least-loaded free key for ``model``, counted against worker slot
+    def try_acquire(self, model_index: int, tokens: int, now: float,
+                    holder: int = 0) -> Grant | Wait:
+        """A Grant on the least-loaded free key for ``model_index``, counted against worker slot
         ``holder``, or a Wait before asking again.
 
         Raises NoKeysLeft when every key has been disabled. A request larger than the whole token
@@ -209,15 +210,15 @@ class SharedLimiter:
             tokens = min(tokens, self.tpm)
         lanes = self._lanes
         with self._lock:
-            eligible = range(self.n_keys) if self.serves is None else self.serves[model]
+            eligible = range(self.n_keys) if self.serves is None else self.serves[model_index]
             keys = [k for k in eligible if not self._key_disabled[k]]
             if not keys:
                 raise NoKeysLeft()
             if len(keys) > 1:
-                keys.sort(key=lambda k: lanes[self.lane(k, model)].in_flight)
+                keys.sort(key=lambda k: lanes[self.lane(k, model_index)].in_flight)
             best: Wait | None = None
             for key in keys:
-                index = self.lane(key, model)
+                index = self.lane(key, model_index)
                 lane = lanes[index]
                 probe = False
                 if lane.in_outage:

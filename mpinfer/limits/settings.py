@@ -30,7 +30,7 @@ class LaneLimits:
     """One lane's own limits (an endpoint's, for one model), paced as a flag's; None: the run's."""
 
     key: int
-    model: int
+    model_index: int
     rpm: int | None = None
     tpm: int | None = None
     max_in_flight: int | None = None
@@ -65,10 +65,10 @@ class LimiterSettings:
         """
         endpoints = endpoints_of(config)
         models = config.models
-        lanes = tuple(LaneLimits(key, model, lane_limit(config.rpm, name, endpoint.rpm),
+        lanes = tuple(LaneLimits(key, model_index, lane_limit(config.rpm, name, endpoint.rpm),
                                  lane_limit(config.tpm, name, endpoint.tpm), endpoint.max_in_flight)
                       for key, endpoint in enumerate(endpoints)
-                      for model, name in enumerate(models) if endpoint.serves(name))
+                      for model_index, name in enumerate(models) if endpoint.serves(name))
         return cls(len(config.require_api_keys()), len(models), config.window_rpm,
                    config.window_tpm, config.rate_window, config.burst,
                    max_in_flight=max_in_flight, holders=holders,

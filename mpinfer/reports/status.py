@@ -92,7 +92,11 @@ class StatusReport:
 
     def to_dict(self) -> dict[str, Any]:
         """The report as JSON values (``--status --json``)."""
-        return asdict(self)
+        data = asdict(self)
+        # Users read a batch's model index as "model" in this JSON: the key stays as it was.
+        data["batches"] = [{("model" if key == "model_index" else key): value
+                            for key, value in batch.items()} for batch in data["batches"]]
+        return data
 
 
 def _rate(times: list[float]) -> float | None:

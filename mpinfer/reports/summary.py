@@ -167,7 +167,8 @@ class RunSummary:
             succeeded, failed = ended.get(name, (0, 0))
             self.per_key[name] = Tally(succeeded=succeeded, failed=failed, disabled=off)
         for lane in lanes:
-            for tally in (self.per_model[models[lane.model]], self.per_key[key_names[lane.key]]):
+            for tally in (self.per_model[models[lane.model_index]],
+                          self.per_key[key_names[lane.key]]):
                 tally.requests += lane.requests
                 tally.rate_limited += lane.rate_limited
                 tally.tokens += lane.tokens

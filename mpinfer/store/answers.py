@@ -28,8 +28,8 @@ from .records import (
 )
 
 
-def answered(task: Task, model: int, requested: str, answer: Answer, attempts: int, latency: float,
-             prices: PriceTable, batch_id: str | None = None,
+def answered(task: Task, model_index: int, requested: str, answer: Answer, attempts: int,
+             latency: float, prices: PriceTable, batch_id: str | None = None,
              retries: dict[str, int] | None = None,
              prompt_estimate: int = 0) -> tuple[bytes, TaskDone]:
     """The output line and the event of an answered task; from a batch (``batch_id``) at the Batch
@@ -77,8 +77,8 @@ def answered(task: Task, model: int, requested: str, answer: Answer, attempts: i
             reasoning_content=answer.reasoning, retries=retries, filtered=answer.filtered,
             cost_estimate=estimate,
         ).to_line()
-    return line, TaskDone(task.id, model, answer.prompt_tokens, answer.completion_tokens, latency,
-                          cost, model_mismatch(requested, answer.model, answer.filtered), attempts,
+    return line, TaskDone(task.id, model_index, answer.prompt_tokens, answer.completion_tokens,
+                          latency, cost, model_mismatch(requested, answer.model, answer.filtered), attempts,
                           refused=is_refusal(answer.refusal, answer.content),
                           truncated=answer.finish_reason == TRUNCATED, retries=retries,
                           filtered=is_filtered(answer.filtered),
