@@ -17,6 +17,7 @@ from . import __version__
 from .config import OPTIONS, RunConfig, load_config
 from .errors import MpinferError
 from .events import StopReason
+from .lifecycle import DEFAULT_GRACE_S, run
 from .reports.export import export
 from .reports.html import write_report
 from .reports.status import StatusReader, status
@@ -33,7 +34,6 @@ from .reports.text import (
     validation_lines,
 )
 from .reports.validate import validate
-from .lifecycle import DEFAULT_GRACE_S, run
 from .settings import Option
 from .store.repair import fresh_start, repair
 

@@ -22,8 +22,7 @@ from typing import Any
 from .api.prices import PriceTable, load_prices
 from .api.tokens import image_rule
 from .backends.base import Backend
-from .config import BackendKind
-from .config import RunConfig
+from .config import BackendKind, RunConfig
 from .driver import MAX_FAILURES_SHOWN, RESPAWNS_PER_WORKER, RunState, supervise, work_items
 from .errors import ConfigError, InputError, OutputError
 from .inputs.check import (
