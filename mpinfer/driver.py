@@ -1,4 +1,4 @@
-"""The one supervise loop every backend shares: the work to hand out, the tally, stopping.
+"""The one supervise loop every backend shares: the work to hand out, the counts, stopping.
 
 A backend (local processes, a Ray cluster; see backends.base.Backend) moves tasks to where they run
 and events back; the driver decides the rest the same way for all of them: which task goes next
@@ -147,19 +147,19 @@ class RunState:
         return False
 
     def on_event(self, event: Event) -> None:
-        """Tally one event."""
+        """Count one event."""
         match event:
             case TaskDone():
                 self.summary.count_answer(event)
                 self.summary.per_model[self.config.models[event.model_index]].succeeded += 1
                 if event.key is not None:
-                    self.summary.key_tally(self.key_names[event.key]).succeeded += 1
+                    self.summary.key_counts(self.key_names[event.key]).succeeded += 1
                 self.bar.update(1)
             case TaskFailed():
                 self.summary.count_failure(event.error_type, event.retries)
                 self.summary.per_model[self.config.models[event.model_index]].failed += 1
                 if event.key is not None:
-                    self.summary.key_tally(self.key_names[event.key]).failed += 1
+                    self.summary.key_counts(self.key_names[event.key]).failed += 1
                 if self.summary.failed <= MAX_FAILURES_SHOWN:
                     last = self.summary.failed == MAX_FAILURES_SHOWN
                     more = " (further failures only in the log)" if last else ""
@@ -258,7 +258,7 @@ def supervise(state: RunState, backend: Backend, grace_s: float, poll_s: float =
             if handled > 1:
                 log.warning("quitting at once: requests in flight are "
                             "dropped and sent again on rerun")
-                _tally(state, backend.kill())
+                _count_late_notes(state, backend.kill())
                 return
             log.warning("stopping: finishing the requests in flight (up to "
                         "%.0fs); interrupt again to quit at once", grace_s)
@@ -283,7 +283,7 @@ def supervise(state: RunState, backend: Backend, grace_s: float, poll_s: float =
         now = time.monotonic()
         if deadline is not None and now > deadline:
             log.warning("workers did not finish in time; stopping them")
-            _tally(state, backend.kill())
+            _count_late_notes(state, backend.kill())
             return
         state.save_summary(live=True, now=now)
         # What the backend reports: tasks given back, dead workers, events.
@@ -307,7 +307,7 @@ def supervise(state: RunState, backend: Backend, grace_s: float, poll_s: float =
                 state.on_event(note)
 
 
-def _tally(state: RunState, notes: list[Note]) -> None:
+def _count_late_notes(state: RunState, notes: list[Note]) -> None:
     """What arrived while the workers were being killed: answers count, nothing is sent again."""
     for note in notes:
         if isinstance(note, Returned):

@@ -37,7 +37,7 @@ from .inputs.readers import iter_tasks
 from .inputs.tasks import FieldKeys, InputIndex, Selection
 from .logfile import create_log_file, parent_logging
 from .reports.run_end import after_run
-from .reports.summary import RunSummary, Tally
+from .reports.summary import RunSummary, UsageCounts
 from .store.idset import IdSubset
 from .store.locks import RunLock, wait_for_old_workers
 from .store.manifest import (
@@ -207,7 +207,7 @@ def _scan(job: _Job, index: InputIndex, summary: RunSummary) -> _Scanned:
         summary.bad_lines += len(found.bad_lines)
         summary.unknown_ids += unknown
         summary.cost_before += found.cost
-        summary.per_model[model] = Tally()
+        summary.per_model[model] = UsageCounts()
     summary.already_done = sum(len(ids) for ids in scanned.done)
     return scanned
 

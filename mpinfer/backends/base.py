@@ -2,7 +2,7 @@
 writing an outcome or stopping the run.
 
 A backend moves tasks to where they run and their events back. ``driver.supervise`` runs the one
-loop all of them share (hand out work, tally, budget, signals, the stop deadline, replacing dead
+loop all of them share (hand out work, counts, budget, signals, the stop deadline, replacing dead
 workers); a backend implements only the moves:
 
 - ``start()``: bring the workers up.

@@ -93,11 +93,11 @@ class _GrantTicket(Ticket):
             self.ahead.pace()
 
 
-class _Again:
+class _SendAgain:
     """The attempt failed and the task goes on: send it again (a typed sentinel, not a string)."""
 
 
-_AGAIN = _Again()
+_SEND_AGAIN = _SendAgain()
 
 
 class TaskRunner:
@@ -237,9 +237,9 @@ class TaskRunner:
                                          tries.count, self.clock() - started, tries.by_type,
                                          grant.key)
                 outcome = await self._failed_attempt(task, model_index, grant, error, exc, tries)
-                if outcome is _AGAIN:
+                if outcome is _SEND_AGAIN:
                     continue
-                assert not isinstance(outcome, _Again)
+                assert not isinstance(outcome, _SendAgain)
                 return outcome
             if isinstance(answer, Unsent):  # not sent: no attempt
                 await self.limiter.release(grant, Ending.UNSENT, charged=0)
@@ -259,7 +259,7 @@ class TaskRunner:
                                  self.clock() - started, tries.by_type, grant.key)
 
     async def _failed_attempt(self, task: Task, model_index: int, grant: Grant, error: CallError,
-                              exc: Exception, tries: Attempts) -> Outcome | _Again | None:
+                              exc: Exception, tries: Attempts) -> Outcome | _SendAgain | None:
         """After a failed attempt, do what ``decide`` says:
         again, or the task's outcome (None: stopping)."""
         outage = await self.limiter.release(grant, _ENDINGS.get(error.kind, Ending.ERROR))
@@ -270,7 +270,7 @@ class TaskRunner:
         step = decide(error, tries, self.policy, self.rng, now, outage=outage)
         if step.verdict is Verdict.DISABLE_KEY:
             if await self._disable_key(grant.key, error):
-                return _AGAIN
+                return _SEND_AGAIN
             return self._abort(task, model_index, "every API key was rejected (last: "
                                f"{error.status} {error.error_type}: {error.message})")
         if step.verdict is Verdict.RETRY:
@@ -281,7 +281,7 @@ class TaskRunner:
                      error.error_type, error.message, step.delay_s)
             if step.delay_s > 0:
                 await self.sleep(step.delay_s)
-            return None if self.stopping else _AGAIN
+            return None if self.stopping else _SEND_AGAIN
         if step.verdict is Verdict.DROP_MODEL:  # (its message names the endpoint itself)
             return self._drop_model(task, model_index, grant.key, error, tries)
         failed = dataclasses.replace(error, message=step.message or error.message)

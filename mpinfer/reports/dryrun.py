@@ -215,7 +215,7 @@ class LargestImage:
 
 
 @dataclass(frozen=True)
-class ImageTally:
+class ImageCounts:
     """The images of the estimated tasks, counted each time a task uses one (each use is sent).
 
     ``local`` are files, ``inline`` data: URLs in the input (both checked), ``remote`` http(s) URLs
@@ -316,7 +316,7 @@ class DryRunPlan:
     totals: PlanTotals
     problems: tuple[TaskProblem, ...]
     problem_count: int
-    images: ImageTally
+    images: ImageCounts
     prompt: PromptStats
     max_tokens_assumed: bool
     assumed_max_tokens: int
@@ -336,7 +336,7 @@ class DryRunPlan:
         return data
 
 
-class _RowTally:
+class _ModelCounts:
     """One model's running counts; prompt tokens and ceilings by the model actually requested."""
 
     def __init__(self) -> None:
@@ -398,9 +398,9 @@ class _Images:
             self.largest = LargestImage(image.path, image.bytes, image.size[0], image.size[1],
                                         task_id)
 
-    def finish(self) -> ImageTally:
+    def finish(self) -> ImageCounts:
         """The image counts, bytes and largest image as a value."""
-        return ImageTally(self.counts["local"], self.counts["inline"], self.counts["remote"],
+        return ImageCounts(self.counts["local"], self.counts["inline"], self.counts["remote"],
                           self.bytes, self.largest)
 
 
@@ -418,7 +418,7 @@ def plan(config: RunConfig, prices: PriceTable) -> DryRunPlan:
     models = config.models
     outputs = model_outputs(output, models)
     done = [scan(path, within=index.ids).done or index.ids.empty() for path in outputs]
-    rows = [_RowTally() for _ in models]
+    rows = [_ModelCounts() for _ in models]
     checker = TaskChecker(RequestSettings.of(config))
     images = _Images()
     problems: list[TaskProblem] = []

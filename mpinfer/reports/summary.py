@@ -22,8 +22,8 @@ from ..store.atomic import replace_quietly
 
 
 @dataclass
-class Tally:
-    """Counts for one model or one key."""
+class UsageCounts:
+    """One model's or one key's use: requests, 429s and tokens, tasks answered and failed."""
 
     requests: int = 0
     rate_limited: int = 0
@@ -64,8 +64,8 @@ class RunSummary:
     failures_by_type: dict[str, int] = field(default_factory=dict)
     # retried attempts, by their error type
     retries_by_type: dict[str, int] = field(default_factory=dict)
-    per_model: dict[str, Tally] = field(default_factory=dict)
-    per_key: dict[str, Tally] = field(default_factory=dict)
+    per_model: dict[str, UsageCounts] = field(default_factory=dict)
+    per_key: dict[str, UsageCounts] = field(default_factory=dict)
     cost: float = 0.0
     unpriced: int = 0
     cost_before: float = 0.0
@@ -113,7 +113,7 @@ class RunSummary:
         return round(self.succeeded / ended, 4) if ended else None
 
     def count_answer(self, event: TaskDone) -> None:
-        """Tally one answered task."""
+        """Count one answered task."""
         self.succeeded += 1
         self.prompt_tokens += event.prompt_tokens
         self.completion_tokens += event.completion_tokens
@@ -150,28 +150,28 @@ class RunSummary:
         for kind, count in retries.items():
             self.retries_by_type[kind] = self.retries_by_type.get(kind, 0) + count
 
-    def key_tally(self, name: str) -> Tally:
+    def key_counts(self, name: str) -> UsageCounts:
         """The counts of the key (endpoint) ``name``, made on first use."""
-        return self.per_key.setdefault(name, Tally())
+        return self.per_key.setdefault(name, UsageCounts())
 
     def take_lane_stats(self, lanes: list[LaneStats], models: tuple[str, ...], key_names: list[str],
                         disabled: list[bool]) -> None:
         """Requests, 429s and tokens per key and per model, from the shared limiter's counters."""
         for name in models:
-            tally = self.per_model.setdefault(name, Tally())
-            tally.requests = tally.rate_limited = tally.tokens = 0
-        # the counters are the limiter's; the tasks each key ended are the driver's (key_tally)
+            counts = self.per_model.setdefault(name, UsageCounts())
+            counts.requests = counts.rate_limited = counts.tokens = 0
+        # the counters are the limiter's; the tasks each key ended are the driver's (key_counts)
         ended = {name: (t.succeeded, t.failed) for name, t in self.per_key.items()}
         self.per_key = {}
         for name, off in zip(key_names, disabled, strict=True):
             succeeded, failed = ended.get(name, (0, 0))
-            self.per_key[name] = Tally(succeeded=succeeded, failed=failed, disabled=off)
+            self.per_key[name] = UsageCounts(succeeded=succeeded, failed=failed, disabled=off)
         for lane in lanes:
-            for tally in (self.per_model[models[lane.model_index]],
-                          self.per_key[key_names[lane.key]]):
-                tally.requests += lane.requests
-                tally.rate_limited += lane.rate_limited
-                tally.tokens += lane.tokens
+            for counts in (self.per_model[models[lane.model_index]],
+                           self.per_key[key_names[lane.key]]):
+                counts.requests += lane.requests
+                counts.rate_limited += lane.rate_limited
+                counts.tokens += lane.tokens
         self.take_limits(lanes)
 
     def take_limits(self, lanes: list[LaneStats]) -> None:

@@ -100,7 +100,7 @@ def summary_lines(summary: RunSummary) -> list[str]:
 
 
 def status_lines(report: StatusReport) -> list[str]:
-    """``--status`` as the CLI prints it: one row a fact, then per-model and per-key tallies."""
+    """``--status`` as the CLI prints it: one row a fact, then per-model and per-key counts."""
     live = f"yes (pid {report.live_pid})" if report.live else "no"
     last = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(report.last_written_at)) \
         if report.last_written_at else "-"
@@ -144,13 +144,13 @@ def status_lines(report: StatusReport) -> list[str]:
         lines.append("  per output: done / failed / pending / cost")
         lines += [f"    {part.output}: {part.done} / {part.failed} / "
                   f"{part.pending} / {money(part.cost)}" for part in report.models]
-    for title, tallies in (("per model", report.per_model), ("per key", report.per_key)):
-        if len(tallies) > 1 or any(t.get("rate_limited") for t in tallies.values()):
+    for title, usage in (("per model", report.per_model), ("per key", report.per_key)):
+        if len(usage) > 1 or any(u.get("rate_limited") for u in usage.values()):
             lines.append(f"  {title}: requests / tokens / 429s")
-            for name, tally in tallies.items():
-                off = " (disabled)" if tally.get("disabled") else ""
-                lines.append(f"    {name}: {tally.get('requests', 0)} / {tally.get('tokens', 0)} / "
-                             f"{tally.get('rate_limited', 0)}{off}")
+            for name, counts in usage.items():
+                off = " (disabled)" if counts.get("disabled") else ""
+                lines.append(f"    {name}: {counts.get('requests', 0)} / "
+                             f"{counts.get('tokens', 0)} / {counts.get('rate_limited', 0)}{off}")
     if report.batches:
         lines.append("  batches: id / state / completed+failed of rows / age / attempt")
         for b in report.batches:
