@@ -32,7 +32,7 @@ from .events import (
     TaskFailed,
     WorkItem,
 )
-from .inputs.tasks import Task
+from .inputs import Task
 from .limits import LaneStats
 from .reports.summary import RunSummary, write_summary
 from .store.idset import IdSubset

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import orjson
 
-from .inputs.tasks import Task
+from .inputs import Task
 
 # -- events: worker -> driver ----------------------------------------------------------------------
 

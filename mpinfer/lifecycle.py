@@ -25,16 +25,18 @@ from .backends.base import Backend
 from .config import BackendKind, RunConfig
 from .driver import MAX_FAILURES_SHOWN, RESPAWNS_PER_WORKER, RunState, supervise, work_items
 from .errors import ConfigError, InputError, OutputError
-from .inputs.check import (
+from .inputs import (
+    FieldKeys,
+    InputIndex,
+    Selection,
     asked_models,
     check_input,
+    iter_tasks,
     reading,
     refuse_input_as_output,
     selection,
     settle_models,
 )
-from .inputs.readers import iter_tasks
-from .inputs.tasks import FieldKeys, InputIndex, Selection
 from .logfile import create_log_file, parent_logging
 from .reports.run_end import after_run
 from .reports.summary import RunSummary, UsageCounts

@@ -100,16 +100,47 @@ def test_every_public_name_loads_and_is_re_exported_for_type_checkers() -> None:
         assert getattr(mpinfer, name) is not None, name
 
 
-def test_the_rest_of_the_package_reaches_the_limiter_only_through_its_facade() -> None:
-    # Given the imports of every module outside mpinfer/limits
+def _folders() -> dict[str, bool]:
+    """Each folder of the package (a subpackage) and whether its ``__init__`` sets ``__all__``."""
+    found = {}
+    for init in PACKAGE.glob("*/__init__.py"):
+        tree = ast.parse(init.read_text(), str(init))
+        found[_module_name(init)] = any(
+            isinstance(node, ast.Assign)
+            and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets)
+            for node in tree.body)
+    return found
+
+
+def test_a_folder_with_an_all_is_reached_from_outside_only_through_its_init() -> None:
+    # Given the folders whose __init__ names what the rest may use (an __all__), and the imports of
+    # every module of the package
+    facades = sorted(name for name, has_all in _folders().items() if has_all)
+    assert facades == ["mpinfer.inputs", "mpinfer.limits"], "docs/development.md names these"
     paths = list(PACKAGE.rglob("*.py"))
     modules = {_module_name(path) for path in paths}
-    outside = {_module_name(path): _imports(path, modules) for path in paths
-               if "limits" not in path.relative_to(PACKAGE).parts[:1]}
-    users = {name for name, imported in outside.items() if "mpinfer.limits" in imported}
-    assert "mpinfer.backends.local" in users, "nothing imports mpinfer.limits: the parser is broken"
-    # When those reaching into the package's modules are picked out
-    reaching = {name: sorted(i for i in imported if i.startswith("mpinfer.limits."))
-                for name, imported in outside.items()}
-    # Then there are none: mpinfer/limits/__init__.py names what the rest may use
-    assert {name: found for name, found in reaching.items() if found} == {}
+    graph = {_module_name(path): _imports(path, modules) for path in paths}
+    for facade in facades:
+        outside = {name: imported for name, imported in graph.items()
+                   if name != facade and not name.startswith(facade + ".")}
+        assert any(facade in imported for imported in outside.values()), (
+            f"nothing imports {facade}: the parser is broken")
+        # When the modules outside it that reach into its modules are picked out
+        reaching = {name: sorted(i for i in imported if i.startswith(facade + "."))
+                    for name, imported in outside.items()}
+        # Then there are none
+        assert {name: found for name, found in reaching.items() if found} == {}, facade
+
+
+def test_a_folder_without_an_all_is_no_facade_its_init_imports_nothing() -> None:
+    # Given the folders whose __init__ sets no __all__ (the rest imports their modules)
+    plain = sorted(name for name, has_all in _folders().items() if not has_all)
+    assert "mpinfer.api" in plain and "mpinfer.store" in plain
+    # When their __init__ modules' imports are read
+    importing = {name: sorted(ast.unparse(node) for node in
+                              ast.parse((PACKAGE.parent / name.replace(".", "/") /
+                                         "__init__.py").read_text()).body
+                              if isinstance(node, (ast.Import, ast.ImportFrom)))
+                 for name in plain}
+    # Then none imports anything: no half facade that some import and others go around
+    assert {name: found for name, found in importing.items() if found} == {}

@@ -4,14 +4,9 @@ the one table), deciding what follows a failure (retry), estimating it (tokens) 
 (prices); the endpoints table (endpoints).
 
 Pacing it is the limiter's (mpinfer.limits), which also reads the servers' rate-limit hints.
-``client`` is not imported here: it loads the openai SDK, which ``--status`` and the mock server
-never need. Import it as ``mpinfer.api.client``; ``failures`` and ``retry`` load no SDK.
+
+Not a facade: import the modules (``mpinfer.api.messages``, ``mpinfer.api.failures`` ...), and this
+``__init__`` imports nothing. ``client`` loads the openai SDK (and ``http`` aiohttp and httpx2),
+which ``--status``, ``--validate``, ``--dry-run``, ``--export``, ``--report`` and the mock server
+never need (tests/test_imports.py); a facade would load them for all of those.
 """
-
-from ..errors import NoKeysLeft
-from .messages import ImageEncoder, Request, build_body_request, build_request
-from .prices import Price, PriceTable, load_prices
-from .tokens import image_size, image_tokens, text_tokens
-
-__all__ = ["ImageEncoder", "NoKeysLeft", "Price", "PriceTable", "Request", "build_body_request",
-           "build_request", "image_size", "image_tokens", "load_prices", "text_tokens"]

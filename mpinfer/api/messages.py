@@ -19,8 +19,7 @@ import orjson
 
 from ..config import Api, RequestSettings
 from ..errors import ImageError, ImagesTooLarge
-from ..inputs.chat import has_system
-from ..inputs.tasks import Task
+from ..inputs import Task, has_system
 from .responses import ApiPath, responses_body
 from .tokens import (
     DEFAULT_COMPLETION_TOKENS,

@@ -35,9 +35,7 @@ from ..api.prices import PriceTable
 from ..config import RequestSettings, RetryPolicy, RunConfig
 from ..errors import BatchApiError, ConfigError, ImageError
 from ..events import Fatal, TaskDone, TaskFailed, WorkItem
-from ..inputs.check import reading
-from ..inputs.readers import iter_tasks
-from ..inputs.tasks import Task
+from ..inputs import Task, iter_tasks, reading
 from ..limits import LaneStats
 from ..store.output import Appender, OutputPaths, iter_lines, scan, size_of
 from ..store.records import failure_line, record_id

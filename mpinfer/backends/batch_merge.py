@@ -27,7 +27,7 @@ from ..api.prices import PriceTable
 from ..config import RequestSettings, RetryPolicy
 from ..errors import MalformedResponse
 from ..events import TaskDone, TaskFailed
-from ..inputs.tasks import Task
+from ..inputs import Task
 from ..redact import redact
 from ..store.answers import answered
 from ..store.records import failure_line

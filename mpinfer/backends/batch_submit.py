@@ -31,7 +31,7 @@ from ..api.responses import ApiPath
 from ..api.retry import Attempts, decide
 from ..config import RequestSettings, RetryPolicy, RunConfig
 from ..errors import BatchApiError, ConfigError, ImageError
-from ..inputs.tasks import Task
+from ..inputs import Task
 from ..redact import redact
 from .batch_plan import Chunk, ChunkState, Plan
 

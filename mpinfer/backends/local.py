@@ -35,7 +35,7 @@ from ..events import (
     decode_events,
     encode,
 )
-from ..inputs.tasks import Task
+from ..inputs import Task
 from ..limits import LaneStats, LimiterSettings, SharedLimiter
 from ..store.output import OutputPaths, iter_lines, scan, size_of
 from ..store.records import failure_view

@@ -28,7 +28,7 @@ from ..api.prices import PriceTable
 from ..config import RunConfig, RunnerSettings
 from ..errors import ConfigError
 from ..events import Event, Fatal, WorkItem
-from ..inputs.tasks import Task
+from ..inputs import Task
 from ..limits import LaneStats, LimiterActor, LimiterSettings, RayLimiter
 from ..store.output import OutputPaths
 from .base import Note, OutcomeWriter, Returned, WorkerDied

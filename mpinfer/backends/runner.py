@@ -34,7 +34,7 @@ from ..api.ticket import Ticket, Unsent
 from ..config import RunnerSettings
 from ..errors import ImageError, NoKeysLeft
 from ..events import Abort, Event, KeyDisabled, ModelUnknown, TaskFailed
-from ..inputs.tasks import Task
+from ..inputs import Task
 from ..limits import Ending, Grant, LimiterClient, Wait, WaitReason, read_hints
 from ..redact import redact
 from ..store.answers import answered

@@ -25,7 +25,7 @@ from typing import Any
 from ..api.prices import PriceTable
 from ..config import RunnerSettings
 from ..events import Fatal, Message, StopWork, Work, WorkerExit, decode, encode
-from ..inputs.tasks import Task
+from ..inputs import Task
 from ..limits import LocalLimiter, SharedLimiter
 from ..logfile import setup_worker_logging
 from ..store.locks import hold_workers_lock

@@ -1,14 +1,26 @@
 """Tasks and their readers: JSONL, CSV and Batch API files, the input check, and the selection.
 
-What the rest of mpinfer may use: ``Task``, ``FieldKeys``, ``InputFormat``, ``Selection``,
-``InputIndex``, ``check_input`` (every line checked before anything is spent), ``iter_tasks`` /
-``iter_selected`` (the streaming feed), ``reading`` and ``selection`` (from a RunConfig),
-``detect_format``.
+The rest of mpinfer imports these names from here, never from the modules below
+(tests/test_layout.py keeps it so): ``Task`` (tasks.py, with ``FieldKeys``, ``InputFormat``,
+``Selection`` and ``InputIndex``), ``check_input`` (check.py: every line checked before anything is
+spent, with ``reading`` and ``selection`` from a RunConfig, ``settle_models``, ``asked_models``,
+``id_resolver`` and ``refuse_input_as_output``), ``iter_tasks`` / ``iter_selected`` (readers.py: the
+streaming feed, with ``detect_format``) and ``has_system`` (chat.py: a chat row's messages).
 """
 
-from .check import check_input, reading, selection
+from .chat import has_system
+from .check import (
+    asked_models,
+    check_input,
+    id_resolver,
+    reading,
+    refuse_input_as_output,
+    selection,
+    settle_models,
+)
 from .readers import detect_format, iter_selected, iter_tasks
 from .tasks import FieldKeys, InputFormat, InputIndex, Selection, Task
 
-__all__ = ["FieldKeys", "InputFormat", "InputIndex", "Selection", "Task", "check_input",
-           "detect_format", "iter_selected", "iter_tasks", "reading", "selection"]
+__all__ = ["FieldKeys", "InputFormat", "InputIndex", "Selection", "Task", "asked_models",
+           "check_input", "detect_format", "has_system", "id_resolver", "iter_selected",
+           "iter_tasks", "reading", "refuse_input_as_output", "selection", "settle_models"]

@@ -46,7 +46,7 @@ The code is split by job, one module each:
 * ``cli``: the command line, ``serve`` and ``main`` (``python -m mpinfer.mock`` runs it);
 * ``process``: ``MockServerProcess``, the server in a subprocess.
 
-``mpinfer.mockserver`` re-exports the public names. This ``__init__`` imports nothing, so the
-server process (``python -m mpinfer.mock``) loads only what serving needs, not the subprocess
-helper's imports.
+Not a facade: ``mpinfer.mockserver`` re-exports the public names, and inside the package the
+modules import each other. This ``__init__`` imports nothing, so the server process
+(``python -m mpinfer.mock``) loads only what serving needs, not the subprocess helper's imports.
 """

@@ -35,9 +35,7 @@ from ..api.prices import PriceTable
 from ..api.tokens import DEFAULT_COMPLETION_TOKENS, image_size
 from ..config import RequestSettings, RunConfig
 from ..errors import ImageError
-from ..inputs.check import check_input, reading, selection, settle_models
-from ..inputs.readers import iter_tasks
-from ..inputs.tasks import Task
+from ..inputs import Task, check_input, iter_tasks, reading, selection, settle_models
 from ..store.output import model_outputs, scan
 
 MAX_PROBLEMS_KEPT = 20

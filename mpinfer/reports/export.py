@@ -23,9 +23,17 @@ import orjson
 
 from ..config import RunConfig
 from ..errors import ConfigError
-from ..inputs.check import check_input, reading, selection
-from ..inputs.readers import detect_format, iter_selected
-from ..inputs.tasks import FieldKeys, InputFormat, Selection, Task
+from ..inputs import (
+    FieldKeys,
+    InputFormat,
+    Selection,
+    Task,
+    check_input,
+    detect_format,
+    iter_selected,
+    reading,
+    selection,
+)
 from ..store.atomic import atomic_write
 from ..store.output import OutputPaths, companion, iter_lines, model_outputs, scan
 from ..store.records import RecordView, failure_view, record_id, view

@@ -14,8 +14,7 @@ from typing import Any
 
 from ..backends.batch_plan import BatchStatus, plan_report
 from ..config import RunConfig
-from ..inputs.check import check_input, reading, selection
-from ..inputs.tasks import InputIndex
+from ..inputs import InputIndex, check_input, reading, selection
 from ..store.locks import live_run
 from ..store.output import OutputPaths, companion, model_outputs
 from . import status_cache

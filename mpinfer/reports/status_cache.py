@@ -21,8 +21,7 @@ from typing import Any
 
 import orjson
 
-from ..inputs.check import id_resolver
-from ..inputs.tasks import FieldKeys, InputFormat, InputIndex, Selection
+from ..inputs import FieldKeys, InputFormat, InputIndex, Selection, id_resolver
 from ..store.atomic import replace_quietly
 from ..store.idset import IdIndex, IdSubset
 from .tally import RECENT_RECORDS, FileMark, OutputTally

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import RunConfig
-from ..inputs.check import check_input, reading, selection
+from ..inputs import check_input, reading, selection
 from ..store.idset import IdSubset
 from ..store.output import OutputPaths, iter_lines, model_outputs
 from ..store.records import missing_batch_fields, missing_fields, view

@@ -1,36 +1,12 @@
 """The output and the files beside it: the record schema (records), locked whole-line appends, torn
 tails and the resume scan (output), every lock on an output (locks), the run manifest (manifest),
-repair and fresh start (repair).
+repair and fresh start (repair), an answered task's line (answers), whole-file replacement (atomic)
+and ids held compactly (idset).
+
+Not a facade: import the modules (``mpinfer.store.output``, ``mpinfer.store.records`` ...), and
+this ``__init__`` imports nothing. One naming them all would close import circles (which
+tests/test_layout.py forbids): ``answers`` needs ``api.answer`` and ``mpinfer.inputs``, which come
+back into ``store`` (``api.responses`` for the record's fields, the input check and tasks for the
+output and the id sets); ``repair`` reads the batch plan (backends) and ``manifest`` names the run
+summary (reports), and both of those write through ``store.atomic``.
 """
-
-from .locks import RunInfo, RunLock, live_run
-from .output import (
-                     Appender,
-                     BadLine,
-                     OutputPaths,
-                     Scan,
-                     TailRepair,
-                     companion,
-                     iter_lines,
-                     model_outputs,
-                     repair_tail,
-                     scan,
-                     write_whole,
-)
-from .records import (
-    Failure,
-    FailureView,
-    RecordView,
-    Result,
-    Usage,
-    failure_view,
-    is_refusal,
-    record_id,
-    same_model,
-    view,
-)
-
-__all__ = ["Appender", "BadLine", "Failure", "FailureView", "OutputPaths", "RecordView",
-           "Result", "RunInfo", "RunLock", "Scan", "TailRepair", "Usage", "companion",
-           "failure_view", "is_refusal", "iter_lines", "live_run", "model_outputs", "record_id",
-           "repair_tail", "same_model", "scan", "view", "write_whole"]

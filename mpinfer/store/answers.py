@@ -14,7 +14,7 @@ from ..api.answer import Answer
 from ..api.prices import PriceTable
 from ..api.tokens import text_tokens
 from ..events import TaskDone
-from ..inputs.tasks import Task
+from ..inputs import Task
 from .records import (
     COST_ESTIMATE_FIELD,
     FILTERED_FIELD,
