@@ -78,7 +78,8 @@ def answered(task: Task, model_index: int, requested: str, answer: Answer, attem
             cost_estimate=estimate,
         ).to_line()
     return line, TaskDone(task.id, model_index, answer.prompt_tokens, answer.completion_tokens,
-                          latency, cost, model_mismatch(requested, answer.model, answer.filtered), attempts,
+                          latency, cost,
+                          model_mismatch(requested, answer.model, answer.filtered), attempts,
                           refused=is_refusal(answer.refusal, answer.content),
                           truncated=answer.finish_reason == TRUNCATED, retries=retries,
                           filtered=is_filtered(answer.filtered),
