@@ -30,7 +30,7 @@ class TaskDone:
     model_index: int
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    latency_s: float | None = None
+    latency_s: float | None = None  # the answering request's time on the wire
     cost: float | None = None
     mismatch: bool = False  # answered by another model than the one requested
     attempts: int = 1
@@ -41,6 +41,7 @@ class TaskDone:
     no_usage: bool = False  # the server sent no usage: ``cost`` is None, its estimate below
     estimated_cost: float | None = None  # an answer without usage, priced at its estimate
     key: int | None = None  # the key (endpoint) that answered, for the per-key counts
+    waited_s: float | None = None  # for limits and a slot before its requests left
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,9 @@ The protocol (``api.client.complete`` makes the call; ``api.http`` holds both tr
    the client records ``Unsent.STOPPING``. A request given its slot has its deadline started again
    (``restart``): waiting for a slot is not the server's time.
 3. ``await ticket.leaving()``, once, as the request is about to go on the wire: None to send it,
-   or the reason it goes back unsent (``Unsent.STALE``), which the client records.
+   or the reason it goes back unsent (``Unsent.STALE``), which the client records. A request sent
+   has its ``left_at`` stamped (the ticket's clock): its latency counts from there, not from the
+   wait for the limiter or a slot before it.
 4. ``await ticket.answered(status, headers)``, once, as soon as the answer's status and headers
    are read, before its slot goes to the next request.
 5. A request turned away (2 or 3) reaches no server: the client returns an empty 204 that the SDK
@@ -28,6 +30,8 @@ limiter and has it learn the limits an answer states.
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
 
@@ -46,12 +50,14 @@ class Unsent(StrEnum):
 class Ticket(httpx2.Timeout):
     """One request in flight: its deadline, and the hooks the HTTP client calls (see the module)."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
         # Not super().__init__(): one length for every phase, set directly (a request at a time).
         self.connect = self.read = self.write = self.pool = seconds
         self.seconds = seconds
         self.deadline: asyncio.Timeout | None = None  # complete's, on the whole request
         self.unsent: Unsent | None = None  # set by the client when it turns the request away
+        self.clock = clock
+        self.left_at: float | None = None  # when it went on the wire (``clock``), once sent
 
     def restart(self) -> None:
         """The request has its slot: its ``seconds`` count from now."""
@@ -59,7 +65,9 @@ class Ticket(httpx2.Timeout):
             self.deadline.reschedule(asyncio.get_running_loop().time() + self.seconds)
 
     async def leaving(self) -> Unsent | None:
-        """The request is about to be sent: None to send it, or why it goes back unsent."""
+        """The request is about to be sent: None to send it (its ``left_at`` stamped), or why it
+        goes back unsent."""
+        self.left_at = self.clock()
         return None
 
     async def answered(self, status: int, headers: Any) -> None:

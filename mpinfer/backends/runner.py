@@ -72,8 +72,8 @@ class _GrantTicket(Ticket):
     """
 
     def __init__(self, seconds: float, grant: Grant, limiter: LimiterClient,
-                 ahead: BuildAhead) -> None:
-        super().__init__(seconds)
+                 ahead: BuildAhead, clock: Clock) -> None:
+        super().__init__(seconds, clock)
         self.grant = grant
         self.granted_paced = ahead.paced
         self.limiter = limiter
@@ -83,7 +83,7 @@ class _GrantTicket(Ticket):
         if self.ahead.stale(self.granted_paced):
             return Unsent.STALE
         await self.limiter.sent(self.grant)
-        return None
+        return await super().leaving()  # stamped after the limiter: its wait is not latency
 
     async def answered(self, status: int, headers: Any) -> None:
         hints = read_hints(headers)  # read once, here: the limiter is given what they say
@@ -194,7 +194,6 @@ class TaskRunner:
         attempt counted); a failed attempt goes to ``_failed_attempt``, which says whether to go
         again.
         """
-        started = self.clock()
         if model_index in self.dropped:  # the server does not know it: failed without a request
             error = CallError(Kind.UNKNOWN_MODEL, None, self.dropped[model_index], Verdict.FAIL)
             return self._fail(task, model_index, error, 0)
@@ -204,6 +203,7 @@ class TaskRunner:
             return self._fail(task, model_index, classify(exc), 0)
         tries = Attempts()
         while True:
+            asked = self.clock()  # the wait for a grant and a slot counts from here
             try:
                 grant = await self._acquire(model_index, request.charge)
             except NoKeysLeft:
@@ -224,23 +224,25 @@ class TaskRunner:
                            f"more than the patience, --patience {self.policy.patience_s:g})")
                 error = CallError(Kind.CONNECTION, None, message, Verdict.FAIL)
                 return self._fail(task, model_index, error, tries.count, tries.by_type)
-            ticket = _GrantTicket(self.settings.timeout, grant, self.limiter, self.ahead)
+            ticket = _GrantTicket(self.settings.timeout, grant, self.limiter, self.ahead,
+                                  self.clock)
             try:
                 answer = await complete(self.client(grant.key), request.kwargs, ticket,
                                         request.path)
             except Exception as exc:  # classify decides; nothing escapes unrecorded
+                latency = self._attempt_ended(tries, asked, ticket)
                 tries.count += 1
                 error = classify(exc)
                 if error.verdict is Verdict.FILTERED:  # the content filter's answer: done
                     await self.limiter.release(grant, Ending.ERROR)
                     return self._succeed(task, model_index, request, filtered_answer(error.body),
-                                         tries.count, self.clock() - started, tries.by_type,
-                                         grant.key)
+                                         tries, latency, grant.key)
                 outcome = await self._failed_attempt(task, model_index, grant, error, exc, tries)
                 if outcome is _SEND_AGAIN:
                     continue
                 assert not isinstance(outcome, _SendAgain)
                 return outcome
+            latency = self._attempt_ended(tries, asked, ticket)
             if isinstance(answer, Unsent):  # not sent: no attempt
                 await self.limiter.release(grant, Ending.UNSENT, charged=0)
                 if answer is Unsent.STALE:  # granted before a limit was in play: a grant under it
@@ -255,8 +257,15 @@ class TaskRunner:
             else:
                 charged = used = request.charge
             await self.limiter.release(grant, Ending.OK, charged=charged, used=used)
-            return self._succeed(task, model_index, request, answer, tries.count,
-                                 self.clock() - started, tries.by_type, grant.key)
+            return self._succeed(task, model_index, request, answer, tries, latency, grant.key)
+
+    def _attempt_ended(self, tries: Attempts, asked: float, ticket: Ticket) -> float:
+        """Now the attempt has ended: add its wait before leaving to ``tries``; its time on the
+        wire, from leaving to now (0 when it never left)."""
+        now = self.clock()
+        left = now if ticket.left_at is None else ticket.left_at
+        tries.waited_s += left - asked
+        return now - left
 
     async def _failed_attempt(self, task: Task, model_index: int, grant: Grant, error: CallError,
                               exc: Exception, tries: Attempts) -> Outcome | _SendAgain | None:
@@ -327,10 +336,13 @@ class TaskRunner:
         return left
 
     def _succeed(self, task: Task, model_index: int, request: Request, answer: Answer,
-                 attempts: int, latency: float, retries: dict[str, int], key: int) -> Outcome:
+                 tries: Attempts, latency: float, key: int) -> Outcome:
+        """The answered task's line and event; ``latency``: the answering request's time on the
+        wire (the waits before its requests left are ``tries.waited_s``)."""
         # The prompt's estimate prices an answer that came without usage (the budget counts it).
-        line, done = answered(task, model_index, request.model, answer, attempts, latency,
-                              self.prices, retries=retries, prompt_estimate=request.prompt_tokens)
+        line, done = answered(task, model_index, request.model, answer, tries.count, latency,
+                              self.prices, retries=tries.by_type,
+                              prompt_estimate=request.prompt_tokens, waited=tries.waited_s)
         return Outcome((dataclasses.replace(done, key=key),), line)
 
     def _fail(self, task: Task, model_index: int, error: CallError, attempts: int,

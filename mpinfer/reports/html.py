@@ -170,13 +170,14 @@ def _money(value: float | None, digits: int = 4) -> str:
 
 def _model_table(page: _Page, rows: list[ModelRow]) -> str:
     head = ["model", "endpoint", "answered by", "answers", "failures", "refusals", "filtered",
-            "truncated (length)", "mean latency", "tokens in", "tokens out", "cost",
+            "truncated (length)", "mean latency", "mean wait", "tokens in", "tokens out", "cost",
             "cost / 1,000 answers"]
     body = [
         [row.model, row.endpoint, ", ".join(sorted(row.answered_by)) or "-", row.answers,
          row.failures,
          row.refusals, row.filtered, row.truncated,
          "-" if row.mean_latency_s is None else f"{row.mean_latency_s:.2f} s",
+         "-" if row.mean_waited_s is None else f"{row.mean_waited_s:.2f} s",
          row.prompt_tokens, row.completion_tokens,
          _money(row.cost) + (f" ({row.unpriced} unpriced)" if row.unpriced else "")
          + (f" ({row.no_usage} without usage)" if row.no_usage else ""),

@@ -79,7 +79,8 @@ class StatusReport:
     truncated: int = 0
     filtered: int = 0
     no_usage: int = 0
-    latency_s: dict[str, float | None] = field(default_factory=dict)
+    latency_s: dict[str, float | None] = field(default_factory=dict)  # on the wire
+    waited_s: float | None = None  # the mean wait for limits and a slot before a request left
     models: list[OutputStatus] = field(default_factory=list)
     limits: str | None = None
     limited_s: float = 0.0
@@ -234,10 +235,13 @@ class StatusReader:
         ]
         recent = sorted(stamp for tally in self.tallies for stamp in tally.recent)[-RECENT_RECORDS:]
         latency = self._latency()
+        waits = sum(t.waits for t in self.tallies)
+        waited = round(sum(t.waited for t in self.tallies) / waits, 4) if waits else None
         self._unsaved = self._unsaved or changed
         if self.use_cache and self._unsaved:
             self._save(index)
-        return _report(self.config, index.total * len(outputs), parts, recent, latency, now)
+        return _report(self.config, index.total * len(outputs), parts, recent, (latency, waited),
+                       now)
 
 
 def status(config: RunConfig, now: float | None = None) -> StatusReport:
@@ -246,7 +250,8 @@ def status(config: RunConfig, now: float | None = None) -> StatusReport:
 
 
 def _report(config: RunConfig, total: int, parts: list[OutputStatus], recent: list[float],
-            latency: dict[str, float | None], now: float) -> StatusReport:
+            latency: tuple[dict[str, float | None], float | None], now: float) -> StatusReport:
+    """``latency``: the percentiles of the time on the wire, and the mean wait before it."""
     input_path, output = config.require_paths()
     outputs = model_outputs(output, config.models)
     live = next((info for info in (live_run(OutputPaths.of(p)) for p in outputs) if info), None)
@@ -279,7 +284,7 @@ def _report(config: RunConfig, total: int, parts: list[OutputStatus], recent: li
         failures_by_type=_merge(p.failures_by_type for p in parts),
         refusals=sum(p.refusals for p in parts), truncated=sum(p.truncated for p in parts),
         filtered=sum(p.filtered for p in parts), no_usage=sum(p.no_usage for p in parts),
-        latency_s=latency, models=parts, limits=summary.get("limits"),
+        latency_s=latency[0], waited_s=latency[1], models=parts, limits=summary.get("limits"),
         limited_s=float(summary.get("limited_s") or 0.0),
         waiting_for_server_since=waiting_since if live is not None else None,
         per_model=summary.get("per_model") or {}, per_key=summary.get("per_key") or {},

@@ -143,6 +143,7 @@ def _tally(item: dict[str, Any], selected: IdSubset, blobs: dict[str, bytes],
                  "filtered", "no_usage"):
         setattr(tally, name, int(item[name]))
     tally.cost = float(item["cost"])
+    tally.waited, tally.waits = float(item["waited"]), int(item["waits"])
     tally.last = None if item["last"] is None else float(item["last"])
     tally.recent = deque((float(v) for v in item["recent"]), maxlen=RECENT_RECORDS)
     tally.unknown = {str(v) for v in item["unknown"]}
@@ -176,7 +177,8 @@ def save(path: Path, key: dict[str, Any], index: InputIndex, tallies: list[Outpu
             "unpriced": tally.unpriced,
             "mismatches": tally.mismatches, "refusals": tally.refusals,
             "truncated": tally.truncated, "filtered": tally.filtered, "no_usage": tally.no_usage,
-            "cost": tally.cost, "last": tally.last, "recent": list(tally.recent),
+            "cost": tally.cost, "waited": tally.waited, "waits": tally.waits,
+            "last": tally.last, "recent": list(tally.recent),
             "unknown": sorted(tally.unknown),
             "failures": {str(k): v for k, v in tally.failures.items()},
             "output_mark": tally.output_mark.to_dict() if tally.output_mark else None,

@@ -83,7 +83,8 @@ class RunSummary:
     limited_s: float = 0.0  # time some request waited on a rate limit (pace, window, pause)
     outage_s: float = 0.0  # time the server did not answer at all
     waiting_for_server_since: str | None = None  # HH:MM:SS while the server does not answer
-    latencies: list[float] = field(default_factory=list, repr=False)
+    latencies: list[float] = field(default_factory=list, repr=False)  # on the wire
+    waits: list[float] = field(default_factory=list, repr=False)  # for limits and a slot
     epilogue: Epilogue | None = None  # the files the run's end wrote: missing tasks, report
 
     @property
@@ -138,6 +139,8 @@ class RunSummary:
         self.count_retries(event.retries)
         if event.latency_s is not None:
             self.latencies.append(event.latency_s)
+        if event.waited_s is not None:
+            self.waits.append(event.waited_s)
 
     def count_failure(self, error_type: str, retries: dict[str, int] | None = None) -> None:
         """Count a failed task by its error type, with the retries it used."""
@@ -194,7 +197,7 @@ class RunSummary:
     def to_dict(self, live: bool) -> dict[str, Any]:
         """The summary file's contents; ``live`` while the run goes on."""
         data = asdict(self)
-        del data["latencies"]
+        del data["latencies"], data["waits"]
         # files named by the CLI at the end; the summary file is written before them
         del data["epilogue"]
         data["log_file"] = str(self.log_file) if self.log_file else None
@@ -203,7 +206,8 @@ class RunSummary:
         data.update(live=live, done=self.done, remaining=self.remaining,
                     rate_limited=self.rate_limited, requests=self.requests,
                     success_rate=self.success_rate, requests_per_s=per_s,
-                    latency_s=percentiles(self.latencies), cost=round(self.cost, 6),
+                    latency_s=percentiles(self.latencies), waited_s=percentiles(self.waits),
+                    cost=round(self.cost, 6),
                     estimated_cost=round(self.estimated_cost, 6),
                     updated_at=time.time())
         return data

@@ -140,7 +140,9 @@ class OutputTally:
     filtered: int = 0  # stopped by a content filter: done, like a refusal
     no_usage: int = 0  # answers that came without usage: their cost unknown
     cost: float = 0.0
-    latencies: array[float] = field(default_factory=lambda: array("d"))
+    latencies: array[float] = field(default_factory=lambda: array("d"))  # on the wire
+    waited: float = 0.0  # the waits for limits and a slot, summed over ``waits`` answers
+    waits: int = 0
     recent: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT_RECORDS))
     last: float | None = None
     failures: dict[int, str] = field(default_factory=dict)  # slot -> type of its last failure
@@ -197,6 +199,9 @@ class OutputTally:
             self.truncated += record.truncated
             if record.latency_s is not None:
                 self.latencies.append(record.latency_s)
+            if record.waited_s is not None:
+                self.waited += record.waited_s
+                self.waits += 1
             if record.processed_at is not None:
                 self.recent.append(record.processed_at)
                 self.last = max(self.last or 0.0, record.processed_at)

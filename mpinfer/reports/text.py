@@ -60,7 +60,8 @@ def summary_lines(summary: RunSummary) -> list[str]:
         f"{f' ({rate:.1f}/s)' if rate else ''}, success {success}, "
         f"{summary.prompt_tokens} tokens in, {summary.completion_tokens} out, "
         f"cost {money(summary.cost, summary.unpriced)}",
-        f"latency {_latency(data['latency_s'])}; 429s {summary.rate_limited}; "
+        f"latency {_latency(data['latency_s'])}; waited {_latency(data['waited_s'])}; "
+        f"429s {summary.rate_limited}; "
         f"retries {sum(summary.retries_by_type.values())}"
         + (f" ({_kinds(summary.retries_by_type)})" if summary.retries_by_type else ""),
     ]
@@ -113,6 +114,8 @@ def status_lines(report: StatusReport) -> list[str]:
         ("tokens",
          f"{report.total_tokens} ({report.prompt_tokens} in, {report.completion_tokens} out)"),
         ("cost", money(report.cost, report.unpriced)), ("latency", _latency(report.latency_s)),
+        ("waited", "-" if report.waited_s is None
+         else f"{report.waited_s:.2f}s a task on average (for limits and a slot)"),
         ("recent rate", rate), ("ETA", duration(report.eta_s)), ("last write", last),
         ("run live", live),
         ("429s", report.rate_limited),

@@ -54,6 +54,8 @@ class ModelRow:
     truncated: int = 0
     latency_sum: float = 0.0
     latencies: int = 0  # answers that recorded a latency
+    waited_sum: float = 0.0  # the waits for limits and a slot, over ``waits`` answers
+    waits: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost: float = 0.0
@@ -65,6 +67,11 @@ class ModelRow:
     def mean_latency_s(self) -> float | None:
         """Mean latency of the answers that recorded one, or None."""
         return self.latency_sum / self.latencies if self.latencies else None
+
+    @property
+    def mean_waited_s(self) -> float | None:
+        """Mean wait for limits and a slot of the answers that recorded one, or None."""
+        return self.waited_sum / self.waits if self.waits else None
 
     @property
     def cost_per_1000(self) -> float | None:
@@ -234,6 +241,9 @@ class _Reader:
             if latency is not None:
                 row.latency_sum += latency
                 row.latencies += 1
+            if record.waited_s is not None:
+                row.waited_sum += record.waited_s
+                row.waits += 1
             row.truncated += record.truncated
             row.refusals += record.refused
             row.filtered += record.filtered

@@ -19,6 +19,7 @@ from .records import (
     COST_ESTIMATE_FIELD,
     FILTERED_FIELD,
     TRUNCATED,
+    WAITED_FIELD,
     Result,
     Usage,
     batch_result_line,
@@ -31,9 +32,11 @@ from .records import (
 def answered(task: Task, model_index: int, requested: str, answer: Answer, attempts: int,
              latency: float, prices: PriceTable, batch_id: str | None = None,
              retries: dict[str, int] | None = None,
-             prompt_estimate: int = 0) -> tuple[bytes, TaskDone]:
+             prompt_estimate: int = 0, waited: float | None = None) -> tuple[bytes, TaskDone]:
     """The output line and the event of an answered task; from a batch (``batch_id``) at the Batch
-    price. ``retries``: the requests sent again, by the error type of the failed one.
+    price. ``retries``: the requests sent again, by the error type of the failed one. ``latency``:
+    the answering request's time on the wire; ``waited``: the task's wait for limits and a slot
+    before its requests left (None: not measured, as for a batch).
 
     An answer without usage has an unknown cost (null on the line); the event carries its
     estimate (``prompt_estimate``, the request's, and its text's tokens) for --max-cost."""
@@ -52,10 +55,13 @@ def answered(task: Task, model_index: int, requested: str, answer: Answer, attem
         estimate = prices.cost(priced_as, prompt_estimate, written, batch=batch)
         estimate = round(estimate, 8) if estimate is not None else None
     latency = round(latency, 4)
+    waited = None if waited is None else round(waited, 4)
     if task.body is not None:
         meta: dict[str, Any] = {"requested_model": requested, "latency_s": latency,
                                 "attempts": attempts, "retries": retries,
                                 "processed_at": time.time(), "cost": cost}
+        if waited is not None:
+            meta[WAITED_FIELD] = waited
         if batch_id is not None:
             meta["batch_id"] = batch_id
         if answer.filtered is not None and answer.body is None:  # a prompt filtered: no body
@@ -72,7 +78,8 @@ def answered(task: Task, model_index: int, requested: str, answer: Answer, attem
         line = Result(
             id=task.id, input_prompt=task.prompt, images=list(task.images), answer=answer.content,
             model=answer.model, requested_model=requested, usage=usage,
-            finish_reason=answer.finish_reason, latency_s=latency, attempts=attempts,
+            finish_reason=answer.finish_reason, latency_s=latency, waited_s=waited,
+            attempts=attempts,
             processed_at=time.time(), cost=cost, refusal=answer.refusal,
             reasoning_content=answer.reasoning, retries=retries, filtered=answer.filtered,
             cost_estimate=estimate,
@@ -83,4 +90,5 @@ def answered(task: Task, model_index: int, requested: str, answer: Answer, attem
                           refused=is_refusal(answer.refusal, answer.content),
                           truncated=answer.finish_reason == TRUNCATED, retries=retries,
                           filtered=is_filtered(answer.filtered),
-                          no_usage=not answer.usage_known, estimated_cost=estimate)
+                          no_usage=not answer.usage_known, estimated_cost=estimate,
+                          waited_s=waited)

@@ -34,6 +34,7 @@ REASONING_FIELD = "reasoning_content"  # written only when the server sent a rea
 # (``filtered_record``), with ``answer`` null; like a refusal, a measurement and done.
 FILTERED_FIELD = "filtered"
 COST_ESTIMATE_FIELD = "cost_estimate"  # an answer without usage: what --max-cost counts it at
+WAITED_FIELD = "waited_s"  # the wait for limits and a slot, apart from the latency
 CONTENT_FILTER = "content_filter"  # the finish_reason of a filtered completion, the 400's code
 PROMPT, COMPLETION = "prompt", "completion"  # where the filter stopped the request
 TRUNCATED = "length"  # the finish_reason of an answer cut off at max_tokens
@@ -79,7 +80,10 @@ class Result:
     requested_model: str
     usage: Usage | None = field(default_factory=Usage)  # None: the server sent no usage
     finish_reason: str | None = None
-    latency_s: float = 0.0
+    latency_s: float = 0.0  # the answering request's time on the wire
+    # The wait for limits and a slot before its requests left; written only when measured (a
+    # batch's answers have none).
+    waited_s: float | None = None
     attempts: int = 1
     processed_at: float = 0.0
     cost: float | None = None
@@ -105,6 +109,8 @@ class Result:
             del data[FILTERED_FIELD]
         if self.cost_estimate is None:
             del data[COST_ESTIMATE_FIELD]
+        if self.waited_s is None:
+            del data[WAITED_FIELD]
         return orjson.dumps(data, option=orjson.OPT_APPEND_NEWLINE)
 
     @classmethod
@@ -112,7 +118,7 @@ class Result:
         """A Result from a decoded output line (fields it lacks are None)."""
         values: dict[str, Any] = {name: data.get(name) for name in
                                   (*RESULT_FIELDS, REFUSAL_FIELD, REASONING_FIELD, FILTERED_FIELD,
-                                   COST_ESTIMATE_FIELD)}
+                                   COST_ESTIMATE_FIELD, WAITED_FIELD)}
         usage = data.get("usage")
         values["usage"] = None if usage is None else Usage.from_dict(usage)
         values["retries"] = _retries(data.get("retries"))
@@ -235,6 +241,7 @@ class RecordView:
     embedding: bool = False  # an embeddings answer: no text to check
     filter: dict[str, Any] | None = None  # what a content filter said (``filtered_record``)
     no_usage: bool = False  # the server sent no usage: tokens and cost unknown
+    waited_s: float | None = None  # the wait for limits and a slot (None: not measured)
 
     @property
     def refused(self) -> bool:
@@ -428,7 +435,7 @@ def view(obj: Any) -> RecordView | None:
             id=task_id, answer=message.get("content"), embedding=body.get("object") == "list",
             model=body.get("model"), requested_model=meta.get("requested_model"),
             usage=usage_of_body(body.get("usage")),
-            latency_s=_number(meta.get("latency_s")),
+            latency_s=_number(meta.get("latency_s")), waited_s=_number(meta.get(WAITED_FIELD)),
             processed_at=_number(meta.get("processed_at")), cost=_number(meta.get("cost")),
             batch=True, refusal=_text(message.get("refusal")),
             finish_reason=_text(choice.get("finish_reason")),
@@ -439,7 +446,8 @@ def view(obj: Any) -> RecordView | None:
     return RecordView(
         id=task_id, answer=obj.get("answer"), model=obj.get("model"),
         requested_model=obj.get("requested_model"), usage=Usage.from_dict(obj.get("usage")),
-        latency_s=_number(obj.get("latency_s")), processed_at=_number(obj.get("processed_at")),
+        latency_s=_number(obj.get("latency_s")), waited_s=_number(obj.get(WAITED_FIELD)),
+        processed_at=_number(obj.get("processed_at")),
         cost=_number(obj.get("cost")), batch=False, refusal=_text(obj.get(REFUSAL_FIELD)),
         finish_reason=_text(obj.get("finish_reason")),
         filter=filtered if is_filtered(filtered) else None, no_usage=obj.get("usage") is None,
