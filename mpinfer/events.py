@@ -42,6 +42,7 @@ class TaskDone:
     estimated_cost: float | None = None  # an answer without usage, priced at its estimate
     key: int | None = None  # the key (endpoint) that answered, for the per-key counts
     waited_s: float | None = None  # for limits and a slot before its requests left
+    batch: bool = False  # answered in a batch: ``latency_s`` is the batch's own duration
 
 
 @dataclass(frozen=True, slots=True)

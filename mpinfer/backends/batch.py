@@ -342,7 +342,9 @@ class BatchBackend:
         ended = next((getattr(batch, f"{s}_at")
                       for s in ("completed", "expired", "cancelled", "failed")
                       if getattr(batch, f"{s}_at", None)), None)
+        # The batch's own duration: its answers have no latency of their own.
         latency = float(ended - batch.created_at) if ended else None
+        chunk.ended_at = float(ended) if ended else None
         resubmit = not (self.cancelled_live and batch.status == "cancelled")
         merged = self.merger.merge(chunk, tasks, output, failures, self.done[chunk.model_index],
                                    self.failed_before[chunk.model_index], resubmit, latency)

@@ -163,7 +163,7 @@ class Merger:
         except MalformedResponse:
             return False
         line, done = answered(task, chunk.model_index, self.requested(task, chunk.model_index),
-                              answer, chunk.attempt, latency_s or 0.0, self.prices,
+                              answer, chunk.attempt, latency_s, self.prices,
                               batch_id=chunk.batch_id or "")
         merged.results.append(line)
         merged.events.append(done)

@@ -64,8 +64,9 @@ class Chunk:
     status: str | None = None  # the batch's status as last polled
     completed: int = 0
     failed: int = 0
-    created_at: float | None = None
-    finished_at: float | None = None
+    created_at: float | None = None  # the batch's, as the server gave it
+    ended_at: float | None = None  # the batch's end (completed, expired, ...) as the server gave it
+    finished_at: float | None = None  # when this side merged it
     waiting: str | None = None  # why its batch is not created yet (the enqueued-token limit)
     resubmitted: int = 0
     error: str | None = None  # a failed batch's errors, as the server gave them
@@ -196,7 +197,7 @@ class BatchStatus:
     completed: int
     failed: int
     attempt: int
-    age_s: float | None
+    age_s: float | None  # since its batch was created; an ended batch's: its duration
     waiting: str | None
     resubmitted: int
 
@@ -208,9 +209,16 @@ def plan_report(output: Path, now: float | None = None) -> list[BatchStatus]:
         return []
     now = time.time() if now is None else now
     return [BatchStatus(c.name, c.model_index, c.batch_id, c.state.value, c.status, c.lines,
-                        c.completed, c.failed, c.attempt,
-                        round(now - c.created_at, 1) if c.created_at else None,
-                        c.waiting, c.resubmitted) for c in plan.chunks]
+                        c.completed, c.failed, c.attempt, _age(c, now), c.waiting,
+                        c.resubmitted) for c in plan.chunks]
+
+
+def _age(chunk: Chunk, now: float) -> float | None:
+    """Since the chunk's batch was created, frozen when it ended (its duration)."""
+    if not chunk.created_at:
+        return None
+    ended = chunk.ended_at or chunk.finished_at
+    return round(max(0.0, (ended or now) - chunk.created_at), 1)
 
 
 def plan_path(output: Path) -> Path:

@@ -37,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .answers import reply
 from .batch_faults import BatchFaults, updated
 from .chat import ApiError, ChatRequest, parse_chat
 from .config import MockConfig
@@ -134,20 +135,15 @@ def parse_input(data: bytes, endpoint: str) -> BatchInput:
     return BatchInput(next(iter(models), None), requests)
 
 
-def answer(chat: ChatRequest, model: str, n: int) -> dict[str, Any]:
-    """The chat.completion a batch request gets: what the online endpoint answers it."""
-    content = f"Mock answer to: {chat.task_key[:80]} (images: {chat.images_in_task})"
-    prompt = prompt_tokens(chat)
-    finish = "stop"
-    if chat.max_tokens is not None and -(-len(content) // 4) > chat.max_tokens:
-        content, finish = content[: chat.max_tokens * 4], "length"
-    completion = -(-len(content) // 4)
+def answer(cfg: MockConfig, chat: ChatRequest, model: str, n: int) -> dict[str, Any]:
+    """The chat.completion a batch request gets: what the online endpoint answers it (``reply``:
+    a refusal for ``refuse_marker``, a filtered completion, thinking, a cut-off answer)."""
+    got = reply(cfg, chat.model, chat.task_key, chat.images_in_task, chat.max_tokens)
     return {"id": f"chatcmpl-mockbatch-{n}", "object": "chat.completion",
             "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                         "logprobs": None, "finish_reason": finish}],
-            "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
-                      "total_tokens": prompt + completion}, "system_fingerprint": "fp_mock"}
+            "choices": [{"index": 0, "message": got.message, "logprobs": None,
+                         "finish_reason": got.finish_reason}],
+            "usage": got.usage(prompt_tokens(chat)), "system_fingerprint": "fp_mock"}
 
 
 def output_line(custom_id: str, n: int, response: dict[str, Any] | None,
@@ -467,9 +463,10 @@ class BatchService:
         self.executed[custom_id] += 1
         outcome = "400" if isinstance(request, ApiError) else self._outcome(custom_id)
         if outcome == "ok" and isinstance(request, ChatRequest):
-            model = self._config().model_map.get(request.model, request.model)
+            config = self._config()
+            model = config.model_map.get(request.model, request.model)
             response = {"status_code": 200, "request_id": f"req_mockbatch_{n}",
-                        "body": answer(request, model, n)}
+                        "body": answer(config, request, model, n)}
             outputs.append(output_line(custom_id, n, response, None))
             batch.completed += 1
             self.answered[custom_id] += 1

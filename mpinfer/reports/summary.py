@@ -85,6 +85,8 @@ class RunSummary:
     waiting_for_server_since: str | None = None  # HH:MM:SS while the server does not answer
     latencies: list[float] = field(default_factory=list, repr=False)  # on the wire
     waits: list[float] = field(default_factory=list, repr=False)  # for limits and a slot
+    # A batch's answers have no latency of their own: their batch's duration, created to ended.
+    batch_durations: list[float] = field(default_factory=list, repr=False)
     epilogue: Epilogue | None = None  # the files the run's end wrote: missing tasks, report
 
     @property
@@ -138,7 +140,7 @@ class RunSummary:
             self.filtered += 1
         self.count_retries(event.retries)
         if event.latency_s is not None:
-            self.latencies.append(event.latency_s)
+            (self.batch_durations if event.batch else self.latencies).append(event.latency_s)
         if event.waited_s is not None:
             self.waits.append(event.waited_s)
 
@@ -197,7 +199,7 @@ class RunSummary:
     def to_dict(self, live: bool) -> dict[str, Any]:
         """The summary file's contents; ``live`` while the run goes on."""
         data = asdict(self)
-        del data["latencies"], data["waits"]
+        del data["latencies"], data["waits"], data["batch_durations"]
         # files named by the CLI at the end; the summary file is written before them
         del data["epilogue"]
         data["log_file"] = str(self.log_file) if self.log_file else None
@@ -207,6 +209,7 @@ class RunSummary:
                     rate_limited=self.rate_limited, requests=self.requests,
                     success_rate=self.success_rate, requests_per_s=per_s,
                     latency_s=percentiles(self.latencies), waited_s=percentiles(self.waits),
+                    batch_s=percentiles(self.batch_durations),
                     cost=round(self.cost, 6),
                     estimated_cost=round(self.estimated_cost, 6),
                     updated_at=time.time())

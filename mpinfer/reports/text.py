@@ -60,8 +60,10 @@ def summary_lines(summary: RunSummary) -> list[str]:
         f"{f' ({rate:.1f}/s)' if rate else ''}, success {success}, "
         f"{summary.prompt_tokens} tokens in, {summary.completion_tokens} out, "
         f"cost {money(summary.cost, summary.unpriced)}",
-        f"latency {_latency(data['latency_s'])}; waited {_latency(data['waited_s'])}; "
-        f"429s {summary.rate_limited}; "
+        (f"batches took {_latency(data['batch_s'])} (an answer in a batch has no latency of "
+         "its own); " if summary.batch_durations else
+         f"latency {_latency(data['latency_s'])}; waited {_latency(data['waited_s'])}; ")
+        + f"429s {summary.rate_limited}; "
         f"retries {sum(summary.retries_by_type.values())}"
         + (f" ({_kinds(summary.retries_by_type)})" if summary.retries_by_type else ""),
     ]
@@ -113,7 +115,9 @@ def status_lines(report: StatusReport) -> list[str]:
         ("pending", f"{report.pending} (not done, failed included)"),
         ("tokens",
          f"{report.total_tokens} ({report.prompt_tokens} in, {report.completion_tokens} out)"),
-        ("cost", money(report.cost, report.unpriced)), ("latency", _latency(report.latency_s)),
+        ("cost", money(report.cost, report.unpriced)),
+        ("latency", _latency(report.latency_s) + (" (answers of a batch: its duration)"
+                                                  if report.batches else "")),
         ("waited", "-" if report.waited_s is None
          else f"{report.waited_s:.2f}s a task on average (for limits and a slot)"),
         ("recent rate", rate), ("ETA", duration(report.eta_s)), ("last write", last),
@@ -155,7 +159,8 @@ def status_lines(report: StatusReport) -> list[str]:
                 lines.append(f"    {name}: {counts.get('requests', 0)} / "
                              f"{counts.get('tokens', 0)} / {counts.get('rate_limited', 0)}{off}")
     if report.batches:
-        lines.append("  batches: id / state / completed+failed of rows / age / attempt")
+        lines.append("  batches: id / state / completed+failed of rows / age (duration once "
+                     "ended) / attempt")
         for b in report.batches:
             state = b.status if b.batch_id else b.state
             extra = f"; waiting: {b.waiting}" if b.waiting else ""

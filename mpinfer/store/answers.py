@@ -30,13 +30,14 @@ from .records import (
 
 
 def answered(task: Task, model_index: int, requested: str, answer: Answer, attempts: int,
-             latency: float, prices: PriceTable, batch_id: str | None = None,
+             latency: float | None, prices: PriceTable, batch_id: str | None = None,
              retries: dict[str, int] | None = None,
              prompt_estimate: int = 0, waited: float | None = None) -> tuple[bytes, TaskDone]:
     """The output line and the event of an answered task; from a batch (``batch_id``) at the Batch
     price. ``retries``: the requests sent again, by the error type of the failed one. ``latency``:
-    the answering request's time on the wire; ``waited``: the task's wait for limits and a slot
-    before its requests left (None: not measured, as for a batch).
+    the answering request's time on the wire, or for a batch's answer the batch's own duration
+    (None: the server gave no times); ``waited``: the task's wait for limits and a slot before its
+    requests left (None: not measured, as for a batch).
 
     An answer without usage has an unknown cost (null on the line); the event carries its
     estimate (``prompt_estimate``, the request's, and its text's tokens) for --max-cost."""
@@ -54,7 +55,7 @@ def answered(task: Task, model_index: int, requested: str, answer: Answer, attem
         written = text_tokens((answer.content or "") + (answer.reasoning or ""))
         estimate = prices.cost(priced_as, prompt_estimate, written, batch=batch)
         estimate = round(estimate, 8) if estimate is not None else None
-    latency = round(latency, 4)
+    latency = None if latency is None else round(latency, 4)
     waited = None if waited is None else round(waited, 4)
     if task.body is not None:
         meta: dict[str, Any] = {"requested_model": requested, "latency_s": latency,
@@ -91,4 +92,4 @@ def answered(task: Task, model_index: int, requested: str, answer: Answer, attem
                           truncated=answer.finish_reason == TRUNCATED, retries=retries,
                           filtered=is_filtered(answer.filtered),
                           no_usage=not answer.usage_known, estimated_cost=estimate,
-                          waited_s=waited)
+                          waited_s=waited, batch=batch)

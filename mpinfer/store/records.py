@@ -80,7 +80,9 @@ class Result:
     requested_model: str
     usage: Usage | None = field(default_factory=Usage)  # None: the server sent no usage
     finish_reason: str | None = None
-    latency_s: float = 0.0  # the answering request's time on the wire
+    # The answering request's time on the wire; a batch's answer: the batch's duration (None: the
+    # server gave no times).
+    latency_s: float | None = 0.0
     # The wait for limits and a slot before its requests left; written only when measured (a
     # batch's answers have none).
     waited_s: float | None = None
