@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="write one row per input task (.csv, .jsonl or .parquet: input fields, "
                       "answer, tokens, cost, status ok/failed/missing) and the missing "
                       "tasks to <output>.missing.jsonl")
+    parser.add_argument("--excel", action="store_true",
+                        help="with --export FILE.csv: write UTF-8 with a byte-order mark, so that "
+                        "Excel opens non-Latin text (Chinese, ...) as it is")
     mode.add_argument("--report", dest="report_now", nargs="?", const="", default=None,
                       metavar="FILE",
                       help="write an HTML report of the output (charts of rate, latency, failures, "
@@ -253,6 +256,8 @@ def _cancel_batches(config: RunConfig) -> int:
 def _check_combinations(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.repair and not args.validate:
         parser.error("--repair goes with --validate (it repairs, then validates again)")
+    if args.excel and not (args.export or "").lower().endswith(".csv"):
+        parser.error("--excel goes with --export FILE.csv (it marks the CSV as UTF-8 for Excel)")
     if args.fresh and (args.status or args.validate or args.demo or args.dry_run or args.export):
         parser.error("--fresh starts a run: it does not go with --status, "
                      "--validate, --demo, --dry-run or --export")
@@ -307,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                              Path(args.report_now) if args.report_now else None)))
             return EXIT_OK
         if args.export is not None:
-            _print(export_lines(export(config, Path(args.export))))
+            _print(export_lines(export(config, Path(args.export), excel=args.excel)))
             return EXIT_OK
         if args.fresh:
             config.require_api_keys()  # a run that cannot start must not move the old files first

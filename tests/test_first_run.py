@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import orjson
-from helpers import read_jsonl, run_cli, text_tasks, write_tasks
+from helpers import read_jsonl, run_cli, text_tasks, write_png, write_tasks
 
 from mpinfer.mockserver import MockServerProcess
 
@@ -91,3 +91,43 @@ def test_the_missing_id_error_suggests_numbering_the_rows(tmp_path: Path, mock: 
     assert proc.returncode == 2
     assert "--id-key" in proc.stderr and "--id-from-row" in proc.stderr, proc.stderr
     assert mock.stats()["requests"] == 0
+
+
+def test_a_csv_whose_image_paths_are_relative_to_the_project_says_where_it_looked(
+        tmp_path: Path, mock: MockServerProcess):
+    # Given a CSV in _csvs/ whose image paths are relative to the project folder above it
+    write_png(tmp_path / "imgs" / "cat.png")
+    (tmp_path / "_csvs").mkdir()
+    (tmp_path / "_csvs" / "tasks.csv").write_text("id,prompt,images\nc1,what is it?,imgs/cat.png\n")
+    args = ("-i", "_csvs/tasks.csv", "-o", "out.jsonl", "--base-url", mock.base_url)
+    # When it runs
+    proc = run_cli(*args, cwd=tmp_path)
+    # Then the task fails, and its error names the folder the path was resolved against and the
+    # flag that sets another
+    assert proc.returncode == 1
+    [failure] = read_jsonl(tmp_path / "out.jsonl.errors.jsonl")
+    assert f"resolved against {(tmp_path / '_csvs').resolve()}" in failure["message"]
+    assert "--image-root" in failure["message"]
+    # And with --image-root set to the project the image is found
+    again = run_cli(*args, "--image-root", ".", cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert [row["id"] for row in read_jsonl(tmp_path / "out.jsonl")] == ["c1"]
+
+
+def test_a_csv_export_for_excel_starts_with_a_utf8_byte_order_mark(tmp_path: Path,
+                                                                    mock: MockServerProcess):
+    # Given a finished run on a Chinese prompt
+    write_tasks(tmp_path / "tasks.jsonl", [{"id": "z1", "prompt": "这是什么？"}])
+    assert _run(tmp_path, mock).returncode == 0
+    # When it is exported to CSV for Excel, and without --excel
+    excel = _run(tmp_path, mock, "--export", "excel.csv", "--excel")
+    plain = _run(tmp_path, mock, "--export", "plain.csv")
+    # Then the Excel file starts with the UTF-8 BOM and the text is intact; the plain one has none
+    assert excel.returncode == 0 and plain.returncode == 0, excel.stderr + plain.stderr
+    data = (tmp_path / "excel.csv").read_bytes()
+    assert data.startswith(b"\xef\xbb\xbfid,")
+    assert "这是什么？" in data.decode("utf-8-sig")
+    assert not (tmp_path / "plain.csv").read_bytes().startswith(b"\xef\xbb\xbf")
+    # And --excel without a CSV export is refused
+    refused = _run(tmp_path, mock, "--export", "out2.jsonl", "--excel")
+    assert refused.returncode == 2 and "--excel goes with --export" in refused.stderr

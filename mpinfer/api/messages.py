@@ -125,7 +125,8 @@ class ImageEncoder:
         try:
             stat = os.stat(path)
         except OSError as exc:
-            raise ImageError(f"image {ref!r}: {exc.strerror or exc} ({path})") from None
+            raise ImageError(f"image {ref!r}: {exc.strerror or exc} ({path}){self._hint(ref)}") \
+                from None
         key = (path, stat.st_mtime_ns, stat.st_size)
         hit = self._cache.get(key)
         if hit is not None:
@@ -134,6 +135,14 @@ class ImageEncoder:
         image = self._encode(ref, path)
         self._remember(key, image)
         return image
+
+    def _hint(self, ref: str) -> str:
+        """For a relative path not found: the folder it was resolved against, and the way out."""
+        if os.path.isabs(os.path.expanduser(ref)):
+            return ""
+        return (f"; relative image paths are resolved against {os.path.abspath(self._root)} (the "
+                "input's folder unless set): if they are relative to another folder, such as "
+                "the project's, set --image-root to it")
 
     def _encode(self, ref: str, path: str) -> EncodedImage:
         try:

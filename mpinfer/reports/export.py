@@ -48,6 +48,7 @@ RUN_MODEL_COLUMN = "run_model"
 EXTRA_CELLS = "extra_cells"
 # an input field named like an answer column (a task's own "model") is renamed so
 INPUT_PREFIX = "input_"
+UTF8_BOM = "\ufeff"  # what --excel writes first: Excel then reads the CSV as UTF-8
 
 
 class ExportFormat(StrEnum):
@@ -259,11 +260,14 @@ def _cell(value: Any) -> Any:
 class _Writer:
     """Rows to a CSV, JSONL or Parquet file, the same columns in the same order in each."""
 
-    def __init__(self, handle: IO[Any], fmt: ExportFormat, columns: list[str]) -> None:
+    def __init__(self, handle: IO[Any], fmt: ExportFormat, columns: list[str],
+                 excel: bool = False) -> None:
         self.handle = handle
         self.columns = columns
         self.csv = csv.writer(handle) if fmt is ExportFormat.CSV else None
         if self.csv is not None:
+            if excel:  # Excel reads a CSV as the system's code page unless a BOM says UTF-8
+                handle.write(UTF8_BOM)
             self.csv.writerow(columns)
         self.parquet = (ParquetTable(columns, frozenset(ANSWER_COLUMNS) | {RUN_MODEL_COLUMN})
                         if fmt is ExportFormat.PARQUET else None)
@@ -296,8 +300,9 @@ def _refuse_own_files(dest: Path, input_path: Path, output: Path, models: tuple[
                           "run; export to another file")
 
 
-def export(config: RunConfig, dest: Path) -> ExportReport:
+def export(config: RunConfig, dest: Path, excel: bool = False) -> ExportReport:
     """Write the job as one table to ``dest`` (CSV, JSONL or Parquet), the missing tasks beside it.
+    ``excel``: a CSV starts with a UTF-8 byte-order mark, for Excel (others ignore it or show it).
 
     Both files are written atomically. The input is checked first, as a run would: a broken input
     stops the export with the same InputError.
@@ -318,7 +323,7 @@ def export(config: RunConfig, dest: Path) -> ExportReport:
     report = ExportReport(dest=dest, format=fmt, missing_file=companion(output, ".missing.jsonl"))
     with atomic_write(dest, text=fmt is ExportFormat.CSV) as table, \
             atomic_write(report.missing_file) as missing:
-        writer = _Writer(table, fmt, columns)
+        writer = _Writer(table, fmt, columns, excel=excel)
         for raw, task in _selected_rows(input_path, keys, chosen, input_format):
             fields = {
                 _column(name): value for name, value in _input_fields(raw, input_format).items()
