@@ -1,9 +1,11 @@
 """Per-run log files and the console log handler, on mpinfer's own logger.
 
-Every run gets its own file under the log folder, named for the model and the start time, and opened
+Every run gets its own file under the log folder, named for the model, the start time and the
+output (``mpinfer_gpt-4o-mini_20261121-093000.results.log`` for ``results.jsonl``), and opened
 with exclusive creation: a run never overwrites or appends to an earlier run's log, even two runs
-started in the same second. The console shows warnings and errors only, written through tqdm so they
-do not break the bar.
+started in the same second. The output's name in it is how --fresh tells this output's logs from
+those of other outputs that share the folder (``is_log_of``). The console shows warnings and
+errors only, written through tqdm so they do not break the bar.
 """
 
 from __future__ import annotations
@@ -29,22 +31,35 @@ FORMAT = "%(asctime)s parent %(levelname)s %(name)s: %(message)s"
 MIN_SECRET_LENGTH = 8
 
 
-def log_file_name(model: str, started: float, attempt: int = 0) -> str:
-    """The log file's name for a run of ``model`` started at ``started`` (then -2, -3 ...)."""
+def _safe(name: str, default: str) -> str:
+    return _UNSAFE.sub("_", name).strip("_") or default
+
+
+def log_file_name(model: str, started: float, attempt: int = 0, output: Path | None = None) -> str:
+    """The log file's name for a run of ``model`` on ``output`` started at ``started`` (then -2,
+    -3 ...)."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(started))
     suffix = f"-{attempt + 1}" if attempt else ""
-    return f"mpinfer_{_UNSAFE.sub('_', model).strip('_') or 'model'}_{stamp}{suffix}.log"
+    of = f".{_safe(output.stem, 'output')}" if output is not None else ""
+    return f"mpinfer_{_safe(model, 'model')}_{stamp}{suffix}{of}.log"
 
 
-def create_log_file(log_dir: Path, model: str, started: float | None = None) -> Path:
-    """Create a new, empty log file for this run; never reuses a name."""
+def is_log_of(name: str, output: Path) -> bool:
+    """Whether the log file ``name`` is of a run on ``output`` (``log_file_name``'s form)."""
+    stem = re.escape(_safe(output.stem, "output"))
+    return re.fullmatch(rf"mpinfer_.+_\d{{8}}-\d{{6}}(-\d+)?\.{stem}\.log", name) is not None
+
+
+def create_log_file(log_dir: Path, model: str, started: float | None = None,
+                    output: Path | None = None) -> Path:
+    """Create a new, empty log file for this run (on ``output``); never reuses a name."""
     started = time.time() if started is None else started
     try:
         log_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"log folder {log_dir}: {exc.strerror or exc}") from None
     for attempt in range(1000):
-        path = log_dir / log_file_name(model, started, attempt)
+        path = log_dir / log_file_name(model, started, attempt, output)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:

@@ -131,3 +131,23 @@ def test_a_csv_export_for_excel_starts_with_a_utf8_byte_order_mark(tmp_path: Pat
     # And --excel without a CSV export is refused
     refused = _run(tmp_path, mock, "--export", "out2.jsonl", "--excel")
     assert refused.returncode == 2 and "--excel goes with --export" in refused.stderr
+
+
+def test_fresh_moves_the_logs_of_its_own_output_only(tmp_path: Path, mock: MockServerProcess):
+    # Given two outputs that ran from the same folder, sharing its log folder
+    write_tasks(tmp_path / "tasks.jsonl", text_tasks(2))
+    assert _run(tmp_path, mock).returncode == 0
+    other = run_cli("-i", "tasks.jsonl", "-o", "other.jsonl", "--base-url", mock.base_url,
+                    cwd=tmp_path)
+    assert other.returncode == 0, other.stderr
+    logs = sorted(p.name for p in (tmp_path / "logs").iterdir())
+    # Then each log carries the name of its output
+    assert len(logs) == 2 and {name.rsplit(".", 2)[1] for name in logs} == {"out", "other"}
+    # When the first starts over with --fresh
+    assert _run(tmp_path, mock, "--fresh").returncode == 0
+    # Then its own old log moved to its backup, and the other output's log stayed
+    [backup] = tmp_path.glob("out.jsonl.backup-*")
+    [own] = [name for name in logs if name.endswith(".out.log")]
+    [others] = [name for name in logs if name.endswith(".other.log")]
+    assert [p.name for p in (backup / "logs").iterdir()] == [own]
+    assert others in {p.name for p in (tmp_path / "logs").iterdir()}

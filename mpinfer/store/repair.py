@@ -24,6 +24,7 @@ from pathlib import Path
 
 from ..config import RunConfig
 from ..errors import OutputError, RunLockedError
+from ..logfile import is_log_of
 from .atomic import atomic_write, fsync_dir
 from .locks import RunLock, live_run
 from .manifest import manifest_path
@@ -31,7 +32,6 @@ from .output import OutputPaths, companion, iter_lines, model_outputs
 from .records import view
 
 LINES_SHOWN = 5
-LOG_PREFIX = "mpinfer_"
 _STAMP = "%Y%m%d-%H%M%S"
 _LOCK_WAIT_S = 0.5
 
@@ -224,7 +224,9 @@ def _finished_batch_plan(output: Path) -> list[Path]:
 
 
 def _is_log(config: RunConfig, path: Path) -> bool:
-    return path.parent == config.log_dir and path.name.startswith(LOG_PREFIX)
+    """A log of a run on this output (its name says so): others sharing the folder stay."""
+    _, output = config.require_paths()
+    return path.parent == config.log_dir and is_log_of(path.name, output)
 
 
 def _move(source: Path, dest: Path) -> None:
