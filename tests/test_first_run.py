@@ -117,7 +117,7 @@ def test_a_csv_whose_image_paths_are_relative_to_the_project_says_where_it_looke
 def test_a_csv_export_for_excel_starts_with_a_utf8_byte_order_mark(tmp_path: Path,
                                                                     mock: MockServerProcess):
     # Given a finished run on a Chinese prompt
-    write_tasks(tmp_path / "tasks.jsonl", [{"id": "z1", "prompt": "这是什么？"}])
+    write_tasks(tmp_path / "tasks.jsonl", [{"id": "z1", "prompt": "这是什么"}])
     assert _run(tmp_path, mock).returncode == 0
     # When it is exported to CSV for Excel, and without --excel
     excel = _run(tmp_path, mock, "--export", "excel.csv", "--excel")
@@ -126,7 +126,7 @@ def test_a_csv_export_for_excel_starts_with_a_utf8_byte_order_mark(tmp_path: Pat
     assert excel.returncode == 0 and plain.returncode == 0, excel.stderr + plain.stderr
     data = (tmp_path / "excel.csv").read_bytes()
     assert data.startswith(b"\xef\xbb\xbfid,")
-    assert "这是什么？" in data.decode("utf-8-sig")
+    assert "这是什么" in data.decode("utf-8-sig")
     assert not (tmp_path / "plain.csv").read_bytes().startswith(b"\xef\xbb\xbf")
     # And --excel without a CSV export is refused
     refused = _run(tmp_path, mock, "--export", "out2.jsonl", "--excel")
