@@ -41,7 +41,7 @@ class TaskDone:
     no_usage: bool = False  # the server sent no usage: ``cost`` is None, its estimate below
     estimated_cost: float | None = None  # an answer without usage, priced at its estimate
     key: int | None = None  # the key (endpoint) that answered, for the per-key counts
-    waited_s: float | None = None  # for limits and a slot before its requests left
+    waited_s: float | None = None  # off the wire before its answering request left
     batch: bool = False  # answered in a batch: ``latency_s`` is the batch's own duration
 
 

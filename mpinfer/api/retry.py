@@ -37,7 +37,10 @@ class Attempts:
     limited_since: float | None = None   # when its first 429 came (clock of the runner)
     # Requests sent again, by the error type of the failed one (a line's ``retries``).
     by_type: dict[str, int] = field(default_factory=dict)
-    waited_s: float = 0.0  # before its requests left: for the limiter and a slot (not backoff)
+    # Off the wire before its answering request left: for the limits, a slot, a retry's backoff;
+    # the current wait began at ``waiting_since`` (the runner's clock).
+    waited_s: float = 0.0
+    waiting_since: float = 0.0
 
     def waiting(self, now: float) -> None:
         """Count a 429 for rate (a WAIT verdict): the patience runs from the first."""

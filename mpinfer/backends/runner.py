@@ -201,9 +201,8 @@ class TaskRunner:
             request = self._request(task, model_index)
         except ImageError as exc:
             return self._fail(task, model_index, classify(exc), 0)
-        tries = Attempts()
+        tries = Attempts(waiting_since=self.clock())
         while True:
-            asked = self.clock()  # the wait for a grant and a slot counts from here
             try:
                 grant = await self._acquire(model_index, request.charge)
             except NoKeysLeft:
@@ -230,7 +229,7 @@ class TaskRunner:
                 answer = await complete(self.client(grant.key), request.kwargs, ticket,
                                         request.path)
             except Exception as exc:  # classify decides; nothing escapes unrecorded
-                latency = self._attempt_ended(tries, asked, ticket)
+                latency = self._attempt_ended(tries, ticket)
                 tries.count += 1
                 error = classify(exc)
                 if error.verdict is Verdict.FILTERED:  # the content filter's answer: done
@@ -242,7 +241,7 @@ class TaskRunner:
                     continue
                 assert not isinstance(outcome, _SendAgain)
                 return outcome
-            latency = self._attempt_ended(tries, asked, ticket)
+            latency = self._attempt_ended(tries, ticket)
             if isinstance(answer, Unsent):  # not sent: no attempt
                 await self.limiter.release(grant, Ending.UNSENT, charged=0)
                 if answer is Unsent.STALE:  # granted before a limit was in play: a grant under it
@@ -259,12 +258,14 @@ class TaskRunner:
             await self.limiter.release(grant, Ending.OK, charged=charged, used=used)
             return self._succeed(task, model_index, request, answer, tries, latency, grant.key)
 
-    def _attempt_ended(self, tries: Attempts, asked: float, ticket: Ticket) -> float:
-        """Now the attempt has ended: add its wait before leaving to ``tries``; its time on the
-        wire, from leaving to now (0 when it never left)."""
+    def _attempt_ended(self, tries: Attempts, ticket: Ticket) -> float:
+        """Now the attempt has ended: add the wait before it left to ``tries`` (for a grant, a
+        slot, the backoff before it), and start the next; its time on the wire, from leaving to
+        now (0 when it never left)."""
         now = self.clock()
         left = now if ticket.left_at is None else ticket.left_at
-        tries.waited_s += left - asked
+        tries.waited_s += left - tries.waiting_since
+        tries.waiting_since = now
         return now - left
 
     async def _failed_attempt(self, task: Task, model_index: int, grant: Grant, error: CallError,

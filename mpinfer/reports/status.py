@@ -80,7 +80,7 @@ class StatusReport:
     filtered: int = 0
     no_usage: int = 0
     latency_s: dict[str, float | None] = field(default_factory=dict)  # on the wire
-    waited_s: float | None = None  # the mean wait for limits and a slot before a request left
+    waited_s: float | None = None  # the mean wait before a task's answer left
     models: list[OutputStatus] = field(default_factory=list)
     limits: str | None = None
     limited_s: float = 0.0

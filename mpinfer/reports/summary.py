@@ -84,7 +84,7 @@ class RunSummary:
     outage_s: float = 0.0  # time the server did not answer at all
     waiting_for_server_since: str | None = None  # HH:MM:SS while the server does not answer
     latencies: list[float] = field(default_factory=list, repr=False)  # on the wire
-    waits: list[float] = field(default_factory=list, repr=False)  # for limits and a slot
+    waits: list[float] = field(default_factory=list, repr=False)  # limits, a slot, backoff
     # A batch's answers have no latency of their own: their batch's duration, created to ended.
     batch_durations: list[float] = field(default_factory=list, repr=False)
     epilogue: Epilogue | None = None  # the files the run's end wrote: missing tasks, report

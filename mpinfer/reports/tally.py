@@ -141,7 +141,7 @@ class OutputTally:
     no_usage: int = 0  # answers that came without usage: their cost unknown
     cost: float = 0.0
     latencies: array[float] = field(default_factory=lambda: array("d"))  # on the wire
-    waited: float = 0.0  # the waits for limits and a slot, summed over ``waits`` answers
+    waited: float = 0.0  # off the wire before leaving, summed over ``waits`` answers
     waits: int = 0
     recent: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT_RECORDS))
     last: float | None = None

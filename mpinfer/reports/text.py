@@ -119,7 +119,7 @@ def status_lines(report: StatusReport) -> list[str]:
         ("latency", _latency(report.latency_s) + (" (answers of a batch: its duration)"
                                                   if report.batches else "")),
         ("waited", "-" if report.waited_s is None
-         else f"{report.waited_s:.2f}s a task on average (for limits and a slot)"),
+         else f"{report.waited_s:.2f}s a task on average (limits, a slot, backoff)"),
         ("recent rate", rate), ("ETA", duration(report.eta_s)), ("last write", last),
         ("run live", live),
         ("429s", report.rate_limited),

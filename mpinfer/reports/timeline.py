@@ -54,7 +54,7 @@ class ModelRow:
     truncated: int = 0
     latency_sum: float = 0.0
     latencies: int = 0  # answers that recorded a latency
-    waited_sum: float = 0.0  # the waits for limits and a slot, over ``waits`` answers
+    waited_sum: float = 0.0  # off the wire before leaving, over ``waits`` answers
     waits: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -70,7 +70,7 @@ class ModelRow:
 
     @property
     def mean_waited_s(self) -> float | None:
-        """Mean wait for limits and a slot of the answers that recorded one, or None."""
+        """Mean wait (limits, a slot, backoff) of the answers that recorded one, or None."""
         return self.waited_sum / self.waits if self.waits else None
 
     @property

@@ -36,8 +36,8 @@ def answered(task: Task, model_index: int, requested: str, answer: Answer, attem
     """The output line and the event of an answered task; from a batch (``batch_id``) at the Batch
     price. ``retries``: the requests sent again, by the error type of the failed one. ``latency``:
     the answering request's time on the wire, or for a batch's answer the batch's own duration
-    (None: the server gave no times); ``waited``: the task's wait for limits and a slot before its
-    requests left (None: not measured, as for a batch).
+    (None: the server gave no times); ``waited``: the task's time off the wire before its answering
+    request left: the limits, a slot, retries' backoff (None: not measured, as for a batch).
 
     An answer without usage has an unknown cost (null on the line); the event carries its
     estimate (``prompt_estimate``, the request's, and its text's tokens) for --max-cost."""

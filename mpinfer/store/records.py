@@ -34,7 +34,7 @@ REASONING_FIELD = "reasoning_content"  # written only when the server sent a rea
 # (``filtered_record``), with ``answer`` null; like a refusal, a measurement and done.
 FILTERED_FIELD = "filtered"
 COST_ESTIMATE_FIELD = "cost_estimate"  # an answer without usage: what --max-cost counts it at
-WAITED_FIELD = "waited_s"  # the wait for limits and a slot, apart from the latency
+WAITED_FIELD = "waited_s"  # off the wire before the answer left: limits, a slot, backoff
 CONTENT_FILTER = "content_filter"  # the finish_reason of a filtered completion, the 400's code
 PROMPT, COMPLETION = "prompt", "completion"  # where the filter stopped the request
 TRUNCATED = "length"  # the finish_reason of an answer cut off at max_tokens
@@ -83,8 +83,8 @@ class Result:
     # The answering request's time on the wire; a batch's answer: the batch's duration (None: the
     # server gave no times).
     latency_s: float | None = 0.0
-    # The wait for limits and a slot before its requests left; written only when measured (a
-    # batch's answers have none).
+    # Off the wire before the answering request left (the limits, a slot, retries' backoff);
+    # written only when measured (a batch's answers have none).
     waited_s: float | None = None
     attempts: int = 1
     processed_at: float = 0.0
@@ -243,7 +243,7 @@ class RecordView:
     embedding: bool = False  # an embeddings answer: no text to check
     filter: dict[str, Any] | None = None  # what a content filter said (``filtered_record``)
     no_usage: bool = False  # the server sent no usage: tokens and cost unknown
-    waited_s: float | None = None  # the wait for limits and a slot (None: not measured)
+    waited_s: float | None = None  # before the answer's request left (None: not measured)
 
     @property
     def refused(self) -> bool:
