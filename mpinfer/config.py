@@ -120,8 +120,12 @@ class RunConfig:
                                metavar="C")
     model: str = setting("gpt-4o-mini", as_text,
                          "model to request; several, comma-separated, run every task "
-                         "against each into <output stem>.<model>.jsonl (a task's own "
-                         "\"model\" wins in a one-model run)", metavar="NAME")
+                         "against each into <output stem>.<model>.jsonl", metavar="NAME")
+    model_key: str | None = setting(None, as_text,
+                                    "input field naming a task's own model, which then wins "
+                                    "over --model in a one-model run (per-task models); without "
+                                    "it every task asks for --model", metavar="FIELD",
+                                    shown="none: --model for every task")
     base_url: str | None = setting(None, as_text, "API base URL",
                                    env=("OPENAI_BASE_URL", "MPINFER_BASE_URL"), metavar="URL",
                                    shown="api.openai.com")
@@ -245,6 +249,9 @@ class RunConfig:
                                      "budget in USD for the output files (all runs): stop taking "
                                      "tasks before the estimated total would pass it",
                                      metavar="USD", shown="no budget")
+    strict_model: bool = setting(False, as_bool,
+                                 "an answer by another model than requested is not done: it "
+                                 "fails as wrong_model (errors file, exit 1; a rerun asks again)")
     allow_mixed: bool = setting(False, as_bool,
                                 "resume even though the settings that change answers "
                                 "differ from those that wrote the output")
@@ -281,6 +288,12 @@ class RunConfig:
     def models(self) -> tuple[str, ...]:
         """The models to run, from ``--model a,b,c``."""
         return tuple(m.strip() for m in self.model.split(",") if m.strip()) or (self.model,)
+
+    @property
+    def model_named(self) -> bool:
+        """Whether the user named the model(s) (flag, environment, toml, ``mpinfer.run`` keyword,
+        or several): a named model replaces a Batch API body's own."""
+        return len(self.models) > 1 or "model" in self.explicit
 
     @property
     def resolved_image_root(self) -> Path:
@@ -336,8 +349,9 @@ class RetryPolicy:
 class RequestSettings:
     """What building a task's request reads of the run (``api.messages.task_request``).
 
-    ``chosen``: the user named the model(s), so it replaces a Batch API body's own; ``max_image_mb``
-    is by model index: the smallest of --max-image-mb and the limits of the endpoints serving it.
+    ``chosen``: the user named the model(s), so it replaces a Batch API body's own; ``per_task``:
+    --model-key, a task's own model wins; ``max_image_mb`` is by model index: the smallest of
+    --max-image-mb and the limits of the endpoints serving it.
     """
 
     models: tuple[str, ...]
@@ -349,6 +363,7 @@ class RequestSettings:
     temperature: float | None = None
     max_tokens: int | None = None
     extra_body: dict[str, Any] | None = None
+    per_task: bool = False
 
     @classmethod
     def of(cls, config: RunConfig) -> RequestSettings:
@@ -359,9 +374,25 @@ class RequestSettings:
         image_mb = tuple(min([config.max_image_mb, *(ep.max_image_mb for ep in config.endpoint_table
                                                      if ep.serves(name) and ep.max_image_mb)])
                          for name in models)
-        return cls(models, len(models) > 1 or "model" in config.explicit, config.api,
+        return cls(models, config.model_named, config.api,
                    config.resolved_image_root, image_mb, config.system_prompt, config.temperature,
-                   config.max_tokens, config.extra_body)
+                   config.max_tokens, config.extra_body, config.model_key is not None)
+
+    def requested(self, own: str | None, body: bool, model_index: int) -> str:
+        """The model a task's request names: the one rule of which model is asked for.
+
+        ``own`` is the task's own model: a Batch API body's ``model`` (``body``), which the user
+        wrote on purpose and which only a model named for the run replaces; or a plain row's field
+        named by --model-key, which wins in a one-model run. Without --model-key a row's fields
+        never choose the model: an export's ``model`` column (the model that answered) fed back as
+        input does not change what a later run sends.
+        """
+        run_model = self.models[model_index]
+        if body:
+            return run_model if self.chosen or not own else own
+        if own and self.per_task and len(self.models) == 1:
+            return own
+        return run_model
 
 
 @dataclass(frozen=True)
@@ -370,7 +401,8 @@ class RunnerSettings:
 
     Plain, picklable data: it goes to every worker process and Ray actor instead of the RunConfig.
     ``endpoints`` is by key index (keys read); ``named``: they come from an endpoints table, so a
-    failure names its endpoint; ``paced``: a limit is set (--rpm, --tpm or an endpoint's own).
+    failure names its endpoint and an answer line records it; ``paced``: a limit is set (--rpm,
+    --tpm or an endpoint's own); ``strict_model``: an answer by another model fails (wrong_model).
     """
 
     request: RequestSettings
@@ -382,6 +414,7 @@ class RunnerSettings:
     timeout: float
     transport: Transport
     concurrency: int
+    strict_model: bool = False
 
     @classmethod
     def of(cls, config: RunConfig) -> RunnerSettings:
@@ -392,7 +425,7 @@ class RunnerSettings:
                  or any(ep.rpm or ep.tpm for ep in config.endpoint_table))
         return cls(RequestSettings.of(config), RetryPolicy.of(config), config.require_api_keys(),
                    endpoints_of(config), bool(config.endpoint_table), paced, config.timeout,
-                   config.transport, config.concurrency)
+                   config.transport, config.concurrency, config.strict_model)
 
     @property
     def built_ahead(self) -> int:

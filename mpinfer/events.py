@@ -43,6 +43,8 @@ class TaskDone:
     key: int | None = None  # the key (endpoint) that answered, for the per-key counts
     waited_s: float | None = None  # off the wire before its answering request left
     batch: bool = False  # answered in a batch: ``latency_s`` is the batch's own duration
+    # where an answer by another model came from (Endpoint.place), for the summary's warning
+    endpoint: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

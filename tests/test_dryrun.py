@@ -346,11 +346,12 @@ def test_tasks_already_in_the_output_are_counted_done_and_not_checked(tmp_path: 
 
 def test_two_models_get_a_row_each_and_the_unpriced_one_has_no_cost(tmp_path: Path) -> None:
     # Given a run against a priced and an unpriced model, task a done for the priced one only,
-    # and a task that names its own model (ignored when a run has several)
+    # and a task that names its own model, read (--model-key model) but ignored when a run has
+    # several
     config = config_for(tmp_path, [
         {"id": "a", "prompt": "abcd"},
         {"id": "b", "prompt": "x" * 12, "model": "gpt-4o"},
-    ], model="house-model,mystery-model", max_tokens=40)
+    ], model="house-model,mystery-model", max_tokens=40, model_key="model")
     assert config.output is not None
     house_out, mystery_out = model_outputs(config.output, config.models)
     write_jsonl(house_out, [result_line("a")])
@@ -379,11 +380,12 @@ def test_two_models_get_a_row_each_and_the_unpriced_one_has_no_cost(tmp_path: Pa
 
 
 def test_in_a_one_model_run_a_task_is_priced_at_the_model_it_names(tmp_path: Path) -> None:
-    # Given a one-model run in which task b asks for gpt-4o (built-in price: 2.50 in, 10.00 out)
+    # Given a one-model run in which task b asks for gpt-4o (built-in price: 2.50 in, 10.00 out),
+    # per-task models asked for (--model-key model)
     config = config_for(tmp_path, [
         {"id": "a", "prompt": "abcd"},
         {"id": "b", "prompt": "x" * 12, "model": "gpt-4o"},
-    ], model="house-model", max_tokens=40)
+    ], model="house-model", max_tokens=40, model_key="model")
     # When the run is planned
     result = plan(config, house_prices(tmp_path))
     # Then each task is priced at the model it would be sent to

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from mpinfer.api.messages import ImageEncoder, build_messages, build_request, sniff_mime
+from mpinfer.api.messages import (
+    ImageEncoder,
+    build_messages,
+    build_request,
+    sniff_mime,
+    task_request,
+)
+from mpinfer.config import Api, RequestSettings
 from mpinfer.demo import png_bytes
 from mpinfer.errors import ImageError
 from mpinfer.inputs.tasks import Task
@@ -294,9 +301,10 @@ def test_the_runs_system_prompt_is_used_when_the_task_has_none(tmp_path: Path) -
 def test_build_request_task_settings_win_over_run_settings(tmp_path: Path) -> None:
     # Given a task with its own model, temperature 0 and max_tokens
     task = Task(id="a", prompt="hi", model="gpt-4o", temperature=0.0, max_tokens=5)
-    # When a request is built with other run settings
-    request = build_request(task, ImageEncoder(tmp_path), model="gpt-4o-mini", temperature=0.9,
-                            max_tokens=100).kwargs
+    # When a request is built with other run settings, per-task models asked for (--model-key)
+    settings = RequestSettings(("gpt-4o-mini",), True, Api.CHAT, tmp_path, (50.0,),
+                               temperature=0.9, max_tokens=100, per_task=True)
+    request = task_request(settings, ImageEncoder(tmp_path), task, 0).kwargs
     # Then the task's settings are sent (a temperature of 0 included)
     assert request["model"] == "gpt-4o"
     assert request["temperature"] == 0.0

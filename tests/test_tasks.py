@@ -286,11 +286,11 @@ def test_a_line_that_is_not_an_object_is_refused(tmp_path: Path) -> None:
 ])
 def test_per_task_settings_of_the_wrong_type_are_refused(tmp_path: Path, field: str, value: Any,
                                                          message: str) -> None:
-    # Given a second task with one field of the wrong type
+    # Given a second task with one field of the wrong type (its model read: --model-key model)
     task = {"id": "b", "prompt": "y"} | {field: value}
     path = write_lines(tmp_path / "in.jsonl", [{"id": "a", "prompt": "x"}, task])
     # When it is checked
-    error = input_error(path)
+    error = input_error(path, FieldKeys(model="model"))
     # Then the error names the line and the field
     assert str(error) == f"{path}:2: {message}"
 
@@ -300,8 +300,8 @@ def test_per_task_settings_are_read_into_the_task(tmp_path: Path) -> None:
     path = write_lines(tmp_path / "in.jsonl",
                        [{"id": "a", "prompt": "x", "model": "gpt-4o", "temperature": 0,
                          "max_tokens": 9, "system": "be brief"}])
-    # When it is read
-    (task,) = list(iter_tasks(path))
+    # When it is read, its model field named (--model-key model)
+    (task,) = list(iter_tasks(path, FieldKeys(model="model")))
     # Then each setting is on the task (an integer temperature as a float)
     assert task == Task(id="a", prompt="x", system="be brief", model="gpt-4o", temperature=0.0,
                         max_tokens=9, line=1)

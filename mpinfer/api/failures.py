@@ -51,6 +51,7 @@ class Kind(StrEnum):
     IMAGE = "image"                            # an image that is missing or unreadable
     API_ERROR = "api_error"                    # the SDK's error with neither status nor connection
     NO_ENDPOINT = "no_endpoint"                # every endpoint of the task's model rejected its key
+    WRONG_MODEL = "wrong_model"                # answered by another model, under --strict-model
     BATCH_EXPIRED = "batch_expired"            # a Batch API line: the batch expired first
     BATCH_CANCELLED = "batch_cancelled"        # a Batch API line: the batch was cancelled
     REQUEST_TIMEOUT = "request_timeout"        # a Batch API line: the request timed out

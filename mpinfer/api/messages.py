@@ -8,7 +8,6 @@ share is encoded once per worker (a small LRU bounded in bytes).
 from __future__ import annotations
 
 import base64
-import dataclasses
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -282,9 +281,9 @@ def build_request(
     max_tokens: int | None = None,
     extra_body: dict[str, Any] | None = None,
 ) -> Request:
-    """The request for one task; a task's own settings win over the run's."""
+    """The request for one task and ``model`` (``RequestSettings.requested`` chose it); a task's
+    own system, temperature and max_tokens win over the run's."""
     images: list[tuple[int, int]] = []
-    model = task.model or model
     messages = build_messages(task, encoder, system_prompt, images, model)
     request: dict[str, Any] = {"model": model, "messages": messages}
     temperature = task.temperature if task.temperature is not None else temperature
@@ -344,18 +343,13 @@ def task_request(settings: RequestSettings, encoder: ImageEncoder, task: Task,
                  model_index: int) -> Request:
     """The request for ``task`` and the run's model at ``model_index`` (its place in the run's
     models), online or in a Batch API file alike (the dry run checks it as the worker builds it)."""
-    models = settings.models
+    asked = settings.requested(task.model, task.body is not None, model_index)
     if task.body is not None:
-        # A Batch API body goes as it is;
-        # only a model the user chose (or one of several) replaces its own.
-        chosen = models[model_index] if settings.chosen else None
+        # A Batch API body goes as it is, but for the model the rule settles.
         path = ApiPath.of_url(task.url or "") or ApiPath.CHAT
-        request = build_body_request(task.body, chosen, path)
+        request = build_body_request(task.body, asked, path)
     else:
-        if len(models) > 1:
-            # Each of the run's models, whatever the task says.
-            task = dataclasses.replace(task, model=None)
-        request = build_request(task, encoder, model=models[model_index],
+        request = build_request(task, encoder, model=asked,
                                 system_prompt=settings.system_prompt,
                                 temperature=settings.temperature, max_tokens=settings.max_tokens,
                                 extra_body=settings.extra_body)

@@ -87,7 +87,7 @@ class BatchBackend:
         self.encoder = ImageEncoder(self.request.image_root)
         self.pacer = CreationPacer()
         self.merger = Merger(self.request, RetryPolicy.of(config), config.require_api_keys(),
-                             prices)
+                             prices, config.strict_model)
         self.plan: Plan | None = None
         self.writer: ChunkWriter | None = None
         self.done: list[set[str]] = []

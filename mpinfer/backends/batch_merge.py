@@ -77,12 +77,13 @@ def records(data: bytes) -> Iterator[dict[str, Any]]:
 
 class Merger:
     """Turns a finished chunk's files into lines and events for one run: ``request`` says which
-    model each row asked for, ``policy`` how often a transient failure is resubmitted, and ``keys``
-    what a message must not show."""
+    model each row asked for, ``policy`` how often a transient failure is resubmitted, ``keys``
+    what a message must not show, and ``strict_model`` whether an answer by another model fails."""
 
     def __init__(self, request: RequestSettings, policy: RetryPolicy, keys: tuple[str, ...],
-                 prices: PriceTable) -> None:
+                 prices: PriceTable, strict_model: bool = False) -> None:
         self.request = request
+        self.strict_model = strict_model  # an answer by another model fails as wrong_model
         self.policy = policy
         self.prices = prices
         self.tasks: dict[str, Task] = {}  # the input tasks of the chunk being merged
@@ -99,13 +100,9 @@ class Merger:
         return task
 
     def requested(self, task: Task, model_index: int) -> str:
-        """The model name a task asked for, as an online run would record it: its body's model for
-        a request body, its own model for a single-model run, else the run's model at
-        ``model_index``."""
-        models = self.request.models
-        if task.body is not None and not self.request.chosen:
-            return str(task.body.get("model") or models[0])
-        return task.model if len(models) == 1 and task.model else models[model_index]
+        """The model name a task asked for, as an online run records it (the one rule:
+        ``RequestSettings.requested``)."""
+        return self.request.requested(task.model, task.body is not None, model_index)
 
     def merge(self, chunk: Chunk, tasks: dict[str, Task], output: bytes, errors: bytes,
               done: set[str], failed_before: set[str], resubmit: bool,
@@ -130,10 +127,9 @@ class Merger:
                 self._failed(chunk, custom_id, classify_line(record), done, failed_before, resubmit,
                              merged)
             elif custom_id not in done:
-                if not self._answer(chunk, custom_id, response, latency_s, merged):
-                    error = CallError(Kind.MALFORMED_RESPONSE, 200,
-                                      "the answer is not a chat completion", Verdict.RETRY)
-                    self._failed(chunk, custom_id, error, done, failed_before, resubmit, merged)
+                failure = self._answer(chunk, custom_id, response, latency_s, merged)
+                if failure is not None:
+                    self._failed(chunk, custom_id, failure, done, failed_before, resubmit, merged)
                     seen.add(custom_id)
                     continue
                 done.add(custom_id)
@@ -153,21 +149,26 @@ class Merger:
         return merged
 
     def _answer(self, chunk: Chunk, custom_id: str, response: dict[str, Any],
-                latency_s: float | None, merged: Merged) -> bool:
-        """Add the answer's line and event;
-        False when its body is not a chat completion (sent again)."""
+                latency_s: float | None, merged: Merged) -> CallError | None:
+        """Add the answer's line and event; else the failure to record instead: a body that is
+        not a chat completion (sent again), or under --strict-model an answer by another model."""
         task = self.task(custom_id)
         try:
             answer = answer_of(response.get("body"),
                                {"x-request-id": str(response.get("request_id") or "")})
         except MalformedResponse:
-            return False
-        line, done = answered(task, chunk.model_index, self.requested(task, chunk.model_index),
-                              answer, chunk.attempt, latency_s, self.prices,
-                              batch_id=chunk.batch_id or "")
+            return CallError(Kind.MALFORMED_RESPONSE, 200, "the answer is not a chat completion",
+                             Verdict.RETRY)
+        requested = self.requested(task, chunk.model_index)
+        line, done = answered(task, chunk.model_index, requested, answer, chunk.attempt,
+                              latency_s, self.prices, batch_id=chunk.batch_id or "")
+        if done.mismatch and self.strict_model:
+            return CallError(Kind.WRONG_MODEL, None, f"requested {requested}, answered by "
+                             f"{answer.model} in batch {chunk.batch_id} (--strict-model)",
+                             Verdict.FAIL)
         merged.results.append(line)
         merged.events.append(done)
-        return True
+        return None
 
     def _failed(self, chunk: Chunk, custom_id: str, error: CallError, done: set[str],
                 failed_before: set[str], resubmit: bool, merged: Merged) -> None:

@@ -339,12 +339,23 @@ class TaskRunner:
     def _succeed(self, task: Task, model_index: int, request: Request, answer: Answer,
                  tries: Attempts, latency: float, key: int) -> Outcome:
         """The answered task's line and event; ``latency``: the answering request's time on the
-        wire (the waits before its requests left are ``tries.waited_s``)."""
+        wire (the waits before its requests left are ``tries.waited_s``). Under --strict-model an
+        answer by another model than requested is a wrong_model failure instead (paid, but not
+        done: a rerun asks again)."""
+        place = self.endpoints[key].place()
         # The prompt's estimate prices an answer that came without usage (the budget counts it).
+        # The line names its endpoint only in a run with a table (else the manifest's base_url).
         line, done = answered(task, model_index, request.model, answer, tries.count, latency,
                               self.prices, retries=tries.by_type,
-                              prompt_estimate=request.prompt_tokens, waited=tries.waited_s)
-        return Outcome((dataclasses.replace(done, key=key),), line)
+                              prompt_estimate=request.prompt_tokens, waited=tries.waited_s,
+                              endpoint=place if self.settings.named else None)
+        if done.mismatch and self.settings.strict_model:
+            message = (f"requested {request.model}, answered by {answer.model} at {place} "
+                       "(--strict-model)")
+            error = CallError(Kind.WRONG_MODEL, None, message, Verdict.FAIL)
+            return self._fail(task, model_index, error, tries.count, tries.by_type, key)
+        return Outcome((dataclasses.replace(done, key=key,
+                                            endpoint=place if done.mismatch else None),), line)
 
     def _fail(self, task: Task, model_index: int, error: CallError, attempts: int,
               retries: dict[str, int] | None = None, key: int | None = None) -> Outcome:

@@ -87,7 +87,7 @@ def settle_models(config: RunConfig, index: InputIndex) -> RunConfig:
     (``gpt-4o+gpt-4o-mini``) into one output, each body still sent, priced and checked as its
     own model; they then share each key's limits.
     """
-    if index.format is not InputFormat.BATCH or "model" in config.explicit or not index.body_models:
+    if index.format is not InputFormat.BATCH or config.model_named or not index.body_models:
         return config
     names = index.body_models
     label = "+".join(names[:MODELS_NAMED]) + (f"+{len(names) - MODELS_NAMED}-more"
@@ -97,7 +97,7 @@ def settle_models(config: RunConfig, index: InputIndex) -> RunConfig:
 
 def asked_models(config: RunConfig, index: InputIndex) -> tuple[str, ...]:
     """The models requests will name: a Batch file's bodies' (without --model), else the run's."""
-    if index.format is InputFormat.BATCH and "model" not in config.explicit and index.body_models:
+    if index.format is InputFormat.BATCH and not config.model_named and index.body_models:
         return index.body_models
     return config.models
 
@@ -170,7 +170,7 @@ def read_ids_file(path: Path) -> frozenset[str]:
 def reading(config: RunConfig) -> FieldKeys:
     """How the run's input is read."""
     return FieldKeys(config.id_key, config.prompt_key, config.images_key, config.images_sep,
-                     config.id_from_row, config.messages_key)
+                     config.id_from_row, config.messages_key, config.model_key)
 
 
 def selection(config: RunConfig) -> Selection:

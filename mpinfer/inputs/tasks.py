@@ -29,6 +29,7 @@ class FieldKeys:
     images_sep: str = ";"  # CSV: several images in one cell
     id_from_row: bool = False  # the task's id is its row number (0-based), for files that have none
     messages: str = "messages"  # a whole conversation, sent as it is (its local images encoded)
+    model: str | None = None  # --model-key: the field naming a task's own model (None: not read)
 
 
 class InputFormat(StrEnum):
@@ -111,7 +112,8 @@ def parse_task(obj: Any, keys: FieldKeys, line: int) -> Task:
         raise ValueError(f"id must be a string or an integer, got {type(raw_id).__name__}")
     conversation = obj.get(keys.messages)
     if conversation is not None:
-        return _chat_task(obj, str(raw_id), check_messages(conversation, keys.messages), line)
+        return _chat_task(obj, str(raw_id), check_messages(conversation, keys.messages), line,
+                          keys.model)
     prompt = obj.get(keys.prompt)
     if prompt is None:
         raise ValueError(f"missing prompt (field {keys.prompt!r}, or a chat in {keys.messages!r}; "
@@ -127,26 +129,29 @@ def parse_task(obj: Any, keys: FieldKeys, line: int) -> Task:
         raise ValueError(f"{keys.images!r} must be an image path or URL, or a list of them")
     if not prompt.strip() and not images:
         raise ValueError("empty prompt and no images: nothing to ask")
-    system, model, temperature, max_tokens = _task_settings(obj)
+    system, model, temperature, max_tokens = _task_settings(obj, keys.model)
     return Task(id=str(raw_id), prompt=prompt, images=tuple(images), system=system, model=model,
                 temperature=temperature, max_tokens=max_tokens, line=line)
 
 
-def _chat_task(obj: dict[str, Any], task_id: str, conversation: Conversation, line: int) -> Task:
-    system, model, temperature, max_tokens = _task_settings(obj)
+def _chat_task(obj: dict[str, Any], task_id: str, conversation: Conversation, line: int,
+               model_key: str | None) -> Task:
+    system, model, temperature, max_tokens = _task_settings(obj, model_key)
     return Task(id=task_id, prompt=conversation.last_user_text, images=conversation.images,
                 system=system, model=model, temperature=temperature, max_tokens=max_tokens,
                 line=line, messages=conversation.messages)
 
 
-def _task_settings(obj: dict[str, Any]) -> tuple[str | None, str | None, float | None, int | None]:
-    """A row's own system, model, temperature and max_tokens, checked."""
+def _task_settings(obj: dict[str, Any], model_key: str | None,
+                   ) -> tuple[str | None, str | None, float | None, int | None]:
+    """A row's own system, model (read only from the --model-key field), temperature and
+    max_tokens, checked."""
     system = obj.get("system")
     if system is not None and not isinstance(system, str):
         raise ValueError("system must be a string")
-    model = obj.get("model")
+    model = obj.get(model_key) if model_key is not None else None
     if model is not None and (not isinstance(model, str) or not model):
-        raise ValueError("model must be a non-empty string")
+        raise ValueError(f"{model_key} must be a non-empty string")
     temperature = obj.get("temperature")
     if temperature is not None and not _number(temperature):
         raise ValueError("temperature must be a number")

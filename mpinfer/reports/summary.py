@@ -70,6 +70,8 @@ class RunSummary:
     unpriced: int = 0
     cost_before: float = 0.0
     model_mismatches: int = 0
+    # answers by another model than requested, by the endpoint that gave them (Endpoint.place)
+    mismatch_endpoints: dict[str, int] = field(default_factory=dict)
     refusals: int = 0  # answered with a refusal: done, not failed, and not an empty answer
     truncated: int = 0  # answers cut off at max_tokens (finish_reason "length")
     filtered: int = 0  # stopped by the server's content filter: done, like a refusal
@@ -132,6 +134,9 @@ class RunSummary:
             self.cost += event.cost
         if event.mismatch:
             self.model_mismatches += 1
+            if event.endpoint is not None:
+                at = self.mismatch_endpoints
+                at[event.endpoint] = at.get(event.endpoint, 0) + 1
         if event.refused:
             self.refusals += 1
         if event.truncated:

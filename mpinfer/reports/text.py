@@ -79,8 +79,11 @@ def summary_lines(summary: RunSummary) -> list[str]:
         lines.append(f"without usage: {summary.no_usage} answers (tokens and cost unknown, not in "
                      f"the cost; estimated at ${summary.estimated_cost:.4f} for --max-cost)")
     if summary.model_mismatches:
+        where = ", ".join(f"{place} ({count})" if len(summary.mismatch_endpoints) > 1 else place
+                          for place, count in summary.mismatch_endpoints.items())
         lines.append("answered by another model than requested: "
-                     f"{summary.model_mismatches} (see --validate)")
+                     f"{summary.model_mismatches}{f' at {where}' if where else ''} "
+                     "(see --validate; --strict-model fails them)")
     if summary.failures_by_type:
         lines.append(f"failures by type: {_kinds(summary.failures_by_type)} "
                      "(details in the errors file; a rerun retries them)")

@@ -17,6 +17,7 @@ from ..events import TaskDone
 from ..inputs import Task
 from .records import (
     COST_ESTIMATE_FIELD,
+    ENDPOINT_FIELD,
     FILTERED_FIELD,
     TRUNCATED,
     WAITED_FIELD,
@@ -32,12 +33,14 @@ from .records import (
 def answered(task: Task, model_index: int, requested: str, answer: Answer, attempts: int,
              latency: float | None, prices: PriceTable, batch_id: str | None = None,
              retries: dict[str, int] | None = None,
-             prompt_estimate: int = 0, waited: float | None = None) -> tuple[bytes, TaskDone]:
+             prompt_estimate: int = 0, waited: float | None = None,
+             endpoint: str | None = None) -> tuple[bytes, TaskDone]:
     """The output line and the event of an answered task; from a batch (``batch_id``) at the Batch
     price. ``retries``: the requests sent again, by the error type of the failed one. ``latency``:
     the answering request's time on the wire, or for a batch's answer the batch's own duration
     (None: the server gave no times); ``waited``: the task's time off the wire before its answering
-    request left: the limits, a slot, retries' backoff (None: not measured, as for a batch).
+    request left: the limits, a slot, retries' backoff (None: not measured, as for a batch);
+    ``endpoint``: where it was answered, for the line (a run with an endpoints table).
 
     An answer without usage has an unknown cost (null on the line); the event carries its
     estimate (``prompt_estimate``, the request's, and its text's tokens) for --max-cost."""
@@ -69,6 +72,8 @@ def answered(task: Task, model_index: int, requested: str, answer: Answer, attem
             meta[FILTERED_FIELD] = answer.filtered
         if estimate is not None:
             meta[COST_ESTIMATE_FIELD] = estimate
+        if endpoint is not None:
+            meta[ENDPOINT_FIELD] = endpoint
         line = batch_result_line(task.id, answer.headers.get("x-request-id"), answer.body or {},
                                  meta)
     else:
@@ -83,7 +88,7 @@ def answered(task: Task, model_index: int, requested: str, answer: Answer, attem
             attempts=attempts,
             processed_at=time.time(), cost=cost, refusal=answer.refusal,
             reasoning_content=answer.reasoning, retries=retries, filtered=answer.filtered,
-            cost_estimate=estimate,
+            cost_estimate=estimate, endpoint=endpoint,
         ).to_line()
     return line, TaskDone(task.id, model_index, answer.prompt_tokens, answer.completion_tokens,
                           latency, cost,

@@ -35,6 +35,9 @@ REASONING_FIELD = "reasoning_content"  # written only when the server sent a rea
 FILTERED_FIELD = "filtered"
 COST_ESTIMATE_FIELD = "cost_estimate"  # an answer without usage: what --max-cost counts it at
 WAITED_FIELD = "waited_s"  # off the wire before the answer left: limits, a slot, backoff
+# Where an answer came from (``Endpoint.place``: base URL, or Azure deployment and base URL, never
+# the key): written only by a run with an endpoints table; otherwise the manifest's base_url.
+ENDPOINT_FIELD = "endpoint"
 CONTENT_FILTER = "content_filter"  # the finish_reason of a filtered completion, the 400's code
 PROMPT, COMPLETION = "prompt", "completion"  # where the filter stopped the request
 TRUNCATED = "length"  # the finish_reason of an answer cut off at max_tokens
@@ -99,6 +102,7 @@ class Result:
     # An answer without usage: its estimated cost (``cost`` is null), for a later run's
     # --max-cost; written only when set.
     cost_estimate: float | None = None
+    endpoint: str | None = None  # ENDPOINT_FIELD; written only when set
 
     def to_line(self) -> bytes:
         """The record as one output line."""
@@ -113,6 +117,8 @@ class Result:
             del data[COST_ESTIMATE_FIELD]
         if self.waited_s is None:
             del data[WAITED_FIELD]
+        if self.endpoint is None:
+            del data[ENDPOINT_FIELD]
         return orjson.dumps(data, option=orjson.OPT_APPEND_NEWLINE)
 
     @classmethod
@@ -120,7 +126,7 @@ class Result:
         """A Result from a decoded output line (fields it lacks are None)."""
         values: dict[str, Any] = {name: data.get(name) for name in
                                   (*RESULT_FIELDS, REFUSAL_FIELD, REASONING_FIELD, FILTERED_FIELD,
-                                   COST_ESTIMATE_FIELD, WAITED_FIELD)}
+                                   COST_ESTIMATE_FIELD, WAITED_FIELD, ENDPOINT_FIELD)}
         usage = data.get("usage")
         values["usage"] = None if usage is None else Usage.from_dict(usage)
         values["retries"] = _retries(data.get("retries"))
