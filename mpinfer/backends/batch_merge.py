@@ -29,7 +29,7 @@ from ..errors import MalformedResponse
 from ..events import TaskDone, TaskFailed
 from ..inputs import Task
 from ..redact import redact
-from ..store.answers import answered
+from ..store.answers import answered, wrong_model
 from ..store.records import failure_line
 from .batch_plan import Chunk
 
@@ -160,12 +160,12 @@ class Merger:
             return CallError(Kind.MALFORMED_RESPONSE, 200, "the answer is not a chat completion",
                              Verdict.RETRY)
         requested = self.requested(task, chunk.model_index)
+        if self.strict_model:
+            wrong = wrong_model(requested, answer, f"in batch {chunk.batch_id}")
+            if wrong is not None:
+                return wrong
         line, done = answered(task, chunk.model_index, requested, answer, chunk.attempt,
                               latency_s, self.prices, batch_id=chunk.batch_id or "")
-        if done.mismatch and self.strict_model:
-            return CallError(Kind.WRONG_MODEL, None, f"requested {requested}, answered by "
-                             f"{answer.model} in batch {chunk.batch_id} (--strict-model)",
-                             Verdict.FAIL)
         merged.results.append(line)
         merged.events.append(done)
         return None

@@ -37,7 +37,7 @@ from ..events import Abort, Event, KeyDisabled, ModelUnknown, TaskFailed
 from ..inputs import Task
 from ..limits import Ending, Grant, LimiterClient, Wait, WaitReason, read_hints
 from ..redact import redact
-from ..store.answers import answered
+from ..store.answers import answered, wrong_model
 from ..store.records import failure_line
 from .ahead import BuildAhead
 
@@ -343,17 +343,16 @@ class TaskRunner:
         answer by another model than requested is a wrong_model failure instead (paid, but not
         done: a rerun asks again)."""
         place = self.endpoints[key].place()
+        if self.settings.strict_model:
+            wrong = wrong_model(request.model, answer, f"at {place}")
+            if wrong is not None:
+                return self._fail(task, model_index, wrong, tries.count, tries.by_type, key)
         # The prompt's estimate prices an answer that came without usage (the budget counts it).
         # The line names its endpoint only in a run with a table (else the manifest's base_url).
         line, done = answered(task, model_index, request.model, answer, tries.count, latency,
                               self.prices, retries=tries.by_type,
                               prompt_estimate=request.prompt_tokens, waited=tries.waited_s,
                               endpoint=place if self.settings.named else None)
-        if done.mismatch and self.settings.strict_model:
-            message = (f"requested {request.model}, answered by {answer.model} at {place} "
-                       "(--strict-model)")
-            error = CallError(Kind.WRONG_MODEL, None, message, Verdict.FAIL)
-            return self._fail(task, model_index, error, tries.count, tries.by_type, key)
         return Outcome((dataclasses.replace(done, key=key,
                                             endpoint=place if done.mismatch else None),), line)
 

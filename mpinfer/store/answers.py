@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from ..api.answer import Answer
+from ..api.failures import CallError, Kind, Verdict
 from ..api.prices import PriceTable
 from ..api.tokens import text_tokens
 from ..events import TaskDone
@@ -98,3 +99,12 @@ def answered(task: Task, model_index: int, requested: str, answer: Answer, attem
                           filtered=is_filtered(answer.filtered),
                           no_usage=not answer.usage_known, estimated_cost=estimate,
                           waited_s=waited, batch=batch)
+
+
+def wrong_model(requested: str, answer: Answer, where: str) -> CallError | None:
+    """What --strict-model makes of an answer: by another model than ``requested``, a wrong_model
+    failure naming the model that answered and ``where`` it came from; else None (done)."""
+    if not model_mismatch(requested, answer.model, answer.filtered):
+        return None
+    return CallError(Kind.WRONG_MODEL, None, f"requested {requested}, answered by {answer.model} "
+                     f"{where} (--strict-model)", Verdict.FAIL)
