@@ -86,9 +86,6 @@ class Result:
     # The answering request's time on the wire; a batch's answer: the batch's duration (None: the
     # server gave no times).
     latency_s: float | None = 0.0
-    # Off the wire before the answering request left (the limits, a slot, retries' backoff);
-    # written only when measured (a batch's answers have none).
-    waited_s: float | None = None
     attempts: int = 1
     processed_at: float = 0.0
     cost: float | None = None
@@ -103,6 +100,9 @@ class Result:
     # --max-cost; written only when set.
     cost_estimate: float | None = None
     endpoint: str | None = None  # ENDPOINT_FIELD; written only when set
+    # Off the wire before the answering request left (the limits, a slot, retries' backoff);
+    # written only when measured (a batch's answers have none).
+    waited_s: float | None = None
 
     def to_line(self) -> bytes:
         """The record as one output line."""
