@@ -11,11 +11,11 @@ To add a setting, add one field to RunConfig, in one place (its default, parser,
                                      metavar="SECONDS", shown="no limit")
 
 It then has a flag (``--max-wait``), a variable (``MPINFER_MAX_WAIT``; ``env=`` names others), a
-toml key and a keyword of ``mpinfer.run``. ``tests/test_docs.py`` fails until docs/settings.md's settings
-table and ``.env.example`` have its row and its line, and prints both to paste. Choices are a
-StrEnum here, parsed with ``one_of(TheEnum)``; an on/off switch is parsed with ``as_bool``. A
-setting that changes the answers also goes in ``store/manifest.py`` FINGERPRINT_FIELDS, so a resume
-with another value is refused.
+toml key and a keyword of ``mpinfer.run``. ``tests/test_docs.py`` fails until the settings table
+of docs/settings.md and ``.env.example`` have its row and its line, and prints both to paste.
+Choices are a StrEnum here, parsed with ``one_of(TheEnum)``; an on/off switch is parsed with
+``as_bool``. A setting that changes the answers also goes in ``store/manifest.py``
+FINGERPRINT_FIELDS, so a resume with another value is refused.
 
 The API key is read from the environment or ``.env`` only (``OPENAI_API_KEY``): never from a flag,
 which would leak into shell history and ``ps``, nor from mpinfer.toml, which tends to get committed.
