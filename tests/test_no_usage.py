@@ -50,6 +50,9 @@ def test_an_answer_without_usage_has_a_null_cost_and_is_counted_as_such(
     text = run_cli("-i", "tasks.jsonl", "-o", "out.jsonl", "--model", "gpt-4o-mini", "--status",
                    cwd=tmp_path).stdout
     assert "no usage: 3 answers came without usage" in text
+    # And the cost shown says it is not the whole cost: an unknown cost is not shown as $0
+    assert "(3 answers without usage not counted)" in text
+    assert "(3 answers without usage not counted)" in ran.stdout
     requests = mock.stats()["requests"]
     assert _run(tmp_path, mock).returncode == 0 and mock.stats()["requests"] == requests
     # And --validate takes the lines as they are (no missing field)
@@ -69,7 +72,9 @@ def test_max_cost_counts_answers_without_usage_at_their_estimate(
     assert ran.returncode == 1, ran.stdout + ran.stderr
     assert "budget" in ran.stdout
     rows = read_jsonl(tmp_path / "out.jsonl")
-    assert 3 <= len(rows) < 30
+    # (how many got in before the stop depends on timing: the budget also holds the in-flight
+    # requests' estimates)
+    assert 1 <= len(rows) < 30
     summary = json.loads((tmp_path / "out.jsonl.summary.json").read_text())
     assert summary["no_usage"] == len(rows) and 0 < summary["estimated_cost"] <= 0.3
     # And each line keeps its estimate, so that a rerun with the same budget counts what the output

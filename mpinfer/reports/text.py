@@ -29,12 +29,15 @@ def duration(seconds: float | None) -> str:
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
-def money(value: float | None, unpriced: int = 0) -> str:
-    """Dollars to four places, saying how many answers had no known price."""
+def money(value: float | None, unpriced: int = 0, no_usage: int = 0) -> str:
+    """Dollars to four places, saying how many answers had no known price or no usage: an
+    unknown cost is not shown as a known one."""
     if value is None:
         return "-"
-    note = f" ({unpriced} answers of models with no known price not counted)" if unpriced else ""
-    return f"${value:.4f}{note}"
+    notes = [f"{unpriced} answers of models with no known price" if unpriced else "",
+             f"{no_usage} answers without usage" if no_usage else ""]
+    note = " and ".join(n for n in notes if n)
+    return f"${value:.4f}" + (f" ({note} not counted)" if note else "")
 
 
 def _latency(values: dict[str, Any]) -> str:
@@ -59,7 +62,7 @@ def summary_lines(summary: RunSummary) -> list[str]:
         f"this run: {summary.elapsed_s:.1f}s, {summary.requests} requests"
         f"{f' ({rate:.1f}/s)' if rate else ''}, success {success}, "
         f"{summary.prompt_tokens} tokens in, {summary.completion_tokens} out, "
-        f"cost {money(summary.cost, summary.unpriced)}",
+        f"cost {money(summary.cost, summary.unpriced, summary.no_usage)}",
         (f"batches took {_latency(data['batch_s'])} (an answer in a batch has no latency of "
          "its own); " if summary.batch_durations else
          f"latency {_latency(data['latency_s'])}; waited {_latency(data['waited_s'])}; ")
@@ -118,7 +121,7 @@ def status_lines(report: StatusReport) -> list[str]:
         ("pending", f"{report.pending} (not done, failed included)"),
         ("tokens",
          f"{report.total_tokens} ({report.prompt_tokens} in, {report.completion_tokens} out)"),
-        ("cost", money(report.cost, report.unpriced)),
+        ("cost", money(report.cost, report.unpriced, report.no_usage)),
         ("latency", _latency(report.latency_s) + (" (answers of a batch: its duration)"
                                                   if report.batches else "")),
         ("waited", "-" if report.waited_s is None
