@@ -59,8 +59,6 @@ IMAGE_RULES: dict[str, ImageRule] = {
     "gpt-5-mini": ImageRule(multiplier=1.62), "gpt-5-nano": ImageRule(multiplier=2.46),
     "o4-mini": ImageRule(multiplier=1.72),
 }
-LOW_DETAIL_TOKENS = GPT_4O_RULE.base
-TILE_TOKENS = GPT_4O_RULE.tile
 UNKNOWN_IMAGE_TOKENS = 765  # gpt-4o's cost of an image of UNKNOWN_SIZE at high detail
 
 
