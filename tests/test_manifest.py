@@ -36,7 +36,7 @@ from mpinfer.store.manifest import (
 
 KEY = "sk-test-4f9Qz7LmN2pR8sT1vX3yZ9wxyz"
 ANSWER_FIELDS = {"model", "system_prompt", "temperature", "max_tokens", "extra_body", "prompt_key",
-                 "images_key"}
+                 "images_key", "model_key"}
 
 
 def config(tmp_path: Path, **changes: Any) -> RunConfig:
@@ -64,7 +64,7 @@ def test_fingerprint_holds_exactly_the_settings_that_change_answers(tmp_path: Pa
     # Then it holds those settings and nothing else, as plain values
     assert print_ == {"model": "gpt-4o", "system_prompt": "Be brief.", "temperature": 0.0,
                       "max_tokens": 50, "extra_body": {"top_p": 0.9}, "prompt_key": "prompt",
-                      "images_key": "images"}
+                      "images_key": "images", "model_key": None}
     assert set(print_) == ANSWER_FIELDS
     assert orjson.loads(orjson.dumps(print_)) == print_
 
@@ -256,6 +256,34 @@ def test_check_fingerprints_accepts_changed_settings_on_an_output_without_record
                                   allow_mixed=False)
     # Then it passes: no answers would be mixed
     assert messages == []
+
+
+def test_check_fingerprints_accepts_a_fingerprint_written_before_model_key_existed(
+    tmp_path: Path,
+) -> None:
+    # Given an output whose manifest fingerprint has no model_key (written before the setting)
+    path = tmp_path / "results.jsonl.runs.jsonl"
+    old = fingerprint(config(tmp_path), "gpt-4o")
+    del old["model_key"]
+    append_record(path, record({"results.jsonl": old}))
+    # When a run without model_key resumes it
+    messages = check_fingerprints(path, output_fingerprints(config(tmp_path, model="gpt-4o")),
+                                  ["results.jsonl"], allow_mixed=False)
+    # Then it passes: a missing field counts as None, model_key's default
+    assert messages == []
+
+
+def test_check_fingerprints_refuses_another_model_key(tmp_path: Path) -> None:
+    # Given an output written while each row's own model was read from its "model" field
+    path = tmp_path / "results.jsonl.runs.jsonl"
+    append_record(path, record({"results.jsonl": fingerprint(config(tmp_path, model_key="model"),
+                                                             "gpt-4o")}))
+    # When a run that sends --model to every row resumes it
+    with pytest.raises(SettingsChanged) as caught:
+        check_fingerprints(path, output_fingerprints(config(tmp_path, model="gpt-4o")),
+                           ["results.jsonl"], allow_mixed=False)
+    # Then it is refused, naming the field
+    assert "model_key: 'model' -> None" in str(caught.value)
 
 
 # --- RunRecord ------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 FINGERPRINT_FIELDS: tuple[str, ...] = (
     "system_prompt", "temperature", "max_tokens", "extra_body", "prompt_key", "images_key",
+    "model_key",
 )
 COUNT_FIELDS: tuple[str, ...] = (
     "total", "done", "succeeded", "failed", "remaining", "prompt_tokens", "completion_tokens",
