@@ -26,7 +26,6 @@ import orjson
 from .config import MockConfig
 
 REFUSAL_TEXT = "I'm sorry, but I can't help with that."
-REASONING_FIELDS = frozenset({"reasoning_content", "reasoning"})
 FILTER_CATEGORIES = ("hate", "self_harm", "sexual", "violence")
 FILTERED_CATEGORY, FILTERED_SEVERITY = "violence", "medium"
 PROMPT_FILTERED_MESSAGE = (

@@ -220,7 +220,7 @@ class MockConfig:
             raise ValueError("keys must be non-empty strings")
         if any(not isinstance(k, str) or not isinstance(v, str) for k, v in self.model_map.items()):
             raise ValueError("model_map must map str to str")
-        if any(v not in ("reasoning_content", "reasoning") for v in self.reasoning_models.values()):
+        if any(v not in REASONING_FIELDS for v in self.reasoning_models.values()):
             raise ValueError("reasoning_models must map models to reasoning_content or reasoning")
 
     def public_dict(self) -> dict[str, Any]:
@@ -235,6 +235,7 @@ class MockConfig:
 
 
 LIMIT_STYLES = frozenset({"openai", "litellm", "none"})
+REASONING_FIELDS = frozenset({"reasoning_content", "reasoning"})  # where a model's thinking comes
 
 
 def str_list(name: str, value: Any) -> list[str]:
