@@ -1,6 +1,6 @@
 """``--cancel``: stop the live run on an output from another terminal, the way Ctrl-C stops it.
 
-The run holds ``<output>.lock`` for its whole life and records its pid beside it (``store.output``);
+The run holds ``<output>.lock`` for its whole life and records its pid beside it (``store.locks``);
 its workers inherit the lock, so the lock is free only when the last of them is gone. Cancelling
 sends the run's parent SIGINT, which takes exactly the Ctrl-C path (no new tasks; requests in flight
 get their ``--grace`` to finish and be written), then waits for the lock to come free: the run,

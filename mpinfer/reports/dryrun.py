@@ -2,7 +2,7 @@
 
 A dry run does what a real run does up to the API call: it checks the input (bad input raises the
 same InputError, with file and line), reads each output to leave out the ids already done, and
-builds every pending task's request with the worker's own ``build_request`` and ``ImageEncoder``, so
+builds every pending task's request with the worker's own ``task_request`` and ``ImageEncoder``, so
 an image that would fail the task in a real run is listed here as a problem. It never writes, locks
 or repairs anything, and never fetches a remote image: those are counted and estimated at
 tokens.UNKNOWN_IMAGE_TOKENS.
