@@ -99,8 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "duplicate ids (after a backup copy <output>.bak-<time>), then "
                         "validate again")
     parser.add_argument("--fresh", action="store_true",
-                        help="start over: first move the output, its companions and the mpinfer_* "
-                        "logs of earlier runs to <output>.backup-<time>/ (nothing is deleted)")
+                        help="start over: first move the output, its companions and the logs of "
+                        "earlier runs on it to <output>.backup-<time>/ (nothing is deleted)")
     parser.add_argument("--config", type=Path, default=None, metavar="FILE",
                         help="read settings from FILE instead of "
                         "./mpinfer.toml (also MPINFER_CONFIG)")
