@@ -253,9 +253,9 @@ def fresh_start(config: RunConfig) -> Path | None:
 
     Moved: the output(s), errors files, ``.corrupt`` files, repair backups, summary, manifest, the
     export's missing list, and the log folder's logs of runs on this output (``is_log_of``; they go
-    under ``logs/`` in the backup). Lock files stay: they are in use. Returns the backup folder, or None when there was
-    nothing to move. Refused while a run is live on the output; its run lock is held while files
-    move.
+    under ``logs/`` in the backup). Lock files stay: they are in use. Returns the backup folder, or
+    None when there was nothing to move. Refused while a run is live on the output; its run lock is
+    held while files move.
     """
     _, output = config.require_paths()
     outputs = [OutputPaths.of(path) for path in model_outputs(output, config.models)]
