@@ -164,7 +164,7 @@ def _lock(job: _Job, held: ExitStack) -> Path | None:
         held.enter_context(RunLock(paths, config.model))
     for paths in job.outputs:
         wait_for_old_workers(paths)
-    log_file = create_log_file(config.log_dir, config.model, output=config.output)
+    log_file = create_log_file(config.log_dir, config.model, job.output)
     held.enter_context(parent_logging(log_file, config.verbose, config.api_keys))
     return log_file
 

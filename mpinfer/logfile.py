@@ -35,13 +35,12 @@ def _safe(name: str, default: str) -> str:
     return _UNSAFE.sub("_", name).strip("_") or default
 
 
-def log_file_name(model: str, started: float, attempt: int = 0, output: Path | None = None) -> str:
+def log_file_name(model: str, output: Path, started: float, attempt: int = 0) -> str:
     """The log file's name for a run of ``model`` on ``output`` started at ``started`` (then -2,
     -3 ...)."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(started))
     suffix = f"-{attempt + 1}" if attempt else ""
-    of = f".{_safe(output.stem, 'output')}" if output is not None else ""
-    return f"mpinfer_{_safe(model, 'model')}_{stamp}{suffix}{of}.log"
+    return f"mpinfer_{_safe(model, 'model')}_{stamp}{suffix}.{_safe(output.stem, 'output')}.log"
 
 
 def is_log_of(name: str, output: Path) -> bool:
@@ -50,16 +49,15 @@ def is_log_of(name: str, output: Path) -> bool:
     return re.fullmatch(rf"mpinfer_.+_\d{{8}}-\d{{6}}(-\d+)?\.{stem}\.log", name) is not None
 
 
-def create_log_file(log_dir: Path, model: str, started: float | None = None,
-                    output: Path | None = None) -> Path:
+def create_log_file(log_dir: Path, model: str, output: Path) -> Path:
     """Create a new, empty log file for this run (on ``output``); never reuses a name."""
-    started = time.time() if started is None else started
+    started = time.time()
     try:
         log_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"log folder {log_dir}: {exc.strerror or exc}") from None
     for attempt in range(1000):
-        path = log_dir / log_file_name(model, started, attempt, output)
+        path = log_dir / log_file_name(model, output, started, attempt)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
