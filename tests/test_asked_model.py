@@ -10,6 +10,7 @@ and, under --strict-model, is a wrong_model failure.
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 from helpers import read_jsonl, run_cli, text_tasks, write_tasks
@@ -124,20 +125,14 @@ def test_strict_model_fails_answers_by_another_model_as_wrong_model(tmp_path: Pa
     proc = _run(tmp_path, mock, "-i", "tasks.jsonl", "-o", "out.jsonl", "--model", "qwen-7b",
                 "--strict-model")
     # Then no answer is done: each is a wrong_model failure naming the endpoint, and the run exits 1
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    out = tmp_path / "out.jsonl"
-    assert not out.exists() or read_jsonl(out) == []
-    failures = read_jsonl(tmp_path / "out.jsonl.errors.jsonl")
-    assert len(failures) == 3
-    assert {f["error_type"] for f in failures} == {"wrong_model"}
-    assert all("qwen-72b" in f["message"] and mock.base_url in f["message"] for f in failures)
+    _assert_wrong_model_failures(tmp_path, proc, "qwen-72b", mock.base_url)
     # When the server is fixed and the run goes again, still strict
     mock.configure(model_map={})
     again = _run(tmp_path, mock, "-i", "tasks.jsonl", "-o", "out.jsonl", "--model", "qwen-7b",
                  "--strict-model")
     # Then it asks again and every task is done as the model asked for, without an endpoint field
     assert again.returncode == 0, again.stdout + again.stderr
-    lines = read_jsonl(out)
+    lines = read_jsonl(tmp_path / "out.jsonl")
     assert len(lines) == 3
     assert {line["model"] for line in lines} == {"qwen-7b"}
     assert all("endpoint" not in line for line in lines)
@@ -167,10 +162,16 @@ def test_strict_model_fails_a_batchs_answers_by_another_model_as_wrong_model(
     finally:
         batch_mock.configure(model_map={})
     # Then no answer is done: each is a wrong_model failure, and the run exits 1
+    _assert_wrong_model_failures(tmp_path, proc, "qwen-72b")
+
+
+def _assert_wrong_model_failures(tmp_path: Path, proc: subprocess.CompletedProcess[str],
+                                 *named: str) -> None:
+    """The run exited 1, nothing done: its 3 tasks are wrong_model failures naming ``named``."""
     assert proc.returncode == 1, proc.stdout + proc.stderr
     out = tmp_path / "out.jsonl"
     assert not out.exists() or read_jsonl(out) == []
     failures = read_jsonl(tmp_path / "out.jsonl.errors.jsonl")
     assert len(failures) == 3
     assert {f["error_type"] for f in failures} == {"wrong_model"}
-    assert all("qwen-72b" in f["message"] for f in failures)
+    assert all(all(text in f["message"] for text in named) for f in failures)

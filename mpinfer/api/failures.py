@@ -23,6 +23,7 @@ from enum import StrEnum
 from typing import Any, Protocol, cast
 
 from ..limits import wait_hint
+from ..store.records import CONTENT_FILTER
 
 
 class Kind(StrEnum):
@@ -165,7 +166,7 @@ TABLE: tuple[Rule, ...] = (
     Rule(Kind.HTTP, Verdict.RETRY, status=409),
     # Azure's content filter stopped the prompt (innererror ResponsibleAIPolicyViolation): asking
     # again gets the same answer, and for a safety benchmark it is the answer (a done record).
-    Rule(Kind.CONTENT_FILTER, Verdict.FILTERED, status=400, code="content_filter"),
+    Rule(Kind.CONTENT_FILTER, Verdict.FILTERED, status=400, code=CONTENT_FILTER),
     # The same request fails again: no retry.
     Rule(Kind.IMAGES_TOO_LARGE, Verdict.FAIL, status=400, message=_TOO_LARGE),
     Rule(Kind.IMAGES_TOO_LARGE, Verdict.FAIL, status=413, message=_TOO_LARGE),
