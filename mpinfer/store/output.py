@@ -57,6 +57,12 @@ def model_outputs(output: Path, models: tuple[str, ...]) -> tuple[Path, ...]:
                  for m in models)
 
 
+def judge_output(answers: Path) -> Path:
+    """Where a judge's verdicts on an answers output go: ``results.jsonl`` -> ``results.judge.jsonl``
+    (an output of its own, with its own companions, one line per judged id)."""
+    return answers.with_name(f"{answers.stem}.judge{answers.suffix}")
+
+
 def _hidden(output: Path, suffix: str) -> Path:
     """Lock files are dot-files beside the output: needed, but nothing a user has to look at."""
     return output.with_name("." + output.name + suffix)
