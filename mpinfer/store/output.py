@@ -58,8 +58,9 @@ def model_outputs(output: Path, models: tuple[str, ...]) -> tuple[Path, ...]:
 
 
 def judge_output(answers: Path) -> Path:
-    """Where a judge's verdicts on an answers output go: ``results.jsonl`` -> ``results.judge.jsonl``
-    (an output of its own, with its own companions, one line per judged id)."""
+    """Where a judge's verdicts on an answers output go:
+    ``results.jsonl`` -> ``results.judge.jsonl`` (an output of its own, with its own companions,
+    one line per judged id)."""
     return answers.with_name(f"{answers.stem}.judge{answers.suffix}")
 
 
