@@ -181,7 +181,8 @@ class RunState:
     def _show_totals(self, refresh: bool = False) -> None:
         self.bar.set_postfix(failed=self.summary.failed,
                              tokens=self.summary.prompt_tokens + self.summary.completion_tokens,
-                             cost=f"${self.summary.cost:.4f}", refresh=refresh)
+                             cost=("unknown" if self.summary.unpriced and not self.summary.cost
+                                   else f"${self.summary.cost:.4f}"), refresh=refresh)
 
     def drop_model(self, event: ModelUnknown) -> None:
         """The server does not know a model: send none of its tasks; with no model left, stop."""

@@ -72,6 +72,7 @@ class _Job:
     chosen: Selection
     outputs: list[OutputPaths]
     prices: PriceTable
+    unpriced: tuple[str, ...]  # the models asked for that no price table knows: cost unknown
 
 
 @dataclass
@@ -94,7 +95,7 @@ def run(config: RunConfig, *, progress: bool = True, grace_s: float = DEFAULT_GR
     with ExitStack() as held:
         log_file = _lock(job, held)
         summary = RunSummary(total=index.total * len(job.config.models), already_done=0,
-                             log_file=log_file)
+                             log_file=log_file, unpriced_models=list(job.unpriced))
         _repair(job, summary)
         scanned = _scan(job, index, summary)
         manifest, start = _record_start(job, scanned, argv, index, summary)
@@ -151,7 +152,7 @@ def _check(config: RunConfig) -> tuple[_Job, InputIndex]:
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"{output.parent}: {exc.strerror or exc}") from None
-    return _Job(config, input_path, output, keys, chosen, outputs, prices), index
+    return _Job(config, input_path, output, keys, chosen, outputs, prices, tuple(unpriced)), index
 
 
 # -- lock: this run alone on each output, and its own log ------------------------------------------

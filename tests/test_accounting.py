@@ -67,10 +67,37 @@ def test_an_unknown_model_has_no_cost_rather_than_a_wrong_one(tmp_path: Path,
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(2))
     # When it runs
     proc = _run(tmp_path, mock, "--model", "local-llava")
-    # Then the cost is null, and the summary says how many answers it could not price
+    # Then the cost is null on every line, and the summary, --status (text and JSON) and the
+    # summary file say it is unknown and why, never $0
     assert proc.returncode == 0, proc.stderr
     assert {row["cost"] for row in read_jsonl(tmp_path / "out.jsonl")} == {None}
-    assert "2 answers of models with no known price not counted" in proc.stdout
+    assert "cost unknown: no price for local-llava" in proc.stdout
+    assert "$0.0000" not in proc.stdout
+    summary = orjson.loads((tmp_path / "out.jsonl.summary.json").read_bytes())
+    assert summary["cost"] is None and summary["unpriced_models"] == ["local-llava"]
+    text = _run(tmp_path, mock, "--model", "local-llava", "--status").stdout
+    assert "unknown: no price for local-llava" in text and "$0.0000" not in text
+    report = orjson.loads(_run(tmp_path, mock, "--model", "local-llava", "--status",
+                               "--json").stdout)
+    assert report["cost"] is None and report["unpriced_models"] == ["local-llava"]
+
+
+def test_a_priced_and_an_unpriced_model_show_the_known_part_and_name_the_other(
+        tmp_path: Path, mock: MockServerProcess):
+    # Given two models, one in the built-in table and one no table prices
+    write_tasks(tmp_path / "tasks.jsonl", text_tasks(2))
+    both = ("--model", "gpt-4o-mini,local-llava")
+    # When they run
+    proc = _run(tmp_path, mock, *both)
+    # Then the cost shown is the priced model's, and the unpriced model's answers are named
+    assert proc.returncode == 0, proc.stderr
+    priced = sum(r["cost"] for r in read_jsonl(tmp_path / "out.gpt-4o-mini.jsonl"))
+    assert priced > 0
+    assert f"${priced:.4f} (2 answers with no price for local-llava not counted)" in proc.stdout
+    report = orjson.loads(_run(tmp_path, mock, *both, "--status", "--json").stdout)
+    assert report["cost"] == pytest.approx(priced, abs=1e-6)
+    assert report["unpriced_models"] == ["local-llava"]
+    assert [part["cost"] is None for part in report["models"]] == [False, True]
 
 
 def test_max_cost_stops_taking_tasks_before_the_budget_is_passed(tmp_path: Path,

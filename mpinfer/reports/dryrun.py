@@ -319,6 +319,8 @@ class DryRunPlan:
     max_tokens_assumed: bool
     assumed_max_tokens: int
     unpriced_models: tuple[str, ...]
+    # each priced model and its price as checked by a person (Price.describe: date and source)
+    prices: tuple[tuple[str, str], ...] = ()
     batch: bool = False  # --backend batch: the Batch API's price is the one that will be paid
 
     @property
@@ -330,6 +332,7 @@ class DryRunPlan:
         """Plain data for ``--dry-run --json``: paths are strings, every row and total included."""
         data = dataclasses.asdict(self, dict_factory=_plain)
         data["rows"] = [row.to_dict() for row in self.rows]
+        data["prices"] = dict(self.prices)
         data["ok"] = self.ok
         return data
 
@@ -463,7 +466,10 @@ def plan(config: RunConfig, prices: PriceTable) -> DryRunPlan:
             prompt_total += tokens
     model_rows = tuple(row.finish(model, path, len(ids), prices)
                        for row, model, path, ids in zip(rows, models, outputs, done, strict=True))
-    unpriced = sorted({name for row in rows for name in row.by_model if prices.find(name) is None})
+    named = sorted({name for row in rows for name in row.by_model})
+    unpriced = [name for name in named if prices.find(name) is None]
+    shown = tuple((name, price.describe()) for name in named
+                  if (price := prices.find(name)) is not None)
     return DryRunPlan(
         input=input_path, models=models, tasks=index.total, tasks_pending=tasks_pending,
         rows=model_rows,
@@ -472,7 +478,7 @@ def plan(config: RunConfig, prices: PriceTable) -> DryRunPlan:
         prompt=PromptStats(prompt_count, prompt_total, prompt_min,
                            per_task_total / prompt_count if prompt_count else None, prompt_max),
         max_tokens_assumed=assumed, assumed_max_tokens=DEFAULT_COMPLETION_TOKENS,
-        unpriced_models=tuple(unpriced), batch=config.backend == "batch",
+        unpriced_models=tuple(unpriced), prices=shown, batch=config.backend == "batch",
     )
 
 

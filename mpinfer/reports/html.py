@@ -168,6 +168,14 @@ def _money(value: float | None, digits: int = 4) -> str:
     return "-" if value is None else f"${value:.{digits}f}"
 
 
+def _row_cost(row: ModelRow) -> str:
+    """A model's cost, never $0 for answers no price was known for."""
+    if row.unpriced and not row.cost:
+        return f"unknown: no price for {row.model}"
+    return (_money(row.cost) + (f" ({row.unpriced} with no price)" if row.unpriced else "")
+            + (f" ({row.no_usage} without usage)" if row.no_usage else ""))
+
+
 def _model_table(page: _Page, rows: list[ModelRow]) -> str:
     head = ["model", "endpoint", "answered by", "answers", "failures", "refusals", "filtered",
             "truncated (length)", "mean latency", "mean wait", "tokens in", "tokens out", "cost",
@@ -179,8 +187,7 @@ def _model_table(page: _Page, rows: list[ModelRow]) -> str:
          "-" if row.mean_latency_s is None else f"{row.mean_latency_s:.2f} s",
          "-" if row.mean_waited_s is None else f"{row.mean_waited_s:.2f} s",
          row.prompt_tokens, row.completion_tokens,
-         _money(row.cost) + (f" ({row.unpriced} unpriced)" if row.unpriced else "")
-         + (f" ({row.no_usage} without usage)" if row.no_usage else ""),
+         _row_cost(row),
          _money(row.cost_per_1000)]
         for row in rows
     ]

@@ -41,6 +41,7 @@ class OutputStatus:
     last_written_at: float | None
     cost: float = 0.0
     unpriced: int = 0
+    unpriced_models: list[str] = field(default_factory=list)  # no price known: cost unknown
     model_mismatches: int = 0
     failures_by_type: dict[str, int] = field(default_factory=dict)
     refusals: int = 0
@@ -73,6 +74,7 @@ class StatusReport:
     rate_limited: int = 0
     cost: float = 0.0
     unpriced: int = 0
+    unpriced_models: list[str] = field(default_factory=list)  # answers of these: cost unknown
     model_mismatches: int = 0
     failures_by_type: dict[str, int] = field(default_factory=dict)
     refusals: int = 0
@@ -93,6 +95,10 @@ class StatusReport:
     def to_dict(self) -> dict[str, Any]:
         """The report as JSON values (``--status --json``)."""
         data = asdict(self)
+        # nothing priced: the cost is unknown, not 0
+        for part in (data, *data["models"]):
+            if part["unpriced"] and not part["cost"]:
+                part["cost"] = None
         # Users read a batch's model index as "model" in this JSON: the key stays as it was.
         data["batches"] = [{("model" if key == "model_index" else key): value
                             for key, value in batch.items()} for batch in data["batches"]]
@@ -116,7 +122,8 @@ def _output_status(output: Path, tally: OutputTally) -> OutputStatus:
         prompt_tokens=tally.prompt, completion_tokens=tally.completion,
         bad_lines=tally.bad + tally.torn,
         unknown_ids=len(tally.unknown), last_written_at=tally.last, cost=round(tally.cost, 6),
-        unpriced=tally.unpriced, model_mismatches=tally.mismatches, failures_by_type=by_type,
+        unpriced=tally.unpriced, unpriced_models=sorted(tally.unpriced_models),
+        model_mismatches=tally.mismatches, failures_by_type=by_type,
         refusals=tally.refusals, truncated=tally.truncated, filtered=tally.filtered,
         no_usage=tally.no_usage,
     )
@@ -280,6 +287,7 @@ def _report(config: RunConfig, total: int, parts: list[OutputStatus], recent: li
         last_written_at=last, live=live is not None, live_pid=live.pid if live else None,
         rate_limited=int(summary.get("rate_limited") or 0),
         cost=round(sum(p.cost for p in parts), 6), unpriced=sum(p.unpriced for p in parts),
+        unpriced_models=sorted({m for p in parts for m in p.unpriced_models}),
         model_mismatches=sum(p.model_mismatches for p in parts),
         failures_by_type=_merge(p.failures_by_type for p in parts),
         refusals=sum(p.refusals for p in parts), truncated=sum(p.truncated for p in parts),

@@ -147,6 +147,7 @@ def _tally(item: dict[str, Any], selected: IdSubset, blobs: dict[str, bytes],
     tally.last = None if item["last"] is None else float(item["last"])
     tally.recent = deque((float(v) for v in item["recent"]), maxlen=RECENT_RECORDS)
     tally.unknown = {str(v) for v in item["unknown"]}
+    tally.unpriced_models = {str(v) for v in item["unpriced_models"]}
     tally.failures = {int(k): str(v) for k, v in item["failures"].items()}
     tally.output_mark = FileMark.from_dict(item["output_mark"]) if item["output_mark"] else None
     tally.errors_mark = FileMark.from_dict(item["errors_mark"]) if item["errors_mark"] else None
@@ -174,7 +175,7 @@ def save(path: Path, key: dict[str, Any], index: InputIndex, tallies: list[Outpu
         blobs.append((f"latencies{number}", array("d", tally.latencies).tobytes()))
         items.append({
             "bad": tally.bad, "prompt": tally.prompt, "completion": tally.completion,
-            "unpriced": tally.unpriced,
+            "unpriced": tally.unpriced, "unpriced_models": sorted(tally.unpriced_models),
             "mismatches": tally.mismatches, "refusals": tally.refusals,
             "truncated": tally.truncated, "filtered": tally.filtered, "no_usage": tally.no_usage,
             "cost": tally.cost, "waited": tally.waited, "waits": tally.waits,

@@ -68,6 +68,7 @@ class RunSummary:
     per_key: dict[str, UsageCounts] = field(default_factory=dict)
     cost: float = 0.0
     unpriced: int = 0
+    unpriced_models: list[str] = field(default_factory=list)  # asked for, with no known price
     cost_before: float = 0.0
     model_mismatches: int = 0
     # answers by another model than requested, by the endpoint that gave them (Endpoint.place)
@@ -215,7 +216,8 @@ class RunSummary:
                     success_rate=self.success_rate, requests_per_s=per_s,
                     latency_s=percentiles(self.latencies), waited_s=percentiles(self.waits),
                     batch_s=percentiles(self.batch_durations),
-                    cost=round(self.cost, 6),
+                    # nothing priced: the cost is unknown, not 0
+                    cost=None if self.unpriced and not self.cost else round(self.cost, 6),
                     estimated_cost=round(self.estimated_cost, 6),
                     updated_at=time.time())
         return data

@@ -134,6 +134,7 @@ class OutputTally:
     prompt: int = 0
     completion: int = 0
     unpriced: int = 0
+    unpriced_models: set[str] = field(default_factory=set)  # the models those answers name
     mismatches: int = 0
     refusals: int = 0
     truncated: int = 0
@@ -190,6 +191,7 @@ class OutputTally:
                 self.no_usage += 1
             elif record.cost is None:
                 self.unpriced += 1
+                self.unpriced_models.add(record.model or record.requested_model or "?")
             else:
                 self.cost += record.cost
             if record.mismatch:

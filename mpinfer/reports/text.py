@@ -4,6 +4,7 @@ validation, export, repair. Lines, not prints."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,12 +30,17 @@ def duration(seconds: float | None) -> str:
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
-def money(value: float | None, unpriced: int = 0, no_usage: int = 0) -> str:
+def money(value: float | None, unpriced: int = 0, no_usage: int = 0,
+          unpriced_models: Sequence[str] = ()) -> str:
     """Dollars to four places, saying how many answers had no known price or no usage: an
-    unknown cost is not shown as a known one."""
+    unknown cost is never shown as a known one, nor as $0 when nothing could be priced."""
     if value is None:
         return "-"
-    notes = [f"{unpriced} answers of models with no known price" if unpriced else "",
+    names = ", ".join(unpriced_models) or "their model"
+    if unpriced and not value:
+        return f"unknown: no price for {names}" + (
+            f" ({no_usage} answers without usage)" if no_usage else "")
+    notes = [f"{unpriced} answers with no price for {names}" if unpriced else "",
              f"{no_usage} answers without usage" if no_usage else ""]
     note = " and ".join(n for n in notes if n)
     return f"${value:.4f}" + (f" ({note} not counted)" if note else "")
@@ -62,7 +68,7 @@ def summary_lines(summary: RunSummary) -> list[str]:
         f"this run: {summary.elapsed_s:.1f}s, {summary.requests} requests"
         f"{f' ({rate:.1f}/s)' if rate else ''}, success {success}, "
         f"{summary.prompt_tokens} tokens in, {summary.completion_tokens} out, "
-        f"cost {money(summary.cost, summary.unpriced, summary.no_usage)}",
+        f"cost {money(summary.cost, summary.unpriced, summary.no_usage, summary.unpriced_models)}",
         (f"batches took {_latency(data['batch_s'])} (an answer in a batch has no latency of "
          "its own); " if summary.batch_durations else
          f"latency {_latency(data['latency_s'])}; waited {_latency(data['waited_s'])}; ")
@@ -121,7 +127,7 @@ def status_lines(report: StatusReport) -> list[str]:
         ("pending", f"{report.pending} (not done, failed included)"),
         ("tokens",
          f"{report.total_tokens} ({report.prompt_tokens} in, {report.completion_tokens} out)"),
-        ("cost", money(report.cost, report.unpriced, report.no_usage)),
+        ("cost", money(report.cost, report.unpriced, report.no_usage, report.unpriced_models)),
         ("latency", _latency(report.latency_s) + (" (answers of a batch: its duration)"
                                                   if report.batches else "")),
         ("waited", "-" if report.waited_s is None
@@ -156,7 +162,8 @@ def status_lines(report: StatusReport) -> list[str]:
     if len(report.models) > 1:
         lines.append("  per output: done / failed / pending / cost")
         lines += [f"    {part.output}: {part.done} / {part.failed} / "
-                  f"{part.pending} / {money(part.cost)}" for part in report.models]
+                  f"{part.pending} / {money(part.cost, part.unpriced, 0, part.unpriced_models)}"
+                  for part in report.models]
     for title, usage in (("per model", report.per_model), ("per key", report.per_key)):
         if len(usage) > 1 or any(u.get("rate_limited") for u in usage.values()):
             lines.append(f"  {title}: requests / tokens / 429s")
@@ -231,9 +238,11 @@ def dry_run_lines(plan: DryRunPlan) -> list[str]:
         batch_cost = _cost_range(totals.batch_cost_min, totals.batch_cost_max)
         lines.append(f"at the Batch API price (--backend batch): {batch_cost} "
                      "(the online price is the line above)")
+    for name, price in plan.prices:
+        lines.append(f"price of {name}: {price}")
     if plan.unpriced_models:
-        lines.append(f"no price for: {', '.join(plan.unpriced_models)} (give "
-                     "--prices or --price-input/-output)")
+        lines.append(f"no price for: {', '.join(plan.unpriced_models)}: its cost will show as "
+                     "unknown (give --prices or --price-input/-output)")
     for problem in plan.problems:
         lines.append(f"  problem: line {problem.line}, id {problem.id!r}: {problem.message}")
     if plan.problem_count > len(plan.problems):
