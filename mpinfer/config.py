@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from dotenv import dotenv_values
 
+from .api.thinking import EFFORTS, ThinkingForm, as_effort, switches
 from .errors import ConfigError
 from .settings import (
     ModelRates,
@@ -44,6 +45,7 @@ from .settings import (
     as_text,
     non_negative_float,
     non_negative_int,
+    on_off,
     one_of,
     options_of,
     parse_rate,
@@ -138,6 +140,17 @@ class RunConfig:
     extra_body: dict[str, Any] | None = setting(None, as_json_object,
                                                 "JSON object merged into every request body",
                                                 metavar="JSON")
+    thinking: bool | None = setting(None, on_off,
+                                    "turn a model's thinking on or off, in its server's own field "
+                                    "(see --thinking-form)", metavar="on|off",
+                                    shown="the model's default")
+    reasoning_effort: str | None = setting(None, as_effort,
+                                           "how much a model thinks: " + ", ".join(EFFORTS),
+                                           metavar="LEVEL", shown="the server's default")
+    thinking_form: ThinkingForm = setting(ThinkingForm.AUTO, one_of(ThinkingForm),
+                                          "how --thinking and --reasoning-effort are sent: auto "
+                                          "(by the base URL), openai, deepseek, dashscope or vllm",
+                                          metavar="FORM")
     timeout: float = setting(120.0, positive_float,
                              "seconds one request may take, connect to last byte", metavar="S")
     max_retries: int = setting(3, non_negative_int, "retries of a 5xx, timeout or reset (not 429s)",
@@ -364,6 +377,8 @@ class RequestSettings:
     max_tokens: int | None = None
     extra_body: dict[str, Any] | None = None
     per_task: bool = False
+    # by model index: the fields that switch its thinking (--thinking, --reasoning-effort)
+    thinking: tuple[dict[str, Any], ...] = ()
 
     @classmethod
     def of(cls, config: RunConfig) -> RequestSettings:
@@ -376,7 +391,16 @@ class RequestSettings:
                          for name in models)
         return cls(models, config.model_named, config.api,
                    config.resolved_image_root, image_mb, config.system_prompt, config.temperature,
-                   config.max_tokens, config.extra_body, config.model_key is not None)
+                   config.max_tokens, config.extra_body, config.model_key is not None,
+                   model_thinking(config))
+
+    def extra_for(self, model_index: int) -> dict[str, Any] | None:
+        """The fields merged into a request of the model at ``model_index``: its thinking switch,
+        then --extra-body, which wins where both name a field."""
+        switch = self.thinking[model_index] if self.thinking else None
+        if not switch:
+            return self.extra_body
+        return {**switch, **(self.extra_body or {})}
 
     def requested(self, own: str | None, body: bool, model_index: int) -> str:
         """The model a task's request names: the one rule of which model is asked for.
@@ -437,6 +461,17 @@ class RunnerSettings:
 # The settings, derived from RunConfig's fields: the CLI builds its flags from this table.
 OPTIONS: tuple[Option, ...] = options_of(RunConfig)
 _BY_NAME = {option.name: option for option in OPTIONS}
+
+
+def model_thinking(config: RunConfig) -> tuple[dict[str, Any], ...]:
+    """By model index, the fields that ask its servers for --thinking and --reasoning-effort
+    (api/thinking.py); raises ConfigError when they cannot."""
+    if config.thinking is None and config.reasoning_effort is None:
+        return ()
+    places = {name: [(ep.base_url, ep.provider == "azure") for ep in config.endpoint_table
+                     if ep.serves(name)] or [(config.base_url, False)] for name in config.models}
+    return switches(places, config.thinking_form, config.thinking, config.reasoning_effort,
+                    responses=config.api is Api.RESPONSES)
 
 
 def _missing(name: str, flag: str) -> str:
@@ -514,7 +549,9 @@ def load_config(
         values["endpoint_table"] = table
         values["api_keys"] = tuple(endpoint.api_key for endpoint in table if endpoint.api_key)
     values["warnings"] = file_warnings(cwd / ENV_FILE_NAME)
-    return RunConfig(**values)
+    config = RunConfig(**values)
+    model_thinking(config)  # a switch no server of the run can take: refused before anything runs
+    return config
 
 
 def endpoint_table(path: Path) -> tuple[Endpoint, ...]:

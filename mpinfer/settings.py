@@ -81,6 +81,12 @@ def as_bool(text: Any) -> bool:
     raise ValueError("must be true or false")
 
 
+def on_off(text: Any) -> bool:
+    """Parse a setting that is on or off but has no default to flip (``--thinking on|off``): as
+    as_bool, but a flag that takes its value rather than a bare switch."""
+    return as_bool(text)
+
+
 def one_of(kind: type[E]) -> Callable[[Any], E]:
     """A parser for a str enum: its values, any case."""
 

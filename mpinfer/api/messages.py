@@ -352,7 +352,7 @@ def task_request(settings: RequestSettings, encoder: ImageEncoder, task: Task,
         request = build_request(task, encoder, model=asked,
                                 system_prompt=settings.system_prompt,
                                 temperature=settings.temperature, max_tokens=settings.max_tokens,
-                                extra_body=settings.extra_body)
+                                extra_body=settings.extra_for(model_index))
         if settings.api is Api.RESPONSES:
             request = request.as_responses()
     # Over the provider's limit the server answers 400 after the upload:

@@ -3,11 +3,12 @@
 - A refusal, as OpenAI sends one: ``content`` null, the text in ``refusal``, ``finish_reason``
   "stop"; an ordinary answer carries ``refusal: null``, as OpenAI's do. The mock refuses a prompt
   that holds ``MockConfig.refuse_marker``.
-- A reasoning model's thinking, under the field its server uses: DeepSeek
-  (``deepseek-reasoner``) and vLLM before 0.10 send ``reasoning_content``, later vLLM and some
-  proxies ``reasoning``; the model is listed in ``MockConfig.reasoning_models`` with that
-  field's name. Its tokens count in ``completion_tokens`` and again in
-  ``usage.completion_tokens_details.reasoning_tokens``, as OpenAI bills them.
+- A reasoning model's thinking (unless the request switched it off: mock/chat.thinking_switch),
+  under the field its server uses: DeepSeek (``deepseek-reasoner``) and vLLM before 0.10 send
+  ``reasoning_content``, later vLLM and some proxies ``reasoning``; the model is listed in
+  ``MockConfig.reasoning_models`` with that field's name. Its tokens count in
+  ``completion_tokens`` and again in ``usage.completion_tokens_details.reasoning_tokens``, as
+  OpenAI bills them.
 - Azure's content filter, on prompts that hold a marker: ``MockConfig.filter_marker`` stops the
   prompt (``prompt_filtered``: a 400 ``content_filter``, innererror
   ``ResponsibleAIPolicyViolation`` with ``content_filter_result`` per category);
@@ -78,8 +79,10 @@ def _tokens(text: str) -> int:
 
 
 def reply(cfg: MockConfig, model: str, task_text: str, images: int,
-          max_tokens: int | None) -> Reply:
-    """One accepted request's answer: a refusal, or a (maybe truncated) answer with thinking."""
+          max_tokens: int | None, thinks: bool | None = None) -> Reply:
+    """One accepted request's answer: a refusal, or a (maybe truncated) answer with thinking: a
+    reasoning model thinks unless the request switched it off (``thinks`` False), as Qwen3 on
+    vLLM or DashScope, DeepSeek and OpenAI's ``reasoning_effort: none`` do."""
     if cfg.filter_answer_marker and cfg.filter_answer_marker in task_text:
         # Azure sends no content for a filtered completion; the tokens it wrote are billed.
         return Reply({"role": "assistant", "content": None}, "content_filter", 12, filtered=True)
@@ -94,7 +97,7 @@ def reply(cfg: MockConfig, model: str, task_text: str, images: int,
     message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
     completion = _tokens(content)
     field = cfg.reasoning_models.get(model)
-    if field is None:
+    if field is None or thinks is False:
         return Reply(message, finish_reason, completion)
     thinking = f"The user asks: {task_text[:40]}. I should answer briefly."
     message[field] = thinking

@@ -49,6 +49,24 @@ class ChatRequest:
     images_total: int
     text_chars: int
     max_tokens: int | None
+    thinks: bool | None = None  # the request's thinking switch (thinking_switch), None: none
+
+
+def thinking_switch(data: dict[str, Any]) -> bool | None:
+    """Whether a request asks its model to think, in any server's words: vLLM's
+    ``chat_template_kwargs.enable_thinking``, DashScope's ``enable_thinking``, DeepSeek's
+    ``thinking.type``, OpenAI's ``reasoning_effort`` (``none`` is off); None when it says
+    nothing."""
+    kwargs = data.get("chat_template_kwargs")
+    if isinstance(kwargs, dict) and isinstance(kwargs.get("enable_thinking"), bool):
+        return bool(kwargs["enable_thinking"])
+    if isinstance(data.get("enable_thinking"), bool):
+        return bool(data["enable_thinking"])
+    thinking = data.get("thinking")
+    if isinstance(thinking, dict) and thinking.get("type") in ("enabled", "disabled"):
+        return bool(thinking["type"] == "enabled")
+    effort = data.get("reasoning_effort")
+    return None if effort is None else effort != "none"
 
 
 def _check_image_url(url: Any) -> str | None:
@@ -178,4 +196,4 @@ def parse_chat(body: bytes) -> ChatRequest:
         max_tokens = value
         break  # max_completion_tokens is the newer name and wins, as on OpenAI
     return ChatRequest(model, "".join(task_parts), images_in_task, images_total, text_chars,
-                       max_tokens)
+                       max_tokens, thinking_switch(data))

@@ -128,7 +128,8 @@ class ChatCompletions:
         st.per_model[chat.model] += 1
         st.received[task_key] += 1
 
-        answer = reply(cfg, chat.model, task_key, chat.images_in_task, chat.max_tokens)
+        answer = reply(cfg, chat.model, task_key, chat.images_in_task, chat.max_tokens,
+                       chat.thinks)
         prompt_tokens = -(-chat.text_chars // 4) + _TOKENS_PER_IMAGE * chat.images_total
         budget = prompt_tokens + (chat.max_tokens if chat.max_tokens is not None
                                   else answer.completion_tokens)
