@@ -269,6 +269,9 @@ class RunConfig:
                                 "resume even though the settings that change answers "
                                 "differ from those that wrote the output")
     verbose: bool = setting(False, as_bool, "log every attempt and the HTTP stack")
+    by: str | None = setting(None, as_text,
+                             "input field to count results by (scenario, task_type): with "
+                             "--status and --report", metavar="FIELD", shown="no groups")
     report: bool = setting(False, as_bool,
                            "write the HTML report <output>.report.html at the end of every run "
                            "(needs mpinfer[report]; --report writes one at once)", cli=False)

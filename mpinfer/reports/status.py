@@ -6,6 +6,7 @@ Done, failed and pending come from the output and errors files (the truth); requ
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -18,6 +19,8 @@ from ..inputs import InputIndex, check_input, reading, selection
 from ..store.locks import live_run
 from ..store.output import OutputPaths, companion, model_outputs
 from . import status_cache
+from .by_group import GroupReader
+from .groups import GroupRow
 from .summary import percentiles, read_summary
 from .tally import RECENT_RECORDS, OutputTally
 
@@ -91,14 +94,19 @@ class StatusReport:
     per_key: dict[str, Any] = field(default_factory=dict)
     # --backend batch: each batch, as last polled
     batches: list[BatchStatus] = field(default_factory=list)
+    groups: list[GroupRow] | None = None  # --by FIELD: results by group (None: not asked)
 
     def to_dict(self) -> dict[str, Any]:
-        """The report as JSON values (``--status --json``)."""
+        """The report as JSON values (``--status --json``; ``groups`` only with --by)."""
         data = asdict(self)
         # nothing priced: the cost is unknown, not 0
         for part in (data, *data["models"]):
             if part["unpriced"] and not part["cost"]:
                 part["cost"] = None
+        if self.groups is None:
+            del data["groups"]
+        else:
+            data["groups"] = [row.to_dict() for row in self.groups]
         # Users read a batch's model index as "model" in this JSON: the key stays as it was.
         data["batches"] = [{("model" if key == "model_index" else key): value
                             for key, value in batch.items()} for batch in data["batches"]]
@@ -165,6 +173,7 @@ class StatusReader:
         self._saved_at: float | None = None
         self._unsaved = False
         self._sorted_at = 0.0
+        self._groups: GroupReader | None = None  # --by FIELD
 
     def _refresh(self) -> tuple[InputIndex, bool]:
         """Read what is new; the index, and whether anything changed since the cache was written."""
@@ -173,6 +182,9 @@ class StatusReader:
             chosen = selection(self.config)
             self._key = status_cache.cache_key(self.input_path, self.keys, chosen,
                                                  self.outputs)
+            if self.config.by is not None:
+                self._groups = GroupReader(self.config, self.config.by, chosen, self._key,
+                                           self.use_cache)
             cached = (status_cache.load(self._cache, self._key, self.input_path, self.keys)
                       if self.use_cache else None)
             self.from_cache = cached is not None
@@ -225,6 +237,8 @@ class StatusReader:
         ):
             return
         status_cache.save(self._cache, self._key, index, self.tallies, self._percentiles)
+        if self._groups is not None:
+            self._groups.save()
         self._saved_at, self._unsaved = now, False
 
     def close(self) -> None:
@@ -244,11 +258,14 @@ class StatusReader:
         latency = self._latency()
         waits = sum(t.waits for t in self.tallies)
         waited = round(sum(t.waited for t in self.tallies) / waits, 4) if waits else None
-        self._unsaved = self._unsaved or changed
+        groups = None if self._groups is None else self._groups.read(index, self.tallies)
+        self._unsaved = self._unsaved or changed or (self._groups is not None
+                                                     and self._groups.unsaved)
         if self.use_cache and self._unsaved:
             self._save(index)
-        return _report(self.config, index.total * len(outputs), parts, recent, (latency, waited),
-                       now)
+        report = _report(self.config, index.total * len(outputs), parts, recent,
+                         (latency, waited), now)
+        return report if groups is None else dataclasses.replace(report, groups=groups)
 
 
 def status(config: RunConfig, now: float | None = None) -> StatusReport:

@@ -50,7 +50,8 @@ def usable(only_failed: bool) -> bool:
     return not only_failed
 
 
-def _input_mark(path: Path) -> FileMark | None:
+def input_mark(path: Path) -> FileMark | None:
+    """The input file's mark over its whole length; None when it cannot be read."""
     try:
         return FileMark.of(path, path.stat().st_size)
     except OSError:
@@ -90,7 +91,7 @@ def _current(header: dict[str, Any], key: dict[str, Any], mark: FileMark | None)
 
 def _decode(path: Path, key: dict[str, Any], input_path: Path,
             keys: FieldKeys) -> CachedStatus | None:
-    mark = _input_mark(input_path)
+    mark = input_mark(input_path)
     header, blobs = _read(path)
     if not _current(header, key, mark):
         return None
@@ -114,9 +115,15 @@ def _decode(path: Path, key: dict[str, Any], input_path: Path,
 
 
 def _read(path: Path, header_only: bool = False) -> tuple[dict[str, Any], dict[str, bytes]]:
-    """A cache file's header and named blobs; ValueError when it is not one."""
+    return read_blobs(path, _MAGIC, header_only)
+
+
+def read_blobs(path: Path, magic: bytes,
+               header_only: bool = False) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """A cache file's header and named blobs (the file starts with ``magic``); ValueError when it
+    is not one."""
     with path.open("rb") as handle:
-        if handle.read(len(_MAGIC)) != _MAGIC:
+        if handle.read(len(magic)) != magic:
             raise ValueError("not a status cache")
         size = int.from_bytes(handle.read(8), "little")
         file_size = os.fstat(handle.fileno()).st_size
@@ -157,7 +164,7 @@ def _tally(item: dict[str, Any], selected: IdSubset, blobs: dict[str, bytes],
 def save(path: Path, key: dict[str, Any], index: InputIndex, tallies: list[OutputTally],
          latency: Latency) -> None:
     """Write the cache atomically; a directory that cannot take it just means no cache next time."""
-    mark = _input_mark(index.path)
+    mark = input_mark(index.path)
     if mark is None:
         return
     try:
@@ -192,6 +199,12 @@ def save(path: Path, key: dict[str, Any], index: InputIndex, tallies: list[Outpu
 
 
 def _write(path: Path, header: dict[str, Any], blobs: list[tuple[str, bytes]]) -> None:
+    write_blobs(path, _MAGIC, header, blobs)
+
+
+def write_blobs(path: Path, magic: bytes, header: dict[str, Any],
+                blobs: list[tuple[str, bytes]]) -> None:
+    """Write a cache file atomically: ``magic``, the JSON header, then the named blobs."""
     encoded = orjson.dumps({**header, "blobs": [[name, len(blob)] for name, blob in blobs]})
     blob_bytes = b"".join(blob for _, blob in blobs)
-    replace_quietly(path, _MAGIC + len(encoded).to_bytes(8, "little") + encoded + blob_bytes)
+    replace_quietly(path, magic + len(encoded).to_bytes(8, "little") + encoded + blob_bytes)

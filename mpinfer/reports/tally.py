@@ -32,7 +32,7 @@ def _digest(fd: int, offset: int, size: int) -> str:
     return hashlib.blake2b(os.pread(fd, size, offset), digest_size=16).hexdigest()
 
 
-class _Reader:
+class LineReader:
     """The whole lines of a file from an offset, then its mark, taken from the same open file: a
     file put in its place meanwhile cannot lend its identity to counts read from the old one."""
 
@@ -61,7 +61,8 @@ class _Reader:
             self.mark = FileMark.of_fd(handle.fileno(), self.end)
 
 
-def _decode(raw: bytes) -> Any:
+def decode_line(raw: bytes) -> Any:
+    """A line decoded, or None when it is not JSON."""
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -172,11 +173,11 @@ class OutputTally:
         return read
 
     def _read_output(self, path: Path, start: int) -> int:
-        reader = _Reader(path, start)
+        reader = LineReader(path, start)
         for raw in reader.lines():
             if not raw.strip():
                 continue
-            record = view(_decode(raw))
+            record = view(decode_line(raw))
             if record is None:
                 self.bad += 1
                 continue
@@ -211,9 +212,9 @@ class OutputTally:
         return reader.end - start
 
     def _read_errors(self, path: Path, start: int) -> int:
-        reader = _Reader(path, start)
+        reader = LineReader(path, start)
         for raw in reader.lines():
-            obj = _decode(raw) if raw.strip() else None
+            obj = decode_line(raw) if raw.strip() else None
             failure = failure_view(obj)
             if failure is not None and (slot := self.within.find(failure.id)) is not None:
                 self.failures[slot] = failure.error_type

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ..cancel import CancelResult
 from ..store.repair import RepairReport
 from .export import ExportReport
+from .groups import GroupRow
 from .html import ReportResult
 from .status import StatusReport
 from .summary import RunSummary
@@ -180,7 +181,38 @@ def status_lines(report: StatusReport) -> list[str]:
             extra += f"; {b.resubmitted} rows resubmitted" if b.resubmitted else ""
             lines.append(f"    {b.batch_id or b.name}: {state} / {b.completed}+{b.failed} of "
                          f"{b.rows} / {duration(b.age_s)} / {b.attempt}{extra}")
+    if report.groups is not None:
+        lines += group_lines(report.groups)
     return lines
+
+
+def _share(row: GroupRow, count: int) -> str:
+    share = row.share(count)
+    return "-" if share is None else f"{100 * share:.1f}%"
+
+
+def group_lines(rows: list[GroupRow]) -> list[str]:
+    """Results by group as a table: a row per value of the field and (variant, model); refusals,
+    filtered and each label as a share of the tasks done (answered, refused or filtered)."""
+    if not rows:
+        return ["  by: no groups (no tasks selected)"]
+    labels = sorted({label for row in rows for label in row.labels})
+    variants = any(row.variant is not None for row in rows)
+    head = [rows[0].by, *(["variant"] if variants else []), "model", "tasks", "done", "refused",
+            "filtered", "failed", *labels, "cost"]
+    table = [head]
+    for row in rows:
+        table.append([row.shown_value, *([row.variant or "-"] if variants else []), row.model,
+                      str(row.tasks), str(row.done), _share(row, row.refused),
+                      _share(row, row.filtered), str(row.failed),
+                      *(_share(row, row.labels.get(label, 0)) for label in labels),
+                      money(row.cost)])
+    widths = [max(len(line[n]) for line in table) for n in range(len(head))]
+    texts = 2 if variants else 1  # left-aligned: the value and the variant; then the model
+    return [f"  by {rows[0].by}: refused, filtered and labels as shares of the tasks done"] + [
+        "    " + "  ".join(cell.ljust(width) if n <= texts else cell.rjust(width)
+                           for n, (cell, width) in enumerate(zip(line, widths, strict=True)))
+        for line in table]
 
 
 def validation_lines(report: ValidationReport) -> list[str]:
