@@ -63,7 +63,8 @@ def test_export_lists_every_task_in_input_order_with_its_status_in_csv_and_jsonl
     # And the columns are the input's fields, then the answer's, in the same order in both files
     columns = ["id", "prompt", "tags", "input_model", "answer", "refusal", "filtered",
                "model", "requested_model", "prompt_tokens", "completion_tokens", "total_tokens",
-               "cost", "finish_reason", "status", "error"]
+               "cost", "finish_reason", "status", "error", "label", "parsed", "judge_label",
+               "judge_text", "judge_model"]
     assert list(table[0]) == columns and list(lines[0]) == columns
     # And a done row carries its answer and accounting; a list is JSON text in CSV and a list in
     # JSONL

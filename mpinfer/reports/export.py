@@ -35,14 +35,17 @@ from ..inputs import (
     selection,
 )
 from ..store.atomic import atomic_write
-from ..store.output import OutputPaths, companion, iter_lines, model_outputs, scan
+from ..store.output import OutputPaths, companion, iter_lines, judge_output, model_outputs, scan
 from ..store.records import RecordView, failure_view, record_id, view
+from .groups import label_of
 from .parquet import ParquetTable, require_pyarrow
 
+# the answer's label and structured answer (JSON text), and the judge's verdict on it
+LABEL_COLUMNS: tuple[str, ...] = ("label", "parsed", "judge_label", "judge_text", "judge_model")
 ANSWER_COLUMNS: tuple[str, ...] = (
     "answer", "refusal", "filtered", "model", "requested_model", "prompt_tokens",
     "completion_tokens", "total_tokens",
-    "cost", "finish_reason", "status", "error",
+    "cost", "finish_reason", "status", "error", *LABEL_COLUMNS,
 )
 RUN_MODEL_COLUMN = "run_model"
 EXTRA_CELLS = "extra_cells"
@@ -122,26 +125,50 @@ class ExportReport:
 
 @dataclass(frozen=True)
 class _Outcomes:
-    """One output's answers (each id's first line) and the last failure of the ids not done."""
+    """One output's answers (each id's first line) and the last failure of the ids not done;
+    the label columns of the ids whose lines have any (the answer's, then its judge's)."""
 
     answers: dict[str, RecordView]
     errors: dict[str, str]
+    labels: dict[str, dict[str, Any]]
+
+
+def _label_cells(answer: Any, judged: Any) -> dict[str, Any]:
+    """The label columns of an answer line and its judge line (either may be None)."""
+    parsed = answer.get("parsed") if isinstance(answer, dict) else None
+    judged = judged if isinstance(judged, dict) else {}
+    text = judged.get("text")
+    model = judged.get("judge_model")
+    return {"label": label_of(answer), "parsed": None if parsed is None
+            else orjson.dumps(parsed).decode(),
+            "judge_label": label_of(judged) if judged else None,
+            "judge_text": text if isinstance(text, str) else None,
+            "judge_model": model if isinstance(model, str) else None}
 
 
 def _outcomes(output: Path) -> _Outcomes:
     paths = OutputPaths.of(output)
     answers: dict[str, RecordView] = {}
+    judged: dict[str, Any] = {}
+    for _, _, obj in iter_lines(judge_output(output)):
+        task_id = record_id(obj)
+        if task_id is not None:
+            judged.setdefault(task_id, obj)  # the first verdict on an id stands
+    labels: dict[str, dict[str, Any]] = {}
     for _, _, obj in iter_lines(paths.output):
         record = view(obj)
-        if record is not None:
+        if record is not None and record.id not in answers:
             # the first stays, as --validate --repair keeps it
-            answers.setdefault(record.id, record)
+            answers[record.id] = record
+            cells = _label_cells(obj, judged.get(record.id))
+            if any(value is not None for value in cells.values()):
+                labels[record.id] = cells
     errors: dict[str, str] = {}
     for _, _, obj in iter_lines(paths.errors):
         failure = failure_view(obj)
         if failure is not None and failure.id not in answers:
             errors[failure.id] = failure.message
-    return _Outcomes(answers, errors)
+    return _Outcomes(answers, errors, labels)
 
 
 def _settled_ids(output: Path) -> set[str]:
@@ -242,7 +269,7 @@ def _answer_fields(task_id: str, outcomes: _Outcomes) -> dict[str, Any]:
                 "completion_tokens": usage and usage.completion_tokens,
                 "total_tokens": usage and usage.total_tokens,
                 "cost": record.cost, "finish_reason": record.finish_reason, "status": status.value,
-                "error": None}
+                "error": None, **outcomes.labels.get(task_id, dict.fromkeys(LABEL_COLUMNS))}
     status = RowStatus.FAILED if task_id in outcomes.errors else RowStatus.MISSING
     return {**dict.fromkeys(ANSWER_COLUMNS), "status": status.value,
             "error": outcomes.errors.get(task_id)}
