@@ -77,9 +77,7 @@ class GroupRow:
     @property
     def shown_value(self) -> str:
         """The value as text: "(none)" for a task without the field."""
-        if self.value is None:
-            return NONE_SHOWN
-        return self.value if isinstance(self.value, str) else orjson.dumps(self.value).decode()
+        return shown(self.value)
 
     def to_dict(self) -> dict[str, Any]:
         """The group as JSON values."""
@@ -95,6 +93,13 @@ def group_outputs(config: RunConfig) -> tuple[GroupOutput, ...]:
     models = config.models
     return tuple(GroupOutput(path, None, model)
                  for path, model in zip(model_outputs(output, models), models, strict=True))
+
+
+def shown(value: Any) -> str:
+    """A group's value as text: "(none)" for a task without the field, JSON for a non-text."""
+    if value is None:
+        return NONE_SHOWN
+    return value if isinstance(value, str) else orjson.dumps(value).decode()
 
 
 def label_of(obj: Any) -> str | None:

@@ -22,6 +22,7 @@ from ..errors import ConfigError, MpinferError, OutputError
 from ..redact import redact
 from ..store.atomic import atomic_write
 from ..store.output import companion
+from .results_html import ResultsData, read_results, results_section
 from .timeline import ModelRow, RunView, Series, Timeline, build_timeline
 from .validate import ValidationReport, validate
 
@@ -238,8 +239,8 @@ def _verdict(page: _Page, reports: list[ValidationReport] | None, reason: str) -
 
 
 def render(timeline: Timeline, reports: list[ValidationReport] | None, reason: str,
-           secrets: tuple[str, ...] = ()) -> tuple[str, int]:
-    """The page's HTML and how many charts it holds."""
+           secrets: tuple[str, ...] = (), results: ResultsData | None = None) -> tuple[str, int]:
+    """The page's HTML and how many charts it holds; ``results``: the results section (--by)."""
     import plotly.offline
 
     page = _Page(secrets)
@@ -248,6 +249,8 @@ def render(timeline: Timeline, reports: list[ValidationReport] | None, reason: s
              f"output lines, {len(timeline.runs)} run{'s' if len(timeline.runs) != 1 else ''}</p>")
     page.add("<h2>Validate</h2>" + _verdict(page, reports, reason))
     page.add("<h2>Per model and endpoint (all runs)</h2>" + _model_table(page, timeline.table))
+    if results is not None:
+        results_section(page, results)
     # With one run, the run's own charts say it all.
     if timeline.whole is not None and len(timeline.runs) > 1:
         charts = _charts(page, timeline.whole, relative=False)
@@ -285,7 +288,8 @@ def write_report(config: RunConfig, dest: Path | None = None) -> ReportResult:
             reports = validate(config)
         except MpinferError as exc:
             reason = str(exc)
-    document, charts = render(timeline, reports, reason, config.api_keys)
+    results = None if config.by is None else read_results(config, config.by)
+    document, charts = render(timeline, reports, reason, config.api_keys, results)
     data = document.encode()
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
