@@ -74,6 +74,11 @@ class GroupRow:
         """``count`` as a share of the tasks done; None before any is done."""
         return count / self.done if self.done else None
 
+    def label_share(self, label: str) -> float | None:
+        """``label``'s share of the tasks done; None when none of them has a label (no labels in
+        this output: 0% would say they were all something else)."""
+        return self.share(self.labels.get(label, 0)) if self.labels else None
+
     @property
     def shown_value(self) -> str:
         """The value as text: "(none)" for a task without the field."""
@@ -356,6 +361,8 @@ def group_rows(values: GroupValues, outputs: tuple[GroupOutput, ...],
         for group, variant in keys:
             counts = tally.counts.get((group, variant)) or Counts()
             tasks = values.tasks[group] - moved[group] if variant == 0 else counts.moved
+            if not tasks and not failed[group]:
+                continue  # every task's line named another variant: nothing left here
             value = values.value(group)
             unknown = counts.no_usage > 0
             row = GroupRow(

@@ -222,8 +222,8 @@ def read_results(config: RunConfig, by: str) -> ResultsData:
     return ResultsData(by, report.groups or [], rows, report.total, made, thumbnails.note)
 
 
-def _percent(row: GroupRow, count: int) -> str:
-    share = row.share(count)
+def _percent(row: GroupRow, count: int | None = None, label: str = "") -> str:
+    share = row.label_share(label) if count is None else row.share(count)
     return "-" if share is None else f"{100 * share:.1f}%"
 
 
@@ -242,11 +242,11 @@ def _chart(page: _Page, data: ResultsData) -> str:
         for metric in metrics:
             for value in values:
                 row = mine.get(value)
-                count = (0 if row is None else row.refused if metric == RATES[0]
-                         else row.filtered if metric == RATES[1] else row.labels.get(metric, 0))
                 x[0].append(metric)
                 x[1].append(value)
-                y.append(None if row is None else row.share(count))
+                y.append(None if row is None else row.share(row.refused) if metric == RATES[0]
+                         else row.share(row.filtered) if metric == RATES[1]
+                         else row.label_share(metric))
         figure.add_trace(go.Bar(x=x, y=y, name=output_name(variant, model),
                                 hovertemplate="%{x}: %{y:.1%} of the tasks done"))
     figure.update_layout(title={"text": f"Label shares, refusal and filter rates by {data.by}"},
@@ -261,7 +261,7 @@ def _groups_table(page: _Page, data: ResultsData) -> str:
             *labels, "tokens in", "tokens out", "cost"]
     body = [[row.shown_value, output_name(row.variant, row.model), row.tasks, row.done,
              _percent(row, row.refused), _percent(row, row.filtered), row.failed,
-             *(_percent(row, row.labels.get(label, 0)) for label in labels),
+             *(_percent(row, label=label) for label in labels),
              "-" if row.tokens["prompt"] is None else row.tokens["prompt"],
              "-" if row.tokens["completion"] is None else row.tokens["completion"],
              "-" if row.cost is None else f"${row.cost:.4f}"] for row in data.groups]

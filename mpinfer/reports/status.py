@@ -207,6 +207,11 @@ class StatusReader:
         return self.index, changed
 
     @property
+    def groups_from_cache(self) -> bool:
+        """Whether the groups (--by) were read from their cache (then only what is new)."""
+        return self._groups is not None and self._groups.from_cache
+
+    @property
     def _cache(self) -> Path:
         return status_cache.cache_path(self.output)
 

@@ -186,14 +186,15 @@ def status_lines(report: StatusReport) -> list[str]:
     return lines
 
 
-def _share(row: GroupRow, count: int) -> str:
-    share = row.share(count)
+def _share(row: GroupRow, count: int | None = None, label: str = "") -> str:
+    share = row.label_share(label) if count is None else row.share(count)
     return "-" if share is None else f"{100 * share:.1f}%"
 
 
 def group_lines(rows: list[GroupRow]) -> list[str]:
     """Results by group as a table: a row per value of the field and (variant, model); refusals,
-    filtered and each label as a share of the tasks done (answered, refused or filtered)."""
+    filtered and each label as a share of the tasks done (answered, refused or filtered); "-" for
+    the labels of a group none of whose tasks has one."""
     if not rows:
         return ["  by: no groups (no tasks selected)"]
     labels = sorted({label for row in rows for label in row.labels})
@@ -205,7 +206,7 @@ def group_lines(rows: list[GroupRow]) -> list[str]:
         table.append([row.shown_value, *([row.variant or "-"] if variants else []), row.model,
                       str(row.tasks), str(row.done), _share(row, row.refused),
                       _share(row, row.filtered), str(row.failed),
-                      *(_share(row, row.labels.get(label, 0)) for label in labels),
+                      *(_share(row, label=label) for label in labels),
                       money(row.cost)])
     widths = [max(len(line[n]) for line in table) for n in range(len(head))]
     texts = 2 if variants else 1  # left-aligned: the value and the variant; then the model
