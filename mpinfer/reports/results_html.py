@@ -15,9 +15,10 @@ from __future__ import annotations
 import base64
 import io
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..config import RunConfig
 from ..inputs import Task, detect_format, iter_selected, reading, selection
@@ -25,9 +26,6 @@ from ..store.output import OutputPaths, iter_lines, judge_output
 from ..store.records import failure_view, record_id, view
 from .groups import GroupOutput, GroupRow, group_outputs, label_of, shown, value_of
 from .status import StatusReader
-
-if TYPE_CHECKING:
-    from .html import _Page
 
 MAX_ROWS = 1000  # rows browsed, over all outputs
 MAX_THUMBNAILS = 200
@@ -59,6 +57,25 @@ _FILTER_SCRIPT = """
   apply();
 })();
 """
+
+
+class _Page(Protocol):
+    """What this section needs of the report's page (html._Page)."""
+
+    go: Any
+
+    def text(self, value: Any) -> str:
+        """``value`` as HTML text, secrets redacted."""
+
+    def add(self, markup: str) -> None:
+        """Append a section of HTML."""
+
+    def figure(self, fig: Any) -> str:
+        """A plotly figure as HTML."""
+
+    def table(self, head: Sequence[str], rows: Iterable[Sequence[Any]],
+              text_columns: int = 1) -> str:
+        """An HTML table."""
 
 
 @dataclass(frozen=True)
