@@ -27,6 +27,8 @@ READ_ONLY = {
     "--dry-run": ["--dry-run"],
     "--export": ["--export", "rows.csv"],
     "--report": ["--report"],
+    "--status --by": ["--status", "--by", "prompt"],
+    "--report --by": ["--report", "--by", "prompt"],
 }
 
 
