@@ -59,8 +59,9 @@ class GroupReader:
         self.from_cache = False
         self._unsaved = False
 
-    def read(self, index: InputIndex, status: list[OutputTally]) -> list[GroupRow]:
-        """The groups as the files stand now."""
+    def read(self, index: InputIndex, status: dict[Path, OutputTally]) -> list[GroupRow]:
+        """The groups as the files stand now; ``status``: the status tally of each output (its
+        failures), by path."""
         if self.values is None:
             size = len(index.ids.index)
             cached = self._load(size) if self.use_cache else None
@@ -74,7 +75,8 @@ class GroupReader:
                 self.values, self.tallies = cached
         for output, tally in zip(self.outputs, self.tallies, strict=True):
             self._unsaved = tally.refresh(output.path, self.values, index.ids) or self._unsaved
-        return group_rows(self.values, self.outputs, self.tallies, status)
+        return group_rows(self.values, self.outputs, self.tallies,
+                          [status[output.path] for output in self.outputs])
 
     @property
     def unsaved(self) -> bool:

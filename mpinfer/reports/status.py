@@ -263,7 +263,8 @@ class StatusReader:
         latency = self._latency()
         waits = sum(t.waits for t in self.tallies)
         waited = round(sum(t.waited for t in self.tallies) / waits, 4) if waits else None
-        groups = None if self._groups is None else self._groups.read(index, self.tallies)
+        groups = None if self._groups is None else self._groups.read(
+            index, dict(zip(self.outputs, self.tallies, strict=True)))
         self._unsaved = self._unsaved or changed or (self._groups is not None
                                                      and self._groups.unsaved)
         if self.use_cache and self._unsaved:
