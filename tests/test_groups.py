@@ -245,3 +245,18 @@ def test_a_real_run_against_the_mock_counts_groups_by_model(tmp_path: Path,
         assert group["answered"] + group["refused"] == 4
         assert group["tokens"]["prompt"] > 0 and group["labels"] == {}
     assert {g["model"] for g in groups} == {"gpt-4o-mini", "gpt-4o"}
+
+
+def test_a_csv_rows_empty_cell_is_the_group_null_and_values_stay_text(tmp_path: Path):
+    # Given a CSV input whose scenario cell is empty in one row, and every task answered
+    (tmp_path / "tasks.csv").write_text("id,prompt,scenario\nc0,q0,10\nc1,q1,\nc2,q2,10\n")
+    write_jsonl(tmp_path / "results.jsonl",
+                [_answer(rid, "gpt-4o-mini", label="ok") for rid in ("c0", "c1", "c2")])
+    config = RunConfig(input=tmp_path / "tasks.csv", output=tmp_path / "results.jsonl",
+                       by="scenario")
+    # When the groups are counted
+    groups = StatusReader(config).read(NOW).groups or []
+    # Then the value is the cell's text, and the empty cell is the group null
+    assert [(g.value, g.tasks, g.answered, g.labels) for g in groups] == [
+        ("10", 2, 2, {"ok": 2}), (None, 1, 1, {"ok": 1})]
+    assert groups[1].shown_value == "(none)"
