@@ -67,8 +67,14 @@ def test_the_report_by_scenario_charts_the_groups_and_filters_the_rows(tmp_path:
     charts, drawn = drawn_charts(dom)
     assert drawn == charts and charts >= 5
     results = dom.split("Results by scenario")[1].split("<h3>")[0]
-    for name in ("fraud", "privacy", "m-small", "m-large", "(refusal rate)", "unsafe"):
-        assert name in results, name
+    titles = ("safe: share", "unsafe: share", "refusal rate: share")  # nothing filtered: no chart
+    charted = results.split('class="plotly-graph-div')[1:]
+    assert len(charted) == len(titles)
+    for chart, title in zip(charted, titles, strict=True):
+        assert title in chart
+        for name in ("fraud", "privacy", "m-small", "m-large"):  # the groups, the legend
+            assert f">{name}<" in chart, (title, name)
+    assert "nothing filtered: no filter rate to draw" in results
     # And all twelve rows show, until the filter is given a text
     assert len(_shown_rows(dom)) == 12
     assert "12 of 12 rows shown" in dom

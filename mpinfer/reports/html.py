@@ -83,8 +83,9 @@ class _Page:
         """Append a section of HTML."""
         self.parts.append(markup)
 
-    def figure(self, fig: Any) -> str:
-        """A plotly figure as HTML, in the page's layout (the script is embedded once)."""
+    def figure(self, fig: Any, layout: dict[str, Any] | None = None) -> str:
+        """A plotly figure as HTML, in the page's layout (the script is embedded once); ``layout``
+        overrides parts of it (the results section's charts: a taller one, the legend on top)."""
         self.charts += 1
         # Fixed margins with room for the legend below and a right-hand axis: margins that
         # expand to fit the legend can redraw in a loop (plotly.js warns "Too many
@@ -92,8 +93,10 @@ class _Page:
         fig.update_layout(height=CHART_HEIGHT, template="plotly_white", showlegend=True,
                           margin={"l": 60, "r": 60, "t": 40, "b": 110, "autoexpand": False},
                           legend={"orientation": "h", "y": -0.38, "yanchor": "top"})
+        fig.update_layout(**(layout or {}))
+        height = (layout or {}).get("height", CHART_HEIGHT)
         markup: str = fig.to_html(full_html=False, include_plotlyjs=False,
-                                  default_height=f"{CHART_HEIGHT}px",
+                                  default_height=f"{height}px",
                                   config={"displaylogo": False, "responsive": True})
         return markup
 

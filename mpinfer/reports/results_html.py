@@ -1,11 +1,11 @@
-"""The report's results section (``--report --by FIELD``): results by group as a chart and a table,
+"""The report's results section (``--report --by FIELD``): results by group as charts and a table,
 and a table to browse the rows, with a text filter.
 
-The chart puts, for each value of the field, each label's share of the tasks done and the refusal
-and filter rates side by side for every (variant, model). The rows table shows the first
-``MAX_ROWS`` selected tasks of every output (id, group, prompt, a thumbnail of its first local
-image, the answer or refusal, the label, the judge's text); a filter box (plain JavaScript, in the
-page) hides the rows that do not hold its text, and ``#filter=TEXT`` in the page's address fills
+A chart for each label (its share of the tasks done), for the refusal rate and for the filter rate
+gives a bar per value of the field for every (variant, model), side by side. The rows table shows
+the first ``MAX_ROWS`` selected tasks of every output (id, group, prompt, a thumbnail of its first
+local image, the answer or refusal, the label, the judge's text); a filter box (plain JavaScript, in
+the page) hides the rows that do not hold its text, and ``#filter=TEXT`` in the page's address fills
 it in. Thumbnails are small JPEG data URLs made with Pillow (when installed), at most
 ``MAX_THUMBNAILS`` of them, so the one file stays a few MB at most.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import io
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -32,7 +32,11 @@ MAX_THUMBNAILS = 200
 THUMBNAIL_SIDE = 96  # pixels, the longer side
 MAX_IMAGE_BYTES = 30 * 1024 * 1024  # larger files get no thumbnail
 MAX_TEXT = 2000  # characters of a prompt, an answer or a judge's text shown in a cell
-RATES = ("(refusal rate)", "(filter rate)")
+MAX_LABEL_CHARTS = 8
+# taller than the run's charts, for the group values' tick labels; the legend on top
+CHART_LAYOUT: dict[str, Any] = {
+    "height": 380, "margin": {"l": 60, "r": 20, "t": 80, "b": 130, "autoexpand": False},
+    "legend": {"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0}}
 _STYLE = ("<style>#results-rows td { vertical-align: top; max-width: 320px; white-space: pre-wrap;"
           " overflow-wrap: anywhere; } #results-rows img { max-width: 96px; max-height: 96px; }"
           "</style>")
@@ -70,7 +74,7 @@ class _Page(Protocol):
     def add(self, markup: str) -> None:
         """Append a section of HTML."""
 
-    def figure(self, fig: Any) -> str:
+    def figure(self, fig: Any, layout: dict[str, Any] | None = None) -> str:
         """A plotly figure as HTML."""
 
     def table(self, head: Sequence[str], rows: Iterable[Sequence[Any]],
@@ -244,32 +248,59 @@ def _percent(row: GroupRow, count: int | None = None, label: str = "") -> str:
     return "-" if share is None else f"{100 * share:.1f}%"
 
 
-def _chart(page: _Page, data: ResultsData) -> str:
+def _chart(page: _Page, data: ResultsData, title: str,
+           share: Callable[[GroupRow], float | None]) -> str:
+    """One measure (a label's share, the refusal or filter rate) per value of the field, a bar
+    for every (variant, model) side by side."""
     go = page.go
-    labels = sorted({label for row in data.groups for label in row.labels})
-    metrics = [*labels, *RATES]
     values = list(dict.fromkeys(row.shown_value for row in data.groups))
     figure = go.Figure()
-    series = list(dict.fromkeys((row.variant, row.model) for row in data.groups))
-    for variant, model in series:
+    for variant, model in dict.fromkeys((row.variant, row.model) for row in data.groups):
         mine = {row.shown_value: row for row in data.groups
                 if (row.variant, row.model) == (variant, model)}
-        x: list[list[str]] = [[], []]
-        y: list[float | None] = []
-        for metric in metrics:
-            for value in values:
-                row = mine.get(value)
-                x[0].append(metric)
-                x[1].append(value)
-                y.append(None if row is None else row.share(row.refused) if metric == RATES[0]
-                         else row.share(row.filtered) if metric == RATES[1]
-                         else row.label_share(metric))
-        figure.add_trace(go.Bar(x=x, y=y, name=output_name(variant, model),
-                                hovertemplate="%{x}: %{y:.1%} of the tasks done"))
-    figure.update_layout(title={"text": f"Label shares, refusal and filter rates by {data.by}"},
-                         barmode="group", yaxis={"tickformat": ".0%", "rangemode": "tozero",
-                                                 "title": {"text": "share of the tasks done"}})
-    return page.figure(figure)
+        figure.add_trace(go.Bar(
+            x=values, y=[None if value not in mine else share(mine[value]) for value in values],
+            name=output_name(variant, model), hovertemplate="%{x}: %{y:.1%}"))
+    figure.update_layout(title={"text": title}, barmode="group",
+                         xaxis={"type": "category", "tickangle": -30},
+                         yaxis={"tickformat": ".0%", "rangemode": "tozero"})
+    return page.figure(figure, layout=CHART_LAYOUT)
+
+
+def _label_share(label: str) -> Callable[[GroupRow], float | None]:
+    def share(row: GroupRow) -> float | None:
+        return row.label_share(label)
+
+    return share
+
+
+def _refusal_rate(row: GroupRow) -> float | None:
+    return row.share(row.refused)
+
+
+def _filter_rate(row: GroupRow) -> float | None:
+    return row.share(row.filtered)
+
+
+def _charts(page: _Page, data: ResultsData) -> str:
+    """A chart for each label (the first MAX_LABEL_CHARTS), the refusal and the filter rates
+    (each drawn when some task has it: an empty chart would look like a drawing bug)."""
+    labels = sorted({label for row in data.groups for label in row.labels})
+    charts = [_chart(page, data, f"{label}: share of the tasks done", _label_share(label))
+              for label in labels[:MAX_LABEL_CHARTS]]
+    notes = [] if labels else ["no labels: the answers have none and no judge judged them"]
+    if len(labels) > MAX_LABEL_CHARTS:
+        notes.append(f"the first {MAX_LABEL_CHARTS} of {len(labels)} labels are drawn")
+    if any(row.refused for row in data.groups):
+        charts.append(_chart(page, data, "refusal rate: share of the tasks done", _refusal_rate))
+    else:
+        notes.append("no refusals: no refusal rate to draw")
+    if any(row.filtered for row in data.groups):
+        charts.append(_chart(page, data, "filter rate: share of the tasks done", _filter_rate))
+    else:
+        notes.append("nothing filtered: no filter rate to draw")
+    note = f"<p class=note>{page.text('; '.join(notes))}</p>" if notes else ""
+    return note + "<div class=charts>" + "".join(charts) + "</div>"
 
 
 def _groups_table(page: _Page, data: ResultsData) -> str:
@@ -309,7 +340,7 @@ def results_section(page: _Page, data: ResultsData) -> None:
     if not data.groups:
         page.add("<p class=note>no tasks selected: no groups</p>")
         return
-    page.add(_chart(page, data) + _groups_table(page, data))
+    page.add(_charts(page, data) + _groups_table(page, data))
     shown = (f"the first {len(data.rows)} of {data.rows_total} rows"
              if len(data.rows) < data.rows_total else f"all {len(data.rows)} rows")
     note = f"; {data.note}" if data.note else ""
