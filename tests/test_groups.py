@@ -260,3 +260,18 @@ def test_a_csv_rows_empty_cell_is_the_group_null_and_values_stay_text(tmp_path: 
     assert [(g.value, g.tasks, g.answered, g.labels) for g in groups] == [
         ("10", 2, 2, {"ok": 2}), (None, 1, 1, {"ok": 1})]
     assert groups[1].shown_value == "(none)"
+
+
+def test_a_broken_groups_cache_is_no_cache(config: RunConfig):
+    # Given a --status --by whose cache was then cut short, and another overwritten with junk
+    expected = StatusReader(config, use_cache=False).read(NOW).groups
+    StatusReader(config).read(NOW)
+    path = cache_path(config.output, "scenario")
+    data = path.read_bytes()
+    for broken in (data[: len(data) // 2], b"junk" * 10):
+        path.write_bytes(broken)
+        # When --status --by runs again
+        reader = StatusReader(config)
+        groups = reader.read(NOW).groups
+        # Then it counted from the files, as without a cache
+        assert not reader.groups_from_cache and groups == expected
