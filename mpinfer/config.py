@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from dotenv import dotenv_values
 
+from .api.structured import AnswerRule, answer_rule, labels_list
 from .api.thinking import EFFORTS, ThinkingForm, as_effort, switches
 from .errors import ConfigError
 from .settings import (
@@ -151,6 +152,14 @@ class RunConfig:
                                           "how --thinking and --reasoning-effort are sent: auto "
                                           "(by the base URL), openai, deepseek, dashscope or vllm",
                                           metavar="FORM")
+    json_schema: Path | None = setting(None, as_path,
+                                       "JSON Schema file: answers are asked for as its JSON "
+                                       "(strict), checked and kept as parsed", metavar="FILE",
+                                       shown="free text")
+    labels: tuple[str, ...] | None = setting(None, labels_list,
+                                             "comma-separated labels: an answer must name "
+                                             "exactly one, kept as label", metavar="A,B",
+                                             shown="free text")
     timeout: float = setting(120.0, positive_float,
                              "seconds one request may take, connect to last byte", metavar="S")
     max_retries: int = setting(3, non_negative_int, "retries of a 5xx, timeout or reset (not 429s)",
@@ -382,6 +391,12 @@ class RequestSettings:
     per_task: bool = False
     # by model index: the fields that switch its thinking (--thinking, --reasoning-effort)
     thinking: tuple[dict[str, Any], ...] = ()
+    rule: AnswerRule | None = None  # --labels or --json-schema: what an answer must be
+
+    @property
+    def response_format(self) -> dict[str, Any] | None:
+        """The ``response_format`` every plain row's request carries (--json-schema), or None."""
+        return self.rule.response_format() if self.rule is not None else None
 
     @classmethod
     def of(cls, config: RunConfig) -> RequestSettings:
@@ -395,7 +410,7 @@ class RequestSettings:
         return cls(models, config.model_named, config.api,
                    config.resolved_image_root, image_mb, config.system_prompt, config.temperature,
                    config.max_tokens, config.extra_body, config.model_key is not None,
-                   model_thinking(config))
+                   model_thinking(config), answer_rule(config.labels, config.json_schema))
 
     def extra_for(self, model_index: int) -> dict[str, Any] | None:
         """The fields merged into a request of the model at ``model_index``: its thinking switch,

@@ -156,7 +156,9 @@ class RunState:
                     self.summary.key_counts(self.key_names[event.key]).succeeded += 1
                 self.bar.update(1)
             case TaskFailed():
-                self.summary.count_failure(event.error_type, event.retries)
+                self.summary.count_failure(event.error_type, event.retries,
+                                           (event.prompt_tokens, event.completion_tokens,
+                                            event.cost))
                 self.summary.per_model[self.config.models[event.model_index]].failed += 1
                 if event.key is not None:
                     self.summary.key_counts(self.key_names[event.key]).failed += 1

@@ -79,6 +79,10 @@ class MalformedResponse(MpinferError):
     """A 200 whose body is not a chat completion; retried like a server error."""
 
 
+class BadAnswer(MpinferError):
+    """An answer that does not parse or fit the run's --json-schema or --labels: asked again."""
+
+
 class BatchApiError(MpinferError):
     """A Batch API call (upload, create, poll, download, cancel) failed after its retries; the batch
     plan beside the output keeps everything already submitted, so a rerun goes on from there."""

@@ -60,6 +60,10 @@ class TaskFailed:
     attempts: int
     retries: dict[str, int] = field(default_factory=dict)
     key: int | None = None  # the key (endpoint) that answered last; None: no request was sent
+    # Answers it got and paid for, though it failed (a bad_answer): their tokens and cost
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,13 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from .api.prices import PriceTable, load_prices
+from .api.structured import answer_rule
 from .api.tokens import image_rule
 from .backends.base import Backend
-from .config import BackendKind, RunConfig
+from .config import Api, BackendKind, RunConfig
 from .driver import MAX_FAILURES_SHOWN, RESPAWNS_PER_WORKER, RunState, supervise, work_items
 from .errors import ConfigError, InputError, OutputError
 from .inputs import (
     FieldKeys,
+    InputFormat,
     InputIndex,
     Selection,
     asked_models,
@@ -137,6 +139,7 @@ def _check(config: RunConfig) -> tuple[_Job, InputIndex]:
     chosen = selection(config)
     index = check_input(input_path, keys, chosen)  # bad input fails here, before anything is spent
     config = settle_models(config, index)
+    _check_rule(config, index)
     # the models requests name (a Batch file's bodies' without --model)
     asked = asked_models(config, index)
     unpriced = [m for m in asked if prices.find(m) is None]
@@ -153,6 +156,24 @@ def _check(config: RunConfig) -> tuple[_Job, InputIndex]:
     except OSError as exc:
         raise OutputError(f"{output.parent}: {exc.strerror or exc}") from None
     return _Job(config, input_path, output, keys, chosen, outputs, prices, tuple(unpriced)), index
+
+
+def _check_rule(config: RunConfig, index: InputIndex) -> None:
+    """--labels and --json-schema: the schema checked (a file that is no JSON Schema is a
+    ConfigError naming it), and the runs they do not apply to refused."""
+    rule = answer_rule(config.labels, config.json_schema, checked=True)
+    if rule is None:
+        return
+    flag = "--labels" if rule.schema_text is None else "--json-schema"
+    if config.backend is BackendKind.BATCH:
+        raise ConfigError(f"{flag} does not go with --backend batch yet (its answers are not "
+                          "checked as they are merged)")
+    if index.format is InputFormat.BATCH:
+        raise ConfigError(f"{flag} does not apply to a Batch API input file: its bodies are "
+                          "sent as they are (put response_format in them)")
+    if rule.schema_text is not None and config.api is not Api.CHAT:
+        raise ConfigError("--json-schema needs --api chat (structured outputs as "
+                          "response_format)")
 
 
 # -- lock: this run alone on each output, and its own log ------------------------------------------

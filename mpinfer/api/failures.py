@@ -48,6 +48,7 @@ class Kind(StrEnum):
     TIMEOUT = "timeout"                        # our deadline on the whole request, or the SDK's
     CONNECTION = "connection"                  # refused, reset, DNS; a server down past --patience
     MALFORMED_RESPONSE = "malformed_response"  # a 200 whose body is not an answer
+    BAD_ANSWER = "bad_answer"                  # an answer off --json-schema or --labels
     IMAGES_TOO_LARGE = "images_too_large"      # over the provider's limit (found here or there)
     IMAGE = "image"                            # an image that is missing or unreadable
     API_ERROR = "api_error"                    # the SDK's error with neither status nor connection
@@ -148,6 +149,8 @@ TABLE: tuple[Rule, ...] = (
     Rule(Kind.IMAGES_TOO_LARGE, Verdict.FAIL, exception="ImagesTooLarge"),
     Rule(Kind.IMAGE, Verdict.FAIL, exception="ImageError"),
     Rule(Kind.MALFORMED_RESPONSE, Verdict.RETRY, exception="MalformedResponse"),
+    # Asked again: sampling may give a good answer; bounded by --max-retries (paid each time).
+    Rule(Kind.BAD_ANSWER, Verdict.RETRY, exception="BadAnswer"),
     Rule(Kind.TIMEOUT, Verdict.RETRY, exception="TimeoutError"),  # our deadline on a request
     Rule(Kind.TIMEOUT, Verdict.RETRY, exception="APITimeoutError"),  # unless caused by a reset
     Rule(Kind.CONNECTION, Verdict.RETRY, exception="APIConnectionError"),

@@ -353,6 +353,9 @@ def task_request(settings: RequestSettings, encoder: ImageEncoder, task: Task,
                                 system_prompt=settings.system_prompt,
                                 temperature=settings.temperature, max_tokens=settings.max_tokens,
                                 extra_body=settings.extra_for(model_index))
+        response_format = settings.response_format
+        if response_format is not None:  # (--api responses with a schema is refused at the start)
+            request.kwargs["response_format"] = response_format
         if settings.api is Api.RESPONSES:
             request = request.as_responses()
     # Over the provider's limit the server answers 400 after the upload:

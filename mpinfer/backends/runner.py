@@ -29,16 +29,18 @@ from ..api.endpoints import Provider
 from ..api.failures import CallError, Kind, Verdict, classify
 from ..api.messages import ImageEncoder, Request, task_request
 from ..api.prices import PriceTable
+from ..api.responses import ApiPath
 from ..api.retry import Attempts, decide, patience_spent
+from ..api.structured import Mismatch, Parsed, check
 from ..api.ticket import Ticket, Unsent
 from ..config import RunnerSettings
-from ..errors import ImageError, NoKeysLeft
+from ..errors import BadAnswer, ImageError, NoKeysLeft
 from ..events import Abort, Event, KeyDisabled, ModelUnknown, TaskFailed
 from ..inputs import Task
 from ..limits import Ending, Grant, LimiterClient, Wait, WaitReason, read_hints
 from ..redact import redact
 from ..store.answers import answered, wrong_model
-from ..store.records import failure_line
+from ..store.records import Paid, Usage, failure_line, is_refusal
 from .ahead import BuildAhead
 
 log = logging.getLogger("mpinfer.backends.worker")
@@ -202,6 +204,7 @@ class TaskRunner:
         except ImageError as exc:
             return self._fail(task, model_index, classify(exc), 0)
         tries = Attempts(waiting_since=self.clock())
+        paid: Paid | None = None  # bad answers so far: billed, though not kept
         while True:
             try:
                 grant = await self._acquire(model_index, request.charge)
@@ -256,7 +259,56 @@ class TaskRunner:
             else:
                 charged = used = request.charge
             await self.limiter.release(grant, Ending.OK, charged=charged, used=used)
-            return self._succeed(task, model_index, request, answer, tries, latency, grant.key)
+            checked = self._check(task, request, answer)
+            if isinstance(checked, Mismatch):  # paid for, but not what was asked: ask again
+                paid = self._paid(paid, request, answer)
+                again = await self._bad_answer(task, model_index, checked, tries, grant.key, paid)
+                if again is _SEND_AGAIN:
+                    continue
+                assert not isinstance(again, _SendAgain)
+                return again
+            return self._succeed(task, model_index, request, answer, tries, latency, grant.key,
+                                 checked)
+
+    def _check(self, task: Task, request: Request, answer: Answer) -> Parsed | Mismatch | None:
+        """The answer against the run's --labels or --json-schema (None: no rule, or an answer no
+        rule applies to: a refusal, a filtered answer, a Batch API body's own request)."""
+        rule = self.settings.request.rule
+        if (rule is None or task.body is not None or request.path is not ApiPath.CHAT
+                or answer.filtered is not None or is_refusal(answer.refusal, answer.content)):
+            return None
+        return check(rule, answer.content)
+
+    def _paid(self, paid: Paid | None, request: Request, answer: Answer) -> Paid:
+        """``paid`` with one more bad answer's tokens and cost (its text the last)."""
+        before = paid or Paid(None, Usage(), 0.0)
+        usage = Usage(before.usage.prompt_tokens + answer.prompt_tokens,
+                      before.usage.completion_tokens + answer.completion_tokens,
+                      before.usage.total_tokens + answer.total_tokens,
+                      before.usage.cached_tokens + answer.cached_tokens,
+                      before.usage.reasoning_tokens + answer.reasoning_tokens)
+        priced = answer.model if self.prices.find(answer.model) is not None else request.model
+        cost = self.prices.cost(priced, answer.prompt_tokens, answer.completion_tokens,
+                                answer.cached_tokens)
+        total = None if cost is None or before.cost is None else round(before.cost + cost, 8)
+        return Paid(answer.content, usage, total)
+
+    async def _bad_answer(self, task: Task, model_index: int, mismatch: Mismatch,
+                          tries: Attempts, key: int, paid: Paid) -> Outcome | _SendAgain | None:
+        """An answer off the rule: asked again while --max-retries allows (a bad_answer retry),
+        then failed with its text, tokens and cost kept (None: stopping)."""
+        error = classify(BadAnswer(mismatch.reason))
+        step = decide(error, tries, self.policy, self.rng, self.clock())
+        if step.verdict is Verdict.RETRY:
+            if self.stopping:
+                return None
+            tries.again(error, step)
+            log.info("task %s attempt %d: %s (%s); asked again", task.id, tries.count,
+                     error.error_type, error.message)
+            if step.delay_s > 0:
+                await self.sleep(step.delay_s)
+            return None if self.stopping else _SEND_AGAIN
+        return self._fail(task, model_index, error, tries.count, tries.by_type, key, paid)
 
     def _attempt_ended(self, tries: Attempts, ticket: Ticket) -> float:
         """Now the attempt has ended: add the wait before it left to ``tries`` (for a grant, a
@@ -337,7 +389,8 @@ class TaskRunner:
         return left
 
     def _succeed(self, task: Task, model_index: int, request: Request, answer: Answer,
-                 tries: Attempts, latency: float, key: int) -> Outcome:
+                 tries: Attempts, latency: float, key: int,
+                 checked: Parsed | None = None) -> Outcome:
         """The answered task's line and event; ``latency``: the answering request's time on the
         wire (the waits before its requests left are ``tries.waited_s``). Under --strict-model an
         answer by another model than requested is a wrong_model failure instead (paid, but not
@@ -352,22 +405,29 @@ class TaskRunner:
         line, done = answered(task, model_index, request.model, answer, tries.count, latency,
                               self.prices, retries=tries.by_type,
                               prompt_estimate=request.prompt_tokens, waited=tries.waited_s,
-                              endpoint=place if self.settings.named else None)
+                              endpoint=place if self.settings.named else None,
+                              parsed=checked)
         return Outcome((dataclasses.replace(done, key=key,
                                             endpoint=place if done.mismatch else None),), line)
 
     def _fail(self, task: Task, model_index: int, error: CallError, attempts: int,
-              retries: dict[str, int] | None = None, key: int | None = None) -> Outcome:
-        """The task's failure line and event; ``key``: the key (endpoint) that answered last."""
+              retries: dict[str, int] | None = None, key: int | None = None,
+              paid: Paid | None = None) -> Outcome:
+        """The task's failure line and event; ``key``: the key (endpoint) that answered last;
+        ``paid``: the answers it got, billed though it failed."""
         # A server may quote the request back, key included: nothing leaves unredacted.
         message = redact(error.message, self.keys)
         retries = retries or {}
+        if paid is not None and paid.text is not None:
+            paid = dataclasses.replace(paid, text=redact(paid.text, self.keys))
         line = failure_line(task.id, task.body is not None, error.error_type, error.status, message,
-                            attempts, retries)
+                            attempts, retries, paid=paid)
         log.warning("task %s failed after %d attempts: %s: %s", task.id, attempts, error.error_type,
                     message)
+        usage = paid.usage if paid is not None else Usage()
         failed = TaskFailed(task.id, model_index, error.error_type, error.status, message, attempts,
-                            retries, key)
+                            retries, key, usage.prompt_tokens, usage.completion_tokens,
+                            paid.cost if paid is not None else None)
         return Outcome((failed,), line, to_errors=True)
 
     def _abort(self, task: Task, model_index: int, message: str) -> Outcome:

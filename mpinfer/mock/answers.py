@@ -15,6 +15,8 @@
   ``MockConfig.filter_answer_marker`` filters the completion (a 200 whose choice ends
   ``finish_reason: "content_filter"``, no content, ``content_filter_results`` on the choice and
   ``prompt_filter_results`` beside the choices). The category filtered is ``FILTERED_CATEGORY``.
+- Structured answers (mock/structured.py): an object built from a ``json_schema`` request's schema,
+  or a verdict naming one of ``MockConfig.answer_labels``; ``pbad_answer`` of them malformed.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 import orjson
 
 from .config import MockConfig
+from .structured import is_bad, label_answer, schema_answer, schema_of
 
 REFUSAL_TEXT = "I'm sorry, but I can't help with that."
 FILTER_CATEGORIES = ("hate", "self_harm", "sexual", "violence")
@@ -79,10 +82,13 @@ def _tokens(text: str) -> int:
 
 
 def reply(cfg: MockConfig, model: str, task_text: str, images: int,
-          max_tokens: int | None, thinks: bool | None = None) -> Reply:
+          max_tokens: int | None, thinks: bool | None = None, response_format: Any = None,
+          attempt: int = 1) -> Reply:
     """One accepted request's answer: a refusal, or a (maybe truncated) answer with thinking: a
     reasoning model thinks unless the request switched it off (``thinks`` False), as Qwen3 on
-    vLLM or DashScope, DeepSeek and OpenAI's ``reasoning_effort: none`` do."""
+    vLLM or DashScope, DeepSeek and OpenAI's ``reasoning_effort: none`` do. Structured
+    (mock/structured.py) for a ``json_schema`` request or ``answer_labels``; ``attempt``: how
+    many times this prompt has been asked (a malformed answer's draw)."""
     if cfg.filter_answer_marker and cfg.filter_answer_marker in task_text:
         # Azure sends no content for a filtered completion; the tokens it wrote are billed.
         return Reply({"role": "assistant", "content": None}, "content_filter", 12, filtered=True)
@@ -90,6 +96,12 @@ def reply(cfg: MockConfig, model: str, task_text: str, images: int,
         refused = {"role": "assistant", "content": None, "refusal": REFUSAL_TEXT}
         return Reply(refused, "stop", _tokens(REFUSAL_TEXT))
     content = f"Mock answer to: {task_text[:80]} (images: {images})"
+    schema = schema_of(response_format if isinstance(response_format, dict) else None)
+    bad = is_bad(cfg.pbad_answer, task_text, attempt)
+    if schema is not None:
+        content = schema_answer(schema, task_text, bad)
+    elif cfg.answer_labels:
+        content = label_answer(cfg.answer_labels, task_text, bad)
     finish_reason = "stop"
     if max_tokens is not None and _tokens(content) > max_tokens:
         content = content[: max_tokens * 4]

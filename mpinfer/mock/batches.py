@@ -138,7 +138,8 @@ def parse_input(data: bytes, endpoint: str) -> BatchInput:
 def answer(cfg: MockConfig, chat: ChatRequest, model: str, n: int) -> dict[str, Any]:
     """The chat.completion a batch request gets: what the online endpoint answers it (``reply``:
     a refusal for ``refuse_marker``, a filtered completion, thinking, a cut-off answer)."""
-    got = reply(cfg, chat.model, chat.task_key, chat.images_in_task, chat.max_tokens, chat.thinks)
+    got = reply(cfg, chat.model, chat.task_key, chat.images_in_task, chat.max_tokens, chat.thinks,
+                chat.response_format)
     return {"id": f"chatcmpl-mockbatch-{n}", "object": "chat.completion",
             "created": int(time.time()), "model": model,
             "choices": [{"index": 0, "message": got.message, "logprobs": None,

@@ -50,6 +50,7 @@ class ChatRequest:
     text_chars: int
     max_tokens: int | None
     thinks: bool | None = None  # the request's thinking switch (thinking_switch), None: none
+    response_format: Any = None  # as sent: mock/structured.py checks and reads it
 
 
 def thinking_switch(data: dict[str, Any]) -> bool | None:
@@ -196,4 +197,4 @@ def parse_chat(body: bytes) -> ChatRequest:
         max_tokens = value
         break  # max_completion_tokens is the newer name and wins, as on OpenAI
     return ChatRequest(model, "".join(task_parts), images_in_task, images_total, text_chars,
-                       max_tokens, thinking_switch(data))
+                       max_tokens, thinking_switch(data), data.get("response_format"))

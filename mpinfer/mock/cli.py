@@ -73,6 +73,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--filter-answer-marker", default=None, metavar="TEXT",
                    help="answer prompts that hold TEXT with a completion Azure's content filter "
                         "stopped (finish_reason content_filter)")
+    p.add_argument("--answer-labels", default="", metavar="A,B",
+                   help="answer plain requests naming one of these labels (a judge)")
+    p.add_argument("--pbad-answer", type=float, default=d.pbad_answer,
+                   help="share of structured answers that come malformed")
     p.add_argument("--omit-usage", action="store_true",
                    help="answer without usage, as some OpenAI-compatible servers do")
     p.add_argument("--record-bodies", action="store_true",
@@ -123,6 +127,8 @@ def config_from_args(ns: argparse.Namespace) -> MockConfig:
         omit_usage=ns.omit_usage,
         max_image_bytes=ns.max_image_bytes,
         azure_deployments=_pairs("--azure-deployments", ns.azure_deployments),
+        answer_labels=tuple(x.strip() for x in ns.answer_labels.split(",") if x.strip()),
+        pbad_answer=ns.pbad_answer,
     )
 
 

@@ -16,6 +16,7 @@ from .http import Connection, Request, error_body, http_response
 from .images import check_image_limit
 from .limits import add_ratelimit_headers, check_limits, format_duration, rejection_headers
 from .stats import Stats
+from .structured import check_response_format
 
 _TOKENS_PER_IMAGE = 85
 
@@ -114,6 +115,7 @@ class ChatCompletions:
             ), None
         try:
             chat = parse_chat(req.body)
+            check_response_format(chat.response_format)
             check_image_limit(cfg, req.body)
         except ApiError as exc:
             return exc.outcome, exc.status, exc.body(), None
@@ -129,7 +131,7 @@ class ChatCompletions:
         st.received[task_key] += 1
 
         answer = reply(cfg, chat.model, task_key, chat.images_in_task, chat.max_tokens,
-                       chat.thinks)
+                       chat.thinks, chat.response_format, attempt=st.received[task_key])
         prompt_tokens = -(-chat.text_chars // 4) + _TOKENS_PER_IMAGE * chat.images_total
         budget = prompt_tokens + (chat.max_tokens if chat.max_tokens is not None
                                   else answer.completion_tokens)

@@ -51,6 +51,8 @@ RUNTIME_FIELDS = frozenset(
         "max_image_bytes",
         "azure_deployments",
         "models",
+        "answer_labels",
+        "pbad_answer",
     }
 )
 
@@ -184,6 +186,13 @@ class MockConfig:
     """Largest total of inline image data a chat request may carry (OpenAI:
     about 50 MB); None: no limit."""
 
+    answer_labels: tuple[str, ...] = ()
+    """Answer plain requests naming one of these labels (by a hash of the prompt), as a judge."""
+
+    pbad_answer: float = 0.0
+    """Share of structured answers (labels, or a ``json_schema`` request's) that come malformed,
+    drawn per prompt and attempt: asking again may get a good one."""
+
     def __post_init__(self) -> None:
         """Normalise container fields and reject impossible settings early."""
         # Copy containers so a caller mutating its dict/list later cannot
@@ -193,6 +202,9 @@ class MockConfig:
         object.__setattr__(self, "azure_deployments", dict(self.azure_deployments))
         object.__setattr__(self, "keys", tuple(self.keys))
         object.__setattr__(self, "models", tuple(self.models))
+        object.__setattr__(self, "answer_labels", tuple(self.answer_labels))
+        if not 0.0 <= self.pbad_answer <= 1.0:
+            raise ValueError(f"pbad_answer must be within [0, 1], got {self.pbad_answer!r}")
         for name in ("p429", "p500", "phang", "preset", "pmalformed", "pquota"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -230,6 +242,7 @@ class MockConfig:
         data["reasoning_models"] = dict(self.reasoning_models)
         data["azure_deployments"] = dict(self.azure_deployments)
         data["models"] = list(self.models)
+        data["answer_labels"] = list(self.answer_labels)
         data["keys_configured"] = len(self.keys)
         return data
 
@@ -251,7 +264,7 @@ def coerce_field(name: str, value: Any) -> Any:
         if not isinstance(value, Mapping):
             raise ValueError(f"{name} must be an object mapping model names")
         return dict(value)
-    if name == "models":
+    if name in ("models", "answer_labels"):
         return tuple(str_list(name, value))
     if name in ("refuse_marker", "filter_marker", "filter_answer_marker"):
         if value is not None and not isinstance(value, str):

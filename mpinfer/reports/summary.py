@@ -150,9 +150,14 @@ class RunSummary:
         if event.waited_s is not None:
             self.waits.append(event.waited_s)
 
-    def count_failure(self, error_type: str, retries: dict[str, int] | None = None) -> None:
-        """Count a failed task by its error type, with the retries it used."""
+    def count_failure(self, error_type: str, retries: dict[str, int] | None = None,
+                      paid: tuple[int, int, float | None] = (0, 0, None)) -> None:
+        """Count a failed task by its error type, with the retries it used and what its answers
+        cost (``paid``: prompt and completion tokens, cost: a bad_answer's were billed)."""
         self.failed += 1
+        self.prompt_tokens += paid[0]
+        self.completion_tokens += paid[1]
+        self.cost += paid[2] or 0.0
         self.failures_by_type[error_type] = self.failures_by_type.get(error_type, 0) + 1
         self.count_retries(retries or {})
 

@@ -218,6 +218,10 @@ class OutputTally:
             failure = failure_view(obj)
             if failure is not None and (slot := self.within.find(failure.id)) is not None:
                 self.failures[slot] = failure.error_type
+            if failure is not None and failure.paid is not None:  # billed though it failed
+                self.prompt += failure.paid.usage.prompt_tokens
+                self.completion += failure.paid.usage.completion_tokens
+                self.cost += failure.paid.cost or 0.0
         self.errors_mark = reader.mark
         return reader.end - start
 

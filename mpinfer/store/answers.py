@@ -13,6 +13,7 @@ from typing import Any
 from ..api.answer import Answer
 from ..api.failures import CallError, Kind, Verdict
 from ..api.prices import PriceTable
+from ..api.structured import Parsed
 from ..api.tokens import text_tokens
 from ..events import TaskDone
 from ..inputs import Task
@@ -35,7 +36,8 @@ def answered(task: Task, model_index: int, requested: str, answer: Answer, attem
              latency: float | None, prices: PriceTable, batch_id: str | None = None,
              retries: dict[str, int] | None = None,
              prompt_estimate: int = 0, waited: float | None = None,
-             endpoint: str | None = None) -> tuple[bytes, TaskDone]:
+             endpoint: str | None = None,
+             parsed: Parsed | None = None) -> tuple[bytes, TaskDone]:
     """The output line and the event of an answered task; from a batch (``batch_id``) at the Batch
     price. ``retries``: the requests sent again, by the error type of the failed one. ``latency``:
     the answering request's time on the wire, or for a batch's answer the batch's own duration
@@ -43,6 +45,7 @@ def answered(task: Task, model_index: int, requested: str, answer: Answer, attem
     request left: the limits, a slot, retries' backoff (None: not measured, as for a batch);
     ``endpoint``: where it was answered, for the line (a run with an endpoints table).
 
+    ``parsed``: what the answer named or held under --labels or --json-schema (on the line).
     An answer without usage has an unknown cost (null on the line); the event carries its
     estimate (``prompt_estimate``, the request's, and its text's tokens) for --max-cost."""
     retries = retries or {}
@@ -75,6 +78,8 @@ def answered(task: Task, model_index: int, requested: str, answer: Answer, attem
             meta[COST_ESTIMATE_FIELD] = estimate
         if endpoint is not None:
             meta[ENDPOINT_FIELD] = endpoint
+        if parsed is not None:
+            meta.update(parsed.fields())
         line = batch_result_line(task.id, answer.headers.get("x-request-id"), answer.body or {},
                                  meta)
     else:
@@ -90,6 +95,8 @@ def answered(task: Task, model_index: int, requested: str, answer: Answer, attem
             processed_at=time.time(), cost=cost, refusal=answer.refusal,
             reasoning_content=answer.reasoning, retries=retries, filtered=answer.filtered,
             cost_estimate=estimate, endpoint=endpoint,
+            label=parsed.label if parsed is not None else None,
+            parsed=parsed.parsed if parsed is not None else None,
         ).to_line()
     return line, TaskDone(task.id, model_index, answer.prompt_tokens, answer.completion_tokens,
                           latency, cost,

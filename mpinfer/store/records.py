@@ -38,6 +38,8 @@ WAITED_FIELD = "waited_s"  # off the wire before the answer left: limits, a slot
 # Where an answer came from (``Endpoint.place``: base URL, or Azure deployment and base URL, never
 # the key): written only by a run with an endpoints table; otherwise the manifest's base_url.
 ENDPOINT_FIELD = "endpoint"
+# --labels / --json-schema (api/structured.py): the label an answer named, the object it held
+LABEL_FIELD, PARSED_FIELD = "label", "parsed"
 CONTENT_FILTER = "content_filter"  # the finish_reason of a filtered completion, the 400's code
 PROMPT, COMPLETION = "prompt", "completion"  # where the filter stopped the request
 TRUNCATED = "length"  # the finish_reason of an answer cut off at max_tokens
@@ -103,6 +105,9 @@ class Result:
     # Off the wire before the answering request left (the limits, a slot, retries' backoff);
     # written only when measured (a batch's answers have none).
     waited_s: float | None = None
+    # --labels / --json-schema: the label the answer named, the object it held (written when set)
+    label: str | None = None
+    parsed: dict[str, Any] | None = None
 
     def to_line(self) -> bytes:
         """The record as one output line."""
@@ -119,6 +124,10 @@ class Result:
             del data[WAITED_FIELD]
         if self.endpoint is None:
             del data[ENDPOINT_FIELD]
+        if self.label is None:
+            del data[LABEL_FIELD]
+        if self.parsed is None:
+            del data[PARSED_FIELD]
         return orjson.dumps(data, option=orjson.OPT_APPEND_NEWLINE)
 
     @classmethod
@@ -126,7 +135,8 @@ class Result:
         """A Result from a decoded output line (fields it lacks are None)."""
         values: dict[str, Any] = {name: data.get(name) for name in
                                   (*RESULT_FIELDS, REFUSAL_FIELD, REASONING_FIELD, FILTERED_FIELD,
-                                   COST_ESTIMATE_FIELD, WAITED_FIELD, ENDPOINT_FIELD)}
+                                   COST_ESTIMATE_FIELD, WAITED_FIELD, ENDPOINT_FIELD,
+                                   LABEL_FIELD, PARSED_FIELD)}
         usage = data.get("usage")
         values["usage"] = None if usage is None else Usage.from_dict(usage)
         values["retries"] = _retries(data.get("retries"))
@@ -145,17 +155,46 @@ class Failure:
     processed_at: float
     # As in Result; not in lines of earlier versions
     retries: dict[str, int] = field(default_factory=dict)
+    # An answer that failed after it was paid for (a bad_answer): its text, usage and cost, so
+    # that the tokens count (written only when set)
+    paid: Paid | None = None
 
     def to_line(self) -> bytes:
         """The record as one errors-file line."""
-        return orjson.dumps(asdict(self), option=orjson.OPT_APPEND_NEWLINE)
+        data = asdict(self)
+        del data["paid"]
+        if self.paid is not None:
+            data.update(self.paid.fields())
+        return orjson.dumps(data, option=orjson.OPT_APPEND_NEWLINE)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Failure:
         """A Failure from a decoded errors-file line (fields it lacks are None)."""
         values: dict[str, Any] = {name: data.get(name) for name in FAILURE_FIELDS}
         values["retries"] = _retries(data.get("retries"))
-        return cls(**values)
+        return cls(**values, paid=Paid.of(data))
+
+
+@dataclass(frozen=True)
+class Paid:
+    """What a failed task's answers cost (tokens billed though the task is not done): the last
+    answer's text, the usage and cost of every answer it got."""
+
+    text: str | None
+    usage: Usage
+    cost: float | None
+
+    def fields(self) -> dict[str, Any]:
+        """The fields a failure line gains."""
+        return {"text": self.text, "usage": asdict(self.usage), "cost": self.cost}
+
+    @classmethod
+    def of(cls, data: Any) -> Paid | None:
+        """What a decoded failure line (or its Batch API ``mpinfer`` part) says was paid."""
+        if not isinstance(data, dict) or not isinstance(data.get("usage"), dict):
+            return None
+        return cls(_text(data.get("text")), Usage.from_dict(data["usage"]),
+                   _number(data.get("cost")))
 
 
 def _retries(value: Any) -> dict[str, int]:
@@ -215,15 +254,16 @@ def batch_error_line(custom_id: str, status: int | None, code: str, message: str
 
 def failure_line(task_id: str, as_batch: bool, error_type: str, status: int | None, message: str,
                  attempts: int, retries: dict[str, int] | None = None,
-                 batch_id: str | None = None) -> bytes:
+                 batch_id: str | None = None, paid: Paid | None = None) -> bytes:
     """The errors-file line of a failed task in its input's form: a Batch API error line for a task
-    given as a request body (``as_batch``), else a Failure. ``message`` must be redacted already."""
+    given as a request body (``as_batch``), else a Failure. ``message`` must be redacted already;
+    ``paid``: what its answers cost, when it got some (a bad_answer)."""
     now = time.time()
     if not as_batch:
         return Failure(task_id, error_type, status, message, attempts, now,
-                       dict(retries or {})).to_line()
+                       dict(retries or {}), paid).to_line()
     meta: dict[str, Any] = {"attempts": attempts, "retries": dict(retries or {}),
-                            "processed_at": now}
+                            "processed_at": now, **(paid.fields() if paid else {})}
     if batch_id is not None:
         meta["batch_id"] = batch_id
     return batch_error_line(task_id, status, error_type, message, meta)
@@ -485,6 +525,7 @@ class FailureView:
     retries: dict[str, int] | None  # None: the line has no such field (an earlier version wrote it)
     processed_at: float | None
     batch: bool
+    paid: Paid | None = None  # answers paid for, though the task failed (a bad_answer)
 
 
 def failure_view(obj: Any) -> FailureView | None:
@@ -506,4 +547,4 @@ def failure_view(obj: Any) -> FailureView | None:
         task_id, str(error_type) if error_type not in (None, "") else "unknown",
         None if number is None else int(number), "" if message is None else str(message),
         int(_number(attempts) or 0), _retries(retries) if isinstance(retries, dict) else None,
-        _number(meta.get("processed_at")), batch)
+        _number(meta.get("processed_at")), batch, Paid.of(meta))
