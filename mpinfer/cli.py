@@ -16,8 +16,9 @@ import orjson
 from . import __version__
 from .config import OPTIONS, RunConfig, load_config
 from .errors import MpinferError
+from .eval.judging import run
 from .events import StopReason
-from .lifecycle import DEFAULT_GRACE_S, run
+from .lifecycle import DEFAULT_GRACE_S
 from .reports.export import export
 from .reports.html import write_report
 from .reports.status import StatusReader, status
@@ -226,7 +227,10 @@ def run_exit_code(summary: RunSummary) -> int:
     """
     if summary.stopped is not None and summary.stopped.exit_code != EXIT_INCOMPLETE:
         return summary.stopped.exit_code
-    return EXIT_OK if summary.remaining == 0 else EXIT_INCOMPLETE
+    if summary.remaining:
+        return EXIT_INCOMPLETE
+    # --judge: the first judging run that did not end well says how the command ends
+    return next((code for judged in summary.judged if (code := run_exit_code(judged))), EXIT_OK)
 
 
 def _cancel(config: RunConfig, grace_s: float) -> int:

@@ -64,6 +64,7 @@ from .sources import (
     settings_file,
 )
 from .sources import endpoint_table as table_of
+from .store.judged import JudgeForm
 
 if TYPE_CHECKING:
     from .api.endpoints import Endpoint
@@ -160,6 +161,10 @@ class RunConfig:
                                              "comma-separated labels: an answer must name "
                                              "exactly one, kept as label", metavar="A,B",
                                              shown="free text")
+    judge: Path | None = setting(None, as_path,
+                                 "TOML file of a judge (model, template, labels or json_schema): "
+                                 "each answer judged into <output stem>.judge.jsonl",
+                                 metavar="FILE", shown="none")
     timeout: float = setting(120.0, positive_float,
                              "seconds one request may take, connect to last byte", metavar="S")
     max_retries: int = setting(3, non_negative_int, "retries of a 5xx, timeout or reset (not 429s)",
@@ -291,6 +296,8 @@ class RunConfig:
     endpoint_table: tuple[Endpoint, ...] = field(default=(), repr=False)
     # Things the user should hear about the settings themselves (e.g. a .env others can read).
     warnings: tuple[str, ...] = field(default=(), repr=False, compare=False)
+    # A judging run's (eval/judge.py): its lines are a judge's (store/judged.py); None: answers.
+    judging: JudgeForm | None = field(default=None, repr=False)
     # The options the user set (flag, environment, .env or mpinfer.toml), not left at default.
     explicit: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
 
@@ -457,6 +464,7 @@ class RunnerSettings:
     transport: Transport
     concurrency: int
     strict_model: bool = False
+    judging: JudgeForm | None = None  # a judging run: its lines are a judge's (store/judged.py)
 
     @classmethod
     def of(cls, config: RunConfig) -> RunnerSettings:
@@ -467,7 +475,7 @@ class RunnerSettings:
                  or any(ep.rpm or ep.tpm for ep in config.endpoint_table))
         return cls(RequestSettings.of(config), RetryPolicy.of(config), config.require_api_keys(),
                    endpoints_of(config), bool(config.endpoint_table), paced, config.timeout,
-                   config.transport, config.concurrency, config.strict_model)
+                   config.transport, config.concurrency, config.strict_model, config.judging)
 
     @property
     def built_ahead(self) -> int:

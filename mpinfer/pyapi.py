@@ -22,8 +22,8 @@ from typing import Any
 
 from .config import OPTIONS, RunConfig, endpoint_table, load_config, parse_setting
 from .errors import ConfigError
+from .eval.judging import run as run_job
 from .lifecycle import DEFAULT_GRACE_S
-from .lifecycle import run as run_job
 from .reports.summary import RunSummary
 from .sources import read_keys_file
 from .store.output import OutputPaths, iter_lines, model_outputs, scan

@@ -35,12 +35,13 @@ from ..api.structured import Mismatch, Parsed, check
 from ..api.ticket import Ticket, Unsent
 from ..config import RunnerSettings
 from ..errors import BadAnswer, ImageError, NoKeysLeft
-from ..events import Abort, Event, KeyDisabled, ModelUnknown, TaskFailed
+from ..events import Abort, Event, KeyDisabled, ModelUnknown, TaskDone, TaskFailed
 from ..inputs import Task
 from ..limits import Ending, Grant, LimiterClient, Wait, WaitReason, read_hints
 from ..redact import redact
 from ..store.answers import answered, wrong_model
-from ..store.records import Paid, Usage, failure_line, is_refusal
+from ..store.judged import Judged, judge_line
+from ..store.records import LABEL_FIELD, Paid, Usage, failure_line, is_refusal
 from .ahead import BuildAhead
 
 log = logging.getLogger("mpinfer.backends.worker")
@@ -93,6 +94,14 @@ class _GrantTicket(Ticket):
             await self.limiter.observe(self.grant.lane, hints)
         if status == 429 or not hints.empty:
             self.ahead.pace()
+
+
+def _judged(task: Task) -> Judged:
+    """What a judging run's task judges (an answer, unless its row says otherwise)."""
+    try:
+        return Judged(task.of or Judged.ANSWER)
+    except ValueError:
+        return Judged.ANSWER
 
 
 class _SendAgain:
@@ -196,6 +205,12 @@ class TaskRunner:
         attempt counted); a failed attempt goes to ``_failed_attempt``, which says whether to go
         again.
         """
+        judging = self.settings.judging
+        if judging is not None and (label := judging.unsent_label(_judged(task))) is not None:
+            # A refusal or a filtered answer the judge file does not send: its label, no request
+            line = judge_line(task.id, judging, _judged(task), text=None,
+                              fields={LABEL_FIELD: label}, cost=0.0, sent=False)
+            return Outcome((TaskDone(task.id, model_index, cost=0.0, attempts=0),), line)
         if model_index in self.dropped:  # the server does not know it: failed without a request
             error = CallError(Kind.UNKNOWN_MODEL, None, self.dropped[model_index], Verdict.FAIL)
             return self._fail(task, model_index, error, 0)
@@ -407,6 +422,15 @@ class TaskRunner:
                               prompt_estimate=request.prompt_tokens, waited=tries.waited_s,
                               endpoint=place if self.settings.named else None,
                               parsed=checked)
+        if self.settings.judging is not None:  # a judge's verdict: the judge line instead
+            usage = None
+            if answer.usage_known:
+                usage = Usage(answer.prompt_tokens, answer.completion_tokens, answer.total_tokens,
+                              answer.cached_tokens, answer.reasoning_tokens)
+            text = answer.content if answer.content is not None else answer.refusal
+            line = judge_line(task.id, self.settings.judging, _judged(task), text=text,
+                              fields=checked.fields() if checked is not None else None,
+                              usage=usage, cost=done.cost)
         return Outcome((dataclasses.replace(done, key=key,
                                             endpoint=place if done.mismatch else None),), line)
 

@@ -5,7 +5,8 @@ The rest of mpinfer imports these names from here, never from the modules below
 ``Selection`` and ``InputIndex``), ``check_input`` (check.py: every line checked before anything is
 spent, with ``reading`` and ``selection`` from a RunConfig, ``settle_models``, ``asked_models``,
 ``id_resolver`` and ``refuse_input_as_output``), ``iter_tasks`` / ``iter_selected`` (readers.py: the
-streaming feed, with ``detect_format``) and ``has_system`` (chat.py: a chat row's messages).
+streaming feed, with ``detect_format``), ``has_system`` (chat.py: a chat row's messages) and
+``render`` / ``fields_named`` (template.py: ``{field}`` templates).
 """
 
 from .chat import has_system
@@ -20,7 +21,9 @@ from .check import (
 )
 from .readers import detect_format, iter_selected, iter_tasks
 from .tasks import FieldKeys, InputFormat, InputIndex, Selection, Task
+from .template import fields_named, render
 
 __all__ = ["FieldKeys", "InputFormat", "InputIndex", "Selection", "Task", "asked_models",
-           "check_input", "detect_format", "has_system", "id_resolver", "iter_selected",
-           "iter_tasks", "reading", "refuse_input_as_output", "selection", "settle_models"]
+           "check_input", "detect_format", "fields_named", "has_system", "id_resolver",
+           "iter_selected", "iter_tasks", "reading", "refuse_input_as_output", "render",
+           "selection", "settle_models"]

@@ -170,7 +170,8 @@ def read_ids_file(path: Path) -> frozenset[str]:
 def reading(config: RunConfig) -> FieldKeys:
     """How the run's input is read."""
     return FieldKeys(config.id_key, config.prompt_key, config.images_key, config.images_sep,
-                     config.id_from_row, config.messages_key, config.model_key)
+                     config.id_from_row, config.messages_key, config.model_key,
+                     config.judging is not None)
 
 
 def selection(config: RunConfig) -> Selection:

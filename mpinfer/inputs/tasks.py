@@ -30,6 +30,7 @@ class FieldKeys:
     id_from_row: bool = False  # the task's id is its row number (0-based), for files that have none
     messages: str = "messages"  # a whole conversation, sent as it is (its local images encoded)
     model: str | None = None  # --model-key: the field naming a task's own model (None: not read)
+    judged: bool = False  # a judging run's tasks (eval/judge.py): the row's "of" is read
 
 
 class InputFormat(StrEnum):
@@ -82,6 +83,7 @@ class Task:
     # user text and ``images`` the image references in it, for the result line.
     messages: list[dict[str, Any]] | None = None
     url: str | None = None  # a Batch API line's url: which API its body goes to
+    of: str | None = None  # a judging run's task: what it judges (store/judged.py's Judged)
 
 
 @dataclass(frozen=True)
@@ -130,8 +132,10 @@ def parse_task(obj: Any, keys: FieldKeys, line: int) -> Task:
     if not prompt.strip() and not images:
         raise ValueError("empty prompt and no images: nothing to ask")
     system, model, temperature, max_tokens = _task_settings(obj, keys.model)
+    of = obj.get("of") if keys.judged else None
     return Task(id=str(raw_id), prompt=prompt, images=tuple(images), system=system, model=model,
-                temperature=temperature, max_tokens=max_tokens, line=line)
+                temperature=temperature, max_tokens=max_tokens, line=line,
+                of=of if isinstance(of, str) else None)
 
 
 def _chat_task(obj: dict[str, Any], task_id: str, conversation: Conversation, line: int,

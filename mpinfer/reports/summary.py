@@ -91,6 +91,7 @@ class RunSummary:
     # A batch's answers have no latency of their own: their batch's duration, created to ended.
     batch_durations: list[float] = field(default_factory=list, repr=False)
     epilogue: Epilogue | None = None  # the files the run's end wrote: missing tasks, report
+    judged: list[RunSummary] = field(default_factory=list)  # --judge: each judging run's
 
     @property
     def done(self) -> int:

@@ -112,6 +112,8 @@ def summary_lines(summary: RunSummary) -> list[str]:
         lines.append(f"report: {epilogue.report_file}")
     if summary.log_file:
         lines.append(f"log: {summary.log_file}")
+    for judged in summary.judged:  # --judge: each judging run after the answers
+        lines += ["judge:", *(f"  {line}" for line in summary_lines(judged))]
     return lines
 
 

@@ -40,6 +40,7 @@ WAITED_FIELD = "waited_s"  # off the wire before the answer left: limits, a slot
 ENDPOINT_FIELD = "endpoint"
 # --labels / --json-schema (api/structured.py): the label an answer named, the object it held
 LABEL_FIELD, PARSED_FIELD = "label", "parsed"
+JUDGE_MODEL_FIELD = "judge_model"  # a judge line's (store/judged.py): who judged
 CONTENT_FILTER = "content_filter"  # the finish_reason of a filtered completion, the 400's code
 PROMPT, COMPLETION = "prompt", "completion"  # where the filter stopped the request
 TRUNCATED = "length"  # the finish_reason of an answer cut off at max_tokens
@@ -426,8 +427,8 @@ def _object(value: Any) -> dict[str, Any]:
 
 
 def is_answer(obj: Any) -> bool:
-    """Whether a decoded output line is an answer record: ours with its answer, model and usage, or
-    a Batch API output line whose response is a 200 with a body."""
+    """Whether a decoded output line is an answer record: ours with its answer, model and usage, a
+    judge's line, or a Batch API output line whose response is a 200 with a body."""
     if not isinstance(obj, dict):
         return False
     if "custom_id" in obj:
@@ -436,8 +437,10 @@ def is_answer(obj: Any) -> bool:
                 and isinstance(response.get("body"), dict))
     # Spelt out, not a loop over names: the resume scan asks this of every line.
     # usage is null when the server sent none (its cost unknown): still an answer.
-    return "answer" in obj and "model" in obj and (isinstance(obj.get("usage"), dict)
-                                                   or ("usage" in obj and obj["usage"] is None))
+    if "answer" not in obj:  # a judge's line (store/judged.py) is done too
+        return JUDGE_MODEL_FIELD in obj and "of" in obj
+    return "model" in obj and (isinstance(obj.get("usage"), dict)
+                               or ("usage" in obj and obj["usage"] is None))
 
 
 def record_id(obj: Any) -> str | None:
@@ -491,6 +494,12 @@ def view(obj: Any) -> RecordView | None:
             no_usage=bool(body) and body.get("usage") is None,
         )
     filtered = obj.get(FILTERED_FIELD)
+    if JUDGE_MODEL_FIELD in obj and "answer" not in obj:  # a judge's line: its text, its model
+        judge = _text(obj.get(JUDGE_MODEL_FIELD))
+        return RecordView(id=task_id, answer=_text(obj.get("text")), model=judge,
+                          requested_model=judge, usage=Usage.from_dict(obj.get("usage")),
+                          latency_s=None, processed_at=None, cost=_number(obj.get("cost")),
+                          batch=False, no_usage=obj.get("usage") is None and bool(obj.get("sent")))
     return RecordView(
         id=task_id, answer=obj.get("answer"), model=obj.get("model"),
         requested_model=obj.get("requested_model"), usage=Usage.from_dict(obj.get("usage")),

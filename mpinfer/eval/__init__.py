@@ -1,0 +1,2 @@
+"""Evaluation after the answers: the judge (judge.py: its file and tasks; judging.py: running it
+after the answers). Not a facade: the rest imports these modules."""
