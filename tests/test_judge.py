@@ -13,6 +13,7 @@ from typing import Any
 
 from helpers import ids_on_disk, read_jsonl, run_cli, start_cli, wait_workers_gone, write_tasks
 
+from mpinfer.inputs import fields_named, render
 from mpinfer.mockserver import MockServerProcess
 
 REFUSE = "[refuse]"
@@ -175,3 +176,25 @@ def test_a_judging_run_killed_mid_way_resumes_and_judges_each_answer_once(
     per_model = mock.stats()["per_model"]
     assert per_model["answer-model"] == 12
     assert 12 <= per_model["judge-model"] <= 12 + 2
+
+
+def test_a_template_fills_fields_and_keeps_doubled_braces() -> None:
+    # Given a template with fields and literal braces
+    template = "{{\"q\": {prompt}}} -> {answer} {n} {none}"
+    # Then it names its fields once each, in order, and renders text as it is, others as JSON
+    assert fields_named(template + "{prompt}") == ("prompt", "answer", "n", "none")
+    assert render(template, {"prompt": "hi", "answer": "yes", "n": 3, "none": None}) == (
+        '{"q": hi} -> yes 3 ')
+    # And attribute or index access, a conversion, a spec or a lone brace is no template
+    for bad in ("{a.b}", "{a[0]}", "{a!r}", "{a:>3}", "{}", "{a", "a}"):
+        try:
+            fields_named(bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"{bad!r} was taken as a template")
+    try:
+        render("{missing}", {})
+    except KeyError as exc:
+        assert "missing" in str(exc)
+    else:
+        raise AssertionError("a missing field was rendered")

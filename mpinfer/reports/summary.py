@@ -214,6 +214,7 @@ class RunSummary:
         del data["latencies"], data["waits"], data["batch_durations"]
         # files named by the CLI at the end; the summary file is written before them
         del data["epilogue"]
+        del data["judged"]  # each judging run writes its own summary beside its output
         data["log_file"] = str(self.log_file) if self.log_file else None
         data["stopped"] = str(self.stopped) if self.stopped else None
         per_s = round(self.requests / self.elapsed_s, 3) if self.elapsed_s else None
