@@ -13,6 +13,8 @@ from typing import Any
 
 from helpers import ids_on_disk, read_jsonl, run_cli, start_cli, wait_workers_gone, write_tasks
 
+from mpinfer.errors import ConfigError
+from mpinfer.eval.judge import load_judge
 from mpinfer.inputs import fields_named, render
 from mpinfer.mockserver import MockServerProcess
 
@@ -131,10 +133,6 @@ def test_a_bad_judge_file_is_refused_before_any_request(mock: MockServerProcess,
         'template = "x {answer}"\nlabels = ["a", "b"]\n': "no model",
         'model = "j"\nlabels = ["a", "b"]\n': "no template",
         'model = "j"\ntemplate = "{answer} {nope}"\nlabels = ["a", "b"]\n': "tasks.jsonl:1",
-        'model = "j"\ntemplate = "{answer}"\nlabels = ["a", "b"]\njson_schema = "s.json"\n':
-            "do not go together",
-        'model = "j"\ntemplate = "{answer}"\nlabels = ["a"]\n': "labels",
-        'model = "j"\ntemplate = "{answer.x}"\n': "not a field",
     }
     for text, said in cases.items():
         (tmp_path / "judge.toml").write_text(text)
@@ -144,6 +142,29 @@ def test_a_bad_judge_file_is_refused_before_any_request(mock: MockServerProcess,
         assert done.returncode == 2, (text, done.stderr)
         assert said in done.stderr, (text, done.stderr)
     assert mock.stats()["received"] == {}
+
+
+def test_a_judge_file_that_is_no_judge_is_refused_naming_it(tmp_path: Path) -> None:
+    # Given judge files with both labels and a schema, one label, a field with attribute access,
+    # a key no judge file has
+    cases = {
+        'model = "j"\ntemplate = "{answer}"\nlabels = ["a", "b"]\njson_schema = "s.json"\n':
+            "do not go together",
+        'model = "j"\ntemplate = "{answer}"\nlabels = ["a"]\n': "labels",
+        'model = "j"\ntemplate = "{answer.x}"\n': "not a field",
+        'model = "j"\ntemplate = "{answer}"\nendpoint = "x"\n': "unknown key 'endpoint'",
+    }
+    for text, said in cases.items():
+        path = tmp_path / "judge.toml"
+        path.write_text(text)
+        # When it is read
+        try:
+            load_judge(path)
+        except ConfigError as exc:
+            # Then it is a settings error (exit 2) naming the file and what is wrong
+            assert str(exc).startswith(f"{path}: ") and said in str(exc), str(exc)
+        else:
+            raise AssertionError(f"{text!r} was taken as a judge")
 
 
 def test_a_judging_run_killed_mid_way_resumes_and_judges_each_answer_once(
@@ -198,3 +219,35 @@ def test_a_template_fills_fields_and_keeps_doubled_braces() -> None:
         assert "missing" in str(exc)
     else:
         raise AssertionError("a missing field was rendered")
+
+
+def test_the_judge_goes_where_its_file_says(mock: MockServerProcess, tmp_path: Path) -> None:
+    # Given a judge file sending to a base URL with its own key, and one naming an entry of the
+    # run's endpoints table (an entry is named by its model) with another key
+    _tasks(tmp_path, 2)
+    mock.configure(answer_labels=["safe", "unsafe"])
+    (tmp_path / "own.toml").write_text(
+        f'model = "judge-model"\ntemplate = "Judge: {{answer}}"\nlabels = ["safe", "unsafe"]\n'
+        f'base_url = "{mock.base_url}"\napi_key_env = "JUDGE_KEY"\n')
+    (tmp_path / "entry.toml").write_text(
+        'model = "judge-model"\ntemplate = "Judge: {answer}"\nlabels = ["safe", "unsafe"]\n'
+        'endpoint = "judges"\n')
+    (tmp_path / "endpoints.toml").write_text(
+        f'[[endpoints]]\nmodel = "answer-model"\nbase_url = "{mock.base_url}"\n'
+        f'api_key_env = "ANSWER_KEY"\n\n[[endpoints]]\nmodel = "judges"\n'
+        f'base_url = "{mock.base_url}"\napi_key_env = "ENTRY_KEY"\n')
+    keys = {"JUDGE_KEY": "sk-judge-0001", "ANSWER_KEY": "sk-answer-0002",
+            "ENTRY_KEY": "sk-entry-0003"}
+    # When one run goes with the first, and another (into another output) with the second
+    own = run_cli(*_args(mock, "--judge", "own.toml"), cwd=tmp_path, env=keys)
+    entry = run_cli("-i", "tasks.jsonl", "-o", "out2.jsonl", "-p", "1", "--model", "answer-model",
+                    "--endpoints", "endpoints.toml", "--judge", "entry.toml", cwd=tmp_path,
+                    env=keys)
+    # Then each judge's requests went with its own key, for the judge's model
+    assert own.returncode == 0, own.stderr
+    assert entry.returncode == 0, entry.stderr
+    stats = mock.stats()
+    assert stats["per_key"]["0001"] == 2 and stats["per_key"]["0003"] == 2
+    assert stats["per_key"]["0002"] == 2
+    assert stats["per_model"] == {"answer-model": 4, "judge-model": 4}
+    assert len(read_jsonl(tmp_path / "out2.judge.jsonl")) == 2

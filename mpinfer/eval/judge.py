@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from ..api.endpoints import Endpoint
 from ..api.structured import AnswerRule, answer_rule, labels_list
 from ..config import Api, BackendKind, RunConfig, environment
 from ..errors import ConfigError, InputError
@@ -36,15 +37,17 @@ log = logging.getLogger("mpinfer.run")
 ANSWER_FIELDS = ("answer", "refusal", "prompt", "model")
 _KEYS = frozenset({"model", "template", "labels", "json_schema", "system", "temperature",
                    "max_tokens", "send_refusals", "refusal_label", "filtered_label", "base_url",
-                   "api_key_env"})
+                   "api_key_env", "endpoint"})
 TASKS_SUFFIX = ".tasks.jsonl"
 
 
 @dataclass(frozen=True)
 class JudgeSpec:
     """A judge file, read: the judge's model and template, the rule of its answers, its request
-    settings, what becomes of refusals and filtered answers, and where it is sent (None: the
-    run's own base URL and keys)."""
+    settings, what becomes of refusals and filtered answers, and where it is sent: ``base_url``
+    and ``api_key_env``, or ``endpoint`` (the entries of the run's endpoints table whose ``model``
+    it names); none of them: the run's own base URL and keys (or its table's entries for the
+    judge's model)."""
 
     path: Path
     model: str
@@ -58,6 +61,7 @@ class JudgeSpec:
     form: JudgeForm | None = None
     base_url: str | None = None
     api_key_env: str | None = None
+    endpoint: str | None = None
 
     @property
     def task_fields(self) -> tuple[str, ...]:
@@ -113,7 +117,8 @@ def load_judge(path: Path) -> JudgeSpec:
     return JudgeSpec(path, model.strip(), template, answer_rule(labels, schema, checked=True),
                      labels, schema, _typed(path, data, "system", str, None), float(temperature),
                      max_tokens, form, _typed(path, data, "base_url", str, None),
-                     _typed(path, data, "api_key_env", str, None))
+                     _typed(path, data, "api_key_env", str, None),
+                     _typed(path, data, "endpoint", str, None))
 
 
 def _typed(path: Path, data: dict[str, Any], key: str, kind: type, default: Any = None) -> Any:
@@ -129,10 +134,16 @@ def check_judge(config: RunConfig, spec: JudgeSpec) -> None:
     file and line)."""
     if config.backend is BackendKind.BATCH:
         raise ConfigError("--judge does not go with --backend batch yet")
+    if spec.endpoint is not None and (spec.base_url or spec.api_key_env):
+        raise ConfigError(f"{spec.path}: endpoint, or base_url and api_key_env: give one")
+    if spec.endpoint is not None and not _entries(config, spec):
+        raise ConfigError(f"{spec.path}: endpoint {spec.endpoint!r} is no entry of the run's "
+                          "endpoints table (an entry is named by its model)")
     if spec.api_key_env is not None and _key(spec) is None:
         raise ConfigError(f"{spec.path}: api_key_env {spec.api_key_env} is not set (set it in the "
                           "environment or .env)")
-    if (spec.base_url is None and spec.api_key_env is None and config.endpoint_table
+    if (spec.base_url is None and spec.api_key_env is None and spec.endpoint is None
+            and config.endpoint_table
             and not any(ep.serves(spec.model) for ep in config.endpoint_table)):
         raise ConfigError(f"{spec.path}: the endpoints table has no entry for the judge's model "
                           f"{spec.model}: add one, or give base_url and api_key_env")
@@ -148,6 +159,12 @@ def check_judge(config: RunConfig, spec: JudgeSpec) -> None:
                                  "which this row lacks (it may name {answer}, {refusal}, "
                                  "{prompt}, {model} and the task's fields)", str(input_path),
                                  line)
+
+
+def _entries(config: RunConfig, spec: JudgeSpec) -> tuple[Endpoint, ...]:
+    """The run's endpoints named by the judge file's ``endpoint``, serving the judge's model."""
+    return tuple(dataclasses.replace(ep, model=spec.model) for ep in config.endpoint_table
+                 if ep.model == spec.endpoint)
 
 
 def _key(spec: JudgeSpec) -> str | None:
@@ -211,7 +228,10 @@ def judge_config(config: RunConfig, spec: JudgeSpec, tasks: Path, answers: Path)
     """The settings of the judging run over ``answers``: the judge file's model, request settings
     and rule; its endpoint (else the run's); the run's limits, processes and logs."""
     where: dict[str, Any] = {}
-    if spec.base_url is not None or spec.api_key_env is not None:
+    if spec.endpoint is not None:
+        entries = _entries(config, spec)
+        where = {"endpoint_table": entries, "api_keys": tuple(ep.api_key for ep in entries)}
+    elif spec.base_url is not None or spec.api_key_env is not None:
         key = _key(spec)
         where = {"base_url": spec.base_url or config.base_url, "endpoint_table": (),
                  "api_keys": (key,) if key is not None else config.api_keys}
