@@ -152,7 +152,7 @@ def test_a_judge_file_that_is_no_judge_is_refused_naming_it(tmp_path: Path) -> N
             "do not go together",
         'model = "j"\ntemplate = "{answer}"\nlabels = ["a"]\n': "labels",
         'model = "j"\ntemplate = "{answer.x}"\n': "not a field",
-        'model = "j"\ntemplate = "{answer}"\nendpoint = "x"\n': "unknown key 'endpoint'",
+        'model = "j"\ntemplate = "{answer}"\nurl = "x"\n': "unknown key 'url'",
     }
     for text, said in cases.items():
         path = tmp_path / "judge.toml"
