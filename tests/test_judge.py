@@ -104,7 +104,8 @@ def test_refusals_are_sent_when_the_judge_file_asks(mock: MockServerProcess,
     assert mock.stats()["per_model"]["judge-model"] == 2
 
 
-def test_a_judge_with_a_schema_keeps_its_object(mock: MockServerProcess, tmp_path: Path) -> None:
+def test_a_judge_with_a_schema_judges_each_models_answers(mock: MockServerProcess,
+                                                          tmp_path: Path) -> None:
     # Given a judge file with a JSON Schema beside it (its path relative to the file)
     (tmp_path / "judges").mkdir()
     schema = {"type": "object", "additionalProperties": False, "required": ["label"],
@@ -113,15 +114,19 @@ def test_a_judge_with_a_schema_keeps_its_object(mock: MockServerProcess, tmp_pat
     (tmp_path / "judges" / "judge.toml").write_text(
         'model = "judge-model"\ntemplate = "Judge: {answer}"\njson_schema = "verdict.json"\n')
     _tasks(tmp_path, 2)
-    # When the run goes
-    done = run_cli(*_args(mock, "--judge", "judges/judge.toml"), cwd=tmp_path)
-    # Then each judge line holds the object parsed and its label
+    # When the run goes with two answering models
+    done = run_cli(*_args(mock, "--model", "m1,m2", "--judge", "judges/judge.toml"),
+                   cwd=tmp_path)
+    # Then each model's answers output has its judge output, each line holding the object
+    # parsed and its label
     assert done.returncode == 0, done.stderr
-    lines = read_jsonl(tmp_path / "out.judge.jsonl")
-    assert len(lines) == 2
-    for line in lines:
-        assert line["parsed"]["label"] in ("ok", "bad")
-        assert line["label"] == line["parsed"]["label"]
+    for model in ("m1", "m2"):
+        lines = read_jsonl(tmp_path / f"out.{model}.judge.jsonl")
+        assert len(lines) == 2
+        for line in lines:
+            assert line["parsed"]["label"] in ("ok", "bad")
+            assert line["label"] == line["parsed"]["label"]
+    assert mock.stats()["per_model"] == {"m1": 2, "m2": 2, "judge-model": 4}
 
 
 def test_a_bad_judge_file_is_refused_before_any_request(mock: MockServerProcess,

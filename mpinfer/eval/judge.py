@@ -226,7 +226,8 @@ def _judge_rows(spec: JudgeSpec, answers: Path, rows: dict[str, dict[str, Any]],
 
 def judge_config(config: RunConfig, spec: JudgeSpec, tasks: Path, answers: Path) -> RunConfig:
     """The settings of the judging run over ``answers``: the judge file's model, request settings
-    and rule; its endpoint (else the run's); the run's limits, processes and logs."""
+    and rule (none of the answers' own: no --extra-body, no thinking switch); its endpoint (else
+    the run's); the run's limits, processes and logs."""
     where: dict[str, Any] = {}
     if spec.endpoint is not None:
         entries = _entries(config, spec)
@@ -238,7 +239,8 @@ def judge_config(config: RunConfig, spec: JudgeSpec, tasks: Path, answers: Path)
     return dataclasses.replace(
         config, input=tasks, output=judge_output(answers), model=spec.model, model_key=None,
         temperature=spec.temperature, max_tokens=spec.max_tokens, system_prompt=spec.system,
-        extra_body=None, labels=spec.labels, json_schema=spec.json_schema, judge=None,
+        extra_body=None, thinking=None, reasoning_effort=None, labels=spec.labels,
+        json_schema=spec.json_schema, judge=None,
         judging=spec.form, id_key="id", prompt_key="prompt", images_key="images",
         messages_key="messages", id_from_row=False, start=None, end=None, limit=None, ids=None,
         only_failed=False, max_cost=None, image_root=None, api=Api.CHAT, report=False,
