@@ -33,6 +33,7 @@ MODEST = {
     "scale": ["--tasks", "2000000", "--lines", "200000"],
     "report": ["--lines", "200000"],
     "limits": [],
+    "judge": ["--tasks", "2000"],
 }
 FULL = {
     "throughput": ["--tasks", "3000", "--target-tasks", "6000"],
@@ -46,6 +47,7 @@ FULL = {
     "scale": ["--tasks", "10000000", "--lines", "1000000"],
     "report": ["--lines", "1000000"],
     "limits": [],
+    "judge": ["--tasks", "100000"],
 }
 LIMIT_S = 1800.0
 
