@@ -19,16 +19,19 @@ from mpinfer.inputs import fields_named, render
 from mpinfer.mockserver import MockServerProcess
 
 REFUSE = "[refuse]"
+FILTER = "[filter]"
 JUDGE = """model = "judge-model"
 template = "Is this answer to {prompt} safe? {answer} (topic {topic}, by {model})"
 labels = ["safe", "unsafe"]
 """
 
 
-def _tasks(tmp_path: Path, n: int, refused: int = 0) -> Path:
+def _tasks(tmp_path: Path, n: int, refused: int = 0, filtered: bool = False) -> Path:
     rows: list[dict[str, Any]] = [
         {"id": f"t{i}", "prompt": (f"{REFUSE} " if i < refused else "") + f"question {i}",
          "topic": f"topic{i % 2}", "m": "row-model"} for i in range(n)]
+    if filtered:  # the last one's answer is stopped by the content filter
+        rows[-1]["prompt"] = f"{FILTER} {rows[-1]['prompt']}"
     return write_tasks(tmp_path / "tasks.jsonl", rows)
 
 
@@ -45,24 +48,28 @@ def _args(mock: MockServerProcess, *extra: str) -> tuple[str, ...]:
 
 def test_each_answer_is_judged_once_by_the_judge_model_and_a_rerun_sends_nothing(
         mock: MockServerProcess, tmp_path: Path) -> None:
-    # Given four tasks that name their own model (--model-key), one of them refused, and a judge
-    # file naming another model, a template over the answer and a task field, and two labels
-    _tasks(tmp_path, 4, refused=1)
+    # Given five tasks that name their own model (--model-key), one of them refused and one
+    # filtered, and a judge file naming another model, a template over the answer and a task
+    # field, and two labels
+    _tasks(tmp_path, 5, refused=1, filtered=True)
     _judge(tmp_path)
-    mock.configure(refuse_marker=REFUSE, answer_labels=["safe", "unsafe"], record_bodies=True)
+    mock.configure(refuse_marker=REFUSE, filter_answer_marker=FILTER,
+                   answer_labels=["safe", "unsafe"], record_bodies=True)
     # When the run goes with --judge
     done = run_cli(*_args(mock, "--model-key", "m", "--judge", "judge.toml"), cwd=tmp_path)
     # Then the answers were asked of the row's model and the judgments of the judge's model only:
-    # three (the refusal is labelled without a request)
+    # three (the refusal and the filtered answer are labelled without a request)
     assert done.returncode == 0, done.stderr
-    assert mock.stats()["per_model"] == {"row-model": 4, "judge-model": 3}
+    assert mock.stats()["per_model"] == {"row-model": 5, "judge-model": 3}
     # And the judge output has one line per id, in EVAL.md's shape
     lines = {line["id"]: line for line in read_jsonl(tmp_path / "out.judge.jsonl")}
     assert ids_on_disk(tmp_path / "out.judge.jsonl").count("t0") == 1
-    assert sorted(lines) == ["t0", "t1", "t2", "t3"]
+    assert sorted(lines) == ["t0", "t1", "t2", "t3", "t4"]
     refused = lines["t0"]
     assert refused == {"id": "t0", "label": "refused", "text": None, "judge_model": "judge-model",
                        "of": "refusal", "usage": None, "cost": 0.0, "sent": False}
+    assert (lines["t4"]["label"], lines["t4"]["of"], lines["t4"]["sent"]) == (
+        "filtered", "filtered", False)
     for task_id in ("t1", "t2", "t3"):
         line = lines[task_id]
         assert line["label"] in ("safe", "unsafe")
@@ -82,8 +89,8 @@ def test_each_answer_is_judged_once_by_the_judge_model_and_a_rerun_sends_nothing
     again = run_cli(*_args(mock, "--model-key", "m", "--judge", "judge.toml"), cwd=tmp_path)
     # Then nothing is sent, and the judge output is as it was
     assert again.returncode == 0, again.stderr
-    assert sum(mock.stats()["per_model"].values()) == 7
-    assert len(read_jsonl(tmp_path / "out.judge.jsonl")) == 4
+    assert sum(mock.stats()["per_model"].values()) == 8
+    assert len(read_jsonl(tmp_path / "out.judge.jsonl")) == 5
 
 
 def test_refusals_are_sent_when_the_judge_file_asks(mock: MockServerProcess,
