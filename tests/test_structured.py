@@ -4,12 +4,17 @@ asked again then failed with what it cost, a refusal kept as it is, bad rules re
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 from typing import Any
 
 from helpers import read_jsonl, run_cli, write_tasks
 
+from mpinfer.api.failures import Verdict, classify
+from mpinfer.api.retry import Attempts, decide
 from mpinfer.api.structured import AnswerRule, Mismatch, Parsed, check
+from mpinfer.config import RetryPolicy
+from mpinfer.errors import BadAnswer
 from mpinfer.mockserver import MockServerProcess
 
 REFUSE = "[refuse]"
@@ -30,7 +35,7 @@ def _run(mock: MockServerProcess, tmp_path: Path, n: int, *extra: str,
                         [{"id": f"t{i}", "prompt": text} for i, text in enumerate(texts)])
     out = tmp_path / "results.jsonl"
     done = run_cli("-i", str(tasks), "-o", str(out), "-p", "1", "-c", "4", "--base-url",
-                   mock.base_url, "--retry-backoff", "0.01", *extra, cwd=tmp_path)
+                   mock.base_url, *extra, cwd=tmp_path)
     return out, done
 
 
@@ -159,3 +164,23 @@ def test_the_label_rule_takes_whole_words_once() -> None:
     assert isinstance(check(rule, "safe, or maybe unsafe"), Mismatch)
     assert isinstance(check(rule, "safety first"), Mismatch)
     assert isinstance(check(rule, None), Mismatch)
+
+
+def test_a_bad_answer_is_asked_again_at_once_until_the_retries_are_used() -> None:
+    # Given a bad answer, as the failure table reads it, and a policy of two retries
+    error = classify(BadAnswer("names no label"))
+    policy = RetryPolicy(max_retries=2, backoff_s=5.0, patience_s=300.0)
+    tries = Attempts()
+    steps = []
+    # When it keeps coming
+    for _ in range(3):
+        step = decide(error, tries, policy, random.Random(1), 0.0)
+        steps.append(step)
+        if step.verdict is Verdict.RETRY:
+            tries.again(error, step)
+    # Then it is a bad_answer, asked again twice without a wait, then failed
+    assert error.error_type == "bad_answer"
+    assert len(steps) == 3
+    assert [(s.verdict, s.delay_s) for s in steps] == [
+        (Verdict.RETRY, 0.0), (Verdict.RETRY, 0.0), (Verdict.FAIL, 0.0)]
+    assert tries.by_type == {"bad_answer": 2}

@@ -117,6 +117,8 @@ def decide(error: CallError, tries: Attempts, policy: RetryPolicy, rng: random.R
     if outage and error.kind is Kind.CONNECTION:
         return Step(Verdict.RETRY)  # the limiter holds it until the server answers a probe
     if tries.retries < policy.max_retries:
+        if error.kind is Kind.BAD_ANSWER:  # nothing at the server to wait out: ask again at once
+            return Step(Verdict.RETRY, counted=True)
         delay = backoff_s(tries.retries + 1, policy.backoff_s, rng, error.retry_after)
         return Step(Verdict.RETRY, delay, counted=True)
     return Step(Verdict.FAIL, message=error.message)
