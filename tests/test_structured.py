@@ -184,3 +184,19 @@ def test_a_bad_answer_is_asked_again_at_once_until_the_retries_are_used() -> Non
     assert [(s.verdict, s.delay_s) for s in steps] == [
         (Verdict.RETRY, 0.0), (Verdict.RETRY, 0.0), (Verdict.FAIL, 0.0)]
     assert tries.by_type == {"bad_answer": 2}
+
+
+def test_a_resume_with_other_labels_is_refused(mock: MockServerProcess, tmp_path: Path) -> None:
+    # Given an output answered under --labels safe,unsafe, and a task added to the input since
+    mock.configure(answer_labels=["safe", "unsafe"])
+    _, first = _run(mock, tmp_path, 2, "--labels", "safe,unsafe")
+    assert first.returncode == 0, first.stderr
+    with (tmp_path / "tasks.jsonl").open("a") as tasks:
+        tasks.write('{"id": "t9", "prompt": "Is this safe?"}\n')
+    # When it is resumed with other labels
+    again = run_cli("-i", "tasks.jsonl", "-o", "results.jsonl", "--base-url", mock.base_url,
+                    "--labels", "yes,no", cwd=tmp_path)
+    # Then it is refused, naming the setting, before any request
+    assert again.returncode == 2, again.stderr
+    assert "labels" in again.stderr
+    assert sum(mock.stats()["received"].values()) == 2

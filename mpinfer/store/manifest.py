@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 FINGERPRINT_FIELDS: tuple[str, ...] = (
     "system_prompt", "temperature", "max_tokens", "extra_body", "prompt_key", "images_key",
-    "model_key", "thinking", "reasoning_effort",
+    "model_key", "thinking", "reasoning_effort", "labels", "json_schema",
 )
 COUNT_FIELDS: tuple[str, ...] = (
     "total", "done", "succeeded", "failed", "remaining", "prompt_tokens", "completion_tokens",
