@@ -36,7 +36,8 @@ from mpinfer.store.manifest import (
 
 KEY = "sk-test-4f9Qz7LmN2pR8sT1vX3yZ9wxyz"
 ANSWER_FIELDS = {"model", "system_prompt", "temperature", "max_tokens", "extra_body", "prompt_key",
-                 "images_key", "model_key", "thinking", "reasoning_effort"}
+                 "images_key", "model_key", "thinking", "reasoning_effort", "labels",
+                 "json_schema"}
 
 
 def config(tmp_path: Path, **changes: Any) -> RunConfig:
@@ -65,7 +66,7 @@ def test_fingerprint_holds_exactly_the_settings_that_change_answers(tmp_path: Pa
     assert print_ == {"model": "gpt-4o", "system_prompt": "Be brief.", "temperature": 0.0,
                       "max_tokens": 50, "extra_body": {"top_p": 0.9}, "prompt_key": "prompt",
                       "images_key": "images", "model_key": None, "thinking": None,
-                      "reasoning_effort": None}
+                      "reasoning_effort": None, "labels": None, "json_schema": None}
     assert set(print_) == ANSWER_FIELDS
     assert orjson.loads(orjson.dumps(print_)) == print_
 
