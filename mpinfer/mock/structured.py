@@ -16,8 +16,8 @@ Every choice is deterministic: a hash of the prompt (and the attempt) picks it.
 
 from __future__ import annotations
 
+import hashlib
 import re
-import zlib
 from typing import Any
 
 import orjson
@@ -101,8 +101,10 @@ def schema_of(response_format: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def draw(text: str, salt: str = "") -> int:
-    """A number fixed by the prompt ``text`` (and ``salt``): the mock's choices."""
-    return zlib.crc32(f"{salt}\x00{text}".encode())
+    """A number fixed by the prompt ``text`` (and ``salt``): the mock's choices. (Not a CRC, whose
+    low bits barely move between prompts that differ in a character or two.)"""
+    digest = hashlib.blake2b(f"{salt}\x00{text}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big")
 
 
 def is_bad(share: float, text: str, attempt: int) -> bool:
