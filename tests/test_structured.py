@@ -200,3 +200,22 @@ def test_a_resume_with_other_labels_is_refused(mock: MockServerProcess, tmp_path
     assert again.returncode == 2, again.stderr
     assert "labels" in again.stderr
     assert sum(mock.stats()["received"].values()) == 2
+
+
+def test_a_schema_strict_mode_refuses_fails_as_the_server_says(mock: MockServerProcess,
+                                                                tmp_path: Path) -> None:
+    # Given a JSON Schema whose object does not close its properties (additionalProperties)
+    loose = {key: value for key, value in SCHEMA.items() if key != "additionalProperties"}
+    schema = tmp_path / "loose.json"
+    schema.write_text(json.dumps(loose))
+    # When the tasks run with it (sent with strict: true, as OpenAI's structured outputs want)
+    _, done = _run(mock, tmp_path, 2, "--json-schema", str(schema))
+    # Then the server's 400 is each task's failure, its message saying why, asked once
+    assert done.returncode == 1
+    failures = read_jsonl(tmp_path / "results.jsonl.errors.jsonl")
+    assert len(failures) == 2
+    for failure in failures:
+        assert (failure["error_type"], failure["status"]) == ("bad_request", 400)
+        assert "'additionalProperties' is required to be supplied and to be false" in (
+            failure["message"])
+    assert mock.stats()["requests"] == 2
