@@ -363,21 +363,6 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
-    """The run's retry settings, as api/retry.py's decisions read them: --max-retries,
-    --retry-backoff and --patience."""
-
-    max_retries: int
-    backoff_s: float
-    patience_s: float
-
-    @classmethod
-    def of(cls, config: RunConfig) -> RetryPolicy:
-        """The retry policy of a run (the online runner's and the Batch client's alike)."""
-        return cls(config.max_retries, config.retry_backoff, config.patience)
-
-
-@dataclass(frozen=True)
 class RequestSettings:
     """What building a task's request reads of the run (``api.messages.task_request``).
 
@@ -442,46 +427,6 @@ class RequestSettings:
         if own and self.per_task and len(self.models) == 1:
             return own
         return run_model
-
-
-@dataclass(frozen=True)
-class RunnerSettings:
-    """What a task runner reads of the run (backends/runner.py, its HTTP clients and build-ahead).
-
-    Plain, picklable data: it goes to every worker process and Ray actor instead of the RunConfig.
-    ``endpoints`` is by key index (keys read); ``named``: they come from an endpoints table, so a
-    failure names its endpoint and an answer line records it; ``paced``: a limit is set (--rpm,
-    --tpm or an endpoint's own); ``strict_model``: an answer by another model fails (wrong_model).
-    """
-
-    request: RequestSettings
-    retry: RetryPolicy
-    keys: tuple[str, ...] = field(repr=False)
-    endpoints: tuple[Endpoint, ...] = field(repr=False)
-    named: bool
-    paced: bool
-    timeout: float
-    transport: Transport
-    concurrency: int
-    strict_model: bool = False
-    judging: JudgeForm | None = None  # a judging run: its lines are a judge's (store/judged.py)
-
-    @classmethod
-    def of(cls, config: RunConfig) -> RunnerSettings:
-        """The runner settings of a run; ConfigError when it has no API key."""
-        from .api.endpoints import endpoints_of  # (api imports this module: not at its top)
-
-        paced = (config.rpm is not None or config.tpm is not None  # one for all, or per model
-                 or any(ep.rpm or ep.tpm for ep in config.endpoint_table))
-        return cls(RequestSettings.of(config), RetryPolicy.of(config), config.require_api_keys(),
-                   endpoints_of(config), bool(config.endpoint_table), paced, config.timeout,
-                   config.transport, config.concurrency, config.strict_model, config.judging)
-
-    @property
-    def built_ahead(self) -> int:
-        """How many requests a local worker builds ahead of its -c slots (backends/ahead.py): as
-        many again, on the aiohttp transport; none on httpx, whose client has no gate."""
-        return self.concurrency if self.transport is Transport.AIOHTTP else 0
 
 
 # The settings, derived from RunConfig's fields: the CLI builds its flags from this table.

@@ -10,9 +10,10 @@ import orjson
 from mpinfer.api.prices import load_prices
 from mpinfer.backends.batch_merge import Merger, classify_line
 from mpinfer.backends.batch_plan import Chunk, ChunkState, Plan
-from mpinfer.config import RequestSettings, RetryPolicy, load_config
+from mpinfer.config import RequestSettings, load_config
 from mpinfer.events import TaskDone, TaskFailed
 from mpinfer.inputs.tasks import Task
+from mpinfer.slices import RetryPolicy
 
 
 def _merger(tmp_path: Path, max_retries: int = 3) -> Merger:

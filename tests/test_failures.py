@@ -14,7 +14,7 @@ from mpinfer.api.answer import filtered_answer
 from mpinfer.api.failures import TABLE, Kind, Verdict, classify, of_status
 from mpinfer.api.retry import Attempts, decide
 from mpinfer.backends.batch_merge import classify_line
-from mpinfer.config import RetryPolicy
+from mpinfer.slices import RetryPolicy
 
 
 def status_error(status: int, message: str, code: str | None = None) -> openai.APIStatusError:

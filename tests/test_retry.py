@@ -17,10 +17,11 @@ from mpinfer.api.failures import CallError, Kind, Verdict
 from mpinfer.api.prices import load_prices
 from mpinfer.api.retry import MAX_RATE_BACKOFF_S, Attempts, decide
 from mpinfer.backends.runner import TaskRunner
-from mpinfer.config import RetryPolicy, RunConfig, RunnerSettings
+from mpinfer.config import RunConfig
 from mpinfer.inputs.tasks import Task
 from mpinfer.limits import LimiterSettings, LocalLimiter, SharedLimiter
 from mpinfer.mockserver import MockServerProcess
+from mpinfer.slices import RetryPolicy, RunnerSettings
 
 POLICY = RetryPolicy(max_retries=2, backoff_s=1.0, patience_s=300.0)
 

@@ -32,8 +32,9 @@ from mpinfer.api.client import complete, make_client
 from mpinfer.api.http import SendGate
 from mpinfer.api.ticket import Ticket, Unsent
 from mpinfer.backends.ahead import BuildAhead
-from mpinfer.config import RunConfig, RunnerSettings
+from mpinfer.config import RunConfig
 from mpinfer.mockserver import MockServerProcess
+from mpinfer.slices import RunnerSettings
 
 KEY = "sk-test-0000000000000000fake7gt3"
 WAIT_S = 60.0

@@ -8,7 +8,8 @@ import pickle
 import pytest
 
 from mpinfer.api.endpoints import Endpoint
-from mpinfer.config import RequestSettings, RetryPolicy, RunConfig, RunnerSettings, Transport
+from mpinfer.config import RequestSettings, RunConfig, Transport
+from mpinfer.slices import RetryPolicy, RunnerSettings
 
 SECRET = "sk-test-secret-do-not-print-5d1e8b"
 OTHER = "sk-test-other-do-not-print-0c4a2f"

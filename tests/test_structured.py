@@ -13,9 +13,9 @@ from helpers import read_jsonl, run_cli, write_tasks
 from mpinfer.api.failures import Verdict, classify
 from mpinfer.api.retry import Attempts, decide
 from mpinfer.api.structured import AnswerRule, Mismatch, Parsed, check
-from mpinfer.config import RetryPolicy
 from mpinfer.errors import BadAnswer
 from mpinfer.mockserver import MockServerProcess
+from mpinfer.slices import RetryPolicy
 
 REFUSE = "[refuse]"
 SCHEMA: dict[str, Any] = {

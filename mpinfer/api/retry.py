@@ -3,7 +3,7 @@ delay, fail, disable the key or stop the run).
 
 ``api.failures`` says what a failure calls for (its ``Verdict``, by the one table); ``decide``
 weighs that against the task's history (its retries, how long it has been rate limited) and the
-run's ``RetryPolicy`` (a slice of its settings, config.py). The online runner and the Batch client
+run's ``RetryPolicy`` (a slice of its settings, slices.py). The online runner and the Batch client
 do what the step says and decide nothing themselves. The functions here are pure (the clock's
 reading and the random generator are passed in), so every branch is tested without waiting.
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from ..config import RetryPolicy
+from ..slices import RetryPolicy
 from .failures import CallError, Kind, Verdict
 
 MAX_BACKOFF_S = 60.0

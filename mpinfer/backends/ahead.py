@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 
 from ..api.http import SendGate
-from ..config import RunnerSettings
+from ..slices import RunnerSettings
 
 
 class BuildAhead:

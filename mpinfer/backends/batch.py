@@ -32,11 +32,12 @@ from tqdm import tqdm
 from ..api.failures import classify
 from ..api.messages import ImageEncoder
 from ..api.prices import PriceTable
-from ..config import RequestSettings, RetryPolicy, RunConfig
+from ..config import RequestSettings, RunConfig
 from ..errors import BatchApiError, ConfigError, ImageError
 from ..events import Fatal, TaskDone, TaskFailed, WorkItem
 from ..inputs import Task, iter_tasks, reading
 from ..limits import LaneStats
+from ..slices import RetryPolicy
 from ..store.output import Appender, OutputPaths, iter_lines, scan, size_of
 from ..store.records import failure_line, record_id
 from .base import Note

@@ -24,11 +24,12 @@ import orjson
 from ..api.answer import answer_of
 from ..api.failures import CallError, Kind, Verdict, of_status
 from ..api.prices import PriceTable
-from ..config import RequestSettings, RetryPolicy
+from ..config import RequestSettings
 from ..errors import MalformedResponse
 from ..events import TaskDone, TaskFailed
 from ..inputs import Task
 from ..redact import redact
+from ..slices import RetryPolicy
 from ..store.answers import answered, wrong_model
 from ..store.records import failure_line
 from .batch_plan import Chunk

@@ -29,10 +29,11 @@ from ..api.failures import Verdict, classify
 from ..api.messages import ImageEncoder, task_request
 from ..api.responses import ApiPath
 from ..api.retry import Attempts, decide
-from ..config import RequestSettings, RetryPolicy, RunConfig
+from ..config import RequestSettings, RunConfig
 from ..errors import BatchApiError, ConfigError, ImageError
 from ..inputs import Task
 from ..redact import redact
+from ..slices import RetryPolicy
 from .batch_plan import Chunk, ChunkState, Plan
 
 log = logging.getLogger("mpinfer.run")

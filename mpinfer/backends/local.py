@@ -23,7 +23,7 @@ from multiprocess.connection import wait
 
 from ..api.client import warm_up
 from ..api.prices import PriceTable
-from ..config import RunConfig, RunnerSettings
+from ..config import RunConfig
 from ..events import (
     Event,
     StopWork,
@@ -37,6 +37,7 @@ from ..events import (
 )
 from ..inputs import Task
 from ..limits import LaneStats, LimiterSettings, SharedLimiter
+from ..slices import RunnerSettings
 from ..store.output import OutputPaths, iter_lines, scan, size_of
 from ..store.records import failure_view
 from .base import Note, Returned, WorkerDied

@@ -25,11 +25,12 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from ..api.prices import PriceTable
-from ..config import RunConfig, RunnerSettings
+from ..config import RunConfig
 from ..errors import ConfigError
 from ..events import Event, Fatal, WorkItem
 from ..inputs import Task
 from ..limits import LaneStats, LimiterActor, LimiterSettings, RayLimiter
+from ..slices import RunnerSettings
 from ..store.output import OutputPaths
 from .base import Note, OutcomeWriter, Returned, WorkerDied
 from .runner import Outcome, TaskRunner

@@ -33,12 +33,12 @@ from ..api.responses import ApiPath
 from ..api.retry import Attempts, decide, patience_spent
 from ..api.structured import Mismatch, Parsed, check
 from ..api.ticket import Ticket, Unsent
-from ..config import RunnerSettings
 from ..errors import BadAnswer, ImageError, NoKeysLeft
 from ..events import Abort, Event, KeyDisabled, ModelUnknown, TaskDone, TaskFailed
 from ..inputs import Task
 from ..limits import Ending, Grant, LimiterClient, Wait, WaitReason, read_hints
 from ..redact import redact
+from ..slices import RunnerSettings
 from ..store.answers import answered, wrong_model
 from ..store.judged import Judged, judge_line
 from ..store.records import LABEL_FIELD, Paid, Usage, failure_line, is_refusal

@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..api.prices import PriceTable
-from ..config import RunnerSettings
 from ..events import Fatal, Message, StopWork, Work, WorkerExit, decode, encode
 from ..inputs import Task
 from ..limits import LocalLimiter, SharedLimiter
 from ..logfile import setup_worker_logging
+from ..slices import RunnerSettings
 from ..store.locks import hold_workers_lock
 from ..store.output import OutputPaths
 from .base import OutcomeWriter
