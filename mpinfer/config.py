@@ -79,6 +79,14 @@ class Api(StrEnum):
     RESPONSES = "responses"  # the Responses API
 
 
+class ImageDetail(StrEnum):
+    """OpenAI's ``detail`` of an image part: what the model sees, and what it costs."""
+
+    LOW = "low"
+    HIGH = "high"
+    AUTO = "auto"
+
+
 class BackendKind(StrEnum):
     """Where tasks run."""
 
@@ -208,6 +216,12 @@ class RunConfig:
                                   "MB of image data one request may carry (the provider's limit; "
                                   "OpenAI: 50): a task over it fails before it is sent",
                                   metavar="MB")
+    image_detail: ImageDetail | None = setting(None, one_of(ImageDetail),
+                                               "detail of every image part: low, high or auto",
+                                               metavar="LEVEL", shown="none sent")
+    image_max_side: int | None = setting(None, positive_int,
+                                         "shrink images whose longer side passes N pixels "
+                                         "(mpinfer[images])", metavar="N", shown="as they are")
     log_dir: Path = setting(Path("logs"), as_path, "folder for the per-run log files",
                             metavar="DIR")
     rpm: int | ModelRates | None = setting(None, parse_rate,
@@ -332,7 +346,9 @@ class RunConfig:
         """Where relative image paths resolve: --image-root, else the input file's folder."""
         if self.image_root is not None:
             return self.image_root
-        return self.input.parent if self.input is not None else Path(".")
+        if self.input is None:
+            return Path(".")
+        return self.input if self.input.is_dir() else self.input.parent  # a folder of shards
 
     def require_paths(self) -> tuple[Path, Path]:
         """The input and output paths, or a ConfigError that says where to set them."""
@@ -368,7 +384,8 @@ class RequestSettings:
 
     ``chosen``: the user named the model(s), so it replaces a Batch API body's own; ``per_task``:
     --model-key, a task's own model wins; ``max_image_mb`` is by model index: the smallest of
-    --max-image-mb and the limits of the endpoints serving it.
+    --max-image-mb and the limits of the endpoints serving it; so are ``image_detail`` (an
+    endpoint's wins over --image-detail) and ``image_max_side`` (the smallest).
     """
 
     models: tuple[str, ...]
@@ -384,6 +401,8 @@ class RequestSettings:
     # by model index: the fields that switch its thinking (--thinking, --reasoning-effort)
     thinking: tuple[dict[str, Any], ...] = ()
     rule: AnswerRule | None = None  # --labels or --json-schema: what an answer must be
+    image_detail: tuple[str | None, ...] = ()
+    image_max_side: tuple[int | None, ...] = ()
 
     @property
     def response_format(self) -> dict[str, Any] | None:
@@ -399,10 +418,16 @@ class RequestSettings:
         image_mb = tuple(min([config.max_image_mb, *(ep.max_image_mb for ep in config.endpoint_table
                                                      if ep.serves(name) and ep.max_image_mb)])
                          for name in models)
+        served = [[ep for ep in config.endpoint_table if ep.serves(name)] for name in models]
+        detail = tuple(next((ep.image_detail for ep in eps if ep.image_detail),
+                            config.image_detail) for eps in served)
+        sides = tuple(min([s for s in (config.image_max_side, *(ep.image_max_side for ep in eps))
+                           if s], default=None) for eps in served)
         return cls(models, config.model_named, config.api,
                    config.resolved_image_root, image_mb, config.system_prompt, config.temperature,
                    config.max_tokens, config.extra_body, config.model_key is not None,
-                   model_thinking(config), answer_rule(config.labels, config.json_schema))
+                   model_thinking(config), answer_rule(config.labels, config.json_schema),
+                   detail, sides)
 
     def extra_for(self, model_index: int) -> dict[str, Any] | None:
         """The fields merged into a request of the model at ``model_index``: its thinking switch,

@@ -34,6 +34,7 @@ from .inputs import (
     asked_models,
     check_input,
     iter_tasks,
+    parquet_checksum,
     reading,
     refuse_input_as_output,
     selection,
@@ -131,7 +132,7 @@ def run(config: RunConfig, *, progress: bool = True, grace_s: float = DEFAULT_GR
 def _check(config: RunConfig) -> tuple[_Job, InputIndex]:
     input_path, output = config.require_paths()
     # the first thing a new user gets wrong: say it before the missing key
-    if not input_path.is_file():
+    if not input_path.exists():
         raise InputError("cannot open input: no such file", str(input_path))
     config.require_api_keys()
     prices = load_prices(config.prices, config.price_input, config.price_output)
@@ -247,7 +248,8 @@ def _record_start(job: _Job, scanned: _Scanned, argv: Sequence[str], index: Inpu
     for change in check_fingerprints(manifest, output_fingerprints(config), scanned.written,
                                      config.allow_mixed):
         log.warning("--allow-mixed: %s", change)
-    start = start_record(config, argv)
+    checksum = parquet_checksum(job.input_path) if index.format is InputFormat.PARQUET else None
+    start = start_record(config, argv, checksum=checksum)
     append_record(manifest, start)
     log.info("run %s -> %s: %r", job.input_path, ", ".join(str(p.output) for p in job.outputs),
              config)

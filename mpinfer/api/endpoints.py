@@ -13,6 +13,7 @@ on them::
     api_version = "2024-10-21"       # azure only
     api_key_env = "AZURE_KEY_EAST"   # the variable holding the key (never the key itself)
     rpm = 3000                       # optional, per endpoint; also tpm, max_in_flight, max_image_mb
+    image_detail = "low"             # optional, for the model's requests; also image_max_side
 
 Without a table, the flags make an implicit one: each key (``OPENAI_API_KEYS``) at ``--base-url``
 for every model. The limiter gives each endpoint its own lanes (mpinfer.limits.settings), so its
@@ -41,7 +42,9 @@ __all__ = ["ANY_MODEL", "Endpoint", "Provider", "endpoints_of", "implicit_endpoi
 
 ANY_MODEL = "*"  # an implicit endpoint serves every model of the run
 FIELDS = frozenset({"model", "provider", "base_url", "deployment", "api_version", "api_key_env",
-                    "rpm", "tpm", "max_in_flight", "max_image_mb"})
+                    "rpm", "tpm", "max_in_flight", "max_image_mb", "image_detail",
+                    "image_max_side"})
+DETAILS = ("low", "high", "auto")
 
 
 class Provider(StrEnum):
@@ -67,6 +70,8 @@ class Endpoint:
     tpm: int | None = None
     max_in_flight: int | None = None
     max_image_mb: float | None = None
+    image_detail: str | None = None  # over --image-detail, for its model's requests
+    image_max_side: int | None = None  # the smallest of this and --image-max-side holds
 
     def described(self) -> dict[str, Any]:
         """The endpoint as the manifest records it:
@@ -146,8 +151,25 @@ def parse_endpoints(tables: Any, source: str,
             deployment=raw.get("deployment"), api_version=raw.get("api_version"),
             api_key_env=raw["api_key_env"], rpm=_positive(raw, "rpm", where),
             tpm=_positive(raw, "tpm", where), max_in_flight=_positive(raw, "max_in_flight", where),
-            max_image_mb=_positive(raw, "max_image_mb", where, float)))
+            max_image_mb=_positive(raw, "max_image_mb", where, float),
+            image_detail=_detail(raw, where),
+            image_max_side=_positive(raw, "image_max_side", where)))
+    for endpoint in endpoints:
+        # a request is built before its endpoint is chosen: one detail for each model
+        others = {ep.image_detail for ep in endpoints
+                  if ep.model == endpoint.model and ep.image_detail}
+        if len(others) > 1:
+            raise ConfigError(f"{source}: the endpoints of {endpoint.model} set different "
+                              "image_detail values; a model's requests are built before one of "
+                              "its endpoints is chosen, so they must agree")
     return tuple(endpoints)
+
+
+def _detail(raw: Mapping[str, Any], where: str) -> str | None:
+    value = raw.get("image_detail")
+    if value is not None and value not in DETAILS:
+        raise ConfigError(f"{where}: image_detail must be low, high or auto, got {value!r}")
+    return str(value) if value is not None else None
 
 
 def read_endpoints_file(path: Path) -> Any:

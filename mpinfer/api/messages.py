@@ -1,8 +1,9 @@
-"""Task -> chat.completions request (``task_request``: as the run's settings ask); local images ->
-base64 data URLs.
+"""Task -> chat.completions request (``task_request``: as the run's settings ask); local images and
+a Parquet input's image cells -> base64 data URLs, shrunk first when --image-max-side asks.
 
 Runs in the worker, at send time: the parent never reads image bytes. An image that several tasks
-share is encoded once per worker (a small LRU bounded in bytes).
+share is encoded once per worker (a small LRU bounded in bytes); a Parquet cell is read back from
+its row group (inputs/parquet.py), the last row group read kept.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import orjson
 
 from ..config import Api, RequestSettings
 from ..errors import ImageError, ImagesTooLarge
-from ..inputs import Task, has_system
+from ..inputs import RowGroupReader, Task, has_system, is_cell_ref, read_cell
 from .responses import ApiPath, responses_body
+from .shrink import shrink
 from .tokens import (
     DEFAULT_COMPLETION_TOKENS,
     TOKENS_PER_MESSAGE,
@@ -100,8 +102,9 @@ class ImageEncoder:
     def __init__(self, root: Path, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         self._root = str(root)
         self.cache_bytes = cache_bytes
-        self._cache: OrderedDict[tuple[str, int, int], EncodedImage] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, int, int, int], EncodedImage] = OrderedDict()
         self._cached = 0
+        self._cells = RowGroupReader()
 
     def url(self, ref: str) -> str:
         """The URL the API gets for an image reference: a data URL for a local file."""
@@ -113,25 +116,31 @@ class ImageEncoder:
         path = os.path.expanduser(ref)
         return path if os.path.isabs(path) else os.path.join(self._root, path)
 
-    def encode(self, ref: str) -> EncodedImage:
+    def encode(self, ref: str, max_side: int | None = None) -> EncodedImage:
         """An image reference ready for the API: a data or remote URL as it is, a local file read
-        and encoded once (then from the cache while its mtime and size hold)."""
+        and encoded once (then from the cache while its mtime and size hold), a Parquet cell read
+        back from its row group; the last two shrunk to ``max_side`` pixels when given."""
         if ref[:5].lower() == "data:":
             return EncodedImage(ref, _data_url_size(ref), _data_url_bytes(ref))
         if is_remote(ref):
             return EncodedImage(ref, None)
+        if is_cell_ref(ref):
+            data, named = read_cell(self._cells, ref)
+            if data is None:
+                return self.encode(str(named), max_side)  # the struct's path: a local file
+            return _from_bytes(ref, data, max_side)
         path = self.resolve(ref)
         try:
             stat = os.stat(path)
         except OSError as exc:
             raise ImageError(f"image {ref!r}: {exc.strerror or exc} ({path}){self._hint(ref)}") \
                 from None
-        key = (path, stat.st_mtime_ns, stat.st_size)
+        key = (path, stat.st_mtime_ns, stat.st_size, max_side or 0)
         hit = self._cache.get(key)
         if hit is not None:
             self._cache.move_to_end(key)
             return hit
-        image = self._encode(ref, path)
+        image = self._encode(ref, path, max_side)
         self._remember(key, image)
         return image
 
@@ -143,18 +152,14 @@ class ImageEncoder:
                 "input's folder unless set): if they are relative to another folder, such as "
                 "the project's, set --image-root to it")
 
-    def _encode(self, ref: str, path: str) -> EncodedImage:
+    def _encode(self, ref: str, path: str, max_side: int | None) -> EncodedImage:
         try:
             data = Path(path).read_bytes()  # only on a miss: a cached image costs a stat
         except OSError as exc:
             raise ImageError(f"image {ref!r}: {exc.strerror or exc} ({path})") from None
-        mime = sniff_mime(data[:_HEAD_BYTES])
-        if mime is None:
-            raise ImageError(f"image {ref!r}: not a PNG, JPEG, GIF or WEBP image ({path})")
-        return EncodedImage(f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}",
-                            image_size(data), len(data))
+        return _from_bytes(ref, data, max_side, f" ({path})")
 
-    def _remember(self, key: tuple[str, int, int], image: EncodedImage) -> None:
+    def _remember(self, key: tuple[str, int, int, int], image: EncodedImage) -> None:
         # A file larger than a quarter of the cache is encoded anew each time: memory stays bounded.
         if len(image.url) > self.cache_bytes // 4:
             return
@@ -163,6 +168,20 @@ class ImageEncoder:
         while self._cached > self.cache_bytes and self._cache:
             _, old = self._cache.popitem(last=False)
             self._cached -= len(old.url)
+
+
+def _from_bytes(ref: str, data: bytes, max_side: int | None, where: str = "") -> EncodedImage:
+    """An image's bytes as a data URL whose MIME type they show, shrunk first when asked."""
+    mime = sniff_mime(data[:_HEAD_BYTES])
+    if mime is None:
+        raise ImageError(f"image {ref!r}: not a PNG, JPEG, GIF or WEBP image{where}")
+    if max_side is not None:
+        try:
+            data, mime = shrink(data, mime, max_side)
+        except ImageError as exc:
+            raise ImageError(f"image {ref!r}: {exc}{where}") from None
+    return EncodedImage(f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}",
+                        image_size(data), len(data))
 
 
 def _text_tokens_of(messages: list[Any]) -> int:
@@ -180,19 +199,21 @@ def _text_tokens_of(messages: list[Any]) -> int:
 
 def build_messages(task: Task, encoder: ImageEncoder, system_prompt: str | None = None,
                    images_out: list[tuple[int, int]] | None = None, model: str | None = None,
+                   detail: str | None = None, max_side: int | None = None,
                    ) -> list[dict[str, Any]]:
     """The chat messages for one task:
     an optional system message, then the text and images as one turn.
 
     ``images_out`` receives each image's estimated token cost for ``model`` (for the rate limiter)
-    and its bytes (for the provider's image limit).
+    and its bytes (for the provider's image limit), as sent: shrunk to ``max_side`` and at
+    ``detail`` (--image-detail; a chat row's own detail wins).
     """
     messages: list[dict[str, Any]] = []
     system = task.system if task.system is not None else system_prompt
     if task.messages is not None:
         if system and not has_system(task.messages):
             messages.append({"role": "system", "content": system})
-        return messages + [_with_images(message, encoder, images_out, model)
+        return messages + [_with_images(message, encoder, images_out, model, detail, max_side)
                            for message in task.messages]
     if system:
         messages.append({"role": "system", "content": system})
@@ -203,16 +224,18 @@ def build_messages(task: Task, encoder: ImageEncoder, system_prompt: str | None 
     if task.prompt:
         parts.append({"type": "text", "text": task.prompt})
     for ref in task.images:
-        image = encoder.encode(ref)
+        image = encoder.encode(ref, max_side)
         if images_out is not None:
-            images_out.append((image.tokens(model=model), image.bytes))
-        parts.append({"type": "image_url", "image_url": {"url": image.url}})
+            images_out.append((image.tokens(detail or "auto", model), image.bytes))
+        spec = {"url": image.url, "detail": detail} if detail else {"url": image.url}
+        parts.append({"type": "image_url", "image_url": spec})
     messages.append({"role": "user", "content": parts})
     return messages
 
 
 def _with_images(message: dict[str, Any], encoder: ImageEncoder,
-                 images_out: list[tuple[int, int]] | None, model: str | None) -> dict[str, Any]:
+                 images_out: list[tuple[int, int]] | None, model: str | None,
+                 detail: str | None, max_side: int | None) -> dict[str, Any]:
     """A chat row's message as sent:
     its image parts' local paths become data URLs (a copy: the task is left as it was read)."""
     content = message.get("content")
@@ -222,11 +245,12 @@ def _with_images(message: dict[str, Any], encoder: ImageEncoder,
     for part in content:
         if isinstance(part, dict) and part.get("type") == "image_url":
             spec = part["image_url"]
-            image = encoder.encode(spec["url"])
+            image = encoder.encode(spec["url"], max_side)
+            own = spec.get("detail") or detail
             if images_out is not None:
-                images_out.append((image.tokens(str(spec.get("detail", "auto")), model),
-                                   image.bytes))
-            part = {**part, "image_url": {**spec, "url": image.url}}
+                images_out.append((image.tokens(str(own or "auto"), model), image.bytes))
+            sent = {**spec, "url": image.url, **({"detail": own} if own else {})}
+            part = {**part, "image_url": sent}
         parts.append(part)
     return {**message, "content": parts}
 
@@ -280,11 +304,14 @@ def build_request(
     temperature: float | None = None,
     max_tokens: int | None = None,
     extra_body: dict[str, Any] | None = None,
+    image_detail: str | None = None,
+    image_max_side: int | None = None,
 ) -> Request:
     """The request for one task and ``model`` (``RequestSettings.requested`` chose it); a task's
     own system, temperature and max_tokens win over the run's."""
     images: list[tuple[int, int]] = []
-    messages = build_messages(task, encoder, system_prompt, images, model)
+    messages = build_messages(task, encoder, system_prompt, images, model, image_detail,
+                              image_max_side)
     request: dict[str, Any] = {"model": model, "messages": messages}
     temperature = task.temperature if task.temperature is not None else temperature
     if temperature is not None:
@@ -339,6 +366,10 @@ def build_body_request(body: dict[str, Any], model: str | None = None,
                    max_tokens if isinstance(max_tokens, int) else None, data)
 
 
+def _at(values: tuple[Any, ...], index: int) -> Any:
+    return values[index] if index < len(values) else None
+
+
 def task_request(settings: RequestSettings, encoder: ImageEncoder, task: Task,
                  model_index: int) -> Request:
     """The request for ``task`` and the run's model at ``model_index`` (its place in the run's
@@ -352,7 +383,9 @@ def task_request(settings: RequestSettings, encoder: ImageEncoder, task: Task,
         request = build_request(task, encoder, model=asked,
                                 system_prompt=settings.system_prompt,
                                 temperature=settings.temperature, max_tokens=settings.max_tokens,
-                                extra_body=settings.extra_for(model_index))
+                                extra_body=settings.extra_for(model_index),
+                                image_detail=_at(settings.image_detail, model_index),
+                                image_max_side=_at(settings.image_max_side, model_index))
         response_format = settings.response_format
         if response_format is not None:  # (--api responses with a schema is refused at the start)
             request.kwargs["response_format"] = response_format

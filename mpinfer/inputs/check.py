@@ -21,7 +21,8 @@ from ..errors import ConfigError, InputError
 from ..store.idset import HashFn, IdIndex, IdSubset, Resolver
 from ..store.output import OutputPaths, iter_lines, model_outputs, scan
 from ..store.records import is_answer, record_id
-from .locate import IdReader, line_numbers
+from .locate import IdReader, JsonIdReader, line_numbers
+from .parquet import ParquetIdReader
 from .readers import detect_format, iter_selected, placed_rows
 from .tasks import FieldKeys, InputFormat, InputIndex, Selection, Task, parse_batch_task, parse_task
 
@@ -104,7 +105,13 @@ def asked_models(config: RunConfig, index: InputIndex) -> tuple[str, ...]:
 
 def id_resolver(path: Path, keys: FieldKeys, fmt: InputFormat) -> Resolver:
     """How the id index reads an id again: the row number, or the id of the row at a byte offset."""
-    return str if _ids_by_row(keys, fmt) else IdReader(path, keys.id, fmt)
+    if _ids_by_row(keys, fmt):
+        return str
+    if fmt is InputFormat.PARQUET:
+        return ParquetIdReader(path, keys.id)
+    if fmt is InputFormat.JSON:
+        return JsonIdReader(path, keys.id)
+    return IdReader(path, keys.id, fmt)
 
 
 def _ids_by_row(keys: FieldKeys, fmt: InputFormat) -> bool:
@@ -116,8 +123,12 @@ def _duplicates_error(path: Path, duplicates: list[tuple[str, list[int]]]) -> In
     """The error listing repeated ids, each with the lines of its first row and of the repeat."""
     pairs = [(task_id, rows[0], again) for task_id, rows in duplicates for again in rows[1:]]
     shown = pairs[:MAX_DUPLICATES_SHOWN]
-    lines = line_numbers(path, {offset for _, first, again in shown for offset in (first, again)})
-    listing = ", ".join(f"{i!r} (lines {lines[a]} and {lines[b]})" for i, a, b in shown)
+    offsets = {offset for _, first, again in shown for offset in (first, again)}
+    # a Parquet or JSON row is placed by its position (0-based), as --start counts
+    by_position = detect_format(path).by_position
+    lines = {o: o for o in offsets} if by_position else line_numbers(path, offsets)
+    word = "rows" if by_position else "lines"
+    listing = ", ".join(f"{i!r} ({word} {lines[a]} and {lines[b]})" for i, a, b in shown)
     more = (f" and {len(pairs) - MAX_DUPLICATES_SHOWN} more"
             if len(pairs) > MAX_DUPLICATES_SHOWN else "")
     return InputError(f"{len(pairs)} duplicate ids: {listing}{more}", str(path))

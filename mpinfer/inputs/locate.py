@@ -91,6 +91,25 @@ class IdReader:
         return {**self.__dict__, "_handle": None}
 
 
+class JsonIdReader:
+    """Reads the id of the task at a position of a JSON task list (read once, its ids kept)."""
+
+    def __init__(self, path: Path, id_key: str) -> None:
+        self.path = path
+        self.id_key = id_key
+        self._ids: list[str] | None = None
+
+    def __call__(self, position: int) -> str:
+        if self._ids is None:
+            data = orjson.loads(self.path.read_bytes().removeprefix(BOM))
+            tasks = data["tasks"] if isinstance(data, dict) else data
+            self._ids = [str(t.get(self.id_key)) if isinstance(t, dict) else "" for t in tasks]
+        return self._ids[position]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_ids": None}
+
+
 def line_numbers(path: Path, offsets: set[int]) -> dict[int, int]:
     """The line number (from 1) of each byte offset, counted in one pass over the file."""
     wanted = sorted(offsets)

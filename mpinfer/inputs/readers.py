@@ -1,9 +1,12 @@
-"""Reading an input row by row: JSONL, OpenAI Batch API JSONL and CSV, streamed, never held.
+"""Reading an input row by row: JSONL, OpenAI Batch API JSONL, CSV and Parquet, streamed, never
+held; and a JSON file holding a list of tasks.
 
-The format is told by the file: ``.csv`` is CSV; a JSONL file whose first line has
-``custom_id`` and ``body`` is a Batch API file, whose bodies are sent as they are. Each row
-comes with its line number and byte offset (where the id index finds it again) and its Task or
-the InputError that says what is wrong.
+The format is told by the file: ``.csv`` is CSV; ``.parquet`` (or a folder of such shards) is
+Parquet (inputs/parquet.py); ``.json`` is a list of tasks (or ``{"tasks": [...]}``); a JSONL file
+whose first line has ``custom_id`` and ``body`` is a Batch API file, whose bodies are sent as they
+are. Each row comes with its line number and byte offset (where the id index finds it again; a
+Parquet or JSON row's place is its position) and its Task or the InputError that says what is
+wrong.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import orjson
 
 from ..errors import InputError
 from .locate import BOM, CountedLines, row_has_values
+from .parquet import is_parquet
 from .tasks import FieldKeys, InputFormat, Selection, Task, parse_batch_task, parse_task
 
 
@@ -25,6 +29,10 @@ def detect_format(path: Path) -> InputFormat:
     JSONL."""
     if path.suffix.lower() == ".csv":
         return InputFormat.CSV
+    if is_parquet(path):
+        return InputFormat.PARQUET
+    if path.suffix.lower() == ".json":
+        return InputFormat.JSON
     for _, raw in _lines(path):
         try:
             first = orjson.loads(raw)
@@ -114,6 +122,12 @@ def iter_raw(path: Path, keys: FieldKeys = FieldKeys(), fmt: InputFormat | None 
 def placed_rows(path: Path, keys: FieldKeys, fmt: InputFormat,
           ) -> Iterator[tuple[int, int, dict[str, Any] | None, Task | InputError]]:
     """iter_raw with each row's byte offset."""
+    if fmt is InputFormat.PARQUET:
+        yield from _parquet_rows(path, keys)
+        return
+    if fmt is InputFormat.JSON:
+        yield from _json_rows(path, keys)
+        return
     position = 0
     if fmt is InputFormat.CSV:
         for line, offset, row in _csv_rows(path):
@@ -143,6 +157,49 @@ def placed_rows(path: Path, keys: FieldKeys, fmt: InputFormat,
         else:
             yield line, offset, obj, task
         position += 1
+
+
+def _parquet_rows(path: Path, keys: FieldKeys,
+                  ) -> Iterator[tuple[int, int, dict[str, Any] | None, Task | InputError]]:
+    """Each row of a Parquet input, placed by its position (its line: the position + 1)."""
+    from .parquet import rows
+
+    needed = () if keys.id_from_row else (keys.id,)
+    for position, (file, row, obj) in enumerate(rows(path, keys.images, needed)):
+        if keys.id_from_row:
+            obj[keys.id] = str(position)
+        try:
+            yield position + 1, position, obj, parse_task(obj, keys, position + 1)
+        except ValueError as exc:
+            yield position + 1, position, obj, InputError(f"row {row}: {exc}", str(file))
+
+
+def _json_rows(path: Path, keys: FieldKeys,
+               ) -> Iterator[tuple[int, int, dict[str, Any] | None, Task | InputError]]:
+    """Each task of a JSON file holding a list of them (or ``{"tasks": [...]}``), by position."""
+    for position, obj in enumerate(json_tasks(path)):
+        if keys.id_from_row and isinstance(obj, dict):
+            obj = {**obj, keys.id: str(position)}
+        try:
+            yield position + 1, position, obj, parse_task(obj, keys, position + 1)
+        except ValueError as exc:
+            yield (position + 1, position, obj if isinstance(obj, dict) else None,
+                   InputError(f"task {position}: {exc}", str(path)))
+
+
+def json_tasks(path: Path) -> list[Any]:
+    """The task objects of a JSON file: a list of them, or an object whose ``tasks`` is one."""
+    with _open(path) as handle:
+        raw = handle.read()
+    try:
+        data = orjson.loads(raw[len(BOM):] if raw.startswith(BOM) else raw)
+    except orjson.JSONDecodeError as exc:
+        raise InputError(f"invalid JSON: {exc}", str(path)) from None
+    if isinstance(data, dict) and isinstance(data.get("tasks"), list):
+        return list(data["tasks"])
+    if isinstance(data, list):
+        return data
+    raise InputError('a .json input holds a list of tasks, or {"tasks": [...]}', str(path))
 
 
 def iter_selected(path: Path, keys: FieldKeys, selection: Selection, fmt: InputFormat | None = None,

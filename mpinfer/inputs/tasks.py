@@ -39,6 +39,13 @@ class InputFormat(StrEnum):
     JSONL = "jsonl"
     BATCH = "batch"  # OpenAI Batch API request lines: {"custom_id", "method", "url", "body"}
     CSV = "csv"
+    PARQUET = "parquet"  # a .parquet file or a folder of shards (inputs/parquet.py)
+    JSON = "json"  # a .json file holding a list of tasks, or {"tasks": [...]}
+
+    @property
+    def by_position(self) -> bool:
+        """Whether a row is found again by its position in the input rather than a byte offset."""
+        return self in (InputFormat.PARQUET, InputFormat.JSON)
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from ..api.prices import PriceTable
 from ..api.tokens import DEFAULT_COMPLETION_TOKENS, image_size
 from ..config import RequestSettings, RunConfig
 from ..errors import ImageError
-from ..inputs import Task, check_input, iter_tasks, reading, selection, settle_models
+from ..inputs import Task, check_input, is_cell_ref, iter_tasks, reading, selection, settle_models
 from ..store.output import model_outputs, scan
 
 MAX_PROBLEMS_KEPT = 20
@@ -95,34 +95,41 @@ class _ReadOnceEncoder(ImageEncoder):
     def __init__(self, root: Path) -> None:
         # the facts below replace the cache, at a fraction of its memory
         super().__init__(root, cache_bytes=0)
-        self.files: OrderedDict[tuple[str, int, int], _FileFacts] = OrderedDict()
+        self.files: OrderedDict[tuple[str, int, int, int], _FileFacts] = OrderedDict()
         # (path, facts) of each local image of the task being built
         self.used: list[tuple[str, _FileFacts]] = []
 
-    def _file_key(self, ref: str) -> tuple[str, int, int] | None:
+    def _file_key(self, ref: str, max_side: int | None) -> tuple[str, int, int, int] | None:
         path = self.resolve(ref)  # as the workers resolve it; a stat reads no image bytes
         try:
             stat = os.stat(path)
         except OSError:
             return None
-        return path, stat.st_mtime_ns, stat.st_size
+        return path, stat.st_mtime_ns, stat.st_size, max_side or 0
 
-    def encode(self, ref: str) -> EncodedImage:
-        """As ImageEncoder.encode, reading each file once; a size that cannot be read fails too."""
+    def encode(self, ref: str, max_side: int | None = None) -> EncodedImage:
+        """As ImageEncoder.encode, reading each file once; a size that cannot be read fails too.
+        A Parquet cell is read each time (its ImageError raised as a worker's would be)."""
         if is_remote(ref):
             return super().encode(ref)
-        key = self._file_key(ref)
+        if is_cell_ref(ref):
+            before = len(self.used)
+            image = super().encode(ref, max_side)
+            if len(self.used) == before:  # (a struct of a path only: used as that file)
+                self.used.append((ref, _FileFacts(image.bytes, image.size)))
+            return EncodedImage(_ALREADY_READ, image.size, image.bytes)
+        key = self._file_key(ref, max_side)
         if key is None:
             # raises the worker's ImageError for a missing file, reading nothing
             return super().encode(ref)
         facts = self.files.get(key)
         if facts is None:
             try:
-                image = super().encode(ref)
+                image = super().encode(ref, max_side)
             except ImageError as exc:
                 facts = _FileFacts(key[2], None, str(exc))
             else:
-                facts = _FileFacts(key[2], image.size,
+                facts = _FileFacts(image.bytes, image.size,
                                    None if image.size else _size_message(ref, key[0]))
             self.files[key] = facts
             while len(self.files) > MAX_FILES_REMEMBERED:

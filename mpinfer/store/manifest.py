@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 
 FINGERPRINT_FIELDS: tuple[str, ...] = (
     "system_prompt", "temperature", "max_tokens", "extra_body", "prompt_key", "images_key",
-    "model_key", "thinking", "reasoning_effort", "labels", "json_schema",
+    "model_key", "thinking", "reasoning_effort", "labels", "json_schema", "image_detail",
+    "image_max_side",
 )
 COUNT_FIELDS: tuple[str, ...] = (
     "total", "done", "succeeded", "failed", "remaining", "prompt_tokens", "completion_tokens",
@@ -154,16 +155,18 @@ def start_record(
     argv: Sequence[str],
     started_at: float | None = None,
     pid: int | None = None,
+    checksum: tuple[int, str] | None = None,
 ) -> RunRecord:
     """The record of a run that is starting:
     settings, redacted command line, input checksum, fingerprints.
 
-    The input is read whole for its checksum: it says later which input an output was made from.
+    The input is read whole for its checksum (unless ``checksum`` gives it: a Parquet input's is
+    taken over its footers): it says later which input an output was made from.
     """
     started = time.time() if started_at is None else started_at
     input_info = None
     if config.input is not None:
-        size, sha256 = input_checksum(config.input)
+        size, sha256 = checksum or input_checksum(config.input)
         input_info = {"path": redact(str(config.input), config.api_keys), "size": size,
                       "sha256": sha256}
     return RunRecord(
