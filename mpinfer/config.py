@@ -122,8 +122,8 @@ class RunConfig:
     rest is settled by ``load_config`` from the other sources (sources.py).
     """
 
-    input: Path | None = setting(None, as_path, "input tasks, one JSON object a line", short="-i",
-                                 metavar="FILE")
+    input: Path | None = setting(None, as_path, "input tasks: JSONL, CSV, a JSON list, a "
+                                 "Parquet file or folder of shards", short="-i", metavar="FILE")
     output: Path | None = setting(None, as_path,
                                   "output results (JSONL); rerun with the same file to resume",
                                   short="-o", metavar="FILE")
@@ -205,7 +205,8 @@ class RunConfig:
     prompt_key: str = setting("prompt", as_text, "input field holding the prompt text",
                               metavar="KEY")
     images_key: str = setting("images", as_text,
-                              "input field holding an image path or a list of them", metavar="KEY")
+                              "input field holding an image path or a list of them "
+                              "(Parquet: or image bytes)", metavar="KEY")
     api: Api = setting(Api.CHAT, one_of(Api),
                        "API plain rows are sent to: chat (chat.completions) or responses (the "
                        "Responses API: the answer is its output text)", metavar="NAME")

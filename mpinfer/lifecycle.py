@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .api.prices import PriceTable, load_prices
+from .api.shrink import require_pillow
 from .api.structured import answer_rule
 from .api.tokens import image_rule
 from .backends.base import Backend
@@ -135,6 +136,8 @@ def _check(config: RunConfig) -> tuple[_Job, InputIndex]:
     if not input_path.exists():
         raise InputError("cannot open input: no such file", str(input_path))
     config.require_api_keys()
+    if config.image_max_side or any(ep.image_max_side for ep in config.endpoint_table):
+        require_pillow()
     prices = load_prices(config.prices, config.price_input, config.price_output)
     keys = reading(config)
     chosen = selection(config)

@@ -31,8 +31,10 @@ def shrink(data: bytes, mime: str, max_side: int) -> tuple[bytes, str]:
     size = image_size(data)
     if size is not None and max(size) <= max_side:
         return data, mime
-    from PIL import Image
-
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ImageError("shrinking needs Pillow: pip install 'mpinfer[images]'") from None
     try:
         with Image.open(io.BytesIO(data)) as opened:
             opened.load()
