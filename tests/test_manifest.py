@@ -37,7 +37,7 @@ from mpinfer.store.manifest import (
 KEY = "sk-test-4f9Qz7LmN2pR8sT1vX3yZ9wxyz"
 ANSWER_FIELDS = {"model", "system_prompt", "temperature", "max_tokens", "extra_body", "prompt_key",
                  "images_key", "model_key", "thinking", "reasoning_effort", "labels",
-                 "json_schema"}
+                 "json_schema", "image_detail", "image_max_side"}
 
 
 def config(tmp_path: Path, **changes: Any) -> RunConfig:
@@ -66,7 +66,8 @@ def test_fingerprint_holds_exactly_the_settings_that_change_answers(tmp_path: Pa
     assert print_ == {"model": "gpt-4o", "system_prompt": "Be brief.", "temperature": 0.0,
                       "max_tokens": 50, "extra_body": {"top_p": 0.9}, "prompt_key": "prompt",
                       "images_key": "images", "model_key": None, "thinking": None,
-                      "reasoning_effort": None, "labels": None, "json_schema": None}
+                      "reasoning_effort": None, "labels": None, "json_schema": None,
+                      "image_detail": None, "image_max_side": None}
     assert set(print_) == ANSWER_FIELDS
     assert orjson.loads(orjson.dumps(print_)) == print_
 
