@@ -168,6 +168,7 @@ class TreeSampler(threading.Thread):
         self.interval_s = interval_s
         self.stop_event = threading.Event()
         self.peak_rss = 0
+        self.peak_root_rss = 0  # the root process's own (the CLI's parent)
         self.peak_pss = 0
         self.peak_procs = 0
         self.samples = 0
@@ -195,6 +196,8 @@ class TreeSampler(threading.Thread):
             alive += 1
             self.last_ticks[pid] = got[0]
             rss += got[1]
+            if pid == self.root:
+                self.peak_root_rss = max(self.peak_root_rss, got[1])
             self.seen.add(pid)
             if self.io:
                 counters = io_of(pid)
