@@ -59,18 +59,17 @@ def is_parquet(path: Path) -> bool:
     return path.is_dir() and next(path.rglob(f"*{SUFFIX}"), None) is not None
 
 
-def _open(path: Path, mapped: bool = False) -> Any:
-    """A pyarrow ParquetFile: streamed through a buffer (the parent's batches of rows), or memory
-    mapped (a worker's row groups: several times faster than reading them through a buffer,
-    bench/README.md)."""
+def _open(path: Path, whole: bool = False) -> Any:
+    """A pyarrow ParquetFile: streamed through a buffer (the parent's batches of rows), or read a
+    column chunk at once (a worker's row groups: several times faster than through a buffer)."""
     try:
         import pyarrow.parquet as pq
     except ImportError:
         raise InputError("reading Parquet needs pyarrow: pip install 'mpinfer[parquet]'",
                          str(path)) from None
     try:
-        if mapped:
-            return pq.ParquetFile(path, memory_map=True)
+        if whole:
+            return pq.ParquetFile(path)
         return pq.ParquetFile(path, buffer_size=READ_BUFFER)
     except (OSError, ValueError) as exc:
         raise InputError(f"not a readable Parquet file: {exc}", str(path)) from None
@@ -149,9 +148,9 @@ def _columns(schema: Any) -> str:
     return ", ".join(f"{f.name}: {f.type}" for f in schema)
 
 
-def cell_ref(file: Path, row: int, column: str, item: int | None = None) -> str:
-    """The reference a worker reads an image cell back by."""
-    ref = f"{file.resolve()}{_REF}{row}&column={column}"
+def cell_ref(file: str, row: int, column: str, item: int | None = None) -> str:
+    """The reference a worker reads an image cell back by (``file``: its resolved path)."""
+    ref = f"{file}{_REF}{row}&column={column}"
     return ref if item is None else f"{ref}&item={item}"
 
 
@@ -160,7 +159,7 @@ def is_cell_ref(ref: str) -> bool:
     return f"{SUFFIX}{_REF}" in ref
 
 
-def _refs(value: Any, kind: ImageColumn, file: Path, row: int, column: str) -> Any:
+def _refs(value: Any, kind: ImageColumn, file: str, row: int, column: str) -> Any:
     """The images column's value as the task reads it: references for cells of bytes."""
     if value is None or kind in (ImageColumn.NONE, ImageColumn.PATHS):
         return value
@@ -179,10 +178,11 @@ def rows(path: Path, images: str, needed: tuple[str, ...],
     size = BYTES_BATCH_ROWS if reads_bytes else BATCH_ROWS
     for file in files:
         row = 0
+        resolved = str(file.resolve())
         for batch in _open(file).iter_batches(batch_size=size, columns=list(plan.columns)):
             for fields in batch.to_pylist():
                 if plan.images in fields:
-                    fields[plan.images] = _refs(fields[plan.images], plan.kind, file, row,
+                    fields[plan.images] = _refs(fields[plan.images], plan.kind, resolved, row,
                                                 plan.images)
                 yield file, row, fields
                 row += 1
@@ -218,7 +218,7 @@ class _Files:
     def get(self, path: str) -> tuple[Any, list[int]]:
         hit = self._open.get(path)
         if hit is None:
-            handle = _open(Path(path), mapped=True)
+            handle = _open(Path(path), whole=True)
             starts = [0]
             for g in range(handle.metadata.num_row_groups):
                 starts.append(starts[-1] + handle.metadata.row_group(g).num_rows)
