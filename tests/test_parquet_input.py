@@ -21,7 +21,8 @@ from PIL import Image
 
 from mpinfer.api.endpoints import parse_endpoints
 from mpinfer.config import RequestSettings, RunConfig
-from mpinfer.errors import ConfigError
+from mpinfer.errors import ConfigError, InputError
+from mpinfer.inputs import check_input
 from mpinfer.mockserver import MockServerProcess
 
 MIMES = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif", "WEBP": "image/webp"}
@@ -253,3 +254,22 @@ def test_a_json_file_of_tasks_runs_as_a_list_or_as_an_object_of_tasks(
         assert sorted(r["id"] for r in read_jsonl(tmp_path / out)) == ["j1", "j2"]
     assert bad.returncode == 2
     assert "broken.json" in bad.stderr and "task 1" in bad.stderr and "missing id" in bad.stderr
+
+
+def test_duplicate_ids_and_rows_without_a_prompt_are_named_by_file_and_row(tmp_path: Path) -> None:
+    # Given a Parquet file whose rows 0 and 2 share an id, and one whose row 1 has no prompt
+    twice = tmp_path / "twice.parquet"
+    pq.write_table(pa.table({"id": ["a", "b", "a"], "prompt": ["x", "y", "z"]}), twice)
+    blank = tmp_path / "blank.parquet"
+    pq.write_table(pa.table({"id": ["a", "b"], "prompt": ["x", None]}), blank)
+    # When each is checked
+    errors = []
+    for path in (twice, blank):
+        try:
+            check_input(path)
+        except InputError as exc:
+            errors.append(str(exc))
+    # Then the first names the id and both rows, the second the file and the row
+    assert len(errors) == 2
+    assert "'a' (rows 0 and 2)" in errors[0]
+    assert errors[1].startswith(f"{blank}: row 1: missing prompt")
