@@ -19,6 +19,7 @@ within 10 % of JSONL's (the peer measured in the same run): each MET or MISSED.
     python bench/parquet_input.py                 # 10,000 rows, about 1 GB each way
     python bench/parquet_input.py --full          # 100,000 rows, about 10 GB each way
     python bench/parquet_input.py --rows 2000     # a quick try
+    python bench/parquet_input.py --full --run-rows 3000   # the full input checked, 3,000 sent
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def measure(mock: Any, folder: Path, source: Path, name: str, n: int, args: argp
     latency = args.latency / 1000.0
     span = stats["last_request_at"] - stats["first_request_at"] + latency
     assert m.sampler is not None
-    return {"input": name, "rows": n, "first request s": stats["first_request_at"] - m.started_at,
+    return {"input": name, "sent": n, "first request s": stats["first_request_at"] - m.started_at,
             "parent peak RSS MB": m.sampler.peak_root_rss / MB,
             "tree peak RSS MB": m.peak_tree_rss / MB, "server/s": stats["requests"] / span,
             "wall s": m.wall_s, "wall/s": n / m.wall_s, "CPU s": m.cpu_s,
@@ -110,6 +111,10 @@ def main() -> int:
     ap.add_argument("--rows", type=int, default=10_000)
     ap.add_argument("--full", action="store_true", help="100,000 rows (about 10 GB each way)")
     ap.add_argument("--image-bytes", type=int, default=100_000)
+    ap.add_argument("--run-rows", type=int, default=None,
+                    help="send only the first N rows (--limit): the whole input is still checked "
+                         "before the first request, so its time and the parent's memory are the "
+                         "full input's")
     ap.add_argument("-p", type=int, default=4)
     ap.add_argument("-c", type=int, default=16)
     ap.add_argument("--latency", type=float, default=200.0, help="ms (default 200)")
@@ -128,8 +133,11 @@ def main() -> int:
         print(f"job: {n:,} rows of {args.image_bytes / 1e3:.0f} KB images; Parquet "
               f"{parquet.stat().st_size / MB:,.0f} MiB in row groups of {GROUP_ROWS}")
         with start_mock(latency_ms=args.latency) as mock:
-            rows = [measure(mock, folder, parquet, "parquet", n, args, ("--images-key", "image")),
-                    measure(mock, folder, jsonl, "jsonl + files", n, args)]
+            limit = ("--limit", str(args.run_rows)) if args.run_rows else ()
+            sent = min(n, args.run_rows or n)
+            rows = [measure(mock, folder, parquet, "parquet", sent, args,
+                            ("--images-key", "image", *limit)),
+                    measure(mock, folder, jsonl, "jsonl + files", sent, args, limit)]
         print()
         print(table(rows, title="a datasets Parquet file against the same tasks as JSONL"))
         got, peer = rows

@@ -20,9 +20,10 @@ from helpers import read_jsonl, run_cli, write_png
 from PIL import Image
 
 from mpinfer.api.endpoints import parse_endpoints
+from mpinfer.api.messages import ImageEncoder, build_request
 from mpinfer.config import RequestSettings, RunConfig
 from mpinfer.errors import ConfigError, InputError
-from mpinfer.inputs import check_input
+from mpinfer.inputs import Task, check_input
 from mpinfer.mockserver import MockServerProcess
 
 MIMES = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif", "WEBP": "image/webp"}
@@ -273,3 +274,19 @@ def test_duplicate_ids_and_rows_without_a_prompt_are_named_by_file_and_row(tmp_p
     assert len(errors) == 2
     assert "'a' (rows 0 and 2)" in errors[0]
     assert errors[1].startswith(f"{blank}: row 1: missing prompt")
+
+
+def test_token_estimates_use_the_size_sent_and_the_detail(tmp_path: Path) -> None:
+    # Given a task with a 2000x1000 PNG
+    (tmp_path / "big.png").write_bytes(image_bytes("PNG", (2000, 1000)))
+    task = Task(id="t", prompt="", images=("big.png",))
+    encoder = ImageEncoder(tmp_path)
+
+    def tokens(**options: Any) -> int:
+        return build_request(task, encoder, model="gpt-4o", **options).prompt_tokens
+
+    # When its request is built as it is, shrunk to 500 pixels, and at detail low
+    # Then gpt-4o's estimate is 6 tiles, then 1 tile, then the base alone (plus the message's 4)
+    assert tokens() == 4 + 85 + 6 * 170
+    assert tokens(image_max_side=500) == 4 + 85 + 170
+    assert tokens(image_detail="low") == 4 + 85
