@@ -23,7 +23,7 @@ from mpinfer.api.endpoints import parse_endpoints
 from mpinfer.api.messages import ImageEncoder, build_request
 from mpinfer.config import RequestSettings, RunConfig
 from mpinfer.errors import ConfigError, InputError
-from mpinfer.inputs import Task, check_input
+from mpinfer.inputs import FieldKeys, Task, check_input
 from mpinfer.mockserver import MockServerProcess
 
 MIMES = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif", "WEBP": "image/webp"}
@@ -290,3 +290,19 @@ def test_token_estimates_use_the_size_sent_and_the_detail(tmp_path: Path) -> Non
     assert tokens() == 4 + 85 + 6 * 170
     assert tokens(image_max_side=500) == 4 + 85 + 170
     assert tokens(image_detail="low") == 4 + 85
+
+
+def test_a_datasets_file_run_without_its_images_key_is_told_which_column_holds_them(
+        tmp_path: Path) -> None:
+    # Given a datasets file whose images are in "image", checked with the default --images-key
+    source = write_hf(tmp_path / "hf.parquet", hf_rows(2))
+    # When it is checked
+    try:
+        check_input(source)
+    except InputError as exc:
+        message = str(exc)
+    else:
+        raise AssertionError("the images column went unnoticed")
+    # Then the error names the column and the flag; naming no column sends none
+    assert "--images-key image" in message
+    assert check_input(source, FieldKeys(images="none")).total == 2

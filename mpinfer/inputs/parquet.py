@@ -22,6 +22,7 @@ from typing import Any
 from ..errors import ImageError, InputError
 
 SUFFIX = ".parquet"
+DEFAULT_IMAGES = "images"  # --images-key's default
 BATCH_ROWS = 1024  # rows a batch when no bytes are read
 BYTES_BATCH_ROWS = 64  # rows a batch when a column of bytes must be read (to count its images)
 READ_BUFFER = 8 << 20  # pyarrow reads a column chunk through a buffer this big, not all at once
@@ -131,6 +132,14 @@ def layout(files: list[Path], images: str, needed: tuple[str, ...]) -> Layout:
         if schema.get_field_index(name) < 0:
             raise InputError(f"no column {name!r} (columns: {', '.join(schema.names)})",
                              str(files[0]))
+    if images == DEFAULT_IMAGES and images not in schema.names:
+        found = [f.name for f in schema if _kind(f.type) not in (ImageColumn.NONE,
+                                                                 ImageColumn.PATHS)]
+        if found:
+            # a datasets file's images are in its own column: sending none would be a silent loss
+            raise InputError(f"no column {images!r}, but {', '.join(map(repr, found))} holds "
+                             f"images: set --images-key {found[0]} (or --images-key none to "
+                             "send no images)", str(files[0]))
     kind = _kind(schema.field(images).type) if images in schema.names else ImageColumn.NONE
     leaves = [first.schema.column(i).path for i in range(len(first.schema))]
     columns: list[str] = []
