@@ -76,24 +76,26 @@ def _open(path: Path, whole: bool = False) -> Any:
         raise InputError(f"not a readable Parquet file: {exc}", str(path)) from None
 
 
+_LISTED = {ImageColumn.PATHS: ImageColumn.PATHS, ImageColumn.BYTES: ImageColumn.BYTES_LIST,
+           ImageColumn.STRUCT: ImageColumn.STRUCT_LIST}
+
+
 def _kind(arrow_type: Any) -> ImageColumn:
+    """What a column of this type holds as images (NONE: nothing mpinfer sends as an image)."""
     import pyarrow as pa
 
-    def one(t: Any) -> ImageColumn | None:
+    def one(t: Any) -> ImageColumn:
         if pa.types.is_string(t) or pa.types.is_large_string(t):
             return ImageColumn.PATHS
         if pa.types.is_binary(t) or pa.types.is_large_binary(t):
             return ImageColumn.BYTES
         if pa.types.is_struct(t) and t.get_field_index("bytes") >= 0:
             return ImageColumn.STRUCT
-        return None
+        return ImageColumn.NONE
 
     if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
-        inner = one(arrow_type.value_type)
-        return {ImageColumn.PATHS: ImageColumn.PATHS, ImageColumn.BYTES: ImageColumn.BYTES_LIST,
-                ImageColumn.STRUCT: ImageColumn.STRUCT_LIST}.get(inner, ImageColumn.NONE) \
-            if inner is not None else ImageColumn.NONE
-    return one(arrow_type) or ImageColumn.NONE
+        return _LISTED.get(one(arrow_type.value_type), ImageColumn.NONE)
+    return one(arrow_type)
 
 
 def _holds_bytes(arrow_type: Any) -> bool:
