@@ -23,7 +23,7 @@ from mpinfer.api.endpoints import parse_endpoints
 from mpinfer.api.messages import ImageEncoder, build_request
 from mpinfer.config import RequestSettings, RunConfig
 from mpinfer.errors import ConfigError, InputError
-from mpinfer.inputs import FieldKeys, Task, check_input
+from mpinfer.inputs import FieldKeys, RowGroupReader, Task, check_input, read_cell
 from mpinfer.mockserver import MockServerProcess
 
 MIMES = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif", "WEBP": "image/webp"}
@@ -306,3 +306,19 @@ def test_a_datasets_file_run_without_its_images_key_is_told_which_column_holds_t
     # Then the error names the column and the flag; naming no column sends none
     assert "--images-key image" in message
     assert check_input(source, FieldKeys(images="none")).total == 2
+
+
+def test_a_row_group_too_big_to_read_whole_is_read_a_batch_at_a_time(tmp_path: Path) -> None:
+    # Given a file written as one row group of 200 images (as pandas writes), and a reader whose
+    # limit for reading a group whole is below that group's images column
+    rows = [{"id": f"r{i}", "prompt": "p", "image": {"bytes": image_bytes("PNG", (10 + i, 10)),
+                                                      "path": None}} for i in range(200)]
+    source = write_hf(tmp_path / "one_group.parquet", rows, group=1000)
+    assert pq.ParquetFile(source).metadata.num_row_groups == 1
+    reader = RowGroupReader(max_group_bytes=1000)
+    # When cells are read forward, then back to an earlier row
+    wanted = [3, 70, 150, 199, 10]
+    got = [read_cell(reader, f"{source.resolve()}#row={i}&column=image")[0] for i in wanted]
+    # Then each is the bytes of its row (each row's image is its own)
+    assert got == [rows[i]["image"]["bytes"] for i in wanted]
+    assert len({bytes(b or b"") for b in got}) == len(wanted)

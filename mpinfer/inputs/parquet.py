@@ -26,6 +26,7 @@ DEFAULT_IMAGES = "images"  # --images-key's default
 BATCH_ROWS = 1024  # rows a batch when no bytes are read
 BYTES_BATCH_ROWS = 64  # rows a batch when a column of bytes must be read (to count its images)
 READ_BUFFER = 8 << 20  # pyarrow reads a column chunk through a buffer this big, not all at once
+MAX_GROUP_BYTES = 256 << 20  # a worker reads a row group's column whole up to this size
 _REF = "#row="
 _CACHED_FILES = 8
 
@@ -240,16 +241,31 @@ class _Files:
         return hit
 
 
+@dataclass
+class _Stream:
+    """Where a worker is in a big row group it reads a batch at a time."""
+
+    key: tuple[str, int, str]
+    batches: Iterator[Any]
+    start: int = 0  # the row (in the group) of the batch's first
+    batch: Any = None
+
+
 class RowGroupReader:
     """Reads one column's value at a row of a Parquet file, a whole row group at a time; the last
     row group read is kept, so the rows of one group cost one read (a worker's tasks come in input
-    order)."""
+    order). A row group whose column is larger than ``max_group_bytes`` (a file written as one
+    group, as pandas does) is streamed a batch of rows at a time instead, forward from the last row
+    read: memory stays bounded, at the price of reading again from its start for an earlier row."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_group_bytes: int = MAX_GROUP_BYTES) -> None:
+        self.max_group_bytes = max_group_bytes
         self._files = _Files()
         self._group: tuple[str, int, str] | None = None
         self._values: Any = None
         self._leaves: dict[tuple[str, str, str], str] = {}
+        self._stream: _Stream | None = None
+        self._buffered: dict[str, Any] = {}
 
     def _leaf(self, handle: Any, path: str, column: str, leaf: str) -> str:
         """The Parquet path of a struct column's field (``image.bytes``), or the column's own."""
@@ -274,16 +290,45 @@ class RowGroupReader:
         if leaf is not None:
             column = self._leaf(handle, path, column, leaf)
         key = (path, group, column)
+        offset = row - starts[group]
         if self._group != key:
+            if _chunk_bytes(handle, group, column) > self.max_group_bytes:
+                return self._streamed(key, offset).as_py()
             # one thread: a worker reads while others send, and threads cost more than they save
             self._values = handle.read_row_group(group, columns=[column],
                                                  use_threads=False).column(0)
             self._group = key
-        return self._values[row - starts[group]].as_py()
+        return self._values[offset].as_py()
+
+    def _streamed(self, key: tuple[str, int, str], offset: int) -> Any:
+        """The value at ``offset`` of a big row group, read a batch of rows at a time."""
+        path, group, column = key
+        state = self._stream
+        if state is None or state.key != key or offset < state.start:
+            handle = self._buffered.get(path)
+            if handle is None:
+                handle = self._buffered[path] = _open(Path(path))
+            state = self._stream = _Stream(key, iter(handle.iter_batches(
+                batch_size=BYTES_BATCH_ROWS, row_groups=[group], columns=[column],
+                use_threads=False)))
+        while state.batch is None or offset >= state.start + len(state.batch):
+            if state.batch is not None:
+                state.start += len(state.batch)
+            state.batch = next(state.batches).column(0)
+        return state.batch[offset - state.start]
 
     def __getstate__(self) -> dict[str, Any]:
         # open files do not cross processes: a copy opens its own
-        return {"_files": _Files(), "_group": None, "_values": None, "_leaves": {}}
+        return {"max_group_bytes": self.max_group_bytes, "_files": _Files(), "_group": None,
+                "_values": None, "_leaves": {}, "_stream": None, "_buffered": {}}
+
+
+def _chunk_bytes(handle: Any, group: int, column: str) -> int:
+    """The uncompressed bytes of a column (its leaves) in a row group, from the file's footer."""
+    meta = handle.metadata.row_group(group)
+    chunks = (meta.column(j) for j in range(meta.num_columns))
+    return sum(c.total_uncompressed_size for c in chunks
+               if c.path_in_schema == column or c.path_in_schema.startswith(column + "."))
 
 
 def read_cell(reader: RowGroupReader, ref: str) -> tuple[bytes | None, str | None]:
