@@ -322,3 +322,15 @@ def test_a_row_group_too_big_to_read_whole_is_read_a_batch_at_a_time(tmp_path: P
     # Then each is the bytes of its row (each row's image is its own)
     assert got == [rows[i]["image"]["bytes"] for i in wanted]
     assert len({bytes(b or b"") for b in got}) == len(wanted)
+
+
+def test_json_lines_under_a_json_name_still_read_as_jsonl(tmp_path: Path) -> None:
+    # Given JSON lines in a file named .json, and a pretty-printed {"tasks": [...]}
+    lines = tmp_path / "lines.json"
+    lines.write_bytes(b'{"id": "a", "prompt": "x"}\n{"id": "b", "prompt": "y"}\n')
+    pretty = tmp_path / "pretty.json"
+    pretty.write_bytes(orjson.dumps({"tasks": [{"id": "c", "prompt": "z"}]},
+                                    option=orjson.OPT_INDENT_2))
+    # When they are checked, Then both read as their tasks
+    assert check_input(lines).total == 2
+    assert check_input(pretty).total == 1

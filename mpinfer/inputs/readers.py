@@ -31,7 +31,7 @@ def detect_format(path: Path) -> InputFormat:
         return InputFormat.CSV
     if is_parquet(path):
         return InputFormat.PARQUET
-    if path.suffix.lower() == ".json":
+    if path.suffix.lower() == ".json" and _is_task_list(path):
         return InputFormat.JSON
     for _, raw in _lines(path):
         try:
@@ -41,6 +41,20 @@ def detect_format(path: Path) -> InputFormat:
         is_batch = isinstance(first, dict) and "custom_id" in first and "body" in first
         return InputFormat.BATCH if is_batch else InputFormat.JSONL
     return InputFormat.JSONL
+
+
+def _is_task_list(path: Path) -> bool:
+    """Whether a .json file is one JSON document (a list, or an object over several lines or with
+    ``tasks``) rather than JSON lines under a .json name, which read as JSONL as they always did."""
+    for _, raw in _lines(path):
+        if raw.lstrip().startswith(b"["):
+            return True
+        try:
+            first = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return True  # an object written over several lines
+        return isinstance(first, dict) and isinstance(first.get("tasks"), list)
+    return False
 
 
 def _open(path: Path) -> BinaryIO:
