@@ -191,7 +191,9 @@ def rows(path: Path, images: str, needed: tuple[str, ...],
     for file in files:
         row = 0
         resolved = str(file.resolve())
-        for batch in _open(file).iter_batches(batch_size=size, columns=list(plan.columns)):
+        # one thread: the parent forks its workers later, and its columns here are small
+        for batch in _open(file).iter_batches(batch_size=size, columns=list(plan.columns),
+                                              use_threads=False):
             for fields in batch.to_pylist():
                 if plan.images in fields:
                     fields[plan.images] = _refs(fields[plan.images], plan.kind, resolved, row,
