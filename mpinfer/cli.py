@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     for option in CLI_OPTIONS:
         names = [option.short, option.flag] if option.short else [option.flag]
         if option.is_switch:
-            parser.add_argument(*names, dest=option.name, action="store_true", default=None,
+            parser.add_argument(*names, dest=option.name, default=None,
+                                action="store_false" if option.default else "store_true",
                                 help=option.help)
             continue
         parser.add_argument(*names, dest=option.name, default=None, metavar=option.metavar,

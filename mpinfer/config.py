@@ -244,6 +244,11 @@ class RunConfig:
                                  metavar="SECONDS")
     burst: float = setting(0.5, non_negative_float, "seconds' worth of the rate limit sent at once",
                            metavar="S")
+    share_limits: bool = setting(True, as_bool,
+                                 "share --rpm/--tpm, pauses and learned limits with the other runs "
+                                 "on this machine on the same key, base URL and model")
+    limits_dir: Path | None = setting(None, as_path, "folder of the limits runs share",
+                                      metavar="DIR", shown="$XDG_STATE_HOME/mpinfer/limits")
     api_keys_file: Path | None = setting(None, as_path,
                                          "file with one API key a line, to spread the work over",
                                          metavar="FILE",

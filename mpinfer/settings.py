@@ -187,8 +187,9 @@ class Option:
 
     @property
     def flag(self) -> str:
-        """The command-line flag: ``--`` and the name with dashes."""
-        return "--" + self.name.replace("_", "-")
+        """The command-line flag: ``--`` and the name with dashes (``--no-`` for a switch that is
+        on by default)."""
+        return ("--no-" if self.is_switch and self.default else "--") + self.name.replace("_", "-")
 
     @property
     def env_names(self) -> tuple[str, ...]:

@@ -39,3 +39,11 @@ def batch_mock(batch_server: MockServerProcess) -> MockServerProcess:
     """The module's Batch API mock, every file, batch, count and fault forgotten; 20 ms steps."""
     batch_server.batch_faults(reset=True, step_s=0.02)
     return batch_server
+
+
+@pytest.fixture(autouse=True)
+def _limits_folder(tmp_path_factory: pytest.TempPathFactory,
+                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's runs share rate limits (the lane files under XDG_STATE_HOME) among themselves
+    and with the CLIs it starts, never with another test's or the developer's runs."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))

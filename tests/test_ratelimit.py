@@ -620,10 +620,16 @@ def test_a_runs_endpoints_table_becomes_the_limiters_lanes_and_who_serves_each_m
     assert settings.lanes == (LaneLimits(0, 0, rpm=600, max_in_flight=4),)
     lanes, disabled = limiter.lane_stats(T0)
     assert len(lanes) == 4 and disabled == [False, False]
+    # (a lane with no limit known opens one request at a time: slow start)
     assert [(s.requests_limit, s.requests_source, s.concurrency_limit) for s in lanes] == [
-        (600.0, LimitSource.FLAG, 4.0), (0.0, LimitSource.NONE, 10.0),
-        (0.0, LimitSource.NONE, 10.0), (0.0, LimitSource.NONE, 10.0)]
-    assert {grant(limiter.try_acquire(1, 1, T0)).key for _ in range(3)} == {1}
+        (600.0, LimitSource.FLAG, 4.0), (0.0, LimitSource.NONE, 1.0),
+        (0.0, LimitSource.NONE, 1.0), (0.0, LimitSource.NONE, 1.0)]
+    keys = set()
+    for _ in range(3):
+        got = grant(limiter.try_acquire(1, 1, T0))
+        keys.add(got.key)
+        limiter.release(got, T0)
+    assert keys == {1}
 
 
 def test_the_limiter_actor_ignores_a_release_from_a_holder_it_has_reclaimed() -> None:
@@ -834,7 +840,7 @@ def test_reclaim_gives_back_what_a_dead_holder_had_in_flight() -> None:
 
 
 def _take_the_lock_and_die(limiter: SharedLimiter) -> None:
-    limiter._lock.__enter__()
+    limiter.lane_lock(0).acquire()
     os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -270,8 +270,10 @@ class LocalBackend:
         return notes
 
     def close(self) -> None:
-        """Kill what is left, and undo the parent's gc.freeze() if this backend made it."""
+        """Kill what is left, leave the lanes shared with other runs, and undo the parent's
+        gc.freeze() if this backend made it."""
         self.kill()
+        self.limiter.close()
         if self.unfreeze:
             # The workers are gone: the caller's objects (a notebook's) are collectable again
             gc.unfreeze()

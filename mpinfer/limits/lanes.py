@@ -44,6 +44,7 @@ class Lane(ctypes.Structure):
     concurrency_max: float
     concurrency_decreased_at: float
     headers_seen: bool           # the server sends rate headers: its limits, not the concurrency's
+    slow_start: bool             # no limit known yet: the requests in flight double per round
     # Counters for the summary
     requests: int
     rate_limited: int
@@ -73,6 +74,9 @@ class Lane(ctypes.Structure):
     bucket_at: float
     bucket_count: int
     send_rate: float
+    ok_at: float                 # the answers accepted, counted a second at a time: where AIMD
+    ok_count: int                # starts after a 429 with a wait hint
+    ok_rate: float
     # Outages (outage.py)
     connection_failures: int     # in a row, with no answer between them
     in_outage: bool
@@ -134,10 +138,14 @@ class LaneStats:
     limited_s: float = 0.0             # time some request waited on this lane's limits
     outage_since: float = 0.0          # wall clock; 0 when the server answers
     outage_s: float = 0.0              # time spent in outages
+    told_requests: float = 0.0         # the request limit this run was told (0: none)
+    told_tokens: float = 0.0
+    shared_with: tuple[str, ...] = ()  # the other runs on this lane (their outputs and pids)
 
     @classmethod
     def of(cls, lane: Lane, key: int, model_index: int, window_s: float, span_s: float,
-           now: float) -> LaneStats:
+           now: float, *, told_requests: float = 0.0, told_tokens: float = 0.0,
+           shared_with: tuple[str, ...] = ()) -> LaneStats:
         """``lane``'s counters now (read with the lock held); a learned rate per window."""
         learned = lane.request_source == LEARNED
         return cls(
@@ -151,4 +159,5 @@ class LaneStats:
             tokens_source=SOURCES[lane.token_source], window_s=window_s, limited_s=lane.limited_s,
             outage_since=lane.outage_wall if lane.in_outage else 0.0,
             outage_s=lane.outage_s + (now - lane.outage_at if lane.in_outage else 0.0),
+            told_requests=told_requests, told_tokens=told_tokens, shared_with=shared_with,
         )

@@ -37,11 +37,12 @@ def grow_rate(lane: Lane, now: float) -> None:
         lane.request_limit = limit
 
 
-def decrease_rate(lane: Lane, span_s: float, now: float) -> None:
-    """Multiplicative decrease: a share of the rate that was being sent (or of the rate in force, if
-    lower). Nothing measured yet: nothing to learn from."""
+def decrease_rate(lane: Lane, span_s: float, now: float, accepted: bool = False) -> None:
+    """Multiplicative decrease: a share of the rate that was being sent (``accepted``: that the
+    server accepted), or of the rate in force, if lower. Nothing measured yet: nothing to learn
+    from."""
     current = lane.request_limit / span_s
-    sent = lane.send_rate or lane.bucket_count
+    sent = (lane.ok_rate or lane.ok_count) if accepted else (lane.send_rate or lane.bucket_count)
     if not sent:
         return
     rate = max(1.0 / span_s, (min(current, sent) if current else sent) * RATE_DECREASE)
@@ -52,6 +53,7 @@ def decrease_rate(lane: Lane, span_s: float, now: float) -> None:
     lane.answered_since_decrease = False
     lane.rate_grown_at = now
     lane.request_tat = max(lane.request_tat, now)
+    lane.slow_start = False
 
 
 def refused_without_hint(lane: Lane, span_s: float, now: float) -> None:
@@ -68,15 +70,42 @@ def refused_without_hint(lane: Lane, span_s: float, now: float) -> None:
         decrease_rate(lane, span_s, now)
 
 
+def refused_with_hint(lane: Lane, span_s: float, now: float) -> None:
+    """A 429 with a wait hint on a lane whose limit nobody stated: the pause alone would end in
+    the same burst, so the rate is lowered too, from the rate the server accepted (a rate limit
+    refuses what is sent beyond it). As often as ``refused_without_hint`` at most."""
+    if (now - lane.rate_decreased_at >= 1.0
+            and (lane.answered_since_decrease or lane.request_source != LEARNED)):
+        decrease_rate(lane, span_s, now, accepted=True)
+
+
 def after_request(lane: Lane, ending: Ending, granted_at: float, now: float) -> None:
-    """A request the server answered ended: the rate and the requests in flight learn from it."""
+    """A request the server answered ended: the rate and the requests in flight learn from it.
+
+    Until a limit is known the requests in flight start at one and grow by one per answer (they
+    double per round, as TCP's slow start), so a server that states its limit in its answers is
+    not overrun by the first round; the first refusal ends it.
+    """
     if ending is Ending.OK:
+        # Answers accepted, counted a second at a time (a hinted 429's decrease starts there).
+        elapsed = now - lane.ok_at
+        if elapsed >= 1.0:
+            lane.ok_rate = lane.ok_count / elapsed if elapsed < 2.0 else 0.0
+            lane.ok_at = now
+            lane.ok_count = 0
+        lane.ok_count += 1
         lane.answered_since_decrease = True
         if lane.request_source == LEARNED:
             grow_rate(lane, now)
     if lane.headers_seen:
         return  # the server states its limits: the requests in flight are not managed
     concurrency = lane.concurrency
+    if lane.slow_start:
+        if ending is Ending.OK:
+            lane.concurrency = min(lane.concurrency_max, concurrency + 1.0)
+            return
+        if ending is Ending.OVERLOADED:
+            lane.slow_start = False
     if ending is Ending.OVERLOADED:
         # Once per window of requests: those already in flight at a decrease fail together.
         if granted_at > lane.concurrency_decreased_at:

@@ -23,47 +23,37 @@ passed in (``now``), so the logic is tested without waiting.
 
 from __future__ import annotations
 
-import fcntl
 import math
-import tempfile
-from types import TracebackType
+import os
+import time
+from fcntl import LOCK_EX, LOCK_UN, lockf
+from pathlib import Path
 from typing import Any
 
 from ..errors import NoKeysLeft
-from . import learned, outage
+from . import lanefile, learned, outage
 from .grants import Ending, Grant, Wait
 from .hints import Hints
+from .lanefile import REQUEST_RING, Mapped, PrivateRecords
 from .lanes import FLAG, Lane, LaneStats, LimitSource
 from .pacing import MIN_WINDOW, margin_for, pace_wait, paced
 from .settings import LimiterSettings
 from .windows import TOKEN_RING, expire_tokens, token_window_wait
 
+_PID = [os.getpid()]  # this process's pid, kept right in forked children
+os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
 
-class RecordLock:
-    """A lock between processes that the kernel drops when its holder dies (``lockf``, a temp file).
-
-    POSIX record locks belong to a process, not to a descriptor, so forked workers that inherit the
-    descriptor still exclude each other, and a SIGKILLed holder's lock goes with it.
-    """
-
-    def __init__(self) -> None:
-        self._file = tempfile.TemporaryFile(prefix="mpinfer-limiter-")
-        self._fd = self._file.fileno()
-
-    def __enter__(self) -> None:
-        fcntl.lockf(self._fd, fcntl.LOCK_EX)
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        fcntl.lockf(self._fd, fcntl.LOCK_UN)
+#: Seconds between looks for dead holders on a lane whose requests in flight are all taken.
+SWEEP_EVERY_S = 1.0
 
 
 class SharedLimiter:
-    """Limits shared by every process of a run: build it from its settings in the parent, then fork.
+    """Limits shared by every process of a run, and by every run on the machine on the same lane:
+    build it from its settings in the parent, then fork.
 
-    Shared memory: ``_lanes`` (a Lane per lane), the windows' rings (``_req_ring``: rpm start times
-    per lane; ``_tok_time``/``_tok_amount``: TOKEN_RING charges per lane), ``_key_disabled`` (per
-    key) and ``_held`` (grants in flight, per holder and lane).
+    Each lane is a ``LaneRecord`` (lanefile.py) with its own lock: in a lane file when the settings
+    share it (``settings.share``), else in this run's own shared memory. ``_key_disabled`` (per key)
+    is the run's own.
     """
 
     def __init__(self, settings: LimiterSettings) -> None:
@@ -84,50 +74,99 @@ class SharedLimiter:
         self.holders = max(1, settings.holders)
         # For each model, the keys (endpoints) that serve it; None: every key serves every model.
         self.serves = settings.serves
-        self._lock = RecordLock()
-        self._lanes: Any = RawArray(Lane, n_lanes)
-        self._req_ring: Any = RawArray("d", n_lanes * (self.rpm or 0))
-        ring = TOKEN_RING if self.tpm else 0
-        self._tok_time: Any = RawArray("d", n_lanes * ring)
-        self._tok_amount: Any = RawArray("d", n_lanes * ring)
+        self.run = lanefile.new_run_id()
         self._key_disabled: Any = RawArray("b", self.n_keys)
-        self._held: Any = RawArray("i", self.holders * n_lanes)
-        for index in range(n_lanes):
-            lane = self._lanes[index]
-            lane.start(settings.max_in_flight)
-            if self.rpm:
-                lane.set_request_limit(self.rpm, LimitSource.FLAG)
-            if self.tpm:
-                lane.set_token_limit(self.tpm, LimitSource.FLAG)
-        for own in settings.lanes:
-            self.limit_lane(own.key, own.model_index, own.rpm, own.tpm, own.max_in_flight)
-        for i in range(len(self._req_ring)):
-            self._req_ring[i] = -math.inf
+        share = settings.share
+        ids = share.lane_ids if share is not None else (None,) * n_lanes
+        private = PrivateRecords(sum(1 for lane_id in ids if lane_id is None))
+        own = {(o.key, o.model_index): o for o in settings.lanes}
+        self._maps: list[Mapped] = []
+        made = 0
+        for index, lane_id in enumerate(ids):
+            if lane_id is None or share is None:
+                mapped = private.get(made)
+                made += 1
+            else:
+                mapped = lanefile.open_shared(Path(share.folder), lane_id)
+            self._maps.append(mapped)
+            limits = own.get((index // self.n_models, index % self.n_models))
+            rpm = (limits.rpm if limits and limits.rpm else self.rpm) or 0
+            tpm = (limits.tpm if limits and limits.tpm else self.tpm) or 0
+            own_in_flight = limits.max_in_flight if limits and limits.max_in_flight else 0
+            told = (float(rpm), float(tpm), settings.max_in_flight, own_in_flight)
+            label = f"{share.label if share else ''} (pid {self._pid()})"
+            lockf(mapped.fd, LOCK_EX, 1, mapped.offset)
+            try:
+                lanefile.attach(mapped.record, self.run, told, label, time.monotonic(),
+                                settings.slow_start)
+            finally:
+                lockf(mapped.fd, LOCK_UN, 1, mapped.offset)
+        self._private = private
+        self._lanes = [m.record.lane for m in self._maps]
+        self._req_ring = [m.record.req_ring for m in self._maps]
+        self._tok_time = [m.record.tok_time for m in self._maps]
+        self._tok_amount = [m.record.tok_amount for m in self._maps]
+        self._told = [self._told_of(m) for m in self._maps]
+        self._slots: dict[tuple[int, int, int], int] = {}  # (lane, holder, pid): holder slot
+        self._closed = False
+
+    @staticmethod
+    def _pid() -> int:
+        return _PID[0]
+
+    def _told_of(self, mapped: Mapped) -> tuple[float, float]:
+        for entry in mapped.record.runs:
+            if entry.run == self.run:
+                return float(entry.rpm), float(entry.tpm)
+        return 0.0, 0.0
+
+    def close(self) -> None:
+        """The run is over: leave every lane, giving back what it still holds there."""
+        if self._closed:
+            return
+        self._closed = True
+        for mapped in self._maps:
+            lockf(mapped.fd, LOCK_EX, 1, mapped.offset)
+            try:
+                lanefile.detach(mapped.record, self.run)
+            finally:
+                lockf(mapped.fd, LOCK_UN, 1, mapped.offset)
 
     def limit_lane(self, key: int, model_index: int, rpm: int | None, tpm: int | None,
                    max_in_flight: int | None) -> None:
-        """Give one lane (an endpoint's, for one model) its own limits, paced as a flag's."""
-        lane = self._lanes[self.lane(key, model_index)]
-        if rpm:
-            lane.set_request_limit(rpm, LimitSource.FLAG)
-        if tpm:
-            lane.set_token_limit(tpm, LimitSource.FLAG)
-        if max_in_flight:
-            lane.concurrency = lane.concurrency_max = float(max_in_flight)
+        """Give one lane (an endpoint's, for one model) its own limits, as this run's told ones."""
+        index = self.lane(key, model_index)
+        mapped = self._maps[index]
+        lockf(mapped.fd, LOCK_EX, 1, mapped.offset)
+        try:
+            for entry in mapped.record.runs:
+                if entry.run == self.run:
+                    entry.rpm = float(rpm or entry.rpm)
+                    entry.tpm = float(tpm or entry.tpm)
+                    entry.own_in_flight = max_in_flight or entry.own_in_flight
+            lanefile.apply_told(mapped.record)
+        finally:
+            lockf(mapped.fd, LOCK_UN, 1, mapped.offset)
+        self._told[index] = self._told_of(mapped)
+
+    def lane_lock(self, index: int) -> Mapped:
+        """Lane ``index``'s record and its lock (``acquire``/``release``)."""
+        return self._maps[index]
 
     def lane(self, key: int, model_index: int) -> int:
         """The lane of ``key`` and ``model_index``."""
         return key * self.n_models + model_index
 
-    # -- with the lock held ----------------------------------------------------------------------
+    # -- with the lane's lock held ---------------------------------------------------------------
 
     def _tolerance(self, lane: Lane, tokens: bool) -> float:
         """The burst, in seconds of the rate: without a ring to bound the window, no more than the
-        margin (a limit the server states, or a learned one)."""
+        margin (a limit the server states, a learned one, or a flag too large for the ring)."""
         if tokens:
-            ringed = self.tpm and lane.token_source == FLAG
+            ringed = lane.token_given and lane.token_source == FLAG
         else:
-            ringed = self.rpm and lane.request_source == FLAG
+            ringed = (lane.request_given and lane.request_source == FLAG
+                      and lane.request_cap <= REQUEST_RING)
         return self.burst_s if ringed else min(self.burst_s, self.margin_s)
 
     def _wait_s(self, index: int, lane: Lane, tokens: int, now: float) -> float:
@@ -135,6 +174,11 @@ class SharedLimiter:
         wait = lane.paused_until - now
         if lane.in_flight >= max(1.0, math.floor(lane.concurrency)):
             wait = max(wait, 0.05)  # a slot frees when a request ends; look again soon
+            if now - self._maps[index].record.swept_at >= SWEEP_EVERY_S:
+                # Perhaps a dead run holds them: its process is gone, its slots come back.
+                lanefile.sweep(self._maps[index].record, now)
+                if lane.in_flight < max(1.0, math.floor(lane.concurrency)):
+                    wait = lane.paused_until - now
         span = self.span_s
         limit = lane.request_limit
         if limit > 0:
@@ -144,25 +188,31 @@ class SharedLimiter:
         if limit > 0 and tokens > 0:
             wait = max(wait, pace_wait(lane.token_tat, limit, min(tokens, limit),
                                        self._tolerance(lane, True), span, now))
-        if self.rpm:
-            oldest = self._req_ring[index * self.rpm + lane.next_request_pos % self.rpm]
-            wait = max(wait, oldest + span - now)
-        if self.tpm:
-            wait = max(wait, token_window_wait(lane, self._tok_time, self._tok_amount,
-                                               index * TOKEN_RING, tokens, self.tpm, span, now))
+        if lane.request_given:
+            # The window: the request that many grants ago must have left it.
+            given = int(lane.request_cap)
+            pos = lane.next_request_pos
+            if given <= REQUEST_RING and pos >= given:
+                wait = max(wait, self._req_ring[index][(pos - given) % REQUEST_RING] + span - now)
+        if lane.token_given:
+            wait = max(wait, token_window_wait(lane, self._tok_time[index],
+                                               self._tok_amount[index], 0, tokens,
+                                               int(lane.token_limit), span, now))
         return max(0.0, wait)
 
     def _grant(self, index: int, lane: Lane, key: int, tokens: int, now: float, holder: int,
                probe: bool) -> Grant:
         """Count a request on the lane (in flight, in its pace and windows) and grant it.
 
-        Called under the lock once the lane is chosen. The grant keeps its places in the request
-        and token windows, so that the send (``sent``) and the end (``release``) can move its time
-        and correct its charge there.
+        Called under the lane's lock once it is chosen. Every grant takes its places in the
+        lane's rings (a run told a limit later counts the others' requests too), so that the send
+        (``sent``) and the end (``release``) can move its time and correct its charge there.
         """
         lane.in_flight += 1
         lane.requests += 1
-        self._held[holder * self.n_lanes + index] += 1
+        slot = self._slot(index, holder)
+        if slot >= 0:
+            self._maps[index].record.holders[slot].held += 1
         limit = lane.request_limit
         if limit > 0:
             lane.request_tat = paced(lane.request_tat, limit, 1, self.span_s, now)
@@ -176,21 +226,31 @@ class SharedLimiter:
             lane.bucket_at = now
             lane.bucket_count = 0
         lane.bucket_count += 1
-        request_pos = token_pos = -1
-        if self.rpm:
-            request_pos = lane.next_request_pos
-            self._req_ring[index * self.rpm + request_pos % self.rpm] = now
-            lane.next_request_pos = request_pos + 1
-        if self.tpm:
-            token_pos = lane.token_tail
-            slot = index * TOKEN_RING + token_pos % TOKEN_RING
-            self._tok_time[slot] = now
-            self._tok_amount[slot] = tokens
-            lane.token_tail = token_pos + 1
-            lane.token_sum += tokens
+        request_pos = lane.next_request_pos
+        self._req_ring[index][request_pos % REQUEST_RING] = now
+        lane.next_request_pos = request_pos + 1
+        token_pos = lane.token_tail
+        times, amounts = self._tok_time[index], self._tok_amount[index]
+        if token_pos - lane.token_head >= TOKEN_RING:  # full: the oldest charge leaves
+            lane.token_sum -= amounts[lane.token_head % TOKEN_RING]
+            lane.token_head += 1
+        times[token_pos % TOKEN_RING] = now
+        amounts[token_pos % TOKEN_RING] = tokens
+        lane.token_tail = token_pos + 1
+        lane.token_sum += tokens
         if probe:
-            lane.prober = holder
+            lane.prober = slot
         return Grant(index, key, tokens, request_pos, token_pos, holder, probe, now)
+
+    def _slot(self, index: int, holder: int) -> int:
+        """This process's holder slot for ``holder`` on lane ``index`` (-1: the lane is full)."""
+        cached = (index, holder, self._pid())
+        slot = self._slots.get(cached)
+        if slot is None:
+            slot = lanefile.holder_slot(self._maps[index].record, self.run, holder)
+            if slot >= 0:
+                self._slots[cached] = slot
+        return slot
 
     def _token_live(self, lane: Lane, grant: Grant) -> bool:
         """Whether the grant's token charge is still counted in its lane's window."""
@@ -206,20 +266,24 @@ class SharedLimiter:
         Raises NoKeysLeft when every key has been disabled. A request larger than the whole token
         limit is charged the limit, so that it can run alone rather than never.
         """
-        if self.tpm:
-            tokens = min(tokens, self.tpm)
         lanes = self._lanes
-        with self._lock:
-            eligible = range(self.n_keys) if self.serves is None else self.serves[model_index]
-            keys = [k for k in eligible if not self._key_disabled[k]]
-            if not keys:
-                raise NoKeysLeft()
-            if len(keys) > 1:
-                keys.sort(key=lambda k: lanes[self.lane(k, model_index)].in_flight)
-            best: Wait | None = None
-            for key in keys:
-                index = self.lane(key, model_index)
-                lane = lanes[index]
+        eligible = range(self.n_keys) if self.serves is None else self.serves[model_index]
+        keys = [k for k in eligible if not self._key_disabled[k]]
+        if not keys:
+            raise NoKeysLeft()
+        if len(keys) > 1:  # (read without the locks: a hint of the load, not a decision)
+            keys.sort(key=lambda k: lanes[self.lane(k, model_index)].in_flight)
+        best: Wait | None = None
+        holder %= self.holders
+        for key in keys:
+            index = self.lane(key, model_index)
+            lane = lanes[index]
+            mapped = self._maps[index]
+            lockf(mapped.fd, LOCK_EX, 1, mapped.offset)
+            try:
+                charge = tokens
+                if lane.token_given:
+                    charge = min(tokens, int(lane.token_limit))
                 probe = False
                 if lane.in_outage:
                     waiting = outage.outage_wait(lane, now)
@@ -227,9 +291,9 @@ class SharedLimiter:
                         best = waiting if best is None or waiting.seconds < best.seconds else best
                         continue
                     probe = True
-                wait = self._wait_s(index, lane, tokens, now)
+                wait = self._wait_s(index, lane, charge, now)
                 if wait <= 0:
-                    return self._grant(index, lane, key, tokens, now, holder % self.holders, probe)
+                    return self._grant(index, lane, key, charge, now, holder, probe)
                 # Time some request spent waiting on the limits (refusals come twice a second).
                 since = now - lane.limited_at
                 if since < 1.0:
@@ -237,8 +301,10 @@ class SharedLimiter:
                 lane.limited_at = now
                 if best is None or wait < best.seconds:
                     best = Wait(wait)
-            assert best is not None
-            return best
+            finally:
+                lockf(mapped.fd, LOCK_UN, 1, mapped.offset)
+        assert best is not None
+        return best
 
     def sent(self, grant: Grant, now: float) -> None:
         """The request is leaving now: count it in the windows from now, not from its grant.
@@ -247,16 +313,23 @@ class SharedLimiter:
         busy machine, and the window must follow the send, or the server would see more than the
         limit.
         """
-        if not (self.rpm or self.tpm):
+        index = grant.lane
+        lane = self._lanes[index]
+        if not (lane.request_given or lane.token_given):  # no window to keep (read unlocked)
             return
-        with self._lock:
-            lane = self._lanes[grant.lane]
-            if self.rpm and lane.next_request_pos - grant.request_pos <= self.rpm:
-                slot = grant.lane * self.rpm + grant.request_pos % self.rpm
-                self._req_ring[slot] = max(self._req_ring[slot], now)
-            if self.tpm and self._token_live(lane, grant):
-                slot = grant.lane * TOKEN_RING + grant.token_pos % TOKEN_RING
-                self._tok_time[slot] = max(self._tok_time[slot], now)
+        mapped = self._maps[index]
+        lockf(mapped.fd, LOCK_EX, 1, mapped.offset)
+        try:
+            if lane.next_request_pos - grant.request_pos <= REQUEST_RING:
+                ring = self._req_ring[index]
+                slot = grant.request_pos % REQUEST_RING
+                ring[slot] = max(ring[slot], now)
+            if self._token_live(lane, grant):
+                times = self._tok_time[index]
+                slot = grant.token_pos % TOKEN_RING
+                times[slot] = max(times[slot], now)
+        finally:
+            lockf(mapped.fd, LOCK_UN, 1, mapped.offset)
 
     def release(self, grant: Grant, now: float, ending: Ending = Ending.OK, *,
                 charged: int | None = None, used: int = 0) -> bool:
@@ -267,22 +340,26 @@ class SharedLimiter:
         it again.
         """
         index = grant.lane
-        with self._lock:
+        mapped = self._maps[index]
+        lockf(mapped.fd, LOCK_EX, 1, mapped.offset)
+        try:
             lane = self._lanes[index]
-            lane.in_flight -= 1
-            held = grant.holder * self.n_lanes + index
-            if self._held[held] > 0:
-                self._held[held] -= 1
+            lane.in_flight = max(0, lane.in_flight - 1)
+            slot = self._slots.get((index, grant.holder, self._pid()), -1)
+            if slot >= 0:
+                entry = mapped.record.holders[slot]
+                if entry.held > 0:
+                    entry.held -= 1
             lane.tokens += used
-            if charged is not None and self.tpm:
+            if charged is not None and lane.token_given:
+                times, amounts = self._tok_time[index], self._tok_amount[index]
                 # Expire first,
                 # so that a charge that has just left the window is not corrected twice.
-                expire_tokens(lane, self._tok_time, self._tok_amount, index * TOKEN_RING,
-                              now - self.span_s)
+                expire_tokens(lane, times, amounts, 0, now - self.span_s)
                 if self._token_live(lane, grant):
-                    slot = index * TOKEN_RING + grant.token_pos % TOKEN_RING
-                    lane.token_sum += charged - self._tok_amount[slot]
-                    self._tok_amount[slot] = charged
+                    at = grant.token_pos % TOKEN_RING
+                    lane.token_sum += charged - amounts[at]
+                    amounts[at] = charged
             if charged is not None and lane.token_limit > 0:
                 # The pace follows the correction too: a smaller real prompt gives time back.
                 lane.token_tat += (charged - grant.charged) * self.span_s / lane.token_limit
@@ -294,21 +371,27 @@ class SharedLimiter:
             outage.answered(lane, now)
             learned.after_request(lane, ending, grant.at, now)
             return False
+        finally:
+            lockf(mapped.fd, LOCK_UN, 1, mapped.offset)
 
     def rate_limited(self, lane_index: int, now: float, retry_after: float | None) -> None:
         """A 429 on this lane: count it, and pause the lane for everyone for its wait hint; with no
         hint at all, lower the rate instead (AIMD), at most once a second.
 
         After a pause requests leave one at a time at the rate in force (its pace starts empty at
-        the end). A 429 with a hint lowers no rate: the server said what it wants, and servers that
-        refuse at random (a busy proxy) would otherwise drive the rate to nothing.
+        the end). A 429 with a hint on a lane whose limit nobody stated or gave lowers the rate too
+        (from what the server accepted), so the next pause does not end in the same burst.
         """
-        with self._lock:
+        mapped = self._maps[lane_index]
+        lockf(mapped.fd, LOCK_EX, 1, mapped.offset)
+        try:
             lane = self._lanes[lane_index]
             lane.rate_limited += 1
             if not retry_after:
                 learned.refused_without_hint(lane, self.span_s, now)
                 return
+            if not lane.request_cap:
+                learned.refused_with_hint(lane, self.span_s, now)
             until = max(lane.paused_until, now + retry_after)
             lane.paused_until = until
             # The pace starts again empty at the end of the pause: the first request goes then, the
@@ -320,6 +403,8 @@ class SharedLimiter:
                 lane.request_tat = max(lane.request_tat, until + tolerance - step)
             if lane.token_limit > 0:
                 lane.token_tat = max(lane.token_tat, until + self._tolerance(lane, True))
+        finally:
+            lockf(mapped.fd, LOCK_UN, 1, mapped.offset)
 
     def observe(self, lane_index: int, hints: Hints, now: float) -> None:
         """What a response says of the limits (``read_hints``): pace to a stated limit when none was
@@ -337,9 +422,12 @@ class SharedLimiter:
                 and (not hints.limit_tokens or lane.token_given
                      or lane.token_limit == hints.limit_tokens)):
             return
-        with self._lock:
+        mapped = self._maps[lane_index]
+        lockf(mapped.fd, LOCK_EX, 1, mapped.offset)
+        try:
             if not lane.headers_seen:
                 lane.headers_seen = True
+                lane.slow_start = False  # the server states its limits: no guessing them
                 lane.concurrency = lane.concurrency_max
             if (hints.limit_requests and not lane.request_given
                     and lane.request_cap != hints.limit_requests):
@@ -349,12 +437,13 @@ class SharedLimiter:
                 lane.set_token_limit(hints.limit_tokens, LimitSource.SERVER)
             if pause:
                 lane.paused_until = max(lane.paused_until, now + pause)
+        finally:
+            lockf(mapped.fd, LOCK_UN, 1, mapped.offset)
 
     def disable_key(self, key: int) -> bool:
-        """Stop using a key for every model; returns whether any key is left."""
-        with self._lock:
-            self._key_disabled[key] = 1
-            return any(not self._key_disabled[k] for k in range(self.n_keys))
+        """Stop using a key for every model (in this run); returns whether any key is left."""
+        self._key_disabled[key] = 1
+        return any(not self._key_disabled[k] for k in range(self.n_keys))
 
     def key_disabled(self, key: int) -> bool:
         """Whether ``key`` has been disabled."""
@@ -366,21 +455,38 @@ class SharedLimiter:
         """A worker died: give back the requests it had in flight (and its probe); how many."""
         holder %= self.holders
         total = 0
-        with self._lock:
-            for index in range(self.n_lanes):
-                at = holder * self.n_lanes + index
-                count = self._held[at]
-                self._held[at] = 0
-                total += count
-                lane = self._lanes[index]
-                lane.in_flight = max(0, lane.in_flight - count)
-                if lane.prober == holder:
-                    lane.prober = -1
+        for mapped in self._maps:
+            record = mapped.record
+            lockf(mapped.fd, LOCK_EX, 1, mapped.offset)
+            try:
+                lane = record.lane
+                for slot, entry in enumerate(record.holders):
+                    if entry.run == self.run and entry.holder == holder:
+                        total += entry.held
+                        lane.in_flight = max(0, lane.in_flight - entry.held)
+                        entry.held = 0
+                        if lane.prober == slot:
+                            lane.prober = -1
+            finally:
+                lockf(mapped.fd, LOCK_UN, 1, mapped.offset)
         return total
 
     def lane_stats(self, now: float) -> tuple[list[LaneStats], list[bool]]:
-        """Every lane's counters, and which keys are disabled (by key), read together."""
-        with self._lock:
-            lanes = [LaneStats.of(self._lanes[index], index // self.n_models, index % self.n_models,
-                                  self.window_s, self.span_s, now) for index in range(self.n_lanes)]
-            return lanes, [bool(disabled) for disabled in self._key_disabled]
+        """Every lane's counters, and which keys are disabled (by key); dead runs are forgotten
+        on the way."""
+        stats = []
+        for index, mapped in enumerate(self._maps):
+            lockf(mapped.fd, LOCK_EX, 1, mapped.offset)
+            try:
+                if now - mapped.record.swept_at >= SWEEP_EVERY_S:
+                    lanefile.sweep(mapped.record, now)
+                    lanefile.apply_told(mapped.record)
+                others = tuple(label for run, _, _, _, label in lanefile.runs_of(mapped.record)
+                               if run != self.run)
+                rpm, tpm = self._told[index]
+                stats.append(LaneStats.of(mapped.record.lane, index // self.n_models,
+                                          index % self.n_models, self.window_s, self.span_s, now,
+                                          told_requests=rpm, told_tokens=tpm, shared_with=others))
+            finally:
+                lockf(mapped.fd, LOCK_UN, 1, mapped.offset)
+        return stats, [bool(disabled) for disabled in self._key_disabled]

@@ -16,13 +16,23 @@ from typing import TYPE_CHECKING
 from ..api.endpoints import Endpoint, endpoints_of
 from ..errors import ConfigError
 from ..settings import ModelRates
+from .lanefile import UNLIMITED_IN_FLIGHT, default_folder, lane_id
 from .pacing import DEFAULT_BURST_S, DEFAULT_WINDOW_S
 
 if TYPE_CHECKING:
     from ..config import RunConfig
 
-#: Requests in flight on a lane when nothing limits them.
-UNLIMITED_IN_FLIGHT = 1 << 20
+__all__ = ["UNLIMITED_IN_FLIGHT", "LaneLimits", "LimiterSettings", "Sharing"]
+
+
+@dataclass(frozen=True)
+class Sharing:
+    """Lanes shared with the other runs on this machine: the folder of their files, each lane's id
+    (by lane index; None: the run's own), and the label that names this run to the others."""
+
+    folder: str
+    lane_ids: tuple[str | None, ...]
+    label: str
 
 
 @dataclass(frozen=True)
@@ -43,6 +53,8 @@ class LimiterSettings:
     ``rpm``/``tpm`` hold on every lane, counted in rings over ``window_s``; ``margin_s`` (None: 2%
     of the window, 0.1 to 1 s) is added to it for pacing. ``serves``: for each model, the keys that
     serve it (None: every key serves every model). ``lanes``: the lanes with limits of their own.
+    ``share``: the lanes shared with other runs (None: all the run's own). ``slow_start``: a lane
+    with no limit known opens one request at a time, doubling per round (a run's lanes do).
     """
 
     n_keys: int
@@ -56,6 +68,8 @@ class LimiterSettings:
     holders: int = 1
     serves: tuple[tuple[int, ...], ...] | None = None
     lanes: tuple[LaneLimits, ...] = ()
+    share: Sharing | None = None
+    slow_start: bool = False
 
     @classmethod
     def of(cls, config: RunConfig, *, max_in_flight: int, holders: int) -> LimiterSettings:
@@ -73,7 +87,25 @@ class LimiterSettings:
                    config.window_tpm, config.rate_window, config.burst,
                    max_in_flight=max_in_flight, holders=holders,
                    serves=serving(endpoints, models) if config.endpoint_table else None,
-                   lanes=tuple(own for own in lanes if own.rpm or own.tpm or own.max_in_flight))
+                   lanes=tuple(own for own in lanes if own.rpm or own.tpm or own.max_in_flight),
+                   share=sharing(config, endpoints, models) if config.share_limits else None,
+                   slow_start=True)
+
+
+def sharing(config: RunConfig, endpoints: Sequence[Endpoint],
+            models: Sequence[str]) -> Sharing:
+    """The lanes of a run as every run on the machine names them: by key, where requests go (base
+    URL, Azure deployment) and model."""
+    ids = tuple(lane_id(endpoint.api_key, _where(endpoint), model) if endpoint.serves(model)
+                else None for endpoint in endpoints for model in models)
+    folder = config.limits_dir or default_folder()
+    return Sharing(str(folder), ids, str(config.output or "mpinfer.run()"))
+
+
+def _where(endpoint: Endpoint) -> str:
+    """Where an endpoint's requests go, as far as its limits are concerned."""
+    return "|".join((str(endpoint.provider), endpoint.base_url or "https://api.openai.com/v1",
+                     endpoint.deployment or ""))
 
 
 def serving(endpoints: Sequence[Endpoint], models: Sequence[str]) -> tuple[tuple[int, ...], ...]:
