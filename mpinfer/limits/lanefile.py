@@ -233,7 +233,6 @@ def fresh_lane(record: LaneRecord, in_flight: int, slow_start: bool = False) -> 
     lane.in_flight = in_flight
     lane.slow_start = slow_start
     lane.concurrency = 1.0 if slow_start else lane.concurrency_max
-    lane.ok_at = NEVER
 
 
 def live_runs(record: LaneRecord) -> Iterator[RunEntry]:

@@ -77,6 +77,8 @@ class Lane(ctypes.Structure):
     ok_at: float                 # the answers accepted, counted a second at a time: where AIMD
     ok_count: int                # starts after a 429 with a wait hint
     ok_rate: float
+    ok_best: float               # the most the server accepted in a second: a floor for AIMD
+    refused_in_row: int          # 429s with a wait hint since the last answer accepted
     # Outages (outage.py)
     connection_failures: int     # in a row, with no answer between them
     in_outage: bool
@@ -92,7 +94,7 @@ class Lane(ctypes.Structure):
         self.concurrency = self.concurrency_max = float(max_in_flight)
         self.request_tat = self.token_tat = NEVER
         self.concurrency_decreased_at = self.rate_decreased_at = NEVER
-        self.limited_at = self.bucket_at = NEVER
+        self.limited_at = self.bucket_at = self.ok_at = NEVER
         self.prober = -1
 
     def set_request_limit(self, limit: float, source: LimitSource) -> None:

@@ -19,6 +19,10 @@ from .lanes import LEARNED, Lane, LimitSource
 RATE_DECREASE = 0.7
 #: While requests succeed, grow the rate by this share of where it restarted, a second.
 RATE_GROWTH_PER_S = 0.03
+#: 429s with a wait hint in a row (no answer between) that lower a rate nobody stated.
+HINTED_IN_ROW = 3
+#: Answers accepted before a rate is learned from them.
+MIN_ACCEPTED = 8
 #: On a 429 or a timeout, keep this share of the requests in flight (TCP CUBIC's 0.7).
 CWND_DECREASE = 0.7
 
@@ -37,15 +41,18 @@ def grow_rate(lane: Lane, now: float) -> None:
         lane.request_limit = limit
 
 
-def decrease_rate(lane: Lane, span_s: float, now: float, accepted: bool = False) -> None:
-    """Multiplicative decrease: a share of the rate that was being sent (``accepted``: that the
+def decrease_rate(lane: Lane, span_s: float, now: float, sent: float = 0.0) -> None:
+    """Multiplicative decrease: a share of the rate that was being sent (or ``sent``, the rate the
     server accepted), or of the rate in force, if lower. Nothing measured yet: nothing to learn
     from."""
     current = lane.request_limit / span_s
-    sent = (lane.ok_rate or lane.ok_count) if accepted else (lane.send_rate or lane.bucket_count)
+    sent = sent or lane.send_rate or lane.bucket_count
     if not sent:
         return
     rate = max(1.0 / span_s, (min(current, sent) if current else sent) * RATE_DECREASE)
+    # Never below a share of the most the server has accepted in a second: a server that refuses
+    # at random (a busy proxy) refuses as many at any rate, and must not drive it to nothing.
+    rate = max(rate, RATE_DECREASE * lane.ok_best)
     lane.request_limit = rate * span_s
     lane.request_source = LEARNED
     lane.rate_base = rate * span_s
@@ -72,11 +79,15 @@ def refused_without_hint(lane: Lane, span_s: float, now: float) -> None:
 
 def refused_with_hint(lane: Lane, span_s: float, now: float) -> None:
     """A 429 with a wait hint on a lane whose limit nobody stated: the pause alone would end in
-    the same burst, so the rate is lowered too, from the rate the server accepted (a rate limit
-    refuses what is sent beyond it). As often as ``refused_without_hint`` at most."""
-    if (now - lane.rate_decreased_at >= 1.0
+    the same burst, so repeated ones (HINTED_IN_ROW with no answer between) lower the rate too,
+    from the rate the server accepted (a rate limit refuses what is sent beyond it), as often as
+    ``refused_without_hint`` at most. Random refusals seldom come so many in a row."""
+    lane.refused_in_row += 1
+    accepted = lane.ok_rate or lane.ok_count / max(1.0, now - lane.ok_at)
+    if (lane.refused_in_row >= HINTED_IN_ROW and now - lane.rate_decreased_at >= 1.0
+            and (lane.ok_best or lane.ok_count >= MIN_ACCEPTED)
             and (lane.answered_since_decrease or lane.request_source != LEARNED)):
-        decrease_rate(lane, span_s, now, accepted=True)
+        decrease_rate(lane, span_s, now, accepted)
 
 
 def after_request(lane: Lane, ending: Ending, granted_at: float, now: float) -> None:
@@ -91,9 +102,11 @@ def after_request(lane: Lane, ending: Ending, granted_at: float, now: float) -> 
         elapsed = now - lane.ok_at
         if elapsed >= 1.0:
             lane.ok_rate = lane.ok_count / elapsed if elapsed < 2.0 else 0.0
+            lane.ok_best = max(lane.ok_best, lane.ok_rate)
             lane.ok_at = now
             lane.ok_count = 0
         lane.ok_count += 1
+        lane.refused_in_row = 0
         lane.answered_since_decrease = True
         if lane.request_source == LEARNED:
             grow_rate(lane, now)
