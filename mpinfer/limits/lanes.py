@@ -78,7 +78,8 @@ class Lane(ctypes.Structure):
     ok_count: int                # starts after a 429 with a wait hint
     ok_rate: float
     ok_best: float               # the most the server accepted in a second: a floor for AIMD
-    refused_in_row: int          # 429s with a wait hint since the last answer accepted
+    ok_last: float
+    hint_pending: bool           # a hinted 429 came: the rate is learned when its pause ends
     # Outages (outage.py)
     connection_failures: int     # in a row, with no answer between them
     in_outage: bool

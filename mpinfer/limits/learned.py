@@ -19,8 +19,6 @@ from .lanes import LEARNED, Lane, LimitSource
 RATE_DECREASE = 0.7
 #: While requests succeed, grow the rate by this share of where it restarted, a second.
 RATE_GROWTH_PER_S = 0.03
-#: 429s with a wait hint in a row (no answer between) that lower a rate nobody stated.
-HINTED_IN_ROW = 3
 #: Answers accepted before a rate is learned from them.
 MIN_ACCEPTED = 8
 #: On a 429 or a timeout, keep this share of the requests in flight (TCP CUBIC's 0.7).
@@ -77,14 +75,20 @@ def refused_without_hint(lane: Lane, span_s: float, now: float) -> None:
         decrease_rate(lane, span_s, now)
 
 
-def refused_with_hint(lane: Lane, span_s: float, now: float) -> None:
+def refused_with_hint(lane: Lane) -> None:
     """A 429 with a wait hint on a lane whose limit nobody stated: the pause alone would end in
-    the same burst, so repeated ones (HINTED_IN_ROW with no answer between) lower the rate too,
-    from the rate the server accepted (a rate limit refuses what is sent beyond it), as often as
-    ``refused_without_hint`` at most. Random refusals seldom come so many in a row."""
-    lane.refused_in_row += 1
-    accepted = lane.ok_rate or lane.ok_count / max(1.0, now - lane.ok_at)
-    if (lane.refused_in_row >= HINTED_IN_ROW and now - lane.rate_decreased_at >= 1.0
+    the same burst, so the rate is lowered too when the pause ends (``hinted_pause_over``)."""
+    lane.hint_pending = True
+
+
+def hinted_pause_over(lane: Lane, span_s: float, now: float) -> None:
+    """The pause of a hinted 429 is over: lower the rate from the rate the server accepted (a rate
+    limit refuses what is sent beyond it), counted now that the requests sent with the refused one
+    have come back; once MIN_ACCEPTED answers tell what that is, and as often as
+    ``refused_without_hint`` at most."""
+    lane.hint_pending = False
+    accepted = max(lane.ok_rate, lane.ok_count / max(1.0, lane.ok_last - lane.ok_at))
+    if (now - lane.rate_decreased_at >= 1.0
             and (lane.ok_best or lane.ok_count >= MIN_ACCEPTED)
             and (lane.answered_since_decrease or lane.request_source != LEARNED)):
         decrease_rate(lane, span_s, now, accepted)
@@ -106,7 +110,7 @@ def after_request(lane: Lane, ending: Ending, granted_at: float, now: float) -> 
             lane.ok_at = now
             lane.ok_count = 0
         lane.ok_count += 1
-        lane.refused_in_row = 0
+        lane.ok_last = now
         lane.answered_since_decrease = True
         if lane.request_source == LEARNED:
             grow_rate(lane, now)

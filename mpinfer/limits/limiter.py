@@ -172,6 +172,8 @@ class SharedLimiter:
     def _wait_s(self, index: int, lane: Lane, tokens: int, now: float) -> float:
         """0 when the lane can start a request charged ``tokens`` now, else how long until then."""
         wait = lane.paused_until - now
+        if lane.hint_pending and wait <= 0:
+            learned.hinted_pause_over(lane, self.span_s, now)
         if lane.in_flight >= max(1.0, math.floor(lane.concurrency)):
             wait = max(wait, 0.05)  # a slot frees when a request ends; look again soon
             if now - self._maps[index].record.swept_at >= SWEEP_EVERY_S:
@@ -391,7 +393,7 @@ class SharedLimiter:
                 learned.refused_without_hint(lane, self.span_s, now)
                 return
             if not lane.request_cap:
-                learned.refused_with_hint(lane, self.span_s, now)
+                learned.refused_with_hint(lane)
             until = max(lane.paused_until, now + retry_after)
             lane.paused_until = until
             # The pace starts again empty at the end of the pause: the first request goes then, the
