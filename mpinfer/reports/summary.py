@@ -194,12 +194,19 @@ class RunSummary:
     def take_limits(self, lanes: list[LaneStats]) -> None:
         """Which limits were in force, the pace they allow, and the time spent waiting on them."""
         told: dict[str, None] = {}
+        shared: dict[str, None] = {}
         for lane in lanes:
             window = f"{lane.window_s:g}s"
             if lane.requests_limit:
-                told[f"{lane.requests_limit:.0f} requests/{window} ({lane.requests_source})"] = None
+                told[f"{lane.requests_limit:.0f} requests/{window} ({lane.requests_source}"
+                     f"{_lowest(lane.requests_limit, lane.told_requests, lane.requests_source)})"
+                     ] = None
             if lane.tokens_limit:
-                told[f"{lane.tokens_limit:.0f} tokens/{window} ({lane.tokens_source})"] = None
+                told[f"{lane.tokens_limit:.0f} tokens/{window} ({lane.tokens_source}"
+                     f"{_lowest(lane.tokens_limit, lane.told_tokens, lane.tokens_source)})"] = None
+            shared.update(dict.fromkeys(lane.shared_with))
+        if shared:
+            told["shared with " + ", ".join(shared)] = None
         self.limits = "; ".join(told) or None
         self.pace_per_s = round(sum(lane.requests_limit / lane.window_s for lane in lanes), 3)
         self.limited_s = round(max((lane.limited_s for lane in lanes), default=0.0), 1)
@@ -228,6 +235,13 @@ class RunSummary:
                     estimated_cost=round(self.estimated_cost, 6),
                     updated_at=time.time())
         return data
+
+
+def _lowest(limit: float, told: float, source: str) -> str:
+    """What to add when another run sharing the lane was told a lower limit than this run."""
+    if source == "flag" and told > limit:
+        return f", the lowest of the runs sharing the lane; {told:.0f} told here"
+    return ""
 
 
 def percentiles(values: list[float]) -> dict[str, float | None]:
