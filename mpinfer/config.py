@@ -245,8 +245,8 @@ class RunConfig:
     burst: float = setting(0.5, non_negative_float, "seconds' worth of the rate limit sent at once",
                            metavar="S")
     share_limits: bool = setting(True, as_bool,
-                                 "share --rpm/--tpm, pauses and learned limits with the other runs "
-                                 "on this machine on the same key, base URL and model")
+                                 "runs on this machine on one key, base URL and model share "
+                                 "their limits, pauses and learned rates (off: this run's own)")
     limits_dir: Path | None = setting(None, as_path, "folder of the limits runs share",
                                       metavar="DIR", shown="$XDG_STATE_HOME/mpinfer/limits")
     api_keys_file: Path | None = setting(None, as_path,

@@ -175,26 +175,26 @@ def test_a_closed_gate_turns_a_waiting_request_away_as_a_value() -> None:
 
 def test_a_stop_sends_none_of_the_requests_waiting_for_a_slot(tmp_path: Path,
                                                               mock: MockServerProcess) -> None:
-    # Given one worker with -c 2 and answers that take 1.5 s and state no limit: it builds two ahead
-    # from the start, which go when the first two are answered, and two more are built ahead while
-    # those are out
+    # Given one worker with -c 2 and answers that take 1.5 s and state no limit: the lane opens
+    # with one request, then two (slow start), then four: two on the wire and two built ahead,
+    # waiting for a slot
     write_tasks(tmp_path / "tasks.jsonl", text_tasks(20))
     mock.configure(latency_ms=1500)
     args = ("-i", "tasks.jsonl", "-o", "out.jsonl", "-p", "1", "-c", "2", "--base-url",
             mock.base_url)
     proc = start_cli(*args, cwd=tmp_path)
     deadline = time.monotonic() + WAIT_S
-    while mock.stats()["requests"] < 4 and time.monotonic() < deadline and proc.poll() is None:
+    while mock.stats()["requests"] < 5 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.02)
-    assert mock.stats()["requests"] == 4 and mock.stats()["in_flight"] == 2, mock.stats()
+    assert mock.stats()["requests"] == 5 and mock.stats()["in_flight"] == 2, mock.stats()
     time.sleep(0.3)  # the two built ahead are waiting at the gate by now
     # When Ctrl-C stops the run while the second two are on the wire
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=WAIT_S)
     # Then those are answered and written, and nothing else was sent
     assert proc.returncode == 130, stderr
-    assert len(read_jsonl(tmp_path / "out.jsonl")) == 4
-    assert mock.stats()["requests"] == 4, mock.stats()
+    assert len(read_jsonl(tmp_path / "out.jsonl")) == 5
+    assert mock.stats()["requests"] == 5, mock.stats()
     # And the rerun does the rest, each id once
     mock.configure(latency_ms=0)
     again = run_cli(*args, cwd=tmp_path)
