@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .lanes import NEVER, Lane
+from .lanes import Lane
 from .windows import TOKEN_RING
 
 #: Request start times kept per lane: --rpm up to this is held in every window; above it, paced.

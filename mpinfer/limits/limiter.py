@@ -23,6 +23,7 @@ passed in (``now``), so the logic is tested without waiting.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -40,6 +41,7 @@ from .pacing import MIN_WINDOW, margin_for, pace_wait, paced
 from .settings import LimiterSettings
 from .windows import TOKEN_RING, expire_tokens, token_window_wait
 
+log = logging.getLogger("mpinfer.run")
 _PID = [os.getpid()]  # this process's pid, kept right in forked children
 os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
 
@@ -78,29 +80,28 @@ class SharedLimiter:
         self._key_disabled: Any = RawArray("b", self.n_keys)
         share = settings.share
         ids = share.lane_ids if share is not None else (None,) * n_lanes
-        private = PrivateRecords(sum(1 for lane_id in ids if lane_id is None))
+        # (virtual memory: a record's pages are touched only as its lane is used)
+        private = PrivateRecords(n_lanes)
         own = {(o.key, o.model_index): o for o in settings.lanes}
         self._maps: list[Mapped] = []
-        made = 0
+        label = f"{share.label if share else ''} (pid {self._pid()})"
         for index, lane_id in enumerate(ids):
-            if lane_id is None or share is None:
-                mapped = private.get(made)
-                made += 1
-            else:
-                mapped = lanefile.open_shared(Path(share.folder), lane_id)
-            self._maps.append(mapped)
             limits = own.get((index // self.n_models, index % self.n_models))
             rpm = (limits.rpm if limits and limits.rpm else self.rpm) or 0
             tpm = (limits.tpm if limits and limits.tpm else self.tpm) or 0
             own_in_flight = limits.max_in_flight if limits and limits.max_in_flight else 0
             told = (float(rpm), float(tpm), settings.max_in_flight, own_in_flight)
-            label = f"{share.label if share else ''} (pid {self._pid()})"
-            lockf(mapped.fd, LOCK_EX, 1, mapped.offset)
-            try:
-                lanefile.attach(mapped.record, self.run, told, label, time.monotonic(),
-                                settings.slow_start)
-            finally:
-                lockf(mapped.fd, LOCK_UN, 1, mapped.offset)
+            mapped = None
+            if lane_id is not None and share is not None:
+                try:
+                    mapped = self._attach(lanefile.open_shared(Path(share.folder), lane_id),
+                                          told, label, settings.slow_start)
+                except OSError as exc:  # (a read-only home, a lane full of runs): go alone
+                    log.warning("rate limits not shared for lane %d (%s): this run's own", index,
+                                exc)
+            if mapped is None:
+                mapped = self._attach(private.get(index), told, label, settings.slow_start)
+            self._maps.append(mapped)
         self._private = private
         self._lanes = [m.record.lane for m in self._maps]
         self._req_ring = [m.record.req_ring for m in self._maps]
@@ -109,6 +110,16 @@ class SharedLimiter:
         self._told = [self._told_of(m) for m in self._maps]
         self._slots: dict[tuple[int, int, int], int] = {}  # (lane, holder, pid): holder slot
         self._closed = False
+
+    def _attach(self, mapped: Mapped, told: tuple[float, float, int, int], label: str,
+                slow_start: bool) -> Mapped:
+        """Record this run on a lane's record (OSError when it has no room)."""
+        mapped.acquire()
+        try:
+            lanefile.attach(mapped.record, self.run, told, label, time.monotonic(), slow_start)
+        finally:
+            mapped.release()
+        return mapped
 
     @staticmethod
     def _pid() -> int:

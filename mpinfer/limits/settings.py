@@ -9,6 +9,7 @@ most, and how many holders (worker slots) grants are counted against.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -99,7 +100,8 @@ def sharing(config: RunConfig, endpoints: Sequence[Endpoint],
     ids = tuple(lane_id(endpoint.api_key, _where(endpoint), model) if endpoint.serves(model)
                 else None for endpoint in endpoints for model in models)
     folder = config.limits_dir or default_folder()
-    return Sharing(str(folder), ids, str(config.output or "mpinfer.run()"))
+    return Sharing(str(folder), ids,
+                   os.path.abspath(config.output) if config.output else "mpinfer.run()")
 
 
 def _where(endpoint: Endpoint) -> str:
