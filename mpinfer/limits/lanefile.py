@@ -149,7 +149,6 @@ class Mapped:
     record: LaneRecord
     fd: int
     offset: int
-    shared: bool
 
     def acquire(self) -> None:
         """Take the record's lock (blocks)."""
@@ -188,7 +187,7 @@ def open_shared(folder: Path, lane: str) -> Mapped:
             unlock(fd, 0)
         _OPEN[path] = (fd, memory, record)
     fd, _, record = _OPEN[path]
-    return Mapped(record, fd, 0, shared=True)
+    return Mapped(record, fd, 0)
 
 
 class PrivateRecords:
@@ -206,7 +205,7 @@ class PrivateRecords:
         """Record ``index``, fresh."""
         record = LaneRecord.from_buffer(self._memory, index * RECORD_SIZE)
         fresh_lane(record, 0)
-        return Mapped(record, self._file.fileno(), index, shared=False)
+        return Mapped(record, self._file.fileno(), index)
 
 
 def lock(fd: int, offset: int) -> None:

@@ -1,24 +1,29 @@
 """The rate limiter all worker processes share: per lane (an API key and a model), in shared memory.
 
-Per lane (lanes.py holds its record):
+A lane's record (lanefile.py) is shared by every run on the machine on the same key, endpoint and
+model (a file each maps), unless the run keeps it to itself; the lowest limit its live runs were
+told holds. Per lane (lanes.py holds its state):
 - **Pacing** (pacing.py): requests and tokens leave at the rate in force with a burst of at most
   ``burst_s`` seconds' worth; the rate is the limit over the window plus a margin.
 - **Windows** (windows.py): with --rpm no more than rpm requests start in any window, with --tpm
   the tokens charged in any window stay within it.
 - **Where the limit comes from** (LimitSource): the flag (or the endpoints table); else a limit the
   server states in ``x-ratelimit-limit-*`` (hints.py), paced with a burst no larger than the margin,
-  so no window can exceed it; else, after hint-less 429s, a rate learned by AIMD (learned.py).
+  so no window can exceed it; else, after 429s, a rate learned by AIMD (learned.py). Until one is
+  known a run's lane opens one request at a time, doubling per round (slow start).
 - **Pauses.** A 429's wait hint, or a server saying nothing is left, pauses the lane for every
   worker; the pace starts empty at its end, so requests then leave one at a time, not in a stampede.
 - **Concurrency AIMD** for servers with no rate headers (learned.py), and **outages** (outage.py).
 - **Keys**: a rejected key is disabled for every model; requests go to the least-loaded free key.
-- **Dead workers.** Grants count against their holder (a worker slot); ``reclaim`` gives back a dead
-  holder's requests in flight and its probe. The lock is a ``lockf`` record lock, which the kernel
-  drops with its process, so a worker killed holding it cannot stop the others. Token charges stay
-  in the window: the server counted those requests too.
+- **Dead workers and runs.** Grants count against their holder (a worker slot, in its process);
+  ``reclaim`` gives back a dead worker's requests in flight and its probe, and a lane's ``sweep``
+  those of any holder whose process is gone (another run's, killed). Each lane's lock is a
+  ``lockf`` record lock, which the kernel drops with its process, so a worker killed holding it
+  cannot stop the others. Token charges stay in the window: the server counted those requests too.
 
-The parent builds it before forking; workers inherit the arrays and the lock's descriptor. Time is
-passed in (``now``), so the logic is tested without waiting.
+The parent builds it before forking; workers inherit the mappings and the locks' descriptors. Time
+is passed in (``now``: ``time.monotonic``, one clock for every process of the machine), so the
+logic is tested without waiting.
 """
 
 from __future__ import annotations
