@@ -13,6 +13,7 @@ count against: a local worker's index, or a Ray worker actor's number.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -111,7 +112,9 @@ class LimiterActor:
     """
 
     def __init__(self, settings: LimiterSettings, clock: Clock = time.monotonic) -> None:
-        self.shared = SharedLimiter(settings)
+        # The cluster shares this actor; lane files are one machine's, and Ray reuses an actor's
+        # process for the next, which would keep a finished run alive in them.
+        self.shared = SharedLimiter(dataclasses.replace(settings, share=None))
         self.clock = clock
         self.dead: set[int] = set()
 
