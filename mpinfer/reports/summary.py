@@ -189,13 +189,15 @@ class RunSummary:
                 counts.requests += lane.requests
                 counts.rate_limited += lane.rate_limited
                 counts.tokens += lane.tokens
-        self.take_limits(lanes)
+        self.take_limits(lanes, [f"{models[lane.model_index]} {key_names[lane.key]}"
+                                 for lane in lanes])
 
-    def take_limits(self, lanes: list[LaneStats]) -> None:
-        """Which limits were in force, the pace they allow, and the time spent waiting on them."""
+    def take_limits(self, lanes: list[LaneStats], names: list[str] | None = None) -> None:
+        """Which limits were in force, the pace they allow, the runs sharing each lane (``names``:
+        the lanes', when there are several), and the time spent waiting on them."""
         told: dict[str, None] = {}
         shared: dict[str, None] = {}
-        for lane in lanes:
+        for index, lane in enumerate(lanes):
             window = f"{lane.window_s:g}s"
             if lane.requests_limit:
                 told[f"{lane.requests_limit:.0f} requests/{window} ({lane.requests_source}"
@@ -204,10 +206,10 @@ class RunSummary:
             if lane.tokens_limit:
                 told[f"{lane.tokens_limit:.0f} tokens/{window} ({lane.tokens_source}"
                      f"{_lowest(lane.tokens_limit, lane.told_tokens, lane.tokens_source)})"] = None
-            shared.update(dict.fromkeys(lane.shared_with))
-        if shared:
-            told["shared with " + ", ".join(shared)] = None
-        self.limits = "; ".join(told) or None
+            if lane.shared_with:
+                which = f"{names[index]} " if names and len(lanes) > 1 else ""
+                shared[f"{which}shared with {', '.join(lane.shared_with)}"] = None
+        self.limits = "; ".join([*told, *shared]) or None
         self.pace_per_s = round(sum(lane.requests_limit / lane.window_s for lane in lanes), 3)
         self.limited_s = round(max((lane.limited_s for lane in lanes), default=0.0), 1)
         self.outage_s = round(max((lane.outage_s for lane in lanes), default=0.0), 1)
