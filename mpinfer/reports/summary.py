@@ -243,6 +243,8 @@ def _lowest(limit: float, told: float, source: str) -> str:
     """What to add when another run sharing the lane was told a lower limit than this run."""
     if source == "flag" and told > limit:
         return f", the lowest of the runs sharing the lane; {told:.0f} told here"
+    if source == "flag" and not told:
+        return ", told another run sharing the lane"
     return ""
 
 
