@@ -64,6 +64,12 @@ def write_png(path: Path, rgb: tuple[int, int, int] = (200, 30, 30)) -> Path:
     return path
 
 
+def lines_written(path: Path) -> int:
+    """How many whole lines a file holds so far (0 if it does not exist): safe to poll while a run
+    appends, where read_jsonl could meet a line half written."""
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Every line of a JSONL file (none if it does not exist)."""
     if not path.exists():

@@ -197,9 +197,9 @@ def test_kill_9_around_a_create_never_makes_a_second_batch_for_the_same_rows(
 def test_cancel_cancels_the_open_batches_and_a_rerun_sends_what_was_not_answered(
     tmp_path: Path, mock: MockServerProcess,
 ):
-    # Given a run killed while its slow batch works (4 s: time for --cancel to start on a loaded
-    # machine)
-    _killed_while_its_batch_runs(tmp_path, mock, 8, 0.5)
+    # Given a run killed while its slow batch works (8 s: time for --cancel to start on a loaded
+    # machine; at 4 s a load of 15 on 2 cores saw the batch complete first)
+    _killed_while_its_batch_runs(tmp_path, mock, 8, 1.0)
     # When --cancel runs
     cancelled = _run(tmp_path, mock, "--cancel")
     # Then the batch is cancelling at the server, and the plan records it

@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from helpers import read_jsonl, run_cli, start_cli, text_tasks, write_tasks
+from helpers import lines_written, read_jsonl, run_cli, start_cli, text_tasks, write_tasks
 
 from mpinfer.mockserver import MockServerProcess
 
@@ -120,7 +120,7 @@ def test_a_server_that_goes_away_for_four_seconds_is_waited_for(tmp_path: Path,
     proc = start_cli("-i", "tasks.jsonl", "-o", "out.jsonl", "--base-url", mock.base_url, "-p", "2",
                      "-c", "4", "--retry-backoff", "0.1", cwd=tmp_path)
     deadline = time.monotonic() + 30
-    while (len(read_jsonl(tmp_path / "out.jsonl")) < 30 and time.monotonic() < deadline
+    while (lines_written(tmp_path / "out.jsonl") < 30 and time.monotonic() < deadline
            and proc.poll() is None):
         time.sleep(0.02)
     # When the server goes away for 4 s mid-run (connections refused) and comes back on the same

@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import orjson
-from helpers import read_jsonl, run_cli, start_cli, text_tasks, write_tasks
+from helpers import lines_written, read_jsonl, run_cli, start_cli, text_tasks, write_tasks
 
 from mpinfer.mockserver import MockServerProcess
 
@@ -27,7 +27,7 @@ def test_a_key_revoked_mid_run_is_disabled_and_the_others_finish_the_job(tmp_pat
     proc = start_cli("-i", "tasks.jsonl", "-o", "out.jsonl", "-p", "2", "-c", "8", "--base-url",
                      mock.base_url, "--retry-backoff", "0.05", cwd=tmp_path, env=env)
     deadline = time.monotonic() + 30
-    while (len(read_jsonl(tmp_path / "out.jsonl")) < 40 and time.monotonic() < deadline
+    while (lines_written(tmp_path / "out.jsonl") < 40 and time.monotonic() < deadline
            and proc.poll() is None):
         time.sleep(0.02)
     # When the second key is revoked at the server mid-run
