@@ -21,7 +21,7 @@ from .config import RunConfig
 from .errors import ConfigError, OutputError
 from .reports.summary import read_summary
 from .store.locks import RunInfo, live_run
-from .store.output import OutputPaths, companion, model_outputs
+from .store.output import OutputPaths, companion, run_outputs
 
 # after the grace: the run writes its summary and manifest record, workers exit
 CANCEL_MARGIN_S = 15.0
@@ -43,7 +43,8 @@ def _outputs(config: RunConfig) -> list[OutputPaths]:
     output = config.output
     if output is None:
         raise ConfigError("--cancel needs the output of the run to stop: pass -o FILE")
-    paths = [output, *model_outputs(output, config.models)]
+    paths = [output, *(out.path for out in run_outputs(output, config.variant_names,
+                                                        config.models))]
     return [OutputPaths.of(path) for path in dict.fromkeys(paths)]
 
 

@@ -36,6 +36,7 @@ from dotenv import dotenv_values
 from .api.structured import AnswerRule, answer_rule, labels_list
 from .api.thinking import EFFORTS, ThinkingForm, as_effort, switches
 from .errors import ConfigError
+from .eval.variants import Variant, read_variants
 from .settings import (
     ModelRates,
     Option,
@@ -147,6 +148,17 @@ class RunConfig:
                                      shown="the server's")
     system_prompt: str | None = setting(None, as_text, "system message for tasks that carry none",
                                         metavar="TEXT")
+    template: str | None = setting(None, as_text,
+                                   "user prompt from the row's fields: {field} placeholders, "
+                                   "{{ and }} for braces", metavar="TEXT",
+                                   shown="the --prompt-key field")
+    system_template: str | None = setting(None, as_text,
+                                          "system message from the row's fields, as --template, "
+                                          "for tasks that carry none", metavar="TEXT")
+    variants: Path | None = setting(None, as_path,
+                                    "TOML file of [[variants]] tables (name, template, system, "
+                                    "temperature, max_tokens): every task runs once per variant",
+                                    metavar="FILE")
     extra_body: dict[str, Any] | None = setting(None, as_json_object,
                                                 "JSON object merged into every request body",
                                                 metavar="JSON")
@@ -314,12 +326,20 @@ class RunConfig:
     # The endpoints table (--endpoints, or [[endpoints]] in mpinfer.toml), keys read; api_keys then
     # holds each endpoint's key, in table order. Empty: the implicit table (each key at --base-url).
     endpoint_table: tuple[Endpoint, ...] = field(default=(), repr=False)
+    # The variants of --variants, read (eval/variants.py); empty without.
+    variant_table: tuple[Variant, ...] = field(default=(), repr=False)
     # Things the user should hear about the settings themselves (e.g. a .env others can read).
     warnings: tuple[str, ...] = field(default=(), repr=False, compare=False)
     # A judging run's (eval/judge.py): its lines are a judge's (store/judged.py); None: answers.
     judging: JudgeForm | None = field(default=None, repr=False)
     # The options the user set (flag, environment, .env or mpinfer.toml), not left at default.
     explicit: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # A RunConfig built directly (not by load_config) with --variants reads its file too, so
+        # that every command sees the same outputs.
+        if self.variants is not None and not self.variant_table:
+            object.__setattr__(self, "variant_table", read_variants(self.variants))
 
     @property
     def window_rpm(self) -> int | None:
@@ -340,6 +360,11 @@ class RunConfig:
     def models(self) -> tuple[str, ...]:
         """The models to run, from ``--model a,b,c``."""
         return tuple(m.strip() for m in self.model.split(",") if m.strip()) or (self.model,)
+
+    @property
+    def variant_names(self) -> tuple[str, ...]:
+        """The prompt variants' names, in the file's order (none without --variants)."""
+        return tuple(variant.name for variant in self.variant_table)
 
     @property
     def model_named(self) -> bool:

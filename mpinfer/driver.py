@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +32,11 @@ from .events import (
     TaskFailed,
     WorkItem,
 )
-from .inputs import Task
+from .inputs import PromptForm, Task
 from .limits import LaneStats
 from .reports.summary import RunSummary, write_summary
 from .store.idset import IdSubset
+from .store.output import unit_of
 
 log = logging.getLogger("mpinfer.run")
 
@@ -57,15 +58,22 @@ def one_line(message: str) -> str:
     return text if len(text) <= MESSAGE_SHOWN_CHARS else text[: MESSAGE_SHOWN_CHARS - 3] + "..."
 
 
-def work_items(tasks: Iterator[Task], done: list[IdSubset]) -> Iterator[WorkItem]:
-    """Each task once for each model whose output does not have it yet.
+def work_items(tasks: Iterator[Task], done: list[IdSubset],
+               forms: Sequence[PromptForm] = (PromptForm(),)) -> Iterator[WorkItem]:
+    """Each task once for each output (of each variant and model: ``done`` is by output, in
+    store/output.run_outputs' order) that does not have it yet, as its variant's form sends it.
 
     The tasks come from the input the done sets index, so membership needs no read of the input.
     """
+    models = len(done) // len(forms)
     for task in tasks:
-        for model_index, ids in enumerate(done):
+        shaped: dict[int, Task] = {}
+        for output_index, ids in enumerate(done):
             if not ids.has_member(task.id):
-                yield task, model_index
+                variant = unit_of(output_index, models)[0]
+                if variant not in shaped:
+                    shaped[variant] = forms[variant].apply(task)
+                yield shaped[variant], output_index
 
 
 class RunState:
@@ -91,6 +99,11 @@ class RunState:
         self._postfix_at = 0.0
         self._summary_at = 0.0
 
+    def model_of(self, output_index: int) -> str:
+        """The model of the output at ``output_index`` (a variant's and a model's)."""
+        models = self.config.models
+        return models[unit_of(output_index, len(models))[1]]
+
     def on_signal(self, _signum: int, _frame: Any) -> None:
         """SIGINT and SIGTERM: count the signal; the loop decides what it means."""
         self.signals += 1
@@ -109,7 +122,7 @@ class RunState:
         if not self.feeding or not self._within_budget(outstanding):
             return None
         item = self.requeue.popleft() if self.requeue else next(self.items, None)
-        while item is not None and self.config.models[item[1]] in self.summary.unknown_models:
+        while item is not None and self.model_of(item[1]) in self.summary.unknown_models:
             item = self.requeue.popleft() if self.requeue else next(self.items, None)
         if item is None:
             self.feeding = False
@@ -151,7 +164,7 @@ class RunState:
         match event:
             case TaskDone():
                 self.summary.count_answer(event)
-                self.summary.per_model[self.config.models[event.model_index]].succeeded += 1
+                self.summary.per_model[self.model_of(event.output_index)].succeeded += 1
                 if event.key is not None:
                     self.summary.key_counts(self.key_names[event.key]).succeeded += 1
                 self.bar.update(1)
@@ -159,7 +172,7 @@ class RunState:
                 self.summary.count_failure(event.error_type, event.retries,
                                            (event.prompt_tokens, event.completion_tokens,
                                             event.cost))
-                self.summary.per_model[self.config.models[event.model_index]].failed += 1
+                self.summary.per_model[self.model_of(event.output_index)].failed += 1
                 if event.key is not None:
                     self.summary.key_counts(self.key_names[event.key]).failed += 1
                 if self.summary.failed <= MAX_FAILURES_SHOWN:

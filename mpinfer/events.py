@@ -27,7 +27,7 @@ class TaskDone:
 
     kind: ClassVar[str] = "done"
     id: str
-    model_index: int
+    output_index: int
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency_s: float | None = None  # the answering request's time on the wire
@@ -53,7 +53,7 @@ class TaskFailed:
 
     kind: ClassVar[str] = "failed"
     id: str
-    model_index: int
+    output_index: int
     error_type: str
     status: int | None
     message: str
@@ -83,7 +83,7 @@ class Abort:
     kind: ClassVar[str] = "abort"
     message: str
     id: str | None = None
-    model_index: int = 0
+    output_index: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +103,7 @@ class Fatal:
     kind: ClassVar[str] = "fatal"
     message: str
     id: str | None = None
-    model_index: int = 0
+    output_index: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,11 +120,12 @@ Event = TaskDone | TaskFailed | KeyDisabled | Abort | ModelUnknown | Fatal | Wor
 
 @dataclass(frozen=True, slots=True)
 class Work:
-    """One task to run for the run's model at ``model_index`` (its place in the run's models)."""
+    """One task to run for the run's output at ``output_index`` (its place in
+    store/output.run_outputs: a variant's and a model's), as that variant sends it."""
 
     kind: ClassVar[str] = "work"
     task: Task
-    model_index: int
+    output_index: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +136,8 @@ class StopWork:
 
 
 Message = Event | Work | StopWork
-# a task and the index of the model it is for, as the driver hands it out
+# a task and the index of the output it is for (a variant's and a model's), as the driver hands it
+# out
 WorkItem = tuple[Task, int]
 
 _KINDS: dict[str, type[Any]] = {cls.kind: cls
@@ -165,7 +167,7 @@ def _message(kind: str, fields: dict[str, Any]) -> Message:
     if cls is Work:
         task = fields["task"]
         task["images"] = tuple(task.get("images") or ())
-        return Work(Task(**task), int(fields["model_index"]))
+        return Work(Task(**task), int(fields["output_index"]))
     return cls(**fields)  # type: ignore[no-any-return]
 
 

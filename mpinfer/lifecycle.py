@@ -31,11 +31,13 @@ from .inputs import (
     FieldKeys,
     InputFormat,
     InputIndex,
+    PromptForm,
     Selection,
     asked_models,
     check_input,
     iter_tasks,
     parquet_checksum,
+    prompt_forms,
     reading,
     refuse_input_as_output,
     selection,
@@ -56,7 +58,7 @@ from .store.manifest import (
     start_record,
     summary_counts,
 )
-from .store.output import OutputPaths, companion, model_outputs, repair_tail, scan
+from .store.output import OutputPaths, RunOutput, companion, repair_tail, run_outputs, scan
 
 log = logging.getLogger("mpinfer.run")
 
@@ -74,14 +76,17 @@ class _Job:
     output: Path
     keys: FieldKeys
     chosen: Selection
-    outputs: list[OutputPaths]
+    runs: tuple[RunOutput, ...]  # one per variant and model (store/output.run_outputs)
+    outputs: list[OutputPaths]  # their files, in the same order
+    forms: tuple[PromptForm, ...]  # how each variant (or --template) makes a task's request
     prices: PriceTable
     unpriced: tuple[str, ...]  # the models asked for that no price table knows: cost unknown
 
 
 @dataclass
 class _Scanned:
-    """What the outputs already hold: per model, the done ids and where this run's lines start."""
+    """What the outputs already hold: per output, the done ids and where this run's lines
+    start."""
 
     done: list[IdSubset]
     run_starts: list[int]
@@ -98,7 +103,7 @@ def run(config: RunConfig, *, progress: bool = True, grace_s: float = DEFAULT_GR
     job, index = _check(config)
     with ExitStack() as held:
         log_file = _lock(job, held)
-        summary = RunSummary(total=index.total * len(job.config.models), already_done=0,
+        summary = RunSummary(total=index.total * len(job.outputs), already_done=0,
                              log_file=log_file, unpriced_models=list(job.unpriced))
         _repair(job, summary)
         scanned = _scan(job, index, summary)
@@ -139,6 +144,10 @@ def _check(config: RunConfig) -> tuple[_Job, InputIndex]:
     if config.image_max_side or any(ep.image_max_side for ep in config.endpoint_table):
         require_pillow()
     prices = load_prices(config.prices, config.price_input, config.price_output)
+    forms = prompt_forms(config)  # a malformed template fails here
+    if config.variant_table and config.backend is BackendKind.BATCH:
+        raise ConfigError("--variants does not go with --backend batch yet: run the variants "
+                          "online (--backend local or ray)")
     keys = reading(config)
     chosen = selection(config)
     index = check_input(input_path, keys, chosen)  # bad input fails here, before anything is spent
@@ -153,13 +162,15 @@ def _check(config: RunConfig) -> tuple[_Job, InputIndex]:
     if config.max_cost is not None and unpriced:
         raise ConfigError(f"--max-cost needs a price for {', '.join(unpriced)}: give "
                           "--prices FILE or --price-input and --price-output")
-    outputs = [OutputPaths.of(path) for path in model_outputs(output, config.models)]
+    runs = run_outputs(output, config.variant_names, config.models)
+    outputs = [OutputPaths.of(out.path) for out in runs]
     refuse_input_as_output(input_path, [paths.output for paths in outputs], keys)
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"{output.parent}: {exc.strerror or exc}") from None
-    return _Job(config, input_path, output, keys, chosen, outputs, prices, tuple(unpriced)), index
+    return _Job(config, input_path, output, keys, chosen, runs, outputs, forms, prices,
+                tuple(unpriced)), index
 
 
 def _check_rule(config: RunConfig, index: InputIndex) -> None:
@@ -217,7 +228,7 @@ def _repair(job: _Job, summary: RunSummary) -> None:
 
 def _scan(job: _Job, index: InputIndex, summary: RunSummary) -> _Scanned:
     scanned = _Scanned([], [], [])
-    for model, paths in zip(job.config.models, job.outputs, strict=True):
+    for out, paths in zip(job.runs, job.outputs, strict=True):
         found = scan(paths.output, within=index.ids)
         for bad in found.bad_lines[:MAX_FAILURES_SHOWN]:
             log.warning("%s:%d is not a valid record (left in place; its task runs again): %s",
@@ -235,7 +246,7 @@ def _scan(job: _Job, index: InputIndex, summary: RunSummary) -> _Scanned:
         summary.bad_lines += len(found.bad_lines)
         summary.unknown_ids += unknown
         summary.cost_before += found.cost
-        summary.per_model[model] = UsageCounts()
+        summary.per_model[str(out.model)] = UsageCounts()
     summary.already_done = sum(len(ids) for ids in scanned.done)
     return scanned
 
@@ -260,8 +271,9 @@ def _record_start(job: _Job, scanned: _Scanned, argv: Sequence[str], index: Inpu
         if image_rule(name) is None:
             log.info("%s: no published image token rule; its images are estimated as gpt-4o's",
                      name)
-    log.info("%d tasks x %d models, %d already done, %d to run", index.total, len(config.models),
-             summary.already_done, summary.remaining)
+    variants = f" x {len(job.forms)} variants" if config.variant_table else ""
+    log.info("%d tasks x %d models%s, %d already done, %d to run", index.total, len(config.models),
+             variants, summary.already_done, summary.remaining)
     return manifest, start
 
 
@@ -286,7 +298,8 @@ def _backend(job: _Job, scanned: _Scanned, log_file: Path | None, progress: bool
 def _run_backend(job: _Job, scanned: _Scanned, summary: RunSummary, log_file: Path | None,
                  progress: bool, grace_s: float, started: float) -> None:
     """Run what is left; whatever happens, the summary file is rewritten and the backend closed."""
-    items = work_items(iter_tasks(job.input_path, job.keys, selection=job.chosen), scanned.done)
+    items = work_items(iter_tasks(job.input_path, job.keys, selection=job.chosen), scanned.done,
+                       job.forms)
     state = RunState(job.config, items, summary, companion(job.output, ".summary.json"),
                      summary.already_done, progress)
     backend = _backend(job, scanned, log_file, progress)

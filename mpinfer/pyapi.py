@@ -26,7 +26,7 @@ from .eval.judging import run as run_job
 from .lifecycle import DEFAULT_GRACE_S
 from .reports.summary import RunSummary
 from .sources import read_keys_file
-from .store.output import OutputPaths, iter_lines, model_outputs, scan
+from .store.output import OutputPaths, iter_lines, run_outputs, scan
 from .store.records import answer_id, record_id
 
 log = logging.getLogger("mpinfer.job")
@@ -45,9 +45,11 @@ class RunResult:
 
     @property
     def outputs(self) -> tuple[Path, ...]:
-        """The output files, one per model (``<stem>.<model>.jsonl`` when several models ran)."""
+        """The output files, one per variant and model (``<stem>.<model>.jsonl`` when several
+        models ran; store/output.run_outputs names them)."""
         _, output = self.config.require_paths()
-        return model_outputs(output, self.config.models)
+        return tuple(out.path for out in run_outputs(output, self.config.variant_names,
+                                                     self.config.models))
 
     def answers(self) -> Iterator[dict[str, Any]]:
         """Every result line in the outputs, this run's and earlier ones', as dicts, in file order.

@@ -28,7 +28,7 @@ from mpinfer.config import RunConfig
 from mpinfer.demo import png_bytes
 from mpinfer.errors import InputError
 from mpinfer.reports.dryrun import MAX_PROBLEMS_KEPT, DryRunPlan, plan
-from mpinfer.store.output import model_outputs
+from mpinfer.store.output import run_outputs
 
 RED = (200, 30, 30)
 WHITE = (255, 255, 255)
@@ -353,7 +353,7 @@ def test_two_models_get_a_row_each_and_the_unpriced_one_has_no_cost(tmp_path: Pa
         {"id": "b", "prompt": "x" * 12, "model": "gpt-4o"},
     ], model="house-model,mystery-model", max_tokens=40, model_key="model")
     assert config.output is not None
-    house_out, mystery_out = model_outputs(config.output, config.models)
+    house_out, mystery_out = (out.path for out in run_outputs(config.output, (), config.models))
     write_jsonl(house_out, [result_line("a")])
     # When the run is planned
     result = plan(config, house_prices(tmp_path))
@@ -414,7 +414,7 @@ def test_a_dry_run_writes_locks_and_repairs_nothing(tmp_path: Path) -> None:
     config = config_for(tmp_path, [{"id": "a", "prompt": "abcd"}, {"id": "b", "prompt": "abcd"}],
                         model="house-model,other-model")
     assert config.output is not None
-    first_out = model_outputs(config.output, config.models)[0]
+    first_out = run_outputs(config.output, (), config.models)[0].path
     first_out.write_bytes(orjson.dumps(result_line("a")) + b'\n{"id": "b", "answ')
     prices = house_prices(tmp_path)
     before = {path: path.read_bytes() for path in tmp_path.iterdir()}

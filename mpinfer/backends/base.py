@@ -106,7 +106,8 @@ class Backend(Protocol):
 
 
 class OutcomeWriter:
-    """Appends an outcome's line to its model's output or errors file, and says what to report.
+    """Appends an outcome's line to its output's (a variant's and a model's) output or errors file,
+    and says what to report.
 
     Used where the lines are written: in each local worker, and in the driver for Ray. A line that
     cannot be written (full disk) turns the outcome into a Fatal event: the run must stop, and the
@@ -117,16 +118,16 @@ class OutcomeWriter:
         self.outputs = outputs
         self.appenders = [Appender(paths, fsync=fsync) for paths in outputs]
 
-    def write(self, task_id: str, model_index: int, outcome: Outcome) -> tuple[Event, ...]:
+    def write(self, task_id: str, output_index: int, outcome: Outcome) -> tuple[Event, ...]:
         """The events to report once ``outcome`` is written; a single Fatal when it could not be."""
         if outcome.line is not None:
-            paths = self.outputs[model_index]
+            paths = self.outputs[output_index]
             target: Path = paths.errors if outcome.to_errors else paths.output
             try:
-                self.appenders[model_index].append(target, outcome.line)
+                self.appenders[output_index].append(target, outcome.line)
             except OutputError as exc:
                 log.error("cannot write: %s", exc)
-                return (Fatal(str(exc), task_id, model_index),)
+                return (Fatal(str(exc), task_id, output_index),)
         return outcome.events
 
     def close(self) -> None:

@@ -35,7 +35,7 @@ from ..api.prices import PriceTable
 from ..config import RequestSettings, RunConfig
 from ..errors import BatchApiError, ConfigError, ImageError
 from ..events import Fatal, TaskDone, TaskFailed, WorkItem
-from ..inputs import Task, iter_tasks, reading
+from ..inputs import Task, iter_tasks, prompt_forms, reading
 from ..limits import LaneStats
 from ..slices import RetryPolicy
 from ..store.output import Appender, OutputPaths, iter_lines, scan, size_of
@@ -431,9 +431,11 @@ class BatchBackend:
         read from the input again (whatever this run's selection is)."""
         found: dict[str, Task] = {}
         input_path, _ = self.config.require_paths()
+        # as the feed sent them: rendered by --template (a batch run has no variants)
+        (form,) = prompt_forms(self.config)
         for task in iter_tasks(input_path, reading(self.config)):
             if task.id in ids:
-                found[task.id] = task
+                found[task.id] = form.apply(task)
                 if len(found) == len(ids):
                     break
         return found

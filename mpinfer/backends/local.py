@@ -148,9 +148,9 @@ class LocalBackend:
         if not takers:
             return False
         slot = min(takers, key=lambda s: len(s.held))  # the least busy worker
-        task, model_index = item
-        slot.held[(task.id, model_index)] = task
-        slot.pending.append(Work(task, model_index))
+        task, output_index = item
+        slot.held[(task.id, output_index)] = task
+        slot.pending.append(Work(task, output_index))
         if len(slot.pending) >= SEND_BATCH:
             self._flush(slot)
         return True
@@ -186,7 +186,7 @@ class LocalBackend:
                         slot.stopped = True
                         continue
                     if isinstance(event, (TaskDone, TaskFailed)):
-                        slot.held.pop((event.id, event.model_index), None)
+                        slot.held.pop((event.id, event.output_index), None)
                     notes.append(event)
         except (EOFError, OSError):
             slot.open = False
@@ -214,7 +214,7 @@ class LocalBackend:
         answers, and failures (as events)."""
         written: set[tuple[str, int]] = set()
         failures: list[Event] = []
-        for m in {model_index for _, model_index in held}:
+        for m in {output_index for _, output_index in held}:
             written |= {(task_id, m)
                         for task_id in scan(self.outputs[m].output, self.run_starts[m]).ids}
             for _, _, obj in iter_lines(self.outputs[m].errors, self.error_starts[m]):

@@ -56,8 +56,8 @@ class _Worker:
                  number: int) -> None:
         self.runner = TaskRunner(settings, prices, RayLimiter(limiter, number))
 
-    async def process(self, task: Task, model_index: int) -> tuple[list[Event], Outcome | None]:
-        outcome = await self.runner.run(task, model_index)
+    async def process(self, task: Task, output_index: int) -> tuple[list[Event], Outcome | None]:
+        outcome = await self.runner.run(task, output_index)
         return self.runner.take_notices(), outcome
 
     async def stop(self) -> None:
@@ -163,8 +163,8 @@ class RayBackend:
         if not takers:
             return False
         number = min(takers, key=self.outstanding.__getitem__)
-        task, model_index = item
-        self.pending[self.actors[number].process.remote(task, model_index)] = (number, item)
+        task, output_index = item
+        self.pending[self.actors[number].process.remote(task, output_index)] = (number, item)
         self.outstanding[number] += 1
         return True
 
@@ -207,8 +207,8 @@ class RayBackend:
             return [Fatal(f"worker actor failed: {type(exc).__name__}")]
         notes: list[Note] = list(notices)
         if outcome is not None:
-            task, model_index = item
-            notes += self.writer.write(task.id, model_index, outcome)
+            task, output_index = item
+            notes += self.writer.write(task.id, output_index, outcome)
         return notes
 
     def _on_death(self, number: int, item: WorkItem) -> list[Note]:

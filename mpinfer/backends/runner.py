@@ -41,6 +41,7 @@ from ..redact import redact
 from ..slices import RunnerSettings
 from ..store.answers import answered, wrong_model
 from ..store.judged import Judged, judge_line
+from ..store.output import unit_of
 from ..store.records import LABEL_FIELD, Paid, Usage, failure_line, is_refusal
 from .ahead import BuildAhead
 
@@ -196,28 +197,31 @@ class TaskRunner:
             # A little jitter: requests that wait on the same moment do not all ask at once.
             await self.sleep(min(got.seconds, 0.5) * self.rng.uniform(1.0, 1.1))
 
-    async def run(self, task: Task, model_index: int) -> Outcome | None:
-        """Do one task: build its request, then take a grant and send it until it is answered
-        or fails for good; the Outcome holds the line to write and the event to report.
+    async def run(self, task: Task, output_index: int) -> Outcome | None:
+        """Do one task for the run's output at ``output_index`` (a variant's and a model's: the
+        task comes as its variant sends it): build its request, then take a grant and send it until
+        it is answered or fails for good; the Outcome holds the line to write and the event to
+        report.
 
         None when the run is stopping and the task is left for the rerun, unrecorded. Each turn
         of the loop takes one grant: a request the ticket turned away as stale takes another (no
         attempt counted); a failed attempt goes to ``_failed_attempt``, which says whether to go
         again.
         """
+        model_index = unit_of(output_index, len(self.models))[1]
         judging = self.settings.judging
         if judging is not None and (label := judging.unsent_label(_judged(task))) is not None:
             # A refusal or a filtered answer the judge file does not send: its label, no request
             line = judge_line(task.id, judging, _judged(task), text=None,
                               fields={LABEL_FIELD: label}, cost=0.0, sent=False)
-            return Outcome((TaskDone(task.id, model_index, cost=0.0, attempts=0),), line)
+            return Outcome((TaskDone(task.id, output_index, cost=0.0, attempts=0),), line)
         if model_index in self.dropped:  # the server does not know it: failed without a request
             error = CallError(Kind.UNKNOWN_MODEL, None, self.dropped[model_index], Verdict.FAIL)
-            return self._fail(task, model_index, error, 0)
+            return self._fail(task, output_index, error, 0)
         try:
             request = self._request(task, model_index)
         except ImageError as exc:
-            return self._fail(task, model_index, classify(exc), 0)
+            return self._fail(task, output_index, classify(exc), 0)
         tries = Attempts(waiting_since=self.clock())
         paid: Paid | None = None  # bad answers so far: billed, though not kept
         while True:
@@ -230,8 +234,8 @@ class TaskRunner:
                     message = (f"every endpoint of {self.models[model_index]} was rejected "
                                "(401/403); see the log")
                     error = CallError(Kind.NO_ENDPOINT, None, message, Verdict.FAIL)
-                    return self._fail(task, model_index, error, tries.count, tries.by_type)
-                return self._abort(task, model_index,
+                    return self._fail(task, output_index, error, tries.count, tries.by_type)
+                return self._abort(task, output_index,
                                    "every API key was rejected (401/403); see the log")
             if grant is None:
                 return None
@@ -240,7 +244,7 @@ class TaskRunner:
                 message = (f"the server has not answered since {since} ({grant.outage_for_s:.0f}s, "
                            f"more than the patience, --patience {self.policy.patience_s:g})")
                 error = CallError(Kind.CONNECTION, None, message, Verdict.FAIL)
-                return self._fail(task, model_index, error, tries.count, tries.by_type)
+                return self._fail(task, output_index, error, tries.count, tries.by_type)
             ticket = _GrantTicket(self.settings.timeout, grant, self.limiter, self.ahead,
                                   self.clock)
             try:
@@ -252,9 +256,9 @@ class TaskRunner:
                 error = classify(exc)
                 if error.verdict is Verdict.FILTERED:  # the content filter's answer: done
                     await self.limiter.release(grant, Ending.ERROR)
-                    return self._succeed(task, model_index, request, filtered_answer(error.body),
+                    return self._succeed(task, output_index, request, filtered_answer(error.body),
                                          tries, latency, grant.key)
-                outcome = await self._failed_attempt(task, model_index, grant, error, exc, tries)
+                outcome = await self._failed_attempt(task, output_index, grant, error, exc, tries)
                 if outcome is _SEND_AGAIN:
                     continue
                 assert not isinstance(outcome, _SendAgain)
@@ -277,12 +281,12 @@ class TaskRunner:
             checked = self._check(task, request, answer)
             if isinstance(checked, Mismatch):  # paid for, but not what was asked: ask again
                 paid = self._paid(paid, request, answer)
-                again = await self._bad_answer(task, model_index, checked, tries, grant.key, paid)
+                again = await self._bad_answer(task, output_index, checked, tries, grant.key, paid)
                 if again is _SEND_AGAIN:
                     continue
                 assert not isinstance(again, _SendAgain)
                 return again
-            return self._succeed(task, model_index, request, answer, tries, latency, grant.key,
+            return self._succeed(task, output_index, request, answer, tries, latency, grant.key,
                                  checked)
 
     def _check(self, task: Task, request: Request, answer: Answer) -> Parsed | Mismatch | None:
@@ -308,7 +312,7 @@ class TaskRunner:
         total = None if cost is None or before.cost is None else round(before.cost + cost, 8)
         return Paid(answer.content, usage, total)
 
-    async def _bad_answer(self, task: Task, model_index: int, mismatch: Mismatch,
+    async def _bad_answer(self, task: Task, output_index: int, mismatch: Mismatch,
                           tries: Attempts, key: int, paid: Paid) -> Outcome | _SendAgain | None:
         """An answer off the rule: asked again while --max-retries allows (a bad_answer retry),
         then failed with its text, tokens and cost kept (None: stopping)."""
@@ -323,7 +327,7 @@ class TaskRunner:
             if step.delay_s > 0:
                 await self.sleep(step.delay_s)
             return None if self.stopping else _SEND_AGAIN
-        return self._fail(task, model_index, error, tries.count, tries.by_type, key, paid)
+        return self._fail(task, output_index, error, tries.count, tries.by_type, key, paid)
 
     def _attempt_ended(self, tries: Attempts, ticket: Ticket) -> float:
         """Now the attempt has ended: add the wait before it left to ``tries`` (for a grant, a
@@ -335,7 +339,7 @@ class TaskRunner:
         tries.waiting_since = now
         return now - left
 
-    async def _failed_attempt(self, task: Task, model_index: int, grant: Grant, error: CallError,
+    async def _failed_attempt(self, task: Task, output_index: int, grant: Grant, error: CallError,
                               exc: Exception, tries: Attempts) -> Outcome | _SendAgain | None:
         """After a failed attempt, do what ``decide`` says:
         again, or the task's outcome (None: stopping)."""
@@ -348,7 +352,7 @@ class TaskRunner:
         if step.verdict is Verdict.DISABLE_KEY:
             if await self._disable_key(grant.key, error):
                 return _SEND_AGAIN
-            return self._abort(task, model_index, "every API key was rejected (last: "
+            return self._abort(task, output_index, "every API key was rejected (last: "
                                f"{error.status} {error.error_type}: {error.message})")
         if step.verdict is Verdict.RETRY:
             if self.stopping:
@@ -360,28 +364,29 @@ class TaskRunner:
                 await self.sleep(step.delay_s)
             return None if self.stopping else _SEND_AGAIN
         if step.verdict is Verdict.DROP_MODEL:  # (its message names the endpoint itself)
-            return self._drop_model(task, model_index, grant.key, error, tries)
+            return self._drop_model(task, output_index, grant.key, error, tries)
         failed = dataclasses.replace(error, message=step.message or error.message)
         if self.settings.named:  # which endpoint said so, by model and the key's last four
             failed = dataclasses.replace(failed,
                                          message=f"{self.endpoints[grant.key].label(grant.key)}: "
                                                          f"{failed.message}")
         if step.verdict is Verdict.ABORT:
-            failure = self._fail(task, model_index, failed, tries.count, tries.by_type, grant.key)
-            aborted = self._abort(task, model_index, f"{error.error_type}: {error.message}")
+            failure = self._fail(task, output_index, failed, tries.count, tries.by_type, grant.key)
+            aborted = self._abort(task, output_index, f"{error.error_type}: {error.message}")
             return Outcome(failure.events + aborted.events, failure.line, to_errors=True)
-        return self._fail(task, model_index, failed, tries.count, tries.by_type, grant.key)
+        return self._fail(task, output_index, failed, tries.count, tries.by_type, grant.key)
 
-    def _drop_model(self, task: Task, model_index: int, key: int, error: CallError,
+    def _drop_model(self, task: Task, output_index: int, key: int, error: CallError,
                     tries: Attempts) -> Outcome:
         """The server does not know the model: fail the task, take no more of the model's, and tell
         the driver, which decides whether the run goes on (another model is left) or stops."""
         endpoint = self.endpoints[key]
+        model_index = unit_of(output_index, len(self.models))[1]
         message = (f"model {self.models[model_index]} is unknown at {endpoint.place()}: "
                    f"{error.message}")
         self.dropped[model_index] = message
         line = f"{endpoint.label(key)}: {message}" if self.settings.named else message
-        failure = self._fail(task, model_index, dataclasses.replace(error, message=line),
+        failure = self._fail(task, output_index, dataclasses.replace(error, message=line),
                              tries.count, tries.by_type, key)
         notice = ModelUnknown(redact(message, self.keys), model_index)
         return Outcome((*failure.events, notice), failure.line, to_errors=True)
@@ -403,7 +408,7 @@ class TaskRunner:
             self.notices.append(KeyDisabled(hint, f"{error.status} {error.error_type}"))
         return left
 
-    def _succeed(self, task: Task, model_index: int, request: Request, answer: Answer,
+    def _succeed(self, task: Task, output_index: int, request: Request, answer: Answer,
                  tries: Attempts, latency: float, key: int,
                  checked: Parsed | None = None) -> Outcome:
         """The answered task's line and event; ``latency``: the answering request's time on the
@@ -414,10 +419,10 @@ class TaskRunner:
         if self.settings.strict_model:
             wrong = wrong_model(request.model, answer, f"at {place}")
             if wrong is not None:
-                return self._fail(task, model_index, wrong, tries.count, tries.by_type, key)
+                return self._fail(task, output_index, wrong, tries.count, tries.by_type, key)
         # The prompt's estimate prices an answer that came without usage (the budget counts it).
         # The line names its endpoint only in a run with a table (else the manifest's base_url).
-        line, done = answered(task, model_index, request.model, answer, tries.count, latency,
+        line, done = answered(task, output_index, request.model, answer, tries.count, latency,
                               self.prices, retries=tries.by_type,
                               prompt_estimate=request.prompt_tokens, waited=tries.waited_s,
                               endpoint=place if self.settings.named else None,
@@ -434,7 +439,7 @@ class TaskRunner:
         return Outcome((dataclasses.replace(done, key=key,
                                             endpoint=place if done.mismatch else None),), line)
 
-    def _fail(self, task: Task, model_index: int, error: CallError, attempts: int,
+    def _fail(self, task: Task, output_index: int, error: CallError, attempts: int,
               retries: dict[str, int] | None = None, key: int | None = None,
               paid: Paid | None = None) -> Outcome:
         """The task's failure line and event; ``key``: the key (endpoint) that answered last;
@@ -449,12 +454,12 @@ class TaskRunner:
         log.warning("task %s failed after %d attempts: %s: %s", task.id, attempts, error.error_type,
                     message)
         usage = paid.usage if paid is not None else Usage()
-        failed = TaskFailed(task.id, model_index, error.error_type, error.status, message, attempts,
-                            retries, key, usage.prompt_tokens, usage.completion_tokens,
+        failed = TaskFailed(task.id, output_index, error.error_type, error.status, message,
+                            attempts, retries, key, usage.prompt_tokens, usage.completion_tokens,
                             paid.cost if paid is not None else None)
         return Outcome((failed,), line, to_errors=True)
 
-    def _abort(self, task: Task, model_index: int, message: str) -> Outcome:
+    def _abort(self, task: Task, output_index: int, message: str) -> Outcome:
         """No task can succeed: tell the host, and take nothing new."""
         self.stop()
-        return Outcome((Abort(redact(message, self.keys), task.id, model_index),))
+        return Outcome((Abort(redact(message, self.keys), task.id, output_index),))

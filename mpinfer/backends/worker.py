@@ -114,7 +114,7 @@ class Worker:
         def on_messages(messages: list[Message] | None) -> None:
             for message in [StopWork()] if messages is None else messages:  # None: the pipe is gone
                 if isinstance(message, Work):
-                    inbox.put_nowait((message.task, message.model_index))
+                    inbox.put_nowait((message.task, message.output_index))
                     continue
                 self.runner.stop()  # (the idle builders wake, take their None below and end)
                 # Tasks still waiting in the inbox are dropped:
@@ -159,13 +159,13 @@ class Worker:
             item = await inbox.get()
             if item is None or self.runner.stopping:
                 return
-            task, model_index = item
-            outcome = await self.runner.run(task, model_index)
+            task, output_index = item
+            outcome = await self.runner.run(task, output_index)
             for notice in self.runner.take_notices():
                 self.send(notice)
             if outcome is None:
                 continue
-            events = self.writer.write(task.id, model_index, outcome)
+            events = self.writer.write(task.id, output_index, outcome)
             for message in events:
                 self.send(message)
             if any(isinstance(e, Fatal) for e in events):

@@ -17,7 +17,7 @@ from ..config import RunConfig
 from ..lifecycle import DEFAULT_GRACE_S
 from ..lifecycle import run as run_answers
 from ..reports.summary import RunSummary
-from ..store.output import model_outputs
+from ..store.output import run_outputs
 from .judge import check_judge, judge_config, judge_tasks, load_judge
 
 log = logging.getLogger("mpinfer.run")
@@ -35,7 +35,8 @@ def run(config: RunConfig, *, progress: bool = True, grace_s: float = DEFAULT_GR
     if summary.stopped is not None:
         return summary
     _, output = config.require_paths()
-    for answers in model_outputs(output, config.models):
+    for out in run_outputs(output, config.variant_names, config.models):
+        answers = out.path
         tasks = judge_tasks(config, spec, answers)
         if tasks is None:
             continue

@@ -6,7 +6,8 @@ The rest of mpinfer imports these names from here, never from the modules below
 spent, with ``reading`` and ``selection`` from a RunConfig, ``settle_models``, ``asked_models``,
 ``id_resolver`` and ``refuse_input_as_output``), ``iter_tasks`` / ``iter_selected`` (readers.py: the
 streaming feed, with ``detect_format``), ``has_system`` (chat.py: a chat row's messages),
-``render`` / ``fields_named`` (template.py: ``{field}`` templates) and, from parquet.py,
+``render`` / ``fields_named`` (template.py: ``{field}`` templates, with ``prompt_forms`` /
+``PromptForm``: a task's prompt from its row, per variant) and, from parquet.py,
 ``parquet_checksum`` (the manifest's checksum of a Parquet input), ``is_cell_ref``, ``read_cell``
 and ``RowGroupReader`` (a worker reads an image cell back from its row group).
 """
@@ -25,10 +26,10 @@ from .parquet import RowGroupReader, is_cell_ref, read_cell
 from .parquet import checksum as parquet_checksum
 from .readers import detect_format, iter_selected, iter_tasks
 from .tasks import FieldKeys, InputFormat, InputIndex, Selection, Task
-from .template import fields_named, render
+from .template import PromptForm, fields_named, prompt_forms, render
 
-__all__ = ["FieldKeys", "InputFormat", "InputIndex", "RowGroupReader", "Selection", "Task",
-           "asked_models", "check_input", "detect_format", "fields_named", "has_system",
+__all__ = ["FieldKeys", "InputFormat", "InputIndex", "PromptForm", "RowGroupReader", "Selection",
+           "Task", "asked_models", "check_input", "detect_format", "fields_named", "has_system",
            "id_resolver", "is_cell_ref", "iter_selected", "iter_tasks", "parquet_checksum",
-           "read_cell", "reading", "refuse_input_as_output", "render", "selection",
+           "prompt_forms", "read_cell", "reading", "refuse_input_as_output", "render", "selection",
            "settle_models"]

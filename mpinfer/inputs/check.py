@@ -19,12 +19,13 @@ from typing import Any
 from ..config import RunConfig
 from ..errors import ConfigError, InputError
 from ..store.idset import HashFn, IdIndex, IdSubset, Resolver
-from ..store.output import OutputPaths, iter_lines, model_outputs, scan
+from ..store.output import OutputPaths, iter_lines, run_outputs, scan
 from ..store.records import is_answer, record_id
 from .locate import IdReader, JsonIdReader, line_numbers
 from .parquet import ParquetIdReader
 from .readers import detect_format, iter_selected, placed_rows
 from .tasks import FieldKeys, InputFormat, InputIndex, Selection, Task, parse_batch_task, parse_task
+from .template import prompt_forms, template_fields
 
 MAX_PROBLEMS_SHOWN = 10
 MAX_BODY_MODELS = 100  # distinct models kept from a Batch file's bodies
@@ -41,6 +42,9 @@ def check_input(path: Path, keys: FieldKeys = FieldKeys(), selection: Selection 
     their length); ``hash_fn`` is its hash, a parameter so tests can force collisions.
     """
     fmt = detect_format(path)
+    if fmt is InputFormat.BATCH and keys.templated is not None:
+        raise ConfigError(f"{path} is a Batch API file, whose bodies are sent as they are: "
+                          "--template, --system-template and --variants do not apply")
     problems: list[InputError] = []
     by_row = _ids_by_row(keys, fmt)
     index = IdIndex(id_resolver(path, keys, fmt), hash_fn)
@@ -182,7 +186,8 @@ def reading(config: RunConfig) -> FieldKeys:
     """How the run's input is read."""
     return FieldKeys(config.id_key, config.prompt_key, config.images_key, config.images_sep,
                      config.id_from_row, config.messages_key, config.model_key,
-                     config.judging is not None)
+                     config.judging is not None,
+                     template_fields(prompt_forms(config)))
 
 
 def selection(config: RunConfig) -> Selection:
@@ -191,8 +196,8 @@ def selection(config: RunConfig) -> Selection:
     if config.only_failed:
         _, output = config.require_paths()
         failed: set[str] = set()
-        for path in model_outputs(output, config.models):
-            paths = OutputPaths.of(path)
+        for out in run_outputs(output, config.variant_names, config.models):
+            paths = OutputPaths.of(out.path)
             failed |= {
                 rid for _, _, obj in iter_lines(paths.errors) if (rid := record_id(obj)) is not None
             }

@@ -104,9 +104,11 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, int, dict[str, Any]]]:
 
 
 def _csv_task(row: dict[str, Any], keys: FieldKeys, line: int) -> Task:
-    """A CSV row as a JSON task: empty cells are absent; an images cell may hold several paths."""
+    """A CSV row as a JSON task: empty cells are absent (but a column a template names, which
+    renders empty); an images cell may hold several paths."""
     obj: dict[str, Any] = {
-        k: v for k, v in row.items() if k is not None and isinstance(v, str) and v.strip()
+        k: v for k, v in row.items()
+        if k is not None and isinstance(v, str) and (v.strip() or k in (keys.templated or ()))
     }
     chat = obj.get(keys.messages)
     if chat is not None:

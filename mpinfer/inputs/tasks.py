@@ -12,6 +12,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from ..store.idset import IdSubset
 from .chat import Conversation, check_messages
 
@@ -31,6 +33,10 @@ class FieldKeys:
     messages: str = "messages"  # a whole conversation, sent as it is (its local images encoded)
     model: str | None = None  # --model-key: the field naming a task's own model (None: not read)
     judged: bool = False  # a judging run's tasks (eval/judge.py): the row's "of" is read
+    # The fields the run's templates name (--template, a variant's): every row must have them, and
+    # the prompt is rendered from them rather than read from ``prompt``.
+    # (None: no template, the prompt is the row's own)
+    templated: tuple[str, ...] | None = None
 
 
 class InputFormat(StrEnum):
@@ -91,6 +97,10 @@ class Task:
     messages: list[dict[str, Any]] | None = None
     url: str | None = None  # a Batch API line's url: which API its body goes to
     of: str | None = None  # a judging run's task: what it judges (store/judged.py's Judged)
+    # The row's values of the fields the run's templates name, as text, until a PromptForm renders
+    # the prompt from them (inputs/template.py); None once rendered or without templates.
+    fields: dict[str, str] | None = None
+    variant: str | None = None  # the prompt variant it is sent as (--variants), for its line
 
 
 @dataclass(frozen=True)
@@ -120,6 +130,11 @@ def parse_task(obj: Any, keys: FieldKeys, line: int) -> Task:
     if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
         raise ValueError(f"id must be a string or an integer, got {type(raw_id).__name__}")
     conversation = obj.get(keys.messages)
+    if keys.templated is not None:
+        if conversation is not None:
+            raise ValueError(f"a chat row ({keys.messages!r}) cannot take a template: its "
+                             "messages are sent as they are")
+        return _templated_task(obj, keys, str(raw_id), line)
     if conversation is not None:
         return _chat_task(obj, str(raw_id), check_messages(conversation, keys.messages), line,
                           keys.model)
@@ -129,20 +144,47 @@ def parse_task(obj: Any, keys: FieldKeys, line: int) -> Task:
                          "set --prompt-key or --messages-key if it has another name)")
     if not isinstance(prompt, str):
         raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
-    images = obj.get(keys.images)
+    found = _images_of(obj, keys.images)
+    if not prompt.strip() and not found:
+        raise ValueError("empty prompt and no images: nothing to ask")
+    system, model, temperature, max_tokens = _task_settings(obj, keys.model)
+    of = obj.get("of") if keys.judged else None
+    return Task(id=str(raw_id), prompt=prompt, images=found, system=system, model=model,
+                temperature=temperature, max_tokens=max_tokens, line=line,
+                of=of if isinstance(of, str) else None)
+
+
+def _templated_task(obj: dict[str, Any], keys: FieldKeys, task_id: str, line: int) -> Task:
+    """A row whose prompt a template makes: the fields it names must be there (null is missing)."""
+    names = keys.templated or ()
+    missing = [name for name in names if obj.get(name) is None]
+    if missing:
+        absent = ", ".join(repr(name) for name in missing)
+        raise ValueError(f"missing field {absent} named by the template (the row has "
+                         f"{', '.join(repr(k) for k in list(obj)[:12]) or 'no fields'})")
+    images = _images_of(obj, keys.images)
+    system, model, temperature, max_tokens = _task_settings(obj, keys.model)
+    return Task(id=task_id, prompt="", images=images, system=system, model=model,
+                temperature=temperature, max_tokens=max_tokens, line=line,
+                fields={name: field_text(obj[name]) for name in names})
+
+
+def _images_of(obj: dict[str, Any], key: str) -> tuple[str, ...]:
+    images = obj.get(key)
     if images is None:
         images = []
     elif isinstance(images, str):
         images = [images]
     if not isinstance(images, list) or not all(isinstance(i, str) and i for i in images):
-        raise ValueError(f"{keys.images!r} must be an image path or URL, or a list of them")
-    if not prompt.strip() and not images:
-        raise ValueError("empty prompt and no images: nothing to ask")
-    system, model, temperature, max_tokens = _task_settings(obj, keys.model)
-    of = obj.get("of") if keys.judged else None
-    return Task(id=str(raw_id), prompt=prompt, images=tuple(images), system=system, model=model,
-                temperature=temperature, max_tokens=max_tokens, line=line,
-                of=of if isinstance(of, str) else None)
+        raise ValueError(f"{key!r} must be an image path or URL, or a list of them")
+    return tuple(images)
+
+
+def field_text(value: Any) -> str:
+    """A row's value as a template shows it: a string as it is, anything else as JSON."""
+    if isinstance(value, str):
+        return value
+    return orjson.dumps(value).decode()
 
 
 def _chat_task(obj: dict[str, Any], task_id: str, conversation: Conversation, line: int,

@@ -35,8 +35,18 @@ from ..api.prices import PriceTable
 from ..api.tokens import DEFAULT_COMPLETION_TOKENS, image_size
 from ..config import RequestSettings, RunConfig
 from ..errors import ImageError
-from ..inputs import Task, check_input, is_cell_ref, iter_tasks, reading, selection, settle_models
-from ..store.output import model_outputs, scan
+from ..inputs import (
+    PromptForm,
+    Task,
+    check_input,
+    is_cell_ref,
+    iter_tasks,
+    prompt_forms,
+    reading,
+    selection,
+    settle_models,
+)
+from ..store.output import run_outputs, scan, unit_of
 
 MAX_PROBLEMS_KEPT = 20
 
@@ -145,16 +155,21 @@ class _ReadOnceEncoder(ImageEncoder):
 class TaskChecker:
     """Builds each pending task's request as a worker would and judges its images."""
 
-    def __init__(self, settings: RequestSettings) -> None:
+    def __init__(self, settings: RequestSettings,
+                 forms: tuple[PromptForm, ...] = (PromptForm(),)) -> None:
         self.settings = settings
+        self.forms = forms
         self.encoder = _ReadOnceEncoder(settings.image_root)
 
-    def check(self, task: Task, model: str) -> tuple[Request, list[CheckedImage]] | str:
-        """The request and its checked images, or the problem that would fail the task."""
+    def check(self, task: Task, output_index: int) -> tuple[Request, list[CheckedImage]] | str:
+        """The request for the run's output at ``output_index`` (its variant's and model's, as the
+        driver and a worker make it) and its checked images, or the problem that would fail the
+        task."""
         self.encoder.used.clear()
+        variant, model_index = unit_of(output_index, len(self.settings.models))
         try:
-            request = task_request(self.settings, self.encoder, task,
-                                   self.settings.models.index(model))
+            request = task_request(self.settings, self.encoder, self.forms[variant].apply(task),
+                                   model_index)
         except ImageError as exc:
             return str(exc)
         local = iter(self.encoder.used)
@@ -424,10 +439,10 @@ def plan(config: RunConfig, prices: PriceTable) -> DryRunPlan:
     index = check_input(input_path, keys, chosen)
     config = settle_models(config, index)  # a Batch file's bodies name the model, as in a real run
     models = config.models
-    outputs = model_outputs(output, models)
-    done = [scan(path, within=index.ids).done or index.ids.empty() for path in outputs]
-    rows = [_ModelCounts() for _ in models]
-    checker = TaskChecker(RequestSettings.of(config))
+    runs = run_outputs(output, config.variant_names, models)
+    done = [scan(out.path, within=index.ids).done or index.ids.empty() for out in runs]
+    rows = [_ModelCounts() for _ in runs]
+    checker = TaskChecker(RequestSettings.of(config), prompt_forms(config))
     images = _Images()
     problems: list[TaskProblem] = []
     problem_count = tasks_pending = 0
@@ -444,7 +459,7 @@ def plan(config: RunConfig, prices: PriceTable) -> DryRunPlan:
             rows[i].pending += 1
         if len(models) > 1:
             task = dataclasses.replace(task, model=None)  # as the worker: each of the run's models
-        checked = checker.check(task, models[pending[0]])
+        checked = checker.check(task, pending[0])
         if isinstance(checked, str):
             problem_count += 1
             if len(problems) < MAX_PROBLEMS_KEPT:
@@ -460,19 +475,22 @@ def plan(config: RunConfig, prices: PriceTable) -> DryRunPlan:
         prompt_count += 1
         prompt_min = tokens if prompt_min is None else min(prompt_min, tokens)
         prompt_max = tokens if prompt_max is None else max(prompt_max, tokens)
-        ceiling = request.max_tokens
-        if ceiling is None:
-            ceiling = DEFAULT_COMPLETION_TOKENS
-            assumed = True
         for i in pending:
+            sent = request
             if i != pending[0]:
-                # Each model its own request: models bill the same image at different token counts.
-                again = checker.check(task, models[i])
-                tokens = again[0].prompt_tokens if not isinstance(again, str) else tokens
-            rows[i].add(request.model if len(models) == 1 else models[i], tokens, ceiling)
-            prompt_total += tokens
-    model_rows = tuple(row.finish(model, path, len(ids), prices)
-                       for row, model, path, ids in zip(rows, models, outputs, done, strict=True))
+                # Each output its own request: models bill the same image at different token
+                # counts, and variants ask in their own words.
+                again = checker.check(task, i)
+                sent = again[0] if not isinstance(again, str) else request
+            ceiling = sent.max_tokens
+            if ceiling is None:
+                ceiling = DEFAULT_COMPLETION_TOKENS
+                assumed = True
+            rows[i].add(sent.model if len(models) == 1 else str(runs[i].model), sent.prompt_tokens,
+                        ceiling)
+            prompt_total += sent.prompt_tokens
+    model_rows = tuple(row.finish(str(out.model), out.path, len(ids), prices)
+                       for row, out, ids in zip(rows, runs, done, strict=True))
     named = sorted({name for row in rows for name in row.by_model})
     unpriced = [name for name in named if prices.find(name) is None]
     shown = tuple((name, price.describe()) for name in named

@@ -1,10 +1,10 @@
 """Export: the whole job as one table, input fields beside answers, for a spreadsheet.
 
-One row per selected input task (per task and model in a run of several models), in input
-order, with the input record's fields, then the answer and its accounting, and a ``status``
-column: ``ok``, ``failed`` (with the last error message) or ``missing`` (never answered nor
-failed). The tasks that are missing are also written, as their input records, to
-``<output>.missing.jsonl``, ready to be fed again.
+One row per selected input task (per task, variant and model in a run of several models or
+variants: ``variant`` and ``run_model`` columns), in input order, with the input record's fields,
+then the answer and its accounting, and a ``status`` column: ``ok``, ``failed`` (with the last
+error message) or ``missing`` (never answered nor failed). The tasks that are missing are also
+written, as their input records, to ``<output>.missing.jsonl``, ready to be fed again.
 
 Memory: the answers of the output files are held keyed by id (one entry per answered task, the
 answer text included), and the last error message of each failed id; the input is streamed.
@@ -35,7 +35,15 @@ from ..inputs import (
     selection,
 )
 from ..store.atomic import atomic_write
-from ..store.output import OutputPaths, companion, iter_lines, judge_output, model_outputs, scan
+from ..store.output import (
+    OutputPaths,
+    RunOutput,
+    companion,
+    iter_lines,
+    judge_output,
+    run_outputs,
+    scan,
+)
 from ..store.records import RecordView, failure_view, record_id, view
 from .groups import label_of
 from .parquet import ParquetTable, require_pyarrow
@@ -48,6 +56,7 @@ ANSWER_COLUMNS: tuple[str, ...] = (
     "cost", "finish_reason", "status", "error", *LABEL_COLUMNS,
 )
 RUN_MODEL_COLUMN = "run_model"
+RUN_VARIANT_COLUMN = "variant"
 EXTRA_CELLS = "extra_cells"
 # an input field named like an answer column (a task's own "model") is renamed so
 INPUT_PREFIX = "input_"
@@ -191,7 +200,7 @@ def write_missing(config: RunConfig) -> tuple[Path, int]:
     input_path, output = config.require_paths()
     keys = reading(config)
     fmt = detect_format(input_path)
-    settled = [_settled_ids(path) for path in model_outputs(output, config.models)]
+    settled = [_settled_ids(out.path) for out in _outputs(config, output)]
     missing_file = companion(output, ".missing.jsonl")
     count = 0
     with atomic_write(missing_file) as missing:
@@ -229,8 +238,10 @@ def _feedable(raw: dict[str, Any], task: Task, fmt: InputFormat, keys: FieldKeys
     """
     if fmt is not InputFormat.CSV:
         return raw
+    named = keys.templated or ()  # a column a template names is kept, empty or not
     record: dict[str, Any] = {name: value for name, value in raw.items()
-                              if name is not None and isinstance(value, str) and value.strip()}
+                              if name is not None and isinstance(value, str)
+                              and (value.strip() or name in named)}
     record[keys.id] = task.id
     if task.messages is not None:
         record[keys.messages] = task.messages
@@ -243,7 +254,8 @@ def _feedable(raw: dict[str, Any], task: Task, fmt: InputFormat, keys: FieldKeys
 
 
 def _column(name: str) -> str:
-    return INPUT_PREFIX + name if name in ANSWER_COLUMNS or name == RUN_MODEL_COLUMN else name
+    run_columns = (RUN_MODEL_COLUMN, RUN_VARIANT_COLUMN)
+    return INPUT_PREFIX + name if name in ANSWER_COLUMNS or name in run_columns else name
 
 
 def _input_columns(path: Path, keys: FieldKeys, chosen: Selection, fmt: InputFormat) -> list[str]:
@@ -315,11 +327,16 @@ class _Writer:
                                            option=orjson.OPT_APPEND_NEWLINE))
 
 
-def _refuse_own_files(dest: Path, input_path: Path, output: Path, models: tuple[str, ...]) -> None:
+def _outputs(config: RunConfig, output: Path) -> tuple[RunOutput, ...]:
+    return run_outputs(output, config.variant_names, config.models)
+
+
+def _refuse_own_files(dest: Path, input_path: Path, output: Path,
+                      outputs: tuple[RunOutput, ...]) -> None:
     """Refuse to export over the input or a results file: the one mistake that loses answers."""
     own = [input_path, companion(output, ".missing.jsonl")]
-    for path in model_outputs(output, models):
-        paths = OutputPaths.of(path)
+    for out in outputs:
+        paths = OutputPaths.of(out.path)
         own += [paths.output, paths.errors]
     target = dest.resolve()
     if any(target == path.resolve() for path in own):
@@ -338,15 +355,17 @@ def export(config: RunConfig, dest: Path, excel: bool = False) -> ExportReport:
     if fmt is ExportFormat.PARQUET:
         require_pyarrow()  # before the input is read, not after
     input_path, output = config.require_paths()
-    _refuse_own_files(dest, input_path, output, config.models)
+    runs = _outputs(config, output)
+    _refuse_own_files(dest, input_path, output, runs)
     keys = reading(config)
     chosen = selection(config)
     input_format = check_input(input_path, keys, chosen).format
-    models = config.models
-    several = len(models) > 1
-    outcomes = [_outcomes(path) for path in model_outputs(output, models)]
+    several = len(config.models) > 1
+    varied = bool(config.variant_table)
+    outcomes = [_outcomes(out.path) for out in runs]
     columns = _input_columns(input_path, keys, chosen, input_format)
-    columns += ([RUN_MODEL_COLUMN] if several else []) + list(ANSWER_COLUMNS)
+    columns += (([RUN_VARIANT_COLUMN] if varied else []) + ([RUN_MODEL_COLUMN] if several else [])
+                + list(ANSWER_COLUMNS))
     report = ExportReport(dest=dest, format=fmt, missing_file=companion(output, ".missing.jsonl"))
     with atomic_write(dest, text=fmt is ExportFormat.CSV) as table, \
             atomic_write(report.missing_file) as missing:
@@ -356,10 +375,12 @@ def export(config: RunConfig, dest: Path, excel: bool = False) -> ExportReport:
                 _column(name): value for name, value in _input_fields(raw, input_format).items()
             }
             is_missing = False
-            for model, outcome in zip(models, outcomes, strict=True):
+            for out, outcome in zip(runs, outcomes, strict=True):
                 row = {**fields, **_answer_fields(task.id, outcome)}
+                if varied:
+                    row[RUN_VARIANT_COLUMN] = out.variant
                 if several:
-                    row[RUN_MODEL_COLUMN] = model
+                    row[RUN_MODEL_COLUMN] = out.model
                 writer.write(row)
                 status = RowStatus(row["status"])
                 report.counts[status] += 1

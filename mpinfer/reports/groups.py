@@ -28,7 +28,7 @@ from ..config import RunConfig
 from ..errors import ConfigError
 from ..inputs import FieldKeys, InputFormat, Selection, Task, iter_selected
 from ..store.idset import IdIndex, IdSubset
-from ..store.output import judge_output, model_outputs
+from ..store.output import judge_output, run_outputs
 from ..store.records import record_id, view
 from .tally import FileMark, LineReader, OutputTally, decode_line
 
@@ -95,9 +95,8 @@ class GroupRow:
 def group_outputs(config: RunConfig) -> tuple[GroupOutput, ...]:
     """Every output of the run, with its variant and model."""
     _, output = config.require_paths()
-    models = config.models
-    return tuple(GroupOutput(path, None, model)
-                 for path, model in zip(model_outputs(output, models), models, strict=True))
+    return tuple(GroupOutput(out.path, out.variant, str(out.model))
+                 for out in run_outputs(output, config.variant_names, config.models))
 
 
 def shown(value: Any) -> str:

@@ -278,7 +278,7 @@ def write_report(config: RunConfig, dest: Path | None = None) -> ReportResult:
     if output is None:
         raise ConfigError("--report needs the output: pass -o FILE")
     target = dest or default_report_path(output)
-    timeline = build_timeline(output, config.models)
+    timeline = build_timeline(output, config.models, config.variant_names)
     if not timeline.runs:
         raise OutputError(f"--report: {output} has no answers, failures or runs "
                           "recorded yet: nothing to report")

@@ -17,7 +17,7 @@ from ..backends.batch_plan import BatchStatus, plan_report
 from ..config import RunConfig
 from ..inputs import InputIndex, check_input, reading, selection
 from ..store.locks import live_run
-from ..store.output import OutputPaths, companion, model_outputs
+from ..store.output import OutputPaths, companion, run_outputs
 from . import status_cache
 from .by_group import GroupReader
 from .groups import GroupRow
@@ -31,7 +31,7 @@ WATCH_LATENCY_EVERY_S = 30.0
 
 @dataclass(frozen=True)
 class OutputStatus:
-    """Where one output (one model) stands."""
+    """Where one output (one variant's and model's) stands."""
 
     output: str
     done: int
@@ -159,7 +159,8 @@ class StatusReader:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.input_path, self.output = config.require_paths()
-        self.outputs = model_outputs(self.output, config.models)
+        self.outputs = tuple(out.path for out in run_outputs(self.output, config.variant_names,
+                                                             config.models))
         self.keys = reading(config)
         self.use_cache = use_cache and status_cache.usable(config.only_failed)
         self.index: InputIndex | None = None
@@ -283,7 +284,7 @@ def _report(config: RunConfig, total: int, parts: list[OutputStatus], recent: li
             latency: tuple[dict[str, float | None], float | None], now: float) -> StatusReport:
     """``latency``: the percentiles of the time on the wire, and the mean wait before it."""
     input_path, output = config.require_paths()
-    outputs = model_outputs(output, config.models)
+    outputs = [out.path for out in run_outputs(output, config.variant_names, config.models)]
     live = next((info for info in (live_run(OutputPaths.of(p)) for p in outputs) if info), None)
     done = sum(p.done for p in parts)
     pending = total - done

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..store.manifest import manifest_path, read_records
-from ..store.output import OutputPaths, iter_lines, model_outputs
+from ..store.output import OutputPaths, iter_lines, run_outputs
 from ..store.records import failure_view, view
 
 UNKNOWN_RETRY = "unknown"  # retries of a line written before lines said which kind they were
@@ -384,14 +384,17 @@ def _series(cols: _Columns, start: float, end: float, settings: Mapping[str, Any
                   limit_note=note)
 
 
-def build_timeline(output: Path, models: tuple[str, ...]) -> Timeline:
-    """Read the output files of ``models`` (one per model), their errors files and the manifest."""
+def build_timeline(output: Path, models: tuple[str, ...],
+                   variants: tuple[str, ...] = ()) -> Timeline:
+    """Read the run's outputs (one per variant and model: store/output.run_outputs), their errors
+    files and the manifest; a variant's rows are named ``variant:model``."""
     runs = read_runs(output)
     reader = _Reader(runs)
-    for path, model in zip(model_outputs(output, models), models, strict=True):
-        paths = OutputPaths.of(path)
-        reader.read_output(paths.output, model)
-        reader.read_errors(paths.errors, model)
+    for out in run_outputs(output, variants, models):
+        paths = OutputPaths.of(out.path)
+        name = str(out.model) if out.variant is None else f"{out.variant}:{out.model}"
+        reader.read_output(paths.output, name)
+        reader.read_errors(paths.errors, name)
     cols = _sorted(reader.columns)
     if not runs and (cols.t or cols.fail_t):
         first = min(times[0] for times in (cols.t, cols.fail_t) if times)

@@ -10,7 +10,7 @@ from typing import Any
 from ..config import RunConfig
 from ..inputs import check_input, reading, selection
 from ..store.idset import IdSubset
-from ..store.output import OutputPaths, iter_lines, model_outputs
+from ..store.output import OutputPaths, iter_lines, run_outputs
 from ..store.records import missing_batch_fields, missing_fields, view
 
 EXAMPLES_KEPT = 5
@@ -76,10 +76,11 @@ class ValidationReport:
 
 
 def validate(config: RunConfig) -> list[ValidationReport]:
-    """One report for each output of the run (one per model)."""
+    """One report for each output of the run (one per variant and model)."""
     input_path, output = config.require_paths()
     index = check_input(input_path, reading(config), selection(config))
-    return [validate_output(path, index.ids) for path in model_outputs(output, config.models)]
+    return [validate_output(out.path, index.ids)
+            for out in run_outputs(output, config.variant_names, config.models)]
 
 
 def validate_output(output: Path, input_ids: IdSubset) -> ValidationReport:

@@ -32,13 +32,14 @@ from .records import (
 )
 
 
-def answered(task: Task, model_index: int, requested: str, answer: Answer, attempts: int,
+def answered(task: Task, output_index: int, requested: str, answer: Answer, attempts: int,
              latency: float | None, prices: PriceTable, batch_id: str | None = None,
              retries: dict[str, int] | None = None,
              prompt_estimate: int = 0, waited: float | None = None,
              endpoint: str | None = None,
              parsed: Parsed | None = None) -> tuple[bytes, TaskDone]:
-    """The output line and the event of an answered task; from a batch (``batch_id``) at the Batch
+    """The output line and the event of an answered task (for the run's output at
+    ``output_index``: store/output.run_outputs); from a batch (``batch_id``) at the Batch
     price. ``retries``: the requests sent again, by the error type of the failed one. ``latency``:
     the answering request's time on the wire, or for a batch's answer the batch's own duration
     (None: the server gave no times); ``waited``: the task's time off the wire before its answering
@@ -94,11 +95,11 @@ def answered(task: Task, model_index: int, requested: str, answer: Answer, attem
             attempts=attempts,
             processed_at=time.time(), cost=cost, refusal=answer.refusal,
             reasoning_content=answer.reasoning, retries=retries, filtered=answer.filtered,
-            cost_estimate=estimate, endpoint=endpoint,
+            cost_estimate=estimate, endpoint=endpoint, variant=task.variant,
             label=parsed.label if parsed is not None else None,
             parsed=parsed.parsed if parsed is not None else None,
         ).to_line()
-    return line, TaskDone(task.id, model_index, answer.prompt_tokens, answer.completion_tokens,
+    return line, TaskDone(task.id, output_index, answer.prompt_tokens, answer.completion_tokens,
                           latency, cost,
                           model_mismatch(requested, answer.model, answer.filtered), attempts,
                           refused=is_refusal(answer.refusal, answer.content),

@@ -27,7 +27,7 @@ import orjson
 from ..errors import InputError, OutputError, SettingsChanged
 from ..redact import redact, redact_argv
 from ..version import __version__
-from .output import companion, iter_lines, model_outputs, write_whole
+from .output import companion, iter_lines, run_outputs, write_whole
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -38,6 +38,9 @@ FINGERPRINT_FIELDS: tuple[str, ...] = (
     "model_key", "thinking", "reasoning_effort", "labels", "json_schema", "image_detail",
     "image_max_side",
 )
+# Answer-changing settings a fingerprint holds only when set, so the fingerprints of outputs
+# written without them stay as they were (a missing key compares as None).
+FINGERPRINT_WHEN_SET: tuple[str, ...] = ("template", "system_template")
 COUNT_FIELDS: tuple[str, ...] = (
     "total", "done", "succeeded", "failed", "remaining", "prompt_tokens", "completion_tokens",
     "cost", "stopped",
@@ -64,35 +67,43 @@ def _plain(value: Any, secrets: tuple[str, ...]) -> Any:
     return value
 
 
-def fingerprint(config: RunConfig, model: str) -> dict[str, Any]:
-    """The settings that change the answers in one model's output; other settings may change freely.
+def fingerprint(config: RunConfig, model: str, variant: str | None = None) -> dict[str, Any]:
+    """The settings that change the answers in one output (one model's, of one ``variant``); other
+    settings may change freely. A variant's own settings (its templates, temperature, max_tokens)
+    are in its outputs' fingerprint, under ``variant``.
 
     Strings are redacted like everything else in the manifest; redaction is the same on every run
     with the same keys, so fingerprints stay comparable.
     """
     fields = {"model": model, **{name: getattr(config, name) for name in FINGERPRINT_FIELDS}}
+    fields.update({name: getattr(config, name) for name in FINGERPRINT_WHEN_SET
+                   if getattr(config, name) is not None})
+    if variant is not None:
+        fields["variant"] = next(v.described() for v in config.variant_table if v.name == variant)
     plain: dict[str, Any] = _plain(fields, config.api_keys)
     return plain
 
 
 def output_fingerprints(config: RunConfig) -> dict[str, dict[str, Any]]:
-    """{output file name: fingerprint} for every output the run writes (one per model)."""
+    """{output file name: fingerprint} for every output the run writes (one per variant and
+    model)."""
     if config.output is None:
         return {}
-    paths = model_outputs(config.output, config.models)
-    return {path.name: fingerprint(config, model)
-            for path, model in zip(paths, config.models, strict=True)}
+    return {out.path.name: fingerprint(config, str(out.model), out.variant)
+            for out in run_outputs(config.output, config.variant_names, config.models)}
 
 
 def settings_of(config: RunConfig) -> dict[str, Any]:
     """Every setting of ``config`` except the API keys,
     as JSON-able data (bookkeeping fields left out)."""
-    left_out = {"api_keys", "warnings", "explicit", "endpoint_table"}
+    left_out = {"api_keys", "warnings", "explicit", "endpoint_table", "variant_table"}
     values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
               if f.name not in left_out}
     plain: dict[str, Any] = _plain(values, config.api_keys)
     # Where each key's variable sends its model, never the key.
     plain["endpoint_table"] = [endpoint.described() for endpoint in config.endpoint_table]
+    plain["variant_table"] = _plain([v.described() for v in config.variant_table],
+                                    config.api_keys)
     # How many, never which: the report draws --rpm for all of them
     plain["key_count"] = len(config.api_keys)
     return plain

@@ -48,13 +48,38 @@ def size_of(path: Path) -> int:
         return 0
 
 
-def model_outputs(output: Path, models: tuple[str, ...]) -> tuple[Path, ...]:
-    """Where each model's lines go:
-    the output itself for one model, ``<stem>.<model><suffix>`` for several."""
-    if len(models) == 1:
-        return (output,)
-    return tuple(output.with_name(f"{output.stem}.{_SAFE_NAME.sub('_', m)}{output.suffix}")
-                 for m in models)
+@dataclass(frozen=True)
+class RunOutput:
+    """One output of a run: where the answers of one (variant, model) go.
+
+    ``variant`` is None outside a variant run (--variants)."""
+
+    path: Path
+    variant: str | None
+    model: str | None
+
+
+def run_outputs(output: Path, variants: tuple[str, ...],
+                models: tuple[str, ...]) -> tuple[RunOutput, ...]:
+    """Every output of a run, variant by variant and, within one, model by model (the order
+    ``unit_of`` reads an output's place in): without variants the output itself for one model,
+    ``<stem>.<model><suffix>`` for several; with them ``<stem>.<variant><suffix>`` for one model,
+    ``<stem>.<variant>.<model><suffix>`` for several. ``variants`` empty: no variants."""
+    several = len(models) > 1
+    found: list[RunOutput] = []
+    for variant in variants or (None,):
+        for model in models:
+            parts = [p for p in (variant, _SAFE_NAME.sub("_", model) if several else None) if p]
+            path = (output.with_name(f"{output.stem}.{'.'.join(parts)}{output.suffix}") if parts
+                    else output)
+            found.append(RunOutput(path, variant, model))
+    return tuple(found)
+
+
+def unit_of(output_index: int, models: int) -> tuple[int, int]:
+    """(variant index, model index) of the output at ``output_index`` of ``run_outputs`` for a
+    run of ``models`` models (the variant index is 0 without variants)."""
+    return divmod(output_index, models)
 
 
 def judge_output(answers: Path) -> Path:

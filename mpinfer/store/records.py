@@ -38,6 +38,7 @@ WAITED_FIELD = "waited_s"  # off the wire before the answer left: limits, a slot
 # Where an answer came from (``Endpoint.place``: base URL, or Azure deployment and base URL, never
 # the key): written only by a run with an endpoints table; otherwise the manifest's base_url.
 ENDPOINT_FIELD = "endpoint"
+VARIANT_FIELD = "variant"  # the prompt variant the task was sent as (--variants); only then
 # --labels / --json-schema (api/structured.py): the label an answer named, the object it held
 LABEL_FIELD, PARSED_FIELD = "label", "parsed"
 JUDGE_MODEL_FIELD = "judge_model"  # a judge line's (store/judged.py): who judged
@@ -106,6 +107,7 @@ class Result:
     # Off the wire before the answering request left (the limits, a slot, retries' backoff);
     # written only when measured (a batch's answers have none).
     waited_s: float | None = None
+    variant: str | None = None  # VARIANT_FIELD; written only in a variant run
     # --labels / --json-schema: the label the answer named, the object it held (written when set)
     label: str | None = None
     parsed: dict[str, Any] | None = None
@@ -125,6 +127,8 @@ class Result:
             del data[WAITED_FIELD]
         if self.endpoint is None:
             del data[ENDPOINT_FIELD]
+        if self.variant is None:
+            del data[VARIANT_FIELD]
         if self.label is None:
             del data[LABEL_FIELD]
         if self.parsed is None:
@@ -137,7 +141,7 @@ class Result:
         values: dict[str, Any] = {name: data.get(name) for name in
                                   (*RESULT_FIELDS, REFUSAL_FIELD, REASONING_FIELD, FILTERED_FIELD,
                                    COST_ESTIMATE_FIELD, WAITED_FIELD, ENDPOINT_FIELD,
-                                   LABEL_FIELD, PARSED_FIELD)}
+                                   VARIANT_FIELD, LABEL_FIELD, PARSED_FIELD)}
         usage = data.get("usage")
         values["usage"] = None if usage is None else Usage.from_dict(usage)
         values["retries"] = _retries(data.get("retries"))

@@ -28,7 +28,7 @@ from ..logfile import is_log_of
 from .atomic import atomic_write, fsync_dir
 from .locks import RunLock, live_run
 from .manifest import manifest_path
-from .output import OutputPaths, companion, iter_lines, model_outputs
+from .output import OutputPaths, companion, iter_lines, run_outputs
 from .records import view
 
 LINES_SHOWN = 5
@@ -176,10 +176,11 @@ def repair_output(output: Path) -> RepairReport:
 
 
 def repair(config: RunConfig) -> list[RepairReport]:
-    """Repair every output of the run (one per model);
+    """Repair every output of the run (one per variant and model);
     refused while a run is live on any of them."""
     _, output = config.require_paths()
-    outputs = [OutputPaths.of(path) for path in model_outputs(output, config.models)]
+    outputs = [OutputPaths.of(out.path)
+               for out in run_outputs(output, config.variant_names, config.models)]
     if not output.parent.is_dir():
         # No run yet: nothing to lock or mend
         return [RepairReport(output=paths.output) for paths in outputs]
@@ -258,7 +259,8 @@ def fresh_start(config: RunConfig) -> Path | None:
     held while files move.
     """
     _, output = config.require_paths()
-    outputs = [OutputPaths.of(path) for path in model_outputs(output, config.models)]
+    outputs = [OutputPaths.of(out.path)
+               for out in run_outputs(output, config.variant_names, config.models)]
     if not output.parent.is_dir():
         return None
     with _locked(outputs, "a fresh start"):
