@@ -117,3 +117,16 @@ def test_doubled_braces_are_braces_and_a_field_is_rendered_as_text_or_json() -> 
     # Then doubled braces are braces and each field its value
     assert template.fields == ("a", "n")
     assert text == "{a} plain [1, 2]"
+
+
+def test_a_template_renders_parquet_columns(tmp_path: Path, recording: MockServerProcess) -> None:
+    # Given a Parquet file whose columns a template names, one of them a number
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    pq.write_table(pa.table({"id": ["p1", "p2"], "question": ["Why?", "How?"], "level": [1, 2]}),
+                   tmp_path / "tasks.parquet")
+    # When it runs with the template
+    proc = _run(tmp_path, recording, "--template", "[{level}] {question}", tasks="tasks.parquet")
+    # Then each row's columns were sent
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(recording.stats()["bodies"]) == ["[1] Why?", "[2] How?"]
