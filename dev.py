@@ -36,7 +36,8 @@ COMMANDS = {
     "bench": [["bench/run_all.py"]],
 }
 # The extras each command installs (a venv made for one command gains the others' when they run).
-EXTRAS = {"demo": {"report"}, "test": {"test", "ray", "report", "parquet", "images", "interop"},
+EXTRAS = {"demo": {"report", "images"},
+          "test": {"test", "ray", "report", "parquet", "images", "interop"},
           "bench": {"test", "ray", "report", "parquet", "images"}}
 
 

@@ -183,30 +183,35 @@ def _dry_run(config: RunConfig, as_json: bool) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """The whole job on bundled tasks against the local mock server, then status and validate."""
+    """An evaluation on bundled tasks against the local mock server: answers, a judge, then status
+    by scenario, validate and the report with its results section."""
     from .demo import DEMO_DIR, demo_config, prepare_demo, start_demo_server
 
     tasks = prepare_demo()
-    print(f"demo: {tasks} (24 tasks, most with images); starting the mock server on 127.0.0.1")
+    print(f"demo: {tasks} (24 image questions in 4 scenarios, MM-SafetyBench's shape), "
+          f"{DEMO_DIR}/variants.toml (2 prompt variants), {DEMO_DIR}/judge.toml (a judge); "
+          "starting the mock server on 127.0.0.1")
     with start_demo_server() as server:
         config = demo_config(DEMO_DIR, tasks, server.base_url)
-        print(f"demo: run -i {config.input} -o {config.output} -p 2 -c 4 against {server.base_url} "
-              "(which fails some requests on purpose)")
+        print(f"demo: run -i {config.input} -o {config.output} --model {config.model} "
+              f"--variants {config.variants} --judge {config.judge} --images-key image -p 2 -c 4 "
+              f"against {server.base_url} (which fails some requests on purpose)")
         _print(summary_lines(run(config, progress=not args.no_progress)))
-        print("\ndemo: --status")
+        print(f"\ndemo: --status --by {config.by}")
         _print(status_lines(status(config)))
         print("\ndemo: --validate")
         reports = validate(config)
         for report in reports:
             _print(validation_lines(report))
-        print("\ndemo: --report")
+        print(f"\ndemo: --report --by {config.by}")
         if importlib.util.find_spec("plotly") is None:
             print("skipped: the report needs Plotly (pip install "
                   "'mpinfer[report]'; python3 dev.py demo has it)")
         else:
             _print(report_lines(write_report(config)))
-    print(f"\ndemo: results are in {config.output}; a rerun of a "
-          "stopped run resumes where it stopped")
+    print(f"\ndemo: answers are in {DEMO_DIR}/results.<variant>.<model>.jsonl, verdicts in "
+          f"{DEMO_DIR}/results.<variant>.<model>.judge.jsonl; a rerun sends nothing, and a rerun "
+          "of a stopped run resumes where it stopped")
     return EXIT_OK if all(r.ok for r in reports) else EXIT_PROBLEMS
 
 

@@ -34,7 +34,8 @@ LINE_MAX = 100
 # Flags the pages name that belong to other tools, each with the tool that defines it. The
 # mock server's are checked against its parser, the bench scripts' against their source.
 MOCK_FLAGS = {"--port", "--refuse-marker", "--reasoning-models", "--filter-marker",
-              "--filter-answer-marker", "--omit-usage", "--answer-labels", "--pbad-answer"}
+              "--filter-answer-marker", "--omit-usage", "--answer-labels", "--label-models",
+              "--pbad-answer"}
 BENCH_FLAGS = {
     "bench/throughput.py": {"--latencies", "--target-configs", "--transports", "--scale-tasks",
                             "--configs", "--jitter"},

@@ -100,7 +100,7 @@ def reply(cfg: MockConfig, model: str, task_text: str, images: int,
     bad = is_bad(cfg.pbad_answer, task_text, attempt)
     if schema is not None:
         content = schema_answer(schema, task_text, bad)
-    elif cfg.answer_labels:
+    elif cfg.answer_labels and (not cfg.label_models or model in cfg.label_models):
         content = label_answer(cfg.answer_labels, task_text, bad)
     finish_reason = "stop"
     if max_tokens is not None and _tokens(content) > max_tokens:

@@ -75,6 +75,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
                         "stopped (finish_reason content_filter)")
     p.add_argument("--answer-labels", default="", metavar="A,B",
                    help="answer plain requests naming one of these labels (a judge)")
+    p.add_argument("--label-models", default="", metavar="M,N",
+                   help="only these models answer with --answer-labels (default: every model)")
     p.add_argument("--pbad-answer", type=float, default=d.pbad_answer,
                    help="share of structured answers that come malformed")
     p.add_argument("--omit-usage", action="store_true",
@@ -128,6 +130,7 @@ def config_from_args(ns: argparse.Namespace) -> MockConfig:
         max_image_bytes=ns.max_image_bytes,
         azure_deployments=_pairs("--azure-deployments", ns.azure_deployments),
         answer_labels=tuple(x.strip() for x in ns.answer_labels.split(",") if x.strip()),
+        label_models=tuple(x.strip() for x in ns.label_models.split(",") if x.strip()),
         pbad_answer=ns.pbad_answer,
     )
 

@@ -52,6 +52,7 @@ RUNTIME_FIELDS = frozenset(
         "azure_deployments",
         "models",
         "answer_labels",
+        "label_models",
         "pbad_answer",
     }
 )
@@ -189,6 +190,10 @@ class MockConfig:
     answer_labels: tuple[str, ...] = ()
     """Answer plain requests naming one of these labels (by a hash of the prompt), as a judge."""
 
+    label_models: tuple[str, ...] = ()
+    """Only requests for these models are answered with ``answer_labels`` (the judge's model, the
+    others answering as usual); empty: every model."""
+
     pbad_answer: float = 0.0
     """Share of structured answers (labels, or a ``json_schema`` request's) that come malformed,
     drawn per prompt and attempt: asking again may get a good one."""
@@ -203,6 +208,7 @@ class MockConfig:
         object.__setattr__(self, "keys", tuple(self.keys))
         object.__setattr__(self, "models", tuple(self.models))
         object.__setattr__(self, "answer_labels", tuple(self.answer_labels))
+        object.__setattr__(self, "label_models", tuple(self.label_models))
         if not 0.0 <= self.pbad_answer <= 1.0:
             raise ValueError(f"pbad_answer must be within [0, 1], got {self.pbad_answer!r}")
         for name in ("p429", "p500", "phang", "preset", "pmalformed", "pquota"):
@@ -243,6 +249,7 @@ class MockConfig:
         data["azure_deployments"] = dict(self.azure_deployments)
         data["models"] = list(self.models)
         data["answer_labels"] = list(self.answer_labels)
+        data["label_models"] = list(self.label_models)
         data["keys_configured"] = len(self.keys)
         return data
 
@@ -264,7 +271,7 @@ def coerce_field(name: str, value: Any) -> Any:
         if not isinstance(value, Mapping):
             raise ValueError(f"{name} must be an object mapping model names")
         return dict(value)
-    if name in ("models", "answer_labels"):
+    if name in ("models", "answer_labels", "label_models"):
         return tuple(str_list(name, value))
     if name in ("refuse_marker", "filter_marker", "filter_answer_marker"):
         if value is not None and not isinstance(value, str):

@@ -269,7 +269,7 @@ def _config_to_argv(config: MockConfig) -> list[str]:
         if isinstance(value, dict):  # model_map, reasoning_models
             argv.append(flag)
             argv.extend(f"{src}={dst}" for src, dst in value.items())
-        elif f.name in ("keys", "answer_labels"):  # comma-separated on the command line
+        elif f.name in ("keys", "answer_labels", "label_models"):  # comma-separated on the line
             argv += [flag, ",".join(value)]
         elif isinstance(value, bool):
             argv.append(flag)  # a store_true switch: only ever differs from its default by being on

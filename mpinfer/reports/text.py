@@ -113,7 +113,8 @@ def summary_lines(summary: RunSummary) -> list[str]:
     if summary.log_file:
         lines.append(f"log: {summary.log_file}")
     for judged in summary.judged:  # --judge: each judging run after the answers
-        lines += ["judge:", *(f"  {line}" for line in summary_lines(judged))]
+        # its counts and cost; its latencies, limits and log are in its own summary file and log
+        lines += ["judge:", *(f"  {line}" for line in summary_lines(judged)[:2])]
     return lines
 
 
