@@ -25,7 +25,7 @@ from .api.structured import answer_rule
 from .api.tokens import image_rule
 from .backends.base import Backend
 from .config import Api, BackendKind, RunConfig
-from .driver import MAX_FAILURES_SHOWN, RESPAWNS_PER_WORKER, RunState, supervise, work_items
+from .driver import MAX_FAILURES_SHOWN, RunState, supervise, work_items
 from .errors import ConfigError, InputError, OutputError
 from .inputs import (
     FieldKeys,
@@ -289,7 +289,7 @@ def _backend(job: _Job, scanned: _Scanned, log_file: Path | None, progress: bool
     if config.backend is BackendKind.RAY:
         from .backends.ray import RayBackend
 
-        return RayBackend(config, job.outputs, job.prices, respawns_per_worker=RESPAWNS_PER_WORKER)
+        return RayBackend(config, job.outputs, job.prices)
     from .backends.local import LocalBackend
 
     return LocalBackend(config, job.outputs, scanned.run_starts, log_file, job.prices)

@@ -23,7 +23,6 @@ from mpinfer.limits import (
     Ending,
     Grant,
     LaneLimits,
-    LimiterActor,
     LimiterSettings,
     LimitSource,
     NoKeysLeft,
@@ -630,22 +629,6 @@ def test_a_runs_endpoints_table_becomes_the_limiters_lanes_and_who_serves_each_m
         keys.add(got.key)
         limiter.release(got, T0)
     assert keys == {1}
-
-
-def test_the_limiter_actor_ignores_a_release_from_a_holder_it_has_reclaimed() -> None:
-    # Given the cluster's limiter (used here without Ray) and holder 3 holding a request
-    actor = LimiterActor(LimiterSettings(1, max_in_flight=1, holders=8, burst_s=UNPACED))
-    held = actor.try_acquire(3, 0, 1)
-    assert isinstance(held, Grant)
-    assert isinstance(actor.try_acquire(0, 0, 1), Wait)
-    # When holder 3 dies, is reclaimed, and its late release arrives
-    assert actor.reclaim(3) == 1
-    assert actor.release(3, held, Ending.OK, None, 0) is False
-    # Then the slot it held is free once, not twice
-    lanes, _ = actor.lane_stats()
-    assert lanes[0].in_flight == 0
-    assert isinstance(actor.try_acquire(0, 0, 1), Grant)
-    assert isinstance(actor.try_acquire(1, 0, 1), Wait)
 
 
 # --- across processes -----------------------------------------------------------------------------

@@ -223,3 +223,86 @@ def test_mpinfer_run_in_a_python_session_joined_to_ray_leaves_the_session_connec
         assert ray.is_initialized()
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def second_server() -> Iterator[MockServerProcess]:
+    """A second mock server: an endpoint with limits of its own beside the session's."""
+    with MockServerProcess() as server:
+        yield server
+
+
+ENDPOINT_KEYS = {"KEY_EAST": "sk-east-00000000000000000000east",
+                 "KEY_WEST": "sk-west-00000000000000000000west"}
+
+
+def test_an_endpoints_table_spreads_tasks_over_two_servers_each_within_its_own_rpm(
+        tmp_path: Path, mock: MockServerProcess, second_server: MockServerProcess, cluster: Any):
+    # Given two servers, each enforcing its own limit per 4 s quantized per second (40 and 20), and
+    # an endpoints table giving each its limit, with a per-model --rpm above both
+    second_server.reset(settings=True)
+    for server, rpm in ((mock, 40), (second_server, 20)):
+        server.configure(rpm=rpm, window_s=4.0, quantum_s=1.0, latency_ms=30)
+    table = tmp_path / "endpoints.toml"
+    table.write_text("".join(f'[[endpoints]]\nmodel = "gpt-4o"\nbase_url = "{server.base_url}"\n'
+                             f'api_key_env = "{env}"\nrpm = {rpm}\n\n'
+                             for server, env, rpm in ((mock, "KEY_EAST", 40),
+                                                      (second_server, "KEY_WEST", 20))))
+    n = 120
+    write_tasks(tmp_path / "tasks.jsonl", text_tasks(n))
+    # When 4 actors on two nodes run the tasks over the table
+    proc = run_cli("-i", "tasks.jsonl", "-o", "out.jsonl", "--backend", "ray", "--ray-address",
+                   cluster.address, "--model", "gpt-4o", "--endpoints", str(table),
+                   "--rpm", "gpt-4o=600", "--rate-window", "4", "-p", "4", "-c", "8",
+                   cwd=tmp_path, env=ENDPOINT_KEYS, timeout=WAIT_S)
+    # Then every id is written once, at most 1% of requests were refused, and each server took its
+    # share (twice as much for the one with twice the limit, within the pace's slack)
+    assert proc.returncode == 0, proc.stderr
+    assert Counter(_ids(tmp_path / "out.jsonl")) == Counter(f"t{i}" for i in range(n))
+    east, west = mock.stats(), second_server.stats()
+    requests = east["requests"] + west["requests"]
+    refused = east["limit_rejections"] + west["limit_rejections"]
+    print(f"ray over two endpoints: {east['requests']} + {west['requests']} requests, "
+          f"{refused} refused")
+    assert refused <= 0.01 * requests
+    assert east["requests"] >= 60 and west["requests"] >= 25
+    summary = json.loads((tmp_path / "out.jsonl.summary.json").read_text())
+    assert set(summary["per_key"]) == {"gpt-4o ...east", "gpt-4o ...west"}
+
+
+def test_two_jobs_on_one_key_share_the_clusters_limiter_and_together_keep_its_rpm(
+        tmp_path: Path, mock: MockServerProcess, cluster: Any):
+    # Given a server allowing 40 requests per 4 s, and two jobs (two driver processes) on its one
+    # key, each told that limit, each with 50 tasks of its own
+    mock.configure(rpm=40, window_s=4.0, latency_ms=30)
+    jobs = [tmp_path / "a", tmp_path / "b"]
+    for folder in jobs:
+        folder.mkdir()
+        write_tasks(folder / "tasks.jsonl", [{**t, "prompt": f"{folder.name} {t['prompt']}"}
+                                             for t in text_tasks(50)])
+    # When both run at once on the cluster
+    procs = [start_cli(*_args(cluster, mock, "-p", "2", "-c", "4", "--rpm", "40",
+                              "--rate-window", "4"), cwd=folder) for folder in jobs]
+    outputs = []
+    try:
+        outputs = [proc.communicate(timeout=WAIT_S) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+    # Then both finish, each id once in each output
+    assert [proc.returncode for proc in procs] == [0, 0], outputs
+    for folder in jobs:
+        assert Counter(_ids(folder / "out.jsonl")) == Counter(f"t{i}" for i in range(50))
+    # And they shared one limiter: the server saw no window over the limit and refused nothing,
+    # which two limiters of 40 each would have passed
+    stats = mock.stats()
+    assert stats["requests"] == 100
+    assert stats["window_violations"] == 0 and stats["limit_rejections"] == 0
+    # And a job's summary counts its own requests only
+    for folder in jobs:
+        summary = json.loads((folder / "out.jsonl.summary.json").read_text())
+        assert sum(row["requests"] for row in summary["per_key"].values()) == 50
+    # And the job that came second found the first one's actor
+    logs = "".join(path.read_text() for folder in jobs for path in folder.rglob("*.log"))
+    assert "shared with 1 other job" in logs + "".join(out + err for out, err in outputs)

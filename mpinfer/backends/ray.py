@@ -5,9 +5,13 @@ What holds as in the local backend, and how:
   the output files: an actor returns the line to write and the driver appends it under the store's
   lock. A node that dies can lose nothing that was written, and the tasks its actors held are sent
   again.
-- The rate limits hold for the cluster as a whole: one limiter actor, on the driver's node, owns the
-  windows (mpinfer.limits' LimiterActor: the same SharedLimiter, with its own clock) and every
-  worker actor asks it before each request.
+- The rate limits hold for the cluster as a whole, and for every job on it: each endpoint (a key at
+  a base URL) has one named limiter actor (mpinfer.limits' LimiterActor: a lane per model, each the
+  same SharedLimiter, on its own clock), found by its name or started on the driver's node; every
+  worker actor asks its model's endpoints before each request, as a local worker asks the shared
+  limiter (the endpoints table and per-model --rpm/--tpm included). The actor is detached: it
+  outlives the job that started it while others use it, and the last job to leave ends it (a job
+  that finds it gone starts it again).
 - Lines have the same format, so status, validate, export and resume do not care which backend
   wrote them.
 
@@ -18,18 +22,30 @@ the network. On a real cluster every node needs mpinfer installed (``pip install
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any, cast
 
+from ..api.endpoints import endpoints_of
 from ..api.prices import PriceTable
 from ..config import RunConfig
 from ..errors import ConfigError
 from ..events import Event, Fatal, WorkItem
 from ..inputs import Task
-from ..limits import LaneStats, LimiterActor, LimiterSettings, RayLimiter
+from ..limits import (
+    NAMESPACE,
+    ClusterLimits,
+    EndpointLanes,
+    LaneStats,
+    LimiterActor,
+    LimiterSettings,
+    RayLimiter,
+    cluster_lanes,
+)
 from ..slices import RunnerSettings
 from ..store.output import OutputPaths
 from .base import Note, OutcomeWriter, Returned, WorkerDied
@@ -49,12 +65,25 @@ ACTOR_CPUS = 0.5
 LANES_WAIT_S = 1.0
 
 
+def limiter_actor(lanes: EndpointLanes, here: Any = None) -> Any:
+    """The handle of an endpoint's limiter actor: the one of that name on the cluster, or a new one
+    (placed ``here`` if given). Detached: it outlives the job that started it while other jobs use
+    it, and the last job to leave ends it."""
+    options: dict[str, Any] = {"name": lanes.name, "namespace": NAMESPACE, "get_if_exists": True,
+                               "lifetime": "detached", "num_cpus": 0}
+    if here is not None:
+        options["scheduling_strategy"] = here
+    # .options() rather than ray.remote(**options): Ray types only the latter's function options.
+    return ray.remote(LimiterActor).options(**options).remote()
+
+
 class _Worker:
     """A worker actor: a TaskRunner whose outcomes go back to the driver instead of into files."""
 
-    def __init__(self, settings: RunnerSettings, prices: PriceTable, limiter: Any,
+    def __init__(self, settings: RunnerSettings, prices: PriceTable, limits: ClusterLimits,
                  number: int) -> None:
-        self.runner = TaskRunner(settings, prices, RayLimiter(limiter, number))
+        limiter = RayLimiter(limits, number, limiter_actor, (RayActorError,))
+        self.runner = TaskRunner(settings, prices, limiter)
 
     async def process(self, task: Task, output_index: int) -> tuple[list[Event], Outcome | None]:
         outcome = await self.runner.run(task, output_index)
@@ -76,13 +105,8 @@ class RayBackend:
     again once).
     """
 
-    def __init__(self, config: RunConfig, outputs: list[OutputPaths], prices: PriceTable, *,
-                 respawns_per_worker: int) -> None:
+    def __init__(self, config: RunConfig, outputs: list[OutputPaths], prices: PriceTable) -> None:
         self.config = config
-        if (config.endpoint_table or config.window_rpm != config.rpm
-                or config.window_tpm != config.tpm):
-            raise ConfigError("an endpoints table and per-model --rpm/--tpm run on "
-                              "--backend local only, for now")
         self.prices = prices
         self.runner_settings = RunnerSettings.of(config)  # what each actor's runner is built from
         self.writer = OutcomeWriter(tuple(outputs), config.fsync)
@@ -90,18 +114,25 @@ class RayBackend:
         self.owns_ray = not ray.is_initialized()
         ray.init(address=config.ray_address or None, ignore_reinit_error=True,
                  include_dashboard=False, log_to_driver=False, configure_logging=False)
-        # The limiter lives on the driver's own node:
+        # A limiter actor this job starts lives on the driver's own node:
         # a worker node may die, and the run goes on without it.
-        here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(),
-                                              soft=True)
-        # One holder for every actor the run may start (``respawns_per_worker`` replacements each,
-        # the driver's to say): actor numbers are never reused.
+        self.here = NodeAffinitySchedulingStrategy(
+            node_id=ray.get_runtime_context().get_node_id(), soft=True)
+        # The run's limiter settings, split into its endpoints' actors; the job's name keeps its
+        # holders and counts apart from other jobs' in an actor they share.
         settings = LimiterSettings.of(config, max_in_flight=config.processes * config.concurrency,
-                                      holders=config.processes * (1 + respawns_per_worker))
-        # .options() rather than ray.remote(**options):
-        # Ray types only the latter's function options.
-        actor = ray.remote(LimiterActor).options(num_cpus=0, scheduling_strategy=here)
-        self.limiter: Any = actor.remote(settings)
+                                      holders=1)
+        self.job = uuid.uuid4().hex[:12]
+        lanes = cluster_lanes(settings, endpoints_of(config), config.models)
+        self.limits = ClusterLimits(self.job, tuple(config.models), lanes, ())
+        try:
+            joined = self._connect()
+        except RayActorError:  # the last job using an actor ended it as this one joined
+            joined = self._connect()
+        shared = sorted({job for jobs in joined for job in jobs} - {self.job})
+        if shared:
+            log.info("ray: the limiters are shared with %d other job(s) on this cluster",
+                     len(shared))
         self.worker_class = ray.remote(_Worker).options(num_cpus=ACTOR_CPUS,
                                                         max_concurrency=config.concurrency + 4)
         self.actors: dict[int, Any] = {}       # live actors by number
@@ -109,26 +140,58 @@ class RayBackend:
         self.stopped: set[int] = set()         # live actors told to stop
         self.pending: dict[Any, tuple[int, WorkItem]] = {}  # call -> (actor number, task)
         self.numbers = itertools.count()
-        self._lanes: tuple[list[LaneStats], list[bool]] = ([],
-                                                           [False] * len(config.require_api_keys()))
-        self._lanes_ref: Any = None
+        self._lanes: tuple[list[LaneStats], list[bool]] = ([], [False] * len(lanes))
+        self._lanes_refs: list[Any] | None = None
+        self._carried: dict[tuple[int, int], LaneStats] = {}  # counts of actors gone, per lane
 
     def lane_stats(self) -> tuple[list[LaneStats], list[bool]]:
-        """The limiter actor's counters, or the last ones while it is slow to answer.
+        """This job's counters on its endpoints' limiter actors (its own requests, 429s and tokens;
+        the limits in force, shared), or the last ones while an actor is slow to answer.
 
-        A report must not hold up the run, nor end it: on a loaded machine the actor may take
+        A report must not hold up the run, nor end it: on a loaded machine an actor may take
         seconds to start."""
-        ref = self._lanes_ref if self._lanes_ref is not None else self.limiter.lane_stats.remote()
-        ready, _ = ray.wait([ref], timeout=LANES_WAIT_S)
-        self._lanes_ref = None if ready else ref
-        if ready:
-            self._lanes = ray.get(ref)
+        refs = self._lanes_refs or [h.lane_stats.remote(self.job) for h in self.limits.handles]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=LANES_WAIT_S)
+        if len(ready) < len(refs):
+            self._lanes_refs = refs
+            return self._lanes
+        self._lanes_refs = None
+        try:
+            answers = ray.get(refs)
+        except RayActorError:  # an actor's job ended: this job starts (or finds) it again
+            self._reconnect()
+            return self._lanes
+        where = {model: index for index, model in reversed(list(enumerate(self.config.models)))}
+        lanes = []
+        for key, (stats, _) in enumerate(answers):
+            for model, lane in stats:
+                before = self._carried.get((key, where[model]))
+                if before is not None:  # counted by an actor since gone
+                    lane = dataclasses.replace(lane, requests=lane.requests + before.requests,
+                                               rate_limited=lane.rate_limited + before.rate_limited,
+                                               tokens=lane.tokens + before.tokens)
+                lanes.append(dataclasses.replace(lane, key=key, model_index=where[model]))
+        self._lanes = (lanes, [disabled for _, disabled in answers])
         return self._lanes
+
+    def _connect(self) -> list[list[str]]:
+        """Find or start every endpoint's limiter actor and join it; the jobs using each."""
+        handles = [limiter_actor(lanes, self.here) for lanes in self.limits.lanes]
+        joined: list[list[str]] = ray.get([h.join.remote(self.job, lanes) for h, lanes
+                                           in zip(handles, self.limits.lanes, strict=True)])
+        self.limits = dataclasses.replace(self.limits, handles=tuple(handles))
+        return joined
+
+    def _reconnect(self) -> None:
+        """An actor is gone: connect again, for the worker actors started from now on and the
+        counters, which keep what the actors gone had counted (a summary never goes back)."""
+        self._carried = {(lane.key, lane.model_index): lane for lane in self._lanes[0]}
+        self._connect()
 
     def _spawn(self) -> None:
         number = next(self.numbers)
         self.actors[number] = self.worker_class.remote(self.runner_settings, self.prices,
-                                                       self.limiter, number)
+                                                       self.limits, number)
         self.outstanding[number] = 0
 
     def start(self) -> None:
@@ -221,7 +284,8 @@ class RayBackend:
         if number in self.actors:
             del self.actors[number], self.outstanding[number]
             self.stopped.discard(number)
-            self.limiter.reclaim.remote(number)
+            for handle in self.limits.handles:
+                handle.reclaim.remote(self.job, number)
             log.warning("ray worker actor %d died (its node may be gone); its tasks are sent again",
                         number)
             notes.append(WorkerDied(number))
@@ -236,10 +300,18 @@ class RayBackend:
         return []
 
     def close(self) -> None:
-        """Kill the actors and the limiter actor, close the writer,
-        and shut Ray down if this backend started it."""
+        """Kill the actors, leave the limiter actors (other jobs may share them: they live as long
+        as the job that started them), close the writer, and shut Ray down if this backend
+        started it."""
         self.kill()
-        ray.kill(self.limiter)
+        left = [h.leave.remote(self.job) for h in self.limits.handles]
+        ready, _ = ray.wait(left, num_returns=len(left), timeout=LANES_WAIT_S)
+        for handle, ref in zip(self.limits.handles, left, strict=True):
+            try:
+                if ref in ready and ray.get(ref) == 0:  # no other job uses it: end it
+                    ray.kill(handle)
+            except RayActorError:
+                pass  # gone already
         self.writer.close()
         if self.owns_ray:
             ray.shutdown()

@@ -15,13 +15,24 @@ outage, hints.
 """
 
 from ..errors import NoKeysLeft
-from .clients import LimiterActor, LimiterClient, LocalLimiter, RayLimiter
+from .clients import (
+    NAMESPACE,
+    ClusterLimits,
+    EndpointLanes,
+    LimiterActor,
+    LimiterClient,
+    LocalLimiter,
+    RayLimiter,
+    cluster_lanes,
+    limiter_name,
+)
 from .grants import Ending, Grant, Wait, WaitReason
 from .hints import Hints, parse_duration, read_hints, wait_hint
 from .lanes import LaneStats, LimitSource
 from .limiter import SharedLimiter
 from .settings import LaneLimits, LimiterSettings
 
-__all__ = ["Ending", "Grant", "Hints", "LaneLimits", "LaneStats", "LimitSource", "LimiterActor",
-           "LimiterClient", "LimiterSettings", "LocalLimiter", "NoKeysLeft", "RayLimiter",
-           "SharedLimiter", "Wait", "WaitReason", "parse_duration", "read_hints", "wait_hint"]
+__all__ = ["NAMESPACE", "ClusterLimits", "Ending", "EndpointLanes", "Grant", "Hints", "LaneLimits",
+           "LaneStats", "LimitSource", "LimiterActor", "LimiterClient", "LimiterSettings",
+           "LocalLimiter", "NoKeysLeft", "RayLimiter", "SharedLimiter", "Wait", "WaitReason",
+           "cluster_lanes", "limiter_name", "parse_duration", "read_hints", "wait_hint"]
