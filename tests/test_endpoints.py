@@ -182,20 +182,6 @@ def test_mpinfer_run_reads_an_endpoints_table_with_its_keys(
     assert set(mock.stats()["per_key"]) <= {AZURE_KEY[-4:], PLAIN_KEY[-4:]}
 
 
-def test_an_endpoints_table_on_the_batch_backend_is_refused(mock: MockServerProcess,
-                                                            tmp_path: Path) -> None:
-    # Given an endpoints table and --backend batch (one key at --base-url)
-    table = _table(mock, tmp_path / "endpoints.toml")
-    tasks = write_tasks(tmp_path / "tasks.jsonl", text_tasks(2))
-    files = mock.batch_stats()["files"]
-    # When the run starts
-    done = run_cli("-i", str(tasks), "-o", str(tmp_path / "out.jsonl"), "--model", "gpt-4o",
-                   "--endpoints", str(table), "--backend", "batch", cwd=tmp_path, env=KEYS)
-    # Then it stops with exit 2 before any request or upload
-    assert done.returncode == 2 and "runs online (--backend local) only" in done.stderr
-    assert mock.stats()["requests"] == 0 and mock.batch_stats()["files"] == files
-
-
 def test_a_model_whose_every_endpoint_is_rejected_fails_while_the_others_go_on(
     mock: MockServerProcess, tmp_path: Path,
 ) -> None:

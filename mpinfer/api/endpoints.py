@@ -14,6 +14,8 @@ on them::
     api_key_env = "AZURE_KEY_EAST"   # the variable holding the key (never the key itself)
     rpm = 3000                       # optional, per endpoint; also tpm, max_in_flight, max_image_mb
     image_detail = "low"             # optional, for the model's requests; also image_max_side
+    name = "east"                    # optional: a batch plan's name for it (default: key, place)
+    enqueued_tokens = 5000000        # optional: its Batch API enqueued-token limit
 
 Without a table, the flags make an implicit one: each key (``OPENAI_API_KEYS``) at ``--base-url``
 for every model. The limiter gives each endpoint its own lanes (mpinfer.limits.settings), so its
@@ -43,7 +45,7 @@ __all__ = ["ANY_MODEL", "Endpoint", "Provider", "endpoints_of", "implicit_endpoi
 ANY_MODEL = "*"  # an implicit endpoint serves every model of the run
 FIELDS = frozenset({"model", "provider", "base_url", "deployment", "api_version", "api_key_env",
                     "rpm", "tpm", "max_in_flight", "max_image_mb", "image_detail",
-                    "image_max_side"})
+                    "image_max_side", "name", "enqueued_tokens"})
 DETAILS = ("low", "high", "auto")
 
 
@@ -72,6 +74,16 @@ class Endpoint:
     max_image_mb: float | None = None
     image_detail: str | None = None  # over --image-detail, for its model's requests
     image_max_side: int | None = None  # the smallest of this and --image-max-side holds
+    name: str | None = None
+    enqueued_tokens: int | None = None
+
+    @property
+    def title(self) -> str:
+        """The endpoint's name as a batch plan records it: its own, else its key's variable and
+        where it sends (never the key)."""
+        if self.name:
+            return self.name
+        return f"{self.api_key_env} at {self.place()}" if self.api_key_env else self.place()
 
     def described(self) -> dict[str, Any]:
         """The endpoint as the manifest records it:
@@ -104,6 +116,13 @@ def _positive(raw: Mapping[str, Any], name: str, where: str, number: type = int)
         raise ConfigError(f"{where}: {name} must be a positive "
                           f"{'whole ' if number is int else ''}number")
     return number(value)
+
+
+def _name(raw: Mapping[str, Any], where: str) -> str | None:
+    name = raw.get("name")
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        raise ConfigError(f"{where}: name must be a non-empty string")
+    return name
 
 
 def parse_endpoints(tables: Any, source: str,
@@ -153,7 +172,8 @@ def parse_endpoints(tables: Any, source: str,
             tpm=_positive(raw, "tpm", where), max_in_flight=_positive(raw, "max_in_flight", where),
             max_image_mb=_positive(raw, "max_image_mb", where, float),
             image_detail=_detail(raw, where),
-            image_max_side=_positive(raw, "image_max_side", where)))
+            image_max_side=_positive(raw, "image_max_side", where), name=_name(raw, where),
+            enqueued_tokens=_positive(raw, "enqueued_tokens", where)))
     for endpoint in endpoints:
         # a request is built before its endpoint is chosen: one detail for each model
         others = {ep.image_detail for ep in endpoints
@@ -162,6 +182,13 @@ def parse_endpoints(tables: Any, source: str,
             raise ConfigError(f"{source}: the endpoints of {endpoint.model} set different "
                               "image_detail values; a model's requests are built before one of "
                               "its endpoints is chosen, so they must agree")
+    seen: set[tuple[str, str]] = set()
+    for number, endpoint in enumerate(endpoints, start=1):
+        # A batch plan finds a batch's endpoint by its model and name
+        if (endpoint.title, endpoint.model) in seen:
+            raise ConfigError(f"{source}: endpoint {number}: another endpoint of its model is "
+                              f"named {endpoint.title!r} too: give each a name")
+        seen.add((endpoint.title, endpoint.model))
     return tuple(endpoints)
 
 

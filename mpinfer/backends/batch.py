@@ -48,12 +48,13 @@ from .batch_submit import (
     ChunkWriter,
     CreationPacer,
     QueueFull,
+    batch_request,
     create,
     delete_files,
     plan_chunks,
-    request_line,
     upload,
 )
+from .batch_targets import Target, target_of, targets_of
 
 log = logging.getLogger("mpinfer.run")
 
@@ -78,11 +79,12 @@ class BatchBackend:
     def __init__(self, config: RunConfig, outputs: list[OutputPaths], prices: PriceTable,
                  progress: bool = False) -> None:
         self.config = config
-        if config.endpoint_table:  # its client is one key at --base-url
-            raise ConfigError("an endpoints table runs online (--backend local) only, for now")
         _, self.output = config.require_paths()
         self.outputs = outputs
-        self.client = BatchClient(config)
+        # Where batches go (an endpoints table's endpoints, or the first key at --base-url), each
+        # with its client, made on first use
+        self.targets = targets_of(config)
+        self.clients: dict[str | None, BatchClient] = {}
         self.appenders = [Appender(paths, fsync=config.fsync) for paths in outputs]
         self.request = RequestSettings.of(config)
         self.encoder = ImageEncoder(self.request.image_root)
@@ -125,7 +127,9 @@ class BatchBackend:
                             list(self.config.models))
         self._check_models(plan)
         self.plan = plan
-        self.writer = ChunkWriter(plan, self.config.batch_size, self.config.batch_max_bytes)
+        self.writer = self._writer(plan)
+        for chunk in plan.open_chunks:  # every open batch's endpoint is this run's, or say so now
+            self._target(chunk)
         self.done = [scan(paths.output).ids for paths in self.outputs]
         self.failed_before = [
             _ids_from(paths.errors, plan.errors_offsets[m] if m < len(plan.errors_offsets) else 0)
@@ -135,6 +139,21 @@ class BatchBackend:
         self.interrupted_creates = {c.name for c in plan.chunks if c.state is ChunkState.CREATING}
         log.info("batch: plan %s, %d open request files from an earlier run", plan.path,
                  len(plan.open_chunks))
+
+    def _writer(self, plan: Plan, attempt: int = 1) -> ChunkWriter:
+        return ChunkWriter(plan, self.config.batch_size, self.config.batch_max_bytes, self.targets,
+                           self.config.models, attempt)
+
+    def _target(self, chunk: Chunk) -> Target:
+        return target_of(self.targets, chunk, self.config.models[chunk.model_index])
+
+    def _client(self, chunk: Chunk) -> BatchClient:
+        """The Batch API client of the endpoint the chunk's batch goes to (ConfigError: the run
+        lacks it)."""
+        target = self._target(chunk)
+        if target.name not in self.clients:
+            self.clients[target.name] = BatchClient(self.config, target.endpoint)
+        return self.clients[target.name]
 
     def _check_models(self, plan: Plan) -> None:
         """Open chunks name their model by its place in the run's models:
@@ -164,11 +183,11 @@ class BatchBackend:
         if task.id in self.in_plan[model_index]:
             return True  # in a batch of the plan already, or settled by it
         try:
-            line = request_line(self.request, self.encoder, task, model_index)
+            request = batch_request(self.request, self.encoder, task, model_index)
         except ImageError as exc:  # as online: this task fails, the others go on
             self._image_failed(task, model_index, exc)
             return True
-        self.writer.add(model_index, task.id, line)
+        self.writer.add(model_index, request)
         self.in_plan[model_index].add(task.id)
         return True
 
@@ -207,7 +226,7 @@ class BatchBackend:
     def _submit(self, plan: Plan) -> None:
         for chunk in plan.open_chunks:
             if chunk.state is ChunkState.PLANNED:
-                upload(self.client, plan, chunk)
+                upload(self._client(chunk), plan, chunk)
                 plan.save()
                 # The server has it: keep the disk free
                 plan.request_file(chunk).unlink(missing_ok=True)
@@ -220,8 +239,8 @@ class BatchBackend:
             chunk.state = ChunkState.CREATING
             plan.save()
             try:
-                create(self.client, plan, chunk, str(self.output),
-                       search=chunk.name in self.interrupted_creates)
+                create(self._client(chunk), plan, chunk, str(self.output),
+                       search=chunk.name in self.interrupted_creates, url=self._target(chunk).url)
             except QueueFull as exc:
                 self._queue_full(chunk, str(exc))
                 plan.save()
@@ -231,7 +250,8 @@ class BatchBackend:
             self.waits.pop(chunk.name, None)
             self.queue_since.pop(chunk.name, None)
             plan.save()
-            log.info("batch %s: created for %s (%d rows)", chunk.batch_id, chunk.name, chunk.lines)
+            log.info("batch %s: created for %s (%d rows)%s", chunk.batch_id, chunk.name,
+                     chunk.lines, f" at {chunk.endpoint}" if chunk.endpoint else "")
 
     def _queue_full(self, chunk: Chunk, message: str) -> None:
         """The model's enqueued-token limit is reached: wait for running batches, keep the rows.
@@ -271,9 +291,10 @@ class BatchBackend:
         before = [(c.status, c.completed, c.failed) for c in plan.chunks]
         ended: list[tuple[Chunk, Any]] = []
         for chunk in [c for c in plan.open_chunks if c.state is ChunkState.CREATED]:
+            client = self._client(chunk)
             try:
-                batch = self.client.call(f"poll {chunk.batch_id}", self.client.sdk.batches.retrieve,
-                                         chunk.batch_id)
+                batch = client.call(f"poll {chunk.batch_id}", client.sdk.batches.retrieve,
+                                    chunk.batch_id)
             except BatchApiError as exc:
                 log.warning("%s (polled again in %gs)", exc, self.config.batch_poll)
                 continue
@@ -322,10 +343,10 @@ class BatchBackend:
                 log.info("batch %s (%s): %s, %d completed, %d failed of %d", chunk.batch_id,
                          chunk.name, chunk.status, chunk.completed, chunk.failed, chunk.lines)
 
-    def _download(self, file_id: str | None) -> bytes:
+    def _download(self, client: BatchClient, file_id: str | None) -> bytes:
         if not file_id:
             return b""
-        content = self.client.call(f"download {file_id}", self.client.sdk.files.content, file_id)
+        content = client.call(f"download {file_id}", client.sdk.files.content, file_id)
         data: bytes = content.content
         return data
 
@@ -339,7 +360,9 @@ class BatchBackend:
         if errors:
             chunk.error = "; ".join(f"{e.code}: {e.message}" for e in errors)[:500]
         merge_started = time.monotonic()
-        output, failures = self._download(batch.output_file_id), self._download(batch.error_file_id)
+        client = self._client(chunk)
+        output = self._download(client, batch.output_file_id)
+        failures = self._download(client, batch.error_file_id)
         ended = next((getattr(batch, f"{s}_at")
                       for s in ("completed", "expired", "cancelled", "failed")
                       if getattr(batch, f"{s}_at", None)), None)
@@ -361,8 +384,7 @@ class BatchBackend:
                                               for e in merged.events if isinstance(e, TaskDone))
         if merged.retry:
             again = [(tasks[i], chunk.model_index) for i in merged.retry if i in tasks]
-            plan_chunks(ChunkWriter(plan, self.config.batch_size, self.config.batch_max_bytes,
-                                    attempt=chunk.attempt + 1), again, self.request, self.encoder)
+            plan_chunks(self._writer(plan, chunk.attempt + 1), again, self.request, self.encoder)
             chunk.resubmitted = len(merged.retry)
             self.resubmitted += len(merged.retry)
             log.info("batch %s: %d rows resubmitted (attempt %d)", batch.id, len(merged.retry),
@@ -378,7 +400,7 @@ class BatchBackend:
         if not self.config.keep_batch_files:
             # Only now: the merge is saved, so these files are never needed again (a crash before
             # this line leaves them at the provider, which costs storage, never answers).
-            deleted = delete_files(self.client,
+            deleted = delete_files(client,
                                    [chunk.file_id or batch.input_file_id, batch.output_file_id,
                                                  batch.error_file_id])
             log.info("batch %s: %d files deleted at the provider", batch.id, len(deleted))
@@ -420,7 +442,8 @@ class BatchBackend:
             self.writer.close()
         for appender in self.appenders:
             appender.close()
-        self.client.close()
+        for client in self.clients.values():
+            client.close()
         self.bar.close()
         if self.plan is not None:
             log.info("batch: %d batches created this run, %d rows resubmitted", self.created,

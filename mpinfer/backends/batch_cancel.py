@@ -13,6 +13,7 @@ from ..store.locks import live_run
 from ..store.output import OutputPaths
 from .batch_plan import FINAL_STATUSES, ChunkState, Plan
 from .batch_submit import BatchClient
+from .batch_targets import target_of, targets_of
 
 
 def _ended(client: BatchClient, batch_id: str) -> str | None:
@@ -31,13 +32,20 @@ def cancel(config: RunConfig) -> list[tuple[str, str, str]]:
     plan = Plan.load(output)
     if plan is None:
         return []
-    client = BatchClient(config)
+    targets = targets_of(config)
+    clients: dict[str | None, BatchClient] = {}
     cancelled: list[tuple[str, str, str]] = []
     try:
         for chunk in plan.open_chunks:
             if (chunk.state is not ChunkState.CREATED or chunk.batch_id is None
                     or chunk.status in FINAL_STATUSES):
                 continue
+            # At the endpoint the batch was made at (a plan records its name, never its key)
+            target = target_of(targets, chunk, plan.models[chunk.model_index] if plan.models
+                               else config.models[chunk.model_index])
+            if target.name not in clients:
+                clients[target.name] = BatchClient(config, target.endpoint)
+            client = clients[target.name]
             try:
                 batch = client.call(f"cancel {chunk.batch_id}", client.sdk.batches.cancel,
                                     chunk.batch_id)
@@ -49,7 +57,8 @@ def cancel(config: RunConfig) -> list[tuple[str, str, str]]:
             chunk.status = batch.status
             cancelled.append((chunk.name, chunk.batch_id, batch.status))
     finally:
-        client.close()
+        for client in clients.values():
+            client.close()
     if live_run(OutputPaths.of(output)) is None:
         plan.cancelled = True
         # With no run live, this process may write the plan; a live run sees the cancel by polling

@@ -4,7 +4,8 @@ upload and batch, kept beside the output.
 The plan is the memory that makes a crash cost nothing. It lives in ``<output>.batches.json`` (the
 request files, until uploaded, in ``<output>.batches/``) and is rewritten atomically (temp file,
 fsync, rename, fsync of the folder) at each step, before the step's effect can matter:
-- a chunk (one request file, one model) is recorded PLANNED, its file on disk, before any upload;
+- a chunk (one request file, one model, one endpoint) is recorded PLANNED, its file on disk,
+  before any upload;
 - its ``file_id`` once uploaded; CREATING before ``batches.create`` is called, its ``batch_id`` once
   created (a rerun that finds a chunk CREATING looks for a batch made from its file before it
   creates one);
@@ -31,7 +32,9 @@ from ..store.atomic import atomic_write
 from ..store.output import companion
 
 #: 2: a chunk names its model by ``model_index``; version 1's ``model`` (the same index) is
-#: still read, so a batch job started before the rename is collected after it
+#: still read, so a batch job started before the rename is collected after it. A chunk names its
+#: ``endpoint`` (a name, never a key) when the run has an endpoints table; a chunk without one
+#: went to the run's one endpoint
 PLAN_VERSION = 2
 
 
@@ -72,6 +75,10 @@ class Chunk:
     error: str | None = None  # a failed batch's errors, as the server gave them
     # Rows left unanswered by a cancel: a rerun plans them
     released: list[str] = field(default_factory=list)
+    # Where its batch goes: its endpoint's name (batch_targets.Target.name; never its key), None
+    # for the run's one endpoint
+    endpoint: str | None = None
+    tokens: int = 0  # the prompt tokens its requests enqueue, as estimated
 
     @property
     def lines(self) -> int:

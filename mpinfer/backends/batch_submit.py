@@ -19,12 +19,13 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, BinaryIO, TypeVar
 
 import openai
-import orjson
 
+from ..api.endpoints import Endpoint, Provider
 from ..api.failures import Verdict, classify
 from ..api.messages import ImageEncoder, task_request
 from ..api.responses import ApiPath
@@ -35,10 +36,10 @@ from ..inputs import Task
 from ..redact import redact
 from ..slices import RetryPolicy
 from .batch_plan import Chunk, ChunkState, Plan
+from .batch_targets import Target, choose
 
 log = logging.getLogger("mpinfer.run")
 
-ENDPOINT = "/v1/chat/completions"
 CREATES_PER_HOUR = 2000
 """Batch creations OpenAI allows an organisation in an hour (about 2,000)."""
 QUEUE_LIMIT_CODE = "token_limit_exceeded"
@@ -52,17 +53,26 @@ class QueueFull(Exception):
 
 
 class BatchClient:
-    """The SDK's Files and Batches calls with our retries;
-    time is a parameter so tests need not wait."""
+    """The SDK's Files and Batches calls at one endpoint, with our retries (Azure's through the
+    SDK's AzureOpenAI: under the resource, ``api-version``, ``api-key``); time is a parameter so
+    tests need not wait."""
 
-    def __init__(self, config: RunConfig, sleep: Callable[[float], None] = time.sleep,
+    def __init__(self, config: RunConfig, endpoint: Endpoint,
+                 sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.monotonic) -> None:
         import random
 
         self.config = config
         self.keys = config.require_api_keys()
-        self.sdk = openai.OpenAI(api_key=self.keys[0], base_url=config.base_url, max_retries=0,
-                                 timeout=config.timeout)
+        self.sdk: openai.OpenAI
+        if endpoint.provider is Provider.AZURE:
+            self.sdk = openai.AzureOpenAI(azure_endpoint=str(endpoint.base_url),
+                                          api_key=endpoint.api_key,
+                                          api_version=endpoint.api_version, max_retries=0,
+                                          timeout=config.timeout)
+        else:
+            self.sdk = openai.OpenAI(api_key=endpoint.api_key, base_url=endpoint.base_url,
+                                     max_retries=0, timeout=config.timeout)
         self.policy = RetryPolicy.of(config)
         self.sleep = sleep
         self.clock = clock
@@ -109,10 +119,20 @@ class BatchClient:
         self.sdk.close()
 
 
-def request_line(settings: RequestSettings, encoder: ImageEncoder, task: Task,
-                 model_index: int) -> bytes:
-    """The Batch API input line of a task:
-    the body the online path would send. ImageError as online."""
+@dataclass(frozen=True)
+class BatchRequest:
+    """A task's request as a batch takes it: the body the online path would send, and the prompt
+    tokens it enqueues (as estimated)."""
+
+    task_id: str
+    body: dict[str, Any]
+    tokens: int
+
+
+def batch_request(settings: RequestSettings, encoder: ImageEncoder, task: Task,
+                  model_index: int) -> BatchRequest:
+    """The Batch API request of a task: the body the online path would send. ImageError as
+    online."""
     request = task_request(settings, encoder, task, model_index)
     if request.path is not ApiPath.CHAT:
         # One batch has one endpoint, and these are chat.completions batches.
@@ -120,48 +140,57 @@ def request_line(settings: RequestSettings, encoder: ImageEncoder, task: Task,
                           "chat.completions requests only, for now (run it online)")
     body = dict(request.kwargs)
     body.update(body.pop("extra_body", None) or {})
-    line = {"custom_id": task.id, "method": "POST", "url": ENDPOINT, "body": body}
-    return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
+    return BatchRequest(task.id, body, request.prompt_tokens)
 
 
 class ChunkWriter:
-    """Writes request lines into files of at most ``size`` lines and ``max_bytes`` each, one model a
-    file, each a PLANNED chunk of the plan (the caller saves the plan, after ``close``, before
-    anything is uploaded)."""
+    """Writes request lines into files of at most ``size`` lines and ``max_bytes`` each, one model
+    and one endpoint a file (``batch_targets.choose`` picks it as the file starts, and the lines are
+    written as it takes them), each a PLANNED chunk of the plan (the caller saves the plan, after
+    ``close``, before anything is uploaded)."""
 
-    def __init__(self, plan: Plan, size: int, max_bytes: int, attempt: int = 1) -> None:
+    def __init__(self, plan: Plan, size: int, max_bytes: int, targets: Sequence[Target],
+                 models: Sequence[str], attempt: int = 1) -> None:
         self.plan = plan
         self.size = size
         self.max_bytes = max_bytes
+        self.targets = targets
+        self.models = models
         self.attempt = attempt
-        self.open: dict[int, tuple[Chunk, BinaryIO]] = {}
+        self.open: dict[int, tuple[Chunk, BinaryIO, Target]] = {}
         self.made: list[Chunk] = []
 
-    def _start(self, model_index: int) -> tuple[Chunk, BinaryIO]:
+    def _start(self, model_index: int) -> tuple[Chunk, BinaryIO, Target]:
         self.plan.folder.mkdir(parents=True, exist_ok=True)
+        target = choose(self.plan, self.targets, self.models[model_index])
         chunk = self.plan.new_chunk(model_index, self.attempt, [], 0)
+        chunk.endpoint = target.name
         self.made.append(chunk)
-        opened = (chunk, self.plan.request_file(chunk).open("wb"))
+        opened = (chunk, self.plan.request_file(chunk).open("wb"), target)
         self.open[model_index] = opened
         return opened
 
-    def add(self, model_index: int, task_id: str, line: bytes) -> None:
-        """Append one request line to its model's open file, starting a new chunk when the file
+    def add(self, model_index: int, request: BatchRequest) -> None:
+        """Append one request's line to its model's open file, starting a new chunk when the file
         is full (by lines or bytes); a line larger than a whole file is a ConfigError."""
+        chunk, handle, target = self.open.get(model_index) or self._start(model_index)
+        line = target.line(request.task_id, request.body)
         if len(line) > self.max_bytes:
-            raise ConfigError(f"task {task_id}: its request is {len(line):,} bytes, more than a "
-                              f"whole batch file may hold ({self.max_bytes:,}); shrink its images")
-        chunk, handle = self.open.get(model_index) or self._start(model_index)
+            raise ConfigError(f"task {request.task_id}: its request is {len(line):,} bytes, more "
+                              f"than a whole batch file may hold ({self.max_bytes:,}); shrink its "
+                              "images")
         if chunk.lines >= self.size or chunk.bytes + len(line) > self.max_bytes:
             handle.close()
-            chunk, handle = self._start(model_index)
+            chunk, handle, target = self._start(model_index)
+            line = target.line(request.task_id, request.body)
         handle.write(line)
-        chunk.ids.append(task_id)
+        chunk.ids.append(request.task_id)
         chunk.bytes += len(line)
+        chunk.tokens += request.tokens
 
     def close(self) -> list[Chunk]:
         """Close every file; the chunks made since the last close."""
-        for _, handle in self.open.values():
+        for _, handle, _ in self.open.values():
             handle.close()
         self.open.clear()
         made, self.made = self.made, []
@@ -175,8 +204,7 @@ def plan_chunks(writer: ChunkWriter, items: Iterable[tuple[Task, int]], settings
     try:
         for task, model_index in items:
             try:
-                writer.add(model_index, task.id,
-                           request_line(settings, encoder, task, model_index))
+                writer.add(model_index, batch_request(settings, encoder, task, model_index))
             except ImageError as exc:
                 raise ConfigError(f"task {task.id}: {exc}") from None
     finally:
@@ -264,11 +292,13 @@ class CreationPacer:
         self.times.append(self.clock())
 
 
-def create(client: BatchClient, plan: Plan, chunk: Chunk, output_name: str, search: bool) -> None:
+def create(client: BatchClient, plan: Plan, chunk: Chunk, output_name: str, search: bool,
+           url: str) -> None:
     """Create the chunk's batch; the chunk becomes CREATED.
     QueueFull: the model's token queue is full.
 
-    The caller saved the chunk as CREATING before this call. ``search`` (the chunk was CREATING when
+    ``url`` is the endpoint the batch names (its target's). The caller saved the chunk as CREATING
+    before this call. ``search`` (the chunk was CREATING when
     the run started: a crash came in the middle of a create) first looks for a batch made from its
     file, and so does every retry of a create that failed without an answer: such a batch is
     adopted, never made twice.
@@ -286,7 +316,7 @@ def create(client: BatchClient, plan: Plan, chunk: Chunk, output_name: str, sear
     if batch is None:
         metadata = {"mpinfer_output": output_name[-500:], "mpinfer_chunk": chunk.name}
         batch = client.call(f"create the batch of {chunk.name}", client.sdk.batches.create,
-                            input_file_id=chunk.file_id, endpoint=ENDPOINT, completion_window="24h",
+                            input_file_id=chunk.file_id, endpoint=url, completion_window="24h",
                             metadata=metadata, before_retry=made_before)
     chunk.batch_id = batch.id
     chunk.status = batch.status

@@ -2,7 +2,9 @@
 
 ``route`` answers a request when its path is one of these and returns False otherwise, so the
 server's own routing needs a single hook. Paths are accepted with or without the ``/v1`` prefix, as
-the chat endpoint accepts them.
+the chat endpoint accepts them; Azure's (``/openai/files``, ``/openai/batches``) come here from
+mock/azure.py with ``azure`` set. A batch belongs to the key that made it: another key is told it
+does not exist (404), as another organisation or Azure resource would be.
 """
 
 from __future__ import annotations
@@ -49,23 +51,28 @@ def _files(service: BatchService, req: Request, parts: list[str]) -> tuple[int, 
     raise ApiError(405 if len(parts) <= 2 else 404, f"Unsupported: {req.method} {req.path}")
 
 
-def _batches(service: BatchService, req: Request, parts: list[str]) -> tuple[int, Any]:
+def _batches(service: BatchService, req: Request, parts: list[str], azure: bool) -> tuple[int, Any]:
+    owner = _key(req)
     if parts == [] and req.method == "POST":
-        return 200, service.create(req.body)
+        return 200, service.create(req.body, owner, azure)
     if parts == [] and req.method == "GET":
-        return 200, service.listing(_query(req))
+        return 200, service.listing(_query(req), owner)
     if len(parts) == 1 and req.method == "GET":
-        return 200, service.get(parts[0])
+        return 200, service.get(parts[0], owner)
     if len(parts) == 2 and parts[1] == "cancel" and req.method == "POST":
-        return 200, service.cancel(parts[0])
+        return 200, service.cancel(parts[0], owner)
     raise ApiError(405 if len(parts) <= 2 else 404, f"Unsupported: {req.method} {req.path}")
 
 
-async def _slow_create(service: BatchService, conn: Connection, req: Request) -> None:
+def _key(req: Request) -> str:
+    return req.headers.get("authorization", "").partition(" ")[2].strip()
+
+
+async def _slow_create(service: BatchService, conn: Connection, req: Request, azure: bool) -> None:
     """A create that takes its time before and after the batch exists (faults create_*wait_s)."""
     await asyncio.sleep(service.faults.create_wait_s)
     try:
-        payload = service.create(req.body)
+        payload = service.create(req.body, _key(req), azure)
     except ApiError as exc:
         _send(conn, req, exc.status, exc.body())
         return
@@ -73,8 +80,9 @@ async def _slow_create(service: BatchService, conn: Connection, req: Request) ->
     _send(conn, req, 200, payload)
 
 
-def route(service: BatchService, conn: Connection, req: Request) -> bool:
-    """Answer ``req`` if it is for the Files or Batches API; False when it is not."""
+def route(service: BatchService, conn: Connection, req: Request, azure: bool = False) -> bool:
+    """Answer ``req`` if it is for the Files or Batches API (Azure's: ``azure``); False when it is
+    not."""
     path = req.path.removeprefix("/v1")
     if req.path == "/_mock/batches":
         try:
@@ -95,9 +103,12 @@ def route(service: BatchService, conn: Connection, req: Request) -> bool:
             raise refused
         slow = service.faults.create_wait_s or service.faults.create_reply_wait_s
         if head == "batches" and parts == [] and req.method == "POST" and slow:
-            conn.run_async(_slow_create(service, conn, req))
+            conn.run_async(_slow_create(service, conn, req, azure))
             return True
-        status, payload = (_files if head == "files" else _batches)(service, req, parts)
+        if head == "files":
+            status, payload = _files(service, req, parts)
+        else:
+            status, payload = _batches(service, req, parts, azure)
     except ApiError as exc:
         _send(conn, req, exc.status, exc.body())
         return True

@@ -18,7 +18,13 @@ Modelled on OpenAI's documented behaviour, not on our client:
   and ``error`` null; one never executed has ``response`` null and ``error`` {code, message};
 - each model's enqueued prompt tokens are limited (``token_limit``): a batch that would pass it
   fails validation with ``token_limit_exceeded``; batch creation itself is rate-limited
-  (``max_creates``).
+  (``max_creates``);
+- Azure OpenAI's batches (made through ``/openai/batches``, mock/azure.py): the endpoint and each
+  line's ``url`` are ``/chat/completions`` (no ``/v1``), each line's ``model`` names a global-batch
+  deployment (``MockConfig.azure_deployments``; another fails the batch with ``model_not_found``,
+  as Azure does), answered by the model the deployment holds; the enqueued tokens are counted per
+  deployment;
+- a batch belongs to the key that made it: another key gets a 404 for it and does not list it.
 
 ``GET /_mock/batches`` counts, for the tests, how many batches each custom_id was submitted in and
 how many times it was answered: a client that pays twice for a row shows up there.
@@ -163,6 +169,8 @@ def status_response(status: int, message: str, type_: str, n: int) -> dict[str, 
 
 # --- the service: batches worked in the background ---
 
+# Azure OpenAI's batch endpoints (its documentation's: no /v1).
+_AZURE_ENDPOINTS = frozenset({"/chat/completions", "/embeddings", "/completions"})
 # As the API reference lists them.
 _ENDPOINTS = frozenset({"/v1/responses", "/v1/chat/completions", "/v1/embeddings",
                         "/v1/completions", "/v1/moderations", "/v1/images/generations",
@@ -190,6 +198,8 @@ class _Batch:
     output_file_id: str | None = None
     error_file_id: str | None = None
     cancel_requested: bool = False
+    owner: str = ""  # the key that made it
+    azure: bool = False  # made through Azure's routes: its lines name deployments
 
     def to_dict(self) -> dict[str, Any]:
         """The batch object as OpenAI returns it, with its ``*_at`` timestamps."""
@@ -235,6 +245,7 @@ class BatchService:
         self.answered: collections.Counter[str] = collections.Counter()
         self.executed: collections.Counter[str] = collections.Counter()
         self.refused_creates = 0
+        self.per_key: collections.Counter[str] = collections.Counter()  # batches made, per key
 
     # -- control -----------------------------------------------------------------
 
@@ -261,6 +272,8 @@ class BatchService:
             "answered": dict(self.answered),
             "max_answers_per_row": max(self.answered.values(), default=0),
             "executed": dict(self.executed), "refused_creates": self.refused_creates,
+            "batches_per_key": dict(self.per_key),
+            "azure_batches": sum(b.azure for b in self._batches.values()),
             # What is stored and what was deleted: a client that leaves files behind shows up here.
             "files": len(self.files.files), "file_ids": sorted(self.files.files),
             "deleted_files": list(self.files.deleted),
@@ -280,8 +293,9 @@ class BatchService:
                             code="invalid_api_key")
         return None
 
-    def create(self, body: bytes) -> dict[str, Any]:
-        """``POST /v1/batches``: checked at once, as OpenAI checks it; worked in the background."""
+    def create(self, body: bytes, owner: str = "", azure: bool = False) -> dict[str, Any]:
+        """``POST /v1/batches`` (Azure's ``/openai/batches``: ``azure``) by the key ``owner``:
+        checked at once, as OpenAI checks it; worked in the background."""
         try:
             params = json.loads(body or b"{}")
         except json.JSONDecodeError:
@@ -297,8 +311,9 @@ class BatchService:
             raise ApiError(400, f"File {file_id} was not uploaded with purpose 'batch'.",
                            param="input_file_id")
         endpoint = params.get("endpoint")
-        if endpoint not in _ENDPOINTS:
-            raise ApiError(400, f"Invalid endpoint {endpoint!r}; supported: {sorted(_ENDPOINTS)}.",
+        endpoints = _AZURE_ENDPOINTS if azure else _ENDPOINTS
+        if endpoint not in endpoints:
+            raise ApiError(400, f"Invalid endpoint {endpoint!r}; supported: {sorted(endpoints)}.",
                            param="endpoint")
         if params.get("completion_window") != "24h":
             raise ApiError(400, "completion_window must be '24h'.", param="completion_window")
@@ -312,8 +327,9 @@ class BatchService:
                            "characters, string values of at most 512.", param="metadata")
         self._check_create_rate()
         batch = _Batch(f"batch_mock{next(self._ids):06d}", stored.id, str(endpoint), metadata,
-                       int(time.time()))
+                       int(time.time()), owner=owner, azure=azure)
         self._batches[batch.id] = batch
+        self.per_key[owner[-4:]] += 1
         for custom_id in custom_ids(stored.data):
             self.rows[custom_id] += 1
         task = asyncio.get_running_loop().create_task(self._work(batch, stored.data))
@@ -336,19 +352,19 @@ class BatchService:
                            type_="requests", code="rate_limit_exceeded")
         self._creates.append(now)
 
-    def get(self, batch_id: str) -> dict[str, Any]:
-        """``GET /v1/batches/{id}``: the batch object, or a 404."""
-        return self._find(batch_id).to_dict()
+    def get(self, batch_id: str, owner: str = "") -> dict[str, Any]:
+        """``GET /v1/batches/{id}``: the batch object, or a 404 (also for another key's)."""
+        return self._find(batch_id, owner).to_dict()
 
-    def _find(self, batch_id: str) -> _Batch:
+    def _find(self, batch_id: str, owner: str) -> _Batch:
         batch = self._batches.get(batch_id)
-        if batch is None:
+        if batch is None or batch.owner != owner:
             raise ApiError(404, f"No batch found with id '{batch_id}'.", param="batch_id")
         return batch
 
-    def cancel(self, batch_id: str) -> dict[str, Any]:
+    def cancel(self, batch_id: str, owner: str = "") -> dict[str, Any]:
         """``POST /v1/batches/{id}/cancel``: cancelling, then (after a step) cancelled."""
-        batch = self._find(batch_id)
+        batch = self._find(batch_id, owner)
         if batch.status not in ("validating", "in_progress", "finalizing", "cancelling"):
             raise ApiError(409, f"Cannot cancel a batch with status '{batch.status}'.")
         batch.cancel_requested = True
@@ -357,13 +373,14 @@ class BatchService:
             batch.times["cancelling"] = int(time.time())
         return batch.to_dict()
 
-    def listing(self, query: dict[str, str]) -> dict[str, Any]:
-        """``GET /v1/batches?limit=&after=``: newest first, cursor-paginated as OpenAI's lists."""
+    def listing(self, query: dict[str, str], owner: str = "") -> dict[str, Any]:
+        """``GET /v1/batches?limit=&after=``: the key's batches, newest first, cursor-paginated as
+        OpenAI's lists."""
         try:
             limit = max(1, min(100, int(query.get("limit", "20"))))
         except ValueError:
             raise ApiError(400, "limit must be an integer.", param="limit") from None
-        batches = list(reversed(self._batches.values()))
+        batches = [b for b in reversed(self._batches.values()) if b.owner == owner]
         after = query.get("after")
         if after:
             ids = [b.id for b in batches]
@@ -403,6 +420,8 @@ class BatchService:
         try:
             parsed = parse_input(data, batch.endpoint)
             batch.model = parsed.model
+            if batch.azure:
+                self._deployment(parsed.model)
             requests = parsed.requests
             if self.faults.fail_next:
                 self.faults = dataclasses.replace(self.faults, fail_next=self.faults.fail_next - 1)
@@ -458,6 +477,14 @@ class BatchService:
         await asyncio.sleep(self.faults.step_s)
         self._finish(batch, "cancelled" if batch.cancel_requested else "completed", outputs, errors)
 
+    def _deployment(self, name: str | None) -> None:
+        """Refused as Azure refuses a batch whose lines name no deployment of the resource."""
+        deployments = self._config().azure_deployments
+        if name not in deployments:
+            raise Refused("model_not_found",
+                          f"The provided model deployment '{name}' does not exist in the AOAI "
+                          f"resource. Valid deployments are '{', '.join(sorted(deployments))}'.")
+
     def _execute(self, batch: _Batch, custom_id: str, request: ChatRequest | ApiError,
                  outputs: list[bytes], errors: list[bytes]) -> None:
         n = next(self._requests)
@@ -465,7 +492,8 @@ class BatchService:
         outcome = "400" if isinstance(request, ApiError) else self._outcome(custom_id)
         if outcome == "ok" and isinstance(request, ChatRequest):
             config = self._config()
-            model = config.model_map.get(request.model, request.model)
+            model = (config.azure_deployments[request.model] if batch.azure
+                     else config.model_map.get(request.model, request.model))
             response = {"status_code": 200, "request_id": f"req_mockbatch_{n}",
                         "body": answer(config, request, model, n)}
             outputs.append(output_line(custom_id, n, response, None))

@@ -13,7 +13,9 @@ from types import TracebackType
 from typing import Any, Self
 
 from .azure import PREFIX as AZURE_PREFIX
+from .azure import as_batch_api as azure_batch_api
 from .azure import as_chat as azure_chat
+from .azure import is_batch_api as is_azure_batch_api
 from .batch_routes import route as route_batch_api
 from .batches import BatchService
 from .completions import ChatCompletions
@@ -305,6 +307,12 @@ class MockServer(ChatCompletions):
                 self._handle_chat(conn, chat)
             else:
                 conn.send(http_response(chat[0], chat[1], req.keep_alive), req.keep_alive)
+        elif is_azure_batch_api(path):
+            batch = azure_batch_api(req)  # the resource's Files and Batches (mock/azure.py)
+            if isinstance(batch, Request):
+                route_batch_api(self.batch_service, conn, batch, azure=True)
+            else:
+                conn.send(http_response(batch[0], batch[1], req.keep_alive), req.keep_alive)
         elif route_responses(self, conn, req):
             pass  # the Responses API and embeddings (mock/responses.py)
         elif route_batch_api(self.batch_service, conn, req):
