@@ -18,6 +18,9 @@ Servers, each the package's mock server playing a real one, each against the rea
   given the same --rpm. Target: >= 85% of the limit used by it, 429s <= 1%.
 - LiteLLM hints: 429s carry only llm_provider-retry-after, no limit is stated or given.
   Target: 429s <= 5%, >= 80% of the limit used.
+- ray, two endpoints: ``--backend ray`` (a local Ray) over an endpoints table of two servers, each
+  quantized per second at its own limit, which the table gives. Target: every id written exactly
+  once, 429s <= 1% (skipped when Ray is not installed).
 
     python bench/limits.py          # a 10 s window at 30 requests/s, a 30 s outage (about 3 min)
     python bench/limits.py --quick  # a 4 s window, a 5 s outage, small counts (about 70 s)
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import importlib.util
 import json
 import subprocess
 import sys
@@ -289,6 +293,54 @@ def litellm_hints(tmp: Path, limit: int, window: float, tasks: int) -> dict[str,
             "verdict": _verdict(ok)}
 
 
+def ray_two_endpoints(tmp: Path, window: float, limits: tuple[int, int],
+                      tasks: int) -> dict[str, Any]:
+    """--backend ray over two servers of an endpoints table, each with its own limit per window
+    (quantized per second), which the table gives each."""
+    mocks = [start_mock(rpm=limit, window_s=window, quantum_s=1.0, latency_ms=50)
+             for limit in limits]
+    keys = {f"BENCH_KEY_{n}": f"sk-bench-00000000000000000000key{n}" for n in range(2)}
+    (tmp / "endpoints.toml").write_text("".join(
+        f'[[endpoints]]\nmodel = "gpt-4o"\nbase_url = "{mock.base_url}"\n'
+        f'api_key_env = "BENCH_KEY_{n}"\nrpm = {limit}\n\n'
+        for n, (mock, limit) in enumerate(zip(mocks, limits, strict=True))))
+    for old in tmp.glob("out*"):
+        if old.is_file():
+            old.unlink()
+    write_text_tasks(tmp / "tasks.jsonl", tasks)
+    env = cli_env({**keys, "RAY_USAGE_STATS_ENABLED": "0"})
+    started = time.monotonic()
+    try:
+        done = subprocess.run(cli_command(
+            "-i", "tasks.jsonl", "-o", "out.jsonl", "--backend", "ray", "--model", "gpt-4o",
+            "--endpoints", "endpoints.toml", "--rate-window", f"{window:g}", "-p", "4", "-c", "16",
+            "--retry-backoff", "0.2"), cwd=tmp, env=env, capture_output=True, timeout=900,
+            check=False)
+        took = time.monotonic() - started
+        stats = [mock.stats() for mock in mocks]
+    finally:
+        for mock in mocks:
+            mock.stop()
+    out = tmp / "out.jsonl"
+    ids = [json.loads(line)["id"] for line in out.read_text().splitlines()] if out.exists() else []
+    once = len(ids) == len(set(ids)) == tasks
+    requests = sum(s["requests"] for s in stats)
+    refused = sum(s["limit_rejections"] for s in stats)
+    rejected = refused / max(1, requests)
+    rate = sum(limits) / window
+    span = max(1e-9, max(s["last_request_at"] for s in stats)
+               - min(s["first_request_at"] for s in stats))
+    accepted = requests - refused
+    ok = once and rejected <= 0.01 and done.returncode == 0
+    return {"server": f"ray over two endpoints, {limits[0]} and {limits[1]}/{window:g}s each its "
+                      "own", "limit/s": rate, "requests/s": round(accepted / span, 2),
+            "used": f"{(accepted - 0.5 * rate) / span / rate:.1%}", "429s": f"{rejected:.2%}",
+            "failed": count_lines(tmp / "out.jsonl.errors.jsonl"), "exit": done.returncode,
+            "seconds": round(took, 1),
+            "target": f"exactly once ({'yes' if once else 'no'}), 429s <= 1%",
+            "verdict": _verdict(ok)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -317,6 +369,9 @@ def main() -> int:
         rows.append(after_kill(tmp, limit, window, tasks))
         print("  running LiteLLM hints ...", flush=True)
         rows.append(litellm_hints(tmp, limit, window, tasks))
+        if importlib.util.find_spec("ray") is not None:
+            print("  running ray over two endpoints ...", flush=True)
+            rows.append(ray_two_endpoints(tmp, window, (limit // 2, limit // 4), tasks // 2))
     print(table(rows,
                 title="rate limits and outages: requests/s against each "
                 "kind of server next to its limit"))

@@ -207,3 +207,44 @@ def test_a_file_is_deleted_as_openai_answers_and_an_unknown_id_is_a_404_with_an_
             call(uploaded.id)
         assert caught.value.body == {"message": f"No such File object: {uploaded.id}",
                                      "type": "invalid_request_error", "param": "id", "code": None}
+
+
+def _azure(mock: MockServerProcess, key: str = "azure-key-0001",
+           version: str | None = "2024-10-21") -> openai.AzureOpenAI:
+    return openai.AzureOpenAI(azure_endpoint=mock.root_url, api_key=key, api_version=version,
+                              max_retries=0, timeout=10)
+
+
+def test_azure_batches_live_under_the_resource_name_deployments_and_belong_to_their_key(
+    mock: MockServerProcess,
+):
+    # Given a resource with a global-batch deployment of gpt-4o
+    mock.configure(azure_deployments={"gpt4o-batch": "gpt-4o-2024-08-06"})
+    client = _azure(mock)
+    lines = [{"custom_id": i, "method": "POST", "url": "/chat/completions",
+              "body": {"model": model, "messages": [{"role": "user", "content": f"q {i}"}]}}
+             for i, model in (("a", "gpt4o-batch"), ("b", "gpt4o-batch"))]
+    data = b"".join(json.dumps(r).encode() + b"\n" for r in lines)
+    # When a file is uploaded under the resource and a /chat/completions batch made from it
+    uploaded = client.files.create(file=("in.jsonl", io.BytesIO(data)), purpose="batch")
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/chat/completions",
+                                  completion_window="24h")
+    done = _wait(client, batch.id)  # type: ignore[arg-type]
+    # Then the deployment's model answers every line
+    assert done.status == "completed", done.errors
+    assert {row["response"]["body"]["model"] for row in _file_lines(client, done.output_file_id)
+            } == {"gpt-4o-2024-08-06"}
+    # And another key is told the batch does not exist, as another resource would be
+    with pytest.raises(openai.NotFoundError):
+        _azure(mock, key="azure-key-0002").batches.retrieve(batch.id)
+    # And without api-version the resource answers 404 Resource not found, as Azure does
+    with pytest.raises(openai.NotFoundError, match="Resource not found"):
+        openai.OpenAI(base_url=mock.root_url + "/openai", api_key="k",
+                      max_retries=0).batches.retrieve(batch.id)
+    # And a line naming no deployment of the resource fails the batch with model_not_found
+    bad = data.replace(b"gpt4o-batch", b"gpt-4o")
+    uploaded = client.files.create(file=("bad.jsonl", io.BytesIO(bad)), purpose="batch")
+    failed = _wait(client, client.batches.create(input_file_id=uploaded.id,
+                                                 endpoint="/chat/completions",
+                                                 completion_window="24h").id)
+    assert failed.status == "failed" and failed.errors.data[0].code == "model_not_found"

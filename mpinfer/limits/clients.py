@@ -269,7 +269,9 @@ class LimiterActor:
         once the endpoint's key is disabled."""
         if self.disabled:
             return None
-        got = self.lanes[model].try_acquire(0, charge, self.clock(), self._slot(job, number))
+        now = self.clock()
+        self.seen[job] = now
+        got = self.lanes[model].try_acquire(0, charge, now, self._slot(job, number))
         if isinstance(got, Grant):
             self.counts[(job, model)][0] += 1
         return got
