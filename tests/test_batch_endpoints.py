@@ -87,6 +87,8 @@ def test_batches_spread_evenly_over_an_azure_and_an_openai_endpoint_and_the_plan
     plan = (tmp_path / (OUT + ".batches.json")).read_text()
     assert Counter(c["endpoint"] for c in orjson.loads(plan)["chunks"]) == {"east": 2, "west": 2}
     assert all(key not in plan for key in KEYS.values())
+    status = run_cli(*_args(table, "--status"), cwd=tmp_path, env=KEYS)
+    assert status.stdout.count("; at east") == 2 and status.stdout.count("; at west") == 2
     # And every id is answered once; Azure's answers name the deployment's model, which is the
     # requested one's snapshot
     rows = read_jsonl(tmp_path / OUT)

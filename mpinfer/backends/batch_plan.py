@@ -207,6 +207,7 @@ class BatchStatus:
     age_s: float | None  # since its batch was created; an ended batch's: its duration
     waiting: str | None
     resubmitted: int
+    endpoint: str | None = None  # its endpoint's name (a run with an endpoints table)
 
 
 def plan_report(output: Path, now: float | None = None) -> list[BatchStatus]:
@@ -217,7 +218,7 @@ def plan_report(output: Path, now: float | None = None) -> list[BatchStatus]:
     now = time.time() if now is None else now
     return [BatchStatus(c.name, c.model_index, c.batch_id, c.state.value, c.status, c.lines,
                         c.completed, c.failed, c.attempt, _age(c, now), c.waiting,
-                        c.resubmitted) for c in plan.chunks]
+                        c.resubmitted, c.endpoint) for c in plan.chunks]
 
 
 def _age(chunk: Chunk, now: float) -> float | None:

@@ -182,6 +182,7 @@ def status_lines(report: StatusReport) -> list[str]:
             state = b.status if b.batch_id else b.state
             extra = f"; waiting: {b.waiting}" if b.waiting else ""
             extra += f"; {b.resubmitted} rows resubmitted" if b.resubmitted else ""
+            extra += f"; at {b.endpoint}" if b.endpoint else ""
             lines.append(f"    {b.batch_id or b.name}: {state} / {b.completed}+{b.failed} of "
                          f"{b.rows} / {duration(b.age_s)} / {b.attempt}{extra}")
     if report.groups is not None:
