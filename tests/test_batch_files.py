@@ -12,7 +12,7 @@ from pathlib import Path
 
 import openai
 import pytest
-from helpers import read_jsonl, run_cli, text_tasks, write_tasks
+from helpers import FAKE_KEY, read_jsonl, run_cli, text_tasks, write_tasks
 
 from mpinfer.mockserver import MockServerProcess
 
@@ -32,8 +32,9 @@ def _run(tmp_path: Path, mock: MockServerProcess, *extra: str) -> subprocess.Com
 
 
 def _batch_files(mock: MockServerProcess) -> set[str]:
-    """Every file the mock's batches were made from or wrote: inputs, outputs and error files."""
-    client = openai.OpenAI(base_url=mock.base_url, api_key="sk-test", max_retries=0, timeout=10)
+    """Every file the mock's batches were made from or wrote: inputs, outputs and error files (a
+    batch is listed to the key that made it: the run's)."""
+    client = openai.OpenAI(base_url=mock.base_url, api_key=FAKE_KEY, max_retries=0, timeout=10)
     try:
         batches = client.batches.list(limit=100).data
     finally:
