@@ -160,11 +160,11 @@ class EndpointLanes:
         own = ((LaneLimits(0, 0, limits.rpm, limits.tpm, limits.max_in_flight),)
                if limits.rpm or limits.tpm or limits.max_in_flight else ())
         # The lane lives in the actor's memory (share None): lane files are one machine's, and
-        # Ray reuses an actor's process. It opens slowly until its limit is known, as a run's do.
+        # Ray reuses an actor's process.
         return LimiterSettings(n_keys=1, n_models=1, rpm=self.rpm, tpm=self.tpm,
                                window_s=self.window_s, burst_s=self.burst_s,
                                margin_s=self.margin_s, max_in_flight=self.max_in_flight,
-                               holders=HOLDERS, lanes=own, slow_start=True)
+                               holders=HOLDERS, lanes=own)
 
     def request_limit(self, limits: ModelLimits) -> int | None:
         """The request limit this job tells the model's lane (its own, else --rpm)."""
