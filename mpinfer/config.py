@@ -108,8 +108,9 @@ def _batch_size(text: Any) -> int:
 
 
 class Transport(StrEnum):
-    """The HTTP stack under the SDK: mpinfer's own client over aiohttp (api/http.py), or the SDK's
-    httpx client, which costs several times its CPU a request (bench/README.md, http_stack)."""
+    """How requests are sent: mpinfer's own over aiohttp, without the SDK (api/wire.py), or through
+    the openai SDK over its httpx client, which costs several times the CPU a request
+    (bench/README.md, http_stack)."""
 
     AIOHTTP = "aiohttp"
     HTTPX = "httpx"
@@ -288,8 +289,8 @@ class RunConfig:
                                       env=("MPINFER_RAY_ADDRESS", "RAY_ADDRESS"), metavar="ADDR",
                                       shown="RAY_ADDRESS, or a new local one")
     transport: Transport = setting(Transport.AIOHTTP, one_of(Transport),
-                                   "HTTP stack under the openai SDK: aiohttp (a quarter to an "
-                                   "eighth of httpx's CPU a request) or httpx (the SDK's default)",
+                                   "aiohttp (mpinfer's own requests, no SDK) or httpx (the openai "
+                                   "SDK's client: SOCKS proxies; several times the CPU)",
                                    metavar="NAME")
     fsync: bool = setting(False, as_bool,
                           "fsync after every line: survives power loss, costs a disk flush a line")

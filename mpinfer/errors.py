@@ -6,6 +6,8 @@ constructor arguments in ``args`` and rebuilds from them.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class MpinferError(Exception):
     """Base of every error mpinfer raises on purpose."""
@@ -81,6 +83,29 @@ class MalformedResponse(MpinferError):
 
 class BadAnswer(MpinferError):
     """An answer that does not parse or fit the run's --json-schema or --labels: asked again."""
+
+
+class HttpStatusError(MpinferError):
+    """An answer with a status outside 2xx, sent without the SDK (api/wire.py): read as the SDK's
+    ``APIStatusError`` is (api/failures.py), with the same message, body and code."""
+
+    def __init__(self, message: str, status_code: int = 0, code: str | None = None,
+                 body: object = None, headers: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+        self.code = code
+        self.body = body  # the body's ``error`` object (the whole body, or its text, without one)
+        self.headers = headers  # a case-insensitive mapping (Retry-After and the limits' hints)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.message, self.status_code, self.code, self.body,
+                             None if self.headers is None else dict(self.headers)))
+
+
+class ConnectionFailed(MpinferError):
+    """A request sent without the SDK got no answer: refused, reset, dropped, or a proxy's refusal
+    (the kind of the SDK's ``APIConnectionError``); retried."""
 
 
 class BatchApiError(MpinferError):

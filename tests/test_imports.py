@@ -1,5 +1,7 @@
 """What a command loads: the read-only ones (--status, --validate, --dry-run, --export, --report)
-never import the openai SDK (about a second of import on a small machine), only a run does."""
+never import the openai SDK (about a second of import on a small machine), and neither does a run
+on the default transport (api/wire.py sends without it); only a run through the SDK
+(``--transport httpx``) does."""
 
 from __future__ import annotations
 
@@ -71,12 +73,23 @@ def test_a_read_only_command_never_imports_the_openai_sdk(finished: Path, mode: 
     assert not loaded, f"{mode} imported the openai SDK"
 
 
-def test_the_import_check_sees_a_run_load_the_openai_sdk(tmp_path: Path,
-                                                         mock: MockServerProcess) -> None:
+def test_a_run_on_the_default_transport_never_imports_the_openai_sdk(
+        tmp_path: Path, mock: MockServerProcess) -> None:
     # Given the same job, not run yet
     work = _job(tmp_path, mock.base_url)
     # When it is run through the same check
     loaded = _loads_openai(cwd=work)
+    # Then every task was sent and answered without the SDK loaded
+    assert not loaded
+    assert sum(mock.stats()["answered"].values()) == 4
+
+
+def test_the_import_check_sees_a_run_through_the_sdk_load_it(tmp_path: Path,
+                                                             mock: MockServerProcess) -> None:
+    # Given the same job, not run yet
+    work = _job(tmp_path, mock.base_url)
+    # When it is run through the same check on the SDK's transport
+    loaded = _loads_openai("--transport", "httpx", cwd=work)
     # Then the check sees the SDK loaded (it can fail), and the tasks were sent
     assert loaded
     assert sum(mock.stats()["answered"].values()) == 4

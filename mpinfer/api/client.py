@@ -1,5 +1,10 @@
-"""One API call: the client, sending a request and reading its answer (a failure is classified by
-``api.failures``).
+"""One API call through the openai SDK: the client, sending a request and reading its answer (a
+failure is classified by ``api.failures``).
+
+The SDK is the reference for what a request looks like, and this is the ``--transport httpx`` path
+(``SdkClient``, over the SDK's httpx2); the default transport sends without the SDK (api/wire.py,
+compared with this in tests/test_wire.py). ``make_client`` on the aiohttp transport gives the SDK
+mpinfer's aiohttp pool (api/http.py).
 
 The SDK's own retries are off (``max_retries=0``): every attempt is ours, so it is counted once and
 waits by our backoff. The response body is decoded with orjson rather than the SDK's models: it is
@@ -10,7 +15,6 @@ instead of a crash.
 from __future__ import annotations
 
 import asyncio
-import ssl
 import weakref
 from typing import Any
 
@@ -21,33 +25,24 @@ import orjson
 # The setting's enum, re-exported for the client's callers
 from ..config import Transport as Transport
 from .answer import Answer, parse_answer
-from .http import AioHttpClient, HttpxClient, SendGate
+from .http import AioHttpClient, HttpxClient, SendGate, TicketTimeout
 from .responses import ApiPath
 from .ticket import Ticket, Unsent
-
-_tls: ssl.SSLContext | None = None
+from .wire import tls_context
+from .wire import warm_up as _warm_up
 
 
 def warm_up() -> None:
-    """Do once, before forking, what every worker would otherwise do for itself at start-up.
-
-    Building a TLS context (loading the CA bundle), importing the parts of the HTTP stack that load
-    on first use, and the SDK's platform probe (a subprocess) made up most of each worker's start-up
-    (bench/README.md). Forked workers inherit the results.
-    """
-    global _tls
+    """Do once, before forking, what every worker would otherwise do for itself at start-up
+    (api/wire.py's ``warm_up``), and import the parts of httpx2's stack that load on first use."""
     import importlib
-    import platform
 
-    for name in ("httpcore2", "h11", "anyio.streams.tls", "aiohttp"):
+    for name in ("httpcore2", "h11", "anyio.streams.tls"):
         try:
             importlib.import_module(name)
         except ImportError:
             pass
-    platform.platform()
-    platform.machine()
-    if _tls is None:
-        _tls = httpx2.create_ssl_context()
+    _warm_up()
 
 
 def make_client(api_key: str, base_url: str | None, timeout: float,
@@ -64,7 +59,7 @@ def make_client(api_key: str, base_url: str | None, timeout: float,
     ``/openai/deployments/{deployment}/...?api-version=...`` with an ``api-key`` header.
     """
 
-    verify = _tls if _tls is not None else True
+    verify = tls_context()
     http_client: httpx2.AsyncClient
     if transport is Transport.AIOHTTP:
         http_client = AioHttpClient(timeout=timeout, connections=connections, verify=verify,
@@ -110,7 +105,8 @@ async def complete(client: openai.AsyncOpenAI, request: dict[str, Any], ticket: 
         ticket.deadline = deadline
         response = await client.post(_url(client, path), cast_to=httpx2.Response,
                                      content=orjson.dumps(body),
-                                     options={"timeout": ticket, "headers": _JSON})
+                                     options={"timeout": TicketTimeout(ticket),
+                                              "headers": _JSON})
         content = response.content
     if ticket.unsent is not None:
         return ticket.unsent
@@ -137,3 +133,23 @@ def _url(client: openai.AsyncOpenAI, path: ApiPath) -> str:
         else:
             url = urls[path] = f"{base}{path.value[1:]}"  # the SDK keeps its base URL ending in "/"
     return url
+
+
+class SdkClient:
+    """An endpoint's client through the openai SDK (``--transport httpx``): the shape of
+    api/wire.py's ``WireClient``, so that the runner holds either."""
+
+    def __init__(self, api_key: str, base_url: str | None, timeout: float, *,
+                 transport: Transport = Transport.HTTPX, connections: int = 1000,
+                 azure: tuple[str, str] | None = None, gate: SendGate | None = None) -> None:
+        self.sdk = make_client(api_key, base_url, timeout, transport=transport,
+                               connections=connections, azure=azure, gate=gate)
+
+    async def complete(self, request: dict[str, Any], ticket: Ticket,
+                       path: ApiPath = ApiPath.CHAT) -> Answer | Unsent:
+        """Send one request through the SDK (``complete``)."""
+        return await complete(self.sdk, request, ticket, path)
+
+    async def close(self) -> None:
+        """Close the SDK's client and its connection pool."""
+        await self.sdk.close()

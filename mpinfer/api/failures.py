@@ -10,7 +10,9 @@ verdict against what the task has been through.
 No import of the openai SDK: the Batch merge, the store and the reports use this vocabulary without
 loading it. Exceptions are matched by the names of their classes (the SDK's and those of
 ``mpinfer.errors``, none shared), looked up along the exception's MRO so that a subclass matches its
-base's row.
+base's row. A request sent without the SDK (api/wire.py) fails with ``mpinfer.errors``' own:
+``HttpStatusError`` is read as the SDK's ``APIStatusError`` is, ``ConnectionFailed`` as its
+``APIConnectionError``, and a timeout is a ``TimeoutError``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol, cast
 
+from ..errors import HttpStatusError
 from ..limits import wait_hint
 from ..store.records import CONTENT_FILTER
 
@@ -154,6 +157,7 @@ TABLE: tuple[Rule, ...] = (
     Rule(Kind.TIMEOUT, Verdict.RETRY, exception="TimeoutError"),  # our deadline on a request
     Rule(Kind.TIMEOUT, Verdict.RETRY, exception="APITimeoutError"),  # unless caused by a reset
     Rule(Kind.CONNECTION, Verdict.RETRY, exception="APIConnectionError"),
+    Rule(Kind.CONNECTION, Verdict.RETRY, exception="ConnectionFailed"),  # sent without the SDK
     # (the SDK's APIStatusError is read by its status and code: the rows below)
     Rule(Kind.API_ERROR, Verdict.RETRY, exception="APIError"),
     Rule(Kind.UNEXPECTED, Verdict.FAIL, exception="BaseException"),
@@ -205,7 +209,7 @@ def classify(exc: BaseException, wall: float | None = None) -> CallError:
     """What a failed attempt calls for: its kind and verdict by ``TABLE``. ``wall`` is the time a
     wait hint given as a date is read against (now, by default)."""
     names = {cls.__name__ for cls in type(exc).__mro__}
-    if "APIStatusError" in names:
+    if "APIStatusError" in names or "HttpStatusError" in names:
         return _of_status_error(exc, wall)
     rule = next(r for r in TABLE if r.exception in names)
     message = str(exc)
@@ -224,13 +228,14 @@ def classify(exc: BaseException, wall: float | None = None) -> CallError:
 
 
 class _StatusError(Protocol):
-    """What is read of the SDK's APIStatusError (the SDK is not imported here)."""
+    """What is read of the SDK's APIStatusError (the SDK is not imported here) and of
+    HttpStatusError: the headers are an HttpStatusError's ``headers``, or the SDK's
+    ``response.headers``."""
 
     status_code: int
     code: str | None
     body: object
     message: str
-    response: Any  # an httpx Response: its headers
 
 
 def _of_status_error(exc: BaseException, wall: float | None) -> CallError:
@@ -242,7 +247,10 @@ def _of_status_error(exc: BaseException, wall: float | None) -> CallError:
         body = answer.body if isinstance(answer.body, dict) else None
         return dataclasses.replace(error, body=body)
     if error.verdict.transient:
-        hint = wait_hint(answer.response.headers, message, wall)
+        # (the SDK's error: an httpx2 Response's headers)
+        headers = (exc.headers if isinstance(exc, HttpStatusError)
+                   else cast(Any, exc).response.headers)
+        hint = wait_hint(headers, message, wall)
         error = CallError(error.kind, answer.status_code, message, error.verdict, hint)
     return error
 

@@ -1,25 +1,17 @@
-"""The HTTP client under the openai SDK:
-httpx2's client interface over one aiohttp session, and nothing between.
+"""The openai SDK's HTTP clients, as mpinfer gives them to it: httpx2's client interface over the
+aiohttp pool (api/pool.py), and httpx2's own (``--transport httpx``).
+
+The SDK is the reference for what a request looks like (tests/test_wire.py compares api/wire.py's
+requests with its own), and its client over httpx2 is the ``--transport httpx`` path; a run on the
+default transport sends without it (api/wire.py).
 
 The SDK accepts any ``httpx2.AsyncClient`` and calls only its ``build_request`` and ``send``. The
 SDK's own aiohttp client (``openai.DefaultAioHttpClient``) is httpx2's full client over an aiohttp
 transport: every request passes httpx2's URL merging, auth flow, redirect loop and response stream,
 none of which an API call needs (the SDK puts auth in the headers, it sends absolute URLs, and
-mpinfer reads bodies whole). This client keeps the SDK's request and response objects and drops
-those layers; redirects, which the SDK's clients follow, aiohttp follows. It costs less CPU a
-request than either of the SDK's clients (``bench/http_stack.py``; the figures are in
-bench/README.md).
-
-Proxies are taken from the environment as httpx2 (and so the SDK's own clients) takes them:
-HTTPS_PROXY, HTTP_PROXY and ALL_PROXY (either case), NO_PROXY to bypass; read once per client,
-decided once per URL.
-
-Requests built ahead (``SendGate``): a local worker runs twice -c requests, and until the server
-states a limit or refuses a request, a request built while all -c slots are on the wire waits at the
-gate, so that an answer's freed slot is taken at once by a request that is ready instead of after
-the answer's handling and the next request's building; once a limit is in play, a request granted
-before it goes back to the limiter as it leaves (backends/ahead.py, and the ticket's protocol in
-api/ticket.py). What it gained at 1,200 in flight is in bench/README.md.
+mpinfer reads bodies whole). ``AioHttpClient`` keeps the SDK's request and response objects and
+drops those layers; redirects, which the SDK's clients follow, aiohttp follows. The pool under it
+(session, proxies, send gate) is the one api/wire.py sends through.
 
 Failures are raised as the httpx2 errors the SDK turns into ``APITimeoutError`` and
 ``APIConnectionError``: a connect or read timeout as a timeout, a refused, reset or dropped
@@ -32,50 +24,29 @@ import asyncio
 import datetime
 import ssl
 import time
-import urllib.request
 from typing import Any
 
 import aiohttp
 import httpx2
-import yarl
 
-from ..errors import ConfigError
+from .pool import UNTIMED, Pool
+from .pool import SendGate as SendGate  # (where the gate used to live)
 from .ticket import KEY, Ticket, Unsent
 
 # httpx2's own default; the body is handed to httpx2 undecoded, and it decodes both.
 _ACCEPT_ENCODING = ("Accept-Encoding", "gzip, deflate")
-KEEPALIVE_S = 5.0  # httpx2's default keep-alive expiry, as the SDK's aiohttp client had it
-# The SDK's own clients follow redirects
-# (a gateway moving a path, http to https), up to httpx2's 20.
-MAX_REDIRECTS = 20
 _AIOHTTP_SETS = frozenset({"host", "content-length"})
-_UNTIMED = aiohttp.ClientTimeout(total=None, connect=None, sock_read=None, sock_connect=None)
 
 
-class SendGate:
-    """At most ``slots`` requests on the wire at once, however many are built; ``close`` turns away
-    those still waiting (the run is stopping: they are left for the rerun, unsent)."""
+class TicketTimeout(httpx2.Timeout):
+    """A ticket as the SDK's ``timeout`` option: an ``httpx2.Timeout`` of the ticket's ``seconds``
+    (what the SDK reads, and sends as x-stainless-read-timeout), carrying the ticket down to the
+    HTTP client (api/ticket.py)."""
 
-    def __init__(self, slots: int) -> None:
-        self._free = asyncio.Semaphore(slots)
-        self.closed = False
-
-    async def take(self) -> bool:
-        """Wait for a slot: True with it,
-        False when the gate was closed meanwhile (no slot held)."""
-        await self._free.acquire()
-        if self.closed:
-            self._free.release()  # wakes the next one waiting, which is turned away too
-            return False
-        return True
-
-    def give_back(self) -> None:
-        """Free the slot of a request whose answer came back (or that failed), for the next one."""
-        self._free.release()
-
-    def close(self) -> None:
-        """Turn away the requests still waiting and those to come: the run is stopping."""
-        self.closed = True
+    def __init__(self, ticket: Ticket) -> None:
+        # Not super().__init__(): one length for every phase, set directly (a request at a time).
+        self.connect = self.read = self.write = self.pool = ticket.seconds
+        self.ticket = ticket
 
 
 class _NoTransport(httpx2.AsyncBaseTransport):
@@ -132,19 +103,9 @@ class AioHttpClient(httpx2.AsyncClient):
                  gate: SendGate | None = None) -> None:
         super().__init__(timeout=timeout, transport=_NoTransport(), trust_env=False)
         self._gate = gate
-        # aiohttp's default, 100, would queue a busier worker
-        self._connections = max(100, connections)
-        self._verify = verify
-        self._session: aiohttp.ClientSession | None = None
+        self._pool = Pool(connections, verify)
         self._urls: dict[str, httpx2.URL] = {}  # the few URLs a run sends to, parsed once
         self._timeouts: dict[tuple[Any, ...], aiohttp.ClientTimeout] = {}
-        self._env_proxies = urllib.request.getproxies_environment()
-        for name, given in self._env_proxies.items():
-            if name != "no" and _proxy_url(given).scheme not in ("http", "https"):
-                raise ConfigError(f"{name}_proxy {_proxy_url(given).with_user(None)}: the aiohttp "
-                                  "transport reaches http and https proxies only; use --transport "
-                                  "httpx (with the socksio package installed) for this one")
-        self._proxies: dict[str, tuple[yarl.URL | None, dict[str, str] | None]] = {}
 
     def build_request(self, method: str, url: httpx2.URL | str, *, content: Any = None,
                       data: Any = None, files: Any = None, json: Any = None, params: Any = None,
@@ -166,9 +127,10 @@ class AioHttpClient(httpx2.AsyncClient):
             url = parsed
         if params:  # Azure's api-version
             url = url.copy_merge_params(params)
-        if isinstance(timeout, Ticket):
+        if isinstance(timeout, TicketTimeout):
             # The ticket's deadline times the whole request (_client_timeout): no timeout extension.
-            extensions = {**extensions, KEY: timeout} if extensions else {KEY: timeout}
+            ticket = timeout.ticket
+            extensions = {**extensions, KEY: ticket} if extensions else {KEY: ticket}
         else:
             extensions = dict(extensions or {})
         if "timeout" not in extensions and KEY not in extensions:
@@ -224,30 +186,18 @@ class AioHttpClient(httpx2.AsyncClient):
             unsent = await ticket.leaving()
             if unsent is not None:
                 return turned_away(request, ticket, unsent)
-        session = self._session or self._open()
         started = time.perf_counter()
-        url = str(request.url)
-        proxy, login = self._proxies.get(url) or self._proxy_for(url, request.url)
-        proxy_headers = None
-        # aiohttp sends proxy_headers on a CONNECT (https) only; plain http carries it
-        if login is not None:
-            if request.url.scheme == "https":
-                proxy_headers = login
-            else:
-                headers.extend(login.items())
         try:
-            async with session.request(request.method, url, data=body or None, headers=headers,
-                                       proxy=proxy, proxy_headers=proxy_headers,
-                                       max_redirects=MAX_REDIRECTS, auto_decompress=False,
-                                       timeout=self._client_timeout(request, ticket),
-                                       server_hostname=request.extensions.get("sni_hostname"),
-                                       ) as answer:
-                content = await answer.read()
-                status, raw_headers, reason = answer.status, answer.raw_headers, answer.reason
-                encoded = "Content-Encoding" in answer.headers
-                answer_headers = answer.headers
+            answer = await self._pool.exchange(
+                request.method, str(request.url), headers, body or None, decompress=False,
+                timeout=self._client_timeout(request, ticket),
+                server_hostname=request.extensions.get("sni_hostname"))
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise _http_error(exc, request) from exc
+        status, raw_headers, reason, content = (answer.status, answer.raw_headers, answer.reason,
+                                                answer.content)
+        encoded = "Content-Encoding" in answer.headers
+        answer_headers = answer.headers
         if ticket is not None:
             await ticket.answered(status, answer_headers)
         extensions: dict[str, Any] = {"http_version": b"HTTP/1.1"}
@@ -263,39 +213,16 @@ class AioHttpClient(httpx2.AsyncClient):
         response.elapsed = datetime.timedelta(seconds=time.perf_counter() - started)
         return response
 
-    def _proxy_for(self, key: str,
-                   url: httpx2.URL) -> tuple[yarl.URL | None, dict[str, str] | None]:
-        """The proxy the environment names for ``url`` (None: none, or NO_PROXY bypasses it),
-        and the header with its login."""
-        found: tuple[yarl.URL | None, dict[str, str] | None] = (None, None)
-        given = self._env_proxies.get(url.scheme) or self._env_proxies.get("all")
-        # NO_PROXY, read as urllib and httpx2 read it
-        if given and not urllib.request.proxy_bypass(url.host):
-            proxy = _proxy_url(given)
-            login = None
-            if proxy.user:
-                login = {"Proxy-Authorization":
-                         aiohttp.encode_basic_auth(proxy.user, proxy.password or "")}
-            found = (proxy.with_user(None), login)
-        self._proxies[key] = found
-        return found
-
-    def _open(self) -> aiohttp.ClientSession:
-        ssl_option: ssl.SSLContext | bool = self._verify
-        connector = aiohttp.TCPConnector(limit=self._connections, keepalive_timeout=KEEPALIVE_S,
-                                         ssl=ssl_option)
-        self._session = aiohttp.ClientSession(connector=connector)
-        return self._session
-
     def _client_timeout(self, request: httpx2.Request,
                         ticket: Ticket | None) -> aiohttp.ClientTimeout:
         if ticket is not None and ticket.deadline is not None:
             # A deadline on the whole request (api.client.complete) ends it before any of these
             # could: each is as long as the whole, and aiohttp's per-read timer would be set again
             # at every read for nothing.
-            return _UNTIMED
+            return UNTIMED
         # (A ticket outside complete, with no deadline, is timed per phase as its Timeout says.)
-        given = request.extensions.get("timeout") or (ticket.as_dict() if ticket else {})
+        given = request.extensions.get("timeout") or (
+            dict.fromkeys(("connect", "read", "pool"), ticket.seconds) if ticket else {})
         key = (given.get("connect"), given.get("read"), given.get("pool"))
         timeout = self._timeouts.get(key)
         if timeout is None:
@@ -306,10 +233,9 @@ class AioHttpClient(httpx2.AsyncClient):
         return timeout
 
     async def aclose(self) -> None:
-        """Close the aiohttp session (opened on the first request) and then httpx2's client."""
-        if self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
+        """Close the aiohttp pool (its session opened on the first request) and then httpx2's
+        client."""
+        await self._pool.close()
         await super().aclose()
 
 
@@ -327,10 +253,10 @@ class HttpxClient(httpx2.AsyncClient):
                       timeout: Any = httpx2.USE_CLIENT_DEFAULT,
                       extensions: Any = None) -> httpx2.Request:
         """httpx2's request, with the ticket kept in its extensions beside its timeout."""
-        if isinstance(timeout, Ticket):
+        if isinstance(timeout, TicketTimeout):
             # httpx2 would read it as a Timeout and drop the rest: the ticket is kept beside its
             # timeout (which httpx2 then leaves as it is, with no copy of its own).
-            ticketed = {KEY: timeout, "timeout": timeout.as_dict()}
+            ticketed = {KEY: timeout.ticket, "timeout": timeout.as_dict()}
             extensions = {**extensions, **ticketed} if extensions else ticketed
         return super().build_request(method, url, content=content, data=data, files=files,
                                      json=json, params=params, headers=headers, cookies=cookies,
@@ -361,11 +287,6 @@ def turned_away(request: httpx2.Request, ticket: Ticket, why: Unsent) -> httpx2.
     why (``api.client.complete`` returns that instead of an Answer)."""
     ticket.unsent = why
     return httpx2.Response(204, content=b"", request=request)
-
-
-def _proxy_url(given: str) -> yarl.URL:
-    # "host:3128" means an http proxy
-    return yarl.URL(given if "://" in given else f"http://{given}")
 
 
 def _http_error(exc: BaseException, request: httpx2.Request) -> httpx2.TransportError:

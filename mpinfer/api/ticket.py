@@ -1,13 +1,14 @@
 """A request's ticket: what one request in flight carries down to the HTTP client, and what the
 HTTP client tells it.
 
-The protocol (``api.client.complete`` makes the call; ``api.http`` holds both transports):
+The protocol (``WireClient.complete`` in api/wire.py makes the call on the default transport, and
+``api.client.complete`` through the openai SDK, over either of api/http.py's clients):
 
 1. The caller makes a ``Ticket`` for each request (the runner's subclass holds its rate-limit
-   grant) and passes it to ``complete``, which starts the request's deadline (``deadline``) and
-   hands the ticket to the SDK as the request's ``timeout`` option. The SDK gives that option,
-   untouched, to the HTTP client's ``build_request``: a Ticket is an ``httpx2.Timeout`` of its
-   ``seconds``, so any client reads it as the timeout it is, and ours also keep it in the request's
+   grant) and passes it to ``complete``, which starts the request's deadline (``deadline``). Through
+   the SDK, the ticket goes down as the request's ``timeout`` option, wrapped in an
+   ``httpx2.Timeout`` of its ``seconds`` (``api.http.TicketTimeout``), which the SDK gives,
+   untouched, to the HTTP client's ``build_request``; our clients keep the ticket in the request's
    ``extensions`` under ``KEY``. None of it is sent to the server. (The SDK offers no other way
    down: it passes neither extensions nor options of its own, and a header would have to be
    stripped again before sending.)
@@ -20,8 +21,9 @@ The protocol (``api.client.complete`` makes the call; ``api.http`` holds both tr
    wait for the limiter or a slot before it.
 4. ``await ticket.answered(status, headers)``, once, as soon as the answer's status and headers
    are read, before its slot goes to the next request.
-5. A request turned away (2 or 3) reaches no server: the client returns an empty 204 that the SDK
-   passes back, and ``complete`` returns ``ticket.unsent`` instead of an Answer.
+5. A request turned away (2 or 3) reaches no server: ``complete`` returns ``ticket.unsent``
+   instead of an Answer (through the SDK, the client answers it with an empty 204 that the SDK
+   passes back).
 
 The hooks do nothing here; the runner's ticket (backends/runner.py) stamps the send with the
 limiter and has it learn the limits an answer states.
@@ -35,8 +37,6 @@ from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
 
-import httpx2
-
 KEY = "mpinfer.ticket"  # the request extension that holds the ticket
 
 
@@ -47,12 +47,10 @@ class Unsent(StrEnum):
     STOPPING = "stopping"  # built ahead, the run stopped while it waited for a slot: for the rerun
 
 
-class Ticket(httpx2.Timeout):
+class Ticket:
     """One request in flight: its deadline, and the hooks the HTTP client calls (see the module)."""
 
     def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
-        # Not super().__init__(): one length for every phase, set directly (a request at a time).
-        self.connect = self.read = self.write = self.pool = seconds
         self.seconds = seconds
         self.deadline: asyncio.Timeout | None = None  # complete's, on the whole request
         self.unsent: Unsent | None = None  # set by the client when it turns the request away

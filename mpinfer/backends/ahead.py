@@ -1,7 +1,7 @@
 """Building requests ahead of their slots, and when that stops: one host's state (``BuildAhead``).
 
 A local worker on the aiohttp transport runs twice -c requests (``RunnerSettings.built_ahead``):
-a request built while all -c slots are on the wire waits at the gate (api/http.py's ``SendGate``),
+a request built while all -c slots are on the wire waits at the gate (api/pool.py's ``SendGate``),
 so that an answer's freed slot is taken at once by a request that is ready. Building ahead holds a
 grant while it waits for a slot, and requests that waited leave together, so it is done only while
 no limit is in play: from the start, unless a limit is set, and never again once the server states
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 
-from ..api.http import SendGate
+from ..api.pool import SendGate
 from ..slices import RunnerSettings
 
 

@@ -21,9 +21,9 @@ from typing import Any
 import multiprocess
 from multiprocess.connection import wait
 
-from ..api.client import warm_up
 from ..api.prices import PriceTable
-from ..config import RunConfig
+from ..api.wire import warm_up
+from ..config import RunConfig, Transport
 from ..events import (
     Event,
     StopWork,
@@ -108,7 +108,14 @@ class LocalBackend:
 
     def start(self) -> None:
         """Fork the worker processes, after warming up and freezing what the parent holds."""
-        warm_up()  # once here rather than once in every forked worker
+        # Once here rather than once in every forked worker; a CA bundle only for an https endpoint,
+        # the SDK only for the transport that sends through it.
+        warm_up(tls=any(not (e.base_url or "https:").startswith("http:")
+                        for e in self.runner_settings.endpoints))
+        if self.config.transport is Transport.HTTPX:
+            from ..api.client import warm_up as sdk_warm_up
+
+            sdk_warm_up()
         # A Python caller's own gc.freeze() is theirs to undo
         self.unfreeze = gc.get_freeze_count() == 0
         # The forked children need not copy-on-write the parent's id sets when they collect

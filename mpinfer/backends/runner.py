@@ -21,10 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import openai
-
 from ..api.answer import Answer, filtered_answer
-from ..api.client import complete, make_client
 from ..api.endpoints import Provider
 from ..api.failures import CallError, Kind, Verdict, classify
 from ..api.messages import ImageEncoder, Request, task_request
@@ -33,6 +30,8 @@ from ..api.responses import ApiPath
 from ..api.retry import Attempts, decide, patience_spent
 from ..api.structured import Mismatch, Parsed, check
 from ..api.ticket import Ticket, Unsent
+from ..api.wire import ApiClient, WireClient
+from ..config import Transport
 from ..errors import BadAnswer, ImageError, NoKeysLeft
 from ..events import Abort, Event, KeyDisabled, ModelUnknown, TaskDone, TaskFailed
 from ..inputs import Task
@@ -135,7 +134,7 @@ class TaskRunner:
         self.models = settings.request.models
         self.rng = random.Random(os.urandom(16))  # forked siblings must not jitter alike
         self.encoder = ImageEncoder(settings.request.image_root)
-        self.clients: dict[int, openai.AsyncOpenAI] = {}
+        self.clients: dict[int, ApiClient] = {}
         self._stopping = False
         self.dropped: dict[int, str] = {}  # models the server does not know, with what it said
         self.notices: list[Event] = []
@@ -154,18 +153,27 @@ class TaskRunner:
         self._stopping = True
         self.ahead.stop()
 
-    def client(self, key: int) -> openai.AsyncOpenAI:
-        """The SDK client of endpoint ``key``, made on first use and kept."""
+    def client(self, key: int) -> ApiClient:
+        """The client of endpoint ``key``, made on first use and kept: mpinfer's own requests
+        (api/wire.py), or the openai SDK's on ``--transport httpx`` (imported only then)."""
         if key not in self.clients:
             endpoint = self.endpoints[key]
             azure = None
             if endpoint.provider is Provider.AZURE:
                 azure = (str(endpoint.deployment), str(endpoint.api_version))
             settings = self.settings
-            self.clients[key] = make_client(endpoint.api_key, endpoint.base_url, settings.timeout,
-                                            transport=settings.transport,
-                                            connections=settings.concurrency, azure=azure,
-                                            gate=self.ahead.gate)
+            made: ApiClient
+            if settings.transport is Transport.HTTPX:
+                from ..api.client import SdkClient
+
+                made = SdkClient(endpoint.api_key, endpoint.base_url, settings.timeout,
+                                 connections=settings.concurrency, azure=azure,
+                                 gate=self.ahead.gate)
+            else:
+                made = WireClient(endpoint.api_key, endpoint.base_url, settings.timeout,
+                                  connections=settings.concurrency, azure=azure,
+                                  gate=self.ahead.gate)
+            self.clients[key] = made
         return self.clients[key]
 
     async def close(self) -> None:
@@ -248,8 +256,8 @@ class TaskRunner:
             ticket = _GrantTicket(self.settings.timeout, grant, self.limiter, self.ahead,
                                   self.clock)
             try:
-                answer = await complete(self.client(grant.key), request.kwargs, ticket,
-                                        request.path)
+                answer = await self.client(grant.key).complete(request.kwargs, ticket,
+                                                               request.path)
             except Exception as exc:  # classify decides; nothing escapes unrecorded
                 latency = self._attempt_ended(tries, ticket)
                 tries.count += 1
