@@ -1,11 +1,13 @@
-"""CPU per request of the HTTP stacks under the openai SDK, one process, against the mock server.
+"""CPU per request of mpinfer's client and of the HTTP stacks under the openai SDK, one process,
+against the mock server.
 
 Each row sends the same chat request N times with C in flight from one asyncio
 process (as one worker does) and reports the process's CPU per request, from a warm
 start (a first round is not counted):
 
-- sdk + mpinfer aiohttp: ``AsyncOpenAI.post`` over mpinfer's own client (mpinfer/api/http.py), what
-  a worker sends with by default (``make_client``, ``complete``);
+- mpinfer, no SDK: ``WireClient`` (mpinfer/api/wire.py), what a worker sends with by default;
+- sdk + mpinfer aiohttp: ``AsyncOpenAI.post`` over mpinfer's aiohttp pool (mpinfer/api/http.py),
+  what a worker sent with before (``make_client``, ``complete``);
 - sdk + httpx: the same over the SDK's httpx client (``--transport httpx``);
 - sdk + DefaultAioHttpClient: the same over the SDK's own aiohttp client (what mpinfer used before);
 - aiohttp alone: the same bytes with no SDK at all, the floor no client built on the SDK can reach.
@@ -25,7 +27,8 @@ import sys
 
 from _common import REPO, machine_line, start_mock, table
 
-STACKS = ("sdk + mpinfer aiohttp", "sdk + httpx", "sdk + DefaultAioHttpClient", "aiohttp alone")
+STACKS = ("mpinfer, no SDK", "sdk + mpinfer aiohttp", "sdk + httpx", "sdk + DefaultAioHttpClient",
+          "aiohttp alone")
 
 # One row, in a subprocess: argv = base_url, stack, requests, concurrency.
 # Prints the CPU ms per request.
@@ -34,6 +37,7 @@ import asyncio, gc, sys, time
 import aiohttp, httpx2, openai, orjson
 from mpinfer.api.client import Transport, complete, make_client, warm_up
 from mpinfer.api.ticket import Ticket
+from mpinfer.api.wire import WireClient
 from mpinfer.backends.worker import WORKER_GC_THRESHOLDS
 
 base, stack, n, c = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
@@ -52,6 +56,11 @@ async def main() -> None:
                                     headers=headers) as r:
                 orjson.loads(await r.read())
         close = session.close
+    elif stack == "mpinfer, no SDK":
+        wire = WireClient("sk-bench", base, 60.0, connections=c)
+        async def one() -> None:
+            await wire.complete(REQUEST, Ticket(60.0))
+        close = wire.close
     else:
         if stack == "sdk + DefaultAioHttpClient":
             pool = httpx2.Limits(max_connections=max(100, c), max_keepalive_connections=max(100, c))

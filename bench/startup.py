@@ -12,10 +12,14 @@ any answer comes back. Measured, as a median of 3 repetitions:
 - wall s: the whole command (2 rounds of the latency included).
 
 Also the bare cost of starting Python and importing the CLI (``python -c "import mpinfer.cli"``),
-which every run pays before it reads anything.
+which every run pays before it reads anything; and a one-task job (the CLI with -p 1 -c 1 on one
+task, the mock answering at once) beside its floor, a bare aiohttp script that starts, reads the
+task, sends it, writes the answer and exits: wall time of each whole process, interleaved, the
+median of --one-task-repeat (target: the CLI at most 2.5 times the script).
 
     python bench/startup.py                    # -p 64, 8, 1; 3 repetitions
     python bench/startup.py --processes 64 --repeat 5
+    python bench/startup.py --processes "" --one-task-repeat 9     # the one-task rows alone
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from typing import Any
 from _common import (
     cli_command,
     cli_env,
+    count_lines,
     machine_line,
     poll_stats,
     python_command,
@@ -42,6 +47,27 @@ from _common import (
 )
 
 TARGET_S = 3.0
+ONE_TASK_RATIO = 2.5  # the one-task job against the bare script
+# The floor of a one-task job: start, read the task, send it, write the answer, exit.
+# argv = base_url, tasks file, output file.
+_BARE = r'''
+import asyncio, sys
+import aiohttp, orjson
+
+async def main() -> None:
+    with open(sys.argv[2], "rb") as handle:
+        task = orjson.loads(handle.readline())
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": task["prompt"]}]}
+    headers = {"Authorization": "Bearer sk-bench", "Content-Type": "application/json"}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(sys.argv[1] + "/chat/completions", data=orjson.dumps(body),
+                                headers=headers) as answer:
+            data = orjson.loads(await answer.read())
+    with open(sys.argv[3], "ab") as out:
+        out.write(orjson.dumps({"id": task["id"], "answer": data}) + b"\n")
+
+asyncio.run(main())
+'''
 
 
 def watch_requests(root_url: str, want: int, stop: threading.Event,
@@ -100,6 +126,37 @@ def import_cost(repeat: int) -> dict[str, Any]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def one_task(mock: Any, repeat: int, timeout_s: float) -> list[dict[str, Any]]:
+    """The one-task job and the bare script, ``repeat`` times each, interleaved: their rows."""
+    mock.configure(latency_ms=0)
+    walls: dict[str, list[float]] = {"bare aiohttp script": [], "mpinfer, one task": []}
+    cpus: dict[str, list[float]] = {name: [] for name in walls}
+    for i in range(repeat):
+        print(f"  one task, repetition {i + 1}/{repeat} ...", flush=True)
+        for name in walls:
+            folder = Path(tempfile.mkdtemp(prefix="mpinfer-bench-one-"))
+            try:
+                tasks = write_text_tasks(folder / "tasks.jsonl", 1)
+                out = folder / "results.jsonl"
+                cmd = ([*python_command(_BARE), mock.base_url, str(tasks), str(out)]
+                       if name.startswith("bare") else
+                       cli_command("-i", str(tasks), "-o", str(out), "-p", "1", "-c", "1",
+                                   "--base-url", mock.base_url))
+                m = run_measured(cmd, cwd=folder, env=cli_env(), timeout_s=timeout_s,
+                                 sample=False)
+                m.check(name)
+                if count_lines(out) != 1:
+                    raise SystemExit(f"{name}: no answer written\n{m.stderr[-2000:]}")
+                walls[name].append(m.wall_s)
+                cpus[name].append(m.cpu_s)
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+    return [{"what": name, "reps": len(walls[name]),
+             "median wall s": statistics.median(walls[name]),
+             "min s": min(walls[name]), "max s": max(walls[name]),
+             "median CPU s": statistics.median(cpus[name])} for name in walls]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -110,6 +167,9 @@ def main() -> int:
                     help="mock latency in ms (default 3000: longer than the start-up, so each "
                     "worker's first request is still in flight when the last worker starts)")
     ap.add_argument("--timeout", type=float, default=300.0)
+    ap.add_argument("--one-task-repeat", type=int, default=5,
+                    help="repetitions of the one-task job and its bare script (default 5; 0: "
+                    "none)")
     args = ap.parse_args()
 
     print(machine_line())
@@ -127,6 +187,7 @@ def main() -> int:
                          "all p s": statistics.median(alls) if alls else None,
                          "wall s": statistics.median(r["wall"] for r in runs),
                          "CPU s": statistics.median(r["cpu"] for r in runs)})
+        alone = one_task(mock, args.one_task_repeat, args.timeout) if args.one_task_repeat else []
     print()
     print(table(rows,
                 title="start-up: command -> first request at the mock (median of "
@@ -138,6 +199,15 @@ def main() -> int:
             met = row["first req s"] < TARGET_S
             print(f"\n-p 64 first request after {row['first req s']:.2f} s (median): "
                   f"{'MET' if met else 'MISSED'} (target < {TARGET_S:.0f} s)")
+    if alone:
+        print()
+        print(table(alone, title="a one-task job beside a bare aiohttp script (start, send, "
+                    f"write, exit), whole process, {time.strftime('%Y-%m-%d')}"))
+        ratio = alone[1]["median wall s"] / alone[0]["median wall s"]
+        print(f"\none task: {alone[1]['median wall s']:.2f} s against the script's "
+              f"{alone[0]['median wall s']:.2f} s, {ratio:.2f} times: "
+              f"{'MET' if ratio <= ONE_TASK_RATIO else 'MISSED'} "
+              f"(target <= {ONE_TASK_RATIO} times)")
     return 0
 
 
