@@ -22,8 +22,8 @@ for every model. The limiter gives each endpoint its own lanes (mpinfer.limits.s
 limits, pauses and key state are its own, and a request goes to the least loaded of its model's
 endpoints that is free.
 
-Azure is reached through the SDK's ``AsyncAzureOpenAI`` (deployment path, ``api-version`` query,
-``api-key`` header). The model check compares the answer's model with the requested model, never
+Azure is reached as the SDK's ``AsyncAzureOpenAI`` reaches it (deployment path, ``api-version``
+query, ``api-key`` header: api/wire.py builds the same requests). The model check compares the answer's model with the requested model, never
 with the deployment.
 """
 
