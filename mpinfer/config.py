@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from dotenv import dotenv_values
 
 from .api.structured import AnswerRule, answer_rule, labels_list
 from .api.thinking import EFFORTS, ThinkingForm, as_effort, switches
@@ -524,7 +523,11 @@ def environment(environ: Mapping[str, str] | None = None,
                 cwd: Path | None = None) -> list[dict[str, str]]:
     """Where settings are looked up after the flags (first hit wins): the environment, ``.env``."""
     cwd = cwd or Path.cwd()
-    dotenv = {k: v for k, v in dotenv_values(cwd / ENV_FILE_NAME).items() if v is not None}
+    dotenv: dict[str, str] = {}
+    if (cwd / ENV_FILE_NAME).exists():  # (python-dotenv loaded only then: it costs every start)
+        from dotenv import dotenv_values
+
+        dotenv = {k: v for k, v in dotenv_values(cwd / ENV_FILE_NAME).items() if v is not None}
     return [dict(os.environ if environ is None else environ), dotenv]
 
 

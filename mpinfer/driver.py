@@ -15,8 +15,6 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from .api.endpoints import endpoints_of
 from .backends.base import Backend, Note, Returned, WorkerDied
 from .config import RunConfig
@@ -76,6 +74,20 @@ def work_items(tasks: Iterator[Task], done: list[IdSubset],
                 yield shaped[variant], output_index
 
 
+class _NoBar:
+    """The progress bar of a run without one (``progress`` False): what the run calls, doing
+    nothing."""
+
+    def update(self, _count: int = 1) -> None:
+        """Nothing to advance."""
+
+    def set_postfix(self, **_fields: Any) -> None:
+        """Nothing to show."""
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
 class RunState:
     """The driver's side of a run, whatever runs the tasks."""
 
@@ -92,10 +104,14 @@ class RunState:
         self.stop_reason: Stopped | None = None
         self.signals = 0
         self.lanes: LaneReport | None = None
-        # no monitor thread: the local backend's parent must stay single-threaded
-        tqdm.monitor_interval = 0
-        self.bar = tqdm(total=summary.total, initial=summary.already_done, unit="task",
-                        dynamic_ncols=True, smoothing=0.05, disable=not progress)
+        self.bar: Any = _NoBar()
+        if progress:  # (tqdm is imported only for a bar: a run without one starts sooner)
+            from tqdm import tqdm
+
+            # no monitor thread: the local backend's parent must stay single-threaded
+            tqdm.monitor_interval = 0
+            self.bar = tqdm(total=summary.total, initial=summary.already_done, unit="task",
+                            dynamic_ncols=True, smoothing=0.05)
         self._postfix_at = 0.0
         self._summary_at = 0.0
 

@@ -20,8 +20,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from tqdm import tqdm
-
 from .errors import ConfigError
 from .redact import RedactingFilter
 
@@ -75,6 +73,8 @@ class TqdmConsoleHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         """Print the record above the progress bar."""
         try:
+            from tqdm import tqdm  # (here: a run that logs nothing to the console never loads it)
+
             tqdm.write(self.format(record), file=sys.stderr)
         except Exception:  # logging must never take the run down
             self.handleError(record)

@@ -32,8 +32,8 @@ from mpinfer.inputs.tasks import Task
 
 KEY = "sk-test-0000000000000000fakew1r3"
 TIMEOUT = 5.0
-# Set by the HTTP client, not the SDK (the SDK's own call goes through httpx2, ours through aiohttp),
-# or different on every request and attempt: left out of the comparison.
+# Set by the HTTP client, not the SDK (the SDK's own call goes through httpx2, ours through
+# aiohttp), or different on every request and attempt: left out of the comparison.
 NOT_COMPARED = frozenset({"host", "content-length", "connection", "accept-encoding",
                           "x-stainless-retry-count", "x-stainless-read-timeout"})
 CHAT = {"id": "c", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
@@ -41,8 +41,9 @@ CHAT = {"id": "c", "object": "chat.completion", "created": 1, "model": "gpt-4o-m
                      "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
 RESPONSE = {"id": "r", "object": "response", "created_at": 1, "model": "gpt-4o-mini",
-            "status": "completed", "output": [], "parallel_tool_calls": False, "tool_choice": "auto",
-            "tools": [], "usage": {"input_tokens": 3, "output_tokens": 1, "total_tokens": 4}}
+            "status": "completed", "output": [], "parallel_tool_calls": False,
+            "tool_choice": "auto", "tools": [],
+            "usage": {"input_tokens": 3, "output_tokens": 1, "total_tokens": 4}}
 EMBEDDING = {"object": "list", "model": "text-embedding-3-small",
              "data": [{"object": "embedding", "index": 0, "embedding": [0.5, 0.25]}],
              "usage": {"prompt_tokens": 2, "total_tokens": 2}}

@@ -23,8 +23,8 @@ limits, pauses and key state are its own, and a request goes to the least loaded
 endpoints that is free.
 
 Azure is reached as the SDK's ``AsyncAzureOpenAI`` reaches it (deployment path, ``api-version``
-query, ``api-key`` header: api/wire.py builds the same requests). The model check compares the answer's model with the requested model, never
-with the deployment.
+query, ``api-key`` header: api/wire.py builds the same requests). The model check compares the
+answer's model with the requested model, never with the deployment.
 """
 
 from __future__ import annotations

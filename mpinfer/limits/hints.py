@@ -19,7 +19,6 @@ values, so the limiter and the retry decision never look at a header themselves:
 
 from __future__ import annotations
 
-import email.utils
 import re
 import time
 from dataclasses import dataclass
@@ -62,6 +61,8 @@ def _seconds_or_date(value: str | None, wall: float) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         pass
+    import email.utils  # (here: a date is rare, and the module costs every run's start)
+
     try:
         when = email.utils.parsedate_to_datetime(value).timestamp()
     except (TypeError, ValueError, IndexError):
