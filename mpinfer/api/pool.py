@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import urllib.request
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import aiohttp
@@ -78,12 +79,15 @@ _Proxy = tuple[yarl.URL | None, dict[str, str] | None]
 
 class Pool:
     """One aiohttp session (made on the first request, inside the event loop that runs them) with
-    ``connections`` connections, and the environment's proxies."""
+    ``connections`` connections, and the environment's proxies. ``headers`` go with every request
+    (the session's own: merged once a request, not parsed from the caller's each time)."""
 
-    def __init__(self, connections: int, verify: ssl.SSLContext | bool = True) -> None:
+    def __init__(self, connections: int, verify: ssl.SSLContext | bool = True,
+                 headers: Sequence[tuple[str, str]] = ()) -> None:
         # aiohttp's default, 100, would queue a busier worker
         self._connections = max(100, connections)
         self._verify = verify
+        self._headers = headers
         self._session: aiohttp.ClientSession | None = None
         self._env_proxies = urllib.request.getproxies_environment()
         for name, given in self._env_proxies.items():
@@ -98,8 +102,8 @@ class Pool:
                        decompress: bool = True, server_hostname: str | None = None) -> Exchanged:
         """Send one request and read its answer whole; raises aiohttp's (and the socket's) errors.
 
-        ``headers`` is the caller's list (a proxy's login may be added to it): Host and
-        Content-Length are aiohttp's to set."""
+        ``headers`` (beside the pool's own) is the caller's list (a proxy's login may be added to
+        it): Host and Content-Length are aiohttp's to set."""
         session = self._session or self._open()
         proxy, login = self._proxies.get(url) or self._proxy_for(url)
         proxy_headers = None
@@ -109,7 +113,7 @@ class Pool:
                 proxy_headers = login
             else:
                 headers.extend(login.items())
-        async with session.request(method, url, data=body, headers=headers, proxy=proxy,
+        async with session.request(method, url, data=body, headers=headers or None, proxy=proxy,
                                    proxy_headers=proxy_headers, max_redirects=MAX_REDIRECTS,
                                    auto_decompress=decompress, timeout=timeout,
                                    server_hostname=server_hostname) as answer:
@@ -137,7 +141,7 @@ class Pool:
     def _open(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(limit=self._connections, keepalive_timeout=KEEPALIVE_S,
                                          ssl=self._verify)
-        self._session = aiohttp.ClientSession(connector=connector)
+        self._session = aiohttp.ClientSession(connector=connector, headers=list(self._headers))
         return self._session
 
     async def close(self) -> None:

@@ -1,11 +1,11 @@
 """Requests on the wire without the openai SDK: what the SDK would send, built once per endpoint and
 API, and each body sent as orjson bytes over the worker's aiohttp pool (api/pool.py).
 
-The SDK is the reference: ``route`` builds the URL (its query too) and the headers the SDK's own
-call sends for the same settings (Bearer auth, or Azure's ``api-key`` header, deployment path and
-``api-version`` query; its User-Agent and X-Stainless headers; OpenAI-Organization and
-OpenAI-Project from OPENAI_ORG_ID and OPENAI_PROJECT_ID, as the SDK reads them), and
-tests/test_wire.py compares the two on the wire. Building a request through the SDK cost more CPU
+The SDK is the reference: ``url_of`` and ``sdk_headers`` build the URL (its query too) and the
+headers the SDK's own call sends for the same settings (Bearer auth, or Azure's ``api-key``
+header, deployment path and ``api-version`` query; its User-Agent and X-Stainless headers;
+OpenAI-Organization and OpenAI-Project from OPENAI_ORG_ID and OPENAI_PROJECT_ID, as the SDK reads
+them), and tests/test_wire.py compares the two on the wire. Building a request through the SDK cost more CPU
 than the rest of a request (bench/README.md); here a request costs a dict copy, orjson and aiohttp.
 
 An answer is read as the SDK reads it: a status outside 2xx raises ``HttpStatusError`` with the
@@ -26,7 +26,6 @@ import ssl
 import sys
 import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Protocol
@@ -118,19 +117,9 @@ def sdk_version() -> str:
     return found.group(1) if found else "unknown"
 
 
-@dataclass(frozen=True)
-class Route:
-    """Where one API's requests go and the headers they carry, as the SDK would send them."""
-
-    url: str
-    headers: tuple[tuple[str, str], ...]
-
-
-def route(api_key: str, base_url: str | None, timeout: float, path: ApiPath,
-          azure: tuple[str, str] | None = None,
-          environ: Mapping[str, str] = os.environ) -> Route:
-    """What the SDK's ``AsyncOpenAI`` (``AsyncAzureOpenAI`` with ``azure``: deployment,
-    api_version) sends for a request to ``path`` with these settings, built once.
+def url_of(base_url: str | None, path: ApiPath, azure: tuple[str, str] | None = None) -> str:
+    """Where the SDK's ``AsyncOpenAI`` (``AsyncAzureOpenAI`` with ``azure``: deployment,
+    api_version) sends a request to ``path``, its query included.
 
     A base URL with a query keeps it after the path (the SDK would append the path to the query).
     """
@@ -138,24 +127,30 @@ def route(api_key: str, base_url: str | None, timeout: float, path: ApiPath,
         deployment, api_version = azure
         root = f"{(base_url or '').rstrip('/')}/openai"
         prefix = f"{root}/deployments/{deployment}" if path in _AZURE_DEPLOYED else root
-        url = f"{prefix}{path.value}?{urllib.parse.urlencode({'api-version': api_version})}"
-        auth, agent = ("api-key", api_key), "AsyncAzureOpenAI"
-    else:
-        base, _, query = (base_url or DEFAULT_BASE_URL).partition("?")
-        url = f"{base.rstrip('/')}{path.value}" + (f"?{query}" if query else "")
-        auth, agent = ("Authorization", f"Bearer {api_key}"), "AsyncOpenAI"
+        return f"{prefix}{path.value}?{urllib.parse.urlencode({'api-version': api_version})}"
+    base, _, query = (base_url or DEFAULT_BASE_URL).partition("?")
+    return f"{base.rstrip('/')}{path.value}" + (f"?{query}" if query else "")
+
+
+def sdk_headers(api_key: str, timeout: float, azure: bool = False,
+                environ: Mapping[str, str] = os.environ) -> tuple[tuple[str, str], ...]:
+    """The headers the SDK's ``AsyncOpenAI`` (``AsyncAzureOpenAI`` when ``azure``) sends with every
+    request of a client with these settings: its auth, User-Agent and X-Stainless headers, the
+    organization and project the environment names, the first attempt's retry count and the read
+    timeout; and the Accept-Encoding its HTTP clients add."""
+    auth = ("api-key", api_key) if azure else ("Authorization", f"Bearer {api_key}")
+    agent = "AsyncAzureOpenAI" if azure else "AsyncOpenAI"
     account = tuple((name, environ[variable]) for name, variable in _ACCOUNT
                     if environ.get(variable) is not None)
-    headers = (auth, ("Accept", "application/json"), ("Content-Type", "application/json"),
-               ("User-Agent", f"{agent}/Python {sdk_version()}"), *platform_headers(),
-               ("X-Stainless-Async", "async:asyncio"), *account,
-               ("x-stainless-retry-count", "0"), ("x-stainless-read-timeout", str(timeout)),
-               _ACCEPT_ENCODING)
-    return Route(url, headers)
+    return (auth, ("Accept", "application/json"), ("Content-Type", "application/json"),
+            ("User-Agent", f"{agent}/Python {sdk_version()}"), *platform_headers(),
+            ("X-Stainless-Async", "async:asyncio"), *account, ("x-stainless-retry-count", "0"),
+            ("x-stainless-read-timeout", str(timeout)), _ACCEPT_ENCODING)
 
 
 class WireClient:
-    """An endpoint's client without the SDK: its routes, built once, and the aiohttp pool.
+    """An endpoint's client without the SDK: its URLs and headers, built once, and the aiohttp
+    pool (whose session sends the headers with every request).
 
     A request with a ticket is sent by its protocol (api/ticket.py): with a ``gate``, after it has
     its slot; its ``leaving`` as it goes, its ``answered`` as soon as the answer's status and
@@ -165,10 +160,11 @@ class WireClient:
     def __init__(self, api_key: str, base_url: str | None, timeout: float, *,
                  connections: int = 1000, azure: tuple[str, str] | None = None,
                  gate: SendGate | None = None) -> None:
-        self.routes = {path: route(api_key, base_url, timeout, path, azure) for path in ApiPath}
+        self.urls = {path: url_of(base_url, path, azure) for path in ApiPath}
+        self.headers = sdk_headers(api_key, timeout, azure is not None)
         # An https endpoint verifies as the SDK would; an http one needs no CA bundle loaded.
         https = not str(base_url or DEFAULT_BASE_URL).startswith("http:")
-        self._pool = Pool(connections, tls_context() if https else True)
+        self._pool = Pool(connections, tls_context() if https else True, self.headers)
         self._gate = gate
 
     async def complete(self, request: dict[str, Any], ticket: Ticket,
@@ -189,7 +185,7 @@ class WireClient:
         content = orjson.dumps(body)
         async with asyncio.timeout(ticket.seconds) as deadline:
             ticket.deadline = deadline
-            answer = await self._send(self.routes[path], content, ticket)
+            answer = await self._send(self.urls[path], content, ticket)
         if isinstance(answer, Unsent):
             return answer
         status, headers, data = answer
@@ -197,17 +193,17 @@ class WireClient:
             raise status_error(status, headers, data)
         return parse_answer(data, headers_of(headers), path)
 
-    async def _send(self, where: Route, content: bytes,
+    async def _send(self, url: str, content: bytes,
                     ticket: Ticket) -> tuple[int, Any, bytes] | Unsent:
         gate = self._gate
         if gate is None:
-            return await self._exchange(where, content, ticket)
+            return await self._exchange(url, content, ticket)
         if not await gate.take():
             ticket.unsent = Unsent.STOPPING
             return Unsent.STOPPING
         try:
             ticket.restart()
-            answer = await self._exchange(where, content, ticket)
+            answer = await self._exchange(url, content, ticket)
         finally:
             gate.give_back()
         # Answers that arrive together are handled in one turn of the loop, each woken request only
@@ -216,14 +212,14 @@ class WireClient:
         await asyncio.sleep(0)
         return answer
 
-    async def _exchange(self, where: Route, content: bytes,
+    async def _exchange(self, url: str, content: bytes,
                         ticket: Ticket) -> tuple[int, Any, bytes] | Unsent:
         unsent = await ticket.leaving()
         if unsent is not None:
             ticket.unsent = unsent
             return unsent
         try:
-            answer = await self._pool.exchange("POST", where.url, list(where.headers), content)
+            answer = await self._pool.exchange("POST", url, [], content)
         except TimeoutError:
             raise  # (aiohttp's own timeouts are TimeoutErrors: a timeout, as the SDK's would be)
         except (aiohttp.ClientError, OSError) as exc:
