@@ -5,8 +5,9 @@ The SDK is the reference: ``url_of`` and ``sdk_headers`` build the URL (its quer
 headers the SDK's own call sends for the same settings (Bearer auth, or Azure's ``api-key``
 header, deployment path and ``api-version`` query; its User-Agent and X-Stainless headers;
 OpenAI-Organization and OpenAI-Project from OPENAI_ORG_ID and OPENAI_PROJECT_ID, as the SDK reads
-them), and tests/test_wire.py compares the two on the wire. Building a request through the SDK cost more CPU
-than the rest of a request (bench/README.md); here a request costs a dict copy, orjson and aiohttp.
+them), and tests/test_wire.py compares the two on the wire. Building a request through the SDK
+cost more CPU than the rest of a request (bench/README.md); here a request costs a dict copy,
+orjson and aiohttp.
 
 An answer is read as the SDK reads it: a status outside 2xx raises ``HttpStatusError`` with the
 SDK's message, body (its ``error`` object) and code, which ``api.failures.classify`` maps as it maps
