@@ -1,10 +1,11 @@
 """The floor under issue 14's 1,200-in-flight targets: the openai SDK alone, in the shape of a run.
 
-mpinfer's workers send every request through the openai SDK (the issue keeps it as the client). This
-runs, beside the real CLI, a client that does nothing but that: P forked processes, each sending its
-share of N chat requests with one small image through the SDK's ``post`` over mpinfer's HTTP client
-(``complete``, as a worker calls it), C slots each, with C more built ahead at mpinfer's send gate
-as a worker builds them. It has no input check, rate limiter, retries, output file, lock, events or
+Until issue 25, mpinfer's workers sent every request through the openai SDK; they now send without
+it (mpinfer/api/wire.py), and this shows what that leaves behind: how far a client on the SDK gets.
+It runs, beside the real CLI, a client that does nothing but that: P forked processes, each sending
+its share of N chat requests with one small image through the SDK's ``post`` over mpinfer's HTTP
+client (``complete``, as a worker called it), C slots each, with C more built ahead at mpinfer's
+send gate as a worker builds them. It has no input check, rate limiter, retries, output file, lock, events or
 parent feeding, and its bodies are built before the clock starts. What it reaches is as far as any
 client built on the SDK gets on this machine; mpinfer's own work comes on top.
 
