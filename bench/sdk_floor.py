@@ -5,9 +5,9 @@ it (mpinfer/api/wire.py), and this shows what that leaves behind: how far a clie
 It runs, beside the real CLI, a client that does nothing but that: P forked processes, each sending
 its share of N chat requests with one small image through the SDK's ``post`` over mpinfer's HTTP
 client (``complete``, as a worker called it), C slots each, with C more built ahead at mpinfer's
-send gate as a worker builds them. It has no input check, rate limiter, retries, output file, lock, events or
-parent feeding, and its bodies are built before the clock starts. What it reaches is as far as any
-client built on the SDK gets on this machine; mpinfer's own work comes on top.
+send gate as a worker builds them. It has no input check, rate limiter, retries, output file, lock,
+events or parent feeding, and its bodies are built before the clock starts. What it reaches is as
+far as any client built on the SDK gets on this machine; mpinfer's own work comes on top.
 
 Both share the mock server and the machine's cores, and are measured the same
 way (bench/throughput.py):
