@@ -23,6 +23,7 @@ HERE = Path(__file__).resolve().parent
 
 MODEST = {
     "throughput": ["--tasks", "1500", "--target-tasks", "3000"],
+    "client_cpu": [],
     "http_stack": [],
     "sdk_floor": ["--requests", "6000"],
     "startup": [],
@@ -38,6 +39,7 @@ MODEST = {
 }
 FULL = {
     "throughput": ["--tasks", "3000", "--target-tasks", "6000"],
+    "client_cpu": ["--tasks", "20000", "--configs", "1x100,2x300,4x150"],
     "http_stack": ["--requests", "12000"],
     "sdk_floor": [],
     "startup": [],
