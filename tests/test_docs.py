@@ -39,7 +39,8 @@ MOCK_FLAGS = {"--port", "--refuse-marker", "--reasoning-models", "--filter-marke
 BENCH_FLAGS = {
     "bench/throughput.py": {"--latencies", "--target-configs", "--transports", "--scale-tasks",
                             "--configs", "--jitter"},
-    "bench/http_stack.py": {"--latency"},
+    "bench/http_stack.py": {"--latency", "--requests"},
+    "bench/startup.py": {"--processes", "--one-task-repeat"},
     "bench/sdk_floor.py": {"--shapes", "--requests", "--text"},
     "bench/run_all.py": {"--full"},
 }
