@@ -41,7 +41,7 @@ BENCH_FLAGS = {
                             "--configs", "--jitter"},
     "bench/http_stack.py": {"--latency", "--requests"},
     "bench/startup.py": {"--processes", "--one-task-repeat"},
-    "bench/sdk_floor.py": {"--shapes", "--requests", "--text"},
+    "bench/sdk_floor.py": {"--shapes", "--requests", "--text", "--floor"},
     "bench/run_all.py": {"--full"},
 }
 RAY_START_FLAGS = {"--head", "--address"}  # `ray start`, Ray's own command line
