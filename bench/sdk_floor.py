@@ -114,7 +114,8 @@ print(kids.ru_utime + kids.ru_stime + used.ru_utime + used.ru_stime
 # The shares of the ideal at 1,200 in flight, by (p, c), as bench/throughput.py holds them.
 SHARES = {(p, c): share for p, c, share in parse_scale_configs(SCALE_CONFIGS)}
 COLUMNS = ["client", "p", "c", "K", "requests", "% ideal", "% rounds", "round 2 s",
-           "later rounds s", "wall s", "CPU ms/req", "warm CPU ms/req", "srv CPU s", "peak RSS MB", "ok"]
+           "later rounds s", "wall s", "CPU ms/req", "warm CPU ms/req", "srv CPU s", "peak RSS MB",
+           "ok"]
 
 
 def floor_row(mock: Any, p: int, c: int, n: int, images: bool, latency_ms: float,
