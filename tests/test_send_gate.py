@@ -224,3 +224,41 @@ def test_a_request_granted_before_a_limit_was_in_play_is_stale_once_one_is() -> 
     free.stop()
     # Then its gate turns away the requests still waiting, and its idle builders wake to end
     assert free.gate is not None and free.gate.closed and free.allowed.is_set()
+
+
+
+def test_the_gate_hands_freed_slots_first_come_first_served_skipping_a_cancelled_waiter() -> None:
+    # Given a gate of two slots, both taken, and four requests waiting, the second then cancelled
+    order: list[int] = []
+
+    async def go() -> tuple[bool, bool]:
+        gate = SendGate(2)
+        assert await gate.take() and await gate.take()
+
+        async def wait(n: int) -> None:
+            if await gate.take():
+                order.append(n)
+
+        waiting = [asyncio.create_task(wait(n)) for n in range(4)]
+        await asyncio.sleep(0)
+        waiting[1].cancel()
+        # When the two slots are freed together, and then the first waiter's
+        for _ in range(3):
+            gate.give_back()
+        await asyncio.gather(*waiting, return_exceptions=True)
+        # (the last two waiters hold the two slots: once they give them back, two may go)
+        gate.give_back()
+        gate.give_back()
+        two = await gate.take() and await gate.take()
+        try:
+            await asyncio.wait_for(gate.take(), 0.05)
+            third = True
+        except TimeoutError:
+            third = False
+        return two, third
+
+    two, third = asyncio.run(go())
+    # Then the waiters got them in the order they came, the cancelled one none, and the gate still
+    # has exactly its two slots
+    assert order == [0, 2, 3]
+    assert two and not third
