@@ -98,6 +98,7 @@ class RunState:
         self.summary = summary
         self.summary_path = summary_path
         self.priced_before = priced_before
+        self.dearest = 0.0  # the highest cost of an answer of this run (--max-cost)
         self.key_names = [endpoint.label(i) for i, endpoint in enumerate(endpoints_of(config))]
         self.requeue: deque[WorkItem] = deque()
         self.feeding = True
@@ -151,7 +152,9 @@ class RunState:
             self.feeding = True
 
     def _within_budget(self, in_flight: Callable[[], int]) -> bool:
-        """Whether one more task fits in --max-cost, counting in-flight tasks at the average cost.
+        """Whether one more task fits in --max-cost, counting in-flight tasks at the dearest
+        answer's cost so far (never below the average): at the average, answers that grow dearer as
+        a run goes on (longer prompts further in) passed the budget by the difference.
 
         Until the first answer gives an average, only one task per worker goes out, as a probe.
         """
@@ -164,7 +167,7 @@ class RunState:
         answers = self.priced_before + self.summary.succeeded - self.summary.unpriced
         if answers <= 0:
             return outstanding < self.config.processes
-        each = spent / answers
+        each = max(spent / answers, self.dearest)
         if spent + (outstanding + 1) * each <= budget:
             return True
         if self.stop_reason is None:
@@ -180,6 +183,7 @@ class RunState:
         match event:
             case TaskDone():
                 self.summary.count_answer(event)
+                self.dearest = max(self.dearest, event.cost or event.estimated_cost or 0.0)
                 self.summary.per_model[self.model_of(event.output_index)].succeeded += 1
                 if event.key is not None:
                     self.summary.key_counts(self.key_names[event.key]).succeeded += 1
