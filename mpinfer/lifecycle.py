@@ -34,8 +34,10 @@ from .inputs import (
     PromptForm,
     Selection,
     asked_models,
-    check_input,
+    checked_input,
+    input_index_path,
     iter_tasks,
+    keep_input_index,
     parquet_checksum,
     prompt_forms,
     reading,
@@ -46,6 +48,7 @@ from .inputs import (
 from .logfile import create_log_file, parent_logging
 from .reports.run_end import after_run
 from .reports.summary import RunSummary, UsageCounts
+from .store.done_index import scan_done
 from .store.idset import IdSubset
 from .store.locks import RunLock, wait_for_old_workers
 from .store.manifest import (
@@ -58,7 +61,7 @@ from .store.manifest import (
     start_record,
     summary_counts,
 )
-from .store.output import OutputPaths, RunOutput, companion, repair_tail, run_outputs, scan
+from .store.output import OutputPaths, RunOutput, companion, repair_tail, run_outputs
 
 log = logging.getLogger("mpinfer.run")
 
@@ -91,6 +94,8 @@ class _Scanned:
     done: list[IdSubset]
     run_starts: list[int]
     written: list[str]  # names of the outputs that already have lines (their settings must match)
+    within: IdSubset  # the selected ids of the input
+    kept: dict[str, Any] | None  # which input the done indexes beside the outputs are of
 
 
 def run(config: RunConfig, *, progress: bool = True, grace_s: float = DEFAULT_GRACE_S,
@@ -113,6 +118,7 @@ def run(config: RunConfig, *, progress: bool = True, grace_s: float = DEFAULT_GR
         try:
             if ran:
                 _run_backend(job, scanned, summary, log_file, progress, grace_s, started)
+                _index_outputs(job, scanned)
         finally:
             summary.elapsed_s = time.monotonic() - started
             append_record(manifest, end_record(start, summary_counts(summary, summary.cost)))
@@ -150,7 +156,9 @@ def _check(config: RunConfig) -> tuple[_Job, InputIndex]:
                           "online (--backend local or ray)")
     keys = reading(config)
     chosen = selection(config)
-    index = check_input(input_path, keys, chosen)  # bad input fails here, before anything is spent
+    # bad input fails here, before anything is spent (or it was checked as it is before: kept)
+    kept = input_index_path(output)
+    index = checked_input(input_path, keys, chosen, kept)
     config = settle_models(config, index)
     _check_rule(config, index)
     # the models requests name (a Batch file's bodies' without --model)
@@ -169,6 +177,8 @@ def _check(config: RunConfig) -> tuple[_Job, InputIndex]:
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"{output.parent}: {exc.strerror or exc}") from None
+    if not kept.exists():  # the output's folder may be new
+        index = keep_input_index(kept, index)
     return _Job(config, input_path, output, keys, chosen, runs, outputs, forms, prices,
                 tuple(unpriced)), index
 
@@ -227,9 +237,10 @@ def _repair(job: _Job, summary: RunSummary) -> None:
 
 
 def _scan(job: _Job, index: InputIndex, summary: RunSummary) -> _Scanned:
-    scanned = _Scanned([], [], [])
+    scanned = _Scanned([], [], [], index.ids, index.kept)
+    want_cost = job.config.max_cost is not None
     for out, paths in zip(job.runs, job.outputs, strict=True):
-        found = scan(paths.output, within=index.ids)
+        found = scan_done(paths.output, index.ids, index.kept, want_cost)
         for bad in found.bad_lines[:MAX_FAILURES_SHOWN]:
             log.warning("%s:%d is not a valid record (left in place; its task runs again): %s",
                         paths.output, bad.line, bad.snippet)
@@ -243,12 +254,23 @@ def _scan(job: _Job, index: InputIndex, summary: RunSummary) -> _Scanned:
         if found.lines:
             scanned.written.append(paths.output.name)
         scanned.run_starts.append(found.end_offset)
-        summary.bad_lines += len(found.bad_lines)
+        summary.bad_lines += found.bad
         summary.unknown_ids += unknown
         summary.cost_before += found.cost
         summary.per_model[str(out.model)] = UsageCounts()
     summary.already_done = sum(len(ids) for ids in scanned.done)
     return scanned
+
+
+def _index_outputs(job: _Job, scanned: _Scanned) -> None:
+    """Bring each output's done index up to what the run wrote (read from where the scan stopped),
+    so that the next rerun finds it current; an output that cannot be read keeps its old index."""
+    for paths in job.outputs:
+        try:
+            scan_done(paths.output, scanned.within, scanned.kept,
+                      want_cost=job.config.max_cost is not None)
+        except OutputError as exc:
+            log.warning("%s: its done index was not brought up to date: %s", paths.output, exc)
 
 
 # -- manifest: the settings must match what the outputs hold; the run is
@@ -262,7 +284,8 @@ def _record_start(job: _Job, scanned: _Scanned, argv: Sequence[str], index: Inpu
     for change in check_fingerprints(manifest, output_fingerprints(config), scanned.written,
                                      config.allow_mixed):
         log.warning("--allow-mixed: %s", change)
-    checksum = parquet_checksum(job.input_path) if index.format is InputFormat.PARQUET else None
+    checksum = (parquet_checksum(job.input_path) if index.format is InputFormat.PARQUET
+                else index.checksum)  # kept with the input's index when it is unchanged
     start = start_record(config, argv, checksum=checksum)
     append_record(manifest, start)
     log.info("run %s -> %s: %r", job.input_path, ", ".join(str(p.output) for p in job.outputs),

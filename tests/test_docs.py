@@ -43,6 +43,7 @@ BENCH_FLAGS = {
     "bench/startup.py": {"--processes", "--one-task-repeat"},
     "bench/sdk_floor.py": {"--shapes", "--requests", "--text", "--floor"},
     "bench/run_all.py": {"--full"},
+    "bench/resume_scan.py": {"--lines", "--steps", "--repeat"},
 }
 RAY_START_FLAGS = {"--head", "--address"}  # `ray start`, Ray's own command line
 

@@ -71,16 +71,23 @@ def check_input(path: Path, keys: FieldKeys = FieldKeys(), selection: Selection 
         raise _duplicates_error(path, duplicates)
     if not len(index):
         raise InputError("no tasks in the input", str(path))
-    if selection.narrows():
-        ids = IdSubset(index)
-        for _, _, item in iter_selected(path, keys, selection, fmt):
-            slot = index.find(item.id, member=True) if isinstance(item, Task) else None
-            if slot is not None:
-                ids.add_slot(slot)
-    else:
-        ids = IdSubset(index, everything=True)
+    ids = selected_ids(path, keys, selection, fmt, index)
     return InputIndex(path=path, ids=ids, total=len(ids), format=fmt,
                       body_models=tuple(body_models))
+
+
+def selected_ids(path: Path, keys: FieldKeys, selection: Selection, fmt: InputFormat,
+                 index: IdIndex) -> IdSubset:
+    """The ids of a checked input that ``selection`` admits (all of them when it narrows nothing:
+    no read)."""
+    if not selection.narrows():
+        return IdSubset(index, everything=True)
+    ids = IdSubset(index)
+    for _, _, item in iter_selected(path, keys, selection, fmt):
+        slot = index.find(item.id, member=True) if isinstance(item, Task) else None
+        if slot is not None:
+            ids.add_slot(slot)
+    return ids
 
 
 def settle_models(config: RunConfig, index: InputIndex) -> RunConfig:

@@ -8,6 +8,7 @@ full id is read again here, from the file the input check has already checked.
 from __future__ import annotations
 
 import csv
+import mmap
 from enum import Enum
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -16,6 +17,7 @@ import orjson
 
 BOM = b"\xef\xbb\xbf"
 _BLOCK = 1 << 20
+_UNMAP_EVERY = 1 << 16  # byte compares between two drops of the input's pages from the map
 
 
 def row_has_values(row: dict[Any, Any]) -> bool:
@@ -58,6 +60,70 @@ class IdReader:
         self.fmt = str(fmt.value)
         self._handle: BinaryIO | None = None
         self._header: list[str] | None = None
+        self._map: mmap.mmap | None = None
+        self._prefix = b"{" + orjson.dumps(id_key) + b":"  # how a plain row starts
+        self._compares = 0
+        self._plain: bool | None = None  # every row names the id key once, first (_plain_rows)
+
+    def same_many(self, offsets: list[int], raws: list[bytes]) -> list[bool | None]:
+        """Whether the row at each offset has the id in ``raws`` (its UTF-8 bytes), told by
+        comparing bytes: True when the row starts ``{"<id key>":"<raw>"`` and names that key
+        nowhere else on its line (so that value is the one parsing it gives); None when the row is
+        not that plain, or differs: the caller then reads it whole (a hash is never taken for an
+        id)."""
+        data = self._mapped() if self.fmt == "jsonl" else None
+        if data is None:
+            return [None] * len(raws)
+        self._compares += len(raws)
+        if self._compares >= _UNMAP_EVERY:
+            # The pages read stay in the page cache; dropping them from this map keeps the
+            # parent's resident size to its own data on a big input.
+            self._compares = 0
+            data.madvise(mmap.MADV_DONTNEED)
+        prefix = self._prefix
+        key, start = prefix[1:], len(prefix)
+        plain = self._plain_rows()
+        verdicts: list[bool | None] = []
+        for offset, raw in zip(offsets, raws, strict=True):
+            end = offset + start + len(raw) + 2
+            if data[offset:end] != prefix + b'"' + raw + b'"' or b"\\" in raw:
+                verdicts.append(None)
+                continue
+            if plain:
+                verdicts.append(True)
+                continue
+            line_end = data.find(b"\n", end)
+            verdicts.append(data.find(key, end, line_end if line_end >= 0 else len(data)) < 0
+                            or None)
+        return verdicts
+
+    def _plain_rows(self) -> bool:
+        """Whether the file names the id key only at the start of rows (counted once over it):
+        then no row names it twice, and a row that starts with a plain id has that id."""
+        if self._plain is None:
+            key, head = self._prefix[1:], b"\n" + self._prefix
+            total = starts = 0
+            key_tail = head_tail = b""  # a needle cut by a block's end is counted in the next
+            with self.path.open("rb") as handle:
+                starts += handle.read(len(self._prefix)) == self._prefix
+                handle.seek(0)
+                while chunk := handle.read(_BLOCK * 8):
+                    data = key_tail + chunk
+                    total += data.count(key)
+                    key_tail = data[-(len(key) - 1):]
+                    data = head_tail + chunk
+                    starts += data.count(head)
+                    head_tail = data[-(len(head) - 1):]
+            self._plain = total == starts
+        return self._plain
+
+    def _mapped(self) -> mmap.mmap | None:
+        if self._map is None:
+            try:
+                self._map = mmap.mmap(self._file().fileno(), 0, access=mmap.ACCESS_READ)
+            except (OSError, ValueError):
+                return None
+        return self._map
 
     def _file(self) -> BinaryIO:
         if self._handle is None:
@@ -88,7 +154,7 @@ class IdReader:
 
     def __getstate__(self) -> dict[str, Any]:
         # An open file does not cross processes; the copy opens its own when first asked.
-        return {**self.__dict__, "_handle": None}
+        return {**self.__dict__, "_handle": None, "_map": None}
 
 
 class JsonIdReader:

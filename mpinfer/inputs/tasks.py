@@ -113,6 +113,10 @@ class InputIndex:
     format: InputFormat = InputFormat.JSONL
     # a Batch file's models, as its bodies name them, first seen first
     body_models: tuple[str, ...] = ()
+    # What identifies this index of the input (the input's mark and how it was read), for what is
+    # kept beside an output about it (inputs/index_cache.py); None: nothing is kept.
+    kept: dict[str, Any] | None = None
+    checksum: tuple[int, str] | None = None  # the input's size and sha256, when already known
 
 
 def _number(value: Any) -> bool:

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..backends.batch_plan import BatchStatus, plan_report
 from ..config import RunConfig
-from ..inputs import InputIndex, check_input, reading, selection
+from ..inputs import InputIndex, checked_input, input_index_path, reading, selection
 from ..store.locks import live_run
 from ..store.output import OutputPaths, companion, run_outputs
 from . import status_cache
@@ -190,7 +190,9 @@ class StatusReader:
                       if self.use_cache else None)
             self.from_cache = cached is not None
             if cached is None:
-                self.index = check_input(self.input_path, self.keys, chosen)
+                # the input's id index a run kept beside the output, when the input is unchanged
+                self.index = checked_input(self.input_path, self.keys, chosen,
+                                           input_index_path(self.output))
                 self.tallies = [OutputTally.empty(self.index.ids) for _ in self.outputs]
                 fresh = True
             else:

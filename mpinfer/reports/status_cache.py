@@ -3,8 +3,8 @@
 It holds the input's id index (as the input check built it), the selection, and each output's tally
 with the marks of where its files were read up to. It is used only for the same input file (device,
 inode, size, mtime and the bytes at its head and end unchanged), read the same way (id and field
-keys, selection, models); each output's marks then decide what is read again (``tally.FileMark``).
-Anything that does not match, or a file that cannot be read, means no cache: status reads
+keys, selection, models); each output's marks (``store.marks.FileMark``) then decide what is read
+again. Anything that does not match, or a file that cannot be read, means no cache: status reads
 everything, as it would without one. The cache is a plain file of JSON and arrays, never pickle:
 loading it runs no code.
 """
@@ -24,7 +24,8 @@ import orjson
 from ..inputs import FieldKeys, InputFormat, InputIndex, Selection, id_resolver
 from ..store.atomic import replace_quietly
 from ..store.idset import IdIndex, IdSubset
-from .tally import RECENT_RECORDS, FileMark, OutputTally
+from ..store.marks import FileMark
+from .tally import RECENT_RECORDS, OutputTally
 
 _MAGIC = b"mpinfer status cache 1\n"
 

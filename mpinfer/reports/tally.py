@@ -9,8 +9,6 @@ always what a fresh full read would give.
 
 from __future__ import annotations
 
-import hashlib
-import os
 from array import array
 from collections import deque
 from collections.abc import Iterator
@@ -22,14 +20,10 @@ import orjson
 
 from ..errors import OutputError
 from ..store.idset import IdSubset
+from ..store.marks import FileMark as FileMark  # re-exported: groups and by_group read it here
 from ..store.records import failure_view, view
 
 RECENT_RECORDS = 500
-_PROBE = 4096  # bytes compared at the head of a file and just before the mark
-
-
-def _digest(fd: int, offset: int, size: int) -> str:
-    return hashlib.blake2b(os.pread(fd, size, offset), digest_size=16).hexdigest()
 
 
 class LineReader:
@@ -67,61 +61,6 @@ def decode_line(raw: bytes) -> Any:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
         return None
-
-
-@dataclass(frozen=True)
-class FileMark:
-    """How far a file was read, and what identifies it: device, inode, mtime, two byte probes."""
-
-    dev: int
-    ino: int
-    offset: int
-    mtime_ns: int
-    head: str
-    tail: str
-
-    @classmethod
-    def of(cls, path: Path, offset: int) -> FileMark | None:
-        """The mark of ``path`` read up to ``offset``; None when there is no such file."""
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            return None
-        try:
-            return cls.of_fd(fd, offset)
-        finally:
-            os.close(fd)
-
-    @classmethod
-    def of_fd(cls, fd: int, offset: int) -> FileMark:
-        """The mark of the open file ``fd`` read up to ``offset``."""
-        info = os.fstat(fd)
-        head = _digest(fd, 0, min(_PROBE, offset))
-        tail = _digest(fd, max(0, offset - _PROBE), min(_PROBE, offset))
-        return cls(info.st_dev, info.st_ino, offset, info.st_mtime_ns, head, tail)
-
-    def resume_at(self, path: Path) -> int | None:
-        """Where to read on in ``path``: the mark if it is the same file (maybe grown); or None."""
-        again = FileMark.of(path, self.offset)
-        if again is None or (again.dev, again.ino) != (self.dev, self.ino):
-            return None
-        size = path.stat().st_size
-        if size < self.offset or (again.head, again.tail) != (self.head, self.tail):
-            return None
-        if size == self.offset and again.mtime_ns != self.mtime_ns:
-            return None  # rewritten to the same length: trust nothing
-        return self.offset
-
-    def to_dict(self) -> dict[str, Any]:
-        """The mark as JSON values, for the status cache."""
-        return {"dev": self.dev, "ino": self.ino, "offset": self.offset, "mtime_ns": self.mtime_ns,
-                "head": self.head, "tail": self.tail}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> FileMark:
-        """The mark ``to_dict`` wrote."""
-        return cls(int(data["dev"]), int(data["ino"]), int(data["offset"]), int(data["mtime_ns"]),
-                   str(data["head"]), str(data["tail"]))
 
 
 @dataclass

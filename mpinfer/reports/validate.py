@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import RunConfig
-from ..inputs import check_input, reading, selection
+from ..inputs import checked_input, input_index_path, reading, selection
 from ..store.idset import IdSubset
 from ..store.output import OutputPaths, iter_lines, run_outputs
 from ..store.records import missing_batch_fields, missing_fields, view
@@ -78,7 +78,8 @@ class ValidationReport:
 def validate(config: RunConfig) -> list[ValidationReport]:
     """One report for each output of the run (one per variant and model)."""
     input_path, output = config.require_paths()
-    index = check_input(input_path, reading(config), selection(config))
+    # the input's id index a run kept beside the output, when the input is unchanged
+    index = checked_input(input_path, reading(config), selection(config), input_index_path(output))
     return [validate_output(out.path, index.ids)
             for out in run_outputs(output, config.variant_names, config.models)]
 

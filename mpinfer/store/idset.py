@@ -43,6 +43,9 @@ def id_hash(task_id: str) -> int:
     return zlib.crc32(data) << 32 | zlib.adler32(data)
 
 
+_CRC_ADLER = id_hash  # this very function, though a test puts another in ``id_hash``'s place
+
+
 _PACK = 40  # locators below 2**40 (a terabyte of input) sort packed below their hash in one int
 
 
@@ -173,6 +176,75 @@ class IdIndex:
                          for value, ids in shared.items()}
         return index
 
+    @property
+    def keepable(self) -> bool:
+        """Whether this index may be kept on disk and its slots with it: only one made with the
+        real hash is the same in every process (a test's forced hash is not)."""
+        return self._hash is _CRC_ADLER
+
+    def parts(self) -> tuple[list[array[int]], list[array[int]], array[int],
+                             dict[str, dict[str, int]]]:
+        """The frozen index as buffers: each bucket's hashes and locators, the bucket bases, and
+        its shared hashes; kept on disk as they are (inputs/index_cache.py), never joined."""
+        shared = {str(value): dict(ids) for value, ids in self._shared.items()}
+        return ([h for h, _ in self._buckets], [loc for _, loc in self._buckets], self._bases,
+                shared)
+
+    @classmethod
+    def from_parts(cls, resolver: Resolver, bases: bytes, shared: dict[str, dict[str, int]],
+                   fill: Callable[[str, list[tuple[array[int], int]]], None]) -> IdIndex:
+        """An index kept by ``parts`` (with the default hash): ``fill(name, [(array, count)])``
+        reads the "hashes", then the "locators", straight into the bucket arrays."""
+        index = cls(resolver, _CRC_ADLER)
+        index._bases.frombytes(bases)
+        if len(index._bases) != len(index._buckets) + 1:
+            raise ValueError("a kept id index of the wrong shape")
+        counts = [index._bases[n + 1] - index._bases[n] for n in range(len(index._buckets))]
+        if min(counts, default=0) < 0:
+            raise ValueError("a kept id index of the wrong shape")
+        fill("hashes", [(h, count) for (h, _), count in zip(index._buckets, counts, strict=True)])
+        fill("locators", [(loc, count)
+                          for (_, loc), count in zip(index._buckets, counts, strict=True)])
+        index._shared = {int(value): {str(k): int(v) for k, v in ids.items()}
+                         for value, ids in shared.items()}
+        return index
+
+    def find_raws(self, raws: list[bytes]) -> list[int | None]:
+        """``find`` for ids given as their UTF-8 bytes (the resume scan's, sliced out of lines it
+        does not decode), a block at a time: exact as ``find`` is. The ids whose hash is in the
+        input are compared with the input's, all at once where the resolver can (``same_many``:
+        a byte compare of the rows), else one by one (``resolver``)."""
+        if self._hash is not _CRC_ADLER:
+            return [self.find(raw.decode()) for raw in raws]
+        crc, adler, shift, buckets, bases = (zlib.crc32, zlib.adler32, self._shift, self._buckets,
+                                             self._bases)
+        shared = self._shared
+        found: list[int | None] = []
+        check: list[int] = []  # where in ``found`` a slot waits for its id to be compared
+        locators_checked: list[int] = []
+        for raw in raws:
+            value = crc(raw) << 32 | adler(raw)
+            number = value >> shift
+            hashes, locators = buckets[number]
+            at = bisect_left(hashes, value)
+            if at == len(hashes) or hashes[at] != value:
+                found.append(None)
+            elif shared and value in shared:
+                found.append(shared[value].get(raw.decode()))
+            else:
+                check.append(len(found))
+                locators_checked.append(locators[at])
+                found.append(bases[number] + at)
+        same_many = getattr(self._resolver, "same_many", None)
+        verdicts = (same_many(locators_checked, [raws[at] for at in check])
+                    if same_many is not None else [None] * len(check))
+        for at, locator, verdict in zip(check, locators_checked, verdicts, strict=True):
+            if verdict is None:
+                verdict = self._resolver(locator) == raws[at].decode()
+            if not verdict:
+                found[at] = None
+        return found
+
     def locator(self, slot: int) -> int:
         """Where the id in ``slot`` can be read again (its byte offset or row number)."""
         number = bisect_right(self._bases, slot) - 1
@@ -214,6 +286,16 @@ class IdSubset:
         self._count += 1
         return True
 
+    def add_slots(self, slots: list[int]) -> None:
+        """Take many slots at once (the resume scan's, a block at a time)."""
+        bits, count = self._bits, self._count
+        for slot in slots:
+            byte, bit = slot >> 3, 1 << (slot & 7)
+            if not bits[byte] & bit:
+                bits[byte] |= bit
+                count += 1
+        self._count = count
+
     def find(self, task_id: str) -> int | None:
         """The slot of ``task_id`` if it is in this subset (exact, for an id from anywhere)."""
         slot = self.index.find(task_id)
@@ -252,6 +334,15 @@ class IdSubset:
         result = IdSubset(self.index)
         mine, theirs = int.from_bytes(self._bits, "little"), int.from_bytes(other._bits, "little")
         result._set_bits((mine & ~theirs).to_bytes(len(self._bits), "little"))
+        return result
+
+    def both(self, other: IdSubset) -> IdSubset:
+        """The ids in this subset and in ``other`` (a subset of the same input)."""
+        if other.index is not self.index:
+            raise ValueError("subsets of different inputs")
+        result = IdSubset(self.index)
+        mine, theirs = int.from_bytes(self._bits, "little"), int.from_bytes(other._bits, "little")
+        result._set_bits((mine & theirs).to_bytes(len(self._bits), "little"))
         return result
 
     def to_bytes(self) -> bytes:

@@ -14,7 +14,6 @@ Nothing here ever holds an API key: keys are not settings, and every string reco
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -27,6 +26,7 @@ import orjson
 from ..errors import InputError, OutputError, SettingsChanged
 from ..redact import redact, redact_argv
 from ..version import __version__
+from .marks import file_checksum
 from .output import companion, iter_lines, run_outputs, write_whole
 
 if TYPE_CHECKING:
@@ -45,7 +45,6 @@ COUNT_FIELDS: tuple[str, ...] = (
     "total", "done", "succeeded", "failed", "remaining", "prompt_tokens", "completion_tokens",
     "cost", "stopped",
 )
-_CHECKSUM_BLOCK = 1 << 20
 _SHOWN_CHARS = 60
 
 
@@ -127,18 +126,10 @@ def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
 def input_checksum(path: Path) -> tuple[int, str]:
     """Size in bytes and sha256 (hex) of ``path``,
     read in 1 MiB blocks so any size fits in memory."""
-    digest = hashlib.sha256()
-    size = 0
-    buffer = bytearray(_CHECKSUM_BLOCK)
-    view = memoryview(buffer)
     try:
-        with path.open("rb", buffering=0) as handle:
-            while count := handle.readinto(buffer):
-                digest.update(view[:count])
-                size += count
+        return file_checksum(path)
     except OSError as exc:
         raise InputError(f"cannot read: {exc.strerror or exc}", str(path)) from None
-    return size, digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -171,8 +162,9 @@ def start_record(
     """The record of a run that is starting:
     settings, redacted command line, input checksum, fingerprints.
 
-    The input is read whole for its checksum (unless ``checksum`` gives it: a Parquet input's is
-    taken over its footers): it says later which input an output was made from.
+    The input is read whole for its checksum, unless ``checksum`` gives it (a Parquet input's is
+    taken over its footers; an unchanged input's is kept with its id index): it says later which
+    input an output was made from.
     """
     started = time.time() if started_at is None else started_at
     input_info = None

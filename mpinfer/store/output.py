@@ -155,6 +155,7 @@ class Scan:
     done: IdSubset | None = None
     unknown: set[str] = field(default_factory=set)
     bad_lines: list[BadLine] = field(default_factory=list)
+    bad: int = 0  # bad lines, all counted (``bad_lines`` may keep only the first)
     lines: int = 0
     end_offset: int = 0
     cost: float = 0.0  # what the answers cost; one without usage at its estimate
@@ -201,6 +202,7 @@ def scan(path: Path, start: int = 0, within: IdSubset | None = None) -> Scan:
         if rid is None:
             result.bad_lines.append(BadLine(number,
                                             raw[:_SNIPPET].decode("utf-8", "replace").rstrip()))
+            result.bad += 1
             continue
         take(rid)
         cost = obj.get("cost")
