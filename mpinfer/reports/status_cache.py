@@ -12,7 +12,6 @@ loading it runs no code.
 from __future__ import annotations
 
 import hashlib
-import os
 from array import array
 from collections import deque
 from dataclasses import asdict, dataclass
@@ -22,7 +21,7 @@ from typing import Any
 import orjson
 
 from ..inputs import FieldKeys, InputFormat, InputIndex, Selection, id_resolver
-from ..store.atomic import replace_quietly
+from ..store import blobfile
 from ..store.idset import IdIndex, IdSubset
 from ..store.marks import FileMark
 from .tally import RECENT_RECORDS, OutputTally
@@ -121,25 +120,10 @@ def _read(path: Path, header_only: bool = False) -> tuple[dict[str, Any], dict[s
 
 def read_blobs(path: Path, magic: bytes,
                header_only: bool = False) -> tuple[dict[str, Any], dict[str, bytes]]:
-    """A cache file's header and named blobs (the file starts with ``magic``); ValueError when it
-    is not one."""
-    with path.open("rb") as handle:
-        if handle.read(len(magic)) != magic:
-            raise ValueError("not a status cache")
-        size = int.from_bytes(handle.read(8), "little")
-        file_size = os.fstat(handle.fileno()).st_size
-        if size > file_size:
-            raise ValueError("not a status cache")
-        header: dict[str, Any] = orjson.loads(handle.read(size))
-        blobs: dict[str, bytes] = {}
-        if not header_only:
-            if sum(int(length) for _, length in header["blobs"]) > file_size:
-                raise ValueError("a status cache cut short")
-            for name, length in header["blobs"]:
-                blobs[name] = handle.read(int(length))
-                if len(blobs[name]) != length:
-                    raise ValueError("a status cache cut short")
-    return header, blobs
+    """A cache file's header and named blobs (the file starts with ``magic``; store/blobfile.py);
+    ValueError when it is not one."""
+    with blobfile.BlobReader(path, magic) as reader:
+        return reader.header, ({} if header_only else reader.rest())
 
 
 def _tally(item: dict[str, Any], selected: IdSubset, blobs: dict[str, bytes],
@@ -205,7 +189,6 @@ def _write(path: Path, header: dict[str, Any], blobs: list[tuple[str, bytes]]) -
 
 def write_blobs(path: Path, magic: bytes, header: dict[str, Any],
                 blobs: list[tuple[str, bytes]]) -> None:
-    """Write a cache file atomically: ``magic``, the JSON header, then the named blobs."""
-    encoded = orjson.dumps({**header, "blobs": [[name, len(blob)] for name, blob in blobs]})
-    blob_bytes = b"".join(blob for _, blob in blobs)
-    replace_quietly(path, magic + len(encoded).to_bytes(8, "little") + encoded + blob_bytes)
+    """Write a cache file atomically: ``magic``, the JSON header, then the named blobs
+    (store/blobfile.py)."""
+    blobfile.write_blobs(path, magic, header, [(name, [blob]) for name, blob in blobs])

@@ -91,6 +91,14 @@ class BlobReader:
             except EOFError:
                 raise ValueError(f"blob {name!r} cut short") from None
 
+    def rest(self) -> dict[str, bytes]:
+        """Every blob not read yet, by name."""
+        found: dict[str, bytes] = {}
+        while self._next < len(self._sizes):
+            name = self._sizes[self._next][0]
+            found[name] = self.take(name)
+        return found
+
     def close(self) -> None:
         """Close the file."""
         self._handle.close()
