@@ -1,5 +1,5 @@
 """A file of one JSON header and named binary blobs: what mpinfer keeps beside an output to skip
-work it did before (the input's id index, the resume's done index).
+work it did before (the input's id index, the resume's done index, the status and groups caches).
 
 The layout is a magic line, the header's length (8 bytes, little-endian), the header (JSON, naming
 each blob and its length) and the blobs one after another. It is plain data, never pickle: loading

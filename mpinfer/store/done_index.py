@@ -11,13 +11,17 @@ was appended since mpinfer last read it.
   when it did not grow (store/marks.py). Lines appended since (by a run killed before it updated
   the index, or by another writer) are read from the mark; anything else (truncated, replaced,
   rewritten) means a full read, as without an index.
-- A full read goes block by block. A line in the form mpinfer writes, ``{"id":"<id>",
-  "input_prompt":...}``, is taken without decoding it: its id is sliced out and looked up. Every
-  other line is decoded and judged as ``output.scan`` judges it (an answer record, or a bad line).
-  A block where some line holds a second record start (a torn line with another glued on) is
-  decoded line by line.
-- A hash is never taken for an id: the id index reads the input's id again where a hash matches
-  (``IdIndex.find_raw``).
+- A full read goes block by block (8 MB). A line in the form mpinfer writes, ``{"id":"<id>",
+  "input_prompt":...}`` ending in ``}``, its id plain (printable ASCII, no escape), is taken
+  without decoding it: its id is sliced out and looked up. When every line of a block is such a
+  line, a regex finds them all and two counts check that no line was left out and none holds a
+  second record's start (a torn line with another glued on); else the block goes line by line,
+  and every other line is decoded and judged as ``output.scan`` judges it (an answer record, or a
+  bad line). A block where a line taken fast holds a second record's start is decoded whole. The
+  cost of the answers (``--max-cost``) is read line by line. A line in mpinfer's form whose middle
+  was damaged in place (not torn: mpinfer cuts a torn tail before it appends) is taken as done.
+- A hash is never taken for an id: an id counts only once the input's id at its slot compares
+  equal (``IdIndex.find_raws``: a byte compare of the input's row, or the row read again).
 """
 
 from __future__ import annotations
@@ -46,12 +50,12 @@ _HEAD = b'{"id":"'
 _NEXT = b'","input_prompt":'
 _PLAIN = bytes(range(0x20)) + b"\\"  # bytes that never stand for themselves in a JSON string
 _COST = b',"cost":'
+_COST_ESTIMATE = b',"cost_estimate":'
 # A plain id: printable ASCII but for the quote and the backslash (what JSON writes as it is).
 _ID = rb'\{"id":"([ !#-\[\]-~]+)","input_prompt":'
 _FIRST = re.compile(_ID)
 # A line's end and the next line's start: the record before is closed, the next one is mpinfer's.
 _BOUNDARY = re.compile(rb"\}\n" + _ID)
-_COST_ESTIMATE = b',"cost_estimate":'
 
 
 def index_path(output: Path) -> Path:
