@@ -35,7 +35,7 @@ MAX_TEXT = 2000  # characters of a prompt, an answer or a judge's text shown in 
 MAX_LABEL_CHARTS = 8
 # taller than the run's charts, for the group values' tick labels; the legend on top
 CHART_LAYOUT: dict[str, Any] = {
-    "height": 380, "margin": {"l": 60, "r": 20, "t": 80, "b": 130, "autoexpand": False},
+    "height": 410, "margin": {"l": 60, "r": 20, "t": 110, "b": 130, "autoexpand": False},
     "legend": {"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0}}
 _STYLE = ("<style>#results-rows td { vertical-align: top; max-width: 320px; white-space: pre-wrap;"
           " overflow-wrap: anywhere; } #results-rows img { max-width: 96px; max-height: 96px; }"
