@@ -177,6 +177,8 @@ def test_429s_with_only_a_wait_hint_teach_a_rate_the_summary_names(
     # Then it finished, with few refusals: the hints taught it a rate, which the summary names
     assert proc.returncode == 0, proc.stderr[-3000:]
     stats = mock.stats()
-    assert stats["limit_rejections"] <= 0.15 * stats["requests"], stats["limit_rejections"]
+    # (hints that teach nothing drew 29 to 35% here; the first round's overshoot alone is up to
+    # 20% of so few requests on a loaded machine, 0.5% at the bench's size)
+    assert stats["limit_rejections"] <= 0.25 * stats["requests"], stats["limit_rejections"]
     summary = json.loads((tmp_path / "a.jsonl.summary.json").read_text())
     assert "(learned)" in summary["limits"], summary["limits"]
