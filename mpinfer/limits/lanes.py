@@ -44,7 +44,7 @@ class Lane(ctypes.Structure):
     concurrency_max: float
     concurrency_decreased_at: float
     headers_seen: bool           # the server sends rate headers: its limits, not the concurrency's
-    slow_start: bool             # no limit known yet: the requests in flight double per round
+    slow_start: bool             # no limit known yet: one request in flight until an answer
     # Counters for the summary
     requests: int
     rate_limited: int

@@ -97,9 +97,10 @@ def hinted_pause_over(lane: Lane, span_s: float, now: float) -> None:
 def after_request(lane: Lane, ending: Ending, granted_at: float, now: float) -> None:
     """A request the server answered ended: the rate and the requests in flight learn from it.
 
-    Until a limit is known the requests in flight start at one and grow by one per answer (they
-    double per round, as TCP's slow start), so a server that states its limit in its answers is
-    not overrun by the first round; the first refusal ends it.
+    Until a limit is known the first round is one request, so a server that states its limit in
+    its answers is not overrun by the first round: its first answer sets the pace (observe). An
+    answer that states none opens the lane at once (one round lost, not the log2(N) of doubling:
+    at 1,200 in flight and 1 s latency, 18 s against 9 s for 9,000 tasks); a refusal ends it too.
     """
     if ending is Ending.OK:
         # Answers accepted, counted a second at a time (a hinted 429's decrease starts there).
@@ -119,7 +120,11 @@ def after_request(lane: Lane, ending: Ending, granted_at: float, now: float) -> 
     concurrency = lane.concurrency
     if lane.slow_start:
         if ending is Ending.OK:
-            lane.concurrency = min(lane.concurrency_max, concurrency + 1.0)
+            # An answer that stated no limit (a stated one ends slow start in observe): this server
+            # states none (vLLM, most proxies), so a slower opening would learn nothing more. Open
+            # at once; a refusal from here on teaches the rate and the requests in flight (below).
+            lane.slow_start = False
+            lane.concurrency = lane.concurrency_max
             return
         if ending is Ending.OVERLOADED:
             lane.slow_start = False

@@ -10,7 +10,7 @@ told holds. Per lane (lanes.py holds its state):
 - **Where the limit comes from** (LimitSource): the flag (or the endpoints table); else a limit the
   server states in ``x-ratelimit-limit-*`` (hints.py), paced with a burst no larger than the margin,
   so no window can exceed it; else, after 429s, a rate learned by AIMD (learned.py). Until one is
-  known a run's lane opens one request at a time, doubling per round (slow start).
+  known a run's lane sends one request first (slow start): its answer states a limit, or opens it.
 - **Pauses.** A 429's wait hint, or a server saying nothing is left, pauses the lane for every
   worker; the pace starts empty at its end, so requests then leave one at a time, not in a stampede.
 - **Concurrency AIMD** for servers with no rate headers (learned.py), and **outages** (outage.py).

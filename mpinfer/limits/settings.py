@@ -55,7 +55,8 @@ class LimiterSettings:
     of the window, 0.1 to 1 s) is added to it for pacing. ``serves``: for each model, the keys that
     serve it (None: every key serves every model). ``lanes``: the lanes with limits of their own.
     ``share``: the lanes shared with other runs (None: all the run's own). ``slow_start``: a lane
-    with no limit known opens one request at a time, doubling per round (a run's lanes do).
+    with no limit known sends one request first, until an answer states a limit or opens it (a run's
+    lanes do).
     """
 
     n_keys: int
