@@ -34,10 +34,7 @@ def input_index_path(output: Path) -> Path:
 
 def input_key(path: Path, keys: FieldKeys) -> dict[str, Any] | None:
     """What a kept index of ``path`` must match: the file's identity and mark, and the keys."""
-    try:
-        mark = FileMark.of(path, path.stat().st_size)
-    except OSError:
-        return None
+    mark = FileMark.whole(path)
     if mark is None:
         return None
     return {"input": str(path.resolve()), "mark": mark.to_dict(), "keys": dataclasses.asdict(keys),

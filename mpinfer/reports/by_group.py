@@ -2,10 +2,10 @@
 
 The cache (``.<output>.by-<field>.status-cache``) holds each selected task's group and, per output,
 its ``GroupTally`` with the marks of where its answers and judge files were read up to. It is used
-only for the same input file (status_cache.input_mark), read the same way (the status cache's key,
+only for the same input file (its whole-file FileMark), read the same way (the status cache's key,
 the field, the outputs); each output's marks then decide what is read again. Anything that does not
 match, or does not read, means no cache: the groups are counted from the files, as without one. A
-plain file of JSON and arrays (status_cache.write_blobs), never pickle.
+plain file of JSON and arrays (store/blobfile.py), never pickle.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import orjson
 
 from ..config import RunConfig
 from ..inputs import InputIndex, Selection, reading
+from ..store import blobfile
 from . import status_cache
 from .groups import (
     Counts,
@@ -87,17 +88,17 @@ class GroupReader:
         """Write the counts, when they changed since they were read or written."""
         if not self.use_cache or not self._unsaved or self.values is None:
             return
-        mark = status_cache.input_mark(self.input_path)
+        mark = FileMark.whole(self.input_path)
         if mark is None:
             return
         values = self.values
-        blobs: list[tuple[str, bytes]] = [("groups", values.slot_group.tobytes())]
+        blobs: list[tuple[str, list[bytes]]] = [("groups", [values.slot_group.tobytes()])]
         items = []
         for number, tally in enumerate(self.tallies):
-            blobs += [(f"outcome{number}", bytes(tally.outcome)),
-                      (f"answer{number}", tally.answer_label.tobytes()),
-                      (f"judge{number}", tally.judge_label.tobytes()),
-                      (f"variant{number}", tally.variant.tobytes())]
+            blobs += [(f"outcome{number}", [bytes(tally.outcome)]),
+                      (f"answer{number}", [tally.answer_label.tobytes()]),
+                      (f"judge{number}", [tally.judge_label.tobytes()]),
+                      (f"variant{number}", [tally.variant.tobytes()])]
             items.append({
                 "variants": tally.variants, "labels": tally.labels,
                 "counts": [[g, v, *c.to_list()] for (g, v), c in tally.counts.items()],
@@ -106,7 +107,7 @@ class GroupReader:
             })
         header = {"key": self.key, "input_mark": mark.to_dict(), "texts": values.texts,
                   "tasks": values.tasks, "outputs": items}
-        status_cache.write_blobs(self.path, _MAGIC, header, blobs)
+        blobfile.write_blobs(self.path, _MAGIC, header, blobs)
         self._unsaved = False
 
     def _load(self, size: int) -> tuple[GroupValues, list[GroupTally]] | None:
@@ -116,10 +117,10 @@ class GroupReader:
             return None
 
     def _decode(self, size: int) -> tuple[GroupValues, list[GroupTally]] | None:
-        mark = status_cache.input_mark(self.input_path)
-        header, blobs = status_cache.read_blobs(self.path, _MAGIC)
-        if (mark is None or header["key"] != self.key
-                or FileMark.from_dict(header["input_mark"]) != mark
+        mark = FileMark.whole(self.input_path)
+        with blobfile.BlobReader(self.path, _MAGIC) as reader:
+            header, blobs = reader.header, reader.rest()
+        if (not status_cache.current(header, self.key, mark)
                 or len(header["outputs"]) != len(self.outputs)):
             return None
         values = GroupValues(self.by, [str(t) for t in header["texts"]],

@@ -50,14 +50,6 @@ def usable(only_failed: bool) -> bool:
     return not only_failed
 
 
-def input_mark(path: Path) -> FileMark | None:
-    """The input file's mark over its whole length; None when it cannot be read."""
-    try:
-        return FileMark.of(path, path.stat().st_size)
-    except OSError:
-        return None
-
-
 # the percentiles, and how many latencies they were taken over
 Latency = tuple[int, dict[str, float | None]]
 
@@ -84,19 +76,20 @@ def _index_path(path: Path) -> Path:
     return path.with_name(path.name + "-index")
 
 
-def _current(header: dict[str, Any], key: dict[str, Any], mark: FileMark | None) -> bool:
+def current(header: dict[str, Any], key: dict[str, Any], mark: FileMark | None) -> bool:
+    """Whether a cache file's ``header`` was written for ``key`` over the input at ``mark``."""
     return (header["key"] == key and mark is not None
             and FileMark.from_dict(header["input_mark"]) == mark)
 
 
 def _decode(path: Path, key: dict[str, Any], input_path: Path,
             keys: FieldKeys) -> CachedStatus | None:
-    mark = input_mark(input_path)
+    mark = FileMark.whole(input_path)
     header, blobs = _read(path)
-    if not _current(header, key, mark):
+    if not current(header, key, mark):
         return None
     index_header, index_blobs = _read(_index_path(path))
-    if not _current(index_header, key, mark):
+    if not current(index_header, key, mark):
         return None
     fmt = InputFormat(header["format"])
     index = IdIndex.restore(id_resolver(input_path, keys, fmt),
@@ -115,14 +108,7 @@ def _decode(path: Path, key: dict[str, Any], input_path: Path,
 
 
 def _read(path: Path, header_only: bool = False) -> tuple[dict[str, Any], dict[str, bytes]]:
-    return read_blobs(path, _MAGIC, header_only)
-
-
-def read_blobs(path: Path, magic: bytes,
-               header_only: bool = False) -> tuple[dict[str, Any], dict[str, bytes]]:
-    """A cache file's header and named blobs (the file starts with ``magic``; store/blobfile.py);
-    ValueError when it is not one."""
-    with blobfile.BlobReader(path, magic) as reader:
+    with blobfile.BlobReader(path, _MAGIC) as reader:
         return reader.header, ({} if header_only else reader.rest())
 
 
@@ -149,11 +135,11 @@ def _tally(item: dict[str, Any], selected: IdSubset, blobs: dict[str, bytes],
 def save(path: Path, key: dict[str, Any], index: InputIndex, tallies: list[OutputTally],
          latency: Latency) -> None:
     """Write the cache atomically; a directory that cannot take it just means no cache next time."""
-    mark = input_mark(index.path)
+    mark = FileMark.whole(index.path)
     if mark is None:
         return
     try:
-        index_current = _current(_read(_index_path(path), header_only=True)[0], key, mark)
+        index_current = current(_read(_index_path(path), header_only=True)[0], key, mark)
     except (OSError, ValueError, KeyError, TypeError, orjson.JSONDecodeError):
         index_current = False
     if not index_current:
@@ -184,11 +170,4 @@ def save(path: Path, key: dict[str, Any], index: InputIndex, tallies: list[Outpu
 
 
 def _write(path: Path, header: dict[str, Any], blobs: list[tuple[str, bytes]]) -> None:
-    write_blobs(path, _MAGIC, header, blobs)
-
-
-def write_blobs(path: Path, magic: bytes, header: dict[str, Any],
-                blobs: list[tuple[str, bytes]]) -> None:
-    """Write a cache file atomically: ``magic``, the JSON header, then the named blobs
-    (store/blobfile.py)."""
-    blobfile.write_blobs(path, magic, header, [(name, [blob]) for name, blob in blobs])
+    blobfile.write_blobs(path, _MAGIC, header, [(name, [blob]) for name, blob in blobs])

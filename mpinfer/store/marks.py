@@ -62,6 +62,15 @@ class FileMark:
             os.close(fd)
 
     @classmethod
+    def whole(cls, path: Path) -> FileMark | None:
+        """The mark of ``path`` over its whole length (an input the caches were made from); None
+        when it cannot be read."""
+        try:
+            return cls.of(path, path.stat().st_size)
+        except OSError:
+            return None
+
+    @classmethod
     def of_fd(cls, fd: int, offset: int) -> FileMark:
         """The mark of the open file ``fd`` read up to ``offset``."""
         info = os.fstat(fd)
