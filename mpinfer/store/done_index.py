@@ -39,13 +39,12 @@ from ..errors import OutputError
 from .blobfile import BlobReader, write_blobs
 from .idset import IdIndex, IdSubset
 from .marks import FileMark
-from .output import BadLine, Scan
+from .output import BadLine, Scan, answer_cost
 from .records import answer_id
 
 _MAGIC = b"mpinfer done index 1\n"
 _BLOCK = 1 << 23
 _BAD_KEPT = 20  # bad lines kept by line number and snippet (all are counted)
-_SNIPPET = 120
 _HEAD = b'{"id":"'
 _NEXT = b'","input_prompt":'
 _PLAIN = bytes(range(0x20)) + b"\\"  # bytes that never stand for themselves in a JSON string
@@ -79,8 +78,7 @@ class _State:
     def take_bad(self, number: int, raw: bytes) -> None:
         self.bad += 1
         if len(self.bad_lines) < _BAD_KEPT:
-            self.bad_lines.append(BadLine(number,
-                                          raw[:_SNIPPET].decode("utf-8", "replace").rstrip()))
+            self.bad_lines.append(BadLine.of(number, raw))
 
 
 def scan_done(output: Path, within: IdSubset, input_key: dict[str, Any] | None,
@@ -221,15 +219,8 @@ def _line_cost(line: bytes) -> float:
             try:
                 return float(value)
             except ValueError:
-                return float(_cost_of(orjson.loads(line)))
+                return float(answer_cost(orjson.loads(line)))
     return 0.0
-
-
-def _cost_of(obj: Any) -> float:
-    cost = obj.get("cost")
-    if cost is None:
-        cost = obj.get("cost_estimate")
-    return float(cost) if isinstance(cost, (int, float)) and not isinstance(cost, bool) else 0.0
 
 
 def _take_decoded(raw: bytes, number: int, state: _State, index: IdIndex) -> None:
@@ -249,7 +240,7 @@ def _take_decoded(raw: bytes, number: int, state: _State, index: IdIndex) -> Non
     else:
         state.done.add_slot(slot)
     if state.cost is not None:
-        state.cost += _cost_of(obj)
+        state.cost += answer_cost(obj)
 
 
 def _load(path: Path, input_key: dict[str, Any] | None, index: IdIndex,

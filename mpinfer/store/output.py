@@ -142,6 +142,11 @@ class BadLine:
     line: int
     snippet: str
 
+    @classmethod
+    def of(cls, number: int, raw: bytes) -> BadLine:
+        """Line ``number``, its first bytes as text."""
+        return cls(number, raw[:_SNIPPET].decode("utf-8", "replace").rstrip())
+
 
 @dataclass
 class Scan:
@@ -200,17 +205,21 @@ def scan(path: Path, start: int = 0, within: IdSubset | None = None) -> Scan:
         result.lines += 1
         rid = answer_id(obj)
         if rid is None:
-            result.bad_lines.append(BadLine(number,
-                                            raw[:_SNIPPET].decode("utf-8", "replace").rstrip()))
+            result.bad_lines.append(BadLine.of(number, raw))
             result.bad += 1
             continue
         take(rid)
-        cost = obj.get("cost")
-        if cost is None:  # an answer without usage counts at its estimate (--max-cost)
-            cost = obj.get("cost_estimate")
-        if isinstance(cost, (int, float)) and not isinstance(cost, bool):
-            result.cost += cost
+        result.cost += answer_cost(obj)
     return result
+
+
+def answer_cost(obj: Any) -> float:
+    """What an answer record cost: ``cost``, or ``cost_estimate`` when the cost is null (an answer
+    without usage counts at its estimate, for --max-cost); 0.0 without either."""
+    cost = obj.get("cost")
+    if cost is None:
+        cost = obj.get("cost_estimate")
+    return float(cost) if isinstance(cost, (int, float)) and not isinstance(cost, bool) else 0.0
 
 
 def _taker(result: Scan, within: IdSubset, done: IdSubset) -> Callable[[str], object]:
