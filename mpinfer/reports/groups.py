@@ -12,7 +12,7 @@ and cost are every line's, as --status counts them.
 how its task ended, its labels and its variant, and per group the counts; it then reads only what
 was appended to the answers and judge files, and a file that is not the one read (rewritten, cut,
 replaced) is read again from the start with the other. The counts are kept beside the output
-(``groups_cache.py``) so the next ``--status --by`` reads only what is new.
+(by_group.py) so the next ``--status --by`` reads only what is new.
 """
 
 from __future__ import annotations
