@@ -19,6 +19,7 @@ import of the SDK (or httpx2) here: a run on the default transport never loads i
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import platform
@@ -105,9 +106,11 @@ def platform_headers() -> tuple[tuple[str, str], ...]:
     return _platform
 
 
+@functools.cache
 def sdk_version() -> str:
     """The installed openai SDK's version, read from its ``_version.py`` without importing it
-    (importing it takes most of a second)."""
+    (importing it takes most of a second), once a process (a client's headers and the platform
+    headers both name it)."""
     try:
         spec = find_spec("openai")
         origin = spec.origin if spec is not None else None
