@@ -28,7 +28,7 @@ from .answer import Answer, parse_answer
 from .http import AioHttpClient, HttpxClient, SendGate, TicketTimeout
 from .responses import ApiPath
 from .ticket import Ticket, Unsent
-from .wire import tls_context
+from .wire import body_of, tls_context
 from .wire import warm_up as _warm_up
 
 
@@ -97,14 +97,10 @@ async def complete(client: openai.AsyncOpenAI, request: dict[str, Any], ticket: 
     its slot has the deadline started again when it leaves. The ticket goes down as the SDK's
     timeout option (api/ticket.py).
     """
-    body = dict(request)
-    extra = body.pop("extra_body", None)
-    if extra:
-        body.update(extra)
+    body = orjson.dumps(body_of(request))
     async with asyncio.timeout(ticket.seconds) as deadline:
         ticket.deadline = deadline
-        response = await client.post(_url(client, path), cast_to=httpx2.Response,
-                                     content=orjson.dumps(body),
+        response = await client.post(_url(client, path), cast_to=httpx2.Response, content=body,
                                      options={"timeout": TicketTimeout(ticket),
                                               "headers": _JSON})
         content = response.content

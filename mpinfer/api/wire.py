@@ -182,11 +182,7 @@ class WireClient:
         server that trickles its body a byte a second would otherwise hold it for ever); a request
         that waits at the gate for its slot has it started again when it leaves.
         """
-        body = dict(request)
-        extra = body.pop("extra_body", None)
-        if extra:
-            body.update(extra)
-        content = orjson.dumps(body)
+        content = orjson.dumps(body_of(request))
         async with asyncio.timeout(ticket.seconds) as deadline:
             ticket.deadline = deadline
             answer = await self._send(self.urls[path], content, ticket)
@@ -234,6 +230,16 @@ class WireClient:
     async def close(self) -> None:
         """Close the aiohttp pool."""
         await self._pool.close()
+
+
+def body_of(request: dict[str, Any]) -> dict[str, Any]:
+    """The body sent for ``request``: a copy with its ``extra_body`` merged in, as the SDK's
+    ``create`` merges it."""
+    body = dict(request)
+    extra = body.pop("extra_body", None)
+    if extra:
+        body.update(extra)
+    return body
 
 
 def headers_of(headers: Any) -> dict[str, str]:
