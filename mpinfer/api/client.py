@@ -136,9 +136,9 @@ class SdkClient:
     api/wire.py's ``WireClient``, so that the runner holds either."""
 
     def __init__(self, api_key: str, base_url: str | None, timeout: float, *,
-                 transport: Transport = Transport.HTTPX, connections: int = 1000,
-                 azure: tuple[str, str] | None = None, gate: SendGate | None = None) -> None:
-        self.sdk = make_client(api_key, base_url, timeout, transport=transport,
+                 connections: int = 1000, azure: tuple[str, str] | None = None,
+                 gate: SendGate | None = None) -> None:
+        self.sdk = make_client(api_key, base_url, timeout, transport=Transport.HTTPX,
                                connections=connections, azure=azure, gate=gate)
 
     async def complete(self, request: dict[str, Any], ticket: Ticket,
