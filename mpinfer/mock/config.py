@@ -209,9 +209,7 @@ class MockConfig:
         object.__setattr__(self, "models", tuple(self.models))
         object.__setattr__(self, "answer_labels", tuple(self.answer_labels))
         object.__setattr__(self, "label_models", tuple(self.label_models))
-        if not 0.0 <= self.pbad_answer <= 1.0:
-            raise ValueError(f"pbad_answer must be within [0, 1], got {self.pbad_answer!r}")
-        for name in ("p429", "p500", "phang", "preset", "pmalformed", "pquota"):
+        for name in ("pbad_answer", "p429", "p500", "phang", "preset", "pmalformed", "pquota"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be within [0, 1], got {value!r}")
