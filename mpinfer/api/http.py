@@ -29,12 +29,10 @@ from typing import Any
 import aiohttp
 import httpx2
 
-from .pool import UNTIMED, Pool
+from .pool import ACCEPT_ENCODING, UNTIMED, Pool
 from .pool import SendGate as SendGate  # (where the gate used to live)
 from .ticket import KEY, Ticket, Unsent
 
-# httpx2's own default; the body is handed to httpx2 undecoded, and it decodes both.
-_ACCEPT_ENCODING = ("Accept-Encoding", "gzip, deflate")
 _AIOHTTP_SETS = frozenset({"host", "content-length"})
 
 
@@ -154,7 +152,7 @@ class AioHttpClient(httpx2.AsyncClient):
         headers = [(name, value) for name, value in request.headers.multi_items()
                    if name not in _AIOHTTP_SETS]
         if "accept-encoding" not in request.headers:
-            headers.append(_ACCEPT_ENCODING)
+            headers.append(ACCEPT_ENCODING)  # (the body is handed to httpx2 undecoded)
         ticket: Ticket | None = request.extensions.get(KEY)
         gate = self._gate
         if gate is None:

@@ -29,6 +29,9 @@ import yarl
 
 from ..errors import ConfigError
 
+# What the SDK's clients offer (httpx2's default): api/wire.py sends it with every request, and
+# api/http.py adds it where the SDK's request has none (httpx2 decodes both).
+ACCEPT_ENCODING = ("Accept-Encoding", "gzip, deflate")
 KEEPALIVE_S = 5.0  # httpx2's default keep-alive expiry, as the SDK's aiohttp client had it
 # The SDK's own clients follow redirects
 # (a gateway moving a path, http to https), up to httpx2's 20.

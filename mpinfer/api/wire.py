@@ -37,14 +37,13 @@ import orjson
 
 from ..errors import ConnectionFailed, HttpStatusError
 from .answer import Answer, parse_answer
-from .pool import Pool, SendGate
+from .pool import ACCEPT_ENCODING, Pool, SendGate
 from .responses import ApiPath
 from .ticket import Ticket, Unsent
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"  # the SDK's, when neither flag nor variable says
 # The paths the SDK's Azure client sends under the deployment (the others go under /openai)
 _AZURE_DEPLOYED = frozenset({ApiPath.CHAT, ApiPath.EMBEDDINGS})
-_ACCEPT_ENCODING = ("Accept-Encoding", "gzip, deflate")  # what the SDK's clients offer
 # The headers the SDK adds from the environment, by the variable it reads
 _ACCOUNT = (("OpenAI-Organization", "OPENAI_ORG_ID"), ("OpenAI-Project", "OPENAI_PROJECT_ID"))
 
@@ -149,7 +148,7 @@ def sdk_headers(api_key: str, timeout: float, azure: bool = False,
     return (auth, ("Accept", "application/json"), ("Content-Type", "application/json"),
             ("User-Agent", f"{agent}/Python {sdk_version()}"), *platform_headers(),
             ("X-Stainless-Async", "async:asyncio"), *account, ("x-stainless-retry-count", "0"),
-            ("x-stainless-read-timeout", str(timeout)), _ACCEPT_ENCODING)
+            ("x-stainless-read-timeout", str(timeout)), ACCEPT_ENCODING)
 
 
 class WireClient:
