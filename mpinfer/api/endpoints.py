@@ -43,6 +43,7 @@ __all__ = ["ANY_MODEL", "Endpoint", "Provider", "endpoints_of", "implicit_endpoi
            "parse_endpoints", "read_endpoints_file"]
 
 ANY_MODEL = "*"  # an implicit endpoint serves every model of the run
+DEFAULT_BASE_URL = "https://api.openai.com/v1"  # the SDK's, when neither flag nor variable says
 FIELDS = frozenset({"model", "provider", "base_url", "deployment", "api_version", "api_key_env",
                     "rpm", "tpm", "max_in_flight", "max_image_mb", "image_detail",
                     "image_max_side", "name", "enqueued_tokens"})
@@ -97,7 +98,7 @@ class Endpoint:
 
     def place(self) -> str:
         """Where its requests go, as a message names it: the URL (and deployment), never the key."""
-        url = self.base_url or "https://api.openai.com/v1"
+        url = self.base_url or DEFAULT_BASE_URL
         return f"deployment {self.deployment} at {url}" if self.deployment else url
 
     def label(self, index: int) -> str:

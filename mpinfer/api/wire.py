@@ -37,11 +37,11 @@ import orjson
 
 from ..errors import ConnectionFailed, HttpStatusError
 from .answer import Answer, parse_answer
+from .endpoints import DEFAULT_BASE_URL
 from .pool import ACCEPT_ENCODING, Pool, SendGate
 from .responses import ApiPath
 from .ticket import Ticket, Unsent
 
-DEFAULT_BASE_URL = "https://api.openai.com/v1"  # the SDK's, when neither flag nor variable says
 # The paths the SDK's Azure client sends under the deployment (the others go under /openai)
 _AZURE_DEPLOYED = frozenset({ApiPath.CHAT, ApiPath.EMBEDDINGS})
 # The headers the SDK adds from the environment, by the variable it reads
