@@ -36,14 +36,22 @@ AZURE_URL = "/chat/completions"
 @dataclass(frozen=True)
 class Target:
     """One endpoint's Batch API as the run's batches use it: ``name`` as the plan records it (None:
-    the run's one endpoint, without a table), the model it serves, the URL its lines and batches
-    name, the deployment a line names at Azure, its enqueued-token limit (None: unknown)."""
+    the run's one endpoint, without a table), the endpoint (the model it serves, the deployment a
+    line names at Azure, its enqueued-token limit), the URL its lines and batches name."""
 
     name: str | None
     endpoint: Endpoint
     url: str
-    deployment: str | None = None
-    enqueued_tokens: int | None = None
+
+    @property
+    def deployment(self) -> str | None:
+        """The deployment a line names at Azure (None: the line keeps its model)."""
+        return self.endpoint.deployment
+
+    @property
+    def enqueued_tokens(self) -> int | None:
+        """The endpoint's enqueued-token limit (None: unknown)."""
+        return self.endpoint.enqueued_tokens
 
     def serves(self, model: str) -> bool:
         """Whether batches of ``model`` may go here."""
@@ -64,8 +72,7 @@ def targets_of(config: RunConfig) -> tuple[Target, ...]:
         return (Target(None, Endpoint(ANY_MODEL, key, config.base_url), OPENAI_URL),)
     config.require_api_keys()  # every key of the table is set, or a ConfigError names those unset
     return tuple(Target(endpoint.title, endpoint,
-                        AZURE_URL if endpoint.provider is Provider.AZURE else OPENAI_URL,
-                        endpoint.deployment, endpoint.enqueued_tokens)
+                        AZURE_URL if endpoint.provider is Provider.AZURE else OPENAI_URL)
                  for endpoint in config.endpoint_table)
 
 
