@@ -144,7 +144,8 @@ def new_run_id() -> int:
 
 @dataclass
 class Mapped:
-    """A record in memory, and the lock that guards it: ``(fd, offset)`` of one byte."""
+    """A record in memory, and the lock that guards it: ``(fd, offset)`` of one byte; ``with`` it
+    holds the lock."""
 
     record: LaneRecord
     fd: int
@@ -157,6 +158,13 @@ class Mapped:
     def release(self) -> None:
         """Give it back."""
         unlock(self.fd, self.offset)
+
+    def __enter__(self) -> LaneRecord:
+        self.acquire()
+        return self.record
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 _OPEN: dict[str, tuple[int, mmap.mmap, LaneRecord]] = {}  # lane files this process has mapped

@@ -32,7 +32,6 @@ import logging
 import math
 import os
 import time
-from fcntl import LOCK_EX, LOCK_UN, lockf
 from pathlib import Path
 from typing import Any
 
@@ -119,11 +118,8 @@ class SharedLimiter:
     def _attach(self, mapped: Mapped, told: tuple[float, float, int, int], label: str,
                 slow_start: bool) -> Mapped:
         """Record this run on a lane's record (OSError when it has no room)."""
-        mapped.acquire()
-        try:
+        with mapped:
             lanefile.attach(mapped.record, self.run, told, label, time.monotonic(), slow_start)
-        finally:
-            mapped.release()
         return mapped
 
     @staticmethod
@@ -142,27 +138,21 @@ class SharedLimiter:
             return
         self._closed = True
         for mapped in self._maps:
-            lockf(mapped.fd, LOCK_EX, 1, mapped.offset)
-            try:
+            with mapped:
                 lanefile.detach(mapped.record, self.run)
-            finally:
-                lockf(mapped.fd, LOCK_UN, 1, mapped.offset)
 
     def limit_lane(self, key: int, model_index: int, rpm: int | None, tpm: int | None,
                    max_in_flight: int | None) -> None:
         """Give one lane (an endpoint's, for one model) its own limits, as this run's told ones."""
         index = self.lane(key, model_index)
         mapped = self._maps[index]
-        lockf(mapped.fd, LOCK_EX, 1, mapped.offset)
-        try:
+        with mapped:
             for entry in mapped.record.runs:
                 if entry.run == self.run:
                     entry.rpm = float(rpm or entry.rpm)
                     entry.tpm = float(tpm or entry.tpm)
                     entry.own_in_flight = max_in_flight or entry.own_in_flight
             lanefile.apply_told(mapped.record)
-        finally:
-            lockf(mapped.fd, LOCK_UN, 1, mapped.offset)
         self._told[index] = self._told_of(mapped)
 
     def lane_lock(self, index: int) -> Mapped:
@@ -297,8 +287,7 @@ class SharedLimiter:
             index = self.lane(key, model_index)
             lane = lanes[index]
             mapped = self._maps[index]
-            lockf(mapped.fd, LOCK_EX, 1, mapped.offset)
-            try:
+            with mapped:
                 charge = tokens
                 if lane.token_given:
                     charge = min(tokens, int(lane.token_limit))
@@ -319,8 +308,6 @@ class SharedLimiter:
                 lane.limited_at = now
                 if best is None or wait < best.seconds:
                     best = Wait(wait)
-            finally:
-                lockf(mapped.fd, LOCK_UN, 1, mapped.offset)
         assert best is not None
         return best
 
@@ -336,8 +323,7 @@ class SharedLimiter:
         if not (lane.request_given or lane.token_given):  # no window to keep (read unlocked)
             return
         mapped = self._maps[index]
-        lockf(mapped.fd, LOCK_EX, 1, mapped.offset)
-        try:
+        with mapped:
             if lane.next_request_pos - grant.request_pos <= REQUEST_RING:
                 ring = self._req_ring[index]
                 slot = grant.request_pos % REQUEST_RING
@@ -346,8 +332,6 @@ class SharedLimiter:
                 times = self._tok_time[index]
                 slot = grant.token_pos % TOKEN_RING
                 times[slot] = max(times[slot], now)
-        finally:
-            lockf(mapped.fd, LOCK_UN, 1, mapped.offset)
 
     def release(self, grant: Grant, now: float, ending: Ending = Ending.OK, *,
                 charged: int | None = None, used: int = 0) -> bool:
@@ -359,8 +343,7 @@ class SharedLimiter:
         """
         index = grant.lane
         mapped = self._maps[index]
-        lockf(mapped.fd, LOCK_EX, 1, mapped.offset)
-        try:
+        with mapped:
             lane = self._lanes[index]
             lane.in_flight = max(0, lane.in_flight - 1)
             slot = self._slots.get((index, grant.holder, self._pid()), -1)
@@ -389,8 +372,6 @@ class SharedLimiter:
             outage.answered(lane, now)
             learned.after_request(lane, ending, grant.at, now)
             return False
-        finally:
-            lockf(mapped.fd, LOCK_UN, 1, mapped.offset)
 
     def rate_limited(self, lane_index: int, now: float, retry_after: float | None) -> None:
         """A 429 on this lane: count it, and pause the lane for everyone for its wait hint; with no
@@ -401,8 +382,7 @@ class SharedLimiter:
         (from what the server accepted), so the next pause does not end in the same burst.
         """
         mapped = self._maps[lane_index]
-        lockf(mapped.fd, LOCK_EX, 1, mapped.offset)
-        try:
+        with mapped:
             lane = self._lanes[lane_index]
             lane.rate_limited += 1
             if not retry_after:
@@ -421,8 +401,6 @@ class SharedLimiter:
                 lane.request_tat = max(lane.request_tat, until + tolerance - step)
             if lane.token_limit > 0:
                 lane.token_tat = max(lane.token_tat, until + self._tolerance(lane, True))
-        finally:
-            lockf(mapped.fd, LOCK_UN, 1, mapped.offset)
 
     def observe(self, lane_index: int, hints: Hints, now: float) -> None:
         """What a response says of the limits (``read_hints``): pace to a stated limit when none was
@@ -441,8 +419,7 @@ class SharedLimiter:
                      or lane.token_limit == hints.limit_tokens)):
             return
         mapped = self._maps[lane_index]
-        lockf(mapped.fd, LOCK_EX, 1, mapped.offset)
-        try:
+        with mapped:
             if not lane.headers_seen:
                 lane.headers_seen = True
                 lane.slow_start = False  # the server states its limits: no guessing them
@@ -455,8 +432,6 @@ class SharedLimiter:
                 lane.set_token_limit(hints.limit_tokens, LimitSource.SERVER)
             if pause:
                 lane.paused_until = max(lane.paused_until, now + pause)
-        finally:
-            lockf(mapped.fd, LOCK_UN, 1, mapped.offset)
 
     def disable_key(self, key: int) -> bool:
         """Stop using a key for every model (in this run); returns whether any key is left."""
@@ -475,8 +450,7 @@ class SharedLimiter:
         total = 0
         for mapped in self._maps:
             record = mapped.record
-            lockf(mapped.fd, LOCK_EX, 1, mapped.offset)
-            try:
+            with mapped:
                 lane = record.lane
                 for slot, entry in enumerate(record.holders):
                     if entry.run == self.run and entry.holder == holder:
@@ -485,8 +459,6 @@ class SharedLimiter:
                         entry.held = 0
                         if lane.prober == slot:
                             lane.prober = -1
-            finally:
-                lockf(mapped.fd, LOCK_UN, 1, mapped.offset)
         return total
 
     def lane_stats(self, now: float) -> tuple[list[LaneStats], list[bool]]:
@@ -494,8 +466,7 @@ class SharedLimiter:
         on the way."""
         stats = []
         for index, mapped in enumerate(self._maps):
-            lockf(mapped.fd, LOCK_EX, 1, mapped.offset)
-            try:
+            with mapped:
                 if now - mapped.record.swept_at >= SWEEP_EVERY_S:
                     lanefile.sweep(mapped.record, now)
                     lanefile.apply_told(mapped.record)
@@ -505,6 +476,4 @@ class SharedLimiter:
                 stats.append(LaneStats.of(mapped.record.lane, index // self.n_models,
                                           index % self.n_models, self.window_s, self.span_s, now,
                                           told_requests=rpm, told_tokens=tpm, shared_with=others))
-            finally:
-                lockf(mapped.fd, LOCK_UN, 1, mapped.offset)
         return stats, [bool(disabled) for disabled in self._key_disabled]
