@@ -69,9 +69,6 @@ class SharedLimiter:
         n_lanes = settings.n_keys * settings.n_models
         self.n_keys = settings.n_keys
         self.n_models = settings.n_models
-        self.n_lanes = n_lanes
-        self.rpm = settings.rpm
-        self.tpm = settings.tpm
         self.window_s = max(MIN_WINDOW, settings.window_s)
         margin_s = settings.margin_s
         self.margin_s = max(0.0, margin_for(self.window_s) if margin_s is None else margin_s)
@@ -91,8 +88,8 @@ class SharedLimiter:
         label = f"{share.label if share else ''} (pid {self._pid()})"
         for index, lane_id in enumerate(ids):
             limits = own.get((index // self.n_models, index % self.n_models))
-            rpm = (limits.rpm if limits and limits.rpm else self.rpm) or 0
-            tpm = (limits.tpm if limits and limits.tpm else self.tpm) or 0
+            rpm = (limits.rpm if limits and limits.rpm else settings.rpm) or 0
+            tpm = (limits.tpm if limits and limits.tpm else settings.tpm) or 0
             own_in_flight = limits.max_in_flight if limits and limits.max_in_flight else 0
             told = (float(rpm), float(tpm), settings.max_in_flight, own_in_flight)
             mapped = None
