@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..api.endpoints import Endpoint, endpoints_of
+from ..api.endpoints import DEFAULT_BASE_URL, Endpoint, endpoints_of
 from ..errors import ConfigError
 from ..settings import ModelRates
 from .lanefile import UNLIMITED_IN_FLIGHT, default_folder, lane_id
@@ -107,7 +107,7 @@ def sharing(config: RunConfig, endpoints: Sequence[Endpoint],
 
 def _where(endpoint: Endpoint) -> str:
     """Where an endpoint's requests go, as far as its limits are concerned."""
-    return "|".join((str(endpoint.provider), endpoint.base_url or "https://api.openai.com/v1",
+    return "|".join((str(endpoint.provider), endpoint.base_url or DEFAULT_BASE_URL,
                      endpoint.deployment or ""))
 
 
