@@ -182,3 +182,35 @@ def test_429s_with_only_a_wait_hint_teach_a_rate_the_summary_names(
     assert stats["limit_rejections"] <= 0.25 * stats["requests"], stats["limit_rejections"]
     summary = json.loads((tmp_path / "a.jsonl.summary.json").read_text())
     assert "(learned)" in summary["limits"], summary["limits"]
+
+
+def _span(mock: MockServerProcess) -> float:
+    stats = mock.stats()
+    return float(stats["last_request_at"] - stats["first_request_at"])
+
+
+def test_the_next_run_on_a_lane_knows_what_the_server_said_and_skips_the_first_round(
+        tmp_path: Path, mock: MockServerProcess) -> None:
+    for states, config in (("none", {}), ("its limit", {"rpm": 600, "window_s": 2.0})):
+        # Given a server that answers after 1 s and states {states} on its answers
+        mock.configure(latency_ms=1000, **config)
+        for name in ("a", "b"):
+            write_tasks(tmp_path / f"{name}.tasks.jsonl", text_tasks(16, prefix=name))
+        spans = []
+        for name in ("a", "b"):
+            # When a run told nothing sends 16 tasks with 16 in flight, then another on its lane
+            mock.reset()
+            proc = run_cli(*_args(mock, name, "-p", "1", "-c", "16", "--rate-window", "2"),
+                           cwd=tmp_path)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            assert _ids(tmp_path / f"{name}.jsonl") == Counter(f"{name}{i}" for i in range(16))
+            assert mock.stats()["limit_rejections"] == 0
+            spans.append(_span(mock))
+        # Then the first opened with one request and sent the rest after its answer; the second
+        # knew from the first what the server says, and sent all 16 at once
+        assert spans[0] >= 0.9, (states, spans)
+        assert spans[1] < 0.6, (states, spans)
+        for name in ("a", "b"):
+            (tmp_path / f"{name}.jsonl").unlink()
+        for lane in _lane_files():
+            lane.unlink()

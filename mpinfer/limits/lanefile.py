@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .lanes import Lane
+from .learned import remembered
 from .windows import TOKEN_RING
 
 #: Request start times kept per lane: --rpm up to this is held in every window; above it, paced.
@@ -37,7 +38,7 @@ REQUEST_RING = 32768
 RUNS = 32          # runs that may share a lane at once
 HOLDERS = 256      # grant holders (worker processes, Ray workers) per lane
 LABEL = 120        # bytes of a run's label (its output file)
-MAGIC = b"mpinfer-lane-v1"
+MAGIC = b"mpinfer-lane-v2"
 #: Requests in flight on a lane when nothing limits them.
 UNLIMITED_IN_FLIGHT = 1 << 20
 
@@ -229,17 +230,24 @@ def unlock(fd: int, offset: int) -> None:
 # -- runs and holders (the record's lock held) -----------------------------------------------------
 
 
-def fresh_lane(record: LaneRecord, in_flight: int, slow_start: bool = False) -> None:
-    """The lane as no run has used it, but for its rings and the grants live holders still hold;
-    ``slow_start``: it opens one request at a time until a limit is known."""
+def fresh_lane(record: LaneRecord, in_flight: int, slow_start: bool = False,
+               now: float | None = None) -> None:
+    """The lane as no run has used it, but for its rings, the grants live holders still hold and
+    what the server last said of its limits; ``slow_start``: it opens one request at a time until
+    a limit is known, unless the server said it lately (``learned.remembered``, at ``now``)."""
     lane = record.lane
     keep = (lane.next_request_pos, lane.token_head, lane.token_tail, lane.token_sum)
+    heard = (lane.heard_at, lane.heard_requests, lane.heard_tokens)
     ctypes.memset(ctypes.addressof(lane), 0, ctypes.sizeof(Lane))
     lane.next_request_pos, lane.token_head, lane.token_tail, lane.token_sum = keep
     lane.start(UNLIMITED_IN_FLIGHT)
+    if any(heard):  # a record made before any answer holds zeros: nothing heard
+        lane.heard_at, lane.heard_requests, lane.heard_tokens = heard
     lane.in_flight = in_flight
     lane.slow_start = slow_start
     lane.concurrency = 1.0 if slow_start else lane.concurrency_max
+    if slow_start and now is not None:
+        remembered(lane, now)
 
 
 def live_runs(record: LaneRecord) -> Iterator[RunEntry]:
@@ -278,7 +286,7 @@ def attach(record: LaneRecord, run: int, told: tuple[float, float, int, int], la
     no live run uses starts afresh. Raises OSError when the lane has no room for another run."""
     sweep(record, now)
     if not any(True for _ in live_runs(record)):
-        fresh_lane(record, sum(h.held for h in record.holders if h.run), slow_start)
+        fresh_lane(record, sum(h.held for h in record.holders if h.run), slow_start, now)
     free = next((entry for entry in record.runs if not entry.run), None)
     if free is None:
         raise OSError(f"{RUNS} runs already share this lane")

@@ -89,6 +89,10 @@ class Lane(ctypes.Structure):
     probe_at: float
     probe_gap: float
     prober: int                  # the holder whose request is the probe; -1: none
+    # What the server last said of its limits, kept when a fresh lane starts (learned.remembered)
+    heard_at: float              # when (NEVER: not heard): an answer stating limits, or none
+    heard_requests: float        # the request limit it stated (0: none)
+    heard_tokens: float          # the token limit it stated (0: none)
 
     def start(self, max_in_flight: int) -> None:
         """A new lane: no limit, ``max_in_flight`` requests allowed in flight, nothing seen yet."""
@@ -97,6 +101,7 @@ class Lane(ctypes.Structure):
         self.concurrency_decreased_at = self.rate_decreased_at = NEVER
         self.limited_at = self.bucket_at = self.ok_at = NEVER
         self.prober = -1
+        self.heard_at = NEVER
 
     def set_request_limit(self, limit: float, source: LimitSource) -> None:
         """The request limit in force, and where it came from. A limit given (FLAG) stays given when

@@ -3,6 +3,9 @@
 - **The rate**: after hint-less 429s, a rate learned by AIMD: RATE_DECREASE of what was being sent
   (or of the rate in force, if lower), growing again by RATE_GROWTH_PER_S of that a second while
   requests succeed, back up to the limit given or stated.
+- **What the server said** (``heard``, ``remembered``): whether its answers state limits, and
+  which, is kept in the lane across runs for HEARD_KEPT_S, so the next run on the lane knows it
+  from its first request instead of spending a round of one request to learn it again.
 - **The requests in flight**, for servers with no rate headers at all (vLLM, DeepSeek, Ollama):
   lowered to CWND_DECREASE of them on a 429 or a timeout, once per window of requests, and grown by
   one per window of successes (TCP's congestion window).
@@ -23,6 +26,32 @@ RATE_GROWTH_PER_S = 0.03
 MIN_ACCEPTED = 8
 #: On a 429 or a timeout, keep this share of the requests in flight (TCP CUBIC's 0.7).
 CWND_DECREASE = 0.7
+#: How long what a server said of its limits (or that it states none) spares the next run on the
+#: lane its first round of one request: a key's limits change seldom, and when they do the first
+#: answers' headers (or 429s) correct them as they would correct a flag.
+HEARD_KEPT_S = 24 * 3600.0
+
+
+def heard(lane: Lane, requests: float, tokens: float, now: float) -> None:
+    """An answer told what the server states of its limits (0: nothing of that kind)."""
+    lane.heard_at = now
+    lane.heard_requests = requests
+    lane.heard_tokens = tokens
+
+
+def remembered(lane: Lane, now: float) -> None:
+    """A fresh lane in slow start takes what the server said within HEARD_KEPT_S: its stated
+    limits (paced as if its headers had just come), or that it states none (opened at once)."""
+    if not 0.0 <= now - lane.heard_at < HEARD_KEPT_S:
+        return
+    lane.slow_start = False
+    lane.concurrency = lane.concurrency_max
+    if lane.heard_requests or lane.heard_tokens:
+        lane.headers_seen = True
+        if lane.heard_requests:
+            lane.set_request_limit(lane.heard_requests, LimitSource.SERVER)
+        if lane.heard_tokens:
+            lane.set_token_limit(lane.heard_tokens, LimitSource.SERVER)
 
 
 def grow_rate(lane: Lane, now: float) -> None:
@@ -123,6 +152,7 @@ def after_request(lane: Lane, ending: Ending, granted_at: float, now: float) -> 
             # An answer that stated no limit (a stated one ends slow start in observe): this server
             # states none (vLLM, most proxies), so a slower opening would learn nothing more. Open
             # at once; a refusal from here on teaches the rate and the requests in flight (below).
+            heard(lane, 0.0, 0.0, now)
             lane.slow_start = False
             lane.concurrency = lane.concurrency_max
             return

@@ -427,6 +427,8 @@ class SharedLimiter:
             if (hints.limit_tokens and not lane.token_given
                     and lane.token_limit != hints.limit_tokens):
                 lane.set_token_limit(hints.limit_tokens, LimitSource.SERVER)
+            if hints.limit_requests or hints.limit_tokens:
+                learned.heard(lane, hints.limit_requests or 0, hints.limit_tokens or 0, now)
             if pause:
                 lane.paused_until = max(lane.paused_until, now + pause)
 
