@@ -37,6 +37,8 @@ no such switch, its only one ("default").
     python bench/throughput.py                      # 3,000 tasks a row, then the 600-in-flight rows
     # issue 25's row: 1,200 in flight, 9,000 image tasks, L = 1 s
     python bench/throughput.py --latencies "" --target-configs "" --transports aiohttp
+    # (each scale row twice: lane cold, the first run on its key and model, whose first round is
+    # one request; and lane known, after a one-task run on them: what a later run meets)
     python bench/throughput.py --tasks 500 --target-tasks 1200 --latencies 200   # a quick try
 """
 
@@ -173,17 +175,30 @@ def at_mock(mock: Any, latency_ms: float, k: int, n: int, cmd: list[str], cwd: P
 
 
 def one_row(mock: Any, latency_ms: float, p: int, c: int, n: int, timeout_s: float, keep: bool,
-            transport: str, jitter_ms: float = 0.0, images: bool = False) -> dict[str, Any]:
-    """One table row: the CLI at ``-p p -c c`` on ``n`` tasks at the mock's ``latency_ms``."""
+            transport: str, jitter_ms: float = 0.0, images: bool = False,
+            lane: str = "cold") -> dict[str, Any]:
+    """One table row: the CLI at ``-p p -c c`` on ``n`` tasks at the mock's ``latency_ms``, with
+    limits shared in a state folder of the row's own. ``lane``: "cold", the first run on its key
+    and model (its first round is one request), or "known", a run after another (one task) on the
+    same key and model, whose lane kept what the server said of its limits."""
     folder = Path(tempfile.mkdtemp(prefix=f"mpinfer-bench-tp-{p}x{c}-"))
     try:
         tasks = (write_image_tasks if images else write_text_tasks)(folder / "tasks.jsonl", n)
         out = folder / "results.jsonl"
         k = p * c
+        env = cli_env({"XDG_STATE_HOME": str(folder / "state")})
+        args = ("-p", str(p), "-c", str(c), "--base-url", mock.base_url, "--timeout", "120",
+                *transport_args(transport))
+        if lane == "known":
+            (folder / "before.jsonl").write_bytes(tasks.read_bytes().split(b"\n", 1)[0] + b"\n")
+            before = run_measured(cli_command("-i", str(folder / "before.jsonl"), "-o",
+                                              str(folder / "before.out.jsonl"), *args),
+                                  cwd=folder, env=env, timeout_s=timeout_s)
+            if before.returncode != 0:
+                print(f"  !! the run before p={p} c={c}: exit {before.returncode}\n"
+                      f"{before.stderr[-2000:]}")
         m, seen, stats = at_mock(mock, latency_ms, k, n, cli_command(
-            "-i", str(tasks), "-o", str(out), "-p", str(p), "-c", str(c), "--base-url",
-            mock.base_url, "--timeout",
-            "120", *transport_args(transport)), folder, cli_env(), timeout_s, jitter_ms)
+            "-i", str(tasks), "-o", str(out), *args), folder, env, timeout_s, jitter_ms)
         written = count_lines(out)
         ok = m.returncode == 0 and written == n and stats["outcomes"]["ok"] == n
         if not ok:
@@ -191,6 +206,7 @@ def one_row(mock: Any, latency_ms: float, p: int, c: int, n: int, timeout_s: flo
                   f"{stats['outcomes']}\n{m.stderr[-2000:]}")
         return {
             **seen, "L ms": int(latency_ms), "p": p, "c": c, "K": k, "transport": transport,
+            "lane": lane,
             "tasks": f"{n} img" if images else n, "ideal/s": min(k, n) / (latency_ms / 1000.0),
             "rounds/s": n / (math.ceil(n / k) * latency_ms / 1000.0), "wall s": m.wall_s,
             "wall/s": n / m.wall_s, "CPU s": m.cpu_s,
@@ -239,6 +255,9 @@ def main() -> int:
     # rows are held to the whole-rounds ideal (rounds/s; the same as K / L for 12,000).
     ap.add_argument("--scale-tasks", type=int, default=9000,
                     help="image tasks in each scale row (default 9000)")
+    ap.add_argument("--scale-lanes", default="cold,known",
+                    help="scale rows for each: cold (the first run on its key and model) and "
+                    "known (after a one-task run on them) (default cold,known)")
     ap.add_argument("--timeout", type=float, default=600.0,
                     help="seconds one CLI run may take before it is killed")
     ap.add_argument("--keep", action="store_true",
@@ -277,11 +296,11 @@ def main() -> int:
                 target_rows.append(one_row(mock, args.target_latency, p, c, args.target_tasks,
                                            args.timeout, args.keep, stack, args.jitter))
         for p, c, share in parse_scale_configs(args.scale_configs):
-            for stack in stacks:
+            for stack, lane in itertools.product(stacks, args.scale_lanes.split(",")):
                 print(f"  running L={args.target_latency:.0f} ms p={p} c={c} {stack} "
-                      f"tasks={args.scale_tasks} with images ...", flush=True)
+                      f"tasks={args.scale_tasks} with images, lane {lane} ...", flush=True)
                 row = one_row(mock, args.target_latency, p, c, args.scale_tasks, args.timeout,
-                              args.keep, stack, args.jitter, images=True)
+                              args.keep, stack, args.jitter, images=True, lane=lane)
                 row["_share"] = share
                 scale_rows.append(row)
     print()
@@ -317,12 +336,13 @@ def main() -> int:
         print()
         for row in scale_rows:
             row["% rounds"] = 100.0 * row["server/s"] / row["rounds/s"]
-        print(table(scale_rows, [*COLUMNS, "% rounds", "round 2 s", "later rounds s"],
+        print(table(scale_rows, [*COLUMNS, "lane", "% rounds", "round 2 s", "later rounds s"],
                     title=f"scale: {args.scale_tasks} tasks with a small image each at L = "
                     f"{args.target_latency:.0f} ms ({latency_note}), {time.strftime('%Y-%m-%d')}"))
         for row in scale_rows:
             met = row["% rounds"] >= row["_share"] and row["ok"]
-            print(f"  p={row['p']} c={row['c']} ({row['K']} in flight) {row['transport']}: "
+            print(f"  p={row['p']} c={row['c']} ({row['K']} in flight) {row['transport']}, "
+                  f"lane {row['lane']}: "
                   f"{row['% rounds']:.1f}% of the ideal for {args.scale_tasks} tasks in whole "
                   f"rounds ({row['% ideal']:.1f}% of K / L): {'MET' if met else 'MISSED'} "
                   f"(target >= {row['_share']:.0f}%); {row['CPU ms/req']:.2f} ms CPU/req")
