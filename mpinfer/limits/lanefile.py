@@ -2,7 +2,7 @@
 
 A lane's record (``LaneRecord``) holds its ``Lane``, the windows' rings, the runs that use it and
 the holders of its grants. Every run on this machine that uses the same key, base URL (or Azure
-deployment) and model maps the same file, ``<folder>/<lane id>.lane``: the lane id is a hash of a
+deployment) and model maps the same file, ``<folder>/<lane id>.v2.lane``: the lane id is a hash of a
 keyed hash of the key (``key_digest``) with the endpoint and the model, so the key never enters the
 file or its name. A run with sharing off, and a lane without an id, gets a record in anonymous
 shared memory, which its forked workers inherit.
@@ -177,7 +177,8 @@ def open_shared(folder: Path, lane: str) -> Mapped:
     Each file stays open and mapped for the life of the process: closing any descriptor of a file
     drops every record lock the process holds on it.
     """
-    path = str(folder / f"{lane}.lane")
+    # The record's layout is in the name: runs of two versions never map one file two ways.
+    path = str(folder / f"{lane}.{MAGIC[-2:].decode()}.lane")
     if path not in _OPEN:
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
