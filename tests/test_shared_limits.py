@@ -61,6 +61,10 @@ def test_two_runs_at_once_on_one_key_share_the_lane_and_stay_within_its_limit(
     stats = mock.stats()
     assert stats["limit_rejections"] <= 1, stats["limit_rejections"]
     assert stats["rpm"]["max_accepted_in_any_60s_window"] <= 40 + 20  # the limit, a burst
+    # And each run's summary counts its own requests, not the lane's (which both shared)
+    for name in ("a", "b"):
+        summary = json.loads((tmp_path / f"{name}.jsonl.summary.json").read_text())
+        assert 30 <= summary["requests"] <= 30 + summary["rate_limited"], summary
     # And one lane file served both; it is gone from use (no run left on it)
     assert len(_lane_files()) == 1
 

@@ -153,13 +153,17 @@ class LaneStats:
     @classmethod
     def of(cls, lane: Lane, key: int, model_index: int, window_s: float, span_s: float,
            now: float, *, told_requests: float = 0.0, told_tokens: float = 0.0,
-           shared_with: tuple[str, ...] = ()) -> LaneStats:
-        """``lane``'s counters now (read with the lock held); a learned rate per window."""
+           shared_with: tuple[str, ...] = (), own: tuple[int, int, int] | None = None,
+           ) -> LaneStats:
+        """``lane``'s counters now (read with the lock held); a learned rate per window. ``own``:
+        one run's requests, 429s and tokens on it, reported instead of the lane's (which count
+        every run that shares it)."""
         learned = lane.request_source == LEARNED
+        requests, rate_limited, tokens = own or (int(lane.requests), int(lane.rate_limited),
+                                                 int(lane.tokens))
         return cls(
-            key=key, model_index=model_index, requests=int(lane.requests),
-            rate_limited=int(lane.rate_limited),
-            tokens=int(lane.tokens), in_flight=int(lane.in_flight),
+            key=key, model_index=model_index, requests=requests, rate_limited=rate_limited,
+            tokens=tokens, in_flight=int(lane.in_flight),
             concurrency_limit=lane.concurrency, paused_for_s=max(0.0, lane.paused_until - now),
             requests_limit=(lane.request_limit * window_s / span_s if learned
                             else lane.request_limit),

@@ -59,7 +59,8 @@ class SharedLimiter:
 
     Each lane is a ``LaneRecord`` (lanefile.py) with its own lock: in a lane file when the settings
     share it (``settings.share``), else in this run's own shared memory. ``_key_disabled`` (per key)
-    is the run's own.
+    and ``_own`` (this run's requests, 429s and tokens per lane, which others may share) are the
+    run's own.
     """
 
     def __init__(self, settings: LimiterSettings) -> None:
@@ -79,6 +80,7 @@ class SharedLimiter:
         self.serves = settings.serves
         self.run = lanefile.new_run_id()
         self._key_disabled: Any = RawArray("b", self.n_keys)
+        self._own: Any = RawArray("d", 3 * n_lanes)  # per lane: requests, 429s, tokens
         share = settings.share
         ids = share.lane_ids if share is not None else (None,) * n_lanes
         # (virtual memory: a record's pages are touched only as its lane is used)
@@ -215,6 +217,7 @@ class SharedLimiter:
         """
         lane.in_flight += 1
         lane.requests += 1
+        self._own[3 * index] += 1
         slot = self._slot(index, holder)
         if slot >= 0:
             self._maps[index].record.holders[slot].held += 1
@@ -349,6 +352,7 @@ class SharedLimiter:
                 if entry.held > 0:
                     entry.held -= 1
             lane.tokens += used
+            self._own[3 * index + 2] += used
             if charged is not None and lane.token_given:
                 times, amounts = self._tok_time[index], self._tok_amount[index]
                 # Expire first,
@@ -363,6 +367,7 @@ class SharedLimiter:
                 lane.token_tat += (charged - grant.charged) * self.span_s / lane.token_limit
             if ending is Ending.UNSENT:  # neither a request the server saw nor an answer from it
                 lane.requests -= 1
+                self._own[3 * index] -= 1
                 return bool(lane.in_outage)
             if ending is Ending.UNREACHABLE:
                 return outage.unreachable(lane, grant.probe, now)
@@ -382,6 +387,7 @@ class SharedLimiter:
         with mapped:
             lane = self._lanes[lane_index]
             lane.rate_limited += 1
+            self._own[3 * lane_index + 1] += 1
             if not retry_after:
                 learned.refused_without_hint(lane, self.span_s, now)
                 return
@@ -472,7 +478,9 @@ class SharedLimiter:
                 others = tuple(label for run, _, _, _, label in lanefile.runs_of(mapped.record)
                                if run != self.run)
                 rpm, tpm = self._told[index]
+                own = self._own[3 * index:3 * index + 3]
                 stats.append(LaneStats.of(mapped.record.lane, index // self.n_models,
                                           index % self.n_models, self.window_s, self.span_s, now,
-                                          told_requests=rpm, told_tokens=tpm, shared_with=others))
+                                          told_requests=rpm, told_tokens=tpm, shared_with=others,
+                                          own=(int(own[0]), int(own[1]), int(own[2]))))
         return stats, [bool(disabled) for disabled in self._key_disabled]
