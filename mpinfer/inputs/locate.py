@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import csv
 import mmap
+import re
+from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -18,6 +20,7 @@ import orjson
 BOM = b"\xef\xbb\xbf"
 _BLOCK = 1 << 20
 _UNMAP_EVERY = 1 << 16  # byte compares between two drops of the input's pages from the map
+_PLAIN_ID = rb'"([ !#-\[\]-~]+)"'  # an id JSON writes as it is: printable ASCII, no quote or backslash
 
 
 def row_has_values(row: dict[Any, Any]) -> bool:
@@ -96,6 +99,36 @@ class IdReader:
             verdicts.append(data.find(key, end, line_end if line_end >= 0 else len(data)) < 0
                             or None)
         return verdicts
+
+    def plain_ids(self) -> Iterator[list[bytes]] | None:
+        """The id of each line of a JSONL input, in order, a list a block: the bytes of a row that
+        starts ``{"<id key>":"<id>"`` with a plain id (what parsing it gives, as ``same_many``
+        tells), else ``b""`` (a blank line, a row spaced otherwise, an id with an escape). None
+        when the file is not JSONL or names the id key other than first in a row."""
+        if self.fmt != "jsonl" or not self._plain_rows():
+            return None
+        return self._plain_ids()
+
+    def _plain_ids(self) -> Iterator[list[bytes]]:
+        first = re.compile(re.escape(self._prefix) + _PLAIN_ID)
+        # one entry for each newline: the id of the line after it, or b""
+        after = re.compile(rb"\n(?:" + re.escape(self._prefix) + _PLAIN_ID + rb")?")
+        held = b""  # the start of a line cut by the block's end
+        with self.path.open("rb") as handle:
+            while chunk := handle.read(_BLOCK):
+                data = held + chunk
+                cut = data.rfind(b"\n") + 1
+                if not cut:
+                    held = data
+                    continue
+                head = first.match(data, 0, cut)
+                ids: list[bytes] = after.findall(data, 0, cut - 1)
+                ids.insert(0, head.group(1) if head is not None else b"")
+                yield ids
+                held = data[cut:]
+        if held:
+            head = first.match(held)
+            yield [head.group(1) if head is not None else b""]
 
     def _plain_rows(self) -> bool:
         """Whether the file names the id key only at the start of rows (counted once over it):

@@ -41,6 +41,7 @@ from .idset import IdIndex, IdSubset
 from .marks import FileMark
 from .output import BadLine, Scan, answer_cost
 from .records import answer_id
+from .row_match import RowMatch
 
 _MAGIC = b"mpinfer done index 1\n"
 _BLOCK = 1 << 23
@@ -53,8 +54,9 @@ _COST_ESTIMATE = b',"cost_estimate":'
 # A plain id: printable ASCII but for the quote and the backslash (what JSON writes as it is).
 _ID = rb'\{"id":"([ !#-\[\]-~]+)","input_prompt":'
 _FIRST = re.compile(_ID)
-# A line's end and the next line's start: the record before is closed, the next one is mpinfer's.
-_BOUNDARY = re.compile(rb"\}\n" + _ID)
+# One entry for each newline: the id of the line after it when that line is mpinfer's and the
+# record before it is closed, else b"" (one pass over the block finds both).
+_AFTER = re.compile(rb"\n(?:(?<=\}\n)" + _ID + rb")?")
 
 
 def index_path(output: Path) -> Path:
@@ -74,6 +76,7 @@ class _State:
     numbered: int = 0  # lines of any kind: the last line's number
     cost: float | None = None  # counted only when a run asks for it (--max-cost)
     mark: FileMark | None = None
+    match: RowMatch | None = None  # while an output is read from its start: never kept
 
     def take_bad(self, number: int, raw: bytes) -> None:
         self.bad += 1
@@ -117,6 +120,9 @@ def scan_done(output: Path, within: IdSubset, input_key: dict[str, Any] | None,
 def _read(handle: BufferedReader, start: int, state: _State, index: IdIndex) -> bytes:
     """Read whole lines from ``start`` into ``state`` and mark where they end; the torn rest."""
     handle.seek(start)
+    # Matching with the input in order pays on a read from the output's start (not a few lines
+    # appended since the mark, far from the input's start).
+    state.match = RowMatch.over(index) if start == 0 else None
     buffer = bytearray(_BLOCK)
     view = memoryview(buffer)
     offset, held = start, 0  # held: the start of a line cut by the block's end, moved to the front
@@ -137,6 +143,10 @@ def _read(handle: BufferedReader, start: int, state: _State, index: IdIndex) -> 
             held = size - cut
         else:
             held = size
+    if state.match is not None:
+        unmatched = state.match.finish(state.done)
+        state.match = None
+        _take_ids(unmatched, state, index)
     state.mark = FileMark.of_fd(handle.fileno(), offset)
     view.release()
     return bytes(buffer[:held])
@@ -146,22 +156,29 @@ def _take_block(buffer: bytearray, end: int, state: _State, index: IdIndex) -> N
     """Count the whole lines in ``buffer[:end]``: at a few passes of C over the block when every
     line is in mpinfer's form, its id plain and its record ended, and none holds a second record's
     start; else line by line."""
-    lines = buffer.count(b"\n", 0, end)
     if state.cost is None and buffer.endswith(b"}\n", 0, end):
         first = _FIRST.match(buffer, 0, end)
         if first is not None:
-            ids = _BOUNDARY.findall(buffer, 0, end)
-            if len(ids) + 1 == lines and buffer.count(_HEAD, 0, end) == lines:
-                ids.append(first.group(1))
+            ids: list[bytes] = _AFTER.findall(buffer, 0, end)
+            ids.pop()  # the block's last newline: no line after it here
+            # every line is mpinfer's (all ids found) and holds one record's start
+            if all(ids) and buffer.count(_HEAD, 0, end) == len(ids) + 1:
+                ids.insert(0, first.group(1))  # in the output's order: matched with the input's
                 _take_ids(ids, state, index)
-                state.lines += lines
-                state.numbered += lines
+                state.lines += len(ids)
+                state.numbered += len(ids)
                 return
     _take_lines(bytes(buffer[:end]), state, index)
 
 
 def _take_ids(ids: list[bytes], state: _State, index: IdIndex) -> None:
-    """Count ids sliced out of answer lines (their bytes are the ids: no escape in them)."""
+    """Count ids sliced out of answer lines (their bytes are the ids: no escape in them): matched
+    with the input's rows in order when the output is read from its start, else (and those not
+    matched) looked up by hash."""
+    if state.match is not None:
+        ids = state.match.take(ids)
+        if not ids:
+            return
     slots = index.find_raws(ids)
     found = [slot for slot in slots if slot is not None]
     if len(found) < len(slots):

@@ -245,6 +245,14 @@ class IdIndex:
                 found[at] = None
         return found
 
+    def rows_in_order(self) -> Iterator[list[bytes]] | None:
+        """The input's ids as bytes, line by line in its order (``b""`` for a line whose id cannot
+        be told from its bytes), a list a block, when the resolver can read them so
+        (``IdReader.plain_ids``); else None."""
+        plain_ids = getattr(self._resolver, "plain_ids", None)
+        rows: Iterator[list[bytes]] | None = plain_ids() if plain_ids is not None else None
+        return rows
+
     def locator(self, slot: int) -> int:
         """Where the id in ``slot`` can be read again (its byte offset or row number)."""
         number = bisect_right(self._bases, slot) - 1
@@ -264,7 +272,11 @@ class IdSubset:
         self._bits = bytearray((size + 7) // 8)
         self._count = 0
         if everything:
-            self._set_bits(((1 << size) - 1).to_bytes(len(self._bits), "little"))
+            self.add_all()
+
+    def add_all(self) -> None:
+        """Take every id of the input."""
+        self._set_bits(((1 << len(self.index)) - 1).to_bytes(len(self._bits), "little"))
 
     def empty(self) -> IdSubset:
         """An empty subset of the same input."""
