@@ -20,7 +20,8 @@ import orjson
 BOM = b"\xef\xbb\xbf"
 _BLOCK = 1 << 20
 _UNMAP_EVERY = 1 << 16  # byte compares between two drops of the input's pages from the map
-_PLAIN_ID = rb'"([ !#-\[\]-~]+)"'  # an id JSON writes as it is: printable ASCII, no quote or backslash
+# An id JSON writes as it is: printable ASCII but for the quote and the backslash.
+_PLAIN_ID = rb'"([ !#-\[\]-~]+)"'
 
 
 def row_has_values(row: dict[Any, Any]) -> bool:
@@ -101,34 +102,43 @@ class IdReader:
         return verdicts
 
     def plain_ids(self) -> Iterator[list[bytes]] | None:
-        """The id of each line of a JSONL input, in order, a list a block: the bytes of a row that
-        starts ``{"<id key>":"<id>"`` with a plain id (what parsing it gives, as ``same_many``
-        tells), else ``b""`` (a blank line, a row spaced otherwise, an id with an escape). None
-        when the file is not JSONL or names the id key other than first in a row."""
-        if self.fmt != "jsonl" or not self._plain_rows():
+        """The id of each line of a JSONL input, in order, a list a block of lines: the bytes of a
+        row that starts ``{"<id key>":"<id>"`` with a plain id and names the key nowhere else in
+        its block (then its bytes are what parsing it gives, as in ``same_many``), else ``b""``
+        (a blank line, a row spaced otherwise, an id with an escape, a block that names the key
+        elsewhere). None when the file is not JSONL."""
+        if self.fmt != "jsonl":
             return None
         return self._plain_ids()
 
     def _plain_ids(self) -> Iterator[list[bytes]]:
-        first = re.compile(re.escape(self._prefix) + _PLAIN_ID)
+        prefix = self._prefix
+        first = re.compile(re.escape(prefix) + _PLAIN_ID)
         # one entry for each newline: the id of the line after it, or b""
-        after = re.compile(rb"\n(?:" + re.escape(self._prefix) + _PLAIN_ID + rb")?")
+        after = re.compile(rb"\n(?:" + re.escape(prefix) + _PLAIN_ID + rb")?")
+        key, head = prefix[1:], b"\n" + prefix
         held = b""  # the start of a line cut by the block's end
         with self.path.open("rb") as handle:
-            while chunk := handle.read(_BLOCK):
+            while True:
+                chunk = handle.read(_BLOCK)
                 data = held + chunk
-                cut = data.rfind(b"\n") + 1
+                cut = data.rfind(b"\n") + 1 if chunk else len(data)
                 if not cut:
+                    if not chunk:
+                        return
                     held = data
                     continue
-                head = first.match(data, 0, cut)
-                ids: list[bytes] = after.findall(data, 0, cut - 1)
-                ids.insert(0, head.group(1) if head is not None else b"")
+                # the key only where a line starts with it: no row names it twice
+                if data.count(key, 0, cut) == data.count(head, 0, cut) + data.startswith(prefix):
+                    found = first.match(data, 0, cut)
+                    ids: list[bytes] = after.findall(data, 0, cut - 1)
+                    ids.insert(0, found.group(1) if found is not None else b"")
+                else:
+                    ids = [b""] * (data.count(b"\n", 0, cut - 1) + 1)
                 yield ids
+                if not chunk:
+                    return
                 held = data[cut:]
-        if held:
-            head = first.match(held)
-            yield [head.group(1) if head is not None else b""]
 
     def _plain_rows(self) -> bool:
         """Whether the file names the id key only at the start of rows (counted once over it):

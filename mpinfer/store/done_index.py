@@ -14,14 +14,19 @@ was appended since mpinfer last read it.
 - A full read goes block by block (8 MB). A line in the form mpinfer writes, ``{"id":"<id>",
   "input_prompt":...}`` ending in ``}``, its id plain (printable ASCII, no escape), is taken
   without decoding it: its id is sliced out and looked up. When every line of a block is such a
-  line, a regex finds them all and two counts check that no line was left out and none holds a
-  second record's start (a torn line with another glued on); else the block goes line by line,
+  line, one regex pass finds them all (an entry for each newline: the next line's id, or nothing
+  when that line is not such a line or the one before is not closed) and a count checks that
+  none holds a second record's start (a torn line with another glued on); else line by line,
   and every other line is decoded and judged as ``output.scan`` judges it (an answer record, or a
   bad line). A block where a line taken fast holds a second record's start is decoded whole. The
   cost of the answers (``--max-cost``) is read line by line. A line in mpinfer's form whose middle
   was damaged in place (not torn: mpinfer cuts a torn tail before it appends) is taken as done.
-- A hash is never taken for an id: an id counts only once the input's id at its slot compares
-  equal (``IdIndex.find_raws``: a byte compare of the input's row, or the row read again).
+- A read from the output's start matches its ids with the input's rows in order (store/row_match.py:
+  the input's ids read beside the output's, compared as bytes); the ids it leaves, and those of a
+  read from the mark, are looked up by hash.
+- A hash is never taken for an id: an id counts only once it compares equal with the input's id of
+  its row (``RowMatch``) or at its slot (``IdIndex.find_raws``: a byte compare of the input's row,
+  or the row read again).
 """
 
 from __future__ import annotations

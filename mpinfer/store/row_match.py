@@ -1,11 +1,11 @@
-"""The output's ids matched with the input's rows in the input's order: the resume scan's cheap way to
-tell that an id of the output is one of the input's.
+"""The output's ids matched with the input's rows in the input's order: the resume scan's cheap way
+to tell that an id of the output is one of the input's.
 
 An output is written in about the input's order (the workers answer the tasks as they are fed, a
 few dozen in flight). So rather than look each id up by its hash (a read of the input at a random
 place each), the scan reads the input's ids in order beside the output's (``IdReader.plain_ids``)
 and compares them as bytes, a block of ids at a time: one list compare when a block of the output
-holds the next rows of the input, else a small dict of the rows passed and not yet seen. An id is
+holds the next rows of the input, else sets of the ids on each side not yet matched. An id is
 taken only when its bytes equal a row's id (no hash is taken for an id); every other id of the
 output (one far from its row, a repeat, one not in the input) goes to the exact lookup by hash
 (``IdIndex.find_raws``). When every row is matched, the done set is the whole input, with no
@@ -14,8 +14,8 @@ lookup at all; else each matched row's slot is found as a member's (its id was r
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from array import array
+from collections.abc import Iterator
 from itertools import compress
 
 from .idset import IdIndex, IdSubset
@@ -118,7 +118,7 @@ class RowMatch:
             if at >= len(chosen):
                 break
             for raw in compress(block, chosen[at:at + len(block)]):
-                slot = index.find(raw.decode(), member=True)
+                slot = index.find(raw.decode(), member=True) if raw else None
                 if slot is not None:
                     slots.append(slot)
             at += len(block)

@@ -1,0 +1,123 @@
+"""The resume scan matches an output's ids with the input's rows in order (store/row_match.py): it
+finds exactly what decoding every line finds, whatever the output's order, and never takes a hash
+for an id."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import orjson
+from helpers import result_line, text_tasks, write_jsonl, write_tasks
+from test_idset import crowded
+
+from mpinfer.inputs.check import check_input
+from mpinfer.inputs.locate import IdReader
+from mpinfer.inputs.tasks import InputFormat
+from mpinfer.store.done_index import scan_done
+from mpinfer.store.idset import HashFn, IdSubset
+from mpinfer.store.output import scan
+from mpinfer.store.row_match import RowMatch
+
+
+def _jittered(ids: list[str], window: int, seed: int) -> list[str]:
+    """``ids`` shuffled within windows of ``window``: answers written a few in flight at once."""
+    rng = random.Random(seed)
+    out: list[str] = []
+    for start in range(0, len(ids), window):
+        part = ids[start:start + window]
+        rng.shuffle(part)
+        out.extend(part)
+    return out
+
+
+def _same_as_decoding(inp: Path, output: Path, hash_fn: HashFn | None = None) -> set[str]:
+    """Scan ``output`` both ways; assert they agree; the done ids."""
+    index = check_input(inp, hash_fn=hash_fn)
+    slow = scan(output, within=index.ids)
+    fast = scan_done(output, index.ids, None)
+    assert slow.done is not None and fast.done is not None
+    assert sorted(fast.done) == sorted(slow.done)
+    assert fast.unknown == slow.unknown
+    assert (fast.bad, fast.lines) == (slow.bad, slow.lines)
+    return set(fast.done)
+
+
+def test_an_output_a_little_out_of_order_with_repeats_and_strangers_is_read_exactly(
+        tmp_path: Path) -> None:
+    # Given 3,000 tasks, and outputs of their answers shuffled within windows of 40, one of all,
+    # one of every third missing, each with a repeat and an id not in the input
+    ids = [f"t{i}" for i in range(3000)]
+    inp = write_tasks(tmp_path / "in.jsonl", text_tasks(3000))
+    for name, answered in (("all", ids), ("some", [i for n, i in enumerate(ids) if n % 3])):
+        order = _jittered(answered, 40, seed=len(answered))
+        order[100:100] = [answered[5], "stranger"]
+        output = write_jsonl(tmp_path / f"{name}.jsonl", [result_line(i) for i in order])
+        # When both scans read it
+        done = _same_as_decoding(inp, output)
+        # Then the done ids are exactly the answered ones
+        assert done == set(answered), name
+
+
+def test_an_output_in_no_order_at_all_loses_nothing_when_little_is_held(tmp_path: Path) -> None:
+    # Given 500 tasks and an output of 400 of them in reverse order, a stranger among them, and a
+    # matcher that holds at most 3 ids a side
+    inp = write_tasks(tmp_path / "in.jsonl", text_tasks(500))
+    index = check_input(inp).ids.index
+    answered = [f"t{i}" for i in range(499, 99, -1)]
+    raws = [i.encode() for i in answered[:200]] + [b"stranger"] + [i.encode()
+                                                                   for i in answered[200:]]
+    match = RowMatch.over(index, held=3)
+    assert match is not None
+    # When its ids are matched in blocks of 64, those held too long looked up by hash
+    done = IdSubset(index)
+    late: list[bytes] = []
+    for start in range(0, len(raws), 64):
+        late += match.take(raws[start:start + 64])
+    late += match.finish(done)
+    found = index.find_raws(late)
+    done.add_slots([slot for slot in found if slot is not None])
+    # Then every answered id is done, and only the stranger is left without a row
+    assert set(done) == set(answered)
+    assert [raw for raw, slot in zip(late, found, strict=True) if slot is None] == [b"stranger"]
+
+
+def test_rows_whose_id_cannot_be_told_from_their_bytes_are_never_matched_on_them(
+        tmp_path: Path) -> None:
+    # Given an input with a blank line, a row spaced otherwise, an id with an escape, a non-ASCII
+    # id and a block that names the id key a second time in a row, and an output of all of them
+    rows = [b'{"id":"a","prompt":"p"}', b"", b'{"id": "b","prompt":"p"}',
+            b'{"id":"c\\u0064","prompt":"p"}', '{"id":"é","prompt":"p"}'.encode(),
+            b'{"id":"e","prompt":"p"}']
+    inp = tmp_path / "in.jsonl"
+    inp.write_bytes(b"\n".join(rows) + b"\n")
+    twice = tmp_path / "twice.jsonl"
+    twice.write_bytes(b'{"id":"x","prompt":"p"}\n{"id":"y","prompt":"p","id":"z"}\n')
+    # When their ids are read in order
+    plain = [raw for block in IdReader(inp, "id", InputFormat.JSONL).plain_ids() or []
+             for raw in block]
+    again = [raw for block in IdReader(twice, "id", InputFormat.JSONL).plain_ids() or []
+             for raw in block]
+    # Then only the plain rows give their bytes, one entry a line
+    assert plain == [b"a", b"", b"", b"", b"", b"e"]
+    assert again == [b"", b""]
+    # and a scan of an output of every id finds what decoding finds
+    ids = ["a", "b", "cd", "é", "e"]
+    output = write_jsonl(tmp_path / "out.jsonl", [result_line(i) for i in reversed(ids)])
+    assert _same_as_decoding(inp, output) == set(ids)
+    output = write_jsonl(tmp_path / "out2.jsonl", [result_line(i) for i in ("z", "x", "y")])
+    assert _same_as_decoding(twice, output) == {"z", "x"}
+
+
+def test_a_partly_done_output_under_forced_collisions_is_read_exactly(tmp_path: Path) -> None:
+    # Given tasks whose ids share a handful of hashes, and an output of some of them a little out
+    # of order, with ids not in the input that share those hashes
+    ids = [f"c{i}" for i in range(60)] + [f"x{i}" for i in range(60)] + ["s-lone"]
+    inp = write_tasks(tmp_path / "in.jsonl", [{"id": i, "prompt": "p"} for i in ids])
+    answered = [*_jittered([*ids[:-1:2], "s-lone"], 7, seed=3), "c-foreign", "s-foreign"]
+    output = tmp_path / "out.jsonl"
+    output.write_bytes(b"".join(orjson.dumps(result_line(i)) + b"\n" for i in answered))
+    # When both scans read it, with the crowded hash
+    done = _same_as_decoding(inp, output, hash_fn=crowded)
+    # Then exactly the answered input ids are done
+    assert done == set(ids[:-1:2]) | {"s-lone"}
