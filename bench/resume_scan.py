@@ -1,8 +1,9 @@
 """Resume on a big finished job: a rerun with nothing to do, --status and --validate, against the
 floor of Python iterating the output's lines, measured in the same run (issue 25, goal 1).
 
-Builds an output of N result lines of about 1 KB each, in the package's result format, and the
-matching input of N tasks (N = 1,000,000 by default: about 1.1 GB of disk in a temporary folder,
+Builds an output of N result lines of about 1 KB each, in the package's result format (in the
+input's order but shuffled within windows of 32, as answers in flight finish), and the matching
+input of N tasks (N = 1,000,000 by default: about 1.1 GB of disk in a temporary folder,
 removed at the end unless --dir is given), then times, each in its own process (the whole command,
 interpreter start and imports included; peak memory of the parent from /usr/bin/time):
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import shutil
 import sys
 import tempfile
@@ -54,6 +56,7 @@ from _common import (
 ID = b"@@ID@@"
 GOALS = {"a": 1.0, "b": 4.0, "c": 4.0, "d": 4.0, "e": 6.0}  # x the floor
 PARENT_TARGET_MB = 400
+IN_FLIGHT = 32  # answers written out of order within windows of this many (-p 4 -c 8 in flight)
 
 FLOOR_CODE = """
 import sys, time
@@ -87,6 +90,17 @@ def result_template(line_bytes: int) -> list[bytes]:
     return (orjson.dumps(record) + b"\n").split(ID)
 
 
+def in_flight_order(ids: list[bytes], rng: random.Random) -> list[bytes]:
+    """``ids`` in the order a run writes their answers: the input's, shuffled within windows of
+    ``IN_FLIGHT`` (the answers in flight finish in any order)."""
+    out: list[bytes] = []
+    for start in range(0, len(ids), IN_FLIGHT):
+        window = ids[start:start + IN_FLIGHT]
+        rng.shuffle(window)
+        out.extend(window)
+    return out
+
+
 def generate(folder: Path, n: int, line_bytes: int) -> tuple[Path, Path]:
     """Write the input and the output, ``n`` tasks and a result line of about ``line_bytes``
     each."""
@@ -94,12 +108,13 @@ def generate(folder: Path, n: int, line_bytes: int) -> tuple[Path, Path]:
     output = folder / "results.jsonl"
     parts = result_template(line_bytes)
     chunk = 20_000
+    rng = random.Random(25)
     with tasks.open("wb") as t, output.open("wb") as o:
         for start in range(0, n, chunk):
             ids = [task_id(i) for i in range(start, min(n, start + chunk))]
             line = b'{"id":"%s","prompt":"question %s: what is shown in the picture?"}\n'
             t.write(b"".join(line % (i, i) for i in ids))
-            o.write(b"".join(i.join(parts) for i in ids))
+            o.write(b"".join(i.join(parts) for i in in_flight_order(ids, rng)))
     return tasks, output
 
 

@@ -182,8 +182,8 @@ def _take_ids(ids: list[bytes], state: _State, index: IdIndex) -> None:
     matched) looked up by hash."""
     if state.match is not None:
         ids = state.match.take(ids)
-        if not ids:
-            return
+    if not ids:
+        return
     slots = index.find_raws(ids)
     found = [slot for slot in slots if slot is not None]
     if len(found) < len(slots):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Iterator
-from itertools import compress
+from itertools import compress, count
 
 from .idset import IdIndex, IdSubset
 
@@ -72,13 +72,12 @@ class RowMatch:
             self._matched += len(earlier)
         self._matched += len(now)
         rows -= now
-        if rows:
-            for at, raw in enumerate(window):
-                if raw in rows:
-                    if raw:
-                        waiting[raw] = base + at
-                    else:
-                        self._missed.append(base + at)
+        if rows:  # rows to wait for their answers, by position
+            if b"" in rows:  # lines without a plain id: never matched
+                rows.discard(b"")
+                self._missed.extend(base + at for at, raw in enumerate(window) if not raw)
+            where = dict(zip(window, count(base)))
+            waiting.update((raw, where[raw]) for raw in rows)
         if len(waiting) > self._held:
             for stale in list(waiting)[:len(waiting) - self._held]:
                 self._missed.append(waiting.pop(stale))
