@@ -121,3 +121,31 @@ def test_a_partly_done_output_under_forced_collisions_is_read_exactly(tmp_path: 
     done = _same_as_decoding(inp, output, hash_fn=crowded)
     # Then exactly the answered input ids are done
     assert done == set(ids[:-1:2]) | {"s-lone"}
+
+
+def test_an_output_read_by_two_processes_gives_what_one_gives(tmp_path: Path) -> None:
+    # Given 2,000 tasks and an output of their answers a little out of order, with in each half
+    # an irregular line (a torn line with the next glued on, garbage, a task line) and a stranger,
+    # and a torn tail
+    ids = [f"t{i}" for i in range(2000)]
+    inp = write_tasks(tmp_path / "in.jsonl", text_tasks(2000))
+    lines = [orjson.dumps(result_line(i)) + b"\n" for i in _jittered(ids[:1900], 30, seed=9)]
+    glued = orjson.dumps(result_line("t1950"))[:40] + orjson.dumps(result_line("t1951")) + b"\n"
+    lines[300:300] = [glued, b"not json\n", orjson.dumps(result_line("stranger-1")) + b"\n"]
+    lines[1500:1500] = [b'{"id":"t1960","prompt":"p"}\n', orjson.dumps(result_line("t1999"))
+                        + b"\n", b"garbage\n", orjson.dumps(result_line("stranger-2")) + b"\n"]
+    output = tmp_path / "out.jsonl"
+    output.write_bytes(b"".join(lines) + orjson.dumps(result_line("t1998"))[:30])
+    index = check_input(inp)
+    # When it is scanned by one process, and by two (the second half in a forked child)
+    one = scan_done(output, index.ids, None, split_from=1 << 60)
+    two = scan_done(output, index.ids, None, split_from=1)
+    slow = scan(output, within=index.ids)
+    # Then both find what decoding every line finds (the glued line is bad: t1951 runs again)
+    assert slow.done is not None
+    for found in (one, two):
+        assert found.done is not None
+        assert sorted(found.done) == sorted(slow.done) == sorted([*ids[:1900], "t1999"])
+        assert found.unknown == slow.unknown == {"stranger-1", "stranger-2"}
+        assert (found.bad, found.lines) == (slow.bad, slow.lines)
+        assert [b.line for b in found.bad_lines] == [b.line for b in slow.bad_lines]

@@ -23,7 +23,8 @@ was appended since mpinfer last read it.
   was damaged in place (not torn: mpinfer cuts a torn tail before it appends) is taken as done.
 - A read from the output's start matches its ids with the input's rows in order (store/row_match.py:
   the input's ids read beside the output's, compared as bytes); the ids it leaves, and those of a
-  read from the mark, are looked up by hash.
+  read from the mark, are looked up by hash. Such a read of a big output (``SPLIT_FROM``) has its
+  second half's blocks read by a forked child meanwhile (store/block_scan.py), taken in order after.
 - A hash is never taken for an id: an id counts only once it compares equal with the input's id of
   its row (``RowMatch``) or at its slot (``IdIndex.find_raws``: a byte compare of the input's row,
   or the row read again).
@@ -32,7 +33,6 @@ was appended since mpinfer last read it.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from io import BufferedReader
 from pathlib import Path
@@ -42,6 +42,7 @@ import orjson
 
 from ..errors import OutputError
 from .blobfile import BlobReader, write_blobs
+from .block_scan import HEAD, SPLIT_FROM, SecondHalf, fast_ids, half_point
 from .idset import IdIndex, IdSubset
 from .marks import FileMark
 from .output import BadLine, Scan, answer_cost
@@ -51,17 +52,10 @@ from .row_match import RowMatch
 _MAGIC = b"mpinfer done index 1\n"
 _BLOCK = 1 << 23
 _BAD_KEPT = 20  # bad lines kept by line number and snippet (all are counted)
-_HEAD = b'{"id":"'
 _NEXT = b'","input_prompt":'
 _PLAIN = bytes(range(0x20)) + b"\\"  # bytes that never stand for themselves in a JSON string
 _COST = b',"cost":'
 _COST_ESTIMATE = b',"cost_estimate":'
-# A plain id: printable ASCII but for the quote and the backslash (what JSON writes as it is).
-_ID = rb'\{"id":"([ !#-\[\]-~]+)","input_prompt":'
-_FIRST = re.compile(_ID)
-# One entry for each newline: the id of the line after it when that line is mpinfer's and the
-# record before it is closed, else b"" (one pass over the block finds both).
-_AFTER = re.compile(rb"\n(?:(?<=\}\n)" + _ID + rb")?")
 
 
 def index_path(output: Path) -> Path:
@@ -90,11 +84,12 @@ class _State:
 
 
 def scan_done(output: Path, within: IdSubset, input_key: dict[str, Any] | None,
-              want_cost: bool = False) -> Scan:
+              want_cost: bool = False, split_from: int = SPLIT_FROM) -> Scan:
     """The ids of ``within`` (the selected ids of the input) answered in ``output``, as
     ``output.scan(output, within=within)`` finds them; bad lines are all counted (``Scan.bad``) and
     the first few kept. ``input_key`` says which input the slots are of (None: keep no index);
-    ``want_cost`` adds up what the answers cost."""
+    ``want_cost`` adds up what the answers cost; an output read from its start from ``split_from``
+    bytes on is read by two processes."""
     index = within.index
     kept = index_path(output)
     state = _load(kept, input_key, index, want_cost) if input_key is not None else None
@@ -112,7 +107,7 @@ def scan_done(output: Path, within: IdSubset, input_key: dict[str, Any] | None,
         raise OutputError(f"{output}: cannot read: {exc.strerror or exc}") from None
     with handle:
         size = os.fstat(handle.fileno()).st_size
-        torn = _read(handle, start, state, index)
+        torn = _read(handle, start, state, index, split_from)
     if input_key is not None and state.mark != before:
         _save(kept, input_key, state)
     if torn.strip():  # a last line without its newline: judged, never kept in the index
@@ -122,21 +117,56 @@ def scan_done(output: Path, within: IdSubset, input_key: dict[str, Any] | None,
                 end_offset=size, cost=state.cost or 0.0)
 
 
-def _read(handle: BufferedReader, start: int, state: _State, index: IdIndex) -> bytes:
+def _read(handle: BufferedReader, start: int, state: _State, index: IdIndex,
+          split_from: int) -> bytes:
     """Read whole lines from ``start`` into ``state`` and mark where they end; the torn rest."""
-    handle.seek(start)
+    fd = handle.fileno()
     # Matching with the input in order pays on a read from the output's start (not a few lines
     # appended since the mark, far from the input's start).
     state.match = RowMatch.over(index) if start == 0 else None
+    size = os.fstat(fd).st_size
+    half = (half_point(fd, size) if start == 0 and state.cost is None and size >= split_from
+            else None)
+    second = SecondHalf.fork(fd, half, _BLOCK) if half is not None else None
+    try:
+        offset, torn = _read_range(handle, start, state, index, half if second else None)
+        blocks = second.blocks() if second is not None and not torn else None
+    finally:
+        if second is not None:
+            second.close()
+    if blocks is not None:
+        for block in blocks:
+            if block.ids is None:
+                _take_lines(os.pread(fd, block.end - block.start, block.start), state, index)
+            else:
+                _take_ids(block.ids, state, index)
+                state.lines += len(block.ids)
+                state.numbered += len(block.ids)
+            offset = block.end
+    if second is not None:  # what the child did not read (appended since, or a torn tail)
+        offset, torn = _read_range(handle, offset, state, index, None)
+    if state.match is not None:
+        unmatched = state.match.finish(state.done)
+        state.match = None
+        _take_ids(unmatched, state, index)
+    state.mark = FileMark.of_fd(fd, offset)
+    return torn
+
+
+def _read_range(handle: BufferedReader, start: int, state: _State, index: IdIndex,
+                stop: int | None) -> tuple[int, bytes]:
+    """Read whole lines from ``start`` up to ``stop`` (None: the end) into ``state``; where they
+    end, and the bytes after (a line cut there)."""
+    handle.seek(start)
     buffer = bytearray(_BLOCK)
-    view = memoryview(buffer)
     offset, held = start, 0  # held: the start of a line cut by the block's end, moved to the front
     while True:
         if held == len(buffer):  # a line longer than the block: room for more of it
-            view.release()
             buffer.extend(bytes(len(buffer)))
-            view = memoryview(buffer)
-        got = handle.readinto(view[held:])
+        room = len(buffer) - held if stop is None else min(len(buffer) - held,
+                                                             stop - offset - held)
+        with memoryview(buffer) as view, view[held:held + room] as free:
+            got = handle.readinto(free) if room > 0 else 0
         if not got:
             break
         size = held + got
@@ -148,32 +178,20 @@ def _read(handle: BufferedReader, start: int, state: _State, index: IdIndex) -> 
             held = size - cut
         else:
             held = size
-    if state.match is not None:
-        unmatched = state.match.finish(state.done)
-        state.match = None
-        _take_ids(unmatched, state, index)
-    state.mark = FileMark.of_fd(handle.fileno(), offset)
-    view.release()
-    return bytes(buffer[:held])
+    return offset, bytes(buffer[:held])
 
 
 def _take_block(buffer: bytearray, end: int, state: _State, index: IdIndex) -> None:
     """Count the whole lines in ``buffer[:end]``: at a few passes of C over the block when every
     line is in mpinfer's form, its id plain and its record ended, and none holds a second record's
     start; else line by line."""
-    if state.cost is None and buffer.endswith(b"}\n", 0, end):
-        first = _FIRST.match(buffer, 0, end)
-        if first is not None:
-            ids: list[bytes] = _AFTER.findall(buffer, 0, end)
-            ids.pop()  # the block's last newline: no line after it here
-            # every line is mpinfer's (all ids found) and holds one record's start
-            if all(ids) and buffer.count(_HEAD, 0, end) == len(ids) + 1:
-                ids.insert(0, first.group(1))  # in the output's order: matched with the input's
-                _take_ids(ids, state, index)
-                state.lines += len(ids)
-                state.numbered += len(ids)
-                return
-    _take_lines(bytes(buffer[:end]), state, index)
+    ids = fast_ids(buffer, end) if state.cost is None else None
+    if ids is None:
+        _take_lines(bytes(buffer[:end]), state, index)
+    else:
+        _take_ids(ids, state, index)
+        state.lines += len(ids)
+        state.numbered += len(ids)
 
 
 def _take_ids(ids: list[bytes], state: _State, index: IdIndex) -> None:
@@ -201,7 +219,7 @@ def _take_lines(block: bytes, state: _State, index: IdIndex) -> None:
     slow: list[int] = []
     counting = state.cost is not None
     for at, line in enumerate(lines):
-        if line.startswith(_HEAD):
+        if line.startswith(HEAD):
             end = line.find(b'"', 7)
             raw = line[7:end]
             # an id with an escape or a control character is decoded: its bytes are not the id
@@ -214,7 +232,7 @@ def _take_lines(block: bytes, state: _State, index: IdIndex) -> None:
         slow.append(at)
     # Each line taken fast starts a record; none may hold a second one (a torn line with the next
     # glued on): else every line of this block is decoded.
-    if block.count(_HEAD) - sum(lines[at].count(_HEAD) for at in slow) != len(fast):
+    if block.count(HEAD) - sum(lines[at].count(HEAD) for at in slow) != len(fast):
         fast, costs, slow = [], [], list(range(len(lines)))
     _take_ids(fast, state, index)
     state.lines += len(fast)
