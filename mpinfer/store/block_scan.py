@@ -96,6 +96,13 @@ class SecondHalf:
         if pid == 0:  # the child: read, write, and leave without running the parent's exit code
             code = 1
             try:
+                # its copies of the parent's files closed: a lock the parent holds (the run's)
+                # goes with the parent, whatever kills it
+                low = 3
+                for keep in sorted({fd, records.fileno()}):
+                    os.closerange(low, keep)
+                    low = keep + 1
+                os.closerange(low, os.sysconf("SC_OPEN_MAX"))
                 _read_half(fd, start, block, records)
                 code = 0
             finally:
