@@ -139,9 +139,7 @@ def _read(handle: BufferedReader, start: int, state: _State, index: IdIndex,
             if block.ids is None:
                 _take_lines(os.pread(fd, block.end - block.start, block.start), state, index)
             else:
-                _take_ids(block.ids, state, index)
-                state.lines += len(block.ids)
-                state.numbered += len(block.ids)
+                _take_lines_of(block.ids, state, index)
             offset = block.end
     if second is not None:  # what the child did not read (appended since, or a torn tail)
         offset, torn = _read_range(handle, offset, state, index, None)
@@ -189,9 +187,14 @@ def _take_block(buffer: bytearray, end: int, state: _State, index: IdIndex) -> N
     if ids is None:
         _take_lines(bytes(buffer[:end]), state, index)
     else:
-        _take_ids(ids, state, index)
-        state.lines += len(ids)
-        state.numbered += len(ids)
+        _take_lines_of(ids, state, index)
+
+
+def _take_lines_of(ids: list[bytes], state: _State, index: IdIndex) -> None:
+    """Count a block of answer lines in mpinfer's form, one for each id."""
+    _take_ids(ids, state, index)
+    state.lines += len(ids)
+    state.numbered += len(ids)
 
 
 def _take_ids(ids: list[bytes], state: _State, index: IdIndex) -> None:
