@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Iterator
-from itertools import compress, count
+from itertools import compress
 
 from .idset import IdIndex, IdSubset
 
@@ -57,12 +57,15 @@ class RowMatch:
         if window == ids:  # the next rows, in order
             self._matched += len(ids)
             return []
-        # A few dozen answers in flight write them a little out of order: match by sets.
+        # A few dozen answers in flight write them a little out of order: match by sets. What is
+        # on one side only (a window's rows, and the ids seen, apart) is what is left to match.
+        rows = set(window)
         unseen = self._unseen
         unseen.update(ids)
-        rows = set(window)
-        now = rows & unseen
-        unseen -= now
+        apart = rows ^ unseen
+        self._matched += (len(rows) + len(unseen) - len(apart)) // 2
+        rows &= apart
+        unseen = self._unseen = apart - rows
         waiting = self._waiting
         if waiting and unseen:
             earlier = unseen & waiting.keys()
@@ -70,14 +73,17 @@ class RowMatch:
                 del waiting[raw]
             unseen -= earlier
             self._matched += len(earlier)
-        self._matched += len(now)
-        rows -= now
-        if rows:  # rows to wait for their answers, by position
+        if rows:  # rows to wait for their answers, by position: most near the window's end
             if b"" in rows:  # lines without a plain id: never matched
                 rows.discard(b"")
                 self._missed.extend(base + at for at, raw in enumerate(window) if not raw)
-            where = dict(zip(window, count(base)))
-            waiting.update((raw, where[raw]) for raw in rows)
+            left = len(rows)
+            for at in range(len(window) - 1, -1, -1):
+                if left and window[at] in rows:
+                    waiting[window[at]] = base + at
+                    left -= 1
+                elif not left:
+                    break
         if len(waiting) > self._held:
             for stale in list(waiting)[:len(waiting) - self._held]:
                 self._missed.append(waiting.pop(stale))
