@@ -8,12 +8,14 @@ import random
 from pathlib import Path
 
 import orjson
+import pytest
 from helpers import result_line, text_tasks, write_jsonl, write_tasks
 from test_idset import crowded
 
 from mpinfer.inputs.check import check_input
 from mpinfer.inputs.locate import IdReader
 from mpinfer.inputs.tasks import InputFormat
+from mpinfer.store import done_index
 from mpinfer.store.done_index import scan_done
 from mpinfer.store.idset import HashFn, IdSubset
 from mpinfer.store.output import scan
@@ -149,3 +151,23 @@ def test_an_output_read_by_two_processes_gives_what_one_gives(tmp_path: Path) ->
         assert found.unknown == slow.unknown == {"stranger-1", "stranger-2"}
         assert (found.bad, found.lines) == (slow.bad, slow.lines)
         assert [b.line for b in found.bad_lines] == [b.line for b in slow.bad_lines]
+
+
+def test_two_processes_read_small_blocks_and_lines_longer_than_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given 60 answers, some longer than the scan's block, a block of 64 bytes, and a torn tail
+    monkeypatch.setattr(done_index, "_BLOCK", 64)
+    inp = write_tasks(tmp_path / "in.jsonl", text_tasks(60))
+    index = check_input(inp)
+    output = write_jsonl(tmp_path / "out.jsonl", [
+        result_line(i, answer="x" * (300 if int(i[1:]) % 7 == 0 else 3))
+        for i in _jittered([f"t{n}" for n in range(59)], 5, seed=1)])
+    with output.open("ab") as tail:
+        tail.write(orjson.dumps(result_line("t59"))[:20])
+    # When two processes read it
+    found = scan_done(output, index.ids, None, split_from=1)
+    slow = scan(output, within=index.ids)
+    # Then every whole answer is found, and the torn tail is what decoding finds (t59 runs again)
+    assert found.done is not None and slow.done is not None
+    assert sorted(found.done) == sorted(slow.done) == sorted(f"t{i}" for i in range(59))
+    assert (found.bad, found.lines, found.bad_lines) == (slow.bad, slow.lines, slow.bad_lines)
