@@ -11,8 +11,10 @@ that half itself.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import struct
 import tempfile
 import threading
@@ -81,13 +83,17 @@ class SecondHalf:
     def __init__(self, records: IO[bytes], pid: int) -> None:
         self._records, self._pid = records, pid
         self._status: int | None = None  # the child's, once it has ended
+        self._wanted = False  # whether its blocks were asked for
 
     @classmethod
     def fork(cls, fd: int, start: int, block: int) -> SecondHalf | None:
         """The child started, or None when this process cannot fork safely."""
         if not hasattr(os, "fork") or threading.active_count() > 1:
             return None
-        records = tempfile.TemporaryFile()
+        try:
+            records = tempfile.TemporaryFile()
+        except OSError:
+            return None
         try:
             pid = os.fork()
         except OSError:
@@ -112,6 +118,7 @@ class SecondHalf:
     def blocks(self) -> Iterator[HalfBlock] | None:
         """The child's blocks in the file's order, once it has ended; None when it failed (the
         caller reads that half itself)."""
+        self._wanted = True
         status = self._wait()
         if not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0:
             self._records.close()
@@ -134,8 +141,14 @@ class SecondHalf:
         return self._status
 
     def close(self) -> None:
-        """Wait for the child (its blocks taken or not wanted): none is left behind."""
+        """End the child: waited for once its blocks were asked for, else stopped (the caller
+        failed on its own half, or was interrupted); none is left behind."""
+        if not self._wanted and self._status is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._pid, signal.SIGKILL)
         self._wait()
+        if not self._wanted:
+            self._records.close()
 
 
 def _read_half(fd: int, start: int, block: int, out: IO[bytes]) -> None:
