@@ -11,56 +11,184 @@ from __future__ import annotations
 
 from array import array
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from ..errors import OutputError
+from ..store.blocks import PART_BYTES, LineReader, decode, read_in_parts
 from ..store.idset import IdSubset
 from ..store.marks import FileMark as FileMark  # re-exported: groups and by_group read it here
-from ..store.records import failure_view, view
+from ..store.records import (
+    JUDGE_MODEL_FIELD,
+    TRUNCATED,
+    RecordView,
+    answer_id,
+    failure_view,
+    is_filtered,
+    is_refusal,
+    model_mismatch,
+    number,
+    view,
+)
 
 RECENT_RECORDS = 500
 
 
-class LineReader:
-    """The whole lines of a file from an offset, then its mark, taken from the same open file: a
-    file put in its place meanwhile cannot lend its identity to counts read from the old one."""
-
-    def __init__(self, path: Path, start: int) -> None:
-        self.path = path
-        self.end = start
-        self.torn = False  # a last line without its newline: being written, or torn by a crash
-        self.mark: FileMark | None = None
-
-    def lines(self) -> Iterator[bytes]:
-        """The whole lines after ``end``; a torn last line is left to be read again next time."""
-        try:
-            handle = self.path.open("rb")
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            raise OutputError(f"{self.path}: cannot read: {exc.strerror or exc}") from None
-        with handle:
-            handle.seek(self.end)
-            for raw in handle:
-                if not raw.endswith(b"\n"):
-                    self.torn = bool(raw.strip())  # not consumed: read again next time
-                    break
-                self.end += len(raw)
-                yield raw
-            self.mark = FileMark.of_fd(handle.fileno(), self.end)
+__all__ = ["FileMark", "LineReader", "OutputTally", "decode_line"]  # groups reads them here
 
 
 def decode_line(raw: bytes) -> Any:
     """A line decoded, or None when it is not JSON."""
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
+    return decode(raw)
+
+
+@dataclass(frozen=True)
+class TallyPart:
+    """What one part of an output's lines counts (a big output is read in parts over the cores,
+    store/blocks.py): added to a tally in file order. The sums of floats come as the values, so
+    that adding them up in order gives, to the last bit, what one read would."""
+
+    done: bytes  # a bitmap over the input's slots (IdSubset.to_bytes)
+    unknown: set[str]
+    bad: int
+    prompt: int
+    completion: int
+    unpriced: int
+    unpriced_models: set[str]
+    mismatches: int
+    refusals: int
+    truncated: int
+    filtered: int
+    no_usage: int
+    costs: array[float]
+    latencies: array[float]
+    waits: array[float]
+    times: array[float]  # processed_at, the last RECENT_RECORDS of them
+    last: float | None
+    end: int  # where the part's whole lines end
+    torn: bool
+    mark: FileMark | None
+
+
+class _Counter:
+    """Counts one part of an output's lines (``read``), then gives them as a TallyPart."""
+
+    def __init__(self, within: IdSubset) -> None:
+        self.within = within
+        self.done = within.empty()
+        self.unknown: set[str] = set()
+        self.unpriced_models: set[str] = set()
+        self.bad = self.prompt = self.completion = self.unpriced = self.mismatches = 0
+        self.refusals = self.truncated = self.filtered = self.no_usage = 0
+        self.costs, self.latencies, self.waits = array("d"), array("d"), array("d")
+        self.times: deque[float] = deque(maxlen=RECENT_RECORDS)
+        self.last: float | None = None
+        self.mismatched: dict[tuple[str, str], bool] = {}  # model_mismatch of a pair, unfiltered
+
+    def read(self, reader: LineReader) -> TallyPart:
+        """Count the lines ``reader`` gives."""
+        for block in reader.blocks():
+            ids: list[bytes] = []
+            for line in block:
+                if not line.strip():
+                    continue
+                obj = decode(line)
+                task_id = answer_id(obj)
+                if task_id is None:
+                    self.bad += 1
+                elif "custom_id" in obj or (JUDGE_MODEL_FIELD in obj and "answer" not in obj):
+                    record = view(obj)
+                    assert record is not None  # an answer (answer_id)
+                    self.count_view(record)
+                    ids.append(task_id.encode())
+                else:
+                    self.count_own(obj)
+                    ids.append(task_id.encode())
+            self._take_ids(ids)
+        return TallyPart(
+            self.done.to_bytes(), self.unknown, self.bad, self.prompt, self.completion,
+            self.unpriced, self.unpriced_models, self.mismatches, self.refusals, self.truncated,
+            self.filtered, self.no_usage, self.costs, self.latencies, self.waits,
+            array("d", self.times), self.last, reader.end, reader.torn, reader.mark)
+
+    def _take_ids(self, ids: list[bytes]) -> None:
+        """Count the ids of one block's answers, looked up all at once (exact: ``find_raws``)."""
+        selected, add = self.within.has_slot, self.done.add_slot
+        for raw, slot in zip(ids, self.within.index.find_raws(ids), strict=True):
+            if slot is None:
+                self.unknown.add(raw.decode())
+            elif selected(slot):
+                add(slot)
+
+    def count_own(self, obj: dict[str, Any]) -> None:
+        """Count an answer line in mpinfer's own form from its decoded fields, read as
+        ``records.view`` reads them (without building a RecordView for each of a million lines;
+        tests/test_status_fast.py holds the two to the same counts)."""
+        get = obj.get
+        usage, model, requested = get("usage"), get("model"), get("requested_model")
+        filtered = get("filtered")
+        if filtered is not None and not is_filtered(filtered):
+            filtered = None
+        if usage is None:
+            self.no_usage += 1
+        else:
+            self.prompt += int(usage.get("prompt_tokens") or 0)
+            self.completion += int(usage.get("completion_tokens") or 0)
+            cost = get("cost")
+            if cost.__class__ is not float:
+                cost = number(cost)
+            if cost is None:
+                self.unpriced += 1
+                self.unpriced_models.add(model or requested or "?")
+            else:
+                self.costs.append(cost)
+        if filtered is None and requested.__class__ is str and model.__class__ is str:
+            mismatch = self.mismatched.get((requested, model))
+            if mismatch is None:
+                mismatch = self.mismatched[(requested, model)] = model_mismatch(requested, model)
+        else:
+            mismatch = model_mismatch(requested, model, filtered)
+        self.mismatches += mismatch
+        refusal = get("refusal")
+        if refusal is not None and is_refusal(refusal, get("answer")):
+            self.refusals += 1
+        if filtered is not None:
+            self.filtered += 1
+        if get("finish_reason") == TRUNCATED:
+            self.truncated += 1
+        latency, waited, at = get("latency_s"), get("waited_s"), get("processed_at")
+        if latency is not None and (latency.__class__ is float
+                                    or (latency := number(latency)) is not None):
+            self.latencies.append(latency)
+        if waited is not None and (waited.__class__ is float
+                                   or (waited := number(waited)) is not None):
+            self.waits.append(waited)
+        if at is not None and (at.__class__ is float or (at := number(at)) is not None):
+            self.times.append(at)
+            self.last = max(self.last or 0.0, at)
+
+    def count_view(self, record: RecordView) -> None:
+        """Count an answer line of another form (a Batch API line, a judge's) from its view."""
+        self.prompt += record.usage.prompt_tokens
+        self.completion += record.usage.completion_tokens
+        if record.no_usage:
+            self.no_usage += 1
+        elif record.cost is None:
+            self.unpriced += 1
+            self.unpriced_models.add(record.model or record.requested_model or "?")
+        else:
+            self.costs.append(record.cost)
+        self.mismatches += record.mismatch
+        self.refusals += record.refused
+        self.filtered += record.filtered
+        self.truncated += record.truncated
+        if record.latency_s is not None:
+            self.latencies.append(record.latency_s)
+        if record.waited_s is not None:
+            self.waits.append(record.waited_s)
+        if record.processed_at is not None:
+            self.times.append(record.processed_at)
+            self.last = max(self.last or 0.0, record.processed_at)
 
 
 @dataclass
@@ -111,44 +239,33 @@ class OutputTally:
         read = self._read_output(output, start) + self._read_errors(errors, errors_start)
         return read
 
-    def _read_output(self, path: Path, start: int) -> int:
-        reader = LineReader(path, start)
-        for raw in reader.lines():
-            if not raw.strip():
-                continue
-            record = view(decode_line(raw))
-            if record is None:
-                self.bad += 1
-                continue
-            slot = self.within.index.find(record.id)
-            if slot is None:
-                self.unknown.add(record.id)
-            elif self.within.has_slot(slot):
-                self.done.add_slot(slot)
-            self.prompt += record.usage.prompt_tokens
-            self.completion += record.usage.completion_tokens
-            if record.no_usage:
-                self.no_usage += 1
-            elif record.cost is None:
-                self.unpriced += 1
-                self.unpriced_models.add(record.model or record.requested_model or "?")
-            else:
-                self.cost += record.cost
-            if record.mismatch:
-                self.mismatches += 1
-            self.refusals += record.refused
-            self.filtered += record.filtered
-            self.truncated += record.truncated
-            if record.latency_s is not None:
-                self.latencies.append(record.latency_s)
-            if record.waited_s is not None:
-                self.waited += record.waited_s
-                self.waits += 1
-            if record.processed_at is not None:
-                self.recent.append(record.processed_at)
-                self.last = max(self.last or 0.0, record.processed_at)
-        self.output_mark, self.torn = reader.mark, reader.torn
-        return reader.end - start
+    def _read_output(self, path: Path, start: int, part_bytes: int = PART_BYTES) -> int:
+        parts = read_in_parts(path, start, lambda reader: _Counter(self.within).read(reader),
+                              part_bytes)
+        for part in parts:
+            self.add(part)
+        return parts[-1].end - start
+
+    def add(self, part: TallyPart) -> None:
+        """Take the counts of the next part of the output (``TallyPart``), its mark if it ends
+        the file."""
+        if part.done.count(0) != len(part.done):
+            mine, theirs = self.done.to_bytes(), part.done
+            self.done.load_bytes((int.from_bytes(mine, "little") | int.from_bytes(theirs, "little"))
+                                 .to_bytes(len(mine), "little"))
+        self.unknown |= part.unknown
+        self.unpriced_models |= part.unpriced_models
+        for name in ("bad", "prompt", "completion", "unpriced", "mismatches", "refusals",
+                     "truncated", "filtered", "no_usage"):
+            setattr(self, name, getattr(self, name) + getattr(part, name))
+        self.cost = sum(part.costs, self.cost)  # in order: as one read adds them
+        self.waited = sum(part.waits, self.waited)
+        self.waits += len(part.waits)
+        self.latencies.extend(part.latencies)
+        self.recent.extend(part.times)
+        if part.last is not None:
+            self.last = max(self.last or 0.0, part.last)
+        self.output_mark, self.torn = part.mark, part.torn
 
     def _read_errors(self, path: Path, start: int) -> int:
         reader = LineReader(path, start)

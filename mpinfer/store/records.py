@@ -419,6 +419,11 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
+def number(value: Any) -> float | None:
+    """A line's number field (cost, latency, a time) as a float; None when it holds no number."""
+    return value if value.__class__ is float else _number(value)
+
+
 def _object(value: Any) -> dict[str, Any]:
     """``value`` if it is a JSON object, else an empty one:
     a part of the wrong type reads as missing."""
@@ -497,22 +502,33 @@ def view(obj: Any) -> RecordView | None:
             filter=filtered if is_filtered(filtered) else None,
             no_usage=bool(body) and body.get("usage") is None,
         )
-    filtered = obj.get(FILTERED_FIELD)
     if JUDGE_MODEL_FIELD in obj and "answer" not in obj:  # a judge's line: its text, its model
         judge = _text(obj.get(JUDGE_MODEL_FIELD))
         return RecordView(id=task_id, answer=_text(obj.get("text")), model=judge,
                           requested_model=judge, usage=Usage.from_dict(obj.get("usage")),
                           latency_s=None, processed_at=None, cost=_number(obj.get("cost")),
                           batch=False, no_usage=obj.get("usage") is None and bool(obj.get("sent")))
+    return _own_view(obj, task_id)
+
+
+def _own_view(obj: dict[str, Any], task_id: str) -> RecordView:
+    """An answer line in mpinfer's own form read into a RecordView. Status and validate ask this
+    of every line: positional arguments, and the float test before the general one."""
+    get = obj.get
+    usage, filtered, refusal, finish = (get("usage"), get(FILTERED_FIELD), get(REFUSAL_FIELD),
+                                        get("finish_reason"))
+    latency, waited, at, cost = (get("latency_s"), get(WAITED_FIELD), get("processed_at"),
+                                 get("cost"))
     return RecordView(
-        id=task_id, answer=obj.get("answer"), model=obj.get("model"),
-        requested_model=obj.get("requested_model"), usage=Usage.from_dict(obj.get("usage")),
-        latency_s=_number(obj.get("latency_s")), waited_s=_number(obj.get(WAITED_FIELD)),
-        processed_at=_number(obj.get("processed_at")),
-        cost=_number(obj.get("cost")), batch=False, refusal=_text(obj.get(REFUSAL_FIELD)),
-        finish_reason=_text(obj.get("finish_reason")),
-        filter=filtered if is_filtered(filtered) else None, no_usage=obj.get("usage") is None,
-    )
+        task_id, get("answer"), get("model"), get("requested_model"),
+        Usage() if usage is None else Usage.from_dict(usage),
+        latency if latency.__class__ is float else _number(latency),
+        at if at.__class__ is float else _number(at),
+        cost if cost.__class__ is float else _number(cost), False,
+        refusal if refusal is None or isinstance(refusal, str) else None,
+        finish if finish is None or isinstance(finish, str) else None, False,
+        filtered if filtered is not None and is_filtered(filtered) else None, usage is None,
+        waited if waited is None or waited.__class__ is float else _number(waited))
 
 
 def missing_batch_fields(data: dict[str, Any]) -> list[str]:
