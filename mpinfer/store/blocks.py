@@ -15,6 +15,7 @@ import os
 import pickle
 import threading
 from collections.abc import Callable, Iterator
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -139,8 +140,7 @@ def read_in_parts(path: Path, start: int, read: Callable[[LineReader], T],
         if parts < 2 or not hasattr(os, "fork") or threading.active_count() > 1:
             return [read(LineReader(path, start, fd=fd))]
         bounds = _bounds(fd, start, size, parts)
-        children = [_fork(read, LineReader(path, lo, hi, fd))
-                    for lo, hi in zip(bounds, bounds[1:], strict=False)]
+        children = [_fork(read, LineReader(path, lo, hi, fd)) for lo, hi in pairwise(bounds)]
         try:
             last = read(LineReader(path, bounds[-1], fd=fd))
         except BaseException:
