@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..store.blocks import PART_BYTES, LineReader, decode, read_in_parts
+from ..store.blocks import ONE_A_CORE, LineReader, Parts, decode, read_in_parts
 from ..store.idset import IdSubset
 from ..store.marks import FileMark as FileMark  # re-exported: groups and by_group read it here
 from ..store.records import (
@@ -225,8 +225,9 @@ class OutputTally:
         """A tally of nothing read yet, over the ids ``within``."""
         return cls(within=within, done=within.empty())
 
-    def refresh(self, output: Path, errors: Path) -> int:
-        """Read what was appended to both files since the last refresh; the bytes read."""
+    def refresh(self, output: Path, errors: Path, parts: Parts = ONE_A_CORE) -> int:
+        """Read what was appended to both files since the last refresh; the bytes read (a big
+        output in ``parts`` over the cores)."""
         start = self.output_mark.resume_at(output) if self.output_mark else 0
         errors_start = self.errors_mark.resume_at(errors) if self.errors_mark else 0
         if start is None or errors_start is None:
@@ -236,15 +237,15 @@ class OutputTally:
             start = errors_start = 0
         else:
             self.restarted = False
-        read = self._read_output(output, start) + self._read_errors(errors, errors_start)
+        read = self._read_output(output, start, parts) + self._read_errors(errors, errors_start)
         return read
 
-    def _read_output(self, path: Path, start: int, part_bytes: int = PART_BYTES) -> int:
-        parts = read_in_parts(path, start, lambda reader: _Counter(self.within).read(reader),
-                              part_bytes)
-        for part in parts:
+    def _read_output(self, path: Path, start: int, parts: Parts) -> int:
+        counted = read_in_parts(path, start, lambda reader: _Counter(self.within).read(reader),
+                                parts)
+        for part in counted:
             self.add(part)
-        return parts[-1].end - start
+        return counted[-1].end - start
 
     def add(self, part: TallyPart) -> None:
         """Take the counts of the next part of the output (``TallyPart``), its mark if it ends

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..config import RunConfig
 from ..inputs import checked_input, input_index_path, reading, selection
-from ..store.blocks import PART_BYTES, LineReader, decode, read_in_parts
+from ..store.blocks import ONE_A_CORE, LineReader, Parts, decode, read_in_parts
 from ..store.idset import IdSubset
 from ..store.output import OutputPaths, run_outputs
 from ..store.records import (
@@ -98,12 +98,12 @@ def validate(config: RunConfig) -> list[ValidationReport]:
 
 
 def validate_output(output: Path, input_ids: IdSubset,
-                    part_bytes: int = PART_BYTES) -> ValidationReport:
-    """Check one output file against the ids of its input (a big one in parts over the cores:
-    ``part_bytes`` the least worth a process, store/blocks.py)."""
-    parts = read_in_parts(OutputPaths.of(output).output, 0,
-                          lambda reader: _Checker(input_ids).read(reader), part_bytes)
-    return _merge(str(output), input_ids, parts)
+                    parts: Parts = ONE_A_CORE) -> ValidationReport:
+    """Check one output file against the ids of its input (a big one in ``parts`` over the
+    cores, store/blocks.py)."""
+    checked = read_in_parts(OutputPaths.of(output).output, 0,
+                            lambda reader: _Checker(input_ids).read(reader), parts)
+    return _merge(str(output), input_ids, checked)
 
 
 @dataclass(frozen=True)

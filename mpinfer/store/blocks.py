@@ -15,6 +15,7 @@ import os
 import pickle
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,6 +30,18 @@ BLOCK = 1 << 23  # bytes read at a time
 PART_BYTES = 64 << 20
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Parts:
+    """How a big file is read in parts: each of at least ``least`` bytes, at most ``most`` of them
+    (None: one a core)."""
+
+    least: int = PART_BYTES
+    most: int | None = None
+
+
+ONE_A_CORE = Parts()  # the default: parts of PART_BYTES or more, one a core
 
 
 class LineReader:
@@ -123,11 +136,11 @@ def _bounds(fd: int, start: int, size: int, parts: int) -> list[int]:
 
 
 def read_in_parts(path: Path, start: int, read: Callable[[LineReader], T],
-                  part_bytes: int = PART_BYTES) -> list[T]:
-    """``read`` over the lines of ``path`` from ``start``, in parts of at least ``part_bytes``, one
-    per core: each part but the last read in a forked process, the last (up to the file's end, with
-    its torn line and mark) in this one; the results in file order. One part when the file is
-    small, there is one core, or this process runs other threads (forking them is unsafe)."""
+                  parts: Parts = ONE_A_CORE) -> list[T]:
+    """``read`` over the lines of ``path`` from ``start``, in ``parts``: each part but the last
+    read in a forked process, the last (up to the file's end, with its torn line and mark) in this
+    one; the results in file order. One part when the file is small, there is one core, or this
+    process runs other threads (forking them is unsafe)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
@@ -136,10 +149,10 @@ def read_in_parts(path: Path, start: int, read: Callable[[LineReader], T],
         raise OutputError(f"{path}: cannot read: {exc.strerror or exc}") from None
     try:
         size = os.fstat(fd).st_size
-        parts = min(_cores(), (size - start) // max(part_bytes, 1))
-        if parts < 2 or not hasattr(os, "fork") or threading.active_count() > 1:
+        count = min(parts.most or _cores(), (size - start) // max(parts.least, 1))
+        if count < 2 or not hasattr(os, "fork") or threading.active_count() > 1:
             return [read(LineReader(path, start, fd=fd))]
-        bounds = _bounds(fd, start, size, parts)
+        bounds = _bounds(fd, start, size, count)
         children = [_fork(read, LineReader(path, lo, hi, fd)) for lo, hi in pairwise(bounds)]
         try:
             last = read(LineReader(path, bounds[-1], fd=fd))

@@ -211,8 +211,10 @@ def _retries(value: Any) -> dict[str, int]:
 
 def same_model(requested: str | None, reported: str | None) -> bool:
     """Whether the server's model is the one asked for
-    (a dated or versioned snapshot of it counts)."""
-    if not requested or not reported:
+    (a dated or versioned snapshot of it counts). A line naming a model by anything but a
+    string names no model."""
+    if not requested or not reported or not isinstance(requested, str) \
+            or not isinstance(reported, str):
         return False
     if reported == requested or reported.split("/")[-1] == requested.split("/")[-1]:
         return True
@@ -472,6 +474,13 @@ def record_id(obj: Any) -> str | None:
 def answer_id(obj: Any) -> str | None:
     """The task id of an answer record (``record_id``); None for any other line (the resume scan
     counts only these)."""
+    # First, the line mpinfer writes (``is_answer`` and ``record_id`` spelt out for it, as status
+    # and validate ask this of a million lines); any other goes the general way.
+    if isinstance(obj, dict) and "answer" in obj and "model" in obj and "custom_id" not in obj:
+        value, usage = obj.get("id"), obj.get("usage")
+        if value.__class__ is str and (usage.__class__ is dict
+                                       or (usage is None and "usage" in obj)):
+            return value or None
     return record_id(obj) if is_answer(obj) else None
 
 

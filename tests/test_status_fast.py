@@ -1,0 +1,334 @@
+"""--status and --validate read an output in blocks, count mpinfer's own lines from their fields
+(not a RecordView each), and read a big output in forked parts: the counts and problems must be
+what a plain line-by-line read through ``records.view`` gives, on every kind of line."""
+
+from __future__ import annotations
+
+import os
+from array import array
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import orjson
+from helpers import NOW, result_line, write_jsonl
+
+from mpinfer.config import RunConfig
+from mpinfer.inputs import checked_input, input_index_path, reading, selection
+from mpinfer.reports.tally import RECENT_RECORDS, OutputTally
+from mpinfer.reports.validate import (
+    Problem,
+    ProblemKind,
+    ValidationReport,
+    validate_output,
+)
+from mpinfer.store.blocks import LineReader, Parts, read_in_parts
+from mpinfer.store.idset import IdSubset
+from mpinfer.store.output import iter_lines
+from mpinfer.store.records import (
+    Result,
+    Usage,
+    batch_result_line,
+    filtered_record,
+    missing_batch_fields,
+    missing_fields,
+    view,
+)
+
+IDS = ["a", "b", "c", "d", "é-ü", 'q"uote', "back\\slash", "tab\tid", "7", "x", "y", "z"]
+# a few parts of a few lines each, and up to three of them: every part boundary is crossed
+SPLIT = Parts(least=256, most=3)
+ONE = Parts(least=1 << 40)
+
+
+def _own(rid: str, **fields: Any) -> bytes:
+    """A line as Result.to_line writes it (keys in its order, optional ones only when set)."""
+    base = result_line(rid)
+    usage = fields.pop("usage", Usage(10, 5, 15))
+    result = Result(id=rid, input_prompt=base["input_prompt"], images=["img/x.png"],
+                    answer=fields.pop("answer", base["answer"]),
+                    model=fields.pop("model", "gpt-4o-mini-2024-07-18"),
+                    requested_model=fields.pop("requested_model", "gpt-4o-mini"), usage=usage,
+                    finish_reason=fields.pop("finish_reason", "stop"),
+                    latency_s=fields.pop("latency_s", 0.25), attempts=1,
+                    processed_at=fields.pop("processed_at", NOW), cost=fields.pop("cost", 0.001),
+                    **fields)
+    return result.to_line()
+
+
+def varied_lines() -> list[bytes]:
+    """Every kind of line an output can hold, and a few that no writer should make."""
+    body = {"model": "gpt-4o-mini", "choices": [{"message": {"content": "batch answer"},
+                                                 "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}}
+    judge = {"id": "c", "label": "yes", "text": "yes", "judge_model": "judge-1", "of": "answer",
+             "usage": {"prompt_tokens": 2, "completion_tokens": 1, "total_tokens": 3},
+             "cost": 0.5, "sent": True}
+    nested = {"id": "z", "model": "not-this", "answer": "", "usage": None, "cost": 9.0,
+              "refusal": "nested", "filtered": {"source": "prompt"}}
+    return [
+        _own("a"),
+        _own("b", answer=None, refusal="I can't help with that."),
+        _own("b", answer="", refusal="   "),  # a blank refusal: an empty answer
+        _own("c", answer=None, model=None, usage=None, cost=None,
+             filtered=filtered_record("prompt", {"hate": {"filtered": True}})),
+        _own("d", answer=None, finish_reason="content_filter", cost=0.002,
+             filtered=filtered_record("completion", {"sexual": {"filtered": True}})),
+        _own("d", filtered={"source": "elsewhere"}),  # not a filter's verdict
+        _own("x", usage=None, cost=None, cost_estimate=0.01),  # no usage: cost unknown
+        _own("x", cost=None),  # unpriced
+        _own("y", model="gpt-4o", finish_reason="length", waited_s=1.5),  # mismatch, truncated
+        _own("é-ü", latency_s=None, processed_at=NOW + 5),
+        _own('q"uote', parsed={"id": "inner", "model": "m", "answer": "a", "usage": {}},
+             label="cat"),
+        _own("back\\slash", variant="v2", endpoint="https://example.test/v1"),
+        _own("tab\tid", retries={"rate_limit": 2}, reasoning_content="thinking"),
+        _own("unknown-id"),
+        _own("a", answer="   "),  # a duplicate, and an empty answer
+        orjson.dumps({**result_line("z"), "parsed": nested}),  # ours, keys in another order
+        b'  { "id" : "y" , "answer" : "spaced" , "model" : "gpt-4o-mini" , "usage" : null }  ',
+        orjson.dumps({**result_line("7"), "id": 7, "cost": 1, "latency_s": 2}),  # id a number
+        orjson.dumps({**result_line("x"), "cost": True, "processed_at": "late"}),
+        orjson.dumps({**result_line("x"), "usage": {"prompt_tokens": None}}),
+        orjson.dumps({**result_line("x"), "usage": {"prompt_tokens": 3.0}, "model": 5}),
+        orjson.dumps({"id": "x", "answer": "no model or usage"}),
+        orjson.dumps({"id": "", **{k: v for k, v in result_line("x").items() if k != "id"}}),
+        orjson.dumps({"id": True, **{k: v for k, v in result_line("x").items() if k != "id"}}),
+        orjson.dumps({**result_line("x"), "id": "x", "answer": "dup", "answer2": 1}),
+        batch_result_line("a", "req_1", body, {"requested_model": "gpt-4o-mini",
+                                               "latency_s": 0.3, "processed_at": NOW,
+                                               "cost": 0.003}),
+        orjson.dumps(judge),
+        b"",
+        b"   ",
+        b"[1, 2, 3]",
+        b"not json at all",
+        _own("a")[:40] + _own("b"),  # torn, with the next line glued on
+        b'{"id": "c", "ans',
+    ]
+
+
+def setup(tmp_path: Path, lines: list[bytes], copies: int = 1) -> tuple[RunConfig, IdSubset]:
+    tasks = write_jsonl(tmp_path / "tasks.jsonl",
+                        [{"id": rid, "prompt": f"prompt {rid}"} for rid in IDS])
+    out = tmp_path / "results.jsonl"
+    out.write_bytes(b"".join(line.rstrip(b"\n") + b"\n" for line in lines) * copies)
+    config = RunConfig(input=tasks, output=out)
+    index = checked_input(tasks, reading(config), selection(config), input_index_path(out))
+    return config, index.ids
+
+
+# --- the reference: one line at a time, through records.view (what status and validate did) ----
+
+
+def reference_tally(path: Path, within: IdSubset) -> dict[str, Any]:
+    done, unknown = within.empty(), set()
+    counts: dict[str, Any] = dict.fromkeys(
+        ("bad", "prompt", "completion", "unpriced", "mismatches", "refusals", "truncated",
+         "filtered", "no_usage", "waits"), 0)
+    cost, waited, latencies = 0.0, 0.0, array("d")
+    recent: deque[float] = deque(maxlen=RECENT_RECORDS)
+    last, models = None, set()
+    for _, _, obj in iter_lines(path):
+        record = view(obj)
+        if record is None:
+            counts["bad"] += 1
+            continue
+        slot = within.index.find(record.id)
+        if slot is None:
+            unknown.add(record.id)
+        elif within.has_slot(slot):
+            done.add_slot(slot)
+        counts["prompt"] += record.usage.prompt_tokens
+        counts["completion"] += record.usage.completion_tokens
+        if record.no_usage:
+            counts["no_usage"] += 1
+        elif record.cost is None:
+            counts["unpriced"] += 1
+            models.add(record.model or record.requested_model or "?")
+        else:
+            cost += record.cost
+        counts["mismatches"] += record.mismatch
+        counts["refusals"] += record.refused
+        counts["filtered"] += record.filtered
+        counts["truncated"] += record.truncated
+        if record.latency_s is not None:
+            latencies.append(record.latency_s)
+        if record.waited_s is not None:
+            waited += record.waited_s
+            counts["waits"] += 1
+        if record.processed_at is not None:
+            recent.append(record.processed_at)
+            last = max(last or 0.0, record.processed_at)
+    return {**counts, "done": done.to_bytes(), "unknown": unknown, "cost": cost,
+            "waited": waited, "latencies": list(latencies), "recent": list(recent), "last": last,
+            "unpriced_models": models}
+
+
+def tally_of(tally: OutputTally) -> dict[str, Any]:
+    names = ("bad", "prompt", "completion", "unpriced", "mismatches", "refusals", "truncated",
+             "filtered", "no_usage", "waits", "unknown", "cost", "waited", "last",
+             "unpriced_models")
+    return {**{name: getattr(tally, name) for name in names}, "done": tally.done.to_bytes(),
+            "latencies": list(tally.latencies), "recent": list(tally.recent)}
+
+
+def reference_validate(path: Path, input_ids: IdSubset) -> ValidationReport:
+    report = ValidationReport(output=str(path))
+    first_line: dict[str, int] = {}
+    found = input_ids.empty()
+    for number, raw, obj in iter_lines(path):
+        report.lines += 1
+        record = view(obj)
+        if record is None:
+            snippet = raw[:80].decode("utf-8", "replace").rstrip()
+            report.add(Problem(ProblemKind.CORRUPT_LINE,
+                               f"not an answer record (id, answer, model, usage): {snippet}",
+                               number))
+            continue
+        rid = record.id
+        report.records += 1
+        missing = missing_batch_fields(obj) if record.batch else missing_fields(obj)
+        if missing:
+            report.add(Problem(ProblemKind.MISSING_FIELDS, f"missing {', '.join(missing)}",
+                               number, rid))
+        seen = first_line.setdefault(rid, number)
+        if seen != number:
+            report.add(Problem(ProblemKind.DUPLICATE_ID, f"also on line {seen}", number, rid))
+        slot = input_ids.find(rid)
+        if slot is None:
+            report.add(Problem(ProblemKind.UNKNOWN_ID, "not in the input", number, rid))
+        else:
+            found.add_slot(slot)
+        report.truncated += record.truncated
+        if record.refused:
+            report.refusals += 1
+        elif record.filtered:
+            report.filtered += 1
+        elif not record.embedding and (not isinstance(record.answer, str)
+                                       or not record.answer.strip()):
+            report.add(Problem(ProblemKind.EMPTY_ANSWER, f"answer is {record.answer!r}", number,
+                               rid))
+        if record.mismatch:
+            report.add(Problem(ProblemKind.MODEL_MISMATCH,
+                               f"requested {record.requested_model!r}, answered by "
+                               f"{record.model!r}", number, rid))
+    for rid in sorted(input_ids.minus(found)):
+        report.add(Problem(ProblemKind.MISSING_ID, "in the input, not in the output", None, rid))
+    return report
+
+
+def as_compared(report: ValidationReport) -> Any:
+    return (report.to_dict(), list(report.counts), report.filtered,
+            {kind: list(kept) for kind, kept in report.examples.items()})
+
+
+# --- status ---------------------------------------------------------------------------------------
+
+
+def test_status_counts_every_kind_of_line_as_a_line_by_line_read_does(tmp_path: Path) -> None:
+    # Given an output of every kind of line: refusals, filters, no usage, unpriced, mismatches,
+    # escaped and unicode ids, numbers where strings go, nested objects holding our keys, Batch
+    # API and judge lines, odd whitespace, blank, corrupt and torn lines, duplicates
+    lines = varied_lines()
+    config, within = setup(tmp_path, lines)
+    output = config.require_paths()[1]
+    expected = reference_tally(output, within)
+    # When status tallies it in one part
+    tally = OutputTally.empty(within)
+    tally.refresh(output, tmp_path / "none.errors.jsonl", ONE)
+    # Then every count is the line-by-line read's, to the last bit of the float sums
+    assert tally_of(tally) == expected
+    assert expected["bad"] == 7 and expected["refusals"] == 1 and expected["filtered"] == 2
+    assert expected["no_usage"] == 3 and expected["mismatches"] >= 2 and expected["unknown"]
+    assert expected["unpriced_models"] == {"gpt-4o-mini-2024-07-18", "gpt-4o-mini"}
+
+
+def test_status_read_in_forked_parts_counts_what_one_read_does(tmp_path: Path) -> None:
+    # Given the same lines many times over: an output of several parts
+    config, within = setup(tmp_path, varied_lines()[:-1], copies=25)
+    output = config.require_paths()[1]
+    with output.open("ab") as handle:
+        handle.write(_own("a")[:30])  # and a torn last line, being written
+    expected = reference_tally(output, within)
+    # When it is tallied in up to three parts, the first two read by forked processes
+    tally = OutputTally.empty(within)
+    read = tally.refresh(output, tmp_path / "none.errors.jsonl", SPLIT)
+    # Then the counts are one read's, the torn line is left for later and the mark is the end
+    got = tally_of(tally)
+    expected["bad"] -= 1  # a line-by-line read counts the torn line; status leaves it for later
+    assert got == expected
+    assert tally.torn and read == output.stat().st_size - 30
+    assert tally.output_mark is not None and tally.output_mark.offset == read
+    # And a refresh after the line is finished reads only that line
+    with output.open("ab") as handle:
+        handle.write(_own("a")[30:])
+    assert tally.refresh(output, tmp_path / "none.errors.jsonl", SPLIT) == len(_own("a"))
+    assert not tally.torn and tally.bad == expected["bad"]
+
+
+# --- validate -------------------------------------------------------------------------------------
+
+
+def test_validate_finds_every_problem_a_line_by_line_read_finds(tmp_path: Path) -> None:
+    # Given an output of every kind of line (every kind of problem in it)
+    config, within = setup(tmp_path, varied_lines())
+    output = config.require_paths()[1]
+    # When it is validated in one part
+    report = validate_output(output, within, ONE)
+    # Then the report is the line-by-line read's: counts, examples, their order
+    expected = reference_validate(output, within)
+    assert as_compared(report) == as_compared(expected)
+    assert set(expected.counts) == set(ProblemKind) - {ProblemKind.MISSING_ID}
+
+
+def test_validate_in_forked_parts_finds_duplicates_across_them(tmp_path: Path) -> None:
+    # Given an output of several parts where ids come back in later parts, an unknown id too
+    lines = varied_lines()[:-1]
+    config, within = setup(tmp_path, lines, copies=20)
+    output = config.require_paths()[1]
+    with output.open("ab") as handle:
+        handle.write(b'{"id": "c", "ans')  # a torn last line: checked too
+    expected = reference_validate(output, within)
+    # When it is validated in up to three parts
+    report = validate_output(output, within, SPLIT)
+    # Then it reports what one read reports, duplicates named with their first line
+    assert as_compared(report) == as_compared(expected)
+    duplicates = report.examples[ProblemKind.DUPLICATE_ID]
+    assert report.counts[ProblemKind.DUPLICATE_ID] > 20 * 3
+    assert duplicates[0].message.startswith("also on line ")
+    assert report.counts[ProblemKind.CORRUPT_LINE] == expected.counts[ProblemKind.CORRUPT_LINE]
+
+
+def test_validate_in_parts_names_the_first_line_of_an_id_seen_in_an_earlier_part(
+        tmp_path: Path) -> None:
+    # Given ids answered once each, then an unknown id twice and the first id twice at the end
+    lines = [_own(rid) for rid in IDS] + [_own("unknown-id"), _own("unknown-id"), _own("a"),
+                                          _own("a")]
+    config, within = setup(tmp_path, lines)
+    output = config.require_paths()[1]
+    # When it is validated in three parts
+    report = validate_output(output, within, SPLIT)
+    # Then both last lines name line 1, where "a" was first, in another part
+    assert [(p.line, p.id, p.message) for p in report.examples[ProblemKind.DUPLICATE_ID]] == [
+        (14, "unknown-id", "also on line 13"), (15, "a", "also on line 1"),
+        (16, "a", "also on line 1")]
+    assert report.counts[ProblemKind.UNKNOWN_ID] == 2
+    assert as_compared(report) == as_compared(reference_validate(output, within))
+
+
+def test_a_big_file_is_read_in_parts_by_forked_processes_in_file_order(tmp_path: Path) -> None:
+    # Given a file of 300 numbered lines
+    path = tmp_path / "lines.txt"
+    path.write_bytes(b"".join(b"%d\n" % n for n in range(1, 301)))
+
+    def read(reader: LineReader) -> tuple[int, list[int]]:
+        return os.getpid(), [int(line) for block in reader.blocks() for line in block]
+
+    # When it is read in up to three parts
+    parts = read_in_parts(path, 0, read, Parts(least=100, most=3))
+    # Then three parts came back, the first two from other processes, every line once, in order
+    assert len(parts) == 3
+    assert parts[0][0] != os.getpid() and parts[1][0] != os.getpid()
+    assert parts[2][0] == os.getpid()
+    assert [n for _, numbers in parts for n in numbers] == list(range(1, 301))
