@@ -2,7 +2,8 @@
 tails and the resume scan (output), every lock on an output (locks), the run manifest (manifest),
 repair and fresh start (repair), an answered task's line (answers), whole-file replacement (atomic),
 ids held compactly (idset), the resume's done ids kept beside the output (done_index), whether a
-file is still the one read (marks) and the file such indexes are kept in (blobfile).
+file is still the one read (marks), the file such indexes are kept in (blobfile) and an output
+read a block of lines at a time, a big one in forked parts (blocks).
 
 Not a facade: import the modules (``mpinfer.store.output``, ``mpinfer.store.records`` ...), and
 this ``__init__`` imports nothing. One naming them all would close import circles (which
