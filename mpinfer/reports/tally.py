@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from ..store.blocks import ONE_A_CORE, LineReader, Parts, decode, read_in_parts
 from ..store.idset import IdSubset
 from ..store.marks import FileMark as FileMark  # re-exported: groups and by_group read it here
@@ -87,12 +89,16 @@ class _Counter:
 
     def read(self, reader: LineReader) -> TallyPart:
         """Count the lines ``reader`` gives."""
+        loads, not_json = orjson.loads, orjson.JSONDecodeError
         for block in reader.blocks():
             ids: list[bytes] = []
             for line in block:
                 if not line.strip():
                     continue
-                obj = decode(line)
+                try:
+                    obj = loads(line)
+                except not_json:
+                    obj = None
                 task_id = answer_id(obj)
                 if task_id is None:
                     self.bad += 1
