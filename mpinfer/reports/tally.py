@@ -5,6 +5,9 @@ and how to tell that the file there is still the one read (same device and inode
 shorter, the same bytes at its head and just before the mark). A file that is not (rewritten
 by --validate --repair, replaced by a copy, cut short) is read again whole, so the tally is
 always what a fresh full read would give.
+
+A big output is read in parts over the cores (store/blocks.py), each counted by a ``_Counter``
+into a ``TallyPart`` that the tally adds up in file order: the same counts as one read.
 """
 
 from __future__ import annotations
@@ -265,8 +268,8 @@ class OutputTally:
         for name in ("bad", "prompt", "completion", "unpriced", "mismatches", "refusals",
                      "truncated", "filtered", "no_usage"):
             setattr(self, name, getattr(self, name) + getattr(part, name))
-        self.cost = sum(part.costs, self.cost)  # in order: as one read adds them
-        self.waited = sum(part.waits, self.waited)
+        self.cost = _add_up(self.cost, part.costs)
+        self.waited = _add_up(self.waited, part.waits)
         self.waits += len(part.waits)
         self.latencies.extend(part.latencies)
         self.recent.extend(part.times)
@@ -295,3 +298,11 @@ class OutputTally:
             if not self.done.has_slot(slot):
                 by_type[error_type] = by_type.get(error_type, 0) + 1
         return dict(sorted(by_type.items()))
+
+
+def _add_up(total: float, values: array[float]) -> float:
+    """``total`` plus each value in turn, as one read adds them (not ``sum``, which compensates
+    from Python 3.12: parts added up would differ from one read in the last bits)."""
+    for value in values:
+        total += value
+    return total
