@@ -332,3 +332,21 @@ def test_a_big_file_is_read_in_parts_by_forked_processes_in_file_order(tmp_path:
     assert parts[0][0] != os.getpid() and parts[1][0] != os.getpid()
     assert parts[2][0] == os.getpid()
     assert [n for _, numbers in parts for n in numbers] == list(range(1, 301))
+
+
+def test_a_part_whose_process_fails_is_read_by_the_parent(tmp_path: Path) -> None:
+    # Given a file of 300 numbered lines, and a read that fails in any other process
+    path = tmp_path / "lines.txt"
+    path.write_bytes(b"".join(b"%d\n" % n for n in range(1, 301)))
+    parent = os.getpid()
+
+    def read(reader: LineReader) -> list[int]:
+        if os.getpid() != parent:
+            raise RuntimeError("a forked reader failed")
+        return [int(line) for block in reader.blocks() for line in block]
+
+    # When it is read in up to three parts
+    parts = read_in_parts(path, 0, read, Parts(least=100, most=3))
+    # Then the parent read the failed parts itself: every line once, in order
+    assert len(parts) == 3
+    assert [n for numbers in parts for n in numbers] == list(range(1, 301))

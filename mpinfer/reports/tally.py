@@ -26,12 +26,12 @@ from ..store.marks import FileMark as FileMark  # re-exported: groups and by_gro
 from ..store.records import (
     JUDGE_MODEL_FIELD,
     TRUNCATED,
+    Mismatches,
     RecordView,
     answer_id,
     failure_view,
     is_filtered,
     is_refusal,
-    model_mismatch,
     number,
     view,
 )
@@ -88,7 +88,7 @@ class _Counter:
         self.costs, self.latencies, self.waits = array("d"), array("d"), array("d")
         self.times: deque[float] = deque(maxlen=RECENT_RECORDS)
         self.last: float | None = None
-        self.mismatched: dict[tuple[str, str], bool] = {}  # model_mismatch of a pair, unfiltered
+        self.mismatch = Mismatches()
 
     def read(self, reader: LineReader) -> TallyPart:
         """Count the lines ``reader`` gives."""
@@ -151,13 +151,7 @@ class _Counter:
                 self.unpriced_models.add(model or requested or "?")
             else:
                 self.costs.append(cost)
-        if filtered is None and requested.__class__ is str and model.__class__ is str:
-            mismatch = self.mismatched.get((requested, model))
-            if mismatch is None:
-                mismatch = self.mismatched[(requested, model)] = model_mismatch(requested, model)
-        else:
-            mismatch = model_mismatch(requested, model, filtered)
-        self.mismatches += mismatch
+        self.mismatches += self.mismatch(requested, model, filtered)
         refusal = get("refusal")
         if refusal is not None and is_refusal(refusal, get("answer")):
             self.refusals += 1

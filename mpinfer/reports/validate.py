@@ -16,13 +16,13 @@ from ..store.output import OutputPaths, run_outputs
 from ..store.records import (
     JUDGE_MODEL_FIELD,
     TRUNCATED,
+    Mismatches,
     RecordView,
     answer_id,
     is_filtered,
     is_refusal,
     missing_batch_fields,
     missing_fields,
-    model_mismatch,
     view,
 )
 
@@ -136,7 +136,7 @@ class _Checker:
         self.first = array("I", bytes(4 * len(input_ids.index)))
         self.repeats: list[tuple[int, int, str]] = []
         self.others: list[tuple[int, str]] = []
-        self.mismatched: dict[tuple[str, str], bool] = {}  # model_mismatch of a pair, unfiltered
+        self.mismatch = Mismatches()
 
     def read(self, reader: LineReader) -> CheckedPart:
         """Check the lines ``reader`` gives, and a torn last line too."""
@@ -194,13 +194,7 @@ class _Checker:
         elif not isinstance(answer, str) or not answer.strip():
             report.add(Problem(ProblemKind.EMPTY_ANSWER, f"answer is {answer!r}", number,
                                task_id))
-        if filtered is None and requested.__class__ is str and model.__class__ is str:
-            mismatch = self.mismatched.get((requested, model))
-            if mismatch is None:
-                mismatch = self.mismatched[(requested, model)] = model_mismatch(requested, model)
-        else:
-            mismatch = model_mismatch(requested, model, filtered)
-        if mismatch:
+        if self.mismatch(requested, model, filtered):
             report.add(Problem(ProblemKind.MODEL_MISMATCH,
                                f"requested {requested!r}, answered by {model!r}", number,
                                task_id))

@@ -356,6 +356,23 @@ def model_mismatch(requested: str | None, reported: str | None, filtered: Any = 
     return not same_model(requested, reported)
 
 
+class Mismatches:
+    """``model_mismatch`` over many lines, decided once for each pair of models seen without a
+    filter's verdict (status and validate ask it of a million lines that name a few models)."""
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[str, str], bool] = {}
+
+    def __call__(self, requested: Any, reported: Any, filtered: Any = None) -> bool:
+        """``model_mismatch(requested, reported, filtered)``."""
+        if filtered is None and requested.__class__ is str and reported.__class__ is str:
+            known = self._known.get((requested, reported))
+            if known is None:
+                known = self._known[(requested, reported)] = model_mismatch(requested, reported)
+            return known
+        return model_mismatch(requested, reported, filtered)
+
+
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
