@@ -544,23 +544,20 @@ def view(obj: Any) -> RecordView | None:
 
 
 def _own_view(obj: dict[str, Any], task_id: str) -> RecordView:
-    """An answer line in mpinfer's own form read into a RecordView. Status and validate ask this
-    of every line: positional arguments, and the float test before the general one."""
+    """An answer line in mpinfer's own form read into a RecordView (export and the report ask
+    this of every line: each field read once, a float taken as it is)."""
     get = obj.get
-    usage, filtered, refusal, finish = (get("usage"), get(FILTERED_FIELD), get(REFUSAL_FIELD),
-                                        get("finish_reason"))
-    latency, waited, at, cost = (get("latency_s"), get(WAITED_FIELD), get("processed_at"),
-                                 get("cost"))
+    usage, filtered = get("usage"), get(FILTERED_FIELD)
     return RecordView(
-        task_id, get("answer"), get("model"), get("requested_model"),
-        Usage() if usage is None else Usage.from_dict(usage),
-        latency if latency.__class__ is float else _number(latency),
-        at if at.__class__ is float else _number(at),
-        cost if cost.__class__ is float else _number(cost), False,
-        refusal if refusal is None or isinstance(refusal, str) else None,
-        finish if finish is None or isinstance(finish, str) else None, False,
-        filtered if filtered is not None and is_filtered(filtered) else None, usage is None,
-        waited if waited is None or waited.__class__ is float else _number(waited))
+        id=task_id, answer=get("answer"), model=get("model"),
+        requested_model=get("requested_model"),
+        usage=Usage() if usage is None else Usage.from_dict(usage),
+        latency_s=number(get("latency_s")), waited_s=number(get(WAITED_FIELD)),
+        processed_at=number(get("processed_at")), cost=number(get("cost")), batch=False,
+        refusal=_text(get(REFUSAL_FIELD)), finish_reason=_text(get("finish_reason")),
+        filter=filtered if filtered is not None and is_filtered(filtered) else None,
+        no_usage=usage is None,
+    )
 
 
 def missing_batch_fields(data: dict[str, Any]) -> list[str]:
