@@ -26,6 +26,7 @@ RESULT_FIELDS: tuple[str, ...] = (
     "latency_s", "attempts", "processed_at", "cost",
 )
 USAGE_FIELDS: tuple[str, ...] = ("prompt_tokens", "completion_tokens", "total_tokens")
+_RESULT_KEYS, _USAGE_KEYS = frozenset(RESULT_FIELDS), frozenset(USAGE_FIELDS)  # missing_fields
 # A refusal keeps its text here, with ``answer`` null:
 # for a safety benchmark the refusal is the measurement.
 REFUSAL_FIELD = "refusal"
@@ -213,15 +214,11 @@ def same_model(requested: str | None, reported: str | None) -> bool:
     """Whether the server's model is the one asked for
     (a dated or versioned snapshot of it counts). A line naming a model by anything but a
     string names no model."""
-    if not requested or not reported or not isinstance(requested, str) \
-            or not isinstance(reported, str):
+    if not (isinstance(requested, str) and isinstance(reported, str) and requested and reported):
         return False
     if reported == requested or reported.split("/")[-1] == requested.split("/")[-1]:
         return True
     return reported.startswith(requested) and bool(_SNAPSHOT.fullmatch(reported[len(requested):]))
-
-
-_RESULT_KEYS, _USAGE_KEYS = frozenset(RESULT_FIELDS), frozenset(USAGE_FIELDS)
 
 
 def missing_fields(data: dict[str, Any]) -> list[str]:
@@ -497,8 +494,7 @@ def record_id(obj: Any) -> str | None:
 def answer_id(obj: Any) -> str | None:
     """The task id of an answer record (``record_id``); None for any other line (the resume scan
     counts only these)."""
-    # First, the line mpinfer writes (``is_answer`` and ``record_id`` spelt out for it, as status
-    # and validate ask this of a million lines); any other goes the general way.
+    # mpinfer's own line first (is_answer and record_id spelt out: asked of a million lines)
     if isinstance(obj, dict) and "answer" in obj and "model" in obj and "custom_id" not in obj:
         value, usage = obj.get("id"), obj.get("usage")
         if value.__class__ is str and (usage.__class__ is dict
@@ -540,13 +536,7 @@ def view(obj: Any) -> RecordView | None:
                           requested_model=judge, usage=Usage.from_dict(obj.get("usage")),
                           latency_s=None, processed_at=None, cost=_number(obj.get("cost")),
                           batch=False, no_usage=obj.get("usage") is None and bool(obj.get("sent")))
-    return _own_view(obj, task_id)
-
-
-def _own_view(obj: dict[str, Any], task_id: str) -> RecordView:
-    """An answer line in mpinfer's own form read into a RecordView (export and the report ask
-    this of every line: each field read once, a float taken as it is)."""
-    get = obj.get
+    get = obj.get  # mpinfer's own form: each field read once, a float taken as it is
     usage, filtered = get("usage"), get(FILTERED_FIELD)
     return RecordView(
         id=task_id, answer=get("answer"), model=get("model"),
