@@ -350,3 +350,21 @@ def test_a_part_whose_process_fails_is_read_by_the_parent(tmp_path: Path) -> Non
     # Then the parent read the failed parts itself: every line once, in order
     assert len(parts) == 3
     assert [n for numbers in parts for n in numbers] == list(range(1, 301))
+
+
+def test_forked_parts_read_a_csv_inputs_ids_each_from_its_own_file(tmp_path: Path) -> None:
+    # Given a CSV input, whose ids the lookup reads again from the file for every answer
+    ids = [f"row{n}" for n in range(400)]
+    tasks = tmp_path / "tasks.csv"
+    tasks.write_text("id,prompt\n" + "".join(f"{rid},prompt {rid}\n" for rid in ids))
+    out = tmp_path / "results.jsonl"
+    out.write_bytes(b"".join(_own(rid) for rid in ids) * 3)
+    config = RunConfig(input=tasks, output=out)
+    within = checked_input(tasks, reading(config), selection(config), input_index_path(out)).ids
+    # When status and validate read the output in three parts, parent and children at once
+    tally = OutputTally.empty(within)
+    tally.refresh(out, tmp_path / "none.errors.jsonl", Parts(least=4096, most=3))
+    report = validate_output(out, within, Parts(least=4096, most=3))
+    # Then every id was found: none read from where another process had moved the file
+    assert len(tally.done) == 400 and not tally.unknown
+    assert report.counts == {ProblemKind.DUPLICATE_ID: 800}

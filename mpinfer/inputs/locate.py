@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import csv
 import mmap
+import os
 import re
+import weakref
 from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
@@ -59,6 +61,7 @@ class IdReader:
     """Reads the id of the row at a byte offset of a checked input (JSONL, Batch API or CSV)."""
 
     def __init__(self, path: Path, id_key: str, fmt: Enum) -> None:
+        _READERS.add(self)
         self.path = path
         self.id_key = id_key
         self.fmt = str(fmt.value)
@@ -168,6 +171,12 @@ class IdReader:
                 return None
         return self._map
 
+    def forget_file(self) -> None:
+        """Let go of the open input (a forked process's: it opens its own at its next read)."""
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
     def _file(self) -> BinaryIO:
         if self._handle is None:
             self._handle = self.path.open("rb")
@@ -198,6 +207,21 @@ class IdReader:
     def __getstate__(self) -> dict[str, Any]:
         # An open file does not cross processes; the copy opens its own when first asked.
         return {**self.__dict__, "_handle": None, "_map": None}
+
+
+# Every reader, so that a forked process (status and validate read a big output in parts) opens
+# the input again: a file open before the fork has one offset for both processes, and their
+# seek-then-read would mix (a row read from where the other one moved it).
+_READERS: weakref.WeakSet[IdReader] = weakref.WeakSet()
+
+
+def _forget_files() -> None:
+    for reader in list(_READERS):
+        reader.forget_file()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_files)
 
 
 class JsonIdReader:
