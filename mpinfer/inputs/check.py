@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from ..errors import ConfigError, InputError
 from ..store.idset import HashFn, IdIndex, IdSubset, Resolver
 from ..store.output import OutputPaths, iter_lines, run_outputs, scan
 from ..store.records import is_answer, record_id
+from .blocks import Block, JsonlBlocks
 from .locate import IdReader, JsonIdReader, line_numbers
 from .parquet import ParquetIdReader
 from .readers import detect_format, iter_selected, placed_rows
@@ -31,6 +32,7 @@ MAX_PROBLEMS_SHOWN = 10
 MAX_BODY_MODELS = 100  # distinct models kept from a Batch file's bodies
 MODELS_NAMED = 3  # in the name of a run of a Batch file whose bodies name several models
 MAX_DUPLICATES_SHOWN = 5
+ROWS_A_BLOCK = 4096  # rows of a CSV, Parquet or JSON input checked together
 
 
 def check_input(path: Path, keys: FieldKeys = FieldKeys(), selection: Selection = Selection(),
@@ -50,16 +52,22 @@ def check_input(path: Path, keys: FieldKeys = FieldKeys(), selection: Selection 
     index = IdIndex(id_resolver(path, keys, fmt), hash_fn)
     body_models: dict[str, None] = {}
     position = 0
-    for _, offset, _, item in placed_rows(path, keys, fmt):
-        if isinstance(item, InputError):
-            problems.append(item)
-            if len(problems) >= MAX_PROBLEMS_SHOWN:
-                break
-            continue
-        index.add(item.id, position if by_row else offset)
-        position += 1
-        if item.body is not None and len(body_models) < MAX_BODY_MODELS:
-            body_models.setdefault(str(item.model))
+    blocks = JsonlBlocks(path, keys, fmt) if fmt in _BY_BLOCK else None
+    for block in blocks or _row_blocks(path, keys, fmt):
+        index.add_many(block.ids, block.offsets)
+        position += len(block.ids)
+        for offset, item in block.rows:
+            if isinstance(item, InputError):
+                problems.append(item)
+                if len(problems) >= MAX_PROBLEMS_SHOWN:
+                    break
+                continue
+            index.add(item.id, position if by_row else offset)
+            position += 1
+            if item.body is not None and len(body_models) < MAX_BODY_MODELS:
+                body_models.setdefault(str(item.model))
+        if len(problems) >= MAX_PROBLEMS_SHOWN:
+            break
     if problems:
         more = " (and maybe more: stopped looking)" if len(problems) >= MAX_PROBLEMS_SHOWN else ""
         if len(problems) == 1:
@@ -73,7 +81,18 @@ def check_input(path: Path, keys: FieldKeys = FieldKeys(), selection: Selection 
         raise InputError("no tasks in the input", str(path))
     ids = selected_ids(path, keys, selection, fmt, index)
     return InputIndex(path=path, ids=ids, total=len(ids), format=fmt,
-                      body_models=tuple(body_models))
+                      body_models=tuple(body_models),
+                      checksum=blocks.checksum if blocks is not None else None)
+
+
+_BY_BLOCK = (InputFormat.JSONL, InputFormat.BATCH)  # read by blocks.py; the rest row by row
+
+
+def _row_blocks(path: Path, keys: FieldKeys, fmt: InputFormat) -> Iterator[Block]:
+    """The rows of a CSV, Parquet or JSON input, in blocks of ``ROWS_A_BLOCK``."""
+    rows = ((offset, item) for _, offset, _, item in placed_rows(path, keys, fmt))
+    while block := list(islice(rows, ROWS_A_BLOCK)):
+        yield Block(rows=block)
 
 
 def selected_ids(path: Path, keys: FieldKeys, selection: Selection, fmt: InputFormat,

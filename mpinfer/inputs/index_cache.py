@@ -79,11 +79,13 @@ def _load(kept: Path, key: dict[str, Any], path: Path, keys: FieldKeys,
 
 def keep_input_index(kept: Path, index: InputIndex) -> InputIndex:
     """Keep ``index`` (checked, with its ``kept`` key) at ``kept``, with the input's checksum (the
-    run manifest's: an unchanged input need not be read for it again); the index with that
-    checksum. A folder that cannot take it only means a check next time."""
+    run manifest's: an unchanged input need not be read for it again; read now unless the check
+    took it); the index with that checksum. A folder that cannot take it only means a check next
+    time."""
     if index.kept is None:
         return index
-    if index.format is not InputFormat.PARQUET:  # a Parquet input's is taken over its footers
+    # a Parquet input's is taken over its footers; a JSONL input's in the check's own pass
+    if index.format is not InputFormat.PARQUET and index.checksum is None:
         try:
             index = dataclasses.replace(index, checksum=file_checksum(index.path))
         except OSError:

@@ -156,23 +156,26 @@ def placed_rows(path: Path, keys: FieldKeys, fmt: InputFormat,
             position += 1
         return
     for line, offset, raw in _placed_lines(path):
-        try:
-            obj = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            yield line, offset, None, InputError(f"invalid JSON: {exc}", str(path), line)
-            position += 1
-            continue
-        if keys.id_from_row and isinstance(obj, dict) and fmt is InputFormat.JSONL:
-            obj = {**obj, keys.id: str(position)}
-        try:
-            task = (parse_batch_task(obj, line) if fmt is InputFormat.BATCH
-                    else parse_task(obj, keys, line))
-        except ValueError as exc:
-            error = InputError(str(exc), str(path), line)
-            yield line, offset, obj if isinstance(obj, dict) else None, error
-        else:
-            yield line, offset, obj, task
+        yield line, offset, *jsonl_row(path, keys, fmt, raw, line, position)
         position += 1
+
+
+def jsonl_row(path: Path, keys: FieldKeys, fmt: InputFormat, raw: bytes, line: int,
+              position: int) -> tuple[dict[str, Any] | None, Task | InputError]:
+    """One line of a JSONL or Batch API input (``position``: its place among the rows): the
+    record as read, and its Task or the InputError naming its file and line."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return None, InputError(f"invalid JSON: {exc}", str(path), line)
+    if keys.id_from_row and isinstance(obj, dict) and fmt is InputFormat.JSONL:
+        obj = {**obj, keys.id: str(position)}
+    try:
+        task = (parse_batch_task(obj, line) if fmt is InputFormat.BATCH
+                else parse_task(obj, keys, line))
+    except ValueError as exc:
+        return obj if isinstance(obj, dict) else None, InputError(str(exc), str(path), line)
+    return obj, task
 
 
 def _parquet_rows(path: Path, keys: FieldKeys,

@@ -23,6 +23,8 @@ import zlib
 from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator
+from itertools import repeat
+from operator import lshift, or_
 
 HashFn = Callable[[str], int]  # an id's 64-bit hash (an unsigned int below 2**64)
 Resolver = Callable[[int], str]  # the full id stored at a locator
@@ -88,6 +90,23 @@ class IdIndex:
         hashes.append(value)
         locators.append(locator)
 
+    def add_many(self, task_ids: list[str], locators: list[int]) -> None:
+        """``add`` for a block of ids (the input check's plain rows), each with its locator."""
+        if self._hash is not _CRC_ADLER:
+            for task_id, locator in zip(task_ids, locators, strict=True):
+                self.add(task_id, locator)
+            return
+        if self._bases:
+            raise RuntimeError("IdIndex.add after freeze")
+        raws = list(map(str.encode, task_ids))
+        # id_hash over the block, in C: no Python call an id
+        values = map(or_, map(lshift, map(zlib.crc32, raws), repeat(32)), map(zlib.adler32, raws))
+        buckets, shift = self._buckets, self._shift
+        for value, locator in zip(values, locators, strict=True):
+            hashes, places = buckets[value >> shift]
+            hashes.append(value)
+            places.append(locator)
+
     def freeze(self) -> list[tuple[str, list[int]]]:
         """Sort the index; the duplicate ids,
         each with the locators of all its rows, in locator order.
@@ -109,6 +128,8 @@ class IdIndex:
     def _resolve_shared(self) -> list[tuple[str, list[int]]]:
         duplicates: list[tuple[str, list[int]]] = []
         for number, (hashes, locators) in enumerate(self._buckets):
+            if len(set(hashes)) == len(hashes):
+                continue  # no hash shared in this bucket (the common case), told in C
             base = self._bases[number]
             at = 1
             while at < len(hashes):
