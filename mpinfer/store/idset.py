@@ -53,6 +53,12 @@ _PACK = 40  # locators below 2**40 (a terabyte of input) sort packed below their
 
 def _sort_together(hashes: array[int], locators: array[int]) -> None:
     """Sort a bucket by hash, then locator, in place: packed ints sort faster than pairs."""
+    by_hash = dict(zip(hashes, locators, strict=True))
+    if len(by_hash) == len(hashes):  # no hash shared in the bucket: its hashes alone sort it
+        order = sorted(by_hash)
+        hashes[:] = array("Q", order)
+        locators[:] = array("Q", map(by_hash.__getitem__, order))
+        return
     if max(locators) >> _PACK:
         pairs = sorted(zip(hashes, locators, strict=True))
         hashes[:] = array("Q", [pair[0] for pair in pairs])
