@@ -170,3 +170,17 @@ def test_lines_that_would_join_into_one_array_are_each_read_alone_and_reported(
     assert "3 bad lines" in str(caught.value)
     for error in _row_by_row(path)[1]:
         assert error in str(caught.value)
+
+
+def test_an_input_with_windows_line_ends_is_taken_in_bulk_with_each_rows_offset(
+        tmp_path: Path) -> None:
+    # Given an input written with CRLF line ends
+    path = tmp_path / "tasks.jsonl"
+    path.write_bytes(b"".join(b'{"id":"w%d","prompt":"question %d"}\r\n' % (i, i)
+                              for i in range(50)))
+    # When the bulk check takes it, and the whole check reads it
+    taken = PlainRows(KEYS).take(path.read_bytes(), 0)
+    index = check_input(path)
+    # Then it is taken whole, and the index is the one made row by row
+    assert taken is not None and taken[0] == [f"w{i}" for i in range(50)]
+    assert index.ids.index.parts() == _row_by_row(path)[0]

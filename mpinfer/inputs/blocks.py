@@ -73,6 +73,9 @@ class PlainRows:
         """The ids of the rows of ``block`` (whole lines, each ending in a newline) and the byte
         offset of each (the block starts at ``offset``), or None when they are not all plain."""
         count = block.count(b"\n")
+        lengths = map(len, block.split(b"\n"))
+        if b"\r" in block:  # Windows line ends: "\r" is JSON's whitespace, each line means the same
+            block = block.replace(b"\r\n", b"\n")
         if not count or block.count(b"{") != count or block.count(b"}") != count:
             return None
         # One array of the lines. Each line ends with "}" and the block holds one "{" and one "}"
@@ -93,7 +96,6 @@ class PlainRows:
         ids = self._checked(rows)
         if ids is None:
             return None
-        lengths = map(len, block.split(b"\n"))
         return ids, list(islice(accumulate(map((1).__add__, lengths), initial=offset), count))
 
     def _checked(self, rows: list[dict[str, Any]]) -> list[str] | None:
