@@ -32,7 +32,6 @@ MAX_PROBLEMS_SHOWN = 10
 MAX_BODY_MODELS = 100  # distinct models kept from a Batch file's bodies
 MODELS_NAMED = 3  # in the name of a run of a Batch file whose bodies name several models
 MAX_DUPLICATES_SHOWN = 5
-ROWS_A_BLOCK = 4096  # rows of a CSV, Parquet or JSON input checked together
 
 
 def check_input(path: Path, keys: FieldKeys = FieldKeys(), selection: Selection = Selection(),
@@ -89,10 +88,10 @@ _BY_BLOCK = (InputFormat.JSONL, InputFormat.BATCH)  # read by blocks.py; the res
 
 
 def _row_blocks(path: Path, keys: FieldKeys, fmt: InputFormat) -> Iterator[Block]:
-    """The rows of a CSV, Parquet or JSON input, in blocks of ``ROWS_A_BLOCK``."""
-    rows = ((offset, item) for _, offset, _, item in placed_rows(path, keys, fmt))
-    while block := list(islice(rows, ROWS_A_BLOCK)):
-        yield Block(rows=block)
+    """The rows of a CSV, Parquet or JSON input, a block each: read no further than the check
+    looks (it stops at the tenth bad row)."""
+    for _, offset, _, item in placed_rows(path, keys, fmt):
+        yield Block(rows=[(offset, item)])
 
 
 def selected_ids(path: Path, keys: FieldKeys, selection: Selection, fmt: InputFormat,
