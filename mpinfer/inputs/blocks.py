@@ -72,21 +72,19 @@ class PlainRows:
     def take(self, block: bytes, offset: int) -> tuple[list[str], list[int]] | None:
         """The ids of the rows of ``block`` (whole lines, each ending in a newline) and the byte
         offset of each (the block starts at ``offset``), or None when they are not all plain."""
-        count = block.count(b"\n")
-        lengths = map(len, block.split(b"\n"))
+        lengths = list(map(len, block.split(b"\n")))
+        count = len(lengths) - 1
         if b"\r" in block:  # Windows line ends: "\r" is JSON's whitespace, each line means the same
             block = block.replace(b"\r\n", b"\n")
-        if not count or block.count(b"{") != count or block.count(b"}") != count:
+        if (not count or block.count(b"{") != count or block.count(b"}") != count
+                or block.count(b"}\n") != count):
             return None
         # One array of the lines. Each line ends with "}" and the block holds one "{" and one "}"
         # a line, so n objects parsed are the n lines each on its own: no line can run into the
         # next or hold two (an object needs a "{" and a "}" of its own).
-        joined = block.replace(b"}\n", b"},\n")
-        if len(joined) != len(block) + count:
-            return None
         text = bytearray(b"[")
-        text += joined
-        text[-2] = ord("]")
+        text += block.replace(b"\n", b",")
+        text[-1] = ord("]")
         try:
             rows = orjson.loads(text)
         except orjson.JSONDecodeError:
