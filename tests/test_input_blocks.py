@@ -5,8 +5,6 @@ and line."""
 from __future__ import annotations
 
 import hashlib
-import os
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +12,11 @@ import orjson
 import pytest
 
 from mpinfer.errors import InputError
-from mpinfer.inputs import blocks, check
+from mpinfer.inputs import blocks
 from mpinfer.inputs.blocks import JsonlBlocks, PlainRows
 from mpinfer.inputs.check import check_input, id_resolver
 from mpinfer.inputs.readers import placed_rows
 from mpinfer.inputs.tasks import FieldKeys, InputFormat, Task, parse_task
-from mpinfer.store.blocks import Parts
 from mpinfer.store.idset import IdIndex
 
 KEYS = FieldKeys()
@@ -187,57 +184,3 @@ def test_an_input_with_windows_line_ends_is_taken_in_bulk_with_each_rows_offset(
     # Then it is taken whole, and the index is the one made row by row
     assert taken is not None and taken[0] == [f"w{i}" for i in range(50)]
     assert index.ids.index.parts() == _row_by_row(path)[0]
-
-
-@pytest.fixture
-def three_parts(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The check of even a small input in three parts, two read by forked processes (as they are
-    when this process runs no other thread)."""
-    assert hasattr(os, "fork") and threading.active_count() == 1
-    monkeypatch.setattr(check, "INPUT_PARTS", Parts(least=1, most=3))
-    monkeypatch.setattr(blocks, "BLOCK", 256)
-
-
-@pytest.mark.usefixtures("three_parts")
-def test_an_input_checked_in_parts_has_the_ids_of_one_read_row_by_row(tmp_path: Path) -> None:
-    # Given an input of plain rows and odd ones, long enough for three parts of many blocks
-    rows = [*ROWS, *(b'{"id":"n%d","prompt":"question %d"}' % (i, i) for i in range(400))]
-    path = tmp_path / "tasks.jsonl"
-    path.write_bytes(b"\n".join(rows) + b"\n")
-    # When it is checked in parts
-    index = check_input(path)
-    # Then its id index is the one made row by row, and its checksum is taken when it is kept
-    assert index.ids.index.parts() == _row_by_row(path)[0]
-    assert len(index.ids) == len(rows)
-
-
-@pytest.mark.usefixtures("three_parts")
-def test_bad_rows_in_every_part_are_listed_in_file_order_with_their_lines(tmp_path: Path) -> None:
-    # Given an input with a bad row every 40 lines (sixteen in all), over three parts
-    rows = [b'{"id":"n%d","prompt":"question"}' % i for i in range(640)]
-    for line in range(20, 640, 40):
-        rows[line - 1] = b'{"id":"bad%d"}' % line
-    path = tmp_path / "tasks.jsonl"
-    path.write_bytes(b"\n".join(rows) + b"\n")
-    # When it is checked in parts
-    with pytest.raises(InputError) as caught:
-        check_input(path)
-    # Then the first ten are listed, in order, each with its line, as the row-by-row reader does
-    message = str(caught.value)
-    assert message.startswith(f"{path}: 10 bad lines (and maybe more: stopped looking)")
-    assert message.splitlines()[1:] == [f"  {e}" for e in _row_by_row(path)[1][:10]]
-    assert f"{path}:380: missing prompt" in message
-
-
-@pytest.mark.usefixtures("three_parts")
-def test_a_duplicate_id_in_two_parts_is_found_with_both_lines(tmp_path: Path) -> None:
-    # Given an input whose first and last rows share an id, in different parts
-    rows = [b'{"id":"n%d","prompt":"question"}' % i for i in range(300)]
-    rows[-1] = rows[0]
-    path = tmp_path / "tasks.jsonl"
-    path.write_bytes(b"\n".join(rows) + b"\n")
-    # When it is checked in parts
-    with pytest.raises(InputError) as caught:
-        check_input(path)
-    # Then the duplicate is named with its two lines
-    assert "1 duplicate ids: 'n0' (lines 1 and 300)" in str(caught.value)

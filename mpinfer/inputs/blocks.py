@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from itertools import accumulate, chain, islice
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import orjson
 
@@ -127,32 +127,26 @@ def _plain_images(values: list[Any]) -> bool:
 
 
 class JsonlBlocks:
-    """The rows of a JSONL or Batch API input (or of its lines from ``start`` to ``stop``, both
-    line boundaries), a block at a time; ``checksum`` (its size and sha256) once the whole file
-    has been read."""
+    """The rows of a JSONL or Batch API input, a block at a time; ``checksum`` (its size and
+    sha256) once it has been read to the end."""
 
-    def __init__(self, path: Path, keys: FieldKeys, fmt: InputFormat, start: int = 0,
-                 stop: int | None = None) -> None:
+    def __init__(self, path: Path, keys: FieldKeys, fmt: InputFormat) -> None:
         self.path, self.keys, self.fmt = path, keys, fmt
-        self.start, self.stop = start, stop
         self.checksum: tuple[int, str] | None = None
         self._plain = PlainRows.of(keys, fmt)
         self._position = 0  # rows so far (the id of a row with --id-from-row)
 
     def __iter__(self) -> Iterator[Block]:
         digest = hashlib.sha256()
-        offset = self.start  # where the next block starts
-        size = 0  # bytes read
+        offset = size = lines = 0  # where the next block starts, bytes read, lines before it
         held = b""  # the start of a line cut by the end of the last read
         try:
             handle = self.path.open("rb")
         except OSError as exc:
             raise InputError(f"cannot open input: {exc.strerror or exc}", str(self.path)) from None
         with handle:
-            lines = _lines_before(handle, self.start)  # for the line numbers of bad rows
             while True:
-                want = BLOCK if self.stop is None else min(BLOCK, self.stop - self.start - size)
-                chunk = handle.read(want) if want > 0 else b""
+                chunk = handle.read(BLOCK)
                 digest.update(chunk)
                 size += len(chunk)
                 data = held + chunk if held else chunk
@@ -166,8 +160,7 @@ class JsonlBlocks:
                     held = data
                 if not chunk:
                     break
-        if self.start == 0 and self.stop is None:
-            self.checksum = (size, digest.hexdigest())
+        self.checksum = (size, digest.hexdigest())
 
     def _block(self, block: bytes, offset: int, lines: int) -> Block:
         if self._plain is not None and not (lines == 0 and block.startswith(BOM)):
@@ -187,14 +180,3 @@ class JsonlBlocks:
                 rows.append((at, item))
                 self._position += 1
         return Block(rows=rows)
-
-
-def _lines_before(handle: BinaryIO, start: int) -> int:
-    """The newlines before ``start``; the handle is left there."""
-    lines = 0
-    while handle.tell() < start:
-        chunk = handle.read(min(BLOCK, start - handle.tell()))
-        if not chunk:
-            break
-        lines += chunk.count(b"\n")
-    return lines

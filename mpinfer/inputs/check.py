@@ -12,18 +12,16 @@ import dataclasses
 import io
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from ..config import RunConfig
 from ..errors import ConfigError, InputError
-from ..store.blocks import Parts, read_in_parts
 from ..store.idset import HashFn, IdIndex, IdSubset, Resolver
 from ..store.output import OutputPaths, iter_lines, run_outputs, scan
 from ..store.records import is_answer, record_id
-from .blocks import Block, JsonlBlocks, PlainRows
+from .blocks import Block, JsonlBlocks
 from .locate import IdReader, JsonIdReader, line_numbers
 from .parquet import ParquetIdReader
 from .readers import detect_format, iter_selected, placed_rows
@@ -34,8 +32,6 @@ MAX_PROBLEMS_SHOWN = 10
 MAX_BODY_MODELS = 100  # distinct models kept from a Batch file's bodies
 MODELS_NAMED = 3  # in the name of a run of a Batch file whose bodies name several models
 MAX_DUPLICATES_SHOWN = 5
-#: a JSONL input is checked in parts of at least this many bytes, one a core
-INPUT_PARTS = Parts(least=16 << 20)
 
 
 def check_input(path: Path, keys: FieldKeys = FieldKeys(), selection: Selection = Selection(),
@@ -50,23 +46,27 @@ def check_input(path: Path, keys: FieldKeys = FieldKeys(), selection: Selection 
     if fmt is InputFormat.BATCH and keys.templated is not None:
         raise ConfigError(f"{path} is a Batch API file, whose bodies are sent as they are: "
                           "--template, --system-template and --variants do not apply")
-    if hash_fn is None and PlainRows.of(keys, fmt) is not None:
-        # a big JSONL input is checked in parts, one a core (forked processes; store/blocks.py)
-        parts = read_in_parts(path, 0, lambda lines: _check_part(path, keys, fmt, None,
-                                                                 lines.end, lines.stop),
-                              INPUT_PARTS)
-    else:
-        parts = [_check_part(path, keys, fmt, hash_fn)]
-    index = IdIndex(id_resolver(path, keys, fmt), hash_fn)
     problems: list[InputError] = []
+    by_row = _ids_by_row(keys, fmt)
+    index = IdIndex(id_resolver(path, keys, fmt), hash_fn)
     body_models: dict[str, None] = {}
-    for part in parts:
-        index.absorb(part.index)
-        problems.extend(part.problems)
-        for model in part.body_models:
-            if len(body_models) < MAX_BODY_MODELS:
-                body_models.setdefault(model)
-    problems = problems[:MAX_PROBLEMS_SHOWN]
+    position = 0
+    blocks = JsonlBlocks(path, keys, fmt) if fmt in _BY_BLOCK else None
+    for block in blocks or _row_blocks(path, keys, fmt):
+        index.add_many(block.ids, block.offsets)
+        position += len(block.ids)
+        for offset, item in block.rows:
+            if isinstance(item, InputError):
+                problems.append(item)
+                if len(problems) >= MAX_PROBLEMS_SHOWN:
+                    break
+                continue
+            index.add(item.id, position if by_row else offset)
+            position += 1
+            if item.body is not None and len(body_models) < MAX_BODY_MODELS:
+                body_models.setdefault(str(item.model))
+        if len(problems) >= MAX_PROBLEMS_SHOWN:
+            break
     if problems:
         more = " (and maybe more: stopped looking)" if len(problems) >= MAX_PROBLEMS_SHOWN else ""
         if len(problems) == 1:
@@ -81,46 +81,10 @@ def check_input(path: Path, keys: FieldKeys = FieldKeys(), selection: Selection 
     ids = selected_ids(path, keys, selection, fmt, index)
     return InputIndex(path=path, ids=ids, total=len(ids), format=fmt,
                       body_models=tuple(body_models),
-                      checksum=parts[0].checksum)
+                      checksum=blocks.checksum if blocks is not None else None)
 
 
 _BY_BLOCK = (InputFormat.JSONL, InputFormat.BATCH)  # read by blocks.py; the rest row by row
-
-
-@dataclass
-class _Part:
-    """What the check found in the rows of a part of the input: their ids, the first problems,
-    the models a Batch file's bodies name, and the file's checksum when the part is all of it."""
-
-    index: IdIndex
-    problems: list[InputError] = field(default_factory=list)
-    body_models: dict[str, None] = field(default_factory=dict)
-    checksum: tuple[int, str] | None = None
-
-
-def _check_part(path: Path, keys: FieldKeys, fmt: InputFormat, hash_fn: HashFn | None,
-                start: int = 0, stop: int | None = None) -> _Part:
-    """Check the rows from byte ``start`` to ``stop`` (line boundaries; a CSV, Parquet or JSON
-    input is read whole), stopping at the tenth problem."""
-    part = _Part(IdIndex(id_resolver(path, keys, fmt), hash_fn))
-    by_row = _ids_by_row(keys, fmt)
-    position = 0
-    blocks = JsonlBlocks(path, keys, fmt, start, stop) if fmt in _BY_BLOCK else None
-    for block in blocks or _row_blocks(path, keys, fmt):
-        part.index.add_many(block.ids, block.offsets)
-        position += len(block.ids)
-        for offset, item in block.rows:
-            if isinstance(item, InputError):
-                part.problems.append(item)
-                if len(part.problems) >= MAX_PROBLEMS_SHOWN:
-                    return part
-                continue
-            part.index.add(item.id, position if by_row else offset)
-            position += 1
-            if item.body is not None and len(part.body_models) < MAX_BODY_MODELS:
-                part.body_models.setdefault(str(item.model))
-    part.checksum = blocks.checksum if blocks is not None else None
-    return part
 
 
 def _row_blocks(path: Path, keys: FieldKeys, fmt: InputFormat) -> Iterator[Block]:

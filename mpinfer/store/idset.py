@@ -113,15 +113,6 @@ class IdIndex:
             hashes.append(value)
             places.append(locator)
 
-    def absorb(self, other: IdIndex) -> None:
-        """Take every id of ``other``, an index of another part of the same input made with the
-        same hash (the input check's parts, each read in a process of its own)."""
-        if self._bases or other._bases:
-            raise RuntimeError("IdIndex.absorb after freeze")
-        for (hashes, locators), (more, places) in zip(self._buckets, other._buckets, strict=True):
-            hashes.extend(more)
-            locators.extend(places)
-
     def freeze(self) -> list[tuple[str, list[int]]]:
         """Sort the index; the duplicate ids,
         each with the locators of all its rows, in locator order.
