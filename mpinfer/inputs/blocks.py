@@ -94,6 +94,7 @@ class PlainRows:
         ids = self._checked(rows)
         if ids is None:
             return None
+        # each row's offset: the block's, plus the lines before it, each with its newline
         return ids, list(islice(accumulate(map((1).__add__, lengths), initial=offset), count))
 
     def _checked(self, rows: list[dict[str, Any]]) -> list[str] | None:

@@ -52,7 +52,8 @@ _PACK = 40  # locators below 2**40 (a terabyte of input) sort packed below their
 
 
 def _sort_together(hashes: array[int], locators: array[int]) -> None:
-    """Sort a bucket by hash, then locator, in place: packed ints sort faster than pairs."""
+    """Sort a bucket by hash, then locator, in place: by its hashes alone when none is shared (the
+    common case), else packed ints, which sort faster than pairs."""
     by_hash = dict(zip(hashes, locators, strict=True))
     if len(by_hash) == len(hashes):  # no hash shared in the bucket: its hashes alone sort it
         order = sorted(by_hash)
