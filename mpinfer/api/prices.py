@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +129,9 @@ class PriceTable:
 
     prices: Mapping[str, Price]
     override: Price | None = None
+    # What ``find`` found for each model name asked (an answer's model, twice an answer)
+    _found: dict[str, Price | None] = field(default_factory=dict, init=False, repr=False,
+                                            compare=False)
 
     def find(self, model: str | None) -> Price | None:
         """The price of ``model``: the flat override, its own entry, or the longest known name it
@@ -137,12 +140,19 @@ class PriceTable:
             return self.override
         if not model:
             return None
+        try:
+            return self._found[model]
+        except KeyError:
+            pass
         name = model.split("/")[-1].lower()
-        if name in self.prices:
-            return self.prices[name]
-        # The longest name the model starts with: gpt-4o-mini-2024-07-18 is gpt-4o-mini, not gpt-4o.
-        matches = [known for known in self.prices if name.startswith(known + "-")]
-        return self.prices[max(matches, key=len)] if matches else None
+        found = self.prices.get(name)
+        if found is None:
+            # The longest name the model starts with: gpt-4o-mini-2024-07-18 is gpt-4o-mini, not
+            # gpt-4o.
+            matches = [known for known in self.prices if name.startswith(known + "-")]
+            found = self.prices[max(matches, key=len)] if matches else None
+        self._found[model] = found
+        return found
 
     def cost(self, model: str | None, prompt_tokens: int, completion_tokens: int,
              cached_tokens: int = 0, batch: bool = False) -> float | None:

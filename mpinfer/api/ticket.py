@@ -14,7 +14,7 @@ The protocol (``WireClient.complete`` in api/wire.py makes the call on the defau
    stripped again before sending.)
 2. With a ``SendGate``, the request waits for a slot; a gate closed meanwhile turns it away, and
    the client records ``Unsent.STOPPING``. A request given its slot has its deadline started again
-   (``restart``): waiting for a slot is not the server's time.
+   (``restart``; ``WireClient`` starts it only then): waiting for a slot is not the server's time.
 3. ``await ticket.leaving()``, once, as the request is about to go on the wire: None to send it,
    or the reason it goes back unsent (``Unsent.STALE``), which the client records. A request sent
    has its ``left_at`` stamped (the ticket's clock): its latency counts from there, not from the

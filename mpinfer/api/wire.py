@@ -179,37 +179,32 @@ class WireClient:
         ``extra_body`` is merged into the body as the SDK's ``create`` would. The ticket's
         ``seconds`` are a deadline for the whole request, connect to the last byte of the body (a
         server that trickles its body a byte a second would otherwise hold it for ever); a request
-        that waits at the gate for its slot has it started again when it leaves.
+        that waits at the gate for its slot has it start when it leaves.
         """
         content = orjson.dumps(body_of(request))
-        async with asyncio.timeout(ticket.seconds) as deadline:
-            ticket.deadline = deadline
-            answer = await self._send(self.urls[path], content, ticket)
+        gate = self._gate
+        if gate is not None and not await gate.take():
+            ticket.unsent = Unsent.STOPPING
+            return Unsent.STOPPING
+        try:
+            async with asyncio.timeout(ticket.seconds) as deadline:
+                ticket.deadline = deadline
+                answer = await self._exchange(self.urls[path], content, ticket)
+        finally:
+            if gate is not None:
+                gate.give_back()
+        if gate is not None:
+            # Answers that arrive together are handled in one turn of the loop, each woken request
+            # only after all of them: two yields let the requests woken by these freed slots go
+            # out first.
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
         if isinstance(answer, Unsent):
             return answer
         status, headers, data = answer
         if not 200 <= status < 300:
             raise status_error(status, headers, data)
         return parse_answer(data, headers_of(headers), path)
-
-    async def _send(self, url: str, content: bytes,
-                    ticket: Ticket) -> tuple[int, Any, bytes] | Unsent:
-        gate = self._gate
-        if gate is None:
-            return await self._exchange(url, content, ticket)
-        if not await gate.take():
-            ticket.unsent = Unsent.STOPPING
-            return Unsent.STOPPING
-        try:
-            ticket.restart()
-            answer = await self._exchange(url, content, ticket)
-        finally:
-            gate.give_back()
-        # Answers that arrive together are handled in one turn of the loop, each woken request only
-        # after all of them: two yields let the requests woken by these freed slots go out first.
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
-        return answer
 
     async def _exchange(self, url: str, content: bytes,
                         ticket: Ticket) -> tuple[int, Any, bytes] | Unsent:

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import gc
 import logging
+import select
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import multiprocess
-from multiprocess.connection import wait
 
 from ..api.prices import PriceTable
 from ..api.wire import warm_up
@@ -47,6 +47,7 @@ log = logging.getLogger("mpinfer.run")
 # Tasks sent in one write at most: a turn of the driver's loop may hand out thousands, and a task
 # given as a Batch API body may carry its images inline.
 SEND_BATCH = 64
+_READY = select.POLLIN | select.POLLPRI
 
 
 @dataclass
@@ -60,6 +61,15 @@ class _Slot:
     pending: list[Work] = field(default_factory=list)  # held, to be sent at the next flush
     open: bool = True
     stopped: bool = False
+    readable: Any = field(init=False, repr=False)  # a select.poll of the pipe alone
+
+    def __post_init__(self) -> None:
+        self.readable = select.poll()
+        self.readable.register(self.conn.fileno(), _READY)
+
+    def has_message(self) -> bool:
+        """Whether the worker's pipe holds a message (or its end: a read then fails)."""
+        return bool(self.readable.poll(0))
 
 
 class LocalBackend:
@@ -87,6 +97,10 @@ class LocalBackend:
         self.slots: list[_Slot] = []
         # A worker's tasks, and as many queued.
         self.max_held = max(2, 2 * config.concurrency + ahead)
+        # A worker takes more once it has room for half as many as it queues (up to SEND_BATCH):
+        # tasks go in fewer, larger writes, and it never runs dry (it tells of its answers at once
+        # when fewer are queued: backends/worker.py).
+        self.refill = max(1, min(SEND_BATCH, config.concurrency // 2))
         self.unfreeze = False  # whether close() undoes start()'s gc.freeze()
 
     def lane_stats(self) -> tuple[list[LaneStats], list[bool]]:
@@ -138,7 +152,11 @@ class LocalBackend:
             return False
 
     def _takers(self) -> list[_Slot]:
-        return [s for s in self.slots if s.open and not s.stopped and len(s.held) < self.max_held]
+        # A worker being filled this turn (tasks pending) is filled up; one filled up takes more
+        # once it has room for ``refill``.
+        most = self.max_held - self.refill
+        return [s for s in self.slots if s.open and not s.stopped and len(s.held) < self.max_held
+                and (len(s.held) <= most or s.pending)]
 
     def room(self) -> int:
         """How many more tasks the workers taking work may hold."""
@@ -187,7 +205,7 @@ class LocalBackend:
     def _drain(self, slot: _Slot) -> list[Note]:
         notes: list[Note] = []
         try:
-            while slot.conn.poll():
+            while slot.has_message():
                 for event in decode_events(slot.conn.recv_bytes()):
                     if isinstance(event, WorkerExit):
                         slot.stopped = True
@@ -204,12 +222,16 @@ class LocalBackend:
         events of those ready and the notes of those that died."""
         for slot in self.slots:
             self._flush(slot)
-        waitables: list[Any] = [s.conn for s in self.slots if s.open]
-        waitables += [s.process.sentinel for s in self.slots]
-        ready = set(wait(waitables, timeout=timeout_s))
+        # (select.poll directly: multiprocess's wait builds a selector each time, once an answer)
+        poller = select.poll()
+        for slot in self.slots:
+            if slot.open:
+                poller.register(slot.conn.fileno(), _READY)
+            poller.register(slot.process.sentinel, _READY)
+        ready = {fd for fd, _ in poller.poll(max(0, round(timeout_s * 1000)))}
         notes: list[Note] = []
         for slot in list(self.slots):
-            if slot.open and slot.conn in ready:
+            if slot.open and slot.conn.fileno() in ready:
                 notes += self._drain(slot)
             if slot.process.sentinel in ready:
                 notes += self._on_death(slot)

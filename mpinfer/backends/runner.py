@@ -434,7 +434,7 @@ class TaskRunner:
                               self.prices, retries=tries.by_type,
                               prompt_estimate=request.prompt_tokens, waited=tries.waited_s,
                               endpoint=place if self.settings.named else None,
-                              parsed=checked)
+                              parsed=checked, key=key, place=place)
         if self.settings.judging is not None:  # a judge's verdict: the judge line instead
             usage = None
             if answer.usage_known:
@@ -444,8 +444,7 @@ class TaskRunner:
             line = judge_line(task.id, self.settings.judging, _judged(task), text=text,
                               fields=checked.fields() if checked is not None else None,
                               usage=usage, cost=done.cost)
-        return Outcome((dataclasses.replace(done, key=key,
-                                            endpoint=place if done.mismatch else None),), line)
+        return Outcome((done,), line)
 
     def _fail(self, task: Task, output_index: int, error: CallError, attempts: int,
               retries: dict[str, int] | None = None, key: int | None = None,

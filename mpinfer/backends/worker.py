@@ -23,7 +23,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..api.prices import PriceTable
-from ..events import Fatal, Message, StopWork, Work, WorkerExit, decode, encode
+from ..events import (
+    Fatal,
+    Message,
+    StopWork,
+    TaskDone,
+    TaskFailed,
+    Work,
+    WorkerExit,
+    decode,
+    encode,
+)
 from ..inputs import Task
 from ..limits import LocalLimiter, SharedLimiter
 from ..logfile import setup_worker_logging
@@ -36,6 +46,9 @@ from .runner import TaskRunner
 _PR_SET_PDEATHSIG = 1
 # gen0 allocations, then gen1 and gen2 collections (Python: 700, 10, 10)
 WORKER_GC_THRESHOLDS = (50_000, 50, 100)
+#: Seconds the event of a task written may wait to share one write to the parent with the events
+#: of other tasks, while the worker has plenty of tasks queued (its answer is on disk already).
+EVENTS_WAIT_S = 0.05
 log = logging.getLogger("mpinfer.backends.worker")
 
 
@@ -77,20 +90,42 @@ class Worker:
                                  LocalLimiter(limiter, settings.index),
                                  build_ahead=settings.runner.built_ahead)
         self.writer = OutcomeWriter(settings.outputs, settings.fsync)
-        self.outbox: list[Message] = []  # events of this turn of the loop, not yet sent
+        self.outbox: list[Message] = []  # events not yet sent
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.inbox: asyncio.Queue[tuple[Task, int] | None] | None = None
+        # While at least this many tasks wait in the inbox, the parent need not hear at once that
+        # a slot is free: it sends more only once it may send half of -c together (backends/local).
+        self.queued_enough = max(1, settings.runner.concurrency // 2)
+        self._soon = False  # a flush is due at the end of this turn of the loop
+        self._later: asyncio.TimerHandle | None = None  # a flush is due EVENTS_WAIT_S from then
 
     def send(self, message: Message) -> None:
-        """Report ``message`` to the parent: at the end of this turn of the event loop, with the
-        turn's other events in one write (at once when no loop runs: a crash report, the exit)."""
+        """Report ``message`` to the parent, in one write with the other events due by then.
+
+        At once when no loop runs (a crash report, the exit). Else at the end of this turn of the
+        event loop; but a task's event waits up to EVENTS_WAIT_S while enough tasks are queued, so
+        that a busy worker wakes the parent a few times a second rather than for every answer."""
         self.outbox.append(message)
         if self.loop is None:
             self.flush()
-        elif len(self.outbox) == 1:
-            self.loop.call_soon(self.flush)
+            return
+        if self._soon:
+            return
+        inbox = self.inbox
+        if (isinstance(message, (TaskDone, TaskFailed)) and inbox is not None
+                and inbox.qsize() >= self.queued_enough):
+            if self._later is None:
+                self._later = self.loop.call_later(EVENTS_WAIT_S, self.flush)
+            return
+        self._soon = True
+        self.loop.call_soon(self.flush)
 
     def flush(self) -> None:
-        """Send this turn's events to the parent in one write; if the parent is gone, stop."""
+        """Send the events due to the parent in one write; if the parent is gone, stop."""
+        self._soon = False
+        if self._later is not None:
+            self._later.cancel()
+            self._later = None
         if self.outbox:
             messages, self.outbox = self.outbox, []
             try:
@@ -108,6 +143,7 @@ class Worker:
         emptied, the runner stopped, and each coroutine takes a None and ends."""
         loop = self.loop = asyncio.get_running_loop()
         inbox: asyncio.Queue[tuple[Task, int] | None] = asyncio.Queue()
+        self.inbox = inbox
         # On the wire, and built ahead waiting for a slot.
         tasks = self.settings.runner.concurrency + self.runner.ahead.extra
 

@@ -93,7 +93,7 @@ class Hints:
     @property
     def empty(self) -> bool:
         """Whether the response said nothing about its limits."""
-        return self == _NO_HINTS
+        return self is _NO_HINTS or self == _NO_HINTS
 
     def exhausted_for_s(self) -> float:
         """How long the server says nothing is left (0 when something is): the longer reset."""

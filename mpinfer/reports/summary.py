@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -219,11 +219,15 @@ class RunSummary:
 
     def to_dict(self, live: bool) -> dict[str, Any]:
         """The summary file's contents; ``live`` while the run goes on."""
-        data = asdict(self)
+        # Not asdict(self), which would copy every latency first (a long run's summary, rewritten
+        # every few seconds, would copy them all each time); the lists go as percentiles below,
+        # the epilogue's files are named by the CLI at the end (after this file is written), and
+        # each judging run writes its own summary beside its output.
+        data = asdict(replace(self, latencies=[], waits=[], batch_durations=[], epilogue=None,
+                              judged=[]))
         del data["latencies"], data["waits"], data["batch_durations"]
-        # files named by the CLI at the end; the summary file is written before them
         del data["epilogue"]
-        del data["judged"]  # each judging run writes its own summary beside its output
+        del data["judged"]
         data["log_file"] = str(self.log_file) if self.log_file else None
         data["stopped"] = str(self.stopped) if self.stopped else None
         per_s = round(self.requests / self.elapsed_s, 3) if self.elapsed_s else None

@@ -37,7 +37,8 @@ def answered(task: Task, output_index: int, requested: str, answer: Answer, atte
              retries: dict[str, int] | None = None,
              prompt_estimate: int = 0, waited: float | None = None,
              endpoint: str | None = None,
-             parsed: Parsed | None = None) -> tuple[bytes, TaskDone]:
+             parsed: Parsed | None = None, key: int | None = None,
+             place: str | None = None) -> tuple[bytes, TaskDone]:
     """The output line and the event of an answered task (for the run's output at
     ``output_index``: store/output.run_outputs); from a batch (``batch_id``) at the Batch
     price. ``retries``: the requests sent again, by the error type of the failed one. ``latency``:
@@ -48,7 +49,9 @@ def answered(task: Task, output_index: int, requested: str, answer: Answer, atte
 
     ``parsed``: what the answer named or held under --labels or --json-schema (on the line).
     An answer without usage has an unknown cost (null on the line); the event carries its
-    estimate (``prompt_estimate``, the request's, and its text's tokens) for --max-cost."""
+    estimate (``prompt_estimate``, the request's, and its text's tokens) for --max-cost. The event
+    names the ``key`` (endpoint) that answered and, for an answer by another model than requested,
+    its ``place`` (Endpoint.place)."""
     retries = retries or {}
     # Billed as the model that answered; its price when known, else the requested model's.
     priced_as = answer.model if prices.find(answer.model) is not None else requested
@@ -99,14 +102,14 @@ def answered(task: Task, output_index: int, requested: str, answer: Answer, atte
             label=parsed.label if parsed is not None else None,
             parsed=parsed.parsed if parsed is not None else None,
         ).to_line()
+    mismatch = model_mismatch(requested, answer.model, answer.filtered)
     return line, TaskDone(task.id, output_index, answer.prompt_tokens, answer.completion_tokens,
-                          latency, cost,
-                          model_mismatch(requested, answer.model, answer.filtered), attempts,
+                          latency, cost, mismatch, attempts,
                           refused=is_refusal(answer.refusal, answer.content),
                           truncated=answer.finish_reason == TRUNCATED, retries=retries,
                           filtered=is_filtered(answer.filtered),
-                          no_usage=not answer.usage_known, estimated_cost=estimate,
-                          waited_s=waited, batch=batch)
+                          no_usage=not answer.usage_known, estimated_cost=estimate, key=key,
+                          waited_s=waited, batch=batch, endpoint=place if mismatch else None)
 
 
 def wrong_model(requested: str, answer: Answer, where: str) -> CallError | None:

@@ -116,8 +116,9 @@ class Result:
     def to_line(self) -> bytes:
         """The record as one output line."""
         # Not asdict(), which deep-copies every field (most of the time a merge of 50,000 batch
-        # answers took): orjson writes the Usage dataclass as the same object.
-        data = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        # answers took): orjson writes the Usage dataclass as the same object. The instance's own
+        # dict holds the fields in their order (the dataclass's __init__ sets them so).
+        data = dict(self.__dict__)
         if self.reasoning_content is None:
             del data[REASONING_FIELD]
         if self.filtered is None:
