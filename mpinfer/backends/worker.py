@@ -197,16 +197,17 @@ class Worker:
                 return
             task, output_index = item
             outcome = await self.runner.run(task, output_index)
-            for notice in self.runner.take_notices():
-                self.send(notice)
+            if self.runner.notices:
+                for notice in self.runner.take_notices():
+                    self.send(notice)
             if outcome is None:
                 continue
             events = self.writer.write(task.id, output_index, outcome)
             for message in events:
                 self.send(message)
-            if any(isinstance(e, Fatal) for e in events):
-                self.runner.stop()  # the output cannot be written: take nothing more
-                return
+                if isinstance(message, Fatal):
+                    self.runner.stop()  # the output cannot be written: take nothing more
+                    return
 
 
 def worker_main(settings: WorkerSettings, conn: Any, limiter: SharedLimiter) -> None:

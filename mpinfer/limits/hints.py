@@ -120,27 +120,36 @@ def _openrouter_reset(value: str | None, wall: float) -> float | None:
     return float(number)
 
 
+_SUFFIXED = ("x-ratelimit-limit-requests", "x-ratelimit-limit-tokens",
+             "x-ratelimit-remaining-requests", "x-ratelimit-remaining-tokens")
+_UNSUFFIXED = ("x-ratelimit-limit", "x-ratelimit-remaining")
+# Each prefix's names, joined once (read_hints runs for every answer, and most state nothing)
+_NAMES = tuple((prefix, tuple(prefix + name for name in (*_SUFFIXED, *_UNSUFFIXED)))
+               for prefix in _PREFIXES)
+_NOTHING_SAID = (None,) * (len(_SUFFIXED) + len(_UNSUFFIXED))
+
+
 def read_hints(headers: Any, wall: float | None = None) -> Hints:
     """The limit, remaining and reset a response states (any case-insensitive header mapping)."""
     if not headers:
         return _NO_HINTS
-    wall = time.time() if wall is None else wall
-    for prefix in _PREFIXES:
-        limit_r = _number(headers.get(prefix + "x-ratelimit-limit-requests"))
-        limit_t = _number(headers.get(prefix + "x-ratelimit-limit-tokens"))
-        left_r = _number(headers.get(prefix + "x-ratelimit-remaining-requests"))
-        left_t = _number(headers.get(prefix + "x-ratelimit-remaining-tokens"))
+    get = headers.get
+    for prefix, names in _NAMES:
+        said = tuple(map(get, names))
+        if said == _NOTHING_SAID:
+            continue
+        wall = time.time() if wall is None else wall
+        limit_r, limit_t, left_r, left_t = map(_number, said[:4])
         if limit_r is None and left_r is None and limit_t is None and left_t is None:
             # OpenRouter's (and many gateways') unsuffixed names count requests.
-            limit_r = _number(headers.get(prefix + "x-ratelimit-limit"))
-            left_r = _number(headers.get(prefix + "x-ratelimit-remaining"))
+            limit_r, left_r = _number(said[4]), _number(said[5])
             if limit_r is None and left_r is None:
                 continue
-            reset = _openrouter_reset(headers.get(prefix + "x-ratelimit-reset"), wall)
+            reset = _openrouter_reset(get(prefix + "x-ratelimit-reset"), wall)
             return Hints(limit_requests=limit_r, remaining_requests=left_r, reset_requests_s=reset)
         return Hints(limit_r, limit_t, left_r, left_t,
-                     parse_duration(headers.get(prefix + "x-ratelimit-reset-requests")),
-                     parse_duration(headers.get(prefix + "x-ratelimit-reset-tokens")))
+                     parse_duration(get(prefix + "x-ratelimit-reset-requests")),
+                     parse_duration(get(prefix + "x-ratelimit-reset-tokens")))
     return _NO_HINTS
 
 

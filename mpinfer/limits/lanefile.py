@@ -160,12 +160,13 @@ class Mapped:
         """Give it back."""
         unlock(self.fd, self.offset)
 
+    # (lockf here, not through acquire and lock: taken twice for every request)
     def __enter__(self) -> LaneRecord:
-        self.acquire()
+        fcntl.lockf(self.fd, fcntl.LOCK_EX, 1, self.offset)
         return self.record
 
     def __exit__(self, *exc: object) -> None:
-        self.release()
+        fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, self.offset)
 
 
 _OPEN: dict[str, tuple[int, mmap.mmap, LaneRecord]] = {}  # lane files this process has mapped

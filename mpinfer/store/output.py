@@ -327,6 +327,9 @@ class Appender:
         self.fsync = fsync
         self._lock = AppendLock(paths.write_lock)
         self._fds: dict[Path, int] = {}
+        # Where each file ended after this appender's last write: found there again, nobody wrote
+        # since, and it ends with that line's newline.
+        self._ends: dict[int, int] = {}
 
     def _fd(self, path: Path) -> int:
         fd = self._fds.get(path)
@@ -344,16 +347,20 @@ class Appender:
         fd = self._fd(path)
         with self._lock:
             before = os.fstat(fd).st_size
-            if before and os.pread(fd, 1, before - 1) != b"\n":
+            if (before and self._ends.get(fd) != before
+                    and os.pread(fd, 1, before - 1) != b"\n"):
                 # Another worker was killed in the middle of its write: move its torn line out of
                 # the way rather than glue this record onto it.
                 _repair_fd(fd, path, self.paths.corrupt_of(path))
                 before = os.fstat(fd).st_size
+            self._ends.pop(fd, None)  # (a write that fails is cut off again: no end known)
             write_whole(fd, path, line, before, self.fsync)
+            self._ends[fd] = before + len(line)
 
     def close(self) -> None:
         """Close every file opened for appending, and the lock."""
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+        self._ends.clear()
         self._lock.close()

@@ -65,6 +65,12 @@ class Usage:
     cached_tokens: int = 0
     reasoning_tokens: int = 0
 
+    def as_dict(self) -> dict[str, int]:
+        """The usage as a line holds it (what orjson would write of it, sooner)."""
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "total_tokens": self.total_tokens, "cached_tokens": self.cached_tokens,
+                "reasoning_tokens": self.reasoning_tokens}
+
     @classmethod
     def from_dict(cls, data: Any) -> Usage:
         """The usage a record holds; zeros for what it lacks (or all zeros when it holds none)."""
@@ -76,9 +82,13 @@ class Usage:
                    int(get("reasoning_tokens") or 0))
 
 
-@dataclass(frozen=True)
+@dataclass
 class Result:
-    """One answered task, as written to the output."""
+    """One answered task, as written to the output.
+
+    Not frozen, for speed (one is built for every answer, and a frozen dataclass's __init__ costs
+    three times a plain one's); nothing changes one once built.
+    """
 
     id: str
     input_prompt: str
@@ -116,9 +126,11 @@ class Result:
     def to_line(self) -> bytes:
         """The record as one output line."""
         # Not asdict(), which deep-copies every field (most of the time a merge of 50,000 batch
-        # answers took): orjson writes the Usage dataclass as the same object. The instance's own
-        # dict holds the fields in their order (the dataclass's __init__ sets them so).
+        # answers took). The instance's own dict holds the fields in their order (the dataclass's
+        # __init__ sets them so).
         data = dict(self.__dict__)
+        if self.usage is not None:
+            data["usage"] = self.usage.as_dict()
         if self.reasoning_content is None:
             del data[REASONING_FIELD]
         if self.filtered is None:
@@ -193,7 +205,7 @@ class Paid:
 
     def fields(self) -> dict[str, Any]:
         """The fields a failure line gains."""
-        return {"text": self.text, "usage": asdict(self.usage), "cost": self.cost}
+        return {"text": self.text, "usage": self.usage.as_dict(), "cost": self.cost}
 
     @classmethod
     def of(cls, data: Any) -> Paid | None:
