@@ -116,9 +116,12 @@ def test_an_answers_headers_are_seen_before_the_request_its_slot_frees_is_sent()
     # When two requests go at once, the second waiting for the first's slot
     asyncio.run(go())
     # Then the first answer's limit was seen before the second request left (which the limiter can
-    # then hold back), though the first caller has its answer only after that send
-    assert seen == ["send", "answer 200 limit 60", "send", "returned", "answer 200 limit 60",
-                    "returned"], seen
+    # then hold back), and each caller had its answer after its own was seen (the first, alone in
+    # its turn of the loop, goes on before or after the second send: SendGate.pass_on)
+    assert [event for event in seen if event != "returned"] == [
+        "send", "answer 200 limit 60", "send", "answer 200 limit 60"], seen
+    assert seen.count("returned") == 2 and seen[1] == "answer 200 limit 60", seen
+    assert seen.index("returned") > 1 and seen[-1] == "returned", seen
 
 
 def test_waiting_for_a_slot_does_not_count_against_the_request_timeout() -> None:
@@ -262,3 +265,39 @@ def test_the_gate_hands_freed_slots_first_come_first_served_skipping_a_cancelled
     # has exactly its two slots
     assert order == [0, 2, 3]
     assert two and not third
+
+
+
+def test_answers_that_come_together_let_the_requests_they_wake_go_first_and_one_alone_goes_on(
+) -> None:
+    # Given a gate, and what happens in the event loop noted as it goes
+    together: list[str] = []
+    alone: list[str] = []
+
+    async def go() -> None:
+        gate = SendGate(1)
+
+        async def woken(seen: list[str]) -> None:
+            seen.append("the woken request leaves")
+
+        # When a first answer of a turn of the loop passes its slot on, then a second of the same
+        # turn, which woke a request
+        await gate.pass_on()
+        together.append("the first answer goes on")
+        waiting = asyncio.ensure_future(woken(together))
+        await gate.pass_on()
+        together.append("the second answer goes on")
+        await waiting
+        # And in a later turn an answer alone passes its slot on, a request woken by it
+        await asyncio.sleep(0)
+        waiting = asyncio.ensure_future(woken(alone))
+        await gate.pass_on()
+        alone.append("an answer alone goes on")
+        await waiting
+
+    asyncio.run(go())
+    # Then the first went on at once, the second only after the request it woke had left; and the
+    # one alone in its turn went on at once, before the request it woke
+    assert together == ["the first answer goes on", "the woken request leaves",
+                        "the second answer goes on"], together
+    assert alone == ["an answer alone goes on", "the woken request leaves"], alone

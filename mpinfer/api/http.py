@@ -20,7 +20,6 @@ connection as a network error.
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import ssl
 import time
@@ -167,10 +166,7 @@ class AioHttpClient(httpx2.AsyncClient):
             response = await self._exchange(request, body, headers, ticket)
         finally:
             gate.give_back()
-        # Answers that arrive together are handled in one turn of the loop, each woken request only
-        # after all of them: two yields let the requests woken by these freed slots go out first.
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
+        await gate.pass_on()
         return response
 
     async def _exchange(self, request: httpx2.Request, body: bytes, headers: list[tuple[str, str]],

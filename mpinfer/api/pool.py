@@ -55,6 +55,22 @@ class SendGate:
         self._free = slots
         self._waiting: deque[asyncio.Future[None]] = deque()
         self.closed = False
+        self._freed_this_turn = 0  # slots given back in this turn of the event loop
+
+    async def pass_on(self) -> None:
+        """After ``give_back``: when other slots were given back in this turn of the event loop
+        too (answers that arrived together, handled one after another in one turn), yield twice,
+        so that the requests woken by the freed slots go out before the rest of this answer's
+        handling; an answer that came alone goes on at once (the yields cost a turn each)."""
+        self._freed_this_turn += 1
+        if self._freed_this_turn == 1:
+            asyncio.get_running_loop().call_soon(self._next_turn)
+            return
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
+    def _next_turn(self) -> None:
+        self._freed_this_turn = 0
 
     async def take(self) -> bool:
         """Wait for a slot: True with it,

@@ -194,11 +194,7 @@ class WireClient:
             if gate is not None:
                 gate.give_back()
         if gate is not None:
-            # Answers that arrive together are handled in one turn of the loop, each woken request
-            # only after all of them: two yields let the requests woken by these freed slots go
-            # out first.
-            await asyncio.sleep(0)
-            await asyncio.sleep(0)
+            await gate.pass_on()
         if isinstance(answer, Unsent):
             return answer
         status, headers, data = answer

@@ -29,6 +29,7 @@ do, in the driver.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -120,15 +121,35 @@ class OutcomeWriter:
 
     def write(self, task_id: str, output_index: int, outcome: Outcome) -> tuple[Event, ...]:
         """The events to report once ``outcome`` is written; a single Fatal when it could not be."""
-        if outcome.line is not None:
+        return tuple(self.write_many([(task_id, output_index, outcome)]))
+
+    def write_many(self, outcomes: Sequence[tuple[str, int, Outcome]]) -> list[Event]:
+        """The events to report once ``outcomes`` (task id, output index, outcome) are written, in
+        their order. Their lines go together: one write under one lock for each file; the
+        outcomes of a file that could not be written report a single Fatal each instead."""
+        lines: dict[tuple[int, bool], list[bytes]] = {}
+        for _, output_index, outcome in outcomes:
+            if outcome.line is not None:
+                lines.setdefault((output_index, outcome.to_errors), []).append(outcome.line)
+        failed: dict[tuple[int, bool], str] = {}
+        for (output_index, to_errors), group in lines.items():
             paths = self.outputs[output_index]
-            target: Path = paths.errors if outcome.to_errors else paths.output
+            target: Path = paths.errors if to_errors else paths.output
             try:
-                self.appenders[output_index].append(target, outcome.line)
+                self.appenders[output_index].append(target, b"".join(group))
             except OutputError as exc:
                 log.error("cannot write: %s", exc)
-                return (Fatal(str(exc), task_id, output_index),)
-        return outcome.events
+                failed[(output_index, to_errors)] = str(exc)
+        events: list[Event] = []
+        for task_id, output_index, outcome in outcomes:
+            problem = None
+            if outcome.line is not None and failed:
+                problem = failed.get((output_index, outcome.to_errors))
+            if problem is None:
+                events.extend(outcome.events)
+            else:
+                events.append(Fatal(problem, task_id, output_index))
+        return events
 
     def close(self) -> None:
         """Close every model's appender."""

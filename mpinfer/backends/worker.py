@@ -1,9 +1,11 @@
 """The child side: one process, one event loop, up to ``concurrency`` requests in flight.
 
 A worker receives tasks from the parent over its own pipe, has a TaskRunner do each (request, shared
-rate limiter, retries), appends the line it gets back through the store, and only then tells the
-parent. It builds its own clients, store handles and random generator: nothing live crosses the
-process boundary but the limiter's shared memory, which it inherits.
+rate limiter, retries), appends the line it gets back through the store (the lines ready in one turn
+of its event loop in one write, at the end of that turn), and only then tells the parent (in one
+write for many answers while it has enough tasks queued). It builds its own clients, store handles
+and random generator: nothing live crosses the process boundary but the limiter's shared memory,
+which it inherits.
 
 Messages on the pipe are events.encode bytes. Parent -> worker: ``Work`` (a task and its model
 index), or ``StopWork`` (finish what is in flight, take nothing new). Worker -> parent: the events
@@ -41,7 +43,7 @@ from ..slices import RunnerSettings
 from ..store.locks import hold_workers_lock
 from ..store.output import OutputPaths
 from .base import OutcomeWriter
-from .runner import TaskRunner
+from .runner import Outcome, TaskRunner
 
 _PR_SET_PDEATHSIG = 1
 # gen0 allocations, then gen1 and gen2 collections (Python: 700, 10, 10)
@@ -91,6 +93,8 @@ class Worker:
                                  build_ahead=settings.runner.built_ahead)
         self.writer = OutcomeWriter(settings.outputs, settings.fsync)
         self.outbox: list[Message] = []  # events not yet sent
+        # Outcomes of this turn of the event loop, their lines not yet written (``record``)
+        self.unwritten: list[tuple[str, int, Outcome]] = []
         self.loop: asyncio.AbstractEventLoop | None = None
         self.inbox: asyncio.Queue[tuple[Task, int] | None] | None = None
         # While at least this many tasks wait in the inbox, the parent need not hear at once that
@@ -180,6 +184,7 @@ class Worker:
             await asyncio.gather(*(self._serve(inbox, ahead=n >= concurrency)
                                    for n in range(tasks)))
         finally:
+            self.write_lines()
             self.loop = None
             self.flush()
             await self.runner.close()
@@ -202,12 +207,28 @@ class Worker:
                     self.send(notice)
             if outcome is None:
                 continue
-            events = self.writer.write(task.id, output_index, outcome)
-            for message in events:
-                self.send(message)
-                if isinstance(message, Fatal):
-                    self.runner.stop()  # the output cannot be written: take nothing more
-                    return
+            self.record(task.id, output_index, outcome)
+
+    def record(self, task_id: str, output_index: int, outcome: Outcome) -> None:
+        """Have the outcome's line written at the end of this turn of the event loop, together
+        with the others of the turn (one write and one lock for each file), then its events sent;
+        at once when no loop runs."""
+        self.unwritten.append((task_id, output_index, outcome))
+        if self.loop is None:
+            self.write_lines()
+        elif len(self.unwritten) == 1:
+            self.loop.call_soon(self.write_lines)
+
+    def write_lines(self) -> None:
+        """Write the lines recorded and not yet written, then report their events; a file that
+        cannot be written stops the runner (it takes nothing more)."""
+        if not self.unwritten:
+            return
+        outcomes, self.unwritten = self.unwritten, []
+        for message in self.writer.write_many(outcomes):
+            self.send(message)
+            if isinstance(message, Fatal):
+                self.runner.stop()
 
 
 def worker_main(settings: WorkerSettings, conn: Any, limiter: SharedLimiter) -> None:

@@ -343,7 +343,8 @@ class Appender:
         return fd
 
     def append(self, path: Path, line: bytes) -> None:
-        """Append one whole line to ``path``; on failure the file is left exactly as it was."""
+        """Append one whole line (or several, each ending in a newline) to ``path`` in one write;
+        on failure the file is left exactly as it was."""
         fd = self._fd(path)
         with self._lock:
             before = os.fstat(fd).st_size
