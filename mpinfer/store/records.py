@@ -65,12 +65,6 @@ class Usage:
     cached_tokens: int = 0
     reasoning_tokens: int = 0
 
-    def as_dict(self) -> dict[str, int]:
-        """The usage as a line holds it (what orjson would write of it, sooner)."""
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "total_tokens": self.total_tokens, "cached_tokens": self.cached_tokens,
-                "reasoning_tokens": self.reasoning_tokens}
-
     @classmethod
     def from_dict(cls, data: Any) -> Usage:
         """The usage a record holds; zeros for what it lacks (or all zeros when it holds none)."""
@@ -84,11 +78,7 @@ class Usage:
 
 @dataclass
 class Result:
-    """One answered task, as written to the output.
-
-    Not frozen, for speed (one is built for every answer, and a frozen dataclass's __init__ costs
-    three times a plain one's); nothing changes one once built.
-    """
+    """One answered task, as written to the output (not frozen, for speed: one an answer)."""
 
     id: str
     input_prompt: str
@@ -126,11 +116,8 @@ class Result:
     def to_line(self) -> bytes:
         """The record as one output line."""
         # Not asdict(), which deep-copies every field (most of the time a merge of 50,000 batch
-        # answers took). The instance's own dict holds the fields in their order (the dataclass's
-        # __init__ sets them so).
+        # answers took); the instance's dict holds the fields in their order, Usage as it is.
         data = dict(self.__dict__)
-        if self.usage is not None:
-            data["usage"] = self.usage.as_dict()
         if self.reasoning_content is None:
             del data[REASONING_FIELD]
         if self.filtered is None:
@@ -205,7 +192,7 @@ class Paid:
 
     def fields(self) -> dict[str, Any]:
         """The fields a failure line gains."""
-        return {"text": self.text, "usage": self.usage.as_dict(), "cost": self.cost}
+        return {"text": self.text, "usage": asdict(self.usage), "cost": self.cost}
 
     @classmethod
     def of(cls, data: Any) -> Paid | None:
