@@ -19,9 +19,6 @@ from .errors import MpinferError
 from .eval.judging import run
 from .events import StopReason
 from .lifecycle import DEFAULT_GRACE_S
-from .reports.export import export
-from .reports.html import write_report
-from .reports.status import StatusReader, status
 from .reports.summary import RunSummary
 from .reports.text import (
     cancel_lines,
@@ -34,7 +31,6 @@ from .reports.text import (
     summary_lines,
     validation_lines,
 )
-from .reports.validate import validate
 from .settings import Option
 from .store.repair import fresh_start, repair
 
@@ -157,6 +153,8 @@ def _watch(config: RunConfig, every_s: float) -> int:
 
     One reader for all the redraws: each reads only what the run appended since the last.
     """
+    from .reports.status import StatusReader  # (the reports load only for their commands)
+
     reader = StatusReader(config, watching=True)
     try:
         while True:
@@ -186,6 +184,9 @@ def _demo(args: argparse.Namespace) -> int:
     """An evaluation on bundled tasks against the local mock server: answers, a judge, then status
     by scenario, validate and the report with its results section."""
     from .demo import DEMO_DIR, demo_config, prepare_demo, start_demo_server
+    from .reports.html import write_report
+    from .reports.status import status
+    from .reports.validate import validate
 
     tasks = prepare_demo()
     print(f"demo: {tasks} (24 image questions in 4 scenarios, MM-SafetyBench's shape), "
@@ -280,6 +281,8 @@ def _validate(config: RunConfig, with_repair: bool, as_json: bool) -> int:
         for report in repair(config):
             print("\n".join(repair_lines(report)), file=shown)
         print("validate after the repair:", file=shown)
+    from .reports.validate import validate  # (the reports load only for their commands)
+
     results = validate(config)
     ok = all(r.ok for r in results)
     if as_json:
@@ -307,6 +310,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.status and args.watch is not None:
             return _watch(config, max(0.2, args.watch))
         if args.status:
+            from .reports.status import status
+
             report = status(config)
             if args.json:
                 _write(orjson.dumps(report.to_dict()).decode() + "\n")
@@ -318,10 +323,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.validate:
             return _validate(config, args.repair, args.json)
         if args.report_now is not None:
+            from .reports.html import write_report
+
             _print(report_lines(write_report(config,
                                              Path(args.report_now) if args.report_now else None)))
             return EXIT_OK
         if args.export is not None:
+            from .reports.export import export
+
             _print(export_lines(export(config, Path(args.export), excel=args.excel)))
             return EXIT_OK
         if args.fresh:

@@ -8,18 +8,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..cancel import CancelResult
-from ..store.repair import RepairReport
-from .export import ExportReport
-from .groups import GroupRow
-from .html import ReportResult
-from .status import StatusReport
 from .summary import RunSummary
-from .validate import ValidationReport
 
-# a type only: importing the dry run would load the openai package for every --status
+# Types only: importing the dry run would load the openai package for every --status, and the
+# reports' modules would cost every run's start.
 if TYPE_CHECKING:
+    from ..cancel import CancelResult
+    from ..store.repair import RepairReport
     from .dryrun import DryRunPlan
+    from .export import ExportReport
+    from .groups import GroupRow
+    from .html import ReportResult
+    from .status import StatusReport
+    from .validate import ValidationReport
 
 
 def duration(seconds: float | None) -> str:
