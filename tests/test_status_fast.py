@@ -22,9 +22,10 @@ from mpinfer.reports.validate import (
     ValidationReport,
     validate_output,
 )
-from mpinfer.store.blocks import LineReader, Parts, read_in_parts
+from mpinfer.store.blocks import LineReader
 from mpinfer.store.idset import IdSubset
 from mpinfer.store.output import iter_lines
+from mpinfer.store.parts import Parts, read_in_parts
 from mpinfer.store.records import (
     Result,
     Usage,

@@ -6,7 +6,7 @@ shorter, the same bytes at its head and just before the mark). A file that is no
 by --validate --repair, replaced by a copy, cut short) is read again whole, so the tally is
 always what a fresh full read would give.
 
-A big output is read in parts over the cores (store/blocks.py), each counted by a ``_Counter``
+A big output is read in parts over the cores (store/parts.py), each counted by a ``_Counter``
 into a ``TallyPart`` that the tally adds up in file order: the same counts as one read.
 """
 
@@ -20,9 +20,10 @@ from typing import Any
 
 import orjson
 
-from ..store.blocks import ONE_A_CORE, LineReader, Parts, decode, read_in_parts
+from ..store.blocks import LineReader, decode
 from ..store.idset import IdSubset
 from ..store.marks import FileMark as FileMark  # re-exported: groups and by_group read it here
+from ..store.parts import ONE_A_CORE, Parts, read_in_parts
 from ..store.records import (
     JUDGE_MODEL_FIELD,
     TRUNCATED,
@@ -50,7 +51,7 @@ def decode_line(raw: bytes) -> Any:
 @dataclass(frozen=True)
 class TallyPart:
     """What one part of an output's lines counts (a big output is read in parts over the cores,
-    store/blocks.py): added to a tally in file order. The sums of floats come as the values, so
+    store/parts.py): added to a tally in file order. The sums of floats come as the values, so
     that adding them up in order gives, to the last bit, what one read would."""
 
     done: bytes  # a bitmap over the input's slots (IdSubset.to_bytes)

@@ -10,9 +10,10 @@ from typing import Any
 
 from ..config import RunConfig
 from ..inputs import checked_input, input_index_path, reading, selection
-from ..store.blocks import ONE_A_CORE, LineReader, Parts, decode, read_in_parts
+from ..store.blocks import LineReader, decode
 from ..store.idset import IdSubset
 from ..store.output import OutputPaths, run_outputs
+from ..store.parts import ONE_A_CORE, Parts, read_in_parts
 from ..store.records import (
     JUDGE_MODEL_FIELD,
     TRUNCATED,
@@ -100,7 +101,7 @@ def validate(config: RunConfig) -> list[ValidationReport]:
 def validate_output(output: Path, input_ids: IdSubset,
                     parts: Parts = ONE_A_CORE) -> ValidationReport:
     """Check one output file against the ids of its input (a big one in ``parts`` over the
-    cores, store/blocks.py)."""
+    cores, store/parts.py)."""
     checked = read_in_parts(OutputPaths.of(output).output, 0,
                             lambda reader: _Checker(input_ids).read(reader), parts)
     return _merge(str(output), input_ids, checked)
@@ -109,7 +110,7 @@ def validate_output(output: Path, input_ids: IdSubset,
 @dataclass(frozen=True)
 class CheckedPart:
     """What one part of an output's lines holds, its line numbers counted from the part's start
-    (a big output is read in parts, store/blocks.py). Ids seen twice are told at the merge: an id
+    (a big output is read in parts, store/parts.py). Ids seen twice are told at the merge: an id
     may be on a line of each of two parts."""
 
     numbered: int  # lines of any kind, blank ones too: the next part's numbers follow on

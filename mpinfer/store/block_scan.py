@@ -1,26 +1,20 @@
 """The resume scan's blocks: the ids of a block of answer lines in mpinfer's form, found at a few
-passes of C over it, and a big output's second half read so by a forked process while the scan
-reads the first (two cores, half the time).
+passes of C over it, and a big output's second half read so by a forked child (store/parts.py)
+while the scan reads the first (two cores, half the time).
 
-The child only reads: it finds each block's ids (or that the block must be read line by line) and
-writes them to a temporary file; the parent takes them in the file's order once it has read its
-own half, exactly as it would have read them itself (store/done_index.py). A child that fails, or
-a process that cannot fork safely (no ``fork``, other threads running), means the parent reads
-that half itself.
+The child only reads: it finds each block's ids (or that the block must be read line by line);
+the parent takes them in the file's order once it has read its own half, exactly as it would have
+read them itself (store/done_index.py). A child that fails, or a process that cannot fork safely,
+means the parent reads that half itself.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import signal
-import struct
-import tempfile
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO
+
+from .parts import Child, line_bounds
 
 HEAD = b'{"id":"'
 # A plain id: printable ASCII but for the quote and the backslash (what JSON writes as it is).
@@ -32,11 +26,6 @@ _AFTER = re.compile(rb"\n(?:(?<=\}\n)" + _ID + rb")?")
 
 #: An output read from its start is read by two processes from this size on.
 SPLIT_FROM = 64 << 20
-
-# A block's start and end offsets, and the size of its ids (joined by newlines; -1: a block to
-# read line by line; -2: the end, the child's work all written)
-_RECORD = struct.Struct("<QQq")
-_SLOW, _END = -1, -2
 
 
 def fast_ids(buffer: bytearray, end: int) -> list[bytes] | None:
@@ -68,92 +57,47 @@ class HalfBlock:
 
 def half_point(fd: int, size: int) -> int | None:
     """Where the second half of a file of ``size`` bytes starts: the line start after its middle
-    (None without a newline in the megabyte there)."""
-    middle = size // 2
-    cut = os.pread(fd, 1 << 20, middle).find(b"\n")
-    if cut < 0 or middle + cut + 1 >= size:
-        return None
-    return middle + cut + 1
+    (None without a newline after it)."""
+    bounds = line_bounds(fd, 0, size, 2)
+    return bounds[1] if len(bounds) == 2 else None
+
+
+# A block's offsets and its ids joined by newlines (None: to read line by line): what the child
+# sends back, a few large bytes objects rather than a million small ones to pickle.
+_Found = tuple[int, int, bytes | None]
 
 
 class SecondHalf:
-    """The whole lines of an open output from ``start`` to its end, read by a forked child while the
-    caller reads the first half; ``blocks()`` once it has."""
+    """The whole lines of an open output from a line start to its end, read by a forked child
+    while the caller reads the first half; ``blocks()`` once it has, ``close()`` always."""
 
-    def __init__(self, records: IO[bytes], pid: int) -> None:
-        self._records, self._pid = records, pid
-        self._status: int | None = None  # the child's, once it has ended
-        self._wanted = False  # whether its blocks were asked for
+    def __init__(self, child: Child[list[_Found]]) -> None:
+        self._child = child
 
     @classmethod
     def fork(cls, fd: int, start: int, block: int) -> SecondHalf | None:
-        """The child started, or None when this process cannot fork safely."""
-        if not hasattr(os, "fork") or threading.active_count() > 1:
-            return None
-        try:
-            records = tempfile.TemporaryFile()
-        except OSError:
-            return None
-        try:
-            pid = os.fork()
-        except OSError:
-            records.close()
-            return None
-        if pid == 0:  # the child: read, write, and leave without running the parent's exit code
-            code = 1
-            try:
-                # its copies of the parent's files closed: a lock the parent holds (the run's)
-                # goes with the parent, whatever kills it
-                low = 3
-                for keep in sorted({fd, records.fileno()}):
-                    os.closerange(low, keep)
-                    low = keep + 1
-                os.closerange(low, os.sysconf("SC_OPEN_MAX"))
-                _read_half(fd, start, block, records)
-                code = 0
-            finally:
-                os._exit(code)
-        return cls(records, pid)
+        """The child started, reading ``fd`` from ``start`` a ``block`` of bytes at a time; None
+        when this process cannot fork safely."""
+        child = Child.start(lambda: _read_half(fd, start, block), keep=(fd,))
+        return cls(child) if child is not None else None
 
-    def blocks(self) -> Iterator[HalfBlock] | None:
+    def blocks(self) -> list[HalfBlock] | None:
         """The child's blocks in the file's order, once it has ended; None when it failed (the
         caller reads that half itself)."""
-        self._wanted = True
-        status = self._wait()
-        if not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0:
-            self._records.close()
+        found = self._child.result()
+        if found is None:
             return None
-        self._records.seek(0)
-        return self._read_records()
-
-    def _read_records(self) -> Iterator[HalfBlock]:
-        with self._records as records:
-            while True:
-                start, end, size = _RECORD.unpack(records.read(_RECORD.size))
-                if size == _END:
-                    return
-                ids = records.read(size).split(b"\n") if size != _SLOW else None
-                yield HalfBlock(start, end, ids)
-
-    def _wait(self) -> int:
-        if self._status is None:
-            self._status = os.waitpid(self._pid, 0)[1]
-        return self._status
+        return [HalfBlock(start, end, ids.split(b"\n") if ids is not None else None)
+                for start, end, ids in found]
 
     def close(self) -> None:
-        """End the child: waited for once its blocks were asked for, else stopped (the caller
-        failed on its own half, or was interrupted); none is left behind."""
-        if not self._wanted and self._status is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self._pid, signal.SIGKILL)
-        self._wait()
-        if not self._wanted:
-            self._records.close()
+        """End the child (stopped when its blocks were not asked for): none is left behind."""
+        self._child.stop()
 
 
-def _read_half(fd: int, start: int, block: int, out: IO[bytes]) -> None:
-    """The child's work: the ids of each ``block`` bytes from ``start`` to the file's end, written
-    to ``out``."""
+def _read_half(fd: int, start: int, block: int) -> list[_Found]:
+    """The child's work: the ids of each ``block`` bytes from ``start`` to the file's end."""
+    found: list[_Found] = []
     buffer = bytearray(block)
     offset, held = start, 0
     while True:
@@ -167,14 +111,10 @@ def _read_half(fd: int, start: int, block: int, out: IO[bytes]) -> None:
         cut = buffer.rfind(b"\n", 0, size) + 1
         if cut:
             ids = fast_ids(buffer, cut)
-            payload = b"\n".join(ids) if ids is not None else b""
-            out.write(_RECORD.pack(offset, offset + cut, len(payload) if ids is not None
-                                   else _SLOW))
-            out.write(payload)
+            found.append((offset, offset + cut, b"\n".join(ids) if ids is not None else None))
             offset += cut
             buffer[:size - cut] = buffer[cut:size]
             held = size - cut
         else:
             held = size
-    out.write(_RECORD.pack(offset, offset, _END))
-    out.flush()
+    return found
