@@ -4,8 +4,8 @@ The public API: ``run`` a job (keyword settings in, a ``RunResult`` out), read i
 ``validate`` (and ``repair``) its output, ``export`` the results, or start afresh (``fresh_start``);
 settle settings with ``load_config`` into a ``RunConfig``. Errors are ``MpinferError`` subclasses.
 
-Names load on first use, so that ``python -m mpinfer.mockserver`` and ``--status`` do not pay for
-importing the API client.
+Names load on first use (``run`` too), so that ``python -m mpinfer.mockserver``, ``--status`` and
+``--validate`` do not pay for importing the API client, the run's lifecycle and its backends.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from .version import __version__
 
 _EXPORTS = {
     "BackendKind": "config", "RunConfig": "config", "Transport": "config", "load_config": "config",
-    "RunResult": "pyapi",
+    "RunResult": "pyapi", "run": "pyapi",
     "ConfigError": "errors", "InputError": "errors", "MpinferError": "errors",
     "OutputError": "errors",
     "RunLockedError": "errors",
@@ -27,11 +27,10 @@ _EXPORTS = {
     "ExportReport": "reports.export", "export": "reports.export",
     "RepairReport": "store.repair", "repair": "store.repair", "fresh_start": "store.repair",
 }
-__all__ = ["__version__", "run", *sorted(_EXPORTS)]
+__all__ = ["__version__", *sorted(_EXPORTS)]
 
-# The function is the Python callers' wrapper (mpinfer/pyapi.py) over the run the CLI calls
+# ``run`` is the Python callers' wrapper (mpinfer/pyapi.py) over the run the CLI calls
 # (mpinfer/lifecycle.py); no module of the package is called ``run``, so nothing shadows it.
-from .pyapi import run  # noqa: E402
 
 if TYPE_CHECKING:
     # What __getattr__ loads, for type checkers; "X as X" marks each name as re-exported (mypy
@@ -46,6 +45,7 @@ if TYPE_CHECKING:
     from .errors import OutputError as OutputError
     from .errors import RunLockedError as RunLockedError
     from .pyapi import RunResult as RunResult
+    from .pyapi import run as run
     from .reports.export import ExportReport as ExportReport
     from .reports.export import export as export
     from .reports.status import StatusReport as StatusReport

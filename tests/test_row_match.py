@@ -19,7 +19,7 @@ from mpinfer.store import done_index
 from mpinfer.store.done_index import scan_done
 from mpinfer.store.idset import HashFn, IdSubset
 from mpinfer.store.output import scan
-from mpinfer.store.row_match import RowMatch
+from mpinfer.store.row_match import RowMatch, RowSlots
 
 
 def _jittered(ids: list[str], window: int, seed: int) -> list[str]:
@@ -171,3 +171,45 @@ def test_two_processes_read_small_blocks_and_lines_longer_than_one(
     assert found.done is not None and slow.done is not None
     assert sorted(found.done) == sorted(slow.done) == sorted(f"t{i}" for i in range(59))
     assert (found.bad, found.lines, found.bad_lines) == (slow.bad, slow.lines, slow.bad_lines)
+
+
+@pytest.mark.parametrize("start", [0, 1234, 2900])
+def test_row_slots_give_what_the_exact_lookup_gives_from_any_line(tmp_path: Path,
+                                                                   start: int) -> None:
+    # Given 3,000 tasks and an output a little out of order: every fifth task missing (failed),
+    # a repeat of an early id far from its row, strangers, and blocks of uneven size, read from
+    # a line near the start, the middle or the end (a part of the output read by one process)
+    ids = [f"t{i}" for i in range(3000)]
+    inp = write_tasks(tmp_path / "in.jsonl", text_tasks(3000))
+    index = check_input(inp).ids.index
+    order = [i.encode() for i in _jittered([i for n, i in enumerate(ids) if n % 5], 40, seed=4)]
+    order[1500:1500] = [b"t7", b"stranger", b"t2999", b"t1"]
+    order.append(b"stranger-2")
+    raws = order[start * 4 // 5:]
+    # When their slots are found beside the input's rows, from the first block on
+    slots = RowSlots.over(index, exact_first=0)
+    found: list[int | None] = []
+    rng = random.Random(start)
+    at = 0
+    while at < len(raws):
+        size = rng.randint(1, 300)
+        found += slots.slots(raws[at:at + size])
+        at += size
+    # Then they are the exact lookup's, slot for slot
+    assert found == index.find_raws(raws)
+
+
+@pytest.mark.parametrize("hash_fn", [None, crowded])
+def test_row_slots_never_take_a_hash_for_an_id(tmp_path: Path, hash_fn: HashFn | None) -> None:
+    # Given an input whose ids share hashes (crowded) or not, and an output of its ids in order
+    # with near-misses of them (a prefix, a suffix) in between
+    inp = write_tasks(tmp_path / "in.jsonl", text_tasks(600))
+    index = check_input(inp, hash_fn=hash_fn).ids.index
+    raws = [raw for i in range(600) for raw in ((f"t{i}".encode(),) if i % 7 else
+                                                 (f"t{i}".encode(), f"t{i}x".encode(),
+                                                  f"t{i}"[:-1].encode()))]
+    # When their slots are found beside the input's rows
+    slots = RowSlots.over(index, exact_first=0)
+    found = [slot for at in range(0, len(raws), 50) for slot in slots.slots(raws[at:at + 50])]
+    # Then they are the exact lookup's: a near-miss is never one of the input's
+    assert found == index.find_raws(raws)

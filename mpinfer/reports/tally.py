@@ -36,6 +36,7 @@ from ..store.records import (
     number,
     view,
 )
+from ..store.row_match import RowSlots
 
 RECENT_RECORDS = 500
 
@@ -90,6 +91,7 @@ class _Counter:
         self.times: deque[float] = deque(maxlen=RECENT_RECORDS)
         self.last: float | None = None
         self.mismatch = Mismatches()
+        self.order = RowSlots.over(within.index)
 
     def read(self, reader: LineReader) -> TallyPart:
         """Count the lines ``reader`` gives."""
@@ -122,9 +124,10 @@ class _Counter:
             array("d", self.times), self.last, reader.end, reader.torn, reader.mark)
 
     def _take_ids(self, ids: list[bytes]) -> None:
-        """Count the ids of one block's answers, looked up all at once (exact: ``find_raws``)."""
+        """Count the ids of one block's answers, found all at once beside the input's rows in
+        order (exact: ``RowSlots``)."""
         selected, add = self.within.has_slot, self.done.add_slot
-        for raw, slot in zip(ids, self.within.index.find_raws(ids), strict=True):
+        for raw, slot in zip(ids, self.order.slots(ids), strict=True):
             if slot is None:
                 self.unknown.add(raw.decode())
             elif selected(slot):

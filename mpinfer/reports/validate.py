@@ -26,6 +26,7 @@ from ..store.records import (
     missing_fields,
     view,
 )
+from ..store.row_match import RowSlots
 
 EXAMPLES_KEPT = 5
 
@@ -138,6 +139,7 @@ class _Checker:
         self.repeats: list[tuple[int, int, str]] = []
         self.others: list[tuple[int, str]] = []
         self.mismatch = Mismatches()
+        self.order = RowSlots.over(input_ids.index)
 
     def read(self, reader: LineReader) -> CheckedPart:
         """Check the lines ``reader`` gives, and a torn last line too."""
@@ -224,9 +226,10 @@ class _Checker:
                         number, rid))
 
     def _take_ids(self, ids: list[tuple[int, str]]) -> None:
-        """Place a block's answer ids in the input, looked up all at once (exact: find_raws)."""
+        """Place a block's answer ids in the input, found all at once beside the input's rows in
+        order (exact: ``RowSlots``)."""
         selected, first, add = self.input_ids.has_slot, self.first, self.found.add_slot
-        slots = self.input_ids.index.find_raws([task_id.encode() for _, task_id in ids])
+        slots = self.order.slots([task_id.encode() for _, task_id in ids])
         for (number, task_id), slot in zip(ids, slots, strict=True):
             if slot is None or not selected(slot):
                 self.others.append((number, task_id))

@@ -273,6 +273,30 @@ class IdIndex:
                 found[at] = None
         return found
 
+    def find_members(self, raws: list[bytes]) -> list[int | None]:
+        """``find(id, member=True)`` for ids given as their UTF-8 bytes, each known to be one of
+        the input's (equal, byte for byte, to an id read from it: store/row_match.py), a block at
+        a time: no id is read again to compare."""
+        if self._hash is not _CRC_ADLER:
+            return [self.find(raw.decode(), member=True) for raw in raws]
+        crc, adler, shift, buckets, bases = (zlib.crc32, zlib.adler32, self._shift, self._buckets,
+                                             self._bases)
+        shared = self._shared
+        found: list[int | None] = []
+        append = found.append
+        for raw in raws:
+            value = crc(raw) << 32 | adler(raw)
+            number = value >> shift
+            hashes = buckets[number][0]
+            at = bisect_left(hashes, value)
+            if at == len(hashes) or hashes[at] != value:
+                append(None)  # not the input's after all: never, for a member
+            elif shared and value in shared:
+                append(shared[value].get(raw.decode()))
+            else:
+                append(bases[number] + at)
+        return found
+
     def rows_in_order(self) -> Iterator[list[bytes]] | None:
         """The input's ids as bytes, line by line in its order (``b""`` for a line whose id cannot
         be told from its bytes), a list a block, when the resolver can read them so
