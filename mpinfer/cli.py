@@ -14,11 +14,9 @@ from typing import Any
 import orjson
 
 from . import __version__
-from .config import OPTIONS, RunConfig, load_config
+from .config import DEFAULT_GRACE_S, OPTIONS, RunConfig, load_config
 from .errors import MpinferError
-from .eval.judging import run
 from .events import StopReason
-from .lifecycle import DEFAULT_GRACE_S
 from .reports.summary import RunSummary
 from .reports.text import (
     cancel_lines,
@@ -32,7 +30,10 @@ from .reports.text import (
     validation_lines,
 )
 from .settings import Option
-from .store.repair import fresh_start, repair
+
+# A run (its lifecycle, backends and the API client), the reports, export and repair are imported
+# by the commands that use them: --status and --validate start without a run's modules, a run
+# without the reports'.
 
 CLI_OPTIONS = tuple(option for option in OPTIONS if option.cli)  # the settings that have a flag
 
@@ -184,6 +185,7 @@ def _demo(args: argparse.Namespace) -> int:
     """An evaluation on bundled tasks against the local mock server: answers, a judge, then status
     by scenario, validate and the report with its results section."""
     from .demo import DEMO_DIR, demo_config, prepare_demo, start_demo_server
+    from .eval.judging import run
     from .reports.html import write_report
     from .reports.status import status
     from .reports.validate import validate
@@ -221,6 +223,8 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run(config: RunConfig, args: argparse.Namespace) -> int:
+    from .eval.judging import run
+
     summary = run(config, progress=not args.no_progress, grace_s=args.grace, argv=sys.argv)
     _print(summary_lines(summary))
     return run_exit_code(summary)
@@ -278,6 +282,8 @@ def _validate(config: RunConfig, with_repair: bool, as_json: bool) -> int:
     # With --json, stdout holds the one JSON object: what the repair did goes to stderr.
     shown = sys.stderr if as_json else sys.stdout
     if with_repair:
+        from .store.repair import repair
+
         for report in repair(config):
             print("\n".join(repair_lines(report)), file=shown)
         print("validate after the repair:", file=shown)
@@ -334,6 +340,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _print(export_lines(export(config, Path(args.export), excel=args.excel)))
             return EXIT_OK
         if args.fresh:
+            from .store.repair import fresh_start
+
             config.require_api_keys()  # a run that cannot start must not move the old files first
             _print(fresh_lines(fresh_start(config)))
         return _run(config, args)

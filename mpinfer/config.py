@@ -97,6 +97,8 @@ class BackendKind(StrEnum):
 
 BATCH_MAX_REQUESTS = 50_000
 """Requests the Batch API takes in one batch."""
+DEFAULT_GRACE_S = 30.0
+"""--grace: the seconds a stopped run gives the requests in flight (a flag of the CLI's)."""
 
 
 def _batch_size(text: Any) -> int:

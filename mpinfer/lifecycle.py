@@ -24,7 +24,7 @@ from .api.shrink import require_pillow
 from .api.structured import answer_rule
 from .api.tokens import image_rule
 from .backends.base import Backend
-from .config import Api, BackendKind, RunConfig
+from .config import DEFAULT_GRACE_S, Api, BackendKind, RunConfig
 from .driver import MAX_FAILURES_SHOWN, RunState, supervise, work_items
 from .errors import ConfigError, InputError, OutputError
 from .inputs import (
@@ -64,8 +64,6 @@ from .store.manifest import (
 from .store.output import OutputPaths, RunOutput, companion, repair_tail, run_outputs
 
 log = logging.getLogger("mpinfer.run")
-
-DEFAULT_GRACE_S = 30.0
 
 __all__ = ["DEFAULT_GRACE_S", "RunSummary", "run"]
 

@@ -19,7 +19,7 @@ from mpinfer.store import done_index
 from mpinfer.store.done_index import scan_done
 from mpinfer.store.idset import HashFn, IdSubset
 from mpinfer.store.output import scan
-from mpinfer.store.row_match import RowMatch, RowSlots
+from mpinfer.store.row_match import RowMatch, RowSlots, covered_slots
 
 
 def _jittered(ids: list[str], window: int, seed: int) -> list[str]:
@@ -213,3 +213,42 @@ def test_row_slots_never_take_a_hash_for_an_id(tmp_path: Path, hash_fn: HashFn |
     found = [slot for at in range(0, len(raws), 50) for slot in slots.slots(raws[at:at + 50])]
     # Then they are the exact lookup's: a near-miss is never one of the input's
     assert found == index.find_raws(raws)
+
+
+def test_rows_covered_in_parts_and_ids_left_give_what_the_exact_lookup_finds(
+        tmp_path: Path) -> None:
+    # Given 3,000 tasks and an output a little out of order, every fifth task missing, with a
+    # repeat far from its row and strangers, cut in three parts (each read by one process)
+    ids = [f"t{i}" for i in range(3000)]
+    inp = write_tasks(tmp_path / "in.jsonl", text_tasks(3000))
+    index = check_input(inp).ids.index
+    order = [i.encode() for i in _jittered([i for n, i in enumerate(ids) if n % 5], 40, seed=6)]
+    order[1500:1500] = [b"t7", b"stranger", b"t2999", b"t1"]
+    order.append(b"stranger-2")
+    # When each part marks the rows its ids equal near their place, and looks up the rest
+    covered = 0
+    left: list[bytes] = []
+    for lo, hi in ((0, 700), (700, 1800), (1800, len(order))):
+        rows = RowSlots.over(index, exact_first=0)
+        for at in range(lo, hi, 97):
+            left += rows.cover(order[at:min(at + 97, hi)])
+        covered |= int.from_bytes(rows.covered(), "little")
+    marks = covered.to_bytes(max((covered.bit_length() + 7) // 8, 1), "little")
+    slots = covered_slots(index, marks)
+    assert slots is not None
+    found = {slot for slot in index.find_raws(left) if slot is not None} | set(slots)
+    # Then the ids found are exactly those of the output, and most were never looked up
+    assert found == {slot for slot in index.find_raws(order) if slot is not None}
+    assert len(left) < len(order) // 10
+
+
+def test_every_row_covered_is_the_whole_input_with_no_lookup(tmp_path: Path) -> None:
+    # Given 500 tasks and an output of all of them a little out of order
+    inp = write_tasks(tmp_path / "in.jsonl", text_tasks(500))
+    index = check_input(inp).ids.index
+    order = [i.encode() for i in _jittered([f"t{i}" for i in range(500)], 30, seed=2)]
+    # When its rows are covered in blocks
+    rows = RowSlots.over(index, exact_first=0)
+    left = [raw for at in range(0, 500, 64) for raw in rows.cover(order[at:at + 64])]
+    # Then nothing is left to look up, and the marks say: every row
+    assert left == [] and covered_slots(index, rows.covered()) is None

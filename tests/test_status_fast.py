@@ -369,3 +369,24 @@ def test_forked_parts_read_a_csv_inputs_ids_each_from_its_own_file(tmp_path: Pat
     # Then every id was found: none read from where another process had moved the file
     assert len(tally.done) == 400 and not tally.unknown
     assert report.counts == {ProblemKind.DUPLICATE_ID: 800}
+
+
+def test_status_and_validate_of_a_long_output_in_about_the_inputs_order(tmp_path: Path) -> None:
+    # Given 45,000 tasks (more than are looked up by hash before the input is read in order) and
+    # an output of most of them in order, with gaps, a repeat far from its row and a stranger
+    ids = [f"r{n}" for n in range(45_000)]
+    tasks = write_jsonl(tmp_path / "tasks.jsonl", [{"id": rid, "prompt": "p"} for rid in ids])
+    answered = [rid for n, rid in enumerate(ids) if n % 11]
+    answered[40_000:40_000] = ["r5", "stranger"]
+    out = tmp_path / "results.jsonl"
+    out.write_bytes(b"".join(_own(rid) for rid in answered))
+    config = RunConfig(input=tasks, output=out)
+    within = checked_input(tasks, reading(config), selection(config), input_index_path(out)).ids
+    # When status and validate read it, in one part and in two
+    for parts in (ONE, Parts(least=1 << 20, most=2)):
+        tally = OutputTally.empty(within)
+        tally.refresh(out, tmp_path / "none.errors.jsonl", parts)
+        report = validate_output(out, within, parts)
+        # Then they find what a line-by-line read finds
+        assert tally_of(tally) == reference_tally(out, within)
+        assert as_compared(report) == as_compared(reference_validate(out, within))

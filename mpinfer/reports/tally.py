@@ -36,7 +36,7 @@ from ..store.records import (
     number,
     view,
 )
-from ..store.row_match import RowSlots
+from ..store.row_match import RowSlots, covered_slots
 
 RECENT_RECORDS = 500
 
@@ -56,6 +56,7 @@ class TallyPart:
     that adding them up in order gives, to the last bit, what one read would."""
 
     done: bytes  # a bitmap over the input's slots (IdSubset.to_bytes)
+    covered: bytes  # the input's rows found done beside it in order (RowSlots.cover), no slot yet
     unknown: set[str]
     bad: int
     prompt: int
@@ -118,16 +119,18 @@ class _Counter:
                     ids.append(task_id.encode())
             self._take_ids(ids)
         return TallyPart(
-            self.done.to_bytes(), self.unknown, self.bad, self.prompt, self.completion,
-            self.unpriced, self.unpriced_models, self.mismatches, self.refusals, self.truncated,
-            self.filtered, self.no_usage, self.costs, self.latencies, self.waits,
+            self.done.to_bytes(), self.order.covered(), self.unknown, self.bad, self.prompt,
+            self.completion, self.unpriced, self.unpriced_models, self.mismatches, self.refusals,
+            self.truncated, self.filtered, self.no_usage, self.costs, self.latencies, self.waits,
             array("d", self.times), self.last, reader.end, reader.torn, reader.mark)
 
     def _take_ids(self, ids: list[bytes]) -> None:
-        """Count the ids of one block's answers, found all at once beside the input's rows in
-        order (exact: ``RowSlots``)."""
+        """Count the ids of one block's answers: those equal to the input's rows near their
+        place marked there (their slots found once, for all parts), the rest looked up all at
+        once (exact: ``find_raws``)."""
         selected, add = self.within.has_slot, self.done.add_slot
-        for raw, slot in zip(ids, self.order.slots(ids), strict=True):
+        ids = self.order.cover(ids)
+        for raw, slot in zip(ids, self.within.index.find_raws(ids), strict=True):
             if slot is None:
                 self.unknown.add(raw.decode())
             elif selected(slot):
@@ -252,6 +255,19 @@ class OutputTally:
                                 parts)
         for part in counted:
             self.add(part)
+        size = max(len(part.covered) for part in counted)
+        if size:  # the parts' marks joined (a byte of 0 or 1 a row: "or" is "max")
+            covered = 0
+            for part in counted:
+                covered |= int.from_bytes(part.covered, "little")
+            slots = covered_slots(self.within.index, covered.to_bytes(size, "little"))
+            if slots is None:  # every id of the input
+                self.done.load_bytes(self.within.to_bytes())
+            else:
+                selected, add = self.within.has_slot, self.done.add_slot
+                for slot in slots:
+                    if selected(slot):
+                        add(slot)
         return counted[-1].end - start
 
     def add(self, part: TallyPart) -> None:

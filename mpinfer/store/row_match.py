@@ -159,6 +159,8 @@ class RowSlots:
         self._exact_left = exact_first  # ids still to look up by hash before reading in order
         self._rows = rows  # the input's ids not read yet (None: none can be read in order)
         self._held: list[bytes] = []  # the input's ids read and still near
+        self._base = 0  # the input's row (line) of ``_held[0]``
+        self._covered = bytearray()  # 1 for each row of the input an id was found equal to
         self._at = 0  # where in ``_held`` the next block of the output is expected
         self._placed = False  # whether a block was placed in the input yet
 
@@ -192,6 +194,39 @@ class RowSlots:
         others.reverse()
         return [members.pop() if yes else others.pop() for yes in known]
 
+    def cover(self, ids: list[bytes]) -> list[bytes]:
+        """Mark the input's rows near their place that ids of ``ids`` equal (as bytes: those ids
+        are the input's, each at that row); the ids left, to look up exactly (``find_raws``).
+        For a count of the ids done that needs no slot for each: ``covered_slots`` after."""
+        if self._exact_left > 0:
+            self._exact_left -= len(ids)
+            return ids
+        at = self._place(ids) if self._rows is not None or self._held else None
+        if at is None:
+            return ids
+        end = at + len(ids)
+        self._fill(end + SLACK)
+        held = self._held
+        self._at = min(end, len(held))
+        low = max(at - SLACK, 0)
+        near = held[low:end + SLACK]
+        named = set(ids).intersection(near)
+        named.discard(b"")  # a row whose id cannot be told from its bytes
+        if not named:
+            return ids
+        start = self._base + low
+        marks = bytes([row in named for row in near])
+        covered = self._covered
+        if len(covered) < start + len(marks):
+            covered.extend(bytes(start + len(marks) - len(covered)))
+        covered[start:start + len(marks)] = bytes(map(max, covered[start:start + len(marks)],
+                                                       marks))
+        return [raw for raw in ids if raw not in named] if len(named) < len(ids) else []
+
+    def covered(self) -> bytes:
+        """The rows marked by ``cover``: a byte each, from the input's first row."""
+        return bytes(self._covered)
+
     def _place(self, ids: list[bytes]) -> int | None:
         """Where in ``_held`` the block of ``ids`` starts, found by one of its first ids (None:
         none is near, nor ahead: the block is looked up by hash)."""
@@ -201,6 +236,7 @@ class RowSlots:
         if self._at > 2 * REACH:  # let go of rows long passed
             drop = self._at - SLACK
             del held[:drop]
+            self._base += drop
             self._at -= drop
         self._fill(self._at + REACH)
         low, high = max(self._at - SLACK, 0), min(self._at + REACH, len(held))
@@ -228,8 +264,11 @@ class RowSlots:
                 start = max(min(starts), 0)
                 drop = max(start - SLACK, 0)
                 del self._held[:drop]
+                self._base += drop
                 return start - drop
-            del self._held[:max(len(self._held) - SLACK, 0)]
+            drop = max(len(self._held) - SLACK, 0)
+            del self._held[:drop]
+            self._base += drop
         return None
 
     def _fill(self, size: int) -> None:
@@ -239,3 +278,23 @@ class RowSlots:
                 self._rows = None
                 break
             self._held.extend(block)
+
+
+def covered_slots(index: IdIndex, covered: bytes) -> list[int] | None:
+    """The slots of the input's rows marked in ``covered`` (``RowSlots.cover``; parts' marks
+    joined by ``max``), each found as a member's; None when every row is marked: the whole input,
+    with no lookup at all."""
+    if covered.count(1) == len(index):  # distinct rows have distinct ids: every one of them
+        return None
+    rows = index.rows_in_order()
+    if rows is None:
+        raise RuntimeError("an input that was read in order cannot be read again")
+    slots: list[int] = []
+    at = 0
+    for block in rows:
+        if at >= len(covered):
+            break
+        named = list(compress(block, covered[at:at + len(block)]))
+        slots += [slot for slot in index.find_members(named) if slot is not None]
+        at += len(block)
+    return slots
