@@ -234,12 +234,20 @@ def test_rows_covered_in_parts_and_ids_left_give_what_the_exact_lookup_finds(
             left += rows.cover(order[at:min(at + 97, hi)])
         covered |= int.from_bytes(rows.covered(), "little")
     marks = covered.to_bytes(max((covered.bit_length() + 7) // 8, 1), "little")
-    slots = covered_slots(index, marks)
-    assert slots is not None
-    found = {slot for slot in index.find_raws(left) if slot is not None} | set(slots)
+    slots, but = covered_slots(index, marks)
+    exact = {slot for slot in index.find_raws(left) if slot is not None}
+    found = exact | (set(range(len(index))) - set(slots) if but else set(slots))
     # Then the ids found are exactly those of the output, and most were never looked up
     assert found == {slot for slot in index.find_raws(order) if slot is not None}
     assert len(left) < len(order) // 10
+    # And so when the first ids were looked up exactly (not marked): fewer rows are unmarked
+    rows = RowSlots.over(index, exact_first=200)
+    left = [raw for at in range(0, len(order), 97) for raw in rows.cover(order[at:at + 97])]
+    slots, but = covered_slots(index, rows.covered())
+    assert but and len(slots) < len(index) // 3
+    exact = {slot for slot in index.find_raws(left) if slot is not None}
+    assert exact | (set(range(len(index))) - set(slots)) == {
+        slot for slot in index.find_raws(order) if slot is not None}
 
 
 def test_every_row_covered_is_the_whole_input_with_no_lookup(tmp_path: Path) -> None:
@@ -251,4 +259,4 @@ def test_every_row_covered_is_the_whole_input_with_no_lookup(tmp_path: Path) -> 
     rows = RowSlots.over(index, exact_first=0)
     left = [raw for at in range(0, 500, 64) for raw in rows.cover(order[at:at + 64])]
     # Then nothing is left to look up, and the marks say: every row
-    assert left == [] and covered_slots(index, rows.covered()) is None
+    assert left == [] and covered_slots(index, rows.covered()) == ([], True)

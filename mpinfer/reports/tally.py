@@ -260,14 +260,13 @@ class OutputTally:
             covered = 0
             for part in counted:
                 covered |= int.from_bytes(part.covered, "little")
-            slots = covered_slots(self.within.index, covered.to_bytes(size, "little"))
-            if slots is None:  # every id of the input
-                self.done.load_bytes(self.within.to_bytes())
+            slots, but = covered_slots(self.within.index, covered.to_bytes(size, "little"))
+            found = self.within.empty()
+            found.add_slots(slots)
+            if but:  # every id of the input but ``slots``: those not found otherwise are not done
+                self.done = self.within.minus(found.minus(self.done))
             else:
-                selected, add = self.within.has_slot, self.done.add_slot
-                for slot in slots:
-                    if selected(slot):
-                        add(slot)
+                self.done = self.done.either(found.both(self.within))
         return counted[-1].end - start
 
     def add(self, part: TallyPart) -> None:
@@ -312,6 +311,7 @@ class OutputTally:
             if not self.done.has_slot(slot):
                 by_type[error_type] = by_type.get(error_type, 0) + 1
         return dict(sorted(by_type.items()))
+
 
 
 def _add_up(total: float, values: array[float]) -> float:

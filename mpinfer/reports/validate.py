@@ -283,7 +283,7 @@ def _merge(output: str, input_ids: IdSubset, parts: list[CheckedPart]) -> Valida
         for number, task_id, first in sorted(events):
             _add(counts, problems, Problem(ProblemKind.DUPLICATE_ID, f"also on line {first}",
                                            number, task_id))
-        found = _union(found, seen)
+        found = found.either(seen)
     # in the order one read meets them: by the line of each kind's first, then as a line is checked
     for kind in sorted(counts, key=lambda k: (problems[k][0].line or 0, _CHECKS.index(k))):
         report.counts[kind] = counts[kind]
@@ -305,12 +305,3 @@ def _first_line(parts: list[CheckedPart], offsets: list[int], slot: int) -> int:
     """The first line of the output that holds the id in ``slot``."""
     return next(part.first[slot] + offset for part, offset in zip(parts, offsets, strict=False)
                 if part.first[slot])
-
-
-def _union(one: IdSubset, other: IdSubset) -> IdSubset:
-    """The ids in either subset (of the same input)."""
-    both = one.empty()
-    both.load_bytes((int.from_bytes(one.to_bytes(), "little")
-                     | int.from_bytes(other.to_bytes(), "little")).to_bytes(
-                         len(one.to_bytes()), "little"))
-    return both

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from .parts import Child, line_bounds
@@ -81,18 +82,25 @@ class SecondHalf:
         child = Child.start(lambda: _read_half(fd, start, block), keep=(fd,))
         return cls(child) if child is not None else None
 
-    def blocks(self) -> list[HalfBlock] | None:
+    def blocks(self) -> Iterator[HalfBlock] | None:
         """The child's blocks in the file's order, once it has ended; None when it failed (the
         caller reads that half itself)."""
         found = self._child.result()
         if found is None:
             return None
-        return [HalfBlock(start, end, ids.split(b"\n") if ids is not None else None)
-                for start, end, ids in found]
+        return _split(found)
 
     def close(self) -> None:
         """End the child (stopped when its blocks were not asked for): none is left behind."""
         self._child.stop()
+
+
+def _split(found: list[_Found]) -> Iterator[HalfBlock]:
+    """The blocks, each one's ids split as it is taken (not all of them held at once)."""
+    found.reverse()
+    while found:
+        start, end, ids = found.pop()
+        yield HalfBlock(start, end, ids.split(b"\n") if ids is not None else None)
 
 
 def _read_half(fd: int, start: int, block: int) -> list[_Found]:

@@ -400,6 +400,15 @@ class IdSubset:
         result._set_bits((mine & ~theirs).to_bytes(len(self._bits), "little"))
         return result
 
+    def either(self, other: IdSubset) -> IdSubset:
+        """The ids in this subset or in ``other`` (a subset of the same input)."""
+        if other.index is not self.index:
+            raise ValueError("subsets of different inputs")
+        result = IdSubset(self.index)
+        mine, theirs = int.from_bytes(self._bits, "little"), int.from_bytes(other._bits, "little")
+        result._set_bits((mine | theirs).to_bytes(len(self._bits), "little"))
+        return result
+
     def both(self, other: IdSubset) -> IdSubset:
         """The ids in this subset and in ``other`` (a subset of the same input)."""
         if other.index is not self.index:

@@ -19,7 +19,7 @@ found by its hash alone, as a member; every other by the exact lookup.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from itertools import compress
 
 from .idset import IdIndex, IdSubset
@@ -280,21 +280,43 @@ class RowSlots:
             self._held.extend(block)
 
 
-def covered_slots(index: IdIndex, covered: bytes) -> list[int] | None:
+_FLIP = bytes.maketrans(b"\0\1", b"\1\0")
+
+
+def covered_slots(index: IdIndex, covered: bytes) -> tuple[list[int], bool]:
     """The slots of the input's rows marked in ``covered`` (``RowSlots.cover``; parts' marks
-    joined by ``max``), each found as a member's; None when every row is marked: the whole input,
-    with no lookup at all."""
-    if covered.count(1) == len(index):  # distinct rows have distinct ids: every one of them
-        return None
-    rows = index.rows_in_order()
-    if rows is None:
-        raise RuntimeError("an input that was read in order cannot be read again")
+    joined by "or"), each found as a member's; or, when fewer rows are left unmarked, the slots of
+    those: (slots, True) means every slot but these. ``([], True)``: every row is marked, the
+    whole input with no lookup at all."""
+    marked = covered.count(1)
+    if marked == len(index):  # distinct rows have distinct ids: every one of them
+        return [], True
+    if 2 * marked > len(index):
+        unmarked: list[bytes] = []
+        for block, at in _starts(_rows(index)):
+            flags = covered[at:at + len(block)].translate(_FLIP).ljust(len(block), b"\1")
+            unmarked += compress(block, flags)
+        if b"" not in unmarked:  # each unmarked row's id told by its bytes
+            return [slot for slot in index.find_members(unmarked) if slot is not None], True
     slots: list[int] = []
-    at = 0
-    for block in rows:
+    for block, at in _starts(_rows(index)):
         if at >= len(covered):
             break
         named = list(compress(block, covered[at:at + len(block)]))
         slots += [slot for slot in index.find_members(named) if slot is not None]
+    return slots, False
+
+
+def _rows(index: IdIndex) -> Iterator[list[bytes]]:
+    rows = index.rows_in_order()
+    if rows is None:
+        raise RuntimeError("an input that was read in order cannot be read again")
+    return rows
+
+
+def _starts(blocks: Iterable[list[bytes]]) -> Iterator[tuple[list[bytes], int]]:
+    """Each block of rows with the row it starts at."""
+    at = 0
+    for block in blocks:
+        yield block, at
         at += len(block)
-    return slots
