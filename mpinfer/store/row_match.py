@@ -183,7 +183,7 @@ class RowSlots:
         self._fill(end + SLACK)
         held = self._held
         self._at = min(end, len(held))
-        if held[at:end] == ids:  # the input's next rows, in order
+        if held[at:end] == ids and b"" not in ids:  # the input's next rows, in order
             return index.find_members(ids)
         near = set(held[max(at - SLACK, 0):end + SLACK])
         near.discard(b"")  # a row whose id cannot be told from its bytes
