@@ -44,6 +44,7 @@ BENCH_FLAGS = {
     "bench/sdk_floor.py": {"--shapes", "--requests", "--text", "--floor"},
     "bench/run_all.py": {"--full"},
     "bench/resume_scan.py": {"--lines", "--steps", "--repeat"},
+    "bench/client_cpu.py": {"--compile-each-run"},
 }
 RAY_START_FLAGS = {"--head", "--address"}  # `ray start`, Ray's own command line
 
