@@ -51,25 +51,26 @@ _CRC_ADLER = id_hash  # this very function, though a test puts another in ``id_h
 _PACK = 40  # locators below 2**40 (a terabyte of input) sort packed below their hash in one int
 
 
-def _sort_together(hashes: array[int], locators: array[int]) -> None:
+def _sort_together(hashes: array[int], locators: array[int]) -> bool:
     """Sort a bucket by hash, then locator, in place: by its hashes alone when none is shared (the
-    common case), else packed ints, which sort faster than pairs."""
+    common case), else packed ints, which sort faster than pairs; whether a hash is shared."""
     by_hash = dict(zip(hashes, locators, strict=True))
     if len(by_hash) == len(hashes):  # no hash shared in the bucket: its hashes alone sort it
         order = sorted(by_hash)
         hashes[:] = array("Q", order)
         locators[:] = array("Q", map(by_hash.__getitem__, order))
-        return
+        return False
     if max(locators) >> _PACK:
         pairs = sorted(zip(hashes, locators, strict=True))
         hashes[:] = array("Q", [pair[0] for pair in pairs])
         locators[:] = array("Q", [pair[1] for pair in pairs])
-        return
+        return True
     mask = (1 << _PACK) - 1
     packed = sorted([value << _PACK | locator
                      for value, locator in zip(hashes, locators, strict=True)])
     hashes[:] = array("Q", [value >> _PACK for value in packed])
     locators[:] = array("Q", [value & mask for value in packed])
+    return True
 
 
 class IdIndex:
@@ -124,19 +125,20 @@ class IdIndex:
         if self._bases:
             raise RuntimeError("IdIndex.freeze twice")
         total = 0
-        for hashes, locators in self._buckets:
+        shared: list[int] = []  # the buckets where a hash is shared (rare): the sort tells
+        for number, (hashes, locators) in enumerate(self._buckets):
             self._bases.append(total)
             total += len(hashes)
-            if len(hashes) > 1:
-                _sort_together(hashes, locators)
+            if len(hashes) > 1 and _sort_together(hashes, locators):
+                shared.append(number)
         self._bases.append(total)
-        return self._resolve_shared()
+        return self._resolve_shared(shared)
 
-    def _resolve_shared(self) -> list[tuple[str, list[int]]]:
+    def _resolve_shared(self, numbers: list[int]) -> list[tuple[str, list[int]]]:
+        """Tell apart the ids that share a hash in the buckets ``numbers``; the duplicates."""
         duplicates: list[tuple[str, list[int]]] = []
-        for number, (hashes, locators) in enumerate(self._buckets):
-            if len(set(hashes)) == len(hashes):
-                continue  # no hash shared in this bucket (the common case), told in C
+        for number in numbers:
+            hashes, locators = self._buckets[number]
             base = self._bases[number]
             at = 1
             while at < len(hashes):
