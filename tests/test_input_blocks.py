@@ -172,6 +172,26 @@ def test_lines_that_would_join_into_one_array_are_each_read_alone_and_reported(
         assert error in str(caught.value)
 
 
+def test_an_open_brace_in_a_string_is_taken_in_bulk_and_a_brace_left_open_is_not(
+        tmp_path: Path) -> None:
+    # Given a row whose prompt holds a "{" (no "}" but its last), and two lines whose one "}"
+    # each would close an object opened on the first, its "}" inside a string
+    plain = b'{"id":"o1","prompt":"an { open brace"}\n'
+    joined = [b'{"id":"j1","prompt":"p","more":{"x":"}', b'"}']
+    # When the bulk check takes them
+    taken = PlainRows(KEYS).take(plain, 0)
+    # Then the first is plain, with its id; the pair is not, and is reported line by line
+    assert taken is not None and taken[0] == ["o1"]
+    path = tmp_path / "tasks.jsonl"
+    path.write_bytes(b"\n".join(joined) + b"\n")
+    assert PlainRows(KEYS).take(path.read_bytes(), 0) is None
+    with pytest.raises(InputError) as caught:
+        check_input(path)
+    assert "2 bad lines" in str(caught.value)
+    for error in _row_by_row(path)[1]:
+        assert error in str(caught.value)
+
+
 def test_an_input_with_windows_line_ends_is_taken_in_bulk_with_each_rows_offset(
         tmp_path: Path) -> None:
     # Given an input written with CRLF line ends

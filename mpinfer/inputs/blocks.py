@@ -76,12 +76,12 @@ class PlainRows:
         count = len(lengths) - 1
         if b"\r" in block:  # Windows line ends: "\r" is JSON's whitespace, each line means the same
             block = block.replace(b"\r\n", b"\n")
-        if (not count or block.count(b"{") != count or block.count(b"}") != count
-                or block.count(b"}\n") != count):
+        if not count or block.count(b"}\n") != count or block.count(b"}") != count:
             return None
-        # One array of the lines. Each line ends with "}" and the block holds one "{" and one "}"
-        # a line, so n objects parsed are the n lines each on its own: no line can run into the
-        # next or hold two (an object needs a "{" and a "}" of its own).
+        # One array of the lines. Each line ends with "}", its only one, so n objects parsed are
+        # the n lines each on its own: each object (and any object nested in one) is closed by a
+        # "}" of its own outside a string, so n objects take all n, one at each line's end, and
+        # the next starts after the comma that was that line's end. No "{" count is needed.
         text = bytearray(b"[")
         text += block.replace(b"\n", b",")
         text[-1] = ord("]")
