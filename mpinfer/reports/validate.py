@@ -8,6 +8,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from ..config import RunConfig
 from ..inputs import checked_input, input_index_path, reading, selection
 from ..store.blocks import LineReader, decode
@@ -16,7 +18,9 @@ from ..store.output import OutputPaths, run_outputs
 from ..store.parts import ONE_A_CORE, Parts, read_in_parts
 from ..store.records import (
     JUDGE_MODEL_FIELD,
+    RESULT_FIELDS,
     TRUNCATED,
+    USAGE_FIELDS,
     Mismatches,
     RecordView,
     answer_id,
@@ -26,7 +30,7 @@ from ..store.records import (
     missing_fields,
     view,
 )
-from ..store.row_match import RowSlots
+from ..store.row_match import RowSlots, covered_slots
 
 EXAMPLES_KEPT = 5
 
@@ -103,8 +107,17 @@ def validate_output(output: Path, input_ids: IdSubset,
                     parts: Parts = ONE_A_CORE) -> ValidationReport:
     """Check one output file against the ids of its input (a big one in ``parts`` over the
     cores, store/parts.py)."""
-    checked = read_in_parts(OutputPaths.of(output).output, 0,
-                            lambda reader: _Checker(input_ids).read(reader), parts)
+    path = OutputPaths.of(output).output
+    # Every id selected (the common case): the ids are only marked at their rows, and slots are
+    # looked up for the few left; an id seen twice is named with its lines by the exact read.
+    quick = len(input_ids) == len(input_ids.index)
+    checked = read_in_parts(path, 0, lambda reader: _Checker(input_ids, quick).read(reader),
+                            parts)
+    if quick:
+        found = _found_once(input_ids, checked)
+        if found is not None:
+            return _merge(str(output), input_ids, checked, found)
+        checked = read_in_parts(path, 0, lambda reader: _Checker(input_ids).read(reader), parts)
     return _merge(str(output), input_ids, checked)
 
 
@@ -120,6 +133,11 @@ class CheckedPart:
     first: array[int]  # each slot's first line in the part (0: not seen)
     repeats: list[tuple[int, int, str]]  # (line, slot, id) of a selected id seen before
     others: list[tuple[int, str]]  # (line, id) of each id that is not a selected one
+    # A quick read's (every id selected): ``seen`` holds only the slots looked up; the input's
+    # rows found beside their place are marked here instead (RowSlots.cover), and ``again``
+    # says an id was met twice (its lines are then found by the exact read).
+    covered: bytes = b""
+    again: bool = False
 
 
 # The order a line is checked in: the order of its problems, and so of each kind's first.
@@ -131,11 +149,13 @@ _CHECKS = (ProblemKind.CORRUPT_LINE, ProblemKind.MISSING_FIELDS, ProblemKind.DUP
 class _Checker:
     """Checks one part of an output's lines (``read``), then gives them as a CheckedPart."""
 
-    def __init__(self, input_ids: IdSubset) -> None:
+    def __init__(self, input_ids: IdSubset, quick: bool = False) -> None:
         self.input_ids = input_ids
+        self.quick = quick  # every id selected: ids marked at their rows (``_cover_ids``)
+        self.again = False
         self.report = ValidationReport(output="")
         self.found = input_ids.empty()
-        self.first = array("I", bytes(4 * len(input_ids.index)))
+        self.first = array("I", b"" if quick else bytes(4 * len(input_ids.index)))
         self.repeats: list[tuple[int, int, str]] = []
         self.others: list[tuple[int, str]] = []
         self.mismatch = Mismatches()
@@ -143,26 +163,93 @@ class _Checker:
 
     def read(self, reader: LineReader) -> CheckedPart:
         """Check the lines ``reader`` gives, and a torn last line too."""
-        number = 0
+        # The common line (mpinfer's own form, every field there) is checked here in the loop,
+        # its fields read as ``_check`` reads them (tests/test_status_fast.py holds them equal):
+        # a call less for each of a million lines. Every other line goes to ``_check``.
+        loads, not_json, check, take = orjson.loads, orjson.JSONDecodeError, self._check, (
+            self._cover_ids if self.quick else self._take_ids)
+        report, add, mismatch = self.report, self.report.add, self.mismatch
+        known: dict[tuple[str, str], bool] = {}  # each pair of models seen without a filter
+        result_keys, usage_keys = frozenset(RESULT_FIELDS), frozenset(USAGE_FIELDS)
+        number = lines = records = truncated = refusals = filtered_count = 0
         for block in reader.blocks():
-            ids: list[tuple[int, str]] = []
+            numbers: list[int] = []
+            ids: list[bytes] = []
             for line in block:
                 number += 1
-                if line.strip() and (task_id := self._check(number, line)) is not None:
-                    ids.append((number, task_id))
-            self._take_ids(ids)
+                try:
+                    obj = loads(line)
+                except not_json:
+                    if not line.strip():
+                        continue  # a blank line: numbered, not counted
+                    obj = None
+                if (obj.__class__ is not dict or "answer" not in obj or "model" not in obj
+                        or "custom_id" in obj):
+                    task_id = check(number, line, obj)
+                    if task_id is not None:
+                        numbers.append(number)
+                        ids.append(task_id.encode())
+                    continue
+                get = obj.get
+                task_id, usage = get("id"), get("usage")
+                if not (task_id.__class__ is str and task_id
+                        and (usage.__class__ is dict or (usage is None and "usage" in obj))):
+                    task_id = check(number, line, obj)
+                    if task_id is not None:
+                        numbers.append(number)
+                        ids.append(task_id.encode())
+                    continue
+                lines += 1
+                records += 1
+                if not (obj.keys() >= result_keys
+                        and (usage is None or usage.keys() >= usage_keys)):
+                    add(Problem(ProblemKind.MISSING_FIELDS,
+                                f"missing {', '.join(missing_fields(obj))}", number, task_id))
+                answer, model, requested = obj["answer"], obj["model"], get("requested_model")
+                filtered = get("filtered")
+                if filtered is not None and not is_filtered(filtered):
+                    filtered = None
+                if get("finish_reason") == TRUNCATED:
+                    truncated += 1
+                refusal = get("refusal")
+                if refusal is not None and is_refusal(refusal, answer):
+                    refusals += 1
+                elif filtered is not None:
+                    filtered_count += 1
+                elif answer.__class__ is not str or not answer.strip():
+                    add(Problem(ProblemKind.EMPTY_ANSWER, f"answer is {answer!r}", number,
+                                task_id))
+                if filtered is None and requested.__class__ is str and model.__class__ is str:
+                    pair = (requested, model)
+                    wrong = known.get(pair)
+                    if wrong is None:
+                        wrong = known[pair] = mismatch(requested, model)
+                else:
+                    wrong = mismatch(requested, model, filtered)
+                if wrong:
+                    add(Problem(ProblemKind.MODEL_MISMATCH,
+                                f"requested {requested!r}, answered by {model!r}", number,
+                                task_id))
+                numbers.append(number)
+                ids.append(task_id.encode())
+            take(numbers, ids)
+        report.lines += lines
+        report.records += records
+        report.truncated += truncated
+        report.refusals += refusals
+        report.filtered += filtered_count
         if reader.torn:
             number += 1
-            if (task_id := self._check(number, reader.rest)) is not None:
-                self._take_ids([(number, task_id)])
-        return CheckedPart(number, self.report, self.found.to_bytes(), self.first, self.repeats,
-                           self.others)
+            if (task_id := check(number, reader.rest, decode(reader.rest))) is not None:
+                take([number], [task_id.encode()])
+        return CheckedPart(number, report, self.found.to_bytes(), self.first, self.repeats,
+                           self.others, self.order.covered(), self.again or self.order.again)
 
-    def _check(self, number: int, line: bytes) -> str | None:
-        """Check what one line shows alone; its id when it is an answer record."""
+    def _check(self, number: int, line: bytes, obj: Any) -> str | None:
+        """Check what one line (decoded: ``obj``, None when it is not JSON) shows alone; its id
+        when it is an answer record."""
         report = self.report
         report.lines += 1
-        obj = decode(line)
         task_id = answer_id(obj)
         if task_id is None:
             snippet = line[:80].decode("utf-8", "replace").rstrip()
@@ -225,31 +312,79 @@ class _Checker:
                         f"requested {record.requested_model!r}, answered by {record.model!r}",
                         number, rid))
 
-    def _take_ids(self, ids: list[tuple[int, str]]) -> None:
-        """Place a block's answer ids in the input, found all at once beside the input's rows in
-        order (exact: ``RowSlots``)."""
+    def _take_ids(self, numbers: list[int], ids: list[bytes]) -> None:
+        """Place a block's answer ids (on lines ``numbers``) in the input, found all at once
+        beside the input's rows in order (exact: ``RowSlots``)."""
         selected, first, add = self.input_ids.has_slot, self.first, self.found.add_slot
-        slots = self.order.slots([task_id.encode() for _, task_id in ids])
-        for (number, task_id), slot in zip(ids, slots, strict=True):
+        slots = self.order.slots(ids)
+        for number, raw, slot in zip(numbers, ids, slots, strict=True):
             if slot is None or not selected(slot):
-                self.others.append((number, task_id))
+                self.others.append((number, raw.decode()))
             elif first[slot]:
-                self.repeats.append((number, slot, task_id))
+                self.repeats.append((number, slot, raw.decode()))
             else:
                 first[slot] = number
                 add(slot)
 
+    def _cover_ids(self, numbers: list[int], ids: list[bytes]) -> None:
+        """Mark a block's answer ids at the input's rows near their place (``RowSlots.cover``);
+        look up the slots of the rest (exact: ``find_raws``), the ids not in the input kept with
+        their lines. An id met twice sets ``again``."""
+        left = self.order.cover(ids)
+        if not left:
+            return
+        if len(left) < len(ids):
+            wanted = set(left)
+            pairs = [(n, raw) for n, raw in zip(numbers, ids, strict=True) if raw in wanted]
+        else:
+            pairs = list(zip(numbers, ids, strict=True))
+        add = self.found.add_slot
+        slots = self.input_ids.index.find_raws([raw for _, raw in pairs])
+        for (number, raw), slot in zip(pairs, slots, strict=True):
+            if slot is None:
+                self.others.append((number, raw.decode()))
+            elif not add(slot):
+                self.again = True
 
-def _merge(output: str, input_ids: IdSubset, parts: list[CheckedPart]) -> ValidationReport:
+
+def _found_once(input_ids: IdSubset, parts: list[CheckedPart]) -> IdSubset | None:
+    """The ids a quick read marked at their rows (``CheckedPart.covered``), when no id of the
+    input was met twice, in a part or across parts (the slots looked up, ``seen``, included);
+    None when one was (or may have been): the exact read then names the lines."""
+    if any(part.again for part in parts):
+        return None
+    covered = 0
+    looked_up = input_ids.empty()
+    for part in parts:
+        marks = int.from_bytes(part.covered, "little")
+        seen = input_ids.empty()
+        seen.load_bytes(part.seen)
+        if covered & marks or len(seen.both(looked_up)):
+            return None
+        covered |= marks
+        looked_up = looked_up.either(seen)
+    size = max(len(part.covered) for part in parts)
+    found = input_ids.empty()
+    if size:
+        slots, but = covered_slots(input_ids.index, covered.to_bytes(size, "little"))
+        found.add_slots(slots)
+        if but:  # every id of the input but ``slots``
+            found = input_ids.minus(found)
+    return None if len(found.both(looked_up)) else found
+
+
+def _merge(output: str, input_ids: IdSubset, parts: list[CheckedPart],
+           marked: IdSubset | None = None) -> ValidationReport:
     """One report from the parts' checks, in file order: each part's problems at its lines, and
-    the ids seen twice, in one part or across two."""
+    the ids seen twice, in one part or across two (``marked``: the ids a quick read found at
+    their rows, each once and apart from those the parts looked up)."""
     report = ValidationReport(output=output)
     problems: dict[ProblemKind, list[Problem]] = {}
     counts: dict[ProblemKind, int] = {}
     offsets = [0]
     for part in parts:
         offsets.append(offsets[-1] + part.numbered)
-    found = input_ids.empty()  # the selected ids of the parts before
+    found = marked or input_ids.empty()  # the selected ids of the parts before
     first_other: dict[str, int] = {}  # an id not selected -> its first line
     for part, offset in zip(parts, offsets, strict=False):
         mine = part.report

@@ -163,6 +163,9 @@ class RowSlots:
         self._covered = bytearray()  # 1 for each row of the input an id was found equal to
         self._at = 0  # where in ``_held`` the next block of the output is expected
         self._placed = False  # whether a block was placed in the input yet
+        #: whether ``cover`` met an id twice among those it marked (in one block, or a row
+        #: marked before): --validate then names each repeat's lines by an exact read
+        self.again = False
 
     @classmethod
     def over(cls, index: IdIndex, exact_first: int = EXACT_FIRST) -> RowSlots:
@@ -210,17 +213,24 @@ class RowSlots:
         self._at = min(end, len(held))
         low = max(at - SLACK, 0)
         near = held[low:end + SLACK]
-        named = set(ids).intersection(near)
+        distinct = set(ids)
+        named = distinct.intersection(near)
         named.discard(b"")  # a row whose id cannot be told from its bytes
         if not named:
             return ids
+        if len(distinct) < len(ids):
+            self.again = True  # an id twice in the block
         start = self._base + low
-        marks = bytes([row in named for row in near])
+        marks = int.from_bytes(bytes(map(named.__contains__, near)), "little")
+        size = len(near)
         covered = self._covered
-        if len(covered) < start + len(marks):
-            covered.extend(bytes(start + len(marks) - len(covered)))
-        covered[start:start + len(marks)] = bytes(map(max, covered[start:start + len(marks)],
-                                                       marks))
+        if len(covered) < start + size:
+            covered.extend(bytes(start + size - len(covered)))
+        before = int.from_bytes(covered[start:start + size], "little")
+        if before & marks:
+            self.again = True  # a row marked by a block before: its id seen again
+        # a byte of 0 or 1 a row: "or" marks the block's rows beside those marked before
+        covered[start:start + size] = (before | marks).to_bytes(size, "little")
         return [raw for raw in ids if raw not in named] if len(named) < len(ids) else []
 
     def covered(self) -> bytes:
