@@ -5,16 +5,21 @@ what a plain line-by-line read through ``records.view`` gives, on every kind of 
 from __future__ import annotations
 
 import os
+import random
 from array import array
+from bisect import bisect_left
 from collections import deque
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from helpers import NOW, result_line, write_jsonl
 
 from mpinfer.config import RunConfig
 from mpinfer.inputs import checked_input, input_index_path, reading, selection
+from mpinfer.reports import validate as validate_module
 from mpinfer.reports.tally import RECENT_RECORDS, OutputTally
 from mpinfer.reports.validate import (
     Problem,
@@ -22,6 +27,7 @@ from mpinfer.reports.validate import (
     ValidationReport,
     validate_output,
 )
+from mpinfer.store import blocks
 from mpinfer.store.blocks import LineReader
 from mpinfer.store.idset import IdSubset
 from mpinfer.store.output import iter_lines
@@ -390,3 +396,74 @@ def test_status_and_validate_of_a_long_output_in_about_the_inputs_order(tmp_path
         # Then they find what a line-by-line read finds
         assert tally_of(tally) == reference_tally(out, within)
         assert as_compared(report) == as_compared(reference_validate(out, within))
+
+
+# --- validate's quick read: ids marked at their rows, an id met twice read again exactly ---------
+
+
+def _in_flight(ids: list[str]) -> list[str]:
+    """``ids`` as a run writes them: shuffled within windows of 16, every ninth left out."""
+    rng = random.Random(9)
+    out: list[str] = []
+    for start in range(0, len(ids), 16):
+        window = [rid for n, rid in enumerate(ids[start:start + 16], start) if n % 9]
+        rng.shuffle(window)
+        out.extend(window)
+    return out
+
+
+def _repeated(answered: list[str], where: str) -> list[str]:
+    """``answered`` with one id written again ``where``, or strangers (twice) only."""
+    answered = list(answered)
+    if where == "beside":  # the next line: in the same block
+        answered.insert(1201, answered[1200])
+    elif where == "a block on":  # near its row, a block or two later
+        for at in (1500, 1700, 1900):
+            answered.insert(at + 40, answered[at])
+    elif where == "far":  # at the end, far from its row (looked up, beside a row marked)
+        answered.append(answered[100])
+    elif where == "late":  # only at the end, twice: both looked up
+        answered += [answered.pop(100)] * 2
+    elif where == "first":  # among the first lines
+        answered.insert(2, answered[0])
+    elif where == "next part":  # 30 lines before the middle byte, again 30 lines after it:
+        sizes = list(accumulate(len(_own(rid)) for rid in answered))  # a line in each part
+        middle = bisect_left(sizes, sizes[-1] // 2)
+        answered.insert(middle + 30, answered[middle - 30])
+    answered[1000:1000] = ["stranger", "stranger-2"]
+    answered.append("stranger")
+    return answered
+
+
+@pytest.mark.parametrize("where", ["nowhere", "beside", "a block on", "far", "late", "first",
+                                   "next part"])
+def test_validate_marks_ids_at_their_rows_and_names_each_repeat_as_one_read_does(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    # Given 3,000 tasks, an output of most of them a little out of order, strangers, and an id
+    # written twice (or none), read in blocks of a few dozen lines
+    monkeypatch.setattr(blocks, "BLOCK", 1 << 13)
+    ids = [f"r{n}" for n in range(3000)]
+    tasks = write_jsonl(tmp_path / "tasks.jsonl", [{"id": rid, "prompt": "p"} for rid in ids])
+    out = tmp_path / "results.jsonl"
+    out.write_bytes(b"".join(_own(rid) for rid in _repeated(_in_flight(ids), where)))
+    config = RunConfig(input=tasks, output=out)
+    within = checked_input(tasks, reading(config), selection(config), input_index_path(out)).ids
+    expected = as_compared(reference_validate(out, within))
+    exact_reads: list[bool] = []
+
+    class Checker(validate_module._Checker):
+        def __init__(self, input_ids: IdSubset, quick: bool = False) -> None:
+            super().__init__(input_ids, quick)
+            exact_reads.append(not quick)
+
+    monkeypatch.setattr(validate_module, "_Checker", Checker)
+    for parts in (ONE, Parts(least=1 << 16, most=2)):
+        exact_reads.clear()
+        # When it is validated, in one part and in two
+        report = validate_output(out, within, parts)
+        # Then the report is one read's; the output is read again exactly only for a repeat
+        assert as_compared(report) == expected
+        assert any(exact_reads) == (where != "nowhere")
+    counts = report.counts
+    assert counts[ProblemKind.UNKNOWN_ID] == 3 and counts[ProblemKind.MISSING_ID] == 334
+    assert counts[ProblemKind.DUPLICATE_ID] == {"nowhere": 1, "a block on": 4}.get(where, 2)
