@@ -422,8 +422,10 @@ def _repeated(answered: list[str], where: str) -> list[str]:
             answered.insert(at + 40, answered[at])
     elif where == "far":  # at the end, far from its row (looked up, beside a row marked)
         answered.append(answered[100])
-    elif where == "late":  # only at the end, twice: both looked up
-        answered += [answered.pop(100)] * 2
+    elif where == "late":  # only far from its row, twice: both looked up
+        late = answered.pop(100)
+        answered.insert(2000, late)
+        answered.append(late)
     elif where == "first":  # among the first lines
         answered.insert(2, answered[0])
     elif where == "next part":  # 30 lines before the middle byte, again 30 lines after it:
