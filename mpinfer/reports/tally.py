@@ -36,7 +36,7 @@ from ..store.records import (
     number,
     view,
 )
-from ..store.row_match import RowSlots, covered_slots
+from ..store.row_match import EXACT_FIRST, RowSlots, covered_slots
 
 RECENT_RECORDS = 500
 
@@ -81,7 +81,7 @@ class TallyPart:
 class _Counter:
     """Counts one part of an output's lines (``read``), then gives them as a TallyPart."""
 
-    def __init__(self, within: IdSubset) -> None:
+    def __init__(self, within: IdSubset, exact_first: int = EXACT_FIRST) -> None:
         self.within = within
         self.done = within.empty()
         self.unknown: set[str] = set()
@@ -92,7 +92,7 @@ class _Counter:
         self.times: deque[float] = deque(maxlen=RECENT_RECORDS)
         self.last: float | None = None
         self.mismatch = Mismatches()
-        self.order = RowSlots.over(within.index)
+        self.order = RowSlots.over(within.index, exact_first)
 
     def read(self, reader: LineReader) -> TallyPart:
         """Count the lines ``reader`` gives."""
@@ -329,8 +329,16 @@ class OutputTally:
         return read
 
     def _read_output(self, path: Path, start: int, parts: Parts) -> int:
-        counted = read_in_parts(path, start, lambda reader: _Counter(self.within).read(reader),
-                                parts)
+        # An output read whole in parts marks ids from its first line: a part reads the input's
+        # ids up to its place in any case, and with every row marked the done set is the whole
+        # input, no row read again (a short read looks its first ids up instead).
+        try:
+            big = start == 0 and path.stat().st_size >= 2 * parts.least
+        except OSError:
+            big = False
+        exact_first = 0 if big else EXACT_FIRST
+        counted = read_in_parts(
+            path, start, lambda reader: _Counter(self.within, exact_first).read(reader), parts)
         for part in counted:
             self.add(part)
         size = max(len(part.covered) for part in counted)
