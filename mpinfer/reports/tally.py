@@ -103,7 +103,7 @@ class _Counter:
         loads, not_json, other = orjson.loads, orjson.JSONDecodeError, self._count_other
         costs, latencies, waits, times = self.costs, self.latencies, self.waits, self.times
         unpriced_models, mismatch = self.unpriced_models, self.mismatch
-        known: dict[tuple[str, str], bool] = {}  # each pair of models seen without a filter
+        known = mismatch.known  # each pair of models seen without a filter
         prompt = completion = unpriced = no_usage = mismatches = refusals = filtered_count = 0
         truncated, top, timed = 0, 0.0, False
         for block in reader.blocks():
@@ -148,7 +148,7 @@ class _Counter:
                     pair = (requested, model)
                     wrong = known.get(pair)
                     if wrong is None:
-                        wrong = known[pair] = mismatch(requested, model)
+                        wrong = mismatch(requested, model)
                     mismatches += wrong
                 else:
                     mismatches += mismatch(requested, model, filtered)

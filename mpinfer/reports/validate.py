@@ -18,9 +18,9 @@ from ..store.output import OutputPaths, run_outputs
 from ..store.parts import ONE_A_CORE, Parts, read_in_parts
 from ..store.records import (
     JUDGE_MODEL_FIELD,
-    RESULT_FIELDS,
+    RESULT_KEYS,
     TRUNCATED,
-    USAGE_FIELDS,
+    USAGE_KEYS,
     Mismatches,
     RecordView,
     answer_id,
@@ -171,8 +171,7 @@ class _Checker:
         loads, not_json, check, take = orjson.loads, orjson.JSONDecodeError, self._check, (
             self._cover_ids if self.quick else self._take_ids)
         report, add, mismatch = self.report, self.report.add, self.mismatch
-        known: dict[tuple[str, str], bool] = {}  # each pair of models seen without a filter
-        result_keys, usage_keys = frozenset(RESULT_FIELDS), frozenset(USAGE_FIELDS)
+        known = mismatch.known  # each pair of models seen without a filter
         number = lines = records = truncated = refusals = filtered_count = 0
         for block in reader.blocks():
             numbers: list[int] = []
@@ -203,8 +202,8 @@ class _Checker:
                     continue
                 lines += 1
                 records += 1
-                if not (obj.keys() >= result_keys
-                        and (usage is None or usage.keys() >= usage_keys)):
+                if not (obj.keys() >= RESULT_KEYS
+                        and (usage is None or usage.keys() >= USAGE_KEYS)):
                     add(Problem(ProblemKind.MISSING_FIELDS,
                                 f"missing {', '.join(missing_fields(obj))}", number, task_id))
                 answer, model, requested = obj["answer"], obj["model"], get("requested_model")
@@ -225,7 +224,7 @@ class _Checker:
                     pair = (requested, model)
                     wrong = known.get(pair)
                     if wrong is None:
-                        wrong = known[pair] = mismatch(requested, model)
+                        wrong = mismatch(requested, model)
                 else:
                     wrong = mismatch(requested, model, filtered)
                 if wrong:

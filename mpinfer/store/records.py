@@ -26,7 +26,7 @@ RESULT_FIELDS: tuple[str, ...] = (
     "latency_s", "attempts", "processed_at", "cost",
 )
 USAGE_FIELDS: tuple[str, ...] = ("prompt_tokens", "completion_tokens", "total_tokens")
-_RESULT_KEYS, _USAGE_KEYS = frozenset(RESULT_FIELDS), frozenset(USAGE_FIELDS)  # missing_fields
+RESULT_KEYS, USAGE_KEYS = frozenset(RESULT_FIELDS), frozenset(USAGE_FIELDS)  # a complete line's
 # A refusal keeps its text here, with ``answer`` null:
 # for a safety benchmark the refusal is the measurement.
 REFUSAL_FIELD = "refusal"
@@ -224,8 +224,8 @@ def same_model(requested: str | None, reported: str | None) -> bool:
 def missing_fields(data: dict[str, Any]) -> list[str]:
     """The required Result fields a decoded output line lacks (usage counted as one field)."""
     usage = data.get("usage")
-    if data.keys() >= _RESULT_KEYS and (usage is None or (isinstance(usage, dict)
-                                                          and usage.keys() >= _USAGE_KEYS)):
+    if data.keys() >= RESULT_KEYS and (usage is None or (isinstance(usage, dict)
+                                                          and usage.keys() >= USAGE_KEYS)):
         return []  # the common case, told at C speed (validate asks it of a million lines)
     missing = [name for name in RESULT_FIELDS if name not in data]
     if usage is None:  # null: the server sent none (or the line has no usage, named above)
@@ -355,17 +355,18 @@ def model_mismatch(requested: str | None, reported: str | None, filtered: Any = 
 
 class Mismatches:
     """``model_mismatch`` over many lines, decided once for each pair of models seen without a
-    filter's verdict (status and validate ask it of a million lines that name a few models)."""
+    filter's verdict (status and validate ask it of a million lines that name a few models);
+    ``known`` holds the verdicts by (requested, reported), for a loop to read without a call."""
 
     def __init__(self) -> None:
-        self._known: dict[tuple[str, str], bool] = {}
+        self.known: dict[tuple[str, str], bool] = {}
 
     def __call__(self, requested: Any, reported: Any, filtered: Any = None) -> bool:
         """``model_mismatch(requested, reported, filtered)``."""
         if filtered is None and requested.__class__ is str and reported.__class__ is str:
-            known = self._known.get((requested, reported))
+            known = self.known.get((requested, reported))
             if known is None:
-                known = self._known[(requested, reported)] = model_mismatch(requested, reported)
+                known = self.known[(requested, reported)] = model_mismatch(requested, reported)
             return known
         return model_mismatch(requested, reported, filtered)
 
