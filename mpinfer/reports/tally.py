@@ -15,6 +15,7 @@ from __future__ import annotations
 from array import array
 from collections import deque
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,10 @@ from ..store.records import (
 from ..store.row_match import EXACT_FIRST, RowSlots, covered_slots
 
 RECENT_RECORDS = 500
+# the fields of the usual answer counted in the loop (a line missing any is counted otherwise)
+_USUAL = itemgetter("id", "usage", "model", "requested_model", "finish_reason", "latency_s",
+                    "processed_at", "cost")
+_TOKENS = itemgetter("prompt_tokens", "completion_tokens")
 
 
 __all__ = ["FileMark", "LineReader", "OutputTally", "decode_line"]  # groups reads them here
@@ -96,89 +101,62 @@ class _Counter:
 
     def read(self, reader: LineReader) -> TallyPart:
         """Count the lines ``reader`` gives."""
-        # An answer in mpinfer's own form is counted here in the loop, as ``count_own`` counts
-        # it (tests/test_status_fast.py holds the two to the same counts), its sums kept in
-        # locals: no call, no attribute for each of a million lines. The float values go to
-        # the same arrays as the other lines', in file order.
-        loads, not_json, other = orjson.loads, orjson.JSONDecodeError, self._count_other
-        costs, latencies, waits, times = self.costs, self.latencies, self.waits, self.times
-        unpriced_models, mismatch = self.unpriced_models, self.mismatch
-        known = mismatch.known  # each pair of models seen without a filter
-        prompt = completion = unpriced = no_usage = mismatches = refusals = filtered_count = 0
-        truncated, top, timed = 0, 0.0, False
+        # The usual answer (mpinfer's own form, every field of its usual type, no filter,
+        # refusal or wait) is counted here in the loop, its fields taken in one call and its
+        # sums kept in locals: no call, no attribute for each of a million lines. Any other
+        # line goes to ``_count_other`` (tests/test_status_fast.py holds the two to the same
+        # counts as a line-by-line read). The float values go to the same arrays as the other
+        # lines', in file order.
+        loads, other = orjson.loads, self._count_other
+        fields, tokens = _USUAL, _TOKENS
+        add_cost, add_latency = self.costs.append, self.latencies.append
+        add_time = self.times.append
+        known, mismatch = self.mismatch.known, self.mismatch
+        prompt = completion = mismatches = truncated = 0
+        top, timed = 0.0, False
         for block in reader.blocks():
-            ids: list[bytes] = []
+            ids: list[str] = []
             for line in block:
                 try:
                     obj = loads(line)
-                except not_json:
-                    if line.strip():
-                        self.bad += 1
+                except ValueError:  # not JSON
+                    self.bad += bool(line.strip())
                     continue
-                if (obj.__class__ is not dict or "answer" not in obj or "model" not in obj
-                        or "custom_id" in obj):
+                try:
+                    task_id, usage, model, requested, finish, latency, at, cost = fields(obj)
+                    used, made = tokens(usage)
+                except (KeyError, TypeError):  # not the usual answer
                     if (task_id := other(obj)) is not None:
-                        ids.append(task_id.encode())
+                        ids.append(task_id)
                     continue
-                get = obj.get
-                task_id, usage = get("id"), get("usage")
-                if not (task_id.__class__ is str and task_id
-                        and (usage.__class__ is dict or (usage is None and "usage" in obj))):
+                if (task_id.__class__ is not str or not task_id or used.__class__ is not int
+                        or made.__class__ is not int or cost.__class__ is not float
+                        or latency.__class__ is not float or at.__class__ is not float
+                        or model.__class__ is not str or requested.__class__ is not str
+                        or "answer" not in obj or "custom_id" in obj or "filtered" in obj
+                        or "refusal" in obj or "waited_s" in obj):
                     if (task_id := other(obj)) is not None:
-                        ids.append(task_id.encode())
+                        ids.append(task_id)
                     continue
-                ids.append(task_id.encode())
-                model, requested, filtered = obj["model"], get("requested_model"), get("filtered")
-                if filtered is not None and not is_filtered(filtered):
-                    filtered = None
-                if usage is None:
-                    no_usage += 1
-                else:
-                    tokens = usage.get("prompt_tokens")
-                    prompt += tokens if tokens.__class__ is int else int(tokens or 0)
-                    tokens = usage.get("completion_tokens")
-                    completion += tokens if tokens.__class__ is int else int(tokens or 0)
-                    cost = get("cost")
-                    if cost.__class__ is float or (cost := number(cost)) is not None:
-                        costs.append(cost)
-                    else:
-                        unpriced += 1
-                        unpriced_models.add(model or requested or "?")
-                if filtered is None and requested.__class__ is str and model.__class__ is str:
-                    pair = (requested, model)
-                    wrong = known.get(pair)
-                    if wrong is None:
-                        wrong = mismatch(requested, model)
-                    mismatches += wrong
-                else:
-                    mismatches += mismatch(requested, model, filtered)
-                refusal = get("refusal")
-                if refusal is not None and is_refusal(refusal, obj["answer"]):
-                    refusals += 1
-                if filtered is not None:
-                    filtered_count += 1
-                if get("finish_reason") == TRUNCATED:
+                ids.append(task_id)
+                prompt += used
+                completion += made
+                add_cost(cost)
+                add_latency(latency)
+                add_time(at)
+                if at > top:
+                    top = at
+                timed = True
+                if finish == TRUNCATED:
                     truncated += 1
-                latency, waited, at = get("latency_s"), get("waited_s"), get("processed_at")
-                if latency is not None and (latency.__class__ is float
-                                            or (latency := number(latency)) is not None):
-                    latencies.append(latency)
-                if waited is not None and (waited.__class__ is float
-                                           or (waited := number(waited)) is not None):
-                    waits.append(waited)
-                if at is not None and (at.__class__ is float or (at := number(at)) is not None):
-                    times.append(at)
-                    timed = True
-                    if at > top:
-                        top = at
-            self._take_ids(ids)
+                wrong = known.get((requested, model))
+                if wrong is None:
+                    wrong = mismatch(requested, model)
+                mismatches += wrong
+            self._take_ids(list(map(str.encode, ids)))
         self.prompt += prompt
         self.completion += completion
-        self.unpriced += unpriced
-        self.no_usage += no_usage
         self.mismatches += mismatches
-        self.refusals += refusals
-        self.filtered += filtered_count
         self.truncated += truncated
         if timed:  # the largest time, as ``count_own`` takes it line by line
             self.last = max(self.last or 0.0, top)
@@ -189,8 +167,7 @@ class _Counter:
             array("d", self.times), self.last, reader.end, reader.torn, reader.mark)
 
     def _count_other(self, obj: Any) -> str | None:
-        """Count a line that is not an answer in mpinfer's usual form: its id when it is an
-        answer."""
+        """Count a line that is not the usual answer: its id when it is an answer."""
         task_id = answer_id(obj)
         if task_id is None:
             self.bad += 1
