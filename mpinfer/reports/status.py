@@ -10,6 +10,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -232,7 +233,8 @@ class StatusReader:
         ):
             return self._percentiles[1]
         self._sorted_at = now
-        self._percentiles = (count, percentiles([v for t in self.tallies for v in t.latencies]))
+        latencies = chain.from_iterable(t.latencies for t in self.tallies)
+        self._percentiles = (count, percentiles(latencies))
         return self._percentiles[1]
 
     def _save(self, index: InputIndex, force: bool = False) -> None:

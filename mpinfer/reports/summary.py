@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from ..events import Stopped, TaskDone
-from ..limits import LaneStats
 from ..store.atomic import replace_quietly
+
+if TYPE_CHECKING:
+    from ..limits import LaneStats
 
 
 @dataclass
@@ -252,11 +255,11 @@ def _lowest(limit: float, told: float, source: str) -> str:
     return ""
 
 
-def percentiles(values: list[float]) -> dict[str, float | None]:
+def percentiles(values: Iterable[float]) -> dict[str, float | None]:
     """p50, p95 and max of latencies (nearest rank), None for each when there are none."""
-    if not values:
-        return {"p50": None, "p95": None, "max": None}
     ordered = sorted(values)
+    if not ordered:
+        return {"p50": None, "p95": None, "max": None}
 
     def rank(share: float) -> float:
         return ordered[min(len(ordered) - 1, max(0, math.ceil(share * len(ordered)) - 1))]

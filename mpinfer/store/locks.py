@@ -1,8 +1,8 @@
 """Every lock on an output, in one place: ``flock`` on dot-files beside the output.
 
 - ``<output>.lock``, the run lock (RunLock): one run per output. The parent holds it for the whole
-  run; ``live_run`` probes it without waiting (``--status``, ``--cancel``, repair). It is a filelock
-  FileLock.
+  run; ``live_run`` probes it without waiting (``--status``, ``--cancel``, repair), taking its
+  ``flock`` itself (filelock's import is a run's cost, not --status's). It is a filelock FileLock.
 - ``<output>.workers.lock``, the workers' lock: each local worker holds it shared for its life
   (``hold_workers_lock``); a new run takes it exclusively first (``wait_for_old_workers``, a
   FileLock), so it never writes beside orphans of a killed parent.
@@ -24,10 +24,12 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import orjson
-from filelock import FileLock, Timeout
+
+if TYPE_CHECKING:
+    from filelock import FileLock
 
 from ..errors import OutputError, RunLockedError
 
@@ -111,13 +113,17 @@ class RunLock:
     """
 
     def __init__(self, paths: OutputPaths, model: str) -> None:
+        from filelock import FileLock  # imported by a run, not by --status (it probes alone)
+
         self.paths = paths
         self.model = model
-        self._lock = FileLock(str(paths.run_lock), thread_local=False)
+        self._lock: FileLock = FileLock(str(paths.run_lock), thread_local=False)
 
     def acquire(self, wait_s: float = RUN_LOCK_WAIT_S) -> None:
         """Take the output's run lock (waiting up to ``wait_s``) and record who holds it;
         RunLockedError when another run keeps it."""
+        from filelock import Timeout
+
         try:
             self._lock.acquire(timeout=wait_s)
         except Timeout:
@@ -153,21 +159,26 @@ class RunLock:
 
 def live_run(paths: OutputPaths) -> RunInfo | None:
     """The live run on this output, if any; probes the run lock without waiting."""
-    if not paths.run_lock.exists():
-        return None
-    probe = FileLock(str(paths.run_lock), thread_local=False)
     try:
-        probe.acquire(timeout=0)
-    except Timeout:
+        fd = os.open(paths.run_lock, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:  # no run lock: no run has been here, or none can be
+        return None
+    try:
+        # the flock FileLock takes, tried and let go at once (closing the file lets go)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
         return read_run_info(paths) or RunInfo(pid=0, started_at=0.0, model="?")
     except OSError:
         return None
-    probe.release()
+    finally:
+        os.close(fd)
     return None
 
 
 def wait_for_old_workers(paths: OutputPaths, wait_s: float = OLD_WORKERS_WAIT_S) -> None:
     """Wait until workers of an earlier run on this output (orphans of a killed parent) are gone."""
+    from filelock import FileLock, Timeout
+
     lock = FileLock(str(paths.workers_lock), thread_local=False)
     try:
         lock.acquire(timeout=wait_s)
