@@ -168,7 +168,7 @@ def reference_tally(path: Path, within: IdSubset) -> dict[str, Any]:
             recent.append(record.processed_at)
             last = max(last or 0.0, record.processed_at)
     return {**counts, "done": done.to_bytes(), "unknown": unknown, "cost": cost,
-            "waited": waited, "latencies": list(latencies), "recent": list(recent), "last": last,
+            "waited": waited, "latencies": sorted(latencies), "recent": list(recent), "last": last,
             "unpriced_models": models}
 
 
@@ -177,7 +177,7 @@ def tally_of(tally: OutputTally) -> dict[str, Any]:
              "filtered", "no_usage", "waits", "unknown", "cost", "waited", "last",
              "unpriced_models")
     return {**{name: getattr(tally, name) for name in names}, "done": tally.done.to_bytes(),
-            "latencies": list(tally.latencies), "recent": list(tally.recent)}
+            "latencies": sorted(tally.latencies), "recent": list(tally.recent)}
 
 
 def reference_validate(path: Path, input_ids: IdSubset) -> ValidationReport:

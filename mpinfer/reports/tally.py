@@ -74,7 +74,7 @@ class TallyPart:
     filtered: int
     no_usage: int
     costs: array[float]
-    latencies: array[float]
+    latencies: array[float]  # in order of size (only their percentiles are asked)
     waits: array[float]
     times: array[float]  # processed_at, the last RECENT_RECORDS of them
     last: float | None
@@ -160,10 +160,12 @@ class _Counter:
         self.truncated += truncated
         if timed:  # the largest time, as ``count_own`` takes it line by line
             self.last = max(self.last or 0.0, top)
+        # sorted here, each part on its core: the percentiles then sort runs already in order
+        latencies = array("d", sorted(self.latencies))
         return TallyPart(
             self.done.to_bytes(), self.order.covered(), self.unknown, self.bad, self.prompt,
             self.completion, self.unpriced, self.unpriced_models, self.mismatches, self.refusals,
-            self.truncated, self.filtered, self.no_usage, self.costs, self.latencies, self.waits,
+            self.truncated, self.filtered, self.no_usage, self.costs, latencies, self.waits,
             array("d", self.times), self.last, reader.end, reader.torn, reader.mark)
 
     def _count_other(self, obj: Any) -> str | None:
@@ -274,7 +276,8 @@ class OutputTally:
     filtered: int = 0  # stopped by a content filter: done, like a refusal
     no_usage: int = 0  # answers that came without usage: their cost unknown
     cost: float = 0.0
-    latencies: array[float] = field(default_factory=lambda: array("d"))  # on the wire
+    # on the wire: each part's in order of size (only their percentiles are asked)
+    latencies: array[float] = field(default_factory=lambda: array("d"))
     waited: float = 0.0  # off the wire before leaving, summed over ``waits`` answers
     waits: int = 0
     recent: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT_RECORDS))
