@@ -54,6 +54,7 @@ from _common import (
 )
 
 ID = b"@@ID@@"
+LATENCY = b"0.8421"  # in the template: each line gets a latency of its own
 GOALS = {"a": 1.0, "b": 4.0, "c": 4.0, "d": 4.0, "e": 6.0}  # x the floor
 PARENT_TARGET_MB = 400
 IN_FLIGHT = 32  # answers written out of order within windows of this many (-p 4 -c 8 in flight)
@@ -80,7 +81,7 @@ def result_template(line_bytes: int) -> list[bytes]:
         "requested_model": "gpt-4o-mini",
         "usage": {"prompt_tokens": 812, "completion_tokens": 164, "total_tokens": 976,
                   "cached_tokens": 0},
-        "finish_reason": "stop", "latency_s": 0.8421, "attempts": 1,
+        "finish_reason": "stop", "latency_s": float(LATENCY), "attempts": 1,
         "processed_at": 1795300000.123456,
         "cost": 0.00022020,
     }
@@ -114,7 +115,9 @@ def generate(folder: Path, n: int, line_bytes: int) -> tuple[Path, Path]:
             ids = [task_id(i) for i in range(start, min(n, start + chunk))]
             line = b'{"id":"%s","prompt":"question %s: what is shown in the picture?"}\n'
             t.write(b"".join(line % (i, i) for i in ids))
-            o.write(b"".join(i.join(parts) for i in in_flight_order(ids, rng)))
+            # each answer's own latency, as a real output has them (their percentiles are sorted)
+            o.write(b"".join(i.join(parts).replace(LATENCY, b"%.4f" % rng.uniform(0.3, 3.0))
+                             for i in in_flight_order(ids, rng)))
     return tasks, output
 
 
