@@ -104,17 +104,33 @@ class IdReader:
                             or None)
         return verdicts
 
-    def plain_ids(self) -> Iterator[list[bytes]] | None:
+    def plain_ids(self, start: int = 0) -> Iterator[list[bytes]] | None:
         """The id of each line of a JSONL input, in order, a list a block of lines: the bytes of a
         row that starts ``{"<id key>":"<id>"`` with a plain id and names the key nowhere else in
         its block (then its bytes are what parsing it gives, as in ``same_many``), else ``b""``
         (a blank line, a row spaced otherwise, an id with an escape, a block that names the key
-        elsewhere). None when the file is not JSONL."""
+        elsewhere). From the line at byte ``start`` (a line's start: 0, a row's offset or one
+        from ``lines_back``). None when the file is not JSONL."""
         if self.fmt != "jsonl":
             return None
-        return self._plain_ids()
+        return self._plain_ids(start)
 
-    def _plain_ids(self) -> Iterator[list[bytes]]:
+    def lines_back(self, offset: int, count: int) -> tuple[int, int]:
+        """The start of the line ``count`` lines before the line at byte ``offset`` (a line's
+        start), or of the first line when there are fewer, and its number from 0 (the newlines
+        before it, counted over the file up to it): where ``plain_ids`` may start a little before
+        a row, and the row it starts at."""
+        data = self._mapped()
+        if data is None:  # an empty file
+            return 0, 0
+        at = min(offset, len(data))
+        for _ in range(count):
+            if at <= 0:
+                break
+            at = data.rfind(b"\n", 0, at - 1) + 1  # data[at - 1] ends the line before
+        return at, (line_numbers(self.path, {at})[at] - 1 if at else 0)
+
+    def _plain_ids(self, start: int) -> Iterator[list[bytes]]:
         prefix = self._prefix
         first = re.compile(re.escape(prefix) + _PLAIN_ID)
         # one entry for each newline: the id of the line after it, or b""
@@ -122,6 +138,11 @@ class IdReader:
         key, head = prefix[1:], b"\n" + prefix
         held = b""  # the start of a line cut by the block's end
         with self.path.open("rb") as handle:
+            # Every block starts at a line's start (the first row's after a BOM, which reading
+            # it again skips too): the key at a block's start is at a line's start.
+            handle.seek(start)
+            if not start and handle.read(len(BOM)) != BOM:
+                handle.seek(0)
             while True:
                 chunk = handle.read(_BLOCK)
                 data = held + chunk

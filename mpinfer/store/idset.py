@@ -307,6 +307,19 @@ class IdIndex:
         rows: Iterator[list[bytes]] | None = plain_ids() if plain_ids is not None else None
         return rows
 
+    def rows_from(self, slot: int, before: int) -> tuple[int, Iterator[list[bytes]]] | None:
+        """The input's ids as ``rows_in_order`` gives them, but from ``before`` lines before the
+        row of ``slot`` (or from the first line), with the number of the line they start at
+        (``IdReader.lines_back``): a part of an output read from any line starts reading the
+        input near its place, not from the input's start. None when they cannot be read so."""
+        plain_ids = getattr(self._resolver, "plain_ids", None)
+        lines_back = getattr(self._resolver, "lines_back", None)
+        if plain_ids is None or lines_back is None:
+            return None
+        offset, row = lines_back(self.locator(slot), before)
+        rows: Iterator[list[bytes]] | None = plain_ids(offset)
+        return (row, rows) if rows is not None else None
+
     def locator(self, slot: int) -> int:
         """Where the id in ``slot`` can be read again (its byte offset or row number)."""
         number = bisect_right(self._bases, slot) - 1

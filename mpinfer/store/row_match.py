@@ -154,10 +154,11 @@ class RowSlots:
     (``IdIndex.find_members``); every other id goes to the exact lookup (``find_raws``)."""
 
     def __init__(self, index: IdIndex, rows: Iterator[list[bytes]] | None,
-                 exact_first: int = EXACT_FIRST) -> None:
+                 exact_first: int = EXACT_FIRST, seek: bool = True) -> None:
         self._index = index
         self._exact_left = exact_first  # ids still to look up by hash before reading in order
         self._rows = rows  # the input's ids not read yet (None: none can be read in order)
+        self._seek_near = seek  # whether the first place is still to be sought near its row
         self._held: list[bytes] = []  # the input's ids read and still near
         self._base = 0  # the input's row (line) of ``_held[0]``
         self._covered = bytearray()  # 1 for each row of the input an id was found equal to
@@ -168,10 +169,12 @@ class RowSlots:
         self.again = False
 
     @classmethod
-    def over(cls, index: IdIndex, exact_first: int = EXACT_FIRST) -> RowSlots:
+    def over(cls, index: IdIndex, exact_first: int = EXACT_FIRST, seek: bool = True) -> RowSlots:
         """Slots found beside the input of ``index`` once ``exact_first`` ids were looked up by
-        hash (by hash alone when its ids cannot be read in order)."""
-        return cls(index, index.rows_in_order(), exact_first)
+        hash (by hash alone when its ids cannot be read in order). ``seek``: the input is read
+        from a little before the row of one of the first block's ids (``_seek``), else from its
+        start up to them."""
+        return cls(index, index.rows_in_order(), exact_first, seek)
 
     def slots(self, ids: list[bytes]) -> list[int | None]:
         """The slot of each id (None: not the input's), in their order."""
@@ -258,9 +261,25 @@ class RowSlots:
         return None
 
     def _seek(self, ids: list[bytes]) -> int | None:
-        """The first block's place: the input's ids read from its start up to one of the block's
-        first ids (a part of the output may start anywhere)."""
+        """The first block's place: the input's ids read up to one of the block's first ids (a
+        part of the output may start anywhere). They are read from a little before the earliest
+        row of those ids that the exact lookup finds (``IdIndex.rows_from``: its line number
+        counted, not its ids read from the input's start); when none is the input's, none is
+        read: the next block tries. Else (or when the input cannot be read from a row), from the
+        input's start. The place is told, as from the start, by the ids read there: what the
+        lookup found only says where to start reading."""
         tried = ids[:_TRIED]
+        if self._seek_near and self._rows is not None:
+            index = self._index
+            found = [slot for slot in index.find_raws([raw for raw in tried if raw])
+                     if slot is not None]
+            if not found:
+                return None
+            self._seek_near = False
+            # the earliest: reading from there on meets the others (as from the start)
+            near = index.rows_from(min(found, key=index.locator), SLACK + _TRIED)
+            if near is not None:
+                self._base, self._rows = near
         while self._rows is not None:
             block = next(self._rows, None)
             if block is None:
