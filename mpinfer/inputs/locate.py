@@ -70,6 +70,7 @@ class IdReader:
         self._map: mmap.mmap | None = None
         self._prefix = b"{" + orjson.dumps(id_key) + b":"  # how a plain row starts
         self._compares = 0
+        self._compared = 0  # ids compared by ``same_many`` so far
         self._plain: bool | None = None  # every row names the id key once, first (_plain_rows)
 
     def same_many(self, offsets: list[int], raws: list[bytes]) -> list[bool | None]:
@@ -78,10 +79,11 @@ class IdReader:
         nowhere else on its line (so that value is the one parsing it gives); None when the row is
         not that plain, or differs: the caller then reads it whole (a hash is never taken for an
         id)."""
-        data = self._mapped() if self.fmt == "jsonl" else None
+        data = self._mapped() if self.fmt == "jsonl" and raws else None
         if data is None:
             return [None] * len(raws)
         self._compares += len(raws)
+        self._compared += len(raws)
         if self._compares >= _UNMAP_EVERY:
             # The pages read stay in the page cache; dropping them from this map keeps the
             # parent's resident size to its own data on a big input.
@@ -89,7 +91,12 @@ class IdReader:
             data.madvise(mmap.MADV_DONTNEED)
         prefix = self._prefix
         key, start = prefix[1:], len(prefix)
-        plain = self._plain_rows()
+        # Counting the key over the whole file (``_plain_rows``) spares a look along each row's
+        # line, and costs about that look for an id every 256 bytes of the file: it is taken
+        # once that many were compared (a few ids, a part's first, never read the whole file;
+        # many pay at most twice what the better way would).
+        plain = (self._plain_rows() if self._plain is not None or self._compared >= len(data) >> 8
+                 else False)
         verdicts: list[bool | None] = []
         for offset, raw in zip(offsets, raws, strict=True):
             end = offset + start + len(raw) + 2
