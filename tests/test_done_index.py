@@ -218,6 +218,28 @@ def test_a_row_that_is_not_plain_is_never_taken_on_its_bytes(tmp_path: Path) -> 
     assert verdicts == [True, None, None, None]
 
 
+@pytest.mark.parametrize("twice", [False, True])
+def test_a_few_ids_are_told_by_their_rows_lines_as_many_are_after_the_whole_file_is_counted(
+        tmp_path: Path, twice: bool) -> None:
+    # Given an input of 130 rows of 500 bytes, plain, or with one that names the id key twice
+    rows = [b'{"id":"r%d","prompt":"%s"}\n' % (i, b"x" * 480) for i in range(130)]
+    if twice:
+        rows[7] = b'{"id":"r7","prompt":"p","id":"s7"}\n'
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"".join(rows))
+    offsets = [sum(len(r) for r in rows[:n]) for n in range(len(rows))]
+    reader = IdReader(path, "id", InputFormat.JSONL)
+    asked = [b"r1", b"r7", b"x", b"r9"]
+    # When a few rows are compared with ids (too few for a count of the key over all the file),
+    # then many (a count taken), then those few again
+    few = reader.same_many([offsets[n] for n in (1, 7, 8, 9)], asked)
+    many = reader.same_many(offsets * 3, [b"r%d" % n for n in range(130)] * 3)
+    again = reader.same_many([offsets[n] for n in (1, 7, 8, 9)], asked)
+    # Then each way takes the plain rows that match, and leaves the row that names it twice
+    assert few == again == [True, None if twice else True, None, True]
+    assert many == [None if twice and n == 7 else True for n in range(130)] * 3
+
+
 def test_find_raws_never_takes_a_hash_for_an_id(tmp_path: Path) -> None:
     # Given an index whose rows all hold ids of the same hash bucket neighbourhood, and an id
     # resolver that can only read rows (no byte compare)

@@ -310,7 +310,7 @@ class OutputTally:
 
     def _read_output(self, path: Path, start: int, parts: Parts) -> int:
         # An output read whole in parts marks ids from its first line: a part reads the input's
-        # ids up to its place in any case, and with every row marked the done set is the whole
+        # ids near its place in any case, and with every row marked the done set is the whole
         # input, no row read again (a short read looks its first ids up instead).
         try:
             big = start == 0 and path.stat().st_size >= 2 * parts.least

@@ -159,7 +159,7 @@ class _Checker:
         self.repeats: list[tuple[int, int, str]] = []
         self.others: list[tuple[int, str]] = []
         self.mismatch = Mismatches()
-        # A quick read marks ids from its first (a part reads the input's ids up to its place
+        # A quick read marks ids from its first (a part reads the input's ids near its place
         # in any case, and a lookup costs more than a mark).
         self.order = RowSlots.over(input_ids.index, 0 if quick else EXACT_FIRST)
 

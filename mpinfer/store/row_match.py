@@ -13,7 +13,9 @@ lookup at all; else each matched row's slot is found as a member's (its id was r
 
 ``RowSlots`` is the same idea for --status and --validate, which need each id's slot (a part of
 the output read from any line): an id equal as bytes to one of the input's ids near its place is
-found by its hash alone, as a member; every other by the exact lookup.
+found by its hash alone, as a member; every other by the exact lookup. A part reads the input's
+ids from a little before the row of its first ids (found by the exact lookup, its line number
+counted), not from the input's start.
 """
 
 from __future__ import annotations
@@ -142,7 +144,7 @@ SLACK = 256
 REACH = 1 << 16
 _TRIED = 8  # a block's first ids looked for (one may be a stranger, or far from its row)
 #: Ids looked up by hash alone before the input is read in order: a short read (the lines
-#: appended since a refresh, a small output) never pays for reading the input up to its place.
+#: appended since a refresh, a small output) never pays for reading the input near its place.
 EXACT_FIRST = 1 << 15
 
 
