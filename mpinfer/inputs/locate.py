@@ -93,8 +93,8 @@ class IdReader:
         key, start = prefix[1:], len(prefix)
         # Counting the key over the whole file (``_plain_rows``) spares a look along each row's
         # line, and costs about that look for an id every 256 bytes of the file: it is taken
-        # once that many were compared (a few ids, a part's first, never read the whole file;
-        # many pay at most twice what the better way would).
+        # once that many were compared (a few ids never pay for a read of the whole file; many
+        # pay at most twice what the better way costs).
         plain = (self._plain_rows() if self._plain is not None or self._compared >= len(data) >> 8
                  else False)
         verdicts: list[bool | None] = []
