@@ -14,6 +14,7 @@ from helpers import text_tasks, write_tasks
 from mpinfer.inputs.check import check_input
 from mpinfer.inputs.locate import BOM, IdReader
 from mpinfer.inputs.tasks import InputFormat
+from mpinfer.store import row_match
 from mpinfer.store.idset import IdIndex
 from mpinfer.store.row_match import RowSlots, covered_slots
 
@@ -181,3 +182,26 @@ def test_the_input_read_from_a_row_is_its_ids_from_that_line_with_its_number(
             assert row == max(every.index(task_id) - before, 0)
     # and the first row, behind its BOM, is told from its bytes
     assert every[:4] == [b"t0", b"t1", b"t2", b""] and len(every) == N + N // 50
+
+
+def test_a_part_over_rows_not_told_by_their_bytes_gives_up_its_place_and_finds_all_exactly(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given an input whose rows are spaced otherwise (ids not told from their bytes) but for its
+    # last 100, and a reach of 100 rows past the first id a part seeks its place by
+    monkeypatch.setattr(row_match, "REACH", 100)
+    rows = [b'{"id": "t%d", "prompt": "p"}' % i for i in range(1900)]
+    rows += [b'{"id":"t%d","prompt":"p"}' % i for i in range(1900, 2000)]
+    inp = tmp_path / "spaced.jsonl"
+    inp.write_bytes(b"\n".join(rows) + b"\n")
+    index = check_input(inp).ids.index
+    raws = [b"t%d" % i for i in range(500, 2000)]
+    # When a part of an output of those ids seeks its place, and when it reads from the start
+    near = _read_part(index, raws, "cover", True, 0)
+    read = _read_part(index, raws, "cover", False, 0)
+    # Then neither finds a place (the first ids' rows are not plain): every id is left to the
+    # exact lookup, which finds them all
+    assert near == read
+    marks, given, again = near
+    assert marks == b"" and not again
+    left = [raw for block in given for raw in block]  # type: ignore[attr-defined]
+    assert left == raws and None not in index.find_raws(left)

@@ -266,11 +266,13 @@ class RowSlots:
         """The first block's place: the input's ids read up to one of the block's first ids (a
         part of the output may start anywhere). They are read from a little before the earliest
         row of those ids that the exact lookup finds (``IdIndex.rows_from``: its line number
-        counted, not its ids read from the input's start); when none is the input's, none is
-        read: the next block tries. Else (or when the input cannot be read from a row), from the
-        input's start. The place is told, as from the start, by the ids read there: what the
-        lookup found only says where to start reading."""
+        counted, not the input's ids read from its start), and no further than ``REACH`` rows
+        past it (none of those ids told by its bytes there: an input spaced otherwise); when
+        none is the input's, none is read: the next block tries. Else (or when the input cannot
+        be read from a row), from the input's start. The place is told, as from the start, by
+        the ids read there: what the lookup found only says where to start reading."""
         tried = ids[:_TRIED]
+        last: int | None = None  # the last row read after a seek
         if self._seek_near and self._rows is not None:
             index = self._index
             found = [slot for slot in index.find_raws([raw for raw in tried if raw])
@@ -282,7 +284,12 @@ class RowSlots:
             near = index.rows_from(min(found, key=index.locator), SLACK + _TRIED)
             if near is not None:
                 self._base, self._rows = near
+                last = self._base + SLACK + _TRIED + REACH
         while self._rows is not None:
+            if last is not None and self._base + len(self._held) > last:
+                self._rows = None  # no place: every block goes to the exact lookup
+                self._held.clear()
+                break
             block = next(self._rows, None)
             if block is None:
                 self._rows = None
