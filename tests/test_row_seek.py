@@ -10,12 +10,18 @@ from pathlib import Path
 
 import pytest
 from helpers import text_tasks, write_tasks
+from test_status_fast import _own, as_compared, reference_tally, reference_validate, tally_of
 
+from mpinfer.config import RunConfig
+from mpinfer.inputs import checked_input, reading, selection
 from mpinfer.inputs.check import check_input
 from mpinfer.inputs.locate import BOM, IdReader
 from mpinfer.inputs.tasks import InputFormat
+from mpinfer.reports.tally import OutputTally
+from mpinfer.reports.validate import validate_output
 from mpinfer.store import row_match
 from mpinfer.store.idset import IdIndex
+from mpinfer.store.parts import Parts
 from mpinfer.store.row_match import RowSlots, covered_slots
 
 N = 2000
@@ -205,3 +211,25 @@ def test_a_part_over_rows_not_told_by_their_bytes_gives_up_its_place_and_finds_a
     assert marks == b"" and not again
     left = [raw for block in given for raw in block]  # type: ignore[attr-defined]
     assert left == raws and None not in index.find_raws(left)
+
+
+def test_status_and_validate_in_parts_over_rows_of_every_kind_find_what_one_read_finds(
+        tmp_path: Path) -> None:
+    # Given an input with a BOM, blank lines, spaced rows, escaped and non-ASCII ids, and an
+    # output of its ids about in its order, with gaps, a repeat far from its row and strangers
+    inp = _mixed_input(tmp_path)
+    config = RunConfig(input=inp, output=tmp_path / "results.jsonl")
+    within = checked_input(inp, reading(config), selection(config), None).ids
+    answered = [raw.decode() for raw in _output(_ids(within.index), "about")]
+    out = tmp_path / "results.jsonl"
+    out.write_bytes(b"".join(_own(rid) for rid in answered))
+    expected_tally, expected_report = reference_tally(out, within), reference_validate(out, within)
+    # When status and validate read it in one part, and in three (each seeking its place)
+    for parts in (Parts(least=1 << 40), Parts(least=1 << 14, most=3)):
+        tally = OutputTally.empty(within)
+        tally.refresh(out, tmp_path / "none.errors.jsonl", parts)
+        report = validate_output(out, within, parts)
+        # Then they find what a line-by-line read finds
+        assert tally_of(tally) == expected_tally
+        assert as_compared(report) == as_compared(expected_report)
+    assert len(tally.done) == len(set(answered)) - 2
