@@ -24,6 +24,69 @@ _BLOCK = 1 << 20
 _UNMAP_EVERY = 1 << 16  # byte compares between two drops of the input's pages from the map
 # An id JSON writes as it is: printable ASCII but for the quote and the backslash.
 _PLAIN_ID = rb'"([ !#-\[\]-~]+)"'
+# JSON's whitespace within a line (a newline ends the row): json.dumps writes ``{"id": "x", ``.
+_WS = rb"[ \t\r]*"
+
+
+class KeyForm:
+    """How a row of a JSONL input can name the id key in its bytes, for the readers that tell a
+    row's id from them: the row's start (``{"id":`` with JSON's whitespace anywhere in it, as
+    json.dumps writes ``{"id": "x"``), and what may name the key elsewhere (the key before a colon
+    or whitespace, or an escape that writes one of its characters: ``"\\u0069d"`` is "id" too).
+    A row's id is told by its bytes only where the key is named nowhere but at its rows' start."""
+
+    def __init__(self, id_key: str) -> None:
+        key = orjson.dumps(id_key)
+        self.key = key
+        #: whether ids can be told from bytes at all: not for a key JSON writes with an escape
+        #: (the escape would be taken for one naming the key), nor one ending in what may stand
+        #: before a key's opening quote (the counts below would miss a key overlapping another)
+        self.usable = b"\\" not in key and not id_key.endswith(("{", ",", " ", "\t", "\r"))
+        #: the compact start, compared as bytes first (the common case, the cheapest)
+        self.prefix = b"{" + key + b":"
+        head = _WS + rb"\{" + _WS + re.escape(key) + _WS + b":" + _WS
+        self.head = re.compile(head)
+        #: a row's start with a plain id: the id in group 1
+        self.first = re.compile(head + _PLAIN_ID)
+        #: one match a newline: the id of the row after it, or b""
+        self.after = re.compile(rb"\n(?:" + head + _PLAIN_ID + rb")?")
+        self._heads = re.compile(rb"\n" + head)
+        self._names = [key + end for end in (b":", b" ", b"\t", b"\r")]
+        escapes: set[bytes] = set()
+        for char in id_key:
+            code = ord(char)
+            unit = code if code <= 0xFFFF else 0xD800 + ((code - 0x10000) >> 10)
+            escapes.add(rb"u" + b"".join(b"[%s%s]" % (h.encode(), h.upper().encode())
+                                          if h.isalpha() else h.encode()
+                                          for h in f"{unit:04x}"))
+            if char == "/":
+                escapes.add(b"/")  # the one character of a usable key with a short escape
+        self._spelled = re.compile(rb"\\(?:" + b"|".join(sorted(escapes)) + rb")")
+
+    def named(self, data: bytes | mmap.mmap, low: int, high: int) -> bool:
+        """Whether ``data[low:high]`` may name the key (more often than it does, never less)."""
+        if data.find(self.key, low, high) >= 0:
+            if any(data.find(name, low, high) >= 0 for name in self._names):
+                return True
+        return self._spelled.search(data, low, high) is not None
+
+    def only_first(self, data: bytes, cut: int) -> bool:
+        """Whether ``data[:cut]`` (whole lines) names the key only as its rows' first key: then
+        no row names it twice, and a row whose start has a plain id has that id."""
+        if self._spelled.search(data, 0, cut) is not None:
+            return False
+        # Each count is of places that may name the key, fewer and dearer to count each time;
+        # the starts counted are among them: an equal count says every one is a row's start.
+        starts = data.count(b"\n" + self.prefix, 0, cut) + data.startswith(self.prefix)
+        named = data.count(self.key, 0, cut)
+        if named == starts:
+            return True
+        named = sum(data.count(name, 0, cut) for name in self._names)
+        if named == starts:
+            return True
+        starts = len(self._heads.findall(data, 0, cut)) + (self.head.match(data, 0, cut)
+                                                             is not None)
+        return named == starts
 
 
 def row_has_values(row: dict[Any, Any]) -> bool:
@@ -68,18 +131,19 @@ class IdReader:
         self._handle: BinaryIO | None = None
         self._header: list[str] | None = None
         self._map: mmap.mmap | None = None
-        self._prefix = b"{" + orjson.dumps(id_key) + b":"  # how a plain row starts
+        self._form = KeyForm(id_key)
         self._compares = 0
         self._compared = 0  # ids compared by ``same_many`` so far
         self._plain: bool | None = None  # every row names the id key once, first (_plain_rows)
 
     def same_many(self, offsets: list[int], raws: list[bytes]) -> list[bool | None]:
         """Whether the row at each offset has the id in ``raws`` (its UTF-8 bytes), told by
-        comparing bytes: True when the row starts ``{"<id key>":"<raw>"`` and names that key
-        nowhere else on its line (so that value is the one parsing it gives); None when the row is
-        not that plain, or differs: the caller then reads it whole (a hash is never taken for an
-        id)."""
-        data = self._mapped() if self.fmt == "jsonl" and raws else None
+        comparing bytes: True when the row starts ``{"<id key>":"<raw>"`` (or spaced so, as
+        json.dumps writes ``{"<id key>": "<raw>"``: ``KeyForm``) and names that key nowhere else
+        on its line (so that value is the one parsing it gives); None when the row is not that
+        plain, or differs: the caller then reads it whole (a hash is never taken for an id)."""
+        form = self._form
+        data = self._mapped() if self.fmt == "jsonl" and raws and form.usable else None
         if data is None:
             return [None] * len(raws)
         self._compares += len(raws)
@@ -89,8 +153,7 @@ class IdReader:
             # parent's resident size to its own data on a big input.
             self._compares = 0
             data.madvise(mmap.MADV_DONTNEED)
-        prefix = self._prefix
-        key, start = prefix[1:], len(prefix)
+        prefix = form.prefix + b'"'
         # Counting the key over the whole file (``_plain_rows``) spares a look along each row's
         # line, and costs about that look for an id every 256 bytes of the file: it is taken
         # once that many were compared (a few ids never pay for a read of the whole file; many
@@ -99,26 +162,33 @@ class IdReader:
                  else False)
         verdicts: list[bool | None] = []
         for offset, raw in zip(offsets, raws, strict=True):
-            end = offset + start + len(raw) + 2
-            if data[offset:end] != prefix + b'"' + raw + b'"' or b"\\" in raw:
-                verdicts.append(None)
-                continue
+            end = offset + len(prefix) + len(raw) + 1
+            if data[offset:end] != prefix + raw + b'"' or b"\\" in raw:
+                # spaced as json.dumps writes it, or another id (an id with an escape never
+                # matches: the plain id has none)
+                found = form.first.match(data, offset)
+                if found is None or found.group(1) != raw:
+                    verdicts.append(None)
+                    continue
+                end = found.end()
             if plain:
                 verdicts.append(True)
                 continue
             line_end = data.find(b"\n", end)
-            verdicts.append(data.find(key, end, line_end if line_end >= 0 else len(data)) < 0
+            verdicts.append(not form.named(data, end, line_end if line_end >= 0 else len(data))
                             or None)
         return verdicts
 
     def plain_ids(self, start: int = 0) -> Iterator[list[bytes]] | None:
         """The id of each line of a JSONL input, in order, a list a block of lines: the bytes of a
-        row that starts ``{"<id key>":"<id>"`` with a plain id and names the key nowhere else in
-        its block (then its bytes are what parsing it gives, as in ``same_many``), else ``b""``
-        (a blank line, a row spaced otherwise, an id with an escape, a block that names the key
-        elsewhere). From the line at byte ``start`` (a line's start: 0, a row's offset or one
-        from ``lines_back``). None when the file is not JSONL."""
-        if self.fmt != "jsonl":
+        row that starts ``{"<id key>":"<id>"`` (JSON's whitespace allowed around each token, as
+        json.dumps writes ``{"<id key>": "<id>"``: ``KeyForm``) with a plain id and names the key
+        nowhere else in its block (then its bytes are what parsing it gives, as in
+        ``same_many``), else ``b""`` (a blank line, a row whose first key is another, an id with
+        an escape, a block that names the key elsewhere). From the line at byte ``start`` (a
+        line's start: 0, a row's offset or one from ``lines_back``). None when the file is not
+        JSONL, or its id key is not one told from bytes (``KeyForm.usable``)."""
+        if self.fmt != "jsonl" or not self._form.usable:
             return None
         return self._plain_ids(start)
 
@@ -138,20 +208,28 @@ class IdReader:
         return at, (line_numbers(self.path, {at})[at] - 1 if at else 0)
 
     def _plain_ids(self, start: int) -> Iterator[list[bytes]]:
-        prefix = self._prefix
-        first = re.compile(re.escape(prefix) + _PLAIN_ID)
-        # one entry for each newline: the id of the line after it, or b""
-        after = re.compile(rb"\n(?:" + re.escape(prefix) + _PLAIN_ID + rb")?")
-        key, head = prefix[1:], b"\n" + prefix
+        form = self._form
+        for data, cut in self._blocks(start, _BLOCK):
+            if form.only_first(data, cut):  # no row names the key twice
+                found = form.first.match(data, 0, cut)
+                ids: list[bytes] = form.after.findall(data, 0, cut - 1)
+                ids.insert(0, found.group(1) if found is not None else b"")
+            else:
+                ids = [b""] * (data.count(b"\n", 0, cut - 1) + 1)
+            yield ids
+
+    def _blocks(self, start: int, size: int) -> Iterator[tuple[bytes, int]]:
+        """The file from byte ``start`` (a line's start) in blocks of about ``size`` bytes, each
+        ``data[:cut]`` whole lines (the last may lack its newline). Every block starts at a
+        line's start (the first row's after a BOM, which reading it again skips too): the key
+        at a block's start is at a line's start."""
         held = b""  # the start of a line cut by the block's end
         with self.path.open("rb") as handle:
-            # Every block starts at a line's start (the first row's after a BOM, which reading
-            # it again skips too): the key at a block's start is at a line's start.
             handle.seek(start)
             if not start and handle.read(len(BOM)) != BOM:
                 handle.seek(0)
             while True:
-                chunk = handle.read(_BLOCK)
+                chunk = handle.read(size)
                 data = held + chunk
                 cut = data.rfind(b"\n") + 1 if chunk else len(data)
                 if not cut:
@@ -159,14 +237,7 @@ class IdReader:
                         return
                     held = data
                     continue
-                # the key only where a line starts with it: no row names it twice
-                if data.count(key, 0, cut) == data.count(head, 0, cut) + data.startswith(prefix):
-                    found = first.match(data, 0, cut)
-                    ids: list[bytes] = after.findall(data, 0, cut - 1)
-                    ids.insert(0, found.group(1) if found is not None else b"")
-                else:
-                    ids = [b""] * (data.count(b"\n", 0, cut - 1) + 1)
-                yield ids
+                yield data, cut
                 if not chunk:
                     return
                 held = data[cut:]
@@ -175,20 +246,8 @@ class IdReader:
         """Whether the file names the id key only at the start of rows (counted once over it):
         then no row names it twice, and a row that starts with a plain id has that id."""
         if self._plain is None:
-            key, head = self._prefix[1:], b"\n" + self._prefix
-            total = starts = 0
-            key_tail = head_tail = b""  # a needle cut by a block's end is counted in the next
-            with self.path.open("rb") as handle:
-                starts += handle.read(len(self._prefix)) == self._prefix
-                handle.seek(0)
-                while chunk := handle.read(_BLOCK * 8):
-                    data = key_tail + chunk
-                    total += data.count(key)
-                    key_tail = data[-(len(key) - 1):]
-                    data = head_tail + chunk
-                    starts += data.count(head)
-                    head_tail = data[-(len(head) - 1):]
-            self._plain = total == starts
+            self._plain = all(self._form.only_first(data, cut)
+                              for data, cut in self._blocks(0, _BLOCK * 8))
         return self._plain
 
     def _mapped(self) -> mmap.mmap | None:
