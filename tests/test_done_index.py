@@ -204,18 +204,20 @@ def test_the_block_scan_finds_what_the_decoding_scan_finds(tmp_path: Path) -> No
 
 
 def test_a_row_that_is_not_plain_is_never_taken_on_its_bytes(tmp_path: Path) -> None:
-    # Given rows whose id is plain, one that names the id key twice (parsing takes the last),
-    # one spaced differently, and one whose id differs from the bytes asked about
+    # Given rows whose id is plain (one spaced as json.dumps writes it), one that names the id
+    # key twice (parsing takes the last), one that names it again spaced, and one whose id
+    # differs from the bytes asked about
     path = tmp_path / "in.jsonl"
     rows = [b'{"id":"a","prompt":"p"}\n', b'{"id":"b","prompt":"p","id":"c"}\n',
-            b'{"id": "d","prompt":"p"}\n', b'{"id":"e","prompt":"p"}\n']
+            b'{"id": "d","prompt":"p"}\n', b'{"id": "f", "prompt": "p", "id" : "g"}\n',
+            b'{"id":"e","prompt":"p"}\n']
     path.write_bytes(b"".join(rows))
     offsets = [sum(len(r) for r in rows[:n]) for n in range(len(rows))]
     reader = IdReader(path, "id", InputFormat.JSONL)
     # When each row is compared with an id by its bytes
-    verdicts = reader.same_many(offsets, [b"a", b"b", b"d", b"x"])
-    # Then only the plain row that matches is taken; the others are left to a full read
-    assert verdicts == [True, None, None, None]
+    verdicts = reader.same_many(offsets, [b"a", b"b", b"d", b"f", b"x"])
+    # Then only the plain rows that match are taken; the others are left to a full read
+    assert verdicts == [True, None, True, None, None]
 
 
 @pytest.mark.parametrize("twice", [False, True])

@@ -86,8 +86,9 @@ def test_an_output_in_no_order_at_all_loses_nothing_when_little_is_held(tmp_path
 
 def test_rows_whose_id_cannot_be_told_from_their_bytes_are_never_matched_on_them(
         tmp_path: Path) -> None:
-    # Given an input with a blank line, a row spaced otherwise, an id with an escape, a non-ASCII
-    # id and a block that names the id key a second time in a row, and an output of all of them
+    # Given an input with a blank line, a row spaced as json.dumps writes it, an id with an
+    # escape, a non-ASCII id and a block that names the id key a second time in a row, and an
+    # output of all of them
     rows = [b'{"id":"a","prompt":"p"}', b"", b'{"id": "b","prompt":"p"}',
             b'{"id":"c\\u0064","prompt":"p"}', '{"id":"é","prompt":"p"}'.encode(),
             b'{"id":"e","prompt":"p"}']
@@ -100,8 +101,8 @@ def test_rows_whose_id_cannot_be_told_from_their_bytes_are_never_matched_on_them
              for raw in block]
     again = [raw for block in IdReader(twice, "id", InputFormat.JSONL).plain_ids() or []
              for raw in block]
-    # Then only the plain rows give their bytes, one entry a line
-    assert plain == [b"a", b"", b"", b"", b"", b"e"]
+    # Then only the plain rows (the spaced one among them) give their bytes, one entry a line
+    assert plain == [b"a", b"", b"b", b"", b"", b"e"]
     assert again == [b"", b""]
     # and a scan of an output of every id finds what decoding finds
     ids = ["a", "b", "cd", "é", "e"]

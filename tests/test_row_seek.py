@@ -32,12 +32,15 @@ def _plain_input(folder: Path) -> Path:
 
 
 def _mixed_input(folder: Path) -> Path:
-    """Rows whose ids cannot all be told from their bytes: a BOM, blank lines, rows spaced
-    otherwise, ids written with an escape, non-ASCII ids."""
+    """Rows whose ids cannot all be told from their bytes: a BOM, blank lines, ids written with
+    an escape, non-ASCII ids; among them rows spaced as json.dumps writes them, and otherwise
+    (told from their bytes as the compact ones are)."""
     lines: list[bytes] = []
     for i in range(N):
         if i % 7 == 3:
             row = b'{"id": "t%d", "prompt": "p"}' % i
+        elif i % 17 == 4:
+            row = b'{ "id" :\t"t%d" , "prompt" : "p" }' % i
         elif i % 11 == 5:
             row = b'{"id":"\\u0074%d","prompt":"p"}' % i  # "t<i>" with its t escaped
         elif i % 13 == 6:
@@ -186,18 +189,18 @@ def test_the_input_read_from_a_row_is_its_ids_from_that_line_with_its_number(
             # start, and that line is ``before`` lines before the row's (or the first)
             assert [raw for block in blocks for raw in block] == every[row:]
             assert row == max(every.index(task_id) - before, 0)
-    # and the first row, behind its BOM, is told from its bytes
-    assert every[:4] == [b"t0", b"t1", b"t2", b""] and len(every) == N + N // 50
+    # and the first row, behind its BOM, is told from its bytes, as are spaced rows
+    assert every[:6] == [b"t0", b"t1", b"t2", b"t3", b"t4", b""] and len(every) == N + N // 50
 
 
 def test_a_part_over_rows_not_told_by_their_bytes_gives_up_its_place_and_finds_all_exactly(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Given an input whose rows are spaced otherwise (ids not told from their bytes) but for its
-    # last 100, and a reach of 100 rows past the first id a part seeks its place by
+    # Given an input whose ids are written with an escape (not told from their bytes) but for
+    # its last 100, and a reach of 100 rows past the first id a part seeks its place by
     monkeypatch.setattr(row_match, "REACH", 100)
-    rows = [b'{"id": "t%d", "prompt": "p"}' % i for i in range(1900)]
+    rows = [b'{"id": "\\u0074%d", "prompt": "p"}' % i for i in range(1900)]
     rows += [b'{"id":"t%d","prompt":"p"}' % i for i in range(1900, 2000)]
-    inp = tmp_path / "spaced.jsonl"
+    inp = tmp_path / "escaped.jsonl"
     inp.write_bytes(b"\n".join(rows) + b"\n")
     index = check_input(inp).ids.index
     raws = [b"t%d" % i for i in range(500, 2000)]

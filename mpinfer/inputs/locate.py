@@ -28,6 +28,13 @@ _PLAIN_ID = rb'"([ !#-\[\]-~]+)"'
 _WS = rb"[ \t\r]*"
 
 
+def _unit_escape(unit: int) -> bytes:
+    """A regex of the JSON escape of a UTF-16 code unit after its backslash: u and four hex
+    digits, each letter in either case."""
+    return b"u" + b"".join(b"[%s%s]" % (h.encode(), h.upper().encode()) if h.isalpha()
+                           else h.encode() for h in f"{unit:04x}")
+
+
 class KeyForm:
     """How a row of a JSONL input can name the id key in its bytes, for the readers that tell a
     row's id from them: the row's start (``{"id":`` with JSON's whitespace anywhere in it, as
@@ -52,28 +59,41 @@ class KeyForm:
         self.after = re.compile(rb"\n(?:" + head + _PLAIN_ID + rb")?")
         self._heads = re.compile(rb"\n" + head)
         self._names = [key + end for end in (b":", b" ", b"\t", b"\r")]
-        escapes: set[bytes] = set()
+        # Each character of the key as JSON may write it: itself, or escaped (\uXXXX; one beyond
+        # them as two escapes; "/" as \/ too).
+        escapes: set[bytes] = set()  # after the backslash
+        forms: list[bytes] = []
         for char in id_key:
             code = ord(char)
-            unit = code if code <= 0xFFFF else 0xD800 + ((code - 0x10000) >> 10)
-            escapes.add(rb"u" + b"".join(b"[%s%s]" % (h.encode(), h.upper().encode())
-                                          if h.isalpha() else h.encode()
-                                          for h in f"{unit:04x}"))
-            if char == "/":
-                escapes.add(b"/")  # the one character of a usable key with a short escape
+            units = ([code] if code <= 0xFFFF else
+                     [0xD800 + ((code - 0x10000) >> 10), 0xDC00 + (code & 0x3FF)])
+            escapes.add(_unit_escape(units[0]))
+            ways = [re.escape(char.encode()), b"".join(rb"\\" + _unit_escape(u) for u in units)]
+            if char == "/":  # the one character of a usable key with a short escape
+                escapes.add(b"/")
+                ways.append(rb"\\/")
+            forms.append(rb"(?:" + b"|".join(ways) + rb")")
+        #: an escape that may write one of the key's characters (rare: json.dumps never does)
         self._spelled = re.compile(rb"\\(?:" + b"|".join(sorted(escapes)) + rb")")
+        #: the key, as JSON may write it, before its colon
+        self._written = re.compile(b'"' + b"".join(forms) + b'"' + _WS + b":")
 
     def named(self, data: bytes | mmap.mmap, low: int, high: int) -> bool:
         """Whether ``data[low:high]`` may name the key (more often than it does, never less)."""
         if data.find(self.key, low, high) >= 0:
             if any(data.find(name, low, high) >= 0 for name in self._names):
                 return True
-        return self._spelled.search(data, low, high) is not None
+        return self._escaped(data, low, high)
+
+    def _escaped(self, data: bytes | mmap.mmap, low: int, high: int) -> bool:
+        """Whether ``data[low:high]`` may name the key with an escape."""
+        return (self._spelled.search(data, low, high) is not None
+                and any(b"\\" in key for key in self._written.findall(data, low, high)))
 
     def only_first(self, data: bytes, cut: int) -> bool:
         """Whether ``data[:cut]`` (whole lines) names the key only as its rows' first key: then
         no row names it twice, and a row whose start has a plain id has that id."""
-        if self._spelled.search(data, 0, cut) is not None:
+        if self._escaped(data, 0, cut):
             return False
         # Each count is of places that may name the key, fewer and dearer to count each time;
         # the starts counted are among them: an equal count says every one is a row's start.
