@@ -233,3 +233,15 @@ def test_rows_spaced_every_way_json_allows_are_told_exactly_beside_blank_lines_a
     # and at its offset every plain row is taken (the first is read whole: the BOM is before
     # it), the others are read whole
     assert verdicts == [None, True, True, True, True, True, None, None]
+
+
+def test_an_id_whose_bytes_run_past_a_rows_id_is_never_taken_on_them(tmp_path: Path) -> None:
+    # Given rows, compact and spaced, whose id is followed by a key of their own
+    inp = tmp_path / "in.jsonl"
+    inp.write_bytes(b'{"id":"a","x":"p","prompt":"p"}\n{"id": "b", "x": "p", "prompt": "p"}\n')
+    reader = IdReader(inp, "id", InputFormat.JSONL)
+    # When each is compared with ids whose bytes are the row's id and what follows it (as an
+    # id of the output whose hash met the row's would be)
+    verdicts = reader.same_many([0, 0, 32, 32], [b'a","x', b"a", b'b", "x', b"b"])
+    # Then only the row's own id is taken
+    assert verdicts == [None, True, None, True]

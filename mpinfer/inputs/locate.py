@@ -183,9 +183,10 @@ class IdReader:
         verdicts: list[bool | None] = []
         for offset, raw in zip(offsets, raws, strict=True):
             end = offset + len(prefix) + len(raw) + 1
-            if data[offset:end] != prefix + raw + b'"' or b"\\" in raw:
-                # spaced as json.dumps writes it, or another id (an id with an escape never
-                # matches: the plain id has none)
+            if data[offset:end] != prefix + raw + b'"' or b"\\" in raw or b'"' in raw:
+                # spaced as json.dumps writes it, or another id (an id with a quote or an
+                # escape, whose bytes could run past the row's id, never matches: a plain id
+                # has neither)
                 found = form.first.match(data, offset)
                 if found is None or found.group(1) != raw:
                     verdicts.append(None)
