@@ -95,8 +95,10 @@ class KeyForm:
         no row names it twice, and a row whose start has a plain id has that id."""
         if self._escaped(data, 0, cut):
             return False
-        # Each count is of places that may name the key, fewer and dearer to count each time;
-        # the starts counted are among them: an equal count says every one is a row's start.
+        # The places that may name the key ("id" anywhere, then only before a colon or a space)
+        # against the rows' starts (compact ones, then spaced any way), each count tighter and
+        # dearer than the one before: the starts are among those places, so equal counts say
+        # that each place is a row's start.
         starts = data.count(b"\n" + self.prefix, 0, cut) + data.startswith(self.prefix)
         named = data.count(self.key, 0, cut)
         if named == starts:
