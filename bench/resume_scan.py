@@ -24,6 +24,7 @@ checks the parent's peak under 400 MB.
 
     python bench/resume_scan.py                    # 1,000,000 lines
     python bench/resume_scan.py --lines 100000     # a quick try
+    python bench/resume_scan.py --spaced-input     # the input as json.dumps writes it
     python bench/resume_scan.py --lines 10000000 --steps ab --repeat 1   # ten million
 """
 
@@ -102,7 +103,23 @@ def in_flight_order(ids: list[bytes], rng: random.Random) -> list[bytes]:
     return out
 
 
-def generate(folder: Path, n: int, line_bytes: int) -> tuple[Path, Path]:
+def task_line(spaced: bool) -> bytes:
+    """A task's line, its id twice in it: compact, or spaced as Python's json.dumps writes it."""
+    if spaced:
+        return b'{"id": "%s", "prompt": "question %s: what is shown in the picture?"}\n'
+    return b'{"id":"%s","prompt":"question %s: what is shown in the picture?"}\n'
+
+
+def write_tasks(tasks: Path, n: int, spaced: bool) -> None:
+    """Write the input alone (a reused folder's, in the other form)."""
+    line = task_line(spaced)
+    with tasks.open("wb") as t:
+        for start in range(0, n, 20_000):
+            ids = [task_id(i) for i in range(start, min(n, start + 20_000))]
+            t.write(b"".join(line % (i, i) for i in ids))
+
+
+def generate(folder: Path, n: int, line_bytes: int, spaced: bool) -> tuple[Path, Path]:
     """Write the input and the output, ``n`` tasks and a result line of about ``line_bytes``
     each."""
     tasks = folder / "tasks.jsonl"
@@ -110,10 +127,10 @@ def generate(folder: Path, n: int, line_bytes: int) -> tuple[Path, Path]:
     parts = result_template(line_bytes)
     chunk = 20_000
     rng = random.Random(25)
+    line = task_line(spaced)
     with tasks.open("wb") as t, output.open("wb") as o:
         for start in range(0, n, chunk):
             ids = [task_id(i) for i in range(start, min(n, start + chunk))]
-            line = b'{"id":"%s","prompt":"question %s: what is shown in the picture?"}\n'
             t.write(b"".join(line % (i, i) for i in ids))
             # each answer's own latency, as a real output has them (their percentiles are sorted)
             o.write(b"".join(i.join(parts).replace(LATENCY, b"%.4f" % rng.uniform(0.3, 3.0))
@@ -166,6 +183,9 @@ def main() -> int:
                     help="runs of each step; the fastest is shown (default 2)")
     ap.add_argument("--steps", default="abcde",
                     help="the rows to measure (default abcde; e.g. ab for ten million lines)")
+    ap.add_argument("--spaced-input", action="store_true",
+                    help='the input as Python\'s json.dumps writes it ({"id": "r0", ...}), as '
+                    "most users make theirs (default: compact)")
     ap.add_argument("--dir", type=Path, default=None,
                     help="keep the files here and reuse them when they are "
                     "there already (default: a temp dir)")
@@ -184,8 +204,11 @@ def main() -> int:
         started = time.monotonic()
         if args.dir and count_lines(output) == args.lines and count_lines(tasks) == args.lines:
             print("reusing the files there")
+            with tasks.open("rb") as head:
+                if head.read(7) != task_line(args.spaced_input)[:7]:
+                    write_tasks(tasks, args.lines, args.spaced_input)
         else:
-            tasks, output = generate(folder, args.lines, args.line_bytes)
+            tasks, output = generate(folder, args.lines, args.line_bytes, args.spaced_input)
             print(
                 f"generated in {time.monotonic() - started:.1f} s: output "
                 f"{output.stat().st_size / MB:,.0f} MB, input {tasks.stat().st_size / MB:,.0f} MB")
@@ -243,7 +266,8 @@ def main() -> int:
         print(table(rows, ["step", "s", "x floor", "goal", "verdict", "CPU s", "CPU x floor",
                            "parent peak MB", "check"],
                     title=f"resume: {args.lines:,} result lines of ~{args.line_bytes} B and "
-                    f"{args.lines:,} tasks (warm page cache; best of {args.repeat}; floor best "
+                    f"{args.lines:,} tasks{' (spaced)' if args.spaced_input else ''} (warm page "
+                    f"cache; best of {args.repeat}; floor best "
                     f"of {len(floors)}: {', '.join(f'{f:.2f}' for f, _ in floors)} s)"))
         print()
         for row in rows[1:]:
