@@ -15,7 +15,7 @@ from helpers import result_line, write_jsonl
 from test_status_fast import _own, as_compared, reference_tally, reference_validate, tally_of
 
 from mpinfer.config import RunConfig
-from mpinfer.inputs import checked_input, reading, selection
+from mpinfer.inputs import checked_input, locate, reading, selection
 from mpinfer.inputs.check import check_input
 from mpinfer.inputs.locate import BOM, IdReader
 from mpinfer.inputs.tasks import InputFormat
@@ -245,3 +245,90 @@ def test_an_id_whose_bytes_run_past_a_rows_id_is_never_taken_on_them(tmp_path: P
     verdicts = reader.same_many([0, 0, 32, 32], [b'a","x', b"a", b'b", "x', b"b"])
     # Then only the row's own id is taken
     assert verdicts == [None, True, None, True]
+
+
+@pytest.mark.parametrize("id_key", ['a"b', "a,", "a "])
+def test_an_id_key_whose_rows_bytes_cannot_be_counted_is_never_read_from_them(
+        tmp_path: Path, id_key: str) -> None:
+    # Given an input whose id key JSON writes with an escape, or ends in what may stand before
+    # a key's opening quote (a count of the key's places could then miss one)
+    inp = tmp_path / "in.jsonl"
+    inp.write_bytes(b"".join(orjson.dumps({id_key: f"t{i}", "prompt": "p"}) + b"\n"
+                             for i in range(5)))
+    reader = IdReader(inp, id_key, InputFormat.JSONL)
+    # When its ids are asked for in order and compared at a row
+    # Then none is read from the bytes: each is read whole
+    assert reader.plain_ids() is None
+    assert reader.same_many([0], [b"t0"]) == [None]
+    assert reader(0) == "t0"
+
+
+def _random_row(rng: random.Random, i: int) -> tuple[bytes, str]:
+    """A row of one of many shapes, and the id it shows at its start ("x<i>" where the key is
+    named again)."""
+    task = {"id": f"t{i}", "prompt": "p"}
+    ws = ["", " ", "\t", " \t "]
+    shape = rng.choices(range(9), weights=[5, 5, 5, 1, 1, 3, 3, 3, 3])[0]  # few spoil a block
+    if shape == 0:
+        return orjson.dumps(task), f"t{i}"
+    if shape == 1:
+        return json.dumps(task).encode(), f"t{i}"
+    if shape == 2:
+        a, b, c, d = (rng.choice(ws) for _ in range(4))
+        return f'{a}{{{b}"id"{c}:{d}"t{i}", "prompt": "p"}}'.encode(), f"t{i}"
+    if shape == 3:  # the key again, spaced or escaped: parsing takes the last
+        again = rng.choice(['"id": ', '"id" :', '"\\u0069d":', '"i\\u0064"\t:'])
+        return f'{{"id": "x{i}", "prompt": "p", {again} "t{i}"}}'.encode(), f"x{i}"
+    if shape == 4:  # the key in a nested object
+        return f'{{"id": "t{i}", "prompt": "p", "m": {{"id": "z"}}}}'.encode(), f"t{i}"
+    if shape == 5:  # an escaped id
+        return f'{{"id": "\\u0074{i}", "prompt": "p"}}'.encode(), f"t{i}"
+    if shape == 6:  # the key's text in a prompt, and an escape of its letter in a value
+        return (f'{{"id": "t{i}", "prompt": "say \\"id\\": \\"y\\" \\u0069d", "n": "id"}}'
+                .encode(), f"t{i}")
+    if shape == 7:
+        return f'{{"id": "t{i}é", "prompt": "p"}}'.encode(), f"t{i}é"
+    return json.dumps(task).encode() + b"\r", f"t{i}"
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_rows_of_every_shape_in_small_blocks_give_only_the_ids_parsing_gives(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+    # Given 400 rows of random shapes (compact, spaced every way, the key named again, nested,
+    # escaped and non-ASCII ids, the key's text in values), blank lines, read in blocks of
+    # about 600 bytes; and an output of some of their ids and of the ids their starts show
+    monkeypatch.setattr(locate, "_BLOCK", 600)
+    rng = random.Random(seed)
+    rows, shown = [], []
+    for i in range(400):
+        row, start = _random_row(rng, i)
+        rows.append(row)
+        shown.append(start)
+        if rng.random() < 0.03:
+            rows.append(b"")
+    inp = tmp_path / "in.jsonl"
+    inp.write_bytes(b"\n".join(rows) + b"\n")
+    parsed = _parsed_ids(inp)
+    answered = [raw.decode() for raw in parsed if raw and rng.random() < 0.7]
+    output = write_jsonl(tmp_path / "out.jsonl",
+                         [result_line(rid) for rid in [*answered, *shown[::3]]])
+    # When its ids are read from its bytes, compared at their rows with the ids parsing gives
+    # and with those their starts show, and the output is scanned
+    reader = IdReader(inp, "id", InputFormat.JSONL)
+    ids = [raw for block in reader.plain_ids() or [] for raw in block]
+    offsets = _offsets(inp)
+    decoys = [(offset, start.encode()) for offset, start in zip(offsets, shown, strict=True)
+              if start.startswith("x")]
+    verdicts = reader.same_many(offsets, [raw for raw in parsed if raw])
+    fooled = reader.same_many([offset for offset, _ in decoys], [raw for _, raw in decoys])
+    index = check_input(inp)
+    fast, slow = scan_done(output, index.ids, None), scan(output, within=index.ids)
+    # Then every id told is the one parsing gives (many are told), no row is taken for the id
+    # its start shows, and the scan finds what decoding finds
+    assert len(ids) == len(parsed)
+    assert all(raw in (b"", want) for raw, want in zip(ids, parsed, strict=True))
+    assert sum(1 for raw in ids if raw) > 40
+    assert set(verdicts) <= {True, None} and verdicts.count(True) > 100
+    assert decoys and fooled == [None] * len(decoys)
+    assert fast.done is not None and slow.done is not None
+    assert sorted(fast.done) == sorted(slow.done) and fast.unknown == slow.unknown
