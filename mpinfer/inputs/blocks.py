@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Iterator
+import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import accumulate, chain, islice
 from operator import itemgetter
@@ -24,11 +25,14 @@ from typing import Any
 import orjson
 
 from ..errors import InputError
+from ..store.idset import IdIndex
 from .locate import BOM
 from .readers import jsonl_row
 from .tasks import FieldKeys, InputFormat, Task
 
 BLOCK = 1 << 20
+MAX_PROBLEMS_SHOWN = 10  # bad rows: the check stops looking at the tenth
+MAX_BODY_MODELS = 100  # distinct models kept from a Batch file's bodies
 # A row's own settings, which parse_task checks: a block with any of them is read row by row
 _SETTINGS = ("system", "temperature", "max_tokens")
 _NONE = type(None)
@@ -42,6 +46,46 @@ class Block:
     ids: list[str] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)
     rows: list[tuple[int, Task | InputError]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Taken:
+    """What the check found reading rows into the id index: the first bad rows in line order (at
+    most MAX_PROBLEMS_SHOWN: then it stopped looking), and the first distinct models named by the
+    rows' bodies (a Batch file's)."""
+
+    problems: list[InputError]
+    body_models: tuple[str, ...] = ()
+
+    @classmethod
+    def joined(cls, parts: list[Taken]) -> Taken:
+        """What the parts of one input found, in their order: as if read in one pass (each part
+        keeps the first ones it met, so the first of all are among them)."""
+        problems = [problem for part in parts for problem in part.problems]
+        models = dict.fromkeys(model for part in parts for model in part.body_models)
+        return cls(problems[:MAX_PROBLEMS_SHOWN], tuple(models)[:MAX_BODY_MODELS])
+
+
+def take_rows(blocks: Iterable[Block], index: IdIndex, by_row: bool) -> Taken:
+    """Take the ids of the rows of ``blocks`` into ``index`` (each at its byte offset, or its
+    position among them when ``by_row``) up to the tenth bad row; what they held besides."""
+    problems: list[InputError] = []
+    body_models: dict[str, None] = {}
+    position = 0
+    for block in blocks:
+        index.add_many(block.ids, block.offsets)
+        position += len(block.ids)
+        for offset, item in block.rows:
+            if isinstance(item, InputError):
+                problems.append(item)
+                if len(problems) >= MAX_PROBLEMS_SHOWN:
+                    return Taken(problems, tuple(body_models))
+                continue
+            index.add(item.id, position if by_row else offset)
+            position += 1
+            if item.body is not None and len(body_models) < MAX_BODY_MODELS:
+                body_models.setdefault(str(item.model))
+    return Taken(problems, tuple(body_models))
 
 
 class PlainRows:
@@ -127,41 +171,75 @@ def _plain_images(values: list[Any]) -> bool:
     return set(map(type, items)) <= {str} and "" not in items
 
 
-class JsonlBlocks:
-    """The rows of a JSONL or Batch API input, a block at a time; ``checksum`` (its size and
-    sha256) once it has been read to the end."""
+@dataclass(frozen=True)
+class Span:
+    """A part of an input read from a file this process opened (``fd``): its lines from byte
+    ``start`` to ``stop`` (line boundaries; None: to the end). The bytes before ``start`` are read
+    too, for the line numbers (and, when ``hashed``, for the sha256 of the file from its start)."""
 
-    def __init__(self, path: Path, keys: FieldKeys, fmt: InputFormat) -> None:
-        self.path, self.keys, self.fmt = path, keys, fmt
+    fd: int
+    start: int = 0
+    stop: int | None = None
+    hashed: bool = True
+
+
+class JsonlBlocks:
+    """The rows of a JSONL or Batch API input, a block at a time (of its ``span`` only, when
+    given); ``checksum`` (its size and sha256) once it has been read to the end, hashed.
+
+    A part read alone counts its rows from 0: a row's position is right only for a whole input
+    (it is the id only with --id-from-row, whose rows are never read in parts)."""
+
+    def __init__(self, path: Path, keys: FieldKeys, fmt: InputFormat,
+                 span: Span | None = None) -> None:
+        self.path, self.keys, self.fmt, self.span = path, keys, fmt, span
         self.checksum: tuple[int, str] | None = None
         self._plain = PlainRows.of(keys, fmt)
         self._position = 0  # rows so far (the id of a row with --id-from-row)
 
     def __iter__(self) -> Iterator[Block]:
-        digest = hashlib.sha256()
-        offset = size = lines = 0  # where the next block starts, bytes read, lines before it
-        held = b""  # the start of a line cut by the end of the last read
+        if self.span is not None:
+            yield from self._read(self.span)
+            return
         try:
             handle = self.path.open("rb")
         except OSError as exc:
             raise InputError(f"cannot open input: {exc.strerror or exc}", str(self.path)) from None
         with handle:
-            while True:
-                chunk = handle.read(BLOCK)
+            yield from self._read(Span(handle.fileno()))
+
+    def _read(self, span: Span) -> Iterator[Block]:
+        digest = hashlib.sha256() if span.hashed else None
+        lines = size = 0  # lines before the next block, bytes read
+        while size < span.start:  # the bytes before the part: their lines (and sha256)
+            chunk = os.pread(span.fd, min(BLOCK, span.start - size), size)
+            if not chunk:
+                break
+            lines += chunk.count(b"\n")
+            if digest is not None:
                 digest.update(chunk)
-                size += len(chunk)
-                data = held + chunk if held else chunk
-                cut = data.rfind(b"\n") + 1 if chunk else len(data)
-                if cut:
-                    block, held = data[:cut], data[cut:]
-                    yield self._block(block, offset, lines)
-                    offset += len(block)
-                    lines += block.count(b"\n")
-                else:
-                    held = data
-                if not chunk:
-                    break
-        self.checksum = (size, digest.hexdigest())
+            size += len(chunk)
+        offset = size  # where the next block starts
+        held = b""  # the start of a line cut by the end of the last read
+        while True:
+            want = BLOCK if span.stop is None else min(BLOCK, span.stop - size)
+            chunk = os.pread(span.fd, want, size) if want > 0 else b""
+            if digest is not None:
+                digest.update(chunk)
+            size += len(chunk)
+            data = held + chunk if held else chunk
+            cut = data.rfind(b"\n") + 1 if chunk else len(data)
+            if cut:
+                block, held = data[:cut], data[cut:]
+                yield self._block(block, offset, lines)
+                offset += len(block)
+                lines += block.count(b"\n")
+            else:
+                held = data
+            if not chunk:
+                break
+        if digest is not None and span.stop is None:
+            self.checksum = (size, digest.hexdigest())
 
     def _block(self, block: bytes, offset: int, lines: int) -> Block:
         if self._plain is not None and not (lines == 0 and block.startswith(BOM)):

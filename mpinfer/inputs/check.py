@@ -20,53 +20,41 @@ from ..config import RunConfig
 from ..errors import ConfigError, InputError
 from ..store.idset import HashFn, IdIndex, IdSubset, Resolver
 from ..store.output import OutputPaths, iter_lines, run_outputs, scan
+from ..store.parts import Parts
 from ..store.records import is_answer, record_id
-from .blocks import Block, JsonlBlocks
+from .blocks import MAX_PROBLEMS_SHOWN, Block, take_rows
+from .check_parts import INPUT_PARTS, check_jsonl
 from .locate import IdReader, JsonIdReader, line_numbers
 from .parquet import ParquetIdReader
 from .readers import detect_format, iter_selected, placed_rows
 from .tasks import FieldKeys, InputFormat, InputIndex, Selection, Task, parse_batch_task, parse_task
 from .template import prompt_forms, template_fields
 
-MAX_PROBLEMS_SHOWN = 10
-MAX_BODY_MODELS = 100  # distinct models kept from a Batch file's bodies
 MODELS_NAMED = 3  # in the name of a run of a Batch file whose bodies name several models
 MAX_DUPLICATES_SHOWN = 5
 
 
 def check_input(path: Path, keys: FieldKeys = FieldKeys(), selection: Selection = Selection(),
-                hash_fn: HashFn | None = None) -> InputIndex:
+                hash_fn: HashFn | None = None, parts: Parts = INPUT_PARTS) -> InputIndex:
     """Read every row and check it; the selected ids, or one InputError listing the first problems.
 
     Every row is checked, selected or not: a broken file is broken, and a trial run with --limit
     should say so before the real run does. The ids are kept in an IdIndex (16 bytes each, whatever
-    their length); ``hash_fn`` is its hash, a parameter so tests can force collisions.
+    their length); ``hash_fn`` is its hash, a parameter so tests can force collisions. A big
+    JSONL input of plain rows is read in ``parts`` over the cores (check_parts.py), with the same
+    findings.
     """
     fmt = detect_format(path)
     if fmt is InputFormat.BATCH and keys.templated is not None:
         raise ConfigError(f"{path} is a Batch API file, whose bodies are sent as they are: "
                           "--template, --system-template and --variants do not apply")
-    problems: list[InputError] = []
     by_row = _ids_by_row(keys, fmt)
     index = IdIndex(id_resolver(path, keys, fmt), hash_fn)
-    body_models: dict[str, None] = {}
-    position = 0
-    blocks = JsonlBlocks(path, keys, fmt) if fmt in _BY_BLOCK else None
-    for block in blocks or _row_blocks(path, keys, fmt):
-        index.add_many(block.ids, block.offsets)
-        position += len(block.ids)
-        for offset, item in block.rows:
-            if isinstance(item, InputError):
-                problems.append(item)
-                if len(problems) >= MAX_PROBLEMS_SHOWN:
-                    break
-                continue
-            index.add(item.id, position if by_row else offset)
-            position += 1
-            if item.body is not None and len(body_models) < MAX_BODY_MODELS:
-                body_models.setdefault(str(item.model))
-        if len(problems) >= MAX_PROBLEMS_SHOWN:
-            break
+    if fmt in _BY_BLOCK:
+        taken, checksum = check_jsonl(path, keys, fmt, index, by_row, parts)
+    else:
+        taken, checksum = take_rows(_row_blocks(path, keys, fmt), index, by_row), None
+    problems = taken.problems
     if problems:
         more = " (and maybe more: stopped looking)" if len(problems) >= MAX_PROBLEMS_SHOWN else ""
         if len(problems) == 1:
@@ -80,8 +68,7 @@ def check_input(path: Path, keys: FieldKeys = FieldKeys(), selection: Selection 
         raise InputError("no tasks in the input", str(path))
     ids = selected_ids(path, keys, selection, fmt, index)
     return InputIndex(path=path, ids=ids, total=len(ids), format=fmt,
-                      body_models=tuple(body_models),
-                      checksum=blocks.checksum if blocks is not None else None)
+                      body_models=taken.body_models, checksum=checksum)
 
 
 _BY_BLOCK = (InputFormat.JSONL, InputFormat.BATCH)  # read by blocks.py; the rest row by row

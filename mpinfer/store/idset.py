@@ -115,6 +115,25 @@ class IdIndex:
             hashes.append(value)
             places.append(locator)
 
+    def gathered(self) -> list[tuple[array[int], array[int]]]:
+        """The ids taken so far, not frozen: each bucket's hashes and locators (what a part of
+        the input checked in another process sends back, for ``add_gathered``)."""
+        if self._bases:
+            raise RuntimeError("IdIndex.gathered after freeze")
+        return self._buckets
+
+    def add_gathered(self, buckets: list[tuple[array[int], array[int]]]) -> None:
+        """Take the ids another index of the same input and hash has ``gathered``. The order
+        within a bucket is the freeze's to settle (it sorts them), so parts merge in any order."""
+        if self._bases:
+            raise RuntimeError("IdIndex.add after freeze")
+        if len(buckets) != len(self._buckets):
+            raise ValueError("ids gathered into another number of buckets")
+        for (hashes, locators), (more_hashes, more_locators) in zip(self._buckets, buckets,
+                                                                     strict=True):
+            hashes.extend(more_hashes)
+            locators.extend(more_locators)
+
     def freeze(self) -> list[tuple[str, list[int]]]:
         """Sort the index; the duplicate ids,
         each with the locators of all its rows, in locator order.
