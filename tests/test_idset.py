@@ -15,7 +15,7 @@ from mpinfer.errors import InputError
 from mpinfer.inputs.check import check_input
 from mpinfer.inputs.readers import iter_tasks
 from mpinfer.mockserver import MockServerProcess
-from mpinfer.store.idset import IdIndex, IdSubset, id_hash
+from mpinfer.store.idset import BUCKETS, IdIndex, IdSubset, id_hash
 from mpinfer.store.output import scan
 
 
@@ -160,3 +160,31 @@ def test_an_index_whose_locators_pass_a_terabyte_sorts_and_finds_the_same() -> N
     assert index.freeze() == []
     # Then every id is found at its own offset
     assert all(index.locator(index.find(t) or 0) == loc for loc, t in ids.items())
+
+
+def test_buckets_sorted_ahead_in_a_copy_freeze_as_the_index_sorted_whole() -> None:
+    # Given three indexes of the same ids, some sharing a hash, one id repeated
+    ids = [f"c{i}" for i in range(40)] + [f"x{i}" for i in range(400)] + ["x7"]
+
+    def build() -> IdIndex:
+        # the "c" ids share one hash (in the first half of the buckets), the rest spread
+        index = IdIndex(ids.__getitem__, hash_fn=lambda s: crowded(s) << 60 | (
+            0 if s[0] == "c" else id_hash(s) >> 4))
+        for locator, task_id in enumerate(ids):
+            index.add(task_id, locator)
+        return index
+
+    whole, ahead, half_lost = build(), build(), build()
+    # When one is frozen whole, another takes the first half of its buckets sorted by a copy (a
+    # forked child's share) and sorts the rest, and the last sorts half and loses the copy's
+    copy = build()
+    half = BUCKETS // 2
+    ahead.take_sorted(0, copy.sort_buckets(range(half)))
+    ahead.sort_buckets(range(half, BUCKETS))
+    half_lost.sort_buckets(range(half, BUCKETS))
+    found = [index.freeze() for index in (whole, ahead, half_lost)]
+    # Then all three find the same duplicate and hold the same slots
+    assert found[0] == [("x7", [47, 440])]
+    assert found[1] == found[2] == found[0]
+    assert ahead.parts() == half_lost.parts() == whole.parts()
+    assert [ahead.find(i) for i in ids[:-1]] == [whole.find(i) for i in ids[:-1]]

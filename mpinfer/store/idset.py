@@ -31,6 +31,7 @@ Resolver = Callable[[int], str]  # the full id stored at a locator
 
 # Ids are gathered in 1,024 buckets by their top bits, so freezing sorts small pieces
 _BUCKET_BITS = 10
+BUCKETS = 1 << _BUCKET_BITS
 
 
 def id_hash(task_id: str) -> int:
@@ -83,11 +84,14 @@ class IdIndex:
         # Each bucket: the hashes (sorted once frozen) and their locators, in step. They are never
         # copied into one array: that copy would double the peak on ten million ids.
         self._buckets: list[tuple[array[int], array[int]]] = [
-            (array("Q"), array("Q")) for _ in range(1 << _BUCKET_BITS)]
+            (array("Q"), array("Q")) for _ in range(BUCKETS)]
         self._bases = array("Q")  # the slot of each bucket's first entry; empty until frozen
         # Hashes shared by distinct ids of the input:
         # hash -> {full id: slot}. Found at freeze; rare.
         self._shared: dict[int, dict[str, int]] = {}
+        # The buckets sorted ahead of the freeze (by ``sort_buckets`` or ``take_sorted``): each
+        # one's number, and whether a hash is shared in it
+        self._sorted: dict[int, bool] = {}
 
     def add(self, task_id: str, locator: int) -> None:
         """Take one id of the input and where it can be read again."""
@@ -134,6 +138,31 @@ class IdIndex:
             hashes.extend(more_hashes)
             locators.extend(more_locators)
 
+    def sort_buckets(self, numbers: range) -> list[tuple[array[int], array[int], bool]]:
+        """Sort the buckets ``numbers`` as ``freeze`` does, ahead of it; each one's hashes and
+        locators, and whether a hash is shared in it (what a forked copy of this index sends
+        back for ``take_sorted``: a share of the freeze on another core)."""
+        if self._bases:
+            raise RuntimeError("IdIndex.sort_buckets after freeze")
+        sorted_ones = []
+        for number in numbers:
+            hashes, locators = self._buckets[number]
+            shared = self._sorted[number] = len(hashes) > 1 and _sort_together(hashes, locators)
+            sorted_ones.append((hashes, locators, shared))
+        return sorted_ones
+
+    def take_sorted(self, first: int,
+                    sorted_ones: list[tuple[array[int], array[int], bool]]) -> None:
+        """Take the buckets from ``first`` on as ``sort_buckets`` gave them (from a copy of this
+        index holding the same ids): the freeze leaves them as they are."""
+        if self._bases:
+            raise RuntimeError("IdIndex.take_sorted after freeze")
+        for number, (hashes, locators, shared) in enumerate(sorted_ones, start=first):
+            if len(hashes) != len(self._buckets[number][0]):
+                raise ValueError("a bucket sorted from other ids")
+            self._buckets[number] = (hashes, locators)
+            self._sorted[number] = shared
+
     def freeze(self) -> list[tuple[str, list[int]]]:
         """Sort the index; the duplicate ids,
         each with the locators of all its rows, in locator order.
@@ -148,8 +177,12 @@ class IdIndex:
         for number, (hashes, locators) in enumerate(self._buckets):
             self._bases.append(total)
             total += len(hashes)
-            if len(hashes) > 1 and _sort_together(hashes, locators):
+            shared_here = self._sorted.get(number)
+            if shared_here is None:
+                shared_here = len(hashes) > 1 and _sort_together(hashes, locators)
+            if shared_here:
                 shared.append(number)
+        self._sorted = {}
         self._bases.append(total)
         return self._resolve_shared(shared)
 
