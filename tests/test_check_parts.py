@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from mpinfer.errors import InputError
-from mpinfer.inputs import blocks
+from mpinfer.inputs import blocks, check_parts
 from mpinfer.inputs.check import check_input
 from mpinfer.inputs.tasks import InputIndex
 from mpinfer.store.idset import HashFn
@@ -53,17 +53,19 @@ def _error(path: Path, parts: Parts, hash_fn: HashFn | None = None) -> str:
     return str(caught.value)
 
 
-@pytest.mark.parametrize("parts", [TWO, THREE])
+@pytest.mark.parametrize("parts, sort_round", [(TWO, 1 << 21), (THREE, 1 << 21), (TWO, 50)])
 def test_a_plain_input_checked_in_parts_gives_the_index_and_checksum_of_one_pass(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, parts: Parts) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, parts: Parts, sort_round: int) -> None:
     # Given a plain input with a BOM, blank lines, CRLF line ends and no last newline, read in
-    # blocks small enough that lines are cut by a read
+    # blocks small enough that lines are cut by a read, its index sorted in rounds of
+    # ``sort_round`` ids
     rows = _rows()
     rows[0] = b"\xef\xbb\xbf" + rows[0]
     rows[50:50] = [b"", b"   "]
     rows[300] += b"\r"
     path = _write(tmp_path / "tasks.jsonl", rows, end=b"")
     monkeypatch.setattr(blocks, "BLOCK", 512)
+    monkeypatch.setattr(check_parts, "SORT_ROUND", sort_round)
     # When it is checked in one pass and in parts
     one = check_input(path, parts=ONE)
     parted = check_input(path, parts=parts)

@@ -179,7 +179,7 @@ def test_buckets_sorted_ahead_in_a_copy_freeze_as_the_index_sorted_whole() -> No
     # forked child's share) and sorts the rest, and the last sorts half and loses the copy's
     copy = build()
     half = BUCKETS // 2
-    ahead.take_sorted(0, copy.sort_buckets(range(half)))
+    ahead.take_sorted(copy.sort_buckets(range(half)))
     ahead.sort_buckets(range(half, BUCKETS))
     half_lost.sort_buckets(range(half, BUCKETS))
     found = [index.freeze() for index in (whole, ahead, half_lost)]

@@ -17,20 +17,21 @@ its freeze, half of them by another child (the freeze's sort is a quarter of the
 from __future__ import annotations
 
 import os
-from array import array
 from dataclasses import dataclass
 from functools import partial
 from itertools import pairwise
 from pathlib import Path
 
 from ..errors import InputError
-from ..store.idset import BUCKETS, IdIndex
+from ..store.idset import BUCKETS, Buckets, IdIndex
 from ..store.parts import Child, Parts, can_fork, cores, line_bounds
 from .blocks import JsonlBlocks, PlainRows, Span, Taken, take_rows
 from .tasks import FieldKeys, InputFormat
 
 #: the least part of an input checked in a process of its own: a smaller input, one process
 INPUT_PARTS = Parts(least=8 << 20)
+#: ids a round of the index's sort in two halves takes (its child's half: 16 MB at most)
+SORT_ROUND = 1 << 21
 
 Checksum = tuple[int, str] | None
 
@@ -40,7 +41,7 @@ class PartChecked:
     """What a child found in its part: its bad rows and models, and its ids by bucket."""
 
     taken: Taken
-    buckets: list[tuple[array[int], array[int]]]
+    buckets: Buckets
 
 
 def check_jsonl(path: Path, keys: FieldKeys, fmt: InputFormat, index: IdIndex, by_row: bool,
@@ -79,6 +80,7 @@ def check_jsonl(path: Path, keys: FieldKeys, fmt: InputFormat, index: IdIndex, b
                 else:
                     index.add_gathered(got.buckets)
                     taken.append(got.taken)
+                del got  # its buffer (16 bytes an id of its part) goes now, not at the return
         finally:
             for child in children:
                 if child is not None:
@@ -91,18 +93,23 @@ def check_jsonl(path: Path, keys: FieldKeys, fmt: InputFormat, index: IdIndex, b
 
 
 def _sort_in_two(index: IdIndex) -> None:
-    """Sort the index's buckets ahead of its freeze: the first half in a forked child, the rest
-    here (when the child gives none, the freeze sorts its half)."""
-    half = BUCKETS // 2
-    child = Child.start(partial(index.sort_buckets, range(half)))
-    try:
-        index.sort_buckets(range(half, BUCKETS))
-        got = child.result() if child is not None else None
-        if got is not None:
-            index.take_sorted(0, got)
-    finally:
-        if child is not None:
-            child.stop()
+    """Sort the index's buckets ahead of its freeze, in rounds of about SORT_ROUND ids: the first
+    half of a round's buckets in a forked child, the rest here. This process holds the child's
+    sorted half beside its own until it takes them (the child may fail: then the freeze sorts
+    them), so a round's size bounds what the sort adds to its peak."""
+    rounds = -(-len(index) // SORT_ROUND)
+    step = -(-BUCKETS // rounds)
+    for first in range(0, BUCKETS, step):
+        middle, end = min(first + step // 2, BUCKETS), min(first + step, BUCKETS)
+        child = Child.start(partial(index.sort_buckets, range(first, middle)))
+        try:
+            index.sort_buckets(range(middle, end))
+            got = child.result() if child is not None else None
+            if got is not None:
+                index.take_sorted(got)
+        finally:
+            if child is not None:
+                child.stop()
 
 
 def _check_part(path: Path, keys: FieldKeys, fmt: InputFormat, span: Span,

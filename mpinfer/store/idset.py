@@ -23,6 +23,7 @@ import zlib
 from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from itertools import repeat
 from operator import lshift, or_
 
@@ -74,6 +75,38 @@ def _sort_together(hashes: array[int], locators: array[int]) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class Buckets:
+    """Buckets of an index in one buffer, to send to another process (pickled as one object,
+    with no second copy): ``counts``, the ids in each bucket from number ``first`` on, and
+    ``data``, their hashes bucket after bucket, then their locators; ``shared``, when sorted,
+    the numbers of those where a hash is shared."""
+
+    first: int
+    counts: array[int]
+    data: bytearray
+    shared: frozenset[int] | None = None  # None: not sorted
+
+    @classmethod
+    def of(cls, buckets: list[tuple[array[int], array[int]]], first: int,
+           shared: frozenset[int] | None = None) -> Buckets:
+        """These buckets (numbered from ``first``) in one buffer."""
+        data = bytearray()
+        for hashes, _ in buckets:
+            data += hashes
+        for _, locators in buckets:
+            data += locators
+        return cls(first, array("Q", [len(hashes) for hashes, _ in buckets]), data, shared)
+
+    def pieces(self) -> Iterator[tuple[memoryview, memoryview]]:
+        """Each bucket's hashes and locators, as views of the buffer (8 bytes each)."""
+        view = memoryview(self.data)
+        at, half = 0, len(view) // 2
+        for count in self.counts:
+            yield view[at:at + 8 * count], view[half + at:half + at + 8 * count]
+            at += 8 * count
+
+
 class IdIndex:
     """Every id of one input, 16 bytes each: built by ``add``, then ``freeze``, then looked up."""
 
@@ -119,49 +152,53 @@ class IdIndex:
             hashes.append(value)
             places.append(locator)
 
-    def gathered(self) -> list[tuple[array[int], array[int]]]:
-        """The ids taken so far, not frozen: each bucket's hashes and locators (what a part of
-        the input checked in another process sends back, for ``add_gathered``)."""
+    def gathered(self) -> Buckets:
+        """The ids taken so far, not frozen, as one buffer: what a part of the input checked in
+        another process sends back, for ``add_gathered``."""
         if self._bases:
             raise RuntimeError("IdIndex.gathered after freeze")
-        return self._buckets
+        return Buckets.of(self._buckets, 0)
 
-    def add_gathered(self, buckets: list[tuple[array[int], array[int]]]) -> None:
+    def add_gathered(self, gathered: Buckets) -> None:
         """Take the ids another index of the same input and hash has ``gathered``. The order
         within a bucket is the freeze's to settle (it sorts them), so parts merge in any order."""
         if self._bases:
             raise RuntimeError("IdIndex.add after freeze")
-        if len(buckets) != len(self._buckets):
+        if len(gathered.counts) != len(self._buckets):
             raise ValueError("ids gathered into another number of buckets")
-        for (hashes, locators), (more_hashes, more_locators) in zip(self._buckets, buckets,
-                                                                     strict=True):
-            hashes.extend(more_hashes)
-            locators.extend(more_locators)
+        for (hashes, locators), (more_hashes, more_locators) in zip(
+                self._buckets, gathered.pieces(), strict=True):
+            hashes.frombytes(more_hashes)
+            locators.frombytes(more_locators)
 
-    def sort_buckets(self, numbers: range) -> list[tuple[array[int], array[int], bool]]:
-        """Sort the buckets ``numbers`` as ``freeze`` does, ahead of it; each one's hashes and
-        locators, and whether a hash is shared in it (what a forked copy of this index sends
-        back for ``take_sorted``: a share of the freeze on another core)."""
+    def sort_buckets(self, numbers: range) -> Buckets:
+        """Sort the buckets ``numbers`` as ``freeze`` does, ahead of it; them, sorted, as one
+        buffer (what a forked copy of this index sends back for ``take_sorted``: a share of the
+        freeze on another core)."""
         if self._bases:
             raise RuntimeError("IdIndex.sort_buckets after freeze")
-        sorted_ones = []
         for number in numbers:
             hashes, locators = self._buckets[number]
-            shared = self._sorted[number] = len(hashes) > 1 and _sort_together(hashes, locators)
-            sorted_ones.append((hashes, locators, shared))
-        return sorted_ones
+            self._sorted[number] = len(hashes) > 1 and _sort_together(hashes, locators)
+        return Buckets.of(self._buckets[numbers.start:numbers.stop], numbers.start,
+                          frozenset(n for n in numbers if self._sorted[n]))
 
-    def take_sorted(self, first: int,
-                    sorted_ones: list[tuple[array[int], array[int], bool]]) -> None:
-        """Take the buckets from ``first`` on as ``sort_buckets`` gave them (from a copy of this
-        index holding the same ids): the freeze leaves them as they are."""
+    def take_sorted(self, sorted_ones: Buckets) -> None:
+        """Take the buckets ``sort_buckets`` gave (from a copy of this index holding the same
+        ids) in place of these: the freeze leaves them as they are."""
         if self._bases:
             raise RuntimeError("IdIndex.take_sorted after freeze")
-        for number, (hashes, locators, shared) in enumerate(sorted_ones, start=first):
-            if len(hashes) != len(self._buckets[number][0]):
+        if sorted_ones.shared is None:
+            raise ValueError("buckets not sorted")
+        for number, (hashes, locators) in enumerate(sorted_ones.pieces(),
+                                                    start=sorted_ones.first):
+            if len(hashes) != 8 * len(self._buckets[number][0]):
                 raise ValueError("a bucket sorted from other ids")
-            self._buckets[number] = (hashes, locators)
-            self._sorted[number] = shared
+            kept = array("Q"), array("Q")
+            kept[0].frombytes(hashes)
+            kept[1].frombytes(locators)
+            self._buckets[number] = kept
+            self._sorted[number] = number in sorted_ones.shared
 
     def freeze(self) -> list[tuple[str, list[int]]]:
         """Sort the index; the duplicate ids,

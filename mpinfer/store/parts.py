@@ -129,13 +129,17 @@ class Child(Generic[T]):
         source = self._source
         if source is None:
             return None
+        # Unpickled as it comes: a big result (a part's ids) is never held twice, as bytes and
+        # as values. A child that ended before its result was whole (the pipe closes early)
+        # leaves a pickle that cannot load, whatever the error; its exit status says so too.
+        result: T | None
         with source:
-            data = source.read()
+            try:
+                result = pickle.load(source)
+            except Exception:  # any error: no result
+                result = None
         self._source = None
-        if self._wait() != 0 or not data:
-            return None
-        result: T = pickle.loads(data)
-        return result
+        return result if self._wait() == 0 else None
 
     def stop(self) -> None:
         """End the child if it still runs (its result not taken: the caller failed or was
