@@ -1,5 +1,6 @@
 """A big file read in parts over the machine's cores by forked children of this process: the one
-place that forks to read (the resume scan's second half, --status and --validate's parts).
+place that forks to read (the resume scan's second half, --status and --validate's parts, the
+input check's: inputs/check_parts.py).
 
 ``Child`` runs one part's work in a forked process and brings its result back pickled through a
 pipe. It forks only when that is safe (``os.fork`` exists, no other thread runs: a thread's lock
