@@ -131,14 +131,16 @@ class Child(Generic[T]):
         if source is None:
             return None
         # Unpickled as it comes: a big result (a part's ids) is never held twice, as bytes and
-        # as values. A child that ended before its result was whole (the pipe closes early)
-        # leaves a pickle that cannot load, whatever the error; its exit status says so too.
-        result: T | None
-        with source:
-            try:
-                result = pickle.load(source)
-            except Exception:  # any error: no result
-                result = None
+        # as values. A child that ended before its result was whole leaves a pickle that cannot
+        # load, whatever the error: its exit status tells that from a result that does not load.
+        try:
+            with source:
+                result: T = pickle.load(source)
+        except Exception:
+            self._source = None  # closed: a child still writing stops (a broken pipe)
+            if self._wait() == 0:
+                raise
+            return None
         self._source = None
         return result if self._wait() == 0 else None
 
