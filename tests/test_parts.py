@@ -5,6 +5,7 @@ interrupted ends its children, leaving no process and no zombie behind."""
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -73,3 +74,50 @@ def test_a_failing_parent_ends_its_children_and_leaves_no_zombie(tmp_path: Path)
             os.waitpid(pid, os.WNOHANG)
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_a_child_killed_while_sending_its_result_gives_none(tmp_path: Path) -> None:
+    # Given a child whose result (8 MB) is far more than a pipe holds, and that says its pid
+    pid_file = tmp_path / "pid"
+
+    def big() -> bytes:
+        pid_file.write_text(str(os.getpid()))
+        return b"x" * (8 << 20)
+
+    child = Child.start(big)
+    assert child is not None
+    try:
+        deadline = time.monotonic() + 5
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        # When it is killed before its result has been read whole
+        time.sleep(0.05)
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        # Then it gives no result (the caller does its work itself), and no error
+        assert child.result() is None
+    finally:
+        child.stop()
+
+
+class _Unloadable:
+    """Pickles well, and fails to load: a result no lost child explains."""
+
+    def __reduce__(self) -> tuple[object, tuple[()]]:
+        return _refuse, ()
+
+
+def _refuse() -> None:
+    raise RuntimeError("this result does not load")
+
+
+def test_a_result_that_does_not_load_from_a_child_that_ended_well_is_raised() -> None:
+    # Given a child that ends well with a result that cannot be loaded
+    child = Child.start(_Unloadable)
+    assert child is not None
+    try:
+        # When its result is taken, then the error is raised, not taken for a lost child
+        with pytest.raises(RuntimeError, match="does not load"):
+            child.result()
+    finally:
+        child.stop()
