@@ -201,3 +201,12 @@ def test_rows_that_are_not_plain_in_one_part_are_read_row_by_row_with_the_same_f
     rows[(boundary + 8 if part else 23)] = b'{"id":"s1","prompt":"x","temperature":"hot"}'
     _write(path, rows)
     assert _error(path, TWO) == _error(path, ONE)
+
+
+def test_an_input_of_blank_lines_checked_in_parts_has_no_tasks_as_in_one_pass(
+        tmp_path: Path) -> None:
+    # Given an input of blank lines only
+    path = tmp_path / "tasks.jsonl"
+    path.write_bytes(b"\n   \n" * 200)
+    # When it is checked in one pass and in two parts, then both say it holds no task
+    assert _error(path, TWO) == _error(path, ONE) == f"{path}: no tasks in the input"

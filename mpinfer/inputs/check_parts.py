@@ -97,7 +97,7 @@ def _sort_in_two(index: IdIndex) -> None:
     half of a round's buckets in a forked child, the rest here. This process holds the child's
     sorted half beside its own until it takes them (the child may fail: then the freeze sorts
     them), so a round's size bounds what the sort adds to its peak."""
-    rounds = -(-len(index) // SORT_ROUND)
+    rounds = max(1, -(-len(index) // SORT_ROUND))  # an input of blank lines: no id, one round
     step = -(-BUCKETS // rounds)
     for first in range(0, BUCKETS, step):
         middle, end = min(first + step // 2, BUCKETS), min(first + step, BUCKETS)

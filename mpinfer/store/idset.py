@@ -128,8 +128,8 @@ class IdIndex:
 
     def add(self, task_id: str, locator: int) -> None:
         """Take one id of the input and where it can be read again."""
-        if self._bases:
-            raise RuntimeError("IdIndex.add after freeze")
+        if self._bases or self._sorted:
+            raise RuntimeError("IdIndex.add after freeze (or sort_buckets)")
         value = self._hash(task_id)
         hashes, locators = self._buckets[value >> self._shift]
         hashes.append(value)
@@ -141,8 +141,8 @@ class IdIndex:
             for task_id, locator in zip(task_ids, locators, strict=True):
                 self.add(task_id, locator)
             return
-        if self._bases:
-            raise RuntimeError("IdIndex.add after freeze")
+        if self._bases or self._sorted:
+            raise RuntimeError("IdIndex.add after freeze (or sort_buckets)")
         raws = list(map(str.encode, task_ids))
         # id_hash over the block, in C: no Python call an id
         values = map(or_, map(lshift, map(zlib.crc32, raws), repeat(32)), map(zlib.adler32, raws))
@@ -162,8 +162,8 @@ class IdIndex:
     def add_gathered(self, gathered: Buckets) -> None:
         """Take the ids another index of the same input and hash has ``gathered``. The order
         within a bucket is the freeze's to settle (it sorts them), so parts merge in any order."""
-        if self._bases:
-            raise RuntimeError("IdIndex.add after freeze")
+        if self._bases or self._sorted:
+            raise RuntimeError("IdIndex.add after freeze (or sort_buckets)")
         if len(gathered.counts) != len(self._buckets):
             raise ValueError("ids gathered into another number of buckets")
         for (hashes, locators), (more_hashes, more_locators) in zip(
