@@ -20,6 +20,8 @@ from helpers import NOW, result_line, write_jsonl
 from mpinfer.config import RunConfig
 from mpinfer.inputs import checked_input, input_index_path, reading, selection
 from mpinfer.reports import validate as validate_module
+from mpinfer.reports.status import StatusReader
+from mpinfer.reports.summary import percentiles, percentiles_of_runs
 from mpinfer.reports.tally import RECENT_RECORDS, OutputTally
 from mpinfer.reports.validate import (
     Problem,
@@ -272,6 +274,38 @@ def test_status_read_in_forked_parts_counts_what_one_read_does(tmp_path: Path) -
         handle.write(_own("a")[30:])
     assert tally.refresh(output, tmp_path / "none.errors.jsonl", SPLIT) == len(_own("a"))
     assert not tally.torn and tally.bad == expected["bad"]
+
+
+def test_percentiles_of_sorted_runs_are_those_of_all_values_sorted() -> None:
+    # Given runs of latencies each in order of size, with repeats, empty runs and one value alone
+    rng = random.Random(7)
+    for _ in range(200):
+        runs = [sorted(round(rng.uniform(0.1, 3.0), rng.choice((1, 4)))
+                       for _ in range(rng.choice((0, 1, 2, 5, 40, 300))))
+                for _ in range(rng.randint(1, 4))]
+        # Then the ranks found by bisection are the nearest ranks of all of them sorted
+        assert percentiles_of_runs(runs) == percentiles(v for run in runs for v in run)
+    assert percentiles_of_runs([[], []]) == {"p50": None, "p95": None, "max": None}
+
+
+def test_status_in_parts_gives_the_percentiles_of_every_latency(tmp_path: Path) -> None:
+    # Given an output of several parts whose answers each took their own time
+    rng = random.Random(3)
+    lines = [_own(rid, latency_s=round(rng.uniform(0.2, 9.0), 4)) for rid in IDS * 40]
+    config, within = setup(tmp_path, lines)
+    output = config.require_paths()[1]
+    expected = percentiles(orjson.loads(line)["latency_s"] for line in lines)
+    # When it is tallied in three parts, each sorting its own latencies
+    tally = OutputTally.empty(within)
+    tally.refresh(output, tmp_path / "none.errors.jsonl", SPLIT)
+    runs = tally.latency_runs()
+    # Then there is a run a part, each in order, and their percentiles are all of them sorted
+    assert runs is not None and len(runs) == 3
+    assert all(list(run) == sorted(run) for run in runs)
+    assert percentiles_of_runs(runs) == expected
+    # And status gives them, read whole and then from its cache
+    for _ in range(2):
+        assert StatusReader(config).read().latency_s == expected
 
 
 # --- validate -------------------------------------------------------------------------------------

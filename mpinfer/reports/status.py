@@ -22,7 +22,7 @@ from ..store.output import OutputPaths, companion, run_outputs
 from . import status_cache
 from .by_group import GroupReader
 from .groups import GroupRow
-from .summary import percentiles, read_summary
+from .summary import percentiles, percentiles_of_runs, read_summary
 from .tally import RECENT_RECORDS, OutputTally
 
 STALLED_AFTER_S = 120.0
@@ -233,8 +233,13 @@ class StatusReader:
         ):
             return self._percentiles[1]
         self._sorted_at = now
-        latencies = chain.from_iterable(t.latencies for t in self.tallies)
-        self._percentiles = (count, percentiles(latencies))
+        runs = [t.latency_runs() for t in self.tallies]
+        if all(run is not None for run in runs):  # read just now: each part's in order
+            self._percentiles = (count, percentiles_of_runs(
+                [part for parts in runs if parts is not None for part in parts]))
+        else:
+            latencies = chain.from_iterable(t.latencies for t in self.tallies)
+            self._percentiles = (count, percentiles(latencies))
         return self._percentiles[1]
 
     def _save(self, index: InputIndex, force: bool = False) -> None:

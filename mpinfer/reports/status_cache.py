@@ -117,6 +117,7 @@ def _tally(item: dict[str, Any], selected: IdSubset, blobs: dict[str, bytes],
     tally = OutputTally.empty(selected)
     tally.done.load_bytes(blobs[f"done{number}"])
     tally.latencies.frombytes(blobs[f"latencies{number}"])
+    tally.runs = None  # the parts' runs as they were read are not kept
     for name in ("bad", "prompt", "completion", "unpriced", "mismatches", "refusals", "truncated",
                  "filtered", "no_usage"):
         setattr(tally, name, int(item[name]))

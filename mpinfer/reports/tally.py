@@ -279,6 +279,8 @@ class OutputTally:
     cost: float = 0.0
     # on the wire: each part's in order of size (only their percentiles are asked)
     latencies: array[float] = field(default_factory=lambda: array("d"))
+    # where each part's latencies start (None: in no known order, as the status cache keeps them)
+    runs: list[int] | None = field(default_factory=list)
     waited: float = 0.0  # off the wire before leaving, summed over ``waits`` answers
     waits: int = 0
     recent: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT_RECORDS))
@@ -351,6 +353,8 @@ class OutputTally:
         self.cost = _add_up(self.cost, part.costs)
         self.waited = _add_up(self.waited, part.waits)
         self.waits += len(part.waits)
+        if self.runs is not None:
+            self.runs.append(len(self.latencies))
         self.latencies.extend(part.latencies)
         self.recent.extend(part.times)
         if part.last is not None:
@@ -370,6 +374,14 @@ class OutputTally:
                 self.cost += failure.paid.cost or 0.0
         self.errors_mark = reader.mark
         return reader.end - start
+
+    def latency_runs(self) -> list[array[float]] | None:
+        """The latencies as runs each in order of size (one a part read); None when their order
+        is not known."""
+        if self.runs is None:
+            return None
+        ends = [*self.runs[1:], len(self.latencies)]
+        return [self.latencies[start:end] for start, end in zip(self.runs, ends, strict=True)]
 
     def failures_by_type(self) -> dict[str, int]:
         """The last failure of each id that is still not done: what a rerun will retry, by type."""
