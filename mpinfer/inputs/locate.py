@@ -87,7 +87,8 @@ class KeyForm:
 
     def _escaped(self, data: bytes | mmap.mmap, low: int, high: int) -> bool:
         """Whether ``data[low:high]`` may name the key with an escape."""
-        return (self._spelled.search(data, low, high) is not None
+        return (data.find(b"\\", low, high) >= 0  # no backslash, no escape (found at C speed)
+                and self._spelled.search(data, low, high) is not None
                 and any(b"\\" in key for key in self._written.findall(data, low, high)))
 
     def only_first(self, data: bytes, cut: int) -> bool:
