@@ -31,7 +31,10 @@ from mpinfer.reports.validate import (
 )
 from mpinfer.store import blocks
 from mpinfer.store.blocks import LineReader
+from mpinfer.store.done_index import index_path as done_index_path
+from mpinfer.store.done_index import kept_done, scan_done
 from mpinfer.store.idset import IdSubset
+from mpinfer.store.marks import FileMark
 from mpinfer.store.output import iter_lines
 from mpinfer.store.parts import Parts, read_in_parts
 from mpinfer.store.records import (
@@ -306,6 +309,96 @@ def test_status_in_parts_gives_the_percentiles_of_every_latency(tmp_path: Path) 
     # And status gives them, read whole and then from its cache
     for _ in range(2):
         assert StatusReader(config).read().latency_s == expected
+
+
+def _indexed(tmp_path: Path, lines: list[bytes]) -> tuple[Path, IdSubset, dict[str, Any]]:
+    """An output of ``lines`` whose done index a rerun's scan kept; the input's ids and key."""
+    config, _ = setup(tmp_path, lines)
+    tasks, output = config.require_paths()
+    index = checked_input(tasks, reading(config), selection(config), input_index_path(output))
+    assert index.kept is not None
+    scan_done(output, index.ids, index.kept)
+    assert done_index_path(output).exists()
+    return output, index.ids, index.kept
+
+
+def _tally(output: Path, within: IdSubset, kept: dict[str, Any] | None,
+           parts: Any = ONE) -> OutputTally:
+    tally = OutputTally.empty(within)
+    tally.refresh(output, output.with_name("none.errors.jsonl"), parts, kept=kept)
+    return tally
+
+
+def test_status_takes_the_ids_done_from_a_current_done_index(tmp_path: Path) -> None:
+    # Given an output a rerun's scan indexed, of every kind of line but the damaged ones
+    lines = [line for line in varied_lines() if orjson_or_none(line) is not None] * 20
+    output, within, kept = _indexed(tmp_path, lines)
+    expected = reference_tally(output, within)
+    # When status reads it whole, in one part and in parts, the index given
+    for parts in (ONE, SPLIT):
+        # Then every count is a line-by-line read's, the ids done and unknown included
+        assert tally_of(_tally(output, within, kept, parts)) == expected
+    # And lines appended since the index (answers, a stranger, a repeat) are looked up
+    with output.open("ab") as handle:
+        handle.write(_own("z") + b"\n" + _own("stranger") + b"\n" + _own("a") + b"\n")
+    expected = reference_tally(output, within)
+    assert "stranger" in expected["unknown"]
+    for parts in (ONE, SPLIT):
+        assert tally_of(_tally(output, within, kept, parts)) == expected
+
+
+def test_status_reads_the_ids_itself_of_an_output_replaced_since_its_index(tmp_path: Path) -> None:
+    # Given an indexed output, then another file put in its place (other answers)
+    output, within, kept = _indexed(tmp_path, [_own("a"), _own("b"), _own("c")])
+    replacement = output.with_name("new.jsonl")
+    replacement.write_bytes(_own("x") + b"\n" + _own("y") + b"\n" + _own("nobody") + b"\n")
+    os.replace(replacement, output)
+    # When status reads it, the index given
+    # Then it counts what the new file holds, not what the index said
+    assert tally_of(_tally(output, within, kept)) == reference_tally(output, within)
+
+
+def test_a_done_index_holds_only_for_the_file_it_read(tmp_path: Path) -> None:
+    # Given an indexed output, and what its index says as status takes it before reading
+    output, within, kept = _indexed(tmp_path, [_own("a"), _own("b")])
+    known = kept_done(output, within.index, kept)
+    assert known is not None
+    size = output.stat().st_size
+    # Then it holds for a read of that file to its end, and of it grown
+    assert known.holds(output, FileMark.of(output, size))
+    with output.open("ab") as handle:
+        handle.write(_own("c") + b"\n")
+    assert known.holds(output, FileMark.of(output, output.stat().st_size))
+    # And not for a read that stopped short of its mark, nor once another file took its place
+    assert not known.holds(output, FileMark.of(output, size - 1))
+    replacement = output.with_name("new.jsonl")
+    replacement.write_bytes(_own("x") + b"\n" + _own("y") + b"\n" + _own("z") + b"\n")
+    os.replace(replacement, output)
+    assert not known.holds(output, FileMark.of(output, output.stat().st_size))
+    assert kept_done(output, within.index, kept) is None
+
+
+def test_status_counts_done_what_the_next_rerun_takes_for_done(tmp_path: Path) -> None:
+    # Given a line in mpinfer's form damaged in its middle (not torn), which the resume scan
+    # takes for done without decoding it, in an output the scan indexed
+    broken = _own("b").replace(b'"model":', b'"model" BROKEN ', 1)
+    output, within, kept = _indexed(tmp_path, [_own("a"), broken, _own("c")])
+    rerun = scan_done(output, within, kept)
+    assert rerun.done is not None and within.index.find("b") in set(rerun.done.slots())
+    # When status reads it with the index, and without
+    with_index, without = _tally(output, within, kept), _tally(output, within, None)
+    # Then with it, status's done is the rerun's (b is not sent again), the line still bad;
+    # without it, the line is only bad
+    assert with_index.done.to_bytes() == rerun.done.both(within).to_bytes()
+    assert with_index.bad == without.bad == 1
+    assert len(with_index.done) == 3 and len(without.done) == 2
+
+
+def orjson_or_none(line: bytes) -> Any:
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
 
 
 # --- validate -------------------------------------------------------------------------------------

@@ -204,7 +204,7 @@ class StatusReader:
         self.bytes_read = 0
         for path, tally in zip(self.outputs, self.tallies, strict=True):
             paths = OutputPaths.of(path)
-            self.bytes_read += tally.refresh(paths.output, paths.errors)
+            self.bytes_read += tally.refresh(paths.output, paths.errors, kept=self.index.kept)
         if any(t.restarted for t in self.tallies):
             self._percentiles = (-1, {})  # new latencies, perhaps as many as before
         changed = fresh or marks != [(t.output_mark, t.errors_mark) for t in self.tallies]

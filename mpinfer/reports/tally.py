@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from ..store.blocks import LineReader, decode
+from ..store.done_index import kept_done
 from ..store.idset import IdSubset
 from ..store.marks import FileMark as FileMark  # re-exported: groups and by_group read it here
 from ..store.parts import ONE_A_CORE, Parts, read_in_parts
@@ -87,7 +88,8 @@ class TallyPart:
 class _Counter:
     """Counts one part of an output's lines (``read``), then gives them as a TallyPart."""
 
-    def __init__(self, within: IdSubset, exact_first: int = EXACT_FIRST) -> None:
+    def __init__(self, within: IdSubset, exact_first: int = EXACT_FIRST,
+                 match: bool = True) -> None:
         self.within = within
         self.done = within.empty()
         self.unknown: set[str] = set()
@@ -98,7 +100,8 @@ class _Counter:
         self.times: deque[float] = deque(maxlen=RECENT_RECORDS)
         self.last: float | None = None
         self.mismatch = Mismatches()
-        self.order = RowSlots.over(within.index, exact_first)
+        # None: the ids are not looked up (the output's done index holds them)
+        self.order = RowSlots.over(within.index, exact_first) if match else None
 
     def read(self, reader: LineReader) -> TallyPart:
         """Count the lines ``reader`` gives."""
@@ -154,7 +157,8 @@ class _Counter:
                 if wrong is None:
                     wrong = mismatch(requested, model)
                 mismatches += wrong
-            self._take_ids(list(map(str.encode, ids)))
+            if self.order is not None:
+                self._take_ids(list(map(str.encode, ids)))
         self.prompt += prompt
         self.completion += completion
         self.mismatches += mismatches
@@ -164,7 +168,8 @@ class _Counter:
         # sorted here, each part on its core: the percentiles then sort runs already in order
         latencies = array("d", sorted(self.latencies))
         return TallyPart(
-            self.done.to_bytes(), self.order.covered(), self.unknown, self.bad, self.prompt,
+            self.done.to_bytes(), self.order.covered() if self.order is not None else b"",
+            self.unknown, self.bad, self.prompt,
             self.completion, self.unpriced, self.unpriced_models, self.mismatches, self.refusals,
             self.truncated, self.filtered, self.no_usage, self.costs, latencies, self.waits,
             array("d", self.times), self.last, reader.end, reader.torn, reader.mark)
@@ -186,13 +191,8 @@ class _Counter:
         """Count the ids of one block's answers: those equal to the input's rows near their
         place marked there (their slots found once, for all parts), the rest looked up all at
         once (exact: ``find_raws``)."""
-        selected, add = self.within.has_slot, self.done.add_slot
-        ids = self.order.cover(ids)
-        for raw, slot in zip(ids, self.within.index.find_raws(ids), strict=True):
-            if slot is None:
-                self.unknown.add(raw.decode())
-            elif selected(slot):
-                add(slot)
+        assert self.order is not None
+        _mark_found(self.order.cover(ids), self.within, self.done, self.unknown)
 
     def count_own(self, obj: dict[str, Any]) -> None:
         """Count an answer line in mpinfer's own form from its decoded fields, read as
@@ -296,9 +296,11 @@ class OutputTally:
         """A tally of nothing read yet, over the ids ``within``."""
         return cls(within=within, done=within.empty())
 
-    def refresh(self, output: Path, errors: Path, parts: Parts = ONE_A_CORE) -> int:
+    def refresh(self, output: Path, errors: Path, parts: Parts = ONE_A_CORE,
+                kept: dict[str, Any] | None = None) -> int:
         """Read what was appended to both files since the last refresh; the bytes read (a big
-        output in ``parts`` over the cores)."""
+        output in ``parts`` over the cores). ``kept``: the input index's key, to take the ids
+        done from the output's done index when it is current (``_read_output``)."""
         start = self.output_mark.resume_at(output) if self.output_mark else 0
         errors_start = self.errors_mark.resume_at(errors) if self.errors_mark else 0
         if start is None or errors_start is None:
@@ -308,10 +310,12 @@ class OutputTally:
             start = errors_start = 0
         else:
             self.restarted = False
-        read = self._read_output(output, start, parts) + self._read_errors(errors, errors_start)
+        read = (self._read_output(output, start, parts, kept)
+                + self._read_errors(errors, errors_start))
         return read
 
-    def _read_output(self, path: Path, start: int, parts: Parts) -> int:
+    def _read_output(self, path: Path, start: int, parts: Parts,
+                     kept: dict[str, Any] | None = None) -> int:
         # An output read whole in parts marks ids from its first line: a part reads the input's
         # ids near its place in any case, and with every row marked the done set is the whole
         # input, no row read again (a short read looks its first ids up instead).
@@ -320,10 +324,27 @@ class OutputTally:
         except OSError:
             big = False
         exact_first = 0 if big else EXACT_FIRST
+        # A whole read of an output whose done index a run (or a rerun's scan) kept current
+        # takes the ids done from it, as the next rerun will (store/done_index.py: each found
+        # equal to the input's), and reads the lines for the other counts only; the ids of lines
+        # appended since are looked up here.
+        known = kept_done(path, self.within.index, kept) if start == 0 else None
+        match = known is None
         counted = read_in_parts(
-            path, start, lambda reader: _Counter(self.within, exact_first).read(reader), parts)
+            path, start, lambda reader: _Counter(self.within, exact_first, match).read(reader),
+            parts)
+        if known is not None and not known.holds(path, counted[-1].mark):
+            return self._read_output(path, start, parts)  # changed meanwhile: read its ids too
         for part in counted:
             self.add(part)
+        if known is not None:
+            self.done = self.done.either(known.done.both(self.within))
+            self.unknown |= known.unknown
+            end = counted[-1].end
+            if end > known.mark.offset:
+                ids = [task_id.encode() for line in LineReader(path, known.mark.offset, end).lines()
+                       if (task_id := answer_id(decode(line))) is not None]
+                _mark_found(ids, self.within, self.done, self.unknown)
         size = max(len(part.covered) for part in counted)
         if size:  # the parts' marks joined (a byte of 0 or 1 a row: "or" is "max")
             covered = 0
@@ -391,6 +412,17 @@ class OutputTally:
                 by_type[error_type] = by_type.get(error_type, 0) + 1
         return dict(sorted(by_type.items()))
 
+
+
+def _mark_found(ids: list[bytes], within: IdSubset, done: IdSubset, unknown: set[str]) -> None:
+    """Look ``ids`` up exactly (``find_raws``): those of ``within`` marked in ``done``, those not
+    of the input added to ``unknown``."""
+    selected, add_slot = within.has_slot, done.add_slot
+    for raw, slot in zip(ids, within.index.find_raws(ids), strict=True):
+        if slot is None:
+            unknown.add(raw.decode())
+        elif selected(slot):
+            add_slot(slot)
 
 
 def _add_up(total: float, values: array[float]) -> float:

@@ -117,6 +117,34 @@ def scan_done(output: Path, within: IdSubset, input_key: dict[str, Any] | None,
                 end_offset=size, cost=state.cost or 0.0)
 
 
+@dataclass(frozen=True)
+class KeptDone:
+    """What an output's done index says of its lines up to ``mark``: the input's ids answered
+    there (over the whole input) and the ids not in the input."""
+
+    done: IdSubset
+    unknown: frozenset[str]
+    mark: FileMark
+
+    def holds(self, output: Path, read: FileMark | None) -> bool:
+        """Whether this describes the lines of ``output`` up to its mark, as a read of the file
+        that ended at ``read`` (the same file, still the one indexed, read at least that far)."""
+        return (read is not None and (read.dev, read.ino) == (self.mark.dev, self.mark.ino)
+                and read.offset >= self.mark.offset and self.mark.resume_at(output) is not None)
+
+
+def kept_done(output: Path, index: IdIndex, input_key: dict[str, Any] | None) -> KeptDone | None:
+    """The done index kept beside ``output`` (by a run or a rerun's scan), when it is of this
+    input (``input_key``, the input index's) and ``output`` is still the file it read, maybe
+    grown since; None otherwise. Its ids were each found equal to the input's (never a hash)."""
+    if input_key is None:
+        return None
+    state = _load(index_path(output), input_key, index, want_cost=False)
+    if state is None or state.mark is None or state.mark.resume_at(output) is None:
+        return None
+    return KeptDone(state.done, frozenset(state.unknown), state.mark)
+
+
 def _read(handle: BufferedReader, start: int, state: _State, index: IdIndex,
           split_from: int) -> bytes:
     """Read whole lines from ``start`` into ``state`` and mark where they end; the torn rest."""
