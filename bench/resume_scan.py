@@ -14,8 +14,11 @@ interpreter start and imports included; peak memory of the parent from /usr/bin/
   goal 4x;
 - (c) a rerun with nothing kept at all (the first rerun after an upgrade): the input is checked and
   the output read whole (reported against 4x too);
-- (d) the first ``--status --json`` (no status cache): goal 4x;
-- (e) ``--validate``: goal 6x.
+- (d) the first ``--status --json`` (no status cache; the output's done index, which a run
+  keeps current, is there): goal 4x;
+- (e) ``--validate``: goal 6x;
+- (f) the first ``--status --json`` of an output no run indexed (no done index either: the ids
+  are looked up too), reported against 4x.
 
 Every rerun runs against the mock server, which counts any request (there must be none). Each row
 is the fastest of --repeat tries, the floor too. The files are read from the page cache (they were
@@ -56,7 +59,7 @@ from _common import (
 
 ID = b"@@ID@@"
 LATENCY = b"0.8421"  # in the template: each line gets a latency of its own
-GOALS = {"a": 1.0, "b": 4.0, "c": 4.0, "d": 4.0, "e": 6.0}  # x the floor
+GOALS = {"a": 1.0, "b": 4.0, "c": 4.0, "d": 4.0, "e": 6.0, "f": 4.0}  # x the floor
 PARENT_TARGET_MB = 400
 IN_FLIGHT = 32  # answers written out of order within windows of this many (-p 4 -c 8 in flight)
 
@@ -181,8 +184,8 @@ def main() -> int:
                     help="size of a result line (default 1024)")
     ap.add_argument("--repeat", type=int, default=2,
                     help="runs of each step; the fastest is shown (default 2)")
-    ap.add_argument("--steps", default="abcde",
-                    help="the rows to measure (default abcde; e.g. ab for ten million lines)")
+    ap.add_argument("--steps", default="abcdef",
+                    help="the rows to measure (default abcdef; e.g. ab for ten million lines)")
     ap.add_argument("--spaced-input", action="store_true",
                     help='the input as Python\'s json.dumps writes it ({"id": "r0", ...}), as '
                     "most users make theirs (default: compact)")
@@ -241,6 +244,9 @@ def main() -> int:
                 ("d", "(d) first --status --json (no status cache)",
                  cli_command(*paths, "--status", "--json"), remove(folder, ".*.status-cache*")),
                 ("e", "(e) --validate", cli_command(*paths, "--validate"), None),
+                ("f", "(f) first --status of an output no run indexed",
+                 cli_command(*paths, "--status", "--json"),
+                 remove(folder, ".*.status-cache*", ".results.jsonl.done-index")),
             ]
             for goal, name, cmd, prepare in [step for step in steps if step[0] in args.steps]:
                 row, m = measure(name, cmd, folder, args.repeat, prepare)
@@ -248,7 +254,7 @@ def main() -> int:
                 if goal in "abc":
                     m.check(name)
                     row["check"] = f"{mock.stats()['requests']} requests"
-                elif goal == "d":
+                elif goal in "df":
                     m.check(name)
                     report = json.loads(m.stdout)
                     row["check"] = f"done {report['done']:,} of {report['total']:,}"
