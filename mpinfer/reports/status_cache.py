@@ -12,16 +12,19 @@ loading it runs no code.
 from __future__ import annotations
 
 import hashlib
-from array import array
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from ..inputs import FieldKeys, InputFormat, InputIndex, Selection, id_resolver
 from ..store import blobfile
+
+if TYPE_CHECKING:
+    from ..store.blobfile import Buffer
 from ..store.idset import IdIndex, IdSubset
 from ..store.marks import FileMark
 from .tally import RECENT_RECORDS, OutputTally
@@ -144,14 +147,16 @@ def save(path: Path, key: dict[str, Any], index: InputIndex, tallies: list[Outpu
     except (OSError, ValueError, KeyError, TypeError, orjson.JSONDecodeError):
         index_current = False
     if not index_current:
-        arrays, shared = index.ids.index.dump()
+        # the buckets' arrays written one after another: the bytes ``IdIndex.dump`` joins, with
+        # no joined copy of a big index
+        hashes, locators, bases, shared = index.ids.index.parts()
         _write(_index_path(path), {"key": key, "input_mark": mark.to_dict(), "shared": shared},
-               [("hashes", arrays[0]), ("locators", arrays[1]), ("starts", arrays[2])])
-    blobs: list[tuple[str, bytes]] = [("selected", index.ids.to_bytes())]
+               [("hashes", hashes), ("locators", locators), ("starts", [bases])])
+    blobs: list[tuple[str, list[Buffer]]] = [("selected", [index.ids.to_bytes()])]
     items = []
     for number, tally in enumerate(tallies):
-        blobs.append((f"done{number}", tally.done.to_bytes()))
-        blobs.append((f"latencies{number}", array("d", tally.latencies).tobytes()))
+        blobs.append((f"done{number}", [tally.done.to_bytes()]))
+        blobs.append((f"latencies{number}", [memoryview(tally.latencies)]))  # not a copy
         items.append({
             "bad": tally.bad, "prompt": tally.prompt, "completion": tally.completion,
             "unpriced": tally.unpriced, "unpriced_models": sorted(tally.unpriced_models),
@@ -170,5 +175,6 @@ def save(path: Path, key: dict[str, Any], index: InputIndex, tallies: list[Outpu
             "tallies": items}, blobs)
 
 
-def _write(path: Path, header: dict[str, Any], blobs: list[tuple[str, bytes]]) -> None:
-    blobfile.write_blobs(path, _MAGIC, header, [(name, [blob]) for name, blob in blobs])
+def _write(path: Path, header: dict[str, Any], blobs: Sequence[tuple[str, Sequence[Buffer]]],
+           ) -> None:
+    blobfile.write_blobs(path, _MAGIC, header, blobs)

@@ -42,6 +42,7 @@ from ..store.records import (
 from ..store.row_match import EXACT_FIRST, RowSlots, covered_slots
 
 RECENT_RECORDS = 500
+RUN = 1 << 20  # a part's latencies are sorted in runs of this many
 # the fields of the usual answer counted in the loop (a line missing any is counted otherwise)
 _USUAL = itemgetter("id", "usage", "model", "requested_model", "finish_reason", "latency_s",
                     "processed_at", "cost")
@@ -76,7 +77,7 @@ class TallyPart:
     filtered: int
     no_usage: int
     costs: array[float]
-    latencies: array[float]  # in order of size (only their percentiles are asked)
+    latencies: array[float]  # in runs of RUN in order of size (only their percentiles are asked)
     waits: array[float]
     times: array[float]  # processed_at, the last RECENT_RECORDS of them
     last: float | None
@@ -165,8 +166,11 @@ class _Counter:
         self.truncated += truncated
         if timed:  # the largest time, as ``count_own`` takes it line by line
             self.last = max(self.last or 0.0, top)
-        # sorted here, each part on its core: the percentiles then sort runs already in order
-        latencies = array("d", sorted(self.latencies))
+        # sorted here, each part on its core, in runs of RUN: the percentiles are then found by
+        # bisection (a run's values as Python floats, 32 bytes each, are what a sort holds)
+        latencies = array("d")
+        for start in range(0, len(self.latencies), RUN):
+            latencies.extend(sorted(self.latencies[start:start + RUN]))
         return TallyPart(
             self.done.to_bytes(), self.order.covered() if self.order is not None else b"",
             self.unknown, self.bad, self.prompt,
@@ -279,7 +283,8 @@ class OutputTally:
     cost: float = 0.0
     # on the wire: each part's in order of size (only their percentiles are asked)
     latencies: array[float] = field(default_factory=lambda: array("d"))
-    # where each part's latencies start (None: in no known order, as the status cache keeps them)
+    # where each run of latencies in order starts (None: in no known order, as the status cache
+    # keeps them)
     runs: list[int] | None = field(default_factory=list)
     waited: float = 0.0  # off the wire before leaving, summed over ``waits`` answers
     waits: int = 0
@@ -375,7 +380,8 @@ class OutputTally:
         self.waited = _add_up(self.waited, part.waits)
         self.waits += len(part.waits)
         if self.runs is not None:
-            self.runs.append(len(self.latencies))
+            start = len(self.latencies)
+            self.runs.extend(range(start, start + len(part.latencies), RUN))
         self.latencies.extend(part.latencies)
         self.recent.extend(part.times)
         if part.last is not None:
@@ -396,13 +402,16 @@ class OutputTally:
         self.errors_mark = reader.mark
         return reader.end - start
 
-    def latency_runs(self) -> list[array[float]] | None:
-        """The latencies as runs each in order of size (one a part read); None when their order
-        is not known."""
+    def latency_runs(self) -> list[memoryview] | None:
+        """The latencies as runs each in order of size (views, not copies: a run of each part
+        read, or a few for a big part); None when their order is not known."""
         if self.runs is None:
             return None
+        if not self.runs:
+            return []
         ends = [*self.runs[1:], len(self.latencies)]
-        return [self.latencies[start:end] for start, end in zip(self.runs, ends, strict=True)]
+        whole = memoryview(self.latencies)
+        return [whole[start:end] for start, end in zip(self.runs, ends, strict=True)]
 
     def failures_by_type(self) -> dict[str, int]:
         """The last failure of each id that is still not done: what a rerun will retry, by type."""

@@ -268,19 +268,11 @@ class IdIndex:
         return (self._bases[number] + at if member or self._resolver(locators[at]) == task_id
                 else None)
 
-    def dump(self) -> tuple[list[bytes], dict[str, dict[str, int]]]:
-        """The frozen index as bytes (hashes, locators, bucket bases)
-        and its shared hashes, to cache."""
-        shared = {str(value): dict(ids) for value, ids in self._shared.items()}
-        hashes = b"".join(h.tobytes() for h, _ in self._buckets)
-        locators = b"".join(loc.tobytes() for _, loc in self._buckets)
-        return [hashes, locators, self._bases.tobytes()], shared
-
     @classmethod
     def restore(cls, resolver: Resolver, blobs: list[bytes],
                 shared: dict[str, dict[str, int]]) -> IdIndex:
-        """An index saved by ``dump``
-        (with the default hash: the only one a cache is written with)."""
+        """An index saved as ``parts`` gives it, each blob its arrays one after another (the
+        status cache's; with the default hash: the only one a cache is written with)."""
         index = cls(resolver)
         hashes, locators, bases = blobs
         index._bases.frombytes(bases)
