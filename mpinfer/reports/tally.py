@@ -84,14 +84,18 @@ class TallyPart:
     end: int  # where the part's whole lines end
     torn: bool
     mark: FileMark | None
+    cost: float | None = None  # the tally's cost with this part's added (its first part's)
 
 
 class _Counter:
     """Counts one part of an output's lines (``read``), then gives them as a TallyPart."""
 
     def __init__(self, within: IdSubset, exact_first: int = EXACT_FIRST,
-                 match: bool = True) -> None:
+                 match: bool = True, cost_from: float | None = None) -> None:
         self.within = within
+        # the first part adds the costs up as it reads, from the tally's cost (the sum one read
+        # makes): no array of them kept; every other part keeps them, to be added in order
+        self.cost_from = cost_from
         self.done = within.empty()
         self.unknown: set[str] = set()
         self.unpriced_models: set[str] = set()
@@ -160,6 +164,9 @@ class _Counter:
                 mismatches += wrong
             if self.order is not None:
                 self._take_ids(list(map(str.encode, ids)))
+            if self.cost_from is not None:
+                self.cost_from = _add_up(self.cost_from, self.costs)
+                del self.costs[:]
         self.prompt += prompt
         self.completion += completion
         self.mismatches += mismatches
@@ -168,15 +175,16 @@ class _Counter:
             self.last = max(self.last or 0.0, top)
         # sorted here, each part on its core, in runs of RUN: the percentiles are then found by
         # bisection (a run's values as Python floats, 32 bytes each, are what a sort holds)
-        latencies = array("d")
-        for start in range(0, len(self.latencies), RUN):
-            latencies.extend(sorted(self.latencies[start:start + RUN]))
+        latencies = self.latencies
+        for start in range(0, len(latencies), RUN):  # in place: no second array of them all
+            latencies[start:start + RUN] = array("d", sorted(latencies[start:start + RUN]))
         return TallyPart(
             self.done.to_bytes(), self.order.covered() if self.order is not None else b"",
             self.unknown, self.bad, self.prompt,
             self.completion, self.unpriced, self.unpriced_models, self.mismatches, self.refusals,
             self.truncated, self.filtered, self.no_usage, self.costs, latencies, self.waits,
-            array("d", self.times), self.last, reader.end, reader.torn, reader.mark)
+            array("d", self.times), self.last, reader.end, reader.torn, reader.mark,
+            self.cost_from)
 
     def _count_other(self, obj: Any) -> str | None:
         """Count a line that is not the usual answer: its id when it is an answer."""
@@ -336,25 +344,29 @@ class OutputTally:
         known = kept_done(path, self.within.index, kept) if start == 0 else None
         match = known is None
         counted = read_in_parts(
-            path, start, lambda reader: _Counter(self.within, exact_first, match).read(reader),
+            path, start, lambda reader: _Counter(
+                self.within, exact_first, match,
+                self.cost if reader.end == start else None).read(reader),
             parts)
+        end = counted[-1].end
         if known is not None and not known.holds(path, counted[-1].mark):
             return self._read_output(path, start, parts)  # changed meanwhile: read its ids too
-        for part in counted:
-            self.add(part)
+        marks = [part.covered for part in counted]
+        counted.reverse()
+        while counted:  # each part let go once added: on ten million lines, arrays of millions
+            self.add(counted.pop())
         if known is not None:
             self.done = self.done.either(known.done.both(self.within))
             self.unknown |= known.unknown
-            end = counted[-1].end
             if end > known.mark.offset:
                 ids = [task_id.encode() for line in LineReader(path, known.mark.offset, end).lines()
                        if (task_id := answer_id(decode(line))) is not None]
                 _mark_found(ids, self.within, self.done, self.unknown)
-        size = max(len(part.covered) for part in counted)
+        size = max(map(len, marks))
         if size:  # the parts' marks joined (a byte of 0 or 1 a row: "or" is "max")
             covered = 0
-            for part in counted:
-                covered |= int.from_bytes(part.covered, "little")
+            for mark in marks:
+                covered |= int.from_bytes(mark, "little")
             slots, but = covered_slots(self.within.index, covered.to_bytes(size, "little"))
             found = self.within.empty()
             found.add_slots(slots)
@@ -362,11 +374,12 @@ class OutputTally:
                 self.done = self.within.minus(found.minus(self.done))
             else:
                 self.done = self.done.either(found.both(self.within))
-        return counted[-1].end - start
+        return end - start
 
     def add(self, part: TallyPart) -> None:
         """Take the counts of the next part of the output (``TallyPart``), its mark if it ends
-        the file."""
+        the file. The part is used up: its costs let go once added up, its latencies kept as
+        they are when the tally holds none yet (on ten million lines, arrays of millions)."""
         if part.done.count(0) != len(part.done):
             mine, theirs = self.done.to_bytes(), part.done
             self.done.load_bytes((int.from_bytes(mine, "little") | int.from_bytes(theirs, "little"))
@@ -376,13 +389,17 @@ class OutputTally:
         for name in ("bad", "prompt", "completion", "unpriced", "mismatches", "refusals",
                      "truncated", "filtered", "no_usage"):
             setattr(self, name, getattr(self, name) + getattr(part, name))
-        self.cost = _add_up(self.cost, part.costs)
+        self.cost = part.cost if part.cost is not None else _add_up(self.cost, part.costs)
+        del part.costs[:]
         self.waited = _add_up(self.waited, part.waits)
         self.waits += len(part.waits)
         if self.runs is not None:
             start = len(self.latencies)
             self.runs.extend(range(start, start + len(part.latencies), RUN))
-        self.latencies.extend(part.latencies)
+        if self.latencies:
+            self.latencies.extend(part.latencies)
+        else:
+            self.latencies = part.latencies
         self.recent.extend(part.times)
         if part.last is not None:
             self.last = max(self.last or 0.0, part.last)
