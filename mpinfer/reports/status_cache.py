@@ -147,8 +147,8 @@ def save(path: Path, key: dict[str, Any], index: InputIndex, tallies: list[Outpu
     except (OSError, ValueError, KeyError, TypeError, orjson.JSONDecodeError):
         index_current = False
     if not index_current:
-        # the buckets' arrays written one after another: the bytes ``IdIndex.dump`` joins, with
-        # no joined copy of a big index
+        # the buckets' arrays written one after another (what ``IdIndex.restore`` reads), with no
+        # joined copy of a big index
         hashes, locators, bases, shared = index.ids.index.parts()
         _write(_index_path(path), {"key": key, "input_mark": mark.to_dict(), "shared": shared},
                [("hashes", hashes), ("locators", locators), ("starts", [bases])])

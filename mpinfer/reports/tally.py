@@ -84,7 +84,7 @@ class TallyPart:
     end: int  # where the part's whole lines end
     torn: bool
     mark: FileMark | None
-    cost: float | None = None  # the tally's cost with this part's added (its first part's)
+    cost: float | None = None  # the first part's: the tally's cost, its own added (costs empty)
 
 
 class _Counter:

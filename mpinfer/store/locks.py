@@ -12,9 +12,9 @@
 
 One mechanism for all three: ``flock`` locks belong to an open file, so the kernel drops them when
 their holder dies, whatever killed it, and forked children share their parent's. filelock (our
-locking library) takes the exclusive ones; two take ``flock`` directly on the same files, because
-filelock has no shared flock (the workers' lock) and its per-acquire bookkeeping showed on the
-workers' append path (bench/README.md).
+locking library) takes the exclusive ones; three take ``flock`` directly on the same files, because
+filelock has no shared flock (the workers' lock), its per-acquire bookkeeping showed on the
+workers' append path (bench/README.md), and its import on --status's start (the run lock's probe).
 """
 
 from __future__ import annotations
