@@ -77,7 +77,9 @@ class TallyPart:
     filtered: int
     no_usage: int
     costs: array[float]
-    latencies: array[float]  # in runs of RUN in order of size (only their percentiles are asked)
+    # in runs of at most RUN, each in order of size (only their percentiles are asked): a run
+    # pickled and taken at a time, never all of a big part's at once
+    latencies: list[array[float]]
     waits: array[float]
     times: array[float]  # processed_at, the last RECENT_RECORDS of them
     last: float | None
@@ -174,15 +176,18 @@ class _Counter:
         if timed:  # the largest time, as ``count_own`` takes it line by line
             self.last = max(self.last or 0.0, top)
         # sorted here, each part on its core, in runs of RUN: the percentiles are then found by
-        # bisection (a run's values as Python floats, 32 bytes each, are what a sort holds)
-        latencies = self.latencies
-        for start in range(0, len(latencies), RUN):  # in place: no second array of them all
-            latencies[start:start + RUN] = array("d", sorted(latencies[start:start + RUN]))
+        # bisection (a run's values as Python floats, 32 bytes each, are what a sort holds);
+        # each run cut off the end as it is sorted, so that they are never held twice
+        runs: list[array[float]] = []
+        for start in reversed(range(0, len(self.latencies), RUN)):
+            runs.append(array("d", sorted(self.latencies[start:])))
+            del self.latencies[start:]
+        runs.reverse()
         return TallyPart(
             self.done.to_bytes(), self.order.covered() if self.order is not None else b"",
             self.unknown, self.bad, self.prompt,
             self.completion, self.unpriced, self.unpriced_models, self.mismatches, self.refusals,
-            self.truncated, self.filtered, self.no_usage, self.costs, latencies, self.waits,
+            self.truncated, self.filtered, self.no_usage, self.costs, runs, self.waits,
             array("d", self.times), self.last, reader.end, reader.torn, reader.mark,
             self.cost_from)
 
@@ -378,8 +383,8 @@ class OutputTally:
 
     def add(self, part: TallyPart) -> None:
         """Take the counts of the next part of the output (``TallyPart``), its mark if it ends
-        the file. The part is used up: its costs let go once added up, its latencies kept as
-        they are when the tally holds none yet (on ten million lines, arrays of millions)."""
+        the file. The part is used up: its costs and runs of latencies let go as they are taken
+        (on ten million lines, arrays of millions)."""
         if part.done.count(0) != len(part.done):
             mine, theirs = self.done.to_bytes(), part.done
             self.done.load_bytes((int.from_bytes(mine, "little") | int.from_bytes(theirs, "little"))
@@ -393,13 +398,13 @@ class OutputTally:
         del part.costs[:]
         self.waited = _add_up(self.waited, part.waits)
         self.waits += len(part.waits)
-        if self.runs is not None:
-            start = len(self.latencies)
-            self.runs.extend(range(start, start + len(part.latencies), RUN))
-        if self.latencies:
-            self.latencies.extend(part.latencies)
-        else:
-            self.latencies = part.latencies
+        runs = part.latencies
+        runs.reverse()
+        while runs:
+            run = runs.pop()
+            if self.runs is not None:
+                self.runs.append(len(self.latencies))
+            self.latencies.extend(run)
         self.recent.extend(part.times)
         if part.last is not None:
             self.last = max(self.last or 0.0, part.last)
