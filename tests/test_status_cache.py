@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -143,7 +144,7 @@ def test_a_changed_input_is_checked_again(config: RunConfig) -> None:
 
 def test_a_cache_that_is_not_one_is_ignored(config: RunConfig) -> None:
     # Given garbage where the cache was
-    cache_path(config.output).write_bytes(b"mpinfer status cache 1\n\xff\xff garbage")
+    cache_path(config.output).write_bytes(b"mpinfer status cache 2\n\xff\xff garbage")
     # When --status runs
     again, reader = cached(config)
     # Then it read everything and is right
@@ -191,6 +192,33 @@ def test_the_id_index_is_written_once_and_a_stale_one_is_not_used(config: RunCon
     # Then the index was not written again
     assert index_file.stat().st_mtime_ns == written
     # And when the index file belongs to another input, the cache is not used
-    index_file.write_bytes(b"mpinfer status cache 1\n" + (2).to_bytes(8, "little") + b"{}")
+    index_file.write_bytes(b"mpinfer status cache 2\n" + (2).to_bytes(8, "little") + b"{}")
     again, reader = cached(config)
     assert not reader.from_cache and again == fresh(config)
+
+
+def test_a_cache_cut_short_in_its_arrays_is_ignored(config: RunConfig) -> None:
+    # Given the cache cut off in the middle of its last blob (the latencies, read into an array)
+    cache = cache_path(config.output)
+    cache.write_bytes(cache.read_bytes()[:-5])
+    # When --status runs
+    again, reader = cached(config)
+    # Then it read everything and is right
+    assert not reader.from_cache and again == fresh(config)
+
+
+def test_the_cache_serves_the_same_files_named_from_another_folder(
+    config: RunConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given the same input and output named relative to another working folder
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert config.input is not None and config.output is not None
+    relative = dataclasses.replace(config, input=Path(os.path.relpath(config.input)),
+                                   output=Path(os.path.relpath(config.output)))
+    # When --status runs there
+    again, reader = cached(relative)
+    # Then it came from the cache the first --status left: nothing of the output read
+    assert reader.from_cache and reader.bytes_read == 0
+    assert again.done == fresh(config).done == 20

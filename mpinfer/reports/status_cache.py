@@ -29,7 +29,7 @@ from ..store.idset import IdIndex, IdSubset
 from ..store.marks import FileMark
 from .tally import RECENT_RECORDS, OutputTally
 
-_MAGIC = b"mpinfer status cache 1\n"
+_MAGIC = b"mpinfer status cache 2\n"  # 2: the index's starts first
 
 
 def cache_path(output: Path) -> Path:
@@ -45,7 +45,7 @@ def cache_key(input_path: Path, keys: FieldKeys, chosen: Selection,
         ids = hashlib.blake2b("\n".join(sorted(chosen.ids)).encode(), digest_size=16).hexdigest()
     return {"input": str(input_path.resolve()), "keys": asdict(keys),
             "selection": [chosen.start, chosen.end, chosen.limit, ids],
-            "outputs": [str(p) for p in outputs], "hash": "crc32-adler32"}
+            "outputs": [str(p.resolve()) for p in outputs], "hash": "crc32-adler32"}
 
 
 def usable(only_failed: bool) -> bool:
@@ -88,21 +88,23 @@ def current(header: dict[str, Any], key: dict[str, Any], mark: FileMark | None) 
 def _decode(path: Path, key: dict[str, Any], input_path: Path,
             keys: FieldKeys) -> CachedStatus | None:
     mark = FileMark.whole(input_path)
-    header, blobs = _read(path)
-    if not current(header, key, mark):
-        return None
-    index_header, index_blobs = _read(_index_path(path))
-    if not current(index_header, key, mark):
-        return None
-    fmt = InputFormat(header["format"])
-    index = IdIndex.restore(id_resolver(input_path, keys, fmt),
-                            [index_blobs["hashes"], index_blobs["locators"], index_blobs["starts"]],
-                            index_header["shared"])
-    selected = IdSubset(index)
-    selected.load_bytes(blobs["selected"])
-    tallies = [
-        _tally(item, selected, blobs, number) for number, item in enumerate(header["tallies"])
-    ]
+    # The arrays are read from the files straight into their places: a cache of ten million ids
+    # and latencies (240 MB) is never held twice, as bytes and as arrays.
+    with blobfile.BlobReader(path, _MAGIC) as reader:
+        header = reader.header
+        if not current(header, key, mark):
+            return None
+        with blobfile.BlobReader(_index_path(path), _MAGIC) as index_reader:
+            if not current(index_reader.header, key, mark):
+                return None
+            fmt = InputFormat(header["format"])
+            index = IdIndex.from_parts(id_resolver(input_path, keys, fmt),
+                                       index_reader.take("starts"),
+                                       index_reader.header["shared"], index_reader.into)
+        selected = IdSubset(index)
+        selected.load_bytes(reader.take("selected"))
+        tallies = [_tally(item, selected, reader, number)
+                   for number, item in enumerate(header["tallies"])]
     index_read = InputIndex(path=input_path, ids=selected, total=len(selected), format=fmt,
                             body_models=tuple(str(m) for m in header["body_models"]))
     count, values = header["latency"]
@@ -110,16 +112,16 @@ def _decode(path: Path, key: dict[str, Any], input_path: Path,
     return CachedStatus(index_read, tallies, latency)
 
 
-def _read(path: Path, header_only: bool = False) -> tuple[dict[str, Any], dict[str, bytes]]:
+def _header(path: Path) -> dict[str, Any]:
     with blobfile.BlobReader(path, _MAGIC) as reader:
-        return reader.header, ({} if header_only else reader.rest())
+        return reader.header
 
 
-def _tally(item: dict[str, Any], selected: IdSubset, blobs: dict[str, bytes],
+def _tally(item: dict[str, Any], selected: IdSubset, reader: blobfile.BlobReader,
            number: int) -> OutputTally:
     tally = OutputTally.empty(selected)
-    tally.done.load_bytes(blobs[f"done{number}"])
-    tally.latencies.frombytes(blobs[f"latencies{number}"])
+    tally.done.load_bytes(reader.take(f"done{number}"))
+    reader.into_whole(f"latencies{number}", tally.latencies)
     tally.runs = None  # the parts' runs as they were read are not kept
     for name in ("bad", "prompt", "completion", "unpriced", "mismatches", "refusals", "truncated",
                  "filtered", "no_usage"):
@@ -143,15 +145,15 @@ def save(path: Path, key: dict[str, Any], index: InputIndex, tallies: list[Outpu
     if mark is None:
         return
     try:
-        index_current = current(_read(_index_path(path), header_only=True)[0], key, mark)
+        index_current = current(_header(_index_path(path)), key, mark)
     except (OSError, ValueError, KeyError, TypeError, orjson.JSONDecodeError):
         index_current = False
     if not index_current:
-        # the buckets' arrays written one after another (what ``IdIndex.restore`` reads), with no
-        # joined copy of a big index
+        # the buckets' arrays written one after another (what ``IdIndex.from_parts`` reads),
+        # with no joined copy of a big index
         hashes, locators, bases, shared = index.ids.index.parts()
         _write(_index_path(path), {"key": key, "input_mark": mark.to_dict(), "shared": shared},
-               [("hashes", hashes), ("locators", locators), ("starts", [bases])])
+               [("starts", [bases]), ("hashes", hashes), ("locators", locators)])
     blobs: list[tuple[str, list[Buffer]]] = [("selected", [index.ids.to_bytes()])]
     items = []
     for number, tally in enumerate(tallies):

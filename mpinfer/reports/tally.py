@@ -42,7 +42,7 @@ from ..store.records import (
 from ..store.row_match import EXACT_FIRST, RowSlots, covered_slots
 
 RECENT_RECORDS = 500
-RUN = 1 << 20  # a part's latencies are sorted in runs of this many
+RUN = 1 << 18  # a part's latencies are sorted in runs of this many (a sort holds them as floats)
 # the fields of the usual answer counted in the loop (a line missing any is counted otherwise)
 _USUAL = itemgetter("id", "usage", "model", "requested_model", "finish_reason", "latency_s",
                     "processed_at", "cost")

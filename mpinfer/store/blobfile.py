@@ -91,6 +91,16 @@ class BlobReader:
             except EOFError:
                 raise ValueError(f"blob {name!r} cut short") from None
 
+    def into_whole(self, name: str, target: array[Any]) -> None:
+        """Read the next blob, ``name``, onto the end of ``target``, as many items as it holds."""
+        length = self._expect(name)
+        if length % target.itemsize:
+            raise ValueError(f"blob {name!r} of another size")
+        try:
+            target.fromfile(self._handle, length // target.itemsize)
+        except EOFError:
+            raise ValueError(f"blob {name!r} cut short") from None
+
     def rest(self) -> dict[str, bytes]:
         """Every blob not read yet, by name."""
         found: dict[str, bytes] = {}

@@ -17,7 +17,7 @@ import orjson
 from ..errors import OutputError
 from .marks import FileMark
 
-BLOCK = 1 << 23  # bytes read at a time
+BLOCK = 1 << 20  # bytes read at a time: a block's lines, and what they leave behind, stay small
 
 
 class LineReader:

@@ -268,25 +268,6 @@ class IdIndex:
         return (self._bases[number] + at if member or self._resolver(locators[at]) == task_id
                 else None)
 
-    @classmethod
-    def restore(cls, resolver: Resolver, blobs: list[bytes],
-                shared: dict[str, dict[str, int]]) -> IdIndex:
-        """An index saved as ``parts`` gives it, each blob its arrays one after another (the
-        status cache's; with the default hash: the only one a cache is written with)."""
-        index = cls(resolver)
-        hashes, locators, bases = blobs
-        index._bases.frombytes(bases)
-        if len(index._bases) != len(index._buckets) + 1 or len(hashes) != len(locators) \
-                or index._bases[-1] * 8 != len(hashes):
-            raise ValueError("a saved id index of the wrong shape")
-        for number, (h, loc) in enumerate(index._buckets):
-            lo, hi = index._bases[number] * 8, index._bases[number + 1] * 8
-            h.frombytes(hashes[lo:hi])
-            loc.frombytes(locators[lo:hi])
-        index._shared = {int(value): {str(k): int(v) for k, v in ids.items()}
-                         for value, ids in shared.items()}
-        return index
-
     @property
     def keepable(self) -> bool:
         """Whether this index may be kept on disk and its slots with it: only one made with the
