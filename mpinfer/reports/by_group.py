@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from array import array
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -31,6 +31,9 @@ from .groups import (
     read_values,
 )
 from .tally import FileMark, OutputTally
+
+if TYPE_CHECKING:
+    from ..store.blobfile import Buffer
 
 _MAGIC = b"mpinfer groups cache 1\n"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -92,13 +95,14 @@ class GroupReader:
         if mark is None:
             return
         values = self.values
-        blobs: list[tuple[str, list[bytes]]] = [("groups", [values.slot_group.tobytes()])]
+        # the arrays themselves, not copies: at ten million ids, 17 bytes an id an output
+        blobs: list[tuple[str, list[Buffer]]] = [("groups", [values.slot_group])]
         items = []
         for number, tally in enumerate(self.tallies):
-            blobs += [(f"outcome{number}", [bytes(tally.outcome)]),
-                      (f"answer{number}", [tally.answer_label.tobytes()]),
-                      (f"judge{number}", [tally.judge_label.tobytes()]),
-                      (f"variant{number}", [tally.variant.tobytes()])]
+            blobs += [(f"outcome{number}", [tally.outcome]),
+                      (f"answer{number}", [tally.answer_label]),
+                      (f"judge{number}", [tally.judge_label]),
+                      (f"variant{number}", [tally.variant])]
             items.append({
                 "variants": tally.variants, "labels": tally.labels,
                 "counts": [[g, v, *c.to_list()] for (g, v), c in tally.counts.items()],
@@ -118,36 +122,38 @@ class GroupReader:
 
     def _decode(self, size: int) -> tuple[GroupValues, list[GroupTally]] | None:
         mark = FileMark.whole(self.input_path)
+        # each array read from the file straight into its place: none held twice
         with blobfile.BlobReader(self.path, _MAGIC) as reader:
-            header, blobs = reader.header, reader.rest()
-        if (not status_cache.current(header, self.key, mark)
-                or len(header["outputs"]) != len(self.outputs)):
-            return None
-        values = GroupValues(self.by, [str(t) for t in header["texts"]],
-                             _ints(blobs["groups"], size), [int(n) for n in header["tasks"]])
-        tallies = []
-        for number, (item, output) in enumerate(zip(header["outputs"], self.outputs,
-                                                    strict=True)):
-            tally = GroupTally(size, output.variant)
-            tally.outcome = bytearray(blobs[f"outcome{number}"])
-            if len(tally.outcome) != size:
-                raise ValueError("a groups cache of another size")
-            tally.answer_label = _ints(blobs[f"answer{number}"], size)
-            tally.judge_label = _ints(blobs[f"judge{number}"], size)
-            tally.variant = _ints(blobs[f"variant{number}"], size)
-            tally.variants = [None if v is None else str(v) for v in item["variants"]]
-            tally.set_labels([str(label) for label in item["labels"]])
-            tally.counts = {(int(g), int(v)): Counts.from_list(rest)
-                            for g, v, *rest in item["counts"]}
-            for name in ("answers_mark", "judge_mark"):
-                setattr(tally, name, FileMark.from_dict(item[name]) if item[name] else None)
-            tallies.append(tally)
+            header = reader.header
+            if (not status_cache.current(header, self.key, mark)
+                    or len(header["outputs"]) != len(self.outputs)):
+                return None
+            values = GroupValues(self.by, [str(t) for t in header["texts"]],
+                                 _ints(reader, "groups", size),
+                                 [int(n) for n in header["tasks"]])
+            tallies = []
+            for number, (item, output) in enumerate(zip(header["outputs"], self.outputs,
+                                                        strict=True)):
+                tally = GroupTally(size, output.variant)
+                tally.outcome = bytearray(reader.take(f"outcome{number}"))
+                if len(tally.outcome) != size:
+                    raise ValueError("a groups cache of another size")
+                tally.answer_label = _ints(reader, f"answer{number}", size)
+                tally.judge_label = _ints(reader, f"judge{number}", size)
+                tally.variant = _ints(reader, f"variant{number}", size)
+                tally.variants = [None if v is None else str(v) for v in item["variants"]]
+                tally.set_labels([str(label) for label in item["labels"]])
+                tally.counts = {(int(g), int(v)): Counts.from_list(rest)
+                                for g, v, *rest in item["counts"]}
+                for name in ("answers_mark", "judge_mark"):
+                    setattr(tally, name, FileMark.from_dict(item[name]) if item[name] else None)
+                tallies.append(tally)
         return values, tallies
 
 
-def _ints(data: bytes, size: int) -> array[int]:
+def _ints(reader: blobfile.BlobReader, name: str, size: int) -> array[int]:
     values = array("i")
-    values.frombytes(data)
+    reader.into_whole(name, values)
     if len(values) != size:
         raise ValueError("a groups cache of another size")
     return values
