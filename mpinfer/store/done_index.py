@@ -50,7 +50,7 @@ from .records import answer_id
 from .row_match import RowMatch
 
 _MAGIC = b"mpinfer done index 1\n"
-_BLOCK = 1 << 23
+_BLOCK = 1 << 20
 _BAD_KEPT = 20  # bad lines kept by line number and snippet (all are counted)
 _NEXT = b'","input_prompt":'
 _PLAIN = bytes(range(0x20)) + b"\\"  # bytes that never stand for themselves in a JSON string
