@@ -9,7 +9,7 @@ import random
 from array import array
 from bisect import bisect_left
 from collections import deque
-from itertools import accumulate
+from itertools import accumulate, chain
 from pathlib import Path
 from typing import Any
 
@@ -183,7 +183,7 @@ def tally_of(tally: OutputTally) -> dict[str, Any]:
              "filtered", "no_usage", "waits", "unknown", "cost", "waited", "last",
              "unpriced_models")
     return {**{name: getattr(tally, name) for name in names}, "done": tally.done.to_bytes(),
-            "latencies": sorted(tally.latencies), "recent": list(tally.recent)}
+            "latencies": sorted(chain.from_iterable(tally.latencies)), "recent": list(tally.recent)}
 
 
 def reference_validate(path: Path, input_ids: IdSubset) -> ValidationReport:
@@ -257,8 +257,14 @@ def test_status_counts_every_kind_of_line_as_a_line_by_line_read_does(tmp_path: 
     assert expected["unpriced_models"] == {"gpt-4o-mini-2024-07-18", "gpt-4o-mini"}
 
 
-def test_status_read_in_forked_parts_counts_what_one_read_does(tmp_path: Path) -> None:
-    # Given the same lines many times over: an output of several parts
+@pytest.mark.parametrize("small", [False, True])
+def test_status_read_in_forked_parts_counts_what_one_read_does(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small: bool) -> None:
+    # Given the same lines many times over: an output of several parts (``small``: each part
+    # read in blocks of a few lines, its costs and latencies kept in many arrays)
+    if small:
+        monkeypatch.setattr(blocks, "BLOCK", 1 << 10)
+        monkeypatch.setattr(tally_module, "RUN", 5)
     config, within = setup(tmp_path, varied_lines()[:-1], copies=25)
     output = config.require_paths()[1]
     with output.open("ab") as handle:
@@ -296,8 +302,9 @@ def test_percentiles_of_sorted_runs_are_those_of_all_values_sorted() -> None:
 def test_status_in_parts_gives_the_percentiles_of_every_latency(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run: int) -> None:
     # Given an output of several parts whose answers each took their own time, each part's
-    # latencies sorted in runs of ``run``
+    # latencies sorted in runs of about ``run`` (cut where a block ends: blocks of a few lines)
     monkeypatch.setattr(tally_module, "RUN", run)
+    monkeypatch.setattr(blocks, "BLOCK", 1 << 10)
     rng = random.Random(3)
     lines = [_own(rid, latency_s=round(rng.uniform(0.2, 9.0), 4)) for rid in IDS * 40]
     config, within = setup(tmp_path, lines)
@@ -307,14 +314,39 @@ def test_status_in_parts_gives_the_percentiles_of_every_latency(
     tally = OutputTally.empty(within)
     tally.refresh(output, tmp_path / "none.errors.jsonl", SPLIT)
     runs = tally.latency_runs()
-    # Then there is a run a part (or a few for a big part), each in order, and their
+    # Then there is a run a part (or many for a big part), each in order, and their
     # percentiles are all of them sorted
-    assert runs is not None and len(runs) == (3 if run > len(lines) else 69)
+    assert runs is not None
+    assert len(runs) == 3 if run > len(lines) else len(runs) > 3 * 10
     assert all(list(run) == sorted(run) for run in runs)
     assert percentiles_of_runs(runs) == expected
     # And status gives them, read whole and then from its cache
     for _ in range(2):
         assert StatusReader(config).read().latency_s == expected
+
+
+def test_a_tally_refreshed_many_times_keeps_a_few_runs_and_their_percentiles(
+        tmp_path: Path) -> None:
+    # Given a tally of an output read whole, then refreshed after each of 60 appended answers
+    # (as --status --watch does at every redraw), each with a latency of its own
+    rng = random.Random(11)
+    lines = [_own(rid, latency_s=round(rng.uniform(0.2, 9.0), 4)) for rid in IDS * 3]
+    config, within = setup(tmp_path, lines)
+    output = config.require_paths()[1]
+    tally = OutputTally.empty(within)
+    tally.refresh(output, tmp_path / "none.errors.jsonl", ONE)
+    for number in range(60):
+        line = _own(IDS[number % len(IDS)], latency_s=round(rng.uniform(0.2, 9.0), 4))
+        lines.append(line)
+        with output.open("ab") as handle:
+            handle.write(line)
+        tally.refresh(output, tmp_path / "none.errors.jsonl", ONE)
+    # Then it holds a few runs, not one a refresh, each in order, with every latency's percentiles
+    runs = tally.latency_runs()
+    assert runs is not None and len(runs) <= 17  # at most MANY_RUNS (16) and a merged one
+    assert all(list(run) == sorted(run) for run in runs)
+    expected = percentiles(orjson.loads(line)["latency_s"] for line in lines)
+    assert percentiles_of_runs(runs) == expected and tally.latency_count() == len(lines)
 
 
 def _indexed(tmp_path: Path, lines: list[bytes]) -> tuple[Path, IdSubset, dict[str, Any]]:

@@ -152,8 +152,7 @@ class GroupReader:
 
 
 def _ints(reader: blobfile.BlobReader, name: str, size: int) -> array[int]:
-    values = array("i")
-    reader.into_whole(name, values)
+    values: array[int] = reader.array_of(name, "i")
     if len(values) != size:
         raise ValueError("a groups cache of another size")
     return values

@@ -220,7 +220,7 @@ class StatusReader:
         return status_cache.cache_path(self.output)
 
     def _latency(self) -> dict[str, float | None]:
-        count = sum(len(t.latencies) for t in self.tallies)
+        count = sum(t.latency_count() for t in self.tallies)
         done, now = self._percentiles[0], self._clock()
         if done == count:
             return self._percentiles[1]
@@ -238,7 +238,7 @@ class StatusReader:
             self._percentiles = (count, percentiles_of_runs(
                 [part for parts in runs if parts is not None for part in parts]))
         else:
-            latencies = chain.from_iterable(t.latencies for t in self.tallies)
+            latencies = chain.from_iterable(run for t in self.tallies for run in t.latencies)
             self._percentiles = (count, percentiles(latencies))
         return self._percentiles[1]
 

@@ -121,8 +121,8 @@ def _tally(item: dict[str, Any], selected: IdSubset, reader: blobfile.BlobReader
            number: int) -> OutputTally:
     tally = OutputTally.empty(selected)
     tally.done.load_bytes(reader.take(f"done{number}"))
-    reader.into_whole(f"latencies{number}", tally.latencies)
-    tally.runs = None  # the parts' runs as they were read are not kept
+    # the runs as they were read are not kept: one array in no known order
+    tally.latencies, tally.in_order = [reader.array_of(f"latencies{number}", "d")], False
     for name in ("bad", "prompt", "completion", "unpriced", "mismatches", "refusals", "truncated",
                  "filtered", "no_usage"):
         setattr(tally, name, int(item[name]))
@@ -154,11 +154,11 @@ def save(path: Path, key: dict[str, Any], index: InputIndex, tallies: list[Outpu
         hashes, locators, bases, shared = index.ids.index.parts()
         _write(_index_path(path), {"key": key, "input_mark": mark.to_dict(), "shared": shared},
                [("starts", [bases]), ("hashes", hashes), ("locators", locators)])
-    blobs: list[tuple[str, list[Buffer]]] = [("selected", [index.ids.to_bytes()])]
+    blobs: list[tuple[str, Sequence[Buffer]]] = [("selected", [index.ids.to_bytes()])]
     items = []
     for number, tally in enumerate(tallies):
         blobs.append((f"done{number}", [tally.done.to_bytes()]))
-        blobs.append((f"latencies{number}", [memoryview(tally.latencies)]))  # not a copy
+        blobs.append((f"latencies{number}", tally.latencies))  # the runs one after another
         items.append({
             "bad": tally.bad, "prompt": tally.prompt, "completion": tally.completion,
             "unpriced": tally.unpriced, "unpriced_models": sorted(tally.unpriced_models),

@@ -16,6 +16,7 @@ from array import array
 from collections import deque
 from dataclasses import dataclass, field
 from functools import reduce
+from itertools import chain
 from operator import add, itemgetter
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,12 @@ from ..store.records import (
 from ..store.row_match import EXACT_FIRST, RowSlots, covered_slots
 
 RECENT_RECORDS = 500
-RUN = 1 << 18  # a part's latencies are sorted in runs of this many (a sort holds them as floats)
+# a part's latencies are sorted in runs of about this many (a sort holds them as Python floats),
+# and its costs kept in arrays of as many: each made whole, never one grown to millions
+RUN = 1 << 18
+# runs shorter than RUN (a refresh's few lines) a tally keeps before it merges them into one:
+# percentiles are found by bisection in every run, at a cost that grows as the square of their count
+MANY_RUNS = 16
 # the fields of the usual answer counted in the loop (a line missing any is counted otherwise)
 _USUAL = itemgetter("id", "usage", "model", "requested_model", "finish_reason", "latency_s",
                     "processed_at", "cost")
@@ -76,8 +82,8 @@ class TallyPart:
     truncated: int
     filtered: int
     no_usage: int
-    costs: array[float]
-    # in runs of at most RUN, each in order of size (only their percentiles are asked): a run
+    costs: list[array[float]]  # in file order
+    # in runs of about RUN, each in order of size (only their percentiles are asked): a run
     # pickled and taken at a time, never all of a big part's at once
     latencies: list[array[float]]
     waits: array[float]
@@ -86,7 +92,7 @@ class TallyPart:
     end: int  # where the part's whole lines end
     torn: bool
     mark: FileMark | None
-    cost: float | None = None  # the first part's: the tally's cost, its own added (costs empty)
+    cost: float | None = None  # the first part's: the tally's cost, its own added (no costs)
 
 
 class _Counter:
@@ -104,6 +110,8 @@ class _Counter:
         self.bad = self.prompt = self.completion = self.unpriced = self.mismatches = 0
         self.refusals = self.truncated = self.filtered = self.no_usage = 0
         self.costs, self.latencies, self.waits = array("d"), array("d"), array("d")
+        self.full_costs: list[array[float]] = []  # costs of RUN or more each, in file order
+        self.runs: list[array[float]] = []  # latencies of RUN or more each, sorted
         self.times: deque[float] = deque(maxlen=RECENT_RECORDS)
         self.last: float | None = None
         self.mismatch = Mismatches()
@@ -169,25 +177,31 @@ class _Counter:
             if self.cost_from is not None:
                 self.cost_from = _add_up(self.cost_from, self.costs)
                 del self.costs[:]
+            elif len(self.costs) >= RUN:
+                self.full_costs.append(self.costs)
+                self.costs = array("d")
+                add_cost = self.costs.append
+            if len(self.latencies) >= RUN:
+                # sorted here, each part on its core, in runs: the percentiles are then found by
+                # bisection, and no sort holds more than a run's as Python floats (32 bytes each)
+                self.runs.append(array("d", sorted(self.latencies)))
+                self.latencies = array("d")
+                add_latency = self.latencies.append
         self.prompt += prompt
         self.completion += completion
         self.mismatches += mismatches
         self.truncated += truncated
         if timed:  # the largest time, as ``count_own`` takes it line by line
             self.last = max(self.last or 0.0, top)
-        # sorted here, each part on its core, in runs of RUN: the percentiles are then found by
-        # bisection (a run's values as Python floats, 32 bytes each, are what a sort holds);
-        # each run cut off the end as it is sorted, so that they are never held twice
-        runs: list[array[float]] = []
-        for start in reversed(range(0, len(self.latencies), RUN)):
-            runs.append(array("d", sorted(self.latencies[start:])))
-            del self.latencies[start:]
-        runs.reverse()
+        if self.latencies:
+            self.runs.append(array("d", sorted(self.latencies)))
+        if self.costs:
+            self.full_costs.append(self.costs)
         return TallyPart(
             self.done.to_bytes(), self.order.covered() if self.order is not None else b"",
             self.unknown, self.bad, self.prompt,
             self.completion, self.unpriced, self.unpriced_models, self.mismatches, self.refusals,
-            self.truncated, self.filtered, self.no_usage, self.costs, runs, self.waits,
+            self.truncated, self.filtered, self.no_usage, self.full_costs, self.runs, self.waits,
             array("d", self.times), self.last, reader.end, reader.torn, reader.mark,
             self.cost_from)
 
@@ -294,11 +308,10 @@ class OutputTally:
     filtered: int = 0  # stopped by a content filter: done, like a refusal
     no_usage: int = 0  # answers that came without usage: their cost unknown
     cost: float = 0.0
-    # on the wire: each part's in order of size (only their percentiles are asked)
-    latencies: array[float] = field(default_factory=lambda: array("d"))
-    # where each run of latencies in order starts (None: in no known order, as the status cache
-    # keeps them)
-    runs: list[int] | None = field(default_factory=list)
+    # on the wire, in runs (only their percentiles are asked): each part's sorted as it was read,
+    # taken as they are (ten million of them are never copied into one array)
+    latencies: list[array[float]] = field(default_factory=list)
+    in_order: bool = True  # each run in order of size (not so as the status cache keeps them)
     waited: float = 0.0  # off the wire before leaving, summed over ``waits`` answers
     waits: int = 0
     recent: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT_RECORDS))
@@ -394,17 +407,22 @@ class OutputTally:
         for name in ("bad", "prompt", "completion", "unpriced", "mismatches", "refusals",
                      "truncated", "filtered", "no_usage"):
             setattr(self, name, getattr(self, name) + getattr(part, name))
-        self.cost = part.cost if part.cost is not None else _add_up(self.cost, part.costs)
-        del part.costs[:]
+        if part.cost is not None:
+            self.cost = part.cost
+        costs = part.costs
+        costs.reverse()
+        while costs:
+            self.cost = _add_up(self.cost, costs.pop())
         self.waited = _add_up(self.waited, part.waits)
         self.waits += len(part.waits)
-        runs = part.latencies
-        runs.reverse()
-        while runs:
-            run = runs.pop()
-            if self.runs is not None:
-                self.runs.append(len(self.latencies))
-            self.latencies.extend(run)
+        self.latencies += part.latencies
+        part.latencies.clear()
+        small = [run for run in self.latencies if len(run) < RUN]
+        if len(small) > MANY_RUNS:  # --watch adds a run at every redraw: a few of them kept
+            merged = array("d", chain.from_iterable(small))
+            if self.in_order:
+                merged = array("d", sorted(merged))
+            self.latencies = [run for run in self.latencies if len(run) >= RUN] + [merged]
         self.recent.extend(part.times)
         if part.last is not None:
             self.last = max(self.last or 0.0, part.last)
@@ -424,16 +442,14 @@ class OutputTally:
         self.errors_mark = reader.mark
         return reader.end - start
 
-    def latency_runs(self) -> list[memoryview] | None:
-        """The latencies as runs each in order of size (views, not copies: a run of each part
-        read, or a few for a big part); None when their order is not known."""
-        if self.runs is None:
-            return None
-        if not self.runs:
-            return []
-        ends = [*self.runs[1:], len(self.latencies)]
-        whole = memoryview(self.latencies)
-        return [whole[start:end] for start, end in zip(self.runs, ends, strict=True)]
+    def latency_count(self) -> int:
+        """How many latencies there are."""
+        return sum(map(len, self.latencies))
+
+    def latency_runs(self) -> list[array[float]] | None:
+        """The latencies as runs each in order of size (a run of each part read, or a few for a
+        big part); None when their order is not known."""
+        return self.latencies if self.in_order else None
 
     def failures_by_type(self) -> dict[str, int]:
         """The last failure of each id that is still not done: what a rerun will retry, by type."""

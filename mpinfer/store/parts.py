@@ -20,6 +20,7 @@ identity to counts read from the old one. The results come back in file order.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import pickle
 import signal
@@ -115,9 +116,16 @@ class Child(Generic[T]):
             code = 1
             try:
                 _close_all_but({*keep, into})
-                data = pickle.dumps(work(), protocol=pickle.HIGHEST_PROTOCOL)
+                data = io.BytesIO()
+                pickler = pickle.Pickler(data, protocol=pickle.HIGHEST_PROTOCOL)
+                # No memo: an unpickler keeps every object it memoized until its load ends, so
+                # the bytes each array is rebuilt from (a part's runs of latencies) would be
+                # held beside the arrays, a big result twice in the parent. A result is plain
+                # values, no cycle (which this mode refuses).
+                pickler.fast = True
+                pickler.dump(work())
                 with os.fdopen(into, "wb") as sink:
-                    sink.write(data)
+                    sink.write(data.getbuffer())
                 code = 0
             finally:
                 os._exit(code)
