@@ -38,7 +38,7 @@ MOCK_FLAGS = {"--port", "--refuse-marker", "--reasoning-models", "--filter-marke
               "--pbad-answer"}
 BENCH_FLAGS = {
     "bench/throughput.py": {"--latencies", "--target-configs", "--transports", "--scale-tasks",
-                            "--configs", "--jitter"},
+                            "--configs", "--jitter", "--scale-lanes"},
     "bench/http_stack.py": {"--latency", "--requests"},
     "bench/startup.py": {"--processes", "--one-task-repeat"},
     "bench/sdk_floor.py": {"--shapes", "--requests", "--text", "--floor"},
