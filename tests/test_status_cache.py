@@ -222,3 +222,19 @@ def test_the_cache_serves_the_same_files_named_from_another_folder(
     # Then it came from the cache the first --status left: nothing of the output read
     assert reader.from_cache and reader.bytes_read == 0
     assert again.done == fresh(config).done == 20
+
+
+def test_the_cache_keeps_the_latencies_in_their_sorted_runs(config: RunConfig) -> None:
+    # Given the cache, and answers appended since, each with a latency of its own
+    added = [{**result_line(i, at=NOW - 5), "latency_s": 0.5 + n} for n, i in
+             enumerate(IDS[20:30])]
+    with config.output.open("ab") as handle:
+        handle.write(jsonl_bytes(added))
+    # When --status starts from the cache and reads what is new
+    again, reader = cached(config)
+    # Then the latencies came back in their runs, each in order (no sort of them all is needed
+    # for the percentiles), and the percentiles are a full read's
+    runs = reader.tallies[0].latency_runs()
+    assert reader.from_cache and runs is not None and len(runs) >= 2
+    assert all(list(run) == sorted(run) for run in runs)
+    assert again.latency_s == fresh(config).latency_s and again == fresh(config)

@@ -121,8 +121,12 @@ def _tally(item: dict[str, Any], selected: IdSubset, reader: blobfile.BlobReader
            number: int) -> OutputTally:
     tally = OutputTally.empty(selected)
     tally.done.load_bytes(reader.take(f"done{number}"))
-    # the runs as they were read are not kept: one array in no known order
-    tally.latencies, tally.in_order = [reader.array_of(f"latencies{number}", "d")], False
+    # each run in order of size as it was read, when the cache names them (else one array, in no
+    # known order: its percentiles would take a sort of them all)
+    runs = item.get("runs")
+    tally.in_order = isinstance(runs, list)
+    tally.latencies = reader.arrays_of(f"latencies{number}", "d",
+                                       [int(n) for n in runs] if isinstance(runs, list) else None)
     for name in ("bad", "prompt", "completion", "unpriced", "mismatches", "refusals", "truncated",
                  "filtered", "no_usage"):
         setattr(tally, name, int(item[name]))
@@ -165,6 +169,7 @@ def save(path: Path, key: dict[str, Any], index: InputIndex, tallies: list[Outpu
             "mismatches": tally.mismatches, "refusals": tally.refusals,
             "truncated": tally.truncated, "filtered": tally.filtered, "no_usage": tally.no_usage,
             "cost": tally.cost, "waited": tally.waited, "waits": tally.waits,
+            "runs": list(map(len, tally.latencies)) if tally.in_order else None,
             "last": tally.last, "recent": list(tally.recent),
             "unknown": sorted(tally.unknown),
             "failures": {str(k): v for k, v in tally.failures.items()},

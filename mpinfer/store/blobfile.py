@@ -93,17 +93,28 @@ class BlobReader:
                 raise ValueError(f"blob {name!r} cut short") from None
 
     def array_of(self, name: str, typecode: str) -> array[Any]:
-        """The next blob, ``name``, as an array of ``typecode``, read straight into it (no copy
-        as bytes: ten million latencies are 80 MB)."""
+        """The next blob, ``name``, as one array of ``typecode`` (``arrays_of``)."""
+        return self.arrays_of(name, typecode)[0]
+
+    def arrays_of(self, name: str, typecode: str, counts: Sequence[int] | None = None,
+                  ) -> list[array[Any]]:
+        """The next blob, ``name``, as arrays of ``typecode`` of ``counts`` items each, one after
+        another (None: one array of all), each read straight into it (no copy as bytes: ten
+        million latencies are 80 MB)."""
         length = self._expect(name)
-        values = array(typecode)
-        if length % values.itemsize:
+        itemsize = array(typecode).itemsize
+        if counts is None:
+            counts = [length // itemsize]
+        if min(counts, default=0) < 0 or sum(counts) * itemsize != length:
             raise ValueError(f"blob {name!r} of another size")
-        values = array(typecode, [0]) * (length // values.itemsize)
-        with memoryview(values) as view, view.cast("B") as raw:
-            if self._handle.readinto(raw) != length:
-                raise ValueError(f"blob {name!r} cut short")
-        return values
+        made = []
+        for count in counts:
+            values = array(typecode, [0]) * count
+            with memoryview(values) as view, view.cast("B") as raw:
+                if self._handle.readinto(raw) != len(raw):
+                    raise ValueError(f"blob {name!r} cut short")
+            made.append(values)
+        return made
 
     def rest(self) -> dict[str, bytes]:
         """Every blob not read yet, by name."""
