@@ -46,7 +46,8 @@ def write_blobs(path: Path, magic: bytes, header: dict[str, Any],
 
 
 class BlobReader:
-    """An open blob file: its header, then its blobs read in order (``take`` or ``into``)."""
+    """An open blob file: its header, then its blobs read in order (``take``, ``into`` or
+    ``arrays_of``)."""
 
     def __init__(self, path: Path, magic: bytes) -> None:
         self._handle: BufferedReader = path.open("rb")
@@ -115,14 +116,6 @@ class BlobReader:
                     raise ValueError(f"blob {name!r} cut short")
             made.append(values)
         return made
-
-    def rest(self) -> dict[str, bytes]:
-        """Every blob not read yet, by name."""
-        found: dict[str, bytes] = {}
-        while self._next < len(self._sizes):
-            name = self._sizes[self._next][0]
-            found[name] = self.take(name)
-        return found
 
     def close(self) -> None:
         """Close the file."""
