@@ -19,7 +19,7 @@ from mpinfer.store import done_index
 from mpinfer.store.done_index import scan_done
 from mpinfer.store.idset import HashFn, IdSubset
 from mpinfer.store.output import scan
-from mpinfer.store.row_match import RowMatch, RowSlots, covered_slots
+from mpinfer.store.row_match import RowMatch, RowSlots, covered_slots, join_marks
 
 
 def _jittered(ids: list[str], window: int, seed: int) -> list[str]:
@@ -261,3 +261,21 @@ def test_every_row_covered_is_the_whole_input_with_no_lookup(tmp_path: Path) -> 
     left = [raw for at in range(0, 500, 64) for raw in rows.cover(order[at:at + 64])]
     # Then nothing is left to look up, and the marks say: every row
     assert left == [] and covered_slots(index, rows.covered()) == ([], True)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 1 << 20])
+def test_parts_marks_are_joined_by_or_and_a_row_marked_twice_is_told(chunk: int) -> None:
+    # Given three parts' marks of rows (a byte of 0 or 1 a row), of their own lengths
+    rng = random.Random(chunk)
+    marks = [bytes(rng.random() < 0.3 for _ in range(size)) for size in (40, 17, 33)]
+    # When they are joined a chunk of rows at a time
+    joined, twice = join_marks(marks, chunk)
+    # Then each row is marked when any part marked it, and a row two parts marked is told
+    expected = [max(mark[row] if row < len(mark) else 0 for mark in marks) for row in range(40)]
+    assert list(joined) == expected
+    assert twice == any(sum(mark[row] for mark in marks if row < len(mark)) > 1
+                        for row in range(40))
+    # And marks that never meet are not told as meeting
+    apart = [bytes([1, 0, 0, 1]), bytes([0, 1, 0, 0, 0, 1])]
+    assert join_marks(apart, chunk) == (bytearray([1, 1, 0, 1, 0, 1]), False)
+    assert join_marks([]) == (bytearray(), False)

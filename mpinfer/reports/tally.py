@@ -40,7 +40,7 @@ from ..store.records import (
     number,
     view,
 )
-from ..store.row_match import EXACT_FIRST, RowSlots, covered_slots
+from ..store.row_match import EXACT_FIRST, RowSlots, covered_slots, join_marks
 
 RECENT_RECORDS = 500
 # a part's latencies are sorted in runs of about this many (a sort holds them as Python floats),
@@ -380,12 +380,10 @@ class OutputTally:
                 ids = [task_id.encode() for line in LineReader(path, known.mark.offset, end).lines()
                        if (task_id := answer_id(decode(line))) is not None]
                 _mark_found(ids, self.within, self.done, self.unknown)
-        size = max(map(len, marks))
-        if size:  # the parts' marks joined (a byte of 0 or 1 a row: "or" is "max")
-            covered = 0
-            for mark in marks:
-                covered |= int.from_bytes(mark, "little")
-            slots, but = covered_slots(self.within.index, covered.to_bytes(size, "little"))
+        covered = join_marks(marks)[0]
+        del marks[:]
+        if covered:
+            slots, but = covered_slots(self.within.index, covered)
             found = self.within.empty()
             found.add_slots(slots)
             if but:  # every id of the input but ``slots``: those not found otherwise are not done

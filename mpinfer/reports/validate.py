@@ -30,7 +30,7 @@ from ..store.records import (
     missing_fields,
     view,
 )
-from ..store.row_match import EXACT_FIRST, RowSlots, covered_slots
+from ..store.row_match import EXACT_FIRST, RowSlots, covered_slots, join_marks
 
 EXAMPLES_KEPT = 5
 
@@ -354,20 +354,19 @@ def _found_once(input_ids: IdSubset, parts: list[CheckedPart]) -> IdSubset | Non
     None when one was (or may have been): the exact read then names the lines."""
     if any(part.again for part in parts):
         return None
-    covered = 0
+    covered, twice = join_marks([part.covered for part in parts])
+    if twice:
+        return None
     looked_up = input_ids.empty()
     for part in parts:
-        marks = int.from_bytes(part.covered, "little")
         seen = input_ids.empty()
         seen.load_bytes(part.seen)
-        if covered & marks or len(seen.both(looked_up)):
+        if len(seen.both(looked_up)):
             return None
-        covered |= marks
         looked_up = looked_up.either(seen)
-    size = max(len(part.covered) for part in parts)
     found = input_ids.empty()
-    if size:
-        slots, but = covered_slots(input_ids.index, covered.to_bytes(size, "little"))
+    if covered:
+        slots, but = covered_slots(input_ids.index, covered)
         found.add_slots(slots)
         if but:  # every id of the input but ``slots``
             found = input_ids.minus(found)

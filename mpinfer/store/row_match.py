@@ -321,7 +321,24 @@ class RowSlots:
 _FLIP = bytes.maketrans(b"\0\1", b"\1\0")
 
 
-def covered_slots(index: IdIndex, covered: bytes) -> tuple[list[int], bool]:
+def join_marks(marks: list[bytes], chunk: int = 1 << 20) -> tuple[bytearray, bool]:
+    """The parts' row marks (``RowSlots.covered``: a byte of 0 or 1 a row) joined by "or", and
+    whether a row was marked by two of them; a MB of rows at a time, as ints (no int of all ten
+    million rows, nor copies of it, held at once)."""
+    size = max(map(len, marks), default=0)
+    joined, twice = bytearray(size), False
+    for at in range(0, size, chunk):
+        end = min(at + chunk, size)
+        either = 0
+        for mark in marks:
+            piece = int.from_bytes(mark[at:end], "little")
+            twice = twice or bool(either & piece)
+            either |= piece
+        joined[at:end] = either.to_bytes(end - at, "little")
+    return joined, twice
+
+
+def covered_slots(index: IdIndex, covered: bytes | bytearray) -> tuple[list[int], bool]:
     """The slots of the input's rows marked in ``covered`` (``RowSlots.cover``; parts' marks
     joined by "or"), each found as a member's; or, when fewer rows are left unmarked, the slots of
     those: (slots, True) means every slot but these. ``([], True)``: every row is marked, the
