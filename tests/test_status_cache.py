@@ -11,6 +11,7 @@ import pytest
 from helpers import NOW, failure_line, jsonl_bytes, result_line, setup_run, write_jsonl
 
 from mpinfer.config import RunConfig
+from mpinfer.inputs import input_index_path
 from mpinfer.reports.status import StatusReader, StatusReport
 from mpinfer.reports.status_cache import cache_path
 from mpinfer.store.repair import repair
@@ -144,7 +145,7 @@ def test_a_changed_input_is_checked_again(config: RunConfig) -> None:
 
 def test_a_cache_that_is_not_one_is_ignored(config: RunConfig) -> None:
     # Given garbage where the cache was
-    cache_path(config.output).write_bytes(b"mpinfer status cache 2\n\xff\xff garbage")
+    cache_path(config.output).write_bytes(b"mpinfer status cache 3\n\xff\xff garbage")
     # When --status runs
     again, reader = cached(config)
     # Then it read everything and is right
@@ -182,19 +183,36 @@ def test_a_watching_reader_rewrites_the_cache_at_most_once_a_minute_and_on_close
     assert next_reader.bytes_read == 0 and again == fresh(config)
 
 
-def test_the_id_index_is_written_once_and_a_stale_one_is_not_used(config: RunConfig) -> None:
-    # Given the cache and the index beside it, after an append and a second --status
-    index_file = cache_path(config.output).with_name(cache_path(config.output).name + "-index")
-    written = index_file.stat().st_mtime_ns
-    with config.output.open("ab") as handle:
-        handle.write(jsonl_bytes([result_line("t38")]))
+def test_the_cache_counts_over_the_input_index_kept_beside_the_output(config: RunConfig) -> None:
+    # Given the cache the first --status wrote, with no copy of the input's index of its own: the
+    # one a run (or that status) keeps beside the output is its index
+    cache = cache_path(config.output)
+    old_copy = cache.with_name(cache.name + "-index")
+    kept = input_index_path(config.output)
+    assert kept.exists() and not old_copy.exists()
+    # When that index is gone
+    kept.unlink()
+    again, reader = cached(config)
+    # Then the cache is not used: everything is read, and right (and the index is kept again)
+    assert not reader.from_cache and again == fresh(config) and kept.exists()
+    # And when it is not an index of this input, the cache is not used either
     cached(config)
-    # Then the index was not written again
-    assert index_file.stat().st_mtime_ns == written
-    # And when the index file belongs to another input, the cache is not used
-    index_file.write_bytes(b"mpinfer status cache 2\n" + (2).to_bytes(8, "little") + b"{}")
+    kept.write_bytes(b"mpinfer input index 1\n" + (2).to_bytes(8, "little") + b"{}")
     again, reader = cached(config)
     assert not reader.from_cache and again == fresh(config)
+
+
+def test_a_copy_of_the_index_an_older_cache_kept_is_removed(config: RunConfig) -> None:
+    # Given the copy of the input's index a cache of an earlier version kept beside it
+    cache = cache_path(config.output)
+    old_copy = cache.with_name(cache.name + "-index")
+    old_copy.write_bytes(b"mpinfer status cache 1\n" + bytes(1000))
+    # When --status writes its cache again (after an answer was appended)
+    with config.output.open("ab") as handle:
+        handle.write(jsonl_bytes([result_line("t38")]))
+    again, _ = cached(config)
+    # Then the old copy is gone, and the status is a full read's
+    assert not old_copy.exists() and again == fresh(config)
 
 
 def test_a_cache_cut_short_in_its_arrays_is_ignored(config: RunConfig) -> None:

@@ -24,6 +24,7 @@ from ..store.marks import FileMark, file_checksum
 from .check import check_input, id_resolver, selected_ids
 from .tasks import FieldKeys, InputFormat, InputIndex, Selection
 
+# changed with the layout, or with the order of the slots (a status cache counts over them)
 _MAGIC = b"mpinfer input index 1\n"
 
 
@@ -58,19 +59,40 @@ def checked_input(path: Path, keys: FieldKeys, chosen: Selection,
     return index
 
 
-def _load(kept: Path, key: dict[str, Any], path: Path, keys: FieldKeys,
-          chosen: Selection) -> InputIndex | None:
+def kept_index(kept: Path, path: Path, keys: FieldKeys) -> IdIndex | None:
+    """The id index kept at ``kept`` when it is of the input at ``path`` as it is now, read with
+    ``keys`` (the status cache's counts are over its slots); None otherwise."""
+    key = input_key(path, keys)
+    read = _read(kept, key, path, keys) if key is not None else None
+    return read[0] if read is not None else None
+
+
+def _read(kept: Path, key: dict[str, Any], path: Path,
+          keys: FieldKeys) -> tuple[IdIndex, dict[str, Any]] | None:
+    """The index kept at ``kept`` and its header, when its key is ``key``."""
     try:
         with BlobReader(kept, _MAGIC) as reader:
             header = reader.header
             if header["key"] != key:
                 return None
             fmt = InputFormat(header["format"])
-            models = tuple(str(m) for m in header["body_models"])
-            size, sha256 = header["checksum"] or (0, "")
-            index = IdIndex.from_parts(id_resolver(path, keys, fmt), reader.take("bases"),
-                                       header["shared"], reader.into)
+            return IdIndex.from_parts(id_resolver(path, keys, fmt), reader.take("bases"),
+                                      header["shared"], reader.into), header
     except (OSError, ValueError, KeyError, TypeError, IndexError, orjson.JSONDecodeError):
+        return None
+
+
+def _load(kept: Path, key: dict[str, Any], path: Path, keys: FieldKeys,
+          chosen: Selection) -> InputIndex | None:
+    read = _read(kept, key, path, keys)
+    if read is None:
+        return None
+    index, header = read
+    try:
+        fmt = InputFormat(header["format"])
+        models = tuple(str(m) for m in header["body_models"])
+        size, sha256 = header["checksum"] or (0, "")
+    except (ValueError, KeyError, TypeError):
         return None
     ids = selected_ids(path, keys, chosen, fmt, index)
     return InputIndex(path=path, ids=ids, total=len(ids), format=fmt, body_models=models,

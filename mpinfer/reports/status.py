@@ -187,7 +187,8 @@ class StatusReader:
             if self.config.by is not None:
                 self._groups = GroupReader(self.config, self.config.by, chosen, self._key,
                                            self.use_cache)
-            cached = (status_cache.load(self._cache, self._key, self.input_path, self.keys)
+            cached = (status_cache.load(self._cache, self._key, self.input_path, self.keys,
+                                        input_index_path(self.output))
                       if self.use_cache else None)
             self.from_cache = cached is not None
             if cached is None:

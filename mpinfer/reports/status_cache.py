@@ -1,12 +1,13 @@
 """The --status cache: a hidden file beside the output, so the next --status reads only the new.
 
-It holds the input's id index (as the input check built it), the selection, and each output's tally
-with the marks of where its files were read up to. It is used only for the same input file (device,
-inode, size, mtime and the bytes at its head and end unchanged), read the same way (id and field
-keys, selection, models); each output's marks (``store.marks.FileMark``) then decide what is read
-again. Anything that does not match, or a file that cannot be read, means no cache: status reads
-everything, as it would without one. The cache is a plain file of JSON and arrays, never pickle:
-loading it runs no code.
+It holds the selection and each output's tally with the marks of where its files were read up to,
+counted over the slots of the input's id index that a run (or the first --status) keeps beside the
+output (inputs/index_cache.py): that index, found current and the same, is the cache's index. It is
+used only for the same input file (device, inode, size, mtime and the bytes at its head and end
+unchanged), read the same way (id and field keys, selection, models); each output's marks
+(``store.marks.FileMark``) then decide what is read again. Anything that does not match, or a file
+that cannot be read, means no cache: status reads everything, as it would without one. The cache is
+a plain file of JSON and arrays, never pickle: loading it runs no code.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from __future__ import annotations
 import hashlib
 from collections import deque
 from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ..inputs import FieldKeys, InputFormat, InputIndex, Selection, id_resolver
+from ..inputs import FieldKeys, InputFormat, InputIndex, Selection, kept_index
 from ..store import blobfile
 
 if TYPE_CHECKING:
@@ -29,7 +31,7 @@ from ..store.idset import IdIndex, IdSubset
 from ..store.marks import FileMark
 from .tally import RECENT_RECORDS, OutputTally
 
-_MAGIC = b"mpinfer status cache 2\n"  # 2: the index's starts first
+_MAGIC = b"mpinfer status cache 3\n"  # 3: no index of its own (the input index's)
 
 
 def cache_path(output: Path) -> Path:
@@ -66,17 +68,25 @@ class CachedStatus:
     latency: Latency
 
 
-def load(path: Path, key: dict[str, Any], input_path: Path, keys: FieldKeys) -> CachedStatus | None:
-    """The cached index and tallies; None without a cache, or with one for another input or key."""
+def load(path: Path, key: dict[str, Any], input_path: Path, keys: FieldKeys,
+         kept: Path) -> CachedStatus | None:
+    """The cached tallies over the input's index kept at ``kept``; None without a cache, with one
+    for another input or key, or without that index as the cache was counted over."""
     try:
-        return _decode(path, key, input_path, keys)
+        return _decode(path, key, input_path, keys, kept)
     except (OSError, ValueError, KeyError, TypeError, IndexError, orjson.JSONDecodeError):
         return None
 
 
-def _index_path(path: Path) -> Path:
-    """The input's id index is kept apart: it is written once, the tallies at every change."""
+def _old_index_path(path: Path) -> Path:
+    """Where caches before version 3 kept a copy of the input's id index (removed when seen)."""
     return path.with_name(path.name + "-index")
+
+
+def _index_digest(index: IdIndex) -> str:
+    """What tells the index a cache was counted over from another of the same input: its
+    buckets' sizes (the order within them is the input index's version, in its magic)."""
+    return hashlib.blake2b(memoryview(index.parts()[2]), digest_size=16).hexdigest()
 
 
 def current(header: dict[str, Any], key: dict[str, Any], mark: FileMark | None) -> bool:
@@ -85,22 +95,19 @@ def current(header: dict[str, Any], key: dict[str, Any], mark: FileMark | None) 
             and FileMark.from_dict(header["input_mark"]) == mark)
 
 
-def _decode(path: Path, key: dict[str, Any], input_path: Path,
-            keys: FieldKeys) -> CachedStatus | None:
+def _decode(path: Path, key: dict[str, Any], input_path: Path, keys: FieldKeys,
+            kept: Path) -> CachedStatus | None:
     mark = FileMark.whole(input_path)
-    # The arrays are read from the files straight into their places: a cache of ten million ids
-    # and latencies (240 MB) is never held twice, as bytes and as arrays.
+    # The arrays are read from the files straight into their places: the index and the latencies
+    # of ten million lines (240 MB) are never held twice, as bytes and as arrays.
     with blobfile.BlobReader(path, _MAGIC) as reader:
         header = reader.header
         if not current(header, key, mark):
             return None
-        with blobfile.BlobReader(_index_path(path), _MAGIC) as index_reader:
-            if not current(index_reader.header, key, mark):
-                return None
-            fmt = InputFormat(header["format"])
-            index = IdIndex.from_parts(id_resolver(input_path, keys, fmt),
-                                       index_reader.take("starts"),
-                                       index_reader.header["shared"], index_reader.into)
+        index = kept_index(kept, input_path, keys)
+        if index is None or _index_digest(index) != header["index"]:
+            return None
+        fmt = InputFormat(header["format"])
         selected = IdSubset(index)
         selected.load_bytes(reader.take("selected"))
         tallies = [_tally(item, selected, reader, number)
@@ -110,11 +117,6 @@ def _decode(path: Path, key: dict[str, Any], input_path: Path,
     count, values = header["latency"]
     latency = (int(count), {str(k): None if v is None else float(v) for k, v in values.items()})
     return CachedStatus(index_read, tallies, latency)
-
-
-def _header(path: Path) -> dict[str, Any]:
-    with blobfile.BlobReader(path, _MAGIC) as reader:
-        return reader.header
 
 
 def _tally(item: dict[str, Any], selected: IdSubset, reader: blobfile.BlobReader,
@@ -148,16 +150,8 @@ def save(path: Path, key: dict[str, Any], index: InputIndex, tallies: list[Outpu
     mark = FileMark.whole(index.path)
     if mark is None:
         return
-    try:
-        index_current = current(_header(_index_path(path)), key, mark)
-    except (OSError, ValueError, KeyError, TypeError, orjson.JSONDecodeError):
-        index_current = False
-    if not index_current:
-        # the buckets' arrays written one after another (what ``IdIndex.from_parts`` reads),
-        # with no joined copy of a big index
-        hashes, locators, bases, shared = index.ids.index.parts()
-        _write(_index_path(path), {"key": key, "input_mark": mark.to_dict(), "shared": shared},
-               [("starts", [bases]), ("hashes", hashes), ("locators", locators)])
+    with suppress(OSError):
+        _old_index_path(path).unlink(missing_ok=True)
     blobs: list[tuple[str, Sequence[Buffer]]] = [("selected", [index.ids.to_bytes()])]
     items = []
     for number, tally in enumerate(tallies):
@@ -177,7 +171,8 @@ def save(path: Path, key: dict[str, Any], index: InputIndex, tallies: list[Outpu
             "errors_mark": tally.errors_mark.to_dict() if tally.errors_mark else None,
         })
     _write(path,
-           {"key": key, "input_mark": mark.to_dict(), "format": index.format.value,
+           {"key": key, "input_mark": mark.to_dict(), "index": _index_digest(index.ids.index),
+            "format": index.format.value,
             "body_models": list(index.body_models), "latency": [latency[0], latency[1]],
             "tallies": items}, blobs)
 
