@@ -1,7 +1,7 @@
 """An output read a block of whole lines at a time: what --status and --validate read a million
 lines with (a big one in parts over the cores: store/parts.py).
 
-``LineReader`` gives the whole lines of a file from an offset (8 MB at a time, split by C), or of
+``LineReader`` gives the whole lines of a file from an offset (a MB at a time, split by C), or of
 a part of it, and the mark of where they end, taken from the same open file.
 """
 

@@ -11,7 +11,7 @@ was appended since mpinfer last read it.
   when it did not grow (store/marks.py). Lines appended since (by a run killed before it updated
   the index, or by another writer) are read from the mark; anything else (truncated, replaced,
   rewritten) means a full read, as without an index.
-- A full read goes block by block (8 MB). A line in the form mpinfer writes, ``{"id":"<id>",
+- A full read goes block by block (a MB). A line in the form mpinfer writes, ``{"id":"<id>",
   "input_prompt":...}`` ending in ``}``, its id plain (printable ASCII, no escape), is taken
   without decoding it: its id is sliced out and looked up. When every line of a block is such a
   line, one regex pass finds them all (an entry for each newline: the next line's id, or nothing
