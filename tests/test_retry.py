@@ -135,3 +135,63 @@ def test_the_runner_waits_out_429s_with_no_retries_allowed(mock: MockServerProce
     # Then it is answered on the fifth attempt: a rate limit used up no retry
     assert outcome is not None and type(outcome.events[0]).__name__ == "TaskDone"
     assert mock.stats()["received"]["p429"] == 5
+
+
+class _CountingLimiter(LocalLimiter):
+    """The real limiter, counting how often the runner asks it for a grant."""
+
+    asked = 0
+
+    async def try_acquire(self, model_index: int, charge: int) -> Any:
+        self.asked += 1
+        return await super().try_acquire(model_index, charge)
+
+
+def _first_round(mock: MockServerProcess, tasks: int,
+                 stop_after_s: float | None = None) -> tuple[list[Any], int]:
+    """``tasks`` tasks run at once on a lane in its first round (one request until an answer),
+    with real sleeps: their outcomes and how often the limiter was asked."""
+    config = RunConfig(base_url=mock.base_url, api_keys=("sk-test-0000000000000000fake9zq7",))
+    limiter = _CountingLimiter(SharedLimiter(LimiterSettings(1, 1, slow_start=True)))
+    runner = TaskRunner(RunnerSettings.of(config), load_prices(), limiter)
+
+    async def go() -> list[Any]:
+        async def stop_later(seconds: float) -> None:
+            await asyncio.sleep(seconds)
+            runner.stop()
+
+        stopper = asyncio.ensure_future(stop_later(stop_after_s)) if stop_after_s else None
+        try:
+            return await asyncio.wait_for(asyncio.gather(
+                *(runner.run(Task(id=f"t{i}", prompt="hi"), 0) for i in range(tasks))), 60)
+        finally:
+            if stopper is not None:
+                stopper.cancel()
+            await runner.close()
+
+    return asyncio.run(go()), limiter.asked
+
+
+def test_requests_held_by_the_first_round_ask_the_limiter_in_turn_not_each_every_50ms(
+    mock: MockServerProcess,
+):
+    # Given a server answering after 0.5 s, and 100 tasks at once on a lane in its first round
+    mock.configure(latency_ms=500)
+    # When they run
+    outcomes, asked = _first_round(mock, 100)
+    # Then all are answered, the first alone and the others after its answer opened the lane
+    assert all(o is not None and type(o.events[0]).__name__ == "TaskDone" for o in outcomes)
+    assert mock.stats()["max_in_flight"] == 99
+    # and the 99 held asked the limiter in turn: about once a grant and once every 50 ms (each
+    # asking every 50 ms through the first answer's 0.5 s was about a thousand looks)
+    assert asked < 100 + 50
+
+
+def test_requests_waiting_their_turn_end_unsent_when_the_runner_stops(mock: MockServerProcess):
+    # Given a server answering after 2 s, and 50 tasks at once on a lane in its first round
+    mock.configure(latency_ms=2000)
+    # When the runner is stopped 0.3 s in, while 49 of them wait for the first answer
+    outcomes, _ = _first_round(mock, 50, stop_after_s=0.3)
+    # Then the waiting ones end unsent, left for the rerun (None), and only the first was sent
+    assert sum(o is None for o in outcomes) == 49
+    assert mock.stats()["requests"] == 1
