@@ -199,7 +199,9 @@ class TaskRunner:
         limiter a wait instead of a thousand, which took a core of the two of bench/throughput.py
         for the first round's second. None when stopping; the Wait itself when the server has been
         down for longer than the patience."""
-        turn = self._turns.setdefault(model_index, asyncio.Lock())
+        turn = self._turns.get(model_index)
+        if turn is None:
+            turn = self._turns[model_index] = asyncio.Lock()
         if not turn.locked():
             got = await self.limiter.try_acquire(model_index, charge)
             if isinstance(got, Grant):
