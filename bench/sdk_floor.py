@@ -55,7 +55,7 @@ import aiohttp, orjson
 sys.path.insert(0, "bench")
 from images import png_like
 from mpinfer.api.client import complete, make_client, warm_up
-from mpinfer.api.http import SendGate
+from mpinfer.backends.ahead import SendGate
 from mpinfer.api.ticket import Ticket
 from mpinfer.backends.worker import WORKER_GC_THRESHOLDS
 
@@ -84,11 +84,17 @@ async def bare(share: range) -> None:
 
 async def serve(share: range) -> None:
     gate = SendGate(c)
-    client = make_client("sk-bench", base, 120.0, connections=c, gate=gate)
+    client = make_client("sk-bench", base, 120.0, connections=c)
     bodies = iter([body(i) for i in share])
     async def slot() -> None:
         for request in bodies:
-            await complete(client, request, Ticket(120.0))
+            if not await gate.take():
+                return
+            try:
+                await complete(client, request, Ticket(120.0))
+            finally:
+                gate.give_back()
+            await gate.pass_on()
     # c on the wire, c built ahead at the gate
     await asyncio.gather(*(slot() for _ in range(2 * c)))
     await client.close()

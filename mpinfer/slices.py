@@ -36,8 +36,8 @@ class RunnerSettings:
 
     Plain, picklable data: it goes to every worker process and Ray actor instead of the RunConfig.
     ``endpoints`` is by key index (keys read); ``named``: they come from an endpoints table, so a
-    failure names its endpoint and an answer line records it; ``paced``: a limit is set (--rpm,
-    --tpm or an endpoint's own); ``strict_model``: an answer by another model fails (wrong_model).
+    failure names its endpoint and an answer line records it; ``strict_model``: an answer by
+    another model fails (wrong_model).
     """
 
     request: RequestSettings
@@ -45,7 +45,6 @@ class RunnerSettings:
     keys: tuple[str, ...] = field(repr=False)
     endpoints: tuple[Endpoint, ...] = field(repr=False)
     named: bool
-    paced: bool
     timeout: float
     transport: Transport
     concurrency: int
@@ -55,14 +54,13 @@ class RunnerSettings:
     @classmethod
     def of(cls, config: RunConfig) -> RunnerSettings:
         """The runner settings of a run; ConfigError when it has no API key."""
-        paced = (config.rpm is not None or config.tpm is not None  # one for all, or per model
-                 or any(ep.rpm or ep.tpm for ep in config.endpoint_table))
         return cls(RequestSettings.of(config), RetryPolicy.of(config), config.require_api_keys(),
-                   endpoints_of(config), bool(config.endpoint_table), paced, config.timeout,
+                   endpoints_of(config), bool(config.endpoint_table), config.timeout,
                    config.transport, config.concurrency, config.strict_model, config.judging)
 
     @property
     def built_ahead(self) -> int:
         """How many requests a local worker builds ahead of its -c slots (backends/ahead.py): as
-        many again, on the aiohttp transport; none on httpx, whose client has no gate."""
+        many again, on the aiohttp transport; none on httpx (the SDK's own path, kept as it was:
+        the reference)."""
         return self.concurrency if self.transport is Transport.AIOHTTP else 0

@@ -20,7 +20,7 @@ from helpers import Handler, keep_alive, response
 from mpinfer.api.answer import Answer
 from mpinfer.api.client import Transport, complete, make_client
 from mpinfer.api.failures import CallError, classify
-from mpinfer.api.ticket import Ticket, Unsent
+from mpinfer.api.ticket import Ticket
 from mpinfer.errors import ConfigError
 
 KEY = "sk-test-0000000000000000fake4hq2"
@@ -304,24 +304,22 @@ def test_a_socks_proxy_is_refused_with_the_way_out(monkeypatch: pytest.MonkeyPat
     assert "pw" not in str(caught.value)
 
 
-class _Turning(Ticket):
-    """A ticket that sends its request only when ``send`` is set, and notes what it was told."""
+class _Noting(Ticket):
+    """A ticket that notes what it was told."""
 
-    def __init__(self, seconds: float, send: bool) -> None:
+    def __init__(self, seconds: float) -> None:
         super().__init__(seconds)
-        self.send = send
         self.told: list[str] = []
 
-    async def leaving(self) -> Unsent | None:
+    async def leaving(self) -> None:
         self.told.append("leaving")
-        return None if self.send else Unsent.STALE
 
     async def answered(self, status: int, headers: Any) -> None:
         self.told.append(f"answered {status}")
 
 
 async def _ticketed(transport: Transport,
-                    tickets: list[Ticket]) -> tuple[list[Answer | Unsent], list[bytes]]:
+                    tickets: list[Ticket]) -> tuple[list[Answer], list[bytes]]:
     """Each ticket's request, one after another, through a client on ``transport`` to a server that
     answers each; what complete returned, and the request heads the server saw."""
     heads: list[bytes] = []
@@ -340,28 +338,16 @@ async def _ticketed(transport: Transport,
 def test_a_ticket_goes_down_to_the_client_but_never_reaches_the_server(
         transport: Transport) -> None:
     # Given a request's ticket of 5 s
-    ticket = _Turning(5.0, send=True)
+    ticket = _Noting(5.0)
     # When its request is sent
     answers, heads = asyncio.run(_ticketed(transport, [ticket]))
     # Then the client told it as the request left and as the answer came, and the server saw the
     # request as the SDK sends any: its read timeout, and no trace of the ticket
     assert len(answers) == 1 and isinstance(answers[0], Answer), answers
-    assert ticket.told == ["leaving", "answered 200"] and ticket.unsent is None
+    assert ticket.told == ["leaving", "answered 200"]
     assert len(heads) == 1
     head = heads[0].decode().lower()
     assert "x-stainless-read-timeout: 5.0\r\n" in head
     assert "ticket" not in head and "mpinfer" not in head
 
 
-@pytest.mark.parametrize("transport", list(Transport))
-def test_a_request_its_ticket_holds_back_is_not_sent_and_comes_back_as_a_value(
-        transport: Transport) -> None:
-    # Given a request whose ticket says, as it leaves, that it is stale, then one it lets go
-    held, sent = _Turning(5.0, send=False), _Turning(5.0, send=True)
-    # When both are sent on one client
-    answers, heads = asyncio.run(_ticketed(transport, [held, sent]))
-    # Then the first came back as the reason it was not sent, not as an error, and never reached the
-    # server; the second went as usual
-    assert len(answers) == 2 and answers[0] is Unsent.STALE and held.told == ["leaving"], answers
-    assert isinstance(answers[1], Answer) and sent.told == ["leaving", "answered 200"], answers
-    assert len(heads) == 1

@@ -871,18 +871,3 @@ def test_an_endpoints_own_limit_outlives_an_aimd_decrease_and_a_server_stating_m
     row = stats(limiter, T0 + 62.0)
     assert (row.requests_limit, row.requests_source) == (600, "flag")
     assert max(limits) <= 600 + EPS
-
-
-def test_a_grant_given_back_unsent_is_no_request_and_no_answer() -> None:
-    # Given a lane in an outage (three connection failures), and a grant built ahead while it was
-    # fine
-    limiter = make()
-    ahead = grant(limiter.try_acquire(0, 1, T0))
-    failed = [grant(limiter.try_acquire(0, 1, T0)) for _ in range(3)]
-    assert [limiter.release(g, T0, Ending.UNREACHABLE) for g in failed] == [False, False, True]
-    # When the one built ahead is given back unsent (a stop, or a limit that came while it waited)
-    assert limiter.release(ahead, T0 + 0.1, Ending.UNSENT, charged=0)
-    # Then it is not counted as a request, nor as the server answering (the outage goes on)
-    row = stats(limiter, T0 + 0.1)
-    assert (row.requests, row.in_flight) == (3, 0)
-    assert row.outage_since > 0

@@ -1,8 +1,9 @@
-"""Requests built ahead of their slot (api/http.py's SendGate).
+"""Requests built ahead of their slot (backends/ahead.py's SendGate, the runner's ``_send``).
 
--c is still the most on the wire per worker, waiting for a slot is not the server's time, and a stop
-sends none of those still waiting (that a server stating a limit gets no more built ahead, and those
-waiting go back to the limiter, is tests/test_finishes.py's: its 429s stay few).
+-c is still the most on the wire per worker, a request takes its grant from the limiter only once
+it has its slot (so an answer's stated limit is heard before the next grant, and a worker holds no
+more grants than slots), waiting for a slot is not the server's time, and a stop sends none of
+those still waiting.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import signal
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import orjson
 from helpers import (
@@ -27,12 +27,12 @@ from helpers import (
     write_tasks,
 )
 
-from mpinfer.api.answer import Answer
-from mpinfer.api.client import complete, make_client
-from mpinfer.api.http import SendGate
-from mpinfer.api.ticket import Ticket, Unsent
-from mpinfer.backends.ahead import BuildAhead
+from mpinfer.api.prices import load_prices
+from mpinfer.backends.ahead import SendGate
+from mpinfer.backends.runner import Outcome, TaskRunner
 from mpinfer.config import RunConfig
+from mpinfer.inputs.tasks import Task
+from mpinfer.limits import Ending, Grant, Hints, LimiterSettings, LocalLimiter, SharedLimiter, Wait
 from mpinfer.mockserver import MockServerProcess
 from mpinfer.slices import RunnerSettings
 
@@ -77,103 +77,109 @@ def _answering_after(delay_s: float, *headers: str) -> Connection:
     return keep_alive(_answer_after(delay_s, *headers))
 
 
-class _Noting(Ticket):
-    """A ticket that notes each send and each answer's arrival in ``seen``."""
+class _Noting(LocalLimiter):
+    """The real limiter, noting each grant and each limit heard in ``seen``, and the most grants
+    held at once."""
 
-    def __init__(self, seconds: float, seen: list[str]) -> None:
-        super().__init__(seconds)
+    def __init__(self, seen: list[str]) -> None:
+        super().__init__(SharedLimiter(LimiterSettings(1, 1)))
         self.seen = seen
+        self.held = self.most_held = 0
 
-    async def leaving(self) -> None:
-        self.seen.append("send")
+    async def try_acquire(self, model_index: int, charge: int) -> Grant | Wait:
+        got = await super().try_acquire(model_index, charge)
+        if isinstance(got, Grant):
+            self.seen.append("grant")
+            self.held += 1
+            self.most_held = max(self.most_held, self.held)
+        return got
 
-    async def answered(self, status: int, headers: Any) -> None:
-        self.seen.append(f"answer {status} limit {headers.get('X-RateLimit-Limit-Requests')}")
+    async def observe(self, lane: int, hints: Hints) -> None:
+        self.seen.append("limit heard")
+        await super().observe(lane, hints)
+
+    async def release(self, grant: Grant, ending: Ending = Ending.OK, *, charged: int | None = None,
+                      used: int = 0) -> bool:
+        self.held -= 1
+        return await super().release(grant, ending, charged=charged, used=used)
 
 
-def test_an_answers_headers_are_seen_before_the_request_its_slot_frees_is_sent() -> None:
-    # Given one slot, a server that states its limit on every answer, and tickets that note each
-    # send and each answer's arrival, and each answer as the caller gets it
+def _run_ahead(handler: Connection, tasks: int, slots: int, *, timeout: float = 5.0,
+               stop_after_s: float | None = None) -> tuple[list[Outcome | None], _Noting, float]:
+    """``tasks`` tasks at once through a runner with ``slots`` slots and as many built ahead,
+    against a server answering with ``handler``: their outcomes, the limiter, the seconds taken."""
     seen: list[str] = []
+    limiter = _Noting(seen)
 
-    async def go() -> None:
-        server = await asyncio.start_server(_answering_after(0.2, "x-ratelimit-limit-requests: 60"),
-                                            "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        client = make_client(KEY, f"http://127.0.0.1:{port}/v1", 5.0, gate=SendGate(1))
-        request = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    async def go() -> list[Outcome | None]:
+        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+        config = RunConfig(base_url=f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1",
+                           api_keys=(KEY,), concurrency=slots, timeout=timeout)
+        runner = TaskRunner(RunnerSettings.of(config), load_prices(), limiter, build_ahead=slots)
 
-        async def one() -> None:
-            await complete(client, request, _Noting(5.0, seen))
-            seen.append("returned")
+        async def stop_later(seconds: float) -> None:
+            await asyncio.sleep(seconds)
+            runner.stop()
 
+        stopper = asyncio.ensure_future(stop_later(stop_after_s)) if stop_after_s else None
         try:
-            await asyncio.gather(one(), one())
+            return await asyncio.wait_for(asyncio.gather(
+                *(runner.run(Task(id=f"t{i}", prompt="hi"), 0) for i in range(tasks))), WAIT_S)
         finally:
-            await client.close()
+            if stopper is not None:
+                stopper.cancel()
+            await runner.close()
             server.close()
 
-    # When two requests go at once, the second waiting for the first's slot
-    asyncio.run(go())
-    # Then the first answer's limit was seen before the second request left (which the limiter can
-    # then hold back), and each caller had its answer after its own was seen (the first, alone in
-    # its turn of the loop, goes on before or after the second send: SendGate.pass_on)
-    assert [event for event in seen if event != "returned"] == [
-        "send", "answer 200 limit 60", "send", "answer 200 limit 60"], seen
-    assert seen.count("returned") == 2 and seen[1] == "answer 200 limit 60", seen
-    assert seen.index("returned") > 1 and seen[-1] == "returned", seen
+    started = time.monotonic()
+    outcomes = asyncio.run(go())
+    return outcomes, limiter, time.monotonic() - started
+
+
+def _answered(outcome: Outcome | None) -> bool:
+    return outcome is not None and type(outcome.events[0]).__name__ == "TaskDone"
+
+
+def test_a_request_built_ahead_takes_its_grant_after_the_answer_that_frees_its_slot_is_heard(
+) -> None:
+    # Given one slot and one request built ahead, and a server that states its limit on every
+    # answer (60 a minute)
+    # When two tasks go at once
+    outcomes, limiter, _ = _run_ahead(_answering_after(0.2, "x-ratelimit-limit-requests: 60"), 2, 1)
+    # Then both are answered, and the second took its grant only after the first answer's limit
+    # was heard (so the limiter paces it under that limit), never holding a grant while it waited
+    assert all(_answered(o) for o in outcomes), outcomes
+    assert limiter.seen == ["grant", "limit heard", "grant", "limit heard"], limiter.seen
+
+
+def test_a_worker_holds_no_more_grants_than_slots_however_many_are_built_ahead() -> None:
+    # Given two slots and two requests built ahead, and a server answering after 0.1 s
+    # When eight tasks go at once
+    outcomes, limiter, _ = _run_ahead(_answering_after(0.1), 8, 2)
+    # Then all are answered, and at most two grants were held at once (four were held before a
+    # request took its slot first: those waiting at the gate held theirs)
+    assert all(_answered(o) for o in outcomes), outcomes
+    assert limiter.most_held == 2 and limiter.held == 0, (limiter.most_held, limiter.held)
 
 
 def test_waiting_for_a_slot_does_not_count_against_the_request_timeout() -> None:
     # Given one slot, a 1 s request timeout, and a server that answers each request after 0.7 s
-    serve = _answering_after(0.7)
-
-    async def go() -> list[Answer | BaseException]:
-        server = await asyncio.start_server(serve, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        client = make_client(KEY, f"http://127.0.0.1:{port}/v1", 1.0, gate=SendGate(1))
-        request = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
-        try:
-            return await asyncio.gather(*(complete(client, request, Ticket(1.0)) for _ in range(2)),
-                                        return_exceptions=True)
-        finally:
-            await client.close()
-            server.close()
-
-    # When two requests are sent at once (the second waits 0.7 s for the slot, then takes 0.7 s)
-    started = time.monotonic()
-    answers = asyncio.run(go())
+    # When two tasks go at once (the second waits 0.7 s for the slot, then takes 0.7 s)
+    outcomes, _, took = _run_ahead(_answering_after(0.7), 2, 1, timeout=1.0)
     # Then both are answered: the second's 1 s began when it left, not when it was built
-    assert len(answers) == 2
-    assert all(isinstance(a, Answer) and a.content == "ok" for a in answers), answers
-    assert time.monotonic() - started >= 1.3  # one after the other: the gate held the second
+    assert all(_answered(o) for o in outcomes), outcomes
+    assert took >= 1.3  # one after the other: the gate held the second
 
 
-def test_a_closed_gate_turns_a_waiting_request_away_as_a_value() -> None:
-    # Given one slot and a server that answers after 0.3 s
+def test_a_stop_turns_away_a_request_waiting_for_its_slot_unsent() -> None:
+    # Given one slot, a request built ahead, and a server that answers after 0.3 s
     heads: list[bytes] = []
-
-    async def go() -> list[Answer | Unsent]:
-        server = await asyncio.start_server(keep_alive(_answer_after(0.3), heads), "127.0.0.1", 0)
-        gate = SendGate(1)
-        client = make_client(KEY, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1", 5.0,
-                             gate=gate)
-        request = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
-        try:
-            both = asyncio.gather(*(complete(client, request, Ticket(5.0)) for _ in range(2)))
-            await asyncio.sleep(0.1)
-            # When the gate is closed while the second waits for the first's slot
-            gate.close()
-            return list(await both)
-        finally:
-            await client.close()
-            server.close()
-
-    answers = asyncio.run(go())
-    # Then the first is answered, and the second comes back as "stopping", never sent
-    assert len(answers) == 2, answers
-    assert isinstance(answers[0], Answer) and answers[1] is Unsent.STOPPING, answers
-    assert len(heads) == 1
+    # When the runner stops while the second waits for the first's slot
+    outcomes, limiter, _ = _run_ahead(keep_alive(_answer_after(0.3), heads), 2, 1,
+                                      stop_after_s=0.1)
+    # Then the first is answered, and the second is left for the rerun, never sent nor granted
+    assert _answered(outcomes[0]) and outcomes[1] is None, outcomes
+    assert len(heads) == 1 and limiter.seen == ["grant"], limiter.seen
 
 
 def test_a_stop_sends_none_of_the_requests_waiting_for_a_slot(tmp_path: Path,
@@ -204,29 +210,6 @@ def test_a_stop_sends_none_of_the_requests_waiting_for_a_slot(tmp_path: Path,
     assert again.returncode == 0, again.stderr
     ids = Counter(r["id"] for r in read_jsonl(tmp_path / "out.jsonl"))
     assert ids == Counter(f"t{i}" for i in range(20))
-
-
-
-def test_a_request_granted_before_a_limit_was_in_play_is_stale_once_one_is() -> None:
-    # Given a host that builds ahead, with no limit set, and another with --rpm set
-    keys = ("sk-test",)
-    free = BuildAhead(RunnerSettings.of(RunConfig(concurrency=2, api_keys=keys)), extra=2)
-    limited = BuildAhead(RunnerSettings.of(RunConfig(concurrency=2, rpm=60, api_keys=keys)),
-                         extra=2)
-    granted_free = free.paced
-    # Then the first builds ahead from the start, the second never does
-    assert free.allowed.is_set() and not limited.allowed.is_set()
-    assert not free.stale(granted_free)
-    # When the first hears of a limit
-    free.pace()
-    # Then it stops building ahead, and what was granted before asks again; what is granted now
-    # does not
-    assert not free.allowed.is_set()
-    assert free.stale(granted_free) and not free.stale(free.paced)
-    # When it stops
-    free.stop()
-    # Then its gate turns away the requests still waiting, and its idle builders wake to end
-    assert free.gate is not None and free.gate.closed and free.allowed.is_set()
 
 
 

@@ -43,18 +43,6 @@ def test_a_runner_without_a_table_sends_every_key_to_the_base_url() -> None:
     assert not settings.named
 
 
-def test_a_limit_set_anywhere_paces_the_runner_from_the_start() -> None:
-    # Given runs with no limit, with --rpm, with --tpm, and with an endpoint's own rpm
-    keys = (SECRET,)
-    free = RunConfig(api_keys=keys)
-    limited = [RunConfig(api_keys=keys, rpm=60), RunConfig(api_keys=keys, tpm=10_000),
-               RunConfig(api_keys=keys, endpoint_table=(Endpoint("*", SECRET, rpm=60),))]
-    # When their runner's settings are built
-    # Then only the first is unpaced
-    assert not RunnerSettings.of(free).paced
-    assert [RunnerSettings.of(config).paced for config in limited] == [True, True, True]
-
-
 def test_a_worker_builds_ahead_as_many_again_on_aiohttp_and_none_on_httpx() -> None:
     # Given -c 8 on each transport
     keys = (SECRET,)

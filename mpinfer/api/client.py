@@ -25,9 +25,9 @@ import orjson
 # The setting's enum, re-exported for the client's callers
 from ..config import Transport as Transport
 from .answer import Answer, parse_answer
-from .http import AioHttpClient, HttpxClient, SendGate, TicketTimeout
+from .http import AioHttpClient, HttpxClient, TicketTimeout
 from .responses import ApiPath
-from .ticket import Ticket, Unsent
+from .ticket import Ticket
 from .wire import body_of, tls_context
 from .wire import warm_up as _warm_up
 
@@ -47,14 +47,12 @@ def warm_up() -> None:
 
 def make_client(api_key: str, base_url: str | None, timeout: float,
                 transport: Transport = Transport.AIOHTTP, connections: int = 1000,
-                azure: tuple[str, str] | None = None,
-                gate: SendGate | None = None) -> openai.AsyncOpenAI:
+                azure: tuple[str, str] | None = None) -> openai.AsyncOpenAI:
     """An async client with the SDK's retries off
     and a connection pool for ``connections`` in flight.
 
     Each request's ticket (``complete``) is told as it leaves and as its answer arrives
     (api/ticket.py).
-    ``gate`` (the aiohttp transport only) holds requests built ahead until a slot is free.
     ``azure`` (deployment, api_version) makes it the SDK's Azure client on ``base_url``: it sends to
     ``/openai/deployments/{deployment}/...?api-version=...`` with an ``api-key`` header.
     """
@@ -62,8 +60,7 @@ def make_client(api_key: str, base_url: str | None, timeout: float,
     verify = tls_context()
     http_client: httpx2.AsyncClient
     if transport is Transport.AIOHTTP:
-        http_client = AioHttpClient(timeout=timeout, connections=connections, verify=verify,
-                                    gate=gate)
+        http_client = AioHttpClient(timeout=timeout, connections=connections, verify=verify)
     else:
         # httpx2's own default is 100 connections:
         # a worker with more requests in flight would queue.
@@ -83,19 +80,17 @@ _JSON = {"Content-Type": "application/json"}
 
 
 async def complete(client: openai.AsyncOpenAI, request: dict[str, Any], ticket: Ticket,
-                   path: ApiPath = ApiPath.CHAT) -> Answer | Unsent:
-    """Send one request to ``path`` (chat.completions, responses or embeddings): its Answer, or
-    why it was not sent (its ticket said so, or a closed gate turned it away); raises the SDK's
-    errors or MalformedResponse.
+                   path: ApiPath = ApiPath.CHAT) -> Answer:
+    """Send one request to ``path`` (chat.completions, responses or embeddings): its Answer;
+    raises the SDK's errors or MalformedResponse.
 
     Through the SDK's own request path (its auth, headers, base URL and status errors), with the
     body as orjson bytes: the typed ``create`` spends more CPU checking parameters than the rest of
     a request costs. ``extra_body`` is merged into the body as ``create`` would. The ticket's
     ``seconds`` are a deadline for the whole request, connect to the last byte of the body: the
     transports' own timeouts are per read, and a server that trickles its body a byte a second
-    would hold a request for ever (raises TimeoutError). A request that waits at a ``SendGate`` for
-    its slot has the deadline started again when it leaves. The ticket goes down as the SDK's
-    timeout option (api/ticket.py).
+    would hold a request for ever (raises TimeoutError). The ticket goes down as the SDK's timeout
+    option (api/ticket.py).
     """
     body = orjson.dumps(body_of(request))
     async with asyncio.timeout(ticket.seconds) as deadline:
@@ -104,8 +99,6 @@ async def complete(client: openai.AsyncOpenAI, request: dict[str, Any], ticket: 
                                      options={"timeout": TicketTimeout(ticket),
                                               "headers": _JSON})
         content = response.content
-    if ticket.unsent is not None:
-        return ticket.unsent
     # items() is one pass over the headers;
     # dict(headers) looks each name up again, a scan of them all.
     return parse_answer(content, dict(response.headers.items()), path)
@@ -136,13 +129,12 @@ class SdkClient:
     api/wire.py's ``WireClient``, so that the runner holds either."""
 
     def __init__(self, api_key: str, base_url: str | None, timeout: float, *,
-                 connections: int = 1000, azure: tuple[str, str] | None = None,
-                 gate: SendGate | None = None) -> None:
+                 connections: int = 1000, azure: tuple[str, str] | None = None) -> None:
         self.sdk = make_client(api_key, base_url, timeout, transport=Transport.HTTPX,
-                               connections=connections, azure=azure, gate=gate)
+                               connections=connections, azure=azure)
 
     async def complete(self, request: dict[str, Any], ticket: Ticket,
-                       path: ApiPath = ApiPath.CHAT) -> Answer | Unsent:
+                       path: ApiPath = ApiPath.CHAT) -> Answer:
         """Send one request through the SDK (``complete``)."""
         return await complete(self.sdk, request, ticket, path)
 

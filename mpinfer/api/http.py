@@ -11,7 +11,7 @@ transport: every request passes httpx2's URL merging, auth flow, redirect loop a
 none of which an API call needs (the SDK puts auth in the headers, it sends absolute URLs, and
 mpinfer reads bodies whole). ``AioHttpClient`` keeps the SDK's request and response objects and
 drops those layers; redirects, which the SDK's clients follow, aiohttp follows. The pool under it
-(session, proxies, send gate) is the one api/wire.py sends through.
+(session and proxies) is the one api/wire.py sends through.
 
 Failures are raised as the httpx2 errors the SDK turns into ``APITimeoutError`` and
 ``APIConnectionError``: a connect or read timeout as a timeout, a refused, reset or dropped
@@ -29,8 +29,7 @@ import aiohttp
 import httpx2
 
 from .pool import ACCEPT_ENCODING, UNTIMED, Pool
-from .pool import SendGate as SendGate  # (where the gate used to live)
-from .ticket import KEY, Ticket, Unsent
+from .ticket import KEY, Ticket
 
 _AIOHTTP_SETS = frozenset({"host", "content-length"})
 
@@ -91,15 +90,14 @@ class AioHttpClient(httpx2.AsyncClient):
     """An ``httpx2.AsyncClient`` for the SDK that sends through an aiohttp connection pool.
 
     A request with a ticket (``api.ticket``: the SDK's timeout option) is sent by its protocol:
-    with a ``gate``, after it has its slot; its ``leaving`` as it goes, its ``answered`` as soon as
-    the answer's status and headers are read, before its slot goes to the next request. The aiohttp
-    session is made on the first request, inside the event loop that runs the requests.
+    its ``leaving`` as it goes, its ``answered`` as soon as the answer's status and headers are
+    read. The aiohttp session is made on the first request, inside the event loop that runs the
+    requests.
     """
 
-    def __init__(self, *, timeout: float, connections: int, verify: ssl.SSLContext | bool = True,
-                 gate: SendGate | None = None) -> None:
+    def __init__(self, *, timeout: float, connections: int,
+                 verify: ssl.SSLContext | bool = True) -> None:
         super().__init__(timeout=timeout, transport=_NoTransport(), trust_env=False)
-        self._gate = gate
         self._pool = Pool(connections, verify)
         self._urls: dict[str, httpx2.URL] = {}  # the few URLs a run sends to, parsed once
         self._timeouts: dict[tuple[Any, ...], aiohttp.ClientTimeout] = {}
@@ -152,34 +150,17 @@ class AioHttpClient(httpx2.AsyncClient):
                    if name not in _AIOHTTP_SETS]
         if "accept-encoding" not in request.headers:
             headers.append(ACCEPT_ENCODING)  # (the body is handed to httpx2 undecoded)
-        ticket: Ticket | None = request.extensions.get(KEY)
-        gate = self._gate
-        if gate is None:
-            return await self._exchange(request, body, headers, ticket)
-        if not await gate.take():
-            if ticket is None:  # not ours to leave for a rerun: the caller sees a failed send
-                raise httpx2.ConnectError("not sent: the run is stopping", request=request)
-            return turned_away(request, ticket, Unsent.STOPPING)
-        try:
-            if ticket is not None:
-                ticket.restart()
-            response = await self._exchange(request, body, headers, ticket)
-        finally:
-            gate.give_back()
-        await gate.pass_on()
-        return response
+        return await self._exchange(request, body, headers, request.extensions.get(KEY))
 
     async def _exchange(self, request: httpx2.Request, body: bytes, headers: list[tuple[str, str]],
                         ticket: Ticket | None) -> httpx2.Response:
         """Send the request through the aiohttp session and read its answer whole.
 
-        With a ticket, the request first leaves the gate (a request turned away is answered here,
-        never sent), and the ticket hears the answer's status and headers before the SDK reads them.
+        With a ticket, the ticket is told as the request leaves, and hears the answer's status and
+        headers before the SDK reads them.
         """
         if ticket is not None:
-            unsent = await ticket.leaving()
-            if unsent is not None:
-                return turned_away(request, ticket, unsent)
+            await ticket.leaving()
         started = time.perf_counter()
         try:
             answer = await self._pool.exchange(
@@ -259,13 +240,10 @@ class HttpxClient(httpx2.AsyncClient):
     async def send(self, request: httpx2.Request, *, stream: bool = False,
                    auth: Any = httpx2.USE_CLIENT_DEFAULT,
                    follow_redirects: Any = httpx2.USE_CLIENT_DEFAULT) -> httpx2.Response:
-        """Send ``request`` through httpx2 once its ticket lets it leave
-        (answered here if turned away)."""
+        """Send ``request`` through httpx2, its ticket told as it leaves."""
         ticket: Ticket | None = request.extensions.get(KEY)
         if ticket is not None:
-            unsent = await ticket.leaving()
-            if unsent is not None:
-                return turned_away(request, ticket, unsent)
+            await ticket.leaving()
         return await super().send(request, stream=stream, auth=auth,
                                   follow_redirects=follow_redirects)
 
@@ -274,13 +252,6 @@ async def _answered(response: httpx2.Response) -> None:
     ticket: Ticket | None = response.request.extensions.get(KEY)
     if ticket is not None:
         await ticket.answered(response.status_code, response.headers)
-
-
-def turned_away(request: httpx2.Request, ticket: Ticket, why: Unsent) -> httpx2.Response:
-    """The answer to a request that was not sent: empty, for the SDK to pass back; the ticket says
-    why (``api.client.complete`` returns that instead of an Answer)."""
-    ticket.unsent = why
-    return httpx2.Response(204, content=b"", request=request)
 
 
 def _http_error(exc: BaseException, request: httpx2.Request) -> httpx2.TransportError:

@@ -1,26 +1,16 @@
-"""The aiohttp connection pool a worker sends through: one session, the environment's proxies, and
-the send gate where requests built ahead wait for a slot.
+"""The aiohttp connection pool a worker sends through: one session and the environment's proxies.
 
 Both clients send through it: mpinfer's own requests (api/wire.py, the default transport) and the
 openai SDK's adapter over aiohttp (api/http.py: the SDK as the reference, and its tests). Proxies
 are taken from the environment as httpx2 (and so the SDK's own clients) takes them: HTTPS_PROXY,
 HTTP_PROXY and ALL_PROXY (either case), NO_PROXY to bypass; read once per pool, decided once per
 URL.
-
-Requests built ahead (``SendGate``): a local worker runs twice -c requests, and until the server
-states a limit or refuses a request, a request built while all -c slots are on the wire waits at the
-gate, so that an answer's freed slot is taken at once by a request that is ready instead of after
-the answer's handling and the next request's building; once a limit is in play, a request granted
-before it goes back to the limiter as it leaves (backends/ahead.py, and the ticket's protocol in
-api/ticket.py). What it gained at 1,200 in flight is in bench/README.md.
 """
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 import urllib.request
-from collections import deque
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -39,70 +29,6 @@ MAX_REDIRECTS = 20
 # A deadline on the whole request (the ticket's) ends it before any of aiohttp's timers could, and
 # aiohttp's per-read timer would be set again at every read for nothing.
 UNTIMED = aiohttp.ClientTimeout(total=None, connect=None, sock_read=None, sock_connect=None)
-
-
-class SendGate:
-    """At most ``slots`` requests on the wire at once, however many are built; ``close`` turns away
-    those still waiting (the run is stopping: they are left for the rerun, unsent).
-
-    First come, first served, as asyncio.Semaphore; but a freed slot goes straight to the first
-    request waiting, in constant time. (Python 3.11's Semaphore scans its waiters on every acquire
-    and on every release past those woken and not yet run: when a round's hundreds of answers arrive
-    together, each freed slot walked hundreds of them, bench/README.md.)
-    """
-
-    def __init__(self, slots: int) -> None:
-        self._free = slots
-        self._waiting: deque[asyncio.Future[None]] = deque()
-        self.closed = False
-        self._freed_this_turn = 0  # slots given back in this turn of the event loop
-
-    async def pass_on(self) -> None:
-        """After ``give_back``: when other slots were given back in this turn of the event loop
-        too (answers that arrived together, handled one after another in one turn), yield twice,
-        so that the requests woken by the freed slots go out before the rest of this answer's
-        handling; an answer that came alone goes on at once (the yields cost a turn each)."""
-        self._freed_this_turn += 1
-        if self._freed_this_turn == 1:
-            asyncio.get_running_loop().call_soon(self._next_turn)
-            return
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
-
-    def _next_turn(self) -> None:
-        self._freed_this_turn = 0
-
-    async def take(self) -> bool:
-        """Wait for a slot: True with it,
-        False when the gate was closed meanwhile (no slot held)."""
-        if self._free > 0 and not self._waiting:
-            self._free -= 1
-        else:
-            handed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._waiting.append(handed)
-            try:
-                await handed  # set when a slot is handed over (give_back skips one cancelled)
-            except asyncio.CancelledError:
-                if handed.done() and not handed.cancelled():
-                    self.give_back()  # handed a slot, then cancelled before it ran: pass it on
-                raise
-        if self.closed:
-            self.give_back()  # to the next one waiting, which is turned away too
-            return False
-        return True
-
-    def give_back(self) -> None:
-        """Free the slot of a request whose answer came back (or that failed), for the next one."""
-        while self._waiting:
-            handed = self._waiting.popleft()
-            if not handed.done():  # (a waiter cancelled meanwhile is skipped)
-                handed.set_result(None)
-                return
-        self._free += 1
-
-    def close(self) -> None:
-        """Turn away the requests still waiting and those to come: the run is stopping."""
-        self.closed = True
 
 
 class Exchanged(NamedTuple):

@@ -38,9 +38,9 @@ import orjson
 from ..errors import ConnectionFailed, HttpStatusError
 from .answer import Answer, parse_answer
 from .endpoints import DEFAULT_BASE_URL
-from .pool import ACCEPT_ENCODING, Pool, SendGate
+from .pool import ACCEPT_ENCODING, Pool
 from .responses import ApiPath
-from .ticket import Ticket, Unsent
+from .ticket import Ticket
 
 # The paths the SDK's Azure client sends under the deployment (the others go under /openai)
 _AZURE_DEPLOYED = frozenset({ApiPath.CHAT, ApiPath.EMBEDDINGS})
@@ -55,8 +55,8 @@ class ApiClient(Protocol):
     """An endpoint's client: ``WireClient`` here, or the SDK's (api/client.py's ``SdkClient``)."""
 
     async def complete(self, request: dict[str, Any], ticket: Ticket,
-                       path: ApiPath = ApiPath.CHAT) -> Answer | Unsent:
-        """Send one request: its Answer, or why it was not sent."""
+                       path: ApiPath = ApiPath.CHAT) -> Answer:
+        """Send one request: its Answer."""
 
     async def close(self) -> None:
         """Close its connections."""
@@ -155,59 +155,38 @@ class WireClient:
     """An endpoint's client without the SDK: its URLs and headers, built once, and the aiohttp
     pool (whose session sends the headers with every request).
 
-    A request with a ticket is sent by its protocol (api/ticket.py): with a ``gate``, after it has
-    its slot; its ``leaving`` as it goes, its ``answered`` as soon as the answer's status and
-    headers are read, before its slot goes to the next request.
+    A request with a ticket is sent by its protocol (api/ticket.py): its ``leaving`` as it goes,
+    its ``answered`` as soon as the answer's status and headers are read.
     """
 
     def __init__(self, api_key: str, base_url: str | None, timeout: float, *,
-                 connections: int = 1000, azure: tuple[str, str] | None = None,
-                 gate: SendGate | None = None) -> None:
+                 connections: int = 1000, azure: tuple[str, str] | None = None) -> None:
         self.urls = {path: url_of(base_url, path, azure) for path in ApiPath}
         self.headers = sdk_headers(api_key, timeout, azure is not None)
         # An https endpoint verifies as the SDK would; an http one needs no CA bundle loaded.
         https = not str(base_url or DEFAULT_BASE_URL).startswith("http:")
         self._pool = Pool(connections, tls_context() if https else True, self.headers)
-        self._gate = gate
 
     async def complete(self, request: dict[str, Any], ticket: Ticket,
-                       path: ApiPath = ApiPath.CHAT) -> Answer | Unsent:
-        """Send one request to ``path``: its Answer, or why it was not sent (its ticket said so, or
-        a closed gate turned it away); raises HttpStatusError, ConnectionFailed, TimeoutError or
-        MalformedResponse.
+                       path: ApiPath = ApiPath.CHAT) -> Answer:
+        """Send one request to ``path``: its Answer; raises HttpStatusError, ConnectionFailed,
+        TimeoutError or MalformedResponse.
 
         ``extra_body`` is merged into the body as the SDK's ``create`` would. The ticket's
         ``seconds`` are a deadline for the whole request, connect to the last byte of the body (a
-        server that trickles its body a byte a second would otherwise hold it for ever); a request
-        that waits at the gate for its slot has it start when it leaves.
+        server that trickles its body a byte a second would otherwise hold it for ever).
         """
         content = orjson.dumps(body_of(request))
-        gate = self._gate
-        if gate is not None and not await gate.take():
-            ticket.unsent = Unsent.STOPPING
-            return Unsent.STOPPING
-        try:
-            async with asyncio.timeout(ticket.seconds) as deadline:
-                ticket.deadline = deadline
-                answer = await self._exchange(self.urls[path], content, ticket)
-        finally:
-            if gate is not None:
-                gate.give_back()
-        if gate is not None:
-            await gate.pass_on()
-        if isinstance(answer, Unsent):
-            return answer
-        status, headers, data = answer
+        async with asyncio.timeout(ticket.seconds) as deadline:
+            ticket.deadline = deadline
+            status, headers, data = await self._exchange(self.urls[path], content, ticket)
         if not 200 <= status < 300:
             raise status_error(status, headers, data)
         return parse_answer(data, headers_of(headers), path)
 
     async def _exchange(self, url: str, content: bytes,
-                        ticket: Ticket) -> tuple[int, Any, bytes] | Unsent:
-        unsent = await ticket.leaving()
-        if unsent is not None:
-            ticket.unsent = unsent
-            return unsent
+                        ticket: Ticket) -> tuple[int, Any, bytes]:
+        await ticket.leaving()
         try:
             answer = await self._pool.exchange("POST", url, [], content)
         except TimeoutError:

@@ -87,11 +87,12 @@ class LocalBackend:
         self.log_file = log_file
         self.prices = prices
         self.ctx = multiprocess.get_context("fork")
-        # Every request a worker holds counts in flight, those built ahead included; a worker
-        # replaced takes its predecessor's index, so there is one holder per worker.
+        # A grant is taken once a request has its slot (those built ahead wait for one without),
+        # so a worker holds at most -c; a worker replaced takes its predecessor's index, so there is
+        # one holder per worker.
         self.runner_settings = RunnerSettings.of(config)  # what each worker's runner is built from
         ahead = self.runner_settings.built_ahead
-        in_flight = config.processes * (config.concurrency + ahead)
+        in_flight = config.processes * config.concurrency
         self.limiter = SharedLimiter(LimiterSettings.of(config, max_in_flight=in_flight,
                                                         holders=config.processes))
         self.slots: list[_Slot] = []

@@ -29,7 +29,7 @@ from ..api.prices import PriceTable
 from ..api.responses import ApiPath
 from ..api.retry import Attempts, decide, patience_spent
 from ..api.structured import Mismatch, Parsed, check
-from ..api.ticket import Ticket, Unsent
+from ..api.ticket import Ticket
 from ..api.wire import ApiClient, WireClient
 from ..config import Transport
 from ..errors import BadAnswer, ImageError, NoKeysLeft
@@ -65,35 +65,35 @@ _ENDINGS = {Kind.RATE_LIMIT: Ending.OVERLOADED, Kind.TIMEOUT: Ending.OVERLOADED,
 
 
 class _GrantTicket(Ticket):
-    """A runner's request in flight (api/ticket.py's protocol): its grant, and whether a limit was
-    in play when it was granted.
-
-    As it leaves, one granted before a limit came into play goes back unsent (``BuildAhead.stale``:
-    requests built ahead, or built while the first answers came); any other is stamped sent by the
-    limiter. As its answer arrives, the limiter learns the limits it states, and a stated limit or a
-    refusal ends building ahead, before the request its freed slot wakes is sent.
-    """
+    """A runner's request in flight (api/ticket.py's protocol), with its grant: stamped sent by the
+    limiter as it leaves; as its answer arrives, the limiter learns the limits it states, before
+    the request's slot goes to the next one."""
 
     def __init__(self, seconds: float, grant: Grant, limiter: LimiterClient,
-                 ahead: BuildAhead, clock: Clock) -> None:
+                 clock: Clock) -> None:
         super().__init__(seconds, clock)
         self.grant = grant
-        self.granted_paced = ahead.paced
         self.limiter = limiter
-        self.ahead = ahead
 
-    async def leaving(self) -> Unsent | None:
-        if self.ahead.stale(self.granted_paced):
-            return Unsent.STALE
+    async def leaving(self) -> None:
         await self.limiter.sent(self.grant)
-        return await super().leaving()  # stamped after the limiter: its wait is not latency
+        await super().leaving()  # stamped after the limiter: its wait is not latency
 
     async def answered(self, status: int, headers: Any) -> None:
         hints = read_hints(headers)  # read once, here: the limiter is given what they say
         if not hints.empty:  # (most answers state nothing: no call, no Ray message)
             await self.limiter.observe(self.grant.lane, hints)
-        if status == 429 or not hints.empty:
-            self.ahead.pace()
+
+
+@dataclass
+class _Sent:
+    """One attempt that went on the wire, the limiter told how it ended: its grant, its time on the
+    wire, its answer or the failure it came to, and whether its lane is in an outage."""
+
+    grant: Grant
+    latency: float
+    answer: Answer | CallError
+    outage: bool = False
 
 
 def _judged(task: Task) -> Judged:
@@ -138,7 +138,7 @@ class TaskRunner:
         self._stopping = False
         self.dropped: dict[int, str] = {}  # models the server does not know, with what it said
         self.notices: list[Event] = []
-        self.ahead = BuildAhead(settings, build_ahead)
+        self.ahead = BuildAhead(settings.concurrency, build_ahead)
         self._turns: dict[int, asyncio.Lock] = {}  # by model: the requests waiting on the limiter
 
     @property
@@ -168,12 +168,10 @@ class TaskRunner:
                 from ..api.client import SdkClient
 
                 made = SdkClient(endpoint.api_key, endpoint.base_url, settings.timeout,
-                                 connections=settings.concurrency, azure=azure,
-                                 gate=self.ahead.gate)
+                                 connections=settings.concurrency, azure=azure)
             else:
                 made = WireClient(endpoint.api_key, endpoint.base_url, settings.timeout,
-                                  connections=settings.concurrency, azure=azure,
-                                  gate=self.ahead.gate)
+                                  connections=settings.concurrency, azure=azure)
             self.clients[key] = made
         return self.clients[key]
 
@@ -231,9 +229,8 @@ class TaskRunner:
         report.
 
         None when the run is stopping and the task is left for the rerun, unrecorded. Each turn
-        of the loop takes one grant: a request the ticket turned away as stale takes another (no
-        attempt counted); a failed attempt goes to ``_failed_attempt``, which says whether to go
-        again.
+        of the loop is one attempt (``_send``: a slot, a grant, the request); a failed attempt
+        goes to ``_failed_attempt``, which says whether to go again.
         """
         model_index = unit_of(output_index, len(self.models))[1]
         judging = self.settings.judging
@@ -253,7 +250,7 @@ class TaskRunner:
         paid: Paid | None = None  # bad answers so far: billed, though not kept
         while True:
             try:
-                grant = await self._acquire(model_index, request.charge)
+                sent = await self._send(request, model_index, tries)
             except NoKeysLeft:
                 if await self._any_key_left():
                     # Every endpoint of this model was rejected,
@@ -264,57 +261,87 @@ class TaskRunner:
                     return self._fail(task, output_index, error, tries.count, tries.by_type)
                 return self._abort(task, output_index,
                                    "every API key was rejected (401/403); see the log")
-            if grant is None:
+            if sent is None:
                 return None
-            if isinstance(grant, Wait):
-                since = time.strftime("%H:%M:%S", time.localtime(grant.outage_wall))
-                message = (f"the server has not answered since {since} ({grant.outage_for_s:.0f}s, "
+            if isinstance(sent, Wait):
+                since = time.strftime("%H:%M:%S", time.localtime(sent.outage_wall))
+                message = (f"the server has not answered since {since} ({sent.outage_for_s:.0f}s, "
                            f"more than the patience, --patience {self.policy.patience_s:g})")
                 error = CallError(Kind.CONNECTION, None, message, Verdict.FAIL)
                 return self._fail(task, output_index, error, tries.count, tries.by_type)
-            ticket = _GrantTicket(self.settings.timeout, grant, self.limiter, self.ahead,
-                                  self.clock)
-            try:
-                answer = await self.client(grant.key).complete(request.kwargs, ticket,
-                                                               request.path)
-            except Exception as exc:  # classify decides; nothing escapes unrecorded
-                latency = self._attempt_ended(tries, ticket)
-                tries.count += 1
-                error = classify(exc)
+            tries.count += 1
+            key = sent.grant.key
+            if isinstance(sent.answer, CallError):
+                error = sent.answer
                 if error.verdict is Verdict.FILTERED:  # the content filter's answer: done
-                    await self.limiter.release(grant, Ending.ERROR)
                     return self._succeed(task, output_index, request, filtered_answer(error.body),
-                                         tries, latency, grant.key)
-                outcome = await self._failed_attempt(task, output_index, grant, error, exc, tries)
+                                         tries, sent.latency, key)
+                outcome = await self._failed_attempt(task, output_index, sent, error, tries)
                 if outcome is _SEND_AGAIN:
                     continue
                 assert not isinstance(outcome, _SendAgain)
                 return outcome
-            latency = self._attempt_ended(tries, ticket)
-            if isinstance(answer, Unsent):  # not sent: no attempt
-                await self.limiter.release(grant, Ending.UNSENT, charged=0)
-                if answer is Unsent.STALE:  # granted before a limit was in play: a grant under it
-                    continue
-                return None  # built ahead and turned away: the run is stopping, a rerun sends it
-            tries.count += 1
-            # What the server counted against the limit: the real prompt plus the answer it allowed.
-            # (Without usage, the request's own estimate: the limiter still counts the tokens.)
-            if answer.usage_known:
-                charged = answer.prompt_tokens + (request.max_tokens or answer.completion_tokens)
-                used = answer.total_tokens
-            else:
-                charged = used = request.charge
-            await self.limiter.release(grant, Ending.OK, charged=charged, used=used)
+            answer = sent.answer
             checked = self._check(task, request, answer)
             if isinstance(checked, Mismatch):  # paid for, but not what was asked: ask again
                 paid = self._paid(paid, request, answer)
-                again = await self._bad_answer(task, output_index, checked, tries, grant.key, paid)
+                again = await self._bad_answer(task, output_index, checked, tries, key, paid)
                 if again is _SEND_AGAIN:
                     continue
                 assert not isinstance(again, _SendAgain)
                 return again
-            return self._succeed(task, output_index, request, answer, tries, latency, grant.key,
+            return self._succeed(task, output_index, request, answer, tries, sent.latency, key,
                                  checked)
+
+    async def _send(self, request: Request, model_index: int,
+                    tries: Attempts) -> _Sent | Wait | None:
+        """One attempt: a slot at the gate (when the host builds ahead), then a grant, then the
+        request, the limiter told how it ended before the slot goes to the next request (so that a
+        429's pause is in force before that one asks for its grant).
+
+        None when stopping (a request turned away at the gate is left for the rerun, unsent); the
+        Wait when the server has been down for longer than the patience; raises NoKeysLeft."""
+        gate = self.ahead.gate
+        if gate is None:
+            return await self._attempt(request, model_index, tries)
+        if not await gate.take():
+            return None
+        try:
+            sent = await self._attempt(request, model_index, tries)
+        finally:
+            gate.give_back()
+        await gate.pass_on()
+        return sent
+
+    async def _attempt(self, request: Request, model_index: int,
+                       tries: Attempts) -> _Sent | Wait | None:
+        """``_send`` once it has its slot."""
+        grant = await self._acquire(model_index, request.charge)
+        if grant is None or isinstance(grant, Wait):
+            return grant
+        ticket = _GrantTicket(self.settings.timeout, grant, self.limiter, self.clock)
+        try:
+            answer = await self.client(grant.key).complete(request.kwargs, ticket, request.path)
+        except Exception as exc:  # classify decides; nothing escapes unrecorded
+            latency = self._attempt_ended(tries, ticket)
+            error = classify(exc)
+            if error.verdict is Verdict.FILTERED:
+                await self.limiter.release(grant, Ending.ERROR)
+                return _Sent(grant, latency, error)
+            outage = await self.limiter.release(grant, _ENDINGS.get(error.kind, Ending.ERROR))
+            if error.verdict is Verdict.WAIT:  # a 429: the lane's pause
+                await self.limiter.rate_limited(grant.lane, error.retry_after)
+            return _Sent(grant, latency, error, outage)
+        latency = self._attempt_ended(tries, ticket)
+        # What the server counted against the limit: the real prompt plus the answer it allowed.
+        # (Without usage, the request's own estimate: the limiter still counts the tokens.)
+        if answer.usage_known:
+            charged = answer.prompt_tokens + (request.max_tokens or answer.completion_tokens)
+            used = answer.total_tokens
+        else:
+            charged = used = request.charge
+        await self.limiter.release(grant, Ending.OK, charged=charged, used=used)
+        return _Sent(grant, latency, answer)
 
     def _check(self, task: Task, request: Request, answer: Answer) -> Parsed | Mismatch | None:
         """The answer against the run's --labels or --json-schema (None: no rule, or an answer no
@@ -366,16 +393,15 @@ class TaskRunner:
         tries.waiting_since = now
         return now - left
 
-    async def _failed_attempt(self, task: Task, output_index: int, grant: Grant, error: CallError,
-                              exc: Exception, tries: Attempts) -> Outcome | _SendAgain | None:
-        """After a failed attempt, do what ``decide`` says:
+    async def _failed_attempt(self, task: Task, output_index: int, sent: _Sent, error: CallError,
+                              tries: Attempts) -> Outcome | _SendAgain | None:
+        """After a failed attempt (the limiter told already), do what ``decide`` says:
         again, or the task's outcome (None: stopping)."""
-        outage = await self.limiter.release(grant, _ENDINGS.get(error.kind, Ending.ERROR))
+        grant = sent.grant
         now = self.clock()
-        if error.verdict is Verdict.WAIT:  # (a 429: its ticket has stopped building ahead already)
-            await self.limiter.rate_limited(grant.lane, error.retry_after)
+        if error.verdict is Verdict.WAIT:
             tries.waiting(now)
-        step = decide(error, tries, self.policy, self.rng, now, outage=outage)
+        step = decide(error, tries, self.policy, self.rng, now, outage=sent.outage)
         if step.verdict is Verdict.DISABLE_KEY:
             if await self._disable_key(grant.key, error):
                 return _SEND_AGAIN

@@ -156,7 +156,7 @@ class Worker:
                 if isinstance(message, Work):
                     inbox.put_nowait((message.task, message.output_index))
                     continue
-                self.runner.stop()  # (the idle builders wake, take their None below and end)
+                self.runner.stop()  # (each coroutine takes its None below and ends)
                 # Tasks still waiting in the inbox are dropped:
                 # never sent, the parent counts them not done.
                 while not inbox.empty():
@@ -180,9 +180,7 @@ class Worker:
 
         threading.Thread(target=read_pipe, name="mpinfer-reader", daemon=True).start()
         try:
-            concurrency = self.settings.runner.concurrency
-            await asyncio.gather(*(self._serve(inbox, ahead=n >= concurrency)
-                                   for n in range(tasks)))
+            await asyncio.gather(*(self._serve(inbox) for _ in range(tasks)))
         finally:
             self.write_lines()
             self.loop = None
@@ -190,13 +188,9 @@ class Worker:
             await self.runner.close()
             self.writer.close()
 
-    async def _serve(self, inbox: asyncio.Queue[tuple[Task, int] | None],
-                     ahead: bool = False) -> None:
-        """Run tasks from the inbox; ``ahead``: one that builds requests ahead, idle while the
-        runner says building ahead is not safe (a limit is set, stated or enforced)."""
+    async def _serve(self, inbox: asyncio.Queue[tuple[Task, int] | None]) -> None:
+        """Run tasks from the inbox."""
         while True:
-            if ahead:
-                await self.runner.ahead.allowed.wait()
             item = await inbox.get()
             if item is None or self.runner.stopping:
                 return

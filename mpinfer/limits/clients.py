@@ -288,8 +288,6 @@ class LimiterActor:
             return False
         counts = self.counts[(job, model)]
         counts[2] += used
-        if ending is Ending.UNSENT:
-            counts[0] -= 1
         return self.lanes[model].release(grant, self.clock(), ending, charged=charged, used=used)
 
     def reclaim(self, job: str, number: int) -> int:

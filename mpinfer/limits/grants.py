@@ -13,7 +13,6 @@ class Ending(StrEnum):
     OVERLOADED = "overloaded"    # a 429 or a timeout: the server wants less
     UNREACHABLE = "unreachable"  # no answer at all: refused, reset, DNS, TLS
     ERROR = "error"              # the server answered with another error
-    UNSENT = "unsent"            # built ahead and never sent (a stop, or a limit came): no request
 
 
 class WaitReason(StrEnum):

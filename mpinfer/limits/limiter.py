@@ -365,10 +365,6 @@ class SharedLimiter:
             if charged is not None and lane.token_limit > 0:
                 # The pace follows the correction too: a smaller real prompt gives time back.
                 lane.token_tat += (charged - grant.charged) * self.span_s / lane.token_limit
-            if ending is Ending.UNSENT:  # neither a request the server saw nor an answer from it
-                lane.requests -= 1
-                self._own[3 * index] -= 1
-                return bool(lane.in_outage)
             if ending is Ending.UNREACHABLE:
                 return outage.unreachable(lane, grant.probe, now)
             outage.answered(lane, now)
