@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ import pytest
 from mpinfer.api.failures import CallError, Kind, Verdict
 from mpinfer.api.prices import load_prices
 from mpinfer.api.retry import MAX_RATE_BACKOFF_S, Attempts, decide
-from mpinfer.backends.runner import TaskRunner
+from mpinfer.backends.runner import TaskRunner, _Turn
 from mpinfer.config import RunConfig
 from mpinfer.inputs.tasks import Task
 from mpinfer.limits import LimiterSettings, LocalLimiter, SharedLimiter
@@ -195,3 +196,24 @@ def test_requests_waiting_their_turn_end_unsent_when_the_runner_stops(mock: Mock
     # Then the waiting ones end unsent, left for the rerun (None), and only the first was sent
     assert sum(o is None for o in outcomes) == 49
     assert mock.stats()["requests"] == 1
+
+
+def test_the_request_whose_turn_it_is_asks_again_as_soon_as_its_host_gives_a_grant_back() -> None:
+    # Given the request whose turn it is, told by the limiter to wait 5 s
+    async def go() -> tuple[float, float]:
+        turn = _Turn()
+        started = time.monotonic()
+        waiting = asyncio.ensure_future(turn.wait(5.0))
+        await asyncio.sleep(0.05)
+        # When a request of its host gives its grant back (the room it waits for may be free)
+        turn.wake()
+        await waiting
+        woken = time.monotonic() - started
+        # (and a wait nobody cuts short lasts its time)
+        started = time.monotonic()
+        await turn.wait(0.1)
+        return woken, time.monotonic() - started
+
+    woken, full = asyncio.run(go())
+    # Then it asks again at once, not 5 s later
+    assert woken < 2.0 and full >= 0.09, (woken, full)

@@ -111,6 +111,37 @@ class _SendAgain:
 _SEND_AGAIN = _SendAgain()
 
 
+class _Turn:
+    """A model's requests waiting on the limiter in one host, first come, first served (``lock``):
+    the one whose turn it is asks again when its wait is over, or as soon as a request of the host
+    gives its grant back (``wake``), whichever comes first."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self._woken: asyncio.Future[None] | None = None
+
+    async def wait(self, seconds: float) -> None:
+        """Wait ``seconds``, or until woken."""
+        loop = asyncio.get_running_loop()
+        woken = self._woken = loop.create_future()
+        timer = loop.call_later(seconds, _settle, woken)
+        try:
+            await woken
+        finally:
+            timer.cancel()
+            self._woken = None
+
+    def wake(self) -> None:
+        """Cut the wait short (none: nothing to do)."""
+        if self._woken is not None:
+            _settle(self._woken)
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 class TaskRunner:
     """Runs tasks for one host process: its clients, image cache, random jitter and the limiter.
 
@@ -139,7 +170,7 @@ class TaskRunner:
         self.dropped: dict[int, str] = {}  # models the server does not know, with what it said
         self.notices: list[Event] = []
         self.ahead = BuildAhead(settings.concurrency, build_ahead)
-        self._turns: dict[int, asyncio.Lock] = {}  # by model: the requests waiting on the limiter
+        self._turns: dict[int, _Turn] = {}  # by model: the requests waiting on the limiter
 
     @property
     def stopping(self) -> bool:
@@ -192,24 +223,26 @@ class TaskRunner:
         """Wait for the limiter: a free key, room in its pace and window, no pause on its lane.
 
         Once the limiter has said wait, this host's requests for the model wait their turn (first
-        come, first served): one asks the limiter at a time, and a grant passes the turn on at
-        once. A thousand requests held by the first round or a pace then cost one look at the
-        limiter a wait instead of a thousand, which took a core of the two of bench/throughput.py
-        for the first round's second. None when stopping; the Wait itself when the server has been
-        down for longer than the patience."""
+        come, first served, ``_Turn``): one asks the limiter at a time, again when its wait is over
+        or when a request of the host gives a grant back, and a grant passes the turn on at once.
+        A thousand requests held by the first round or a pace then cost one look at the limiter a
+        wait instead of a thousand, which took a core of the two of bench/throughput.py for the
+        first round's second. None when stopping; the Wait itself when the server has been down
+        for longer than the patience."""
         turn = self._turns.get(model_index)
         if turn is None:
-            turn = self._turns[model_index] = asyncio.Lock()
-        if not turn.locked():
+            turn = self._turns[model_index] = _Turn()
+        if not turn.lock.locked():
             got = await self.limiter.try_acquire(model_index, charge)
             if isinstance(got, Grant):
                 return got
-        async with turn:
+        async with turn.lock:
             if self.stopping:  # (stopped while it waited its turn: left for the rerun)
                 return None
-            return await self._wait_turn(model_index, charge)
+            return await self._wait_turn(turn, model_index, charge)
 
-    async def _wait_turn(self, model_index: int, charge: int) -> Grant | Wait | None:
+    async def _wait_turn(self, turn: _Turn, model_index: int,
+                         charge: int) -> Grant | Wait | None:
         """``_acquire`` for the request whose turn it is: ask until granted."""
         while True:
             got = await self.limiter.try_acquire(model_index, charge)
@@ -220,7 +253,7 @@ class TaskRunner:
             if got.reason is WaitReason.OUTAGE and patience_spent(got.outage_for_s, self.policy):
                 return got
             # A little jitter: hosts that wait on the same moment do not all ask at once.
-            await self.sleep(min(got.seconds, 0.5) * self.rng.uniform(1.0, 1.1))
+            await turn.wait(min(got.seconds, 0.5) * self.rng.uniform(1.0, 1.1))
 
     async def run(self, task: Task, output_index: int) -> Outcome | None:
         """Do one task for the run's output at ``output_index`` (a variant's and a model's: the
@@ -326,9 +359,9 @@ class TaskRunner:
             latency = self._attempt_ended(tries, ticket)
             error = classify(exc)
             if error.verdict is Verdict.FILTERED:
-                await self.limiter.release(grant, Ending.ERROR)
+                await self._release(grant, model_index, Ending.ERROR)
                 return _Sent(grant, latency, error)
-            outage = await self.limiter.release(grant, _ENDINGS.get(error.kind, Ending.ERROR))
+            outage = await self._release(grant, model_index, _ENDINGS.get(error.kind, Ending.ERROR))
             if error.verdict is Verdict.WAIT:  # a 429: the lane's pause
                 await self.limiter.rate_limited(grant.lane, error.retry_after)
             return _Sent(grant, latency, error, outage)
@@ -340,8 +373,18 @@ class TaskRunner:
             used = answer.total_tokens
         else:
             charged = used = request.charge
-        await self.limiter.release(grant, Ending.OK, charged=charged, used=used)
+        await self._release(grant, model_index, Ending.OK, charged=charged, used=used)
         return _Sent(grant, latency, answer)
+
+    async def _release(self, grant: Grant, model_index: int, ending: Ending, *,
+                       charged: int | None = None, used: int = 0) -> bool:
+        """Give the grant back (whether its lane is in an outage), and have the request whose turn
+        it is for the model ask again at once: the in-flight room freed may be what it waits for."""
+        outage = await self.limiter.release(grant, ending, charged=charged, used=used)
+        turn = self._turns.get(model_index)
+        if turn is not None:
+            turn.wake()
+        return outage
 
     def _check(self, task: Task, request: Request, answer: Answer) -> Parsed | Mismatch | None:
         """The answer against the run's --labels or --json-schema (None: no rule, or an answer no

@@ -180,7 +180,9 @@ class SharedLimiter:
         if lane.hint_pending and wait <= 0:
             learned.hinted_pause_over(lane, self.span_s, now)
         if lane.in_flight >= max(1.0, math.floor(lane.concurrency)):
-            wait = max(wait, 0.05)  # a slot frees when a request ends; look again soon
+            # A slot frees when a request ends: look again soon (one request a host looks, the
+            # runner's turn, and at once when one of the host's own ends).
+            wait = max(wait, 0.02)
             if now - self._maps[index].record.swept_at >= SWEEP_EVERY_S:
                 # Perhaps a dead run holds them: its process is gone, its slots come back.
                 lanefile.sweep(self._maps[index].record, now)
