@@ -24,8 +24,10 @@ from typing import Any
 import orjson
 import pytest
 
+from mpinfer.backends.runner import Outcome, TaskRunner
 from mpinfer.config import RunConfig
 from mpinfer.demo import png_bytes
+from mpinfer.inputs.tasks import Task
 
 FAKE_KEY = "sk-test-0000000000000000fake9zq7"
 CLI_TIMEOUT_S = 120
@@ -281,3 +283,21 @@ def litellm_proxy(folder: Path, config: str, master_key: str) -> Iterator[str]:
             except subprocess.TimeoutExpired:
                 server.kill()
                 server.wait(timeout=5)
+
+
+async def run_at_once(runner: TaskRunner, tasks: int, stop_after_s: float | None = None,
+                      timeout_s: float = 60.0) -> list[Outcome | None]:
+    """Tasks t0 to t(tasks - 1) run at once through ``runner`` (stopped after ``stop_after_s``
+    when given), then the runner closed: their outcomes."""
+    async def stop_later(seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        runner.stop()
+
+    stopper = asyncio.ensure_future(stop_later(stop_after_s)) if stop_after_s else None
+    try:
+        return await asyncio.wait_for(asyncio.gather(
+            *(runner.run(Task(id=f"t{i}", prompt="hi"), 0) for i in range(tasks))), timeout_s)
+    finally:
+        if stopper is not None:
+            stopper.cancel()
+        await runner.close()

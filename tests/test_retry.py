@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import pytest
+from helpers import run_at_once
 
 from mpinfer.api.failures import CallError, Kind, Verdict
 from mpinfer.api.prices import load_prices
@@ -156,21 +157,7 @@ def _first_round(mock: MockServerProcess, tasks: int,
     limiter = _CountingLimiter(SharedLimiter(LimiterSettings(1, 1, slow_start=True)))
     runner = TaskRunner(RunnerSettings.of(config), load_prices(), limiter)
 
-    async def go() -> list[Any]:
-        async def stop_later(seconds: float) -> None:
-            await asyncio.sleep(seconds)
-            runner.stop()
-
-        stopper = asyncio.ensure_future(stop_later(stop_after_s)) if stop_after_s else None
-        try:
-            return await asyncio.wait_for(asyncio.gather(
-                *(runner.run(Task(id=f"t{i}", prompt="hi"), 0) for i in range(tasks))), 60)
-        finally:
-            if stopper is not None:
-                stopper.cancel()
-            await runner.close()
-
-    return asyncio.run(go()), limiter.asked
+    return asyncio.run(run_at_once(runner, tasks, stop_after_s)), limiter.asked
 
 
 def test_requests_held_by_the_first_round_ask_the_limiter_in_turn_not_each_every_50ms(

@@ -21,6 +21,7 @@ from helpers import (
     keep_alive,
     read_jsonl,
     response,
+    run_at_once,
     run_cli,
     start_cli,
     text_tasks,
@@ -31,7 +32,6 @@ from mpinfer.api.prices import load_prices
 from mpinfer.backends.ahead import SendGate
 from mpinfer.backends.runner import Outcome, TaskRunner
 from mpinfer.config import RunConfig
-from mpinfer.inputs.tasks import Task
 from mpinfer.limits import Ending, Grant, Hints, LimiterSettings, LocalLimiter, SharedLimiter, Wait
 from mpinfer.mockserver import MockServerProcess
 from mpinfer.slices import RunnerSettings
@@ -116,19 +116,9 @@ def _run_ahead(handler: Connection, tasks: int, slots: int, *, timeout: float = 
         config = RunConfig(base_url=f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1",
                            api_keys=(KEY,), concurrency=slots, timeout=timeout)
         runner = TaskRunner(RunnerSettings.of(config), load_prices(), limiter, build_ahead=slots)
-
-        async def stop_later(seconds: float) -> None:
-            await asyncio.sleep(seconds)
-            runner.stop()
-
-        stopper = asyncio.ensure_future(stop_later(stop_after_s)) if stop_after_s else None
         try:
-            return await asyncio.wait_for(asyncio.gather(
-                *(runner.run(Task(id=f"t{i}", prompt="hi"), 0) for i in range(tasks))), WAIT_S)
+            return await run_at_once(runner, tasks, stop_after_s, WAIT_S)
         finally:
-            if stopper is not None:
-                stopper.cancel()
-            await runner.close()
             server.close()
 
     started = time.monotonic()
