@@ -146,8 +146,8 @@ def test_a_worker_holds_no_more_grants_than_slots_however_many_are_built_ahead()
     # Given two slots and two requests built ahead, and a server answering after 0.1 s
     # When eight tasks go at once
     outcomes, limiter, _ = _run_ahead(_answering_after(0.1), 8, 2)
-    # Then all are answered, and at most two grants were held at once (four were held before a
-    # request took its slot first: those waiting at the gate held theirs)
+    # Then all are answered, and at most two grants were held at once (all eight were, while a
+    # request took its grant before its slot: those waiting at the gate held theirs)
     assert all(_answered(o) for o in outcomes), outcomes
     assert limiter.most_held == 2 and limiter.held == 0, (limiter.most_held, limiter.held)
 
