@@ -68,8 +68,9 @@ def kept_index(kept: Path, path: Path, keys: FieldKeys) -> IdIndex | None:
 
 
 def _read(kept: Path, key: dict[str, Any], path: Path,
-          keys: FieldKeys) -> tuple[IdIndex, dict[str, Any]] | None:
-    """The index kept at ``kept`` and its header, when its key is ``key``."""
+          keys: FieldKeys) -> tuple[IdIndex, InputFormat, dict[str, Any]] | None:
+    """The index kept at ``kept``, the input's format and the file's header, when its key is
+    ``key``."""
     try:
         with BlobReader(kept, _MAGIC) as reader:
             header = reader.header
@@ -77,7 +78,7 @@ def _read(kept: Path, key: dict[str, Any], path: Path,
                 return None
             fmt = InputFormat(header["format"])
             return IdIndex.from_parts(id_resolver(path, keys, fmt), reader.take("bases"),
-                                      header["shared"], reader.into), header
+                                      header["shared"], reader.into), fmt, header
     except (OSError, ValueError, KeyError, TypeError, IndexError, orjson.JSONDecodeError):
         return None
 
@@ -87,12 +88,11 @@ def _load(kept: Path, key: dict[str, Any], path: Path, keys: FieldKeys,
     read = _read(kept, key, path, keys)
     if read is None:
         return None
-    index, header = read
+    index, fmt, header = read
     try:
-        fmt = InputFormat(header["format"])
         models = tuple(str(m) for m in header["body_models"])
         size, sha256 = header["checksum"] or (0, "")
-    except (ValueError, KeyError, TypeError):
+    except (KeyError, TypeError, ValueError):
         return None
     ids = selected_ids(path, keys, chosen, fmt, index)
     return InputIndex(path=path, ids=ids, total=len(ids), format=fmt, body_models=models,
