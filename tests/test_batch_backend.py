@@ -393,7 +393,10 @@ def test_cancel_during_a_live_run_stops_it_and_the_next_run_sends_every_row_left
     mock.batch_faults(request_s=1.5, token_limit=30)
     run = start_cli(*_args(mock, "--batch-size", "3"), cwd=tmp_path)
     try:
-        _wait_for("the batch", lambda: any(c.get("batch_id") for c in _plan(tmp_path)["chunks"]))
+        # (the second file uploaded too: a cancel before that would leave it only planned)
+        _wait_for("the batch, and the second file waiting", lambda: (
+            any(c.get("batch_id") for c in _plan(tmp_path)["chunks"])
+            and any(c["state"] == "uploaded" for c in _plan(tmp_path)["chunks"])))
         # When --cancel runs from another terminal
         cancelled = _run(tmp_path, mock, "--cancel")
         assert cancelled.returncode == 0, cancelled.stderr
@@ -407,7 +410,8 @@ def test_cancel_during_a_live_run_stops_it_and_the_next_run_sends_every_row_left
     answered = len(_ids(tmp_path))
     assert answered < 6
     # the waiting one: still open
-    assert any(c["state"] == "uploaded" for c in _plan(tmp_path)["chunks"])
+    states = [c["state"] for c in _plan(tmp_path)["chunks"]]
+    assert "uploaded" in states, states  # (no batch made for it after the cancel)
     # And one rerun sends the rows the cancel left and the waiting file: every id once
     mock.batch_faults(request_s=0)
     again = _run(tmp_path, mock, "--batch-size", "3")

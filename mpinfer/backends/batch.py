@@ -202,19 +202,23 @@ class BatchBackend:
     # -- poll --------------------------------------------------------------------------------------
 
     def poll(self, timeout_s: float) -> list[Note]:
-        """One turn: save the plan once the files are closed, upload and create batches, and every
-        ``--batch-poll`` seconds poll the open ones and merge those finished."""
+        """One turn: save the plan once the files are closed, every ``--batch-poll`` seconds poll
+        the open ones and merge those finished, then upload and create batches.
+
+        The poll comes first: a file waiting on a full queue is tried again only after a poll
+        (``_queue_may_take``), and that poll is where a cancel from elsewhere is seen; a cancel
+        frees the queue, and the file's batch would otherwise be made against it."""
         plan, writer = self.plan, self.writer
         assert plan is not None and writer is not None
         notes, self.notes = self.notes, []
         try:
             if writer.close():
                 plan.save()  # every request file is in the plan before the first upload
-            if not self.stopping and not self.cancelled_live:
-                self._submit(plan)
             if not self.stopping and time.monotonic() >= self.next_poll:
                 notes += self._poll(plan)
                 self.next_poll = time.monotonic() + self.config.batch_poll
+            if not self.stopping and not self.cancelled_live:
+                self._submit(plan)
         except BatchApiError as exc:
             # After its retries: stop; the plan keeps what is at the server
             notes.append(Fatal(f"{exc} (rerun to go on: the plan keeps every batch made)"))
