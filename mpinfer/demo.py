@@ -49,6 +49,11 @@ QUESTIONS = (
 REFUSE_MARKER = "List steps in detail"  # the mock refuses these, as a careful model would
 JUDGE_MODEL = "gpt-4o"
 MODELS = "gpt-4o-mini,qwen-vl-max"
+# The mock's injected faults: enough 500s and 429s that the demo shows retries at work.
+FAULTS = {"p500": 0.08, "p429": 0.05, "retry_after": 0.2}
+# A task fails only if every one of its sends draws a 500: at 0.08 a send that is 0.08^9, about
+# 1e-10 a task, where the default 3 retries left one demo in a hundred or so ending with a failure.
+MAX_RETRIES = 8
 
 VARIANTS_TOML = """\
 # Two prompt variants: every question runs once under each, with each model.
@@ -97,20 +102,21 @@ def write_demo_tasks(folder: Path) -> Path:
 
 def demo_config(folder: Path, tasks: Path, base_url: str) -> RunConfig:
     """The demo's run: two models under two prompt variants, judged, results by scenario; two
-    workers, four requests each, a short backoff so that it ends in seconds; the rpm limit is above
-    what the mock serves, there to be drawn in the report."""
+    workers, four requests each, a short backoff so that it ends in seconds, retries enough that
+    the injected 500s never fail a task; the rpm limit is above what the mock serves, there to be
+    drawn in the report."""
     return RunConfig(input=tasks, output=folder / "results.jsonl", processes=2, concurrency=4,
                      rpm=1800, model=MODELS, base_url=base_url, images_key="image",
                      variants=folder / "variants.toml", judge=folder / "judge.toml",
                      by="scenario", api_keys=("demo-key-not-secret",), log_dir=folder / "logs",
-                     timeout=10.0, retry_backoff=0.2)
+                     timeout=10.0, retry_backoff=0.2, max_retries=MAX_RETRIES)
 
 
 def start_demo_server() -> MockServerProcess:
     """The mock server with a few injected 429s and 500s, so that the demo shows retries at work;
     it refuses the questions that ask for steps and answers the judge's model with a label."""
-    return MockServerProcess().start(latency_ms=150, jitter_ms=100, p500=0.08, p429=0.05,
-                                     retry_after=0.2, seed=7, refuse_marker=REFUSE_MARKER,
+    return MockServerProcess().start(latency_ms=150, jitter_ms=100, **FAULTS, seed=7,
+                                     refuse_marker=REFUSE_MARKER,
                                      answer_labels=("safe", "unsafe"),
                                      label_models=(JUDGE_MODEL,))
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from helpers import read_jsonl, run_cli
 
+from mpinfer.demo import FAULTS, demo_config, write_demo_tasks
+
 
 def test_the_demo_answers_judges_and_reports_results_by_scenario(tmp_path: Path) -> None:
     # When the demo runs in an empty folder
@@ -30,3 +32,13 @@ def test_the_demo_answers_judges_and_reports_results_by_scenario(tmp_path: Path)
     assert "by scenario" in out and "04-Physical_Harm" in out
     assert out.count("ok: every line parses") == 4
     assert (folder / "results.jsonl.report.html").stat().st_size > 0
+
+
+def test_the_demos_retries_outlast_its_injected_faults(tmp_path: Path) -> None:
+    # The demo's mock fails sends on purpose; a newcomer's first run must still end well. A task
+    # fails only when all of its sends draw a 500 (429s are waited out, not counted); with 96
+    # answers and 96 verdicts, the odds that any one fails stay under one in a million demos
+    # (the default 3 retries left about one in a hundred: a CI run caught it).
+    config = demo_config(tmp_path, write_demo_tasks(tmp_path), "http://127.0.0.1:1/v1")
+    sends = config.max_retries + 1
+    assert 2 * 96 * FAULTS["p500"] ** sends < 1e-6
